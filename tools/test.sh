@@ -1,0 +1,87 @@
+#!/bin/bash
+# tools/test.sh - the README's test command: installs what the build needs (Debian 12, as root),
+# bootstraps, configures, builds and runs the whole suite, then prints "N passed, N failed".
+#
+# Runs, each in its own build tree under build-test/:
+#   release    ./configure --enable-werror           make check  (CUDA compiled where nvcc exists)
+#   sanitizers ./configure --enable-sanitizers ...   make check  (ASan + UBSan, no CUDA)
+#   distcheck  make distcheck                        (the tarball builds and passes its own check)
+# Set PI_TEST_QUICK=1 to run only the release pass. Exits non-zero when anything failed.
+set -u
+cd "$(dirname "$0")/.."
+top=$(pwd)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+log() { printf '== %s\n' "$*"; }
+
+# ---- dependencies (each checked; only missing packages are installed)
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+command -v autoreconf >/dev/null || need+=(autoconf)
+command -v automake >/dev/null || need+=(automake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
+            ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
+    [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing: ${need[*]}"
+    if [ "$(id -u)" -ne 0 ]; then echo "tools/test.sh: missing packages ${need[*]}; run as root or install them" >&2; exit 2; fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+        || { echo "tools/test.sh: apt-get install ${need[*]} failed" >&2; exit 2; }
+fi
+
+log "bootstrap"
+./autogen.sh >/dev/null 2>build-autogen.log || { cat build-autogen.log >&2; exit 2; }
+
+passed=0; failed=0; skipped=0
+# Add the counts of one build tree's test-suite.log to the totals.
+count() {
+    local f=$1/test-suite.log p fl e x s
+    if [ ! -f "$f" ]; then failed=$((failed + 1)); return; fi
+    p=$(sed -n 's/^# PASS: *//p' "$f" | head -1)
+    fl=$(sed -n 's/^# FAIL: *//p' "$f" | head -1)
+    e=$(sed -n 's/^# ERROR: *//p' "$f" | head -1)
+    x=$(sed -n 's/^# XPASS: *//p' "$f" | head -1)
+    s=$(sed -n 's/^# SKIP: *//p' "$f" | head -1)
+    passed=$((passed + ${p:-0})); failed=$((failed + ${fl:-0} + ${e:-0} + ${x:-0})); skipped=$((skipped + ${s:-0}))
+}
+
+# One configure + build + check pass in build-test/NAME. A failed build counts as one failure.
+pass() {
+    local name=$1; shift
+    local dir=$top/build-test/$name
+    log "$name: configure $*"
+    rm -rf "$dir"; mkdir -p "$dir"
+    if ! (cd "$dir" && "$top/configure" -q "$@" >configure.out 2>&1); then
+        tail -30 "$dir/config.log" >&2; log "$name: configure FAILED"; failed=$((failed + 1)); return
+    fi
+    log "$name: build"
+    if ! (cd "$dir" && make -j"$jobs" >make.out 2>&1); then
+        grep -E 'error|Error' "$dir/make.out" | head -40 >&2; log "$name: build FAILED"; failed=$((failed + 1)); return
+    fi
+    log "$name: make check"
+    (cd "$dir" && make -j"$jobs" check >check.out 2>&1)
+    grep -E '^(FAIL|ERROR|XPASS|SKIP):' "$dir/check.out" | sed "s/^/[$name] /"
+    for t in "$dir"/tests/*.log; do
+        grep -q -E '^(not ok|Bail out)' "$t" 2>/dev/null && { echo "---- [$name] ${t##*/}"; grep -E '^(not ok|Bail out|#)' "$t" | head -40; }
+    done
+    count "$dir"
+}
+
+pass release --enable-werror
+if [ "${PI_TEST_QUICK:-0}" != 1 ]; then
+    pass sanitizers --enable-werror --enable-sanitizers --without-cuda
+    log "distcheck"
+    dc=$top/build-test/release
+    if (cd "$dc" && make -j"$jobs" distcheck DISTCHECK_CONFIGURE_FLAGS="--enable-werror --without-cuda" >distcheck.out 2>&1); then
+        passed=$((passed + 1)); log "distcheck: ok"
+    else
+        failed=$((failed + 1)); tail -40 "$dc/distcheck.out" >&2; log "distcheck: FAILED"
+    fi
+fi
+
+echo "$passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
