@@ -63,7 +63,12 @@ struct pi_gguf_tensor {
 
 /* Open and validate path. On success returns 0 and *out; on failure returns a negative enum pi_err,
  * *out is NULL, and err (if not NULL) holds one line naming the field and its file offset, e.g.
- * "tensor 3 (blk.0.attn_q.weight): data offset 81920 + 4096 bytes past end of file (size 80000) at offset 1234". */
+ * "tensor 3 (blk.0.attn_q.weight): data offset 81920 + 4096 bytes past end of file (size 80000) at offset 1234".
+ * Errors: -PI_ERR_FORMAT for a malformed file, -PI_ERR_UNSUPPORTED for a well-formed file this reader
+ * does not take (GGUF v1, big-endian, unknown version), -PI_ERR_NOTFOUND when path does not exist,
+ * -PI_ERR_IO for other system-call failures, -PI_ERR_NOMEM. The message does not repeat the path.
+ * Logging: when err is NULL the message is logged once with pi_error() (prefixed by the path); when
+ * the caller passes err, reporting it is the caller's job and nothing is logged. */
 int pi_gguf_open(const char *path, pi_gguf_t **out, char *err, size_t errlen);
 
 /* Same, over a caller-owned buffer (for the fuzzer and tests). buf must outlive the handle. */
@@ -104,9 +109,22 @@ int pi_gguf_get_arr(const pi_gguf_t *g, const char *key, enum pi_gguf_vtype *typ
 const void *pi_gguf_arr_data(const pi_gguf_t *g, const char *key);
 int pi_gguf_arr_str(const pi_gguf_t *g, const char *key, uint64_t i, struct pi_gguf_str *out);
 
-/* Same getters by index (for listing all metadata). */
+/* Same getters by index (for listing all metadata). Same return values as the by-key getters;
+ * an index >= pi_gguf_n_kv() gives -PI_ERR_RANGE. */
 int pi_gguf_kv_uint(const pi_gguf_t *g, uint64_t i, uint64_t *out);
 int pi_gguf_kv_str(const pi_gguf_t *g, uint64_t i, struct pi_gguf_str *out);
+int pi_gguf_kv_int(const pi_gguf_t *g, uint64_t i, int64_t *out);
+int pi_gguf_kv_f64(const pi_gguf_t *g, uint64_t i, double *out); /* f32 or f64 */
+int pi_gguf_kv_bool(const pi_gguf_t *g, uint64_t i, bool *out);
+int pi_gguf_kv_arr(const pi_gguf_t *g, uint64_t i, enum pi_gguf_vtype *type, uint64_t *n);
+const void *pi_gguf_kv_arr_data(const pi_gguf_t *g, uint64_t i); /* NULL unless a fixed-size array */
+int pi_gguf_kv_arr_str(const pi_gguf_t *g, uint64_t i, uint64_t j, struct pi_gguf_str *out);
+
+/* Bytes one value of type t takes on disk: 1..8 for the fixed-size types, 0 for STRING, ARRAY and
+ * unknown types. */
+size_t pi_gguf_vtype_size(enum pi_gguf_vtype t);
+/* "u8", "string", "array", ...; "unknown" for ids outside the table. */
+const char *pi_gguf_vtype_name(enum pi_gguf_vtype t);
 
 /* ---- tensors ---- */
 uint64_t pi_gguf_n_tensors(const pi_gguf_t *g);
@@ -121,7 +139,11 @@ bool pi_gguf_str_eq(struct pi_gguf_str s, const char *c);
 typedef struct pi_gguf_writer pi_gguf_writer_t;
 
 /* A writer collects metadata and tensors in memory and writes a GGUF v3 file in one go.
- * Data passed to add_tensor is copied. Returns NULL on allocation failure. */
+ * Data passed to add_tensor is copied. Returns NULL on allocation failure.
+ * Setters return 0, -PI_ERR_INVAL (empty or over-long key, bad type, bad tensor shape, duplicate tensor
+ * name) or -PI_ERR_NOMEM. Setting a key that is already set replaces its value (keeping its place).
+ * The data section is aligned to 32 bytes, or to general.alignment when that is set as a u32 power of
+ * two <= 1 MiB (another value makes write() fail with -PI_ERR_INVAL). */
 pi_gguf_writer_t *pi_gguf_writer_new(void);
 void pi_gguf_writer_destroy(pi_gguf_writer_t **w);
 int pi_gguf_writer_set_u32(pi_gguf_writer_t *w, const char *key, uint32_t v);
@@ -133,6 +155,8 @@ int pi_gguf_writer_set_str(pi_gguf_writer_t *w, const char *key, const char *v);
 int pi_gguf_writer_set_arr(pi_gguf_writer_t *w, const char *key, enum pi_gguf_vtype type,
                            const void *data, uint64_t n); /* fixed-size element types */
 int pi_gguf_writer_set_arr_str(pi_gguf_writer_t *w, const char *key, const char *const *v, uint64_t n);
+/* Any fixed-size scalar type (U8..F64 except STRING and ARRAY); v points to one value of that type. */
+int pi_gguf_writer_set(pi_gguf_writer_t *w, const char *key, enum pi_gguf_vtype type, const void *v);
 /* ne[0] is the row length; n_dims 1..4; data holds the tensor's n_bytes. */
 int pi_gguf_writer_add_tensor(pi_gguf_writer_t *w, const char *name, enum pi_type type,
                               uint32_t n_dims, const uint64_t *ne, const void *data);

@@ -1,0 +1,333 @@
+/*
+ * lib/conf.c - the configuration key table and its INI / command-line parsers (lib/conf.h).
+ *
+ * The table is the single source of truth: each row names a field of struct pi_config by offset, its
+ * kind (string, integer, real, byte size, enumeration), bounds and default. inih does the INI
+ * tokenising; everything it hands us is validated here.
+ */
+#include "config.h"
+#include "lib/conf.h"
+#include "lib/common.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+enum key_kind { K_STR, K_INT, K_REAL, K_BYTES, K_ENUM };
+
+struct key_def {
+    struct pi_config_key_info info;
+    enum key_kind kind;
+    size_t offset;            /* into struct pi_config */
+    double min, max;          /* K_INT, K_REAL bounds (inclusive) */
+    const char *const *names; /* K_ENUM: NULL-terminated, index = value */
+};
+
+static const char *const backend_names[] = {"none", "host", "cuda", NULL};
+static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+
+#define OFF(f) offsetof(struct pi_config, f)
+static const struct key_def keys[] = {
+    {{"model", "path", "", "GGUF model file (required)"}, K_STR, OFF(model_path), 0, 0, NULL},
+    {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names},
+    {{"model", "ctx", "0", "context length per sequence; 0 = the model's"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL},
+    {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL},
+    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control"}, K_STR, OFF(control_endpoint), 0, 0, NULL},
+    {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 256, NULL},
+    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL},
+    {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names},
+    {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL},
+    {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL},
+    {{"gpu", "device", "0", "CUDA device index"}, K_INT, OFF(gpu_device), 0, 64, NULL},
+    {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL},
+    {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL},
+    {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL},
+    {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 0, 1, NULL},
+    {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL},
+    {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 0, 100, NULL},
+    {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL},
+    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, NULL},
+};
+#undef OFF
+
+size_t pi_config_key_count(void) { return PI_ARRAY_LEN(keys); }
+
+const struct pi_config_key_info *pi_config_key(size_t i) { return i < PI_ARRAY_LEN(keys) ? &keys[i].info : NULL; }
+
+__attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t len, const char *fmt, ...)
+{
+    if (!err || len == 0) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
+}
+
+int pi_parse_bytes(const char *s, uint64_t *out)
+{
+    if (!s || !*s) return -PI_ERR_INVAL;
+    errno = 0;
+    char *end;
+    if (*s == '-') return -PI_ERR_INVAL;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s) return -PI_ERR_INVAL;
+    if (errno == ERANGE) return -PI_ERR_RANGE;
+    uint64_t mult = 1;
+    switch (*end) {
+    case 'k': case 'K': mult = 1ull << 10; end++; break;
+    case 'm': case 'M': mult = 1ull << 20; end++; break;
+    case 'g': case 'G': mult = 1ull << 30; end++; break;
+    case 't': case 'T': mult = 1ull << 40; end++; break;
+    default: break;
+    }
+    if (mult > 1 && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)) end += strlen(end);
+    else if (mult == 1 && strcmp(end, "B") == 0) end++;
+    if (*end != '\0') return -PI_ERR_INVAL;
+    uint64_t r;
+    if (pi_mul_overflows(v, mult, &r)) return -PI_ERR_RANGE;
+    *out = r;
+    return 0;
+}
+
+static char **str_field(struct pi_config *cfg, const struct key_def *k) { return (char **)((char *)cfg + k->offset); }
+
+/* Store text into the field of k, validating it. Returns 0 or -PI_ERR_* with a reason in why. */
+static int set_value(struct pi_config *cfg, const struct key_def *k, const char *v, char *why, size_t wlen)
+{
+    char *end;
+    switch (k->kind) {
+    case K_STR: {
+        char *dup = strdup(v);
+        if (!dup) return -PI_ERR_NOMEM;
+        char **f = str_field(cfg, k);
+        free(*f);
+        *f = dup;
+        return 0;
+    }
+    case K_INT: {
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (end == v || *end != '\0') { set_err(why, wlen, "'%s' is not an integer", v); return -PI_ERR_INVAL; }
+        if (errno == ERANGE || (double)x < k->min || (double)x > k->max) {
+            set_err(why, wlen, "%s is out of range [%.0f, %.0f]", v, k->min, k->max);
+            return -PI_ERR_RANGE;
+        }
+        *(int64_t *)((char *)cfg + k->offset) = x;
+        return 0;
+    }
+    case K_REAL: {
+        errno = 0;
+        double x = strtod(v, &end);
+        if (end == v || *end != '\0' || isnan(x)) { set_err(why, wlen, "'%s' is not a number", v); return -PI_ERR_INVAL; }
+        if (errno == ERANGE || x < k->min || x > k->max) {
+            set_err(why, wlen, "%s is out of range [%g, %g]", v, k->min, k->max);
+            return -PI_ERR_RANGE;
+        }
+        *(double *)((char *)cfg + k->offset) = x;
+        return 0;
+    }
+    case K_BYTES: {
+        uint64_t x;
+        int rc = pi_parse_bytes(v, &x);
+        if (rc != 0) { set_err(why, wlen, "'%s' is not a byte size (e.g. 8G, 512M, 1073741824)", v); return rc; }
+        *(uint64_t *)((char *)cfg + k->offset) = x;
+        return 0;
+    }
+    case K_ENUM:
+        for (int i = 0; k->names[i]; i++) {
+            if (strcasecmp(k->names[i], v) == 0) {
+                *(int *)((char *)cfg + k->offset) = i;
+                return 0;
+            }
+        }
+        {
+            char list[256] = "";
+            for (int i = 0; k->names[i]; i++) {
+                strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+                strncat(list, k->names[i], sizeof list - strlen(list) - 1);
+            }
+            set_err(why, wlen, "'%s' is not one of: %s", v, list);
+        }
+        return -PI_ERR_INVAL;
+    }
+    return -PI_ERR_INVAL;
+}
+
+static const struct key_def *find_key(const char *section, const char *key)
+{
+    for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++)
+        if (strcmp(keys[i].info.section, section) == 0 && strcmp(keys[i].info.key, key) == 0) return &keys[i];
+    return NULL;
+}
+
+static bool section_known(const char *section)
+{
+    for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++)
+        if (strcmp(keys[i].info.section, section) == 0) return true;
+    return false;
+}
+
+int pi_config_defaults(struct pi_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    char why[128];
+    for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
+        const char *d = keys[i].info.default_text;
+        char buf[64];
+        if (strcmp(keys[i].info.key, "dir") == 0 && strcmp(keys[i].info.section, "run") == 0) {
+            snprintf(buf, sizeof buf, "/tmp/pinfer-%u", (unsigned)getuid());
+            d = buf;
+        }
+        int rc = set_value(cfg, &keys[i], d, why, sizeof why);
+        PI_ASSERT(rc == 0 || rc == -PI_ERR_NOMEM); /* the table's defaults are valid */
+        if (rc != 0) { pi_config_free(cfg); return rc; }
+    }
+    return 0;
+}
+
+void pi_config_free(struct pi_config *cfg)
+{
+    if (!cfg) return;
+    for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
+        if (keys[i].kind == K_STR) {
+            char **f = str_field(cfg, &keys[i]);
+            free(*f);
+            *f = NULL;
+        }
+    }
+    memset(cfg, 0, sizeof *cfg);
+}
+
+struct load_ctx {
+    struct pi_config *cfg;
+    const char *path;
+    FILE *f;
+    int lineno; /* lines handed to inih so far: the line its handler is looking at */
+    char *err;
+    size_t errlen;
+    int rc;
+};
+
+/* Debian's inih is built without INI_HANDLER_LINENO, so the handler gets no line number: we feed
+ * inih through our own reader and count the lines it takes (inih never reads ahead). */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct load_ctx *c = stream;
+    char *r = fgets(str, num, c->f);
+    if (r) c->lineno++;
+    return r;
+}
+
+static int handle_ini_line(void *user, const char *section, const char *name, const char *value)
+{
+    struct load_ctx *c = user;
+    int lineno = c->lineno;
+    if (c->rc != 0) return 0;
+    if (!section_known(section)) {
+        set_err(c->err, c->errlen, "%s:%d: unknown section [%s]", c->path, lineno, section);
+        c->rc = -PI_ERR_INVAL;
+        return 0;
+    }
+    const struct key_def *k = find_key(section, name);
+    if (!k) {
+        set_err(c->err, c->errlen, "%s:%d: [%s] %s: unknown key", c->path, lineno, section, name);
+        c->rc = -PI_ERR_INVAL;
+        return 0;
+    }
+    char why[160];
+    int rc = set_value(c->cfg, k, value, why, sizeof why);
+    if (rc != 0) {
+        set_err(c->err, c->errlen, "%s:%d: [%s] %s: %s", c->path, lineno, section, name,
+                rc == -PI_ERR_NOMEM ? "out of memory" : why);
+        c->rc = rc;
+        return 0;
+    }
+    return 1;
+}
+
+int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -PI_ERR_IO;
+    }
+    struct load_ctx c = {cfg, path, f, 0, err, errlen, 0};
+    int r = ini_parse_stream(read_line, &c, handle_ini_line, &c);
+    fclose(f);
+    if (c.rc != 0) return c.rc;
+    if (r != 0) {
+        /* inih reports the first line it could not parse (a handler error is caught above). */
+        set_err(err, errlen, "%s:%d: syntax error (expected [section] or key = value)", path, r);
+        return -PI_ERR_FORMAT;
+    }
+    return 0;
+}
+
+int pi_config_set(struct pi_config *cfg, const char *dotted, const char *value, const char *origin,
+                  char *err, size_t errlen)
+{
+    const char *dot = strchr(dotted, '.');
+    char section[64];
+    if (!dot || (size_t)(dot - dotted) >= sizeof section) {
+        set_err(err, errlen, "%s: '%s' is not a section.key name", origin, dotted);
+        return -PI_ERR_INVAL;
+    }
+    memcpy(section, dotted, (size_t)(dot - dotted));
+    section[dot - dotted] = '\0';
+    const struct key_def *k = find_key(section, dot + 1);
+    if (!k) {
+        set_err(err, errlen, "%s: [%s] %s: unknown key", origin, section, dot + 1);
+        return -PI_ERR_INVAL;
+    }
+    char why[160];
+    int rc = set_value(cfg, k, value, why, sizeof why);
+    if (rc != 0) set_err(err, errlen, "%s: [%s] %s: %s", origin, section, dot + 1, rc == -PI_ERR_NOMEM ? "out of memory" : why);
+    return rc;
+}
+
+int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen)
+{
+    if (!cfg->model_path || !*cfg->model_path) {
+        set_err(err, errlen, "no model: set [model] path in the config file or give --model");
+        return -PI_ERR_INVAL;
+    }
+    if (!cfg->run_dir || !*cfg->run_dir) {
+        set_err(err, errlen, "[run] dir must not be empty");
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+size_t pi_config_format(const struct pi_config *cfg, char *buf, size_t len)
+{
+    size_t n = 0;
+    const char *cur = "";
+    for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
+        const struct key_def *k = &keys[i];
+        char val[128];
+        const void *f = (const char *)cfg + k->offset;
+        switch (k->kind) {
+        case K_STR: snprintf(val, sizeof val, "%s", *(char *const *)f ? *(char *const *)f : ""); break;
+        case K_INT: snprintf(val, sizeof val, "%lld", (long long)*(const int64_t *)f); break;
+        case K_REAL: snprintf(val, sizeof val, "%g", *(const double *)f); break;
+        case K_BYTES: snprintf(val, sizeof val, "%llu", (unsigned long long)*(const uint64_t *)f); break;
+        case K_ENUM: snprintf(val, sizeof val, "%s", k->names[*(const int *)f]); break;
+        }
+        int w;
+        if (strcmp(cur, k->info.section) != 0) {
+            cur = k->info.section;
+            w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "%s[%s]\n", n ? "\n" : "", cur);
+            if (w > 0) n += (size_t)w;
+        }
+        w = snprintf(n < len ? buf + n : NULL, n < len ? len - n : 0, "%s = %s\n", k->info.key, val);
+        if (w > 0) n += (size_t)w;
+    }
+    return n;
+}

@@ -1,0 +1,87 @@
+/*
+ * lib/conf.h - pinfer's configuration: the INI file (pinfer.conf(5)) and its command-line overrides.
+ *
+ * Every key lives in a table (lib/conf.c) with its section, type, default, bounds and help text;
+ * the parser, the `--help` output, the man page and the defaults all come from that one table. A
+ * value is set, in increasing priority: built-in default, config file, command line. Any error (unknown
+ * section or key, bad value, out of range) is one line naming the file, line and key, and the caller
+ * exits non-zero before anything is started.
+ */
+#ifndef PI_CONF_H
+#define PI_CONF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+enum pi_gpu_backend { PI_GPU_NONE = 0, PI_GPU_HOST = 1, PI_GPU_CUDA = 2 };
+enum pi_activation_cfg { PI_ACT_AUTO = 0, PI_ACT_CFG_SILU = 1, PI_ACT_CFG_RELU = 2, PI_ACT_CFG_DRELU = 3 };
+
+/* Plain data: the resolved configuration. Strings are owned by the struct (pi_config_free). */
+struct pi_config {
+    /* [model] */
+    char *model_path;          /* GGUF file; required */
+    enum pi_activation_cfg activation; /* auto: from the file (pinfer.ffn_activation, format default) */
+    int64_t ctx_len;           /* context length per sequence; 0 = the model's */
+    /* [run] */
+    char *run_dir;             /* where sockets live; created 0700 */
+    /* [control] */
+    char *control_endpoint;    /* ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control */
+    /* [cpu] */
+    int64_t cpu_workers;       /* 0 = one per NUMA node */
+    int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */
+    /* [gpu] */
+    enum pi_gpu_backend gpu_backend;
+    double hot_fraction;       /* fraction of each layer's FFN neurons kept by the GPU worker, 0..1 */
+    uint64_t vram_budget;      /* bytes; 0 = use hot_fraction instead */
+    int64_t gpu_device;
+    /* [generate] */
+    int64_t n_predict;
+    double temperature;
+    int64_t top_k;
+    double top_p;
+    double min_p;
+    double repeat_penalty;
+    int64_t seed;              /* -1 = from the clock */
+    /* [log] */
+    char *log_level;
+};
+
+/* Fill cfg with the built-in defaults (allocates the default strings). 0 or -PI_ERR_NOMEM. */
+int pi_config_defaults(struct pi_config *cfg);
+
+/* Free the strings of cfg and zero it. Accepts a zeroed struct. */
+void pi_config_free(struct pi_config *cfg);
+
+/* Parse the INI file path into cfg (keys override what is there). On error returns -PI_ERR_* and
+ * writes "FILE:LINE: [section] key: reason" into err. */
+int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size_t errlen);
+
+/* Set one key from text, as "section.key" (e.g. "gpu.hot_fraction", "0.5"). origin names where the
+ * value came from for the error message ("command line"). 0 or -PI_ERR_* with err filled. */
+int pi_config_set(struct pi_config *cfg, const char *dotted_key, const char *value, const char *origin,
+                  char *err, size_t errlen);
+
+/* Check cross-key constraints (model path present, ...). 0 or -PI_ERR_INVAL with err filled. */
+int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen);
+
+/* Parse a byte size with an optional K/M/G/T suffix (powers of 1024, optional trailing "iB"/"B").
+ * 0 or -PI_ERR_INVAL / -PI_ERR_RANGE. */
+int pi_parse_bytes(const char *s, uint64_t *out);
+
+/* One entry of the key table, for --help and documentation. */
+struct pi_config_key_info {
+    const char *section;
+    const char *key;
+    const char *default_text; /* as written in pinfer.conf */
+    const char *help;
+};
+/* Number of keys, and key i (0 <= i < count). */
+size_t pi_config_key_count(void);
+const struct pi_config_key_info *pi_config_key(size_t i);
+
+/* Write the resolved configuration as INI text (for logs and `pi-ctl status`). Returns bytes that
+ * would be written (snprintf semantics). */
+size_t pi_config_format(const struct pi_config *cfg, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,141 @@
+/*
+ * lib/model.h - the model description: a llama-family transformer bound from a validated GGUF file.
+ *
+ * pi_model_load() reads the hyper-parameters from the `<arch>.*` keys, looks every tensor up by name,
+ * and checks its shape and type against those hyper-parameters, so that the forward pass and the
+ * workers can index weights without further checks. A file whose tensors disagree with its metadata
+ * is rejected with a message naming the tensor, the expected and the actual shape.
+ *
+ * Architectures: "llama" and "bamboo" (PowerInfer's sparse llama; same tensors). Shapes below are
+ * written as (rows, cols) of the row-major matrix, i.e. (ne[1], ne[0]) in GGUF order: a weight
+ * W (rows, cols) maps x (cols,) to W @ x (rows,). Weights point into the GGUF mapping, so the model
+ * must not outlive the pi_gguf_t it was bound from (pi_model_open owns its file).
+ *
+ * The FFN is described neuron-wise: neuron i of layer l owns gate row i, up row i and down column i.
+ * `ffn_down_t` holds the down weights transposed, one neuron per contiguous row: taken from the file
+ * when it has PowerInfer's `blk.N.ffn_down_t.weight`, otherwise packed at load (see
+ * pi_model_opts.down_t_type), so that any subset of neurons can be computed without gathering.
+ */
+#ifndef PI_MODEL_H
+#define PI_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "lib/gguf.h"
+#include "lib/types.h"
+
+/* The FFN's gated activation: out = down @ (act(gate @ x) * up @ x), per neuron. */
+enum pi_ffn_act {
+    PI_FFN_ACT_DEFAULT = 0, /* only as an option: take it from the file */
+    PI_FFN_ACT_SILU = 1,    /* SwiGLU: silu(g) * u */
+    PI_FFN_ACT_RELU = 2,    /* ReGLU: relu(g) * u */
+    PI_FFN_ACT_DRELU = 3,   /* dReLU: relu(g) * relu(u) */
+};
+
+/* "silu", "relu", "drelu" (for logs and config files). */
+const char *pi_ffn_act_name(enum pi_ffn_act a);
+/* Parse one of those names (case-insensitive). Returns 0 and sets *out, or -PI_ERR_INVAL. */
+int pi_ffn_act_parse(const char *s, enum pi_ffn_act *out);
+
+/* A weight matrix W (rows, cols) in the mapping (or owned by the model when packed). Row r starts at
+ * (const char *)data + r * row_bytes. data is NULL when an optional tensor is absent. */
+struct pi_weight {
+    enum pi_type type;
+    int64_t rows;     /* ne[1] */
+    int64_t cols;     /* ne[0], the contiguous dimension */
+    size_t row_bytes; /* bytes of one row of cols elements of type */
+    const void *data;
+};
+
+/* Hyper-parameters. All counts are validated positive and consistent. */
+struct pi_hparams {
+    char arch[16];      /* "llama" or "bamboo" */
+    int n_vocab;        /* rows of token_embd */
+    int n_embd;         /* model width d */
+    int n_layer;
+    int n_ff;           /* FFN neurons per layer */
+    int n_head;         /* query heads */
+    int n_head_kv;      /* key/value heads (GQA: n_head % n_head_kv == 0) */
+    int head_dim;       /* attention.key_length, default n_embd / n_head */
+    int n_rot;          /* rope.dimension_count, default head_dim; even, <= head_dim */
+    int n_ctx_train;    /* context_length (0 when absent) */
+    float rms_eps;      /* attention.layer_norm_rms_epsilon (default 1e-5) */
+    float rope_base;    /* rope.freq_base (default 10000) */
+    enum pi_ffn_act act; /* resolved, never DEFAULT */
+    bool has_sparse_threshold;
+    float sparse_threshold; /* powerinfer.sparse_threshold, when present */
+    enum pi_gguf_flavour flavour;
+};
+
+/* One transformer block. q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim, d = n_embd. */
+struct pi_layer {
+    const float *attn_norm;     /* (d,) RMSNorm weights before attention (owned f32 copy) */
+    struct pi_weight attn_q;    /* (q_dim, d) */
+    struct pi_weight attn_k;    /* (kv_dim, d) */
+    struct pi_weight attn_v;    /* (kv_dim, d) */
+    struct pi_weight attn_output; /* (d, q_dim) */
+    const float *ffn_norm;      /* (d,) RMSNorm weights before the FFN (owned f32 copy) */
+    struct pi_weight ffn_gate;  /* (n_ff, d): row i is neuron i's gate */
+    struct pi_weight ffn_up;    /* (n_ff, d): row i is neuron i's up */
+    struct pi_weight ffn_down;  /* (d, n_ff): column i is neuron i's down */
+    struct pi_weight ffn_down_t; /* (n_ff, d): row i is neuron i's down (file's or packed at load) */
+    bool down_t_from_file;      /* ffn_down_t is PowerInfer's blk.N.ffn_down_t.weight */
+    struct pi_weight fc1;       /* optional predictor (rank, d); data NULL when absent */
+    struct pi_weight fc2;       /* optional predictor (n_ff, rank); present iff fc1 is */
+};
+
+typedef struct pi_model pi_model_t;
+
+struct pi_model {
+    struct pi_hparams hp;
+    struct pi_weight token_embd;  /* (n_vocab, d): row t is token t's embedding */
+    const float *output_norm;     /* (d,) final RMSNorm weights (owned f32 copy) */
+    struct pi_weight output;      /* (n_vocab, d): logits = output @ x; == token_embd when tied */
+    bool tied;                    /* the file has no output.weight */
+    struct pi_layer *layers;      /* (n_layer) */
+    const pi_gguf_t *gguf;        /* the file the weights live in (borrowed unless opened here) */
+    pi_gguf_t *owned_gguf;        /* set by pi_model_open */
+    void *packed;                 /* one allocation holding the packed ffn_down_t rows */
+    size_t packed_bytes;
+    float *norms;                 /* one allocation holding every norm vector */
+};
+
+struct pi_model_opts {
+    enum pi_ffn_act act;          /* PI_FFN_ACT_DEFAULT: `pinfer.ffn_activation`, then format default */
+    /* Type of the packed ffn_down_t when the file has none. PI_TYPE_COUNT (the default from
+     * pi_model_opts_default) picks: the down weights' own type for F32/F16/BF16 (an exact transpose),
+     * Q8_0 for quantised down weights (requantising a transposed block costs at most half a step of
+     * 8-bit resolution). */
+    enum pi_type down_t_type;
+    bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
+};
+
+/* Defaults: activation from the file, automatic down_t type, packing on. */
+void pi_model_opts_default(struct pi_model_opts *o);
+
+/* Bind a model from g (borrowed: it must outlive the model). opts may be NULL (defaults).
+ * Returns 0 and *out, or a negative enum pi_err with *out NULL and err (if not NULL) holding one line,
+ * e.g. "blk.2.attn_k.weight: shape (64, 64), expected (32, 64) (kv_dim, n_embd)". */
+int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model_t **out,
+                  char *err, size_t errlen);
+
+/* Open path with pi_gguf_open and bind it; the model owns the file. */
+int pi_model_open(const char *path, const struct pi_model_opts *opts, pi_model_t **out,
+                  char *err, size_t errlen);
+
+/* Free the model (and its file when it owns it). Accepts NULL; NULLs the caller's pointer. */
+void pi_model_destroy(pi_model_t **m);
+
+/* Row r of w (0 <= r < w->rows). */
+static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
+{
+    return (const char *)w->data + (size_t)r * w->row_bytes;
+}
+
+/* Bytes of all weights one token's decode streams (every matrix once, embedding row excluded);
+ * used by the benchmarks to turn tokens/s into GB/s. */
+uint64_t pi_model_decode_bytes(const pi_model_t *m);
+
+#endif
