@@ -47,6 +47,13 @@ int pi_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)
  * -PI_ERR_IO (logged). */
 int pi_futex_wake(_Atomic uint32_t *word, int n);
 
+/* Wake as pi_futex_wake, but skip the system call when *sleepers reads 0 (NULL: always wake).
+ * The writer must have stored the new value of *word with memory_order_seq_cst (or issued a
+ * seq_cst fence after it): together with the waiters' seq_cst increment of *sleepers before their
+ * last check, that guarantees a sleeper is never missed (argument in ipc/futex.c). Returns the
+ * number woken or -PI_ERR_IO. */
+int pi_futex_wake_sleepers(_Atomic uint32_t *word, _Atomic uint32_t *sleepers, int n);
+
 /* Monotonic clock in nanoseconds. */
 int64_t pi_clock_ns(void);
 
@@ -62,6 +69,28 @@ int pi_futex_wait_ne(_Atomic uint32_t *word, uint32_t seen, unsigned spin, int64
 /* As pi_futex_wait_ne, but until pi_seq_reached(*word, target). */
 int pi_futex_wait_ge(_Atomic uint32_t *word, uint32_t target, unsigned spin, int64_t timeout_ns,
                      _Atomic uint32_t *abort_word, uint32_t *out);
+
+/* What the _aux waits look at besides the word itself (each optional, NULL = none). */
+struct pi_futex_aux {
+    _Atomic uint32_t *abort_word; /* non-zero: stop waiting, return -PI_ERR_PEER */
+    _Atomic uint32_t *sleepers;   /* counted while asleep, for pi_futex_wake_sleepers */
+};
+
+/* As pi_futex_wait_ne / _ge, with an abort word and a sleeper count: while asleep the wait counts
+ * itself in *aux->sleepers, so the writer may skip the wake system call with
+ * pi_futex_wake_sleepers when nobody sleeps. aux may be NULL. */
+int pi_futex_wait_ne_aux(_Atomic uint32_t *word, uint32_t seen, unsigned spin, int64_t timeout_ns,
+                         const struct pi_futex_aux *aux, uint32_t *out);
+int pi_futex_wait_ge_aux(_Atomic uint32_t *word, uint32_t target, unsigned spin, int64_t timeout_ns,
+                         const struct pi_futex_aux *aux, uint32_t *out);
+
+/* Spin budget (pause iterations, about 50-100 us on current x86) for a hand-off between n_procs
+ * processes: PI_FUTEX_SPIN_DEFAULT when each of them can have a CPU of its own (counting the CPUs
+ * this process may run on, so taskset and cpusets are honoured), else 0. A waiter that spins while
+ * the process it waits for has no CPU only delays it: measured in doc/ipc.md, spinning made the
+ * exchange 2-4x slower on 2 cores with 3 processes and ~5x faster with a core each. */
+#define PI_FUTEX_SPIN_DEFAULT 2000u
+unsigned pi_futex_spin_budget(unsigned n_procs);
 
 /* Longest single futex sleep while an abort word is watched (see pi_futex_wait_ne). */
 #define PI_FUTEX_ABORT_SLICE_NS (20 * 1000 * 1000)

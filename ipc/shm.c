@@ -32,17 +32,16 @@ struct pi_shm {
 
 #define PI_SHM_SEALS (F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL)
 
-/* Lay the sections out after the header; fills hdr->sections and returns the total size, or 0 when
- * the sum overflows or exceeds PI_SHM_MAX_SIZE. */
-static uint64_t layout_sections(struct pi_shm_header *hdr, const uint64_t *sizes, unsigned n)
+uint64_t pi_shm_layout(const uint64_t *sizes, unsigned n, struct pi_shm_section *out)
 {
     uint64_t off = sizeof(struct pi_shm_header);
+    if (n > PI_SHM_MAX_SECTIONS) return 0;
     for (unsigned i = 0; i < n; i++) {
         uint64_t sz;
         if (sizes[i] > PI_SHM_MAX_SIZE) return 0;
         sz = pi_align_up(sizes[i], PI_SHM_ALIGN);
-        hdr->sections[i].offset = off;
-        hdr->sections[i].size = sizes[i];
+        out[i].offset = off;
+        out[i].size = sizes[i];
         if (pi_add_overflows(off, sz, &off) || off > PI_SHM_MAX_SIZE) return 0;
     }
     return off;
@@ -59,7 +58,7 @@ pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_si
         return NULL;
     }
     memset(&hdr, 0, sizeof hdr);
-    total = layout_sections(&hdr, section_sizes, n);
+    total = pi_shm_layout(section_sizes, n, hdr.sections);
     if (total == 0 || total > (uint64_t)SSIZE_MAX) {
         pi_error("pi_shm_new(%s): section sizes overflow the %llu-byte limit", name,
                  (unsigned long long)PI_SHM_MAX_SIZE);
@@ -74,6 +73,7 @@ pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_si
     shm = calloc(1, sizeof *shm);
     if (!shm) return NULL;
     shm->base = MAP_FAILED;
+    /* CLOEXEC: only the workers the coordinator chooses (pi_shm_share_fd) inherit the segment. */
     shm->fd = memfd_create(name ? name : "pinfer", MFD_ALLOW_SEALING | MFD_CLOEXEC);
     if (shm->fd < 0) {
         pi_error("memfd_create(%s) failed: %s", name, strerror(errno));
@@ -83,6 +83,7 @@ pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_si
         pi_error("ftruncate(memfd:%s, %llu) failed: %s", name, (unsigned long long)total, strerror(errno));
         goto err;
     }
+    /* Seal after sizing and before anyone else can see the fd: from here the size is final. */
     if (fcntl(shm->fd, F_ADD_SEALS, PI_SHM_SEALS) != 0) {
         pi_error("fcntl(memfd:%s, F_ADD_SEALS) failed: %s", name, strerror(errno));
         goto err;
@@ -154,6 +155,7 @@ int pi_shm_map_fd(int fd, uint32_t want_kind, pi_shm_t **out)
         pi_error("fstat(shm fd %d) failed: %s", fd, strerror(errno));
         return -PI_ERR_IO;
     }
+    /* The file's real size bounds everything below; the header's claims are checked against it. */
     if (st.st_size < (off_t)sizeof hdr || (uint64_t)st.st_size > PI_SHM_MAX_SIZE) {
         pi_error("shm fd %d: size %lld outside [%zu, %llu]", fd, (long long)st.st_size, sizeof hdr,
                  (unsigned long long)PI_SHM_MAX_SIZE);
@@ -167,6 +169,7 @@ int pi_shm_map_fd(int fd, uint32_t want_kind, pi_shm_t **out)
     }
     shm = calloc(1, sizeof *shm);
     if (!shm) return -PI_ERR_NOMEM;
+    /* Map the whole file read-write: every segment kind has words each side writes. */
     shm->fd = fd;
     shm->size = (uint64_t)st.st_size;
     shm->base = mmap(NULL, (size_t)shm->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -198,6 +201,12 @@ void pi_shm_destroy(pi_shm_t **p)
     *p = NULL;
 }
 
+void pi_shm_unmap_keep_fd(pi_shm_t **p)
+{
+    if (p && *p) (*p)->fd = -1;
+    pi_shm_destroy(p);
+}
+
 int pi_shm_share_fd(const pi_shm_t *shm)
 {
     int flags = fcntl(shm->fd, F_GETFD);
@@ -210,6 +219,8 @@ int pi_shm_share_fd(const pi_shm_t *shm)
 
 int pi_shm_parse_fd(const char *s, int *fd)
 {
+    /* Strict: a typo on a worker's command line must fail here, not map some other open file
+     * (pi_shm_map_fd would still reject it, but with a less obvious message). */
     char *end;
     long v;
     if (!s || *s < '0' || *s > '9') return -PI_ERR_INVAL;

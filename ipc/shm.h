@@ -58,6 +58,11 @@ _Static_assert(offsetof(struct pi_shm_header, sections) == 32, "section table at
 
 typedef struct pi_shm pi_shm_t;
 
+/* Where pi_shm_new puts n sections of the given sizes: fills out[0..n) (offset, size) and returns
+ * the segment's total size, or 0 when n > PI_SHM_MAX_SECTIONS or the sum overflows / exceeds
+ * PI_SHM_MAX_SIZE. Lets a layer above (ipc/exchange.c) recompute and compare a mapped layout. */
+uint64_t pi_shm_layout(const uint64_t *section_sizes, unsigned n, struct pi_shm_section *out);
+
 /* Create a sealed memfd segment of kind `kind` with n sections of the given sizes (each rounded up
  * to PI_SHM_ALIGN and laid out in order after the header), map it shared, zero it and write the
  * header. `name` shows in /proc/PID/fd (memfd:NAME) for debugging. The fd is close-on-exec until
@@ -75,6 +80,10 @@ int pi_shm_map_fd(int fd, uint32_t want_kind, pi_shm_t **out);
 /* Unmap and close; accepts NULL and *p == NULL; nulls the caller's pointer. The memory itself is
  * freed by the kernel once the last process unmaps/closes it. */
 void pi_shm_destroy(pi_shm_t **p);
+
+/* As pi_shm_destroy but leaves the fd open: for a caller whose own checks failed after a
+ * successful pi_shm_map_fd and who must hand the fd back untouched. */
+void pi_shm_unmap_keep_fd(pi_shm_t **p);
 
 /* Clear FD_CLOEXEC on the segment's fd so an exec'd child inherits it; returns the fd number to
  * pass on its command line, or -PI_ERR_IO. Call in the child after fork (or in the parent, if

@@ -88,6 +88,7 @@ uint64_t pi_gguf_data_offset(const pi_gguf_t *g); /* file offset of the data sec
 uint64_t pi_gguf_n_kv(const pi_gguf_t *g);
 /* Index of key, or -1 when absent. */
 int64_t pi_gguf_find_key(const pi_gguf_t *g, const char *key);
+/* Key and value type of entry i; i < pi_gguf_n_kv() is the caller's invariant (PI_ASSERT). */
 struct pi_gguf_str pi_gguf_key(const pi_gguf_t *g, uint64_t i);
 enum pi_gguf_vtype pi_gguf_kv_type(const pi_gguf_t *g, uint64_t i);
 
@@ -101,7 +102,7 @@ int pi_gguf_get_f64(const pi_gguf_t *g, const char *key, double *out);
 int pi_gguf_get_bool(const pi_gguf_t *g, const char *key, bool *out);
 int pi_gguf_get_str(const pi_gguf_t *g, const char *key, struct pi_gguf_str *out);
 
-/* Arrays: element type and count, then element access. get_arr returns 0 and fills *type/*n.
+/* Arrays: element type and count, then element access. get_arr returns 0 and fills *type and *n.
  * For fixed-size element types, pi_gguf_arr_data returns a pointer to n packed little-endian elements
  * (unaligned: read with memcpy). For string arrays use pi_gguf_arr_str (O(1): offsets are indexed at
  * open). Out-of-range indices return -PI_ERR_RANGE. */
@@ -128,6 +129,7 @@ const char *pi_gguf_vtype_name(enum pi_gguf_vtype t);
 
 /* ---- tensors ---- */
 uint64_t pi_gguf_n_tensors(const pi_gguf_t *g);
+/* Tensor i in file order, or NULL when i >= pi_gguf_n_tensors(). */
 const struct pi_gguf_tensor *pi_gguf_tensor(const pi_gguf_t *g, uint64_t i);
 /* Lookup by name (hashed at open); NULL when absent. */
 const struct pi_gguf_tensor *pi_gguf_find_tensor(const pi_gguf_t *g, const char *name);

@@ -17,10 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <math.h>
 
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/model.h"
+#include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
 
 /* Bounds that keep every product below in range and reject absurd files early. */
@@ -193,17 +195,10 @@ static int read_hparams(struct binder *b, enum pi_ffn_act act)
 
 /* ---------------------------------------------------------------- tensors */
 
-/* Matrix types the CPU kernels (kernels/cpu/quant.h) implement. */
+/* Matrix types the CPU kernels implement (a dequantiser and a dot product). */
 static bool matrix_type_ok(uint32_t t)
 {
-    switch (t) {
-    case PI_TYPE_F32: case PI_TYPE_F16: case PI_TYPE_BF16:
-    case PI_TYPE_Q4_0: case PI_TYPE_Q4_1: case PI_TYPE_Q5_0: case PI_TYPE_Q5_1: case PI_TYPE_Q8_0:
-    case PI_TYPE_Q2_K: case PI_TYPE_Q3_K: case PI_TYPE_Q4_K: case PI_TYPE_Q5_K: case PI_TYPE_Q6_K:
-        return true;
-    default:
-        return false;
-    }
+    return t < PI_TYPE_COUNT && pi_type_get(t) && pi_kernel_supported((enum pi_type)t);
 }
 
 /* True when t has exactly the dims (ne0, ne1) with any further dims equal to 1. ne1 = 0: a vector. */
@@ -353,50 +348,90 @@ static enum pi_type pick_down_t_type(enum pi_type opt, enum pi_type down, int64_
     return opt;
 }
 
-/* Transpose every layer's ffn_down (d, n_ff) into ffn_down_t (n_ff, d) of type dt, through an f32
- * buffer: dequantise each row of down, scatter it into columns, quantise each neuron's row. */
-static int pack_down_t(struct binder *b, enum pi_type opt)
+/* One layer's transposition, in two parallel phases over the pool (see pack_down_t). */
+struct pack_task {
+    const struct pi_weight *down; /* (d, ff) */
+    float *tmp;                   /* (ff, d) f32 */
+    float *rows;                  /* (threads, PACK_ROWS, ff) */
+    char *dst;                    /* (ff) packed rows */
+    enum pi_type dt;
+    size_t rb;
+};
+
+#define PACK_ROWS 16
+
+/* Phase 1, over blocks of PACK_ROWS rows of down: dequantise the block, then write it as a column
+ * block of tmp, so that both sides stay in cache (one row at a time would stride d floats per
+ * element). Blocks write disjoint columns. */
+static void pack_gather(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct pack_task *t = ctx;
+    int64_t d = t->down->rows, ff = t->down->cols;
+    float *rows = t->rows + (size_t)thread * PACK_ROWS * (size_t)ff;
+    for (int64_t blk = begin; blk < end; blk++) {
+        int64_t r0 = blk * PACK_ROWS, nr = PI_MIN(PACK_ROWS, d - r0);
+        for (int64_t r = 0; r < nr; r++)
+            pi_dequant_row(t->down->type, pi_weight_row(t->down, r0 + r), rows + r * ff, ff);
+        for (int64_t i = 0; i < ff; i++)
+            for (int64_t r = 0; r < nr; r++) t->tmp[i * d + r0 + r] = rows[r * ff + i];
+    }
+}
+
+/* Phase 2, over neurons: quantise each neuron's row. */
+static void pack_quantize(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct pack_task *t = ctx;
+    int64_t d = t->down->rows;
+    (void)thread;
+    for (int64_t i = begin; i < end; i++) pi_quantize_row(t->dt, t->tmp + i * d, t->dst + (size_t)i * t->rb, d);
+}
+
+/* Transpose every layer's ffn_down (d, n_ff) into ffn_down_t (n_ff, d), through an f32 buffer, on a
+ * temporary pool of n_threads (0: every online CPU). */
+static int pack_down_t(struct binder *b, enum pi_type opt, int n_threads)
 {
     pi_model_t *m = b->m;
     const struct pi_hparams *hp = &m->hp;
     int64_t d = hp->n_embd, ff = hp->n_ff;
-    size_t per_layer = 0, total = 0;
+    size_t total = 0;
     uint64_t rb;
-    enum pi_type dt = PI_TYPE_F32;
     for (int il = 0; il < hp->n_layer; il++) {
         struct pi_layer *L = &m->layers[il];
+        enum pi_type dt = pick_down_t_type(opt, L->ffn_down.type, d);
         if (L->down_t_from_file) continue;
-        dt = pick_down_t_type(opt, L->ffn_down.type, d);
         if (!pi_type_row_bytes(dt, (uint64_t)d, &rb)) return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
-        per_layer = (size_t)rb * (size_t)ff;
-        total += pi_align_up(per_layer, 64);
+        total += pi_align_up((size_t)rb * (size_t)ff, 64);
     }
     if (total == 0) return 0;
-    float *tmp = malloc((size_t)d * (size_t)ff * sizeof(float));
-    float *row = malloc((size_t)ff * sizeof(float));
+    pi_pool_t *pool = n_threads == 1 ? NULL : pi_pool_new(n_threads);
+    int nt = pi_pool_size(pool);
+    struct pack_task t = {0};
+    t.tmp = malloc((size_t)d * (size_t)ff * sizeof(float));
+    t.rows = malloc((size_t)nt * PACK_ROWS * (size_t)ff * sizeof(float));
     if (posix_memalign(&m->packed, 64, total) != 0) m->packed = NULL;
-    if (!tmp || !row || !m->packed) {
-        free(tmp);
-        free(row);
+    if (!t.tmp || !t.rows || !m->packed) {
+        free(t.tmp);
+        free(t.rows);
+        pi_pool_destroy(&pool);
         return -PI_ERR_NOMEM;
     }
     m->packed_bytes = total;
-    char *dst = m->packed;
+    t.dst = m->packed;
     for (int il = 0; il < hp->n_layer; il++) {
         struct pi_layer *L = &m->layers[il];
         if (L->down_t_from_file) continue;
-        dt = pick_down_t_type(opt, L->ffn_down.type, d);
-        (void)pi_type_row_bytes(dt, (uint64_t)d, &rb);
-        for (int64_t r = 0; r < d; r++) {
-            pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), row, ff);
-            for (int64_t i = 0; i < ff; i++) tmp[i * d + r] = row[i];
-        }
-        for (int64_t i = 0; i < ff; i++) pi_quantize_row(dt, tmp + i * d, dst + (size_t)i * rb, d);
-        L->ffn_down_t = (struct pi_weight){dt, ff, d, (size_t)rb, dst};
-        dst += pi_align_up((size_t)rb * (size_t)ff, 64);
+        t.down = &L->ffn_down;
+        t.dt = pick_down_t_type(opt, L->ffn_down.type, d);
+        (void)pi_type_row_bytes(t.dt, (uint64_t)d, &rb);
+        t.rb = (size_t)rb;
+        pi_pool_for(pool, (d + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, &t);
+        pi_pool_for(pool, ff, 64, pack_quantize, &t);
+        L->ffn_down_t = (struct pi_weight){t.dt, ff, d, t.rb, t.dst};
+        t.dst += pi_align_up(t.rb * (size_t)ff, 64);
     }
-    free(tmp);
-    free(row);
+    free(t.tmp);
+    free(t.rows);
+    pi_pool_destroy(&pool);
     return 0;
 }
 
@@ -418,7 +453,7 @@ int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model
     if (!b.m) return -PI_ERR_NOMEM;
     b.m->gguf = g;
     if ((rc = read_hparams(&b, opts->act)) < 0 || (rc = bind_tensors(&b)) < 0) goto err;
-    if (!opts->no_down_t && (rc = pack_down_t(&b, opts->down_t_type)) < 0) goto err;
+    if (!opts->no_down_t && (rc = pack_down_t(&b, opts->down_t_type, opts->n_threads)) < 0) goto err;
     *out = b.m;
     return 0;
 err:
@@ -473,7 +508,140 @@ uint64_t pi_model_decode_bytes(const pi_model_t *m)
         const struct pi_layer *L = &m->layers[il];
         sum += weight_bytes(&L->attn_q) + weight_bytes(&L->attn_k) + weight_bytes(&L->attn_v) +
                weight_bytes(&L->attn_output) + weight_bytes(&L->ffn_gate) + weight_bytes(&L->ffn_up) +
-               weight_bytes(&L->ffn_down_t);
+               weight_bytes(m->hp.act == PI_FFN_ACT_SILU ? &L->ffn_down : &L->ffn_down_t);
     }
     return sum;
+}
+
+/* ---------------------------------------------------------------- random-weight models */
+
+struct gen {
+    const struct pi_model_gen *g;
+    pi_gguf_writer_t *w;
+    uint64_t rng;
+    float *buf;      /* (largest rows * cols) f32 staging */
+    void *qbuf;      /* the same quantised */
+};
+
+/* splitmix64 -> uniform in [-1, 1) */
+static float gen_uniform(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+/* One tensor (rows, cols) of type t; norm = vector near 1 (rows == 0). */
+static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm)
+{
+    uint64_t rb, ne[2];
+    int64_t r_out = rows;
+    if (G->g->omit && strcmp(name, G->g->omit) == 0) return 0;
+    if (G->g->reshape && strcmp(name, G->g->reshape) == 0) r_out = rows + 1;
+    float sd = norm ? 0.1f : 1.7320508f / sqrtf((float)cols); /* uniform: sd = a / sqrt(3) */
+    int64_t nr = norm ? 1 : r_out;
+    if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) {
+        pi_error("gen: %s: %lld columns are not whole %s blocks", name, (long long)cols, pi_type_name(t));
+        return -PI_ERR_INVAL;
+    }
+    for (int64_t r = 0; r < nr; r++) {
+        float *row = G->buf;
+        for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+        pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
+    }
+    ne[0] = (uint64_t)cols;
+    ne[1] = (uint64_t)nr;
+    return pi_gguf_writer_add_tensor(G->w, name, t, norm ? 1 : 2, ne, G->qbuf);
+}
+
+static int gen_u32(struct gen *G, const char *suffix, uint32_t v)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", G->g->arch ? G->g->arch : "llama", suffix);
+    if (G->g->bad_key && strcmp(key, G->g->bad_key) == 0) v = G->g->bad_value;
+    return pi_gguf_writer_set_u32(G->w, key, v);
+}
+
+static int gen_metadata(struct gen *G)
+{
+    const struct pi_model_gen *g = G->g;
+    const char *arch = g->arch ? g->arch : "llama";
+    char key[128];
+    int rc = 0;
+    rc |= pi_gguf_writer_set_str(G->w, "general.architecture", arch);
+    rc |= pi_gguf_writer_set_str(G->w, "general.name", "pinfer random model");
+    rc |= gen_u32(G, "embedding_length", (uint32_t)g->n_embd);
+    rc |= gen_u32(G, "block_count", (uint32_t)g->n_layer);
+    rc |= gen_u32(G, "feed_forward_length", (uint32_t)g->n_ff);
+    rc |= gen_u32(G, "attention.head_count", (uint32_t)g->n_head);
+    rc |= gen_u32(G, "attention.head_count_kv", (uint32_t)(g->n_head_kv ? g->n_head_kv : g->n_head));
+    rc |= gen_u32(G, "context_length", (uint32_t)(g->n_ctx ? g->n_ctx : 2048));
+    rc |= gen_u32(G, "rope.dimension_count", (uint32_t)(g->n_embd / g->n_head));
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+    rc |= pi_gguf_writer_set_f32(G->w, key, 1e-5f);
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    rc |= pi_gguf_writer_set_f32(G->w, key, 10000.0f);
+    if (g->act != PI_FFN_ACT_DEFAULT)
+        rc |= pi_gguf_writer_set_str(G->w, "pinfer.ffn_activation", pi_ffn_act_name(g->act));
+    return rc ? -PI_ERR_INVAL : 0;
+}
+
+static int gen_layers(struct gen *G, enum pi_type t)
+{
+    const struct pi_model_gen *g = G->g;
+    int64_t d = g->n_embd, hd = g->n_embd / g->n_head, ff = g->n_ff;
+    int64_t kvd = (int64_t)(g->n_head_kv ? g->n_head_kv : g->n_head) * hd;
+    char name[96];
+    int rc = 0;
+#define GEN(s, tt, r, c, norm) (snprintf(name, sizeof name, "blk.%d." s ".weight", il), gen_tensor(G, name, tt, r, c, norm))
+    for (int il = 0; il < g->n_layer && rc == 0; il++) {
+        if ((rc = GEN("attn_norm", PI_TYPE_F32, 0, d, true)) < 0 || (rc = GEN("attn_q", t, d, d, false)) < 0 ||
+            (rc = GEN("attn_k", t, kvd, d, false)) < 0 || (rc = GEN("attn_v", t, kvd, d, false)) < 0 ||
+            (rc = GEN("attn_output", t, d, d, false)) < 0 || (rc = GEN("ffn_norm", PI_TYPE_F32, 0, d, true)) < 0 ||
+            (rc = GEN("ffn_gate", t, ff, d, false)) < 0 || (rc = GEN("ffn_up", t, ff, d, false)) < 0 ||
+            (rc = GEN("ffn_down", t, d, ff, false)) < 0)
+            break;
+        if (g->down_t && (rc = GEN("ffn_down_t", t, ff, d, false)) < 0) break;
+        if (g->pred_rank > 0 && ((rc = GEN("fc1", PI_TYPE_F16, g->pred_rank, d, false)) < 0 ||
+                                 (rc = GEN("fc2", PI_TYPE_F16, ff, g->pred_rank, false)) < 0))
+            break;
+    }
+#undef GEN
+    return rc;
+}
+
+int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
+{
+    enum pi_type t = g->type ? g->type : PI_TYPE_F32;
+    enum pi_type te = g->embd_type ? g->embd_type : t, to = g->out_type ? g->out_type : t;
+    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL};
+    int64_t cols_max = PI_MAX(PI_MAX(g->n_embd, g->n_ff), g->pred_rank);
+    int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
+    int rc;
+    if (g->n_embd < 1 || g->n_head < 1 || g->n_embd % g->n_head != 0 || g->n_layer < 1 || g->n_ff < 1 ||
+        g->n_vocab < 1 || g->pred_rank < 0) {
+        pi_error("gen: bad model shape");
+        pi_gguf_writer_destroy(&G.w);
+        return -PI_ERR_INVAL;
+    }
+    G.buf = malloc((size_t)cols_max * sizeof(float));
+    G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(float)); /* f32 is the widest type */
+    if (!G.w || !G.buf || !G.qbuf) {
+        rc = -PI_ERR_NOMEM;
+        goto out;
+    }
+    if ((rc = gen_metadata(&G)) < 0 ||
+        (rc = gen_tensor(&G, "token_embd.weight", te, g->n_vocab, g->n_embd, false)) < 0 ||
+        (rc = gen_tensor(&G, "output_norm.weight", PI_TYPE_F32, 0, g->n_embd, true)) < 0 ||
+        (!g->tied && (rc = gen_tensor(&G, "output.weight", to, g->n_vocab, g->n_embd, false)) < 0) ||
+        (rc = gen_layers(&G, t)) < 0)
+        goto out;
+    rc = pi_gguf_writer_write(G.w, path);
+out:
+    free(G.buf);
+    free(G.qbuf);
+    pi_gguf_writer_destroy(&G.w);
+    return rc;
 }

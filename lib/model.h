@@ -110,6 +110,7 @@ struct pi_model_opts {
      * 8-bit resolution). */
     enum pi_type down_t_type;
     bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
+    int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
 };
 
 /* Defaults: activation from the file, automatic down_t type, packing on. */
@@ -134,8 +135,37 @@ static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
     return (const char *)w->data + (size_t)r * w->row_bytes;
 }
 
-/* Bytes of all weights one token's decode streams (every matrix once, embedding row excluded);
- * used by the benchmarks to turn tokens/s into GB/s. */
+/* Bytes of all weights a dense decode step streams (every matrix once, embedding row excluded; the
+ * FFN's down as the forward pass reads it: ffn_down for SiLU, ffn_down_t for ReLU/dReLU, where the
+ * neuron kernel then reads only the active neurons' rows). The benchmarks turn tokens/s into GB/s. */
 uint64_t pi_model_decode_bytes(const pi_model_t *m);
+
+/* ---- random-weight models with real shapes (tests, benchmarks) ---- */
+
+/* What pi_model_gen_write produces: a llama-family GGUF with every tensor lib/model.h binds, weights
+ * uniform with standard deviation 1/sqrt(cols) (so activations stay O(1) through the layers), norm
+ * weights near 1, and no tokenizer. Zero fields take the defaults noted. */
+struct pi_model_gen {
+    const char *arch;           /* "llama" */
+    int n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv; /* required, except n_head_kv (= n_head) */
+    int n_ctx;                  /* context_length (2048) */
+    enum pi_type type;          /* weight matrices (F32 when 0) */
+    enum pi_type embd_type;     /* token_embd (0: as type) */
+    enum pi_type out_type;      /* output.weight (0: as type) */
+    enum pi_ffn_act act;        /* written as pinfer.ffn_activation unless DEFAULT */
+    bool tied;                  /* no output.weight */
+    bool down_t;                /* also write blk.N.ffn_down_t.weight (PowerInfer) */
+    int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
+    uint64_t seed;              /* weights are a function of the seed */
+    /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
+     * too many; write `bad_key` (a full key name) with the value bad_value instead of the real one. */
+    const char *omit;
+    const char *reshape;
+    const char *bad_key;
+    uint32_t bad_value;
+};
+
+/* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */
+int pi_model_gen_write(const struct pi_model_gen *g, const char *path);
 
 #endif

@@ -2,11 +2,21 @@
  * kernels/cuda/cuda.h - the C interface of the CUDA side (the .cu files of kernels/cuda/), used by the GPU worker's
  * cuda backend. Only built when configure found nvcc and cuBLAS (PI_HAVE_CUDA). Every function checks
  * every CUDA/cuBLAS call and returns 0 or a negative enum pi_err, logging the failed call once.
+ *
+ * Conventions. A context (pi_cuda_ctx_t) owns one device, a compute stream, a copy stream, a cuBLAS
+ * handle and a VRAM budget: every device byte the backend holds comes from pi_cuda_alloc and is counted
+ * against the budget (the cuBLAS workspace and the kernels' scratch included). Pointers named `d_*`
+ * below are device pointers from pi_cuda_alloc; every kernel entry point only enqueues work on the
+ * context's compute stream (call pi_cuda_sync to wait), so host buffers are never touched by kernels.
+ * Activations are f32, row-major: a batch of T vectors of n elements is (T, n). A device error that
+ * poisons the context (a sticky error) is reported by the next call as -PI_ERR_DEVICE; the worker then
+ * ends (crash-only) and the coordinator's supervision takes over.
  */
 #ifndef PI_KERNELS_CUDA_H
 #define PI_KERNELS_CUDA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -18,6 +28,159 @@ int pi_cuda_device_count(void);
 
 /* Describe device dev ("NVIDIA H100 80GB HBM3, sm_90, 79.1 GiB, 132 SMs") into buf. 0 or -PI_ERR_*. */
 int pi_cuda_device_describe(int dev, char *buf, size_t len);
+
+/* ------------------------------------------------------------------ context and memory */
+
+typedef struct pi_cuda_ctx pi_cuda_ctx_t;
+
+/* Open device dev with a budget of `budget` bytes for everything pi_cuda_alloc hands out (0: the
+ * device's free memory at creation, less 256 MiB). The CUDA context and cuBLAS handle themselves are
+ * not budgeted; their size is measured (cudaMemGetInfo before/after) and logged. The cuBLAS workspace
+ * (32 MiB) is allocated from the budget. Returns the context, or NULL (error logged). */
+pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget);
+
+/* Free every allocation still held, the handle and the streams. Accepts NULL; NULLs *ctx. */
+void pi_cuda_ctx_destroy(pi_cuda_ctx_t **ctx);
+
+/* Bytes the budget allows, bytes held now, the largest amount held so far, and the unbudgeted device
+ * memory the CUDA context and cuBLAS took at creation. Any pointer may be NULL. */
+void pi_cuda_ctx_usage(const pi_cuda_ctx_t *ctx, size_t *budget, size_t *used, size_t *peak,
+                       size_t *overhead);
+
+/* The compute and copy streams (cudaStream_t, as void * so that C callers need no CUDA headers). */
+void *pi_cuda_ctx_stream(pi_cuda_ctx_t *ctx);
+void *pi_cuda_ctx_copy_stream(pi_cuda_ctx_t *ctx);
+
+/* Allocate `bytes` (> 0) of device memory counted against the budget. Counted bytes are rounded up to
+ * 256 (cudaMalloc's alignment). Returns 0 and *ptr, or -PI_ERR_NOMEM (logged with the request, the
+ * bytes in use and the budget) when the budget would be exceeded or the device has no memory left. */
+int pi_cuda_alloc(pi_cuda_ctx_t *ctx, size_t bytes, void **ptr);
+
+/* Free an allocation of ctx (NULL is a no-op). Waits for the device (cudaFree does). -PI_ERR_INVAL for a
+ * pointer ctx did not hand out. */
+int pi_cuda_free(pi_cuda_ctx_t *ctx, void *ptr);
+
+/* Copy bytes host -> device / device -> host on the compute stream and wait for it. */
+int pi_cuda_upload(pi_cuda_ctx_t *ctx, void *d_dst, const void *src, size_t bytes);
+int pi_cuda_download(pi_cuda_ctx_t *ctx, void *dst, const void *d_src, size_t bytes);
+
+/* Fill bytes of device memory with the byte value (tests poison outputs with 0xff = NaN). */
+int pi_cuda_memset(pi_cuda_ctx_t *ctx, void *d_dst, int value, size_t bytes);
+
+/* Device-to-device copy of bytes (a multiple of 16, both pointers 16-byte aligned) by a kernel with
+ * 16-byte loads and stores; the benchmarks use it to measure the device's copy bandwidth. */
+int pi_cuda_copy(pi_cuda_ctx_t *ctx, void *d_dst, const void *d_src, size_t bytes);
+
+/* The device's free and total memory now (cudaMemGetInfo), for tests of the budget. */
+int pi_cuda_mem_info(pi_cuda_ctx_t *ctx, size_t *free_bytes, size_t *total_bytes);
+
+/* Wait for everything enqueued on the compute stream; reports a sticky device error. */
+int pi_cuda_sync(pi_cuda_ctx_t *ctx);
+
+/* ------------------------------------------------------------------ weights */
+
+typedef struct pi_cuda_weight pi_cuda_weight_t;
+
+/* Upload a row-major weight W (rows, cols) in ggml's block layout of type (an enum pi_type: F16, BF16,
+ * Q4_0, Q8_0, Q4_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each, contiguous. Stored on
+ * the device in the layout described in kernels/cuda/cuda-impl.h (same values, 16-byte aligned quant
+ * planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
+ * -PI_ERR_UNSUPPORTED (type), -PI_ERR_INVAL (shape), -PI_ERR_NOMEM (budget), -PI_ERR_DEVICE. */
+int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols, const void *src,
+                          pi_cuda_weight_t **out);
+
+/* Free a weight (NULL ok); NULLs *w. */
+void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
+
+/* Device bytes the weight holds (counted against the budget), and the bytes the same weight needs for
+ * a given shape before uploading it (for placement). */
+size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w);
+int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
+
+/* ------------------------------------------------------------------ matrix products */
+
+/* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. */
+int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
+
+/* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
+ * rows per warp with x read from the cache, or PI_CUDA_MV_STAGED (x staged in shared memory, 2 rows per
+ * warp, 4 segments per lane in flight; 2 for F16/BF16). */
+#define PI_CUDA_MV_STAGED 8
+int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
+
+/* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
+ * used in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
+ * Scratch: T * cols * 2 bytes plus a tile of at most 64 MiB, from the budget. */
+int pi_cuda_gemm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
+
+/* Either of the above: matvec for T <= 2 (per token), gemm beyond. Same shapes as pi_cuda_gemm. */
+int pi_cuda_matmul(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
+
+/* out (n_ids, cols) f32 = rows ids[0..n_ids) of W (token embeddings); d_ids is int32 on the device,
+ * each id in [0, rows) (checked on the device: an out-of-range id gives a row of NaN). */
+int pi_cuda_get_rows(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t n_ids, const int32_t *d_ids,
+                     float *d_out);
+
+/* out (rows, cols) f16 = W dequantised (the GEMM's tile step, exposed for tests). */
+int pi_cuda_dequant_f16(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, void *d_out);
+
+/* ------------------------------------------------------------------ element-wise and attention */
+
+/* y (T, n) = x / sqrt(mean(x^2) + eps) * g (n,), per row. y may equal x. */
+int pi_cuda_rmsnorm(pi_cuda_ctx_t *ctx, int64_t T, int64_t n, const float *d_x, const float *d_g, float eps,
+                    float *d_y);
+
+/* In place RoPE, GGUF llama convention (adjacent pairs): for token t, head h and pair i < n_rot / 2,
+ * (x[2i], x[2i+1]) of x (T, n_head, head_dim) rotates by pos[t] * freq_scale * base^(-2i / n_rot).
+ * Dimensions >= n_rot are left alone. d_pos is int32 (T,). */
+int pi_cuda_rope(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int head_dim, int n_rot, const int32_t *d_pos,
+                 float base, float freq_scale, float *d_x);
+
+/* Store T new keys and values, k and v (T, n_head_kv * head_dim) f32, as f16 into positions
+ * [pos0, pos0 + T) of the caches k_cache, v_cache (n_ctx, n_head_kv, head_dim) f16. */
+int pi_cuda_kv_store(pi_cuda_ctx_t *ctx, int n_head_kv, int head_dim, int64_t pos0, int64_t T,
+                     const float *d_k, const float *d_v, void *d_k_cache, void *d_v_cache);
+
+/* Causal attention of T queries q (T, n_head, head_dim) f32 at positions pos0 .. pos0 + T - 1 over the
+ * f16 caches (positions 0 .. pos0 + t inclusive for query t), grouped-query: query head h reads kv
+ * head h / (n_head / n_head_kv). out (T, n_head, head_dim) f32; scale 1/sqrt(head_dim). head_dim 32,
+ * 64, 128 or 256. Split over positions (flash-decoding) with an online softmax; the
+ * split partials live in the context's scratch. */
+int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
+                      const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out);
+
+/* x (rows, n) softmax per row, in place. */
+int pi_cuda_softmax(pi_cuda_ctx_t *ctx, int64_t rows, int64_t n, float *d_x);
+
+/* FFN activations; values equal those of lib/model.h's enum pi_ffn_act. */
+enum pi_cuda_act {
+    PI_CUDA_ACT_SILU = 1,  /* silu(g) * u */
+    PI_CUDA_ACT_RELU = 2,  /* relu(g) * u */
+    PI_CUDA_ACT_DRELU = 3, /* relu(g) * relu(u) */
+};
+
+/* y (n,) = act(x) element-wise: silu or relu (DRELU acts as RELU here). y may equal x. */
+int pi_cuda_act(pi_cuda_ctx_t *ctx, int act, int64_t n, const float *d_x, float *d_y);
+
+/* out (n,) = the gated activation of g and u (see enum pi_cuda_act). out may alias g or u. */
+int pi_cuda_glu(pi_cuda_ctx_t *ctx, int act, int64_t n, const float *d_g, const float *d_u, float *d_out);
+
+/* y (n,) += sum over p < n_parts of parts (n_parts, n): adds the CPU workers' partial sums (copied to
+ * the device) and, with y the residual, closes the layer. */
+int pi_cuda_merge(pi_cuda_ctx_t *ctx, int64_t n, int n_parts, const float *d_parts, float *d_y);
+
+/* ------------------------------------------------------------------ hot neurons */
+
+/* The GPU's packed copy of its hot neurons of one layer:
+ *   gu   (2 * n_hot, n_embd): row 2i is hot neuron i's gate row, row 2i + 1 its up row (weight type);
+ *   down (n_hot, n_embd): row i is hot neuron i's down column (ffn_down_t's row; its own type, f16 or
+ *        Q8_0 when the file had no transposed copy, which is why it is a second matrix).
+ * y (n_embd,) = sum over active hot neurons i of act(gate_i . x, up_i . x) * down_i (y overwritten).
+ * Neuron i is skipped (no weight read) when d_mask is not NULL and d_mask[ids ? ids[i] : i] == 0;
+ * d_mask is uint8 over the layer's n_ff neurons, d_ids int32 (n_hot,) maps hot index -> neuron id
+ * (NULL: identity). The activations (n_hot floats) live in the context's scratch. */
+int pi_cuda_ffn_hot(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                    const float *d_x, const uint8_t *d_mask, const int32_t *d_ids, float *d_y);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,40 @@
+/*
+ * coordinator/coordinator.h - the pieces of pi-coordinator that main() strings together: opening
+ * the model and its tokenizer with errors that name where the path came from, building the engine
+ * the configuration asks for, and the two modes (one-shot and server).
+ */
+#ifndef PI_COORDINATOR_COORDINATOR_H
+#define PI_COORDINATOR_COORDINATOR_H
+
+#include "coordinator/engine.h"
+#include "coordinator/options.h"
+#include "lib/model.h"
+#include "lib/tokenizer.h"
+
+/* Exit statuses of pi-coordinator. */
+enum { PI_EXIT_OK = 0, PI_EXIT_FAILURE = 1, PI_EXIT_USAGE = 2 };
+
+/* The model and tokenizer of a run. */
+struct pi_coord_model {
+    pi_model_t *model;      /* weights bound (packed when the coordinator computes itself) */
+    pi_tokenizer_t *tok;
+};
+
+/* Open o->cfg.model_path. with_weights: pack the FFN for computing in this process (backend
+ * none); otherwise metadata only. On failure prints one line naming where the path was set
+ * ("FILE:LINE: [model] path: ...") and returns a negative pi_err. */
+int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm);
+void pi_coord_model_close(struct pi_coord_model *cm);
+
+/* Build the engine of o->cfg: in-process for backend none, else the pipeline (spawning the
+ * workers). NULL on failure (logged). */
+pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0);
+
+/* Threads for in-process computing: [cpu] threads, or the online CPUs when 0. */
+int pi_coord_threads(const struct pi_coord_opts *o);
+
+/* The modes; each returns an exit status. */
+int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0);
+int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0);
+
+#endif

@@ -1,0 +1,67 @@
+/*
+ * coordinator/engine-local.c - the in-process engine (coordinator/engine.h): the single-process
+ * forward pass of lib/forward.h, used by `--gpu-backend none` and as the reference the pipeline is
+ * compared against.
+ */
+#include "config.h"
+#include "coordinator/engine.h"
+#include "lib/common.h"
+#include "lib/forward.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+
+#define LOCAL_MAX_BATCH 64
+
+struct local_engine {
+    struct pi_engine base;
+    pi_forward_t *fwd;
+};
+
+static int local_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
+{
+    struct local_engine *l = (struct local_engine *)e;
+    if (n_out != 0 && n_out != 1 && n_out != n) return -PI_ERR_INVAL;
+    return pi_forward_tokens(l->fwd, 0, tokens, n, pos0, n_out ? logits : NULL, n_out == n && n > 1);
+}
+
+static int local_reset(pi_engine_t *e)
+{
+    pi_forward_seq_reset(((struct local_engine *)e)->fwd, 0);
+    return 0;
+}
+
+static void local_destroy(pi_engine_t *e)
+{
+    struct local_engine *l = (struct local_engine *)e;
+    pi_forward_destroy(&l->fwd);
+    free(l);
+}
+
+static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy};
+
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx)
+{
+    struct local_engine *l = calloc(1, sizeof *l);
+    if (!l) return NULL;
+    struct pi_forward_opts fo;
+    pi_forward_opts_default(&fo);
+    fo.n_threads = n_threads > 0 ? n_threads : 1;
+    if (n_ctx > 0) fo.n_ctx = n_ctx;
+    else fo.n_ctx = m->hp.n_ctx_train > 0 ? m->hp.n_ctx_train : 2048;
+    fo.n_batch = LOCAL_MAX_BATCH;
+    l->fwd = pi_forward_new(m, &fo);
+    if (!l->fwd) { free(l); return NULL; }
+    l->base.ops = &local_ops;
+    l->base.n_vocab = m->hp.n_vocab;
+    l->base.max_batch = LOCAL_MAX_BATCH;
+    l->base.n_ctx = fo.n_ctx;
+    return &l->base;
+}
+
+void pi_engine_destroy(pi_engine_t **e)
+{
+    if (!e || !*e) return;
+    (*e)->ops->destroy(*e);
+    *e = NULL;
+}

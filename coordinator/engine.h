@@ -1,0 +1,40 @@
+/*
+ * coordinator/engine.h - what the coordinator's generation loop runs a batch on: either the
+ * single-process forward pass in the coordinator itself (`--gpu-backend none`) or the process
+ * pipeline (pi-gpu-worker plus the CPU workers, coordinator/pipeline.h). Both look the same to
+ * coordinator/generate.c: tokens of one sequence at consecutive positions in, logits out.
+ */
+#ifndef PI_COORDINATOR_ENGINE_H
+#define PI_COORDINATOR_ENGINE_H
+
+#include <stdint.h>
+
+#include "lib/model.h"
+
+typedef struct pi_engine pi_engine_t;
+
+struct pi_engine_ops {
+    /* Evaluate tokens (n, 1 <= n <= max_batch) of sequence 0 at positions pos0.. (pos0 = the cached
+     * length); logits (n_out, n_vocab) = the last n_out rows, n_out in {0, 1, n}. 0 or -PI_ERR_*. */
+    int (*eval)(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out);
+    /* Forget sequence 0 (the next eval starts at position 0). */
+    int (*reset)(pi_engine_t *e);
+    void (*destroy)(pi_engine_t *e);
+};
+
+/* Every engine struct starts with this. */
+struct pi_engine {
+    const struct pi_engine_ops *ops;
+    int n_vocab;
+    int max_batch; /* tokens per eval */
+    int n_ctx;     /* positions of sequence 0 */
+};
+
+/* The in-process engine over m (borrowed): the single-process forward pass with n_threads threads
+ * and a context of n_ctx positions (0: the model's). NULL on failure (logged). */
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx);
+
+/* Destroy any engine; accepts NULL; nulls the caller's pointer. */
+void pi_engine_destroy(pi_engine_t **e);
+
+#endif

@@ -1,0 +1,158 @@
+/*
+ * coordinator/generate.c - the generation loop (coordinator/generate.h).
+ *
+ * The prompt is evaluated in batches of the engine's max_batch tokens; only the last batch asks for
+ * logits, unless the caller wants every position's (--logits-out). Then one token per step:
+ * sample, stop on an end-of-generation id (its text is not emitted), detokenize, evaluate it.
+ * The sampler gets the prompt for its repetition window, as llama.cpp's server does.
+ */
+#include "config.h"
+#include "coordinator/generate.h"
+#include "ipc/futex.h"
+#include "lib/common.h"
+#include "lib/conf.h"
+#include "lib/log.h"
+#include "lib/rng.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void pi_gen_params_from_config(const struct pi_config *cfg, struct pi_sample_params *p)
+{
+    pi_sample_params_default(p);
+    p->temperature = (float)cfg->temperature;
+    p->top_k = (int32_t)cfg->top_k;
+    p->top_p = (float)cfg->top_p;
+    p->min_p = (float)cfg->min_p;
+    p->repeat_penalty = (float)cfg->repeat_penalty;
+    p->seed = cfg->seed < 0 ? pi_rng_entropy_seed() : (uint64_t)cfg->seed;
+}
+
+/* The prompt ids of r into a fresh array (*ids, *n). */
+static int prompt_ids(const pi_tokenizer_t *t, const struct pi_gen_request *r, int32_t **ids, size_t *n)
+{
+    if (r->tokens) {
+        *ids = malloc((r->n_tokens ? r->n_tokens : 1) * sizeof **ids);
+        if (!*ids) return -PI_ERR_NOMEM;
+        memcpy(*ids, r->tokens, r->n_tokens * sizeof **ids);
+        *n = r->n_tokens;
+        return 0;
+    }
+    size_t len = strlen(r->prompt), need = 0;
+    int rc = pi_tokenize(t, r->prompt, len, true, false, NULL, 0, &need);
+    if (rc != 0 && rc != -PI_ERR_RANGE) return rc;
+    *ids = malloc((need ? need : 1) * sizeof **ids);
+    if (!*ids) return -PI_ERR_NOMEM;
+    rc = pi_tokenize(t, r->prompt, len, true, false, *ids, need, n);
+    if (rc != 0) { free(*ids); *ids = NULL; }
+    return rc;
+}
+
+/* Evaluate the prompt; logits (n_vocab) = the last position's. */
+static int eval_prompt(pi_engine_t *e, const int32_t *ids, int n, FILE *logits_out, float *all, float *logits)
+{
+    for (int p = 0; p < n; p += e->max_batch) {
+        int nb = PI_MIN(e->max_batch, n - p);
+        bool last = p + nb == n;
+        int n_out = logits_out ? nb : (last ? 1 : 0);
+        int rc = e->ops->eval(e, ids + p, nb, p, all, n_out);
+        if (rc != 0) return rc;
+        if (logits_out && fwrite(all, sizeof(float) * (size_t)e->n_vocab, (size_t)nb, logits_out) != (size_t)nb) {
+            pi_error("writing the prompt logits failed");
+            return -PI_ERR_IO;
+        }
+        if (last) memcpy(logits, all + (size_t)(n_out - 1) * (size_t)e->n_vocab, sizeof(float) * (size_t)e->n_vocab);
+    }
+    return 0;
+}
+
+/* End-of-generation ids of t into the sampler. */
+static int set_eog(pi_sampler_t *s, const pi_tokenizer_t *t)
+{
+    int32_t nv = pi_tokenizer_n_vocab(t), n = 0;
+    int32_t *ids = malloc((size_t)nv * sizeof *ids);
+    if (!ids) return -PI_ERR_NOMEM;
+    for (int32_t i = 0; i < nv; i++)
+        if (pi_tokenizer_is_eog(t, i)) ids[n++] = i;
+    int rc = pi_sampler_set_eog(s, ids, (size_t)n);
+    free(ids);
+    return rc;
+}
+
+/* The decode loop after the prompt: sample, emit, evaluate. */
+static int decode(pi_engine_t *e, const pi_tokenizer_t *t, pi_sampler_t *s, const struct pi_gen_request *r, int pos,
+                  float *logits, pi_gen_emit_fn emit, void *ctx, struct pi_gen_result *res)
+{
+    pi_detok_t *d = pi_detok_new(t, false);
+    size_t cap = pi_detok_max_push(t) + 8;
+    char *buf = malloc(cap);
+    int rc = (!d || !buf) ? -PI_ERR_NOMEM : 0;
+    for (int64_t i = 0; rc == 0 && i < r->n_predict; i++) {
+        int32_t tok = pi_sampler_sample(s, logits);
+        if (tok < 0) { rc = tok; break; }
+        if (pi_sampler_is_eog(s, tok)) { res->stop_eog = 1; break; }
+        pi_sampler_accept(s, tok);
+        res->n_generated++;
+        int w = pi_detok_push(d, tok, buf, cap);
+        if (w < 0) { rc = w; break; }
+        if (w > 0 && emit && emit(ctx, buf, (size_t)w) != 0) { rc = -PI_ERR_IO; break; }
+        if (i + 1 == r->n_predict) break; /* the last token needs no evaluation */
+        if (pos >= e->n_ctx) {
+            pi_error("generation: context of %d positions is full", e->n_ctx);
+            rc = -PI_ERR_RANGE;
+            break;
+        }
+        rc = e->ops->eval(e, &tok, 1, pos++, logits, 1);
+    }
+    if (d && buf && rc != -PI_ERR_NOMEM) {
+        int w = pi_detok_flush(d, buf, cap);
+        if (w > 0 && emit && emit(ctx, buf, (size_t)w) != 0 && rc == 0) rc = -PI_ERR_IO;
+    }
+    free(buf);
+    pi_detok_destroy(&d);
+    return rc;
+}
+
+int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_request *r, pi_gen_emit_fn emit,
+                void *ctx, struct pi_gen_result *res)
+{
+    memset(res, 0, sizeof *res);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = prompt_ids(t, r, &ids, &n);
+    if (rc != 0) { pi_error("tokenizing the prompt failed: %s", pi_err_str(rc)); return rc; }
+    if (n == 0) { free(ids); pi_error("the prompt is empty"); return -PI_ERR_INVAL; }
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= e->n_vocab) {
+            pi_error("prompt token %d is outside the vocabulary (0..%d)", ids[i], e->n_vocab - 1);
+            free(ids);
+            return -PI_ERR_INVAL;
+        }
+    }
+    if ((int64_t)n + r->n_predict > (int64_t)e->n_ctx + 1) {
+        pi_error("prompt (%zu tokens) + %lld to generate exceed the context of %d positions", n,
+                 (long long)r->n_predict, e->n_ctx);
+        free(ids);
+        return -PI_ERR_RANGE;
+    }
+    res->n_prompt = (int)n;
+    float *all = malloc(sizeof(float) * (size_t)e->n_vocab * (size_t)e->max_batch);
+    float *logits = malloc(sizeof(float) * (size_t)e->n_vocab);
+    pi_sampler_t *s = pi_sampler_new(e->n_vocab, &r->sample);
+    rc = (!all || !logits || !s) ? -PI_ERR_NOMEM : e->ops->reset(e);
+    if (rc == 0) rc = set_eog(s, t);
+    int64_t t0 = pi_clock_ns();
+    if (rc == 0) rc = eval_prompt(e, ids, (int)n, r->logits_out, all, logits);
+    int64_t t1 = pi_clock_ns();
+    res->prompt_s = (double)(t1 - t0) * 1e-9;
+    if (rc == 0 && r->n_predict > 0) {
+        pi_sampler_accept_prompt(s, ids, n);
+        rc = decode(e, t, s, r, (int)n, logits, emit, ctx, res);
+    }
+    res->gen_s = (double)(pi_clock_ns() - t1) * 1e-9;
+    pi_sampler_destroy(&s);
+    free(logits);
+    free(all);
+    free(ids);
+    return rc;
+}

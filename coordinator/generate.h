@@ -1,0 +1,49 @@
+/*
+ * coordinator/generate.h - one generation request from prompt to text: tokenize (BOS as the model
+ * file says), evaluate the prompt in batches, sample, detokenize, and hand the text to a callback
+ * as it becomes valid UTF-8. Shared by the one-shot mode and the control-socket server.
+ */
+#ifndef PI_COORDINATOR_GENERATE_H
+#define PI_COORDINATOR_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "coordinator/engine.h"
+#include "lib/sample.h"
+#include "lib/tokenizer.h"
+
+struct pi_gen_request {
+    const char *prompt;        /* text, or NULL when tokens is given */
+    const int32_t *tokens;     /* prompt ids (n_tokens), used as they are (no BOS added) */
+    size_t n_tokens;
+    int64_t n_predict;         /* tokens to generate; 0 = evaluate the prompt only */
+    struct pi_sample_params sample;
+    FILE *logits_out;          /* when not NULL: every prompt position's logits, float32 LE,
+                                * position-major (n_prompt x n_vocab) */
+};
+
+struct pi_gen_result {
+    int n_prompt;
+    int n_generated;
+    double prompt_s;           /* seconds spent evaluating the prompt */
+    double gen_s;              /* seconds spent generating (sampling included) */
+    int stop_eog;              /* 1 when an end-of-generation token ended the request */
+};
+
+/* Called with each piece of complete UTF-8 text; a non-zero return cancels the request (the
+ * generation then returns -PI_ERR_IO, e.g. the reader went away). */
+typedef int (*pi_gen_emit_fn)(void *ctx, const char *text, size_t len);
+
+/* Run r on e (sequence 0 is reset first) with tokenizer t. Returns 0, or a negative pi_err
+ * (logged): the engine's error (-PI_ERR_PEER when a worker died), -PI_ERR_RANGE when the prompt
+ * plus n_predict does not fit the context, -PI_ERR_INVAL for an empty prompt or a bad token id. */
+int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_request *r, pi_gen_emit_fn emit,
+                void *ctx, struct pi_gen_result *res);
+
+/* Sampling parameters from the configuration's [generate] section (seed -1: from the clock). */
+struct pi_config;
+void pi_gen_params_from_config(const struct pi_config *cfg, struct pi_sample_params *p);
+
+#endif

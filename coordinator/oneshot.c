@@ -1,0 +1,120 @@
+/*
+ * coordinator/oneshot.c - pi-coordinator's one-shot mode: one prompt, the generated text streamed to
+ * stdout as it is produced, statistics to the log, exit. Also the model opening shared with the
+ * server mode.
+ */
+#include "config.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/generate.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int pi_coord_threads(const struct pi_coord_opts *o)
+{
+    if (o->cfg.cpu_threads > 0) return (int)o->cfg.cpu_threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm)
+{
+    memset(cm, 0, sizeof *cm);
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    static const enum pi_ffn_act acts[] = {PI_FFN_ACT_DEFAULT, PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
+    mo.act = acts[o->cfg.activation];
+    mo.no_down_t = !with_weights;
+    char err[512] = "", where[256];
+    /* The loader logs its failure as well as returning it; the user gets our one line instead,
+     * which says where the path was configured. */
+    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (devnull >= 0) pi_log_set_fd(devnull);
+    int rc = pi_model_open(o->cfg.model_path, &mo, &cm->model, err, sizeof err);
+    pi_log_set_fd(2);
+    if (devnull >= 0) close(devnull);
+    if (rc != 0) {
+        fprintf(stderr, "pi-coordinator: %s: cannot load model %s: %s\n", pi_coord_opts_model_origin(o, where, sizeof where),
+                o->cfg.model_path, *err ? err : pi_err_str(rc));
+        return rc;
+    }
+    cm->tok = pi_tokenizer_new(cm->model->gguf, err, sizeof err);
+    if (!cm->tok) {
+        fprintf(stderr, "pi-coordinator: %s: model %s has no usable tokenizer: %s\n",
+                pi_coord_opts_model_origin(o, where, sizeof where), o->cfg.model_path, err);
+        pi_model_destroy(&cm->model);
+        return -PI_ERR_FORMAT;
+    }
+    if (pi_tokenizer_n_vocab(cm->tok) != cm->model->hp.n_vocab) {
+        fprintf(stderr, "pi-coordinator: %s: model %s: tokenizer has %d tokens, the embedding %d\n",
+                pi_coord_opts_model_origin(o, where, sizeof where), o->cfg.model_path, pi_tokenizer_n_vocab(cm->tok),
+                cm->model->hp.n_vocab);
+        pi_coord_model_close(cm);
+        return -PI_ERR_FORMAT;
+    }
+    return 0;
+}
+
+void pi_coord_model_close(struct pi_coord_model *cm)
+{
+    pi_tokenizer_destroy(&cm->tok);
+    pi_model_destroy(&cm->model);
+}
+
+/* Stream generated text to stdout as it comes. */
+static int emit_stdout(void *ctx, const char *text, size_t len)
+{
+    size_t *total = ctx;
+    *total += len;
+    if (fwrite(text, 1, len, stdout) != len) return -1;
+    return fflush(stdout) == 0 ? 0 : -1;
+}
+
+int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
+{
+    struct pi_coord_model cm;
+    if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
+    int status = PI_EXIT_FAILURE;
+    FILE *lf = NULL;
+    pi_engine_t *e = NULL;
+    if (o->logits_out && !(lf = fopen(o->logits_out, "wb"))) {
+        fprintf(stderr, "pi-coordinator: --logits-out %s: %s\n", o->logits_out, strerror(errno));
+        status = PI_EXIT_USAGE;
+        goto out;
+    }
+    e = pi_coord_engine_new(o, &cm, argv0);
+    if (!e) goto out;
+    struct pi_gen_request r = {0};
+    r.prompt = o->prompt;
+    r.tokens = o->tokens;
+    r.n_tokens = o->n_tokens;
+    r.n_predict = o->cfg.n_predict;
+    r.logits_out = lf;
+    pi_gen_params_from_config(&o->cfg, &r.sample);
+    struct pi_gen_result res;
+    size_t bytes = 0;
+    int rc = pi_generate(e, cm.tok, &r, emit_stdout, &bytes, &res);
+    if (bytes) { fputc('\n', stdout); fflush(stdout); }
+    if (rc != 0) {
+        fprintf(stderr, "pi-coordinator: generation failed: %s\n", pi_err_str(rc));
+        goto out;
+    }
+    pi_info("prompt: %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.1f tok/s)%s", res.n_prompt,
+            res.prompt_s, res.prompt_s > 0 ? res.n_prompt / res.prompt_s : 0.0, res.n_generated, res.gen_s,
+            res.gen_s > 0 ? res.n_generated / res.gen_s : 0.0, res.stop_eog ? ", stopped at end of text" : "");
+    status = PI_EXIT_OK;
+out:
+    pi_engine_destroy(&e);
+    if (lf && fclose(lf) != 0 && status == PI_EXIT_OK) {
+        fprintf(stderr, "pi-coordinator: --logits-out %s: %s\n", o->logits_out, strerror(errno));
+        status = PI_EXIT_FAILURE;
+    }
+    pi_coord_model_close(&cm);
+    return status;
+}

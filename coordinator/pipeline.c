@@ -1,0 +1,321 @@
+/*
+ * coordinator/pipeline.c - the process pipeline engine (coordinator/pipeline.h).
+ *
+ * DESIGN: the coordinator creates the two shared segments (the step channel to the GPU worker and the
+ * per-layer exchange between the GPU and CPU workers), clears close-on-exec on their fds, and spawns
+ * pi-gpu-worker and the CPU workers with the fd numbers on their command lines; each maps the model
+ * file itself, read-only. The supervisor (coordinator/supervisor.h) reports a death from its thread:
+ * we then abort both segments, so that the request in flight (waiting in pi_step_call) and the
+ * workers (waiting on the exchange) return at once with -PI_ERR_PEER, and mark the pipeline broken.
+ * The next eval restarts it as a whole: every worker is stopped, the segments are dropped and made
+ * anew, and the workers are spawned again, so no state of the failed run (a half-published layer, a
+ * partial sum, a KV cache missing positions) can leak into the next request.
+ *
+ * Placement: the hot neurons of every layer are ids 0..n_hot-1 with n_hot = round(hot_fraction *
+ * n_ff), or, with a VRAM budget, as many as fit after the attention, embedding and output weights
+ * (doc/pipeline.md); the cold ones are split into contiguous ranges, one per CPU worker.
+ */
+#include "config.h"
+#include "coordinator/pipeline.h"
+#include "coordinator/supervisor.h"
+#include "gpu-worker/step.h"
+#include "ipc/control.h"
+#include "ipc/exchange.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <numa.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define PIPE_MAX_BATCH 64
+#define PIPE_READY_MS 60000
+#define PIPE_STEP_TIMEOUT_NS (INT64_C(600) * 1000 * 1000 * 1000)
+
+struct pipe_engine {
+    struct pi_engine base;
+    const struct pi_coord_opts *o;
+    const pi_model_t *m;
+    char rundir[PATH_MAX];
+    char worker_ep[PATH_MAX + 16];
+    char gpu_exe[PATH_MAX], cpu_exe[PATH_MAX];
+    pi_super_t *sup;
+    pthread_mutex_t mu;        /* guards ex and step against the supervisor thread's on_death */
+    pi_exchange_t *ex;
+    pi_step_t *step;
+    int n_cpu;
+    int64_t n_hot;
+    _Atomic int broken;        /* a worker died: restart before the next eval */
+    uint64_t restarts;
+};
+
+/* Find a worker program: $PI_WORKER_DIR, the build tree beside this program, the install dir. */
+static int find_exe(const char *name, const char *subdir, char *out, size_t len)
+{
+    char self[PATH_MAX];
+    const char *env = getenv("PI_WORKER_DIR");
+    if (env && *env) {
+        snprintf(out, len, "%s/%s", env, name);
+        return access(out, X_OK) == 0 ? 0 : -PI_ERR_NOTFOUND;
+    }
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) *slash = '\0';
+        int w = snprintf(out, len, "%s/../%s/%s", self, subdir, name);
+        if (w > 0 && (size_t)w < len && access(out, X_OK) == 0) return 0;
+        w = snprintf(out, len, "%s/%s", self, name);
+        if (w > 0 && (size_t)w < len && access(out, X_OK) == 0) return 0;
+    }
+    snprintf(out, len, "%s/%s", PI_SBINDIR, name);
+    if (access(out, X_OK) == 0) return 0;
+    pi_error("cannot find %s (looked beside pi-coordinator, in the build tree and in %s; set PI_WORKER_DIR)", name, PI_SBINDIR);
+    return -PI_ERR_NOTFOUND;
+}
+
+/* Hot neurons per layer from the configuration. */
+static int64_t choose_hot(const struct pi_config *c, const pi_model_t *m)
+{
+    const struct pi_hparams *hp = &m->hp;
+    if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * hp->n_ff);
+    uint64_t fixed = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
+    if (!m->tied) fixed += m->output.row_bytes * (uint64_t)m->output.rows;
+    uint64_t per_neuron = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        fixed += L->attn_q.row_bytes * (uint64_t)L->attn_q.rows + L->attn_k.row_bytes * (uint64_t)L->attn_k.rows +
+                 L->attn_v.row_bytes * (uint64_t)L->attn_v.rows + L->attn_output.row_bytes * (uint64_t)L->attn_output.rows;
+        uint64_t down = 0; /* one neuron's down column: n_embd values of the down weights' type */
+        if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)hp->n_embd, &down)) down = 4u * (uint64_t)hp->n_embd;
+        per_neuron += L->ffn_gate.row_bytes + L->ffn_up.row_bytes + down;
+    }
+    if (c->vram_budget <= fixed || per_neuron == 0) return 0;
+    uint64_t k = (c->vram_budget - fixed) / per_neuron;
+    return (int64_t)PI_MIN(k, (uint64_t)hp->n_ff);
+}
+
+static void on_death(void *ctx, int slot)
+{
+    struct pipe_engine *p = ctx;
+    (void)slot;
+    atomic_store(&p->broken, 1);
+    pthread_mutex_lock(&p->mu);
+    if (p->ex) pi_exchange_abort(p->ex, PI_ERR_PEER);
+    if (p->step) pi_step_abort(p->step);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* Stop the workers and drop the segments. */
+static void pipe_stop(struct pipe_engine *p)
+{
+    if (p->step && !atomic_load(&p->broken)) pi_step_call(p->step, PI_STEP_STOP, 0, NULL, 0, 0, 0, INT64_C(1000000000));
+    pi_super_stop_all(p->sup, 2000);
+    pthread_mutex_lock(&p->mu);
+    pi_exchange_destroy(&p->ex);
+    pi_step_destroy(&p->step);
+    pthread_mutex_unlock(&p->mu);
+}
+
+/* argv of a worker: fills a[] from the strings in buf. */
+struct argv_buf {
+    char *a[32];
+    char s[32][PATH_MAX + 32];
+    int n;
+};
+
+static void arg(struct argv_buf *b, const char *prefix, const char *v)
+{
+    PI_ASSERT(b->n < 31);
+    int w = snprintf(b->s[b->n], sizeof b->s[b->n], "%s%s", prefix, v);
+    PI_ASSERT(w >= 0 && (size_t)w < sizeof b->s[b->n]);
+    b->a[b->n] = b->s[b->n];
+    b->a[++b->n] = NULL;
+}
+
+static void argl(struct argv_buf *b, const char *name, long v)
+{
+    char t[32];
+    snprintf(t, sizeof t, "%ld", v);
+    arg(b, "", name);
+    arg(b, "", t);
+}
+
+/* Create the segments and spawn every worker; wait until all are READY. */
+static int pipe_start(struct pipe_engine *p)
+{
+    const struct pi_config *c = &p->o->cfg;
+    const struct pi_hparams *hp = &p->m->hp;
+    struct pi_exchange_params xp = {.n_embd = (uint32_t)hp->n_embd, .max_tokens = PIPE_MAX_BATCH, .n_ff = (uint32_t)hp->n_ff,
+                                    .n_layers = (uint32_t)hp->n_layer, .n_workers = (uint32_t)p->n_cpu};
+    pi_exchange_t *ex = pi_exchange_new(&xp);
+    pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab);
+    if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
+    int xfd = pi_exchange_share_fd(ex), sfd = pi_step_share_fd(step);
+    if (xfd < 0 || sfd < 0) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_IO; }
+    pthread_mutex_lock(&p->mu);
+    p->ex = ex;
+    p->step = step;
+    pthread_mutex_unlock(&p->mu);
+    atomic_store(&p->broken, 0);
+    static const char *const acts[] = {"auto", "silu", "relu", "drelu"};
+    static const char *const backends[] = {"none", "host", "cuda"};
+    struct argv_buf *b = calloc(1, sizeof *b);
+    if (!b) return -PI_ERR_NOMEM;
+    int rc = 0;
+    arg(b, "", p->gpu_exe);
+    arg(b, "--backend=", backends[c->gpu_backend]);
+    arg(b, "--model=", c->model_path);
+    arg(b, "--activation=", acts[c->activation]);
+    argl(b, "--step-fd", sfd);
+    argl(b, "--exchange-fd", xfd);
+    arg(b, "--control=", p->worker_ep);
+    argl(b, "--hot", (long)p->n_hot);
+    argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
+    argl(b, "--ctx", (long)p->base.n_ctx);
+    argl(b, "--device", (long)c->gpu_device);
+    if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a) < 0) rc = -PI_ERR_IO;
+    for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
+        b->n = 0;
+        arg(b, "", p->cpu_exe);
+        arg(b, "--model=", c->model_path);
+        arg(b, "--activation=", acts[c->activation]);
+        argl(b, "--exchange-fd", xfd);
+        argl(b, "--index", w);
+        argl(b, "--workers", p->n_cpu);
+        argl(b, "--hot", (long)p->n_hot);
+        arg(b, "--control=", p->worker_ep);
+        if (c->cpu_threads > 0) argl(b, "--threads", (long)c->cpu_threads);
+        if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a) < 0) rc = -PI_ERR_IO;
+    }
+    free(b);
+    if (rc == 0) rc = pi_super_wait_ready(p->sup, PIPE_READY_MS);
+    if (rc != 0) {
+        atomic_store(&p->broken, 1);
+        pipe_stop(p);
+        return rc;
+    }
+    pi_info("pipeline ready: gpu worker (%s backend, %lld of %d neurons per layer hot) and %d CPU workers",
+            backends[c->gpu_backend], (long long)p->n_hot, hp->n_ff, p->n_cpu);
+    return 0;
+}
+
+static int pipe_restart(struct pipe_engine *p)
+{
+    pi_warn("restarting the pipeline after a worker failure");
+    pipe_stop(p);
+    p->restarts++;
+    return pipe_start(p);
+}
+
+static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens, int n, int pos0, int n_out)
+{
+    if (atomic_load(&p->broken)) {
+        int rc = pipe_restart(p);
+        if (rc != 0) return rc;
+    }
+    int rc = pi_step_call(p->step, cmd, 0, tokens, (uint32_t)n, (uint32_t)pos0, (uint32_t)n_out, PIPE_STEP_TIMEOUT_NS);
+    if (rc == -PI_ERR_PEER || rc == -PI_ERR_TIMEOUT) {
+        atomic_store(&p->broken, 1);
+        pi_error("the request failed: a worker of the pipeline died (%s); it will be restarted", pi_err_str(rc));
+        return -PI_ERR_PEER;
+    }
+    return rc;
+}
+
+static int pipe_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
+{
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    if (n < 1 || n > PIPE_MAX_BATCH || (n_out != 0 && n_out != 1 && n_out != n)) return -PI_ERR_INVAL;
+    int rc = pipe_call(p, PI_STEP_EVAL, tokens, n, pos0, n_out);
+    if (rc == 0 && n_out > 0) memcpy(logits, pi_step_logits(p->step), sizeof(float) * (size_t)n_out * (size_t)e->n_vocab);
+    return rc;
+}
+
+static int pipe_reset(pi_engine_t *e) { return pipe_call((struct pipe_engine *)e, PI_STEP_TRUNCATE, NULL, 0, 0, 0); }
+
+static void pipe_destroy(pi_engine_t *e)
+{
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    if (p->sup) pipe_stop(p);
+    pi_super_destroy(&p->sup);
+    if (p->rundir[0]) pi_rundir_remove(p->rundir);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy};
+
+/* Make sure the configured run directory exists, is ours and private. */
+static int ensure_run_dir(const char *dir)
+{
+    struct stat st;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        pi_error("[run] dir %s: cannot create: %s", dir, strerror(errno));
+        return -PI_ERR_IO;
+    }
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077)) {
+        pi_error("[run] dir %s: not a directory private to this user (mode 0700)", dir);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+int pi_coord_cpu_workers(const struct pi_config *c)
+{
+    if (c->cpu_workers > 0) return (int)c->cpu_workers;
+    int n = numa_available() >= 0 ? numa_num_configured_nodes() : 1;
+    return n > 0 ? PI_MIN(n, (int)PI_EXCHANGE_MAX_WORKERS) : 1;
+}
+
+pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)
+{
+    (void)argv0;
+    struct pipe_engine *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    pthread_mutex_init(&p->mu, NULL);
+    p->base.ops = &pipe_ops;
+    p->o = o;
+    p->m = cm->model;
+    p->base.n_vocab = cm->model->hp.n_vocab;
+    p->base.max_batch = PIPE_MAX_BATCH;
+    p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : (cm->model->hp.n_ctx_train > 0 ? cm->model->hp.n_ctx_train : 2048);
+    p->n_cpu = pi_coord_cpu_workers(&o->cfg);
+    p->n_hot = choose_hot(&o->cfg, cm->model);
+    if (ensure_run_dir(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
+        find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
+        pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
+        pi_ctl_endpoint(p->rundir, "workers", p->worker_ep, sizeof p->worker_ep) != 0 ||
+        !(p->sup = pi_super_new(p->worker_ep, on_death, p)) || pipe_start(p) != 0) {
+        pipe_destroy(&p->base);
+        return NULL;
+    }
+    return &p->base;
+}
+
+/* Status of the pipeline engine for the control socket: fills what it knows. */
+size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, size_t cap)
+{
+    if (!e || e->ops != &pipe_ops) return 0;
+    return pi_super_snapshot(((struct pipe_engine *)e)->sup, out, cap);
+}
+
+int64_t pi_engine_pipeline_hot(pi_engine_t *e)
+{
+    return e && e->ops == &pipe_ops ? ((struct pipe_engine *)e)->n_hot : -1;
+}
+
+pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)
+{
+    if (o->cfg.gpu_backend == PI_GPU_NONE) return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len);
+    return pi_engine_pipeline_new(o, cm, argv0);
+}

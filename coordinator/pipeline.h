@@ -1,0 +1,31 @@
+/*
+ * coordinator/pipeline.h - the process pipeline as an engine (coordinator/engine.h): the
+ * coordinator spawns pi-gpu-worker and the CPU workers, hands them the shared-memory segments and
+ * supervises them; a batch goes to the GPU worker through the step channel (gpu-worker/step.h).
+ */
+#ifndef PI_COORDINATOR_PIPELINE_H
+#define PI_COORDINATOR_PIPELINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "coordinator/coordinator.h"
+#include "coordinator/engine.h"
+#include "coordinator/supervisor.h"
+#include "lib/conf.h"
+
+/* Start the pipeline for o's configuration over cm's model (both borrowed for the engine's
+ * lifetime). Spawns the workers from the calling thread, which must outlive them
+ * (coordinator/supervisor.h). NULL on failure (logged). */
+pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0);
+
+/* The workers of a pipeline engine (0 for any other engine): see pi_super_snapshot. */
+size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, size_t cap);
+
+/* Hot neurons per layer of a pipeline engine; -1 for any other engine. */
+int64_t pi_engine_pipeline_hot(pi_engine_t *e);
+
+/* CPU workers the configuration asks for: [cpu] workers, or one per NUMA node when 0. */
+int pi_coord_cpu_workers(const struct pi_config *c);
+
+#endif

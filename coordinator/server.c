@@ -1,0 +1,391 @@
+/*
+ * coordinator/server.c - pi-coordinator's server mode: the control socket (ipc/control.h) answering
+ * pi-ctl (status, workers, generate, shutdown) until SIGTERM/SIGINT or a SHUTDOWN request.
+ *
+ * DESIGN: two threads.
+ *   - The main thread owns the control ROUTER and polls it together with a signalfd (SIGTERM, SIGINT)
+ *     and the inproc PAIR socket to the generation thread. It answers status requests itself, so
+ *     status stays live during a generation, and forwards text chunks and ends to the client.
+ *   - The generation thread owns the engine: it creates it (so the workers are forked from a thread
+ *     that lives as long as they do: PR_SET_PDEATHSIG follows the forking thread), runs one request
+ *     at a time, and destroys it at shutdown. A request arriving while one runs is answered "busy".
+ * Messages between the two threads are fixed structs copied through the PAIR socket.
+ * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
+ * with an ERROR, and otherwise ignored.
+ */
+#include "config.h"
+#include "coordinator/coordinator.h"
+#include "coordinator/generate.h"
+#include "coordinator/pipeline.h"
+#include "coordinator/supervisor.h"
+#include "ipc/control.h"
+#include "ipc/futex.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define ID_MAX 256
+#define GEN_EP "inproc://pinfer-generate"
+
+/* main -> generation thread */
+struct job {
+    int quit;                  /* 1: destroy the engine and end */
+    uint8_t id[ID_MAX];        /* client routing id */
+    size_t id_len;
+    uint64_t request_id;
+    uint32_t n_predict;
+    uint64_t seed;
+    float temp;
+    char *prompt;              /* owned by the generation thread once sent */
+};
+
+/* generation thread -> main */
+enum { EV_READY = 1, EV_CHUNK = 2, EV_END = 3, EV_FAILED = 4 };
+struct event {
+    int kind;
+    uint8_t id[ID_MAX];
+    size_t id_len;
+    uint64_t request_id;
+    int32_t status;
+    uint32_t n_prompt, n_generated;
+    char text[512];            /* chunk text (len bytes) or the end's reason */
+    size_t len;
+};
+
+struct server {
+    const struct pi_coord_opts *o;
+    const struct pi_coord_model *cm;
+    void *zctx;
+    void *gen_sock;            /* generation thread's end of the PAIR */
+    pi_engine_t *engine;       /* owned by the generation thread; read-only for status */
+    int64_t t_start;
+    _Atomic int busy;
+    _Atomic int cancel;        /* shutdown asked while generating */
+    _Atomic uint64_t requests, tokens;
+    char endpoint[512];
+};
+
+static void send_event(struct server *s, const struct event *ev)
+{
+    if (zmq_send(s->gen_sock, ev, sizeof *ev, 0) < 0) pi_warn("generation thread: event not delivered");
+}
+
+struct emit_ctx {
+    struct server *s;
+    const struct job *j;
+};
+
+static int emit_chunk(void *ctx, const char *text, size_t len)
+{
+    struct emit_ctx *e = ctx;
+    if (atomic_load(&e->s->cancel)) return -1;
+    while (len > 0) {
+        struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id};
+        memcpy(ev.id, e->j->id, e->j->id_len);
+        ev.len = PI_MIN(len, sizeof ev.text);
+        memcpy(ev.text, text, ev.len);
+        send_event(e->s, &ev);
+        text += ev.len;
+        len -= ev.len;
+    }
+    return 0;
+}
+
+/* Run one generation request and report its end. */
+static void run_job(struct server *s, struct job *j)
+{
+    struct pi_gen_request r = {0};
+    r.prompt = j->prompt;
+    r.n_predict = j->n_predict;
+    pi_gen_params_from_config(&s->o->cfg, &r.sample);
+    r.sample.temperature = j->temp;
+    r.sample.seed = j->seed;
+    struct pi_gen_result res;
+    struct emit_ctx ec = {s, j};
+    int rc = pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
+    struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .status = rc,
+                       .n_prompt = (uint32_t)res.n_prompt, .n_generated = (uint32_t)res.n_generated};
+    memcpy(ev.id, j->id, j->id_len);
+    if (rc == -PI_ERR_PEER)
+        snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
+    else if (rc != 0)
+        snprintf(ev.text, sizeof ev.text, "generation failed: %s", pi_err_str(rc));
+    ev.len = strlen(ev.text);
+    atomic_fetch_add(&s->tokens, (uint64_t)res.n_generated);
+    if (rc == 0) atomic_fetch_add(&s->requests, 1);
+    send_event(s, &ev);
+    if (rc == -PI_ERR_PEER && !atomic_load(&s->cancel)) {
+        int r2 = s->engine->ops->reset(s->engine); /* restarts the workers now, not at the next request */
+        if (r2 != 0) pi_error("restarting the pipeline failed: %s", pi_err_str(r2));
+    }
+}
+
+static void *gen_main(void *arg)
+{
+    struct server *s = arg;
+    s->engine = pi_coord_engine_new(s->o, s->cm, NULL);
+    struct event ev = {.kind = s->engine ? EV_READY : EV_FAILED};
+    send_event(s, &ev);
+    while (s->engine) {
+        struct job j;
+        int n = zmq_recv(s->gen_sock, &j, sizeof j, 0);
+        if (n != (int)sizeof j) {
+            if (n < 0 && errno == EINTR) continue;
+            break;
+        }
+        if (j.quit) break;
+        run_job(s, &j);
+        free(j.prompt);
+        atomic_store(&s->busy, 0);
+    }
+    pi_engine_destroy(&s->engine);
+    return NULL;
+}
+
+static const char *role_str(int role)
+{
+    return role == PI_ROLE_GPU_WORKER ? "gpu" : role == PI_ROLE_CPU_WORKER ? "cpu" : "unknown";
+}
+
+static const char *state_str(enum pi_worker_state st)
+{
+    return st == PI_WORKER_READY ? "ready" : st == PI_WORKER_STARTING ? "starting" : "dead";
+}
+
+/* The workers as a JSON array (neurons per layer = neurons owned / layers). */
+static json_t *workers_json(struct server *s)
+{
+    json_t *arr = json_array();
+    struct pi_worker_info *w = calloc(PI_SUPER_MAX_WORKERS, sizeof *w);
+    if (!arr || !w) { free(w); return arr; }
+    size_t n = PI_MIN(pi_engine_pipeline_workers(s->engine, w, PI_SUPER_MAX_WORKERS), (size_t)PI_SUPER_MAX_WORKERS);
+    int n_layer = s->cm->model->hp.n_layer;
+    for (size_t i = 0; i < n; i++) {
+        json_t *cores = json_array();
+        for (uint32_t c = 0; c < w[i].n_cores; c++) json_array_append_new(cores, json_integer(w[i].cores[c]));
+        json_array_append_new(arr, json_pack("{s:s, s:i, s:i, s:i, s:o, s:s, s:I, s:I, s:I}", "role", role_str(w[i].role),
+                                             "index", w[i].index, "pid", (int)w[i].pid, "numa_node", w[i].numa_node,
+                                             "cores", cores, "state", state_str(w[i].state), "heartbeat_age_ms",
+                                             (json_int_t)w[i].heartbeat_age_ms, "neurons_per_layer",
+                                             (json_int_t)(w[i].neurons / (uint64_t)n_layer), "memory_bytes",
+                                             (json_int_t)w[i].mem_bytes));
+    }
+    free(w);
+    return arr;
+}
+
+static json_t *status_json(struct server *s)
+{
+    const struct pi_hparams *hp = &s->cm->model->hp;
+    static const char *const backends[] = {"none", "host", "cuda"};
+    json_t *model = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s}", "path", s->o->cfg.model_path, "arch", hp->arch,
+                              "layers", hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_vocab", hp->n_vocab,
+                              "activation", pi_ffn_act_name(hp->act));
+    int64_t hot = pi_engine_pipeline_hot(s->engine);
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:b, s:o}", "model", model, "uptime_ms",
+                     (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
+                     (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
+                     "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
+                     (json_int_t)hot, "cpu_workers", hot >= 0 ? pi_coord_cpu_workers(&s->o->cfg) : 0, "control",
+                     s->endpoint, "busy", atomic_load(&s->busy), "workers", workers_json(s));
+}
+
+static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)
+{
+    if (pi_ctl_send(sock, id, id_len, m) != 0) pi_warn("control: reply (%s) not sent", pi_ctl_type_name(m->type));
+}
+
+static void reply_error(void *sock, const uint8_t *id, size_t id_len, uint64_t req, int code, const char *text)
+{
+    struct pi_ctl_msg m = {.type = PI_CTL_ERROR, .request_id = req};
+    m.u.error.code = code;
+    m.u.error.text = (char *)text;
+    reply(sock, id, id_len, &m);
+}
+
+/* One request on the control socket. Returns 1 when the server should shut down. */
+static int on_control(struct server *s, void *ctl, void *pair)
+{
+    uint8_t id[ID_MAX];
+    size_t id_len = sizeof id;
+    struct pi_ctl_msg m;
+    enum pi_ctl_defect d;
+    int rc = pi_ctl_recv(ctl, id, &id_len, &m, &d);
+    if (rc != 0) {
+        if (rc != -PI_ERR_TIMEOUT && id_len > 0 && id_len <= sizeof id && d != PI_CTL_OK) {
+            char t[128];
+            snprintf(t, sizeof t, "malformed message rejected: %s", pi_ctl_defect_name(d));
+            reply_error(ctl, id, id_len, 0, rc, t);
+        }
+        return 0;
+    }
+    int quit = 0;
+    struct pi_ctl_msg r = {.request_id = m.request_id};
+    switch (m.type) {
+    case PI_CTL_STATUS_REQ:
+        r.type = PI_CTL_STATUS_RESP;
+        r.u.json = status_json(s);
+        if (r.u.json) reply(ctl, id, id_len, &r);
+        else reply_error(ctl, id, id_len, m.request_id, -PI_ERR_NOMEM, "status: out of memory");
+        json_decref(r.u.json);
+        break;
+    case PI_CTL_SHUTDOWN:
+        r.type = PI_CTL_SHUTDOWN;
+        reply(ctl, id, id_len, &r);
+        pi_info("shutdown requested over the control socket");
+        quit = 1;
+        break;
+    case PI_CTL_GENERATE: {
+        if (atomic_exchange(&s->busy, 1)) {
+            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_RANGE, "busy: one generation at a time");
+            break;
+        }
+        struct job j = {.id_len = id_len, .request_id = m.request_id, .n_predict = m.u.generate.n_predict,
+                        .seed = m.u.generate.seed, .temp = m.u.generate.temp, .prompt = m.u.generate.prompt};
+        memcpy(j.id, id, id_len);
+        m.u.generate.prompt = NULL; /* the generation thread frees it */
+        if (zmq_send(pair, &j, sizeof j, 0) != (int)sizeof j) {
+            free(j.prompt);
+            atomic_store(&s->busy, 0);
+            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
+        }
+        break;
+    }
+    default:
+        pi_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
+        reply_error(ctl, id, id_len, m.request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
+        break;
+    }
+    pi_ctl_msg_clear(&m);
+    return quit;
+}
+
+/* An event from the generation thread: forward chunks and ends to their client. */
+static void on_event(void *ctl, const struct event *ev)
+{
+    struct pi_ctl_msg m = {.request_id = ev->request_id};
+    char text[sizeof ev->text + 1];
+    memcpy(text, ev->text, ev->len);
+    text[ev->len] = '\0';
+    if (ev->kind == EV_CHUNK) {
+        m.type = PI_CTL_CHUNK;
+        m.u.chunk.text = text;
+    } else {
+        m.type = PI_CTL_END;
+        m.u.end.status = ev->status;
+        m.u.end.n_prompt = ev->n_prompt;
+        m.u.end.n_generated = ev->n_generated;
+        m.u.end.reason = text;
+    }
+    reply(ctl, ev->id, ev->id_len, &m);
+}
+
+/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. */
+static int control_endpoint(const struct pi_config *c, char *out, size_t len)
+{
+    if (c->control_endpoint && *c->control_endpoint) {
+        int w = snprintf(out, len, "%s", c->control_endpoint);
+        return w > 0 && (size_t)w < len ? 0 : -PI_ERR_RANGE;
+    }
+    if (mkdir(c->run_dir, 0700) != 0 && errno != EEXIST) {
+        pi_error("[run] dir %s: cannot create: %s", c->run_dir, strerror(errno));
+        return -PI_ERR_IO;
+    }
+    return pi_ctl_endpoint(c->run_dir, "control", out, len);
+}
+
+/* Serve until a signal or a SHUTDOWN. */
+static void serve(struct server *s, void *ctl, void *pair, int sfd)
+{
+    for (;;) {
+        zmq_pollitem_t it[3] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0}};
+        int n = zmq_poll(it, 3, 1000);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            pi_error("zmq_poll failed: %s", zmq_strerror(errno));
+            return;
+        }
+        if (it[2].revents & ZMQ_POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) pi_info("signal %u: shutting down", si.ssi_signo);
+            return;
+        }
+        while (it[1].revents & ZMQ_POLLIN) {
+            struct event ev;
+            if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
+            on_event(ctl, &ev);
+        }
+        if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
+    }
+}
+
+int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
+{
+    (void)argv0;
+    struct pi_coord_model cm;
+    if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
+    struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns()};
+    int status = PI_EXIT_FAILURE, sfd = -1;
+    void *ctl = NULL, *pair = NULL;
+    pthread_t gen;
+    bool gen_started = false;
+    /* Block the stop signals in every thread; the main thread reads them from a signalfd. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    sfd = signalfd(-1, &set, SFD_CLOEXEC);
+    s.zctx = zmq_ctx_new();
+    if (sfd < 0 || !s.zctx || control_endpoint(&o->cfg, s.endpoint, sizeof s.endpoint) != 0) goto out;
+    ctl = pi_ctl_socket(s.zctx, ZMQ_ROUTER, 1000);
+    pair = zmq_socket(s.zctx, ZMQ_PAIR);
+    s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);
+    if (!ctl || !pair || !s.gen_sock || zmq_bind(pair, GEN_EP) != 0 || zmq_connect(s.gen_sock, GEN_EP) != 0) goto out;
+    if (pi_ctl_bind(ctl, s.endpoint) != 0) {
+        fprintf(stderr, "pi-coordinator: cannot serve on %s (another coordinator there?)\n", s.endpoint);
+        goto out;
+    }
+    if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
+    gen_started = true;
+    struct event ev;
+    if (zmq_recv(pair, &ev, sizeof ev, 0) != (int)sizeof ev || ev.kind != EV_READY) {
+        pi_error("the engine could not be started");
+        goto out;
+    }
+    printf("pi-coordinator: serving %s on %s\n", o->cfg.model_path, s.endpoint);
+    fflush(stdout);
+    pi_info("control socket: %s", s.endpoint);
+    serve(&s, ctl, pair, sfd);
+    status = PI_EXIT_OK;
+out:
+    if (gen_started) {
+        atomic_store(&s.cancel, 1);
+        struct job q = {.quit = 1};
+        zmq_send(pair, &q, sizeof q, 0);
+        pthread_join(gen, NULL);
+    }
+    int linger = 0;
+    if (pair) zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger);
+    if (s.gen_sock) zmq_setsockopt(s.gen_sock, ZMQ_LINGER, &linger, sizeof linger);
+    if (pair) zmq_close(pair);
+    if (s.gen_sock) zmq_close(s.gen_sock);
+    pi_ctl_close(&ctl);
+    if (s.zctx) zmq_ctx_term(s.zctx);
+    if (strncmp(s.endpoint, "ipc://", 6) == 0) unlink(s.endpoint + 6);
+    if (sfd >= 0) close(sfd);
+    pi_coord_model_close(&cm);
+    return status;
+}

@@ -1,0 +1,222 @@
+/*
+ * cpu-worker/main.c - pi-cpu-worker: one per NUMA node (or as many as `cpu.workers` says). Binds
+ * itself to its node's cores, packs its partition of the cold neurons into node-local memory from
+ * the mmapped model, registers over the control link, then computes its neurons for every layer the
+ * GPU worker publishes on the exchange, into its partial-sum slot. See pi-cpu-worker(8).
+ *
+ * DESIGN: crash-only. Any error in the loop (a corrupt step, an aborted exchange) ends the process;
+ * the coordinator notices (pidfd), fails the request in flight and restarts the pipeline.
+ */
+#include "config.h"
+#include "cpu-worker/numa.h"
+#include "cpu-worker/partition.h"
+#include "gpu-worker/link.h"
+#include "ipc/control.h"
+#include "ipc/exchange.h"
+#include "ipc/shm.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/model.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CW_SPIN 2000u
+#define CW_IDLE_NS (INT64_C(100) * 1000 * 1000)
+
+struct cw_opts {
+    const char *model, *control, *activation;
+    int exchange_fd;
+    long index, workers, hot, threads;
+};
+
+static void usage(FILE *f)
+{
+    fputs("Usage: pi-cpu-worker --model PATH --exchange-fd FD --index I --workers N [OPTION]...\n"
+          "A CPU worker of a pinfer pipeline; started by pi-coordinator, not by hand (see pi-cpu-worker(8)).\n"
+          "\n"
+          "  --model PATH         GGUF model file (mapped read-only); required\n"
+          "  --activation ACT     FFN activation: auto, silu, relu, drelu; default: auto\n"
+          "  --exchange-fd FD     inherited per-layer exchange segment (memfd); required\n"
+          "  --index I            this worker's index, 0..N-1; required\n"
+          "  --workers N          CPU workers in the pipeline; required\n"
+          "  --hot N              hot neurons per layer (ids 0..N-1, computed by the GPU worker); default: 0\n"
+          "  --threads N          compute threads; default: the node's cores shared among its workers\n"
+          "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
+          "  -h, --help           print this help and exit\n"
+          "  -V, --version        print the version and exit\n",
+          f);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Returns 1 to run, 0 to exit successfully, -1 on a usage error. */
+static int parse(int argc, char **argv, struct cw_opts *o)
+{
+    static const struct option lo[] = {
+        {"model", required_argument, NULL, 'm'}, {"activation", required_argument, NULL, 'a'},
+        {"exchange-fd", required_argument, NULL, 'x'}, {"index", required_argument, NULL, 'i'},
+        {"workers", required_argument, NULL, 'w'}, {"hot", required_argument, NULL, 'H'},
+        {"threads", required_argument, NULL, 't'}, {"control", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+    *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .index = -1, .workers = 0};
+    int c, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->model = optarg; break;
+        case 'a': o->activation = optarg; break;
+        case 'c': o->control = optarg; break;
+        case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
+        case 'i': bad = parse_long(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index); break;
+        case 'w': bad = parse_long(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers); break;
+        case 'H': bad = parse_long(optarg, 0, 1L << 24, &o->hot); break;
+        case 't': bad = parse_long(optarg, 1, 4096, &o->threads); break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("pi-cpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
+        default: bad = 1; break;
+        }
+        if (bad && c != '?' && c != ':') fprintf(stderr, "pi-cpu-worker: bad value '%s' (see --help)\n", optarg);
+    }
+    if (bad || optind < argc) { fprintf(stderr, "pi-cpu-worker: bad arguments (see --help)\n"); return -1; }
+    if (!o->model || o->exchange_fd < 0 || o->index < 0 || o->workers < 1 || o->index >= o->workers) {
+        fprintf(stderr, "pi-cpu-worker: --model, --exchange-fd, --index and --workers (index < workers) are required\n");
+        return -1;
+    }
+    return 1;
+}
+
+struct cw {
+    pi_exchange_t *ex;
+    pi_pool_t *pool;
+    pi_ffn_work_t *work;
+    struct pi_partition part;
+    enum pi_ffn_act act;
+    int32_t *idx;      /* (count): 0..count-1, or the masked subset of one token */
+    int64_t n_ff;
+    uint32_t w;
+    pi_link_t *link;
+};
+
+/* Rows of the partial for one published step. */
+static void compute_step(struct cw *c, const struct pi_exchange_step *st, float *out, int64_t d)
+{
+    const struct pi_layer *L = &c->part.layers[st->layer];
+    uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
+    for (uint32_t t = 0; t < st->n_tokens; t++) {
+        float *y = out + (size_t)t * (size_t)d;
+        memset(y, 0, (size_t)d * sizeof *y);
+        int64_t n = c->part.count;
+        if (st->flags & PI_EXCHANGE_MASK) {
+            const uint64_t *row = st->mask + (size_t)t * mask_words;
+            n = 0;
+            for (int64_t j = 0; j < c->part.count; j++) {
+                int64_t id = c->part.first + j;
+                if (row[id / 64] >> (id % 64) & 1) c->idx[n++] = (int32_t)j;
+            }
+        } else {
+            for (int64_t j = 0; j < n; j++) c->idx[j] = (int32_t)j;
+        }
+        if (n > 0) pi_ffn_neurons(c->pool, c->work, L, c->act, st->x + (size_t)t * (size_t)d, c->idx, n, y);
+    }
+}
+
+/* Serve published layers until told to stop or the exchange is aborted. */
+static int serve(struct cw *c, int64_t d)
+{
+    uint32_t seen;
+    int rc = pi_exchange_join(c->ex, c->w, &seen);
+    if (rc != 0) return rc;
+    float *out = pi_exchange_partial(c->ex, c->w);
+    for (;;) {
+        if (c->link && pi_link_stopping(c->link)) return 0;
+        struct pi_exchange_step st;
+        rc = pi_exchange_wait_publish(c->ex, seen, CW_SPIN, CW_IDLE_NS, &st);
+        if (rc == -PI_ERR_TIMEOUT) continue;
+        if (rc != 0) return rc;
+        seen = st.seq;
+        compute_step(c, &st, out, d);
+        rc = pi_exchange_post_partial(c->ex, c->w, st.seq);
+        if (rc != 0) return rc;
+    }
+}
+
+static int run(const struct cw_opts *o)
+{
+    struct cw c = {.w = (uint32_t)o->index};
+    struct pi_numa_place place;
+    pi_model_t *m = NULL;
+    char err[512] = "";
+    int rc = pi_numa_place((int)o->index, (int)o->workers, &place);
+    if (rc != 0) return rc;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    if (strcmp(o->activation, "auto") != 0 && pi_ffn_act_parse(o->activation, &mo.act) != 0) {
+        pi_error("--activation %s: not auto, silu, relu or drelu", o->activation);
+        rc = -PI_ERR_INVAL;
+        goto out;
+    }
+    rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
+    if (rc != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
+    if ((rc = pi_exchange_attach(o->exchange_fd, &c.ex)) != 0) goto out;
+    const struct pi_exchange_params *xp = pi_exchange_params(c.ex);
+    if (xp->n_embd != (uint32_t)m->hp.n_embd || xp->n_ff != (uint32_t)m->hp.n_ff || xp->n_layers != (uint32_t)m->hp.n_layer ||
+        xp->n_workers != (uint32_t)o->workers || o->hot > m->hp.n_ff) {
+        pi_error("the exchange segment does not match the model or --workers/--hot");
+        rc = -PI_ERR_INVAL;
+        goto out;
+    }
+    if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os, &c.part)) != 0) goto out;
+    int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
+    c.act = m->hp.act;
+    c.n_ff = m->hp.n_ff;
+    c.pool = pi_pool_new(threads);
+    c.work = pi_ffn_work_new(m->hp.n_embd, threads);
+    c.idx = malloc((size_t)(c.part.count ? c.part.count : 1) * sizeof *c.idx);
+    if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
+    if (o->control) {
+        struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_CPU_WORKER, .index = (uint32_t)o->index,
+                                  .numa_node = place.node, .cores = place.cores, .n_cores = place.n_cores};
+        if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
+        pi_link_ready(c.link, (uint64_t)c.part.count * (uint64_t)m->hp.n_layer, c.part.bytes);
+    }
+    pi_info("worker %ld/%ld: neurons %lld..%lld of %d per layer, %zu bytes on node %d, %d threads", o->index,
+            o->workers, (long long)c.part.first, (long long)(c.part.first + c.part.count - 1), m->hp.n_ff,
+            c.part.bytes, place.node, threads);
+    rc = serve(&c, m->hp.n_embd);
+    if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
+out:
+    pi_link_stop(&c.link);
+    free(c.idx);
+    pi_ffn_work_destroy(&c.work);
+    pi_pool_destroy(&c.pool);
+    pi_partition_free(&c.part);
+    pi_exchange_destroy(&c.ex);
+    pi_model_destroy(&m);
+    pi_numa_place_free(&place);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    pi_log_set_program("pi-cpu-worker");
+    struct cw_opts o;
+    int p = parse(argc, argv, &o);
+    if (p <= 0) return p == 0 ? 0 : 2;
+    if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    int rc = run(&o);
+    if (rc == -PI_ERR_PEER) pi_info("the exchange was aborted: exiting");
+    return rc == 0 ? 0 : 1;
+}

@@ -1,0 +1,75 @@
+/*
+ * cpu-worker/partition.c - packing a CPU worker's cold neurons (cpu-worker/partition.h).
+ *
+ * Per layer the copy is three blocks, gate rows then up rows then down_t rows of the worker's
+ * neurons, each block 64-byte aligned; rows keep the model's types and row sizes, so the arithmetic
+ * is exactly the single-process pass's.
+ */
+#include "config.h"
+#include "cpu-worker/partition.h"
+#include "cpu-worker/numa.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64_t *first, int64_t *count)
+{
+    int64_t cold = n_ff - n_hot;
+    int64_t a = cold * w / n_workers, b = cold * (w + 1) / n_workers;
+    *first = n_hot + a;
+    *count = b - a;
+}
+
+/* Copy rows first..first+count-1 of src into dst (at *off in mem) and bind dst. */
+static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, int64_t first, int64_t count, char *mem, size_t *off)
+{
+    *dst = *src;
+    dst->rows = count;
+    dst->data = mem + *off;
+    if (count > 0) memcpy(mem + *off, pi_weight_row(src, first), (size_t)count * src->row_bytes);
+    *off += pi_align_up((uint64_t)count * src->row_bytes, 64);
+}
+
+int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p)
+{
+    memset(p, 0, sizeof *p);
+    const struct pi_hparams *hp = &m->hp;
+    if (n_hot < 0 || n_hot > hp->n_ff || n_workers < 1 || w < 0 || w >= n_workers) return -PI_ERR_INVAL;
+    pi_partition_range(hp->n_ff, n_hot, n_workers, w, &p->first, &p->count);
+    size_t bytes = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        if (!L->ffn_down_t.data) { pi_error("layer %d has no ffn_down_t rows to pack", il); return -PI_ERR_INVAL; }
+        bytes += pi_align_up((uint64_t)p->count * L->ffn_gate.row_bytes, 64) +
+                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) +
+                 pi_align_up((uint64_t)p->count * L->ffn_down_t.row_bytes, 64);
+    }
+    p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
+    p->mem = pi_numa_alloc(bytes, node_os);
+    p->bytes = bytes;
+    p->node_os = node_os;
+    if (!p->layers || !p->mem) {
+        pi_error("cannot allocate %zu bytes for the packed neurons on node %d", bytes, node_os);
+        pi_partition_free(p);
+        return -PI_ERR_NOMEM;
+    }
+    size_t off = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        struct pi_layer *D = &p->layers[il];
+        copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, p->mem, &off);
+        copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, p->mem, &off);
+        copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, p->mem, &off);
+    }
+    PI_ASSERT(off == bytes);
+    return 0;
+}
+
+void pi_partition_free(struct pi_partition *p)
+{
+    free(p->layers);
+    pi_numa_free(p->mem, p->bytes);
+    memset(p, 0, sizeof *p);
+}

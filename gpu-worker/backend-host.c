@@ -1,0 +1,173 @@
+/*
+ * gpu-worker/backend-host.c - the `host` backend of pi-gpu-worker (gpu-worker/backend.h): plain C
+ * on the CPU over the single-process forward pass's per-layer steps (lib/forward.h) and its
+ * neuron-subset FFN kernel (kernels/cpu/ops.h).
+ *
+ * It stands in for the device on machines without one (CI, this project's tests) and is the
+ * reference the cuda backend is compared with. Attention, the KV cache, the norms and the output
+ * head are the forward pass's own code, so a pipeline run differs from the single-process pass only
+ * in how the FFN neurons are split and summed.
+ *
+ * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
+ */
+#include "config.h"
+#include "gpu-worker/backend.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "lib/common.h"
+#include "lib/forward.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct host_backend {
+    struct pi_backend base;
+    pi_forward_t *fwd;
+    pi_pool_t *pool;           /* for the hot neurons (the forward pass has its own) */
+    pi_ffn_work_t *work;
+    struct pi_backend_opts o;
+    int d;                     /* n_embd */
+    float *h;                  /* (max_tokens, d): the residual stream of the batch */
+    float *hot;                /* (max_tokens, d): the hot neurons' partial of the current layer */
+    const float *x;            /* (n, d): the FFN input given to ffn_input (caller's memory) */
+    int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
+    int n;                     /* rows of the batch */
+};
+
+static struct host_backend *hb(pi_backend_t *b) { return (struct host_backend *)b; }
+
+static void host_destroy(pi_backend_t *b)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_destroy(&s->fwd);
+    pi_pool_destroy(&s->pool);
+    pi_ffn_work_destroy(&s->work);
+    free(s->h);
+    free(s->hot);
+    free(s->seq);
+    free(s->pos);
+    free(s);
+}
+
+static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
+{
+    struct host_backend *s = hb(b);
+    if (n < 1 || n > s->o.max_tokens) {
+        pi_error("host backend: batch of %d tokens (1..%d)", n, s->o.max_tokens);
+        return -PI_ERR_RANGE;
+    }
+    int rc = pi_forward_begin(s->fwd, tokens, seq, pos, n);
+    if (rc != 0) return rc;
+    memcpy(s->seq, seq, (size_t)n * sizeof *seq);
+    memcpy(s->pos, pos, (size_t)n * sizeof *pos);
+    s->n = n;
+    pi_forward_embed(s->fwd, tokens, n, s->h);
+    return 0;
+}
+
+static int host_attn(pi_backend_t *b, int il)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_attn(s->fwd, il, s->seq, s->pos, s->n, s->h);
+    return 0;
+}
+
+static int host_ffn_input(pi_backend_t *b, int il, float *x)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_ffn_input(s->fwd, il, s->n, s->h, x);
+    s->x = x;
+    return 0;
+}
+
+/* hot (n, d) = the hot neurons of layer il over each row of x. Synchronous on the host: the CPU
+ * workers run at the same time in their own processes. */
+static int host_ffn_hot(pi_backend_t *b, int il)
+{
+    struct host_backend *s = hb(b);
+    const pi_model_t *m = b->model;
+    memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
+    int64_t nh = s->o.n_hot[il];
+    if (nh == 0) return 0;
+    for (int t = 0; t < s->n; t++)
+        pi_ffn_neurons(s->pool, s->work, &m->layers[il], m->hp.act, s->x + (size_t)t * (size_t)s->d,
+                       s->o.hot[il], nh, s->hot + (size_t)t * (size_t)s->d);
+    return 0;
+}
+
+static int host_ffn_merge(pi_backend_t *b, int il, const float *cold)
+{
+    struct host_backend *s = hb(b);
+    size_t n = (size_t)s->n * (size_t)s->d;
+    for (size_t i = 0; i < n; i++) s->h[i] += s->hot[i] + (cold ? cold[i] : 0.0f);
+    return 0;
+}
+
+static int host_output(pi_backend_t *b, int n_out, float *logits)
+{
+    struct host_backend *s = hb(b);
+    if (n_out < 1 || n_out > s->n) return -PI_ERR_RANGE;
+    pi_forward_output(s->fwd, s->h, s->n, n_out, logits);
+    return 0;
+}
+
+static void host_commit(pi_backend_t *b)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_commit(s->fwd, s->seq, s->pos, s->n);
+    s->n = 0;
+}
+
+static int host_seq_truncate(pi_backend_t *b, int seq, int n) { return pi_forward_seq_truncate(hb(b)->fwd, seq, n); }
+
+static int host_seq_len(const pi_backend_t *b, int seq)
+{
+    return pi_forward_seq_len(((const struct host_backend *)b)->fwd, seq);
+}
+
+static const struct pi_backend_ops host_ops = {
+    .name = "host",
+    .destroy = host_destroy,
+    .begin = host_begin,
+    .attn = host_attn,
+    .ffn_input = host_ffn_input,
+    .ffn_hot = host_ffn_hot,
+    .ffn_merge = host_ffn_merge,
+    .output = host_output,
+    .commit = host_commit,
+    .seq_truncate = host_seq_truncate,
+    .seq_len = host_seq_len,
+};
+
+int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
+{
+    *out = NULL;
+    if (o->max_tokens < 1) return -PI_ERR_INVAL;
+    struct host_backend *s = calloc(1, sizeof *s);
+    if (!s) return -PI_ERR_NOMEM;
+    s->base.ops = &host_ops;
+    s->base.model = m;
+    s->o = *o;
+    s->d = m->hp.n_embd;
+    struct pi_forward_opts fo;
+    pi_forward_opts_default(&fo);
+    fo.n_threads = o->n_threads > 0 ? o->n_threads : 1;
+    if (o->n_ctx > 0) fo.n_ctx = o->n_ctx;
+    if (o->n_seq > 0) fo.n_seq = o->n_seq;
+    fo.n_batch = o->max_tokens;
+    size_t hd = (size_t)o->max_tokens * (size_t)s->d;
+    s->fwd = pi_forward_new(m, &fo);
+    s->pool = pi_pool_new(fo.n_threads);
+    s->work = pi_ffn_work_new(s->d, fo.n_threads);
+    s->h = malloc(hd * sizeof(float));
+    s->hot = malloc(hd * sizeof(float));
+    s->seq = malloc((size_t)o->max_tokens * sizeof(int32_t));
+    s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
+    if (!s->fwd || !s->pool || !s->work || !s->h || !s->hot || !s->seq || !s->pos) {
+        host_destroy(&s->base);
+        return -PI_ERR_NOMEM;
+    }
+    *out = &s->base;
+    return 0;
+}

@@ -1,0 +1,76 @@
+/*
+ * gpu-worker/backend.h - the interface between pi-gpu-worker's layer loop (gpu-worker/loop.c) and
+ * the device that computes attention and the hot neurons.
+ *
+ * The loop owns the protocol (steps from the coordinator, the per-layer exchange with the CPU
+ * workers); a backend owns the residual stream h (n, n_embd) of the batch being computed, the KV
+ * cache and the hot neurons' weights, wherever they live. One batch goes through:
+ *
+ *   begin(tokens, seq, pos, n)          check the batch against the cache, embed the tokens into h
+ *   for each layer il:
+ *     attn(il)                          h += attention(h) (keys and values appended to the cache)
+ *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
+ *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
+ *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
+ *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
+ *   commit()                            the batch's positions are now part of the cache
+ *
+ * Two backends: `host` (plain C over the forward-pass ops, gpu-worker/backend-host.c; the CI stand-in
+ * and the reference) and `cuda` (another issue; pi_backend_new reports it missing when not built).
+ * A backend is driven by one thread.
+ */
+#ifndef PI_GPU_WORKER_BACKEND_H
+#define PI_GPU_WORKER_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/model.h"
+
+typedef struct pi_backend pi_backend_t;
+
+struct pi_backend_opts {
+    int n_threads;        /* host threads (host backend); <= 0 means 1 */
+    int n_ctx;            /* positions per sequence */
+    int n_seq;            /* sequences in the cache */
+    int max_tokens;       /* rows per batch (the exchange's max_tokens) */
+    int device;           /* CUDA device index (cuda backend) */
+    /* hot[il] (n_hot[il]): the neuron ids of layer il computed by this backend, any order, no
+     * duplicates; borrowed for the lifetime of the backend. */
+    const int32_t *const *hot;
+    const int64_t *n_hot;
+};
+
+/* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
+struct pi_backend_ops {
+    const char *name;
+    void (*destroy)(pi_backend_t *b);
+    int (*begin)(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n);
+    int (*attn)(pi_backend_t *b, int il);
+    int (*ffn_input)(pi_backend_t *b, int il, float *x);
+    int (*ffn_hot)(pi_backend_t *b, int il);
+    int (*ffn_merge)(pi_backend_t *b, int il, const float *cold);
+    int (*output)(pi_backend_t *b, int n_out, float *logits);
+    void (*commit)(pi_backend_t *b);
+    int (*seq_truncate)(pi_backend_t *b, int seq, int n);
+    int (*seq_len)(const pi_backend_t *b, int seq);
+};
+
+/* Every backend struct starts with this. */
+struct pi_backend {
+    const struct pi_backend_ops *ops;
+    const pi_model_t *model;
+};
+
+/* Create the backend named name ("host" or "cuda") over m (borrowed). Returns 0 and *out, or
+ * -PI_ERR_UNSUPPORTED with a clear message when the backend was not built (cuda without
+ * --with-cuda), -PI_ERR_INVAL for an unknown name, or another negative pi_err. */
+int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+/* Destroy; accepts NULL; nulls the caller's pointer. */
+void pi_backend_destroy(pi_backend_t **b);
+
+/* The host backend (gpu-worker/backend-host.c). */
+int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+#endif

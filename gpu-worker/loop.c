@@ -1,0 +1,100 @@
+/*
+ * gpu-worker/loop.c - the layer loop of pi-gpu-worker (gpu-worker/loop.h).
+ *
+ * DESIGN: per layer, one round trip through the exchange (ipc/exchange.h):
+ *   attn(il) -> x = ffn_norm(h) written straight into the exchange's x -> publish ->
+ *   hot neurons (here, while the CPU workers compute theirs) -> wait for every partial ->
+ *   merge the partials in worker order -> h += hot + cold.
+ * The exchange is single-buffered, which is safe because the next publish comes only after the wait
+ * for every partial of this one. A failed wait (a worker died: the coordinator aborted the exchange,
+ * or the timeout ran out) fails the batch without committing it to the cache; the coordinator then
+ * restarts the pipeline.
+ */
+#include "config.h"
+#include "gpu-worker/loop.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define LOOP_SPIN 20000u
+#define LOOP_IDLE_NS (INT64_C(100) * 1000 * 1000)
+
+/* One layer's FFN through the exchange. cold (n, d) is scratch. */
+static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
+{
+    pi_backend_t *be = g->be;
+    int rc = be->ops->ffn_input(be, il, pi_exchange_x(g->ex));
+    if (rc != 0) return rc;
+    uint32_t seq;
+    rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, g->ex_flags, &seq);
+    if (rc != 0) return rc;
+    rc = be->ops->ffn_hot(be, il);
+    if (rc != 0) return rc;
+    rc = pi_exchange_wait_partials(g->ex, seq, LOOP_SPIN, PI_GPU_PARTIAL_TIMEOUT_NS);
+    if (rc != 0) {
+        pi_error("layer %d: CPU partials did not arrive: %s", il, pi_err_str(rc));
+        return rc;
+    }
+    memset(cold, 0, (size_t)n * (size_t)be->model->hp.n_embd * sizeof(float));
+    pi_exchange_merge(g->ex, (uint32_t)n, cold);
+    return be->ops->ffn_merge(be, il, cold);
+}
+
+int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int seq, int pos0, int n_out, float *logits)
+{
+    pi_backend_t *be = g->be;
+    const struct pi_hparams *hp = &be->model->hp;
+    if (seq < 0 || seq >= g->n_seq || n_out < 0 || n_out > n) return -PI_ERR_RANGE;
+    int32_t *seqs = malloc((size_t)n * sizeof *seqs), *pos = malloc((size_t)n * sizeof *pos);
+    float *cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *cold);
+    int rc = (!seqs || !pos || !cold) ? -PI_ERR_NOMEM : 0;
+    for (int i = 0; rc == 0 && i < n; i++) {
+        seqs[i] = seq;
+        pos[i] = pos0 + i;
+    }
+    if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
+    for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
+        rc = be->ops->attn(be, il);
+        if (rc == 0) rc = ffn_layer(g, il, n, cold);
+    }
+    if (rc == 0 && n_out > 0) rc = be->ops->output(be, n_out, logits);
+    if (rc == 0) be->ops->commit(be);
+    free(seqs);
+    free(pos);
+    free(cold);
+    return rc;
+}
+
+int pi_gpu_loop_run(struct pi_gpu_loop *g)
+{
+    for (;;) {
+        if (g->link && pi_link_stopping(g->link)) return 0;
+        struct pi_step_req r;
+        int rc = pi_step_wait(g->step, LOOP_IDLE_NS, &r);
+        if (rc == -PI_ERR_TIMEOUT) continue;
+        if (rc == -PI_ERR_FORMAT) { pi_step_respond(g->step, r.id, rc); continue; }
+        if (rc != 0) return rc;
+        int status = 0;
+        switch (r.cmd) {
+        case PI_STEP_EVAL:
+            status = pi_gpu_loop_eval(g, r.tokens, (int)r.n_tokens, (int)r.seq, (int)r.pos0, (int)r.n_out,
+                                      pi_step_logits(g->step));
+            break;
+        case PI_STEP_TRUNCATE:
+            if ((int)r.seq >= g->n_seq) status = -PI_ERR_RANGE;
+            else status = g->be->ops->seq_truncate(g->be, (int)r.seq, (int)r.pos0);
+            break;
+        case PI_STEP_STOP:
+            pi_step_respond(g->step, r.id, 0);
+            return 0;
+        }
+        pi_step_respond(g->step, r.id, status);
+        if (status == -PI_ERR_PEER || status == -PI_ERR_TIMEOUT) {
+            /* The exchange is aborted or a CPU worker is gone: this pipeline is over. */
+            pi_error("a CPU worker failed (%s): exiting for the coordinator to restart the pipeline", pi_err_str(status));
+            return status;
+        }
+    }
+}

@@ -1,0 +1,37 @@
+/*
+ * gpu-worker/loop.h - pi-gpu-worker's layer loop: take a batch from the step channel, run it layer
+ * by layer on the backend, publishing each layer's FFN input to the CPU workers and merging their
+ * partial sums, and answer with the logits.
+ */
+#ifndef PI_GPU_WORKER_LOOP_H
+#define PI_GPU_WORKER_LOOP_H
+
+#include <stdint.h>
+
+#include "gpu-worker/backend.h"
+#include "gpu-worker/link.h"
+#include "gpu-worker/step.h"
+#include "ipc/exchange.h"
+
+/* How long the GPU worker waits for the CPU partials of one layer before it declares a worker
+ * dead (the coordinator usually notices first and aborts the exchange). */
+#define PI_GPU_PARTIAL_TIMEOUT_NS (INT64_C(5) * 1000 * 1000 * 1000)
+
+struct pi_gpu_loop {
+    pi_backend_t *be;
+    pi_step_t *step;
+    pi_exchange_t *ex;
+    pi_link_t *link;     /* may be NULL (tests) */
+    uint32_t ex_flags;   /* PI_EXCHANGE_ALL, plus GATE_SKIP for ReLU models */
+    int n_seq;           /* sequences the backend's cache holds */
+};
+
+/* Serve steps until a STOP step, a SHUTDOWN from the coordinator, or a fatal error. Returns 0 on a
+ * clean stop or a negative pi_err. */
+int pi_gpu_loop_run(struct pi_gpu_loop *g);
+
+/* Run one EVAL batch: tokens (n) of seq at pos0.. ; logits (n_out, n_vocab) of the last n_out rows.
+ * Exposed for tests and benchmarks. 0 or a negative pi_err (the batch is then not committed). */
+int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int seq, int pos0, int n_out, float *logits);
+
+#endif

@@ -1,0 +1,197 @@
+/*
+ * gpu-worker/main.c - pi-gpu-worker: started by pi-coordinator with the step and exchange segments
+ * inherited as file descriptors; maps the model, builds the backend (host or cuda) with the hot
+ * neurons, registers over the control link and runs the layer loop until told to stop.
+ * See pi-gpu-worker(8).
+ */
+#include "config.h"
+#include "gpu-worker/backend.h"
+#include "gpu-worker/link.h"
+#include "gpu-worker/loop.h"
+#include "ipc/control.h"
+#include "ipc/shm.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/model.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gw_opts {
+    const char *backend, *model, *control, *activation;
+    int step_fd, exchange_fd;
+    long hot, threads, ctx, device, n_seq;
+};
+
+static void usage(FILE *f)
+{
+    fputs("Usage: pi-gpu-worker --model PATH --step-fd FD --exchange-fd FD [OPTION]...\n"
+          "The GPU worker of a pinfer pipeline; started by pi-coordinator, not by hand (see pi-gpu-worker(8)).\n"
+          "\n"
+          "  --backend B          host (plain C) or cuda; default: host\n"
+          "  --model PATH         GGUF model file (mapped read-only); required\n"
+          "  --activation ACT     FFN activation: auto, silu, relu, drelu; default: auto\n"
+          "  --step-fd FD         inherited step segment (memfd); required\n"
+          "  --exchange-fd FD     inherited per-layer exchange segment (memfd); required\n"
+          "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
+          "  --hot N              hot neurons per layer (ids 0..N-1) computed here; default: 0\n"
+          "  --threads N          host backend threads; default: 1\n"
+          "  --ctx N              positions per sequence; default: the model's\n"
+          "  --n-seq N            sequences in the KV cache; default: 1\n"
+          "  --device N           CUDA device; default: 0\n"
+          "  -h, --help           print this help and exit\n"
+          "  -V, --version        print the version and exit\n",
+          f);
+}
+
+static int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+/* Returns 1 to run, 0 to exit successfully, -1 on a usage error. */
+static int parse(int argc, char **argv, struct gw_opts *o)
+{
+    static const struct option lo[] = {
+        {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
+        {"activation", required_argument, NULL, 'a'}, {"step-fd", required_argument, NULL, 's'},
+        {"exchange-fd", required_argument, NULL, 'x'}, {"control", required_argument, NULL, 'c'},
+        {"hot", required_argument, NULL, 'H'}, {"threads", required_argument, NULL, 't'},
+        {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
+        {"n-seq", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+    *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .threads = 1, .n_seq = 1};
+    int c, bad = 0;
+    while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
+        switch (c) {
+        case 'b': o->backend = optarg; break;
+        case 'm': o->model = optarg; break;
+        case 'a': o->activation = optarg; break;
+        case 'c': o->control = optarg; break;
+        case 's': bad = pi_shm_parse_fd(optarg, &o->step_fd) != 0; break;
+        case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
+        case 'H': bad = parse_long(optarg, 0, 1L << 24, &o->hot); break;
+        case 't': bad = parse_long(optarg, 1, 4096, &o->threads); break;
+        case 'C': bad = parse_long(optarg, 0, 1L << 24, &o->ctx); break;
+        case 'd': bad = parse_long(optarg, 0, 64, &o->device); break;
+        case 'S': bad = parse_long(optarg, 1, 1024, &o->n_seq); break;
+        case 'h': usage(stdout); return 0;
+        case 'V': printf("pi-gpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
+        default: bad = 1; break;
+        }
+        if (bad && c != '?' && c != ':') fprintf(stderr, "pi-gpu-worker: bad value '%s' (see --help)\n", optarg);
+    }
+    if (bad || optind < argc) { fprintf(stderr, "pi-gpu-worker: bad arguments (see --help)\n"); return -1; }
+    if (!o->model || o->step_fd < 0 || o->exchange_fd < 0) {
+        fprintf(stderr, "pi-gpu-worker: --model, --step-fd and --exchange-fd are required (see --help)\n");
+        return -1;
+    }
+    return 1;
+}
+
+/* Hot neuron ids of every layer: 0..hot-1 (the simple rule of doc/pipeline.md). */
+static int32_t *hot_ids(long hot)
+{
+    int32_t *ids = malloc((size_t)(hot ? hot : 1) * sizeof *ids);
+    if (ids)
+        for (long i = 0; i < hot; i++) ids[i] = (int32_t)i;
+    return ids;
+}
+
+/* Bytes of the hot neurons' weights (gate row, up row, down_t row each) over all layers. */
+static uint64_t hot_bytes(const pi_model_t *m, long hot)
+{
+    uint64_t b = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        b += (uint64_t)hot * (L->ffn_gate.row_bytes + L->ffn_up.row_bytes + L->ffn_down_t.row_bytes);
+    }
+    return b;
+}
+
+/* Check that the segments were made for this model. */
+static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *ex, long hot)
+{
+    const struct pi_exchange_params *p = pi_exchange_params(ex);
+    const struct pi_hparams *hp = &m->hp;
+    if (p->n_embd != (uint32_t)hp->n_embd || p->n_ff != (uint32_t)hp->n_ff || p->n_layers != (uint32_t)hp->n_layer ||
+        p->max_tokens != pi_step_max_tokens(step) || pi_step_n_vocab(step) != (uint32_t)hp->n_vocab || hot > hp->n_ff) {
+        pi_error("segments do not match the model (exchange n_embd %u n_ff %u layers %u max_tokens %u; step "
+                 "max_tokens %u n_vocab %u; model n_embd %d n_ff %d layers %d n_vocab %d; hot %ld)",
+                 p->n_embd, p->n_ff, p->n_layers, p->max_tokens, pi_step_max_tokens(step), pi_step_n_vocab(step),
+                 hp->n_embd, hp->n_ff, hp->n_layer, hp->n_vocab, hot);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+static int run(const struct gw_opts *o)
+{
+    pi_model_t *m = NULL;
+    pi_backend_t *be = NULL;
+    pi_step_t *step = NULL;
+    pi_exchange_t *ex = NULL;
+    pi_link_t *link = NULL;
+    int32_t *ids = NULL;
+    char err[512] = "";
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    int rc = pi_ffn_act_parse(o->activation, &mo.act);
+    if (rc != 0 && strcmp(o->activation, "auto") == 0) { mo.act = PI_FFN_ACT_DEFAULT; rc = 0; }
+    if (rc != 0) { pi_error("--activation %s: not auto, silu, relu or drelu", o->activation); goto out; }
+    rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
+    if (rc != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
+    if ((rc = pi_step_attach(o->step_fd, &step)) != 0) goto out;
+    if ((rc = pi_exchange_attach(o->exchange_fd, &ex)) != 0) goto out;
+    if ((rc = check_segments(m, step, ex, o->hot)) != 0) goto out;
+    if (!(ids = hot_ids(o->hot))) { rc = -PI_ERR_NOMEM; goto out; }
+    const int32_t **hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
+    int64_t *n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
+    if (!hot || !n_hot) { free(hot); free(n_hot); rc = -PI_ERR_NOMEM; goto out; }
+    for (int il = 0; il < m->hp.n_layer; il++) { hot[il] = ids; n_hot[il] = o->hot; }
+    struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
+                                 .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device,
+                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot};
+    rc = pi_backend_new(o->backend, m, &bo, &be);
+    if (rc == 0 && o->control) {
+        struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_GPU_WORKER, .numa_node = -1};
+        link = pi_link_start(&lo);
+        if (!link) rc = -PI_ERR_IO;
+    }
+    if (rc == 0) {
+        if (link) pi_link_ready(link, (uint64_t)o->hot * (uint64_t)m->hp.n_layer, hot_bytes(m, o->hot));
+        pi_info("ready: backend %s, %ld hot neurons per layer of %d, %d layers", o->backend, o->hot, m->hp.n_ff, m->hp.n_layer);
+        struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
+                                .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
+        rc = pi_gpu_loop_run(&g);
+        if (rc != 0 && link) pi_link_error(link, rc, "the layer loop failed");
+    }
+    pi_backend_destroy(&be);
+    free(hot);
+    free(n_hot);
+out:
+    pi_link_stop(&link);
+    pi_exchange_destroy(&ex);
+    pi_step_destroy(&step);
+    free(ids);
+    pi_model_destroy(&m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    pi_log_set_program("pi-gpu-worker");
+    struct gw_opts o;
+    int p = parse(argc, argv, &o);
+    if (p <= 0) return p == 0 ? 0 : 2;
+    if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    return run(&o) == 0 ? 0 : 1;
+}

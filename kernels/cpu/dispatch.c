@@ -1,0 +1,144 @@
+/*
+ * kernels/cpu/dispatch.c - CPU feature detection and the once-per-process choice of kernel variant.
+ *
+ * DESIGN: the variants' raw tables are sparse; at init each is completed from the scalar table into a
+ * static copy, and one pointer (the active table) is set under pthread_once, so the hot path is a load
+ * and an indirect call with no branches on CPU features. A variant is "available" only when it was
+ * compiled in (PI_HAVE_X86_SIMD), CPUID reports its instructions and XGETBV says the OS saves the
+ * registers they use (YMM for AVX2; opmask/ZMM for AVX-512).
+ */
+#include "config.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/quant-impl.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+static const char *const isa_names[PI_KERNEL_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+
+static struct pi_kernel_table tables[PI_KERNEL_ISA_COUNT];
+static bool available[PI_KERNEL_ISA_COUNT];
+static bool native_dot[PI_KERNEL_ISA_COUNT][PI_TYPE_COUNT];
+static bool native_deq[PI_KERNEL_ISA_COUNT][PI_TYPE_COUNT];
+static enum pi_kernel_isa active_isa = PI_KERNEL_SCALAR;
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+#if defined(__x86_64__) || defined(__i386__)
+static uint64_t read_xcr0(void)
+{
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return (uint64_t)hi << 32 | lo;
+}
+
+/* Which variants this CPU and OS can run (ignoring what was compiled). */
+static void detect_cpu(bool *avx2, bool *avx512)
+{
+    unsigned a, b, c, d, b7, c7, d7;
+    *avx2 = *avx512 = false;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
+    if (!osxsave || !avx) return;
+    uint64_t xcr0 = read_xcr0();
+    bool ymm_os = (xcr0 & 0x6) == 0x6;     /* XMM and YMM state */
+    bool zmm_os = (xcr0 & 0xe6) == 0xe6;   /* plus opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!__get_cpuid_count(7, 0, &a, &b7, &c7, &d7)) return;
+    bool has_avx2 = b7 & (1u << 5);
+    bool f = b7 & (1u << 16), dq = b7 & (1u << 17), bw = b7 & (1u << 30), vl = b7 & (1u << 31);
+    *avx2 = ymm_os && has_avx2 && fma && f16c;
+    *avx512 = *avx2 && zmm_os && f && dq && bw && vl;
+}
+#else
+static void detect_cpu(bool *avx2, bool *avx512) { *avx2 = *avx512 = false; }
+#endif
+
+/* tables[isa] = the completed table of the variant below (base), overlaid with raw's non-NULL
+ * entries: AVX-512 falls back to AVX2 where it has no kernel of its own, AVX2 to scalar. */
+static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw,
+                           const struct pi_kernel_table *sc)
+{
+    tables[isa].name = isa_names[isa];
+    for (int t = 0; t < PI_TYPE_COUNT; t++) {
+        native_dot[isa][t] = raw->vec_dot[t] != NULL;
+        native_deq[isa][t] = raw->dequant[t] != NULL;
+        tables[isa].vec_dot[t] = raw->vec_dot[t] ? raw->vec_dot[t] : sc->vec_dot[t];
+        tables[isa].dequant[t] = raw->dequant[t] ? raw->dequant[t] : sc->dequant[t];
+    }
+}
+
+static void init_once_fn(void)
+{
+    bool cpu_avx2, cpu_avx512;
+    detect_cpu(&cpu_avx2, &cpu_avx512);
+    complete_table(PI_KERNEL_SCALAR, &pi_kernels_scalar_raw, &pi_kernels_scalar_raw);
+    available[PI_KERNEL_SCALAR] = true;
+#ifdef PI_HAVE_X86_SIMD
+    complete_table(PI_KERNEL_AVX2, &pi_kernels_avx2_raw, &tables[PI_KERNEL_SCALAR]);
+    complete_table(PI_KERNEL_AVX512, &pi_kernels_avx512_raw, &tables[PI_KERNEL_AVX2]);
+    available[PI_KERNEL_AVX2] = cpu_avx2;
+    available[PI_KERNEL_AVX512] = cpu_avx512;
+#else
+    (void)cpu_avx2, (void)cpu_avx512;
+#endif
+    enum pi_kernel_isa best = PI_KERNEL_SCALAR;
+    for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
+        if (available[i]) best = (enum pi_kernel_isa)i;
+
+    const char *env = getenv("PI_KERNELS");
+    if (env && *env) {
+        int want = -1;
+        for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
+            if (strcasecmp(env, isa_names[i]) == 0) want = i;
+        if (want < 0) {
+            pi_warn("PI_KERNELS=%s is not one of scalar, avx2, avx512: using %s", env, isa_names[best]);
+        } else if (want > (int)best) {
+            pi_warn("PI_KERNELS=%s: this CPU (or build) cannot run it, using %s", env, isa_names[best]);
+        } else {
+            best = (enum pi_kernel_isa)want;
+        }
+    }
+    active_isa = best;
+    pi_debug("cpu kernels: %s", isa_names[best]);
+}
+
+void pi_kernels_init(void) { PI_ASSERT(pthread_once(&init_once, init_once_fn) == 0); }
+
+enum pi_kernel_isa pi_kernels_isa(void)
+{
+    pi_kernels_init();
+    return active_isa;
+}
+
+const char *pi_kernels_variant(void) { return isa_names[pi_kernels_isa()]; }
+
+const struct pi_kernel_table *pi_kernels_active(void) { return &tables[pi_kernels_isa()]; }
+
+bool pi_kernels_available(enum pi_kernel_isa isa)
+{
+    pi_kernels_init();
+    return (unsigned)isa < PI_KERNEL_ISA_COUNT && available[isa];
+}
+
+const struct pi_kernel_table *pi_kernels_table(enum pi_kernel_isa isa)
+{
+    return pi_kernels_available(isa) ? &tables[isa] : NULL;
+}
+
+bool pi_kernels_native_vec_dot(enum pi_kernel_isa isa, enum pi_type t)
+{
+    return pi_kernels_available(isa) && (unsigned)t < PI_TYPE_COUNT && native_dot[isa][t];
+}
+
+bool pi_kernels_native_dequant(enum pi_kernel_isa isa, enum pi_type t)
+{
+    return pi_kernels_available(isa) && (unsigned)t < PI_TYPE_COUNT && native_deq[isa][t];
+}

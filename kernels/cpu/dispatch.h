@@ -1,0 +1,58 @@
+/*
+ * kernels/cpu/dispatch.h - choosing the CPU kernel variant (scalar, AVX2, AVX-512) once per process.
+ *
+ * Each variant is a table of function pointers, one dequantiser and one dot product per element
+ * type. The scalar table is complete (the portable reference); a SIMD table fills the entries it
+ * accelerates and is completed at init from the variant below it (AVX-512 from AVX2, AVX2 from
+ * scalar), so every entry of every table is callable. pi_kernels_init() reads CPUID (and XGETBV: the OS must save the wide registers), applies
+ * the environment override PI_KERNELS=scalar|avx2|avx512 (clamped to what the CPU can run, with a
+ * warning) and fixes the active table for the process. It is idempotent and thread-safe and is called
+ * lazily by every entry point of kernels/cpu, so calling it explicitly only moves the log line.
+ */
+#ifndef PI_KERNELS_CPU_DISPATCH_H
+#define PI_KERNELS_CPU_DISPATCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "lib/types.h"
+
+enum pi_kernel_isa {
+    PI_KERNEL_SCALAR = 0,
+    PI_KERNEL_AVX2 = 1,   /* AVX2 + FMA + F16C */
+    PI_KERNEL_AVX512 = 2, /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
+    PI_KERNEL_ISA_COUNT = 3,
+};
+
+/* wrow: n elements of the weight type; xq: n activations in pi_vec_dot_type(weight type). */
+typedef float (*pi_vec_dot_fn)(const void *wrow, const void *xq, int64_t n);
+/* src: n elements of the type -> dst (n,) */
+typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
+
+struct pi_kernel_table {
+    const char *name;                      /* "scalar", "avx2", "avx512" */
+    pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];  /* NULL where the type has no dot product */
+    pi_dequant_fn dequant[PI_TYPE_COUNT];  /* NULL where the type has no dequantiser */
+};
+
+/* Detect the CPU and choose the variant (once; later calls return at once). */
+void pi_kernels_init(void);
+
+/* Name of the active variant ("scalar", "avx2", "avx512"). */
+const char *pi_kernels_variant(void);
+enum pi_kernel_isa pi_kernels_isa(void);
+
+/* The active table (complete). */
+const struct pi_kernel_table *pi_kernels_active(void);
+
+/* True when variant isa is compiled in and this CPU (and OS) can run it. */
+bool pi_kernels_available(enum pi_kernel_isa isa);
+
+/* Variant isa's completed table, or NULL when !pi_kernels_available(isa). For tests and benchmarks. */
+const struct pi_kernel_table *pi_kernels_table(enum pi_kernel_isa isa);
+
+/* True when variant isa implements t's dot product itself (not a fallback to the variant below). */
+bool pi_kernels_native_vec_dot(enum pi_kernel_isa isa, enum pi_type t);
+bool pi_kernels_native_dequant(enum pi_kernel_isa isa, enum pi_type t);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+ * kernels/cpu/matvec.c - pi_matvec and pi_matmul (kernels/cpu/matvec.h).
+ *
+ * Threading: the pool hands out ranges of weight rows; every output element is written by exactly
+ * one thread, so no reduction is needed. The quantised activations are shared read-only.
+ * pi_matmul tiles tokens so that a tile's activations (at most TILE_BYTES) stay in L2 while a range of
+ * weight rows streams through once: each weight row is loaded from memory once per tile and then
+ * dotted with every token of the tile from L1.
+ */
+#include "config.h"
+
+#include <stdlib.h>
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/quant.h"
+#include "lib/common.h"
+
+#define MIN_CHUNK_BYTES (32 * 1024) /* smallest share of weights worth handing to a thread */
+#define TILE_BYTES (256 * 1024)     /* activation bytes per token tile in pi_matmul */
+
+struct mm_ctx {
+    pi_vec_dot_fn dot;
+    const uint8_t *W;
+    size_t w_row_bytes, x_row_bytes;
+    int64_t rows, cols, n, tile;
+    const uint8_t *xq;
+    float *Y;
+};
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    PI_ASSERT(p != NULL);
+    return p;
+}
+
+static size_t row_bytes(enum pi_type t, int64_t cols)
+{
+    uint64_t b = 0;
+    PI_ASSERT(cols >= 0 && pi_type_row_bytes(t, (uint64_t)cols, &b));
+    return (size_t)b;
+}
+
+static int64_t row_grain(size_t w_row_bytes)
+{
+    return PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / (w_row_bytes ? w_row_bytes : 1)));
+}
+
+static void mv_rows(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct mm_ctx *c = vctx;
+    (void)thread;
+    for (int64_t r = begin; r < end; r++) c->Y[r] = c->dot(c->W + (size_t)r * c->w_row_bytes, c->xq, c->cols);
+}
+
+void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
+               const float *x, float *y)
+{
+    PI_ASSERT(pi_kernel_supported(t) && rows >= 0);
+    struct mm_ctx c = {
+        .dot = pi_kernels_active()->vec_dot[t], .W = W, .w_row_bytes = row_bytes(t, cols),
+        .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows, .cols = cols, .n = 1, .Y = y,
+    };
+    void *xq = NULL;
+    if (pi_vec_dot_type(t) == PI_TYPE_F32) {
+        c.xq = (const uint8_t *)x; /* float activations are used as they are */
+    } else {
+        xq = xmalloc(c.x_row_bytes);
+        pi_quantize_act(t, x, xq, cols);
+        c.xq = xq;
+    }
+    pi_pool_for(pool, rows, row_grain(c.w_row_bytes), mv_rows, &c);
+    free(xq);
+}
+
+/* Rows [begin, end) for every token: tile over tokens outside, rows inside, tokens innermost. */
+static void mm_rows(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct mm_ctx *c = vctx;
+    (void)thread;
+    for (int64_t t0 = 0; t0 < c->n; t0 += c->tile) {
+        int64_t t1 = PI_MIN(c->n, t0 + c->tile);
+        for (int64_t r = begin; r < end; r++) {
+            const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
+            for (int64_t t = t0; t < t1; t++)
+                c->Y[t * c->rows + r] = c->dot(w, c->xq + (size_t)t * c->x_row_bytes, c->cols);
+        }
+    }
+}
+
+void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
+               const float *X, int64_t n, float *Y)
+{
+    PI_ASSERT(pi_kernel_supported(t) && rows >= 0 && n >= 0);
+    if (n == 0 || rows == 0) return;
+    struct mm_ctx c = {
+        .dot = pi_kernels_active()->vec_dot[t], .W = W, .w_row_bytes = row_bytes(t, cols),
+        .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows, .cols = cols, .n = n, .Y = Y,
+    };
+    void *xq = NULL;
+    if (pi_vec_dot_type(t) == PI_TYPE_F32) {
+        c.xq = (const uint8_t *)X;
+    } else {
+        size_t bytes;
+        PI_ASSERT(pi_size_mul(c.x_row_bytes, (size_t)n, &bytes));
+        xq = xmalloc(bytes);
+        for (int64_t i = 0; i < n; i++)
+            pi_quantize_act(t, X + (size_t)i * (size_t)cols, (uint8_t *)xq + (size_t)i * c.x_row_bytes, cols);
+        c.xq = xq;
+    }
+    c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / (c.x_row_bytes ? c.x_row_bytes : 1)));
+    /* each thread's share should be large enough that weight reuse dominates: at least grain rows */
+    pi_pool_for(pool, rows, PI_MAX(4, row_grain(c.w_row_bytes) / PI_MAX(1, PI_MIN(n, c.tile))), mm_rows, &c);
+    free(xq);
+}

@@ -1,0 +1,280 @@
+/*
+ * kernels/cpu/ops.c - RMSNorm, RoPE, softmax, attention heads, FFN activations and the neuron-subset
+ * FFN kernel (see kernels/cpu/ops.h for the contracts).
+ *
+ * The neuron kernel is the unit later issues split across devices: neuron i reads gate row i, up row i
+ * and down_t row i, all contiguous, so a subset of neurons costs only its own rows. Each pool thread
+ * accumulates into its own d-vector; the partials are added once at the end.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
+
+void pi_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++) out[i] = x[i] * r * w[i];
+}
+
+void pi_rope_table(float *cs, int pos, int n_rot, float base)
+{
+    for (int i = 0; i < n_rot / 2; i++) {
+        double theta = (double)pos * pow((double)base, -2.0 * i / (double)n_rot);
+        cs[2 * i] = (float)cos(theta);
+        cs[2 * i + 1] = (float)sin(theta);
+    }
+}
+
+void pi_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *cs)
+{
+    for (int h = 0; h < n_head; h++) {
+        float *xh = x + (size_t)h * head_dim;
+        for (int i = 0; i < n_rot / 2; i++) {
+            float c = cs[2 * i], s = cs[2 * i + 1];
+            float x0 = xh[2 * i], x1 = xh[2 * i + 1];
+            xh[2 * i] = x0 * c - x1 * s;
+            xh[2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+void pi_softmax(float *x, int64_t n)
+{
+    float max = x[0];
+    for (int64_t i = 1; i < n; i++) max = x[i] > max ? x[i] : max;
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    float inv = (float)(1.0 / sum);
+    for (int64_t i = 0; i < n; i++) x[i] *= inv;
+}
+
+/* y (n) += a * x (n). GCC/Clang vector extensions: 4 lanes in whatever the target has (SSE at least),
+ * without an ISA-specific build; unaligned loads through memcpy. */
+typedef float v4f __attribute__((vector_size(16)));
+
+static void axpy(float *y, float a, const float *x, int64_t n)
+{
+    int64_t j = 0;
+    v4f va = {a, a, a, a};
+    for (; j + 8 <= n; j += 8) {
+        v4f x0, x1, y0, y1;
+        memcpy(&x0, x + j, 16);
+        memcpy(&x1, x + j + 4, 16);
+        memcpy(&y0, y + j, 16);
+        memcpy(&y1, y + j + 4, 16);
+        y0 += va * x0;
+        y1 += va * x1;
+        memcpy(y + j, &y0, 16);
+        memcpy(y + j + 4, &y1, 16);
+    }
+    for (; j < n; j++) y[j] += a * x[j];
+}
+
+/* x (n) . y (n), in four-lane partial sums. */
+static float dot_f32(const float *x, const float *y, int64_t n)
+{
+    int64_t j = 0;
+    v4f acc0 = {0, 0, 0, 0}, acc1 = {0, 0, 0, 0};
+    for (; j + 8 <= n; j += 8) {
+        v4f x0, x1, y0, y1;
+        memcpy(&x0, x + j, 16);
+        memcpy(&x1, x + j + 4, 16);
+        memcpy(&y0, y + j, 16);
+        memcpy(&y1, y + j + 4, 16);
+        acc0 += x0 * y0;
+        acc1 += x1 * y1;
+    }
+    acc0 += acc1;
+    float s = acc0[0] + acc0[1] + acc0[2] + acc0[3];
+    for (; j < n; j++) s += x[j] * y[j];
+    return s;
+}
+
+/* f16 cache rows are widened in chunks through the dispatched (F16C) row converter. */
+#define KV_CHUNK 256
+
+static float dot_kv(const float *q, const void *k, enum pi_type t, int hd)
+{
+    float buf[KV_CHUNK], s = 0.0f;
+    if (t == PI_TYPE_F32) return dot_f32(q, k, hd);
+    for (int j = 0; j < hd; j += KV_CHUNK) {
+        int n = PI_MIN(KV_CHUNK, hd - j);
+        pi_dequant_row(PI_TYPE_F16, (const uint16_t *)k + j, buf, n);
+        s += dot_f32(q + j, buf, n);
+    }
+    return s;
+}
+
+static void axpy_kv(float *out, float a, const void *v, enum pi_type t, int hd)
+{
+    float buf[KV_CHUNK];
+    if (t == PI_TYPE_F32) {
+        axpy(out, a, v, hd);
+        return;
+    }
+    for (int j = 0; j < hd; j += KV_CHUNK) {
+        int n = PI_MIN(KV_CHUNK, hd - j);
+        pi_dequant_row(PI_TYPE_F16, (const uint16_t *)v + j, buf, n);
+        axpy(out + j, a, buf, n);
+    }
+}
+
+void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
+                  enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+{
+    PI_ASSERT(kv_type == PI_TYPE_F32 || kv_type == PI_TYPE_F16);
+    PI_ASSERT(n_kv > 0);
+    for (int t = 0; t < n_kv; t++) scores[t] = scale * dot_kv(q, (const char *)k + (size_t)t * stride, kv_type, hd);
+    pi_softmax(scores, n_kv);
+    memset(out, 0, (size_t)hd * sizeof *out);
+    for (int t = 0; t < n_kv; t++) axpy_kv(out, scores[t], (const char *)v + (size_t)t * stride, kv_type, hd);
+}
+
+static inline float silu(float g) { return g / (1.0f + expf(-g)); }
+static inline float relu(float g) { return g > 0.0f ? g : 0.0f; }
+
+void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
+{
+    switch (act) {
+    case PI_FFN_ACT_SILU:
+        for (int64_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+        break;
+    case PI_FFN_ACT_RELU:
+        for (int64_t i = 0; i < n; i++) g[i] = relu(g[i]) * u[i];
+        break;
+    case PI_FFN_ACT_DRELU:
+        for (int64_t i = 0; i < n; i++) g[i] = relu(g[i]) * relu(u[i]);
+        break;
+    default:
+        PI_ASSERT(!"unresolved FFN activation");
+    }
+}
+
+/* ---------------------------------------------------------------- neuron-subset FFN */
+
+struct pi_ffn_work {
+    int64_t d;
+    int n_threads;
+    size_t xq_bytes;    /* capacity of each quantised-input buffer */
+    void *xq_gate;      /* x quantised for the gate rows' dot type */
+    void *xq_up;        /* x quantised for the up rows' dot type (== xq_gate when the same) */
+    float *acc;         /* (n_threads, d) per-thread partial sums */
+    float *row;         /* (n_threads, d) per-thread dequantised down_t row */
+    int64_t *active;    /* (n_threads) contributing neurons per thread */
+};
+
+pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads)
+{
+    pi_ffn_work_t *w = calloc(1, sizeof *w);
+    if (!w) return NULL;
+    w->d = d;
+    w->n_threads = n_threads < 1 ? 1 : n_threads;
+    /* the widest activation row is f32 (F32/F16/BF16 weights take f32 activations) */
+    w->xq_bytes = (size_t)d * sizeof(float) + 64;
+    size_t acc_bytes = (size_t)w->n_threads * (size_t)d * sizeof(float);
+    if (posix_memalign(&w->xq_gate, 64, w->xq_bytes) != 0) w->xq_gate = NULL;
+    if (posix_memalign(&w->xq_up, 64, w->xq_bytes) != 0) w->xq_up = NULL;
+    if (posix_memalign((void **)&w->acc, 64, acc_bytes) != 0) w->acc = NULL;
+    if (posix_memalign((void **)&w->row, 64, acc_bytes) != 0) w->row = NULL;
+    w->active = calloc((size_t)w->n_threads, sizeof *w->active);
+    if (!w->xq_gate || !w->xq_up || !w->acc || !w->row || !w->active) pi_ffn_work_destroy(&w);
+    return w;
+}
+
+void pi_ffn_work_destroy(pi_ffn_work_t **pw)
+{
+    pi_ffn_work_t *w = pw ? *pw : NULL;
+    if (!w) return;
+    free(w->xq_gate);
+    free(w->xq_up);
+    free(w->acc);
+    free(w->row);
+    free(w->active);
+    free(w);
+    *pw = NULL;
+}
+
+struct neuron_task {
+    pi_ffn_work_t *w;
+    const struct pi_layer *L;
+    enum pi_ffn_act act;
+    const void *xq_up;
+    const int32_t *idx;
+};
+
+/* acc (d) += a * down_t row r (dequantised into row first unless it is f32). */
+static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int64_t r, float a)
+{
+    int64_t d = dt->cols;
+    const float *src;
+    if (dt->type == PI_TYPE_F32) {
+        src = pi_weight_row(dt, r);
+    } else {
+        pi_dequant_row(dt->type, pi_weight_row(dt, r), row, d);
+        src = row;
+    }
+    axpy(acc, a, src, d);
+}
+
+static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct neuron_task *t = ctx;
+    const struct pi_layer *L = t->L;
+    int64_t d = t->w->d, active = 0;
+    float *acc = t->w->acc + (size_t)thread * (size_t)d;
+    float *row = t->w->row + (size_t)thread * (size_t)d;
+    PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
+    for (int64_t k = begin; k < end; k++) {
+        int64_t i = t->idx[k];
+        float g = pi_vec_dot(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), t->w->xq_gate, d);
+        float a;
+        if (t->act != PI_FFN_ACT_SILU && g <= 0.0f) continue; /* ReLU: nothing to add */
+        float u = pi_vec_dot(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), t->xq_up, d);
+        if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u;
+        else if (t->act == PI_FFN_ACT_RELU) a = g * u;
+        else if (u > 0.0f) a = g * u;
+        else continue;
+        add_down_row(acc, row, &L->ffn_down_t, i, a);
+        active++;
+    }
+    t->w->active[thread] += active;
+}
+
+int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                       const float *x, const int32_t *idx, int64_t n_idx, float *y)
+{
+    int64_t d = w->d;
+    int n_threads = pool ? pi_pool_size(pool) : 1;
+    PI_ASSERT(L->ffn_down_t.data && L->ffn_gate.cols == d && L->ffn_down_t.cols == d);
+    PI_ASSERT(n_threads <= w->n_threads);
+    PI_ASSERT(pi_act_row_bytes(L->ffn_gate.type, d) <= w->xq_bytes);
+    PI_ASSERT(pi_act_row_bytes(L->ffn_up.type, d) <= w->xq_bytes);
+    pi_quantize_act(L->ffn_gate.type, x, w->xq_gate, d);
+    const void *xq_up = w->xq_gate;
+    if (pi_vec_dot_type(L->ffn_up.type) != pi_vec_dot_type(L->ffn_gate.type)) {
+        pi_quantize_act(L->ffn_up.type, x, w->xq_up, d);
+        xq_up = w->xq_up;
+    }
+    memset(w->acc, 0, (size_t)n_threads * (size_t)d * sizeof(float));
+    memset(w->active, 0, (size_t)n_threads * sizeof *w->active);
+    struct neuron_task task = {w, L, act, xq_up, idx};
+    pi_pool_for(pool, n_idx, 32, neuron_range, &task);
+    int64_t active = 0;
+    for (int th = 0; th < n_threads; th++) {
+        const float *acc = w->acc + (size_t)th * (size_t)d;
+        for (int64_t j = 0; j < d; j++) y[j] += acc[j];
+        active += w->active[th];
+    }
+    return active;
+}

@@ -1,0 +1,67 @@
+/*
+ * kernels/cpu/ops.h - the forward pass's non-matmul kernels: RMSNorm, RoPE, softmax, one attention
+ * head over a KV cache, the gated FFN activations, and the neuron-subset FFN kernel.
+ *
+ * Plain C on f32 activations (the weight arithmetic goes through kernels/cpu/quant.h and matvec.h).
+ * Each kernel states its shapes; none allocates except pi_ffn_work_new. Threading: only
+ * pi_ffn_neurons uses the pool; the others are called per token or per head from the caller's
+ * pool tasks and are reentrant.
+ */
+#ifndef PI_KERNELS_CPU_OPS_H
+#define PI_KERNELS_CPU_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "lib/model.h"
+#include "lib/types.h"
+#include "kernels/cpu/pool.h"
+
+/* out (n) = x (n) / sqrt(mean(x^2) + eps) * w (n). out may alias x. */
+void pi_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps);
+
+/* cs (n_rot) = the rotation of position pos: cs[2i] = cos(theta_i), cs[2i+1] = sin(theta_i) with
+ * theta_i = pos * base^(-2i / n_rot), i < n_rot / 2 (computed in double, like the reference). */
+void pi_rope_table(float *cs, int pos, int n_rot, float base);
+
+/* Rotate x (n_head, head_dim) in place with the GGUF llama convention ("normal" rope in ggml): each
+ * head's adjacent pairs (x[2i], x[2i+1]), i < n_rot / 2, by the angles of cs (from pi_rope_table);
+ * elements past n_rot are left alone. The converters permute Q and K so that this equals HF's
+ * rotate_half on the original weights. */
+void pi_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *cs);
+
+/* x (n) = softmax(x) in place (max-subtracted). */
+void pi_softmax(float *x, int64_t n);
+
+/* One attention head of one query over n_kv cached positions:
+ *   out (hd) = sum_t softmax_t(scale * q . k_t) * v_t,  t < n_kv,
+ * where k_t = (const char *)k + t * stride and v_t likewise, each hd elements of kv_type (F32 or F16).
+ * scores (n_kv) is scratch. */
+void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
+                  enum pi_type kv_type, int n_kv, int hd, float scale, float *scores);
+
+/* g (n) = act(g, u) elementwise: silu(g) * u, relu(g) * u or relu(g) * relu(u). */
+void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);
+
+/* ---- the neuron-subset FFN kernel ---- */
+
+/* Scratch for pi_ffn_neurons: the quantised input and one accumulator per pool thread. */
+typedef struct pi_ffn_work pi_ffn_work_t;
+
+/* Scratch for layers of width d computed by up to n_threads threads. NULL on allocation failure. */
+pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads);
+void pi_ffn_work_destroy(pi_ffn_work_t **w);
+
+/* y (d) += sum over i in idx of a_i * down_t row i, with a_i = act(gate row i . x, up row i . x).
+ *   L: one layer (ffn_gate, ffn_up (n_ff, d), ffn_down_t (n_ff, d) must be bound);
+ *   x (d) f32: the FFN input (already ffn_norm-ed);  idx (n_idx): neuron ids in [0, n_ff), any order,
+ *   no duplicates;  y (d): the partial sum, accumulated into (not cleared).
+ * The dot products use each weight type's activation quantisation (pi_vec_dot), as the dense matvec
+ * does. For ReLU and dReLU a neuron whose gate pre-activation is <= 0 contributes nothing and its up
+ * and down rows are not read (dReLU also skips the down row when up <= 0).
+ * Threads of pool split idx; the sum order depends on the split, so results agree to rounding.
+ * Returns the number of neurons that contributed (a_i != 0 could still be 0 for SiLU). */
+int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                       const float *x, const int32_t *idx, int64_t n_idx, float *y);
+
+#endif

@@ -1,0 +1,398 @@
+/*
+ * kernels/cpu/quant-avx2.c - AVX2 + FMA + F16C dot products (weights x prepared activations) and a few
+ * dequantisers. Compiled with -mavx2 -mfma -mf16c into libpinfer_avx2.a; called only through the
+ * table in dispatch.c after CPUID says the CPU has those extensions.
+ *
+ * Each kernel computes the same sum as the scalar reference in quant.c (exact integer block sums,
+ * float scaling), only in another summation order; tests/test-quant-simd.c holds them to that.
+ * Shapes: wrow holds n elements of the weight type (n a multiple of its block), xq n activations
+ * (float for F32/F16/BF16, Q8_0 blocks for the legacy types, Q8_K for the K-quants). Thread-safe.
+ */
+#include "config.h"
+
+#include "kernels/cpu/simd-x86.h"
+
+/* ---------------------------------------------------------------- float weights */
+
+static float dot_f32(const void *w, const void *xq, int64_t n)
+{
+    const float *a = w, *b = xq;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 16), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 24), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = pi_x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static inline __m256 load_f16x8(const uint8_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
+
+static inline __m256 load_bf16x8(const uint8_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static float dot_f16(const void *w, const void *xq, int64_t n)
+{
+    const uint8_t *a = w;
+    const float *b = xq;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_fmadd_ps(load_f16x8(a + 2 * i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_f16x8(a + 2 * i + 16), _mm256_loadu_ps(b + i + 8), s1);
+        s2 = _mm256_fmadd_ps(load_f16x8(a + 2 * i + 32), _mm256_loadu_ps(b + i + 16), s2);
+        s3 = _mm256_fmadd_ps(load_f16x8(a + 2 * i + 48), _mm256_loadu_ps(b + i + 24), s3);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(load_f16x8(a + 2 * i), _mm256_loadu_ps(b + i), s0);
+    float s = pi_x86_hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, a + 2 * i, 2);
+        s += pi_x86_h2f(h) * b[i];
+    }
+    return s;
+}
+
+static float dot_bf16(const void *w, const void *xq, int64_t n)
+{
+    const uint8_t *a = w;
+    const float *b = xq;
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(load_bf16x8(a + 2 * i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(load_bf16x8(a + 2 * i + 16), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    float s = pi_x86_hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, a + 2 * i, 2);
+        s += pi_bf16_to_fp32(h) * b[i];
+    }
+    return s;
+}
+
+static void dequant_f16(const void *src, float *dst, int64_t n)
+{
+    const uint8_t *a = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_f16x8(a + 2 * i));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, a + 2 * i, 2);
+        dst[i] = pi_x86_h2f(h);
+    }
+}
+
+/* ---------------------------------------------------------------- legacy types x Q8_0 */
+
+static inline __m256i q8_0_block(const struct pi_block_q8_0 *a, const struct pi_block_q8_0 *b)
+{
+    return pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a->qs), _mm256_loadu_si256((const __m256i *)b->qs));
+}
+
+/* Four blocks per iteration so that their eight fp16 scales convert together (pi_x86_scales4). */
+static float dot_q8_0(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q8_0 *a = w, *b = xq;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    int64_t nb = n / 32, i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
+        acc0 = pi_x86_fma_lane(s, 0, q8_0_block(&a[i], &b[i]), acc0);
+        acc1 = pi_x86_fma_lane(s, 1, q8_0_block(&a[i + 1], &b[i + 1]), acc1);
+        acc0 = pi_x86_fma_lane(s, 2, q8_0_block(&a[i + 2], &b[i + 2]), acc0);
+        acc1 = pi_x86_fma_lane(s, 3, q8_0_block(&a[i + 3], &b[i + 3]), acc1);
+    }
+    for (; i < nb; i++)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d)),
+                               _mm256_cvtepi32_ps(q8_0_block(&a[i], &b[i])), acc0);
+    return pi_x86_hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* sum (q - 8) * y over one Q4_0 block as 8 int32 partial sums: maddubs(q, y) - maddubs(8, y) in
+ * int16 (|.| <= 15 * 127 * 2), then pairs. */
+static inline __m256i q4_0_block(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
+{
+    __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
+    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(pi_x86_nibbles32(a->qs), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+static float dot_q4_0(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q4_0 *a = w;
+    const struct pi_block_q8_0 *b = xq;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    int64_t nb = n / 32, i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
+        acc0 = pi_x86_fma_lane(s, 0, q4_0_block(&a[i], &b[i]), acc0);
+        acc1 = pi_x86_fma_lane(s, 1, q4_0_block(&a[i + 1], &b[i + 1]), acc1);
+        acc0 = pi_x86_fma_lane(s, 2, q4_0_block(&a[i + 2], &b[i + 2]), acc0);
+        acc1 = pi_x86_fma_lane(s, 3, q4_0_block(&a[i + 3], &b[i + 3]), acc1);
+    }
+    for (; i < nb; i++)
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d)),
+                               _mm256_cvtepi32_ps(q4_0_block(&a[i], &b[i])), acc0);
+    return pi_x86_hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+static float dot_q5_0(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q5_0 *a = w;
+    const struct pi_block_q8_0 *b = xq;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 32; i++) {
+        /* q - 16 = nibble | 0xF0 where the fifth bit is clear (as int8: nibble - 16) */
+        __m256i hi = _mm256_andnot_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8((char)0xF0));
+        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
+        __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d)), _mm256_cvtepi32_ps(p), acc);
+    }
+    return pi_x86_hsum_ps(acc);
+}
+
+/* Q4_1 / Q5_1: d * dx * sum(q * q8) + m * dx * sum(q8), q unsigned. */
+static inline void acc_min_block(__m256i q, const struct pi_block_q8_0 *b, float d, float m, __m256 *acc, __m256 *accm)
+{
+    __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
+    __m256i p = pi_x86_dot_u8(q, y), s = pi_x86_dot_u8(_mm256_set1_epi8(1), y);
+    float dx = pi_x86_h2f(b->d);
+    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(p), *acc);
+    *accm = _mm256_fmadd_ps(_mm256_set1_ps(m * dx), _mm256_cvtepi32_ps(s), *accm);
+}
+
+static float dot_q4_1(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q4_1 *a = w;
+    const struct pi_block_q8_0 *b = xq;
+    __m256 acc = _mm256_setzero_ps(), accm = acc;
+    for (int64_t i = 0; i < n / 32; i++)
+        acc_min_block(pi_x86_nibbles32(a[i].qs), &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), &acc, &accm);
+    return pi_x86_hsum_ps(_mm256_add_ps(acc, accm));
+}
+
+static float dot_q5_1(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q5_1 *a = w;
+    const struct pi_block_q8_0 *b = xq;
+    __m256 acc = _mm256_setzero_ps(), accm = acc;
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256i hi = _mm256_and_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8(0x10));
+        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
+        acc_min_block(q, &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), &acc, &accm);
+    }
+    return pi_x86_hsum_ps(_mm256_add_ps(acc, accm));
+}
+
+static void dequant_q8_0(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q8_0 *a = src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256 d = _mm256_set1_ps(pi_x86_h2f(a[i].d));
+        for (int k = 0; k < 4; k++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(a[i].qs + 8 * k));
+            _mm256_storeu_ps(dst + 32 * i + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
+static void dequant_q4_0(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q4_0 *a = src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256 d = _mm256_set1_ps(pi_x86_h2f(a[i].d));
+        __m256i q = _mm256_sub_epi8(pi_x86_nibbles32(a[i].qs), _mm256_set1_epi8(8));
+        int8_t b[32];
+        _mm256_storeu_si256((__m256i *)b, q);
+        for (int k = 0; k < 4; k++) {
+            __m128i v = _mm_loadl_epi64((const __m128i *)(b + 8 * k));
+            _mm256_storeu_ps(dst + 32 * i + 8 * k, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), d));
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- K-quants x Q8_K */
+
+static float dot_q4_K(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q4_K *a = w;
+    const struct pi_block_q8_K *b = xq;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        __m128i k4 = pi_x86_k4_scales(a[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(k4)); /* 8 x i16 scales, both lanes */
+        float dy = b[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(dy * pi_x86_h2f(a[i].dmin)), _mm_cvtepi32_ps(pi_x86_k4_minsum(k4, b[i].bsums)), accm);
+        __m256i sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * j));
+            __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * j)));
+            __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * j + 32)));
+            p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, pi_x86_bcast16_ctl(2 * j)));
+            p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, pi_x86_bcast16_ctl(2 * j + 1)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    accm = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    accm = _mm_add_ss(accm, _mm_movehdup_ps(accm));
+    return pi_x86_hsum_ps(acc) - _mm_cvtss_f32(accm);
+}
+
+static float dot_q5_K(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q5_K *a = w;
+    const struct pi_block_q8_K *b = xq;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
+    __m256 acc = _mm256_setzero_ps();
+    __m128 accm = _mm_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        __m128i k4 = pi_x86_k4_scales(a[i].scales);
+        __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(k4));
+        float dy = b[i].d;
+        accm = _mm_fmadd_ps(_mm_set1_ps(dy * pi_x86_h2f(a[i].dmin)), _mm_cvtepi32_ps(pi_x86_k4_minsum(k4, b[i].bsums)), accm);
+        __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh), sumi = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * j));
+            /* fifth bits: bit 2j of qh[l] for the low nibbles, bit 2j+1 for the high ones */
+            __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j), 4), b16);
+            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * j + 1), 4), b16);
+            __m256i lo = _mm256_or_si256(_mm256_and_si256(q, m4), h0);
+            __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1);
+            __m256i p0 = _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * j)));
+            __m256i p1 = _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(b[i].qs + 64 * j + 32)));
+            p0 = _mm256_madd_epi16(p0, _mm256_shuffle_epi8(sc, pi_x86_bcast16_ctl(2 * j)));
+            p1 = _mm256_madd_epi16(p1, _mm256_shuffle_epi8(sc, pi_x86_bcast16_ctl(2 * j + 1)));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p0, p1));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dy * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    accm = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
+    accm = _mm_add_ss(accm, _mm_movehdup_ps(accm));
+    return pi_x86_hsum_ps(acc) - _mm_cvtss_f32(accm);
+}
+
+/* Per-lane scales: low 128 bits (elements 0..15 of a 32-run) get s0, high 128 bits s1. */
+static inline __m256i lane_scales(int s0, int s1)
+{
+    return _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
+}
+
+static float dot_q6_K(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q6_K *a = w;
+    const struct pi_block_q8_K *b = xq;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        const int8_t *sc = a[i].scales;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 2; c++) {
+            const uint8_t *ql = a[i].ql + 64 * c, *qhp = a[i].qh + 32 * c;
+            const int8_t *y = b[i].qs + 128 * c;
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                __m256i yv = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
+                /* sum (q - 32) * y = maddubs(q, y) - maddubs(32, y); q < 64 so no saturation */
+                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), _mm256_maddubs_epi16(k32, yv));
+                int s = 8 * c + 2 * k;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lane_scales(sc[s], sc[s + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return pi_x86_hsum_ps(acc);
+}
+
+/* Q2_K: d * sum_s sc[s] * sum(q * q8) - dmin * sum_s mn[s] * bsums[s], 16 sub-blocks of 16. */
+static float dot_q2_K(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q2_K *a = w;
+    const struct pi_block_q8_K *b = xq;
+    const __m256i m2 = _mm256_set1_epi8(3);
+    __m256 acc = _mm256_setzero_ps();
+    float accm = 0;
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        const uint8_t *sc = a[i].scales;
+        __m256i sumi = _mm256_setzero_si256();
+        int summ = 0;
+        for (int s = 0; s < 16; s++) summ += (sc[s] >> 4) * b[i].bsums[s];
+        for (int c = 0; c < 2; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            for (int k = 0; k < 4; k++) {
+                __m256i qk = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m2);
+                __m256i p = _mm256_maddubs_epi16(qk, _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * c + 32 * k)));
+                int s = 8 * c + 2 * k;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lane_scales(sc[s] & 0xF, sc[s + 1] & 0xF)));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+        accm += b[i].d * pi_x86_h2f(a[i].dmin) * (float)summ;
+    }
+    return pi_x86_hsum_ps(acc) - accm;
+}
+
+/* Q3_K: d * sum_s (sc[s]) * sum((q2 - 4 * !hbit) * q8) = d * sum_s sc[s] * (sum(q2 * q8) - 4 * sum(!h * q8)). */
+static float dot_q3_K(const void *w, const void *xq, int64_t n)
+{
+    const struct pi_block_q3_K *a = w;
+    const struct pi_block_q8_K *b = xq;
+    const __m256i m2 = _mm256_set1_epi8(3), k4 = _mm256_set1_epi8(4);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        int8_t sc[16];
+        pi_k3_scales(a[i].scales, sc);
+        __m256i hm = _mm256_loadu_si256((const __m256i *)a[i].hmask), sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 2; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            for (int k = 0; k < 4; k++) {
+                __m256i qk = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), m2);
+                /* 4 where the hmask bit (4c + k) is clear */
+                __m256i bit = _mm256_set1_epi8((char)(1 << (4 * c + k)));
+                __m256i clr = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+                __m256i sub = _mm256_and_si256(clr, k4);
+                __m256i y = _mm256_loadu_si256((const __m256i *)(b[i].qs + 128 * c + 32 * k));
+                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(qk, y), _mm256_maddubs_epi16(sub, y));
+                int s = 8 * c + 2 * k;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lane_scales(sc[s], sc[s + 1])));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return pi_x86_hsum_ps(acc);
+}
+
+const struct pi_kernel_table pi_kernels_avx2_raw = {
+    .name = "avx2",
+    .vec_dot = {
+        [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_BF16] = dot_bf16,
+        [PI_TYPE_Q4_0] = dot_q4_0, [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0,
+        [PI_TYPE_Q5_1] = dot_q5_1, [PI_TYPE_Q8_0] = dot_q8_0,
+        [PI_TYPE_Q2_K] = dot_q2_K, [PI_TYPE_Q3_K] = dot_q3_K, [PI_TYPE_Q4_K] = dot_q4_K,
+        [PI_TYPE_Q5_K] = dot_q5_K, [PI_TYPE_Q6_K] = dot_q6_K,
+    },
+    .dequant = {
+        [PI_TYPE_F16] = dequant_f16, [PI_TYPE_Q8_0] = dequant_q8_0, [PI_TYPE_Q4_0] = dequant_q4_0,
+    },
+};

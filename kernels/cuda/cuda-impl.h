@@ -1,0 +1,416 @@
+/*
+ * kernels/cuda/cuda-impl.h - private to the .cu files of kernels/cuda/: the checked-call macros, the
+ * context and weight structs, and the device-side decoders of every weight type.
+ *
+ * Device weight layout (why it differs from the file): ggml's Q4_0 (18 bytes), Q8_0 (34) and Q6_K
+ * (210) blocks are only 2-byte aligned in a row, which forbids 16-byte loads. On upload their f16 scale
+ * `d` is split out into a plane of its own (rows * blocks halves) and the rest of each block (16, 32 and
+ * 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_K (144 bytes), F16 and
+ * BF16 keep ggml's layout unchanged. Values are bit-identical to the file's; only addresses move.
+ *
+ * Every kernel works on "segments" of 32 consecutive elements of a row: segment s of row r covers
+ * columns [32 s, 32 s + 32). A K-quant super-block of 256 holds 8 segments.
+ */
+#ifndef PI_KERNELS_CUDA_IMPL_H
+#define PI_KERNELS_CUDA_IMPL_H
+
+#include "kernels/cuda/cuda.h"
+
+extern "C" {
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+}
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cublas_v2.h>
+#include <stdint.h>
+
+/* Check a CUDA runtime call; on failure log the call's text and the error, and return -PI_ERR_DEVICE
+ * from the enclosing function. */
+#define PI_CU(call)                                                                                \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            pi_error("%s failed: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__);  \
+            return -PI_ERR_DEVICE;                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* The same for cuBLAS. */
+#define PI_CUBLAS(call)                                                                            \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+            pi_error("%s failed: %s (%s:%d)", #call, cublasGetStatusString(s_), __FILE__, __LINE__); \
+            return -PI_ERR_DEVICE;                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* After a kernel launch: a bad configuration shows up in cudaGetLastError. */
+#define PI_CU_LAUNCH(name) PI_CU_LAUNCH_((name), __FILE__, __LINE__)
+#define PI_CU_LAUNCH_(name, f, l)                                                                  \
+    do {                                                                                           \
+        cudaError_t e_ = cudaGetLastError();                                                       \
+        if (e_ != cudaSuccess) {                                                                   \
+            pi_error("launch of %s failed: %s (%s:%d)", name, cudaGetErrorString(e_), f, l);       \
+            return -PI_ERR_DEVICE;                                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* Propagate a negative return. */
+#define PI_TRY(expr)                                                                               \
+    do {                                                                                           \
+        int r_ = (expr);                                                                           \
+        if (r_ < 0) return r_;                                                                     \
+    } while (0)
+
+/* Scratch slots of a context; each grows on demand through the budgeted allocator. */
+enum pi_cuda_scratch {
+    PI_CUDA_SCR_X16 = 0, /* activations converted to f16 for cuBLAS */
+    PI_CUDA_SCR_TILE,    /* dequantised f16 weight tile */
+    PI_CUDA_SCR_ATT,     /* attention split partials */
+    PI_CUDA_SCR_FFN,     /* hot-FFN activations (n_hot floats) */
+    PI_CUDA_SCR_COUNT,
+};
+
+struct pi_cuda_alloc_rec {
+    void *ptr;
+    size_t bytes; /* as counted against the budget */
+};
+
+struct pi_cuda_ctx {
+    int dev;
+    size_t budget;   /* bytes pi_cuda_alloc may hand out in total */
+    size_t used;     /* bytes handed out now */
+    size_t peak;     /* largest `used` seen */
+    size_t overhead; /* device memory the CUDA context and cuBLAS took at creation (not budgeted) */
+    int n_sm;
+    int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
+    cudaStream_t stream; /* compute: every kernel and cuBLAS call */
+    cudaStream_t copy;   /* transfers the caller wants overlapped */
+    cublasHandle_t blas;
+    void *blas_ws; /* cuBLAS workspace, ours so that it is counted */
+    struct pi_cuda_alloc_rec *recs;
+    size_t n_recs, cap_recs;
+    void *scr[PI_CUDA_SCR_COUNT];
+    size_t scr_bytes[PI_CUDA_SCR_COUNT];
+};
+
+/* A weight matrix W (rows, cols) in the device layout above. */
+struct pi_cuda_weight {
+    enum pi_type type;
+    int64_t rows, cols;
+    int64_t nblk;   /* blocks per row (cols for F16/BF16) */
+    size_t qbytes;  /* bytes per block in the quant plane (2 for F16/BF16) */
+    uint8_t *q;     /* rows * nblk * qbytes */
+    __half *d;      /* rows * nblk split scales, or NULL */
+    size_t bytes;   /* both planes, as counted */
+};
+
+/* Plain-value view of a weight passed to kernels by value. */
+struct pi_wdev {
+    const uint8_t *q;
+    const __half *d;
+    int64_t rows, cols, nblk;
+};
+
+static inline pi_wdev pi_wdev_of(const pi_cuda_weight *w)
+{
+    pi_wdev v;
+    v.q = w->q;
+    v.d = w->d;
+    v.rows = w->rows;
+    v.cols = w->cols;
+    v.nblk = w->nblk;
+    return v;
+}
+
+/* Ensure scratch slot `slot` holds at least `bytes`; *out is the slot's buffer. */
+int pi_cuda_scratch(pi_cuda_ctx_t *ctx, enum pi_cuda_scratch slot, size_t bytes, void **out);
+
+/* Gate/up pairs of the hot FFN (matmul.cu): a (n_hot,) = act(gate_i . x, up_i . x) over gu (2 n_hot, d),
+ * 0 for neurons the mask marks inactive. */
+int pi_cuda_ffn_gu(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
+                   const int32_t *d_ids, float *d_a);
+
+/* ------------------------------------------------------------------ device decoders */
+
+__device__ __forceinline__ uint4 pi_ld16(const void *p) { return __ldg((const uint4 *)p); }
+
+__device__ __forceinline__ float pi_bf16_to_f32(uint32_t bits16) { return __uint_as_float(bits16 << 16); }
+
+/* Byte i (0..11) of the three words w1, w2, w3, selected without a run-time register index (which
+ * would move the words to local memory). */
+__device__ __forceinline__ uint32_t pi_byte12(uint32_t w1, uint32_t w2, uint32_t w3, int i)
+{
+    uint32_t w = i < 4 ? w1 : (i < 8 ? w2 : w3);
+    return (w >> (8 * (i & 3))) & 0xff;
+}
+
+/* Q4_K's 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes held in w1..w3 (ggml's
+ * get_scale_min_k4, ggml-quants.c: j < 4 take the low 6 bits of bytes j and j + 4; j >= 4 combine the
+ * nibbles of byte j + 4 with the top two bits of bytes j - 4 and j). */
+__device__ __forceinline__ void pi_q4k_scale_min(uint32_t w1, uint32_t w2, uint32_t w3, int j, float *sc, float *m)
+{
+    if (j < 4) {
+        *sc = (float)(pi_byte12(w1, w2, w3, j) & 63);
+        *m = (float)(pi_byte12(w1, w2, w3, j + 4) & 63);
+    } else {
+        uint32_t b4 = pi_byte12(w1, w2, w3, j + 4);
+        *sc = (float)((b4 & 0xF) | ((pi_byte12(w1, w2, w3, j - 4) >> 6) << 4));
+        *m = (float)((b4 >> 4) | ((pi_byte12(w1, w2, w3, j) >> 6) << 4));
+    }
+}
+
+/* Byte k (0..3) of w as an exact float without an int-to-float conversion (a quarter-rate instruction
+ * on Hopper): the byte becomes the low mantissa bits of 2^23 (one PRMT), then 2^23 is subtracted. */
+__device__ __forceinline__ float pi_b2f(uint32_t w, int k)
+{
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7640u + (unsigned)k)) - 8388608.0f;
+}
+
+/* Sum of 16 products: the 4 bytes of each of the words w[0..3] (as unsigned values) times x[0..15]. */
+__device__ __forceinline__ float pi_dot_u8x16(const uint32_t *w, const float *x)
+{
+    float a = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) a = fmaf(pi_b2f(w[j], k), x[4 * j + k], a);
+    return a;
+}
+
+/* v = scale * q - off for the 16 byte values of lo (first half) and hi (second half). */
+__device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t *hi, float s0, float o0, float s1,
+                                             float o1, float *v)
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            v[4 * j + k] = fmaf(s0, pi_b2f(lo[j], k), -o0);
+            v[16 + 4 * j + k] = fmaf(s1, pi_b2f(hi[j], k), -o1);
+        }
+}
+
+/* Decoding is split in two steps so that kernels can issue the loads of several segments before any
+ * arithmetic (memory-level parallelism): pi_seg_load<T> fetches the raw bytes of segment s of row r
+ * (16-byte vector loads only, plus one small scalar) into a pi_seg_raw held in registers, and
+ * pi_seg_unpack_raw<T> turns them into two halves of 16 unsigned byte values with the affine map
+ * value = scale * q - off of each half. The formulas are ggml's (dequantize_row_* in ggml-quants.c);
+ * the unsigned forms fold the offsets:
+ *   Q4_0: (q - 8) d            -> scale d, off 8 d       (q = nibble)
+ *   Q8_0: s d, s = int8        -> scale d, off 128 d     (q = s ^ 0x80, unsigned)
+ *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
+ *   Q6_K: (q - 32) d sc_half   -> scale d sc, off 32 d sc per 16-element half */
+struct pi_seg_raw {
+    uint4 a, b, c, e;
+    uint32_t m, n;
+};
+
+struct pi_seg_u8 {
+    uint32_t lo[4], hi[4];
+    float s0, o0, s1, o1;
+};
+
+__device__ __forceinline__ float pi_h2f_bits(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xffff))); }
+
+template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, int64_t r, int64_t s, pi_seg_raw &x)
+{
+    if constexpr (T == PI_TYPE_F16 || T == PI_TYPE_BF16) {
+        /* 32 halves or bfloats of the row, 64 bytes. */
+        const uint8_t *p = w.q + ((size_t)r * (size_t)w.cols + (size_t)s * 32) * 2;
+        x.a = pi_ld16(p), x.b = pi_ld16(p + 16), x.c = pi_ld16(p + 32), x.e = pi_ld16(p + 48);
+    } else if constexpr (T == PI_TYPE_Q4_0) {
+        /* ggml block_q4_0: d, 16 bytes of nibbles (element j < 16: low nibble of byte j; j >= 16: high
+         * nibble of byte j - 16). Device layout: the 16 bytes, d in the scale plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 16);
+        x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q8_0) {
+        /* ggml block_q8_0: d, 32 int8. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 32), x.b = pi_ld16(w.q + b * 32 + 16);
+        x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q4_K) {
+        /* ggml block_q4_K (144 bytes, kept whole): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins,
+         * 128 bytes of nibbles; sub-block j (32 elements) is the low (even j) or high (odd j) nibbles
+         * of the 32 bytes at 32 (j / 2). */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 144;
+        x.a = pi_ld16(blk);
+        x.b = pi_ld16(blk + 16 + 32 * (j >> 1)), x.c = pi_ld16(blk + 32 + 32 * (j >> 1));
+        x.m = (uint32_t)j;
+    } else {
+        static_assert(T == PI_TYPE_Q6_K, "no decoder for this type");
+        /* ggml block_q6_K: ql[128] low nibbles, qh[64] high 2 bits, int8 scales[16], f16 d (d in the
+         * scale plane on the device). In half h (128 elements) and quarter k, element l (0..31) is
+         * ((ql[64h + 32(k&1) + l] >> 4(k>>1)) & 0xF) | (((qh[32h + l] >> 2k) & 3) << 4), minus 32,
+         * times d * scales[8h + 2k + l/16]. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7), h = j >> 2, k = j & 3;
+        const uint8_t *blk = w.q + b * 208;
+        const uint8_t *ql = blk + 64 * h + 32 * (k & 1), *qh = blk + 128 + 32 * h;
+        x.a = pi_ld16(ql), x.b = pi_ld16(ql + 16), x.c = pi_ld16(qh), x.e = pi_ld16(qh + 16);
+        x.m = __half_as_ushort(w.d[b]) | ((uint32_t)__ldg((const unsigned short *)(blk + 192 + 8 * h + 2 * k)) << 16);
+        x.n = (uint32_t)j;
+    }
+}
+
+template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_raw &x, pi_seg_u8 &u)
+{
+    const uint32_t w0[4] = {x.a.x, x.a.y, x.a.z, x.a.w}, w1[4] = {x.b.x, x.b.y, x.b.z, x.b.w};
+    if constexpr (T == PI_TYPE_Q4_0) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = w0[j] & 0x0F0F0F0Fu;
+            u.hi[j] = (w0[j] >> 4) & 0x0F0F0F0Fu;
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = 8.0f * u.s0;
+    } else if constexpr (T == PI_TYPE_Q8_0) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = w0[j] ^ 0x80808080u;
+            u.hi[j] = w1[j] ^ 0x80808080u;
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = 128.0f * u.s0;
+    } else if constexpr (T == PI_TYPE_Q4_K) {
+        const uint32_t w2[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
+        const int j = (int)x.m, shift = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = (w1[i] >> shift) & 0x0F0F0F0Fu;
+            u.hi[i] = (w2[i] >> shift) & 0x0F0F0F0Fu;
+        }
+        float sc, m;
+        pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
+        u.s0 = u.s1 = pi_h2f_bits(x.a.x) * sc;
+        u.o0 = u.o1 = pi_h2f_bits(x.a.x >> 16) * m;
+    } else {
+        static_assert(T == PI_TYPE_Q6_K, "no unsigned unpacking for this type");
+        const uint32_t h0[4] = {x.c.x, x.c.y, x.c.z, x.c.w}, h1[4] = {x.e.x, x.e.y, x.e.z, x.e.w};
+        const int k = (int)x.n & 3, lsh = 4 * (k >> 1), hsh = 2 * k;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = ((w0[i] >> lsh) & 0x0F0F0F0Fu) | (((h0[i] >> hsh) & 0x03030303u) << 4);
+            u.hi[i] = ((w1[i] >> lsh) & 0x0F0F0F0Fu) | (((h1[i] >> hsh) & 0x03030303u) << 4);
+        }
+        const float d = pi_h2f_bits(x.m);
+        u.s0 = d * (float)(int8_t)((x.m >> 16) & 0xff);
+        u.s1 = d * (float)(int8_t)(x.m >> 24);
+        u.o0 = 32.0f * u.s0;
+        u.o1 = 32.0f * u.s1;
+    }
+}
+
+/* Values of a loaded segment, v[0..31]. */
+template <int T> __device__ __forceinline__ void pi_seg_values(const pi_seg_raw &x, float *v)
+{
+    if constexpr (T == PI_TYPE_F16) {
+        const uint4 q[4] = {x.a, x.b, x.c, x.e};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const float2 f = __half22float2(*(const __half2 *)&wd[j]);
+                v[8 * k + 2 * j] = f.x;
+                v[8 * k + 2 * j + 1] = f.y;
+            }
+        }
+    } else if constexpr (T == PI_TYPE_BF16) {
+        const uint4 q[4] = {x.a, x.b, x.c, x.e};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const uint32_t wd[4] = {q[k].x, q[k].y, q[k].z, q[k].w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                v[8 * k + 2 * j] = pi_bf16_to_f32(wd[j] & 0xffff);
+                v[8 * k + 2 * j + 1] = pi_bf16_to_f32(wd[j] >> 16);
+            }
+        }
+    } else {
+        pi_seg_u8 u;
+        pi_seg_unpack_raw<T>(x, u);
+        pi_u8_decode(u.lo, u.hi, u.s0, u.o0, u.s1, u.o1, v);
+    }
+}
+
+/* Decode segment s (32 elements) of row r of w into v[0..31]. T is an enum pi_type. */
+template <int T> __device__ __forceinline__ void pi_seg_decode(const pi_wdev &w, int64_t r, int64_t s, float *v)
+{
+    pi_seg_raw x;
+    pi_seg_load<T>(w, r, s, x);
+    pi_seg_values<T>(x, v);
+}
+
+/* Dot product of a loaded segment with x[0..31]; xs0 and xs1 are the sums of x[0..15] and x[16..31]
+ * (shared by the rows of a warp), which fold each half's offset into one multiply. */
+template <int T>
+__device__ __forceinline__ float pi_seg_dot_raw(const pi_seg_raw &r, const float *x, float xs0, float xs1)
+{
+    if constexpr (T == PI_TYPE_F16 || T == PI_TYPE_BF16) {
+        float v[32], a = 0.0f;
+        pi_seg_values<T>(r, v);
+#pragma unroll
+        for (int j = 0; j < 32; j++) a = fmaf(v[j], x[j], a);
+        return a;
+    } else {
+        pi_seg_u8 u;
+        pi_seg_unpack_raw<T>(r, u);
+        const float d0 = pi_dot_u8x16(u.lo, x), d1 = pi_dot_u8x16(u.hi, x + 16);
+        return u.s0 * d0 - u.o0 * xs0 + (u.s1 * d1 - u.o1 * xs1);
+    }
+}
+
+template <int T>
+__device__ __forceinline__ float pi_seg_dot(const pi_wdev &w, int64_t r, int64_t s, const float *x, float xs0, float xs1)
+{
+    pi_seg_raw raw;
+    pi_seg_load<T>(w, r, s, raw);
+    return pi_seg_dot_raw<T>(raw, x, xs0, xs1);
+}
+
+/* Run F(std::integral_constant-like tag) for the weight's type; returns -PI_ERR_UNSUPPORTED for a type
+ * without a device decoder. */
+template <int T> struct pi_type_tag {
+    static constexpr int value = T;
+};
+
+template <typename F> static inline int pi_dispatch_type(enum pi_type t, F &&f)
+{
+    switch (t) {
+    case PI_TYPE_F16: return f(pi_type_tag<PI_TYPE_F16>());
+    case PI_TYPE_BF16: return f(pi_type_tag<PI_TYPE_BF16>());
+    case PI_TYPE_Q4_0: return f(pi_type_tag<PI_TYPE_Q4_0>());
+    case PI_TYPE_Q8_0: return f(pi_type_tag<PI_TYPE_Q8_0>());
+    case PI_TYPE_Q4_K: return f(pi_type_tag<PI_TYPE_Q4_K>());
+    case PI_TYPE_Q6_K: return f(pi_type_tag<PI_TYPE_Q6_K>());
+    default:
+        pi_error("cuda: no device kernels for type %s", pi_type_name(t));
+        return -PI_ERR_UNSUPPORTED;
+    }
+}
+
+/* Warp-wide sum; every lane gets the result. */
+__device__ __forceinline__ float pi_warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float pi_warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

@@ -1,0 +1,473 @@
+/*
+ * kernels/cuda/matmul.cu - weights on the device and the products with them: upload (repacking ggml's
+ * blocks into the 16-byte aligned device layout of cuda-impl.h), the quantised matrix-vector kernels
+ * of decode, the dequantise-to-f16 tiles and cuBLAS tensor-core GEMM of prompt processing, and the row
+ * gather of the token embeddings.
+ *
+ * Matvec threading: one warp computes R consecutive rows; lane l takes segments l, l + 32, ... of the
+ * row, so a warp's loads of one row are contiguous (coalesced 16-byte vectors), the 32 x values of a
+ * segment are loaded once per R rows (R = 4 keeps the L1 traffic of x under the weight traffic), and
+ * the R sums are reduced with shuffles at the end. Decode is bound by the weight bytes, so the aim is
+ * the device's copy bandwidth; see doc/cuda.md for the measured numbers.
+ */
+#include "kernels/cuda/cuda-impl.h"
+
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+
+/* ------------------------------------------------------------------ upload */
+
+/* Geometry of the device layout of type t: elements per block, bytes per block in the quant plane,
+ * whether the f16 scale is split out, and where it and the rest sit in ggml's block. */
+struct pi_dev_geom {
+    int64_t belems;
+    size_t bbytes; /* ggml block bytes */
+    size_t qbytes; /* quant-plane bytes per block */
+    bool split;
+    size_t doff, qoff; /* offsets of d and of the rest in ggml's block (split types) */
+};
+
+static int dev_geom(int type, pi_dev_geom *g)
+{
+    memset(g, 0, sizeof(*g));
+    switch (type) {
+    case PI_TYPE_F16:
+    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
+    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
+    /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
+     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
+    case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;
+    case PI_TYPE_Q8_0: g->belems = 32; g->bbytes = 34; g->qbytes = 32; g->split = true; g->doff = 0; g->qoff = 2; return 0;
+    case PI_TYPE_Q6_K: g->belems = 256; g->bbytes = 210; g->qbytes = 208; g->split = true; g->doff = 208; g->qoff = 0; return 0;
+    default:
+        pi_error("cuda: no device kernels for type %s", pi_type_name((uint32_t)type));
+        return -PI_ERR_UNSUPPORTED;
+    }
+}
+
+/* Check the shape and compute the plane sizes. */
+static int weight_plan(int type, int64_t rows, int64_t cols, pi_dev_geom *g, size_t *qplane, size_t *dplane)
+{
+    PI_TRY(dev_geom(type, g));
+    const struct pi_type_info *ti = pi_type_get((uint32_t)type);
+    PI_ASSERT(ti && ti->block_bytes == g->bbytes && (int64_t)ti->block_elems == g->belems);
+    int64_t align = g->belems > 32 ? g->belems : 32;
+    if (rows <= 0 || cols <= 0 || cols % align != 0 || cols > INT_MAX || rows > INT_MAX) {
+        pi_error("cuda: weight shape (%lld, %lld) of type %s unsupported (cols must be a positive multiple of %lld)",
+                 (long long)rows, (long long)cols, pi_type_name((uint32_t)type), (long long)align);
+        return -PI_ERR_INVAL;
+    }
+    uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
+    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, 2, &d)) {
+        pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
+        return -PI_ERR_RANGE;
+    }
+    *qplane = (size_t)((q + 255) & ~(uint64_t)255);
+    *dplane = g->split ? (size_t)d : 0;
+    return 0;
+}
+
+extern "C" int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes)
+{
+    pi_dev_geom g;
+    size_t q, d;
+    PI_TRY(weight_plan(type, rows, cols, &g, &q, &d));
+    *bytes = (q + d + 255) & ~(size_t)255;
+    return 0;
+}
+
+extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w->bytes : 0; }
+
+/* Copy rows [r0, r0 + nr) of the ggml data to the device planes, splitting the scales out through a
+ * host staging buffer of at most `cap` bytes. */
+static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom &g, const uint8_t *src,
+                        uint8_t *stage, size_t cap)
+{
+    size_t row_blocks = (size_t)w->nblk;
+    size_t rows_per = cap / (row_blocks * (g.qbytes + 2));
+    if (rows_per == 0) rows_per = 1;
+    for (int64_t r0 = 0; r0 < w->rows; r0 += (int64_t)rows_per) {
+        size_t nr = (size_t)PI_MIN((int64_t)rows_per, w->rows - r0);
+        size_t nb = nr * row_blocks, b0 = (size_t)r0 * row_blocks;
+        uint8_t *sq = stage, *sd = stage + nb * g.qbytes;
+        for (size_t b = 0; b < nb; b++) {
+            const uint8_t *blk = src + (b0 + b) * g.bbytes;
+            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qbytes);
+            memcpy(sd + b * 2, blk + g.doff, 2);
+        }
+        PI_CU(cudaMemcpy(w->q + b0 * g.qbytes, sq, nb * g.qbytes, cudaMemcpyHostToDevice));
+        PI_CU(cudaMemcpy((uint8_t *)w->d + b0 * 2, sd, nb * 2, cudaMemcpyHostToDevice));
+    }
+    return 0;
+}
+
+extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols, const void *src,
+                                     pi_cuda_weight_t **out)
+{
+    pi_dev_geom g;
+    size_t qplane, dplane;
+    *out = NULL;
+    PI_TRY(weight_plan(type, rows, cols, &g, &qplane, &dplane));
+    pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
+    if (!w) return -PI_ERR_NOMEM;
+    w->type = (enum pi_type)type;
+    w->rows = rows;
+    w->cols = cols;
+    w->nblk = cols / g.belems;
+    w->qbytes = g.qbytes;
+    void *mem = NULL;
+    int rc = pi_cuda_alloc(c, qplane + dplane, &mem);
+    if (rc < 0) {
+        free(w);
+        return rc;
+    }
+    w->q = (uint8_t *)mem;
+    w->d = g.split ? (__half *)(w->q + qplane) : NULL;
+    pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
+    if (!g.split) {
+        rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
+    } else {
+        size_t cap = 16u << 20;
+        uint8_t *stage = (uint8_t *)malloc(cap + (size_t)w->nblk * (g.qbytes + 2));
+        rc = stage ? upload_split(c, w, g, (const uint8_t *)src, stage, cap) : -PI_ERR_NOMEM;
+        free(stage);
+    }
+    if (rc < 0) {
+        pi_cuda_weight_destroy(c, &w);
+        return rc;
+    }
+    *out = w;
+    return 0;
+}
+
+extern "C" void pi_cuda_weight_destroy(pi_cuda_ctx_t *c, pi_cuda_weight_t **pw)
+{
+    if (!pw || !*pw) return;
+    (void)pi_cuda_free(c, (*pw)->q);
+    free(*pw);
+    *pw = NULL;
+}
+
+/* ------------------------------------------------------------------ matvec */
+
+/* What a matvec does with its row sums: store them (y[r]), or, for the hot FFN's gate/up pairs (R = 2,
+ * rows 2n and 2n + 1), store act(gate, up) into y[n], skipping neurons the mask marks inactive. */
+struct pi_mv_epi {
+    float *y;
+    int act;
+    const uint8_t *mask;
+    const int32_t *ids;
+};
+
+__device__ __forceinline__ float pi_glu_f(int act, float g, float u)
+{
+    if (act == PI_CUDA_ACT_SILU) return g / (1.0f + expf(-g)) * u;
+    if (act == PI_CUDA_ACT_RELU) return fmaxf(g, 0.0f) * u;
+    return fmaxf(g, 0.0f) * fmaxf(u, 0.0f);
+}
+
+template <int T, int R, bool GLU>
+__global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int64_t r0 = warp * R;
+    if (r0 >= w.rows) return;
+    if (GLU && e.mask) {
+        int64_t id = e.ids ? e.ids[warp] : warp;
+        if (!e.mask[id]) {
+            if (lane == 0) e.y[warp] = 0.0f;
+            return;
+        }
+    }
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = 0.0f;
+    const int64_t nseg = w.cols >> 5;
+    for (int64_t s = lane; s < nseg; s += 32) {
+        float xv[32];
+        const float4 *xp = (const float4 *)(x + s * 32);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            float4 f = __ldg(xp + k);
+            xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+        }
+        float xs0 = 0.0f, xs1 = 0.0f;
+        if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
+#pragma unroll
+            for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
+        }
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            int64_t r = r0 + i < w.rows ? r0 + i : w.rows - 1;
+            acc[i] += pi_seg_dot<T>(w, r, s, xv, xs0, xs1);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
+    if (lane != 0) return;
+    if (GLU) {
+        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (r0 + i < w.rows) e.y[r0 + i] = acc[i];
+    }
+}
+
+/* The staged variant: the block first copies x into shared memory (segment rows padded to 36 floats so
+ * that a quarter-warp's 16-byte reads of 8 different segments hit distinct banks), then each warp
+ * computes R rows with every lane issuing the loads of U segments of all R rows before any arithmetic,
+ * so U * R weight loads per lane are in flight instead of R (the register-x kernel above waits on one
+ * segment's latency per iteration, which bounds the low-bit types). */
+#define PI_XS_PAD 36
+#define PI_XS_THREADS 256
+
+template <int T, int R, int U>
+__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, float *__restrict__ y)
+{
+    extern __shared__ float4 xs4[];
+    const float *xs = (const float *)xs4;
+    const int64_t nseg = w.cols >> 5;
+    for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x)
+        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg((const float4 *)x + i);
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int64_t r0 = warp * R;
+    if (r0 >= w.rows) return;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = 0.0f;
+    for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
+        pi_seg_raw raw[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
+#pragma unroll
+            for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = sb + 32 * u;
+            if (s >= nseg) break;
+            float xv[32];
+            const float4 *xp = (const float4 *)(xs + s * PI_XS_PAD);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float4 f = xp[k];
+                xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+            }
+            float xs0 = 0.0f, xs1 = 0.0f;
+            if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
+#pragma unroll
+                for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
+    if (lane != 0) return;
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        if (r0 + i < w.rows) y[r0 + i] = acc[i];
+}
+
+template <int T, int R, int U> static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y)
+{
+    static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
+    const size_t smem = (size_t)(w->cols / 32) * PI_XS_PAD * sizeof(float);
+    if (smem > smem_set) {
+        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
+    const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
+    k_matvec_xs<T, R, U><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, y);
+    PI_CU_LAUNCH("k_matvec_xs");
+    return 0;
+}
+
+static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y)
+{
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        constexpr int T = decltype(tag)::value;
+        constexpr int U = (T == PI_TYPE_F16 || T == PI_TYPE_BF16) ? 2 : 4;
+        return launch_matvec_xs<T, 2, U>(c, w, x, y);
+    });
+}
+
+template <int R, bool GLU>
+static int launch_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
+{
+    int64_t warps = (w->rows + R - 1) / R;
+    int64_t blocks = (warps + 3) / 4;
+    pi_wdev wd = pi_wdev_of(w);
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        k_matvec<decltype(tag)::value, R, GLU><<<(unsigned)blocks, 128, 0, c->stream>>>(wd, x, e);
+        PI_CU_LAUNCH("k_matvec");
+        return 0;
+    });
+}
+
+extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R)
+{
+    pi_mv_epi e = {d_y, 0, NULL, NULL};
+    switch (R) {
+    case 1: return launch_matvec<1, false>(c, w, d_x, e);
+    case 2: return launch_matvec<2, false>(c, w, d_x, e);
+    case 4: return launch_matvec<4, false>(c, w, d_x, e);
+    case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, d_y);
+    default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
+    }
+}
+
+/* The automatic choice (from the table in doc/cuda.md): the staged kernel for the quantised types while
+ * x fits the shared memory, else the register-x kernel with 4 rows per warp when that still leaves
+ * several warps per SM, fewer for small matrices. */
+extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
+{
+    if (w->type != PI_TYPE_F16 && w->type != PI_TYPE_BF16 && w->cols <= c->xs_max_cols)
+        return matvec_xs(c, w, d_x, d_y);
+    int R = w->rows >= (int64_t)c->n_sm * 64 ? 4 : (w->rows >= (int64_t)c->n_sm * 16 ? 2 : 1);
+    return pi_cuda_matvec_r(c, w, d_x, d_y, R);
+}
+
+/* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons. */
+int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
+                   const int32_t *d_ids, float *d_a)
+{
+    pi_mv_epi e = {d_a, act, d_mask, d_ids};
+    return launch_matvec<2, true>(c, gu, d_x, e);
+}
+
+/* ------------------------------------------------------------------ dequantise, gather, GEMM */
+
+/* out (nr, cols) f16 = rows [r0, r0 + nr) of W; one thread per segment, 4 16-byte stores. */
+template <int T>
+__global__ void k_dequant_f16(pi_wdev w, int64_t r0, int64_t nr, __half *__restrict__ out)
+{
+    const int64_t nseg = w.cols >> 5;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= nr * nseg) return;
+    const int64_t r = i / nseg, s = i - r * nseg;
+    float v[32];
+    pi_seg_decode<T>(w, r0 + r, s, v);
+    uint4 *o = (uint4 *)(out + r * w.cols + s * 32);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        uint4 u;
+        __half2 *h = (__half2 *)&u;
+#pragma unroll
+        for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(v[8 * k + 2 * j], v[8 * k + 2 * j + 1]);
+        o[k] = u;
+    }
+}
+
+static int dequant_rows(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t r0, int64_t nr, __half *out)
+{
+    int64_t n = nr * (w->cols >> 5);
+    pi_wdev wd = pi_wdev_of(w);
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        k_dequant_f16<decltype(tag)::value><<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(wd, r0, nr, out);
+        PI_CU_LAUNCH("k_dequant_f16");
+        return 0;
+    });
+}
+
+extern "C" int pi_cuda_dequant_f16(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, void *d_out)
+{
+    return dequant_rows(c, w, 0, w->rows, (__half *)d_out);
+}
+
+template <int T>
+__global__ void k_get_rows(pi_wdev w, int64_t n_ids, const int32_t *__restrict__ ids, float *__restrict__ out)
+{
+    const int64_t nseg = w.cols >> 5;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_ids * nseg) return;
+    const int64_t t = i / nseg, s = i - t * nseg;
+    const int32_t id = ids[t];
+    float v[32];
+    if (id >= 0 && id < w.rows) {
+        pi_seg_decode<T>(w, id, s, v);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 32; j++) v[j] = __int_as_float(0x7fc00000);
+    }
+    float4 *o = (float4 *)(out + t * w.cols + s * 32);
+#pragma unroll
+    for (int k = 0; k < 8; k++) o[k] = make_float4(v[4 * k], v[4 * k + 1], v[4 * k + 2], v[4 * k + 3]);
+}
+
+extern "C" int pi_cuda_get_rows(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t n_ids, const int32_t *d_ids,
+                                float *d_out)
+{
+    if (n_ids <= 0) return n_ids == 0 ? 0 : -PI_ERR_INVAL;
+    int64_t n = n_ids * (w->cols >> 5);
+    pi_wdev wd = pi_wdev_of(w);
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        k_get_rows<decltype(tag)::value><<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(wd, n_ids, d_ids, d_out);
+        PI_CU_LAUNCH("k_get_rows");
+        return 0;
+    });
+}
+
+__global__ void k_f32_to_f16(int64_t n, const float *__restrict__ x, __half *__restrict__ y)
+{
+    int64_t i = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 2;
+    if (i + 1 < n) {
+        float2 f = *(const float2 *)(x + i);
+        *(__half2 *)(y + i) = __floats2half2_rn(f.x, f.y);
+    } else if (i < n) {
+        y[i] = __float2half_rn(x[i]);
+    }
+}
+
+/* Y[:, r0 : r0 + nr] = X16 @ A^T with A (nr, k) f16 row-major; Y (T, ldc) f32 row-major. In cuBLAS'
+ * column-major terms: C (nr, T) = op(A) (nr, k) * B (k, T), op = transpose of the column-major (k, nr). */
+static int gemm_f16(pi_cuda_ctx_t *c, const __half *A, int64_t nr, int64_t k, const __half *X16, int64_t T, float *Y,
+                    int64_t ldc)
+{
+    const float alpha = 1.0f, beta = 0.0f;
+    PI_CUBLAS(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)T, (int)k, &alpha, A, CUDA_R_16F, (int)k,
+                           X16, CUDA_R_16F, (int)k, &beta, Y, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F,
+                           CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+#define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
+
+extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
+{
+    if (T <= 0 || T > INT_MAX / 2) {
+        pi_error("cuda: gemm with %lld tokens", (long long)T);
+        return -PI_ERR_INVAL;
+    }
+    void *x16 = NULL, *tile = NULL;
+    int64_t n = T * w->cols;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, (size_t)n * 2, &x16));
+    k_f32_to_f16<<<(unsigned)((n / 2 + 256) / 256), 256, 0, c->stream>>>(n, d_X, (__half *)x16);
+    PI_CU_LAUNCH("k_f32_to_f16");
+    if (w->type == PI_TYPE_F16) return gemm_f16(c, (const __half *)w->q, w->rows, w->cols, (__half *)x16, T, d_Y, w->rows);
+    int64_t tile_rows = (int64_t)(PI_CUDA_TILE_BYTES / ((size_t)w->cols * 2));
+    tile_rows = tile_rows >= 128 ? tile_rows / 128 * 128 : PI_MAX(tile_rows, (int64_t)1);
+    tile_rows = PI_MIN(tile_rows, w->rows);
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, (size_t)tile_rows * (size_t)w->cols * 2, &tile));
+    for (int64_t r0 = 0; r0 < w->rows; r0 += tile_rows) {
+        int64_t nr = PI_MIN(tile_rows, w->rows - r0);
+        PI_TRY(dequant_rows(c, w, r0, nr, (__half *)tile));
+        PI_TRY(gemm_f16(c, (const __half *)tile, nr, w->cols, (__half *)x16, T, d_Y + r0, w->rows));
+    }
+    return 0;
+}
+
+extern "C" int pi_cuda_matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
+{
+    if (T > 2) return pi_cuda_gemm(c, w, T, d_X, d_Y);
+    for (int64_t t = 0; t < T; t++) PI_TRY(pi_cuda_matvec(c, w, d_X + t * w->cols, d_Y + t * w->rows));
+    return 0;
+}

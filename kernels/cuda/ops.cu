@@ -1,0 +1,493 @@
+/*
+ * kernels/cuda/ops.cu - the per-layer kernels besides the matrix products: RMSNorm, RoPE, the f16 KV
+ * cache store, causal grouped-query attention (split over positions with an online softmax, then a
+ * merge of the splits), softmax, the activations, the merge of the CPU workers' partial sums, and the
+ * hot-neuron FFN over the GPU's packed neurons.
+ *
+ * All kernels run on the context's compute stream; shapes are checked on the host before launching.
+ */
+#include "kernels/cuda/cuda-impl.h"
+
+#include <climits>
+#include <cmath>
+
+static inline unsigned blocks_for(int64_t n, int per) { return (unsigned)((n + per - 1) / per); }
+
+static int check_count(const char *what, int64_t n)
+{
+    if (n <= 0 || n > (int64_t)INT_MAX * 64) {
+        pi_error("cuda: %s: count %lld out of range", what, (long long)n);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+/* Block-wide sum of v over blockDim.x (a multiple of 32, at most 1024); every thread gets it. */
+__device__ float pi_block_sum(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = pi_warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : 0.0f;
+    return pi_warp_sum(v);
+}
+
+__device__ float pi_block_max(float v, float *sh)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = pi_warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    v = lane < nw ? sh[lane] : -INFINITY;
+    return pi_warp_max(v);
+}
+
+/* ------------------------------------------------------------------ RMSNorm, softmax */
+
+__global__ void k_rmsnorm(int64_t n, const float *__restrict__ x, const float *__restrict__ g, float eps,
+                          float *__restrict__ y)
+{
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * n;
+    float *yr = y + blockIdx.x * n;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    ss = pi_block_sum(ss, sh);
+    const float inv = rsqrtf(ss / (float)n + eps);
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * inv * g[i];
+}
+
+extern "C" int pi_cuda_rmsnorm(pi_cuda_ctx_t *c, int64_t T, int64_t n, const float *d_x, const float *d_g, float eps,
+                               float *d_y)
+{
+    PI_TRY(check_count("rmsnorm rows", T));
+    PI_TRY(check_count("rmsnorm width", n));
+    k_rmsnorm<<<(unsigned)T, 256, 0, c->stream>>>(n, d_x, d_g, eps, d_y);
+    PI_CU_LAUNCH("k_rmsnorm");
+    return 0;
+}
+
+__global__ void k_softmax(int64_t n, float *__restrict__ x)
+{
+    __shared__ float sh[32];
+    float *xr = x + blockIdx.x * n;
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) m = fmaxf(m, xr[i]);
+    m = pi_block_max(m, sh);
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += expf(xr[i] - m);
+    s = pi_block_sum(s, sh);
+    const float inv = 1.0f / s;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xr[i] = expf(xr[i] - m) * inv;
+}
+
+extern "C" int pi_cuda_softmax(pi_cuda_ctx_t *c, int64_t rows, int64_t n, float *d_x)
+{
+    PI_TRY(check_count("softmax rows", rows));
+    PI_TRY(check_count("softmax width", n));
+    k_softmax<<<(unsigned)rows, 256, 0, c->stream>>>(n, d_x);
+    PI_CU_LAUNCH("k_softmax");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ RoPE, KV store */
+
+__global__ void k_rope(int64_t T, int n_head, int hd, int n_rot, const int32_t *__restrict__ pos, float base,
+                       float freq_scale, float *__restrict__ x)
+{
+    const int half = n_rot / 2;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * n_head * half) return;
+    const int p = (int)(i % half);
+    const int64_t th = i / half; /* t * n_head + h */
+    const int64_t t = th / n_head;
+    const float theta = (float)pos[t] * freq_scale * powf(base, -2.0f * (float)p / (float)n_rot);
+    float s, co;
+    sincosf(theta, &s, &co);
+    float *v = x + th * hd + 2 * p;
+    const float a = v[0], b = v[1];
+    v[0] = a * co - b * s;
+    v[1] = a * s + b * co;
+}
+
+extern "C" int pi_cuda_rope(pi_cuda_ctx_t *c, int64_t T, int n_head, int head_dim, int n_rot, const int32_t *d_pos,
+                            float base, float freq_scale, float *d_x)
+{
+    PI_TRY(check_count("rope tokens", T));
+    if (n_head <= 0 || head_dim <= 0 || n_rot <= 0 || n_rot % 2 || n_rot > head_dim) {
+        pi_error("cuda: rope with n_head %d, head_dim %d, n_rot %d", n_head, head_dim, n_rot);
+        return -PI_ERR_INVAL;
+    }
+    int64_t n = T * n_head * (n_rot / 2);
+    k_rope<<<blocks_for(n, 256), 256, 0, c->stream>>>(T, n_head, head_dim, n_rot, d_pos, base, freq_scale, d_x);
+    PI_CU_LAUNCH("k_rope");
+    return 0;
+}
+
+__global__ void k_kv_store(int64_t n, int64_t off, const float *__restrict__ k, const float *__restrict__ v,
+                           __half *__restrict__ kc, __half *__restrict__ vc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    kc[off + i] = __float2half_rn(k[i]);
+    vc[off + i] = __float2half_rn(v[i]);
+}
+
+extern "C" int pi_cuda_kv_store(pi_cuda_ctx_t *c, int n_head_kv, int head_dim, int64_t pos0, int64_t T,
+                                const float *d_k, const float *d_v, void *d_k_cache, void *d_v_cache)
+{
+    PI_TRY(check_count("kv_store tokens", T));
+    if (n_head_kv <= 0 || head_dim <= 0 || pos0 < 0) {
+        pi_error("cuda: kv_store with n_head_kv %d, head_dim %d, pos0 %lld", n_head_kv, head_dim, (long long)pos0);
+        return -PI_ERR_INVAL;
+    }
+    int64_t kvd = (int64_t)n_head_kv * head_dim, n = T * kvd;
+    k_kv_store<<<blocks_for(n, 256), 256, 0, c->stream>>>(n, pos0 * kvd, d_k, d_v, (__half *)d_k_cache,
+                                                           (__half *)d_v_cache);
+    PI_CU_LAUNCH("k_kv_store");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ attention */
+
+#define PI_ATT_CHUNK 256 /* positions per split */
+#define PI_ATT_WARPS 4
+
+/* Load NPL consecutive halves (NPL * 2 bytes, aligned to that) as floats. */
+template <int NPL> __device__ __forceinline__ void pi_ld_halves(const __half *p, float *f)
+{
+    if constexpr (NPL == 1) {
+        f[0] = __half2float(*p);
+    } else if constexpr (NPL == 2) {
+        float2 v = __half22float2(*(const __half2 *)p);
+        f[0] = v.x, f[1] = v.y;
+    } else if constexpr (NPL == 4) {
+        uint2 u = *(const uint2 *)p;
+        float2 a = __half22float2(*(const __half2 *)&u.x), b = __half22float2(*(const __half2 *)&u.y);
+        f[0] = a.x, f[1] = a.y, f[2] = b.x, f[3] = b.y;
+    } else {
+        uint4 u = *(const uint4 *)p;
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float2 a = __half22float2(*(const __half2 *)&w[i]);
+            f[2 * i] = a.x, f[2 * i + 1] = a.y;
+        }
+    }
+}
+
+/* One block per (query head h, split sp, query t): its warps take batches of P positions of the split
+ * in turn; a batch's P key and value rows are loaded together (P independent loads in flight, which
+ * is what bounds this kernel: one position at a time is a chain of memory latencies), then the P scores
+ * update an online softmax (log2 units). The warps then merge in shared memory into one partial
+ * (m, l, acc[head_dim]) at part[((t * n_head + h) * nsplit + sp) * (head_dim + 2)]. Lane l holds the
+ * NPL = head_dim / 32 dimensions [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
+template <int NPL>
+__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
+k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, float qscale, const float *__restrict__ q,
+             const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
+{
+    constexpr int HD = 32 * NPL, P = NPL >= 8 ? 4 : 8;
+    __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
+    __shared__ float s_acc[PI_ATT_WARPS][HD];
+    const int h = blockIdx.x, sp = blockIdx.y;
+    const int64_t t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (n_head / n_head_kv);
+    const int64_t kv_len = pos0 + t + 1;
+    const int64_t p0 = (int64_t)sp * PI_ATT_CHUNK, p1 = PI_MIN(p0 + PI_ATT_CHUNK, kv_len);
+    const int64_t kvd = (int64_t)n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
+    float qv[NPL], acc[NPL];
+    const float *qr = q + (t * n_head + h) * HD + lane * NPL;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) {
+        qv[i] = qr[i] * qscale;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t pb = p0 + (int64_t)warp * P; pb < p1; pb += PI_ATT_WARPS * P) {
+        float kf[P][NPL], vf[P][NPL], sc[P];
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const int64_t p = pb + j < p1 ? pb + j : p1 - 1;
+            pi_ld_halves<NPL>(kc + p * kvd + off, kf[j]);
+            pi_ld_halves<NPL>(vc + p * kvd + off, vf[j]);
+        }
+        float mb = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) dot = fmaf(qv[i], kf[j][i], dot);
+            sc[j] = pb + j < p1 ? pi_warp_sum(dot) : -INFINITY;
+            mb = fmaxf(mb, sc[j]);
+        }
+        const float mn = fmaxf(m, mb), corr = exp2f(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) acc[i] *= corr;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const float e = exp2f(sc[j] - mn);
+            l += e;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) acc[i] = fmaf(e, vf[j][i], acc[i]);
+        }
+        m = mn;
+    }
+    if (lane == 0) s_m[warp] = m, s_l[warp] = l;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < PI_ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    float *out = part + ((t * n_head + h) * nsplit + sp) * (int64_t)(HD + 2);
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float a = 0.0f;
+        for (int w = 0; w < PI_ATT_WARPS; w++)
+            if (s_m[w] != -INFINITY) a += s_acc[w][d] * exp2f(s_m[w] - M);
+        out[2 + d] = a;
+    }
+    if (threadIdx.x == 0) {
+        float L = 0.0f;
+        for (int w = 0; w < PI_ATT_WARPS; w++)
+            if (s_m[w] != -INFINITY) L += s_l[w] * exp2f(s_m[w] - M);
+        out[0] = M;
+        out[1] = L;
+    }
+}
+
+/* One block per (head, query): combine the splits' partials into out (T, n_head, hd). */
+__global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__restrict__ part, float *__restrict__ out)
+{
+    const int h = blockIdx.x;
+    const int64_t t = blockIdx.y;
+    const float *pp = part + (t * n_head + h) * nsplit * (int64_t)(hd + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float a = 0.0f, L = 0.0f;
+        for (int s = 0; s < nsplit; s++) {
+            const float *ps = pp + s * (hd + 2);
+            if (ps[0] == -INFINITY) continue;
+            const float w = exp2f(ps[0] - M);
+            a += ps[2 + d] * w;
+            L += ps[1] * w;
+        }
+        out[(t * n_head + h) * hd + d] = a / L;
+    }
+}
+
+extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
+                                 const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out)
+{
+    PI_TRY(check_count("attention queries", T));
+    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) ||
+        pos0 < 0 || T > 65535 || n_head > 65535) {
+        pi_error("cuda: attention with %lld queries, %d heads, %d kv heads, head_dim %d, pos0 %lld unsupported",
+                 (long long)T, n_head, n_head_kv, head_dim, (long long)pos0);
+        return -PI_ERR_INVAL;
+    }
+    const int64_t nsplit = (pos0 + T + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK;
+    if (nsplit > 65535) {
+        pi_error("cuda: attention over %lld positions unsupported", (long long)(pos0 + T));
+        return -PI_ERR_INVAL;
+    }
+    void *part = NULL;
+    size_t bytes = (size_t)T * (size_t)n_head * (size_t)nsplit * (size_t)(head_dim + 2) * sizeof(float);
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, bytes, &part));
+    const float qscale = 1.4426950408889634f / sqrtf((float)head_dim); /* log2(e) / sqrt(hd) */
+    dim3 grid((unsigned)n_head, (unsigned)nsplit, (unsigned)T);
+    const __half *kh = (const __half *)d_k_cache, *vh = (const __half *)d_v_cache;
+    const int ns = (int)nsplit;
+    switch (head_dim) {
+    case 32: k_attn_split<1><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
+    case 64: k_attn_split<2><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
+    case 128: k_attn_split<4><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
+    default: k_attn_split<8><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
+    }
+    PI_CU_LAUNCH("k_attn_split");
+    dim3 g2((unsigned)n_head, (unsigned)T);
+    k_attn_merge<<<g2, head_dim, 0, c->stream>>>(n_head, head_dim, (int)nsplit, (const float *)part, d_out);
+    PI_CU_LAUNCH("k_attn_merge");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ activations, merge */
+
+__global__ void k_act(int act, int64_t n, const float *__restrict__ x, float *__restrict__ y)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float v = x[i];
+    y[i] = act == PI_CUDA_ACT_SILU ? v / (1.0f + expf(-v)) : fmaxf(v, 0.0f);
+}
+
+static int check_act(int act)
+{
+    if (act != PI_CUDA_ACT_SILU && act != PI_CUDA_ACT_RELU && act != PI_CUDA_ACT_DRELU) {
+        pi_error("cuda: unknown activation %d", act);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+extern "C" int pi_cuda_act(pi_cuda_ctx_t *c, int act, int64_t n, const float *d_x, float *d_y)
+{
+    PI_TRY(check_act(act));
+    PI_TRY(check_count("act", n));
+    k_act<<<blocks_for(n, 256), 256, 0, c->stream>>>(act, n, d_x, d_y);
+    PI_CU_LAUNCH("k_act");
+    return 0;
+}
+
+__global__ void k_glu(int act, int64_t n, const float *g, const float *u, float *out)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float a = g[i], b = u[i];
+    float r;
+    if (act == PI_CUDA_ACT_SILU) r = a / (1.0f + expf(-a)) * b;
+    else if (act == PI_CUDA_ACT_RELU) r = fmaxf(a, 0.0f) * b;
+    else r = fmaxf(a, 0.0f) * fmaxf(b, 0.0f);
+    out[i] = r;
+}
+
+extern "C" int pi_cuda_glu(pi_cuda_ctx_t *c, int act, int64_t n, const float *d_g, const float *d_u, float *d_out)
+{
+    PI_TRY(check_act(act));
+    PI_TRY(check_count("glu", n));
+    k_glu<<<blocks_for(n, 256), 256, 0, c->stream>>>(act, n, d_g, d_u, d_out);
+    PI_CU_LAUNCH("k_glu");
+    return 0;
+}
+
+__global__ void k_merge(int64_t n, int n_parts, const float *__restrict__ parts, float *__restrict__ y)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = y[i];
+    for (int p = 0; p < n_parts; p++) s += parts[p * n + i];
+    y[i] = s;
+}
+
+extern "C" int pi_cuda_merge(pi_cuda_ctx_t *c, int64_t n, int n_parts, const float *d_parts, float *d_y)
+{
+    PI_TRY(check_count("merge", n));
+    if (n_parts < 0) return -PI_ERR_INVAL;
+    if (n_parts == 0) return 0;
+    k_merge<<<blocks_for(n, 256), 256, 0, c->stream>>>(n, n_parts, d_parts, d_y);
+    PI_CU_LAUNCH("k_merge");
+    return 0;
+}
+
+/* ------------------------------------------------------------------ hot-neuron FFN */
+
+/* y (d,) += sum over neurons i of a[i] * down_i, down (n_hot, d). Block b takes neurons
+ * [b * chunk, (b + 1) * chunk): warp 0 lists the active ones (a != 0) in order, then G groups of nsegp
+ * threads (thread = one 32-column segment) walk the list two neurons at a time (two loads in flight).
+ * Each thread leaves its 32 sums in shared memory (segment rows padded to 36 floats so that the
+ * 16-byte stores of a warp hit distinct banks), the block sums the G groups and adds the result to y
+ * with 16-byte atomics. Dynamic shared memory: G * nsegp * 36 floats, then chunk ints. */
+#define PI_FFN_PAD 36
+
+template <int T>
+__global__ void k_ffn_down(pi_wdev w, int chunk, int nsegp, const float *__restrict__ a, float *__restrict__ y)
+{
+    extern __shared__ float4 sh4[];
+    __shared__ int s_cnt;
+    const int64_t d = w.cols, nseg = d >> 5;
+    const int G = blockDim.x / nsegp, grp = threadIdx.x / nsegp;
+    float *part = (float *)sh4;
+    int *list = (int *)(part + (size_t)G * nsegp * PI_FFN_PAD);
+    const int64_t n0 = (int64_t)blockIdx.x * chunk, n1 = PI_MIN(n0 + chunk, w.rows);
+    if (threadIdx.x < 32) {
+        int cnt = 0;
+        for (int64_t base = n0; base < n1; base += 32) {
+            const int64_t i = base + threadIdx.x;
+            const bool on = i < n1 && a[i] != 0.0f;
+            const unsigned bal = __ballot_sync(0xffffffffu, on);
+            if (on) list[cnt + __popc(bal & ((1u << threadIdx.x) - 1))] = (int)(i - n0);
+            cnt += __popc(bal);
+        }
+        if (threadIdx.x == 0) s_cnt = cnt;
+    }
+    __syncthreads();
+    const int cnt = s_cnt;
+    if (cnt == 0) return; /* uniform: the whole block leaves */
+    const int64_t s = threadIdx.x % nsegp;
+    float acc[32];
+#pragma unroll
+    for (int j = 0; j < 32; j++) acc[j] = 0.0f;
+    if (s < nseg) {
+        int k = grp;
+        for (; k + G < cnt; k += 2 * G) {
+            const int64_t i0 = n0 + list[k], i1 = n0 + list[k + G];
+            float v0[32], v1[32];
+            pi_seg_decode<T>(w, i0, s, v0);
+            pi_seg_decode<T>(w, i1, s, v1);
+            const float a0 = a[i0], a1 = a[i1];
+#pragma unroll
+            for (int j = 0; j < 32; j++) acc[j] += a0 * v0[j] + a1 * v1[j];
+        }
+        if (k < cnt) {
+            const int64_t i0 = n0 + list[k];
+            float v0[32];
+            pi_seg_decode<T>(w, i0, s, v0);
+            const float a0 = a[i0];
+#pragma unroll
+            for (int j = 0; j < 32; j++) acc[j] += a0 * v0[j];
+        }
+    }
+    float4 *pp = (float4 *)(part + ((size_t)grp * nsegp + s) * PI_FFN_PAD);
+#pragma unroll
+    for (int k = 0; k < 8; k++) pp[k] = make_float4(acc[4 * k], acc[4 * k + 1], acc[4 * k + 2], acc[4 * k + 3]);
+    __syncthreads();
+    for (int64_t i4 = threadIdx.x; i4 < d / 4; i4 += blockDim.x) {
+        const int64_t seg = i4 >> 3, k = i4 & 7;
+        float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int g = 0; g < G; g++) {
+            const float4 v = ((const float4 *)(part + ((size_t)g * nsegp + seg) * PI_FFN_PAD))[k];
+            sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
+        }
+        atomicAdd((float4 *)(y + 4 * i4), sum);
+    }
+}
+
+extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                               const float *d_x, const uint8_t *d_mask, const int32_t *d_ids, float *d_y)
+{
+    PI_TRY(check_act(act));
+    const int64_t n_hot = down->rows, d = down->cols;
+    if (gu->rows != 2 * n_hot || gu->cols != d || d % 32) {
+        pi_error("cuda: ffn_hot: gate/up (%lld, %lld) and down (%lld, %lld) disagree", (long long)gu->rows,
+                 (long long)gu->cols, (long long)down->rows, (long long)down->cols);
+        return -PI_ERR_INVAL;
+    }
+    const int64_t nsegp = (d / 32 + 31) / 32 * 32;
+    if (nsegp > 1024) {
+        pi_error("cuda: ffn_hot: n_embd %lld too wide", (long long)d);
+        return -PI_ERR_UNSUPPORTED;
+    }
+    void *a = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_hot * sizeof(float), &a));
+    PI_CU(cudaMemsetAsync(d_y, 0, (size_t)d * sizeof(float), c->stream));
+    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, d_mask, d_ids, (float *)a));
+    const int G = (int)PI_MAX((int64_t)1, 512 / nsegp);
+    const int64_t nblk = PI_MIN((int64_t)c->n_sm * 2, (n_hot + 7) / 8);
+    const int chunk = (int)((n_hot + nblk - 1) / nblk);
+    const size_t smem = (size_t)G * (size_t)nsegp * PI_FFN_PAD * sizeof(float) + (size_t)chunk * sizeof(int);
+    const int threads = (int)(G * nsegp);
+    pi_wdev wd = pi_wdev_of(down);
+    const unsigned grid = (unsigned)((n_hot + chunk - 1) / chunk);
+    return pi_dispatch_type(down->type, [&](auto tag) -> int {
+        auto kern = k_ffn_down<decltype(tag)::value>;
+        if (smem > 48 * 1024) PI_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        kern<<<grid, threads, smem, c->stream>>>(wd, chunk, (int)nsegp, (const float *)a, d_y);
+        PI_CU_LAUNCH("k_ffn_down");
+        return 0;
+    });
+}

@@ -1,0 +1,142 @@
+/*
+ * lib/tokenizer-impl.h - what the tokenizer's files share (private to lib/tokenizer.c,
+ * lib/tok-spm.c, lib/tok-bpe.c, lib/tok-pre.c, lib/tok-detok.c): the vocabulary, the string hash
+ * maps, a growable id vector, and the entry points of each family.
+ */
+#ifndef PI_TOKENIZER_IMPL_H
+#define PI_TOKENIZER_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "lib/tokenizer.h"
+
+/* A length-delimited string in the tokenizer's arena. */
+struct pi_tstr {
+    uint32_t off; /* into pi_tokenizer.arena */
+    uint32_t len;
+};
+
+/* Open-addressing hash map from strings (keys[i], in the arena) to their index i. Duplicate keys:
+ * the highest index wins, as llama.cpp's token_to_id map keeps the last one inserted. */
+struct pi_strmap {
+    uint32_t *slot; /* index + 1, 0 = empty; (mask + 1) slots */
+    uint32_t *hash; /* the slot's key hash */
+    uint32_t mask;
+};
+
+/* Pre-tokenizer split passes, applied in order (see lib/tok-pre.c for each one's regex). */
+enum pi_pre_pass {
+    PI_PRE_END = 0,
+    PI_PRE_GPT2,           /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S) */
+    PI_PRE_LLAMA3,         /* llama3's regex, \p{N}{1,3}, real categories */
+    PI_PRE_QWEN2,          /* llama3's regex with \p{N} single, collapsed categories */
+    PI_PRE_PUNCT_ALL,      /* [\p{P}\$\+<=>\^~\|`]+ */
+    PI_PRE_PUNCT_DEFAULT,  /* [\p{P}\$\+<=>\^~\|]+ */
+    PI_PRE_DIGIT3,         /* [0-9][0-9][0-9] */
+    PI_PRE_NUM1,           /* \p{N} */
+    PI_PRE_NUMRUN,         /* \p{N}+ */
+    PI_PRE_CRLF,           /* [\r\n] */
+    PI_PRE_WS_LETTERS,     /* \s?\p{L}+ */
+    PI_PRE_WS_PUNCTS,      /* \s?\p{P}+ */
+    PI_PRE_CJK,            /* [一-龥ࠀ-一가-퟿]+ */
+    PI_PRE_DSLLM_LETTERS,  /* \s?[A-Za-zµÀ-Ö...]+ (DeepSeek-LLM's letter class) */
+    PI_PRE_DSLLM_PUNCTS,   /* \s?[!-/:-~！-／：-～‘-‟　-。]+ */
+    PI_PRE_WS_END,         /* \s+$ */
+};
+
+#define PI_PRE_MAX_PASSES 8
+
+struct pi_tokenizer {
+    enum pi_tokenizer_kind kind;
+    char pre_name[48];
+    enum pi_pre_pass passes[PI_PRE_MAX_PASSES]; /* BPE only; PI_PRE_END-terminated */
+    bool ignore_merges;     /* llama3: a word that is a token is emitted whole */
+    bool add_space_prefix;  /* SPM: ' ' before the text and after each special token */
+    bool add_bos, add_eos;  /* the file's flags */
+
+    uint32_t n_vocab;
+    char *arena;            /* every string below */
+    size_t arena_len;
+    struct pi_tstr *text;   /* [n_vocab] vocabulary text */
+    struct pi_tstr *piece;  /* [n_vocab] decoded output bytes */
+    float *score;           /* [n_vocab] */
+    uint8_t *type;          /* [n_vocab] enum pi_token_type */
+    uint8_t *eog;           /* [n_vocab] 1 = ends generation */
+    struct pi_strmap tok_map;
+
+    uint32_t n_merges;
+    struct pi_tstr *merge;  /* [n_merges] "left right" */
+    struct pi_strmap merge_map;
+
+    int32_t bos, eos, unk, pad;
+    int32_t byte_tok[256];  /* SPM: id of <0xNN> (or the 1-byte token), -1 when none */
+    uint32_t max_piece;     /* longest piece, bytes */
+
+    /* Special tokens (control, user-defined, unknown) for the partition pass: a map of their
+     * texts, and per first byte the distinct text lengths, longest first, so that finding the
+     * longest special token at a position costs a few hash lookups. */
+    struct pi_strmap special_map;
+    uint32_t *special_lens;         /* lengths of bucket b: [special_first[b], special_first[b+1]) */
+    uint32_t special_first[257];
+    int32_t eot, eom;
+
+    char *chat_template;    /* NUL-terminated copy, or NULL */
+};
+
+/* A growable vector of ids. */
+struct pi_ivec {
+    int32_t *v;
+    size_t n, cap;
+};
+int pi_ivec_push(struct pi_ivec *v, int32_t id); /* 0 or -PI_ERR_NOMEM */
+
+static inline const char *pi_tstr_ptr(const pi_tokenizer_t *t, struct pi_tstr s) { return t->arena + s.off; }
+
+uint32_t pi_tok_hash(const char *s, size_t n);
+/* Index of the key equal to s[0..n), or -1. */
+int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
+                       const char *s, size_t n);
+/* Token id of the text s[0..n), or -1. */
+static inline int32_t pi_tok_find(const pi_tokenizer_t *t, const char *s, size_t n)
+{
+    return (int32_t)pi_strmap_find(&t->tok_map, t, t->text, s, n);
+}
+
+/* Merge state shared by both BPE flavours: symbols in a linked list over a byte buffer, and a
+ * binary heap of candidate pairs (best first: highest score, then leftmost; BPE stores -rank). */
+struct pi_tok_sym {
+    int32_t prev, next; /* neighbours in the live list, -1 at the ends */
+    uint32_t off, n;    /* bytes of the buffer; n = 0 once merged into the left neighbour */
+};
+struct pi_tok_pair {
+    float score;
+    int32_t left, right;
+    uint32_t size; /* bytes of left + right when the pair was made (stale when it differs) */
+};
+struct pi_tok_heap {
+    struct pi_tok_pair *v;
+    size_t n, cap;
+};
+int pi_tok_heap_push(struct pi_tok_heap *h, struct pi_tok_pair p); /* 0 or -PI_ERR_NOMEM */
+struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
+
+/* SentencePiece: tokenize one raw-text fragment (the space prefix and "▁" escaping included). */
+int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out);
+
+/* Byte-level BPE: pre-tokenize one raw-text fragment and encode each word. */
+int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out);
+
+/* Pre-tokenizer: split cps[0..n) by the passes; appends each word's length (in code points) to
+ * *lens (a growable size_t vector). 0 or -PI_ERR_NOMEM. */
+int pi_pre_split(const enum pi_pre_pass *passes, const uint32_t *cps, size_t n, size_t **lens, size_t *n_lens);
+/* The passes for a tokenizer.ggml.pre name; false when the name is unknown. */
+bool pi_pre_lookup(const char *name, enum pi_pre_pass passes[PI_PRE_MAX_PASSES], bool *ignore_merges);
+
+/* The GPT-2 byte <-> code point map of byte-level BPE. */
+uint32_t pi_bpe_byte_to_cp(uint8_t b);
+/* Byte for code point cp, or -1 when cp is not in the map. */
+int pi_bpe_cp_to_byte(uint32_t cp);
+
+#endif

@@ -1,0 +1,576 @@
+/*
+ * lib/tokenizer.c - building a tokenizer from GGUF metadata, and the request path common to every
+ * family: special-token partition, then the family's encoder on each stretch of raw text.
+ *
+ * Loading validates everything it reads (a vocabulary is untrusted input): array types and
+ * lengths, token types, special ids, merges, the pre-tokenizer name. Strings are copied into one
+ * arena so that the tokenizer does not depend on the GGUF mapping staying open.
+ *
+ * Exactness target: llama.cpp's llama_tokenize (src/llama-vocab.cpp in ggml-org/llama.cpp), whose
+ * test vectors are in ../shared/fixtures/vocab. Its rules, restated:
+ *  - special tokens are cut out of the text first; user-defined tokens always, control and unknown
+ *    ones only when parse_special is set (we take the longest match at the leftmost position;
+ *    llama.cpp scans the specials longest first, which differs only for overlapping specials);
+ *  - SentencePiece adds a space before the first raw fragment and after each special token;
+ *  - BOS/EOS follow the file's add_bos_token/add_eos_token flags.
+ */
+#include "config.h"
+
+#include "lib/tokenizer.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/tokenizer-impl.h"
+#include "lib/unicode.h"
+
+#define MAX_VOCAB (1u << 24)
+#define MAX_TOKEN_BYTES 65536u
+
+/* Texts llama.cpp treats as end of generation (and forces to control type). */
+static const char *const eog_texts[] = {
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>", "<EOT>",
+    "_<EOT>", "<\xef\xbd\x9c" "end\xe2\x96\x81of\xe2\x96\x81sentence\xef\xbd\x9c>",
+};
+
+/* ---- small shared helpers ---- */
+
+int pi_ivec_push(struct pi_ivec *v, int32_t id)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        int32_t *p = realloc(v->v, cap * sizeof(*p));
+        if (!p) return -PI_ERR_NOMEM;
+        v->v = p;
+        v->cap = cap;
+    }
+    v->v[v->n++] = id;
+    return 0;
+}
+
+uint32_t pi_tok_hash(const char *s, size_t n)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
+    return h;
+}
+
+int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
+                       const char *s, size_t n)
+{
+    uint32_t h = pi_tok_hash(s, n);
+    if (!m->slot) return -1;
+    for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        uint32_t v = m->slot[i];
+        if (v == 0) return -1;
+        if (m->hash[i] == h && keys[v - 1].len == n && memcmp(pi_tstr_ptr(t, keys[v - 1]), s, n) == 0)
+            return (int64_t)v - 1;
+    }
+}
+
+/* Insert index idx (key keys[idx]); an equal key already present is replaced (last one wins). */
+static void strmap_put(struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys, uint32_t idx)
+{
+    const char *s = pi_tstr_ptr(t, keys[idx]);
+    uint32_t n = keys[idx].len, h = pi_tok_hash(s, n);
+    for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
+        uint32_t v = m->slot[i];
+        if (v == 0 || (m->hash[i] == h && keys[v - 1].len == n && memcmp(pi_tstr_ptr(t, keys[v - 1]), s, n) == 0)) {
+            m->slot[i] = idx + 1;
+            m->hash[i] = h;
+            return;
+        }
+    }
+}
+
+static int strmap_init(struct pi_strmap *m, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n) cap *= 2;
+    m->slot = calloc(cap, sizeof(*m->slot));
+    m->hash = calloc(cap, sizeof(*m->hash));
+    m->mask = (uint32_t)(cap - 1);
+    return m->slot && m->hash ? 0 : -PI_ERR_NOMEM;
+}
+
+static void strmap_free(struct pi_strmap *m)
+{
+    free(m->slot);
+    free(m->hash);
+    m->slot = m->hash = NULL;
+}
+
+/* Append n bytes to the arena; stores where they went in *out. */
+static int arena_add(pi_tokenizer_t *t, size_t *cap, const char *s, size_t n, struct pi_tstr *out)
+{
+    if (t->arena_len + n > UINT32_MAX) return -PI_ERR_RANGE;
+    if (t->arena_len + n > *cap) {
+        size_t c = *cap ? *cap : 1 << 16;
+        while (c < t->arena_len + n) c *= 2;
+        char *p = realloc(t->arena, c);
+        if (!p) return -PI_ERR_NOMEM;
+        t->arena = p;
+        *cap = c;
+    }
+    if (n) memcpy(t->arena + t->arena_len, s, n);
+    out->off = (uint32_t)t->arena_len;
+    out->len = (uint32_t)n;
+    t->arena_len += n;
+    return 0;
+}
+
+/* ---- loading ---- */
+
+struct loader {
+    pi_tokenizer_t *t;
+    const pi_gguf_t *g;
+    char *err;
+    size_t errlen;
+    size_t arena_cap;
+    char *scratch; /* MAX_TOKEN_BYTES + 16, for building pieces */
+};
+
+__attribute__((format(printf, 2, 3))) static int fail(struct loader *L, const char *fmt, ...)
+{
+    char buf[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    va_end(ap);
+    pi_error("tokenizer: %s", buf);
+    if (L->err && L->errlen) snprintf(L->err, L->errlen, "%s", buf);
+    return -PI_ERR_FORMAT;
+}
+
+/* A typed array of the vocabulary's length; absent is fine (returns NULL and 0). */
+static int vocab_array(struct loader *L, const char *key, enum pi_gguf_vtype want, const void **data)
+{
+    enum pi_gguf_vtype type;
+    uint64_t n;
+    *data = NULL;
+    int rc = pi_gguf_get_arr(L->g, key, &type, &n);
+    if (rc == -PI_ERR_NOTFOUND) return 0;
+    if (rc < 0) return fail(L, "%s is not an array", key);
+    if (type != want) return fail(L, "%s has element type %d, want %d", key, (int)type, (int)want);
+    if (n != L->t->n_vocab) return fail(L, "%s has %llu entries, tokens %u", key, (unsigned long long)n, L->t->n_vocab);
+    *data = pi_gguf_arr_data(L->g, key);
+    if (!*data && n) return fail(L, "%s: no data", key);
+    return 0;
+}
+
+static int load_tokens(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    enum pi_gguf_vtype type;
+    uint64_t n;
+    if (pi_gguf_get_arr(L->g, "tokenizer.ggml.tokens", &type, &n) < 0) return fail(L, "tokenizer.ggml.tokens missing");
+    if (type != PI_GGUF_STRING) return fail(L, "tokenizer.ggml.tokens is not a string array");
+    if (n == 0 || n > MAX_VOCAB) return fail(L, "tokenizer.ggml.tokens has %llu entries (1..%u allowed)", (unsigned long long)n, MAX_VOCAB);
+    t->n_vocab = (uint32_t)n;
+    t->text = calloc(n, sizeof(*t->text));
+    t->piece = calloc(n, sizeof(*t->piece));
+    t->score = calloc(n, sizeof(*t->score));
+    t->type = calloc(n, 1);
+    t->eog = calloc(n, 1);
+    if (!t->text || !t->piece || !t->score || !t->type || !t->eog) return -PI_ERR_NOMEM;
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        struct pi_gguf_str s;
+        if (pi_gguf_arr_str(L->g, "tokenizer.ggml.tokens", i, &s) < 0) return fail(L, "token %u unreadable", i);
+        if (s.len > MAX_TOKEN_BYTES) return fail(L, "token %u is %llu bytes long", i, (unsigned long long)s.len);
+        int rc = arena_add(t, &L->arena_cap, s.ptr, (size_t)s.len, &t->text[i]);
+        if (rc < 0) return rc;
+    }
+    const void *scores, *types;
+    int rc = vocab_array(L, "tokenizer.ggml.scores", PI_GGUF_F32, &scores);
+    if (rc < 0) return rc;
+    rc = vocab_array(L, "tokenizer.ggml.token_type", PI_GGUF_I32, &types);
+    if (rc < 0) return rc;
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        int32_t ty = PI_TOKEN_NORMAL;
+        if (scores) memcpy(&t->score[i], (const char *)scores + 4 * (size_t)i, 4);
+        if (types) memcpy(&ty, (const char *)types + 4 * (size_t)i, 4);
+        if (ty < PI_TOKEN_UNDEFINED || ty > PI_TOKEN_BYTE) return fail(L, "token %u has type %d (0..6 allowed)", i, ty);
+        t->type[i] = (uint8_t)ty;
+    }
+    return 0;
+}
+
+static int load_merges(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    enum pi_gguf_vtype type;
+    uint64_t n;
+    int rc = pi_gguf_get_arr(L->g, "tokenizer.ggml.merges", &type, &n);
+    if (rc == -PI_ERR_NOTFOUND) return fail(L, "tokenizer.ggml.merges missing (required for BPE)");
+    if (rc < 0 || type != PI_GGUF_STRING) return fail(L, "tokenizer.ggml.merges is not a string array");
+    if (n > MAX_VOCAB) return fail(L, "tokenizer.ggml.merges has %llu entries", (unsigned long long)n);
+    t->n_merges = (uint32_t)n;
+    t->merge = calloc(n ? n : 1, sizeof(*t->merge));
+    if (!t->merge || strmap_init(&t->merge_map, n) < 0) return -PI_ERR_NOMEM;
+    for (uint32_t i = 0; i < t->n_merges; i++) {
+        struct pi_gguf_str s;
+        if (pi_gguf_arr_str(L->g, "tokenizer.ggml.merges", i, &s) < 0) return fail(L, "merge %u unreadable", i);
+        /* "left right": the separator is the first space after the first byte (llama.cpp's rule) */
+        if (s.len < 3 || s.len > MAX_TOKEN_BYTES || !memchr(s.ptr + 1, ' ', s.len - 1))
+            return fail(L, "merge %u is not \"left right\"", i);
+        rc = arena_add(t, &L->arena_cap, s.ptr, (size_t)s.len, &t->merge[i]);
+        if (rc < 0) return rc;
+    }
+    /* Lower rank wins: insert from the last so that a duplicate keeps its first (best) rank. */
+    for (uint32_t i = t->n_merges; i-- > 0;) strmap_put(&t->merge_map, t, t->merge, i);
+    return 0;
+}
+
+/* A special id: absent -> def (dropped when out of range); present -> must be in range or < 0. */
+static int load_special_id(struct loader *L, const char *key, int32_t def, int32_t *out)
+{
+    int64_t v;
+    int rc = pi_gguf_get_int(L->g, key, &v);
+    if (rc == -PI_ERR_NOTFOUND) {
+        *out = def >= 0 && (uint32_t)def < L->t->n_vocab ? def : -1;
+        return 0;
+    }
+    if (rc < 0 && rc != -PI_ERR_RANGE) return fail(L, "%s is not an integer", key);
+    if (rc == -PI_ERR_RANGE || v >= (int64_t)L->t->n_vocab)
+        return fail(L, "%s = %lld is out of range (vocabulary of %u)", key, rc < 0 ? -1LL : (long long)v, L->t->n_vocab);
+    *out = v < 0 ? -1 : (int32_t)v;
+    return 0;
+}
+
+static int load_flag(struct loader *L, const char *key, bool def, bool *out)
+{
+    int rc = pi_gguf_get_bool(L->g, key, out);
+    if (rc == -PI_ERR_NOTFOUND) {
+        *out = def;
+        return 0;
+    }
+    return rc < 0 ? fail(L, "%s is not a bool", key) : 0;
+}
+
+static int load_specials(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    bool spm = t->kind == PI_TOKENIZER_SPM;
+    int rc;
+    /* Defaults as llama.cpp's loader: SentencePiece <unk>=0 <s>=1 </s>=2; GPT-2 uses 11 for both. */
+    if ((rc = load_special_id(L, "tokenizer.ggml.bos_token_id", spm ? 1 : 11, &t->bos)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.eos_token_id", spm ? 2 : 11, &t->eos)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, &t->unk)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.padding_token_id", -1, &t->pad)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.eot_token_id", -1, &t->eot)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.eom_token_id", -1, &t->eom)) < 0)
+        return rc;
+    /* Without the key, llama.cpp adds BOS for SentencePiece and the llama3 BPE family only. */
+    if ((rc = load_flag(L, "tokenizer.ggml.add_bos_token", spm || t->ignore_merges, &t->add_bos)) < 0 ||
+        (rc = load_flag(L, "tokenizer.ggml.add_eos_token", false, &t->add_eos)) < 0 ||
+        (rc = load_flag(L, "tokenizer.ggml.add_space_prefix", spm, &t->add_space_prefix)) < 0)
+        return rc;
+    /* End-of-generation tokens (forced to control type, as llama.cpp does). */
+    for (size_t k = 0; k < PI_ARRAY_LEN(eog_texts); k++) {
+        int32_t id = pi_tok_find(t, eog_texts[k], strlen(eog_texts[k]));
+        if (id < 0) continue;
+        t->eog[id] = 1;
+        t->type[id] = PI_TOKEN_CONTROL;
+    }
+    if (t->eos >= 0) t->eog[t->eos] = 1;
+    if (t->eot >= 0) t->eog[t->eot] = 1;
+    if (t->eom >= 0) t->eog[t->eom] = 1;
+    return 0;
+}
+
+/* The output bytes of one token (see pi_token_piece), appended to the arena. */
+static int make_piece(struct loader *L, uint32_t id)
+{
+    pi_tokenizer_t *t = L->t;
+    char *buf = L->scratch;
+    size_t n = 0;
+    const char *s = pi_tstr_ptr(t, t->text[id]);
+    size_t len = t->text[id].len;
+    switch (t->type[id]) {
+    case PI_TOKEN_USER_DEFINED:
+        return arena_add(t, &L->arena_cap, s, len, &t->piece[id]);
+    case PI_TOKEN_BYTE: {
+        unsigned v;
+        if (len == 6 && sscanf(s, "<0x%2X>", &v) == 1) buf[n++] = (char)v;
+        else memcpy(buf, s, n = len); /* a byte token not spelled <0xNN>: keep its text */
+        break;
+    }
+    case PI_TOKEN_NORMAL:
+        for (size_t i = 0; i < len;) {
+            uint32_t cp;
+            size_t k = pi_utf8_decode((const unsigned char *)s + i, len - i, &cp);
+            if (t->kind == PI_TOKENIZER_SPM) {
+                if (cp == 0x2581) buf[n++] = ' ';
+                else memcpy(buf + n, s + i, k), n += k;
+            } else {
+                int b = pi_bpe_cp_to_byte(cp);
+                if (b >= 0) buf[n++] = (char)b;
+                else memcpy(buf + n, s + i, k), n += k; /* not byte-level text: as written */
+            }
+            i += k;
+        }
+        break;
+    default: /* control, unknown, unused, undefined: nothing in output text */
+        break;
+    }
+    return arena_add(t, &L->arena_cap, buf, n, &t->piece[id]);
+}
+
+/* Map the vocabulary, the byte tokens and the special-token partition tables. */
+static int build_index(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    if (strmap_init(&t->tok_map, t->n_vocab) < 0 || strmap_init(&t->special_map, 64) < 0) return -PI_ERR_NOMEM;
+    for (uint32_t i = 0; i < t->n_vocab; i++) strmap_put(&t->tok_map, t, t->text, i);
+    for (int b = 0; b < 256; b++) {
+        char hex[8];
+        snprintf(hex, sizeof(hex), "<0x%02X>", b);
+        t->byte_tok[b] = pi_tok_find(t, hex, 6);
+        if (t->byte_tok[b] < 0) {
+            char one = (char)b;
+            t->byte_tok[b] = pi_tok_find(t, &one, 1);
+        }
+    }
+    return 0;
+}
+
+static int cmp_u32_desc(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int build_specials(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    uint32_t n = 0, counts[256] = {0};
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        uint8_t ty = t->type[i];
+        if ((ty == PI_TOKEN_CONTROL || ty == PI_TOKEN_USER_DEFINED || ty == PI_TOKEN_UNKNOWN) && t->text[i].len) {
+            counts[(unsigned char)pi_tstr_ptr(t, t->text[i])[0]]++;
+            n++;
+        }
+    }
+    strmap_free(&t->special_map);
+    if (strmap_init(&t->special_map, n) < 0) return -PI_ERR_NOMEM;
+    t->special_lens = calloc(n ? n : 1, sizeof(*t->special_lens));
+    if (!t->special_lens) return -PI_ERR_NOMEM;
+    uint32_t fill[256];
+    t->special_first[0] = 0;
+    for (int b = 0; b < 256; b++) t->special_first[b + 1] = t->special_first[b] + counts[b];
+    memcpy(fill, t->special_first, sizeof(fill));
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        uint8_t ty = t->type[i];
+        if (!((ty == PI_TOKEN_CONTROL || ty == PI_TOKEN_USER_DEFINED || ty == PI_TOKEN_UNKNOWN) && t->text[i].len)) continue;
+        strmap_put(&t->special_map, t, t->text, i);
+        t->special_lens[fill[(unsigned char)pi_tstr_ptr(t, t->text[i])[0]]++] = t->text[i].len;
+    }
+    /* Per bucket: distinct lengths, longest first (duplicates collapse to 0 and are skipped). */
+    for (int b = 0; b < 256; b++) {
+        uint32_t *v = t->special_lens + t->special_first[b], m = counts[b];
+        qsort(v, m, sizeof(*v), cmp_u32_desc);
+        uint32_t w = 0;
+        for (uint32_t k = 0; k < m; k++)
+            if (w == 0 || v[k] != v[w - 1]) v[w++] = v[k];
+        for (uint32_t k = w; k < m; k++) v[k] = 0;
+    }
+    return 0;
+}
+
+static int load_model_kind(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    struct pi_gguf_str s;
+    if (pi_gguf_get_str(L->g, "tokenizer.ggml.model", &s) < 0) return fail(L, "tokenizer.ggml.model missing");
+    if (pi_gguf_str_eq(s, "llama")) t->kind = PI_TOKENIZER_SPM;
+    else if (pi_gguf_str_eq(s, "gpt2")) t->kind = PI_TOKENIZER_BPE;
+    else return fail(L, "tokenizer.ggml.model \"%.*s\" is not supported (llama, gpt2)", (int)PI_MIN(s.len, (uint64_t)40), s.ptr);
+    snprintf(t->pre_name, sizeof(t->pre_name), "default");
+    int rc = pi_gguf_get_str(L->g, "tokenizer.ggml.pre", &s);
+    if (rc == 0) {
+        if (s.len >= sizeof(t->pre_name)) return fail(L, "tokenizer.ggml.pre is too long");
+        memcpy(t->pre_name, s.ptr, s.len);
+        t->pre_name[s.len] = 0;
+    } else if (rc != -PI_ERR_NOTFOUND) {
+        return fail(L, "tokenizer.ggml.pre is not a string");
+    }
+    if (t->kind == PI_TOKENIZER_BPE && !pi_pre_lookup(t->pre_name, t->passes, &t->ignore_merges))
+        return fail(L, "unknown pre-tokenizer \"%s\" (tokenizer.ggml.pre)", t->pre_name);
+    if (pi_gguf_get_str(L->g, "tokenizer.chat_template", &s) == 0) {
+        if (s.len > (1u << 20)) return fail(L, "tokenizer.chat_template is too long");
+        t->chat_template = malloc(s.len + 1);
+        if (!t->chat_template) return -PI_ERR_NOMEM;
+        memcpy(t->chat_template, s.ptr, s.len);
+        t->chat_template[s.len] = 0;
+    }
+    return 0;
+}
+
+pi_tokenizer_t *pi_tokenizer_new(const pi_gguf_t *g, char *err, size_t errlen)
+{
+    struct loader L = {.g = g, .err = err, .errlen = errlen};
+    pi_tokenizer_t *t = calloc(1, sizeof(*t));
+    int rc;
+    if (err && errlen) err[0] = 0;
+    if (!t) goto nomem;
+    L.t = t;
+    if ((rc = load_model_kind(&L)) < 0 || (rc = load_tokens(&L)) < 0) goto err;
+    if (t->kind == PI_TOKENIZER_BPE && (rc = load_merges(&L)) < 0) goto err;
+    if ((rc = build_index(&L)) < 0 || (rc = load_specials(&L)) < 0 || (rc = build_specials(&L)) < 0) goto err;
+    L.scratch = malloc(MAX_TOKEN_BYTES + 16);
+    if (!L.scratch) goto nomem;
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        if ((rc = make_piece(&L, i)) < 0) goto err;
+        t->max_piece = PI_MAX(t->max_piece, t->piece[i].len);
+    }
+    free(L.scratch);
+    return t;
+err:
+    free(L.scratch);
+    L.scratch = NULL;
+    if (rc == -PI_ERR_FORMAT) {
+        pi_tokenizer_destroy(&t);
+        return NULL;
+    }
+nomem:
+    free(L.scratch);
+    pi_error("tokenizer: out of memory while loading the vocabulary");
+    if (err && errlen) snprintf(err, errlen, "out of memory while loading the vocabulary");
+    pi_tokenizer_destroy(&t);
+    return NULL;
+}
+
+void pi_tokenizer_destroy(pi_tokenizer_t **tp)
+{
+    pi_tokenizer_t *t = tp ? *tp : NULL;
+    if (!t) return;
+    strmap_free(&t->tok_map);
+    strmap_free(&t->merge_map);
+    strmap_free(&t->special_map);
+    free(t->special_lens);
+    free(t->arena);
+    free(t->text);
+    free(t->piece);
+    free(t->score);
+    free(t->type);
+    free(t->eog);
+    free(t->merge);
+    free(t->chat_template);
+    free(t);
+    *tp = NULL;
+}
+
+/* ---- tokenizing ---- */
+
+/* The longest special token allowed here that text[pos..len) starts with, or -1. */
+static int32_t match_special(const pi_tokenizer_t *t, const char *text, size_t pos, size_t len, bool parse_special)
+{
+    unsigned char b = (unsigned char)text[pos];
+    for (uint32_t k = t->special_first[b]; k < t->special_first[b + 1]; k++) {
+        uint32_t l = t->special_lens[k];
+        if (l == 0 || l > len - pos) continue;
+        int64_t id = pi_strmap_find(&t->special_map, t, t->text, text + pos, l);
+        if (id < 0) continue;
+        if (!parse_special && t->type[id] != PI_TOKEN_USER_DEFINED) continue;
+        return (int32_t)id;
+    }
+    return -1;
+}
+
+static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool after_special, struct pi_ivec *out)
+{
+    if (t->kind == PI_TOKENIZER_SPM) return pi_spm_encode(t, s, n, t->add_space_prefix && after_special, out);
+    return pi_bpe_encode(t, s, n, out);
+}
+
+static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
+                        struct pi_ivec *out)
+{
+    int rc = 0;
+    bool after_special = true; /* the space prefix goes before the first fragment too */
+    size_t frag = 0;
+    if (add_bos && t->add_bos && t->bos >= 0 && (rc = pi_ivec_push(out, t->bos)) < 0) return rc;
+    for (size_t pos = 0; pos < len;) {
+        int32_t id = t->special_first[(unsigned char)text[pos]] == t->special_first[(unsigned char)text[pos] + 1]
+                         ? -1 : match_special(t, text, pos, len, parse_special);
+        if (id < 0) {
+            pos++;
+            continue;
+        }
+        if (pos > frag && (rc = encode_raw(t, text + frag, pos - frag, after_special, out)) < 0) return rc;
+        if ((rc = pi_ivec_push(out, id)) < 0) return rc;
+        after_special = true;
+        pos += t->text[id].len;
+        frag = pos;
+    }
+    if (len > frag && (rc = encode_raw(t, text + frag, len - frag, after_special, out)) < 0) return rc;
+    if (add_bos && t->add_eos && t->eos >= 0 && (rc = pi_ivec_push(out, t->eos)) < 0) return rc;
+    return 0;
+}
+
+int pi_tokenize(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
+                int32_t *out, size_t cap, size_t *n_out)
+{
+    struct pi_ivec v = {0};
+    int rc;
+    PI_ASSERT(t && n_out && (text || len == 0) && (out || cap == 0));
+    *n_out = 0;
+    if (len > PI_TOKENIZE_MAX_BYTES) {
+        pi_error("tokenize: text of %zu bytes exceeds the limit of %zu", len, PI_TOKENIZE_MAX_BYTES);
+        return -PI_ERR_RANGE;
+    }
+    rc = tokenize_vec(t, text, len, add_bos, parse_special, &v);
+    if (rc < 0) {
+        pi_error("tokenize: %s", pi_err_str(rc));
+    } else {
+        *n_out = v.n;
+        if (v.n > cap) rc = -PI_ERR_RANGE;
+        else if (v.n) memcpy(out, v.v, v.n * sizeof(*out));
+    }
+    free(v.v);
+    return rc;
+}
+
+/* ---- accessors ---- */
+
+enum pi_tokenizer_kind pi_tokenizer_kind(const pi_tokenizer_t *t) { return t->kind; }
+const char *pi_tokenizer_pre(const pi_tokenizer_t *t) { return t->pre_name; }
+int32_t pi_tokenizer_n_vocab(const pi_tokenizer_t *t) { return (int32_t)t->n_vocab; }
+int32_t pi_tokenizer_bos(const pi_tokenizer_t *t) { return t->bos; }
+int32_t pi_tokenizer_eos(const pi_tokenizer_t *t) { return t->eos; }
+const char *pi_tokenizer_chat_template(const pi_tokenizer_t *t) { return t->chat_template; }
+
+bool pi_tokenizer_is_eog(const pi_tokenizer_t *t, int32_t id)
+{
+    return id >= 0 && (uint32_t)id < t->n_vocab && t->eog[id];
+}
+
+const char *pi_token_text(const pi_tokenizer_t *t, int32_t id, size_t *len)
+{
+    if (id < 0 || (uint32_t)id >= t->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = t->text[id].len;
+    return pi_tstr_ptr(t, t->text[id]);
+}
+
+const char *pi_token_piece(const pi_tokenizer_t *t, int32_t id, size_t *len)
+{
+    if (id < 0 || (uint32_t)id >= t->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = t->piece[id].len;
+    return pi_tstr_ptr(t, t->piece[id]);
+}
+
+enum pi_token_type pi_token_type_of(const pi_tokenizer_t *t, int32_t id)
+{
+    if (id < 0 || (uint32_t)id >= t->n_vocab) return PI_TOKEN_UNDEFINED;
+    return (enum pi_token_type)t->type[id];
+}

@@ -1,0 +1,509 @@
+/*
+ * tests/test-cuda.c - the CUDA kernels (kernels/cuda/cuda.h) against host references on fresh random
+ * inputs: the quantised matvec, GEMM, dequantisation and row gather of every device type against
+ * pi_dequant_row (kernels/cpu/quant.h), and RMSNorm, RoPE, KV store + attention, softmax, activations,
+ * merge and the hot-neuron FFN against double-precision references written here. Also the VRAM budget
+ * (refusal, exact accounting checked with cudaMemGetInfo) and error paths.
+ *
+ * Errors are normalised, ||got - ref|| / ||ref||, with a tolerance per case; NaN never passes. Outputs
+ * are poisoned (0xff bytes = NaN) before each kernel so that an unwritten element fails. The seed is
+ * printed; PI_SEED=<n> repeats a run. Skips (TAP "1..0 # SKIP") where no CUDA device is visible.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+#include "tests/tap.h"
+
+static uint64_t rng_state;
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* Uniform in [-1, 1). */
+static float frand(void) { return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+
+static float *rand_floats(size_t n, float scale)
+{
+    float *v = malloc(n * sizeof(float));
+    PI_ASSERT(v);
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+
+static double nerr_d(const float *got, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isinf(got[i])) return INFINITY;
+        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static pi_cuda_ctx_t *ctx;
+
+/* Device copy of n floats (or poisoned when h is NULL). */
+static void *dev_from(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    PI_ASSERT(pi_cuda_alloc(ctx, bytes, &d) == 0);
+    if (h) PI_ASSERT(pi_cuda_upload(ctx, d, h, bytes) == 0);
+    else PI_ASSERT(pi_cuda_memset(ctx, d, 0xff, bytes) == 0);
+    return d;
+}
+
+static void dev_free(void *d) { PI_ASSERT(pi_cuda_free(ctx, d) == 0); }
+
+static float *host_of(const void *d, size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    PI_ASSERT(h);
+    PI_ASSERT(pi_cuda_sync(ctx) == 0);
+    PI_ASSERT(pi_cuda_download(ctx, h, d, n * sizeof(float)) == 0);
+    return h;
+}
+
+/* A random weight (rows, cols) of type t in ggml's layout: random quant bytes with every f16 scale set
+ * to a modest random value (random bits could be huge or NaN), or random halves/bfloats. */
+static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
+{
+    uint64_t rb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    size_t bytes = (size_t)rb * (size_t)rows;
+    uint8_t *w = malloc(bytes);
+    PI_ASSERT(w);
+    if (t == PI_TYPE_F16 || t == PI_TYPE_BF16) {
+        uint16_t *h = (uint16_t *)w;
+        for (size_t i = 0; i < bytes / 2; i++)
+            h[i] = t == PI_TYPE_F16 ? pi_fp32_to_fp16(frand()) : pi_fp32_to_bf16(frand());
+        return w;
+    }
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)rng_next();
+    const struct pi_type_info *ti = pi_type_get(t);
+    for (size_t b = 0; b < bytes / ti->block_bytes; b++) {
+        uint8_t *blk = w + b * ti->block_bytes;
+        uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand()), m = pi_fp32_to_fp16(0.005f + 0.004f * frand());
+        switch (t) {
+        case PI_TYPE_Q4_0:
+        case PI_TYPE_Q8_0: memcpy(blk, &d, 2); break;
+        case PI_TYPE_Q4_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
+        case PI_TYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+        default: PI_ASSERT(0);
+        }
+    }
+    return w;
+}
+
+/* The reference rows of a ggml weight: (rows, cols) floats through pi_dequant_row. */
+static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols)
+{
+    uint64_t rb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    float *f = malloc((size_t)rows * (size_t)cols * sizeof(float));
+    PI_ASSERT(f);
+    for (int64_t r = 0; r < rows; r++) pi_dequant_row(t, (const uint8_t *)w + (size_t)r * rb, f + r * cols, cols);
+    return f;
+}
+
+static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
+
+/* ------------------------------------------------------------------ matrix products */
+
+static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
+{
+    void *w = rand_weight(t, rows, cols);
+    float *wf = ref_rows(t, w, rows, cols), *x = rand_floats((size_t)cols, 1.0f);
+    double *ref = calloc((size_t)rows, sizeof(double));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * x[c];
+    pi_cuda_weight_t *dw = NULL;
+    int rc = pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw);
+    tap_ok(rc == 0, "%s (%lld, %lld) uploads", pi_type_name(t), (long long)rows, (long long)cols);
+    float *dx = dev_from(x, (size_t)cols * 4), *dy = dev_from(NULL, (size_t)rows * 4);
+    rc = R ? pi_cuda_matvec_r(ctx, dw, dx, dy, R) : pi_cuda_matvec(ctx, dw, dx, dy);
+    float *y = host_of(dy, (size_t)rows);
+    double e = nerr_d(y, ref, (size_t)rows);
+    tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
+           (long long)cols, R, e);
+    pi_cuda_weight_destroy(ctx, &dw);
+    dev_free(dx), dev_free(dy);
+    free(w), free(wf), free(x), free(ref), free(y);
+}
+
+static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
+{
+    void *w = rand_weight(t, rows, cols);
+    float *wf = ref_rows(t, w, rows, cols), *X = rand_floats((size_t)(T * cols), 1.0f);
+    double *ref = calloc((size_t)(T * rows), sizeof(double));
+    for (int64_t i = 0; i < T; i++)
+        for (int64_t r = 0; r < rows; r++) {
+            double s = 0;
+            for (int64_t c = 0; c < cols; c++) s += (double)wf[r * cols + c] * X[i * cols + c];
+            ref[i * rows + r] = s;
+        }
+    pi_cuda_weight_t *dw = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw) == 0);
+    float *dX = dev_from(X, (size_t)(T * cols) * 4), *dY = dev_from(NULL, (size_t)(T * rows) * 4);
+    int rc = pi_cuda_matmul(ctx, dw, T, dX, dY);
+    float *Y = host_of(dY, (size_t)(T * rows));
+    double e = nerr_d(Y, ref, (size_t)(T * rows));
+    /* f16 inputs (weights and activations rounded to 11 bits), f32 accumulation. */
+    tap_ok(rc == 0 && e < 2e-3, "matmul %s T=%lld (%lld, %lld): error %.3g", pi_type_name(t), (long long)T,
+           (long long)rows, (long long)cols, e);
+
+    /* Dequantised tile against the reference rows rounded to f16. */
+    void *d16 = dev_from(NULL, (size_t)(rows * cols) * 2);
+    uint16_t *h16 = malloc((size_t)(rows * cols) * 2);
+    rc = pi_cuda_dequant_f16(ctx, dw, d16);
+    PI_ASSERT(pi_cuda_sync(ctx) == 0 && pi_cuda_download(ctx, h16, d16, (size_t)(rows * cols) * 2) == 0);
+    /* Within f16 rounding (2^-11 relative; the device may fuse d * q - m into one rounding). */
+    int64_t bad = 0;
+    for (int64_t i = 0; i < rows * cols; i++)
+        if (!(fabsf(pi_fp16_to_fp32(h16[i]) - wf[i]) <= fabsf(wf[i]) * 1e-3f + 1e-7f)) bad++;
+    tap_ok(rc == 0 && bad == 0, "dequant_f16 %s: %lld of %lld halves off the reference", pi_type_name(t),
+           (long long)bad, (long long)(rows * cols));
+
+    /* Row gather (embeddings): a few ids, one out of range -> NaN row. */
+    int32_t ids[5] = {(int32_t)(rows - 1), 0, (int32_t)(rng_next() % (uint64_t)rows), 3, (int32_t)rows};
+    int32_t *dids = dev_from(ids, sizeof(ids));
+    float *dg = dev_from(NULL, (size_t)(5 * cols) * 4);
+    rc = pi_cuda_get_rows(ctx, dw, 5, dids, dg);
+    float *g = host_of(dg, (size_t)(5 * cols));
+    double *gref = malloc((size_t)(4 * cols) * sizeof(double));
+    for (int i = 0; i < 4; i++)
+        for (int64_t c = 0; c < cols; c++) gref[i * cols + c] = wf[(int64_t)ids[i] * cols + c];
+    e = nerr_d(g, gref, (size_t)(4 * cols));
+    tap_ok(rc == 0 && e < 1e-6 && isnan(g[4 * cols]) && isnan(g[5 * cols - 1]),
+           "get_rows %s: error %.3g, an out-of-range id gives NaN", pi_type_name(t), e);
+    free(gref);
+
+    pi_cuda_weight_destroy(ctx, &dw);
+    dev_free(dX), dev_free(dY), dev_free(d16), dev_free(dids), dev_free(dg);
+    free(w), free(wf), free(X), free(ref), free(Y), free(h16), free(g);
+}
+
+/* ------------------------------------------------------------------ element-wise */
+
+static void test_rmsnorm(int64_t T, int64_t n)
+{
+    float *x = rand_floats((size_t)(T * n), 3.0f), *g = rand_floats((size_t)n, 1.0f);
+    double *ref = malloc((size_t)(T * n) * sizeof(double));
+    const float eps = 1e-5f;
+    for (int64_t t = 0; t < T; t++) {
+        double ss = 0;
+        for (int64_t i = 0; i < n; i++) ss += (double)x[t * n + i] * x[t * n + i];
+        double inv = 1.0 / sqrt(ss / (double)n + eps);
+        for (int64_t i = 0; i < n; i++) ref[t * n + i] = x[t * n + i] * inv * g[i];
+    }
+    float *dx = dev_from(x, (size_t)(T * n) * 4), *dg = dev_from(g, (size_t)n * 4), *dy = dev_from(NULL, (size_t)(T * n) * 4);
+    int rc = pi_cuda_rmsnorm(ctx, T, n, dx, dg, eps, dy);
+    float *y = host_of(dy, (size_t)(T * n));
+    double e = nerr_d(y, ref, (size_t)(T * n));
+    tap_ok(rc == 0 && e < 1e-6, "rmsnorm (%lld, %lld): error %.3g", (long long)T, (long long)n, e);
+    dev_free(dx), dev_free(dg), dev_free(dy);
+    free(x), free(g), free(ref), free(y);
+}
+
+static void test_rope(int64_t T, int n_head, int hd, int n_rot)
+{
+    size_t n = (size_t)(T * n_head * hd);
+    float *x = rand_floats(n, 1.0f);
+    int32_t *pos = malloc((size_t)T * sizeof(int32_t));
+    double *ref = malloc(n * sizeof(double));
+    const float base = 10000.0f, fs = 1.0f;
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(rng_next() % 2048);
+    for (int64_t t = 0; t < T; t++)
+        for (int h = 0; h < n_head; h++) {
+            const float *v = x + (t * n_head + h) * hd;
+            double *r = ref + (t * n_head + h) * hd;
+            for (int i = 0; i < hd; i++) r[i] = v[i];
+            for (int p = 0; p < n_rot / 2; p++) {
+                double th = pos[t] * (double)fs * pow(base, -2.0 * p / n_rot);
+                r[2 * p] = v[2 * p] * cos(th) - v[2 * p + 1] * sin(th);
+                r[2 * p + 1] = v[2 * p] * sin(th) + v[2 * p + 1] * cos(th);
+            }
+        }
+    float *dx = dev_from(x, n * 4);
+    int32_t *dp = dev_from(pos, (size_t)T * 4);
+    int rc = pi_cuda_rope(ctx, T, n_head, hd, n_rot, dp, base, fs, dx);
+    float *y = host_of(dx, n);
+    double e = nerr_d(y, ref, n);
+    /* The device computes the angle in f32: at positions near 2048 that is ~1e-4 rad. */
+    tap_ok(rc == 0 && e < 5e-4, "rope T=%lld heads %d dim %d rot %d: error %.3g", (long long)T, n_head, hd, n_rot, e);
+    dev_free(dx), dev_free(dp);
+    free(x), free(pos), free(ref), free(y);
+}
+
+static void test_softmax_act(int64_t rows, int64_t n)
+{
+    size_t N = (size_t)(rows * n);
+    float *x = rand_floats(N, 8.0f);
+    double *ref = malloc(N * sizeof(double));
+    for (int64_t r = 0; r < rows; r++) {
+        double m = -INFINITY, s = 0;
+        for (int64_t i = 0; i < n; i++) m = fmax(m, x[r * n + i]);
+        for (int64_t i = 0; i < n; i++) s += exp(x[r * n + i] - m);
+        for (int64_t i = 0; i < n; i++) ref[r * n + i] = exp(x[r * n + i] - m) / s;
+    }
+    float *dx = dev_from(x, N * 4);
+    int rc = pi_cuda_softmax(ctx, rows, n, dx);
+    float *y = host_of(dx, N);
+    double e = nerr_d(y, ref, N);
+    tap_ok(rc == 0 && e < 1e-5, "softmax (%lld, %lld): error %.3g", (long long)rows, (long long)n, e);
+    free(y);
+
+    /* act and glu, every activation. */
+    float *u = rand_floats(N, 4.0f);
+    float *du = dev_from(u, N * 4), *dg = dev_from(x, N * 4), *dy = dev_from(NULL, N * 4);
+    for (int act = PI_CUDA_ACT_SILU; act <= PI_CUDA_ACT_DRELU; act++) {
+        for (size_t i = 0; i < N; i++) {
+            double g = x[i], v = u[i], sg = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) : fmax(g, 0);
+            ref[i] = sg * (act == PI_CUDA_ACT_DRELU ? fmax(v, 0) : v);
+        }
+        PI_ASSERT(pi_cuda_memset(ctx, dy, 0xff, N * 4) == 0);
+        rc = pi_cuda_glu(ctx, act, (int64_t)N, dg, du, dy);
+        y = host_of(dy, N);
+        e = nerr_d(y, ref, N);
+        tap_ok(rc == 0 && e < 1e-6, "glu act %d: error %.3g", act, e);
+        free(y);
+        for (size_t i = 0; i < N; i++) ref[i] = act == PI_CUDA_ACT_SILU ? x[i] / (1 + exp(-(double)x[i])) : fmax(x[i], 0);
+        PI_ASSERT(pi_cuda_memset(ctx, dy, 0xff, N * 4) == 0);
+        rc = pi_cuda_act(ctx, act, (int64_t)N, dg, dy);
+        y = host_of(dy, N);
+        e = nerr_d(y, ref, N);
+        tap_ok(rc == 0 && e < 1e-6, "act %d: error %.3g", act, e);
+        free(y);
+    }
+
+    /* merge: y += three partial sums. */
+    float *parts = rand_floats(3 * N, 1.0f);
+    float *dparts = dev_from(parts, 3 * N * 4);
+    PI_ASSERT(pi_cuda_upload(ctx, dy, u, N * 4) == 0);
+    for (size_t i = 0; i < N; i++) ref[i] = (double)u[i] + parts[i] + parts[N + i] + parts[2 * N + i];
+    rc = pi_cuda_merge(ctx, (int64_t)N, 3, dparts, dy);
+    y = host_of(dy, N);
+    e = nerr_d(y, ref, N);
+    tap_ok(rc == 0 && e < 1e-6, "merge of 3 partial sums: error %.3g", e);
+    dev_free(dx), dev_free(du), dev_free(dg), dev_free(dy), dev_free(dparts);
+    free(x), free(u), free(ref), free(y), free(parts);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t pos0, int64_t n_ctx)
+{
+    const int64_t kvd = (int64_t)n_head_kv * hd, n_kv = pos0 + T;
+    float *k = rand_floats((size_t)(n_kv * kvd), 1.0f), *v = rand_floats((size_t)(n_kv * kvd), 1.0f);
+    float *q = rand_floats((size_t)(T * n_head * hd), 1.5f);
+    void *kc = dev_from(NULL, (size_t)(n_ctx * kvd) * 2), *vc = dev_from(NULL, (size_t)(n_ctx * kvd) * 2);
+    float *dk = dev_from(k, (size_t)(n_kv * kvd) * 4), *dv = dev_from(v, (size_t)(n_kv * kvd) * 4);
+    int rc = 0;
+    /* Earlier tokens, then the step's T tokens, as the pipeline stores them. */
+    if (pos0 > 0) rc |= pi_cuda_kv_store(ctx, n_head_kv, hd, 0, pos0, dk, dv, kc, vc);
+    rc |= pi_cuda_kv_store(ctx, n_head_kv, hd, pos0, T, dk + pos0 * kvd, dv + pos0 * kvd, kc, vc);
+    for (int64_t i = 0; i < n_kv * kvd; i++) {
+        k[i] = pi_fp16_to_fp32(pi_fp32_to_fp16(k[i]));
+        v[i] = pi_fp16_to_fp32(pi_fp32_to_fp16(v[i]));
+    }
+    size_t no = (size_t)(T * n_head * hd);
+    double *ref = calloc(no, sizeof(double)), *s = malloc((size_t)n_kv * sizeof(double));
+    const int grp = n_head / n_head_kv;
+    for (int64_t t = 0; t < T; t++)
+        for (int h = 0; h < n_head; h++) {
+            const float *qh = q + (t * n_head + h) * hd;
+            const int64_t len = pos0 + t + 1;
+            double m = -INFINITY, sum = 0;
+            for (int64_t p = 0; p < len; p++) {
+                const float *kr = k + p * kvd + (h / grp) * hd;
+                double d = 0;
+                for (int i = 0; i < hd; i++) d += (double)qh[i] * kr[i];
+                s[p] = d / sqrt((double)hd);
+                m = fmax(m, s[p]);
+            }
+            for (int64_t p = 0; p < len; p++) sum += (s[p] = exp(s[p] - m));
+            double *o = ref + (t * n_head + h) * hd;
+            for (int64_t p = 0; p < len; p++)
+                for (int i = 0; i < hd; i++) o[i] += s[p] / sum * v[p * kvd + (h / grp) * hd + i];
+        }
+    float *dq = dev_from(q, no * 4), *dout = dev_from(NULL, no * 4);
+    rc |= pi_cuda_attention(ctx, T, n_head, n_head_kv, hd, pos0, dq, kc, vc, dout);
+    float *out = host_of(dout, no);
+    double e = nerr_d(out, ref, no);
+    tap_ok(rc == 0 && e < 3e-5, "attention T=%lld pos0=%lld heads %d/%d dim %d: error %.3g", (long long)T,
+           (long long)pos0, n_head, n_head_kv, hd, e);
+    dev_free(kc), dev_free(vc), dev_free(dk), dev_free(dv), dev_free(dq), dev_free(dout);
+    free(k), free(v), free(q), free(ref), free(s), free(out);
+}
+
+/* ------------------------------------------------------------------ hot-neuron FFN */
+
+static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_hot, int act, int use_mask)
+{
+    const int64_t n_ff = n_hot * 3;
+    void *gu = rand_weight(gt, 2 * n_hot, d), *dn = rand_weight(dt, n_hot, d);
+    float *guf = ref_rows(gt, gu, 2 * n_hot, d), *dnf = ref_rows(dt, dn, n_hot, d), *x = rand_floats((size_t)d, 1.0f);
+    int32_t *ids = malloc((size_t)n_hot * sizeof(int32_t));
+    uint8_t *mask = malloc((size_t)n_ff);
+    for (int64_t i = 0; i < n_hot; i++) ids[i] = (int32_t)(3 * i + (int64_t)(rng_next() % 3));
+    for (int64_t i = 0; i < n_ff; i++) mask[i] = (rng_next() & 1) ? 1 : 0;
+    double *ref = calloc((size_t)d, sizeof(double));
+    int64_t active = 0;
+    for (int64_t i = 0; i < n_hot; i++) {
+        if (use_mask && !mask[ids[i]]) continue;
+        double g = 0, u = 0;
+        for (int64_t c = 0; c < d; c++) {
+            g += (double)guf[2 * i * d + c] * x[c];
+            u += (double)guf[(2 * i + 1) * d + c] * x[c];
+        }
+        double a = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u
+                   : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
+        active += a != 0;
+        for (int64_t c = 0; c < d; c++) ref[c] += a * dnf[i * d + c];
+    }
+    pi_cuda_weight_t *dgu = NULL, *ddn = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_hot, d, gu, &dgu) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, dt, n_hot, d, dn, &ddn) == 0);
+    float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4);
+    uint8_t *dmask = dev_from(mask, (size_t)n_ff);
+    int32_t *dids = dev_from(ids, (size_t)n_hot * 4);
+    int rc = pi_cuda_ffn_hot(ctx, dgu, ddn, act, dx, use_mask ? dmask : NULL, use_mask ? dids : NULL, dy);
+    float *y = host_of(dy, (size_t)d);
+    double e = nerr_d(y, ref, (size_t)d);
+    tap_ok(rc == 0 && e < 1e-5, "ffn_hot %s/%s d=%lld n_hot=%lld act %d mask %d (%lld contributing): error %.3g",
+           pi_type_name(gt), pi_type_name(dt), (long long)d, (long long)n_hot, act, use_mask, (long long)active, e);
+    pi_cuda_weight_destroy(ctx, &dgu);
+    pi_cuda_weight_destroy(ctx, &ddn);
+    dev_free(dx), dev_free(dy), dev_free(dmask), dev_free(dids);
+    free(gu), free(dn), free(guf), free(dnf), free(x), free(ids), free(mask), free(ref), free(y);
+}
+
+/* ------------------------------------------------------------------ budget and errors */
+
+static void test_budget(void)
+{
+    const size_t MiB = 1u << 20;
+    pi_cuda_ctx_t *c = pi_cuda_ctx_new(0, 96 * MiB);
+    tap_ok(c != NULL, "context with a 96 MiB budget");
+    if (!c) return;
+    size_t budget, used, peak, over, free0, free1, total;
+    pi_cuda_ctx_usage(c, &budget, &used, &peak, &over);
+    tap_diag("budget %zu, used %zu (cuBLAS workspace), context+cuBLAS overhead %zu", budget, used, over);
+    PI_ASSERT(pi_cuda_mem_info(c, &free0, &total) == 0);
+    void *a = NULL, *b = NULL, *e = NULL;
+    tap_is_int(pi_cuda_alloc(c, 48 * MiB, &a), 0, "48 MiB fit");
+    tap_is_int(pi_cuda_alloc(c, 32 * MiB, &b), -PI_ERR_NOMEM, "32 MiB more are refused with -PI_ERR_NOMEM");
+    tap_ok(b == NULL, "a refused allocation leaves the pointer NULL");
+    size_t rest = budget - (used + 48 * MiB);
+    tap_is_int(pi_cuda_alloc(c, rest, &e), 0, "the exact remainder fits");
+    pi_cuda_ctx_usage(c, NULL, &used, NULL, NULL);
+    tap_ok(used == budget, "the budget is used exactly (%zu of %zu)", used, budget);
+    tap_is_int(pi_cuda_alloc(c, 1, &b), -PI_ERR_NOMEM, "one byte more is refused");
+    PI_ASSERT(pi_cuda_mem_info(c, &free1, &total) == 0);
+    tap_ok(free0 - free1 <= budget + 4 * MiB, "the device lost %zu bytes for %zu budgeted (cudaMemGetInfo)",
+           free0 - free1, budget - 32 * MiB);
+    void *w = rand_weight(PI_TYPE_Q4_0, 64, 1024);
+    pi_cuda_weight_t *dw = NULL;
+    tap_is_int(pi_cuda_weight_upload(c, PI_TYPE_Q4_0, 64, 1024, w, &dw), -PI_ERR_NOMEM,
+               "a weight past the budget is refused at upload");
+    tap_is_int(pi_cuda_free(c, a), 0, "free");
+    tap_is_int(pi_cuda_free(c, a), -PI_ERR_INVAL, "a second free of the same pointer is refused");
+    size_t need = 0;
+    PI_ASSERT(pi_cuda_weight_bytes_for(PI_TYPE_Q4_0, 64, 1024, &need) == 0);
+    tap_is_int(pi_cuda_weight_upload(c, PI_TYPE_Q4_0, 64, 1024, w, &dw), 0, "after the free the weight fits");
+    pi_cuda_ctx_usage(c, NULL, &used, NULL, NULL);
+    tap_ok(used == budget - 48 * MiB + need && pi_cuda_weight_bytes(dw) == need,
+           "the weight is counted as pi_cuda_weight_bytes_for said (%zu)", need);
+    pi_cuda_weight_destroy(c, &dw);
+    free(w);
+    pi_cuda_ctx_destroy(&c);
+    tap_ok(c == NULL, "destroy NULLs the pointer");
+    pi_cuda_ctx_destroy(&c);
+}
+
+static void test_errors(void)
+{
+    void *w = rand_weight(PI_TYPE_Q4_0, 4, 64);
+    pi_cuda_weight_t *dw = NULL;
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q5_K, 4, 256, w, &dw), -PI_ERR_UNSUPPORTED, "Q5_K is refused");
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F32, 4, 64, w, &dw), -PI_ERR_UNSUPPORTED, "F32 is refused");
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_K, 4, 64, w, &dw), -PI_ERR_INVAL, "Q4_K with 64 columns is refused");
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 4, 48, w, &dw), -PI_ERR_INVAL, "48 columns are refused");
+    tap_ok(dw == NULL, "no weight comes back from a refusal");
+    tap_ok(pi_cuda_ctx_new(999, 0) == NULL, "device 999 does not open");
+    int dummy;
+    tap_is_int(pi_cuda_free(ctx, &dummy), -PI_ERR_INVAL, "freeing a host pointer is refused");
+    float *dx = dev_from(NULL, 4096);
+    tap_is_int(pi_cuda_attention(ctx, 1, 8, 3, 64, 0, dx, dx, dx, dx), -PI_ERR_INVAL, "8 heads over 3 kv heads refused");
+    tap_is_int(pi_cuda_attention(ctx, 1, 8, 2, 48, 0, dx, dx, dx, dx), -PI_ERR_INVAL, "head_dim 48 refused");
+    tap_is_int(pi_cuda_rope(ctx, 1, 8, 64, 63, (const int32_t *)dx, 1e4f, 1.0f, dx), -PI_ERR_INVAL, "odd n_rot refused");
+    tap_is_int(pi_cuda_act(ctx, 7, 16, dx, dx), -PI_ERR_INVAL, "unknown activation refused");
+    tap_is_int(pi_cuda_copy(ctx, dx, dx, 15), -PI_ERR_INVAL, "copy of 15 bytes refused");
+    tap_is_int(pi_cuda_sync(ctx), 0, "the context is still healthy after the refusals");
+    dev_free(dx);
+    free(w);
+}
+
+int main(void)
+{
+    int n = pi_cuda_device_count();
+    if (n <= 0) tap_skip_all("no CUDA device");
+    const char *se = getenv("PI_SEED");
+    uint64_t seed = se ? strtoull(se, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    rng_state = seed;
+    char desc[256];
+    PI_ASSERT(pi_cuda_device_describe(0, desc, sizeof(desc)) == 0);
+    tap_diag("device 0: %s; seed %llu (PI_SEED=%llu repeats)", desc, (unsigned long long)seed,
+             (unsigned long long)seed);
+    ctx = pi_cuda_ctx_new(0, (size_t)2 << 30);
+    if (!ctx) tap_bail("cannot open device 0");
+
+    for (size_t i = 0; i < PI_ARRAY_LEN(types); i++) {
+        enum pi_type t = types[i];
+        test_matvec(t, 333, 1024, 0);
+        test_matvec(t, 1000, 4096, 4);
+        test_matvec(t, 77, 2048, 1);
+        test_matvec(t, 130, 512, 2);
+        test_gemm(t, 300, 512, 37);
+    }
+    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
+    test_rmsnorm(5, 4096);
+    test_rmsnorm(3, 100);
+    test_rope(7, 8, 128, 128);
+    test_rope(3, 4, 64, 32);
+    test_softmax_act(6, 1000);
+    test_attention(1, 8, 2, 128, 700, 1024);  /* decode, 3 splits, GQA 4:1 */
+    test_attention(1, 4, 4, 64, 0, 16);       /* first token */
+    test_attention(40, 8, 8, 64, 230, 512);   /* a prompt continuing a sequence, crossing a split */
+    test_attention(3, 32, 8, 256, 100, 128);
+    test_attention(2, 4, 2, 32, 300, 512);
+    test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
+    test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_RELU, 0);
+    test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);
+    test_ffn_hot(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 256, PI_CUDA_ACT_SILU, 1);
+    test_ffn_hot(PI_TYPE_BF16, PI_TYPE_Q4_0, 512, 5, PI_CUDA_ACT_SILU, 0);
+    test_budget();
+    test_errors();
+    size_t used, peak;
+    pi_cuda_ctx_usage(ctx, NULL, &used, &peak, NULL);
+    tap_diag("main context: %zu bytes held at the end (scratch + cuBLAS workspace), peak %zu", used, peak);
+    pi_cuda_ctx_destroy(&ctx);
+    return tap_done();
+}

@@ -1,0 +1,276 @@
+/*
+ * tests/test-ffn-split.c - the neuron-subset FFN kernel (pi_ffn_neurons in kernels/cpu/ops.h).
+ *
+ *  - against a double-precision scalar reference built from the dequantised rows, on fresh random
+ *    layers of several weight types, for SiLU, ReLU and dReLU, single-threaded and on a pool;
+ *  - any random split of the neurons into parts, computed separately and summed, equals the whole
+ *    layer (the partial sums the GPU and CPU workers will exchange);
+ *  - ReLU/dReLU: the neurons counted active are those with a positive gate (and up), and the up and
+ *    down rows of inactive neurons are never read (they are poisoned with NaN here);
+ *  - a real layer of the tiny llama against the dense product with the file's own ffn_down.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "lib/model.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+#include "tests/tap.h"
+
+#define D 256
+#define FF 384
+
+static uint64_t rng_state = 0x853c49e6748fea9bull;
+
+static float frand(void) /* uniform [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+/* A weight (rows, cols) of type t quantised from src (rows, cols) f32; data is malloc-ed. */
+static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols, const float *src)
+{
+    uint64_t rb;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    char *data = malloc((size_t)rb * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, src + r * cols, data + r * rb, cols);
+    return (struct pi_weight){t, rows, cols, (size_t)rb, data};
+}
+
+struct rlayer {
+    struct pi_layer L;
+    float *gate, *up, *down_t; /* dequantised (FF, D) */
+};
+
+static void make_layer(struct rlayer *R, enum pi_type wt, enum pi_type dt)
+{
+    float *src = malloc(sizeof(float) * FF * D);
+    float **dst[3] = {&R->gate, &R->up, &R->down_t};
+    struct pi_weight *w[3] = {&R->L.ffn_gate, &R->L.ffn_up, &R->L.ffn_down_t};
+    memset(&R->L, 0, sizeof R->L);
+    for (int k = 0; k < 3; k++) {
+        for (int64_t i = 0; i < (int64_t)FF * D; i++) src[i] = frand() * 0.1f;
+        *w[k] = make_weight(k == 2 ? dt : wt, FF, D, src);
+        *dst[k] = malloc(sizeof(float) * FF * D);
+        for (int64_t r = 0; r < FF; r++) pi_dequant_row(w[k]->type, pi_weight_row(w[k], r), *dst[k] + r * D, D);
+    }
+    free(src);
+}
+
+static void free_layer(struct rlayer *R)
+{
+    free((void *)R->L.ffn_gate.data);
+    free((void *)R->L.ffn_up.data);
+    free((void *)R->L.ffn_down_t.data);
+    free(R->gate);
+    free(R->up);
+    free(R->down_t);
+}
+
+static double dotd(const float *a, const float *b, int n)
+{
+    double s = 0.0;
+    for (int j = 0; j < n; j++) s += (double)a[j] * b[j];
+    return s;
+}
+
+/* y (D) = reference over neurons idx; returns the active count. */
+static int64_t reference(const struct rlayer *R, enum pi_ffn_act act, const float *x, const int32_t *idx,
+                         int64_t n, double *y)
+{
+    int64_t active = 0;
+    memset(y, 0, sizeof(double) * D);
+    for (int64_t k = 0; k < n; k++) {
+        int i = idx[k];
+        double g = dotd(R->gate + (size_t)i * D, x, D), u = dotd(R->up + (size_t)i * D, x, D), a;
+        if (act == PI_FFN_ACT_SILU) a = g / (1.0 + exp(-g)) * u;
+        else if (act == PI_FFN_ACT_RELU) a = g > 0 ? g * u : 0.0;
+        else a = g > 0 && u > 0 ? g * u : 0.0;
+        if (act == PI_FFN_ACT_SILU || a != 0.0) active++;
+        for (int j = 0; j < D; j++) y[j] += a * R->down_t[(size_t)i * D + j];
+    }
+    return active;
+}
+
+static double rel_err_d(const float *y, const double *ref, int n)
+{
+    double num = 0.0, den = 0.0;
+    for (int j = 0; j < n; j++) {
+        num += (y[j] - ref[j]) * (y[j] - ref[j]);
+        den += ref[j] * ref[j];
+    }
+    return sqrt(num / den);
+}
+
+static double rel_err_f(const float *y, const float *ref, int n)
+{
+    double num = 0.0, den = 0.0;
+    for (int j = 0; j < n; j++) {
+        num += ((double)y[j] - ref[j]) * ((double)y[j] - ref[j]);
+        den += (double)ref[j] * ref[j];
+    }
+    return sqrt(num / den);
+}
+
+static void shuffle(int32_t *a, int64_t n)
+{
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)((frand() * 0.5 + 0.5) * (double)(i + 1)) % (i + 1);
+        int32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+/* Reference, splits and pool for one weight type and activation. */
+static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum pi_ffn_act act, double tol)
+{
+    struct rlayer R;
+    float x[D], y[D], part[D], sum[D];
+    double ref[D];
+    int32_t all[FF], *parts = malloc(sizeof(int32_t) * FF);
+    pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
+    make_layer(&R, wt, dt);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int i = 0; i < FF; i++) all[i] = i;
+    const char *tn = pi_type_name(wt), *an = pi_ffn_act_name(act);
+
+    /* the whole layer against the scalar reference */
+    memset(y, 0, sizeof y);
+    int64_t n_ref = reference(&R, act, x, all, FF, ref);
+    int64_t n_act = pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    double e = rel_err_d(y, ref, D);
+    tap_ok(e <= tol, "%s/%s, %d threads: whole layer vs reference, relative error %.3g (<= %.0e)", tn, an,
+           pi_pool_size(pool), e, tol);
+    if (wt == PI_TYPE_F32 || wt == PI_TYPE_F16)
+        tap_ok(n_act == n_ref, "%s/%s: %lld active neurons, reference %lld", tn, an, (long long)n_act, (long long)n_ref);
+
+    /* random partitions into 2..5 parts: the partial sums add up to the whole layer */
+    double worst = 0.0;
+    for (int trial = 0; trial < 4; trial++) {
+        int k = 2 + trial;
+        memcpy(parts, all, sizeof all);
+        shuffle(parts, FF);
+        memset(sum, 0, sizeof sum);
+        int64_t begin = 0, counted = 0;
+        for (int p = 0; p < k; p++) {
+            int64_t end = p == k - 1 ? FF : begin + (int64_t)((frand() * 0.5 + 0.5) * (double)(FF - begin));
+            memset(part, 0, sizeof part);
+            counted += pi_ffn_neurons(pool, w, &R.L, act, x, parts + begin, end - begin, part);
+            for (int j = 0; j < D; j++) sum[j] += part[j];
+            begin = end;
+        }
+        double es = rel_err_f(sum, y, D);
+        worst = es > worst ? es : worst;
+        if (counted != n_act) worst = INFINITY;
+    }
+    tap_ok(worst <= 1e-5, "%s/%s: 4 random splits sum to the whole layer (worst %.3g, same active count)", tn,
+           an, worst);
+    pi_ffn_work_destroy(&w);
+    free(parts);
+    free_layer(&R);
+}
+
+/* ReLU/dReLU must not read the up and down rows of a neuron whose gate is <= 0: poison them. */
+static void test_skip_reads(pi_pool_t *pool, enum pi_ffn_act act)
+{
+    struct rlayer R;
+    float x[D], y[D];
+    int32_t all[FF];
+    int poisoned = 0;
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int i = 0; i < FF; i++) {
+        all[i] = i;
+        double g = dotd(R.gate + (size_t)i * D, x, D);
+        if (g < -1e-4) { /* clearly inactive (a margin for the kernel's own summation order) */
+            float *up = (float *)pi_weight_row(&R.L.ffn_up, i), *dn = (float *)pi_weight_row(&R.L.ffn_down_t, i);
+            for (int j = 0; j < D; j++) up[j] = dn[j] = NAN;
+            poisoned++;
+        }
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
+    memset(y, 0, sizeof y);
+    pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    int finite = 1;
+    for (int j = 0; j < D; j++) finite &= isfinite(y[j]) != 0;
+    tap_ok(finite && poisoned > FF / 4, "%s: rows of %d inactive neurons are never read", pi_ffn_act_name(act),
+           poisoned);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* A real layer: neuron kernel over every neuron vs dense down @ act(gate x, up x) from the file. */
+static void test_real_layer(pi_pool_t *pool, const char *file, double tol)
+{
+    char path[1024], err[256];
+    pi_model_t *m = NULL;
+    tap_data(path, sizeof path, file);
+    if (pi_model_open(path, NULL, &m, err, sizeof err) < 0) {
+        tap_ok(0, "%s binds: %s", file, err);
+        return;
+    }
+    const struct pi_layer *L = &m->layers[1];
+    int64_t d = m->hp.n_embd, ff = m->hp.n_ff;
+    float *x = malloc(sizeof(float) * d), *y = calloc((size_t)d, sizeof(float));
+    float *row = malloc(sizeof(float) * (size_t)PI_MAX(d, ff));
+    double *a = malloc(sizeof(double) * ff), *ref = malloc(sizeof(double) * d);
+    int32_t *all = malloc(sizeof(int32_t) * ff);
+    for (int64_t j = 0; j < d; j++) x[j] = frand();
+    for (int64_t i = 0; i < ff; i++) {
+        all[i] = (int32_t)i;
+        pi_dequant_row(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), row, d);
+        double g = dotd(row, x, (int)d);
+        pi_dequant_row(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), row, d);
+        double u = dotd(row, x, (int)d);
+        a[i] = m->hp.act == PI_FFN_ACT_SILU ? g / (1.0 + exp(-g)) * u : (g > 0 ? g * u : 0.0);
+    }
+    for (int64_t j = 0; j < d; j++) {
+        pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, j), row, ff);
+        ref[j] = 0.0;
+        for (int64_t i = 0; i < ff; i++) ref[j] += a[i] * row[i];
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(d, pi_pool_size(pool));
+    int64_t n_act = pi_ffn_neurons(pool, w, L, m->hp.act, x, all, ff, y);
+    double e = rel_err_d(y, ref, (int)d);
+    tap_ok(e <= tol, "%s layer 1 (%s): neuron kernel vs dense down, relative error %.3g (<= %.0e), %lld of %lld active",
+           file, pi_ffn_act_name(m->hp.act), e, tol, (long long)n_act, (long long)ff);
+    pi_ffn_work_destroy(&w);
+    free(x);
+    free(y);
+    free(row);
+    free(a);
+    free(ref);
+    free(all);
+    pi_model_destroy(&m);
+}
+
+int main(void)
+{
+    pi_pool_t *pool = pi_pool_new(2);
+    static const enum pi_ffn_act acts[] = {PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
+    if (!pool) tap_bail("no pool");
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        /* f32/f16 gate and up keep the activations in f32: exact to float rounding */
+        test_random_layer(NULL, PI_TYPE_F32, PI_TYPE_F32, acts[k], 1e-5);
+        test_random_layer(pool, PI_TYPE_F16, PI_TYPE_F16, acts[k], 1e-5);
+        /* quantised gate and up take 8-bit activations (about 1% per dot product) */
+        test_random_layer(pool, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k], 3e-2);
+        test_random_layer(pool, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k], 3e-2);
+    }
+    test_skip_reads(pool, PI_FFN_ACT_RELU);
+    test_skip_reads(NULL, PI_FFN_ACT_DRELU);
+    test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);
+    test_real_layer(pool, "demo-relu-q4_0.gguf", 3e-2);
+    pi_pool_destroy(&pool);
+    return tap_done();
+}

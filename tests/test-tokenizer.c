@@ -1,0 +1,286 @@
+/*
+ * tests/test-tokenizer.c - tokenizers against llama.cpp's own test vectors, and bad input.
+ *
+ * For every ggml-vocab-NAME.gguf with its .inp/.out (made by llama.cpp's tests/test-tokenizer-0
+ * with no BOS and special tokens not parsed; see tests/data/README and the fixtures' SOURCE.txt)
+ * each string must tokenize to exactly the recorded ids. llama-spm and phi-3 are in tests/data so
+ * the SentencePiece path is always tested; the others come from $PI_FIXTURES and are skipped,
+ * naming the file, when absent (several upstream .gguf files were too large to bring).
+ *
+ * Also: a 1 MB run of one character and random bytes (invalid UTF-8, NULs) finish quickly with a
+ * defined result, and malformed vocabularies are refused with an error, never a crash.
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lib/common.h"
+#include "lib/gguf.h"
+#include "lib/tokenizer.h"
+#include "tests/tap.h"
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    long n;
+    if (!f) return NULL;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
+        buf = malloc((size_t)n + 1);
+        if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+            free(buf);
+            buf = NULL;
+        }
+        if (buf) {
+            buf[n] = 0;
+            *len = (size_t)n;
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static pi_tokenizer_t *open_tok(const char *path, pi_gguf_t **g)
+{
+    char err[256];
+    if (pi_gguf_open(path, g, err, sizeof err) < 0) {
+        tap_diag("open %s: %s", path, err);
+        return NULL;
+    }
+    pi_tokenizer_t *t = pi_tokenizer_new(*g, err, sizeof err);
+    if (!t) tap_diag("tokenizer %s: %s", path, err);
+    return t;
+}
+
+/* Print s with non-printable bytes escaped, for diagnostics. */
+static void diag_escaped(const char *label, const char *s, size_t n)
+{
+    char buf[400];
+    size_t w = 0;
+    for (size_t i = 0; i < n && w + 5 < sizeof buf; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != 0x7F) buf[w++] = (char)c;
+        else w += (size_t)snprintf(buf + w, sizeof buf - w, "\\x%02x", c);
+    }
+    buf[w] = 0;
+    tap_diag("  %s \"%s\"", label, buf);
+}
+
+static void diag_ids(const char *label, const int32_t *v, size_t n)
+{
+    char buf[600];
+    size_t w = 0;
+    for (size_t i = 0; i < n && w + 16 < sizeof buf; i++) w += (size_t)snprintf(buf + w, sizeof buf - w, " %d", v[i]);
+    tap_diag("  %s%s", label, buf);
+}
+
+/* Compare one string; returns 1 when it matches. */
+static int check_one(const pi_tokenizer_t *t, const char *s, size_t n, const char *line, int *shown)
+{
+    size_t cap = 4 * n + 16, got_n = 0, want_n = 0;
+    int32_t *got = malloc(cap * sizeof(*got)), *want = malloc((strlen(line) / 2 + 2) * sizeof(*want));
+    int ok = 0;
+    if (!got || !want) tap_bail("out of memory");
+    for (char *p = (char *)line, *e;; p = e) {
+        long v = strtol(p, &e, 10);
+        if (e == p) break;
+        want[want_n++] = (int32_t)v;
+    }
+    if (pi_tokenize(t, s, n, false, false, got, cap, &got_n) == 0)
+        ok = got_n == want_n && memcmp(got, want, got_n * sizeof(*got)) == 0;
+    if (!ok && (*shown)++ < 4) {
+        diag_escaped("text", s, n);
+        diag_ids("got: ", got, got_n);
+        diag_ids("want:", want, want_n);
+    }
+    free(got);
+    free(want);
+    return ok;
+}
+
+/* Run one vocabulary's vectors: in_path/out_path are the .inp/.out files. */
+static void run_vectors(const char *name, const char *gguf, const char *in_path, const char *out_path)
+{
+    static const char sep[] = "\n__ggml_vocab_test__\n";
+    size_t in_len, out_len;
+    pi_gguf_t *g = NULL;
+    char *in = slurp(in_path, &in_len), *out = slurp(out_path, &out_len);
+    pi_tokenizer_t *t = open_tok(gguf, &g);
+    if (!in || !out || !t) {
+        tap_ok(0, "vocab %s: loads with its vectors", name);
+        goto done;
+    }
+    int total = 0, matched = 0, shown = 0;
+    char *line = out, *p = in;
+    for (char *q; (q = strstr(p, sep)) != NULL; p = q + sizeof(sep) - 1) {
+        char *nl = strchr(line, '\n');
+        if (!nl) break;
+        *nl = 0;
+        total++;
+        matched += check_one(t, p, (size_t)(q - p), line, &shown);
+        line = nl + 1;
+    }
+    tap_ok(total > 0 && matched == total, "vocab %s (%s, pre %s): %d/%d strings match llama.cpp", name,
+           pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : "bpe", pi_tokenizer_pre(t), matched, total);
+done:
+    pi_tokenizer_destroy(&t);
+    pi_gguf_destroy(&g);
+    free(in);
+    free(out);
+}
+
+static void vocab_from_fixtures(const char *name)
+{
+    char rel[256], gguf[1024], in[1024], out[1024];
+    snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf", name);
+    if (!tap_fixture(gguf, sizeof gguf, rel)) {
+        char why[300];
+        snprintf(why, sizeof why, "%s not found", rel);
+        tap_skip(1, why);
+        return;
+    }
+    snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf.inp", name);
+    if (!tap_fixture(in, sizeof in, rel)) {
+        char why[300];
+        snprintf(why, sizeof why, "%s not found (upstream has no vectors for it)", rel);
+        tap_skip(1, why);
+        return;
+    }
+    snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf.out", name);
+    if (!tap_fixture(out, sizeof out, rel)) {
+        char why[300];
+        snprintf(why, sizeof why, "%s not found", rel);
+        tap_skip(1, why);
+        return;
+    }
+    run_vectors(name, gguf, in, out);
+}
+
+static void vocab_from_data(const char *name)
+{
+    char rel[256], gguf[1024], in[1024], out[1024];
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf", name);
+    tap_data(gguf, sizeof gguf, rel);
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf.inp", name);
+    tap_data(in, sizeof in, rel);
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf.out", name);
+    tap_data(out, sizeof out, rel);
+    run_vectors(name, gguf, in, out);
+}
+
+/* Large and hostile input: bounded time, a defined result. */
+static void hostile_input(const char *gguf)
+{
+    pi_gguf_t *g = NULL;
+    pi_tokenizer_t *t = open_tok(gguf, &g);
+    size_t n = 1 << 20, n_out = 0;
+    char *s = malloc(n);
+    int32_t *ids = malloc(n * 2 * sizeof(*ids) + 64);
+    if (!t || !s || !ids) tap_bail("setup failed");
+    const char *label = pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : pi_tokenizer_pre(t);
+    static const char chars[] = {'a', ' ', '\n', '3', '!'};
+    for (size_t c = 0; c < sizeof chars; c++) {
+        size_t len = c < 2 ? n : n / 4; /* 1 MB runs of 'a' and ' ', 256 KB of the rest (CI time) */
+        memset(s, chars[c], len);
+        double t0 = now();
+        int rc = pi_tokenize(t, s, len, true, true, ids, n * 2 + 16, &n_out);
+        double dt = now() - t0;
+        tap_ok(rc == 0 && n_out > 0 && dt < 10.0, "%s: %zu KB of '%s' -> %zu tokens in %.2f s", label, len >> 10,
+               chars[c] == '\n' ? "\\n" : chars[c] == ' ' ? "space" : (char[2]){chars[c], 0}, n_out, dt);
+    }
+    /* random bytes: invalid UTF-8, NULs, stray continuation bytes */
+    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    size_t m = 64 << 10;
+    for (size_t i = 0; i < m; i++) s[i] = (char)(rand() & 0xFF);
+    int rc = pi_tokenize(t, s, m, false, true, ids, n * 2 + 16, &n_out);
+    tap_ok(rc == 0 && n_out > 0, "%s: 64 KiB of random bytes -> %zu tokens", label, n_out);
+    int32_t ids_again[1];
+    size_t need = 0;
+    rc = pi_tokenize(t, "hello world", 11, true, false, ids_again, 1, &need);
+    tap_ok(rc == -PI_ERR_RANGE && need >= 2, "a buffer too small: -PI_ERR_RANGE and the size needed (%zu)", need);
+    rc = pi_tokenize(t, "", 0, false, false, NULL, 0, &need);
+    tap_ok(rc == 0 && need == 0, "empty text without BOS: no tokens");
+    free(s);
+    free(ids);
+    pi_tokenizer_destroy(&t);
+    pi_gguf_destroy(&g);
+}
+
+/* A vocabulary written by the GGUF writer with one thing wrong must be refused. */
+static void bad_vocab(int which, const char *what)
+{
+    const char *tok[] = {"<unk>", "<s>", "</s>", "a", "b", "ab"};
+    float scores[6] = {0, 0, 0, -1, -2, -0.5f};
+    int32_t types[6] = {2, 3, 3, 1, 1, 1};
+    char path[] = "/tmp/pi-test-tokenizer-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) tap_bail("mkstemp failed");
+    close(fd);
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    pi_gguf_writer_set_str(w, "tokenizer.ggml.model", which == 0 ? "wordpiece-ish" : "llama");
+    pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", tok, which == 1 ? 0 : 6);
+    pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, which == 2 ? 5 : 6);
+    if (which == 3) types[4] = 9;
+    pi_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", PI_GGUF_I32, types, 6);
+    pi_gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", which == 4 ? 6 : 1);
+    if (which == 5) pi_gguf_writer_set_str(w, "tokenizer.ggml.scores2", "x");
+    if (pi_gguf_writer_write(w, path) < 0) tap_bail("writing %s failed", path);
+    pi_gguf_writer_destroy(&w);
+    pi_gguf_t *g = NULL;
+    char err[256] = "";
+    if (pi_gguf_open(path, &g, err, sizeof err) < 0) tap_bail("reopen failed: %s", err);
+    pi_tokenizer_t *t = pi_tokenizer_new(g, err, sizeof err);
+    if (which == 5) {
+        int32_t ids[8];
+        size_t n = 0;
+        tap_ok(t && pi_tokenize(t, "ab", 2, false, false, ids, 8, &n) == 0, "a well-formed tiny vocabulary loads");
+        /* "▁ab": "▁" is not a token, so it falls back to its 3 bytes; there are no byte tokens,
+         * so each becomes <unk> */
+        tap_ok(n == 4 && ids[0] == 0 && ids[1] == 0 && ids[2] == 0 && ids[3] == 5,
+               "tiny vocabulary: \"ab\" -> <unk> x3, ab (got %zu ids)", n);
+    } else {
+        tap_ok(t == NULL && err[0], "refused: %s (%s)", what, err);
+    }
+    pi_tokenizer_destroy(&t);
+    pi_gguf_destroy(&g);
+    unlink(path);
+}
+
+int main(void)
+{
+    /* SentencePiece, always present (tests/data) */
+    vocab_from_data("llama-spm");
+    vocab_from_data("phi-3");
+    /* the rest from the shared fixtures */
+    static const char *const fixtures[] = {
+        "baichuan", "llama-bpe", "qwen2", "deepseek-r1-qwen", "gpt-2", "falcon", "mpt", "starcoder", "refact",
+        "deepseek-llm", "deepseek-coder", "gpt-neox", "command-r", "roberta-bpe", "chameleon",
+    };
+    for (size_t i = 0; i < PI_ARRAY_LEN(fixtures); i++) vocab_from_fixtures(fixtures[i]);
+
+    char path[1024];
+    tap_data(path, sizeof path, "ggml-vocab-llama-spm.gguf");
+    hostile_input(path);
+    if (tap_fixture(path, sizeof path, "vocab/ggml-vocab-gpt-2.gguf")) hostile_input(path);
+    else tap_skip(7, "vocab/ggml-vocab-gpt-2.gguf not found");
+
+    bad_vocab(0, "unknown tokenizer.ggml.model");
+    bad_vocab(1, "empty token list");
+    bad_vocab(2, "scores shorter than tokens");
+    bad_vocab(3, "token type out of range");
+    bad_vocab(4, "bos_token_id out of range");
+    bad_vocab(5, "");
+    return tap_done();
+}

@@ -1,0 +1,101 @@
+#!/bin/bash
+# tools/demo.sh - the README's main command: installs what the build needs (Debian 12, as root),
+# bootstraps, configures and builds in build-demo/, then runs pinfer on the embedded demo model
+# (tests/data/demo-relu-q4_0.gguf, a small ReLU llama trained for this project's tests):
+#   1. one-shot through the process pipeline: pi-coordinator spawns pi-gpu-worker (host backend)
+#      and two pi-cpu-workers, generates 64 tokens from the prompt, prints them;
+#   2. the same prompt in the single process (--gpu-backend none), for comparison;
+#   3. a server-mode coordinator, `pi-ctl status` (the workers with their pids, NUMA nodes, cores,
+#      neurons and memory), a generation over the control socket, and `pi-ctl shutdown`.
+# Usage: tools/demo.sh ["prompt"]. Greedy unless PI_DEMO_TEMP / PI_DEMO_SEED are set.
+set -u
+cd "$(dirname "$0")/.."
+top=$(pwd)
+prompt=${1:-"The jury said it did find that many of the laws"}
+temp=${PI_DEMO_TEMP:-0}
+seed=${PI_DEMO_SEED:-1}
+model=$top/tests/data/demo-relu-q4_0.gguf
+b=$top/build-demo
+
+log() { printf '== %s\n' "$*" >&2; }
+die() { printf 'tools/demo.sh: %s\n' "$*" >&2; exit 1; }
+
+# ---- dependencies (each checked; only missing packages are installed)
+need=()
+command -v gcc >/dev/null || need+=(gcc)
+command -v make >/dev/null || need+=(make)
+command -v autoreconf >/dev/null || need+=(autoconf)
+command -v automake >/dev/null || need+=(automake)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
+            ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
+    [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    log "installing: ${need[*]}"
+    [ "$(id -u)" -eq 0 ] || die "missing packages ${need[*]}; run as root or install them"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+        || die "apt-get install ${need[*]} failed"
+fi
+
+# ---- build (quietly; the logs stay in build-demo/ when something fails)
+mkdir -p "$b"
+if [ ! -x "$top/configure" ] || [ "$top/configure.ac" -nt "$top/configure" ]; then
+    log "bootstrap"
+    ./autogen.sh >"$b/autogen.log" 2>&1 || { cat "$b/autogen.log" >&2; die "autogen.sh failed"; }
+fi
+if [ ! -f "$b/Makefile" ]; then
+    log "configure"
+    (cd "$b" && "$top/configure" -q >configure.log 2>&1) || { tail -30 "$b/config.log" >&2; die "configure failed"; }
+fi
+log "build"
+(cd "$b" && make -j"$(nproc 2>/dev/null || echo 2)" >make.log 2>&1) \
+    || { grep -E 'error|Error' "$b/make.log" | head -30 >&2; die "build failed (see $b/make.log)"; }
+
+coord=$b/coordinator/pi-coordinator
+ctl=$b/tools/pi-ctl
+[ -f "$model" ] || die "the demo model $model is missing"
+gen=(-n 64 --temp "$temp" --seed "$seed")
+
+echo
+echo "Prompt: $prompt"
+echo
+log "pipeline: pi-coordinator + pi-gpu-worker (host backend, half the FFN neurons hot) + 2 pi-cpu-workers"
+printf '%s' "$prompt"
+"$coord" --model "$model" --prompt "$prompt" "${gen[@]}" --gpu-backend host --hot-fraction 0.5 --cpu-workers 2 \
+    --log-level warn || die "pi-coordinator (pipeline) failed"
+echo
+log "single process (--gpu-backend none), same prompt and sampling"
+printf '%s' "$prompt"
+"$coord" --model "$model" --prompt "$prompt" "${gen[@]}" --gpu-backend none --log-level warn \
+    || die "pi-coordinator (single process) failed"
+
+if [ -x "$ctl" ]; then
+    echo
+    log "server mode: pi-coordinator with 2 CPU workers, queried with pi-ctl"
+    run=$(mktemp -d /tmp/pinfer-demo.XXXXXX)
+    ep="ipc://$run/control.sock"
+    "$coord" --model "$model" --gpu-backend host --cpu-workers 2 --run-dir "$run" --control "$ep" \
+        --log-level warn 2>"$run/coordinator.log" &
+    cpid=$!
+    trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; rm -rf "$run"' EXIT
+    ok=0
+    for _ in $(seq 100); do
+        if "$ctl" --endpoint "$ep" --timeout 500 status >"$run/status.json" 2>/dev/null; then ok=1; break; fi
+        kill -0 $cpid 2>/dev/null || break
+        sleep 0.1
+    done
+    [ $ok -eq 1 ] || { cat "$run/coordinator.log" >&2; die "the server did not answer pi-ctl status"; }
+    echo "\$ pi-ctl status"
+    cat "$run/status.json"
+    echo "\$ pi-ctl generate --prompt \"$prompt\" -n 32"
+    printf '%s' "$prompt"
+    "$ctl" --endpoint "$ep" generate --prompt "$prompt" -n 32 --temp "$temp" --seed "$seed" \
+        || die "pi-ctl generate failed"
+    echo "\$ pi-ctl shutdown"
+    "$ctl" --endpoint "$ep" shutdown || die "pi-ctl shutdown failed"
+    wait $cpid || die "the server exited with an error (see its log above)"
+    trap - EXIT
+    rm -rf "$run"
+fi

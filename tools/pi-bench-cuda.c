@@ -1,0 +1,292 @@
+/*
+ * tools/pi-bench-cuda.c - throughput of the CUDA kernels on one device (doc/cuda.md has the results):
+ *   - the device's copy bandwidth, measured with pi_cuda_copy on a 1 GiB buffer (bytes read + written);
+ *   - matvec GB/s per weight type for a (rows, cols) matrix in both orientations (default 11008 x 4096,
+ *     the 7B FFN's up and down shapes), for 1, 2 and 4 rows per warp and the automatic choice; several
+ *     copies of the matrix rotate so that the 50 MB L2 cache never holds the one being read;
+ *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (default 512);
+ *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
+ * Inputs are random (never zeros). Times are host clocks around N launches ending in a sync, the median
+ * of 5 trials after a warm-up.
+ *
+ *   pi-bench-cuda [--rows R] [--cols C] [--tokens T] [--reps N]
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+
+static uint64_t rng = 0x1234567;
+
+static uint64_t rnext(void)
+{
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static float frand(void) { return (float)((double)(rnext() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* A random weight in ggml's layout with modest f16 scales (see tests/test-cuda.c). */
+static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
+{
+    uint64_t rb = 0;
+    if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) return NULL;
+    size_t bytes = (size_t)rb * (size_t)rows;
+    uint8_t *w = malloc(bytes);
+    if (!w) return NULL;
+    if (t == PI_TYPE_F16 || t == PI_TYPE_BF16) {
+        uint16_t *h = (uint16_t *)w;
+        for (size_t i = 0; i < bytes / 2; i++) h[i] = t == PI_TYPE_F16 ? pi_fp32_to_fp16(frand()) : pi_fp32_to_bf16(frand());
+        return w;
+    }
+    for (size_t i = 0; i < bytes; i += 8) {
+        uint64_t r = rnext();
+        memcpy(w + i, &r, PI_MIN((size_t)8, bytes - i));
+    }
+    const struct pi_type_info *ti = pi_type_get(t);
+    size_t doff = t == PI_TYPE_Q6_K ? 208 : 0;
+    for (size_t b = 0; b < bytes / ti->block_bytes; b++) {
+        uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand());
+        memcpy(w + b * ti->block_bytes + doff, &d, 2);
+    }
+    return w;
+}
+
+/* Run fn(arg, i) reps times per trial; median seconds per call over 5 trials after a warm-up. */
+typedef int (*bench_fn)(void *arg, int i);
+
+static double bench(pi_cuda_ctx_t *ctx, bench_fn fn, void *arg, int reps)
+{
+    double tr[5];
+    for (int i = 0; i < 3; i++)
+        if (fn(arg, i) < 0) return -1;
+    if (pi_cuda_sync(ctx) < 0) return -1;
+    for (int k = 0; k < 5; k++) {
+        double t0 = now();
+        for (int i = 0; i < reps; i++)
+            if (fn(arg, i) < 0) return -1;
+        if (pi_cuda_sync(ctx) < 0) return -1;
+        tr[k] = (now() - t0) / reps;
+    }
+    qsort(tr, 5, sizeof(double), cmp_d);
+    return tr[2];
+}
+
+struct mv_arg {
+    pi_cuda_ctx_t *ctx;
+    pi_cuda_weight_t *w[16];
+    int nw, R;
+    float *x, *y;
+    int64_t T;
+};
+
+static int run_copy(void *a, int i)
+{
+    struct mv_arg *m = a;
+    (void)i;
+    return pi_cuda_copy(m->ctx, m->y, m->x, (size_t)1 << 29);
+}
+
+static int run_mv(void *a, int i)
+{
+    struct mv_arg *m = a;
+    const pi_cuda_weight_t *w = m->w[i % m->nw];
+    return m->R ? pi_cuda_matvec_r(m->ctx, w, m->x, m->y, m->R) : pi_cuda_matvec(m->ctx, w, m->x, m->y);
+}
+
+static int run_gemm(void *a, int i)
+{
+    struct mv_arg *m = a;
+    return pi_cuda_gemm(m->ctx, m->w[i % m->nw], m->T, m->x, m->y);
+}
+
+static int run_ffn(void *a, int i)
+{
+    struct mv_arg *m = a;
+    int k = (i % (m->nw / 2)) * 2;
+    return pi_cuda_ffn_hot(m->ctx, m->w[k], m->w[k + 1], PI_CUDA_ACT_SILU, m->x, NULL, NULL, m->y);
+}
+
+struct att_arg {
+    pi_cuda_ctx_t *ctx;
+    float *q, *out;
+    void *kc, *vc;
+    int64_t n_kv;
+};
+
+static int run_att(void *a, int i)
+{
+    struct att_arg *t = a;
+    (void)i;
+    return pi_cuda_attention(t->ctx, 1, 32, 8, 128, t->n_kv - 1, t->q, t->kc, t->vc, t->out);
+}
+
+/* Upload `n` copies of a random (rows, cols) weight of type t, enough to exceed the L2 cache. */
+static int upload_copies(pi_cuda_ctx_t *ctx, enum pi_type t, int64_t rows, int64_t cols, struct mv_arg *m)
+{
+    size_t one = 0;
+    if (pi_cuda_weight_bytes_for(t, rows, cols, &one) < 0) return -1;
+    m->nw = (int)PI_MAX((size_t)2, PI_MIN((size_t)16, ((size_t)256 << 20) / one + 1));
+    void *h = rand_weight(t, rows, cols);
+    if (!h) return -1;
+    for (int k = 0; k < m->nw; k++)
+        if (pi_cuda_weight_upload(ctx, t, rows, cols, h, &m->w[k]) < 0) return free(h), -1;
+    free(h);
+    return 0;
+}
+
+static void free_copies(pi_cuda_ctx_t *ctx, struct mv_arg *m)
+{
+    for (int k = 0; k < m->nw; k++) pi_cuda_weight_destroy(ctx, &m->w[k]);
+    m->nw = 0;
+}
+
+static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
+{
+    float *h = malloc(n * sizeof(float));
+    void *d = NULL;
+    if (!h) return NULL;
+    for (size_t i = 0; i < n; i++) h[i] = frand();
+    if (pi_cuda_alloc(ctx, n * sizeof(float), &d) < 0 || pi_cuda_upload(ctx, d, h, n * sizeof(float)) < 0) d = NULL;
+    free(h);
+    return d;
+}
+
+static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q4_K, PI_TYPE_Q4_0};
+
+int main(int argc, char **argv)
+{
+    int64_t rows = 11008, cols = 4096, T = 512;
+    int reps = 50;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--rows")) rows = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cols")) cols = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--tokens")) T = atoll(argv[i + 1]);
+        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
+        else {
+            fprintf(stderr, "usage: %s [--rows R (11008)] [--cols C (4096)] [--tokens T (512)] [--reps N (50)]\n", argv[0]);
+            return 2;
+        }
+    }
+    pi_log_set_program("pi-bench-cuda");
+    if (pi_cuda_device_count() <= 0) {
+        fprintf(stderr, "pi-bench-cuda: no CUDA device\n");
+        return 1;
+    }
+    char desc[256];
+    pi_cuda_device_describe(0, desc, sizeof(desc));
+    pi_cuda_ctx_t *ctx = pi_cuda_ctx_new(0, 0);
+    if (!ctx) return 1;
+    printf("device: %s\n", desc);
+
+    struct mv_arg m = {.ctx = ctx};
+    size_t big = (size_t)1 << 29;
+    if (pi_cuda_alloc(ctx, big, (void **)&m.x) < 0 || pi_cuda_alloc(ctx, big, (void **)&m.y) < 0) return 1;
+    pi_cuda_memset(ctx, m.x, 0x5a, big);
+    double tc = bench(ctx, run_copy, &m, 20);
+    double copy_gbs = 2.0 * (double)big / tc / 1e9;
+    printf("copy kernel, 512 MiB -> 512 MiB: %.1f GB/s (read + write)\n\n", copy_gbs);
+    pi_cuda_free(ctx, m.x), pi_cuda_free(ctx, m.y);
+
+    m.x = dev_rand(ctx, (size_t)PI_MAX(rows, cols) * (size_t)T * 4);
+    m.y = dev_rand(ctx, (size_t)PI_MAX(rows, cols) * (size_t)T * 4);
+    if (!m.x || !m.y) return 1;
+    printf("matvec y = W x (weight bytes / time; %% of the copy bandwidth)\n");
+    printf("| type | rows x cols | MiB | R=1 GB/s | R=2 GB/s | R=4 GB/s | auto us | auto GB/s | %% copy |\n");
+    printf("|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
+        for (int o = 0; o < 2; o++) {
+            int64_t r = o ? cols : rows, c = o ? rows : cols;
+            if (upload_copies(ctx, types[ti], r, c, &m) < 0) {
+                printf("| %s | %lld x %lld | (unsupported shape) |\n", pi_type_name(types[ti]), (long long)r, (long long)c);
+                free_copies(ctx, &m);
+                continue;
+            }
+            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + 4.0 * (double)(r + c), gbs[4], t = 0;
+            for (int k = 0; k < 4; k++) {
+                m.R = k == 3 ? 0 : 1 << k;
+                t = bench(ctx, run_mv, &m, reps);
+                gbs[k] = bytes / t / 1e9;
+            }
+            printf("| %s | %lld x %lld | %.1f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f%% |\n", pi_type_name(types[ti]),
+                   (long long)r, (long long)c, bytes / 1048576.0, gbs[0], gbs[1], gbs[2], t * 1e6, gbs[3],
+                   100.0 * gbs[3] / copy_gbs);
+            free_copies(ctx, &m);
+        }
+    }
+
+    printf("\nprompt GEMM Y (T, rows) = X (T, cols) W^T (dequantised f16 tiles + cublasGemmEx)\n");
+    printf("| type | rows x cols | T | ms | TFLOP/s |\n|---|---|---|---|---|\n");
+    for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
+        if (upload_copies(ctx, types[ti], rows, cols, &m) < 0) continue;
+        for (int64_t tt = T; tt <= 4 * T; tt *= 4) {
+            m.T = tt;
+            double t = bench(ctx, run_gemm, &m, 10);
+            printf("| %s | %lld x %lld | %lld | %.3f | %.1f |\n", pi_type_name(types[ti]), (long long)rows,
+                   (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12);
+        }
+        free_copies(ctx, &m);
+    }
+
+    /* Hot FFN: every neuron of a 7B layer on the GPU, all active. */
+    {
+        void *hgu = rand_weight(PI_TYPE_Q4_0, 2 * rows, cols), *hdn = rand_weight(PI_TYPE_Q8_0, rows, cols);
+        m.nw = 4;
+        int ok = hgu && hdn;
+        for (int k = 0; ok && k < m.nw; k += 2)
+            ok = pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, 2 * rows, cols, hgu, &m.w[k]) == 0 &&
+                 pi_cuda_weight_upload(ctx, PI_TYPE_Q8_0, rows, cols, hdn, &m.w[k + 1]) == 0;
+        if (ok) {
+            double t = bench(ctx, run_ffn, &m, reps);
+            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + (double)pi_cuda_weight_bytes(m.w[1]);
+            printf("\nhot FFN, %lld neurons x %lld (Q4_0 gate/up, Q8_0 down), all active: %.1f us, %.0f GB/s (%.0f%% copy)\n",
+                   (long long)rows, (long long)cols, t * 1e6, bytes / t / 1e9, 100.0 * bytes / t / 1e9 / copy_gbs);
+        }
+        free(hgu), free(hdn);
+        free_copies(ctx, &m);
+    }
+
+    /* Decode attention: 32 heads over 8 kv heads of 128, 4096 cached positions. */
+    {
+        struct att_arg a = {.ctx = ctx, .n_kv = 4096};
+        size_t kvb = (size_t)a.n_kv * 8 * 128 * 2;
+        a.q = dev_rand(ctx, 32 * 128);
+        a.out = dev_rand(ctx, 32 * 128);
+        a.kc = dev_rand(ctx, kvb / 4);
+        a.vc = dev_rand(ctx, kvb / 4);
+        if (a.q && a.out && a.kc && a.vc) {
+            double t = bench(ctx, run_att, &a, reps);
+            printf("decode attention, 32/8 heads x 128, 4096 positions (f16 KV %.0f MiB): %.1f us, %.0f GB/s\n",
+                   2.0 * kvb / 1048576.0, t * 1e6, 2.0 * kvb / t / 1e9);
+        }
+    }
+    size_t used, peak;
+    pi_cuda_ctx_usage(ctx, NULL, &used, &peak, NULL);
+    printf("peak budgeted device memory: %.1f MiB\n", peak / 1048576.0);
+    pi_cuda_ctx_destroy(&ctx);
+    return 0;
+}

@@ -1,0 +1,255 @@
+/*
+ * tools/pi-bench-matvec.c - how close the CPU matvec kernels come to this machine's memory bandwidth.
+ *
+ * First measures the streaming read bandwidth (a buffer much larger than the last-level cache, read
+ * by 1 and by N threads, best of several passes), then, for each weight type, the rate at which
+ * pi_matvec streams weight bytes on 1 and N threads. The weights are several copies of a rows x cols
+ * matrix, together at least --working-set MiB, used in turn so that no call finds its weights in
+ * cache (as in a real forward pass, where every layer's weights are read once per token). Prints a
+ * table: type, threads, GB/s of weights, % of the measured bandwidth, kernel variant.
+ * Not a test: numbers depend on the machine and on whatever else runs on it.
+ *
+ *   pi-bench-matvec [-r ROWS] [-c COLS] [-t MAXTHREADS] [-m BW_MIB] [-w WORKSET_MIB] [-p PASSES] [TYPE...]
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+#include "lib/common.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* ---- streaming read bandwidth ---- */
+
+struct read_ctx {
+    const uint64_t *buf; /* (n,) */
+    uint64_t sink[64];   /* per-thread result so the reads are not optimised away */
+};
+
+#if defined(__x86_64__) && defined(PI_HAVE_X86_SIMD)
+#include <immintrin.h>
+__attribute__((target("avx2"))) static uint64_t read_avx2(const uint64_t *p, int64_t n)
+{
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
+        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
+        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t t[4];
+    _mm256_storeu_si256((__m256i *)t, a0);
+    for (; i < n; i++) t[0] += p[i];
+    return t[0] + t[1] + t[2] + t[3];
+}
+#endif
+
+static uint64_t read_plain(const uint64_t *p, int64_t n)
+{
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) a0 += p[i], a1 += p[i + 1], a2 += p[i + 2], a3 += p[i + 3];
+    for (; i < n; i++) a0 += p[i];
+    return a0 + a1 + a2 + a3;
+}
+
+static void read_range(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    struct read_ctx *c = vctx;
+    uint64_t s;
+#if defined(__x86_64__) && defined(PI_HAVE_X86_SIMD)
+    if (pi_kernels_available(PI_KERNEL_AVX2)) s = read_avx2(c->buf + begin, end - begin);
+    else
+#endif
+        s = read_plain(c->buf + begin, end - begin);
+    c->sink[thread & 63] += s;
+}
+
+/* Best-of-passes read bandwidth in GB/s (1e9 bytes) of a bytes-sized buffer on pool's threads. */
+static double read_bandwidth(pi_pool_t *pool, const uint64_t *buf, size_t bytes, int passes)
+{
+    struct read_ctx c = {.buf = buf};
+    int64_t n = (int64_t)(bytes / 8);
+    double best = 0;
+    for (int p = 0; p < passes; p++) {
+        double t0 = now_s();
+        pi_pool_for(pool, n, n / pi_pool_size(pool), read_range, &c); /* one contiguous slice per thread */
+        double dt = now_s() - t0;
+        best = PI_MAX(best, (double)bytes / dt / 1e9);
+    }
+    return best;
+}
+
+/* ---- matvec ---- */
+
+struct bench_type {
+    enum pi_type t;
+    void **copies;       /* n_copies matrices of rows x cols */
+    int n_copies;
+    size_t bytes;        /* one matrix */
+};
+
+static int prepare(struct bench_type *b, enum pi_type t, int64_t rows, int64_t cols, size_t workset)
+{
+    uint64_t rb;
+    if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) return -1;
+    b->t = t;
+    b->bytes = (size_t)rb * (size_t)rows;
+    b->n_copies = (int)PI_MAX(2, (workset + b->bytes - 1) / b->bytes);
+    b->copies = calloc((size_t)b->n_copies, sizeof(void *));
+    float *row = malloc((size_t)cols * 4);
+    if (!b->copies || !row) return -1;
+    for (int64_t i = 0; i < cols; i++) row[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
+    for (int k = 0; k < b->n_copies; k++) {
+        uint8_t *m = malloc(b->bytes);
+        if (!m) return -1;
+        if (pi_quantize_supported(t)) {
+            for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, row, m + (size_t)r * rb, cols);
+        } else { /* K-quants: bytes that look like blocks with small finite scales */
+            for (size_t i = 0; i < b->bytes; i++) m[i] = (uint8_t)(i * 2654435761u >> 13);
+            const struct pi_type_info *ti = pi_type_get(t);
+            size_t off = t == PI_TYPE_Q2_K ? 80 : t == PI_TYPE_Q3_K ? 108 : t == PI_TYPE_Q6_K ? 208 : 0;
+            uint16_t h = pi_fp32_to_fp16(0.01f);
+            for (size_t blk = 0; blk < b->bytes / ti->block_bytes; blk++) {
+                memcpy(m + blk * ti->block_bytes + off, &h, 2);
+                if (t != PI_TYPE_Q3_K && t != PI_TYPE_Q6_K) memcpy(m + blk * ti->block_bytes + off + 2, &h, 2);
+            }
+        }
+        b->copies[k] = m;
+    }
+    free(row);
+    return 0;
+}
+
+static void release(struct bench_type *b)
+{
+    for (int k = 0; k < b->n_copies; k++) free(b->copies[k]);
+    free(b->copies);
+}
+
+/* Best-of-passes GB/s of weights streamed; one pass = one matvec over each copy in turn. */
+static double matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int64_t cols, const float *x,
+                          float *y, int passes)
+{
+    double best = 0;
+    for (int p = 0; p < passes + 1; p++) {
+        double t0 = now_s();
+        for (int k = 0; k < b->n_copies; k++) pi_matvec(pool, b->t, b->copies[k], rows, cols, x, y);
+        double dt = now_s() - t0;
+        if (p > 0) best = PI_MAX(best, (double)b->bytes * b->n_copies / dt / 1e9); /* pass 0 warms up */
+    }
+    return best;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: pi-bench-matvec [-r ROWS (11008)] [-c COLS (4096)] [-t MAXTHREADS (online CPUs)]\n"
+               "                       [-m BANDWIDTH_BUFFER_MIB (1024)] [-w WEIGHTS_WORKING_SET_MIB (512)]\n"
+               "                       [-p PASSES (5)] [TYPE...]   (default types: all with kernels)\n"
+               "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
+}
+
+int main(int argc, char **argv)
+{
+    int64_t rows = 11008, cols = 4096;
+    int max_threads = 0, passes = 5, opt;
+    size_t bw_mib = 1024, ws_mib = 512;
+    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:h")) != -1) {
+        switch (opt) {
+        case 'r': rows = atoll(optarg); break;
+        case 'c': cols = atoll(optarg); break;
+        case 't': max_threads = atoi(optarg); break;
+        case 'm': bw_mib = (size_t)atoll(optarg); break;
+        case 'w': ws_mib = (size_t)atoll(optarg); break;
+        case 'p': passes = atoi(optarg); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (rows < 1 || cols < 256 || cols % 256 || passes < 1 || bw_mib < 1) {
+        fprintf(stderr, "pi-bench-matvec: need ROWS >= 1, COLS a multiple of 256, PASSES >= 1\n");
+        return 2;
+    }
+    enum pi_type types[PI_TYPE_COUNT];
+    int n_types = 0;
+    for (int i = optind; i < argc; i++) {
+        enum pi_type t;
+        if (!pi_type_from_name(argv[i], &t) || !pi_kernel_supported(t)) {
+            fprintf(stderr, "pi-bench-matvec: no kernel for type '%s'\n", argv[i]);
+            return 2;
+        }
+        types[n_types++] = t;
+    }
+    if (n_types == 0) {
+        static const enum pi_type all[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
+                                           PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K,
+                                           PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
+        for (size_t i = 0; i < PI_ARRAY_LEN(all); i++) types[n_types++] = all[i];
+    }
+
+    pi_pool_t *probe = pi_pool_new(max_threads);
+    if (!probe) return 1;
+    max_threads = pi_pool_size(probe);
+    pi_pool_destroy(&probe);
+    int thread_counts[2] = {1, max_threads}, n_tc = max_threads > 1 ? 2 : 1;
+    pi_pool_t *pools[2] = {NULL, NULL};
+    for (int i = 0; i < n_tc; i++) pools[i] = pi_pool_new(thread_counts[i]);
+
+    /* bandwidth */
+    size_t bw_bytes = bw_mib << 20;
+    uint64_t *buf = malloc(bw_bytes);
+    if (!buf) {
+        fprintf(stderr, "pi-bench-matvec: cannot allocate %zu MiB\n", bw_mib);
+        return 1;
+    }
+    for (size_t i = 0; i < bw_bytes / 8; i++) buf[i] = i;
+    double bw[2] = {0, 0}, bw_best = 0;
+    for (int i = 0; i < n_tc; i++) {
+        bw[i] = read_bandwidth(pools[i], buf, bw_bytes, passes);
+        bw_best = PI_MAX(bw_best, bw[i]);
+    }
+    free(buf);
+    printf("# machine: %d threads, kernel variant %s\n", max_threads, pi_kernels_variant());
+    for (int i = 0; i < n_tc; i++)
+        printf("# streaming read of %zu MiB, best of %d: %.1f GB/s on %d thread%s\n", bw_mib, passes, bw[i],
+               thread_counts[i], thread_counts[i] > 1 ? "s" : "");
+    printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, best of %d passes\n",
+           (long long)rows, (long long)cols, ws_mib, passes);
+    printf("%-6s %7s %9s %9s  %s\n", "type", "threads", "GB/s", "% of bw", "variant");
+
+    float *x = malloc((size_t)cols * 4), *y = malloc((size_t)rows * 4);
+    for (int64_t i = 0; i < cols; i++) x[i] = (float)((i * 31) % 17 - 8) / 8.0f;
+    for (int k = 0; k < n_types; k++) {
+        struct bench_type b = {0};
+        if (prepare(&b, types[k], rows, cols, ws_mib << 20) != 0) {
+            fprintf(stderr, "pi-bench-matvec: out of memory preparing %s\n", pi_type_name(types[k]));
+            return 1;
+        }
+        for (int i = 0; i < n_tc; i++) {
+            double r = matvec_rate(pools[i], &b, rows, cols, x, y, passes);
+            printf("%-6s %7d %9.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r,
+                   100.0 * r / bw_best, pi_kernels_variant());
+            fflush(stdout);
+        }
+        release(&b);
+    }
+    free(x), free(y);
+    for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]);
+    return 0;
+}

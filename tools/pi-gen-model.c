@@ -1,0 +1,127 @@
+/*
+ * tools/pi-gen-model.c - writes a llama-family GGUF with random weights and real shapes, for
+ * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in lib/model.h).
+ * The output has no tokenizer: feed it token ids.
+ *
+ *   pi-gen-model --preset 1b --type q4_0 /tmp/rand-1b-q4_0.gguf
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/model.h"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: pi-gen-model [options] OUT.gguf\n"
+            "Write a llama-family model with random weights (no tokenizer).\n\n"
+            "  --preset NAME    shape preset: 1b (n_embd 2048, n_ff 5632, 22 layers, 32 heads, 4 kv heads,\n"
+            "                   vocab 32000), demo (256, 1024, 8, 8, 4, 8192), tiny (64, 256, 4, 4, 2, 32000)\n"
+            "                   (default: 1b)\n"
+            "  --type T         weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 (default: q4_0)\n"
+            "  --output-type T  type of output.weight (default: q8_0 for 4- and 5-bit types, else --type)\n"
+            "  --embd N --ff N --layers N --heads N --kv-heads N --vocab N --ctx N   override the preset\n"
+            "  --act A          write pinfer.ffn_activation = silu, relu or drelu (default: none, i.e. silu)\n"
+            "  --tied           no output.weight (tied to token_embd)\n"
+            "  --down-t         also write PowerInfer's blk.N.ffn_down_t.weight\n"
+            "  --pred-rank R    also write predictors blk.N.fc1/fc2 of rank R (default: 0, none)\n"
+            "  --seed N         random seed (default: 1)\n"
+            "  -h, --help       this text\n");
+}
+
+static int preset(const char *name, struct pi_model_gen *g)
+{
+    struct shape { const char *name; int embd, ff, layers, heads, kv, vocab; };
+    static const struct shape shapes[] = {
+        {"1b", 2048, 5632, 22, 32, 4, 32000},
+        {"demo", 256, 1024, 8, 8, 4, 8192},
+        {"tiny", 64, 256, 4, 4, 2, 32000},
+    };
+    for (size_t i = 0; i < PI_ARRAY_LEN(shapes); i++) {
+        if (strcmp(name, shapes[i].name) != 0) continue;
+        g->n_embd = shapes[i].embd;
+        g->n_ff = shapes[i].ff;
+        g->n_layer = shapes[i].layers;
+        g->n_head = shapes[i].heads;
+        g->n_head_kv = shapes[i].kv;
+        g->n_vocab = shapes[i].vocab;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_int(const char *s, int *out)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+    if (*s == '\0' || *end != '\0' || v < 0 || v > (1L << 30)) return -1;
+    *out = (int)v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
+           O_TIED, O_DOWNT, O_RANK, O_SEED };
+    static const struct option opts[] = {
+        {"preset", 1, 0, O_PRESET}, {"type", 1, 0, O_TYPE}, {"output-type", 1, 0, O_OTYPE},
+        {"embd", 1, 0, O_EMBD}, {"ff", 1, 0, O_FF}, {"layers", 1, 0, O_LAYERS}, {"heads", 1, 0, O_HEADS},
+        {"kv-heads", 1, 0, O_KV}, {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX}, {"act", 1, 0, O_ACT},
+        {"tied", 0, 0, O_TIED}, {"down-t", 0, 0, O_DOWNT}, {"pred-rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+    };
+    struct pi_model_gen g = {0};
+    bool out_type_set = false;
+    int c, bad = 0;
+    pi_log_set_program("pi-gen-model");
+    preset("1b", &g);
+    g.type = PI_TYPE_Q4_0;
+    g.seed = 1;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_PRESET: bad |= preset(optarg, &g); break;
+        case O_TYPE: bad |= !pi_type_from_name(optarg, &g.type); break;
+        case O_OTYPE: bad |= !pi_type_from_name(optarg, &g.out_type); out_type_set = true; break;
+        case O_EMBD: bad |= parse_int(optarg, &g.n_embd); break;
+        case O_FF: bad |= parse_int(optarg, &g.n_ff); break;
+        case O_LAYERS: bad |= parse_int(optarg, &g.n_layer); break;
+        case O_HEADS: bad |= parse_int(optarg, &g.n_head); break;
+        case O_KV: bad |= parse_int(optarg, &g.n_head_kv); break;
+        case O_VOCAB: bad |= parse_int(optarg, &g.n_vocab); break;
+        case O_CTX: bad |= parse_int(optarg, &g.n_ctx); break;
+        case O_ACT: bad |= pi_ffn_act_parse(optarg, &g.act) < 0; break;
+        case O_TIED: g.tied = true; break;
+        case O_DOWNT: g.down_t = true; break;
+        case O_RANK: bad |= parse_int(optarg, &g.pred_rank); break;
+        case O_SEED: g.seed = strtoull(optarg, NULL, 0); break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+        if (bad) {
+            fprintf(stderr, "pi-gen-model: bad value for --%s: %s\n", opts[c - O_PRESET].name, optarg);
+            return 2;
+        }
+    }
+    if (optind != argc - 1) {
+        usage(stderr);
+        return 2;
+    }
+    if (!out_type_set) {
+        bool small = g.type == PI_TYPE_Q4_0 || g.type == PI_TYPE_Q4_1 || g.type == PI_TYPE_Q5_0 || g.type == PI_TYPE_Q5_1;
+        g.out_type = small ? PI_TYPE_Q8_0 : g.type; /* as llama.cpp's quantiser keeps the head */
+    }
+    int rc = pi_model_gen_write(&g, argv[optind]);
+    if (rc < 0) {
+        fprintf(stderr, "pi-gen-model: writing %s failed: %s\n", argv[optind], pi_err_str(rc));
+        return 1;
+    }
+    printf("wrote %s: %d layers, n_embd %d, n_ff %d, %d/%d heads, vocab %d, %s\n", argv[optind], g.n_layer,
+           g.n_embd, g.n_ff, g.n_head, g.n_head_kv ? g.n_head_kv : g.n_head, g.n_vocab, pi_type_name(g.type));
+    return 0;
+}
