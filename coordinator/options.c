@@ -18,7 +18,7 @@
 
 /* Long options that are not config keys. */
 enum {
-    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_TOKENS, OPT_LOGITS, OPT_HOT_STATS, OPT_HELP, OPT_VERSION,
+    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_TOKENS, OPT_LOGITS, OPT_HELP, OPT_VERSION,
     OPT_KEY_BASE = 512, /* OPT_KEY_BASE + i: the i-th entry of key_opts */
 };
 
@@ -93,9 +93,7 @@ void pi_coord_opts_usage(FILE *out)
         if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "/tmp/pinfer-$UID";
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
-    fputs("  --hot-stats FILE       activation statistics sidecar choosing the hot neurons; default: none\n"
-          "                         (the first neurons of each layer by index)\n"
-          "\n"
+    fputs("\n"
           "  -h, --help             print this help and exit\n"
           "  -V, --version          print the version and exit\n"
           "\n"
@@ -216,7 +214,6 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
     lo[n++] = (struct option){"prompt", required_argument, NULL, OPT_PROMPT};
     lo[n++] = (struct option){"tokens", required_argument, NULL, OPT_TOKENS};
     lo[n++] = (struct option){"logits-out", required_argument, NULL, OPT_LOGITS};
-    lo[n++] = (struct option){"hot-stats", required_argument, NULL, OPT_HOT_STATS};
     lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     lo[n++] = (struct option){"version", no_argument, NULL, OPT_VERSION};
     lo[n++] = (struct option){NULL, 0, NULL, 0};
@@ -242,7 +239,6 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
         }
         case OPT_PROMPT: rc = dup_arg(&o->prompt, optarg); break;
         case OPT_LOGITS: rc = dup_arg(&o->logits_out, optarg); break;
-        case OPT_HOT_STATS: rc = dup_arg(&o->hot_stats, optarg); break;
         case OPT_TOKENS:
             free(o->tokens);
             o->tokens = NULL;
@@ -307,7 +303,6 @@ void pi_coord_opts_free(struct pi_coord_opts *o)
     free(o->prompt);
     free(o->tokens);
     free(o->logits_out);
-    free(o->hot_stats);
     memset(o, 0, sizeof *o);
 }
 

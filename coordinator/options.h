@@ -33,7 +33,6 @@ struct pi_coord_opts {
     int32_t *tokens;           /* --tokens ids (n_tokens), or NULL */
     size_t n_tokens;
     char *logits_out;          /* --logits-out FILE, or NULL */
-    char *hot_stats;           /* --hot-stats FILE (activation statistics sidecar), or NULL */
 };
 
 /* Parse argv into o (zeroed by the caller). Prints --help/--version to out. On a usage or config

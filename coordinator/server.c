@@ -8,7 +8,7 @@
  *     status stays live during a generation, and forwards text chunks and ends to the client.
  *   - The generation thread owns the engine: it creates it (so the workers are forked from a thread
  *     that lives as long as they do: PR_SET_PDEATHSIG follows the forking thread), runs one request
- *     at a time, and destroys it at shutdown. A request arriving while one runs is answered "busy".
+ *     at a time, and destroys it at shutdown. Requests arriving meanwhile wait in the PAIR queue.
  * Messages between the two threads are fixed structs copied through the PAIR socket.
  * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
  * with an ERROR, and otherwise ignored.
@@ -71,7 +71,7 @@ struct server {
     void *gen_sock;            /* generation thread's end of the PAIR */
     pi_engine_t *engine;       /* owned by the generation thread; read-only for status */
     int64_t t_start;
-    _Atomic int busy;
+    _Atomic int busy;          /* generation requests accepted and not yet ended */
     _Atomic int cancel;        /* shutdown asked while generating */
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
@@ -148,7 +148,7 @@ static void *gen_main(void *arg)
         if (j.quit) break;
         run_job(s, &j);
         free(j.prompt);
-        atomic_store(&s->busy, 0);
+        atomic_fetch_sub(&s->busy, 1);
     }
     pi_engine_destroy(&s->engine);
     return NULL;
@@ -194,12 +194,12 @@ static json_t *status_json(struct server *s)
                               "layers", hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_vocab", hp->n_vocab,
                               "activation", pi_ffn_act_name(hp->act));
     int64_t hot = pi_engine_pipeline_hot(s->engine);
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:b, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:i, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
                      (json_int_t)hot, "cpu_workers", hot >= 0 ? pi_coord_cpu_workers(&s->o->cfg) : 0, "control",
-                     s->endpoint, "busy", atomic_load(&s->busy), "workers", workers_json(s));
+                     s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s));
 }
 
 static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)
@@ -248,17 +248,14 @@ static int on_control(struct server *s, void *ctl, void *pair)
         quit = 1;
         break;
     case PI_CTL_GENERATE: {
-        if (atomic_exchange(&s->busy, 1)) {
-            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_RANGE, "busy: one generation at a time");
-            break;
-        }
+        atomic_fetch_add(&s->busy, 1);
         struct job j = {.id_len = id_len, .request_id = m.request_id, .n_predict = m.u.generate.n_predict,
                         .seed = m.u.generate.seed, .temp = m.u.generate.temp, .prompt = m.u.generate.prompt};
         memcpy(j.id, id, id_len);
         m.u.generate.prompt = NULL; /* the generation thread frees it */
         if (zmq_send(pair, &j, sizeof j, 0) != (int)sizeof j) {
             free(j.prompt);
-            atomic_store(&s->busy, 0);
+            atomic_fetch_sub(&s->busy, 1);
             reply_error(ctl, id, id_len, m.request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
         }
         break;
@@ -295,13 +292,13 @@ static void on_event(void *ctl, const struct event *ev)
 /* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. */
 static int control_endpoint(const struct pi_config *c, char *out, size_t len)
 {
-    if (c->control_endpoint && *c->control_endpoint) {
-        int w = snprintf(out, len, "%s", c->control_endpoint);
-        return w > 0 && (size_t)w < len ? 0 : -PI_ERR_RANGE;
-    }
     if (mkdir(c->run_dir, 0700) != 0 && errno != EEXIST) {
         pi_error("[run] dir %s: cannot create: %s", c->run_dir, strerror(errno));
         return -PI_ERR_IO;
+    }
+    if (c->control_endpoint && *c->control_endpoint) {
+        int w = snprintf(out, len, "%s", c->control_endpoint);
+        return w > 0 && (size_t)w < len ? 0 : -PI_ERR_RANGE;
     }
     return pi_ctl_endpoint(c->run_dir, "control", out, len);
 }

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,8 +162,14 @@ static int run(const struct gw_opts *o)
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
     rc = pi_backend_new(o->backend, m, &bo, &be);
+    uint32_t cores[256], n_cores = 0;
+    cpu_set_t cs;
+    if (sched_getaffinity(0, sizeof cs, &cs) == 0)
+        for (int c = 0; c < CPU_SETSIZE && n_cores < 256; c++)
+            if (CPU_ISSET(c, &cs)) cores[n_cores++] = (uint32_t)c;
     if (rc == 0 && o->control) {
-        struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_GPU_WORKER, .numa_node = -1};
+        struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_GPU_WORKER, .numa_node = -1, .cores = cores,
+                                  .n_cores = n_cores};
         link = pi_link_start(&lo);
         if (!link) rc = -PI_ERR_IO;
     }

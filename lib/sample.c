@@ -32,6 +32,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Reproducible bits need every a * b + c rounded twice, never fused: GCC does that under -std=c11
+ * (its ISO mode sets -ffp-contract=off), clang needs telling (it contracts by default). */
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #define PI_SAMPLE_MAX_VOCAB (1 << 30)
 #define PI_SAMPLE_MAX_LAST_N (1 << 20) /* far beyond any context length; bounds the ring allocation */
 #define PI_HEAP_MAX_K 4096             /* top-k up to this uses a heap, larger a quickselect */

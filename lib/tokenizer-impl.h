@@ -54,6 +54,7 @@ struct pi_tokenizer {
     enum pi_pre_pass passes[PI_PRE_MAX_PASSES]; /* BPE only; PI_PRE_END-terminated */
     bool ignore_merges;     /* llama3: a word that is a token is emitted whole */
     bool add_space_prefix;  /* SPM: ' ' before the text and after each special token */
+    bool spm_word_split;    /* SPM: no token has "▁" after another character (lib/tok-spm.c) */
     bool add_bos, add_eos;  /* the file's flags */
 
     uint32_t n_vocab;

@@ -325,7 +325,14 @@ static int build_index(struct loader *L)
 {
     pi_tokenizer_t *t = L->t;
     if (strmap_init(&t->tok_map, t->n_vocab) < 0 || strmap_init(&t->special_map, 64) < 0) return -PI_ERR_NOMEM;
-    for (uint32_t i = 0; i < t->n_vocab; i++) strmap_put(&t->tok_map, t, t->text, i);
+    t->spm_word_split = true;
+    for (uint32_t i = 0; i < t->n_vocab; i++) {
+        const char *s = pi_tstr_ptr(t, t->text[i]);
+        strmap_put(&t->tok_map, t, t->text, i);
+        for (uint32_t j = 1; j + 3 <= t->text[i].len; j++) /* a "▁" after something other than "▁" */
+            if (memcmp(s + j, "\xe2\x96\x81", 3) == 0 && (j < 3 || memcmp(s + j - 3, "\xe2\x96\x81", 3) != 0))
+                t->spm_word_split = false;
+    }
     for (int b = 0; b < 256; b++) {
         char hex[8];
         snprintf(hex, sizeof(hex), "<0x%02X>", b);

@@ -481,6 +481,8 @@ int main(void)
         test_matvec(t, 1000, 4096, 4);
         test_matvec(t, 77, 2048, 1);
         test_matvec(t, 130, 512, 2);
+        test_matvec(t, 301, 11008, PI_CUDA_MV_STAGED);
+        test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */

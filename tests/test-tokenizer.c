@@ -22,6 +22,7 @@
 #include "lib/common.h"
 #include "lib/gguf.h"
 #include "lib/tokenizer.h"
+#include "lib/unicode.h"
 #include "tests/tap.h"
 
 static char *slurp(const char *path, size_t *len)
@@ -258,8 +259,57 @@ static void bad_vocab(int which, const char *what)
     unlink(path);
 }
 
+/* Code point classes and UTF-8 decoding against the Unicode Character Database's categories. */
+static void unicode_tables(void)
+{
+    static const struct {
+        uint32_t cp;
+        uint16_t want;
+        const char *what;
+    } cls[] = {
+        {0x41, PI_UCLS_LETTER, "A Lu"},
+        {0x4E2D, PI_UCLS_LETTER, "U+4E2D Lo"},
+        {0x0663, PI_UCLS_NUMBER, "ARABIC-INDIC DIGIT THREE Nd"},
+        {0x2160, PI_UCLS_NUMBER, "ROMAN NUMERAL ONE Nl"},
+        {0x3002, PI_UCLS_PUNCT, "IDEOGRAPHIC FULL STOP Po"},
+        {0x24, PI_UCLS_SYMBOL, "$ Sc"},
+        {0x1F600, PI_UCLS_SYMBOL, "U+1F600 So"},
+        {0x0301, PI_UCLS_MARK, "COMBINING ACUTE ACCENT Mn"},
+        {0x0378, PI_UCLS_UNDEFINED, "U+0378 Cn"},
+        {0x3000, PI_UCLS_SEPARATOR | PI_UCLS_WHITESPACE, "IDEOGRAPHIC SPACE Zs + whitespace"},
+        {0x0A, PI_UCLS_CONTROL | PI_UCLS_WHITESPACE, "LF Cc + whitespace"},
+        {0x1C, PI_UCLS_CONTROL, "U+001C Cc, not whitespace"},
+        {0x110000, 0, "past U+10FFFF: no class"},
+    };
+    int ok = 1;
+    for (size_t i = 0; i < PI_ARRAY_LEN(cls); i++) {
+        uint16_t got = pi_unicode_flags(cls[i].cp);
+        if (got != cls[i].want) {
+            ok = 0;
+            tap_diag("  %s: flags 0x%x, want 0x%x", cls[i].what, got, cls[i].want);
+        }
+    }
+    tap_ok(ok, "unicode: classes of 13 code points (Unicode %s tables)", pi_unicode_version);
+    uint32_t cp;
+    size_t a = pi_utf8_decode((const unsigned char *)"\xe4\xb8\xad", 3, &cp);
+    int dec = a == 3 && cp == 0x4E2D;
+    a = pi_utf8_decode((const unsigned char *)"\xf0\x9f\x98\x80", 4, &cp);
+    dec &= a == 4 && cp == 0x1F600;
+    a = pi_utf8_decode((const unsigned char *)"\xe4\xb8", 2, &cp);
+    dec &= a == 1 && cp == PI_UTF8_REPLACEMENT;
+    a = pi_utf8_decode((const unsigned char *)"\x80", 1, &cp);
+    dec &= a == 1 && cp == PI_UTF8_REPLACEMENT;
+    a = pi_utf8_decode((const unsigned char *)"\xc3(", 2, &cp);
+    dec &= a == 1 && cp == PI_UTF8_REPLACEMENT;
+    tap_ok(dec, "unicode: UTF-8 decoding, and U+FFFD for truncated, stray and broken sequences");
+    tap_ok(pi_unicode_in_dsllm_letters('A') && pi_unicode_in_dsllm_letters(0xB5) && !pi_unicode_in_dsllm_letters(0xD7) &&
+               !pi_unicode_in_dsllm_letters(0x4E2D),
+           "unicode: DeepSeek-LLM letter class (A, micro sign in; multiplication sign, CJK out)");
+}
+
 int main(void)
 {
+    unicode_tables();
     /* SentencePiece, always present (tests/data) */
     vocab_from_data("llama-spm");
     vocab_from_data("phi-3");

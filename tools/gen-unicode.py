@@ -24,10 +24,35 @@ CAT = {'N': FLAG_NUMBER, 'L': FLAG_LETTER, 'Z': FLAG_SEPARATOR, 'M': FLAG_MARK, 
        'S': FLAG_SYMBOL}
 
 # Character class of llama.cpp's DeepSeek-LLM letter regex, "\s?[...]+": the bracket's content.
+# Six of its characters have canonical singleton decompositions and are written as escapes, so that
+# no editor or tool NFC-normalises them into other code points (which would reverse three ranges):
+# U+1F7D, U+1FBE, U+1FD3, U+1FDB (Greek extended), U+2126 OHM SIGN, U+212A KELVIN SIGN.
 DEEPSEEK_LLM_LETTERS = (
     "A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-"
-    "ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-"
-    "ﬗＡ-Ｚａ-ｚ\U00010400-\U0001044f𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+    "ὗὙὛὝὟ-\u1f7dᾀ-ᾴᾶ-ᾼ\u1fbeῂ-ῄῆ-ῌῐ-\u1fd3ῖ-\u1fdbῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u2126ℨ\u212a-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳ"
+    "Ꙁ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ\U00010400-\U0001044f𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃")
+
+
+def class_ranges(s):
+    out, i = [], 0
+    while i < len(s):
+        if i + 2 < len(s) and s[i + 1] == '-':
+            a, b = ord(s[i]), ord(s[i + 2])
+            if a > b:
+                raise SystemExit("reversed range U+%04X-U+%04X in the DeepSeek class" % (a, b))
+            out.append((a, b))
+            i += 3
+        else:
+            out.append((ord(s[i]), ord(s[i])))
+            i += 1
+    out.sort()
+    merged = []
+    for a, b in out:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    return merged
 
 
 def flags_of(cp):
@@ -41,25 +66,6 @@ def flags_of(cp):
     if cp in WHITESPACE:
         f |= FLAG_WHITESPACE
     return f
-
-
-def class_ranges(s):
-    out, i = [], 0
-    while i < len(s):
-        if i + 2 < len(s) and s[i + 1] == '-':
-            out.append((ord(s[i]), ord(s[i + 2])))
-            i += 3
-        else:
-            out.append((ord(s[i]), ord(s[i])))
-            i += 1
-    out.sort()
-    merged = []
-    for a, b in out:
-        if merged and a <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-        else:
-            merged.append((a, b))
-    return merged
 
 
 def main():

@@ -1,9 +1,9 @@
 /*
  * tools/pi-bench-cuda.c - throughput of the CUDA kernels on one device (doc/cuda.md has the results):
- *   - the device's copy bandwidth, measured with pi_cuda_copy on a 1 GiB buffer (bytes read + written);
+ *   - the device's copy bandwidth, measured with pi_cuda_copy from one 512 MiB buffer to another (bytes read + written);
  *   - matvec GB/s per weight type for a (rows, cols) matrix in both orientations (default 11008 x 4096,
- *     the 7B FFN's up and down shapes), for 1, 2 and 4 rows per warp and the automatic choice; several
- *     copies of the matrix rotate so that the 50 MB L2 cache never holds the one being read;
+ *     the 7B FFN's up and down shapes); several copies of the matrix rotate so that the 50 MB L2 cache never holds the one being read (variants:
+ *     x from the cache with 1, 2, 4 rows per warp; x staged in shared memory, wide and tall; auto);
  *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (default 512);
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
  * Inputs are random (never zeros). Times are host clocks around N launches ending in a sync, the median
@@ -124,6 +124,12 @@ static int run_gemm(void *a, int i)
     return pi_cuda_gemm(m->ctx, m->w[i % m->nw], m->T, m->x, m->y);
 }
 
+static int run_deq(void *a, int i)
+{
+    struct mv_arg *m = a;
+    return pi_cuda_dequant_f16(m->ctx, m->w[i % m->nw], m->y);
+}
+
 static int run_ffn(void *a, int i)
 {
     struct mv_arg *m = a;
@@ -216,8 +222,8 @@ int main(int argc, char **argv)
     m.y = dev_rand(ctx, (size_t)PI_MAX(rows, cols) * (size_t)T * 4);
     if (!m.x || !m.y) return 1;
     printf("matvec y = W x (weight bytes / time; %% of the copy bandwidth)\n");
-    printf("| type | rows x cols | MiB | R=1 GB/s | R=2 GB/s | R=4 GB/s | auto us | auto GB/s | %% copy |\n");
-    printf("|---|---|---|---|---|---|---|---|---|\n");
+    printf("| type | rows x cols | MiB | R=1 GB/s | R=2 GB/s | R=4 GB/s | staged GB/s | staged-tall GB/s | auto us | auto GB/s | %% copy |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
         for (int o = 0; o < 2; o++) {
             int64_t r = o ? cols : rows, c = o ? rows : cols;
@@ -226,28 +232,32 @@ int main(int argc, char **argv)
                 free_copies(ctx, &m);
                 continue;
             }
-            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + 4.0 * (double)(r + c), gbs[4], t = 0;
-            for (int k = 0; k < 4; k++) {
-                m.R = k == 3 ? 0 : 1 << k;
+            static const int variants[6] = {1, 2, 4, PI_CUDA_MV_STAGED, PI_CUDA_MV_STAGED_TALL, 0};
+            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + 4.0 * (double)(r + c), gbs[6], t = 0;
+            for (int k = 0; k < 6; k++) {
+                m.R = variants[k];
                 t = bench(ctx, run_mv, &m, reps);
                 gbs[k] = bytes / t / 1e9;
             }
-            printf("| %s | %lld x %lld | %.1f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f%% |\n", pi_type_name(types[ti]),
-                   (long long)r, (long long)c, bytes / 1048576.0, gbs[0], gbs[1], gbs[2], t * 1e6, gbs[3],
-                   100.0 * gbs[3] / copy_gbs);
+            printf("| %s | %lld x %lld | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f%% |\n",
+                   pi_type_name(types[ti]), (long long)r, (long long)c, bytes / 1048576.0, gbs[0], gbs[1], gbs[2],
+                   gbs[3], gbs[4], t * 1e6, gbs[5], 100.0 * gbs[5] / copy_gbs);
             free_copies(ctx, &m);
         }
     }
 
     printf("\nprompt GEMM Y (T, rows) = X (T, cols) W^T (dequantised f16 tiles + cublasGemmEx)\n");
-    printf("| type | rows x cols | T | ms | TFLOP/s |\n|---|---|---|---|---|\n");
+    printf("| type | rows x cols | T | ms | TFLOP/s | of which dequant ms (GB/s read + written) |\n|---|---|---|---|---|---|\n");
     for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
         if (upload_copies(ctx, types[ti], rows, cols, &m) < 0) continue;
+        double td = types[ti] == PI_TYPE_F16 ? 0 : bench(ctx, run_deq, &m, 10);
+        double dbytes = (double)pi_cuda_weight_bytes(m.w[0]) + 2.0 * (double)rows * (double)cols;
         for (int64_t tt = T; tt <= 4 * T; tt *= 4) {
             m.T = tt;
             double t = bench(ctx, run_gemm, &m, 10);
-            printf("| %s | %lld x %lld | %lld | %.3f | %.1f |\n", pi_type_name(types[ti]), (long long)rows,
-                   (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12);
+            printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.3f (%.0f) |\n", pi_type_name(types[ti]), (long long)rows,
+                   (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12,
+                   td * 1e3, td > 0 ? dbytes / td / 1e9 : 0.0);
         }
         free_copies(ctx, &m);
     }

@@ -104,8 +104,10 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
  * rows per warp with x read from the cache, or PI_CUDA_MV_STAGED (x staged in shared memory, 2 rows per
- * warp, 4 segments per lane in flight; 2 for F16/BF16). */
+ * warp, 4 segments per lane in flight for Q4_0/Q8_0, 2 for the others) or PI_CUDA_MV_STAGED_TALL (4 rows
+ * per warp, half the segments). */
 #define PI_CUDA_MV_STAGED 8
+#define PI_CUDA_MV_STAGED_TALL 9
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is

@@ -1,0 +1,296 @@
+/*
+ * tests/test-pipeline-server.c - pi-coordinator in server mode with its workers, driven through
+ * pi-ctl and a raw ZeroMQ peer, every process in a private temporary directory with hard timeouts:
+ *   - `pi-ctl status` is JSON with the documented fields, and its worker pids are live processes of
+ *     the right programs; `pi-ctl generate` streams the same greedy text as the one-shot pipeline;
+ *   - malformed control messages (bad magic, wrong version, truncated, huge, over the size limit) are
+ *     answered with an error or dropped, logged, and the coordinator keeps serving;
+ *   - kill -9 of a CPU worker during a generation fails that request with a clear error; the workers
+ *     are restarted (new pids) and the next request succeeds;
+ *   - `pi-ctl shutdown` and SIGTERM leave no process, no socket and nothing in /dev/shm;
+ *   - kill -9 of the coordinator leaves no worker alive after 5 seconds;
+ *   - pi-ctl without a coordinator fails at once with a clear message.
+ */
+#include "config.h"
+#include "ipc/control.h"
+#include "lib/common.h"
+#include "tests/test-pipeline-util.h"
+
+#include <jansson.h>
+#include <zmq.h>
+
+#define TIMEOUT_S 60.0
+
+static char coord[512], ctl[512], model[512], endpoint[600], rundir[300];
+
+/* pi-ctl with arguments (NULL-terminated) against the test's endpoint. */
+static int pictl(const char *name, const char *const *args, double timeout_s)
+{
+    char *argv[32];
+    int n = 0;
+    argv[n++] = ctl;
+    argv[n++] = "--endpoint";
+    argv[n++] = endpoint;
+    for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    return tp_run(argv, name, timeout_s);
+}
+
+/* Start a server coordinator; wait until it answers status. Returns its pid or -1. */
+static pid_t start_server(const char *name)
+{
+    char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
+                    "--control", endpoint, NULL};
+    pid_t pid = tp_spawn(argv, name);
+    for (int i = 0; i < 400; i++) {
+        const char *a[] = {"--timeout", "500", "status", NULL};
+        if (pictl("wait-status", a, 10) == 0) return pid;
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) return -1;
+        usleep(50000);
+    }
+    kill(-pid, SIGKILL);
+    tp_wait(pid, 5);
+    return -1;
+}
+
+static json_t *status(void)
+{
+    const char *a[] = {"status", NULL};
+    if (pictl("status", a, 20) != 0) return NULL;
+    char *out = tp_output("status", "out");
+    json_t *j = json_loads(out, 0, NULL);
+    free(out);
+    return j;
+}
+
+/* The pid of the worker (role, index) in a status, or -1. */
+static pid_t worker_pid(json_t *st, const char *role, int index)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w) {
+        if (strcmp(json_string_value(json_object_get(w, "role")) ? json_string_value(json_object_get(w, "role")) : "", role) == 0 &&
+            json_integer_value(json_object_get(w, "index")) == index)
+            return (pid_t)json_integer_value(json_object_get(w, "pid"));
+    }
+    return -1;
+}
+
+/* /proc/pid/cmdline contains prog. */
+static int pid_runs(pid_t pid, const char *prog)
+{
+    char p[64], buf[1024];
+    snprintf(p, sizeof p, "/proc/%d/cmdline", (int)pid);
+    FILE *f = fopen(p, "rb");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    return strstr(buf, prog) != NULL;
+}
+
+static void test_status_fields(json_t *st)
+{
+    json_t *m = json_object_get(st, "model");
+    int ok = json_is_object(m) && json_is_string(json_object_get(m, "path")) && json_is_string(json_object_get(m, "arch")) &&
+             json_integer_value(json_object_get(m, "layers")) == 8 && json_integer_value(json_object_get(m, "n_embd")) == 256 &&
+             json_integer_value(json_object_get(m, "n_ff")) == 1024 &&
+             strcmp(json_string_value(json_object_get(m, "activation")) ? json_string_value(json_object_get(m, "activation")) : "", "relu") == 0;
+    tap_ok(ok, "status: model path, arch, layers, n_embd, n_ff, activation");
+    tap_ok(json_is_integer(json_object_get(st, "uptime_ms")) && json_is_integer(json_object_get(st, "requests_served")) &&
+               json_is_integer(json_object_get(st, "tokens_generated")),
+           "status: uptime, requests served, tokens generated");
+    json_t *ws = json_object_get(st, "workers");
+    tap_is_int((long long)json_array_size(ws), 3, "status: 3 workers (GPU + 2 CPU)");
+    size_t i;
+    json_t *w;
+    int fields = 1, pids = 1;
+    long long neurons = 0;
+    json_array_foreach(ws, i, w) {
+        static const char *const keys[] = {"role", "pid", "numa_node", "cores", "state", "heartbeat_age_ms",
+                                           "neurons_per_layer", "memory_bytes"};
+        for (size_t k = 0; k < PI_ARRAY_LEN(keys); k++)
+            if (!json_object_get(w, keys[k])) { fields = 0; tap_diag("worker %zu lacks %s", i, keys[k]); }
+        const char *role = json_string_value(json_object_get(w, "role"));
+        pid_t pid = (pid_t)json_integer_value(json_object_get(w, "pid"));
+        if (!role || pid <= 0 || !pid_runs(pid, strcmp(role, "gpu") == 0 ? "pi-gpu-worker" : "pi-cpu-worker")) pids = 0;
+        if (strcmp(json_string_value(json_object_get(w, "state")) ? json_string_value(json_object_get(w, "state")) : "", "ready") != 0) fields = 0;
+        neurons += json_integer_value(json_object_get(w, "neurons_per_layer"));
+    }
+    tap_ok(fields, "status: every worker has role, pid, NUMA node, cores, state (ready), heartbeat age, neurons, memory");
+    tap_ok(pids, "status: the worker pids are live pi-gpu-worker / pi-cpu-worker processes");
+    tap_is_int(neurons, 1024, "status: the workers own every neuron of a layer once");
+}
+
+/* Send raw bytes on a DEALER and wait for one answer frame (type returned, or -1 when none came). */
+static int raw_request(void *sock, const void *buf, size_t len)
+{
+    if (zmq_send(sock, buf, len, 0) < 0) return -1;
+    struct pi_ctl_msg m;
+    int rc = pi_ctl_recv(sock, NULL, NULL, &m, NULL);
+    if (rc != 0) return -1;
+    int t = m.type;
+    pi_ctl_msg_clear(&m);
+    return t;
+}
+
+static void test_malformed(void)
+{
+    void *zctx = zmq_ctx_new();
+    void *s = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 0, to = 3000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
+    zmq_connect(s, endpoint);
+    uint8_t good[PI_CTL_HEADER_SIZE] = {0};
+    uint32_t magic = PI_CTL_MAGIC;
+    uint16_t ver = PI_CTL_VERSION, type = PI_CTL_STATUS_REQ;
+    memcpy(good, &magic, 4);
+    memcpy(good + 4, &ver, 2);
+    memcpy(good + 6, &type, 2);
+    uint8_t bad[PI_CTL_HEADER_SIZE];
+    memcpy(bad, good, sizeof bad);
+    bad[0] ^= 0xff;
+    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "bad magic: answered with an error");
+    memcpy(bad, good, sizeof bad);
+    bad[4] = 99;
+    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "wrong version: answered with an error");
+    tap_is_int(raw_request(s, good, 10), PI_CTL_ERROR, "truncated header: answered with an error");
+    memcpy(bad, good, sizeof bad);
+    uint32_t huge = 0x7fffffff;
+    memcpy(bad + 8, &huge, 4);
+    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "huge body length: answered with an error");
+    size_t big = 2u << 20; /* over ZMQ_MAXMSGSIZE: ZeroMQ drops the connection, the server goes on */
+    uint8_t *blob = calloc(1, big);
+    memcpy(blob, good, sizeof good);
+    zmq_send(s, blob, big, 0);
+    free(blob);
+    zmq_close(s);
+    s = zmq_socket(zctx, ZMQ_DEALER);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
+    zmq_connect(s, endpoint);
+    tap_is_int(raw_request(s, good, sizeof good), PI_CTL_STATUS_RESP, "after the malformed messages a good request is served");
+    zmq_close(s);
+    zmq_ctx_term(zctx);
+}
+
+/* Greedy text of the one-shot pipeline for the same prompt and placement. */
+static char *oneshot_text(const char *prompt, const char *n)
+{
+    char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
+                    "--prompt", (char *)prompt, "-n", (char *)n, "--temp", "0", "--log-level", "warn", NULL};
+    if (tp_run(argv, "oneshot", TIMEOUT_S) != 0) return strdup("(one-shot failed)");
+    return tp_output("oneshot", "out");
+}
+
+static void test_kill_worker(void)
+{
+    json_t *st = status();
+    pid_t victim = worker_pid(st, "cpu", 1), gpu = worker_pid(st, "gpu", 0);
+    json_decref(st);
+    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "450", NULL};
+    pid_t g = tp_spawn(argv, "gen-killed");
+    usleep(300000);
+    kill(victim, SIGKILL);
+    int rc = tp_wait(g, TIMEOUT_S);
+    char *err = tp_output("gen-killed", "err");
+    tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of a CPU worker fails the request clearly: %s", err);
+    free(err);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "8", NULL};
+    rc = pictl("gen-after", a, TIMEOUT_S);
+    char *out = tp_output("gen-after", "out");
+    tap_ok(rc == 0 && strlen(out) > 1, "the next request succeeds: %s", out);
+    free(out);
+    st = status();
+    pid_t v2 = worker_pid(st, "cpu", 1), g2 = worker_pid(st, "gpu", 0);
+    tap_ok(v2 > 0 && v2 != victim && g2 != gpu && pid_runs(v2, "pi-cpu-worker") && kill(victim, 0) != 0,
+           "the workers were restarted (cpu worker 1: pid %d -> %d)", (int)victim, (int)v2);
+    json_decref(st);
+}
+
+/* Wait until no process mentions the test directory (at most s seconds); returns how many remain. */
+static int wait_no_procs(double s)
+{
+    int n = 0;
+    for (int i = 0; i < (int)(s * 20); i++) {
+        if ((n = tp_count_procs(tp_dir)) == 0) return 0;
+        usleep(50000);
+    }
+    return n;
+}
+
+static int dir_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d) return 0;
+    struct dirent *e;
+    while ((e = readdir(d))) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+int main(void)
+{
+    tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
+    tp_prog(ctl, sizeof ctl, "tools/pi-ctl");
+    tap_data(model, sizeof model, "demo-relu-q4_0.gguf");
+    tp_mkdir("pi-test-server");
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    snprintf(endpoint, sizeof endpoint, "ipc://%s/control.sock", rundir);
+    int shm_before = dir_entries("/dev/shm");
+
+    const char *a0[] = {"--timeout", "500", "status", NULL};
+    int rc = pictl("absent", a0, 10);
+    char *err = tp_output("absent", "err");
+    tap_ok(rc == 1 && strstr(err, "no coordinator"), "pi-ctl without a coordinator: exit %d, %s", rc, err);
+    free(err);
+
+    pid_t srv = start_server("server1");
+    tap_ok(srv > 0, "server started and answers status");
+    if (srv <= 0) return tap_done();
+    json_t *st = status();
+    tap_ok(st != NULL, "pi-ctl status prints JSON");
+    if (st) test_status_fields(st);
+    json_decref(st);
+
+    const char *g[] = {"generate", "--prompt", "The jury said", "-n", "12", "--temp", "0", NULL};
+    rc = pictl("gen", g, TIMEOUT_S);
+    char *out = tp_output("gen", "out"), *want = oneshot_text("The jury said", "12");
+    tap_ok(rc == 0 && strcmp(out, want) == 0, "pi-ctl generate streams the one-shot pipeline's greedy text");
+    if (strcmp(out, want) != 0) tap_diag("got \"%s\" want \"%s\"", out, want);
+    free(out);
+    free(want);
+
+    test_malformed();
+    char *log = tp_output("server1", "err");
+    tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "truncated") && strstr(log, "too large"),
+           "the coordinator logged each malformed message with its defect");
+    free(log);
+
+    test_kill_worker();
+
+    const char *sd[] = {"shutdown", NULL};
+    rc = pictl("shutdown", sd, 20);
+    int sst = tp_wait(srv, 20);
+    tap_ok(rc == 0 && sst == 0, "pi-ctl shutdown: the coordinator exits 0 (pi-ctl %d, coordinator %d)", rc, sst);
+    tap_is_int(wait_no_procs(5), 0, "after shutdown no process is left");
+    tap_is_int(dir_entries(rundir), 0, "after shutdown the run directory is empty");
+    tap_is_int(dir_entries("/dev/shm"), shm_before, "after shutdown nothing new in /dev/shm");
+
+    srv = start_server("server2");
+    tap_ok(srv > 0 && kill(srv, SIGTERM) == 0 && tp_wait(srv, 20) == 0, "SIGTERM: the coordinator exits 0");
+    tap_is_int(wait_no_procs(5), 0, "after SIGTERM no process is left");
+
+    srv = start_server("server3");
+    tap_ok(srv > 0, "third server started");
+    if (srv > 0) {
+        kill(srv, SIGKILL);
+        tp_wait(srv, 5);
+        tap_is_int(wait_no_procs(5), 0, "kill -9 of the coordinator: no worker alive after 5 s");
+    }
+    kill(-srv, SIGKILL); /* in case the check failed: leave nothing behind */
+    return tap_done();
+}
