@@ -28,10 +28,13 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     int rc = be->ops->ffn_input(be, il, pi_exchange_x(g->ex));
     if (rc != 0) return rc;
     uint32_t seq;
+    int64_t t0 = pi_clock_ns();
     rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, g->ex_flags, &seq);
     if (rc != 0) return rc;
+    int64_t t1 = pi_clock_ns();
     rc = be->ops->ffn_hot(be, il);
     if (rc != 0) return rc;
+    int64_t t2 = pi_clock_ns();
     rc = pi_exchange_wait_partials(g->ex, seq, LOOP_SPIN, PI_GPU_PARTIAL_TIMEOUT_NS);
     if (rc != 0) {
         pi_error("layer %d: CPU partials did not arrive: %s", il, pi_err_str(rc));
@@ -39,6 +42,8 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     }
     memset(cold, 0, (size_t)n * (size_t)be->model->hp.n_embd * sizeof(float));
     pi_exchange_merge(g->ex, (uint32_t)n, cold);
+    g->rt_ns += pi_clock_ns() - t0 - (t2 - t1);
+    g->n_rt++;
     return be->ops->ffn_merge(be, il, cold);
 }
 
@@ -88,6 +93,9 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
             break;
         case PI_STEP_STOP:
             pi_step_respond(g->step, r.id, 0);
+            if (g->n_rt)
+                pi_info("exchange: %llu layer round trips, mean %.1f us (publish to partials merged, hot neurons excluded)",
+                        (unsigned long long)g->n_rt, (double)g->rt_ns / (double)g->n_rt / 1e3);
             return 0;
         }
         pi_step_respond(g->step, r.id, status);

@@ -24,6 +24,11 @@ struct pi_gpu_loop {
     pi_link_t *link;     /* may be NULL (tests) */
     uint32_t ex_flags;   /* PI_EXCHANGE_ALL, plus GATE_SKIP for ReLU models */
     int n_seq;           /* sequences the backend's cache holds */
+    /* statistics: layer round trips through the exchange and their total time in ns, from publish
+     * to the partials merged, minus the hot neurons computed in between (the exchange's own cost
+     * plus the CPU workers' compute beyond the GPU worker's) */
+    uint64_t n_rt;
+    int64_t rt_ns;
 };
 
 /* Serve steps until a STOP step, a SHUTDOWN from the coordinator, or a fatal error. Returns 0 on a

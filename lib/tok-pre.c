@@ -90,7 +90,9 @@ static bool punct_all(uint32_t cp, bool with_backtick)
     return c_punct(cp);
 }
 
-static bool cjk(uint32_t cp) { return (cp >= 0x0800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF); }
+/* [一-龥ࠀ-一가-퟿]: U+0800..U+9FA5 and U+AC00..U+D7FF, minus the whitespace inside them (U+1680,
+ * U+2000.., U+3000, ...), which llama.cpp has replaced by U+000B before this regex sees it. */
+static bool cjk(uint32_t cp) { return ((cp >= 0x0800 && cp <= 0x9FA5) || (cp >= 0xAC00 && cp <= 0xD7FF)) && !w_space(cp); }
 
 static bool dsllm_punct(uint32_t cp)
 {

@@ -5,8 +5,9 @@
  * by 1 and by N threads, best of several passes), then, for each weight type, the rate at which
  * pi_matvec streams weight bytes on 1 and N threads. The weights are several copies of a rows x cols
  * matrix, together at least --working-set MiB, used in turn so that no call finds its weights in
- * cache (as in a real forward pass, where every layer's weights are read once per token). Prints a
- * table: type, threads, GB/s of weights, % of the measured bandwidth, kernel variant.
+ * cache (as in a real forward pass, where every layer's weights are read once per token). Each call
+ * is timed on its own; prints a table: type, threads, GB/s of weights (best call, median call),
+ * % of the measured bandwidth, kernel variant.
  * Not a test: numbers depend on the machine and on whatever else runs on it.
  *
  *   pi-bench-matvec [-r ROWS] [-c COLS] [-t MAXTHREADS] [-m BW_MIB] [-w WORKSET_MIB] [-p PASSES] [TYPE...]
@@ -143,32 +144,45 @@ static void release(struct bench_type *b)
     free(b->copies);
 }
 
-/* Best-of-passes GB/s of weights streamed; one pass = one matvec over each copy in turn. */
-static double matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int64_t cols, const float *x,
-                          float *y, int passes)
+static int cmp_double(const void *a, const void *b)
 {
-    double best = 0;
-    for (int p = 0; p < passes + 1; p++) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* GB/s of weights streamed by single pi_matvec calls, cycling through the copies for `passes` rounds
+ * after one warm-up round: best and median over the calls. Each call is timed on its own so that a
+ * call during which another process held the core (this machine is shared) does not spoil the rest. */
+static void matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int64_t cols, const float *x,
+                        float *y, int passes, double *best, double *median)
+{
+    int n = passes * b->n_copies;
+    double *rate = malloc((size_t)n * sizeof(double));
+    PI_ASSERT(rate != NULL);
+    for (int k = 0; k < b->n_copies; k++) pi_matvec(pool, b->t, b->copies[k], rows, cols, x, y);
+    for (int i = 0; i < n; i++) {
         double t0 = now_s();
-        for (int k = 0; k < b->n_copies; k++) pi_matvec(pool, b->t, b->copies[k], rows, cols, x, y);
-        double dt = now_s() - t0;
-        if (p > 0) best = PI_MAX(best, (double)b->bytes * b->n_copies / dt / 1e9); /* pass 0 warms up */
+        pi_matvec(pool, b->t, b->copies[i % b->n_copies], rows, cols, x, y);
+        rate[i] = (double)b->bytes / (now_s() - t0) / 1e9;
     }
-    return best;
+    qsort(rate, (size_t)n, sizeof(double), cmp_double);
+    *best = rate[n - 1];
+    *median = rate[n / 2];
+    free(rate);
 }
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pi-bench-matvec [-r ROWS (11008)] [-c COLS (4096)] [-t MAXTHREADS (online CPUs)]\n"
                "                       [-m BANDWIDTH_BUFFER_MIB (1024)] [-w WEIGHTS_WORKING_SET_MIB (512)]\n"
-               "                       [-p PASSES (5)] [TYPE...]   (default types: all with kernels)\n"
+               "                       [-p PASSES (10)] [TYPE...]   (default types: all with kernels)\n"
                "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
 }
 
 int main(int argc, char **argv)
 {
     int64_t rows = 11008, cols = 4096;
-    int max_threads = 0, passes = 5, opt;
+    int max_threads = 0, passes = 10, opt;
     size_t bw_mib = 1024, ws_mib = 512;
     while ((opt = getopt(argc, argv, "r:c:t:m:w:p:h")) != -1) {
         switch (opt) {
@@ -229,9 +243,10 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_tc; i++)
         printf("# streaming read of %zu MiB, best of %d: %.1f GB/s on %d thread%s\n", bw_mib, passes, bw[i],
                thread_counts[i], thread_counts[i] > 1 ? "s" : "");
-    printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, best of %d passes\n",
+    printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds;\n"
+           "# GB/s of weights: best single call (and median); %% of the best measured bandwidth\n",
            (long long)rows, (long long)cols, ws_mib, passes);
-    printf("%-6s %7s %9s %9s  %s\n", "type", "threads", "GB/s", "% of bw", "variant");
+    printf("%-6s %7s %9s %9s %9s  %s\n", "type", "threads", "GB/s", "(median)", "% of bw", "variant");
 
     float *x = malloc((size_t)cols * 4), *y = malloc((size_t)rows * 4);
     for (int64_t i = 0; i < cols; i++) x[i] = (float)((i * 31) % 17 - 8) / 8.0f;
@@ -242,8 +257,9 @@ int main(int argc, char **argv)
             return 1;
         }
         for (int i = 0; i < n_tc; i++) {
-            double r = matvec_rate(pools[i], &b, rows, cols, x, y, passes);
-            printf("%-6s %7d %9.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r,
+            double r, med;
+            matvec_rate(pools[i], &b, rows, cols, x, y, passes, &r, &med);
+            printf("%-6s %7d %9.1f %9.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r, med,
                    100.0 * r / bw_best, pi_kernels_variant());
             fflush(stdout);
         }

@@ -8,7 +8,9 @@
  * row, so a warp's loads of one row are contiguous (coalesced 16-byte vectors), the 32 x values of a
  * segment are loaded once per R rows (R = 4 keeps the L1 traffic of x under the weight traffic), and
  * the R sums are reduced with shuffles at the end. Decode is bound by the weight bytes, so the aim is
- * the device's copy bandwidth; see doc/cuda.md for the measured numbers.
+ * the device's copy bandwidth; see doc/cuda.md for the measured numbers. A second, "staged" variant
+ * (x in shared memory, several segments' loads in flight per lane) is built for the low-bit types,
+ * tested, and awaits its measurement before the automatic choice may take it.
  */
 #include "kernels/cuda/cuda-impl.h"
 
@@ -334,12 +336,13 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
     }
 }
 
-/* The automatic choice (the table in doc/cuda.md): 4 rows per warp when that still leaves several warps
- * per SM, fewer for small matrices. The staged kernel is correct (tests/test-cuda.c) but its speed was
- * not measured yet, so it is not chosen automatically. */
+/* The automatic choice (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast
+ * as or faster than 2 for every type at 4096 and 11008 rows), fewer for small matrices so that every SM
+ * still gets warps. The staged kernel is correct (tests/test-cuda.c) but its speed was not measured
+ * yet, so it is not chosen automatically. */
 extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
-    int R = w->rows >= (int64_t)c->n_sm * 64 ? 4 : (w->rows >= (int64_t)c->n_sm * 16 ? 2 : 1);
+    int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
     return pi_cuda_matvec_r(c, w, d_x, d_y, R);
 }
 
