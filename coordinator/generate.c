@@ -83,17 +83,19 @@ static int set_eog(pi_sampler_t *s, const pi_tokenizer_t *t)
 static int decode(pi_engine_t *e, const pi_tokenizer_t *t, pi_sampler_t *s, const struct pi_gen_request *r, int pos,
                   float *logits, pi_gen_emit_fn emit, void *ctx, struct pi_gen_result *res)
 {
-    pi_detok_t *d = pi_detok_new(t, false);
-    size_t cap = pi_detok_max_push(t) + 8;
+    /* Without a tokenizer (a model file with none, prompt given as ids) tokens print as their ids. */
+    pi_detok_t *d = t ? pi_detok_new(t, false) : NULL;
+    size_t cap = (t ? pi_detok_max_push(t) : 0) + 24;
     char *buf = malloc(cap);
-    int rc = (!d || !buf) ? -PI_ERR_NOMEM : 0;
+    int rc = ((t && !d) || !buf) ? -PI_ERR_NOMEM : 0;
     for (int64_t i = 0; rc == 0 && i < r->n_predict; i++) {
         int32_t tok = pi_sampler_sample(s, logits);
         if (tok < 0) { rc = tok; break; }
         if (pi_sampler_is_eog(s, tok)) { res->stop_eog = 1; break; }
         pi_sampler_accept(s, tok);
         res->n_generated++;
-        int w = pi_detok_push(d, tok, buf, cap);
+        int w = d ? pi_detok_push(d, tok, buf, cap) : snprintf(buf, cap, "%s%d", i ? " " : "", tok);
+        if (w == -PI_ERR_INVAL) w = 0; /* an embedding row past the tokenizer's vocabulary: no text */
         if (w < 0) { rc = w; break; }
         if (w > 0 && emit && emit(ctx, buf, (size_t)w) != 0) { rc = -PI_ERR_IO; break; }
         if (i + 1 == r->n_predict) break; /* the last token needs no evaluation */
@@ -119,6 +121,10 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
     memset(res, 0, sizeof *res);
     int32_t *ids = NULL;
     size_t n = 0;
+    if (!t && !r->tokens) {
+        pi_error("the model has no tokenizer: give the prompt as token ids");
+        return -PI_ERR_INVAL;
+    }
     int rc = prompt_ids(t, r, &ids, &n);
     if (rc != 0) { pi_error("tokenizing the prompt failed: %s", pi_err_str(rc)); return rc; }
     if (n == 0) { free(ids); pi_error("the prompt is empty"); return -PI_ERR_INVAL; }
@@ -140,7 +146,7 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
     float *logits = malloc(sizeof(float) * (size_t)e->n_vocab);
     pi_sampler_t *s = pi_sampler_new(e->n_vocab, &r->sample);
     rc = (!all || !logits || !s) ? -PI_ERR_NOMEM : e->ops->reset(e);
-    if (rc == 0) rc = set_eog(s, t);
+    if (rc == 0 && t) rc = set_eog(s, t);
     int64_t t0 = pi_clock_ns();
     if (rc == 0) rc = eval_prompt(e, ids, (int)n, r->logits_out, all, logits);
     int64_t t1 = pi_clock_ns();

@@ -44,6 +44,10 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
+    if (pi_gguf_find_key(cm->model->gguf, "tokenizer.ggml.model") < 0 && !o->prompt) {
+        pi_warn("model %s has no tokenizer: prompts only as --tokens, output as token ids", o->cfg.model_path);
+        return 0;
+    }
     cm->tok = pi_tokenizer_new(cm->model->gguf, err, sizeof err);
     if (!cm->tok) {
         fprintf(stderr, "pi-coordinator: %s: model %s has no usable tokenizer: %s\n",
@@ -51,7 +55,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
         pi_model_destroy(&cm->model);
         return -PI_ERR_FORMAT;
     }
-    if (pi_tokenizer_n_vocab(cm->tok) != cm->model->hp.n_vocab) {
+    if (pi_tokenizer_n_vocab(cm->tok) > cm->model->hp.n_vocab) {
         fprintf(stderr, "pi-coordinator: %s: model %s: tokenizer has %d tokens, the embedding %d\n",
                 pi_coord_opts_model_origin(o, where, sizeof where), o->cfg.model_path, pi_tokenizer_n_vocab(cm->tok),
                 cm->model->hp.n_vocab);

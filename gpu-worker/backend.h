@@ -35,6 +35,8 @@ struct pi_backend_opts {
     int n_seq;            /* sequences in the cache */
     int max_tokens;       /* rows per batch (the exchange's max_tokens) */
     int device;           /* CUDA device index (cuda backend) */
+    uint64_t vram_budget; /* device bytes the cuda backend may hold (weights, KV cache, scratch); 0 = the
+                           * device's free memory less 256 MiB (kernels/cuda/cuda.h) */
     /* hot[il] (n_hot[il]): the neuron ids of layer il computed by this backend, any order, no
      * duplicates; borrowed for the lifetime of the backend. */
     const int32_t *const *hot;

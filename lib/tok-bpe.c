@@ -185,3 +185,26 @@ out:
     free(cps);
     return rc;
 }
+
+int pi_pretokenize(const char *pre, const char *text, size_t len, size_t *lens, size_t cap, size_t *n_out)
+{
+    enum pi_pre_pass passes[PI_PRE_MAX_PASSES];
+    bool ignore_merges;
+    size_t n = 0, *words = NULL, n_words = 0;
+    PI_ASSERT(pre && n_out && (text || len == 0) && (lens || cap == 0));
+    *n_out = 0;
+    if (!pi_pre_lookup(pre, passes, &ignore_merges)) return -PI_ERR_NOTFOUND;
+    if (len > PI_TOKENIZE_MAX_BYTES) return -PI_ERR_RANGE;
+    uint32_t *cps = malloc((len ? len : 1) * sizeof(*cps));
+    if (!cps) return -PI_ERR_NOMEM;
+    for (size_t i = 0; i < len;) i += pi_utf8_decode((const unsigned char *)text + i, len - i, &cps[n++]);
+    int rc = pi_pre_split(passes, cps, n, &words, &n_words);
+    if (rc == 0) {
+        *n_out = n_words;
+        if (n_words > cap) rc = -PI_ERR_RANGE;
+        else if (n_words) memcpy(lens, words, n_words * sizeof(*lens));
+    }
+    free(words);
+    free(cps);
+    return rc;
+}

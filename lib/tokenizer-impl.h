@@ -48,6 +48,11 @@ enum pi_pre_pass {
 
 #define PI_PRE_MAX_PASSES 8
 
+/* Whitespace llama.cpp removes around some special tokens, chosen by model name (see
+ * set_strip_rules in lib/tokenizer.c): before the token (LSTRIP) or after it (RSTRIP). */
+#define PI_TOK_LSTRIP 1
+#define PI_TOK_RSTRIP 2
+
 struct pi_tokenizer {
     enum pi_tokenizer_kind kind;
     char pre_name[48];
@@ -65,6 +70,7 @@ struct pi_tokenizer {
     float *score;           /* [n_vocab] */
     uint8_t *type;          /* [n_vocab] enum pi_token_type */
     uint8_t *eog;           /* [n_vocab] 1 = ends generation */
+    uint8_t *strip;         /* [n_vocab] PI_TOK_LSTRIP | PI_TOK_RSTRIP when matched as special */
     struct pi_strmap tok_map;
 
     uint32_t n_merges;

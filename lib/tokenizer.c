@@ -176,7 +176,8 @@ static int load_tokens(struct loader *L)
     t->score = calloc(n, sizeof(*t->score));
     t->type = calloc(n, 1);
     t->eog = calloc(n, 1);
-    if (!t->text || !t->piece || !t->score || !t->type || !t->eog) return -PI_ERR_NOMEM;
+    t->strip = calloc(n, 1);
+    if (!t->text || !t->piece || !t->score || !t->type || !t->eog || !t->strip) return -PI_ERR_NOMEM;
     for (uint32_t i = 0; i < t->n_vocab; i++) {
         struct pi_gguf_str s;
         if (pi_gguf_arr_str(L->g, "tokenizer.ggml.tokens", i, &s) < 0) return fail(L, "token %u unreadable", i);
@@ -282,6 +283,14 @@ static int load_specials(struct loader *L)
     return 0;
 }
 
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
 /* The output bytes of one token (see pi_token_piece), appended to the arena. */
 static int make_piece(struct loader *L, uint32_t id)
 {
@@ -291,12 +300,13 @@ static int make_piece(struct loader *L, uint32_t id)
     const char *s = pi_tstr_ptr(t, t->text[id]);
     size_t len = t->text[id].len;
     switch (t->type[id]) {
-    case PI_TOKEN_USER_DEFINED:
-        return arena_add(t, &L->arena_cap, s, len, &t->piece[id]);
+    case PI_TOKEN_USER_DEFINED: /* as written (copied first: the arena may move while growing) */
+        memcpy(buf, s, n = len);
+        break;
     case PI_TOKEN_BYTE: {
-        unsigned v;
-        if (len == 6 && sscanf(s, "<0x%2X>", &v) == 1) buf[n++] = (char)v;
-        else memcpy(buf, s, n = len); /* a byte token not spelled <0xNN>: keep its text */
+        int hi = len == 6 ? hex_digit(s[3]) : -1, lo = len == 6 ? hex_digit(s[4]) : -1;
+        if (hi >= 0 && lo >= 0 && memcmp(s, "<0x", 3) == 0 && s[5] == '>') buf[n++] = (char)(hi << 4 | lo);
+        else memcpy(buf, s, n = len); /* a byte token not spelt <0xNN>: keep its text */
         break;
     }
     case PI_TOKEN_NORMAL:
@@ -388,6 +398,50 @@ static int build_specials(struct loader *L)
     return 0;
 }
 
+/* True when the NUL-free string s[0..n), lowercased, contains needle. */
+static bool name_has(struct pi_gguf_str s, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (uint64_t i = 0; i + k <= s.len; i++) {
+        size_t j = 0;
+        while (j < k && (s.ptr[i + j] >= 'A' && s.ptr[i + j] <= 'Z' ? s.ptr[i + j] + 32 : s.ptr[i + j]) == needle[j]) j++;
+        if (j == k) return true;
+    }
+    return false;
+}
+
+static void strip_text(pi_tokenizer_t *t, const char *text, uint8_t bits, bool on)
+{
+    int32_t id = pi_tok_find(t, text, strlen(text));
+    if (id >= 0) t->strip[id] = on ? (uint8_t)(t->strip[id] | bits) : (uint8_t)(t->strip[id] & ~bits);
+}
+
+/* llama.cpp keys these on names, not on anything in the vocabulary (llama_vocab::impl::load):
+ * jina-v2 pre-tokenizers and nomic/jina BERTs strip blanks before <mask>; a model whose
+ * general.name contains "phi-3"/"phi3" strips blanks after every special token but <unk>, <s> and
+ * <|endoftext|> ("</s>" included); "modern-bert" strips before [MASK]. */
+static void set_strip_rules(struct loader *L)
+{
+    pi_tokenizer_t *t = L->t;
+    struct pi_gguf_str name = {"", 0}, arch = {"", 0}, pre = {t->pre_name, strlen(t->pre_name)};
+    (void)pi_gguf_get_str(L->g, "general.name", &name);
+    (void)pi_gguf_get_str(L->g, "general.architecture", &arch);
+    if (name_has(pre, "jina-v2-de") || name_has(pre, "jina-v2-es") || name_has(pre, "jina-v2-code") ||
+        name_has(arch, "nomic-bert-moe") || name_has(arch, "jina-bert-v3")) {
+        strip_text(t, "<mask>", PI_TOK_LSTRIP, true);
+    } else if (name_has(name, "phi-3") || name_has(name, "phi3")) {
+        for (uint32_t i = 0; i < t->n_vocab; i++)
+            if (t->type[i] == PI_TOKEN_CONTROL || t->type[i] == PI_TOKEN_USER_DEFINED || t->type[i] == PI_TOKEN_UNKNOWN)
+                t->strip[i] |= PI_TOK_RSTRIP;
+        strip_text(t, "</s>", PI_TOK_RSTRIP, true);
+        strip_text(t, "<unk>", PI_TOK_RSTRIP, false);
+        strip_text(t, "<s>", PI_TOK_RSTRIP, false);
+        strip_text(t, "<|endoftext|>", PI_TOK_RSTRIP, false);
+    } else if (name_has(name, "modern-bert")) {
+        strip_text(t, "[MASK]", PI_TOK_LSTRIP, true);
+    }
+}
+
 static int load_model_kind(struct loader *L)
 {
     pi_tokenizer_t *t = L->t;
@@ -428,6 +482,7 @@ pi_tokenizer_t *pi_tokenizer_new(const pi_gguf_t *g, char *err, size_t errlen)
     if ((rc = load_model_kind(&L)) < 0 || (rc = load_tokens(&L)) < 0) goto err;
     if (t->kind == PI_TOKENIZER_BPE && (rc = load_merges(&L)) < 0) goto err;
     if ((rc = build_index(&L)) < 0 || (rc = load_specials(&L)) < 0 || (rc = build_specials(&L)) < 0) goto err;
+    set_strip_rules(&L);
     L.scratch = malloc(MAX_TOKEN_BYTES + 16);
     if (!L.scratch) goto nomem;
     for (uint32_t i = 0; i < t->n_vocab; i++) {
@@ -439,7 +494,12 @@ pi_tokenizer_t *pi_tokenizer_new(const pi_gguf_t *g, char *err, size_t errlen)
 err:
     free(L.scratch);
     L.scratch = NULL;
-    if (rc == -PI_ERR_FORMAT) {
+    if (rc == -PI_ERR_FORMAT) { /* already logged with its reason by fail() */
+        pi_tokenizer_destroy(&t);
+        return NULL;
+    }
+    if (rc == -PI_ERR_RANGE) { /* the string arena would pass 4 GiB */
+        fail(&L, "the vocabulary's strings exceed 4 GiB");
         pi_tokenizer_destroy(&t);
         return NULL;
     }
@@ -465,6 +525,7 @@ void pi_tokenizer_destroy(pi_tokenizer_t **tp)
     free(t->score);
     free(t->type);
     free(t->eog);
+    free(t->strip);
     free(t->merge);
     free(t->chat_template);
     free(t);
@@ -488,6 +549,9 @@ static int32_t match_special(const pi_tokenizer_t *t, const char *text, size_t p
     return -1;
 }
 
+/* isspace() of the C locale, as llama.cpp strips with. */
+static bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
 static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool after_special, struct pi_ivec *out)
 {
     if (t->kind == PI_TOKENIZER_SPM) return pi_spm_encode(t, s, n, t->add_space_prefix && after_special, out);
@@ -508,10 +572,15 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
             pos++;
             continue;
         }
-        if (pos > frag && (rc = encode_raw(t, text + frag, pos - frag, after_special, out)) < 0) return rc;
+        size_t end = pos; /* of the raw text before the token */
+        if (t->strip[id] & PI_TOK_LSTRIP)
+            while (end > frag && is_space(text[end - 1])) end--;
+        if (end > frag && (rc = encode_raw(t, text + frag, end - frag, after_special, out)) < 0) return rc;
         if ((rc = pi_ivec_push(out, id)) < 0) return rc;
         after_special = true;
         pos += t->text[id].len;
+        if (t->strip[id] & PI_TOK_RSTRIP)
+            while (pos < len && is_space(text[pos])) pos++;
         frag = pos;
     }
     if (len > frag && (rc = encode_raw(t, text + frag, len - frag, after_special, out)) < 0) return rc;

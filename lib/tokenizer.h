@@ -91,6 +91,14 @@ const char *pi_token_text(const pi_tokenizer_t *t, int32_t id, size_t *len);
 const char *pi_token_piece(const pi_tokenizer_t *t, int32_t id, size_t *len);
 enum pi_token_type pi_token_type_of(const pi_tokenizer_t *t, int32_t id);
 
+/* The pre-tokenizer alone, for tests and diagnostics: split text[0..len) into the words the
+ * byte-level BPE family named pre ("llama3", "gpt-2", "qwen2", ... as in tokenizer.ggml.pre) encodes
+ * separately. Invalid UTF-8 is read as U+FFFD first, as pi_tokenize does. Stores the words' lengths
+ * in code points to lens[0..cap) and their number in *n_out. Returns 0, -PI_ERR_RANGE when cap is
+ * too small (*n_out = the number needed) or len > PI_TOKENIZE_MAX_BYTES, -PI_ERR_NOTFOUND for an
+ * unknown name, -PI_ERR_NOMEM. */
+int pi_pretokenize(const char *pre, const char *text, size_t len, size_t *lens, size_t cap, size_t *n_out);
+
 /* ---- streaming detokenizer ---- */
 typedef struct pi_detok pi_detok_t;
 

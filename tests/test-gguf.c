@@ -266,6 +266,32 @@ static void check_tensors(const pi_gguf_t *g, uint32_t align)
     tap_ok(pi_gguf_find_tensor(g, "f32") == NULL && pi_gguf_tensor(g, N_TENSORS) == NULL, "absent tensors are NULL");
 }
 
+/* The writer's bytes read by hand, per the GGUF spec (not through the reader): the header, the first
+ * kv ("t.u8", type 0, one byte) and the file size (every tensor padded to the alignment). */
+static void check_raw_layout(const char *path, uint64_t data_offset, uint32_t align)
+{
+    size_t len;
+    uint8_t *b = read_file(path, &len);
+    uint32_t version, type;
+    uint64_t n_t, n_kv, klen, want = data_offset;
+    if (!b || len < 48) {
+        tap_ok(0, "raw layout: file readable");
+        free(b);
+        return;
+    }
+    memcpy(&version, b + 4, 4);
+    memcpy(&n_t, b + 8, 8);
+    memcpy(&n_kv, b + 16, 8);
+    memcpy(&klen, b + 24, 8);
+    memcpy(&type, b + 36, 4);
+    tap_ok(memcmp(b, "GGUF", 4) == 0 && version == 3 && n_t == N_TENSORS && n_kv == 28 && klen == 4 &&
+               memcmp(b + 32, "t.u8", 4) == 0 && type == PI_GGUF_U8 && b[40] == sc.u8,
+           "raw bytes: magic, version 3, counts, first key, type and value where the spec puts them");
+    for (int i = 0; i < N_TENSORS; i++) want += (tensors[i].bytes + align - 1) / align * align;
+    tap_is_int((long long)len, (long long)want, "file size is the data section plus each tensor padded to the alignment");
+    free(b);
+}
+
 static void test_round_trip(void)
 {
     char path[512], err[512];
@@ -282,6 +308,7 @@ static void test_round_trip(void)
     check_scalars(g);
     check_arrays(g);
     check_tensors(g, 32);
+    check_raw_layout(path, pi_gguf_data_offset(g), 32);
     pi_gguf_destroy(&g);
     tap_ok(g == NULL, "destroy NULLs the handle");
     pi_gguf_destroy(&g);

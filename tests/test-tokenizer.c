@@ -181,6 +181,51 @@ static void vocab_from_data(const char *name)
     run_vectors(name, gguf, in, out);
 }
 
+/* Pre-tokenizer splits against tests/data/pretok-vectors.txt (Python's `regex` module; see
+ * tools/gen-pretok-vectors.py and tests/data/README): every family, including llama3 and qwen2
+ * whose vocabulary files are too large to bring. */
+static void pretok_vectors(void)
+{
+    char path[1024], line[8192];
+    tap_data(path, sizeof path, "pretok-vectors.txt");
+    FILE *f = fopen(path, "r");
+    if (!f) tap_bail("cannot open %s", path);
+    char fam[32] = "";
+    int total = 0, matched = 0, shown = 0;
+    for (;;) {
+        char *l = fgets(line, sizeof line, f);
+        char *tab1 = l ? strchr(l, '\t') : NULL, *tab2 = tab1 ? strchr(tab1 + 1, '\t') : NULL;
+        if (l && (!tab1 || !tab2)) tap_bail("malformed line in %s", path);
+        if (fam[0] && (!l || strncmp(l, fam, (size_t)(tab1 - l)) != 0 || fam[tab1 - l] != 0)) {
+            tap_ok(total > 0 && matched == total, "pre-tokenizer %s: %d/%d random strings split as llama.cpp does", fam,
+                   matched, total);
+            total = matched = 0;
+        }
+        if (!l) break;
+        snprintf(fam, sizeof fam, "%.*s", (int)(tab1 - l), l);
+        char text[8192], want[512];
+        size_t tn = 0, wn = 0, got[512], gn = 0;
+        for (char *p = tab1 + 1, *e; p < tab2; p = e) {
+            unsigned long cp = strtoul(p, &e, 16);
+            if (e == p) break;
+            tn += pi_utf8_encode((uint32_t)cp, text + tn);
+        }
+        for (char *p = tab2 + 1, *e; wn < sizeof want; p = e) {
+            long v = strtol(p, &e, 10);
+            if (e == p) break;
+            want[wn++] = (char)v;
+        }
+        int ok = pi_pretokenize(fam, text, tn, got, 512, &gn) == 0 && gn == wn;
+        for (size_t i = 0; ok && i < gn; i++) ok = got[i] == (size_t)(unsigned char)want[i];
+        total++;
+        matched += ok;
+        if (!ok && shown++ < 3) diag_escaped(fam, text, tn);
+    }
+    fclose(f);
+    size_t n = 0;
+    tap_ok(pi_pretokenize("no-such-pre", "x", 1, NULL, 0, &n) == -PI_ERR_NOTFOUND, "pre-tokenizer: unknown name refused");
+}
+
 /* Large and hostile input: bounded time, a defined result. */
 static void hostile_input(const char *gguf)
 {
@@ -319,6 +364,7 @@ int main(void)
         "deepseek-llm", "deepseek-coder", "gpt-neox", "command-r", "roberta-bpe", "chameleon",
     };
     for (size_t i = 0; i < PI_ARRAY_LEN(fixtures); i++) vocab_from_fixtures(fixtures[i]);
+    pretok_vectors();
 
     char path[1024];
     tap_data(path, sizeof path, "ggml-vocab-llama-spm.gguf");

@@ -2,7 +2,7 @@
  * tools/pi-bench-matvec.c - how close the CPU matvec kernels come to this machine's memory bandwidth.
  *
  * First measures the streaming read bandwidth (a buffer much larger than the last-level cache, read
- * by 1 and by N threads, best of several passes), then, for each weight type, the rate at which
+ * by 1 and by N threads, in 64 MiB slices timed one by one, best slice), then, for each weight type, the rate at which
  * pi_matvec streams weight bytes on 1 and N threads. The weights are several copies of a rows x cols
  * matrix, together at least --working-set MiB, used in turn so that no call finds its weights in
  * cache (as in a real forward pass, where every layer's weights are read once per token). Each call
@@ -82,17 +82,22 @@ static void read_range(void *vctx, int64_t begin, int64_t end, int thread)
     c->sink[thread & 63] += s;
 }
 
-/* Best-of-passes read bandwidth in GB/s (1e9 bytes) of a bytes-sized buffer on pool's threads. */
+/* Read bandwidth in GB/s (1e9 bytes) on pool's threads: the buffer is read in 64 MiB slices (each
+ * twice the size of the largest LLC we expect), each timed on its own, for `passes` passes over the
+ * whole buffer; returns the best slice, so that it is comparable with the best matvec call. */
 static double read_bandwidth(pi_pool_t *pool, const uint64_t *buf, size_t bytes, int passes)
 {
-    struct read_ctx c = {.buf = buf};
-    int64_t n = (int64_t)(bytes / 8);
+    struct read_ctx c = {0};
+    const size_t slice = (size_t)64 << 20;
     double best = 0;
     for (int p = 0; p < passes; p++) {
-        double t0 = now_s();
-        pi_pool_for(pool, n, n / pi_pool_size(pool), read_range, &c); /* one contiguous slice per thread */
-        double dt = now_s() - t0;
-        best = PI_MAX(best, (double)bytes / dt / 1e9);
+        for (size_t off = 0; off + slice <= bytes; off += slice) {
+            int64_t n = (int64_t)(slice / 8);
+            c.buf = buf + off / 8;
+            double t0 = now_s();
+            pi_pool_for(pool, n, n / pi_pool_size(pool), read_range, &c); /* one slice part per thread */
+            best = PI_MAX(best, (double)slice / (now_s() - t0) / 1e9);
+        }
     }
     return best;
 }
@@ -196,8 +201,8 @@ int main(int argc, char **argv)
         default: usage(stderr); return 2;
         }
     }
-    if (rows < 1 || cols < 256 || cols % 256 || passes < 1 || bw_mib < 1) {
-        fprintf(stderr, "pi-bench-matvec: need ROWS >= 1, COLS a multiple of 256, PASSES >= 1\n");
+    if (rows < 1 || cols < 256 || cols % 256 || passes < 1 || bw_mib < 64) {
+        fprintf(stderr, "pi-bench-matvec: need ROWS >= 1, COLS a multiple of 256, PASSES >= 1, BW_MIB >= 64\n");
         return 2;
     }
     enum pi_type types[PI_TYPE_COUNT];
@@ -241,7 +246,7 @@ int main(int argc, char **argv)
     free(buf);
     printf("# machine: %d threads, kernel variant %s\n", max_threads, pi_kernels_variant());
     for (int i = 0; i < n_tc; i++)
-        printf("# streaming read of %zu MiB, best of %d: %.1f GB/s on %d thread%s\n", bw_mib, passes, bw[i],
+        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n", passes, bw_mib, bw[i],
                thread_counts[i], thread_counts[i] > 1 ? "s" : "");
     printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds;\n"
            "# GB/s of weights: best single call (and median); %% of the best measured bandwidth\n",

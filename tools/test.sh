@@ -40,7 +40,11 @@ passed=0; failed=0; skipped=0
 # Add the counts of one build tree's test-suite.log to the totals.
 count() {
     local f=$1/test-suite.log p fl e x s
-    if [ ! -f "$f" ]; then failed=$((failed + 1)); return; fi
+    if [ ! -f "$f" ]; then
+        # make check stopped before running the suite (a test program failed to build)
+        grep -E 'error|Error|\*\*\*' "$1/check.out" | head -40 >&2
+        log "${1##*/}: make check did not run the suite"; failed=$((failed + 1)); return
+    fi
     p=$(sed -n 's/^# PASS: *//p' "$f" | head -1)
     fl=$(sed -n 's/^# FAIL: *//p' "$f" | head -1)
     e=$(sed -n 's/^# ERROR: *//p' "$f" | head -1)

@@ -130,27 +130,43 @@ static float dot_q8_0(const void *w, const void *xq, int64_t n)
     return sum;
 }
 
-/* sum (q - 8) * y over two Q4_0 blocks (16 int32 partial sums, block 0 low, block 1 high). */
-static inline __m512i q4_0_pair(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
+/* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
+static inline __m512i load4x16(const void *p0, const void *p1, const void *p2, const void *p3)
 {
-    __m512i q = join256(pi_x86_nibbles32(a[0].qs), pi_x86_nibbles32(a[1].qs));
-    __m512i y = load2x32(b[0].qs, b[1].qs);
-    __m512i p = _mm512_sub_epi16(_mm512_maddubs_epi16(q, y), _mm512_maddubs_epi16(_mm512_set1_epi8(8), y));
-    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+    __m512i v = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)p0));
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p1), 1);
+    v = _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p2), 2);
+    return _mm512_inserti32x4(v, _mm_loadu_si128((const __m128i *)p3), 3);
+}
+
+/* Four Q4_0 blocks per register, one per 128-bit lane: the packed nibbles of block k are split into
+ * low (elements 0..15) and high (16..31) halves in place, and the activations are loaded to match.
+ * Returns 16 int32 partial sums of (q - 8) * y, lane k holding block k's four. */
+static inline __m512i q4_0_quad(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), k8 = _mm512_set1_epi8(8);
+    __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
+    __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+    __m512i ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
+    __m512i yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, ylo), _mm512_maddubs_epi16(hi, yhi));
+    __m512i o = _mm512_add_epi16(_mm512_maddubs_epi16(k8, ylo), _mm512_maddubs_epi16(k8, yhi));
+    return _mm512_madd_epi16(_mm512_sub_epi16(p, o), _mm512_set1_epi16(1));
 }
 
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
     const struct pi_block_q4_0 *a = w;
     const struct pi_block_q8_0 *b = xq;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    __m512 acc = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
         __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
-        acc0 = _mm512_fmadd_ps(pair_scales(s, 0), _mm512_cvtepi32_ps(q4_0_pair(&a[i], &b[i])), acc0);
-        acc1 = _mm512_fmadd_ps(pair_scales(s, 1), _mm512_cvtepi32_ps(q4_0_pair(&a[i + 2], &b[i + 2])), acc1);
+        __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(s));
+        acc = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(q4_0_quad(&a[i], &b[i])), acc);
     }
-    float sum = hsum512(_mm512_add_ps(acc0, acc1));
+    float sum = hsum512(acc);
     for (; i < nb; i++) {
         __m256i q = _mm256_sub_epi8(pi_x86_nibbles32(a[i].qs), _mm256_set1_epi8(8));
         __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));

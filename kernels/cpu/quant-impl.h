@@ -6,6 +6,7 @@
 #define PI_KERNELS_CPU_QUANT_IMPL_H
 
 #include <stdint.h>
+#include <string.h>
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
@@ -34,14 +35,17 @@ static inline void pi_k4_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t
 
 /* Q3_K: the 16 signed scales (value - 32) from the 12 packed bytes: low 4 bits of scale j are the low
  * (j < 8) or high (j >= 8) nibble of byte j % 8; the top 2 bits come from byte 8 + j % 4 at shift
- * 2 * (j / 4). */
+ * 2 * (j / 4). Done four scales at a time in 32-bit words. */
 static inline void pi_k3_scales(const uint8_t *s, int8_t out[16])
 {
-    for (int j = 0; j < 16; j++) {
-        int lo = j < 8 ? (s[j] & 0xF) : (s[j - 8] >> 4);
-        int hi = (s[8 + (j & 3)] >> (2 * (j >> 2))) & 3;
-        out[j] = (int8_t)((lo | (hi << 4)) - 32);
-    }
+    uint32_t a0, a1, hi, w[4];
+    memcpy(&a0, s, 4), memcpy(&a1, s + 4, 4), memcpy(&hi, s + 8, 4);
+    w[0] = (a0 & 0x0f0f0f0fu) | ((hi & 0x03030303u) << 4);
+    w[1] = (a1 & 0x0f0f0f0fu) | (((hi >> 2) & 0x03030303u) << 4);
+    w[2] = ((a0 >> 4) & 0x0f0f0f0fu) | (((hi >> 4) & 0x03030303u) << 4);
+    w[3] = ((a1 >> 4) & 0x0f0f0f0fu) | (((hi >> 6) & 0x03030303u) << 4);
+    memcpy(out, w, 16);
+    for (int j = 0; j < 16; j++) out[j] = (int8_t)(out[j] - 32);
 }
 
 #endif
