@@ -10,6 +10,7 @@
 #include "lib/log.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -71,10 +72,17 @@ void pi_coord_model_close(struct pi_coord_model *cm)
     pi_model_destroy(&cm->model);
 }
 
+/* SIGINT/SIGTERM during a one-shot run: stop generating and shut the workers down cleanly (a second
+ * signal kills at once: SA_RESETHAND). */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) { interrupted = sig; }
+
 /* Stream generated text to stdout as it comes. */
 static int emit_stdout(void *ctx, const char *text, size_t len)
 {
     size_t *total = ctx;
+    if (interrupted) return -1;
     *total += len;
     if (fwrite(text, 1, len, stdout) != len) return -1;
     return fflush(stdout) == 0 ? 0 : -1;
@@ -93,7 +101,11 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
         goto out;
     }
     e = pi_coord_engine_new(o, &cm, argv0);
-    if (!e) goto out;
+    if (!e) {
+        fprintf(stderr, "pi-coordinator: the %s could not be started (see the errors above)\n",
+                o->cfg.gpu_backend == PI_GPU_NONE ? "forward pass" : "pipeline");
+        goto out;
+    }
     struct pi_gen_request r = {0};
     r.prompt = o->prompt;
     r.tokens = o->tokens;
@@ -101,12 +113,18 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     r.n_predict = o->cfg.n_predict;
     r.logits_out = lf;
     pi_gen_params_from_config(&o->cfg, &r.sample);
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     struct pi_gen_result res;
     size_t bytes = 0;
     int rc = pi_generate(e, cm.tok, &r, emit_stdout, &bytes, &res);
     if (bytes) { fputc('\n', stdout); fflush(stdout); }
     if (rc != 0) {
-        fprintf(stderr, "pi-coordinator: generation failed: %s\n", pi_err_str(rc));
+        if (interrupted) fprintf(stderr, "pi-coordinator: interrupted by signal %d\n", (int)interrupted);
+        else fprintf(stderr, "pi-coordinator: generation failed: %s\n",
+                     rc == -PI_ERR_PEER ? "a worker of the pipeline died during the request" : pi_err_str(rc));
         goto out;
     }
     pi_info("prompt: %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.1f tok/s)%s", res.n_prompt,

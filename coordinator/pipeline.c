@@ -183,6 +183,11 @@ static int pipe_start(struct pipe_engine *p)
     argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
     argl(b, "--ctx", (long)p->base.n_ctx);
     argl(b, "--device", (long)c->gpu_device);
+    if (c->vram_budget) {
+        char vb[32];
+        snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);
+        arg(b, "--vram-budget=", vb);
+    }
     if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
         b->n = 0;

@@ -22,7 +22,7 @@
 
 #define PI_SUPER_MAX_WORKERS 65 /* one GPU worker and up to 64 CPU workers */
 #define PI_SUPER_HEARTBEAT_MS 200
-#define PI_SUPER_SILENCE_MS 2000
+#define PI_SUPER_SILENCE_MS 1000
 #define PI_SUPER_MAX_CORES 256  /* cores remembered per worker for the status */
 
 enum pi_worker_state {

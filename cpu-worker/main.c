@@ -133,12 +133,10 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     }
 }
 
-/* Serve published layers until told to stop or the exchange is aborted. */
-static int serve(struct cw *c, int64_t d)
+/* Serve published layers after `seen` until told to stop or the exchange is aborted. */
+static int serve(struct cw *c, int64_t d, uint32_t seen)
 {
-    uint32_t seen;
-    int rc = pi_exchange_join(c->ex, c->w, &seen);
-    if (rc != 0) return rc;
+    int rc;
     float *out = pi_exchange_partial(c->ex, c->w);
     for (;;) {
         if (c->link && pi_link_stopping(c->link)) return 0;
@@ -186,6 +184,10 @@ static int run(const struct cw_opts *o)
     c.work = pi_ffn_work_new(m->hp.n_embd, threads);
     c.idx = malloc((size_t)(c.part.count ? c.part.count : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
+    /* Join the exchange before READY: the GPU worker publishes only once every worker is READY, so
+     * no step can fall between the join and the first wait (doc/ipc.md, "Joining"). */
+    uint32_t seen;
+    if ((rc = pi_exchange_join(c.ex, c.w, &seen)) != 0) goto out;
     if (o->control) {
         struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_CPU_WORKER, .index = (uint32_t)o->index,
                                   .numa_node = place.node, .cores = place.cores, .n_cores = place.n_cores};
@@ -195,7 +197,7 @@ static int run(const struct cw_opts *o)
     pi_info("worker %ld/%ld: neurons %lld..%lld of %d per layer, %zu bytes on node %d, %d threads", o->index,
             o->workers, (long long)c.part.first, (long long)(c.part.first + c.part.count - 1), m->hp.n_ff,
             c.part.bytes, place.node, threads);
-    rc = serve(&c, m->hp.n_embd);
+    rc = serve(&c, m->hp.n_embd, seen);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
 out:
     pi_link_stop(&c.link);

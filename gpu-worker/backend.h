@@ -35,8 +35,7 @@ struct pi_backend_opts {
     int n_seq;            /* sequences in the cache */
     int max_tokens;       /* rows per batch (the exchange's max_tokens) */
     int device;           /* CUDA device index (cuda backend) */
-    uint64_t vram_budget; /* device bytes the cuda backend may hold (weights, KV cache, scratch); 0 = the
-                           * device's free memory less 256 MiB (kernels/cuda/cuda.h) */
+    uint64_t vram_budget; /* device bytes the backend may hold (cuda); 0 = the device's free memory */
     /* hot[il] (n_hot[il]): the neuron ids of layer il computed by this backend, any order, no
      * duplicates; borrowed for the lifetime of the backend. */
     const int32_t *const *hot;
@@ -72,7 +71,14 @@ int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backen
 /* Destroy; accepts NULL; nulls the caller's pointer. */
 void pi_backend_destroy(pi_backend_t **b);
 
+/* 0 when backend `name` is built into this program, else -PI_ERR_UNSUPPORTED (cuda without the CUDA
+ * backend) or -PI_ERR_INVAL (unknown name), with the reason logged. Checked before anything is loaded. */
+int pi_backend_check(const char *name);
+
 /* The host backend (gpu-worker/backend-host.c). */
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+/* The cuda backend (gpu-worker/backend-cuda.c), built when configure found CUDA (PI_HAVE_CUDA). */
+int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
 
 #endif

@@ -11,6 +11,7 @@
 #include "ipc/control.h"
 #include "ipc/shm.h"
 #include "lib/common.h"
+#include "lib/conf.h"
 #include "lib/log.h"
 #include "lib/model.h"
 
@@ -25,6 +26,7 @@ struct gw_opts {
     const char *backend, *model, *control, *activation;
     int step_fd, exchange_fd;
     long hot, threads, ctx, device, n_seq;
+    uint64_t vram_budget;
 };
 
 static void usage(FILE *f)
@@ -43,6 +45,7 @@ static void usage(FILE *f)
           "  --ctx N              positions per sequence; default: the model's\n"
           "  --n-seq N            sequences in the KV cache; default: 1\n"
           "  --device N           CUDA device; default: 0\n"
+          "  --vram-budget BYTES  device memory the cuda backend may hold (K/M/G suffixes); default: 0 (free memory)\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -67,7 +70,8 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         {"exchange-fd", required_argument, NULL, 'x'}, {"control", required_argument, NULL, 'c'},
         {"hot", required_argument, NULL, 'H'}, {"threads", required_argument, NULL, 't'},
         {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
-        {"n-seq", required_argument, NULL, 'S'}, {"help", no_argument, NULL, 'h'},
+        {"n-seq", required_argument, NULL, 'S'}, {"vram-budget", required_argument, NULL, 'B'},
+        {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .threads = 1, .n_seq = 1};
     int c, bad = 0;
@@ -84,6 +88,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'C': bad = parse_long(optarg, 0, 1L << 24, &o->ctx); break;
         case 'd': bad = parse_long(optarg, 0, 64, &o->device); break;
         case 'S': bad = parse_long(optarg, 1, 1024, &o->n_seq); break;
+        case 'B': bad = pi_parse_bytes(optarg, &o->vram_budget) != 0; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-gpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -91,6 +96,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         if (bad && c != '?' && c != ':') fprintf(stderr, "pi-gpu-worker: bad value '%s' (see --help)\n", optarg);
     }
     if (bad || optind < argc) { fprintf(stderr, "pi-gpu-worker: bad arguments (see --help)\n"); return -1; }
+    if (pi_backend_check(o->backend) != 0) return -1;
     if (!o->model || o->step_fd < 0 || o->exchange_fd < 0) {
         fprintf(stderr, "pi-gpu-worker: --model, --step-fd and --exchange-fd are required (see --help)\n");
         return -1;
@@ -159,7 +165,7 @@ static int run(const struct gw_opts *o)
     if (!hot || !n_hot) { free(hot); free(n_hot); rc = -PI_ERR_NOMEM; goto out; }
     for (int il = 0; il < m->hp.n_layer; il++) { hot[il] = ids; n_hot[il] = o->hot; }
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
-                                 .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device,
+                                 .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
     rc = pi_backend_new(o->backend, m, &bo, &be);
     uint32_t cores[256], n_cores = 0;

@@ -18,7 +18,7 @@
 #include "lib/log.h"
 
 static const char *const names[PI_CHAT_FORMAT_COUNT] = {
-    "llama2", "llama3", "chatml", "mistral-v1", "mistral-v3", "phi3", "gemma", "zephyr",
+    "llama2", "llama3", "chatml", "mistral-v1", "mistral-v3", "phi3", "gemma", "zephyr", "mistral-v0",
 };
 
 const char *pi_chat_name(enum pi_chat_format f)
@@ -44,8 +44,8 @@ static bool has(const char *t, const char *s) { return strstr(t, s) != NULL; }
 static int unsupported(const char *what, char *err, size_t errlen)
 {
     if (err && errlen)
-        snprintf(err, errlen, "chat template: %s is not built in (known: llama2 llama3 chatml mistral-v1 mistral-v3 "
-                 "phi3 gemma zephyr; name one to override)", what);
+        snprintf(err, errlen, "chat template: %s is not built in (known: llama2 llama3 chatml mistral-v0 mistral-v1 "
+                 "mistral-v3 phi3 gemma zephyr; name one to override)", what);
     return -PI_ERR_UNSUPPORTED;
 }
 
@@ -63,8 +63,10 @@ int pi_chat_detect(const char *t, enum pi_chat_format *out, char *err, size_t er
             if (has(t, " [INST]")) *out = PI_CHAT_MISTRAL_V1;
             else if (has(t, "\"[INST]\"")) return unsupported("mistral v3-tekken", err, errlen);
             else *out = PI_CHAT_MISTRAL_V3;
-        } else {
+        } else if (has(t, "<<SYS>>")) {
             *out = PI_CHAT_LLAMA2;
+        } else {
+            *out = PI_CHAT_MISTRAL_V0; /* [INST] without a system prompt: the original mistral templates */
         }
     } else if (has(t, "<|assistant|>") && has(t, "<|end|>")) {
         *out = PI_CHAT_PHI3;
@@ -87,8 +89,8 @@ int pi_chat_resolve(const char *name, const char *tmpl, enum pi_chat_format *out
     if (name && *name) {
         if (pi_chat_from_name(name, out) == 0) return 0;
         if (err && errlen)
-            snprintf(err, errlen, "unknown chat format \"%s\" (known: llama2 llama3 chatml mistral-v1 mistral-v3 phi3 "
-                     "gemma zephyr)", name);
+            snprintf(err, errlen, "unknown chat format \"%s\" (known: llama2 llama3 chatml mistral-v0 mistral-v1 "
+                     "mistral-v3 phi3 gemma zephyr)", name);
         pi_error("chat template \"%s\" is unknown", name);
         return -PI_ERR_NOTFOUND;
     }
@@ -261,10 +263,28 @@ static void r_zephyr(struct sb *b, const struct conv *c)
     }
 }
 
+/* mistralai/Mistral-7B-Instruct-v0.1/v0.2 (original templates): BOS, "[INST] user [/INST]", answers
+ * followed directly by EOS. The template rejects a system message; like llama.cpp, we put it with
+ * a newline before the first user message. */
+static void r_mistral_v0(struct sb *b, const struct conv *c)
+{
+    put(b, c->bos);
+    for (size_t i = 0; i < c->n; i++) {
+        if (role_of(c->m[i].role) == ROLE_USER) {
+            put(b, "[INST] ");
+            if (i == 0 && c->sys) put(b, c->sys), put(b, "\n");
+            put(b, c->m[i].content), put(b, " [/INST]");
+        } else {
+            put(b, c->m[i].content), put(b, c->eos);
+        }
+    }
+}
+
 /* Check roles; for the formats with one leading system message, split it off. */
 static int prepare(enum pi_chat_format f, struct conv *c)
 {
-    bool split = f == PI_CHAT_LLAMA2 || f == PI_CHAT_MISTRAL_V1 || f == PI_CHAT_MISTRAL_V3 || f == PI_CHAT_GEMMA;
+    bool split = f == PI_CHAT_LLAMA2 || f == PI_CHAT_MISTRAL_V0 || f == PI_CHAT_MISTRAL_V1 || f == PI_CHAT_MISTRAL_V3 ||
+                 f == PI_CHAT_GEMMA;
     for (size_t i = 0; i < c->n; i++) {
         enum role r = role_of(c->m[i].role);
         if (r == ROLE_BAD || !c->m[i].content) {
@@ -288,7 +308,7 @@ char *pi_chat_apply(enum pi_chat_format f, const struct pi_chat_msg *msgs, size_
                     const char *bos, const char *eos, int *err)
 {
     static void (*const render[PI_CHAT_FORMAT_COUNT])(struct sb *, const struct conv *) = {
-        r_llama2, r_llama3, r_chatml, r_mistral_v1, r_mistral_v3, r_phi3, r_gemma, r_zephyr,
+        r_llama2, r_llama3, r_chatml, r_mistral_v1, r_mistral_v3, r_phi3, r_gemma, r_zephyr, r_mistral_v0,
     };
     struct conv c = {msgs, n, NULL, bos ? bos : "<s>", eos ? eos : "</s>", add_generation_prompt};
     struct sb b = {0};

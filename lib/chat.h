@@ -27,6 +27,7 @@ enum pi_chat_format {
     PI_CHAT_PHI3,           /* <|role|>\n..<|end|>\n */
     PI_CHAT_GEMMA,          /* <start_of_turn>user|model\n..<end_of_turn>\n */
     PI_CHAT_ZEPHYR,         /* <|role|>\n..EOS\n */
+    PI_CHAT_MISTRAL_V0,     /* "[INST] user [/INST]answer</s>" (Mistral-7B-Instruct v0.1/v0.2 originals) */
     PI_CHAT_FORMAT_COUNT,
 };
 
@@ -35,8 +36,8 @@ struct pi_chat_msg {
     const char *content; /* NUL-terminated UTF-8 */
 };
 
-/* The format's name ("llama2", "llama3", "chatml", "mistral-v1", "mistral-v3", "phi3", "gemma",
- * "zephyr"); never NULL. */
+/* The format's name ("llama2", "llama3", "chatml", "mistral-v0", "mistral-v1", "mistral-v3", "phi3",
+ * "gemma", "zephyr"); never NULL. */
 const char *pi_chat_name(enum pi_chat_format f);
 
 /* The format called name; -PI_ERR_NOTFOUND for an unknown name. */

@@ -1,6 +1,6 @@
 /*
- * lib/tokenizer-impl.h - what the tokenizer's files share (private to lib/tokenizer.c,
- * lib/tok-spm.c, lib/tok-bpe.c, lib/tok-pre.c, lib/tok-detok.c): the vocabulary, the string hash
+ * lib/tokenizer-impl.h - what the tokenizer's files share (private to lib/tokenizer.c, lib/tok-spm.c,
+ * lib/tok-bpe.c, lib/tok-wpm.c, lib/tok-pre.c, lib/tok-detok.c): the vocabulary, the string hash
  * maps, a growable id vector, and the entry points of each family.
  */
 #ifndef PI_TOKENIZER_IMPL_H
@@ -80,6 +80,8 @@ struct pi_tokenizer {
     int32_t bos, eos, unk, pad;
     int32_t byte_tok[256];  /* SPM: id of <0xNN> (or the 1-byte token), -1 when none */
     uint32_t max_piece;     /* longest piece, bytes */
+    uint32_t max_text;      /* longest vocabulary text, bytes */
+    int32_t sep;            /* WordPiece: [SEP], appended with add_bos (-1: none) */
 
     /* Special tokens (control, user-defined, unknown) for the partition pass: a map of their
      * texts, and per first byte the distinct text lengths, longest first, so that finding the
@@ -105,6 +107,9 @@ uint32_t pi_tok_hash(const char *s, size_t n);
 /* Index of the key equal to s[0..n), or -1. */
 int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
                        const char *s, size_t n);
+/* Same with the key's pi_tok_hash() already known. */
+int64_t pi_strmap_find_hashed(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
+                              const char *s, size_t n, uint32_t h);
 /* Token id of the text s[0..n), or -1. */
 static inline int32_t pi_tok_find(const pi_tokenizer_t *t, const char *s, size_t n)
 {
@@ -131,6 +136,10 @@ struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
 
 /* SentencePiece: tokenize one raw-text fragment (the space prefix and "▁" escaping included). */
 int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out);
+
+/* WordPiece: normalise one raw-text fragment, cut it into words, cover each greedily. */
+int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out);
+#define PI_WPM_MAX_TOKEN 1024u /* longest WordPiece token accepted (bounds the work per byte) */
 
 /* Byte-level BPE: pre-tokenize one raw-text fragment and encode each word. */
 int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out);

@@ -11,8 +11,9 @@
  *  - special tokens are cut out of the text first; user-defined tokens always, control and unknown
  *    ones only when parse_special is set (we take the longest match at the leftmost position;
  *    llama.cpp scans the specials longest first, which differs only for overlapping specials);
+ *  - some models strip blanks around their special tokens, keyed on general.name (phi-3, ...);
  *  - SentencePiece adds a space before the first raw fragment and after each special token;
- *  - BOS/EOS follow the file's add_bos_token/add_eos_token flags.
+ *  - BOS/EOS follow the file's add_bos_token/add_eos_token flags (WordPiece: [CLS] ... [SEP]).
  */
 #include "config.h"
 
@@ -62,7 +63,12 @@ uint32_t pi_tok_hash(const char *s, size_t n)
 int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
                        const char *s, size_t n)
 {
-    uint32_t h = pi_tok_hash(s, n);
+    return pi_strmap_find_hashed(m, t, keys, s, n, pi_tok_hash(s, n));
+}
+
+int64_t pi_strmap_find_hashed(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
+                              const char *s, size_t n, uint32_t h)
+{
     if (!m->slot) return -1;
     for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
         uint32_t v = m->slot[i];
@@ -181,7 +187,9 @@ static int load_tokens(struct loader *L)
     for (uint32_t i = 0; i < t->n_vocab; i++) {
         struct pi_gguf_str s;
         if (pi_gguf_arr_str(L->g, "tokenizer.ggml.tokens", i, &s) < 0) return fail(L, "token %u unreadable", i);
-        if (s.len > MAX_TOKEN_BYTES) return fail(L, "token %u is %llu bytes long", i, (unsigned long long)s.len);
+        if (s.len > MAX_TOKEN_BYTES || (t->kind == PI_TOKENIZER_WPM && s.len > PI_WPM_MAX_TOKEN))
+            return fail(L, "token %u is %llu bytes long", i, (unsigned long long)s.len);
+        t->max_text = PI_MAX(t->max_text, (uint32_t)s.len);
         int rc = arena_add(t, &L->arena_cap, s.ptr, (size_t)s.len, &t->text[i]);
         if (rc < 0) return rc;
     }
@@ -255,18 +263,21 @@ static int load_flag(struct loader *L, const char *key, bool def, bool *out)
 static int load_specials(struct loader *L)
 {
     pi_tokenizer_t *t = L->t;
-    bool spm = t->kind == PI_TOKENIZER_SPM;
+    bool spm = t->kind == PI_TOKENIZER_SPM, wpm = t->kind == PI_TOKENIZER_WPM;
     int rc;
-    /* Defaults as llama.cpp's loader: SentencePiece <unk>=0 <s>=1 </s>=2; GPT-2 uses 11 for both. */
-    if ((rc = load_special_id(L, "tokenizer.ggml.bos_token_id", spm ? 1 : 11, &t->bos)) < 0 ||
-        (rc = load_special_id(L, "tokenizer.ggml.eos_token_id", spm ? 2 : 11, &t->eos)) < 0 ||
-        (rc = load_special_id(L, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1, &t->unk)) < 0 ||
+    /* Defaults as llama.cpp's loader: SentencePiece <unk>=0 <s>=1 </s>=2; GPT-2 uses 11 for both;
+     * BERT [UNK]=100 [CLS]=101 (its BOS) [SEP]=102 and no EOS. */
+    if ((rc = load_special_id(L, "tokenizer.ggml.bos_token_id", spm ? 1 : wpm ? 101 : 11, &t->bos)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.eos_token_id", spm ? 2 : wpm ? -1 : 11, &t->eos)) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.unknown_token_id", spm ? 0 : wpm ? 100 : -1, &t->unk)) < 0 ||
+        (rc = wpm ? load_special_id(L, "tokenizer.ggml.cls_token_id", t->bos, &t->bos) : 0) < 0 ||
+        (rc = load_special_id(L, "tokenizer.ggml.seperator_token_id", wpm ? 102 : -1, &t->sep)) < 0 ||
         (rc = load_special_id(L, "tokenizer.ggml.padding_token_id", -1, &t->pad)) < 0 ||
         (rc = load_special_id(L, "tokenizer.ggml.eot_token_id", -1, &t->eot)) < 0 ||
         (rc = load_special_id(L, "tokenizer.ggml.eom_token_id", -1, &t->eom)) < 0)
         return rc;
     /* Without the key, llama.cpp adds BOS for SentencePiece and the llama3 BPE family only. */
-    if ((rc = load_flag(L, "tokenizer.ggml.add_bos_token", spm || t->ignore_merges, &t->add_bos)) < 0 ||
+    if ((rc = load_flag(L, "tokenizer.ggml.add_bos_token", spm || wpm || t->ignore_merges, &t->add_bos)) < 0 ||
         (rc = load_flag(L, "tokenizer.ggml.add_eos_token", false, &t->add_eos)) < 0 ||
         (rc = load_flag(L, "tokenizer.ggml.add_space_prefix", spm, &t->add_space_prefix)) < 0)
         return rc;
@@ -313,7 +324,7 @@ static int make_piece(struct loader *L, uint32_t id)
         for (size_t i = 0; i < len;) {
             uint32_t cp;
             size_t k = pi_utf8_decode((const unsigned char *)s + i, len - i, &cp);
-            if (t->kind == PI_TOKENIZER_SPM) {
+            if (t->kind != PI_TOKENIZER_BPE) { /* SentencePiece and WordPiece: "▁" is a space */
                 if (cp == 0x2581) buf[n++] = ' ';
                 else memcpy(buf + n, s + i, k), n += k;
             } else {
@@ -449,7 +460,8 @@ static int load_model_kind(struct loader *L)
     if (pi_gguf_get_str(L->g, "tokenizer.ggml.model", &s) < 0) return fail(L, "tokenizer.ggml.model missing");
     if (pi_gguf_str_eq(s, "llama")) t->kind = PI_TOKENIZER_SPM;
     else if (pi_gguf_str_eq(s, "gpt2")) t->kind = PI_TOKENIZER_BPE;
-    else return fail(L, "tokenizer.ggml.model \"%.*s\" is not supported (llama, gpt2)", (int)PI_MIN(s.len, (uint64_t)40), s.ptr);
+    else if (pi_gguf_str_eq(s, "bert")) t->kind = PI_TOKENIZER_WPM;
+    else return fail(L, "tokenizer.ggml.model \"%.*s\" is not supported (llama, gpt2, bert)", (int)PI_MIN(s.len, (uint64_t)40), s.ptr);
     snprintf(t->pre_name, sizeof(t->pre_name), "default");
     int rc = pi_gguf_get_str(L->g, "tokenizer.ggml.pre", &s);
     if (rc == 0) {
@@ -555,6 +567,7 @@ static bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool after_special, struct pi_ivec *out)
 {
     if (t->kind == PI_TOKENIZER_SPM) return pi_spm_encode(t, s, n, t->add_space_prefix && after_special, out);
+    if (t->kind == PI_TOKENIZER_WPM) return pi_wpm_encode(t, s, n, out);
     return pi_bpe_encode(t, s, n, out);
 }
 
@@ -585,6 +598,7 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
     }
     if (len > frag && (rc = encode_raw(t, text + frag, len - frag, after_special, out)) < 0) return rc;
     if (add_bos && t->add_eos && t->eos >= 0 && (rc = pi_ivec_push(out, t->eos)) < 0) return rc;
+    if (add_bos && t->kind == PI_TOKENIZER_WPM && t->sep >= 0 && (rc = pi_ivec_push(out, t->sep)) < 0) return rc;
     return 0;
 }
 

@@ -8,6 +8,7 @@
  *   "gpt2"  byte-level BPE: a pre-tokenizer splits text into words (tokenizer.ggml.pre picks the
  *           regex family: llama3, qwen2, gpt-2, falcon, mpt, starcoder, refact, deepseek-llm,
  *           deepseek-coder, command-r, ...), then ranked merges within each word.
+ *   "bert"  WordPiece: accents dropped, lowercased, words covered greedily by the longest pieces.
  * A tokenizer is immutable after pi_tokenizer_new(): every function here may be called from several
  * threads at once on one tokenizer (each call allocates its own scratch). It copies what it needs
  * from the GGUF file, so the file may be closed afterwards.
@@ -44,6 +45,7 @@ enum pi_token_type {
 enum pi_tokenizer_kind {
     PI_TOKENIZER_SPM = 1, /* "llama" */
     PI_TOKENIZER_BPE = 2, /* "gpt2" */
+    PI_TOKENIZER_WPM = 3, /* "bert" (WordPiece, for embedding models) */
 };
 
 /* Build the tokenizer from g's tokenizer.* metadata, validating all of it (array types and lengths,

@@ -39,6 +39,30 @@ bool pi_unicode_in_dsllm_letters(uint32_t cp)
     return false;
 }
 
+/* Look cp up in sorted inclusive ranges {first, last, target}. */
+static uint32_t map_ranges(const uint32_t (*r)[3], size_t n, uint32_t cp)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (cp < r[mid][0]) hi = mid;
+        else if (cp > r[mid][1]) lo = mid + 1;
+        else return r[mid][2];
+    }
+    return cp;
+}
+
+uint32_t pi_unicode_nfd_first(uint32_t cp)
+{
+    return cp < 0xC0 ? cp : map_ranges(pi_unicode_nfd, pi_unicode_n_nfd, cp);
+}
+
+uint32_t pi_unicode_tolower(uint32_t cp)
+{
+    if (cp < 128) return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+    return map_ranges(pi_unicode_lower, pi_unicode_n_lower, cp);
+}
+
 size_t pi_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {
     unsigned char b = s[0];

@@ -38,6 +38,11 @@ uint16_t pi_unicode_flags(uint32_t cp);
 /* True when cp is in the letter class of DeepSeek-LLM's pre-tokenizer (see tools/gen-unicode.py). */
 bool pi_unicode_in_dsllm_letters(uint32_t cp);
 
+/* WordPiece preprocessing maps, as llama.cpp applies them: the first code point of cp's NFD form
+ * (precomposed letters lose their accents), and the first code point of its lowercase form. */
+uint32_t pi_unicode_nfd_first(uint32_t cp);
+uint32_t pi_unicode_tolower(uint32_t cp);
+
 /* Decode one code point from s[0..n) (n >= 1). Returns the bytes consumed (1..4) and stores the
  * code point. The length comes from the lead byte; a lead byte that cannot start a sequence, or a
  * sequence cut short or with a non-continuation byte, consumes 1 byte and yields U+FFFD (the rule
@@ -62,6 +67,10 @@ extern const size_t pi_unicode_n_runs;
 extern const uint32_t pi_unicode_run_start[];
 extern const uint16_t pi_unicode_run_flags[];
 extern const uint16_t pi_unicode_latin1[256];
+extern const size_t pi_unicode_n_nfd;
+extern const uint32_t pi_unicode_nfd[][3];
+extern const size_t pi_unicode_n_lower;
+extern const uint32_t pi_unicode_lower[][3];
 extern const size_t pi_unicode_n_dsllm;
 extern const uint32_t pi_unicode_dsllm[][2];
 

@@ -33,6 +33,7 @@ struct tcase {
     enum pi_chat_format fmt;
     const char *bos, *eos;
     const char *want;
+    bool no_system; /* the template raises on a system message: render the conversation without it */
 };
 
 static const struct tcase cases[] = {
@@ -41,7 +42,7 @@ static const struct tcase cases[] = {
      "'\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
      PI_CHAT_CHATML, "<s>", "</s>",
      "<|im_start|>system\nYou are a helpful assistant<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n"
-     "<|im_start|>assistant\n  Hi there  <|im_end|>\n<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\n"},
+     "<|im_start|>assistant\n  Hi there  <|im_end|>\n<|im_start|>user\nWho are you<|im_end|>\n<|im_start|>assistant\n", false},
     {"meta-llama/Meta-Llama-3-8B-Instruct",
      "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
      "message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
@@ -51,7 +52,7 @@ static const struct tcase cases[] = {
      "<|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant<|eot_id|>"
      "<|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
      "Hi there<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWho are you<|eot_id|>"
-     "<|start_header_id|>assistant<|end_header_id|>\n\n"},
+     "<|start_header_id|>assistant<|end_header_id|>\n\n", false},
     {"meta-llama/Llama-2-7b-chat-hf (no generation prompt in this template)",
      "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = "
      "messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
@@ -62,7 +63,7 @@ static const struct tcase cases[] = {
      "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
      "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}",
      PI_CHAT_LLAMA2, "<s>", "</s>",
-     "[INST] <<SYS>>\nYou are a helpful assistant\n<</SYS>>\n\nHello [/INST] Hi there </s><s>[INST] Who are you [/INST]"},
+     "[INST] <<SYS>>\nYou are a helpful assistant\n<</SYS>>\n\nHello [/INST] Hi there </s><s>[INST] Who are you [/INST]", false},
     {"mistralai 'v1' template (Mistral-7B-Instruct-v0.1/v0.2 with a system prompt)",
      "{%- if messages[0]['role'] == 'system' %}\n    {%- set system_message = messages[0]['content'] %}\n    {%- set "
      "loop_messages = messages[1:] %}\n{%- else %}\n    {%- set loop_messages = messages %}\n{%- endif %}\n\n"
@@ -72,7 +73,7 @@ static const struct tcase cases[] = {
      "' [/INST]' }}\n        {%- endif %}\n    {%- elif message['role'] == 'assistant' %}\n        {{- ' ' + "
      "message['content'] + eos_token}}\n    {%- endif %}\n{%- endfor %}\n",
      PI_CHAT_MISTRAL_V1, "<s>", "</s>",
-     " [INST] You are a helpful assistant\n\nHello [/INST]   Hi there  </s> [INST] Who are you [/INST]"},
+     " [INST] You are a helpful assistant\n\nHello [/INST]   Hi there  </s> [INST] Who are you [/INST]", false},
     {"mistralai 'v3' template (Mistral-7B-Instruct-v0.3, Mistral-Large-Instruct-2407; tools part abridged)",
      "{%- if messages[0][\"role\"] == \"system\" %}\n    {%- set system_message = messages[0][\"content\"] %}\n    "
      "{%- set loop_messages = messages[1:] %}\n{%- else %}\n    {%- set loop_messages = messages %}\n{%- endif %}\n"
@@ -84,14 +85,14 @@ static const struct tcase cases[] = {
      "{%- elif message[\"role\"] == \"assistant\" %}\n        {{- \" \" + message[\"content\"]|trim + eos_token}}\n"
      "    {%- endif %}\n{%- endfor %}\n",
      PI_CHAT_MISTRAL_V3, "<s>", "</s>",
-     "[INST] Hello[/INST] Hi there</s>[INST] You are a helpful assistant\n\nWho are you[/INST]"},
+     "[INST] Hello[/INST] Hi there</s>[INST] You are a helpful assistant\n\nWho are you[/INST]", false},
     {"microsoft/Phi-3-small-8k-instruct",
      "{{ bos_token }}{% for message in messages %}{{'<|' + message['role'] + '|>' + '\\n' + message['content'] + "
      "'<|end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}"
      "{% endif %}",
      PI_CHAT_PHI3, "<s>", "<|endoftext|>",
      "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\n  Hi there  <|end|>\n"
-     "<|user|>\nWho are you<|end|>\n<|assistant|>\n"},
+     "<|user|>\nWho are you<|end|>\n<|assistant|>\n", false},
     {"google/gemma-3-4b-it (text content; system prompt + \"\\n\\n\" opens the first user turn)",
      "{{ bos_token }}\n{%- if messages[0]['role'] == 'system' -%}\n    {%- set first_user_prefix = "
      "messages[0]['content'] + '\\n\\n' -%}\n    {%- set loop_messages = messages[1:] -%}\n{%- else -%}\n    "
@@ -103,7 +104,7 @@ static const struct tcase cases[] = {
      "    {{'<start_of_turn>model\\n'}}\n{%- endif -%}\n",
      PI_CHAT_GEMMA, "<bos>", "<eos>",
      "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n<start_of_turn>model\nHi there<end_of_turn>\n"
-     "<start_of_turn>user\nWho are you<end_of_turn>\n<start_of_turn>model\n"},
+     "<start_of_turn>user\nWho are you<end_of_turn>\n<start_of_turn>model\n", false},
     {"HuggingFaceH4/zephyr-7b-beta (rendered with trim_blocks, as transformers does)",
      "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\\n' + message['content'] + "
      "eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\\n' + message['content'] + eos_token }}\n"
@@ -111,7 +112,14 @@ static const struct tcase cases[] = {
      "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}",
      PI_CHAT_ZEPHYR, "<s>", "</s>",
      "<|system|>\nYou are a helpful assistant</s>\n<|user|>\nHello</s>\n<|assistant|>\n  Hi there  </s>\n"
-     "<|user|>\nWho are you</s>\n<|assistant|>\n"},
+     "<|user|>\nWho are you</s>\n<|assistant|>\n", false},
+    {"mistralai/Mistral-7B-Instruct-v0.2 (original template; raises on a system message)",
+     "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+     "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+     "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == "
+     "'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles "
+     "are supported!') }}{% endif %}{% endfor %}",
+     PI_CHAT_MISTRAL_V0, "<s>", "</s>", "[INST] Hello [/INST]  Hi there  </s>[INST] Who are you [/INST]", true},
 };
 
 static void formats(void)
@@ -123,7 +131,8 @@ static void formats(void)
         int rc = pi_chat_detect(c->tmpl, &f, err, sizeof err);
         tap_ok(rc == 0 && f == c->fmt, "%s: recognised as %s (got %s%s)", c->source, pi_chat_name(c->fmt),
                rc == 0 ? pi_chat_name(f) : "error: ", rc == 0 ? "" : err);
-        char *out = pi_chat_apply(c->fmt, conv, PI_ARRAY_LEN(conv), true, c->bos, c->eos, &rc);
+        const struct pi_chat_msg *m = c->no_system ? conv + 1 : conv;
+        char *out = pi_chat_apply(c->fmt, m, PI_ARRAY_LEN(conv) - c->no_system, true, c->bos, c->eos, &rc);
         char name[160];
         snprintf(name, sizeof name, "%s: rendering matches the template's", pi_chat_name(c->fmt));
         tap_is_str(out, c->want, name);
@@ -152,6 +161,10 @@ static void errors(void)
     struct pi_chat_msg late_sys[] = {{"user", "hi"}, {"system", "x"}};
     s = pi_chat_apply(PI_CHAT_LLAMA2, late_sys, 2, true, NULL, NULL, &rc);
     tap_ok(!s && rc == -PI_ERR_INVAL, "llama2: a system message after the first is refused");
+    s = pi_chat_apply(PI_CHAT_MISTRAL_V0, conv, PI_ARRAY_LEN(conv), true, NULL, NULL, &rc);
+    tap_is_str(s, "[INST] You are a helpful assistant\nHello [/INST]  Hi there  </s>[INST] Who are you [/INST]",
+               "mistral-v0: a system message joins the first user turn after a newline (llama.cpp's convention)");
+    free(s);
     s = pi_chat_apply(PI_CHAT_CHATML, NULL, 0, true, NULL, NULL, &rc);
     tap_is_str(s, "<|im_start|>assistant\n", "chatml: empty conversation renders only the generation prompt");
     free(s);

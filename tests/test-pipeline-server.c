@@ -39,8 +39,10 @@ static int pictl(const char *name, const char *const *args, double timeout_s)
 /* Start a server coordinator; wait until it answers status. Returns its pid or -1. */
 static pid_t start_server(const char *name)
 {
+    /* One thread per process: with several, the neuron kernel's thread split changes the float sums from
+     * run to run, and a greedy near-tie could differ between the server and the one-shot run. */
     char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
-                    "--control", endpoint, NULL};
+                    "--control", endpoint, "--cpu-threads", "1", NULL};
     pid_t pid = tp_spawn(argv, name);
     for (int i = 0; i < 400; i++) {
         const char *a[] = {"--timeout", "500", "status", NULL};
@@ -180,7 +182,7 @@ static void test_malformed(void)
 static char *oneshot_text(const char *prompt, const char *n)
 {
     char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
-                    "--prompt", (char *)prompt, "-n", (char *)n, "--temp", "0", "--log-level", "warn", NULL};
+                    "--prompt", (char *)prompt, "-n", (char *)n, "--temp", "0", "--log-level", "warn", "--cpu-threads", "1", NULL};
     if (tp_run(argv, "oneshot", TIMEOUT_S) != 0) return strdup("(one-shot failed)");
     return tp_output("oneshot", "out");
 }
@@ -190,9 +192,17 @@ static void test_kill_worker(void)
     json_t *st = status();
     pid_t victim = worker_pid(st, "cpu", 1), gpu = worker_pid(st, "gpu", 0);
     json_decref(st);
-    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "450", NULL};
+    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
     pid_t g = tp_spawn(argv, "gen-killed");
-    usleep(300000);
+    /* Kill as soon as the text streams: the request is then certainly in flight (480 tokens take
+     * over half a second even on a fast machine). */
+    char path[700];
+    snprintf(path, sizeof path, "%s/gen-killed.out", tp_dir);
+    for (int i = 0; i < 2000; i++) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
+        usleep(1000);
+    }
     kill(victim, SIGKILL);
     int rc = tp_wait(g, TIMEOUT_S);
     char *err = tp_output("gen-killed", "err");
@@ -208,6 +218,37 @@ static void test_kill_worker(void)
     tap_ok(v2 > 0 && v2 != victim && g2 != gpu && pid_runs(v2, "pi-cpu-worker") && kill(victim, 0) != 0,
            "the workers were restarted (cpu worker 1: pid %d -> %d)", (int)victim, (int)v2);
     json_decref(st);
+}
+
+/* A worker that stops answering (SIGSTOP: alive, but silent) is killed after a second of silence,
+ * the request in flight fails, and the next one is served by a fresh pipeline. */
+static void test_stop_worker(void)
+{
+    json_t *st = status();
+    pid_t victim = worker_pid(st, "cpu", 0);
+    json_decref(st);
+    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
+    pid_t g = tp_spawn(argv, "gen-stopped");
+    char path[700];
+    snprintf(path, sizeof path, "%s/gen-stopped.out", tp_dir);
+    for (int i = 0; i < 2000; i++) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
+        usleep(1000);
+    }
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    kill(victim, SIGSTOP);
+    int rc = tp_wait(g, TIMEOUT_S);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    char *err = tp_output("gen-stopped", "err");
+    tap_ok(rc == 1 && strstr(err, "died") && s < 5.0, "SIGSTOP of a CPU worker: the request fails after %.2f s: %s", s, err);
+    free(err);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
+    rc = pictl("gen-after-stop", a, TIMEOUT_S);
+    tap_is_int(rc, 0, "after the silent worker was replaced the next request succeeds");
+    kill(victim, SIGKILL); /* in case it was not */
 }
 
 /* Wait until no process mentions the test directory (at most s seconds); returns how many remain. */
@@ -271,6 +312,7 @@ int main(void)
     free(log);
 
     test_kill_worker();
+    test_stop_worker();
 
     const char *sd[] = {"shutdown", NULL};
     rc = pictl("shutdown", sd, 20);

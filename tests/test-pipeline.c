@@ -8,6 +8,7 @@
  */
 #include "config.h"
 #include "lib/common.h"
+#include "lib/model.h"
 #include "tests/test-pipeline-util.h"
 
 
@@ -46,6 +47,38 @@ static int shm_leftovers(void)
     return n;
 }
 
+
+/* --vram-budget: the documented rule (doc/pipeline.md, "Placement") computed here from the model's
+ * tensors must give the hot count the pipeline reports. */
+static void test_vram_budget(const char *ids)
+{
+    pi_model_t *m;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.no_down_t = true;
+    if (pi_model_open(model, &mo, &m, NULL, 0) != 0) tap_bail("open %s", model);
+    uint64_t fixed = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows, per = 0;
+    if (!m->tied) fixed += m->output.row_bytes * (uint64_t)m->output.rows;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        const struct pi_weight *att[] = {&L->attn_q, &L->attn_k, &L->attn_v, &L->attn_output};
+        for (int k = 0; k < 4; k++) fixed += att[k]->row_bytes * (uint64_t)att[k]->rows;
+        uint64_t down;
+        if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)m->hp.n_embd, &down)) tap_bail("row bytes");
+        per += L->ffn_gate.row_bytes + L->ffn_up.row_bytes + down;
+    }
+    pi_model_destroy(&m);
+    char budget[32], rundir[300], want[96];
+    snprintf(budget, sizeof budget, "%llu", (unsigned long long)(fixed + 300 * per + per / 2));
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    char *argv[] = {coord, "--model", model, "--tokens", (char *)ids, "-n", "1", "--vram-budget", budget,
+                    "--cpu-workers", "1", "--run-dir", rundir, "--log-level", "info", NULL};
+    int st = tp_run(argv, "vram", TIMEOUT_S);
+    char *err = tp_output("vram", "err");
+    snprintf(want, sizeof want, "300 of %d neurons per layer hot", 1024);
+    tap_ok(st == 0 && strstr(err, want), "--vram-budget %s bytes: 300 hot neurons per layer", budget);
+    free(err);
+}
 
 int main(void)
 {
@@ -91,6 +124,7 @@ int main(void)
     }
     free(ref);
     free(whole);
+    test_vram_budget(ids);
     tap_is_int(tp_count_procs(tp_dir), 0, "no process left behind");
     tap_is_int(shm_leftovers(), shm_before, "nothing new in /dev/shm");
     char rundir[300];

@@ -134,7 +134,8 @@ static void run_vectors(const char *name, const char *gguf, const char *in_path,
         line = nl + 1;
     }
     tap_ok(total > 0 && matched == total, "vocab %s (%s, pre %s): %d/%d strings match llama.cpp", name,
-           pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : "bpe", pi_tokenizer_pre(t), matched, total);
+           pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : pi_tokenizer_kind(t) == PI_TOKENIZER_WPM ? "wpm" : "bpe",
+           pi_tokenizer_pre(t), matched, total);
 done:
     pi_tokenizer_destroy(&t);
     pi_gguf_destroy(&g);
@@ -226,6 +227,39 @@ static void pretok_vectors(void)
     tap_ok(pi_pretokenize("no-such-pre", "x", 1, NULL, 0, &n) == -PI_ERR_NOTFOUND, "pre-tokenizer: unknown name refused");
 }
 
+/* Special tokens in text (parse_special), with llama.cpp's name-keyed whitespace stripping: a
+ * model named like Phi-3 drops blanks after its special tokens, others keep them. Ids from the
+ * vocabularies and their .out vectors: 15043 "▁Hello", 29871 "▁", 13 <0x0A>, 2 </s>, 32010
+ * <|user|>, 32007 <|end|>, 32001 <|assistant|>. */
+static void special_tokens(void)
+{
+    char path[1024];
+    pi_gguf_t *g = NULL;
+    int32_t ids[32];
+    size_t n = 0;
+    static const char chat[] = "<|user|>\nHello<|end|>\n<|assistant|>\n";
+    tap_data(path, sizeof path, "ggml-vocab-phi-3.gguf");
+    pi_tokenizer_t *t = open_tok(path, &g);
+    int rc = pi_tokenize(t, chat, strlen(chat), true, true, ids, 32, &n);
+    tap_ok(rc == 0 && n == 5 && ids[0] == 1 && ids[1] == 32010 && ids[2] == 15043 && ids[3] == 32007 && ids[4] == 32001,
+           "phi-3 (general.name Phi3): chat markers parsed, the newlines after them stripped (%zu ids)", n);
+    rc = pi_tokenize(t, "</s>\n", 5, false, false, ids, 32, &n);
+    tap_ok(rc == 0 && n == 1 && ids[0] == 2, "phi-3: user-defined </s> is cut out even without parse_special, blank stripped");
+    rc = pi_tokenize(t, chat, strlen(chat), false, false, ids, 32, &n);
+    tap_ok(rc == 0 && n > 5 && ids[0] != 32010, "phi-3: without parse_special the markers are plain text (%zu ids)", n);
+    pi_tokenizer_destroy(&t);
+    pi_gguf_destroy(&g);
+    tap_data(path, sizeof path, "ggml-vocab-llama-spm.gguf");
+    t = open_tok(path, &g);
+    rc = pi_tokenize(t, "</s>\n", 5, false, true, ids, 32, &n);
+    tap_ok(rc == 0 && n == 3 && ids[0] == 2 && ids[1] == 29871 && ids[2] == 13,
+           "llama-spm: </s> parsed, the newline after it kept, with the space prefix (\"▁\" <0x0A>)");
+    rc = pi_tokenize(t, "</s>", 4, false, false, ids, 32, &n);
+    tap_ok(rc == 0 && n > 1, "llama-spm: control </s> is plain text without parse_special");
+    pi_tokenizer_destroy(&t);
+    pi_gguf_destroy(&g);
+}
+
 /* Large and hostile input: bounded time, a defined result. */
 static void hostile_input(const char *gguf)
 {
@@ -235,7 +269,8 @@ static void hostile_input(const char *gguf)
     char *s = malloc(n);
     int32_t *ids = malloc(n * 2 * sizeof(*ids) + 64);
     if (!t || !s || !ids) tap_bail("setup failed");
-    const char *label = pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : pi_tokenizer_pre(t);
+    const char *label = pi_tokenizer_kind(t) == PI_TOKENIZER_BPE ? pi_tokenizer_pre(t)
+                        : pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : "wpm";
     static const char chars[] = {'a', ' ', '\n', '3', '!'};
     for (size_t c = 0; c < sizeof chars; c++) {
         size_t len = c < 2 ? n : n / 4; /* 1 MB runs of 'a' and ' ', 256 KB of the rest (CI time) */
@@ -347,6 +382,10 @@ static void unicode_tables(void)
     a = pi_utf8_decode((const unsigned char *)"\xc3(", 2, &cp);
     dec &= a == 1 && cp == PI_UTF8_REPLACEMENT;
     tap_ok(dec, "unicode: UTF-8 decoding, and U+FFFD for truncated, stray and broken sequences");
+    tap_ok(pi_unicode_nfd_first(0xE9) == 'e' && pi_unicode_nfd_first(0xC4) == 'A' && pi_unicode_nfd_first(0xAC00) == 0x1100 &&
+               pi_unicode_nfd_first('x') == 'x' && pi_unicode_tolower(0xC4) == 0xE4 && pi_unicode_tolower(0x3A3) == 0x3C3 &&
+               pi_unicode_tolower('Q') == 'q' && pi_unicode_tolower(0x4E2D) == 0x4E2D,
+           "unicode: NFD first code point (e-acute -> e, A-umlaut -> A, Hangul GA -> jamo) and lowercase");
     tap_ok(pi_unicode_in_dsllm_letters('A') && pi_unicode_in_dsllm_letters(0xB5) && !pi_unicode_in_dsllm_letters(0xD7) &&
                !pi_unicode_in_dsllm_letters(0x4E2D),
            "unicode: DeepSeek-LLM letter class (A, micro sign in; multiplication sign, CJK out)");
@@ -361,16 +400,19 @@ int main(void)
     /* the rest from the shared fixtures */
     static const char *const fixtures[] = {
         "baichuan", "llama-bpe", "qwen2", "deepseek-r1-qwen", "gpt-2", "falcon", "mpt", "starcoder", "refact",
-        "deepseek-llm", "deepseek-coder", "gpt-neox", "command-r", "roberta-bpe", "chameleon",
+        "deepseek-llm", "deepseek-coder", "gpt-neox", "command-r", "roberta-bpe", "chameleon", "bert-bge",
     };
     for (size_t i = 0; i < PI_ARRAY_LEN(fixtures); i++) vocab_from_fixtures(fixtures[i]);
     pretok_vectors();
+    special_tokens();
 
     char path[1024];
     tap_data(path, sizeof path, "ggml-vocab-llama-spm.gguf");
     hostile_input(path);
     if (tap_fixture(path, sizeof path, "vocab/ggml-vocab-gpt-2.gguf")) hostile_input(path);
     else tap_skip(7, "vocab/ggml-vocab-gpt-2.gguf not found");
+    if (tap_fixture(path, sizeof path, "vocab/ggml-vocab-bert-bge.gguf")) hostile_input(path);
+    else tap_skip(7, "vocab/ggml-vocab-bert-bge.gguf not found");
 
     bad_vocab(0, "unknown tokenizer.ggml.model");
     bad_vocab(1, "empty token list");

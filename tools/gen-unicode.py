@@ -96,6 +96,29 @@ def main():
     for i in range(0, 256, 12):
         w("    " + " ".join("0x%03X," % flags_of(c) for c in range(i, min(i + 12, 256))) + "\n")
     w("};\n\n")
+    # WordPiece (BERT) preprocessing as llama.cpp does it: each code point is replaced by the first
+    # code point of its NFD form (which drops accents from precomposed letters), then by the first
+    # code point of its lowercase form.
+    for table, fn, doc in (
+            ('nfd', lambda c: unicodedata.normalize('NFD', c)[0], 'first code point of the NFD form'),
+            ('lower', lambda c: c.lower()[0], 'first code point of the lowercase form')):
+        runs = []  # (first, last, target): consecutive code points with one target
+        for cp in range(0x110000):
+            if 0xD800 <= cp <= 0xDFFF:
+                continue
+            to = ord(fn(chr(cp)))
+            if to == cp:
+                continue
+            if runs and runs[-1][1] == cp - 1 and runs[-1][2] == to:
+                runs[-1] = (runs[-1][0], cp, to)
+            else:
+                runs.append((cp, cp, to))
+        w("/* %s: inclusive code point ranges -> %s, sorted (%d ranges). */\n" % (table, doc, len(runs)))
+        w("const size_t pi_unicode_n_%s = %d;\n" % (table, len(runs)))
+        w("const uint32_t pi_unicode_%s[%d][3] = {\n" % (table, len(runs)))
+        for i in range(0, len(runs), 4):
+            w("    " + " ".join("{0x%05X, 0x%05X, 0x%05X}," % r for r in runs[i:i + 4]) + "\n")
+        w("};\n\n")
     rng = class_ranges(DEEPSEEK_LLM_LETTERS)
     w("/* DeepSeek-LLM letter class, inclusive ranges, sorted. */\n")
     w("const size_t pi_unicode_n_dsllm = %d;\n" % len(rng))

@@ -1,13 +1,15 @@
 /*
  * tools/pi-bench-matvec.c - how close the CPU matvec kernels come to this machine's memory bandwidth.
  *
- * First measures the streaming read bandwidth (a buffer much larger than the last-level cache, read
- * by 1 and by N threads, in 64 MiB slices timed one by one, best slice), then, for each weight type, the rate at which
- * pi_matvec streams weight bytes on 1 and N threads. The weights are several copies of a rows x cols
- * matrix, together at least --working-set MiB, used in turn so that no call finds its weights in
- * cache (as in a real forward pass, where every layer's weights are read once per token). Each call
- * is timed on its own; prints a table: type, threads, GB/s of weights (best call, median call),
- * % of the measured bandwidth, kernel variant.
+ * First measures the streaming read bandwidth (a 1 GiB buffer, much larger than the last-level
+ * cache, read by 1 and by N threads in 64 MiB slices timed one by one; best slice), then, for each
+ * weight type, the rate at which pi_matvec streams weight bytes on 1 and N threads. The weights are
+ * several copies of a rows x cols matrix, together at least -w MiB, used in turn so that no call
+ * finds its weights in cache (as in a forward pass, where every layer's weights are read once per
+ * token). Each call is timed on its own. The machine may be shared and the bandwidth it gets drifts,
+ * so the read bandwidth is measured again (one pass, best slice, all thread counts) just before each
+ * type. Prints a table: type, threads, GB/s of weights (best call and median call), that bandwidth,
+ * best call as % of it, kernel variant.
  * Not a test: numbers depend on the machine and on whatever else runs on it.
  *
  *   pi-bench-matvec [-r ROWS] [-c COLS] [-t MAXTHREADS] [-m BW_MIB] [-w WORKSET_MIB] [-p PASSES] [TYPE...]
@@ -95,7 +97,7 @@ static double read_bandwidth(pi_pool_t *pool, const uint64_t *buf, size_t bytes,
             int64_t n = (int64_t)(slice / 8);
             c.buf = buf + off / 8;
             double t0 = now_s();
-            pi_pool_for(pool, n, n / pi_pool_size(pool), read_range, &c); /* one slice part per thread */
+            pi_pool_for(pool, n, 4096, read_range, &c); /* chunked like pi_matvec */
             best = PI_MAX(best, (double)slice / (now_s() - t0) / 1e9);
         }
     }
@@ -155,11 +157,15 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* GB/s of weights streamed by single pi_matvec calls, cycling through the copies for `passes` rounds
- * after one warm-up round: best and median over the calls. Each call is timed on its own so that a
- * call during which another process held the core (this machine is shared) does not spoil the rest. */
-static void matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int64_t cols, const float *x,
-                        float *y, int passes, double *best, double *median)
+struct rate {
+    double best, median; /* GB/s of weights over single calls */
+};
+
+/* Times single pi_matvec calls on pool, cycling through the copies for `passes` rounds after one
+ * warm-up round; each call on its own, so that calls during which another process held a core (the
+ * machine may be shared) do not spoil the others. */
+static struct rate matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int64_t cols, const float *x,
+                               float *y, int passes)
 {
     int n = passes * b->n_copies;
     double *rate = malloc((size_t)n * sizeof(double));
@@ -171,9 +177,9 @@ static void matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t rows, int
         rate[i] = (double)b->bytes / (now_s() - t0) / 1e9;
     }
     qsort(rate, (size_t)n, sizeof(double), cmp_double);
-    *best = rate[n - 1];
-    *median = rate[n / 2];
+    struct rate r = {.best = rate[n - 1], .median = rate[n / 2]};
     free(rate);
+    return r;
 }
 
 static void usage(FILE *f)
@@ -238,20 +244,17 @@ int main(int argc, char **argv)
         return 1;
     }
     for (size_t i = 0; i < bw_bytes / 8; i++) buf[i] = i;
-    double bw[2] = {0, 0}, bw_best = 0;
-    for (int i = 0; i < n_tc; i++) {
-        bw[i] = read_bandwidth(pools[i], buf, bw_bytes, passes);
-        bw_best = PI_MAX(bw_best, bw[i]);
-    }
-    free(buf);
+    double bw[2] = {0, 0};
+    for (int i = 0; i < n_tc; i++) bw[i] = read_bandwidth(pools[i], buf, bw_bytes, passes);
     printf("# machine: %d threads, kernel variant %s\n", max_threads, pi_kernels_variant());
     for (int i = 0; i < n_tc; i++)
         printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n", passes, bw_mib, bw[i],
                thread_counts[i], thread_counts[i] > 1 ? "s" : "");
-    printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds;\n"
-           "# GB/s of weights: best single call (and median); %% of the best measured bandwidth\n",
+    printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds.\n"
+           "# GB/s: weight bytes per second, best single call (and median); bw: the best streaming read\n"
+           "# (same method as above, any thread count) measured again just before each type; %% of bw: best / bw\n",
            (long long)rows, (long long)cols, ws_mib, passes);
-    printf("%-6s %7s %9s %9s %9s  %s\n", "type", "threads", "GB/s", "(median)", "% of bw", "variant");
+    printf("%-6s %7s %9s %9s %7s %9s  %s\n", "type", "threads", "GB/s", "(median)", "bw", "% of bw", "variant");
 
     float *x = malloc((size_t)cols * 4), *y = malloc((size_t)rows * 4);
     for (int64_t i = 0; i < cols; i++) x[i] = (float)((i * 31) % 17 - 8) / 8.0f;
@@ -261,16 +264,17 @@ int main(int argc, char **argv)
             fprintf(stderr, "pi-bench-matvec: out of memory preparing %s\n", pi_type_name(types[k]));
             return 1;
         }
+        double bw_now = 0;
+        for (int i = 0; i < n_tc; i++) bw_now = PI_MAX(bw_now, read_bandwidth(pools[i], buf, bw_bytes, 1));
         for (int i = 0; i < n_tc; i++) {
-            double r, med;
-            matvec_rate(pools[i], &b, rows, cols, x, y, passes, &r, &med);
-            printf("%-6s %7d %9.1f %9.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r, med,
-                   100.0 * r / bw_best, pi_kernels_variant());
+            struct rate r = matvec_rate(pools[i], &b, rows, cols, x, y, passes);
+            printf("%-6s %7d %9.1f %9.1f %7.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r.best,
+                   r.median, bw_now, 100.0 * r.best / bw_now, pi_kernels_variant());
             fflush(stdout);
         }
         release(&b);
     }
-    free(x), free(y);
+    free(x), free(y), free(buf);
     for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]);
     return 0;
 }

@@ -85,7 +85,8 @@ static void bench(const char *vocab, const char *what, const char *text, size_t 
     }
     const char *base = strrchr(vocab, '/');
     printf("| %-28s | %-3s %-14s | %-5s | %6.2f | %8.3f | %7.2f | %9.2f |\n", base ? base + 1 : vocab,
-           pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : "bpe", pi_tokenizer_pre(t), what, (double)len / 1e6, best,
+           pi_tokenizer_kind(t) == PI_TOKENIZER_SPM ? "spm" : pi_tokenizer_kind(t) == PI_TOKENIZER_WPM ? "wpm" : "bpe",
+           pi_tokenizer_pre(t), what, (double)len / 1e6, best,
            (double)len / 1e6 / best, (double)n / best / 1e6);
 out:
     free(ids);
