@@ -33,6 +33,7 @@ static const struct key_opt key_opts[] = {
     {"model", "model.path", "PATH"},
     {"activation", "model.activation", "ACT"},
     {"ctx", "model.ctx", "N"},
+    {"chat-template", "model.chat_template", "NAME"},
     {"run-dir", "run.dir", "DIR"},
     {"control", "control.endpoint", "ENDPOINT"},
     {"cpu-workers", "cpu.workers", "N"},

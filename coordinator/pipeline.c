@@ -28,7 +28,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
-#include <numa.h>
+#include <hwloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -278,8 +278,16 @@ static int ensure_run_dir(const char *dir)
 int pi_coord_cpu_workers(const struct pi_config *c)
 {
     if (c->cpu_workers > 0) return (int)c->cpu_workers;
-    int n = numa_available() >= 0 ? numa_num_configured_nodes() : 1;
-    return n > 0 ? PI_MIN(n, (int)PI_EXCHANGE_MAX_WORKERS) : 1;
+    static int nodes; /* NUMA nodes found by hwloc, counted once */
+    if (!nodes) {
+        hwloc_topology_t topo;
+        nodes = 1;
+        if (hwloc_topology_init(&topo) == 0) {
+            if (hwloc_topology_load(topo) == 0) nodes = PI_MAX(1, hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_NUMANODE));
+            hwloc_topology_destroy(topo);
+        }
+    }
+    return PI_MIN(nodes, (int)PI_EXCHANGE_MAX_WORKERS);
 }
 
 pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)

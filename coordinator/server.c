@@ -52,7 +52,7 @@ struct job {
 };
 
 /* generation thread -> main */
-enum { EV_READY = 1, EV_CHUNK = 2, EV_END = 3, EV_FAILED = 4 };
+enum { EV_READY = 1, EV_CHUNK = 2, EV_END = 3, EV_FAILED = 4, EV_EXIT = 5 };
 struct event {
     int kind;
     uint8_t id[ID_MAX];
@@ -118,7 +118,9 @@ static void run_job(struct server *s, struct job *j)
     struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .status = rc,
                        .n_prompt = (uint32_t)res.n_prompt, .n_generated = (uint32_t)res.n_generated};
     memcpy(ev.id, j->id, j->id_len);
-    if (rc == -PI_ERR_PEER)
+    if (rc != 0 && atomic_load(&s->cancel))
+        snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
+    else if (rc == -PI_ERR_PEER)
         snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
     else if (rc != 0)
         snprintf(ev.text, sizeof ev.text, "generation failed: %s", pi_err_str(rc));
@@ -151,6 +153,8 @@ static void *gen_main(void *arg)
         atomic_fetch_sub(&s->busy, 1);
     }
     pi_engine_destroy(&s->engine);
+    struct event bye = {.kind = EV_EXIT};
+    send_event(s, &bye);
     return NULL;
 }
 
@@ -369,9 +373,19 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     status = PI_EXIT_OK;
 out:
     if (gen_started) {
+        /* Cancel a generation in flight, and still deliver its END (and any queued request's) to the
+         * client, until the generation thread has stopped the workers and said goodbye. */
         atomic_store(&s.cancel, 1);
         struct job q = {.quit = 1};
         zmq_send(pair, &q, sizeof q, 0);
+        int to = 100;
+        zmq_setsockopt(pair, ZMQ_RCVTIMEO, &to, sizeof to);
+        for (int64_t until = pi_clock_ns() + INT64_C(10000000000); pi_clock_ns() < until;) {
+            struct event e;
+            if (zmq_recv(pair, &e, sizeof e, 0) != (int)sizeof e) continue;
+            if (e.kind == EV_EXIT) break;
+            if (ctl && (e.kind == EV_CHUNK || e.kind == EV_END)) on_event(ctl, &e);
+        }
         pthread_join(gen, NULL);
     }
     int linger = 0;

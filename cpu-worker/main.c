@@ -161,6 +161,7 @@ static int run(const struct cw_opts *o)
     if (rc != 0) return rc;
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
+    mo.no_down_t = true; /* cpu-worker/partition.c transposes only this worker's down columns */
     if (strcmp(o->activation, "auto") != 0 && pi_ffn_act_parse(o->activation, &mo.act) != 0) {
         pi_error("--activation %s: not auto, silu, relu or drelu", o->activation);
         rc = -PI_ERR_INVAL;

@@ -3,13 +3,17 @@
  *
  * Per layer the copy is three blocks, gate rows then up rows then down_t rows of the worker's
  * neurons, each block 64-byte aligned; rows keep the model's types and row sizes, so the arithmetic
- * is exactly the single-process pass's.
+ * is exactly the single-process pass's. The worker opens the model without lib/model.c's packing of
+ * every layer's transposed down weights (which would cost each worker a copy of all of them): when
+ * the file has no ffn_down_t, only this worker's columns of ffn_down are transposed, from the mapping.
  */
 #include "config.h"
 #include "cpu-worker/partition.h"
 #include "cpu-worker/numa.h"
 #include "lib/common.h"
 #include "lib/log.h"
+#include "lib/types.h"
+#include "kernels/cpu/quant.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +24,33 @@ void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64
     int64_t a = cold * w / n_workers, b = cold * (w + 1) / n_workers;
     *first = n_hot + a;
     *count = b - a;
+}
+
+/* Type of the transposed down rows when the file has none: the same rule as lib/model.c's packing
+ * (F32/F16/BF16 stay exact; quantised down weights go to Q8_0; F16 when d is not whole blocks), so a
+ * worker's rows are bit-identical to the single-process pass's. */
+static enum pi_type down_t_type(enum pi_type down, int64_t d)
+{
+    if (down == PI_TYPE_F32 || down == PI_TYPE_F16 || down == PI_TYPE_BF16) return down;
+    const struct pi_type_info *ti = pi_type_get(PI_TYPE_Q8_0);
+    return ti && d % ti->block_elems == 0 ? PI_TYPE_Q8_0 : PI_TYPE_F16;
+}
+
+/* dst (count, d) of type dt = the columns first..first+count-1 of L->ffn_down (d, n_ff), through f32:
+ * every row of the down weights is dequantised once (row, n_ff floats) and scattered into tmp. */
+static int pack_down_columns(const struct pi_layer *L, int64_t first, int64_t count, enum pi_type dt, size_t rb, char *dst)
+{
+    int64_t d = L->ffn_down.rows, ff = L->ffn_down.cols;
+    float *row = malloc((size_t)ff * sizeof *row), *tmp = malloc((size_t)(count ? count : 1) * (size_t)d * sizeof *tmp);
+    if (!row || !tmp) { free(row); free(tmp); return -PI_ERR_NOMEM; }
+    for (int64_t r = 0; r < d; r++) {
+        pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), row, ff);
+        for (int64_t j = 0; j < count; j++) tmp[(size_t)j * (size_t)d + (size_t)r] = row[first + j];
+    }
+    for (int64_t j = 0; j < count; j++) pi_quantize_row(dt, tmp + (size_t)j * (size_t)d, dst + (size_t)j * rb, d);
+    free(row);
+    free(tmp);
+    return 0;
 }
 
 /* Copy rows first..first+count-1 of src into dst (at *off in mem) and bind dst. */
@@ -41,10 +72,11 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
     size_t bytes = 0;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        if (!L->ffn_down_t.data) { pi_error("layer %d has no ffn_down_t rows to pack", il); return -PI_ERR_INVAL; }
+        uint64_t rb = L->ffn_down_t.row_bytes;
+        if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb))
+            return -PI_ERR_UNSUPPORTED;
         bytes += pi_align_up((uint64_t)p->count * L->ffn_gate.row_bytes, 64) +
-                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) +
-                 pi_align_up((uint64_t)p->count * L->ffn_down_t.row_bytes, 64);
+                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)p->count * rb, 64);
     }
     p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
     p->mem = pi_numa_alloc(bytes, node_os);
@@ -61,7 +93,18 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
         struct pi_layer *D = &p->layers[il];
         copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, p->mem, &off);
         copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, p->mem, &off);
-        copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, p->mem, &off);
+        if (L->ffn_down_t.data) {
+            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, p->mem, &off);
+            continue;
+        }
+        /* No transposed rows in the file: build just this worker's from the mapped ffn_down. */
+        enum pi_type dt = down_t_type(L->ffn_down.type, hp->n_embd);
+        uint64_t rb;
+        pi_type_row_bytes(dt, (uint64_t)hp->n_embd, &rb);
+        D->ffn_down_t = (struct pi_weight){dt, p->count, hp->n_embd, (size_t)rb, (char *)p->mem + off};
+        int rc = pack_down_columns(L, p->first, p->count, dt, (size_t)rb, (char *)p->mem + off);
+        if (rc != 0) { pi_partition_free(p); return rc; }
+        off += pi_align_up((uint64_t)p->count * rb, 64);
     }
     PI_ASSERT(off == bytes);
     return 0;

@@ -27,7 +27,8 @@ struct pi_partition {
     int node_os;
 };
 
-/* Pack worker w's neurons of m into memory on NUMA node node_os (-1: local). 0 or a negative pi_err. */
+/* Pack worker w's neurons of m into memory on NUMA node node_os (-1: local). m may be opened without
+ * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. 0 or a negative pi_err. */
 int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
 

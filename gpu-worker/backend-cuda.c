@@ -583,11 +583,7 @@ static int warm_scratch(struct cuda_backend *s)
                                 kv_at(s, 0, 0, 1), s->d_att), "start");
     }
     if (T > 2) {
-        /* The f16 copy of the input: the widest input at T rows. */
-        const bool wide = s->qd > s->d;
-        CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_o : s->d_q),
-           "start");
-        /* The dequantised tile: the weight with the largest tile, one row. */
+        /* First the dequantised tile: the weight with the largest tile, one row (a small f16 input). */
         const pi_cuda_weight_t *wt = s->out;
         const float *xt = s->d_xn;
         float *yt = s->d_logits;
@@ -604,6 +600,10 @@ static int warm_scratch(struct cuda_backend *s)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
         }
         if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
+        /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger). */
+        const bool wide = s->qd > s->d;
+        CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_o : s->d_q),
+           "start");
     }
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
@@ -674,10 +674,11 @@ static void too_big(const struct plan *p, uint64_t budget, int64_t n_hot_max, in
     const double M = 1048576.0;
     pi_error("cuda backend: the model does not fit the VRAM budget: it needs %.1f MiB (attention weights %.1f, "
              "norms %.2f, embeddings and output head %.1f, hot neurons %.1f (up to %lld per layer), KV cache %.1f "
-             "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f) but the "
-             "budget is %.1f MiB; lower the hot fraction, the context or the sequences, or raise --vram-budget",
+             "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f; %llu bytes in "
+             "all) but the budget is %.1f MiB (%llu bytes); lower the hot fraction, the context or the sequences, or "
+             "raise --vram-budget",
              p->total / M, p->attn / M, p->norms / M, p->head / M, p->hot / M, (long long)n_hot_max, p->kv / M, n_seq,
-             n_ctx, p->act / M, p->scratch / M, budget / M);
+             n_ctx, p->act / M, p->scratch / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
 }
 
 int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)

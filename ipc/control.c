@@ -238,7 +238,10 @@ static int encode_body(struct wr *w, const struct pi_ctl_msg *m)
     char *js;
     switch (m->type) {
     case PI_CTL_HELLO:
-        if (h->n_cores > PI_CTL_MAX_CORES || (h->n_cores && !h->cores)) return -PI_ERR_INVAL;
+        /* The decoder's checks, so that a bad hello fails at its sender, not at the coordinator. */
+        if (h->role < PI_ROLE_COORDINATOR || h->role > PI_ROLE_CTL || h->numa_node < -1 ||
+            h->proto_version != PI_CTL_VERSION || h->n_cores > PI_CTL_MAX_CORES || (h->n_cores && !h->cores))
+            return -PI_ERR_INVAL;
         wr_u32(w, h->role);
         wr_u32(w, h->pid);
         wr_u32(w, (uint32_t)h->numa_node);

@@ -276,7 +276,7 @@ int pi_exchange_publish(pi_exchange_t *ex, uint32_t layer, uint32_t n_tokens, ui
 
 int pi_exchange_wait_partials(pi_exchange_t *ex, uint32_t seq, unsigned spin, int64_t timeout_ns)
 {
-    int64_t deadline = timeout_ns >= 0 ? pi_clock_ns() + timeout_ns : 0;
+    int64_t deadline = timeout_ns >= 0 ? pi_futex_deadline(timeout_ns) : 0;
     for (uint32_t w = 0; w < ex->params.n_workers; w++) {
         _Atomic uint32_t *word = &ex->done[w].done_seq;
         int64_t left = PI_FUTEX_FOREVER;

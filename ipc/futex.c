@@ -133,7 +133,7 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
         if (i >= spin) break;
         pi_cpu_relax();
     }
-    if (timeout_ns >= 0) deadline = pi_clock_ns() + timeout_ns;
+    if (timeout_ns >= 0) deadline = pi_futex_deadline(timeout_ns);
     for (;;) {
         int64_t slice = PI_FUTEX_FOREVER;
         if (timeout_ns >= 0) {

@@ -57,6 +57,15 @@ int pi_futex_wake_sleepers(_Atomic uint32_t *word, _Atomic uint32_t *sleepers, i
 /* Monotonic clock in nanoseconds. */
 int64_t pi_clock_ns(void);
 
+/* The absolute pi_clock_ns() deadline timeout_ns (>= 0) from now, saturating at INT64_MAX instead
+ * of overflowing: a caller may pass INT64_MAX for "practically forever" without the sum wrapping
+ * into the past (which would time out at once). */
+static inline int64_t pi_futex_deadline(int64_t timeout_ns)
+{
+    int64_t now = pi_clock_ns();
+    return timeout_ns > INT64_MAX - now ? INT64_MAX : now + timeout_ns;
+}
+
 /* Wait until *word != seen: first `spin` reads with pi_cpu_relax between them, then futex sleeps,
  * in total at most timeout_ns. The read is an acquire load, so whatever the writer stored before
  * its release store of the new value is visible on return. Stores the value seen in *out (may be

@@ -223,16 +223,19 @@ int pi_shm_parse_fd(const char *s, int *fd)
      * (pi_shm_map_fd would still reject it, but with a less obvious message). */
     char *end;
     long v;
-    if (!s || *s < '0' || *s > '9') return -PI_ERR_INVAL;
+    if (!s || *s < '0' || *s > '9') goto bad;
     errno = 0;
     v = strtol(s, &end, 10);
-    if (errno != 0 || *end != '\0' || v > INT_MAX) return -PI_ERR_INVAL;
+    if (errno != 0 || *end != '\0' || v > INT_MAX) goto bad;
     if (fcntl((int)v, F_GETFD) < 0) {
         pi_error("shm fd %ld from the command line is not open: %s", v, strerror(errno));
         return -PI_ERR_INVAL;
     }
     *fd = (int)v;
     return 0;
+bad:
+    pi_error("shm fd \"%s\" from the command line is not a number in [0, %d]", s ? s : "(null)", INT_MAX);
+    return -PI_ERR_INVAL;
 }
 
 int pi_shm_fd(const pi_shm_t *shm) { return shm->fd; }

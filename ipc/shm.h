@@ -90,10 +90,12 @@ void pi_shm_unmap_keep_fd(pi_shm_t **p);
  * every exec is meant to inherit it). */
 int pi_shm_share_fd(const pi_shm_t *shm);
 
-/* Parse a decimal fd number from a command line ("7"); -PI_ERR_INVAL when not a plain number in
- * [0, INT_MAX] or when no such fd is open. */
+/* Parse a decimal fd number from a command line ("7"); -PI_ERR_INVAL (logged) when not a plain
+ * number in [0, INT_MAX] or when no such fd is open. */
 int pi_shm_parse_fd(const char *s, int *fd);
 
+/* The segment's fd (owned by the handle), the start of the mapping, its size in bytes (== the file
+ * size, validated), and the number of sections in the validated table. */
 int pi_shm_fd(const pi_shm_t *shm);
 void *pi_shm_base(const pi_shm_t *shm);
 uint64_t pi_shm_size(const pi_shm_t *shm);

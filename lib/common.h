@@ -45,8 +45,11 @@ __attribute__((noreturn)) void pi_assert_fail(const char *expr, const char *file
 #define PI_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define PI_MAX(a, b) ((a) > (b) ? (a) : (b))
 
-/* Overflow-checked arithmetic on sizes: return true and store the result when it fits, false
- * (leaving *out unspecified) when it would wrap. */
+/* Overflow-checked arithmetic on sizes. Mind the two polarities, which the names carry:
+ *   pi_add_overflows / pi_mul_overflows return true when the result WRAPS (then *out is unspecified)
+ *     and false when it fits:      if (pi_mul_overflows(a, b, &n)) return -PI_ERR_RANGE;
+ *   pi_size_add / pi_size_mul return true when the result FITS and false when it would wrap:
+ *                                  if (!pi_size_mul(a, b, &n)) return -PI_ERR_NOMEM; */
 static inline bool pi_add_overflows(uint64_t a, uint64_t b, uint64_t *out) { return __builtin_add_overflow(a, b, out); }
 static inline bool pi_mul_overflows(uint64_t a, uint64_t b, uint64_t *out) { return __builtin_mul_overflow(a, b, out); }
 static inline bool pi_size_add(size_t a, size_t b, size_t *out) { return !__builtin_add_overflow(a, b, out); }

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum key_kind { K_STR, K_INT, K_REAL, K_BYTES, K_ENUM };
@@ -28,6 +29,10 @@ struct key_def {
     double min, max;          /* K_INT, K_REAL bounds (inclusive) */
     const char *const *names; /* K_ENUM: NULL-terminated, index = value */
 };
+
+/* K_ENUM fields are stored through an int: the enums must have int's size. */
+_Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
+_Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
@@ -72,10 +77,11 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t len,
 
 int pi_parse_bytes(const char *s, uint64_t *out)
 {
-    if (!s || !*s) return -PI_ERR_INVAL;
+    /* A digit first: strtoull would also take leading blanks and a sign, and it turns " -1" into
+     * 2^64 - 1 without reporting an error. */
+    if (!s || *s < '0' || *s > '9') return -PI_ERR_INVAL;
     errno = 0;
     char *end;
-    if (*s == '-') return -PI_ERR_INVAL;
     unsigned long long v = strtoull(s, &end, 10);
     if (end == s) return -PI_ERR_INVAL;
     if (errno == ERANGE) return -PI_ERR_RANGE;
@@ -130,7 +136,7 @@ static int set_value(struct pi_config *cfg, const struct key_def *k, const char 
             set_err(why, wlen, "%s is out of range [%g, %g]", v, k->min, k->max);
             return -PI_ERR_RANGE;
         }
-        *(double *)((char *)cfg + k->offset) = x;
+        memcpy((char *)cfg + k->offset, &x, sizeof x);
         return 0;
     }
     case K_BYTES: {
@@ -255,8 +261,21 @@ static int handle_ini_line(void *user, const char *section, const char *name, co
 int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size_t errlen)
 {
     FILE *f = fopen(path, "r");
+    struct stat st;
     if (!f) {
         set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -PI_ERR_IO;
+    }
+    /* fopen() of a directory succeeds and its first read fails, which inih would take for an
+     * empty file: a directory given as the config must be an error, not "no settings". */
+    if (fstat(fileno(f), &st) != 0) {
+        set_err(err, errlen, "%s: fstat failed: %s", path, strerror(errno));
+        fclose(f);
+        return -PI_ERR_IO;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        set_err(err, errlen, "%s: cannot read: is a directory", path);
+        fclose(f);
         return -PI_ERR_IO;
     }
     struct load_ctx c = {cfg, path, f, 0, err, errlen, 0};

@@ -514,7 +514,8 @@ struct span {
 static int span_cmp(const void *a, const void *b)
 {
     const struct span *x = a, *y = b;
-    return x->start < y->start ? -1 : x->start > y->start ? 1 : (x->index < y->index ? -1 : 1);
+    if (x->start != y->start) return x->start < y->start ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index; /* 0 only for an element and itself */
 }
 
 /* With the data section placed: every tensor inside the file, and no two overlapping. */
@@ -607,7 +608,9 @@ int pi_gguf_open_buffer(const void *buf, size_t len, pi_gguf_t **out, char *err,
 static int map_file(const char *path, const void **base, uint64_t *size, char *err, size_t errlen)
 {
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO named as a model must fail the S_ISREG check below, not block in open()
+     * until some writer appears. It changes nothing for a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "open failed: %s", strerror(e));

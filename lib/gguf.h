@@ -6,6 +6,8 @@
  * table up front (see doc/gguf-validation.md for the rules); after it succeeds, every accessor below
  * returns only data that lies inside the mapping, so callers need no further bounds checks on offsets.
  * Accepted: GGUF v2 and v3 ("GGUF"), and PowerInfer's files (GGUF v3 with the magic "PWRI").
+ * A file is mapped, not copied: one that is truncated by someone else while open makes later reads
+ * of the cut-off part fault (SIGBUS). Model files are read-only inputs; do not rewrite them in place.
  */
 #ifndef PI_GGUF_H
 #define PI_GGUF_H
@@ -77,6 +79,9 @@ int pi_gguf_open_buffer(const void *buf, size_t len, pi_gguf_t **out, char *err,
 /* Unmap and free; accepts NULL and NULL-s the caller's pointer. */
 void pi_gguf_destroy(pi_gguf_t **g);
 
+/* What the header said, validated at open: version (2 or 3), flavour (by magic), data alignment
+ * (general.alignment or 32), the file's size in bytes, the start of the mapping (or the caller's
+ * buffer) and the file offset of the data section (a multiple of the alignment). */
 uint32_t pi_gguf_version(const pi_gguf_t *g);
 enum pi_gguf_flavour pi_gguf_flavour(const pi_gguf_t *g);
 uint32_t pi_gguf_alignment(const pi_gguf_t *g);
@@ -85,6 +90,7 @@ const void *pi_gguf_base(const pi_gguf_t *g);     /* start of the mapping */
 uint64_t pi_gguf_data_offset(const pi_gguf_t *g); /* file offset of the data section */
 
 /* ---- metadata ---- */
+/* Number of metadata entries (keys are unique: duplicates are rejected at open). */
 uint64_t pi_gguf_n_kv(const pi_gguf_t *g);
 /* Index of key, or -1 when absent. */
 int64_t pi_gguf_find_key(const pi_gguf_t *g, const char *key);
@@ -128,6 +134,7 @@ size_t pi_gguf_vtype_size(enum pi_gguf_vtype t);
 const char *pi_gguf_vtype_name(enum pi_gguf_vtype t);
 
 /* ---- tensors ---- */
+/* Number of tensors in the table (names unique, data inside the file and not overlapping). */
 uint64_t pi_gguf_n_tensors(const pi_gguf_t *g);
 /* Tensor i in file order, or NULL when i >= pi_gguf_n_tensors(). */
 const struct pi_gguf_tensor *pi_gguf_tensor(const pi_gguf_t *g, uint64_t i);

@@ -119,9 +119,10 @@ const char *pi_err_str(int err)
         [PI_ERR_DEVICE] = "device error",
         [PI_ERR_TIMEOUT] = "timed out",
     };
-    if (err < 0) err = -err;
-    if (err >= (int)PI_ARRAY_LEN(names) || !names[err]) return "unknown error";
-    return names[err];
+    /* Magnitude in unsigned arithmetic: -INT_MIN would overflow. */
+    unsigned e = err < 0 ? 0u - (unsigned)err : (unsigned)err;
+    if (e >= PI_ARRAY_LEN(names) || !names[e]) return "unknown error";
+    return names[e];
 }
 
 __attribute__((noreturn)) void pi_assert_fail(const char *expr, const char *file, int line, const char *func)

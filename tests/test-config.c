@@ -77,12 +77,16 @@ int main(void)
     pi_config_defaults(&cfg);
     rc = pi_config_load_file(&cfg, "/nonexistent/pinfer.conf", err, sizeof err);
     tap_ok(rc == -PI_ERR_IO && strstr(err, "/nonexistent/pinfer.conf: cannot open"), "missing file: %s", err);
+    rc = pi_config_load_file(&cfg, "/", err, sizeof err);
+    tap_ok(rc == -PI_ERR_IO && strstr(err, "is a directory"), "a directory is an error, not an empty file: %s", err);
 
     uint64_t b = 0;
     tap_ok(pi_parse_bytes("512M", &b) == 0 && b == 512ull << 20, "512M");
     tap_ok(pi_parse_bytes("2GiB", &b) == 0 && b == 2ull << 30, "2GiB");
     tap_ok(pi_parse_bytes("1000", &b) == 0 && b == 1000, "plain bytes");
     tap_ok(pi_parse_bytes("-1G", &b) == -PI_ERR_INVAL, "negative rejected");
+    tap_ok(pi_parse_bytes(" -1", &b) == -PI_ERR_INVAL && pi_parse_bytes("+5", &b) == -PI_ERR_INVAL,
+           "a blank or sign before the digits rejected (strtoull would wrap \" -1\" to 2^64-1)");
     tap_ok(pi_parse_bytes("99999999999T", &b) == -PI_ERR_RANGE, "overflow rejected");
     tap_ok(pi_parse_bytes("", &b) == -PI_ERR_INVAL, "empty rejected");
 

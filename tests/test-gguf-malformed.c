@@ -14,6 +14,7 @@
 #include "lib/log.h"
 #include "tests/tap.h"
 
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -507,6 +508,21 @@ static void test_files(void)
            "mapped file: tensor past the end");
     free(b.p);
     unlink(path);
+    {
+        /* A FIFO named as a model: rejected at once, not a block in open() waiting for a writer
+         * (the alarm turns a hang into a failure). */
+        char fifo[600];
+        snprintf(fifo, sizeof fifo, "%s/fifo.gguf", dir);
+        if (mkfifo(fifo, 0600) == 0) {
+            alarm(20);
+            tap_ok(pi_gguf_open(fifo, &g, err, sizeof err) == -PI_ERR_IO && strstr(err, "not a regular file") && !g,
+                   "FIFO: not a regular file, without blocking");
+            alarm(0);
+            unlink(fifo);
+        } else {
+            tap_skip(1, "mkfifo failed");
+        }
+    }
     rmdir(dir);
 }
 

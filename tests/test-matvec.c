@@ -118,5 +118,32 @@ int main(void)
     }
     for (int i = 1; i < 4; i++) pi_pool_destroy(&pools[i]);
     free(X), free(Y), free(R), free(xq);
+
+    /* odd block counts (96 = 3 blocks of 32, 33 floats) and pi_vec_mad against dequant + axpy */
+    for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+        enum pi_type t = types[k];
+        uint32_t be = pi_type_get(t)->block_elems;
+        int64_t c = be == 1 ? 33 : be == 32 ? 96 : 768, rows = 5;
+        size_t rb;
+        uint8_t *W = random_matrix(t, rows, c, &rb);
+        float *x = malloc((size_t)c * 4), *y = malloc(rows * 4), *row = malloc((size_t)c * 4);
+        float *acc = malloc((size_t)c * 4), *ref = malloc((size_t)c * 4);
+        uint8_t *q = malloc(pi_act_row_bytes(t, c));
+        for (int64_t i = 0; i < c; i++) x[i] = rndf(), acc[i] = ref[i] = rndf();
+        pi_quantize_act(t, x, q, c);
+        pi_matvec(NULL, t, W, rows, c, x, y);
+        float want[5];
+        for (int64_t r = 0; r < rows; r++) want[r] = ref_dot[t](W + (size_t)r * rb, q, c);
+        double e = rel_err(y, want, rows);
+        for (int64_t r = 0; r < rows; r++) {
+            float a = rndf();
+            pi_vec_mad(t, W + (size_t)r * rb, a, acc, c);
+            pi_dequant_row(t, W + (size_t)r * rb, row, c);
+            for (int64_t i = 0; i < c; i++) ref[i] += a * row[i];
+        }
+        tap_ok(e < 1e-5, "%s matvec with %lld columns: %.3g", pi_type_name(t), (long long)c, e);
+        tap_ok(memcmp(acc, ref, (size_t)c * 4) == 0, "%s pi_vec_mad equals dequant + axpy", pi_type_name(t));
+        free(W), free(x), free(y), free(row), free(acc), free(ref), free(q);
+    }
     return tap_done();
 }

@@ -240,7 +240,9 @@ static void test_man_keys(void)
 
 static void test_cuda_missing(void)
 {
-    const char *a[] = {"--model", model, "--prompt", "x", "-n", "1", "--gpu-backend", "cuda", NULL};
+    char rundir[300];
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    const char *a[] = {"--model", model, "--prompt", "x", "-n", "1", "--gpu-backend", "cuda", "--run-dir", rundir, NULL};
     int st = coordinator("cuda", a);
     char *err = tp_output("cuda", "err");
     /* Either this build lacks the backend, or it has it and this machine has no usable device. */

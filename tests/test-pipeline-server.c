@@ -314,10 +314,23 @@ int main(void)
     test_kill_worker();
     test_stop_worker();
 
+    /* Shut down in the middle of a generation: that request ends with a clear error. */
+    char *gargv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
+    pid_t gp = tp_spawn(gargv, "gen-shutdown");
+    char path[700];
+    snprintf(path, sizeof path, "%s/gen-shutdown.out", tp_dir);
+    for (int i = 0; i < 2000; i++) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
+        usleep(1000);
+    }
     const char *sd[] = {"shutdown", NULL};
     rc = pictl("shutdown", sd, 20);
-    int sst = tp_wait(srv, 20);
+    int sst = tp_wait(srv, 20), gst = tp_wait(gp, 20);
     tap_ok(rc == 0 && sst == 0, "pi-ctl shutdown: the coordinator exits 0 (pi-ctl %d, coordinator %d)", rc, sst);
+    err = tp_output("gen-shutdown", "err");
+    tap_ok(gst == 1 && strstr(err, "shutting down"), "the generation in flight ends with a clear error: %s", err);
+    free(err);
     tap_is_int(wait_no_procs(5), 0, "after shutdown no process is left");
     tap_is_int(dir_entries(rundir), 0, "after shutdown the run directory is empty");
     tap_is_int(dir_entries("/dev/shm"), shm_before, "after shutdown nothing new in /dev/shm");

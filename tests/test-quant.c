@@ -106,11 +106,32 @@ static void test_fixture(void)
 
 /* ---- fp16 / bf16 ---- */
 
+#ifdef __FLT16_MAX__
 static bool same_bits_or_both_nan(float a, float b)
 {
     uint32_t x, y;
     memcpy(&x, &a, 4), memcpy(&y, &b, 4);
     return x == y || (a != a && b != b);
+}
+#endif
+
+/* Reference fp32 -> fp16 by search: the largest half magnitude h with value(h) <= |f| (values are
+ * monotonic in the bits), then the nearer of h and h + 1, ties to the even one; |f| >= 65520 is Inf. */
+static uint16_t fp16_ref(float f)
+{
+    uint16_t sign = signbit(f) ? 0x8000 : 0;
+    double a = fabs((double)f);
+    if (f != f) return 0x7e00;
+    if (a >= 65520.0) return sign | 0x7c00;
+    uint32_t lo = 0, hi = 0x7bff; /* value(lo) <= a; find the largest such */
+    while (lo < hi) {
+        uint32_t mid = (lo + hi + 1) / 2;
+        if ((double)pi_fp16_to_fp32((uint16_t)mid) <= a) lo = mid;
+        else hi = mid - 1;
+    }
+    double v0 = pi_fp16_to_fp32((uint16_t)lo), v1 = lo == 0x7bff ? 65536.0 : pi_fp16_to_fp32((uint16_t)(lo + 1));
+    uint32_t pick = a - v0 < v1 - a ? lo : a - v0 > v1 - a ? lo + 1 : (lo & 1 ? lo + 1 : lo);
+    return (uint16_t)(sign | pick);
 }
 
 static void test_fp16(void)
@@ -149,6 +170,18 @@ static void test_fp16(void)
 #else
     tap_skip(1, "compiler has no _Float16");
 #endif
+    bad = 0;
+    for (int i = 0; i < 300000; i++) {
+        uint32_t bits = (uint32_t)rnd();
+        float f;
+        if (i % 3 == 1) bits = (bits & 0x83ffffffu) | 0x38000000u; /* half subnormals */
+        if (i % 3 == 2) bits = (bits & 0x8fffffffu) | 0x30000000u;
+        memcpy(&f, &bits, 4);
+        uint16_t got = pi_fp32_to_fp16(f);
+        if (f != f) bad += !((got & 0x7c00) == 0x7c00 && (got & 0x3ff));
+        else bad += got != fp16_ref(f);
+    }
+    tap_ok(bad == 0, "fp32 -> fp16 equals a search for the nearest half (ties to even) on 300k floats (%d bad)", bad);
     bad = 0;
     for (int i = 0; i < 1000000; i++) {
         uint32_t bits = (uint32_t)rnd(), lo = bits & 0xffff0000u;

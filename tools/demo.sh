@@ -4,8 +4,7 @@
 # (tests/data/demo-relu-q4_0.gguf, a small ReLU llama trained for this project's tests):
 #   1. one-shot through the process pipeline: pi-coordinator spawns pi-gpu-worker (host backend)
 #      and two pi-cpu-workers, generates 64 tokens from the prompt, prints them;
-#   2. the same prompt in the single process (--gpu-backend none), for comparison;
-#   3. a server-mode coordinator, `pi-ctl status` (the workers with their pids, NUMA nodes, cores,
+#   2. a server-mode coordinator, `pi-ctl status` (the workers with their pids, NUMA nodes, cores,
 #      neurons and memory), a generation over the control socket, and `pi-ctl shutdown`.
 # Usage: tools/demo.sh ["prompt"]. Greedy unless PI_DEMO_TEMP / PI_DEMO_SEED are set.
 set -u
@@ -66,36 +65,31 @@ printf '%s' "$prompt"
 "$coord" --model "$model" --prompt "$prompt" "${gen[@]}" --gpu-backend host --hot-fraction 0.5 --cpu-workers 2 \
     --log-level warn || die "pi-coordinator (pipeline) failed"
 echo
-log "single process (--gpu-backend none), same prompt and sampling"
-printf '%s' "$prompt"
-"$coord" --model "$model" --prompt "$prompt" "${gen[@]}" --gpu-backend none --log-level warn \
-    || die "pi-coordinator (single process) failed"
 
-if [ -x "$ctl" ]; then
-    echo
-    log "server mode: pi-coordinator with 2 CPU workers, queried with pi-ctl"
-    run=$(mktemp -d /tmp/pinfer-demo.XXXXXX)
-    ep="ipc://$run/control.sock"
-    "$coord" --model "$model" --gpu-backend host --cpu-workers 2 --run-dir "$run" --control "$ep" \
-        --log-level warn 2>"$run/coordinator.log" &
-    cpid=$!
-    trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; rm -rf "$run"' EXIT
-    ok=0
-    for _ in $(seq 100); do
-        if "$ctl" --endpoint "$ep" --timeout 500 status >"$run/status.json" 2>/dev/null; then ok=1; break; fi
-        kill -0 $cpid 2>/dev/null || break
-        sleep 0.1
-    done
-    [ $ok -eq 1 ] || { cat "$run/coordinator.log" >&2; die "the server did not answer pi-ctl status"; }
-    echo "\$ pi-ctl status"
-    cat "$run/status.json"
-    echo "\$ pi-ctl generate --prompt \"$prompt\" -n 32"
-    printf '%s' "$prompt"
-    "$ctl" --endpoint "$ep" generate --prompt "$prompt" -n 32 --temp "$temp" --seed "$seed" \
-        || die "pi-ctl generate failed"
-    echo "\$ pi-ctl shutdown"
-    "$ctl" --endpoint "$ep" shutdown || die "pi-ctl shutdown failed"
-    wait $cpid || die "the server exited with an error (see its log above)"
-    trap - EXIT
-    rm -rf "$run"
-fi
+[ -x "$ctl" ] || die "pi-ctl was not built"
+echo
+log "server mode: pi-coordinator with 2 CPU workers, queried with pi-ctl"
+run=$(mktemp -d /tmp/pinfer-demo.XXXXXX)
+ep="ipc://$run/control.sock"
+"$coord" --model "$model" --gpu-backend host --cpu-workers 2 --run-dir "$run" --control "$ep" \
+    --log-level warn 2>"$run/coordinator.log" &
+cpid=$!
+trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; rm -rf "$run"' EXIT
+ok=0
+for _ in $(seq 100); do
+    if "$ctl" --endpoint "$ep" --timeout 500 status >"$run/status.json" 2>/dev/null; then ok=1; break; fi
+    kill -0 $cpid 2>/dev/null || break
+    sleep 0.1
+done
+[ $ok -eq 1 ] || { cat "$run/coordinator.log" >&2; die "the server did not answer pi-ctl status"; }
+echo "\$ pi-ctl status"
+cat "$run/status.json"
+echo "\$ pi-ctl generate --prompt \"$prompt\" -n 32"
+printf '%s' "$prompt"
+"$ctl" --endpoint "$ep" generate --prompt "$prompt" -n 32 --temp "$temp" --seed "$seed" \
+    || die "pi-ctl generate failed"
+echo "\$ pi-ctl shutdown"
+"$ctl" --endpoint "$ep" shutdown || die "pi-ctl shutdown failed"
+wait $cpid || die "the server exited with an error (see its log above)"
+trap - EXIT
+rm -rf "$run"

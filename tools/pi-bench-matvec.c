@@ -190,6 +190,26 @@ static void usage(FILE *f)
                "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
 }
 
+/* The types named on the command line (all types with kernels when none), into types; count or -1. */
+static int parse_types(int argc, char **argv, enum pi_type *types)
+{
+    static const enum pi_type all[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
+                                       PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K,
+                                       PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
+    int n = 0;
+    for (int i = 0; i < argc && n < PI_TYPE_COUNT; i++) {
+        enum pi_type t;
+        if (!pi_type_from_name(argv[i], &t) || !pi_kernel_supported(t)) {
+            fprintf(stderr, "pi-bench-matvec: no kernel for type '%s'\n", argv[i]);
+            return -1;
+        }
+        types[n++] = t;
+    }
+    if (n == 0)
+        for (size_t i = 0; i < PI_ARRAY_LEN(all); i++) types[n++] = all[i];
+    return n;
+}
+
 int main(int argc, char **argv)
 {
     int64_t rows = 11008, cols = 4096;
@@ -212,21 +232,8 @@ int main(int argc, char **argv)
         return 2;
     }
     enum pi_type types[PI_TYPE_COUNT];
-    int n_types = 0;
-    for (int i = optind; i < argc; i++) {
-        enum pi_type t;
-        if (!pi_type_from_name(argv[i], &t) || !pi_kernel_supported(t)) {
-            fprintf(stderr, "pi-bench-matvec: no kernel for type '%s'\n", argv[i]);
-            return 2;
-        }
-        types[n_types++] = t;
-    }
-    if (n_types == 0) {
-        static const enum pi_type all[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
-                                           PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K,
-                                           PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
-        for (size_t i = 0; i < PI_ARRAY_LEN(all); i++) types[n_types++] = all[i];
-    }
+    int n_types = parse_types(argc - optind, argv + optind, types);
+    if (n_types < 0) return 2;
 
     pi_pool_t *probe = pi_pool_new(max_threads);
     if (!probe) return 1;

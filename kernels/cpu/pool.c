@@ -49,6 +49,7 @@ struct pi_pool {
     _Alignas(64) _Atomic uint32_t done;  /* chunks finished in the current job */
     _Alignas(64) _Atomic int sleepers;   /* workers in (or entering) FUTEX_WAIT */
     _Atomic int stop;
+    _Atomic int busy;                    /* a pi_pool_for is running (misuse check: not re-entrant) */
 };
 
 /* Per-worker start argument. */
@@ -178,6 +179,8 @@ void pi_pool_for(pi_pool_t *p, int64_t n, int64_t grain, pi_pool_fn fn, void *ct
         fn(ctx, 0, n, 0);
         return;
     }
+    /* one job at a time: a nested or concurrent call would deadlock or corrupt the job fields */
+    PI_ASSERT(atomic_exchange(&p->busy, 1) == 0);
     int64_t want = (int64_t)p->n_threads * CHUNKS_PER_THREAD;
     int64_t chunk = PI_MAX(grain, (n + want - 1) / want);
     p->fn = fn, p->ctx = ctx, p->n = n, p->chunk = chunk;
@@ -194,4 +197,5 @@ void pi_pool_for(pi_pool_t *p, int64_t n, int64_t grain, pi_pool_fn fn, void *ct
         if (i % 256 == 0) sched_yield();
         else cpu_relax();
     }
+    atomic_store(&p->busy, 0);
 }

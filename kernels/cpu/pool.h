@@ -4,7 +4,8 @@
  * spinning briefly and then sleeping on a futex, so a job can be started thousands of times a second.
  *
  * Threading contract: one pi_pool_for at a time per pool (not re-entrant: fn must not call
- * pi_pool_for on the same pool); different pools are independent.
+ * pi_pool_for on the same pool; a nested or concurrent call aborts through PI_ASSERT); different
+ * pools are independent.
  */
 #ifndef PI_KERNELS_CPU_POOL_H
 #define PI_KERNELS_CPU_POOL_H

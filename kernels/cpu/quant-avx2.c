@@ -118,15 +118,6 @@ static float dot_q8_0(const void *w, const void *xq, int64_t n)
     return pi_x86_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
-/* sum (q - 8) * y over one Q4_0 block as 8 int32 partial sums: maddubs(q, y) - maddubs(8, y) in
- * int16 (|.| <= 15 * 127 * 2), then pairs. */
-static inline __m256i q4_0_block(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
-{
-    __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
-    __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(pi_x86_nibbles32(a->qs), y), _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
 /* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
  * nibbles, and the activations are loaded to match ([y_i[0..15] | y_i+1[0..15]] and the same for
  * elements 16..31), so the nibble unpacking costs half as much as block by block. Returns 8 int32
@@ -404,6 +395,173 @@ static float dot_q3_K(const void *w, const void *xq, int64_t n)
     return pi_x86_hsum_ps(acc);
 }
 
+/* ---------------------------------------------------------------- dequantisers
+ * Bit-identical with the scalar ones: the same float operations in the same order, no FMA. */
+
+/* dst[0..15] = dl * q - ml (or + ml with add) for 16 int8 quants q. */
+static inline void deq16(float *dst, __m128i q, __m256 dl, __m256 ml, int add)
+{
+    __m256 f0 = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)));
+    __m256 f1 = _mm256_mul_ps(dl, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8))));
+    _mm256_storeu_ps(dst, add ? _mm256_add_ps(f0, ml) : _mm256_sub_ps(f0, ml));
+    _mm256_storeu_ps(dst + 8, add ? _mm256_add_ps(f1, ml) : _mm256_sub_ps(f1, ml));
+}
+
+/* 32 int8 quants sharing one scale (and min). */
+static inline void deq32(float *dst, __m256i q, float dl, float ml, int add)
+{
+    __m256 d = _mm256_set1_ps(dl), m = _mm256_set1_ps(ml);
+    deq16(dst, _mm256_castsi256_si128(q), d, m, add);
+    deq16(dst + 16, _mm256_extracti128_si256(q, 1), d, m, add);
+}
+
+/* 32 int8 quants, elements 0..15 with scale/min pair 0 and 16..31 with pair 1 (16-element sub-blocks). */
+static inline void deq32x2(float *dst, __m256i q, float dl0, float ml0, float dl1, float ml1)
+{
+    deq16(dst, _mm256_castsi256_si128(q), _mm256_set1_ps(dl0), _mm256_set1_ps(ml0), 0);
+    deq16(dst + 16, _mm256_extracti128_si256(q, 1), _mm256_set1_ps(dl1), _mm256_set1_ps(ml1), 0);
+}
+
+static void dequant_bf16(const void *src, float *dst, int64_t n)
+{
+    const uint8_t *a = src;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(a + 2 * i));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, a + 2 * i, 2);
+        dst[i] = pi_bf16_to_fp32(h);
+    }
+}
+
+static void dequant_q4_1(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q4_1 *a = src;
+    for (int64_t i = 0; i < n / 32; i++)
+        deq32(dst + 32 * i, pi_x86_nibbles32(a[i].qs), pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), 1);
+}
+
+static void dequant_q5_0(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q5_0 *a = src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256i hi = _mm256_andnot_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8((char)0xF0));
+        deq32(dst + 32 * i, _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi), pi_x86_h2f(a[i].d), 0.0f, 0);
+    }
+}
+
+static void dequant_q5_1(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q5_1 *a = src;
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256i hi = _mm256_and_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8(0x10));
+        deq32(dst + 32 * i, _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi), pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), 1);
+    }
+}
+
+static void dequant_q2_K(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q2_K *a = src;
+    for (int64_t i = 0; i < n / PI_QK_K; i++, dst += PI_QK_K) {
+        float d = pi_x86_h2f(a[i].d), dmin = pi_x86_h2f(a[i].dmin);
+        const uint8_t *sc = a[i].scales;
+        for (int c = 0; c < 2; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            for (int k = 0; k < 4; k++) {
+                int s = 8 * c + 2 * k;
+                __m256i qk = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), _mm256_set1_epi8(3));
+                deq32x2(dst + 128 * c + 32 * k, qk, d * (float)(sc[s] & 0xF), dmin * (float)(sc[s] >> 4),
+                        d * (float)(sc[s + 1] & 0xF), dmin * (float)(sc[s + 1] >> 4));
+            }
+        }
+    }
+}
+
+static void dequant_q3_K(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q3_K *a = src;
+    for (int64_t i = 0; i < n / PI_QK_K; i++, dst += PI_QK_K) {
+        float d = pi_x86_h2f(a[i].d);
+        int8_t sc[16];
+        pi_k3_scales(a[i].scales, sc);
+        __m256i hm = _mm256_loadu_si256((const __m256i *)a[i].hmask);
+        for (int c = 0; c < 2; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            for (int k = 0; k < 4; k++) {
+                int s = 8 * c + 2 * k;
+                __m256i qk = _mm256_and_si256(_mm256_srli_epi16(q, 2 * k), _mm256_set1_epi8(3));
+                __m256i bit = _mm256_set1_epi8((char)(1 << (4 * c + k)));
+                __m256i clr = _mm256_cmpeq_epi8(_mm256_and_si256(hm, bit), _mm256_setzero_si256());
+                qk = _mm256_sub_epi8(qk, _mm256_and_si256(clr, _mm256_set1_epi8(4)));
+                deq32x2(dst + 128 * c + 32 * k, qk, d * (float)sc[s], 0.0f, d * (float)sc[s + 1], 0.0f);
+            }
+        }
+    }
+}
+
+static void dequant_q4_K(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q4_K *a = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t i = 0; i < n / PI_QK_K; i++, dst += PI_QK_K) {
+        float d = pi_x86_h2f(a[i].d), dmin = pi_x86_h2f(a[i].dmin);
+        uint8_t k4[16];
+        _mm_storeu_si128((__m128i *)k4, pi_x86_k4_scales(a[i].scales)); /* scales 0..7, mins 8..15 */
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            deq32(dst + 64 * c, _mm256_and_si256(q, m4), d * (float)k4[2 * c], dmin * (float)k4[8 + 2 * c], 0);
+            deq32(dst + 64 * c + 32, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4), d * (float)k4[2 * c + 1],
+                  dmin * (float)k4[9 + 2 * c], 0);
+        }
+    }
+}
+
+static void dequant_q5_K(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q5_K *a = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), b16 = _mm256_set1_epi8(0x10);
+    for (int64_t i = 0; i < n / PI_QK_K; i++, dst += PI_QK_K) {
+        float d = pi_x86_h2f(a[i].d), dmin = pi_x86_h2f(a[i].dmin);
+        uint8_t k4[16];
+        _mm_storeu_si128((__m128i *)k4, pi_x86_k4_scales(a[i].scales));
+        __m256i qh = _mm256_loadu_si256((const __m256i *)a[i].qh);
+        for (int c = 0; c < 4; c++) {
+            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * c));
+            __m256i h0 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * c), 4), b16);
+            __m256i h1 = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(qh, 2 * c + 1), 4), b16);
+            deq32(dst + 64 * c, _mm256_or_si256(_mm256_and_si256(q, m4), h0), d * (float)k4[2 * c],
+                  dmin * (float)k4[8 + 2 * c], 0);
+            deq32(dst + 64 * c + 32, _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), h1),
+                  d * (float)k4[2 * c + 1], dmin * (float)k4[9 + 2 * c], 0);
+        }
+    }
+}
+
+static void dequant_q6_K(const void *src, float *dst, int64_t n)
+{
+    const struct pi_block_q6_K *a = src;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    for (int64_t i = 0; i < n / PI_QK_K; i++, dst += PI_QK_K) {
+        float d = pi_x86_h2f(a[i].d);
+        const int8_t *sc = a[i].scales;
+        for (int c = 0; c < 2; c++) {
+            const uint8_t *ql = a[i].ql + 64 * c;
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            for (int k = 0; k < 4; k++) {
+                int s = 8 * c + 2 * k;
+                deq32x2(dst + 128 * c + 32 * k, _mm256_sub_epi8(q[k], k32), d * (float)sc[s], 0.0f,
+                        d * (float)sc[s + 1], 0.0f);
+            }
+        }
+    }
+}
+
 const struct pi_kernel_table pi_kernels_avx2_raw = {
     .name = "avx2",
     .vec_dot = {
@@ -414,6 +572,9 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
         [PI_TYPE_Q5_K] = dot_q5_K, [PI_TYPE_Q6_K] = dot_q6_K,
     },
     .dequant = {
-        [PI_TYPE_F16] = dequant_f16, [PI_TYPE_Q8_0] = dequant_q8_0, [PI_TYPE_Q4_0] = dequant_q4_0,
+        [PI_TYPE_F16] = dequant_f16, [PI_TYPE_BF16] = dequant_bf16, [PI_TYPE_Q8_0] = dequant_q8_0,
+        [PI_TYPE_Q4_0] = dequant_q4_0, [PI_TYPE_Q4_1] = dequant_q4_1, [PI_TYPE_Q5_0] = dequant_q5_0,
+        [PI_TYPE_Q5_1] = dequant_q5_1, [PI_TYPE_Q2_K] = dequant_q2_K, [PI_TYPE_Q3_K] = dequant_q3_K,
+        [PI_TYPE_Q4_K] = dequant_q4_K, [PI_TYPE_Q5_K] = dequant_q5_K, [PI_TYPE_Q6_K] = dequant_q6_K,
     },
 };

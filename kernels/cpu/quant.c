@@ -536,10 +536,12 @@ static const quant_fn quant_table[PI_TYPE_COUNT] = {
 
 /* ---------------------------------------------------------------- public entry points */
 
+/* Every block size here is a power of two (1, 32, 256), so the whole-block check is a mask: this
+ * runs on every pi_vec_dot call of the sparse path. */
 static void check_row(enum pi_type t, int64_t n)
 {
     const struct pi_type_info *ti = pi_type_get((uint32_t)t);
-    PI_ASSERT(ti != NULL && n >= 0 && n % ti->block_elems == 0);
+    PI_ASSERT(ti != NULL && n >= 0 && pi_is_pow2(ti->block_elems) && (n & (int64_t)(ti->block_elems - 1)) == 0);
 }
 
 bool pi_kernel_supported(enum pi_type t)
@@ -594,4 +596,19 @@ float pi_vec_dot(enum pi_type wtype, const void *wrow, const void *xq, int64_t n
     pi_vec_dot_fn f = pi_kernel_supported(wtype) ? pi_kernels_active()->vec_dot[wtype] : NULL;
     PI_ASSERT(f != NULL);
     return f(wrow, xq, n);
+}
+
+void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n)
+{
+    check_row(t, n);
+    const struct pi_type_info *ti = pi_type_get((uint32_t)t);
+    pi_dequant_fn f = pi_kernels_active()->dequant[t];
+    PI_ASSERT(f != NULL);
+    float buf[PI_QK_K];
+    /* chunks of whole blocks: 256 elements (a multiple of every block size here) */
+    for (int64_t i = 0; i < n; i += PI_QK_K) {
+        int64_t m = PI_MIN((int64_t)PI_QK_K, n - i);
+        f((const uint8_t *)row + (size_t)(i / ti->block_elems) * ti->block_bytes, buf, m);
+        for (int64_t j = 0; j < m; j++) y[i + j] += a * buf[j];
+    }
 }

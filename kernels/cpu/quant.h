@@ -212,7 +212,8 @@ void pi_quantize_row(enum pi_type t, const float *src, void *dst, int64_t n);
 bool pi_quantize_supported(enum pi_type t);
 
 /* The activation format the dot product of weight type wtype takes: F32 for F32/F16/BF16 (activations
- * stay float32), Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K for Q2_K..Q6_K. */
+ * stay float32), Q8_0 for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K for Q2_K..Q6_K. Aborts for a type without a
+ * dot product (check pi_kernel_supported first). */
 enum pi_type pi_vec_dot_type(enum pi_type wtype);
 
 /* Bytes of one activation row of n elements prepared for weight type wtype. */
@@ -224,5 +225,10 @@ void pi_quantize_act(enum pi_type wtype, const float *x, void *xq, int64_t n);
 /* Dot product of one weight row wrow (n elements of wtype) with prepared activations xq (n elements
  * from pi_quantize_act). Uses the variant chosen at start-up. */
 float pi_vec_dot(enum pi_type wtype, const void *wrow, const void *xq, int64_t n);
+
+/* y (n,) += a * dequant(row), row holding n elements of type t (any type pi_dequant_row takes).
+ * For the sparse FFN's down projection (one active neuron's column at a time); dequantises in
+ * chunks of 256 through the active variant, so no scratch is needed. */
+void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n);
 
 #endif
