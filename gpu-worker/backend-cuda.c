@@ -13,7 +13,7 @@
  * (warm_scratch), so serving never allocates and the planned bytes are what is held.
  *
  * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K;
- * K-quants need rows of 256) and are converted to F16 on upload otherwise (logged once per type). The
+ * K-quants need rows of 256) and are converted to F16 on upload otherwise (logged). The
  * hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot, d), the
  * ffn_down_t rows in another (n_hot, d); both in the ids' order.
  *
@@ -681,6 +681,48 @@ static void too_big(const struct plan *p, uint64_t budget, int64_t n_hot_max, in
              n_ctx, p->act / M, p->scratch / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
 }
 
+/* The backend's host side: geometry from m and o, and the host arrays. NULL when out of memory. */
+static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_backend_opts *o, int n_ctx, int n_seq,
+                                          bool own_attn, int64_t n_hot_max, uint64_t planned)
+{
+    const struct pi_hparams *hp = &m->hp;
+    struct cuda_backend *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->base.ops = &cuda_ops;
+    s->base.model = m;
+    s->o = *o;
+    s->d = hp->n_embd;
+    s->hd = hp->head_dim;
+    s->n_head = hp->n_head;
+    s->n_head_kv = hp->n_head_kv;
+    s->qd = hp->n_head * hp->head_dim;
+    s->kvd = hp->n_head_kv * hp->head_dim;
+    s->n_rot = hp->n_rot;
+    s->n_layer = hp->n_layer;
+    s->n_vocab = hp->n_vocab;
+    s->n_ctx = n_ctx;
+    s->n_seq = n_seq;
+    s->T = o->max_tokens;
+    s->act = (int)hp->act; /* enum pi_ffn_act and enum pi_cuda_act share their values */
+    s->eps = hp->rms_eps;
+    s->rope_base = hp->rope_base;
+    s->own_attn = own_attn;
+    s->n_hot_max = n_hot_max;
+    s->planned = planned;
+    s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
+    s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
+    s->len = calloc((size_t)n_seq, sizeof(int32_t));
+    s->pend = calloc((size_t)n_seq, sizeof(int32_t));
+    s->seq = malloc((size_t)s->T * sizeof(int32_t));
+    s->pos = malloc((size_t)s->T * sizeof(int32_t));
+    s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
+    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start) {
+        cuda_destroy(&s->base);
+        return NULL;
+    }
+    return s;
+}
+
 int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -714,40 +756,8 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         pi_error("cuda backend: no usable CUDA device (%s)", n_dev < 0 ? "the driver cannot be reached" : "none visible");
         return -PI_ERR_DEVICE;
     }
-    struct cuda_backend *s = calloc(1, sizeof *s);
+    struct cuda_backend *s = new_host_side(m, o, n_ctx, n_seq, own_attn, n_hot_max, p.total);
     if (!s) return -PI_ERR_NOMEM;
-    s->base.ops = &cuda_ops;
-    s->base.model = m;
-    s->o = *o;
-    s->d = hp->n_embd;
-    s->hd = hp->head_dim;
-    s->n_head = hp->n_head;
-    s->n_head_kv = hp->n_head_kv;
-    s->qd = hp->n_head * hp->head_dim;
-    s->kvd = hp->n_head_kv * hp->head_dim;
-    s->n_rot = hp->n_rot;
-    s->n_layer = hp->n_layer;
-    s->n_vocab = hp->n_vocab;
-    s->n_ctx = n_ctx;
-    s->n_seq = n_seq;
-    s->T = o->max_tokens;
-    s->act = (int)hp->act; /* enum pi_ffn_act and enum pi_cuda_act share their values */
-    s->eps = hp->rms_eps;
-    s->rope_base = hp->rope_base;
-    s->own_attn = own_attn;
-    s->n_hot_max = n_hot_max;
-    s->planned = p.total;
-    s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
-    s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
-    s->len = calloc((size_t)n_seq, sizeof(int32_t));
-    s->pend = calloc((size_t)n_seq, sizeof(int32_t));
-    s->seq = malloc((size_t)s->T * sizeof(int32_t));
-    s->pos = malloc((size_t)s->T * sizeof(int32_t));
-    s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
-    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start) {
-        cuda_destroy(&s->base);
-        return -PI_ERR_NOMEM;
-    }
     s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget);
     if (!s->ctx) {
         pi_error("cuda backend: cannot open CUDA device %d", o->device);

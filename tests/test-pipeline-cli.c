@@ -256,6 +256,7 @@ int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
     tap_data(model, sizeof model, "demo-relu-q4_0.gguf");
+    tp_guard(240); /* generous: the sanitizer build on a loaded 2-core machine */
     tp_mkdir("pi-test-cli");
     test_help();
     test_config_errors();

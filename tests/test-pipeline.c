@@ -84,6 +84,7 @@ int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
     tap_data(model, sizeof model, "demo-relu-q4_0.gguf");
+    tp_guard(300); /* generous: the sanitizer build on a loaded 2-core machine */
     tp_mkdir("pi-test-pipeline");
     char gpath[512], ids[4096], ref_path[300];
     struct tp_golden gd;

@@ -170,7 +170,6 @@ struct pi_ffn_work {
     void *xq_gate;      /* x quantised for the gate rows' dot type */
     void *xq_up;        /* x quantised for the up rows' dot type (== xq_gate when the same) */
     float *acc;         /* (n_threads, d) per-thread partial sums */
-    float *row;         /* (n_threads, d) per-thread dequantised down_t row */
     int64_t *active;    /* (n_threads) contributing neurons per thread */
 };
 
@@ -186,9 +185,8 @@ pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads)
     if (posix_memalign(&w->xq_gate, 64, w->xq_bytes) != 0) w->xq_gate = NULL;
     if (posix_memalign(&w->xq_up, 64, w->xq_bytes) != 0) w->xq_up = NULL;
     if (posix_memalign((void **)&w->acc, 64, acc_bytes) != 0) w->acc = NULL;
-    if (posix_memalign((void **)&w->row, 64, acc_bytes) != 0) w->row = NULL;
     w->active = calloc((size_t)w->n_threads, sizeof *w->active);
-    if (!w->xq_gate || !w->xq_up || !w->acc || !w->row || !w->active) pi_ffn_work_destroy(&w);
+    if (!w->xq_gate || !w->xq_up || !w->acc || !w->active) pi_ffn_work_destroy(&w);
     return w;
 }
 
@@ -199,7 +197,6 @@ void pi_ffn_work_destroy(pi_ffn_work_t **pw)
     free(w->xq_gate);
     free(w->xq_up);
     free(w->acc);
-    free(w->row);
     free(w->active);
     free(w);
     *pw = NULL;
@@ -213,18 +210,12 @@ struct neuron_task {
     const int32_t *idx;
 };
 
-/* acc (d) += a * down_t row r (dequantised into row first unless it is f32). */
-static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int64_t r, float a)
+/* acc (d) += a * down_t row r: pi_vec_mad widens the row in L1-sized chunks through the dispatched
+ * dequantiser (f32 rows need no widening). */
+static void add_down_row(float *acc, const struct pi_weight *dt, int64_t r, float a)
 {
-    int64_t d = dt->cols;
-    const float *src;
-    if (dt->type == PI_TYPE_F32) {
-        src = pi_weight_row(dt, r);
-    } else {
-        pi_dequant_row(dt->type, pi_weight_row(dt, r), row, d);
-        src = row;
-    }
-    axpy(acc, a, src, d);
+    if (dt->type == PI_TYPE_F32) axpy(acc, a, pi_weight_row(dt, r), dt->cols);
+    else pi_vec_mad(dt->type, pi_weight_row(dt, r), a, acc, dt->cols);
 }
 
 static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
@@ -233,7 +224,6 @@ static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
     const struct pi_layer *L = t->L;
     int64_t d = t->w->d, active = 0;
     float *acc = t->w->acc + (size_t)thread * (size_t)d;
-    float *row = t->w->row + (size_t)thread * (size_t)d;
     PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
     for (int64_t k = begin; k < end; k++) {
         int64_t i = t->idx[k];
@@ -245,7 +235,7 @@ static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
         else if (t->act == PI_FFN_ACT_RELU) a = g * u;
         else if (u > 0.0f) a = g * u;
         else continue;
-        add_down_row(acc, row, &L->ffn_down_t, i, a);
+        add_down_row(acc, &L->ffn_down_t, i, a);
         active++;
     }
     t->w->active[thread] += active;
