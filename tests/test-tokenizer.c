@@ -12,6 +12,8 @@
  */
 #include "config.h"
 
+#include <math.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -391,6 +393,178 @@ static void unicode_tables(void)
            "unicode: DeepSeek-LLM letter class (A, micro sign in; multiplication sign, CJK out)");
 }
 
+/* ---- hostile vocabularies: random malformed metadata must load or be refused, never crash ---- */
+
+static uint64_t fz_state;
+static uint32_t fz_rand(void)
+{
+    fz_state = fz_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (uint32_t)(fz_state >> 33);
+}
+
+/* Valid UTF-8 check (RFC 3629: no overlongs, surrogates or code points past U+10FFFF). */
+static bool fz_valid_utf8(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned char b = s[i];
+        size_t len = b < 0x80 ? 1 : b >= 0xC2 && b <= 0xDF ? 2 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xF0 && b <= 0xF4 ? 4 : 0;
+        if (len == 0 || i + len > n) return false;
+        unsigned char lo = b == 0xE0 ? 0xA0 : b == 0xF0 ? 0x90 : 0x80, hi = b == 0xED ? 0x9F : b == 0xF4 ? 0x8F : 0xBF;
+        for (size_t k = 1; k < len; k++, lo = 0x80, hi = 0xBF)
+            if (s[i + k] < lo || s[i + k] > hi) return false;
+        i += len;
+    }
+    return true;
+}
+
+/* Random bytes from an alphabet that makes merges and special matches likely (NUL excluded: GGUF
+ * strings from the writer are C strings). */
+static size_t fz_text(char *buf, size_t max)
+{
+    static const char *const atoms[] = {"a", "b", " ", "\xe2\x96\x81", "\xc3\xa9", "\xc3", "\xa9", "\xff", "\x80",
+                                        "<", ">", "\xc4\xa0", "\n", "1", "!", "<0x41>", "<s>", "\xf0\x9f\x98\x80"};
+    size_t n = 0, want = fz_rand() % (max / 8 + 1);
+    while (n < want) {
+        const char *a = atoms[fz_rand() % PI_ARRAY_LEN(atoms)];
+        size_t k = strlen(a);
+        if (n + k >= max) break;
+        memcpy(buf + n, a, k);
+        n += k;
+    }
+    buf[n] = 0;
+    return n;
+}
+
+/* The metadata of one random vocabulary; which parts are malformed is random too. */
+static void fz_write_vocab(pi_gguf_writer_t *w, uint32_t n)
+{
+    static const char *const models[] = {"llama", "gpt2", "bert", "llama", "gpt2", "nonsense"};
+    static const char *const pres[] = {"default", "llama3", "qwen2", "gpt-2", "falcon", "deepseek-llm", "no-such-pre"};
+    char **tok = calloc(n, sizeof(*tok));
+    float *scores = malloc(n * sizeof(*scores));
+    int32_t *types = malloc(n * sizeof(*types));
+    uint32_t n_merges = fz_rand() % (2 * n + 1);
+    char **merges = calloc(n_merges ? n_merges : 1, sizeof(*merges));
+    if (!tok || !scores || !types || !merges) tap_bail("out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t r = fz_rand() % 100;
+        size_t len = r == 0 ? 70000 : r == 1 ? 1500 : 24; /* now and then enormous, or longer than WordPiece allows */
+        tok[i] = malloc(len + 1);
+        if (!tok[i]) tap_bail("out of memory");
+        if (r < 2) memset(tok[i], 'a', len), tok[i][len] = 0;
+        else if (r < 5) tok[i][0] = 0; /* empty piece */
+        else if (r < 10) snprintf(tok[i], len + 1, "<0x%02X>", fz_rand() % 256);
+        else fz_text(tok[i], len);
+        scores[i] = r == 3 ? NAN : r == 4 ? INFINITY : -(float)(fz_rand() % 1000) / 10.0f;
+        types[i] = fz_rand() % 50 == 0 ? (int32_t)(fz_rand() % 20) - 5 : (int32_t)(fz_rand() % 7);
+    }
+    for (uint32_t i = 0; i < n_merges; i++) {
+        merges[i] = malloc(64);
+        if (!merges[i]) tap_bail("out of memory");
+        if (fz_rand() % 40 == 0) snprintf(merges[i], 64, "%s", fz_rand() % 2 ? "ab" : " "); /* malformed */
+        else if (fz_rand() % 4 == 0) snprintf(merges[i], 64, "zz%u q%u", i, i); /* unknown tokens */
+        else snprintf(merges[i], 64, "%.20s %.20s", tok[fz_rand() % n], tok[fz_rand() % n]);
+    }
+    pi_gguf_writer_set_str(w, "tokenizer.ggml.model", models[fz_rand() % PI_ARRAY_LEN(models)]);
+    if (fz_rand() % 2) pi_gguf_writer_set_str(w, "tokenizer.ggml.pre", pres[fz_rand() % PI_ARRAY_LEN(pres)]);
+    pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, n);
+    if (fz_rand() % 8) pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, fz_rand() % 30 ? n : n - 1);
+    if (fz_rand() % 8) pi_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", fz_rand() % 30 ? PI_GGUF_I32 : PI_GGUF_F32, types, n);
+    if (fz_rand() % 8) pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", (const char *const *)merges, n_merges);
+    static const char *const ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                                      "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.eot_token_id",
+                                      "tokenizer.ggml.seperator_token_id", "tokenizer.ggml.padding_token_id"};
+    for (size_t k = 0; k < PI_ARRAY_LEN(ids); k++) {
+        uint32_t r = fz_rand() % 10;
+        if (r < 4) pi_gguf_writer_set_i32(w, ids[k], (int32_t)(fz_rand() % (n + 4)) - 2);
+        else if (r == 4) pi_gguf_writer_set_u32(w, ids[k], fz_rand() % 2 ? UINT32_MAX : n);
+        else if (r == 5) pi_gguf_writer_set_u64(w, ids[k], UINT64_MAX);
+        else if (r == 6) pi_gguf_writer_set_str(w, ids[k], "1");
+    }
+    if (fz_rand() % 4 == 0) pi_gguf_writer_set_bool(w, "tokenizer.ggml.add_eos_token", true);
+    if (fz_rand() % 8 == 0) pi_gguf_writer_set_u32(w, "tokenizer.ggml.add_bos_token", 1); /* wrong type */
+    for (uint32_t i = 0; i < n; i++) free(tok[i]);
+    for (uint32_t i = 0; i < n_merges; i++) free(merges[i]);
+    free(tok), free(scores), free(types), free(merges);
+}
+
+/* Tokenize random text with t, detokenize the result and random ids (out of range too). 0 = all as
+ * the contracts say. */
+static int fz_exercise(const pi_tokenizer_t *t)
+{
+    int32_t nv = pi_tokenizer_n_vocab(t), ids[4096];
+    char text[2048], *out = NULL;
+    int bad = 0;
+    size_t cap = pi_detok_max_push(t), n = 0, len;
+    out = malloc(cap);
+    pi_detok_t *d = pi_detok_new(t, fz_rand() % 2);
+    if (!out || !d) tap_bail("out of memory");
+    for (int rep = 0; rep < 4; rep++) {
+        size_t tl = fz_text(text, sizeof text);
+        if (fz_rand() % 2 && nv > 0) { /* splice a vocabulary text in, special ones included */
+            const char *s = pi_token_text(t, (int32_t)(fz_rand() % (uint32_t)nv), &len);
+            if (s && tl + len < sizeof text) memcpy(text + tl, s, len), tl += len;
+        }
+        int rc = pi_tokenize(t, text, tl, fz_rand() % 2, fz_rand() % 2, ids, PI_ARRAY_LEN(ids), &n);
+        if (rc == -PI_ERR_UNSUPPORTED) continue; /* SentencePiece without byte tokens nor <unk> */
+        if (rc != 0) bad++;
+        for (size_t i = 0; rc == 0 && i < n; i++) {
+            if (ids[i] < 0 || ids[i] >= nv) bad++;
+            int w = pi_detok_push(d, ids[i], out, cap);
+            if (w < 0 || !fz_valid_utf8((unsigned char *)out, (size_t)w)) bad++;
+        }
+    }
+    static const int32_t wild[] = {-1, INT32_MIN, INT32_MAX};
+    for (size_t k = 0; k < PI_ARRAY_LEN(wild) + 1; k++) {
+        int32_t id = k < PI_ARRAY_LEN(wild) ? wild[k] : nv;
+        if (pi_detok_push(d, id, out, cap) != -PI_ERR_INVAL || pi_token_piece(t, id, &len) || len ||
+            pi_token_text(t, id, &len) || pi_tokenizer_is_eog(t, id))
+            bad++;
+    }
+    int w = pi_detok_flush(d, out, cap);
+    if (w < 0 || !fz_valid_utf8((unsigned char *)out, (size_t)w)) bad++;
+    pi_detok_destroy(&d);
+    free(out);
+    return bad;
+}
+
+static void hostile_vocabs(int count)
+{
+    const char *s = getenv("PI_SEED");
+    uint64_t seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
+    fz_state = seed;
+    tap_diag("hostile vocabularies: seed %llu (set PI_SEED to repeat)", (unsigned long long)seed);
+    char path[] = "/tmp/pi-test-tokenizer-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) tap_bail("mkstemp failed");
+    close(fd);
+    int loaded = 0, refused = 0, silent = 0, bad = 0;
+    for (int i = 0; i < count; i++) {
+        pi_gguf_writer_t *w = pi_gguf_writer_new();
+        if (!w) tap_bail("out of memory");
+        fz_write_vocab(w, 1 + fz_rand() % 40);
+        if (pi_gguf_writer_write(w, path) < 0) tap_bail("writing %s failed", path);
+        pi_gguf_writer_destroy(&w);
+        pi_gguf_t *g = NULL;
+        char err[256] = "";
+        if (pi_gguf_open(path, &g, err, sizeof err) < 0) tap_bail("reopen failed: %s", err);
+        pi_tokenizer_t *t = pi_tokenizer_new(g, err, sizeof err);
+        pi_gguf_destroy(&g); /* the tokenizer must not depend on the file */
+        if (!t) {
+            refused++;
+            silent += err[0] == 0;
+            continue;
+        }
+        loaded++;
+        bad += fz_exercise(t);
+        pi_tokenizer_destroy(&t);
+    }
+    unlink(path);
+    tap_ok(silent == 0, "hostile vocabularies: %d refused, each with a reason (%d without)", refused, silent);
+    tap_ok(loaded > 0 && bad == 0, "hostile vocabularies: %d loaded; tokenize + detokenize (random and out-of-range ids) "
+           "as the contracts say (%d violations)", loaded, bad);
+}
+
 int main(void)
 {
     unicode_tables();
@@ -420,5 +594,6 @@ int main(void)
     bad_vocab(3, "token type out of range");
     bad_vocab(4, "bos_token_id out of range");
     bad_vocab(5, "");
+    hostile_vocabs(300);
     return tap_done();
 }
