@@ -32,6 +32,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -307,6 +309,20 @@ static int control_endpoint(const struct pi_config *c, char *out, size_t len)
     return pi_ctl_endpoint(c->run_dir, "control", out, len);
 }
 
+/* True when a process accepts connections on the ipc:// endpoint ep: ZeroMQ's bind would silently
+ * replace its socket file, leaving that coordinator unreachable. */
+static bool endpoint_in_use(const char *ep)
+{
+    if (strncmp(ep, "ipc://", 6) != 0 || strlen(ep + 6) >= sizeof(((struct sockaddr_un *)0)->sun_path)) return false;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, ep + 6, strlen(ep + 6) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool used = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return used;
+}
+
 /* Serve until a signal or a SHUTDOWN. */
 static void serve(struct server *s, void *ctl, void *pair, int sfd)
 {
@@ -341,7 +357,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *ctl = NULL, *pair = NULL;
     pthread_t gen;
-    bool gen_started = false;
+    bool gen_started = false, bound = false;
     /* Block the stop signals in every thread; the main thread reads them from a signalfd. */
     sigset_t set;
     sigemptyset(&set);
@@ -355,10 +371,15 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     pair = zmq_socket(s.zctx, ZMQ_PAIR);
     s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);
     if (!ctl || !pair || !s.gen_sock || zmq_bind(pair, GEN_EP) != 0 || zmq_connect(s.gen_sock, GEN_EP) != 0) goto out;
+    if (endpoint_in_use(s.endpoint)) {
+        fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
+        goto out;
+    }
     if (pi_ctl_bind(ctl, s.endpoint) != 0) {
         fprintf(stderr, "pi-coordinator: cannot serve on %s (another coordinator there?)\n", s.endpoint);
         goto out;
     }
+    bound = true;
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -395,7 +416,7 @@ out:
     if (s.gen_sock) zmq_close(s.gen_sock);
     pi_ctl_close(&ctl);
     if (s.zctx) zmq_ctx_term(s.zctx);
-    if (strncmp(s.endpoint, "ipc://", 6) == 0) unlink(s.endpoint + 6);
+    if (bound && strncmp(s.endpoint, "ipc://", 6) == 0) unlink(s.endpoint + 6); /* only our own socket */
     if (sfd >= 0) close(sfd);
     pi_coord_model_close(&cm);
     return status;

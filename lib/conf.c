@@ -44,7 +44,7 @@ static const struct key_def keys[] = {
     {{"model", "ctx", "0", "context length per sequence; 0 = the model's"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL},
     {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL},
-    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control"}, K_STR, OFF(control_endpoint), 0, 0, NULL},
+    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 256, NULL},
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names},

@@ -110,11 +110,12 @@ static void strmap_free(struct pi_strmap *m)
     m->slot = m->hash = NULL;
 }
 
-/* Append n bytes to the arena; stores where they went in *out. */
+/* Append n bytes to the arena; stores where they went in *out. The arena is allocated even when every
+ * string is empty, so that pi_tstr_ptr() never does arithmetic on (or hands memcmp) a NULL pointer. */
 static int arena_add(pi_tokenizer_t *t, size_t *cap, const char *s, size_t n, struct pi_tstr *out)
 {
     if (t->arena_len + n > UINT32_MAX) return -PI_ERR_RANGE;
-    if (t->arena_len + n > *cap) {
+    if (!t->arena || t->arena_len + n > *cap) {
         size_t c = *cap ? *cap : 1 << 16;
         while (c < t->arena_len + n) c *= 2;
         char *p = realloc(t->arena, c);

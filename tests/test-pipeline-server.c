@@ -302,6 +302,16 @@ int main(void)
     if (st) test_status_fields(st);
     json_decref(st);
 
+    /* A second coordinator on the same endpoint refuses to start, and the first keeps serving. */
+    char *argv2[] = {coord, "--model", model, "--run-dir", rundir, "--control", endpoint, NULL};
+    rc = tp_run(argv2, "second", TIMEOUT_S);
+    err = tp_output("second", "err");
+    tap_ok(rc != 0 && strstr(err, "another coordinator is serving"), "a second coordinator on the endpoint: exit %d, %s", rc, err);
+    free(err);
+    st = status();
+    tap_ok(st != NULL, "the first coordinator still answers");
+    json_decref(st);
+
     const char *g[] = {"generate", "--prompt", "The jury said", "-n", "12", "--temp", "0", NULL};
     rc = pictl("gen", g, TIMEOUT_S);
     char *out = tp_output("gen", "out"), *want = oneshot_text("The jury said", "12");
@@ -350,6 +360,17 @@ int main(void)
         kill(srv, SIGKILL);
         tp_wait(srv, 5);
         tap_is_int(wait_no_procs(5), 0, "kill -9 of the coordinator: no worker alive after 5 s");
+        const char *a[] = {"status", NULL};
+        rc = pictl("stale", a, 10);
+        err = tp_output("stale", "err");
+        tap_ok(rc == 1 && strstr(err, "no coordinator"), "pi-ctl against the dead coordinator's socket: %s", err);
+        free(err);
+        srv = start_server("server4");
+        tap_ok(srv > 0, "a new coordinator starts over the stale socket");
+        if (srv > 0) {
+            kill(srv, SIGTERM);
+            tap_is_int(tp_wait(srv, 20), 0, "and stops cleanly");
+        }
     }
     return tap_done();
 }

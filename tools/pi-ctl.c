@@ -16,7 +16,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -99,6 +101,21 @@ static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
         if (stat(o->endpoint + 6, &st) != 0 || !S_ISSOCK(st.st_mode)) {
             fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket)\n", o->endpoint);
             return NULL;
+        }
+        /* A socket file left by a coordinator that was killed: nobody accepts on it. */
+        struct sockaddr_un sa = {.sun_family = AF_UNIX};
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0 && strlen(o->endpoint + 6) < sizeof sa.sun_path) {
+            memcpy(sa.sun_path, o->endpoint + 6, strlen(o->endpoint + 6) + 1);
+            int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+            int e = errno;
+            close(fd);
+            if (r != 0 && e == ECONNREFUSED) {
+                fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
+                return NULL;
+            }
+        } else if (fd >= 0) {
+            close(fd);
         }
     }
     void *sock = pi_ctl_socket(ctx, ZMQ_DEALER, timeout_ms);
