@@ -287,8 +287,12 @@ static int prepare(enum pi_chat_format f, struct conv *c)
                  f == PI_CHAT_GEMMA;
     for (size_t i = 0; i < c->n; i++) {
         enum role r = role_of(c->m[i].role);
-        if (r == ROLE_BAD || !c->m[i].content) {
+        if (r == ROLE_BAD) {
             pi_error("chat: message %zu has role \"%s\" (system, user or assistant)", i, c->m[i].role ? c->m[i].role : "(null)");
+            return -PI_ERR_INVAL;
+        }
+        if (!c->m[i].content) {
+            pi_error("chat: message %zu has no content", i);
             return -PI_ERR_INVAL;
         }
         if (split && r == ROLE_SYSTEM && i > 0) {

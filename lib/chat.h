@@ -55,7 +55,7 @@ int pi_chat_resolve(const char *name, const char *tmpl, enum pi_chat_format *out
 /* Render msgs[0..n) in format f; add_generation_prompt appends the opening of the assistant's turn
  * where the format has one. bos/eos: the vocabulary's BOS/EOS texts ("<s>", "</s>"; NULL = those).
  * Returns a malloc'd NUL-terminated string (caller frees), or NULL with *err = -PI_ERR_INVAL (a role
- * other than system/user/assistant, or a system message where the format allows none) or
+ * other than system/user/assistant, a NULL content, or a system message where the format allows none) or
  * -PI_ERR_NOMEM. */
 char *pi_chat_apply(enum pi_chat_format f, const struct pi_chat_msg *msgs, size_t n, bool add_generation_prompt,
                     const char *bos, const char *eos, int *err);

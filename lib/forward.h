@@ -11,8 +11,9 @@
  * (attention on the GPU worker, FFN neurons split between devices): pi_forward_batch() is just
  *   embed -> for each layer { attn, ffn } -> output, with begin/commit around it.
  * Prompt batches use matrix-matrix kernels (pi_matmul); a single-token batch of a ReLU or dReLU model
- * runs the FFN through the neuron kernel (pi_ffn_neurons) over all neurons, skipping inactive ones;
- * SwiGLU decode has nothing to skip and uses pi_matvec with the original down matrix.
+ * runs the FFN of each layer whose recent fraction of active neurons is below 20% through the neuron
+ * kernel (pi_ffn_neurons) over all neurons, skipping inactive ones; other layers, and SwiGLU decode
+ * (nothing to skip), use pi_matvec with the original down matrix.
  *
  * Threading: the forward object owns a thread pool; one call at a time per object.
  */
@@ -82,7 +83,8 @@ void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float 
 /* Mark the batch's positions filled. */
 void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n);
 
-/* Neurons that contributed in the neuron-wise FFN steps since the forward was created (statistics). */
+/* FFN neurons that were non-zero since the forward was created, summed over layers and tokens
+ * (ReLU/dReLU models; 0 for SwiGLU). For sparsity statistics. */
 int64_t pi_forward_active_neurons(const pi_forward_t *f);
 
 #endif

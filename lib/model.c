@@ -399,7 +399,8 @@ static int pack_down_t(struct binder *b, enum pi_type opt, int n_threads)
         struct pi_layer *L = &m->layers[il];
         enum pi_type dt = pick_down_t_type(opt, L->ffn_down.type, d);
         if (L->down_t_from_file) continue;
-        if (!pi_type_row_bytes(dt, (uint64_t)d, &rb)) return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
+        if (!pi_type_row_bytes(dt, (uint64_t)d, &rb))
+            return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
         total += pi_align_up((size_t)rb * (size_t)ff, 64);
     }
     if (total == 0) return 0;
@@ -508,7 +509,7 @@ uint64_t pi_model_decode_bytes(const pi_model_t *m)
         const struct pi_layer *L = &m->layers[il];
         sum += weight_bytes(&L->attn_q) + weight_bytes(&L->attn_k) + weight_bytes(&L->attn_v) +
                weight_bytes(&L->attn_output) + weight_bytes(&L->ffn_gate) + weight_bytes(&L->ffn_up) +
-               weight_bytes(m->hp.act == PI_FFN_ACT_SILU ? &L->ffn_down : &L->ffn_down_t);
+               weight_bytes(&L->ffn_down);
     }
     return sum;
 }
@@ -595,11 +596,13 @@ static int gen_layers(struct gen *G, enum pi_type t)
     int64_t kvd = (int64_t)(g->n_head_kv ? g->n_head_kv : g->n_head) * hd;
     char name[96];
     int rc = 0;
-#define GEN(s, tt, r, c, norm) (snprintf(name, sizeof name, "blk.%d." s ".weight", il), gen_tensor(G, name, tt, r, c, norm))
+#define GEN(s, tt, r, c, norm)                                                                     \
+    (snprintf(name, sizeof name, "blk.%d." s ".weight", il), gen_tensor(G, name, tt, r, c, norm))
     for (int il = 0; il < g->n_layer && rc == 0; il++) {
         if ((rc = GEN("attn_norm", PI_TYPE_F32, 0, d, true)) < 0 || (rc = GEN("attn_q", t, d, d, false)) < 0 ||
             (rc = GEN("attn_k", t, kvd, d, false)) < 0 || (rc = GEN("attn_v", t, kvd, d, false)) < 0 ||
-            (rc = GEN("attn_output", t, d, d, false)) < 0 || (rc = GEN("ffn_norm", PI_TYPE_F32, 0, d, true)) < 0 ||
+            (rc = GEN("attn_output", t, d, d, false)) < 0 ||
+            (rc = GEN("ffn_norm", PI_TYPE_F32, 0, d, true)) < 0 ||
             (rc = GEN("ffn_gate", t, ff, d, false)) < 0 || (rc = GEN("ffn_up", t, ff, d, false)) < 0 ||
             (rc = GEN("ffn_down", t, d, ff, false)) < 0)
             break;

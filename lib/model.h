@@ -135,9 +135,9 @@ static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
     return (const char *)w->data + (size_t)r * w->row_bytes;
 }
 
-/* Bytes of all weights a dense decode step streams (every matrix once, embedding row excluded; the
- * FFN's down as the forward pass reads it: ffn_down for SiLU, ffn_down_t for ReLU/dReLU, where the
- * neuron kernel then reads only the active neurons' rows). The benchmarks turn tokens/s into GB/s. */
+/* Bytes of all weights a dense decode step streams: every matrix once, the embedding row excluded
+ * (a sparse ReLU step reads less: only the active neurons' up and down rows). The benchmarks turn
+ * tokens/s into GB/s with it. */
 uint64_t pi_model_decode_bytes(const pi_model_t *m);
 
 /* ---- random-weight models with real shapes (tests, benchmarks) ---- */

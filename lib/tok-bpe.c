@@ -57,6 +57,7 @@ struct bpe {
     struct pi_tok_sym *sym;
     size_t sym_cap;
     struct pi_tok_heap heap;
+    uint64_t work, budget; /* bytes of pair keys built so far, and the limit (pi_tok_work_budget) */
 };
 
 static int grow(void **p, size_t *cap, size_t need, size_t elem)
@@ -77,6 +78,7 @@ static int try_pair(struct bpe *b, int32_t left, int32_t right)
     const struct pi_tok_sym *l = &b->sym[left], *r = &b->sym[right];
     size_t n = (size_t)l->n + 1 + r->n;
     if (n > 65536 + 1) return 0; /* longer than any merge can be */
+    if ((b->work += n) > b->budget) return -PI_ERR_RANGE;
     int rc = grow((void **)&b->key, &b->key_cap, n, 1);
     if (rc < 0) return rc;
     memcpy(b->key, b->word + l->off, l->n);
@@ -161,7 +163,7 @@ static void bpe_free(struct bpe *b)
 
 int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out)
 {
-    struct bpe b = {.t = t};
+    struct bpe b = {.t = t, .budget = pi_tok_work_budget(len)};
     uint32_t *cps = malloc((len ? len : 1) * sizeof(*cps));
     size_t n = 0, *lens = NULL, n_lens = 0, at = 0;
     int rc = -PI_ERR_NOMEM;

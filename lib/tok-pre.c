@@ -270,7 +270,7 @@ static size_t match_at(enum pi_pre_pass p, const uint32_t *c, size_t pos, size_t
         while (i < end && dsllm_punct(c[i])) i++;
         break;
     default:
-        PI_ASSERT(0 && "not a search pass");
+        pi_assert_fail("not a search pass", __FILE__, __LINE__, __func__);
     }
     return i - pos;
 }

@@ -66,12 +66,15 @@ struct spm {
     const char *text; /* escaped */
     struct pi_tok_sym *sym;
     struct pi_tok_heap heap;
+    uint64_t work, budget; /* bytes hashed so far, and the limit (pi_tok_work_budget) */
 };
 
 static int try_pair(struct spm *s, int32_t left, int32_t right)
 {
     if (left < 0 || right < 0) return 0;
     uint32_t size = s->sym[left].n + s->sym[right].n;
+    if (size > s->t->max_text) return 0; /* no token is that long: skip hashing it */
+    if ((s->work += size) > s->budget) return -PI_ERR_RANGE;
     int32_t id = pi_tok_find(s->t, s->text + s->sym[left].off, size);
     if (id < 0) return 0;
     return pi_tok_heap_push(&s->heap, (struct pi_tok_pair){s->t->score[id], left, right, size});
@@ -152,7 +155,7 @@ static int encode_run(struct spm *s, size_t a, size_t b, struct pi_ivec *out)
  * own: the same result as one pass over the whole text, with small heaps instead of one huge one. */
 int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out)
 {
-    struct spm s = {.t = t};
+    struct spm s = {.t = t, .budget = pi_tok_work_budget(len)};
     size_t n = 0, elen;
     int rc = -PI_ERR_NOMEM;
     char *buf = escape(text, len, space_prefix, &elen);

@@ -9,8 +9,9 @@
  * CJK ideographs are words of their own, everything else is lowercased and joins the word.
  *
  * Cost: per position of a word, one pass over at most the longest token's length computing the
- * FNV hashes of all prefixes incrementally, then one probe per length: O(n * max_token_len), with
- * max_token_len capped at load (PI_WPM_MAX_TOKEN).
+ * map hashes of all prefixes incrementally (pi_tok_hash_step), then one probe per length:
+ * O(n * max_token_len), with max_token_len capped at load (PI_WPM_MAX_TOKEN) and the probes counted
+ * against the request's work budget (pi_tok_work_budget).
  */
 #include "config.h"
 
@@ -35,6 +36,7 @@ struct wpm {
     char *word; /* "▁" + the current word */
     size_t n, cap;
     uint32_t *hash; /* [PI_WPM_MAX_TOKEN + 1] prefix hashes */
+    uint64_t work, budget; /* prefixes probed so far, and the limit (pi_tok_work_budget) */
 };
 
 static int word_put(struct wpm *w, const char *s, size_t n)
@@ -57,10 +59,11 @@ static int32_t longest_at(struct wpm *w, size_t i, size_t *len)
 {
     const pi_tokenizer_t *t = w->t;
     size_t max = PI_MIN((size_t)t->max_text, w->n - i);
-    uint32_t h = 2166136261u; /* FNV-1a, as pi_tok_hash, one prefix longer per step */
+    w->work += max;
+    uint32_t h = pi_tok_hash_init(t); /* as pi_tok_hash, one prefix longer per step */
     for (size_t l = 1; l <= max; l++) {
-        h = (h ^ (unsigned char)w->word[i + l - 1]) * 16777619u;
-        w->hash[l] = h;
+        h = pi_tok_hash_step(h, (unsigned char)w->word[i + l - 1]);
+        w->hash[l] = pi_tok_hash_final(t, h);
     }
     for (size_t l = max; l > 0; l--) {
         int64_t id = pi_strmap_find_hashed(&t->tok_map, t, t->text, w->word + i, l, w->hash[l]);
@@ -80,6 +83,7 @@ static int flush_word(struct wpm *w, struct pi_ivec *out)
     size_t start = out->n;
     for (size_t i = 0, len; i < w->n; i += len) {
         int32_t id = longest_at(w, i, &len);
+        if (w->work > w->budget) return -PI_ERR_RANGE;
         if (id < 0) {
             out->n = start; /* cannot cover the word: it is one <unk> */
             break;
@@ -95,7 +99,7 @@ done:
 
 int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out)
 {
-    struct wpm w = {.t = t};
+    struct wpm w = {.t = t, .budget = pi_tok_work_budget(len)};
     int rc = -PI_ERR_NOMEM;
     w.hash = malloc(((size_t)t->max_text + 1) * sizeof(*w.hash));
     if (!w.hash || (rc = word_put(&w, "\xe2\x96\x81", 3)) < 0) goto out;
@@ -110,10 +114,11 @@ int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct 
         } else if (cp == 0 || cp == PI_UTF8_REPLACEMENT || (f & PI_UCLS_CONTROL)) {
             continue;
         } else if ((f & PI_UCLS_PUNCT) || (cp < 0x7F && (f & PI_UCLS_SYMBOL)) || is_cjk(cp)) {
-            if ((rc = flush_word(&w, out)) == 0 && (rc = word_put(&w, u, pi_utf8_encode(pi_unicode_tolower(cp), u))) == 0)
-                rc = flush_word(&w, out);
+            size_t k = pi_utf8_encode(pi_unicode_tolower(cp), u); /* a word of its own */
+            if ((rc = flush_word(&w, out)) == 0 && (rc = word_put(&w, u, k)) == 0) rc = flush_word(&w, out);
         } else {
-            rc = word_put(&w, u, pi_utf8_encode(pi_unicode_tolower(cp), u));
+            size_t k = pi_utf8_encode(pi_unicode_tolower(cp), u);
+            rc = word_put(&w, u, k);
         }
     }
     if (rc == 0) rc = flush_word(&w, out);

@@ -92,6 +92,7 @@ struct pi_tokenizer {
     int32_t eot, eom;
 
     char *chat_template;    /* NUL-terminated copy, or NULL */
+    uint32_t hash_seed;     /* random per tokenizer (see pi_tok_hash) */
 };
 
 /* A growable vector of ids. */
@@ -103,7 +104,24 @@ int pi_ivec_push(struct pi_ivec *v, int32_t id); /* 0 or -PI_ERR_NOMEM */
 
 static inline const char *pi_tstr_ptr(const pi_tokenizer_t *t, struct pi_tstr s) { return t->arena + s.off; }
 
-uint32_t pi_tok_hash(const char *s, size_t n);
+/* String hash of the maps: FNV-1a from a per-tokenizer random basis, then a murmur3 finaliser.
+ * Seeded because the keys come from an untrusted file: with a fixed hash, a vocabulary could be
+ * built whose strings all fall into one cluster of the open-addressing table, making loading and
+ * every lookup linear in the vocabulary (quadratic overall). Lookups give the same answers for any
+ * seed; only the table layout changes. Incremental form for prefix hashing (lib/tok-wpm.c):
+ * h = pi_tok_hash_init(t); h = pi_tok_hash_step(h, byte)...; pi_tok_hash_final(t, h). */
+static inline uint32_t pi_tok_hash_init(const pi_tokenizer_t *t) { return 2166136261u ^ t->hash_seed; }
+static inline uint32_t pi_tok_hash_step(uint32_t h, unsigned char c) { return (h ^ c) * 16777619u; }
+static inline uint32_t pi_tok_hash_final(const pi_tokenizer_t *t, uint32_t h)
+{
+    h ^= t->hash_seed >> 7 | t->hash_seed << 25;
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    return h ^ (h >> 16);
+}
+uint32_t pi_tok_hash(const pi_tokenizer_t *t, const char *s, size_t n);
 /* Index of the key equal to s[0..n), or -1. */
 int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
                        const char *s, size_t n);
@@ -133,6 +151,16 @@ struct pi_tok_heap {
 };
 int pi_tok_heap_push(struct pi_tok_heap *h, struct pi_tok_pair p); /* 0 or -PI_ERR_NOMEM */
 struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
+
+/* Work budget of one fragment of len bytes, in bytes hashed or compared while merging (SentencePiece,
+ * byte-level BPE) or in prefixes probed (WordPiece). Merging is O(n log n) in pairs, but each pair
+ * costs its length: a hostile vocabulary whose tokens grow one byte at a time ("a", "aa", "aaa",
+ * ...) makes a run of one character cost O(n * longest token), up to 65536 times the text. Real
+ * vocabularies stay far below the budget (tests/test-tokenizer.c measures their worst case);
+ * beyond it the request fails with -PI_ERR_RANGE instead of taking minutes. */
+#define PI_TOK_WORK_PER_BYTE 512u
+#define PI_TOK_WORK_BASE ((uint64_t)1 << 22)
+static inline uint64_t pi_tok_work_budget(size_t len) { return PI_TOK_WORK_BASE + (uint64_t)len * PI_TOK_WORK_PER_BYTE; }
 
 /* SentencePiece: tokenize one raw-text fragment (the space prefix and "▁" escaping included). */
 int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out);

@@ -23,6 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "lib/common.h"
 #include "lib/log.h"
@@ -53,17 +55,30 @@ int pi_ivec_push(struct pi_ivec *v, int32_t id)
     return 0;
 }
 
-uint32_t pi_tok_hash(const char *s, size_t n)
+uint32_t pi_tok_hash(const pi_tokenizer_t *t, const char *s, size_t n)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 16777619u;
-    return h;
+    uint32_t h = pi_tok_hash_init(t);
+    for (size_t i = 0; i < n; i++) h = pi_tok_hash_step(h, (unsigned char)s[i]);
+    return pi_tok_hash_final(t, h);
+}
+
+/* A seed the vocabulary's author cannot know in advance (it need not be cryptographic: it only
+ * has to make precomputed colliding keys useless). */
+static uint32_t hash_seed(const void *addr)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ (uint64_t)ts.tv_sec << 30 ^ (uint64_t)(uintptr_t)addr ^ (uint64_t)getpid() << 16;
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    return (uint32_t)x;
 }
 
 int64_t pi_strmap_find(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
                        const char *s, size_t n)
 {
-    return pi_strmap_find_hashed(m, t, keys, s, n, pi_tok_hash(s, n));
+    return pi_strmap_find_hashed(m, t, keys, s, n, pi_tok_hash(t, s, n));
 }
 
 int64_t pi_strmap_find_hashed(const struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys,
@@ -82,7 +97,7 @@ int64_t pi_strmap_find_hashed(const struct pi_strmap *m, const pi_tokenizer_t *t
 static void strmap_put(struct pi_strmap *m, const pi_tokenizer_t *t, const struct pi_tstr *keys, uint32_t idx)
 {
     const char *s = pi_tstr_ptr(t, keys[idx]);
-    uint32_t n = keys[idx].len, h = pi_tok_hash(s, n);
+    uint32_t n = keys[idx].len, h = pi_tok_hash(t, s, n);
     for (uint32_t i = h & m->mask;; i = (i + 1) & m->mask) {
         uint32_t v = m->slot[i];
         if (v == 0 || (m->hash[i] == h && keys[v - 1].len == n && memcmp(pi_tstr_ptr(t, keys[v - 1]), s, n) == 0)) {
@@ -245,8 +260,9 @@ static int load_special_id(struct loader *L, const char *key, int32_t def, int32
         return 0;
     }
     if (rc < 0 && rc != -PI_ERR_RANGE) return fail(L, "%s is not an integer", key);
-    if (rc == -PI_ERR_RANGE || v >= (int64_t)L->t->n_vocab)
-        return fail(L, "%s = %lld is out of range (vocabulary of %u)", key, rc < 0 ? -1LL : (long long)v, L->t->n_vocab);
+    if (rc == -PI_ERR_RANGE) return fail(L, "%s does not fit in 64 bits (vocabulary of %u)", key, L->t->n_vocab);
+    if (v >= (int64_t)L->t->n_vocab)
+        return fail(L, "%s = %lld is out of range (vocabulary of %u)", key, (long long)v, L->t->n_vocab);
     *out = v < 0 ? -1 : (int32_t)v;
     return 0;
 }
@@ -491,6 +507,7 @@ pi_tokenizer_t *pi_tokenizer_new(const pi_gguf_t *g, char *err, size_t errlen)
     int rc;
     if (err && errlen) err[0] = 0;
     if (!t) goto nomem;
+    t->hash_seed = hash_seed(t);
     L.t = t;
     if ((rc = load_model_kind(&L)) < 0 || (rc = load_tokens(&L)) < 0) goto err;
     if (t->kind == PI_TOKENIZER_BPE && (rc = load_merges(&L)) < 0) goto err;
@@ -615,7 +632,10 @@ int pi_tokenize(const pi_tokenizer_t *t, const char *text, size_t len, bool add_
         return -PI_ERR_RANGE;
     }
     rc = tokenize_vec(t, text, len, add_bos, parse_special, &v);
-    if (rc < 0) {
+    if (rc == -PI_ERR_RANGE) {
+        pi_error("tokenize: %zu bytes of text exceed the work limit with this vocabulary (%u per byte)", len,
+                 PI_TOK_WORK_PER_BYTE);
+    } else if (rc < 0) {
         pi_error("tokenize: %s", pi_err_str(rc));
     } else {
         *n_out = v.n;

@@ -13,7 +13,8 @@
  * threads at once on one tokenizer (each call allocates its own scratch). It copies what it needs
  * from the GGUF file, so the file may be closed afterwards.
  *
- * Work per request is O(n log n) in the text length and capped at PI_TOKENIZE_MAX_BYTES; invalid
+ * Work per request is O(n log n) in the text length, capped at PI_TOKENIZE_MAX_BYTES bytes and at a
+ * fixed budget of work per byte (a hostile vocabulary cannot make a request take minutes); invalid
  * UTF-8 and NUL bytes are tokenized like llama.cpp does (byte fallback for SentencePiece, U+FFFD
  * for byte-level BPE), never a crash.
  */
@@ -64,11 +65,16 @@ void pi_tokenizer_destroy(pi_tokenizer_t **t);
  *          false they are tokenized as plain text. User-defined tokens are recognised either way,
  *          as llama.cpp does.
  * Returns 0 with *n_out = the number of ids; -PI_ERR_RANGE when cap is too small (then *n_out is
- * the number needed and out holds nothing useful) or len > PI_TOKENIZE_MAX_BYTES; -PI_ERR_NOMEM.
+ * the number needed and out holds nothing useful), len > PI_TOKENIZE_MAX_BYTES, or the text would
+ * cost more than the work budget (lib/tokenizer-impl.h: PI_TOK_WORK_PER_BYTE, only reached with
+ * hostile vocabularies whose tokens grow a byte at a time); -PI_ERR_NOMEM;
+ * -PI_ERR_UNSUPPORTED when a SentencePiece vocabulary has neither the byte token nor <unk> for
+ * some text (it cannot be encoded).
  * out may be NULL when cap is 0 (to ask for the size). */
 int pi_tokenize(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
                 int32_t *out, size_t cap, size_t *n_out);
 
+/* Accessors (t not NULL); they never fail. */
 enum pi_tokenizer_kind pi_tokenizer_kind(const pi_tokenizer_t *t);
 /* The tokenizer.ggml.pre name ("default" when absent or for SentencePiece). Borrowed. */
 const char *pi_tokenizer_pre(const pi_tokenizer_t *t);
@@ -91,6 +97,7 @@ const char *pi_token_text(const pi_tokenizer_t *t, int32_t id, size_t *len);
  * invalid UTF-8 sequence (byte tokens); use pi_detok for text meant for people. Not
  * NUL-terminated; NULL (and *len = 0) when id is out of range. Borrowed. */
 const char *pi_token_piece(const pi_tokenizer_t *t, int32_t id, size_t *len);
+/* Token id's type; PI_TOKEN_UNDEFINED when id is out of range. */
 enum pi_token_type pi_token_type_of(const pi_tokenizer_t *t, int32_t id);
 
 /* The pre-tokenizer alone, for tests and diagnostics: split text[0..len) into the words the
@@ -108,6 +115,7 @@ typedef struct pi_detok pi_detok_t;
  * at the very start of the output, as SentencePiece's decoder does for the space prefix it added
  * (use it when decoding a whole text from its first token; not for a continuation). NULL on OOM. */
 pi_detok_t *pi_detok_new(const pi_tokenizer_t *t, bool strip_leading_space);
+/* Free; accepts NULL and NULL-s the caller's pointer. */
 void pi_detok_destroy(pi_detok_t **d);
 
 /* Worst-case bytes one pi_detok_push() can write for t (so a buffer this large never fails). */

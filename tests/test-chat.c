@@ -158,6 +158,13 @@ static void errors(void)
     struct pi_chat_msg bad[] = {{"user", "hi"}, {"tool", "x"}};
     char *s = pi_chat_apply(PI_CHAT_CHATML, bad, 2, true, NULL, NULL, &rc);
     tap_ok(!s && rc == -PI_ERR_INVAL, "an unknown role is refused");
+    struct pi_chat_msg no_content[] = {{"user", "hi"}, {"assistant", NULL}};
+    for (int fmt = 0; fmt < PI_CHAT_FORMAT_COUNT; fmt++) {
+        s = pi_chat_apply((enum pi_chat_format)fmt, no_content, 2, true, NULL, NULL, &rc);
+        if (s || rc != -PI_ERR_INVAL) break;
+    }
+    tap_ok(!s && rc == -PI_ERR_INVAL, "a message without content is refused in every format");
+    free(s);
     struct pi_chat_msg late_sys[] = {{"user", "hi"}, {"system", "x"}};
     s = pi_chat_apply(PI_CHAT_LLAMA2, late_sys, 2, true, NULL, NULL, &rc);
     tap_ok(!s && rc == -PI_ERR_INVAL, "llama2: a system message after the first is refused");

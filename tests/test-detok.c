@@ -221,7 +221,10 @@ static void streaming(const pi_tokenizer_t *t)
 int main(void)
 {
     char path[1024];
-    srand((unsigned)time(NULL) ^ (unsigned)getpid());
+    const char *env = getenv("PI_SEED");
+    unsigned seed = env ? (unsigned)strtoul(env, NULL, 0) : (unsigned)time(NULL) ^ (unsigned)getpid();
+    srand(seed);
+    tap_diag("seed %u (set PI_SEED to repeat)", seed);
     golden("demo", "demo-relu-q4_0.gguf", "demo/demo-relu-q4_0.gguf", "demo-relu-q4_0.golden.gguf",
            "demo/golden/demo-relu-q4_0.golden.gguf", "The jury said it did find that many of the laws");
     golden("tiny-llama", "tiny-llama-q4_0.gguf", "models/tiny-llama-q4_0.gguf", "tiny-llama-q4_0.golden.gguf",

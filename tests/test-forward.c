@@ -215,7 +215,8 @@ static void run_case(const struct golden_case *c)
         int bad = -1, n = greedy_check(m, &gd, ref, need, &bad);
         if (n < 0 && bad >= 0) tap_ok(0, "%s (%s): greedy token %d differs from the reference", c->model, mode, bad);
         else tap_ok(n >= 0 && (!ref || n == gd.n_greedy),
-                    "%s (%s): greedy matches the reference on the first %d of %d tokens (compared while the margin exceeds %.3g)",
+                    "%s (%s): greedy matches the reference on the first %d of %d tokens "
+                    "(compared while the margin exceeds %.3g)",
                     c->model, mode, n, gd.n_greedy, (double)need);
     }
     pi_gguf_destroy(&gd.g);

@@ -1,7 +1,8 @@
 /*
  * tests/test-pool.c - kernels/cpu/pool.h: every index is visited exactly once, by a valid thread,
  * over many repetitions and shapes (n smaller than the thread count, grain larger than n, uneven
- * tails), for a NULL pool, a 1-thread pool and multi-thread pools; start-up/shutdown churn.
+ * tails), for a NULL pool, a 1-thread pool and multi-thread pools; start-up/shutdown churn, and
+ * shutdown with workers in each state (never used, spinning, asleep on the futex).
  */
 #include "config.h"
 
@@ -9,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "kernels/cpu/pool.h"
 #include "tests/tap.h"
@@ -83,5 +85,22 @@ int main(void)
         pi_pool_destroy(&q);
     }
     tap_ok(churn, "50 create/use/destroy cycles");
+
+    /* Shutdown in each worker state: never given a job (spinning on gen 0), asleep on the futex
+     * after idling past the spin time, and spinning right after a job. A lost wake-up hangs here. */
+    struct timespec idle = {0, 5 * 1000 * 1000};
+    bool states = true;
+    for (int i = 0; i < 10; i++) {
+        pi_pool_t *q = pi_pool_new(4);
+        states = states && q;
+        pi_pool_destroy(&q);
+        q = pi_pool_new(4);
+        states = states && q && run(q, 64, 1, 1, NULL);
+        nanosleep(&idle, NULL); /* workers go to sleep */
+        states = states && run(q, 64, 1, 1, NULL); /* woken for a job */
+        nanosleep(&idle, NULL);
+        pi_pool_destroy(&q); /* woken for the stop */
+    }
+    tap_ok(states, "destroy with workers never used, asleep, and spinning; jobs after sleeping (10 rounds)");
     return tap_done();
 }

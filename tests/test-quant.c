@@ -11,11 +11,14 @@
 #include "config.h"
 
 #include <float.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
@@ -316,6 +319,50 @@ static void test_dot_f64(void)
     free(x), free(wd), free(xd), free(w), free(xq);
 }
 
+/* PI_KERNELS is read once per process, so each setting is tried in a forked child before this
+ * process chooses its own variant; the child reports its choice as its exit status. */
+static int isa_with_env(const char *value)
+{
+    pid_t pid = fork();
+    if (pid < 0) tap_bail("fork failed");
+    if (pid == 0) {
+        setenv("PI_KERNELS", value, 1);
+        _exit((int)pi_kernels_isa());
+    }
+    int st = 0;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+/* The override is clamped to what the CPU and OS can run; an AVX-512 variant is never chosen
+ * where the compiler's own CPU check (which also asks the OS, through XGETBV) says no AVX-512. */
+static void test_override(void)
+{
+    static const char *const names[] = {"scalar", "avx2", "avx512", "AVX512", "bogus", ""};
+    int got[PI_ARRAY_LEN(names)];
+    for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) got[i] = isa_with_env(names[i]);
+    int best = PI_KERNEL_SCALAR;
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++)
+        if (pi_kernels_available((enum pi_kernel_isa)isa)) best = isa;
+    int bad = 0;
+    for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) {
+        int want = i < 2 ? PI_MIN((int)i, best) : i < 4 ? PI_MIN(2, best) : best;
+        if (got[i] != want) bad++, tap_diag("  PI_KERNELS=\"%s\": variant %d, want %d", names[i], got[i], want);
+    }
+    tap_ok(bad == 0, "PI_KERNELS override honoured where the CPU can run it, clamped otherwise (best here: %s)",
+           pi_kernels_table((enum pi_kernel_isa)best)->name);
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    bool cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    bool cpu2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    tap_ok((!pi_kernels_available(PI_KERNEL_AVX512) || cpu512) && (!pi_kernels_available(PI_KERNEL_AVX2) || cpu2),
+           "a SIMD variant is available only where the compiler's CPU check agrees (avx2 %d, avx512 %d)", cpu2, cpu512);
+#else
+    tap_skip(1, "not x86");
+#endif
+}
+
 static void test_dispatch(void)
 {
     tap_ok(pi_kernels_table(PI_KERNEL_SCALAR) != NULL, "scalar table always available");
@@ -340,6 +387,7 @@ static void test_dispatch(void)
 int main(void)
 {
     seed_rng();
+    test_override(); /* first: forks before this process has chosen its variant */
     test_dispatch();
     test_fixture();
     test_fp16();

@@ -5,7 +5,8 @@
  * greedy single-token steps (decode tokens/s), best of --reps runs. Decode streams every weight
  * matrix once per token, so decode tokens/s times the model's decode bytes is the weight bandwidth
  * achieved; it is printed as a fraction of this machine's read bandwidth, measured here with the same
- * thread count (sum of a 512 MiB buffer, best of 3). A benchmark, not a test: numbers depend on the machine and its load.
+ * thread count (sum of a 512 MiB buffer, best of 3). A benchmark, not a test: numbers depend on the
+ * machine and its load.
  *
  *   nice pi-bench-forward --threads 2 demo-relu-q4_0.gguf /tmp/rand-1b-q4_0.gguf
  */

@@ -113,7 +113,8 @@ int main(int argc, char **argv)
         return 2;
     }
     if (!out_type_set) {
-        bool small = g.type == PI_TYPE_Q4_0 || g.type == PI_TYPE_Q4_1 || g.type == PI_TYPE_Q5_0 || g.type == PI_TYPE_Q5_1;
+        bool small = g.type == PI_TYPE_Q4_0 || g.type == PI_TYPE_Q4_1 || g.type == PI_TYPE_Q5_0 ||
+                     g.type == PI_TYPE_Q5_1;
         g.out_type = small ? PI_TYPE_Q8_0 : g.type; /* as llama.cpp's quantiser keeps the head */
     }
     int rc = pi_model_gen_write(&g, argv[optind]);

@@ -60,7 +60,8 @@ void pi_ffn_work_destroy(pi_ffn_work_t **w);
  * does. For ReLU and dReLU a neuron whose gate pre-activation is <= 0 contributes nothing and its up
  * and down rows are not read (dReLU also skips the down row when up <= 0).
  * Threads of pool split idx; the sum order depends on the split, so results agree to rounding.
- * Returns the number of neurons that contributed (a_i != 0 could still be 0 for SiLU). */
+ * Returns the number of neurons whose down row was added: every listed one for SiLU, the active ones
+ * for ReLU/dReLU. */
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
                        const float *x, const int32_t *idx, int64_t n_idx, float *y);
 

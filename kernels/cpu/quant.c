@@ -398,13 +398,21 @@ static void block_minmax(const float *x, int n, float *mn, float *mx)
     *mn = lo, *mx = hi;
 }
 
+/* roundf(v) as int8 in [-127, 127]; NaN -> 0. Activations can hold Inf/NaN (a diverging or hostile
+ * model), and converting a NaN or out-of-range float to an integer type is undefined behaviour. */
+static inline int8_t q8_round(float v)
+{
+    if (v >= -127.0f && v <= 127.0f) return (int8_t)roundf(v);
+    return v > 0 ? 127 : v < 0 ? -127 : 0;
+}
+
 static void quant_q8_0(const float *x, void *dst, int64_t n)
 {
     struct pi_block_q8_0 *b = dst;
     for (int64_t i = 0; i < n / 32; i++, x += 32) {
         float d = block_absmax(x, 32, NULL) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
         b[i].d = pi_fp32_to_fp16(d);
-        for (int j = 0; j < 32; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
+        for (int j = 0; j < 32; j++) b[i].qs[j] = q8_round(x[j] * id);
     }
 }
 
@@ -414,7 +422,7 @@ static void quant_q8_1(const float *x, void *dst, int64_t n)
     for (int64_t i = 0; i < n / 32; i++, x += 32) {
         float d = block_absmax(x, 32, NULL) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
         int sum = 0;
-        for (int j = 0; j < 32; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id), sum += b[i].qs[j];
+        for (int j = 0; j < 32; j++) b[i].qs[j] = q8_round(x[j] * id), sum += b[i].qs[j];
         b[i].d = pi_fp32_to_fp16(d);
         b[i].s = pi_fp32_to_fp16((float)sum * d);
     }
