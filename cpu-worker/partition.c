@@ -26,15 +26,9 @@ void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64
     *count = b - a;
 }
 
-/* Type of the transposed down rows when the file has none: the same rule as lib/model.c's packing
- * (F32/F16/BF16 stay exact; quantised down weights go to Q8_0; F16 when d is not whole blocks), so a
+/* Type of the transposed down rows when the file has none: lib/model.c's own rule (automatic), so a
  * worker's rows are bit-identical to the single-process pass's. */
-static enum pi_type down_t_type(enum pi_type down, int64_t d)
-{
-    if (down == PI_TYPE_F32 || down == PI_TYPE_F16 || down == PI_TYPE_BF16) return down;
-    const struct pi_type_info *ti = pi_type_get(PI_TYPE_Q8_0);
-    return ti && d % ti->block_elems == 0 ? PI_TYPE_Q8_0 : PI_TYPE_F16;
-}
+static enum pi_type down_t_type(enum pi_type down, int64_t d) { return pi_model_down_t_type(PI_TYPE_COUNT, down, d); }
 
 /* dst (count, d) of type dt = the columns first..first+count-1 of L->ffn_down (d, n_ff), through f32:
  * every row of the down weights is dequantised once (row, n_ff floats) and scattered into tmp. */

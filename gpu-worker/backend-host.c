@@ -8,12 +8,15 @@
  * head are the forward pass's own code, so a pipeline run differs from the single-process pass only
  * in how the FFN neurons are split and summed.
  *
+ * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
+ * a second pool would spin its threads against the first one's on the same cores. The neuron
+ * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
+ *
  * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
  */
 #include "config.h"
 #include "gpu-worker/backend.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/pool.h"
 #include "lib/common.h"
 #include "lib/forward.h"
 #include "lib/log.h"
@@ -24,7 +27,6 @@
 struct host_backend {
     struct pi_backend base;
     pi_forward_t *fwd;
-    pi_pool_t *pool;           /* for the hot neurons (the forward pass has its own) */
     pi_ffn_work_t *work;
     struct pi_backend_opts o;
     int d;                     /* n_embd */
@@ -41,7 +43,6 @@ static void host_destroy(pi_backend_t *b)
 {
     struct host_backend *s = hb(b);
     pi_forward_destroy(&s->fwd);
-    pi_pool_destroy(&s->pool);
     pi_ffn_work_destroy(&s->work);
     free(s->h);
     free(s->hot);
@@ -90,9 +91,10 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
     int64_t nh = s->o.n_hot[il];
     if (nh == 0) return 0;
+    pi_pool_t *pool = pi_forward_pool(s->fwd);
     for (int t = 0; t < s->n; t++)
-        pi_ffn_neurons(s->pool, s->work, &m->layers[il], m->hp.act, s->x + (size_t)t * (size_t)s->d,
-                       s->o.hot[il], nh, s->hot + (size_t)t * (size_t)s->d);
+        pi_ffn_neurons(pool, s->work, &m->layers[il], m->hp.act, s->x + (size_t)t * (size_t)s->d, s->o.hot[il],
+                       nh, s->hot + (size_t)t * (size_t)s->d);
     return 0;
 }
 
@@ -158,13 +160,12 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     fo.n_batch = o->max_tokens;
     size_t hd = (size_t)o->max_tokens * (size_t)s->d;
     s->fwd = pi_forward_new(m, &fo);
-    s->pool = pi_pool_new(fo.n_threads);
     s->work = pi_ffn_work_new(s->d, fo.n_threads);
     s->h = malloc(hd * sizeof(float));
     s->hot = malloc(hd * sizeof(float));
     s->seq = malloc((size_t)o->max_tokens * sizeof(int32_t));
     s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
-    if (!s->fwd || !s->pool || !s->work || !s->h || !s->hot || !s->seq || !s->pos) {
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;
     }

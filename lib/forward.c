@@ -53,6 +53,8 @@ struct pi_forward {
     int32_t *all;       /* (n_ff) 0, 1, ..., n_ff - 1: every neuron */
     int *pend;          /* (n_seq) lengths while checking a batch */
     float *ref_rows;    /* (n_threads, max cols) dequantised weight rows (reference mode only) */
+    float *ref_x;       /* (n_batch, max cols) rounded inputs (round_activations only) */
+    void *ref_xq;       /* one quantised input row (round_activations only) */
     int64_t ref_cols;   /* widest weight row */
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
     float *recent_active; /* (n_layer) running fraction of active neurons; < 0: none seen yet */
@@ -119,10 +121,14 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     f->recent_active = malloc((size_t)hp->n_layer * sizeof *f->recent_active);
     f->ref_cols = (int64_t)PI_MAX(PI_MAX(d, ff), qd);
     if (o.f32_activations) f->ref_rows = falloc((size_t)f->n_threads * (size_t)f->ref_cols);
+    if (o.f32_activations && o.round_activations) {
+        f->ref_x = falloc(B * (size_t)f->ref_cols);
+        f->ref_xq = falloc((size_t)f->ref_cols * 2); /* >= any activation format's row (Q8_0: 34/32) */
+    }
     if ((o.n_threads > 1 && !f->pool) || !f->kv || !f->ffw || !f->h || !f->x || !f->q || !f->k || !f->v ||
         !f->att || !f->gate || !f->up || !f->out || !f->cs || !f->scores || !f->all || !f->pend ||
         !f->recent_active ||
-        (o.f32_activations && !f->ref_rows)) {
+        (o.f32_activations && !f->ref_rows) || (o.f32_activations && o.round_activations && (!f->ref_x || !f->ref_xq))) {
         pi_error("forward: out of memory (batch %d, ctx %d, %d sequences)", o.n_batch, o.n_ctx, o.n_seq);
         pi_forward_destroy(&f);
         return NULL;
@@ -154,12 +160,15 @@ void pi_forward_destroy(pi_forward_t **pf)
     free(f->pend);
     free(f->recent_active);
     free(f->ref_rows);
+    free(f->ref_x);
+    free(f->ref_xq);
     free(f);
     *pf = NULL;
 }
 
 const pi_model_t *pi_forward_model(const pi_forward_t *f) { return f->m; }
 pi_kv_t *pi_forward_kv(pi_forward_t *f) { return f->kv; }
+pi_pool_t *pi_forward_pool(pi_forward_t *f) { return f->pool; }
 int64_t pi_forward_active_neurons(const pi_forward_t *f) { return f->active; }
 
 struct ref_task {
@@ -191,6 +200,17 @@ static void ref_range(void *ctx, int64_t begin, int64_t end, int thread)
 static void project(pi_forward_t *f, const struct pi_weight *W, const float *X, int n, float *Y)
 {
     if (f->o.f32_activations) {
+        enum pi_type at = pi_vec_dot_type(W->type);
+        if (f->o.round_activations && at != PI_TYPE_F32) {
+            /* the rounding llama.cpp's CPU path applies (experiment; see the option) */
+            for (int i = 0; i < n; i++) {
+                const float *xi = X + (size_t)i * (size_t)W->cols;
+                float *ri = f->ref_x + (size_t)i * (size_t)W->cols;
+                pi_quantize_act(W->type, xi, f->ref_xq, W->cols);
+                pi_dequant_row(at, f->ref_xq, ri, W->cols);
+            }
+            X = f->ref_x;
+        }
         struct ref_task t = {f, W, X, n, Y};
         pi_pool_for(f->pool, W->rows, 16, ref_range, &t);
         return;

@@ -23,6 +23,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "kernels/cpu/pool.h"
 #include "lib/kv-cache.h"
 #include "lib/model.h"
 
@@ -39,6 +40,12 @@ struct pi_forward_opts {
      * times slower; it separates the forward pass's own exactness from the kernels' rounding in the
      * golden tests, and is the yardstick for accuracy reports. */
     bool f32_activations;
+    /* Only with f32_activations: round each product's input through its weight type's activation
+     * format first (pi_quantize_act, then dequantised: Q8_0 for the 32-element types, Q8_K for the
+     * K-quants; f32 stays f32), keeping the exact double sums. That is the 8-bit activation rounding
+     * of llama.cpp's CPU path and nothing else, so it measures the floor of any path that quantises
+     * activations (the golden test reports it next to the kernels' figure; doc/forward.md). */
+    bool round_activations;
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o);
@@ -49,6 +56,11 @@ void pi_forward_destroy(pi_forward_t **f);
 
 const pi_model_t *pi_forward_model(const pi_forward_t *f);
 pi_kv_t *pi_forward_kv(pi_forward_t *f);
+/* The pass's thread pool (borrowed; NULL when it runs on one thread, which every pool user accepts).
+ * Callers that interleave their own kernels with the pass's steps (the GPU worker's host backend)
+ * use it instead of a second pool, whose threads would spin against these. Never while a step of f
+ * is running: a pool runs one job at a time. */
+pi_pool_t *pi_forward_pool(pi_forward_t *f);
 
 /* Run a batch: tokens, seq, pos (n). logits: (n, n_vocab) when all_logits, else (n_vocab) for the last
  * token of the batch; may be NULL to only fill the cache. Returns 0, or -PI_ERR_INVAL / -PI_ERR_RANGE

@@ -104,10 +104,11 @@ struct pi_model {
 
 struct pi_model_opts {
     enum pi_ffn_act act;          /* PI_FFN_ACT_DEFAULT: `pinfer.ffn_activation`, then format default */
-    /* Type of the packed ffn_down_t when the file has none. PI_TYPE_COUNT (the default from
-     * pi_model_opts_default) picks: the down weights' own type for F32/F16/BF16 (an exact transpose),
-     * Q8_0 for quantised down weights (requantising a transposed block costs at most half a step of
-     * 8-bit resolution). */
+    /* Type of the packed ffn_down_t when the file has none (pi_model_down_t_type). PI_TYPE_COUNT (the
+     * default from pi_model_opts_default) picks the down weights' own type for F32/F16/BF16 (an exact
+     * transpose) and F16 for quantised down weights (within 2^-11 of each weight: the neuron kernel
+     * then adds no rounding of its own; Q8_0 halves the copy's memory but requantising costs up to
+     * half an 8-bit step per weight, +25% on an FFN's error, measured in doc/forward.md). */
     enum pi_type down_t_type;
     bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
     int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
@@ -115,6 +116,11 @@ struct pi_model_opts {
 
 /* Defaults: activation from the file, automatic down_t type, packing on. */
 void pi_model_opts_default(struct pi_model_opts *o);
+
+/* The type ffn_down_t is packed in for down weights of type down with rows of d elements, given the
+ * option opt (see down_t_type; PI_TYPE_COUNT: automatic; a type whose blocks do not divide d: F16).
+ * Exported so that CPU workers packing their own neurons' rows get the same bits. */
+enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d);
 
 /* Bind a model from g (borrowed: it must outlive the model). opts may be NULL (defaults).
  * Returns 0 and *out, or a negative enum pi_err with *out NULL and err (if not NULL) holding one line,

@@ -87,8 +87,10 @@ struct pi_tokenizer {
      * texts, and per first byte the distinct text lengths, longest first, so that finding the
      * longest special token at a position costs a few hash lookups. */
     struct pi_strmap special_map;
-    uint32_t *special_lens;         /* lengths of bucket b: [special_first[b], special_first[b+1]) */
+    uint32_t *special_lens;         /* bucket b: [special_first[b], special_first[b] + special_distinct[b]) */
     uint32_t special_first[257];
+    uint32_t special_distinct[256]; /* distinct lengths in bucket b (the rest of its slots are 0) */
+    uint32_t max_special;           /* longest special token, bytes */
     int32_t eot, eom;
 
     char *chat_template;    /* NUL-terminated copy, or NULL */
@@ -156,8 +158,10 @@ struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
  * byte-level BPE) or in prefixes probed (WordPiece). Merging is O(n log n) in pairs, but each pair
  * costs its length: a hostile vocabulary whose tokens grow one byte at a time ("a", "aa", "aaa",
  * ...) makes a run of one character cost O(n * longest token), up to 65536 times the text. Real
- * vocabularies stay far below the budget (tests/test-tokenizer.c measures their worst case);
- * beyond it the request fails with -PI_ERR_RANGE instead of taking minutes. */
+ * vocabularies stay far below the budget (worst case measured on the fixtures' vocabularies with
+ * 1 MiB runs of one character: 63 per byte, gpt-neox); beyond it the request fails with
+ * -PI_ERR_RANGE instead of taking minutes. The special-token scan (lib/tokenizer.c) has a budget
+ * of the same size for its own work (at most 44 per byte measured: starcoder, text of '<'). */
 #define PI_TOK_WORK_PER_BYTE 512u
 #define PI_TOK_WORK_BASE ((uint64_t)1 << 22)
 static inline uint64_t pi_tok_work_budget(size_t len) { return PI_TOK_WORK_BASE + (uint64_t)len * PI_TOK_WORK_PER_BYTE; }

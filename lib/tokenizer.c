@@ -413,6 +413,7 @@ static int build_specials(struct loader *L)
         if (!((ty == PI_TOKEN_CONTROL || ty == PI_TOKEN_USER_DEFINED || ty == PI_TOKEN_UNKNOWN) && t->text[i].len)) continue;
         strmap_put(&t->special_map, t, t->text, i);
         t->special_lens[fill[(unsigned char)pi_tstr_ptr(t, t->text[i])[0]]++] = t->text[i].len;
+        t->max_special = PI_MAX(t->max_special, t->text[i].len);
     }
     /* Per bucket: distinct lengths, longest first (duplicates collapse to 0 and are skipped). */
     for (int b = 0; b < 256; b++) {
@@ -422,6 +423,7 @@ static int build_specials(struct loader *L)
         for (uint32_t k = 0; k < m; k++)
             if (w == 0 || v[k] != v[w - 1]) v[w++] = v[k];
         for (uint32_t k = w; k < m; k++) v[k] = 0;
+        t->special_distinct[b] = w;
     }
     return 0;
 }
@@ -564,14 +566,29 @@ void pi_tokenizer_destroy(pi_tokenizer_t **tp)
 
 /* ---- tokenizing ---- */
 
-/* The longest special token allowed here that text[pos..len) starts with, or -1. */
-static int32_t match_special(const pi_tokenizer_t *t, const char *text, size_t pos, size_t len, bool parse_special)
+/* Scratch of the special-token scan of one request. */
+struct special_scan {
+    uint32_t *h;           /* [max_special + 1]: h[l] = hash state after the l bytes at the position */
+    uint64_t work, budget; /* bytes hashed plus probes so far, and the limit (pi_tok_work_budget) */
+};
+
+/* The longest special token allowed here that text[pos..len) starts with, or -1. The hashes of all
+ * the prefixes are computed in one pass, so a position costs the bucket's longest length plus one
+ * probe per distinct length, not the sum of the lengths (which a vocabulary of specials "yx",
+ * "yxx", "yxxx", ... made quadratic: 100 KB of 'y' took a minute with 1024 of them). */
+static int32_t match_special(const pi_tokenizer_t *t, const char *text, size_t pos, size_t len, bool parse_special,
+                             struct special_scan *sc)
 {
     unsigned char b = (unsigned char)text[pos];
-    for (uint32_t k = t->special_first[b]; k < t->special_first[b + 1]; k++) {
+    uint32_t k0 = t->special_first[b], k1 = k0 + t->special_distinct[b];
+    size_t max = PI_MIN((size_t)t->special_lens[k0], len - pos); /* lengths are sorted longest first */
+    uint32_t h = pi_tok_hash_init(t);
+    for (size_t l = 1; l <= max; l++) sc->h[l] = h = pi_tok_hash_step(h, (unsigned char)text[pos + l - 1]);
+    sc->work += max + (k1 - k0);
+    for (uint32_t k = k0; k < k1; k++) {
         uint32_t l = t->special_lens[k];
         if (l == 0 || l > len - pos) continue;
-        int64_t id = pi_strmap_find(&t->special_map, t, t->text, text + pos, l);
+        int64_t id = pi_strmap_find_hashed(&t->special_map, t, t->text, text + pos, l, pi_tok_hash_final(t, sc->h[l]));
         if (id < 0) continue;
         if (!parse_special && t->type[id] != PI_TOKEN_USER_DEFINED) continue;
         return (int32_t)id;
@@ -590,7 +607,7 @@ static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool aft
 }
 
 static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
-                        struct pi_ivec *out)
+                        struct special_scan *sc, struct pi_ivec *out)
 {
     int rc = 0;
     bool after_special = true; /* the space prefix goes before the first fragment too */
@@ -598,7 +615,8 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
     if (add_bos && t->add_bos && t->bos >= 0 && (rc = pi_ivec_push(out, t->bos)) < 0) return rc;
     for (size_t pos = 0; pos < len;) {
         int32_t id = t->special_first[(unsigned char)text[pos]] == t->special_first[(unsigned char)text[pos] + 1]
-                         ? -1 : match_special(t, text, pos, len, parse_special);
+                         ? -1 : match_special(t, text, pos, len, parse_special, sc);
+        if (sc->work > sc->budget) return -PI_ERR_RANGE;
         if (id < 0) {
             pos++;
             continue;
@@ -631,10 +649,16 @@ int pi_tokenize(const pi_tokenizer_t *t, const char *text, size_t len, bool add_
         pi_error("tokenize: text of %zu bytes exceeds the limit of %zu", len, PI_TOKENIZE_MAX_BYTES);
         return -PI_ERR_RANGE;
     }
-    rc = tokenize_vec(t, text, len, add_bos, parse_special, &v);
+    struct special_scan sc = {.budget = pi_tok_work_budget(len)};
+    sc.h = malloc(((size_t)t->max_special + 1) * sizeof(*sc.h));
+    if (!sc.h) {
+        pi_error("tokenize: out of memory");
+        return -PI_ERR_NOMEM;
+    }
+    rc = tokenize_vec(t, text, len, add_bos, parse_special, &sc, &v);
+    free(sc.h);
     if (rc == -PI_ERR_RANGE) {
-        pi_error("tokenize: %zu bytes of text exceed the work limit with this vocabulary (%u per byte)", len,
-                 PI_TOK_WORK_PER_BYTE);
+        pi_error("tokenize: %zu bytes of text exceed the work limit with this vocabulary", len);
     } else if (rc < 0) {
         pi_error("tokenize: %s", pi_err_str(rc));
     } else {

@@ -7,6 +7,7 @@
  *    layer (the partial sums the GPU and CPU workers will exchange);
  *  - ReLU/dReLU: the neurons counted active are those with a positive gate (and up), and the up and
  *    down rows of inactive neurons are never read (they are poisoned with NaN here);
+ *  - reproducibility: repeated calls on pools of 2 and 3 threads give the same bits every time;
  *  - a real layer of the tiny llama against the dense product with the file's own ffn_down.
  */
 #include "config.h"
@@ -180,6 +181,42 @@ static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt,
     free_layer(&R);
 }
 
+/* Reproducibility: the kernel's float sums must not depend on thread timing. Fresh layers, the whole
+ * list and a sparse shuffled subset, 40 calls alternating pools of 2 and 3 threads: each equal bit for
+ * bit to the first call on the same pool, and (the contract: 16 parts for 1, 2, 4, 8, 16 threads) the
+ * 2-thread results equal to the single-threaded one. */
+static void test_repeatable(pi_pool_t *pool2, pi_pool_t *pool3, enum pi_type wt, enum pi_ffn_act act)
+{
+    struct rlayer R;
+    float x[D], y1[D], first[2][D], y[D];
+    int32_t idx[FF];
+    pi_pool_t *pools[2] = {pool2, pool3};
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 3);
+    int same = 1, same1 = 1, n_idx = 0;
+    make_layer(&R, wt, PI_TYPE_F16);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int subset = 0; subset <= 1; subset++) {
+        n_idx = 0;
+        for (int i = 0; i < FF; i++)
+            if (!subset || frand() < 0.0f) idx[n_idx++] = i;
+        if (subset) shuffle(idx, n_idx);
+        memset(y1, 0, sizeof y1);
+        int64_t a1 = pi_ffn_neurons(NULL, w, &R.L, act, x, idx, n_idx, y1);
+        for (int rep = 0; rep < 40; rep++) {
+            float *out = rep < 2 ? first[rep] : y;
+            memset(out, 0, sizeof y);
+            int64_t a = pi_ffn_neurons(pools[rep % 2], w, &R.L, act, x, idx, n_idx, out);
+            same &= a == a1 && memcmp(out, first[rep % 2], sizeof y) == 0;
+        }
+        same1 &= memcmp(first[0], y1, sizeof y1) == 0;
+    }
+    tap_ok(same, "%s/%s: 40 calls on 2 and 3 threads repeat bit for bit (all %d and a shuffled half, %d)",
+           pi_type_name(wt), pi_ffn_act_name(act), FF, n_idx);
+    tap_ok(same1, "%s/%s: 2 threads give the 1-thread bits", pi_type_name(wt), pi_ffn_act_name(act));
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
 /* ReLU/dReLU must not read the up and down rows of a neuron whose gate is <= 0: poison them. */
 static void test_skip_reads(pi_pool_t *pool, enum pi_ffn_act act)
 {
@@ -267,6 +304,11 @@ int main(void)
         test_random_layer(pool, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k], 3e-2);
         test_random_layer(pool, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k], 3e-2);
     }
+    pi_pool_t *pool3 = pi_pool_new(3);
+    if (!pool3) tap_bail("no pool");
+    test_repeatable(pool, pool3, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
+    test_repeatable(pool, pool3, PI_TYPE_Q8_0, PI_FFN_ACT_RELU);
+    pi_pool_destroy(&pool3);
     test_skip_reads(pool, PI_FFN_ACT_RELU);
     test_skip_reads(NULL, PI_FFN_ACT_DRELU);
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);

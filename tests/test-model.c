@@ -26,6 +26,32 @@ static const char *tmp_path(const char *name)
     return buf;
 }
 
+/* Worst difference between down_t row i and column i of down (d, ff), in units of the packing's
+ * resolution: an 8-bit step of the 32-block (q8) or half an f16 ulp of the weight. */
+static double down_t_error(const struct pi_layer *L, bool q8)
+{
+    int64_t d = L->ffn_down.rows, ff = L->ffn_down.cols;
+    float *down = malloc((size_t)(d * ff) * sizeof *down), *row = malloc((size_t)d * sizeof *row);
+    double worst = 0.0;
+    for (int64_t r = 0; r < d; r++) pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), down + r * ff, ff);
+    for (int64_t i = 0; i < ff; i++) {
+        pi_dequant_row(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, i), row, d);
+        for (int64_t b = 0; b < d; b += 32) {
+            float amax = 0.0f;
+            for (int64_t j = b; j < b + 32; j++) amax = fmaxf(amax, fabsf(down[j * ff + i]));
+            for (int64_t j = b; j < b + 32; j++) {
+                double x = down[j * ff + i];
+                double unit = q8 ? amax / 127.0 + 1e-30 : fmax(fabs(x) * ldexp(1.0, -11), ldexp(1.0, -25));
+                double e = fabs(row[j] - x) / unit;
+                worst = e > worst ? e : worst;
+            }
+        }
+    }
+    free(down);
+    free(row);
+    return worst;
+}
+
 /* The tiny llama from tests/data: hyper-parameters as its converter wrote them, norms copied. */
 static void test_tiny(void)
 {
@@ -50,28 +76,23 @@ static void test_tiny(void)
     tap_ok(t && memcmp(t->data, m->layers[3].ffn_norm, 64 * sizeof(float)) == 0, "blk.3.ffn_norm copied");
     tap_ok(m->layers[1].attn_k.rows == 32 && m->layers[1].attn_k.cols == 64, "attn_k is (kv_dim 32, 64)");
 
-    /* packed down_t row i == column i of down, within Q8_0 requantisation: half a step of the block,
-     * plus the step's own rounding to fp16 (127 * 2^-11 of a step, ggml stores d as fp16) */
+    /* packed down_t row i == column i of down: as f16 (the default for quantised files) within f16
+     * rounding of each weight (2^-11 relative; 2^-25 absolute for subnormals) */
     const struct pi_layer *L = &m->layers[2];
-    int64_t d = hp->n_embd, ff = hp->n_ff;
-    float *down = malloc((size_t)(d * ff) * sizeof *down), *row = malloc((size_t)d * sizeof *row);
-    double worst = 0.0;
-    for (int64_t r = 0; r < d; r++) pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), down + r * ff, ff);
-    tap_ok(L->ffn_down_t.type == PI_TYPE_Q8_0 && !L->down_t_from_file, "down_t packed as q8_0");
-    for (int64_t i = 0; i < ff; i++) {
-        pi_dequant_row(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, i), row, d);
-        for (int64_t b = 0; b < d; b += 32) {
-            float amax = 0.0f;
-            for (int64_t j = b; j < b + 32; j++) amax = fmaxf(amax, fabsf(down[j * ff + i]));
-            for (int64_t j = b; j < b + 32; j++) {
-                double e = fabs(row[j] - down[j * ff + i]) / (amax / 127.0 + 1e-30);
-                worst = e > worst ? e : worst;
-            }
-        }
-    }
-    tap_ok(worst <= 0.57, "down_t row i is column i of down (worst error %.3f of a q8 step)", worst);
-    free(down);
-    free(row);
+    tap_ok(L->ffn_down_t.type == PI_TYPE_F16 && !L->down_t_from_file, "down_t packed as f16");
+    double worst = down_t_error(L, false);
+    tap_ok(worst <= 1.0001, "down_t row i is column i of down (worst error %.3f of an f16 half-ulp)", worst);
+    pi_model_destroy(&m);
+    /* as Q8_0 on request: within half a step of the block, plus the step's own rounding to fp16
+     * (127 * 2^-11 of a step, ggml stores d as fp16) */
+    struct pi_model_opts o;
+    pi_model_opts_default(&o);
+    o.down_t_type = PI_TYPE_Q8_0;
+    tap_ok(pi_model_open(path, &o, &m, err, sizeof err) == 0, "tiny-llama-q4_0 binds with a q8_0 down_t");
+    L = &m->layers[2];
+    tap_ok(L->ffn_down_t.type == PI_TYPE_Q8_0 && !L->down_t_from_file, "down_t packed as q8_0 on request");
+    worst = down_t_error(L, true);
+    tap_ok(worst <= 0.57, "q8_0 down_t row i is column i of down (worst error %.3f of a q8 step)", worst);
     tap_ok(pi_model_decode_bytes(m) > 0, "decode bytes %llu", (unsigned long long)pi_model_decode_bytes(m));
     pi_model_destroy(&m);
     tap_ok(m == NULL, "destroy NULLs the pointer");

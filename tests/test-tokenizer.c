@@ -7,8 +7,11 @@
  * the SentencePiece path is always tested; the others come from $PI_FIXTURES and are skipped,
  * naming the file, when absent (several upstream .gguf files were too large to bring).
  *
- * Also: a 1 MB run of one character and random bytes (invalid UTF-8, NULs) finish quickly with a
- * defined result, and malformed vocabularies are refused with an error, never a crash.
+ * Also: a 1 MB run of one character and random bytes (invalid UTF-8, NULs) finish with a defined
+ * result (a generous hang bound, not a speed test), malformed vocabularies are refused with an
+ * error, never a crash; 300 random hostile vocabularies per run (seed printed, PI_SEED repeats) are
+ * refused exactly when they have a defect and otherwise tokenize and detokenize as the contracts
+ * say; vocabularies built to make merging or the special-token scan quadratic hit the work budget.
  */
 #include "config.h"
 
@@ -541,6 +544,26 @@ static int fz_exercise(const pi_tokenizer_t *t)
     return bad;
 }
 
+/* Write w to a temporary file (destroying w), reopen it and build its tokenizer; NULL with the
+ * reason in err when the vocabulary is refused. The file is gone on return, so this also checks
+ * that a tokenizer does not depend on its GGUF file staying open. */
+static pi_tokenizer_t *tok_from_writer(pi_gguf_writer_t **w, char *err, size_t errlen)
+{
+    char path[] = "/tmp/pi-test-tokenizer-XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) tap_bail("mkstemp failed");
+    close(fd);
+    if (pi_gguf_writer_write(*w, path) < 0) tap_bail("writing %s failed", path);
+    pi_gguf_writer_destroy(w);
+    pi_gguf_t *g = NULL;
+    if (pi_gguf_open(path, &g, err, errlen) < 0) tap_bail("reopen failed: %s", err);
+    err[0] = 0;
+    pi_tokenizer_t *t = pi_tokenizer_new(g, err, errlen);
+    pi_gguf_destroy(&g);
+    unlink(path);
+    return t;
+}
+
 /* Tokens "a", "aa", ..., "a" x k with the longer ones scored higher: merging a run of 'a' grows one
  * symbol a byte at a time, each candidate costing its length (O(n * k)). The work budget must stop
  * a long run with -PI_ERR_RANGE, while a short run still encodes, and decodes back to its text. */
@@ -549,10 +572,7 @@ static void growing_vocab(void)
     enum { K = 2048 };
     char **tok = calloc(K + 1, sizeof(*tok));
     float *scores = calloc(K + 1, sizeof(*scores));
-    char path[] = "/tmp/pi-test-tokenizer-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0 || !tok || !scores) tap_bail("setup failed");
-    close(fd);
+    if (!tok || !scores) tap_bail("out of memory");
     tok[0] = strdup("<unk>");
     for (int k = 1; k <= K; k++) {
         tok[k] = malloc((size_t)k + 1);
@@ -566,16 +586,10 @@ static void growing_vocab(void)
     pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, K + 1);
     pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, K + 1);
     pi_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix", false);
-    if (pi_gguf_writer_write(w, path) < 0) tap_bail("writing %s failed", path);
-    pi_gguf_writer_destroy(&w);
     for (int k = 0; k <= K; k++) free(tok[k]);
     free(tok), free(scores);
-    pi_gguf_t *g = NULL;
     char err[256] = "";
-    if (pi_gguf_open(path, &g, err, sizeof err) < 0) tap_bail("reopen failed: %s", err);
-    pi_tokenizer_t *t = pi_tokenizer_new(g, err, sizeof err);
-    pi_gguf_destroy(&g);
-    unlink(path);
+    pi_tokenizer_t *t = tok_from_writer(&w, err, sizeof err);
     if (!t) tap_bail("growing vocabulary refused: %s", err);
     size_t big = 1 << 20, small = 3000, n = 0, back = 0;
     char *s = malloc(big), *out = malloc(small + 16);
@@ -598,28 +612,66 @@ static void growing_vocab(void)
     pi_tokenizer_destroy(&t);
 }
 
+/* 1024 user-defined tokens "yx", "yxx", ... (recognised in any text): every 'y' starts a scan of
+ * 1024 candidate lengths. A long run of 'y' must stop at the work budget; a short text must still
+ * cut the special token out exactly. */
+static void special_flood(void)
+{
+    enum { K = 1024 };
+    char **tok = calloc(K + 3, sizeof(*tok));
+    int32_t *types = calloc(K + 3, sizeof(*types));
+    if (!tok || !types) tap_bail("out of memory");
+    tok[0] = strdup("<unk>"), types[0] = PI_TOKEN_UNKNOWN;
+    tok[1] = strdup("y"), types[1] = PI_TOKEN_NORMAL;
+    tok[2] = strdup("\xe2\x96\x81"), types[2] = PI_TOKEN_NORMAL;
+    for (int k = 1; k <= K; k++) {
+        tok[k + 2] = malloc((size_t)k + 2);
+        if (!tok[k + 2]) tap_bail("out of memory");
+        tok[k + 2][0] = 'y';
+        memset(tok[k + 2] + 1, 'x', (size_t)k);
+        tok[k + 2][k + 1] = 0;
+        types[k + 2] = PI_TOKEN_USER_DEFINED;
+    }
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    pi_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
+    pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, K + 3);
+    pi_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", PI_GGUF_I32, types, K + 3);
+    for (int k = 0; k < K + 3; k++) free(tok[k]);
+    free(tok), free(types);
+    char err[256] = "";
+    pi_tokenizer_t *t = tok_from_writer(&w, err, sizeof err);
+    if (!t) tap_bail("special-token vocabulary refused: %s", err);
+    size_t big = 1 << 20, n = 0;
+    char *s = malloc(big);
+    int32_t *ids = malloc(big * sizeof(*ids));
+    if (!s || !ids) tap_bail("out of memory");
+    memset(s, 'y', big);
+    double t0 = now();
+    int rc = pi_tokenize(t, s, big, false, false, ids, big, &n);
+    tap_ok(rc == -PI_ERR_RANGE, "1024 specials sharing a first byte: 1 MiB of it stops at the work budget (rc %d, %.2f s)",
+           rc, now() - t0);
+    memcpy(s + 100, "yxxx", 4); /* 100 'y', "yxxx", 100 'y' */
+    rc = pi_tokenize(t, s, 204, false, false, ids, big, &n);
+    int ok = rc == 0 && n == 203 && ids[0] == 2 && ids[101] == 3 + 2 && ids[102] == 2;
+    for (size_t i = 1; ok && i < n; i++) ok = i == 101 || i == 102 || ids[i] == 1;
+    tap_ok(ok, "1024 specials: \"y\" x 100 + \"yxxx\" + \"y\" x 100 -> \u2581 y.. yxxx \u2581 y.. (%zu ids)", n);
+    free(s), free(ids);
+    pi_tokenizer_destroy(&t);
+}
+
 static void hostile_vocabs(int count)
 {
     const char *s = getenv("PI_SEED");
     uint64_t seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 16);
     fz_state = seed;
     tap_diag("hostile vocabularies: seed %llu (set PI_SEED to repeat)", (unsigned long long)seed);
-    char path[] = "/tmp/pi-test-tokenizer-XXXXXX";
-    int fd = mkstemp(path);
-    if (fd < 0) tap_bail("mkstemp failed");
-    close(fd);
     int loaded = 0, refused = 0, silent = 0, bad = 0, wrong = 0;
     for (int i = 0; i < count; i++) {
         pi_gguf_writer_t *w = pi_gguf_writer_new();
         if (!w) tap_bail("out of memory");
         bool must_fail = fz_write_vocab(w, 1 + fz_rand() % 40);
-        if (pi_gguf_writer_write(w, path) < 0) tap_bail("writing %s failed", path);
-        pi_gguf_writer_destroy(&w);
-        pi_gguf_t *g = NULL;
         char err[256] = "";
-        if (pi_gguf_open(path, &g, err, sizeof err) < 0) tap_bail("reopen failed: %s", err);
-        pi_tokenizer_t *t = pi_tokenizer_new(g, err, sizeof err);
-        pi_gguf_destroy(&g); /* the tokenizer must not depend on the file */
+        pi_tokenizer_t *t = tok_from_writer(&w, err, sizeof err);
         if (must_fail != !t) {
             wrong++;
             tap_diag("  vocabulary %d: %s (%s)", i, t ? "loaded despite a defect" : "refused without one", err);
@@ -633,7 +685,6 @@ static void hostile_vocabs(int count)
         bad += fz_exercise(t);
         pi_tokenizer_destroy(&t);
     }
-    unlink(path);
     tap_ok(silent == 0 && wrong == 0, "hostile vocabularies: %d refused, each with a reason (%d without), "
            "exactly those with a defect (%d wrong)", refused, silent, wrong);
     tap_ok(loaded > 0 && bad == 0, "hostile vocabularies: %d loaded; tokenize + detokenize (random and out-of-range ids) "
@@ -671,5 +722,6 @@ int main(void)
     bad_vocab(5, "");
     hostile_vocabs(300);
     growing_vocab();
+    special_flood();
     return tap_done();
 }

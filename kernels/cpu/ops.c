@@ -3,8 +3,10 @@
  * FFN kernel (see kernels/cpu/ops.h for the contracts).
  *
  * The neuron kernel is the unit later issues split across devices: neuron i reads gate row i, up row i
- * and down_t row i, all contiguous, so a subset of neurons costs only its own rows. Each pool thread
- * accumulates into its own d-vector; the partials are added once at the end.
+ * and down_t row i, all contiguous, so a subset of neurons costs only its own rows. The neuron list is
+ * cut into a fixed number of parts by position (not by thread), each part is summed in list order
+ * into its own d-vector, and the parts are added to y in part order: the float sums never depend on
+ * which thread ran what, so a run's results are bit-for-bit reproducible.
  */
 #include "config.h"
 
@@ -167,15 +169,24 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
 
 /* ---------------------------------------------------------------- neuron-subset FFN */
 
+/* The neuron list is cut into about FFN_PARTS parts, rounded up to a multiple of the pool's threads so
+ * that equal parts fill equal rounds (16 parts on 5 threads would leave 4 threads idle in the last
+ * round): enough for dynamic balance, few enough that clearing and adding the partial vectors costs
+ * little next to the rows (16 x d floats, 128 KiB at d = 2048). A part holds at least MIN_PART
+ * neurons, so short lists use fewer parts. */
+#define FFN_PARTS 16
+#define MIN_PART 32
+
 struct pi_ffn_work {
     int64_t d;
     int n_threads;
+    int max_parts;      /* FFN_PARTS + n_threads: enough for any pool of up to n_threads */
     size_t xq_bytes;    /* capacity of each quantised-input buffer */
     void *xq_gate;      /* x quantised for the gate rows' dot type */
     void *xq_up;        /* x quantised for the up rows' dot type (== xq_gate when the same) */
-    float *acc;         /* (n_threads, d) per-thread partial sums */
+    float *acc;         /* (max_parts, d) per-part partial sums */
     float *row;         /* (n_threads, d) per-thread widened down_t row */
-    int64_t *active;    /* (n_threads) contributing neurons per thread */
+    int64_t *active;    /* (max_parts) contributing neurons per part */
 };
 
 pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads)
@@ -184,14 +195,16 @@ pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads)
     if (!w) return NULL;
     w->d = d;
     w->n_threads = n_threads < 1 ? 1 : n_threads;
+    w->max_parts = FFN_PARTS + w->n_threads;
     /* the widest activation row is f32 (F32/F16/BF16 weights take f32 activations) */
     w->xq_bytes = (size_t)d * sizeof(float) + 64;
-    size_t acc_bytes = (size_t)w->n_threads * (size_t)d * sizeof(float);
+    size_t acc_bytes = (size_t)w->max_parts * (size_t)d * sizeof(float);
+    size_t row_bytes = (size_t)w->n_threads * (size_t)d * sizeof(float);
     if (posix_memalign(&w->xq_gate, 64, w->xq_bytes) != 0) w->xq_gate = NULL;
     if (posix_memalign(&w->xq_up, 64, w->xq_bytes) != 0) w->xq_up = NULL;
     if (posix_memalign((void **)&w->acc, 64, acc_bytes) != 0) w->acc = NULL;
-    if (posix_memalign((void **)&w->row, 64, acc_bytes) != 0) w->row = NULL;
-    w->active = calloc((size_t)w->n_threads, sizeof *w->active);
+    if (posix_memalign((void **)&w->row, 64, row_bytes) != 0) w->row = NULL;
+    w->active = calloc((size_t)w->max_parts, sizeof *w->active);
     if (!w->xq_gate || !w->xq_up || !w->acc || !w->row || !w->active) pi_ffn_work_destroy(&w);
     return w;
 }
@@ -215,6 +228,8 @@ struct neuron_task {
     enum pi_ffn_act act;
     const void *xq_up;
     const int32_t *idx;
+    int64_t n_idx;
+    int n_parts;
 };
 
 /* acc (d) += a * down_t row r, widened first into row (d) through the dispatched dequantiser unless
@@ -238,19 +253,16 @@ static void prefetch_row(const struct pi_weight *w, int64_t r)
     for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
 }
 
-/* Neurons idx[begin, end) in chunks: first the gate of each (a neuron with gate <= 0 stops there for
- * ReLU/dReLU), then up and down for the chunk's active ones, prefetching the next one's rows. */
-static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
+/* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
+ * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones,
+ * prefetching the next one's rows. row (d) is scratch. Returns the neurons added. */
+static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
     enum { CHUNK = 64, PF_AHEAD = 2 };
-    struct neuron_task *t = ctx;
     const struct pi_layer *L = t->L;
     int64_t d = t->w->d, active = 0;
-    float *acc = t->w->acc + (size_t)thread * (size_t)d;
-    float *row = t->w->row + (size_t)thread * (size_t)d;
     int32_t live[CHUNK];
     float gate[CHUNK];
-    PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
@@ -279,7 +291,22 @@ static void neuron_range(void *ctx, int64_t begin, int64_t end, int thread)
             active++;
         }
     }
-    t->w->active[thread] += active;
+    return active;
+}
+
+/* Parts [begin, end) of the neuron list: part p is idx[p * n / n_parts, (p + 1) * n / n_parts), summed
+ * from zero into its own acc row, whichever thread runs it. */
+static void part_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct neuron_task *t = ctx;
+    int64_t d = t->w->d, n = t->n_idx;
+    float *row = t->w->row + (size_t)thread * (size_t)d;
+    PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
+    for (int64_t p = begin; p < end; p++) {
+        float *acc = t->w->acc + (size_t)p * (size_t)d;
+        memset(acc, 0, (size_t)d * sizeof(float));
+        t->w->active[p] = neurons_into(t, p * n / t->n_parts, (p + 1) * n / t->n_parts, acc, row);
+    }
 }
 
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
@@ -298,15 +325,18 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
         pi_quantize_act(L->ffn_up.type, x, w->xq_up, d);
         xq_up = w->xq_up;
     }
-    memset(w->acc, 0, (size_t)n_threads * (size_t)d * sizeof(float));
-    memset(w->active, 0, (size_t)n_threads * sizeof *w->active);
-    struct neuron_task task = {w, L, act, xq_up, idx};
-    pi_pool_for(pool, n_idx, 32, neuron_range, &task);
+    /* the part count depends only on the list length and the pool size */
+    int per_thread = (FFN_PARTS + n_threads - 1) / n_threads;
+    int n_parts = (int)PI_MIN((int64_t)n_threads * per_thread, (n_idx + MIN_PART - 1) / MIN_PART);
+    if (n_parts < 1) return 0;
+    PI_ASSERT(n_parts <= w->max_parts);
+    struct neuron_task task = {w, L, act, xq_up, idx, n_idx, n_parts};
+    pi_pool_for(pool, n_parts, 1, part_range, &task);
     int64_t active = 0;
-    for (int th = 0; th < n_threads; th++) {
-        const float *acc = w->acc + (size_t)th * (size_t)d;
+    for (int p = 0; p < n_parts; p++) {
+        const float *acc = w->acc + (size_t)p * (size_t)d;
         for (int64_t j = 0; j < d; j++) y[j] += acc[j];
-        active += w->active[th];
+        active += w->active[p];
     }
     return active;
 }

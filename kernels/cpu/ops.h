@@ -45,7 +45,7 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);
 
 /* ---- the neuron-subset FFN kernel ---- */
 
-/* Scratch for pi_ffn_neurons: the quantised input and one accumulator per pool thread. */
+/* Scratch for pi_ffn_neurons: the quantised input, one accumulator per part, one row per thread. */
 typedef struct pi_ffn_work pi_ffn_work_t;
 
 /* Scratch for layers of width d computed by up to n_threads threads. NULL on allocation failure. */
@@ -59,7 +59,11 @@ void pi_ffn_work_destroy(pi_ffn_work_t **w);
  * The dot products use each weight type's activation quantisation (pi_vec_dot), as the dense matvec
  * does. For ReLU and dReLU a neuron whose gate pre-activation is <= 0 contributes nothing and its up
  * and down rows are not read (dReLU also skips the down row when up <= 0).
- * Threads of pool split idx; the sum order depends on the split, so results agree to rounding.
+ * Threads of pool share the work, but the sums do not depend on thread timing: idx is cut by position
+ * into parts (about 16, a multiple of the pool size; fewer for short lists), each part summed in list
+ * order, the parts added to y in order. So a call with the same pool size is bit-for-bit reproducible
+ * (pools of 1, 2, 4, 8 and 16 threads give the same bits: 16 parts); another pool size or a different
+ * split of the same neurons agrees to float rounding.
  * Returns the number of neurons whose down row was added: every listed one for SiLU, the active ones
  * for ReLU/dReLU. */
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
