@@ -49,6 +49,7 @@
 #define GGUF_MAX_KEY 65535u         /* GGUF spec: keys are at most 2^16-1 bytes */
 #define GGUF_MAX_NAME 65535u        /* tensor names: ggml says 64, real files exceed it; bounded anyway */
 #define GGUF_MAX_ALIGN (1u << 20)   /* general.alignment upper bound (1 MiB) */
+#define GGUF_MIN_ALIGN 8u           /* the kernels read block structs in place: 8 covers every field */
 #define GGUF_DEFAULT_ALIGN 32u
 #define GGUF_HEADER_BYTES 24u       /* magic + version + n_tensors + n_kv */
 #define MIN_KV_BYTES 14u            /* key length 8 + one key byte + type 4 + one u8 value */
@@ -434,6 +435,9 @@ static int parse_alignment(struct pi_gguf *g, struct rd *r)
     if (!pi_is_pow2(a)) return fail(r, PI_ERR_FORMAT, kv->val_off, "general.alignment %u is not a power of two", a);
     if (a > GGUF_MAX_ALIGN)
         return fail(r, PI_ERR_FORMAT, kv->val_off, "general.alignment %u exceeds limit %u", a, GGUF_MAX_ALIGN);
+    if (a < GGUF_MIN_ALIGN)
+        return fail(r, PI_ERR_FORMAT, kv->val_off, "general.alignment %u is below the minimum %u (tensor data would be misaligned)",
+                    a, GGUF_MIN_ALIGN);
     g->alignment = a;
     r->ctx[0] = '\0';
     return 0;

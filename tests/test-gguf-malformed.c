@@ -216,6 +216,7 @@ static void c_align_u64(struct buf *b)
 static void c_align_0(struct buf *b) { hdr(b, 0, 1); kv_u32(b, "general.alignment", 0); }
 static void c_align_48(struct buf *b) { hdr(b, 0, 1); kv_u32(b, "general.alignment", 48); }
 static void c_align_2m(struct buf *b) { hdr(b, 0, 1); kv_u32(b, "general.alignment", 2u << 20); }
+static void c_align_4(struct buf *b) { hdr(b, 0, 1); kv_u32(b, "general.alignment", 4); }
 static void c_tname_empty(struct buf *b)
 {
     static const uint64_t ne[] = {8};
@@ -419,6 +420,7 @@ static const struct mcase cases[] = {
     {"general.alignment 0", c_align_0, F, "general.alignment 0 is not a power of two"},
     {"general.alignment 48", c_align_48, F, "general.alignment 48 is not a power of two"},
     {"general.alignment 2 MiB", c_align_2m, F, "general.alignment 2097152 exceeds limit 1048576"},
+    {"general.alignment 4", c_align_4, F, "general.alignment 4 is below the minimum 8"},
     {"empty tensor name", c_tname_empty, F, "tensor 0: empty tensor name"},
     {"tensor name length 2^63", c_tname_huge, F, "tensor 0: tensor name length 9223372036854775808 exceeds limit 65535"},
     {"tensor name past end", c_tname_remaining, F, "tensor name length 1000 exceeds the 64 bytes remaining"},
