@@ -181,7 +181,7 @@ int main(void)
     test_kv_unit();
     test_consistency("tiny-llama-q4_0.gguf", true, 1e-5);
     test_consistency("demo-relu-q4_0.gguf", true, 1e-5);
-    /* kernels: prompt (matmul, dense down) and decode (matvec, neuron kernel with q8_0 down_t) round
+    /* kernels: prompt (matmul, dense down) and decode (matvec, neuron kernel with the f16 down_t) round
      * differently; a cache bug gives errors of order 1 */
     test_consistency("demo-relu-q4_0.gguf", false, 5e-2);
     test_multi_seq();
