@@ -17,7 +17,7 @@
  * Tolerances (relative error of a logits row, ||out - ref|| / ||ref||, worst row): GOLDEN_TOL as the
  * pipeline's tests (Q4_0 weights; the cold neurons go through the CPU's 8-bit activations); at hot
  * fraction 1 everything is on the device (f32 matvec, f16 GEMM inputs, f16 KV cache; the down rows are
- * the model's ffn_down_t, requantised to Q8_0 at load for quantised models, and Q5_1 weights become F16)
+ * the model's ffn_down_t, packed as f16 at load for quantised models, and Q5_1 weights become F16)
  * and the bound is DEVICE_TOL (measured on the H100: at most 1.7e-2, tiny-llama Q5_1). Against the host
  * backend, whose activations are quantised to 8 bits (its own error against the golden logits reaches
  * 7.4e-2 on tiny-llama Q5_1), the bound is the triangle inequality: the two errors against the golden

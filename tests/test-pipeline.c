@@ -16,7 +16,7 @@
 #define GOLDEN_TOL 4e-2 /* Q4_0 weights, 8-bit activations: as tests/test-forward.c */
 /* Against the single process the bound is 2 * GOLDEN_TOL: its prompt batches go through the dense
  * matmul FFN (ffn_down, activations quantised to 8 bits) while the pipeline's FFN is the neuron
- * kernel (the transposed down rows, requantised): two quantisation paths, each within GOLDEN_TOL of
+ * kernel (the transposed down rows, an f16 copy): two quantisation paths, each within GOLDEN_TOL of
  * the reference. Between pipeline configurations only the split of the neurons differs (the order of
  * the float32 sums, and ReLU gates within rounding of 0); measured differences are below 3e-2 in the
  * worst row, so the same GOLDEN_TOL bounds them. */

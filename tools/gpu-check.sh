@@ -1,0 +1,54 @@
+#!/bin/bash
+# tools/gpu-check.sh - the GPU machine's check and benchmark run: the CUDA kernel and backend tests,
+# the golden pipeline and forward tests, compute-sanitizer memcheck of the backend and of a pipeline
+# generation, and decode/prompt speed of the demo and a generated 1B-class model for every backend.
+#
+# Prepare on the build machine (CUDA found by configure), then run on the GPU machine with R pointing
+# to the prepared folder and OUT to where logs go:
+#   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
+#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tests,tools}
+#   cp build/coordinator/pi-coordinator $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
+#   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
+#   cp build/tests/test-{cuda,backend-cuda,pipeline,forward} $R/tests/
+#   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
+#   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/gpu-worker/pi-gpu-worker
+#   (GPU machine) R=$PWD/.devrun OUT=/some/dir tools/gpu-check.sh
+set -u
+cd "$(dirname "$0")/.."
+R=${R:-$PWD/.devrun}
+OUT=${OUT:-/tmp/gpu-check}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=$R/lib PI_SRCDIR=$PWD PI_BUILDDIR=$R PI_FIXTURES=$R/fx
+CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } > $OUT/env.txt 2>&1
+cat $OUT/env.txt
+T=$OUT/tests.log; : > $T
+for t in test-cuda test-backend-cuda test-pipeline test-forward; do
+  s=$(date +%s)
+  timeout 200 $R/tests/$t > $OUT/$t.log 2>&1; rc=$?
+  echo "$t rc=$rc ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log) $(grep -c SKIP $OUT/$t.log) skips, $(( $(date +%s) - s )) s" | tee -a $T
+  grep -E '^not ok' $OUT/$t.log | head -10
+done
+M=$PWD/tests/data/demo-relu-q4_0.gguf
+PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda > $OUT/memcheck.log 2>&1
+echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T
+timeout 90 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator --model $M \
+  --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 0.5 --cpu-workers 1 --run-dir /tmp/pirun-mc \
+  >> $OUT/memcheck.log 2>&1
+echo "memcheck pipeline rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -3 | tee -a $T
+B=$OUT/bench.log
+ids=1; for i in $(seq 1 127); do ids="$ids,$(( (i * 37) % 8000 + 2 ))"; done
+one() { # model n label args...
+  local mod=$1 n=$2 lab=$3; shift 3
+  local l; l=$(timeout 90 $R/coordinator/pi-coordinator --model $mod --tokens $ids -n $n --temp 0 \
+      --log-level info --run-dir /tmp/pirun-b "$@" 2>&1 >/dev/null | grep -E "tok/s|round trips|rror" | tr '\n' ' ')
+  echo "$lab: $l"
+}
+echo "== demo (128-token prompt, 128 decode)" | tee $B
+for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1" "cuda 0 1"; do set -- $c
+  one $M 128 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
+s=$(date +%s); timeout 90 $R/tools/pi-gen-model --preset 1b --act relu /tmp/m1b.gguf > /dev/null 2>&1; echo "gen 1b $(( $(date +%s) - s )) s" >> $B
+echo "== 1B-class relu Q4_0 (128-token prompt, 64 decode), 8 threads per process" >> $B
+for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1"; do set -- $c
+  one /tmp/m1b.gguf 64 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
+cat $B; date
