@@ -17,6 +17,10 @@
  * hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot, d), the
  * ffn_down_t rows in another (n_hot, d); both in the ids' order.
  *
+ * The q, k and v weights of a layer are uploaded as one stacked matrix (qd + 2 kvd, d) when their types
+ * agree, with q, k and v as views of it: a one-token step projects them in one launch, larger batches
+ * use the views (PI_CUDA_FUSE_QKV=0 uploads them apart, for comparisons).
+ *
  * Batches: decode (n <= 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
  * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
  * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
@@ -27,7 +31,9 @@
  * shared-memory slot, page-locked with cudaHostRegister the second time the same buffer is given);
  * ffn_hot only enqueues; ffn_merge copies the merged cold partial into pinned staging and then to the
  * device on the copy stream, and the compute stream waits for it by an event: one host round trip per
- * layer (the ffn_input download). A failed CUDA call poisons the backend: every later call answers
+ * layer (the ffn_input download). A layer whose neurons are all hot has no exchange (ffn_hot_count
+ * tells the loop): ffn_input then writes no x, so a step at hot fraction 1 runs without a host wait
+ * until its logits (PI_CUDA_SKIP_X=0 downloads x anyway, for comparisons). A failed CUDA call poisons the backend: every later call answers
  * -PI_ERR_DEVICE, and the worker ends (crash-only).
  */
 #include "config.h"
@@ -55,7 +61,8 @@
     } while (0)
 
 struct cuda_layer {
-    pi_cuda_weight_t *q, *k, *v, *o;
+    pi_cuda_weight_t *q, *k, *v, *o; /* q, k, v are views of qkv when it is not NULL */
+    pi_cuda_weight_t *qkv;           /* q, k and v rows in one matrix (qd + 2 kvd, d): one decode launch */
     pi_cuda_weight_t *gu, *down; /* packed hot neurons; NULL when n_hot == 0 */
     int64_t n_hot;
 };
@@ -68,12 +75,13 @@ struct cuda_backend {
     int d, qd, kvd, hd, n_head, n_head_kv, n_rot, n_layer, n_vocab, n_ctx, n_seq, T, act;
     float eps, rope_base;
     bool own_attn;            /* head_dim the flash-decoding kernel does not take */
+    bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
     int64_t n_hot_max;
     pi_cuda_weight_t *embd, *out; /* out == embd when tied */
     struct cuda_layer *L;
     float *d_norms;           /* (2 n_layer + 1, d): attn_norm, ffn_norm of each layer, output_norm */
     uint8_t *d_kv;            /* per layer, per sequence: K then V, (n_ctx, kvd) f16 each */
-    float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, *d_o, *d_parts, *d_logits, *d_g, *d_a;
+    float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_o, *d_parts, *d_logits, *d_g, *d_a;
     void *d_down16;           /* (n_hot_max, d) f16: a layer's down rows for the batched product */
     int32_t *d_ids;           /* (2 T): tokens, then positions */
     float *h_cold;            /* pinned (T, d): staging of the cold partial */
@@ -134,6 +142,15 @@ static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols)
 /* What a scratch slot of the context holds after a first request of `bytes` (ctx.cu: 25% headroom). */
 static uint64_t slot(uint64_t bytes) { return bytes ? al(bytes + bytes / 4) : 0; }
 
+/* Whether layer L's q, k and v go to the device as one matrix: when their types agree and the device
+ * takes that type as it is (PI_CUDA_FUSE_QKV=0 turns it off, for comparisons). */
+static bool fuse_qkv(const struct pi_layer *L, int64_t d)
+{
+    const char *e = getenv("PI_CUDA_FUSE_QKV");
+    if (e && strcmp(e, "0") == 0) return false;
+    return L->attn_q.type == L->attn_k.type && L->attn_q.type == L->attn_v.type && dev_type_ok(L->attn_q.type, d);
+}
+
 static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
 {
     if (L->ffn_gate.type == L->ffn_up.type && dev_type_ok(L->ffn_gate.type, d)) return L->ffn_gate.type;
@@ -162,9 +179,13 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     uint64_t tile = 0;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        PI_TRY(wbytes(L->attn_q.type, qd, d, &p->attn));
-        PI_TRY(wbytes(L->attn_k.type, kvd, d, &p->attn));
-        PI_TRY(wbytes(L->attn_v.type, kvd, d, &p->attn));
+        if (fuse_qkv(L, d)) {
+            PI_TRY(wbytes(L->attn_q.type, qd + 2 * kvd, d, &p->attn));
+        } else {
+            PI_TRY(wbytes(L->attn_q.type, qd, d, &p->attn));
+            PI_TRY(wbytes(L->attn_k.type, kvd, d, &p->attn));
+            PI_TRY(wbytes(L->attn_v.type, kvd, d, &p->attn));
+        }
         PI_TRY(wbytes(L->attn_output.type, d, qd, &p->attn));
         tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_q.type, d), qd, d));
         tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_k.type, d), kvd, d));
@@ -186,7 +207,7 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
-    p->act = al(uT * d * f) * 2 + al(uT * qd * f) * 2 + al(uT * kvd * f) * 2 + al(uT * d * f) + al(2 * uT * d * f) +
+    p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(uT * d * f) + al(2 * uT * d * f) +
              al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
     if (n_hot_max > 0 && T >= HOT_BATCH_MIN)
         p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f) +
@@ -274,6 +295,27 @@ static int upload_whole(struct cuda_backend *s, const struct pi_weight *w, pi_cu
     return upload(s, &src, t, out);
 }
 
+/* Layer il's q, k and v rows stacked into one device matrix, and q, k, v as views of it. */
+static int upload_qkv(struct cuda_backend *s, int il)
+{
+    const struct pi_layer *L = &s->base.model->layers[il];
+    struct cuda_layer *cl = &s->L[il];
+    uint64_t rb = 0;
+    if (!pi_type_row_bytes(L->attn_q.type, (uint64_t)s->d, &rb)) return -PI_ERR_UNSUPPORTED;
+    const size_t bq = (size_t)rb * (size_t)s->qd, bkv = (size_t)rb * (size_t)s->kvd;
+    uint8_t *buf = malloc(bq + 2 * bkv);
+    if (!buf) return -PI_ERR_NOMEM;
+    memcpy(buf, pi_weight_row(&L->attn_q, 0), bq);
+    memcpy(buf + bq, pi_weight_row(&L->attn_k, 0), bkv);
+    memcpy(buf + bq + bkv, pi_weight_row(&L->attn_v, 0), bkv);
+    int rc = pi_cuda_weight_upload(s->ctx, (int)L->attn_q.type, s->qd + 2 * s->kvd, s->d, buf, &cl->qkv);
+    free(buf);
+    PI_TRY(rc);
+    PI_TRY(pi_cuda_weight_view(cl->qkv, 0, s->qd, &cl->q));
+    PI_TRY(pi_cuda_weight_view(cl->qkv, s->qd, s->kvd, &cl->k));
+    return pi_cuda_weight_view(cl->qkv, s->qd + s->kvd, s->kvd, &cl->v);
+}
+
 static int upload_hot(struct cuda_backend *s, int il)
 {
     const struct pi_layer *L = &s->base.model->layers[il];
@@ -310,6 +352,7 @@ static void cuda_destroy(pi_backend_t *b)
             pi_cuda_weight_destroy(s->ctx, &cl->q);
             pi_cuda_weight_destroy(s->ctx, &cl->k);
             pi_cuda_weight_destroy(s->ctx, &cl->v);
+            pi_cuda_weight_destroy(s->ctx, &cl->qkv); /* after its views */
             pi_cuda_weight_destroy(s->ctx, &cl->o);
             pi_cuda_weight_destroy(s->ctx, &cl->gu);
             pi_cuda_weight_destroy(s->ctx, &cl->down);
@@ -414,17 +457,25 @@ static int cuda_attn(pi_backend_t *b, int il)
     const struct cuda_layer *cl = &s->L[il];
     const int n = s->n;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il) * (size_t)s->d, s->eps, s->d_xn), "attn");
-    CK(s, pi_cuda_matmul(s->ctx, cl->q, n, s->d_xn, s->d_q), "attn");
-    CK(s, pi_cuda_matmul(s->ctx, cl->k, n, s->d_xn, s->d_k), "attn");
-    CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
+    float *d_k = s->d_k, *d_v = s->d_v;
+    if (cl->qkv && n == 1) {
+        /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
+        CK(s, pi_cuda_matvec(s->ctx, cl->qkv, s->d_xn, s->d_q), "attn");
+        d_k = s->d_q + s->qd;
+        d_v = d_k + s->kvd;
+    } else {
+        CK(s, pi_cuda_matmul(s->ctx, cl->q, n, s->d_xn, s->d_q), "attn");
+        CK(s, pi_cuda_matmul(s->ctx, cl->k, n, s->d_xn, s->d_k), "attn");
+        CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
+    }
     const int32_t *d_pos = s->d_ids + n;
     CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
-    CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_k), "attn");
+    CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
         uint8_t *kc = kv_at(s, il, sq, 0), *vc = kv_at(s, il, sq, 1);
-        CK(s, pi_cuda_kv_store(s->ctx, s->n_head_kv, s->hd, p0, T, s->d_k + (size_t)t0 * (size_t)s->kvd,
-                               s->d_v + (size_t)t0 * (size_t)s->kvd, kc, vc), "attn");
+        CK(s, pi_cuda_kv_store(s->ctx, s->n_head_kv, s->hd, p0, T, d_k + (size_t)t0 * (size_t)s->kvd,
+                               d_v + (size_t)t0 * (size_t)s->kvd, kc, vc), "attn");
         CK(s, attend(s, T, p0, s->d_q + (size_t)t0 * (size_t)s->qd, kc, vc, s->d_att + (size_t)t0 * (size_t)s->qd), "attn");
     }
     CK(s, pi_cuda_matmul(s->ctx, cl->o, n, s->d_att, s->d_o), "attn");
@@ -458,8 +509,13 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     const int n = s->n;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il + 1) * (size_t)s->d, s->eps, s->d_xn),
        "ffn_input");
-    maybe_register(s, x);
-    CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
+    /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
+     * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
+    const bool all_hot = s->skip_x && s->L[il].n_hot >= (int64_t)s->base.model->hp.n_ff;
+    if (x && !all_hot) {
+        maybe_register(s, x);
+        CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
+    }
     s->hot_valid = false;
     return 0;
 }
@@ -550,6 +606,12 @@ static int cuda_seq_len(const pi_backend_t *b, int seq)
     return s->len[seq];
 }
 
+static int64_t cuda_ffn_hot_count(const pi_backend_t *b, int il)
+{
+    const struct cuda_backend *s = (const struct cuda_backend *)b;
+    return il >= 0 && il < s->n_layer ? s->L[il].n_hot : 0;
+}
+
 static const struct pi_backend_ops cuda_ops = {
     .name = "cuda",
     .destroy = cuda_destroy,
@@ -562,6 +624,7 @@ static const struct pi_backend_ops cuda_ops = {
     .commit = cuda_commit,
     .seq_truncate = cuda_seq_truncate,
     .seq_len = cuda_seq_len,
+    .ffn_hot_count = cuda_ffn_hot_count,
 };
 
 /* ------------------------------------------------------------------ creation */
@@ -621,9 +684,13 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     /* 1. attention weights and norms */
     for (int il = 0; il < s->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        PI_TRY(upload_whole(s, &L->attn_q, &s->L[il].q));
-        PI_TRY(upload_whole(s, &L->attn_k, &s->L[il].k));
-        PI_TRY(upload_whole(s, &L->attn_v, &s->L[il].v));
+        if (fuse_qkv(L, s->d)) {
+            PI_TRY(upload_qkv(s, il));
+        } else {
+            PI_TRY(upload_whole(s, &L->attn_q, &s->L[il].q));
+            PI_TRY(upload_whole(s, &L->attn_k, &s->L[il].k));
+            PI_TRY(upload_whole(s, &L->attn_v, &s->L[il].v));
+        }
         PI_TRY(upload_whole(s, &L->attn_output, &s->L[il].o));
     }
     PI_TRY(dalloc(s, p->norms, &s->d_norms));
@@ -645,10 +712,10 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     const uint64_t d = (uint64_t)s->d;
     PI_TRY(dalloc(s, T * d * f, &s->d_h));
     PI_TRY(dalloc(s, T * d * f, &s->d_xn));
-    PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_q));
+    PI_TRY(dalloc(s, T * (uint64_t)(s->qd + 2 * s->kvd) * f, &s->d_q));
+    s->d_k = s->d_q + T * (uint64_t)s->qd;
+    s->d_v = s->d_k + T * (uint64_t)s->kvd;
     PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
-    PI_TRY(dalloc(s, T * (uint64_t)s->kvd * f, &s->d_k));
-    PI_TRY(dalloc(s, T * (uint64_t)s->kvd * f, &s->d_v));
     PI_TRY(dalloc(s, T * d * f, &s->d_o));
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
     PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
@@ -707,6 +774,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->eps = hp->rms_eps;
     s->rope_base = hp->rope_base;
     s->own_attn = own_attn;
+    const char *sx = getenv("PI_CUDA_SKIP_X"); /* 0: download x every layer (for comparisons) */
+    s->skip_x = !(sx && strcmp(sx, "0") == 0);
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);

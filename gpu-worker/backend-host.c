@@ -8,6 +8,11 @@
  * head are the forward pass's own code, so a pipeline run differs from the single-process pass only
  * in how the FFN neurons are split and summed.
  *
+ * FFN: a layer whose hot set is all of its neurons (hot fraction 1) is computed exactly as the
+ * single process computes it (pi_forward_ffn: the dense matvec/matmul FFN, or its own sparse-decode
+ * choice), so at hot fraction 1 the pipeline's logits are the single process's bit for bit; a
+ * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons) over its ids.
+ *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
  * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
@@ -31,7 +36,9 @@ struct host_backend {
     struct pi_backend_opts o;
     int d;                     /* n_embd */
     float *h;                  /* (max_tokens, d): the residual stream of the batch */
-    float *hot;                /* (max_tokens, d): the hot neurons' partial of the current layer */
+    float *hot;                /* (max_tokens, d): the hot neurons' partial of the current layer, or
+                                  for a dense layer h + its whole FFN (see dense) */
+    bool dense;                /* the current layer's hot set is all of it: hot = h + ffn(h) */
     const float *x;            /* (n, d): the FFN input given to ffn_input (caller's memory) */
     int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
     int n;                     /* rows of the batch */
@@ -77,19 +84,31 @@ static int host_attn(pi_backend_t *b, int il)
 static int host_ffn_input(pi_backend_t *b, int il, float *x)
 {
     struct host_backend *s = hb(b);
-    pi_forward_ffn_input(s->fwd, il, s->n, s->h, x);
+    if (x) pi_forward_ffn_input(s->fwd, il, s->n, s->h, x); /* NULL: a dense layer, pi_forward_ffn norms h itself */
     s->x = x;
     return 0;
 }
 
 /* hot (n, d) = the hot neurons of layer il over each row of x. Synchronous on the host: the CPU
- * workers run at the same time in their own processes. */
+ * workers run at the same time in their own processes. A layer whose neurons are all hot is the
+ * single process's FFN step instead: hot = h + ffn(ffn_norm(h)), the sum pi_forward_ffn makes. */
 static int host_ffn_hot(pi_backend_t *b, int il)
 {
     struct host_backend *s = hb(b);
     const pi_model_t *m = b->model;
-    memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
+    size_t nd = (size_t)s->n * (size_t)s->d;
     int64_t nh = s->o.n_hot[il];
+    s->dense = nh >= (int64_t)m->hp.n_ff;
+    if (s->dense) {
+        memcpy(s->hot, s->h, nd * sizeof(float));
+        pi_forward_ffn(s->fwd, il, s->n, s->hot);
+        return 0;
+    }
+    if (!s->x) {
+        pi_error("host backend: layer %d: hot neurons without an FFN input", il);
+        return -PI_ERR_INVAL;
+    }
+    memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
     for (int t = 0; t < s->n; t++)
@@ -101,7 +120,16 @@ static int host_ffn_hot(pi_backend_t *b, int il)
 static int host_ffn_merge(pi_backend_t *b, int il, const float *cold)
 {
     struct host_backend *s = hb(b);
+    (void)il;
     size_t n = (size_t)s->n * (size_t)s->d;
+    if (s->dense) {
+        /* hot already holds h + ffn; without partials h becomes exactly the single process's */
+        if (cold)
+            for (size_t i = 0; i < n; i++) s->h[i] = s->hot[i] + cold[i];
+        else
+            memcpy(s->h, s->hot, n * sizeof(float));
+        return 0;
+    }
     for (size_t i = 0; i < n; i++) s->h[i] += s->hot[i] + (cold ? cold[i] : 0.0f);
     return 0;
 }
@@ -128,6 +156,12 @@ static int host_seq_len(const pi_backend_t *b, int seq)
     return pi_forward_seq_len(((const struct host_backend *)b)->fwd, seq);
 }
 
+static int64_t host_ffn_hot_count(const pi_backend_t *b, int il)
+{
+    const struct host_backend *s = (const struct host_backend *)b;
+    return il >= 0 && il < b->model->hp.n_layer ? s->o.n_hot[il] : 0;
+}
+
 static const struct pi_backend_ops host_ops = {
     .name = "host",
     .destroy = host_destroy,
@@ -140,6 +174,7 @@ static const struct pi_backend_ops host_ops = {
     .commit = host_commit,
     .seq_truncate = host_seq_truncate,
     .seq_len = host_seq_len,
+    .ffn_hot_count = host_ffn_hot_count,
 };
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)

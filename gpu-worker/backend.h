@@ -10,8 +10,10 @@
  *   for each layer il:
  *     attn(il)                          h += attention(h) (keys and values appended to the cache)
  *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
+ *                                       (x NULL: the layer has no exchange, nothing to write)
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
  *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
+ *                                       (cold NULL: no CPU partials, the layer had no exchange)
  *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
  *   commit()                            the batch's positions are now part of the cache
  *
@@ -55,6 +57,11 @@ struct pi_backend_ops {
     void (*commit)(pi_backend_t *b);
     int (*seq_truncate)(pi_backend_t *b, int seq, int n);
     int (*seq_len)(const pi_backend_t *b, int seq);
+    /* Optional (NULL = not provided): the number of hot neurons of layer il (opts.n_hot[il]). When
+     * it equals n_ff, no CPU worker owns a neuron of il and the loop skips the layer's exchange,
+     * calling ffn_input(il, NULL), ffn_hot(il), ffn_merge(il, NULL). Without it the loop publishes
+     * every layer. */
+    int64_t (*ffn_hot_count)(const pi_backend_t *b, int il);
 };
 
 /* Every backend struct starts with this. */

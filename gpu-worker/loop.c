@@ -6,25 +6,44 @@
  *   hot neurons (here, while the CPU workers compute theirs) -> wait for every partial ->
  *   merge the partials in worker order -> h += hot + cold.
  * The exchange is single-buffered, which is safe because the next publish comes only after the wait
- * for every partial of this one. A failed wait (a worker died: the coordinator aborted the exchange,
- * or the timeout ran out) fails the batch without committing it to the cache; the coordinator then
- * restarts the pipeline.
+ * for every partial of this one. A layer whose neurons are all hot (hot fraction 1) has nothing for
+ * the CPU workers: it is not published at all, and the backend merges no partial. A failed wait (a
+ * worker died: the coordinator aborted the exchange, or the timeout ran out) fails the batch without
+ * committing it to the cache; the coordinator then restarts the pipeline.
  */
 #include "config.h"
 #include "gpu-worker/loop.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define LOOP_SPIN 20000u
 #define LOOP_IDLE_NS (INT64_C(100) * 1000 * 1000)
 
+/* Whether no CPU worker owns a neuron of layer il: every neuron is hot (the backend says so; a
+ * backend that cannot say is assumed to leave some cold). */
+static bool layer_all_hot(const struct pi_gpu_loop *g, int il)
+{
+    const pi_backend_t *be = g->be;
+    return be->ops->ffn_hot_count && be->ops->ffn_hot_count(be, il) >= (int64_t)be->model->hp.n_ff;
+}
+
 /* One layer's FFN through the exchange. cold (n, d) is scratch. */
 static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
 {
     pi_backend_t *be = g->be;
+    if (layer_all_hot(g, il)) {
+        /* No CPU worker has anything to add: no x, no publish, no wait. The workers wait for the
+         * next publish, whichever layer it names (doc/pipeline.md, "Layers without cold neurons"). */
+        int rc = be->ops->ffn_input(be, il, NULL);
+        if (rc == 0) rc = be->ops->ffn_hot(be, il);
+        if (rc == 0) rc = be->ops->ffn_merge(be, il, NULL);
+        g->n_skip++;
+        return rc;
+    }
     int rc = be->ops->ffn_input(be, il, pi_exchange_x(g->ex));
     if (rc != 0) return rc;
     uint32_t seq;
@@ -96,6 +115,8 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
             if (g->n_rt)
                 pi_info("exchange: %llu layer round trips, mean %.1f us (publish to partials merged, hot neurons excluded)",
                         (unsigned long long)g->n_rt, (double)g->rt_ns / (double)g->n_rt / 1e3);
+            if (g->n_skip)
+                pi_info("exchange: %llu layers without cold neurons skipped it", (unsigned long long)g->n_skip);
             return 0;
         }
         pi_step_respond(g->step, r.id, status);

@@ -29,6 +29,7 @@ struct pi_gpu_loop {
      * plus the CPU workers' compute beyond the GPU worker's) */
     uint64_t n_rt;
     int64_t rt_ns;
+    uint64_t n_skip;     /* layers computed without the exchange: no CPU worker owns a neuron of them */
 };
 
 /* Serve steps until a STOP step, a SHUTDOWN from the coordinator, or a fatal error. Returns 0 on a

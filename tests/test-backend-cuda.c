@@ -25,7 +25,9 @@
  *
  * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. With
  * PI_CUDA_BENCH=1 it only prints decode and prompt tokens/s of each backend (PI_CUDA_BENCH_MODEL, default
- * the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...", PI_CUDA_BENCH_DECODE steps, default 128); with PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short
+ * the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...", PI_CUDA_BENCH_DECODE steps, default 128;
+ * PI_CUDA_BENCH_VARIANTS "A=1 B=0;A=0;...": environment settings applied in turn, one run each, e.g.
+ * the backend's PI_CUDA_FUSE_QKV, PI_CUDA_SKIP_X, PI_CUDA_MV); with PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short
  * run compute-sanitizer checks).
  */
 #include "config.h"
@@ -116,10 +118,10 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
     int rc = be->ops->begin(be, tok, seq, pos, n);
     for (int il = 0; rc == 0 && il < v->m->hp.n_layer; il++) {
         rc = be->ops->attn(be, il);
+        const int64_t nc = v->sp->n_cold[il];
         if (rc == 0) rc = be->ops->ffn_input(be, il, v->x);
         if (rc == 0) rc = be->ops->ffn_hot(be, il);
         if (rc != 0) break;
-        const int64_t nc = v->sp->n_cold[il];
         memset(v->cold, 0, (size_t)n * (size_t)d * sizeof(float));
         for (int t = 0; t < n && nc > 0; t++)
             pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, v->x + (size_t)t * d, v->sp->cold[il], nc,
@@ -362,16 +364,27 @@ static double now_s(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-/* Tokens/s of a backend on m: a prompt batch of T_MAX tokens, then nd decode steps. */
-static void bench(const char *path, const char *name, double frac, int threads, int nd)
+/* Set the environment variables of one benchmark variant: "NAME=VALUE NAME=VALUE ..." (modified). */
+static void set_variant(char *var)
 {
-    pi_model_t *m = NULL;
-    char err[256];
-    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) return;
+    for (char *save = NULL, *a = strtok_r(var, " ", &save); a; a = strtok_r(NULL, " ", &save)) {
+        char *eq = strchr(a, '=');
+        if (!eq) continue;
+        *eq = '\0';
+        setenv(a, eq + 1, 1);
+    }
+}
+
+/* Tokens/s of a backend on m: a prompt batch of T_MAX tokens, then nd decode steps. */
+static void bench_one(const pi_model_t *m, const char *name, double frac, int threads, int nd, const char *label)
+{
     struct split sp;
     split_new(&sp, m, frac);
     struct drv v;
-    if (drv_new(&v, name, m, &sp, 0) != 0) return;
+    if (drv_new(&v, name, m, &sp, 0) != 0) {
+        split_free(&sp);
+        return;
+    }
     pi_pool_destroy(&v.pool);
     v.pool = pi_pool_new(threads);
     pi_ffn_work_destroy(&v.work);
@@ -387,11 +400,29 @@ static void bench(const char *path, const char *name, double frac, int threads, 
         rc = drv_step(&v, &t, sq, &p, 1, 1, lg);
     }
     double t2 = now_s();
-    tap_diag("bench %s backend, hot %.1f, %d CPU threads for the cold neurons: prompt %d tokens %.1f tok/s, decode %.1f tok/s%s",
-             name, frac, threads, T_MAX, T_MAX / (t1 - t0), nd / (t2 - t1), rc ? " (FAILED)" : "");
+    tap_diag("bench %s backend, hot %.1f, %d CPU threads for the cold neurons [%s]: prompt %d tokens %.1f tok/s, decode %.1f "
+             "tok/s%s", name, frac, threads, label, T_MAX, T_MAX / (t1 - t0), nd / (t2 - t1), rc ? " (FAILED)" : "");
     free(lg);
     drv_free(&v);
     split_free(&sp);
+}
+
+/* bench_one for each variant of PI_CUDA_BENCH_VARIANTS ("A=1 B=2;A=0;..."; none: the environment as it is),
+ * the model loaded once. */
+static void bench(const char *path, const char *name, double frac, int threads, int nd)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) return;
+    const char *vs = getenv("PI_CUDA_BENCH_VARIANTS");
+    char all[1024], label[256];
+    snprintf(all, sizeof all, "%s", vs && *vs ? vs : "");
+    if (!all[0]) bench_one(m, name, frac, threads, nd, "default");
+    for (char *save = NULL, *var = strtok_r(all, ";", &save); var; var = strtok_r(NULL, ";", &save)) {
+        snprintf(label, sizeof label, "%s", var);
+        set_variant(var);
+        bench_one(m, name, frac, threads, nd, label);
+    }
     pi_model_destroy(&m);
 }
 

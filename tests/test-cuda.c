@@ -143,6 +143,24 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     double e = nerr_d(y, ref, (size_t)rows);
     tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
            (long long)cols, R, e);
+    if (R == 4 || R == PI_CUDA_MV_STAGED) {
+        /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
+        const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
+        pi_cuda_weight_t *vw = NULL;
+        size_t used0 = 0, used1 = 0;
+        pi_cuda_ctx_usage(ctx, NULL, &used0, NULL, NULL);
+        rc = pi_cuda_weight_view(dw, r0, nr, &vw);
+        PI_ASSERT(pi_cuda_memset(ctx, dy, 0xff, (size_t)rows * 4) == 0);
+        if (rc == 0) rc = pi_cuda_matvec_r(ctx, vw, dx, dy, R);
+        float *yv = host_of(dy, (size_t)nr);
+        double ev = nerr_d(yv, ref + r0, (size_t)nr);
+        pi_cuda_weight_destroy(ctx, &vw);
+        pi_cuda_ctx_usage(ctx, NULL, &used1, NULL, NULL);
+        tap_ok(rc == 0 && ev < 5e-5 && used0 == used1 && pi_cuda_weight_view(dw, rows - 1, 2, &vw) == -PI_ERR_RANGE,
+               "matvec %s view of rows [%lld, %lld) R=%d: error %.3g, holds no device bytes, bad range refused",
+               pi_type_name(t), (long long)r0, (long long)(r0 + nr), R, ev);
+        free(yv);
+    }
     pi_cuda_weight_destroy(ctx, &dw);
     dev_free(dx), dev_free(dy);
     free(w), free(wf), free(x), free(ref), free(y);

@@ -1,7 +1,10 @@
 /*
  * tests/test-matvec.c - kernels/cpu/matvec.h against plain loops over the scalar reference dot
  * product: every type, odd row counts, several pool sizes (NULL, 1, 2, 3 threads), matmul with token
- * counts around the tile size. Inputs are fresh random numbers (seed printed; PI_SEED repeats).
+ * counts around the 4-token kernels' step (1, 3, 4, 5, 17, 64). pi_matmul must equal pi_matvec token by
+ * token bit for bit (the forward pass compares prompt and decode logits), and every variant's 4-token
+ * kernel its own 1-token kernel bit for bit, at block counts with and without a remainder. Inputs are
+ * fresh random numbers (seed printed; PI_SEED repeats).
  */
 #include "config.h"
 
@@ -69,10 +72,110 @@ static double rel_err(const float *y, const float *ref, int64_t n)
     return e / (1 + m);
 }
 
+/* Each available variant's vec_dot4 and vec_dot8 (two rows) against its own vec_dot (bit for bit) and
+ * the scalar reference. */
+static void test_dot4(void)
+{
+    static const int64_t block_counts[] = {1, 3, 4, 7, 16};
+    const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        if (!tab) {
+            tap_skip(1, "variant not available here");
+            continue;
+        }
+        int checked = 0, checked8 = 0, same = 1;
+        double worst = 0;
+        for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+            enum pi_type t = types[k];
+            if (!tab->vec_dot4[t]) continue;
+            for (size_t bc = 0; bc < PI_ARRAY_LEN(block_counts); bc++) {
+                uint32_t be = pi_type_get(t)->block_elems;
+                /* float weights: whole 64-wide steps, a 16-wide step and a scalar tail */
+                int64_t cols = be == 1 ? 16 * block_counts[bc] + (int64_t)(64 * (bc & 1) + bc) : (int64_t)be * block_counts[bc];
+                size_t rb, xb = pi_act_row_bytes(t, cols);
+                uint8_t *W = random_matrix(t, 2, cols, &rb), *xq = malloc(4 * xb);
+                float *x = malloc((size_t)cols * 4), out[4], out8[8];
+                for (int i = 0; i < 4; i++) {
+                    for (int64_t j = 0; j < cols; j++) x[j] = rndf();
+                    pi_quantize_act(t, x, xq + (size_t)i * xb, cols);
+                }
+                tab->vec_dot4[t](W, xq, xb, out, cols);
+                if (tab->vec_dot8[t]) tab->vec_dot8[t](W, rb, xq, xb, out8, cols), checked8++;
+                for (int i = 0; i < 8; i++) {
+                    const uint8_t *row = W + (size_t)(i / 4) * rb;
+                    float one = tab->vec_dot[t](row, xq + (size_t)(i % 4) * xb, cols);
+                    float ref = ref_dot[t](row, xq + (size_t)(i % 4) * xb, cols);
+                    float got = i < 4 ? out[i] : tab->vec_dot8[t] ? out8[i] : one;
+                    same &= memcmp(&one, &got, 4) == 0 && (!tab->vec_dot8[t] || memcmp(&one, &out8[i], 4) == 0);
+                    worst = fmax(worst, fabs((double)got - ref) / (1 + fabs(ref)));
+                }
+                checked++;
+                free(W), free(xq), free(x);
+            }
+        }
+        tap_ok(same && worst < 1e-5, "%s: vec_dot4 (%d cases) and vec_dot8 (%d) == vec_dot bit for bit, vs scalar %.3g",
+               tab->name, checked, checked8, worst);
+    }
+}
+
+/* Each available variant's fused vec_mad (y += a * row) against the scalar dequantiser and a plain
+ * multiply-then-add loop, bit for bit; lengths with and without a loop tail. */
+static void test_vec_mad(void)
+{
+    static const int64_t lens[] = {32, 96, 1024, 8 * 33 + 5};
+    const struct pi_kernel_table *sc = pi_kernels_table(PI_KERNEL_SCALAR);
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        int checked = 0, same = 1;
+        for (size_t k = 0; tab && k < PI_ARRAY_LEN(types); k++) {
+            enum pi_type t = types[k];
+            for (size_t l = 0; tab->vec_mad[t] && l < PI_ARRAY_LEN(lens); l++) {
+                int64_t n = lens[l];
+                if (n % pi_type_get(t)->block_elems) continue;
+                size_t rb;
+                uint8_t *W = random_matrix(t, 1, n, &rb);
+                float *y = malloc((size_t)n * 4), *ref = malloc((size_t)n * 4), *row = malloc((size_t)n * 4);
+                float a = rndf() * 3;
+                for (int64_t i = 0; i < n; i++) y[i] = ref[i] = rndf();
+                sc->dequant[t](W, row, n);
+                for (int64_t i = 0; i < n; i++) ref[i] += a * row[i];
+                tab->vec_mad[t](W, a, y, n);
+                same &= memcmp(y, ref, (size_t)n * 4) == 0;
+                checked++;
+                free(W), free(y), free(ref), free(row);
+            }
+        }
+        if (!tab) tap_skip(1, "variant not available here");
+        else tap_ok(same, "%s: vec_mad == dequant + axpy bit for bit (%d cases)", tab->name, checked);
+    }
+}
+
+/* Long rows, so that pi_matmul's token tile (256 KiB of activations) holds fewer than 64 tokens and
+ * 64 tokens cross tile boundaries: still equal to pi_matvec per token, bit for bit. */
+static void test_tiles(pi_pool_t *pool)
+{
+    static const enum pi_type tt[] = {PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K};
+    const int64_t cols = 8192, rows = 5, n = 64;
+    float *X = malloc((size_t)(n * cols) * 4), *Y = malloc((size_t)(n * rows) * 4), *M = malloc((size_t)(n * rows) * 4);
+    for (int64_t i = 0; i < n * cols; i++) X[i] = rndf();
+    int same = 1;
+    for (size_t k = 0; k < PI_ARRAY_LEN(tt); k++) {
+        size_t rb;
+        uint8_t *W = random_matrix(tt[k], rows, cols, &rb);
+        pi_matmul(pool, tt[k], W, rows, cols, X, n, Y);
+        for (int64_t i = 0; i < n; i++) pi_matvec(NULL, tt[k], W, rows, cols, X + i * cols, M + i * rows);
+        same &= memcmp(Y, M, (size_t)(n * rows) * 4) == 0;
+        free(W);
+    }
+    tap_ok(same, "matmul across token tiles (8192 columns, 64 tokens) == matvec per token, bit for bit");
+    free(X), free(Y), free(M);
+}
+
 int main(void)
 {
     static const int64_t row_counts[] = {1, 7, 33, 129};
-    static const int64_t tok_counts[] = {1, 3, 17};
+    static const int64_t tok_counts[] = {1, 3, 4, 5, 17, 64};
     static const int pool_sizes[] = {0, 1, 2, 3}; /* 0 = NULL pool */
     const int64_t cols = 512;
     const char *s = getenv("PI_SEED");
@@ -83,21 +186,27 @@ int main(void)
     pi_pool_t *pools[4] = {NULL};
     for (int i = 1; i < 4; i++) pools[i] = pi_pool_new(pool_sizes[i]);
     const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
-    float *X = malloc(17 * cols * 4), *Y = malloc(17 * 129 * 4), *R = malloc(17 * 129 * 4);
-    uint8_t *xq = malloc(17 * (size_t)cols * 4);
+    enum { NT = 64 };
+    float *X = malloc(NT * cols * 4), *Y = malloc(NT * 129 * 4), *R = malloc(NT * 129 * 4);
+    float *M = malloc(NT * 129 * 4);
+    uint8_t *xq = malloc(NT * (size_t)cols * 4);
+    test_dot4();
+    test_vec_mad();
 
     for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
         enum pi_type t = types[k];
         double worst_mv = 0, worst_mm = 0;
+        int mm_same = 1;
         for (size_t rc = 0; rc < PI_ARRAY_LEN(row_counts); rc++) {
             int64_t rows = row_counts[rc];
             size_t rb;
             uint8_t *W = random_matrix(t, rows, cols, &rb);
             size_t xb = pi_act_row_bytes(t, cols);
-            for (int64_t i = 0; i < 17 * cols; i++) X[i] = rndf();
-            for (int64_t i = 0; i < 17; i++) pi_quantize_act(t, X + i * cols, xq + (size_t)i * xb, cols);
-            for (int64_t i = 0; i < 17; i++)
+            for (int64_t i = 0; i < NT * cols; i++) X[i] = rndf();
+            for (int64_t i = 0; i < NT; i++) pi_quantize_act(t, X + i * cols, xq + (size_t)i * xb, cols);
+            for (int64_t i = 0; i < NT; i++)
                 for (int64_t r = 0; r < rows; r++) R[i * rows + r] = ref_dot[t](W + (size_t)r * rb, xq + (size_t)i * xb, cols);
+            for (int64_t i = 0; i < NT; i++) pi_matvec(NULL, t, W, rows, cols, X + i * cols, M + i * rows);
             for (size_t ps = 0; ps < PI_ARRAY_LEN(pool_sizes); ps++) {
                 for (int64_t r = 0; r < rows; r++) Y[r] = NAN;
                 pi_matvec(pools[ps], t, W, rows, cols, X, Y);
@@ -107,6 +216,7 @@ int main(void)
                     for (int64_t i = 0; i < n * rows; i++) Y[i] = NAN;
                     pi_matmul(pools[ps], t, W, rows, cols, X, n, Y);
                     worst_mm = fmax(worst_mm, rel_err(Y, R, n * rows));
+                    mm_same &= memcmp(Y, M, (size_t)(n * rows) * 4) == 0;
                 }
             }
             free(W);
@@ -114,10 +224,12 @@ int main(void)
         /* same quantised inputs; only the summation order of the variant differs */
         tap_ok(worst_mv < 1e-5, "%s matvec vs scalar loop (rows 1..129, pools NULL/1/2/3): %.3g",
                pi_type_name(t), worst_mv);
-        tap_ok(worst_mm < 1e-5, "%s matmul vs scalar loop (tokens 1/3/17): %.3g", pi_type_name(t), worst_mm);
+        tap_ok(worst_mm < 1e-5, "%s matmul vs scalar loop (tokens 1/3/4/5/17/64): %.3g", pi_type_name(t), worst_mm);
+        tap_ok(mm_same, "%s matmul == matvec per token, bit for bit", pi_type_name(t));
     }
+    test_tiles(pools[2]);
     for (int i = 1; i < 4; i++) pi_pool_destroy(&pools[i]);
-    free(X), free(Y), free(R), free(xq);
+    free(X), free(Y), free(R), free(M), free(xq);
 
     /* odd block counts (96 = 3 blocks of 32, 33 floats) and pi_vec_mad against dequant + axpy */
     for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {

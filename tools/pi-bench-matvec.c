@@ -10,9 +10,14 @@
  * so the read bandwidth is measured again (one pass, best slice, all thread counts) just before each
  * type. Prints a table: type, threads, GB/s of weights (best call and median call), that bandwidth,
  * best call as % of it, kernel variant.
+ * With -M TOKENS it instead compares, on one thread, pi_matmul (prompt processing: the 4-token
+ * kernels where the variant has them) with the same product done as one vec_dot per (row, token) in
+ * the same tiling (pi_matmul before the 4-token kernels), both including the activation quantisation;
+ * GFLOP/s = 2 * rows * cols * tokens / time, best of PASSES calls, the two timed alternately.
  * Not a test: numbers depend on the machine and on whatever else runs on it.
  *
  *   pi-bench-matvec [-r ROWS] [-c COLS] [-t MAXTHREADS] [-m BW_MIB] [-w WORKSET_MIB] [-p PASSES] [TYPE...]
+ *   pi-bench-matvec -M 64 -r 2048 -c 2048 q4_0 q8_0 q4_k q6_k f16
  */
 #include "config.h"
 
@@ -182,11 +187,70 @@ static struct rate matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t ro
     return r;
 }
 
+/* ---- prompt processing: pi_matmul against one dot per (row, token) ---- */
+
+#define MM_TILE_BYTES (256 * 1024) /* pi_matmul's token tile (kernels/cpu/matvec.c) */
+
+/* Y (n, rows) = X (n, cols) @ W^T with one vec_dot per output, rows outer and tokens inner within
+ * tiles of tokens, as pi_matmul did before its 4-token kernels (one thread). */
+static void matmul_by_dots(enum pi_type t, const uint8_t *W, int64_t rows, int64_t cols, const float *X, int64_t n,
+                           float *Y, uint8_t *xq)
+{
+    pi_vec_dot_fn dot = pi_kernels_active()->vec_dot[t];
+    uint64_t wrb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &wrb));
+    size_t xrb = pi_act_row_bytes(t, cols);
+    const uint8_t *x = (const uint8_t *)X;
+    if (pi_vec_dot_type(t) != PI_TYPE_F32) {
+        for (int64_t i = 0; i < n; i++) pi_quantize_act(t, X + i * cols, xq + (size_t)i * xrb, cols);
+        x = xq;
+    }
+    int64_t tile = PI_MAX(1, (int64_t)(MM_TILE_BYTES / xrb));
+    for (int64_t t0 = 0; t0 < n; t0 += tile)
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t k = t0; k < PI_MIN(n, t0 + tile); k++)
+                Y[k * rows + r] = dot(W + (size_t)r * wrb, x + (size_t)k * xrb, cols);
+}
+
+/* Prints one line per type: GFLOP/s of one vec_dot per output and of pi_matmul, one thread. */
+static int bench_matmul(const enum pi_type *types, int n_types, int64_t rows, int64_t cols, int64_t n, int passes)
+{
+    float *X = malloc((size_t)(n * cols) * 4), *Y = malloc((size_t)(n * rows) * 4);
+    uint8_t *xq = malloc((size_t)(n * cols) * 4 + 64);
+    if (!X || !Y || !xq) return 1;
+    for (int64_t i = 0; i < n * cols; i++) X[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
+    printf("# matmul %lld x %lld weights @ %lld tokens, one thread, kernel variant %s, best of %d calls\n",
+           (long long)rows, (long long)cols, (long long)n, pi_kernels_variant(), passes);
+    printf("%-6s %16s %16s %8s  %s\n", "type", "dots GFLOP/s", "matmul GFLOP/s", "speedup", "4-token kernel");
+    for (int k = 0; k < n_types; k++) {
+        struct bench_type b = {0};
+        if (prepare(&b, types[k], rows, cols, 0) != 0) return 1;
+        double best_dots = 1e30, best_mm = 1e30;
+        for (int p = 0; p < passes; p++) {
+            double t0 = now_s();
+            matmul_by_dots(types[k], b.copies[0], rows, cols, X, n, Y, xq);
+            double t1 = now_s();
+            pi_matmul(NULL, types[k], b.copies[0], rows, cols, X, n, Y);
+            double t2 = now_s();
+            best_dots = PI_MIN(best_dots, t1 - t0), best_mm = PI_MIN(best_mm, t2 - t1);
+        }
+        double flop = 2.0 * (double)rows * (double)cols * (double)n;
+        printf("%-6s %16.1f %16.1f %7.2fx  %s\n", pi_type_name(types[k]), flop / best_dots / 1e9, flop / best_mm / 1e9,
+               best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no");
+        fflush(stdout);
+        release(&b);
+    }
+    free(X), free(Y), free(xq);
+    return 0;
+}
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: pi-bench-matvec [-r ROWS (11008)] [-c COLS (4096)] [-t MAXTHREADS (online CPUs)]\n"
                "                       [-m BANDWIDTH_BUFFER_MIB (1024)] [-w WEIGHTS_WORKING_SET_MIB (512)]\n"
-               "                       [-p PASSES (10)] [TYPE...]   (default types: all with kernels)\n"
+               "                       [-p PASSES (10)] [-M TOKENS (0: matvec)] [TYPE...]\n"
+               "                       (default types: all with kernels)\n"
+               "-M TOKENS: compare pi_matmul over TOKENS tokens with one vec_dot per output (one thread)\n"
                "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
 }
 
@@ -215,7 +279,8 @@ int main(int argc, char **argv)
     int64_t rows = 11008, cols = 4096;
     int max_threads = 0, passes = 10, opt;
     size_t bw_mib = 1024, ws_mib = 512;
-    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:h")) != -1) {
+    int64_t mm_tokens = 0;
+    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:M:h")) != -1) {
         switch (opt) {
         case 'r': rows = atoll(optarg); break;
         case 'c': cols = atoll(optarg); break;
@@ -223,6 +288,7 @@ int main(int argc, char **argv)
         case 'm': bw_mib = (size_t)atoll(optarg); break;
         case 'w': ws_mib = (size_t)atoll(optarg); break;
         case 'p': passes = atoi(optarg); break;
+        case 'M': mm_tokens = atoll(optarg); break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -234,6 +300,7 @@ int main(int argc, char **argv)
     enum pi_type types[PI_TYPE_COUNT];
     int n_types = parse_types(argc - optind, argv + optind, types);
     if (n_types < 0) return 2;
+    if (mm_tokens > 0) return bench_matmul(types, n_types, rows, cols, mm_tokens, passes);
 
     pi_pool_t *probe = pi_pool_new(max_threads);
     if (!probe) return 1;

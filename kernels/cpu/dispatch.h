@@ -13,6 +13,7 @@
 #define PI_KERNELS_CPU_DISPATCH_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "lib/types.h"
@@ -26,12 +27,26 @@ enum pi_kernel_isa {
 
 /* wrow: n elements of the weight type; xq: n activations in pi_vec_dot_type(weight type). */
 typedef float (*pi_vec_dot_fn)(const void *wrow, const void *xq, int64_t n);
+/* Four tokens against one weight row: out[k] = the same variant's vec_dot(wrow, xq + k * xstride, n)
+ * for k = 0..3, bit for bit (each token's float operations are the 1-token kernel's, in its order; only
+ * the weight unpacking and the weight scales are shared). xstride: bytes between the tokens' rows. */
+typedef void (*pi_vec_dot4_fn)(const void *wrow, const void *xq, size_t xstride, float out[4], int64_t n);
+/* Two weight rows (wrow, wrow + wstride) against four tokens: out[r * 4 + k] = vec_dot(row r, token k),
+ * bit for bit as vec_dot4; the tokens' activations are loaded once for both rows. */
+typedef void (*pi_vec_dot8_fn)(const void *wrow, size_t wstride, const void *xq, size_t xstride, float out[8],
+                               int64_t n);
+/* y (n,) += a * dequant(row): the same floats as dequantising row and then y[i] += a * x[i] (a multiply
+ * and an add, each rounded; no FMA). */
+typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
 /* src: n elements of the type -> dst (n,) */
 typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 
 struct pi_kernel_table {
     const char *name;                      /* "scalar", "avx2", "avx512" */
     pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];  /* NULL where the type has no dot product */
+    pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT]; /* NULL: no 4-token kernel matching vec_dot (loop it) */
+    pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT]; /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
+    pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];   /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
     pi_dequant_fn dequant[PI_TYPE_COUNT];  /* NULL where the type has no dequantiser */
 };
 

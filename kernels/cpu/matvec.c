@@ -5,7 +5,11 @@
  * one thread, so no reduction is needed. The quantised activations are shared read-only.
  * pi_matmul tiles tokens so that a tile's activations (at most TILE_BYTES) stay in L2 while a range of
  * weight rows streams through once: each weight row is loaded from memory once per tile and then
- * dotted with every token of the tile from L1.
+ * dotted with every token of the tile from L1. Where the active variant has a 4-token kernel
+ * (vec_dot4: F16, Q4_0, Q8_0, Q4_K, Q6_K on AVX-512), a weight row is unpacked once per four tokens
+ * instead of once per token, and with a 2-row kernel (vec_dot8) a group of four tokens' activations
+ * is loaded once per two rows; both return the same floats as vec_dot, so pi_matmul's Y is bit for bit
+ * the same as n calls of pi_matvec, whatever the token count, tiling or thread count.
  */
 #include "config.h"
 
@@ -21,6 +25,8 @@
 
 struct mm_ctx {
     pi_vec_dot_fn dot;
+    pi_vec_dot4_fn dot4; /* NULL: dot per token */
+    pi_vec_dot8_fn dot8; /* NULL: dot4 per row */
     const uint8_t *W;
     size_t w_row_bytes, x_row_bytes;
     int64_t rows, cols, n, tile;
@@ -74,18 +80,41 @@ void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int
     free(xq);
 }
 
+/* Row r for tokens [t0, t1): four at a time through dot4 where there is one. */
+static void mm_row(const struct mm_ctx *c, int64_t r, int64_t t0, int64_t t1)
+{
+    const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
+    int64_t t = t0;
+    for (; c->dot4 && t + 4 <= t1; t += 4) {
+        float o[4];
+        c->dot4(w, c->xq + (size_t)t * c->x_row_bytes, c->x_row_bytes, o, c->cols);
+        for (int k = 0; k < 4; k++) c->Y[(t + k) * c->rows + r] = o[k];
+    }
+    for (; t < t1; t++) c->Y[t * c->rows + r] = c->dot(w, c->xq + (size_t)t * c->x_row_bytes, c->cols);
+}
+
+/* Rows r, r + 1 for tokens [t0, t1): 2 x 4 at a time through dot8, the remaining tokens row by row. */
+static void mm_row_pair(const struct mm_ctx *c, int64_t r, int64_t t0, int64_t t1)
+{
+    const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
+    int64_t t = t0;
+    for (; t + 4 <= t1; t += 4) {
+        float o[8];
+        c->dot8(w, c->w_row_bytes, c->xq + (size_t)t * c->x_row_bytes, c->x_row_bytes, o, c->cols);
+        for (int k = 0; k < 4; k++) c->Y[(t + k) * c->rows + r] = o[k], c->Y[(t + k) * c->rows + r + 1] = o[4 + k];
+    }
+    if (t < t1) mm_row(c, r, t, t1), mm_row(c, r + 1, t, t1);
+}
+
 /* Rows [begin, end) for every token: tile over tokens outside, rows inside, tokens innermost. */
 static void mm_rows(void *vctx, int64_t begin, int64_t end, int thread)
 {
     const struct mm_ctx *c = vctx;
     (void)thread;
     for (int64_t t0 = 0; t0 < c->n; t0 += c->tile) {
-        int64_t t1 = PI_MIN(c->n, t0 + c->tile);
-        for (int64_t r = begin; r < end; r++) {
-            const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
-            for (int64_t t = t0; t < t1; t++)
-                c->Y[t * c->rows + r] = c->dot(w, c->xq + (size_t)t * c->x_row_bytes, c->cols);
-        }
+        int64_t t1 = PI_MIN(c->n, t0 + c->tile), r = begin;
+        for (; c->dot8 && r + 2 <= end; r += 2) mm_row_pair(c, r, t0, t1);
+        for (; r < end; r++) mm_row(c, r, t0, t1);
     }
 }
 
@@ -95,8 +124,10 @@ void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int
     PI_ASSERT(pi_kernel_supported(t) && rows >= 0 && n >= 0);
     if (n == 0 || rows == 0) return;
     struct mm_ctx c = {
-        .dot = pi_kernels_active()->vec_dot[t], .W = W, .w_row_bytes = row_bytes(t, cols),
-        .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows, .cols = cols, .n = n, .Y = Y,
+        .dot = pi_kernels_active()->vec_dot[t], .dot4 = pi_kernels_active()->vec_dot4[t],
+        .dot8 = pi_kernels_active()->vec_dot8[t], .W = W,
+        .w_row_bytes = row_bytes(t, cols), .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows,
+        .cols = cols, .n = n, .Y = Y,
     };
     void *xq = NULL;
     if (pi_vec_dot_type(t) == PI_TYPE_F32) {
@@ -110,6 +141,7 @@ void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int
         c.xq = xq;
     }
     c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / (c.x_row_bytes ? c.x_row_bytes : 1)));
+    if (c.tile > 4) c.tile &= ~(int64_t)3; /* whole groups of four for the multi-token kernels */
     /* each thread's share should be large enough that weight reuse dominates: at least grain rows */
     pi_pool_for(pool, rows, PI_MAX(4, row_grain(c.w_row_bytes) / PI_MAX(1, PI_MIN(n, c.tile))), mm_rows, &c);
     free(xq);

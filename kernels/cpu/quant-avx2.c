@@ -94,69 +94,138 @@ static void dequant_f16(const void *src, float *dst, int64_t n)
 
 /* ---------------------------------------------------------------- legacy types x Q8_0 */
 
-static inline __m256i q8_0_block(const struct pi_block_q8_0 *a, const struct pi_block_q8_0 *b)
+/* Block k of token t's activations (row t at xq + t * xs). */
+static inline const struct pi_block_q8_0 *act_q8_0(const void *xq, size_t xs, int t, int64_t k)
 {
-    return pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a->qs), _mm256_loadu_si256((const __m256i *)b->qs));
+    return (const struct pi_block_q8_0 *)((const uint8_t *)xq + (size_t)t * xs) + k;
 }
 
-/* Four blocks per iteration so that their eight fp16 scales convert together (pi_x86_scales4). */
-static float dot_q8_0(const void *w, const void *xq, int64_t n)
+/* pi_x86_dot_i8(x, y) split: |x| once per weight block (q8_0_abs), y under x's sign per token. */
+static inline __m256i q8_0_abs(const struct pi_block_q8_0 *a)
 {
-    const struct pi_block_q8_0 *a = w, *b = xq;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    __m256i x = _mm256_loadu_si256((const __m256i *)a->qs);
+    return _mm256_sign_epi8(x, x);
+}
+
+static inline __m256i q8_0_block(const struct pi_block_q8_0 *a, __m256i ax, const struct pi_block_q8_0 *b)
+{
+    __m256i x = _mm256_loadu_si256((const __m256i *)a->qs);
+    __m256i p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)b->qs), x));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+/* Four blocks per iteration so that their eight fp16 scales convert together. nt (1..4) tokens share
+ * the weights' |x| and fp16 scales; each keeps its own two accumulators in dot_q8_0's order. */
+PI_X86_INLINE void q8_0_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
+{
+    const struct pi_block_q8_0 *a = w;
+    __m256 acc0[4], acc1[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
-        acc0 = pi_x86_fma_lane(s, 0, q8_0_block(&a[i], &b[i]), acc0);
-        acc1 = pi_x86_fma_lane(s, 1, q8_0_block(&a[i + 1], &b[i + 1]), acc1);
-        acc0 = pi_x86_fma_lane(s, 2, q8_0_block(&a[i + 2], &b[i + 2]), acc0);
-        acc1 = pi_x86_fma_lane(s, 3, q8_0_block(&a[i + 3], &b[i + 3]), acc1);
+        __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
+        __m256i ax[4];
+        for (int k = 0; k < 4; k++) ax[k] = q8_0_abs(&a[i + k]);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
+            __m128 s = _mm_mul_ps(dw, pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b)));
+            acc0[t] = pi_x86_fma_lane(s, 0, q8_0_block(&a[i], ax[0], b), acc0[t]);
+            acc1[t] = pi_x86_fma_lane(s, 1, q8_0_block(&a[i + 1], ax[1], b + 1), acc1[t]);
+            acc0[t] = pi_x86_fma_lane(s, 2, q8_0_block(&a[i + 2], ax[2], b + 2), acc0[t]);
+            acc1[t] = pi_x86_fma_lane(s, 3, q8_0_block(&a[i + 3], ax[3], b + 3), acc1[t]);
+        }
     }
-    for (; i < nb; i++)
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d)),
-                               _mm256_cvtepi32_ps(q8_0_block(&a[i], &b[i])), acc0);
-    return pi_x86_hsum_ps(_mm256_add_ps(acc0, acc1));
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        for (int64_t j = i; j < nb; j++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, j);
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[j].d) * pi_x86_h2f(b->d)),
+                                      _mm256_cvtepi32_ps(q8_0_block(&a[j], q8_0_abs(&a[j]), b)), acc0[t]);
+        }
+        out[t] = pi_x86_hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
+    }
 }
 
-/* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
- * nibbles, and the activations are loaded to match ([y_i[0..15] | y_i+1[0..15]] and the same for
- * elements 16..31), so the nibble unpacking costs half as much as block by block. Returns 8 int32
- * partial sums of (q - 8) * y: block i in the low 128 bits, block i+1 in the high 128 bits. */
-static inline __m256i q4_0_pair(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
+static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), k8 = _mm256_set1_epi8(8);
+    float s;
+    q8_0_n(w, xq, 0, &s, n, 1);
+    return s;
+}
+
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, xq, xs, out, n, 4); }
+
+/* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
+ * nibbles (once for all tokens), and each token's activations are loaded to match
+ * ([y_i[0..15] | y_i+1[0..15]] and the same for elements 16..31), so the nibble unpacking costs half as
+ * much as block by block. q4_0_pair returns 8 int32 partial sums of (q - 8) * y: block i in the low
+ * 128 bits, block i+1 in the high 128 bits. */
+struct q4_0_nib {
+    __m256i lo, hi;
+};
+
+static inline struct q4_0_nib q4_0_unpack(const struct pi_block_q4_0 *a)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i v = _mm256_loadu2_m128i((const __m128i *)a[1].qs, (const __m128i *)a[0].qs);
-    __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+    return (struct q4_0_nib){_mm256_and_si256(v, m4), _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)};
+}
+
+static inline __m256i q4_0_pair(struct q4_0_nib q, const struct pi_block_q8_0 *b)
+{
+    const __m256i k8 = _mm256_set1_epi8(8);
     __m256i ylo = _mm256_loadu2_m128i((const __m128i *)b[1].qs, (const __m128i *)b[0].qs);
     __m256i yhi = _mm256_loadu2_m128i((const __m128i *)(b[1].qs + 16), (const __m128i *)(b[0].qs + 16));
     /* int16 sums: |q * y| pairs <= 15 * 127 * 2, two of them <= 7620; the offset 8 * y likewise */
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(q.lo, ylo), _mm256_maddubs_epi16(q.hi, yhi));
     __m256i o = _mm256_add_epi16(_mm256_maddubs_epi16(k8, ylo), _mm256_maddubs_epi16(k8, yhi));
     return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
 }
 
-static float dot_q4_0(const void *w, const void *xq, int64_t n)
+PI_X86_INLINE void q4_0_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q4_0 *a = w;
-    const struct pi_block_q8_0 *b = xq;
     const __m256i lo2 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0), hi2 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    __m256 acc0[4], acc1[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
-        __m256 s8 = _mm256_castps128_ps256(s);
-        acc0 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s8, lo2), _mm256_cvtepi32_ps(q4_0_pair(&a[i], &b[i])), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s8, hi2), _mm256_cvtepi32_ps(q4_0_pair(&a[i + 2], &b[i + 2])), acc1);
+        __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
+        struct q4_0_nib q0 = q4_0_unpack(&a[i]), q1 = q4_0_unpack(&a[i + 2]);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
+            __m128 s = _mm_mul_ps(dw, pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b)));
+            __m256 s8 = _mm256_castps128_ps256(s);
+            acc0[t] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s8, lo2), _mm256_cvtepi32_ps(q4_0_pair(q0, b)), acc0[t]);
+            acc1[t] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s8, hi2), _mm256_cvtepi32_ps(q4_0_pair(q1, b + 2)), acc1[t]);
+        }
     }
-    for (; i < nb; i++) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)b[i].qs);
-        __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(pi_x86_nibbles32(a[i].qs), y),
-                                     _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d)),
-                               _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))), acc0);
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        for (int64_t j = i; j < nb; j++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, j);
+            __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
+            __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(pi_x86_nibbles32(a[j].qs), y),
+                                         _mm256_maddubs_epi16(_mm256_set1_epi8(8), y));
+            acc0[t] = _mm256_fmadd_ps(_mm256_set1_ps(pi_x86_h2f(a[j].d) * pi_x86_h2f(b->d)),
+                                      _mm256_cvtepi32_ps(_mm256_madd_epi16(p, _mm256_set1_epi16(1))), acc0[t]);
+        }
+        out[t] = pi_x86_hsum_ps(_mm256_add_ps(acc0[t], acc1[t]));
     }
-    return pi_x86_hsum_ps(_mm256_add_ps(acc0, acc1));
 }
+
+static float dot_q4_0(const void *w, const void *xq, int64_t n)
+{
+    float s;
+    q4_0_n(w, xq, 0, &s, n, 1);
+    return s;
+}
+
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, xq, xs, out, n, 4); }
 
 static float dot_q5_0(const void *w, const void *xq, int64_t n)
 {
@@ -562,6 +631,46 @@ static void dequant_q6_K(const void *src, float *dst, int64_t n)
     }
 }
 
+/* ---------------------------------------------------------------- y += a * row (pi_vec_mad)
+ * Multiply, then add, each rounded as in the scalar loop over the dequantised row; the barrier keeps
+ * the compiler from contracting them into an FMA (which would round once and differ). */
+static inline __m256 mad8(__m256 y, __m256 a, __m256 x)
+{
+    __m256 p = _mm256_mul_ps(a, x);
+    __asm__("" : "+x"(p));
+    return _mm256_add_ps(y, p);
+}
+
+static void vec_mad_f16(const void *row, float a, float *y, int64_t n)
+{
+    const uint8_t *r = row;
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, mad8(_mm256_loadu_ps(y + i), va, load_f16x8(r + 2 * i)));
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, r + 2 * i, 2);
+        float p = a * pi_x86_h2f(h);
+        __asm__("" : "+x"(p));
+        y[i] += p;
+    }
+}
+
+static void vec_mad_q8_0(const void *row, float a, float *y, int64_t n)
+{
+    const struct pi_block_q8_0 *b = row;
+    __m256 va = _mm256_set1_ps(a);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256 d = _mm256_set1_ps(pi_x86_h2f(b[i].d));
+        for (int k = 0; k < 4; k++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(b[i].qs + 8 * k));
+            __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d); /* dequant_q8_0 */
+            float *yk = y + 32 * i + 8 * k;
+            _mm256_storeu_ps(yk, mad8(_mm256_loadu_ps(yk), va, x));
+        }
+    }
+}
+
 const struct pi_kernel_table pi_kernels_avx2_raw = {
     .name = "avx2",
     .vec_dot = {
@@ -570,6 +679,12 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
         [PI_TYPE_Q5_1] = dot_q5_1, [PI_TYPE_Q8_0] = dot_q8_0,
         [PI_TYPE_Q2_K] = dot_q2_K, [PI_TYPE_Q3_K] = dot_q3_K, [PI_TYPE_Q4_K] = dot_q4_K,
         [PI_TYPE_Q5_K] = dot_q5_K, [PI_TYPE_Q6_K] = dot_q6_K,
+    },
+    .vec_dot4 = {
+        [PI_TYPE_Q4_0] = dot4_q4_0, [PI_TYPE_Q8_0] = dot4_q8_0,
+    },
+    .vec_mad = {
+        [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,
     },
     .dequant = {
         [PI_TYPE_F16] = dequant_f16, [PI_TYPE_BF16] = dequant_bf16, [PI_TYPE_Q8_0] = dequant_q8_0,

@@ -62,27 +62,54 @@ static float dot_f32(const void *w, const void *xq, int64_t n)
 
 static inline __m512 load_f16x16(const uint8_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 
-static float dot_f16(const void *w, const void *xq, int64_t n)
+/* nt (1..4) tokens at xq + k * xs: the weights are converted once per 16 and fed to every token's own
+ * four accumulators, so each token sees exactly dot_f16's operations. */
+PI_X86_INLINE void f16_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const uint8_t *a = w;
-    const float *b = xq;
-    __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    __m512 s0[4], s1[4], s2[4], s3[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) s0[t] = s1[t] = s2[t] = s3[t] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
-        s0 = _mm512_fmadd_ps(load_f16x16(a + 2 * i), _mm512_loadu_ps(b + i), s0);
-        s1 = _mm512_fmadd_ps(load_f16x16(a + 2 * i + 32), _mm512_loadu_ps(b + i + 16), s1);
-        s2 = _mm512_fmadd_ps(load_f16x16(a + 2 * i + 64), _mm512_loadu_ps(b + i + 32), s2);
-        s3 = _mm512_fmadd_ps(load_f16x16(a + 2 * i + 96), _mm512_loadu_ps(b + i + 48), s3);
+        __m512 w0 = load_f16x16(a + 2 * i), w1 = load_f16x16(a + 2 * i + 32);
+        __m512 w2 = load_f16x16(a + 2 * i + 64), w3 = load_f16x16(a + 2 * i + 96);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const float *b = (const float *)((const uint8_t *)xq + (size_t)t * xs);
+            s0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(b + i), s0[t]);
+            s1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(b + i + 16), s1[t]);
+            s2[t] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(b + i + 32), s2[t]);
+            s3[t] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(b + i + 48), s3[t]);
+        }
     }
-    for (; i + 16 <= n; i += 16) s0 = _mm512_fmadd_ps(load_f16x16(a + 2 * i), _mm512_loadu_ps(b + i), s0);
-    float s = hsum512(_mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)));
-    for (; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, a + 2 * i, 2);
-        s += pi_x86_h2f(h) * b[i];
+    for (; i + 16 <= n; i += 16) {
+        __m512 w0 = load_f16x16(a + 2 * i);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++)
+            s0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps((const float *)((const uint8_t *)xq + (size_t)t * xs) + i), s0[t]);
     }
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        const float *b = (const float *)((const uint8_t *)xq + (size_t)t * xs);
+        float s = hsum512(_mm512_add_ps(_mm512_add_ps(s0[t], s1[t]), _mm512_add_ps(s2[t], s3[t])));
+        for (int64_t j = i; j < n; j++) {
+            uint16_t h;
+            memcpy(&h, a + 2 * j, 2);
+            s += pi_x86_h2f(h) * b[j];
+        }
+        out[t] = s;
+    }
+}
+
+static float dot_f16(const void *w, const void *xq, int64_t n)
+{
+    float s;
+    f16_n(w, xq, 0, &s, n, 1);
     return s;
 }
+
+static void dot4_f16(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { f16_n(w, xq, xs, out, n, 4); }
 
 static void dequant_f16(const void *src, float *dst, int64_t n)
 {
@@ -106,28 +133,90 @@ static inline __m512 pair_scales(__m128 s, int h)
     return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(s));
 }
 
-static inline __m512i q8_0_pair(const struct pi_block_q8_0 *a, const struct pi_block_q8_0 *b)
+/* Block k of token t's activations (row t at xq + t * xs). */
+static inline const struct pi_block_q8_0 *act_q8_0(const void *xq, size_t xs, int t, int64_t k)
 {
-    return dot_i8_512(load2x32(a[0].qs, a[1].qs), load2x32(b[0].qs, b[1].qs));
+    return (const struct pi_block_q8_0 *)((const uint8_t *)xq + (size_t)t * xs) + k;
 }
 
-/* Four blocks per iteration: two per register, their eight fp16 scales converted together. */
-static float dot_q8_0(const void *w, const void *xq, int64_t n)
+/* Weights of blocks (i, i+1) prepared once for dot_i8_512 against several tokens: |x| and x's sign. */
+struct i8_pair {
+    __m512i ax;
+    __mmask64 neg;
+};
+
+static inline struct i8_pair i8_pair_load(const struct pi_block_q8_0 *a)
 {
-    const struct pi_block_q8_0 *a = w, *b = xq;
-    __m512 acc0 = _mm512_setzero_ps(), acc1 = acc0;
+    __m512i x = load2x32(a[0].qs, a[1].qs);
+    return (struct i8_pair){_mm512_abs_epi8(x), _mm512_movepi8_mask(x)};
+}
+
+/* dot_i8_512(x, y) with x prepared by i8_pair_load and y = load2x32 of the activations: the same sums. */
+static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
+{
+    __m512i ys = _mm512_mask_sub_epi8(y, x.neg, _mm512_setzero_si512(), y);
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(x.ax, ys), _mm512_set1_epi16(1));
+}
+
+/* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..2)
+ * rows at w + r * ws times nt (1..4) tokens -> out[r * 4 + t]: the weights are unpacked once per row,
+ * the activations loaded once per token; each pair keeps dot_q8_0's two accumulators and order. */
+PI_X86_INLINE void q8_0_n(const void *w, size_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+{
+    __m512 acc0[2][4], acc1[2][4];
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc0[r][t] = acc1[r][t] = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
-        acc0 = _mm512_fmadd_ps(pair_scales(s, 0), _mm512_cvtepi32_ps(q8_0_pair(&a[i], &b[i])), acc0);
-        acc1 = _mm512_fmadd_ps(pair_scales(s, 1), _mm512_cvtepi32_ps(q8_0_pair(&a[i + 2], &b[i + 2])), acc1);
+        __m128 dw[2];
+        struct i8_pair x0[2], x1[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + (size_t)r * ws) + i;
+            dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
+            x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
+            __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
+            __m512i y0 = load2x32(b[0].qs, b[1].qs), y1 = load2x32(b[2].qs, b[3].qs);
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) {
+                __m128 sc = _mm_mul_ps(dw[r], dx);
+                acc0[r][t] = _mm512_fmadd_ps(pair_scales(sc, 0), _mm512_cvtepi32_ps(i8_pair_dot(x0[r], y0)), acc0[r][t]);
+                acc1[r][t] = _mm512_fmadd_ps(pair_scales(sc, 1), _mm512_cvtepi32_ps(i8_pair_dot(x1[r], y1)), acc1[r][t]);
+            }
+        }
     }
-    float sum = hsum512(_mm512_add_ps(acc0, acc1));
-    for (; i < nb; i++) {
-        __m256i p = pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a[i].qs), _mm256_loadu_si256((const __m256i *)b[i].qs));
-        sum += pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d) * (float)pi_x86_hsum_epi32(p);
+    for (int r = 0; r < nr; r++) {
+        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + (size_t)r * ws);
+        for (int t = 0; t < nt; t++) {
+            float sum = hsum512(_mm512_add_ps(acc0[r][t], acc1[r][t]));
+            for (int64_t j = i; j < nb; j++) {
+                const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, j);
+                __m256i p = pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a[j].qs), _mm256_loadu_si256((const __m256i *)b->qs));
+                sum += pi_x86_h2f(a[j].d) * pi_x86_h2f(b->d) * (float)pi_x86_hsum_epi32(p);
+            }
+            out[r * 4 + t] = sum;
+        }
     }
-    return sum;
+}
+
+static float dot_q8_0(const void *w, const void *xq, int64_t n)
+{
+    float s;
+    q8_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    return s;
+}
+
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, 0, 1, xq, xs, 4, out, n); }
+
+static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
+{
+    q8_0_n(w, ws, 2, xq, xs, 4, out, n);
 }
 
 /* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
@@ -140,39 +229,91 @@ static inline __m512i load4x16(const void *p0, const void *p1, const void *p2, c
 }
 
 /* Four Q4_0 blocks per register, one per 128-bit lane: the packed nibbles of block k are split into
- * low (elements 0..15) and high (16..31) halves in place, and the activations are loaded to match.
- * Returns 16 int32 partial sums of (q - 8) * y, lane k holding block k's four. */
-static inline __m512i q4_0_quad(const struct pi_block_q4_0 *a, const struct pi_block_q8_0 *b)
+ * low (elements 0..15) and high (16..31) halves in place (once per row, for every token), and each
+ * token's activations are loaded to match (once per token, for every row), with their offset term
+ * 8 * sum(y). The int32 partial sums of (q - 8) * y are those of the 1-row kernel: lane k holds
+ * block k's four. */
+struct q4_0_act {
+    __m512i ylo, yhi, o;
+};
+
+static inline struct q4_0_act q4_0_act_load(const struct pi_block_q8_0 *b)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), k8 = _mm512_set1_epi8(8);
-    __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
-    __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
-    __m512i ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
-    __m512i yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
-    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, ylo), _mm512_maddubs_epi16(hi, yhi));
-    __m512i o = _mm512_add_epi16(_mm512_maddubs_epi16(k8, ylo), _mm512_maddubs_epi16(k8, yhi));
-    return _mm512_madd_epi16(_mm512_sub_epi16(p, o), _mm512_set1_epi16(1));
+    const __m512i k8 = _mm512_set1_epi8(8);
+    struct q4_0_act y;
+    y.ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
+    y.yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
+    y.o = _mm512_add_epi16(_mm512_maddubs_epi16(k8, y.ylo), _mm512_maddubs_epi16(k8, y.yhi));
+    return y;
+}
+
+static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
+{
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, y.ylo), _mm512_maddubs_epi16(hi, y.yhi));
+    return _mm512_madd_epi16(_mm512_sub_epi16(p, y.o), _mm512_set1_epi16(1));
+}
+
+/* nr (1..2) weight rows at w + r * ws times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t]
+ * (out[t] when nr is 1). Each (row, token) pair keeps the 1-row kernel's accumulator and order. */
+PI_X86_INLINE void q4_0_n(const void *w, size_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+{
+    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[2][4];
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    int64_t nb = n / 32, i = 0;
+    for (; i + 4 <= nb; i += 4) {
+        __m128 dw[2];
+        __m512i lo[2], hi[2];
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + (size_t)r * ws) + i;
+            dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
+            __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
+            lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
+            __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
+            struct q4_0_act y = q4_0_act_load(b);
+#pragma GCC unroll 2
+            for (int r = 0; r < nr; r++) {
+                __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(dw[r], dx)));
+                acc[r][t] = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(q4_0_quad(lo[r], hi[r], y)), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++) {
+        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + (size_t)r * ws);
+        for (int t = 0; t < nt; t++) {
+            float sum = hsum512(acc[r][t]);
+            for (int64_t j = i; j < nb; j++) {
+                const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, j);
+                __m256i q = _mm256_sub_epi8(pi_x86_nibbles32(a[j].qs), _mm256_set1_epi8(8));
+                __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b->qs));
+                sum += pi_x86_h2f(a[j].d) * pi_x86_h2f(b->d) * (float)pi_x86_hsum_epi32(p);
+            }
+            out[r * 4 + t] = sum;
+        }
+    }
 }
 
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
-    const struct pi_block_q4_0 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    __m512 acc = _mm512_setzero_ps();
-    int64_t nb = n / 32, i = 0;
-    for (; i + 4 <= nb; i += 4) {
-        __m128 s = pi_x86_scales4((const uint8_t *)&a[i].d, sizeof(*a), (const uint8_t *)&b[i].d, sizeof(*b));
-        __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(s));
-        acc = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(q4_0_quad(&a[i], &b[i])), acc);
-    }
-    float sum = hsum512(acc);
-    for (; i < nb; i++) {
-        __m256i q = _mm256_sub_epi8(pi_x86_nibbles32(a[i].qs), _mm256_set1_epi8(8));
-        __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));
-        sum += pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d) * (float)pi_x86_hsum_epi32(p);
-    }
-    return sum;
+    float s;
+    q4_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    return s;
+}
+
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, 0, 1, xq, xs, 4, out, n); }
+
+static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
+{
+    q4_0_n(w, ws, 2, xq, xs, 4, out, n);
 }
 
 /* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
@@ -264,34 +405,64 @@ static float dot_q5_1(const void *w, const void *xq, int64_t n)
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
-static float dot_q4_K(const void *w, const void *xq, int64_t n)
+/* Block k of token t's Q8_K activations. */
+static inline const struct pi_block_q8_K *act_q8_K(const void *xq, size_t xs, int t, int64_t k)
+{
+    return (const struct pi_block_q8_K *)((const uint8_t *)xq + (size_t)t * xs) + k;
+}
+
+/* nt (1..4) tokens: the nibbles and the broadcast sub-block scales of a block are unpacked once; each
+ * token keeps dot_q4_K's two accumulators and operation order. */
+PI_X86_INLINE void q4_K_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q4_K *a = w;
-    const struct pi_block_q8_K *b = xq;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m512 acc = _mm512_setzero_ps();
-    __m128 accm = _mm_setzero_ps();
+    __m512 acc[4];
+    __m128 accm[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps(), accm[t] = _mm_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
         __m128i k4 = pi_x86_k4_scales(a[i].scales);
         __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(k4)); /* 8 x i16 scales in every lane */
-        float dy = b[i].d;
-        accm = _mm_fmadd_ps(_mm_set1_ps(dy * pi_x86_h2f(a[i].dmin)), _mm_cvtepi32_ps(pi_x86_k4_minsum(k4, b[i].bsums)), accm);
-        __m512i sumi = _mm512_setzero_si512();
+        float dw = pi_x86_h2f(a[i].d), dmin = pi_x86_h2f(a[i].dmin);
+        __m512i qq[4], scj[4];
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * j));
-            __m512i qq = join256(_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-            __m512i p = _mm512_maddubs_epi16(qq, _mm512_loadu_si512((const void *)(b[i].qs + 64 * j)));
+            qq[j] = join256(_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
             /* scale 2j for the low 256 bits, 2j+1 for the high */
-            __m512i ctl = join256(pi_x86_bcast16_ctl(2 * j), pi_x86_bcast16_ctl(2 * j + 1));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, _mm512_shuffle_epi8(sc, ctl)));
+            scj[j] = _mm512_shuffle_epi8(sc, join256(pi_x86_bcast16_ctl(2 * j), pi_x86_bcast16_ctl(2 * j + 1)));
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(dy * pi_x86_h2f(a[i].d)), _mm512_cvtepi32_ps(sumi), acc);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+            float dy = b->d;
+            accm[t] = _mm_fmadd_ps(_mm_set1_ps(dy * dmin), _mm_cvtepi32_ps(pi_x86_k4_minsum(k4, b->bsums)), accm[t]);
+            __m512i sumi = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                __m512i p = _mm512_maddubs_epi16(qq[j], _mm512_loadu_si512((const void *)(b->qs + 64 * j)));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, scj[j]));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(dy * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    accm = _mm_add_ps(accm, _mm_movehl_ps(accm, accm));
-    accm = _mm_add_ss(accm, _mm_movehdup_ps(accm));
-    return hsum512(acc) - _mm_cvtss_f32(accm);
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        __m128 m = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        out[t] = hsum512(acc[t]) - _mm_cvtss_f32(m);
+    }
 }
+
+static float dot_q4_K(const void *w, const void *xq, int64_t n)
+{
+    float s;
+    q4_K_n(w, xq, 0, &s, n, 1);
+    return s;
+}
+
+static void dot4_q4_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_K_n(w, xq, xs, out, n, 4); }
 
 /* 32 x int16 scales, one per 128-bit lane: s[0], s[1], s[2], s[3]. */
 static inline __m512i lane4_scales(const int8_t *s)
@@ -301,33 +472,55 @@ static inline __m512i lane4_scales(const int8_t *s)
     return join256(lo, hi);
 }
 
-static float dot_q6_K(const void *w, const void *xq, int64_t n)
+/* nt (1..4) tokens: a block's 6-bit quants and scale vectors are unpacked once; each token keeps
+ * dot_q6_K's accumulator and operation order. Elements 128c + 0..63 take the low nibbles of
+ * ql[64c .. 64c+63] and qh bits 0-1 / 2-3; 128c + 64..127 the high nibbles and qh bits 4-5 / 6-7. */
+PI_X86_INLINE void q6_K_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q6_K *a = w;
-    const struct pi_block_q8_K *b = xq;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32);
-    __m512 acc = _mm512_setzero_ps();
+    __m512 acc[4];
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
-        __m512i sumi = _mm512_setzero_si512();
+        __m512i qA[2], qB[2], sA[2], sB[2];
         for (int c = 0; c < 2; c++) {
-            /* elements 128c + 0..63 take the low nibbles of ql[0..63] and qh bits 0-1 / 2-3;
-             * 128c + 64..127 the high nibbles and qh bits 4-5 / 6-7 */
             __m512i l = _mm512_loadu_si512((const void *)(a[i].ql + 64 * c));
             __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
             __m512i hA = join256(qh, _mm256_srli_epi16(qh, 2)), hB = join256(_mm256_srli_epi16(qh, 4), _mm256_srli_epi16(qh, 6));
-            __m512i qA = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hA, m2), 4));
-            __m512i qB = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_slli_epi16(_mm512_and_si512(hB, m2), 4));
-            const int8_t *y = b[i].qs + 128 * c;
-            __m512i yA = _mm512_loadu_si512((const void *)y), yB = _mm512_loadu_si512((const void *)(y + 64));
-            __m512i pA = _mm512_sub_epi16(_mm512_maddubs_epi16(qA, yA), _mm512_maddubs_epi16(k32, yA));
-            __m512i pB = _mm512_sub_epi16(_mm512_maddubs_epi16(qB, yB), _mm512_maddubs_epi16(k32, yB));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pA, lane4_scales(a[i].scales + 8 * c)));
-            sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pB, lane4_scales(a[i].scales + 8 * c + 4)));
+            qA[c] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hA, m2), 4));
+            qB[c] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_slli_epi16(_mm512_and_si512(hB, m2), 4));
+            sA[c] = lane4_scales(a[i].scales + 8 * c);
+            sB[c] = lane4_scales(a[i].scales + 8 * c + 4);
         }
-        acc = _mm512_fmadd_ps(_mm512_set1_ps(b[i].d * pi_x86_h2f(a[i].d)), _mm512_cvtepi32_ps(sumi), acc);
+        float dw = pi_x86_h2f(a[i].d);
+        #pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+            __m512i sumi = _mm512_setzero_si512();
+            for (int c = 0; c < 2; c++) {
+                const int8_t *y = b->qs + 128 * c;
+                __m512i yA = _mm512_loadu_si512((const void *)y), yB = _mm512_loadu_si512((const void *)(y + 64));
+                __m512i pA = _mm512_sub_epi16(_mm512_maddubs_epi16(qA[c], yA), _mm512_maddubs_epi16(k32, yA));
+                __m512i pB = _mm512_sub_epi16(_mm512_maddubs_epi16(qB[c], yB), _mm512_maddubs_epi16(k32, yB));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pA, sA[c]));
+                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pB, sB[c]));
+            }
+            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
+        }
     }
-    return hsum512(acc);
+    #pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) out[t] = hsum512(acc[t]);
 }
+
+static float dot_q6_K(const void *w, const void *xq, int64_t n)
+{
+    float s;
+    q6_K_n(w, xq, 0, &s, n, 1);
+    return s;
+}
+
+static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q6_K_n(w, xq, xs, out, n, 4); }
 
 const struct pi_kernel_table pi_kernels_avx512_raw = {
     .name = "avx512",
@@ -336,6 +529,13 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
         [PI_TYPE_Q4_0] = dot_q4_0, [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0,
         [PI_TYPE_Q5_1] = dot_q5_1, [PI_TYPE_Q8_0] = dot_q8_0,
         [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q6_K] = dot_q6_K,
+    },
+    .vec_dot4 = {
+        [PI_TYPE_F16] = dot4_f16, [PI_TYPE_Q4_0] = dot4_q4_0, [PI_TYPE_Q8_0] = dot4_q8_0,
+        [PI_TYPE_Q4_K] = dot4_q4_K, [PI_TYPE_Q6_K] = dot4_q6_K,
+    },
+    .vec_dot8 = {
+        [PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q8_0] = dot8_q8_0,
     },
     .dequant = {
         [PI_TYPE_F16] = dequant_f16,

@@ -609,6 +609,11 @@ float pi_vec_dot(enum pi_type wtype, const void *wrow, const void *xq, int64_t n
 void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n)
 {
     check_row(t, n);
+    pi_vec_mad_fn mad = pi_kernels_active()->vec_mad[t];
+    if (mad) { /* fused SIMD variant (F16, Q8_0): the same floats as the loop below */
+        mad(row, a, y, n);
+        return;
+    }
     const struct pi_type_info *ti = pi_type_get((uint32_t)t);
     pi_dequant_fn f = pi_kernels_active()->dequant[t];
     PI_ASSERT(f != NULL);

@@ -227,8 +227,10 @@ void pi_quantize_act(enum pi_type wtype, const float *x, void *xq, int64_t n);
 float pi_vec_dot(enum pi_type wtype, const void *wrow, const void *xq, int64_t n);
 
 /* y (n,) += a * dequant(row), row holding n elements of type t (any type pi_dequant_row takes).
- * For the sparse FFN's down projection (one active neuron's column at a time); dequantises in
- * chunks of 256 through the active variant, so no scratch is needed. */
+ * For the sparse FFN's down projection (one active neuron's column at a time). F16 and Q8_0 go
+ * through a fused SIMD kernel where the variant has one (vec_mad), other types are dequantised in
+ * chunks of 256 through the active variant, so no scratch is needed; both give the same floats as
+ * dequantising the row and then y[i] += a * x[i] (no FMA). */
 void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n);
 
 #endif

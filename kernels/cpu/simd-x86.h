@@ -68,19 +68,31 @@ static inline __m256i pi_x86_bits32(const uint8_t *b4)
     return _mm256_cmpeq_epi8(v, _mm256_set1_epi64x(-1));
 }
 
+/* The fp16 values at p, p + stride, p + 2 * stride, p + 3 * stride as 4 floats. The halves are
+ * packed with scalar loads and shifts (the integer ports are idle in these loops) and converted with
+ * one vcvtph2ps. */
+static inline __m128 pi_x86_halves4(const uint8_t *p, size_t stride)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        uint16_t h;
+        memcpy(&h, p + k * stride, 2);
+        v |= (uint64_t)h << (16 * k);
+    }
+    return _mm_cvtph_ps(_mm_cvtsi64_si128((long long)v));
+}
+
 /* fp16 scale products of 4 consecutive blocks: s[k] = d_w[k] * d_x[k], where d_w[k] is the fp16 at
- * w + k * ws and d_x[k] the fp16 at x + k * xs. The halves are packed with scalar loads and shifts
- * (the integer ports are idle in these loops) and converted with one vcvtph2ps each. */
+ * w + k * ws and d_x[k] the fp16 at x + k * xs. The multi-token kernels convert d_w once and multiply
+ * it by each token's d_x: the same products. */
 static inline __m128 pi_x86_scales4(const uint8_t *w, size_t ws, const uint8_t *x, size_t xs)
 {
-    uint64_t pw = 0, px = 0;
-    for (int k = 0; k < 4; k++) {
-        uint16_t hw, hx;
-        memcpy(&hw, w + k * ws, 2), memcpy(&hx, x + k * xs, 2);
-        pw |= (uint64_t)hw << (16 * k), px |= (uint64_t)hx << (16 * k);
-    }
-    return _mm_mul_ps(_mm_cvtph_ps(_mm_cvtsi64_si128((long long)pw)), _mm_cvtph_ps(_mm_cvtsi64_si128((long long)px)));
+    return _mm_mul_ps(pi_x86_halves4(w, ws), pi_x86_halves4(x, xs));
 }
+
+/* Force-inlined so that the multi-token kernels, instantiated with a constant token count, unroll
+ * their per-token loops and keep the accumulators in registers. */
+#define PI_X86_INLINE static inline __attribute__((always_inline))
 
 /* acc += s[k] * p for 8 int32 partial sums p of block k. */
 static inline __m256 pi_x86_fma_lane(__m128 s, int k, __m256i p, __m256 acc)

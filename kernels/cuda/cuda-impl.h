@@ -81,6 +81,10 @@ struct pi_cuda_alloc_rec {
     size_t bytes; /* as counted against the budget */
 };
 
+/* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
+ * PI_CUDA_MV=reg|staged|tall at context creation; tall when unset): see matmul.cu. */
+enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2 };
+
 struct pi_cuda_ctx {
     int dev;
     size_t budget;   /* bytes pi_cuda_alloc may hand out in total */
@@ -89,6 +93,7 @@ struct pi_cuda_ctx {
     size_t overhead; /* device memory the CUDA context and cuBLAS took at creation (not budgeted) */
     int n_sm;
     int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
+    int mv_mode;         /* decode matvec kernel: PI_MV_REG, PI_MV_STAGED or PI_MV_TALL (PI_CUDA_MV) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -107,7 +112,8 @@ struct pi_cuda_weight {
     size_t qbytes;  /* bytes per block in the quant plane (2 for F16/BF16) */
     uint8_t *q;     /* rows * nblk * qbytes */
     __half *d;      /* rows * nblk split scales, or NULL */
-    size_t bytes;   /* both planes, as counted */
+    size_t bytes;   /* both planes, as counted (0 for a view) */
+    bool view;      /* rows of another weight (pi_cuda_weight_view): owns no device memory */
 };
 
 /* Plain-value view of a weight passed to kernels by value. */

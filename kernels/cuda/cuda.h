@@ -89,6 +89,11 @@ typedef struct pi_cuda_weight pi_cuda_weight_t;
 int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols, const void *src,
                           pi_cuda_weight_t **out);
 
+/* A view of rows [r0, r0 + nr) of w as a weight of its own (same device memory, no device bytes held
+ * or counted): every product takes it. Destroy it with pi_cuda_weight_destroy before w. 0, or
+ * -PI_ERR_RANGE (rows outside w), -PI_ERR_NOMEM (host). */
+int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cuda_weight_t **out);
+
 /* Free a weight (NULL ok); NULLs *w. */
 void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
 
@@ -99,7 +104,11 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
 
 /* ------------------------------------------------------------------ matrix products */
 
-/* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. */
+/* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. The
+ * kernel is the staged one below, 4 rows per warp (PI_CUDA_MV_STAGED_TALL; pi_cuda_ffn_hot's gate/up
+ * pairs: PI_CUDA_MV_STAGED with the activation), where x fits its shared memory; the environment
+ * variable PI_CUDA_MV=reg|staged|tall at context creation picks the register-x kernel (the automatic R
+ * below) or the 2-row staged one instead, for comparisons. */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4

@@ -9,8 +9,9 @@
  * segment are loaded once per R rows (R = 4 keeps the L1 traffic of x under the weight traffic), and
  * the R sums are reduced with shuffles at the end. Decode is bound by the weight bytes, so the aim is
  * the device's copy bandwidth; see doc/cuda.md for the measured numbers. A second, "staged" variant
- * (x in shared memory, several segments' loads in flight per lane) is built for the low-bit types,
- * tested, and awaits its measurement before the automatic choice may take it.
+ * (x in shared memory, several segments' loads in flight per lane) is what decode uses by default: it
+ * keeps more loads in flight, which is what the low-bit types lacked (doc/cuda-backend.md: 7B-class
+ * decode 162 -> 233 tok/s with the other changes of that run).
  */
 #include "kernels/cuda/cuda-impl.h"
 
@@ -143,10 +144,30 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     return 0;
 }
 
+extern "C" int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cuda_weight_t **out)
+{
+    *out = NULL;
+    if (r0 < 0 || nr < 1 || r0 + nr > w->rows) {
+        pi_error("cuda: view of rows [%lld, %lld) of a weight of %lld rows", (long long)r0, (long long)(r0 + nr),
+                 (long long)w->rows);
+        return -PI_ERR_RANGE;
+    }
+    pi_cuda_weight_t *v = (pi_cuda_weight_t *)malloc(sizeof *v);
+    if (!v) return -PI_ERR_NOMEM;
+    *v = *w;
+    v->rows = nr;
+    v->q = w->q + (size_t)r0 * (size_t)w->nblk * w->qbytes; /* qbytes * nblk is a multiple of 16 */
+    v->d = w->d ? w->d + (size_t)r0 * (size_t)w->nblk : NULL;
+    v->bytes = 0;
+    v->view = true;
+    *out = v;
+    return 0;
+}
+
 extern "C" void pi_cuda_weight_destroy(pi_cuda_ctx_t *c, pi_cuda_weight_t **pw)
 {
     if (!pw || !*pw) return;
-    (void)pi_cuda_free(c, (*pw)->q);
+    if (!(*pw)->view) (void)pi_cuda_free(c, (*pw)->q);
     free(*pw);
     *pw = NULL;
 }
@@ -226,9 +247,10 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
 #define PI_XS_PAD 36
 #define PI_XS_THREADS 256
 
-template <int T, int R, int U>
-__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, float *__restrict__ y)
+template <int T, int R, int U, bool GLU>
+__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
+    static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
     extern __shared__ float4 xs4[];
     const float *xs = (const float *)xs4;
     const int64_t nseg = w.cols >> 5;
@@ -239,6 +261,13 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     if (r0 >= w.rows) return;
+    if (GLU && e.mask) {
+        int64_t id = e.ids ? e.ids[warp] : warp;
+        if (!e.mask[id]) {
+            if (lane == 0) e.y[warp] = 0.0f;
+            return;
+        }
+    }
     float acc[R];
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
@@ -273,30 +302,35 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
     if (lane != 0) return;
+    if (GLU) {
+        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
+    } else {
 #pragma unroll
-    for (int i = 0; i < R; i++)
-        if (r0 + i < w.rows) y[r0 + i] = acc[i];
+        for (int i = 0; i < R; i++)
+            if (r0 + i < w.rows) e.y[r0 + i] = acc[i];
+    }
 }
 
-template <int T, int R, int U>
-static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y)
+template <int T, int R, int U, bool GLU>
+static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
 {
     static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
     const size_t smem = (size_t)(w->cols / 32) * PI_XS_PAD * sizeof(float);
     if (smem > smem_set) {
-        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U, GLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
     const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
     const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
-    k_matvec_xs<T, R, U><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, y);
+    k_matvec_xs<T, R, U, GLU><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
     PI_CU_LAUNCH("k_matvec_xs");
     return 0;
 }
 
 /* wide: 2 rows per warp, 4 segments per lane in flight for Q4_0/Q8_0 (2 for the bigger segments of
- * the other types); tall: 4 rows per warp, half the segments. */
-static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y, bool tall)
+ * the other types); tall: 4 rows per warp, half the segments. With a GLU epilogue (e.act != 0) always
+ * wide: a warp takes one gate/up pair. */
+static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e, bool tall)
 {
     if (w->cols > c->xs_max_cols) {
         pi_error("cuda: staged matvec: %lld columns exceed the shared memory (at most %lld)", (long long)w->cols,
@@ -306,7 +340,8 @@ static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
         constexpr int U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 4 : 2;
-        return tall ? launch_matvec_xs<T, 4, U / 2>(c, w, x, y) : launch_matvec_xs<T, 2, U>(c, w, x, y);
+        if (e.act) return launch_matvec_xs<T, 2, U, true>(c, w, x, e);
+        return tall ? launch_matvec_xs<T, 4, U / 2, false>(c, w, x, e) : launch_matvec_xs<T, 2, U, false>(c, w, x, e);
     });
 }
 
@@ -330,27 +365,32 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
     case 1: return launch_matvec<1, false>(c, w, d_x, e);
     case 2: return launch_matvec<2, false>(c, w, d_x, e);
     case 4: return launch_matvec<4, false>(c, w, d_x, e);
-    case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, d_y, false);
-    case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, d_y, true);
+    case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, false);
+    case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, true);
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
     }
 }
 
-/* The automatic choice (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast
+/* The staged kernel where x fits its shared memory (the context's mv_mode: tall by default, the fastest
+ * whole decode measured, doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the register-x kernel
+ * with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast
  * as or faster than 2 for every type at 4096 and 11008 rows), fewer for small matrices so that every SM
- * still gets warps. The staged kernel is correct (tests/test-cuda.c) but its speed was not measured
- * yet, so it is not chosen automatically. */
+ * still gets warps. */
 extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
+    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols)
+        return pi_cuda_matvec_r(c, w, d_x, d_y, c->mv_mode == PI_MV_TALL ? PI_CUDA_MV_STAGED_TALL : PI_CUDA_MV_STAGED);
     int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
     return pi_cuda_matvec_r(c, w, d_x, d_y, R);
 }
 
-/* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons. */
+/* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; the staged
+ * kernel (one pair per warp) when the context's mv_mode is not PI_MV_REG and x fits. */
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
                    const int32_t *d_ids, float *d_a)
 {
     pi_mv_epi e = {d_a, act, d_mask, d_ids};
+    if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, false);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }
 
