@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdbool.h>
 #include <stdio.h>
 
 #include "coordinator/engine.h"
@@ -16,6 +17,7 @@
 
 struct pi_gen_request {
     const char *prompt;        /* text, or NULL when tokens is given */
+    bool parse_special;        /* special tokens written in the text are parsed (chat-formatted prompts) */
     const int32_t *tokens;     /* prompt ids (n_tokens), used as they are (no BOS added) */
     size_t n_tokens;
     int64_t n_predict;         /* tokens to generate; 0 = evaluate the prompt only */

@@ -6,6 +6,7 @@
 #include "config.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/generate.h"
+#include "lib/chat.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
@@ -88,6 +89,39 @@ static int emit_stdout(void *ctx, const char *text, size_t len)
     return fflush(stdout) == 0 ? 0 : -1;
 }
 
+
+/* Copy the vocabulary text of token id into buf as a NUL-terminated string; NULL when absent. */
+static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len)
+{
+    size_t n = 0;
+    const char *p = id >= 0 ? pi_token_text(t, id, &n) : NULL;
+    if (!p || n >= len) return NULL;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* --chat: the prompt as one user turn of the chat format ([model] chat_template, else the file's
+ * tokenizer.chat_template), with the assistant's turn opened. Returns a malloc'd string, or NULL
+ * after printing one line on stderr. */
+static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
+{
+    char err[256], bos[64], eos[64];
+    enum pi_chat_format fmt;
+    const char *name = o->cfg.chat_template && *o->cfg.chat_template ? o->cfg.chat_template : NULL;
+    if (pi_chat_resolve(name, pi_tokenizer_chat_template(t), &fmt, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-coordinator: --chat: %s with --chat-template\n", err);
+        return NULL;
+    }
+    struct pi_chat_msg msg = {"user", o->prompt};
+    int rc = 0;
+    char *text = pi_chat_apply(fmt, &msg, 1, true, token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos),
+                               token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos), &rc);
+    if (!text) fprintf(stderr, "pi-coordinator: --chat: formatting the prompt as %s failed: %s\n", pi_chat_name(fmt), pi_err_str(rc));
+    else pi_debug("chat prompt (%s): %s", pi_chat_name(fmt), text);
+    return text;
+}
+
 int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
 {
     struct pi_coord_model cm;
@@ -95,8 +129,14 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     int status = PI_EXIT_FAILURE;
     FILE *lf = NULL;
     pi_engine_t *e = NULL;
+    char *chat_text = NULL;
     if (o->logits_out && !(lf = fopen(o->logits_out, "wb"))) {
         fprintf(stderr, "pi-coordinator: --logits-out %s: %s\n", o->logits_out, strerror(errno));
+        status = PI_EXIT_USAGE;
+        goto out;
+    }
+    if (o->chat && (!cm.tok || !(chat_text = chat_prompt(o, cm.tok)))) {
+        if (!cm.tok) fprintf(stderr, "pi-coordinator: --chat: the model has no tokenizer\n");
         status = PI_EXIT_USAGE;
         goto out;
     }
@@ -108,6 +148,10 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     }
     struct pi_gen_request r = {0};
     r.prompt = o->prompt;
+    if (chat_text) {
+        r.prompt = chat_text;
+        r.parse_special = true;
+    }
     r.tokens = o->tokens;
     r.n_tokens = o->n_tokens;
     r.n_predict = o->cfg.n_predict;
@@ -132,6 +176,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
             res.gen_s > 0 ? res.n_generated / res.gen_s : 0.0, res.stop_eog ? ", stopped at end of text" : "");
     status = PI_EXIT_OK;
 out:
+    free(chat_text);
     pi_engine_destroy(&e);
     if (lf && fclose(lf) != 0 && status == PI_EXIT_OK) {
         fprintf(stderr, "pi-coordinator: --logits-out %s: %s\n", o->logits_out, strerror(errno));

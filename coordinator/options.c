@@ -8,6 +8,7 @@
  */
 #include "config.h"
 #include "coordinator/options.h"
+#include "lib/chat.h"
 #include "lib/common.h"
 
 #include <ctype.h>
@@ -18,7 +19,7 @@
 
 /* Long options that are not config keys. */
 enum {
-    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_TOKENS, OPT_LOGITS, OPT_HELP, OPT_VERSION,
+    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_TOKENS, OPT_LOGITS, OPT_CHAT, OPT_HELP, OPT_VERSION,
     OPT_KEY_BASE = 512, /* OPT_KEY_BASE + i: the i-th entry of key_opts */
 };
 
@@ -79,6 +80,8 @@ void pi_coord_opts_usage(FILE *out)
     fprintf(out, "%s\n", key_info("generate.n_predict")->default_text);
     fputs("  --logits-out FILE      write the logits of every prompt position (little-endian float32,\n"
           "                         n_prompt x n_vocab, position-major); default: none\n"
+          "  --chat                 the prompt is one user message, formatted with the chat template\n"
+          "                         (--chat-template, else the file's tokenizer.chat_template); default: off\n"
           "\n"
           "Configuration (each is also a key of pinfer.conf(5); the command line wins over the file):\n"
           "  --config FILE          read the INI configuration FILE first; default: none\n"
@@ -215,6 +218,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
     lo[n++] = (struct option){"prompt", required_argument, NULL, OPT_PROMPT};
     lo[n++] = (struct option){"tokens", required_argument, NULL, OPT_TOKENS};
     lo[n++] = (struct option){"logits-out", required_argument, NULL, OPT_LOGITS};
+    lo[n++] = (struct option){"chat", no_argument, NULL, OPT_CHAT};
     lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
     lo[n++] = (struct option){"version", no_argument, NULL, OPT_VERSION};
     lo[n++] = (struct option){NULL, 0, NULL, 0};
@@ -240,6 +244,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
         }
         case OPT_PROMPT: rc = dup_arg(&o->prompt, optarg); break;
         case OPT_LOGITS: rc = dup_arg(&o->logits_out, optarg); break;
+        case OPT_CHAT: o->chat = true; break;
         case OPT_TOKENS:
             free(o->tokens);
             o->tokens = NULL;
@@ -285,6 +290,15 @@ int pi_coord_opts_parse(struct pi_coord_opts *o, int argc, char **argv, FILE *ou
     }
     if (o->logits_out && !o->prompt && !o->tokens) {
         fprintf(stderr, "pi-coordinator: --logits-out needs a prompt (--prompt or --tokens)\n");
+        return -PI_ERR_INVAL;
+    }
+    if (o->chat && !o->prompt) {
+        fprintf(stderr, "pi-coordinator: --chat needs --prompt (the user message)\n");
+        return -PI_ERR_INVAL;
+    }
+    enum pi_chat_format fmt;
+    if (o->cfg.chat_template && *o->cfg.chat_template && pi_chat_from_name(o->cfg.chat_template, &fmt) != 0) {
+        fprintf(stderr, "pi-coordinator: [model] chat_template: '%s' is not a known chat format\n", o->cfg.chat_template);
         return -PI_ERR_INVAL;
     }
     rc = pi_config_validate(&o->cfg, err, sizeof err);

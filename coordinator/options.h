@@ -33,6 +33,7 @@ struct pi_coord_opts {
     int32_t *tokens;           /* --tokens ids (n_tokens), or NULL */
     size_t n_tokens;
     char *logits_out;          /* --logits-out FILE, or NULL */
+    bool chat;                 /* --chat: the prompt is one user turn of the model's chat format */
 };
 
 /* Parse argv into o (zeroed by the caller). Prints --help/--version to out. On a usage or config

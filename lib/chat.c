@@ -91,16 +91,16 @@ int pi_chat_resolve(const char *name, const char *tmpl, enum pi_chat_format *out
         if (err && errlen)
             snprintf(err, errlen, "unknown chat format \"%s\" (known: llama2 llama3 chatml mistral-v0 mistral-v1 "
                      "mistral-v3 phi3 gemma zephyr)", name);
-        pi_error("chat template \"%s\" is unknown", name);
+        else pi_error("chat template \"%s\" is unknown", name);
         return -PI_ERR_NOTFOUND;
     }
     if (!tmpl || !*tmpl) {
         if (err && errlen) snprintf(err, errlen, "the model has no tokenizer.chat_template; name a chat format");
-        pi_error("the model has no tokenizer.chat_template and no chat format was named");
+        else pi_error("the model has no tokenizer.chat_template and no chat format was named");
         return -PI_ERR_NOTFOUND;
     }
     rc = pi_chat_detect(tmpl, out, err, errlen);
-    if (rc < 0) pi_error("%s", err && errlen ? err : "chat template not recognised");
+    if (rc < 0 && !(err && errlen)) pi_error("chat template not recognised");
     return rc;
 }
 

@@ -49,7 +49,8 @@ int pi_chat_from_name(const char *name, enum pi_chat_format *out);
 int pi_chat_detect(const char *tmpl, enum pi_chat_format *out, char *err, size_t errlen);
 
 /* The format to use: name when not NULL/empty (must be known), else detected from tmpl; tmpl NULL
- * and no name is an error too. 0 or a negative enum pi_err, with one line in err. */
+ * and no name is an error too. 0 or a negative enum pi_err, with one line in err (logged instead when
+ * err is NULL). */
 int pi_chat_resolve(const char *name, const char *tmpl, enum pi_chat_format *out, char *err, size_t errlen);
 
 /* Render msgs[0..n) in format f; add_generation_prompt appends the opening of the assistant's turn
