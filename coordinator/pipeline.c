@@ -55,6 +55,7 @@ struct pipe_engine {
     int n_cpu;
     int64_t n_hot;
     _Atomic int broken;        /* a worker died: restart before the next eval */
+    _Atomic int cancelled;     /* pi_engine_pipeline_cancel was called: a failed step is no death */
     uint64_t restarts;
 };
 
@@ -231,7 +232,8 @@ static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens,
     int rc = pi_step_call(p->step, cmd, 0, tokens, (uint32_t)n, (uint32_t)pos0, (uint32_t)n_out, PIPE_STEP_TIMEOUT_NS);
     if (rc == -PI_ERR_PEER || rc == -PI_ERR_TIMEOUT) {
         atomic_store(&p->broken, 1);
-        pi_error("the request failed: a worker of the pipeline died (%s); it will be restarted", pi_err_str(rc));
+        if (atomic_load(&p->cancelled)) pi_info("the request in flight was cancelled");
+        else pi_error("the request failed: a worker of the pipeline died (%s); it will be restarted", pi_err_str(rc));
         return -PI_ERR_PEER;
     }
     return rc;
@@ -320,6 +322,17 @@ size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, si
 {
     if (!e || e->ops != &pipe_ops) return 0;
     return pi_super_snapshot(((struct pipe_engine *)e)->sup, out, cap);
+}
+
+void pi_engine_pipeline_cancel(pi_engine_t *e)
+{
+    if (!e || e->ops != &pipe_ops) return;
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    atomic_store(&p->cancelled, 1);
+    atomic_store(&p->broken, 1);
+    pthread_mutex_lock(&p->mu);
+    if (p->step) pi_step_abort(p->step); /* only the step: the CPU workers stop on SHUTDOWN, not as failures */
+    pthread_mutex_unlock(&p->mu);
 }
 
 int64_t pi_engine_pipeline_hot(pi_engine_t *e)

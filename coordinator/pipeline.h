@@ -25,6 +25,12 @@ size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, si
 /* Hot neurons per layer of a pipeline engine; -1 for any other engine. */
 int64_t pi_engine_pipeline_hot(pi_engine_t *e);
 
+/* Make the request in flight on a pipeline engine (if any) return -PI_ERR_PEER now rather than
+ * when its step answers or times out, for a shutdown; the next call restarts the pipeline, and
+ * destroying the engine stops the workers with SHUTDOWN (no STOP through the step channel). Safe
+ * from another thread while the engine is alive; no-op for any other engine. */
+void pi_engine_pipeline_cancel(pi_engine_t *e);
+
 /* CPU workers the configuration asks for: [cpu] workers, or one per NUMA node when 0. */
 int pi_coord_cpu_workers(const struct pi_config *c);
 

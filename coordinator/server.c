@@ -114,9 +114,10 @@ static void run_job(struct server *s, struct job *j)
     pi_gen_params_from_config(&s->o->cfg, &r.sample);
     r.sample.temperature = j->temp;
     r.sample.seed = j->seed;
-    struct pi_gen_result res;
+    struct pi_gen_result res = {0};
     struct emit_ctx ec = {s, j};
-    int rc = pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
+    /* A request still queued when the shutdown came is ended at once, without touching the engine. */
+    int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
     struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .status = rc,
                        .n_prompt = (uint32_t)res.n_prompt, .n_generated = (uint32_t)res.n_generated};
     memcpy(ev.id, j->id, j->id_len);
@@ -124,6 +125,9 @@ static void run_job(struct server *s, struct job *j)
         snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
     else if (rc == -PI_ERR_PEER)
         snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
+    else if (rc == -PI_ERR_RANGE) /* the one limit a client can hit by asking: say which */
+        snprintf(ev.text, sizeof ev.text, "the prompt and the %u tokens to generate do not fit the context of %d positions",
+                 j->n_predict, s->engine->n_ctx);
     else if (rc != 0)
         snprintf(ev.text, sizeof ev.text, "generation failed: %s", pi_err_str(rc));
     ev.len = strlen(ev.text);
@@ -392,6 +396,11 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     pi_info("control socket: %s", s.endpoint);
     serve(&s, ctl, pair, sfd);
     status = PI_EXIT_OK;
+    /* The engine is alive until the generation thread reads the quit job sent below, so it can be
+     * cancelled here: a step the GPU worker does not answer (a hung device) would otherwise hold the
+     * shutdown for the step channel's whole timeout. */
+    atomic_store(&s.cancel, 1);
+    pi_engine_pipeline_cancel(s.engine);
 out:
     if (gen_started) {
         /* Cancel a generation in flight, and still deliver its END (and any queued request's) to the

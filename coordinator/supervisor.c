@@ -28,6 +28,7 @@
 
 #define POLL_MS 50
 #define ID_MAX 256
+#define STOP_KILL_WAIT_MS 10000 /* after SIGKILL, how long pi_super_stop_all waits for the reaping */
 
 struct slot {
     bool used;
@@ -135,7 +136,7 @@ static int check_children(pi_super_t *s, int *dead, int cap)
     for (int i = 0; i < PI_SUPER_MAX_WORKERS; i++) {
         struct slot *w = &s->slots[i];
         if (!w->used || w->info.state == PI_WORKER_DEAD) continue;
-        int st;
+        int st = 0; /* stays 0 on ECHILD, where waitpid fills nothing */
         pid_t r = waitpid(w->info.pid, &st, WNOHANG);
         if (r == w->info.pid || (r < 0 && errno == ECHILD)) {
             w->info.state = PI_WORKER_DEAD;
@@ -329,6 +330,12 @@ void pi_super_stop_all(pi_super_t *s, int grace_ms)
             for (int i = 0; i < PI_SUPER_MAX_WORKERS; i++)
                 if (s->slots[i].used && s->slots[i].info.state != PI_WORKER_DEAD) kill(s->slots[i].info.pid, SIGKILL);
             killed = true;
+            deadline = pi_clock_ns() + (int64_t)STOP_KILL_WAIT_MS * 1000000;
+        } else if (killed && pi_clock_ns() >= deadline) {
+            /* SIGKILL is not taking (a process stuck in the kernel, e.g. a driver's teardown): give
+             * up rather than hang the coordinator; such a child stays a zombie until it exits. */
+            pi_error("workers still alive %d ms after SIGKILL: not waiting for them any longer", STOP_KILL_WAIT_MS);
+            break;
         }
         pthread_mutex_unlock(&s->mu);
         if (atomic_load(&s->quit)) { /* no thread to reap: do it here */

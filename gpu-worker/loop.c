@@ -70,7 +70,11 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
 {
     pi_backend_t *be = g->be;
     const struct pi_hparams *hp = &be->model->hp;
-    if (seq < 0 || seq >= g->n_seq || n_out < 0 || n_out > n) return -PI_ERR_RANGE;
+    /* pos0 + n - 1 must stay an int (the context length is checked by the backend's begin). */
+    if (seq < 0 || seq >= g->n_seq || n < 1 || n_out < 0 || n_out > n || pos0 < 0 || pos0 > INT32_MAX - n) {
+        pi_error("step: batch of %d tokens at seq %d pos %d (n_out %d) out of range", n, seq, pos0, n_out);
+        return -PI_ERR_RANGE;
+    }
     int32_t *seqs = malloc((size_t)n * sizeof *seqs), *pos = malloc((size_t)n * sizeof *pos);
     float *cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *cold);
     int rc = (!seqs || !pos || !cold) ? -PI_ERR_NOMEM : 0;
@@ -103,11 +107,14 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
         int status = 0;
         switch (r.cmd) {
         case PI_STEP_EVAL:
-            status = pi_gpu_loop_eval(g, r.tokens, (int)r.n_tokens, (int)r.seq, (int)r.pos0, (int)r.n_out,
-                                      pi_step_logits(g->step));
+            /* The request's fields are unsigned and unchecked beyond n_tokens/n_out: clamp before
+             * the casts so a huge seq or pos0 is a range error, not a negative index. */
+            if (r.seq > INT32_MAX || r.pos0 > INT32_MAX) status = -PI_ERR_RANGE;
+            else status = pi_gpu_loop_eval(g, r.tokens, (int)r.n_tokens, (int)r.seq, (int)r.pos0, (int)r.n_out,
+                                           pi_step_logits(g->step));
             break;
         case PI_STEP_TRUNCATE:
-            if ((int)r.seq >= g->n_seq) status = -PI_ERR_RANGE;
+            if (r.seq >= (uint32_t)g->n_seq || r.pos0 > INT32_MAX) status = -PI_ERR_RANGE;
             else status = g->be->ops->seq_truncate(g->be, (int)r.seq, (int)r.pos0);
             break;
         case PI_STEP_STOP:

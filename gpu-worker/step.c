@@ -23,7 +23,8 @@
 struct pi_step {
     pi_shm_t *shm;
     struct pi_step_ctl *ctl;
-    int32_t *tokens;
+    int32_t *tokens;              /* (max_tokens) in the segment: written by the coordinator */
+    int32_t *tokens_priv;         /* worker: (max_tokens) private copy, validated once (no double fetch) */
     float *logits;
     uint32_t max_tokens, n_vocab; /* private copies, checked against the section sizes */
     uint32_t last;                /* worker: the last request id seen; coordinator: last sent */
@@ -52,7 +53,8 @@ pi_step_t *pi_step_new(uint32_t max_tokens, uint32_t n_vocab)
     s->shm = pi_shm_new("pinfer-step", PI_STEP_SHM_KIND, sizes, 3);
     s->max_tokens = max_tokens;
     s->n_vocab = n_vocab;
-    if (!s->shm || bind_sections(s) != 0) {
+    s->tokens_priv = malloc((size_t)max_tokens * sizeof *s->tokens_priv);
+    if (!s->shm || !s->tokens_priv || bind_sections(s) != 0) {
         pi_step_destroy(&s);
         return NULL;
     }
@@ -84,13 +86,21 @@ int pi_step_attach(int fd, pi_step_t **out)
         pi_error("step segment: max_tokens %u / n_vocab %u out of range", c->max_tokens, c->n_vocab);
         rc = -PI_ERR_RANGE;
     } else {
+        /* Read once: the coordinator could change line 0 between the range check and the use. */
         s->max_tokens = c->max_tokens;
         s->n_vocab = c->n_vocab;
-        rc = bind_sections(s);
-        if (rc != 0) pi_error("step segment: sections smaller than max_tokens %u x n_vocab %u", s->max_tokens, s->n_vocab);
+        if (s->max_tokens < 1 || s->max_tokens > PI_STEP_MAX_TOKENS || s->n_vocab < 1 || s->n_vocab > PI_STEP_MAX_VOCAB) {
+            pi_error("step segment: max_tokens / n_vocab changed while attaching");
+            rc = -PI_ERR_RANGE;
+        } else {
+            rc = bind_sections(s);
+            if (rc != 0) pi_error("step segment: sections smaller than max_tokens %u x n_vocab %u", s->max_tokens, s->n_vocab);
+        }
+        if (rc == 0 && !(s->tokens_priv = malloc((size_t)s->max_tokens * sizeof *s->tokens_priv))) rc = -PI_ERR_NOMEM;
     }
     if (rc != 0) {
         s->shm = NULL;
+        free(s->tokens_priv);
         free(s);
         pi_shm_destroy(&shm); /* closes fd (see the contract in step.h) */
         return rc;
@@ -104,6 +114,7 @@ void pi_step_destroy(pi_step_t **p)
 {
     if (!p || !*p) return;
     pi_shm_destroy(&(*p)->shm);
+    free((*p)->tokens_priv);
     free(*p);
     *p = NULL;
 }
@@ -130,7 +141,13 @@ int pi_step_call(pi_step_t *s, uint32_t cmd, uint32_t seq, const int32_t *tokens
     pi_futex_wake(&c->req_seq, 1);
     int rc = pi_futex_wait_ge(&c->resp_seq, id, STEP_SPIN, timeout_ns, &c->abort, NULL);
     if (rc != 0) return rc;
-    return atomic_load_explicit(&c->status, memory_order_relaxed);
+    /* The status is the worker's word: anything but 0 or a known negative pi_err is corruption. */
+    int32_t st = atomic_load_explicit(&c->status, memory_order_relaxed);
+    if (st > 0 || st < -PI_ERR_TIMEOUT) {
+        pi_error("step %u: the worker answered with status %d", id, st);
+        return -PI_ERR_PEER;
+    }
+    return st;
 }
 
 void pi_step_abort(pi_step_t *s)
@@ -156,7 +173,7 @@ int pi_step_wait(pi_step_t *s, int64_t timeout_ns, struct pi_step_req *req)
     req->n_tokens = atomic_load_explicit(&c->n_tokens, memory_order_relaxed);
     req->pos0 = atomic_load_explicit(&c->pos0, memory_order_relaxed);
     req->n_out = atomic_load_explicit(&c->n_out, memory_order_relaxed);
-    req->tokens = s->tokens;
+    req->tokens = s->tokens_priv;
     uint32_t expect = s->last + 1;
     s->last = id;
     if (id != expect) {
@@ -166,9 +183,12 @@ int pi_step_wait(pi_step_t *s, int64_t timeout_ns, struct pi_step_req *req)
     switch (req->cmd) {
     case PI_STEP_EVAL:
         if (req->n_tokens < 1 || req->n_tokens > s->max_tokens || req->n_out > req->n_tokens) break;
+        /* Copy the ids out of the segment, then validate and use only the copy: the coordinator's
+         * memory is not trusted to stay as it was between the check and the embedding lookup. */
+        memcpy(s->tokens_priv, s->tokens, (size_t)req->n_tokens * sizeof *s->tokens_priv);
         for (uint32_t i = 0; i < req->n_tokens; i++)
-            if (s->tokens[i] < 0 || (uint32_t)s->tokens[i] >= s->n_vocab) {
-                pi_error("step %u: token %d out of the vocabulary", id, s->tokens[i]);
+            if (s->tokens_priv[i] < 0 || (uint32_t)s->tokens_priv[i] >= s->n_vocab) {
+                pi_error("step %u: token %d out of the vocabulary", id, s->tokens_priv[i]);
                 return -PI_ERR_FORMAT;
             }
         return 0;

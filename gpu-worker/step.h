@@ -69,7 +69,7 @@ struct pi_step_req {
     uint32_t n_tokens;  /* 1..max_tokens for EVAL */
     uint32_t pos0;
     uint32_t n_out;     /* <= n_tokens */
-    const int32_t *tokens; /* (n_tokens) */
+    const int32_t *tokens; /* (n_tokens): a private copy, each id < n_vocab; valid until the next wait */
 };
 
 typedef struct pi_step pi_step_t;

@@ -181,6 +181,32 @@ static void test_malformed(void)
     zmq_ctx_term(zctx);
 }
 
+/* Requests a hostile or careless client can make: each gets a clear answer or a clear refusal in
+ * pi-ctl, and the coordinator keeps serving. */
+static void test_hostile_requests(void)
+{
+    const char *huge[] = {"generate", "--prompt", "The jury said", "-n", "2000000", NULL};
+    int rc = pictl("gen-huge-n", huge, TIMEOUT_S);
+    char *err = tp_output("gen-huge-n", "err");
+    tap_ok(rc == 2 && strstr(err, "bad value"), "pi-ctl generate -n 2000000 (over the protocol's bound): exit %d, %s", rc, err);
+    free(err);
+    const char *neg[] = {"generate", "--prompt", "The jury said", "-n", "-1", NULL};
+    tap_is_int(pictl("gen-neg-n", neg, TIMEOUT_S), 2, "pi-ctl generate -n -1: exit 2");
+    const char *to[] = {"--timeout", "4294967297", "status", NULL};
+    tap_is_int(pictl("huge-timeout", to, TIMEOUT_S), 2, "pi-ctl --timeout 2^32+1 (would wrap to an int): exit 2");
+    const char *ctx[] = {"generate", "--prompt", "The jury said", "-n", "999999", NULL};
+    rc = pictl("gen-ctx", ctx, TIMEOUT_S);
+    err = tp_output("gen-ctx", "err");
+    tap_ok(rc == 1 && strstr(err, "do not fit the context"), "generate -n 999999 (over the context): exit %d, %s", rc, err);
+    free(err);
+    const char *utf[] = {"generate", "--prompt", "\xff\xfe\xc3 jury \xed\xa0\x80", "-n", "2", "--temp", "0", NULL};
+    rc = pictl("gen-utf8", utf, TIMEOUT_S);
+    tap_ok(rc == 0 || rc == 1, "generate with a non-UTF-8 prompt: answered (exit %d)", rc);
+    json_t *st = status();
+    tap_ok(st != NULL, "after the hostile requests the coordinator still answers status");
+    json_decref(st);
+}
+
 /* Greedy text of the one-shot pipeline for the same prompt and placement. */
 static char *oneshot_text(const char *prompt, const char *n)
 {
@@ -321,6 +347,7 @@ int main(void)
     free(want);
 
     test_malformed();
+    test_hostile_requests();
     char *log = tp_output("server1", "err");
     tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "truncated") && strstr(log, "too large"),
            "the coordinator logged each malformed message with its defect");

@@ -72,9 +72,17 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         errno = 0;
         switch (c) {
         case 'e': snprintf(o->endpoint, sizeof o->endpoint, "%s", optarg); break;
-        case 't': o->timeout_ms = (int)strtol(optarg, &end, 10); if (*end || o->timeout_ms < 1) goto bad; break;
+        case 't': {
+            long t = strtol(optarg, &end, 10); /* range-checked as a long: (int) would wrap huge values */
+            if (*end || errno || t < 1 || t > INT32_MAX) goto bad;
+            o->timeout_ms = (int)t;
+            break;
+        }
         case 'p': o->prompt = optarg; break;
-        case 'n': o->n_predict = strtol(optarg, &end, 10); if (*end || o->n_predict < 0 || o->n_predict > UINT32_MAX) goto bad; break;
+        case 'n': /* the protocol's bound (ipc/control.c, PI_CTL_MAX_PREDICT): beyond it nothing could be sent */
+            o->n_predict = strtol(optarg, &end, 10);
+            if (*end || errno || o->n_predict < 0 || o->n_predict > 1000000) goto bad;
+            break;
         case 'T': o->temp = strtod(optarg, &end); if (*end || !(o->temp >= 0 && o->temp <= 100)) goto bad; break;
         case 's': o->seed = strtoull(optarg, &end, 10); if (*end || errno) goto bad; break;
         case 'h': usage(stdout); return 0;
