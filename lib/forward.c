@@ -75,6 +75,10 @@ static float *falloc(size_t n)
     return posix_memalign(&p, 64, PI_MAX(n, 1) * sizeof(float)) == 0 ? p : NULL;
 }
 
+/* Positions per sequence beyond any real model (llama.cpp's largest are 10M): past it the per-thread
+ * score rows alone would be gigabytes, so a context_length this large is an error, not a default. */
+#define MAX_CTX (1 << 24)
+
 pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *opts)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -89,6 +93,13 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
         pi_error("forward: kv cache type %s is not f32 or f16", pi_type_name(o.kv_type));
         return NULL;
     }
+    if (o.n_ctx > MAX_CTX) {
+        pi_error("forward: context of %d positions (n_ctx, default the model's context_length) exceeds %d",
+                 o.n_ctx, MAX_CTX);
+        return NULL;
+    }
+    /* a batch never holds more rows than the cache has positions: larger scratch would be unused */
+    if ((int64_t)o.n_batch > (int64_t)o.n_ctx * o.n_seq) o.n_batch = (int)((int64_t)o.n_ctx * o.n_seq);
     for (int il = 0; il < hp->n_layer; il++) {
         if (!m->layers[il].ffn_down_t.data) {
             pi_error("forward: layer %d has no ffn_down_t (model bound with no_down_t)", il);
@@ -104,6 +115,10 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     f->pool = o.n_threads > 1 ? pi_pool_new(o.n_threads) : NULL;
     f->n_threads = f->pool ? pi_pool_size(f->pool) : 1;
     f->kv = pi_kv_new(hp->n_layer, (int)kvd, o.n_ctx, o.n_seq, o.kv_type);
+    if (!f->kv) { /* logged; refused before the scratch sized by n_ctx is allocated */
+        pi_forward_destroy(&f);
+        return NULL;
+    }
     f->ffw = pi_ffn_work_new(hp->n_embd, f->n_threads);
     f->h = falloc(B * d);
     f->x = falloc(B * d);
@@ -274,8 +289,10 @@ int pi_forward_begin(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
 
 void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n)
 {
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        PI_ASSERT(seq[i] >= 0 && seq[i] < f->o.n_seq && pos[i] >= 0 && pos[i] < f->o.n_ctx);
         if (pos[i] + 1 > pi_kv_len(f->kv, seq[i])) pi_kv_set_len(f->kv, seq[i], pos[i] + 1);
+    }
 }
 
 int pi_forward_seq_len(const pi_forward_t *f, int seq)
@@ -362,6 +379,7 @@ void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t 
 
 void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float *x)
 {
+    PI_ASSERT(n >= 0 && il >= 0 && il < f->m->hp.n_layer);
     norm_rows(f, h, f->m->layers[il].ffn_norm, n, x);
 }
 
@@ -436,6 +454,11 @@ int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
 int pi_forward_tokens(pi_forward_t *f, int seq, const int32_t *tokens, int n, int pos0, float *logits,
                       bool all_logits)
 {
+    /* checked before pos0 + i is formed (it could overflow) and before n sizes an allocation */
+    if (n < 0 || n > f->o.n_ctx || pos0 < 0 || pos0 > f->o.n_ctx - n) {
+        pi_error("forward: %d tokens at position %d do not fit the context of %d", n, pos0, f->o.n_ctx);
+        return -PI_ERR_RANGE;
+    }
     int32_t *sp = malloc((size_t)PI_MAX(n, 1) * 2 * sizeof *sp);
     if (!sp) return -PI_ERR_NOMEM;
     for (int i = 0; i < n; i++) {

@@ -31,9 +31,11 @@ typedef struct pi_forward pi_forward_t;
 
 struct pi_forward_opts {
     int n_threads;         /* pool threads (default 1; <= 0 means 1) */
-    int n_ctx;             /* positions per sequence (default: the model's context_length, or 2048) */
+    int n_ctx;             /* positions per sequence (default: the model's context_length, or 2048);
+                            * at most 2^24, and n_seq full sequences must fit in RAM (pi_kv_new) */
     int n_seq;             /* sequences in the cache (default 1) */
-    int n_batch;           /* tokens per internal step; larger calls are split (default 512) */
+    int n_batch;           /* tokens per internal step; larger calls are split (default 512; lowered
+                            * to n_ctx * n_seq, the most a batch can hold) */
     enum pi_type kv_type;  /* PI_TYPE_F32 (default) or PI_TYPE_F16 */
     /* Reference mode: every product dequantises the weight rows and keeps the activations in f32
      * (double accumulation), instead of quantising activations to 8 bits as the kernels do. Several
@@ -50,7 +52,8 @@ struct pi_forward_opts {
 
 void pi_forward_opts_default(struct pi_forward_opts *o);
 
-/* A forward pass over m (borrowed; must outlive it). NULL on bad options or no memory (logged). */
+/* A forward pass over m (borrowed; must outlive it). NULL on bad options, a cache too large for
+ * RAM, or no memory (logged). */
 pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *o);
 void pi_forward_destroy(pi_forward_t **f);
 

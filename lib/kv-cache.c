@@ -5,6 +5,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/common.h"
 #include "lib/kv-cache.h"
@@ -20,9 +21,18 @@ struct pi_kv {
     int *len;          /* (n_seq) positions filled */
 };
 
+/* Bytes of physical memory (SIZE_MAX when unknown). */
+static size_t phys_bytes(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t total;
+    if (pages <= 0 || page <= 0 || !pi_size_mul((size_t)pages, (size_t)page, &total)) return SIZE_MAX;
+    return total;
+}
+
 pi_kv_t *pi_kv_new(int n_layer, int kv_dim, int n_ctx, int n_seq, enum pi_type type)
 {
-    size_t half;
+    size_t half, all;
     if (n_layer < 1 || kv_dim < 1 || n_ctx < 1 || n_seq < 1 ||
         (type != PI_TYPE_F32 && type != PI_TYPE_F16)) {
         pi_error("kv: bad cache geometry (layers %d, kv_dim %d, ctx %d, seqs %d, type %s)", n_layer, kv_dim,
@@ -33,6 +43,16 @@ pi_kv_t *pi_kv_new(int n_layer, int kv_dim, int n_ctx, int n_seq, enum pi_type t
     if (!pi_size_mul(row, (size_t)n_ctx, &half) || !pi_size_mul(half, (size_t)n_layer, &half) ||
         half > SIZE_MAX / 2) {
         pi_error("kv: cache of %d layers x %d positions x %d too large", n_layer, n_ctx, kv_dim);
+        return NULL;
+    }
+    /* Sequences are allocated on first use, but a cache that could not hold all of them in RAM is
+     * refused now, with the numbers, rather than failing (or being OOM-killed) mid-request: n_ctx
+     * often comes from a file's context_length, which may be 128K or absurd. */
+    if (!pi_size_mul(2 * half, (size_t)n_seq, &all) || all > phys_bytes()) {
+        pi_error("kv: cache of %d sequences x %d positions (%d layers x kv_dim %d, %s) needs %.1f GiB, more "
+                 "than the %.1f GiB of RAM; use a smaller context (n_ctx) or fewer sequences",
+                 n_seq, n_ctx, n_layer, kv_dim, pi_type_name(type),
+                 2.0 * (double)half * n_seq / (1024.0 * 1024 * 1024), (double)phys_bytes() / (1024.0 * 1024 * 1024));
         return NULL;
     }
     pi_kv_t *kv = calloc(1, sizeof *kv);

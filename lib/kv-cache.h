@@ -19,7 +19,9 @@
 typedef struct pi_kv pi_kv_t;
 
 /* A cache for up to n_seq sequences of n_ctx positions; type is PI_TYPE_F32 or PI_TYPE_F16.
- * Nothing per sequence is allocated yet. Returns NULL on a bad argument (logged) or no memory. */
+ * Nothing per sequence is allocated yet, but the size of all n_seq sequences is computed with
+ * overflow checks and must fit in physical memory. Returns NULL on a bad argument or a cache past
+ * that bound (logged, with the sizes), or no memory. */
 pi_kv_t *pi_kv_new(int n_layer, int kv_dim, int n_ctx, int n_seq, enum pi_type type);
 void pi_kv_destroy(pi_kv_t **kv);
 

@@ -179,7 +179,9 @@ static int read_hparams(struct binder *b, enum pi_ffn_act act)
         return fail(b, "attention width %d x %d heads too large", key_len, hp->n_head);
     hp->head_dim = key_len;
     if ((rc = get_count(b, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot)) < 0) return rc;
-    if (hp->n_rot % 2 != 0) return fail(b, "%s.rope.dimension_count %d is odd", hp->arch, hp->n_rot);
+    if (hp->n_rot % 2 != 0)
+        return fail(b, "%s.rope.dimension_count %d is odd (rope rotates pairs; default: head_dim)", hp->arch,
+                    hp->n_rot);
     if ((rc = get_float(b, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps)) < 0 ||
         (rc = get_float(b, "rope.freq_base", 10000.0f, &hp->rope_base)) < 0)
         return rc;
@@ -189,6 +191,8 @@ static int read_hparams(struct binder *b, enum pi_ffn_act act)
         return fail(b, "%s.rope.freq_base %g out of range", hp->arch, (double)hp->rope_base);
     rc = pi_gguf_get_f32(b->g, "powerinfer.sparse_threshold", &hp->sparse_threshold);
     if (rc < 0 && rc != -PI_ERR_NOTFOUND) return fail(b, "powerinfer.sparse_threshold is not a float");
+    if (rc == 0 && !isfinite(hp->sparse_threshold))
+        return fail(b, "powerinfer.sparse_threshold %g is not finite", (double)hp->sparse_threshold);
     hp->has_sparse_threshold = rc == 0;
     return read_activation(b, act);
 }
@@ -262,7 +266,9 @@ static int bind_norm(struct binder *b, const char *name, int64_t n, float *dst)
     const struct pi_gguf_tensor *t;
     int rc = find(b, name, 0, n, "(n_embd)", false, &t);
     if (rc < 0) return rc;
-    if (!matrix_type_ok(t->type)) return fail(b, "%s: type %s is not supported", name, pi_type_name(t->type));
+    uint64_t rb;
+    if (!matrix_type_ok(t->type) || !pi_type_row_bytes(t->type, t->ne[0], &rb))
+        return fail(b, "%s: type %s is not supported", name, pi_type_name(t->type));
     pi_dequant_row((enum pi_type)t->type, t->data, dst, n);
     return 0;
 }
@@ -305,6 +311,41 @@ static int bind_layer(struct binder *b, int il, float *norms)
     return 0;
 }
 
+/* Every norm vector present with shape (n_embd), checked before the f32 copies are allocated: the
+ * copies take (2 n_layer + 1) n_embd floats, which block_count and embedding_length alone could make
+ * tens of GB in a file of a few MB. Checked here, they are bounded by what the file really holds. */
+static int check_norms(struct binder *b)
+{
+    const struct pi_hparams *hp = &b->m->hp;
+    const struct pi_gguf_tensor *t;
+    char name[96];
+    int rc;
+    if ((rc = find(b, "output_norm.weight", 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+    for (int il = 0; il < hp->n_layer; il++) {
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", il);
+        if ((rc = find(b, name, 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
+        if ((rc = find(b, name, 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+    }
+    return 0;
+}
+
+/* tokenizer.ggml.tokens, when present, must name exactly the n_vocab rows of token_embd: a longer
+ * list lets the tokenizer emit ids the model has no rows for, a shorter one lets the sampler pick
+ * ids the tokenizer cannot print (llama.cpp requires the same equality). */
+static int check_vocab(struct binder *b)
+{
+    enum pi_gguf_vtype type;
+    uint64_t n;
+    int rc = pi_gguf_get_arr(b->g, "tokenizer.ggml.tokens", &type, &n);
+    if (rc == -PI_ERR_NOTFOUND) return 0;
+    if (rc < 0) return fail(b, "tokenizer.ggml.tokens is not an array");
+    if (n != (uint64_t)b->m->hp.n_vocab)
+        return fail(b, "tokenizer.ggml.tokens has %llu entries, token_embd.weight %d rows (n_vocab)",
+                    (unsigned long long)n, b->m->hp.n_vocab);
+    return 0;
+}
+
 static int bind_tensors(struct binder *b)
 {
     pi_model_t *m = b->m;
@@ -315,6 +356,7 @@ static int bind_tensors(struct binder *b)
     if (t->ne[1] < 1 || t->ne[1] > INT32_MAX)
         return fail(b, "token_embd.weight: vocabulary size %llu out of range", (unsigned long long)t->ne[1]);
     m->hp.n_vocab = (int)t->ne[1];
+    if ((rc = check_vocab(b)) < 0 || (rc = check_norms(b)) < 0) return rc;
     size_t n_norms = ((size_t)hp->n_layer * 2 + 1) * (size_t)hp->n_embd;
     m->norms = malloc(n_norms * sizeof(float));
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
@@ -543,16 +585,20 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
     int64_t r_out = rows;
     if (G->g->omit && strcmp(name, G->g->omit) == 0) return 0;
     if (G->g->reshape && strcmp(name, G->g->reshape) == 0) r_out = rows + 1;
+    if (G->g->retype && strcmp(name, G->g->retype) == 0) t = G->g->retype_as;
     float sd = norm ? 0.1f : 1.7320508f / sqrtf((float)cols); /* uniform: sd = a / sqrt(3) */
     int64_t nr = norm ? 1 : r_out;
     if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) {
         pi_error("gen: %s: %lld columns are not whole %s blocks", name, (long long)cols, pi_type_name(t));
         return -PI_ERR_INVAL;
     }
+    bool nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0;
     for (int64_t r = 0; r < nr; r++) {
         float *row = G->buf;
         for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
-        pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
+        for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
+        if (pi_type_get(t) && pi_kernel_supported(t)) pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
+        else memset((char *)G->qbuf + (size_t)r * rb, 0, (size_t)rb); /* the retype hook's integer types */
     }
     ne[0] = (uint64_t)cols;
     ne[1] = (uint64_t)nr;
@@ -588,6 +634,16 @@ static int gen_metadata(struct gen *G)
     rc |= pi_gguf_writer_set_f32(G->w, key, 10000.0f);
     if (g->act != PI_FFN_ACT_DEFAULT)
         rc |= pi_gguf_writer_set_str(G->w, "pinfer.ffn_activation", pi_ffn_act_name(g->act));
+    /* set again: a key gen does not write (attention.key_length, ...) is added, others replaced */
+    if (g->bad_key) rc |= pi_gguf_writer_set_u32(G->w, g->bad_key, g->bad_value);
+    if (g->bad_fkey) rc |= pi_gguf_writer_set_f32(G->w, g->bad_fkey, g->bad_fvalue);
+    if (g->n_tokens > 0) {
+        const char **tok = malloc((size_t)g->n_tokens * sizeof *tok);
+        if (!tok) return -PI_ERR_NOMEM;
+        for (int i = 0; i < g->n_tokens; i++) tok[i] = "t";
+        rc |= pi_gguf_writer_set_arr_str(G->w, "tokenizer.ggml.tokens", tok, (uint64_t)g->n_tokens);
+        free(tok);
+    }
     return rc ? -PI_ERR_INVAL : 0;
 }
 
@@ -632,7 +688,8 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
         return -PI_ERR_INVAL;
     }
     G.buf = malloc((size_t)cols_max * sizeof(float));
-    G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(float)); /* f32 is the widest type */
+    /* 8 bytes an element: f64 and i64 (the retype hook) are the widest types */
+    G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(double));
     if (!G.w || !G.buf || !G.qbuf) {
         rc = -PI_ERR_NOMEM;
         goto out;

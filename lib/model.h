@@ -164,11 +164,21 @@ struct pi_model_gen {
     int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
     uint64_t seed;              /* weights are a function of the seed */
     /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
-     * too many; write `bad_key` (a full key name) with the value bad_value instead of the real one. */
+     * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real
+     * one, or in addition to the keys written when it is not one of them. */
     const char *omit;
     const char *reshape;
     const char *bad_key;
     uint32_t bad_value;
+    /* More hooks: write the float key `bad_fkey` (a full key name) as bad_fvalue; write tensor
+     * `retype` as type retype_as (zero bytes); write `nan_norm` (a norm vector) as NaN, +Inf, ...;
+     * n_tokens > 0: write a tokenizer.ggml.tokens array of n_tokens strings. */
+    const char *bad_fkey;
+    float bad_fvalue;
+    const char *retype;
+    enum pi_type retype_as;
+    const char *nan_norm;
+    int n_tokens;
 };
 
 /* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */

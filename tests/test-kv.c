@@ -2,7 +2,8 @@
  * tests/test-kv.c - the KV cache (lib/kv-cache.h) and its use by the forward pass: generating token by
  * token equals processing the whole sequence at once, whatever the chunking; several sequences in one
  * decode batch equal each run alone; truncation rewinds exactly; f16 storage stays close to f32; bad
- * batches are refused without changing the cache.
+ * batches are refused without changing the cache; caches too large for size_t or for RAM (a file's
+ * absurd context_length) are refused up front, and arguments from other processes are range-checked.
  *
  * The comparisons between paths run in reference mode (f32 activations), where batch and single-token
  * products are the same arithmetic up to summation order, so a cache bug (wrong row, position or
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/common.h"
 #include "lib/forward.h"
@@ -56,6 +58,61 @@ static void test_kv_unit(void)
     tap_ok(pi_kv_len(kv, 1) == 4 && pi_kv_len(kv, 0) == 0, "lengths per sequence");
     pi_kv_destroy(&kv);
     tap_ok(kv == NULL && pi_kv_new(1, 8, 4, 1, PI_TYPE_Q8_0) == NULL, "destroy; a q8_0 cache is refused");
+    /* 4096 x 2^31 x 2^20 x 4 bytes wraps size_t; 80 layers x 2^24 positions x 8192 x f16 is 40 TiB */
+    tap_ok(pi_kv_new(4096, 1 << 20, INT32_MAX, 1, PI_TYPE_F32) == NULL, "a cache whose size wraps size_t is refused");
+    tap_ok(pi_kv_new(80, 8192, 1 << 24, 1, PI_TYPE_F16) == NULL, "a cache larger than RAM is refused");
+    tap_ok(pi_kv_new(2, 32, 1024, INT32_MAX, PI_TYPE_F32) == NULL, "2^31 sequences larger than RAM are refused");
+}
+
+/* A model file whose hyper-parameters are valid for binding but hostile to the forward pass. */
+static void test_hostile(void)
+{
+    char dir[256], path[512], err[256];
+    snprintf(dir, sizeof dir, "%s/pi-test-kv-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(dir)) tap_bail("mkdtemp failed");
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    struct pi_model_gen g = {.n_vocab = 96, .n_embd = 64, .n_layer = 2, .n_ff = 96, .n_head = 4, .n_head_kv = 2,
+                             .type = PI_TYPE_F32, .seed = 3, .act = PI_FFN_ACT_RELU};
+    g.n_ctx = INT32_MAX; /* context_length 2^31 - 1 */
+    g.nan_norm = "blk.0.ffn_norm.weight";
+    pi_model_t *m = NULL;
+    if (pi_model_gen_write(&g, path) < 0 || pi_model_open(path, NULL, &m, err, sizeof err) < 0)
+        tap_bail("hostile model: %s", err);
+    pi_forward_t *f = pi_forward_new(m, NULL);
+    tap_ok(f == NULL, "context_length 2^31 - 1 as the default context is refused");
+    struct pi_forward_opts o;
+    pi_forward_opts_default(&o);
+    o.n_ctx = 1 << 24;
+    o.n_seq = 1 << 16;
+    tap_ok(pi_forward_new(m, &o) == NULL, "2^16 sequences of 2^24 positions are refused");
+    o.n_ctx = 16;
+    o.n_seq = 2;
+    o.n_batch = INT32_MAX; /* lowered to the 32 positions of the cache, not allocated as asked */
+    f = pi_forward_new(m, &o);
+    if (!f) tap_bail("forward over the hostile model");
+    int32_t tok[4] = {1, 2, 95, 3}, seq[4] = {0, 0, 0, 0}, pos[4] = {0, 1, 2, 3}, neg[1] = {-1}, big[1] = {96};
+    float *logits = malloc(sizeof(float) * 96);
+    tap_ok(pi_forward_tokens(f, 0, tok, 1, INT32_MAX, logits, false) == -PI_ERR_RANGE &&
+               pi_forward_tokens(f, 0, tok, INT32_MAX, 0, logits, false) == -PI_ERR_RANGE &&
+               pi_forward_tokens(f, 0, tok, -1, 0, logits, false) == -PI_ERR_RANGE &&
+               pi_forward_tokens(f, 0, tok, 1, -1, logits, false) == -PI_ERR_RANGE,
+           "pi_forward_tokens: positions past the context, negative or huge counts refused");
+    tap_ok(pi_forward_batch(f, neg, seq, pos, 1, logits, false) == -PI_ERR_INVAL &&
+               pi_forward_batch(f, big, seq, pos, 1, logits, false) == -PI_ERR_INVAL &&
+               pi_forward_batch(f, tok, neg, pos, 1, logits, false) == -PI_ERR_RANGE &&
+               pi_forward_batch(f, tok, seq, neg, 1, logits, false) == -PI_ERR_RANGE &&
+               pi_forward_batch(f, tok, seq, pos, -1, logits, false) == -PI_ERR_INVAL &&
+               pi_forward_begin(f, tok, seq, pos, 33) == -PI_ERR_RANGE && pi_forward_seq_len(f, 0) == 0,
+           "token ids, sequences, positions and counts out of range refused, nothing changed");
+    /* NaN and infinite norm weights: defined behaviour (no crash, the NaN propagates, the call succeeds) */
+    int rc = pi_forward_tokens(f, 0, tok, 4, 0, logits, false);
+    int rc1 = pi_forward_tokens(f, 0, tok, 1, 4, logits, false); /* decode: the neuron kernel */
+    tap_ok(rc == 0 && rc1 == 0 && pi_forward_seq_len(f, 0) == 5, "NaN/Inf norm weights: prompt and decode run");
+    free(logits);
+    pi_forward_destroy(&f);
+    pi_model_destroy(&m);
+    unlink(path);
+    rmdir(dir);
 }
 
 static pi_forward_t *fwd(const pi_model_t *m, bool ref, int n_batch, int n_seq, enum pi_type kv_type)
@@ -179,6 +236,7 @@ static void test_multi_seq(void)
 int main(void)
 {
     test_kv_unit();
+    test_hostile();
     test_consistency("tiny-llama-q4_0.gguf", true, 1e-5);
     test_consistency("demo-relu-q4_0.gguf", true, 1e-5);
     /* kernels: prompt (matmul, dense down) and decode (matvec, neuron kernel with the f16 down_t) round

@@ -152,6 +152,7 @@ static void test_generated(void)
     struct pi_model_gen g = small();
     g.tied = true;
     g.pred_rank = 8;
+    g.n_tokens = 96; /* a tokenizer vocabulary matching token_embd's rows */
     int rc = load_gen(&g, "ok.gguf", &m, err, sizeof err);
     if (!tap_ok(rc == 0, "generated f16 model binds")) {
         tap_diag("  %s", err);
@@ -216,6 +217,32 @@ static void e_arch(struct pi_model_gen *g) { g->arch = "gpt2"; }
 static void e_fc(struct pi_model_gen *g) { g->pred_rank = 4; g->omit = "blk.0.fc1.weight"; }
 static void e_down_t(struct pi_model_gen *g) { g->down_t = true; g->reshape = "blk.1.ffn_down_t.weight"; }
 static void e_type(struct pi_model_gen *g) { g->type = PI_TYPE_Q8_1; }
+/* hostile hyper-parameters in a valid container */
+static void e_no_heads(struct pi_model_gen *g) { g->bad_key = "llama.attention.head_count"; g->bad_value = 0; }
+static void e_no_kv_heads(struct pi_model_gen *g) { g->bad_key = "llama.attention.head_count_kv"; g->bad_value = 0; }
+static void e_huge_layers(struct pi_model_gen *g) { g->bad_key = "llama.block_count"; g->bad_value = 4096; }
+static void e_absurd_layers(struct pi_model_gen *g) { g->bad_key = "llama.block_count"; g->bad_value = 0xffffffffu; }
+static void e_huge_embd(struct pi_model_gen *g) { g->bad_key = "llama.embedding_length"; g->bad_value = 1u << 20; }
+static void e_odd_head_dim(struct pi_model_gen *g) { g->bad_key = "llama.attention.key_length"; g->bad_value = 15; }
+static void e_rot_big(struct pi_model_gen *g) { g->bad_key = "llama.rope.dimension_count"; g->bad_value = 18; }
+static void e_rot_zero(struct pi_model_gen *g) { g->bad_key = "llama.rope.dimension_count"; g->bad_value = 0; }
+static void e_key_val(struct pi_model_gen *g) { g->bad_key = "llama.attention.value_length"; g->bad_value = 8; }
+static void e_eps_neg(struct pi_model_gen *g) { g->bad_fkey = "llama.attention.layer_norm_rms_epsilon"; g->bad_fvalue = -1e-5f; }
+static void e_eps_nan(struct pi_model_gen *g) { g->bad_fkey = "llama.attention.layer_norm_rms_epsilon"; g->bad_fvalue = NAN; }
+static void e_base_zero(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = 0.0f; }
+static void e_base_neg(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = -10000.0f; }
+static void e_base_nan(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = NAN; }
+static void e_base_inf(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = INFINITY; }
+/* a layer-0 shape error and a missing layer-1 norm: the norms are all checked first, before anything
+ * sized by block_count x embedding_length is allocated */
+static void e_norm_first(struct pi_model_gen *g) { g->omit = "blk.1.attn_norm.weight"; g->reshape = "blk.0.attn_q.weight"; }
+static void e_threshold(struct pi_model_gen *g) { g->bad_fkey = "powerinfer.sparse_threshold"; g->bad_fvalue = NAN; }
+static void e_tokens(struct pi_model_gen *g) { g->n_tokens = 97; }
+static void e_int_weight(struct pi_model_gen *g) { g->retype = "blk.0.attn_q.weight"; g->retype_as = PI_TYPE_I32; }
+static void e_int_embd(struct pi_model_gen *g) { g->retype = "token_embd.weight"; g->retype_as = PI_TYPE_I8; }
+static void e_int_norm(struct pi_model_gen *g) { g->retype = "blk.1.ffn_norm.weight"; g->retype_as = PI_TYPE_I16; }
+static void e_f64_down_t(struct pi_model_gen *g) { g->down_t = true; g->retype = "blk.0.ffn_down_t.weight"; g->retype_as = PI_TYPE_F64; }
+static void e_down_t_cols(struct pi_model_gen *g) { g->down_t = true; g->reshape = "blk.0.ffn_down.weight"; }
 
 static const struct broken broken[] = {
     {"missing tensor", e_missing, "blk.1.ffn_up.weight", "missing"},
@@ -232,6 +259,29 @@ static const struct broken broken[] = {
     {"fc2 without fc1", e_fc, "blk.0.fc2.weight", "without"},
     {"ffn_down_t wrong shape", e_down_t, "blk.1.ffn_down_t.weight", "expected (96, 64)"},
     {"matrix type without kernels", e_type, "q8_1", "not supported"},
+    {"zero heads", e_no_heads, "attention.head_count = 0", "outside"},
+    {"zero kv heads", e_no_kv_heads, "attention.head_count_kv = 0", "outside"},
+    {"4096 layers in a 2-layer file (before allocating norms)", e_huge_layers, "blk.2.attn_norm.weight", "missing"},
+    {"block_count 2^32 - 1", e_absurd_layers, "block_count = 4294967295", "outside"},
+    {"n_embd 2^20 against the tensors", e_huge_embd, "output_norm.weight: shape (64)", "expected (1048576)"},
+    {"odd head_dim (rope default)", e_odd_head_dim, "rope.dimension_count = 16", "outside [2, 15]"},
+    {"rope dimension > head_dim", e_rot_big, "rope.dimension_count = 18", "outside [2, 16]"},
+    {"rope dimension 0", e_rot_zero, "rope.dimension_count = 0", "outside"},
+    {"value_length != key_length", e_key_val, "value_length 8", "key_length 16"},
+    {"negative rms epsilon", e_eps_neg, "layer_norm_rms_epsilon", "out of range"},
+    {"NaN rms epsilon", e_eps_nan, "layer_norm_rms_epsilon", "out of range"},
+    {"rope freq_base 0", e_base_zero, "rope.freq_base 0", "out of range"},
+    {"negative rope freq_base", e_base_neg, "rope.freq_base -10000", "out of range"},
+    {"NaN rope freq_base", e_base_nan, "rope.freq_base", "out of range"},
+    {"infinite rope freq_base", e_base_inf, "rope.freq_base", "out of range"},
+    {"norms found before any layer is bound", e_norm_first, "blk.1.attn_norm.weight", "missing"},
+    {"NaN sparse threshold", e_threshold, "powerinfer.sparse_threshold nan", "not finite"},
+    {"tokenizer vocabulary != token_embd rows", e_tokens, "tokenizer.ggml.tokens has 97", "96 rows"},
+    {"integer weight matrix", e_int_weight, "blk.0.attn_q.weight: type i32", "not supported"},
+    {"integer token_embd", e_int_embd, "token_embd.weight: type i8", "not supported"},
+    {"integer norm vector", e_int_norm, "blk.1.ffn_norm.weight: type i16", "not supported"},
+    {"f64 ffn_down_t", e_f64_down_t, "blk.0.ffn_down_t.weight: type f64", "not supported"},
+    {"ffn_down disagrees with ffn_down_t", e_down_t_cols, "blk.0.ffn_down.weight: shape (65, 96)", "expected (64, 96)"},
 };
 
 static void test_broken(void)
