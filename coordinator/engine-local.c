@@ -48,7 +48,7 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx)
     pi_forward_opts_default(&fo);
     fo.n_threads = n_threads > 0 ? n_threads : 1;
     if (n_ctx > 0) fo.n_ctx = n_ctx;
-    else fo.n_ctx = m->hp.n_ctx_train > 0 ? m->hp.n_ctx_train : 2048;
+    else fo.n_ctx = pi_model_default_ctx(m);
     fo.n_batch = LOCAL_MAX_BATCH;
     l->fwd = pi_forward_new(m, &fo);
     if (!l->fwd) { free(l); return NULL; }

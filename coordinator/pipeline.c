@@ -303,7 +303,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->m = cm->model;
     p->base.n_vocab = cm->model->hp.n_vocab;
     p->base.max_batch = PIPE_MAX_BATCH;
-    p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : (cm->model->hp.n_ctx_train > 0 ? cm->model->hp.n_ctx_train : 2048);
+    p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->n_hot = choose_hot(&o->cfg, cm->model);
     if (ensure_run_dir(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||

@@ -163,7 +163,7 @@ struct plan {
 
 static void geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *n_ctx, int *n_seq)
 {
-    *n_ctx = o->n_ctx > 0 ? o->n_ctx : (m->hp.n_ctx_train > 0 ? m->hp.n_ctx_train : 2048);
+    *n_ctx = o->n_ctx > 0 ? o->n_ctx : pi_model_default_ctx(m);
     *n_seq = o->n_seq > 0 ? o->n_seq : 1;
 }
 

@@ -88,7 +88,7 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     if (o.n_threads <= 0) o.n_threads = 1;
     if (o.n_seq <= 0) o.n_seq = 1;
     if (o.n_batch <= 0) o.n_batch = 512;
-    if (o.n_ctx <= 0) o.n_ctx = hp->n_ctx_train > 0 ? hp->n_ctx_train : 2048;
+    if (o.n_ctx <= 0) o.n_ctx = pi_model_default_ctx(m);
     if (o.kv_type != PI_TYPE_F32 && o.kv_type != PI_TYPE_F16) {
         pi_error("forward: kv cache type %s is not f32 or f16", pi_type_name(o.kv_type));
         return NULL;

@@ -135,6 +135,16 @@ int pi_model_open(const char *path, const struct pi_model_opts *opts, pi_model_t
 /* Free the model (and its file when it owns it). Accepts NULL; NULLs the caller's pointer. */
 void pi_model_destroy(pi_model_t **m);
 
+/* The context length used when none is configured: the file's context_length capped at
+ * PI_MODEL_DEFAULT_CTX (as llama.cpp does: a 128K-context file would otherwise size a KV cache of
+ * tens of GiB), or 2048 when the file has none. */
+#define PI_MODEL_DEFAULT_CTX 4096
+static inline int pi_model_default_ctx(const pi_model_t *m)
+{
+    int n = m->hp.n_ctx_train;
+    return n <= 0 ? 2048 : (n > PI_MODEL_DEFAULT_CTX ? PI_MODEL_DEFAULT_CTX : n);
+}
+
 /* Row r of w (0 <= r < w->rows). */
 static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
 {

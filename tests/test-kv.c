@@ -78,10 +78,15 @@ static void test_hostile(void)
     pi_model_t *m = NULL;
     if (pi_model_gen_write(&g, path) < 0 || pi_model_open(path, NULL, &m, err, sizeof err) < 0)
         tap_bail("hostile model: %s", err);
+    /* the file's context_length is capped at PI_MODEL_DEFAULT_CTX when none is asked for */
+    tap_is_int(pi_model_default_ctx(m), PI_MODEL_DEFAULT_CTX, "context_length 2^31 - 1 gives the capped default context");
     pi_forward_t *f = pi_forward_new(m, NULL);
-    tap_ok(f == NULL, "context_length 2^31 - 1 as the default context is refused");
+    tap_ok(f != NULL, "the default (capped) context is accepted");
+    pi_forward_destroy(&f);
     struct pi_forward_opts o;
     pi_forward_opts_default(&o);
+    o.n_ctx = INT32_MAX;
+    tap_ok(pi_forward_new(m, &o) == NULL, "an explicit context of 2^31 - 1 positions is refused");
     o.n_ctx = 1 << 24;
     o.n_seq = 1 << 16;
     tap_ok(pi_forward_new(m, &o) == NULL, "2^16 sequences of 2^24 positions are refused");
