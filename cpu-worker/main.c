@@ -17,6 +17,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
+#include "lib/conf.h"
 #include "lib/log.h"
 #include "lib/model.h"
 
@@ -32,7 +33,7 @@
 struct cw_opts {
     const char *model, *control, *activation;
     int exchange_fd;
-    long index, workers, hot, threads;
+    int64_t index, workers, hot, threads;
 };
 
 static void usage(FILE *f)
@@ -53,16 +54,6 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* Returns 1 to run, 0 to exit successfully, -1 on a usage error. */
 static int parse(int argc, char **argv, struct cw_opts *o)
 {
@@ -80,10 +71,10 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 'a': o->activation = optarg; break;
         case 'c': o->control = optarg; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
-        case 'i': bad = parse_long(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index); break;
-        case 'w': bad = parse_long(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers); break;
-        case 'H': bad = parse_long(optarg, 0, 1L << 24, &o->hot); break;
-        case 't': bad = parse_long(optarg, 1, 4096, &o->threads); break;
+        case 'i': bad = pi_parse_int(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index) != 0; break;
+        case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
+        case 'H': bad = pi_parse_int(optarg, 0, 1L << 24, &o->hot) != 0; break;
+        case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-cpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -195,8 +186,8 @@ static int run(const struct cw_opts *o)
         if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
         pi_link_ready(c.link, (uint64_t)c.part.count * (uint64_t)m->hp.n_layer, c.part.bytes);
     }
-    pi_info("worker %ld/%ld: neurons %lld..%lld of %d per layer, %zu bytes on node %d, %d threads", o->index,
-            o->workers, (long long)c.part.first, (long long)(c.part.first + c.part.count - 1), m->hp.n_ff,
+    pi_info("worker %lld/%lld: neurons %lld..%lld of %d per layer, %zu bytes on node %d, %d threads",
+            (long long)o->index, (long long)o->workers, (long long)c.part.first, (long long)(c.part.first + c.part.count - 1), m->hp.n_ff,
             c.part.bytes, place.node, threads);
     rc = serve(&c, m->hp.n_embd, seen);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");

@@ -25,7 +25,7 @@
 struct gw_opts {
     const char *backend, *model, *control, *activation;
     int step_fd, exchange_fd;
-    long hot, threads, ctx, device, n_seq;
+    int64_t hot, threads, ctx, device, n_seq;
     uint64_t vram_budget;
 };
 
@@ -51,16 +51,6 @@ static void usage(FILE *f)
           f);
 }
 
-static int parse_long(const char *s, long lo, long hi, long *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || errno || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* Returns 1 to run, 0 to exit successfully, -1 on a usage error. */
 static int parse(int argc, char **argv, struct gw_opts *o)
 {
@@ -83,11 +73,11 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'c': o->control = optarg; break;
         case 's': bad = pi_shm_parse_fd(optarg, &o->step_fd) != 0; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
-        case 'H': bad = parse_long(optarg, 0, 1L << 24, &o->hot); break;
-        case 't': bad = parse_long(optarg, 1, 4096, &o->threads); break;
-        case 'C': bad = parse_long(optarg, 0, 1L << 24, &o->ctx); break;
-        case 'd': bad = parse_long(optarg, 0, 64, &o->device); break;
-        case 'S': bad = parse_long(optarg, 1, 1024, &o->n_seq); break;
+        case 'H': bad = pi_parse_int(optarg, 0, 1L << 24, &o->hot) != 0; break;
+        case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
+        case 'C': bad = pi_parse_int(optarg, 0, 1L << 24, &o->ctx) != 0; break;
+        case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
+        case 'S': bad = pi_parse_int(optarg, 1, 1024, &o->n_seq) != 0; break;
         case 'B': bad = pi_parse_bytes(optarg, &o->vram_budget) != 0; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-gpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
@@ -181,7 +171,7 @@ static int run(const struct gw_opts *o)
     }
     if (rc == 0) {
         if (link) pi_link_ready(link, (uint64_t)o->hot * (uint64_t)m->hp.n_layer, hot_bytes(m, o->hot));
-        pi_info("ready: backend %s, %ld hot neurons per layer of %d, %d layers", o->backend, o->hot, m->hp.n_ff, m->hp.n_layer);
+        pi_info("ready: backend %s, %lld hot neurons per layer of %d, %d layers", o->backend, (long long)o->hot, m->hp.n_ff, m->hp.n_layer);
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
         rc = pi_gpu_loop_run(&g);

@@ -75,6 +75,18 @@ __attribute__((format(printf, 3, 4))) static void set_err(char *err, size_t len,
     va_end(ap);
 }
 
+int pi_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out)
+{
+    char *end;
+    if (!s) return -PI_ERR_INVAL;
+    errno = 0;
+    long long x = strtoll(s, &end, 10);
+    if (end == s || *end != '\0') return -PI_ERR_INVAL;
+    if (errno == ERANGE || x < lo || x > hi) return -PI_ERR_RANGE;
+    *out = x;
+    return 0;
+}
+
 int pi_parse_bytes(const char *s, uint64_t *out)
 {
     /* A digit first: strtoull would also take leading blanks and a sign, and it turns " -1" into
@@ -118,15 +130,12 @@ static int set_value(struct pi_config *cfg, const struct key_def *k, const char 
         return 0;
     }
     case K_INT: {
-        errno = 0;
-        long long x = strtoll(v, &end, 10);
-        if (end == v || *end != '\0') { set_err(why, wlen, "'%s' is not an integer", v); return -PI_ERR_INVAL; }
-        if (errno == ERANGE || (double)x < k->min || (double)x > k->max) {
-            set_err(why, wlen, "%s is out of range [%.0f, %.0f]", v, k->min, k->max);
-            return -PI_ERR_RANGE;
-        }
-        *(int64_t *)((char *)cfg + k->offset) = x;
-        return 0;
+        int64_t x;
+        int rc = pi_parse_int(v, (int64_t)k->min, (int64_t)k->max, &x);
+        if (rc == -PI_ERR_INVAL) set_err(why, wlen, "'%s' is not an integer", v);
+        else if (rc != 0) set_err(why, wlen, "%s is out of range [%.0f, %.0f]", v, k->min, k->max);
+        else *(int64_t *)((char *)cfg + k->offset) = x;
+        return rc;
     }
     case K_REAL: {
         errno = 0;

@@ -66,6 +66,11 @@ int pi_config_set(struct pi_config *cfg, const char *dotted_key, const char *val
 /* Check cross-key constraints (model path present, ...). 0 or -PI_ERR_INVAL with err filled. */
 int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen);
 
+/* Parse a whole decimal integer s (optional sign, nothing after the digits) within [lo, hi].
+ * 0 and *out, -PI_ERR_INVAL when s is not an integer, -PI_ERR_RANGE when it is outside [lo, hi] or
+ * does not fit 64 bits. Used for config values and the workers' command lines alike. */
+int pi_parse_int(const char *s, int64_t lo, int64_t hi, int64_t *out);
+
 /* Parse a byte size with an optional K/M/G/T suffix (powers of 1024, optional trailing "iB"/"B").
  * 0 or -PI_ERR_INVAL / -PI_ERR_RANGE. */
 int pi_parse_bytes(const char *s, uint64_t *out);

@@ -80,6 +80,13 @@ int main(void)
     rc = pi_config_load_file(&cfg, "/", err, sizeof err);
     tap_ok(rc == -PI_ERR_IO && strstr(err, "is a directory"), "a directory is an error, not an empty file: %s", err);
 
+    int64_t iv = 0;
+    tap_ok(pi_parse_int("-1", -1, 5, &iv) == 0 && iv == -1, "integer at the lower bound");
+    tap_ok(pi_parse_int("6", -1, 5, &iv) == -PI_ERR_RANGE, "integer above the upper bound");
+    tap_ok(pi_parse_int("99999999999999999999", INT64_MIN, INT64_MAX, &iv) == -PI_ERR_RANGE, "integer past 64 bits");
+    tap_ok(pi_parse_int("3x", 0, 5, &iv) == -PI_ERR_INVAL && pi_parse_int("", 0, 5, &iv) == -PI_ERR_INVAL &&
+               pi_parse_int(NULL, 0, 5, &iv) == -PI_ERR_INVAL, "non-integers rejected");
+
     uint64_t b = 0;
     tap_ok(pi_parse_bytes("512M", &b) == 0 && b == 512ull << 20, "512M");
     tap_ok(pi_parse_bytes("2GiB", &b) == 0 && b == 2ull << 30, "2GiB");
