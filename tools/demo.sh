@@ -19,24 +19,8 @@ b=$top/build-demo
 log() { printf '== %s\n' "$*" >&2; }
 die() { printf 'tools/demo.sh: %s\n' "$*" >&2; exit 1; }
 
-# ---- dependencies (each checked; only missing packages are installed)
-need=()
-command -v gcc >/dev/null || need+=(gcc)
-command -v make >/dev/null || need+=(make)
-command -v autoreconf >/dev/null || need+=(autoconf)
-command -v automake >/dev/null || need+=(automake)
-command -v pkg-config >/dev/null || need+=(pkg-config)
-for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
-            ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
-    [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing: ${need[*]}"
-    [ "$(id -u)" -eq 0 ] || die "missing packages ${need[*]}; run as root or install them"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-        || die "apt-get install ${need[*]} failed"
-fi
+# ---- dependencies (tools/install-deps.sh installs only what is missing)
+bash tools/install-deps.sh || die "the build dependencies could not be installed"
 
 # ---- build (quietly; the logs stay in build-demo/ when something fails)
 mkdir -p "$b"

@@ -14,24 +14,8 @@ jobs=$(nproc 2>/dev/null || echo 2)
 
 log() { printf '== %s\n' "$*"; }
 
-# ---- dependencies (each checked; only missing packages are installed)
-need=()
-command -v gcc >/dev/null || need+=(gcc)
-command -v make >/dev/null || need+=(make)
-command -v autoreconf >/dev/null || need+=(autoconf)
-command -v automake >/dev/null || need+=(automake)
-command -v pkg-config >/dev/null || need+=(pkg-config)
-for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
-            ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
-    [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-    log "installing: ${need[*]}"
-    if [ "$(id -u)" -ne 0 ]; then echo "tools/test.sh: missing packages ${need[*]}; run as root or install them" >&2; exit 2; fi
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-        || { echo "tools/test.sh: apt-get install ${need[*]} failed" >&2; exit 2; }
-fi
+# ---- dependencies (tools/install-deps.sh installs only what is missing)
+bash tools/install-deps.sh || exit 2
 
 log "bootstrap"
 ./autogen.sh >/dev/null 2>build-autogen.log || { cat build-autogen.log >&2; exit 2; }
