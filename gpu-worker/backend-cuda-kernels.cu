@@ -5,25 +5,11 @@
  */
 #include "gpu-worker/backend-cuda-kernels.h"
 
-extern "C" {
-#include "lib/common.h"
-#include "lib/log.h"
-}
+#include "kernels/cuda/cuda-impl.h" /* PI_CU, PI_CU_LAUNCH: the checks every .cu file of the project uses */
 
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
-
-#define CBK(call)                                                                                  \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            pi_error("%s failed: %s (%s:%d)", #call, cudaGetErrorString(e_), __FILE__, __LINE__);  \
-            return -PI_ERR_DEVICE;                                                                 \
-        }                                                                                          \
-    } while (0)
-
-#define CBK_LAUNCH(name) CBK(cudaPeekAtLastError())
 
 /* The activation values of enum pi_cuda_act (kernels/cuda/cuda.h): 1 silu, 2 relu, 3 drelu. */
 __device__ __forceinline__ float cbk_glu(int act, float g, float u)
@@ -46,7 +32,7 @@ extern "C" int pi_cbk_glu_pairs(void *stream, int act, int64_t T, int64_t n_hot,
     const int64_t n = T * n_hot;
     if (n <= 0) return 0;
     k_glu_pairs<<<(unsigned)((n + 255) / 256), 256, 0, (cudaStream_t)stream>>>(act, n, (const float2 *)d_g, d_a);
-    CBK_LAUNCH("k_glu_pairs");
+    PI_CU_LAUNCH("k_glu_pairs");
     return 0;
 }
 
@@ -119,7 +105,7 @@ extern "C" int pi_cbk_down_batch(void *stream, int64_t T, int64_t k, int64_t d, 
     }
     dim3 grid((unsigned)((d + DB_N - 1) / DB_N), (unsigned)((T + DB_T - 1) / DB_T));
     k_down_batch<<<grid, 256, 0, (cudaStream_t)stream>>>(T, k, d, d_a, (const __half *)d_w16, d_y);
-    CBK_LAUNCH("k_down_batch");
+    PI_CU_LAUNCH("k_down_batch");
     return 0;
 }
 
@@ -205,7 +191,7 @@ extern "C" int pi_cbk_attention(void *stream, int64_t T, int n_head, int n_head_
                                                                  1.0f / sqrtf((float)head_dim), d_q,
                                                                  (const __half *)d_k_cache,
                                                                  (const __half *)d_v_cache, d_out);
-    CBK_LAUNCH("k_attn_any");
+    PI_CU_LAUNCH("k_attn_any");
     return 0;
 }
 
@@ -214,7 +200,7 @@ extern "C" int pi_cbk_attention(void *stream, int64_t T, int n_head, int n_head_
 extern "C" int pi_cbk_host_alloc(size_t bytes, void **p)
 {
     *p = NULL;
-    CBK(cudaHostAlloc(p, bytes ? bytes : 1, cudaHostAllocDefault));
+    PI_CU(cudaHostAlloc(p, bytes ? bytes : 1, cudaHostAllocDefault));
     return 0;
 }
 
@@ -250,7 +236,7 @@ extern "C" int pi_cbk_event_new(void **ev)
 {
     cudaEvent_t e = NULL;
     *ev = NULL;
-    CBK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    PI_CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     *ev = (void *)e;
     return 0;
 }
@@ -264,14 +250,14 @@ extern "C" int pi_cbk_copy_in(void *copy_stream, void *compute_stream, void *ev,
                               size_t bytes)
 {
     if (!bytes) return 0;
-    CBK(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)copy_stream));
-    CBK(cudaEventRecord((cudaEvent_t)ev, (cudaStream_t)copy_stream));
-    CBK(cudaStreamWaitEvent((cudaStream_t)compute_stream, (cudaEvent_t)ev, 0));
+    PI_CU(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)copy_stream));
+    PI_CU(cudaEventRecord((cudaEvent_t)ev, (cudaStream_t)copy_stream));
+    PI_CU(cudaStreamWaitEvent((cudaStream_t)compute_stream, (cudaEvent_t)ev, 0));
     return 0;
 }
 
 extern "C" int pi_cbk_event_sync(void *ev)
 {
-    CBK(cudaEventSynchronize((cudaEvent_t)ev));
+    PI_CU(cudaEventSynchronize((cudaEvent_t)ev));
     return 0;
 }
