@@ -24,6 +24,7 @@
 #include "lib/model.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
+#include "lib/rng.h"
 
 /* Bounds that keep every product below in range and reject absurd files early. */
 #define MAX_LAYERS 4096
@@ -571,10 +572,7 @@ struct gen {
 /* splitmix64 -> uniform in [-1, 1) */
 static float gen_uniform(uint64_t *s)
 {
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
+    uint64_t z = pi_rng_splitmix64(s);
     return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 

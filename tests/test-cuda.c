@@ -24,16 +24,14 @@
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"
+#include "lib/rng.h"
 #include "tests/tap.h"
 
 static uint64_t rng_state;
 
 static uint64_t rng_next(void)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return pi_rng_splitmix64(&rng_state);
 }
 
 /* Uniform in [-1, 1). */

@@ -15,6 +15,7 @@
 #include "lib/common.h"
 #include "lib/gguf.h"
 #include "lib/log.h"
+#include "lib/rng.h"
 #include "tests/tap.h"
 
 #include <dirent.h>
@@ -26,11 +27,7 @@ static uint64_t rng_state;
 
 static uint64_t rnd(void)
 {
-    /* splitmix64 */
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return pi_rng_splitmix64(&rng_state);
 }
 
 static void fill_random(void *p, size_t n)

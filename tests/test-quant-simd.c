@@ -15,16 +15,14 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
+#include "lib/rng.h"
 #include "tests/tap.h"
 
 static uint64_t rng_state;
 
 static uint64_t rnd(void)
 {
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return pi_rng_splitmix64(&rng_state);
 }
 
 static float rndf(void) { return (float)((double)(rnd() >> 11) / 9007199254740992.0) * 2.0f - 1.0f; }
