@@ -7,9 +7,11 @@
  * file itself, read-only. The supervisor (coordinator/supervisor.h) reports a death from its thread:
  * we then abort both segments, so that the request in flight (waiting in pi_step_call) and the
  * workers (waiting on the exchange) return at once with -PI_ERR_PEER, and mark the pipeline broken.
- * The next eval restarts it as a whole: every worker is stopped, the segments are dropped and made
- * anew, and the workers are spawned again, so no state of the failed run (a half-published layer, a
- * partial sum, a KV cache missing positions) can leak into the next request.
+ * The next reset (the start of the next request) restarts it as a whole; any other step of the
+ * request that was in flight fails with -PI_ERR_PEER, since its cache died with the workers. A
+ * restart stops every worker, drops the segments and makes them anew, and spawns the workers
+ * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
+ * positions) can leak into the next request.
  *
  * Placement: the hot neurons of every layer are ids 0..n_hot-1 with n_hot = round(hot_fraction *
  * n_ff), or, with a VRAM budget, as many as fit after the attention, embedding and output weights
@@ -54,7 +56,7 @@ struct pipe_engine {
     pi_step_t *step;
     int n_cpu;
     int64_t n_hot;
-    _Atomic int broken;        /* a worker died: restart before the next eval */
+    _Atomic int broken;        /* a worker died: restart at the next reset */
     _Atomic int cancelled;     /* pi_engine_pipeline_cancel was called: a failed step is no death */
     uint64_t restarts;
 };
@@ -226,6 +228,10 @@ static int pipe_restart(struct pipe_engine *p)
 static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens, int n, int pos0, int n_out)
 {
     if (atomic_load(&p->broken)) {
+        /* A fresh pipeline has an empty cache: only a reset (truncate to 0) may start one. A step of
+         * the request that was in flight when the worker died fails with it; continuing it on the
+         * new pipeline would evaluate positions whose cache is gone. */
+        if (cmd != PI_STEP_TRUNCATE || pos0 != 0) return -PI_ERR_PEER;
         int rc = pipe_restart(p);
         if (rc != 0) return rc;
     }
