@@ -63,8 +63,10 @@
 struct cuda_layer {
     pi_cuda_weight_t *q, *k, *v, *o; /* q, k, v are views of qkv when it is not NULL */
     pi_cuda_weight_t *qkv;           /* q, k and v rows in one matrix (qd + 2 kvd, d): one decode launch */
-    pi_cuda_weight_t *gu, *down; /* packed hot neurons; NULL when n_hot == 0 */
+    pi_cuda_weight_t *gu, *down; /* packed hot neurons; NULL when n_hot == 0. A dense layer's down is
+                                    the file's ffn_down (d, n_ff) instead of ffn_down_t rows */
     int64_t n_hot;
+    bool dense;                  /* every neuron hot, in id order: a = act(gu x), y = down a (dense_layer) */
 };
 
 struct cuda_backend {
@@ -82,7 +84,8 @@ struct cuda_backend {
     float *d_norms;           /* (2 n_layer + 1, d): attn_norm, ffn_norm of each layer, output_norm */
     uint8_t *d_kv;            /* per layer, per sequence: K then V, (n_ctx, kvd) f16 each */
     float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_o, *d_parts, *d_logits, *d_g, *d_a;
-    void *d_down16;           /* (n_hot_max, d) f16: a layer's down rows for the batched product */
+    void *d_down16;           /* (n_hot, d) f16 for the largest layer that is not dense: its down rows for the
+                                 batched product (NULL when every hot layer is dense) */
     int32_t *d_ids;           /* (2 T): tokens, then positions */
     float *h_cold;            /* pinned (T, d): staging of the cold partial */
     int32_t *h_ids;           /* (2 T) */
@@ -157,6 +160,22 @@ static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
     return PI_TYPE_F16;
 }
 
+/* Whether layer il's FFN runs dense on the device: all n_ff neurons hot, in id order. Its down product
+ * is then a plain matrix-vector product with the file's ffn_down (d, n_ff) in its own type (for Q4_0,
+ * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the integer or staged matvec
+ * instead of the neuron kernel), and no ffn_down_t copy is uploaded. PI_CUDA_DENSE_DOWN=0 keeps the
+ * neuron layout, for comparisons. */
+static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    const int64_t n_ff = m->hp.n_ff;
+    if (!o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
+    const char *e = getenv("PI_CUDA_DENSE_DOWN");
+    if (e && strcmp(e, "0") == 0) return false;
+    for (int64_t i = 0; i < n_ff; i++)
+        if (o->hot[il][i] != (int32_t)i) return false;
+    return true;
+}
+
 struct plan {
     uint64_t attn, norms, head, hot, kv, act, scratch, total;
 };
@@ -175,7 +194,8 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     int n_ctx, n_seq;
     geometry(m, o, &n_ctx, &n_seq);
     memset(p, 0, sizeof *p);
-    int64_t n_hot_max = 0;
+    int64_t n_hot_max = 0, n_sparse_max = 0; /* largest hot count; the same over the non-dense layers */
+    bool any_dense = false;
     uint64_t tile = 0;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
@@ -192,14 +212,19 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
         tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_v.type, d), kvd, d));
         tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_output.type, qd), d, qd));
         int64_t nh = o->n_hot ? o->n_hot[il] : 0;
+        const bool dense = dense_layer(m, o, il);
         if (nh > 0) {
             size_t b = 0;
             PI_TRY(pi_cuda_weight_bytes_for((int)gu_type(L, d), 2 * nh, d, &b));
             p->hot += al(b);
-            PI_TRY(wbytes(L->ffn_down_t.type, nh, d, &p->hot));
+            if (dense) PI_TRY(wbytes(L->ffn_down.type, d, hp->n_ff, &p->hot));
+            else PI_TRY(wbytes(L->ffn_down_t.type, nh, d, &p->hot));
             if (T >= HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(gu_type(L, d), 2 * nh, d));
+            if (T >= HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
         }
         n_hot_max = PI_MAX(n_hot_max, nh);
+        if (!dense) n_sparse_max = PI_MAX(n_sparse_max, nh);
+        any_dense |= dense;
     }
     p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
     PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
@@ -209,12 +234,15 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
     p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(uT * d * f) + al(2 * uT * d * f) +
              al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
-    if (n_hot_max > 0 && T >= HOT_BATCH_MIN)
-        p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f) +
-                  al((uint64_t)n_hot_max * (uint64_t)d * 2);
-    /* The kernels' scratch slots at their largest request (kernels/cuda/matmul.cu and ops.cu). */
+    if (n_hot_max > 0 && T >= HOT_BATCH_MIN) {
+        p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
+        if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */
+    }
+    /* The kernels' scratch slots at their largest request (kernels/cuda/matmul.cu and ops.cu): the f16
+     * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
     p->scratch = BLAS_WS;
-    if (T > 2) p->scratch += slot(uT * (uint64_t)PI_MAX(d, qd) * 2) + slot(tile);
+    const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
     if (hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256) {
         uint64_t ta = (uint64_t)PI_MIN((int64_t)T, (int64_t)n_ctx), nsplit = ((uint64_t)n_ctx + ATT_CHUNK - 1) / ATT_CHUNK;
@@ -329,12 +357,14 @@ static int upload_hot(struct cuda_backend *s, int il)
             return -PI_ERR_RANGE;
         }
     }
-    if (!L->ffn_down_t.data) {
+    cl->dense = dense_layer(s->base.model, &s->o, il);
+    if (!cl->dense && !L->ffn_down_t.data) {
         pi_error("cuda backend: layer %d has no ffn_down_t rows (the model was loaded without packing)", il);
         return -PI_ERR_INVAL;
     }
     struct rows_src gu = {.a = &L->ffn_gate, .b = &L->ffn_up, .ids = s->o.hot[il], .n = 2 * cl->n_hot};
     PI_TRY(upload(s, &gu, gu_type(L, s->d), &cl->gu));
+    if (cl->dense) return upload_whole(s, &L->ffn_down, &cl->down);
     struct rows_src dn = {.a = &L->ffn_down_t, .ids = s->o.hot[il], .n = cl->n_hot};
     return upload(s, &dn, dev_type(L->ffn_down_t.type, s->d), &cl->down);
 }
@@ -530,7 +560,15 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     const int64_t d = s->d;
     s->hot_valid = false;
     if (cl->n_hot == 0) return 0;
-    if (n < HOT_BATCH_MIN || !s->d_g) {
+    if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
+        for (int t = 0; t < n; t++)
+            CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d,
+                                    s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
+    } else if (cl->dense) {
+        CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+        CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
+        CK(s, pi_cuda_gemm(s->ctx, cl->down, n, s->d_a, s->d_parts), "ffn_hot");
+    } else if (n < HOT_BATCH_MIN || !s->d_g) {
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d, NULL, NULL,
                                   s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
@@ -661,17 +699,27 @@ static int warm_scratch(struct cuda_backend *s)
             if ((tb = tile_bytes(dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_o;
             if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
+            if (s->d_g && cl->dense && (tb = tile_bytes(dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
+                best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
         }
         if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
-        /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger). */
+        /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger): a dense
+         * layer's down product (n_ff columns) where there is one, else o or q. */
         const bool wide = s->qd > s->d;
-        CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_o : s->d_q),
-           "start");
+        const struct cuda_layer *dl = NULL;
+        for (int il = 0; s->d_g && !dl && il < s->n_layer; il++)
+            if (s->L[il].dense) dl = &s->L[il];
+        if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
+            CK(s, pi_cuda_gemm(s->ctx, dl->down, T, s->d_a, s->d_parts), "start");
+        else
+            CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_o : s->d_q),
+               "start");
     }
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
-        CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
+        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, s->d_parts), "start");
+        else CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
         break;
     }
     return 0;
@@ -723,7 +771,10 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     if (s->n_hot_max > 0 && s->T >= HOT_BATCH_MIN) {
         PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));
         PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * f, &s->d_a));
-        PI_TRY(dalloc(s, (uint64_t)s->n_hot_max * d * 2, &s->d_down16));
+        int64_t n_sparse_max = 0; /* d_down16 serves the layers that are not dense (make_plan) */
+        for (int il = 0; il < s->n_layer; il++)
+            if (!s->L[il].dense) n_sparse_max = PI_MAX(n_sparse_max, s->L[il].n_hot);
+        if (n_sparse_max > 0) PI_TRY(dalloc(s, (uint64_t)n_sparse_max * d * 2, &s->d_down16));
     }
     /* defined contents for the warm-up's products */
     PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));

@@ -203,6 +203,13 @@ int pi_cuda_merge(pi_cuda_ctx_t *ctx, int64_t n, int n_parts, const float *d_par
 int pi_cuda_ffn_hot(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
                     const float *d_x, const uint8_t *d_mask, const int32_t *d_ids, float *d_y);
 
+/* The FFN of a layer whose neurons are all on the device, in id order: a (n_ff,) = act(gate . x, up . x)
+ * over the packed pairs gu (2 n_ff, d) as in pi_cuda_ffn_hot, then y (d,) = down (d, n_ff) @ a with the
+ * file's ffn_down (no transposed copy) through pi_cuda_matvec. y is written, not accumulated. Scratch:
+ * n_ff floats (the slot pi_cuda_ffn_hot uses). */
+int pi_cuda_ffn_dense(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                      const float *d_x, float *d_y);
+
 #ifdef __cplusplus
 }
 #endif

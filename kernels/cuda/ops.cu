@@ -491,3 +491,19 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
         return 0;
     });
 }
+
+extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                                 const float *d_x, float *d_y)
+{
+    PI_TRY(check_act(act));
+    const int64_t n_ff = down->cols, d = down->rows;
+    if (gu->rows != 2 * n_ff || gu->cols != d) {
+        pi_error("cuda: ffn_dense: gate/up (%lld, %lld) and down (%lld, %lld) disagree", (long long)gu->rows,
+                 (long long)gu->cols, (long long)down->rows, (long long)down->cols);
+        return -PI_ERR_INVAL;
+    }
+    void *a = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a));
+    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, (float *)a));
+    return pi_cuda_matvec(c, down, (const float *)a, d_y);
+}
