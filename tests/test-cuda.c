@@ -125,54 +125,23 @@ static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI
 
 /* ------------------------------------------------------------------ matrix products */
 
-/* x (n,) through the CPU's activation quantiser and back: what the integer kernel (PI_CUDA_MV_Q8)
- * multiplies by (kernels/cpu/quant.c, Q8_0). */
-static float *q8_roundtrip(const float *x, int64_t n)
-{
-    uint64_t rb = 0;
-    PI_ASSERT(pi_type_row_bytes(PI_TYPE_Q8_0, (uint64_t)n, &rb));
-    void *q = malloc((size_t)rb);
-    float *y = malloc((size_t)n * sizeof(float));
-    PI_ASSERT(q && y);
-    pi_quantize_row(PI_TYPE_Q8_0, x, q, n);
-    pi_dequant_row(PI_TYPE_Q8_0, q, y, n);
-    free(q);
-    return y;
-}
-
-/* x for a matvec test: random, with an all-zero segment (scale 0) and a segment of large values. */
-static float *matvec_x(int64_t cols)
-{
-    float *x = rand_floats((size_t)cols, 1.0f);
-    if (cols >= 128) {
-        memset(x + 32, 0, 32 * sizeof(float));
-        for (int j = 64; j < 96; j++) x[j] *= 1000.0f;
-    }
-    return x;
-}
-
 static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
 {
     void *w = rand_weight(t, rows, cols);
-    float *wf = ref_rows(t, w, rows, cols), *x = matvec_x(cols);
+    float *wf = ref_rows(t, w, rows, cols), *x = rand_floats((size_t)cols, 1.0f);
+    double *ref = calloc((size_t)rows, sizeof(double));
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * x[c];
     pi_cuda_weight_t *dw = NULL;
     int rc = pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw);
     tap_ok(rc == 0, "%s (%lld, %lld) uploads", pi_type_name(t), (long long)rows, (long long)cols);
-    /* The integer kernel multiplies by x as the CPU quantises it: that x is its exact reference. */
-    const int kern = R ? R : pi_cuda_matvec_kernel(ctx, dw);
-    float *xr = kern == PI_CUDA_MV_Q8 ? q8_roundtrip(x, cols) : NULL;
-    const float *xu = xr ? xr : x;
-    double *ref = calloc((size_t)rows, sizeof(double));
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xu[c];
-    free(xr);
     float *dx = dev_from(x, (size_t)cols * 4), *dy = dev_from(NULL, (size_t)rows * 4);
     rc = R ? pi_cuda_matvec_r(ctx, dw, dx, dy, R) : pi_cuda_matvec(ctx, dw, dx, dy);
     float *y = host_of(dy, (size_t)rows);
     double e = nerr_d(y, ref, (size_t)rows);
-    tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d (kernel %d): error %.3g", pi_type_name(t), (long long)rows,
-           (long long)cols, R, kern, e);
-    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_Q8) {
+    tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
+           (long long)cols, R, e);
+    if (R == 4 || R == PI_CUDA_MV_STAGED) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
         const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
         pi_cuda_weight_t *vw = NULL;
@@ -411,27 +380,23 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
     uint8_t *mask = malloc((size_t)n_ff);
     for (int64_t i = 0; i < n_hot; i++) ids[i] = (int32_t)(3 * i + (int64_t)(rng_next() % 3));
     for (int64_t i = 0; i < n_ff; i++) mask[i] = (rng_next() & 1) ? 1 : 0;
-    pi_cuda_weight_t *dgu = NULL, *ddn = NULL;
-    PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_hot, d, gu, &dgu) == 0);
-    PI_ASSERT(pi_cuda_weight_upload(ctx, dt, n_hot, d, dn, &ddn) == 0);
-    /* gate/up through the integer kernel multiply by the CPU's quantised x (see test_matvec) */
-    float *xr = pi_cuda_matvec_kernel(ctx, dgu) == PI_CUDA_MV_Q8 ? q8_roundtrip(x, d) : NULL;
-    const float *xu = xr ? xr : x;
     double *ref = calloc((size_t)d, sizeof(double));
     int64_t active = 0;
     for (int64_t i = 0; i < n_hot; i++) {
         if (use_mask && !mask[ids[i]]) continue;
         double g = 0, u = 0;
         for (int64_t c = 0; c < d; c++) {
-            g += (double)guf[2 * i * d + c] * xu[c];
-            u += (double)guf[(2 * i + 1) * d + c] * xu[c];
+            g += (double)guf[2 * i * d + c] * x[c];
+            u += (double)guf[(2 * i + 1) * d + c] * x[c];
         }
         double a = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u
                    : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
         active += a != 0;
         for (int64_t c = 0; c < d; c++) ref[c] += a * dnf[i * d + c];
     }
-    free(xr);
+    pi_cuda_weight_t *dgu = NULL, *ddn = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_hot, d, gu, &dgu) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, dt, n_hot, d, dn, &ddn) == 0);
     float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4);
     uint8_t *dmask = dev_from(mask, (size_t)n_ff);
     int32_t *dids = dev_from(ids, (size_t)n_hot * 4);
@@ -581,11 +546,6 @@ int main(void)
         test_matvec(t, 130, 512, 2);
         test_matvec(t, 301, 11008, PI_CUDA_MV_STAGED);
         test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
-        if (t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) {
-            test_matvec(t, 4096, 11008, PI_CUDA_MV_Q8); /* the 7B down shape */
-            test_matvec(t, 77, 4096, PI_CUDA_MV_Q8);    /* rows not a multiple of 4 */
-            test_matvec(t, 9, 96, PI_CUDA_MV_Q8);       /* fewer segments than lanes */
-        }
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */

@@ -104,30 +104,20 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
 
 /* ------------------------------------------------------------------ matrix products */
 
-/* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads. The kernel, where
- * x fits its shared memory: for Q4_0 and Q8_0 weights the integer one (PI_CUDA_MV_Q8: x quantised to
- * 8 bits per 32 elements as the CPU kernels do, dp4a products, exactly the CPU's integer dot products
- * with f32 sums of the scaled blocks), for the other types the staged float one with 4 rows per warp
- * (PI_CUDA_MV_STAGED_TALL); pi_cuda_ffn_hot's gate/up pairs take the same kernels with the activation.
- * The environment variable PI_CUDA_MV=reg|staged|tall|q8 at context creation picks the register-x
- * kernel (the automatic R below), the 2-row or the 4-row staged one for every type instead, for
- * comparisons. */
+/* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. The
+ * kernel is the staged one below, 4 rows per warp (PI_CUDA_MV_STAGED_TALL; pi_cuda_ffn_hot's gate/up
+ * pairs: PI_CUDA_MV_STAGED with the activation), where x fits its shared memory; the environment
+ * variable PI_CUDA_MV=reg|staged|tall at context creation picks the register-x kernel (the automatic R
+ * below) or the 2-row staged one instead, for comparisons. */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
  * rows per warp with x read from the cache, or PI_CUDA_MV_STAGED (x staged in shared memory, 2 rows per
  * warp, 4 segments per lane in flight for Q4_0/Q8_0, 2 for the others) or PI_CUDA_MV_STAGED_TALL (4 rows
- * per warp, half the segments), or PI_CUDA_MV_Q8 (Q4_0 and Q8_0 only: the integer kernel, 4 rows per
- * warp; x is quantised as pi_quantize_row(PI_TYPE_Q8_0) does, so the result is the CPU's pi_vec_dot
- * over that quantised x up to the order of float additions). */
+ * per warp, half the segments). */
 #define PI_CUDA_MV_STAGED 8
 #define PI_CUDA_MV_STAGED_TALL 9
-#define PI_CUDA_MV_Q8 10
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
-
-/* The variant pi_cuda_matvec uses for w in this context (an R of pi_cuda_matvec_r); the hot FFN's
- * gate/up pairs use the integer kernel exactly when this is PI_CUDA_MV_Q8 for their matrix. */
-int pi_cuda_matvec_kernel(const pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
  * used in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).

@@ -345,165 +345,6 @@ static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x
     });
 }
 
-/* The integer variant for Q4_0 and Q8_0 weights: every block quantises x into shared memory the way
- * the CPU kernels quantise activations (kernels/cpu/quant.c, quant_q8_0: per 32 elements d = amax /
- * 127 rounded to f16, q = roundf(x / d), ggml's Q8_0), then each lane takes whole segments of R rows
- * with the weights' loads of U segments in flight, and a segment's 32 products are 8 dp4a on the raw
- * nibbles or bytes. A row's sum is then sum over segments of d_w d_x sumi, sumi the exact integer
- * sum of (q_w - 8) q_x (Q4_0) or q_w q_x (Q8_0): the CPU's Q4_0 x Q8_0 / Q8_0 x Q8_0 dot products,
- * in another order of the float additions. About 20 instructions per 32 weights instead of 100 for
- * the float kernels, which leaves the 4-bit kernel bound by memory instead of by issue.
- * Shared memory: x's int8 values, segment s at byte 48 s (padded from 32 so that 8 lanes' 16-byte
- * reads of consecutive segments hit distinct banks), then per segment the f16-rounded scale and the
- * sum of the 32 values. */
-#define PI_Q8X_STRIDE 48
-
-static size_t q8x_smem(int64_t cols)
-{
-    const int64_t nseg = cols / 32;
-    return (size_t)nseg * PI_Q8X_STRIDE + (size_t)nseg * (sizeof(float) + sizeof(int));
-}
-
-template <int T, int R, int U, bool GLU>
-__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_q8x(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
-{
-    static_assert(T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0, "integer matvec: Q4_0 and Q8_0 only");
-    static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
-    extern __shared__ uint4 sq4[];
-    uint8_t *xq = (uint8_t *)sq4;
-    const int64_t nseg = w.cols >> 5;
-    float *xd = (float *)(xq + (size_t)nseg * PI_Q8X_STRIDE);
-    int *xsum = (int *)(xd + nseg);
-    const int lane = threadIdx.x & 31, wib = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int64_t s = wib; s < nseg; s += nw) {
-        const float v = __ldg(x + s * 32 + lane);
-        const float amax = pi_warp_max(fabsf(v));
-        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
-        const float t = v * id;
-        /* as q8_round in quant.c: NaN -> 0, out of range clamps (only reachable with Inf or NaN) */
-        const int q = t >= -127.0f && t <= 127.0f ? (int)roundf(t) : (t > 0.0f ? 127 : (t < 0.0f ? -127 : 0));
-        xq[s * PI_Q8X_STRIDE + lane] = (uint8_t)(int8_t)q;
-        int sum = q;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (lane == 0) {
-            xd[s] = __half2float(__float2half_rn(d));
-            xsum[s] = sum;
-        }
-    }
-    __syncthreads();
-    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int64_t r0 = warp * R;
-    if (r0 >= w.rows) return;
-    if (GLU && e.mask) {
-        int64_t id = e.ids ? e.ids[warp] : warp;
-        if (!e.mask[id]) {
-            if (lane == 0) e.y[warp] = 0.0f;
-            return;
-        }
-    }
-    float acc[R];
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] = 0.0f;
-    for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
-        uint4 qa[U][R], qb[U][R];
-        float dw[U][R];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                const size_t b = (size_t)(r0 + i < w.rows ? r0 + i : w.rows - 1) * (size_t)w.nblk + (size_t)s;
-                if constexpr (T == PI_TYPE_Q4_0) {
-                    qa[u][i] = pi_ld16(w.q + b * 16);
-                } else {
-                    qa[u][i] = pi_ld16(w.q + b * 32);
-                    qb[u][i] = pi_ld16(w.q + b * 32 + 16);
-                }
-                dw[u][i] = __half2float(w.d[b]);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = sb + 32 * u;
-            if (s >= nseg) break;
-            const uint4 xa = *(const uint4 *)(xq + s * PI_Q8X_STRIDE), xb = *(const uint4 *)(xq + s * PI_Q8X_STRIDE + 16);
-            const int xl[4] = {(int)xa.x, (int)xa.y, (int)xa.z, (int)xa.w}, xh[4] = {(int)xb.x, (int)xb.y, (int)xb.z, (int)xb.w};
-            const float dx = xd[s];
-            const int off = T == PI_TYPE_Q4_0 ? 8 * xsum[s] : 0;
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                const uint32_t a[4] = {qa[u][i].x, qa[u][i].y, qa[u][i].z, qa[u][i].w};
-                int sumi = 0;
-                if constexpr (T == PI_TYPE_Q4_0) {
-                    /* element j < 16: low nibble of byte j; j >= 16: high nibble of byte j - 16 */
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        sumi = __dp4a((int)(a[j] & 0x0F0F0F0Fu), xl[j], sumi);
-                        sumi = __dp4a((int)((a[j] >> 4) & 0x0F0F0F0Fu), xh[j], sumi);
-                    }
-                } else {
-                    const uint32_t b2[4] = {qb[u][i].x, qb[u][i].y, qb[u][i].z, qb[u][i].w};
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        sumi = __dp4a((int)a[j], xl[j], sumi);
-                        sumi = __dp4a((int)b2[j], xh[j], sumi);
-                    }
-                }
-                acc[i] += dw[u][i] * dx * (float)(sumi - off);
-            }
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
-    if (lane != 0) return;
-    if (GLU) {
-        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) e.y[r0 + i] = acc[i];
-    }
-}
-
-template <int T, int R, int U, bool GLU>
-static int launch_matvec_q8x(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
-{
-    static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
-    const size_t smem = q8x_smem(w->cols);
-    if (smem > smem_set) {
-        PI_CU(cudaFuncSetAttribute(k_matvec_q8x<T, R, U, GLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
-    }
-    const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
-    const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
-    k_matvec_q8x<T, R, U, GLU><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
-    PI_CU_LAUNCH("k_matvec_q8x");
-    return 0;
-}
-
-/* Whether the integer kernel takes w: Q4_0 or Q8_0 with x in shared memory. */
-static bool q8x_ok(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
-{
-    return (w->type == PI_TYPE_Q4_0 || w->type == PI_TYPE_Q8_0) && q8x_smem(w->cols) <= (size_t)c->smem_optin;
-}
-
-/* tall (4 rows per warp, 2 segments in flight) for plain products, a gate/up pair per warp (4
- * segments in flight) with the GLU epilogue. */
-static int matvec_q8x(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
-{
-    if (!q8x_ok(c, w)) {
-        pi_error("cuda: integer matvec: type %s or %lld columns not taken", pi_type_name(w->type), (long long)w->cols);
-        return -PI_ERR_UNSUPPORTED;
-    }
-    if (w->type == PI_TYPE_Q4_0) {
-        if (e.act) return launch_matvec_q8x<PI_TYPE_Q4_0, 2, 4, true>(c, w, x, e);
-        return launch_matvec_q8x<PI_TYPE_Q4_0, 4, 2, false>(c, w, x, e);
-    }
-    if (e.act) return launch_matvec_q8x<PI_TYPE_Q8_0, 2, 4, true>(c, w, x, e);
-    return launch_matvec_q8x<PI_TYPE_Q8_0, 4, 2, false>(c, w, x, e);
-}
-
 template <int R, bool GLU>
 static int launch_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
 {
@@ -526,37 +367,29 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
     case 4: return launch_matvec<4, false>(c, w, d_x, e);
     case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, false);
     case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, true);
-    case PI_CUDA_MV_Q8: return matvec_q8x(c, w, d_x, e);
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
     }
 }
 
-/* For Q4_0 and Q8_0 the integer kernel (the default mode q8), otherwise the staged kernel where x fits
- * its shared memory (tall in modes q8 and tall; doc/cuda-backend.md, "Decode speed", has the
- * measurements). Otherwise, or with PI_CUDA_MV=reg, the register-x kernel with the automatic R (the
- * table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast as or faster than 2 for
- * every type at 4096 and 11008 rows), fewer for small matrices so that every SM still gets warps. */
-extern "C" int pi_cuda_matvec_kernel(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
-{
-    if (c->mv_mode == PI_MV_Q8 && q8x_ok(c, w)) return PI_CUDA_MV_Q8;
-    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols)
-        return c->mv_mode == PI_MV_STAGED ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_TALL;
-    return w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
-}
-
+/* The staged kernel where x fits its shared memory (the context's mv_mode: tall by default, the fastest
+ * whole decode measured, doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the register-x kernel
+ * with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast
+ * as or faster than 2 for every type at 4096 and 11008 rows), fewer for small matrices so that every SM
+ * still gets warps. */
 extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
-    return pi_cuda_matvec_r(c, w, d_x, d_y, pi_cuda_matvec_kernel(c, w));
+    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols)
+        return pi_cuda_matvec_r(c, w, d_x, d_y, c->mv_mode == PI_MV_TALL ? PI_CUDA_MV_STAGED_TALL : PI_CUDA_MV_STAGED);
+    int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
+    return pi_cuda_matvec_r(c, w, d_x, d_y, R);
 }
 
-/* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; one pair per
- * warp in the kernel pi_cuda_matvec_kernel names for gu (the integer one, or the 2-row staged one for
- * both staged modes, or the register-x one). */
+/* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; the staged
+ * kernel (one pair per warp) when the context's mv_mode is not PI_MV_REG and x fits. */
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
                    const int32_t *d_ids, float *d_a)
 {
     pi_mv_epi e = {d_a, act, d_mask, d_ids};
-    if (c->mv_mode == PI_MV_Q8 && q8x_ok(c, gu)) return matvec_q8x(c, gu, d_x, e);
     if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, false);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }
