@@ -3,8 +3,7 @@
  *   - the device's copy bandwidth, measured with pi_cuda_copy from one 512 MiB buffer to another (bytes read + written);
  *   - matvec GB/s per weight type for a (rows, cols) matrix in both orientations (default 11008 x 4096,
  *     the 7B FFN's up and down shapes); several copies of the matrix rotate so that the 50 MB L2 cache never holds the one being read (variants:
- *     x from the cache with 1, 2, 4 rows per warp; x staged in shared memory, wide and tall; the integer
- *     kernel for Q4_0 and Q8_0; auto);
+ *     x from the cache with 1, 2, 4 rows per warp; x staged in shared memory, wide and tall; auto);
  *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (default 512);
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
  * Inputs are random (never zeros). Times are host clocks around N launches ending in a sync, the median
@@ -14,7 +13,6 @@
  */
 #include "config.h"
 
-#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,8 +222,8 @@ int main(int argc, char **argv)
     m.y = dev_rand(ctx, (size_t)PI_MAX(rows, cols) * (size_t)T * 4);
     if (!m.x || !m.y) return 1;
     printf("matvec y = W x (weight bytes / time; %% of the copy bandwidth)\n");
-    printf("| type | rows x cols | MiB | R=1 GB/s | R=2 GB/s | R=4 GB/s | staged GB/s | staged-tall GB/s | integer GB/s | auto us | auto GB/s | %% copy |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    printf("| type | rows x cols | MiB | R=1 GB/s | R=2 GB/s | R=4 GB/s | staged GB/s | staged-tall GB/s | auto us | auto GB/s | %% copy |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
         for (int o = 0; o < 2; o++) {
             int64_t r = o ? cols : rows, c = o ? rows : cols;
@@ -234,20 +232,16 @@ int main(int argc, char **argv)
                 free_copies(ctx, &m);
                 continue;
             }
-            static const int variants[7] = {1, 2, 4, PI_CUDA_MV_STAGED, PI_CUDA_MV_STAGED_TALL, PI_CUDA_MV_Q8, 0};
-            const bool has_q8 = types[ti] == PI_TYPE_Q4_0 || types[ti] == PI_TYPE_Q8_0; /* the integer kernel's types */
-            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + 4.0 * (double)(r + c), gbs[7] = {0}, t = 0;
-            for (int k = 0; k < 7; k++) {
-                if (variants[k] == PI_CUDA_MV_Q8 && !has_q8) continue;
+            static const int variants[6] = {1, 2, 4, PI_CUDA_MV_STAGED, PI_CUDA_MV_STAGED_TALL, 0};
+            double bytes = (double)pi_cuda_weight_bytes(m.w[0]) + 4.0 * (double)(r + c), gbs[6], t = 0;
+            for (int k = 0; k < 6; k++) {
                 m.R = variants[k];
                 t = bench(ctx, run_mv, &m, reps);
                 gbs[k] = bytes / t / 1e9;
             }
-            char q8col[32] = "-";
-            if (has_q8) snprintf(q8col, sizeof q8col, "%.0f", gbs[5]);
-            printf("| %s | %lld x %lld | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f | %s | %.1f | %.0f | %.0f%% |\n",
+            printf("| %s | %lld x %lld | %.1f | %.0f | %.0f | %.0f | %.0f | %.0f | %.1f | %.0f | %.0f%% |\n",
                    pi_type_name(types[ti]), (long long)r, (long long)c, bytes / 1048576.0, gbs[0], gbs[1], gbs[2],
-                   gbs[3], gbs[4], q8col, t * 1e6, gbs[6], 100.0 * gbs[6] / copy_gbs);
+                   gbs[3], gbs[4], t * 1e6, gbs[5], 100.0 * gbs[5] / copy_gbs);
             free_copies(ctx, &m);
         }
     }
