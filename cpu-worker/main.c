@@ -106,6 +106,14 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
 {
     const struct pi_layer *L = &c->part.layers[st->layer];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
+    if (!(st->flags & PI_EXCHANGE_MASK)) {
+        /* every token over all of this worker's neurons: one list, the batched kernel */
+        memset(out, 0, (size_t)st->n_tokens * (size_t)d * sizeof *out);
+        for (int64_t j = 0; j < c->part.count; j++) c->idx[j] = (int32_t)j;
+        if (c->part.count > 0)
+            pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, st->n_tokens, c->idx, c->part.count, out);
+        return;
+    }
     for (uint32_t t = 0; t < st->n_tokens; t++) {
         float *y = out + (size_t)t * (size_t)d;
         memset(y, 0, (size_t)d * sizeof *y);
@@ -176,6 +184,7 @@ static int run(const struct cw_opts *o)
     c.work = pi_ffn_work_new(m->hp.n_embd, threads);
     c.idx = malloc((size_t)(c.part.count ? c.part.count : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
+    if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     /* Join the exchange before READY: the GPU worker publishes only once every worker is READY, so
      * no step can fall between the join and the first wait (doc/ipc.md, "Joining"). */
     uint32_t seen;

@@ -111,9 +111,7 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
-    for (int t = 0; t < s->n; t++)
-        pi_ffn_neurons(pool, s->work, &m->layers[il], m->hp.act, s->x + (size_t)t * (size_t)s->d, s->o.hot[il],
-                       nh, s->hot + (size_t)t * (size_t)s->d);
+    pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
     return 0;
 }
 
@@ -200,7 +198,7 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->hot = malloc(hd * sizeof(float));
     s->seq = malloc((size_t)o->max_tokens * sizeof(int32_t));
     s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
-    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos) {
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;
     }

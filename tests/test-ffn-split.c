@@ -8,6 +8,8 @@
  *  - ReLU/dReLU: the neurons counted active are those with a positive gate (and up), and the up and
  *    down rows of inactive neurons are never read (they are poisoned with NaN here);
  *  - reproducibility: repeated calls on pools of 2 and 3 threads give the same bits every time;
+ *  - the batched kernel (pi_ffn_neurons_batch) gives the bits of one call per token, whichever path
+ *    it takes, and also leaves inactive neurons' rows unread;
  *  - a real layer of the tiny llama against the dense product with the file's own ffn_down.
  */
 #include "config.h"
@@ -217,6 +219,79 @@ static void test_repeatable(pi_pool_t *pool2, pi_pool_t *pool3, enum pi_type wt,
     free_layer(&R);
 }
 
+/* pi_ffn_neurons_batch gives the bits of one pi_ffn_neurons call per token on the same pool (the
+ * accumulated Y included), for batches that take the per-token path (too few tokens for the pool),
+ * the token-group path, and more tokens than the reserved room (two chunks), over all neurons in
+ * order and a shuffled subset. */
+static void test_batch(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum pi_ffn_act act)
+{
+    enum { NMAX = 70, CAP = 48 };
+    struct rlayer R;
+    static float X[NMAX * D], Y0[NMAX * D], Y1[NMAX * D];
+    int32_t idx[FF];
+    const int n_threads = pool ? pi_pool_size(pool) : 1;
+    pi_ffn_work_t *w = pi_ffn_work_new(D, n_threads);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, CAP) == 0);
+    make_layer(&R, wt, dt);
+    for (int i = 0; i < NMAX * D; i++) X[i] = frand();
+    static const int ns[] = {1, 17, 40, NMAX};
+    int same = 1, n_same = 0, n_runs = 0;
+    for (int subset = 0; subset <= 1; subset++) {
+        int n_idx = 0;
+        for (int i = 0; i < FF; i++)
+            if (!subset || frand() < 0.2f) idx[n_idx++] = i;
+        if (subset) shuffle(idx, n_idx);
+        for (size_t k = 0; k < PI_ARRAY_LEN(ns); k++) {
+            const int n = ns[k];
+            for (int i = 0; i < n * D; i++) Y0[i] = Y1[i] = frand(); /* accumulated into, not cleared */
+            int64_t a0 = 0;
+            for (int t = 0; t < n; t++) a0 += pi_ffn_neurons(pool, w, &R.L, act, X + t * D, idx, n_idx, Y0 + t * D);
+            int64_t a1 = pi_ffn_neurons_batch(pool, w, &R.L, act, X, n, idx, n_idx, Y1);
+            int ok = a0 == a1 && memcmp(Y0, Y1, sizeof(float) * (size_t)n * D) == 0;
+            if (!ok) tap_diag("%d tokens, %d neurons: active %lld vs %lld, error %.3g", n, n_idx, (long long)a0,
+                              (long long)a1, rel_err_f(Y1, Y0, n * D));
+            same &= ok;
+            n_same += ok, n_runs++;
+        }
+    }
+    tap_ok(same, "%s/%s down %s, %d threads: batches of 1, 17, 40, 70 tokens (room for 48) give the per-token bits (%d of %d)",
+           pi_type_name(wt), pi_ffn_act_name(act), pi_type_name(dt), n_threads, n_same, n_runs);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* The batch kernel, too, leaves the rows of a neuron inactive for every token of a group unread. */
+static void test_batch_skip_reads(void)
+{
+    enum { N = 20 };
+    struct rlayer R;
+    static float X[N * D], Y[N * D];
+    int32_t all[FF];
+    int poisoned = 0;
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    for (int j = 0; j < D; j++) X[j] = frand();
+    for (int t = 1; t < N; t++) memcpy(X + t * D, X, sizeof(float) * D);
+    for (int i = 0; i < FF; i++) {
+        all[i] = i;
+        if (dotd(R.gate + (size_t)i * D, X, D) < -1e-4) {
+            float *up = (float *)pi_weight_row(&R.L.ffn_up, i), *dn = (float *)pi_weight_row(&R.L.ffn_down_t, i);
+            for (int j = 0; j < D; j++) up[j] = dn[j] = NAN;
+            poisoned++;
+        }
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
+    memset(Y, 0, sizeof Y);
+    pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y);
+    int finite = 1;
+    for (int j = 0; j < N * D; j++) finite &= isfinite(Y[j]) != 0;
+    tap_ok(finite && poisoned > FF / 4, "batch of %d tokens: rows of %d neurons inactive for all are never read", N, poisoned);
+    tap_ok(pi_ffn_work_reserve(w, -1) == -PI_ERR_RANGE && pi_ffn_work_reserve(w, 4) == 0,
+           "reserve: a negative size is refused, a smaller one keeps the room");
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
 /* ReLU/dReLU must not read the up and down rows of a neuron whose gate is <= 0: poison them. */
 static void test_skip_reads(pi_pool_t *pool, enum pi_ffn_act act)
 {
@@ -308,7 +383,16 @@ int main(void)
     if (!pool3) tap_bail("no pool");
     test_repeatable(pool, pool3, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
     test_repeatable(pool, pool3, PI_TYPE_Q8_0, PI_FFN_ACT_RELU);
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        test_batch(NULL, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k]);
+        test_batch(pool, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k]);
+        test_batch(pool3, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k]);
+    }
+    test_batch(pool, PI_TYPE_F16, PI_TYPE_F32, PI_FFN_ACT_SILU);
+    test_batch(pool3, PI_TYPE_Q5_0, PI_TYPE_F16, PI_FFN_ACT_RELU);
+    test_batch(pool, PI_TYPE_Q4_1, PI_TYPE_Q8_0, PI_FFN_ACT_DRELU);
     pi_pool_destroy(&pool3);
+    test_batch_skip_reads();
     test_skip_reads(pool, PI_FFN_ACT_RELU);
     test_skip_reads(NULL, PI_FFN_ACT_DRELU);
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);

@@ -11,10 +11,12 @@
 #include "config.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "lib/common.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 
@@ -176,6 +178,9 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
  * neurons, so short lists use fewer parts. */
 #define FFN_PARTS 16
 #define MIN_PART 32
+/* Tokens one thread takes together in pi_ffn_neurons_batch: a weight row is read once per group and
+ * dotted with the group's tokens from L1 (four at a time where the type has a 4-token kernel). */
+#define FFN_GROUP 16
 
 struct pi_ffn_work {
     int64_t d;
@@ -187,6 +192,12 @@ struct pi_ffn_work {
     float *acc;         /* (max_parts, d) per-part partial sums */
     float *row;         /* (n_threads, d) per-thread widened down_t row */
     int64_t *active;    /* (max_parts) contributing neurons per part */
+    /* pi_ffn_neurons_batch (after pi_ffn_work_reserve; 0 / NULL before) */
+    int64_t cap_tokens; /* tokens whose quantised inputs fit below */
+    uint8_t *xqb_gate;  /* (cap_tokens, xq_bytes) */
+    uint8_t *xqb_up;    /* (cap_tokens, xq_bytes) */
+    float *bacc;        /* (n_threads, FFN_GROUP, d) per-thread partial sums of a token group */
+    int64_t *bactive;   /* (n_threads) contributing (neuron, token) pairs per thread */
 };
 
 pi_ffn_work_t *pi_ffn_work_new(int64_t d, int n_threads)
@@ -218,8 +229,36 @@ void pi_ffn_work_destroy(pi_ffn_work_t **pw)
     free(w->acc);
     free(w->row);
     free(w->active);
+    free(w->xqb_gate);
+    free(w->xqb_up);
+    free(w->bacc);
+    free(w->bactive);
     free(w);
     *pw = NULL;
+}
+
+int pi_ffn_work_reserve(pi_ffn_work_t *w, int64_t max_tokens)
+{
+    if (max_tokens < 0) return -PI_ERR_RANGE;
+    if (max_tokens <= w->cap_tokens) return 0;
+    size_t xb, ab;
+    if (!pi_size_mul((size_t)max_tokens, w->xq_bytes, &xb) ||
+        !pi_size_mul((size_t)w->n_threads * FFN_GROUP, (size_t)w->d * sizeof(float), &ab))
+        return -PI_ERR_RANGE;
+    uint8_t *g = NULL, *u = NULL;
+    float *acc = NULL;
+    int64_t *act = calloc((size_t)w->n_threads, sizeof *act);
+    if (posix_memalign((void **)&g, 64, xb) != 0) g = NULL;
+    if (posix_memalign((void **)&u, 64, xb) != 0) u = NULL;
+    if (posix_memalign((void **)&acc, 64, ab) != 0) acc = NULL;
+    if (!g || !u || !acc || !act) {
+        free(g), free(u), free(acc), free(act);
+        return -PI_ERR_NOMEM;
+    }
+    free(w->xqb_gate), free(w->xqb_up), free(w->bacc), free(w->bactive);
+    w->xqb_gate = g, w->xqb_up = u, w->bacc = acc, w->bactive = act;
+    w->cap_tokens = max_tokens;
+    return 0;
 }
 
 struct neuron_task {
@@ -309,25 +348,36 @@ static void part_range(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                       const float *x, const int32_t *idx, int64_t n_idx, float *y)
+/* The part count depends only on the list length and the pool size. */
+static int ffn_parts(int64_t n_idx, int n_threads)
+{
+    int per_thread = (FFN_PARTS + n_threads - 1) / n_threads;
+    return (int)PI_MIN((int64_t)n_threads * per_thread, (n_idx + MIN_PART - 1) / MIN_PART);
+}
+
+static void check_layer(const pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act, int n_threads)
 {
     int64_t d = w->d;
-    int n_threads = pool ? pi_pool_size(pool) : 1;
     PI_ASSERT(L->ffn_down_t.data && L->ffn_gate.cols == d && L->ffn_down_t.cols == d);
     PI_ASSERT(n_threads <= w->n_threads);
     PI_ASSERT(act == PI_FFN_ACT_SILU || act == PI_FFN_ACT_RELU || act == PI_FFN_ACT_DRELU);
     PI_ASSERT(pi_act_row_bytes(L->ffn_gate.type, d) <= w->xq_bytes);
     PI_ASSERT(pi_act_row_bytes(L->ffn_up.type, d) <= w->xq_bytes);
+}
+
+int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                       const float *x, const int32_t *idx, int64_t n_idx, float *y)
+{
+    int64_t d = w->d;
+    int n_threads = pool ? pi_pool_size(pool) : 1;
+    check_layer(w, L, act, n_threads);
     pi_quantize_act(L->ffn_gate.type, x, w->xq_gate, d);
     const void *xq_up = w->xq_gate;
     if (pi_vec_dot_type(L->ffn_up.type) != pi_vec_dot_type(L->ffn_gate.type)) {
         pi_quantize_act(L->ffn_up.type, x, w->xq_up, d);
         xq_up = w->xq_up;
     }
-    /* the part count depends only on the list length and the pool size */
-    int per_thread = (FFN_PARTS + n_threads - 1) / n_threads;
-    int n_parts = (int)PI_MIN((int64_t)n_threads * per_thread, (n_idx + MIN_PART - 1) / MIN_PART);
+    int n_parts = ffn_parts(n_idx, n_threads);
     if (n_parts < 1) return 0;
     PI_ASSERT(n_parts <= w->max_parts);
     struct neuron_task task = {w, L, act, xq_up, idx, n_idx, n_parts};
@@ -337,6 +387,127 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
         const float *acc = w->acc + (size_t)p * (size_t)d;
         for (int64_t j = 0; j < d; j++) y[j] += acc[j];
         active += w->active[p];
+    }
+    return active;
+}
+
+/* ---------------------------------------------------------------- the same over a batch of tokens */
+
+struct batch_task {
+    pi_ffn_work_t *w;
+    const struct pi_layer *L;
+    enum pi_ffn_act act;
+    const uint8_t *xq_gate, *xq_up; /* (n, xrb_gate) and (n, xrb_up) */
+    size_t xrb_gate, xrb_up;
+    const int32_t *idx;
+    int64_t n_idx, n;
+    int n_parts;
+    float *Y; /* (n, d) */
+};
+
+/* out[k] = the dot products of weight row `wrow` with tokens [t0, t0 + nt) of xq (row stride xrb):
+ * four at a time through vec_dot4 where the type has one. Each equals pi_vec_dot of that token (the
+ * 4-token kernels return the same floats, kernels/cpu/dispatch.h). */
+static void dots(enum pi_type t, const void *wrow, const uint8_t *xq, size_t xrb, int64_t nt, int64_t d, float *out)
+{
+    pi_vec_dot4_fn d4 = pi_kernels_active()->vec_dot4[t];
+    int64_t k = 0;
+    for (; d4 && k + 4 <= nt; k += 4) d4(wrow, xq + (size_t)k * xrb, xrb, out + k, d);
+    for (; k < nt; k++) out[k] = pi_vec_dot(t, wrow, xq + (size_t)k * xrb, d);
+}
+
+/* Token groups [begin, end): for each group and each part in order, the part's neurons are summed in
+ * list order into one accumulator per token, which is then added to the token's output row: the
+ * operations pi_ffn_neurons does for each token, in the same order. */
+static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const struct batch_task *t = ctx;
+    const struct pi_layer *L = t->L;
+    const int64_t d = t->w->d;
+    float *row = t->w->row + (size_t)thread * (size_t)d;
+    float *acc = t->w->bacc + (size_t)thread * FFN_GROUP * (size_t)d;
+    PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
+    int64_t active = 0;
+    float g[FFN_GROUP], u[FFN_GROUP];
+    for (int64_t gi = begin; gi < end; gi++) {
+        const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);
+        const uint8_t *xg = t->xq_gate + (size_t)t0 * t->xrb_gate, *xu = t->xq_up + (size_t)t0 * t->xrb_up;
+        for (int p = 0; p < t->n_parts; p++) {
+            memset(acc, 0, (size_t)nt * (size_t)d * sizeof(float));
+            const int64_t k0 = p * t->n_idx / t->n_parts, k1 = (p + 1) * t->n_idx / t->n_parts;
+            for (int64_t k = k0; k < k1; k++) {
+                const int32_t i = t->idx[k];
+                PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
+                if (k + 1 < k1) {
+                    prefetch_row(&L->ffn_gate, t->idx[k + 1]);
+                    prefetch_row(&L->ffn_up, t->idx[k + 1]);
+                }
+                dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
+                bool any = t->act == PI_FFN_ACT_SILU;
+                for (int64_t j = 0; !any && j < nt; j++) any = g[j] > 0.0f;
+                if (!any) continue; /* ReLU: no token has anything to add */
+                prefetch_row(&L->ffn_down_t, i);
+                dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
+                const float *src = pi_weight_row(&L->ffn_down_t, i);
+                bool widened = L->ffn_down_t.type == PI_TYPE_F32;
+                for (int64_t j = 0; j < nt; j++) {
+                    float a;
+                    if (t->act == PI_FFN_ACT_SILU) a = g[j] / (1.0f + expf(-g[j])) * u[j];
+                    else if (g[j] <= 0.0f) continue;
+                    else if (t->act == PI_FFN_ACT_RELU) a = g[j] * u[j];
+                    else if (u[j] > 0.0f) a = g[j] * u[j];
+                    else continue;
+                    if (!widened) {
+                        pi_dequant_row(L->ffn_down_t.type, src, row, d);
+                        src = row;
+                        widened = true;
+                    }
+                    axpy(acc + (size_t)j * (size_t)d, a, src, d);
+                    active++;
+                }
+            }
+            for (int64_t j = 0; j < nt; j++) {
+                float *y = t->Y + (size_t)(t0 + j) * (size_t)d;
+                const float *a = acc + (size_t)j * (size_t)d;
+                for (int64_t c = 0; c < d; c++) y[c] += a[c];
+            }
+        }
+    }
+    t->w->bactive[thread] += active;
+}
+
+int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y)
+{
+    const int64_t d = w->d;
+    const int n_threads = pool ? pi_pool_size(pool) : 1;
+    int64_t active = 0;
+    /* Fewer groups than threads would leave threads idle where the per-token kernel splits the
+     * neurons among all of them; without reserved buffers there is nowhere to put the batch. */
+    if (n < (int64_t)FFN_GROUP * n_threads || w->cap_tokens < FFN_GROUP) {
+        for (int64_t t = 0; t < n; t++)
+            active += pi_ffn_neurons(pool, w, L, act, X + (size_t)t * (size_t)d, idx, n_idx, Y + (size_t)t * (size_t)d);
+        return active;
+    }
+    check_layer(w, L, act, n_threads);
+    const int n_parts = ffn_parts(n_idx, n_threads);
+    if (n_parts < 1) return 0;
+    const size_t xrb_gate = pi_act_row_bytes(L->ffn_gate.type, d), xrb_up = pi_act_row_bytes(L->ffn_up.type, d);
+    const bool same = pi_vec_dot_type(L->ffn_up.type) == pi_vec_dot_type(L->ffn_gate.type);
+    /* chunks of at most cap_tokens tokens (the quantised inputs' room), whole groups but the last */
+    const int64_t chunk = w->cap_tokens / FFN_GROUP * FFN_GROUP;
+    for (int64_t c0 = 0; c0 < n; c0 += chunk) {
+        const int64_t nc = PI_MIN(chunk, n - c0);
+        for (int64_t t = 0; t < nc; t++) {
+            const float *x = X + (size_t)(c0 + t) * (size_t)d;
+            pi_quantize_act(L->ffn_gate.type, x, w->xqb_gate + (size_t)t * xrb_gate, d);
+            if (!same) pi_quantize_act(L->ffn_up.type, x, w->xqb_up + (size_t)t * xrb_up, d);
+        }
+        struct batch_task task = {w, L, act, w->xqb_gate, same ? w->xqb_gate : w->xqb_up, xrb_gate, same ? xrb_gate : xrb_up,
+                                  idx, n_idx, nc, n_parts, Y + (size_t)c0 * (size_t)d};
+        memset(w->bactive, 0, (size_t)w->n_threads * sizeof *w->bactive);
+        pi_pool_for(pool, (nc + FFN_GROUP - 1) / FFN_GROUP, 1, group_range, &task);
+        for (int i = 0; i < w->n_threads; i++) active += w->bactive[i];
     }
     return active;
 }

@@ -45,7 +45,8 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);
 
 /* ---- the neuron-subset FFN kernel ---- */
 
-/* Scratch for pi_ffn_neurons: the quantised input, one accumulator per part, one row per thread. */
+/* Scratch for pi_ffn_neurons: the quantised input, one accumulator per part, one row per thread;
+ * for pi_ffn_neurons_batch also the room of pi_ffn_work_reserve. */
 typedef struct pi_ffn_work pi_ffn_work_t;
 
 /* Scratch for layers of width d computed by up to n_threads threads. NULL on allocation failure. */
@@ -68,5 +69,19 @@ void pi_ffn_work_destroy(pi_ffn_work_t **w);
  * for ReLU/dReLU. */
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
                        const float *x, const int32_t *idx, int64_t n_idx, float *y);
+
+/* Room in w for batches of up to max_tokens tokens in pi_ffn_neurons_batch (their quantised inputs
+ * and per-thread accumulators of a group of tokens); call once at setup, never while serving.
+ * 0, -PI_ERR_NOMEM or -PI_ERR_RANGE (w unchanged). */
+int pi_ffn_work_reserve(pi_ffn_work_t *w, int64_t max_tokens);
+
+/* Y (n, d) += pi_ffn_neurons of each row of X (n, d) over the same neuron list: bit for bit what n
+ * calls of pi_ffn_neurons with the same pool give (same parts, same order of every sum). With enough
+ * tokens (16 per thread of the pool) and room reserved, threads take groups of 16 tokens instead of
+ * parts of the list, so that each weight row is read once per group and dotted with its tokens from
+ * L1 (the 4-token kernels where the type has them); otherwise it is the n calls. Returns the summed
+ * counts of those calls. */
+int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y);
 
 #endif
