@@ -141,11 +141,11 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
         free(ids);
         return -PI_ERR_RANGE;
     }
-    res->n_prompt = (int)n;
     float *all = malloc(sizeof(float) * (size_t)e->n_vocab * (size_t)e->max_batch);
     float *logits = malloc(sizeof(float) * (size_t)e->n_vocab);
     pi_sampler_t *s = pi_sampler_new(e->n_vocab, &r->sample);
     rc = (!all || !logits || !s) ? -PI_ERR_NOMEM : e->ops->reset(e);
+    if (rc == 0) res->n_prompt = (int)n; /* 0 tells a caller that the engine took nothing */
     if (rc == 0 && t) rc = set_eog(s, t);
     int64_t t0 = pi_clock_ns();
     if (rc == 0) rc = eval_prompt(e, ids, (int)n, r->logits_out, all, logits);

@@ -27,7 +27,8 @@ struct pi_gen_request {
 };
 
 struct pi_gen_result {
-    int n_prompt;
+    int n_prompt;              /* prompt tokens, once the engine has taken the request (0 when it
+                                * failed before: a bad prompt, or an engine that could not reset) */
     int n_generated;
     double prompt_s;           /* seconds spent evaluating the prompt */
     double gen_s;              /* seconds spent generating (sampling included) */

@@ -173,7 +173,11 @@ static int pipe_start(struct pipe_engine *p)
     static const char *const acts[] = {"auto", "silu", "relu", "drelu"};
     static const char *const backends[] = {"none", "host", "cuda"};
     struct argv_buf *b = calloc(1, sizeof *b);
-    if (!b) return -PI_ERR_NOMEM;
+    if (!b) { /* broken again, so that the next reset retries instead of calling absent workers */
+        atomic_store(&p->broken, 1);
+        pipe_stop(p);
+        return -PI_ERR_NOMEM;
+    }
     int rc = 0;
     arg(b, "", p->gpu_exe);
     arg(b, "--backend=", backends[c->gpu_backend]);
@@ -231,15 +235,21 @@ static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens,
         /* A fresh pipeline has an empty cache: only a reset (truncate to 0) may start one. A step of
          * the request that was in flight when the worker died fails with it; continuing it on the
          * new pipeline would evaluate positions whose cache is gone. */
-        if (cmd != PI_STEP_TRUNCATE || pos0 != 0) return -PI_ERR_PEER;
+        if (cmd != PI_STEP_TRUNCATE || pos0 != 0) {
+            pi_error("the request's pipeline is gone (a worker died); the next request restarts it");
+            return -PI_ERR_PEER;
+        }
         int rc = pipe_restart(p);
-        if (rc != 0) return rc;
+        if (rc != 0) { /* not a death during the request: nothing ran */
+            pi_error("the pipeline could not be restarted (%s); the next request tries again", pi_err_str(rc));
+            return -PI_ERR_IO;
+        }
     }
     int rc = pi_step_call(p->step, cmd, 0, tokens, (uint32_t)n, (uint32_t)pos0, (uint32_t)n_out, PIPE_STEP_TIMEOUT_NS);
     if (rc == -PI_ERR_PEER || rc == -PI_ERR_TIMEOUT) {
         atomic_store(&p->broken, 1);
         if (atomic_load(&p->cancelled)) pi_info("the request in flight was cancelled");
-        else pi_error("the request failed: a worker of the pipeline died (%s); it will be restarted", pi_err_str(rc));
+        else pi_error("the request failed: a worker of the pipeline died (%s)", pi_err_str(rc));
         return -PI_ERR_PEER;
     }
     return rc;

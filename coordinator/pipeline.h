@@ -26,7 +26,7 @@ size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, si
 int64_t pi_engine_pipeline_hot(pi_engine_t *e);
 
 /* Make the request in flight on a pipeline engine (if any) return -PI_ERR_PEER now rather than
- * when its step answers or times out, for a shutdown; the next call restarts the pipeline, and
+ * when its step answers or times out, for a shutdown; the next reset restarts the pipeline, and
  * destroying the engine stops the workers with SHUTDOWN (no STOP through the step channel). Safe
  * from another thread while the engine is alive; no-op for any other engine. */
 void pi_engine_pipeline_cancel(pi_engine_t *e);

@@ -125,6 +125,9 @@ static void run_job(struct server *s, struct job *j)
         snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
     else if (rc == -PI_ERR_PEER)
         snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
+    else if (rc == -PI_ERR_IO && !res.n_prompt) /* pipe_call: a restart that failed; nothing ran */
+        snprintf(ev.text, sizeof ev.text, "the pipeline's workers could not be started (see the coordinator's log); "
+                                          "the next request tries again");
     else if (rc == -PI_ERR_RANGE) /* the one limit a client can hit by asking: say which */
         snprintf(ev.text, sizeof ev.text, "the prompt and the %u tokens to generate do not fit the context of %d positions",
                  j->n_predict, s->engine->n_ctx);

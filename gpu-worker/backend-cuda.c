@@ -164,13 +164,14 @@ static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
 
 /* Whether layer il's FFN runs dense on the device: all n_ff neurons hot, in id order. Its down product
  * is then a plain matrix-vector product with the file's ffn_down (d, n_ff) in its own type (for Q4_0,
- * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the integer or staged matvec
- * instead of the neuron kernel), and no ffn_down_t copy is uploaded. PI_CUDA_DENSE_DOWN=0 keeps the
- * neuron layout, for comparisons. */
+ * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the matvec instead of the neuron
+ * kernel), and no ffn_down_t copy is uploaded. Rows of n_ff elements must be whole 32-element segments
+ * (the device kernels' unit, even for F16), else the layer keeps the neuron layout, whose rows are
+ * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
 static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
 {
     const int64_t n_ff = m->hp.n_ff;
-    if (!o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
+    if (n_ff % 32 != 0 || !o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
     const char *e = getenv("PI_CUDA_DENSE_DOWN");
     if (e && strcmp(e, "0") == 0) return false;
     for (int64_t i = 0; i < n_ff; i++)
@@ -777,6 +778,7 @@ static int setup(struct cuda_backend *s, const struct plan *p)
         for (int il = 0; il < s->n_layer; il++)
             if (!s->L[il].dense) n_sparse_max = PI_MAX(n_sparse_max, s->L[il].n_hot);
         if (n_sparse_max > 0) PI_TRY(dalloc(s, (uint64_t)n_sparse_max * d * 2, &s->d_down16));
+        PI_TRY(pi_cuda_memset(s->ctx, s->d_a, 0, (size_t)(T * (uint64_t)s->n_hot_max * f))); /* warm_scratch reads it */
     }
     /* defined contents for the warm-up's products */
     PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));

@@ -14,7 +14,8 @@
  * computed first (pi_backend_cuda_plan); when that exceeds o->vram_budget (or, with a budget of 0, the
  * device's free memory less 256 MiB) the call fails with one clear error and -PI_ERR_NOMEM before
  * anything is allocated. Then the weights are uploaded (attention and norms, embeddings and output
- * head, then the hot neurons o->hot[il] packed gate/up/down per neuron), the KV cache (f16, o->n_seq
+ * head, then the hot neurons o->hot[il]: gate/up rows paired per neuron and ffn_down_t rows, or, for a
+ * layer whose every neuron is hot in id order, the file's ffn_down itself), the KV cache (f16, o->n_seq
  * sequences of o->n_ctx positions) and the scratch are allocated, and the kernels' scratch is grown to
  * its largest size once, so that serving never allocates. Returns 0 and *out, or a negative pi_err
  * (-PI_ERR_DEVICE when no usable device, -PI_ERR_UNSUPPORTED for a shape no kernel takes). */

@@ -184,8 +184,9 @@ int pi_cuda_merge(pi_cuda_ctx_t *ctx, int64_t n, int n_parts, const float *d_par
 
 /* The GPU's packed copy of its hot neurons of one layer:
  *   gu   (2 * n_hot, n_embd): row 2i is hot neuron i's gate row, row 2i + 1 its up row (weight type);
- *   down (n_hot, n_embd): row i is hot neuron i's down column (ffn_down_t's row; its own type, f16 or
- *        Q8_0 when the file had no transposed copy, which is why it is a second matrix).
+ *   down (n_hot, n_embd): row i is hot neuron i's down column (ffn_down_t's row, in its own type: the
+ *        file's when it has PowerInfer's transposed copy, else as lib/model.c packs it, f16 by default;
+ *        the types differ in general, which is why it is a second matrix).
  * y (n_embd,) = sum over active hot neurons i of act(gate_i . x, up_i . x) * down_i (y overwritten).
  * Neuron i is skipped (no weight read) when d_mask is not NULL and d_mask[ids ? ids[i] : i] == 0;
  * d_mask is uint8 over the layer's n_ff neurons, d_ids int32 (n_hot,) maps hot index -> neuron id
