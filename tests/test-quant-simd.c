@@ -1,5 +1,5 @@
 /*
- * tests/test-quant-simd.c - every SIMD kernel variant this CPU can run (AVX2, AVX-512) against the
+ * tests/test-quant-simd.c - every SIMD kernel variant this CPU can run (AVX2, AVX-512, AVX512-VNNI) against the
  * scalar reference on fresh random inputs: dot products by normalised error
  * |simd - scalar| / sum_i |w_i x_i| (per-type tolerance), dequantisers bit for bit. Weights are random
  * bytes with finite fp16 scales (so every bit pattern of the quants occurs, including -128 in Q8_0),
@@ -10,6 +10,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "kernels/cpu/dispatch.h"
@@ -144,6 +145,39 @@ int main(void)
         }
     }
     if (tested == 0) tap_skip(1, "no SIMD variant available on this CPU/build");
+    /* AVX512-VNNI only replaces the byte multiply-adds of the AVX-512 kernels by vpdpbusd, with the
+     * same int32 sums: its dot products must be the AVX-512 ones bit for bit, 1-, 4- and 2x4-token. */
+    const struct pi_kernel_table *t512 = pi_kernels_table(PI_KERNEL_AVX512), *tv = pi_kernels_table(PI_KERNEL_AVX512VNNI);
+    if (t512 && tv) {
+        static const enum pi_type vt[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0};
+        void *w2 = malloc((size_t)nmax * 8), *xq4 = malloc(4 * ((size_t)nmax * 4 + 4096));
+        for (size_t k = 0; k < PI_ARRAY_LEN(vt); k++) {
+            enum pi_type t = vt[k];
+            uint64_t rb = 0;
+            int diff = 0, cases = 0;
+            for (size_t li = 0; li < PI_ARRAY_LEN(lens32); li++) {
+                int64_t n = lens32[li];
+                size_t xs = pi_act_row_bytes(t, n);
+                PI_ASSERT(pi_type_row_bytes(t, (uint64_t)n, &rb));
+                random_weights(t, w2, n);
+                random_weights(t, (uint8_t *)w2 + rb, n);
+                for (int j = 0; j < 4; j++) {
+                    random_acts(x, n);
+                    pi_quantize_act(t, x, (uint8_t *)xq4 + (size_t)j * xs, n);
+                }
+                float a1 = t512->vec_dot[t](w2, xq4, n), b1 = tv->vec_dot[t](w2, xq4, n), a4[4], b4[4], a8[8], b8[8];
+                t512->vec_dot4[t](w2, xq4, xs, a4, n), tv->vec_dot4[t](w2, xq4, xs, b4, n);
+                t512->vec_dot8[t](w2, (size_t)rb, xq4, xs, a8, n), tv->vec_dot8[t](w2, (size_t)rb, xq4, xs, b8, n);
+                diff += memcmp(&a1, &b1, 4) != 0 || memcmp(a4, b4, sizeof a4) != 0 || memcmp(a8, b8, sizeof a8) != 0;
+                cases++;
+            }
+            tap_ok(diff == 0, "avx512vnni %s vec_dot, vec_dot4 and vec_dot8 equal avx512's bit for bit (%d of %d rows differ)",
+                   pi_type_name(t), diff, cases);
+        }
+        free(w2), free(xq4);
+    } else {
+        tap_skip(1, "AVX512-VNNI not available on this CPU/build");
+    }
     free(w), free(xq), free(x), free(wd), free(xd), free(d1), free(d2);
     return tap_done();
 }

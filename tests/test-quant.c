@@ -336,7 +336,7 @@ static int isa_with_env(const char *value)
  * where the compiler's own CPU check (which also asks the OS, through XGETBV) says no AVX-512. */
 static void test_override(void)
 {
-    static const char *const names[] = {"scalar", "avx2", "avx512", "AVX512", "bogus", ""};
+    static const char *const names[] = {"scalar", "avx2", "avx512", "AVX512", "avx512vnni", "bogus", ""};
     int got[PI_ARRAY_LEN(names)];
     for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) got[i] = isa_with_env(names[i]);
     int best = PI_KERNEL_SCALAR;
@@ -344,7 +344,7 @@ static void test_override(void)
         if (pi_kernels_available((enum pi_kernel_isa)isa)) best = isa;
     int bad = 0;
     for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) {
-        int want = i < 2 ? PI_MIN((int)i, best) : i < 4 ? PI_MIN(2, best) : best;
+        int want = i < 2 ? PI_MIN((int)i, best) : i < 4 ? PI_MIN(2, best) : i < 5 ? PI_MIN(3, best) : best;
         if (got[i] != want) bad++, tap_diag("  PI_KERNELS=\"%s\": variant %d, want %d", names[i], got[i], want);
     }
     tap_ok(bad == 0, "PI_KERNELS override honoured where the CPU can run it, clamped otherwise (best here: %s)",
@@ -354,8 +354,11 @@ static void test_override(void)
     bool cpu512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
     bool cpu2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    tap_ok((!pi_kernels_available(PI_KERNEL_AVX512) || cpu512) && (!pi_kernels_available(PI_KERNEL_AVX2) || cpu2),
-           "a SIMD variant is available only where the compiler's CPU check agrees (avx2 %d, avx512 %d)", cpu2, cpu512);
+    bool cpuvnni = cpu512 && __builtin_cpu_supports("avx512vnni");
+    tap_ok((!pi_kernels_available(PI_KERNEL_AVX512) || cpu512) && (!pi_kernels_available(PI_KERNEL_AVX2) || cpu2) &&
+               (!pi_kernels_available(PI_KERNEL_AVX512VNNI) || cpuvnni),
+           "a SIMD variant is available only where the compiler's CPU check agrees (avx2 %d, avx512 %d, vnni %d)", cpu2,
+           cpu512, cpuvnni);
 #else
     tap_skip(1, "not x86");
 #endif

@@ -5,7 +5,7 @@
  * static copy, and one pointer (the active table) is set under pthread_once, so the hot path is a load
  * and an indirect call with no branches on CPU features. A variant is "available" only when it was
  * compiled in (PI_HAVE_X86_SIMD), CPUID reports its instructions and XGETBV says the OS saves the
- * registers they use (YMM for AVX2; opmask/ZMM for AVX-512).
+ * registers they use (YMM for AVX2; opmask/ZMM for AVX-512 and AVX512-VNNI).
  */
 #include "config.h"
 
@@ -23,7 +23,7 @@
 #include "lib/common.h"
 #include "lib/log.h"
 
-static const char *const isa_names[PI_KERNEL_ISA_COUNT] = {"scalar", "avx2", "avx512"};
+static const char *const isa_names[PI_KERNEL_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
 
 static struct pi_kernel_table tables[PI_KERNEL_ISA_COUNT];
 static bool available[PI_KERNEL_ISA_COUNT];
@@ -41,10 +41,10 @@ static uint64_t read_xcr0(void)
 }
 
 /* Which variants this CPU and OS can run (ignoring what was compiled). */
-static void detect_cpu(bool *avx2, bool *avx512)
+static void detect_cpu(bool *avx2, bool *avx512, bool *vnni)
 {
     unsigned a, b, c, d, b7, c7, d7;
-    *avx2 = *avx512 = false;
+    *avx2 = *avx512 = *vnni = false;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
     if (!osxsave || !avx) return;
@@ -56,9 +56,10 @@ static void detect_cpu(bool *avx2, bool *avx512)
     bool f = b7 & (1u << 16), dq = b7 & (1u << 17), bw = b7 & (1u << 30), vl = b7 & (1u << 31);
     *avx2 = ymm_os && has_avx2 && fma && f16c;
     *avx512 = *avx2 && zmm_os && f && dq && bw && vl;
+    *vnni = *avx512 && (c7 & (1u << 11)); /* CPUID.(7,0):ECX[11] AVX512_VNNI */
 }
 #else
-static void detect_cpu(bool *avx2, bool *avx512) { *avx2 = *avx512 = false; }
+static void detect_cpu(bool *avx2, bool *avx512, bool *vnni) { *avx2 = *avx512 = *vnni = false; }
 #endif
 
 /* tables[isa] = the completed table of the variant below (base), overlaid with raw's non-NULL
@@ -82,17 +83,19 @@ static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table 
 
 static void init_once_fn(void)
 {
-    bool cpu_avx2, cpu_avx512;
-    detect_cpu(&cpu_avx2, &cpu_avx512);
+    bool cpu_avx2, cpu_avx512, cpu_vnni;
+    detect_cpu(&cpu_avx2, &cpu_avx512, &cpu_vnni);
     complete_table(PI_KERNEL_SCALAR, &pi_kernels_scalar_raw, &pi_kernels_scalar_raw);
     available[PI_KERNEL_SCALAR] = true;
 #ifdef PI_HAVE_X86_SIMD
     complete_table(PI_KERNEL_AVX2, &pi_kernels_avx2_raw, &tables[PI_KERNEL_SCALAR]);
     complete_table(PI_KERNEL_AVX512, &pi_kernels_avx512_raw, &tables[PI_KERNEL_AVX2]);
+    complete_table(PI_KERNEL_AVX512VNNI, &pi_kernels_avx512vnni_raw, &tables[PI_KERNEL_AVX512]);
     available[PI_KERNEL_AVX2] = cpu_avx2;
     available[PI_KERNEL_AVX512] = cpu_avx512;
+    available[PI_KERNEL_AVX512VNNI] = cpu_vnni;
 #else
-    (void)cpu_avx2, (void)cpu_avx512;
+    (void)cpu_avx2, (void)cpu_avx512, (void)cpu_vnni;
 #endif
     enum pi_kernel_isa best = PI_KERNEL_SCALAR;
     for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
@@ -104,7 +107,7 @@ static void init_once_fn(void)
         for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
             if (strcasecmp(env, isa_names[i]) == 0) want = i;
         if (want < 0) {
-            pi_warn("PI_KERNELS=%s is not one of scalar, avx2, avx512: using %s", env, isa_names[best]);
+            pi_warn("PI_KERNELS=%s is not one of scalar, avx2, avx512, avx512vnni: using %s", env, isa_names[best]);
         } else if (want > (int)best) {
             pi_warn("PI_KERNELS=%s: this CPU (or build) cannot run it, using %s", env, isa_names[best]);
         } else {

@@ -3,9 +3,9 @@
  *
  * Each variant is a table of function pointers, one dequantiser and one dot product per element
  * type. The scalar table is complete (the portable reference); a SIMD table fills the entries it
- * accelerates and is completed at init from the variant below it (AVX-512 from AVX2, AVX2 from
- * scalar), so every entry of every table is callable. pi_kernels_init() reads CPUID (and XGETBV: the OS must save the wide registers), applies
- * the environment override PI_KERNELS=scalar|avx2|avx512 (clamped to what the CPU can run, with a
+ * accelerates and is completed at init from the variant below it (AVX512-VNNI from AVX-512, AVX-512
+ * from AVX2, AVX2 from scalar), so every entry of every table is callable. pi_kernels_init() reads CPUID (and XGETBV: the OS must save the wide registers), applies
+ * the environment override PI_KERNELS=scalar|avx2|avx512|avx512vnni (clamped to what the CPU can run, with a
  * warning) and fixes the active table for the process. It is idempotent and thread-safe and is called
  * lazily by every entry point of kernels/cpu, so calling it explicitly only moves the log line.
  */
@@ -22,7 +22,8 @@ enum pi_kernel_isa {
     PI_KERNEL_SCALAR = 0,
     PI_KERNEL_AVX2 = 1,   /* AVX2 + FMA + F16C */
     PI_KERNEL_AVX512 = 2, /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
-    PI_KERNEL_ISA_COUNT = 3,
+    PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
+    PI_KERNEL_ISA_COUNT = 4,
 };
 
 /* wrow: n elements of the weight type; xq: n activations in pi_vec_dot_type(weight type). */
@@ -42,7 +43,7 @@ typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
 typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 
 struct pi_kernel_table {
-    const char *name;                      /* "scalar", "avx2", "avx512" */
+    const char *name;                      /* "scalar", "avx2", "avx512", "avx512vnni" */
     pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];  /* NULL where the type has no dot product */
     pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT]; /* NULL: no 4-token kernel matching vec_dot (loop it) */
     pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT]; /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
@@ -53,7 +54,7 @@ struct pi_kernel_table {
 /* Detect the CPU and choose the variant (once; later calls return at once). */
 void pi_kernels_init(void);
 
-/* Name of the active variant ("scalar", "avx2", "avx512"). */
+/* Name of the active variant ("scalar", "avx2", "avx512", "avx512vnni"). */
 const char *pi_kernels_variant(void);
 enum pi_kernel_isa pi_kernels_isa(void);
 

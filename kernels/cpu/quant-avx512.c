@@ -8,6 +8,13 @@
  * or four of 16) per register. Same sums as the scalar reference, other summation order. Shapes and
  * threading as quant-avx2.c. AVX-512 has no vpsignb, so signed x signed int8 products use abs(x)
  * and y negated under x's sign mask.
+ *
+ * With PI_AVX512_VNNI defined (kernels/cpu/quant-avx512-vnni.c includes this file so, compiled with
+ * -mavx512vnni as well) the byte products of the Q4_0 and Q8_0 kernels, the prompt's matmul, are
+ * vpdpbusd, which multiplies unsigned by signed bytes and adds each four into an int32 lane in one
+ * instruction, instead of vpmaddubsw + vpmaddwd (+ the int16 adds around them): the same int32 sums
+ * (the int16 intermediates never saturate here: nibbles times int8, or |int8| times int8, two or four
+ * at a time), so the same floats, and the table is "avx512vnni".
  */
 #include "config.h"
 
@@ -155,7 +162,11 @@ static inline struct i8_pair i8_pair_load(const struct pi_block_q8_0 *a)
 static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
 {
     __m512i ys = _mm512_mask_sub_epi8(y, x.neg, _mm512_setzero_si512(), y);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), x.ax, ys);
+#else
     return _mm512_madd_epi16(_mm512_maddubs_epi16(x.ax, ys), _mm512_set1_epi16(1));
+#endif
 }
 
 /* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..2)
@@ -234,7 +245,7 @@ static inline __m512i load4x16(const void *p0, const void *p1, const void *p2, c
  * 8 * sum(y). The int32 partial sums of (q - 8) * y are those of the 1-row kernel: lane k holds
  * block k's four. */
 struct q4_0_act {
-    __m512i ylo, yhi, o;
+    __m512i ylo, yhi, o; /* o: 8 * sum(y) per int16 pair; with VNNI -8 * sum(y) per int32 lane */
 };
 
 static inline struct q4_0_act q4_0_act_load(const struct pi_block_q8_0 *b)
@@ -243,14 +254,23 @@ static inline struct q4_0_act q4_0_act_load(const struct pi_block_q8_0 *b)
     struct q4_0_act y;
     y.ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
     y.yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
+#ifdef PI_AVX512_VNNI
+    const __m512i o = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), k8, y.ylo), k8, y.yhi);
+    y.o = _mm512_sub_epi32(_mm512_setzero_si512(), o);
+#else
     y.o = _mm512_add_epi16(_mm512_maddubs_epi16(k8, y.ylo), _mm512_maddubs_epi16(k8, y.yhi));
+#endif
     return y;
 }
 
 static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
 {
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(y.o, lo, y.ylo), hi, y.yhi);
+#else
     __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, y.ylo), _mm512_maddubs_epi16(hi, y.yhi));
     return _mm512_madd_epi16(_mm512_sub_epi16(p, y.o), _mm512_set1_epi16(1));
+#endif
 }
 
 /* nr (1..2) weight rows at w + r * ws times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t]
@@ -522,8 +542,13 @@ static float dot_q6_K(const void *w, const void *xq, int64_t n)
 
 static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q6_K_n(w, xq, xs, out, n, 4); }
 
+#ifdef PI_AVX512_VNNI
+const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
+    .name = "avx512vnni",
+#else
 const struct pi_kernel_table pi_kernels_avx512_raw = {
     .name = "avx512",
+#endif
     .vec_dot = {
         [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16,
         [PI_TYPE_Q4_0] = dot_q4_0, [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0,

@@ -17,6 +17,7 @@ extern const struct pi_kernel_table pi_kernels_scalar_raw;
 #ifdef PI_HAVE_X86_SIMD
 extern const struct pi_kernel_table pi_kernels_avx2_raw;
 extern const struct pi_kernel_table pi_kernels_avx512_raw;
+extern const struct pi_kernel_table pi_kernels_avx512vnni_raw;
 #endif
 
 /* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes q
