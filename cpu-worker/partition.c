@@ -62,7 +62,18 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
     memset(p, 0, sizeof *p);
     const struct pi_hparams *hp = &m->hp;
     if (n_hot < 0 || n_hot > hp->n_ff || n_workers < 1 || w < 0 || w >= n_workers) return -PI_ERR_INVAL;
-    pi_partition_range(hp->n_ff, n_hot, n_workers, w, &p->first, &p->count);
+    int64_t first, count;
+    pi_partition_range(hp->n_ff, n_hot, n_workers, w, &first, &count);
+    return pi_partition_pack_range(m, first, count, node_os, p);
+}
+
+int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, struct pi_partition *p)
+{
+    memset(p, 0, sizeof *p);
+    const struct pi_hparams *hp = &m->hp;
+    if (first < 0 || count < 0 || first > hp->n_ff - count) return -PI_ERR_INVAL;
+    p->first = first;
+    p->count = count;
     size_t bytes = 0;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];

@@ -1,6 +1,7 @@
 /*
  * cpu-worker/partition.h - one CPU worker's share of the cold FFN neurons, copied out of the
- * mmapped model into node-local memory.
+ * mmapped model into node-local memory (also used by pi-gpu-worker for its hot neurons; both link it
+ * from libpinfer.a).
  *
  * The rule (doc/pipeline.md): the hot neurons of every layer are ids 0..n_hot-1; the cold ones,
  * n_hot..n_ff-1, are cut into n_workers contiguous ranges of nearly equal size, range w going to
@@ -30,6 +31,9 @@ struct pi_partition {
 /* Pack worker w's neurons of m into memory on NUMA node node_os (-1: local). m may be opened without
  * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. 0 or a negative pi_err. */
 int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p);
+/* The same for the neurons [first, first + count) of every layer: the GPU worker's hot neurons (ids
+ * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. */
+int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
 
 #endif

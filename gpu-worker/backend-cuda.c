@@ -168,15 +168,29 @@ static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
  * kernel), and no ffn_down_t copy is uploaded. Rows of n_ff elements must be whole 32-element segments
  * (the device kernels' unit, even for F16), else the layer keeps the neuron layout, whose rows are
  * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
+static bool dense_ok(const pi_model_t *m)
+{
+    const char *e = getenv("PI_CUDA_DENSE_DOWN");
+    return m->hp.n_ff % 32 == 0 && !(e && strcmp(e, "0") == 0);
+}
+
 static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
 {
     const int64_t n_ff = m->hp.n_ff;
-    if (n_ff % 32 != 0 || !o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
-    const char *e = getenv("PI_CUDA_DENSE_DOWN");
-    if (e && strcmp(e, "0") == 0) return false;
+    if (!dense_ok(m) || !o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
     for (int64_t i = 0; i < n_ff; i++)
         if (o->hot[il][i] != (int32_t)i) return false;
     return true;
+}
+
+bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot) { return hot == m->hp.n_ff && dense_ok(m); }
+
+/* Where layer il's hot rows come from: the worker's packed copy (opts.hot_layers, row i = neuron
+ * hot[il][i]) or the model's own rows (indexed by the neuron ids). Gate and up have the model's types
+ * either way; ffn_down_t's type is the packed copy's. */
+static const struct pi_layer *hot_rows(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    return o->hot_layers ? &o->hot_layers[il] : &m->layers[il];
 }
 
 struct plan {
@@ -221,7 +235,7 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
             PI_TRY(pi_cuda_weight_bytes_for((int)gu_type(L, d), 2 * nh, d, &b));
             p->hot += al(b);
             if (dense) PI_TRY(wbytes(L->ffn_down.type, d, hp->n_ff, &p->hot));
-            else PI_TRY(wbytes(L->ffn_down_t.type, nh, d, &p->hot));
+            else PI_TRY(wbytes(hot_rows(m, o, il)->ffn_down_t.type, nh, d, &p->hot));
             if (T >= HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(gu_type(L, d), 2 * nh, d));
             if (T >= HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
         }
@@ -361,15 +375,24 @@ static int upload_hot(struct cuda_backend *s, int il)
         }
     }
     cl->dense = dense_layer(s->base.model, &s->o, il);
-    if (!cl->dense && !L->ffn_down_t.data) {
-        pi_error("cuda backend: layer %d has no ffn_down_t rows (the model was loaded without packing)", il);
+    /* rows from the worker's packed copy (row i = hot neuron i: no ids) or the model's (by id) */
+    const struct pi_layer *H = hot_rows(s->base.model, &s->o, il);
+    const int32_t *ids = s->o.hot_layers ? NULL : s->o.hot[il];
+    if (s->o.hot_layers && (H->ffn_gate.rows < cl->n_hot || H->ffn_up.rows < cl->n_hot)) {
+        pi_error("cuda backend: layer %d: %lld packed hot rows for %lld hot neurons", il, (long long)H->ffn_gate.rows,
+                 (long long)cl->n_hot);
         return -PI_ERR_INVAL;
     }
-    struct rows_src gu = {.a = &L->ffn_gate, .b = &L->ffn_up, .ids = s->o.hot[il], .n = 2 * cl->n_hot};
+    if (!cl->dense && (!H->ffn_down_t.data || H->ffn_down_t.rows < cl->n_hot)) {
+        pi_error("cuda backend: layer %d has no ffn_down_t rows for its hot neurons (the model was loaded without "
+                 "packing and no packed hot rows were given)", il);
+        return -PI_ERR_INVAL;
+    }
+    struct rows_src gu = {.a = &H->ffn_gate, .b = &H->ffn_up, .ids = ids, .n = 2 * cl->n_hot};
     PI_TRY(upload(s, &gu, gu_type(L, s->d), &cl->gu));
     if (cl->dense) return upload_whole(s, &L->ffn_down, &cl->down);
-    struct rows_src dn = {.a = &L->ffn_down_t, .ids = s->o.hot[il], .n = cl->n_hot};
-    return upload(s, &dn, dev_type(L->ffn_down_t.type, s->d), &cl->down);
+    struct rows_src dn = {.a = &H->ffn_down_t, .ids = ids, .n = cl->n_hot};
+    return upload(s, &dn, dev_type(H->ffn_down_t.type, s->d), &cl->down);
 }
 
 /* ------------------------------------------------------------------ destroy, errors */
@@ -903,6 +926,7 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         cuda_destroy(&s->base);
         return rc;
     }
+    s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
     pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
     pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
             "KV cache %.1f, activations and scratch %.1f)%s", p.total / 1048576.0, used / 1048576.0, budget / 1048576.0,

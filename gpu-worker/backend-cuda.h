@@ -21,6 +21,11 @@
  * (-PI_ERR_DEVICE when no usable device, -PI_ERR_UNSUPPORTED for a shape no kernel takes). */
 int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
 
+/* Whether every layer of m is dense in this backend when its hot neurons are 0..hot-1 (all of them,
+ * in id order, rows in whole 32-element segments, PI_CUDA_DENSE_DOWN not 0): it then reads no
+ * ffn_down_t rows at all. */
+bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot);
+
 /* The device bytes the backend would hold for m and o (weights, KV cache, activations, the kernels'
  * scratch and the cuBLAS workspace, each rounded as the allocator counts it); no device is touched.
  * 0 or a negative pi_err (a type or shape the device kernels cannot take). */

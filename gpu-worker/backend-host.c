@@ -11,7 +11,9 @@
  * FFN: a layer whose hot set is all of its neurons (hot fraction 1) is computed exactly as the
  * single process computes it (pi_forward_ffn: the dense matvec/matmul FFN, or its own sparse-decode
  * choice), so at hot fraction 1 the pipeline's logits are the single process's bit for bit; a
- * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons) over its ids.
+ * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons_batch) over its ids, reading
+ * the packed hot rows of opts.hot_layers where the worker gave them (then the model itself holds no
+ * transposed down rows, gpu-worker/main.c).
  *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
@@ -41,6 +43,7 @@ struct host_backend {
     bool dense;                /* the current layer's hot set is all of it: hot = h + ffn(h) */
     const float *x;            /* (n, d): the FFN input given to ffn_input (caller's memory) */
     int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
+    int32_t *ident;            /* (largest n_hot): 0, 1, 2, ... the row ids of o.hot_layers, or NULL */
     int n;                     /* rows of the batch */
 };
 
@@ -55,6 +58,7 @@ static void host_destroy(pi_backend_t *b)
     free(s->hot);
     free(s->seq);
     free(s->pos);
+    free(s->ident);
     free(s);
 }
 
@@ -111,7 +115,10 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
-    pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
+    if (s->o.hot_layers) /* the packed hot rows: row i is neuron hot[il][i] */
+        pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
+    else
+        pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
     return 0;
 }
 
@@ -178,7 +185,7 @@ static const struct pi_backend_ops host_ops = {
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
 {
     *out = NULL;
-    if (o->max_tokens < 1) return -PI_ERR_INVAL;
+    if (o->max_tokens < 1 || !o->n_hot || !o->hot) return -PI_ERR_INVAL;
     struct host_backend *s = calloc(1, sizeof *s);
     if (!s) return -PI_ERR_NOMEM;
     s->base.ops = &host_ops;
@@ -191,6 +198,9 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     if (o->n_ctx > 0) fo.n_ctx = o->n_ctx;
     if (o->n_seq > 0) fo.n_seq = o->n_seq;
     fo.n_batch = o->max_tokens;
+    /* without the model's own down rows (the worker packed only its hot ones) the forward pass is
+     * used for everything but the FFN; a layer that needs its FFN step is refused below */
+    fo.no_ffn = !m->layers[0].ffn_down_t.data;
     size_t hd = (size_t)o->max_tokens * (size_t)s->d;
     s->fwd = pi_forward_new(m, &fo);
     s->work = pi_ffn_work_new(s->d, fo.n_threads);
@@ -198,7 +208,20 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->hot = malloc(hd * sizeof(float));
     s->seq = malloc((size_t)o->max_tokens * sizeof(int32_t));
     s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
-    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
+    int64_t nh_max = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (o->n_hot[il] >= m->hp.n_ff && !m->layers[il].ffn_down_t.data) {
+            /* such a layer is the single process's FFN step, which needs the model's own rows */
+            pi_error("host backend: layer %d is all hot, but the model was opened without ffn_down_t", il);
+            host_destroy(&s->base);
+            return -PI_ERR_INVAL;
+        }
+        nh_max = PI_MAX(nh_max, o->n_hot[il]);
+    }
+    if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
+        for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) ||
+        pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;
     }

@@ -42,6 +42,16 @@ int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backen
 #endif
 }
 
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot)
+{
+    if (hot <= 0) return PI_BACKEND_ROWS_NONE;
+    if (strcmp(name, "host") == 0) return hot >= m->hp.n_ff ? PI_BACKEND_ROWS_MODEL : PI_BACKEND_ROWS_PACKED;
+#ifdef PI_HAVE_CUDA
+    if (strcmp(name, "cuda") == 0 && pi_backend_cuda_all_dense(m, hot)) return PI_BACKEND_ROWS_NONE;
+#endif
+    return PI_BACKEND_ROWS_PACKED;
+}
+
 void pi_backend_destroy(pi_backend_t **b)
 {
     if (!b || !*b) return;

@@ -42,6 +42,11 @@ struct pi_backend_opts {
      * duplicates; borrowed for the lifetime of the backend. */
     const int32_t *const *hot;
     const int64_t *n_hot;
+    /* (n_layer) or NULL: layer il's hot neurons packed in the order of hot[il] (row i of ffn_gate,
+     * ffn_up and ffn_down_t is neuron hot[il][i]; cpu-worker/partition.h). When given, the backend
+     * reads hot rows from here, and the model may have been opened without its own ffn_down_t
+     * (pi_model_opts.no_down_t). Borrowed; the cuda backend needs it only until it is created. */
+    const struct pi_layer *hot_layers;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
@@ -74,6 +79,16 @@ struct pi_backend {
  * -PI_ERR_UNSUPPORTED with a clear message when the backend was not built (cuda without
  * --with-cuda), -PI_ERR_INVAL for an unknown name, or another negative pi_err. */
 int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+/* Which transposed down rows (ffn_down_t) backend `name` needs on the host to compute the hot
+ * neurons 0..hot-1 of every layer of m (whose hyper-parameters are all that is read):
+ *   NONE   - none (no hot neurons; or cuda with every layer dense: it multiplies by ffn_down itself);
+ *   MODEL  - the model's own, packed at load for every neuron (host with every neuron hot: those
+ *            layers are the single-process FFN step, lib/forward.h);
+ *   PACKED - only the hot neurons' rows, given as opts.hot_layers (cpu-worker/partition.h), so the
+ *            model can be opened without its own (pi_model_opts.no_down_t). */
+enum pi_backend_rows { PI_BACKEND_ROWS_NONE, PI_BACKEND_ROWS_MODEL, PI_BACKEND_ROWS_PACKED };
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot);
 
 /* Destroy; accepts NULL; nulls the caller's pointer. */
 void pi_backend_destroy(pi_backend_t **b);

@@ -5,6 +5,7 @@
  * See pi-gpu-worker(8).
  */
 #include "config.h"
+#include "cpu-worker/partition.h"
 #include "gpu-worker/backend.h"
 #include "gpu-worker/link.h"
 #include "gpu-worker/loop.h"
@@ -103,13 +104,17 @@ static int32_t *hot_ids(long hot)
     return ids;
 }
 
-/* Bytes of the hot neurons' weights (gate row, up row, down_t row each) over all layers. */
+/* Bytes of the hot neurons' weights (gate row, up row, down_t row each) over all layers, from the
+ * model's own rows (the packed copy counts its own bytes). */
 static uint64_t hot_bytes(const pi_model_t *m, long hot)
 {
     uint64_t b = 0;
     for (int il = 0; il < m->hp.n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        b += (uint64_t)hot * (L->ffn_gate.row_bytes + L->ffn_up.row_bytes + L->ffn_down_t.row_bytes);
+        b += (uint64_t)hot * (L->ffn_gate.row_bytes + L->ffn_up.row_bytes);
+        /* a down column: ffn_down_t's row, or its share of ffn_down (d rows of n_ff) when not packed */
+        b += L->ffn_down_t.data ? (uint64_t)hot * L->ffn_down_t.row_bytes
+                                : (uint64_t)L->ffn_down.row_bytes * (uint64_t)L->ffn_down.rows * (uint64_t)hot / (uint64_t)m->hp.n_ff;
     }
     return b;
 }
@@ -138,13 +143,23 @@ static int run(const struct gw_opts *o)
     pi_exchange_t *ex = NULL;
     pi_link_t *link = NULL;
     int32_t *ids = NULL;
+    struct pi_partition part = {0};
     char err[512] = "";
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     int rc = pi_ffn_act_parse(o->activation, &mo.act);
     if (rc != 0 && strcmp(o->activation, "auto") == 0) { mo.act = PI_FFN_ACT_DEFAULT; rc = 0; }
     if (rc != 0) { pi_error("--activation %s: not auto, silu, relu or drelu", o->activation); goto out; }
+    /* Transposed down rows: opened without them; only where the backend needs the model's own (host,
+     * every neuron hot) the model is opened again with them. Otherwise the worker packs just its hot
+     * neurons' rows below, not a transposed copy of the whole model (pi_backend_hot_rows). */
+    mo.no_down_t = true;
     rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
+    if (rc == 0 && pi_backend_hot_rows(o->backend, m, o->hot) == PI_BACKEND_ROWS_MODEL) {
+        pi_model_destroy(&m);
+        mo.no_down_t = false;
+        rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
+    }
     if (rc != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     if ((rc = pi_step_attach(o->step_fd, &step)) != 0) goto out;
     if ((rc = pi_exchange_attach(o->exchange_fd, &ex)) != 0) goto out;
@@ -157,7 +172,19 @@ static int run(const struct gw_opts *o)
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
+    uint64_t mem_bytes = hot_bytes(m, o->hot);
+    if (pi_backend_hot_rows(o->backend, m, o->hot) == PI_BACKEND_ROWS_PACKED) {
+        if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, &part)) != 0) {
+            pi_error("packing the %ld hot neurons of every layer failed (%s)", o->hot, pi_err_str(rc));
+            free(hot);
+            free(n_hot);
+            goto out;
+        }
+        bo.hot_layers = part.layers;
+        mem_bytes = part.bytes;
+    }
     rc = pi_backend_new(o->backend, m, &bo, &be);
+    if (strcmp(o->backend, "host") != 0) pi_partition_free(&part); /* uploaded: the device holds them now */
     uint32_t cores[256], n_cores = 0;
     cpu_set_t cs;
     if (sched_getaffinity(0, sizeof cs, &cs) == 0)
@@ -170,7 +197,7 @@ static int run(const struct gw_opts *o)
         if (!link) rc = -PI_ERR_IO;
     }
     if (rc == 0) {
-        if (link) pi_link_ready(link, (uint64_t)o->hot * (uint64_t)m->hp.n_layer, hot_bytes(m, o->hot));
+        if (link) pi_link_ready(link, (uint64_t)o->hot * (uint64_t)m->hp.n_layer, mem_bytes);
         pi_info("ready: backend %s, %lld hot neurons per layer of %d, %d layers", o->backend, (long long)o->hot, m->hp.n_ff, m->hp.n_layer);
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
@@ -185,6 +212,7 @@ out:
     pi_exchange_destroy(&ex);
     pi_step_destroy(&step);
     free(ids);
+    pi_partition_free(&part);
     pi_model_destroy(&m);
     return rc;
 }

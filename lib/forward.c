@@ -100,7 +100,7 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     }
     /* a batch never holds more rows than the cache has positions: larger scratch would be unused */
     if ((int64_t)o.n_batch > (int64_t)o.n_ctx * o.n_seq) o.n_batch = (int)((int64_t)o.n_ctx * o.n_seq);
-    for (int il = 0; il < hp->n_layer; il++) {
+    for (int il = 0; !o.no_ffn && il < hp->n_layer; il++) {
         if (!m->layers[il].ffn_down_t.data) {
             pi_error("forward: layer %d has no ffn_down_t (model bound with no_down_t)", il);
             return NULL;
@@ -391,6 +391,7 @@ void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float 
 
 void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
 {
+    PI_ASSERT(!f->o.no_ffn); /* its rows may be absent (pi_forward_opts.no_ffn) */
     const struct pi_hparams *hp = &f->m->hp;
     const struct pi_layer *L = &f->m->layers[il];
     size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;

@@ -48,6 +48,10 @@ struct pi_forward_opts {
      * of llama.cpp's CPU path and nothing else, so it measures the floor of any path that quantises
      * activations (the golden test reports it next to the kernels' figure; doc/forward.md). */
     bool round_activations;
+    /* The caller computes every FFN itself (the pipeline's host backend with a partial hot set):
+     * pi_forward_ffn, pi_forward_tokens and pi_forward_batch must not be called (checked), and the
+     * model may have been opened without ffn_down_t (pi_model_opts.no_down_t). */
+    bool no_ffn;
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o);
