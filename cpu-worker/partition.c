@@ -47,11 +47,16 @@ static int pack_down_columns(const struct pi_layer *L, int64_t first, int64_t co
     return 0;
 }
 
-/* Copy rows first..first+count-1 of src into dst (at *off in mem) and bind dst. */
+/* Copy rows first..first+count-1 of src into dst (at *off in mem) and bind dst; mem NULL: bind dst to
+ * those rows of src itself (a view of the model's mapping). */
 static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, int64_t first, int64_t count, char *mem, size_t *off)
 {
     *dst = *src;
     dst->rows = count;
+    if (!mem) {
+        dst->data = count > 0 ? pi_weight_row(src, first) : src->data;
+        return;
+    }
     dst->data = mem + *off;
     if (count > 0) memcpy(mem + *off, pi_weight_row(src, first), (size_t)count * src->row_bytes);
     *off += pi_align_up((uint64_t)count * src->row_bytes, 64);
@@ -64,10 +69,11 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
     if (n_hot < 0 || n_hot > hp->n_ff || n_workers < 1 || w < 0 || w >= n_workers) return -PI_ERR_INVAL;
     int64_t first, count;
     pi_partition_range(hp->n_ff, n_hot, n_workers, w, &first, &count);
-    return pi_partition_pack_range(m, first, count, node_os, p);
+    return pi_partition_pack_range(m, first, count, node_os, false, p);
 }
 
-int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, struct pi_partition *p)
+int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
+                            struct pi_partition *p)
 {
     memset(p, 0, sizeof *p);
     const struct pi_hparams *hp = &m->hp;
@@ -80,6 +86,10 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
         uint64_t rb = L->ffn_down_t.row_bytes;
         if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb))
             return -PI_ERR_UNSUPPORTED;
+        if (views) { /* only down rows built from ffn_down take memory */
+            if (!L->ffn_down_t.data) bytes += pi_align_up((uint64_t)p->count * rb, 64);
+            continue;
+        }
         bytes += pi_align_up((uint64_t)p->count * L->ffn_gate.row_bytes, 64) +
                  pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)p->count * rb, 64);
     }
@@ -96,10 +106,11 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
         struct pi_layer *D = &p->layers[il];
-        copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, p->mem, &off);
-        copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, p->mem, &off);
+        char *cmem = views ? NULL : p->mem;
+        copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, cmem, &off);
+        copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, cmem, &off);
         if (L->ffn_down_t.data) {
-            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, p->mem, &off);
+            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, cmem, &off);
             continue;
         }
         /* No transposed rows in the file: build just this worker's from the mapped ffn_down. */

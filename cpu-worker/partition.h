@@ -12,6 +12,7 @@
 #ifndef PI_CPU_WORKER_PARTITION_H
 #define PI_CPU_WORKER_PARTITION_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -32,8 +33,11 @@ struct pi_partition {
  * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. 0 or a negative pi_err. */
 int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p);
 /* The same for the neurons [first, first + count) of every layer: the GPU worker's hot neurons (ids
- * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. */
-int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, struct pi_partition *p);
+ * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. With
+ * views, gate and up (and a file's own ffn_down_t) are views of m's mapping rather than copies, and
+ * only the down rows built from ffn_down take memory (bytes); m must then outlive p. */
+int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
+                            struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
 
 #endif
