@@ -50,6 +50,12 @@ struct pi_super {
     struct slot slots[PI_SUPER_MAX_WORKERS];
     pi_super_death_fn on_death;
     void *death_ctx;
+    /* Deaths are reported outside mu; cb_mu serialises each report with pi_super_stop_all, which
+     * bumps epoch under it: a death seen before a stop but reported after it (the supervisor thread
+     * descheduled across a whole restart) belongs to stopped workers and is dropped, instead of
+     * marking the next set of workers broken. */
+    pthread_mutex_t cb_mu;
+    uint64_t epoch;           /* under cb_mu */
     int64_t next_hb_ns;
     bool send_shutdown;       /* pi_super_stop_all asked the thread to send SHUTDOWN */
 };
@@ -194,14 +200,21 @@ static void *super_main(void *arg)
                 on_message(s);
             }
         int dead[PI_SUPER_MAX_WORKERS], nd;
+        pthread_mutex_lock(&s->cb_mu);
+        const uint64_t epoch = s->epoch;
+        pthread_mutex_unlock(&s->cb_mu);
         pthread_mutex_lock(&s->mu);
         nd = check_children(s, dead, PI_SUPER_MAX_WORKERS);
         send_beats(s);
         bool stopping[PI_SUPER_MAX_WORKERS];
         for (int k = 0; k < nd; k++) stopping[k] = s->slots[dead[k]].stopping;
         pthread_mutex_unlock(&s->mu);
-        for (int k = 0; k < nd; k++)
-            if (!stopping[k] && s->on_death) s->on_death(s->death_ctx, dead[k]);
+        if (nd > 0) {
+            pthread_mutex_lock(&s->cb_mu);
+            for (int k = 0; k < nd && s->epoch == epoch; k++)
+                if (!stopping[k] && s->on_death) s->on_death(s->death_ctx, dead[k]);
+            pthread_mutex_unlock(&s->cb_mu);
+        }
     }
     return NULL;
 }
@@ -211,6 +224,7 @@ pi_super_t *pi_super_new(const char *endpoint, pi_super_death_fn on_death, void 
     pi_super_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->cb_mu, NULL);
     pthread_cond_init(&s->cv, NULL);
     s->on_death = on_death;
     s->death_ctx = ctx;
@@ -235,6 +249,7 @@ void pi_super_destroy(pi_super_t **p)
     pi_ctl_close(&s->router);
     zmq_ctx_term(s->ctx);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->cb_mu);
     pthread_cond_destroy(&s->cv);
     free(s);
     *p = NULL;
@@ -314,6 +329,11 @@ int pi_super_wait_ready(pi_super_t *s, int timeout_ms)
 
 void pi_super_stop_all(pi_super_t *s, int grace_ms)
 {
+    /* first: no report of these workers' deaths reaches the callback after this (see cb_mu); one in
+     * progress finishes before the bump */
+    pthread_mutex_lock(&s->cb_mu);
+    s->epoch++;
+    pthread_mutex_unlock(&s->cb_mu);
     pthread_mutex_lock(&s->mu);
     bool any = false;
     for (int i = 0; i < PI_SUPER_MAX_WORKERS; i++)

@@ -49,7 +49,8 @@ struct pi_worker_info {
 typedef struct pi_super pi_super_t;
 
 /* Called from the supervisor thread when a worker died (its slot index). Must not call back into
- * the supervisor. */
+ * the supervisor. Never called for a worker that pi_super_stop_all was asked to stop, even when the
+ * death was seen just before the stop (a report still running when the stop starts finishes first). */
 typedef void (*pi_super_death_fn)(void *ctx, int slot);
 
 /* Bind endpoint and start the thread. NULL on failure (logged). */
