@@ -8,6 +8,7 @@
  */
 #include "config.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,47 @@ int main(void)
         }
     }
     if (tested == 0) tap_skip(1, "no SIMD variant available on this CPU/build");
+    /* SIMD activation quantisers: the scalar reference's bytes, on random blocks and on blocks made
+     * of the awkward cases (zeros, NaN, infinities, exact halves after scaling, values just below a
+     * half, the largest magnitudes). */
+    for (int isa = PI_KERNEL_AVX2; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        if (!tab || !tab->quantize[PI_TYPE_Q8_0]) continue;
+        enum { NB = 64 };
+        static float src[NB * 32];
+        static uint8_t a[NB * 34], b[NB * 34];
+        int bad = 0;
+        for (int rep = 0; rep < 50; rep++) {
+            random_acts(src, NB * 32);
+            for (int blk = 0; rep % 2 && blk < NB; blk++) {
+                float *xb = src + blk * 32;
+                switch (blk % 4) {
+                case 0: /* amax 127 makes d = 1 and id = 1: x * id = x, so the halves stay exact halves */
+                    for (int i = 0; i < 32; i++) {
+                        int k = (int)(rnd() % 4);
+                        xb[i] = k == 0 ? (float)((int)(rnd() % 253) - 126) + 0.5f : k == 1 ? 0.49999997f
+                             : k == 2 ? -0.0f : (float)((int)(rnd() % 253) - 126);
+                    }
+                    xb[rnd() % 32] = rnd() % 2 ? 127.0f : -127.0f;
+                    break;
+                case 1: /* NaNs among finite values: skipped by amax, quantised to 0 */
+                    for (int i = 0; i < 32; i++) xb[i] = rnd() % 3 ? xb[i] * 50.0f : NAN;
+                    break;
+                case 2: /* an infinity: d = inf, id = 0, every value 0 */
+                    xb[rnd() % 32] = rnd() % 2 ? INFINITY : -INFINITY;
+                    break;
+                default: /* zeros (d = 0) or a tiny block */
+                    for (int i = 0; i < 32; i++) xb[i] = rnd() % 2 ? 0.0f : xb[i] * 1e-30f;
+                    break;
+                }
+            }
+            pi_quantize_row_ref(PI_TYPE_Q8_0, src, a, NB * 32);
+            tab->quantize[PI_TYPE_Q8_0](src, b, NB * 32);
+            bad += memcmp(a, b, sizeof a) != 0;
+        }
+        tap_ok(bad == 0, "%s Q8_0 activation quantiser writes the scalar bytes (%d of 50 rows of %d blocks differ)",
+               tab->name, bad, NB);
+    }
     /* AVX512-VNNI only replaces the byte multiply-adds of the AVX-512 kernels by vpdpbusd, with the
      * same int32 sums: its dot products must be the AVX-512 ones bit for bit, 1-, 4- and 2x4-token. */
     const struct pi_kernel_table *t512 = pi_kernels_table(PI_KERNEL_AVX512), *tv = pi_kernels_table(PI_KERNEL_AVX512VNNI);

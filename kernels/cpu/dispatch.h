@@ -41,6 +41,8 @@ typedef void (*pi_vec_dot8_fn)(const void *wrow, size_t wstride, const void *xq,
 typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
 /* src: n elements of the type -> dst (n,) */
 typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
+/* src (n,) floats -> n elements of the type, the same bytes as the scalar reference quantiser. */
+typedef void (*pi_quantize_fn)(const float *src, void *dst, int64_t n);
 
 struct pi_kernel_table {
     const char *name;                      /* "scalar", "avx2", "avx512", "avx512vnni" */
@@ -49,6 +51,7 @@ struct pi_kernel_table {
     pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT]; /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
     pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];   /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
     pi_dequant_fn dequant[PI_TYPE_COUNT];  /* NULL where the type has no dequantiser */
+    pi_quantize_fn quantize[PI_TYPE_COUNT]; /* SIMD quantisers (activations); NULL: the scalar one */
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */

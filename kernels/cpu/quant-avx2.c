@@ -671,6 +671,50 @@ static void vec_mad_q8_0(const void *row, float a, float *y, int64_t n)
     }
 }
 
+/* ---------------------------------------------------------------- activations to Q8_0
+ * quant.c's quant_q8_0 eight lanes at a time, byte for byte: the block's largest |x| (a NaN is
+ * skipped, as the scalar comparison skips it: max_ps returns its second operand when either is
+ * NaN), d = amax / 127 and 1 / d as scalars, then q8_round(x * id): NaN -> 0, outside [-127, 127]
+ * -> +-127, otherwise roundf, i.e. half away from zero, done exactly as trunc(v) plus the sign
+ * where |v - trunc(v)| >= 0.5 (v - trunc(v) is exact). */
+static inline __m256i q8_round8(__m256 v)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    __m256 c = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.0f)), _mm256_set1_ps(127.0f));
+    __m256 t = _mm256_round_ps(c, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    __m256 half = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(c, t)), _mm256_set1_ps(0.5f), _CMP_GE_OQ);
+    __m256 one = _mm256_or_ps(_mm256_and_ps(c, sign), _mm256_set1_ps(1.0f));
+    __m256 r = _mm256_add_ps(t, _mm256_and_ps(half, one));
+    return _mm256_cvttps_epi32(_mm256_andnot_ps(nan, r));
+}
+
+static void quantize_q8_0(const float *x, void *dst, int64_t n)
+{
+    struct pi_block_q8_0 *b = dst;
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int64_t i = 0; i < n / 32; i++, x += 32) {
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[k]), m);
+        }
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_max_ss(h, _mm_movehdup_ps(h));
+        float d = _mm_cvtss_f32(h) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+        b[i].d = pi_fp32_to_fp16(d);
+        const __m256 vid = _mm256_set1_ps(id);
+        __m256i q0 = q8_round8(_mm256_mul_ps(v[0], vid)), q1 = q8_round8(_mm256_mul_ps(v[1], vid));
+        __m256i q2 = q8_round8(_mm256_mul_ps(v[2], vid)), q3 = q8_round8(_mm256_mul_ps(v[3], vid));
+        /* int32 -> int8 (values already in [-127, 127]); packs work per 128-bit lane, so undo the
+         * interleave with a dword permutation */
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q0, q1), _mm256_packs_epi32(q2, q3));
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256((__m256i *)b[i].qs, p);
+    }
+}
+
 const struct pi_kernel_table pi_kernels_avx2_raw = {
     .name = "avx2",
     .vec_dot = {
@@ -685,6 +729,9 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
     },
     .vec_mad = {
         [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,
+    },
+    .quantize = {
+        [PI_TYPE_Q8_0] = quantize_q8_0,
     },
     .dequant = {
         [PI_TYPE_F16] = dequant_f16, [PI_TYPE_BF16] = dequant_bf16, [PI_TYPE_Q8_0] = dequant_q8_0,

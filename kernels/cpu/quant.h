@@ -205,8 +205,13 @@ bool pi_kernel_supported(enum pi_type t);
 void pi_dequant_row(enum pi_type t, const void *src, float *dst, int64_t n);
 
 /* src (n,) float -> dst: n elements of type t. Round-to-nearest reference quantisers (as ggml's
- * *_ref functions) for F32, F16, BF16, Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_K. */
+ * *_ref functions) for F32, F16, BF16, Q8_0, Q8_1, Q4_0, Q4_1, Q5_0, Q5_1, Q8_K; the active kernel
+ * variant's SIMD quantiser where it has one (Q8_0, the activations of the 32-element types, on AVX2
+ * and up), which writes the same bytes. */
 void pi_quantize_row(enum pi_type t, const float *src, void *dst, int64_t n);
+/* The same with the portable scalar quantiser whatever the active variant (the reference the SIMD
+ * quantisers are tested against byte for byte). */
+void pi_quantize_row_ref(enum pi_type t, const float *src, void *dst, int64_t n);
 
 /* True when pi_quantize_row handles t. */
 bool pi_quantize_supported(enum pi_type t);
