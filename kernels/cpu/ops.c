@@ -426,6 +426,25 @@ static void dots(enum pi_type t, const void *wrow, const uint8_t *xq, size_t xrb
     for (; k < nt; k++) out[k] = pi_vec_dot(t, wrow, xq + (size_t)k * xrb, d);
 }
 
+/* dots for two weight rows at wrow and wrow + ws at once (out0, out1), through vec_dot8 where the type
+ * has one: the tokens' activations are loaded once for both rows; the same floats as two dots. */
+static void dots2(enum pi_type t, const void *wrow, size_t ws, const uint8_t *xq, size_t xrb, int64_t nt, int64_t d,
+                  float *out0, float *out1)
+{
+    pi_vec_dot8_fn d8 = pi_kernels_active()->vec_dot8[t];
+    int64_t k = 0;
+    for (; d8 && k + 4 <= nt; k += 4) {
+        float o[8];
+        d8(wrow, ws, xq + (size_t)k * xrb, xrb, o, d);
+        memcpy(out0 + k, o, 4 * sizeof(float));
+        memcpy(out1 + k, o + 4, 4 * sizeof(float));
+    }
+    if (k < nt) {
+        dots(t, wrow, xq + (size_t)k * xrb, xrb, nt - k, d, out0 + k);
+        dots(t, (const uint8_t *)wrow + ws, xq + (size_t)k * xrb, xrb, nt - k, d, out1 + k);
+    }
+}
+
 /* Token groups [begin, end): for each group and each part in order, the part's neurons are summed in
  * list order into one accumulator per token, which is then added to the token's output row: the
  * operations pi_ffn_neurons does for each token, in the same order. */
@@ -438,13 +457,15 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     float *acc = t->w->bacc + (size_t)thread * FFN_GROUP * (size_t)d;
     PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
     int64_t active = 0;
-    float g[FFN_GROUP], u[FFN_GROUP];
+    float g[FFN_GROUP], u[FFN_GROUP], g_next[FFN_GROUP];
+    const bool pairs = pi_kernels_active()->vec_dot8[L->ffn_gate.type] != NULL;
     for (int64_t gi = begin; gi < end; gi++) {
         const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);
         const uint8_t *xg = t->xq_gate + (size_t)t0 * t->xrb_gate, *xu = t->xq_up + (size_t)t0 * t->xrb_up;
         for (int p = 0; p < t->n_parts; p++) {
             memset(acc, 0, (size_t)nt * (size_t)d * sizeof(float));
             const int64_t k0 = p * t->n_idx / t->n_parts, k1 = (p + 1) * t->n_idx / t->n_parts;
+            bool have_next = false; /* g_next holds neuron idx[k]'s gates (the second row of a pair) */
             for (int64_t k = k0; k < k1; k++) {
                 const int32_t i = t->idx[k];
                 PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
@@ -452,7 +473,17 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     prefetch_row(&L->ffn_gate, t->idx[k + 1]);
                     prefetch_row(&L->ffn_up, t->idx[k + 1]);
                 }
-                dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
+                if (have_next) {
+                    memcpy(g, g_next, (size_t)nt * sizeof(float));
+                    have_next = false;
+                } else if (pairs && k + 1 < k1 && t->idx[k + 1] == i + 1 && i + 1 < L->ffn_gate.rows) {
+                    /* the next neuron's gate row follows this one's: both at once (vec_dot8) */
+                    dots2(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), L->ffn_gate.row_bytes, xg, t->xrb_gate, nt, d,
+                          g, g_next);
+                    have_next = true;
+                } else {
+                    dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
+                }
                 bool any = t->act == PI_FFN_ACT_SILU;
                 for (int64_t j = 0; !any && j < nt; j++) any = g[j] > 0.0f;
                 if (!any) continue; /* ReLU: no token has anything to add */
