@@ -5,8 +5,8 @@
  *     the right programs; `pi-ctl generate` streams the same greedy text as the one-shot pipeline;
  *   - malformed control messages (bad magic, wrong version, truncated, huge, over the size limit) are
  *     answered with an error or dropped, logged, and the coordinator keeps serving;
- *   - kill -9 of a CPU worker during a generation fails that request with a clear error; the workers
- *     are restarted (new pids) and the next request succeeds;
+ *   - kill -9 of a CPU worker, or of the GPU worker, during a generation fails that request with a
+ *     clear error; the workers are restarted (new pids) and the next request succeeds;
  *   - `pi-ctl shutdown` and SIGTERM leave no process, no socket and nothing in /dev/shm;
  *   - kill -9 of the coordinator leaves no worker alive after 5 seconds;
  *   - pi-ctl without a coordinator fails at once with a clear message.
@@ -258,6 +258,40 @@ static void test_kill_worker(void)
     json_decref(st);
 }
 
+/* kill -9 of the GPU worker (the one holding the KV cache) mid-generation: the same clear failure,
+ * and every worker is replaced. */
+static void test_kill_gpu_worker(void)
+{
+    json_t *st = status();
+    pid_t gpu = worker_pid(st, "gpu", 0), cpu0 = worker_pid(st, "cpu", 0);
+    json_decref(st);
+    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
+    pid_t g = tp_spawn(argv, "gen-gpu-killed");
+    char path[700];
+    snprintf(path, sizeof path, "%s/gen-gpu-killed.out", tp_dir);
+    for (int i = 0; i < 2000; i++) {
+        struct stat sb;
+        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
+        usleep(1000);
+    }
+    if (gpu > 0) kill(gpu, SIGKILL);
+    int rc = tp_wait(g, TIMEOUT_S);
+    char *err = tp_output("gen-gpu-killed", "err");
+    if (!tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of the GPU worker fails the request clearly: %s", err))
+        server_log_diag();
+    free(err);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "8", NULL};
+    rc = pictl("gen-after-gpu", a, TIMEOUT_S);
+    char *out = tp_output("gen-after-gpu", "out");
+    tap_ok(rc == 0 && strlen(out) > 1, "after the GPU worker's death the next request succeeds: %s", out);
+    free(out);
+    st = status();
+    pid_t g2 = worker_pid(st, "gpu", 0), c2 = worker_pid(st, "cpu", 0);
+    tap_ok(g2 > 0 && g2 != gpu && c2 != cpu0 && pid_runs(g2, "pi-gpu-worker") && kill(gpu, 0) != 0,
+           "every worker was restarted (gpu worker: pid %d -> %d)", (int)gpu, (int)g2);
+    json_decref(st);
+}
+
 /* A worker that stops answering (SIGSTOP: alive, but silent) is killed after a second of silence,
  * the request in flight fails, and the next one is served by a fresh pipeline. */
 static void test_stop_worker(void)
@@ -363,6 +397,7 @@ int main(void)
     free(log);
 
     test_kill_worker();
+    test_kill_gpu_worker();
     test_stop_worker();
 
     /* Shut down in the middle of a generation: that request ends with a clear error. */
