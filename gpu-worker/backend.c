@@ -42,6 +42,18 @@ int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backen
 #endif
 }
 
+int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes)
+{
+    *bytes = 0;
+#ifdef PI_HAVE_CUDA
+    if (strcmp(name, "cuda") == 0) return pi_backend_cuda_plan(m, o, bytes);
+#else
+    (void)m, (void)o;
+#endif
+    (void)name;
+    return -PI_ERR_UNSUPPORTED;
+}
+
 enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot)
 {
     if (hot <= 0) return PI_BACKEND_ROWS_NONE;

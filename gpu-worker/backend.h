@@ -90,6 +90,10 @@ int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backen
 enum pi_backend_rows { PI_BACKEND_ROWS_NONE, PI_BACKEND_ROWS_MODEL, PI_BACKEND_ROWS_PACKED };
 enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot);
 
+/* The device bytes backend `name` will hold for m and o (cuda: pi_backend_cuda_plan, exact to the
+ * allocator's rounding). -PI_ERR_UNSUPPORTED for a backend without a device (host). */
+int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes);
+
 /* Destroy; accepts NULL; nulls the caller's pointer. */
 void pi_backend_destroy(pi_backend_t **b);
 

@@ -182,6 +182,9 @@ static int run(const struct gw_opts *o)
         }
         bo.hot_layers = part.layers; /* gate and up rows are the mapping's; the down rows are part.bytes */
     }
+    /* what pi-ctl status shows: the device bytes for a device backend, else the hot weights */
+    uint64_t dev_bytes = 0;
+    if (pi_backend_device_bytes(o->backend, m, &bo, &dev_bytes) == 0) mem_bytes = dev_bytes;
     rc = pi_backend_new(o->backend, m, &bo, &be);
     if (strcmp(o->backend, "host") != 0) pi_partition_free(&part); /* uploaded: the device holds them now */
     uint32_t cores[256], n_cores = 0;
