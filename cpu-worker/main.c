@@ -28,6 +28,9 @@
 #include <string.h>
 
 #define CW_SPIN 2000u
+/* A ReLU layer whose recent fraction of active neurons is at least this goes dense in decode
+ * (lib/forward.c's break-even, measured there on the 1B-class model). */
+#define DENSE_MIN_ACTIVE 0.2f
 #define CW_IDLE_NS (INT64_C(100) * 1000 * 1000)
 
 struct cw_opts {
@@ -96,6 +99,8 @@ struct cw {
     struct pi_partition part;
     enum pi_ffn_act act;
     int32_t *idx;      /* (count): 0..count-1, or the masked subset of one token */
+    float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats, or NULL: dense path off */
+    float *recent;     /* (n_layer): running fraction of active neurons (ReLU), < 0 before the first */
     int64_t n_ff;
     uint32_t w;
     pi_link_t *link;
@@ -107,11 +112,26 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     const struct pi_layer *L = &c->part.layers[st->layer];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
     if (!(st->flags & PI_EXCHANGE_MASK)) {
-        /* every token over all of this worker's neurons: one list, the batched kernel */
-        memset(out, 0, (size_t)st->n_tokens * (size_t)d * sizeof *out);
-        for (int64_t j = 0; j < c->part.count; j++) c->idx[j] = (int32_t)j;
-        if (c->part.count > 0)
-            pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, st->n_tokens, c->idx, c->part.count, out);
+        /* Every token over all of this worker's neurons. Dense (matrix products over the packed
+         * slice, as the single process does) for SwiGLU, for batches, and for ReLU layers whose
+         * recent activity is above DENSE_MIN_ACTIVE; else the neuron kernel, which skips the rows of
+         * inactive neurons. */
+        const int64_t n = st->n_tokens, cnt = c->part.count;
+        int64_t active;
+        if (cnt == 0) {
+            memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
+            return;
+        }
+        float *r = &c->recent[st->layer];
+        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || n > 1 || *r >= DENSE_MIN_ACTIVE)) {
+            active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
+        } else {
+            memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
+            for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
+            active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, n, c->idx, cnt, out);
+        }
+        const float frac = (float)active / ((float)n * (float)cnt);
+        *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac;
         return;
     }
     for (uint32_t t = 0; t < st->n_tokens; t++) {
@@ -185,6 +205,14 @@ static int run(const struct cw_opts *o)
     c.idx = malloc((size_t)(c.part.count ? c.part.count : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
+    if (!(c.recent = malloc((size_t)m->hp.n_layer * sizeof *c.recent))) { rc = -PI_ERR_NOMEM; goto out; }
+    for (int il = 0; il < m->hp.n_layer; il++) c.recent[il] = -1.0f;
+    const char *dense_env = getenv("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
+    if (!(dense_env && strcmp(dense_env, "0") == 0) &&
+        !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
+        rc = -PI_ERR_NOMEM;
+        goto out;
+    }
     /* Join the exchange before READY: the GPU worker publishes only once every worker is READY, so
      * no step can fall between the join and the first wait (doc/ipc.md, "Joining"). */
     uint32_t seen;
@@ -203,6 +231,8 @@ static int run(const struct cw_opts *o)
 out:
     pi_link_stop(&c.link);
     free(c.idx);
+    free(c.dense_scr);
+    free(c.recent);
     pi_ffn_work_destroy(&c.work);
     pi_pool_destroy(&c.pool);
     pi_partition_free(&c.part);

@@ -13,6 +13,8 @@
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 
 #include <stdlib.h>
@@ -81,8 +83,19 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
     p->first = first;
     p->count = count;
     size_t bytes = 0;
+    int64_t *blk_lo = calloc((size_t)hp->n_layer, sizeof *blk_lo), *blk_n = calloc((size_t)hp->n_layer, sizeof *blk_n);
+    if (!blk_lo || !blk_n) { free(blk_lo); free(blk_n); return -PI_ERR_NOMEM; }
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
+        /* the whole blocks of ffn_down's rows inside [first, first + count): the dense down block */
+        const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
+        if (!views && ti && pi_kernel_supported(L->ffn_down.type) && L->ffn_down.data) {
+            int64_t be = ti->block_elems, a = (first + be - 1) / be * be, b = (first + count) / be * be;
+            if (b > a) {
+                blk_lo[il] = a, blk_n[il] = b - a;
+                bytes += pi_align_up((uint64_t)L->ffn_down.rows * (uint64_t)((b - a) / be) * ti->block_bytes, 64);
+            }
+        }
         uint64_t rb = L->ffn_down_t.row_bytes;
         if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb))
             return -PI_ERR_UNSUPPORTED;
@@ -94,10 +107,13 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
                  pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)p->count * rb, 64);
     }
     p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
+    p->blk_off = views ? NULL : calloc((size_t)hp->n_layer, sizeof *p->blk_off);
     p->mem = pi_numa_alloc(bytes, node_os);
     p->bytes = bytes;
     p->node_os = node_os;
-    if (!p->layers || !p->mem) {
+    if (!p->layers || !p->mem || (!views && !p->blk_off)) {
+        free(blk_lo);
+        free(blk_n);
         pi_error("cannot allocate %zu bytes for the packed neurons on node %d", bytes, node_os);
         pi_partition_free(p);
         return -PI_ERR_NOMEM;
@@ -109,6 +125,16 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
         char *cmem = views ? NULL : p->mem;
         copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, cmem, &off);
         copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, cmem, &off);
+        if (blk_n[il] > 0) { /* each row's bytes for the block's columns, rows packed one after another */
+            const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
+            size_t rb = (size_t)(blk_n[il] / ti->block_elems) * ti->block_bytes, skip = (size_t)(blk_lo[il] / ti->block_elems) * ti->block_bytes;
+            char *dst = (char *)p->mem + off;
+            for (int64_t r = 0; r < L->ffn_down.rows; r++)
+                memcpy(dst + (size_t)r * rb, (const char *)pi_weight_row(&L->ffn_down, r) + skip, rb);
+            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk_n[il], rb, dst};
+            p->blk_off[il] = blk_lo[il] - p->first;
+            off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
+        }
         if (L->ffn_down_t.data) {
             copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, cmem, &off);
             continue;
@@ -119,16 +145,55 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
         pi_type_row_bytes(dt, (uint64_t)hp->n_embd, &rb);
         D->ffn_down_t = (struct pi_weight){dt, p->count, hp->n_embd, (size_t)rb, (char *)p->mem + off};
         int rc = pack_down_columns(L, p->first, p->count, dt, (size_t)rb, (char *)p->mem + off);
-        if (rc != 0) { pi_partition_free(p); return rc; }
+        if (rc != 0) { free(blk_lo); free(blk_n); pi_partition_free(p); return rc; }
         off += pi_align_up((uint64_t)p->count * rb, 64);
     }
+    free(blk_lo);
+    free(blk_n);
     PI_ASSERT(off == bytes);
     return 0;
+}
+
+size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n)
+{
+    return (size_t)n * (3 * (size_t)p->count + 1);
+}
+
+int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                               const float *X, int64_t n, float *scratch, float *Y)
+{
+    PI_ASSERT(p->blk_off && n >= 1);
+    const struct pi_layer *L = &p->layers[il];
+    const int64_t c = p->count, d = L->ffn_gate.cols, off = p->blk_off[il], blk = L->ffn_down.data ? L->ffn_down.cols : 0;
+    PI_ASSERT(off >= 0 && off + blk <= c);
+    float *g = scratch, *u = g + (size_t)n * (size_t)c, *ab = u + (size_t)n * (size_t)c;
+    pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, c, d, X, n, g);
+    pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, c, d, X, n, u);
+    pi_ffn_act(act, g, u, n * c);
+    int64_t active = 0;
+    for (size_t i = 0; i < (size_t)n * (size_t)c; i++) active += g[i] != 0.0f;
+    if (blk > 0) {
+        for (int64_t t = 0; t < n; t++) memcpy(ab + (size_t)t * (size_t)blk, g + (size_t)t * (size_t)c + off, (size_t)blk * sizeof(float));
+        pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, blk, ab, n, Y);
+    } else {
+        memset(Y, 0, (size_t)n * (size_t)d * sizeof(float));
+    }
+    /* the neurons outside whole blocks, at the range's two edges */
+    for (int64_t t = 0; t < n; t++) {
+        const float *a = g + (size_t)t * (size_t)c;
+        for (int64_t j = 0; j < c; j++) {
+            if (j == off && blk > 0) j += blk;
+            if (j >= c) break;
+            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, j), a[j], Y + (size_t)t * (size_t)d, d);
+        }
+    }
+    return active;
 }
 
 void pi_partition_free(struct pi_partition *p)
 {
     free(p->layers);
+    free(p->blk_off);
     pi_numa_free(p->mem, p->bytes);
     memset(p, 0, sizeof *p);
 }

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
 #include "lib/model.h"
 
 /* First neuron and count of worker w's range. */
@@ -23,7 +25,12 @@ void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64
 
 struct pi_partition {
     int64_t first, count;      /* neuron range, the same in every layer */
-    struct pi_layer *layers;   /* (n_layer): only ffn_gate, ffn_up, ffn_down_t are bound */
+    /* (n_layer): ffn_gate, ffn_up (count, d) and ffn_down_t (count, d) are bound; without views also
+     * ffn_down (d, blk) = the columns [first + blk_off[il], + blk) of the file's ffn_down in its own
+     * type, the whole quantisation blocks inside the range (data NULL, blk 0: none), for
+     * pi_partition_ffn_dense */
+    struct pi_layer *layers;
+    int64_t *blk_off;          /* (n_layer), or NULL with views */
     void *mem;                 /* one node-local allocation holding every packed row */
     size_t bytes;
     int node_os;
@@ -39,5 +46,19 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
                             struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
+
+/* Floats of scratch pi_partition_ffn_dense needs for n tokens. */
+size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);
+
+/* Y (n, d) = the FFN of the partition's neurons of layer il over each row of X (n, d), computed densely:
+ * gate and up as matrix products of the packed rows, the activation, then the down block as one
+ * product (its input quantised as pi_matvec does) and the few neurons outside whole blocks at the
+ * range's edges through their ffn_down_t rows. This is the single-process pass's dense FFN on a slice
+ * (the same kernels, so its rounding, not the neuron kernel's); it reads every weight of the range,
+ * which beats the neuron kernel unless few neurons are active (lib/forward.c: about 20%). Y is
+ * overwritten. Returns the (token, neuron) pairs with a non-zero activation. Needs a partition packed
+ * without views. */
+int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                               const float *X, int64_t n, float *scratch, float *Y);
 
 #endif
