@@ -111,7 +111,9 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
 {
     const struct pi_layer *L = &c->part.layers[st->layer];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
-    if (!(st->flags & PI_EXCHANGE_MASK)) {
+    /* An edges-only slice (SwiGLU) has no down rows for the neuron kernel: per-token masks are then
+     * ignored and every neuron computed, which is the exact FFN the masks approximate. */
+    if (!(st->flags & PI_EXCHANGE_MASK) || c->part.edges_only) {
         /* Every token over all of this worker's neurons. Dense (matrix products over the packed
          * slice, as the single process does) for SwiGLU, for batches, and for ReLU layers whose
          * recent activity is above DENSE_MIN_ACTIVE; else the neuron kernel, which skips the rows of
@@ -123,7 +125,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             return;
         }
         float *r = &c->recent[st->layer];
-        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || n > 1 || *r >= DENSE_MIN_ACTIVE)) {
+        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= DENSE_MIN_ACTIVE)) {
             active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
         } else {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
@@ -196,7 +198,12 @@ static int run(const struct cw_opts *o)
         rc = -PI_ERR_INVAL;
         goto out;
     }
-    if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os, &c.part)) != 0) goto out;
+    const char *dense_env = getenv("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
+    const bool dense = !(dense_env && strcmp(dense_env, "0") == 0);
+    /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
+    if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os,
+                                dense && m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
+        goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
     c.n_ff = m->hp.n_ff;
@@ -207,9 +214,7 @@ static int run(const struct cw_opts *o)
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     if (!(c.recent = malloc((size_t)m->hp.n_layer * sizeof *c.recent))) { rc = -PI_ERR_NOMEM; goto out; }
     for (int il = 0; il < m->hp.n_layer; il++) c.recent[il] = -1.0f;
-    const char *dense_env = getenv("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
-    if (!(dense_env && strcmp(dense_env, "0") == 0) &&
-        !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
+    if (dense && !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }

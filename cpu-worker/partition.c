@@ -64,24 +64,40 @@ static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, int64_
     *off += pi_align_up((uint64_t)count * src->row_bytes, 64);
 }
 
-int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p)
+int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, bool dense_only,
+                      struct pi_partition *p)
 {
     memset(p, 0, sizeof *p);
     const struct pi_hparams *hp = &m->hp;
     if (n_hot < 0 || n_hot > hp->n_ff || n_workers < 1 || w < 0 || w >= n_workers) return -PI_ERR_INVAL;
     int64_t first, count;
     pi_partition_range(hp->n_ff, n_hot, n_workers, w, &first, &count);
-    return pi_partition_pack_range(m, first, count, node_os, false, p);
+    return pi_partition_pack_range(m, first, count, node_os, false, dense_only, p);
+}
+
+/* dst = rows [a, a + na) then [b, b + nb) of the transposed down weights of L: the file's own
+ * (ffn_down_t) copied, or built from ffn_down in type dt (row bytes rb). */
+static int down_rows(const struct pi_layer *L, int64_t a, int64_t na, int64_t b, int64_t nb, enum pi_type dt, size_t rb, char *dst)
+{
+    if (L->ffn_down_t.data) {
+        if (na > 0) memcpy(dst, pi_weight_row(&L->ffn_down_t, a), (size_t)na * rb);
+        if (nb > 0) memcpy(dst + (size_t)na * rb, pi_weight_row(&L->ffn_down_t, b), (size_t)nb * rb);
+        return 0;
+    }
+    int rc = na > 0 ? pack_down_columns(L, a, na, dt, rb, dst) : 0;
+    if (rc == 0 && nb > 0) rc = pack_down_columns(L, b, nb, dt, rb, dst + (size_t)na * rb);
+    return rc;
 }
 
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
-                            struct pi_partition *p)
+                            bool dense_only, struct pi_partition *p)
 {
     memset(p, 0, sizeof *p);
     const struct pi_hparams *hp = &m->hp;
     if (first < 0 || count < 0 || first > hp->n_ff - count) return -PI_ERR_INVAL;
     p->first = first;
     p->count = count;
+    p->edges_only = dense_only && !views;
     size_t bytes = 0;
     int64_t *blk_lo = calloc((size_t)hp->n_layer, sizeof *blk_lo), *blk_n = calloc((size_t)hp->n_layer, sizeof *blk_n);
     if (!blk_lo || !blk_n) { free(blk_lo); free(blk_n); return -PI_ERR_NOMEM; }
@@ -103,8 +119,9 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
             if (!L->ffn_down_t.data) bytes += pi_align_up((uint64_t)p->count * rb, 64);
             continue;
         }
+        const int64_t n_dt = p->edges_only ? p->count - blk_n[il] : p->count; /* down rows kept */
         bytes += pi_align_up((uint64_t)p->count * L->ffn_gate.row_bytes, 64) +
-                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)p->count * rb, 64);
+                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)n_dt * rb, 64);
     }
     p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
     p->blk_off = views ? NULL : calloc((size_t)hp->n_layer, sizeof *p->blk_off);
@@ -135,18 +152,22 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
             p->blk_off[il] = blk_lo[il] - p->first;
             off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
         }
-        if (L->ffn_down_t.data) {
-            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, cmem, &off);
+        if (views && L->ffn_down_t.data) { /* the file's own rows, viewed */
+            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, NULL, &off);
             continue;
         }
-        /* No transposed rows in the file: build just this worker's from the mapped ffn_down. */
-        enum pi_type dt = down_t_type(L->ffn_down.type, hp->n_embd);
-        uint64_t rb;
-        pi_type_row_bytes(dt, (uint64_t)hp->n_embd, &rb);
-        D->ffn_down_t = (struct pi_weight){dt, p->count, hp->n_embd, (size_t)rb, (char *)p->mem + off};
-        int rc = pack_down_columns(L, p->first, p->count, dt, (size_t)rb, (char *)p->mem + off);
+        /* The transposed down rows: the file's copied, or built from the mapped ffn_down; all of the
+         * range's, or with edges_only those left and right of the dense block (rows [0, lo) and
+         * [lo + blk, count) of the slice, stored one after the other). */
+        enum pi_type dt = L->ffn_down_t.data ? L->ffn_down_t.type : down_t_type(L->ffn_down.type, hp->n_embd);
+        uint64_t rb = L->ffn_down_t.row_bytes;
+        if (!L->ffn_down_t.data) pi_type_row_bytes(dt, (uint64_t)hp->n_embd, &rb);
+        const int64_t lo = blk_n[il] > 0 ? blk_lo[il] - p->first : p->count;
+        const int64_t na = p->edges_only ? lo : p->count, nb = p->edges_only ? p->count - lo - blk_n[il] : 0;
+        D->ffn_down_t = (struct pi_weight){dt, na + nb, hp->n_embd, (size_t)rb, (char *)p->mem + off};
+        int rc = down_rows(L, p->first, na, p->first + p->count - nb, nb, dt, (size_t)rb, (char *)p->mem + off);
         if (rc != 0) { free(blk_lo); free(blk_n); pi_partition_free(p); return rc; }
-        off += pi_align_up((uint64_t)p->count * rb, 64);
+        off += pi_align_up((uint64_t)(na + nb) * rb, 64);
     }
     free(blk_lo);
     free(blk_n);
@@ -178,13 +199,15 @@ int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, in
     } else {
         memset(Y, 0, (size_t)n * (size_t)d * sizeof(float));
     }
-    /* the neurons outside whole blocks, at the range's two edges */
+    /* the neurons outside whole blocks, at the range's two edges (edges_only: their rows are stored
+     * one after the other, the block's skipped) */
     for (int64_t t = 0; t < n; t++) {
         const float *a = g + (size_t)t * (size_t)c;
         for (int64_t j = 0; j < c; j++) {
             if (j == off && blk > 0) j += blk;
             if (j >= c) break;
-            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, j), a[j], Y + (size_t)t * (size_t)d, d);
+            const int64_t row = p->edges_only && j >= off + blk ? j - blk : j;
+            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, row), a[j], Y + (size_t)t * (size_t)d, d);
         }
     }
     return active;

@@ -31,20 +31,27 @@ struct pi_partition {
      * pi_partition_ffn_dense */
     struct pi_layer *layers;
     int64_t *blk_off;          /* (n_layer), or NULL with views */
+    /* ffn_down_t holds only the edge neurons' rows (those outside the dense block), one after the
+     * other: the slice can only be computed by pi_partition_ffn_dense (packed with dense_only) */
+    bool edges_only;
     void *mem;                 /* one node-local allocation holding every packed row */
     size_t bytes;
     int node_os;
 };
 
 /* Pack worker w's neurons of m into memory on NUMA node node_os (-1: local). m may be opened without
- * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. 0 or a negative pi_err. */
-int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, struct pi_partition *p);
+ * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. dense_only: the slice
+ * will only be computed by pi_partition_ffn_dense (a SwiGLU model, which never goes neuron by
+ * neuron), so only the edge neurons get transposed down rows (edges_only): for Q4_0 weights that
+ * leaves 2.2 instead of 4.2 bytes per neuron weight. 0 or a negative pi_err. */
+int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, bool dense_only,
+                      struct pi_partition *p);
 /* The same for the neurons [first, first + count) of every layer: the GPU worker's hot neurons (ids
  * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. With
  * views, gate and up (and a file's own ffn_down_t) are views of m's mapping rather than copies, and
  * only the down rows built from ffn_down take memory (bytes); m must then outlive p. */
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
-                            struct pi_partition *p);
+                            bool dense_only, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
 
 /* Floats of scratch pi_partition_ffn_dense needs for n tokens. */

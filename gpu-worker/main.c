@@ -174,7 +174,7 @@ static int run(const struct gw_opts *o)
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
     uint64_t mem_bytes = hot_bytes(m, o->hot);
     if (pi_backend_hot_rows(o->backend, m, o->hot) == PI_BACKEND_ROWS_PACKED) {
-        if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, true, &part)) != 0) {
+        if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, true, false, &part)) != 0) {
             pi_error("packing the %ld hot neurons of every layer failed (%s)", o->hot, pi_err_str(rc));
             free(hot);
             free(n_hot);

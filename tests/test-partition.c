@@ -8,7 +8,8 @@
  *     packed rows) within the 8-bit activation rounding both paths have, for one token and a batch,
  *     for ranges that start and end inside a block, on block boundaries, and inside a single block
  *     (no dense block: edges only);
- *   - with views, gate and up are the mapping's own rows and only the down rows take memory.
+ *   - with views, gate and up are the mapping's own rows and only the down rows take memory;
+ *   - dense_only keeps the transposed down rows of the edge neurons only, with the same results.
  */
 #include "config.h"
 
@@ -43,7 +44,7 @@ static void check_range(const pi_model_t *m, pi_pool_t *pool, int64_t first, int
 {
     const int64_t d = m->hp.n_embd;
     struct pi_partition p;
-    int rc = pi_partition_pack_range(m, first, count, -1, false, &p);
+    int rc = pi_partition_pack_range(m, first, count, -1, false, false, &p);
     if (!tap_ok(rc == 0, "range [%lld, %lld) packs", (long long)first, (long long)(first + count))) return;
     const struct pi_layer *L = &p.layers[il];
     const int64_t be = (int64_t)pi_type_get(m->layers[il].ffn_down.type)->block_elems, blk = L->ffn_down.data ? L->ffn_down.cols : 0;
@@ -73,6 +74,19 @@ static void check_range(const pi_model_t *m, pi_pool_t *pool, int64_t first, int
      * missing edge neuron costs far more */
     tap_ok(e1 < 2e-2 && e5 < 2e-2, "range [%lld, %lld) layer %d: dense vs neuron kernel, 1 token %.3g, %d tokens %.3g",
            (long long)first, (long long)(first + count), il, e1, N, e5);
+    /* dense_only (SwiGLU workers): only the edge neurons' down rows are kept; the same bits */
+    struct pi_partition q;
+    rc = pi_partition_pack_range(m, first, count, -1, false, true, &q);
+    float *Yq = malloc(sizeof(float) * N * (size_t)d);
+    PI_ASSERT(rc == 0 && Yq);
+    pi_partition_ffn_dense(pool, &p, il, m->hp.act, X, N, scr, Yd);
+    pi_partition_ffn_dense(pool, &q, il, m->hp.act, X, N, scr, Yq);
+    tap_ok(q.edges_only && q.layers[il].ffn_down_t.rows == count - blk && (blk == 0 ? q.bytes == p.bytes : q.bytes < p.bytes) &&
+               memcmp(Yq, Yd, sizeof(float) * N * (size_t)d) == 0,
+           "range [%lld, %lld) dense_only: %lld down rows kept (%zu of %zu bytes), the same bits", (long long)first,
+           (long long)(first + count), (long long)q.layers[il].ffn_down_t.rows, q.bytes, p.bytes);
+    free(Yq);
+    pi_partition_free(&q);
     pi_ffn_work_destroy(&w);
     free(X), free(Yd), free(Yn), free(scr), free(idx);
     pi_partition_free(&p);
@@ -110,13 +124,13 @@ int main(void)
     check_range(m, pool, 1000, ff - 1000, 7);
     /* views: gate/up are the mapping's rows, only the down rows take memory */
     struct pi_partition v;
-    int rc = pi_partition_pack_range(m, 64, 128, -1, true, &v);
+    int rc = pi_partition_pack_range(m, 64, 128, -1, true, false, &v);
     tap_ok(rc == 0 && v.layers[0].ffn_gate.data == pi_weight_row(&m->layers[0].ffn_gate, 64) &&
                v.layers[0].ffn_up.data == pi_weight_row(&m->layers[0].ffn_up, 64) && v.blk_off == NULL &&
                v.bytes >= (size_t)128 * (size_t)m->layers[0].ffn_gate.cols * 2 * (size_t)m->hp.n_layer / 2,
            "views: gate and up rows are the model's own, %zu bytes of down rows", v.bytes);
     pi_partition_free(&v);
-    tap_ok(pi_partition_pack_range(m, ff - 10, 20, -1, false, &v) == -PI_ERR_INVAL, "a range past n_ff is refused");
+    tap_ok(pi_partition_pack_range(m, ff - 10, 20, -1, false, false, &v) == -PI_ERR_INVAL, "a range past n_ff is refused");
     pi_pool_destroy(&pool);
     pi_model_destroy(&m);
     return tap_done();

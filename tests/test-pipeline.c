@@ -6,7 +6,9 @@
  * Q4_0 tolerance, and the single-process pass's own logits much more closely (the pipeline only
  * splits and re-orders the FFN sums). At hot fraction 1 (the host backend's dense FFN, no exchange)
  * the logits equal the single process's within the golden tolerance (in fact bit for bit) and do not
- * depend on the number of CPU workers. Afterwards no worker is left and nothing is in /dev/shm.
+ * depend on the number of CPU workers. A SwiGLU model (the tiny llama, whose CPU workers compute
+ * densely over slices without most of their transposed down rows) stays as close to its golden logits
+ * as the single process. Afterwards no worker is left and nothing is in /dev/shm.
  */
 #include "config.h"
 #include "lib/common.h"
@@ -90,6 +92,51 @@ static void test_vram_budget(const char *ids)
     free(err);
 }
 
+/* A SwiGLU model (the tiny llama): its CPU workers keep only the edge neurons' transposed down rows
+ * and compute every step densely. Through the pipeline at hot 0 and 0.5 its logits must stay as
+ * close to the golden ones as the single process's, and close to the single process's. */
+static void test_swiglu(void)
+{
+    char gpath[512], ids[4096], ref_path[600], out[600];
+    struct tp_golden gd;
+    if (tp_golden_open(tap_data(gpath, sizeof gpath, "tiny-llama-q4_0.golden.gguf"), &gd) != 0) tap_bail("golden");
+    char saved[sizeof model];
+    memcpy(saved, model, sizeof model); /* run_logits runs `model`: the tiny llama here, restored below */
+    tap_data(model, sizeof model, "tiny-llama-q4_0.gguf");
+    tp_ids(ids, sizeof ids, gd.tokens, gd.n);
+    snprintf(ref_path, sizeof ref_path, "%s/swiglu-single.f32", tp_dir);
+    int st = run_logits("swiglu-single", ids, "none", "0", "1", ref_path);
+    float *ref = st == 0 ? tp_read_logits(ref_path, gd.n, gd.n_vocab) : NULL;
+    if (!tap_ok(ref != NULL, "tiny llama (SwiGLU): single-process logits written (status %d)", st)) {
+        pi_gguf_destroy(&gd.g);
+        memcpy(model, saved, sizeof model);
+        return;
+    }
+    const double e_single = tp_rel_err(ref, gd.logits, gd.n, gd.n_vocab);
+    static const char *const cfg[][2] = {{"0", "1"}, {"0", "3"}, {"0.5", "2"}};
+    for (size_t k = 0; k < PI_ARRAY_LEN(cfg); k++) {
+        char name[64];
+        snprintf(name, sizeof name, "swiglu-h%s-w%s", cfg[k][0], cfg[k][1]);
+        snprintf(out, sizeof out, "%s/%s.f32", tp_dir, name);
+        st = run_logits(name, ids, "host", cfg[k][0], cfg[k][1], out);
+        float *lg = st == 0 ? tp_read_logits(out, gd.n, gd.n_vocab) : NULL;
+        if (!lg) {
+            char *err = tp_output(name, "err");
+            tap_ok(0, "tiny llama hot %s, %s CPU workers: exit %d: %s", cfg[k][0], cfg[k][1], st, err);
+            free(err);
+            continue;
+        }
+        double eg = tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab), es = tp_rel_err(lg, ref, gd.n, gd.n_vocab);
+        tap_ok(eg <= e_single + GOLDEN_TOL / 2 && es <= GOLDEN_TOL,
+               "tiny llama hot %s, %s CPU workers: vs golden %.3g (single process %.3g), vs single process %.3g (<= %.0e)",
+               cfg[k][0], cfg[k][1], eg, e_single, es, GOLDEN_TOL);
+        free(lg);
+    }
+    free(ref);
+    pi_gguf_destroy(&gd.g);
+    memcpy(model, saved, sizeof model);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -148,6 +195,7 @@ int main(void)
     free(ref);
     if (allhot != whole) free(allhot);
     free(whole);
+    test_swiglu();
     test_vram_budget(ids);
     tap_is_int(tp_count_procs(tp_dir), 0, "no process left behind");
     tap_is_int(shm_leftovers(), shm_before, "nothing new in /dev/shm");
