@@ -55,7 +55,7 @@ struct pi_super {
      * descheduled across a whole restart) belongs to stopped workers and is dropped, instead of
      * marking the next set of workers broken. */
     pthread_mutex_t cb_mu;
-    uint64_t epoch;           /* under cb_mu */
+    uint64_t epoch;           /* written under cb_mu and mu together, read under either */
     int64_t next_hb_ns;
     bool send_shutdown;       /* pi_super_stop_all asked the thread to send SHUTDOWN */
 };
@@ -200,10 +200,8 @@ static void *super_main(void *arg)
                 on_message(s);
             }
         int dead[PI_SUPER_MAX_WORKERS], nd;
-        pthread_mutex_lock(&s->cb_mu);
-        const uint64_t epoch = s->epoch;
-        pthread_mutex_unlock(&s->cb_mu);
         pthread_mutex_lock(&s->mu);
+        const uint64_t epoch = s->epoch; /* with the reaping and the stopping flags, under mu */
         nd = check_children(s, dead, PI_SUPER_MAX_WORKERS);
         send_beats(s);
         bool stopping[PI_SUPER_MAX_WORKERS];
@@ -329,12 +327,14 @@ int pi_super_wait_ready(pi_super_t *s, int timeout_ms)
 
 void pi_super_stop_all(pi_super_t *s, int grace_ms)
 {
-    /* first: no report of these workers' deaths reaches the callback after this (see cb_mu); one in
-     * progress finishes before the bump */
+    /* No report of these workers' deaths reaches the callback after this: the epoch moves in the
+     * same critical section that marks them stopping (a report in progress finishes first, cb_mu),
+     * so a death reaped before it is either marked stopping or carries the old epoch. cb_mu is let
+     * go at once: the thread must be free to reap while we wait below. */
     pthread_mutex_lock(&s->cb_mu);
+    pthread_mutex_lock(&s->mu);
     s->epoch++;
     pthread_mutex_unlock(&s->cb_mu);
-    pthread_mutex_lock(&s->mu);
     bool any = false;
     for (int i = 0; i < PI_SUPER_MAX_WORKERS; i++)
         if (s->slots[i].used) { s->slots[i].stopping = true; any = true; }

@@ -113,8 +113,11 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
             }
         }
         uint64_t rb = L->ffn_down_t.row_bytes;
-        if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb))
+        if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb)) {
+            free(blk_lo);
+            free(blk_n);
             return -PI_ERR_UNSUPPORTED;
+        }
         if (views) { /* only down rows built from ffn_down take memory */
             if (!L->ffn_down_t.data) bytes += pi_align_up((uint64_t)p->count * rb, 64);
             continue;

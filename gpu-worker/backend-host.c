@@ -200,7 +200,7 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     fo.n_batch = o->max_tokens;
     /* without the model's own down rows (the worker packed only its hot ones) the forward pass is
      * used for everything but the FFN; a layer that needs its FFN step is refused below */
-    fo.no_ffn = !m->layers[0].ffn_down_t.data;
+    for (int il = 0; il < m->hp.n_layer; il++) fo.no_ffn |= !m->layers[il].ffn_down_t.data;
     size_t hd = (size_t)o->max_tokens * (size_t)s->d;
     s->fwd = pi_forward_new(m, &fo);
     s->work = pi_ffn_work_new(s->d, fo.n_threads);
@@ -210,9 +210,10 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
     int64_t nh_max = 0;
     for (int il = 0; il < m->hp.n_layer; il++) {
-        if (o->n_hot[il] >= m->hp.n_ff && !m->layers[il].ffn_down_t.data) {
-            /* such a layer is the single process's FFN step, which needs the model's own rows */
-            pi_error("host backend: layer %d is all hot, but the model was opened without ffn_down_t", il);
+        if (!m->layers[il].ffn_down_t.data && (o->n_hot[il] >= m->hp.n_ff || (o->n_hot[il] > 0 && !o->hot_layers))) {
+            /* an all-hot layer is the single process's FFN step, which needs the model's own rows;
+             * a partial one needs them too unless the worker packed its hot rows (hot_layers) */
+            pi_error("host backend: layer %d needs transposed down rows the model was opened without", il);
             host_destroy(&s->base);
             return -PI_ERR_INVAL;
         }

@@ -260,6 +260,32 @@ static void test_batch(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum p
     free_layer(&R);
 }
 
+/* A NaN gate is added (as NaN) by the per-token kernel; the batch must do the same for that token
+ * even when every other token of its group has the neuron inactive. */
+static void test_batch_nan(void)
+{
+    enum { N = 16 };
+    struct rlayer R;
+    static float X[N * D], Y0[N * D], Y1[N * D];
+    int32_t all[FF];
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    memset(X, 0, sizeof X); /* zero inputs: every gate is 0, inactive */
+    X[5 * D + 3] = NAN;     /* token 5: every gate NaN */
+    for (int i = 0; i < FF; i++) all[i] = i;
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
+    memset(Y0, 0, sizeof Y0);
+    memset(Y1, 0, sizeof Y1);
+    int64_t a0 = 0;
+    for (int t = 0; t < N; t++) a0 += pi_ffn_neurons(NULL, w, &R.L, PI_FFN_ACT_RELU, X + t * D, all, FF, Y0 + t * D);
+    int64_t a1 = pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y1);
+    tap_ok(a0 == a1 && memcmp(Y0, Y1, sizeof Y0) == 0 && isnan(Y1[5 * D]) && Y1[4 * D] == 0.0f,
+           "a NaN gate in one token of a group: the batch adds it as the per-token kernel does (active %lld, %lld)",
+           (long long)a0, (long long)a1);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
 /* The batch kernel, too, leaves the rows of a neuron inactive for every token of a group unread. */
 static void test_batch_skip_reads(void)
 {
@@ -393,6 +419,7 @@ int main(void)
     test_batch(pool, PI_TYPE_Q4_1, PI_TYPE_Q8_0, PI_FFN_ACT_DRELU);
     pi_pool_destroy(&pool3);
     test_batch_skip_reads();
+    test_batch_nan();
     test_skip_reads(pool, PI_FFN_ACT_RELU);
     test_skip_reads(NULL, PI_FFN_ACT_DRELU);
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);

@@ -485,7 +485,8 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
                 }
                 bool any = t->act == PI_FFN_ACT_SILU;
-                for (int64_t j = 0; !any && j < nt; j++) any = g[j] > 0.0f;
+                /* as the per-token kernel: only a gate <= 0 skips (a NaN gate is added, as NaN) */
+                for (int64_t j = 0; !any && j < nt; j++) any = !(g[j] <= 0.0f);
                 if (!any) continue; /* ReLU: no token has anything to add */
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
