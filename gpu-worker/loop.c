@@ -75,9 +75,20 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
         pi_error("step: batch of %d tokens at seq %d pos %d (n_out %d) out of range", n, seq, pos0, n_out);
         return -PI_ERR_RANGE;
     }
-    int32_t *seqs = malloc((size_t)n * sizeof *seqs), *pos = malloc((size_t)n * sizeof *pos);
-    float *cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *cold);
-    int rc = (!seqs || !pos || !cold) ? -PI_ERR_NOMEM : 0;
+    if (n > g->cap) {
+        pi_gpu_loop_free(g);
+        g->seqs = malloc((size_t)n * sizeof *g->seqs);
+        g->pos = malloc((size_t)n * sizeof *g->pos);
+        g->cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->cold);
+        if (!g->seqs || !g->pos || !g->cold) {
+            pi_gpu_loop_free(g);
+            return -PI_ERR_NOMEM;
+        }
+        g->cap = n;
+    }
+    int32_t *seqs = g->seqs, *pos = g->pos;
+    float *cold = g->cold;
+    int rc = 0;
     for (int i = 0; rc == 0 && i < n; i++) {
         seqs[i] = seq;
         pos[i] = pos0 + i;
@@ -89,10 +100,17 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     }
     if (rc == 0 && n_out > 0) rc = be->ops->output(be, n_out, logits);
     if (rc == 0) be->ops->commit(be);
-    free(seqs);
-    free(pos);
-    free(cold);
     return rc;
+}
+
+void pi_gpu_loop_free(struct pi_gpu_loop *g)
+{
+    free(g->seqs);
+    free(g->pos);
+    free(g->cold);
+    g->seqs = g->pos = NULL;
+    g->cold = NULL;
+    g->cap = 0;
 }
 
 int pi_gpu_loop_run(struct pi_gpu_loop *g)

@@ -30,7 +30,15 @@ struct pi_gpu_loop {
     uint64_t n_rt;
     int64_t rt_ns;
     uint64_t n_skip;     /* layers computed without the exchange: no CPU worker owns a neuron of them */
+    /* the batch's scratch, grown to the largest batch seen and kept (pi_gpu_loop_free): a stream of
+     * decode steps allocates nothing */
+    int cap;
+    int32_t *seqs, *pos; /* (cap) */
+    float *cold;         /* (cap, n_embd) */
 };
+
+/* Free the loop's scratch (the struct itself is the caller's). */
+void pi_gpu_loop_free(struct pi_gpu_loop *g);
 
 /* Serve steps until a STOP step, a SHUTDOWN from the coordinator, or a fatal error. Returns 0 on a
  * clean stop or a negative pi_err. */

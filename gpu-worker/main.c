@@ -204,6 +204,7 @@ static int run(const struct gw_opts *o)
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
         rc = pi_gpu_loop_run(&g);
+        pi_gpu_loop_free(&g);
         if (rc != 0 && link) pi_link_error(link, rc, "the layer loop failed");
     }
     pi_backend_destroy(&be);
