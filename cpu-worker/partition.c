@@ -105,7 +105,7 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
         const struct pi_layer *L = &m->layers[il];
         /* the whole blocks of ffn_down's rows inside [first, first + count): the dense down block */
         const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
-        if (!views && ti && pi_kernel_supported(L->ffn_down.type) && L->ffn_down.data) {
+        if (ti && pi_kernel_supported(L->ffn_down.type) && L->ffn_down.data) {
             int64_t be = ti->block_elems, a = (first + be - 1) / be * be, b = (first + count) / be * be;
             if (b > a) {
                 blk_lo[il] = a, blk_n[il] = b - a;
@@ -127,11 +127,11 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
                  pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)n_dt * rb, 64);
     }
     p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
-    p->blk_off = views ? NULL : calloc((size_t)hp->n_layer, sizeof *p->blk_off);
+    p->blk_off = calloc((size_t)hp->n_layer, sizeof *p->blk_off);
     p->mem = pi_numa_alloc(bytes, node_os);
     p->bytes = bytes;
     p->node_os = node_os;
-    if (!p->layers || !p->mem || (!views && !p->blk_off)) {
+    if (!p->layers || !p->mem || !p->blk_off) {
         free(blk_lo);
         free(blk_n);
         pi_error("cannot allocate %zu bytes for the packed neurons on node %d", bytes, node_os);

@@ -25,12 +25,11 @@ void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64
 
 struct pi_partition {
     int64_t first, count;      /* neuron range, the same in every layer */
-    /* (n_layer): ffn_gate, ffn_up (count, d) and ffn_down_t (count, d) are bound; without views also
-     * ffn_down (d, blk) = the columns [first + blk_off[il], + blk) of the file's ffn_down in its own
-     * type, the whole quantisation blocks inside the range (data NULL, blk 0: none), for
-     * pi_partition_ffn_dense */
+    /* (n_layer): ffn_gate, ffn_up (count, d) and ffn_down_t (count, d) are bound, and ffn_down (d, blk)
+     * = the columns [first + blk_off[il], + blk) of the file's ffn_down in its own type, the whole
+     * quantisation blocks inside the range (data NULL, blk 0: none), for pi_partition_ffn_dense */
     struct pi_layer *layers;
-    int64_t *blk_off;          /* (n_layer), or NULL with views */
+    int64_t *blk_off;          /* (n_layer) */
     /* ffn_down_t holds only the edge neurons' rows (those outside the dense block), one after the
      * other: the slice can only be computed by pi_partition_ffn_dense (packed with dense_only) */
     bool edges_only;
@@ -49,7 +48,8 @@ int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, 
 /* The same for the neurons [first, first + count) of every layer: the GPU worker's hot neurons (ids
  * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. With
  * views, gate and up (and a file's own ffn_down_t) are views of m's mapping rather than copies, and
- * only the down rows built from ffn_down take memory (bytes); m must then outlive p. */
+ * only the down rows built from ffn_down and the dense down block take memory (bytes); m must then
+ * outlive p. */
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
                             bool dense_only, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
@@ -63,8 +63,7 @@ size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);
  * range's edges through their ffn_down_t rows. This is the single-process pass's dense FFN on a slice
  * (the same kernels, so its rounding, not the neuron kernel's); it reads every weight of the range,
  * which beats the neuron kernel unless few neurons are active (lib/forward.c: about 20%). Y is
- * overwritten. Returns the (token, neuron) pairs with a non-zero activation. Needs a partition packed
- * without views. */
+ * overwritten. Returns the (token, neuron) pairs with a non-zero activation. */
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y);
 

@@ -13,7 +13,9 @@
  * choice), so at hot fraction 1 the pipeline's logits are the single process's bit for bit; a
  * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons_batch) over its ids, reading
  * the packed hot rows of opts.hot_layers where the worker gave them (then the model itself holds no
- * transposed down rows, gpu-worker/main.c).
+ * transposed down rows, gpu-worker/main.c), or, with their dense down blocks (opts.hot_blk_off), is
+ * computed densely as a CPU worker computes its slice: for SwiGLU, for batches, and for ReLU layers
+ * whose recent activity is at least 20% (pi_partition_ffn_dense).
  *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
@@ -22,6 +24,7 @@
  * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
  */
 #include "config.h"
+#include "cpu-worker/partition.h"
 #include "gpu-worker/backend.h"
 #include "kernels/cpu/ops.h"
 #include "lib/common.h"
@@ -30,6 +33,9 @@
 
 #include <stdlib.h>
 #include <string.h>
+
+/* As the CPU workers (cpu-worker/main.c): a ReLU hot set at least this active goes dense in decode. */
+#define DENSE_MIN_ACTIVE 0.2f
 
 struct host_backend {
     struct pi_backend base;
@@ -44,6 +50,8 @@ struct host_backend {
     const float *x;            /* (n, d): the FFN input given to ffn_input (caller's memory) */
     int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
     int32_t *ident;            /* (largest n_hot): 0, 1, 2, ... the row ids of o.hot_layers, or NULL */
+    float *dense_scr;          /* pi_partition_dense_scratch(max_tokens) for the largest n_hot, or NULL */
+    float *recent;             /* (n_layer): running fraction of active hot neurons, < 0 before the first */
     int n;                     /* rows of the batch */
 };
 
@@ -59,6 +67,8 @@ static void host_destroy(pi_backend_t *b)
     free(s->seq);
     free(s->pos);
     free(s->ident);
+    free(s->dense_scr);
+    free(s->recent);
     free(s);
 }
 
@@ -115,10 +125,20 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
-    if (s->o.hot_layers) /* the packed hot rows: row i is neuron hot[il][i] */
-        pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
-    else
-        pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
+    float *r = &s->recent[il];
+    int64_t active;
+    if (s->dense_scr && (m->hp.act == PI_FFN_ACT_SILU || s->n > 1 || *r >= DENSE_MIN_ACTIVE)) {
+        /* dense over the packed slice, as a CPU worker computes its own (cpu-worker/partition.h) */
+        struct pi_partition pv = {.first = 0, .count = nh, .layers = (struct pi_layer *)s->o.hot_layers,
+                                  .blk_off = (int64_t *)s->o.hot_blk_off};
+        active = pi_partition_ffn_dense(pool, &pv, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
+    } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
+        active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
+    } else {
+        active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
+    }
+    const float frac = (float)active / ((float)s->n * (float)nh);
+    *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac;
     return 0;
 }
 
@@ -221,8 +241,18 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     }
     if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
         for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
-    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) ||
-        pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
+    if ((s->recent = malloc((size_t)m->hp.n_layer * sizeof *s->recent)))
+        for (int il = 0; il < m->hp.n_layer; il++) s->recent[il] = -1.0f;
+    /* the dense path, where the worker packed the hot rows with their down blocks (PI_CPU_DENSE=0:
+     * neuron by neuron, as the CPU workers) */
+    const char *dense_env = getenv("PI_CPU_DENSE");
+    bool dense_bad = false;
+    if (o->hot_layers && o->hot_blk_off && nh_max > 0 && !(dense_env && strcmp(dense_env, "0") == 0)) {
+        struct pi_partition pv = {.count = nh_max};
+        dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(&pv, o->max_tokens) * sizeof(float)));
+    }
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || !s->recent ||
+        dense_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;
     }

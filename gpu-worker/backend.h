@@ -47,6 +47,10 @@ struct pi_backend_opts {
      * reads hot rows from here, and the model may have been opened without its own ffn_down_t
      * (pi_model_opts.no_down_t). Borrowed; the cuda backend needs it only until it is created. */
     const struct pi_layer *hot_layers;
+    /* With hot_layers, where the worker packed them as a partition (cpu-worker/partition.h): the
+     * layers' dense down blocks (hot_layers[il].ffn_down, blk_off[il]), with which the host backend
+     * computes a partial hot set densely as a CPU worker does. NULL: neuron by neuron only. */
+    const int64_t *hot_blk_off;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */

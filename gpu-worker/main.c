@@ -181,6 +181,7 @@ static int run(const struct gw_opts *o)
             goto out;
         }
         bo.hot_layers = part.layers; /* gate and up rows are the mapping's; the down rows are part.bytes */
+        bo.hot_blk_off = part.blk_off;
     }
     /* what pi-ctl status shows: the device bytes for a device backend, else the hot weights */
     uint64_t dev_bytes = 0;

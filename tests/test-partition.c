@@ -8,7 +8,8 @@
  *     packed rows) within the 8-bit activation rounding both paths have, for one token and a batch,
  *     for ranges that start and end inside a block, on block boundaries, and inside a single block
  *     (no dense block: edges only);
- *   - with views, gate and up are the mapping's own rows and only the down rows take memory;
+ *   - with views, gate and up are the mapping's own rows and only the down rows and the dense block
+ *     take memory;
  *   - dense_only keeps the transposed down rows of the edge neurons only, with the same results.
  */
 #include "config.h"
@@ -126,9 +127,10 @@ int main(void)
     struct pi_partition v;
     int rc = pi_partition_pack_range(m, 64, 128, -1, true, false, &v);
     tap_ok(rc == 0 && v.layers[0].ffn_gate.data == pi_weight_row(&m->layers[0].ffn_gate, 64) &&
-               v.layers[0].ffn_up.data == pi_weight_row(&m->layers[0].ffn_up, 64) && v.blk_off == NULL &&
+               v.layers[0].ffn_up.data == pi_weight_row(&m->layers[0].ffn_up, 64) && v.blk_off && v.blk_off[0] == 0 &&
+               v.layers[0].ffn_down.cols == 128 &&
                v.bytes >= (size_t)128 * (size_t)m->layers[0].ffn_gate.cols * 2 * (size_t)m->hp.n_layer / 2,
-           "views: gate and up rows are the model's own, %zu bytes of down rows", v.bytes);
+           "views: gate and up rows are the model's own, %zu bytes of down rows and the dense block", v.bytes);
     pi_partition_free(&v);
     tap_ok(pi_partition_pack_range(m, ff - 10, 20, -1, false, false, &v) == -PI_ERR_INVAL, "a range past n_ff is refused");
     pi_pool_destroy(&pool);
