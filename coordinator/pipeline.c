@@ -13,12 +13,12 @@
  * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
  * positions) can leak into the next request.
  *
- * Placement: the hot neurons of every layer are ids 0..n_hot-1 with n_hot = round(hot_fraction *
- * n_ff), or, with a VRAM budget, as many as fit after the attention, embedding and output weights
+ * Placement: the hot neurons of every layer are ids 0..n_hot-1, n_hot by coordinator/placement.h
  * (doc/pipeline.md); the cold ones are split into contiguous ranges, one per CPU worker.
  */
 #include "config.h"
 #include "coordinator/pipeline.h"
+#include "coordinator/placement.h"
 #include "coordinator/supervisor.h"
 #include "gpu-worker/step.h"
 #include "ipc/control.h"
@@ -84,27 +84,6 @@ static int find_exe(const char *name, const char *subdir, char *out, size_t len)
     if (access(out, X_OK) == 0) return 0;
     pi_error("cannot find %s (looked beside pi-coordinator, in the build tree and in %s; set PI_WORKER_DIR)", name, PI_SBINDIR);
     return -PI_ERR_NOTFOUND;
-}
-
-/* Hot neurons per layer from the configuration. */
-static int64_t choose_hot(const struct pi_config *c, const pi_model_t *m)
-{
-    const struct pi_hparams *hp = &m->hp;
-    if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * hp->n_ff);
-    uint64_t fixed = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
-    if (!m->tied) fixed += m->output.row_bytes * (uint64_t)m->output.rows;
-    uint64_t per_neuron = 0;
-    for (int il = 0; il < hp->n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        fixed += L->attn_q.row_bytes * (uint64_t)L->attn_q.rows + L->attn_k.row_bytes * (uint64_t)L->attn_k.rows +
-                 L->attn_v.row_bytes * (uint64_t)L->attn_v.rows + L->attn_output.row_bytes * (uint64_t)L->attn_output.rows;
-        uint64_t down = 0; /* one neuron's down column: n_embd values of the down weights' type */
-        if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)hp->n_embd, &down)) down = 4u * (uint64_t)hp->n_embd;
-        per_neuron += L->ffn_gate.row_bytes + L->ffn_up.row_bytes + down;
-    }
-    if (c->vram_budget <= fixed || per_neuron == 0) return 0;
-    uint64_t k = (c->vram_budget - fixed) / per_neuron;
-    return (int64_t)PI_MIN(k, (uint64_t)hp->n_ff);
 }
 
 static void on_death(void *ctx, int slot)
@@ -321,7 +300,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.max_batch = PIPE_MAX_BATCH;
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
-    p->n_hot = choose_hot(&o->cfg, cm->model);
+    p->n_hot = pi_coord_choose_hot(&o->cfg, cm->model, p->base.n_ctx, PIPE_MAX_BATCH);
     if (ensure_run_dir(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
