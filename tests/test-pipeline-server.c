@@ -224,71 +224,50 @@ static char *oneshot_text(const char *prompt, const char *n)
     return tp_output("oneshot", "out");
 }
 
-static void test_kill_worker(void)
+/* Start `pi-ctl generate` of 480 tokens as NAME and return once its text streams: the request is then
+ * certainly in flight (480 tokens take over half a second even on a fast machine). */
+static pid_t spawn_streaming(const char *name)
 {
-    json_t *st = status();
-    pid_t victim = worker_pid(st, "cpu", 1), gpu = worker_pid(st, "gpu", 0);
-    json_decref(st);
     char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
-    pid_t g = tp_spawn(argv, "gen-killed");
-    /* Kill as soon as the text streams: the request is then certainly in flight (480 tokens take
-     * over half a second even on a fast machine). */
+    pid_t g = tp_spawn(argv, name);
     char path[700];
-    snprintf(path, sizeof path, "%s/gen-killed.out", tp_dir);
+    snprintf(path, sizeof path, "%s/%s.out", tp_dir, name);
     for (int i = 0; i < 2000; i++) {
         struct stat sb;
         if (stat(path, &sb) == 0 && sb.st_size > 0) break;
         usleep(1000);
     }
-    if (victim > 0) kill(victim, SIGKILL); /* never kill(-1): a worker missing from the status fails below */
-    int rc = tp_wait(g, TIMEOUT_S);
-    char *err = tp_output("gen-killed", "err");
-    if (!tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of a CPU worker fails the request clearly: %s", err))
-        server_log_diag();
-    free(err);
-    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "8", NULL};
-    rc = pictl("gen-after", a, TIMEOUT_S);
-    char *out = tp_output("gen-after", "out");
-    tap_ok(rc == 0 && strlen(out) > 1, "the next request succeeds: %s", out);
-    free(out);
-    st = status();
-    pid_t v2 = worker_pid(st, "cpu", 1), g2 = worker_pid(st, "gpu", 0);
-    tap_ok(v2 > 0 && v2 != victim && g2 != gpu && pid_runs(v2, "pi-cpu-worker") && kill(victim, 0) != 0,
-           "the workers were restarted (cpu worker 1: pid %d -> %d)", (int)victim, (int)v2);
-    json_decref(st);
+    return g;
 }
 
-/* kill -9 of the GPU worker (the one holding the KV cache) mid-generation: the same clear failure,
- * and every worker is replaced. */
-static void test_kill_gpu_worker(void)
+/* kill -9 of worker (role, index) mid-generation fails the request clearly; the next request is
+ * served, and both it and worker (other_role, other_index) were replaced by new processes. */
+static void test_kill(const char *role, int index, const char *other_role, int other_index, const char *what)
 {
     json_t *st = status();
-    pid_t gpu = worker_pid(st, "gpu", 0), cpu0 = worker_pid(st, "cpu", 0);
+    pid_t victim = worker_pid(st, role, index), other = worker_pid(st, other_role, other_index);
     json_decref(st);
-    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
-    pid_t g = tp_spawn(argv, "gen-gpu-killed");
-    char path[700];
-    snprintf(path, sizeof path, "%s/gen-gpu-killed.out", tp_dir);
-    for (int i = 0; i < 2000; i++) {
-        struct stat sb;
-        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
-        usleep(1000);
-    }
-    if (gpu > 0) kill(gpu, SIGKILL);
+    char name[64], after[64];
+    snprintf(name, sizeof name, "gen-killed-%s", role);
+    snprintf(after, sizeof after, "gen-after-%s", role);
+    pid_t g = spawn_streaming(name);
+    if (victim > 0) kill(victim, SIGKILL); /* never kill(-1): a worker missing from the status fails below */
     int rc = tp_wait(g, TIMEOUT_S);
-    char *err = tp_output("gen-gpu-killed", "err");
-    if (!tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of the GPU worker fails the request clearly: %s", err))
+    char *err = tp_output(name, "err");
+    if (!tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of %s fails the request clearly: %s", what, err))
         server_log_diag();
     free(err);
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "8", NULL};
-    rc = pictl("gen-after-gpu", a, TIMEOUT_S);
-    char *out = tp_output("gen-after-gpu", "out");
-    tap_ok(rc == 0 && strlen(out) > 1, "after the GPU worker's death the next request succeeds: %s", out);
+    rc = pictl(after, a, TIMEOUT_S);
+    char *out = tp_output(after, "out");
+    tap_ok(rc == 0 && strlen(out) > 1, "after the death of %s the next request succeeds: %s", what, out);
     free(out);
     st = status();
-    pid_t g2 = worker_pid(st, "gpu", 0), c2 = worker_pid(st, "cpu", 0);
-    tap_ok(g2 > 0 && g2 != gpu && c2 != cpu0 && pid_runs(g2, "pi-gpu-worker") && kill(gpu, 0) != 0,
-           "every worker was restarted (gpu worker: pid %d -> %d)", (int)gpu, (int)g2);
+    pid_t v2 = worker_pid(st, role, index), o2 = worker_pid(st, other_role, other_index);
+    char prog[32];
+    snprintf(prog, sizeof prog, "pi-%s-worker", role);
+    tap_ok(v2 > 0 && v2 != victim && o2 != other && pid_runs(v2, prog) && kill(victim, 0) != 0,
+           "the workers were restarted (%s: pid %d -> %d)", what, (int)victim, (int)v2);
     json_decref(st);
 }
 
@@ -299,15 +278,7 @@ static void test_stop_worker(void)
     json_t *st = status();
     pid_t victim = worker_pid(st, "cpu", 0);
     json_decref(st);
-    char *argv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
-    pid_t g = tp_spawn(argv, "gen-stopped");
-    char path[700];
-    snprintf(path, sizeof path, "%s/gen-stopped.out", tp_dir);
-    for (int i = 0; i < 2000; i++) {
-        struct stat sb;
-        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
-        usleep(1000);
-    }
+    pid_t g = spawn_streaming("gen-stopped");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     if (victim > 0) kill(victim, SIGSTOP);
@@ -396,20 +367,12 @@ int main(void)
            "the coordinator logged each malformed message with its defect");
     free(log);
 
-    test_kill_worker();
-    test_kill_gpu_worker();
+    test_kill("cpu", 1, "gpu", 0, "CPU worker 1");
+    test_kill("gpu", 0, "cpu", 0, "the GPU worker");
     test_stop_worker();
 
     /* Shut down in the middle of a generation: that request ends with a clear error. */
-    char *gargv[] = {ctl, "--endpoint", endpoint, "generate", "--prompt", "The jury said", "-n", "480", NULL};
-    pid_t gp = tp_spawn(gargv, "gen-shutdown");
-    char path[700];
-    snprintf(path, sizeof path, "%s/gen-shutdown.out", tp_dir);
-    for (int i = 0; i < 2000; i++) {
-        struct stat sb;
-        if (stat(path, &sb) == 0 && sb.st_size > 0) break;
-        usleep(1000);
-    }
+    pid_t gp = spawn_streaming("gen-shutdown");
     const char *sd[] = {"shutdown", NULL};
     rc = pictl("shutdown", sd, 20);
     int sst = tp_wait(srv, 20), gst = tp_wait(gp, 20);
