@@ -28,9 +28,6 @@
 #include <string.h>
 
 #define CW_SPIN 2000u
-/* A ReLU layer whose recent fraction of active neurons is at least this goes dense in decode
- * (lib/forward.c's break-even, measured there on the 1B-class model). */
-#define DENSE_MIN_ACTIVE 0.2f
 #define CW_IDLE_NS (INT64_C(100) * 1000 * 1000)
 
 struct cw_opts {
@@ -116,8 +113,8 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     if (!(st->flags & PI_EXCHANGE_MASK) || c->part.edges_only) {
         /* Every token over all of this worker's neurons. Dense (matrix products over the packed
          * slice, as the single process does) for SwiGLU, for batches, and for ReLU layers whose
-         * recent activity is above DENSE_MIN_ACTIVE; else the neuron kernel, which skips the rows of
-         * inactive neurons. */
+         * recent activity is at least PI_FFN_DENSE_MIN_ACTIVE; else the neuron kernel, which skips
+         * the rows of inactive neurons. */
         const int64_t n = st->n_tokens, cnt = c->part.count;
         int64_t active;
         if (cnt == 0) {
@@ -125,15 +122,14 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             return;
         }
         float *r = &c->recent[st->layer];
-        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= DENSE_MIN_ACTIVE)) {
+        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
             active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
         } else {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
             for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
             active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, n, c->idx, cnt, out);
         }
-        const float frac = (float)active / ((float)n * (float)cnt);
-        *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac;
+        pi_ffn_activity_update(r, (float)active / ((float)n * (float)cnt));
         return;
     }
     for (uint32_t t = 0; t < st->n_tokens; t++) {

@@ -34,9 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* As the CPU workers (cpu-worker/main.c): a ReLU hot set at least this active goes dense in decode. */
-#define DENSE_MIN_ACTIVE 0.2f
-
 struct host_backend {
     struct pi_backend base;
     pi_forward_t *fwd;
@@ -127,7 +124,7 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     pi_pool_t *pool = pi_forward_pool(s->fwd);
     float *r = &s->recent[il];
     int64_t active;
-    if (s->dense_scr && (m->hp.act == PI_FFN_ACT_SILU || s->n > 1 || *r >= DENSE_MIN_ACTIVE)) {
+    if (s->dense_scr && (m->hp.act == PI_FFN_ACT_SILU || s->n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
         /* dense over the packed slice, as a CPU worker computes its own (cpu-worker/partition.h) */
         struct pi_partition pv = {.first = 0, .count = nh, .layers = (struct pi_layer *)s->o.hot_layers,
                                   .blk_off = (int64_t *)s->o.hot_blk_off};
@@ -137,8 +134,7 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     } else {
         active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
     }
-    const float frac = (float)active / ((float)s->n * (float)nh);
-    *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac;
+    pi_ffn_activity_update(r, (float)active / ((float)s->n * (float)nh));
     return 0;
 }
 

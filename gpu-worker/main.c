@@ -155,7 +155,8 @@ static int run(const struct gw_opts *o)
      * neurons' rows below, not a transposed copy of the whole model (pi_backend_hot_rows). */
     mo.no_down_t = true;
     rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
-    if (rc == 0 && pi_backend_hot_rows(o->backend, m, o->hot) == PI_BACKEND_ROWS_MODEL) {
+    enum pi_backend_rows rows = rc == 0 ? pi_backend_hot_rows(o->backend, m, o->hot) : PI_BACKEND_ROWS_NONE;
+    if (rows == PI_BACKEND_ROWS_MODEL) {
         pi_model_destroy(&m);
         mo.no_down_t = false;
         rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
@@ -173,7 +174,7 @@ static int run(const struct gw_opts *o)
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
     uint64_t mem_bytes = hot_bytes(m, o->hot);
-    if (pi_backend_hot_rows(o->backend, m, o->hot) == PI_BACKEND_ROWS_PACKED) {
+    if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, true, false, &part)) != 0) {
             pi_error("packing the %ld hot neurons of every layer failed (%s)", o->hot, pi_err_str(rc));
             free(hot);

@@ -383,11 +383,7 @@ void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float 
     norm_rows(f, h, f->m->layers[il].ffn_norm, n, x);
 }
 
-/* The neuron-wise path pays per active neuron (dequantise its down row, float multiply-adds) what the
- * dense path pays for all neurons in int8 dot products: measured on the 1B-class ReLU model with 50%
- * active, neuron-wise took 1.75x the dense time, which puts the break-even near 20% active. A layer
- * whose recent fraction of active neurons is above this goes dense. */
-#define SPARSE_MAX_ACTIVE 0.2f
+/* A ReLU layer goes neuron-wise in decode below PI_FFN_DENSE_MIN_ACTIVE (kernels/cpu/ops.h). */
 
 void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
 {
@@ -399,7 +395,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
-    if (n == 1 && relu && !f->o.f32_activations && f->recent_active[il] < SPARSE_MAX_ACTIVE) {
+    if (n == 1 && relu && !f->o.f32_activations && f->recent_active[il] < PI_FFN_DENSE_MIN_ACTIVE) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
         memset(f->out, 0, d * sizeof(float));
@@ -414,8 +410,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     }
     if (relu) {
         /* a running average over calls, seeded by the first (usually the prompt) */
-        float frac = (float)active / ((float)n * (float)ff), *r = &f->recent_active[il];
-        *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac;
+        pi_ffn_activity_update(&f->recent_active[il], (float)active / ((float)n * (float)ff));
         f->active += active;
     }
     add_rows(h, f->out, (size_t)n * d);
