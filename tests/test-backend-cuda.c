@@ -66,7 +66,9 @@ struct split {
     int64_t *n_hot, *n_cold;
 };
 
-static void split_new(struct split *s, const pi_model_t *m, double frac)
+/* The first frac of each layer's neurons hot: of a random permutation (shuffled), or of the ids in order,
+ * as pi-gpu-worker chooses them (at frac 1 the cuda backend then runs the layer dense). */
+static void split_new(struct split *s, const pi_model_t *m, double frac, bool shuffled)
 {
     int L = m->hp.n_layer, nf = m->hp.n_ff;
     s->n_layer = L;
@@ -77,7 +79,7 @@ static void split_new(struct split *s, const pi_model_t *m, double frac)
     for (int il = 0; il < L; il++) {
         int32_t *perm = malloc((size_t)nf * sizeof *perm);
         for (int i = 0; i < nf; i++) perm[i] = i;
-        for (int i = nf - 1; i > 0; i--) {
+        for (int i = nf - 1; shuffled && i > 0; i--) {
             int j = (int)(rnd() % (uint64_t)(i + 1));
             int32_t t = perm[i];
             perm[i] = perm[j];
@@ -193,11 +195,17 @@ static void check_model(const char *label, const char *path, const char *gpath)
     for (int i = 0; i < n; i++) pos[i] = i, rows[i] = i;
     float *lc = malloc((size_t)n * V * sizeof(float)), *lh = malloc((size_t)n * V * sizeof(float));
     float *ld = malloc((size_t)n * V * sizeof(float));
-    static const double fracs[] = {0.0, 0.5, 1.0};
+    /* hot 1 twice: shuffled ids (the neuron layout) and ids in order (the dense layers) */
+    static const double fracs[] = {0.0, 0.5, 1.0, 1.0};
+    static const bool shuf[] = {true, true, true, false};
+    char lab[96];
+    const char *model_label = label;
     for (size_t fi = 0; fi < PI_ARRAY_LEN(fracs); fi++) {
         if (short_mode && fracs[fi] != 0.5) continue;
+        snprintf(lab, sizeof lab, "%s%s", model_label, shuf[fi] ? "" : " (ids in order: dense)");
+        label = lab;
         struct split sp;
-        split_new(&sp, m, fracs[fi]);
+        split_new(&sp, m, fracs[fi], shuf[fi]);
         struct drv c, h;
         int rc = drv_new(&c, "cuda", m, &sp, 0);
         if (rc != 0) {
@@ -267,7 +275,7 @@ static void check_budget(const char *path, const char *gpath)
     struct tp_golden gd;
     if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) tap_bail("budget: %s", err);
     struct split sp;
-    split_new(&sp, m, 1.0);
+    split_new(&sp, m, 1.0, true);
     struct pi_backend_opts o;
     opts_for(&o, &sp);
     uint64_t need = 0;
@@ -379,7 +387,7 @@ static void set_variant(char *var)
 static void bench_one(const pi_model_t *m, const char *name, double frac, int threads, int nd, const char *label)
 {
     struct split sp;
-    split_new(&sp, m, frac);
+    split_new(&sp, m, frac, false);
     struct drv v;
     if (drv_new(&v, name, m, &sp, 0) != 0) {
         split_free(&sp);

@@ -68,7 +68,7 @@ if [ "${PERF:-0}" = 1 ]; then
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   if [ -n "$NCU" ]; then
     PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m7b.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=4 \
-      timeout 400 $NCU --metrics gpu__time_duration.sum --print-summary per-kernel $R/tests/test-backend-cuda \
+      timeout 400 $NCU --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel $R/tests/test-backend-cuda \
       > $OUT/ncu.txt 2>&1; echo "ncu rc=$? (per-kernel summary in ncu.txt)" | tee -a $P
   fi
 fi
