@@ -27,7 +27,10 @@
  * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
  * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
  * per "run": consecutive tokens of one sequence at consecutive positions, stored into that sequence's
- * cache and attended causally; a batch may hold several sequences.
+ * cache and attended causally; a batch may hold several sequences. For a batch of one run, RoPE of q
+ * and k and the KV store are one launch (pi_cuda_rope_kv). The residual adds are the products'
+ * epilogues: the attention output projection and a dense layer's down product add into h
+ * (pi_cuda_matmul_add), so neither needs a separate merge launch.
  *
  * The exchange: ffn_input downloads the FFN input straight into the caller's buffer (the exchange's
  * shared-memory slot, page-locked with cudaHostRegister the second time the same buffer is given);
@@ -99,6 +102,7 @@ struct cuda_backend {
     int32_t *run_start;       /* (T + 1): runs of the batch */
     int n, n_runs;
     bool hot_valid;           /* the current layer's hot partial is in d_parts */
+    bool hot_in_h;            /* ... or was added to d_h already (a dense layer) */
     bool dead;                /* a device error happened: every call fails */
     uint64_t planned;
 };
@@ -525,17 +529,26 @@ static int cuda_attn(pi_backend_t *b, int il)
         CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
     }
     const int32_t *d_pos = s->d_ids + n;
-    CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
-    CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
+    /* One run (decode, or one sequence's prompt): RoPE of q and k and the KV store in one launch. */
+    const bool fused = s->n_runs == 1 && s->hd % 2 == 0;
+    if (fused) {
+        const int sq = s->seq[0], p0 = s->pos[0];
+        CK(s, pi_cuda_rope_kv(s->ctx, n, s->n_head, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q,
+                              d_k, d_v, p0, kv_at(s, il, sq, 0), kv_at(s, il, sq, 1)), "attn");
+    } else {
+        CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
+        CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
+    }
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
         uint8_t *kc = kv_at(s, il, sq, 0), *vc = kv_at(s, il, sq, 1);
-        CK(s, pi_cuda_kv_store(s->ctx, s->n_head_kv, s->hd, p0, T, d_k + (size_t)t0 * (size_t)s->kvd,
-                               d_v + (size_t)t0 * (size_t)s->kvd, kc, vc), "attn");
+        if (!fused)
+            CK(s, pi_cuda_kv_store(s->ctx, s->n_head_kv, s->hd, p0, T, d_k + (size_t)t0 * (size_t)s->kvd,
+                                   d_v + (size_t)t0 * (size_t)s->kvd, kc, vc), "attn");
         CK(s, attend(s, T, p0, s->d_q + (size_t)t0 * (size_t)s->qd, kc, vc, s->d_att + (size_t)t0 * (size_t)s->qd), "attn");
     }
-    CK(s, pi_cuda_matmul(s->ctx, cl->o, n, s->d_att, s->d_o), "attn");
-    CK(s, pi_cuda_merge(s->ctx, (int64_t)n * s->d, 1, s->d_o, s->d_h), "attn");
+    /* h += o @ att: the residual add in the product's epilogue */
+    CK(s, pi_cuda_matmul_add(s->ctx, cl->o, n, s->d_att, s->d_h), "attn");
     return 0;
 }
 
@@ -572,7 +585,7 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
         maybe_register(s, x);
         CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
     }
-    s->hot_valid = false;
+    s->hot_valid = s->hot_in_h = false;
     return 0;
 }
 
@@ -584,16 +597,21 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     const struct cuda_layer *cl = &s->L[il];
     const int n = s->n;
     const int64_t d = s->d;
-    s->hot_valid = false;
+    s->hot_valid = s->hot_in_h = false;
     if (cl->n_hot == 0) return 0;
     if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
+        /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold */
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d,
-                                    s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
+                                    s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
+        s->hot_in_h = true;
+        return 0;
     } else if (cl->dense) {
         CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
         CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
-        CK(s, pi_cuda_gemm(s->ctx, cl->down, n, s->d_a, s->d_parts), "ffn_hot");
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
+        s->hot_in_h = true;
+        return 0;
     } else if (n < HOT_BATCH_MIN || !s->d_g) {
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d, NULL, NULL,
@@ -624,7 +642,7 @@ static int cuda_ffn_merge(pi_backend_t *b, int il, const float *cold)
     if (s->hot_valid && cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 2, s->d_parts, s->d_h), "ffn_merge");
     else if (s->hot_valid) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, s->d_parts, s->d_h), "ffn_merge");
     else if (cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, d_cold, s->d_h), "ffn_merge");
-    s->hot_valid = false;
+    s->hot_valid = s->hot_in_h = false;
     return 0;
 }
 
@@ -744,7 +762,7 @@ static int warm_scratch(struct cuda_backend *s)
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
-        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, s->d_parts), "start");
+        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, s->d_parts, 0), "start");
         else CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
         break;
     }

@@ -141,7 +141,20 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     double e = nerr_d(y, ref, (size_t)rows);
     tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
            (long long)cols, R, e);
-    if (R == 4 || R == PI_CUDA_MV_STAGED) {
+    if (R == 0) {
+        /* the accumulating form: y0 + W x */
+        float *y0 = rand_floats((size_t)rows, 2.0f);
+        double *ref2 = malloc((size_t)rows * sizeof(double));
+        for (int64_t r = 0; r < rows; r++) ref2[r] = ref[r] + y0[r];
+        PI_ASSERT(pi_cuda_upload(ctx, dy, y0, (size_t)rows * 4) == 0);
+        rc = pi_cuda_matvec_add(ctx, dw, dx, dy);
+        float *ya = host_of(dy, (size_t)rows);
+        double ea = nerr_d(ya, ref2, (size_t)rows);
+        tap_ok(rc == 0 && ea < 5e-5, "matvec_add %s (%lld, %lld): error %.3g", pi_type_name(t), (long long)rows,
+               (long long)cols, ea);
+        free(y0), free(ref2), free(ya);
+    }
+    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
         const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
         pi_cuda_weight_t *vw = NULL;
@@ -184,6 +197,16 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     /* f16 inputs (weights and activations rounded to 11 bits), f32 accumulation. */
     tap_ok(rc == 0 && e < 2e-3, "matmul %s T=%lld (%lld, %lld): error %.3g", pi_type_name(t), (long long)T,
            (long long)rows, (long long)cols, e);
+    /* the accumulating GEMM (beta 1): Y0 + X W^T */
+    float *Y0 = rand_floats((size_t)(T * rows), 2.0f);
+    for (int64_t i = 0; i < T * rows; i++) ref[i] += Y0[i];
+    PI_ASSERT(pi_cuda_upload(ctx, dY, Y0, (size_t)(T * rows) * 4) == 0);
+    rc = pi_cuda_matmul_add(ctx, dw, T, dX, dY);
+    free(Y);
+    Y = host_of(dY, (size_t)(T * rows));
+    e = nerr_d(Y, ref, (size_t)(T * rows));
+    tap_ok(rc == 0 && e < 2e-3, "matmul_add %s T=%lld: error %.3g", pi_type_name(t), (long long)T, e);
+    free(Y0);
 
     /* Dequantised tile against the reference rows rounded to f16. */
     void *d16 = dev_from(NULL, (size_t)(rows * cols) * 2);
@@ -217,6 +240,41 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
 }
 
 /* ------------------------------------------------------------------ element-wise */
+
+/* pi_cuda_rope_kv against pi_cuda_rope twice and pi_cuda_kv_store: q, k and both caches bit for bit. */
+static void test_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_rot, int64_t pos0, int64_t n_ctx)
+{
+    const int64_t qd = (int64_t)n_head * hd, kvd = (int64_t)n_head_kv * hd;
+    float *q = rand_floats((size_t)(T * qd), 1.0f), *k = rand_floats((size_t)(T * kvd), 1.0f);
+    float *v = rand_floats((size_t)(T * kvd), 1.0f);
+    int32_t *pos = malloc((size_t)T * sizeof(int32_t));
+    for (int64_t t = 0; t < T; t++) pos[t] = (int32_t)(pos0 + t);
+    const size_t cb = (size_t)(n_ctx * kvd) * 2;
+    float *q1 = dev_from(q, (size_t)(T * qd) * 4), *k1 = dev_from(k, (size_t)(T * kvd) * 4);
+    float *q2 = dev_from(q, (size_t)(T * qd) * 4), *k2 = dev_from(k, (size_t)(T * kvd) * 4);
+    float *dv = dev_from(v, (size_t)(T * kvd) * 4);
+    int32_t *dp = dev_from(pos, (size_t)T * 4);
+    void *kc1 = dev_from(NULL, cb), *vc1 = dev_from(NULL, cb), *kc2 = dev_from(NULL, cb), *vc2 = dev_from(NULL, cb);
+    PI_ASSERT(pi_cuda_memset(ctx, kc1, 0x11, cb) == 0 && pi_cuda_memset(ctx, kc2, 0x11, cb) == 0);
+    PI_ASSERT(pi_cuda_memset(ctx, vc1, 0x22, cb) == 0 && pi_cuda_memset(ctx, vc2, 0x22, cb) == 0);
+    const float base = 10000.0f, fs = 1.0f;
+    int rc = pi_cuda_rope(ctx, T, n_head, hd, n_rot, dp, base, fs, q1);
+    rc |= pi_cuda_rope(ctx, T, n_head_kv, hd, n_rot, dp, base, fs, k1);
+    rc |= pi_cuda_kv_store(ctx, n_head_kv, hd, pos0, T, k1, dv, kc1, vc1);
+    int rc2 = pi_cuda_rope_kv(ctx, T, n_head, n_head_kv, hd, n_rot, dp, base, fs, q2, k2, dv, pos0, kc2, vc2);
+    float *hq1 = host_of(q1, (size_t)(T * qd)), *hq2 = host_of(q2, (size_t)(T * qd));
+    float *hk1 = host_of(k1, (size_t)(T * kvd)), *hk2 = host_of(k2, (size_t)(T * kvd));
+    uint8_t *c1 = malloc(4 * cb), *c2 = c1 + 2 * cb;
+    PI_ASSERT(pi_cuda_download(ctx, c1, kc1, cb) == 0 && pi_cuda_download(ctx, c1 + cb, vc1, cb) == 0);
+    PI_ASSERT(pi_cuda_download(ctx, c2, kc2, cb) == 0 && pi_cuda_download(ctx, c2 + cb, vc2, cb) == 0);
+    tap_ok(rc == 0 && rc2 == 0 && memcmp(hq1, hq2, (size_t)(T * qd) * 4) == 0 &&
+               memcmp(hk1, hk2, (size_t)(T * kvd) * 4) == 0 && memcmp(c1, c2, 2 * cb) == 0,
+           "rope_kv T=%lld heads %d/%d dim %d rot %d at %lld: q, k and both caches equal the three separate kernels'",
+           (long long)T, n_head, n_head_kv, hd, n_rot, (long long)pos0);
+    dev_free(q1), dev_free(k1), dev_free(q2), dev_free(k2), dev_free(dv), dev_free(dp);
+    dev_free(kc1), dev_free(vc1), dev_free(kc2), dev_free(vc2);
+    free(q), free(k), free(v), free(pos), free(hq1), free(hq2), free(hk1), free(hk2), free(c1);
+}
 
 static void test_rmsnorm(int64_t T, int64_t n)
 {
@@ -434,15 +492,24 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_ff, d, gu, &dgu) == 0);
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff, dn, &ddn) == 0);
     float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4);
-    int rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy);
+    int rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy, 0);
     float *y = host_of(dy, (size_t)d);
     double e = nerr_d(y, ref, (size_t)d);
     tap_ok(rc == 0 && e < 5e-5, "ffn_dense %s/%s d=%lld n_ff=%lld act %d (%lld active): error %.3g", pi_type_name(gt),
            pi_type_name(dt), (long long)d, (long long)n_ff, act, (long long)active, e);
+    /* accumulating into a residual h0: h0 + y */
+    float *h0 = rand_floats((size_t)d, 3.0f);
+    for (int64_t r = 0; r < d; r++) ref[r] += h0[r];
+    PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
+    rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy, 1);
+    float *ya = host_of(dy, (size_t)d);
+    double ea = nerr_d(ya, ref, (size_t)d);
+    tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
+    free(h0), free(ya);
     /* a down matrix one block narrower than n_ff (the rows of dn, read shorter) */
     const int64_t blk = (int64_t)pi_type_get(dt)->block_elems;
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff - blk, dn, &bad) == 0);
-    tap_ok(pi_cuda_ffn_dense(ctx, dgu, bad, act, dx, dy) == -PI_ERR_INVAL, "ffn_dense refuses a down matrix of another width");
+    tap_ok(pi_cuda_ffn_dense(ctx, dgu, bad, act, dx, dy, 0) == -PI_ERR_INVAL, "ffn_dense refuses a down matrix of another width");
     pi_cuda_weight_destroy(ctx, &bad);
     pi_cuda_weight_destroy(ctx, &dgu);
     pi_cuda_weight_destroy(ctx, &ddn);
@@ -538,13 +605,19 @@ int main(void)
         test_matvec(t, 130, 512, 2);
         test_matvec(t, 301, 11008, PI_CUDA_MV_STAGED);
         test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
+        test_matvec(t, 203, 4096, PI_CUDA_MV_STAGED_NARROW);
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
-    test_rmsnorm(5, 4096);
-    test_rmsnorm(3, 100);
+    test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
+    test_rmsnorm(1, 4100);
+    test_rmsnorm(2, 16384);
+    test_rmsnorm(3, 100);   /* not a multiple of 4: the loop */
+    test_rmsnorm(2, 20000); /* wider than the register variant */
     test_rope(7, 8, 128, 128);
     test_rope(3, 4, 64, 32);
+    test_rope_kv(1, 32, 32, 128, 128, 300, 512); /* decode */
+    test_rope_kv(9, 8, 2, 64, 32, 5, 64);        /* partial rotation, GQA, a short prompt */
     test_softmax_act(6, 1000);
     test_attention(1, 8, 2, 128, 700, 1024);  /* decode, 3 splits, GQA 4:1 */
     test_attention(1, 4, 4, 64, 0, 16);       /* first token */

@@ -27,10 +27,13 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     c->n_sm = p.multiProcessorCount;
     c->xs_max_cols = (int64_t)(p.sharedMemPerBlockOptin / (36 * sizeof(float))) * 32; /* see matmul.cu */
     const char *mv = getenv("PI_CUDA_MV");
-    c->mv_mode = PI_MV_TALL; /* fastest decode on the H100 (doc/cuda-backend.md, "Decode speed") */
+    c->mv_mode = PI_MV_AUTO; /* rows per warp by the matrix's height (matmul.cu, doc/cuda-backend.md) */
     if (mv && strcmp(mv, "staged") == 0) c->mv_mode = PI_MV_STAGED;
+    else if (mv && strcmp(mv, "tall") == 0) c->mv_mode = PI_MV_TALL;
+    else if (mv && strcmp(mv, "narrow") == 0) c->mv_mode = PI_MV_NARROW;
     else if (mv && strcmp(mv, "reg") == 0) c->mv_mode = PI_MV_REG;
-    else if (mv && *mv && strcmp(mv, "tall") != 0) pi_warn("cuda: PI_CUDA_MV=%s unknown (reg, staged, tall); using tall", mv);
+    else if (mv && *mv && strcmp(mv, "auto") != 0)
+        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, reg, staged, tall, narrow); using auto", mv);
     PI_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     PI_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     PI_CUBLAS(cublasCreate(&c->blas));

@@ -83,7 +83,7 @@ struct pi_cuda_alloc_rec {
 
 /* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
  * PI_CUDA_MV=reg|staged|tall at context creation; tall when unset): see matmul.cu. */
-enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2 };
+enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4 };
 
 struct pi_cuda_ctx {
     int dev;
@@ -93,7 +93,7 @@ struct pi_cuda_ctx {
     size_t overhead; /* device memory the CUDA context and cuBLAS took at creation (not budgeted) */
     int n_sm;
     int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
-    int mv_mode;         /* decode matvec kernel: PI_MV_REG, PI_MV_STAGED or PI_MV_TALL (PI_CUDA_MV) */
+    int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL or _NARROW (PI_CUDA_MV) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;

@@ -105,10 +105,11 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
 /* ------------------------------------------------------------------ matrix products */
 
 /* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. The
- * kernel is the staged one below, 4 rows per warp (PI_CUDA_MV_STAGED_TALL; pi_cuda_ffn_hot's gate/up
- * pairs: PI_CUDA_MV_STAGED with the activation), where x fits its shared memory; the environment
- * variable PI_CUDA_MV=reg|staged|tall at context creation picks the register-x kernel (the automatic R
- * below) or the 2-row staged one instead, for comparisons. */
+ * kernel is the staged one below where x fits its shared memory, with 4, 2 or 1 rows per warp by the
+ * matrix's height (enough blocks for every SM; pi_cuda_ffn_hot's gate/up pairs: PI_CUDA_MV_STAGED with
+ * the activation); the environment variable PI_CUDA_MV=auto|reg|staged|tall|narrow at context creation
+ * picks the register-x kernel (the automatic R below) or one staged variant for every matrix instead,
+ * for comparisons. */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
@@ -117,6 +118,7 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
  * per warp, half the segments). */
 #define PI_CUDA_MV_STAGED 8
 #define PI_CUDA_MV_STAGED_TALL 9
+#define PI_CUDA_MV_STAGED_NARROW 10 /* 1 row per warp, 8 segments per lane in flight (4 for the others) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
@@ -126,6 +128,11 @@ int pi_cuda_gemm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const
 
 /* Either of the above: matvec for T <= 2 (per token), gemm beyond. Same shapes as pi_cuda_gemm. */
 int pi_cuda_matmul(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
+
+/* y += W @ x and Y += X @ W^T: the products above added to what y holds (the residual stream), in the
+ * matvec's epilogue or as the GEMM's beta = 1, which saves a separate add of the result. */
+int pi_cuda_matvec_add(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
+int pi_cuda_matmul_add(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
 
 /* out (n_ids, cols) f32 = rows ids[0..n_ids) of W (token embeddings); d_ids is int32 on the device,
  * each id in [0, rows) (checked on the device: an out-of-range id gives a row of NaN). */
@@ -151,6 +158,14 @@ int pi_cuda_rope(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int head_dim, int n_
  * [pos0, pos0 + T) of the caches k_cache, v_cache (n_ctx, n_head_kv, head_dim) f16. */
 int pi_cuda_kv_store(pi_cuda_ctx_t *ctx, int n_head_kv, int head_dim, int64_t pos0, int64_t T,
                      const float *d_k, const float *d_v, void *d_k_cache, void *d_v_cache);
+
+/* pi_cuda_rope of q (T, n_head, head_dim) and of k (T, n_head_kv, head_dim), then pi_cuda_kv_store of
+ * the rotated k and of v at positions [pos0, pos0 + T), in one launch (decode's step is a handful of
+ * small kernels; each launch costs more than its work). Same results, bit for bit, as the three calls;
+ * head_dim must be even. k is rotated in place; v is only read. */
+int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int n_rot,
+                    const int32_t *d_pos, float base, float freq_scale, float *d_q, float *d_k, const float *d_v,
+                    int64_t pos0, void *d_k_cache, void *d_v_cache);
 
 /* Causal attention of T queries q (T, n_head, head_dim) f32 at positions pos0 .. pos0 + T - 1 over the
  * f16 caches (positions 0 .. pos0 + t inclusive for query t), grouped-query: query head h reads kv
@@ -196,10 +211,10 @@ int pi_cuda_ffn_hot(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cud
 
 /* The FFN of a layer whose neurons are all on the device, in id order: a (n_ff,) = act(gate . x, up . x)
  * over the packed pairs gu (2 n_ff, d) as in pi_cuda_ffn_hot, then y (d,) = down (d, n_ff) @ a with the
- * file's ffn_down (no transposed copy) through pi_cuda_matvec. y is written, not accumulated. Scratch:
- * n_ff floats (the slot pi_cuda_ffn_hot uses). */
+ * file's ffn_down (no transposed copy) through pi_cuda_matvec. y is written, or with accumulate != 0
+ * added to (the residual stream directly). Scratch: n_ff floats (the slot pi_cuda_ffn_hot uses). */
 int pi_cuda_ffn_dense(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
-                      const float *d_x, float *d_y);
+                      const float *d_x, float *d_y, int accumulate);
 
 #ifdef __cplusplus
 }

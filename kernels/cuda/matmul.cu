@@ -174,14 +174,22 @@ extern "C" void pi_cuda_weight_destroy(pi_cuda_ctx_t *c, pi_cuda_weight_t **pw)
 
 /* ------------------------------------------------------------------ matvec */
 
-/* What a matvec does with its row sums: store them (y[r]), or, for the hot FFN's gate/up pairs (R = 2,
- * rows 2n and 2n + 1), store act(gate, up) into y[n], skipping neurons the mask marks inactive. */
+/* What a matvec does with its row sums: store them (y[r]), add them (y[r] += sum, add != 0), or, for
+ * the hot FFN's gate/up pairs (R = 2, rows 2n and 2n + 1), store act(gate, up) into y[n], skipping
+ * neurons the mask marks inactive. */
 struct pi_mv_epi {
     float *y;
     int act;
     const uint8_t *mask;
     const int32_t *ids;
+    int add;
 };
+
+__device__ __forceinline__ void pi_mv_store(const pi_mv_epi &e, int64_t r, float v)
+{
+    if (e.add) e.y[r] += v;
+    else e.y[r] = v;
+}
 
 __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
 {
@@ -235,15 +243,17 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
     } else {
 #pragma unroll
         for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) e.y[r0 + i] = acc[i];
+            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
     }
 }
 
-/* The staged variant: the block first copies x into shared memory (segment rows padded to 36 floats so
+/* The staged variant: the block copies x into shared memory (segment rows padded to 36 floats so
  * that a quarter-warp's 16-byte reads of 8 different segments hit distinct banks), then each warp
  * computes R rows with every lane issuing the loads of U segments of all R rows before any arithmetic,
  * so U * R weight loads per lane are in flight instead of R (the register-x kernel above waits on one
- * segment's latency per iteration, which bounds the low-bit types). */
+ * segment's latency per iteration, which bounds the low-bit types). The first U segments' weights are
+ * requested before x is staged, so their latency overlaps the staging's (a 4096-column decode matrix
+ * is only 4 segments per lane: without it the staging was a fixed delay of every launch). */
 #define PI_XS_PAD 36
 #define PI_XS_THREADS 256
 
@@ -254,30 +264,41 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     extern __shared__ float4 xs4[];
     const float *xs = (const float *)xs4;
     const int64_t nseg = w.cols >> 5;
-    for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x)
-        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg((const float4 *)x + i);
-    __syncthreads();
     const int lane = threadIdx.x & 31;
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
-    if (r0 >= w.rows) return;
-    if (GLU && e.mask) {
+    bool live = r0 < w.rows;
+    if (GLU && live && e.mask) {
         int64_t id = e.ids ? e.ids[warp] : warp;
         if (!e.mask[id]) {
             if (lane == 0) e.y[warp] = 0.0f;
-            return;
+            live = false;
         }
     }
+    pi_seg_raw raw[U][R];
+    if (live) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = lane + 32 * u < nseg ? lane + 32 * u : nseg - 1;
+#pragma unroll
+            for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+        }
+    }
+    for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x)
+        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg((const float4 *)x + i);
+    __syncthreads();
+    if (!live) return;
     float acc[R];
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
-        pi_seg_raw raw[U][R];
+        if (sb != lane) {
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
+            for (int u = 0; u < U; u++) {
+                const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
 #pragma unroll
-            for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+                for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+            }
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -307,7 +328,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     } else {
 #pragma unroll
         for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) e.y[r0 + i] = acc[i];
+            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
     }
 }
 
@@ -327,10 +348,10 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
     return 0;
 }
 
-/* wide: 2 rows per warp, 4 segments per lane in flight for Q4_0/Q8_0 (2 for the bigger segments of
- * the other types); tall: 4 rows per warp, half the segments. With a GLU epilogue (e.act != 0) always
- * wide: a warp takes one gate/up pair. */
-static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e, bool tall)
+/* R rows per warp and U segments per lane in flight, U R = 8 for Q4_0/Q8_0 (4 for the bigger segments
+ * of the other types): narrow (R = 1), wide (R = 2) or tall (R = 4). With a GLU epilogue (e.act != 0)
+ * always wide: a warp takes one gate/up pair. */
+static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e, int R)
 {
     if (w->cols > c->xs_max_cols) {
         pi_error("cuda: staged matvec: %lld columns exceed the shared memory (at most %lld)", (long long)w->cols,
@@ -339,9 +360,10 @@ static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x
     }
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
-        constexpr int U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 4 : 2;
-        if (e.act) return launch_matvec_xs<T, 2, U, true>(c, w, x, e);
-        return tall ? launch_matvec_xs<T, 4, U / 2, false>(c, w, x, e) : launch_matvec_xs<T, 2, U, false>(c, w, x, e);
+        constexpr int U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 8 : 4;
+        if (e.act) return launch_matvec_xs<T, 2, U / 2, true>(c, w, x, e);
+        if (R == 1) return launch_matvec_xs<T, 1, U, false>(c, w, x, e);
+        return R == 4 ? launch_matvec_xs<T, 4, U / 4, false>(c, w, x, e) : launch_matvec_xs<T, 2, U / 2, false>(c, w, x, e);
     });
 }
 
@@ -358,30 +380,57 @@ static int launch_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const floa
     });
 }
 
-extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R)
+static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R, int add)
 {
-    pi_mv_epi e = {d_y, 0, NULL, NULL};
+    pi_mv_epi e = {d_y, 0, NULL, NULL, add};
     switch (R) {
     case 1: return launch_matvec<1, false>(c, w, d_x, e);
     case 2: return launch_matvec<2, false>(c, w, d_x, e);
     case 4: return launch_matvec<4, false>(c, w, d_x, e);
-    case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, false);
-    case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, true);
+    case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, 2);
+    case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, 4);
+    case PI_CUDA_MV_STAGED_NARROW: return matvec_xs(c, w, d_x, e, 1);
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
     }
 }
 
-/* The staged kernel where x fits its shared memory (the context's mv_mode: tall by default, the fastest
- * whole decode measured, doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the register-x kernel
- * with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows per SM up (as fast
- * as or faster than 2 for every type at 4096 and 11008 rows), fewer for small matrices so that every SM
- * still gets warps. */
+extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R)
+{
+    return matvec_r(c, w, d_x, d_y, R, 0);
+}
+
+/* The staged kernel where x fits its shared memory. Its rows per warp: the context's mv_mode, or with
+ * PI_MV_AUTO (the default) the most that still gives every SM two blocks of 8 warps: 4 from 64 n_sm
+ * rows (8448 on the H100: the 7B-class q/k/v stack, the output head), 2 from 32 n_sm, else 1 (the
+ * 4096-row attention output and down matrices: 512 blocks instead of the 128 of R = 4, which left the
+ * SMs with one block's loads in flight; doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the
+ * register-x kernel with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows
+ * per SM up, fewer for small matrices so that every SM still gets warps. */
+static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int add)
+{
+    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols) {
+        int v = PI_CUDA_MV_STAGED;
+        if (c->mv_mode == PI_MV_TALL) v = PI_CUDA_MV_STAGED_TALL;
+        else if (c->mv_mode == PI_MV_NARROW) v = PI_CUDA_MV_STAGED_NARROW;
+        else if (c->mv_mode == PI_MV_AUTO) {
+            const int64_t blocks2 = 2 * (int64_t)c->n_sm * (PI_XS_THREADS / 32); /* warps for 2 blocks per SM */
+            v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
+                : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
+        }
+        return matvec_r(c, w, d_x, d_y, v, add);
+    }
+    int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
+    return matvec_r(c, w, d_x, d_y, R, add);
+}
+
 extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
-    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols)
-        return pi_cuda_matvec_r(c, w, d_x, d_y, c->mv_mode == PI_MV_TALL ? PI_CUDA_MV_STAGED_TALL : PI_CUDA_MV_STAGED);
-    int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
-    return pi_cuda_matvec_r(c, w, d_x, d_y, R);
+    return matvec_auto(c, w, d_x, d_y, 0);
+}
+
+extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
+{
+    return matvec_auto(c, w, d_x, d_y, 1);
 }
 
 /* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; the staged
@@ -389,8 +438,8 @@ extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
                    const int32_t *d_ids, float *d_a)
 {
-    pi_mv_epi e = {d_a, act, d_mask, d_ids};
-    if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, false);
+    pi_mv_epi e = {d_a, act, d_mask, d_ids, 0};
+    if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }
 
@@ -480,9 +529,9 @@ __global__ void k_f32_to_f16(int64_t n, const float *__restrict__ x, __half *__r
 /* Y[:, r0 : r0 + nr] = X16 @ A^T with A (nr, k) f16 row-major; Y (T, ldc) f32 row-major. In cuBLAS'
  * column-major terms: C (nr, T) = op(A) (nr, k) * B (k, T), op = transpose of the column-major (k, nr). */
 static int gemm_f16(pi_cuda_ctx_t *c, const __half *A, int64_t nr, int64_t k, const __half *X16, int64_t T, float *Y,
-                    int64_t ldc)
+                    int64_t ldc, float beta)
 {
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f;
     PI_CUBLAS(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, (int)T, (int)k, &alpha, A, CUDA_R_16F, (int)k,
                            X16, CUDA_R_16F, (int)k, &beta, Y, CUDA_R_32F, (int)ldc, CUBLAS_COMPUTE_32F,
                            CUBLAS_GEMM_DEFAULT));
@@ -491,7 +540,7 @@ static int gemm_f16(pi_cuda_ctx_t *c, const __half *A, int64_t nr, int64_t k, co
 
 #define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
 
-extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
+static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, float beta)
 {
     if (T <= 0 || T > INT_MAX / 2) {
         pi_error("cuda: gemm with %lld tokens", (long long)T);
@@ -502,7 +551,8 @@ extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, (size_t)n * 2, &x16));
     k_f32_to_f16<<<(unsigned)((n / 2 + 256) / 256), 256, 0, c->stream>>>(n, d_X, (__half *)x16);
     PI_CU_LAUNCH("k_f32_to_f16");
-    if (w->type == PI_TYPE_F16) return gemm_f16(c, (const __half *)w->q, w->rows, w->cols, (__half *)x16, T, d_Y, w->rows);
+    if (w->type == PI_TYPE_F16)
+        return gemm_f16(c, (const __half *)w->q, w->rows, w->cols, (__half *)x16, T, d_Y, w->rows, beta);
     int64_t tile_rows = (int64_t)(PI_CUDA_TILE_BYTES / ((size_t)w->cols * 2));
     tile_rows = tile_rows >= 128 ? tile_rows / 128 * 128 : PI_MAX(tile_rows, (int64_t)1);
     tile_rows = PI_MIN(tile_rows, w->rows);
@@ -510,14 +560,29 @@ extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t
     for (int64_t r0 = 0; r0 < w->rows; r0 += tile_rows) {
         int64_t nr = PI_MIN(tile_rows, w->rows - r0);
         PI_TRY(dequant_rows(c, w, r0, nr, (__half *)tile));
-        PI_TRY(gemm_f16(c, (const __half *)tile, nr, w->cols, (__half *)x16, T, d_Y + r0, w->rows));
+        PI_TRY(gemm_f16(c, (const __half *)tile, nr, w->cols, (__half *)x16, T, d_Y + r0, w->rows, beta));
     }
+    return 0;
+}
+
+extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
+{
+    return gemm(c, w, T, d_X, d_Y, 0.0f);
+}
+
+static int matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
+{
+    if (T > 2) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
+    for (int64_t t = 0; t < T; t++) PI_TRY(matvec_auto(c, w, d_X + t * w->cols, d_Y + t * w->rows, add));
     return 0;
 }
 
 extern "C" int pi_cuda_matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
 {
-    if (T > 2) return pi_cuda_gemm(c, w, T, d_X, d_Y);
-    for (int64_t t = 0; t < T; t++) PI_TRY(pi_cuda_matvec(c, w, d_X + t * w->cols, d_Y + t * w->rows));
-    return 0;
+    return matmul(c, w, T, d_X, d_Y, 0);
+}
+
+extern "C" int pi_cuda_matmul_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
+{
+    return matmul(c, w, T, d_X, d_Y, 1);
 }

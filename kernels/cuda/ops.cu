@@ -60,11 +60,53 @@ __global__ void k_rmsnorm(int64_t n, const float *__restrict__ x, const float *_
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * inv * g[i];
 }
 
+/* The decode-sized variant: a row of n = 4 m floats held in registers, K float4 per thread, so every
+ * load of the row is issued at once and the row is read once (the loop above waits on a chain of loads
+ * and reads x twice: ~15 us per 4096-float row on the H100 under ncu, doc/cuda-backend.md). */
+template <int K>
+__global__ void k_rmsnorm_v(int64_t n, const float *__restrict__ x, const float *__restrict__ g, float eps,
+                            float *__restrict__ y)
+{
+    __shared__ float sh[32];
+    const int64_t m = n >> 2;
+    const float4 *xr = (const float4 *)(x + blockIdx.x * n);
+    float4 *yr = (float4 *)(y + blockIdx.x * n);
+    float4 v[K];
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+        v[k] = i < m ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
+    }
+    ss = pi_block_sum(ss, sh);
+    const float inv = rsqrtf(ss / (float)n + eps);
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        const int64_t i = threadIdx.x + (int64_t)k * blockDim.x;
+        if (i >= m) break;
+        const float4 gv = ((const float4 *)g)[i];
+        yr[i] = make_float4(v[k].x * inv * gv.x, v[k].y * inv * gv.y, v[k].z * inv * gv.z, v[k].w * inv * gv.w);
+    }
+}
+
+static bool al16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 extern "C" int pi_cuda_rmsnorm(pi_cuda_ctx_t *c, int64_t T, int64_t n, const float *d_x, const float *d_g, float eps,
                                float *d_y)
 {
     PI_TRY(check_count("rmsnorm rows", T));
     PI_TRY(check_count("rmsnorm width", n));
+    const int64_t m = n / 4;
+    if (n % 4 == 0 && m <= 4 * 1024 && al16(d_x) && al16(d_g) && al16(d_y)) {
+        const int K = m <= 1024 ? 1 : (m <= 2048 ? 2 : 4);
+        const unsigned threads = (unsigned)(((m + K - 1) / K + 31) / 32 * 32);
+        if (K == 1) k_rmsnorm_v<1><<<(unsigned)T, threads, 0, c->stream>>>(n, d_x, d_g, eps, d_y);
+        else if (K == 2) k_rmsnorm_v<2><<<(unsigned)T, threads, 0, c->stream>>>(n, d_x, d_g, eps, d_y);
+        else k_rmsnorm_v<4><<<(unsigned)T, threads, 0, c->stream>>>(n, d_x, d_g, eps, d_y);
+        PI_CU_LAUNCH("k_rmsnorm_v");
+        return 0;
+    }
     k_rmsnorm<<<(unsigned)T, 256, 0, c->stream>>>(n, d_x, d_g, eps, d_y);
     PI_CU_LAUNCH("k_rmsnorm");
     return 0;
@@ -148,6 +190,63 @@ extern "C" int pi_cuda_kv_store(pi_cuda_ctx_t *c, int n_head_kv, int head_dim, i
     k_kv_store<<<blocks_for(n, 256), 256, 0, c->stream>>>(n, pos0 * kvd, d_k, d_v, (__half *)d_k_cache,
                                                            (__half *)d_v_cache);
     PI_CU_LAUNCH("k_kv_store");
+    return 0;
+}
+
+/* The two steps above and the RoPE of q in one launch (one sequence's T consecutive positions): one
+ * thread per (token, head, pair of dimensions) over the q heads, the k heads and the v heads of
+ * qkv; q and k pairs below n_rot rotate as k_rope rotates them (the same expression, so the same
+ * bits), k and v pairs are then stored as f16 at position pos0 + t. k is rotated in place as well. */
+__global__ void k_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_rot, const int32_t *__restrict__ pos,
+                          float base, float freq_scale, float *__restrict__ q, float *__restrict__ k,
+                          const float *__restrict__ v, int64_t off, __half *__restrict__ kc, __half *__restrict__ vc)
+{
+    const int hp = hd / 2, nh = n_head + 2 * n_head_kv;
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= T * nh * hp) return;
+    const int p = (int)(i % hp);
+    const int64_t th = i / hp;
+    const int64_t t = th / nh;
+    const int h = (int)(th % nh);
+    const int64_t kvd = (int64_t)n_head_kv * hd;
+    if (h >= n_head + n_head_kv) { /* a v pair: store only */
+        const int64_t e = t * kvd + (int64_t)(h - n_head - n_head_kv) * hd + 2 * p;
+        *(__half2 *)(vc + off + e) = __floats2half2_rn(v[e], v[e + 1]);
+        return;
+    }
+    float *row = h < n_head ? q + (t * n_head + h) * hd : k + t * kvd + (int64_t)(h - n_head) * hd;
+    float a = row[2 * p], b = row[2 * p + 1];
+    if (2 * p < n_rot) {
+        const float theta = (float)pos[t] * freq_scale * powf(base, -2.0f * (float)p / (float)n_rot);
+        float sn, co;
+        sincosf(theta, &sn, &co);
+        const float a2 = a * co - b * sn, b2 = a * sn + b * co;
+        a = a2, b = b2;
+        row[2 * p] = a, row[2 * p + 1] = b;
+    }
+    if (h >= n_head) {
+        const int64_t e = t * kvd + (int64_t)(h - n_head) * hd + 2 * p;
+        kc[off + e] = __float2half_rn(a);
+        kc[off + e + 1] = __float2half_rn(b);
+    }
+}
+
+extern "C" int pi_cuda_rope_kv(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int n_rot,
+                               const int32_t *d_pos, float base, float freq_scale, float *d_q, float *d_k,
+                               const float *d_v, int64_t pos0, void *d_k_cache, void *d_v_cache)
+{
+    PI_TRY(check_count("rope_kv tokens", T));
+    if (n_head <= 0 || n_head_kv <= 0 || head_dim <= 0 || head_dim % 2 || n_rot <= 0 || n_rot % 2 ||
+        n_rot > head_dim || pos0 < 0) {
+        pi_error("cuda: rope_kv with n_head %d, n_head_kv %d, head_dim %d, n_rot %d, pos0 %lld", n_head, n_head_kv,
+                 head_dim, n_rot, (long long)pos0);
+        return -PI_ERR_INVAL;
+    }
+    const int64_t n = T * (n_head + 2 * n_head_kv) * (head_dim / 2);
+    k_rope_kv<<<blocks_for(n, 256), 256, 0, c->stream>>>(T, n_head, n_head_kv, head_dim, n_rot, d_pos, base, freq_scale,
+                                                          d_q, d_k, d_v, pos0 * n_head_kv * head_dim,
+                                                          (__half *)d_k_cache, (__half *)d_v_cache);
+    PI_CU_LAUNCH("k_rope_kv");
     return 0;
 }
 
@@ -493,7 +592,7 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
 }
 
 extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
-                                 const float *d_x, float *d_y)
+                                 const float *d_x, float *d_y, int accumulate)
 {
     PI_TRY(check_act(act));
     const int64_t n_ff = down->cols, d = down->rows;
@@ -505,5 +604,5 @@ extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, c
     void *a = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a));
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, (float *)a));
-    return pi_cuda_matvec(c, down, (const float *)a, d_y);
+    return accumulate ? pi_cuda_matvec_add(c, down, (const float *)a, d_y) : pi_cuda_matvec(c, down, (const float *)a, d_y);
 }
