@@ -624,6 +624,7 @@ int main(void)
     test_attention(40, 8, 8, 64, 230, 512);   /* a prompt continuing a sequence, crossing a split */
     test_attention(3, 32, 8, 256, 100, 128);
     test_attention(2, 4, 2, 32, 300, 512);
+    test_attention(1, 32, 32, 128, 900, 1024); /* decode with shorter splits (the scratch is large enough by now) */
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_RELU, 0);
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);

@@ -252,12 +252,26 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
  * computes R rows with every lane issuing the loads of U segments of all R rows before any arithmetic,
  * so U * R weight loads per lane are in flight instead of R (the register-x kernel above waits on one
  * segment's latency per iteration, which bounds the low-bit types). The first U segments' weights are
- * requested before x is staged, so their latency overlaps the staging's (a 4096-column decode matrix
- * is only 4 segments per lane: without it the staging was a fixed delay of every launch). */
+ * requested before x is staged (PRE), so their latency overlaps the staging's (a 4096-column decode
+ * matrix is only 4 segments per lane: without it the staging was a fixed delay of every launch). PRE
+ * holds those registers through the staging, so it is used where they are few: Q4_0 without the GLU
+ * epilogue (with it, 63 -> 77 registers cost the gate/up kernel a block per SM: 26.6 -> 30.0 us on
+ * the 7B-class matrix under ncu, H100). */
 #define PI_XS_PAD 36
 #define PI_XS_THREADS 256
 
-template <int T, int R, int U, bool GLU>
+template <int T, int R, int U>
+__device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t sb, int64_t nseg, pi_seg_raw (&raw)[U][R])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
+#pragma unroll
+        for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+    }
+}
+
+template <int T, int R, int U, bool GLU, bool PRE>
 __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
     static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
@@ -276,14 +290,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
         }
     }
     pi_seg_raw raw[U][R];
-    if (live) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = lane + 32 * u < nseg ? lane + 32 * u : nseg - 1;
-#pragma unroll
-            for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
-        }
-    }
+    if (PRE && live) pi_xs_load<T, R, U>(w, r0, lane, nseg, raw);
     for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x)
         xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg((const float4 *)x + i);
     __syncthreads();
@@ -292,14 +299,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
-        if (sb != lane) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
-#pragma unroll
-                for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
-            }
-        }
+        if (!PRE || sb != lane) pi_xs_load<T, R, U>(w, r0, sb, nseg, raw);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t s = sb + 32 * u;
@@ -335,15 +335,16 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
 template <int T, int R, int U, bool GLU>
 static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
 {
+    constexpr bool PRE = !GLU && T == PI_TYPE_Q4_0;
     static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
     const size_t smem = (size_t)(w->cols / 32) * PI_XS_PAD * sizeof(float);
     if (smem > smem_set) {
-        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U, GLU>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U, GLU, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
     const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
     const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
-    k_matvec_xs<T, R, U, GLU><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
+    k_matvec_xs<T, R, U, GLU, PRE><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
     PI_CU_LAUNCH("k_matvec_xs");
     return 0;
 }

@@ -286,7 +286,7 @@ template <int NPL> __device__ __forceinline__ void pi_ld_halves(const __half *p,
  * NPL = head_dim / 32 dimensions [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
 template <int NPL>
 __global__ void __launch_bounds__(PI_ATT_WARPS * 32)
-k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, float qscale, const float *__restrict__ q,
+k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, float qscale, const float *__restrict__ q,
              const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
 {
     constexpr int HD = 32 * NPL, P = NPL >= 8 ? 4 : 8;
@@ -297,7 +297,7 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, float qscale, 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (n_head / n_head_kv);
     const int64_t kv_len = pos0 + t + 1;
-    const int64_t p0 = (int64_t)sp * PI_ATT_CHUNK, p1 = PI_MIN(p0 + PI_ATT_CHUNK, kv_len);
+    const int64_t p0 = (int64_t)sp * chunk, p1 = PI_MIN(p0 + chunk, kv_len);
     const int64_t kvd = (int64_t)n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
     float qv[NPL], acc[NPL];
     const float *qr = q + (t * n_head + h) * HD + lane * NPL;
@@ -390,7 +390,19 @@ extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_
                  (long long)T, n_head, n_head_kv, head_dim, (long long)pos0);
         return -PI_ERR_INVAL;
     }
-    const int64_t nsplit = (pos0 + T + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK;
+    /* Splits of PI_ATT_CHUNK positions; when that gives fewer than two blocks per SM (decode at a short
+     * context: one block per head), shorter splits (down to 32 positions, one round of the 4 warps),
+     * as long as their partials fit the scratch already held, so that serving does not allocate (the
+     * backend grows it to its largest need at start). */
+    const int64_t L = pos0 + T, want = 2 * (int64_t)c->n_sm;
+    int64_t chunk = PI_ATT_CHUNK;
+    if (T * n_head * ((L + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK) < want) {
+        const int64_t ns = (want + T * n_head - 1) / (T * n_head);
+        const int64_t ch = PI_MAX((int64_t)32, ((L + ns - 1) / ns + 31) / 32 * 32);
+        const size_t b = (size_t)T * (size_t)n_head * (size_t)((L + ch - 1) / ch) * (size_t)(head_dim + 2) * sizeof(float);
+        if (ch < chunk && b <= c->scr_bytes[PI_CUDA_SCR_ATT]) chunk = ch;
+    }
+    const int64_t nsplit = (L + chunk - 1) / chunk;
     if (nsplit > 65535) {
         pi_error("cuda: attention over %lld positions unsupported", (long long)(pos0 + T));
         return -PI_ERR_INVAL;
@@ -403,10 +415,10 @@ extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_
     const __half *kh = (const __half *)d_k_cache, *vh = (const __half *)d_v_cache;
     const int ns = (int)nsplit;
     switch (head_dim) {
-    case 32: k_attn_split<1><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
-    case 64: k_attn_split<2><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
-    case 128: k_attn_split<4><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
-    default: k_attn_split<8><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, qscale, d_q, kh, vh, (float *)part); break;
+    case 32: k_attn_split<1><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, (int)chunk, qscale, d_q, kh, vh, (float *)part); break;
+    case 64: k_attn_split<2><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, (int)chunk, qscale, d_q, kh, vh, (float *)part); break;
+    case 128: k_attn_split<4><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, (int)chunk, qscale, d_q, kh, vh, (float *)part); break;
+    default: k_attn_split<8><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, pos0, ns, (int)chunk, qscale, d_q, kh, vh, (float *)part); break;
     }
     PI_CU_LAUNCH("k_attn_split");
     dim3 g2((unsigned)n_head, (unsigned)T);
