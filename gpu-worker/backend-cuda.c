@@ -101,8 +101,8 @@ struct cuda_backend {
     int32_t *seq, *pos;       /* (T): the batch */
     int32_t *run_start;       /* (T + 1): runs of the batch */
     int n, n_runs;
-    bool hot_valid;           /* the current layer's hot partial is in d_parts */
-    bool hot_in_h;            /* ... or was added to d_h already (a dense layer) */
+    bool hot_valid;           /* the current layer's hot partial is in d_parts (not for a dense layer,
+                                 whose ffn_hot adds its product to d_h itself) */
     bool dead;                /* a device error happened: every call fails */
     uint64_t planned;
 };
@@ -585,11 +585,12 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
         maybe_register(s, x);
         CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
     }
-    s->hot_valid = s->hot_in_h = false;
+    s->hot_valid = false;
     return 0;
 }
 
-/* d_parts[0 .. n d) = the hot neurons of layer il over the rows of d_xn. */
+/* The hot neurons of layer il over the rows of d_xn: into d_parts[0 .. n d) (hot_valid), or, for a
+ * dense layer, added to d_h directly (its down product's epilogue; ffn_merge then adds only cold). */
 static int cuda_ffn_hot(pi_backend_t *b, int il)
 {
     struct cuda_backend *s = cb(b);
@@ -597,20 +598,18 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     const struct cuda_layer *cl = &s->L[il];
     const int n = s->n;
     const int64_t d = s->d;
-    s->hot_valid = s->hot_in_h = false;
+    s->hot_valid = false;
     if (cl->n_hot == 0) return 0;
     if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
         /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold */
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d,
                                     s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
-        s->hot_in_h = true;
         return 0;
     } else if (cl->dense) {
         CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
         CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
         CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
-        s->hot_in_h = true;
         return 0;
     } else if (n < HOT_BATCH_MIN || !s->d_g) {
         for (int t = 0; t < n; t++)
@@ -642,7 +641,7 @@ static int cuda_ffn_merge(pi_backend_t *b, int il, const float *cold)
     if (s->hot_valid && cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 2, s->d_parts, s->d_h), "ffn_merge");
     else if (s->hot_valid) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, s->d_parts, s->d_h), "ffn_merge");
     else if (cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, d_cold, s->d_h), "ffn_merge");
-    s->hot_valid = s->hot_in_h = false;
+    s->hot_valid = false;
     return 0;
 }
 

@@ -14,6 +14,8 @@
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
  *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
  *                                       (cold NULL: no CPU partials, the layer had no exchange)
+ *   (ffn_input, ffn_hot and ffn_merge once each per layer, in this order: a backend may add the hot
+ *   partial to h in ffn_hot already, as the cuda backend's dense layers do, and merge only cold.)
  *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
  *   commit()                            the batch's positions are now part of the cache
  *

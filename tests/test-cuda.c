@@ -141,18 +141,18 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     double e = nerr_d(y, ref, (size_t)rows);
     tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
            (long long)cols, R, e);
-    if (R == 0) {
-        /* the accumulating form: y0 + W x */
+    {
+        /* the accumulating epilogue of the same kernel: y0 + W x; its error is that of (result - y0)
+         * against W x, so that y0 does not dilute it */
         float *y0 = rand_floats((size_t)rows, 2.0f);
-        double *ref2 = malloc((size_t)rows * sizeof(double));
-        for (int64_t r = 0; r < rows; r++) ref2[r] = ref[r] + y0[r];
         PI_ASSERT(pi_cuda_upload(ctx, dy, y0, (size_t)rows * 4) == 0);
-        rc = pi_cuda_matvec_add(ctx, dw, dx, dy);
+        rc = R ? pi_cuda_matvec_r(ctx, dw, dx, dy, R | PI_CUDA_MV_ADD) : pi_cuda_matvec_add(ctx, dw, dx, dy);
         float *ya = host_of(dy, (size_t)rows);
-        double ea = nerr_d(ya, ref2, (size_t)rows);
-        tap_ok(rc == 0 && ea < 5e-5, "matvec_add %s (%lld, %lld): error %.3g", pi_type_name(t), (long long)rows,
-               (long long)cols, ea);
-        free(y0), free(ref2), free(ya);
+        for (int64_t r = 0; r < rows; r++) ya[r] -= y0[r];
+        double ea = nerr_d(ya, ref, (size_t)rows);
+        tap_ok(rc == 0 && ea < 5e-5, "matvec %s (%lld, %lld) R=%d adding to y: error %.3g", pi_type_name(t),
+               (long long)rows, (long long)cols, R, ea);
+        free(y0), free(ya);
     }
     if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
@@ -197,13 +197,13 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     /* f16 inputs (weights and activations rounded to 11 bits), f32 accumulation. */
     tap_ok(rc == 0 && e < 2e-3, "matmul %s T=%lld (%lld, %lld): error %.3g", pi_type_name(t), (long long)T,
            (long long)rows, (long long)cols, e);
-    /* the accumulating GEMM (beta 1): Y0 + X W^T */
+    /* the accumulating GEMM (beta 1): Y0 + X W^T, its error that of (result - Y0) against X W^T */
     float *Y0 = rand_floats((size_t)(T * rows), 2.0f);
-    for (int64_t i = 0; i < T * rows; i++) ref[i] += Y0[i];
     PI_ASSERT(pi_cuda_upload(ctx, dY, Y0, (size_t)(T * rows) * 4) == 0);
     rc = pi_cuda_matmul_add(ctx, dw, T, dX, dY);
     free(Y);
     Y = host_of(dY, (size_t)(T * rows));
+    for (int64_t i = 0; i < T * rows; i++) Y[i] -= Y0[i];
     e = nerr_d(Y, ref, (size_t)(T * rows));
     tap_ok(rc == 0 && e < 2e-3, "matmul_add %s T=%lld: error %.3g", pi_type_name(t), (long long)T, e);
     free(Y0);
@@ -497,12 +497,12 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     double e = nerr_d(y, ref, (size_t)d);
     tap_ok(rc == 0 && e < 5e-5, "ffn_dense %s/%s d=%lld n_ff=%lld act %d (%lld active): error %.3g", pi_type_name(gt),
            pi_type_name(dt), (long long)d, (long long)n_ff, act, (long long)active, e);
-    /* accumulating into a residual h0: h0 + y */
+    /* accumulating into a residual h0: h0 + y, its error that of (result - h0) against y */
     float *h0 = rand_floats((size_t)d, 3.0f);
-    for (int64_t r = 0; r < d; r++) ref[r] += h0[r];
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
     rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy, 1);
     float *ya = host_of(dy, (size_t)d);
+    for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
     double ea = nerr_d(ya, ref, (size_t)d);
     tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
     free(h0), free(ya);
@@ -606,6 +606,7 @@ int main(void)
         test_matvec(t, 301, 11008, PI_CUDA_MV_STAGED);
         test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
         test_matvec(t, 203, 4096, PI_CUDA_MV_STAGED_NARROW);
+        test_matvec(t, 70, 512, PI_CUDA_MV_STAGED_NARROW); /* fewer segments than lanes (Q4_0: the prefetch) */
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */

@@ -82,7 +82,7 @@ struct pi_cuda_alloc_rec {
 };
 
 /* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
- * PI_CUDA_MV=reg|staged|tall at context creation; tall when unset): see matmul.cu. */
+ * PI_CUDA_MV=auto|reg|staged|tall|narrow at context creation; auto when unset): see matmul.cu. */
 enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4 };
 
 struct pi_cuda_ctx {

@@ -119,6 +119,7 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_STAGED 8
 #define PI_CUDA_MV_STAGED_TALL 9
 #define PI_CUDA_MV_STAGED_NARROW 10 /* 1 row per warp, 8 segments per lane in flight (4 for the others) */
+#define PI_CUDA_MV_ADD 0x100        /* or-ed into R: y += W x (the epilogue of pi_cuda_matvec_add) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
@@ -162,7 +163,8 @@ int pi_cuda_kv_store(pi_cuda_ctx_t *ctx, int n_head_kv, int head_dim, int64_t po
 /* pi_cuda_rope of q (T, n_head, head_dim) and of k (T, n_head_kv, head_dim), then pi_cuda_kv_store of
  * the rotated k and of v at positions [pos0, pos0 + T), in one launch (decode's step is a handful of
  * small kernels; each launch costs more than its work). Same results, bit for bit, as the three calls;
- * head_dim must be even. k is rotated in place; v is only read. */
+ * head_dim must be even and the caches 4-byte aligned (v is stored as pairs of halves). k is rotated
+ * in place; v is only read. */
 int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int n_rot,
                     const int32_t *d_pos, float base, float freq_scale, float *d_q, float *d_k, const float *d_v,
                     int64_t pos0, void *d_k_cache, void *d_v_cache);

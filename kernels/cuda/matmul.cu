@@ -397,7 +397,7 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
 
 extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R)
 {
-    return matvec_r(c, w, d_x, d_y, R, 0);
+    return matvec_r(c, w, d_x, d_y, R & ~PI_CUDA_MV_ADD, (R & PI_CUDA_MV_ADD) != 0);
 }
 
 /* The staged kernel where x fits its shared memory. Its rows per warp: the context's mv_mode, or with
