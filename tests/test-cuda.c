@@ -154,7 +154,7 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
                (long long)rows, (long long)cols, R, ea);
         free(y0), free(ya);
     }
-    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW) {
+    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW || R == PI_CUDA_MV_SPLIT) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
         const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
         pi_cuda_weight_t *vw = NULL;
@@ -607,6 +607,8 @@ int main(void)
         test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
         test_matvec(t, 203, 4096, PI_CUDA_MV_STAGED_NARROW);
         test_matvec(t, 70, 512, PI_CUDA_MV_STAGED_NARROW); /* fewer segments than lanes (Q4_0: the prefetch) */
+        test_matvec(t, 300, 11008, PI_CUDA_MV_SPLIT);      /* split-K: 6 ranges of 64 segments (Q4_0), the last short */
+        test_matvec(t, 45, 4096, PI_CUDA_MV_SPLIT);
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */

@@ -31,9 +31,10 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     if (mv && strcmp(mv, "staged") == 0) c->mv_mode = PI_MV_STAGED;
     else if (mv && strcmp(mv, "tall") == 0) c->mv_mode = PI_MV_TALL;
     else if (mv && strcmp(mv, "narrow") == 0) c->mv_mode = PI_MV_NARROW;
+    else if (mv && strcmp(mv, "split") == 0) c->mv_mode = PI_MV_SPLIT;
     else if (mv && strcmp(mv, "reg") == 0) c->mv_mode = PI_MV_REG;
     else if (mv && *mv && strcmp(mv, "auto") != 0)
-        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, reg, staged, tall, narrow); using auto", mv);
+        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, reg, staged, tall, narrow, split); using auto", mv);
     PI_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     PI_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     PI_CUBLAS(cublasCreate(&c->blas));

@@ -109,7 +109,8 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
  * matrix's height (enough blocks for every SM; pi_cuda_ffn_hot's gate/up pairs: PI_CUDA_MV_STAGED with
  * the activation); the environment variable PI_CUDA_MV=auto|reg|staged|tall|narrow at context creation
  * picks the register-x kernel (the automatic R below) or one staged variant for every matrix instead,
- * for comparisons. */
+ * for comparisons; PI_CUDA_MV=split takes the split-K kernel where auto would take fewer than 4 rows
+ * per warp and the GEMM tile scratch already holds its partial sums (an experiment, not the default). */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
@@ -119,6 +120,7 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_STAGED 8
 #define PI_CUDA_MV_STAGED_TALL 9
 #define PI_CUDA_MV_STAGED_NARROW 10 /* 1 row per warp, 8 segments per lane in flight (4 for the others) */
+#define PI_CUDA_MV_SPLIT 11         /* split-K over ranges of the columns, then an ordered sum (R = 4) */
 #define PI_CUDA_MV_ADD 0x100        /* or-ed into R: y += W x (the epilogue of pi_cuda_matvec_add) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 

@@ -260,12 +260,14 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
 #define PI_XS_PAD 36
 #define PI_XS_THREADS 256
 
+/* raw[u][i] = segment sb + 32 u of row r0 + i, both clamped (to segment end - 1, to the last row):
+ * the clamped loads are never used, they only keep the addresses valid. */
 template <int T, int R, int U>
-__device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t sb, int64_t nseg, pi_seg_raw (&raw)[U][R])
+__device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t sb, int64_t end, pi_seg_raw (&raw)[U][R])
 {
 #pragma unroll
     for (int u = 0; u < U; u++) {
-        const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1;
+        const int64_t s = sb + 32 * u < end ? sb + 32 * u : end - 1;
 #pragma unroll
         for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
     }
@@ -349,6 +351,101 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
     return 0;
 }
 
+/* Split-K (PI_CUDA_MV=split, an experiment: not yet run on a GPU when written, so not the default).
+ * The 4096-row matrices of a 7B-class decode give the kernel above one wave of blocks, each staging
+ * all of x before its few loads per lane (ncu, doc/cuda-backend.md "Session 3": 0.9-1.0 TB/s). Here
+ * block (b, k) takes rows [32 b, 32 b + 32) (4 per warp) over the k-th range of 32 U segments (one
+ * batch of loads per lane), stages only that range of x, and writes its row sums to
+ * part[k rows + r]; a second kernel adds the ranges in a fixed order (so the result does not depend
+ * on which block finishes first) and stores or adds y. */
+template <int T, int R, int U>
+__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_sk(pi_wdev w, const float *__restrict__ x, int64_t spk,
+                                                             float *__restrict__ part)
+{
+    extern __shared__ float4 xs4[];
+    const float *xs = (const float *)xs4;
+    const int64_t nseg = w.cols >> 5;
+    const int64_t s_lo = (int64_t)blockIdx.y * spk, s_hi = s_lo + spk < nseg ? s_lo + spk : nseg;
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int64_t r0 = warp * R;
+    const bool live = r0 < w.rows;
+    pi_seg_raw raw[U][R];
+    if (live) pi_xs_load<T, R, U>(w, r0, s_lo + lane, s_hi, raw);
+    const float4 *xg = (const float4 *)(x + s_lo * 32);
+    for (int64_t i = threadIdx.x; i < (s_hi - s_lo) * 8; i += blockDim.x)
+        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg(xg + i);
+    __syncthreads();
+    if (!live) return;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = 0.0f;
+    for (int64_t sb = s_lo + lane; sb < s_hi; sb += 32 * U) {
+        if (sb != s_lo + lane) pi_xs_load<T, R, U>(w, r0, sb, s_hi, raw);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = sb + 32 * u;
+            if (s >= s_hi) break;
+            float xv[32];
+            const float4 *xp = (const float4 *)(xs + (s - s_lo) * PI_XS_PAD);
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const float4 f = xp[k];
+                xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+            }
+            float xs0 = 0.0f, xs1 = 0.0f;
+            if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
+#pragma unroll
+                for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
+    if (lane != 0) return;
+    float *p = part + (int64_t)blockIdx.y * w.rows;
+#pragma unroll
+    for (int i = 0; i < R; i++)
+        if (r0 + i < w.rows) p[r0 + i] = acc[i];
+}
+
+/* y[r] = (or +=) sum over k < nk of part[k rows + r], k in order. */
+__global__ void k_sk_reduce(int64_t rows, int nk, const float *__restrict__ part, float *__restrict__ y, int add)
+{
+    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= rows) return;
+    float s = 0.0f;
+    for (int k = 0; k < nk; k++) s += part[(int64_t)k * rows + r];
+    y[r] = add ? y[r] + s : s;
+}
+
+/* The split-K product, its partial sums in the context's GEMM tile scratch (idle during decode): only
+ * when the slot already holds enough unless may_grow (tests). 1: not taken (too few segments for two
+ * ranges, or no room), the caller uses another kernel. */
+static int matvec_split(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y, int add, bool may_grow)
+{
+    const int64_t nseg = w->cols >> 5;
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        constexpr int T = decltype(tag)::value;
+        constexpr int R = 4, U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 2 : 1;
+        const int64_t spk = 32 * U, nk = (nseg + spk - 1) / spk;
+        const size_t bytes = (size_t)nk * (size_t)w->rows * sizeof(float);
+        if (nk < 2 || nk > 65535 || (!may_grow && c->scr_bytes[PI_CUDA_SCR_TILE] < bytes)) return 1;
+        void *part = NULL;
+        PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, bytes, &part));
+        const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
+        const dim3 grid((unsigned)((w->rows + rows_per_block - 1) / rows_per_block), (unsigned)nk);
+        const size_t smem = (size_t)spk * PI_XS_PAD * sizeof(float); /* at most 9 KiB */
+        k_matvec_sk<T, R, U><<<grid, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, spk, (float *)part);
+        PI_CU_LAUNCH("k_matvec_sk");
+        k_sk_reduce<<<(unsigned)((w->rows + 255) / 256), 256, 0, c->stream>>>(w->rows, (int)nk, (const float *)part, y, add);
+        PI_CU_LAUNCH("k_sk_reduce");
+        return 0;
+    });
+}
+
 /* R rows per warp and U segments per lane in flight, U R = 8 for Q4_0/Q8_0 (4 for the bigger segments
  * of the other types): narrow (R = 1), wide (R = 2) or tall (R = 4). With a GLU epilogue (e.act != 0)
  * always wide: a warp takes one gate/up pair. */
@@ -391,6 +488,10 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
     case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, 2);
     case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, 4);
     case PI_CUDA_MV_STAGED_NARROW: return matvec_xs(c, w, d_x, e, 1);
+    case PI_CUDA_MV_SPLIT: {
+        int rc = matvec_split(c, w, d_x, d_y, add, true);
+        return rc == 1 ? matvec_xs(c, w, d_x, e, 4) : rc;
+    }
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
     }
 }
@@ -413,10 +514,15 @@ static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float 
         int v = PI_CUDA_MV_STAGED;
         if (c->mv_mode == PI_MV_TALL) v = PI_CUDA_MV_STAGED_TALL;
         else if (c->mv_mode == PI_MV_NARROW) v = PI_CUDA_MV_STAGED_NARROW;
-        else if (c->mv_mode == PI_MV_AUTO) {
+        else if (c->mv_mode == PI_MV_AUTO || c->mv_mode == PI_MV_SPLIT) {
             const int64_t blocks2 = 2 * (int64_t)c->n_sm * (PI_XS_THREADS / 32); /* warps for 2 blocks per SM */
             v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
                 : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
+            /* split: where auto would take fewer than 4 rows per warp, split-K if the scratch allows */
+            if (c->mv_mode == PI_MV_SPLIT && v != PI_CUDA_MV_STAGED_TALL) {
+                const int rc = matvec_split(c, w, d_x, d_y, add, false);
+                if (rc != 1) return rc;
+            }
         }
         return matvec_r(c, w, d_x, d_y, v, add);
     }
