@@ -609,6 +609,7 @@ int main(void)
         test_matvec(t, 70, 512, PI_CUDA_MV_STAGED_NARROW); /* fewer segments than lanes (Q4_0: the prefetch) */
         test_matvec(t, 300, 11008, PI_CUDA_MV_SPLIT);      /* split-K: 6 ranges of 64 segments (Q4_0), the last short */
         test_matvec(t, 45, 4096, PI_CUDA_MV_SPLIT);
+        test_matvec(t, 70, 512, PI_CUDA_MV_SPLIT);         /* one range only: the staged kernel instead */
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */

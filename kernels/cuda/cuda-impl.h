@@ -93,7 +93,8 @@ struct pi_cuda_ctx {
     size_t overhead; /* device memory the CUDA context and cuBLAS took at creation (not budgeted) */
     int n_sm;
     int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
-    int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL or _NARROW (PI_CUDA_MV) */
+    int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL, _NARROW or _SPLIT (PI_CUDA_MV) */
+    bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;

@@ -432,7 +432,15 @@ static int matvec_split(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float
         constexpr int R = 4, U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 2 : 1;
         const int64_t spk = 32 * U, nk = (nseg + spk - 1) / spk;
         const size_t bytes = (size_t)nk * (size_t)w->rows * sizeof(float);
-        if (nk < 2 || nk > 65535 || (!may_grow && c->scr_bytes[PI_CUDA_SCR_TILE] < bytes)) return 1;
+        if (nk < 2 || nk > 65535) return 1;
+        if (!may_grow && c->scr_bytes[PI_CUDA_SCR_TILE] < bytes) {
+            if (!c->split_skipped)
+                pi_info("cuda: PI_CUDA_MV=split: the GEMM tile scratch holds %zu bytes, a (%lld, %lld) product needs %zu: "
+                        "the staged kernel instead (this and later such products)", c->scr_bytes[PI_CUDA_SCR_TILE],
+                        (long long)w->rows, (long long)w->cols, bytes);
+            c->split_skipped = true;
+            return 1;
+        }
         void *part = NULL;
         PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, bytes, &part));
         const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
