@@ -7,6 +7,8 @@
  *     answered with an error or dropped, logged, and the coordinator keeps serving;
  *   - kill -9 of a CPU worker, or of the GPU worker, during a generation fails that request with a
  *     clear error; the workers are restarted (new pids) and the next request succeeds;
+ *   - a restart that cannot start the workers (the program gone from PI_WORKER_DIR) fails that request
+ *     with "could not be started", and the next request, the program back, is served;
  *   - `pi-ctl shutdown` and SIGTERM leave no process, no socket and nothing in /dev/shm;
  *   - kill -9 of the coordinator leaves no worker alive after 5 seconds;
  *   - pi-ctl without a coordinator fails at once with a clear message.
@@ -208,10 +210,10 @@ static void test_hostile_requests(void)
 }
 
 /* The coordinator's log as TAP comments, for a failure to be diagnosable from the CI output alone. */
-static void server_log_diag(void)
+static void server_log_diag(const char *name)
 {
-    char *log = tp_output("server1", "err");
-    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) tap_diag("server1: %s", line);
+    char *log = tp_output(name, "err");
+    for (char *line = strtok(log, "\n"); line; line = strtok(NULL, "\n")) tap_diag("%s: %s", name, line);
     free(log);
 }
 
@@ -255,7 +257,7 @@ static void test_kill(const char *role, int index, const char *other_role, int o
     int rc = tp_wait(g, TIMEOUT_S);
     char *err = tp_output(name, "err");
     if (!tap_ok(rc == 1 && strstr(err, "worker") && strstr(err, "died"), "kill -9 of %s fails the request clearly: %s", what, err))
-        server_log_diag();
+        server_log_diag("server1");
     free(err);
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "8", NULL};
     rc = pictl(after, a, TIMEOUT_S);
@@ -293,6 +295,72 @@ static void test_stop_worker(void)
     tap_is_int(rc, 0, "after the silent worker was replaced the next request succeeds");
     /* Had the check failed with the worker still stopped, the exit handler kills the coordinator's
      * process group, the worker with it. */
+}
+
+/* The state of worker (role, index) in a status ("ready", "starting", "dead"), or "". */
+static const char *worker_state(json_t *st, const char *role, int index)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w) {
+        const char *r = json_string_value(json_object_get(w, "role")), *s = json_string_value(json_object_get(w, "state"));
+        if (r && s && strcmp(r, role) == 0 && json_integer_value(json_object_get(w, "index")) == index) return s;
+    }
+    return "";
+}
+
+/* A restart that fails: the coordinator finds its workers through PI_WORKER_DIR (links to the built
+ * programs); a CPU worker is killed while idle and the link to pi-cpu-worker removed, so the restart
+ * that the next request starts cannot exec it. That request fails with the restart message; with the
+ * link back, the following one is served by new workers. */
+static void test_restart_failure(void)
+{
+    char bin[400], cpu_link[500], gpu_link[500], cpu_exe[512], gpu_exe[512];
+    snprintf(bin, sizeof bin, "%s/bin", tp_dir);
+    snprintf(cpu_link, sizeof cpu_link, "%s/pi-cpu-worker", bin);
+    snprintf(gpu_link, sizeof gpu_link, "%s/pi-gpu-worker", bin);
+    tp_prog(cpu_exe, sizeof cpu_exe, "cpu-worker/pi-cpu-worker");
+    tp_prog(gpu_exe, sizeof gpu_exe, "gpu-worker/pi-gpu-worker");
+    if (mkdir(bin, 0700) != 0 || symlink(cpu_exe, cpu_link) != 0 || symlink(gpu_exe, gpu_link) != 0) {
+        tap_skip(3, "cannot make the worker links");
+        return;
+    }
+    setenv("PI_WORKER_DIR", bin, 1);
+    pid_t srv = start_server("server-restart");
+    unsetenv("PI_WORKER_DIR");
+    if (!tap_ok(srv > 0, "a server with PI_WORKER_DIR started")) {
+        tap_skip(2, "no server");
+        return;
+    }
+    json_t *st = status();
+    pid_t victim = worker_pid(st, "cpu", 0);
+    json_decref(st);
+    if (victim > 0) kill(victim, SIGKILL);
+    int dead = 0;
+    for (int i = 0; i < 200 && !dead; i++) { /* the supervisor marks it dead; the restart waits for a request */
+        st = status();
+        dead = st && strcmp(worker_state(st, "cpu", 0), "dead") == 0;
+        json_decref(st);
+        if (!dead) usleep(20000);
+    }
+    unlink(cpu_link);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
+    int rc = pictl("gen-no-program", a, TIMEOUT_S);
+    char *err = tp_output("gen-no-program", "err");
+    if (!tap_ok(dead && rc == 1 && strstr(err, "could not be started"),
+                "a restart that cannot start the workers fails the request clearly: %s", err))
+        server_log_diag("server-restart");
+    free(err);
+    rc = symlink(cpu_exe, cpu_link);
+    rc = rc == 0 ? pictl("gen-program-back", a, TIMEOUT_S) : -1;
+    char *out = tp_output("gen-program-back", "out");
+    st = status();
+    pid_t v2 = worker_pid(st, "cpu", 0);
+    json_decref(st);
+    tap_ok(rc == 0 && strlen(out) > 1 && v2 > 0 && v2 != victim, "with the program back the next request is served: %s", out);
+    free(out);
+    kill(srv, SIGTERM);
+    tp_wait(srv, 20);
 }
 
 /* Wait until no process mentions the test directory (at most s seconds); returns how many remain. */
@@ -387,6 +455,7 @@ int main(void)
     srv = start_server("server2");
     tap_ok(srv > 0 && kill(srv, SIGTERM) == 0 && tp_wait(srv, 20) == 0, "SIGTERM: the coordinator exits 0");
     tap_is_int(wait_no_procs(5), 0, "after SIGTERM no process is left");
+    test_restart_failure();
 
     srv = start_server("server3");
     tap_ok(srv > 0, "third server started");
