@@ -83,6 +83,9 @@ struct cuda_backend {
     float eps, rope_base;
     bool own_attn;            /* head_dim the flash-decoding kernel does not take */
     bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
+    bool fuse_norm;           /* PI_CUDA_FUSE_NORM=1 (experiment): decode RMSNorms inside the q/k/v and
+                                 gate/up products' staging */
+    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (fuse_norm) */
     int64_t n_hot_max;
     pi_cuda_weight_t *embd, *out; /* out == embd when tied */
     struct cuda_layer *L;
@@ -516,14 +519,20 @@ static int cuda_attn(pi_backend_t *b, int il)
     PI_TRY(alive(s, "attn"));
     const struct cuda_layer *cl = &s->L[il];
     const int n = s->n;
-    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il) * (size_t)s->d, s->eps, s->d_xn), "attn");
+    const float *g = s->d_norms + (size_t)(2 * il) * (size_t)s->d;
     float *d_k = s->d_k, *d_v = s->d_v;
     if (cl->qkv && n == 1) {
         /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
-        CK(s, pi_cuda_matvec(s->ctx, cl->qkv, s->d_xn, s->d_q), "attn");
+        if (s->fuse_norm && pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
+            CK(s, pi_cuda_matvec_norm(s->ctx, cl->qkv, s->d_h, g, s->eps, s->d_q), "attn");
+        } else {
+            CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
+            CK(s, pi_cuda_matvec(s->ctx, cl->qkv, s->d_xn, s->d_q), "attn");
+        }
         d_k = s->d_q + s->qd;
         d_v = d_k + s->kvd;
     } else {
+        CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
         CK(s, pi_cuda_matmul(s->ctx, cl->q, n, s->d_xn, s->d_q), "attn");
         CK(s, pi_cuda_matmul(s->ctx, cl->k, n, s->d_xn, s->d_k), "attn");
         CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
@@ -576,16 +585,21 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     struct cuda_backend *s = cb(b);
     PI_TRY(alive(s, "ffn_input"));
     const int n = s->n;
-    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il + 1) * (size_t)s->d, s->eps, s->d_xn),
-       "ffn_input");
+    const struct cuda_layer *cl = &s->L[il];
     /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
      * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
-    const bool all_hot = s->skip_x && s->L[il].n_hot >= (int64_t)s->base.model->hp.n_ff;
+    const bool all_hot = s->skip_x && cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
+    s->hot_valid = false;
+    /* with fuse_norm, a dense layer's decode gate/up product applies the norm itself */
+    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && (n < HOT_BATCH_MIN || !s->d_g) &&
+                     pi_cuda_norm_fusable(s->ctx, cl->gu);
+    if (s->xn_deferred) return 0;
+    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il + 1) * (size_t)s->d, s->eps, s->d_xn),
+       "ffn_input");
     if (x && !all_hot) {
         maybe_register(s, x);
         CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
     }
-    s->hot_valid = false;
     return 0;
 }
 
@@ -601,10 +615,12 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     s->hot_valid = false;
     if (cl->n_hot == 0) return 0;
     if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
-        /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold */
+        /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
+         * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
+        const float *g = s->xn_deferred ? s->d_norms + (size_t)(2 * il + 1) * (size_t)d : NULL;
         for (int t = 0; t < n; t++)
-            CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d,
-                                    s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
+            CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, (g ? s->d_h : s->d_xn) + (size_t)t * (size_t)d, g,
+                                    s->eps, s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
         return 0;
     } else if (cl->dense) {
         CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
@@ -761,7 +777,7 @@ static int warm_scratch(struct cuda_backend *s)
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
-        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, s->d_parts, 0), "start");
+        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, 0.0f, s->d_parts, 0), "start");
         else CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
         break;
     }
@@ -871,6 +887,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->own_attn = own_attn;
     const char *sx = getenv("PI_CUDA_SKIP_X"); /* 0: download x every layer (for comparisons) */
     s->skip_x = !(sx && strcmp(sx, "0") == 0);
+    const char *fn = getenv("PI_CUDA_FUSE_NORM"); /* 1: the experiment of doc/cuda-backend.md, "Session 3" */
+    s->fuse_norm = fn && strcmp(fn, "1") == 0;
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);

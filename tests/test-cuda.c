@@ -469,13 +469,11 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
     free(gu), free(dn), free(guf), free(dnf), free(x), free(ids), free(mask), free(ref), free(y);
 }
 
-/* A layer with every neuron on the device: gate/up pairs, then the file's down matrix (d, n_ff) as a
- * plain product (pi_cuda_ffn_dense), against a double-precision reference. */
-static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_ff, int act)
+/* ref (d,) = down (d, n_ff) @ act(gate . x, up . x) over the packed pairs guf (2 n_ff, d), in double;
+ * returns how many activations are not zero. */
+static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t n_ff, int act, const double *x, double *ref)
 {
-    void *gu = rand_weight(gt, 2 * n_ff, d), *dn = rand_weight(dt, d, n_ff);
-    float *guf = ref_rows(gt, gu, 2 * n_ff, d), *dnf = ref_rows(dt, dn, d, n_ff), *x = rand_floats((size_t)d, 1.0f);
-    double *a = malloc((size_t)n_ff * sizeof(double)), *ref = calloc((size_t)d, sizeof(double));
+    double *a = malloc((size_t)n_ff * sizeof(double));
     int64_t active = 0;
     for (int64_t i = 0; i < n_ff; i++) {
         double g = 0, u = 0;
@@ -486,13 +484,38 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
         a[i] = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
         active += a[i] != 0;
     }
-    for (int64_t r = 0; r < d; r++)
+    for (int64_t r = 0; r < d; r++) {
+        ref[r] = 0;
         for (int64_t i = 0; i < n_ff; i++) ref[r] += (double)dnf[r * n_ff + i] * a[i];
+    }
+    free(a);
+    return active;
+}
+
+/* x (n,) = RMSNorm(h) * g in double (eps 1e-5 inside the square root). */
+static void norm_ref(const float *h, const float *g, int64_t n, double *x)
+{
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)h[i] * h[i];
+    const double inv = 1.0 / sqrt(ss / (double)n + 1e-5);
+    for (int64_t i = 0; i < n; i++) x[i] = h[i] * inv * g[i];
+}
+
+/* A layer with every neuron on the device: gate/up pairs, then the file's down matrix (d, n_ff) as a
+ * plain product (pi_cuda_ffn_dense), against a double-precision reference; also with the norm applied
+ * in the gate/up staging, input and output the same residual buffer, as the backend runs it. */
+static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_ff, int act)
+{
+    void *gu = rand_weight(gt, 2 * n_ff, d), *dn = rand_weight(dt, d, n_ff);
+    float *guf = ref_rows(gt, gu, 2 * n_ff, d), *dnf = ref_rows(dt, dn, d, n_ff), *x = rand_floats((size_t)d, 1.0f);
+    double *xd = malloc((size_t)d * sizeof(double)), *ref = malloc((size_t)d * sizeof(double));
+    for (int64_t i = 0; i < d; i++) xd[i] = x[i];
+    const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, ref);
     pi_cuda_weight_t *dgu = NULL, *ddn = NULL, *bad = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_ff, d, gu, &dgu) == 0);
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff, dn, &ddn) == 0);
     float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4);
-    int rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy, 0);
+    int rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, NULL, 0.0f, dy, 0);
     float *y = host_of(dy, (size_t)d);
     double e = nerr_d(y, ref, (size_t)d);
     tap_ok(rc == 0 && e < 5e-5, "ffn_dense %s/%s d=%lld n_ff=%lld act %d (%lld active): error %.3g", pi_type_name(gt),
@@ -500,21 +523,59 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     /* accumulating into a residual h0: h0 + y, its error that of (result - h0) against y */
     float *h0 = rand_floats((size_t)d, 3.0f);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
-    rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, dy, 1);
+    rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, NULL, 0.0f, dy, 1);
     float *ya = host_of(dy, (size_t)d);
     for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
     double ea = nerr_d(ya, ref, (size_t)d);
     tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
-    free(h0), free(ya);
+    /* the norm in the staging: h += down @ act(gu @ (RMSNorm(h) * g)), in place */
+    float *gn = rand_floats((size_t)d, 1.0f);
+    float *dgn = dev_from(gn, (size_t)d * 4);
+    norm_ref(h0, gn, d, xd);
+    const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, ref);
+    PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
+    rc = pi_cuda_norm_fusable(ctx, dgu) ? pi_cuda_ffn_dense(ctx, dgu, ddn, act, dy, dgn, 1e-5f, dy, 1) : -PI_ERR_UNSUPPORTED;
+    free(ya);
+    ya = host_of(dy, (size_t)d);
+    for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
+    ea = nerr_d(ya, ref, (size_t)d);
+    tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
+           pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea);
+    dev_free(dgn);
+    free(h0), free(ya), free(gn);
     /* a down matrix one block narrower than n_ff (the rows of dn, read shorter) */
     const int64_t blk = (int64_t)pi_type_get(dt)->block_elems;
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff - blk, dn, &bad) == 0);
-    tap_ok(pi_cuda_ffn_dense(ctx, dgu, bad, act, dx, dy, 0) == -PI_ERR_INVAL, "ffn_dense refuses a down matrix of another width");
+    tap_ok(pi_cuda_ffn_dense(ctx, dgu, bad, act, dx, NULL, 0.0f, dy, 0) == -PI_ERR_INVAL,
+           "ffn_dense refuses a down matrix of another width");
     pi_cuda_weight_destroy(ctx, &bad);
     pi_cuda_weight_destroy(ctx, &dgu);
     pi_cuda_weight_destroy(ctx, &ddn);
     dev_free(dx), dev_free(dy);
-    free(gu), free(dn), free(guf), free(dnf), free(x), free(a), free(ref), free(y);
+    free(gu), free(dn), free(guf), free(dnf), free(x), free(xd), free(ref), free(y);
+}
+
+/* pi_cuda_matvec_norm: y = W @ (RMSNorm(h) * g) with the norm in the staging, against double; rows
+ * chosen so that the automatic variant is each of the staged ones on the H100 (1, 2 and 4 rows per
+ * warp from 0, 4224 and 8448 rows). */
+static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols)
+{
+    void *w = rand_weight(t, rows, cols);
+    float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, 3.0f), *g = rand_floats((size_t)cols, 1.0f);
+    double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
+    norm_ref(h, g, cols, xn);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
+    pi_cuda_weight_t *dw = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw) == 0);
+    float *dh = dev_from(h, (size_t)cols * 4), *dg = dev_from(g, (size_t)cols * 4), *dy = dev_from(NULL, (size_t)rows * 4);
+    int rc = pi_cuda_matvec_norm(ctx, dw, dh, dg, 1e-5f, dy);
+    float *y = host_of(dy, (size_t)rows);
+    double e = nerr_d(y, ref, (size_t)rows);
+    tap_ok(rc == 0 && e < 5e-5, "matvec_norm %s (%lld, %lld): error %.3g", pi_type_name(t), (long long)rows, (long long)cols, e);
+    pi_cuda_weight_destroy(ctx, &dw);
+    dev_free(dh), dev_free(dg), dev_free(dy);
+    free(w), free(wf), free(h), free(g), free(xn), free(ref), free(y);
 }
 
 /* ------------------------------------------------------------------ budget and errors */
@@ -634,6 +695,11 @@ int main(void)
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);
     test_ffn_hot(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 256, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_BF16, PI_TYPE_Q4_0, 512, 5, PI_CUDA_ACT_SILU, 0);
+    test_matvec_norm(PI_TYPE_Q4_0, 300, 4096);
+    test_matvec_norm(PI_TYPE_Q4_0, 5000, 2048);
+    test_matvec_norm(PI_TYPE_Q4_0, 9000, 1024);
+    test_matvec_norm(PI_TYPE_F16, 333, 1024);
+    test_matvec_norm(PI_TYPE_Q6_K, 100, 2048);
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q4_0, 1024, 2816, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 512, PI_CUDA_ACT_DRELU);

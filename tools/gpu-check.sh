@@ -29,9 +29,11 @@ for t in test-cuda test-backend-cuda test-pipeline test-forward; do
   echo "$t rc=$rc ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log) $(grep -c SKIP $OUT/$t.log) skips, $(( $(date +%s) - s )) s" | tee -a $T
   grep -E '^not ok' $OUT/$t.log | head -10
 done
-# the backend's golden checks with the split-K experiment as its matvec (PI_CUDA_MV=split)
-PI_CUDA_MV=split timeout 200 $R/tests/test-backend-cuda > $OUT/test-backend-cuda-split.log 2>&1
-echo "PI_CUDA_MV=split test-backend-cuda rc=$? ok=$(grep -c '^ok' $OUT/test-backend-cuda-split.log) notok=$(grep -c '^not ok' $OUT/test-backend-cuda-split.log)" | tee -a $T
+# the backend's golden checks with each experiment of doc/cuda-backend.md "Session 3" switched on
+for v in PI_CUDA_MV=split PI_CUDA_FUSE_NORM=1; do
+  env $v timeout 200 $R/tests/test-backend-cuda > $OUT/test-backend-cuda-$v.log 2>&1
+  echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $OUT/test-backend-cuda-$v.log) notok=$(grep -c '^not ok' $OUT/test-backend-cuda-$v.log)" | tee -a $T
+done
 M=$PWD/tests/data/demo-relu-q4_0.gguf
 PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda > $OUT/memcheck.log 2>&1
 echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T

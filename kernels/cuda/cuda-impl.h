@@ -139,9 +139,10 @@ static inline pi_wdev pi_wdev_of(const pi_cuda_weight *w)
 int pi_cuda_scratch(pi_cuda_ctx_t *ctx, enum pi_cuda_scratch slot, size_t bytes, void **out);
 
 /* Gate/up pairs of the hot FFN (matmul.cu): a (n_hot,) = act(gate_i . x, up_i . x) over gu (2 n_hot, d),
- * 0 for neurons the mask marks inactive. */
+ * 0 for neurons the mask marks inactive. With d_norm_g, x is the residual h and x = RMSNorm(h) * g is
+ * applied in the staging (pi_cuda_norm_fusable must hold). */
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
-                   const int32_t *d_ids, float *d_a);
+                   const int32_t *d_ids, const float *d_norm_g, float eps, float *d_a);
 
 /* ------------------------------------------------------------------ device decoders */
 

@@ -15,6 +15,7 @@
 #ifndef PI_KERNELS_CUDA_H
 #define PI_KERNELS_CUDA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -132,6 +133,14 @@ int pi_cuda_gemm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const
 /* Either of the above: matvec for T <= 2 (per token), gemm beyond. Same shapes as pi_cuda_gemm. */
 int pi_cuda_matmul(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
 
+/* y = W @ (RMSNorm(h) * g) with the norm applied while the staged kernel copies h to shared memory
+ * (no separate RMSNorm launch; pi_cuda_rmsnorm's formula, eps inside the square root). Needs the
+ * staged kernel: pi_cuda_norm_fusable(ctx, w) (x fits the shared memory, not PI_CUDA_MV=reg, cols a
+ * multiple of 4); -PI_ERR_UNSUPPORTED otherwise. */
+bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w);
+int pi_cuda_matvec_norm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_h, const float *d_g, float eps,
+                        float *d_y);
+
 /* y += W @ x and Y += X @ W^T: the products above added to what y holds (the residual stream), in the
  * matvec's epilogue or as the GEMM's beta = 1, which saves a separate add of the result. */
 int pi_cuda_matvec_add(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
@@ -216,9 +225,11 @@ int pi_cuda_ffn_hot(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cud
 /* The FFN of a layer whose neurons are all on the device, in id order: a (n_ff,) = act(gate . x, up . x)
  * over the packed pairs gu (2 n_ff, d) as in pi_cuda_ffn_hot, then y (d,) = down (d, n_ff) @ a with the
  * file's ffn_down (no transposed copy) through pi_cuda_matvec. y is written, or with accumulate != 0
- * added to (the residual stream directly). Scratch: n_ff floats (the slot pi_cuda_ffn_hot uses). */
+ * added to (the residual stream directly). With d_norm_g not NULL, x is the residual h and the gate/up
+ * product applies RMSNorm(h) * g itself (pi_cuda_matvec_norm's conditions; y may then be h, which is
+ * read in full before the down product adds to it). Scratch: n_ff floats (the slot pi_cuda_ffn_hot uses). */
 int pi_cuda_ffn_dense(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
-                      const float *d_x, float *d_y, int accumulate);
+                      const float *d_x, const float *d_norm_g, float eps, float *d_y, int accumulate);
 
 #ifdef __cplusplus
 }

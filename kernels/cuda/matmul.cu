@@ -183,6 +183,8 @@ struct pi_mv_epi {
     const uint8_t *mask;
     const int32_t *ids;
     int add;
+    const float *ng; /* not NULL: x is the residual h and the staged kernel applies RMSNorm (weight ng) */
+    float eps;
 };
 
 __device__ __forceinline__ void pi_mv_store(const pi_mv_epi &e, int64_t r, float v)
@@ -273,7 +275,11 @@ __device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t
     }
 }
 
-template <int T, int R, int U, bool GLU, bool PRE>
+/* NORM (PI_CUDA_FUSE_NORM=1, an experiment not yet run on a GPU): x is the residual stream h, and the
+ * block applies the layer's RMSNorm while staging it (sum of squares of the float4s each thread
+ * stages, a block reduction, then each thread scales the values it staged by inv * g, the formula of
+ * pi_cuda_rmsnorm), which saves the separate RMSNorm launch before the q/k/v and gate/up products. */
+template <int T, int R, int U, bool GLU, bool PRE, bool NORM>
 __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
     static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
@@ -293,8 +299,27 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     }
     pi_seg_raw raw[U][R];
     if (PRE && live) pi_xs_load<T, R, U>(w, r0, lane, nseg, raw);
-    for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x)
-        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg((const float4 *)x + i);
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) {
+        const float4 v = __ldg((const float4 *)x + i);
+        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = v;
+        if (NORM) ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    if constexpr (NORM) {
+        __shared__ float red[PI_XS_THREADS / 32];
+        ss = pi_warp_sum(ss);
+        if (lane == 0) red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        float tot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < PI_XS_THREADS / 32; k++) tot += red[k];
+        const float inv = rsqrtf(tot / (float)w.cols + e.eps);
+        for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) { /* the values this thread staged */
+            float4 *p = &xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)];
+            const float4 v = *p, gv = __ldg((const float4 *)e.ng + i);
+            *p = make_float4(v.x * inv * gv.x, v.y * inv * gv.y, v.z * inv * gv.z, v.w * inv * gv.w);
+        }
+    }
     __syncthreads();
     if (!live) return;
     float acc[R];
@@ -334,21 +359,28 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     }
 }
 
-template <int T, int R, int U, bool GLU>
-static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
+template <int T, int R, int U, bool GLU, bool NORM>
+static int launch_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
 {
     constexpr bool PRE = !GLU && T == PI_TYPE_Q4_0;
     static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
     const size_t smem = (size_t)(w->cols / 32) * PI_XS_PAD * sizeof(float);
     if (smem > smem_set) {
-        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U, GLU, PRE>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        PI_CU(cudaFuncSetAttribute(k_matvec_xs<T, R, U, GLU, PRE, NORM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   (int)smem));
         smem_set = smem;
     }
     const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
     const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
-    k_matvec_xs<T, R, U, GLU, PRE><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
+    k_matvec_xs<T, R, U, GLU, PRE, NORM><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
     PI_CU_LAUNCH("k_matvec_xs");
     return 0;
+}
+
+template <int T, int R, int U, bool GLU>
+static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e)
+{
+    return e.ng ? launch_xs<T, R, U, GLU, true>(c, w, x, e) : launch_xs<T, R, U, GLU, false>(c, w, x, e);
 }
 
 /* Split-K (PI_CUDA_MV=split, an experiment: not yet run on a GPU when written, so not the default).
@@ -486,9 +518,13 @@ static int launch_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const floa
     });
 }
 
-static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R, int add)
+/* Variant R of the product with epilogue e (a norm, e.ng, only with the staged variants). */
+static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R)
 {
-    pi_mv_epi e = {d_y, 0, NULL, NULL, add};
+    if (e.ng && (R < PI_CUDA_MV_STAGED || R == PI_CUDA_MV_SPLIT || w->cols > c->xs_max_cols)) {
+        pi_error("cuda: matvec variant %d cannot apply the norm", R);
+        return -PI_ERR_UNSUPPORTED;
+    }
     switch (R) {
     case 1: return launch_matvec<1, false>(c, w, d_x, e);
     case 2: return launch_matvec<2, false>(c, w, d_x, e);
@@ -497,7 +533,7 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
     case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, 4);
     case PI_CUDA_MV_STAGED_NARROW: return matvec_xs(c, w, d_x, e, 1);
     case PI_CUDA_MV_SPLIT: {
-        int rc = matvec_split(c, w, d_x, d_y, add, true);
+        int rc = matvec_split(c, w, d_x, e.y, e.add, true);
         return rc == 1 ? matvec_xs(c, w, d_x, e, 4) : rc;
     }
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
@@ -506,7 +542,8 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
 
 extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R)
 {
-    return matvec_r(c, w, d_x, d_y, R & ~PI_CUDA_MV_ADD, (R & PI_CUDA_MV_ADD) != 0);
+    pi_mv_epi e = {d_y, 0, NULL, NULL, (R & PI_CUDA_MV_ADD) != 0, NULL, 0.0f};
+    return matvec_r(c, w, d_x, e, R & ~PI_CUDA_MV_ADD);
 }
 
 /* The staged kernel where x fits its shared memory. Its rows per warp: the context's mv_mode, or with
@@ -516,7 +553,7 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
  * SMs with one block's loads in flight; doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the
  * register-x kernel with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows
  * per SM up, fewer for small matrices so that every SM still gets warps. */
-static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int add)
+static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e)
 {
     if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols) {
         int v = PI_CUDA_MV_STAGED;
@@ -527,33 +564,56 @@ static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float 
             v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
                 : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
             /* split: where auto would take fewer than 4 rows per warp, split-K if the scratch allows */
-            if (c->mv_mode == PI_MV_SPLIT && v != PI_CUDA_MV_STAGED_TALL) {
-                const int rc = matvec_split(c, w, d_x, d_y, add, false);
+            if (c->mv_mode == PI_MV_SPLIT && v != PI_CUDA_MV_STAGED_TALL && !e.ng) {
+                const int rc = matvec_split(c, w, d_x, e.y, e.add, false);
                 if (rc != 1) return rc;
             }
         }
-        return matvec_r(c, w, d_x, d_y, v, add);
+        return matvec_r(c, w, d_x, e, v);
     }
     int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
-    return matvec_r(c, w, d_x, d_y, R, add);
+    return matvec_r(c, w, d_x, e, R);
 }
 
 extern "C" int pi_cuda_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
-    return matvec_auto(c, w, d_x, d_y, 0);
+    pi_mv_epi e = {d_y, 0, NULL, NULL, 0, NULL, 0.0f};
+    return matvec_auto(c, w, d_x, e);
 }
 
 extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, float *d_y)
 {
-    return matvec_auto(c, w, d_x, d_y, 1);
+    pi_mv_epi e = {d_y, 0, NULL, NULL, 1, NULL, 0.0f};
+    return matvec_auto(c, w, d_x, e);
+}
+
+extern "C" bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
+{
+    return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols && w->cols % 4 == 0;
+}
+
+extern "C" int pi_cuda_matvec_norm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_h, const float *d_g,
+                                   float eps, float *d_y)
+{
+    if (!pi_cuda_norm_fusable(c, w)) {
+        pi_error("cuda: matvec_norm: a (%lld, %lld) weight cannot take the norm in its staging", (long long)w->rows,
+                 (long long)w->cols);
+        return -PI_ERR_UNSUPPORTED;
+    }
+    pi_mv_epi e = {d_y, 0, NULL, NULL, 0, d_g, eps};
+    return matvec_auto(c, w, d_h, e);
 }
 
 /* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; the staged
  * kernel (one pair per warp) when the context's mv_mode is not PI_MV_REG and x fits. */
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
-                   const int32_t *d_ids, float *d_a)
+                   const int32_t *d_ids, const float *d_norm_g, float eps, float *d_a)
 {
-    pi_mv_epi e = {d_a, act, d_mask, d_ids, 0};
+    pi_mv_epi e = {d_a, act, d_mask, d_ids, 0, d_norm_g, eps};
+    if (d_norm_g && !pi_cuda_norm_fusable(c, gu)) {
+        pi_error("cuda: gate/up pairs (%lld columns) cannot take the norm in their staging", (long long)gu->cols);
+        return -PI_ERR_UNSUPPORTED;
+    }
     if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }
@@ -688,7 +748,10 @@ extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t
 static int matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
 {
     if (T > 2) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
-    for (int64_t t = 0; t < T; t++) PI_TRY(matvec_auto(c, w, d_X + t * w->cols, d_Y + t * w->rows, add));
+    for (int64_t t = 0; t < T; t++) {
+        const pi_mv_epi e = {d_Y + t * w->rows, 0, NULL, NULL, add, NULL, 0.0f};
+        PI_TRY(matvec_auto(c, w, d_X + t * w->cols, e));
+    }
     return 0;
 }
 

@@ -586,7 +586,7 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
     void *a = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_hot * sizeof(float), &a));
     PI_CU(cudaMemsetAsync(d_y, 0, (size_t)d * sizeof(float), c->stream));
-    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, d_mask, d_ids, (float *)a));
+    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, d_mask, d_ids, NULL, 0.0f, (float *)a));
     const int G = (int)PI_MAX((int64_t)1, 512 / nsegp);
     const int64_t nblk = PI_MIN((int64_t)c->n_sm * 2, (n_hot + 7) / 8);
     const int chunk = (int)((n_hot + nblk - 1) / nblk);
@@ -604,7 +604,7 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
 }
 
 extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
-                                 const float *d_x, float *d_y, int accumulate)
+                                 const float *d_x, const float *d_norm_g, float eps, float *d_y, int accumulate)
 {
     PI_TRY(check_act(act));
     const int64_t n_ff = down->cols, d = down->rows;
@@ -615,6 +615,6 @@ extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, c
     }
     void *a = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a));
-    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, (float *)a));
+    PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, d_norm_g, eps, (float *)a));
     return accumulate ? pi_cuda_matvec_add(c, down, (const float *)a, d_y) : pi_cuda_matvec(c, down, (const float *)a, d_y);
 }
