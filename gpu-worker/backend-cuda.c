@@ -613,11 +613,17 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     const int n = s->n;
     const int64_t d = s->d;
     s->hot_valid = false;
+    const bool deferred = s->xn_deferred;
+    s->xn_deferred = false;
+    if (deferred && !(cl->dense && (n < HOT_BATCH_MIN || !s->d_g))) { /* ffn_input's condition, which implies this */
+        pi_error("cuda backend: layer %d: the FFN norm was left to a path that does not apply it", il);
+        return -PI_ERR_INVAL;
+    }
     if (cl->n_hot == 0) return 0;
     if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
         /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
          * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
-        const float *g = s->xn_deferred ? s->d_norms + (size_t)(2 * il + 1) * (size_t)d : NULL;
+        const float *g = deferred ? s->d_norms + (size_t)(2 * il + 1) * (size_t)d : NULL;
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, (g ? s->d_h : s->d_xn) + (size_t)t * (size_t)d, g,
                                     s->eps, s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");

@@ -29,11 +29,19 @@ for t in test-cuda test-backend-cuda test-pipeline test-forward; do
   echo "$t rc=$rc ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log) $(grep -c SKIP $OUT/$t.log) skips, $(( $(date +%s) - s )) s" | tee -a $T
   grep -E '^not ok' $OUT/$t.log | head -10
 done
+# races and barrier misuse in every kernel test-cuda runs (the staged matvec's reductions included)
+timeout 300 $CS --tool racecheck --error-exitcode 9 $R/tests/test-cuda > $OUT/racecheck.log 2>&1
+echo "racecheck test-cuda rc=$?" | tee -a $T; grep "ERROR SUMMARY\|RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
 # the backend's golden checks with each experiment of doc/cuda-backend.md "Session 3" switched on
 for v in PI_CUDA_MV=split PI_CUDA_FUSE_NORM=1; do
   env $v timeout 200 $R/tests/test-backend-cuda > $OUT/test-backend-cuda-$v.log 2>&1
   echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $OUT/test-backend-cuda-$v.log) notok=$(grep -c '^not ok' $OUT/test-backend-cuda-$v.log)" | tee -a $T
 done
+# and the fused norm's paths (one-token q/k/v, the deferred dense FFN: hot 1) under memcheck
+env PI_CUDA_FUSE_NORM=1 PI_CUDA_MV=split timeout 200 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator \
+  --model $PWD/tests/data/demo-relu-q4_0.gguf --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 1 \
+  --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
+echo "memcheck experiments rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
 PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda > $OUT/memcheck.log 2>&1
 echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T

@@ -587,9 +587,10 @@ extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, c
     return matvec_auto(c, w, d_x, e);
 }
 
+/* One segment below the staging's limit: the NORM instances also hold 32 bytes of static shared memory. */
 extern "C" bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
 {
-    return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols && w->cols % 4 == 0;
+    return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols - 32 && w->cols % 4 == 0;
 }
 
 extern "C" int pi_cuda_matvec_norm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_h, const float *d_g,
