@@ -180,16 +180,7 @@ __device__ __forceinline__ float pi_b2f(uint32_t w, int k)
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7640u + (unsigned)k)) - 8388608.0f;
 }
 
-/* Sum of 16 products: the 4 bytes of each of the words w[0..3] (as unsigned values) times x[0..15]. */
-__device__ __forceinline__ float pi_dot_u8x16(const uint32_t *w, const float *x)
-{
-    float a = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-#pragma unroll
-        for (int k = 0; k < 4; k++) a = fmaf(pi_b2f(w[j], k), x[4 * j + k], a);
-    return a;
-}
+
 
 /* Byte k (0..3) of w, a value b below 128, as 0.5 + b / 256 exactly in one PRMT: the byte lands in bits
  * 16..23 under the byte 0x3F (exponent of 2^-1, b / 128 the top bits of the mantissa). */
@@ -198,16 +189,18 @@ __device__ __forceinline__ float pi_b2f_half(uint32_t w, int k)
     return __uint_as_float(__byte_perm(w, 0x3F000000u, 0x7054u | ((unsigned)k << 8)));
 }
 
-/* Sum over the 16 bytes b (each below 128) of w[0..3] of (0.5 + b / 256) x: two instructions per
- * element instead of pi_b2f's three; sum b x = 256 (this) - 128 sum x, an exact rescaling, and the
- * cancellation costs about 5 of the 24 bits (the matvec tests bound the error at 5e-5). */
-__device__ __forceinline__ float pi_dot_u7x16(const uint32_t *w, const float *x)
+/* Sum of 16 products over the 4 bytes of each of the words w[0..3] times x[0..15]: with HALF false
+ * the bytes as unsigned values b (pi_b2f); with HALF true each byte below 128 as 0.5 + b / 256
+ * (pi_b2f_half: two instructions per element instead of three; sum b x = 256 (this) - 128 sum x, an
+ * exact rescaling, and the cancellation costs about 5 of the 24 bits; the matvec tests bound the
+ * error at 5e-5). */
+template <bool HALF> __device__ __forceinline__ float pi_dot_bytes16(const uint32_t *w, const float *x)
 {
     float a = 0.0f;
 #pragma unroll
     for (int j = 0; j < 4; j++)
 #pragma unroll
-        for (int k = 0; k < 4; k++) a = fmaf(pi_b2f_half(w[j], k), x[4 * j + k], a);
+        for (int k = 0; k < 4; k++) a = fmaf(HALF ? pi_b2f_half(w[j], k) : pi_b2f(w[j], k), x[4 * j + k], a);
     return a;
 }
 
@@ -394,10 +387,10 @@ __device__ __forceinline__ float pi_seg_dot_raw(const pi_seg_raw &r, const float
         pi_seg_unpack_raw<T>(r, u);
         float d0, d1;
         if constexpr (T == PI_TYPE_Q8_0) { /* full bytes */
-            d0 = pi_dot_u8x16(u.lo, x), d1 = pi_dot_u8x16(u.hi, x + 16);
+            d0 = pi_dot_bytes16<false>(u.lo, x), d1 = pi_dot_bytes16<false>(u.hi, x + 16);
         } else { /* values below 64: the two-instruction form */
-            d0 = fmaf(256.0f, pi_dot_u7x16(u.lo, x), -128.0f * xs0);
-            d1 = fmaf(256.0f, pi_dot_u7x16(u.hi, x + 16), -128.0f * xs1);
+            d0 = fmaf(256.0f, pi_dot_bytes16<true>(u.lo, x), -128.0f * xs0);
+            d1 = fmaf(256.0f, pi_dot_bytes16<true>(u.hi, x + 16), -128.0f * xs1);
         }
         return u.s0 * d0 - u.o0 * xs0 + (u.s1 * d1 - u.o1 * xs1);
     }

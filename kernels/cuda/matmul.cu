@@ -279,6 +279,33 @@ __device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t
  * block applies the layer's RMSNorm while staging it (sum of squares of the float4s each thread
  * stages, a block reduction, then each thread scales the values it staged by inv * g, the formula of
  * pi_cuda_rmsnorm), which saves the separate RMSNorm launch before the q/k/v and gate/up products. */
+/* acc[i] += the loaded segments sb + 32 u (those below end) of row r0 + i times x, staged in shared
+ * memory from segment base on (segment s at xs + (s - base) * PI_XS_PAD). */
+template <int T, int R, int U>
+__device__ __forceinline__ void pi_xs_accum(const pi_seg_raw (&raw)[U][R], const float *xs, int64_t base, int64_t sb,
+                                            int64_t end, float (&acc)[R])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t s = sb + 32 * u;
+        if (s >= end) break;
+        float xv[32];
+        const float4 *xp = (const float4 *)(xs + (s - base) * PI_XS_PAD);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const float4 f = xp[k];
+            xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+        }
+        float xs0 = 0.0f, xs1 = 0.0f;
+        if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
+#pragma unroll
+            for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
+        }
+#pragma unroll
+        for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
+    }
+}
+
 template <int T, int R, int U, bool GLU, bool PRE, bool NORM>
 __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
@@ -327,25 +354,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
         if (!PRE || sb != lane) pi_xs_load<T, R, U>(w, r0, sb, nseg, raw);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = sb + 32 * u;
-            if (s >= nseg) break;
-            float xv[32];
-            const float4 *xp = (const float4 *)(xs + s * PI_XS_PAD);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float4 f = xp[k];
-                xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
-            }
-            float xs0 = 0.0f, xs1 = 0.0f;
-            if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
-#pragma unroll
-                for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
-            }
-#pragma unroll
-            for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
-        }
+        pi_xs_accum<T, R, U>(raw, xs, 0, sb, nseg, acc);
     }
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
@@ -414,25 +423,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_sk(pi_wdev w, const fl
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     for (int64_t sb = s_lo + lane; sb < s_hi; sb += 32 * U) {
         if (sb != s_lo + lane) pi_xs_load<T, R, U>(w, r0, sb, s_hi, raw);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t s = sb + 32 * u;
-            if (s >= s_hi) break;
-            float xv[32];
-            const float4 *xp = (const float4 *)(xs + (s - s_lo) * PI_XS_PAD);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float4 f = xp[k];
-                xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
-            }
-            float xs0 = 0.0f, xs1 = 0.0f;
-            if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
-#pragma unroll
-                for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
-            }
-#pragma unroll
-            for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
-        }
+        pi_xs_accum<T, R, U>(raw, xs, s_lo, sb, s_hi, acc);
     }
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
