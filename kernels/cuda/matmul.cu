@@ -200,6 +200,24 @@ __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
     return fmaxf(g, 0.0f) * fmaxf(u, 0.0f);
 }
 
+/* xv = the 32 floats of one segment of x at p (through the read-only cache with LDG, else plain loads:
+ * shared memory), and for the quantised types xs0, xs1 = the sums of its halves (each half's offset
+ * term in pi_seg_dot_raw). */
+template <int T, bool LDG>
+__device__ __forceinline__ void pi_x_seg(const float4 *p, float (&xv)[32], float &xs0, float &xs1)
+{
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const float4 f = LDG ? __ldg(p + k) : p[k];
+        xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+    }
+    xs0 = 0.0f, xs1 = 0.0f;
+    if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
+#pragma unroll
+        for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
+    }
+}
+
 template <int T, int R, bool GLU>
 __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
@@ -219,18 +237,8 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     const int64_t nseg = w.cols >> 5;
     for (int64_t s = lane; s < nseg; s += 32) {
-        float xv[32];
-        const float4 *xp = (const float4 *)(x + s * 32);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            float4 f = __ldg(xp + k);
-            xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
-        }
-        float xs0 = 0.0f, xs1 = 0.0f;
-        if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
-#pragma unroll
-            for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
-        }
+        float xv[32], xs0, xs1;
+        pi_x_seg<T, true>((const float4 *)(x + s * 32), xv, xs0, xs1);
 #pragma unroll
         for (int i = 0; i < R; i++) {
             int64_t r = r0 + i < w.rows ? r0 + i : w.rows - 1;
@@ -289,18 +297,8 @@ __device__ __forceinline__ void pi_xs_accum(const pi_seg_raw (&raw)[U][R], const
     for (int u = 0; u < U; u++) {
         const int64_t s = sb + 32 * u;
         if (s >= end) break;
-        float xv[32];
-        const float4 *xp = (const float4 *)(xs + (s - base) * PI_XS_PAD);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const float4 f = xp[k];
-            xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
-        }
-        float xs0 = 0.0f, xs1 = 0.0f;
-        if constexpr (T != PI_TYPE_F16 && T != PI_TYPE_BF16) {
-#pragma unroll
-            for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
-        }
+        float xv[32], xs0, xs1;
+        pi_x_seg<T, false>((const float4 *)(xs + (s - base) * PI_XS_PAD), xv, xs0, xs1);
 #pragma unroll
         for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_raw<T>(raw[u][i], xv, xs0, xs1);
     }
