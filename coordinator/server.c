@@ -10,6 +10,14 @@
  *     that lives as long as they do: PR_SET_PDEATHSIG follows the forking thread), runs one request
  *     at a time, and destroys it at shutdown. Requests arriving meanwhile wait in the PAIR queue.
  * Messages between the two threads are fixed structs copied through the PAIR socket.
+ * Neither thread may be held by a client. The main thread never blocks on a send: at most
+ * MAX_QUEUED generation requests are accepted at a time (more are refused with "busy"), so the PAIR
+ * queue (1000 messages) always has room for a job; replies to clients are sent without waiting
+ * (SNDTIMEO 0), and a client whose reply cannot be queued (it stopped reading, or went away) has its
+ * request stopped: the main thread names the job (its seq) in abort_seq, and the generation thread's
+ * chunk callback returns an error at its next chunk. The main thread handles at most EVENT_BURST
+ * events between two polls of the control socket and the signals. So the generation thread's sends
+ * to the main thread, which do wait (up to GEN_SEND_MS), always drain.
  * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
  * with an ERROR, and otherwise ignored.
  */
@@ -40,6 +48,9 @@
 
 #define ID_MAX 256
 #define GEN_EP "inproc://pinfer-generate"
+#define MAX_QUEUED 64     /* generation requests accepted and not yet ended, at most */
+#define EVENT_BURST 256   /* generation-thread events handled between two polls */
+#define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
 
 /* main -> generation thread */
 struct job {
@@ -47,6 +58,7 @@ struct job {
     uint8_t id[ID_MAX];        /* client routing id */
     size_t id_len;
     uint64_t request_id;
+    uint64_t seq;              /* the server's number of this job (abort_seq) */
     uint32_t n_predict;
     uint64_t seed;
     float temp;
@@ -60,6 +72,7 @@ struct event {
     uint8_t id[ID_MAX];
     size_t id_len;
     uint64_t request_id;
+    uint64_t seq;              /* the job's */
     int32_t status;
     uint32_t n_prompt, n_generated;
     char text[512];            /* chunk text (len bytes) or the end's reason */
@@ -75,6 +88,9 @@ struct server {
     int64_t t_start;
     _Atomic int busy;          /* generation requests accepted and not yet ended */
     _Atomic int cancel;        /* shutdown asked while generating */
+    _Atomic uint64_t abort_seq; /* the job whose client stopped taking replies: stop it (0: none) */
+    uint64_t next_seq;         /* main thread: the last job's seq */
+    uint64_t dropped_seq;      /* main thread: the job whose replies are no longer sent */
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
 };
@@ -92,9 +108,9 @@ struct emit_ctx {
 static int emit_chunk(void *ctx, const char *text, size_t len)
 {
     struct emit_ctx *e = ctx;
-    if (atomic_load(&e->s->cancel)) return -1;
+    if (atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq) return -1;
     while (len > 0) {
-        struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id};
+        struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id, .seq = e->j->seq};
         memcpy(ev.id, e->j->id, e->j->id_len);
         ev.len = PI_MIN(len, sizeof ev.text);
         memcpy(ev.text, text, ev.len);
@@ -118,11 +134,13 @@ static void run_job(struct server *s, struct job *j)
     struct emit_ctx ec = {s, j};
     /* A request still queued when the shutdown came is ended at once, without touching the engine. */
     int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
-    struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .status = rc,
+    struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .seq = j->seq, .status = rc,
                        .n_prompt = (uint32_t)res.n_prompt, .n_generated = (uint32_t)res.n_generated};
     memcpy(ev.id, j->id, j->id_len);
     if (rc != 0 && atomic_load(&s->cancel))
         snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
+    else if (rc != 0 && atomic_load(&s->abort_seq) == j->seq)
+        snprintf(ev.text, sizeof ev.text, "stopped: the client did not take its replies (stopped reading or went away)");
     else if (rc == -PI_ERR_PEER)
         snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
     else if (rc == -PI_ERR_IO && !res.n_prompt) /* pipe_call: a restart that failed; nothing ran */
@@ -261,12 +279,19 @@ static int on_control(struct server *s, void *ctl, void *pair)
         quit = 1;
         break;
     case PI_CTL_GENERATE: {
+        if (atomic_load(&s->busy) >= MAX_QUEUED) {
+            char t[128];
+            snprintf(t, sizeof t, "busy: %d generation requests are queued or running; try again later", MAX_QUEUED);
+            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_RANGE, t);
+            break;
+        }
         atomic_fetch_add(&s->busy, 1);
-        struct job j = {.id_len = id_len, .request_id = m.request_id, .n_predict = m.u.generate.n_predict,
-                        .seed = m.u.generate.seed, .temp = m.u.generate.temp, .prompt = m.u.generate.prompt};
+        struct job j = {.id_len = id_len, .request_id = m.request_id, .seq = ++s->next_seq,
+                        .n_predict = m.u.generate.n_predict, .seed = m.u.generate.seed, .temp = m.u.generate.temp,
+                        .prompt = m.u.generate.prompt};
         memcpy(j.id, id, id_len);
         m.u.generate.prompt = NULL; /* the generation thread frees it */
-        if (zmq_send(pair, &j, sizeof j, 0) != (int)sizeof j) {
+        if (zmq_send(pair, &j, sizeof j, ZMQ_DONTWAIT) != (int)sizeof j) {
             free(j.prompt);
             atomic_fetch_sub(&s->busy, 1);
             reply_error(ctl, id, id_len, m.request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
@@ -282,9 +307,12 @@ static int on_control(struct server *s, void *ctl, void *pair)
     return quit;
 }
 
-/* An event from the generation thread: forward chunks and ends to their client. */
-static void on_event(void *ctl, const struct event *ev)
+/* An event from the generation thread: forward chunks and ends to their client, without waiting. A
+ * chunk that cannot be queued stops its job (abort_seq) and the job's later chunks are not sent; its
+ * end is still tried. */
+static void on_event(struct server *s, void *ctl, const struct event *ev)
 {
+    if (ev->kind == EV_CHUNK && ev->seq == s->dropped_seq) return;
     struct pi_ctl_msg m = {.request_id = ev->request_id};
     char text[sizeof ev->text + 1];
     memcpy(text, ev->text, ev->len);
@@ -299,7 +327,16 @@ static void on_event(void *ctl, const struct event *ev)
         m.u.end.n_generated = ev->n_generated;
         m.u.end.reason = text;
     }
-    reply(ctl, ev->id, ev->id_len, &m);
+    if (pi_ctl_send(ctl, ev->id, ev->id_len, &m) == 0) return;
+    if (ev->kind == EV_CHUNK) {
+        pi_warn("control: request %llu: its client does not take replies (%s); stopping it",
+                (unsigned long long)ev->request_id, zmq_strerror(zmq_errno()));
+        s->dropped_seq = ev->seq;
+        atomic_store(&s->abort_seq, ev->seq);
+    } else {
+        pi_warn("control: request %llu: its end could not be sent (%s)", (unsigned long long)ev->request_id,
+                zmq_strerror(zmq_errno()));
+    }
 }
 
 /* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. */
@@ -346,10 +383,10 @@ static void serve(struct server *s, void *ctl, void *pair, int sfd)
             if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) pi_info("signal %u: shutting down", si.ssi_signo);
             return;
         }
-        while (it[1].revents & ZMQ_POLLIN) {
+        for (int k = 0; (it[1].revents & ZMQ_POLLIN) && k < EVENT_BURST; k++) {
             struct event ev;
             if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
-            on_event(ctl, &ev);
+            on_event(s, ctl, &ev);
         }
         if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
     }
@@ -377,7 +414,11 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     ctl = pi_ctl_socket(s.zctx, ZMQ_ROUTER, 1000);
     pair = zmq_socket(s.zctx, ZMQ_PAIR);
     s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);
-    if (!ctl || !pair || !s.gen_sock || zmq_bind(pair, GEN_EP) != 0 || zmq_connect(s.gen_sock, GEN_EP) != 0) goto out;
+    int nowait = 0, gen_to = GEN_SEND_MS;
+    if (!ctl || !pair || !s.gen_sock || zmq_setsockopt(ctl, ZMQ_SNDTIMEO, &nowait, sizeof nowait) != 0 ||
+        zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 || zmq_bind(pair, GEN_EP) != 0 ||
+        zmq_connect(s.gen_sock, GEN_EP) != 0)
+        goto out;
     if (endpoint_in_use(s.endpoint)) {
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
@@ -417,7 +458,7 @@ out:
             struct event e;
             if (zmq_recv(pair, &e, sizeof e, 0) != (int)sizeof e) continue;
             if (e.kind == EV_EXIT) break;
-            if (ctl && (e.kind == EV_CHUNK || e.kind == EV_END)) on_event(ctl, &e);
+            if (ctl && (e.kind == EV_CHUNK || e.kind == EV_END)) on_event(&s, ctl, &e);
         }
         pthread_join(gen, NULL);
     }

@@ -9,12 +9,15 @@
  *     clear error; the workers are restarted (new pids) and the next request succeeds;
  *   - a restart that cannot start the workers (the program gone from PI_WORKER_DIR) fails that request
  *     with "could not be started", and the next request, the program back, is served;
+ *   - a flood of generation requests: each gets its END or a "busy" refusal, status stays live; a
+ *     client that leaves mid-generation has its request stopped, and the next client is served;
  *   - `pi-ctl shutdown` and SIGTERM leave no process, no socket and nothing in /dev/shm;
  *   - kill -9 of the coordinator leaves no worker alive after 5 seconds;
  *   - pi-ctl without a coordinator fails at once with a clear message.
  */
 #include "config.h"
 #include "ipc/control.h"
+#include "ipc/futex.h"
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
 
@@ -297,6 +300,83 @@ static void test_stop_worker(void)
      * process group, the worker with it. */
 }
 
+static void *raw_dealer(void *zctx, int linger)
+{
+    void *s = zmq_socket(zctx, ZMQ_DEALER);
+    int to = 3000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
+    zmq_connect(s, endpoint);
+    return s;
+}
+
+static int send_generate(void *s, uint64_t req, uint32_t n_predict)
+{
+    struct pi_ctl_msg m = {.type = PI_CTL_GENERATE, .request_id = req};
+    m.u.generate.n_predict = n_predict;
+    m.u.generate.prompt = "The jury said";
+    return pi_ctl_send(s, NULL, 0, &m);
+}
+
+/* generations_in_flight of a status, or -1. */
+static int in_flight(void)
+{
+    json_t *st = status();
+    int n = st ? (int)json_integer_value(json_object_get(st, "generations_in_flight")) : -1;
+    json_decref(st);
+    return n;
+}
+
+/* 150 generation requests at once from one client: the server queues a bounded number and refuses the
+ * rest with "busy" at once, every request gets exactly one answer (an END or the refusal), and status
+ * answers meanwhile. Then a client that leaves after its first chunk has its request stopped (it would
+ * run 480 tokens), and the next client is served. */
+static void test_flood(void)
+{
+    enum { N = 150 };
+    void *zctx = zmq_ctx_new(), *s = raw_dealer(zctx, 0);
+    int sent = 0;
+    for (int i = 0; i < N; i++) sent += send_generate(s, (uint64_t)(1000 + i), 2) == 0;
+    int status_ok = in_flight() > 0; /* while the queue is full */
+    uint8_t *answered = calloc(N, 1);
+    int ends = 0, busy = 0, other = 0, dup = 0;
+    for (int64_t until = pi_clock_ns() + INT64_C(60000000000); ends + busy + other < N && pi_clock_ns() < until;) {
+        struct pi_ctl_msg m;
+        if (pi_ctl_recv(s, NULL, NULL, &m, NULL) != 0) continue;
+        int64_t k = (int64_t)m.request_id - 1000;
+        if (m.type != PI_CTL_CHUNK && k >= 0 && k < N) {
+            dup += answered[k]++ > 0;
+            if (m.type == PI_CTL_END && m.u.end.status == 0) ends++;
+            else if (m.type == PI_CTL_ERROR && m.u.error.text && strstr(m.u.error.text, "busy")) busy++;
+            else other++;
+        }
+        pi_ctl_msg_clear(&m);
+    }
+    free(answered);
+    tap_ok(sent == N && ends + busy == N && other == 0 && dup == 0 && busy > 0 && ends > 0 && status_ok,
+           "a flood of %d requests: %d served, %d refused as busy, %d other, %d answered twice; status live: %d", N, ends,
+           busy, other, dup, status_ok);
+    zmq_close(s);
+
+    s = raw_dealer(zctx, 1000);
+    send_generate(s, 7, 480);
+    struct pi_ctl_msg m;
+    int first = pi_ctl_recv(s, NULL, NULL, &m, NULL) == 0 && m.type == PI_CTL_CHUNK;
+    if (first) pi_ctl_msg_clear(&m);
+    zmq_close(s); /* gone after its first chunk */
+    int stopped = 0;
+    for (int i = 0; i < 250 && !stopped; i++) {
+        stopped = in_flight() == 0;
+        if (!stopped) usleep(20000);
+    }
+    char *log = tp_output("server1", "err");
+    tap_ok(first && stopped && strstr(log, "does not take replies"), "a client gone mid-generation: its request is stopped");
+    free(log);
+    zmq_ctx_term(zctx);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
+    tap_is_int(pictl("gen-after-flood", a, TIMEOUT_S), 0, "after the flood and the departed client the next request is served");
+}
+
 /* The state of worker (role, index) in a status ("ready", "starting", "dead"), or "". */
 static const char *worker_state(json_t *st, const char *role, int index)
 {
@@ -435,6 +515,7 @@ int main(void)
            "the coordinator logged each malformed message with its defect");
     free(log);
 
+    test_flood();
     test_kill("cpu", 1, "gpu", 0, "CPU worker 1");
     test_kill("gpu", 0, "cpu", 0, "the GPU worker");
     test_stop_worker();
