@@ -83,12 +83,23 @@ static int slot_by_id(pi_super_t *s, const uint8_t *id, size_t len)
     return -1;
 }
 
-/* A HELLO: bind the routing id to the worker with that pid. Called with mu held. */
+/* A HELLO: bind the routing id to the worker with that pid (one we forked). A worker says hello once:
+ * a second hello for a registered worker from another peer is ignored, so that no other local
+ * process can take over a running worker's slot (its real heartbeats would then come from an
+ * unregistered peer and it would be killed as silent). The run directory is 0700, so such a peer
+ * runs as our user; before the worker's own hello a peer claiming its pid can still take the slot,
+ * which costs that start (the worker is then killed as silent and the pipeline restarted). Called
+ * with mu held. */
 static void on_hello(pi_super_t *s, const uint8_t *id, size_t id_len, const struct pi_ctl_hello *h)
 {
     int i = slot_by_pid(s, (pid_t)h->pid);
     if (i < 0) { pi_warn("hello from unknown pid %u: ignored", h->pid); return; }
     struct slot *w = &s->slots[i];
+    if (w->id_len && (w->id_len != id_len || memcmp(w->id, id, id_len) != 0)) {
+        pi_warn("%s %d (pid %u): a second hello from another peer: ignored", role_name(w->info.role), w->info.index,
+                h->pid);
+        return;
+    }
     if (h->proto_version != PI_CTL_VERSION || (int)h->role != w->info.role) {
         pi_warn("%s %d (pid %u): hello with role %u, protocol %u (expected %d, %u): ignored", role_name(w->info.role),
                 w->info.index, h->pid, h->role, h->proto_version, w->info.role, PI_CTL_VERSION);

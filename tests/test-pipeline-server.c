@@ -11,6 +11,8 @@
  *     with "could not be started", and the next request, the program back, is served;
  *   - a flood of generation requests: each gets its END or a "busy" refusal, status stays live; a
  *     client that leaves mid-generation has its request stopped, and the next client is served;
+ *   - a second HELLO claiming a running worker's pid, from another peer on the worker socket, is
+ *     ignored: the worker keeps its slot and is not killed as silent;
  *   - `pi-ctl shutdown` and SIGTERM leave no process, no socket and nothing in /dev/shm;
  *   - kill -9 of the coordinator leaves no worker alive after 5 seconds;
  *   - pi-ctl without a coordinator fails at once with a clear message.
@@ -21,6 +23,7 @@
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
 
+#include <dirent.h>
 #include <jansson.h>
 #include <zmq.h>
 
@@ -300,6 +303,18 @@ static void test_stop_worker(void)
      * process group, the worker with it. */
 }
 
+/* The state of worker (role, index) in a status ("ready", "starting", "dead"), or "". */
+static const char *worker_state(json_t *st, const char *role, int index)
+{
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w) {
+        const char *r = json_string_value(json_object_get(w, "role")), *s = json_string_value(json_object_get(w, "state"));
+        if (r && s && strcmp(r, role) == 0 && json_integer_value(json_object_get(w, "index")) == index) return s;
+    }
+    return "";
+}
+
 static void *raw_dealer(void *zctx, int linger)
 {
     void *s = zmq_socket(zctx, ZMQ_DEALER);
@@ -377,17 +392,48 @@ static void test_flood(void)
     tap_is_int(pictl("gen-after-flood", a, TIMEOUT_S), 0, "after the flood and the departed client the next request is served");
 }
 
-/* The state of worker (role, index) in a status ("ready", "starting", "dead"), or "". */
-static const char *worker_state(json_t *st, const char *role, int index)
+/* A local peer on the pipeline's worker socket says HELLO with the GPU worker's pid: ignored, the
+ * worker keeps running (before, the peer took its slot and the worker was killed as silent). */
+static void test_forged_hello(void)
 {
-    size_t i;
-    json_t *w;
-    json_array_foreach(json_object_get(st, "workers"), i, w) {
-        const char *r = json_string_value(json_object_get(w, "role")), *s = json_string_value(json_object_get(w, "state"));
-        if (r && s && strcmp(r, role) == 0 && json_integer_value(json_object_get(w, "index")) == index) return s;
+    char ep[700] = "";
+    DIR *d = opendir(rundir);
+    for (struct dirent *e; d && (e = readdir(d));) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/%s/workers.sock", rundir, e->d_name);
+        if (strncmp(e->d_name, "pinfer.", 7) == 0 && access(p, F_OK) == 0) snprintf(ep, sizeof ep, "ipc://%s", p);
     }
-    return "";
+    if (d) closedir(d);
+    json_t *st = status();
+    pid_t gpu = worker_pid(st, "gpu", 0);
+    json_decref(st);
+    if (!ep[0] || gpu <= 0) {
+        tap_skip(1, "no worker socket found");
+        return;
+    }
+    void *zctx = zmq_ctx_new(), *s = zmq_socket(zctx, ZMQ_DEALER);
+    int linger = 1000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_connect(s, ep);
+    struct pi_ctl_msg m = {.type = PI_CTL_HELLO};
+    m.u.hello.role = PI_ROLE_GPU_WORKER;
+    m.u.hello.pid = (uint32_t)gpu;
+    m.u.hello.numa_node = -1;
+    m.u.hello.proto_version = PI_CTL_VERSION;
+    int rc = pi_ctl_send(s, NULL, 0, &m);
+    zmq_close(s);
+    zmq_ctx_term(zctx);
+    usleep(2500000); /* the supervisor kills a worker silent for a second */
+    st = status();
+    pid_t gpu2 = worker_pid(st, "gpu", 0);
+    int ready = st && strcmp(worker_state(st, "gpu", 0), "ready") == 0;
+    json_decref(st);
+    char *log = tp_output("server1", "err");
+    tap_ok(rc == 0 && gpu2 == gpu && ready && strstr(log, "second hello"),
+           "a forged HELLO for the running GPU worker (pid %d) is ignored; it still runs (pid %d)", (int)gpu, (int)gpu2);
+    free(log);
 }
+
 
 /* A restart that fails: the coordinator finds its workers through PI_WORKER_DIR (links to the built
  * programs); a CPU worker is killed while idle and the link to pi-cpu-worker removed, so the restart
@@ -516,6 +562,7 @@ int main(void)
     free(log);
 
     test_flood();
+    test_forged_hello();
     test_kill("cpu", 1, "gpu", 0, "CPU worker 1");
     test_kill("gpu", 0, "cpu", 0, "the GPU worker");
     test_stop_worker();
