@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -135,11 +136,24 @@ static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
     return sock;
 }
 
-/* Receive the answer to request req (skipping stale ones). 0 or -1 with a message printed. */
+static int64_t now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Receive the answer to request req (skipping stale ones, but within the one timeout: answers to
+ * other requests do not extend it). 0 or -1 with a message printed. */
 static int recv_answer(void *sock, const struct ctl_opts *o, uint64_t req, struct pi_ctl_msg *m)
 {
+    const int64_t deadline = now_ms() + o->timeout_ms;
     for (;;) {
         int rc = pi_ctl_recv(sock, NULL, NULL, m, NULL);
+        if (rc == 0 && m->request_id != req && now_ms() > deadline) {
+            pi_ctl_msg_clear(m);
+            rc = -PI_ERR_TIMEOUT;
+        }
         if (rc == -PI_ERR_TIMEOUT) {
             fprintf(stderr, "pi-ctl: no answer from %s within %d ms (is pi-coordinator running?)\n", o->endpoint, o->timeout_ms);
             return -1;
@@ -168,6 +182,13 @@ static int print_error(const struct pi_ctl_msg *m)
     return -1;
 }
 
+/* A string member of a JSON object, "?" when missing or not a string (the status comes from a peer). */
+static const char *jstr(json_t *o, const char *key)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : "?";
+}
+
 static void print_workers(json_t *st)
 {
     json_t *ws = json_object_get(st, "workers");
@@ -182,9 +203,9 @@ static void print_workers(json_t *st)
         json_array_foreach(json_object_get(w, "cores"), k, c) {
             if (n < sizeof cores - 16) n += (size_t)snprintf(cores + n, sizeof cores - n, "%s%lld", k ? "," : "", (long long)json_integer_value(c));
         }
-        printf("%-5s %5lld %8lld %4lld %-9s %8lld %10lld %12lld  %s\n", json_string_value(json_object_get(w, "role")),
+        printf("%-5s %5lld %8lld %4lld %-9s %8lld %10lld %12lld  %s\n", jstr(w, "role"),
                (long long)json_integer_value(json_object_get(w, "index")), (long long)json_integer_value(json_object_get(w, "pid")),
-               (long long)json_integer_value(json_object_get(w, "numa_node")), json_string_value(json_object_get(w, "state")),
+               (long long)json_integer_value(json_object_get(w, "numa_node")), jstr(w, "state"),
                (long long)json_integer_value(json_object_get(w, "heartbeat_age_ms")),
                (long long)json_integer_value(json_object_get(w, "neurons_per_layer")),
                (long long)json_integer_value(json_object_get(w, "memory_bytes")), cores);
