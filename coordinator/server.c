@@ -85,6 +85,8 @@ struct server {
     void *zctx;
     void *gen_sock;            /* generation thread's end of the PAIR */
     pi_engine_t *engine;       /* owned by the generation thread; read-only for status */
+    pthread_mutex_t engine_mu; /* held by the generation thread to destroy the engine, by the main
+                                  thread while it reads it (status, the shutdown's cancel) */
     int64_t t_start;
     _Atomic int busy;          /* generation requests accepted and not yet ended */
     _Atomic int cancel;        /* shutdown asked while generating */
@@ -179,7 +181,9 @@ static void *gen_main(void *arg)
         free(j.prompt);
         atomic_fetch_sub(&s->busy, 1);
     }
+    pthread_mutex_lock(&s->engine_mu);
     pi_engine_destroy(&s->engine);
+    pthread_mutex_unlock(&s->engine_mu);
     struct event bye = {.kind = EV_EXIT};
     send_event(s, &bye);
     return NULL;
@@ -267,7 +271,9 @@ static int on_control(struct server *s, void *ctl, void *pair)
     switch (m.type) {
     case PI_CTL_STATUS_REQ:
         r.type = PI_CTL_STATUS_RESP;
+        pthread_mutex_lock(&s->engine_mu);
         r.u.json = status_json(s);
+        pthread_mutex_unlock(&s->engine_mu);
         if (r.u.json) reply(ctl, id, id_len, &r);
         else reply_error(ctl, id, id_len, m.request_id, -PI_ERR_NOMEM, "status: out of memory");
         json_decref(r.u.json);
@@ -397,7 +403,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     (void)argv0;
     struct pi_coord_model cm;
     if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
-    struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns()};
+    struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns(), .engine_mu = PTHREAD_MUTEX_INITIALIZER};
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *ctl = NULL, *pair = NULL;
     pthread_t gen;
@@ -444,7 +450,9 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
      * cancelled here: a step the GPU worker does not answer (a hung device) would otherwise hold the
      * shutdown for the step channel's whole timeout. */
     atomic_store(&s.cancel, 1);
+    pthread_mutex_lock(&s.engine_mu);
     pi_engine_pipeline_cancel(s.engine);
+    pthread_mutex_unlock(&s.engine_mu);
 out:
     if (gen_started) {
         /* Cancel a generation in flight, and still deliver its END (and any queued request's) to the
