@@ -77,11 +77,16 @@ void pi_logv(enum pi_log_level level, const char *fmt, va_list ap)
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      ts.tv_nsec / 1000000L, log_program, (long)getpid(), level_names[lv]);
     if (n < 0) n = 0;
+    const int body = n;
     if ((size_t)n < sizeof line) {
         int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
         if (m > 0) n += m;
     }
     if ((size_t)n >= sizeof line) n = (int)sizeof line - 1; /* truncated: the newline takes the last byte */
+    /* One record, one line: control characters in the message (text from a peer, a file name) become
+     * '?', so that no string can start a forged line or move the terminal's cursor. */
+    for (int i = body; i < n; i++)
+        if ((unsigned char)line[i] < 0x20 ? line[i] != '\t' : (unsigned char)line[i] == 0x7f) line[i] = '?';
     line[n++] = '\n';
     const char *p = line;
     size_t left = (size_t)n;

@@ -30,7 +30,8 @@ int pi_log_parse_level(const char *s, enum pi_log_level *out);
 /* Redirect output to fd (default 2). Used by tests to capture lines. */
 void pi_log_set_fd(int fd);
 
-/* Format and emit one line (a trailing newline is added). Lines longer than 4 KiB are truncated. */
+/* Format and emit one line (a trailing newline is added; control characters of the message other than
+ * tab are written as '?'). Lines longer than 4 KiB are truncated. */
 void pi_log(enum pi_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void pi_logv(enum pi_log_level level, const char *fmt, va_list ap);
 

@@ -47,6 +47,13 @@ int main(void)
     size_t n = capture(buf, sizeof buf, fds);
     tap_ok(n == 4096 && buf[n - 1] == '\n', "long line truncated to 4096 bytes with a newline (got %zu)", n);
 
+    /* Text from elsewhere cannot forge a second line or carry terminal escapes; tabs stay. */
+    pi_info("peer says: %s", "ok\n2026-01-01T00:00:00.000Z pi-gpu-worker[1] error: forged\r\x1b[2J\x7f\tend");
+    n = capture(buf, sizeof buf, fds);
+    tap_ok(strchr(buf, '\n') == buf + n - 1 && !strchr(buf, '\r') && !strchr(buf, '\x1b') && !strchr(buf, '\x7f') &&
+               strstr(buf, "ok?2026-01-01T") && strstr(buf, "forged??[2J?\tend"),
+           "control characters of a message are written as '?' (one record, one line): %s", buf);
+
     enum pi_log_level lv = PI_LOG_INFO;
     tap_ok(pi_log_parse_level("DEBUG", &lv) == 0 && lv == PI_LOG_DEBUG, "parse DEBUG");
     tap_ok(pi_log_parse_level("warning", &lv) == 0 && lv == PI_LOG_WARN, "parse warning");
