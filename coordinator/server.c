@@ -107,19 +107,25 @@ struct emit_ctx {
     const struct job *j;
 };
 
+/* Stream text as CHUNK events of at most sizeof ev.text bytes. The protocol's strings hold no NUL
+ * (ipc/control.h), so a NUL byte of the text (a byte-fallback token <0x00>) is sent as U+FFFD. */
 static int emit_chunk(void *ctx, const char *text, size_t len)
 {
     struct emit_ctx *e = ctx;
     if (atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq) return -1;
-    while (len > 0) {
-        struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id, .seq = e->j->seq};
-        memcpy(ev.id, e->j->id, e->j->id_len);
-        ev.len = PI_MIN(len, sizeof ev.text);
-        memcpy(ev.text, text, ev.len);
-        send_event(e->s, &ev);
-        text += ev.len;
-        len -= ev.len;
+    static const char repl[3] = {'\xef', '\xbf', '\xbd'};
+    struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id, .seq = e->j->seq};
+    memcpy(ev.id, e->j->id, e->j->id_len);
+    for (size_t i = 0; i < len; i++) {
+        const size_t need = text[i] ? 1 : sizeof repl;
+        if (ev.len + need > sizeof ev.text) {
+            send_event(e->s, &ev);
+            ev.len = 0;
+        }
+        if (text[i]) ev.text[ev.len++] = text[i];
+        else memcpy(ev.text + ev.len, repl, sizeof repl), ev.len += sizeof repl;
     }
+    if (ev.len) send_event(e->s, &ev);
     return 0;
 }
 
