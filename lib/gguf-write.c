@@ -153,7 +153,12 @@ static size_t put_str_bytes(uint8_t *p, const char *s, size_t len)
 
 int pi_gguf_writer_set_str(pi_gguf_writer_t *w, const char *key, const char *v)
 {
-    size_t len = strlen(v);
+    return pi_gguf_writer_set_strn(w, key, v, strlen(v));
+}
+
+int pi_gguf_writer_set_strn(pi_gguf_writer_t *w, const char *key, const char *v, size_t len)
+{
+    if (len > SIZE_MAX - 8) return -PI_ERR_NOMEM;
     uint8_t *val = malloc(8 + len);
     if (!val) return -PI_ERR_NOMEM;
     put_str_bytes(val, v, len);

@@ -126,6 +126,8 @@ bool pi_gguf_str_eq(struct pi_gguf_str s, const char *c)
     return s.len == n && (n == 0 || memcmp(s.ptr, c, n) == 0);
 }
 
+bool pi_gguf_str_has_nul(struct pi_gguf_str s) { return s.len && memchr(s.ptr, 0, (size_t)s.len) != NULL; }
+
 /* ------------------------------------------------------------------------------------------------
  * Messages
  * ---------------------------------------------------------------------------------------------- */

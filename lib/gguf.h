@@ -143,6 +143,8 @@ const struct pi_gguf_tensor *pi_gguf_find_tensor(const pi_gguf_t *g, const char 
 
 /* True when s equals the NUL-terminated c. */
 bool pi_gguf_str_eq(struct pi_gguf_str s, const char *c);
+/* Whether s holds a NUL byte (a name or template read as a C string would silently end there). */
+bool pi_gguf_str_has_nul(struct pi_gguf_str s);
 
 /* ---- writer (sidecar files: activation statistics, predictors, placement) ---- */
 typedef struct pi_gguf_writer pi_gguf_writer_t;
@@ -161,6 +163,8 @@ int pi_gguf_writer_set_u64(pi_gguf_writer_t *w, const char *key, uint64_t v);
 int pi_gguf_writer_set_f32(pi_gguf_writer_t *w, const char *key, float v);
 int pi_gguf_writer_set_bool(pi_gguf_writer_t *w, const char *key, bool v);
 int pi_gguf_writer_set_str(pi_gguf_writer_t *w, const char *key, const char *v);
+/* len bytes of v, which may hold NUL bytes (for tests of the readers). */
+int pi_gguf_writer_set_strn(pi_gguf_writer_t *w, const char *key, const char *v, size_t len);
 int pi_gguf_writer_set_arr(pi_gguf_writer_t *w, const char *key, enum pi_gguf_vtype type,
                            const void *data, uint64_t n); /* fixed-size element types */
 int pi_gguf_writer_set_arr_str(pi_gguf_writer_t *w, const char *key, const char *const *v, uint64_t n);

@@ -30,6 +30,8 @@
 #define MAX_LAYERS 4096
 #define MAX_DIM (1 << 20)
 #define MAX_HEADS 4096
+#define MAX_HEAD_DIM 1024  /* largest per-head size accepted (real models: 64 to 256) */
+#define MAX_ATTN_RATIO 8   /* heads x head size at most this many times n_embd (real models: 1 to 1.34) */
 
 struct binder {
     const pi_gguf_t *g;
@@ -139,6 +141,7 @@ static int read_activation(struct binder *b, enum pi_ffn_act opt)
     }
     int rc = pi_gguf_get_str(b->g, "pinfer.ffn_activation", &s);
     if (rc == 0) {
+        if (pi_gguf_str_has_nul(s)) return fail(b, "pinfer.ffn_activation holds a NUL byte");
         snprintf(name, sizeof name, "%.*s", (int)PI_MIN(s.len, sizeof name - 1), s.ptr);
         if (s.len >= sizeof name || pi_ffn_act_parse(name, &hp->act) < 0)
             return fail(b, "pinfer.ffn_activation \"%.*s\" is not silu, relu or drelu",
@@ -171,13 +174,17 @@ static int read_hparams(struct binder *b, enum pi_ffn_act act)
     if (hp->n_embd % hp->n_head != 0)
         return fail(b, "%s.embedding_length %d is not a multiple of attention.head_count %d", hp->arch,
                     hp->n_embd, hp->n_head);
-    if ((rc = get_count(b, "attention.key_length", hp->n_embd / hp->n_head, 1, MAX_DIM, &key_len)) < 0 ||
-        (rc = get_count(b, "attention.value_length", key_len, 1, MAX_DIM, &val_len)) < 0)
+    /* The per-head size is bounded on its own and against n_embd: the attention scratch and the KV
+     * cache grow with heads x head size, which a small file could otherwise set to millions (a 17 MB
+     * file made a run take 8.6 GB). */
+    if ((rc = get_count(b, "attention.key_length", hp->n_embd / hp->n_head, 1, MAX_HEAD_DIM, &key_len)) < 0 ||
+        (rc = get_count(b, "attention.value_length", key_len, 1, MAX_HEAD_DIM, &val_len)) < 0)
         return rc;
     if (val_len != key_len)
         return fail(b, "%s.attention.value_length %d differs from key_length %d", hp->arch, val_len, key_len);
-    if ((int64_t)key_len * hp->n_head > MAX_DIM)
-        return fail(b, "attention width %d x %d heads too large", key_len, hp->n_head);
+    if ((int64_t)key_len * hp->n_head > MAX_DIM || (int64_t)key_len * hp->n_head > (int64_t)MAX_ATTN_RATIO * hp->n_embd)
+        return fail(b, "attention width %d x %d heads is more than %d times embedding_length %d", key_len, hp->n_head,
+                    MAX_ATTN_RATIO, hp->n_embd);
     hp->head_dim = key_len;
     if ((rc = get_count(b, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot)) < 0) return rc;
     if (hp->n_rot % 2 != 0)
@@ -186,7 +193,7 @@ static int read_hparams(struct binder *b, enum pi_ffn_act act)
     if ((rc = get_float(b, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps)) < 0 ||
         (rc = get_float(b, "rope.freq_base", 10000.0f, &hp->rope_base)) < 0)
         return rc;
-    if (!(hp->rms_eps >= 0.0f && hp->rms_eps < 1.0f))
+    if (!(hp->rms_eps > 0.0f && hp->rms_eps < 1.0f)) /* 0 would make a zero row 0/0 */
         return fail(b, "%s.attention.layer_norm_rms_epsilon %g out of range", hp->arch, (double)hp->rms_eps);
     if (!(hp->rope_base > 1.0f && hp->rope_base < 1e12f))
         return fail(b, "%s.rope.freq_base %g out of range", hp->arch, (double)hp->rope_base);
@@ -635,6 +642,7 @@ static int gen_metadata(struct gen *G)
     /* set again: a key gen does not write (attention.key_length, ...) is added, others replaced */
     if (g->bad_key) rc |= pi_gguf_writer_set_u32(G->w, g->bad_key, g->bad_value);
     if (g->bad_fkey) rc |= pi_gguf_writer_set_f32(G->w, g->bad_fkey, g->bad_fvalue);
+    if (g->bad_skey) rc |= pi_gguf_writer_set_strn(G->w, g->bad_skey, g->bad_svalue, g->bad_slen);
     if (g->n_tokens > 0) {
         const char **tok = malloc((size_t)g->n_tokens * sizeof *tok);
         if (!tok) return -PI_ERR_NOMEM;

@@ -189,6 +189,10 @@ struct pi_model_gen {
     enum pi_type retype_as;
     const char *nan_norm;
     int n_tokens;
+    /* write the string key `bad_skey` as the bad_slen bytes of bad_svalue (NUL bytes allowed) */
+    const char *bad_skey;
+    const char *bad_svalue;
+    size_t bad_slen;
 };
 
 /* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */

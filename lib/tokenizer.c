@@ -477,6 +477,7 @@ static int load_model_kind(struct loader *L)
     pi_tokenizer_t *t = L->t;
     struct pi_gguf_str s;
     if (pi_gguf_get_str(L->g, "tokenizer.ggml.model", &s) < 0) return fail(L, "tokenizer.ggml.model missing");
+    if (pi_gguf_str_has_nul(s)) return fail(L, "tokenizer.ggml.model holds a NUL byte");
     if (pi_gguf_str_eq(s, "llama")) t->kind = PI_TOKENIZER_SPM;
     else if (pi_gguf_str_eq(s, "gpt2")) t->kind = PI_TOKENIZER_BPE;
     else if (pi_gguf_str_eq(s, "bert")) t->kind = PI_TOKENIZER_WPM;
@@ -485,6 +486,7 @@ static int load_model_kind(struct loader *L)
     int rc = pi_gguf_get_str(L->g, "tokenizer.ggml.pre", &s);
     if (rc == 0) {
         if (s.len >= sizeof(t->pre_name)) return fail(L, "tokenizer.ggml.pre is too long");
+        if (pi_gguf_str_has_nul(s)) return fail(L, "tokenizer.ggml.pre holds a NUL byte");
         memcpy(t->pre_name, s.ptr, s.len);
         t->pre_name[s.len] = 0;
     } else if (rc != -PI_ERR_NOTFOUND) {
@@ -494,6 +496,7 @@ static int load_model_kind(struct loader *L)
         return fail(L, "unknown pre-tokenizer \"%s\" (tokenizer.ggml.pre)", t->pre_name);
     if (pi_gguf_get_str(L->g, "tokenizer.chat_template", &s) == 0) {
         if (s.len > (1u << 20)) return fail(L, "tokenizer.chat_template is too long");
+        if (pi_gguf_str_has_nul(s)) return fail(L, "tokenizer.chat_template holds a NUL byte");
         t->chat_template = malloc(s.len + 1);
         if (!t->chat_template) return -PI_ERR_NOMEM;
         memcpy(t->chat_template, s.ptr, s.len);

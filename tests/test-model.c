@@ -229,6 +229,10 @@ static void e_rot_zero(struct pi_model_gen *g) { g->bad_key = "llama.rope.dimens
 static void e_key_val(struct pi_model_gen *g) { g->bad_key = "llama.attention.value_length"; g->bad_value = 8; }
 static void e_eps_neg(struct pi_model_gen *g) { g->bad_fkey = "llama.attention.layer_norm_rms_epsilon"; g->bad_fvalue = -1e-5f; }
 static void e_eps_nan(struct pi_model_gen *g) { g->bad_fkey = "llama.attention.layer_norm_rms_epsilon"; g->bad_fvalue = NAN; }
+static void e_eps_zero(struct pi_model_gen *g) { g->bad_fkey = "llama.attention.layer_norm_rms_epsilon"; g->bad_fvalue = 0.0f; }
+static void e_head_dim_huge(struct pi_model_gen *g) { g->bad_key = "llama.attention.key_length"; g->bad_value = 1u << 20; }
+static void e_attn_wide(struct pi_model_gen *g) { g->bad_key = "llama.attention.key_length"; g->bad_value = 256; }
+static void e_act_nul(struct pi_model_gen *g) { g->bad_skey = "pinfer.ffn_activation"; g->bad_svalue = "relu\0xxx"; g->bad_slen = 8; }
 static void e_base_zero(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = 0.0f; }
 static void e_base_neg(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = -10000.0f; }
 static void e_base_nan(struct pi_model_gen *g) { g->bad_fkey = "llama.rope.freq_base"; g->bad_fvalue = NAN; }
@@ -270,6 +274,10 @@ static const struct broken broken[] = {
     {"value_length != key_length", e_key_val, "value_length 8", "key_length 16"},
     {"negative rms epsilon", e_eps_neg, "layer_norm_rms_epsilon", "out of range"},
     {"NaN rms epsilon", e_eps_nan, "layer_norm_rms_epsilon", "out of range"},
+    {"zero rms epsilon", e_eps_zero, "layer_norm_rms_epsilon 0", "out of range"},
+    {"head size 2^20 (the attention scratch of a small file)", e_head_dim_huge, "attention.key_length = 1048576", "outside"},
+    {"attention 8+ times wider than n_embd", e_attn_wide, "attention width 256 x 4 heads", "8 times"},
+    {"ffn_activation with a NUL byte", e_act_nul, "pinfer.ffn_activation", "NUL"},
     {"rope freq_base 0", e_base_zero, "rope.freq_base 0", "out of range"},
     {"negative rope freq_base", e_base_neg, "rope.freq_base -10000", "out of range"},
     {"NaN rope freq_base", e_base_nan, "rope.freq_base", "out of range"},

@@ -451,10 +451,11 @@ static bool fz_write_vocab(pi_gguf_writer_t *w, uint32_t n)
     static const char *const ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
                                       "tokenizer.ggml.unknown_token_id", "tokenizer.ggml.eot_token_id",
                                       "tokenizer.ggml.seperator_token_id", "tokenizer.ggml.padding_token_id"};
-    uint32_t defect = fz_rand() % 24, model = fz_rand() % 3; /* defect >= 12: none */
+    uint32_t defect = fz_rand() % 28, model = fz_rand() % 3; /* defect >= 14: none */
     bool bpe = model == 1, wpm = model == 2;
     bool must_fail = defect == 0 || defect == 2 || defect == 4 || defect == 6 || defect == 7 || defect == 9 ||
-                     defect == 10 || defect == 11 || (defect == 1 && wpm) || ((defect == 3 || defect == 5 || defect == 8) && bpe);
+                     defect == 10 || defect == 11 || defect == 12 || defect == 13 || (defect == 1 && wpm) ||
+                     ((defect == 3 || defect == 5 || defect == 8) && bpe);
     char **tok = calloc(n, sizeof(*tok));
     float *scores = calloc(n + 1, sizeof(*scores));   /* + 1: defect 6 writes n + 1 */
     int32_t *types = malloc(n * sizeof(*types));
@@ -486,6 +487,8 @@ static bool fz_write_vocab(pi_gguf_writer_t *w, uint32_t n)
     if (defect == 3) merges[n_merges++] = strdup(fz_rand() % 2 ? "ab" : " ");
     pi_gguf_writer_set_str(w, "tokenizer.ggml.model", defect == 4 ? "nonsense" : models[model]);
     if (fz_rand() % 2 || defect == 5) pi_gguf_writer_set_str(w, "tokenizer.ggml.pre", defect == 5 ? "no-such-pre" : pres[fz_rand() % PI_ARRAY_LEN(pres)]);
+    if (defect == 12) pi_gguf_writer_set_strn(w, "tokenizer.ggml.pre", "llama3\0junk", 11); /* read as "llama3" before */
+    if (defect == 13) pi_gguf_writer_set_strn(w, "tokenizer.chat_template", "\0{{ x }}", 8);
     pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, n);
     if (fz_rand() % 8 || defect == 6) pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, defect == 6 ? n + 1 : n);
     if (fz_rand() % 8 || defect == 2 || defect == 7)
