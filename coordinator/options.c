@@ -173,11 +173,18 @@ static int first_pass(struct pi_coord_opts *o, int argc, char **argv, FILE *out)
             return 1;
         }
         const char *v = NULL;
-        if (strcmp(a, "--config") == 0) {
-            if (i + 1 >= argc) { fprintf(stderr, "pi-coordinator: --config needs a FILE\n"); return -PI_ERR_INVAL; }
-            v = argv[++i];
-        } else if (strncmp(a, "--config=", 9) == 0) {
-            v = a + 9;
+        /* --config and its abbreviations that getopt_long accepts below (--conf, --confi: "--con"
+         * is ambiguous with --control), so that an abbreviated --config is not read and then
+         * ignored by the second pass */
+        const char *eq = strchr(a, '=');
+        const size_t nl = eq ? (size_t)(eq - a) : strlen(a);
+        if (nl >= 6 && nl <= 8 && strncmp(a, "--config", nl) == 0) {
+            if (eq) {
+                v = eq + 1;
+            } else {
+                if (i + 1 >= argc) { fprintf(stderr, "pi-coordinator: --config needs a FILE\n"); return -PI_ERR_INVAL; }
+                v = argv[++i];
+            }
         }
         if (v) {
             free(o->config_path);

@@ -286,6 +286,7 @@ int pi_coord_cpu_workers(const struct pi_config *c)
     }
     return PI_MIN(nodes, (int)PI_EXCHANGE_MAX_WORKERS);
 }
+_Static_assert(PI_EXCHANGE_MAX_WORKERS == 64, "lib/conf.c bounds [cpu] workers by 64, the exchange's limit");
 
 pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)
 {

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 enum key_kind { K_STR, K_INT, K_REAL, K_BYTES, K_ENUM };
@@ -45,7 +46,7 @@ static const struct key_def keys[] = {
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL},
     {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL},
     {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL},
-    {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 256, NULL},
+    {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names},
     {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL},
@@ -54,9 +55,9 @@ static const struct key_def keys[] = {
     {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL},
     {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL},
     {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL},
-    {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 0, 1, NULL},
+    {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 1e-6, 1, NULL}, /* > 0, as the sampler needs */
     {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL},
-    {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 0, 100, NULL},
+    {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL},
     {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, NULL},
 };
@@ -230,14 +231,36 @@ struct load_ctx {
     int rc;
 };
 
+#define CONF_MAX_FILE (1 << 20) /* bytes of a config file */
+
 /* Debian's inih is built without INI_HANDLER_LINENO, so the handler gets no line number: we feed
- * inih through our own reader and count the lines it takes (inih never reads ahead). */
+ * inih through our own reader and count the lines it takes (inih never reads ahead). The reader
+ * also ends the parse with an error at a line longer than the buffer (inih would take its rest as a
+ * line of its own: a '#' comment could turn into a setting) and at a NUL byte (the rest of the line
+ * would be dropped silently). */
 static char *read_line(char *str, int num, void *stream)
 {
     struct load_ctx *c = stream;
-    char *r = fgets(str, num, c->f);
-    if (r) c->lineno++;
-    return r;
+    if (c->rc != 0 || num < 2) return NULL;
+    int n = 0, ch = EOF;
+    while (n < num - 1 && (ch = getc(c->f)) != EOF) {
+        if (ch == '\0') {
+            set_err(c->err, c->errlen, "%s:%d: NUL byte in the line", c->path, c->lineno + 1);
+            c->rc = -PI_ERR_FORMAT;
+            return NULL;
+        }
+        str[n++] = (char)ch;
+        if (ch == '\n') break;
+    }
+    if (n == 0) return NULL;
+    str[n] = '\0';
+    c->lineno++;
+    if (str[n - 1] != '\n' && n == num - 1 && (ch = getc(c->f)) != EOF) {
+        set_err(c->err, c->errlen, "%s:%d: line longer than %d bytes", c->path, c->lineno, num - 2);
+        c->rc = -PI_ERR_FORMAT;
+        return NULL;
+    }
+    return str;
 }
 
 static int handle_ini_line(void *user, const char *section, const char *name, const char *value)
@@ -269,24 +292,37 @@ static int handle_ini_line(void *user, const char *section, const char *name, co
 
 int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "r");
+    /* Non-blocking open: a FIFO given as the config must not hang the open; only a regular file of
+     * at most CONF_MAX_FILE bytes is read (a directory, a FIFO or /dev/zero would be no settings, a
+     * hang or an endless read). */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     struct stat st;
-    if (!f) {
+    if (fd < 0) {
         set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
         return -PI_ERR_IO;
     }
-    /* fopen() of a directory succeeds and its first read fails, which inih would take for an
-     * empty file: a directory given as the config must be an error, not "no settings". */
-    if (fstat(fileno(f), &st) != 0) {
+    if (fstat(fd, &st) != 0) {
         set_err(err, errlen, "%s: fstat failed: %s", path, strerror(errno));
-        fclose(f);
+        close(fd);
         return -PI_ERR_IO;
     }
-    if (S_ISDIR(st.st_mode)) {
-        set_err(err, errlen, "%s: cannot read: is a directory", path);
-        fclose(f);
+    if (!S_ISREG(st.st_mode) || st.st_size > CONF_MAX_FILE) {
+        set_err(err, errlen, "%s: cannot read: %s", path,
+                S_ISDIR(st.st_mode) ? "is a directory" : !S_ISREG(st.st_mode) ? "not a regular file" : "larger than 1 MiB");
+        close(fd);
         return -PI_ERR_IO;
     }
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        set_err(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        close(fd);
+        return -PI_ERR_IO;
+    }
+    /* inih's run-time switches (Debian's inih 55 has them): an indented line is not the continuation
+     * of the previous value, and a ';' after a value is part of it (only whole lines are comments).
+     * Its line buffer stays as built (200 bytes); read_line refuses longer lines. */
+    ini_allow_multiline = false;
+    ini_allow_inline_comments = false;
     struct load_ctx c = {cfg, path, f, 0, err, errlen, 0};
     int r = ini_parse_stream(read_line, &c, handle_ini_line, &c);
     fclose(f);

@@ -4,6 +4,7 @@
 #include "lib/conf.h"
 #include "tests/tap.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char path[64];
@@ -79,6 +80,38 @@ int main(void)
     tap_ok(rc == -PI_ERR_IO && strstr(err, "/nonexistent/pinfer.conf: cannot open"), "missing file: %s", err);
     rc = pi_config_load_file(&cfg, "/", err, sizeof err);
     tap_ok(rc == -PI_ERR_IO && strstr(err, "is a directory"), "a directory is an error, not an empty file: %s", err);
+
+    /* Lines that inih alone would read as something else (a review found each) */
+    char longline[400];
+    snprintf(longline, sizeof longline, "[cpu]\n# %0*d threads = 4096\n", 197, 0);
+    rc = load(longline, &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":2: line longer than") && cfg.cpu_threads != 4096,
+           "a comment longer than inih's line is an error, not a setting from its tail: %s", err);
+    rc = load("[cpu]\nworkers = 4\n  8\n", &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":3: syntax error") && cfg.cpu_workers != 8,
+           "an indented line is no continuation of the value above: %s", err);
+    rc = load("[run]\ndir = /tmp/a;b ;c\n", &cfg, err, sizeof err);
+    tap_ok(rc == 0 && strcmp(cfg.run_dir, "/tmp/a;b ;c") == 0, "a ';' after a value is part of it (only whole lines are comments)");
+    FILE *nf = fopen(path, "wb");
+    if (!nf) tap_bail("cannot write %s", path);
+    fwrite("[cpu]\nworkers = 1\0006\n", 1, 20, nf);
+    fclose(nf);
+    pi_config_free(&cfg);
+    pi_config_defaults(&cfg);
+    rc = pi_config_load_file(&cfg, path, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":2: NUL byte"), "a NUL byte is an error, not the end of the value: %s", err);
+    char fifo[96];
+    snprintf(fifo, sizeof fifo, "/tmp/pi-test-config-%ld.fifo", (long)getpid());
+    unlink(fifo);
+    if (mkfifo(fifo, 0600) == 0) {
+        rc = pi_config_load_file(&cfg, fifo, err, sizeof err); /* would block in open() without O_NONBLOCK */
+        tap_ok(rc == -PI_ERR_IO && strstr(err, "not a regular file"), "a FIFO is refused at once: %s", err);
+        unlink(fifo);
+    } else {
+        tap_skip(1, "mkfifo failed");
+    }
+    rc = pi_config_load_file(&cfg, "/dev/zero", err, sizeof err);
+    tap_ok(rc == -PI_ERR_IO && strstr(err, "not a regular file"), "/dev/zero is refused, not read forever: %s", err);
 
     int64_t iv = 0;
     tap_ok(pi_parse_int("-1", -1, 5, &iv) == 0 && iv == -1, "integer at the lower bound");
