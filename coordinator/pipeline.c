@@ -258,7 +258,7 @@ static void pipe_destroy(pi_engine_t *e)
 static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy};
 
 /* Make sure the configured run directory exists, is ours and private. */
-static int ensure_run_dir(const char *dir)
+int pi_coord_run_dir_check(const char *dir)
 {
     struct stat st;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
@@ -302,7 +302,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->n_hot = pi_coord_choose_hot(&o->cfg, cm->model, p->base.n_ctx, PIPE_MAX_BATCH);
-    if (ensure_run_dir(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
+    if (pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
         pi_ctl_endpoint(p->rundir, "workers", p->worker_ep, sizeof p->worker_ep) != 0 ||

@@ -25,6 +25,10 @@ size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, si
 /* Hot neurons per layer of a pipeline engine; -1 for any other engine. */
 int64_t pi_engine_pipeline_hot(pi_engine_t *e);
 
+/* Create the run directory dir (mode 0700) when missing; 0 when it is a directory of this user that
+ * nobody else can enter, else one error line and a negative pi_err (the sockets live there). */
+int pi_coord_run_dir_check(const char *dir);
+
 /* Make the request in flight on a pipeline engine (if any) return -PI_ERR_PEER now rather than
  * when its step answers or times out, for a shutdown; the next reset restarts the pipeline, and
  * destroying the engine stops the workers with SHUTDOWN (no STOP through the step channel). Safe

@@ -351,16 +351,29 @@ static void on_event(struct server *s, void *ctl, const struct event *ev)
     }
 }
 
-/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. */
+/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. The control socket has no
+ * authentication, so it is a unix socket (in a run directory private to the user) or TCP on the
+ * loopback interface only; anything else is refused before the model is loaded. */
 static int control_endpoint(const struct pi_config *c, char *out, size_t len)
 {
-    if (mkdir(c->run_dir, 0700) != 0 && errno != EEXIST) {
-        pi_error("[run] dir %s: cannot create: %s", c->run_dir, strerror(errno));
-        return -PI_ERR_IO;
-    }
-    if (c->control_endpoint && *c->control_endpoint) {
-        int w = snprintf(out, len, "%s", c->control_endpoint);
-        return w > 0 && (size_t)w < len ? 0 : -PI_ERR_RANGE;
+    int rc = pi_coord_run_dir_check(c->run_dir);
+    if (rc != 0) return rc;
+    const char *e = c->control_endpoint;
+    if (e && *e) {
+        static const char *const ok[] = {"ipc://", "tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:"};
+        bool allowed = false;
+        for (size_t i = 0; i < PI_ARRAY_LEN(ok); i++) allowed |= strncmp(e, ok[i], strlen(ok[i])) == 0 && e[strlen(ok[i])];
+        if (!allowed) {
+            pi_error("[control] endpoint %s: only ipc://PATH or tcp:// on the loopback interface (127.0.0.1, localhost, "
+                     "[::1]) with a port: the control socket has no authentication", e);
+            return -PI_ERR_INVAL;
+        }
+        int w = snprintf(out, len, "%s", e);
+        if (w <= 0 || (size_t)w >= len) {
+            pi_error("[control] endpoint %s: too long", e);
+            return -PI_ERR_RANGE;
+        }
+        return 0;
     }
     return pi_ctl_endpoint(c->run_dir, "control", out, len);
 }
@@ -408,8 +421,11 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
 {
     (void)argv0;
     struct pi_coord_model cm;
+    char ep[512];
+    if (control_endpoint(&o->cfg, ep, sizeof ep) != 0) return PI_EXIT_USAGE; /* before loading the model */
     if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
     struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns(), .engine_mu = PTHREAD_MUTEX_INITIALIZER};
+    memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *ctl = NULL, *pair = NULL;
     pthread_t gen;
@@ -422,7 +438,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     sfd = signalfd(-1, &set, SFD_CLOEXEC);
     s.zctx = zmq_ctx_new();
-    if (sfd < 0 || !s.zctx || control_endpoint(&o->cfg, s.endpoint, sizeof s.endpoint) != 0) goto out;
+    if (sfd < 0 || !s.zctx) goto out;
     ctl = pi_ctl_socket(s.zctx, ZMQ_ROUTER, 1000);
     pair = zmq_socket(s.zctx, ZMQ_PAIR);
     s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);

@@ -120,6 +120,15 @@ static void test_config_errors(void)
     config_error("no-model", a4, "no model");
     const char *a5[] = {"--model", model, "--frobnicate", NULL};
     config_error("unknown-option", a5, "unknown option --frobnicate");
+    /* an abbreviated --config is read, not accepted and ignored */
+    write_file(conf, "[cpu]\nworkers = 100000\n");
+    const char *a6[] = {"--conf", conf, "--model", model, "--prompt", "x", NULL};
+    config_error("conf-abbreviated", a6, "[cpu] workers: 100000 is out of range");
+    /* the control socket has no authentication: no endpoint beyond the loopback interface */
+    char rd[320];
+    snprintf(rd, sizeof rd, "%s/run-ctl", tp_dir);
+    const char *a7[] = {"--model", model, "--control", "tcp://0.0.0.0:47124", "--run-dir", rd, NULL};
+    config_error("control-exposed", a7, "no authentication");
 }
 
 /* A good config file: its values are used, and the command line overrides its n_predict (3) before
