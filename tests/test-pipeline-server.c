@@ -200,6 +200,9 @@ static void test_hostile_requests(void)
     free(err);
     const char *neg[] = {"generate", "--prompt", "The jury said", "-n", "-1", NULL};
     tap_is_int(pictl("gen-neg-n", neg, TIMEOUT_S), 2, "pi-ctl generate -n -1: exit 2");
+    const char *seed[] = {"generate", "--prompt", "x", "--seed", "-1", NULL}, *empty[] = {"generate", "--prompt", "x", "-n", "", NULL};
+    tap_ok(pictl("gen-neg-seed", seed, TIMEOUT_S) == 2 && pictl("gen-empty-n", empty, TIMEOUT_S) == 2,
+           "pi-ctl --seed -1 (strtoull would wrap it) and -n \"\" (read as 0): exit 2");
     const char *to[] = {"--timeout", "4294967297", "status", NULL};
     tap_is_int(pictl("huge-timeout", to, TIMEOUT_S), 2, "pi-ctl --timeout 2^32+1 (would wrap to an int): exit 2");
     const char *ctx[] = {"generate", "--prompt", "The jury said", "-n", "999999", NULL};

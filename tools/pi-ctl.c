@@ -71,8 +71,16 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
     char *end;
     while ((c = getopt_long(argc, argv, "hVn:", lo, NULL)) != -1) {
         errno = 0;
+        /* numbers: digits required (strto* read "" as 0), no sign where none belongs (strtoull
+         * reads "-1" as 2^64 - 1) */
+        if ((c == 't' || c == 'n' || c == 'T' || c == 's') && !(optarg[0] >= '0' && optarg[0] <= '9') &&
+            !(c == 'T' && optarg[0] == '.'))
+            goto bad;
         switch (c) {
-        case 'e': snprintf(o->endpoint, sizeof o->endpoint, "%s", optarg); break;
+        case 'e':
+            if (strlen(optarg) >= sizeof o->endpoint) goto bad; /* would be cut */
+            snprintf(o->endpoint, sizeof o->endpoint, "%s", optarg);
+            break;
         case 't': {
             long t = strtol(optarg, &end, 10); /* range-checked as a long: (int) would wrap huge values */
             if (*end || errno || t < 1 || t > INT32_MAX) goto bad;
