@@ -270,6 +270,9 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
 #define PI_XS_PAD 36
 #define PI_XS_THREADS 256
 
+/* Where float4 i of x (its segment i / 8, quarter i % 8) is staged in the padded shared layout. */
+__device__ __forceinline__ int64_t pi_xs_at(int64_t i) { return (i >> 3) * (PI_XS_PAD / 4) + (i & 7); }
+
 /* raw[u][i] = segment sb + 32 u of row r0 + i, both clamped (to segment end - 1, to the last row):
  * the clamped loads are never used, they only keep the addresses valid. */
 template <int T, int R, int U>
@@ -327,7 +330,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) {
         const float4 v = __ldg((const float4 *)x + i);
-        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = v;
+        xs4[pi_xs_at(i)] = v;
         if (NORM) ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
     }
     if constexpr (NORM) {
@@ -340,7 +343,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
         for (int k = 0; k < PI_XS_THREADS / 32; k++) tot += red[k];
         const float inv = rsqrtf(tot / (float)w.cols + e.eps);
         for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) { /* the values this thread staged */
-            float4 *p = &xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)];
+            float4 *p = &xs4[pi_xs_at(i)];
             const float4 v = *p, gv = __ldg((const float4 *)e.ng + i);
             *p = make_float4(v.x * inv * gv.x, v.y * inv * gv.y, v.z * inv * gv.z, v.w * inv * gv.w);
         }
@@ -413,7 +416,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_sk(pi_wdev w, const fl
     if (live) pi_xs_load<T, R, U>(w, r0, s_lo + lane, s_hi, raw);
     const float4 *xg = (const float4 *)(x + s_lo * 32);
     for (int64_t i = threadIdx.x; i < (s_hi - s_lo) * 8; i += blockDim.x)
-        xs4[(i >> 3) * (PI_XS_PAD / 4) + (i & 7)] = __ldg(xg + i);
+        xs4[pi_xs_at(i)] = __ldg(xg + i);
     __syncthreads();
     if (!live) return;
     float acc[R];

@@ -137,6 +137,18 @@ extern "C" int pi_cuda_softmax(pi_cuda_ctx_t *c, int64_t rows, int64_t n, float 
 
 /* ------------------------------------------------------------------ RoPE, KV store */
 
+/* Rotate the pair (a, b) of dimensions 2p, 2p + 1 at position pos: the one formula of k_rope and
+ * k_rope_kv (so that the fused kernel gives the same bits). */
+__device__ __forceinline__ void pi_rope_pair(int32_t pos, int p, int n_rot, float base, float freq_scale, float &a,
+                                             float &b)
+{
+    const float theta = (float)pos * freq_scale * powf(base, -2.0f * (float)p / (float)n_rot);
+    float s, co;
+    sincosf(theta, &s, &co);
+    const float a2 = a * co - b * s, b2 = a * s + b * co;
+    a = a2, b = b2;
+}
+
 __global__ void k_rope(int64_t T, int n_head, int hd, int n_rot, const int32_t *__restrict__ pos, float base,
                        float freq_scale, float *__restrict__ x)
 {
@@ -146,13 +158,10 @@ __global__ void k_rope(int64_t T, int n_head, int hd, int n_rot, const int32_t *
     const int p = (int)(i % half);
     const int64_t th = i / half; /* t * n_head + h */
     const int64_t t = th / n_head;
-    const float theta = (float)pos[t] * freq_scale * powf(base, -2.0f * (float)p / (float)n_rot);
-    float s, co;
-    sincosf(theta, &s, &co);
     float *v = x + th * hd + 2 * p;
-    const float a = v[0], b = v[1];
-    v[0] = a * co - b * s;
-    v[1] = a * s + b * co;
+    float a = v[0], b = v[1];
+    pi_rope_pair(pos[t], p, n_rot, base, freq_scale, a, b);
+    v[0] = a, v[1] = b;
 }
 
 extern "C" int pi_cuda_rope(pi_cuda_ctx_t *c, int64_t T, int n_head, int head_dim, int n_rot, const int32_t *d_pos,
@@ -195,8 +204,8 @@ extern "C" int pi_cuda_kv_store(pi_cuda_ctx_t *c, int n_head_kv, int head_dim, i
 
 /* The two steps above and the RoPE of q in one launch (one sequence's T consecutive positions): one
  * thread per (token, head, pair of dimensions) over the q heads, the k heads and the v heads of
- * qkv; q and k pairs below n_rot rotate as k_rope rotates them (the same expression, so the same
- * bits), k and v pairs are then stored as f16 at position pos0 + t. k is rotated in place as well. */
+ * qkv; q and k pairs below n_rot rotate as k_rope rotates them (pi_rope_pair, so the same bits), k
+ * and v pairs are then stored as f16 at position pos0 + t. k is rotated in place as well. */
 __global__ void k_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_rot, const int32_t *__restrict__ pos,
                           float base, float freq_scale, float *__restrict__ q, float *__restrict__ k,
                           const float *__restrict__ v, int64_t off, __half *__restrict__ kc, __half *__restrict__ vc)
@@ -217,11 +226,7 @@ __global__ void k_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_ro
     float *row = h < n_head ? q + (t * n_head + h) * hd : k + t * kvd + (int64_t)(h - n_head) * hd;
     float a = row[2 * p], b = row[2 * p + 1];
     if (2 * p < n_rot) {
-        const float theta = (float)pos[t] * freq_scale * powf(base, -2.0f * (float)p / (float)n_rot);
-        float sn, co;
-        sincosf(theta, &sn, &co);
-        const float a2 = a * co - b * sn, b2 = a * sn + b * co;
-        a = a2, b = b2;
+        pi_rope_pair(pos[t], p, n_rot, base, freq_scale, a, b);
         row[2 * p] = a, row[2 * p + 1] = b;
     }
     if (h >= n_head) {
