@@ -91,7 +91,7 @@ struct cuda_backend {
     struct cuda_layer *L;
     float *d_norms;           /* (2 n_layer + 1, d): attn_norm, ffn_norm of each layer, output_norm */
     uint8_t *d_kv;            /* per layer, per sequence: K then V, (n_ctx, kvd) f16 each */
-    float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_o, *d_parts, *d_logits, *d_g, *d_a;
+    float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_parts, *d_logits, *d_g, *d_a;
     void *d_down16;           /* (n_hot, d) f16 for the largest layer that is not dense: its down rows for the
                                  batched product (NULL when every hot layer is dense) */
     int32_t *d_ids;           /* (2 T): tokens, then positions */
@@ -111,6 +111,13 @@ struct cuda_backend {
 };
 
 static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
+
+/* Norm weight k of d_norms: 2 il attention, 2 il + 1 FFN of layer il, 2 n_layer the output norm. */
+static float *norm_w(const struct cuda_backend *s, int k) { return s->d_norms + (size_t)k * (size_t)s->d; }
+
+/* Whether the step's hot FFN runs row by row (the packed-neuron or dense kernels per token) rather
+ * than as GEMMs: small batches, or no GEMM buffers planned. */
+static bool ffn_per_row(const struct cuda_backend *s) { return s->n < HOT_BATCH_MIN || !s->d_g; }
 
 static uint64_t al(uint64_t x) { return (x + ALLOC_ALIGN - 1) & ~(uint64_t)(ALLOC_ALIGN - 1); }
 
@@ -256,7 +263,8 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
-    p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(uT * d * f) + al(2 * uT * d * f) +
+    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
+    p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
              al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
     if (n_hot_max > 0 && T >= HOT_BATCH_MIN) {
         p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
@@ -519,7 +527,7 @@ static int cuda_attn(pi_backend_t *b, int il)
     PI_TRY(alive(s, "attn"));
     const struct cuda_layer *cl = &s->L[il];
     const int n = s->n;
-    const float *g = s->d_norms + (size_t)(2 * il) * (size_t)s->d;
+    const float *g = norm_w(s, 2 * il);
     float *d_k = s->d_k, *d_v = s->d_v;
     if (cl->qkv && n == 1) {
         /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
@@ -591,10 +599,10 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     const bool all_hot = s->skip_x && cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
     s->hot_valid = false;
     /* with fuse_norm, a dense layer's decode gate/up product applies the norm itself */
-    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && (n < HOT_BATCH_MIN || !s->d_g) &&
+    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && ffn_per_row(s) &&
                      pi_cuda_norm_fusable(s->ctx, cl->gu);
     if (s->xn_deferred) return 0;
-    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, s->d_norms + (size_t)(2 * il + 1) * (size_t)s->d, s->eps, s->d_xn),
+    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
     if (x && !all_hot) {
         maybe_register(s, x);
@@ -615,15 +623,15 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
     s->hot_valid = false;
     const bool deferred = s->xn_deferred;
     s->xn_deferred = false;
-    if (deferred && !(cl->dense && (n < HOT_BATCH_MIN || !s->d_g))) { /* ffn_input's condition, which implies this */
+    if (deferred && !(cl->dense && ffn_per_row(s))) { /* ffn_input's condition, which implies this */
         pi_error("cuda backend: layer %d: the FFN norm was left to a path that does not apply it", il);
         return -PI_ERR_INVAL;
     }
     if (cl->n_hot == 0) return 0;
-    if (cl->dense && (n < HOT_BATCH_MIN || !s->d_g)) {
+    if (cl->dense && ffn_per_row(s)) {
         /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
          * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
-        const float *g = deferred ? s->d_norms + (size_t)(2 * il + 1) * (size_t)d : NULL;
+        const float *g = deferred ? norm_w(s, 2 * il + 1) : NULL;
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, (g ? s->d_h : s->d_xn) + (size_t)t * (size_t)d, g,
                                     s->eps, s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
@@ -633,7 +641,7 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
         CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
         CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
         return 0;
-    } else if (n < HOT_BATCH_MIN || !s->d_g) {
+    } else if (ffn_per_row(s)) {
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d, NULL, NULL,
                                   s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
@@ -676,7 +684,7 @@ static int cuda_output(pi_backend_t *b, int n_out, float *logits)
         return -PI_ERR_RANGE;
     }
     const float *h = s->d_h + (size_t)(s->n - n_out) * (size_t)s->d;
-    CK(s, pi_cuda_rmsnorm(s->ctx, n_out, s->d, h, s->d_norms + (size_t)(2 * s->n_layer) * (size_t)s->d, s->eps,
+    CK(s, pi_cuda_rmsnorm(s->ctx, n_out, s->d, h, norm_w(s, 2 * s->n_layer), s->eps,
                           s->d_xn), "output");
     CK(s, pi_cuda_matmul(s->ctx, s->out, n_out, s->d_xn, s->d_logits), "output");
     CK(s, pi_cuda_download(s->ctx, logits, s->d_logits, (size_t)n_out * (size_t)s->n_vocab * sizeof(float)), "output");
@@ -761,7 +769,7 @@ static int warm_scratch(struct cuda_backend *s)
             if ((tb = tile_bytes(dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
             if ((tb = tile_bytes(dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
             if ((tb = tile_bytes(dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
-            if ((tb = tile_bytes(dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_o;
+            if ((tb = tile_bytes(dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
             if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
             if (s->d_g && cl->dense && (tb = tile_bytes(dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
@@ -777,7 +785,7 @@ static int warm_scratch(struct cuda_backend *s)
         if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
             CK(s, pi_cuda_gemm(s->ctx, dl->down, T, s->d_a, s->d_parts), "start");
         else
-            CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_o : s->d_q),
+            CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_parts : s->d_q),
                "start");
     }
     for (int il = 0; il < s->n_layer; il++) {
@@ -808,10 +816,10 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     }
     PI_TRY(dalloc(s, p->norms, &s->d_norms));
     for (int il = 0; il < s->n_layer; il++) {
-        PI_TRY(pi_cuda_upload(s->ctx, s->d_norms + (size_t)(2 * il) * (size_t)s->d, m->layers[il].attn_norm, (size_t)s->d * f));
-        PI_TRY(pi_cuda_upload(s->ctx, s->d_norms + (size_t)(2 * il + 1) * (size_t)s->d, m->layers[il].ffn_norm, (size_t)s->d * f));
+        PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * il), m->layers[il].attn_norm, (size_t)s->d * f));
+        PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * il + 1), m->layers[il].ffn_norm, (size_t)s->d * f));
     }
-    PI_TRY(pi_cuda_upload(s->ctx, s->d_norms + (size_t)(2 * s->n_layer) * (size_t)s->d, m->output_norm, (size_t)s->d * f));
+    PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * s->n_layer), m->output_norm, (size_t)s->d * f));
     /* 2. embeddings and output head */
     PI_TRY(upload_whole(s, &m->token_embd, &s->embd));
     if (m->tied) s->out = s->embd;
@@ -829,7 +837,6 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     s->d_k = s->d_q + T * (uint64_t)s->qd;
     s->d_v = s->d_k + T * (uint64_t)s->kvd;
     PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
-    PI_TRY(dalloc(s, T * d * f, &s->d_o));
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
     PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
     PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
