@@ -276,17 +276,21 @@ static void test_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_rot
     free(q), free(k), free(v), free(pos), free(hq1), free(hq2), free(hk1), free(hk2), free(c1);
 }
 
+/* x (n,) = RMSNorm(h) * g in double (eps inside the square root, as pi_cuda_rmsnorm). */
+static void norm_ref(const float *h, const float *g, int64_t n, double eps, double *x)
+{
+    double ss = 0;
+    for (int64_t i = 0; i < n; i++) ss += (double)h[i] * h[i];
+    const double inv = 1.0 / sqrt(ss / (double)n + eps);
+    for (int64_t i = 0; i < n; i++) x[i] = h[i] * inv * g[i];
+}
+
 static void test_rmsnorm(int64_t T, int64_t n)
 {
     float *x = rand_floats((size_t)(T * n), 3.0f), *g = rand_floats((size_t)n, 1.0f);
     double *ref = malloc((size_t)(T * n) * sizeof(double));
     const float eps = 1e-5f;
-    for (int64_t t = 0; t < T; t++) {
-        double ss = 0;
-        for (int64_t i = 0; i < n; i++) ss += (double)x[t * n + i] * x[t * n + i];
-        double inv = 1.0 / sqrt(ss / (double)n + eps);
-        for (int64_t i = 0; i < n; i++) ref[t * n + i] = x[t * n + i] * inv * g[i];
-    }
+    for (int64_t t = 0; t < T; t++) norm_ref(x + t * n, g, n, eps, ref + t * n);
     float *dx = dev_from(x, (size_t)(T * n) * 4), *dg = dev_from(g, (size_t)n * 4), *dy = dev_from(NULL, (size_t)(T * n) * 4);
     int rc = pi_cuda_rmsnorm(ctx, T, n, dx, dg, eps, dy);
     float *y = host_of(dy, (size_t)(T * n));
@@ -492,15 +496,6 @@ static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t 
     return active;
 }
 
-/* x (n,) = RMSNorm(h) * g in double (eps 1e-5 inside the square root). */
-static void norm_ref(const float *h, const float *g, int64_t n, double *x)
-{
-    double ss = 0;
-    for (int64_t i = 0; i < n; i++) ss += (double)h[i] * h[i];
-    const double inv = 1.0 / sqrt(ss / (double)n + 1e-5);
-    for (int64_t i = 0; i < n; i++) x[i] = h[i] * inv * g[i];
-}
-
 /* A layer with every neuron on the device: gate/up pairs, then the file's down matrix (d, n_ff) as a
  * plain product (pi_cuda_ffn_dense), against a double-precision reference; also with the norm applied
  * in the gate/up staging, input and output the same residual buffer, as the backend runs it. */
@@ -531,7 +526,7 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     /* the norm in the staging: h += down @ act(gu @ (RMSNorm(h) * g)), in place */
     float *gn = rand_floats((size_t)d, 1.0f);
     float *dgn = dev_from(gn, (size_t)d * 4);
-    norm_ref(h0, gn, d, xd);
+    norm_ref(h0, gn, d, 1e-5, xd);
     const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, ref);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
     if (!pi_cuda_norm_fusable(ctx, dgu)) { /* PI_CUDA_MV=reg */
@@ -567,7 +562,7 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     void *w = rand_weight(t, rows, cols);
     float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, hscale), *g = rand_floats((size_t)cols, 1.0f);
     double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
-    norm_ref(h, g, cols, xn);
+    norm_ref(h, g, cols, 1e-5, xn);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
     pi_cuda_weight_t *dw = NULL;

@@ -148,14 +148,21 @@ static int raw_request(void *sock, const void *buf, size_t len)
     return t;
 }
 
+/* A raw DEALER on ep (receive timeout 3 s) for messages pi-ctl would not send. */
+static void *raw_dealer(void *zctx, const char *ep, int linger)
+{
+    void *s = zmq_socket(zctx, ZMQ_DEALER);
+    int to = 3000;
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
+    zmq_connect(s, ep);
+    return s;
+}
+
 static void test_malformed(void)
 {
     void *zctx = zmq_ctx_new();
-    void *s = zmq_socket(zctx, ZMQ_DEALER);
-    int linger = 0, to = 3000;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
-    zmq_connect(s, endpoint);
+    void *s = raw_dealer(zctx, endpoint, 0);
     uint8_t good[PI_CTL_HEADER_SIZE] = {0};
     uint32_t magic = PI_CTL_MAGIC;
     uint16_t ver = PI_CTL_VERSION, type = PI_CTL_STATUS_REQ;
@@ -180,10 +187,7 @@ static void test_malformed(void)
     zmq_send(s, blob, big, 0);
     free(blob);
     zmq_close(s);
-    s = zmq_socket(zctx, ZMQ_DEALER);
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
-    zmq_connect(s, endpoint);
+    s = raw_dealer(zctx, endpoint, 0);
     tap_is_int(raw_request(s, good, sizeof good), PI_CTL_STATUS_RESP, "after the malformed messages a good request is served");
     zmq_close(s);
     zmq_ctx_term(zctx);
@@ -318,15 +322,6 @@ static const char *worker_state(json_t *st, const char *role, int index)
     return "";
 }
 
-static void *raw_dealer(void *zctx, int linger)
-{
-    void *s = zmq_socket(zctx, ZMQ_DEALER);
-    int to = 3000;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(s, ZMQ_RCVTIMEO, &to, sizeof to);
-    zmq_connect(s, endpoint);
-    return s;
-}
 
 static int send_generate(void *s, uint64_t req, uint32_t n_predict)
 {
@@ -352,7 +347,7 @@ static int in_flight(void)
 static void test_flood(void)
 {
     enum { N = 150 };
-    void *zctx = zmq_ctx_new(), *s = raw_dealer(zctx, 0);
+    void *zctx = zmq_ctx_new(), *s = raw_dealer(zctx, endpoint, 0);
     int sent = 0;
     for (int i = 0; i < N; i++) sent += send_generate(s, (uint64_t)(1000 + i), 2) == 0;
     int status_ok = in_flight() > 0; /* while the queue is full */
@@ -376,7 +371,7 @@ static void test_flood(void)
            busy, other, dup, status_ok);
     zmq_close(s);
 
-    s = raw_dealer(zctx, 1000);
+    s = raw_dealer(zctx, endpoint, 1000);
     send_generate(s, 7, 480);
     struct pi_ctl_msg m;
     int first = pi_ctl_recv(s, NULL, NULL, &m, NULL) == 0 && m.type == PI_CTL_CHUNK;
@@ -414,10 +409,7 @@ static void test_forged_hello(void)
         tap_skip(1, "no worker socket found");
         return;
     }
-    void *zctx = zmq_ctx_new(), *s = zmq_socket(zctx, ZMQ_DEALER);
-    int linger = 1000;
-    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_connect(s, ep);
+    void *zctx = zmq_ctx_new(), *s = raw_dealer(zctx, ep, 1000);
     struct pi_ctl_msg m = {.type = PI_CTL_HELLO};
     m.u.hello.role = PI_ROLE_GPU_WORKER;
     m.u.hello.pid = (uint32_t)gpu;
