@@ -276,6 +276,9 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
     if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
+    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: at most 48 bytes
+     * per 32 columns of the widest decode product */
+    p->scratch += slot(pi_cuda_xq_bytes(PI_MAX(PI_MAX(d, qd), any_dense ? (int64_t)hp->n_ff : 0)));
     if (hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256) {
         uint64_t ta = (uint64_t)PI_MIN((int64_t)T, (int64_t)n_ctx), nsplit = ((uint64_t)n_ctx + ATT_CHUNK - 1) / ATT_CHUNK;
         p->scratch += slot(ta * (uint64_t)hp->n_head * nsplit * (uint64_t)(hp->head_dim + 2) * f);
@@ -788,6 +791,9 @@ static int warm_scratch(struct cuda_backend *s)
             CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_parts : s->d_q),
                "start");
     }
+    bool any_dense = false;
+    for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;
+    CK(s, pi_cuda_xq_reserve(s->ctx, PI_MAX(PI_MAX(s->d, s->qd), any_dense ? (int64_t)m->hp.n_ff : 0)), "start");
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;

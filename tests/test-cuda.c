@@ -57,6 +57,26 @@ static double nerr_d(const float *got, const double *ref, size_t n)
 }
 
 static pi_cuda_ctx_t *ctx;
+static int q8_ctx; /* ctx was made with PI_CUDA_MV=q8: its automatic products of quantised weights quantise x */
+
+/* x (n,) as the q8 matvec sees it (kernels/cuda/matvec-q8.cu): per 32 values d = max |x| / 127 and
+ * q = round-to-nearest-even(x * (1 / d)), in the same float operations; xq = d q. */
+static void q8_round(const double *x, int64_t n, double *xq)
+{
+    for (int64_t s = 0; s < n / 32; s++) {
+        float xf[32], amax = 0.0f;
+        for (int j = 0; j < 32; j++) xf[j] = (float)x[32 * s + j], amax = fmaxf(amax, fabsf(xf[j]));
+        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) xq[32 * s + j] = (double)d * (double)nearbyintf(xf[j] * id);
+    }
+}
+
+/* Whether a product of a weight of type t with variant R (0: ctx's automatic choice) quantises x. */
+static bool uses_q8(enum pi_type t, int R)
+{
+    R &= ~PI_CUDA_MV_ADD;
+    return pi_cuda_q8_type((int)t) && ((R >= PI_CUDA_MV_Q8 && R <= PI_CUDA_MV_Q8_4) || (R == 0 && q8_ctx));
+}
 
 /* Device copy of n floats (or poisoned when h is NULL). */
 static void *dev_from(const void *h, size_t bytes)
@@ -129,9 +149,13 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
 {
     void *w = rand_weight(t, rows, cols);
     float *wf = ref_rows(t, w, rows, cols), *x = rand_floats((size_t)cols, 1.0f);
-    double *ref = calloc((size_t)rows, sizeof(double));
+    double *ref = calloc((size_t)rows, sizeof(double)), *exact = calloc((size_t)rows, sizeof(double));
+    double *xd = malloc((size_t)cols * sizeof(double));
+    for (int64_t c = 0; c < cols; c++) xd[c] = x[c];
+    const bool q8 = uses_q8(t, R);
+    if (q8) q8_round(xd, cols, xd); /* the reference is the product with x as quantised */
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * x[c];
+        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xd[c], exact[r] += (double)wf[r * cols + c] * x[c];
     pi_cuda_weight_t *dw = NULL;
     int rc = pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw);
     tap_ok(rc == 0, "%s (%lld, %lld) uploads", pi_type_name(t), (long long)rows, (long long)cols);
@@ -141,6 +165,11 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     double e = nerr_d(y, ref, (size_t)rows);
     tap_ok(rc == 0 && e < 5e-5, "matvec %s (%lld, %lld) R=%d: error %.3g", pi_type_name(t), (long long)rows,
            (long long)cols, R, e);
+    if (q8) { /* and the price of quantising x: against the exact product */
+        double eq = nerr_d(y, exact, (size_t)rows);
+        tap_ok(rc == 0 && eq < 1e-2, "matvec %s (%lld, %lld) R=%d with x in 8 bits, against the exact product: error %.3g",
+               pi_type_name(t), (long long)rows, (long long)cols, R, eq);
+    }
     {
         /* the accumulating epilogue of the same kernel: y0 + W x; its error is that of (result - y0)
          * against W x, so that y0 does not dilute it */
@@ -154,7 +183,7 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
                (long long)rows, (long long)cols, R, ea);
         free(y0), free(ya);
     }
-    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW || R == PI_CUDA_MV_SPLIT) {
+    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW || R == PI_CUDA_MV_SPLIT || R == PI_CUDA_MV_Q8_4) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
         const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
         pi_cuda_weight_t *vw = NULL;
@@ -174,7 +203,7 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     }
     pi_cuda_weight_destroy(ctx, &dw);
     dev_free(dx), dev_free(dy);
-    free(w), free(wf), free(x), free(ref), free(y);
+    free(w), free(wf), free(x), free(ref), free(exact), free(xd), free(y);
 }
 
 static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
@@ -442,14 +471,17 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
     uint8_t *mask = malloc((size_t)n_ff);
     for (int64_t i = 0; i < n_hot; i++) ids[i] = (int32_t)(3 * i + (int64_t)(rng_next() % 3));
     for (int64_t i = 0; i < n_ff; i++) mask[i] = (rng_next() & 1) ? 1 : 0;
-    double *ref = calloc((size_t)d, sizeof(double));
+    double *ref = calloc((size_t)d, sizeof(double)), *xd = malloc((size_t)d * sizeof(double));
+    for (int64_t c = 0; c < d; c++) xd[c] = x[c];
+    const bool q8 = uses_q8(gt, 0);
+    if (q8) q8_round(xd, d, xd);
     int64_t active = 0;
     for (int64_t i = 0; i < n_hot; i++) {
         if (use_mask && !mask[ids[i]]) continue;
         double g = 0, u = 0;
         for (int64_t c = 0; c < d; c++) {
-            g += (double)guf[2 * i * d + c] * x[c];
-            u += (double)guf[(2 * i + 1) * d + c] * x[c];
+            g += (double)guf[2 * i * d + c] * xd[c];
+            u += (double)guf[(2 * i + 1) * d + c] * xd[c];
         }
         double a = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u
                    : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
@@ -465,18 +497,24 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
     int rc = pi_cuda_ffn_hot(ctx, dgu, ddn, act, dx, use_mask ? dmask : NULL, use_mask ? dids : NULL, dy);
     float *y = host_of(dy, (size_t)d);
     double e = nerr_d(y, ref, (size_t)d);
-    tap_ok(rc == 0 && e < 1e-5, "ffn_hot %s/%s d=%lld n_hot=%lld act %d mask %d (%lld contributing): error %.3g",
-           pi_type_name(gt), pi_type_name(dt), (long long)d, (long long)n_hot, act, use_mask, (long long)active, e);
+    tap_ok(rc == 0 && e < 1e-5, "ffn_hot %s/%s d=%lld n_hot=%lld act %d mask %d (%lld contributing)%s: error %.3g",
+           pi_type_name(gt), pi_type_name(dt), (long long)d, (long long)n_hot, act, use_mask, (long long)active,
+           q8 ? ", x in 8 bits" : "", e);
     pi_cuda_weight_destroy(ctx, &dgu);
     pi_cuda_weight_destroy(ctx, &ddn);
     dev_free(dx), dev_free(dy), dev_free(dmask), dev_free(dids);
-    free(gu), free(dn), free(guf), free(dnf), free(x), free(ids), free(mask), free(ref), free(y);
+    free(gu), free(dn), free(guf), free(dnf), free(x), free(xd), free(ids), free(mask), free(ref), free(y);
 }
 
-/* ref (d,) = down (d, n_ff) @ act(gate . x, up . x) over the packed pairs guf (2 n_ff, d), in double;
- * returns how many activations are not zero. */
-static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t n_ff, int act, const double *x, double *ref)
+/* ref (d,) = down (d, n_ff) @ act(gate . x, up . x) over the packed pairs guf (2 n_ff, d), in double,
+ * with x and the activations quantised as the q8 matvec does where q8_x, q8_a; returns how many
+ * activations are not zero. */
+static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t n_ff, int act, const double *x0,
+                         bool q8_x, bool q8_a, double *ref)
 {
+    double *x = malloc((size_t)d * sizeof(double));
+    memcpy(x, x0, (size_t)d * sizeof(double));
+    if (q8_x) q8_round(x, d, x);
     double *a = malloc((size_t)n_ff * sizeof(double));
     int64_t active = 0;
     for (int64_t i = 0; i < n_ff; i++) {
@@ -488,11 +526,12 @@ static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t 
         a[i] = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
         active += a[i] != 0;
     }
+    if (q8_a) q8_round(a, n_ff, a);
     for (int64_t r = 0; r < d; r++) {
         ref[r] = 0;
         for (int64_t i = 0; i < n_ff; i++) ref[r] += (double)dnf[r * n_ff + i] * a[i];
     }
-    free(a);
+    free(a), free(x);
     return active;
 }
 
@@ -505,7 +544,11 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     float *guf = ref_rows(gt, gu, 2 * n_ff, d), *dnf = ref_rows(dt, dn, d, n_ff), *x = rand_floats((size_t)d, 1.0f);
     double *xd = malloc((size_t)d * sizeof(double)), *ref = malloc((size_t)d * sizeof(double));
     for (int64_t i = 0; i < d; i++) xd[i] = x[i];
-    const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, ref);
+    /* with x or the activations quantised, a value on a rounding boundary may round the other way on
+     * the device (its float sums differ from the double ones here): a looser bound */
+    const bool q8x = uses_q8(gt, 0), q8a = uses_q8(dt, 0);
+    const double tol = q8x || q8a ? 5e-4 : 5e-5;
+    const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, ref);
     pi_cuda_weight_t *dgu = NULL, *ddn = NULL, *bad = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_ff, d, gu, &dgu) == 0);
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff, dn, &ddn) == 0);
@@ -513,8 +556,8 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     int rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dx, NULL, 0.0f, dy, 0);
     float *y = host_of(dy, (size_t)d);
     double e = nerr_d(y, ref, (size_t)d);
-    tap_ok(rc == 0 && e < 5e-5, "ffn_dense %s/%s d=%lld n_ff=%lld act %d (%lld active): error %.3g", pi_type_name(gt),
-           pi_type_name(dt), (long long)d, (long long)n_ff, act, (long long)active, e);
+    tap_ok(rc == 0 && e < tol, "ffn_dense %s/%s d=%lld n_ff=%lld act %d (%lld active)%s: error %.3g", pi_type_name(gt),
+           pi_type_name(dt), (long long)d, (long long)n_ff, act, (long long)active, q8x || q8a ? ", 8-bit x" : "", e);
     /* accumulating into a residual h0: h0 + y, its error that of (result - h0) against y */
     float *h0 = rand_floats((size_t)d, 3.0f);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
@@ -522,12 +565,12 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     float *ya = host_of(dy, (size_t)d);
     for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
     double ea = nerr_d(ya, ref, (size_t)d);
-    tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
+    tap_ok(rc == 0 && ea < tol, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
     /* the norm in the staging: h += down @ act(gu @ (RMSNorm(h) * g)), in place */
     float *gn = rand_floats((size_t)d, 1.0f);
     float *dgn = dev_from(gn, (size_t)d * 4);
     norm_ref(h0, gn, d, 1e-5, xd);
-    const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, ref);
+    const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, ref);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
     if (!pi_cuda_norm_fusable(ctx, dgu)) { /* PI_CUDA_MV=reg */
         tap_skip(1, "ffn_dense with the norm: the staged kernel is not in use");
@@ -537,7 +580,7 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
         ya = host_of(dy, (size_t)d);
         for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
         ea = nerr_d(ya, ref, (size_t)d);
-        tap_ok(rc == 0 && ea < 5e-5, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
+        tap_ok(rc == 0 && ea < tol, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
                pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea);
     }
     dev_free(dgn);
@@ -563,6 +606,8 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, hscale), *g = rand_floats((size_t)cols, 1.0f);
     double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
     norm_ref(h, g, cols, 1e-5, xn);
+    const bool q8 = uses_q8(t, 0);
+    if (q8) q8_round(xn, cols, xn); /* rounding boundaries: see test_ffn_dense */
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
     pi_cuda_weight_t *dw = NULL;
@@ -574,13 +619,46 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
         int rc = pi_cuda_matvec_norm(ctx, dw, dh, dg, 1e-5f, dy);
         float *y = host_of(dy, (size_t)rows);
         double e = nerr_d(y, ref, (size_t)rows);
-        tap_ok(rc == 0 && e < 5e-5, "matvec_norm %s (%lld, %lld), h of scale %g: error %.3g", pi_type_name(t), (long long)rows,
-               (long long)cols, hscale, e);
+        tap_ok(rc == 0 && e < (q8 ? 5e-4 : 5e-5), "matvec_norm %s (%lld, %lld), h of scale %g%s: error %.3g", pi_type_name(t),
+               (long long)rows, (long long)cols, hscale, q8 ? ", quantised to 8 bits" : "", e);
         free(y);
     }
     pi_cuda_weight_destroy(ctx, &dw);
     dev_free(dh), dev_free(dg), dev_free(dy);
     free(w), free(wf), free(h), free(g), free(xn), free(ref);
+}
+
+/* The products a context made with PI_CUDA_MV=q8 runs by itself (the automatic matvec, the norm in
+ * the quantiser, the hot FFN's gate/up pairs with the GLU epilogue and the mask, the dense FFN whose
+ * down product quantises the activations), against references that quantise x as it does. */
+static void test_q8_context(void)
+{
+    pi_cuda_ctx_t *main_ctx = ctx;
+    const char *old = getenv("PI_CUDA_MV");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("PI_CUDA_MV", "q8", 1);
+    ctx = pi_cuda_ctx_new(0, (size_t)1 << 30);
+    if (saved) setenv("PI_CUDA_MV", saved, 1);
+    else unsetenv("PI_CUDA_MV");
+    free(saved);
+    if (!ctx) tap_bail("cannot open a second context on device 0");
+    q8_ctx = 1;
+    test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);  /* 1 row per warp on the H100 */
+    test_matvec(PI_TYPE_Q4_0, 12288, 4096, 0); /* 2 */
+    test_matvec(PI_TYPE_Q6_K, 17000, 1024, 0); /* 4 */
+    test_matvec(PI_TYPE_F16, 300, 1024, 0);    /* not quantised: the float kernels */
+    test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
+    test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
+    test_matvec_norm(PI_TYPE_Q4_K, 100, 2048, 1e-3f); /* eps dominating */
+    test_matvec_norm(PI_TYPE_F16, 333, 1024, 3.0f);
+    test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
+    test_ffn_hot(PI_TYPE_Q6_K, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 0);
+    test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
+    test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q6_K, 1024, 2816, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
+    q8_ctx = 0;
+    pi_cuda_ctx_destroy(&ctx);
+    ctx = main_ctx;
 }
 
 /* ------------------------------------------------------------------ budget and errors */
@@ -676,6 +754,11 @@ int main(void)
         test_matvec(t, 300, 11008, PI_CUDA_MV_SPLIT);      /* split-K: 6 ranges of 64 segments (Q4_0), the last short */
         test_matvec(t, 45, 4096, PI_CUDA_MV_SPLIT);
         test_matvec(t, 70, 512, PI_CUDA_MV_SPLIT);         /* one range only: the staged kernel instead */
+        test_matvec(t, 1000, 4096, PI_CUDA_MV_Q8);         /* x in 8 bits (F16/BF16: the staged kernel) */
+        test_matvec(t, 301, 11008, PI_CUDA_MV_Q8_2);
+        test_matvec(t, 50, 2048, PI_CUDA_MV_Q8_4);
+        test_matvec(t, 203, 4096, PI_CUDA_MV_Q8_1);
+        test_matvec(t, 70, 512, PI_CUDA_MV_Q8_1);          /* fewer segments than lanes */
         test_gemm(t, 300, 512, 37);
     }
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
@@ -711,6 +794,7 @@ int main(void)
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q4_0, 1024, 2816, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 512, PI_CUDA_ACT_DRELU);
+    test_q8_context();
     test_budget();
     test_errors();
     size_t used, peak;

@@ -33,8 +33,13 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     else if (mv && strcmp(mv, "narrow") == 0) c->mv_mode = PI_MV_NARROW;
     else if (mv && strcmp(mv, "split") == 0) c->mv_mode = PI_MV_SPLIT;
     else if (mv && strcmp(mv, "reg") == 0) c->mv_mode = PI_MV_REG;
+    else if (mv && strcmp(mv, "q8") == 0) c->mv_mode = PI_MV_Q8;
     else if (mv && *mv && strcmp(mv, "auto") != 0)
-        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, reg, staged, tall, narrow, split); using auto", mv);
+        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, reg, staged, tall, narrow, split, q8); using auto", mv);
+    const char *q8r = getenv("PI_CUDA_Q8_R");
+    c->q8_r = 0;
+    if (q8r && (strcmp(q8r, "1") == 0 || strcmp(q8r, "2") == 0 || strcmp(q8r, "4") == 0)) c->q8_r = q8r[0] - '0';
+    else if (q8r && *q8r) pi_warn("cuda: PI_CUDA_Q8_R=%s is not 1, 2 or 4; by the matrix's height", q8r);
     PI_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     PI_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     PI_CUBLAS(cublasCreate(&c->blas));

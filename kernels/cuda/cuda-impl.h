@@ -73,6 +73,7 @@ enum pi_cuda_scratch {
     PI_CUDA_SCR_TILE,    /* dequantised f16 weight tile */
     PI_CUDA_SCR_ATT,     /* attention split partials */
     PI_CUDA_SCR_FFN,     /* hot-FFN activations (n_hot floats) */
+    PI_CUDA_SCR_XQ,      /* x quantised to 8 bits for the q8 matvec (pi_cuda_xq_bytes) */
     PI_CUDA_SCR_COUNT,
 };
 
@@ -82,8 +83,9 @@ struct pi_cuda_alloc_rec {
 };
 
 /* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
- * PI_CUDA_MV=auto|reg|staged|tall|narrow|split at context creation; auto when unset): see matmul.cu. */
-enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4, PI_MV_SPLIT = 5 };
+ * PI_CUDA_MV=auto|reg|staged|tall|narrow|split|q8 at context creation; auto when unset): see matmul.cu
+ * and matvec-q8.cu. */
+enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4, PI_MV_SPLIT = 5, PI_MV_Q8 = 6 };
 
 struct pi_cuda_ctx {
     int dev;
@@ -95,6 +97,7 @@ struct pi_cuda_ctx {
     int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
     int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL, _NARROW or _SPLIT (PI_CUDA_MV) */
     bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
+    int q8_r;            /* rows per warp of the q8 matvec, 0: by the matrix's height (PI_CUDA_Q8_R) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -137,6 +140,38 @@ static inline pi_wdev pi_wdev_of(const pi_cuda_weight *w)
 
 /* Ensure scratch slot `slot` holds at least `bytes`; *out is the slot's buffer. */
 int pi_cuda_scratch(pi_cuda_ctx_t *ctx, enum pi_cuda_scratch slot, size_t bytes, void **out);
+
+/* What a matvec does with its row sums: store them (y[r]), add them (y[r] += sum, add != 0), or, for
+ * the hot FFN's gate/up pairs (R = 2, rows 2n and 2n + 1), store act(gate, up) into y[n], skipping
+ * neurons the mask marks inactive. */
+struct pi_mv_epi {
+    float *y;
+    int act;
+    const uint8_t *mask;
+    const int32_t *ids;
+    int add;
+    const float *ng; /* not NULL: x is the residual h and the staged kernel applies RMSNorm (weight ng) */
+    float eps;
+};
+
+__device__ __forceinline__ void pi_mv_store(const pi_mv_epi &e, int64_t r, float v)
+{
+    if (e.add) e.y[r] += v;
+    else e.y[r] = v;
+}
+
+__device__ __forceinline__ float pi_glu_f(int act, float g, float u)
+{
+    if (act == PI_CUDA_ACT_SILU) return g / (1.0f + expf(-g)) * u;
+    if (act == PI_CUDA_ACT_RELU) return fmaxf(g, 0.0f) * u;
+    return fmaxf(g, 0.0f) * fmaxf(u, 0.0f);
+}
+
+/* W x with x quantised to 8 bits per 32-element segment (matvec-q8.cu): the quantisation (applying
+ * RMSNorm with weight e.ng first when not NULL) into the XQ scratch, then the integer-dot kernel with R
+ * rows per warp (1, 2 or 4; 0: by the height; the GLU epilogue e.act: pairs). Quantised weight types
+ * only (pi_cuda_q8_type), cols a multiple of 32. */
+int pi_cuda_matvec_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R);
 
 /* Gate/up pairs of the hot FFN (matmul.cu): a (n_hot,) = act(gate_i . x, up_i . x) over gu (2 n_hot, d),
  * 0 for neurons the mask marks inactive. With d_norm_g, x is the residual h and x = RMSNorm(h) * g is

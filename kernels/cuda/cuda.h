@@ -122,8 +122,24 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_STAGED_TALL 9
 #define PI_CUDA_MV_STAGED_NARROW 10 /* 1 row per warp, 8 segments per lane in flight (4 for the others) */
 #define PI_CUDA_MV_SPLIT 11         /* split-K over ranges of the columns, then an ordered sum (R = 4) */
+#define PI_CUDA_MV_Q8 12            /* x quantised to 8 bits, integer dot (matvec-q8.cu), rows per warp by height */
+#define PI_CUDA_MV_Q8_1 13          /* the same with 1, 2 or 4 rows per warp */
+#define PI_CUDA_MV_Q8_2 14
+#define PI_CUDA_MV_Q8_4 15
 #define PI_CUDA_MV_ADD 0x100        /* or-ed into R: y += W x (the epilogue of pi_cuda_matvec_add) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
+
+/* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (Q4_0, Q8_0, Q4_K, Q6_K); the
+ * others run the float kernels under any PI_CUDA_MV. */
+bool pi_cuda_q8_type(int type);
+
+/* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into (48 per 32 columns): the
+ * backend's VRAM plan counts the widest. */
+size_t pi_cuda_xq_bytes(int64_t cols);
+
+/* Grow the XQ scratch to what a q8 product of `cols` columns needs now (the backend's start, so that
+ * serving never allocates). 0, or -PI_ERR_NOMEM past the budget. */
+int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, int64_t cols);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
  * used in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).

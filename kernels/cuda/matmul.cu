@@ -174,32 +174,6 @@ extern "C" void pi_cuda_weight_destroy(pi_cuda_ctx_t *c, pi_cuda_weight_t **pw)
 
 /* ------------------------------------------------------------------ matvec */
 
-/* What a matvec does with its row sums: store them (y[r]), add them (y[r] += sum, add != 0), or, for
- * the hot FFN's gate/up pairs (R = 2, rows 2n and 2n + 1), store act(gate, up) into y[n], skipping
- * neurons the mask marks inactive. */
-struct pi_mv_epi {
-    float *y;
-    int act;
-    const uint8_t *mask;
-    const int32_t *ids;
-    int add;
-    const float *ng; /* not NULL: x is the residual h and the staged kernel applies RMSNorm (weight ng) */
-    float eps;
-};
-
-__device__ __forceinline__ void pi_mv_store(const pi_mv_epi &e, int64_t r, float v)
-{
-    if (e.add) e.y[r] += v;
-    else e.y[r] = v;
-}
-
-__device__ __forceinline__ float pi_glu_f(int act, float g, float u)
-{
-    if (act == PI_CUDA_ACT_SILU) return g / (1.0f + expf(-g)) * u;
-    if (act == PI_CUDA_ACT_RELU) return fmaxf(g, 0.0f) * u;
-    return fmaxf(g, 0.0f) * fmaxf(u, 0.0f);
-}
-
 /* xv = the 32 floats of one segment of x at p (through the read-only cache with LDG, else plain loads:
  * shared memory), and for the quantised types xs0, xs1 = the sums of its halves (each half's offset
  * term in pi_seg_dot_raw). */
@@ -513,6 +487,10 @@ static int launch_matvec(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const floa
 /* Variant R of the product with epilogue e (a norm, e.ng, only with the staged variants). */
 static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R)
 {
+    if (R >= PI_CUDA_MV_Q8 && R <= PI_CUDA_MV_Q8_4) {
+        if (pi_cuda_q8_type(w->type)) return pi_cuda_matvec_q8(c, w, d_x, e, R == PI_CUDA_MV_Q8 ? 0 : 1 << (R - PI_CUDA_MV_Q8_1));
+        R = PI_CUDA_MV_STAGED; /* the float kernels for F16 and BF16 */
+    }
     if (e.ng && (R < PI_CUDA_MV_STAGED || R == PI_CUDA_MV_SPLIT || w->cols > c->xs_max_cols)) {
         pi_error("cuda: matvec variant %d cannot apply the norm", R);
         return -PI_ERR_UNSUPPORTED;
@@ -547,6 +525,7 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
  * per SM up, fewer for small matrices so that every SM still gets warps. */
 static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e)
 {
+    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(w->type) && w->cols % 32 == 0) return pi_cuda_matvec_q8(c, w, d_x, e, 0);
     if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols) {
         int v = PI_CUDA_MV_STAGED;
         if (c->mv_mode == PI_MV_TALL) v = PI_CUDA_MV_STAGED_TALL;
@@ -582,6 +561,7 @@ extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, c
 /* One segment below the staging's limit: the NORM instances also hold 32 bytes of static shared memory. */
 extern "C" bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
 {
+    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(w->type)) return w->cols % 32 == 0;
     return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols - 32 && w->cols % 4 == 0;
 }
 
@@ -607,6 +587,7 @@ int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const 
         pi_error("cuda: gate/up pairs (%lld columns) cannot take the norm in their staging", (long long)gu->cols);
         return -PI_ERR_UNSUPPORTED;
     }
+    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(gu->type) && gu->cols % 32 == 0) return pi_cuda_matvec_q8(c, gu, d_x, e, 2);
     if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }

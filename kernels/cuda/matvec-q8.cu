@@ -1,0 +1,221 @@
+/*
+ * kernels/cuda/matvec-q8.cu - the decode matrix-vector product with x quantised to 8 bits: the x
+ * quantiser (optionally applying the layer's RMSNorm first) and the integer-dot matvec over the
+ * quantised weight types (Q4_0, Q8_0, Q4_K, Q6_K; F16/BF16 keep the float kernels of matmul.cu).
+ *
+ * Why: the float kernels spend two instructions per weight converting and multiplying bytes, and each
+ * block stages all of x (4 bytes per column) in shared memory before its first multiply, which left the
+ * 4096-row attention output and down matrices of a 7B-class decode at a third of the copy bandwidth
+ * (doc/cuda-backend.md, "Session 4"). Here x becomes, per 32-element segment, 32 int8 values q and a
+ * scale d (x ~ d q; d = max |x| / 127, q = round-to-nearest-even(x / d)), with the integer sums of q
+ * over each 16-element half. The product of a weight segment with it is two sums of 16 byte products,
+ * four dp4a instructions each (4 multiply-adds per instruction), in exact integer arithmetic; the
+ * weight's per-half scale and offset (cuda-impl.h, pi_seg_unpack_raw) and d are applied once per
+ * segment. The quantised x (48 bytes per segment) is read through the L1 cache, not staged, so a block
+ * starts its weight loads at once and occupancy is bounded by registers only.
+ *
+ * Precision: the quantisation of x is the only approximation (relative error of x about 0.4% for
+ * uniform values; the same scheme as the CPU kernels' Q8_0 activations, kernels/cpu/quant.h, except
+ * that the scale stays a float here). test-cuda checks the kernel against a host reference that
+ * quantises x the same way (agreement to float rounding) and against the exact product.
+ *
+ * Layout of the quantised x in the context's XQ scratch (nseg = cols / 32 segments): nseg * 32 int8
+ * values, then nseg int4 {float bits of d, sum of q[0..15], sum of q[16..31], 0}.
+ */
+#include "kernels/cuda/cuda-impl.h"
+
+#define PI_Q8_QUANT_THREADS 256
+#define PI_Q8_THREADS 128
+
+extern "C" size_t pi_cuda_xq_bytes(int64_t cols) { return (size_t)(cols / 32) * (32 + sizeof(int4)); }
+
+extern "C" int pi_cuda_xq_reserve(pi_cuda_ctx_t *c, int64_t cols)
+{
+    void *buf = NULL;
+    return pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(cols), &buf);
+}
+
+/* Segment s = blockIdx.x * 8 + warp of x (n,) -> qs[32 s ..], meta[s]; lane j quantises element j.
+ * NORM: x is the residual h and each block first computes RMSNorm's scale over all of h (every block
+ * the same sum, in the same order), then quantises x = h * inv * g. */
+template <bool NORM>
+__global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, const float *__restrict__ x,
+                                                                  const float *__restrict__ g, float eps,
+                                                                  int8_t *__restrict__ qs, int4 *__restrict__ meta)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t s = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    float inv = 1.0f;
+    if constexpr (NORM) {
+        __shared__ float red[PI_Q8_QUANT_THREADS / 32];
+        float ss = 0.0f;
+        for (int64_t i = threadIdx.x; i < (n >> 2); i += blockDim.x) {
+            const float4 v = __ldg((const float4 *)x + i);
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        ss = pi_warp_sum(ss);
+        if (lane == 0) red[threadIdx.x >> 5] = ss;
+        __syncthreads();
+        float tot = 0.0f;
+#pragma unroll
+        for (int k = 0; k < PI_Q8_QUANT_THREADS / 32; k++) tot += red[k];
+        inv = rsqrtf(tot / (float)n + eps);
+    }
+    if (s >= (n >> 5)) return;
+    float v = x[s * 32 + lane];
+    if constexpr (NORM) v = v * inv * __ldg(g + s * 32 + lane);
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = __float2int_rn(v * id);
+    qs[s * 32 + lane] = (int8_t)q;
+    int h = q; /* the sum over this lane's 16-lane half */
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) h += __shfl_xor_sync(0xffffffffu, h, o);
+    const int h1 = __shfl_sync(0xffffffffu, h, 16);
+    if (lane == 0) meta[s] = make_int4(__float_as_int(d), h, h1, 0);
+}
+
+/* dp4a with unsigned bytes a and signed bytes b: c + sum of the four products. */
+__device__ __forceinline__ int pi_dp4a_us(uint32_t a, uint32_t b, int c)
+{
+    int r;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+    return r;
+}
+
+/* The dot product of a loaded weight segment with the quantised x segment (xa: q[0..15], xb: q[16..31],
+ * m its meta). Integer where the weight's offset is an integer multiple of its scale (Q4_0: 8, Q6_K:
+ * 32, Q8_0: signed bytes), so only the final scaling rounds. */
+template <int T>
+__device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 &xa, const uint4 &xb, const int4 &m)
+{
+    const float dx = __int_as_float(m.x);
+    const uint32_t xl[4] = {xa.x, xa.y, xa.z, xa.w}, xh[4] = {xb.x, xb.y, xb.z, xb.w};
+    if constexpr (T == PI_TYPE_Q8_0) {
+        const uint32_t w0[4] = {r.a.x, r.a.y, r.a.z, r.a.w}, w1[4] = {r.b.x, r.b.y, r.b.z, r.b.w};
+        int i = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) i = __dp4a((int)w0[j], (int)xl[j], i), i = __dp4a((int)w1[j], (int)xh[j], i);
+        return dx * pi_h2f_bits(r.m) * (float)i;
+    } else {
+        pi_seg_u8 u;
+        pi_seg_unpack_raw<T>(r, u);
+        int i0 = 0, i1 = 0;
+#pragma unroll
+        for (int j = 0; j < 4; j++) i0 = pi_dp4a_us(u.lo[j], xl[j], i0), i1 = pi_dp4a_us(u.hi[j], xh[j], i1);
+        if constexpr (T == PI_TYPE_Q4_0) return dx * u.s0 * (float)(i0 + i1 - 8 * (m.y + m.z));
+        else if constexpr (T == PI_TYPE_Q6_K) return dx * (u.s0 * (float)(i0 - 32 * m.y) + u.s1 * (float)(i1 - 32 * m.z));
+        else return dx * (u.s0 * (float)i0 + u.s1 * (float)i1 - (u.o0 * (float)m.y + u.o1 * (float)m.z));
+    }
+}
+
+/* y = W x with x quantised (qs, meta): warp w takes rows [R w, R w + R), lane l segments l, l + 32, ...;
+ * each lane issues the loads of U segments of all R rows and of x before any arithmetic. GLU: R = 2,
+ * rows 2n and 2n + 1 are neuron n's gate and up (e.mask/e.ids as in k_matvec of matmul.cu). */
+template <int T, int R, int U, bool GLU>
+__global__ void __launch_bounds__(PI_Q8_THREADS) k_matvec_q8(pi_wdev w, const uint8_t *__restrict__ qs,
+                                                             const int4 *__restrict__ meta, pi_mv_epi e)
+{
+    static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int64_t r0 = warp * R;
+    if (r0 >= w.rows) return;
+    if (GLU && e.mask) {
+        const int64_t id = e.ids ? e.ids[warp] : warp;
+        if (!e.mask[id]) {
+            if (lane == 0) e.y[warp] = 0.0f;
+            return;
+        }
+    }
+    const int64_t nseg = w.cols >> 5;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = 0.0f;
+    for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
+        pi_seg_raw raw[U][R];
+        uint4 xa[U], xb[U];
+        int4 xm[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1; /* clamped: loaded, not used */
+#pragma unroll
+            for (int i = 0; i < R; i++) pi_seg_load<T>(w, r0 + i < w.rows ? r0 + i : w.rows - 1, s, raw[u][i]);
+            xa[u] = pi_ld16(qs + s * 32), xb[u] = pi_ld16(qs + s * 32 + 16);
+            xm[u] = __ldg(meta + s);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (sb + 32 * u >= nseg) break;
+#pragma unroll
+            for (int i = 0; i < R; i++) acc[i] += pi_seg_dot_q8<T>(raw[u][i], xa[u], xb[u], xm[u]);
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
+    if (lane != 0) return;
+    if (GLU) {
+        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
+    }
+}
+
+extern "C" bool pi_cuda_q8_type(int type)
+{
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+}
+
+template <int T, int R, int U, bool GLU>
+static int launch_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t *qs, const int4 *meta, const pi_mv_epi &e)
+{
+    const int64_t warps = (w->rows + R - 1) / R, per_block = PI_Q8_THREADS / 32;
+    k_matvec_q8<T, R, U, GLU><<<(unsigned)((warps + per_block - 1) / per_block), PI_Q8_THREADS, 0, c->stream>>>(
+        pi_wdev_of(w), qs, meta, e);
+    PI_CU_LAUNCH("k_matvec_q8");
+    return 0;
+}
+
+/* The rows per warp of PI_MV_Q8's automatic choice: 4 from 128 rows per SM (the output head), 2 from 64
+ * (a 7B-class q/k/v stack), else 1 (the 4096-row matrices: 31 warps per SM on the H100). PI_CUDA_Q8_R
+ * (1, 2 or 4) at context creation forces one, for comparisons. */
+static int q8_rows(const pi_cuda_ctx_t *c, int64_t rows)
+{
+    if (c->q8_r) return c->q8_r;
+    return rows >= 128 * (int64_t)c->n_sm ? 4 : (rows >= 64 * (int64_t)c->n_sm ? 2 : 1);
+}
+
+int pi_cuda_matvec_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R)
+{
+    if (!pi_cuda_q8_type(w->type) || w->cols % 32) {
+        pi_error("cuda: the 8-bit x matvec takes Q4_0, Q8_0, Q4_K or Q6_K weights of whole segments, not %s with %lld columns",
+                 pi_type_name((uint32_t)w->type), (long long)w->cols);
+        return -PI_ERR_UNSUPPORTED;
+    }
+    const int64_t nseg = w->cols / 32;
+    void *buf = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(w->cols), &buf));
+    int8_t *qs = (int8_t *)buf;
+    int4 *meta = (int4 *)(qs + nseg * 32);
+    const unsigned qblocks = (unsigned)((nseg + PI_Q8_QUANT_THREADS / 32 - 1) / (PI_Q8_QUANT_THREADS / 32));
+    if (e.ng) k_quant_x8<true><<<qblocks, PI_Q8_QUANT_THREADS, 0, c->stream>>>(w->cols, d_x, e.ng, e.eps, qs, meta);
+    else k_quant_x8<false><<<qblocks, PI_Q8_QUANT_THREADS, 0, c->stream>>>(w->cols, d_x, NULL, 0.0f, qs, meta);
+    PI_CU_LAUNCH("k_quant_x8");
+    if (R == 0) R = e.act ? 2 : q8_rows(c, w->rows);
+    const uint8_t *q = (const uint8_t *)qs;
+    return pi_dispatch_type(w->type, [&](auto tag) -> int {
+        constexpr int T = decltype(tag)::value;
+        if constexpr (T == PI_TYPE_F16 || T == PI_TYPE_BF16) {
+            return -PI_ERR_UNSUPPORTED; /* refused above */
+        } else {
+            if (e.act) return launch_q8<T, 2, 2, true>(c, w, q, meta, e);
+            if (R == 1) return launch_q8<T, 1, 4, false>(c, w, q, meta, e);
+            if (R == 2) return launch_q8<T, 2, 2, false>(c, w, q, meta, e);
+            return launch_q8<T, 4, 2, false>(c, w, q, meta, e);
+        }
+    });
+}
