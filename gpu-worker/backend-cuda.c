@@ -83,8 +83,8 @@ struct cuda_backend {
     float eps, rope_base;
     bool own_attn;            /* head_dim the flash-decoding kernel does not take */
     bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
-    bool fuse_norm;           /* PI_CUDA_FUSE_NORM=1 (experiment): decode RMSNorms inside the q/k/v and
-                                 gate/up products' staging */
+    bool fuse_norm;           /* decode RMSNorms inside the q/k/v and gate/up products (their staging or
+                                 their x quantiser); PI_CUDA_FUSE_NORM=0 turns it off */
     bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (fuse_norm) */
     int64_t n_hot_max;
     pi_cuda_weight_t *embd, *out; /* out == embd when tied */
@@ -906,8 +906,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->own_attn = own_attn;
     const char *sx = getenv("PI_CUDA_SKIP_X"); /* 0: download x every layer (for comparisons) */
     s->skip_x = !(sx && strcmp(sx, "0") == 0);
-    const char *fn = getenv("PI_CUDA_FUSE_NORM"); /* 1: the experiment of doc/cuda-backend.md, "Session 3" */
-    s->fuse_norm = fn && strcmp(fn, "1") == 0;
+    const char *fn = getenv("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
+    s->fuse_norm = !(fn && strcmp(fn, "0") == 0);
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);

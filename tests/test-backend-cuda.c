@@ -45,6 +45,10 @@
 #define GOLDEN_TOL 4e-2
 #define DEVICE_TOL 2e-2
 #define HOST_SLACK 1e-2
+/* With PI_CUDA_MV=q8 every quantised product's x is quantised to 8 bits, as the host backend's are:
+ * the bound is that of the host backend's class (its own error reaches 7.4e-2, above). Measured on
+ * the H200: at most 5e-2 (tiny-llama Q8_0 and Q4_0, decode). */
+#define Q8_TOL 8e-2
 #define SLACK_BYTES ((uint64_t)16 << 20) /* cudaMalloc's granularity over a few dozen allocations */
 
 static uint64_t rng_state;
@@ -167,6 +171,13 @@ static void drv_free(struct drv *v)
     free(v->cold);
 }
 
+/* PI_CUDA_MV=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
+static bool all_q8(void)
+{
+    const char *mv = getenv("PI_CUDA_MV");
+    return mv && strcmp(mv, "q8") == 0;
+}
+
 /* Worst relative error of rows[i] (width w) against the golden rows ref_rows[i]. */
 static double rows_err(const float *a, const float *ref, const int *ref_rows, int n, int w)
 {
@@ -215,7 +226,7 @@ static void check_model(const char *label, const char *path, const char *gpath)
         }
         rc = drv_new(&h, "host", m, &sp, 0);
         PI_ASSERT(rc == 0);
-        const double tol = fracs[fi] == 1.0 ? DEVICE_TOL : GOLDEN_TOL;
+        const double tol = all_q8() ? Q8_TOL : fracs[fi] == 1.0 ? DEVICE_TOL : GOLDEN_TOL;
         /* the prompt as one batch, every position's logits */
         int rc1 = drv_step(&c, gd.tokens, seq0, pos, n, n, lc), rc2 = drv_step(&h, gd.tokens, seq0, pos, n, n, lh);
         double eg = rows_err(lc, gd.logits, rows, n, V), eh = tp_rel_err(lc, lh, n, V);

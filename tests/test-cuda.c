@@ -57,7 +57,6 @@ static double nerr_d(const float *got, const double *ref, size_t n)
 }
 
 static pi_cuda_ctx_t *ctx;
-static int q8_ctx; /* ctx was made with PI_CUDA_MV=q8: its automatic products of quantised weights quantise x */
 
 /* x (n,) as the q8 matvec sees it (kernels/cuda/matvec-q8.cu): per 32 values d = max |x| / 127 and
  * q = round-to-nearest-even(x * (1 / d)), in the same float operations; xq = d q. */
@@ -71,11 +70,13 @@ static void q8_round(const double *x, int64_t n, double *xq)
     }
 }
 
-/* Whether a product of a weight of type t with variant R (0: ctx's automatic choice) quantises x. */
-static bool uses_q8(enum pi_type t, int R)
+/* Whether a product of a (rows, cols) weight of type t with variant R (0: ctx's automatic choice)
+ * quantises x. */
+static bool uses_q8(enum pi_type t, int64_t rows, int64_t cols, int R)
 {
     R &= ~PI_CUDA_MV_ADD;
-    return pi_cuda_q8_type((int)t) && ((R >= PI_CUDA_MV_Q8 && R <= PI_CUDA_MV_Q8_4) || (R == 0 && q8_ctx));
+    if (R == 0) return pi_cuda_q8_for(ctx, (int)t, rows, cols);
+    return pi_cuda_q8_type((int)t) && R >= PI_CUDA_MV_Q8 && R <= PI_CUDA_MV_Q8_4;
 }
 
 /* Device copy of n floats (or poisoned when h is NULL). */
@@ -152,7 +153,7 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     double *ref = calloc((size_t)rows, sizeof(double)), *exact = calloc((size_t)rows, sizeof(double));
     double *xd = malloc((size_t)cols * sizeof(double));
     for (int64_t c = 0; c < cols; c++) xd[c] = x[c];
-    const bool q8 = uses_q8(t, R);
+    const bool q8 = uses_q8(t, rows, cols, R);
     if (q8) q8_round(xd, cols, xd); /* the reference is the product with x as quantised */
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xd[c], exact[r] += (double)wf[r * cols + c] * x[c];
@@ -473,7 +474,7 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
     for (int64_t i = 0; i < n_ff; i++) mask[i] = (rng_next() & 1) ? 1 : 0;
     double *ref = calloc((size_t)d, sizeof(double)), *xd = malloc((size_t)d * sizeof(double));
     for (int64_t c = 0; c < d; c++) xd[c] = x[c];
-    const bool q8 = uses_q8(gt, 0);
+    const bool q8 = uses_q8(gt, 2 * n_hot, d, 0);
     if (q8) q8_round(xd, d, xd);
     int64_t active = 0;
     for (int64_t i = 0; i < n_hot; i++) {
@@ -546,7 +547,7 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     for (int64_t i = 0; i < d; i++) xd[i] = x[i];
     /* with x or the activations quantised, a value on a rounding boundary may round the other way on
      * the device (its float sums differ from the double ones here): a looser bound */
-    const bool q8x = uses_q8(gt, 0), q8a = uses_q8(dt, 0);
+    const bool q8x = uses_q8(gt, 2 * n_ff, d, 0), q8a = uses_q8(dt, d, n_ff, 0);
     const double tol = q8x || q8a ? 5e-4 : 5e-5;
     const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, ref);
     pi_cuda_weight_t *dgu = NULL, *ddn = NULL, *bad = NULL;
@@ -606,7 +607,7 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, hscale), *g = rand_floats((size_t)cols, 1.0f);
     double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
     norm_ref(h, g, cols, 1e-5, xn);
-    const bool q8 = uses_q8(t, 0);
+    const bool q8 = uses_q8(t, rows, cols, 0);
     if (q8) q8_round(xn, cols, xn); /* rounding boundaries: see test_ffn_dense */
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
@@ -628,9 +629,10 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     free(w), free(wf), free(h), free(g), free(xn), free(ref);
 }
 
-/* The products a context made with PI_CUDA_MV=q8 runs by itself (the automatic matvec, the norm in
- * the quantiser, the hot FFN's gate/up pairs with the GLU epilogue and the mask, the dense FFN whose
- * down product quantises the activations), against references that quantise x as it does. */
+/* The products a context made with PI_CUDA_MV=q8 (x in 8 bits for every quantised weight) runs by
+ * itself (the automatic matvec, the norm in the quantiser, the hot FFN's gate/up pairs with the GLU
+ * epilogue and the mask, the dense FFN whose down product quantises the activations), against
+ * references that quantise x as it does. */
 static void test_q8_context(void)
 {
     pi_cuda_ctx_t *main_ctx = ctx;
@@ -642,7 +644,6 @@ static void test_q8_context(void)
     else unsetenv("PI_CUDA_MV");
     free(saved);
     if (!ctx) tap_bail("cannot open a second context on device 0");
-    q8_ctx = 1;
     test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);  /* 1 row per warp on the H100 */
     test_matvec(PI_TYPE_Q4_0, 12288, 4096, 0); /* 2 */
     test_matvec(PI_TYPE_Q6_K, 17000, 1024, 0); /* 4 */
@@ -656,7 +657,6 @@ static void test_q8_context(void)
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q6_K, 1024, 2816, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
-    q8_ctx = 0;
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
 }
@@ -761,6 +761,11 @@ int main(void)
         test_matvec(t, 70, 512, PI_CUDA_MV_Q8_1);          /* fewer segments than lanes */
         test_gemm(t, 300, 512, 37);
     }
+    /* the automatic choice: x in 8 bits for large quantised matrices (pi_cuda_q8_for), float below */
+    test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);
+    test_matvec(PI_TYPE_Q4_0, 3000, 4096, 0);
+    test_matvec_norm(PI_TYPE_Q4_0, 12288, 4096, 3.0f);
+    test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 3072, PI_CUDA_ACT_RELU); /* both products in 8 bits */
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);

@@ -83,9 +83,10 @@ struct pi_cuda_alloc_rec {
 };
 
 /* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
- * PI_CUDA_MV=auto|reg|staged|tall|narrow|split|q8 at context creation; auto when unset): see matmul.cu
+ * PI_CUDA_MV=auto|f32|reg|staged|tall|narrow|split|q8 at context creation; auto when unset): see matmul.cu
  * and matvec-q8.cu. */
-enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4, PI_MV_SPLIT = 5, PI_MV_Q8 = 6 };
+enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4, PI_MV_SPLIT = 5, PI_MV_Q8 = 6,
+       PI_MV_F32 = 7 };
 
 struct pi_cuda_ctx {
     int dev;

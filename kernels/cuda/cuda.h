@@ -133,6 +133,13 @@ int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float 
  * others run the float kernels under any PI_CUDA_MV. */
 bool pi_cuda_q8_type(int type);
 
+/* Whether ctx's automatic products (pi_cuda_matvec, _add, _norm, the gate/up pairs) of a (rows, cols)
+ * weight of this type quantise x to 8 bits: PI_CUDA_MV=auto (the default) for quantised weights of at
+ * least 12 Mi elements (the 7B-class matrices; smaller ones keep x in float, where the quantisation's
+ * launch costs more than it saves), PI_CUDA_MV=q8 for every quantised weight, never otherwise (f32:
+ * auto's float kernels only). */
+bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols);
+
 /* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into (48 per 32 columns): the
  * backend's VRAM plan counts the widest. */
 size_t pi_cuda_xq_bytes(int64_t cols);

@@ -525,12 +525,12 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
  * per SM up, fewer for small matrices so that every SM still gets warps. */
 static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e)
 {
-    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(w->type) && w->cols % 32 == 0) return pi_cuda_matvec_q8(c, w, d_x, e, 0);
+    if (pi_cuda_q8_for(c, w->type, w->rows, w->cols)) return pi_cuda_matvec_q8(c, w, d_x, e, 0);
     if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols) {
         int v = PI_CUDA_MV_STAGED;
         if (c->mv_mode == PI_MV_TALL) v = PI_CUDA_MV_STAGED_TALL;
         else if (c->mv_mode == PI_MV_NARROW) v = PI_CUDA_MV_STAGED_NARROW;
-        else if (c->mv_mode == PI_MV_AUTO || c->mv_mode == PI_MV_SPLIT) {
+        else if (c->mv_mode == PI_MV_AUTO || c->mv_mode == PI_MV_F32 || c->mv_mode == PI_MV_SPLIT || c->mv_mode == PI_MV_Q8) {
             const int64_t blocks2 = 2 * (int64_t)c->n_sm * (PI_XS_THREADS / 32); /* warps for 2 blocks per SM */
             v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
                 : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
@@ -561,7 +561,7 @@ extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, c
 /* One segment below the staging's limit: the NORM instances also hold 32 bytes of static shared memory. */
 extern "C" bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
 {
-    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(w->type)) return w->cols % 32 == 0;
+    if (pi_cuda_q8_for(c, w->type, w->rows, w->cols)) return true;
     return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols - 32 && w->cols % 4 == 0;
 }
 
@@ -587,7 +587,7 @@ int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const 
         pi_error("cuda: gate/up pairs (%lld columns) cannot take the norm in their staging", (long long)gu->cols);
         return -PI_ERR_UNSUPPORTED;
     }
-    if (c->mv_mode == PI_MV_Q8 && pi_cuda_q8_type(gu->type) && gu->cols % 32 == 0) return pi_cuda_matvec_q8(c, gu, d_x, e, 2);
+    if (pi_cuda_q8_for(c, gu->type, gu->rows, gu->cols)) return pi_cuda_matvec_q8(c, gu, d_x, e, 2);
     if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }

@@ -36,8 +36,11 @@ extern "C" int pi_cuda_xq_reserve(pi_cuda_ctx_t *c, int64_t cols)
 }
 
 /* Segment s = blockIdx.x * 8 + warp of x (n,) -> qs[32 s ..], meta[s]; lane j quantises element j.
- * NORM: x is the residual h and each block first computes RMSNorm's scale over all of h (every block
- * the same sum, in the same order), then quantises x = h * inv * g. */
+ * NORM: x is the residual h and each block also computes RMSNorm's scale over all of h (every block
+ * the same sum, in the same order), then quantises x = h * inv * g. Every load a thread needs is
+ * issued before the first use (its element and weight, then 4 float4 of h at a time for the sum), so
+ * the kernel waits about one memory latency: the first form, one float4 per loop step, took 4.4 us per
+ * 4096-float row (ncu, H200), as long as the matvec's gain from quantising. */
 template <bool NORM>
 __global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, const float *__restrict__ x,
                                                                   const float *__restrict__ g, float eps,
@@ -45,13 +48,20 @@ __global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, con
 {
     const int lane = threadIdx.x & 31;
     const int64_t s = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    float inv = 1.0f;
+    const bool live = s < (n >> 5);
+    float v = live ? __ldg(x + s * 32 + lane) : 0.0f;
     if constexpr (NORM) {
+        const float gv = live ? __ldg(g + s * 32 + lane) : 0.0f;
         __shared__ float red[PI_Q8_QUANT_THREADS / 32];
+        const float4 *x4 = (const float4 *)x;
+        const int64_t n4 = n >> 2, step = (int64_t)blockDim.x;
         float ss = 0.0f;
-        for (int64_t i = threadIdx.x; i < (n >> 2); i += blockDim.x) {
-            const float4 v = __ldg((const float4 *)x + i);
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        for (int64_t i = threadIdx.x; i < n4; i += 4 * step) {
+            float4 f[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) f[k] = i + k * step < n4 ? __ldg(x4 + i + k * step) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+            for (int k = 0; k < 4; k++) ss += f[k].x * f[k].x + f[k].y * f[k].y + f[k].z * f[k].z + f[k].w * f[k].w;
         }
         ss = pi_warp_sum(ss);
         if (lane == 0) red[threadIdx.x >> 5] = ss;
@@ -59,11 +69,9 @@ __global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, con
         float tot = 0.0f;
 #pragma unroll
         for (int k = 0; k < PI_Q8_QUANT_THREADS / 32; k++) tot += red[k];
-        inv = rsqrtf(tot / (float)n + eps);
+        v = v * rsqrtf(tot / (float)n + eps) * gv;
     }
-    if (s >= (n >> 5)) return;
-    float v = x[s * 32 + lane];
-    if constexpr (NORM) v = v * inv * __ldg(g + s * 32 + lane);
+    if (!live) return;
     float amax = fabsf(v);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -168,6 +176,18 @@ __global__ void __launch_bounds__(PI_Q8_THREADS) k_matvec_q8(pi_wdev w, const ui
 extern "C" bool pi_cuda_q8_type(int type)
 {
     return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+}
+
+/* The automatic choice takes the q8 kernel for quantised weights of at least this many elements. From
+ * the 7B-class per-kernel times (ncu, H200, doc/cuda-backend.md "Session 4"): the q8 kernel takes 0.55
+ * to 0.75 of the float kernel's time and the quantisation launch costs 2-4 us, so it pays from float
+ * kernels of about 7 us, some 7 MB of Q4_0 on these cards. */
+#define PI_Q8_MIN_ELEMS ((int64_t)12 << 20)
+
+extern "C" bool pi_cuda_q8_for(const pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols)
+{
+    if (!pi_cuda_q8_type(type) || cols % 32) return false;
+    return c->mv_mode == PI_MV_Q8 || (c->mv_mode == PI_MV_AUTO && rows * cols >= PI_Q8_MIN_ELEMS);
 }
 
 template <int T, int R, int U, bool GLU>
