@@ -217,6 +217,15 @@ static void geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *
     *n_seq = o->n_seq > 0 ? o->n_seq : 1;
 }
 
+/* The XQ scratch (kernels/cuda/cuda.h, pi_cuda_xq_reserve): x of the widest decode product, and a
+ * dense FFN's n_ff activations beside the x of its gate/up product. */
+static uint64_t xq_bytes(const pi_model_t *m, bool any_dense)
+{
+    const struct pi_hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
+    return pi_cuda_xq_bytes(PI_MAX(d, qd)) + (any_dense ? pi_cuda_xq_bytes(hp->n_ff) : 0);
+}
+
 static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struct plan *p)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -276,9 +285,9 @@ static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struc
     const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
     if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
-    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: at most 48 bytes
-     * per 32 columns of the widest decode product */
-    p->scratch += slot(pi_cuda_xq_bytes(PI_MAX(PI_MAX(d, qd), any_dense ? (int64_t)hp->n_ff : 0)));
+    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: 48 bytes per 32
+     * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
+    p->scratch += slot(xq_bytes(m, any_dense));
     if (hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256) {
         uint64_t ta = (uint64_t)PI_MIN((int64_t)T, (int64_t)n_ctx), nsplit = ((uint64_t)n_ctx + ATT_CHUNK - 1) / ATT_CHUNK;
         p->scratch += slot(ta * (uint64_t)hp->n_head * nsplit * (uint64_t)(hp->head_dim + 2) * f);
@@ -793,7 +802,7 @@ static int warm_scratch(struct cuda_backend *s)
     }
     bool any_dense = false;
     for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;
-    CK(s, pi_cuda_xq_reserve(s->ctx, PI_MAX(PI_MAX(s->d, s->qd), any_dense ? (int64_t)m->hp.n_ff : 0)), "start");
+    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)xq_bytes(m, any_dense)), "start");
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;

@@ -99,6 +99,7 @@ struct pi_cuda_ctx {
     int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL, _NARROW or _SPLIT (PI_CUDA_MV) */
     bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
     int q8_r;            /* rows per warp of the q8 matvec, 0: by the matrix's height (PI_CUDA_Q8_R) */
+    bool glu_q8;         /* the dense FFN's gate/up kernel quantises its activations (PI_CUDA_GLU_Q8=0: off) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -173,6 +174,14 @@ __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
  * rows per warp (1, 2 or 4; 0: by the height; the GLU epilogue e.act: pairs). Quantised weight types
  * only (pi_cuda_q8_type), cols a multiple of 32. */
 int pi_cuda_matvec_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R);
+
+/* pi_cuda_ffn_dense with both products in 8 bits and the activations quantised by the gate/up kernel
+ * itself (matvec-q8.cu, k_glu_q8), where pi_cuda_ffn_dense_q8_ok: Q4_0 or Q8_0 gate/up pairs, both
+ * products q8 by pi_cuda_q8_for, and PI_CUDA_GLU_Q8 not 0. Same arguments as pi_cuda_ffn_dense; the
+ * XQ scratch holds the quantised x and then the quantised activations (pi_cuda_xq_bytes of both). */
+bool pi_cuda_ffn_dense_q8_ok(const pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down);
+int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                         const float *d_x, const float *d_norm_g, float eps, float *d_y, int accumulate);
 
 /* Gate/up pairs of the hot FFN (matmul.cu): a (n_hot,) = act(gate_i . x, up_i . x) over gu (2 n_hot, d),
  * 0 for neurons the mask marks inactive. With d_norm_g, x is the residual h and x = RMSNorm(h) * g is

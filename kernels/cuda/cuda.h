@@ -144,9 +144,10 @@ bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
  * backend's VRAM plan counts the widest. */
 size_t pi_cuda_xq_bytes(int64_t cols);
 
-/* Grow the XQ scratch to what a q8 product of `cols` columns needs now (the backend's start, so that
- * serving never allocates). 0, or -PI_ERR_NOMEM past the budget. */
-int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, int64_t cols);
+/* Grow the XQ scratch to `bytes` now (the backend's start, so that serving never allocates): the
+ * widest product's pi_cuda_xq_bytes, plus pi_cuda_xq_bytes(n_ff) where a dense FFN quantises its
+ * activations while x is still held (pi_cuda_ffn_dense). 0, or -PI_ERR_NOMEM past the budget. */
+int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
 
 /* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
  * used in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).

@@ -619,7 +619,8 @@ extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, c
         return -PI_ERR_INVAL;
     }
     void *a = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a));
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a)); /* held either way: the plan counts it */
+    if (pi_cuda_ffn_dense_q8_ok(c, gu, down)) return pi_cuda_ffn_dense_q8(c, gu, down, act, d_x, d_norm_g, eps, d_y, accumulate);
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, d_norm_g, eps, (float *)a));
     return accumulate ? pi_cuda_matvec_add(c, down, (const float *)a, d_y) : pi_cuda_matvec(c, down, (const float *)a, d_y);
 }
