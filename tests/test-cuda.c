@@ -581,7 +581,14 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
         ya = host_of(dy, (size_t)d);
         for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
         ea = nerr_d(ya, ref, (size_t)d);
-        tap_ok(rc == 0 && ea < tol, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
+        /* With the norm, x itself differs from the reference's in the last bits (the device's float
+         * sum and rsqrtf against double here), so an element of x can round to the other integer; that
+         * moves every activation a little, and where the activations are quantised too a segment's
+         * scale and many of its values move with them: 3.2e-3 seen once (H100, under memcheck), 1e-7
+         * without such a flip. Such a flip is within the quantisation's own error (about 4e-3 against
+         * the exact product, test_matvec). */
+        const double tol_n = q8x && q8a ? 1e-2 : tol;
+        tap_ok(rc == 0 && ea < tol_n, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
                pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea);
     }
     dev_free(dgn);
