@@ -28,7 +28,7 @@ struct key_def {
     enum key_kind kind;
     size_t offset;            /* into struct pi_config */
     double min, max;          /* K_INT, K_REAL bounds (inclusive) */
-    const char *const *names; /* K_ENUM: NULL-terminated, index = value */
+    const char *const *names; /* K_ENUM: NULL-terminated, index = value; K_STR: the allowed values, or NULL */
 };
 
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
@@ -37,6 +37,7 @@ _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activatio
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL}; /* lib/log.h */
 
 #define OFF(f) offsetof(struct pi_config, f)
 static const struct key_def keys[] = {
@@ -59,7 +60,7 @@ static const struct key_def keys[] = {
     {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL},
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL},
     {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL},
-    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, NULL},
+    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, log_level_names},
 };
 #undef OFF
 
@@ -117,12 +118,31 @@ int pi_parse_bytes(const char *s, uint64_t *out)
 
 static char **str_field(struct pi_config *cfg, const struct key_def *k) { return (char **)((char *)cfg + k->offset); }
 
+/* why = "'v' is not one of: a, b, ..." for the NULL-terminated names. */
+static void not_one_of(const char *v, const char *const *names, char *why, size_t wlen)
+{
+    char list[256] = "";
+    for (int i = 0; names[i]; i++) {
+        strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+        strncat(list, names[i], sizeof list - strlen(list) - 1);
+    }
+    set_err(why, wlen, "'%s' is not one of: %s", v, list);
+}
+
 /* Store text into the field of k, validating it. Returns 0 or -PI_ERR_* with a reason in why. */
 static int set_value(struct pi_config *cfg, const struct key_def *k, const char *v, char *why, size_t wlen)
 {
     char *end;
     switch (k->kind) {
     case K_STR: {
+        if (k->names) { /* a string with a fixed set of values (the log level: kept as text for the workers) */
+            bool known = false;
+            for (int i = 0; k->names[i] && !known; i++) known = strcmp(k->names[i], v) == 0;
+            if (!known) {
+                not_one_of(v, k->names, why, wlen);
+                return -PI_ERR_INVAL;
+            }
+        }
         char *dup = strdup(v);
         if (!dup) return -PI_ERR_NOMEM;
         char **f = str_field(cfg, k);
@@ -163,14 +183,7 @@ static int set_value(struct pi_config *cfg, const struct key_def *k, const char 
                 return 0;
             }
         }
-        {
-            char list[256] = "";
-            for (int i = 0; k->names[i]; i++) {
-                strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
-                strncat(list, k->names[i], sizeof list - strlen(list) - 1);
-            }
-            set_err(why, wlen, "'%s' is not one of: %s", v, list);
-        }
+        not_one_of(v, k->names, why, wlen);
         return -PI_ERR_INVAL;
     }
     return -PI_ERR_INVAL;
@@ -229,6 +242,7 @@ struct load_ctx {
     char *err;
     size_t errlen;
     int rc;
+    int err_line; /* the line of the handler's error, when rc != 0 */
 };
 
 #define CONF_MAX_FILE (1 << 20) /* bytes of a config file */
@@ -268,6 +282,7 @@ static int handle_ini_line(void *user, const char *section, const char *name, co
     struct load_ctx *c = user;
     int lineno = c->lineno;
     if (c->rc != 0) return 0;
+    c->err_line = lineno; /* kept only if this line fails */
     if (!section_known(section)) {
         set_err(c->err, c->errlen, "%s:%d: unknown section [%s]", c->path, lineno, section);
         c->rc = -PI_ERR_INVAL;
@@ -323,10 +338,13 @@ int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size
      * Its line buffer stays as built (200 bytes); read_line refuses longer lines. */
     ini_allow_multiline = false;
     ini_allow_inline_comments = false;
-    struct load_ctx c = {cfg, path, f, 0, err, errlen, 0};
+    struct load_ctx c = {cfg, path, f, 0, err, errlen, 0, 0};
     int r = ini_parse_stream(read_line, &c, handle_ini_line, &c);
     fclose(f);
-    if (c.rc != 0) return c.rc;
+    /* inih goes on after a line it cannot parse and returns the first such line: a section header
+     * without its ']' is such a line, and the keys below it then reach the handler with the section
+     * before it (or none), so the handler's complaint about one of them comes second. */
+    if (c.rc != 0 && !(r > 0 && r < c.err_line)) return c.rc;
     if (r != 0) {
         /* inih reports the first line it could not parse (a handler error is caught above). */
         set_err(err, errlen, "%s:%d: syntax error (expected [section] or key = value)", path, r);

@@ -72,6 +72,14 @@ int main(void)
     tap_ok(rc == -PI_ERR_INVAL && strstr(err, "not a byte size"), "bad byte size: %s", err);
     rc = load("[generate]\ntemperature = nan\n", &cfg, err, sizeof err);
     tap_ok(rc == -PI_ERR_INVAL, "NaN rejected: %s", err);
+    rc = load("[model\npath = x\n", &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":1: syntax error"), "a section header without ']' is the error, not the key after it: %s", err);
+    rc = load("[cpu]\nworkers = 2\n[gpu\nbackend = cuda\n", &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":3: syntax error"), "the same further down: %s", err);
+    rc = load("[log]\nlevel = loud\n", &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_INVAL && strstr(err, ":2: [log] level: 'loud' is not one of: error, warn, info, debug"), "bad log level in a file: %s", err);
+    rc = pi_config_set(&cfg, "log.level", "verbose", "--log-level", err, sizeof err);
+    tap_ok(rc == -PI_ERR_INVAL && strstr(err, "--log-level: [log] level: 'verbose' is not one of"), "bad log level on the command line: %s", err);
     rc = load("[model]\nthis line has no equals sign\n", &cfg, err, sizeof err);
     tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":2: syntax error"), "syntax error names the line: %s", err);
     pi_config_free(&cfg);
