@@ -48,10 +48,13 @@ static int prompt_ids(const pi_tokenizer_t *t, const struct pi_gen_request *r, i
     return rc;
 }
 
-/* Evaluate the prompt; logits (n_vocab) = the last position's. */
-static int eval_prompt(pi_engine_t *e, const int32_t *ids, int n, FILE *logits_out, float *all, float *logits)
+/* Evaluate the prompt; logits (n_vocab) = the last position's; *done = the tokens evaluated. */
+static int eval_prompt(pi_engine_t *e, const struct pi_gen_request *r, void *ctx, const int32_t *ids, int n, float *all,
+                       float *logits, int *done)
 {
+    FILE *logits_out = r->logits_out;
     for (int p = 0; p < n; p += e->max_batch) {
+        if (r->stop && r->stop(ctx)) return -PI_ERR_IO; /* cancelled, as by emit */
         int nb = PI_MIN(e->max_batch, n - p);
         bool last = p + nb == n;
         int n_out = logits_out ? nb : (last ? 1 : 0);
@@ -62,6 +65,7 @@ static int eval_prompt(pi_engine_t *e, const int32_t *ids, int n, FILE *logits_o
             return -PI_ERR_IO;
         }
         if (last) memcpy(logits, all + (size_t)(n_out - 1) * (size_t)e->n_vocab, sizeof(float) * (size_t)e->n_vocab);
+        *done = p + nb;
     }
     return 0;
 }
@@ -148,7 +152,8 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
     if (rc == 0) res->n_prompt = (int)n; /* 0 tells a caller that the engine took nothing */
     if (rc == 0 && t) rc = set_eog(s, t);
     int64_t t0 = pi_clock_ns();
-    if (rc == 0) rc = eval_prompt(e, ids, (int)n, r->logits_out, all, logits);
+    if (rc == 0) pi_debug("evaluating the prompt: %zu tokens in batches of %d", n, e->max_batch);
+    if (rc == 0) rc = eval_prompt(e, r, ctx, ids, (int)n, all, logits, &res->n_prompt_done);
     int64_t t1 = pi_clock_ns();
     res->prompt_s = (double)(t1 - t0) * 1e-9;
     if (rc == 0 && r->n_predict > 0) {

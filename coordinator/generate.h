@@ -24,11 +24,15 @@ struct pi_gen_request {
     struct pi_sample_params sample;
     FILE *logits_out;          /* when not NULL: every prompt position's logits, float32 LE,
                                 * position-major (n_prompt x n_vocab) */
+    int (*stop)(void *ctx);    /* optional, with the emit function's ctx: asked between prompt
+                                * batches; non-zero cancels the request as an emit failure does (a
+                                * long prompt is not evaluated to its end after a stop signal) */
 };
 
 struct pi_gen_result {
     int n_prompt;              /* prompt tokens, once the engine has taken the request (0 when it
                                 * failed before: a bad prompt, or an engine that could not reset) */
+    int n_prompt_done;         /* prompt tokens evaluated (n_prompt unless cancelled or failed) */
     int n_generated;
     double prompt_s;           /* seconds spent evaluating the prompt */
     double gen_s;              /* seconds spent generating (sampling included) */

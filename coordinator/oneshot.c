@@ -79,6 +79,12 @@ static volatile sig_atomic_t interrupted;
 
 static void on_signal(int sig) { interrupted = sig; }
 
+static int stop_requested(void *ctx)
+{
+    (void)ctx;
+    return interrupted != 0;
+}
+
 /* Stream generated text to stdout as it comes. */
 static int emit_stdout(void *ctx, const char *text, size_t len)
 {
@@ -156,6 +162,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     r.n_tokens = o->n_tokens;
     r.n_predict = o->cfg.n_predict;
     r.logits_out = lf;
+    r.stop = stop_requested;
     pi_gen_params_from_config(&o->cfg, &r.sample);
     struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
     sigemptyset(&sa.sa_mask);
@@ -166,7 +173,10 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     int rc = pi_generate(e, cm.tok, &r, emit_stdout, &bytes, &res);
     if (bytes) { fputc('\n', stdout); fflush(stdout); }
     if (rc != 0) {
-        if (interrupted) fprintf(stderr, "pi-coordinator: interrupted by signal %d\n", (int)interrupted);
+        if (interrupted && res.n_prompt_done < res.n_prompt)
+            fprintf(stderr, "pi-coordinator: interrupted by signal %d after %d of %d prompt tokens\n", (int)interrupted,
+                    res.n_prompt_done, res.n_prompt);
+        else if (interrupted) fprintf(stderr, "pi-coordinator: interrupted by signal %d\n", (int)interrupted);
         else fprintf(stderr, "pi-coordinator: generation failed: %s\n",
                      rc == -PI_ERR_PEER ? "a worker of the pipeline died during the request" : pi_err_str(rc));
         goto out;

@@ -107,12 +107,19 @@ struct emit_ctx {
     const struct job *j;
 };
 
+/* The generation's stop question (between prompt batches, and before each chunk): the shutdown, or this job's client gone. */
+static int job_stopped(void *ctx)
+{
+    const struct emit_ctx *e = ctx;
+    return atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq;
+}
+
 /* Stream text as CHUNK events of at most sizeof ev.text bytes. The protocol's strings hold no NUL
  * (ipc/control.h), so a NUL byte of the text (a byte-fallback token <0x00>) is sent as U+FFFD. */
 static int emit_chunk(void *ctx, const char *text, size_t len)
 {
     struct emit_ctx *e = ctx;
-    if (atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq) return -1;
+    if (job_stopped(ctx)) return -1;
     static const char repl[3] = {'\xef', '\xbf', '\xbd'};
     struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id, .seq = e->j->seq};
     memcpy(ev.id, e->j->id, e->j->id_len);
@@ -135,6 +142,7 @@ static void run_job(struct server *s, struct job *j)
     struct pi_gen_request r = {0};
     r.prompt = j->prompt;
     r.n_predict = j->n_predict;
+    r.stop = job_stopped;
     pi_gen_params_from_config(&s->o->cfg, &r.sample);
     r.sample.temperature = j->temp;
     r.sample.seed = j->seed;

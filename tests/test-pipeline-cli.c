@@ -7,7 +7,8 @@
  *   --gpu-backend cuda in a build without the CUDA backend fails with a clear message;
  *   one-shot with --gpu-backend none: the prompt logits (--tokens, --logits-out) match the golden
  *   logits of the demo model (HF transformers in float64 on the same weights) within the forward
- *   pass's tolerance for Q4_0, and the greedy text equals the golden greedy continuation decoded.
+ *   pass's tolerance for Q4_0, and the greedy text equals the golden greedy continuation decoded;
+ *   SIGTERM during a long prompt stops it at the next batch.
  * And the step channel (gpu-worker/step.h) against a hostile coordinator, in one process with the
  * worker side on a thread: token ids are validated on a private copy (rewriting the segment after
  * the check changes nothing the worker uses), an id >= n_vocab, an empty batch and a skipped request
@@ -333,6 +334,38 @@ static void test_step_channel(void)
     pi_step_destroy(&c);
 }
 
+/* SIGTERM while a long prompt is evaluated: the run stops at the next prompt batch (it used to go on
+ * to the prompt's end first: seconds for a long prompt) and says how far it got. */
+static void test_signal_in_prompt(void)
+{
+    enum { N = 1000 };
+    int32_t ids[N];
+    for (int i = 0; i < N; i++) ids[i] = 2 + (i * 37) % 7000;
+    static char idbuf[N * 6];
+    tp_ids(idbuf, sizeof idbuf, ids, N);
+    char *argv[] = {coord, "--model", model, "--tokens", idbuf, "-n", "1", "--gpu-backend", "none", "--ctx", "1024", /* exit 1 */
+                    "--log-level", "debug", NULL};
+    pid_t pid = tp_spawn(argv, "sigprompt");
+    char errp[600];
+    snprintf(errp, sizeof errp, "%s/sigprompt.err", tp_dir);
+    bool started = false;
+    for (int i = 0; i < 30000 && !started; i++) { /* up to 60 s: the sanitizer build loads slowly */
+        char *e = tp_slurp(errp, NULL);
+        started = e && strstr(e, "evaluating the prompt");
+        free(e);
+        if (!started) usleep(2000);
+    }
+    if (started) kill(pid, SIGTERM);
+    int st = tp_wait(pid, TIMEOUT_S);
+    char *err = tp_output("sigprompt", "err");
+    const char *at = err ? strstr(err, "interrupted by signal 15 after ") : NULL;
+    int done = -1, total = -1;
+    if (at) sscanf(at, "interrupted by signal 15 after %d of %d", &done, &total);
+    tap_ok(started && st == 1 && total == N && done >= 0 && done < N,
+           "SIGTERM during a %d-token prompt stops it at a batch boundary (status %d, %d of %d evaluated)", N, st, done, total);
+    free(err);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -344,6 +377,7 @@ int main(void)
     test_man_keys();
     test_cuda_missing();
     test_oneshot_golden();
+    test_signal_in_prompt();
     test_step_channel();
     return tap_done();
 }
