@@ -568,6 +568,13 @@ static int cuda_attn(pi_backend_t *b, int il)
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
     }
+    if (n == 1 && fused && !s->own_attn) {
+        /* decode: attention and h += o @ att in one call (which may quantise att in the merge) */
+        const int sq = s->seq[0], p0 = s->pos[0];
+        CK(s, pi_cuda_attention_o(s->ctx, 1, s->n_head, s->n_head_kv, s->hd, p0, s->d_q, kv_at(s, il, sq, 0),
+                                  kv_at(s, il, sq, 1), s->d_att, cl->o, s->d_h), "attn");
+        return 0;
+    }
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
         uint8_t *kc = kv_at(s, il, sq, 0), *vc = kv_at(s, il, sq, 1);

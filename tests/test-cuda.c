@@ -416,7 +416,11 @@ static void test_softmax_act(int64_t rows, int64_t n)
 
 /* ------------------------------------------------------------------ attention */
 
-static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t pos0, int64_t n_ctx)
+/* Attention against a double reference; with o_rows > 0 also pi_cuda_attention_o: h0 + o @ att with a
+ * random Q4_0 output projection (o_rows, n_head hd), against the product of the attention output the
+ * plain call gave (the same kernels: the same floats), quantised as the q8 matvec does where the
+ * context takes it for o (in the merge kernel under PI_CUDA_ATT_Q8=1, else in the product). */
+static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t pos0, int64_t n_ctx, int64_t o_rows)
 {
     const int64_t kvd = (int64_t)n_head_kv * hd, n_kv = pos0 + T;
     float *k = rand_floats((size_t)(n_kv * kvd), 1.0f), *v = rand_floats((size_t)(n_kv * kvd), 1.0f);
@@ -457,6 +461,34 @@ static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t
     double e = nerr_d(out, ref, no);
     tap_ok(rc == 0 && e < 3e-5, "attention T=%lld pos0=%lld heads %d/%d dim %d: error %.3g", (long long)T,
            (long long)pos0, n_head, n_head_kv, hd, e);
+    if (o_rows > 0) {
+        const int64_t qd = (int64_t)n_head * hd;
+        void *w = rand_weight(PI_TYPE_Q4_0, o_rows, qd);
+        float *wf = ref_rows(PI_TYPE_Q4_0, w, o_rows, qd), *h0 = rand_floats((size_t)(T * o_rows), 2.0f);
+        pi_cuda_weight_t *dw = NULL;
+        PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, o_rows, qd, w, &dw) == 0);
+        float *dh = dev_from(h0, (size_t)(T * o_rows) * 4);
+        PI_ASSERT(pi_cuda_memset(ctx, dout, 0xff, no * 4) == 0);
+        rc = pi_cuda_attention_o(ctx, T, n_head, n_head_kv, hd, pos0, dq, kc, vc, dout, dw, dh);
+        float *h = host_of(dh, (size_t)(T * o_rows)), *out2 = host_of(dout, no);
+        /* the reference product takes the attention output this call wrote (its split lengths may
+         * differ from the first call's once the scratch has grown: other rounding) */
+        double *x = malloc(no * sizeof(double)), *ho = calloc((size_t)(T * o_rows), sizeof(double));
+        for (size_t i = 0; i < no; i++) x[i] = out2[i];
+        const bool q8 = uses_q8(PI_TYPE_Q4_0, o_rows, qd, 0);
+        if (q8) q8_round(x, (int64_t)no, x);
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t r = 0; r < o_rows; r++)
+                for (int64_t c = 0; c < qd; c++) ho[t * o_rows + r] += (double)wf[r * qd + c] * x[t * qd + c];
+        for (int64_t i = 0; i < T * o_rows; i++) h[i] -= h0[i];
+        double eo = nerr_d(h, ho, (size_t)(T * o_rows)), ea = nerr_d(out2, ref, no);
+        tap_ok(rc == 0 && eo < 5e-5 && ea < 3e-5,
+               "attention_o T=%lld heads %d/%d dim %d, o (%lld, %lld)%s: h += o @ att error %.3g, att error %.3g", (long long)T,
+               n_head, n_head_kv, hd, (long long)o_rows, (long long)qd, q8 ? ", att in 8 bits" : "", eo, ea);
+        pi_cuda_weight_destroy(ctx, &dw);
+        dev_free(dh);
+        free(w), free(wf), free(h0), free(x), free(ho), free(h), free(out2);
+    }
     dev_free(kc), dev_free(vc), dev_free(dk), dev_free(dv), dev_free(dq), dev_free(dout);
     free(k), free(v), free(q), free(ref), free(s), free(out);
 }
@@ -645,10 +677,16 @@ static void test_q8_context(void)
     pi_cuda_ctx_t *main_ctx = ctx;
     const char *old = getenv("PI_CUDA_MV");
     char *saved = old ? strdup(old) : NULL;
+    const char *old_att = getenv("PI_CUDA_ATT_Q8");
+    char *saved_att = old_att ? strdup(old_att) : NULL;
     setenv("PI_CUDA_MV", "q8", 1);
+    setenv("PI_CUDA_ATT_Q8", "1", 1); /* the merge kernel quantising the output projection's x */
     ctx = pi_cuda_ctx_new(0, (size_t)1 << 30);
     if (saved) setenv("PI_CUDA_MV", saved, 1);
     else unsetenv("PI_CUDA_MV");
+    if (saved_att) setenv("PI_CUDA_ATT_Q8", saved_att, 1);
+    else unsetenv("PI_CUDA_ATT_Q8");
+    free(saved_att);
     free(saved);
     if (!ctx) tap_bail("cannot open a second context on device 0");
     test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);  /* 1 row per warp on the H100 */
@@ -658,6 +696,10 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_K, 100, 2048, 1e-3f); /* eps dominating */
+    test_attention(1, 32, 8, 128, 300, 512, 4096); /* the merge kernel quantises att (PI_CUDA_ATT_Q8=1) */
+    test_attention(1, 8, 2, 64, 700, 1024, 1000);
+    test_attention(1, 4, 4, 32, 0, 16, 77);
+    test_attention(2, 8, 8, 64, 20, 64, 300);      /* 2 queries: the plain path, a matvec per query */
     test_matvec_norm(PI_TYPE_F16, 333, 1024, 3.0f);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q6_K, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 0);
@@ -784,12 +826,14 @@ int main(void)
     test_rope_kv(1, 32, 32, 128, 128, 300, 512); /* decode */
     test_rope_kv(9, 8, 2, 64, 32, 5, 64);        /* partial rotation, GQA, a short prompt */
     test_softmax_act(6, 1000);
-    test_attention(1, 8, 2, 128, 700, 1024);  /* decode, 3 splits, GQA 4:1 */
-    test_attention(1, 4, 4, 64, 0, 16);       /* first token */
-    test_attention(40, 8, 8, 64, 230, 512);   /* a prompt continuing a sequence, crossing a split */
-    test_attention(3, 32, 8, 256, 100, 128);
-    test_attention(2, 4, 2, 32, 300, 512);
-    test_attention(1, 32, 32, 128, 900, 1024); /* decode with shorter splits (the scratch is large enough by now) */
+    test_attention(1, 8, 2, 128, 700, 1024, 0);  /* decode, 3 splits, GQA 4:1 */
+    test_attention(1, 4, 4, 64, 0, 16, 0);       /* first token */
+    test_attention(40, 8, 8, 64, 230, 512, 0);   /* a prompt continuing a sequence, crossing a split */
+    test_attention(3, 32, 8, 256, 100, 128, 0);
+    test_attention(2, 4, 2, 32, 300, 512, 0);
+    test_attention(1, 32, 32, 128, 900, 1024, 0); /* decode with shorter splits (the scratch is large enough by now) */
+    test_attention(1, 32, 32, 128, 300, 512, 4096); /* and the output projection (q8 by the automatic choice) */
+    test_attention(1, 8, 2, 64, 40, 64, 1000);      /* the same below the q8 threshold: float */
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_RELU, 0);
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);

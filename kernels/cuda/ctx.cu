@@ -37,6 +37,8 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     else if (mv && strcmp(mv, "f32") == 0) c->mv_mode = PI_MV_F32;
     else if (mv && *mv && strcmp(mv, "auto") != 0)
         pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, f32, reg, staged, tall, narrow, split, q8); using auto", mv);
+    const char *aq = getenv("PI_CUDA_ATT_Q8"); /* an experiment not yet run on a GPU: off unless 1 */
+    c->att_q8 = aq && strcmp(aq, "1") == 0;
     const char *gq = getenv("PI_CUDA_GLU_Q8");
     c->glu_q8 = !(gq && strcmp(gq, "0") == 0);
     const char *q8r = getenv("PI_CUDA_Q8_R");

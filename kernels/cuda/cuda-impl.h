@@ -100,6 +100,7 @@ struct pi_cuda_ctx {
     bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
     int q8_r;            /* rows per warp of the q8 matvec, 0: by the matrix's height (PI_CUDA_Q8_R) */
     bool glu_q8;         /* the dense FFN's gate/up kernel quantises its activations (PI_CUDA_GLU_Q8=0: off) */
+    bool att_q8;         /* the attention merge quantises the output projection's x (PI_CUDA_ATT_Q8=1: on) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -174,6 +175,10 @@ __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
  * rows per warp (1, 2 or 4; 0: by the height; the GLU epilogue e.act: pairs). Quantised weight types
  * only (pi_cuda_q8_type), cols a multiple of 32. */
 int pi_cuda_matvec_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R);
+
+/* The same over an x already quantised into (qs, meta) (the layout of matvec-q8.cu; e.ng unused). */
+int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const uint8_t *qs, const int4 *meta,
+                           const pi_mv_epi &e, int R);
 
 /* pi_cuda_ffn_dense with both products in 8 bits and the activations quantised by the gate/up kernel
  * itself (matvec-q8.cu, k_glu_q8), where pi_cuda_ffn_dense_q8_ok: Q4_0 or Q8_0 gate/up pairs, both
@@ -477,6 +482,25 @@ __device__ __forceinline__ float pi_warp_sum(float v)
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+
+/* Quantise the warp's 32 values (lane j holds v, element j of segment s) into qs[32 s ..] and meta[s]:
+ * the 8-bit x of the q8 matvec (matvec-q8.cu: d = max |x| / 127, q = round-to-nearest-even(x / d), the
+ * integer sums of q over each half). Every lane of the warp must call it. */
+__device__ __forceinline__ void pi_q8_quant_warp(float v, int64_t s, int lane, int8_t *__restrict__ qs, int4 *__restrict__ meta)
+{
+    float amax = fabsf(v);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    const int q = __float2int_rn(v * id);
+    qs[s * 32 + lane] = (int8_t)q;
+    int h = q; /* the sum over this lane's 16-lane half */
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) h += __shfl_xor_sync(0xffffffffu, h, o);
+    const int h1 = __shfl_sync(0xffffffffu, h, 16);
+    if (lane == 0) meta[s] = make_int4(__float_as_int(d), h, h1, 0);
+}
+
 
 __device__ __forceinline__ float pi_warp_max(float v)
 {

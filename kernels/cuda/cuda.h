@@ -212,6 +212,14 @@ int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, in
 int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
                       const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out);
 
+/* pi_cuda_attention, then h (T, o->rows) += o @ out (the output projection's residual add). For one
+ * query, when the context's PI_CUDA_ATT_Q8=1 (an experiment, off by default) and o takes the q8
+ * matvec (pi_cuda_q8_for), the attention's merge kernel quantises out for the projection itself, one
+ * launch fewer. o->cols must be n_head * head_dim. */
+int pi_cuda_attention_o(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
+                        const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out,
+                        const pi_cuda_weight_t *o, float *d_h);
+
 /* x (rows, n) softmax per row, in place. */
 int pi_cuda_softmax(pi_cuda_ctx_t *ctx, int64_t rows, int64_t n, float *d_x);
 

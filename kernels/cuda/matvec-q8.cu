@@ -35,22 +35,6 @@ extern "C" int pi_cuda_xq_reserve(pi_cuda_ctx_t *c, size_t bytes)
     return pi_cuda_scratch(c, PI_CUDA_SCR_XQ, bytes, &buf);
 }
 
-/* Quantise the warp's 32 values (lane j holds v, element j of segment s) into qs[32 s ..] and meta[s]. */
-__device__ __forceinline__ void pi_q8_quant_warp(float v, int64_t s, int lane, int8_t *__restrict__ qs, int4 *__restrict__ meta)
-{
-    float amax = fabsf(v);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-    const int q = __float2int_rn(v * id);
-    qs[s * 32 + lane] = (int8_t)q;
-    int h = q; /* the sum over this lane's 16-lane half */
-#pragma unroll
-    for (int o = 8; o > 0; o >>= 1) h += __shfl_xor_sync(0xffffffffu, h, o);
-    const int h1 = __shfl_sync(0xffffffffu, h, 16);
-    if (lane == 0) meta[s] = make_int4(__float_as_int(d), h, h1, 0);
-}
-
 /* Segment s = blockIdx.x * 8 + warp of x (n,) -> qs[32 s ..], meta[s]; lane j quantises element j.
  * NORM: x is the residual h and each block also computes RMSNorm's scale over all of h (every block
  * the same sum, in the same order), then quantises x = h * inv * g. Every load a thread needs is
@@ -253,8 +237,7 @@ static int quant_x(pi_cuda_ctx_t *c, int64_t cols, const float *d_x, const float
     return 0;
 }
 
-/* The product over an x already quantised into (qs, meta). */
-static int matvec_q8_from(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t *q, const int4 *meta, const pi_mv_epi &e, int R)
+int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t *q, const int4 *meta, const pi_mv_epi &e, int R)
 {
     if (R == 0) R = e.act ? 2 : q8_rows(c, w->rows);
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
@@ -283,7 +266,7 @@ int pi_cuda_matvec_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *
     int8_t *qs = (int8_t *)buf;
     int4 *meta = (int4 *)(qs + nseg * 32);
     PI_TRY(quant_x(c, w->cols, d_x, e.ng, e.eps, qs, meta));
-    return matvec_q8_from(c, w, (const uint8_t *)qs, meta, e, R);
+    return pi_cuda_matvec_q8_from(c, w, (const uint8_t *)qs, meta, e, R);
 }
 
 bool pi_cuda_ffn_dense_q8_ok(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down)
@@ -309,5 +292,5 @@ int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_
         k_glu_q8<PI_TYPE_Q8_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)xq, xm, act, aq, am);
     PI_CU_LAUNCH("k_glu_q8");
     pi_mv_epi e = {d_y, 0, NULL, NULL, accumulate, NULL, 0.0f};
-    return matvec_q8_from(c, down, (const uint8_t *)aq, am, e, 0);
+    return pi_cuda_matvec_q8_from(c, down, (const uint8_t *)aq, am, e, 0);
 }

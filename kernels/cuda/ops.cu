@@ -364,8 +364,12 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, flo
     }
 }
 
-/* One block per (head, query): combine the splits' partials into out (T, n_head, hd). */
-__global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__restrict__ part, float *__restrict__ out)
+/* One block per (head, query): combine the splits' partials into out (T, n_head, hd). Q: also
+ * quantise out into the q8 matvec's x (qs, meta): the block has hd threads (hd a multiple of 32), so
+ * warp w holds elements [32 w, 32 w + 32) of the head, one segment. */
+template <bool Q>
+__global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__restrict__ part, float *__restrict__ out,
+                             int8_t *__restrict__ qs, int4 *__restrict__ meta)
 {
     const int h = blockIdx.x;
     const int64_t t = blockIdx.y;
@@ -382,11 +386,13 @@ __global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__rest
             L += ps[1] * w;
         }
         out[(t * n_head + h) * hd + d] = a / L;
+        if constexpr (Q) pi_q8_quant_warp(a / L, ((t * n_head + h) * hd + d) >> 5, (int)(threadIdx.x & 31), qs, meta);
     }
 }
 
-extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
-                                 const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out)
+/* pi_cuda_attention; with qs, the merge also quantises out (q8 matvec layout). */
+static int attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0, const float *d_q,
+                     const void *d_k_cache, const void *d_v_cache, float *d_out, int8_t *qs, int4 *meta)
 {
     PI_TRY(check_count("attention queries", T));
     if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) ||
@@ -427,9 +433,39 @@ extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_
     }
     PI_CU_LAUNCH("k_attn_split");
     dim3 g2((unsigned)n_head, (unsigned)T);
-    k_attn_merge<<<g2, head_dim, 0, c->stream>>>(n_head, head_dim, (int)nsplit, (const float *)part, d_out);
+    if (qs) k_attn_merge<true><<<g2, head_dim, 0, c->stream>>>(n_head, head_dim, (int)nsplit, (const float *)part, d_out, qs, meta);
+    else k_attn_merge<false><<<g2, head_dim, 0, c->stream>>>(n_head, head_dim, (int)nsplit, (const float *)part, d_out, NULL, NULL);
     PI_CU_LAUNCH("k_attn_merge");
     return 0;
+}
+
+extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
+                                 const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out)
+{
+    return attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, NULL, NULL);
+}
+
+extern "C" int pi_cuda_attention_o(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
+                                   const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out,
+                                   const pi_cuda_weight_t *o, float *d_h)
+{
+    const int64_t qd = (int64_t)n_head * head_dim;
+    if (o->cols != qd) {
+        pi_error("cuda: attention_o: the output projection takes %lld columns, the heads give %lld", (long long)o->cols,
+                 (long long)qd);
+        return -PI_ERR_INVAL;
+    }
+    if (T != 1 || !c->att_q8 || !pi_cuda_q8_for(c, o->type, o->rows, o->cols)) {
+        PI_TRY(pi_cuda_attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out));
+        return pi_cuda_matmul_add(c, o, T, d_out, d_h);
+    }
+    void *buf = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(qd), &buf));
+    int8_t *qs = (int8_t *)buf;
+    int4 *meta = (int4 *)(qs + qd);
+    PI_TRY(attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, qs, meta));
+    pi_mv_epi e = {d_h, 0, NULL, NULL, 1, NULL, 0.0f};
+    return pi_cuda_matvec_q8_from(c, o, (const uint8_t *)qs, meta, e, 0);
 }
 
 /* ------------------------------------------------------------------ activations, merge */
