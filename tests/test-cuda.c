@@ -11,6 +11,7 @@
  */
 #include "config.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -60,14 +61,42 @@ static pi_cuda_ctx_t *ctx;
 
 /* x (n,) as the q8 matvec sees it (kernels/cuda/matvec-q8.cu): per 32 values d = max |x| / 127 and
  * q = round-to-nearest-even(x * (1 / d)), in the same float operations; xq = d q. */
-static void q8_round(const double *x, int64_t n, double *xq)
+static void q8_round_amb(const double *x, int64_t n, double *xq, double *amb);
+
+static void q8_round(const double *x, int64_t n, double *xq) { q8_round_amb(x, n, xq, NULL); }
+
+/* q8_round, and where amb is not NULL, amb[i] = the segment's scale d for an element whose x / d lies
+ * within Q8_AMBIGUOUS of a rounding boundary (else 0). Where the device computes the value being
+ * quantised in float and this reference in double (a norm, the FFN's activations), such an element
+ * may round the other way there: the reference's bound then grows by what that costs (amb_cost). */
+#define Q8_AMBIGUOUS 2e-3
+static void q8_round_amb(const double *x, int64_t n, double *xq, double *amb)
 {
     for (int64_t s = 0; s < n / 32; s++) {
         float xf[32], amax = 0.0f;
         for (int j = 0; j < 32; j++) xf[j] = (float)x[32 * s + j], amax = fmaxf(amax, fabsf(xf[j]));
-        const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
-        for (int j = 0; j < 32; j++) xq[32 * s + j] = (double)d * (double)nearbyintf(xf[j] * id);
+        const float d0 = amax / 127.0f, d = d0 >= FLT_MIN ? d0 : 0.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+        for (int j = 0; j < 32; j++) {
+            const float sc = xf[j] * id;
+            xq[32 * s + j] = (double)d * (double)nearbyintf(sc);
+            if (amb) amb[32 * s + j] = fabs(fabs((double)sc - floor((double)sc)) - 0.5) < Q8_AMBIGUOUS ? (double)d : 0.0;
+        }
     }
+}
+
+/* The most the ambiguous elements (amb, from q8_round_amb) can move W x, W (rows, cols) row-major,
+ * relative to ||ref||: each such element off by its scale d, sum over them of d ||W[:, c]||. */
+static double amb_cost(const float *w, int64_t rows, int64_t cols, const double *amb, const double *ref)
+{
+    double cost = 0, rn = 0;
+    for (int64_t r = 0; r < rows; r++) rn += ref[r] * ref[r];
+    for (int64_t c = 0; c < cols; c++) {
+        if (amb[c] == 0) continue;
+        double col = 0;
+        for (int64_t r = 0; r < rows; r++) col += (double)w[r * cols + c] * w[r * cols + c];
+        cost += amb[c] * sqrt(col);
+    }
+    return rn > 0 ? cost / sqrt(rn) : cost;
 }
 
 /* Whether a product of a (rows, cols) weight of type t with variant R (0: ctx's automatic choice)
@@ -541,13 +570,19 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
 
 /* ref (d,) = down (d, n_ff) @ act(gate . x, up . x) over the packed pairs guf (2 n_ff, d), in double,
  * with x and the activations quantised as the q8 matvec does where q8_x, q8_a; returns how many
- * activations are not zero. */
+ * activations are not zero. *extra: what the reference's ambiguous roundings allow beyond the kernels'
+ * own error: the activations' (the device computes them in float), plus, when x is the output of a
+ * norm (x_from_norm: also computed in float there) and one of its elements is ambiguous, 1e-2: the
+ * flip moves every activation a little, which the second quantisation then amplifies (up to 4e-3 in
+ * a CPU emulation of 10^4 draws; the quantisation's own error class, test_matvec). */
 static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t n_ff, int act, const double *x0,
-                         bool q8_x, bool q8_a, double *ref)
+                         bool q8_x, bool q8_a, bool x_from_norm, double *ref, double *extra)
 {
-    double *x = malloc((size_t)d * sizeof(double));
+    double *x = malloc((size_t)d * sizeof(double)), *amb = calloc((size_t)PI_MAX(d, n_ff), sizeof(double));
     memcpy(x, x0, (size_t)d * sizeof(double));
-    if (q8_x) q8_round(x, d, x);
+    bool x_amb = false;
+    if (q8_x) q8_round_amb(x, d, x, amb);
+    for (int64_t i = 0; i < d && q8_x && x_from_norm; i++) x_amb |= amb[i] != 0;
     double *a = malloc((size_t)n_ff * sizeof(double));
     int64_t active = 0;
     for (int64_t i = 0; i < n_ff; i++) {
@@ -559,12 +594,13 @@ static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t 
         a[i] = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
         active += a[i] != 0;
     }
-    if (q8_a) q8_round(a, n_ff, a);
+    if (q8_a) q8_round_amb(a, n_ff, a, amb);
     for (int64_t r = 0; r < d; r++) {
         ref[r] = 0;
         for (int64_t i = 0; i < n_ff; i++) ref[r] += (double)dnf[r * n_ff + i] * a[i];
     }
-    free(a), free(x);
+    *extra = (q8_a ? amb_cost(dnf, d, n_ff, amb, ref) : 0.0) + (x_amb ? 1e-2 : 0.0);
+    free(a), free(x), free(amb);
     return active;
 }
 
@@ -577,11 +613,11 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     float *guf = ref_rows(gt, gu, 2 * n_ff, d), *dnf = ref_rows(dt, dn, d, n_ff), *x = rand_floats((size_t)d, 1.0f);
     double *xd = malloc((size_t)d * sizeof(double)), *ref = malloc((size_t)d * sizeof(double));
     for (int64_t i = 0; i < d; i++) xd[i] = x[i];
-    /* with x or the activations quantised, a value on a rounding boundary may round the other way on
-     * the device (its float sums differ from the double ones here): a looser bound */
+    /* x is the same float on both sides here (quantised identically); the activations are not */
     const bool q8x = uses_q8(gt, 2 * n_ff, d, 0), q8a = uses_q8(dt, d, n_ff, 0);
-    const double tol = q8x || q8a ? 5e-4 : 5e-5;
-    const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, ref);
+    double extra = 0;
+    const int64_t active = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, false, ref, &extra);
+    const double tol = 5e-5 + extra;
     pi_cuda_weight_t *dgu = NULL, *ddn = NULL, *bad = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_ff, d, gu, &dgu) == 0);
     PI_ASSERT(pi_cuda_weight_upload(ctx, dt, d, n_ff, dn, &ddn) == 0);
@@ -603,7 +639,8 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     float *gn = rand_floats((size_t)d, 1.0f);
     float *dgn = dev_from(gn, (size_t)d * 4);
     norm_ref(h0, gn, d, 1e-5, xd);
-    const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, ref);
+    double extra_n = 0;
+    const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, true, ref, &extra_n);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
     if (!pi_cuda_norm_fusable(ctx, dgu)) { /* PI_CUDA_MV=reg */
         tap_skip(1, "ffn_dense with the norm: the staged kernel is not in use");
@@ -614,14 +651,11 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
         for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
         ea = nerr_d(ya, ref, (size_t)d);
         /* With the norm, x itself differs from the reference's in the last bits (the device's float
-         * sum and rsqrtf against double here), so an element of x can round to the other integer; that
-         * moves every activation a little, and where the activations are quantised too a segment's
-         * scale and many of its values move with them: 3.2e-3 seen once (H100, under memcheck), 1e-7
-         * without such a flip. Such a flip is within the quantisation's own error (about 4e-3 against
-         * the exact product, test_matvec). */
-        const double tol_n = q8x && q8a ? 1e-2 : tol;
-        tap_ok(rc == 0 && ea < tol_n, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g",
-               pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea);
+         * sum and rsqrtf against double here), so an ambiguous element of x can round to the other
+         * integer (dense_ref's extra: 3.2e-3 seen once on the H100, 1e-7 without such a flip). */
+        const double tol_n = 5e-5 + extra_n;
+        tap_ok(rc == 0 && ea < tol_n, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g (<= %.2g)",
+               pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea, tol_n);
     }
     dev_free(dgn);
     free(h0), free(ya), free(gn);
@@ -647,7 +681,8 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
     norm_ref(h, g, cols, 1e-5, xn);
     const bool q8 = uses_q8(t, rows, cols, 0);
-    if (q8) q8_round(xn, cols, xn); /* rounding boundaries: see test_ffn_dense */
+    double *amb = calloc((size_t)cols, sizeof(double));
+    if (q8) q8_round_amb(xn, cols, xn, amb); /* the norm is float there, double here: ambiguous roundings */
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
     pi_cuda_weight_t *dw = NULL;
@@ -659,13 +694,14 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
         int rc = pi_cuda_matvec_norm(ctx, dw, dh, dg, 1e-5f, dy);
         float *y = host_of(dy, (size_t)rows);
         double e = nerr_d(y, ref, (size_t)rows);
-        tap_ok(rc == 0 && e < (q8 ? 5e-4 : 5e-5), "matvec_norm %s (%lld, %lld), h of scale %g%s: error %.3g", pi_type_name(t),
-               (long long)rows, (long long)cols, hscale, q8 ? ", quantised to 8 bits" : "", e);
+        const double tol = 5e-5 + (q8 ? amb_cost(wf, rows, cols, amb, ref) : 0.0);
+        tap_ok(rc == 0 && e < tol, "matvec_norm %s (%lld, %lld), h of scale %g%s: error %.3g (<= %.2g)", pi_type_name(t),
+               (long long)rows, (long long)cols, hscale, q8 ? ", quantised to 8 bits" : "", e, tol);
         free(y);
     }
     pi_cuda_weight_destroy(ctx, &dw);
     dev_free(dh), dev_free(dg), dev_free(dy);
-    free(w), free(wf), free(h), free(g), free(xn), free(ref);
+    free(w), free(wf), free(h), free(g), free(xn), free(ref), free(amb);
 }
 
 /* The products a context made with PI_CUDA_MV=q8 (x in 8 bits for every quantised weight) runs by

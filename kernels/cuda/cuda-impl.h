@@ -491,7 +491,8 @@ __device__ __forceinline__ void pi_q8_quant_warp(float v, int64_t s, int lane, i
     float amax = fabsf(v);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float d = amax / 127.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    /* a segment of values below ~4e-37 becomes zeros: 1 / d would overflow to inf */
+    const float d0 = amax / 127.0f, d = d0 >= 1.17549435e-38f ? d0 : 0.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
     const int q = __float2int_rn(v * id);
     qs[s * 32 + lane] = (int8_t)q;
     int h = q; /* the sum over this lane's 16-lane half */

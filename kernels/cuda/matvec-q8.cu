@@ -7,7 +7,7 @@
  * block stages all of x (4 bytes per column) in shared memory before its first multiply, which left the
  * 4096-row attention output and down matrices of a 7B-class decode at a third of the copy bandwidth
  * (doc/cuda-backend.md, "Session 4"). Here x becomes, per 32-element segment, 32 int8 values q and a
- * scale d (x ~ d q; d = max |x| / 127, q = round-to-nearest-even(x / d)), with the integer sums of q
+ * scale d (x ~ d q; d = max |x| / 127, 0 below FLT_MIN, q = round-to-nearest-even(x / d)), with the integer sums of q
  * over each 16-element half. The product of a weight segment with it is two sums of 16 byte products,
  * four dp4a instructions each (4 multiply-adds per instruction), in exact integer arithmetic; the
  * weight's per-half scale and offset (cuda-impl.h, pi_seg_unpack_raw) and d are applied once per
