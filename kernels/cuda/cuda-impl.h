@@ -163,6 +163,33 @@ __device__ __forceinline__ void pi_mv_store(const pi_mv_epi &e, int64_t r, float
     else e.y[r] = v;
 }
 
+__device__ __forceinline__ float pi_glu_f(int act, float g, float u);
+
+/* A gate/up pair's warp whose neuron (e.ids[warp], or warp) the mask marks inactive: lane 0 stores its
+ * activation 0; true when the warp has nothing more to do. */
+__device__ __forceinline__ bool pi_mv_masked_off(const pi_mv_epi &e, int64_t warp, int lane)
+{
+    if (!e.mask) return false;
+    const int64_t id = e.ids ? e.ids[warp] : warp;
+    if (e.mask[id]) return false;
+    if (lane == 0) e.y[warp] = 0.0f;
+    return true;
+}
+
+/* The end of a matvec warp, by lane 0, over its warp-summed acc: the GLU pair's activation into
+ * y[warp], or rows r0 .. r0 + R - 1 (those below rows) stored or added. */
+template <int R, bool GLU>
+__device__ __forceinline__ void pi_mv_finish(const pi_mv_epi &e, int64_t warp, int64_t r0, int64_t rows, const float (&acc)[R])
+{
+    if constexpr (GLU) {
+        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < R; i++)
+            if (r0 + i < rows) pi_mv_store(e, r0 + i, acc[i]);
+    }
+}
+
 __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
 {
     if (act == PI_CUDA_ACT_SILU) return g / (1.0f + expf(-g)) * u;
@@ -481,6 +508,20 @@ __device__ __forceinline__ float pi_warp_sum(float v)
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+/* The sum of v over a block of NT threads (NT / 32 warps), in every thread; red: NT / 32 floats of
+ * shared memory. Every thread of the block must call it (it holds a barrier). */
+template <int NT>
+__device__ __forceinline__ float pi_block_sum(float v, float *red)
+{
+    v = pi_warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float tot = 0.0f;
+#pragma unroll
+    for (int k = 0; k < NT / 32; k++) tot += red[k];
+    return tot;
 }
 
 /* Quantise the warp's 32 values (lane j holds v, element j of segment s) into qs[32 s ..] and meta[s]:

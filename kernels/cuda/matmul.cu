@@ -199,13 +199,7 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     if (r0 >= w.rows) return;
-    if (GLU && e.mask) {
-        int64_t id = e.ids ? e.ids[warp] : warp;
-        if (!e.mask[id]) {
-            if (lane == 0) e.y[warp] = 0.0f;
-            return;
-        }
-    }
+    if (GLU && pi_mv_masked_off(e, warp, lane)) return;
     float acc[R];
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
@@ -221,14 +215,7 @@ __global__ void __launch_bounds__(128) k_matvec(pi_wdev w, const float *__restri
     }
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
-    if (lane != 0) return;
-    if (GLU) {
-        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
-    }
+    if (lane == 0) pi_mv_finish<R, GLU>(e, warp, r0, w.rows, acc);
 }
 
 /* The staged variant: the block copies x into shared memory (segment rows padded to 36 floats so
@@ -292,7 +279,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     bool live = r0 < w.rows;
-    if (GLU && live && e.mask) {
+    if (GLU && live && e.mask) { /* as pi_mv_masked_off, written out: it keeps this kernel's code as measured */
         int64_t id = e.ids ? e.ids[warp] : warp;
         if (!e.mask[id]) {
             if (lane == 0) e.y[warp] = 0.0f;
@@ -309,13 +296,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     }
     if constexpr (NORM) {
         __shared__ float red[PI_XS_THREADS / 32];
-        ss = pi_warp_sum(ss);
-        if (lane == 0) red[threadIdx.x >> 5] = ss;
-        __syncthreads();
-        float tot = 0.0f;
-#pragma unroll
-        for (int k = 0; k < PI_XS_THREADS / 32; k++) tot += red[k];
-        const float inv = rsqrtf(tot / (float)w.cols + e.eps);
+        const float inv = rsqrtf(pi_block_sum<PI_XS_THREADS>(ss, red) / (float)w.cols + e.eps);
         for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) { /* the values this thread staged */
             float4 *p = &xs4[pi_xs_at(i)];
             const float4 v = *p, gv = __ldg((const float4 *)e.ng + i);
@@ -333,14 +314,7 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     }
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
-    if (lane != 0) return;
-    if (GLU) {
-        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
-    }
+    if (lane == 0) pi_mv_finish<R, GLU>(e, warp, r0, w.rows, acc);
 }
 
 template <int T, int R, int U, bool GLU, bool NORM>

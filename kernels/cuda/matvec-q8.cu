@@ -63,12 +63,7 @@ __global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, con
 #pragma unroll
             for (int k = 0; k < 4; k++) ss += f[k].x * f[k].x + f[k].y * f[k].y + f[k].z * f[k].z + f[k].w * f[k].w;
         }
-        ss = pi_warp_sum(ss);
-        if (lane == 0) red[threadIdx.x >> 5] = ss;
-        __syncthreads();
-        float tot = 0.0f;
-#pragma unroll
-        for (int k = 0; k < PI_Q8_QUANT_THREADS / 32; k++) tot += red[k];
+        const float tot = pi_block_sum<PI_Q8_QUANT_THREADS>(ss, red);
         v = v * rsqrtf(tot / (float)n + eps) * gv;
     }
     if (live) pi_q8_quant_warp(v, s, lane, qs, meta);
@@ -152,23 +147,10 @@ __global__ void __launch_bounds__(PI_Q8_THREADS) k_matvec_q8(pi_wdev w, const ui
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     if (r0 >= w.rows) return;
-    if (GLU && e.mask) {
-        const int64_t id = e.ids ? e.ids[warp] : warp;
-        if (!e.mask[id]) {
-            if (lane == 0) e.y[warp] = 0.0f;
-            return;
-        }
-    }
+    if (GLU && pi_mv_masked_off(e, warp, lane)) return;
     float acc[R];
     pi_q8_rows<T, R, U>(w, qs, meta, r0, lane, acc);
-    if (lane != 0) return;
-    if (GLU) {
-        e.y[warp] = pi_glu_f(e.act, acc[0], acc[1]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < R; i++)
-            if (r0 + i < w.rows) pi_mv_store(e, r0 + i, acc[i]);
-    }
+    if (lane == 0) pi_mv_finish<R, GLU>(e, warp, r0, w.rows, acc);
 }
 
 /* The dense FFN's gate/up pairs with the activations quantised on the way out, for the down product:
