@@ -9,9 +9,10 @@
  * segment are loaded once per R rows (R = 4 keeps the L1 traffic of x under the weight traffic), and
  * the R sums are reduced with shuffles at the end. Decode is bound by the weight bytes, so the aim is
  * the device's copy bandwidth; see doc/cuda.md for the measured numbers. A second, "staged" variant
- * (x in shared memory, several segments' loads in flight per lane) is what decode uses by default: it
- * keeps more loads in flight, which is what the low-bit types lacked (doc/cuda-backend.md: 7B-class
- * decode 162 -> 233 tok/s with the other changes of that run).
+ * (x in shared memory, several segments' loads in flight per lane) is what decode uses for F16/BF16
+ * and for quantised matrices below 12 Mi elements: it keeps more loads in flight, which is what the
+ * low-bit types lacked (doc/cuda-backend.md: 7B-class decode 162 -> 233 tok/s with the other changes
+ * of that run). Larger quantised matrices take the 8-bit-x kernel of matvec-q8.cu (matvec_auto).
  */
 #include "kernels/cuda/cuda-impl.h"
 
