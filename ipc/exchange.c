@@ -12,7 +12,7 @@
  *   partial[w] (section 4)   CPU worker w    GPU worker      plain stores, then done_seq[w] store
  *   done_seq[w] (done line w) CPU worker w   GPU worker      seq_cst store; reader acquires
  *   sleepers (done line w)   GPU worker      CPU worker w    seq_cst increments around a sleep
- *   abort, epoch (ctl line 3) supervisor     everyone        release/acquire, seq_cst on reset
+ *   abort (ctl line 3)        supervisor     everyone        release/acquire
  *
  * Publish (GPU worker, step s = old publish_seq + 1):
  *   1. write x rows and mask rows;  2. store step_layer/n_tokens/flags (relaxed);
@@ -380,13 +380,4 @@ void pi_exchange_abort(pi_exchange_t *ex, uint32_t reason)
 uint32_t pi_exchange_aborted(const pi_exchange_t *ex)
 {
     return atomic_load_explicit(&ex->ctl->abort, memory_order_acquire);
-}
-
-void pi_exchange_reset(pi_exchange_t *ex)
-{
-    uint32_t s = atomic_load_explicit(&ex->ctl->publish_seq, memory_order_seq_cst);
-    for (uint32_t w = 0; w < ex->params.n_workers; w++)
-        atomic_store_explicit(&ex->done[w].done_seq, s, memory_order_seq_cst);
-    atomic_fetch_add_explicit(&ex->ctl->epoch, 1, memory_order_seq_cst);
-    atomic_store_explicit(&ex->ctl->abort, 0, memory_order_seq_cst);
 }

@@ -14,7 +14,7 @@
  * (which comes after the GPU worker merged). The ordering argument is in ipc/exchange.c.
  *
  * Segment layout (sections of the shm table, each 64-byte aligned, offsets from the segment start):
- *   0 ctl      struct pi_exchange_ctl: parameters, the published step, publish_seq, abort/epoch
+ *   0 ctl      struct pi_exchange_ctl: parameters, the published step, publish_seq, abort
  *   1 done     n_workers x struct pi_exchange_done: one cache line per CPU worker (done_seq, pid)
  *   2 x        float32 (max_tokens, n_embd) row-major: the FFN input (ffn_norm output) of the layer
  *   3 mask     uint64 (max_tokens, mask_words): bit j of word j/64 of token t = cold neuron j active
@@ -74,7 +74,8 @@ struct pi_exchange_ctl {
     _Alignas(64) _Atomic uint32_t publish_seq;
     _Atomic uint32_t publish_sleepers;
     /* line 3, written by the supervisor (coordinator or GPU worker): non-zero = stop waiting, the
-     * value is the reason (an enum pi_err); epoch counts resets */
+     * value is the reason (an enum pi_err); epoch is always 0 (a segment is never reset: see
+     * pi_exchange_abort), kept so that the layout stays the same */
     _Alignas(64) _Atomic uint32_t abort;
     _Atomic uint32_t epoch;
 };
@@ -163,8 +164,8 @@ void pi_exchange_merge(const pi_exchange_t *ex, uint32_t n_tokens, float *out);
 /* ---- CPU worker side ---- */
 
 /* Register as worker w (< n_workers): records the pid in its done line, sets done_seq to the
- * current publish_seq and returns that value in *seen (the sequence to wait beyond). Call at start
- * and after every pi_exchange_reset, and only while nothing is being published: a join during a
+ * current publish_seq and returns that value in *seen (the sequence to wait beyond). Call at start,
+ * and only while nothing is being published: a join during a
  * publish would mark that step done. In the pipeline the worker joins, then sends READY over the
  * control socket, and the GPU worker publishes only after the coordinator saw every READY.
  * Returns 0 or -PI_ERR_INVAL. */
@@ -188,14 +189,14 @@ int pi_exchange_post_partial(pi_exchange_t *ex, uint32_t w, uint32_t seq);
 /* ---- supervision ---- */
 
 /* Make every current and future wait on this segment return -PI_ERR_PEER (reason: a positive
- * enum pi_err, stored as the abort word), and wake all sleepers. Safe from any attached process. */
+ * enum pi_err, stored as the abort word), and wake all sleepers. Safe from any attached process. An
+ * aborted segment is not used again: recovery makes new segments for the restarted workers
+ * (coordinator/pipeline.c). A reset in place would let a worker from before it, still inside its
+ * compute, write the slot a restarted worker of the same index owns, and nothing could tell the two
+ * apart (a review reproduced it; the reset was removed). */
 void pi_exchange_abort(pi_exchange_t *ex, uint32_t reason);
 
 /* The abort word: 0 while running. */
 uint32_t pi_exchange_aborted(const pi_exchange_t *ex);
-
-/* After an abort, once no process is inside a wait on this segment: set every done_seq to
- * publish_seq, clear the abort word and bump the epoch. Workers then pi_exchange_join again. */
-void pi_exchange_reset(pi_exchange_t *ex);
 
 #endif

@@ -151,6 +151,15 @@ int pi_shm_map_fd(int fd, uint32_t want_kind, pi_shm_t **out)
     int seals, rc;
 
     *out = NULL;
+    /* The seals first, then the size: with all three seals (F_SEAL_SEAL included, so no further seal
+     * can change what the file may do) the size read next can no longer change. Checked the other way
+     * round, whoever held the fd could shrink and seal it between the two, and the mapping would run
+     * past the end of the file (SIGBUS on the first touch of a later section). */
+    seals = fcntl(fd, F_GET_SEALS);
+    if (seals < 0 || (seals & PI_SHM_SEALS) != PI_SHM_SEALS) {
+        pi_error("shm fd %d: not sealed against resizing (seals %d, want grow, shrink and seal)", fd, seals);
+        return -PI_ERR_FORMAT;
+    }
     if (fstat(fd, &st) != 0) {
         pi_error("fstat(shm fd %d) failed: %s", fd, strerror(errno));
         return -PI_ERR_IO;
@@ -160,12 +169,6 @@ int pi_shm_map_fd(int fd, uint32_t want_kind, pi_shm_t **out)
         pi_error("shm fd %d: size %lld outside [%zu, %llu]", fd, (long long)st.st_size, sizeof hdr,
                  (unsigned long long)PI_SHM_MAX_SIZE);
         return -PI_ERR_RANGE;
-    }
-    /* Without the size seals a peer could shrink the file under our mapping. */
-    seals = fcntl(fd, F_GET_SEALS);
-    if (seals < 0 || (seals & (F_SEAL_GROW | F_SEAL_SHRINK)) != (F_SEAL_GROW | F_SEAL_SHRINK)) {
-        pi_error("shm fd %d: not sealed against resizing (seals %d)", fd, seals);
-        return -PI_ERR_FORMAT;
     }
     shm = calloc(1, sizeof *shm);
     if (!shm) return -PI_ERR_NOMEM;

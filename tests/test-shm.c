@@ -196,8 +196,15 @@ static void test_bad_headers(void)
         tap_ok(ok && pi_shm_map_fd(fd, PI_SHM_KIND_TEST, &m) == -PI_ERR_FORMAT, "unsealed segment rejected");
         tap_ok(fd >= 0 && fcntl(fd, F_GETFD) >= 0, "on failure the caller still owns the fd");
         if (fd >= 0) close(fd);
+        /* Sealed against resizing but not against further seals: the holder could still shrink and
+         * seal it between our size check and the mapping (the seals are checked before the size). */
+        fd = memfd_create("resizable", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        ok = fd >= 0 && ftruncate(fd, 4096) == 0 && pwrite(fd, &hd, sizeof hd, 0) == (ssize_t)sizeof hd &&
+             fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK) == 0;
+        tap_ok(ok && pi_shm_map_fd(fd, PI_SHM_KIND_TEST, &m) == -PI_ERR_FORMAT, "a segment without F_SEAL_SEAL rejected");
+        if (fd >= 0) close(fd);
         fd = memfd_create("tiny", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-        ok = fd >= 0 && ftruncate(fd, 100) == 0;
+        ok = fd >= 0 && ftruncate(fd, 100) == 0 && fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) == 0;
         tap_ok(ok && pi_shm_map_fd(fd, PI_SHM_KIND_TEST, &m) == -PI_ERR_RANGE, "file smaller than a header rejected");
         if (fd >= 0) close(fd);
     }
