@@ -142,8 +142,8 @@ static int pipe_start(struct pipe_engine *p)
     pi_exchange_t *ex = pi_exchange_new(&xp);
     pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab);
     if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
-    int xfd = pi_exchange_share_fd(ex), sfd = pi_step_share_fd(step);
-    if (xfd < 0 || sfd < 0) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_IO; }
+    /* close-on-exec here; each worker's spawn passes on just the segments it uses */
+    const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step);
     pthread_mutex_lock(&p->mu);
     p->ex = ex;
     p->step = step;
@@ -174,7 +174,8 @@ static int pipe_start(struct pipe_engine *p)
         snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);
         arg(b, "--vram-budget=", vb);
     }
-    if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a) < 0) rc = -PI_ERR_IO;
+    const int gpu_keep[2] = {sfd, xfd};
+    if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 2) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
         b->n = 0;
         arg(b, "", p->cpu_exe);
@@ -186,7 +187,7 @@ static int pipe_start(struct pipe_engine *p)
         argl(b, "--hot", (long)p->n_hot);
         arg(b, "--control=", p->worker_ep);
         if (c->cpu_threads > 0) argl(b, "--threads", (long)c->cpu_threads);
-        if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a) < 0) rc = -PI_ERR_IO;
+        if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a, &xfd, 1) < 0) rc = -PI_ERR_IO;
     }
     free(b);
     if (rc == 0) rc = pi_super_wait_ready(p->sup, PIPE_READY_MS);

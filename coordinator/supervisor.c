@@ -16,6 +16,7 @@
 #include "lib/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -264,7 +265,7 @@ void pi_super_destroy(pi_super_t **p)
     *p = NULL;
 }
 
-int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[])
+int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const int *keep, int n_keep)
 {
     pthread_mutex_lock(&s->mu);
     int i = 0;
@@ -285,6 +286,14 @@ int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[])
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        for (int k = 0; k < n_keep; k++) {
+            const int fl = fcntl(keep[k], F_GETFD);
+            if (fl < 0 || fcntl(keep[k], F_SETFD, fl & ~FD_CLOEXEC) != 0) {
+                static const char m[] = "pi-coordinator: a worker's segment fd could not be passed on\n";
+                if (write(2, m, sizeof m - 1) < 0) _exit(127);
+                _exit(127);
+            }
+        }
         execv(argv[0], argv);
         static const char msg[] = "pi-coordinator: exec of a worker failed\n";
         if (write(2, msg, sizeof msg - 1) < 0) _exit(127);

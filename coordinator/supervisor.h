@@ -59,10 +59,12 @@ pi_super_t *pi_super_new(const char *endpoint, pi_super_death_fn on_death, void 
 /* Stop every worker (pi_super_stop_all), the thread, and free; accepts NULL; nulls the pointer. */
 void pi_super_destroy(pi_super_t **s);
 
-/* fork + exec argv (argv[0] is the program path) as worker (role, index); file descriptors the
- * child must inherit must already be without FD_CLOEXEC. Returns the slot (>= 0) or a negative
- * pi_err (logged). */
-int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[]);
+/* fork + exec argv (argv[0] is the program path) as worker (role, index). The n_keep descriptors of
+ * keep (close-on-exec in this process) are inherited by this child only: it clears their
+ * FD_CLOEXEC between fork and exec, so that each worker holds just the segments it uses (a CPU
+ * worker has no business with the step channel). Returns the slot (>= 0) or a negative pi_err
+ * (logged). */
+int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const int *keep, int n_keep);
 
 /* Wait until every spawned worker is READY: 0; -PI_ERR_PEER as soon as one died;
  * -PI_ERR_TIMEOUT after timeout_ms. */

@@ -103,6 +103,27 @@ static int pid_runs(pid_t pid, const char *prog)
     return strstr(buf, prog) != NULL;
 }
 
+/* How many of pid's open files are the memfd segment `name` (/proc/pid/fd links "/memfd:NAME ..."). */
+static int memfds(pid_t pid, const char *name)
+{
+    char dir[64], link[64 + 256], target[512], want[96];
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    snprintf(want, sizeof want, "/memfd:%s ", name);
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        if (e->d_name[0] == '.') continue;
+        snprintf(link, sizeof link, "%s/%s", dir, e->d_name);
+        ssize_t k = readlink(link, target, sizeof target - 1);
+        if (k <= 0) continue;
+        target[k] = '\0';
+        n += strncmp(target, want, strlen(want)) == 0;
+    }
+    closedir(d);
+    return n;
+}
+
 static void test_status_fields(json_t *st)
 {
     json_t *m = json_object_get(st, "model");
@@ -118,7 +139,7 @@ static void test_status_fields(json_t *st)
     tap_is_int((long long)json_array_size(ws), 3, "status: 3 workers (GPU + 2 CPU)");
     size_t i;
     json_t *w;
-    int fields = 1, pids = 1;
+    int fields = 1, pids = 1, fds = 1;
     long long neurons = 0;
     json_array_foreach(ws, i, w) {
         static const char *const keys[] = {"role", "pid", "numa_node", "cores", "state", "heartbeat_age_ms",
@@ -128,11 +149,20 @@ static void test_status_fields(json_t *st)
         const char *role = json_string_value(json_object_get(w, "role"));
         pid_t pid = (pid_t)json_integer_value(json_object_get(w, "pid"));
         if (!role || pid <= 0 || !pid_runs(pid, strcmp(role, "gpu") == 0 ? "pi-gpu-worker" : "pi-cpu-worker")) pids = 0;
+        /* each worker holds the segments it uses and no other (a review found the step channel in
+         * every CPU worker) */
+        const int want_step = role && strcmp(role, "gpu") == 0;
+        const int nx = memfds(pid, "pinfer-exchange"), ns = memfds(pid, "pinfer-step");
+        if (nx != 1 || ns != want_step) {
+            fds = 0;
+            tap_diag("worker %zu (%s, pid %d) holds %d exchange and %d step segments", i, role ? role : "?", (int)pid, nx, ns);
+        }
         if (strcmp(json_string_value(json_object_get(w, "state")) ? json_string_value(json_object_get(w, "state")) : "", "ready") != 0) fields = 0;
         neurons += json_integer_value(json_object_get(w, "neurons_per_layer"));
     }
     tap_ok(fields, "status: every worker has role, pid, NUMA node, cores, state (ready), heartbeat age, neurons, memory");
     tap_ok(pids, "status: the worker pids are live pi-gpu-worker / pi-cpu-worker processes");
+    tap_ok(fds, "each worker holds its segments only: the GPU worker the exchange and the step channel, a CPU worker the exchange");
     tap_is_int(neurons, 1024, "status: the workers own every neuron of a layer once");
 }
 
