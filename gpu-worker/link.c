@@ -34,6 +34,9 @@ struct pi_link {
     _Atomic int loaded;         /* READY was reported: heartbeat state 1 */
     _Atomic int quit;           /* pi_link_stop asked the thread to end */
     _Atomic int stopping;       /* SHUTDOWN received */
+    _Atomic int64_t progress_ns; /* the main thread's last pi_link_progress (0: not armed) */
+    int64_t stall_ns;           /* PI_LINK_STALL_MS or the environment's */
+    bool stalled;               /* the stall was reported and the heartbeats stopped (link thread) */
     uint64_t neurons, mem_bytes;
     pthread_mutex_t mu;
     int err_code;               /* a pending ERROR (0: none) */
@@ -91,6 +94,14 @@ static void send_pending(pi_link_t *l, void *sock, uint64_t *hb_seq, int64_t *ne
     }
     pthread_mutex_unlock(&l->mu);
     int64_t now = pi_clock_ns();
+    const int64_t prog = atomic_load(&l->progress_ns);
+    if (prog && atomic_load(&l->loaded) && now - prog > l->stall_ns) {
+        if (!l->stalled)
+            pi_error("the worker's main thread made no progress for %lld ms: heartbeats stopped, for the coordinator "
+                     "to replace this worker", (long long)((now - prog) / 1000000));
+        l->stalled = true;
+        return;
+    }
     if (now >= *next_hb) {
         struct pi_ctl_msg m = {.type = PI_CTL_HEARTBEAT};
         m.u.heartbeat.seq = (*hb_seq)++;
@@ -144,6 +155,14 @@ pi_link_t *pi_link_start(const struct pi_link_opts *o)
     l->o = *o;
     l->parent = getppid();
     l->t_start = pi_clock_ns();
+    l->stall_ns = (int64_t)PI_LINK_STALL_MS * 1000000;
+    const char *st = getenv("PI_LINK_STALL_MS");
+    if (st && *st) {
+        char *end;
+        long v = strtol(st, &end, 10);
+        if (*end == '\0' && v >= 100 && v <= 3600000) l->stall_ns = (int64_t)v * 1000000;
+        else pi_warn("PI_LINK_STALL_MS=%s is not a number of milliseconds in [100, 3600000]: %d", st, PI_LINK_STALL_MS);
+    }
     pthread_mutex_init(&l->mu, NULL);
     l->cores = calloc(o->n_cores ? o->n_cores : 1, sizeof *l->cores);
     l->ctx = zmq_ctx_new();
@@ -176,6 +195,8 @@ void pi_link_error(pi_link_t *l, int code, const char *text)
 }
 
 bool pi_link_stopping(const pi_link_t *l) { return atomic_load(&l->stopping) != 0; }
+
+void pi_link_progress(pi_link_t *l) { atomic_store_explicit(&l->progress_ns, pi_clock_ns(), memory_order_relaxed); }
 
 void pi_link_stop(pi_link_t **p)
 {

@@ -8,6 +8,13 @@
  * changed (the coordinator died and we were re-parented; PR_SET_PDEATHSIG covers the usual case),
  * the thread ends the whole process with _exit(3). A SHUTDOWN message sets a flag the worker's main
  * loop polls (pi_link_stopping).
+ *
+ * Liveness is progress, not just a running link thread: once a worker's main thread has called
+ * pi_link_progress (after READY), the heartbeats stop when it then goes PI_LINK_STALL_MS without
+ * calling it again (a CUDA call that never returns, a deadlock), and the coordinator's supervision
+ * replaces the worker as it does a silent one. Without this a hung GPU worker kept heart-beating and
+ * a request waited for the step channel's 600 s timeout (a review reproduced it by stopping the main
+ * thread with ptrace). The environment variable PI_LINK_STALL_MS overrides the limit (tests).
  */
 #ifndef PI_GPU_WORKER_LINK_H
 #define PI_GPU_WORKER_LINK_H
@@ -17,6 +24,9 @@
 
 #define PI_LINK_HEARTBEAT_MS 200
 #define PI_LINK_SILENCE_MS 3000
+/* Longer than any step's layer takes on a working worker (the GPU worker's wait for the CPU
+ * workers' partials alone may take 5 s), far shorter than the step channel's 600 s. */
+#define PI_LINK_STALL_MS 30000
 
 typedef struct pi_link pi_link_t;
 
@@ -41,6 +51,10 @@ void pi_link_ready(pi_link_t *l, uint64_t neurons, uint64_t mem_bytes);
 
 /* Report an error (a negative pi_err and a line of text) to the coordinator. */
 void pi_link_error(pi_link_t *l, int code, const char *text);
+
+/* The calling (main) thread is making progress: call at least every PI_LINK_STALL_MS while READY, in
+ * the idle wait and per layer. The first call arms the stall check. Cheap (one atomic store). */
+void pi_link_progress(pi_link_t *l);
 
 /* True once the coordinator asked this worker to shut down. */
 bool pi_link_stopping(const pi_link_t *l);

@@ -95,6 +95,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     }
     if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
     for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
+        if (g->link) pi_link_progress(g->link);
         rc = be->ops->attn(be, il);
         if (rc == 0) rc = ffn_layer(g, il, n, cold);
     }
@@ -116,6 +117,7 @@ void pi_gpu_loop_free(struct pi_gpu_loop *g)
 int pi_gpu_loop_run(struct pi_gpu_loop *g)
 {
     for (;;) {
+        if (g->link) pi_link_progress(g->link);
         if (g->link && pi_link_stopping(g->link)) return 0;
         struct pi_step_req r;
         int rc = pi_step_wait(g->step, LOOP_IDLE_NS, &r);

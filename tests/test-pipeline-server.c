@@ -24,6 +24,7 @@
 #include "tests/test-pipeline-util.h"
 
 #include <dirent.h>
+#include <sys/ptrace.h>
 #include <jansson.h>
 #include <zmq.h>
 
@@ -514,6 +515,58 @@ static void test_restart_failure(void)
     tp_wait(srv, 20);
 }
 
+/* A GPU worker whose main thread stops while its link thread runs on (a CUDA call that never
+ * returns; here ptrace stops just the main thread) stops heart-beating after PI_LINK_STALL_MS without
+ * progress, is killed as silent, and the request in flight fails instead of waiting for the step
+ * channel's 600 s. The tracer consumes the tracee's events until it is gone, so that its parent sees
+ * the death. */
+static void test_stalled_main_thread(void)
+{
+    setenv("PI_LINK_STALL_MS", "1000", 1);
+    pid_t srv = start_server("server-stall");
+    unsetenv("PI_LINK_STALL_MS");
+    if (!tap_ok(srv > 0, "a server with PI_LINK_STALL_MS=1000 started")) {
+        tap_skip(2, "no server");
+        return;
+    }
+    json_t *st = status();
+    pid_t gpu = worker_pid(st, "gpu", 0);
+    json_decref(st);
+    pid_t g = spawn_streaming("gen-stalled");
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    if (gpu <= 0 || ptrace(PTRACE_SEIZE, gpu, NULL, NULL) != 0 || ptrace(PTRACE_INTERRUPT, gpu, NULL, NULL) != 0) {
+        tap_diag("ptrace: %s", strerror(errno));
+        tap_skip(2, "cannot stop the GPU worker's main thread with ptrace");
+        kill(g, SIGKILL);
+        tp_wait(g, 5);
+        kill(srv, SIGTERM);
+        tp_wait(srv, 20);
+        return;
+    }
+    int gone = 0;
+    for (int i = 0; i < 3000 && !gone; i++) { /* 30 s at most */
+        int ws;
+        pid_t r = waitpid(gpu, &ws, __WALL | WNOHANG);
+        if ((r == gpu && (WIFEXITED(ws) || WIFSIGNALED(ws))) || (r < 0 && errno == ECHILD)) gone = 1;
+        else usleep(10000);
+    }
+    int rc = tp_wait(g, TIMEOUT_S);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double secs = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    char *err = tp_output("gen-stalled", "err"), *log = tp_output("server-stall", "err");
+    if (!tap_ok(gone && rc == 1 && strstr(err, "died") && strstr(log, "made no progress") && secs < 20.0,
+                "a GPU worker whose main thread stops is replaced: the request fails after %.1f s: %s", secs, err))
+        server_log_diag("server-stall");
+    free(err);
+    free(log);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
+    rc = pictl("gen-after-stall", a, TIMEOUT_S);
+    tap_is_int(rc, 0, "after the stalled GPU worker was replaced the next request succeeds");
+    kill(srv, SIGTERM);
+    tp_wait(srv, 20);
+}
+
 /* Wait until no process mentions the test directory (at most s seconds); returns how many remain. */
 static int wait_no_procs(double s)
 {
@@ -609,6 +662,7 @@ int main(void)
     tap_ok(srv > 0 && kill(srv, SIGTERM) == 0 && tp_wait(srv, 20) == 0, "SIGTERM: the coordinator exits 0");
     tap_is_int(wait_no_procs(5), 0, "after SIGTERM no process is left");
     test_restart_failure();
+    test_stalled_main_thread();
 
     srv = start_server("server3");
     tap_ok(srv > 0, "third server started");
