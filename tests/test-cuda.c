@@ -736,6 +736,7 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_K, 100, 2048, 1e-3f); /* eps dominating */
+    test_matvec_norm(PI_TYPE_Q4_0, 300, 3200, 3.0f);  /* the norm's quantiser with a part-used last block */
     test_attention(1, 32, 8, 128, 300, 512, 4096); /* the merge kernel quantises att (PI_CUDA_ATT_Q8=1) */
     test_attention(1, 8, 2, 64, 700, 1024, 1000);
     test_attention(1, 4, 4, 32, 0, 16, 77);
@@ -848,6 +849,7 @@ int main(void)
         test_matvec(t, 50, 2048, PI_CUDA_MV_Q8_4);
         test_matvec(t, 203, 4096, PI_CUDA_MV_Q8_1);
         test_matvec(t, 70, 512, PI_CUDA_MV_Q8_1);          /* fewer segments than lanes */
+        test_matvec(t, 99, 3200, PI_CUDA_MV_Q8_2);         /* 100 segments: the quantiser's last block part-used */
         test_gemm(t, 300, 512, 37);
     }
     /* the automatic choice: x in 8 bits for large quantised matrices (pi_cuda_q8_for), float below */
