@@ -161,9 +161,9 @@ static void bpe_free(struct bpe *b)
     free(b->heap.v);
 }
 
-int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out)
+int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, uint64_t *left, struct pi_ivec *out)
 {
-    struct bpe b = {.t = t, .budget = pi_tok_work_budget(len)};
+    struct bpe b = {.t = t, .budget = *left};
     uint32_t *cps = malloc((len ? len : 1) * sizeof(*cps));
     size_t n = 0, *lens = NULL, n_lens = 0, at = 0;
     int rc = -PI_ERR_NOMEM;
@@ -182,6 +182,7 @@ int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct 
     }
     rc = 0;
 out:
+    pi_tok_work_spent(left, b.budget, b.work);
     bpe_free(&b);
     free(lens);
     free(cps);

@@ -153,9 +153,10 @@ static int encode_run(struct spm *s, size_t a, size_t b, struct pi_ivec *out)
 /* When no token has "▁" right after another character (t->spm_word_split, checked at load), no
  * merge can join a symbol to a following "▁" that starts a word, so each word can be merged on its
  * own: the same result as one pass over the whole text, with small heaps instead of one huge one. */
-int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out)
+int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, uint64_t *left,
+                  struct pi_ivec *out)
 {
-    struct spm s = {.t = t, .budget = pi_tok_work_budget(len)};
+    struct spm s = {.t = t, .budget = *left};
     size_t n = 0, elen;
     int rc = -PI_ERR_NOMEM;
     char *buf = escape(text, len, space_prefix, &elen);
@@ -174,6 +175,7 @@ int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool sp
         rc = encode_run(&s, a, b, out);
     }
 out:
+    pi_tok_work_spent(left, s.budget, s.work);
     free(s.heap.v);
     free(s.sym);
     free(buf);

@@ -97,9 +97,9 @@ done:
     return rc < 0 ? rc : rc2;
 }
 
-int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out)
+int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, uint64_t *left, struct pi_ivec *out)
 {
-    struct wpm w = {.t = t, .budget = pi_tok_work_budget(len)};
+    struct wpm w = {.t = t, .budget = *left};
     int rc = -PI_ERR_NOMEM;
     w.hash = malloc(((size_t)t->max_text + 1) * sizeof(*w.hash));
     if (!w.hash || (rc = word_put(&w, "\xe2\x96\x81", 3)) < 0) goto out;
@@ -123,6 +123,7 @@ int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct 
     }
     if (rc == 0) rc = flush_word(&w, out);
 out:
+    pi_tok_work_spent(left, w.budget, w.work);
     free(w.word);
     free(w.hash);
     return rc;

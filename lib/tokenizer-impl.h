@@ -166,15 +166,23 @@ struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
 #define PI_TOK_WORK_BASE ((uint64_t)1 << 22)
 static inline uint64_t pi_tok_work_budget(size_t len) { return PI_TOK_WORK_BASE + (uint64_t)len * PI_TOK_WORK_PER_BYTE; }
 
-/* SentencePiece: tokenize one raw-text fragment (the space prefix and "▁" escaping included). */
-int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, struct pi_ivec *out);
+/* The budget is the whole request's (pi_tokenize's text, not one fragment's): the encoders below
+ * take what is left in *left and leave there what they did not use. Per fragment, the base would be
+ * granted again for every run of text between two special tokens (a review had 16 MiB of 6000-byte
+ * runs accepted after 21 s where the same text without separators was refused). */
+static inline void pi_tok_work_spent(uint64_t *left, uint64_t budget, uint64_t work) { *left = work < budget ? budget - work : 0; }
 
-/* WordPiece: normalise one raw-text fragment, cut it into words, cover each greedily. */
-int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out);
+/* SentencePiece: tokenize one raw-text fragment (the space prefix and "▁" escaping included), within
+ * the request's work budget *left. */
+int pi_spm_encode(const pi_tokenizer_t *t, const char *text, size_t len, bool space_prefix, uint64_t *left,
+                  struct pi_ivec *out);
+
+/* WordPiece: normalise one raw-text fragment, cut it into words, cover each greedily (budget: *left). */
+int pi_wpm_encode(const pi_tokenizer_t *t, const char *text, size_t len, uint64_t *left, struct pi_ivec *out);
 #define PI_WPM_MAX_TOKEN 1024u /* longest WordPiece token accepted (bounds the work per byte) */
 
 /* Byte-level BPE: pre-tokenize one raw-text fragment and encode each word. */
-int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, struct pi_ivec *out);
+int pi_bpe_encode(const pi_tokenizer_t *t, const char *text, size_t len, uint64_t *left, struct pi_ivec *out);
 
 /* Pre-tokenizer: split cps[0..n) by the passes; appends each word's length (in code points) to
  * *lens (a growable size_t vector). 0 or -PI_ERR_NOMEM. */

@@ -602,11 +602,12 @@ static int32_t match_special(const pi_tokenizer_t *t, const char *text, size_t p
 /* isspace() of the C locale, as llama.cpp strips with. */
 static bool is_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
 
-static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool after_special, struct pi_ivec *out)
+static int encode_raw(const pi_tokenizer_t *t, const char *s, size_t n, bool after_special, uint64_t *left,
+                      struct pi_ivec *out)
 {
-    if (t->kind == PI_TOKENIZER_SPM) return pi_spm_encode(t, s, n, t->add_space_prefix && after_special, out);
-    if (t->kind == PI_TOKENIZER_WPM) return pi_wpm_encode(t, s, n, out);
-    return pi_bpe_encode(t, s, n, out);
+    if (t->kind == PI_TOKENIZER_SPM) return pi_spm_encode(t, s, n, t->add_space_prefix && after_special, left, out);
+    if (t->kind == PI_TOKENIZER_WPM) return pi_wpm_encode(t, s, n, left, out);
+    return pi_bpe_encode(t, s, n, left, out);
 }
 
 static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
@@ -615,6 +616,7 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
     int rc = 0;
     bool after_special = true; /* the space prefix goes before the first fragment too */
     size_t frag = 0;
+    uint64_t left = pi_tok_work_budget(len); /* the fragments' encoding, over the whole request */
     if (add_bos && t->add_bos && t->bos >= 0 && (rc = pi_ivec_push(out, t->bos)) < 0) return rc;
     for (size_t pos = 0; pos < len;) {
         int32_t id = t->special_first[(unsigned char)text[pos]] == t->special_first[(unsigned char)text[pos] + 1]
@@ -627,7 +629,7 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
         size_t end = pos; /* of the raw text before the token */
         if (t->strip[id] & PI_TOK_LSTRIP)
             while (end > frag && is_space(text[end - 1])) end--;
-        if (end > frag && (rc = encode_raw(t, text + frag, end - frag, after_special, out)) < 0) return rc;
+        if (end > frag && (rc = encode_raw(t, text + frag, end - frag, after_special, &left, out)) < 0) return rc;
         if ((rc = pi_ivec_push(out, id)) < 0) return rc;
         after_special = true;
         pos += t->text[id].len;
@@ -635,7 +637,7 @@ static int tokenize_vec(const pi_tokenizer_t *t, const char *text, size_t len, b
             while (pos < len && is_space(text[pos])) pos++;
         frag = pos;
     }
-    if (len > frag && (rc = encode_raw(t, text + frag, len - frag, after_special, out)) < 0) return rc;
+    if (len > frag && (rc = encode_raw(t, text + frag, len - frag, after_special, &left, out)) < 0) return rc;
     if (add_bos && t->add_eos && t->eos >= 0 && (rc = pi_ivec_push(out, t->eos)) < 0) return rc;
     if (add_bos && t->kind == PI_TOKENIZER_WPM && t->sep >= 0 && (rc = pi_ivec_push(out, t->sep)) < 0) return rc;
     return 0;

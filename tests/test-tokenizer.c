@@ -573,24 +573,28 @@ static pi_tokenizer_t *tok_from_writer(pi_gguf_writer_t **w, char *err, size_t e
 static void growing_vocab(void)
 {
     enum { K = 2048 };
-    char **tok = calloc(K + 1, sizeof(*tok));
-    float *scores = calloc(K + 1, sizeof(*scores));
-    if (!tok || !scores) tap_bail("out of memory");
-    tok[0] = strdup("<unk>");
+    char **tok = calloc(K + 2, sizeof(*tok));
+    float *scores = calloc(K + 2, sizeof(*scores));
+    int32_t *types = calloc(K + 2, sizeof(*types));
+    if (!tok || !scores || !types) tap_bail("out of memory");
+    tok[0] = strdup("<unk>"), types[0] = PI_TOKEN_UNKNOWN;
     for (int k = 1; k <= K; k++) {
         tok[k] = malloc((size_t)k + 1);
         if (!tok[k]) tap_bail("out of memory");
         memset(tok[k], 'a', (size_t)k);
         tok[k][k] = 0;
         scores[k] = (float)k;
+        types[k] = PI_TOKEN_NORMAL;
     }
+    tok[K + 1] = strdup("|"), types[K + 1] = PI_TOKEN_USER_DEFINED; /* cuts a text into fragments */
     pi_gguf_writer_t *w = pi_gguf_writer_new();
     pi_gguf_writer_set_str(w, "tokenizer.ggml.model", "llama");
-    pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, K + 1);
-    pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, K + 1);
+    pi_gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, K + 2);
+    pi_gguf_writer_set_arr(w, "tokenizer.ggml.scores", PI_GGUF_F32, scores, K + 2);
+    pi_gguf_writer_set_arr(w, "tokenizer.ggml.token_type", PI_GGUF_I32, types, K + 2);
     pi_gguf_writer_set_bool(w, "tokenizer.ggml.add_space_prefix", false);
-    for (int k = 0; k <= K; k++) free(tok[k]);
-    free(tok), free(scores);
+    for (int k = 0; k <= K + 1; k++) free(tok[k]);
+    free(tok), free(scores), free(types);
     char err[256] = "";
     pi_tokenizer_t *t = tok_from_writer(&w, err, sizeof err);
     if (!t) tap_bail("growing vocabulary refused: %s", err);
@@ -611,6 +615,14 @@ static void growing_vocab(void)
     }
     tap_ok(rc == 0 && n == 2 && back == small && memcmp(out, s, small) == 0,
            "growing vocabulary: %zu bytes of 'a' -> a%d + a%zu (%zu ids) and back", small, K, small - K, n);
+    /* the same runs cut apart by a user-defined token: the budget is the request's, not granted
+     * again for every fragment (which accepted 16 MiB of such text after 21 s) */
+    const size_t cut = 512 << 10;
+    for (size_t i = small; i < cut; i += small + 1) s[i] = '|';
+    t0 = now();
+    rc = pi_tokenize(t, s, cut, false, true, ids, big, &n);
+    tap_ok(rc == -PI_ERR_RANGE, "growing vocabulary: 512 KiB of %zu-byte runs of 'a' between '|' tokens stop at the request's "
+           "work budget (rc %d, %.2f s)", small, rc, now() - t0);
     free(s), free(out), free(ids);
     pi_tokenizer_destroy(&t);
 }
