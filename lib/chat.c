@@ -110,6 +110,7 @@ struct sb {
     char *p;
     size_t n, cap;
     bool oom;
+    size_t lead_bos; /* bytes of the BOS text the rendering opened with (0: it did not) */
 };
 
 static void put_n(struct sb *b, const char *s, size_t n)
@@ -163,6 +164,13 @@ struct conv {
     bool gen;
 };
 
+/* The BOS text, remembered when it opens the rendering (pi_chat_apply strips exactly that one). */
+static void put_bos(struct sb *b, const struct conv *c)
+{
+    if (b->n == 0) b->lead_bos = strlen(c->bos);
+    put(b, c->bos);
+}
+
 /* chatml (e.g. teknium/OpenHermes-2.5-Mistral-7B, Qwen): every role as written. */
 static void r_chatml(struct sb *b, const struct conv *c)
 {
@@ -175,7 +183,7 @@ static void r_chatml(struct sb *b, const struct conv *c)
 /* meta-llama/Meta-Llama-3-8B-Instruct: BOS, then each message with its content trimmed. */
 static void r_llama3(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         put(b, "<|start_header_id|>"), put(b, c->m[i].role), put(b, "<|end_header_id|>\n\n");
         put_trim(b, c->m[i].content), put(b, "<|eot_id|>");
@@ -192,7 +200,7 @@ static void r_llama2(struct sb *b, const struct conv *c)
         if (i == 0 && c->sys) put(&content, "<<SYS>>\n"), put(&content, c->sys), put(&content, "\n<</SYS>>\n\n");
         put(&content, c->m[i].content);
         if (content.oom) b->oom = true;
-        if (role_of(c->m[i].role) == ROLE_USER) put(b, c->bos), put(b, "[INST] "), put_trim(b, content.p), put(b, " [/INST]");
+        if (role_of(c->m[i].role) == ROLE_USER) put_bos(b, c), put(b, "[INST] "), put_trim(b, content.p), put(b, " [/INST]");
         else put(b, " "), put_trim(b, content.p), put(b, " "), put(b, c->eos);
         free(content.p);
     }
@@ -201,7 +209,7 @@ static void r_llama2(struct sb *b, const struct conv *c)
 /* mistralai v1 (Mistral-7B-Instruct-v0.1/v0.2 updated templates): system joins the first user turn. */
 static void r_mistral_v1(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         if (role_of(c->m[i].role) == ROLE_USER) {
             put(b, " [INST] ");
@@ -218,7 +226,7 @@ static void r_mistral_v1(struct sb *b, const struct conv *c)
  * trimmed. */
 static void r_mistral_v3(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         if (role_of(c->m[i].role) == ROLE_USER) {
             put(b, "[INST] ");
@@ -233,7 +241,7 @@ static void r_mistral_v3(struct sb *b, const struct conv *c)
 /* microsoft/Phi-3-small-8k-instruct (and Phi-3.5-mini): every role as <|role|>. */
 static void r_phi3(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         put(b, "<|"), put(b, c->m[i].role), put(b, "|>\n"), put(b, c->m[i].content), put(b, "<|end|>\n");
     }
@@ -244,7 +252,7 @@ static void r_phi3(struct sb *b, const struct conv *c)
  * contents trimmed. (gemma-1/2 templates reject a system message; this is what Gemma 3 renders.) */
 static void r_gemma(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         put(b, "<start_of_turn>"), put(b, role_of(c->m[i].role) == ROLE_ASSISTANT ? "model" : c->m[i].role), put(b, "\n");
         if (i == 0 && c->sys) put(b, c->sys), put(b, "\n\n");
@@ -268,7 +276,7 @@ static void r_zephyr(struct sb *b, const struct conv *c)
  * a newline before the first user message. */
 static void r_mistral_v0(struct sb *b, const struct conv *c)
 {
-    put(b, c->bos);
+    put_bos(b, c);
     for (size_t i = 0; i < c->n; i++) {
         if (role_of(c->m[i].role) == ROLE_USER) {
             put(b, "[INST] ");
@@ -326,9 +334,9 @@ char *pi_chat_apply(enum pi_chat_format f, const struct pi_chat_msg *msgs, size_
         *err = -PI_ERR_NOMEM;
         return NULL;
     }
-    /* The leading BOS is the tokenizer's to add. */
-    size_t bl = strlen(c.bos);
-    if (bl && strncmp(b.p, c.bos, bl) == 0) memmove(b.p, b.p + bl, b.n - bl + 1);
+    /* The leading BOS is the tokenizer's to add: the one the format opened with, not text that only
+     * happens to start like it (chatml's "<|im_start|>" when that is the vocabulary's BOS). */
+    if (b.lead_bos) memmove(b.p, b.p + b.lead_bos, b.n - b.lead_bos + 1);
     *err = 0;
     return b.p;
 }

@@ -175,6 +175,18 @@ static void errors(void)
     s = pi_chat_apply(PI_CHAT_CHATML, NULL, 0, true, NULL, NULL, &rc);
     tap_is_str(s, "<|im_start|>assistant\n", "chatml: empty conversation renders only the generation prompt");
     free(s);
+    /* Only a BOS the format opened with is stripped, not text that merely starts like it (a review:
+     * with "<|im_start|>" as the vocabulary's BOS, chatml lost its first marker) */
+    struct pi_chat_msg one[] = {{"user", "hi"}};
+    s = pi_chat_apply(PI_CHAT_CHATML, one, 1, true, "<|im_start|>", NULL, &rc);
+    tap_is_str(s, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "chatml keeps its opening marker when it is also the BOS text");
+    free(s);
+    s = pi_chat_apply(PI_CHAT_ZEPHYR, one, 1, true, "<", NULL, &rc);
+    tap_ok(s && strncmp(s, "<|user|>", 8) == 0, "zephyr keeps its opening '<' when the BOS text is \"<\": %s", s ? s : "(null)");
+    free(s);
+    s = pi_chat_apply(PI_CHAT_GEMMA, one, 1, true, "<bos>", NULL, &rc);
+    tap_ok(s && strncmp(s, "<start_of_turn>", 15) == 0, "gemma's leading BOS is still left to the tokenizer: %s", s ? s : "(null)");
+    free(s);
 }
 
 /* The template in the phi-3 vocabulary fixture is recognised, and a llama2 rendering tokenizes its
