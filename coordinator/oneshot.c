@@ -96,12 +96,18 @@ static int emit_stdout(void *ctx, const char *text, size_t len)
 }
 
 
-/* Copy the vocabulary text of token id into buf as a NUL-terminated string; NULL when absent. */
-static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len)
+/* Copy the vocabulary text of token id into buf as a NUL-terminated string; NULL when the model has
+ * no such token (id < 0). *bad: the token exists but does not fit buf or holds a NUL (the formatter
+ * would otherwise fall back to "<s>"/"</s>", silently the wrong text). */
+static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len, bool *bad)
 {
     size_t n = 0;
     const char *p = id >= 0 ? pi_token_text(t, id, &n) : NULL;
-    if (!p || n >= len) return NULL;
+    if (!p) return NULL;
+    if (n >= len || memchr(p, '\0', n)) {
+        *bad = true;
+        return NULL;
+    }
     memcpy(buf, p, n);
     buf[n] = '\0';
     return buf;
@@ -112,7 +118,7 @@ static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, si
  * after printing one line on stderr. */
 static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
 {
-    char err[256], bos[64], eos[64];
+    char err[256], bos[256], eos[256];
     enum pi_chat_format fmt;
     const char *name = o->cfg.chat_template && *o->cfg.chat_template ? o->cfg.chat_template : NULL;
     if (pi_chat_resolve(name, pi_tokenizer_chat_template(t), &fmt, err, sizeof err) != 0) {
@@ -121,8 +127,15 @@ static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
     }
     struct pi_chat_msg msg = {"user", o->prompt};
     int rc = 0;
-    char *text = pi_chat_apply(fmt, &msg, 1, true, token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos),
-                               token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos), &rc);
+    bool bad = false;
+    const char *bos_text = token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos, &bad);
+    const char *eos_text = token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos, &bad);
+    if (bad) {
+        fprintf(stderr, "pi-coordinator: --chat: the model's BOS or EOS text is longer than %zu bytes or holds a NUL byte\n",
+                sizeof bos - 1);
+        return NULL;
+    }
+    char *text = pi_chat_apply(fmt, &msg, 1, true, bos_text, eos_text, &rc);
     if (!text) fprintf(stderr, "pi-coordinator: --chat: formatting the prompt as %s failed: %s\n", pi_chat_name(fmt), pi_err_str(rc));
     else pi_debug("chat prompt (%s): %s", pi_chat_name(fmt), text);
     return text;
