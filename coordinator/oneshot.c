@@ -149,7 +149,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     FILE *lf = NULL;
     pi_engine_t *e = NULL;
     char *chat_text = NULL;
-    if (o->logits_out && !(lf = fopen(o->logits_out, "wb"))) {
+    if (o->logits_out && !(lf = fopen(o->logits_out, "wbe") /* close-on-exec: not the workers' */)) {
         fprintf(stderr, "pi-coordinator: --logits-out %s: %s\n", o->logits_out, strerror(errno));
         status = PI_EXIT_USAGE;
         goto out;

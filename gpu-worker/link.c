@@ -37,6 +37,7 @@ struct pi_link {
     _Atomic int64_t progress_ns; /* the main thread's last pi_link_progress (0: not armed) */
     int64_t stall_ns;           /* PI_LINK_STALL_MS or the environment's */
     bool stalled;               /* the stall was reported and the heartbeats stopped (link thread) */
+    int64_t last_tick;          /* the link thread's previous pass (link thread) */
     uint64_t neurons, mem_bytes;
     pthread_mutex_t mu;
     int err_code;               /* a pending ERROR (0: none) */
@@ -94,14 +95,22 @@ static void send_pending(pi_link_t *l, void *sock, uint64_t *hb_seq, int64_t *ne
     }
     pthread_mutex_unlock(&l->mu);
     int64_t now = pi_clock_ns();
-    const int64_t prog = atomic_load(&l->progress_ns);
-    if (prog && atomic_load(&l->loaded) && now - prog > l->stall_ns) {
-        if (!l->stalled)
-            pi_error("the worker's main thread made no progress for %lld ms: heartbeats stopped, for the coordinator "
-                     "to replace this worker", (long long)((now - prog) / 1000000));
-        l->stalled = true;
-        return;
+    int64_t prog = atomic_load(&l->progress_ns);
+    /* This thread itself ran late (the whole process was stopped or frozen, the machine overloaded):
+     * the main thread had no chance either, so its clock starts again now rather than counting that
+     * pause as a stall (it has until the limit from here to show progress). */
+    if (prog && l->last_tick && now - l->last_tick > (int64_t)PI_LINK_HEARTBEAT_MS * 5 * 1000000) {
+        int64_t expected = prog;
+        atomic_compare_exchange_strong(&l->progress_ns, &expected, now);
+        prog = atomic_load(&l->progress_ns);
     }
+    l->last_tick = now;
+    const bool stalled = prog && atomic_load(&l->loaded) && now - prog > l->stall_ns;
+    if (stalled && !l->stalled)
+        pi_error("the worker's main thread made no progress for %lld ms: heartbeats stopped, for the coordinator "
+                 "to replace this worker", (long long)((now - prog) / 1000000));
+    l->stalled = stalled;
+    if (stalled) return;
     if (now >= *next_hb) {
         struct pi_ctl_msg m = {.type = PI_CTL_HEARTBEAT};
         m.u.heartbeat.seq = (*hb_seq)++;
@@ -160,8 +169,8 @@ pi_link_t *pi_link_start(const struct pi_link_opts *o)
     if (st && *st) {
         char *end;
         long v = strtol(st, &end, 10);
-        if (*end == '\0' && v >= 100 && v <= 3600000) l->stall_ns = (int64_t)v * 1000000;
-        else pi_warn("PI_LINK_STALL_MS=%s is not a number of milliseconds in [100, 3600000]: %d", st, PI_LINK_STALL_MS);
+        if (*end == '\0' && v >= 500 && v <= 3600000) l->stall_ns = (int64_t)v * 1000000;
+        else pi_warn("PI_LINK_STALL_MS=%s is not a number of milliseconds in [500, 3600000]: using %d", st, PI_LINK_STALL_MS);
     }
     pthread_mutex_init(&l->mu, NULL);
     l->cores = calloc(o->n_cores ? o->n_cores : 1, sizeof *l->cores);

@@ -14,7 +14,10 @@
  * calling it again (a CUDA call that never returns, a deadlock), and the coordinator's supervision
  * replaces the worker as it does a silent one. Without this a hung GPU worker kept heart-beating and
  * a request waited for the step channel's 600 s timeout (a review reproduced it by stopping the main
- * thread with ptrace). The environment variable PI_LINK_STALL_MS overrides the limit (tests).
+ * thread with ptrace). The environment variable PI_LINK_STALL_MS overrides the limit (500 ms up;
+ * tests): below the slowest healthy gap between two calls (a layer whose CPU partials take up to the
+ * exchange's 5 s) it can replace a healthy worker. A pause of the whole process (the link thread ran
+ * late too) is not counted.
  */
 #ifndef PI_GPU_WORKER_LINK_H
 #define PI_GPU_WORKER_LINK_H
@@ -53,7 +56,9 @@ void pi_link_ready(pi_link_t *l, uint64_t neurons, uint64_t mem_bytes);
 void pi_link_error(pi_link_t *l, int code, const char *text);
 
 /* The calling (main) thread is making progress: call at least every PI_LINK_STALL_MS while READY, in
- * the idle wait and per layer. The first call arms the stall check. Cheap (one atomic store). */
+ * the idle wait and per layer. The first call arms the stall check (only the GPU worker arms it: a
+ * CPU worker's hang already fails the layer at the GPU worker's 5 s wait for its partials). Cheap
+ * (one atomic store). */
 void pi_link_progress(pi_link_t *l);
 
 /* True once the coordinator asked this worker to shut down. */

@@ -238,7 +238,6 @@ void pi_exchange_destroy(pi_exchange_t **p)
 }
 
 int pi_exchange_fd(const pi_exchange_t *ex) { return pi_shm_fd(ex->shm); }
-int pi_exchange_share_fd(const pi_exchange_t *ex) { return pi_shm_share_fd(ex->shm); }
 const struct pi_exchange_params *pi_exchange_params(const pi_exchange_t *ex) { return &ex->params; }
 const struct pi_exchange_layout *pi_exchange_get_layout(const pi_exchange_t *ex) { return &ex->layout; }
 float *pi_exchange_x(pi_exchange_t *ex) { return ex->x; }

@@ -118,7 +118,8 @@ typedef struct pi_exchange pi_exchange_t;
 int pi_exchange_layout(const struct pi_exchange_params *p, struct pi_exchange_layout *out);
 
 /* Create a segment for params (memfd, sealed, zeroed, header and ctl written). The creator is the
- * coordinator; the fd goes to the workers via pi_exchange_share_fd. Returns NULL on failure (logged). */
+ * coordinator; the fd (close-on-exec, pi_exchange_fd) goes to the workers through pi_super_spawn's
+ * keep list. Returns NULL on failure (logged). */
 pi_exchange_t *pi_exchange_new(const struct pi_exchange_params *p);
 
 /* Map an inherited exchange fd and validate it: the shm header (ipc/shm.h), then the ctl magic,
@@ -130,9 +131,8 @@ int pi_exchange_attach(int fd, pi_exchange_t **out);
 /* Unmap and close; accepts NULL; nulls the caller's pointer. */
 void pi_exchange_destroy(pi_exchange_t **p);
 
-/* The segment fd, and the same with FD_CLOEXEC cleared (for an exec'd worker), or -PI_ERR_IO. */
+/* The segment fd (close-on-exec: a worker gets it through pi_super_spawn's keep list). */
 int pi_exchange_fd(const pi_exchange_t *ex);
-int pi_exchange_share_fd(const pi_exchange_t *ex);
 
 /* The validated parameters and layout (private copies, not the shared header). */
 const struct pi_exchange_params *pi_exchange_params(const pi_exchange_t *ex);

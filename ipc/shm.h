@@ -4,9 +4,11 @@
  *
  * Why memfd and not shm_open: a memfd has no name in /dev/shm, so a process that crashes (or is
  * killed with SIGKILL) leaks nothing; the segment lives exactly as long as some process holds its fd
- * or a mapping. The coordinator creates a segment, clears FD_CLOEXEC on the fd it hands to a worker
- * (pi_shm_share_fd), and passes the fd number on the worker's command line; the worker maps it with
- * pi_shm_map_fd, which trusts nothing in the segment until it has been checked.
+ * or a mapping. The coordinator creates a segment (close-on-exec), has FD_CLOEXEC cleared on the fds
+ * a worker uses in that worker's child process only (coordinator/supervisor.c, pi_super_spawn), and
+ * passes the fd numbers on the worker's command line; the worker maps them with pi_shm_map_fd, which
+ * trusts nothing in the segment until it has been checked. (pi_shm_share_fd clears the flag in the
+ * calling process instead, for a program that execs a single child.)
  *
  * Why seals: F_SEAL_GROW|F_SEAL_SHRINK pin the size, so no peer can ftruncate the file under a
  * mapping (a shrink would turn our loads into SIGBUS); F_SEAL_SEAL stops anyone from undoing that.
@@ -70,8 +72,9 @@ uint64_t pi_shm_layout(const uint64_t *section_sizes, unsigned n, struct pi_shm_
 pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_sizes, unsigned n);
 
 /* Map an inherited segment fd. On success the handle owns fd (pi_shm_destroy closes it); on failure
- * the caller still owns it. Checks, in this order: the size from fstat (>= header, <= PI_SHM_MAX_SIZE),
- * the resize seals, the header's magic, version, total size (== st_size), kind (== want_kind),
+ * the caller still owns it. Checks, in this order: all three seals (grow, shrink, seal: with them the
+ * size can no longer change), the size from fstat (>= header, <= PI_SHM_MAX_SIZE), the header's
+ * magic, version, total size (== st_size), kind (== want_kind),
  * section count, and that every section lies inside the file, aligned, without overlapping the
  * header or another section. Returns 0 and the handle, or -PI_ERR_FORMAT (bad header),
  * -PI_ERR_UNSUPPORTED (version), -PI_ERR_RANGE (sizes), -PI_ERR_IO (syscall), all logged. */

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "lib/conf.h"
 #include "lib/common.h"
+#include "lib/log.h"
 
 #include <errno.h>
 #include <ini.h>
@@ -28,7 +29,8 @@ struct key_def {
     enum key_kind kind;
     size_t offset;            /* into struct pi_config */
     double min, max;          /* K_INT, K_REAL bounds (inclusive) */
-    const char *const *names; /* K_ENUM: NULL-terminated, index = value; K_STR: the allowed values, or NULL */
+    const char *const *names; /* K_ENUM: NULL-terminated, index = value; K_STR: the values to list when valid refuses */
+    bool (*valid)(const char *v); /* K_STR: the value's check, or NULL (any text) */
 };
 
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
@@ -39,28 +41,36 @@ static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
 static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL}; /* lib/log.h */
 
+/* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
+ * workers (PI_LOG_LEVEL) take the same spellings. */
+static bool log_level_ok(const char *v)
+{
+    enum pi_log_level lv;
+    return pi_log_parse_level(v, &lv) == 0;
+}
+
 #define OFF(f) offsetof(struct pi_config, f)
 static const struct key_def keys[] = {
-    {{"model", "path", "", "GGUF model file (required)"}, K_STR, OFF(model_path), 0, 0, NULL},
-    {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names},
-    {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL},
-    {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL},
-    {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL},
-    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL},
-    {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
-    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL},
-    {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names},
-    {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL},
-    {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL},
-    {{"gpu", "device", "0", "CUDA device index"}, K_INT, OFF(gpu_device), 0, 64, NULL},
-    {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL},
-    {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL},
-    {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL},
-    {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 1e-6, 1, NULL}, /* > 0, as the sampler needs */
-    {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL},
-    {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL},
-    {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL},
-    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, log_level_names},
+    {{"model", "path", "", "GGUF model file (required)"}, K_STR, OFF(model_path), 0, 0, NULL, NULL},
+    {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names, NULL},
+    {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL, NULL},
+    {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
+    {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
+    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
+    {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
+    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL, NULL},
+    {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},
+    {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL, NULL},
+    {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL, NULL},
+    {{"gpu", "device", "0", "CUDA device index"}, K_INT, OFF(gpu_device), 0, 64, NULL, NULL},
+    {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL, NULL},
+    {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL, NULL},
+    {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL, NULL},
+    {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 1e-6, 1, NULL, NULL}, /* > 0, as the sampler needs */
+    {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL, NULL},
+    {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
+    {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
+    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, log_level_names, log_level_ok},
 };
 #undef OFF
 
@@ -135,13 +145,9 @@ static int set_value(struct pi_config *cfg, const struct key_def *k, const char 
     char *end;
     switch (k->kind) {
     case K_STR: {
-        if (k->names) { /* a string with a fixed set of values (the log level: kept as text for the workers) */
-            bool known = false;
-            for (int i = 0; k->names[i] && !known; i++) known = strcmp(k->names[i], v) == 0;
-            if (!known) {
-                not_one_of(v, k->names, why, wlen);
-                return -PI_ERR_INVAL;
-            }
+        if (k->valid && !k->valid(v)) { /* a string with a fixed set of values (the log level: kept as text for the workers) */
+            not_one_of(v, k->names, why, wlen);
+            return -PI_ERR_INVAL;
         }
         char *dup = strdup(v);
         if (!dup) return -PI_ERR_NOMEM;

@@ -154,7 +154,7 @@ struct pi_tok_heap {
 int pi_tok_heap_push(struct pi_tok_heap *h, struct pi_tok_pair p); /* 0 or -PI_ERR_NOMEM */
 struct pi_tok_pair pi_tok_heap_pop(struct pi_tok_heap *h);     /* h->n > 0 */
 
-/* Work budget of one fragment of len bytes, in bytes hashed or compared while merging (SentencePiece,
+/* Work budget of one request of len bytes, in bytes hashed or compared while merging (SentencePiece,
  * byte-level BPE) or in prefixes probed (WordPiece). Merging is O(n log n) in pairs, but each pair
  * costs its length: a hostile vocabulary whose tokens grow one byte at a time ("a", "aa", "aaa",
  * ...) makes a run of one character cost O(n * longest token), up to 65536 times the text. Real

@@ -535,8 +535,10 @@ static void test_stalled_main_thread(void)
     pid_t g = spawn_streaming("gen-stalled");
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (gpu <= 0 || ptrace(PTRACE_SEIZE, gpu, NULL, NULL) != 0 || ptrace(PTRACE_INTERRUPT, gpu, NULL, NULL) != 0) {
+    const bool seized = gpu > 0 && ptrace(PTRACE_SEIZE, gpu, NULL, NULL) == 0;
+    if (!seized || ptrace(PTRACE_INTERRUPT, gpu, NULL, NULL) != 0) {
         tap_diag("ptrace: %s", strerror(errno));
+        if (seized) ptrace(PTRACE_DETACH, gpu, NULL, NULL);
         tap_skip(2, "cannot stop the GPU worker's main thread with ptrace");
         kill(g, SIGKILL);
         tp_wait(g, 5);
@@ -550,6 +552,11 @@ static void test_stalled_main_thread(void)
         pid_t r = waitpid(gpu, &ws, __WALL | WNOHANG);
         if ((r == gpu && (WIFEXITED(ws) || WIFSIGNALED(ws))) || (r < 0 && errno == ECHILD)) gone = 1;
         else usleep(10000);
+    }
+    if (!gone) { /* the code under test failed: end the tracee here, so that the coordinator can reap it */
+        int ws;
+        kill(gpu, SIGKILL);
+        waitpid(gpu, &ws, __WALL);
     }
     int rc = tp_wait(g, TIMEOUT_S);
     clock_gettime(CLOCK_MONOTONIC, &t1);
