@@ -267,6 +267,7 @@ static char *read_line(char *str, int num, void *stream)
         if (ch == '\0') {
             set_err(c->err, c->errlen, "%s:%d: NUL byte in the line", c->path, c->lineno + 1);
             c->rc = -PI_ERR_FORMAT;
+            c->err_line = c->lineno + 1;
             return NULL;
         }
         str[n++] = (char)ch;
@@ -278,6 +279,7 @@ static char *read_line(char *str, int num, void *stream)
     if (str[n - 1] != '\n' && n == num - 1 && (ch = getc(c->f)) != EOF) {
         set_err(c->err, c->errlen, "%s:%d: line longer than %d bytes", c->path, c->lineno, num - 2);
         c->rc = -PI_ERR_FORMAT;
+        c->err_line = c->lineno;
         return NULL;
     }
     return str;

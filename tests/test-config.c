@@ -80,6 +80,10 @@ int main(void)
     tap_ok(rc == -PI_ERR_INVAL && strstr(err, ":2: [log] level: 'loud' is not one of: error, warn, info, debug"), "bad log level in a file: %s", err);
     rc = pi_config_set(&cfg, "log.level", "verbose", "--log-level", err, sizeof err);
     tap_ok(rc == -PI_ERR_INVAL && strstr(err, "--log-level: [log] level: 'verbose' is not one of"), "bad log level on the command line: %s", err);
+    char late_long[400];
+    snprintf(late_long, sizeof late_long, "[cpu\n# %0*d\n", 250, 0); /* no key between: the reader fails next */
+    rc = load(late_long, &cfg, err, sizeof err);
+    tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":1: syntax error"), "the first of a syntax error and a long line is reported: %s", err);
     rc = load("[log]\nlevel = WARNING\n", &cfg, err, sizeof err);
     tap_ok(rc == 0, "the log level takes lib/log.c's spellings (any case, 'warning'): %s", err);
     rc = load("[model]\nthis line has no equals sign\n", &cfg, err, sizeof err);
