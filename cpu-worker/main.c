@@ -122,6 +122,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             return;
         }
         float *r = &c->recent[st->layer];
+        if (st->flags & PI_EXCHANGE_FRESH) *r = -1.0f; /* a new sequence: no history (ipc/exchange.h) */
         if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
             active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
         } else {

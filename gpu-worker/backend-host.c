@@ -78,6 +78,11 @@ static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     }
     int rc = pi_forward_begin(s->fwd, tokens, seq, pos, n);
     if (rc != 0) return rc;
+    if (pos[0] == 0) { /* a new sequence: the activity statistics start again, as the CPU workers' do
+                        * (PI_EXCHANGE_FRESH): a request's result must not depend on the requests before it */
+        for (int il = 0; il < s->base.model->hp.n_layer; il++) s->recent[il] = -1.0f;
+        pi_forward_stats_reset(s->fwd);
+    }
     memcpy(s->seq, seq, (size_t)n * sizeof *seq);
     memcpy(s->pos, pos, (size_t)n * sizeof *pos);
     s->n = n;

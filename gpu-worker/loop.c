@@ -48,7 +48,7 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     if (rc != 0) return rc;
     uint32_t seq;
     int64_t t0 = pi_clock_ns();
-    rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, g->ex_flags, &seq);
+    rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, g->ex_flags | (g->fresh ? PI_EXCHANGE_FRESH : 0u), &seq);
     if (rc != 0) return rc;
     int64_t t1 = pi_clock_ns();
     rc = be->ops->ffn_hot(be, il);
@@ -92,6 +92,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     for (int i = 0; rc == 0 && i < n; i++) {
         seqs[i] = seq;
         pos[i] = pos0 + i;
+    g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
     }
     if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
     for (int il = 0; rc == 0 && il < hp->n_layer; il++) {

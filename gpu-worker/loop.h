@@ -23,6 +23,7 @@ struct pi_gpu_loop {
     pi_exchange_t *ex;
     pi_link_t *link;     /* may be NULL (tests) */
     uint32_t ex_flags;   /* PI_EXCHANGE_ALL, plus GATE_SKIP for ReLU models */
+    bool fresh;          /* the step being computed starts a sequence: FRESH on its publishes */
     int n_seq;           /* sequences the backend's cache holds */
     /* statistics: layer round trips through the exchange and their total time in ns, from publish
      * to the partials merged, minus the hot neurons computed in between (the exchange's own cost

@@ -45,8 +45,12 @@ enum pi_exchange_flags {
     PI_EXCHANGE_ALL = 1u << 0,       /* every cold neuron of the worker's partition; mask unused */
     PI_EXCHANGE_MASK = 1u << 1,      /* only the neurons whose bit is set in the token's mask row */
     PI_EXCHANGE_GATE_SKIP = 1u << 2, /* ReLU model: a neuron whose gate <= 0 may be skipped (it adds 0) */
+    PI_EXCHANGE_FRESH = 1u << 3,     /* the step starts a sequence (position 0): a worker's running
+                                      * statistics of this layer (the activity that picks its dense or
+                                      * neuron path) start again, so that a request's result does not
+                                      * depend on the requests before it */
 };
-#define PI_EXCHANGE_FLAGS_KNOWN (PI_EXCHANGE_ALL | PI_EXCHANGE_MASK | PI_EXCHANGE_GATE_SKIP)
+#define PI_EXCHANGE_FLAGS_KNOWN (PI_EXCHANGE_ALL | PI_EXCHANGE_MASK | PI_EXCHANGE_GATE_SKIP | PI_EXCHANGE_FRESH)
 
 /* The sizes a segment is made for. */
 struct pi_exchange_params {

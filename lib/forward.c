@@ -312,7 +312,14 @@ int pi_forward_seq_truncate(pi_forward_t *f, int seq, int n)
 
 void pi_forward_seq_reset(pi_forward_t *f, int seq)
 {
-    if (seq >= 0 && seq < f->o.n_seq) pi_kv_set_len(f->kv, seq, 0);
+    if (seq < 0 || seq >= f->o.n_seq) return;
+    pi_kv_set_len(f->kv, seq, 0);
+    pi_forward_stats_reset(f); /* server mode gave three different texts for one greedy request */
+}
+
+void pi_forward_stats_reset(pi_forward_t *f)
+{
+    for (int il = 0; il < f->m->hp.n_layer; il++) f->recent_active[il] = -1.0f;
 }
 
 /* ---------------------------------------------------------------- the steps */

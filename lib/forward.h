@@ -79,10 +79,16 @@ int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
 int pi_forward_tokens(pi_forward_t *f, int seq, const int32_t *tokens, int n, int pos0, float *logits,
                       bool all_logits);
 
-/* Positions cached for seq; truncate it to n positions (n <= length); reset = truncate to 0. */
+/* Positions cached for seq; truncate it to n positions (n <= length); reset = truncate to 0 and
+ * pi_forward_stats_reset. */
 int pi_forward_seq_len(const pi_forward_t *f, int seq);
 int pi_forward_seq_truncate(pi_forward_t *f, int seq, int n);
 void pi_forward_seq_reset(pi_forward_t *f, int seq);
+
+/* Forget the running activity of every ReLU layer (what picks its decode path, neuron-wise or dense,
+ * whose sums round differently): call when a sequence starts, so that a request's tokens do not
+ * depend on the requests before it. */
+void pi_forward_stats_reset(pi_forward_t *f);
 
 /* ---- the steps (n <= the object's n_batch) ---- */
 
