@@ -94,7 +94,11 @@ static int decode(pi_engine_t *e, const pi_tokenizer_t *t, pi_sampler_t *s, cons
     int rc = ((t && !d) || !buf) ? -PI_ERR_NOMEM : 0;
     for (int64_t i = 0; rc == 0 && i < r->n_predict; i++) {
         int32_t tok = pi_sampler_sample(s, logits);
-        if (tok < 0) { rc = tok; break; }
+        if (tok < 0) { /* every logit NaN or -inf: a broken model file, not the context's fault */
+            pi_error("sampling found no finite logit: the model's output is broken (NaN or -inf everywhere)");
+            rc = -PI_ERR_FORMAT;
+            break;
+        }
         if (pi_sampler_is_eog(s, tok)) { res->stop_eog = 1; break; }
         pi_sampler_accept(s, tok);
         res->n_generated++;
@@ -139,7 +143,9 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
             return -PI_ERR_INVAL;
         }
     }
-    if ((int64_t)n + r->n_predict > (int64_t)e->n_ctx + 1) {
+    /* The last generated token is never evaluated, so n + n_predict may reach n_ctx + 1; with nothing
+     * to generate every prompt token is evaluated and the prompt alone must fit. */
+    if (r->n_predict < 0 || (int64_t)n > (int64_t)e->n_ctx || (int64_t)n + r->n_predict > (int64_t)e->n_ctx + 1) {
         pi_error("prompt (%zu tokens) + %lld to generate exceed the context of %d positions", n,
                  (long long)r->n_predict, e->n_ctx);
         free(ids);

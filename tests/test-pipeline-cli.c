@@ -23,6 +23,7 @@
 #include "tests/test-pipeline-util.h"
 
 #include <pthread.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define TIMEOUT_S 30.0
@@ -334,6 +335,25 @@ static void test_step_channel(void)
     pi_step_destroy(&c);
 }
 
+/* A prompt one position longer than the context with nothing to generate is refused before any of
+ * it is evaluated (the allowance for the never-evaluated last generated token does not apply). */
+static void test_prompt_over_context(void)
+{
+    int32_t ids[17];
+    for (int i = 0; i < 17; i++) ids[i] = 100 + i;
+    char idbuf[256], lout[600];
+    tp_ids(idbuf, sizeof idbuf, ids, 17);
+    snprintf(lout, sizeof lout, "%s/over.f32", tp_dir);
+    char *argv[] = {coord, "--model", model, "--tokens", idbuf, "-n", "0", "--ctx", "16", "--gpu-backend", "none",
+                    "--logits-out", lout, NULL};
+    int st = tp_run(argv, "over-ctx", TIMEOUT_S);
+    char *err = tp_output("over-ctx", "err");
+    struct stat sb;
+    tap_ok(st == 1 && strstr(err, "exceed the context of 16") && stat(lout, &sb) == 0 && sb.st_size == 0,
+           "17 prompt tokens, -n 0, context 16: refused before any position is evaluated (status %d)", st);
+    free(err);
+}
+
 /* SIGTERM while a long prompt is evaluated: the run stops at the next prompt batch (it used to go on
  * to the prompt's end first: seconds for a long prompt) and says how far it got. */
 static void test_signal_in_prompt(void)
@@ -378,6 +398,7 @@ int main(void)
     test_cuda_missing();
     test_oneshot_golden();
     test_signal_in_prompt();
+    test_prompt_over_context();
     test_step_channel();
     return tap_done();
 }
