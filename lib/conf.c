@@ -69,7 +69,7 @@ static const struct key_def keys[] = {
     {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 1e-6, 1, NULL, NULL}, /* > 0, as the sampler needs */
     {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL, NULL},
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
-    {{"generate", "seed", "-1", "sampling seed; -1 = from the clock"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
+    {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, log_level_names, log_level_ok},
 };
 #undef OFF
