@@ -122,7 +122,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             return;
         }
         float *r = &c->recent[st->layer];
-        if (st->flags & PI_EXCHANGE_FRESH) *r = -1.0f; /* a new sequence: no history (ipc/exchange.h) */
+        if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_activity_reset(r, 1); /* a new sequence (ipc/exchange.h) */
         if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
             active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
         } else {
@@ -210,7 +210,7 @@ static int run(const struct cw_opts *o)
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     if (!(c.recent = malloc((size_t)m->hp.n_layer * sizeof *c.recent))) { rc = -PI_ERR_NOMEM; goto out; }
-    for (int il = 0; il < m->hp.n_layer; il++) c.recent[il] = -1.0f;
+    pi_ffn_activity_reset(c.recent, m->hp.n_layer);
     if (dense && !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;

@@ -80,7 +80,7 @@ static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     if (rc != 0) return rc;
     if (pos[0] == 0) { /* a new sequence: the activity statistics start again, as the CPU workers' do
                         * (PI_EXCHANGE_FRESH): a request's result must not depend on the requests before it */
-        for (int il = 0; il < s->base.model->hp.n_layer; il++) s->recent[il] = -1.0f;
+        pi_ffn_activity_reset(s->recent, s->base.model->hp.n_layer);
         pi_forward_stats_reset(s->fwd);
     }
     memcpy(s->seq, seq, (size_t)n * sizeof *seq);
@@ -243,7 +243,7 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
         for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
     if ((s->recent = malloc((size_t)m->hp.n_layer * sizeof *s->recent)))
-        for (int il = 0; il < m->hp.n_layer; il++) s->recent[il] = -1.0f;
+        pi_ffn_activity_reset(s->recent, m->hp.n_layer);
     /* the dense path, where the worker packed the hot rows with their down blocks (PI_CPU_DENSE=0:
      * neuron by neuron, as the CPU workers) */
     const char *dense_env = getenv("PI_CPU_DENSE");

@@ -92,8 +92,8 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     for (int i = 0; rc == 0 && i < n; i++) {
         seqs[i] = seq;
         pos[i] = pos0 + i;
-    g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
     }
+    g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
     if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
     for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
         if (g->link) pi_link_progress(g->link);

@@ -149,7 +149,7 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
         return NULL;
     }
     for (size_t i = 0; i < ff; i++) f->all[i] = (int32_t)i;
-    for (int il = 0; il < hp->n_layer; il++) f->recent_active[il] = -1.0f;
+    pi_ffn_activity_reset(f->recent_active, hp->n_layer);
     return f;
 }
 
@@ -319,7 +319,7 @@ void pi_forward_seq_reset(pi_forward_t *f, int seq)
 
 void pi_forward_stats_reset(pi_forward_t *f)
 {
-    for (int il = 0; il < f->m->hp.n_layer; il++) f->recent_active[il] = -1.0f;
+    pi_ffn_activity_reset(f->recent_active, f->m->hp.n_layer);
 }
 
 /* ---------------------------------------------------------------- the steps */

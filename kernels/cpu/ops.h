@@ -81,6 +81,10 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
  * first call (*r < 0), then 0.9 *r + 0.1 frac. */
 void pi_ffn_activity_update(float *r, float frac);
 
+/* r[0..n) = no history (< 0): the next update of each takes its fraction as it is. At start, and
+ * when a sequence starts, so that a request's path choices do not depend on the requests before it. */
+void pi_ffn_activity_reset(float *r, int n);
+
 /* Room in w for batches of up to max_tokens tokens in pi_ffn_neurons_batch (their quantised inputs
  * and per-thread accumulators of a group of tokens); call once at setup, never while serving.
  * 0, -PI_ERR_NOMEM or -PI_ERR_RANGE (w unchanged). */
