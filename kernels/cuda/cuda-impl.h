@@ -203,9 +203,22 @@ __device__ __forceinline__ float pi_glu_f(int act, float g, float u)
  * only (pi_cuda_q8_type), cols a multiple of 32. */
 int pi_cuda_matvec_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R);
 
-/* The same over an x already quantised into (qs, meta) (the layout of matvec-q8.cu; e.ng unused). */
-int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const uint8_t *qs, const int4 *meta,
-                           const pi_mv_epi &e, int R);
+/* x of `cols` columns quantised to 8 bits, as matvec-q8.cu lays it out in (a region of) the XQ
+ * scratch of pi_cuda_xq_bytes(cols): the cols int8 values, then cols / 32 int4 meta. */
+struct pi_xq {
+    int8_t *qs;
+    int4 *meta;
+};
+static inline pi_xq pi_xq_at(void *buf, int64_t cols)
+{
+    pi_xq x;
+    x.qs = (int8_t *)buf;
+    x.meta = (int4 *)(x.qs + cols);
+    return x;
+}
+
+/* The same over an x already quantised (e.ng unused). */
+int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const pi_xq &x, const pi_mv_epi &e, int R);
 
 /* pi_cuda_ffn_dense with both products in 8 bits and the activations quantised by the gate/up kernel
  * itself (matvec-q8.cu, k_glu_q8), where pi_cuda_ffn_dense_q8_ok: Q4_0 or Q8_0 gate/up pairs, both

@@ -219,9 +219,11 @@ static int quant_x(pi_cuda_ctx_t *c, int64_t cols, const float *d_x, const float
     return 0;
 }
 
-int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t *q, const int4 *meta, const pi_mv_epi &e, int R)
+int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const pi_xq &x, const pi_mv_epi &e, int R)
 {
     if (R == 0) R = e.act ? 2 : q8_rows(c, w->rows);
+    const uint8_t *q = (const uint8_t *)x.qs;
+    const int4 *meta = x.meta;
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
         if constexpr (T == PI_TYPE_F16 || T == PI_TYPE_BF16) {
@@ -242,13 +244,11 @@ int pi_cuda_matvec_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *
                  pi_type_name((uint32_t)w->type), (long long)w->cols);
         return -PI_ERR_UNSUPPORTED;
     }
-    const int64_t nseg = w->cols / 32;
     void *buf = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(w->cols), &buf));
-    int8_t *qs = (int8_t *)buf;
-    int4 *meta = (int4 *)(qs + nseg * 32);
-    PI_TRY(quant_x(c, w->cols, d_x, e.ng, e.eps, qs, meta));
-    return pi_cuda_matvec_q8_from(c, w, (const uint8_t *)qs, meta, e, R);
+    const pi_xq x = pi_xq_at(buf, w->cols);
+    PI_TRY(quant_x(c, w->cols, d_x, e.ng, e.eps, x.qs, x.meta));
+    return pi_cuda_matvec_q8_from(c, w, x, e, R);
 }
 
 bool pi_cuda_ffn_dense_q8_ok(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down)
@@ -264,15 +264,14 @@ int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_
     const size_t xb = pi_cuda_xq_bytes(d);
     void *buf = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, xb + pi_cuda_xq_bytes(n_ff), &buf));
-    int8_t *xq = (int8_t *)buf, *aq = (int8_t *)buf + xb;
-    int4 *xm = (int4 *)(xq + d), *am = (int4 *)(aq + n_ff);
-    PI_TRY(quant_x(c, d, d_x, d_norm_g, eps, xq, xm));
+    const pi_xq x = pi_xq_at(buf, d), a = pi_xq_at((char *)buf + xb, n_ff);
+    PI_TRY(quant_x(c, d, d_x, d_norm_g, eps, x.qs, x.meta));
     const pi_wdev wd = pi_wdev_of(gu);
     if (gu->type == PI_TYPE_Q4_0)
-        k_glu_q8<PI_TYPE_Q4_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)xq, xm, act, aq, am);
+        k_glu_q8<PI_TYPE_Q4_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)x.qs, x.meta, act, a.qs, a.meta);
     else
-        k_glu_q8<PI_TYPE_Q8_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)xq, xm, act, aq, am);
+        k_glu_q8<PI_TYPE_Q8_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)x.qs, x.meta, act, a.qs, a.meta);
     PI_CU_LAUNCH("k_glu_q8");
     pi_mv_epi e = {d_y, 0, NULL, NULL, accumulate, NULL, 0.0f};
-    return pi_cuda_matvec_q8_from(c, down, (const uint8_t *)aq, am, e, 0);
+    return pi_cuda_matvec_q8_from(c, down, a, e, 0);
 }

@@ -461,11 +461,10 @@ extern "C" int pi_cuda_attention_o(pi_cuda_ctx_t *c, int64_t T, int n_head, int 
     }
     void *buf = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(qd), &buf));
-    int8_t *qs = (int8_t *)buf;
-    int4 *meta = (int4 *)(qs + qd);
-    PI_TRY(attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, qs, meta));
+    const pi_xq x = pi_xq_at(buf, qd);
+    PI_TRY(attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, x.qs, x.meta));
     pi_mv_epi e = {d_h, 0, NULL, NULL, 1, NULL, 0.0f};
-    return pi_cuda_matvec_q8_from(c, o, (const uint8_t *)qs, meta, e, 0);
+    return pi_cuda_matvec_q8_from(c, o, x, e, 0);
 }
 
 /* ------------------------------------------------------------------ activations, merge */
