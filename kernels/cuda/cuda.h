@@ -106,12 +106,15 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
 /* ------------------------------------------------------------------ matrix products */
 
 /* y (rows,) = W (rows, cols) @ x (cols,): one warp per group of rows, 16-byte loads, f32 sums. The
- * kernel is the staged one below where x fits its shared memory, with 4, 2 or 1 rows per warp by the
- * matrix's height (enough blocks for every SM; pi_cuda_ffn_hot's gate/up pairs: PI_CUDA_MV_STAGED with
- * the activation); the environment variable PI_CUDA_MV=auto|reg|staged|tall|narrow at context creation
- * picks the register-x kernel (the automatic R below) or one staged variant for every matrix instead,
- * for comparisons; PI_CUDA_MV=split takes the split-K kernel where auto would take fewer than 4 rows
- * per warp and the GEMM tile scratch already holds its partial sums (an experiment, not the default). */
+ * kernel: for quantised weights of at least 12 Mi elements, x quantised to 8 bits and integer dots
+ * (pi_cuda_q8_for, matvec-q8.cu); otherwise the staged one below where x fits its shared memory, with
+ * 4, 2 or 1 rows per warp by the matrix's height (enough blocks for every SM; pi_cuda_ffn_hot's
+ * gate/up pairs: PI_CUDA_MV_STAGED with the activation). The environment variable
+ * PI_CUDA_MV=auto|f32|q8|reg|staged|tall|narrow|split at context creation changes that for
+ * comparisons: f32 never quantises x, q8 quantises it for every quantised weight, reg takes the
+ * register-x kernel (the automatic R below), staged/tall/narrow one staged variant for every matrix,
+ * split the split-K kernel where auto would take fewer than 4 rows per warp and the GEMM tile scratch
+ * already holds its partial sums (measured slower, doc/cuda-backend.md). */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4

@@ -248,10 +248,6 @@ __device__ __forceinline__ void pi_xs_load(const pi_wdev &w, int64_t r0, int64_t
     }
 }
 
-/* NORM (PI_CUDA_FUSE_NORM=1, an experiment not yet run on a GPU): x is the residual stream h, and the
- * block applies the layer's RMSNorm while staging it (sum of squares of the float4s each thread
- * stages, a block reduction, then each thread scales the values it staged by inv * g, the formula of
- * pi_cuda_rmsnorm), which saves the separate RMSNorm launch before the q/k/v and gate/up products. */
 /* acc[i] += the loaded segments sb + 32 u (those below end) of row r0 + i times x, staged in shared
  * memory from segment base on (segment s at xs + (s - base) * PI_XS_PAD). */
 template <int T, int R, int U>
@@ -269,6 +265,11 @@ __device__ __forceinline__ void pi_xs_accum(const pi_seg_raw (&raw)[U][R], const
     }
 }
 
+/* NORM (the backend's default since session 4; PI_CUDA_FUSE_NORM=0 turns it off): x is the residual
+ * stream h, and the block applies the layer's RMSNorm while staging it (sum of squares of the float4s
+ * each thread stages, a block reduction, then each thread scales the values it staged by inv * g, the
+ * formula of pi_cuda_rmsnorm), which saves the separate RMSNorm launch before the q/k/v and gate/up
+ * products. */
 template <int T, int R, int U, bool GLU, bool PRE, bool NORM>
 __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
@@ -342,7 +343,8 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
     return e.ng ? launch_xs<T, R, U, GLU, true>(c, w, x, e) : launch_xs<T, R, U, GLU, false>(c, w, x, e);
 }
 
-/* Split-K (PI_CUDA_MV=split, an experiment: not yet run on a GPU when written, so not the default).
+/* Split-K (PI_CUDA_MV=split, a comparison switch: measured in session 4, 1% slower on the 7B-class
+ * model and 15% on the 1B-class one than auto's kernels, doc/cuda-backend.md).
  * The 4096-row matrices of a 7B-class decode give the kernel above one wave of blocks, each staging
  * all of x before its few loads per lane (ncu, doc/cuda-backend.md "Session 3": 0.9-1.0 TB/s). Here
  * block (b, k) takes rows [32 b, 32 b + 32) (4 per warp) over the k-th range of 32 U segments (one
