@@ -28,7 +28,8 @@
  * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
  * per "run": consecutive tokens of one sequence at consecutive positions, stored into that sequence's
  * cache and attended causally; a batch may hold several sequences. For a batch of one run, RoPE of q
- * and k and the KV store are one launch (pi_cuda_rope_kv). The residual adds are the products'
+ * and k and the KV store are one launch (pi_cuda_rope_kv); a decode step's RoPE, KV store and
+ * attention are one launch together (pi_cuda_attention_dec). The residual adds are the products'
  * epilogues: the attention output projection and a dense layer's down product add into h
  * (pi_cuda_matmul_add), so neither needs a separate merge launch.
  *
@@ -558,8 +559,17 @@ static int cuda_attn(pi_backend_t *b, int il)
         CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
     }
     const int32_t *d_pos = s->d_ids + n;
-    /* One run (decode, or one sequence's prompt): RoPE of q and k and the KV store in one launch. */
     const bool fused = s->n_runs == 1 && s->hd % 2 == 0;
+    if (n == 1 && fused && !s->own_attn) {
+        /* decode: RoPE, the KV store and attention in one launch, then h += o @ att (the attention may
+         * quantise att for the product) */
+        const int sq = s->seq[0], p0 = s->pos[0];
+        CK(s, pi_cuda_attention_dec(s->ctx, s->n_head, s->n_head_kv, s->hd, s->n_rot, p0, s->rope_base, 1.0f, s->d_q,
+                                    d_k, d_v, kv_at(s, il, sq, 0), kv_at(s, il, sq, 1), s->d_att, cl->o, s->d_h),
+           "attn");
+        return 0;
+    }
+    /* One run (one sequence's prompt): RoPE of q and k and the KV store in one launch. */
     if (fused) {
         const int sq = s->seq[0], p0 = s->pos[0];
         CK(s, pi_cuda_rope_kv(s->ctx, n, s->n_head, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q,
@@ -567,13 +577,6 @@ static int cuda_attn(pi_backend_t *b, int il)
     } else {
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
-    }
-    if (n == 1 && fused && !s->own_attn) {
-        /* decode: attention and h += o @ att in one call (which may quantise att in the merge) */
-        const int sq = s->seq[0], p0 = s->pos[0];
-        CK(s, pi_cuda_attention_o(s->ctx, 1, s->n_head, s->n_head_kv, s->hd, p0, s->d_q, kv_at(s, il, sq, 0),
-                                  kv_at(s, il, sq, 1), s->d_att, cl->o, s->d_h), "attn");
-        return 0;
     }
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];

@@ -54,6 +54,7 @@
 static uint64_t rng_state;
 static int short_mode; /* PI_CUDA_TEST=short: the demo model at hot fraction 0.5 only (for compute-sanitizer) */
 static int bench_threads; /* > 0: host threads of the backends (benchmarks) */
+static int bench_ctx;     /* > 0: the backends' context length (benchmarks: the prompt and every decode step) */
 
 static uint64_t rnd(void)
 {
@@ -141,7 +142,7 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
 
 static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
-    *o = (struct pi_backend_opts){.n_threads = bench_threads > 0 ? bench_threads : 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
+    *o = (struct pi_backend_opts){.n_threads = bench_threads > 0 ? bench_threads : 2, .n_ctx = bench_ctx > 0 ? bench_ctx : N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
                                   .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot};
 }
 
@@ -471,6 +472,7 @@ int main(void)
         int ndec = ns && *ns ? atoi(ns) : 128;
         tap_diag("bench model %s", bm);
         bench_threads = 8;
+        bench_ctx = PI_MAX(N_CTX, T_MAX + (ndec > 0 ? ndec : 128));
         for (char *save = NULL, *tok = strtok_r(cfg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
             char *colon = strchr(tok, ':');
             if (!colon) continue;

@@ -448,11 +448,8 @@ static void test_softmax_act(int64_t rows, int64_t n)
 
 /* ------------------------------------------------------------------ attention */
 
-/* Attention against a double reference; with o_rows > 0 also pi_cuda_attention_o: h0 + o @ att with a
- * random Q4_0 output projection (o_rows, n_head hd), against the product of the attention output the
- * plain call gave (the same kernels: the same floats), quantised as the q8 matvec does where the
- * context takes it for o (in the merge kernel under PI_CUDA_ATT_Q8=1, else in the product). */
-static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t pos0, int64_t n_ctx, int64_t o_rows)
+/* Attention against a double reference. */
+static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t pos0, int64_t n_ctx)
 {
     const int64_t kvd = (int64_t)n_head_kv * hd, n_kv = pos0 + T;
     float *k = rand_floats((size_t)(n_kv * kvd), 1.0f), *v = rand_floats((size_t)(n_kv * kvd), 1.0f);
@@ -493,36 +490,93 @@ static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t
     double e = nerr_d(out, ref, no);
     tap_ok(rc == 0 && e < 3e-5, "attention T=%lld pos0=%lld heads %d/%d dim %d: error %.3g", (long long)T,
            (long long)pos0, n_head, n_head_kv, hd, e);
-    if (o_rows > 0) {
-        const int64_t qd = (int64_t)n_head * hd;
-        void *w = rand_weight(PI_TYPE_Q4_0, o_rows, qd);
-        float *wf = ref_rows(PI_TYPE_Q4_0, w, o_rows, qd), *h0 = rand_floats((size_t)(T * o_rows), 2.0f);
-        pi_cuda_weight_t *dw = NULL;
-        PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, o_rows, qd, w, &dw) == 0);
-        float *dh = dev_from(h0, (size_t)(T * o_rows) * 4);
-        PI_ASSERT(pi_cuda_memset(ctx, dout, 0xff, no * 4) == 0);
-        rc = pi_cuda_attention_o(ctx, T, n_head, n_head_kv, hd, pos0, dq, kc, vc, dout, dw, dh);
-        float *h = host_of(dh, (size_t)(T * o_rows)), *out2 = host_of(dout, no);
-        /* the reference product takes the attention output this call wrote (its split lengths may
-         * differ from the first call's once the scratch has grown: other rounding) */
-        double *x = malloc(no * sizeof(double)), *ho = calloc((size_t)(T * o_rows), sizeof(double));
-        for (size_t i = 0; i < no; i++) x[i] = out2[i];
-        const bool q8 = uses_q8(PI_TYPE_Q4_0, o_rows, qd, 0);
-        if (q8) q8_round(x, (int64_t)no, x);
-        for (int64_t t = 0; t < T; t++)
-            for (int64_t r = 0; r < o_rows; r++)
-                for (int64_t c = 0; c < qd; c++) ho[t * o_rows + r] += (double)wf[r * qd + c] * x[t * qd + c];
-        for (int64_t i = 0; i < T * o_rows; i++) h[i] -= h0[i];
-        double eo = nerr_d(h, ho, (size_t)(T * o_rows)), ea = nerr_d(out2, ref, no);
-        tap_ok(rc == 0 && eo < 5e-5 && ea < 3e-5,
-               "attention_o T=%lld heads %d/%d dim %d, o (%lld, %lld)%s: h += o @ att error %.3g, att error %.3g", (long long)T,
-               n_head, n_head_kv, hd, (long long)o_rows, (long long)qd, q8 ? ", att in 8 bits" : "", eo, ea);
-        pi_cuda_weight_destroy(ctx, &dw);
-        dev_free(dh);
-        free(w), free(wf), free(h0), free(x), free(ho), free(h), free(out2);
-    }
     dev_free(kc), dev_free(vc), dev_free(dk), dev_free(dv), dev_free(dq), dev_free(dout);
     free(k), free(v), free(q), free(ref), free(s), free(out);
+}
+
+/* Halves a and b (n of them) equal, or at most one unit in the last place apart. */
+static bool halves_close(const uint16_t *a, const uint16_t *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i] && ((a[i] ^ b[i]) & 0x8000u || abs((int)a[i] - (int)b[i]) > 1)) return false;
+    return true;
+}
+
+/* pi_cuda_attention_dec (one launch: RoPE, the KV store and the attention) against the separate kernels
+ * (pi_cuda_rope_kv then pi_cuda_attention, checked above against double references) on random caches
+ * of pos earlier positions and a random step: the output, and both caches (position pos within one f16
+ * unit, every other byte untouched). Then again with a random Q4_0 output projection o (o_rows, n_head
+ * hd), which also shows the per-head counters were left at zero: h0 + o @ att against the double
+ * product of the attention output this call wrote, quantised as the q8 matvec does where the context
+ * takes it for o. */
+static void test_attn_dec(int n_head, int n_head_kv, int hd, int n_rot, int64_t pos, int64_t n_ctx, int64_t o_rows)
+{
+    const int64_t qd = (int64_t)n_head * hd, kvd = (int64_t)n_head_kv * hd;
+    const size_t cb = (size_t)(n_ctx * kvd) * 2, no = (size_t)qd;
+    float *hist = rand_floats((size_t)((pos + 1) * kvd), 1.0f), *q = rand_floats(no, 1.5f);
+    float *k = rand_floats((size_t)kvd, 1.0f), *v = rand_floats((size_t)kvd, 1.0f);
+    void *kc1 = dev_from(NULL, cb), *vc1 = dev_from(NULL, cb), *kc2 = dev_from(NULL, cb), *vc2 = dev_from(NULL, cb);
+    float *dhist = dev_from(hist, (size_t)((pos + 1) * kvd) * 4);
+    int rc = 0;
+    PI_ASSERT(pi_cuda_memset(ctx, kc1, 0x11, cb) == 0 && pi_cuda_memset(ctx, vc1, 0x22, cb) == 0);
+    if (pos > 0) rc |= pi_cuda_kv_store(ctx, n_head_kv, hd, 0, pos, dhist, dhist + kvd, kc1, vc1);
+    PI_ASSERT(pi_cuda_copy(ctx, kc2, kc1, cb) == 0 && pi_cuda_copy(ctx, vc2, vc1, cb) == 0);
+    float *q1 = dev_from(q, no * 4), *k1 = dev_from(k, (size_t)kvd * 4), *q2 = dev_from(q, no * 4);
+    float *k2 = dev_from(k, (size_t)kvd * 4), *dv = dev_from(v, (size_t)kvd * 4);
+    float *out1 = dev_from(NULL, no * 4), *out2 = dev_from(NULL, no * 4);
+    const float base = 10000.0f, fs = 1.0f;
+    rc |= pi_cuda_rope_kv(ctx, 1, n_head, n_head_kv, hd, n_rot, NULL, base, fs, q1, k1, dv, pos, kc1, vc1);
+    rc |= pi_cuda_attention(ctx, 1, n_head, n_head_kv, hd, pos, q1, kc1, vc1, out1);
+    PI_ASSERT(pi_cuda_memset(ctx, out2, 0xff, no * 4) == 0);
+    int rc2 = pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2,
+                                    NULL, NULL);
+    float *a1 = host_of(out1, no), *a2 = host_of(out2, no);
+    double *ref = malloc(no * sizeof(double));
+    for (size_t i = 0; i < no; i++) ref[i] = a1[i];
+    uint16_t *c1 = malloc(4 * cb), *c2 = c1 + cb;
+    PI_ASSERT(pi_cuda_download(ctx, c1, kc1, cb) == 0 && pi_cuda_download(ctx, c1 + cb / 2, vc1, cb) == 0);
+    PI_ASSERT(pi_cuda_download(ctx, c2, kc2, cb) == 0 && pi_cuda_download(ctx, c2 + cb / 2, vc2, cb) == 0);
+    const size_t at = (size_t)(pos * kvd), rest = cb / 2 - at - (size_t)kvd;
+    bool caches = true;
+    for (int w = 0; w < 2; w++) {
+        const uint16_t *x1 = c1 + w * cb / 2, *x2 = c2 + w * cb / 2;
+        caches &= memcmp(x1, x2, at * 2) == 0 && memcmp(x1 + at + kvd, x2 + at + kvd, rest * 2) == 0 &&
+                  halves_close(x1 + at, x2 + at, (size_t)kvd);
+    }
+    double e = nerr_d(a2, ref, no);
+    tap_ok(rc == 0 && rc2 == 0 && caches && e < 1e-5,
+           "attention_dec heads %d/%d dim %d rot %d at %lld: the caches and the output (error %.3g) as the separate kernels",
+           n_head, n_head_kv, hd, n_rot, (long long)pos, e);
+    if (o_rows > 0) {
+        void *w = rand_weight(PI_TYPE_Q4_0, o_rows, qd);
+        float *wf = ref_rows(PI_TYPE_Q4_0, w, o_rows, qd), *h0 = rand_floats((size_t)o_rows, 2.0f);
+        pi_cuda_weight_t *dw = NULL;
+        PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, o_rows, qd, w, &dw) == 0);
+        float *dh = dev_from(h0, (size_t)o_rows * 4);
+        PI_ASSERT(pi_cuda_copy(ctx, kc2, kc1, cb) == 0 && pi_cuda_copy(ctx, vc2, vc1, cb) == 0);
+        PI_ASSERT(pi_cuda_upload(ctx, q2, q, no * 4) == 0 && pi_cuda_upload(ctx, k2, k, (size_t)kvd * 4) == 0);
+        PI_ASSERT(pi_cuda_memset(ctx, out2, 0xff, no * 4) == 0);
+        rc = pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2, dw, dh);
+        float *h = host_of(dh, (size_t)o_rows), *o2 = host_of(out2, no);
+        double *x = malloc(no * sizeof(double)), *ho = calloc((size_t)o_rows, sizeof(double));
+        for (size_t i = 0; i < no; i++) x[i] = o2[i];
+        const bool q8 = uses_q8(PI_TYPE_Q4_0, o_rows, qd, 0);
+        if (q8) q8_round(x, (int64_t)no, x);
+        for (int64_t r = 0; r < o_rows; r++)
+            for (int64_t c = 0; c < qd; c++) ho[r] += (double)wf[r * qd + c] * x[c];
+        for (int64_t i = 0; i < o_rows; i++) h[i] -= h0[i];
+        double eo = nerr_d(h, ho, (size_t)o_rows), ea = nerr_d(o2, ref, no);
+        tap_ok(rc == 0 && eo < 5e-5 && ea < 1e-5,
+               "attention_dec heads %d/%d dim %d at %lld, o (%lld, %lld)%s: h += o @ att error %.3g, att error %.3g",
+               n_head, n_head_kv, hd, (long long)pos, (long long)o_rows, (long long)qd, q8 ? ", att in 8 bits" : "",
+               eo, ea);
+        pi_cuda_weight_destroy(ctx, &dw);
+        dev_free(dh);
+        free(w), free(wf), free(h0), free(x), free(ho), free(h), free(o2);
+    }
+    dev_free(kc1), dev_free(vc1), dev_free(kc2), dev_free(vc2), dev_free(dhist), dev_free(q1), dev_free(k1);
+    dev_free(q2), dev_free(k2), dev_free(dv), dev_free(out1), dev_free(out2);
+    free(hist), free(q), free(k), free(v), free(a1), free(a2), free(ref), free(c1);
 }
 
 /* ------------------------------------------------------------------ hot-neuron FFN */
@@ -717,15 +771,15 @@ static void test_q8_context(void)
     pi_cuda_ctx_t *main_ctx = ctx;
     const char *old = getenv("PI_CUDA_MV");
     char *saved = old ? strdup(old) : NULL;
-    const char *old_att = getenv("PI_CUDA_ATT_Q8");
+    const char *old_att = getenv("PI_CUDA_ATT_DEC");
     char *saved_att = old_att ? strdup(old_att) : NULL;
     setenv("PI_CUDA_MV", "q8", 1);
-    setenv("PI_CUDA_ATT_Q8", "1", 1); /* the merge kernel quantising the output projection's x */
+    setenv("PI_CUDA_ATT_DEC", "0", 1); /* decode attention in three launches, the merge quantising att */
     ctx = pi_cuda_ctx_new(0, (size_t)1 << 30);
     if (saved) setenv("PI_CUDA_MV", saved, 1);
     else unsetenv("PI_CUDA_MV");
-    if (saved_att) setenv("PI_CUDA_ATT_Q8", saved_att, 1);
-    else unsetenv("PI_CUDA_ATT_Q8");
+    if (saved_att) setenv("PI_CUDA_ATT_DEC", saved_att, 1);
+    else unsetenv("PI_CUDA_ATT_DEC");
     free(saved_att);
     free(saved);
     if (!ctx) tap_bail("cannot open a second context on device 0");
@@ -737,10 +791,9 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_K, 100, 2048, 1e-3f); /* eps dominating */
     test_matvec_norm(PI_TYPE_Q4_0, 300, 3200, 3.0f);  /* the norm's quantiser with a part-used last block */
-    test_attention(1, 32, 8, 128, 300, 512, 4096); /* the merge kernel quantises att (PI_CUDA_ATT_Q8=1) */
-    test_attention(1, 8, 2, 64, 700, 1024, 1000);
-    test_attention(1, 4, 4, 32, 0, 16, 77);
-    test_attention(2, 8, 8, 64, 20, 64, 300);      /* 2 queries: the plain path, a matvec per query */
+    test_attn_dec(32, 8, 128, 128, 300, 512, 4096); /* three launches; the merge kernel quantises att */
+    test_attn_dec(8, 2, 64, 64, 700, 1024, 1000);
+    test_attn_dec(4, 4, 32, 32, 0, 16, 77);
     test_matvec_norm(PI_TYPE_F16, 333, 1024, 3.0f);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q6_K, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 0);
@@ -869,14 +922,25 @@ int main(void)
     test_rope_kv(1, 32, 32, 128, 128, 300, 512); /* decode */
     test_rope_kv(9, 8, 2, 64, 32, 5, 64);        /* partial rotation, GQA, a short prompt */
     test_softmax_act(6, 1000);
-    test_attention(1, 8, 2, 128, 700, 1024, 0);  /* decode, 3 splits, GQA 4:1 */
-    test_attention(1, 4, 4, 64, 0, 16, 0);       /* first token */
-    test_attention(40, 8, 8, 64, 230, 512, 0);   /* a prompt continuing a sequence, crossing a split */
-    test_attention(3, 32, 8, 256, 100, 128, 0);
-    test_attention(2, 4, 2, 32, 300, 512, 0);
-    test_attention(1, 32, 32, 128, 900, 1024, 0); /* decode with shorter splits (the scratch is large enough by now) */
-    test_attention(1, 32, 32, 128, 300, 512, 4096); /* and the output projection (q8 by the automatic choice) */
-    test_attention(1, 8, 2, 64, 40, 64, 1000);      /* the same below the q8 threshold: float */
+    test_attention(1, 8, 2, 128, 700, 1024);  /* decode, 3 splits, GQA 4:1 */
+    test_attention(1, 4, 4, 64, 0, 16);       /* first token */
+    test_attention(40, 8, 8, 64, 230, 512);   /* a prompt continuing a sequence, crossing a split */
+    test_attention(3, 32, 8, 256, 100, 128);
+    test_attention(2, 4, 2, 32, 300, 512);
+    test_attention(2, 8, 8, 64, 20, 64);      /* 2 queries */
+    test_attention(1, 32, 32, 128, 900, 1024); /* decode with shorter splits (the scratch is large enough by now) */
+    /* decode in one launch: one split (first token), several (the last block merges), GQA, partial
+     * rotation, every head size, and with the output projection (q8 by the automatic choice, float
+     * below its threshold) */
+    test_attn_dec(4, 4, 64, 64, 0, 16, 0);
+    test_attn_dec(32, 32, 128, 128, 150, 512, 0);
+    test_attn_dec(8, 2, 128, 128, 700, 1024, 0);
+    test_attn_dec(8, 2, 32, 32, 33, 64, 0);   /* a rotated pair across two lanes */
+    test_attn_dec(4, 1, 256, 64, 300, 512, 0); /* partial rotation */
+    test_attn_dec(16, 4, 64, 32, 2000, 4096, 0);
+    test_attn_dec(32, 32, 128, 128, 300, 512, 4096);
+    test_attn_dec(32, 8, 128, 128, 100, 512, 4096);
+    test_attn_dec(8, 2, 64, 64, 40, 64, 1000);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_RELU, 0);
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);

@@ -6,7 +6,9 @@
  * Accounting: each allocation is counted as its size rounded up to 256 bytes and recorded in a small
  * host-side table (pointer, counted bytes) so that pi_cuda_free can give the bytes back. The CUDA
  * context and the cuBLAS handle are created before the budget applies; their footprint is measured with
- * cudaMemGetInfo and reported as `overhead`.
+ * cudaMemGetInfo and reported as `overhead`. The decode attention's per-head counters (PI_CUDA_ATT_CNT
+ * of them, zeroed here, ops.cu) are the last bytes of the cuBLAS workspace's allocation, which cuBLAS
+ * is not given: the budgeted total stays PI_CUDA_BLAS_WS.
  */
 #include "kernels/cuda/cuda-impl.h"
 
@@ -37,8 +39,10 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     else if (mv && strcmp(mv, "f32") == 0) c->mv_mode = PI_MV_F32;
     else if (mv && *mv && strcmp(mv, "auto") != 0)
         pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, f32, reg, staged, tall, narrow, split, q8); using auto", mv);
-    const char *aq = getenv("PI_CUDA_ATT_Q8"); /* an experiment not yet run on a GPU: off unless 1 */
-    c->att_q8 = aq && strcmp(aq, "1") == 0;
+    const char *aq = getenv("PI_CUDA_ATT_Q8");
+    c->att_q8 = !(aq && strcmp(aq, "0") == 0);
+    const char *ad = getenv("PI_CUDA_ATT_DEC");
+    c->att_dec = !(ad && strcmp(ad, "0") == 0);
     const char *gq = getenv("PI_CUDA_GLU_Q8");
     c->glu_q8 = !(gq && strcmp(gq, "0") == 0);
     const char *q8r = getenv("PI_CUDA_Q8_R");
@@ -55,7 +59,11 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     c->overhead = free0 > free1 ? free0 - free1 : 0;
     c->budget = budget ? budget : (free1 > (256u << 20) ? free1 - (256u << 20) : 0);
     PI_TRY(pi_cuda_alloc(c, PI_CUDA_BLAS_WS, &c->blas_ws));
-    PI_CUBLAS(cublasSetWorkspace(c->blas, c->blas_ws, PI_CUDA_BLAS_WS));
+    const size_t cnt_bytes = PI_CUDA_ATT_CNT * sizeof(unsigned);
+    PI_CUBLAS(cublasSetWorkspace(c->blas, c->blas_ws, PI_CUDA_BLAS_WS - cnt_bytes));
+    c->att_cnt = (unsigned *)((uint8_t *)c->blas_ws + PI_CUDA_BLAS_WS - cnt_bytes);
+    PI_CU(cudaMemsetAsync(c->att_cnt, 0, cnt_bytes, c->stream));
+    PI_CU(cudaStreamSynchronize(c->stream));
     pi_info("cuda: device %d (%s, %d SMs): budget %.1f MiB, free %.1f of %.1f MiB, context+cuBLAS %.1f MiB",
             dev, p.name, c->n_sm, c->budget / 1048576.0, free1 / 1048576.0, total / 1048576.0,
             c->overhead / 1048576.0);

@@ -67,6 +67,8 @@ extern "C" {
         if (r_ < 0) return r_;                                                                     \
     } while (0)
 
+#define PI_CUDA_ATT_CNT 1024 /* decode heads the one-launch attention handles (ctx.cu, ops.cu) */
+
 /* Scratch slots of a context; each grows on demand through the budgeted allocator. */
 enum pi_cuda_scratch {
     PI_CUDA_SCR_X16 = 0, /* activations converted to f16 for cuBLAS */
@@ -100,7 +102,9 @@ struct pi_cuda_ctx {
     bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
     int q8_r;            /* rows per warp of the q8 matvec, 0: by the matrix's height (PI_CUDA_Q8_R) */
     bool glu_q8;         /* the dense FFN's gate/up kernel quantises its activations (PI_CUDA_GLU_Q8=0: off) */
-    bool att_q8;         /* the attention merge quantises the output projection's x (PI_CUDA_ATT_Q8=1: on) */
+    bool att_q8;         /* the attention merge quantises the output projection's x (PI_CUDA_ATT_Q8=0: off) */
+    bool att_dec;        /* decode attention in one launch with RoPE and the KV store (PI_CUDA_ATT_DEC=0: off) */
+    unsigned *att_cnt;   /* PI_CUDA_ATT_CNT per-head split counters of k_attn_dec, zero between launches */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;

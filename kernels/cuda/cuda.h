@@ -202,7 +202,7 @@ int pi_cuda_kv_store(pi_cuda_ctx_t *ctx, int n_head_kv, int head_dim, int64_t po
  * the rotated k and of v at positions [pos0, pos0 + T), in one launch (decode's step is a handful of
  * small kernels; each launch costs more than its work). Same results, bit for bit, as the three calls;
  * head_dim must be even and the caches 4-byte aligned (v is stored as pairs of halves). k is rotated
- * in place; v is only read. */
+ * in place; v is only read. d_pos NULL: the rotation positions are pos0 .. pos0 + T - 1. */
 int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int n_rot,
                     const int32_t *d_pos, float base, float freq_scale, float *d_q, float *d_k, const float *d_v,
                     int64_t pos0, void *d_k_cache, void *d_v_cache);
@@ -215,13 +215,19 @@ int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, in
 int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
                       const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out);
 
-/* pi_cuda_attention, then h (T, o->rows) += o @ out (the output projection's residual add). For one
- * query, when the context's PI_CUDA_ATT_Q8=1 (an experiment, off by default) and o takes the q8
- * matvec (pi_cuda_q8_for), the attention's merge kernel quantises out for the projection itself, one
- * launch fewer. o->cols must be n_head * head_dim. */
-int pi_cuda_attention_o(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
-                        const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out,
-                        const pi_cuda_weight_t *o, float *d_h);
+/* One decode step's attention for one sequence, the query at position pos: RoPE of q (n_head,
+ * head_dim) and k (n_head_kv, head_dim) at pos as pi_cuda_rope does it, k and v (n_head_kv, head_dim)
+ * stored as f16 at position pos of the caches (n_ctx, n_head_kv, head_dim), causal grouped-query
+ * attention over positions 0 .. pos into out (n_head, head_dim) f32 as pi_cuda_attention computes it,
+ * then, unless o is NULL, h (o->rows) += o @ out. One launch for all but the projection
+ * (k_attn_dec in ops.cu; PI_CUDA_ATT_DEC=0, or more than 1024 heads: pi_cuda_rope_kv, then
+ * pi_cuda_attention's two launches). Where o takes the q8 matvec (pi_cuda_q8_for) and
+ * PI_CUDA_ATT_Q8 is not 0, the attention quantises out for the projection itself. q and k are scratch:
+ * afterwards they hold the rotated or the original values. v is only read. o->cols must be
+ * n_head * head_dim; head_dim 32, 64, 128 or 256; n_rot even, at most head_dim. */
+int pi_cuda_attention_dec(pi_cuda_ctx_t *ctx, int n_head, int n_head_kv, int head_dim, int n_rot, int64_t pos,
+                          float base, float freq_scale, float *d_q, float *d_k, const float *d_v, void *d_k_cache,
+                          void *d_v_cache, float *d_out, const pi_cuda_weight_t *o, float *d_h);
 
 /* x (rows, n) softmax per row, in place. */
 int pi_cuda_softmax(pi_cuda_ctx_t *ctx, int64_t rows, int64_t n, float *d_x);

@@ -207,7 +207,7 @@ extern "C" int pi_cuda_kv_store(pi_cuda_ctx_t *c, int n_head_kv, int head_dim, i
  * qkv; q and k pairs below n_rot rotate as k_rope rotates them (pi_rope_pair, so the same bits), k
  * and v pairs are then stored as f16 at position pos0 + t. k is rotated in place as well. */
 __global__ void k_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_rot, const int32_t *__restrict__ pos,
-                          float base, float freq_scale, float *__restrict__ q, float *__restrict__ k,
+                          int64_t pos0, float base, float freq_scale, float *__restrict__ q, float *__restrict__ k,
                           const float *__restrict__ v, int64_t off, __half *__restrict__ kc, __half *__restrict__ vc)
 {
     const int hp = hd / 2, nh = n_head + 2 * n_head_kv;
@@ -226,7 +226,7 @@ __global__ void k_rope_kv(int64_t T, int n_head, int n_head_kv, int hd, int n_ro
     float *row = h < n_head ? q + (t * n_head + h) * hd : k + t * kvd + (int64_t)(h - n_head) * hd;
     float a = row[2 * p], b = row[2 * p + 1];
     if (2 * p < n_rot) {
-        pi_rope_pair(pos[t], p, n_rot, base, freq_scale, a, b);
+        pi_rope_pair(pos ? pos[t] : (int32_t)(pos0 + t), p, n_rot, base, freq_scale, a, b);
         row[2 * p] = a, row[2 * p + 1] = b;
     }
     if (h >= n_head) {
@@ -248,7 +248,7 @@ extern "C" int pi_cuda_rope_kv(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_he
         return -PI_ERR_INVAL;
     }
     const int64_t n = T * (n_head + 2 * n_head_kv) * (head_dim / 2);
-    k_rope_kv<<<blocks_for(n, 256), 256, 0, c->stream>>>(T, n_head, n_head_kv, head_dim, n_rot, d_pos, base, freq_scale,
+    k_rope_kv<<<blocks_for(n, 256), 256, 0, c->stream>>>(T, n_head, n_head_kv, head_dim, n_rot, d_pos, pos0, base, freq_scale,
                                                           d_q, d_k, d_v, pos0 * n_head_kv * head_dim,
                                                           (__half *)d_k_cache, (__half *)d_v_cache);
     PI_CU_LAUNCH("k_rope_kv");
@@ -390,6 +390,23 @@ __global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__rest
     }
 }
 
+/* Positions per split for T queries over L positions: PI_ATT_CHUNK; when that gives fewer than two
+ * blocks per SM (decode at a short context: one block per head), shorter splits (down to 32 positions,
+ * one round of the 4 warps), as long as their partials fit the scratch already held, so that serving
+ * does not allocate (the backend grows it to its largest need at start). */
+static int64_t att_chunk(const pi_cuda_ctx_t *c, int64_t T, int n_head, int head_dim, int64_t L)
+{
+    const int64_t want = 2 * (int64_t)c->n_sm;
+    int64_t chunk = PI_ATT_CHUNK;
+    if (T * n_head * ((L + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK) < want) {
+        const int64_t ns = (want + T * n_head - 1) / (T * n_head);
+        const int64_t ch = PI_MAX((int64_t)32, ((L + ns - 1) / ns + 31) / 32 * 32);
+        const size_t b = (size_t)T * (size_t)n_head * (size_t)((L + ch - 1) / ch) * (size_t)(head_dim + 2) * sizeof(float);
+        if (ch < chunk && b <= c->scr_bytes[PI_CUDA_SCR_ATT]) chunk = ch;
+    }
+    return chunk;
+}
+
 /* pi_cuda_attention; with qs, the merge also quantises out (q8 matvec layout). */
 static int attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0, const float *d_q,
                      const void *d_k_cache, const void *d_v_cache, float *d_out, int8_t *qs, int4 *meta)
@@ -401,19 +418,7 @@ static int attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int
                  (long long)T, n_head, n_head_kv, head_dim, (long long)pos0);
         return -PI_ERR_INVAL;
     }
-    /* Splits of PI_ATT_CHUNK positions; when that gives fewer than two blocks per SM (decode at a short
-     * context: one block per head), shorter splits (down to 32 positions, one round of the 4 warps),
-     * as long as their partials fit the scratch already held, so that serving does not allocate (the
-     * backend grows it to its largest need at start). */
-    const int64_t L = pos0 + T, want = 2 * (int64_t)c->n_sm;
-    int64_t chunk = PI_ATT_CHUNK;
-    if (T * n_head * ((L + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK) < want) {
-        const int64_t ns = (want + T * n_head - 1) / (T * n_head);
-        const int64_t ch = PI_MAX((int64_t)32, ((L + ns - 1) / ns + 31) / 32 * 32);
-        const size_t b = (size_t)T * (size_t)n_head * (size_t)((L + ch - 1) / ch) * (size_t)(head_dim + 2) * sizeof(float);
-        if (ch < chunk && b <= c->scr_bytes[PI_CUDA_SCR_ATT]) chunk = ch;
-    }
-    const int64_t nsplit = (L + chunk - 1) / chunk;
+    const int64_t L = pos0 + T, chunk = att_chunk(c, T, n_head, head_dim, L), nsplit = (L + chunk - 1) / chunk;
     if (nsplit > 65535) {
         pi_error("cuda: attention over %lld positions unsupported", (long long)(pos0 + T));
         return -PI_ERR_INVAL;
@@ -445,24 +450,246 @@ extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_
     return attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, NULL, NULL);
 }
 
-extern "C" int pi_cuda_attention_o(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
-                                   const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out,
-                                   const pi_cuda_weight_t *o, float *d_h)
+/* ------------------------------------------------------------------ decode attention, one launch */
+
+/* DESIGN (k_attn_dec). A decode step's attention was three launches (k_rope_kv, k_attn_split,
+ * k_attn_merge), each a few microseconds of mostly launch and latency for little work. Here one launch
+ * does all of it for one query at position pos:
+ * - RoPE. Every block rotates its q head in registers. The blocks of the last split, which holds
+ *   position pos, rotate their kv head's new k the same way (pi_rope_pair) and round k and v to f16 as
+ *   the cache would hold them. No block reads position pos from the cache: the one with h % group == 0
+ *   of the last split writes it, for the steps after this one.
+ * - Splits. As k_attn_split over the cached positions [0, pos), then the last split's last warp adds
+ *   position pos from registers.
+ * - Merge. With one split the block normalises its own warps' partial. Otherwise each block writes its
+ *   partial, fences, and counts itself done on the head's counter (c->att_cnt, zero between launches);
+ *   the block that counts last fences again, reads all of the head's partials past L1 (__ldcg: they
+ *   were written by other SMs), normalises, and zeroes the counter for the next launch. The stream
+ *   orders launches, so a counter is never shared by two of them. Q: the merging block also quantises
+ *   the head's output for the q8 output projection (pi_q8_quant_warp; head_dim is whole segments).
+ * If a launch dies mid-way the counters may be left non-zero; such an error is sticky and ends the
+ * worker (backend-cuda.c), so no later launch reads them. */
+struct pi_att_dec {
+    int n_head, n_head_kv, pos, n_rot, nsplit, chunk;
+    float base, freq_scale, qscale;
+    const float *q, *k, *v; /* (n_head, hd), (n_head_kv, hd), (n_head_kv, hd), not rotated */
+    __half *kc, *vc;        /* caches (n_ctx, n_head_kv, hd) */
+    float *part;            /* (n_head, nsplit, hd + 2) split partials */
+    unsigned *cnt;          /* (n_head) */
+    float *out;             /* (n_head, hd) */
+    int8_t *qs;             /* Q: out quantised (pi_xq) */
+    int4 *meta;
+};
+
+/* RoPE of the NPL dimensions [lane NPL, (lane + 1) NPL) a lane holds (pairs 2p, 2p + 1 below n_rot). */
+template <int NPL>
+__device__ __forceinline__ void pi_rope_lane(float (&v)[NPL], int lane, int pos, int n_rot, float base, float fs)
+{
+    if constexpr (NPL == 1) { /* a pair spans two lanes */
+        const float o = __shfl_xor_sync(0xffffffffu, v[0], 1);
+        const int p = lane >> 1;
+        if (2 * p < n_rot) {
+            float a = lane & 1 ? o : v[0], b = lane & 1 ? v[0] : o;
+            pi_rope_pair(pos, p, n_rot, base, fs, a, b);
+            v[0] = lane & 1 ? b : a;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < NPL / 2; i++) {
+            const int p = lane * (NPL / 2) + i;
+            if (2 * p < n_rot) pi_rope_pair(pos, p, n_rot, base, fs, v[2 * i], v[2 * i + 1]);
+        }
+    }
+}
+
+/* One block per (head h, split sp). Lane l holds dimensions [l NPL, (l + 1) NPL) as in k_attn_split. */
+template <int NPL, bool Q>
+__global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
+{
+    constexpr int HD = 32 * NPL, P = NPL >= 8 ? 4 : 8;
+    __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
+    __shared__ float s_acc[PI_ATT_WARPS][HD];
+    __shared__ bool s_last;
+    const int h = blockIdx.x, sp = blockIdx.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = a.n_head / a.n_head_kv, g = h / grp;
+    const int64_t kvd = (int64_t)a.n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
+    const int64_t p0 = (int64_t)sp * a.chunk, p1 = PI_MIN(p0 + a.chunk, (int64_t)a.pos); /* cached positions */
+    float qv[NPL], acc[NPL];
+#pragma unroll
+    for (int i = 0; i < NPL; i++) qv[i] = a.q[(int64_t)h * HD + lane * NPL + i], acc[i] = 0.0f;
+    pi_rope_lane<NPL>(qv, lane, a.pos, a.n_rot, a.base, a.freq_scale);
+#pragma unroll
+    for (int i = 0; i < NPL; i++) qv[i] *= a.qscale;
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t pb = p0 + (int64_t)warp * P; pb < p1; pb += PI_ATT_WARPS * P) {
+        float kf[P][NPL], vf[P][NPL], sc[P];
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const int64_t p = pb + j < p1 ? pb + j : p1 - 1;
+            pi_ld_halves<NPL>(a.kc + p * kvd + off, kf[j]);
+            pi_ld_halves<NPL>(a.vc + p * kvd + off, vf[j]);
+        }
+        float mb = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) dot = fmaf(qv[i], kf[j][i], dot);
+            sc[j] = pb + j < p1 ? pi_warp_sum(dot) : -INFINITY;
+            mb = fmaxf(mb, sc[j]);
+        }
+        const float mn = fmaxf(m, mb), corr = exp2f(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) acc[i] *= corr;
+#pragma unroll
+        for (int j = 0; j < P; j++) {
+            const float e = exp2f(sc[j] - mn);
+            l += e;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) acc[i] = fmaf(e, vf[j][i], acc[i]);
+        }
+        m = mn;
+    }
+    if (sp == a.nsplit - 1) { /* position pos, from the step's own k and v */
+        float kf[NPL], vf[NPL];
+#pragma unroll
+        for (int i = 0; i < NPL; i++) kf[i] = a.k[off + i], vf[i] = a.v[off + i];
+        pi_rope_lane<NPL>(kf, lane, a.pos, a.n_rot, a.base, a.freq_scale);
+        const bool store = h % grp == 0 && warp == 0;
+#pragma unroll
+        for (int i = 0; i < NPL; i++) {
+            const __half hk = __float2half_rn(kf[i]), hv = __float2half_rn(vf[i]);
+            kf[i] = __half2float(hk), vf[i] = __half2float(hv);
+            if (store) a.kc[(int64_t)a.pos * kvd + off + i] = hk, a.vc[(int64_t)a.pos * kvd + off + i] = hv;
+        }
+        if (warp == PI_ATT_WARPS - 1) {
+            float dot = 0.0f;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) dot = fmaf(qv[i], kf[i], dot);
+            const float sc = pi_warp_sum(dot), mn = fmaxf(m, sc), corr = exp2f(m - mn), e = exp2f(sc - mn);
+            l = l * corr + e;
+#pragma unroll
+            for (int i = 0; i < NPL; i++) acc[i] = fmaf(e, vf[i], acc[i] * corr);
+            m = mn;
+        }
+    }
+    if (lane == 0) s_m[warp] = m, s_l[warp] = l;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY, L = 0.0f;
+    for (int w = 0; w < PI_ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    for (int w = 0; w < PI_ATT_WARPS; w++)
+        if (s_m[w] != -INFINITY) L += s_l[w] * exp2f(s_m[w] - M);
+    if (a.nsplit == 1) {
+        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+            float x = 0.0f;
+            for (int w = 0; w < PI_ATT_WARPS; w++)
+                if (s_m[w] != -INFINITY) x += s_acc[w][d] * exp2f(s_m[w] - M);
+            x /= L;
+            a.out[(int64_t)h * HD + d] = x;
+            if constexpr (Q) pi_q8_quant_warp(x, ((int64_t)h * HD + d) >> 5, lane, a.qs, a.meta);
+        }
+        return;
+    }
+    float *pp = a.part + (int64_t)h * a.nsplit * (HD + 2);
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float x = 0.0f;
+        for (int w = 0; w < PI_ATT_WARPS; w++)
+            if (s_m[w] != -INFINITY) x += s_acc[w][d] * exp2f(s_m[w] - M);
+        pp[(int64_t)sp * (HD + 2) + 2 + d] = x;
+    }
+    if (threadIdx.x == 0) pp[(int64_t)sp * (HD + 2)] = M, pp[(int64_t)sp * (HD + 2) + 1] = L;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(a.cnt + h, 1u) == (unsigned)a.nsplit - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    M = -INFINITY;
+    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, __ldcg(pp + s * (HD + 2)));
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float x = 0.0f, LL = 0.0f;
+        for (int s = 0; s < a.nsplit; s++) {
+            const float ms = __ldcg(pp + s * (HD + 2));
+            if (ms == -INFINITY) continue;
+            const float w = exp2f(ms - M);
+            x += __ldcg(pp + s * (HD + 2) + 2 + d) * w;
+            LL += __ldcg(pp + s * (HD + 2) + 1) * w;
+        }
+        x /= LL;
+        a.out[(int64_t)h * HD + d] = x;
+        if constexpr (Q) pi_q8_quant_warp(x, ((int64_t)h * HD + d) >> 5, lane, a.qs, a.meta);
+    }
+    if (threadIdx.x == 0) a.cnt[h] = 0;
+}
+
+template <int NPL> static void launch_att_dec(pi_cuda_ctx_t *c, const pi_att_dec &a, bool q)
+{
+    dim3 grid((unsigned)a.n_head, (unsigned)a.nsplit);
+    if (q) k_attn_dec<NPL, true><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(a);
+    else k_attn_dec<NPL, false><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(a);
+}
+
+extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv, int head_dim, int n_rot, int64_t pos,
+                                     float base, float freq_scale, float *d_q, float *d_k, const float *d_v,
+                                     void *d_k_cache, void *d_v_cache, float *d_out, const pi_cuda_weight_t *o,
+                                     float *d_h)
 {
     const int64_t qd = (int64_t)n_head * head_dim;
-    if (o->cols != qd) {
-        pi_error("cuda: attention_o: the output projection takes %lld columns, the heads give %lld", (long long)o->cols,
-                 (long long)qd);
+    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || n_head > 65535 ||
+        (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) || n_rot <= 0 || n_rot % 2 ||
+        n_rot > head_dim || pos < 0 || pos >= INT_MAX) {
+        pi_error("cuda: decode attention with %d heads, %d kv heads, head_dim %d, n_rot %d at position %lld unsupported",
+                 n_head, n_head_kv, head_dim, n_rot, (long long)pos);
         return -PI_ERR_INVAL;
     }
-    if (T != 1 || !c->att_q8 || !pi_cuda_q8_for(c, o->type, o->rows, o->cols)) {
-        PI_TRY(pi_cuda_attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out));
-        return pi_cuda_matmul_add(c, o, T, d_out, d_h);
+    if (o && o->cols != qd) {
+        pi_error("cuda: decode attention: the output projection takes %lld columns, the heads give %lld",
+                 (long long)o->cols, (long long)qd);
+        return -PI_ERR_INVAL;
     }
-    void *buf = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(qd), &buf));
-    const pi_xq x = pi_xq_at(buf, qd);
-    PI_TRY(attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, x.qs, x.meta));
+    const bool q8 = o && c->att_q8 && pi_cuda_q8_for(c, o->type, o->rows, o->cols);
+    pi_xq x = {NULL, NULL};
+    if (q8) {
+        void *buf = NULL;
+        PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_XQ, pi_cuda_xq_bytes(qd), &buf));
+        x = pi_xq_at(buf, qd);
+    }
+    if (!c->att_dec || n_head > PI_CUDA_ATT_CNT) { /* the three launches */
+        PI_TRY(pi_cuda_rope_kv(c, 1, n_head, n_head_kv, head_dim, n_rot, NULL, base, freq_scale, d_q, d_k, d_v, pos,
+                               d_k_cache, d_v_cache));
+        PI_TRY(attention(c, 1, n_head, n_head_kv, head_dim, pos, d_q, d_k_cache, d_v_cache, d_out, x.qs, x.meta));
+    } else {
+        pi_att_dec a;
+        a.n_head = n_head, a.n_head_kv = n_head_kv, a.pos = (int)pos, a.n_rot = n_rot;
+        a.chunk = (int)att_chunk(c, 1, n_head, head_dim, pos + 1);
+        a.nsplit = (int)((pos + a.chunk) / a.chunk);
+        if (a.nsplit > 65535) {
+            pi_error("cuda: attention over %lld positions unsupported", (long long)(pos + 1));
+            return -PI_ERR_INVAL;
+        }
+        a.base = base, a.freq_scale = freq_scale, a.qscale = 1.4426950408889634f / sqrtf((float)head_dim);
+        a.q = d_q, a.k = d_k, a.v = d_v, a.kc = (__half *)d_k_cache, a.vc = (__half *)d_v_cache;
+        a.part = NULL;
+        if (a.nsplit > 1) {
+            void *part = NULL;
+            PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, (size_t)n_head * (size_t)a.nsplit * (size_t)(head_dim + 2) * sizeof(float), &part));
+            a.part = (float *)part;
+        }
+        a.cnt = c->att_cnt, a.out = d_out, a.qs = x.qs, a.meta = x.meta;
+        switch (head_dim) {
+        case 32: launch_att_dec<1>(c, a, q8); break;
+        case 64: launch_att_dec<2>(c, a, q8); break;
+        case 128: launch_att_dec<4>(c, a, q8); break;
+        default: launch_att_dec<8>(c, a, q8); break;
+        }
+        PI_CU_LAUNCH("k_attn_dec");
+    }
+    if (!o) return 0;
+    if (!q8) return pi_cuda_matmul_add(c, o, 1, d_out, d_h);
     pi_mv_epi e = {d_h, 0, NULL, NULL, 1, NULL, 0.0f};
     return pi_cuda_matvec_q8_from(c, o, x, e, 0);
 }
