@@ -25,7 +25,8 @@
  *
  * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. With
  * PI_CUDA_BENCH=1 it only prints decode and prompt tokens/s of each backend (PI_CUDA_BENCH_MODEL, default
- * the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...", PI_CUDA_BENCH_DECODE steps, default 128;
+ * the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...", PI_CUDA_BENCH_DECODE steps, default 128,
+ * the context holding the 64-token prompt and every step, at least 256;
  * PI_CUDA_BENCH_VARIANTS "A=1 B=0;A=0;...": environment settings applied in turn, one run each, e.g.
  * the backend's PI_CUDA_FUSE_QKV, PI_CUDA_SKIP_X, PI_CUDA_MV); with PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short
  * run compute-sanitizer checks).
