@@ -36,7 +36,7 @@ timeout 300 $CS --tool racecheck $R/tests/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
 # the backend's golden checks under each switch of doc/cuda-backend.md "Session 4" (q8: the host backend's bound)
-for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0; do
+for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0 PI_CUDA_PDL=0; do
   l=$OUT/test-backend-cuda-$(echo "$v" | tr '= ' '__').log # the device tool returns no file with '=' in its name
   env $v timeout 200 $R/tests/test-backend-cuda > $l 2>&1
   echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $l) notok=$(grep -c '^not ok' $l)" | tee -a $T

@@ -43,6 +43,8 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     c->att_q8 = !(aq && strcmp(aq, "0") == 0);
     const char *ad = getenv("PI_CUDA_ATT_DEC");
     c->att_dec = !(ad && strcmp(ad, "0") == 0);
+    const char *pd = getenv("PI_CUDA_PDL");
+    c->pdl = p.major >= 9 && !(pd && strcmp(pd, "0") == 0);
     const char *gq = getenv("PI_CUDA_GLU_Q8");
     c->glu_q8 = !(gq && strcmp(gq, "0") == 0);
     const char *q8r = getenv("PI_CUDA_Q8_R");

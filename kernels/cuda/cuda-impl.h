@@ -49,6 +49,41 @@ extern "C" {
         }                                                                                          \
     } while (0)
 
+/* DESIGN (programmatic dependent launch, sm_90+). The decode step is a chain of short kernels on one
+ * stream, and each used to start only once the one before it had finished and drained: a few
+ * microseconds of launch and ramp per kernel during which the memory system idled. The q8 matvecs,
+ * the x quantiser, the dense gate/up kernel and the decode attention are launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization (pi_launch_pdl, when the context's `pdl` is set),
+ * so the device may start them while the kernel before them still runs. The rules every such kernel
+ * keeps:
+ * - it calls pi_pdl_launch() at its start (the kernel after it may then be launched as soon as all of
+ *   this one's blocks are running);
+ * - before pi_pdl_wait() it reads only data no kernel of the stream writes (weights, norm weights:
+ *   uploaded before the first step), and it writes nothing. Kernels before it may still be running,
+ *   several of them: each waits only for the one before it, so completion is transitive, not early
+ *   launch. Activations, caches and scratch are read after the wait;
+ * - pi_pdl_wait() returns once the kernel before it has completed and its writes are visible, and
+ *   at once when the kernel was launched without the attribute.
+ * A kernel launched with the attribute that skipped the wait would race; only the launches through
+ * pi_launch_pdl set it, and only for kernels written to these rules. PI_CUDA_PDL=0 turns it off. */
+__device__ __forceinline__ void pi_pdl_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pi_pdl_launch()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/* Launch kernel k on the compute stream, with programmatic stream serialization where c->pdl. */
+template <typename... K, typename... A>
+static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, A... args);
+
 /* After a kernel launch: a bad configuration shows up in cudaGetLastError. */
 #define PI_CU_LAUNCH(name) PI_CU_LAUNCH_((name), __FILE__, __LINE__)
 #define PI_CU_LAUNCH_(name, f, l)                                                                  \
@@ -105,6 +140,7 @@ struct pi_cuda_ctx {
     bool att_q8;         /* the attention merge quantises the output projection's x (PI_CUDA_ATT_Q8=0: off) */
     bool att_dec;        /* decode attention in one launch with RoPE and the KV store (PI_CUDA_ATT_DEC=0: off) */
     unsigned *att_cnt;   /* PI_CUDA_ATT_CNT per-head split counters of k_attn_dec, zero between launches */
+    bool pdl;            /* programmatic dependent launch of the decode kernels (sm_90+; PI_CUDA_PDL=0: off) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -114,6 +150,22 @@ struct pi_cuda_ctx {
     void *scr[PI_CUDA_SCR_COUNT];
     size_t scr_bytes[PI_CUDA_SCR_COUNT];
 };
+
+template <typename... K, typename... A>
+static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, A... args)
+{
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = c->stream;
+    cfg.attrs = at;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
 
 /* A weight matrix W (rows, cols) in the device layout above. */
 struct pi_cuda_weight {

@@ -46,12 +46,14 @@ __global__ void __launch_bounds__(PI_Q8_QUANT_THREADS) k_quant_x8(int64_t n, con
                                                                   const float *__restrict__ g, float eps,
                                                                   int8_t *__restrict__ qs, int4 *__restrict__ meta)
 {
+    pi_pdl_launch();
     const int lane = threadIdx.x & 31;
     const int64_t s = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const bool live = s < (n >> 5);
+    const float gv = NORM && live ? __ldg(g + s * 32 + lane) : 0.0f; /* a weight: before the wait */
+    pi_pdl_wait();
     float v = live ? __ldg(x + s * 32 + lane) : 0.0f;
     if constexpr (NORM) {
-        const float gv = live ? __ldg(g + s * 32 + lane) : 0.0f;
         __shared__ float red[PI_Q8_QUANT_THREADS / 32];
         const float4 *x4 = (const float4 *)x;
         const int64_t n4 = n >> 2, step = (int64_t)blockDim.x;
@@ -103,14 +105,41 @@ __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 
     }
 }
 
+/* Prefetch into L2 the weight bytes of rows [r0, r0 + R) (those that exist) that their first nseg
+ * segments occupy, in 128-byte lines spread over the warp's lanes: issued before pi_pdl_wait(), they
+ * stream from memory while the kernel before this one finishes, without holding registers. */
+template <int T>
+__device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, int R, int64_t nseg, int lane)
+{
+    constexpr int BQ = T == PI_TYPE_Q4_0 ? 16 : T == PI_TYPE_Q8_0 ? 32 : T == PI_TYPE_Q4_K ? 144 : 208; /* bytes per block */
+    constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 ? 1 : 8;                               /* segments per block */
+    constexpr bool DPLANE = T != PI_TYPE_Q4_K;                                                        /* scales apart */
+    const int64_t nb = PI_MIN(w.nblk, (nseg + SPB - 1) / SPB);
+    for (int i = 0; i < R && r0 + i < w.rows; i++) {
+        const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
+        for (uintptr_t a = (q0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < q1; a += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        if constexpr (DPLANE) {
+            const uintptr_t d0 = (uintptr_t)(w.d + (size_t)(r0 + i) * (size_t)w.nblk), d1 = d0 + (uintptr_t)nb * 2;
+            for (uintptr_t a = (d0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < d1; a += 32 * 128)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        }
+    }
+}
+
 /* acc[i] = row r0 + i of W (clamped to the last row) times the quantised x (qs, meta), summed over
  * the warp (every lane holds the sums): lane l takes segments l, l + 32, ...; each lane issues the
- * loads of U segments of all R rows and of x before any arithmetic. */
-template <int T, int R, int U>
+ * loads of U segments of all R rows and of x before any arithmetic. WAIT: the first round's weight
+ * bytes are prefetched into L2 before pi_pdl_wait() (cuda-impl.h), everything is read after it. */
+template <int T, int R, int U, bool WAIT>
 __device__ __forceinline__ void pi_q8_rows(const pi_wdev &w, const uint8_t *__restrict__ qs, const int4 *__restrict__ meta,
                                            int64_t r0, int lane, float (&acc)[R])
 {
     const int64_t nseg = w.cols >> 5;
+    if constexpr (WAIT) {
+        pi_rows_prefetch<T>(w, r0, R, 32 * U, lane);
+        pi_pdl_wait();
+    }
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.0f;
     for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
@@ -143,13 +172,15 @@ __global__ void __launch_bounds__(PI_Q8_THREADS) k_matvec_q8(pi_wdev w, const ui
                                                              const int4 *__restrict__ meta, pi_mv_epi e)
 {
     static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
+    pi_pdl_launch();
     const int lane = threadIdx.x & 31;
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     if (r0 >= w.rows) return;
+    if (GLU) pi_pdl_wait(); /* the mask may come from an earlier kernel */
     if (GLU && pi_mv_masked_off(e, warp, lane)) return;
     float acc[R];
-    pi_q8_rows<T, R, U>(w, qs, meta, r0, lane, acc);
+    pi_q8_rows<T, R, U, !GLU>(w, qs, meta, r0, lane, acc);
     if (lane == 0) pi_mv_finish<R, GLU>(e, warp, r0, w.rows, acc);
 }
 
@@ -162,11 +193,13 @@ template <int T>
 __global__ void __launch_bounds__(1024) k_glu_q8(pi_wdev w, const uint8_t *__restrict__ qs, const int4 *__restrict__ meta,
                                                  int act, int8_t *__restrict__ aq, int4 *__restrict__ am)
 {
+    pi_pdl_launch();
     __shared__ float a[32];
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
     const int64_t r0 = 2 * ((int64_t)blockIdx.x * 32 + wi);
     float acc[2] = {0.0f, 0.0f};
-    if (r0 < w.rows) pi_q8_rows<T, 2, 2>(w, qs, meta, r0, lane, acc);
+    if (r0 < w.rows) pi_q8_rows<T, 2, 2, true>(w, qs, meta, r0, lane, acc);
+    else pi_pdl_wait(); /* before the writes below */
     if (lane == 0) a[wi] = r0 < w.rows ? pi_glu_f(act, acc[0], acc[1]) : 0.0f;
     __syncthreads();
     if (wi == 0) pi_q8_quant_warp(a[lane], blockIdx.x, lane, aq, am);
@@ -193,8 +226,8 @@ template <int T, int R, int U, bool GLU>
 static int launch_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t *qs, const int4 *meta, const pi_mv_epi &e)
 {
     const int64_t warps = (w->rows + R - 1) / R, per_block = PI_Q8_THREADS / 32;
-    k_matvec_q8<T, R, U, GLU><<<(unsigned)((warps + per_block - 1) / per_block), PI_Q8_THREADS, 0, c->stream>>>(
-        pi_wdev_of(w), qs, meta, e);
+    PI_CU(pi_launch_pdl(c, k_matvec_q8<T, R, U, GLU>, dim3((unsigned)((warps + per_block - 1) / per_block)),
+                        dim3(PI_Q8_THREADS), pi_wdev_of(w), qs, meta, e));
     PI_CU_LAUNCH("k_matvec_q8");
     return 0;
 }
@@ -213,8 +246,8 @@ static int quant_x(pi_cuda_ctx_t *c, int64_t cols, const float *d_x, const float
 {
     const int64_t nseg = cols / 32;
     const unsigned qblocks = (unsigned)((nseg + PI_Q8_QUANT_THREADS / 32 - 1) / (PI_Q8_QUANT_THREADS / 32));
-    if (ng) k_quant_x8<true><<<qblocks, PI_Q8_QUANT_THREADS, 0, c->stream>>>(cols, d_x, ng, eps, qs, meta);
-    else k_quant_x8<false><<<qblocks, PI_Q8_QUANT_THREADS, 0, c->stream>>>(cols, d_x, NULL, 0.0f, qs, meta);
+    if (ng) PI_CU(pi_launch_pdl(c, k_quant_x8<true>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), cols, d_x, ng, eps, qs, meta));
+    else PI_CU(pi_launch_pdl(c, k_quant_x8<false>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), cols, d_x, (const float *)NULL, 0.0f, qs, meta));
     PI_CU_LAUNCH("k_quant_x8");
     return 0;
 }
@@ -267,10 +300,11 @@ int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_
     const pi_xq x = pi_xq_at(buf, d), a = pi_xq_at((char *)buf + xb, n_ff);
     PI_TRY(quant_x(c, d, d_x, d_norm_g, eps, x.qs, x.meta));
     const pi_wdev wd = pi_wdev_of(gu);
+    const dim3 grid((unsigned)(n_ff / 32)), block(1024);
     if (gu->type == PI_TYPE_Q4_0)
-        k_glu_q8<PI_TYPE_Q4_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)x.qs, x.meta, act, a.qs, a.meta);
+        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q4_0>, grid, block, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
     else
-        k_glu_q8<PI_TYPE_Q8_0><<<(unsigned)(n_ff / 32), 1024, 0, c->stream>>>(wd, (const uint8_t *)x.qs, x.meta, act, a.qs, a.meta);
+        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q8_0>, grid, block, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
     PI_CU_LAUNCH("k_glu_q8");
     pi_mv_epi e = {d_y, 0, NULL, NULL, accumulate, NULL, 0.0f};
     return pi_cuda_matvec_q8_from(c, down, a, e, 0);

@@ -510,6 +510,8 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
     __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
     __shared__ float s_acc[PI_ATT_WARPS][HD];
     __shared__ bool s_last;
+    pi_pdl_launch();
+    pi_pdl_wait(); /* everything below reads what earlier kernels wrote (q, k, v, the caches) */
     const int h = blockIdx.x, sp = blockIdx.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = a.n_head / a.n_head_kv, g = h / grp;
@@ -626,11 +628,10 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
     if (threadIdx.x == 0) a.cnt[h] = 0;
 }
 
-template <int NPL> static void launch_att_dec(pi_cuda_ctx_t *c, const pi_att_dec &a, bool q)
+template <int NPL> static cudaError_t launch_att_dec(pi_cuda_ctx_t *c, const pi_att_dec &a, bool q)
 {
-    dim3 grid((unsigned)a.n_head, (unsigned)a.nsplit);
-    if (q) k_attn_dec<NPL, true><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(a);
-    else k_attn_dec<NPL, false><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(a);
+    const dim3 grid((unsigned)a.n_head, (unsigned)a.nsplit), block(PI_ATT_WARPS * 32);
+    return q ? pi_launch_pdl(c, k_attn_dec<NPL, true>, grid, block, a) : pi_launch_pdl(c, k_attn_dec<NPL, false>, grid, block, a);
 }
 
 extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv, int head_dim, int n_rot, int64_t pos,
@@ -681,10 +682,10 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
         }
         a.cnt = c->att_cnt, a.out = d_out, a.qs = x.qs, a.meta = x.meta;
         switch (head_dim) {
-        case 32: launch_att_dec<1>(c, a, q8); break;
-        case 64: launch_att_dec<2>(c, a, q8); break;
-        case 128: launch_att_dec<4>(c, a, q8); break;
-        default: launch_att_dec<8>(c, a, q8); break;
+        case 32: PI_CU(launch_att_dec<1>(c, a, q8)); break;
+        case 64: PI_CU(launch_att_dec<2>(c, a, q8)); break;
+        case 128: PI_CU(launch_att_dec<4>(c, a, q8)); break;
+        default: PI_CU(launch_att_dec<8>(c, a, q8)); break;
         }
         PI_CU_LAUNCH("k_attn_dec");
     }
