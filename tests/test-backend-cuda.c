@@ -344,6 +344,65 @@ static void check_budget(const char *path, const char *gpath)
     pi_model_destroy(&m);
 }
 
+/* Set or (value NULL) unset an environment variable; returns a copy of its old value (or NULL). */
+static char *env_swap(const char *name, const char *value)
+{
+    const char *old = getenv(name);
+    char *saved = old ? strdup(old) : NULL;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+    return saved;
+}
+
+/* The same steps with programmatic dependent launch off and on give the same logits, bit for bit: a
+ * kernel that read its input before waiting for the kernel writing it (kernels/cuda/cuda-impl.h)
+ * would read the previous layer's or step's values. Hot fraction 1 with the ids in order (dense
+ * layers, no atomics: the step is deterministic), a prompt batch then decode steps, under the
+ * automatic matvec choice (float x for these small models) and under PI_CUDA_MV=q8 (every kernel of
+ * the decode chain that PDL launches). */
+static void check_pdl(const char *label, const char *path)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) tap_bail("pdl: %s", err);
+    const int V = m->hp.n_vocab, ND = 12;
+    int32_t tok[T_MAX], sq[T_MAX], ps[T_MAX];
+    for (int i = 0; i < T_MAX; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V), sq[i] = 0, ps[i] = i;
+    struct split sp;
+    split_new(&sp, m, 1.0, false);
+    static const char *const mvs[] = {"auto", "q8"};
+    float *lg[2];
+    for (size_t k = 0; k < PI_ARRAY_LEN(mvs); k++) {
+        char *old_mv = env_swap("PI_CUDA_MV", mvs[k]);
+        int rc = 0;
+        for (int pdl = 0; pdl < 2; pdl++) {
+            char *old_pdl = env_swap("PI_CUDA_PDL", pdl ? "1" : "0");
+            lg[pdl] = calloc((size_t)(ND + 1) * (size_t)V, sizeof(float));
+            struct drv v;
+            rc |= drv_new(&v, "cuda", m, &sp, 0);
+            if (rc == 0) {
+                rc |= drv_step(&v, tok, sq, ps, T_MAX, 1, lg[pdl]);
+                for (int i = 0; rc == 0 && i < ND; i++) {
+                    int32_t p = T_MAX + i, t = tok[(i * 7) % T_MAX];
+                    rc |= drv_step(&v, &t, sq, &p, 1, 1, lg[pdl] + (size_t)(i + 1) * V);
+                }
+                drv_free(&v);
+            }
+            free(env_swap("PI_CUDA_PDL", old_pdl));
+            free(old_pdl);
+        }
+        free(env_swap("PI_CUDA_MV", old_mv));
+        free(old_mv);
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)(ND + 1) * V; i++) diff += memcmp(&lg[0][i], &lg[1][i], sizeof(float)) != 0;
+        tap_ok(rc == 0 && diff == 0, "%s, PI_CUDA_MV=%s: a %d-token prompt and %d decode steps give the same logits "
+               "with PDL off and on (%zu differ)", label, mvs[k], T_MAX, ND, diff);
+        free(lg[0]), free(lg[1]);
+    }
+    split_free(&sp);
+    pi_model_destroy(&m);
+}
+
 static void check_pipeline(const char *model, const char *gpath)
 {
     char coord[512], ids[4096], rundir[400];
@@ -499,6 +558,8 @@ int main(void)
         check_model(label, p, g);
     }
     check_budget(demo, demo_g);
+    check_pdl("demo", demo);
+    check_pdl("tiny-llama-q4_0", tiny);
     check_pipeline(demo, demo_g);
     return tap_done();
 }

@@ -18,6 +18,8 @@
 #define PI_CUDA_ALIGN 256
 #define PI_CUDA_BLAS_WS (32u << 20) /* cuBLAS' recommended workspace on Hopper */
 
+__global__ void k_copy16(size_t n, const uint4 *__restrict__ src, uint4 *__restrict__ dst);
+
 static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
 {
     size_t free0 = 0, free1 = 0, total = 0;
@@ -43,8 +45,12 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     c->att_q8 = !(aq && strcmp(aq, "0") == 0);
     const char *ad = getenv("PI_CUDA_ATT_DEC");
     c->att_dec = !(ad && strcmp(ad, "0") == 0);
+    /* PDL needs the device code built for sm_90 or later (pi_pdl_wait is empty below that); every .cu
+     * file is built for the same architectures, so one kernel's binary version tells */
     const char *pd = getenv("PI_CUDA_PDL");
-    c->pdl = p.major >= 9 && !(pd && strcmp(pd, "0") == 0);
+    cudaFuncAttributes fa;
+    PI_CU(cudaFuncGetAttributes(&fa, k_copy16));
+    c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !(pd && strcmp(pd, "0") == 0);
     const char *gq = getenv("PI_CUDA_GLU_Q8");
     c->glu_q8 = !(gq && strcmp(gq, "0") == 0);
     const char *q8r = getenv("PI_CUDA_Q8_R");

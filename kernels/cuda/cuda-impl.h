@@ -80,9 +80,11 @@ __device__ __forceinline__ void pi_pdl_launch()
 #endif
 }
 
-/* Launch kernel k on the compute stream, with programmatic stream serialization where c->pdl. */
+/* Launch kernel k on the compute stream (smem bytes of dynamic shared memory), with programmatic
+ * stream serialization where c->pdl. */
 template <typename... K, typename... A>
-static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, A... args);
+static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, size_t smem,
+                                        A... args);
 
 /* After a kernel launch: a bad configuration shows up in cudaGetLastError. */
 #define PI_CU_LAUNCH(name) PI_CU_LAUNCH_((name), __FILE__, __LINE__)
@@ -152,7 +154,8 @@ struct pi_cuda_ctx {
 };
 
 template <typename... K, typename... A>
-static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, A... args)
+static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K...), dim3 grid, dim3 block, size_t smem,
+                                        A... args)
 {
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -160,7 +163,7 @@ static inline cudaError_t pi_launch_pdl(const struct pi_cuda_ctx *c, void (*k)(K
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = c->stream;
     cfg.attrs = at;
     cfg.numAttrs = c->pdl ? 1 : 0;
@@ -506,6 +509,31 @@ template <int T> __device__ __forceinline__ void pi_seg_values(const pi_seg_raw 
         pi_seg_u8 u;
         pi_seg_unpack_raw<T>(x, u);
         pi_u8_decode(u.lo, u.hi, u.s0, u.o0, u.s1, u.o1, v);
+    }
+}
+
+/* Prefetch into L2 the weight bytes of rows [r0, r0 + R) (those that exist) that their first nseg
+ * segments occupy, in 128-byte lines spread over the warp's lanes: issued before pi_pdl_wait(), they
+ * stream from memory while the kernel before this one finishes, without holding registers. */
+template <int T>
+__device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, int R, int64_t nseg, int lane)
+{
+    /* the quant plane's bytes per block and 32-element segments per block (F16/BF16: a block is one
+     * element, 32 per segment), and whether the scales are a plane of their own */
+    constexpr bool F = T == PI_TYPE_F16 || T == PI_TYPE_BF16;
+    constexpr int BQ = F ? 2 : T == PI_TYPE_Q4_0 ? 16 : T == PI_TYPE_Q8_0 ? 32 : T == PI_TYPE_Q4_K ? 144 : 208;
+    constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
+    constexpr bool DPLANE = !F && T != PI_TYPE_Q4_K;
+    const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
+    for (int i = 0; i < R && r0 + i < w.rows; i++) {
+        const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
+        for (uintptr_t a = (q0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < q1; a += 32 * 128)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        if constexpr (DPLANE) {
+            const uintptr_t d0 = (uintptr_t)(w.d + (size_t)(r0 + i) * (size_t)w.nblk), d1 = d0 + (uintptr_t)nb * 2;
+            for (uintptr_t a = (d0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < d1; a += 32 * 128)
+                asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        }
     }
 }
 

@@ -100,8 +100,11 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom
             memcpy(sq + b * g.qbytes, blk + g.qoff, g.qbytes);
             memcpy(sd + b * 2, blk + g.doff, 2);
         }
-        PI_CU(cudaMemcpy(w->q + b0 * g.qbytes, sq, nb * g.qbytes, cudaMemcpyHostToDevice));
-        PI_CU(cudaMemcpy((uint8_t *)w->d + b0 * 2, sd, nb * 2, cudaMemcpyHostToDevice));
+        /* on the compute stream, waited for: a plain cudaMemcpy from pageable memory may return before
+         * its DMA lands, on the legacy stream, which the non-blocking compute stream does not wait for
+         * (and the PDL kernels read weights before their wait, cuda-impl.h) */
+        PI_TRY(pi_cuda_upload(c, w->q + b0 * g.qbytes, sq, nb * g.qbytes));
+        PI_TRY(pi_cuda_upload(c, (uint8_t *)w->d + b0 * 2, sd, nb * 2));
     }
     return 0;
 }
@@ -274,6 +277,7 @@ template <int T, int R, int U, bool GLU, bool PRE, bool NORM>
 __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const float *__restrict__ x, pi_mv_epi e)
 {
     static_assert(!GLU || R == 2, "the GLU epilogue takes a gate/up pair per warp");
+    pi_pdl_launch();
     extern __shared__ float4 xs4[];
     const float *xs = (const float *)xs4;
     const int64_t nseg = w.cols >> 5;
@@ -281,6 +285,12 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
     const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const int64_t r0 = warp * R;
     bool live = r0 < w.rows;
+    /* before the wait (cuda-impl.h): weights only, the first round's into registers (PRE) or into L2
+     * (not for masked gate/up pairs, half of which the mask skips) */
+    pi_seg_raw raw[U][R];
+    if (PRE && live) pi_xs_load<T, R, U>(w, r0, lane, nseg, raw);
+    else if (live && !(GLU && e.mask)) pi_rows_prefetch<T>(w, r0, R, 32 * U, lane);
+    pi_pdl_wait();
     if (GLU && live && e.mask) { /* as pi_mv_masked_off, written out: it keeps this kernel's code as measured */
         int64_t id = e.ids ? e.ids[warp] : warp;
         if (!e.mask[id]) {
@@ -288,8 +298,6 @@ __global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_xs(pi_wdev w, const fl
             live = false;
         }
     }
-    pi_seg_raw raw[U][R];
-    if (PRE && live) pi_xs_load<T, R, U>(w, r0, lane, nseg, raw);
     float ss = 0.0f;
     for (int64_t i = threadIdx.x; i < (w.cols >> 2); i += blockDim.x) {
         const float4 v = __ldg((const float4 *)x + i);
@@ -332,7 +340,7 @@ static int launch_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x
     }
     const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
     const unsigned blocks = (unsigned)((w->rows + rows_per_block - 1) / rows_per_block);
-    k_matvec_xs<T, R, U, GLU, PRE, NORM><<<blocks, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, e);
+    PI_CU(pi_launch_pdl(c, k_matvec_xs<T, R, U, GLU, PRE, NORM>, dim3(blocks), dim3(PI_XS_THREADS), smem, pi_wdev_of(w), x, e));
     PI_CU_LAUNCH("k_matvec_xs");
     return 0;
 }

@@ -105,28 +105,6 @@ __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 
     }
 }
 
-/* Prefetch into L2 the weight bytes of rows [r0, r0 + R) (those that exist) that their first nseg
- * segments occupy, in 128-byte lines spread over the warp's lanes: issued before pi_pdl_wait(), they
- * stream from memory while the kernel before this one finishes, without holding registers. */
-template <int T>
-__device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, int R, int64_t nseg, int lane)
-{
-    constexpr int BQ = T == PI_TYPE_Q4_0 ? 16 : T == PI_TYPE_Q8_0 ? 32 : T == PI_TYPE_Q4_K ? 144 : 208; /* bytes per block */
-    constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 ? 1 : 8;                               /* segments per block */
-    constexpr bool DPLANE = T != PI_TYPE_Q4_K;                                                        /* scales apart */
-    const int64_t nb = PI_MIN(w.nblk, (nseg + SPB - 1) / SPB);
-    for (int i = 0; i < R && r0 + i < w.rows; i++) {
-        const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
-        for (uintptr_t a = (q0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < q1; a += 32 * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-        if constexpr (DPLANE) {
-            const uintptr_t d0 = (uintptr_t)(w.d + (size_t)(r0 + i) * (size_t)w.nblk), d1 = d0 + (uintptr_t)nb * 2;
-            for (uintptr_t a = (d0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < d1; a += 32 * 128)
-                asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-        }
-    }
-}
-
 /* acc[i] = row r0 + i of W (clamped to the last row) times the quantised x (qs, meta), summed over
  * the warp (every lane holds the sums): lane l takes segments l, l + 32, ...; each lane issues the
  * loads of U segments of all R rows and of x before any arithmetic. WAIT: the first round's weight
@@ -227,7 +205,7 @@ static int launch_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t 
 {
     const int64_t warps = (w->rows + R - 1) / R, per_block = PI_Q8_THREADS / 32;
     PI_CU(pi_launch_pdl(c, k_matvec_q8<T, R, U, GLU>, dim3((unsigned)((warps + per_block - 1) / per_block)),
-                        dim3(PI_Q8_THREADS), pi_wdev_of(w), qs, meta, e));
+                        dim3(PI_Q8_THREADS), 0, pi_wdev_of(w), qs, meta, e));
     PI_CU_LAUNCH("k_matvec_q8");
     return 0;
 }
@@ -246,8 +224,8 @@ static int quant_x(pi_cuda_ctx_t *c, int64_t cols, const float *d_x, const float
 {
     const int64_t nseg = cols / 32;
     const unsigned qblocks = (unsigned)((nseg + PI_Q8_QUANT_THREADS / 32 - 1) / (PI_Q8_QUANT_THREADS / 32));
-    if (ng) PI_CU(pi_launch_pdl(c, k_quant_x8<true>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), cols, d_x, ng, eps, qs, meta));
-    else PI_CU(pi_launch_pdl(c, k_quant_x8<false>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), cols, d_x, (const float *)NULL, 0.0f, qs, meta));
+    if (ng) PI_CU(pi_launch_pdl(c, k_quant_x8<true>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), 0, cols, d_x, ng, eps, qs, meta));
+    else PI_CU(pi_launch_pdl(c, k_quant_x8<false>, dim3(qblocks), dim3(PI_Q8_QUANT_THREADS), 0, cols, d_x, (const float *)NULL, 0.0f, qs, meta));
     PI_CU_LAUNCH("k_quant_x8");
     return 0;
 }
@@ -302,9 +280,9 @@ int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_
     const pi_wdev wd = pi_wdev_of(gu);
     const dim3 grid((unsigned)(n_ff / 32)), block(1024);
     if (gu->type == PI_TYPE_Q4_0)
-        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q4_0>, grid, block, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
+        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q4_0>, grid, block, 0, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
     else
-        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q8_0>, grid, block, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
+        PI_CU(pi_launch_pdl(c, k_glu_q8<PI_TYPE_Q8_0>, grid, block, 0, wd, (const uint8_t *)x.qs, (const int4 *)x.meta, act, a.qs, a.meta));
     PI_CU_LAUNCH("k_glu_q8");
     pi_mv_epi e = {d_y, 0, NULL, NULL, accumulate, NULL, 0.0f};
     return pi_cuda_matvec_q8_from(c, down, a, e, 0);

@@ -631,7 +631,7 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
 template <int NPL> static cudaError_t launch_att_dec(pi_cuda_ctx_t *c, const pi_att_dec &a, bool q)
 {
     const dim3 grid((unsigned)a.n_head, (unsigned)a.nsplit), block(PI_ATT_WARPS * 32);
-    return q ? pi_launch_pdl(c, k_attn_dec<NPL, true>, grid, block, a) : pi_launch_pdl(c, k_attn_dec<NPL, false>, grid, block, a);
+    return q ? pi_launch_pdl(c, k_attn_dec<NPL, true>, grid, block, 0, a) : pi_launch_pdl(c, k_attn_dec<NPL, false>, grid, block, 0, a);
 }
 
 extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv, int head_dim, int n_rot, int64_t pos,
