@@ -52,20 +52,21 @@ extern "C" {
 /* DESIGN (programmatic dependent launch, sm_90+). The decode step is a chain of short kernels on one
  * stream, and each used to start only once the one before it had finished and drained: a few
  * microseconds of launch and ramp per kernel during which the memory system idled. The q8 matvecs,
- * the x quantiser, the dense gate/up kernel and the decode attention are launched with
- * cudaLaunchAttributeProgrammaticStreamSerialization (pi_launch_pdl, when the context's `pdl` is set),
- * so the device may start them while the kernel before them still runs. The rules every such kernel
- * keeps:
+ * the x quantiser, the dense gate/up kernel, the decode attention and the float staged matvec
+ * (k_matvec_xs) are launched with cudaLaunchAttributeProgrammaticStreamSerialization (pi_launch_pdl,
+ * when the context's `pdl` is set: device and built code sm_90+), so the device may start them while
+ * the kernel before them still runs. The rules every such kernel keeps:
  * - it calls pi_pdl_launch() at its start (the kernel after it may then be launched as soon as all of
  *   this one's blocks are running);
  * - before pi_pdl_wait() it reads only data no kernel of the stream writes (weights, norm weights:
- *   uploaded before the first step), and it writes nothing. Kernels before it may still be running,
+ *   uploaded, and waited for, before the first step), and it writes nothing. Kernels before it may still be running,
  *   several of them: each waits only for the one before it, so completion is transitive, not early
  *   launch. Activations, caches and scratch are read after the wait;
  * - pi_pdl_wait() returns once the kernel before it has completed and its writes are visible, and
  *   at once when the kernel was launched without the attribute.
  * A kernel launched with the attribute that skipped the wait would race; only the launches through
- * pi_launch_pdl set it, and only for kernels written to these rules. PI_CUDA_PDL=0 turns it off. */
+ * pi_launch_pdl set it, and only for kernels written to these rules. PI_CUDA_PDL=0 turns it off;
+ * test-backend-cuda checks that off and on give bit-identical logits. */
 __device__ __forceinline__ void pi_pdl_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
