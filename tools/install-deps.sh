@@ -21,6 +21,7 @@ cuda_deps() {
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends nvidia-cuda-toolkit clang-14 >/dev/null \
         || echo "== CUDA toolkit: apt-get install failed (the CUDA backend is not compiled)" >&2
+    apt-get clean # the 1.6 GB of downloaded packages
 }
 cuda_deps
 need=()
