@@ -13,6 +13,7 @@
  * and for quantised matrices below 12 Mi elements: it keeps more loads in flight, which is what the
  * low-bit types lacked (doc/cuda-backend.md: 7B-class decode 162 -> 233 tok/s with the other changes
  * of that run). Larger quantised matrices take the 8-bit-x kernel of matvec-q8.cu (matvec_auto).
+ * The staged kernel is launched with programmatic dependent launch (cuda-impl.h, DESIGN note there).
  */
 #include "kernels/cuda/cuda-impl.h"
 

@@ -21,6 +21,8 @@
  *
  * Layout of the quantised x in the context's XQ scratch (nseg = cols / 32 segments): nseg * 32 int8
  * values, then nseg int4 {float bits of d, sum of q[0..15], sum of q[16..31], 0}.
+ *
+ * Every kernel here is launched with programmatic dependent launch (cuda-impl.h, DESIGN note there).
  */
 #include "kernels/cuda/cuda-impl.h"
 

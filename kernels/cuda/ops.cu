@@ -1,10 +1,12 @@
 /*
  * kernels/cuda/ops.cu - the per-layer kernels besides the matrix products: RMSNorm, RoPE, the f16 KV
  * cache store, causal grouped-query attention (split over positions with an online softmax, then a
- * merge of the splits), softmax, the activations, the merge of the CPU workers' partial sums, and the
- * hot-neuron FFN over the GPU's packed neurons.
+ * merge of the splits; for one decode query, RoPE, the store, the splits and the merge in one launch:
+ * k_attn_dec, whose DESIGN note covers its cross-block merge), softmax, the activations, the merge of
+ * the CPU workers' partial sums, and the hot-neuron FFN over the GPU's packed neurons.
  *
  * All kernels run on the context's compute stream; shapes are checked on the host before launching.
+ * k_attn_dec is launched with programmatic dependent launch (cuda-impl.h, DESIGN note there).
  */
 #include "kernels/cuda/cuda-impl.h"
 
