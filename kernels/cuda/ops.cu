@@ -285,35 +285,18 @@ template <int NPL> __device__ __forceinline__ void pi_ld_halves(const __half *p,
     }
 }
 
-/* One block per (query head h, split sp, query t): its warps take batches of P positions of the split
- * in turn; a batch's P key and value rows are loaded together (P independent loads in flight, which
- * is what bounds this kernel: one position at a time is a chain of memory latencies), then the P scores
- * update an online softmax (log2 units). The warps then merge in shared memory into one partial
- * (m, l, acc[head_dim]) at part[((t * n_head + h) * nsplit + sp) * (head_dim + 2)]. Lane l holds the
- * NPL = head_dim / 32 dimensions [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
+/* The online softmax of one warp over positions [p0, p1) of a split, the warps of a block taking
+ * batches of P positions in turn (warp w: the batches from p0 + w P, every PI_ATT_WARPS P): a batch's P
+ * key and value rows are loaded together (P independent loads in flight, which is what bounds the
+ * attention: one position at a time is a chain of memory latencies), then the P scores (log2 units;
+ * qv is pre-scaled) update (m, l, acc). Lane l holds dimensions [l NPL, (l + 1) NPL) of qv and acc; off
+ * is the kv head's and the lane's offset within a cache row of kvd halves. */
 template <int NPL>
-__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
-k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, float qscale, const float *__restrict__ q,
-             const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
+__device__ __forceinline__ void pi_att_positions(const float (&qv)[NPL], const __half *__restrict__ kc,
+                                                 const __half *__restrict__ vc, int64_t kvd, int64_t off, int64_t p0,
+                                                 int64_t p1, int warp, float &m, float &l, float (&acc)[NPL])
 {
-    constexpr int HD = 32 * NPL, P = NPL >= 8 ? 4 : 8;
-    __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
-    __shared__ float s_acc[PI_ATT_WARPS][HD];
-    const int h = blockIdx.x, sp = blockIdx.y;
-    const int64_t t = blockIdx.z;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = h / (n_head / n_head_kv);
-    const int64_t kv_len = pos0 + t + 1;
-    const int64_t p0 = (int64_t)sp * chunk, p1 = PI_MIN(p0 + chunk, kv_len);
-    const int64_t kvd = (int64_t)n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
-    float qv[NPL], acc[NPL];
-    const float *qr = q + (t * n_head + h) * HD + lane * NPL;
-#pragma unroll
-    for (int i = 0; i < NPL; i++) {
-        qv[i] = qr[i] * qscale;
-        acc[i] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
+    constexpr int P = NPL >= 8 ? 4 : 8;
     for (int64_t pb = p0 + (int64_t)warp * P; pb < p1; pb += PI_ATT_WARPS * P) {
         float kf[P][NPL], vf[P][NPL], sc[P];
 #pragma unroll
@@ -344,6 +327,37 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, flo
         }
         m = mn;
     }
+}
+
+/* One block per (query head h, split sp, query t): its warps take batches of the split's positions in
+ * turn (pi_att_positions: online softmax, a batch's rows loaded together). The warps then merge in
+ * shared memory into one partial
+ * (m, l, acc[head_dim]) at part[((t * n_head + h) * nsplit + sp) * (head_dim + 2)]. Lane l holds the
+ * NPL = head_dim / 32 dimensions [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
+template <int NPL>
+__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
+k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, float qscale, const float *__restrict__ q,
+             const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
+{
+    constexpr int HD = 32 * NPL;
+    __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
+    __shared__ float s_acc[PI_ATT_WARPS][HD];
+    const int h = blockIdx.x, sp = blockIdx.y;
+    const int64_t t = blockIdx.z;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (n_head / n_head_kv);
+    const int64_t kv_len = pos0 + t + 1;
+    const int64_t p0 = (int64_t)sp * chunk, p1 = PI_MIN(p0 + chunk, kv_len);
+    const int64_t kvd = (int64_t)n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
+    float qv[NPL], acc[NPL];
+    const float *qr = q + (t * n_head + h) * HD + lane * NPL;
+#pragma unroll
+    for (int i = 0; i < NPL; i++) {
+        qv[i] = qr[i] * qscale;
+        acc[i] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    pi_att_positions<NPL>(qv, kc, vc, kvd, off, p0, p1, warp, m, l, acc);
     if (lane == 0) s_m[warp] = m, s_l[warp] = l;
 #pragma unroll
     for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
@@ -508,7 +522,7 @@ __device__ __forceinline__ void pi_rope_lane(float (&v)[NPL], int lane, int pos,
 template <int NPL, bool Q>
 __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
 {
-    constexpr int HD = 32 * NPL, P = NPL >= 8 ? 4 : 8;
+    constexpr int HD = 32 * NPL;
     __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
     __shared__ float s_acc[PI_ATT_WARPS][HD];
     __shared__ bool s_last;
@@ -526,36 +540,7 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
 #pragma unroll
     for (int i = 0; i < NPL; i++) qv[i] *= a.qscale;
     float m = -INFINITY, l = 0.0f;
-    for (int64_t pb = p0 + (int64_t)warp * P; pb < p1; pb += PI_ATT_WARPS * P) {
-        float kf[P][NPL], vf[P][NPL], sc[P];
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            const int64_t p = pb + j < p1 ? pb + j : p1 - 1;
-            pi_ld_halves<NPL>(a.kc + p * kvd + off, kf[j]);
-            pi_ld_halves<NPL>(a.vc + p * kvd + off, vf[j]);
-        }
-        float mb = -INFINITY;
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            float dot = 0.0f;
-#pragma unroll
-            for (int i = 0; i < NPL; i++) dot = fmaf(qv[i], kf[j][i], dot);
-            sc[j] = pb + j < p1 ? pi_warp_sum(dot) : -INFINITY;
-            mb = fmaxf(mb, sc[j]);
-        }
-        const float mn = fmaxf(m, mb), corr = exp2f(m - mn);
-        l *= corr;
-#pragma unroll
-        for (int i = 0; i < NPL; i++) acc[i] *= corr;
-#pragma unroll
-        for (int j = 0; j < P; j++) {
-            const float e = exp2f(sc[j] - mn);
-            l += e;
-#pragma unroll
-            for (int i = 0; i < NPL; i++) acc[i] = fmaf(e, vf[j][i], acc[i]);
-        }
-        m = mn;
-    }
+    pi_att_positions<NPL>(qv, a.kc, a.vc, kvd, off, p0, p1, warp, m, l, acc);
     if (sp == a.nsplit - 1) { /* position pos, from the step's own k and v */
         float kf[NPL], vf[NPL];
 #pragma unroll
