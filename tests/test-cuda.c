@@ -912,6 +912,9 @@ int main(void)
     test_matvec_norm(PI_TYPE_Q4_0, 12288, 4096, 3.0f);
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 3072, PI_CUDA_ACT_RELU); /* both products in 8 bits */
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
+    test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
+    test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */
+    test_gemm(PI_TYPE_Q6_K, 45, 768, 4);    /* ... with 24 */
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
     test_rmsnorm(2, 16384);

@@ -580,24 +580,42 @@ int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const 
 
 /* ------------------------------------------------------------------ dequantise, gather, GEMM */
 
-/* out (nr, cols) f16 = rows [r0, r0 + nr) of W; one thread per segment, 4 16-byte stores. */
+/* out (nr, cols) f16 = rows [r0, r0 + nr) of W. Thread i decodes segment i of the nr * nseg (row after
+ * row), so a warp's reads are contiguous. Its 64 bytes of f16 are not stored directly: four 16-byte
+ * stores 64 bytes apart per lane fill a quarter of each line per instruction (dequantisation ran at
+ * 1.37 TB/s read + written for Q4_0, pi-bench-cuda, H100). A warp's 32 segments are 2 KiB contiguous
+ * in out (segment i starts at out + 32 i), so they go through shared memory (a lane's 64 bytes at a
+ * stride of 80, which keeps 8 lanes' 16-byte accesses on distinct banks) and each store instruction
+ * writes 512 contiguous bytes. */
+#define PI_DQ_THREADS 256
 template <int T>
-__global__ void k_dequant_f16(pi_wdev w, int64_t r0, int64_t nr, __half *__restrict__ out)
+__global__ void __launch_bounds__(PI_DQ_THREADS) k_dequant_f16(pi_wdev w, int64_t r0, int64_t nr, __half *__restrict__ out)
 {
-    const int64_t nseg = w.cols >> 5;
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= nr * nseg) return;
-    const int64_t r = i / nseg, s = i - r * nseg;
-    float v[32];
-    pi_seg_decode<T>(w, r0 + r, s, v);
-    uint4 *o = (uint4 *)(out + r * w.cols + s * 32);
+    __shared__ uint4 sh[PI_DQ_THREADS / 32][32 * 5];
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5;
+    const int64_t nseg = w.cols >> 5, n = nr * nseg;
+    const int64_t i0 = (int64_t)blockIdx.x * blockDim.x + wi * 32, i = i0 + lane;
+    if (i0 >= n) return; /* the whole warp */
+    if (i < n) {
+        const int64_t r = i / nseg, s = i - r * nseg;
+        float v[32];
+        pi_seg_decode<T>(w, r0 + r, s, v);
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            uint4 u;
+            __half2 *h = (__half2 *)&u;
+#pragma unroll
+            for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(v[8 * k + 2 * j], v[8 * k + 2 * j + 1]);
+            sh[wi][lane * 5 + k] = u;
+        }
+    }
+    __syncwarp();
+    uint4 *o = (uint4 *)(out + i0 * 32);
+    const int nch = (int)PI_MIN((int64_t)32, n - i0) * 4; /* 16-byte chunks of the warp's output */
 #pragma unroll
     for (int k = 0; k < 4; k++) {
-        uint4 u;
-        __half2 *h = (__half2 *)&u;
-#pragma unroll
-        for (int j = 0; j < 4; j++) h[j] = __floats2half2_rn(v[8 * k + 2 * j], v[8 * k + 2 * j + 1]);
-        o[k] = u;
+        const int c = k * 32 + lane; /* chunk c: segment c / 4, quarter c % 4 */
+        if (c < nch) o[c] = sh[wi][(c >> 2) * 5 + (c & 3)];
     }
 }
 
@@ -606,7 +624,8 @@ static int dequant_rows(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t r0,
     int64_t n = nr * (w->cols >> 5);
     pi_wdev wd = pi_wdev_of(w);
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
-        k_dequant_f16<decltype(tag)::value><<<(unsigned)((n + 255) / 256), 256, 0, c->stream>>>(wd, r0, nr, out);
+        k_dequant_f16<decltype(tag)::value><<<(unsigned)((n + PI_DQ_THREADS - 1) / PI_DQ_THREADS), PI_DQ_THREADS, 0,
+                                              c->stream>>>(wd, r0, nr, out);
         PI_CU_LAUNCH("k_dequant_f16");
         return 0;
     });
