@@ -379,15 +379,16 @@ static void check_pdl(const char *label, const char *path)
             char *old_pdl = env_swap("PI_CUDA_PDL", pdl ? "1" : "0");
             lg[pdl] = calloc((size_t)(ND + 1) * (size_t)V, sizeof(float));
             struct drv v;
-            rc |= drv_new(&v, "cuda", m, &sp, 0);
-            if (rc == 0) {
-                rc |= drv_step(&v, tok, sq, ps, T_MAX, 1, lg[pdl]);
-                for (int i = 0; rc == 0 && i < ND; i++) {
+            int rp = drv_new(&v, "cuda", m, &sp, 0);
+            if (rp == 0) {
+                rp = drv_step(&v, tok, sq, ps, T_MAX, 1, lg[pdl]);
+                for (int i = 0; rp == 0 && i < ND; i++) {
                     int32_t p = T_MAX + i, t = tok[(i * 7) % T_MAX];
-                    rc |= drv_step(&v, &t, sq, &p, 1, 1, lg[pdl] + (size_t)(i + 1) * V);
+                    rp = drv_step(&v, &t, sq, &p, 1, 1, lg[pdl] + (size_t)(i + 1) * V);
                 }
                 drv_free(&v);
             }
+            rc |= rp;
             free(env_swap("PI_CUDA_PDL", old_pdl));
             free(old_pdl);
         }

@@ -585,8 +585,9 @@ int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const 
  * stores 64 bytes apart per lane fill a quarter of each line per instruction (dequantisation ran at
  * 1.37 TB/s read + written for Q4_0, pi-bench-cuda, H100). A warp's 32 segments are 2 KiB contiguous
  * in out (segment i starts at out + 32 i), so they go through shared memory (a lane's 64 bytes at a
- * stride of 80, which keeps 8 lanes' 16-byte accesses on distinct banks) and each store instruction
- * writes 512 contiguous bytes. */
+ * stride of 80, which keeps 8 lanes' 16-byte stores on distinct banks; the reads back conflict two
+ * ways, and a swizzle that removes that measured no faster) and each store instruction writes 512
+ * contiguous bytes. */
 #define PI_DQ_THREADS 256
 template <int T>
 __global__ void __launch_bounds__(PI_DQ_THREADS) k_dequant_f16(pi_wdev w, int64_t r0, int64_t nr, __half *__restrict__ out)

@@ -819,7 +819,9 @@ __global__ void k_ffn_down(pi_wdev w, int chunk, int nsegp, const float *__restr
             const float4 v = ((const float4 *)(part + ((size_t)g * nsegp + seg) * PI_FFN_PAD))[k];
             sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
         }
-#if CUDART_VERSION >= 12000 /* one 16-byte atomic (sm_90); CUDA 11 (Debian's toolkit, CI's compile check) has none */
+#if CUDART_VERSION >= 12000 && (!defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900)
+        /* one 16-byte atomic: CUDA 12 and sm_90 on (CUDA 11, Debian's toolkit of CI's compile check, and
+         * CUDA_ARCHS below 90 take the four scalar ones) */
         atomicAdd((float4 *)(y + 4 * i4), sum);
 #else
         atomicAdd(y + 4 * i4, sum.x), atomicAdd(y + 4 * i4 + 1, sum.y);
