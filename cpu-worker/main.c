@@ -195,8 +195,7 @@ static int run(const struct cw_opts *o)
         rc = -PI_ERR_INVAL;
         goto out;
     }
-    const char *dense_env = getenv("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
-    const bool dense = !(dense_env && strcmp(dense_env, "0") == 0);
+    const bool dense = !pi_env_off("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
     /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
     if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os,
                                 dense && m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)

@@ -166,8 +166,7 @@ static uint64_t slot(uint64_t bytes) { return bytes ? al(bytes + bytes / 4) : 0;
  * takes that type as it is (PI_CUDA_FUSE_QKV=0 turns it off, for comparisons). */
 static bool fuse_qkv(const struct pi_layer *L, int64_t d)
 {
-    const char *e = getenv("PI_CUDA_FUSE_QKV");
-    if (e && strcmp(e, "0") == 0) return false;
+    if (pi_env_off("PI_CUDA_FUSE_QKV")) return false;
     return L->attn_q.type == L->attn_k.type && L->attn_q.type == L->attn_v.type && dev_type_ok(L->attn_q.type, d);
 }
 
@@ -185,8 +184,7 @@ static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
  * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
 static bool dense_ok(const pi_model_t *m)
 {
-    const char *e = getenv("PI_CUDA_DENSE_DOWN");
-    return m->hp.n_ff % 32 == 0 && !(e && strcmp(e, "0") == 0);
+    return m->hp.n_ff % 32 == 0 && !pi_env_off("PI_CUDA_DENSE_DOWN");
 }
 
 static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
@@ -923,10 +921,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->eps = hp->rms_eps;
     s->rope_base = hp->rope_base;
     s->own_attn = own_attn;
-    const char *sx = getenv("PI_CUDA_SKIP_X"); /* 0: download x every layer (for comparisons) */
-    s->skip_x = !(sx && strcmp(sx, "0") == 0);
-    const char *fn = getenv("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
-    s->fuse_norm = !(fn && strcmp(fn, "0") == 0);
+    s->skip_x = !pi_env_off("PI_CUDA_SKIP_X");       /* 0: download x every layer (for comparisons) */
+    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);

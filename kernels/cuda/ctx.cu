@@ -41,18 +41,14 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     else if (mv && strcmp(mv, "f32") == 0) c->mv_mode = PI_MV_F32;
     else if (mv && *mv && strcmp(mv, "auto") != 0)
         pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, f32, reg, staged, tall, narrow, split, q8); using auto", mv);
-    const char *aq = getenv("PI_CUDA_ATT_Q8");
-    c->att_q8 = !(aq && strcmp(aq, "0") == 0);
-    const char *ad = getenv("PI_CUDA_ATT_DEC");
-    c->att_dec = !(ad && strcmp(ad, "0") == 0);
+    c->att_q8 = !pi_env_off("PI_CUDA_ATT_Q8");
+    c->att_dec = !pi_env_off("PI_CUDA_ATT_DEC");
     /* PDL needs the device code built for sm_90 or later (pi_pdl_wait is empty below that); every .cu
      * file is built for the same architectures, so one kernel's binary version tells */
-    const char *pd = getenv("PI_CUDA_PDL");
     cudaFuncAttributes fa;
     PI_CU(cudaFuncGetAttributes(&fa, k_copy16));
-    c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !(pd && strcmp(pd, "0") == 0);
-    const char *gq = getenv("PI_CUDA_GLU_Q8");
-    c->glu_q8 = !(gq && strcmp(gq, "0") == 0);
+    c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !pi_env_off("PI_CUDA_PDL");
+    c->glu_q8 = !pi_env_off("PI_CUDA_GLU_Q8");
     const char *q8r = getenv("PI_CUDA_Q8_R");
     c->q8_r = 0;
     if (q8r && (strcmp(q8r, "1") == 0 || strcmp(q8r, "2") == 0 || strcmp(q8r, "4") == 0)) c->q8_r = q8r[0] - '0';
