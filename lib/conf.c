@@ -39,7 +39,6 @@ _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activatio
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
-static const char *const log_level_names[] = {"error", "warn", "info", "debug", NULL}; /* lib/log.h */
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
  * workers (PI_LOG_LEVEL) take the same spellings. */
@@ -70,7 +69,7 @@ static const struct key_def keys[] = {
     {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL, NULL},
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
     {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
-    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, log_level_names, log_level_ok},
+    {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
 };
 #undef OFF
 

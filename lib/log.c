@@ -24,15 +24,16 @@ static const char *log_program = "pinfer";
 static atomic_int log_level = -1; /* -1: not yet initialised from the environment */
 static atomic_int log_fd = 2;
 
-static const char *const level_names[] = {"error", "warn", "info", "debug"};
+const char *const pi_log_level_names[] = {"error", "warn", "info", "debug", NULL};
+#define N_LEVELS (PI_ARRAY_LEN(pi_log_level_names) - 1)
 
 void pi_log_set_program(const char *name) { log_program = name ? name : "pinfer"; }
 
 int pi_log_parse_level(const char *s, enum pi_log_level *out)
 {
     if (!s) return -PI_ERR_INVAL;
-    for (size_t i = 0; i < PI_ARRAY_LEN(level_names); i++) {
-        if (strcasecmp(s, level_names[i]) == 0) {
+    for (size_t i = 0; i < N_LEVELS; i++) {
+        if (strcasecmp(s, pi_log_level_names[i]) == 0) {
             *out = (enum pi_log_level)i;
             return 0;
         }
@@ -72,10 +73,10 @@ void pi_logv(enum pi_log_level level, const char *fmt, va_list ap)
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     int lv = (int)level;
-    if (lv < 0 || lv >= (int)PI_ARRAY_LEN(level_names)) lv = PI_LOG_ERROR;
+    if (lv < 0 || lv >= (int)N_LEVELS) lv = PI_LOG_ERROR;
     int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%ld] %s: ",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     ts.tv_nsec / 1000000L, log_program, (long)getpid(), level_names[lv]);
+                     ts.tv_nsec / 1000000L, log_program, (long)getpid(), pi_log_level_names[lv]);
     if (n < 0) n = 0;
     const int body = n;
     if ((size_t)n < sizeof line) {

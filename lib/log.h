@@ -24,7 +24,11 @@ void pi_log_set_program(const char *name);
 void pi_log_set_level(enum pi_log_level level);
 enum pi_log_level pi_log_get_level(void);
 
-/* Parse "error", "warn", "info", "debug" (case-insensitive). Returns 0 and sets *out, or -PI_ERR_INVAL. */
+/* The levels' names, index = enum pi_log_level, NULL-terminated. */
+extern const char *const pi_log_level_names[];
+
+/* Parse "error", "warn", "info", "debug" (case-insensitive; "warning" too). Returns 0 and sets *out,
+ * or -PI_ERR_INVAL. */
 int pi_log_parse_level(const char *s, enum pi_log_level *out);
 
 /* Redirect output to fd (default 2). Used by tests to capture lines. */
