@@ -119,7 +119,6 @@ void pi_step_destroy(pi_step_t **p)
     *p = NULL;
 }
 
-int pi_step_share_fd(const pi_step_t *s) { return pi_shm_share_fd(s->shm); }
 int pi_step_fd(const pi_step_t *s) { return pi_shm_fd(s->shm); }
 uint32_t pi_step_max_tokens(const pi_step_t *s) { return s->max_tokens; }
 uint32_t pi_step_n_vocab(const pi_step_t *s) { return s->n_vocab; }

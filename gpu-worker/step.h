@@ -84,9 +84,6 @@ int pi_step_attach(int fd, pi_step_t **out);
 
 void pi_step_destroy(pi_step_t **s);
 
-/* The fd with FD_CLOEXEC cleared, for an exec'd worker; or -PI_ERR_IO. */
-int pi_step_share_fd(const pi_step_t *s);
-
 /* The segment's fd as it is (close-on-exec: pass it to pi_super_spawn's keep list). */
 int pi_step_fd(const pi_step_t *s);
 

@@ -73,7 +73,7 @@ pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_si
     shm = calloc(1, sizeof *shm);
     if (!shm) return NULL;
     shm->base = MAP_FAILED;
-    /* CLOEXEC: only the workers the coordinator chooses (pi_shm_share_fd) inherit the segment. */
+    /* CLOEXEC: only the workers the coordinator passes it to (pi_super_spawn's keep list) inherit it. */
     shm->fd = memfd_create(name ? name : "pinfer", MFD_ALLOW_SEALING | MFD_CLOEXEC);
     if (shm->fd < 0) {
         pi_error("memfd_create(%s) failed: %s", name, strerror(errno));

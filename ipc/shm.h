@@ -67,8 +67,9 @@ uint64_t pi_shm_layout(const uint64_t *section_sizes, unsigned n, struct pi_shm_
 
 /* Create a sealed memfd segment of kind `kind` with n sections of the given sizes (each rounded up
  * to PI_SHM_ALIGN and laid out in order after the header), map it shared, zero it and write the
- * header. `name` shows in /proc/PID/fd (memfd:NAME) for debugging. The fd is close-on-exec until
- * pi_shm_share_fd. Returns the handle, or NULL (logged) on failure or n > PI_SHM_MAX_SECTIONS. */
+ * header. `name` shows in /proc/PID/fd (memfd:NAME) for debugging. The fd is close-on-exec (see the
+ * header comment for how a worker inherits it). Returns the handle, or NULL (logged) on failure or
+ * n > PI_SHM_MAX_SECTIONS. */
 pi_shm_t *pi_shm_new(const char *name, uint32_t kind, const uint64_t *section_sizes, unsigned n);
 
 /* Map an inherited segment fd. On success the handle owns fd (pi_shm_destroy closes it); on failure

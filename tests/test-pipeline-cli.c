@@ -309,7 +309,7 @@ static void test_step_channel(void)
     pi_step_t *c = pi_step_new(ST_MAX, ST_VOCAB), *w = NULL;
     if (!c) tap_bail("pi_step_new");
     pi_shm_t *view = NULL;
-    int fd = pi_step_share_fd(c);
+    int fd = pi_step_fd(c);
     if (fd < 0 || pi_step_attach(dup(fd), &w) != 0 || pi_shm_map_fd(dup(fd), PI_STEP_SHM_KIND, &view) != 0)
         tap_bail("attach the step segment");
     uint64_t sz;
