@@ -609,7 +609,8 @@ __device__ __forceinline__ float pi_warp_sum(float v)
 }
 
 /* The sum of v over a block of NT threads (NT / 32 warps), in every thread; red: NT / 32 floats of
- * shared memory. Every thread of the block must call it (it holds a barrier). */
+ * shared memory. Every thread of the block must call it (it holds a barrier), once per red buffer
+ * (ops.cu's pi_block_sum(v, sh) takes any block size and may be called again). */
 template <int NT>
 __device__ __forceinline__ float pi_block_sum(float v, float *red)
 {

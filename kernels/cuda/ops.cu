@@ -24,7 +24,9 @@ static int check_count(const char *what, int64_t n)
     return 0;
 }
 
-/* Block-wide sum of v over blockDim.x (a multiple of 32, at most 1024); every thread gets it. */
+/* Block-wide sum of v over blockDim.x (a multiple of 32, at most 1024); every thread gets it. Its
+ * leading barrier lets a kernel call it (or pi_block_max) again on the same sh; cuda-impl.h's
+ * pi_block_sum<NT> is the one-barrier form for a block size known at compile time and one call. */
 __device__ float pi_block_sum(float v, float *sh)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
@@ -329,6 +331,70 @@ __device__ __forceinline__ void pi_att_positions(const float (&qv)[NPL], const _
     }
 }
 
+/* The block's PI_ATT_WARPS warp states, in shared memory after a barrier (s_m[w], s_l[w],
+ * s_acc[w][HD]), joined: the largest m, then with it the joined l and dimension d's joined acc. */
+__device__ __forceinline__ float pi_att_warps_m(const float *s_m)
+{
+    float M = -INFINITY;
+    for (int w = 0; w < PI_ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    return M;
+}
+
+__device__ __forceinline__ float pi_att_warps_l(const float *s_m, const float *s_l, float M)
+{
+    float L = 0.0f;
+    for (int w = 0; w < PI_ATT_WARPS; w++)
+        if (s_m[w] != -INFINITY) L += s_l[w] * exp2f(s_m[w] - M);
+    return L;
+}
+
+template <int HD>
+__device__ __forceinline__ float pi_att_warps_acc(const float *s_m, const float (*s_acc)[HD], float M, int d)
+{
+    float a = 0.0f;
+    for (int w = 0; w < PI_ATT_WARPS; w++)
+        if (s_m[w] != -INFINITY) a += s_acc[w][d] * exp2f(s_m[w] - M);
+    return a;
+}
+
+/* The nsplit split partials (m, l, acc[hd]) at pp + s (hd + 2) joined: the largest m, then with it
+ * dimension d's output (joined acc over joined l). CG: loads past L1, for partials that other blocks
+ * of the same launch wrote (k_attn_dec). */
+template <bool CG> __device__ __forceinline__ float pi_att_ld(const float *p)
+{
+    if constexpr (CG) return __ldcg(p);
+    else return *p;
+}
+
+template <bool CG> __device__ __forceinline__ float pi_att_splits_m(const float *pp, int nsplit, int hd)
+{
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pi_att_ld<CG>(pp + s * (hd + 2)));
+    return M;
+}
+
+template <bool CG> __device__ __forceinline__ float pi_att_splits_out(const float *pp, int nsplit, int hd, float M, int d)
+{
+    float a = 0.0f, L = 0.0f;
+    for (int s = 0; s < nsplit; s++) {
+        const float *ps = pp + s * (hd + 2), ms = pi_att_ld<CG>(ps);
+        if (ms == -INFINITY) continue;
+        const float w = exp2f(ms - M);
+        a += pi_att_ld<CG>(ps + 2 + d) * w;
+        L += pi_att_ld<CG>(ps + 1) * w;
+    }
+    return a / L;
+}
+
+/* out[i] = x, one attention output element; Q: also quantised for the q8 output projection (every
+ * lane of the warp holds an element of segment i / 32, lane i % 32). */
+template <bool Q>
+__device__ __forceinline__ void pi_att_emit(float x, float *out, int64_t i, int lane, int8_t *qs, int4 *meta)
+{
+    out[i] = x;
+    if constexpr (Q) pi_q8_quant_warp(x, i >> 5, lane, qs, meta);
+}
+
 /* One block per (query head h, split sp, query t): its warps take batches of the split's positions in
  * turn (pi_att_positions: online softmax, a batch's rows loaded together). The warps then merge in
  * shared memory into one partial
@@ -362,21 +428,12 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, flo
 #pragma unroll
     for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
     __syncthreads();
-    float M = -INFINITY;
-    for (int w = 0; w < PI_ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
+    const float M = pi_att_warps_m(s_m);
     float *out = part + ((t * n_head + h) * nsplit + sp) * (int64_t)(HD + 2);
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float a = 0.0f;
-        for (int w = 0; w < PI_ATT_WARPS; w++)
-            if (s_m[w] != -INFINITY) a += s_acc[w][d] * exp2f(s_m[w] - M);
-        out[2 + d] = a;
-    }
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) out[2 + d] = pi_att_warps_acc<HD>(s_m, s_acc, M, d);
     if (threadIdx.x == 0) {
-        float L = 0.0f;
-        for (int w = 0; w < PI_ATT_WARPS; w++)
-            if (s_m[w] != -INFINITY) L += s_l[w] * exp2f(s_m[w] - M);
         out[0] = M;
-        out[1] = L;
+        out[1] = pi_att_warps_l(s_m, s_l, M);
     }
 }
 
@@ -390,20 +447,10 @@ __global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__rest
     const int h = blockIdx.x;
     const int64_t t = blockIdx.y;
     const float *pp = part + (t * n_head + h) * nsplit * (int64_t)(hd + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < nsplit; s++) M = fmaxf(M, pp[s * (hd + 2)]);
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float a = 0.0f, L = 0.0f;
-        for (int s = 0; s < nsplit; s++) {
-            const float *ps = pp + s * (hd + 2);
-            if (ps[0] == -INFINITY) continue;
-            const float w = exp2f(ps[0] - M);
-            a += ps[2 + d] * w;
-            L += ps[1] * w;
-        }
-        out[(t * n_head + h) * hd + d] = a / L;
-        if constexpr (Q) pi_q8_quant_warp(a / L, ((t * n_head + h) * hd + d) >> 5, (int)(threadIdx.x & 31), qs, meta);
-    }
+    const float M = pi_att_splits_m<false>(pp, nsplit, hd);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        pi_att_emit<Q>(pi_att_splits_out<false>(pp, nsplit, hd, M, d), out, (t * n_head + h) * hd + d,
+                       (int)(threadIdx.x & 31), qs, meta);
 }
 
 /* Positions per split for T queries over L positions: PI_ATT_CHUNK; when that gives fewer than two
@@ -568,28 +615,14 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
 #pragma unroll
     for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
     __syncthreads();
-    float M = -INFINITY, L = 0.0f;
-    for (int w = 0; w < PI_ATT_WARPS; w++) M = fmaxf(M, s_m[w]);
-    for (int w = 0; w < PI_ATT_WARPS; w++)
-        if (s_m[w] != -INFINITY) L += s_l[w] * exp2f(s_m[w] - M);
+    const float M = pi_att_warps_m(s_m), L = pi_att_warps_l(s_m, s_l, M);
     if (a.nsplit == 1) {
-        for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-            float x = 0.0f;
-            for (int w = 0; w < PI_ATT_WARPS; w++)
-                if (s_m[w] != -INFINITY) x += s_acc[w][d] * exp2f(s_m[w] - M);
-            x /= L;
-            a.out[(int64_t)h * HD + d] = x;
-            if constexpr (Q) pi_q8_quant_warp(x, ((int64_t)h * HD + d) >> 5, lane, a.qs, a.meta);
-        }
+        for (int d = threadIdx.x; d < HD; d += blockDim.x)
+            pi_att_emit<Q>(pi_att_warps_acc<HD>(s_m, s_acc, M, d) / L, a.out, (int64_t)h * HD + d, lane, a.qs, a.meta);
         return;
     }
     float *pp = a.part + (int64_t)h * a.nsplit * (HD + 2);
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float x = 0.0f;
-        for (int w = 0; w < PI_ATT_WARPS; w++)
-            if (s_m[w] != -INFINITY) x += s_acc[w][d] * exp2f(s_m[w] - M);
-        pp[(int64_t)sp * (HD + 2) + 2 + d] = x;
-    }
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) pp[(int64_t)sp * (HD + 2) + 2 + d] = pi_att_warps_acc<HD>(s_m, s_acc, M, d);
     if (threadIdx.x == 0) pp[(int64_t)sp * (HD + 2)] = M, pp[(int64_t)sp * (HD + 2) + 1] = L;
     __threadfence();
     __syncthreads();
@@ -597,21 +630,9 @@ __global__ void __launch_bounds__(PI_ATT_WARPS * 32) k_attn_dec(pi_att_dec a)
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    M = -INFINITY;
-    for (int s = 0; s < a.nsplit; s++) M = fmaxf(M, __ldcg(pp + s * (HD + 2)));
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float x = 0.0f, LL = 0.0f;
-        for (int s = 0; s < a.nsplit; s++) {
-            const float ms = __ldcg(pp + s * (HD + 2));
-            if (ms == -INFINITY) continue;
-            const float w = exp2f(ms - M);
-            x += __ldcg(pp + s * (HD + 2) + 2 + d) * w;
-            LL += __ldcg(pp + s * (HD + 2) + 1) * w;
-        }
-        x /= LL;
-        a.out[(int64_t)h * HD + d] = x;
-        if constexpr (Q) pi_q8_quant_warp(x, ((int64_t)h * HD + d) >> 5, lane, a.qs, a.meta);
-    }
+    const float MS = pi_att_splits_m<true>(pp, a.nsplit, HD);
+    for (int d = threadIdx.x; d < HD; d += blockDim.x)
+        pi_att_emit<Q>(pi_att_splits_out<true>(pp, a.nsplit, HD, MS, d), a.out, (int64_t)h * HD + d, lane, a.qs, a.meta);
     if (threadIdx.x == 0) a.cnt[h] = 0;
 }
 
