@@ -470,26 +470,46 @@ static int64_t att_chunk(const pi_cuda_ctx_t *c, int64_t T, int n_head, int head
     return chunk;
 }
 
+/* The heads the attention kernels take: grouped-query, a head size the templates exist for, one
+ * block per head within the grid's 65535. */
+static bool att_heads_ok(int n_head, int n_head_kv, int head_dim)
+{
+    return n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && n_head <= 65535 &&
+           (head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256);
+}
+
+/* att_chunk's split length for T queries over L positions, and the split count: 0, or -PI_ERR_INVAL
+ * (logged) past the grid's 65535 splits. */
+static int att_splits(const pi_cuda_ctx_t *c, int64_t T, int n_head, int head_dim, int64_t L, int64_t *chunk,
+                      int64_t *nsplit)
+{
+    *chunk = att_chunk(c, T, n_head, head_dim, L);
+    *nsplit = (L + *chunk - 1) / *chunk;
+    if (*nsplit > 65535) {
+        pi_error("cuda: attention over %lld positions unsupported", (long long)L);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+static float att_qscale(int head_dim) { return 1.4426950408889634f / sqrtf((float)head_dim); } /* log2(e) / sqrt(hd) */
+
 /* pi_cuda_attention; with qs, the merge also quantises out (q8 matvec layout). */
 static int attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0, const float *d_q,
                      const void *d_k_cache, const void *d_v_cache, float *d_out, int8_t *qs, int4 *meta)
 {
     PI_TRY(check_count("attention queries", T));
-    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) ||
-        pos0 < 0 || T > 65535 || n_head > 65535) {
+    if (!att_heads_ok(n_head, n_head_kv, head_dim) || pos0 < 0 || T > 65535) {
         pi_error("cuda: attention with %lld queries, %d heads, %d kv heads, head_dim %d, pos0 %lld unsupported",
                  (long long)T, n_head, n_head_kv, head_dim, (long long)pos0);
         return -PI_ERR_INVAL;
     }
-    const int64_t L = pos0 + T, chunk = att_chunk(c, T, n_head, head_dim, L), nsplit = (L + chunk - 1) / chunk;
-    if (nsplit > 65535) {
-        pi_error("cuda: attention over %lld positions unsupported", (long long)(pos0 + T));
-        return -PI_ERR_INVAL;
-    }
+    int64_t chunk, nsplit;
+    PI_TRY(att_splits(c, T, n_head, head_dim, pos0 + T, &chunk, &nsplit));
     void *part = NULL;
     size_t bytes = (size_t)T * (size_t)n_head * (size_t)nsplit * (size_t)(head_dim + 2) * sizeof(float);
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, bytes, &part));
-    const float qscale = 1.4426950408889634f / sqrtf((float)head_dim); /* log2(e) / sqrt(hd) */
+    const float qscale = att_qscale(head_dim);
     dim3 grid((unsigned)n_head, (unsigned)nsplit, (unsigned)T);
     const __half *kh = (const __half *)d_k_cache, *vh = (const __half *)d_v_cache;
     const int ns = (int)nsplit;
@@ -648,9 +668,8 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
                                      float *d_h)
 {
     const int64_t qd = (int64_t)n_head * head_dim;
-    if (n_head <= 0 || n_head_kv <= 0 || n_head % n_head_kv || n_head > 65535 ||
-        (head_dim != 32 && head_dim != 64 && head_dim != 128 && head_dim != 256) || n_rot <= 0 || n_rot % 2 ||
-        n_rot > head_dim || pos < 0 || pos >= INT_MAX) {
+    if (!att_heads_ok(n_head, n_head_kv, head_dim) || n_rot <= 0 || n_rot % 2 || n_rot > head_dim || pos < 0 ||
+        pos >= INT_MAX) {
         pi_error("cuda: decode attention with %d heads, %d kv heads, head_dim %d, n_rot %d at position %lld unsupported",
                  n_head, n_head_kv, head_dim, n_rot, (long long)pos);
         return -PI_ERR_INVAL;
@@ -674,13 +693,10 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
     } else {
         pi_att_dec a;
         a.n_head = n_head, a.n_head_kv = n_head_kv, a.pos = (int)pos, a.n_rot = n_rot;
-        a.chunk = (int)att_chunk(c, 1, n_head, head_dim, pos + 1);
-        a.nsplit = (int)((pos + a.chunk) / a.chunk);
-        if (a.nsplit > 65535) {
-            pi_error("cuda: attention over %lld positions unsupported", (long long)(pos + 1));
-            return -PI_ERR_INVAL;
-        }
-        a.base = base, a.freq_scale = freq_scale, a.qscale = 1.4426950408889634f / sqrtf((float)head_dim);
+        int64_t chunk, nsplit;
+        PI_TRY(att_splits(c, 1, n_head, head_dim, pos + 1, &chunk, &nsplit));
+        a.chunk = (int)chunk, a.nsplit = (int)nsplit;
+        a.base = base, a.freq_scale = freq_scale, a.qscale = att_qscale(head_dim);
         a.q = d_q, a.k = d_k, a.v = d_v, a.kc = (__half *)d_k_cache, a.vc = (__half *)d_v_cache;
         a.part = NULL;
         if (a.nsplit > 1) {
