@@ -8,8 +8,8 @@
 
 #include "coordinator/engine.h"
 #include "coordinator/options.h"
-#include "lib/model.h"
-#include "lib/tokenizer.h"
+#include "model/model.h"
+#include "text/tokenizer.h"
 
 /* Exit statuses of pi-coordinator. */
 enum { PI_EXIT_OK = 0, PI_EXIT_FAILURE = 1, PI_EXIT_USAGE = 2 };

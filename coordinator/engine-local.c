@@ -1,12 +1,12 @@
 /*
  * coordinator/engine-local.c - the in-process engine (coordinator/engine.h): the single-process
- * forward pass of lib/forward.h, used by `--gpu-backend none` and as the reference the pipeline is
+ * forward pass of compute/forward.h, used by `--gpu-backend none` and as the reference the pipeline is
  * compared against.
  */
 #include "config.h"
 #include "coordinator/engine.h"
 #include "lib/common.h"
-#include "lib/forward.h"
+#include "compute/forward.h"
 #include "lib/log.h"
 
 #include <stdlib.h>

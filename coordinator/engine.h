@@ -9,7 +9,7 @@
 
 #include <stdint.h>
 
-#include "lib/model.h"
+#include "model/model.h"
 
 typedef struct pi_engine pi_engine_t;
 

@@ -12,8 +12,8 @@
 #include <stdio.h>
 
 #include "coordinator/engine.h"
-#include "lib/sample.h"
-#include "lib/tokenizer.h"
+#include "text/sample.h"
+#include "text/tokenizer.h"
 
 struct pi_gen_request {
     const char *prompt;        /* text, or NULL when tokens is given */

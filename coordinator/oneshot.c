@@ -6,7 +6,7 @@
 #include "config.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/generate.h"
-#include "lib/chat.h"
+#include "text/chat.h"
 #include "lib/common.h"
 #include "lib/log.h"
 

@@ -8,7 +8,7 @@
  */
 #include "config.h"
 #include "coordinator/options.h"
-#include "lib/chat.h"
+#include "text/chat.h"
 #include "lib/common.h"
 
 #include <ctype.h>

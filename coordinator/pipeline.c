@@ -13,14 +13,14 @@
  * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
  * positions) can leak into the next request.
  *
- * Placement: the hot neurons of every layer are ids 0..n_hot-1, n_hot by coordinator/placement.h
+ * Placement: the hot neurons of every layer are ids 0..n_hot-1, n_hot by compute/placement.h
  * (doc/pipeline.md); the cold ones are split into contiguous ranges, one per CPU worker.
  */
 #include "config.h"
 #include "coordinator/pipeline.h"
-#include "coordinator/placement.h"
+#include "compute/placement.h"
 #include "coordinator/supervisor.h"
-#include "gpu-worker/step.h"
+#include "ipc/step.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
 #include "lib/common.h"

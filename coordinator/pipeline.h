@@ -1,7 +1,7 @@
 /*
  * coordinator/pipeline.h - the process pipeline as an engine (coordinator/engine.h): the
  * coordinator spawns pi-gpu-worker and the CPU workers, hands them the shared-memory segments and
- * supervises them; a batch goes to the GPU worker through the step channel (gpu-worker/step.h).
+ * supervises them; a batch goes to the GPU worker through the step channel (ipc/step.h).
  */
 #ifndef PI_COORDINATOR_PIPELINE_H
 #define PI_COORDINATOR_PIPELINE_H

@@ -4,7 +4,7 @@
  * The supervisor owns the coordinator's worker endpoint (a ZeroMQ ROUTER, ipc/control.h) and a
  * thread that, every few tens of milliseconds: reads HELLO / READY / HEARTBEAT / ERROR from the
  * workers, sends each registered worker a HEARTBEAT every PI_SUPER_HEARTBEAT_MS (workers exit when
- * it stops: gpu-worker/link.h), and polls a pidfd per worker. A worker that exits, is killed, or
+ * it stops: ipc/link.h), and polls a pidfd per worker. A worker that exits, is killed, or
  * sends no heartbeat for PI_SUPER_SILENCE_MS (it is then killed) is reported once to the on_death
  * callback, from the supervisor thread, within about 50 ms of its death.
  *

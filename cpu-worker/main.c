@@ -8,9 +8,9 @@
  * the coordinator notices (pidfd), fails the request in flight and restarts the pipeline.
  */
 #include "config.h"
-#include "cpu-worker/numa.h"
-#include "cpu-worker/partition.h"
-#include "gpu-worker/link.h"
+#include "lib/numa.h"
+#include "compute/partition.h"
+#include "ipc/link.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
 #include "ipc/shm.h"
@@ -19,7 +19,7 @@
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "lib/log.h"
-#include "lib/model.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -179,7 +179,7 @@ static int run(const struct cw_opts *o)
     if (rc != 0) return rc;
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
-    mo.no_down_t = true; /* cpu-worker/partition.c transposes only this worker's down columns */
+    mo.no_down_t = true; /* compute/partition.c transposes only this worker's down columns */
     if (strcmp(o->activation, "auto") != 0 && pi_ffn_act_parse(o->activation, &mo.act) != 0) {
         pi_error("--activation %s: not auto, silu, relu or drelu", o->activation);
         rc = -PI_ERR_INVAL;

@@ -8,9 +8,9 @@
 
 #include <stdint.h>
 
-#include "gpu-worker/backend.h"
-#include "gpu-worker/link.h"
-#include "gpu-worker/step.h"
+#include "compute/backend.h"
+#include "ipc/link.h"
+#include "ipc/step.h"
 #include "ipc/exchange.h"
 
 /* How long the GPU worker waits for the CPU partials of one layer before it declares a worker

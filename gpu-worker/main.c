@@ -5,16 +5,16 @@
  * See pi-gpu-worker(8).
  */
 #include "config.h"
-#include "cpu-worker/partition.h"
-#include "gpu-worker/backend.h"
-#include "gpu-worker/link.h"
+#include "compute/partition.h"
+#include "compute/backend.h"
+#include "ipc/link.h"
 #include "gpu-worker/loop.h"
 #include "ipc/control.h"
 #include "ipc/shm.h"
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "lib/log.h"
-#include "lib/model.h"
+#include "model/model.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -23,7 +23,7 @@ struct pi_config {
     char *model_path;          /* GGUF file; required */
     enum pi_activation_cfg activation; /* auto: from the file (pinfer.ffn_activation, format default) */
     int64_t ctx_len;           /* context length per sequence; 0 = the model's, at most 4096 */
-    char *chat_template;       /* chat format name (lib/chat.h); empty = recognised from the file */
+    char *chat_template;       /* chat format name (text/chat.h); empty = recognised from the file */
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */
     /* [control] */

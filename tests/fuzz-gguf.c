@@ -7,7 +7,7 @@
  * read outside the input, overflow or leak is a finding. Not part of `make check`.
  */
 #include "config.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/common.h"
 
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /*
- * tests/test-backend-cuda.c - the cuda backend of pi-gpu-worker (gpu-worker/backend-cuda.h) against the
+ * tests/test-backend-cuda.c - the cuda backend of pi-gpu-worker (compute/backend-cuda.h) against the
  * golden logits (HF transformers, float64, same weights) and against the host backend, on the demo
  * ReLU model (tests/data) and the tiny SiLU llama (tests/data and $PI_FIXTURES: F16, Q8_0, Q4_0, and
  * Q5_1, which the device takes converted to F16; head size 16, the backend's own attention kernel).
@@ -32,8 +32,8 @@
  * run compute-sanitizer checks).
  */
 #include "config.h"
-#include "gpu-worker/backend-cuda.h"
-#include "gpu-worker/backend.h"
+#include "compute/backend-cuda.h"
+#include "compute/backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cuda/cuda.h"

@@ -14,10 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "lib/chat.h"
+#include "text/chat.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
-#include "lib/tokenizer.h"
+#include "model/gguf.h"
+#include "text/tokenizer.h"
 #include "tests/tap.h"
 
 static const struct pi_chat_msg conv[] = {

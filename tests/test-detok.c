@@ -21,8 +21,8 @@
 #include <unistd.h>
 
 #include "lib/common.h"
-#include "lib/gguf.h"
-#include "lib/tokenizer.h"
+#include "model/gguf.h"
+#include "text/tokenizer.h"
 #include "lib/types.h"
 #include "tests/tap.h"
 

@@ -20,7 +20,7 @@
 #include <string.h>
 
 #include "lib/common.h"
-#include "lib/model.h"
+#include "model/model.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"

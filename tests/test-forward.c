@@ -27,9 +27,9 @@
 #include <string.h>
 
 #include "lib/common.h"
-#include "lib/forward.h"
-#include "lib/gguf.h"
-#include "lib/model.h"
+#include "compute/forward.h"
+#include "model/gguf.h"
+#include "model/model.h"
 #include "tests/tap.h"
 
 struct golden_case {

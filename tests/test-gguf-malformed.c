@@ -10,7 +10,7 @@
  */
 #include "config.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/log.h"
 #include "tests/tap.h"
 

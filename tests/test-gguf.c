@@ -1,5 +1,5 @@
 /*
- * tests/test-gguf.c - the GGUF reader and writer through lib/gguf.h.
+ * tests/test-gguf.c - the GGUF reader and writer through model/gguf.h.
  *
  *  1. Round trip: write every metadata type (fresh random values) and tensors of several types,
  *     reopen, compare every value and byte; alignment (default and general.alignment), PWRI and v2
@@ -13,7 +13,7 @@
  */
 #include "config.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/log.h"
 #include "lib/rng.h"
 #include "tests/tap.h"

@@ -1,5 +1,5 @@
 /*
- * tests/test-kv.c - the KV cache (lib/kv-cache.h) and its use by the forward pass: generating token by
+ * tests/test-kv.c - the KV cache (compute/kv-cache.h) and its use by the forward pass: generating token by
  * token equals processing the whole sequence at once, whatever the chunking; several sequences in one
  * decode batch equal each run alone; truncation rewinds exactly; f16 storage stays close to f32; bad
  * batches are refused without changing the cache; caches too large for size_t or for RAM (a file's
@@ -19,9 +19,9 @@
 #include <unistd.h>
 
 #include "lib/common.h"
-#include "lib/forward.h"
-#include "lib/kv-cache.h"
-#include "lib/model.h"
+#include "compute/forward.h"
+#include "compute/kv-cache.h"
+#include "model/model.h"
 #include "kernels/cpu/quant.h"
 #include "tests/tap.h"
 

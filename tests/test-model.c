@@ -1,5 +1,5 @@
 /*
- * tests/test-model.c - the model description (lib/model.h): binding real files, the activation rules,
+ * tests/test-model.c - the model description (model/model.h): binding real files, the activation rules,
  * the packed ffn_down_t, PowerInfer's extras, and rejection of models whose tensors disagree with
  * their metadata (files made with the GGUF writer through pi_model_gen_write's test hooks).
  */
@@ -12,8 +12,8 @@
 #include <unistd.h>
 
 #include "lib/common.h"
-#include "lib/gguf.h"
-#include "lib/model.h"
+#include "model/gguf.h"
+#include "model/model.h"
 #include "kernels/cpu/quant.h"
 #include "tests/tap.h"
 

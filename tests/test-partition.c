@@ -1,5 +1,5 @@
 /*
- * tests/test-partition.c - a worker's slice of the FFN (cpu-worker/partition.h) on the demo model:
+ * tests/test-partition.c - a worker's slice of the FFN (compute/partition.h) on the demo model:
  *   - the ranges of pi_partition_range cover the cold neurons exactly once, in order;
  *   - pi_partition_pack copies the worker's gate/up rows and builds its down rows, and keeps the
  *     whole quantisation blocks of its ffn_down columns as the dense down block (offset and width
@@ -18,11 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu-worker/partition.h"
+#include "compute/partition.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
-#include "lib/model.h"
+#include "model/model.h"
 #include "lib/rng.h"
 #include "tests/tap.h"
 

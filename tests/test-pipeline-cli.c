@@ -9,17 +9,17 @@
  *   logits of the demo model (HF transformers in float64 on the same weights) within the forward
  *   pass's tolerance for Q4_0, and the greedy text equals the golden greedy continuation decoded;
  *   SIGTERM during a long prompt stops it at the next batch.
- * And the step channel (gpu-worker/step.h) against a hostile coordinator, in one process with the
+ * And the step channel (ipc/step.h) against a hostile coordinator, in one process with the
  * worker side on a thread: token ids are validated on a private copy (rewriting the segment after
  * the check changes nothing the worker uses), an id >= n_vocab, an empty batch and a skipped request
  * id are rejected and answered, and a status that is no pi_err is refused by the coordinator side.
  */
 #include "config.h"
-#include "gpu-worker/step.h"
+#include "ipc/step.h"
 #include "ipc/shm.h"
 #include "lib/common.h"
 #include "lib/conf.h"
-#include "lib/tokenizer.h"
+#include "text/tokenizer.h"
 #include "tests/test-pipeline-util.h"
 
 #include <pthread.h>

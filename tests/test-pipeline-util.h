@@ -19,7 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/types.h"
 #include "tests/tap.h"
 

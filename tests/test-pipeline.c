@@ -12,7 +12,7 @@
  */
 #include "config.h"
 #include "lib/common.h"
-#include "lib/model.h"
+#include "model/model.h"
 #include "tests/test-pipeline-util.h"
 
 #include <stdbool.h>

@@ -1,5 +1,5 @@
 /*
- * tests/test-placement.c - coordinator/placement.h with the cuda backend (built where the CUDA
+ * tests/test-placement.c - compute/placement.h with the cuda backend (built where the CUDA
  * backend is; needs no GPU: the backend's plan is host arithmetic). For budgets around the plan's
  * figures on the demo model and the tiny llama, the hot count is the largest whose plan fits: the
  * plan of k fits the budget and the plan of k + 1 does not (every neuron when the all-dense plan
@@ -11,10 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "coordinator/placement.h"
-#include "gpu-worker/backend-cuda.h"
+#include "compute/placement.h"
+#include "compute/backend-cuda.h"
 #include "lib/common.h"
-#include "lib/model.h"
+#include "model/model.h"
 #include "tests/tap.h"
 
 #define N_CTX 256

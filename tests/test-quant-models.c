@@ -18,7 +18,7 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "tests/tap.h"
 
 /* Largest error of llama.cpp's reference quantiser of type t, in units of the block's max |x|

@@ -23,7 +23,7 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/rng.h"
 #include "tests/tap.h"
 

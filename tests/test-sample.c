@@ -15,7 +15,7 @@
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/rng.h"
-#include "lib/sample.h"
+#include "text/sample.h"
 #include "tests/tap.h"
 
 #include <fcntl.h>

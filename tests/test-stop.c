@@ -9,7 +9,7 @@
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/rng.h"
-#include "lib/stop.h"
+#include "text/stop.h"
 #include "tests/tap.h"
 
 #include <fcntl.h>

@@ -25,9 +25,9 @@
 #include <unistd.h>
 
 #include "lib/common.h"
-#include "lib/gguf.h"
-#include "lib/tokenizer.h"
-#include "lib/unicode.h"
+#include "model/gguf.h"
+#include "text/tokenizer.h"
+#include "text/unicode.h"
 #include "tests/tap.h"
 
 static char *slurp(const char *path, size_t *len)

@@ -1,5 +1,5 @@
 /*
- * tools/pi-bench-forward.c - prompt and decode speed of the CPU forward pass (lib/forward.h).
+ * tools/pi-bench-forward.c - prompt and decode speed of the CPU forward pass (compute/forward.h).
  *
  * For each model: a prompt of --prompt random token ids as one batch (prompt tokens/s), then --decode
  * greedy single-token steps (decode tokens/s), best of --reps runs. Decode streams every weight
@@ -19,9 +19,9 @@
 #include <time.h>
 
 #include "lib/common.h"
-#include "lib/forward.h"
+#include "compute/forward.h"
 #include "lib/log.h"
-#include "lib/model.h"
+#include "model/model.h"
 #include "kernels/cpu/pool.h"
 
 static double now(void)

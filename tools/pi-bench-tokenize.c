@@ -17,9 +17,9 @@
 #include <time.h>
 
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/log.h"
-#include "lib/tokenizer.h"
+#include "text/tokenizer.h"
 
 static double now(void)
 {

@@ -1,6 +1,6 @@
 /*
  * tools/pi-gen-model.c - writes a llama-family GGUF with random weights and real shapes, for
- * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in lib/model.h).
+ * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in model/model.h).
  * The output has no tokenizer: feed it token ids.
  *
  *   pi-gen-model --preset 1b --type q4_0 /tmp/rand-1b-q4_0.gguf
@@ -14,7 +14,7 @@
 
 #include "lib/common.h"
 #include "lib/log.h"
-#include "lib/model.h"
+#include "model/model.h"
 
 static void usage(FILE *out)
 {

@@ -5,14 +5,14 @@
  *   pi-gguf --check FILE...  validate only: "FILE: ok" on stdout for a good file, one line
  *                            "pi-gguf: FILE: <message>" on stderr for a bad one
  *
- * Everything it shows comes through lib/gguf.h, which validates the whole file at open, so this
+ * Everything it shows comes through model/gguf.h, which validates the whole file at open, so this
  * program inherits the reader's guarantee: no input makes it read outside the file. Strings from the
  * file are escaped before printing so that a file cannot write control sequences to the terminal.
  * Exit status: 0 when every file was good, 1 when any was not, 2 for a usage error.
  */
 #include "config.h"
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/log.h"
 
 #include <getopt.h>

@@ -4,7 +4,7 @@
  *   pi-tokenize --model FILE [--pieces] [--no-bos] [--parse-special] TEXT
  *   pi-tokenize --model FILE -            (the text from standard input)
  *
- * Only the tokenizer is loaded (lib/gguf.h + lib/tokenizer.h): no weights are touched, so it is
+ * Only the tokenizer is loaded (model/gguf.h + text/tokenizer.h): no weights are touched, so it is
  * quick on any model file. Output: the ids on one line separated by spaces, or with --pieces one
  * "id<TAB>piece" line per token, the piece as the vocabulary writes it with control bytes escaped.
  * Exit status: 0 on success, 1 when the model or its vocabulary cannot be used, 2 on usage errors.
@@ -17,9 +17,9 @@
 #include <string.h>
 
 #include "lib/common.h"
-#include "lib/gguf.h"
+#include "model/gguf.h"
 #include "lib/log.h"
-#include "lib/tokenizer.h"
+#include "text/tokenizer.h"
 
 static void usage(FILE *out)
 {

@@ -13,7 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "lib/model.h"
+#include "lib/weights.h"
 #include "lib/types.h"
 #include "kernels/cpu/pool.h"
 
@@ -73,7 +73,7 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
 /* The neuron-wise path pays per active neuron (its down row, float multiply-adds) what a dense FFN
  * (whole matrices, int8 dot products) pays for all neurons: measured on the 1B-class ReLU model with
  * 50% active, neuron-wise took 1.75x the dense time, which puts the break-even near 20% active. The
- * callers that choose (lib/forward.c, the CPU workers, the host backend) keep a running fraction of
+ * callers that choose (compute/forward.c, the CPU workers, the host backend) keep a running fraction of
  * active neurons per layer and go dense at or above this. */
 #define PI_FFN_DENSE_MIN_ACTIVE 0.2f
 

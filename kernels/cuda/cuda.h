@@ -232,7 +232,7 @@ int pi_cuda_attention_dec(pi_cuda_ctx_t *ctx, int n_head, int n_head_kv, int hea
 /* x (rows, n) softmax per row, in place. */
 int pi_cuda_softmax(pi_cuda_ctx_t *ctx, int64_t rows, int64_t n, float *d_x);
 
-/* FFN activations; values equal those of lib/model.h's enum pi_ffn_act. */
+/* FFN activations; values equal those of model/model.h's enum pi_ffn_act. */
 enum pi_cuda_act {
     PI_CUDA_ACT_SILU = 1,  /* silu(g) * u */
     PI_CUDA_ACT_RELU = 2,  /* relu(g) * u */
@@ -254,7 +254,7 @@ int pi_cuda_merge(pi_cuda_ctx_t *ctx, int64_t n, int n_parts, const float *d_par
 /* The GPU's packed copy of its hot neurons of one layer:
  *   gu   (2 * n_hot, n_embd): row 2i is hot neuron i's gate row, row 2i + 1 its up row (weight type);
  *   down (n_hot, n_embd): row i is hot neuron i's down column (ffn_down_t's row, in its own type: the
- *        file's when it has PowerInfer's transposed copy, else as lib/model.c packs it, f16 by default;
+ *        file's when it has PowerInfer's transposed copy, else as model/model.c packs it, f16 by default;
  *        the types differ in general, which is why it is a second matrix).
  * y (n_embd,) = sum over active hot neurons i of act(gate_i . x, up_i . x) * down_i (y overwritten).
  * Neuron i is skipped (no weight read) when d_mask is not NULL and d_mask[ids ? ids[i] : i] == 0;

@@ -1,0 +1,1028 @@
+/*
+ * compute/backend-cuda.c - the `cuda` backend of pi-gpu-worker (compute/backend.h): the batch's
+ * residual stream, attention with its KV cache, the hot FFN neurons, the merge of the CPU workers'
+ * partial sums, the final norm and the output head, all on one CUDA device through kernels/cuda/cuda.h
+ * (and the few kernels of compute/backend-cuda-kernels.cu).
+ *
+ * Memory. Every device byte is computed before anything is allocated (plan(): weights, KV cache,
+ * activations, the kernels' scratch, the cuBLAS workspace, each rounded as kernels/cuda/ctx.cu counts
+ * it), checked against the budget (one clear error at start when it does not fit), then allocated in
+ * the order attention weights and norms, embeddings and output head, hot neurons, KV cache, scratch:
+ * the weights every token needs come first, the hot neurons are the part the placement can shrink.
+ * The context's scratch slots grow on demand; the backend requests their largest sizes once at start
+ * (warm_scratch), so serving never allocates and the planned bytes are what is held.
+ *
+ * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K;
+ * K-quants need rows of 256) and are converted to F16 on upload otherwise (logged). The
+ * hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot, d), the
+ * ffn_down_t rows in another (n_hot, d); both in the ids' order. A dense layer (every neuron hot, in id
+ * order: dense_layer) keeps the file's ffn_down (d, n_ff) instead of ffn_down_t rows, and its FFN is
+ * the gate/up pairs then a plain product with it (pi_cuda_ffn_dense; GEMMs for larger batches).
+ *
+ * The q, k and v weights of a layer are uploaded as one stacked matrix (qd + 2 kvd, d) when their types
+ * agree, with q, k and v as views of it: a one-token step projects them in one launch, larger batches
+ * use the views (PI_CUDA_FUSE_QKV=0 uploads them apart, for comparisons).
+ *
+ * Batches: decode (n <= 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
+ * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
+ * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
+ * per "run": consecutive tokens of one sequence at consecutive positions, stored into that sequence's
+ * cache and attended causally; a batch may hold several sequences. For a batch of one run, RoPE of q
+ * and k and the KV store are one launch (pi_cuda_rope_kv); a decode step's RoPE, KV store and
+ * attention are one launch together (pi_cuda_attention_dec). The residual adds are the products'
+ * epilogues: the attention output projection and a dense layer's down product add into h
+ * (pi_cuda_matmul_add), so neither needs a separate merge launch.
+ *
+ * The exchange: ffn_input downloads the FFN input straight into the caller's buffer (the exchange's
+ * shared-memory slot, page-locked with cudaHostRegister the second time the same buffer is given);
+ * ffn_hot only enqueues; ffn_merge copies the merged cold partial into pinned staging and then to the
+ * device on the copy stream, and the compute stream waits for it by an event: one host round trip per
+ * layer (the ffn_input download). A layer whose neurons are all hot has no exchange (ffn_hot_count
+ * tells the loop): ffn_input then writes no x, so a step at hot fraction 1 runs without a host wait
+ * until its logits (PI_CUDA_SKIP_X=0 downloads x anyway, for comparisons). A failed CUDA call poisons the backend: every later call answers
+ * -PI_ERR_DEVICE, and the worker ends (crash-only).
+ */
+#include "config.h"
+#include "compute/backend-cuda.h"
+#include "compute/backend-cuda-kernels.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define ALLOC_ALIGN 256u                 /* kernels/cuda/ctx.cu counts allocations in these units */
+#define BLAS_WS ((uint64_t)32 << 20)     /* the context's cuBLAS workspace (ctx.cu) */
+#define TILE_BYTES ((uint64_t)64 << 20)  /* pi_cuda_gemm's dequantised tile (matmul.cu) */
+#define ATT_CHUNK 256                    /* positions per attention split (ops.cu) */
+#define HOT_BATCH_MIN 5                  /* rows from which the hot FFN goes through GEMM */
+
+/* Propagate a negative return. */
+#define PI_TRY(expr)                                                                               \
+    do {                                                                                           \
+        int r_ = (expr);                                                                           \
+        if (r_ < 0) return r_;                                                                     \
+    } while (0)
+
+struct cuda_layer {
+    pi_cuda_weight_t *q, *k, *v, *o; /* q, k, v are views of qkv when it is not NULL */
+    pi_cuda_weight_t *qkv;           /* q, k and v rows in one matrix (qd + 2 kvd, d): one decode launch */
+    pi_cuda_weight_t *gu, *down; /* packed hot neurons; NULL when n_hot == 0. A dense layer's down is
+                                    the file's ffn_down (d, n_ff) instead of ffn_down_t rows */
+    int64_t n_hot;
+    bool dense;                  /* every neuron hot, in id order: a = act(gu x), y = down a (dense_layer) */
+};
+
+struct cuda_backend {
+    struct pi_backend base;
+    struct pi_backend_opts o;
+    pi_cuda_ctx_t *ctx;
+    void *stream, *copy_stream, *ev_copy;
+    int d, qd, kvd, hd, n_head, n_head_kv, n_rot, n_layer, n_vocab, n_ctx, n_seq, T, act;
+    float eps, rope_base;
+    bool own_attn;            /* head_dim the flash-decoding kernel does not take */
+    bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
+    bool fuse_norm;           /* decode RMSNorms inside the q/k/v and gate/up products (their staging or
+                                 their x quantiser); PI_CUDA_FUSE_NORM=0 turns it off */
+    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (fuse_norm) */
+    int64_t n_hot_max;
+    pi_cuda_weight_t *embd, *out; /* out == embd when tied */
+    struct cuda_layer *L;
+    float *d_norms;           /* (2 n_layer + 1, d): attn_norm, ffn_norm of each layer, output_norm */
+    uint8_t *d_kv;            /* per layer, per sequence: K then V, (n_ctx, kvd) f16 each */
+    float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_parts, *d_logits, *d_g, *d_a;
+    void *d_down16;           /* (n_hot, d) f16 for the largest layer that is not dense: its down rows for the
+                                 batched product (NULL when every hot layer is dense) */
+    int32_t *d_ids;           /* (2 T): tokens, then positions */
+    float *h_cold;            /* pinned (T, d): staging of the cold partial */
+    int32_t *h_ids;           /* (2 T) */
+    float *x_reg;             /* the FFN-input buffer page-locked, or NULL */
+    size_t x_reg_bytes;
+    const float *x_last;      /* the buffer given to the previous ffn_input */
+    int32_t *len, *pend;      /* (n_seq): committed positions; tokens of the batch in flight */
+    int32_t *seq, *pos;       /* (T): the batch */
+    int32_t *run_start;       /* (T + 1): runs of the batch */
+    int n, n_runs;
+    bool hot_valid;           /* the current layer's hot partial is in d_parts (not for a dense layer,
+                                 whose ffn_hot adds its product to d_h itself) */
+    bool dead;                /* a device error happened: every call fails */
+    uint64_t planned;
+};
+
+static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
+
+/* Norm weight k of d_norms: 2 il attention, 2 il + 1 FFN of layer il, 2 n_layer the output norm. */
+static float *norm_w(const struct cuda_backend *s, int k) { return s->d_norms + (size_t)k * (size_t)s->d; }
+
+/* Whether the step's hot FFN runs row by row (the packed-neuron or dense kernels per token) rather
+ * than as GEMMs: small batches, or no GEMM buffers planned. */
+static bool ffn_per_row(const struct cuda_backend *s) { return s->n < HOT_BATCH_MIN || !s->d_g; }
+
+static uint64_t al(uint64_t x) { return (x + ALLOC_ALIGN - 1) & ~(uint64_t)(ALLOC_ALIGN - 1); }
+
+/* ------------------------------------------------------------------ types and planning */
+
+static bool dev_type_ok(enum pi_type t, int64_t cols)
+{
+    switch (t) {
+    case PI_TYPE_F16:
+    case PI_TYPE_BF16:
+    case PI_TYPE_Q4_0:
+    case PI_TYPE_Q8_0: return cols % 32 == 0;
+    case PI_TYPE_Q4_K:
+    case PI_TYPE_Q6_K: return cols % 256 == 0;
+    default: return false;
+    }
+}
+
+/* The type a weight of type t with rows of cols elements is stored in on the device. */
+static enum pi_type dev_type(enum pi_type t, int64_t cols) { return dev_type_ok(t, cols) ? t : PI_TYPE_F16; }
+
+static int wbytes(enum pi_type t, int64_t rows, int64_t cols, uint64_t *acc)
+{
+    size_t b = 0;
+    int rc = pi_cuda_weight_bytes_for((int)dev_type(t, cols), rows, cols, &b);
+    if (rc < 0) return rc;
+    *acc += al(b);
+    return 0;
+}
+
+/* pi_cuda_gemm's tile for a weight (rows, cols) of device type t (none for F16). */
+static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols)
+{
+    if (t == PI_TYPE_F16) return 0;
+    int64_t tr = (int64_t)(TILE_BYTES / ((uint64_t)cols * 2));
+    tr = tr >= 128 ? tr / 128 * 128 : PI_MAX(tr, (int64_t)1);
+    tr = PI_MIN(tr, rows);
+    return (uint64_t)tr * (uint64_t)cols * 2;
+}
+
+/* What a scratch slot of the context holds after a first request of `bytes` (ctx.cu: 25% headroom). */
+static uint64_t slot(uint64_t bytes) { return bytes ? al(bytes + bytes / 4) : 0; }
+
+/* Whether layer L's q, k and v go to the device as one matrix: when their types agree and the device
+ * takes that type as it is (PI_CUDA_FUSE_QKV=0 turns it off, for comparisons). */
+static bool fuse_qkv(const struct pi_layer *L, int64_t d)
+{
+    if (pi_env_off("PI_CUDA_FUSE_QKV")) return false;
+    return L->attn_q.type == L->attn_k.type && L->attn_q.type == L->attn_v.type && dev_type_ok(L->attn_q.type, d);
+}
+
+static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
+{
+    if (L->ffn_gate.type == L->ffn_up.type && dev_type_ok(L->ffn_gate.type, d)) return L->ffn_gate.type;
+    return PI_TYPE_F16;
+}
+
+/* Whether layer il's FFN runs dense on the device: all n_ff neurons hot, in id order. Its down product
+ * is then a plain matrix-vector product with the file's ffn_down (d, n_ff) in its own type (for Q4_0,
+ * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the matvec instead of the neuron
+ * kernel), and no ffn_down_t copy is uploaded. Rows of n_ff elements must be whole 32-element segments
+ * (the device kernels' unit, even for F16), else the layer keeps the neuron layout, whose rows are
+ * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
+static bool dense_ok(const pi_model_t *m)
+{
+    return m->hp.n_ff % 32 == 0 && !pi_env_off("PI_CUDA_DENSE_DOWN");
+}
+
+static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    const int64_t n_ff = m->hp.n_ff;
+    if (!dense_ok(m) || !o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
+    for (int64_t i = 0; i < n_ff; i++)
+        if (o->hot[il][i] != (int32_t)i) return false;
+    return true;
+}
+
+bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot) { return hot == m->hp.n_ff && dense_ok(m); }
+
+/* Where layer il's hot rows come from: the worker's packed copy (opts.hot_layers, row i = neuron
+ * hot[il][i]) or the model's own rows (indexed by the neuron ids). Gate and up have the model's types
+ * either way; ffn_down_t's type is the packed copy's. */
+static const struct pi_layer *hot_rows(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    return o->hot_layers ? &o->hot_layers[il] : &m->layers[il];
+}
+
+struct plan {
+    uint64_t attn, norms, head, hot, kv, act, scratch, total;
+};
+
+static void geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *n_ctx, int *n_seq)
+{
+    *n_ctx = o->n_ctx > 0 ? o->n_ctx : pi_model_default_ctx(m);
+    *n_seq = o->n_seq > 0 ? o->n_seq : 1;
+}
+
+/* The XQ scratch (kernels/cuda/cuda.h, pi_cuda_xq_reserve): x of the widest decode product, and a
+ * dense FFN's n_ff activations beside the x of its gate/up product. */
+static uint64_t xq_bytes(const pi_model_t *m, bool any_dense)
+{
+    const struct pi_hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
+    return pi_cuda_xq_bytes(PI_MAX(d, qd)) + (any_dense ? pi_cuda_xq_bytes(hp->n_ff) : 0);
+}
+
+static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struct plan *p)
+{
+    const struct pi_hparams *hp = &m->hp;
+    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
+    const int64_t T = o->max_tokens;
+    int n_ctx, n_seq;
+    geometry(m, o, &n_ctx, &n_seq);
+    memset(p, 0, sizeof *p);
+    int64_t n_hot_max = 0, n_sparse_max = 0; /* largest hot count; the same over the non-dense layers */
+    bool any_dense = false;
+    uint64_t tile = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        if (fuse_qkv(L, d)) {
+            PI_TRY(wbytes(L->attn_q.type, qd + 2 * kvd, d, &p->attn));
+        } else {
+            PI_TRY(wbytes(L->attn_q.type, qd, d, &p->attn));
+            PI_TRY(wbytes(L->attn_k.type, kvd, d, &p->attn));
+            PI_TRY(wbytes(L->attn_v.type, kvd, d, &p->attn));
+        }
+        PI_TRY(wbytes(L->attn_output.type, d, qd, &p->attn));
+        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_q.type, d), qd, d));
+        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_k.type, d), kvd, d));
+        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_v.type, d), kvd, d));
+        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_output.type, qd), d, qd));
+        int64_t nh = o->n_hot ? o->n_hot[il] : 0;
+        const bool dense = dense_layer(m, o, il);
+        if (nh > 0) {
+            size_t b = 0;
+            PI_TRY(pi_cuda_weight_bytes_for((int)gu_type(L, d), 2 * nh, d, &b));
+            p->hot += al(b);
+            if (dense) PI_TRY(wbytes(L->ffn_down.type, d, hp->n_ff, &p->hot));
+            else PI_TRY(wbytes(hot_rows(m, o, il)->ffn_down_t.type, nh, d, &p->hot));
+            if (T >= HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(gu_type(L, d), 2 * nh, d));
+            if (T >= HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
+        }
+        n_hot_max = PI_MAX(n_hot_max, nh);
+        if (!dense) n_sparse_max = PI_MAX(n_sparse_max, nh);
+        any_dense |= dense;
+    }
+    p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
+    PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
+    tile = PI_MAX(tile, tile_bytes(dev_type(m->output.type, d), hp->n_vocab, d));
+    if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
+    p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
+    const uint64_t f = sizeof(float), uT = (uint64_t)T;
+    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
+    p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
+             al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
+    if (n_hot_max > 0 && T >= HOT_BATCH_MIN) {
+        p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
+        if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */
+    }
+    /* The kernels' scratch slots at their largest request (kernels/cuda/matmul.cu and ops.cu): the f16
+     * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
+    p->scratch = BLAS_WS;
+    const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
+    if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
+    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: 48 bytes per 32
+     * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
+    p->scratch += slot(xq_bytes(m, any_dense));
+    if (hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256) {
+        uint64_t ta = (uint64_t)PI_MIN((int64_t)T, (int64_t)n_ctx), nsplit = ((uint64_t)n_ctx + ATT_CHUNK - 1) / ATT_CHUNK;
+        p->scratch += slot(ta * (uint64_t)hp->n_head * nsplit * (uint64_t)(hp->head_dim + 2) * f);
+    }
+    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch;
+    return 0;
+}
+
+int pi_backend_cuda_plan(const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes)
+{
+    struct plan p;
+    *bytes = 0;
+    if (o->max_tokens < 1) return -PI_ERR_INVAL;
+    PI_TRY(make_plan(m, o, &p));
+    *bytes = p.total;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ upload */
+
+/* Rows of the packed matrix being uploaded: row r is a's row ids[r] (b == NULL), or, with b, row 2i is
+ * a's row ids[i] and row 2i + 1 is b's (ids NULL: identity). */
+struct rows_src {
+    const struct pi_weight *a, *b;
+    const int32_t *ids;
+    int64_t n; /* rows of the result */
+};
+
+static const void *src_row(const struct rows_src *s, int64_t r)
+{
+    const struct pi_weight *w = s->b && (r & 1) ? s->b : s->a;
+    int64_t i = s->b ? r / 2 : r;
+    return pi_weight_row(w, s->ids ? s->ids[i] : i);
+}
+
+static int upload(struct cuda_backend *s, const struct rows_src *src, enum pi_type type, pi_cuda_weight_t **out)
+{
+    const int64_t cols = src->a->cols;
+    const bool same = src->a->type == type && (!src->b || src->b->type == type);
+    if (same && !src->b && !src->ids) return pi_cuda_weight_upload(s->ctx, (int)type, src->n, cols, src->a->data, out);
+    uint64_t rb = 0;
+    if (!pi_type_row_bytes(type, (uint64_t)cols, &rb)) return -PI_ERR_UNSUPPORTED;
+    uint8_t *buf = malloc((size_t)rb * (size_t)src->n);
+    float *tmp = same ? NULL : malloc((size_t)cols * sizeof(float));
+    if (!buf || (!same && !tmp)) {
+        free(buf);
+        free(tmp);
+        return -PI_ERR_NOMEM;
+    }
+    for (int64_t r = 0; r < src->n; r++) {
+        const struct pi_weight *w = src->b && (r & 1) ? src->b : src->a;
+        if (w->type == type) {
+            memcpy(buf + (size_t)r * rb, src_row(src, r), (size_t)rb);
+        } else {
+            pi_dequant_row(w->type, src_row(src, r), tmp, cols);
+            pi_quantize_row(type, tmp, buf + (size_t)r * rb, cols);
+        }
+    }
+    int rc = pi_cuda_weight_upload(s->ctx, (int)type, src->n, cols, buf, out);
+    free(buf);
+    free(tmp);
+    return rc;
+}
+
+static int upload_whole(struct cuda_backend *s, const struct pi_weight *w, pi_cuda_weight_t **out)
+{
+    enum pi_type t = dev_type(w->type, w->cols);
+    if (t != w->type) {
+        if (!pi_kernel_supported(w->type)) {
+            pi_error("cuda backend: weight type %s cannot be converted", pi_type_name(w->type));
+            return -PI_ERR_UNSUPPORTED;
+        }
+        pi_info("cuda backend: a (%lld, %lld) %s weight is converted to F16 on upload (no device kernel)",
+                (long long)w->rows, (long long)w->cols, pi_type_name(w->type));
+    }
+    struct rows_src src = {.a = w, .n = w->rows};
+    return upload(s, &src, t, out);
+}
+
+/* Layer il's q, k and v rows stacked into one device matrix, and q, k, v as views of it. */
+static int upload_qkv(struct cuda_backend *s, int il)
+{
+    const struct pi_layer *L = &s->base.model->layers[il];
+    struct cuda_layer *cl = &s->L[il];
+    uint64_t rb = 0;
+    if (!pi_type_row_bytes(L->attn_q.type, (uint64_t)s->d, &rb)) return -PI_ERR_UNSUPPORTED;
+    const size_t bq = (size_t)rb * (size_t)s->qd, bkv = (size_t)rb * (size_t)s->kvd;
+    uint8_t *buf = malloc(bq + 2 * bkv);
+    if (!buf) return -PI_ERR_NOMEM;
+    memcpy(buf, pi_weight_row(&L->attn_q, 0), bq);
+    memcpy(buf + bq, pi_weight_row(&L->attn_k, 0), bkv);
+    memcpy(buf + bq + bkv, pi_weight_row(&L->attn_v, 0), bkv);
+    int rc = pi_cuda_weight_upload(s->ctx, (int)L->attn_q.type, s->qd + 2 * s->kvd, s->d, buf, &cl->qkv);
+    free(buf);
+    PI_TRY(rc);
+    PI_TRY(pi_cuda_weight_view(cl->qkv, 0, s->qd, &cl->q));
+    PI_TRY(pi_cuda_weight_view(cl->qkv, s->qd, s->kvd, &cl->k));
+    return pi_cuda_weight_view(cl->qkv, s->qd + s->kvd, s->kvd, &cl->v);
+}
+
+static int upload_hot(struct cuda_backend *s, int il)
+{
+    const struct pi_layer *L = &s->base.model->layers[il];
+    struct cuda_layer *cl = &s->L[il];
+    cl->n_hot = s->o.n_hot ? s->o.n_hot[il] : 0;
+    if (cl->n_hot == 0) return 0;
+    for (int64_t i = 0; i < cl->n_hot; i++) {
+        int32_t id = s->o.hot[il][i];
+        if (id < 0 || id >= s->base.model->hp.n_ff) {
+            pi_error("cuda backend: layer %d: hot neuron id %d out of range [0, %d)", il, id, s->base.model->hp.n_ff);
+            return -PI_ERR_RANGE;
+        }
+    }
+    cl->dense = dense_layer(s->base.model, &s->o, il);
+    /* rows from the worker's packed copy (row i = hot neuron i: no ids) or the model's (by id) */
+    const struct pi_layer *H = hot_rows(s->base.model, &s->o, il);
+    const int32_t *ids = s->o.hot_layers ? NULL : s->o.hot[il];
+    if (s->o.hot_layers && (H->ffn_gate.rows < cl->n_hot || H->ffn_up.rows < cl->n_hot)) {
+        pi_error("cuda backend: layer %d: %lld packed hot rows for %lld hot neurons", il, (long long)H->ffn_gate.rows,
+                 (long long)cl->n_hot);
+        return -PI_ERR_INVAL;
+    }
+    if (!cl->dense && (!H->ffn_down_t.data || H->ffn_down_t.rows < cl->n_hot)) {
+        pi_error("cuda backend: layer %d has no ffn_down_t rows for its hot neurons (the model was loaded without "
+                 "packing and no packed hot rows were given)", il);
+        return -PI_ERR_INVAL;
+    }
+    struct rows_src gu = {.a = &H->ffn_gate, .b = &H->ffn_up, .ids = ids, .n = 2 * cl->n_hot};
+    PI_TRY(upload(s, &gu, gu_type(L, s->d), &cl->gu));
+    if (cl->dense) return upload_whole(s, &L->ffn_down, &cl->down);
+    struct rows_src dn = {.a = &H->ffn_down_t, .ids = ids, .n = cl->n_hot};
+    return upload(s, &dn, dev_type(H->ffn_down_t.type, s->d), &cl->down);
+}
+
+/* ------------------------------------------------------------------ destroy, errors */
+
+static void cuda_destroy(pi_backend_t *b)
+{
+    struct cuda_backend *s = cb(b);
+    if (s->ctx) {
+        (void)pi_cuda_sync(s->ctx);
+        if (s->ev_copy) (void)pi_cbk_event_sync(s->ev_copy);
+        for (int il = 0; s->L && il < s->n_layer; il++) {
+            struct cuda_layer *cl = &s->L[il];
+            pi_cuda_weight_destroy(s->ctx, &cl->q);
+            pi_cuda_weight_destroy(s->ctx, &cl->k);
+            pi_cuda_weight_destroy(s->ctx, &cl->v);
+            pi_cuda_weight_destroy(s->ctx, &cl->qkv); /* after its views */
+            pi_cuda_weight_destroy(s->ctx, &cl->o);
+            pi_cuda_weight_destroy(s->ctx, &cl->gu);
+            pi_cuda_weight_destroy(s->ctx, &cl->down);
+        }
+        if (s->out != s->embd) pi_cuda_weight_destroy(s->ctx, &s->out);
+        pi_cuda_weight_destroy(s->ctx, &s->embd);
+        if (s->x_reg) pi_cbk_host_unregister(s->x_reg);
+        pi_cbk_event_destroy(s->ev_copy);
+        pi_cbk_host_free(s->h_cold);
+        pi_cuda_ctx_destroy(&s->ctx); /* frees every remaining allocation */
+    }
+    free(s->L);
+    free(s->h_ids);
+    free(s->len);
+    free(s->pend);
+    free(s->seq);
+    free(s->pos);
+    free(s->run_start);
+    free(s);
+}
+
+/* Record a failure: a device error poisons the backend (the worker must end). Returns rc. */
+static int fail(struct cuda_backend *s, int rc, const char *op)
+{
+    if (rc == -PI_ERR_DEVICE && !s->dead) {
+        s->dead = true;
+        pi_error("cuda backend: device error in %s; the backend is unusable from now on (the worker exits and "
+                 "is restarted)", op);
+    }
+    return rc;
+}
+
+#define CK(s, expr, op)                                                                            \
+    do {                                                                                           \
+        int r_ = (expr);                                                                           \
+        if (r_ < 0) return fail((s), r_, (op));                                                    \
+    } while (0)
+
+static int alive(struct cuda_backend *s, const char *op)
+{
+    if (!s->dead) return 0;
+    pi_error("cuda backend: %s refused: an earlier device error left the device unusable", op);
+    return -PI_ERR_DEVICE;
+}
+
+/* ------------------------------------------------------------------ the batch */
+
+static int cuda_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "begin"));
+    if (n < 1 || n > s->T) {
+        pi_error("cuda backend: batch of %d tokens (1..%d)", n, s->T);
+        return -PI_ERR_RANGE;
+    }
+    memset(s->pend, 0, (size_t)s->n_seq * sizeof *s->pend);
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= s->n_vocab || seq[i] < 0 || seq[i] >= s->n_seq) {
+            pi_error("cuda backend: token %d: id %d (vocabulary %d) or sequence %d (of %d) out of range", i,
+                     tokens[i], s->n_vocab, seq[i], s->n_seq);
+            return -PI_ERR_INVAL;
+        }
+        int want = s->len[seq[i]] + s->pend[seq[i]];
+        if (pos[i] != want || pos[i] >= s->n_ctx) {
+            pi_error("cuda backend: token %d of sequence %d at position %d (expected %d, context %d)", i, seq[i],
+                     pos[i], want, s->n_ctx);
+            return -PI_ERR_RANGE;
+        }
+        s->pend[seq[i]]++;
+    }
+    memcpy(s->seq, seq, (size_t)n * sizeof *seq);
+    memcpy(s->pos, pos, (size_t)n * sizeof *pos);
+    s->n_runs = 0;
+    for (int i = 0; i < n; i++)
+        if (i == 0 || seq[i] != seq[i - 1] || pos[i] != pos[i - 1] + 1) s->run_start[s->n_runs++] = i;
+    s->run_start[s->n_runs] = n;
+    s->n = n;
+    memcpy(s->h_ids, tokens, (size_t)n * sizeof *tokens);
+    memcpy(s->h_ids + n, pos, (size_t)n * sizeof *pos);
+    CK(s, pi_cuda_upload(s->ctx, s->d_ids, s->h_ids, 2 * (size_t)n * sizeof(int32_t)), "begin");
+    CK(s, pi_cuda_get_rows(s->ctx, s->embd, n, s->d_ids, s->d_h), "begin");
+    return 0;
+}
+
+static uint8_t *kv_at(struct cuda_backend *s, int il, int seq, int which)
+{
+    size_t per = (size_t)s->n_ctx * (size_t)s->kvd * 2;
+    return s->d_kv + (((size_t)il * (size_t)s->n_seq + (size_t)seq) * 2 + (size_t)which) * per;
+}
+
+static int attend(struct cuda_backend *s, int64_t T, int64_t pos0, const float *q, const void *kc, const void *vc,
+                  float *out)
+{
+    if (s->own_attn) return pi_cbk_attention(s->stream, T, s->n_head, s->n_head_kv, s->hd, pos0, q, kc, vc, out);
+    return pi_cuda_attention(s->ctx, T, s->n_head, s->n_head_kv, s->hd, pos0, q, kc, vc, out);
+}
+
+static int cuda_attn(pi_backend_t *b, int il)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "attn"));
+    const struct cuda_layer *cl = &s->L[il];
+    const int n = s->n;
+    const float *g = norm_w(s, 2 * il);
+    float *d_k = s->d_k, *d_v = s->d_v;
+    if (cl->qkv && n == 1) {
+        /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
+        if (s->fuse_norm && pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
+            CK(s, pi_cuda_matvec_norm(s->ctx, cl->qkv, s->d_h, g, s->eps, s->d_q), "attn");
+        } else {
+            CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
+            CK(s, pi_cuda_matvec(s->ctx, cl->qkv, s->d_xn, s->d_q), "attn");
+        }
+        d_k = s->d_q + s->qd;
+        d_v = d_k + s->kvd;
+    } else {
+        CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
+        CK(s, pi_cuda_matmul(s->ctx, cl->q, n, s->d_xn, s->d_q), "attn");
+        CK(s, pi_cuda_matmul(s->ctx, cl->k, n, s->d_xn, s->d_k), "attn");
+        CK(s, pi_cuda_matmul(s->ctx, cl->v, n, s->d_xn, s->d_v), "attn");
+    }
+    const int32_t *d_pos = s->d_ids + n;
+    const bool fused = s->n_runs == 1 && s->hd % 2 == 0;
+    if (n == 1 && fused && !s->own_attn) {
+        /* decode: RoPE, the KV store and attention in one launch, then h += o @ att (the attention may
+         * quantise att for the product) */
+        const int sq = s->seq[0], p0 = s->pos[0];
+        CK(s, pi_cuda_attention_dec(s->ctx, s->n_head, s->n_head_kv, s->hd, s->n_rot, p0, s->rope_base, 1.0f, s->d_q,
+                                    d_k, d_v, kv_at(s, il, sq, 0), kv_at(s, il, sq, 1), s->d_att, cl->o, s->d_h),
+           "attn");
+        return 0;
+    }
+    /* One run (one sequence's prompt): RoPE of q and k and the KV store in one launch. */
+    if (fused) {
+        const int sq = s->seq[0], p0 = s->pos[0];
+        CK(s, pi_cuda_rope_kv(s->ctx, n, s->n_head, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q,
+                              d_k, d_v, p0, kv_at(s, il, sq, 0), kv_at(s, il, sq, 1)), "attn");
+    } else {
+        CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
+        CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
+    }
+    for (int r = 0; r < s->n_runs; r++) {
+        const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
+        uint8_t *kc = kv_at(s, il, sq, 0), *vc = kv_at(s, il, sq, 1);
+        if (!fused)
+            CK(s, pi_cuda_kv_store(s->ctx, s->n_head_kv, s->hd, p0, T, d_k + (size_t)t0 * (size_t)s->kvd,
+                                   d_v + (size_t)t0 * (size_t)s->kvd, kc, vc), "attn");
+        CK(s, attend(s, T, p0, s->d_q + (size_t)t0 * (size_t)s->qd, kc, vc, s->d_att + (size_t)t0 * (size_t)s->qd), "attn");
+    }
+    /* h += o @ att: the residual add in the product's epilogue */
+    CK(s, pi_cuda_matmul_add(s->ctx, cl->o, n, s->d_att, s->d_h), "attn");
+    return 0;
+}
+
+/* Page-lock the FFN-input buffer once the caller has given the same one twice (the exchange slot). */
+static void maybe_register(struct cuda_backend *s, float *x)
+{
+    size_t bytes = (size_t)s->n * (size_t)s->d * sizeof(float);
+    if (x == s->x_reg && bytes <= s->x_reg_bytes) return;
+    if (x != s->x_last) {
+        s->x_last = x;
+        return;
+    }
+    if (s->x_reg) pi_cbk_host_unregister(s->x_reg);
+    s->x_reg = NULL;
+    s->x_reg_bytes = 0;
+    if (pi_cbk_host_register(x, bytes) == 0) {
+        s->x_reg = x;
+        s->x_reg_bytes = bytes;
+        pi_debug("cuda backend: FFN input buffer %p (%zu bytes) page-locked", (void *)x, bytes);
+    }
+}
+
+static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "ffn_input"));
+    const int n = s->n;
+    const struct cuda_layer *cl = &s->L[il];
+    /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
+     * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
+    const bool all_hot = s->skip_x && cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
+    s->hot_valid = false;
+    /* with fuse_norm, a dense layer's decode gate/up product applies the norm itself */
+    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && ffn_per_row(s) &&
+                     pi_cuda_norm_fusable(s->ctx, cl->gu);
+    if (s->xn_deferred) return 0;
+    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
+       "ffn_input");
+    if (x && !all_hot) {
+        maybe_register(s, x);
+        CK(s, pi_cuda_download(s->ctx, x, s->d_xn, (size_t)n * (size_t)s->d * sizeof(float)), "ffn_input");
+    }
+    return 0;
+}
+
+/* The hot neurons of layer il over the rows of d_xn: into d_parts[0 .. n d) (hot_valid), or, for a
+ * dense layer, added to d_h directly (its down product's epilogue; ffn_merge then adds only cold). */
+static int cuda_ffn_hot(pi_backend_t *b, int il)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "ffn_hot"));
+    const struct cuda_layer *cl = &s->L[il];
+    const int n = s->n;
+    const int64_t d = s->d;
+    s->hot_valid = false;
+    const bool deferred = s->xn_deferred;
+    s->xn_deferred = false;
+    if (deferred && !(cl->dense && ffn_per_row(s))) { /* ffn_input's condition, which implies this */
+        pi_error("cuda backend: layer %d: the FFN norm was left to a path that does not apply it", il);
+        return -PI_ERR_INVAL;
+    }
+    if (cl->n_hot == 0) return 0;
+    if (cl->dense && ffn_per_row(s)) {
+        /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
+         * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
+        const float *g = deferred ? norm_w(s, 2 * il + 1) : NULL;
+        for (int t = 0; t < n; t++)
+            CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, (g ? s->d_h : s->d_xn) + (size_t)t * (size_t)d, g,
+                                    s->eps, s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
+        return 0;
+    } else if (cl->dense) {
+        CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+        CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
+        return 0;
+    } else if (ffn_per_row(s)) {
+        for (int t = 0; t < n; t++)
+            CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d, NULL, NULL,
+                                  s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
+    } else {
+        CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+        CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
+        CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
+        CK(s, pi_cbk_down_batch(s->stream, n, cl->n_hot, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
+    }
+    s->hot_valid = true;
+    return 0;
+}
+
+/* h += hot + cold; cold (n, d) host memory or NULL. */
+static int cuda_ffn_merge(pi_backend_t *b, int il, const float *cold)
+{
+    struct cuda_backend *s = cb(b);
+    (void)il;
+    PI_TRY(alive(s, "ffn_merge"));
+    const size_t nd = (size_t)s->n * (size_t)s->d;
+    float *d_cold = s->d_parts + nd; /* pi_cuda_merge's parts are (n_parts, nd) */
+    if (cold) {
+        CK(s, pi_cbk_event_sync(s->ev_copy), "ffn_merge"); /* the staging's previous copy is done */
+        memcpy(s->h_cold, cold, nd * sizeof(float));
+        CK(s, pi_cbk_copy_in(s->copy_stream, s->stream, s->ev_copy, d_cold, s->h_cold, nd * sizeof(float)), "ffn_merge");
+    }
+    if (s->hot_valid && cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 2, s->d_parts, s->d_h), "ffn_merge");
+    else if (s->hot_valid) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, s->d_parts, s->d_h), "ffn_merge");
+    else if (cold) CK(s, pi_cuda_merge(s->ctx, (int64_t)nd, 1, d_cold, s->d_h), "ffn_merge");
+    s->hot_valid = false;
+    return 0;
+}
+
+static int cuda_output(pi_backend_t *b, int n_out, float *logits)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "output"));
+    if (n_out < 1 || n_out > s->n) {
+        pi_error("cuda backend: output of %d rows of a batch of %d", n_out, s->n);
+        return -PI_ERR_RANGE;
+    }
+    const float *h = s->d_h + (size_t)(s->n - n_out) * (size_t)s->d;
+    CK(s, pi_cuda_rmsnorm(s->ctx, n_out, s->d, h, norm_w(s, 2 * s->n_layer), s->eps,
+                          s->d_xn), "output");
+    CK(s, pi_cuda_matmul(s->ctx, s->out, n_out, s->d_xn, s->d_logits), "output");
+    CK(s, pi_cuda_download(s->ctx, logits, s->d_logits, (size_t)n_out * (size_t)s->n_vocab * sizeof(float)), "output");
+    return 0;
+}
+
+static void cuda_commit(pi_backend_t *b)
+{
+    struct cuda_backend *s = cb(b);
+    for (int i = 0; i < s->n; i++)
+        if (s->pos[i] + 1 > s->len[s->seq[i]]) s->len[s->seq[i]] = s->pos[i] + 1;
+    s->n = 0;
+}
+
+static int cuda_seq_truncate(pi_backend_t *b, int seq, int n)
+{
+    struct cuda_backend *s = cb(b);
+    if (seq < 0 || seq >= s->n_seq || n < 0 || n > s->len[seq]) {
+        pi_error("cuda backend: cannot truncate sequence %d to %d positions", seq, n);
+        return -PI_ERR_RANGE;
+    }
+    s->len[seq] = n;
+    return 0;
+}
+
+static int cuda_seq_len(const pi_backend_t *b, int seq)
+{
+    const struct cuda_backend *s = (const struct cuda_backend *)b;
+    if (seq < 0 || seq >= s->n_seq) return -PI_ERR_RANGE;
+    return s->len[seq];
+}
+
+static int64_t cuda_ffn_hot_count(const pi_backend_t *b, int il)
+{
+    const struct cuda_backend *s = (const struct cuda_backend *)b;
+    return il >= 0 && il < s->n_layer ? s->L[il].n_hot : 0;
+}
+
+static const struct pi_backend_ops cuda_ops = {
+    .name = "cuda",
+    .destroy = cuda_destroy,
+    .begin = cuda_begin,
+    .attn = cuda_attn,
+    .ffn_input = cuda_ffn_input,
+    .ffn_hot = cuda_ffn_hot,
+    .ffn_merge = cuda_ffn_merge,
+    .output = cuda_output,
+    .commit = cuda_commit,
+    .seq_truncate = cuda_seq_truncate,
+    .seq_len = cuda_seq_len,
+    .ffn_hot_count = cuda_ffn_hot_count,
+};
+
+/* ------------------------------------------------------------------ creation */
+
+static int dalloc(struct cuda_backend *s, uint64_t bytes, void *out)
+{
+    return pi_cuda_alloc(s->ctx, (size_t)bytes, (void **)out);
+}
+
+/* Grow the context's scratch slots to their largest sizes now, each slot's largest request first, so
+ * that what the context holds is what plan() counted and serving never allocates. */
+static int warm_scratch(struct cuda_backend *s)
+{
+    const pi_model_t *m = s->base.model;
+    const int T = s->T;
+    if (!s->own_attn) {
+        int Ta = PI_MIN(T, s->n_ctx);
+        CK(s, pi_cuda_attention(s->ctx, Ta, s->n_head, s->n_head_kv, s->hd, s->n_ctx - Ta, s->d_q, kv_at(s, 0, 0, 0),
+                                kv_at(s, 0, 0, 1), s->d_att), "start");
+    }
+    if (T > 2) {
+        /* First the dequantised tile: the weight with the largest tile, one row (a small f16 input). */
+        const pi_cuda_weight_t *wt = s->out;
+        const float *xt = s->d_xn;
+        float *yt = s->d_logits;
+        const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
+        uint64_t best = tile_bytes(dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
+        for (int il = 0; il < s->n_layer; il++) {
+            const struct pi_layer *L = &m->layers[il];
+            struct cuda_layer *cl = &s->L[il];
+            if ((tb = tile_bytes(dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
+            if ((tb = tile_bytes(dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
+            if ((tb = tile_bytes(dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
+            if ((tb = tile_bytes(dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
+            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
+                best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
+            if (s->d_g && cl->dense && (tb = tile_bytes(dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
+                best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
+        }
+        if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
+        /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger): a dense
+         * layer's down product (n_ff columns) where there is one, else o or q. */
+        const bool wide = s->qd > s->d;
+        const struct cuda_layer *dl = NULL;
+        for (int il = 0; s->d_g && !dl && il < s->n_layer; il++)
+            if (s->L[il].dense) dl = &s->L[il];
+        if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
+            CK(s, pi_cuda_gemm(s->ctx, dl->down, T, s->d_a, s->d_parts), "start");
+        else
+            CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_parts : s->d_q),
+               "start");
+    }
+    bool any_dense = false;
+    for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;
+    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)xq_bytes(m, any_dense)), "start");
+    for (int il = 0; il < s->n_layer; il++) {
+        const struct cuda_layer *cl = &s->L[il];
+        if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
+        if (cl->dense) CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, 0.0f, s->d_parts, 0), "start");
+        else CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
+        break;
+    }
+    return 0;
+}
+
+static int setup(struct cuda_backend *s, const struct plan *p)
+{
+    const pi_model_t *m = s->base.model;
+    const uint64_t T = (uint64_t)s->T, f = sizeof(float);
+    /* 1. attention weights and norms */
+    for (int il = 0; il < s->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        if (fuse_qkv(L, s->d)) {
+            PI_TRY(upload_qkv(s, il));
+        } else {
+            PI_TRY(upload_whole(s, &L->attn_q, &s->L[il].q));
+            PI_TRY(upload_whole(s, &L->attn_k, &s->L[il].k));
+            PI_TRY(upload_whole(s, &L->attn_v, &s->L[il].v));
+        }
+        PI_TRY(upload_whole(s, &L->attn_output, &s->L[il].o));
+    }
+    PI_TRY(dalloc(s, p->norms, &s->d_norms));
+    for (int il = 0; il < s->n_layer; il++) {
+        PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * il), m->layers[il].attn_norm, (size_t)s->d * f));
+        PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * il + 1), m->layers[il].ffn_norm, (size_t)s->d * f));
+    }
+    PI_TRY(pi_cuda_upload(s->ctx, norm_w(s, 2 * s->n_layer), m->output_norm, (size_t)s->d * f));
+    /* 2. embeddings and output head */
+    PI_TRY(upload_whole(s, &m->token_embd, &s->embd));
+    if (m->tied) s->out = s->embd;
+    else PI_TRY(upload_whole(s, &m->output, &s->out));
+    /* 3. hot neurons */
+    for (int il = 0; il < s->n_layer; il++) PI_TRY(upload_hot(s, il));
+    /* 4. KV cache */
+    PI_TRY(dalloc(s, p->kv, &s->d_kv));
+    PI_TRY(pi_cuda_memset(s->ctx, s->d_kv, 0, (size_t)p->kv));
+    /* 5. activations */
+    const uint64_t d = (uint64_t)s->d;
+    PI_TRY(dalloc(s, T * d * f, &s->d_h));
+    PI_TRY(dalloc(s, T * d * f, &s->d_xn));
+    PI_TRY(dalloc(s, T * (uint64_t)(s->qd + 2 * s->kvd) * f, &s->d_q));
+    s->d_k = s->d_q + T * (uint64_t)s->qd;
+    s->d_v = s->d_k + T * (uint64_t)s->kvd;
+    PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
+    PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
+    PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
+    PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
+    if (s->n_hot_max > 0 && s->T >= HOT_BATCH_MIN) {
+        PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));
+        PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * f, &s->d_a));
+        int64_t n_sparse_max = 0; /* d_down16 serves the layers that are not dense (make_plan) */
+        for (int il = 0; il < s->n_layer; il++)
+            if (!s->L[il].dense) n_sparse_max = PI_MAX(n_sparse_max, s->L[il].n_hot);
+        if (n_sparse_max > 0) PI_TRY(dalloc(s, (uint64_t)n_sparse_max * d * 2, &s->d_down16));
+        PI_TRY(pi_cuda_memset(s->ctx, s->d_a, 0, (size_t)(T * (uint64_t)s->n_hot_max * f))); /* warm_scratch reads it */
+    }
+    /* defined contents for the warm-up's products */
+    PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));
+    PI_TRY(pi_cuda_memset(s->ctx, s->d_q, 0, (size_t)(T * (uint64_t)s->qd * f)));
+    PI_TRY(pi_cuda_memset(s->ctx, s->d_att, 0, (size_t)(T * (uint64_t)s->qd * f)));
+    /* 6. the kernels' scratch, then the host side of the exchange */
+    PI_TRY(warm_scratch(s));
+    PI_TRY(pi_cbk_host_alloc((size_t)(T * d * f), (void **)&s->h_cold));
+    PI_TRY(pi_cbk_event_new(&s->ev_copy));
+    return pi_cuda_sync(s->ctx);
+}
+
+static void too_big(const struct plan *p, uint64_t budget, int64_t n_hot_max, int n_seq, int n_ctx)
+{
+    const double M = 1048576.0;
+    pi_error("cuda backend: the model does not fit the VRAM budget: it needs %.1f MiB (attention weights %.1f, "
+             "norms %.2f, embeddings and output head %.1f, hot neurons %.1f (up to %lld per layer), KV cache %.1f "
+             "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f; %llu bytes in "
+             "all) but the budget is %.1f MiB (%llu bytes); lower the hot fraction, the context or the sequences, or "
+             "raise --vram-budget",
+             p->total / M, p->attn / M, p->norms / M, p->head / M, p->hot / M, (long long)n_hot_max, p->kv / M, n_seq,
+             n_ctx, p->act / M, p->scratch / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
+}
+
+/* The backend's host side: geometry from m and o, and the host arrays. NULL when out of memory. */
+static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_backend_opts *o, int n_ctx, int n_seq,
+                                          bool own_attn, int64_t n_hot_max, uint64_t planned)
+{
+    const struct pi_hparams *hp = &m->hp;
+    struct cuda_backend *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->base.ops = &cuda_ops;
+    s->base.model = m;
+    s->o = *o;
+    s->d = hp->n_embd;
+    s->hd = hp->head_dim;
+    s->n_head = hp->n_head;
+    s->n_head_kv = hp->n_head_kv;
+    s->qd = hp->n_head * hp->head_dim;
+    s->kvd = hp->n_head_kv * hp->head_dim;
+    s->n_rot = hp->n_rot;
+    s->n_layer = hp->n_layer;
+    s->n_vocab = hp->n_vocab;
+    s->n_ctx = n_ctx;
+    s->n_seq = n_seq;
+    s->T = o->max_tokens;
+    s->act = (int)hp->act; /* enum pi_ffn_act and enum pi_cuda_act share their values */
+    s->eps = hp->rms_eps;
+    s->rope_base = hp->rope_base;
+    s->own_attn = own_attn;
+    s->skip_x = !pi_env_off("PI_CUDA_SKIP_X");       /* 0: download x every layer (for comparisons) */
+    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
+    s->n_hot_max = n_hot_max;
+    s->planned = planned;
+    s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
+    s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
+    s->len = calloc((size_t)n_seq, sizeof(int32_t));
+    s->pend = calloc((size_t)n_seq, sizeof(int32_t));
+    s->seq = malloc((size_t)s->T * sizeof(int32_t));
+    s->pos = malloc((size_t)s->T * sizeof(int32_t));
+    s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
+    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start) {
+        cuda_destroy(&s->base);
+        return NULL;
+    }
+    return s;
+}
+
+int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
+{
+    const struct pi_hparams *hp = &m->hp;
+    *out = NULL;
+    if (o->max_tokens < 1) {
+        pi_error("cuda backend: max_tokens %d", o->max_tokens);
+        return -PI_ERR_INVAL;
+    }
+    struct plan p;
+    int rc = make_plan(m, o, &p);
+    if (rc < 0) {
+        pi_error("cuda backend: a weight of the model has a shape or type the device kernels cannot take");
+        return rc;
+    }
+    int n_ctx, n_seq;
+    geometry(m, o, &n_ctx, &n_seq);
+    const bool own_attn = !(hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256);
+    if (own_attn && (hp->head_dim > 256 || n_ctx > pi_cbk_attention_max_pos(hp->head_dim))) {
+        pi_error("cuda backend: head_dim %d with a context of %d positions is not supported (at most %lld positions "
+                 "for this head size)", hp->head_dim, n_ctx, (long long)pi_cbk_attention_max_pos(hp->head_dim));
+        return -PI_ERR_UNSUPPORTED;
+    }
+    int64_t n_hot_max = 0;
+    for (int il = 0; il < hp->n_layer; il++) n_hot_max = PI_MAX(n_hot_max, o->n_hot ? o->n_hot[il] : 0);
+    if (o->vram_budget && p.total > o->vram_budget) {
+        too_big(&p, o->vram_budget, n_hot_max, n_seq, n_ctx);
+        return -PI_ERR_NOMEM;
+    }
+    int n_dev = pi_cuda_device_count();
+    if (n_dev <= 0) {
+        pi_error("cuda backend: no usable CUDA device (%s)", n_dev < 0 ? "the driver cannot be reached" : "none visible");
+        return -PI_ERR_DEVICE;
+    }
+    struct cuda_backend *s = new_host_side(m, o, n_ctx, n_seq, own_attn, n_hot_max, p.total);
+    if (!s) return -PI_ERR_NOMEM;
+    s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget);
+    if (!s->ctx) {
+        pi_error("cuda backend: cannot open CUDA device %d", o->device);
+        cuda_destroy(&s->base);
+        return -PI_ERR_DEVICE;
+    }
+    s->stream = pi_cuda_ctx_stream(s->ctx);
+    s->copy_stream = pi_cuda_ctx_copy_stream(s->ctx);
+    size_t budget = 0, used = 0;
+    pi_cuda_ctx_usage(s->ctx, &budget, NULL, NULL, NULL);
+    if (p.total > budget) {
+        too_big(&p, budget, n_hot_max, n_seq, n_ctx);
+        cuda_destroy(&s->base);
+        return -PI_ERR_NOMEM;
+    }
+    rc = setup(s, &p);
+    if (rc < 0) {
+        pi_error("cuda backend: setting up the device failed (%s)", pi_err_str(rc));
+        cuda_destroy(&s->base);
+        return rc;
+    }
+    s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
+    pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
+    pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
+            "KV cache %.1f, activations and scratch %.1f)%s", p.total / 1048576.0, used / 1048576.0, budget / 1048576.0,
+            (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0, p.kv / 1048576.0,
+            (p.act + p.scratch) / 1048576.0, own_attn ? "; attention by the any-head-size kernel" : "");
+    *out = &s->base;
+    return 0;
+}
+
+void pi_backend_cuda_usage(const pi_backend_t *b, uint64_t *budget, uint64_t *used, uint64_t *peak, uint64_t *planned,
+                           uint64_t *overhead)
+{
+    const struct cuda_backend *s = (const struct cuda_backend *)b;
+    size_t bu = 0, us = 0, pk = 0, ov = 0;
+    pi_cuda_ctx_usage(s->ctx, &bu, &us, &pk, &ov);
+    if (budget) *budget = bu;
+    if (used) *used = us;
+    if (peak) *peak = pk;
+    if (planned) *planned = s->planned;
+    if (overhead) *overhead = ov;
+}
+
+int pi_backend_cuda_mem_info(pi_backend_t *b, uint64_t *free_bytes, uint64_t *total_bytes)
+{
+    size_t fr = 0, to = 0;
+    int rc = pi_cuda_mem_info(cb(b)->ctx, &fr, &to);
+    if (free_bytes) *free_bytes = fr;
+    if (total_bytes) *total_bytes = to;
+    return rc;
+}

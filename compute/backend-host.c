@@ -1,0 +1,261 @@
+/*
+ * compute/backend-host.c - the `host` backend of pi-gpu-worker (compute/backend.h): plain C
+ * on the CPU over the single-process forward pass's per-layer steps (compute/forward.h) and its
+ * neuron-subset FFN kernel (kernels/cpu/ops.h).
+ *
+ * It stands in for the device on machines without one (CI, this project's tests) and is the
+ * reference the cuda backend is compared with. Attention, the KV cache, the norms and the output
+ * head are the forward pass's own code, so a pipeline run differs from the single-process pass only
+ * in how the FFN neurons are split and summed.
+ *
+ * FFN: a layer whose hot set is all of its neurons (hot fraction 1) is computed exactly as the
+ * single process computes it (pi_forward_ffn: the dense matvec/matmul FFN, or its own sparse-decode
+ * choice), so at hot fraction 1 the pipeline's logits are the single process's bit for bit; a
+ * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons_batch) over its ids, reading
+ * the packed hot rows of opts.hot_layers where the worker gave them (then the model itself holds no
+ * transposed down rows, gpu-worker/main.c), or, with their dense down blocks (opts.hot_blk_off), is
+ * computed densely as a CPU worker computes its slice: for SwiGLU, for batches, and for ReLU layers
+ * whose recent activity is at least 20% (pi_partition_ffn_dense).
+ *
+ * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
+ * a second pool would spin its threads against the first one's on the same cores. The neuron
+ * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
+ *
+ * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
+ */
+#include "config.h"
+#include "compute/partition.h"
+#include "compute/backend.h"
+#include "kernels/cpu/ops.h"
+#include "lib/common.h"
+#include "compute/forward.h"
+#include "lib/log.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct host_backend {
+    struct pi_backend base;
+    pi_forward_t *fwd;
+    pi_ffn_work_t *work;
+    struct pi_backend_opts o;
+    int d;                     /* n_embd */
+    float *h;                  /* (max_tokens, d): the residual stream of the batch */
+    float *hot;                /* (max_tokens, d): the hot neurons' partial of the current layer, or
+                                  for a dense layer h + its whole FFN (see dense) */
+    bool dense;                /* the current layer's hot set is all of it: hot = h + ffn(h) */
+    const float *x;            /* (n, d): the FFN input given to ffn_input (caller's memory) */
+    int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
+    int32_t *ident;            /* (largest n_hot): 0, 1, 2, ... the row ids of o.hot_layers, or NULL */
+    float *dense_scr;          /* pi_partition_dense_scratch(max_tokens) for the largest n_hot, or NULL */
+    float *recent;             /* (n_layer): running fraction of active hot neurons, < 0 before the first */
+    int n;                     /* rows of the batch */
+};
+
+static struct host_backend *hb(pi_backend_t *b) { return (struct host_backend *)b; }
+
+static void host_destroy(pi_backend_t *b)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_destroy(&s->fwd);
+    pi_ffn_work_destroy(&s->work);
+    free(s->h);
+    free(s->hot);
+    free(s->seq);
+    free(s->pos);
+    free(s->ident);
+    free(s->dense_scr);
+    free(s->recent);
+    free(s);
+}
+
+static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
+{
+    struct host_backend *s = hb(b);
+    if (n < 1 || n > s->o.max_tokens) {
+        pi_error("host backend: batch of %d tokens (1..%d)", n, s->o.max_tokens);
+        return -PI_ERR_RANGE;
+    }
+    int rc = pi_forward_begin(s->fwd, tokens, seq, pos, n);
+    if (rc != 0) return rc;
+    if (pos[0] == 0) { /* a new sequence: the activity statistics start again, as the CPU workers' do
+                        * (PI_EXCHANGE_FRESH): a request's result must not depend on the requests before it */
+        pi_ffn_activity_reset(s->recent, s->base.model->hp.n_layer);
+        pi_forward_stats_reset(s->fwd);
+    }
+    memcpy(s->seq, seq, (size_t)n * sizeof *seq);
+    memcpy(s->pos, pos, (size_t)n * sizeof *pos);
+    s->n = n;
+    pi_forward_embed(s->fwd, tokens, n, s->h);
+    return 0;
+}
+
+static int host_attn(pi_backend_t *b, int il)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_attn(s->fwd, il, s->seq, s->pos, s->n, s->h);
+    return 0;
+}
+
+static int host_ffn_input(pi_backend_t *b, int il, float *x)
+{
+    struct host_backend *s = hb(b);
+    if (x) pi_forward_ffn_input(s->fwd, il, s->n, s->h, x); /* NULL: a dense layer, pi_forward_ffn norms h itself */
+    s->x = x;
+    return 0;
+}
+
+/* hot (n, d) = the hot neurons of layer il over each row of x. Synchronous on the host: the CPU
+ * workers run at the same time in their own processes. A layer whose neurons are all hot is the
+ * single process's FFN step instead: hot = h + ffn(ffn_norm(h)), the sum pi_forward_ffn makes. */
+static int host_ffn_hot(pi_backend_t *b, int il)
+{
+    struct host_backend *s = hb(b);
+    const pi_model_t *m = b->model;
+    size_t nd = (size_t)s->n * (size_t)s->d;
+    int64_t nh = s->o.n_hot[il];
+    s->dense = nh >= (int64_t)m->hp.n_ff;
+    if (s->dense) {
+        memcpy(s->hot, s->h, nd * sizeof(float));
+        pi_forward_ffn(s->fwd, il, s->n, s->hot);
+        return 0;
+    }
+    if (!s->x) {
+        pi_error("host backend: layer %d: hot neurons without an FFN input", il);
+        return -PI_ERR_INVAL;
+    }
+    memset(s->hot, 0, nd * sizeof(float));
+    if (nh == 0) return 0;
+    pi_pool_t *pool = pi_forward_pool(s->fwd);
+    float *r = &s->recent[il];
+    int64_t active;
+    if (s->dense_scr && (m->hp.act == PI_FFN_ACT_SILU || s->n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
+        /* dense over the packed slice, as a CPU worker computes its own (compute/partition.h) */
+        struct pi_partition pv = {.first = 0, .count = nh, .layers = (struct pi_layer *)s->o.hot_layers,
+                                  .blk_off = (int64_t *)s->o.hot_blk_off};
+        active = pi_partition_ffn_dense(pool, &pv, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
+    } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
+        active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
+    } else {
+        active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
+    }
+    pi_ffn_activity_update(r, (float)active / ((float)s->n * (float)nh));
+    return 0;
+}
+
+static int host_ffn_merge(pi_backend_t *b, int il, const float *cold)
+{
+    struct host_backend *s = hb(b);
+    (void)il;
+    size_t n = (size_t)s->n * (size_t)s->d;
+    if (s->dense) {
+        /* hot already holds h + ffn; without partials h becomes exactly the single process's */
+        if (cold)
+            for (size_t i = 0; i < n; i++) s->h[i] = s->hot[i] + cold[i];
+        else
+            memcpy(s->h, s->hot, n * sizeof(float));
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) s->h[i] += s->hot[i] + (cold ? cold[i] : 0.0f);
+    return 0;
+}
+
+static int host_output(pi_backend_t *b, int n_out, float *logits)
+{
+    struct host_backend *s = hb(b);
+    if (n_out < 1 || n_out > s->n) return -PI_ERR_RANGE;
+    pi_forward_output(s->fwd, s->h, s->n, n_out, logits);
+    return 0;
+}
+
+static void host_commit(pi_backend_t *b)
+{
+    struct host_backend *s = hb(b);
+    pi_forward_commit(s->fwd, s->seq, s->pos, s->n);
+    s->n = 0;
+}
+
+static int host_seq_truncate(pi_backend_t *b, int seq, int n) { return pi_forward_seq_truncate(hb(b)->fwd, seq, n); }
+
+static int host_seq_len(const pi_backend_t *b, int seq)
+{
+    return pi_forward_seq_len(((const struct host_backend *)b)->fwd, seq);
+}
+
+static int64_t host_ffn_hot_count(const pi_backend_t *b, int il)
+{
+    const struct host_backend *s = (const struct host_backend *)b;
+    return il >= 0 && il < b->model->hp.n_layer ? s->o.n_hot[il] : 0;
+}
+
+static const struct pi_backend_ops host_ops = {
+    .name = "host",
+    .destroy = host_destroy,
+    .begin = host_begin,
+    .attn = host_attn,
+    .ffn_input = host_ffn_input,
+    .ffn_hot = host_ffn_hot,
+    .ffn_merge = host_ffn_merge,
+    .output = host_output,
+    .commit = host_commit,
+    .seq_truncate = host_seq_truncate,
+    .seq_len = host_seq_len,
+    .ffn_hot_count = host_ffn_hot_count,
+};
+
+int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
+{
+    *out = NULL;
+    if (o->max_tokens < 1 || !o->n_hot || !o->hot) return -PI_ERR_INVAL;
+    struct host_backend *s = calloc(1, sizeof *s);
+    if (!s) return -PI_ERR_NOMEM;
+    s->base.ops = &host_ops;
+    s->base.model = m;
+    s->o = *o;
+    s->d = m->hp.n_embd;
+    struct pi_forward_opts fo;
+    pi_forward_opts_default(&fo);
+    fo.n_threads = o->n_threads > 0 ? o->n_threads : 1;
+    if (o->n_ctx > 0) fo.n_ctx = o->n_ctx;
+    if (o->n_seq > 0) fo.n_seq = o->n_seq;
+    fo.n_batch = o->max_tokens;
+    /* without the model's own down rows (the worker packed only its hot ones) the forward pass is
+     * used for everything but the FFN; a layer that needs its FFN step is refused below */
+    for (int il = 0; il < m->hp.n_layer; il++) fo.no_ffn |= !m->layers[il].ffn_down_t.data;
+    size_t hd = (size_t)o->max_tokens * (size_t)s->d;
+    s->fwd = pi_forward_new(m, &fo);
+    s->work = pi_ffn_work_new(s->d, fo.n_threads);
+    s->h = malloc(hd * sizeof(float));
+    s->hot = malloc(hd * sizeof(float));
+    s->seq = malloc((size_t)o->max_tokens * sizeof(int32_t));
+    s->pos = malloc((size_t)o->max_tokens * sizeof(int32_t));
+    int64_t nh_max = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!m->layers[il].ffn_down_t.data && (o->n_hot[il] >= m->hp.n_ff || (o->n_hot[il] > 0 && !o->hot_layers))) {
+            /* an all-hot layer is the single process's FFN step, which needs the model's own rows;
+             * a partial one needs them too unless the worker packed its hot rows (hot_layers) */
+            pi_error("host backend: layer %d needs transposed down rows the model was opened without", il);
+            host_destroy(&s->base);
+            return -PI_ERR_INVAL;
+        }
+        nh_max = PI_MAX(nh_max, o->n_hot[il]);
+    }
+    if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
+        for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
+    if ((s->recent = malloc((size_t)m->hp.n_layer * sizeof *s->recent)))
+        pi_ffn_activity_reset(s->recent, m->hp.n_layer);
+    /* the dense path, where the worker packed the hot rows with their down blocks (PI_CPU_DENSE=0:
+     * neuron by neuron, as the CPU workers) */
+    bool dense_bad = false;
+    if (o->hot_layers && o->hot_blk_off && nh_max > 0 && !pi_env_off("PI_CPU_DENSE")) {
+        struct pi_partition pv = {.count = nh_max};
+        dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(&pv, o->max_tokens) * sizeof(float)));
+    }
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || !s->recent ||
+        dense_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
+        host_destroy(&s->base);
+        return -PI_ERR_NOMEM;
+    }
+    *out = &s->base;
+    return 0;
+}

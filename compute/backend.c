@@ -1,0 +1,72 @@
+/*
+ * compute/backend.c - choosing a backend by name (compute/backend.h). The cuda backend is
+ * linked in only when it was built (PI_HAVE_CUDA); without it, asking for it is a clear
+ * error rather than a silent fall-back to the host.
+ */
+#include "config.h"
+#include "compute/backend.h"
+#ifdef PI_HAVE_CUDA
+#include "compute/backend-cuda.h"
+#endif
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <string.h>
+
+int pi_backend_check(const char *name)
+{
+    if (strcmp(name, "host") == 0) return 0;
+    if (strcmp(name, "cuda") == 0) {
+#ifdef PI_HAVE_CUDA
+        return 0;
+#else
+        pi_error("backend cuda: this pi-gpu-worker was built without the CUDA backend; use --backend host "
+                 "(or --gpu-backend host / none for pi-coordinator)");
+        return -PI_ERR_UNSUPPORTED;
+#endif
+    }
+    pi_error("unknown backend '%s' (host or cuda)", name);
+    return -PI_ERR_INVAL;
+}
+
+int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
+{
+    *out = NULL;
+    int rc = pi_backend_check(name);
+    if (rc != 0) return rc;
+    if (strcmp(name, "host") == 0) return pi_backend_host_new(m, o, out);
+#ifdef PI_HAVE_CUDA
+    return pi_backend_cuda_new(m, o, out);
+#else
+    return -PI_ERR_UNSUPPORTED;
+#endif
+}
+
+int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes)
+{
+    *bytes = 0;
+#ifdef PI_HAVE_CUDA
+    if (strcmp(name, "cuda") == 0) return pi_backend_cuda_plan(m, o, bytes);
+#else
+    (void)m, (void)o;
+#endif
+    (void)name;
+    return -PI_ERR_UNSUPPORTED;
+}
+
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot)
+{
+    if (hot <= 0) return PI_BACKEND_ROWS_NONE;
+    if (strcmp(name, "host") == 0) return hot >= m->hp.n_ff ? PI_BACKEND_ROWS_MODEL : PI_BACKEND_ROWS_PACKED;
+#ifdef PI_HAVE_CUDA
+    if (strcmp(name, "cuda") == 0 && pi_backend_cuda_all_dense(m, hot)) return PI_BACKEND_ROWS_NONE;
+#endif
+    return PI_BACKEND_ROWS_PACKED;
+}
+
+void pi_backend_destroy(pi_backend_t **b)
+{
+    if (!b || !*b) return;
+    (*b)->ops->destroy(*b);
+    *b = NULL;
+}

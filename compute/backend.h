@@ -1,0 +1,116 @@
+/*
+ * compute/backend.h - the interface between pi-gpu-worker's layer loop (gpu-worker/loop.c) and
+ * the device that computes attention and the hot neurons.
+ *
+ * The loop owns the protocol (steps from the coordinator, the per-layer exchange with the CPU
+ * workers); a backend owns the residual stream h (n, n_embd) of the batch being computed, the KV
+ * cache and the hot neurons' weights, wherever they live. One batch goes through:
+ *
+ *   begin(tokens, seq, pos, n)          check the batch against the cache, embed the tokens into h
+ *   for each layer il:
+ *     attn(il)                          h += attention(h) (keys and values appended to the cache)
+ *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
+ *                                       (x NULL: the layer has no exchange, nothing to write)
+ *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
+ *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
+ *                                       (cold NULL: no CPU partials, the layer had no exchange)
+ *   (ffn_input, ffn_hot and ffn_merge once each per layer, in this order: a backend may add the hot
+ *   partial to h in ffn_hot already, as the cuda backend's dense layers do, and merge only cold.)
+ *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
+ *   commit()                            the batch's positions are now part of the cache
+ *
+ * Two backends: `host` (plain C over the forward-pass ops, compute/backend-host.c; the CI stand-in
+ * and the reference) and `cuda` (another issue; pi_backend_new reports it missing when not built).
+ * A backend is driven by one thread.
+ */
+#ifndef PI_COMPUTE_BACKEND_H
+#define PI_COMPUTE_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct pi_backend pi_backend_t;
+
+struct pi_backend_opts {
+    int n_threads;        /* host threads (host backend); <= 0 means 1 */
+    int n_ctx;            /* positions per sequence */
+    int n_seq;            /* sequences in the cache */
+    int max_tokens;       /* rows per batch (the exchange's max_tokens) */
+    int device;           /* CUDA device index (cuda backend) */
+    uint64_t vram_budget; /* device bytes the backend may hold (cuda); 0 = the device's free memory */
+    /* hot[il] (n_hot[il]): the neuron ids of layer il computed by this backend, any order, no
+     * duplicates; borrowed for the lifetime of the backend. */
+    const int32_t *const *hot;
+    const int64_t *n_hot;
+    /* (n_layer) or NULL: layer il's hot neurons packed in the order of hot[il] (row i of ffn_gate,
+     * ffn_up and ffn_down_t is neuron hot[il][i]; compute/partition.h). When given, the backend
+     * reads hot rows from here, and the model may have been opened without its own ffn_down_t
+     * (pi_model_opts.no_down_t). Borrowed; the cuda backend needs it only until it is created. */
+    const struct pi_layer *hot_layers;
+    /* With hot_layers, where the worker packed them as a partition (compute/partition.h): the
+     * layers' dense down blocks (hot_layers[il].ffn_down, blk_off[il]), with which the host backend
+     * computes a partial hot set densely as a CPU worker does. NULL: neuron by neuron only. */
+    const int64_t *hot_blk_off;
+};
+
+/* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
+struct pi_backend_ops {
+    const char *name;
+    void (*destroy)(pi_backend_t *b);
+    int (*begin)(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n);
+    int (*attn)(pi_backend_t *b, int il);
+    int (*ffn_input)(pi_backend_t *b, int il, float *x);
+    int (*ffn_hot)(pi_backend_t *b, int il);
+    int (*ffn_merge)(pi_backend_t *b, int il, const float *cold);
+    int (*output)(pi_backend_t *b, int n_out, float *logits);
+    void (*commit)(pi_backend_t *b);
+    int (*seq_truncate)(pi_backend_t *b, int seq, int n);
+    int (*seq_len)(const pi_backend_t *b, int seq);
+    /* Optional (NULL = not provided): the number of hot neurons of layer il (opts.n_hot[il]). When
+     * it equals n_ff, no CPU worker owns a neuron of il and the loop skips the layer's exchange,
+     * calling ffn_input(il, NULL), ffn_hot(il), ffn_merge(il, NULL). Without it the loop publishes
+     * every layer. */
+    int64_t (*ffn_hot_count)(const pi_backend_t *b, int il);
+};
+
+/* Every backend struct starts with this. */
+struct pi_backend {
+    const struct pi_backend_ops *ops;
+    const pi_model_t *model;
+};
+
+/* Create the backend named name ("host" or "cuda") over m (borrowed). Returns 0 and *out, or
+ * -PI_ERR_UNSUPPORTED with a clear message when the backend was not built (cuda without
+ * --with-cuda), -PI_ERR_INVAL for an unknown name, or another negative pi_err. */
+int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+/* Which transposed down rows (ffn_down_t) backend `name` needs on the host to compute the hot
+ * neurons 0..hot-1 of every layer of m (whose hyper-parameters are all that is read):
+ *   NONE   - none (no hot neurons; or cuda with every layer dense: it multiplies by ffn_down itself);
+ *   MODEL  - the model's own, packed at load for every neuron (host with every neuron hot: those
+ *            layers are the single-process FFN step, compute/forward.h);
+ *   PACKED - only the hot neurons' rows, given as opts.hot_layers (compute/partition.h), so the
+ *            model can be opened without its own (pi_model_opts.no_down_t). */
+enum pi_backend_rows { PI_BACKEND_ROWS_NONE, PI_BACKEND_ROWS_MODEL, PI_BACKEND_ROWS_PACKED };
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot);
+
+/* The device bytes backend `name` will hold for m and o (cuda: pi_backend_cuda_plan, exact to the
+ * allocator's rounding). -PI_ERR_UNSUPPORTED for a backend without a device (host). */
+int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes);
+
+/* Destroy; accepts NULL; nulls the caller's pointer. */
+void pi_backend_destroy(pi_backend_t **b);
+
+/* 0 when backend `name` is built into this program, else -PI_ERR_UNSUPPORTED (cuda without the CUDA
+ * backend) or -PI_ERR_INVAL (unknown name), with the reason logged. Checked before anything is loaded. */
+int pi_backend_check(const char *name);
+
+/* The host backend (compute/backend-host.c). */
+int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+/* The cuda backend (compute/backend-cuda.c), built when configure found CUDA (PI_HAVE_CUDA). */
+int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+
+#endif

@@ -1,0 +1,474 @@
+/*
+ * compute/forward.c - the llama forward pass on the CPU (see compute/forward.h for the contract).
+ *
+ * It reads as the model does, one token row of the residual stream h (n_embd) at a time:
+ *
+ *   h = token_embd[token]
+ *   for each layer:
+ *       x = rmsnorm(h) * attn_norm
+ *       q, k, v = Wq x, Wk x, Wv x;  rope(q), rope(k);  cache k, v at the token's position
+ *       h += Wo concat_heads(softmax(q k^T / sqrt(head_dim)) v)      (GQA: n_head / n_head_kv
+ *                                                                      query heads share a kv head)
+ *       x = rmsnorm(h) * ffn_norm
+ *       h += sum over neurons i of act(gate_i . x, up_i . x) * down[:, i]
+ *   logits = Woutput (rmsnorm(h) * output_norm)
+ *
+ * Batches of n rows go through pi_matmul (one pass over each weight for all rows); a single row
+ * (decode) goes through pi_matvec, and for ReLU/dReLU layers that are sparse enough its FFN through
+ * the neuron kernel, which skips the neurons left at zero.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "compute/forward.h"
+#include "lib/log.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+
+struct pi_forward {
+    const pi_model_t *m;
+    struct pi_forward_opts o;
+    pi_pool_t *pool;
+    pi_kv_t *kv;
+    pi_ffn_work_t *ffw;
+    int n_threads;      /* pi_pool_size(pool) */
+    /* scratch for n_batch rows; d = n_embd, q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim */
+    float *h;           /* (n_batch, d) residual stream */
+    float *x;           /* (n_batch, d) normed input of the current step */
+    float *q;           /* (n_batch, q_dim) */
+    float *k;           /* (n_batch, kv_dim) */
+    float *v;           /* (n_batch, kv_dim) */
+    float *att;         /* (n_batch, q_dim) attention output, heads concatenated */
+    float *gate;        /* (n_batch, n_ff) */
+    float *up;          /* (n_batch, n_ff) */
+    float *out;         /* (n_batch, d) a step's contribution to h */
+    float *cs;          /* (n_rot) rope table of one position */
+    float *scores;      /* (n_threads, n_ctx) attention weights, one row per pool thread */
+    int32_t *all;       /* (n_ff) 0, 1, ..., n_ff - 1: every neuron */
+    int *pend;          /* (n_seq) lengths while checking a batch */
+    float *ref_rows;    /* (n_threads, max cols) dequantised weight rows (reference mode only) */
+    float *ref_x;       /* (n_batch, max cols) rounded inputs (round_activations only) */
+    void *ref_xq;       /* one quantised input row (round_activations only) */
+    int64_t ref_cols;   /* widest weight row */
+    int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
+    float *recent_active; /* (n_layer) running fraction of active neurons; < 0: none seen yet */
+};
+
+void pi_forward_opts_default(struct pi_forward_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->n_threads = 1;
+    o->n_seq = 1;
+    o->n_batch = 512;
+    o->kv_type = PI_TYPE_F32;
+}
+
+static float *falloc(size_t n)
+{
+    void *p = NULL;
+    return posix_memalign(&p, 64, PI_MAX(n, 1) * sizeof(float)) == 0 ? p : NULL;
+}
+
+/* Positions per sequence beyond any real model (llama.cpp's largest are 10M): past it the per-thread
+ * score rows alone would be gigabytes, so a context_length this large is an error, not a default. */
+#define MAX_CTX (1 << 24)
+
+pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *opts)
+{
+    const struct pi_hparams *hp = &m->hp;
+    struct pi_forward_opts o;
+    if (opts) o = *opts;
+    else pi_forward_opts_default(&o);
+    if (o.n_threads <= 0) o.n_threads = 1;
+    if (o.n_seq <= 0) o.n_seq = 1;
+    if (o.n_batch <= 0) o.n_batch = 512;
+    if (o.n_ctx <= 0) o.n_ctx = pi_model_default_ctx(m);
+    if (o.kv_type != PI_TYPE_F32 && o.kv_type != PI_TYPE_F16) {
+        pi_error("forward: kv cache type %s is not f32 or f16", pi_type_name(o.kv_type));
+        return NULL;
+    }
+    if (o.n_ctx > MAX_CTX) {
+        pi_error("forward: context of %d positions (n_ctx, default the model's context_length) exceeds %d",
+                 o.n_ctx, MAX_CTX);
+        return NULL;
+    }
+    /* a batch never holds more rows than the cache has positions: larger scratch would be unused */
+    if ((int64_t)o.n_batch > (int64_t)o.n_ctx * o.n_seq) o.n_batch = (int)((int64_t)o.n_ctx * o.n_seq);
+    for (int il = 0; !o.no_ffn && il < hp->n_layer; il++) {
+        if (!m->layers[il].ffn_down_t.data) {
+            pi_error("forward: layer %d has no ffn_down_t (model bound with no_down_t)", il);
+            return NULL;
+        }
+    }
+    pi_forward_t *f = calloc(1, sizeof *f);
+    if (!f) return NULL;
+    f->m = m;
+    f->o = o;
+    size_t B = (size_t)o.n_batch, d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
+    size_t qd = (size_t)hp->n_head * hp->head_dim, kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    f->pool = o.n_threads > 1 ? pi_pool_new(o.n_threads) : NULL;
+    f->n_threads = f->pool ? pi_pool_size(f->pool) : 1;
+    f->kv = pi_kv_new(hp->n_layer, (int)kvd, o.n_ctx, o.n_seq, o.kv_type);
+    if (!f->kv) { /* logged; refused before the scratch sized by n_ctx is allocated */
+        pi_forward_destroy(&f);
+        return NULL;
+    }
+    f->ffw = pi_ffn_work_new(hp->n_embd, f->n_threads);
+    f->h = falloc(B * d);
+    f->x = falloc(B * d);
+    f->q = falloc(B * qd);
+    f->k = falloc(B * kvd);
+    f->v = falloc(B * kvd);
+    f->att = falloc(B * qd);
+    f->gate = falloc(B * ff);
+    f->up = falloc(B * ff);
+    f->out = falloc(B * d);
+    f->cs = falloc((size_t)hp->n_rot);
+    f->scores = falloc((size_t)f->n_threads * (size_t)o.n_ctx);
+    f->all = malloc(ff * sizeof *f->all);
+    f->pend = malloc((size_t)o.n_seq * sizeof *f->pend);
+    f->recent_active = malloc((size_t)hp->n_layer * sizeof *f->recent_active);
+    f->ref_cols = (int64_t)PI_MAX(PI_MAX(d, ff), qd);
+    if (o.f32_activations) f->ref_rows = falloc((size_t)f->n_threads * (size_t)f->ref_cols);
+    if (o.f32_activations && o.round_activations) {
+        f->ref_x = falloc(B * (size_t)f->ref_cols);
+        f->ref_xq = falloc((size_t)f->ref_cols * 2); /* >= any activation format's row (Q8_0: 34/32) */
+    }
+    if ((o.n_threads > 1 && !f->pool) || !f->kv || !f->ffw || !f->h || !f->x || !f->q || !f->k || !f->v ||
+        !f->att || !f->gate || !f->up || !f->out || !f->cs || !f->scores || !f->all || !f->pend ||
+        !f->recent_active ||
+        (o.f32_activations && !f->ref_rows) || (o.f32_activations && o.round_activations && (!f->ref_x || !f->ref_xq))) {
+        pi_error("forward: out of memory (batch %d, ctx %d, %d sequences)", o.n_batch, o.n_ctx, o.n_seq);
+        pi_forward_destroy(&f);
+        return NULL;
+    }
+    for (size_t i = 0; i < ff; i++) f->all[i] = (int32_t)i;
+    pi_ffn_activity_reset(f->recent_active, hp->n_layer);
+    return f;
+}
+
+void pi_forward_destroy(pi_forward_t **pf)
+{
+    pi_forward_t *f = pf ? *pf : NULL;
+    if (!f) return;
+    pi_pool_destroy(&f->pool);
+    pi_kv_destroy(&f->kv);
+    pi_ffn_work_destroy(&f->ffw);
+    free(f->h);
+    free(f->x);
+    free(f->q);
+    free(f->k);
+    free(f->v);
+    free(f->att);
+    free(f->gate);
+    free(f->up);
+    free(f->out);
+    free(f->cs);
+    free(f->scores);
+    free(f->all);
+    free(f->pend);
+    free(f->recent_active);
+    free(f->ref_rows);
+    free(f->ref_x);
+    free(f->ref_xq);
+    free(f);
+    *pf = NULL;
+}
+
+const pi_model_t *pi_forward_model(const pi_forward_t *f) { return f->m; }
+pi_kv_t *pi_forward_kv(pi_forward_t *f) { return f->kv; }
+pi_pool_t *pi_forward_pool(pi_forward_t *f) { return f->pool; }
+int64_t pi_forward_active_neurons(const pi_forward_t *f) { return f->active; }
+
+struct ref_task {
+    pi_forward_t *f;
+    const struct pi_weight *W;
+    const float *X;
+    int n;
+    float *Y;
+};
+
+/* Reference products for weight rows [begin, end): dequantise the row, f32 inputs, double sums. */
+static void ref_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct ref_task *t = ctx;
+    int64_t cols = t->W->cols;
+    float *row = t->f->ref_rows + (size_t)thread * (size_t)t->f->ref_cols;
+    for (int64_t r = begin; r < end; r++) {
+        pi_dequant_row(t->W->type, pi_weight_row(t->W, r), row, cols);
+        for (int i = 0; i < t->n; i++) {
+            const float *x = t->X + (size_t)i * (size_t)cols;
+            double s = 0.0;
+            for (int64_t j = 0; j < cols; j++) s += (double)row[j] * x[j];
+            t->Y[(size_t)i * (size_t)t->W->rows + (size_t)r] = (float)s;
+        }
+    }
+}
+
+/* Y (n, W.rows) = X (n, W.cols) @ W^T: a matvec for one row, a matmul otherwise. */
+static void project(pi_forward_t *f, const struct pi_weight *W, const float *X, int n, float *Y)
+{
+    if (f->o.f32_activations) {
+        enum pi_type at = pi_vec_dot_type(W->type);
+        if (f->o.round_activations && at != PI_TYPE_F32) {
+            /* the rounding llama.cpp's CPU path applies (experiment; see the option) */
+            for (int i = 0; i < n; i++) {
+                const float *xi = X + (size_t)i * (size_t)W->cols;
+                float *ri = f->ref_x + (size_t)i * (size_t)W->cols;
+                pi_quantize_act(W->type, xi, f->ref_xq, W->cols);
+                pi_dequant_row(at, f->ref_xq, ri, W->cols);
+            }
+            X = f->ref_x;
+        }
+        struct ref_task t = {f, W, X, n, Y};
+        pi_pool_for(f->pool, W->rows, 16, ref_range, &t);
+        return;
+    }
+    if (n == 1) pi_matvec(f->pool, W->type, W->data, W->rows, W->cols, X, Y);
+    else pi_matmul(f->pool, W->type, W->data, W->rows, W->cols, X, n, Y);
+}
+
+/* x (n, d) = rmsnorm(h) * w, row by row. */
+static void norm_rows(const pi_forward_t *f, const float *h, const float *w, int n, float *x)
+{
+    int64_t d = f->m->hp.n_embd;
+    for (int i = 0; i < n; i++) pi_rmsnorm(x + i * d, h + i * d, w, d, f->m->hp.rms_eps);
+}
+
+static void add_rows(float *h, const float *o, size_t n)
+{
+    for (size_t j = 0; j < n; j++) h[j] += o[j];
+}
+
+/* ---------------------------------------------------------------- batch bookkeeping */
+
+/* Check tokens, sequences and positions without changing anything; fills f->pend. */
+static int check_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
+{
+    int n_seq = f->o.n_seq;
+    if (n < 0) return -PI_ERR_INVAL;
+    for (int s = 0; s < n_seq; s++) f->pend[s] = pi_kv_len(f->kv, s);
+    for (int i = 0; i < n; i++) {
+        if (tokens && (tokens[i] < 0 || tokens[i] >= f->m->hp.n_vocab)) {
+            pi_error("forward: token %d at batch row %d outside the vocabulary [0, %d)", tokens[i], i,
+                     f->m->hp.n_vocab);
+            return -PI_ERR_INVAL;
+        }
+        if (seq[i] < 0 || seq[i] >= n_seq) {
+            pi_error("forward: sequence %d at batch row %d outside [0, %d)", seq[i], i, n_seq);
+            return -PI_ERR_RANGE;
+        }
+        if (pos[i] != f->pend[seq[i]] || pos[i] >= f->o.n_ctx) {
+            pi_error("forward: position %d at batch row %d: sequence %d continues at %d (context %d)", pos[i],
+                     i, seq[i], f->pend[seq[i]], f->o.n_ctx);
+            return -PI_ERR_RANGE;
+        }
+        f->pend[seq[i]]++;
+    }
+    return 0;
+}
+
+int pi_forward_begin(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
+{
+    int rc;
+    if (n > f->o.n_batch) {
+        pi_error("forward: batch of %d rows exceeds n_batch %d", n, f->o.n_batch);
+        return -PI_ERR_RANGE;
+    }
+    if ((rc = check_batch(f, tokens, seq, pos, n)) < 0) return rc;
+    for (int i = 0; i < n; i++)
+        if ((rc = pi_kv_reserve(f->kv, seq[i])) < 0) return rc;
+    return 0;
+}
+
+void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n)
+{
+    for (int i = 0; i < n; i++) {
+        PI_ASSERT(seq[i] >= 0 && seq[i] < f->o.n_seq && pos[i] >= 0 && pos[i] < f->o.n_ctx);
+        if (pos[i] + 1 > pi_kv_len(f->kv, seq[i])) pi_kv_set_len(f->kv, seq[i], pos[i] + 1);
+    }
+}
+
+int pi_forward_seq_len(const pi_forward_t *f, int seq)
+{
+    return seq >= 0 && seq < f->o.n_seq ? pi_kv_len(f->kv, seq) : 0;
+}
+
+int pi_forward_seq_truncate(pi_forward_t *f, int seq, int n)
+{
+    if (seq < 0 || seq >= f->o.n_seq || n < 0 || n > pi_kv_len(f->kv, seq)) {
+        pi_error("forward: cannot truncate sequence %d to %d positions", seq, n);
+        return -PI_ERR_RANGE;
+    }
+    pi_kv_set_len(f->kv, seq, n);
+    return 0;
+}
+
+void pi_forward_seq_reset(pi_forward_t *f, int seq)
+{
+    if (seq < 0 || seq >= f->o.n_seq) return;
+    pi_kv_set_len(f->kv, seq, 0);
+    pi_forward_stats_reset(f); /* server mode gave three different texts for one greedy request */
+}
+
+void pi_forward_stats_reset(pi_forward_t *f)
+{
+    pi_ffn_activity_reset(f->recent_active, f->m->hp.n_layer);
+}
+
+/* ---------------------------------------------------------------- the steps */
+
+void pi_forward_embed(pi_forward_t *f, const int32_t *tokens, int n, float *h)
+{
+    const struct pi_weight *E = &f->m->token_embd;
+    for (int i = 0; i < n; i++) {
+        PI_ASSERT(tokens[i] >= 0 && tokens[i] < E->rows);
+        pi_dequant_row(E->type, pi_weight_row(E, tokens[i]), h + (size_t)i * E->cols, E->cols);
+    }
+}
+
+struct attn_task {
+    pi_forward_t *f;
+    int il;
+    const int32_t *seq, *pos;
+};
+
+/* Items are (row, head) pairs: item = row * n_head + head. */
+static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct attn_task *t = ctx;
+    pi_forward_t *f = t->f;
+    const struct pi_hparams *hp = &f->m->hp;
+    int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    size_t qd = (size_t)hp->n_head * hd, es = pi_kv_type(f->kv) == PI_TYPE_F32 ? 4 : 2;
+    float scale = (float)(1.0 / sqrt((double)hd));
+    float *scores = f->scores + (size_t)thread * (size_t)f->o.n_ctx;
+    for (int64_t it = begin; it < end; it++) {
+        int i = (int)(it / hp->n_head), h = (int)(it % hp->n_head), kvh = h / group;
+        const char *k0 = pi_kv_k(f->kv, t->seq[i], t->il, 0), *v0 = pi_kv_v(f->kv, t->seq[i], t->il, 0);
+        size_t off = (size_t)kvh * (size_t)hd * es;
+        pi_attn_head(f->att + i * qd + (size_t)h * hd, f->q + i * qd + (size_t)h * hd, k0 + off, v0 + off,
+                     pi_kv_row_bytes(f->kv), pi_kv_type(f->kv), t->pos[i] + 1, hd, scale, scores);
+    }
+}
+
+void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t *pos, int n, float *h)
+{
+    const struct pi_hparams *hp = &f->m->hp;
+    const struct pi_layer *L = &f->m->layers[il];
+    size_t d = (size_t)hp->n_embd, qd = (size_t)hp->n_head * hp->head_dim;
+    size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
+    PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
+    norm_rows(f, h, L->attn_norm, n, f->x);
+    project(f, &L->attn_q, f->x, n, f->q);
+    project(f, &L->attn_k, f->x, n, f->k);
+    project(f, &L->attn_v, f->x, n, f->v);
+    for (int i = 0; i < n; i++) {
+        PI_ASSERT(pos[i] >= 0 && pos[i] < f->o.n_ctx);
+        pi_rope_table(f->cs, pos[i], hp->n_rot, hp->rope_base);
+        pi_rope_apply(f->q + i * qd, hp->n_head, hp->head_dim, hp->n_rot, f->cs);
+        pi_rope_apply(f->k + i * kvd, hp->n_head_kv, hp->head_dim, hp->n_rot, f->cs);
+        pi_kv_store(f->kv, seq[i], il, pos[i], f->k + i * kvd, f->v + i * kvd);
+    }
+    /* every row's keys are cached before any row attends: row i sees positions 0..pos[i] of its
+     * sequence, which includes earlier rows of this batch (causal within the batch) */
+    struct attn_task task = {f, il, seq, pos};
+    pi_pool_for(f->pool, (int64_t)n * hp->n_head, 1, attn_range, &task);
+    project(f, &L->attn_output, f->att, n, f->out);
+    add_rows(h, f->out, (size_t)n * d);
+}
+
+void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float *x)
+{
+    PI_ASSERT(n >= 0 && il >= 0 && il < f->m->hp.n_layer);
+    norm_rows(f, h, f->m->layers[il].ffn_norm, n, x);
+}
+
+/* A ReLU layer goes neuron-wise in decode below PI_FFN_DENSE_MIN_ACTIVE (kernels/cpu/ops.h). */
+
+void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
+{
+    PI_ASSERT(!f->o.no_ffn); /* its rows may be absent (pi_forward_opts.no_ffn) */
+    const struct pi_hparams *hp = &f->m->hp;
+    const struct pi_layer *L = &f->m->layers[il];
+    size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
+    bool relu = hp->act != PI_FFN_ACT_SILU;
+    int64_t active = 0;
+    PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
+    norm_rows(f, h, L->ffn_norm, n, f->x);
+    if (n == 1 && relu && !f->o.f32_activations && f->recent_active[il] < PI_FFN_DENSE_MIN_ACTIVE) {
+        /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
+         * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
+        memset(f->out, 0, d * sizeof(float));
+        active = pi_ffn_neurons(f->pool, f->ffw, L, hp->act, f->x, f->all, hp->n_ff, f->out);
+    } else {
+        /* whole matrices, rows batched (pi_matmul) or one row (pi_matvec) */
+        project(f, &L->ffn_gate, f->x, n, f->gate);
+        project(f, &L->ffn_up, f->x, n, f->up);
+        pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
+        project(f, &L->ffn_down, f->gate, n, f->out);
+        for (size_t j = 0; relu && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
+    }
+    if (relu) {
+        /* a running average over calls, seeded by the first (usually the prompt) */
+        pi_ffn_activity_update(&f->recent_active[il], (float)active / ((float)n * (float)ff));
+        f->active += active;
+    }
+    add_rows(h, f->out, (size_t)n * d);
+}
+
+void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float *logits)
+{
+    size_t d = (size_t)f->m->hp.n_embd;
+    PI_ASSERT(n_out >= 1 && n_out <= n && n <= f->o.n_batch);
+    norm_rows(f, h + (size_t)(n - n_out) * d, f->m->output_norm, n_out, f->x);
+    project(f, &f->m->output, f->x, n_out, logits);
+}
+
+/* ---------------------------------------------------------------- whole batches */
+
+int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                     float *logits, bool all_logits)
+{
+    int rc = check_batch(f, tokens, seq, pos, n);
+    size_t V = (size_t)f->m->hp.n_vocab;
+    if (rc < 0) return rc;
+    for (int c = 0; c < n; c += f->o.n_batch) {
+        int nc = PI_MIN(f->o.n_batch, n - c);
+        if ((rc = pi_forward_begin(f, tokens + c, seq + c, pos + c, nc)) < 0) return rc;
+        pi_forward_embed(f, tokens + c, nc, f->h);
+        for (int il = 0; il < f->m->hp.n_layer; il++) {
+            pi_forward_attn(f, il, seq + c, pos + c, nc, f->h);
+            pi_forward_ffn(f, il, nc, f->h);
+        }
+        pi_forward_commit(f, seq + c, pos + c, nc);
+        if (logits && all_logits) pi_forward_output(f, f->h, nc, nc, logits + (size_t)c * V);
+        else if (logits && c + nc == n) pi_forward_output(f, f->h, nc, 1, logits);
+    }
+    return 0;
+}
+
+int pi_forward_tokens(pi_forward_t *f, int seq, const int32_t *tokens, int n, int pos0, float *logits,
+                      bool all_logits)
+{
+    /* checked before pos0 + i is formed (it could overflow) and before n sizes an allocation */
+    if (n < 0 || n > f->o.n_ctx || pos0 < 0 || pos0 > f->o.n_ctx - n) {
+        pi_error("forward: %d tokens at position %d do not fit the context of %d", n, pos0, f->o.n_ctx);
+        return -PI_ERR_RANGE;
+    }
+    int32_t *sp = malloc((size_t)PI_MAX(n, 1) * 2 * sizeof *sp);
+    if (!sp) return -PI_ERR_NOMEM;
+    for (int i = 0; i < n; i++) {
+        sp[i] = seq;
+        sp[n + i] = pos0 + i;
+    }
+    int rc = pi_forward_batch(f, tokens, sp, sp + n, n, logits, all_logits);
+    free(sp);
+    return rc;
+}

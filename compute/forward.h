@@ -1,0 +1,115 @@
+/*
+ * compute/forward.h - the single-process llama forward pass on the CPU: embeddings, then per layer an
+ * attention step and an FFN step on the residual stream, then the final norm and the output head.
+ *
+ * A batch is n tokens, token i belonging to sequence seq[i] at position pos[i]. Both shapes the
+ * engine needs are batches: a prompt (n tokens of one sequence at consecutive positions) and a decode
+ * step (one token of each of several sequences). Within a batch, each sequence's tokens must continue
+ * its cache: the first at its current length, the next one after, and so on.
+ *
+ * The per-layer steps are exported so that the pipeline can place them in different processes
+ * (attention on the GPU worker, FFN neurons split between devices): pi_forward_batch() is just
+ *   embed -> for each layer { attn, ffn } -> output, with begin/commit around it.
+ * Prompt batches use matrix-matrix kernels (pi_matmul); a single-token batch of a ReLU or dReLU model
+ * runs the FFN of each layer whose recent fraction of active neurons is below 20% through the neuron
+ * kernel (pi_ffn_neurons) over all neurons, skipping inactive ones; other layers, and SwiGLU decode
+ * (nothing to skip), use pi_matvec with the original down matrix.
+ *
+ * Threading: the forward object owns a thread pool; one call at a time per object.
+ */
+#ifndef PI_COMPUTE_FORWARD_H
+#define PI_COMPUTE_FORWARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "kernels/cpu/pool.h"
+#include "compute/kv-cache.h"
+#include "model/model.h"
+
+typedef struct pi_forward pi_forward_t;
+
+struct pi_forward_opts {
+    int n_threads;         /* pool threads (default 1; <= 0 means 1) */
+    int n_ctx;             /* positions per sequence (default: the model's context_length, or 2048);
+                            * at most 2^24, and n_seq full sequences must fit in RAM (pi_kv_new) */
+    int n_seq;             /* sequences in the cache (default 1) */
+    int n_batch;           /* tokens per internal step; larger calls are split (default 512; lowered
+                            * to n_ctx * n_seq, the most a batch can hold) */
+    enum pi_type kv_type;  /* PI_TYPE_F32 (default) or PI_TYPE_F16 */
+    /* Reference mode: every product dequantises the weight rows and keeps the activations in f32
+     * (double accumulation), instead of quantising activations to 8 bits as the kernels do. Several
+     * times slower; it separates the forward pass's own exactness from the kernels' rounding in the
+     * golden tests, and is the yardstick for accuracy reports. */
+    bool f32_activations;
+    /* Only with f32_activations: round each product's input through its weight type's activation
+     * format first (pi_quantize_act, then dequantised: Q8_0 for the 32-element types, Q8_K for the
+     * K-quants; f32 stays f32), keeping the exact double sums. That is the 8-bit activation rounding
+     * of llama.cpp's CPU path and nothing else, so it measures the floor of any path that quantises
+     * activations (the golden test reports it next to the kernels' figure; doc/forward.md). */
+    bool round_activations;
+    /* The caller computes every FFN itself (the pipeline's host backend with a partial hot set):
+     * pi_forward_ffn, pi_forward_tokens and pi_forward_batch must not be called (checked), and the
+     * model may have been opened without ffn_down_t (pi_model_opts.no_down_t). */
+    bool no_ffn;
+};
+
+void pi_forward_opts_default(struct pi_forward_opts *o);
+
+/* A forward pass over m (borrowed; must outlive it). NULL on bad options, a cache too large for
+ * RAM, or no memory (logged). */
+pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *o);
+void pi_forward_destroy(pi_forward_t **f);
+
+const pi_model_t *pi_forward_model(const pi_forward_t *f);
+pi_kv_t *pi_forward_kv(pi_forward_t *f);
+/* The pass's thread pool (borrowed; NULL when it runs on one thread, which every pool user accepts).
+ * Callers that interleave their own kernels with the pass's steps (the GPU worker's host backend)
+ * use it instead of a second pool, whose threads would spin against these. Never while a step of f
+ * is running: a pool runs one job at a time. */
+pi_pool_t *pi_forward_pool(pi_forward_t *f);
+
+/* Run a batch: tokens, seq, pos (n). logits: (n, n_vocab) when all_logits, else (n_vocab) for the last
+ * token of the batch; may be NULL to only fill the cache. Returns 0, or -PI_ERR_INVAL / -PI_ERR_RANGE
+ * for a token id, sequence or position that breaks the rules above (nothing is changed then). */
+int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos,
+                     int n, float *logits, bool all_logits);
+
+/* The common case: n tokens of seq at positions pos0, pos0 + 1, ... (pos0 must be seq's length). */
+int pi_forward_tokens(pi_forward_t *f, int seq, const int32_t *tokens, int n, int pos0, float *logits,
+                      bool all_logits);
+
+/* Positions cached for seq; truncate it to n positions (n <= length); reset = truncate to 0 and
+ * pi_forward_stats_reset. */
+int pi_forward_seq_len(const pi_forward_t *f, int seq);
+int pi_forward_seq_truncate(pi_forward_t *f, int seq, int n);
+void pi_forward_seq_reset(pi_forward_t *f, int seq);
+
+/* Forget the running activity of every ReLU layer (what picks its decode path, neuron-wise or dense,
+ * whose sums round differently): call when a sequence starts, so that a request's tokens do not
+ * depend on the requests before it. */
+void pi_forward_stats_reset(pi_forward_t *f);
+
+/* ---- the steps (n <= the object's n_batch) ---- */
+
+/* Check a batch against the cache and reserve its sequences' storage. 0 or a negative pi_err. */
+int pi_forward_begin(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n);
+/* h (n, n_embd) = the embedding rows of tokens. */
+void pi_forward_embed(pi_forward_t *f, const int32_t *tokens, int n, float *h);
+/* Attention of layer il: stores the batch's keys and values in the cache, then
+ * h (n, n_embd) += attn_output @ attention(rope(q), cache) with q, k, v from attn_norm(h). */
+void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t *pos, int n, float *h);
+/* FFN of layer il: h (n, n_embd) += ffn(ffn_norm(h)). */
+void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h);
+/* FFN input only: x (n, n_embd) = ffn_norm(h) (for callers that split the neurons themselves). */
+void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float *x);
+/* logits (n_out, n_vocab) = output @ output_norm(h_i) for the last n_out rows of h (n, n_embd). */
+void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float *logits);
+/* Mark the batch's positions filled. */
+void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n);
+
+/* FFN neurons that were non-zero since the forward was created, summed over layers and tokens
+ * (ReLU/dReLU models; 0 for SwiGLU). For sparsity statistics. */
+int64_t pi_forward_active_neurons(const pi_forward_t *f);
+
+#endif

@@ -1,0 +1,693 @@
+/*
+ * model/model.c - binds a llama-family model from a validated GGUF file (see model/model.h).
+ *
+ * Order of work, each step failing with one message that names what is wrong:
+ *   1. hyper-parameters from `<arch>.*` keys, checked for consistency and sane bounds;
+ *   2. every tensor by name, with its shape checked against the hyper-parameters and its type against
+ *      the types the CPU kernels implement;
+ *   3. the FFN activation (option, then `pinfer.ffn_activation`, then the format default);
+ *   4. the norm vectors copied to f32, and ffn_down packed transposed (one neuron per row) unless the
+ *      file brings PowerInfer's ffn_down_t.
+ * The GGUF reader has already checked that every tensor's bytes lie inside the file.
+ */
+#include "config.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <math.h>
+
+#include "lib/common.h"
+#include "lib/log.h"
+#include "model/model.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+#include "lib/rng.h"
+
+/* Bounds that keep every product below in range and reject absurd files early. */
+#define MAX_LAYERS 4096
+#define MAX_DIM (1 << 20)
+#define MAX_HEADS 4096
+#define MAX_HEAD_DIM 1024  /* largest per-head size accepted (real models: 64 to 256) */
+#define MAX_ATTN_RATIO 8   /* heads x head size at most this many times n_embd (real models: 1 to 1.34) */
+
+struct binder {
+    const pi_gguf_t *g;
+    pi_model_t *m;
+    char *err;
+    size_t errlen;
+};
+
+__attribute__((format(printf, 2, 3))) static int fail(struct binder *b, const char *fmt, ...)
+{
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    pi_error("model: %s", line);
+    if (b->err && b->errlen) snprintf(b->err, b->errlen, "%s", line);
+    return -PI_ERR_FORMAT;
+}
+
+void pi_model_opts_default(struct pi_model_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->act = PI_FFN_ACT_DEFAULT;
+    o->down_t_type = PI_TYPE_COUNT;
+}
+
+/* ---------------------------------------------------------------- hyper-parameters */
+
+/* An integer key `<arch>.<suffix>` into *out, within [lo, hi]. def < 0 means required. */
+static int get_count(struct binder *b, const char *suffix, int64_t def, int64_t lo, int64_t hi, int *out)
+{
+    char key[128];
+    uint64_t v;
+    snprintf(key, sizeof key, "%s.%s", b->m->hp.arch, suffix);
+    int rc = pi_gguf_get_uint(b->g, key, &v);
+    if (rc == -PI_ERR_NOTFOUND && def >= 0) {
+        *out = (int)def;
+        return 0;
+    }
+    if (rc == -PI_ERR_NOTFOUND) return fail(b, "metadata key %s missing", key);
+    if (rc < 0) return fail(b, "metadata key %s: not an unsigned integer in range", key);
+    if ((int64_t)v < lo || v > (uint64_t)hi)
+        return fail(b, "metadata key %s = %llu outside [%lld, %lld]", key, (unsigned long long)v,
+                    (long long)lo, (long long)hi);
+    *out = (int)v;
+    return 0;
+}
+
+static int get_float(struct binder *b, const char *suffix, float def, float *out)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", b->m->hp.arch, suffix);
+    int rc = pi_gguf_get_f32(b->g, key, out);
+    if (rc == -PI_ERR_NOTFOUND) {
+        *out = def;
+        return 0;
+    }
+    if (rc < 0) return fail(b, "metadata key %s: not a float", key);
+    return 0;
+}
+
+static int read_arch(struct binder *b)
+{
+    struct pi_gguf_str s;
+    if (pi_gguf_get_str(b->g, "general.architecture", &s) < 0)
+        return fail(b, "metadata key general.architecture missing or not a string");
+    if (!pi_gguf_str_eq(s, "llama") && !pi_gguf_str_eq(s, "bamboo"))
+        return fail(b, "architecture \"%.*s\" is not supported (llama, bamboo)", (int)PI_MIN(s.len, 64),
+                    s.ptr);
+    memcpy(b->m->hp.arch, s.ptr, s.len);
+    b->m->hp.arch[s.len] = '\0';
+    return 0;
+}
+
+/* The FFN activation: option, then `pinfer.ffn_activation`, then the format default. */
+static int read_activation(struct binder *b, enum pi_ffn_act opt)
+{
+    struct pi_hparams *hp = &b->m->hp;
+    struct pi_gguf_str s;
+    char name[16];
+    if (opt != PI_FFN_ACT_DEFAULT) {
+        hp->act = opt;
+        return 0;
+    }
+    int rc = pi_gguf_get_str(b->g, "pinfer.ffn_activation", &s);
+    if (rc == 0) {
+        if (pi_gguf_str_has_nul(s)) return fail(b, "pinfer.ffn_activation holds a NUL byte");
+        snprintf(name, sizeof name, "%.*s", (int)PI_MIN(s.len, sizeof name - 1), s.ptr);
+        if (s.len >= sizeof name || pi_ffn_act_parse(name, &hp->act) < 0)
+            return fail(b, "pinfer.ffn_activation \"%.*s\" is not silu, relu or drelu",
+                        (int)PI_MIN(s.len, 32), s.ptr);
+        return 0;
+    }
+    if (rc != -PI_ERR_NOTFOUND) return fail(b, "pinfer.ffn_activation is not a string");
+    /* PowerInfer's sparse files (magic PWRI) and Bamboo are ReLU models; plain llama is SwiGLU. */
+    bool sparse = hp->flavour == PI_GGUF_FLAVOUR_POWERINFER || strcmp(hp->arch, "bamboo") == 0;
+    hp->act = sparse ? PI_FFN_ACT_RELU : PI_FFN_ACT_SILU;
+    return 0;
+}
+
+static int read_hparams(struct binder *b, enum pi_ffn_act act)
+{
+    struct pi_hparams *hp = &b->m->hp;
+    int rc, key_len, val_len;
+    hp->flavour = pi_gguf_flavour(b->g);
+    if ((rc = read_arch(b)) < 0) return rc;
+    if ((rc = get_count(b, "embedding_length", -1, 1, MAX_DIM, &hp->n_embd)) < 0 ||
+        (rc = get_count(b, "block_count", -1, 1, MAX_LAYERS, &hp->n_layer)) < 0 ||
+        (rc = get_count(b, "feed_forward_length", -1, 1, MAX_DIM, &hp->n_ff)) < 0 ||
+        (rc = get_count(b, "attention.head_count", -1, 1, MAX_HEADS, &hp->n_head)) < 0 ||
+        (rc = get_count(b, "attention.head_count_kv", hp->n_head, 1, MAX_HEADS, &hp->n_head_kv)) < 0 ||
+        (rc = get_count(b, "context_length", 0, 0, INT32_MAX, &hp->n_ctx_train)) < 0)
+        return rc;
+    if (hp->n_head % hp->n_head_kv != 0)
+        return fail(b, "%s.attention.head_count %d is not a multiple of head_count_kv %d", hp->arch,
+                    hp->n_head, hp->n_head_kv);
+    if (hp->n_embd % hp->n_head != 0)
+        return fail(b, "%s.embedding_length %d is not a multiple of attention.head_count %d", hp->arch,
+                    hp->n_embd, hp->n_head);
+    /* The per-head size is bounded on its own and against n_embd: the attention scratch and the KV
+     * cache grow with heads x head size, which a small file could otherwise set to millions (a 17 MB
+     * file made a run take 8.6 GB). */
+    if ((rc = get_count(b, "attention.key_length", hp->n_embd / hp->n_head, 1, MAX_HEAD_DIM, &key_len)) < 0 ||
+        (rc = get_count(b, "attention.value_length", key_len, 1, MAX_HEAD_DIM, &val_len)) < 0)
+        return rc;
+    if (val_len != key_len)
+        return fail(b, "%s.attention.value_length %d differs from key_length %d", hp->arch, val_len, key_len);
+    if ((int64_t)key_len * hp->n_head > MAX_DIM || (int64_t)key_len * hp->n_head > (int64_t)MAX_ATTN_RATIO * hp->n_embd)
+        return fail(b, "attention width %d x %d heads is more than %d times embedding_length %d", key_len, hp->n_head,
+                    MAX_ATTN_RATIO, hp->n_embd);
+    hp->head_dim = key_len;
+    if ((rc = get_count(b, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot)) < 0) return rc;
+    if (hp->n_rot % 2 != 0)
+        return fail(b, "%s.rope.dimension_count %d is odd (rope rotates pairs; default: head_dim)", hp->arch,
+                    hp->n_rot);
+    if ((rc = get_float(b, "attention.layer_norm_rms_epsilon", 1e-5f, &hp->rms_eps)) < 0 ||
+        (rc = get_float(b, "rope.freq_base", 10000.0f, &hp->rope_base)) < 0)
+        return rc;
+    if (!(hp->rms_eps > 0.0f && hp->rms_eps < 1.0f)) /* 0 would make a zero row 0/0 */
+        return fail(b, "%s.attention.layer_norm_rms_epsilon %g out of range", hp->arch, (double)hp->rms_eps);
+    if (!(hp->rope_base > 1.0f && hp->rope_base < 1e12f))
+        return fail(b, "%s.rope.freq_base %g out of range", hp->arch, (double)hp->rope_base);
+    rc = pi_gguf_get_f32(b->g, "powerinfer.sparse_threshold", &hp->sparse_threshold);
+    if (rc < 0 && rc != -PI_ERR_NOTFOUND) return fail(b, "powerinfer.sparse_threshold is not a float");
+    if (rc == 0 && !isfinite(hp->sparse_threshold))
+        return fail(b, "powerinfer.sparse_threshold %g is not finite", (double)hp->sparse_threshold);
+    hp->has_sparse_threshold = rc == 0;
+    return read_activation(b, act);
+}
+
+/* ---------------------------------------------------------------- tensors */
+
+/* Matrix types the CPU kernels implement (a dequantiser and a dot product). */
+static bool matrix_type_ok(uint32_t t)
+{
+    return t < PI_TYPE_COUNT && pi_type_get(t) && pi_kernel_supported((enum pi_type)t);
+}
+
+/* True when t has exactly the dims (ne0, ne1) with any further dims equal to 1. ne1 = 0: a vector. */
+static bool shape_is(const struct pi_gguf_tensor *t, uint64_t ne0, uint64_t ne1)
+{
+    if (t->ne[0] != ne0) return false;
+    if (ne1 == 0) return t->ne[1] == 1 && t->ne[2] == 1 && t->ne[3] == 1;
+    return t->ne[1] == ne1 && t->ne[2] == 1 && t->ne[3] == 1;
+}
+
+static void shape_str(const struct pi_gguf_tensor *t, char *buf, size_t len)
+{
+    /* printed as (rows, cols) = (ne1, ne0), the convention of model/model.h */
+    if (t->n_dims <= 1) snprintf(buf, len, "(%llu)", (unsigned long long)t->ne[0]);
+    else if (t->n_dims == 2)
+        snprintf(buf, len, "(%llu, %llu)", (unsigned long long)t->ne[1], (unsigned long long)t->ne[0]);
+    else
+        snprintf(buf, len, "(%llu, %llu, %llu, %llu)", (unsigned long long)t->ne[3],
+                 (unsigned long long)t->ne[2], (unsigned long long)t->ne[1], (unsigned long long)t->ne[0]);
+}
+
+/* Look up name and check it is a matrix (rows, cols), or a vector (cols) when rows == 0. `what`
+ * names the expected shape in words. Sets *out (data NULL when absent and optional). */
+static int find(struct binder *b, const char *name, int64_t rows, int64_t cols, const char *what,
+                bool optional, const struct pi_gguf_tensor **out)
+{
+    char have[96];
+    const struct pi_gguf_tensor *t = pi_gguf_find_tensor(b->g, name);
+    *out = t;
+    if (!t) return optional ? 0 : fail(b, "tensor %s missing", name);
+    if (!shape_is(t, (uint64_t)cols, (uint64_t)rows)) {
+        shape_str(t, have, sizeof have);
+        if (rows == 0) return fail(b, "%s: shape %s, expected (%lld) %s", name, have, (long long)cols, what);
+        return fail(b, "%s: shape %s, expected (%lld, %lld) %s", name, have, (long long)rows,
+                    (long long)cols, what);
+    }
+    return 0;
+}
+
+static int bind_matrix(struct binder *b, const char *name, int64_t rows, int64_t cols, const char *what,
+                       bool optional, struct pi_weight *w)
+{
+    const struct pi_gguf_tensor *t;
+    uint64_t rb;
+    int rc = find(b, name, rows, cols, what, optional, &t);
+    memset(w, 0, sizeof *w);
+    if (rc < 0 || !t) return rc;
+    if (!matrix_type_ok(t->type) || !pi_type_row_bytes(t->type, t->ne[0], &rb))
+        return fail(b, "%s: type %s is not supported for weight matrices", name, pi_type_name(t->type));
+    w->type = (enum pi_type)t->type;
+    w->rows = rows;
+    w->cols = cols;
+    w->row_bytes = (size_t)rb;
+    w->data = t->data;
+    return 0;
+}
+
+/* A norm vector (n,) of any float or quantised type, dequantised into dst. */
+static int bind_norm(struct binder *b, const char *name, int64_t n, float *dst)
+{
+    const struct pi_gguf_tensor *t;
+    int rc = find(b, name, 0, n, "(n_embd)", false, &t);
+    if (rc < 0) return rc;
+    uint64_t rb;
+    if (!matrix_type_ok(t->type) || !pi_type_row_bytes(t->type, t->ne[0], &rb))
+        return fail(b, "%s: type %s is not supported", name, pi_type_name(t->type));
+    pi_dequant_row((enum pi_type)t->type, t->data, dst, n);
+    return 0;
+}
+
+static int bind_layer(struct binder *b, int il, float *norms)
+{
+    const struct pi_hparams *hp = &b->m->hp;
+    struct pi_layer *L = &b->m->layers[il];
+    int64_t d = hp->n_embd, q_dim = (int64_t)hp->n_head * hp->head_dim;
+    int64_t kv_dim = (int64_t)hp->n_head_kv * hp->head_dim, ff = hp->n_ff;
+    char name[96];
+    int rc;
+#define TNAME(s) (snprintf(name, sizeof name, "blk.%d." s ".weight", il), name)
+    if ((rc = bind_norm(b, TNAME("attn_norm"), d, norms)) < 0 ||
+        (rc = bind_norm(b, TNAME("ffn_norm"), d, norms + d)) < 0 ||
+        (rc = bind_matrix(b, TNAME("attn_q"), q_dim, d, "(q_dim, n_embd)", false, &L->attn_q)) < 0 ||
+        (rc = bind_matrix(b, TNAME("attn_k"), kv_dim, d, "(kv_dim, n_embd)", false, &L->attn_k)) < 0 ||
+        (rc = bind_matrix(b, TNAME("attn_v"), kv_dim, d, "(kv_dim, n_embd)", false, &L->attn_v)) < 0 ||
+        (rc = bind_matrix(b, TNAME("attn_output"), d, q_dim, "(n_embd, q_dim)", false, &L->attn_output)) < 0 ||
+        (rc = bind_matrix(b, TNAME("ffn_gate"), ff, d, "(n_ff, n_embd)", false, &L->ffn_gate)) < 0 ||
+        (rc = bind_matrix(b, TNAME("ffn_up"), ff, d, "(n_ff, n_embd)", false, &L->ffn_up)) < 0 ||
+        (rc = bind_matrix(b, TNAME("ffn_down"), d, ff, "(n_embd, n_ff)", false, &L->ffn_down)) < 0 ||
+        (rc = bind_matrix(b, TNAME("ffn_down_t"), ff, d, "(n_ff, n_embd)", true, &L->ffn_down_t)) < 0)
+        return rc;
+    L->attn_norm = norms;
+    L->ffn_norm = norms + d;
+    L->down_t_from_file = L->ffn_down_t.data != NULL;
+    /* The predictor's rank is whatever fc1 says; fc2 must agree with it. */
+    const struct pi_gguf_tensor *fc1 = pi_gguf_find_tensor(b->g, TNAME("fc1"));
+    if (fc1) {
+        int64_t rank = (int64_t)fc1->ne[1];
+        if (rank < 1 || rank > MAX_DIM) return fail(b, "%s: rank %lld out of range", name, (long long)rank);
+        if ((rc = bind_matrix(b, name, rank, d, "(rank, n_embd)", false, &L->fc1)) < 0 ||
+            (rc = bind_matrix(b, TNAME("fc2"), ff, rank, "(n_ff, rank)", false, &L->fc2)) < 0)
+            return rc;
+    } else if (pi_gguf_find_tensor(b->g, TNAME("fc2"))) {
+        return fail(b, "%s present without blk.%d.fc1.weight", name, il);
+    }
+#undef TNAME
+    return 0;
+}
+
+/* Every norm vector present with shape (n_embd), checked before the f32 copies are allocated: the
+ * copies take (2 n_layer + 1) n_embd floats, which block_count and embedding_length alone could make
+ * tens of GB in a file of a few MB. Checked here, they are bounded by what the file really holds. */
+static int check_norms(struct binder *b)
+{
+    const struct pi_hparams *hp = &b->m->hp;
+    const struct pi_gguf_tensor *t;
+    char name[96];
+    int rc;
+    if ((rc = find(b, "output_norm.weight", 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+    for (int il = 0; il < hp->n_layer; il++) {
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", il);
+        if ((rc = find(b, name, 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
+        if ((rc = find(b, name, 0, hp->n_embd, "(n_embd)", false, &t)) < 0) return rc;
+    }
+    return 0;
+}
+
+/* tokenizer.ggml.tokens, when present, must name exactly the n_vocab rows of token_embd: a longer
+ * list lets the tokenizer emit ids the model has no rows for, a shorter one lets the sampler pick
+ * ids the tokenizer cannot print (llama.cpp requires the same equality). */
+static int check_vocab(struct binder *b)
+{
+    enum pi_gguf_vtype type;
+    uint64_t n;
+    int rc = pi_gguf_get_arr(b->g, "tokenizer.ggml.tokens", &type, &n);
+    if (rc == -PI_ERR_NOTFOUND) return 0;
+    if (rc < 0) return fail(b, "tokenizer.ggml.tokens is not an array");
+    if (n != (uint64_t)b->m->hp.n_vocab)
+        return fail(b, "tokenizer.ggml.tokens has %llu entries, token_embd.weight %d rows (n_vocab)",
+                    (unsigned long long)n, b->m->hp.n_vocab);
+    return 0;
+}
+
+static int bind_tensors(struct binder *b)
+{
+    pi_model_t *m = b->m;
+    const struct pi_hparams *hp = &m->hp;
+    const struct pi_gguf_tensor *t = pi_gguf_find_tensor(b->g, "token_embd.weight");
+    int rc;
+    if (!t) return fail(b, "tensor token_embd.weight missing");
+    if (t->ne[1] < 1 || t->ne[1] > INT32_MAX)
+        return fail(b, "token_embd.weight: vocabulary size %llu out of range", (unsigned long long)t->ne[1]);
+    m->hp.n_vocab = (int)t->ne[1];
+    if ((rc = check_vocab(b)) < 0 || (rc = check_norms(b)) < 0) return rc;
+    size_t n_norms = ((size_t)hp->n_layer * 2 + 1) * (size_t)hp->n_embd;
+    m->norms = malloc(n_norms * sizeof(float));
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->norms || !m->layers) return -PI_ERR_NOMEM;
+    if ((rc = bind_matrix(b, "token_embd.weight", hp->n_vocab, hp->n_embd, "(n_vocab, n_embd)", false,
+                          &m->token_embd)) < 0 ||
+        (rc = bind_norm(b, "output_norm.weight", hp->n_embd, m->norms)) < 0 ||
+        (rc = bind_matrix(b, "output.weight", hp->n_vocab, hp->n_embd, "(n_vocab, n_embd)", true,
+                          &m->output)) < 0)
+        return rc;
+    m->output_norm = m->norms;
+    m->tied = m->output.data == NULL;
+    if (m->tied) m->output = m->token_embd;
+    for (int il = 0; il < hp->n_layer; il++)
+        if ((rc = bind_layer(b, il, m->norms + (size_t)(1 + 2 * il) * hp->n_embd)) < 0) return rc;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- packing ffn_down_t */
+
+enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d)
+{
+    const struct pi_type_info *ti;
+    if (opt == PI_TYPE_COUNT) {
+        /* f16 holds a quantised weight to 2^-11 of itself: measured lossless next to the 8-bit
+         * activation rounding (doc/forward.md, "Accuracy"), where Q8_0 added 25% to an FFN's error */
+        if (down == PI_TYPE_F32 || down == PI_TYPE_BF16) return down;
+        return PI_TYPE_F16;
+    }
+    ti = pi_type_get(opt);
+    /* a row of d elements must be whole blocks; f16 fits any width */
+    if (!ti || d % ti->block_elems != 0) return PI_TYPE_F16;
+    return opt;
+}
+
+/* One layer's transposition, in two parallel phases over the pool (see pack_down_t). */
+struct pack_task {
+    const struct pi_weight *down; /* (d, ff) */
+    float *tmp;                   /* (ff, d) f32 */
+    float *rows;                  /* (threads, PACK_ROWS, ff) */
+    char *dst;                    /* (ff) packed rows */
+    enum pi_type dt;
+    size_t rb;
+};
+
+#define PACK_ROWS 16
+
+/* Phase 1, over blocks of PACK_ROWS rows of down: dequantise the block, then write it as a column
+ * block of tmp, so that both sides stay in cache (one row at a time would stride d floats per
+ * element). Blocks write disjoint columns. */
+static void pack_gather(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct pack_task *t = ctx;
+    int64_t d = t->down->rows, ff = t->down->cols;
+    float *rows = t->rows + (size_t)thread * PACK_ROWS * (size_t)ff;
+    for (int64_t blk = begin; blk < end; blk++) {
+        int64_t r0 = blk * PACK_ROWS, nr = PI_MIN(PACK_ROWS, d - r0);
+        for (int64_t r = 0; r < nr; r++)
+            pi_dequant_row(t->down->type, pi_weight_row(t->down, r0 + r), rows + r * ff, ff);
+        for (int64_t i = 0; i < ff; i++)
+            for (int64_t r = 0; r < nr; r++) t->tmp[i * d + r0 + r] = rows[r * ff + i];
+    }
+}
+
+/* Phase 2, over neurons: quantise each neuron's row. */
+static void pack_quantize(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct pack_task *t = ctx;
+    int64_t d = t->down->rows;
+    (void)thread;
+    for (int64_t i = begin; i < end; i++) pi_quantize_row(t->dt, t->tmp + i * d, t->dst + (size_t)i * t->rb, d);
+}
+
+/* Transpose every layer's ffn_down (d, n_ff) into ffn_down_t (n_ff, d), through an f32 buffer, on a
+ * temporary pool of n_threads (0: every online CPU). */
+static int pack_down_t(struct binder *b, enum pi_type opt, int n_threads)
+{
+    pi_model_t *m = b->m;
+    const struct pi_hparams *hp = &m->hp;
+    int64_t d = hp->n_embd, ff = hp->n_ff;
+    size_t total = 0;
+    uint64_t rb;
+    for (int il = 0; il < hp->n_layer; il++) {
+        struct pi_layer *L = &m->layers[il];
+        enum pi_type dt = pi_model_down_t_type(opt, L->ffn_down.type, d);
+        if (L->down_t_from_file) continue;
+        if (!pi_type_row_bytes(dt, (uint64_t)d, &rb))
+            return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
+        total += pi_align_up((size_t)rb * (size_t)ff, 64);
+    }
+    if (total == 0) return 0;
+    pi_pool_t *pool = n_threads == 1 ? NULL : pi_pool_new(n_threads);
+    int nt = pi_pool_size(pool);
+    struct pack_task t = {0};
+    t.tmp = malloc((size_t)d * (size_t)ff * sizeof(float));
+    t.rows = malloc((size_t)nt * PACK_ROWS * (size_t)ff * sizeof(float));
+    if (posix_memalign(&m->packed, 64, total) != 0) m->packed = NULL;
+    if (!t.tmp || !t.rows || !m->packed) {
+        free(t.tmp);
+        free(t.rows);
+        pi_pool_destroy(&pool);
+        return -PI_ERR_NOMEM;
+    }
+    m->packed_bytes = total;
+    t.dst = m->packed;
+    for (int il = 0; il < hp->n_layer; il++) {
+        struct pi_layer *L = &m->layers[il];
+        if (L->down_t_from_file) continue;
+        t.down = &L->ffn_down;
+        t.dt = pi_model_down_t_type(opt, L->ffn_down.type, d);
+        (void)pi_type_row_bytes(t.dt, (uint64_t)d, &rb);
+        t.rb = (size_t)rb;
+        pi_pool_for(pool, (d + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, &t);
+        pi_pool_for(pool, ff, 64, pack_quantize, &t);
+        L->ffn_down_t = (struct pi_weight){t.dt, ff, d, t.rb, t.dst};
+        t.dst += pi_align_up(t.rb * (size_t)ff, 64);
+    }
+    free(t.tmp);
+    free(t.rows);
+    pi_pool_destroy(&pool);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- public */
+
+int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model_t **out, char *err,
+                  size_t errlen)
+{
+    struct pi_model_opts def;
+    struct binder b = {.g = g, .err = err, .errlen = errlen};
+    int rc;
+    *out = NULL;
+    if (err && errlen) err[0] = '\0';
+    if (!opts) {
+        pi_model_opts_default(&def);
+        opts = &def;
+    }
+    b.m = calloc(1, sizeof *b.m);
+    if (!b.m) return -PI_ERR_NOMEM;
+    b.m->gguf = g;
+    if ((rc = read_hparams(&b, opts->act)) < 0 || (rc = bind_tensors(&b)) < 0) goto err;
+    if (!opts->no_down_t && (rc = pack_down_t(&b, opts->down_t_type, opts->n_threads)) < 0) goto err;
+    *out = b.m;
+    return 0;
+err:
+    if (rc == -PI_ERR_NOMEM) {
+        pi_error("model: out of memory binding the model");
+        if (err && errlen) snprintf(err, errlen, "out of memory");
+    }
+    pi_model_destroy(&b.m);
+    return rc;
+}
+
+int pi_model_open(const char *path, const struct pi_model_opts *opts, pi_model_t **out, char *err,
+                  size_t errlen)
+{
+    pi_gguf_t *g = NULL;
+    *out = NULL;
+    int rc = pi_gguf_open(path, &g, err, errlen);
+    if (rc < 0) {
+        pi_error("model: cannot open %s: %s", path, err && errlen ? err : pi_err_str(rc));
+        return rc;
+    }
+    rc = pi_model_load(g, opts, out, err, errlen);
+    if (rc < 0) {
+        pi_gguf_destroy(&g);
+        return rc;
+    }
+    (*out)->owned_gguf = g;
+    return 0;
+}
+
+void pi_model_destroy(pi_model_t **pm)
+{
+    pi_model_t *m = pm ? *pm : NULL;
+    if (!m) return;
+    free(m->layers);
+    free(m->norms);
+    free(m->packed);
+    pi_gguf_destroy(&m->owned_gguf);
+    free(m);
+    *pm = NULL;
+}
+
+static uint64_t weight_bytes(const struct pi_weight *w)
+{
+    return w->data ? (uint64_t)w->row_bytes * (uint64_t)w->rows : 0;
+}
+
+uint64_t pi_model_decode_bytes(const pi_model_t *m)
+{
+    uint64_t sum = weight_bytes(&m->output);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        sum += weight_bytes(&L->attn_q) + weight_bytes(&L->attn_k) + weight_bytes(&L->attn_v) +
+               weight_bytes(&L->attn_output) + weight_bytes(&L->ffn_gate) + weight_bytes(&L->ffn_up) +
+               weight_bytes(&L->ffn_down);
+    }
+    return sum;
+}
+
+/* ---------------------------------------------------------------- random-weight models */
+
+struct gen {
+    const struct pi_model_gen *g;
+    pi_gguf_writer_t *w;
+    uint64_t rng;
+    float *buf;      /* (largest rows * cols) f32 staging */
+    void *qbuf;      /* the same quantised */
+};
+
+/* splitmix64 -> uniform in [-1, 1) */
+static float gen_uniform(uint64_t *s)
+{
+    uint64_t z = pi_rng_splitmix64(s);
+    return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+/* One tensor (rows, cols) of type t; norm = vector near 1 (rows == 0). */
+static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm)
+{
+    uint64_t rb, ne[2];
+    int64_t r_out = rows;
+    if (G->g->omit && strcmp(name, G->g->omit) == 0) return 0;
+    if (G->g->reshape && strcmp(name, G->g->reshape) == 0) r_out = rows + 1;
+    if (G->g->retype && strcmp(name, G->g->retype) == 0) t = G->g->retype_as;
+    float sd = norm ? 0.1f : 1.7320508f / sqrtf((float)cols); /* uniform: sd = a / sqrt(3) */
+    int64_t nr = norm ? 1 : r_out;
+    if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) {
+        pi_error("gen: %s: %lld columns are not whole %s blocks", name, (long long)cols, pi_type_name(t));
+        return -PI_ERR_INVAL;
+    }
+    bool nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0;
+    for (int64_t r = 0; r < nr; r++) {
+        float *row = G->buf;
+        for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+        for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
+        if (pi_type_get(t) && pi_kernel_supported(t)) pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
+        else memset((char *)G->qbuf + (size_t)r * rb, 0, (size_t)rb); /* the retype hook's integer types */
+    }
+    ne[0] = (uint64_t)cols;
+    ne[1] = (uint64_t)nr;
+    return pi_gguf_writer_add_tensor(G->w, name, t, norm ? 1 : 2, ne, G->qbuf);
+}
+
+static int gen_u32(struct gen *G, const char *suffix, uint32_t v)
+{
+    char key[128];
+    snprintf(key, sizeof key, "%s.%s", G->g->arch ? G->g->arch : "llama", suffix);
+    if (G->g->bad_key && strcmp(key, G->g->bad_key) == 0) v = G->g->bad_value;
+    return pi_gguf_writer_set_u32(G->w, key, v);
+}
+
+static int gen_metadata(struct gen *G)
+{
+    const struct pi_model_gen *g = G->g;
+    const char *arch = g->arch ? g->arch : "llama";
+    char key[128];
+    int rc = 0;
+    rc |= pi_gguf_writer_set_str(G->w, "general.architecture", arch);
+    rc |= pi_gguf_writer_set_str(G->w, "general.name", "pinfer random model");
+    rc |= gen_u32(G, "embedding_length", (uint32_t)g->n_embd);
+    rc |= gen_u32(G, "block_count", (uint32_t)g->n_layer);
+    rc |= gen_u32(G, "feed_forward_length", (uint32_t)g->n_ff);
+    rc |= gen_u32(G, "attention.head_count", (uint32_t)g->n_head);
+    rc |= gen_u32(G, "attention.head_count_kv", (uint32_t)(g->n_head_kv ? g->n_head_kv : g->n_head));
+    rc |= gen_u32(G, "context_length", (uint32_t)(g->n_ctx ? g->n_ctx : 2048));
+    rc |= gen_u32(G, "rope.dimension_count", (uint32_t)(g->n_embd / g->n_head));
+    snprintf(key, sizeof key, "%s.attention.layer_norm_rms_epsilon", arch);
+    rc |= pi_gguf_writer_set_f32(G->w, key, 1e-5f);
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    rc |= pi_gguf_writer_set_f32(G->w, key, 10000.0f);
+    if (g->act != PI_FFN_ACT_DEFAULT)
+        rc |= pi_gguf_writer_set_str(G->w, "pinfer.ffn_activation", pi_ffn_act_name(g->act));
+    /* set again: a key gen does not write (attention.key_length, ...) is added, others replaced */
+    if (g->bad_key) rc |= pi_gguf_writer_set_u32(G->w, g->bad_key, g->bad_value);
+    if (g->bad_fkey) rc |= pi_gguf_writer_set_f32(G->w, g->bad_fkey, g->bad_fvalue);
+    if (g->bad_skey) rc |= pi_gguf_writer_set_strn(G->w, g->bad_skey, g->bad_svalue, g->bad_slen);
+    if (g->n_tokens > 0) {
+        const char **tok = malloc((size_t)g->n_tokens * sizeof *tok);
+        if (!tok) return -PI_ERR_NOMEM;
+        for (int i = 0; i < g->n_tokens; i++) tok[i] = "t";
+        rc |= pi_gguf_writer_set_arr_str(G->w, "tokenizer.ggml.tokens", tok, (uint64_t)g->n_tokens);
+        free(tok);
+    }
+    return rc ? -PI_ERR_INVAL : 0;
+}
+
+static int gen_layers(struct gen *G, enum pi_type t)
+{
+    const struct pi_model_gen *g = G->g;
+    int64_t d = g->n_embd, hd = g->n_embd / g->n_head, ff = g->n_ff;
+    int64_t kvd = (int64_t)(g->n_head_kv ? g->n_head_kv : g->n_head) * hd;
+    char name[96];
+    int rc = 0;
+#define GEN(s, tt, r, c, norm)                                                                     \
+    (snprintf(name, sizeof name, "blk.%d." s ".weight", il), gen_tensor(G, name, tt, r, c, norm))
+    for (int il = 0; il < g->n_layer && rc == 0; il++) {
+        if ((rc = GEN("attn_norm", PI_TYPE_F32, 0, d, true)) < 0 || (rc = GEN("attn_q", t, d, d, false)) < 0 ||
+            (rc = GEN("attn_k", t, kvd, d, false)) < 0 || (rc = GEN("attn_v", t, kvd, d, false)) < 0 ||
+            (rc = GEN("attn_output", t, d, d, false)) < 0 ||
+            (rc = GEN("ffn_norm", PI_TYPE_F32, 0, d, true)) < 0 ||
+            (rc = GEN("ffn_gate", t, ff, d, false)) < 0 || (rc = GEN("ffn_up", t, ff, d, false)) < 0 ||
+            (rc = GEN("ffn_down", t, d, ff, false)) < 0)
+            break;
+        if (g->down_t && (rc = GEN("ffn_down_t", t, ff, d, false)) < 0) break;
+        if (g->pred_rank > 0 && ((rc = GEN("fc1", PI_TYPE_F16, g->pred_rank, d, false)) < 0 ||
+                                 (rc = GEN("fc2", PI_TYPE_F16, ff, g->pred_rank, false)) < 0))
+            break;
+    }
+#undef GEN
+    return rc;
+}
+
+int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
+{
+    enum pi_type t = g->type ? g->type : PI_TYPE_F32;
+    enum pi_type te = g->embd_type ? g->embd_type : t, to = g->out_type ? g->out_type : t;
+    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL};
+    int64_t cols_max = PI_MAX(PI_MAX(g->n_embd, g->n_ff), g->pred_rank);
+    int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
+    int rc;
+    if (g->n_embd < 1 || g->n_head < 1 || g->n_embd % g->n_head != 0 || g->n_layer < 1 || g->n_ff < 1 ||
+        g->n_vocab < 1 || g->pred_rank < 0) {
+        pi_error("gen: bad model shape");
+        pi_gguf_writer_destroy(&G.w);
+        return -PI_ERR_INVAL;
+    }
+    G.buf = malloc((size_t)cols_max * sizeof(float));
+    /* 8 bytes an element: f64 and i64 (the retype hook) are the widest types */
+    G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(double));
+    if (!G.w || !G.buf || !G.qbuf) {
+        rc = -PI_ERR_NOMEM;
+        goto out;
+    }
+    if ((rc = gen_metadata(&G)) < 0 ||
+        (rc = gen_tensor(&G, "token_embd.weight", te, g->n_vocab, g->n_embd, false)) < 0 ||
+        (rc = gen_tensor(&G, "output_norm.weight", PI_TYPE_F32, 0, g->n_embd, true)) < 0 ||
+        (!g->tied && (rc = gen_tensor(&G, "output.weight", to, g->n_vocab, g->n_embd, false)) < 0) ||
+        (rc = gen_layers(&G, t)) < 0)
+        goto out;
+    rc = pi_gguf_writer_write(G.w, path);
+out:
+    free(G.buf);
+    free(G.qbuf);
+    pi_gguf_writer_destroy(&G.w);
+    return rc;
+}

@@ -1,0 +1,159 @@
+/*
+ * model/model.h - the model description: a llama-family transformer bound from a validated GGUF file.
+ *
+ * pi_model_load() reads the hyper-parameters from the `<arch>.*` keys, looks every tensor up by name,
+ * and checks its shape and type against those hyper-parameters, so that the forward pass and the
+ * workers can index weights without further checks. A file whose tensors disagree with its metadata
+ * is rejected with a message naming the tensor, the expected and the actual shape.
+ *
+ * Architectures: "llama" and "bamboo" (PowerInfer's sparse llama; same tensors). Shapes below are
+ * written as (rows, cols) of the row-major matrix, i.e. (ne[1], ne[0]) in GGUF order: a weight
+ * W (rows, cols) maps x (cols,) to W @ x (rows,). Weights point into the GGUF mapping, so the model
+ * must not outlive the pi_gguf_t it was bound from (pi_model_open owns its file).
+ *
+ * The FFN is described neuron-wise: neuron i of layer l owns gate row i, up row i and down column i.
+ * `ffn_down_t` holds the down weights transposed, one neuron per contiguous row: taken from the file
+ * when it has PowerInfer's `blk.N.ffn_down_t.weight`, otherwise packed at load (see
+ * pi_model_opts.down_t_type), so that any subset of neurons can be computed without gathering.
+ */
+#ifndef PI_MODEL_MODEL_H
+#define PI_MODEL_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#include "model/gguf.h"
+#include "lib/types.h"
+#include "lib/weights.h"
+
+
+/* Hyper-parameters. All counts are validated positive and consistent. */
+struct pi_hparams {
+    char arch[16];      /* "llama" or "bamboo" */
+    int n_vocab;        /* rows of token_embd */
+    int n_embd;         /* model width d */
+    int n_layer;
+    int n_ff;           /* FFN neurons per layer */
+    int n_head;         /* query heads */
+    int n_head_kv;      /* key/value heads (GQA: n_head % n_head_kv == 0) */
+    int head_dim;       /* attention.key_length, default n_embd / n_head */
+    int n_rot;          /* rope.dimension_count, default head_dim; even, <= head_dim */
+    int n_ctx_train;    /* context_length (0 when absent) */
+    float rms_eps;      /* attention.layer_norm_rms_epsilon (default 1e-5) */
+    float rope_base;    /* rope.freq_base (default 10000) */
+    enum pi_ffn_act act; /* resolved, never DEFAULT */
+    bool has_sparse_threshold;
+    float sparse_threshold; /* powerinfer.sparse_threshold, when present */
+    enum pi_gguf_flavour flavour;
+};
+
+
+typedef struct pi_model pi_model_t;
+
+struct pi_model {
+    struct pi_hparams hp;
+    struct pi_weight token_embd;  /* (n_vocab, d): row t is token t's embedding */
+    const float *output_norm;     /* (d,) final RMSNorm weights (owned f32 copy) */
+    struct pi_weight output;      /* (n_vocab, d): logits = output @ x; == token_embd when tied */
+    bool tied;                    /* the file has no output.weight */
+    struct pi_layer *layers;      /* (n_layer) */
+    const pi_gguf_t *gguf;        /* the file the weights live in (borrowed unless opened here) */
+    pi_gguf_t *owned_gguf;        /* set by pi_model_open */
+    void *packed;                 /* one allocation holding the packed ffn_down_t rows */
+    size_t packed_bytes;
+    float *norms;                 /* one allocation holding every norm vector */
+};
+
+struct pi_model_opts {
+    enum pi_ffn_act act;          /* PI_FFN_ACT_DEFAULT: `pinfer.ffn_activation`, then format default */
+    /* Type of the packed ffn_down_t when the file has none (pi_model_down_t_type). PI_TYPE_COUNT (the
+     * default from pi_model_opts_default) picks the down weights' own type for F32/F16/BF16 (an exact
+     * transpose) and F16 for quantised down weights (within 2^-11 of each weight: the neuron kernel
+     * then adds no rounding of its own; Q8_0 halves the copy's memory but requantising costs up to
+     * half an 8-bit step per weight, +25% on an FFN's error, measured in doc/forward.md). */
+    enum pi_type down_t_type;
+    bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
+    int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
+};
+
+/* Defaults: activation from the file, automatic down_t type, packing on. */
+void pi_model_opts_default(struct pi_model_opts *o);
+
+/* The type ffn_down_t is packed in for down weights of type down with rows of d elements, given the
+ * option opt (see down_t_type; PI_TYPE_COUNT: automatic; a type whose blocks do not divide d: F16).
+ * Exported so that CPU workers packing their own neurons' rows get the same bits. */
+enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d);
+
+/* Bind a model from g (borrowed: it must outlive the model). opts may be NULL (defaults).
+ * Returns 0 and *out, or a negative enum pi_err with *out NULL and err (if not NULL) holding one line,
+ * e.g. "blk.2.attn_k.weight: shape (64, 64), expected (32, 64) (kv_dim, n_embd)". */
+int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model_t **out,
+                  char *err, size_t errlen);
+
+/* Open path with pi_gguf_open and bind it; the model owns the file. */
+int pi_model_open(const char *path, const struct pi_model_opts *opts, pi_model_t **out,
+                  char *err, size_t errlen);
+
+/* Free the model (and its file when it owns it). Accepts NULL; NULLs the caller's pointer. */
+void pi_model_destroy(pi_model_t **m);
+
+/* The context length used when none is configured: the file's context_length capped at
+ * PI_MODEL_DEFAULT_CTX (as llama.cpp does: a 128K-context file would otherwise size a KV cache of
+ * tens of GiB), or 2048 when the file has none. */
+#define PI_MODEL_DEFAULT_CTX 4096
+static inline int pi_model_default_ctx(const pi_model_t *m)
+{
+    int n = m->hp.n_ctx_train;
+    return n <= 0 ? 2048 : (n > PI_MODEL_DEFAULT_CTX ? PI_MODEL_DEFAULT_CTX : n);
+}
+
+
+/* Bytes of all weights a dense decode step streams: every matrix once, the embedding row excluded
+ * (a sparse ReLU step reads less: only the active neurons' up and down rows). The benchmarks turn
+ * tokens/s into GB/s with it. */
+uint64_t pi_model_decode_bytes(const pi_model_t *m);
+
+/* ---- random-weight models with real shapes (tests, benchmarks) ---- */
+
+/* What pi_model_gen_write produces: a llama-family GGUF with every tensor model/model.h binds, weights
+ * uniform with standard deviation 1/sqrt(cols) (so activations stay O(1) through the layers), norm
+ * weights near 1, and no tokenizer. Zero fields take the defaults noted. */
+struct pi_model_gen {
+    const char *arch;           /* "llama" */
+    int n_vocab, n_embd, n_layer, n_ff, n_head, n_head_kv; /* required, except n_head_kv (= n_head) */
+    int n_ctx;                  /* context_length (2048) */
+    enum pi_type type;          /* weight matrices (F32 when 0) */
+    enum pi_type embd_type;     /* token_embd (0: as type) */
+    enum pi_type out_type;      /* output.weight (0: as type) */
+    enum pi_ffn_act act;        /* written as pinfer.ffn_activation unless DEFAULT */
+    bool tied;                  /* no output.weight */
+    bool down_t;                /* also write blk.N.ffn_down_t.weight (PowerInfer) */
+    int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
+    uint64_t seed;              /* weights are a function of the seed */
+    /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
+     * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real
+     * one, or in addition to the keys written when it is not one of them. */
+    const char *omit;
+    const char *reshape;
+    const char *bad_key;
+    uint32_t bad_value;
+    /* More hooks: write the float key `bad_fkey` (a full key name) as bad_fvalue; write tensor
+     * `retype` as type retype_as (zero bytes); write `nan_norm` (a norm vector) as NaN, +Inf, ...;
+     * n_tokens > 0: write a tokenizer.ggml.tokens array of n_tokens strings. */
+    const char *bad_fkey;
+    float bad_fvalue;
+    const char *retype;
+    enum pi_type retype_as;
+    const char *nan_norm;
+    int n_tokens;
+    /* write the string key `bad_skey` as the bad_slen bytes of bad_svalue (NUL bytes allowed) */
+    const char *bad_skey;
+    const char *bad_svalue;
+    size_t bad_slen;
+};
+
+/* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */
+int pi_model_gen_write(const struct pi_model_gen *g, const char *path);
+
+#endif
