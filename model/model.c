@@ -691,3 +691,32 @@ out:
     pi_gguf_writer_destroy(&G.w);
     return rc;
 }
+
+/* The shapes benchmarks and tests generate: (n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab). */
+static const struct gen_preset {
+    const char *name;
+    int embd, ff, layers, heads, kv, vocab;
+} gen_presets[] = {
+    {"7b", 4096, 11008, 32, 32, 32, 32000},
+    {"1b", 2048, 5632, 22, 32, 4, 32000},
+    {"demo", 256, 1024, 8, 8, 4, 8192},
+    {"tiny", 64, 256, 4, 4, 2, 32000},
+};
+
+int pi_model_gen_preset(const char *name, struct pi_model_gen *g)
+{
+    for (size_t i = 0; i < PI_ARRAY_LEN(gen_presets); i++) {
+        const struct gen_preset *p = &gen_presets[i];
+        if (strcmp(name, p->name) != 0) continue;
+        g->n_embd = p->embd;
+        g->n_ff = p->ff;
+        g->n_layer = p->layers;
+        g->n_head = p->heads;
+        g->n_head_kv = p->kv;
+        g->n_vocab = p->vocab;
+        return 0;
+    }
+    return -PI_ERR_NOTFOUND;
+}
+
+const char *pi_model_gen_preset_names(void) { return "7b, 1b, demo, tiny"; }

@@ -156,4 +156,11 @@ struct pi_model_gen {
 /* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */
 int pi_model_gen_write(const struct pi_model_gen *g, const char *path);
 
+/* Set g's shape (n_embd, n_ff, n_layer, n_head, n_head_kv, n_vocab) from a named preset: "7b"
+ * (4096, 11008, 32, 32, 32, 32000: llama-2 7B's shapes), "1b" (2048, 5632, 22, 32, 4, 32000),
+ * "demo" (256, 1024, 8, 8, 4, 8192), "tiny" (64, 256, 4, 4, 2, 32000). Other fields untouched.
+ * 0, or -PI_ERR_NOTFOUND for an unknown name. pi_model_gen_preset_names() lists them for messages. */
+int pi_model_gen_preset(const char *name, struct pi_model_gen *g);
+const char *pi_model_gen_preset_names(void);
+
 #endif

@@ -21,9 +21,9 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: pi-gen-model [options] OUT.gguf\n"
             "Write a llama-family model with random weights (no tokenizer).\n\n"
-            "  --preset NAME    shape preset: 1b (n_embd 2048, n_ff 5632, 22 layers, 32 heads, 4 kv heads,\n"
-            "                   vocab 32000), demo (256, 1024, 8, 8, 4, 8192), tiny (64, 256, 4, 4, 2, 32000)\n"
-            "                   (default: 1b)\n"
+            "  --preset NAME    shape preset: 7b (n_embd 4096, n_ff 11008, 32 layers, 32 heads, 32 kv heads,\n"
+            "                   vocab 32000), 1b (2048, 5632, 22, 32, 4, 32000), demo (256, 1024, 8, 8, 4, 8192),\n"
+            "                   tiny (64, 256, 4, 4, 2, 32000) (default: 1b)\n"
             "  --type T         weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 (default: q4_0)\n"
             "  --output-type T  type of output.weight (default: q8_0 for 4- and 5-bit types, else --type)\n"
             "  --embd N --ff N --layers N --heads N --kv-heads N --vocab N --ctx N   override the preset\n"
@@ -33,27 +33,6 @@ static void usage(FILE *out)
             "  --pred-rank R    also write predictors blk.N.fc1/fc2 of rank R (default: 0, none)\n"
             "  --seed N         random seed (default: 1)\n"
             "  -h, --help       this text\n");
-}
-
-static int preset(const char *name, struct pi_model_gen *g)
-{
-    struct shape { const char *name; int embd, ff, layers, heads, kv, vocab; };
-    static const struct shape shapes[] = {
-        {"1b", 2048, 5632, 22, 32, 4, 32000},
-        {"demo", 256, 1024, 8, 8, 4, 8192},
-        {"tiny", 64, 256, 4, 4, 2, 32000},
-    };
-    for (size_t i = 0; i < PI_ARRAY_LEN(shapes); i++) {
-        if (strcmp(name, shapes[i].name) != 0) continue;
-        g->n_embd = shapes[i].embd;
-        g->n_ff = shapes[i].ff;
-        g->n_layer = shapes[i].layers;
-        g->n_head = shapes[i].heads;
-        g->n_head_kv = shapes[i].kv;
-        g->n_vocab = shapes[i].vocab;
-        return 0;
-    }
-    return -1;
 }
 
 static int parse_int(const char *s, int *out)
@@ -80,12 +59,12 @@ int main(int argc, char **argv)
     bool out_type_set = false;
     int c, bad = 0;
     pi_log_set_program("pi-gen-model");
-    preset("1b", &g);
+    pi_model_gen_preset("1b", &g);
     g.type = PI_TYPE_Q4_0;
     g.seed = 1;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
-        case O_PRESET: bad |= preset(optarg, &g); break;
+        case O_PRESET: bad |= pi_model_gen_preset(optarg, &g) != 0; break;
         case O_TYPE: bad |= !pi_type_from_name(optarg, &g.type); break;
         case O_OTYPE: bad |= !pi_type_from_name(optarg, &g.out_type); out_type_set = true; break;
         case O_EMBD: bad |= parse_int(optarg, &g.n_embd); break;

@@ -1,23 +1,21 @@
 /*
- * tools/pi-bench-exchange.c - per-layer exchange round trip benchmark (not installed).
+ * coordinator/bench-exchange.c - pi-bench --exchange: the per-layer exchange's round trip between
+ * processes (coordinator/bench.h; was tools/pi-bench-exchange, doc/ipc.md).
  *
  * Measures what one layer of the pipeline pays for crossing processes: from the GPU side's
  * pi_exchange_publish to the moment every CPU worker's partial is posted and merged into the
  * output, with the workers doing only a trivial computation (partial = (w+1) * x) so that the
  * number is the exchange's own cost. Workers are forked processes that attach the segment by fd,
- * as pi-cpu-worker does. Reports median and p99 in microseconds for each configuration.
- *
- * Usage: pi-bench-exchange [--iters N] [--spin N] [--tokens N] [--n-embd N] [--workers N]
- * Without --n-embd/--workers it sweeps n_embd 2048 and 4096 with 1 and 2 workers, each with
- * spin 0 (always sleep in the kernel) and with --spin (default 2000 pause iterations).
+ * as pi-cpu-worker does. For each width (--n-embd) and worker count (--cpu-workers), with spin 0
+ * (always sleep in the kernel) and with --spin pause iterations, it prints median, p99 and mean
+ * microseconds over --iters round trips of --batch rows.
  */
 #include "config.h"
-
+#include "coordinator/bench.h"
 #include "ipc/exchange.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
-#include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,7 +96,7 @@ static int bench_one(const struct bench_cfg *cfg)
         close(pfd[0]);
     }
     if (nw < cfg->n_workers) {
-        fprintf(stderr, "pi-bench-exchange: worker %u did not start\n", nw);
+        fprintf(stderr, "pi-bench: --exchange: worker %u did not start\n", nw);
         rc = -1;
         goto stop;
     }
@@ -119,7 +117,7 @@ static int bench_one(const struct bench_cfg *cfg)
     }
     qsort(t, (size_t)cfg->iters, sizeof *t, cmp_i64);
     for (int i = 0; i < cfg->iters; i++) sum += (double)t[i];
-    printf("| %6u | %6u | %7u | %6u | %9.1f | %9.1f | %9.1f |\n", cfg->n_embd, cfg->n_tokens, cfg->n_workers, cfg->spin,
+    printf("| %u | %u | %u | %u | %.1f | %.1f | %.1f |\n", cfg->n_embd, cfg->n_tokens, cfg->n_workers, cfg->spin,
            t[cfg->iters / 2] / 1e3, t[(size_t)((double)cfg->iters * 0.99)] / 1e3, sum / cfg->iters / 1e3);
     fflush(stdout);
 stop:
@@ -136,62 +134,39 @@ out:
     return rc;
 }
 
-static void usage(FILE *f)
+int pi_bench_exchange(const struct pi_bench_opts *b)
 {
-    fprintf(f, "usage: pi-bench-exchange [options]\n"
-               "  --iters N     timed round trips per configuration (default 5000)\n"
-               "  --spin N      pause iterations before sleeping in the kernel (default 2000)\n"
-               "  --tokens N    rows per step (default 1, decode)\n"
-               "  --n-embd N    only this width (default: sweep 2048 and 4096)\n"
-               "  --workers N   only this many CPU workers (default: sweep 1 and 2)\n");
-}
-
-int main(int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"iters", required_argument, NULL, 'i'}, {"spin", required_argument, NULL, 's'},
-        {"tokens", required_argument, NULL, 't'}, {"n-embd", required_argument, NULL, 'e'},
-        {"workers", required_argument, NULL, 'w'}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0},
-    };
-    struct bench_cfg cfg = {.n_tokens = 1, .spin = 2000, .iters = 5000};
-    uint32_t embds[2] = {2048, 4096}, workers[2] = {1, 2};
-    unsigned n_embds = 2, n_workers = 2;
+    struct bench_cfg cfg = {.n_tokens = (uint32_t)b->batch, .spin = (unsigned)b->spin, .iters = (int)b->iters};
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-    int c, rc = 0;
-
-    pi_log_set_program("pi-bench-exchange");
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        long v = c == 'h' ? 0 : strtol(optarg, NULL, 10);
-        switch (c) {
-        case 'i': cfg.iters = (int)PI_MAX(v, 1); break;
-        case 's': cfg.spin = (unsigned)PI_MAX(v, 0); break;
-        case 't': cfg.n_tokens = (uint32_t)PI_MAX(v, 1); break;
-        case 'e': embds[0] = (uint32_t)PI_MAX(v, 1), n_embds = 1; break;
-        case 'w': workers[0] = (uint32_t)PI_MAX(v, 1), n_workers = 1; break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
-        }
-    }
+    int rc = 0;
+    int64_t max_workers = 0;
     cfg.warmup = PI_MIN(cfg.iters / 10 + 10, 500);
+    for (int w = 0; w < b->cpu_workers.n; w++) {
+        if (b->cpu_workers.v[w] < 1) {
+            fprintf(stderr, "pi-bench: --exchange: --cpu-workers must be at least 1\n");
+            return 2;
+        }
+        max_workers = PI_MAX(max_workers, b->cpu_workers.v[w]);
+    }
     signal(SIGPIPE, SIG_IGN);
     printf("# exchange round trip: publish -> every partial posted -> merged; %d iterations; %ld CPUs online\n",
            cfg.iters, ncpu);
-    printf("| n_embd | tokens | workers |   spin | median us |    p99 us |   mean us |\n");
-    printf("|-------:|-------:|--------:|-------:|----------:|----------:|----------:|\n");
-    for (unsigned e = 0; e < n_embds; e++)
-        for (unsigned w = 0; w < n_workers; w++) {
+    printf("| n_embd | tokens | workers | spin | median us | p99 us | mean us |\n");
+    printf("|--:|--:|--:|--:|--:|--:|--:|\n");
+    for (int e = 0; e < b->n_embd.n; e++)
+        for (int w = 0; w < b->cpu_workers.n; w++) {
             unsigned spins[2] = {0, cfg.spin};
             for (unsigned s = 0; s < (cfg.spin ? 2u : 1u); s++) {
                 struct bench_cfg one = cfg;
-                one.n_embd = embds[e];
-                one.n_workers = workers[w];
+                one.n_embd = (uint32_t)b->n_embd.v[e];
+                one.n_workers = (uint32_t)b->cpu_workers.v[w];
                 one.spin = spins[s];
                 if (bench_one(&one) < 0) rc = 1;
             }
         }
-    if (ncpu > 0 && (long)workers[n_workers - 1] + 1 > ncpu)
-        printf("# note: %u workers + the publishing process oversubscribe %ld CPUs: spinning waiters steal the "
+    if (ncpu > 0 && max_workers + 1 > ncpu)
+        printf("# note: %lld workers + the publishing process oversubscribe %ld CPUs: spinning waiters steal the "
                "CPU from the process they wait for, so these numbers include scheduler latency\n",
-               workers[n_workers - 1], ncpu);
+               (long long)max_workers, ncpu);
     return rc;
 }

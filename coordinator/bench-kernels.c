@@ -1,38 +1,40 @@
 /*
- * tools/pi-bench-matvec.c - how close the CPU matvec kernels come to this machine's memory bandwidth.
+ * coordinator/bench-kernels.c - pi-bench --kernels matvec|matmul: how close the CPU kernels come to
+ * this machine's memory bandwidth (coordinator/bench.h; was tools/pi-bench-matvec, doc/kernels.md).
  *
- * First measures the streaming read bandwidth (a 1 GiB buffer, much larger than the last-level
- * cache, read by 1 and by N threads in 64 MiB slices timed one by one; best slice), then, for each
- * weight type, the rate at which pi_matvec streams weight bytes on 1 and N threads. The weights are
- * several copies of a rows x cols matrix, together at least -w MiB, used in turn so that no call
- * finds its weights in cache (as in a forward pass, where every layer's weights are read once per
- * token). Each call is timed on its own. The machine may be shared and the bandwidth it gets drifts,
- * so the read bandwidth is measured again (one pass, best slice, all thread counts) just before each
- * type. Prints a table: type, threads, GB/s of weights (best call and median call), that bandwidth,
- * best call as % of it, kernel variant.
- * With -M TOKENS it instead compares, on one thread, pi_matmul (prompt processing: the 4-token
- * kernels where the variant has them) with the same product done as one vec_dot per (row, token) in
- * the same tiling (pi_matmul before the 4-token kernels), both including the activation quantisation;
- * GFLOP/s = 2 * rows * cols * tokens / time, best of PASSES calls, the two timed alternately.
- * Not a test: numbers depend on the machine and on whatever else runs on it.
+ * matvec: first the streaming read bandwidth (a 1 GiB buffer, much larger than the last-level cache,
+ * read by 1 and by N threads in 64 MiB slices timed one by one; best slice), then, for each weight
+ * type, the rate at which pi_matvec streams weight bytes on 1 and N threads (N: the largest -t). The
+ * weights are several copies of a rows x cols matrix, together at least 512 MiB, used in turn so that
+ * no call finds its weights in cache (as in a forward pass, where every layer's weights are read once
+ * per token). Each call is timed on its own. The machine may be shared and the bandwidth it gets
+ * drifts, so the read bandwidth is measured again (one pass, best slice, all thread counts) just
+ * before each type. Table: type, threads, GB/s of weights (best call and median call), that
+ * bandwidth, best call as % of it, kernel variant.
  *
- *   pi-bench-matvec [-r ROWS] [-c COLS] [-t MAXTHREADS] [-m BW_MIB] [-w WORKSET_MIB] [-p PASSES] [TYPE...]
- *   pi-bench-matvec -M 64 -r 2048 -c 2048 q4_0 q8_0 q4_k q6_k f16
+ * matmul: on one thread, pi_matmul (prompt processing: the 4-token kernels where the variant has
+ * them) against the same product done as one vec_dot per (row, token) in the same tiling (pi_matmul
+ * before the 4-token kernels), both including the activation quantisation; GFLOP/s = 2 * rows * cols
+ * * tokens / time, best of -r calls, the two timed alternately.
+ *
+ * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
 #include "config.h"
+#include "coordinator/bench.h"
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+#include "lib/common.h"
 
-#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include "kernels/cpu/dispatch.h"
-#include "kernels/cpu/matvec.h"
-#include "kernels/cpu/pool.h"
-#include "kernels/cpu/quant.h"
-#include "lib/common.h"
+#define BW_BUFFER_BYTES ((size_t)1 << 30) /* the streaming-read buffer */
+#define WORKSET_BYTES ((size_t)512 << 20) /* the matvec weights cycled through */
 
 static double now_s(void)
 {
@@ -127,11 +129,18 @@ static int prepare(struct bench_type *b, enum pi_type t, int64_t rows, int64_t c
     b->n_copies = (int)PI_MAX(2, (workset + b->bytes - 1) / b->bytes);
     b->copies = calloc((size_t)b->n_copies, sizeof(void *));
     float *row = malloc((size_t)cols * 4);
-    if (!b->copies || !row) return -1;
+    if (!b->copies || !row) {
+        b->n_copies = 0; /* release() frees what there is */
+        free(row);
+        return -1;
+    }
     for (int64_t i = 0; i < cols; i++) row[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
     for (int k = 0; k < b->n_copies; k++) {
         uint8_t *m = malloc(b->bytes);
-        if (!m) return -1;
+        if (!m) {
+            free(row);
+            return -1;
+        }
         if (pi_quantize_supported(t)) {
             for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, row, m + (size_t)r * rb, cols);
         } else { /* K-quants: bytes that look like blocks with small finite scales */
@@ -212,19 +221,24 @@ static void matmul_by_dots(enum pi_type t, const uint8_t *W, int64_t rows, int64
                 Y[k * rows + r] = dot(W + (size_t)r * wrb, x + (size_t)k * xrb, cols);
 }
 
-/* Prints one line per type: GFLOP/s of one vec_dot per output and of pi_matmul, one thread. */
+/* Prints one row per type: GFLOP/s of one vec_dot per output and of pi_matmul, one thread. 0 or 1
+ * (out of memory). */
 static int bench_matmul(const enum pi_type *types, int n_types, int64_t rows, int64_t cols, int64_t n, int passes)
 {
     float *X = malloc((size_t)(n * cols) * 4), *Y = malloc((size_t)(n * rows) * 4);
     uint8_t *xq = malloc((size_t)(n * cols) * 4 + 64);
-    if (!X || !Y || !xq) return 1;
+    int status = 1;
+    if (!X || !Y || !xq) goto out;
     for (int64_t i = 0; i < n * cols; i++) X[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
     printf("# matmul %lld x %lld weights @ %lld tokens, one thread, kernel variant %s, best of %d calls\n",
            (long long)rows, (long long)cols, (long long)n, pi_kernels_variant(), passes);
-    printf("%-6s %16s %16s %8s  %s\n", "type", "dots GFLOP/s", "matmul GFLOP/s", "speedup", "4-token kernel");
+    printf("| type | dots GFLOP/s | matmul GFLOP/s | speedup | 4-token kernel |\n|---|--:|--:|--:|---|\n");
     for (int k = 0; k < n_types; k++) {
         struct bench_type b = {0};
-        if (prepare(&b, types[k], rows, cols, 0) != 0) return 1;
+        if (prepare(&b, types[k], rows, cols, 0) != 0) {
+            release(&b);
+            goto out;
+        }
         double best_dots = 1e30, best_mm = 1e30;
         for (int p = 0; p < passes; p++) {
             double t0 = now_s();
@@ -235,120 +249,108 @@ static int bench_matmul(const enum pi_type *types, int n_types, int64_t rows, in
             best_dots = PI_MIN(best_dots, t1 - t0), best_mm = PI_MIN(best_mm, t2 - t1);
         }
         double flop = 2.0 * (double)rows * (double)cols * (double)n;
-        printf("%-6s %16.1f %16.1f %7.2fx  %s\n", pi_type_name(types[k]), flop / best_dots / 1e9, flop / best_mm / 1e9,
+        printf("| %s | %.1f | %.1f | %.2fx | %s |\n", pi_type_name(types[k]), flop / best_dots / 1e9, flop / best_mm / 1e9,
                best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no");
         fflush(stdout);
         release(&b);
     }
+    status = 0;
+out:
     free(X), free(Y), free(xq);
-    return 0;
+    return status;
 }
 
-static void usage(FILE *f)
-{
-    fprintf(f, "usage: pi-bench-matvec [-r ROWS (11008)] [-c COLS (4096)] [-t MAXTHREADS (online CPUs)]\n"
-               "                       [-m BANDWIDTH_BUFFER_MIB (1024)] [-w WEIGHTS_WORKING_SET_MIB (512)]\n"
-               "                       [-p PASSES (10)] [-M TOKENS (0: matvec)] [TYPE...]\n"
-               "                       (default types: all with kernels)\n"
-               "-M TOKENS: compare pi_matmul over TOKENS tokens with one vec_dot per output (one thread)\n"
-               "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
-}
-
-/* The types named on the command line (all types with kernels when none), into types; count or -1. */
-static int parse_types(int argc, char **argv, enum pi_type *types)
+/* The types of the run: --types, or every type with a kernel. */
+static int run_types(const struct pi_bench_opts *b, enum pi_type *types)
 {
     static const enum pi_type all[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
                                        PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K,
                                        PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
     int n = 0;
-    for (int i = 0; i < argc && n < PI_TYPE_COUNT; i++) {
-        enum pi_type t;
-        if (!pi_type_from_name(argv[i], &t) || !pi_kernel_supported(t)) {
-            fprintf(stderr, "pi-bench-matvec: no kernel for type '%s'\n", argv[i]);
-            return -1;
-        }
-        types[n++] = t;
-    }
-    if (n == 0)
+    if (b->n_types)
+        for (int i = 0; i < b->n_types; i++) types[n++] = b->types[i];
+    else
         for (size_t i = 0; i < PI_ARRAY_LEN(all); i++) types[n++] = all[i];
     return n;
 }
 
-int main(int argc, char **argv)
+int pi_bench_kernels_matmul(const struct pi_bench_opts *b)
 {
-    int64_t rows = 11008, cols = 4096;
-    int max_threads = 0, passes = 10, opt;
-    size_t bw_mib = 1024, ws_mib = 512;
-    int64_t mm_tokens = 0;
-    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:M:h")) != -1) {
-        switch (opt) {
-        case 'r': rows = atoll(optarg); break;
-        case 'c': cols = atoll(optarg); break;
-        case 't': max_threads = atoi(optarg); break;
-        case 'm': bw_mib = (size_t)atoll(optarg); break;
-        case 'w': ws_mib = (size_t)atoll(optarg); break;
-        case 'p': passes = atoi(optarg); break;
-        case 'M': mm_tokens = atoll(optarg); break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+    enum pi_type types[PI_TYPE_COUNT];
+    int n_types = run_types(b, types);
+    for (int i = 0; i < b->n_prompt.n; i++) {
+        if (b->n_prompt.v[i] == 0) continue;
+        if (bench_matmul(types, n_types, b->rows, b->cols, b->n_prompt.v[i], b->reps) != 0) {
+            fprintf(stderr, "pi-bench: --kernels matmul: out of memory\n");
+            return 1;
         }
     }
-    if (rows < 1 || cols < 256 || cols % 256 || passes < 1 || bw_mib < 64) {
-        fprintf(stderr, "pi-bench-matvec: need ROWS >= 1, COLS a multiple of 256, PASSES >= 1, BW_MIB >= 64\n");
-        return 2;
+    return 0;
+}
+
+double pi_bench_read_bandwidth(int threads, int passes)
+{
+    pi_pool_t *pool = pi_pool_new(threads);
+    uint64_t *buf = malloc(BW_BUFFER_BYTES);
+    double bw = 0;
+    if (pool && buf) {
+        for (size_t i = 0; i < BW_BUFFER_BYTES / 8; i++) buf[i] = i;
+        bw = read_bandwidth(pool, buf, BW_BUFFER_BYTES, passes);
     }
+    free(buf);
+    pi_pool_destroy(&pool);
+    return bw;
+}
+
+int pi_bench_kernels_matvec(const struct pi_bench_opts *b)
+{
     enum pi_type types[PI_TYPE_COUNT];
-    int n_types = parse_types(argc - optind, argv + optind, types);
-    if (n_types < 0) return 2;
-    if (mm_tokens > 0) return bench_matmul(types, n_types, rows, cols, mm_tokens, passes);
-
-    pi_pool_t *probe = pi_pool_new(max_threads);
-    if (!probe) return 1;
-    max_threads = pi_pool_size(probe);
-    pi_pool_destroy(&probe);
-    int thread_counts[2] = {1, max_threads}, n_tc = max_threads > 1 ? 2 : 1;
+    int n_types = run_types(b, types), passes = b->reps, status = 1;
+    int64_t rows = b->rows, cols = b->cols, max_threads = 1;
+    for (int i = 0; i < b->threads.n; i++) max_threads = PI_MAX(max_threads, b->threads.v[i]);
+    int thread_counts[2] = {1, (int)max_threads}, n_tc = max_threads > 1 ? 2 : 1;
     pi_pool_t *pools[2] = {NULL, NULL};
+    uint64_t *buf = malloc(BW_BUFFER_BYTES);
+    float *x = malloc((size_t)cols * 4), *y = malloc((size_t)rows * 4);
     for (int i = 0; i < n_tc; i++) pools[i] = pi_pool_new(thread_counts[i]);
-
-    /* bandwidth */
-    size_t bw_bytes = bw_mib << 20;
-    uint64_t *buf = malloc(bw_bytes);
-    if (!buf) {
-        fprintf(stderr, "pi-bench-matvec: cannot allocate %zu MiB\n", bw_mib);
-        return 1;
+    if (!buf || !x || !y || !pools[0] || (n_tc > 1 && !pools[1])) {
+        fprintf(stderr, "pi-bench: --kernels matvec: out of memory\n");
+        goto out;
     }
-    for (size_t i = 0; i < bw_bytes / 8; i++) buf[i] = i;
+    for (size_t i = 0; i < BW_BUFFER_BYTES / 8; i++) buf[i] = i;
     double bw[2] = {0, 0};
-    for (int i = 0; i < n_tc; i++) bw[i] = read_bandwidth(pools[i], buf, bw_bytes, passes);
-    printf("# machine: %d threads, kernel variant %s\n", max_threads, pi_kernels_variant());
+    for (int i = 0; i < n_tc; i++) bw[i] = read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, passes);
+    printf("# machine: %d threads, kernel variant %s\n", thread_counts[n_tc - 1], pi_kernels_variant());
     for (int i = 0; i < n_tc; i++)
-        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n", passes, bw_mib, bw[i],
-               thread_counts[i], thread_counts[i] > 1 ? "s" : "");
+        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n", passes,
+               BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "");
     printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds.\n"
            "# GB/s: weight bytes per second, best single call (and median); bw: the best streaming read\n"
            "# (same method as above, any thread count) measured again just before each type; %% of bw: best / bw\n",
-           (long long)rows, (long long)cols, ws_mib, passes);
-    printf("%-6s %7s %9s %9s %7s %9s  %s\n", "type", "threads", "GB/s", "(median)", "bw", "% of bw", "variant");
-
-    float *x = malloc((size_t)cols * 4), *y = malloc((size_t)rows * 4);
+           (long long)rows, (long long)cols, WORKSET_BYTES >> 20, passes);
+    printf("| type | threads | GB/s | (median) | bw | %% of bw | variant |\n");
+    printf("|---|--:|--:|--:|--:|--:|---|\n");
     for (int64_t i = 0; i < cols; i++) x[i] = (float)((i * 31) % 17 - 8) / 8.0f;
     for (int k = 0; k < n_types; k++) {
-        struct bench_type b = {0};
-        if (prepare(&b, types[k], rows, cols, ws_mib << 20) != 0) {
-            fprintf(stderr, "pi-bench-matvec: out of memory preparing %s\n", pi_type_name(types[k]));
-            return 1;
+        struct bench_type bt = {0};
+        if (prepare(&bt, types[k], rows, cols, WORKSET_BYTES) != 0) {
+            fprintf(stderr, "pi-bench: --kernels matvec: out of memory preparing %s\n", pi_type_name(types[k]));
+            release(&bt);
+            goto out;
         }
         double bw_now = 0;
-        for (int i = 0; i < n_tc; i++) bw_now = PI_MAX(bw_now, read_bandwidth(pools[i], buf, bw_bytes, 1));
+        for (int i = 0; i < n_tc; i++) bw_now = PI_MAX(bw_now, read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, 1));
         for (int i = 0; i < n_tc; i++) {
-            struct rate r = matvec_rate(pools[i], &b, rows, cols, x, y, passes);
-            printf("%-6s %7d %9.1f %9.1f %7.1f %8.0f%%  %s\n", pi_type_name(types[k]), thread_counts[i], r.best,
+            struct rate r = matvec_rate(pools[i], &bt, rows, cols, x, y, passes);
+            printf("| %s | %d | %.1f | %.1f | %.1f | %.0f%% | %s |\n", pi_type_name(types[k]), thread_counts[i], r.best,
                    r.median, bw_now, 100.0 * r.best / bw_now, pi_kernels_variant());
             fflush(stdout);
         }
-        release(&b);
+        release(&bt);
     }
+    status = 0;
+out:
     free(x), free(y), free(buf);
     for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]);
-    return 0;
+    return status;
 }

@@ -1,29 +1,31 @@
 /*
- * tools/pi-bench-cuda.c - throughput of the CUDA kernels on one device (doc/cuda.md has the results):
- *   - the device's copy bandwidth, measured with pi_cuda_copy from one 512 MiB buffer to another (bytes read + written);
- *   - matvec GB/s per weight type for a (rows, cols) matrix in both orientations (default 11008 x 4096,
- *     the 7B FFN's up and down shapes); several copies of the matrix rotate so that the 50 MB L2 cache never holds the one being read (variants:
- *     x from the cache with 1, 2, 4 rows per warp; x staged in shared memory, wide and tall; auto);
- *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (default 512);
+ * coordinator/bench-cuda.c - pi-bench --cuda-kernels: throughput of the CUDA kernels on device 0
+ * (coordinator/bench.h; was tools/pi-bench-cuda, doc/cuda.md has the results). Built only with CUDA.
+ *   - the device's copy bandwidth, measured with pi_cuda_copy from one 512 MiB buffer to another
+ *     (bytes read + written);
+ *   - matvec GB/s per weight type for a (--rows, --cols) matrix in both orientations (default 11008 x
+ *     4096, the 7B FFN's up and down shapes); several copies of the matrix rotate so that the 50 MB L2
+ *     cache never holds the one being read (variants: x from the cache with 1, 2, 4 rows per warp; x
+ *     staged in shared memory, wide and tall; auto);
+ *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (T: each -p,
+ *     default 512);
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
- * Inputs are random (never zeros). Times are host clocks around N launches ending in a sync, the median
- * of 5 trials after a warm-up.
- *
- *   pi-bench-cuda [--rows R] [--cols C] [--tokens T] [--reps N]
+ * Inputs are random (never zeros). Times are host clocks around --iters launches ending in a sync,
+ * the median of 5 trials after a warm-up.
  */
 #include "config.h"
+#include "coordinator/bench.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
 
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include "kernels/cpu/quant.h"
-#include "kernels/cuda/cuda.h"
-#include "lib/common.h"
-#include "lib/log.h"
-#include "lib/types.h"
 
 static uint64_t rng = 0x1234567;
 
@@ -184,23 +186,14 @@ static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
 
 static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q4_K, PI_TYPE_Q4_0};
 
-int main(int argc, char **argv)
+int pi_bench_cuda(const struct pi_bench_opts *b)
 {
-    int64_t rows = 11008, cols = 4096, T = 512;
-    int reps = 50;
-    for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--rows")) rows = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--cols")) cols = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--tokens")) T = atoll(argv[i + 1]);
-        else if (!strcmp(argv[i], "--reps")) reps = atoi(argv[i + 1]);
-        else {
-            fprintf(stderr, "usage: %s [--rows R (11008)] [--cols C (4096)] [--tokens T (512)] [--reps N (50)]\n", argv[0]);
-            return 2;
-        }
-    }
-    pi_log_set_program("pi-bench-cuda");
+    const int64_t rows = b->rows, cols = b->cols;
+    const int reps = (int)b->iters;
+    int64_t T = 1; /* the largest prompt: sizes x and y for the 4 T-token GEMM */
+    for (int i = 0; i < b->n_prompt.n; i++) T = PI_MAX(T, b->n_prompt.v[i]);
     if (pi_cuda_device_count() <= 0) {
-        fprintf(stderr, "pi-bench-cuda: no CUDA device\n");
+        fprintf(stderr, "pi-bench: --cuda-kernels: no CUDA device\n");
         return 1;
     }
     char desc[256];
@@ -252,12 +245,14 @@ int main(int argc, char **argv)
         if (upload_copies(ctx, types[ti], rows, cols, &m) < 0) continue;
         double td = types[ti] == PI_TYPE_F16 ? 0 : bench(ctx, run_deq, &m, 10);
         double dbytes = (double)pi_cuda_weight_bytes(m.w[0]) + 2.0 * (double)rows * (double)cols;
-        for (int64_t tt = T; tt <= 4 * T; tt *= 4) {
-            m.T = tt;
-            double t = bench(ctx, run_gemm, &m, 10);
-            printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.3f (%.0f) |\n", pi_type_name(types[ti]), (long long)rows,
-                   (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12,
-                   td * 1e3, td > 0 ? dbytes / td / 1e9 : 0.0);
+        for (int pi = 0; pi < b->n_prompt.n; pi++) {
+            for (int64_t tt = b->n_prompt.v[pi]; tt > 0 && tt <= 4 * b->n_prompt.v[pi]; tt *= 4) {
+                m.T = tt;
+                double t = bench(ctx, run_gemm, &m, 10);
+                printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.3f (%.0f) |\n", pi_type_name(types[ti]), (long long)rows,
+                       (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12,
+                       td * 1e3, td > 0 ? dbytes / td / 1e9 : 0.0);
+            }
         }
         free_copies(ctx, &m);
     }
