@@ -24,12 +24,8 @@
  * logits plus HOST_SLACK (the rows' norms differ slightly).
  *
  * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. With
- * PI_CUDA_BENCH=1 it only prints decode and prompt tokens/s of each backend (PI_CUDA_BENCH_MODEL, default
- * the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...", PI_CUDA_BENCH_DECODE steps, default 128,
- * the context holding the 64-token prompt and every step, at least 256;
- * PI_CUDA_BENCH_VARIANTS "A=1 B=0;A=0;...": environment settings applied in turn, one run each, e.g.
- * the backend's PI_CUDA_FUSE_QKV, PI_CUDA_SKIP_X, PI_CUDA_MV); with PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short
- * run compute-sanitizer checks).
+ * PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short run compute-sanitizer
+ * checks). Speed is measured by pi-bench (pi-bench --gpu-backend cuda), through the pipeline.
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -54,8 +50,6 @@
 
 static uint64_t rng_state;
 static int short_mode; /* PI_CUDA_TEST=short: the demo model at hot fraction 0.5 only (for compute-sanitizer) */
-static int bench_threads; /* > 0: host threads of the backends (benchmarks) */
-static int bench_ctx;     /* > 0: the backends' context length (benchmarks: the prompt and every decode step) */
 
 static uint64_t rnd(void)
 {
@@ -143,7 +137,7 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
 
 static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
-    *o = (struct pi_backend_opts){.n_threads = bench_threads > 0 ? bench_threads : 2, .n_ctx = bench_ctx > 0 ? bench_ctx : N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
+    *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
                                   .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot};
 }
 
@@ -438,75 +432,6 @@ static void check_pipeline(const char *model, const char *gpath)
     pi_gguf_destroy(&gd.g);
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-/* Set the environment variables of one benchmark variant: "NAME=VALUE NAME=VALUE ..." (modified). */
-static void set_variant(char *var)
-{
-    for (char *save = NULL, *a = strtok_r(var, " ", &save); a; a = strtok_r(NULL, " ", &save)) {
-        char *eq = strchr(a, '=');
-        if (!eq) continue;
-        *eq = '\0';
-        setenv(a, eq + 1, 1);
-    }
-}
-
-/* Tokens/s of a backend on m: a prompt batch of T_MAX tokens, then nd decode steps. */
-static void bench_one(const pi_model_t *m, const char *name, double frac, int threads, int nd, const char *label)
-{
-    struct split sp;
-    split_new(&sp, m, frac, false);
-    struct drv v;
-    if (drv_new(&v, name, m, &sp, 0) != 0) {
-        split_free(&sp);
-        return;
-    }
-    pi_pool_destroy(&v.pool);
-    v.pool = pi_pool_new(threads);
-    pi_ffn_work_destroy(&v.work);
-    v.work = pi_ffn_work_new(m->hp.n_embd, threads);
-    int32_t tok[T_MAX], sq[T_MAX], ps[T_MAX];
-    for (int i = 0; i < T_MAX; i++) tok[i] = (int32_t)(rnd() % (uint64_t)m->hp.n_vocab), sq[i] = 0, ps[i] = i;
-    float *lg = malloc((size_t)T_MAX * m->hp.n_vocab * sizeof(float));
-    double t0 = now_s();
-    int rc = drv_step(&v, tok, sq, ps, T_MAX, 1, lg);
-    double t1 = now_s();
-    for (int i = 0; rc == 0 && i < nd; i++) {
-        int32_t p = T_MAX + i, t = tok[i % T_MAX];
-        rc = drv_step(&v, &t, sq, &p, 1, 1, lg);
-    }
-    double t2 = now_s();
-    tap_diag("bench %s backend, hot %.1f, %d CPU threads for the cold neurons [%s]: prompt %d tokens %.1f tok/s, decode %.1f "
-             "tok/s%s", name, frac, threads, label, T_MAX, T_MAX / (t1 - t0), nd / (t2 - t1), rc ? " (FAILED)" : "");
-    free(lg);
-    drv_free(&v);
-    split_free(&sp);
-}
-
-/* bench_one for each variant of PI_CUDA_BENCH_VARIANTS ("A=1 B=2;A=0;..."; none: the environment as it is),
- * the model loaded once. */
-static void bench(const char *path, const char *name, double frac, int threads, int nd)
-{
-    pi_model_t *m = NULL;
-    char err[256];
-    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) return;
-    const char *vs = getenv("PI_CUDA_BENCH_VARIANTS");
-    char all[1024], label[256];
-    snprintf(all, sizeof all, "%s", vs && *vs ? vs : "");
-    if (!all[0]) bench_one(m, name, frac, threads, nd, "default");
-    for (char *save = NULL, *var = strtok_r(all, ";", &save); var; var = strtok_r(NULL, ";", &save)) {
-        snprintf(label, sizeof label, "%s", var);
-        set_variant(var);
-        bench_one(m, name, frac, threads, nd, label);
-    }
-    pi_model_destroy(&m);
-}
-
 int main(void)
 {
     int nd = pi_cuda_device_count();
@@ -523,25 +448,7 @@ int main(void)
     tap_data(demo_g, sizeof demo_g, "demo-relu-q4_0.golden.gguf");
     tap_data(tiny, sizeof tiny, "tiny-llama-q4_0.gguf");
     tap_data(tiny_g, sizeof tiny_g, "tiny-llama-q4_0.golden.gguf");
-    const char *b = getenv("PI_CUDA_BENCH"), *mode = getenv("PI_CUDA_TEST");
-    if (b && *b == '1') {
-        const char *bm = getenv("PI_CUDA_BENCH_MODEL");
-        bm = bm && *bm ? bm : demo;
-        const char *cf = getenv("PI_CUDA_BENCH_CONFIGS"), *ns = getenv("PI_CUDA_BENCH_DECODE");
-        char cfg[256];
-        snprintf(cfg, sizeof cfg, "%s", cf && *cf ? cf : "cuda:1,cuda:0.5,host:1,host:0.5");
-        int ndec = ns && *ns ? atoi(ns) : 128;
-        tap_diag("bench model %s", bm);
-        bench_threads = 8;
-        bench_ctx = PI_MAX(N_CTX, T_MAX + (ndec > 0 ? ndec : 128));
-        for (char *save = NULL, *tok = strtok_r(cfg, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-            char *colon = strchr(tok, ':');
-            if (!colon) continue;
-            *colon = '\0';
-            bench(bm, tok, atof(colon + 1), 8, ndec > 0 ? ndec : 128);
-        }
-        return tap_done();
-    }
+    const char *mode = getenv("PI_CUDA_TEST");
     short_mode = mode && strcmp(mode, "short") == 0;
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
