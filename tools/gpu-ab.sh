@@ -1,12 +1,16 @@
 #!/bin/bash
-# tools/gpu-ab.sh - the GPU machine's A/B decode benchmark: two builds of tests/test-backend-cuda (a
-# baseline and the tree under test) alternated in one call on the 7B-class and 1B-class generated
-# models, in-process at hot fraction 1 (PI_CUDA_BENCH: a 64-token prompt batch, then 128 decode steps),
-# then Nsight Compute's per-kernel times of the tree under test over a 3-token 7B-class decode.
-# Timings are only comparable within one call (doc/cuda-backend.md, "Session 3").
+# tools/gpu-ab.sh - the GPU machine's A/B decode benchmark: two builds' pi-bench (a baseline and the
+# tree under test, each with its own workers) alternated in one call on the 7B-class and 1B-class
+# generated models, the cuda backend at hot fraction 1 through the pipeline (pp64 and tg128, two
+# repetitions, llama-bench's table), then Nsight Compute's per-kernel times of the tree under test's
+# GPU worker over a 3-token 7B-class decode. Timings are only comparable within one call
+# (doc/cuda-backend.md, "Session 3").
 #
-# Prepare as for tools/gpu-check.sh (its header), and copy the baseline's test-backend-cuda (e.g. built
-# from the previous commit) to $R/base/. Then, on the GPU machine:
+# Prepare as for tools/gpu-check.sh (its header; coordinator/pi-bench also under $R/coordinator), and
+# copy the baseline's programs (e.g. built from the previous commit) to $R/base/coordinator/pi-bench,
+# $R/base/gpu-worker/pi-gpu-worker and $R/base/cpu-worker/pi-cpu-worker. VARIANTS is a ";"-separated
+# list of environment settings for the tree under test ("default": the environment as it is), each
+# run as `env SETTINGS pi-bench ...` (the workers inherit them). Then, on the GPU machine:
 #   R=$PWD/.devrun OUT=/some/dir [VARIANTS="PI_CUDA_MV=auto;PI_CUDA_MV=tall"] [NCU=0] tools/gpu-ab.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -15,28 +19,30 @@ OUT=${OUT:-/tmp/gpu-ab}
 V=${VARIANTS:-default}
 mkdir -p "$OUT"
 export LD_LIBRARY_PATH=$R/lib PI_SRCDIR=$PWD PI_BUILDDIR=$R PI_FIXTURES=$R/fx
-[ -x "$R/base/test-backend-cuda" ] || { echo "gpu-ab: no baseline at $R/base/test-backend-cuda" >&2; exit 2; }
+[ -x "$R/base/coordinator/pi-bench" ] || { echo "gpu-ab: no baseline at $R/base/coordinator/pi-bench" >&2; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout 120 $R/tools/pi-gen-model --embd 4096 --ff 11008 --layers 32 --heads 32 --kv-heads 32 --vocab 32000 \
-  --act relu /tmp/m7b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 7B-class model not generated" >&2; exit 1; }
+timeout 120 $R/tools/pi-gen-model --preset 7b --act relu /tmp/m7b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 7B-class model not generated" >&2; exit 1; }
 timeout 90 $R/tools/pi-gen-model --preset 1b --act relu /tmp/m1b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 1B-class model not generated" >&2; exit 1; }
-bench() { # model binary variants (";"-separated; "default": the environment as it is)
-  local v=$3; [ "$v" = default ] && v=""
-  PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m$1.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=128 \
-    PI_CUDA_BENCH_VARIANTS="$v" timeout 240 "$2" 2>&1 | grep "tok/s" |
-    sed -E "s|^# bench cuda backend, hot 1.0, 8 CPU threads for the cold neurons|$1 $(basename "$(dirname "$2")")|"
+bench() { # model build-dir variants (";"-separated; "default": the environment as it is)
+  local IFS=';' v
+  for v in $3; do
+    [ "$v" = default ] && v=""
+    echo "# $1, $(basename "$2"), ${v:-default}"
+    (IFS=' '; timeout 300 env $v "$2/coordinator/pi-bench" -m /tmp/m$1.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda \
+      --hot-fraction 1 --cpu-workers 1 --run-dir /tmp/pirun-ab 2>&1 | grep -E '^\| llama|rror')
+  done
 }
-# The first run of a process includes CUDA's lazy module loading in its prompt figure: each process
-# runs its variants twice, and base runs before and after the tree under test.
+# The first run of a process includes CUDA's lazy module loading in its prompt figure: the warm-up
+# run pi-bench makes before each test absorbs it; base still runs before and after the tree under test.
 for m in 7b 1b; do
-  bench $m $R/base/test-backend-cuda "default;default"
-  bench $m $R/tests/test-backend-cuda "$V;$V"
-  bench $m $R/base/test-backend-cuda "default"
+  bench $m $R/base default
+  bench $m $R "$V"
+  bench $m $R/base default
 done | tee "$OUT/ab.log"
 if [ "${NCU:-1}" = 1 ]; then
   N=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
-  PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m7b.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=3 \
-    timeout 300 $N --clock-control none --metrics gpu__time_duration.sum,launch__registers_per_thread \
-    --print-summary per-kernel $R/tests/test-backend-cuda > "$OUT/ncu.txt" 2>&1
+  timeout 300 $N --target-processes all --clock-control none --metrics gpu__time_duration.sum,launch__registers_per_thread \
+    --print-summary per-kernel $R/coordinator/pi-bench -m /tmp/m7b.gguf -p 0 -n 3 -r 1 --no-warmup --gpu-backend cuda \
+    --hot-fraction 1 --cpu-workers 1 --run-dir /tmp/pirun-ab > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? (per-kernel summary in $OUT/ncu.txt)"
 fi

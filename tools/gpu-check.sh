@@ -7,11 +7,11 @@
 # to the prepared folder and OUT to where logs go:
 #   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
 #   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tests,tools}
-#   cp build/coordinator/pi-coordinator $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
+#   cp build/coordinator/pi-coordinator build/coordinator/pi-bench $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
 #   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
 #   cp build/tests/test-{cuda,backend-cuda,pipeline,forward} $R/tests/
 #   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
-#   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/gpu-worker/pi-gpu-worker
+#   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/coordinator/pi-bench build/gpu-worker/pi-gpu-worker
 #   (GPU machine) R=$PWD/.devrun OUT=/some/dir tools/gpu-check.sh      (PERF=1 adds the 7B-class study)
 set -u
 cd "$(dirname "$0")/.."
@@ -70,24 +70,25 @@ echo "== 1B-class relu Q4_0 (128-token prompt, 64 decode), 8 threads per process
 for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1"; do set -- $c
   one /tmp/m1b.gguf 64 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
 cat $B
-# PERF=1: the 7B-class decode study (doc/cuda-backend.md, "Session 2"): the in-process bench of the
-# 7B- and 1B-class models at hot 1 and 0.5 with and without the dense down, then Nsight Compute's
-# per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per token against
-# the wall time per token: how much of the step is launches and gaps).
+# PERF=1: the 7B-class decode study (doc/cuda-backend.md, "Session 2"): pi-bench of the 7B- and
+# 1B-class models at hot 1 and 0.5 through the pipeline, with and without the dense down, then Nsight
+# Compute's per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per
+# token against the wall time per token: how much of the step is launches and gaps).
 if [ "${PERF:-0}" = 1 ]; then
   P=$OUT/perf.log
-  timeout 120 $R/tools/pi-gen-model --embd 4096 --ff 11008 --layers 32 --heads 32 --kv-heads 32 --vocab 32000 \
-    --act relu /tmp/m7b.gguf > /dev/null 2>&1; echo "gen 7b rc=$?" | tee $P
+  timeout 120 $R/tools/pi-gen-model --preset 7b --act relu /tmp/m7b.gguf > /dev/null 2>&1; echo "gen 7b rc=$?" | tee $P
   for m in 7b 1b; do
-    PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m$m.gguf PI_CUDA_BENCH_CONFIGS=cuda:1,cuda:0.5 PI_CUDA_BENCH_DECODE=128 \
-      PI_CUDA_BENCH_VARIANTS="PI_CUDA_DENSE_DOWN=1;PI_CUDA_DENSE_DOWN=0;PI_CUDA_DENSE_DOWN=1" \
-      timeout 240 $R/tests/test-backend-cuda 2>&1 | grep "tok/s" | tee -a $P
+    for v in 1 0 1; do
+      echo "# $m, PI_CUDA_DENSE_DOWN=$v" | tee -a $P
+      PI_CUDA_DENSE_DOWN=$v timeout 300 $R/coordinator/pi-bench -m /tmp/m$m.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda \
+        --hot-fraction 1,0.5 --cpu-workers 1 --run-dir /tmp/pirun-p 2>&1 | grep -E '^\| llama|rror' | tee -a $P
+    done
   done
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   if [ -n "$NCU" ]; then
-    PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m7b.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=4 \
-      timeout 400 $NCU --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel $R/tests/test-backend-cuda \
-      > $OUT/ncu.txt 2>&1; echo "ncu rc=$? (per-kernel summary in ncu.txt)" | tee -a $P
+    timeout 400 $NCU --target-processes all --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+      $R/coordinator/pi-bench -m /tmp/m7b.gguf -p 0 -n 4 -r 1 --no-warmup --gpu-backend cuda --hot-fraction 1 --cpu-workers 1 \
+      --run-dir /tmp/pirun-p > $OUT/ncu.txt 2>&1; echo "ncu rc=$? (per-kernel summary in ncu.txt)" | tee -a $P
   fi
 fi
 date
