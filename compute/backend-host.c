@@ -13,9 +13,9 @@
  * choice), so at hot fraction 1 the pipeline's logits are the single process's bit for bit; a
  * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons_batch) over its ids, reading
  * the packed hot rows of opts.hot_layers where the worker gave them (then the model itself holds no
- * transposed down rows, gpu-worker/main.c), or, with their dense down blocks (opts.hot_blk_off), is
- * computed densely as a CPU worker computes its slice: for SwiGLU, for batches, and for ReLU layers
- * whose recent activity is at least 20% (pi_partition_ffn_dense).
+ * transposed down rows, gpu-worker/main.c), or, where the worker packed them as a partition
+ * (opts.hot_part), is computed densely as a CPU worker computes its slice when the FFN policy says so
+ * (compute/ffn-policy.h: SwiGLU, batches, ReLU layers whose recent activity is at least 20%).
  *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
@@ -24,8 +24,9 @@
  * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
  */
 #include "config.h"
-#include "compute/partition.h"
 #include "compute/backend.h"
+#include "compute/ffn-policy.h"
+#include "compute/partition.h"
 #include "kernels/cpu/ops.h"
 #include "lib/common.h"
 #include "compute/forward.h"
@@ -48,7 +49,7 @@ struct host_backend {
     int32_t *seq, *pos;        /* (max_tokens): the batch being computed */
     int32_t *ident;            /* (largest n_hot): 0, 1, 2, ... the row ids of o.hot_layers, or NULL */
     float *dense_scr;          /* pi_partition_dense_scratch(max_tokens) for the largest n_hot, or NULL */
-    float *recent;             /* (n_layer): running fraction of active hot neurons, < 0 before the first */
+    struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     int n;                     /* rows of the batch */
 };
 
@@ -65,7 +66,7 @@ static void host_destroy(pi_backend_t *b)
     free(s->pos);
     free(s->ident);
     free(s->dense_scr);
-    free(s->recent);
+    pi_ffn_policy_free(&s->policy);
     free(s);
 }
 
@@ -80,7 +81,7 @@ static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     if (rc != 0) return rc;
     if (pos[0] == 0) { /* a new sequence: the activity statistics start again, as the CPU workers' do
                         * (PI_EXCHANGE_FRESH): a request's result must not depend on the requests before it */
-        pi_ffn_activity_reset(s->recent, s->base.model->hp.n_layer);
+        pi_ffn_policy_reset(&s->policy, -1);
         pi_forward_stats_reset(s->fwd);
     }
     memcpy(s->seq, seq, (size_t)n * sizeof *seq);
@@ -127,19 +128,16 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
-    float *r = &s->recent[il];
     int64_t active;
-    if (s->dense_scr && (m->hp.act == PI_FFN_ACT_SILU || s->n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
+    if (pi_ffn_policy_choose(&s->policy, il, s->n) == PI_FFN_PATH_DENSE) {
         /* dense over the packed slice, as a CPU worker computes its own (compute/partition.h) */
-        struct pi_partition pv = {.first = 0, .count = nh, .layers = (struct pi_layer *)s->o.hot_layers,
-                                  .blk_off = (int64_t *)s->o.hot_blk_off};
-        active = pi_partition_ffn_dense(pool, &pv, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
+        active = pi_partition_ffn_dense(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
     } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
         active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
     } else {
         active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
     }
-    pi_ffn_activity_update(r, (float)active / ((float)s->n * (float)nh));
+    pi_ffn_policy_observe(&s->policy, il, active, (int64_t)s->n * nh);
     return 0;
 }
 
@@ -242,16 +240,18 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     }
     if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
         for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
-    if ((s->recent = malloc((size_t)m->hp.n_layer * sizeof *s->recent)))
-        pi_ffn_activity_reset(s->recent, m->hp.n_layer);
-    /* the dense path, where the worker packed the hot rows with their down blocks (PI_CPU_DENSE=0:
-     * neuron by neuron, as the CPU workers) */
+    /* the dense path, where the worker packed the hot rows as a partition (PI_CPU_DENSE=0: neuron by
+     * neuron, as the CPU workers) */
     bool dense_bad = false;
-    if (o->hot_layers && o->hot_blk_off && nh_max > 0 && !pi_env_off("PI_CPU_DENSE")) {
-        struct pi_partition pv = {.count = nh_max};
-        dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(&pv, o->max_tokens) * sizeof(float)));
+    const bool dense_ok = o->hot_part && nh_max > 0 && !pi_env_off("PI_CPU_DENSE");
+    if (dense_ok) dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(o->hot_part, o->max_tokens) * sizeof(float)));
+    if (o->hot_part && (o->hot_part->n_layer != m->hp.n_layer || o->hot_part->edges_only)) {
+        pi_error("host backend: the packed hot neurons do not match the model");
+        host_destroy(&s->base);
+        return -PI_ERR_INVAL;
     }
-    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || !s->recent ||
+    int prc = pi_ffn_policy_init(&s->policy, m->hp.act, m->hp.n_layer, dense_ok, true);
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || prc != 0 ||
         dense_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;

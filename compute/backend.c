@@ -54,12 +54,20 @@ int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct 
     return -PI_ERR_UNSUPPORTED;
 }
 
-enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot)
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, const struct pi_placement *pl)
 {
-    if (hot <= 0) return PI_BACKEND_ROWS_NONE;
-    if (strcmp(name, "host") == 0) return hot >= m->hp.n_ff ? PI_BACKEND_ROWS_MODEL : PI_BACKEND_ROWS_PACKED;
+    int64_t n, lo = INT64_MAX, hi = 0; /* the fewest and the most hot neurons of a layer */
+    for (int il = 0; il < pl->n_layer; il++) {
+        pi_placement_hot(pl, il, &n);
+        lo = PI_MIN(lo, n), hi = PI_MAX(hi, n);
+    }
+    if (hi <= 0) return PI_BACKEND_ROWS_NONE;
+    /* host: a layer whose neurons are all hot is the single process's FFN step, on the model's rows */
+    if (strcmp(name, "host") == 0) return hi >= m->hp.n_ff ? PI_BACKEND_ROWS_MODEL : PI_BACKEND_ROWS_PACKED;
 #ifdef PI_HAVE_CUDA
-    if (strcmp(name, "cuda") == 0 && pi_backend_cuda_all_dense(m, hot)) return PI_BACKEND_ROWS_NONE;
+    if (strcmp(name, "cuda") == 0 && pi_backend_cuda_all_dense(m, lo)) return PI_BACKEND_ROWS_NONE;
+#else
+    (void)lo;
 #endif
     return PI_BACKEND_ROWS_PACKED;
 }

@@ -29,6 +29,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "compute/partition.h"
+#include "compute/placement.h"
 #include "model/model.h"
 
 typedef struct pi_backend pi_backend_t;
@@ -49,10 +51,10 @@ struct pi_backend_opts {
      * reads hot rows from here, and the model may have been opened without its own ffn_down_t
      * (pi_model_opts.no_down_t). Borrowed; the cuda backend needs it only until it is created. */
     const struct pi_layer *hot_layers;
-    /* With hot_layers, where the worker packed them as a partition (compute/partition.h): the
-     * layers' dense down blocks (hot_layers[il].ffn_down, blk_off[il]), with which the host backend
-     * computes a partial hot set densely as a CPU worker does. NULL: neuron by neuron only. */
-    const int64_t *hot_blk_off;
+    /* The partition hot_layers belongs to, where the worker packed them as one (compute/partition.h):
+     * with its dense down blocks the host backend computes a partial hot set densely as a CPU worker
+     * does. NULL: neuron by neuron only. Borrowed. */
+    const struct pi_partition *hot_part;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
@@ -87,14 +89,14 @@ struct pi_backend {
 int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
 
 /* Which transposed down rows (ffn_down_t) backend `name` needs on the host to compute the hot
- * neurons 0..hot-1 of every layer of m (whose hyper-parameters are all that is read):
+ * neurons of placement pl (group 0) over m (whose hyper-parameters are all that is read):
  *   NONE   - none (no hot neurons; or cuda with every layer dense: it multiplies by ffn_down itself);
- *   MODEL  - the model's own, packed at load for every neuron (host with every neuron hot: those
- *            layers are the single-process FFN step, compute/forward.h);
+ *   MODEL  - the model's own, packed at load for every neuron (host with a layer whose neurons are all
+ *            hot: such a layer is the single-process FFN step, compute/forward.h);
  *   PACKED - only the hot neurons' rows, given as opts.hot_layers (compute/partition.h), so the
  *            model can be opened without its own (pi_model_opts.no_down_t). */
 enum pi_backend_rows { PI_BACKEND_ROWS_NONE, PI_BACKEND_ROWS_MODEL, PI_BACKEND_ROWS_PACKED };
-enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, int64_t hot);
+enum pi_backend_rows pi_backend_hot_rows(const char *name, const pi_model_t *m, const struct pi_placement *pl);
 
 /* The device bytes backend `name` will hold for m and o (cuda: pi_backend_cuda_plan, exact to the
  * allocator's rounding). -PI_ERR_UNSUPPORTED for a backend without a device (host). */

@@ -25,6 +25,7 @@
 
 #include "lib/common.h"
 #include "compute/forward.h"
+#include "compute/ffn-policy.h"
 #include "lib/log.h"
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/ops.h"
@@ -57,7 +58,7 @@ struct pi_forward {
     void *ref_xq;       /* one quantised input row (round_activations only) */
     int64_t ref_cols;   /* widest weight row */
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
-    float *recent_active; /* (n_layer) running fraction of active neurons; < 0: none seen yet */
+    struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o)
@@ -133,7 +134,6 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     f->scores = falloc((size_t)f->n_threads * (size_t)o.n_ctx);
     f->all = malloc(ff * sizeof *f->all);
     f->pend = malloc((size_t)o.n_seq * sizeof *f->pend);
-    f->recent_active = malloc((size_t)hp->n_layer * sizeof *f->recent_active);
     f->ref_cols = (int64_t)PI_MAX(PI_MAX(d, ff), qd);
     if (o.f32_activations) f->ref_rows = falloc((size_t)f->n_threads * (size_t)f->ref_cols);
     if (o.f32_activations && o.round_activations) {
@@ -142,14 +142,13 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     }
     if ((o.n_threads > 1 && !f->pool) || !f->kv || !f->ffw || !f->h || !f->x || !f->q || !f->k || !f->v ||
         !f->att || !f->gate || !f->up || !f->out || !f->cs || !f->scores || !f->all || !f->pend ||
-        !f->recent_active ||
+        pi_ffn_policy_init(&f->policy, hp->act, hp->n_layer, true, !o.f32_activations) != 0 ||
         (o.f32_activations && !f->ref_rows) || (o.f32_activations && o.round_activations && (!f->ref_x || !f->ref_xq))) {
         pi_error("forward: out of memory (batch %d, ctx %d, %d sequences)", o.n_batch, o.n_ctx, o.n_seq);
         pi_forward_destroy(&f);
         return NULL;
     }
     for (size_t i = 0; i < ff; i++) f->all[i] = (int32_t)i;
-    pi_ffn_activity_reset(f->recent_active, hp->n_layer);
     return f;
 }
 
@@ -173,7 +172,7 @@ void pi_forward_destroy(pi_forward_t **pf)
     free(f->scores);
     free(f->all);
     free(f->pend);
-    free(f->recent_active);
+    pi_ffn_policy_free(&f->policy);
     free(f->ref_rows);
     free(f->ref_x);
     free(f->ref_xq);
@@ -319,7 +318,7 @@ void pi_forward_seq_reset(pi_forward_t *f, int seq)
 
 void pi_forward_stats_reset(pi_forward_t *f)
 {
-    pi_ffn_activity_reset(f->recent_active, f->m->hp.n_layer);
+    pi_ffn_policy_reset(&f->policy, -1);
 }
 
 /* ---------------------------------------------------------------- the steps */
@@ -390,8 +389,6 @@ void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float 
     norm_rows(f, h, f->m->layers[il].ffn_norm, n, x);
 }
 
-/* A ReLU layer goes neuron-wise in decode below PI_FFN_DENSE_MIN_ACTIVE (kernels/cpu/ops.h). */
-
 void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
 {
     PI_ASSERT(!f->o.no_ffn); /* its rows may be absent (pi_forward_opts.no_ffn) */
@@ -402,7 +399,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
-    if (n == 1 && relu && !f->o.f32_activations && f->recent_active[il] < PI_FFN_DENSE_MIN_ACTIVE) {
+    if (pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
         memset(f->out, 0, d * sizeof(float));
@@ -417,7 +414,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     }
     if (relu) {
         /* a running average over calls, seeded by the first (usually the prompt) */
-        pi_ffn_activity_update(&f->recent_active[il], (float)active / ((float)n * (float)ff));
+        pi_ffn_policy_observe(&f->policy, il, active, (int64_t)n * (int64_t)ff);
         f->active += active;
     }
     add_rows(h, f->out, (size_t)n * d);

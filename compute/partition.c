@@ -1,8 +1,8 @@
 /*
- * compute/partition.c - packing a CPU worker's cold neurons (compute/partition.h).
+ * compute/partition.c - packing a worker's neurons (compute/partition.h).
  *
- * Per layer the copy is three blocks, gate rows then up rows then down_t rows of the worker's
- * neurons, each block 64-byte aligned; rows keep the model's types and row sizes, so the arithmetic
+ * Per layer the copy is four blocks, gate rows, up rows, the dense down block and down_t rows of the
+ * worker's neurons, each 64-byte aligned; rows keep the model's types and row sizes, so the arithmetic
  * is exactly the single-process pass's. The worker opens the model without model/model.c's packing of
  * every layer's transposed down weights (which would cost each worker a copy of all of them): when
  * the file has no ffn_down_t, only this worker's columns of ffn_down are transposed, from the mapping.
@@ -20,28 +20,20 @@
 #include <stdlib.h>
 #include <string.h>
 
-void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64_t *first, int64_t *count)
-{
-    int64_t cold = n_ff - n_hot;
-    int64_t a = cold * w / n_workers, b = cold * (w + 1) / n_workers;
-    *first = n_hot + a;
-    *count = b - a;
-}
-
 /* Type of the transposed down rows when the file has none: model/model.c's own rule (automatic), so a
  * worker's rows are bit-identical to the single-process pass's. */
 static enum pi_type down_t_type(enum pi_type down, int64_t d) { return pi_model_down_t_type(PI_TYPE_COUNT, down, d); }
 
-/* dst (count, d) of type dt = the columns first..first+count-1 of L->ffn_down (d, n_ff), through f32:
- * every row of the down weights is dequantised once (row, n_ff floats) and scattered into tmp. */
-static int pack_down_columns(const struct pi_layer *L, int64_t first, int64_t count, enum pi_type dt, size_t rb, char *dst)
+/* dst (count, d) of type dt = the columns ids[0..count) of L->ffn_down (d, n_ff), through f32: every
+ * row of the down weights is dequantised once (row, n_ff floats) and scattered into tmp. */
+static int pack_down_columns(const struct pi_layer *L, const int32_t *ids, int64_t count, enum pi_type dt, size_t rb, char *dst)
 {
     int64_t d = L->ffn_down.rows, ff = L->ffn_down.cols;
     float *row = malloc((size_t)ff * sizeof *row), *tmp = malloc((size_t)(count ? count : 1) * (size_t)d * sizeof *tmp);
     if (!row || !tmp) { free(row); free(tmp); return -PI_ERR_NOMEM; }
     for (int64_t r = 0; r < d; r++) {
         pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), row, ff);
-        for (int64_t j = 0; j < count; j++) tmp[(size_t)j * (size_t)d + (size_t)r] = row[first + j];
+        for (int64_t j = 0; j < count; j++) tmp[(size_t)j * (size_t)d + (size_t)r] = row[ids[j]];
     }
     for (int64_t j = 0; j < count; j++) pi_quantize_row(dt, tmp + (size_t)j * (size_t)d, dst + (size_t)j * rb, d);
     free(row);
@@ -49,168 +41,277 @@ static int pack_down_columns(const struct pi_layer *L, int64_t first, int64_t co
     return 0;
 }
 
-/* Copy rows first..first+count-1 of src into dst (at *off in mem) and bind dst; mem NULL: bind dst to
- * those rows of src itself (a view of the model's mapping). */
-static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, int64_t first, int64_t count, char *mem, size_t *off)
+/* Whether ids[0..n) is the range ids[0], ids[0] + 1, ... */
+static bool is_range(const int32_t *ids, int64_t n) { return n == 0 || ids[n - 1] - ids[0] == n - 1; }
+
+/* Copy the rows ids[0..n) of src into dst (at *off in mem) and bind dst; view: bind dst to the rows
+ * of src itself (a view of the model's mapping; ids must be a range). */
+static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, const int32_t *ids, int64_t n, bool view, char *mem,
+                      size_t *off)
 {
     *dst = *src;
-    dst->rows = count;
-    if (!mem) {
-        dst->data = count > 0 ? pi_weight_row(src, first) : src->data;
+    dst->rows = n;
+    if (view) {
+        dst->data = n > 0 ? pi_weight_row(src, ids[0]) : src->data;
         return;
     }
     dst->data = mem + *off;
-    if (count > 0) memcpy(mem + *off, pi_weight_row(src, first), (size_t)count * src->row_bytes);
-    *off += pi_align_up((uint64_t)count * src->row_bytes, 64);
+    for (int64_t j = 0; j < n; j++) memcpy(mem + *off + (size_t)j * src->row_bytes, pi_weight_row(src, ids[j]), src->row_bytes);
+    *off += pi_align_up((uint64_t)n * src->row_bytes, 64);
 }
 
-int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, bool dense_only,
+/* The runs of whole down blocks among ids[0..n) (ascending) for blocks of be neurons: a block is be
+ * consecutive packed neurons whose ids are one aligned block of the file's ffn_down; neighbouring
+ * blocks whose ids also follow on merge into one run. Fills runs (NULL: only count) and returns how
+ * many; *blk = the neurons they hold. */
+static int64_t find_runs(const int32_t *ids, int64_t n, int64_t be, struct pi_partition_run *runs, int64_t *blk)
+{
+    int64_t nr = 0, col = 0, last_end = -1;
+    for (int64_t j = 0; j < n;) {
+        if (ids[j] % be == 0 && j + be <= n && ids[j + be - 1] - ids[j] == be - 1) {
+            if (nr > 0 && last_end == j && ids[j] == ids[j - 1] + 1) {
+                if (runs) runs[nr - 1].len += be;
+            } else {
+                if (runs) runs[nr] = (struct pi_partition_run){.pos = j, .len = be, .col = col};
+                nr++;
+            }
+            col += be;
+            j += be;
+            last_end = j;
+        } else {
+            j++;
+        }
+    }
+    *blk = col;
+    return nr;
+}
+
+int pi_partition_pack(const pi_model_t *m, const struct pi_placement *pl, int g, int node_os, bool views, bool dense_only,
                       struct pi_partition *p)
 {
     memset(p, 0, sizeof *p);
-    const struct pi_hparams *hp = &m->hp;
-    if (n_hot < 0 || n_hot > hp->n_ff || n_workers < 1 || w < 0 || w >= n_workers) return -PI_ERR_INVAL;
-    int64_t first, count;
-    pi_partition_range(hp->n_ff, n_hot, n_workers, w, &first, &count);
-    return pi_partition_pack_range(m, first, count, node_os, false, dense_only, p);
-}
-
-/* dst = rows [a, a + na) then [b, b + nb) of the transposed down weights of L: the file's own
- * (ffn_down_t) copied, or built from ffn_down in type dt (row bytes rb). */
-static int down_rows(const struct pi_layer *L, int64_t a, int64_t na, int64_t b, int64_t nb, enum pi_type dt, size_t rb, char *dst)
-{
-    if (L->ffn_down_t.data) {
-        if (na > 0) memcpy(dst, pi_weight_row(&L->ffn_down_t, a), (size_t)na * rb);
-        if (nb > 0) memcpy(dst + (size_t)na * rb, pi_weight_row(&L->ffn_down_t, b), (size_t)nb * rb);
-        return 0;
+    const int L = m->hp.n_layer;
+    if (!pl || pl->n_layer != L || pl->n_ff != m->hp.n_ff || g < 0 || g > pl->n_workers) {
+        pi_error("partition: the placement does not match the model or has no group %d", g);
+        return -PI_ERR_INVAL;
     }
-    int rc = na > 0 ? pack_down_columns(L, a, na, dt, rb, dst) : 0;
-    if (rc == 0 && nb > 0) rc = pack_down_columns(L, b, nb, dt, rb, dst + (size_t)na * rb);
+    const int32_t **ids = calloc((size_t)L, sizeof *ids);
+    int64_t *cnt = calloc((size_t)L, sizeof *cnt);
+    int rc = -PI_ERR_NOMEM;
+    if (ids && cnt) {
+        for (int il = 0; il < L; il++) ids[il] = pi_placement_group(pl, il, g, &cnt[il]);
+        rc = pi_partition_pack_ids(m, (const int32_t *const *)ids, cnt, node_os, views, dense_only, p);
+    }
+    free(ids);
+    free(cnt);
     return rc;
 }
 
-int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
-                            bool dense_only, struct pi_partition *p)
+int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views, bool dense_only,
+                            struct pi_partition *p)
+{
+    memset(p, 0, sizeof *p);
+    const int L = m->hp.n_layer;
+    if (first < 0 || count < 0 || first > m->hp.n_ff - count) return -PI_ERR_INVAL;
+    int32_t *r = malloc((size_t)(count ? count : 1) * sizeof *r);
+    const int32_t **ids = calloc((size_t)L, sizeof *ids);
+    int64_t *cnt = calloc((size_t)L, sizeof *cnt);
+    int rc = -PI_ERR_NOMEM;
+    if (r && ids && cnt) {
+        for (int64_t j = 0; j < count; j++) r[j] = (int32_t)(first + j);
+        for (int il = 0; il < L; il++) ids[il] = r, cnt[il] = count;
+        rc = pi_partition_pack_ids(m, (const int32_t *const *)ids, cnt, node_os, views, dense_only, p);
+    }
+    free(r);
+    free(ids);
+    free(cnt);
+    return rc;
+}
+
+/* Whether layer L's ffn_down can give a dense down block, and its block size. */
+static int64_t down_block_elems(const struct pi_layer *L)
+{
+    const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
+    return ti && pi_kernel_supported(L->ffn_down.type) && L->ffn_down.data ? (int64_t)ti->block_elems : 0;
+}
+
+int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const int64_t *count, int node_os, bool views,
+                          bool dense_only, struct pi_partition *p)
 {
     memset(p, 0, sizeof *p);
     const struct pi_hparams *hp = &m->hp;
-    if (first < 0 || count < 0 || first > hp->n_ff - count) return -PI_ERR_INVAL;
-    p->first = first;
-    p->count = count;
+    const int NL = hp->n_layer;
+    int rc = -PI_ERR_NOMEM;
+    if (NL <= 0 || !ids || !count) return -PI_ERR_INVAL;
+    p->n_layer = NL;
+    p->node_os = node_os;
     p->edges_only = dense_only && !views;
-    size_t bytes = 0;
-    int64_t *blk_lo = calloc((size_t)hp->n_layer, sizeof *blk_lo), *blk_n = calloc((size_t)hp->n_layer, sizeof *blk_n);
-    if (!blk_lo || !blk_n) { free(blk_lo); free(blk_n); return -PI_ERR_NOMEM; }
-    for (int il = 0; il < hp->n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        /* the whole blocks of ffn_down's rows inside [first, first + count): the dense down block */
-        const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
-        if (ti && pi_kernel_supported(L->ffn_down.type) && L->ffn_down.data) {
-            int64_t be = ti->block_elems, a = (first + be - 1) / be * be, b = (first + count) / be * be;
-            if (b > a) {
-                blk_lo[il] = a, blk_n[il] = b - a;
-                bytes += pi_align_up((uint64_t)L->ffn_down.rows * (uint64_t)((b - a) / be) * ti->block_bytes, 64);
+    /* metadata: ids, runs and down rows of every layer, in one allocation after the per-layer tables */
+    int64_t n_all = 0, runs_all = 0;
+    for (int il = 0; il < NL; il++) {
+        if (count[il] < 0 || count[il] > hp->n_ff) return -PI_ERR_INVAL;
+        for (int64_t j = 0; j < count[il]; j++)
+            if (ids[il][j] < 0 || ids[il][j] >= hp->n_ff || (j > 0 && ids[il][j] <= ids[il][j - 1])) {
+                pi_error("partition: layer %d: neuron ids not ascending in [0, %d)", il, hp->n_ff);
+                return -PI_ERR_INVAL;
             }
+        n_all += count[il];
+        int64_t be = down_block_elems(&m->layers[il]), blk;
+        if (be > 0) runs_all += find_runs(ids[il], count[il], be, NULL, &blk);
+    }
+    p->count = calloc((size_t)NL, sizeof *p->count);
+    p->ids = calloc((size_t)NL, sizeof *p->ids);
+    p->layers = calloc((size_t)NL, sizeof *p->layers);
+    p->runs = calloc((size_t)NL, sizeof *p->runs);
+    p->n_runs = calloc((size_t)NL, sizeof *p->n_runs);
+    p->down_row = calloc((size_t)NL, sizeof *p->down_row);
+    /* runs_all counts every whole block as its own run at most; the layout below merges neighbours */
+    p->meta = malloc((size_t)(n_all ? n_all : 1) * (sizeof(int32_t) * 2) + (size_t)(runs_all ? runs_all : 1) * sizeof(struct pi_partition_run));
+    if (!p->count || !p->ids || !p->layers || !p->runs || !p->n_runs || !p->down_row || !p->meta) goto fail;
+    struct pi_partition_run *run_mem = p->meta;
+    int32_t *id_mem = (int32_t *)(run_mem + (runs_all ? runs_all : 1)), *row_mem = id_mem + n_all;
+    size_t bytes = 0;
+    for (int il = 0; il < NL; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        const int64_t c = count[il];
+        p->count[il] = c;
+        p->count_max = PI_MAX(p->count_max, c);
+        memcpy(id_mem, ids[il], (size_t)c * sizeof *id_mem);
+        p->ids[il] = id_mem;
+        p->down_row[il] = row_mem;
+        p->runs[il] = run_mem;
+        const int64_t be = down_block_elems(L);
+        int64_t blk = 0;
+        p->n_runs[il] = be > 0 ? find_runs(id_mem, c, be, run_mem, &blk) : 0;
+        run_mem += p->n_runs[il];
+        id_mem += c;
+        row_mem += c;
+        /* which packed neurons keep a down_t row, and which row */
+        int64_t kept = 0, r = 0;
+        for (int64_t j = 0; j < c; j++) {
+            bool in_run = false;
+            while (r < p->n_runs[il] && p->runs[il][r].pos + p->runs[il][r].len <= j) r++;
+            if (r < p->n_runs[il] && j >= p->runs[il][r].pos) in_run = true;
+            p->down_row[il][j] = p->edges_only && in_run ? -1 : (int32_t)kept++;
         }
+        /* the memory this layer takes */
+        const bool view = views && is_range(ids[il], c);
+        const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
+        if (blk > 0) bytes += pi_align_up((uint64_t)L->ffn_down.rows * (uint64_t)(blk / be) * ti->block_bytes, 64);
         uint64_t rb = L->ffn_down_t.row_bytes;
         if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb)) {
-            free(blk_lo);
-            free(blk_n);
-            return -PI_ERR_UNSUPPORTED;
+            rc = -PI_ERR_UNSUPPORTED;
+            goto fail;
         }
-        if (views) { /* only down rows built from ffn_down take memory */
-            if (!L->ffn_down_t.data) bytes += pi_align_up((uint64_t)p->count * rb, 64);
-            continue;
-        }
-        const int64_t n_dt = p->edges_only ? p->count - blk_n[il] : p->count; /* down rows kept */
-        bytes += pi_align_up((uint64_t)p->count * L->ffn_gate.row_bytes, 64) +
-                 pi_align_up((uint64_t)p->count * L->ffn_up.row_bytes, 64) + pi_align_up((uint64_t)n_dt * rb, 64);
+        if (!view) bytes += pi_align_up((uint64_t)c * L->ffn_gate.row_bytes, 64) + pi_align_up((uint64_t)c * L->ffn_up.row_bytes, 64);
+        if (!(view && L->ffn_down_t.data)) bytes += pi_align_up((uint64_t)kept * rb, 64);
     }
-    p->layers = calloc((size_t)hp->n_layer, sizeof *p->layers);
-    p->blk_off = calloc((size_t)hp->n_layer, sizeof *p->blk_off);
     p->mem = pi_numa_alloc(bytes, node_os);
     p->bytes = bytes;
-    p->node_os = node_os;
-    if (!p->layers || !p->mem || !p->blk_off) {
-        free(blk_lo);
-        free(blk_n);
+    if (!p->mem) {
         pi_error("cannot allocate %zu bytes for the packed neurons on node %d", bytes, node_os);
-        pi_partition_free(p);
-        return -PI_ERR_NOMEM;
+        goto fail;
     }
     size_t off = 0;
-    for (int il = 0; il < hp->n_layer; il++) {
+    for (int il = 0; il < NL; il++) {
         const struct pi_layer *L = &m->layers[il];
         struct pi_layer *D = &p->layers[il];
-        char *cmem = views ? NULL : p->mem;
-        copy_rows(&D->ffn_gate, &L->ffn_gate, p->first, p->count, cmem, &off);
-        copy_rows(&D->ffn_up, &L->ffn_up, p->first, p->count, cmem, &off);
-        if (blk_n[il] > 0) { /* each row's bytes for the block's columns, rows packed one after another */
+        const int64_t c = p->count[il];
+        const int32_t *id = p->ids[il];
+        const bool view = views && is_range(id, c);
+        copy_rows(&D->ffn_gate, &L->ffn_gate, id, c, view, p->mem, &off);
+        copy_rows(&D->ffn_up, &L->ffn_up, id, c, view, p->mem, &off);
+        if (p->n_runs[il] > 0) { /* each row's bytes for the runs' blocks, rows packed one after another */
             const struct pi_type_info *ti = pi_type_get(L->ffn_down.type);
-            size_t rb = (size_t)(blk_n[il] / ti->block_elems) * ti->block_bytes, skip = (size_t)(blk_lo[il] / ti->block_elems) * ti->block_bytes;
+            const struct pi_partition_run *last = &p->runs[il][p->n_runs[il] - 1];
+            const int64_t blk = last->col + last->len;
+            const size_t rb = (size_t)(blk / ti->block_elems) * ti->block_bytes;
             char *dst = (char *)p->mem + off;
             for (int64_t r = 0; r < L->ffn_down.rows; r++)
-                memcpy(dst + (size_t)r * rb, (const char *)pi_weight_row(&L->ffn_down, r) + skip, rb);
-            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk_n[il], rb, dst};
-            p->blk_off[il] = blk_lo[il] - p->first;
+                for (int64_t k = 0; k < p->n_runs[il]; k++) {
+                    const struct pi_partition_run *ru = &p->runs[il][k];
+                    memcpy(dst + (size_t)r * rb + (size_t)(ru->col / ti->block_elems) * ti->block_bytes,
+                           (const char *)pi_weight_row(&L->ffn_down, r) + (size_t)(id[ru->pos] / ti->block_elems) * ti->block_bytes,
+                           (size_t)(ru->len / ti->block_elems) * ti->block_bytes);
+                }
+            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst};
             off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
         }
-        if (views && L->ffn_down_t.data) { /* the file's own rows, viewed */
-            copy_rows(&D->ffn_down_t, &L->ffn_down_t, p->first, p->count, NULL, &off);
+        if (view && L->ffn_down_t.data) { /* the file's own rows, viewed */
+            copy_rows(&D->ffn_down_t, &L->ffn_down_t, id, c, true, NULL, &off);
             continue;
         }
-        /* The transposed down rows: the file's copied, or built from the mapped ffn_down; all of the
-         * range's, or with edges_only those left and right of the dense block (rows [0, lo) and
-         * [lo + blk, count) of the slice, stored one after the other). */
+        /* The transposed down rows of the kept neurons (every one, or with edges_only those outside
+         * the dense block), one after the other: the file's copied, or built from the mapped ffn_down. */
         enum pi_type dt = L->ffn_down_t.data ? L->ffn_down_t.type : down_t_type(L->ffn_down.type, hp->n_embd);
         uint64_t rb = L->ffn_down_t.row_bytes;
         if (!L->ffn_down_t.data) pi_type_row_bytes(dt, (uint64_t)hp->n_embd, &rb);
-        const int64_t lo = blk_n[il] > 0 ? blk_lo[il] - p->first : p->count;
-        const int64_t na = p->edges_only ? lo : p->count, nb = p->edges_only ? p->count - lo - blk_n[il] : 0;
-        D->ffn_down_t = (struct pi_weight){dt, na + nb, hp->n_embd, (size_t)rb, (char *)p->mem + off};
-        int rc = down_rows(L, p->first, na, p->first + p->count - nb, nb, dt, (size_t)rb, (char *)p->mem + off);
-        if (rc != 0) { free(blk_lo); free(blk_n); pi_partition_free(p); return rc; }
-        off += pi_align_up((uint64_t)(na + nb) * rb, 64);
+        int32_t *kid = malloc((size_t)(c ? c : 1) * sizeof *kid);
+        if (!kid) goto fail;
+        int64_t kept = 0;
+        for (int64_t j = 0; j < c; j++)
+            if (p->down_row[il][j] >= 0) kid[kept++] = id[j];
+        char *dst = (char *)p->mem + off;
+        D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst};
+        if (L->ffn_down_t.data) {
+            for (int64_t j = 0; j < kept; j++) memcpy(dst + (size_t)j * rb, pi_weight_row(&L->ffn_down_t, kid[j]), (size_t)rb);
+            rc = 0;
+        } else {
+            rc = kept > 0 ? pack_down_columns(L, kid, kept, dt, (size_t)rb, dst) : 0;
+        }
+        free(kid);
+        if (rc != 0) goto fail;
+        off += pi_align_up((uint64_t)kept * rb, 64);
     }
-    free(blk_lo);
-    free(blk_n);
-    PI_ASSERT(off == bytes);
+    PI_ASSERT(off == p->bytes);
     return 0;
+fail:
+    if (rc == 0) rc = -PI_ERR_NOMEM;
+    pi_partition_free(p);
+    return rc;
 }
 
 size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n)
 {
-    return (size_t)n * (3 * (size_t)p->count + 1);
+    return (size_t)n * (3 * (size_t)p->count_max + 1);
 }
 
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y)
 {
-    PI_ASSERT(p->blk_off && n >= 1);
+    PI_ASSERT(p->down_row && n >= 1 && il >= 0 && il < p->n_layer);
     const struct pi_layer *L = &p->layers[il];
-    const int64_t c = p->count, d = L->ffn_gate.cols, off = p->blk_off[il], blk = L->ffn_down.data ? L->ffn_down.cols : 0;
-    PI_ASSERT(off >= 0 && off + blk <= c);
+    const int64_t c = p->count[il], d = L->ffn_gate.cols, blk = L->ffn_down.data ? L->ffn_down.cols : 0;
+    const struct pi_partition_run *runs = p->runs[il];
+    const int32_t *row = p->down_row[il];
     float *g = scratch, *u = g + (size_t)n * (size_t)c, *ab = u + (size_t)n * (size_t)c;
     pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, c, d, X, n, g);
     pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, c, d, X, n, u);
     pi_ffn_act(act, g, u, n * c);
     int64_t active = 0;
     for (size_t i = 0; i < (size_t)n * (size_t)c; i++) active += g[i] != 0.0f;
-    if (blk > 0) {
-        for (int64_t t = 0; t < n; t++) memcpy(ab + (size_t)t * (size_t)blk, g + (size_t)t * (size_t)c + off, (size_t)blk * sizeof(float));
+    if (blk > 0) { /* the runs' activations side by side, as the dense block's columns */
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t k = 0; k < p->n_runs[il]; k++) {
+                PI_ASSERT(runs[k].pos + runs[k].len <= c && runs[k].col + runs[k].len <= blk);
+                memcpy(ab + (size_t)t * (size_t)blk + (size_t)runs[k].col, g + (size_t)t * (size_t)c + (size_t)runs[k].pos,
+                       (size_t)runs[k].len * sizeof(float));
+            }
         pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, blk, ab, n, Y);
     } else {
         memset(Y, 0, (size_t)n * (size_t)d * sizeof(float));
     }
-    /* the neurons outside whole blocks, at the range's two edges (edges_only: their rows are stored
-     * one after the other, the block's skipped) */
+    /* the neurons outside the dense block, through their transposed down rows */
     for (int64_t t = 0; t < n; t++) {
         const float *a = g + (size_t)t * (size_t)c;
+        int64_t k = 0;
         for (int64_t j = 0; j < c; j++) {
-            if (j == off && blk > 0) j += blk;
-            if (j >= c) break;
-            const int64_t row = p->edges_only && j >= off + blk ? j - blk : j;
-            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, row), a[j], Y + (size_t)t * (size_t)d, d);
+            if (k < p->n_runs[il] && j == runs[k].pos) { /* skip the run */
+                j += runs[k++].len - 1;
+                continue;
+            }
+            PI_ASSERT(row[j] >= 0 && row[j] < L->ffn_down_t.rows);
+            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, row[j]), a[j], Y + (size_t)t * (size_t)d, d);
         }
     }
     return active;
@@ -218,8 +319,13 @@ int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, in
 
 void pi_partition_free(struct pi_partition *p)
 {
+    free(p->count);
+    free(p->ids);
     free(p->layers);
-    free(p->blk_off);
+    free(p->runs);
+    free(p->n_runs);
+    free(p->down_row);
+    free(p->meta);
     pi_numa_free(p->mem, p->bytes);
     memset(p, 0, sizeof *p);
 }

@@ -1,13 +1,16 @@
 /*
- * compute/partition.h - one CPU worker's share of the cold FFN neurons, copied out of the
- * mmapped model into node-local memory (also used by pi-gpu-worker for its hot neurons; both link it
- * from libpinfer.a).
+ * compute/partition.h - one worker's share of a layer's FFN neurons, copied out of the mmapped model
+ * into node-local memory: a CPU worker's cold neurons, or the GPU worker's hot ones (both pack theirs
+ * with this code, from their group of the placement map, compute/placement.h).
  *
- * The rule (doc/pipeline.md): the hot neurons of every layer are ids 0..n_hot-1; the cold ones,
- * n_hot..n_ff-1, are cut into n_workers contiguous ranges of nearly equal size, range w going to
- * CPU worker w. The worker's copy of layer l is a struct pi_layer whose ffn_gate, ffn_up and
- * ffn_down_t hold only its own neurons (rows 0..n_own-1 = neurons first..first+n_own-1), so the
- * neuron-subset kernel (pi_ffn_neurons) runs on it unchanged.
+ * The worker's copy of layer l is a struct pi_layer whose ffn_gate, ffn_up and ffn_down_t hold only
+ * its own neurons, row j being neuron ids[l][j] (ascending), so the neuron-subset kernel
+ * (pi_ffn_neurons) runs on it unchanged. For the dense path the copy also keeps, in the file's own
+ * type, the columns of ffn_down that form whole quantisation blocks of the worker's neurons (every
+ * id of the block is its own): the dense down block. A group that is a range (the rule without
+ * statistics) has one such run of blocks and packs exactly as a range always did; a scattered group
+ * (a hot set chosen by frequency) has as many runs as it has whole blocks, and its other neurons
+ * (the edges) go through their transposed down rows.
  */
 #ifndef PI_COMPUTE_PARTITION_H
 #define PI_COMPUTE_PARTITION_H
@@ -16,40 +19,54 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/placement.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "model/model.h"
 
-/* First neuron and count of worker w's range. */
-void pi_partition_range(int64_t n_ff, int64_t n_hot, int n_workers, int w, int64_t *first, int64_t *count);
+/* Consecutive packed neurons [pos, pos + len) whose down columns are whole blocks of the file's
+ * ffn_down, held in the dense down block at its columns [col, col + len). */
+struct pi_partition_run {
+    int64_t pos, len, col;
+};
 
 struct pi_partition {
-    int64_t first, count;      /* neuron range, the same in every layer */
-    /* (n_layer): ffn_gate, ffn_up (count, d) and ffn_down_t (count, d) are bound, and ffn_down (d, blk)
-     * = the columns [first + blk_off[il], + blk) of the file's ffn_down in its own type, the whole
-     * quantisation blocks inside the range (data NULL, blk 0: none), for pi_partition_ffn_dense */
+    int n_layer;
+    int64_t *count;            /* (n_layer): neurons of layer il held here */
+    int64_t count_max;         /* the largest count */
+    const int32_t **ids;       /* (n_layer) -> (count[il]): row j of layer il is neuron ids[il][j], ascending */
+    /* (n_layer): ffn_gate, ffn_up (count, d) and ffn_down_t (count, or the edges' rows, d) are bound,
+     * and ffn_down (d, blk) = the dense down block: the whole quantisation blocks of the file's
+     * ffn_down among the neurons, one after the other (data NULL, blk 0: none) */
     struct pi_layer *layers;
-    int64_t *blk_off;          /* (n_layer) */
+    struct pi_partition_run **runs; /* (n_layer) -> (n_runs[il]) */
+    int64_t *n_runs;                /* (n_layer) */
+    /* (n_layer) -> (count[il]): the ffn_down_t row of packed neuron j, -1 for a neuron of the dense
+     * block whose down row is not kept (edges_only) */
+    int32_t **down_row;
     /* ffn_down_t holds only the edge neurons' rows (those outside the dense block), one after the
      * other: the slice can only be computed by pi_partition_ffn_dense (packed with dense_only) */
     bool edges_only;
+    void *meta;                /* one allocation holding ids, runs and down_row */
     void *mem;                 /* one node-local allocation holding every packed row */
-    size_t bytes;
+    size_t bytes;              /* of mem */
     int node_os;
 };
 
-/* Pack worker w's neurons of m into memory on NUMA node node_os (-1: local). m may be opened without
- * packing (pi_model_opts.no_down_t): the down rows then come from ffn_down. dense_only: the slice
- * will only be computed by pi_partition_ffn_dense (a SwiGLU model, which never goes neuron by
- * neuron), so only the edge neurons get transposed down rows (edges_only): for Q4_0 weights that
- * leaves 2.2 instead of 4.2 bytes per neuron weight. 0 or a negative pi_err. */
-int pi_partition_pack(const pi_model_t *m, int64_t n_hot, int n_workers, int w, int node_os, bool dense_only,
-                      struct pi_partition *p);
-/* The same for the neurons [first, first + count) of every layer: the GPU worker's hot neurons (ids
- * 0..n_hot-1), so that it holds transposed down rows for those only, not for the whole model. With
- * views, gate and up (and a file's own ffn_down_t) are views of m's mapping rather than copies, and
- * only the down rows built from ffn_down and the dense down block take memory (bytes); m must then
- * outlive p. */
+/* Pack group g of placement pl (0: the GPU worker's hot neurons, 1 + w: CPU worker w's cold ones) of
+ * every layer of m into memory on NUMA node node_os (-1: local). m may be opened without its own
+ * transposed down rows (pi_model_opts.no_down_t): they are then built from ffn_down for these neurons
+ * only. views: where a layer's neurons are a range, gate and up (and a file's own ffn_down_t) are views
+ * of m's mapping rather than copies (m must then outlive p). dense_only: the slice will only be
+ * computed by pi_partition_ffn_dense (a SwiGLU model, which never goes neuron by neuron), so only the
+ * edge neurons get transposed down rows (edges_only): for Q4_0 weights that leaves 2.2 instead of 4.2
+ * bytes per neuron weight. 0 or a negative pi_err (logged). */
+int pi_partition_pack(const pi_model_t *m, const struct pi_placement *pl, int g, int node_os, bool views,
+                      bool dense_only, struct pi_partition *p);
+/* The same for the ids[il] (count[il], ascending, in [0, n_ff)) of every layer. */
+int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const int64_t *count, int node_os, bool views,
+                          bool dense_only, struct pi_partition *p);
+/* The same for the neurons [first, first + count) of every layer. */
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
                             bool dense_only, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
@@ -58,12 +75,12 @@ void pi_partition_free(struct pi_partition *p);
 size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);
 
 /* Y (n, d) = the FFN of the partition's neurons of layer il over each row of X (n, d), computed densely:
- * gate and up as matrix products of the packed rows, the activation, then the down block as one
- * product (its input quantised as pi_matvec does) and the few neurons outside whole blocks at the
- * range's edges through their ffn_down_t rows. This is the single-process pass's dense FFN on a slice
- * (the same kernels, so its rounding, not the neuron kernel's); it reads every weight of the range,
- * which beats the neuron kernel unless few neurons are active (compute/forward.c: about 20%). Y is
- * overwritten. Returns the (token, neuron) pairs with a non-zero activation. */
+ * gate and up as matrix products of the packed rows, the activation, then the dense down block as one
+ * product (its input quantised as pi_matvec does) and the other neurons through their ffn_down_t rows.
+ * This is the single-process pass's dense FFN on a slice (the same kernels, so its rounding, not the
+ * neuron kernel's); it reads every weight of the slice, which beats the neuron kernel unless few
+ * neurons are active (compute/ffn-policy.h). Y is overwritten. Returns the (token, neuron) pairs with
+ * a non-zero activation. */
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y);
 

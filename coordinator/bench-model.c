@@ -23,6 +23,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/engine.h"
 #include "coordinator/pipeline.h"
+#include "compute/placement.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "model/model.h"
@@ -44,7 +45,7 @@ struct model_info {
     uint64_t size;      /* bytes of every tensor in the file */
     uint64_t n_params;  /* elements of every tensor */
     uint64_t decode_bytes; /* weight bytes a dense decode step streams (pi_model_decode_bytes) */
-    int n_ff;
+    int n_ff, n_layer;
 };
 
 /* One engine's placement: a combination of the placement lists and -t. */
@@ -59,7 +60,8 @@ struct placement {
 struct result {
     const struct model_info *mi;
     struct placement pl;
-    int64_t n_hot;       /* FFN neurons per layer the GPU worker holds; -1 for the in-process engine */
+    int64_t n_hot;       /* FFN neurons the GPU worker holds, all layers; -1 for the in-process engine */
+    double hot_share;    /* n_hot / (n_layer x n_ff) */
     int n_workers;       /* CPU worker processes started; 0 for the in-process engine */
     int64_t n_prompt, n_gen;
     char test_time[32];  /* ISO 8601 UTC, when the test started */
@@ -170,6 +172,7 @@ static void model_describe(const pi_model_t *m, const char *file, struct model_i
     }
     mi->decode_bytes = pi_model_decode_bytes(m);
     mi->n_ff = m->hp.n_ff;
+    mi->n_layer = m->hp.n_layer;
     char cls[16], ty[16];
     double p = (double)mi->n_params;
     if (p >= 1e9) snprintf(cls, sizeof cls, "%.0fB", p / 1e9);
@@ -262,7 +265,7 @@ static void md_row(const struct table *t, const struct result *r)
     md_text(&col_params, s);
     md_text(&col_backend, backend_names[r->pl.backend]);
     if (t->pipeline) {
-        if (r->n_hot >= 0) snprintf(s, sizeof s, "%.2f", (double)r->n_hot / r->mi->n_ff);
+        if (r->n_hot >= 0) snprintf(s, sizeof s, "%.2f", r->hot_share);
         else snprintf(s, sizeof s, "-");
         md_text(&col_hot, s);
         if (r->n_hot >= 0) snprintf(s, sizeof s, "%d", r->n_workers);
@@ -286,14 +289,14 @@ static void md_row(const struct table *t, const struct result *r)
 }
 
 /* The csv and json fields of a row, in order; NULL value = not applicable (csv "", json null). */
-#define N_FIELDS 22
+#define N_FIELDS 24
 static const char *const field_names[N_FIELDS] = {
     "pinfer_version", "cpu_info", "model_filename", "model_type", "model_size", "model_n_params",
-    "backend", "hot_fraction", "n_hot", "n_ff", "cpu_workers", "n_threads", "n_prompt", "n_gen",
+    "backend", "hot_fraction", "hot_share", "n_hot", "n_layer", "n_ff", "cpu_workers", "n_threads", "n_prompt", "n_gen",
     "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "decode_gbs", "bw_gbs", "bw_share"};
 /* which fields are numbers in json */
-static const bool field_num[N_FIELDS] = {false, false, false, false, true, true, false, true, true, true, true,
-                                         true, true, true, false, true, true, true, true, true, true, true};
+static const bool field_num[N_FIELDS] = {false, false, false, false, true, true, false, true, true, true, true, true,
+                                         true,  true,  true,  true,  false, true, true, true, true, true, true, true};
 
 static void row_fields(const struct table *t, const struct result *r, char v[N_FIELDS][256], bool present[N_FIELDS])
 {
@@ -309,7 +312,9 @@ static void row_fields(const struct table *t, const struct result *r, char v[N_F
     snprintf(v[k++], 256, "%llu", (unsigned long long)r->mi->n_params);
     snprintf(v[k++], 256, "%s", backend_keys[r->pl.backend]);
     present[k] = pipe, snprintf(v[k++], 256, "%g", r->pl.hot_fraction);
+    present[k] = pipe, snprintf(v[k++], 256, "%.6f", r->hot_share);
     present[k] = pipe, snprintf(v[k++], 256, "%lld", (long long)r->n_hot);
+    snprintf(v[k++], 256, "%d", r->mi->n_layer);
     snprintf(v[k++], 256, "%d", r->mi->n_ff);
     present[k] = pipe, snprintf(v[k++], 256, "%d", r->n_workers);
     snprintf(v[k++], 256, "%lld", (long long)r->pl.threads);
@@ -485,6 +490,10 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     c->gpu_backend = pl->backend;
     c->hot_fraction = pl->hot_fraction;
     c->vram_budget = b->vram_budget;
+    if (b->gpu_index) {
+        free(c->gpu_index);
+        if (!(c->gpu_index = strdup(b->gpu_index))) return NULL;
+    }
     c->cpu_workers = pl->workers;
     c->cpu_threads = pl->threads;
     c->ctx_len = ctx;
@@ -543,8 +552,10 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
                         status = 1;
                         continue;
                     }
-                    struct result r = {.mi = &mi, .pl = pl, .n_hot = pipe ? pi_engine_pipeline_hot(e) : -1,
-                                       .n_workers = pipe ? pi_coord_cpu_workers(&o->cfg) : 0};
+                    const struct pi_placement *map = pipe ? pi_engine_pipeline_placement(e) : NULL;
+                    struct result r = {.mi = &mi, .pl = pl, .n_hot = map ? pi_placement_hot_total(map) : -1,
+                                       .n_workers = map ? map->n_workers : 0};
+                    r.hot_share = map ? (double)r.n_hot / ((double)mi.n_layer * mi.n_ff) : -1.0;
                     for (int k = 0; k < b->n_prompt.n + b->n_gen.n; k++) {
                         bool pp = k < b->n_prompt.n;
                         r.n_prompt = pp ? b->n_prompt.v[k] : 0;

@@ -30,7 +30,7 @@ enum { EXIT_USAGE = 2 };
 enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA };
 
 enum {
-    OPT_NO_WARMUP = 256, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
+    OPT_NO_WARMUP = 256, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
     OPT_KERNELS, OPT_EXCHANGE, OPT_CUDA, OPT_ROWS, OPT_COLS, OPT_TYPES, OPT_ITERS, OPT_SPIN, OPT_BATCH, OPT_EMBD,
 };
 
@@ -71,6 +71,8 @@ static void usage(FILE *out)
             "                            default: 0.5\n"
             "      --vram-budget BYTES   device memory budget (K/M/G suffixes), instead of the hot fraction;\n"
             "                            default: 0 (the hot fraction decides)\n"
+            "      --gpu-index PATH      PowerInfer GPU index (.gpuidx) naming each layer's hot neurons,\n"
+            "                            instead of the hot fraction and the budget; default: none\n"
             "      --cpu-workers N,...   CPU worker processes, 0 for one per NUMA node; default: 0\n"
             "      --run-dir DIR         where the workers' sockets and generated models go;\n"
             "                            default: /tmp/pinfer-$UID\n"
@@ -203,7 +205,7 @@ static int parse_one(const char *opt, const char *s, int64_t lo, int64_t hi, int
 
 /* What the command line asked for, beyond the options struct: which options were given. */
 struct given {
-    bool p, n, t, o, workers, hot, backend, vram, bw, ctx, warm, models;
+    bool p, n, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
     bool rows, cols, types, iters, spin, batch, embd;
 };
 
@@ -216,6 +218,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         {"no-warmup", no_argument, NULL, OPT_NO_WARMUP}, {"bw", required_argument, NULL, OPT_BW},
         {"ctx", required_argument, NULL, OPT_CTX}, {"gpu-backend", required_argument, NULL, OPT_BACKEND},
         {"hot-fraction", required_argument, NULL, OPT_HOT}, {"vram-budget", required_argument, NULL, OPT_VRAM},
+        {"gpu-index", required_argument, NULL, OPT_INDEX},
         {"cpu-workers", required_argument, NULL, OPT_WORKERS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
         {"log-level", required_argument, NULL, OPT_LOG}, {"kernels", required_argument, NULL, OPT_KERNELS},
         {"exchange", no_argument, NULL, OPT_EXCHANGE}, {"cuda-kernels", no_argument, NULL, OPT_CUDA},
@@ -279,6 +282,11 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             g->vram = true, rc = check_key(&scratch, "--vram-budget", "gpu.vram_budget", optarg);
             b->vram_budget = scratch.vram_budget;
             break;
+        case OPT_INDEX:
+            g->index = true;
+            if (access(optarg, R_OK) != 0) rc = bad("--gpu-index", optarg, strerror(errno));
+            b->gpu_index = optarg;
+            break;
         case OPT_WORKERS: g->workers = true, rc = parse_list("--cpu-workers", optarg, 0, 64, &b->cpu_workers); break;
         case OPT_RUN_DIR: rc = check_key(&scratch, "--run-dir", "run.dir", optarg), b->run_dir = optarg; break;
         case OPT_LOG: rc = check_key(&scratch, "--log-level", "log.level", optarg), b->log_level = optarg; break;
@@ -340,6 +348,7 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->backend, "--gpu-backend", M(MODE_MODELS)},
         {g->hot, "--hot-fraction", M(MODE_MODELS)},
         {g->vram, "--vram-budget", M(MODE_MODELS)},
+        {g->index, "--gpu-index", M(MODE_MODELS)},
         {g->workers, "--cpu-workers", M(MODE_MODELS) | M(MODE_EXCHANGE)},
         {g->rows, "--rows", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},
         {g->cols, "--cols", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},

@@ -54,6 +54,7 @@ struct pi_bench_opts {
     int n_backends;
     struct pi_bench_dlist hot_fraction;     /* --hot-fraction */
     uint64_t vram_budget;                   /* --vram-budget (0: the hot fraction decides) */
+    const char *gpu_index;                  /* --gpu-index: PowerInfer .gpuidx hot sets, or NULL */
     struct pi_bench_list cpu_workers;       /* --cpu-workers (0: one per NUMA node) */
     const char *run_dir;                    /* --run-dir, or NULL: the configuration's default */
     const char *log_level;                  /* --log-level */

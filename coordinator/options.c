@@ -43,6 +43,7 @@ static const struct key_opt key_opts[] = {
     {"hot-fraction", "gpu.hot_fraction", "F"},
     {"vram-budget", "gpu.vram_budget", "BYTES"},
     {"gpu-device", "gpu.device", "N"},
+    {"gpu-index", "gpu.gpu_index", "PATH"},
     {"n-predict", "generate.n_predict", "N"},
     {"temp", "generate.temperature", "T"},
     {"top-k", "generate.top_k", "K"},

@@ -13,8 +13,9 @@
  * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
  * positions) can leak into the next request.
  *
- * Placement: the hot neurons of every layer are ids 0..n_hot-1, n_hot by compute/placement.h
- * (doc/pipeline.md); the cold ones are split into contiguous ranges, one per CPU worker.
+ * Placement: the coordinator builds the placement map once (compute/placement.h: which neurons of
+ * every layer the GPU worker and each CPU worker hold), puts its wire form in a sealed memfd segment
+ * that lives as long as the engine, and hands that fd to every worker it spawns, on every restart.
  */
 #include "config.h"
 #include "coordinator/pipeline.h"
@@ -23,6 +24,7 @@
 #include "ipc/step.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
+#include "ipc/shm.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"
@@ -55,7 +57,8 @@ struct pipe_engine {
     pi_exchange_t *ex;
     pi_step_t *step;
     int n_cpu;
-    int64_t n_hot;
+    struct pi_placement *pl;   /* the placement map, made once */
+    pi_shm_t *pl_shm;          /* its wire form, inherited by every worker */
     _Atomic int broken;        /* a worker died: restart at the next reset */
     _Atomic int cancelled;     /* pi_engine_pipeline_cancel was called: a failed step is no death */
     uint64_t restarts;
@@ -143,7 +146,7 @@ static int pipe_start(struct pipe_engine *p)
     pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab);
     if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
     /* close-on-exec here; each worker's spawn passes on just the segments it uses */
-    const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step);
+    const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step), pfd = pi_shm_fd(p->pl_shm);
     pthread_mutex_lock(&p->mu);
     p->ex = ex;
     p->step = step;
@@ -165,7 +168,7 @@ static int pipe_start(struct pipe_engine *p)
     argl(b, "--step-fd", sfd);
     argl(b, "--exchange-fd", xfd);
     arg(b, "--control=", p->worker_ep);
-    argl(b, "--hot", (long)p->n_hot);
+    argl(b, "--placement-fd", pfd);
     argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
     argl(b, "--ctx", (long)p->base.n_ctx);
     argl(b, "--device", (long)c->gpu_device);
@@ -174,8 +177,8 @@ static int pipe_start(struct pipe_engine *p)
         snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);
         arg(b, "--vram-budget=", vb);
     }
-    const int gpu_keep[2] = {sfd, xfd};
-    if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 2) < 0) rc = -PI_ERR_IO;
+    const int gpu_keep[3] = {sfd, xfd, pfd};
+    if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 3) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
         b->n = 0;
         arg(b, "", p->cpu_exe);
@@ -184,10 +187,11 @@ static int pipe_start(struct pipe_engine *p)
         argl(b, "--exchange-fd", xfd);
         argl(b, "--index", w);
         argl(b, "--workers", p->n_cpu);
-        argl(b, "--hot", (long)p->n_hot);
+        argl(b, "--placement-fd", pfd);
         arg(b, "--control=", p->worker_ep);
         if (c->cpu_threads > 0) argl(b, "--threads", (long)c->cpu_threads);
-        if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a, &xfd, 1) < 0) rc = -PI_ERR_IO;
+        const int cpu_keep[2] = {xfd, pfd};
+        if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a, cpu_keep, 2) < 0) rc = -PI_ERR_IO;
     }
     free(b);
     if (rc == 0) rc = pi_super_wait_ready(p->sup, PIPE_READY_MS);
@@ -196,8 +200,9 @@ static int pipe_start(struct pipe_engine *p)
         pipe_stop(p);
         return rc;
     }
-    pi_info("pipeline ready: gpu worker (%s backend, %lld of %d neurons per layer hot) and %d CPU workers",
-            backends[c->gpu_backend], (long long)p->n_hot, hp->n_ff, p->n_cpu);
+    pi_info("pipeline ready: gpu worker (%s backend, %lld of %lld neurons hot, at most %lld of %d in a layer) and %d CPU workers",
+            backends[c->gpu_backend], (long long)pi_placement_hot_total(p->pl), (long long)hp->n_ff * hp->n_layer,
+            (long long)pi_placement_hot_max(p->pl), hp->n_ff, p->n_cpu);
     return 0;
 }
 
@@ -252,6 +257,8 @@ static void pipe_destroy(pi_engine_t *e)
     if (p->sup) pipe_stop(p);
     pi_super_destroy(&p->sup);
     if (p->rundir[0]) pi_rundir_remove(p->rundir);
+    pi_shm_destroy(&p->pl_shm);
+    pi_placement_destroy(&p->pl);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
@@ -302,8 +309,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.max_batch = PIPE_MAX_BATCH;
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
-    p->n_hot = pi_coord_choose_hot(&o->cfg, cm->model, p->base.n_ctx, PIPE_MAX_BATCH);
-    if (pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
+    if (pi_placement_choose(&o->cfg, cm->model, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH, &p->pl) != 0 ||
+        pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
         pi_ctl_endpoint(p->rundir, "workers", p->worker_ep, sizeof p->worker_ep) != 0 ||
@@ -332,9 +339,9 @@ void pi_engine_pipeline_cancel(pi_engine_t *e)
     pthread_mutex_unlock(&p->mu);
 }
 
-int64_t pi_engine_pipeline_hot(pi_engine_t *e)
+const struct pi_placement *pi_engine_pipeline_placement(pi_engine_t *e)
 {
-    return e && e->ops == &pipe_ops ? ((struct pipe_engine *)e)->n_hot : -1;
+    return e && e->ops == &pipe_ops ? ((struct pipe_engine *)e)->pl : NULL;
 }
 
 pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)

@@ -11,6 +11,7 @@
 
 #include "coordinator/coordinator.h"
 #include "coordinator/engine.h"
+#include "compute/placement.h"
 #include "coordinator/supervisor.h"
 #include "lib/conf.h"
 
@@ -22,8 +23,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
 /* The workers of a pipeline engine (0 for any other engine): see pi_super_snapshot. */
 size_t pi_engine_pipeline_workers(pi_engine_t *e, struct pi_worker_info *out, size_t cap);
 
-/* Hot neurons per layer of a pipeline engine; -1 for any other engine. */
-int64_t pi_engine_pipeline_hot(pi_engine_t *e);
+/* The placement map of a pipeline engine (borrowed for the engine's lifetime); NULL for any other. */
+const struct pi_placement *pi_engine_pipeline_placement(pi_engine_t *e);
 
 /* Create the run directory dir (mode 0700) when missing; 0 when it is a directory of this user that
  * nobody else can enter, else one error line and a negative pi_err (the sockets live there). */

@@ -235,6 +235,30 @@ static json_t *workers_json(struct server *s)
     return arr;
 }
 
+/* The placement map for status: totals, then per layer the GPU's hot count and bytes and each CPU
+ * worker's cold count and bytes (compute/placement.h). JSON null without a pipeline. */
+static json_t *placement_json(const struct pi_placement *pl, const pi_model_t *m)
+{
+    if (!pl) return json_null();
+    json_t *layers = json_array();
+    for (int il = 0; layers && il < pl->n_layer; il++) {
+        json_t *cold = json_array(), *cold_bytes = json_array();
+        for (int w = 0; cold && cold_bytes && w < pl->n_workers; w++) {
+            int64_t n;
+            pi_placement_cold(pl, il, w, &n);
+            json_array_append_new(cold, json_integer((json_int_t)n));
+            json_array_append_new(cold_bytes, json_integer((json_int_t)pi_placement_bytes(pl, m, il, 1 + w)));
+        }
+        int64_t nh;
+        pi_placement_hot(pl, il, &nh);
+        json_array_append_new(layers, json_pack("{s:I, s:I, s:o, s:o}", "hot", (json_int_t)nh, "hot_bytes",
+                                                (json_int_t)pi_placement_bytes(pl, m, il, 0), "cold", cold ? cold : json_null(),
+                                                "cold_bytes", cold_bytes ? cold_bytes : json_null()));
+    }
+    return json_pack("{s:I, s:I, s:o}", "hot_neurons", (json_int_t)pi_placement_hot_total(pl), "hot_bytes",
+                     (json_int_t)pi_placement_bytes(pl, m, -1, 0), "layers", layers ? layers : json_null());
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -242,13 +266,14 @@ static json_t *status_json(struct server *s)
     json_t *model = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s}", "path", s->o->cfg.model_path, "arch", hp->arch,
                               "layers", hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_vocab", hp->n_vocab,
                               "activation", pi_ffn_act_name(hp->act));
-    int64_t hot = pi_engine_pipeline_hot(s->engine);
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:i, s:o}", "model", model, "uptime_ms",
+    const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
+    const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
-                     (json_int_t)hot, "cpu_workers", hot >= 0 ? pi_coord_cpu_workers(&s->o->cfg) : 0, "control",
-                     s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s));
+                     (json_int_t)hot, "cpu_workers", pl ? pl->n_workers : 0, "placement", placement_json(pl, s->cm->model),
+                     "control", s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s));
 }
 
 static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)

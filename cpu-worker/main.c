@@ -9,7 +9,9 @@
  */
 #include "config.h"
 #include "lib/numa.h"
+#include "compute/ffn-policy.h"
 #include "compute/partition.h"
+#include "compute/placement.h"
 #include "ipc/link.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
@@ -32,13 +34,13 @@
 
 struct cw_opts {
     const char *model, *control, *activation;
-    int exchange_fd;
-    int64_t index, workers, hot, threads;
+    int exchange_fd, placement_fd;
+    int64_t index, workers, threads;
 };
 
 static void usage(FILE *f)
 {
-    fputs("Usage: pi-cpu-worker --model PATH --exchange-fd FD --index I --workers N [OPTION]...\n"
+    fputs("Usage: pi-cpu-worker --model PATH --exchange-fd FD --placement-fd FD --index I --workers N [OPTION]...\n"
           "A CPU worker of a pinfer pipeline; started by pi-coordinator, not by hand (see pi-cpu-worker(8)).\n"
           "\n"
           "  --model PATH         GGUF model file (mapped read-only); required\n"
@@ -46,7 +48,7 @@ static void usage(FILE *f)
           "  --exchange-fd FD     inherited per-layer exchange segment (memfd); required\n"
           "  --index I            this worker's index, 0..N-1; required\n"
           "  --workers N          CPU workers in the pipeline; required\n"
-          "  --hot N              hot neurons per layer (ids 0..N-1, computed by the GPU worker); default: 0\n"
+          "  --placement-fd FD    inherited placement segment (memfd): which neurons of every layer are this worker's; required\n"
           "  --threads N          compute threads; default: the node's cores shared among its workers\n"
           "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
           "  -h, --help           print this help and exit\n"
@@ -60,10 +62,10 @@ static int parse(int argc, char **argv, struct cw_opts *o)
     static const struct option lo[] = {
         {"model", required_argument, NULL, 'm'}, {"activation", required_argument, NULL, 'a'},
         {"exchange-fd", required_argument, NULL, 'x'}, {"index", required_argument, NULL, 'i'},
-        {"workers", required_argument, NULL, 'w'}, {"hot", required_argument, NULL, 'H'},
+        {"workers", required_argument, NULL, 'w'}, {"placement-fd", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 't'}, {"control", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
-    *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .index = -1, .workers = 0};
+    *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .placement_fd = -1, .index = -1, .workers = 0};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
         switch (c) {
@@ -73,7 +75,7 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
         case 'i': bad = pi_parse_int(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index) != 0; break;
         case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
-        case 'H': bad = pi_parse_int(optarg, 0, 1L << 24, &o->hot) != 0; break;
+        case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
         case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-cpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
@@ -82,8 +84,8 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         if (bad && c != '?' && c != ':') fprintf(stderr, "pi-cpu-worker: bad value '%s' (see --help)\n", optarg);
     }
     if (bad || optind < argc) { fprintf(stderr, "pi-cpu-worker: bad arguments (see --help)\n"); return -1; }
-    if (!o->model || o->exchange_fd < 0 || o->index < 0 || o->workers < 1 || o->index >= o->workers) {
-        fprintf(stderr, "pi-cpu-worker: --model, --exchange-fd, --index and --workers (index < workers) are required\n");
+    if (!o->model || o->exchange_fd < 0 || o->placement_fd < 0 || o->index < 0 || o->workers < 1 || o->index >= o->workers) {
+        fprintf(stderr, "pi-cpu-worker: --model, --exchange-fd, --placement-fd, --index and --workers (index < workers) are required\n");
         return -1;
     }
     return 1;
@@ -95,9 +97,9 @@ struct cw {
     pi_ffn_work_t *work;
     struct pi_partition part;
     enum pi_ffn_act act;
-    int32_t *idx;      /* (count): 0..count-1, or the masked subset of one token */
+    int32_t *idx;      /* (count_max): 0..count-1, or the masked subset of one token */
     float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats, or NULL: dense path off */
-    float *recent;     /* (n_layer): running fraction of active neurons (ReLU), < 0 before the first */
+    struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     int64_t n_ff;
     uint32_t w;
     pi_link_t *link;
@@ -106,47 +108,40 @@ struct cw {
 /* Rows of the partial for one published step. */
 static void compute_step(struct cw *c, const struct pi_exchange_step *st, float *out, int64_t d)
 {
-    const struct pi_layer *L = &c->part.layers[st->layer];
+    const int il = (int)st->layer;
+    const struct pi_layer *L = &c->part.layers[il];
+    const int64_t cnt = c->part.count[il];
+    const int32_t *ids = c->part.ids[il];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
     /* An edges-only slice (SwiGLU) has no down rows for the neuron kernel: per-token masks are then
      * ignored and every neuron computed, which is the exact FFN the masks approximate. */
     if (!(st->flags & PI_EXCHANGE_MASK) || c->part.edges_only) {
-        /* Every token over all of this worker's neurons. Dense (matrix products over the packed
-         * slice, as the single process does) for SwiGLU, for batches, and for ReLU layers whose
-         * recent activity is at least PI_FFN_DENSE_MIN_ACTIVE; else the neuron kernel, which skips
-         * the rows of inactive neurons. */
-        const int64_t n = st->n_tokens, cnt = c->part.count;
+        /* Every token over all of this worker's neurons, densely or neuron by neuron as the FFN
+         * policy says (the neuron kernel skips the rows of inactive neurons). */
+        const int64_t n = st->n_tokens;
         int64_t active;
         if (cnt == 0) {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
             return;
         }
-        float *r = &c->recent[st->layer];
-        if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_activity_reset(r, 1); /* a new sequence (ipc/exchange.h) */
-        if (c->dense_scr && (c->act == PI_FFN_ACT_SILU || c->part.edges_only || n > 1 || *r >= PI_FFN_DENSE_MIN_ACTIVE)) {
-            active = pi_partition_ffn_dense(c->pool, &c->part, (int)st->layer, c->act, st->x, n, c->dense_scr, out);
+        if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_policy_reset(&c->policy, il); /* a new sequence (ipc/exchange.h) */
+        if (pi_ffn_policy_choose(&c->policy, il, n) == PI_FFN_PATH_DENSE) {
+            active = pi_partition_ffn_dense(c->pool, &c->part, il, c->act, st->x, n, c->dense_scr, out);
         } else {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
             for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
             active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, n, c->idx, cnt, out);
         }
-        pi_ffn_activity_update(r, (float)active / ((float)n * (float)cnt));
+        pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         return;
     }
-    for (uint32_t t = 0; t < st->n_tokens; t++) {
+    for (uint32_t t = 0; t < st->n_tokens; t++) { /* the neurons each token's mask (global ids) selects */
         float *y = out + (size_t)t * (size_t)d;
         memset(y, 0, (size_t)d * sizeof *y);
-        int64_t n = c->part.count;
-        if (st->flags & PI_EXCHANGE_MASK) {
-            const uint64_t *row = st->mask + (size_t)t * mask_words;
-            n = 0;
-            for (int64_t j = 0; j < c->part.count; j++) {
-                int64_t id = c->part.first + j;
-                if (row[id / 64] >> (id % 64) & 1) c->idx[n++] = (int32_t)j;
-            }
-        } else {
-            for (int64_t j = 0; j < n; j++) c->idx[j] = (int32_t)j;
-        }
+        const uint64_t *row = st->mask + (size_t)t * mask_words;
+        int64_t n = 0;
+        for (int64_t j = 0; j < cnt; j++)
+            if (row[ids[j] / 64] >> (ids[j] % 64) & 1) c->idx[n++] = (int32_t)j;
         if (n > 0) pi_ffn_neurons(c->pool, c->work, L, c->act, st->x + (size_t)t * (size_t)d, c->idx, n, y);
     }
 }
@@ -172,6 +167,7 @@ static int serve(struct cw *c, int64_t d, uint32_t seen)
 static int run(const struct cw_opts *o)
 {
     struct cw c = {.w = (uint32_t)o->index};
+    struct pi_placement *pl = NULL;
     struct pi_numa_place place;
     pi_model_t *m = NULL;
     char err[512] = "";
@@ -190,26 +186,26 @@ static int run(const struct cw_opts *o)
     if ((rc = pi_exchange_attach(o->exchange_fd, &c.ex)) != 0) goto out;
     const struct pi_exchange_params *xp = pi_exchange_params(c.ex);
     if (xp->n_embd != (uint32_t)m->hp.n_embd || xp->n_ff != (uint32_t)m->hp.n_ff || xp->n_layers != (uint32_t)m->hp.n_layer ||
-        xp->n_workers != (uint32_t)o->workers || o->hot > m->hp.n_ff) {
-        pi_error("the exchange segment does not match the model or --workers/--hot");
+        xp->n_workers != (uint32_t)o->workers) {
+        pi_error("the exchange segment does not match the model or --workers");
         rc = -PI_ERR_INVAL;
         goto out;
     }
+    if ((rc = pi_placement_map_fd(o->placement_fd, m->hp.n_layer, m->hp.n_ff, (int)o->workers, &pl)) != 0) goto out;
     const bool dense = !pi_env_off("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
     /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
-    if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os,
-                                dense && m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
+    if ((rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, dense && m->hp.act == PI_FFN_ACT_SILU,
+                                &c.part)) != 0)
         goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
     c.n_ff = m->hp.n_ff;
     c.pool = pi_pool_new(threads);
     c.work = pi_ffn_work_new(m->hp.n_embd, threads);
-    c.idx = malloc((size_t)(c.part.count ? c.part.count : 1) * sizeof *c.idx);
+    c.idx = malloc((size_t)(c.part.count_max ? c.part.count_max : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
-    if (!(c.recent = malloc((size_t)m->hp.n_layer * sizeof *c.recent))) { rc = -PI_ERR_NOMEM; goto out; }
-    pi_ffn_activity_reset(c.recent, m->hp.n_layer);
+    if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, dense, !c.part.edges_only)) != 0) goto out;
     if (dense && !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;
@@ -217,15 +213,17 @@ static int run(const struct cw_opts *o)
     /* Join the exchange before READY: the GPU worker publishes only once every worker is READY, so
      * no step can fall between the join and the first wait (doc/ipc.md, "Joining"). */
     uint32_t seen;
+    int64_t held = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) held += c.part.count[il];
     if ((rc = pi_exchange_join(c.ex, c.w, &seen)) != 0) goto out;
     if (o->control) {
         struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_CPU_WORKER, .index = (uint32_t)o->index,
                                   .numa_node = place.node, .cores = place.cores, .n_cores = place.n_cores};
         if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
-        pi_link_ready(c.link, (uint64_t)c.part.count * (uint64_t)m->hp.n_layer, c.part.bytes);
+        pi_link_ready(c.link, (uint64_t)held, c.part.bytes);
     }
-    pi_info("worker %lld/%lld: neurons %lld..%lld of %d per layer, %zu bytes on node %d, %d threads",
-            (long long)o->index, (long long)o->workers, (long long)c.part.first, (long long)(c.part.first + c.part.count - 1), m->hp.n_ff,
+    pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d, %d threads",
+            (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
             c.part.bytes, place.node, threads);
     rc = serve(&c, m->hp.n_embd, seen);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
@@ -233,7 +231,8 @@ out:
     pi_link_stop(&c.link);
     free(c.idx);
     free(c.dense_scr);
-    free(c.recent);
+    pi_ffn_policy_free(&c.policy);
+    pi_placement_destroy(&pl);
     pi_ffn_work_destroy(&c.work);
     pi_pool_destroy(&c.pool);
     pi_partition_free(&c.part);

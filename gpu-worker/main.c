@@ -1,11 +1,13 @@
 /*
- * gpu-worker/main.c - pi-gpu-worker: started by pi-coordinator with the step and exchange segments
- * inherited as file descriptors; maps the model, builds the backend (host or cuda) with the hot
- * neurons, registers over the control link and runs the layer loop until told to stop.
+ * gpu-worker/main.c - pi-gpu-worker: started by pi-coordinator with the step, exchange and placement
+ * segments inherited as file descriptors; maps the model, packs the hot neurons the placement gives
+ * it, builds the backend (host or cuda) over them, registers over the control link and runs the layer
+ * loop until told to stop.
  * See pi-gpu-worker(8).
  */
 #include "config.h"
 #include "compute/partition.h"
+#include "compute/placement.h"
 #include "compute/backend.h"
 #include "ipc/link.h"
 #include "gpu-worker/loop.h"
@@ -25,14 +27,14 @@
 
 struct gw_opts {
     const char *backend, *model, *control, *activation;
-    int step_fd, exchange_fd;
-    int64_t hot, threads, ctx, device, n_seq;
+    int step_fd, exchange_fd, placement_fd;
+    int64_t threads, ctx, device, n_seq;
     uint64_t vram_budget;
 };
 
 static void usage(FILE *f)
 {
-    fputs("Usage: pi-gpu-worker --model PATH --step-fd FD --exchange-fd FD [OPTION]...\n"
+    fputs("Usage: pi-gpu-worker --model PATH --step-fd FD --exchange-fd FD --placement-fd FD [OPTION]...\n"
           "The GPU worker of a pinfer pipeline; started by pi-coordinator, not by hand (see pi-gpu-worker(8)).\n"
           "\n"
           "  --backend B          host (plain C) or cuda; default: host\n"
@@ -40,8 +42,8 @@ static void usage(FILE *f)
           "  --activation ACT     FFN activation: auto, silu, relu, drelu; default: auto\n"
           "  --step-fd FD         inherited step segment (memfd); required\n"
           "  --exchange-fd FD     inherited per-layer exchange segment (memfd); required\n"
+          "  --placement-fd FD    inherited placement segment (memfd): the hot neurons of every layer; required\n"
           "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
-          "  --hot N              hot neurons per layer (ids 0..N-1) computed here; default: 0\n"
           "  --threads N          host backend threads; default: 1\n"
           "  --ctx N              positions per sequence; default: the model's\n"
           "  --n-seq N            sequences in the KV cache; default: 1\n"
@@ -59,12 +61,12 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         {"backend", required_argument, NULL, 'b'}, {"model", required_argument, NULL, 'm'},
         {"activation", required_argument, NULL, 'a'}, {"step-fd", required_argument, NULL, 's'},
         {"exchange-fd", required_argument, NULL, 'x'}, {"control", required_argument, NULL, 'c'},
-        {"hot", required_argument, NULL, 'H'}, {"threads", required_argument, NULL, 't'},
+        {"placement-fd", required_argument, NULL, 'P'}, {"threads", required_argument, NULL, 't'},
         {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
         {"n-seq", required_argument, NULL, 'S'}, {"vram-budget", required_argument, NULL, 'B'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
-    *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .threads = 1, .n_seq = 1};
+    *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .placement_fd = -1, .threads = 1, .n_seq = 1};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
         switch (c) {
@@ -74,7 +76,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'c': o->control = optarg; break;
         case 's': bad = pi_shm_parse_fd(optarg, &o->step_fd) != 0; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
-        case 'H': bad = pi_parse_int(optarg, 0, 1L << 24, &o->hot) != 0; break;
+        case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
         case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
         case 'C': bad = pi_parse_int(optarg, 0, 1L << 24, &o->ctx) != 0; break;
         case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
@@ -88,48 +90,27 @@ static int parse(int argc, char **argv, struct gw_opts *o)
     }
     if (bad || optind < argc) { fprintf(stderr, "pi-gpu-worker: bad arguments (see --help)\n"); return -1; }
     if (pi_backend_check(o->backend) != 0) return -1;
-    if (!o->model || o->step_fd < 0 || o->exchange_fd < 0) {
-        fprintf(stderr, "pi-gpu-worker: --model, --step-fd and --exchange-fd are required (see --help)\n");
+    if (!o->model || o->step_fd < 0 || o->exchange_fd < 0 || o->placement_fd < 0) {
+        fprintf(stderr, "pi-gpu-worker: --model, --step-fd, --exchange-fd and --placement-fd are required (see --help)\n");
         return -1;
     }
     return 1;
 }
 
-/* Hot neuron ids of every layer: 0..hot-1 (the simple rule of doc/pipeline.md). */
-static int32_t *hot_ids(long hot)
-{
-    int32_t *ids = malloc((size_t)(hot ? hot : 1) * sizeof *ids);
-    if (ids)
-        for (long i = 0; i < hot; i++) ids[i] = (int32_t)i;
-    return ids;
-}
-
-/* Bytes of the hot neurons' weights (gate row, up row, down_t row each) over all layers, from the
- * model's own rows (the packed copy counts its own bytes). */
-static uint64_t hot_bytes(const pi_model_t *m, long hot)
-{
-    uint64_t b = 0;
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        b += (uint64_t)hot * (L->ffn_gate.row_bytes + L->ffn_up.row_bytes);
-        /* a down column: ffn_down_t's row, or its share of ffn_down (d rows of n_ff) when not packed */
-        b += L->ffn_down_t.data ? (uint64_t)hot * L->ffn_down_t.row_bytes
-                                : (uint64_t)L->ffn_down.row_bytes * (uint64_t)L->ffn_down.rows * (uint64_t)hot / (uint64_t)m->hp.n_ff;
-    }
-    return b;
-}
+/* Bytes of the hot neurons' weights (gate row, up row, down column each) over all layers. */
+static uint64_t hot_bytes(const pi_model_t *m, const struct pi_placement *pl) { return pi_placement_bytes(pl, m, -1, 0); }
 
 /* Check that the segments were made for this model. */
-static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *ex, long hot)
+static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *ex)
 {
     const struct pi_exchange_params *p = pi_exchange_params(ex);
     const struct pi_hparams *hp = &m->hp;
     if (p->n_embd != (uint32_t)hp->n_embd || p->n_ff != (uint32_t)hp->n_ff || p->n_layers != (uint32_t)hp->n_layer ||
-        p->max_tokens != pi_step_max_tokens(step) || pi_step_n_vocab(step) != (uint32_t)hp->n_vocab || hot > hp->n_ff) {
+        p->max_tokens != pi_step_max_tokens(step) || pi_step_n_vocab(step) != (uint32_t)hp->n_vocab) {
         pi_error("segments do not match the model (exchange n_embd %u n_ff %u layers %u max_tokens %u; step "
-                 "max_tokens %u n_vocab %u; model n_embd %d n_ff %d layers %d n_vocab %d; hot %ld)",
+                 "max_tokens %u n_vocab %u; model n_embd %d n_ff %d layers %d n_vocab %d)",
                  p->n_embd, p->n_ff, p->n_layers, p->max_tokens, pi_step_max_tokens(step), pi_step_n_vocab(step),
-                 hp->n_embd, hp->n_ff, hp->n_layer, hp->n_vocab, hot);
+                 hp->n_embd, hp->n_ff, hp->n_layer, hp->n_vocab);
         return -PI_ERR_INVAL;
     }
     return 0;
@@ -142,7 +123,9 @@ static int run(const struct gw_opts *o)
     pi_step_t *step = NULL;
     pi_exchange_t *ex = NULL;
     pi_link_t *link = NULL;
-    int32_t *ids = NULL;
+    struct pi_placement *pl = NULL;
+    const int32_t **hot = NULL;
+    int64_t *n_hot = NULL;
     struct pi_partition part = {0};
     char err[512] = "";
     struct pi_model_opts mo;
@@ -151,38 +134,35 @@ static int run(const struct gw_opts *o)
     if (rc != 0 && strcmp(o->activation, "auto") == 0) { mo.act = PI_FFN_ACT_DEFAULT; rc = 0; }
     if (rc != 0) { pi_error("--activation %s: not auto, silu, relu or drelu", o->activation); goto out; }
     /* Transposed down rows: opened without them; only where the backend needs the model's own (host,
-     * every neuron hot) the model is opened again with them. Otherwise the worker packs just its hot
-     * neurons' rows below, not a transposed copy of the whole model (pi_backend_hot_rows). */
+     * a layer with every neuron hot) the model is opened again with them. Otherwise the worker packs
+     * just its hot neurons' rows below, not a transposed copy of the whole model (pi_backend_hot_rows). */
     mo.no_down_t = true;
-    rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
-    enum pi_backend_rows rows = rc == 0 ? pi_backend_hot_rows(o->backend, m, o->hot) : PI_BACKEND_ROWS_NONE;
+    if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
+    if ((rc = pi_step_attach(o->step_fd, &step)) != 0) goto out;
+    if ((rc = pi_exchange_attach(o->exchange_fd, &ex)) != 0) goto out;
+    if ((rc = check_segments(m, step, ex)) != 0) goto out;
+    if ((rc = pi_placement_map_fd(o->placement_fd, m->hp.n_layer, m->hp.n_ff, (int)pi_exchange_params(ex)->n_workers, &pl)) != 0) goto out;
+    enum pi_backend_rows rows = pi_backend_hot_rows(o->backend, m, pl);
     if (rows == PI_BACKEND_ROWS_MODEL) {
         pi_model_destroy(&m);
         mo.no_down_t = false;
-        rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
+        if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     }
-    if (rc != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
-    if ((rc = pi_step_attach(o->step_fd, &step)) != 0) goto out;
-    if ((rc = pi_exchange_attach(o->exchange_fd, &ex)) != 0) goto out;
-    if ((rc = check_segments(m, step, ex, o->hot)) != 0) goto out;
-    if (!(ids = hot_ids(o->hot))) { rc = -PI_ERR_NOMEM; goto out; }
-    const int32_t **hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
-    int64_t *n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
-    if (!hot || !n_hot) { free(hot); free(n_hot); rc = -PI_ERR_NOMEM; goto out; }
-    for (int il = 0; il < m->hp.n_layer; il++) { hot[il] = ids; n_hot[il] = o->hot; }
+    hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
+    n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
+    if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; goto out; }
+    for (int il = 0; il < m->hp.n_layer; il++) hot[il] = pi_placement_hot(pl, il, &n_hot[il]);
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot};
-    uint64_t mem_bytes = hot_bytes(m, o->hot);
+    uint64_t mem_bytes = hot_bytes(m, pl);
     if (rows == PI_BACKEND_ROWS_PACKED) {
-        if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, true, false, &part)) != 0) {
-            pi_error("packing the %ld hot neurons of every layer failed (%s)", o->hot, pi_err_str(rc));
-            free(hot);
-            free(n_hot);
+        if ((rc = pi_partition_pack(m, pl, 0, -1, true, false, &part)) != 0) {
+            pi_error("packing the %lld hot neurons failed (%s)", (long long)pi_placement_hot_total(pl), pi_err_str(rc));
             goto out;
         }
-        bo.hot_layers = part.layers; /* gate and up rows are the mapping's; the down rows are part.bytes */
-        bo.hot_blk_off = part.blk_off;
+        bo.hot_layers = part.layers; /* gate and up rows are the mapping's where a layer's ids are a range */
+        bo.hot_part = &part;
     }
     /* what pi-ctl status shows: the device bytes for a device backend, else the hot weights */
     uint64_t dev_bytes = 0;
@@ -201,8 +181,10 @@ static int run(const struct gw_opts *o)
         if (!link) rc = -PI_ERR_IO;
     }
     if (rc == 0) {
-        if (link) pi_link_ready(link, (uint64_t)o->hot * (uint64_t)m->hp.n_layer, mem_bytes);
-        pi_info("ready: backend %s, %lld hot neurons per layer of %d, %d layers", o->backend, (long long)o->hot, m->hp.n_ff, m->hp.n_layer);
+        const int64_t total = pi_placement_hot_total(pl);
+        if (link) pi_link_ready(link, (uint64_t)total, mem_bytes);
+        pi_info("ready: backend %s, %lld hot neurons in %d layers of %d (at most %lld in a layer)", o->backend,
+                (long long)total, m->hp.n_layer, m->hp.n_ff, (long long)pi_placement_hot_max(pl));
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
         rc = pi_gpu_loop_run(&g);
@@ -210,14 +192,14 @@ static int run(const struct gw_opts *o)
         if (rc != 0 && link) pi_link_error(link, rc, "the layer loop failed");
     }
     pi_backend_destroy(&be);
-    free(hot);
-    free(n_hot);
 out:
     pi_link_stop(&link);
     pi_exchange_destroy(&ex);
     pi_step_destroy(&step);
-    free(ids);
+    free(hot);
+    free(n_hot);
     pi_partition_free(&part);
+    pi_placement_destroy(&pl);
     pi_model_destroy(&m);
     return rc;
 }

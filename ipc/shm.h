@@ -35,6 +35,7 @@
 enum pi_shm_kind {
     PI_SHM_KIND_TEST = 1,     /* tests and benchmarks */
     PI_SHM_KIND_EXCHANGE = 2, /* per-layer exchange (ipc/exchange.h) */
+    PI_SHM_KIND_PLACEMENT = 3, /* the placement map's wire form, one section (compute/placement.h) */
 };
 
 /* One entry of the section table; offsets are from the start of the segment. */

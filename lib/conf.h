@@ -36,6 +36,7 @@ struct pi_config {
     double hot_fraction;       /* fraction of each layer's FFN neurons kept by the GPU worker, 0..1 */
     uint64_t vram_budget;      /* bytes; 0 = use hot_fraction instead */
     int64_t gpu_device;
+    char *gpu_index;           /* PowerInfer .gpuidx file with the hot neurons of every layer; empty = none */
     /* [generate] */
     int64_t n_predict;
     double temperature;

@@ -35,6 +35,7 @@
 #include "kernels/cuda/cuda.h"
 #include "lib/common.h"
 #include "lib/log.h"
+#include "lib/rng.h"
 #include "tests/test-pipeline-util.h"
 
 #define T_MAX 64
@@ -432,6 +433,70 @@ static void check_pipeline(const char *model, const char *gpath)
     pi_gguf_destroy(&gd.g);
 }
 
+/* Placements that are not a prefix through the pipeline with the cuda backend (compute/placement.h,
+ * via PowerInfer's .gpuidx): a fresh random half of every layer, then mixed layers (layer 0 all hot,
+ * so dense on the device, layer 1 a single hot neuron, the rest at other densities), with 1 and 2 CPU
+ * workers: the golden prompt logits within the usual tolerance. */
+static void check_pipeline_permuted(const char *model, const char *gpath)
+{
+    char coord[512], ids[4096], rundir[400];
+    struct tp_golden gd;
+    tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
+    if (access(coord, X_OK) != 0 || tp_golden_open(gpath, &gd) != 0) {
+        tap_skip(4, "pi-coordinator not built");
+        return;
+    }
+    pi_model_t *m = NULL;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.no_down_t = true;
+    if (pi_model_open(model, &mo, &m, NULL, 0) != 0) tap_bail("open %s", model);
+    const int L = m->hp.n_layer, ff = m->hp.n_ff;
+    pi_model_destroy(&m);
+    tp_ids(ids, sizeof ids, gd.tokens, gd.n);
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20), st = seed;
+    tap_diag("random placements from seed %llu", (unsigned long long)seed);
+    unsigned char *hot = malloc((size_t)L * (size_t)ff);
+    PI_ASSERT(hot);
+    for (int variant = 0; variant < 2; variant++) {
+        for (int il = 0; il < L; il++) {
+            double p = variant == 0 ? 0.5 : il == 0 ? 1.0 : 0.1 + 0.8 * (double)(il % 5) / 4.0;
+            for (int i = 0; i < ff; i++)
+                hot[(size_t)il * (size_t)ff + (size_t)i] = (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0 < p;
+            if (variant == 1 && il == 1) {
+                memset(hot + (size_t)il * (size_t)ff, 0, (size_t)ff);
+                hot[(size_t)il * (size_t)ff + pi_rng_splitmix64(&st) % (uint64_t)ff] = 1;
+            }
+        }
+        char idx[600];
+        snprintf(idx, sizeof idx, "%s/perm%d.gpuidx", tp_dir, variant);
+        if (tp_write_gpuidx(idx, L, ff, hot) != 0) tap_bail("cannot write %s", idx);
+        static const char *const workers[] = {"1", "2"};
+        for (size_t w = 0; w < PI_ARRAY_LEN(workers); w++) {
+            char out[600], name[64];
+            snprintf(name, sizeof name, "pipe-cuda-perm%d-w%s", variant, workers[w]);
+            snprintf(out, sizeof out, "%s/%s.f32", tp_dir, name);
+            char *argv[] = {coord, "--model", (char *)model, "--tokens", ids, "-n", "0", "--logits-out", out,
+                            "--gpu-backend", "cuda", "--gpu-index", idx, "--cpu-workers", (char *)workers[w],
+                            "--run-dir", rundir, "--log-level", "warn", NULL};
+            int rc = tp_run(argv, name, 120.0);
+            float *lg = rc == 0 ? tp_read_logits(out, gd.n, gd.n_vocab) : NULL;
+            double e = lg ? tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab) : INFINITY;
+            if (!lg) {
+                char *er = tp_output(name, "err");
+                tap_diag("exit %d: %s", rc, er);
+                free(er);
+            }
+            tap_ok(lg && e <= GOLDEN_TOL, "pipeline, cuda backend, %s placement (not a prefix), %s CPU workers: golden "
+                   "prompt logits, relative error %.3g (<= %.0e)", variant ? "mixed" : "random-half", workers[w], e, GOLDEN_TOL);
+            free(lg);
+        }
+    }
+    free(hot);
+    pi_gguf_destroy(&gd.g);
+}
+
 int main(void)
 {
     int nd = pi_cuda_device_count();
@@ -469,5 +534,6 @@ int main(void)
     check_pdl("demo", demo);
     check_pdl("tiny-llama-q4_0", tiny);
     check_pipeline(demo, demo_g);
+    check_pipeline_permuted(demo, demo_g);
     return tap_done();
 }

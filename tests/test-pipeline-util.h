@@ -272,4 +272,34 @@ __attribute__((unused)) static float *tp_read_logits(const char *path, int n, in
     return (float *)(void *)b;
 }
 
+/* Write a PowerInfer GPU index (.gpuidx, compute/placement.h) at path whose hot set of layer il is the
+ * neurons i with hot[il * n_ff + i] != 0. 0 or a negative pi_err. */
+__attribute__((unused)) static int tp_write_gpuidx(const char *path, int n_layer, int n_ff, const unsigned char *hot)
+{
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    int32_t *flag = malloc((size_t)n_ff * sizeof *flag), *ids = malloc((size_t)n_ff * sizeof *ids);
+    int rc = w && flag && ids ? 0 : -PI_ERR_NOMEM;
+    if (rc == 0) rc = pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
+    if (rc == 0) rc = pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", (uint32_t)n_layer);
+    if (rc == 0) rc = pi_gguf_writer_set_u64(w, "split.vram_capacity", 0);
+    for (int il = 0; rc == 0 && il < n_layer; il++) {
+        uint64_t k = 0, ne[1] = {(uint64_t)n_ff};
+        for (int i = 0; i < n_ff; i++) {
+            flag[i] = hot[(size_t)il * (size_t)n_ff + (size_t)i] != 0;
+            if (flag[i]) ids[k++] = i;
+        }
+        char name[48];
+        snprintf(name, sizeof name, "blk.%d.gpu_idx", il);
+        rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_I32, 1, ne, flag);
+        snprintf(name, sizeof name, "blk.%d.gpu_bucket", il);
+        ne[0] = k;
+        if (rc == 0) rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_I32, 1, ne, ids);
+    }
+    if (rc == 0) rc = pi_gguf_writer_write(w, path);
+    pi_gguf_writer_destroy(&w);
+    free(flag);
+    free(ids);
+    return rc;
+}
+
 #endif

@@ -358,13 +358,6 @@ static void part_range(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-void pi_ffn_activity_update(float *r, float frac) { *r = *r < 0.0f ? frac : 0.9f * *r + 0.1f * frac; }
-
-void pi_ffn_activity_reset(float *r, int n)
-{
-    for (int i = 0; i < n; i++) r[i] = -1.0f;
-}
-
 /* The part count depends only on the list length and the pool size. */
 static int ffn_parts(int64_t n_idx, int n_threads)
 {

@@ -70,21 +70,6 @@ void pi_ffn_work_destroy(pi_ffn_work_t **w);
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
                        const float *x, const int32_t *idx, int64_t n_idx, float *y);
 
-/* The neuron-wise path pays per active neuron (its down row, float multiply-adds) what a dense FFN
- * (whole matrices, int8 dot products) pays for all neurons: measured on the 1B-class ReLU model with
- * 50% active, neuron-wise took 1.75x the dense time, which puts the break-even near 20% active. The
- * callers that choose (compute/forward.c, the CPU workers, the host backend) keep a running fraction of
- * active neurons per layer and go dense at or above this. */
-#define PI_FFN_DENSE_MIN_ACTIVE 0.2f
-
-/* *r = the running fraction of active neurons after a call whose fraction was frac: frac on the
- * first call (*r < 0), then 0.9 *r + 0.1 frac. */
-void pi_ffn_activity_update(float *r, float frac);
-
-/* r[0..n) = no history (< 0): the next update of each takes its fraction as it is. At start, and
- * when a sequence starts, so that a request's path choices do not depend on the requests before it. */
-void pi_ffn_activity_reset(float *r, int n);
-
 /* Room in w for batches of up to max_tokens tokens in pi_ffn_neurons_batch (their quantised inputs
  * and per-thread accumulators of a group of tokens); call once at setup, never while serving.
  * 0, -PI_ERR_NOMEM or -PI_ERR_RANGE (w unchanged). */

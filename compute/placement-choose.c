@@ -1,0 +1,129 @@
+/*
+ * compute/placement-choose.c - choosing the pipeline's placement (compute/placement.h): the hot-neuron
+ * count of the rule without statistics, from the hot fraction or the VRAM budget. Apart from
+ * compute/placement.c so that a program that only reads a placement (the CPU worker) does not link
+ * the cuda backend's planner.
+ */
+#include "config.h"
+#include "compute/placement.h"
+#ifdef PI_HAVE_CUDA
+#include "compute/backend-cuda.h"
+#endif
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdlib.h>
+
+/* The file-type rule: weights every token needs, then gate + up + down column per neuron. */
+static int64_t fit_by_rows(const struct pi_config *c, const pi_model_t *m)
+{
+    const struct pi_hparams *hp = &m->hp;
+    uint64_t fixed = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
+    if (!m->tied) fixed += m->output.row_bytes * (uint64_t)m->output.rows;
+    uint64_t per_neuron = 0;
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        fixed += L->attn_q.row_bytes * (uint64_t)L->attn_q.rows + L->attn_k.row_bytes * (uint64_t)L->attn_k.rows +
+                 L->attn_v.row_bytes * (uint64_t)L->attn_v.rows + L->attn_output.row_bytes * (uint64_t)L->attn_output.rows;
+        uint64_t down = 0; /* one neuron's down column: n_embd values of the down weights' type */
+        if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)hp->n_embd, &down)) down = 4u * (uint64_t)hp->n_embd;
+        per_neuron += L->ffn_gate.row_bytes + L->ffn_up.row_bytes + down;
+    }
+    if (c->vram_budget <= fixed || per_neuron == 0) return 0;
+    uint64_t k = (c->vram_budget - fixed) / per_neuron;
+    return (int64_t)PI_MIN(k, (uint64_t)hp->n_ff);
+}
+
+#ifdef PI_HAVE_CUDA
+struct cuda_fit {
+    const pi_model_t *m;
+    struct pi_backend_opts o;
+    int64_t *nh;
+    uint64_t budget;
+};
+
+/* Whether k hot neurons per layer fit the budget by the backend's plan. */
+static bool fits(struct cuda_fit *f, int64_t k)
+{
+    uint64_t bytes = 0;
+    for (int il = 0; il < f->m->hp.n_layer; il++) f->nh[il] = k;
+    return pi_backend_cuda_plan(f->m, &f->o, &bytes) == 0 && bytes <= f->budget;
+}
+
+/* The cuda backend's own plan, searched over k. The opts are those pi-gpu-worker builds: hot ids
+ * 0..k-1 in every layer, its packed hot rows (whose down rows have model/model.c's automatic type when
+ * the file has none), one sequence of n_ctx positions, batches of max_tokens. The plan grows with k
+ * except at k = n_ff, where every layer turns dense (the file's down weights instead of the
+ * transposed rows), so that end is tried first. -1 when out of memory. */
+static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
+{
+    const struct pi_hparams *hp = &m->hp;
+    const int L = hp->n_layer;
+    int32_t *ids = malloc((size_t)hp->n_ff * sizeof *ids);
+    const int32_t **hot = calloc((size_t)L, sizeof *hot);
+    int64_t *nh = calloc((size_t)L, sizeof *nh);
+    struct pi_layer *hl = calloc((size_t)L, sizeof *hl);
+    int64_t best = -1;
+    if (ids && hot && nh && hl) {
+        for (int64_t i = 0; i < hp->n_ff; i++) ids[i] = (int32_t)i;
+        for (int il = 0; il < L; il++) {
+            hot[il] = ids;
+            hl[il] = m->layers[il];
+            if (!hl[il].ffn_down_t.data)
+                hl[il].ffn_down_t.type = pi_model_down_t_type(PI_TYPE_COUNT, m->layers[il].ffn_down.type, hp->n_embd);
+        }
+        struct cuda_fit f = {.m = m, .nh = nh, .budget = c->vram_budget,
+                             .o = {.n_ctx = n_ctx, .n_seq = 1, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
+                                   .hot_layers = hl}};
+        if (fits(&f, hp->n_ff)) {
+            best = hp->n_ff;
+        } else if (!fits(&f, 0)) {
+            best = 0;
+        } else {
+            int64_t lo = 0, hi = hp->n_ff - 1; /* plan(lo) fits; plan(hi + 1) does not */
+            while (lo < hi) {
+                int64_t mid = lo + (hi - lo + 1) / 2;
+                if (fits(&f, mid)) lo = mid;
+                else hi = mid - 1;
+            }
+            best = lo;
+        }
+    }
+    free(ids);
+    free(hot);
+    free(nh);
+    free(hl);
+    return best;
+}
+#endif
+
+int64_t pi_coord_choose_hot(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
+{
+    if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * m->hp.n_ff);
+#ifdef PI_HAVE_CUDA
+    if (c->gpu_backend == PI_GPU_CUDA) {
+        int64_t k = fit_cuda(c, m, n_ctx, max_tokens);
+        if (k >= 0) return k;
+        pi_warn("placement: the cuda backend's plan could not be made; using the weights-only rule");
+    }
+#else
+    (void)n_ctx, (void)max_tokens;
+#endif
+    return fit_by_rows(c, m);
+}
+
+int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_workers, int n_ctx, int max_tokens,
+                        struct pi_placement **out)
+{
+    if (c->gpu_index && c->gpu_index[0]) {
+        int rc = pi_placement_read_gpuidx(c->gpu_index, m->hp.n_layer, m->hp.n_ff, n_workers, out);
+        if (rc == 0) pi_info("placement: the hot neurons of %s (%lld of %lld)", c->gpu_index, (long long)pi_placement_hot_total(*out),
+                             (long long)m->hp.n_ff * m->hp.n_layer);
+        return rc;
+    }
+    int64_t k = pi_coord_choose_hot(c, m, n_ctx, max_tokens);
+    return pi_placement_prefix(m->hp.n_layer, m->hp.n_ff, n_workers, k, out);
+}
