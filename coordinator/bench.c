@@ -373,6 +373,24 @@ static int check_mode(enum mode mode, const struct given *g)
     return 0;
 }
 
+/* The model tests' lists against each other: at least one test, and a context that holds them. */
+static int check_tests(const struct pi_bench_opts *b)
+{
+    int64_t most = 0;
+    for (int i = 0; i < b->n_prompt.n; i++) most = PI_MAX(most, b->n_prompt.v[i]);
+    for (int i = 0; i < b->n_gen.n; i++) most = PI_MAX(most, b->n_gen.v[i]);
+    if (most == 0) {
+        fprintf(stderr, "pi-bench: -p and -n are all 0: no test to run\n");
+        return -PI_ERR_INVAL;
+    }
+    if (b->ctx && b->ctx < most) {
+        fprintf(stderr, "pi-bench: --ctx %lld is smaller than the largest test (%lld tokens)\n", (long long)b->ctx,
+                (long long)most);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
 /* Defaults of the lists and numbers not given, which depend on the mode. */
 static void defaults(enum mode mode, struct pi_bench_opts *b)
 {
@@ -400,6 +418,7 @@ int main(int argc, char **argv)
     if (rc > 0) return 0; /* --help, --version */
     if (rc < 0 || check_mode(mode, &g) != 0) return EXIT_USAGE;
     defaults(mode, &b);
+    if (mode == MODE_MODELS && check_tests(&b) != 0) return EXIT_USAGE;
 #ifndef PI_HAVE_CUDA
     for (int i = 0; i < b.n_backends; i++)
         if (b.backends[i] == PI_GPU_CUDA) {

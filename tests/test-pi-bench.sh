@@ -126,6 +126,8 @@ usage_err "gen with an unknown part" -m gen:tiny-q4_0-gelu
 usage_err "-p not a number" -m "$M" -p 16,x
 usage_err "-p empty list entry" -m "$M" -p 16,,32
 usage_err "-n negative" -m "$M" -n -1
+usage_err "no test (-p 0 -n 0)" -m "$M" -p 0 -n 0
+usage_err "--ctx below the largest test" -m "$M" -p 64 -n 16 --ctx 32
 usage_err "-r 0" -m "$M" -r 0
 usage_err "-t 0" -m "$M" -t 0
 usage_err "-o xml" -m "$M" -o xml
