@@ -593,7 +593,8 @@ int pi_bench_models(const struct pi_bench_opts *b)
             fprintf(stderr, "pi-bench: --bw auto: the memory bandwidth could not be measured\n");
             return 1;
         }
-        fprintf(stderr, "pi-bench: memory read bandwidth, %lld threads: %.1f GB/s\n", (long long)tmax, t.bw_gbs);
+        fprintf(stderr, "pi-bench: memory read bandwidth, %lld thread%s: %.1f GB/s\n", (long long)tmax, tmax > 1 ? "s" : "",
+                t.bw_gbs);
     } else {
         t.bw_gbs = b->bw_gbs;
     }
