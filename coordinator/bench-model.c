@@ -216,7 +216,8 @@ static void md_cell(const struct column *c, const char *text, int cells)
 
 static void md_text(const struct column *c, const char *text) { md_cell(c, text, (int)strlen(text)); }
 
-static const struct column *md_columns(const struct table *t, const struct column **cols)
+/* The table's columns into cols, NULL-terminated (16 entries are enough). */
+static void md_columns(const struct table *t, const struct column **cols)
 {
     int n = 0;
     cols[n++] = &col_model, cols[n++] = &col_size, cols[n++] = &col_params, cols[n++] = &col_backend;
@@ -224,7 +225,6 @@ static const struct column *md_columns(const struct table *t, const struct colum
     cols[n++] = &col_threads, cols[n++] = &col_test, cols[n++] = &col_ts;
     if (t->bw) cols[n++] = &col_gbs, cols[n++] = &col_bw;
     cols[n] = NULL;
-    return cols[0];
 }
 
 static void md_header(const struct table *t)

@@ -203,6 +203,24 @@ static int parse_one(const char *opt, const char *s, int64_t lo, int64_t hi, int
     return bad(opt, s, why);
 }
 
+/* -m M: a readable file or a valid gen: spec, appended to b's models. */
+static int add_model(const char *m, struct pi_bench_opts *b)
+{
+    if (b->n_models == PI_BENCH_MAX_LIST) return bad("-m", m, "at most 32 models");
+    if (strncmp(m, "gen:", 4) == 0) {
+        struct pi_model_gen mg;
+        char err[256];
+        if (pi_bench_gen_parse(m, &mg, err, sizeof err) != 0) {
+            fprintf(stderr, "pi-bench: -m %s\n", err);
+            return -PI_ERR_INVAL;
+        }
+    } else if (access(m, R_OK) != 0) {
+        return bad("-m", m, strerror(errno));
+    }
+    b->models[b->n_models++] = m;
+    return 0;
+}
+
 /* What the command line asked for, beyond the options struct: which options were given. */
 struct given {
     bool p, n, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
@@ -235,23 +253,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
     opterr = 0;
     while (rc == 0 && (c = getopt_long(argc, argv, ":m:p:n:r:t:o:hV", lo, NULL)) != -1) {
         switch (c) {
-        case 'm':
-            g->models = true;
-            if (b->n_models == PI_BENCH_MAX_LIST) { rc = bad("-m", optarg, "at most 32 models"); break; }
-            if (strncmp(optarg, "gen:", 4) == 0) {
-                struct pi_model_gen mg;
-                char err[256];
-                if (pi_bench_gen_parse(optarg, &mg, err, sizeof err) != 0) {
-                    fprintf(stderr, "pi-bench: -m %s\n", err);
-                    rc = -PI_ERR_INVAL;
-                    break;
-                }
-            } else if (access(optarg, R_OK) != 0) {
-                rc = bad("-m", optarg, strerror(errno));
-                break;
-            }
-            b->models[b->n_models++] = optarg;
-            break;
+        case 'm': g->models = true, rc = add_model(optarg, b); break;
         case 'p': g->p = true, rc = parse_list("-p", optarg, 0, 1 << 20, &b->n_prompt); break;
         case 'n': g->n = true, rc = parse_list("-n", optarg, 0, 1 << 20, &b->n_gen); break;
         case 't': g->t = true, rc = parse_list("-t", optarg, 1, 4096, &b->threads); break;
