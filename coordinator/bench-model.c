@@ -516,67 +516,92 @@ static int model_open(const char *path, bool packed, pi_model_t **m)
     return rc;
 }
 
-/* Every placement and test of one model file; rows go to t. 0, or 1 when something failed. */
+/* Every placement of the run, in llama-bench's order (backend, then hot fraction, CPU workers and
+ * threads; the in-process engine has no hot fraction or workers). Returns a fresh array and its
+ * length in *n, or NULL when out of memory. */
+static struct placement *placements(const struct pi_bench_opts *b, int *n)
+{
+    size_t cap = (size_t)b->n_backends * (size_t)b->hot_fraction.n * (size_t)b->cpu_workers.n * (size_t)b->threads.n;
+    struct placement *pl = calloc(cap ? cap : 1, sizeof *pl);
+    *n = 0;
+    if (!pl) return NULL;
+    for (int bi = 0; bi < b->n_backends; bi++) {
+        bool pipe = b->backends[bi] != PI_GPU_NONE;
+        for (int hi = 0; hi < (pipe ? b->hot_fraction.n : 1); hi++)
+            for (int wi = 0; wi < (pipe ? b->cpu_workers.n : 1); wi++)
+                for (int ti = 0; ti < b->threads.n; ti++)
+                    pl[(*n)++] = (struct placement){b->backends[bi], pipe ? b->hot_fraction.v[hi] : 0.0,
+                                                    pipe ? b->cpu_workers.v[wi] : 0, b->threads.v[ti]};
+    }
+    return pl;
+}
+
+/* The pp tests, then the tg tests, of one engine; rows go to t. 0, or 1 when a test failed. */
+static int bench_engine(const struct pi_bench_opts *b, struct table *t, pi_engine_t *e, struct result *r,
+                        const int32_t *tokens, float *logits, int64_t *ns)
+{
+    int status = 0;
+    for (int k = 0; k < b->n_prompt.n + b->n_gen.n; k++) {
+        bool pp = k < b->n_prompt.n;
+        r->n_prompt = pp ? b->n_prompt.v[k] : 0;
+        r->n_gen = pp ? 0 : b->n_gen.v[k - b->n_prompt.n];
+        if (r->n_prompt + r->n_gen == 0) continue; /* -p 0 / -n 0: no such test */
+        int rc = run_test(b, e, tokens, logits, ns, r);
+        if (rc != 0) {
+            fprintf(stderr, "pi-bench: %s, %s backend: %s%lld failed: %s\n", r->mi->file, backend_keys[r->pl.backend],
+                    pp ? "pp" : "tg", (long long)(r->n_prompt + r->n_gen), pi_err_str(rc));
+            status = 1;
+            continue;
+        }
+        table_row(t, r);
+    }
+    return status;
+}
+
+/* Every placement and test of one model file; rows go to t. The model is opened once for the
+ * in-process engine (packed) and once for the pipelines (metadata), as the placements need it.
+ * 0, or 1 when something failed. */
 static int bench_model(const struct pi_bench_opts *b, struct table *t, const char *spec, const char *path,
                        struct pi_coord_opts *o, const int32_t *tokens, int64_t ctx)
 {
-    int status = 0;
+    int status = 0, n_pl = 0;
     pi_model_t *m = NULL;
     bool packed = false;
     struct model_info mi;
+    struct placement *pls = placements(b, &n_pl);
     int64_t *ns = calloc((size_t)b->reps, sizeof *ns);
     float *logits = NULL;
-    if (!ns) return 1;
-    for (int bi = 0; bi < b->n_backends; bi++) {
-        bool pipe = b->backends[bi] != PI_GPU_NONE;
-        int n_hot = pipe ? b->hot_fraction.n : 1, n_w = pipe ? b->cpu_workers.n : 1;
-        for (int hi = 0; hi < n_hot; hi++)
-            for (int wi = 0; wi < n_w; wi++)
-                for (int ti = 0; ti < b->threads.n; ti++) {
-                    struct placement pl = {b->backends[bi], pipe ? b->hot_fraction.v[hi] : 0.0,
-                                           pipe ? b->cpu_workers.v[wi] : 0, b->threads.v[ti]};
-                    if (m && packed != !pipe) pi_model_destroy(&m);
-                    if (!m) {
-                        if (model_open(path, !pipe, &m) != 0) { status = 1; goto out; }
-                        packed = !pipe;
-                        model_describe(m, spec, &mi);
-                        free(logits);
-                        logits = malloc(sizeof(float) * (size_t)m->hp.n_vocab);
-                        if (!logits) { status = 1; goto out; }
-                    }
-                    struct pi_coord_model cm = {.model = m, .tok = NULL};
-                    pi_engine_t *e = engine_new(b, &pl, path, ctx, o, &cm);
-                    if (!e) {
-                        fprintf(stderr, "pi-bench: %s: the %s engine could not be started (see above)\n", spec,
-                                backend_keys[pl.backend]);
-                        status = 1;
-                        continue;
-                    }
-                    const struct pi_placement *map = pipe ? pi_engine_pipeline_placement(e) : NULL;
-                    struct result r = {.mi = &mi, .pl = pl, .n_hot = map ? pi_placement_hot_total(map) : -1,
-                                       .n_workers = map ? map->n_workers : 0};
-                    r.hot_share = map ? (double)r.n_hot / ((double)mi.n_layer * mi.n_ff) : -1.0;
-                    for (int k = 0; k < b->n_prompt.n + b->n_gen.n; k++) {
-                        bool pp = k < b->n_prompt.n;
-                        r.n_prompt = pp ? b->n_prompt.v[k] : 0;
-                        r.n_gen = pp ? 0 : b->n_gen.v[k - b->n_prompt.n];
-                        if (r.n_prompt + r.n_gen == 0) continue; /* -p 0 / -n 0: no such test */
-                        int rc = run_test(b, e, tokens, logits, ns, &r);
-                        if (rc != 0) {
-                            fprintf(stderr, "pi-bench: %s, %s backend: %s%lld failed: %s\n", spec, backend_keys[pl.backend],
-                                    r.n_prompt ? "pp" : "tg", (long long)(r.n_prompt + r.n_gen), pi_err_str(rc));
-                            status = 1;
-                            continue;
-                        }
-                        table_row(t, &r);
-                    }
-                    pi_engine_destroy(&e);
-                }
+    bool fatal = !pls || !ns; /* no model or no memory: the other placements cannot run either */
+    if (fatal) status = 1;
+    for (int i = 0; !fatal && i < n_pl; i++) {
+        const struct placement *pl = &pls[i];
+        bool pipe = pl->backend != PI_GPU_NONE;
+        if (m && packed != !pipe) pi_model_destroy(&m);
+        if (!m) {
+            if (model_open(path, !pipe, &m) != 0) { status = 1; fatal = true; break; }
+            packed = !pipe;
+            model_describe(m, spec, &mi);
+            free(logits);
+            if (!(logits = malloc(sizeof(float) * (size_t)m->hp.n_vocab))) { status = 1; fatal = true; break; }
+        }
+        struct pi_coord_model cm = {.model = m, .tok = NULL};
+        pi_engine_t *e = engine_new(b, pl, path, ctx, o, &cm);
+        if (!e) {
+            fprintf(stderr, "pi-bench: %s: the %s engine could not be started\n", spec, backend_keys[pl->backend]);
+            status = 1;
+            continue;
+        }
+        const struct pi_placement *map = pipe ? pi_engine_pipeline_placement(e) : NULL;
+        struct result r = {.mi = &mi, .pl = *pl, .n_hot = map ? pi_placement_hot_total(map) : -1,
+                           .n_workers = map ? map->n_workers : 0};
+        r.hot_share = map ? (double)r.n_hot / ((double)mi.n_layer * mi.n_ff) : -1.0;
+        status |= bench_engine(b, t, e, &r, tokens, logits, ns);
+        pi_engine_destroy(&e);
     }
-out:
     pi_model_destroy(&m);
     free(logits);
     free(ns);
+    free(pls);
     return status;
 }
 
