@@ -223,7 +223,7 @@ static int add_model(const char *m, struct pi_bench_opts *b)
 
 /* What the command line asked for, beyond the options struct: which options were given. */
 struct given {
-    bool p, n, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
+    bool p, n, r, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
     bool rows, cols, types, iters, spin, batch, embd;
 };
 
@@ -258,6 +258,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         case 'n': g->n = true, rc = parse_list("-n", optarg, 0, 1 << 20, &b->n_gen); break;
         case 't': g->t = true, rc = parse_list("-t", optarg, 1, 4096, &b->threads); break;
         case 'r':
+            g->r = true;
             if ((rc = parse_one("-r", optarg, 1, 100000, &v)) == 0) b->reps = (int)v;
             break;
         case 'o':
@@ -342,6 +343,7 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->models, "-m", M(MODE_MODELS)},
         {g->n, "-n", M(MODE_MODELS)},
         {g->p, "-p", M(MODE_MODELS) | M(MODE_MATMUL) | M(MODE_CUDA)},
+        {g->r, "-r", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_MATMUL)},
         {g->t, "-t", M(MODE_MODELS) | M(MODE_MATVEC)},
         {g->o, "-o", M(MODE_MODELS)},
         {g->warm, "--no-warmup", M(MODE_MODELS)},

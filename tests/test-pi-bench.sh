@@ -143,6 +143,7 @@ usage_err "--types without a kernel" --kernels matvec --types q9_9
 usage_err "--rows with the model tests" -m "$M" --rows 64
 usage_err "-m with --exchange" --exchange -m "$M"
 usage_err "two modes" --exchange --kernels matvec
+usage_err "-r with --exchange" --exchange -r 3
 usage_err "unknown option" -m "$M" --frobnicate
 usage_err "missing value" -m "$M" -p
 usage_err "stray argument" -m "$M" extra
