@@ -9,20 +9,14 @@
  *   logits of the demo model (HF transformers in float64 on the same weights) within the forward
  *   pass's tolerance for Q4_0, and the greedy text equals the golden greedy continuation decoded;
  *   SIGTERM during a long prompt stops it at the next batch.
- * And the step channel (ipc/step.h) against a hostile coordinator, in one process with the
- * worker side on a thread: token ids are validated on a private copy (rewriting the segment after
- * the check changes nothing the worker uses), an id >= n_vocab, an empty batch and a skipped request
- * id are rejected and answered, and a status that is no pi_err is refused by the coordinator side.
+ * (The step channel between the coordinator and the GPU worker has its own test: tests/test-step.c.)
  */
 #include "config.h"
-#include "ipc/step.h"
-#include "ipc/shm.h"
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "text/tokenizer.h"
 #include "tests/test-pipeline-util.h"
 
-#include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -272,69 +266,6 @@ static void test_cuda_missing(void)
     free(err);
 }
 
-/* ---- the step channel against a hostile coordinator ---- */
-
-#define ST_VOCAB 100u
-#define ST_MAX 8u
-
-struct st_worker {
-    pi_step_t *w;
-    int32_t *seg_tokens; /* the segment's token section, as a hostile coordinator would write it */
-    int n;               /* requests to serve */
-    int rc[8];           /* pi_step_wait's result per request */
-    int32_t seen[8][3];  /* req.tokens[0..2] after the segment was overwritten */
-    int32_t answer[8];   /* the status to answer with */
-};
-
-static void *st_worker_main(void *arg)
-{
-    struct st_worker *sw = arg;
-    for (int k = 0; k < sw->n; k++) {
-        struct pi_step_req r;
-        int rc;
-        do rc = pi_step_wait(sw->w, INT64_C(100000000), &r);
-        while (rc == -PI_ERR_TIMEOUT);
-        sw->rc[k] = rc;
-        if (rc == 0 && r.cmd == PI_STEP_EVAL && r.n_tokens >= 3) {
-            for (unsigned i = 0; i < ST_MAX; i++) sw->seg_tokens[i] = (int32_t)(ST_VOCAB * 1000u); /* after the check */
-            memcpy(sw->seen[k], r.tokens, sizeof sw->seen[k]);
-        }
-        pi_step_respond(sw->w, r.id, rc != 0 ? rc : sw->answer[k]);
-    }
-    return NULL;
-}
-
-static void test_step_channel(void)
-{
-    pi_step_t *c = pi_step_new(ST_MAX, ST_VOCAB), *w = NULL;
-    if (!c) tap_bail("pi_step_new");
-    pi_shm_t *view = NULL;
-    int fd = pi_step_fd(c);
-    if (fd < 0 || pi_step_attach(dup(fd), &w) != 0 || pi_shm_map_fd(dup(fd), PI_STEP_SHM_KIND, &view) != 0)
-        tap_bail("attach the step segment");
-    uint64_t sz;
-    struct st_worker sw = {.w = w, .seg_tokens = pi_shm_section(view, 1, &sz), .n = 4, .answer = {0, 0, 7, 0}};
-    if (!sw.seg_tokens || sz < ST_MAX * 4) tap_bail("token section");
-    pthread_t th;
-    if (pthread_create(&th, NULL, st_worker_main, &sw) != 0) tap_bail("pthread_create");
-    const int64_t to = INT64_C(10) * 1000 * 1000 * 1000;
-    int32_t good[3] = {1, (int32_t)ST_VOCAB - 1, 42}, bad[2] = {3, (int32_t)ST_VOCAB};
-    int r0 = pi_step_call(c, PI_STEP_EVAL, 0, good, 3, 0, 1, to);
-    int r1 = pi_step_call(c, PI_STEP_EVAL, 0, bad, 2, 0, 1, to);
-    int r2 = pi_step_call(c, PI_STEP_EVAL, 0, good, 3, 3, 1, to);
-    int r3 = pi_step_call(c, PI_STEP_EVAL, 0, NULL, 0, 0, 0, to);
-    pthread_join(th, NULL);
-    tap_ok(r0 == 0 && sw.rc[0] == 0 && memcmp(sw.seen[0], good, sizeof good) == 0,
-           "step: the worker uses the ids it validated, not the segment rewritten after the check (%d %d %d)",
-           sw.seen[0][0], sw.seen[0][1], sw.seen[0][2]);
-    tap_ok(r1 == -PI_ERR_FORMAT && sw.rc[1] == -PI_ERR_FORMAT, "step: token id n_vocab rejected and answered (%d)", r1);
-    tap_ok(r2 == -PI_ERR_PEER, "step: a status that is no pi_err (7) is refused by the coordinator side (%d)", r2);
-    tap_ok(r3 == -PI_ERR_FORMAT && sw.rc[3] == -PI_ERR_FORMAT, "step: an empty batch is rejected and answered (%d)", r3);
-    pi_shm_destroy(&view);
-    pi_step_destroy(&w);
-    pi_step_destroy(&c);
-}
-
 /* A prompt one position longer than the context with nothing to generate is refused before any of
  * it is evaluated (the allowance for the never-evaluated last generated token does not apply). */
 static void test_prompt_over_context(void)
@@ -399,6 +330,5 @@ int main(void)
     test_oneshot_golden();
     test_signal_in_prompt();
     test_prompt_over_context();
-    test_step_channel();
     return tap_done();
 }
