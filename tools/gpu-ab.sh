@@ -3,7 +3,7 @@
 # baseline and the tree under test) alternated in one call on the 7B-class and 1B-class generated
 # models, in-process at hot fraction 1 (PI_CUDA_BENCH: a 64-token prompt batch, then 128 decode steps),
 # then Nsight Compute's per-kernel times of the tree under test over a 3-token 7B-class decode.
-# Timings are only comparable within one call (doc/cuda-backend.md, "Session 3").
+# Timings are only comparable within one call (doc/bench-log.md, "Session 3").
 #
 # Prepare as for tools/gpu-check.sh (its header), and copy the baseline's test-backend-cuda (e.g. built
 # from the previous commit) to $R/base/. Then, on the GPU machine:

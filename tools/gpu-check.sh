@@ -35,7 +35,7 @@ done
 timeout 300 $CS --tool racecheck $R/tests/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
-# the backend's golden checks under each switch of doc/cuda-backend.md "Session 4" (q8: the host backend's bound)
+# the backend's golden checks under each switch of doc/bench-log.md "Session 4" (q8: the host backend's bound)
 for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0 PI_CUDA_PDL=0; do
   l=$OUT/test-backend-cuda-$(echo "$v" | tr '= ' '__').log # the device tool returns no file with '=' in its name
   env $v timeout 200 $R/tests/test-backend-cuda > $l 2>&1
@@ -70,7 +70,7 @@ echo "== 1B-class relu Q4_0 (128-token prompt, 64 decode), 8 threads per process
 for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1"; do set -- $c
   one /tmp/m1b.gguf 64 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
 cat $B
-# PERF=1: the 7B-class decode study (doc/cuda-backend.md, "Session 2"): the in-process bench of the
+# PERF=1: the 7B-class decode study (doc/bench-log.md, "Session 2"): the in-process bench of the
 # 7B- and 1B-class models at hot 1 and 0.5 with and without the dense down, then Nsight Compute's
 # per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per token against
 # the wall time per token: how much of the step is launches and gaps).
