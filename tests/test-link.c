@@ -64,7 +64,7 @@ struct peer {
     char ep[160];
     uint8_t id[256]; /* routing id of the link, once it spoke */
     size_t id_len;
-    bool beat;       /* send a HEARTBEAT to the link every 200 ms while receiving */
+    bool beat; /* send a HEARTBEAT to the link every 200 ms while receiving */
     int64_t next_beat;
 };
 
@@ -178,11 +178,13 @@ static void test_messages(void)
     struct pi_ctl_msg m;
     int rc = peer_recv(&p, &m, 3000);
     const struct pi_ctl_hello *h = &m.u.hello;
-    tap_ok(rc == 0 && m.type == PI_CTL_HELLO, "the first message is HELLO (%s)", rc == 0 ? pi_ctl_type_name(m.type) : "none");
+    tap_ok(rc == 0 && m.type == PI_CTL_HELLO, "the first message is HELLO (%s)",
+           rc == 0 ? pi_ctl_type_name(m.type) : "none");
     cores[0] ^= 0xffffu;
     tap_ok(rc == 0 && m.type == PI_CTL_HELLO && h->role == o.role && h->worker_index == o.index &&
                h->numa_node == o.numa_node && h->pid == (uint32_t)getpid() && h->proto_version == PI_CTL_VERSION,
-           "HELLO carries role %u, index %u, NUMA node %d, our pid and the protocol version", o.role, o.index, o.numa_node);
+           "HELLO carries role %u, index %u, NUMA node %d, our pid and the protocol version", o.role, o.index,
+           o.numa_node);
     tap_ok(rc == 0 && m.type == PI_CTL_HELLO && h->n_cores == n_cores && memcmp(h->cores, cores, n_cores * 4) == 0,
            "HELLO carries the %u cores as given at start", n_cores);
     pi_ctl_msg_clear(&m);
@@ -204,8 +206,8 @@ static void test_messages(void)
     for (int i = 1; i < n_hb; i++) consecutive &= seq[i] == seq[i - 1] + 1;
     const double gap_ms = n_hb == 6 ? (double)(at[5] - at[1]) / 4 / 1e6 : 0;
     tap_ok(consecutive && bad_state == 0, "6 heartbeats with consecutive sequence numbers and state 0 before READY");
-    tap_ok(gap_ms > PI_LINK_HEARTBEAT_MS * 0.6 && gap_ms < PI_LINK_HEARTBEAT_MS * 2.5, "heartbeats %.0f ms apart (period %d ms)",
-           gap_ms, PI_LINK_HEARTBEAT_MS);
+    tap_ok(gap_ms > PI_LINK_HEARTBEAT_MS * 0.6 && gap_ms < PI_LINK_HEARTBEAT_MS * 2.5,
+           "heartbeats %.0f ms apart (period %d ms)", gap_ms, PI_LINK_HEARTBEAT_MS);
     tap_ok(!pi_link_stopping(l), "not stopping before a SHUTDOWN");
 
     /* READY */
@@ -213,12 +215,14 @@ static void test_messages(void)
     pi_link_ready(l, neurons, bytes);
     rc = peer_expect(&p, PI_CTL_READY, &m, 2000);
     tap_ok(rc == 0 && m.u.ready.worker_index == o.index && m.u.ready.neurons == neurons && m.u.ready.mem_bytes == bytes,
-           "READY carries index %u, %llu neurons, %llu bytes", o.index, (unsigned long long)neurons, (unsigned long long)bytes);
+           "READY carries index %u, %llu neurons, %llu bytes", o.index, (unsigned long long)neurons,
+           (unsigned long long)bytes);
     pi_ctl_msg_clear(&m);
     rc = peer_expect(&p, PI_CTL_HEARTBEAT, &m, 2000);
     tap_ok(rc == 0 && m.u.heartbeat.state == 1, "heartbeats say state 1 after READY");
     tap_ok(rc == 0 && m.u.heartbeat.uptime_ms <= (uint64_t)((pi_clock_ns() - t0) / MS),
-           "a heartbeat's uptime (%llu ms) is no more than the time since the start", (unsigned long long)m.u.heartbeat.uptime_ms);
+           "a heartbeat's uptime (%llu ms) is no more than the time since the start",
+           (unsigned long long)m.u.heartbeat.uptime_ms);
     pi_ctl_msg_clear(&m);
 
     /* ERROR */
@@ -236,7 +240,8 @@ static void test_messages(void)
     pi_link_error(l, 0, longtext);
     rc = peer_expect(&p, PI_CTL_ERROR, &m, 2000);
     const size_t got = rc == 0 && m.u.error.text ? strlen(m.u.error.text) : 0;
-    tap_ok(rc == 0 && m.u.error.code == -PI_ERR_PEER, "an error code 0 is sent as -PI_ERR_PEER (%d)", rc == 0 ? m.u.error.code : 0);
+    tap_ok(rc == 0 && m.u.error.code == -PI_ERR_PEER, "an error code 0 is sent as -PI_ERR_PEER (%d)",
+           rc == 0 ? m.u.error.code : 0);
     tap_ok(got > 100 && got < sizeof longtext - 1 && strspn(m.u.error.text, "x") == got,
            "a %zu-character text is cut to %zu characters of it", sizeof longtext - 1, got);
     pi_ctl_msg_clear(&m);
@@ -257,13 +262,14 @@ static void test_messages(void)
     memcpy(trailing, good, good_len);
     for (size_t i = 0; i < sizeof rnd_bytes; i++) rnd_bytes[i] = (uint8_t)rnd();
     const void *frames[][2] = {{bad_magic}, {bad_version}, {bad_type}, {good}, {trailing}, {rnd_bytes}, {good, good}};
-    const size_t lens[][2] = {{good_len}, {good_len}, {good_len}, {good_len / 2}, {good_len + 5}, {sizeof rnd_bytes},
-                              {good_len, good_len}};
+    const size_t lens[][2] = {{good_len},     {good_len},         {good_len},          {good_len / 2},
+                              {good_len + 5}, {sizeof rnd_bytes}, {good_len, good_len}};
     const int n_frames[] = {1, 1, 1, 1, 1, 1, 2};
     p.beat = false; /* only garbage for a while */
     int sent = 0;
     for (int round = 0; round < 3; round++)
-        for (size_t k = 0; k < sizeof n_frames / sizeof n_frames[0]; k++) sent += peer_send_raw(&p, frames[k], lens[k], n_frames[k]);
+        for (size_t k = 0; k < sizeof n_frames / sizeof n_frames[0]; k++)
+            sent += peer_send_raw(&p, frames[k], lens[k], n_frames[k]);
     int counts[PI_CTL_TYPE_MAX + 1] = {0};
     peer_watch(&p, 700, counts);
     tap_ok(sent == 21 && counts[PI_CTL_HEARTBEAT] >= 2 && !pi_link_stopping(l),
@@ -286,7 +292,8 @@ static void test_messages(void)
     peer_watch(&p, 10, NULL); /* what was sent before the stop */
     memset(counts, 0, sizeof counts);
     peer_watch(&p, 600, counts);
-    tap_is_int(counts[PI_CTL_HEARTBEAT] + counts[PI_CTL_READY] + counts[PI_CTL_ERROR], 0, "nothing arrives after pi_link_stop");
+    tap_is_int(counts[PI_CTL_HEARTBEAT] + counts[PI_CTL_READY] + counts[PI_CTL_ERROR], 0,
+               "nothing arrives after pi_link_stop");
     pi_link_stop(&l);
     pi_link_stop(NULL);
     peer_close(&p);
@@ -359,9 +366,11 @@ static void test_silence(void)
     const double da = t_a ? (double)(t_a - t0) / 1e9 : -1, db = t_b ? (double)(t_b - t0) / 1e9 : -1;
     tap_ok(ha == 0 && hb == 0, "both children said HELLO");
     tap_ok(st_a != -1 && WIFEXITED(st_a) && WEXITSTATUS(st_a) == 3 && da >= PI_LINK_SILENCE_MS / 1000.0 * 0.9 && da < 8,
-           "a silent coordinator: the worker exits with status 3 after %.1f s (%s)", da, status_str(st_a, s1, sizeof s1));
+           "a silent coordinator: the worker exits with status 3 after %.1f s (%s)", da,
+           status_str(st_a, s1, sizeof s1));
     tap_ok(st_b != -1 && WIFEXITED(st_b) && WEXITSTATUS(st_b) == 3 && db >= PI_LINK_SILENCE_MS / 1000.0 * 0.9 && db < 8,
-           "a coordinator sending only garbage is silent too: exit 3 after %.1f s (%s)", db, status_str(st_b, s2, sizeof s2));
+           "a coordinator sending only garbage is silent too: exit 3 after %.1f s (%s)", db,
+           status_str(st_b, s2, sizeof s2));
     peer_close(&quiet);
     peer_close(&noisy);
 }
@@ -383,12 +392,14 @@ static void test_stall(void)
     peer_watch(&p, 600, NULL);                 /* 3.8 s: progress every 50 ms again */
     peer_watch(&p, 1000, resumed);             /* 4.2 - 5.2 s */
     const double stop_at = last ? (double)(last - t0) / 1e9 : -1;
-    tap_ok(rc == 0 && unarmed[PI_CTL_HEARTBEAT] >= 3, "READY without pi_link_progress: not armed, heartbeats go on (%d in 1 s)",
-           unarmed[PI_CTL_HEARTBEAT]);
+    tap_ok(rc == 0 && unarmed[PI_CTL_HEARTBEAT] >= 3,
+           "READY without pi_link_progress: not armed, heartbeats go on (%d in 1 s)", unarmed[PI_CTL_HEARTBEAT]);
     tap_ok(stalled[PI_CTL_HEARTBEAT] == 0 && stop_at >= 1.0 && stop_at < 2.3,
-           "armed, then no progress: the last heartbeat %.2f s after the progress at 1.0 s (limit 0.5 s), none while it hangs",
+           "armed, then no progress: the last heartbeat %.2f s after the progress at 1.0 s (limit 0.5 s), none while "
+           "it hangs",
            stop_at - 1.0);
-    tap_ok(resumed[PI_CTL_HEARTBEAT] >= 3, "progress again: heartbeats come back (%d in 1 s)", resumed[PI_CTL_HEARTBEAT]);
+    tap_ok(resumed[PI_CTL_HEARTBEAT] >= 3, "progress again: heartbeats come back (%d in 1 s)",
+           resumed[PI_CTL_HEARTBEAT]);
     kill(pid, SIGKILL);
     wait_for(pid, 2000);
     peer_close(&p);
@@ -427,7 +438,8 @@ static void test_pause(void)
     peer_watch(&p, 350, after);
     feed(pfd[1], &p, 1000, fed);
     tap_ok(rc == 0 && after[PI_CTL_HEARTBEAT] >= 1,
-           "after a 1.5 s SIGSTOP of the whole worker it beats at once, before its main thread shows progress (%d in 0.35 s)",
+           "after a 1.5 s SIGSTOP of the whole worker it beats at once, before its main thread shows progress (%d in "
+           "0.35 s)",
            after[PI_CTL_HEARTBEAT]);
     tap_ok(fed[PI_CTL_HEARTBEAT] >= 4, "and goes on beating (%d in 1 s)", fed[PI_CTL_HEARTBEAT]);
     close(pfd[1]);
@@ -467,8 +479,8 @@ static void test_parent_death(const char *mode, bool want_kill)
            (int)worker);
     if (want_kill)
         tap_ok(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && after < 1.0,
-               "pi_link_die_with_parent: the kernel kills the worker with its parent (%s, %.2f s after)", status_str(st, s, sizeof s),
-               after);
+               "pi_link_die_with_parent: the kernel kills the worker with its parent (%s, %.2f s after)",
+               status_str(st, s, sizeof s), after);
     else
         tap_ok(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 3 && after < 1.5,
                "without it, the link notices the new parent: exit 3 %.2f s after the parent's death (%s)", after,
@@ -486,7 +498,8 @@ static int child_main(const char *mode, const char *ep)
         pid_t pid = fork();
         if (pid < 0) return 4;
         if (pid == 0) {
-            execl(self_exe, self_exe, "--child", strcmp(mode, "orphan-pdeath") == 0 ? "pdeath" : "plain", ep, (char *)NULL);
+            execl(self_exe, self_exe, "--child", strcmp(mode, "orphan-pdeath") == 0 ? "pdeath" : "plain", ep,
+                  (char *)NULL);
             _exit(126);
         }
         for (;;) pause();
@@ -495,7 +508,8 @@ static int child_main(const char *mode, const char *ep)
     const bool busy = strncmp(mode, "busy:", 5) == 0, gpu = busy || strcmp(mode, "stall") == 0;
     const int feed_fd = busy ? atoi(mode + 5) : -1;
     if (gpu) setenv("PI_LINK_STALL_MS", "500", 1); /* this child only: the contract's lower bound */
-    const struct pi_link_opts o = {.endpoint = ep, .role = gpu ? PI_ROLE_GPU_WORKER : PI_ROLE_CPU_WORKER, .numa_node = -1};
+    const struct pi_link_opts o = {
+        .endpoint = ep, .role = gpu ? PI_ROLE_GPU_WORKER : PI_ROLE_CPU_WORKER, .numa_node = -1};
     pi_link_t *l = pi_link_start(&o);
     if (!l) return 4;
     if (gpu) pi_link_ready(l, 1, 1);

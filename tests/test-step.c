@@ -89,7 +89,8 @@ static void test_attach(void)
     pi_shm_t *view = NULL;
     if (!c || pi_shm_map_fd(dup(pi_step_fd(c)), PI_STEP_SHM_KIND, &view) != 0) tap_bail("a step segment and its view");
     struct pi_step_ctl *ctl = ctl_of(view);
-    tap_ok(ctl->magic == PI_STEP_MAGIC && ctl->version == PI_STEP_VERSION && ctl->max_tokens == mt && ctl->n_vocab == nv,
+    tap_ok(ctl->magic == PI_STEP_MAGIC && ctl->version == PI_STEP_VERSION && ctl->max_tokens == mt &&
+               ctl->n_vocab == nv,
            "line 0 carries magic, version and sizes");
 
     int fd = dup(pi_step_fd(c));
@@ -193,16 +194,18 @@ static void test_round_trip(void)
                     break;
                 }
     }
-    tap_ok(bad_status == 0, "%d requests of random sizes (max %u, vocab %u) each answered with the worker's status", evals,
-           mt, nv);
+    tap_ok(bad_status == 0, "%d requests of random sizes (max %u, vocab %u) each answered with the worker's status",
+           evals, mt, nv);
     tap_ok(bad_rows == 0, "every logits row the worker wrote reaches the coordinator, matching what it was asked");
-    tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, NULL, 0, 5, 0, 20000 * MS), 0, "TRUNCATE without tokens reaches the worker");
+    tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, NULL, 0, 5, 0, 20000 * MS), 0,
+               "TRUNCATE without tokens reaches the worker");
     tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, NULL, 0, 6, 0, 20000 * MS), -PI_ERR_RANGE,
                "TRUNCATE's position is what the worker saw");
     tap_is_int(pi_step_call(c, PI_STEP_STOP, 0, NULL, 0, 0, 0, 20000 * MS), 0, "STOP answered");
     int st = 0;
     waitpid(pid, &st, 0);
-    tap_ok(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the forked worker attached the inherited memfd and ended cleanly (%d)",
+    tap_ok(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+           "the forked worker attached the inherited memfd and ended cleanly (%d)",
            WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st));
     pi_step_destroy(&c);
 }
@@ -265,12 +268,14 @@ static void test_hostile_calls(void)
     tap_ok(r1 == -PI_ERR_FORMAT && sw.rc[1] == -PI_ERR_FORMAT, "token id n_vocab rejected and answered (%d)", r1);
     tap_ok(r2 == -PI_ERR_PEER, "a status that is no pi_err (7) is refused by the coordinator side (%d)", r2);
     tap_ok(r3 == -PI_ERR_FORMAT && sw.rc[3] == -PI_ERR_FORMAT, "an empty batch is rejected and answered (%d)", r3);
-    tap_ok(r4 == -PI_ERR_FORMAT && sw.rc[4] == -PI_ERR_FORMAT, "a negative token id (%d) is rejected and answered", neg[1]);
+    tap_ok(r4 == -PI_ERR_FORMAT && sw.rc[4] == -PI_ERR_FORMAT, "a negative token id (%d) is rejected and answered",
+           neg[1]);
 
     /* The coordinator side refuses what does not fit before it writes anything. */
     const uint32_t req_before = atomic_load(&ctl_of(view)->req_seq);
     int32_t many[ST_MAX + 1] = {0};
-    tap_is_int(pi_step_call(c, PI_STEP_EVAL, 0, many, ST_MAX + 1, 0, 1, to), -PI_ERR_RANGE, "n_tokens > max_tokens refused");
+    tap_is_int(pi_step_call(c, PI_STEP_EVAL, 0, many, ST_MAX + 1, 0, 1, to), -PI_ERR_RANGE,
+               "n_tokens > max_tokens refused");
     tap_is_int(pi_step_call(c, PI_STEP_EVAL, 0, many, 2, 0, 3, to), -PI_ERR_RANGE, "n_out > n_tokens refused");
     tap_is_int(atomic_load(&ctl_of(view)->req_seq), req_before, "... and no request was posted for them");
     pi_shm_destroy(&view);
@@ -300,7 +305,8 @@ static void test_hostile_segment(void)
 {
     pi_step_t *c = pi_step_new(ST_MAX, ST_VOCAB), *w = NULL;
     pi_shm_t *view = NULL;
-    if (!c || pi_step_attach(dup(pi_step_fd(c)), &w) != 0 || pi_shm_map_fd(dup(pi_step_fd(c)), PI_STEP_SHM_KIND, &view) != 0)
+    if (!c || pi_step_attach(dup(pi_step_fd(c)), &w) != 0 ||
+        pi_shm_map_fd(dup(pi_step_fd(c)), PI_STEP_SHM_KIND, &view) != 0)
         tap_bail("a step segment");
     int32_t *tok = pi_shm_section(view, 1, NULL);
     for (unsigned i = 0; i < ST_MAX; i++) tok[i] = (int32_t)(rnd() % ST_VOCAB);
@@ -339,15 +345,15 @@ static void test_waits(void)
     int64_t t0 = pi_clock_ns();
     int rc = pi_step_wait(w, 60 * MS, &r);
     int64_t dt = pi_clock_ns() - t0;
-    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 55 * MS && dt < 2000 * MS, "an idle worker's wait times out after its bound (%d, %lld ms)",
-           rc, (long long)(dt / MS));
+    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 55 * MS && dt < 2000 * MS,
+           "an idle worker's wait times out after its bound (%d, %lld ms)", rc, (long long)(dt / MS));
 
     int32_t t[1] = {1};
     t0 = pi_clock_ns();
     rc = pi_step_call(c, PI_STEP_EVAL, 0, t, 1, 0, 1, 80 * MS);
     dt = pi_clock_ns() - t0;
-    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 75 * MS && dt < 2000 * MS, "no answer: the call times out after its bound (%d, %lld ms)",
-           rc, (long long)(dt / MS));
+    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 75 * MS && dt < 2000 * MS,
+           "no answer: the call times out after its bound (%d, %lld ms)", rc, (long long)(dt / MS));
     /* The worker sees that request late; the coordinator discards such a segment (step.c), but the
      * request itself is still well formed. */
     tap_is_int(pi_step_wait(w, 100 * MS, &r), 0, "the late request is still there for the worker");
@@ -358,8 +364,8 @@ static void test_waits(void)
     rc = pi_step_call(c, PI_STEP_EVAL, 0, t, 1, 0, 1, 20000 * MS);
     dt = pi_clock_ns() - t0;
     pthread_join(th, NULL);
-    tap_ok(rc == -PI_ERR_PEER && dt < 2000 * MS, "pi_step_abort ends a pending call with -PI_ERR_PEER (%d, after %lld ms)",
-           rc, (long long)(dt / MS));
+    tap_ok(rc == -PI_ERR_PEER && dt < 2000 * MS,
+           "pi_step_abort ends a pending call with -PI_ERR_PEER (%d, after %lld ms)", rc, (long long)(dt / MS));
     t0 = pi_clock_ns();
     rc = pi_step_call(c, PI_STEP_EVAL, 0, t, 1, 0, 1, 20000 * MS);
     tap_ok(rc == -PI_ERR_PEER && pi_clock_ns() - t0 < 500 * MS, "... and every later call at once (%d)", rc);

@@ -60,7 +60,7 @@ static void msleep(int ms) { usleep((useconds_t)ms * 1000); }
 static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int count;      /* reports so far */
+    int count; /* reports so far */
     int last_slot;
     int64_t last_ns;
 } deaths = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, -1, 0};
@@ -219,7 +219,8 @@ static void test_deaths(pi_super_t *s)
     bool seen = wait_death(before, 3000);
     double dt = (double)(deaths.last_ns - t0) / 1e9;
     pid_t pid = pid_of(s, slot);
-    tap_ok(slot >= 0 && seen && deaths.last_slot == slot, "sh -c '%s': reported to on_death for slot %d after %.3f s", cmd, slot, dt);
+    tap_ok(slot >= 0 && seen && deaths.last_slot == slot, "sh -c '%s': reported to on_death for slot %d after %.3f s",
+           cmd, slot, dt);
     have = info_of(s, pid, &w);
     tap_ok(have && w.state == PI_WORKER_DEAD && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == code,
            "the snapshot shows it dead with its status (%s)", status_str(w.exit_status, sb, sizeof sb));
@@ -238,7 +239,8 @@ static void test_deaths(pi_super_t *s)
     kill(pid, sig);
     seen = wait_death(before, 3000);
     dt = (double)(deaths.last_ns - t0) / 1e9;
-    tap_ok(seen && deaths.last_slot == slot && dt < 1.0, "a worker killed by signal %d is reported %.3f s later", sig, dt);
+    tap_ok(seen && deaths.last_slot == slot && dt < 1.0, "a worker killed by signal %d is reported %.3f s later", sig,
+           dt);
     have = info_of(s, pid, &w);
     tap_ok(have && w.state == PI_WORKER_DEAD && WIFSIGNALED(w.exit_status) && WTERMSIG(w.exit_status) == sig,
            "... with its signal (%s)", status_str(w.exit_status, sb, sizeof sb));
@@ -252,7 +254,8 @@ static void test_deaths(pi_super_t *s)
     seen = wait_death(before, 3000);
     have = info_of(s, pid, &w);
     tap_ok(slot >= 0 && seen && have && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == 127,
-           "a program that cannot be executed: reported, exit status 127 (%s)", status_str(w.exit_status, sb, sizeof sb));
+           "a program that cannot be executed: reported, exit status 127 (%s)",
+           status_str(w.exit_status, sb, sizeof sb));
     pi_super_stop_all(s, 100);
 }
 
@@ -264,7 +267,8 @@ static void test_never_ready(pi_super_t *s)
     int64_t t0 = pi_clock_ns();
     int rc = pi_super_wait_ready(s, 200);
     double dt = (double)(pi_clock_ns() - t0) / 1e9;
-    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 0.19 && dt < 2.0, "a child that never registers: wait_ready times out after %.2f s", dt);
+    tap_ok(rc == -PI_ERR_TIMEOUT && dt >= 0.19 && dt < 2.0,
+           "a child that never registers: wait_ready times out after %.2f s", dt);
     struct pi_worker_info w = {0};
     bool have;
     have = info_of(s, pid, &w);
@@ -291,7 +295,8 @@ static void test_workers(pi_super_t *s)
         int role, index, slot;
         uint64_t neurons, bytes;
         pid_t pid;
-    } w[3] = {{PI_ROLE_GPU_WORKER, 0, 0, 0, 0, 0}, {PI_ROLE_CPU_WORKER, 0, 0, 0, 0, 0}, {PI_ROLE_CPU_WORKER, 1, 0, 0, 0, 0}};
+    } w[3] = {
+        {PI_ROLE_GPU_WORKER, 0, 0, 0, 0, 0}, {PI_ROLE_CPU_WORKER, 0, 0, 0, 0, 0}, {PI_ROLE_CPU_WORKER, 1, 0, 0, 0, 0}};
     for (int k = 0; k < 3; k++) {
         w[k].neurons = 1 + rnd();
         w[k].bytes = ((uint64_t)rnd() << 16) + k;
@@ -311,15 +316,19 @@ static void test_workers(pi_super_t *s)
         good += x->pid == w[k].pid && x->role == w[k].role && x->index == w[k].index && x->state == PI_WORKER_READY &&
                 x->neurons == w[k].neurons && x->mem_bytes == w[k].bytes && x->numa_node == w[k].index % 2 &&
                 x->n_cores == 2 && x->cores[0] == (uint32_t)(w[k].index * 2 + 100) &&
-                x->cores[1] == (uint32_t)(w[k].index * 2 + 101) && x->heartbeat_age_ms >= 0 && x->heartbeat_age_ms < 1000;
+                x->cores[1] == (uint32_t)(w[k].index * 2 + 101) && x->heartbeat_age_ms >= 0 &&
+                x->heartbeat_age_ms < 1000;
     }
-    tap_ok(n == 3 && good == 3, "the snapshot shows each one's role, index, pid, NUMA node, cores, neurons, bytes and a "
-                                "fresh heartbeat (%d of %zu)", good, n);
+    tap_ok(n == 3 && good == 3,
+           "the snapshot shows each one's role, index, pid, NUMA node, cores, neurons, bytes and a "
+           "fresh heartbeat (%d of %zu)",
+           good, n);
     msleep(PI_SUPER_SILENCE_MS + 300);
     n = pi_super_snapshot(s, info, 4);
     int live = 0;
     for (size_t i = 0; i < n && i < 3; i++) live += info[i].state == PI_WORKER_READY && info[i].heartbeat_age_ms < 1000;
-    tap_ok(live == 3 && death_count() == before, "after the silence limit they are still READY: the heartbeats flow both ways");
+    tap_ok(live == 3 && death_count() == before,
+           "after the silence limit they are still READY: the heartbeats flow both ways");
     const int64_t t0 = pi_clock_ns();
     pi_super_stop_all(s, 8000);
     const double dt = (double)(pi_clock_ns() - t0) / 1e9;
@@ -330,8 +339,10 @@ static void test_workers(pi_super_t *s)
         clean += access(p, F_OK) == 0;
         unlink(p);
     }
-    tap_ok(clean == 3 && dt < 4.0, "pi_super_stop_all: all three left through SHUTDOWN (%d clean exits) in %.2f s, "
-                                   "not at the 8 s grace", clean, dt);
+    tap_ok(clean == 3 && dt < 4.0,
+           "pi_super_stop_all: all three left through SHUTDOWN (%d clean exits) in %.2f s, "
+           "not at the 8 s grace",
+           clean, dt);
     tap_is_int(death_count(), before, "and none of them was reported dead");
 }
 
@@ -373,8 +384,9 @@ static void test_restart(pi_super_t *s)
         pi_super_stop_all(s, 1000);
         ok_cycles += slot == 0 && ready && seen;
     }
-    tap_ok(ok_cycles == CYCLES && reports == CYCLES, "%d crash-and-restart cycles: each restarted worker came up READY in "
-                                                     "slot 0, each crash reported once (%d ok, %d reports)",
+    tap_ok(ok_cycles == CYCLES && reports == CYCLES,
+           "%d crash-and-restart cycles: each restarted worker came up READY in "
+           "slot 0, each crash reported once (%d ok, %d reports)",
            CYCLES, ok_cycles, reports);
     const int fds1 = settled_fds();
     tap_ok(fds0 > 0 && fds1 == fds0, "no descriptor leaked over the cycles (%d before, %d after)", fds0, fds1);
@@ -568,8 +580,8 @@ int main(int argc, char **argv)
     test_full(s);
     pi_super_destroy(&s);
     const int fds1 = count_fds();
-    tap_ok(s == NULL && fds1 == fds0, "pi_super_destroy gives back every descriptor (%d before pi_super_new, %d after)", fds0,
-           fds1);
+    tap_ok(s == NULL && fds1 == fds0, "pi_super_destroy gives back every descriptor (%d before pi_super_new, %d after)",
+           fds0, fds1);
     tap_ok(pi_rundir_remove(rundir) == 0, "the run directory is removed");
     return tap_done();
 }
