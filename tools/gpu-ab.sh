@@ -1,5 +1,5 @@
 #!/bin/bash
-# tools/gpu-ab.sh - the GPU machine's A/B decode benchmark: two builds of tests/test-backend-cuda (a
+# tools/gpu-ab.sh - the GPU machine's A/B decode benchmark: two builds of tests/cuda/test-backend-cuda (a
 # baseline and the tree under test) alternated in one call on the 7B-class and 1B-class generated
 # models, in-process at hot fraction 1 (PI_CUDA_BENCH: a 64-token prompt batch, then 128 decode steps),
 # then Nsight Compute's per-kernel times of the tree under test over a 3-token 7B-class decode.
@@ -30,13 +30,13 @@ bench() { # model binary variants (";"-separated; "default": the environment as 
 # runs its variants twice, and base runs before and after the tree under test.
 for m in 7b 1b; do
   bench $m $R/base/test-backend-cuda "default;default"
-  bench $m $R/tests/test-backend-cuda "$V;$V"
+  bench $m $R/tests/cuda/test-backend-cuda "$V;$V"
   bench $m $R/base/test-backend-cuda "default"
 done | tee "$OUT/ab.log"
 if [ "${NCU:-1}" = 1 ]; then
   N=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m7b.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=3 \
     timeout 300 $N --clock-control none --metrics gpu__time_duration.sum,launch__registers_per_thread \
-    --print-summary per-kernel $R/tests/test-backend-cuda > "$OUT/ncu.txt" 2>&1
+    --print-summary per-kernel $R/tests/cuda/test-backend-cuda > "$OUT/ncu.txt" 2>&1
   echo "ncu rc=$? (per-kernel summary in $OUT/ncu.txt)"
 fi

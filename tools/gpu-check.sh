@@ -6,10 +6,11 @@
 # Prepare on the build machine (CUDA found by configure), then run on the GPU machine with R pointing
 # to the prepared folder and OUT to where logs go:
 #   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
-#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tests,tools}
+#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools} $R/tests/{unit,integration,cuda}
 #   cp build/coordinator/pi-coordinator $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
 #   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
-#   cp build/tests/test-{cuda,backend-cuda,pipeline,forward} $R/tests/
+#   cp build/tests/cuda/test-{cuda,backend-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
+#   cp build/tests/unit/test-forward $R/tests/unit/
 #   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
 #   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/gpu-worker/pi-gpu-worker
 #   (GPU machine) R=$PWD/.devrun OUT=/some/dir tools/gpu-check.sh      (PERF=1 adds the 7B-class study)
@@ -23,22 +24,23 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 T=$OUT/tests.log; : > $T
-for t in test-cuda test-backend-cuda test-pipeline test-forward; do
+for p in cuda/test-cuda cuda/test-backend-cuda integration/test-pipeline unit/test-forward; do
+  t=${p##*/}
   s=$(date +%s)
-  timeout 200 $R/tests/$t > $OUT/$t.log 2>&1; rc=$?
+  timeout 200 $R/tests/$p > $OUT/$t.log 2>&1; rc=$?
   echo "$t rc=$rc ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log) $(grep -c SKIP $OUT/$t.log) skips, $(( $(date +%s) - s )) s" | tee -a $T
   grep -E '^not ok' $OUT/$t.log | head -10
 done
 # races and barrier misuse in every kernel test-cuda runs (the staged matvec's reductions included)
 # (cuBLAS' own sm_90 GEMM kernels, nvjet_*, and an unnamed kernel of the same cuBLAS call report
 # hazards under racecheck; only hazards in pinfer's kernels, all named k_*, fail the check)
-timeout 300 $CS --tool racecheck $R/tests/test-cuda > $OUT/racecheck.log 2>&1
+timeout 300 $CS --tool racecheck $R/tests/cuda/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
 # the backend's golden checks under each switch of doc/bench-log.md "Session 4" (q8: the host backend's bound)
 for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0 PI_CUDA_PDL=0; do
   l=$OUT/test-backend-cuda-$(echo "$v" | tr '= ' '__').log # the device tool returns no file with '=' in its name
-  env $v timeout 200 $R/tests/test-backend-cuda > $l 2>&1
+  env $v timeout 200 $R/tests/cuda/test-backend-cuda > $l 2>&1
   echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $l) notok=$(grep -c '^not ok' $l)" | tee -a $T
   grep -E '^not ok' $l | head -5
 done
@@ -48,7 +50,7 @@ env PI_CUDA_FUSE_NORM=1 PI_CUDA_MV=${MC_MV:-q8} timeout 200 $CS --tool memcheck 
   --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
 echo "memcheck experiments rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
-PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda > $OUT/memcheck.log 2>&1
+PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda > $OUT/memcheck.log 2>&1
 echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T
 timeout 90 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator --model $M \
   --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 0.5 --cpu-workers 1 --run-dir /tmp/pirun-mc \
@@ -81,12 +83,12 @@ if [ "${PERF:-0}" = 1 ]; then
   for m in 7b 1b; do
     PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m$m.gguf PI_CUDA_BENCH_CONFIGS=cuda:1,cuda:0.5 PI_CUDA_BENCH_DECODE=128 \
       PI_CUDA_BENCH_VARIANTS="PI_CUDA_DENSE_DOWN=1;PI_CUDA_DENSE_DOWN=0;PI_CUDA_DENSE_DOWN=1" \
-      timeout 240 $R/tests/test-backend-cuda 2>&1 | grep "tok/s" | tee -a $P
+      timeout 240 $R/tests/cuda/test-backend-cuda 2>&1 | grep "tok/s" | tee -a $P
   done
   NCU=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
   if [ -n "$NCU" ]; then
     PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m7b.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=4 \
-      timeout 400 $NCU --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel $R/tests/test-backend-cuda \
+      timeout 400 $NCU --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel $R/tests/cuda/test-backend-cuda \
       > $OUT/ncu.txt 2>&1; echo "ncu rc=$? (per-kernel summary in ncu.txt)" | tee -a $P
   fi
 fi
