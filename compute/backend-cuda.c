@@ -922,7 +922,7 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->rope_base = hp->rope_base;
     s->own_attn = own_attn;
     s->skip_x = !pi_env_off("PI_CUDA_SKIP_X");       /* 0: download x every layer (for comparisons) */
-    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
+    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/bench-log.md, "Session 4") */
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);

@@ -5,7 +5,7 @@
  * machine and every build. rand() and friends differ between C libraries, so the generator is
  * specified here completely, with published algorithms (Blackman and Vigna, "Scrambled linear
  * pseudorandom number generators", 2018; SplitMix64 from Steele, Lea and Flood, 2014) and checked in
- * tests/test-sample.c against their published output vectors. The state is plain data so that a
+ * tests/unit/test-sample.c against their published output vectors. The state is plain data so that a
  * sampler can embed it and a test can set it.
  *
  * Not for cryptography. Not thread-safe: one generator per user.

@@ -2,7 +2,7 @@
  * text/chat.c - the built-in chat formats and the recognition of Jinja templates (see text/chat.h).
  *
  * Each renderer below restates what one family's official template renders; the template it
- * follows is named above it (the strings themselves are in tests/test-chat.c with their sources).
+ * follows is named above it (the strings themselves are in tests/unit/test-chat.c with their sources).
  * Templates that accept only one leading system message (llama2, mistral, gemma) return
  * -PI_ERR_INVAL for a system message elsewhere, where their Jinja would raise or drop it.
  */

@@ -2,7 +2,7 @@
 # tools/check-layers.sh - checks that the source floors only look down (doc/design.md, "Floors"):
 # every `#include "DIR/..."` of a file in a folder must name a folder that folder may use. Prints
 # each upward or sideways include as FILE:LINE: message and exits 1 when there is one, 0 otherwise.
-# Run by `make check` (tests/test-layers.sh) and by hand: tools/check-layers.sh [SRCDIR].
+# Run by `make check` (tests/unit/test-layers.sh) and by hand: tools/check-layers.sh [SRCDIR].
 #
 #   floor 0  lib/                        includes nothing above it
 #   floor 1  kernels/, ipc/              lib/ (kernels/cuda may use kernels/cpu's headers)

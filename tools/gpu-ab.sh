@@ -4,7 +4,7 @@
 # generated models, the cuda backend at hot fraction 1 through the pipeline (pp64 and tg128, two
 # repetitions, llama-bench's table), then Nsight Compute's per-kernel times of the tree under test's
 # GPU worker over a 3-token 7B-class decode. Timings are only comparable within one call
-# (doc/cuda-backend.md, "Session 3").
+# (doc/bench-log.md, "Session 3").
 #
 # Prepare as for tools/gpu-check.sh (its header; coordinator/pi-bench also under $R/coordinator), and
 # copy the baseline's programs (e.g. built from the previous commit) to $R/base/coordinator/pi-bench,

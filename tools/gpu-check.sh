@@ -6,10 +6,11 @@
 # Prepare on the build machine (CUDA found by configure), then run on the GPU machine with R pointing
 # to the prepared folder and OUT to where logs go:
 #   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
-#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tests,tools}
+#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools} $R/tests/{unit,integration,cuda}
 #   cp build/coordinator/pi-coordinator build/coordinator/pi-bench $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
 #   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
-#   cp build/tests/test-{cuda,backend-cuda,pipeline,forward} $R/tests/
+#   cp build/tests/cuda/test-{cuda,backend-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
+#   cp build/tests/unit/test-forward $R/tests/unit/
 #   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
 #   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/coordinator/pi-bench build/gpu-worker/pi-gpu-worker
 #   (GPU machine) R=$PWD/.devrun OUT=/some/dir tools/gpu-check.sh      (PERF=1 adds the 7B-class study)
@@ -23,22 +24,23 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 T=$OUT/tests.log; : > $T
-for t in test-cuda test-backend-cuda test-pipeline test-forward; do
+for p in cuda/test-cuda cuda/test-backend-cuda integration/test-pipeline unit/test-forward; do
+  t=${p##*/}
   s=$(date +%s)
-  timeout 200 $R/tests/$t > $OUT/$t.log 2>&1; rc=$?
+  timeout 200 $R/tests/$p > $OUT/$t.log 2>&1; rc=$?
   echo "$t rc=$rc ok=$(grep -c '^ok' $OUT/$t.log) notok=$(grep -c '^not ok' $OUT/$t.log) $(grep -c SKIP $OUT/$t.log) skips, $(( $(date +%s) - s )) s" | tee -a $T
   grep -E '^not ok' $OUT/$t.log | head -10
 done
 # races and barrier misuse in every kernel test-cuda runs (the staged matvec's reductions included)
 # (cuBLAS' own sm_90 GEMM kernels, nvjet_*, and an unnamed kernel of the same cuBLAS call report
 # hazards under racecheck; only hazards in pinfer's kernels, all named k_*, fail the check)
-timeout 300 $CS --tool racecheck $R/tests/test-cuda > $OUT/racecheck.log 2>&1
+timeout 300 $CS --tool racecheck $R/tests/cuda/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
-# the backend's golden checks under each switch of doc/cuda-backend.md "Session 4" (q8: the host backend's bound)
+# the backend's golden checks under each switch of doc/bench-log.md "Session 4" (q8: the host backend's bound)
 for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0 PI_CUDA_PDL=0; do
   l=$OUT/test-backend-cuda-$(echo "$v" | tr '= ' '__').log # the device tool returns no file with '=' in its name
-  env $v timeout 200 $R/tests/test-backend-cuda > $l 2>&1
+  env $v timeout 200 $R/tests/cuda/test-backend-cuda > $l 2>&1
   echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $l) notok=$(grep -c '^not ok' $l)" | tee -a $T
   grep -E '^not ok' $l | head -5
 done
@@ -48,7 +50,7 @@ env PI_CUDA_FUSE_NORM=1 PI_CUDA_MV=${MC_MV:-q8} timeout 200 $CS --tool memcheck 
   --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
 echo "memcheck experiments rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
-PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda > $OUT/memcheck.log 2>&1
+PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda > $OUT/memcheck.log 2>&1
 echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T
 timeout 90 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator --model $M \
   --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 0.5 --cpu-workers 1 --run-dir /tmp/pirun-mc \
@@ -70,7 +72,7 @@ echo "== 1B-class relu Q4_0 (128-token prompt, 64 decode), 8 threads per process
 for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1"; do set -- $c
   one /tmp/m1b.gguf 64 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
 cat $B
-# PERF=1: the 7B-class decode study (doc/cuda-backend.md, "Session 2"): pi-bench of the 7B- and
+# PERF=1: the 7B-class decode study (doc/bench-log.md, "Session 2"): pi-bench of the 7B- and
 # 1B-class models at hot 1 and 0.5 through the pipeline, with and without the dense down, then Nsight
 # Compute's per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per
 # token against the wall time per token: how much of the step is launches and gaps).

@@ -53,7 +53,7 @@ pass() {
     log "$name: make check"
     (cd "$dir" && make -j"$jobs" check >check.out 2>&1)
     grep -E '^(FAIL|ERROR|XPASS|SKIP):' "$dir/check.out" | sed "s/^/[$name] /"
-    for t in "$dir"/tests/*.log; do
+    for t in "$dir"/tests/*/*.log; do
         grep -q -E '^(not ok|Bail out)' "$t" 2>/dev/null && { echo "---- [$name] ${t##*/}"; grep -E '^(not ok|Bail out|#)' "$t" | head -40; }
     done
     count "$dir"

@@ -4,7 +4,7 @@
  * table in dispatch.c after CPUID says the CPU has those extensions.
  *
  * Each kernel computes the same sum as the scalar reference in quant.c (exact integer block sums,
- * float scaling), only in another summation order; tests/test-quant-simd.c holds them to that.
+ * float scaling), only in another summation order; tests/unit/test-quant-simd.c holds them to that.
  * Shapes: wrow holds n elements of the weight type (n a multiple of its block), xq n activations
  * (float for F32/F16/BF16, Q8_0 blocks for the legacy types, Q8_K for the K-quants). Thread-safe.
  */

@@ -114,7 +114,7 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
  * comparisons: f32 never quantises x, q8 quantises it for every quantised weight, reg takes the
  * register-x kernel (the automatic R below), staged/tall/narrow one staged variant for every matrix,
  * split the split-K kernel where auto would take fewer than 4 rows per warp and the GEMM tile scratch
- * already holds its partial sums (measured slower, doc/cuda-backend.md). */
+ * already holds its partial sums (measured slower, doc/bench-log.md). */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4

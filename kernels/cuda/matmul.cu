@@ -11,7 +11,7 @@
  * the device's copy bandwidth; see doc/cuda.md for the measured numbers. A second, "staged" variant
  * (x in shared memory, several segments' loads in flight per lane) is what decode uses for F16/BF16
  * and for quantised matrices below 12 Mi elements: it keeps more loads in flight, which is what the
- * low-bit types lacked (doc/cuda-backend.md: 7B-class decode 162 -> 233 tok/s with the other changes
+ * low-bit types lacked (doc/bench-log.md: 7B-class decode 162 -> 233 tok/s with the other changes
  * of that run). Larger quantised matrices take the 8-bit-x kernel of matvec-q8.cu (matvec_auto).
  * The staged kernel is launched with programmatic dependent launch (cuda-impl.h, DESIGN note there).
  */
@@ -353,9 +353,9 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
 }
 
 /* Split-K (PI_CUDA_MV=split, a comparison switch: measured in session 4, 1% slower on the 7B-class
- * model and 15% on the 1B-class one than auto's kernels, doc/cuda-backend.md).
+ * model and 15% on the 1B-class one than auto's kernels, doc/bench-log.md).
  * The 4096-row matrices of a 7B-class decode give the kernel above one wave of blocks, each staging
- * all of x before its few loads per lane (ncu, doc/cuda-backend.md "Session 3": 0.9-1.0 TB/s). Here
+ * all of x before its few loads per lane (ncu, doc/bench-log.md "Session 3": 0.9-1.0 TB/s). Here
  * block (b, k) takes rows [32 b, 32 b + 32) (4 per warp) over the k-th range of 32 U segments (one
  * batch of loads per lane), stages only that range of x, and writes its row sums to
  * part[k rows + r]; a second kernel adds the ranges in a fixed order (so the result does not depend
@@ -506,7 +506,7 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
  * PI_MV_AUTO (the default) the most that still gives every SM two blocks of 8 warps: 4 from 64 n_sm
  * rows (8448 on the H100: the 7B-class q/k/v stack, the output head), 2 from 32 n_sm, else 1 (the
  * 4096-row attention output and down matrices: 512 blocks instead of the 128 of R = 4, which left the
- * SMs with one block's loads in flight; doc/cuda-backend.md). Otherwise, or with PI_CUDA_MV=reg, the
+ * SMs with one block's loads in flight; doc/bench-log.md). Otherwise, or with PI_CUDA_MV=reg, the
  * register-x kernel with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows
  * per SM up, fewer for small matrices so that every SM still gets warps. */
 static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e)

@@ -6,7 +6,7 @@
  * Why: the float kernels spend two instructions per weight converting and multiplying bytes, and each
  * block stages all of x (4 bytes per column) in shared memory before its first multiply, which left the
  * 4096-row attention output and down matrices of a 7B-class decode at a third of the copy bandwidth
- * (doc/cuda-backend.md, "Session 4"). Here x becomes, per 32-element segment, 32 int8 values q and a
+ * (doc/bench-log.md, "Session 4"). Here x becomes, per 32-element segment, 32 int8 values q and a
  * scale d (x ~ d q; d = max |x| / 127, 0 below FLT_MIN, q = round-to-nearest-even(x / d)), with the integer sums of q
  * over each 16-element half. The product of a weight segment with it is two sums of 16 byte products,
  * four dp4a instructions each (4 multiply-adds per instruction), in exact integer arithmetic; the
@@ -191,7 +191,7 @@ extern "C" bool pi_cuda_q8_type(int type)
 }
 
 /* The automatic choice takes the q8 kernel for quantised weights of at least this many elements. From
- * the 7B-class per-kernel times (ncu, H200, doc/cuda-backend.md "Session 4"): the q8 kernel takes 0.55
+ * the 7B-class per-kernel times (ncu, H200, doc/bench-log.md "Session 4"): the q8 kernel takes 0.55
  * to 0.75 of the float kernel's time and the quantisation launch costs 2-4 us, so it pays from float
  * kernels of about 7 us, some 7 MB of Q4_0 on these cards. */
 #define PI_Q8_MIN_ELEMS ((int64_t)12 << 20)

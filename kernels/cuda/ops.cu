@@ -66,7 +66,7 @@ __global__ void k_rmsnorm(int64_t n, const float *__restrict__ x, const float *_
 
 /* The decode-sized variant: a row of n = 4 m floats held in registers, K float4 per thread, so every
  * load of the row is issued at once and the row is read once (the loop above waits on a chain of loads
- * and reads x twice: ~15 us per 4096-float row on the H100 under ncu, doc/cuda-backend.md). */
+ * and reads x twice: ~15 us per 4096-float row on the H100 under ncu, doc/bench-log.md). */
 template <int K>
 __global__ void k_rmsnorm_v(int64_t n, const float *__restrict__ x, const float *__restrict__ g, float eps,
                             float *__restrict__ y)

@@ -1,0 +1,539 @@
+/*
+ * tests/cuda/test-backend-cuda.c - the cuda backend of pi-gpu-worker (compute/backend-cuda.h) against the
+ * golden logits (HF transformers, float64, same weights) and against the host backend, on the demo
+ * ReLU model (tests/data) and the tiny SiLU llama (tests/data and $PI_FIXTURES: F16, Q8_0, Q4_0, and
+ * Q5_1, which the device takes converted to F16; head size 16, the backend's own attention kernel).
+ *
+ * The test drives each backend through the per-layer exchange as pi-gpu-worker's loop does, with a
+ * fresh random split of every layer's neurons into hot (the backend) and cold (computed here on the CPU
+ * with pi_ffn_neurons, as a CPU worker would), at hot fraction 0, 0.5 and 1; for a whole-prompt batch
+ * (GEMM paths), token-by-token decode (matvec paths) on a second sequence, and a batch interleaving two
+ * sequences after truncating them (several attention runs per batch). Then the VRAM budget: a budget
+ * one page short of the plan is refused at start with -PI_ERR_NOMEM; with the planned budget the
+ * context's count stays within it through serving, and cudaMemGetInfo's drop is within the budget plus
+ * the context's own overhead and the allocator's granularity. Last, the golden prompt through the whole
+ * process pipeline (pi-coordinator --gpu-backend cuda) at hot fraction 0, 0.5 and 1.
+ *
+ * Tolerances (relative error of a logits row, ||out - ref|| / ||ref||, worst row): GOLDEN_TOL as the
+ * pipeline's tests (Q4_0 weights; the cold neurons go through the CPU's 8-bit activations); at hot
+ * fraction 1 everything is on the device (f32 matvec, f16 GEMM inputs, f16 KV cache; the down rows are
+ * the model's ffn_down_t, packed as f16 at load for quantised models, and Q5_1 weights become F16)
+ * and the bound is DEVICE_TOL (measured on the H100: at most 1.7e-2, tiny-llama Q5_1). Against the host
+ * backend, whose activations are quantised to 8 bits (its own error against the golden logits reaches
+ * 7.4e-2 on tiny-llama Q5_1), the bound is the triangle inequality: the two errors against the golden
+ * logits plus HOST_SLACK (the rows' norms differ slightly).
+ *
+ * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. With
+ * PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short run compute-sanitizer
+ * checks). Speed is measured by pi-bench (pi-bench --gpu-backend cuda), through the pipeline.
+ */
+#include "config.h"
+#include "compute/backend-cuda.h"
+#include "compute/backend.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/rng.h"
+#include "tests/test-pipeline-util.h"
+
+#define T_MAX 64
+#define N_CTX 256
+#define GOLDEN_TOL 4e-2
+#define DEVICE_TOL 2e-2
+#define HOST_SLACK 1e-2
+/* With PI_CUDA_MV=q8 every quantised product's x is quantised to 8 bits, as the host backend's are:
+ * the bound is that of the host backend's class (its own error reaches 7.4e-2, above). Measured on
+ * the H200: at most 5e-2 (tiny-llama Q8_0 and Q4_0, decode). */
+#define Q8_TOL 8e-2
+#define SLACK_BYTES ((uint64_t)16 << 20) /* cudaMalloc's granularity over a few dozen allocations */
+
+static uint64_t rng_state;
+static int short_mode; /* PI_CUDA_TEST=short: the demo model at hot fraction 0.5 only (for compute-sanitizer) */
+
+static uint64_t rnd(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* A fresh random split of each layer's neurons: hot ids (in random order) and the rest. */
+struct split {
+    int n_layer;
+    int32_t **hot, **cold;
+    int64_t *n_hot, *n_cold;
+};
+
+/* The first frac of each layer's neurons hot: of a random permutation (shuffled), or of the ids in order,
+ * as pi-gpu-worker chooses them (at frac 1 the cuda backend then runs the layer dense). */
+static void split_new(struct split *s, const pi_model_t *m, double frac, bool shuffled)
+{
+    int L = m->hp.n_layer, nf = m->hp.n_ff;
+    s->n_layer = L;
+    s->hot = calloc((size_t)L, sizeof *s->hot);
+    s->cold = calloc((size_t)L, sizeof *s->cold);
+    s->n_hot = calloc((size_t)L, sizeof *s->n_hot);
+    s->n_cold = calloc((size_t)L, sizeof *s->n_cold);
+    for (int il = 0; il < L; il++) {
+        int32_t *perm = malloc((size_t)nf * sizeof *perm);
+        for (int i = 0; i < nf; i++) perm[i] = i;
+        for (int i = nf - 1; shuffled && i > 0; i--) {
+            int j = (int)(rnd() % (uint64_t)(i + 1));
+            int32_t t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+        }
+        int64_t k = (int64_t)(frac * nf + 0.5);
+        s->hot[il] = perm;
+        s->n_hot[il] = k;
+        s->cold[il] = perm + k;
+        s->n_cold[il] = nf - k;
+    }
+}
+
+static void split_free(struct split *s)
+{
+    for (int il = 0; il < s->n_layer; il++) free(s->hot[il]);
+    free(s->hot);
+    free(s->cold);
+    free(s->n_hot);
+    free(s->n_cold);
+}
+
+/* Drives a backend as pi-gpu-worker's loop does, the cold neurons computed here. */
+struct drv {
+    pi_backend_t *be;
+    const pi_model_t *m;
+    const struct split *sp;
+    pi_pool_t *pool;
+    pi_ffn_work_t *work;
+    float *x, *cold;
+};
+
+static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const int32_t *pos, int n, int n_out,
+                    float *logits)
+{
+    pi_backend_t *be = v->be;
+    const int d = v->m->hp.n_embd;
+    int rc = be->ops->begin(be, tok, seq, pos, n);
+    for (int il = 0; rc == 0 && il < v->m->hp.n_layer; il++) {
+        rc = be->ops->attn(be, il);
+        const int64_t nc = v->sp->n_cold[il];
+        if (rc == 0) rc = be->ops->ffn_input(be, il, v->x);
+        if (rc == 0) rc = be->ops->ffn_hot(be, il);
+        if (rc != 0) break;
+        memset(v->cold, 0, (size_t)n * (size_t)d * sizeof(float));
+        for (int t = 0; t < n && nc > 0; t++)
+            pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, v->x + (size_t)t * d, v->sp->cold[il], nc,
+                           v->cold + (size_t)t * d);
+        rc = be->ops->ffn_merge(be, il, nc > 0 ? v->cold : NULL);
+    }
+    if (rc == 0) rc = be->ops->output(be, n_out, logits);
+    if (rc == 0) be->ops->commit(be);
+    return rc;
+}
+
+static void opts_for(struct pi_backend_opts *o, const struct split *sp)
+{
+    *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
+                                  .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot};
+}
+
+static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const struct split *sp, uint64_t budget)
+{
+    struct pi_backend_opts o;
+    opts_for(&o, sp);
+    o.vram_budget = budget;
+    memset(v, 0, sizeof *v);
+    v->m = m;
+    v->sp = sp;
+    int rc = pi_backend_new(name, m, &o, &v->be);
+    if (rc != 0) return rc;
+    v->pool = pi_pool_new(2);
+    v->work = pi_ffn_work_new(m->hp.n_embd, 2);
+    v->x = malloc((size_t)T_MAX * (size_t)m->hp.n_embd * sizeof(float));
+    v->cold = malloc((size_t)T_MAX * (size_t)m->hp.n_embd * sizeof(float));
+    return 0;
+}
+
+static void drv_free(struct drv *v)
+{
+    pi_backend_destroy(&v->be);
+    pi_pool_destroy(&v->pool);
+    pi_ffn_work_destroy(&v->work);
+    free(v->x);
+    free(v->cold);
+}
+
+/* PI_CUDA_MV=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
+static bool all_q8(void)
+{
+    const char *mv = getenv("PI_CUDA_MV");
+    return mv && strcmp(mv, "q8") == 0;
+}
+
+/* Worst relative error of rows[i] (width w) against the golden rows ref_rows[i]. */
+static double rows_err(const float *a, const float *ref, const int *ref_rows, int n, int w)
+{
+    double worst = 0.0;
+    for (int i = 0; i < n; i++) {
+        double e = tp_rel_err(a + (size_t)i * w, ref + (size_t)ref_rows[i] * w, 1, w);
+        if (!(e <= worst)) worst = e;
+    }
+    return worst;
+}
+
+static void check_model(const char *label, const char *path, const char *gpath)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    struct tp_golden gd;
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) {
+        tap_ok(0, "%s: open model and golden (%s)", label, err);
+        pi_model_destroy(&m);
+        return;
+    }
+    const int n = gd.n, V = gd.n_vocab;
+    PI_ASSERT(n <= T_MAX && n >= 4 && V == m->hp.n_vocab);
+    int32_t *seq0 = calloc((size_t)n, sizeof(int32_t)), *pos = malloc((size_t)n * sizeof(int32_t));
+    int *rows = malloc((size_t)n * sizeof(int));
+    for (int i = 0; i < n; i++) pos[i] = i, rows[i] = i;
+    float *lc = malloc((size_t)n * V * sizeof(float)), *lh = malloc((size_t)n * V * sizeof(float));
+    float *ld = malloc((size_t)n * V * sizeof(float));
+    /* hot 1 twice: shuffled ids (the neuron layout) and ids in order (the dense layers) */
+    static const double fracs[] = {0.0, 0.5, 1.0, 1.0};
+    static const bool shuf[] = {true, true, true, false};
+    char lab[96];
+    const char *model_label = label;
+    for (size_t fi = 0; fi < PI_ARRAY_LEN(fracs); fi++) {
+        if (short_mode && fracs[fi] != 0.5) continue;
+        snprintf(lab, sizeof lab, "%s%s", model_label, shuf[fi] ? "" : " (ids in order: dense)");
+        label = lab;
+        struct split sp;
+        split_new(&sp, m, fracs[fi], shuf[fi]);
+        struct drv c, h;
+        int rc = drv_new(&c, "cuda", m, &sp, 0);
+        if (rc != 0) {
+            tap_ok(0, "%s hot %.1f: cuda backend created (%s)", label, fracs[fi], pi_err_str(rc));
+            split_free(&sp);
+            continue;
+        }
+        rc = drv_new(&h, "host", m, &sp, 0);
+        PI_ASSERT(rc == 0);
+        const double tol = all_q8() ? Q8_TOL : fracs[fi] == 1.0 ? DEVICE_TOL : GOLDEN_TOL;
+        /* the prompt as one batch, every position's logits */
+        int rc1 = drv_step(&c, gd.tokens, seq0, pos, n, n, lc), rc2 = drv_step(&h, gd.tokens, seq0, pos, n, n, lh);
+        double eg = rows_err(lc, gd.logits, rows, n, V), eh = tp_rel_err(lc, lh, n, V);
+        double hg = rows_err(lh, gd.logits, rows, n, V);
+        tap_ok(rc1 == 0 && rc2 == 0 && eg <= tol && eh <= eg + hg + HOST_SLACK,
+               "%s hot %.1f: prompt batch of %d: vs golden %.3g (<= %.0e), vs host backend %.3g (<= %.3g); host vs golden %.3g",
+               label, fracs[fi], n, eg, tol, eh, eg + hg + HOST_SLACK, hg);
+        /* token by token on sequence 1 */
+        int ok = 1;
+        for (int t = 0; t < n && ok; t++) {
+            int32_t s1 = 1;
+            ok = drv_step(&c, gd.tokens + t, &s1, &pos[t], 1, 1, ld + (size_t)t * V) == 0;
+        }
+        double dg = ok ? rows_err(ld, gd.logits, rows, n, V) : INFINITY, dp = ok ? tp_rel_err(ld, lc, n, V) : INFINITY;
+        tap_ok(ok && dg <= tol && c.be->ops->seq_len(c.be, 1) == n,
+               "%s hot %.1f: decode of %d tokens: vs golden %.3g (<= %.0e), vs the prompt batch %.3g", label, fracs[fi], n,
+               dg, tol, dp);
+        /* truncate both sequences to k and feed the rest interleaved: seq 0, seq 1, seq 0, ... */
+        const int k = n / 2, m2 = 2 * (n - k) > T_MAX ? (T_MAX / 2) : n - k;
+        int32_t tok2[T_MAX], sq2[T_MAX], ps2[T_MAX];
+        int rws[T_MAX];
+        for (int i = 0; i < m2; i++)
+            for (int q = 0; q < 2; q++) {
+                tok2[2 * i + q] = gd.tokens[k + i];
+                sq2[2 * i + q] = q;
+                ps2[2 * i + q] = k + i;
+                rws[2 * i + q] = k + i;
+            }
+        rc = c.be->ops->seq_truncate(c.be, 0, k);
+        if (rc == 0) rc = c.be->ops->seq_truncate(c.be, 1, k);
+        if (rc == 0) rc = drv_step(&c, tok2, sq2, ps2, 2 * m2, 2 * m2, ld);
+        double ig = rc == 0 ? rows_err(ld, gd.logits, rws, 2 * m2, V) : INFINITY;
+        tap_ok(rc == 0 && ig <= tol, "%s hot %.1f: two sequences interleaved after truncation to %d: vs golden %.3g (<= %.0e)",
+               label, fracs[fi], k, ig, tol);
+        /* a position that does not continue the sequence is refused */
+        int32_t bad_pos = k + m2 + 1, s0 = 0;
+        tap_ok(c.be->ops->begin(c.be, gd.tokens, &s0, &bad_pos, 1) == -PI_ERR_RANGE, "%s hot %.1f: a gap in positions is refused",
+               label, fracs[fi]);
+        drv_free(&c);
+        drv_free(&h);
+        split_free(&sp);
+    }
+    free(seq0);
+    free(pos);
+    free(rows);
+    free(lc);
+    free(lh);
+    free(ld);
+    pi_gguf_destroy(&gd.g);
+    pi_model_destroy(&m);
+}
+
+static void check_budget(const char *path, const char *gpath)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    struct tp_golden gd;
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) tap_bail("budget: %s", err);
+    struct split sp;
+    split_new(&sp, m, 1.0, true);
+    struct pi_backend_opts o;
+    opts_for(&o, &sp);
+    uint64_t need = 0;
+    int prc = pi_backend_cuda_plan(m, &o, &need);
+    tap_ok(prc == 0 && need > 0, "budget: planned %llu bytes (%.2f MiB)", (unsigned long long)need, need / 1048576.0);
+
+    pi_backend_t *be = NULL;
+    o.vram_budget = need - 4096;
+    int rc = pi_backend_cuda_new(m, &o, &be);
+    tap_ok(rc == -PI_ERR_NOMEM && !be, "budget: %llu bytes (4 KiB short of the plan) refused at start (%s)",
+           (unsigned long long)o.vram_budget, pi_err_str(rc));
+    pi_backend_destroy(&be);
+
+    pi_cuda_ctx_t *probe = pi_cuda_ctx_new(0, (size_t)48 << 20); /* keeps the CUDA context alive for the readings */
+    size_t free0 = 0, total = 0;
+    tap_ok(probe && pi_cuda_mem_info(probe, &free0, &total) == 0, "budget: device memory read");
+    struct drv c;
+    rc = drv_new(&c, "cuda", m, &sp, need);
+    tap_ok(rc == 0, "budget: the planned budget of %llu bytes is enough (%s)", (unsigned long long)need, pi_err_str(rc));
+    if (rc == 0) {
+        uint64_t budget, used, peak, planned, overhead, free1 = 0, tot1;
+        pi_backend_cuda_mem_info(c.be, &free1, &tot1);
+        pi_backend_cuda_usage(c.be, &budget, &used, &peak, &planned, &overhead);
+        uint64_t drop = free0 > free1 ? free0 - free1 : 0;
+        tap_ok(budget == need && used <= budget && peak <= budget && planned == need,
+               "budget: held %llu, peak %llu, planned %llu, budget %llu", (unsigned long long)used,
+               (unsigned long long)peak, (unsigned long long)planned, (unsigned long long)budget);
+        tap_ok(used == planned, "budget: what is held is what was planned (difference %lld bytes)",
+               (long long)used - (long long)planned);
+        tap_ok(drop <= budget + overhead + SLACK_BYTES,
+               "budget: cudaMemGetInfo drop %.2f MiB <= budget %.2f + context/cuBLAS overhead %.2f + granularity %.0f MiB",
+               drop / 1048576.0, budget / 1048576.0, overhead / 1048576.0, SLACK_BYTES / 1048576.0);
+        int32_t *sq = calloc((size_t)gd.n, sizeof(int32_t)), *ps = malloc((size_t)gd.n * sizeof(int32_t));
+        float *lg = malloc((size_t)gd.n * gd.n_vocab * sizeof(float));
+        for (int i = 0; i < gd.n; i++) ps[i] = i;
+        rc = drv_step(&c, gd.tokens, sq, ps, gd.n, gd.n, lg);
+        for (int t = 0; rc == 0 && t < 8; t++) {
+            int32_t s1 = 1;
+            rc = drv_step(&c, gd.tokens + t, &s1, &ps[t], 1, 1, lg);
+        }
+        uint64_t peak2;
+        pi_backend_cuda_usage(c.be, NULL, NULL, &peak2, NULL, NULL);
+        tap_ok(rc == 0 && peak2 == peak, "budget: serving allocates nothing (peak %llu after a prompt and decode)",
+               (unsigned long long)peak2);
+        free(sq);
+        free(ps);
+        free(lg);
+        drv_free(&c);
+    }
+    pi_cuda_ctx_destroy(&probe);
+    split_free(&sp);
+    pi_gguf_destroy(&gd.g);
+    pi_model_destroy(&m);
+}
+
+/* Set or (value NULL) unset an environment variable; returns a copy of its old value (or NULL). */
+static char *env_swap(const char *name, const char *value)
+{
+    const char *old = getenv(name);
+    char *saved = old ? strdup(old) : NULL;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+    return saved;
+}
+
+/* The same steps with programmatic dependent launch off and on give the same logits, bit for bit: a
+ * kernel that read its input before waiting for the kernel writing it (kernels/cuda/cuda-impl.h)
+ * would read the previous layer's or step's values. Hot fraction 1 with the ids in order (dense
+ * layers, no atomics: the step is deterministic), a prompt batch then decode steps, under the
+ * automatic matvec choice (float x for these small models) and under PI_CUDA_MV=q8 (every kernel of
+ * the decode chain that PDL launches). */
+static void check_pdl(const char *label, const char *path)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) tap_bail("pdl: %s", err);
+    const int V = m->hp.n_vocab, ND = 12;
+    int32_t tok[T_MAX], sq[T_MAX], ps[T_MAX];
+    for (int i = 0; i < T_MAX; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V), sq[i] = 0, ps[i] = i;
+    struct split sp;
+    split_new(&sp, m, 1.0, false);
+    static const char *const mvs[] = {"auto", "q8"};
+    float *lg[2];
+    for (size_t k = 0; k < PI_ARRAY_LEN(mvs); k++) {
+        char *old_mv = env_swap("PI_CUDA_MV", mvs[k]);
+        int rc = 0;
+        for (int pdl = 0; pdl < 2; pdl++) {
+            char *old_pdl = env_swap("PI_CUDA_PDL", pdl ? "1" : "0");
+            lg[pdl] = calloc((size_t)(ND + 1) * (size_t)V, sizeof(float));
+            struct drv v;
+            int rp = drv_new(&v, "cuda", m, &sp, 0);
+            if (rp == 0) {
+                rp = drv_step(&v, tok, sq, ps, T_MAX, 1, lg[pdl]);
+                for (int i = 0; rp == 0 && i < ND; i++) {
+                    int32_t p = T_MAX + i, t = tok[(i * 7) % T_MAX];
+                    rp = drv_step(&v, &t, sq, &p, 1, 1, lg[pdl] + (size_t)(i + 1) * V);
+                }
+                drv_free(&v);
+            }
+            rc |= rp;
+            free(env_swap("PI_CUDA_PDL", old_pdl));
+            free(old_pdl);
+        }
+        free(env_swap("PI_CUDA_MV", old_mv));
+        free(old_mv);
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)(ND + 1) * V; i++) diff += memcmp(&lg[0][i], &lg[1][i], sizeof(float)) != 0;
+        tap_ok(rc == 0 && diff == 0, "%s, PI_CUDA_MV=%s: a %d-token prompt and %d decode steps give the same logits "
+               "with PDL off and on (%zu differ)", label, mvs[k], T_MAX, ND, diff);
+        free(lg[0]), free(lg[1]);
+    }
+    split_free(&sp);
+    pi_model_destroy(&m);
+}
+
+static void check_pipeline(const char *model, const char *gpath)
+{
+    char coord[512], ids[4096], rundir[400];
+    struct tp_golden gd;
+    tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
+    if (access(coord, X_OK) != 0 || tp_golden_open(gpath, &gd) != 0) {
+        tap_skip(3, "pi-coordinator not built");
+        return;
+    }
+    tp_ids(ids, sizeof ids, gd.tokens, gd.n);
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    static const char *const hots[] = {"0", "0.5", "1"};
+    for (size_t i = 0; i < PI_ARRAY_LEN(hots); i++) {
+        char out[600], name[64];
+        snprintf(name, sizeof name, "pipe-cuda-h%s", hots[i]);
+        snprintf(out, sizeof out, "%s/%s.f32", tp_dir, name);
+        char *argv[] = {coord, "--model", (char *)model, "--tokens", ids, "-n", "0", "--logits-out", out,
+                        "--gpu-backend", "cuda", "--hot-fraction", (char *)hots[i], "--cpu-workers", "1",
+                        "--run-dir", rundir, "--log-level", "warn", NULL};
+        int st = tp_run(argv, name, 120.0);
+        float *lg = st == 0 ? tp_read_logits(out, gd.n, gd.n_vocab) : NULL;
+        double e = lg ? tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab) : INFINITY;
+        if (!lg) {
+            char *er = tp_output(name, "err");
+            tap_diag("exit %d: %s", st, er);
+            free(er);
+        }
+        tap_ok(lg && e <= GOLDEN_TOL, "pipeline, cuda backend, hot %s: golden prompt logits, relative error %.3g (<= %.0e)",
+               hots[i], e, GOLDEN_TOL);
+        free(lg);
+    }
+    pi_gguf_destroy(&gd.g);
+}
+
+/* Placements that are not a prefix through the pipeline with the cuda backend (compute/placement.h,
+ * via PowerInfer's .gpuidx): a fresh random half of every layer, then mixed layers (layer 0 all hot,
+ * so dense on the device, layer 1 a single hot neuron, the rest at other densities), with 1 and 2 CPU
+ * workers: the golden prompt logits within the usual tolerance. */
+static void check_pipeline_permuted(const char *model, const char *gpath)
+{
+    char coord[512], ids[4096], rundir[400];
+    struct tp_golden gd;
+    tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
+    if (access(coord, X_OK) != 0 || tp_golden_open(gpath, &gd) != 0) {
+        tap_skip(4, "pi-coordinator not built");
+        return;
+    }
+    pi_model_t *m = NULL;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.no_down_t = true;
+    if (pi_model_open(model, &mo, &m, NULL, 0) != 0) tap_bail("open %s", model);
+    const int L = m->hp.n_layer, ff = m->hp.n_ff;
+    pi_model_destroy(&m);
+    tp_ids(ids, sizeof ids, gd.tokens, gd.n);
+    snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20), st = seed;
+    tap_diag("random placements from seed %llu", (unsigned long long)seed);
+    unsigned char *hot = malloc((size_t)L * (size_t)ff);
+    PI_ASSERT(hot);
+    for (int variant = 0; variant < 2; variant++) {
+        for (int il = 0; il < L; il++) {
+            double p = variant == 0 ? 0.5 : il == 0 ? 1.0 : 0.1 + 0.8 * (double)(il % 5) / 4.0;
+            for (int i = 0; i < ff; i++)
+                hot[(size_t)il * (size_t)ff + (size_t)i] = (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0 < p;
+            if (variant == 1 && il == 1) {
+                memset(hot + (size_t)il * (size_t)ff, 0, (size_t)ff);
+                hot[(size_t)il * (size_t)ff + pi_rng_splitmix64(&st) % (uint64_t)ff] = 1;
+            }
+        }
+        char idx[600];
+        snprintf(idx, sizeof idx, "%s/perm%d.gpuidx", tp_dir, variant);
+        if (tp_write_gpuidx(idx, L, ff, hot) != 0) tap_bail("cannot write %s", idx);
+        static const char *const workers[] = {"1", "2"};
+        for (size_t w = 0; w < PI_ARRAY_LEN(workers); w++) {
+            char out[600], name[64];
+            snprintf(name, sizeof name, "pipe-cuda-perm%d-w%s", variant, workers[w]);
+            snprintf(out, sizeof out, "%s/%s.f32", tp_dir, name);
+            char *argv[] = {coord, "--model", (char *)model, "--tokens", ids, "-n", "0", "--logits-out", out,
+                            "--gpu-backend", "cuda", "--gpu-index", idx, "--cpu-workers", (char *)workers[w],
+                            "--run-dir", rundir, "--log-level", "warn", NULL};
+            int rc = tp_run(argv, name, 120.0);
+            float *lg = rc == 0 ? tp_read_logits(out, gd.n, gd.n_vocab) : NULL;
+            double e = lg ? tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab) : INFINITY;
+            if (!lg) {
+                char *er = tp_output(name, "err");
+                tap_diag("exit %d: %s", rc, er);
+                free(er);
+            }
+            tap_ok(lg && e <= GOLDEN_TOL, "pipeline, cuda backend, %s placement (not a prefix), %s CPU workers: golden "
+                   "prompt logits, relative error %.3g (<= %.0e)", variant ? "mixed" : "random-half", workers[w], e, GOLDEN_TOL);
+            free(lg);
+        }
+    }
+    free(hot);
+    pi_gguf_destroy(&gd.g);
+}
+
+int main(void)
+{
+    int nd = pi_cuda_device_count();
+    if (nd <= 0) tap_skip_all("no CUDA device");
+    pi_log_set_level(PI_LOG_WARN);
+    rng_state = (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull | 1;
+    char desc[256] = "";
+    pi_cuda_device_describe(0, desc, sizeof desc);
+    tap_diag("device 0: %s; random seed state %llu", desc, (unsigned long long)rng_state);
+    tp_mkdir("pi-test-backend-cuda");
+
+    char demo[512], demo_g[512], tiny[512], tiny_g[512], p[512], g[512];
+    tap_data(demo, sizeof demo, "demo-relu-q4_0.gguf");
+    tap_data(demo_g, sizeof demo_g, "demo-relu-q4_0.golden.gguf");
+    tap_data(tiny, sizeof tiny, "tiny-llama-q4_0.gguf");
+    tap_data(tiny_g, sizeof tiny_g, "tiny-llama-q4_0.golden.gguf");
+    const char *mode = getenv("PI_CUDA_TEST");
+    short_mode = mode && strcmp(mode, "short") == 0;
+    check_model("demo-relu-q4_0", demo, demo_g);
+    if (short_mode) return tap_done();
+    check_model("tiny-llama-q4_0", tiny, tiny_g);
+    static const char *const fx[] = {"f16", "q8_0", "q5_1"};
+    for (size_t i = 0; i < PI_ARRAY_LEN(fx); i++) {
+        char mrel[64], grel[64], label[64];
+        snprintf(mrel, sizeof mrel, "models/tiny-llama-%s.gguf", fx[i]);
+        snprintf(grel, sizeof grel, "golden/tiny-llama-%s.golden.gguf", fx[i]);
+        snprintf(label, sizeof label, "tiny-llama-%s", fx[i]);
+        if (!tap_fixture(p, sizeof p, mrel) || !tap_fixture(g, sizeof g, grel)) {
+            tap_skip(12, "fixture tiny-llama not found ($PI_FIXTURES)");
+            continue;
+        }
+        check_model(label, p, g);
+    }
+    check_budget(demo, demo_g);
+    check_pdl("demo", demo);
+    check_pdl("tiny-llama-q4_0", tiny);
+    check_pipeline(demo, demo_g);
+    check_pipeline_permuted(demo, demo_g);
+    return tap_done();
+}

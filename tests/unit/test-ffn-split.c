@@ -1,0 +1,429 @@
+/*
+ * tests/unit/test-ffn-split.c - the neuron-subset FFN kernel (pi_ffn_neurons in kernels/cpu/ops.h).
+ *
+ *  - against a double-precision scalar reference built from the dequantised rows, on fresh random
+ *    layers of several weight types, for SiLU, ReLU and dReLU, single-threaded and on a pool;
+ *  - any random split of the neurons into parts, computed separately and summed, equals the whole
+ *    layer (the partial sums the GPU and CPU workers will exchange);
+ *  - ReLU/dReLU: the neurons counted active are those with a positive gate (and up), and the up and
+ *    down rows of inactive neurons are never read (they are poisoned with NaN here);
+ *  - reproducibility: repeated calls on pools of 2 and 3 threads give the same bits every time;
+ *  - the batched kernel (pi_ffn_neurons_batch) gives the bits of one call per token, whichever path
+ *    it takes, and also leaves inactive neurons' rows unread;
+ *  - a real layer of the tiny llama against the dense product with the file's own ffn_down.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/common.h"
+#include "model/model.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
+#include "tests/tap.h"
+
+#define D 256
+#define FF 384
+
+static uint64_t rng_state = 0x853c49e6748fea9bull;
+
+static float frand(void) /* uniform [-1, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((double)(rng_state >> 11) * (2.0 / 9007199254740992.0) - 1.0);
+}
+
+/* A weight (rows, cols) of type t quantised from src (rows, cols) f32; data is malloc-ed. */
+static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols, const float *src)
+{
+    uint64_t rb;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    char *data = malloc((size_t)rb * (size_t)rows);
+    for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, src + r * cols, data + r * rb, cols);
+    return (struct pi_weight){t, rows, cols, (size_t)rb, data};
+}
+
+struct rlayer {
+    struct pi_layer L;
+    float *gate, *up, *down_t; /* dequantised (FF, D) */
+};
+
+static void make_layer(struct rlayer *R, enum pi_type wt, enum pi_type dt)
+{
+    float *src = malloc(sizeof(float) * FF * D);
+    float **dst[3] = {&R->gate, &R->up, &R->down_t};
+    struct pi_weight *w[3] = {&R->L.ffn_gate, &R->L.ffn_up, &R->L.ffn_down_t};
+    memset(&R->L, 0, sizeof R->L);
+    for (int k = 0; k < 3; k++) {
+        for (int64_t i = 0; i < (int64_t)FF * D; i++) src[i] = frand() * 0.1f;
+        *w[k] = make_weight(k == 2 ? dt : wt, FF, D, src);
+        *dst[k] = malloc(sizeof(float) * FF * D);
+        for (int64_t r = 0; r < FF; r++) pi_dequant_row(w[k]->type, pi_weight_row(w[k], r), *dst[k] + r * D, D);
+    }
+    free(src);
+}
+
+static void free_layer(struct rlayer *R)
+{
+    free((void *)R->L.ffn_gate.data);
+    free((void *)R->L.ffn_up.data);
+    free((void *)R->L.ffn_down_t.data);
+    free(R->gate);
+    free(R->up);
+    free(R->down_t);
+}
+
+static double dotd(const float *a, const float *b, int n)
+{
+    double s = 0.0;
+    for (int j = 0; j < n; j++) s += (double)a[j] * b[j];
+    return s;
+}
+
+/* y (D) = reference over neurons idx; returns the active count. */
+static int64_t reference(const struct rlayer *R, enum pi_ffn_act act, const float *x, const int32_t *idx,
+                         int64_t n, double *y)
+{
+    int64_t active = 0;
+    memset(y, 0, sizeof(double) * D);
+    for (int64_t k = 0; k < n; k++) {
+        int i = idx[k];
+        double g = dotd(R->gate + (size_t)i * D, x, D), u = dotd(R->up + (size_t)i * D, x, D), a;
+        if (act == PI_FFN_ACT_SILU) a = g / (1.0 + exp(-g)) * u;
+        else if (act == PI_FFN_ACT_RELU) a = g > 0 ? g * u : 0.0;
+        else a = g > 0 && u > 0 ? g * u : 0.0;
+        if (act == PI_FFN_ACT_SILU || a != 0.0) active++;
+        for (int j = 0; j < D; j++) y[j] += a * R->down_t[(size_t)i * D + j];
+    }
+    return active;
+}
+
+static double rel_err_d(const float *y, const double *ref, int n)
+{
+    double num = 0.0, den = 0.0;
+    for (int j = 0; j < n; j++) {
+        num += (y[j] - ref[j]) * (y[j] - ref[j]);
+        den += ref[j] * ref[j];
+    }
+    return sqrt(num / den);
+}
+
+static double rel_err_f(const float *y, const float *ref, int n)
+{
+    double num = 0.0, den = 0.0;
+    for (int j = 0; j < n; j++) {
+        num += ((double)y[j] - ref[j]) * ((double)y[j] - ref[j]);
+        den += (double)ref[j] * ref[j];
+    }
+    return sqrt(num / den);
+}
+
+static void shuffle(int32_t *a, int64_t n)
+{
+    for (int64_t i = n - 1; i > 0; i--) {
+        int64_t j = (int64_t)((frand() * 0.5 + 0.5) * (double)(i + 1)) % (i + 1);
+        int32_t t = a[i];
+        a[i] = a[j];
+        a[j] = t;
+    }
+}
+
+/* Reference, splits and pool for one weight type and activation. */
+static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum pi_ffn_act act, double tol)
+{
+    struct rlayer R;
+    float x[D], y[D], part[D], sum[D];
+    double ref[D];
+    int32_t all[FF], *parts = malloc(sizeof(int32_t) * FF);
+    pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
+    make_layer(&R, wt, dt);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int i = 0; i < FF; i++) all[i] = i;
+    const char *tn = pi_type_name(wt), *an = pi_ffn_act_name(act);
+
+    /* the whole layer against the scalar reference */
+    memset(y, 0, sizeof y);
+    int64_t n_ref = reference(&R, act, x, all, FF, ref);
+    int64_t n_act = pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    double e = rel_err_d(y, ref, D);
+    tap_ok(e <= tol, "%s/%s, %d threads: whole layer vs reference, relative error %.3g (<= %.0e)", tn, an,
+           pi_pool_size(pool), e, tol);
+    if (wt == PI_TYPE_F32 || wt == PI_TYPE_F16)
+        tap_ok(n_act == n_ref, "%s/%s: %lld active neurons, reference %lld", tn, an, (long long)n_act, (long long)n_ref);
+
+    /* random partitions into 2..5 parts: the partial sums add up to the whole layer */
+    double worst = 0.0;
+    for (int trial = 0; trial < 4; trial++) {
+        int k = 2 + trial;
+        memcpy(parts, all, sizeof all);
+        shuffle(parts, FF);
+        memset(sum, 0, sizeof sum);
+        int64_t begin = 0, counted = 0;
+        for (int p = 0; p < k; p++) {
+            int64_t end = p == k - 1 ? FF : begin + (int64_t)((frand() * 0.5 + 0.5) * (double)(FF - begin));
+            memset(part, 0, sizeof part);
+            counted += pi_ffn_neurons(pool, w, &R.L, act, x, parts + begin, end - begin, part);
+            for (int j = 0; j < D; j++) sum[j] += part[j];
+            begin = end;
+        }
+        double es = rel_err_f(sum, y, D);
+        worst = es > worst ? es : worst;
+        if (counted != n_act) worst = INFINITY;
+    }
+    tap_ok(worst <= 1e-5, "%s/%s: 4 random splits sum to the whole layer (worst %.3g, same active count)", tn,
+           an, worst);
+    pi_ffn_work_destroy(&w);
+    free(parts);
+    free_layer(&R);
+}
+
+/* Reproducibility: the kernel's float sums must not depend on thread timing. Fresh layers, the whole
+ * list and a sparse shuffled subset, 40 calls alternating pools of 2 and 3 threads: each equal bit for
+ * bit to the first call on the same pool, and (the contract: 16 parts for 1, 2, 4, 8, 16 threads) the
+ * 2-thread results equal to the single-threaded one. */
+static void test_repeatable(pi_pool_t *pool2, pi_pool_t *pool3, enum pi_type wt, enum pi_ffn_act act)
+{
+    struct rlayer R;
+    float x[D], y1[D], first[2][D], y[D];
+    int32_t idx[FF];
+    pi_pool_t *pools[2] = {pool2, pool3};
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 3);
+    int same = 1, same1 = 1, n_idx = 0;
+    make_layer(&R, wt, PI_TYPE_F16);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int subset = 0; subset <= 1; subset++) {
+        n_idx = 0;
+        for (int i = 0; i < FF; i++)
+            if (!subset || frand() < 0.0f) idx[n_idx++] = i;
+        if (subset) shuffle(idx, n_idx);
+        memset(y1, 0, sizeof y1);
+        int64_t a1 = pi_ffn_neurons(NULL, w, &R.L, act, x, idx, n_idx, y1);
+        for (int rep = 0; rep < 40; rep++) {
+            float *out = rep < 2 ? first[rep] : y;
+            memset(out, 0, sizeof y);
+            int64_t a = pi_ffn_neurons(pools[rep % 2], w, &R.L, act, x, idx, n_idx, out);
+            same &= a == a1 && memcmp(out, first[rep % 2], sizeof y) == 0;
+        }
+        same1 &= memcmp(first[0], y1, sizeof y1) == 0;
+    }
+    tap_ok(same, "%s/%s: 40 calls on 2 and 3 threads repeat bit for bit (all %d and a shuffled half, %d)",
+           pi_type_name(wt), pi_ffn_act_name(act), FF, n_idx);
+    tap_ok(same1, "%s/%s: 2 threads give the 1-thread bits", pi_type_name(wt), pi_ffn_act_name(act));
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* pi_ffn_neurons_batch gives the bits of one pi_ffn_neurons call per token on the same pool (the
+ * accumulated Y included), for batches that take the per-token path (too few tokens for the pool),
+ * the token-group path, and more tokens than the reserved room (two chunks), over all neurons in
+ * order and a shuffled subset. */
+static void test_batch(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum pi_ffn_act act)
+{
+    enum { NMAX = 70, CAP = 48 };
+    struct rlayer R;
+    static float X[NMAX * D], Y0[NMAX * D], Y1[NMAX * D];
+    int32_t idx[FF];
+    const int n_threads = pool ? pi_pool_size(pool) : 1;
+    pi_ffn_work_t *w = pi_ffn_work_new(D, n_threads);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, CAP) == 0);
+    make_layer(&R, wt, dt);
+    for (int i = 0; i < NMAX * D; i++) X[i] = frand();
+    static const int ns[] = {1, 17, 40, NMAX};
+    int same = 1, n_same = 0, n_runs = 0;
+    for (int subset = 0; subset <= 1; subset++) {
+        int n_idx = 0;
+        for (int i = 0; i < FF; i++)
+            if (!subset || frand() < 0.2f) idx[n_idx++] = i;
+        if (subset) shuffle(idx, n_idx);
+        for (size_t k = 0; k < PI_ARRAY_LEN(ns); k++) {
+            const int n = ns[k];
+            for (int i = 0; i < n * D; i++) Y0[i] = Y1[i] = frand(); /* accumulated into, not cleared */
+            int64_t a0 = 0;
+            for (int t = 0; t < n; t++) a0 += pi_ffn_neurons(pool, w, &R.L, act, X + t * D, idx, n_idx, Y0 + t * D);
+            int64_t a1 = pi_ffn_neurons_batch(pool, w, &R.L, act, X, n, idx, n_idx, Y1);
+            int ok = a0 == a1 && memcmp(Y0, Y1, sizeof(float) * (size_t)n * D) == 0;
+            if (!ok) tap_diag("%d tokens, %d neurons: active %lld vs %lld, error %.3g", n, n_idx, (long long)a0,
+                              (long long)a1, rel_err_f(Y1, Y0, n * D));
+            same &= ok;
+            n_same += ok, n_runs++;
+        }
+    }
+    tap_ok(same, "%s/%s down %s, %d threads: batches of 1, 17, 40, 70 tokens (room for 48) give the per-token bits (%d of %d)",
+           pi_type_name(wt), pi_ffn_act_name(act), pi_type_name(dt), n_threads, n_same, n_runs);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* A NaN gate is added (as NaN) by the per-token kernel; the batch must do the same for that token
+ * even when every other token of its group has the neuron inactive. */
+static void test_batch_nan(void)
+{
+    enum { N = 16 };
+    struct rlayer R;
+    static float X[N * D], Y0[N * D], Y1[N * D];
+    int32_t all[FF];
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    memset(X, 0, sizeof X); /* zero inputs: every gate is 0, inactive */
+    X[5 * D + 3] = NAN;     /* token 5: every gate NaN */
+    for (int i = 0; i < FF; i++) all[i] = i;
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
+    memset(Y0, 0, sizeof Y0);
+    memset(Y1, 0, sizeof Y1);
+    int64_t a0 = 0;
+    for (int t = 0; t < N; t++) a0 += pi_ffn_neurons(NULL, w, &R.L, PI_FFN_ACT_RELU, X + t * D, all, FF, Y0 + t * D);
+    int64_t a1 = pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y1);
+    tap_ok(a0 == a1 && memcmp(Y0, Y1, sizeof Y0) == 0 && isnan(Y1[5 * D]) && Y1[4 * D] == 0.0f,
+           "a NaN gate in one token of a group: the batch adds it as the per-token kernel does (active %lld, %lld)",
+           (long long)a0, (long long)a1);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* The batch kernel, too, leaves the rows of a neuron inactive for every token of a group unread. */
+static void test_batch_skip_reads(void)
+{
+    enum { N = 20 };
+    struct rlayer R;
+    static float X[N * D], Y[N * D];
+    int32_t all[FF];
+    int poisoned = 0;
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    for (int j = 0; j < D; j++) X[j] = frand();
+    for (int t = 1; t < N; t++) memcpy(X + t * D, X, sizeof(float) * D);
+    for (int i = 0; i < FF; i++) {
+        all[i] = i;
+        if (dotd(R.gate + (size_t)i * D, X, D) < -1e-4) {
+            float *up = (float *)pi_weight_row(&R.L.ffn_up, i), *dn = (float *)pi_weight_row(&R.L.ffn_down_t, i);
+            for (int j = 0; j < D; j++) up[j] = dn[j] = NAN;
+            poisoned++;
+        }
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
+    PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
+    memset(Y, 0, sizeof Y);
+    pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y);
+    int finite = 1;
+    for (int j = 0; j < N * D; j++) finite &= isfinite(Y[j]) != 0;
+    tap_ok(finite && poisoned > FF / 4, "batch of %d tokens: rows of %d neurons inactive for all are never read", N, poisoned);
+    tap_ok(pi_ffn_work_reserve(w, -1) == -PI_ERR_RANGE && pi_ffn_work_reserve(w, 4) == 0,
+           "reserve: a negative size is refused, a smaller one keeps the room");
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* ReLU/dReLU must not read the up and down rows of a neuron whose gate is <= 0: poison them. */
+static void test_skip_reads(pi_pool_t *pool, enum pi_ffn_act act)
+{
+    struct rlayer R;
+    float x[D], y[D];
+    int32_t all[FF];
+    int poisoned = 0;
+    make_layer(&R, PI_TYPE_F32, PI_TYPE_F32);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    for (int i = 0; i < FF; i++) {
+        all[i] = i;
+        double g = dotd(R.gate + (size_t)i * D, x, D);
+        if (g < -1e-4) { /* clearly inactive (a margin for the kernel's own summation order) */
+            float *up = (float *)pi_weight_row(&R.L.ffn_up, i), *dn = (float *)pi_weight_row(&R.L.ffn_down_t, i);
+            for (int j = 0; j < D; j++) up[j] = dn[j] = NAN;
+            poisoned++;
+        }
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
+    memset(y, 0, sizeof y);
+    pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    int finite = 1;
+    for (int j = 0; j < D; j++) finite &= isfinite(y[j]) != 0;
+    tap_ok(finite && poisoned > FF / 4, "%s: rows of %d inactive neurons are never read", pi_ffn_act_name(act),
+           poisoned);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
+/* A real layer: neuron kernel over every neuron vs dense down @ act(gate x, up x) from the file. */
+static void test_real_layer(pi_pool_t *pool, const char *file, double tol)
+{
+    char path[1024], err[256];
+    pi_model_t *m = NULL;
+    tap_data(path, sizeof path, file);
+    if (pi_model_open(path, NULL, &m, err, sizeof err) < 0) {
+        tap_ok(0, "%s binds: %s", file, err);
+        return;
+    }
+    const struct pi_layer *L = &m->layers[1];
+    int64_t d = m->hp.n_embd, ff = m->hp.n_ff;
+    float *x = malloc(sizeof(float) * d), *y = calloc((size_t)d, sizeof(float));
+    float *row = malloc(sizeof(float) * (size_t)PI_MAX(d, ff));
+    double *a = malloc(sizeof(double) * ff), *ref = malloc(sizeof(double) * d);
+    int32_t *all = malloc(sizeof(int32_t) * ff);
+    for (int64_t j = 0; j < d; j++) x[j] = frand();
+    for (int64_t i = 0; i < ff; i++) {
+        all[i] = (int32_t)i;
+        pi_dequant_row(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), row, d);
+        double g = dotd(row, x, (int)d);
+        pi_dequant_row(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), row, d);
+        double u = dotd(row, x, (int)d);
+        a[i] = m->hp.act == PI_FFN_ACT_SILU ? g / (1.0 + exp(-g)) * u : (g > 0 ? g * u : 0.0);
+    }
+    for (int64_t j = 0; j < d; j++) {
+        pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, j), row, ff);
+        ref[j] = 0.0;
+        for (int64_t i = 0; i < ff; i++) ref[j] += a[i] * row[i];
+    }
+    pi_ffn_work_t *w = pi_ffn_work_new(d, pi_pool_size(pool));
+    int64_t n_act = pi_ffn_neurons(pool, w, L, m->hp.act, x, all, ff, y);
+    double e = rel_err_d(y, ref, (int)d);
+    tap_ok(e <= tol, "%s layer 1 (%s): neuron kernel vs dense down, relative error %.3g (<= %.0e), %lld of %lld active",
+           file, pi_ffn_act_name(m->hp.act), e, tol, (long long)n_act, (long long)ff);
+    pi_ffn_work_destroy(&w);
+    free(x);
+    free(y);
+    free(row);
+    free(a);
+    free(ref);
+    free(all);
+    pi_model_destroy(&m);
+}
+
+int main(void)
+{
+    pi_pool_t *pool = pi_pool_new(2);
+    static const enum pi_ffn_act acts[] = {PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
+    if (!pool) tap_bail("no pool");
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        /* f32/f16 gate and up keep the activations in f32: exact to float rounding */
+        test_random_layer(NULL, PI_TYPE_F32, PI_TYPE_F32, acts[k], 1e-5);
+        test_random_layer(pool, PI_TYPE_F16, PI_TYPE_F16, acts[k], 1e-5);
+        /* quantised gate and up take 8-bit activations (about 1% per dot product) */
+        test_random_layer(pool, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k], 3e-2);
+        test_random_layer(pool, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k], 3e-2);
+    }
+    pi_pool_t *pool3 = pi_pool_new(3);
+    if (!pool3) tap_bail("no pool");
+    test_repeatable(pool, pool3, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
+    test_repeatable(pool, pool3, PI_TYPE_Q8_0, PI_FFN_ACT_RELU);
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        test_batch(NULL, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k]);
+        test_batch(pool, PI_TYPE_Q4_0, PI_TYPE_F16, acts[k]);
+        test_batch(pool3, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k]);
+    }
+    test_batch(pool, PI_TYPE_F16, PI_TYPE_F32, PI_FFN_ACT_SILU);
+    test_batch(pool3, PI_TYPE_Q5_0, PI_TYPE_F16, PI_FFN_ACT_RELU);
+    test_batch(pool, PI_TYPE_Q4_1, PI_TYPE_Q8_0, PI_FFN_ACT_DRELU);
+    pi_pool_destroy(&pool3);
+    test_batch_skip_reads();
+    test_batch_nan();
+    test_skip_reads(pool, PI_FFN_ACT_RELU);
+    test_skip_reads(NULL, PI_FFN_ACT_DRELU);
+    test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);
+    test_real_layer(pool, "demo-relu-q4_0.gguf", 3e-2);
+    pi_pool_destroy(&pool);
+    return tap_done();
+}

@@ -1,0 +1,266 @@
+/*
+ * tests/unit/test-matvec.c - kernels/cpu/matvec.h against plain loops over the scalar reference dot
+ * product: every type, odd row counts, several pool sizes (NULL, 1, 2, 3 threads), matmul with token
+ * counts around the 4-token kernels' step (1, 3, 4, 5, 17, 64). pi_matmul must equal pi_matvec token by
+ * token bit for bit (the forward pass compares prompt and decode logits), and every variant's 4-token
+ * kernel its own 1-token kernel bit for bit, at block counts with and without a remainder. Inputs are
+ * fresh random numbers (seed printed; PI_SEED repeats).
+ */
+#include "config.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/quant.h"
+#include "lib/common.h"
+#include "lib/rng.h"
+#include "tests/tap.h"
+
+static uint64_t rng_state;
+
+static float rndf(void)
+{
+    uint64_t z = pi_rng_splitmix64(&rng_state);
+    return (float)((double)(z >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+static const enum pi_type types[] = {
+    PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1,
+    PI_TYPE_Q8_0, PI_TYPE_Q2_K, PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K,
+};
+
+/* Weights for type t: quantised random floats where a quantiser exists, else random bytes with
+ * finite fp16 super-block scales (K-quants). */
+static void *random_matrix(enum pi_type t, int64_t rows, int64_t cols, size_t *row_bytes)
+{
+    uint64_t rb = 0;
+    pi_type_row_bytes(t, (uint64_t)cols, &rb);
+    *row_bytes = (size_t)rb;
+    uint8_t *w = malloc((size_t)rb * (size_t)rows);
+    float *x = malloc((size_t)cols * 4);
+    const struct pi_type_info *ti = pi_type_get(t);
+    for (int64_t r = 0; r < rows; r++) {
+        uint8_t *row = w + (size_t)r * rb;
+        if (pi_quantize_supported(t)) {
+            for (int64_t i = 0; i < cols; i++) x[i] = rndf();
+            pi_quantize_row(t, x, row, cols);
+            continue;
+        }
+        for (size_t i = 0; i < rb; i++) row[i] = (uint8_t)(rndf() * 128 + 128);
+        for (int64_t b = 0; b < cols / ti->block_elems; b++) {
+            uint8_t *blk = row + (size_t)b * ti->block_bytes;
+            uint16_t d = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
+            size_t off = t == PI_TYPE_Q2_K ? 80 : t == PI_TYPE_Q3_K ? 108 : t == PI_TYPE_Q6_K ? 208 : 0;
+            memcpy(blk + off, &d, 2);
+            if (t == PI_TYPE_Q2_K || t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K) memcpy(blk + off + 2, &d, 2);
+        }
+    }
+    free(x);
+    return w;
+}
+
+/* max_r |y[r] - ref[r]| / (1 + max |ref|) */
+static double rel_err(const float *y, const float *ref, int64_t n)
+{
+    double e = 0, m = 0;
+    for (int64_t i = 0; i < n; i++) e = fmax(e, fabs((double)y[i] - ref[i])), m = fmax(m, fabs(ref[i]));
+    return e / (1 + m);
+}
+
+/* Each available variant's vec_dot4 and vec_dot8 (two rows) against its own vec_dot (bit for bit) and
+ * the scalar reference. */
+static void test_dot4(void)
+{
+    static const int64_t block_counts[] = {1, 3, 4, 7, 16};
+    const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        if (!tab) {
+            tap_skip(1, "variant not available here");
+            continue;
+        }
+        int checked = 0, checked8 = 0, same = 1;
+        double worst = 0;
+        for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+            enum pi_type t = types[k];
+            if (!tab->vec_dot4[t]) continue;
+            for (size_t bc = 0; bc < PI_ARRAY_LEN(block_counts); bc++) {
+                uint32_t be = pi_type_get(t)->block_elems;
+                /* float weights: whole 64-wide steps, a 16-wide step and a scalar tail */
+                int64_t cols = be == 1 ? 16 * block_counts[bc] + (int64_t)(64 * (bc & 1) + bc) : (int64_t)be * block_counts[bc];
+                size_t rb, xb = pi_act_row_bytes(t, cols);
+                uint8_t *W = random_matrix(t, 2, cols, &rb), *xq = malloc(4 * xb);
+                float *x = malloc((size_t)cols * 4 * 4), *wd = malloc((size_t)cols * 4 * 2), out[4], out8[8];
+                for (int i = 0; i < 4; i++) {
+                    for (int64_t j = 0; j < cols; j++) x[(size_t)i * cols + j] = rndf();
+                    pi_quantize_act(t, x + (size_t)i * cols, xq + (size_t)i * xb, cols);
+                }
+                pi_dequant_row(t, W, wd, cols);
+                pi_dequant_row(t, W + rb, wd + cols, cols);
+                tab->vec_dot4[t](W, xq, xb, out, cols);
+                if (tab->vec_dot8[t]) tab->vec_dot8[t](W, rb, xq, xb, out8, cols), checked8++;
+                for (int i = 0; i < 8; i++) {
+                    const uint8_t *row = W + (size_t)(i / 4) * rb;
+                    float one = tab->vec_dot[t](row, xq + (size_t)(i % 4) * xb, cols);
+                    float ref = ref_dot[t](row, xq + (size_t)(i % 4) * xb, cols);
+                    float got = i < 4 ? out[i] : tab->vec_dot8[t] ? out8[i] : one;
+                    same &= memcmp(&one, &got, 4) == 0 && (!tab->vec_dot8[t] || memcmp(&one, &out8[i], 4) == 0);
+                    /* summation order differs from the scalar loop: normalise by sum |w_j x_j| (the
+                     * magnitude the rounding errors scale with), as tests/unit/test-quant-simd.c does */
+                    double mag = 1e-30;
+                    for (int64_t j = 0; j < cols; j++)
+                        mag += fabs((double)wd[(size_t)(i / 4) * cols + j] * x[(size_t)(i % 4) * cols + j]);
+                    worst = fmax(worst, fabs((double)got - ref) / mag);
+                }
+                checked++;
+                free(W), free(xq), free(x), free(wd);
+            }
+        }
+        tap_ok(same && worst < 1e-5, "%s: vec_dot4 (%d cases) and vec_dot8 (%d) == vec_dot bit for bit, vs scalar %.3g",
+               tab->name, checked, checked8, worst);
+    }
+}
+
+/* Each available variant's fused vec_mad (y += a * row) against the scalar dequantiser and a plain
+ * multiply-then-add loop, bit for bit; lengths with and without a loop tail. */
+static void test_vec_mad(void)
+{
+    static const int64_t lens[] = {32, 96, 1024, 8 * 33 + 5};
+    const struct pi_kernel_table *sc = pi_kernels_table(PI_KERNEL_SCALAR);
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        int checked = 0, same = 1;
+        for (size_t k = 0; tab && k < PI_ARRAY_LEN(types); k++) {
+            enum pi_type t = types[k];
+            for (size_t l = 0; tab->vec_mad[t] && l < PI_ARRAY_LEN(lens); l++) {
+                int64_t n = lens[l];
+                if (n % pi_type_get(t)->block_elems) continue;
+                size_t rb;
+                uint8_t *W = random_matrix(t, 1, n, &rb);
+                float *y = malloc((size_t)n * 4), *ref = malloc((size_t)n * 4), *row = malloc((size_t)n * 4);
+                float a = rndf() * 3;
+                for (int64_t i = 0; i < n; i++) y[i] = ref[i] = rndf();
+                sc->dequant[t](W, row, n);
+                for (int64_t i = 0; i < n; i++) ref[i] += a * row[i];
+                tab->vec_mad[t](W, a, y, n);
+                same &= memcmp(y, ref, (size_t)n * 4) == 0;
+                checked++;
+                free(W), free(y), free(ref), free(row);
+            }
+        }
+        if (!tab) tap_skip(1, "variant not available here");
+        else tap_ok(same, "%s: vec_mad == dequant + axpy bit for bit (%d cases)", tab->name, checked);
+    }
+}
+
+/* Long rows, so that pi_matmul's token tile (256 KiB of activations) holds fewer than 64 tokens and
+ * 64 tokens cross tile boundaries: still equal to pi_matvec per token, bit for bit. */
+static void test_tiles(pi_pool_t *pool)
+{
+    static const enum pi_type tt[] = {PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K};
+    const int64_t cols = 8192, rows = 5, n = 64;
+    float *X = malloc((size_t)(n * cols) * 4), *Y = malloc((size_t)(n * rows) * 4), *M = malloc((size_t)(n * rows) * 4);
+    for (int64_t i = 0; i < n * cols; i++) X[i] = rndf();
+    int same = 1;
+    for (size_t k = 0; k < PI_ARRAY_LEN(tt); k++) {
+        size_t rb;
+        uint8_t *W = random_matrix(tt[k], rows, cols, &rb);
+        pi_matmul(pool, tt[k], W, rows, cols, X, n, Y);
+        for (int64_t i = 0; i < n; i++) pi_matvec(NULL, tt[k], W, rows, cols, X + i * cols, M + i * rows);
+        same &= memcmp(Y, M, (size_t)(n * rows) * 4) == 0;
+        free(W);
+    }
+    tap_ok(same, "matmul across token tiles (8192 columns, 64 tokens) == matvec per token, bit for bit");
+    free(X), free(Y), free(M);
+}
+
+int main(void)
+{
+    static const int64_t row_counts[] = {1, 7, 33, 129};
+    static const int64_t tok_counts[] = {1, 3, 4, 5, 17, 64};
+    static const int pool_sizes[] = {0, 1, 2, 3}; /* 0 = NULL pool */
+    const int64_t cols = 512;
+    const char *s = getenv("PI_SEED");
+    uint64_t seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL);
+    rng_state = seed;
+    tap_diag("seed %llu, variant %s", (unsigned long long)seed, pi_kernels_variant());
+
+    pi_pool_t *pools[4] = {NULL};
+    for (int i = 1; i < 4; i++) pools[i] = pi_pool_new(pool_sizes[i]);
+    const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
+    enum { NT = 64 };
+    float *X = malloc(NT * cols * 4), *Y = malloc(NT * 129 * 4), *R = malloc(NT * 129 * 4);
+    float *M = malloc(NT * 129 * 4);
+    uint8_t *xq = malloc(NT * (size_t)cols * 4);
+    test_dot4();
+    test_vec_mad();
+
+    for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+        enum pi_type t = types[k];
+        double worst_mv = 0, worst_mm = 0;
+        int mm_same = 1;
+        for (size_t rc = 0; rc < PI_ARRAY_LEN(row_counts); rc++) {
+            int64_t rows = row_counts[rc];
+            size_t rb;
+            uint8_t *W = random_matrix(t, rows, cols, &rb);
+            size_t xb = pi_act_row_bytes(t, cols);
+            for (int64_t i = 0; i < NT * cols; i++) X[i] = rndf();
+            for (int64_t i = 0; i < NT; i++) pi_quantize_act(t, X + i * cols, xq + (size_t)i * xb, cols);
+            for (int64_t i = 0; i < NT; i++)
+                for (int64_t r = 0; r < rows; r++) R[i * rows + r] = ref_dot[t](W + (size_t)r * rb, xq + (size_t)i * xb, cols);
+            for (int64_t i = 0; i < NT; i++) pi_matvec(NULL, t, W, rows, cols, X + i * cols, M + i * rows);
+            for (size_t ps = 0; ps < PI_ARRAY_LEN(pool_sizes); ps++) {
+                for (int64_t r = 0; r < rows; r++) Y[r] = NAN;
+                pi_matvec(pools[ps], t, W, rows, cols, X, Y);
+                worst_mv = fmax(worst_mv, rel_err(Y, R, rows));
+                for (size_t tc = 0; tc < PI_ARRAY_LEN(tok_counts); tc++) {
+                    int64_t n = tok_counts[tc];
+                    for (int64_t i = 0; i < n * rows; i++) Y[i] = NAN;
+                    pi_matmul(pools[ps], t, W, rows, cols, X, n, Y);
+                    worst_mm = fmax(worst_mm, rel_err(Y, R, n * rows));
+                    mm_same &= memcmp(Y, M, (size_t)(n * rows) * 4) == 0;
+                }
+            }
+            free(W);
+        }
+        /* same quantised inputs; only the summation order of the variant differs */
+        tap_ok(worst_mv < 1e-5, "%s matvec vs scalar loop (rows 1..129, pools NULL/1/2/3): %.3g",
+               pi_type_name(t), worst_mv);
+        tap_ok(worst_mm < 1e-5, "%s matmul vs scalar loop (tokens 1/3/4/5/17/64): %.3g", pi_type_name(t), worst_mm);
+        tap_ok(mm_same, "%s matmul == matvec per token, bit for bit", pi_type_name(t));
+    }
+    test_tiles(pools[2]);
+    for (int i = 1; i < 4; i++) pi_pool_destroy(&pools[i]);
+    free(X), free(Y), free(R), free(M), free(xq);
+
+    /* odd block counts (96 = 3 blocks of 32, 33 floats) and pi_vec_mad against dequant + axpy */
+    for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+        enum pi_type t = types[k];
+        uint32_t be = pi_type_get(t)->block_elems;
+        int64_t c = be == 1 ? 33 : be == 32 ? 96 : 768, rows = 5;
+        size_t rb;
+        uint8_t *W = random_matrix(t, rows, c, &rb);
+        float *x = malloc((size_t)c * 4), *y = malloc(rows * 4), *row = malloc((size_t)c * 4);
+        float *acc = malloc((size_t)c * 4), *ref = malloc((size_t)c * 4);
+        uint8_t *q = malloc(pi_act_row_bytes(t, c));
+        for (int64_t i = 0; i < c; i++) x[i] = rndf(), acc[i] = ref[i] = rndf();
+        pi_quantize_act(t, x, q, c);
+        pi_matvec(NULL, t, W, rows, c, x, y);
+        float want[5];
+        for (int64_t r = 0; r < rows; r++) want[r] = ref_dot[t](W + (size_t)r * rb, q, c);
+        double e = rel_err(y, want, rows);
+        for (int64_t r = 0; r < rows; r++) {
+            float a = rndf();
+            pi_vec_mad(t, W + (size_t)r * rb, a, acc, c);
+            pi_dequant_row(t, W + (size_t)r * rb, row, c);
+            for (int64_t i = 0; i < c; i++) ref[i] += a * row[i];
+        }
+        tap_ok(e < 1e-5, "%s matvec with %lld columns: %.3g", pi_type_name(t), (long long)c, e);
+        tap_ok(memcmp(acc, ref, (size_t)c * 4) == 0, "%s pi_vec_mad equals dequant + axpy", pi_type_name(t));
+        free(W), free(x), free(y), free(row), free(acc), free(ref), free(q);
+    }
+    return tap_done();
+}

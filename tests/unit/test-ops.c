@@ -1,0 +1,167 @@
+/*
+ * tests/unit/test-ops.c - the forward pass's small kernels (kernels/cpu/ops.h) against double-precision
+ * scalar references on fresh random inputs: RMSNorm, the rope table and rotation (checked as complex
+ * multiplication of adjacent pairs), softmax, one attention head over f32 and f16 rows (head widths
+ * that do and do not fill the vector lanes and the f16 chunk), and the gated activations.
+ * (The neuron-subset FFN kernel has its own test, test-ffn-split.)
+ */
+#include "config.h"
+
+#include <complex.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lib/common.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quant.h"
+#include "tests/tap.h"
+
+static double urand(void) { return (double)rand() / RAND_MAX * 2.0 - 1.0; }
+
+static double rel(const float *got, const double *ref, int n)
+{
+    double num = 0.0, den = 0.0;
+    for (int j = 0; j < n; j++) {
+        num += (got[j] - ref[j]) * (got[j] - ref[j]);
+        den += ref[j] * ref[j];
+    }
+    return sqrt(num / (den > 0 ? den : 1.0));
+}
+
+static void test_rmsnorm(void)
+{
+    enum { N = 1000 };
+    float x[N], w[N], y[N];
+    double ref[N], ss = 0.0;
+    for (int j = 0; j < N; j++) {
+        x[j] = (float)(urand() * 3.0);
+        w[j] = (float)(1.0 + 0.2 * urand());
+        ss += (double)x[j] * x[j];
+    }
+    for (int j = 0; j < N; j++) ref[j] = x[j] / sqrt(ss / N + 1e-5) * w[j];
+    pi_rmsnorm(y, x, w, N, 1e-5f);
+    tap_ok(rel(y, ref, N) < 1e-6, "rmsnorm vs reference (%.2g)", rel(y, ref, N));
+    pi_rmsnorm(x, x, w, N, 1e-5f);
+    tap_ok(memcmp(x, y, sizeof x) == 0, "rmsnorm in place");
+}
+
+static void test_rope(void)
+{
+    enum { H = 3, HD = 16, ROT = 12 };
+    float x[H * HD], cs[ROT];
+    double ref[H * HD];
+    int pos = 1 + rand() % 500;
+    for (int j = 0; j < H * HD; j++) x[j] = (float)urand();
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < HD / 2; i++) {
+            double complex z = x[h * HD + 2 * i] + I * x[h * HD + 2 * i + 1];
+            if (2 * i < ROT) z *= cexp(I * pos * pow(10000.0, -2.0 * i / ROT));
+            ref[h * HD + 2 * i] = creal(z);
+            ref[h * HD + 2 * i + 1] = cimag(z);
+        }
+    pi_rope_table(cs, pos, ROT, 10000.0f);
+    pi_rope_apply(x, H, HD, ROT, cs);
+    tap_ok(rel(x, ref, H * HD) < 1e-6, "rope at position %d: adjacent pairs rotated, tail of each head kept (%.2g)",
+           pos, rel(x, ref, H * HD));
+}
+
+static void test_softmax(void)
+{
+    enum { N = 300 };
+    float x[N];
+    double ref[N], sum = 0.0;
+    for (int j = 0; j < N; j++) x[j] = (float)(urand() * 40.0 + 500.0); /* large: must subtract the max */
+    for (int j = 0; j < N; j++) sum += exp((double)x[j] - 500.0);
+    for (int j = 0; j < N; j++) ref[j] = exp((double)x[j] - 500.0) / sum;
+    pi_softmax(x, N);
+    tap_ok(rel(x, ref, N) < 1e-5, "softmax of large logits (%.2g)", rel(x, ref, N));
+}
+
+static void test_attention(enum pi_type t, int hd, int n_kv)
+{
+    int es = t == PI_TYPE_F32 ? 4 : 2;
+    size_t stride = (size_t)(hd + 8) * (size_t)es; /* rows padded: the stride is honoured */
+    char *k = malloc(stride * (size_t)n_kv), *v = malloc(stride * (size_t)n_kv);
+    float *q = malloc(sizeof(float) * (size_t)hd), *out = malloc(sizeof(float) * (size_t)hd);
+    float *scores = malloc(sizeof(float) * (size_t)n_kv);
+    double *kd = malloc(sizeof(double) * (size_t)hd * n_kv), *vd = malloc(sizeof(double) * (size_t)hd * n_kv);
+    double *w = malloc(sizeof(double) * (size_t)n_kv), *ref = calloc((size_t)hd, sizeof(double));
+    for (int j = 0; j < hd; j++) q[j] = (float)urand();
+    for (int r = 0; r < n_kv; r++)
+        for (int j = 0; j < hd; j++) {
+            float kf = (float)urand(), vf = (float)urand();
+            if (t == PI_TYPE_F16) {
+                uint16_t kh = pi_fp32_to_fp16(kf), vh = pi_fp32_to_fp16(vf);
+                memcpy(k + r * stride + 2 * j, &kh, 2);
+                memcpy(v + r * stride + 2 * j, &vh, 2);
+                kf = pi_fp16_to_fp32(kh);
+                vf = pi_fp16_to_fp32(vh);
+            } else {
+                memcpy(k + r * stride + 4 * j, &kf, 4);
+                memcpy(v + r * stride + 4 * j, &vf, 4);
+            }
+            kd[(size_t)r * hd + j] = kf;
+            vd[(size_t)r * hd + j] = vf;
+        }
+    double scale = 1.0 / sqrt(hd), max = -INFINITY, sum = 0.0;
+    for (int r = 0; r < n_kv; r++) {
+        w[r] = 0.0;
+        for (int j = 0; j < hd; j++) w[r] += q[j] * kd[(size_t)r * hd + j] * scale;
+        max = w[r] > max ? w[r] : max;
+    }
+    for (int r = 0; r < n_kv; r++) sum += (w[r] = exp(w[r] - max));
+    for (int r = 0; r < n_kv; r++)
+        for (int j = 0; j < hd; j++) ref[j] += w[r] / sum * vd[(size_t)r * hd + j];
+    pi_attn_head(out, q, k, v, stride, t, n_kv, hd, (float)scale, scores);
+    double e = rel(out, ref, hd);
+    tap_ok(e < 1e-5, "attention head %s, head_dim %d, %d positions (%.2g)", pi_type_name(t), hd, n_kv, e);
+    free(k);
+    free(v);
+    free(q);
+    free(out);
+    free(scores);
+    free(kd);
+    free(vd);
+    free(w);
+    free(ref);
+}
+
+static void test_act(void)
+{
+    enum { N = 101 };
+    float g[N], u[N], y[N];
+    double ref[N];
+    static const enum pi_ffn_act acts[] = {PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        for (int j = 0; j < N; j++) {
+            g[j] = (float)(urand() * 6.0);
+            u[j] = (float)(urand() * 2.0);
+            double gd = g[j], ud = u[j];
+            ref[j] = acts[k] == PI_FFN_ACT_SILU ? gd / (1.0 + exp(-gd)) * ud
+                     : acts[k] == PI_FFN_ACT_RELU ? (gd > 0 ? gd : 0) * ud
+                                                  : (gd > 0 ? gd : 0) * (ud > 0 ? ud : 0);
+        }
+        memcpy(y, g, sizeof g);
+        pi_ffn_act(acts[k], y, u, N);
+        tap_ok(rel(y, ref, N) < 1e-6, "%s gated activation (%.2g)", pi_ffn_act_name(acts[k]), rel(y, ref, N));
+    }
+}
+
+int main(void)
+{
+    unsigned seed = (unsigned)time(NULL);
+    srand(seed);
+    tap_diag("seed %u", seed);
+    test_rmsnorm();
+    test_rope();
+    test_softmax();
+    test_attention(PI_TYPE_F32, 64, 1);
+    test_attention(PI_TYPE_F32, 37, 200);
+    test_attention(PI_TYPE_F16, 128, 300);
+    test_attention(PI_TYPE_F16, 300, 17);
+    test_act();
+    return tap_done();
+}
