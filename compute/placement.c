@@ -3,9 +3,7 @@
  */
 #include "config.h"
 #include "compute/placement.h"
-#ifdef PI_HAVE_CUDA
-#include "compute/backend-cuda.h"
-#endif
+#include "compute/backend-cuda-plan.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"

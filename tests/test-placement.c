@@ -1,18 +1,23 @@
 /*
- * tests/test-placement.c - compute/placement.h with the cuda backend (built where the CUDA
- * backend is; needs no GPU: the backend's plan is host arithmetic). For budgets around the plan's
- * figures on the demo model and the tiny llama, the hot count is the largest whose plan fits: the
- * plan of k fits the budget and the plan of k + 1 does not (every neuron when the all-dense plan
- * fits, none when not even the weights every token needs fit). The plans are made here the way
- * pi-gpu-worker will make them.
+ * tests/test-placement.c - the cuda backend's VRAM plan (compute/backend-cuda-plan.h) and the
+ * placement that uses it (compute/placement.h). Needs no GPU and no CUDA: the plan is host C.
+ *
+ * First the plan against known figures: tests/data/cuda-plan.golden holds the plan of 400 inputs as
+ * the code computed them before the plan moved out of the backend into host C of its own; each must
+ * come out to the byte (built in every configuration). Then, where the cuda backend is built, the
+ * placement: for budgets around the plan's figures on the demo model and the tiny llama, the hot
+ * count is the largest whose plan fits: the plan of k fits the budget and the plan of k + 1 does not
+ * (every neuron when the all-dense plan fits, none when not even the weights every token needs fit).
+ * The plans are made here the way pi-gpu-worker will make them.
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "compute/backend-cuda-plan.h"
 #include "compute/placement.h"
-#include "compute/backend-cuda.h"
 #include "lib/common.h"
 #include "model/model.h"
 #include "tests/tap.h"
@@ -26,17 +31,9 @@ static const int32_t **hot;
 static int64_t *nh;
 static struct pi_layer *hl;
 
-static uint64_t plan(int64_t k)
-{
-    uint64_t bytes = 0;
-    for (int il = 0; il < M->hp.n_layer; il++) nh[il] = k;
-    struct pi_backend_opts o = {.n_ctx = N_CTX, .n_seq = 1, .max_tokens = MAX_TOKENS, .hot = hot, .n_hot = nh,
-                                .hot_layers = hl};
-    PI_ASSERT(pi_backend_cuda_plan(M, &o, &bytes) == 0);
-    return bytes;
-}
-
-static void check_model(const char *file)
+/* Open tests/data/file as the coordinator does and set up hot ids 0.. and packed rows for it (M, ids,
+ * hot, nh, hl); close_model frees them. */
+static pi_model_t *open_model(const char *file)
 {
     char path[1024], err[256];
     struct pi_model_opts mo;
@@ -57,6 +54,72 @@ static void check_model(const char *file)
         hl[il] = m->layers[il];
         hl[il].ffn_down_t.type = pi_model_down_t_type(PI_TYPE_COUNT, m->layers[il].ffn_down.type, m->hp.n_embd);
     }
+    return m;
+}
+
+static void close_model(pi_model_t **m)
+{
+    free(ids), free(hot), free(nh), free(hl);
+    pi_model_destroy(m);
+}
+
+/* Every line of tests/data/cuda-plan.golden, the plan's figure to the byte (the models opened once). */
+static void check_golden(void)
+{
+    char path[1024], line[256], file[64], cur[64] = "";
+    FILE *f = fopen(tap_data(path, sizeof path, "cuda-plan.golden"), "r");
+    if (!f) tap_bail("cannot open %s", path);
+    pi_model_t *m = NULL;
+    int n = 0, bad = 0;
+    while (fgets(line, sizeof line, f)) {
+        long long k, bytes;
+        int mixed, T, ctx, seq;
+        if (line[0] == '#') continue;
+        if (sscanf(line, "%63s %lld %d %d %d %d %lld", file, &k, &mixed, &T, &ctx, &seq, &bytes) != 7) tap_bail("bad line: %s", line);
+        if (strcmp(file, cur) != 0) {
+            if (m) close_model(&m);
+            m = open_model(file);
+            snprintf(cur, sizeof cur, "%s", file);
+        }
+        for (int il = 0; il < m->hp.n_layer; il++) nh[il] = k;
+        if (mixed) nh[0] = m->hp.n_ff;
+        struct pi_backend_opts o = {.n_ctx = ctx, .n_seq = seq, .max_tokens = T, .hot = hot, .n_hot = nh, .hot_layers = hl};
+        uint64_t got = 0;
+        int rc = pi_backend_cuda_plan(m, &o, &got);
+        if (rc != 0 || got != (uint64_t)bytes) {
+            if (bad++ < 10) tap_diag("%s k %lld%s T %d ctx %d seq %d: %llu bytes, want %lld (rc %d)", file, k,
+                                     mixed ? " (layer 0 dense)" : "", T, ctx, seq, (unsigned long long)got, bytes, rc);
+        }
+        n++;
+    }
+    fclose(f);
+    if (m) close_model(&m);
+    tap_ok(n == 400 && bad == 0, "the VRAM plan gives all %d known figures to the byte (%d differ)", n, bad);
+    struct pi_backend_opts o = {.n_ctx = 16, .n_seq = 1, .max_tokens = 0};
+    uint64_t b = 1;
+    m = open_model("demo-relu-q4_0.gguf");
+    tap_ok(pi_backend_cuda_plan(m, &o, &b) == -PI_ERR_INVAL && b == 0, "a plan for batches of 0 rows is refused");
+    for (int il = 0; il < m->hp.n_layer; il++) nh[il] = il == 2 ? m->hp.n_ff + 1 : 1;
+    o.max_tokens = 4, o.hot = hot, o.n_hot = nh;
+    tap_ok(pi_backend_cuda_plan(m, &o, &b) == -PI_ERR_RANGE, "a plan with more hot neurons than the layer has is refused");
+    close_model(&m);
+}
+
+#ifdef PI_HAVE_CUDA
+static uint64_t plan(int64_t k)
+{
+    uint64_t bytes = 0;
+    for (int il = 0; il < M->hp.n_layer; il++) nh[il] = k;
+    struct pi_backend_opts o = {.n_ctx = N_CTX, .n_seq = 1, .max_tokens = MAX_TOKENS, .hot = hot, .n_hot = nh,
+                                .hot_layers = hl};
+    PI_ASSERT(pi_backend_cuda_plan(M, &o, &bytes) == 0);
+    return bytes;
+}
+
+static void check_model(const char *file)
+{
+    pi_model_t *m = open_model(file);
+    const int64_t ff = m->hp.n_ff;
     const uint64_t p0 = plan(0), pmid = plan(ff / 3), plast = plan(ff - 1), pall = plan(ff);
     tap_ok(p0 < pmid && pmid < plast, "%s: the plan grows with the hot count (%llu, %llu, %llu bytes)", file,
            (unsigned long long)p0, (unsigned long long)pmid, (unsigned long long)plast);
@@ -77,13 +140,18 @@ static void check_model(const char *file)
     }
     tap_ok(bad == 0, "%s: for %zu budgets around the plan, the hot count is the largest that fits (all-dense %llu bytes)",
            file, PI_ARRAY_LEN(budgets), (unsigned long long)pall);
-    free(ids), free(hot), free(nh), free(hl);
-    pi_model_destroy(&m);
+    close_model(&m);
 }
+#endif
 
 int main(void)
 {
+    check_golden();
+#ifdef PI_HAVE_CUDA
     check_model("demo-relu-q4_0.gguf");
     check_model("tiny-llama-q4_0.gguf");
+#else
+    tap_diag("built without the cuda backend: the placement checks need it (the plan's are above)");
+#endif
     return tap_done();
 }

@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 
-#define PI_CUDA_ALIGN 256
-#define PI_CUDA_BLAS_WS (32u << 20) /* cuBLAS' recommended workspace on Hopper */
+/* The allocator's rounding (PI_CUDA_ALLOC_ALIGN), the workspace (PI_CUDA_BLAS_WS) and the scratch
+ * slots' headroom are kernels/cuda/plan.h's, which the VRAM plan counts with. */
 
 __global__ void k_copy16(size_t n, const uint4 *__restrict__ src, uint4 *__restrict__ dst);
 
@@ -133,11 +133,11 @@ extern "C" void *pi_cuda_ctx_copy_stream(pi_cuda_ctx_t *c) { return (void *)c->c
 extern "C" int pi_cuda_alloc(pi_cuda_ctx_t *c, size_t bytes, void **ptr)
 {
     *ptr = NULL;
-    if (bytes == 0 || bytes > SIZE_MAX - PI_CUDA_ALIGN) {
+    if (bytes == 0 || bytes > SIZE_MAX - PI_CUDA_ALLOC_ALIGN) {
         pi_error("cuda: allocation of %zu bytes refused (size out of range)", bytes);
         return -PI_ERR_INVAL;
     }
-    size_t counted = (bytes + PI_CUDA_ALIGN - 1) & ~(size_t)(PI_CUDA_ALIGN - 1);
+    size_t counted = (size_t)pi_cuda_counted(bytes);
     if (counted > c->budget - c->used) {
         pi_error("cuda: allocation of %zu bytes would exceed the VRAM budget (%zu of %zu bytes in use)",
                  bytes, c->used, c->budget);
@@ -187,7 +187,7 @@ extern "C" int pi_cuda_free(pi_cuda_ctx_t *c, void *ptr)
 int pi_cuda_scratch(pi_cuda_ctx_t *c, enum pi_cuda_scratch slot, size_t bytes, void **out)
 {
     if (c->scr_bytes[slot] < bytes) {
-        size_t want = bytes + bytes / 4; /* grow with headroom: fewer reallocations */
+        size_t want = pi_cuda_scratch_want(bytes); /* grow with headroom: fewer reallocations */
         PI_TRY(pi_cuda_free(c, c->scr[slot]));
         c->scr[slot] = NULL;
         c->scr_bytes[slot] = 0;

@@ -15,6 +15,7 @@
 #define PI_KERNELS_CUDA_IMPL_H
 
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/plan.h"
 
 extern "C" {
 #include "lib/common.h"

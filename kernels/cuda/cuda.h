@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cuda/plan.h" /* the kernels' memory: weight bytes, scratch sizes (host C) */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -98,10 +100,9 @@ int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cu
 /* Free a weight (NULL ok); NULLs *w. */
 void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
 
-/* Device bytes the weight holds (counted against the budget), and the bytes the same weight needs for
- * a given shape before uploading it (for placement). */
+/* Device bytes the weight holds (counted against the budget); before uploading, the bytes a shape
+ * needs are pi_cuda_weight_bytes_for (kernels/cuda/plan.h). */
 size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w);
-int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -143,9 +144,8 @@ bool pi_cuda_q8_type(int type);
  * auto's float kernels only). */
 bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols);
 
-/* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into (48 per 32 columns): the
- * backend's VRAM plan counts the widest. */
-size_t pi_cuda_xq_bytes(int64_t cols);
+/* (The XQ scratch a q8 product of `cols` columns quantises x into is pi_cuda_xq_bytes, 48 bytes per 32
+ * columns, kernels/cuda/plan.h: the backend's VRAM plan counts the widest.) */
 
 /* Grow the XQ scratch to `bytes` now (the backend's start, so that serving never allocates): the
  * widest product's pi_cuda_xq_bytes, plus pi_cuda_xq_bytes(n_ff) where a dense FFN quantises its

@@ -23,70 +23,14 @@
 
 /* ------------------------------------------------------------------ upload */
 
-/* Geometry of the device layout of type t: elements per block, bytes per block in the quant plane,
- * whether the f16 scale is split out, and where it and the rest sit in ggml's block. */
-struct pi_dev_geom {
-    int64_t belems;
-    size_t bbytes; /* ggml block bytes */
-    size_t qbytes; /* quant-plane bytes per block */
-    bool split;
-    size_t doff, qoff; /* offsets of d and of the rest in ggml's block (split types) */
-};
-
-static int dev_geom(int type, pi_dev_geom *g)
-{
-    memset(g, 0, sizeof(*g));
-    switch (type) {
-    case PI_TYPE_F16:
-    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
-    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
-    /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
-     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
-    case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q8_0: g->belems = 32; g->bbytes = 34; g->qbytes = 32; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q6_K: g->belems = 256; g->bbytes = 210; g->qbytes = 208; g->split = true; g->doff = 208; g->qoff = 0; return 0;
-    default:
-        pi_error("cuda: no device kernels for type %s", pi_type_name((uint32_t)type));
-        return -PI_ERR_UNSUPPORTED;
-    }
-}
-
-/* Check the shape and compute the plane sizes. */
-static int weight_plan(int type, int64_t rows, int64_t cols, pi_dev_geom *g, size_t *qplane, size_t *dplane)
-{
-    PI_TRY(dev_geom(type, g));
-    const struct pi_type_info *ti = pi_type_get((uint32_t)type);
-    PI_ASSERT(ti && ti->block_bytes == g->bbytes && (int64_t)ti->block_elems == g->belems);
-    int64_t align = g->belems > 32 ? g->belems : 32;
-    if (rows <= 0 || cols <= 0 || cols % align != 0 || cols > INT_MAX || rows > INT_MAX) {
-        pi_error("cuda: weight shape (%lld, %lld) of type %s unsupported (cols must be a positive multiple of %lld)",
-                 (long long)rows, (long long)cols, pi_type_name((uint32_t)type), (long long)align);
-        return -PI_ERR_INVAL;
-    }
-    uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
-    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, 2, &d)) {
-        pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
-        return -PI_ERR_RANGE;
-    }
-    *qplane = (size_t)((q + 255) & ~(uint64_t)255);
-    *dplane = g->split ? (size_t)d : 0;
-    return 0;
-}
-
-extern "C" int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes)
-{
-    pi_dev_geom g;
-    size_t q, d;
-    PI_TRY(weight_plan(type, rows, cols, &g, &q, &d));
-    *bytes = (q + d + 255) & ~(size_t)255;
-    return 0;
-}
+/* The device layout of each type and the planes' sizes are kernels/cuda/plan.c's (pi_cuda_geom_of,
+ * pi_cuda_weight_planes), which the VRAM plan counts with. */
 
 extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w->bytes : 0; }
 
 /* Copy rows [r0, r0 + nr) of the ggml data to the device planes, splitting the scales out through a
  * host staging buffer of at most `cap` bytes. */
-static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom &g, const uint8_t *src,
+static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geom &g, const uint8_t *src,
                         uint8_t *stage, size_t cap)
 {
     size_t row_blocks = (size_t)w->nblk;
@@ -113,10 +57,10 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom
 extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols, const void *src,
                                      pi_cuda_weight_t **out)
 {
-    pi_dev_geom g;
+    pi_cuda_geom g;
     size_t qplane, dplane;
     *out = NULL;
-    PI_TRY(weight_plan(type, rows, cols, &g, &qplane, &dplane));
+    PI_TRY(pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane));
     pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
     if (!w) return -PI_ERR_NOMEM;
     w->type = (enum pi_type)type;
@@ -693,8 +637,6 @@ static int gemm_f16(pi_cuda_ctx_t *c, const __half *A, int64_t nr, int64_t k, co
     return 0;
 }
 
-#define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
-
 static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, float beta)
 {
     if (T <= 0 || T > INT_MAX / 2) {
@@ -708,9 +650,7 @@ static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const fl
     PI_CU_LAUNCH("k_f32_to_f16");
     if (w->type == PI_TYPE_F16)
         return gemm_f16(c, (const __half *)w->q, w->rows, w->cols, (__half *)x16, T, d_Y, w->rows, beta);
-    int64_t tile_rows = (int64_t)(PI_CUDA_TILE_BYTES / ((size_t)w->cols * 2));
-    tile_rows = tile_rows >= 128 ? tile_rows / 128 * 128 : PI_MAX(tile_rows, (int64_t)1);
-    tile_rows = PI_MIN(tile_rows, w->rows);
+    const int64_t tile_rows = pi_cuda_gemm_tile_rows(w->rows, w->cols); /* the plan counts the same tile */
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, (size_t)tile_rows * (size_t)w->cols * 2, &tile));
     for (int64_t r0 = 0; r0 < w->rows; r0 += tile_rows) {
         int64_t nr = PI_MIN(tile_rows, w->rows - r0);

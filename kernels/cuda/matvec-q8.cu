@@ -29,7 +29,8 @@
 #define PI_Q8_QUANT_THREADS 256
 #define PI_Q8_THREADS 128
 
-extern "C" size_t pi_cuda_xq_bytes(int64_t cols) { return (size_t)(cols / 32) * (32 + sizeof(int4)); }
+/* pi_cuda_xq_bytes (kernels/cuda/plan.c) counts this layout: PI_CUDA_XQ_SEG_BYTES per segment. */
+static_assert(PI_CUDA_XQ_SEG_BYTES == 32 + sizeof(int4), "the XQ layout and the plan agree");
 
 extern "C" int pi_cuda_xq_reserve(pi_cuda_ctx_t *c, size_t bytes)
 {
