@@ -52,10 +52,9 @@ static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols) { return 
 static uint64_t slot(uint64_t bytes) { return pi_cuda_scratch_held(bytes); }
 
 /* Whether layer L's q, k and v go to the device as one matrix: when their types agree and the device
- * takes that type as it is (PI_CUDA_FUSE_QKV=0 turns it off, for comparisons). */
+ * takes that type as it is. */
 bool pi_backend_cuda_fuse_qkv(const struct pi_layer *L, int64_t d)
 {
-    if (pi_env_off("PI_CUDA_FUSE_QKV")) return false;
     return L->attn_q.type == L->attn_k.type && L->attn_q.type == L->attn_v.type && dev_type_ok(L->attn_q.type, d);
 }
 
@@ -70,11 +69,8 @@ enum pi_type pi_backend_cuda_gu_type(const struct pi_layer *L, int64_t d)
  * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the matvec instead of the neuron
  * kernel), and no ffn_down_t copy is uploaded. Rows of n_ff elements must be whole 32-element segments
  * (the device kernels' unit, even for F16), else the layer keeps the neuron layout, whose rows are
- * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
-static bool dense_ok(const pi_model_t *m)
-{
-    return m->hp.n_ff % 32 == 0 && !pi_env_off("PI_CUDA_DENSE_DOWN");
-}
+ * n_embd long. */
+static bool dense_ok(const pi_model_t *m) { return m->hp.n_ff % 32 == 0; }
 
 bool pi_backend_cuda_dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
 {
@@ -175,7 +171,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
     if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
-    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: 48 bytes per 32
+    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever tune.cuda_matvec says: 48 bytes per 32
      * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
     p->scratch += slot(pi_backend_cuda_xq_reserve(m, any_dense));
     if (pi_cuda_att_head_dim_ok(hp->head_dim)) /* the flash-decoding kernels' split partials (ops.cu) */

@@ -21,7 +21,7 @@
  *
  * The q, k and v weights of a layer are uploaded as one stacked matrix (qd + 2 kvd, d) when their types
  * agree, with q, k and v as views of it: a one-token step projects them in one launch, larger batches
- * use the views (PI_CUDA_FUSE_QKV=0 uploads them apart, for comparisons).
+ * use the views.
  *
  * Batches: decode (n <= 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
  * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
@@ -39,8 +39,13 @@
  * device on the copy stream, and the compute stream waits for it by an event: one host round trip per
  * layer (the ffn_input download). A layer whose neurons are all hot has no exchange (ffn_hot_count
  * tells the loop): ffn_input then writes no x, so a step at hot fraction 1 runs without a host wait
- * until its logits (PI_CUDA_SKIP_X=0 downloads x anyway, for comparisons). A failed CUDA call poisons the backend: every later call answers
+ * until its logits. A one-token step applies the RMSNorms inside the q/k/v product and, for a dense
+ * layer without exchange, the gate/up product (pi_cuda_matvec_norm, pi_cuda_ffn_dense with the norm
+ * weight) where the product can. A failed CUDA call poisons the backend: every later call answers
  * -PI_ERR_DEVICE, and the worker ends (crash-only).
+ *
+ * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
+ * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -78,10 +83,8 @@ struct cuda_backend {
     int d, qd, kvd, hd, n_head, n_head_kv, n_rot, n_layer, n_vocab, n_ctx, n_seq, T, act;
     float eps, rope_base;
     bool own_attn;            /* head_dim the flash-decoding kernel does not take */
-    bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
-    bool fuse_norm;           /* decode RMSNorms inside the q/k/v and gate/up products (their staging or
-                                 their x quantiser); PI_CUDA_FUSE_NORM=0 turns it off */
-    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (fuse_norm) */
+    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (a dense
+                                 decode layer without exchange: the product's staging or x quantiser) */
     int64_t n_hot_max;
     pi_cuda_weight_t *embd, *out; /* out == embd when tied */
     struct cuda_layer *L;
@@ -355,7 +358,7 @@ static int cuda_attn(pi_backend_t *b, int il)
     float *d_k = s->d_k, *d_v = s->d_v;
     if (cl->qkv && n == 1) {
         /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
-        if (s->fuse_norm && pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
+        if (pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
             CK(s, pi_cuda_matvec_norm(s->ctx, cl->qkv, s->d_h, g, s->eps, s->d_q), "attn");
         } else {
             CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
@@ -429,11 +432,10 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     const struct cuda_layer *cl = &s->L[il];
     /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
      * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
-    const bool all_hot = s->skip_x && cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
+    const bool all_hot = cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
     s->hot_valid = false;
-    /* with fuse_norm, a dense layer's decode gate/up product applies the norm itself */
-    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && ffn_per_row(s) &&
-                     pi_cuda_norm_fusable(s->ctx, cl->gu);
+    /* a dense layer's decode gate/up product applies the norm itself */
+    s->xn_deferred = (!x || all_hot) && cl->dense && ffn_per_row(s) && pi_cuda_norm_fusable(s->ctx, cl->gu);
     if (s->xn_deferred) return 0;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
@@ -734,8 +736,6 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->eps = hp->rms_eps;
     s->rope_base = hp->rope_base;
     s->own_attn = own_attn;
-    s->skip_x = !pi_env_off("PI_CUDA_SKIP_X");       /* 0: download x every layer (for comparisons) */
-    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/cuda-backend.md, "Session 4") */
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
@@ -787,7 +787,9 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     }
     struct cuda_backend *s = new_host_side(m, o, n_ctx, n_seq, own_attn, n_hot_max, p.total);
     if (!s) return -PI_ERR_NOMEM;
-    s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget);
+    const struct pi_cuda_opts co = {.x = (int)o->tune.cuda_matvec, .no_pdl = o->tune.cuda_no_pdl,
+                                    .att_unfused = o->tune.cuda_att_unfused};
+    s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget, &co);
     if (!s->ctx) {
         pi_error("cuda backend: cannot open CUDA device %d", o->device);
         cuda_destroy(&s->base);

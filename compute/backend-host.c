@@ -244,10 +244,9 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
     if ((s->recent = malloc((size_t)m->hp.n_layer * sizeof *s->recent)))
         pi_ffn_activity_reset(s->recent, m->hp.n_layer);
-    /* the dense path, where the worker packed the hot rows with their down blocks (PI_CPU_DENSE=0:
-     * neuron by neuron, as the CPU workers) */
+    /* the dense path, where the worker packed the hot rows with their down blocks */
     bool dense_bad = false;
-    if (o->hot_layers && o->hot_blk_off && nh_max > 0 && !pi_env_off("PI_CPU_DENSE")) {
+    if (o->hot_layers && o->hot_blk_off && nh_max > 0) {
         struct pi_partition pv = {.count = nh_max};
         dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(&pv, o->max_tokens) * sizeof(float)));
     }

@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "lib/conf.h"
 #include "model/model.h"
 
 typedef struct pi_backend pi_backend_t;
@@ -53,6 +54,9 @@ struct pi_backend_opts {
      * layers' dense down blocks (hot_layers[il].ffn_down, blk_off[il]), with which the host backend
      * computes a partial hot set densely as a CPU worker does. NULL: neuron by neuron only. */
     const int64_t *hot_blk_off;
+    /* The performance choices ([tune] of pinfer.conf, lib/conf.h); zero: every default. The host
+     * backend takes none of them. */
+    struct pi_tune tune;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */

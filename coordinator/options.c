@@ -98,6 +98,13 @@ void pi_coord_opts_usage(FILE *out)
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
     fputs("\n"
+          "Tuning (the [tune] section of pinfer.conf(5); --set tune.KEY=VALUE; passed on to the GPU worker):\n",
+          out);
+    for (size_t i = 0; i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        if (strcmp(k->section, "tune") == 0) fprintf(out, "  tune.%-16s  %s; default: %s\n", k->key, k->help, k->default_text);
+    }
+    fputs("\n"
           "  -h, --help             print this help and exit\n"
           "  -V, --version          print the version and exit\n"
           "\n"

@@ -174,6 +174,16 @@ static int pipe_start(struct pipe_engine *p)
         snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);
         arg(b, "--vram-budget=", vb);
     }
+    /* the performance choices, every key of [tune] as this configuration resolved it (the GPU worker
+     * reads no environment for them) */
+    for (size_t i = 0; i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        char kv[160], val[96];
+        if (strcmp(k->section, "tune") != 0) continue;
+        pi_config_key_value(c, i, val, sizeof val);
+        snprintf(kv, sizeof kv, "tune.%s=%s", k->key, val);
+        arg(b, "--set=", kv);
+    }
     const int gpu_keep[2] = {sfd, xfd};
     if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 2) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {

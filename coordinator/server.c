@@ -235,6 +235,21 @@ static json_t *workers_json(struct server *s)
     return arr;
 }
 
+/* The [tune] section as resolved ({"cuda_matvec": "auto", ...}): the performance choices the workers
+ * were started with, straight from the configuration table. */
+static json_t *tune_json(const struct pi_config *c)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        char val[96];
+        if (strcmp(k->section, "tune") != 0) continue;
+        pi_config_key_value(c, i, val, sizeof val);
+        json_object_set_new(o, k->key, json_string(val));
+    }
+    return o;
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -243,12 +258,13 @@ static json_t *status_json(struct server *s)
                               "layers", hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_vocab", hp->n_vocab,
                               "activation", pi_ffn_act_name(hp->act));
     int64_t hot = pi_engine_pipeline_hot(s->engine);
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:i, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:s, s:i, s:o, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
                      (json_int_t)hot, "cpu_workers", hot >= 0 ? pi_coord_cpu_workers(&s->o->cfg) : 0, "control",
-                     s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s));
+                     s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s), "tune",
+                     tune_json(&s->o->cfg));
 }
 
 static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)

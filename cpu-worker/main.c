@@ -96,7 +96,7 @@ struct cw {
     struct pi_partition part;
     enum pi_ffn_act act;
     int32_t *idx;      /* (count): 0..count-1, or the masked subset of one token */
-    float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats, or NULL: dense path off */
+    float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats: the dense path's scratch */
     float *recent;     /* (n_layer): running fraction of active neurons (ReLU), < 0 before the first */
     int64_t n_ff;
     uint32_t w;
@@ -195,10 +195,9 @@ static int run(const struct cw_opts *o)
         rc = -PI_ERR_INVAL;
         goto out;
     }
-    const bool dense = !pi_env_off("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
     /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
     if ((rc = pi_partition_pack(m, o->hot, (int)o->workers, (int)o->index, place.node_os,
-                                dense && m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
+                                m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
         goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
@@ -210,7 +209,7 @@ static int run(const struct cw_opts *o)
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     if (!(c.recent = malloc((size_t)m->hp.n_layer * sizeof *c.recent))) { rc = -PI_ERR_NOMEM; goto out; }
     pi_ffn_activity_reset(c.recent, m->hp.n_layer);
-    if (dense && !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
+    if (!(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }

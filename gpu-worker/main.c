@@ -28,6 +28,7 @@ struct gw_opts {
     int step_fd, exchange_fd;
     int64_t hot, threads, ctx, device, n_seq;
     uint64_t vram_budget;
+    struct pi_tune tune; /* --set tune.KEY=VALUE: the backend's performance choices (pinfer.conf(5)) */
 };
 
 static void usage(FILE *f)
@@ -47,6 +48,8 @@ static void usage(FILE *f)
           "  --n-seq N            sequences in the KV cache; default: 1\n"
           "  --device N           CUDA device; default: 0\n"
           "  --vram-budget BYTES  device memory the cuda backend may hold (K/M/G suffixes); default: 0 (free memory)\n"
+          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable);\n"
+          "                       default: each key's default there\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -62,7 +65,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         {"hot", required_argument, NULL, 'H'}, {"threads", required_argument, NULL, 't'},
         {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
         {"n-seq", required_argument, NULL, 'S'}, {"vram-budget", required_argument, NULL, 'B'},
-        {"help", no_argument, NULL, 'h'},
+        {"set", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .threads = 1, .n_seq = 1};
     int c, bad = 0;
@@ -80,6 +83,14 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
         case 'S': bad = pi_parse_int(optarg, 1, 1024, &o->n_seq) != 0; break;
         case 'B': bad = pi_parse_bytes(optarg, &o->vram_budget) != 0; break;
+        case 'T': {
+            char err[256];
+            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-gpu-worker: %s\n", err);
+                return -1;
+            }
+            break;
+        }
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-gpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -172,7 +183,7 @@ static int run(const struct gw_opts *o)
     for (int il = 0; il < m->hp.n_layer; il++) { hot[il] = ids; n_hot[il] = o->hot; }
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
-                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot};
+                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune};
     uint64_t mem_bytes = hot_bytes(m, o->hot);
     if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack_range(m, 0, o->hot, -1, true, false, &part)) != 0) {

@@ -7,7 +7,11 @@
 #
 # Prepare as for tools/gpu-check.sh (its header), and copy the baseline's test-backend-cuda (e.g. built
 # from the previous commit) to $R/base/. Then, on the GPU machine:
-#   R=$PWD/.devrun OUT=/some/dir [VARIANTS="PI_CUDA_MV=auto;PI_CUDA_MV=tall"] [NCU=0] tools/gpu-ab.sh
+#   R=$PWD/.devrun OUT=/some/dir [VARIANTS="cuda_matvec=auto;cuda_matvec=f32"] [NCU=0] tools/gpu-ab.sh
+# VARIANTS are tunings of the backend's fields (test-backend-cuda's PI_CUDA_BENCH_VARIANTS: the [tune]
+# keys of pinfer.conf(5) as KEY=VALUE, plus its test-only cuda_matvec=q8, cuda_pdl=0, cuda_att_dec=0),
+# one run each, each over the defaults; "default" is the defaults. A baseline built before the tuning
+# table read environment variables instead, so give it only "default".
 set -u
 cd "$(dirname "$0")/.."
 R=${R:-$PWD/.devrun}
@@ -20,7 +24,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout 120 $R/tools/pi-gen-model --embd 4096 --ff 11008 --layers 32 --heads 32 --kv-heads 32 --vocab 32000 \
   --act relu /tmp/m7b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 7B-class model not generated" >&2; exit 1; }
 timeout 90 $R/tools/pi-gen-model --preset 1b --act relu /tmp/m1b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 1B-class model not generated" >&2; exit 1; }
-bench() { # model binary variants (";"-separated; "default": the environment as it is)
+bench() { # model binary variants (";"-separated; "default": the defaults)
   local v=$3; [ "$v" = default ] && v=""
   PI_CUDA_BENCH=1 PI_CUDA_BENCH_MODEL=/tmp/m$1.gguf PI_CUDA_BENCH_CONFIGS=cuda:1 PI_CUDA_BENCH_DECODE=128 \
     PI_CUDA_BENCH_VARIANTS="$v" timeout 240 "$2" 2>&1 | grep "tok/s" |

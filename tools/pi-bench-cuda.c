@@ -205,7 +205,7 @@ int main(int argc, char **argv)
     }
     char desc[256];
     pi_cuda_device_describe(0, desc, sizeof(desc));
-    pi_cuda_ctx_t *ctx = pi_cuda_ctx_new(0, 0);
+    pi_cuda_ctx_t *ctx = pi_cuda_ctx_new(0, 0, NULL);
     if (!ctx) return 1;
     printf("device: %s\n", desc);
 

@@ -678,7 +678,7 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
                  (long long)o->cols, (long long)qd);
         return -PI_ERR_INVAL;
     }
-    const bool q8 = o && c->att_q8 && pi_cuda_q8_for(c, o->type, o->rows, o->cols);
+    const bool q8 = o && pi_cuda_q8_for(c, o->type, o->rows, o->cols);
     pi_xq x = {NULL, NULL};
     if (q8) {
         void *buf = NULL;
