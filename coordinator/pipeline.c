@@ -169,6 +169,7 @@ static int pipe_start(struct pipe_engine *p)
     argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
     argl(b, "--ctx", (long)p->base.n_ctx);
     argl(b, "--device", (long)c->gpu_device);
+    argl(b, "--stall-ms", (long)c->gpu_stall_ms);
     if (c->vram_budget) {
         char vb[32];
         snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);

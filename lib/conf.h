@@ -56,6 +56,7 @@ struct pi_config {
     double hot_fraction;       /* fraction of each layer's FFN neurons kept by the GPU worker, 0..1 */
     uint64_t vram_budget;      /* bytes; 0 = use hot_fraction instead */
     int64_t gpu_device;
+    int64_t gpu_stall_ms;      /* ms the GPU worker's main thread may go without progress (ipc/link.h) */
     /* [generate] */
     int64_t n_predict;
     double temperature;
