@@ -169,8 +169,8 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
      * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
     p->scratch = PI_CUDA_BLAS_WS;
     const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
-    if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
-    if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
+    if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
     /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever tune.cuda_matvec says: 48 bytes per 32
      * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
     p->scratch += slot(pi_backend_cuda_xq_reserve(m, any_dense));

@@ -23,7 +23,7 @@
  * agree, with q, k and v as views of it: a one-token step projects them in one launch, larger batches
  * use the views.
  *
- * Batches: decode (n <= 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
+ * Batches: decode (n <= PI_CUDA_MATVEC_MAX_ROWS, 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
  * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
  * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
  * per "run": consecutive tokens of one sequence at consecutive positions, stored into that sequence's
@@ -591,7 +591,7 @@ static int warm_scratch(struct cuda_backend *s)
         CK(s, pi_cuda_attention(s->ctx, Ta, s->n_head, s->n_head_kv, s->hd, s->n_ctx - Ta, s->d_q, kv_at(s, 0, 0, 0),
                                 kv_at(s, 0, 0, 1), s->d_att), "start");
     }
-    if (T > 2) {
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) { /* the GEMM's scratch (kernels/cuda/plan.h) */
         /* First the dequantised tile: the weight with the largest tile, one row (a small f16 input). */
         const pi_cuda_weight_t *wt = s->out;
         const float *xt = s->d_xn;

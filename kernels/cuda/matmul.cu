@@ -545,7 +545,7 @@ static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const fl
     }
     void *x16 = NULL, *tile = NULL;
     int64_t n = T * w->cols;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, (size_t)n * 2, &x16));
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, pi_cuda_gemm_x16_bytes(T, w->cols), &x16));
     k_f32_to_f16<<<(unsigned)((n / 2 + 256) / 256), 256, 0, c->stream>>>(n, d_X, (__half *)x16);
     PI_CU_LAUNCH("k_f32_to_f16");
     if (w->type == PI_TYPE_F16)
@@ -567,7 +567,7 @@ extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t
 
 static int matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
 {
-    if (T > 2) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
     for (int64_t t = 0; t < T; t++) {
         const pi_mv_epi e = {d_Y + t * w->rows, 0, NULL, NULL, add, NULL, 0.0f};
         PI_TRY(matvec_auto(c, w, d_X + t * w->cols, e));

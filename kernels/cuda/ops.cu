@@ -882,7 +882,7 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
         return -PI_ERR_UNSUPPORTED;
     }
     void *a = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_hot * sizeof(float), &a));
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, pi_cuda_ffn_act_bytes(n_hot), &a));
     PI_CU(cudaMemsetAsync(d_y, 0, (size_t)d * sizeof(float), c->stream));
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, d_mask, d_ids, NULL, 0.0f, (float *)a));
     const int G = (int)PI_MAX((int64_t)1, 512 / nsegp);
@@ -912,7 +912,7 @@ extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, c
         return -PI_ERR_INVAL;
     }
     void *a = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a)); /* held either way: the plan counts it */
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, pi_cuda_ffn_act_bytes(n_ff), &a)); /* held either way: the plan counts it */
     if (pi_cuda_ffn_dense_q8_ok(c, gu, down)) return pi_cuda_ffn_dense_q8(c, gu, down, act, d_x, d_norm_g, eps, d_y, accumulate);
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, d_norm_g, eps, (float *)a));
     return accumulate ? pi_cuda_matvec_add(c, down, (const float *)a, d_y) : pi_cuda_matvec(c, down, (const float *)a, d_y);

@@ -28,6 +28,10 @@ extern "C" {
  * its last bytes hold the decode attention's per-head counters (ctx.cu). */
 #define PI_CUDA_BLAS_WS ((size_t)32 << 20)
 
+/* pi_cuda_matmul runs batches of up to this many rows as matrix-vector products, one per row (no
+ * scratch but the quantised x), and larger ones as pi_cuda_gemm (the f16 input and the tile below). */
+#define PI_CUDA_MATVEC_MAX_ROWS 2
+
 /* Largest dequantised f16 weight tile of pi_cuda_gemm (matmul.cu), and its row granule. */
 #define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
 #define PI_CUDA_TILE_ROW_GRANULE 128
@@ -76,6 +80,13 @@ static inline size_t pi_cuda_att_part_max(int64_t T, int n_head, int64_t n_ctx, 
 
 /* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into. */
 size_t pi_cuda_xq_bytes(int64_t cols);
+
+/* Bytes of pi_cuda_gemm's f16 copy of its input X (T, cols) (the X16 scratch). */
+static inline size_t pi_cuda_gemm_x16_bytes(int64_t T, int64_t cols) { return (size_t)T * (size_t)cols * 2; }
+
+/* Bytes of the hot FFN's activations, n floats (the FFN scratch of pi_cuda_ffn_hot and
+ * pi_cuda_ffn_dense). */
+static inline size_t pi_cuda_ffn_act_bytes(int64_t n) { return (size_t)n * sizeof(float); }
 
 /* Rows of pi_cuda_gemm's dequantised tile for a weight (rows, cols): as many as PI_CUDA_TILE_BYTES of
  * f16 hold, in multiples of PI_CUDA_TILE_ROW_GRANULE where that is at least one granule, at least 1,
