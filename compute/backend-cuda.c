@@ -763,7 +763,9 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     struct pi_backend_cuda_plan p;
     int rc = pi_backend_cuda_plan_parts(m, o, &p);
     if (rc < 0) {
-        pi_error("cuda backend: a weight of the model has a shape or type the device kernels cannot take");
+        pi_error("cuda backend: no VRAM plan (%s): %s", pi_err_str(rc),
+                 rc == -PI_ERR_RANGE ? "a layer's hot count is out of range"
+                                     : "a weight of the model has a shape or type the device kernels cannot take");
         return rc;
     }
     int n_ctx, n_seq;

@@ -28,8 +28,8 @@
  * The backend's tuning is set through its fields (pi_backend_opts.tune), never the environment. This
  * program's own controls (read here, turned into those fields): PI_CUDA_TEST_TUNE="KEY=VALUE ..." runs
  * every check under one tuning (tools/gpu-check.sh: cuda_matvec=f32 or q8, cuda_pdl=0, cuda_att_dec=0;
- * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5 (the short run
- * compute-sanitizer checks). With PI_CUDA_BENCH=1 it only prints decode and prompt tokens/s of each
+ * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5, short-dense only
+ * at hot fraction 1 with the ids in order (dense layers) (the short runs compute-sanitizer checks). With PI_CUDA_BENCH=1 it only prints decode and prompt tokens/s of each
  * backend (PI_CUDA_BENCH_MODEL, default the demo model; PI_CUDA_BENCH_CONFIGS "backend:fraction,...",
  * PI_CUDA_BENCH_DECODE steps, default 128, the context holding the 64-token prompt and every step, at
  * least 256; PI_CUDA_BENCH_VARIANTS "KEY=VALUE ...;KEY=VALUE ...;...": one run per variant, each a
@@ -57,7 +57,8 @@
 #define SLACK_BYTES ((uint64_t)16 << 20) /* cudaMalloc's granularity over a few dozen allocations */
 
 static uint64_t rng_state;
-static int short_mode; /* PI_CUDA_TEST=short: the demo model at hot fraction 0.5 only (for compute-sanitizer) */
+static int short_mode; /* PI_CUDA_TEST=short (1): the demo model at hot fraction 0.5 only; short-dense (2): at hot
+                          fraction 1 with the ids in order only (dense layers); both for compute-sanitizer */
 static int bench_threads; /* > 0: host threads of the backends (benchmarks) */
 static int bench_ctx;     /* > 0: the backends' context length (benchmarks: the prompt and every decode step) */
 static struct pi_tune tune; /* the backends' tuning (PI_CUDA_TEST_TUNE, a benchmark variant, check_pdl) */
@@ -238,7 +239,7 @@ static void check_model(const char *label, const char *path, const char *gpath)
     char lab[96];
     const char *model_label = label;
     for (size_t fi = 0; fi < PI_ARRAY_LEN(fracs); fi++) {
-        if (short_mode && fracs[fi] != 0.5) continue;
+        if ((short_mode == 1 && fracs[fi] != 0.5) || (short_mode == 2 && (fracs[fi] != 1.0 || shuf[fi]))) continue;
         snprintf(lab, sizeof lab, "%s%s", model_label, shuf[fi] ? "" : " (ids in order: dense)");
         label = lab;
         struct split sp;
@@ -548,7 +549,7 @@ int main(void)
         }
         return tap_done();
     }
-    short_mode = mode && strcmp(mode, "short") == 0;
+    short_mode = !mode ? 0 : strcmp(mode, "short") == 0 ? 1 : strcmp(mode, "short-dense") == 0 ? 2 : 0;
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
     check_model("tiny-llama-q4_0", tiny, tiny_g);

@@ -46,11 +46,12 @@ for v in cuda_matvec=f32 cuda_matvec=q8 cuda_att_dec=0 cuda_pdl=0 "cuda_matvec=q
 done
 # the fused norm's paths (one-token q/k/v, the deferred dense FFN: hot 1) under memcheck, through the
 # pipeline (tune.cuda_matvec: MC_MV, default auto) and in-process with every quantised product in 8 bits
+# (the dense layers' k_glu_q8 with the norm in its quantiser)
 timeout 200 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator \
   --model $PWD/tests/data/demo-relu-q4_0.gguf --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 1 \
   --set tune.cuda_matvec=${MC_MV:-auto} --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
 echo "memcheck hot 1 pipeline rc=$?" | tee -a $T
-PI_CUDA_TEST=short PI_CUDA_TEST_TUNE=cuda_matvec=q8 timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda \
+PI_CUDA_TEST=short-dense PI_CUDA_TEST_TUNE=cuda_matvec=q8 timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda \
   >> $OUT/memcheck-experiments.log 2>&1
 echo "memcheck backend q8 rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
