@@ -14,6 +14,7 @@
 #include "ipc/control.h"
 #include "ipc/exchange.h"
 #include "ipc/shm.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
@@ -34,6 +35,7 @@ struct cw_opts {
     const char *model, *control, *activation;
     int exchange_fd;
     int64_t index, workers, hot, threads;
+    struct pi_tune tune; /* --set tune.KEY=VALUE: the performance choices (pinfer.conf(5)) */
 };
 
 static void usage(FILE *f)
@@ -49,6 +51,8 @@ static void usage(FILE *f)
           "  --hot N              hot neurons per layer (ids 0..N-1, computed by the GPU worker); default: 0\n"
           "  --threads N          compute threads; default: the node's cores shared among its workers\n"
           "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
+          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable);\n"
+          "                       default: each key's default there\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -62,7 +66,8 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         {"exchange-fd", required_argument, NULL, 'x'}, {"index", required_argument, NULL, 'i'},
         {"workers", required_argument, NULL, 'w'}, {"hot", required_argument, NULL, 'H'},
         {"threads", required_argument, NULL, 't'}, {"control", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+        {"set", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
     *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .index = -1, .workers = 0};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
@@ -75,6 +80,14 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
         case 'H': bad = pi_parse_int(optarg, 0, 1L << 24, &o->hot) != 0; break;
         case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
+        case 'T': {
+            char err[256];
+            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-cpu-worker: %s\n", err);
+                return -1;
+            }
+            break;
+        }
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-cpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -249,6 +262,7 @@ int main(int argc, char **argv)
     int p = parse(argc, argv, &o);
     if (p <= 0) return p == 0 ? 0 : 2;
     if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    pi_kernels_use(pi_kernels_of_tune(&o.tune)); /* before any kernel and thread */
     int rc = run(&o);
     if (rc == -PI_ERR_PEER) pi_info("the exchange was aborted: exiting");
     return rc == 0 ? 0 : 1;

@@ -8,6 +8,7 @@
 #include "compute/partition.h"
 #include "compute/backend.h"
 #include "ipc/link.h"
+#include "kernels/cpu/dispatch.h"
 #include "gpu-worker/loop.h"
 #include "ipc/control.h"
 #include "ipc/shm.h"
@@ -50,7 +51,8 @@ static void usage(FILE *f)
           "  --vram-budget BYTES  device memory the cuda backend may hold (K/M/G suffixes); default: 0 (free memory)\n"
           "  --stall-ms N         ms the main thread may go without progress before the control link stops\n"
           "                       its heartbeats (500 to 3600000); default: 30000\n"
-          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable);\n"
+          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable;\n"
+          "                       cuda_matvec, cpu_kernels);\n"
           "                       default: each key's default there\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
@@ -245,5 +247,6 @@ int main(int argc, char **argv)
     int p = parse(argc, argv, &o);
     if (p <= 0) return p == 0 ? 0 : 2;
     if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    pi_kernels_use(pi_kernels_of_tune(&o.tune)); /* before any kernel and thread */
     return run(&o) == 0 ? 0 : 1;
 }

@@ -37,11 +37,13 @@ struct key_def {
 _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
+_Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
+static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
  * workers (PI_LOG_LEVEL) take the same spellings. */
@@ -76,6 +78,7 @@ static const struct key_def keys[] = {
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
     /* [tune]: the performance choices that are real choices, each with what it costs (doc/cuda-backend.md) */
     {{"tune", "cuda_matvec", "auto", "cuda backend's decode x: auto (8 bits for quantised weights of 12 Mi elements or more) or f32 (float precision; slower on 7B-class models)"}, K_ENUM, OFF(tune.cuda_matvec), 0, 0, cuda_matvec_names, NULL},
+    {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
 };
 #undef OFF
 

@@ -24,11 +24,23 @@ enum pi_activation_cfg { PI_ACT_AUTO = 0, PI_ACT_CFG_SILU = 1, PI_ACT_CFG_RELU =
  * kernels' paths on small models only. */
 enum pi_tune_cuda_matvec { PI_TUNE_CUDA_MATVEC_AUTO = 0, PI_TUNE_CUDA_MATVEC_F32 = 1, PI_TUNE_CUDA_MATVEC_Q8 = 2 };
 
+/* [tune] cpu_kernels: the CPU kernel variant of every process (kernels/cpu/dispatch.h): AUTO the best
+ * this CPU runs, else that variant (enum pi_kernel_isa + 1), clamped with a warning to what the CPU
+ * runs. The variants give the same results within float rounding. */
+enum pi_tune_cpu_kernels {
+    PI_TUNE_CPU_KERNELS_AUTO = 0,
+    PI_TUNE_CPU_KERNELS_SCALAR = 1,
+    PI_TUNE_CPU_KERNELS_AVX2 = 2,
+    PI_TUNE_CPU_KERNELS_AVX512 = 3,
+    PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
+};
+
 /* The performance choices: the [tune] section of the table (lib/conf.c, pinfer.conf(5)), handed by the
- * coordinator to the GPU worker (`--set tune.KEY=VALUE` on its command line) and by the worker to its
- * backend (struct pi_backend_opts). Zero is every default. */
+ * coordinator to the workers (`--set tune.KEY=VALUE` on their command lines) and by the GPU worker to
+ * its backend (struct pi_backend_opts). Zero is every default. */
 struct pi_tune {
     enum pi_tune_cuda_matvec cuda_matvec; /* [tune] cuda_matvec */
+    enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads

@@ -171,10 +171,16 @@ int main(void)
     tap_ok(strcmp(val, "2") == 0 && pi_config_set(&cfg, "tune.cuda_matvec", val, "x", err, sizeof err) != 0,
            "the test-only q8 formats as a number the table refuses (%s)", val);
     cfg.tune.cuda_matvec = PI_TUNE_CUDA_MATVEC_AUTO;
+    tap_ok(cfg.tune.cpu_kernels == PI_TUNE_CPU_KERNELS_AUTO &&
+               pi_config_set(&cfg, "tune.cpu_kernels", "AVX2", "x", err, sizeof err) == 0 &&
+               cfg.tune.cpu_kernels == PI_TUNE_CPU_KERNELS_AVX2 &&
+               pi_config_set(&cfg, "tune.cpu_kernels", "sse4", "x", err, sizeof err) == -PI_ERR_INVAL,
+           "tune.cpu_kernels: auto by default, a variant by name (any case), an unknown one refused");
+    cfg.tune.cpu_kernels = PI_TUNE_CPU_KERNELS_AUTO;
 
     char text[4096];
     size_t n = pi_config_format(&cfg, text, sizeof text);
-    tap_ok(n < sizeof text && strstr(text, "[gpu]\nbackend = host\n") != NULL && strstr(text, "[tune]\ncuda_matvec = auto\n"),
+    tap_ok(n < sizeof text && strstr(text, "[gpu]\nbackend = host\n") != NULL && strstr(text, "[tune]\ncuda_matvec = auto\ncpu_kernels = auto\n"),
            "formatted config round-trips the section layout, [tune] included");
     tap_ok(pi_config_key_count() >= 15 && pi_config_key(0) && !pi_config_key(pi_config_key_count()), "key table exposed");
 

@@ -22,6 +22,7 @@
 #include "compute/forward.h"
 #include "lib/log.h"
 #include "model/model.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/pool.h"
 
 static double now(void)
@@ -164,15 +165,18 @@ static void usage(FILE *out)
             "  -r, --reps N      repeat prompt and decode N times, report the best (default: 3)\n"
             "      --kv T        KV cache type f32 or f16 (default: f16)\n"
             "      --bw GB/s     skip measuring memory bandwidth and use this figure\n"
+            "      --kernels V   CPU kernel variant: auto, scalar, avx2, avx512, avx512vnni (as [tune]\n"
+            "                    cpu_kernels of pinfer.conf(5); default: auto, the best the CPU runs)\n"
             "  -h, --help        this text\n");
 }
 
 int main(int argc, char **argv)
 {
-    enum { O_KV = 256, O_BW };
+    enum { O_KV = 256, O_BW, O_KERNELS };
     static const struct option opts[] = {
         {"threads", 1, 0, 't'}, {"prompt", 1, 0, 'p'}, {"decode", 1, 0, 'n'}, {"reps", 1, 0, 'r'},
-        {"kv", 1, 0, O_KV},     {"bw", 1, 0, O_BW},     {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"kv", 1, 0, O_KV},     {"bw", 1, 0, O_BW},     {"kernels", 1, 0, O_KERNELS}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0},
     };
     struct bench_opts bo = {2, 128, 32, 3, PI_TYPE_F16, 0.0};
     int c, rc = 0;
@@ -187,6 +191,17 @@ int main(int argc, char **argv)
             if (!pi_type_from_name(optarg, &bo.kv_type)) bo.kv_type = PI_TYPE_COUNT;
             break;
         case O_BW: bo.bw = atof(optarg); break;
+        case O_KERNELS: {
+            struct pi_tune t = {0};
+            char kv[64], err[160];
+            snprintf(kv, sizeof kv, "tune.cpu_kernels=%s", optarg);
+            if (pi_tune_set(&t, kv, "--kernels", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-bench-forward: %s\n", err);
+                return 2;
+            }
+            pi_kernels_use(pi_kernels_of_tune(&t));
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }

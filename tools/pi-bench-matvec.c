@@ -248,10 +248,11 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: pi-bench-matvec [-r ROWS (11008)] [-c COLS (4096)] [-t MAXTHREADS (online CPUs)]\n"
                "                       [-m BANDWIDTH_BUFFER_MIB (1024)] [-w WEIGHTS_WORKING_SET_MIB (512)]\n"
-               "                       [-p PASSES (10)] [-M TOKENS (0: matvec)] [TYPE...]\n"
+               "                       [-p PASSES (10)] [-M TOKENS (0: matvec)] [-k VARIANT (auto)] [TYPE...]\n"
                "                       (default types: all with kernels)\n"
                "-M TOKENS: compare pi_matmul over TOKENS tokens with one vec_dot per output (one thread)\n"
-               "The kernel variant is chosen from CPUID; PI_KERNELS=scalar|avx2|avx512 overrides it.\n");
+               "-k VARIANT: the CPU kernel variant, auto (the best CPUID allows), scalar, avx2, avx512 or avx512vnni\n"
+               "(as [tune] cpu_kernels of pinfer.conf(5); clamped to what the CPU runs)\n");
 }
 
 /* The types named on the command line (all types with kernels when none), into types; count or -1. */
@@ -280,7 +281,7 @@ int main(int argc, char **argv)
     int max_threads = 0, passes = 10, opt;
     size_t bw_mib = 1024, ws_mib = 512;
     int64_t mm_tokens = 0;
-    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:M:h")) != -1) {
+    while ((opt = getopt(argc, argv, "r:c:t:m:w:p:M:k:h")) != -1) {
         switch (opt) {
         case 'r': rows = atoll(optarg); break;
         case 'c': cols = atoll(optarg); break;
@@ -289,6 +290,17 @@ int main(int argc, char **argv)
         case 'w': ws_mib = (size_t)atoll(optarg); break;
         case 'p': passes = atoi(optarg); break;
         case 'M': mm_tokens = atoll(optarg); break;
+        case 'k': {
+            struct pi_tune t = {0};
+            char kv[64], err[160];
+            snprintf(kv, sizeof kv, "tune.cpu_kernels=%s", optarg);
+            if (pi_tune_set(&t, kv, "-k", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-bench-matvec: %s\n", err);
+                return 2;
+            }
+            pi_kernels_use(pi_kernels_of_tune(&t));
+            break;
+        }
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
