@@ -43,6 +43,7 @@ static const struct key_opt key_opts[] = {
     {"hot-fraction", "gpu.hot_fraction", "F"},
     {"vram-budget", "gpu.vram_budget", "BYTES"},
     {"gpu-device", "gpu.device", "N"},
+    {"gpu-stall-ms", "gpu.stall_ms", "MS"},
     {"n-predict", "generate.n_predict", "N"},
     {"temp", "generate.temperature", "T"},
     {"top-k", "generate.top_k", "K"},
@@ -98,7 +99,7 @@ void pi_coord_opts_usage(FILE *out)
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
     fputs("\n"
-          "Tuning (the [tune] section of pinfer.conf(5); --set tune.KEY=VALUE; passed on to the GPU worker):\n",
+          "Tuning (the [tune] section of pinfer.conf(5); --set tune.KEY=VALUE; passed on to the workers):\n",
           out);
     for (size_t i = 0; i < pi_config_key_count(); i++) {
         const struct pi_config_key_info *k = pi_config_key(i);

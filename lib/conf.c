@@ -67,7 +67,7 @@ static const struct key_def keys[] = {
     {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL, NULL},
     {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL, NULL},
     {{"gpu", "device", "0", "CUDA device index"}, K_INT, OFF(gpu_device), 0, 64, NULL, NULL},
-    {{"gpu", "stall_ms", "30000", "milliseconds the GPU worker may go without progress (a hung device call) before it is replaced; below about 6000 a healthy worker waiting on slow CPU workers can be"}, K_INT, OFF(gpu_stall_ms), 500, 3600000, NULL, NULL}, /* ipc/link.h PI_LINK_STALL_MS_MIN, _MAX */
+    {{"gpu", "stall_ms", "30000", "ms the GPU worker may go without progress (a hung device call) before it is replaced; below 6000 a healthy one waiting on slow CPU workers can be"}, K_INT, OFF(gpu_stall_ms), 500, 3600000, NULL, NULL}, /* ipc/link.h PI_LINK_STALL_MS_MIN, _MAX */
     {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL, NULL},
     {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL, NULL},
     {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL, NULL},

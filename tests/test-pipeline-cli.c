@@ -66,7 +66,7 @@ static void test_help(void)
     const char *want[] = {"--model PATH", "--prompt TEXT", "--tokens", "-n, --n-predict N", "--logits-out FILE",
                           "--config FILE", "--set SECTION.KEY=VAL", "--cpu-workers N", "--gpu-backend B",
                           "--hot-fraction F", "--vram-budget BYTES", "--control ENDPOINT", "--temp T", "--seed S",
-                          "tune.cuda_matvec", "tune.cpu_kernels"};
+                          "--gpu-stall-ms MS", "tune.cuda_matvec", "tune.cpu_kernels"};
     int all = 1;
     for (size_t i = 0; i < PI_ARRAY_LEN(want); i++)
         if (!strstr(out, want[i])) { tap_diag("--help lacks %s", want[i]); all = 0; }
