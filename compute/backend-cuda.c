@@ -4,9 +4,9 @@
  * partial sums, the final norm and the output head, all on one CUDA device through kernels/cuda/cuda.h
  * (and the few kernels of compute/backend-cuda-kernels.cu).
  *
- * Memory. Every device byte is computed before anything is allocated (plan(): weights, KV cache,
- * activations, the kernels' scratch, the cuBLAS workspace, each rounded as kernels/cuda/ctx.cu counts
- * it), checked against the budget (one clear error at start when it does not fit), then allocated in
+ * Memory. Every device byte is computed before anything is allocated (compute/backend-cuda-plan.c:
+ * weights, KV cache, activations, the kernels' scratch, the cuBLAS workspace, each rounded as the
+ * allocator counts it, by kernels/cuda/plan.h), checked against the budget (one clear error at start when it does not fit), then allocated in
  * the order attention weights and norms, embeddings and output head, hot neurons, KV cache, scratch:
  * the weights every token needs come first, the hot neurons are the part the placement can shrink.
  * The context's scratch slots grow on demand; the backend requests their largest sizes once at start
@@ -21,9 +21,9 @@
  *
  * The q, k and v weights of a layer are uploaded as one stacked matrix (qd + 2 kvd, d) when their types
  * agree, with q, k and v as views of it: a one-token step projects them in one launch, larger batches
- * use the views (PI_CUDA_FUSE_QKV=0 uploads them apart, for comparisons).
+ * use the views.
  *
- * Batches: decode (n <= 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
+ * Batches: decode (n <= PI_CUDA_MATVEC_MAX_ROWS, 2) runs the quantised matvec kernels, larger batches cuBLAS GEMM (dequantised
  * f16 tiles); the hot FFN of a batch of more than 4 rows is a GEMM of the gate/up pairs and a tiled
  * product with the dequantised down rows, smaller ones the packed-neuron kernel per row. Attention runs
  * per "run": consecutive tokens of one sequence at consecutive positions, stored into that sequence's
@@ -39,12 +39,18 @@
  * device on the copy stream, and the compute stream waits for it by an event: one host round trip per
  * layer (the ffn_input download). A layer whose neurons are all hot has no exchange (ffn_hot_count
  * tells the loop): ffn_input then writes no x, so a step at hot fraction 1 runs without a host wait
- * until its logits (PI_CUDA_SKIP_X=0 downloads x anyway, for comparisons). A failed CUDA call poisons the backend: every later call answers
+ * until its logits. A one-token step applies the RMSNorms inside the q/k/v product and, for a dense
+ * layer without exchange, the gate/up product (pi_cuda_matvec_norm, pi_cuda_ffn_dense with the norm
+ * weight) where the product can. A failed CUDA call poisons the backend: every later call answers
  * -PI_ERR_DEVICE, and the worker ends (crash-only).
+ *
+ * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
+ * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
 #include "compute/backend-cuda-kernels.h"
+#include "compute/backend-cuda-plan.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cuda/cuda.h"
 #include "lib/common.h"
@@ -52,12 +58,6 @@
 
 #include <stdlib.h>
 #include <string.h>
-
-#define ALLOC_ALIGN 256u                 /* kernels/cuda/ctx.cu counts allocations in these units */
-#define BLAS_WS ((uint64_t)32 << 20)     /* the context's cuBLAS workspace (ctx.cu) */
-#define TILE_BYTES ((uint64_t)64 << 20)  /* pi_cuda_gemm's dequantised tile (matmul.cu) */
-#define ATT_CHUNK 256                    /* positions per attention split (ops.cu) */
-#define HOT_BATCH_MIN 5                  /* rows from which the hot FFN goes through GEMM */
 
 /* Propagate a negative return. */
 #define PI_TRY(expr)                                                                               \
@@ -83,10 +83,8 @@ struct cuda_backend {
     int d, qd, kvd, hd, n_head, n_head_kv, n_rot, n_layer, n_vocab, n_ctx, n_seq, T, act;
     float eps, rope_base;
     bool own_attn;            /* head_dim the flash-decoding kernel does not take */
-    bool skip_x;              /* ffn_input writes no x for a layer whose neurons are all hot */
-    bool fuse_norm;           /* decode RMSNorms inside the q/k/v and gate/up products (their staging or
-                                 their x quantiser); PI_CUDA_FUSE_NORM=0 turns it off */
-    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (fuse_norm) */
+    bool xn_deferred;         /* ffn_input left the FFN norm to ffn_hot's gate/up product (a dense
+                                 decode layer without exchange: the product's staging or x quantiser) */
     int64_t n_hot_max;
     pi_cuda_weight_t *embd, *out; /* out == embd when tied */
     struct cuda_layer *L;
@@ -118,192 +116,10 @@ static float *norm_w(const struct cuda_backend *s, int k) { return s->d_norms + 
 
 /* Whether the step's hot FFN runs row by row (the packed-neuron or dense kernels per token) rather
  * than as GEMMs: small batches, or no GEMM buffers planned. */
-static bool ffn_per_row(const struct cuda_backend *s) { return s->n < HOT_BATCH_MIN || !s->d_g; }
+static bool ffn_per_row(const struct cuda_backend *s) { return s->n < PI_BACKEND_CUDA_HOT_BATCH_MIN || !s->d_g; }
 
-static uint64_t al(uint64_t x) { return (x + ALLOC_ALIGN - 1) & ~(uint64_t)(ALLOC_ALIGN - 1); }
-
-/* ------------------------------------------------------------------ types and planning */
-
-static bool dev_type_ok(enum pi_type t, int64_t cols)
-{
-    switch (t) {
-    case PI_TYPE_F16:
-    case PI_TYPE_BF16:
-    case PI_TYPE_Q4_0:
-    case PI_TYPE_Q8_0: return cols % 32 == 0;
-    case PI_TYPE_Q4_K:
-    case PI_TYPE_Q6_K: return cols % 256 == 0;
-    default: return false;
-    }
-}
-
-/* The type a weight of type t with rows of cols elements is stored in on the device. */
-static enum pi_type dev_type(enum pi_type t, int64_t cols) { return dev_type_ok(t, cols) ? t : PI_TYPE_F16; }
-
-static int wbytes(enum pi_type t, int64_t rows, int64_t cols, uint64_t *acc)
-{
-    size_t b = 0;
-    int rc = pi_cuda_weight_bytes_for((int)dev_type(t, cols), rows, cols, &b);
-    if (rc < 0) return rc;
-    *acc += al(b);
-    return 0;
-}
-
-/* pi_cuda_gemm's tile for a weight (rows, cols) of device type t (none for F16). */
-static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols)
-{
-    if (t == PI_TYPE_F16) return 0;
-    int64_t tr = (int64_t)(TILE_BYTES / ((uint64_t)cols * 2));
-    tr = tr >= 128 ? tr / 128 * 128 : PI_MAX(tr, (int64_t)1);
-    tr = PI_MIN(tr, rows);
-    return (uint64_t)tr * (uint64_t)cols * 2;
-}
-
-/* What a scratch slot of the context holds after a first request of `bytes` (ctx.cu: 25% headroom). */
-static uint64_t slot(uint64_t bytes) { return bytes ? al(bytes + bytes / 4) : 0; }
-
-/* Whether layer L's q, k and v go to the device as one matrix: when their types agree and the device
- * takes that type as it is (PI_CUDA_FUSE_QKV=0 turns it off, for comparisons). */
-static bool fuse_qkv(const struct pi_layer *L, int64_t d)
-{
-    if (pi_env_off("PI_CUDA_FUSE_QKV")) return false;
-    return L->attn_q.type == L->attn_k.type && L->attn_q.type == L->attn_v.type && dev_type_ok(L->attn_q.type, d);
-}
-
-static enum pi_type gu_type(const struct pi_layer *L, int64_t d)
-{
-    if (L->ffn_gate.type == L->ffn_up.type && dev_type_ok(L->ffn_gate.type, d)) return L->ffn_gate.type;
-    return PI_TYPE_F16;
-}
-
-/* Whether layer il's FFN runs dense on the device: all n_ff neurons hot, in id order. Its down product
- * is then a plain matrix-vector product with the file's ffn_down (d, n_ff) in its own type (for Q4_0,
- * 0.56 bytes per weight instead of the 2 of the f16 ffn_down_t rows; the matvec instead of the neuron
- * kernel), and no ffn_down_t copy is uploaded. Rows of n_ff elements must be whole 32-element segments
- * (the device kernels' unit, even for F16), else the layer keeps the neuron layout, whose rows are
- * n_embd long. PI_CUDA_DENSE_DOWN=0 keeps the neuron layout, for comparisons. */
-static bool dense_ok(const pi_model_t *m)
-{
-    return m->hp.n_ff % 32 == 0 && !pi_env_off("PI_CUDA_DENSE_DOWN");
-}
-
-static bool dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il)
-{
-    const int64_t n_ff = m->hp.n_ff;
-    if (!dense_ok(m) || !o->n_hot || o->n_hot[il] != n_ff || !o->hot || !o->hot[il]) return false;
-    for (int64_t i = 0; i < n_ff; i++)
-        if (o->hot[il][i] != (int32_t)i) return false;
-    return true;
-}
-
-bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot) { return hot == m->hp.n_ff && dense_ok(m); }
-
-/* Where layer il's hot rows come from: the worker's packed copy (opts.hot_layers, row i = neuron
- * hot[il][i]) or the model's own rows (indexed by the neuron ids). Gate and up have the model's types
- * either way; ffn_down_t's type is the packed copy's. */
-static const struct pi_layer *hot_rows(const pi_model_t *m, const struct pi_backend_opts *o, int il)
-{
-    return o->hot_layers ? &o->hot_layers[il] : &m->layers[il];
-}
-
-struct plan {
-    uint64_t attn, norms, head, hot, kv, act, scratch, total;
-};
-
-static void geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *n_ctx, int *n_seq)
-{
-    *n_ctx = o->n_ctx > 0 ? o->n_ctx : pi_model_default_ctx(m);
-    *n_seq = o->n_seq > 0 ? o->n_seq : 1;
-}
-
-/* The XQ scratch (kernels/cuda/cuda.h, pi_cuda_xq_reserve): x of the widest decode product, and a
- * dense FFN's n_ff activations beside the x of its gate/up product. */
-static uint64_t xq_bytes(const pi_model_t *m, bool any_dense)
-{
-    const struct pi_hparams *hp = &m->hp;
-    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim;
-    return pi_cuda_xq_bytes(PI_MAX(d, qd)) + (any_dense ? pi_cuda_xq_bytes(hp->n_ff) : 0);
-}
-
-static int make_plan(const pi_model_t *m, const struct pi_backend_opts *o, struct plan *p)
-{
-    const struct pi_hparams *hp = &m->hp;
-    const int64_t d = hp->n_embd, qd = (int64_t)hp->n_head * hp->head_dim, kvd = (int64_t)hp->n_head_kv * hp->head_dim;
-    const int64_t T = o->max_tokens;
-    int n_ctx, n_seq;
-    geometry(m, o, &n_ctx, &n_seq);
-    memset(p, 0, sizeof *p);
-    int64_t n_hot_max = 0, n_sparse_max = 0; /* largest hot count; the same over the non-dense layers */
-    bool any_dense = false;
-    uint64_t tile = 0;
-    for (int il = 0; il < hp->n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        if (fuse_qkv(L, d)) {
-            PI_TRY(wbytes(L->attn_q.type, qd + 2 * kvd, d, &p->attn));
-        } else {
-            PI_TRY(wbytes(L->attn_q.type, qd, d, &p->attn));
-            PI_TRY(wbytes(L->attn_k.type, kvd, d, &p->attn));
-            PI_TRY(wbytes(L->attn_v.type, kvd, d, &p->attn));
-        }
-        PI_TRY(wbytes(L->attn_output.type, d, qd, &p->attn));
-        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_q.type, d), qd, d));
-        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_k.type, d), kvd, d));
-        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_v.type, d), kvd, d));
-        tile = PI_MAX(tile, tile_bytes(dev_type(L->attn_output.type, qd), d, qd));
-        int64_t nh = o->n_hot ? o->n_hot[il] : 0;
-        const bool dense = dense_layer(m, o, il);
-        if (nh > 0) {
-            size_t b = 0;
-            PI_TRY(pi_cuda_weight_bytes_for((int)gu_type(L, d), 2 * nh, d, &b));
-            p->hot += al(b);
-            if (dense) PI_TRY(wbytes(L->ffn_down.type, d, hp->n_ff, &p->hot));
-            else PI_TRY(wbytes(hot_rows(m, o, il)->ffn_down_t.type, nh, d, &p->hot));
-            if (T >= HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(gu_type(L, d), 2 * nh, d));
-            if (T >= HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
-        }
-        n_hot_max = PI_MAX(n_hot_max, nh);
-        if (!dense) n_sparse_max = PI_MAX(n_sparse_max, nh);
-        any_dense |= dense;
-    }
-    p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
-    PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
-    tile = PI_MAX(tile, tile_bytes(dev_type(m->output.type, d), hp->n_vocab, d));
-    if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
-    p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
-    const uint64_t f = sizeof(float), uT = (uint64_t)T;
-    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
-    p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
-             al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
-    if (n_hot_max > 0 && T >= HOT_BATCH_MIN) {
-        p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
-        if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */
-    }
-    /* The kernels' scratch slots at their largest request (kernels/cuda/matmul.cu and ops.cu): the f16
-     * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
-    p->scratch = BLAS_WS;
-    const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
-    if (T > 2) p->scratch += slot(uT * (uint64_t)gemm_cols * 2) + slot(tile);
-    if (n_hot_max > 0) p->scratch += slot((uint64_t)n_hot_max * f);
-    /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever PI_CUDA_MV says: 48 bytes per 32
-     * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
-    p->scratch += slot(xq_bytes(m, any_dense));
-    if (hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256) {
-        uint64_t ta = (uint64_t)PI_MIN((int64_t)T, (int64_t)n_ctx), nsplit = ((uint64_t)n_ctx + ATT_CHUNK - 1) / ATT_CHUNK;
-        p->scratch += slot(ta * (uint64_t)hp->n_head * nsplit * (uint64_t)(hp->head_dim + 2) * f);
-    }
-    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch;
-    return 0;
-}
-
-int pi_backend_cuda_plan(const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes)
-{
-    struct plan p;
-    *bytes = 0;
-    if (o->max_tokens < 1) return -PI_ERR_INVAL;
-    PI_TRY(make_plan(m, o, &p));
-    *bytes = p.total;
-    return 0;
-}
+/* pi_cuda_gemm's dequantised tile for a weight (rows, cols) of device type t (kernels/cuda/plan.h). */
+static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols) { return pi_cuda_gemm_tile_bytes((int)t, rows, cols); }
 
 /* ------------------------------------------------------------------ upload */
 
@@ -353,7 +169,7 @@ static int upload(struct cuda_backend *s, const struct rows_src *src, enum pi_ty
 
 static int upload_whole(struct cuda_backend *s, const struct pi_weight *w, pi_cuda_weight_t **out)
 {
-    enum pi_type t = dev_type(w->type, w->cols);
+    enum pi_type t = pi_backend_cuda_dev_type(w->type, w->cols);
     if (t != w->type) {
         if (!pi_kernel_supported(w->type)) {
             pi_error("cuda backend: weight type %s cannot be converted", pi_type_name(w->type));
@@ -400,9 +216,9 @@ static int upload_hot(struct cuda_backend *s, int il)
             return -PI_ERR_RANGE;
         }
     }
-    cl->dense = dense_layer(s->base.model, &s->o, il);
+    cl->dense = pi_backend_cuda_dense_layer(s->base.model, &s->o, il);
     /* rows from the worker's packed copy (row i = hot neuron i: no ids) or the model's (by id) */
-    const struct pi_layer *H = hot_rows(s->base.model, &s->o, il);
+    const struct pi_layer *H = pi_backend_cuda_hot_rows(s->base.model, &s->o, il);
     const int32_t *ids = s->o.hot_layers ? NULL : s->o.hot[il];
     if (s->o.hot_layers && (H->ffn_gate.rows < cl->n_hot || H->ffn_up.rows < cl->n_hot)) {
         pi_error("cuda backend: layer %d: %lld packed hot rows for %lld hot neurons", il, (long long)H->ffn_gate.rows,
@@ -415,10 +231,10 @@ static int upload_hot(struct cuda_backend *s, int il)
         return -PI_ERR_INVAL;
     }
     struct rows_src gu = {.a = &H->ffn_gate, .b = &H->ffn_up, .ids = ids, .n = 2 * cl->n_hot};
-    PI_TRY(upload(s, &gu, gu_type(L, s->d), &cl->gu));
+    PI_TRY(upload(s, &gu, pi_backend_cuda_gu_type(L, s->d), &cl->gu));
     if (cl->dense) return upload_whole(s, &L->ffn_down, &cl->down);
     struct rows_src dn = {.a = &H->ffn_down_t, .ids = ids, .n = cl->n_hot};
-    return upload(s, &dn, dev_type(H->ffn_down_t.type, s->d), &cl->down);
+    return upload(s, &dn, pi_backend_cuda_dev_type(H->ffn_down_t.type, s->d), &cl->down);
 }
 
 /* ------------------------------------------------------------------ destroy, errors */
@@ -542,7 +358,7 @@ static int cuda_attn(pi_backend_t *b, int il)
     float *d_k = s->d_k, *d_v = s->d_v;
     if (cl->qkv && n == 1) {
         /* one launch; q, k, v land one after the other (d_q's allocation holds them, see setup) */
-        if (s->fuse_norm && pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
+        if (pi_cuda_norm_fusable(s->ctx, cl->qkv)) {
             CK(s, pi_cuda_matvec_norm(s->ctx, cl->qkv, s->d_h, g, s->eps, s->d_q), "attn");
         } else {
             CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, g, s->eps, s->d_xn), "attn");
@@ -616,11 +432,10 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     const struct cuda_layer *cl = &s->L[il];
     /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
      * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
-    const bool all_hot = s->skip_x && cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
+    const bool all_hot = cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
     s->hot_valid = false;
-    /* with fuse_norm, a dense layer's decode gate/up product applies the norm itself */
-    s->xn_deferred = s->fuse_norm && (!x || all_hot) && cl->dense && ffn_per_row(s) &&
-                     pi_cuda_norm_fusable(s->ctx, cl->gu);
+    /* a dense layer's decode gate/up product applies the norm itself */
+    s->xn_deferred = (!x || all_hot) && cl->dense && ffn_per_row(s) && pi_cuda_norm_fusable(s->ctx, cl->gu);
     if (s->xn_deferred) return 0;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
@@ -776,23 +591,23 @@ static int warm_scratch(struct cuda_backend *s)
         CK(s, pi_cuda_attention(s->ctx, Ta, s->n_head, s->n_head_kv, s->hd, s->n_ctx - Ta, s->d_q, kv_at(s, 0, 0, 0),
                                 kv_at(s, 0, 0, 1), s->d_att), "start");
     }
-    if (T > 2) {
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) { /* the GEMM's scratch (kernels/cuda/plan.h) */
         /* First the dequantised tile: the weight with the largest tile, one row (a small f16 input). */
         const pi_cuda_weight_t *wt = s->out;
         const float *xt = s->d_xn;
         float *yt = s->d_logits;
         const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
-        uint64_t best = tile_bytes(dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
+        uint64_t best = tile_bytes(pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
         for (int il = 0; il < s->n_layer; il++) {
             const struct pi_layer *L = &m->layers[il];
             struct cuda_layer *cl = &s->L[il];
-            if ((tb = tile_bytes(dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
-            if ((tb = tile_bytes(dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
-            if ((tb = tile_bytes(dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
-            if ((tb = tile_bytes(dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
-            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
+            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
+            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
+            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
+            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
+            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(pi_backend_cuda_gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
-            if (s->d_g && cl->dense && (tb = tile_bytes(dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
+            if (s->d_g && cl->dense && (tb = tile_bytes(pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
                 best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
         }
         if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
@@ -810,7 +625,7 @@ static int warm_scratch(struct cuda_backend *s)
     }
     bool any_dense = false;
     for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;
-    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)xq_bytes(m, any_dense)), "start");
+    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)pi_backend_cuda_xq_reserve(m, any_dense)), "start");
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
@@ -821,14 +636,14 @@ static int warm_scratch(struct cuda_backend *s)
     return 0;
 }
 
-static int setup(struct cuda_backend *s, const struct plan *p)
+static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
 {
     const pi_model_t *m = s->base.model;
     const uint64_t T = (uint64_t)s->T, f = sizeof(float);
     /* 1. attention weights and norms */
     for (int il = 0; il < s->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        if (fuse_qkv(L, s->d)) {
+        if (pi_backend_cuda_fuse_qkv(L, s->d)) {
             PI_TRY(upload_qkv(s, il));
         } else {
             PI_TRY(upload_whole(s, &L->attn_q, &s->L[il].q));
@@ -863,7 +678,7 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
     PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
     PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
-    if (s->n_hot_max > 0 && s->T >= HOT_BATCH_MIN) {
+    if (s->n_hot_max > 0 && s->T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));
         PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * f, &s->d_a));
         int64_t n_sparse_max = 0; /* d_down16 serves the layers that are not dense (make_plan) */
@@ -883,7 +698,7 @@ static int setup(struct cuda_backend *s, const struct plan *p)
     return pi_cuda_sync(s->ctx);
 }
 
-static void too_big(const struct plan *p, uint64_t budget, int64_t n_hot_max, int n_seq, int n_ctx)
+static void too_big(const struct pi_backend_cuda_plan *p, uint64_t budget, int64_t n_hot_max, int n_seq, int n_ctx)
 {
     const double M = 1048576.0;
     pi_error("cuda backend: the model does not fit the VRAM budget: it needs %.1f MiB (attention weights %.1f, "
@@ -921,8 +736,6 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->eps = hp->rms_eps;
     s->rope_base = hp->rope_base;
     s->own_attn = own_attn;
-    s->skip_x = !pi_env_off("PI_CUDA_SKIP_X");       /* 0: download x every layer (for comparisons) */
-    s->fuse_norm = !pi_env_off("PI_CUDA_FUSE_NORM"); /* 0: separate RMSNorm launches (doc/bench-log.md, "Session 4") */
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
@@ -947,15 +760,17 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         pi_error("cuda backend: max_tokens %d", o->max_tokens);
         return -PI_ERR_INVAL;
     }
-    struct plan p;
-    int rc = make_plan(m, o, &p);
+    struct pi_backend_cuda_plan p;
+    int rc = pi_backend_cuda_plan_parts(m, o, &p);
     if (rc < 0) {
-        pi_error("cuda backend: a weight of the model has a shape or type the device kernels cannot take");
+        pi_error("cuda backend: no VRAM plan (%s): %s", pi_err_str(rc),
+                 rc == -PI_ERR_RANGE ? "a layer's hot count is out of range"
+                                     : "a weight of the model has a shape or type the device kernels cannot take");
         return rc;
     }
     int n_ctx, n_seq;
-    geometry(m, o, &n_ctx, &n_seq);
-    const bool own_attn = !(hp->head_dim == 32 || hp->head_dim == 64 || hp->head_dim == 128 || hp->head_dim == 256);
+    pi_backend_cuda_geometry(m, o, &n_ctx, &n_seq);
+    const bool own_attn = !pi_cuda_att_head_dim_ok(hp->head_dim);
     if (own_attn && (hp->head_dim > 256 || n_ctx > pi_cbk_attention_max_pos(hp->head_dim))) {
         pi_error("cuda backend: head_dim %d with a context of %d positions is not supported (at most %lld positions "
                  "for this head size)", hp->head_dim, n_ctx, (long long)pi_cbk_attention_max_pos(hp->head_dim));
@@ -974,7 +789,9 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     }
     struct cuda_backend *s = new_host_side(m, o, n_ctx, n_seq, own_attn, n_hot_max, p.total);
     if (!s) return -PI_ERR_NOMEM;
-    s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget);
+    const struct pi_cuda_opts co = {.x = (int)o->tune.cuda_matvec, .no_pdl = o->tune.cuda_no_pdl,
+                                    .att_unfused = o->tune.cuda_att_unfused};
+    s->ctx = pi_cuda_ctx_new(o->device, (size_t)o->vram_budget, &co);
     if (!s->ctx) {
         pi_error("cuda backend: cannot open CUDA device %d", o->device);
         cuda_destroy(&s->base);

@@ -1,7 +1,8 @@
 /*
  * compute/backend-cuda.h - the `cuda` backend of pi-gpu-worker (compute/backend-cuda.c): the
  * backend interface of compute/backend.h computed on one CUDA device, plus what its tests and logs
- * need to check the VRAM accounting. Only built when configure found CUDA (PI_HAVE_CUDA).
+ * need to check the VRAM accounting. Only built when configure found CUDA (PI_HAVE_CUDA); its VRAM
+ * plan is host C of its own (compute/backend-cuda-plan.h), built everywhere.
  */
 #ifndef PI_COMPUTE_BACKEND_CUDA_H
 #define PI_COMPUTE_BACKEND_CUDA_H
@@ -9,27 +10,18 @@
 #include <stdint.h>
 
 #include "compute/backend.h"
+#include "compute/backend-cuda-plan.h" /* the plan it allocates by: pi_backend_cuda_plan, _all_dense */
 
 /* Create the cuda backend over m (borrowed) on device o->device. Every device byte it will hold is
- * computed first (pi_backend_cuda_plan); when that exceeds o->vram_budget (or, with a budget of 0, the
- * device's free memory less 256 MiB) the call fails with one clear error and -PI_ERR_NOMEM before
- * anything is allocated. Then the weights are uploaded (attention and norms, embeddings and output
+ * computed first (pi_backend_cuda_plan, compute/backend-cuda-plan.h); when that exceeds
+ * o->vram_budget (or, with a budget of 0, the device's free memory less 256 MiB) the call fails with
+ * one clear error and -PI_ERR_NOMEM before anything is allocated. Then the weights are uploaded (attention and norms, embeddings and output
  * head, then the hot neurons o->hot[il]: gate/up rows paired per neuron and ffn_down_t rows, or, for a
  * layer whose every neuron is hot in id order, the file's ffn_down itself), the KV cache (f16, o->n_seq
  * sequences of o->n_ctx positions) and the scratch are allocated, and the kernels' scratch is grown to
  * its largest size once, so that serving never allocates. Returns 0 and *out, or a negative pi_err
  * (-PI_ERR_DEVICE when no usable device, -PI_ERR_UNSUPPORTED for a shape no kernel takes). */
 int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
-
-/* Whether every layer of m is dense in this backend when its hot neurons are 0..hot-1 (all of them,
- * in id order, rows in whole 32-element segments, PI_CUDA_DENSE_DOWN not 0): it then reads no
- * ffn_down_t rows at all. */
-bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot);
-
-/* The device bytes the backend would hold for m and o (weights, KV cache, activations, the kernels'
- * scratch and the cuBLAS workspace, each rounded as the allocator counts it); no device is touched.
- * 0 or a negative pi_err (a type or shape the device kernels cannot take). */
-int pi_backend_cuda_plan(const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes);
 
 /* Accounting of a live cuda backend b: the budget, the bytes held now and at most so far (as the
  * context counts them), the planned bytes, and the unbudgeted CUDA context + cuBLAS overhead. Any

@@ -240,10 +240,9 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     }
     if (o->hot_layers && (s->ident = malloc((size_t)PI_MAX(nh_max, (int64_t)1) * sizeof *s->ident)))
         for (int64_t i = 0; i < nh_max; i++) s->ident[i] = (int32_t)i;
-    /* the dense path, where the worker packed the hot rows as a partition (PI_CPU_DENSE=0: neuron by
-     * neuron, as the CPU workers) */
+    /* the dense path, where the worker packed the hot rows as a partition */
     bool dense_bad = false;
-    const bool dense_ok = o->hot_part && nh_max > 0 && !pi_env_off("PI_CPU_DENSE");
+    const bool dense_ok = o->hot_part && nh_max > 0;
     if (dense_ok) dense_bad = !(s->dense_scr = malloc(pi_partition_dense_scratch(o->hot_part, o->max_tokens) * sizeof(float)));
     if (o->hot_part && (o->hot_part->n_layer != m->hp.n_layer || o->hot_part->edges_only)) {
         pi_error("host backend: the packed hot neurons do not match the model");

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 #include "compute/backend.h"
+#include "compute/backend-cuda-plan.h"
 #ifdef PI_HAVE_CUDA
 #include "compute/backend-cuda.h"
 #endif

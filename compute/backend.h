@@ -31,6 +31,7 @@
 
 #include "compute/partition.h"
 #include "compute/placement.h"
+#include "lib/conf.h"
 #include "model/model.h"
 
 typedef struct pi_backend pi_backend_t;
@@ -55,6 +56,9 @@ struct pi_backend_opts {
      * with its dense down blocks the host backend computes a partial hot set densely as a CPU worker
      * does. NULL: neuron by neuron only. Borrowed. */
     const struct pi_partition *hot_part;
+    /* The performance choices ([tune] of pinfer.conf, lib/conf.h); zero: every default. The host
+     * backend takes none of them. */
+    struct pi_tune tune;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */

@@ -1,14 +1,11 @@
 /*
- * compute/placement-choose.c - choosing the pipeline's placement (compute/placement.h): the hot-neuron
- * count of the rule without statistics, from the hot fraction or the VRAM budget. Apart from
- * compute/placement.c so that a program that only reads a placement (the CPU worker) does not link
- * the cuda backend's planner.
+ * compute/placement-choose.c - choosing the pipeline's placement (compute/placement.h): the hot sets
+ * of a GPU index file, or the hot-neuron count of the rule without statistics, from the hot fraction
+ * or the VRAM budget (the cuda backend's plan, compute/backend-cuda-plan.h, host arithmetic only).
  */
 #include "config.h"
 #include "compute/placement.h"
-#ifdef PI_HAVE_CUDA
-#include "compute/backend-cuda.h"
-#endif
+#include "compute/backend-cuda-plan.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"

@@ -198,7 +198,7 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     }
     char desc[256];
     pi_cuda_device_describe(0, desc, sizeof(desc));
-    pi_cuda_ctx_t *ctx = pi_cuda_ctx_new(0, 0);
+    pi_cuda_ctx_t *ctx = pi_cuda_ctx_new(0, 0, NULL);
     if (!ctx) return 1;
     printf("device: %s\n", desc);
 

@@ -6,6 +6,7 @@
 #include "config.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/options.h"
+#include "kernels/cpu/dispatch.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
@@ -28,6 +29,7 @@ int main(int argc, char **argv)
     }
     pi_log_set_level(lv);
     setenv("PI_LOG_LEVEL", o.cfg.log_level, 1); /* the workers log at the same level */
+    pi_kernels_use(pi_kernels_of_tune(&o.cfg.tune)); /* this process's kernels; the workers get --set tune.* */
     int status = mode == PI_COORD_ONESHOT ? pi_coord_run_oneshot(&o, argv[0]) : pi_coord_run_server(&o, argv[0]);
     pi_coord_opts_free(&o);
     return status;

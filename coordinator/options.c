@@ -44,6 +44,7 @@ static const struct key_opt key_opts[] = {
     {"vram-budget", "gpu.vram_budget", "BYTES"},
     {"gpu-device", "gpu.device", "N"},
     {"gpu-index", "gpu.gpu_index", "PATH"},
+    {"gpu-stall-ms", "gpu.stall_ms", "MS"},
     {"n-predict", "generate.n_predict", "N"},
     {"temp", "generate.temperature", "T"},
     {"top-k", "generate.top_k", "K"},
@@ -97,6 +98,13 @@ void pi_coord_opts_usage(FILE *out)
         const char *def = k->default_text;
         if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "/tmp/pinfer-$UID";
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
+    }
+    fputs("\n"
+          "Tuning (the [tune] section of pinfer.conf(5); --set tune.KEY=VALUE; passed on to the workers):\n",
+          out);
+    for (size_t i = 0; i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        if (strcmp(k->section, "tune") == 0) fprintf(out, "  tune.%-16s  %s; default: %s\n", k->key, k->help, k->default_text);
     }
     fputs("\n"
           "  -h, --help             print this help and exit\n"

@@ -135,6 +135,20 @@ static void argl(struct argv_buf *b, const char *name, long v)
     arg(b, "", t);
 }
 
+/* The performance choices for a worker's argv: every key of [tune] as this configuration resolved it,
+ * as --set=tune.KEY=VALUE (the workers read no environment for them). */
+static void arg_tune(struct argv_buf *b, const struct pi_config *c)
+{
+    for (size_t i = 0; i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        char kv[160], val[96];
+        if (strcmp(k->section, "tune") != 0) continue;
+        pi_config_key_value(c, i, val, sizeof val);
+        snprintf(kv, sizeof kv, "tune.%s=%s", k->key, val);
+        arg(b, "--set=", kv);
+    }
+}
+
 /* Create the segments and spawn every worker; wait until all are READY. */
 static int pipe_start(struct pipe_engine *p)
 {
@@ -172,11 +186,13 @@ static int pipe_start(struct pipe_engine *p)
     argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
     argl(b, "--ctx", (long)p->base.n_ctx);
     argl(b, "--device", (long)c->gpu_device);
+    argl(b, "--stall-ms", (long)c->gpu_stall_ms);
     if (c->vram_budget) {
         char vb[32];
         snprintf(vb, sizeof vb, "%llu", (unsigned long long)c->vram_budget);
         arg(b, "--vram-budget=", vb);
     }
+    arg_tune(b, c);
     const int gpu_keep[3] = {sfd, xfd, pfd};
     if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 3) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
@@ -190,6 +206,7 @@ static int pipe_start(struct pipe_engine *p)
         argl(b, "--placement-fd", pfd);
         arg(b, "--control=", p->worker_ep);
         if (c->cpu_threads > 0) argl(b, "--threads", (long)c->cpu_threads);
+        arg_tune(b, c);
         const int cpu_keep[2] = {xfd, pfd};
         if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a, cpu_keep, 2) < 0) rc = -PI_ERR_IO;
     }

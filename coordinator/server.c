@@ -259,6 +259,21 @@ static json_t *placement_json(const struct pi_placement *pl, const pi_model_t *m
                      (json_int_t)pi_placement_bytes(pl, m, -1, 0), "layers", layers ? layers : json_null());
 }
 
+/* The [tune] section as resolved ({"cuda_matvec": "auto", ...}): the performance choices the workers
+ * were started with, straight from the configuration table. */
+static json_t *tune_json(const struct pi_config *c)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; o && i < pi_config_key_count(); i++) {
+        const struct pi_config_key_info *k = pi_config_key(i);
+        char val[96];
+        if (strcmp(k->section, "tune") != 0) continue;
+        pi_config_key_value(c, i, val, sizeof val);
+        json_object_set_new(o, k->key, json_string(val));
+    }
+    return o;
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -268,12 +283,13 @@ static json_t *status_json(struct server *s)
                               "activation", pi_ffn_act_name(hp->act));
     const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
     const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
                      (json_int_t)hot, "cpu_workers", pl ? pl->n_workers : 0, "placement", placement_json(pl, s->cm->model),
-                     "control", s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s));
+                     "control", s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s), "tune",
+                     tune_json(&s->o->cfg));
 }
 
 static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)

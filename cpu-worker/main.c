@@ -16,6 +16,7 @@
 #include "ipc/control.h"
 #include "ipc/exchange.h"
 #include "ipc/shm.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
@@ -36,6 +37,7 @@ struct cw_opts {
     const char *model, *control, *activation;
     int exchange_fd, placement_fd;
     int64_t index, workers, threads;
+    struct pi_tune tune; /* --set tune.KEY=VALUE: the performance choices (pinfer.conf(5)) */
 };
 
 static void usage(FILE *f)
@@ -51,6 +53,8 @@ static void usage(FILE *f)
           "  --placement-fd FD    inherited placement segment (memfd): which neurons of every layer are this worker's; required\n"
           "  --threads N          compute threads; default: the node's cores shared among its workers\n"
           "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
+          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable);\n"
+          "                       default: each key's default there\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -64,7 +68,8 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         {"exchange-fd", required_argument, NULL, 'x'}, {"index", required_argument, NULL, 'i'},
         {"workers", required_argument, NULL, 'w'}, {"placement-fd", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 't'}, {"control", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
+        {"set", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0}};
     *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .placement_fd = -1, .index = -1, .workers = 0};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
@@ -77,6 +82,14 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
         case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
         case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
+        case 'T': {
+            char err[256];
+            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-cpu-worker: %s\n", err);
+                return -1;
+            }
+            break;
+        }
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-cpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -98,7 +111,7 @@ struct cw {
     struct pi_partition part;
     enum pi_ffn_act act;
     int32_t *idx;      /* (count_max): 0..count-1, or the masked subset of one token */
-    float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats, or NULL: dense path off */
+    float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats: the dense path's scratch */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     int64_t n_ff;
     uint32_t w;
@@ -192,10 +205,8 @@ static int run(const struct cw_opts *o)
         goto out;
     }
     if ((rc = pi_placement_map_fd(o->placement_fd, m->hp.n_layer, m->hp.n_ff, (int)o->workers, &pl)) != 0) goto out;
-    const bool dense = !pi_env_off("PI_CPU_DENSE"); /* 0: always the neuron kernel (comparisons) */
     /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
-    if ((rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, dense && m->hp.act == PI_FFN_ACT_SILU,
-                                &c.part)) != 0)
+    if ((rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
         goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
@@ -205,8 +216,8 @@ static int run(const struct cw_opts *o)
     c.idx = malloc((size_t)(c.part.count_max ? c.part.count_max : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
-    if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, dense, !c.part.edges_only)) != 0) goto out;
-    if (dense && !(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
+    if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, true, !c.part.edges_only)) != 0) goto out;
+    if (!(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }
@@ -249,6 +260,7 @@ int main(int argc, char **argv)
     int p = parse(argc, argv, &o);
     if (p <= 0) return p == 0 ? 0 : 2;
     if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    pi_kernels_use(pi_kernels_of_tune(&o.tune)); /* before any kernel and thread */
     int rc = run(&o);
     if (rc == -PI_ERR_PEER) pi_info("the exchange was aborted: exiting");
     return rc == 0 ? 0 : 1;

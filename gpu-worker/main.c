@@ -10,6 +10,7 @@
 #include "compute/placement.h"
 #include "compute/backend.h"
 #include "ipc/link.h"
+#include "kernels/cpu/dispatch.h"
 #include "gpu-worker/loop.h"
 #include "ipc/control.h"
 #include "ipc/shm.h"
@@ -28,8 +29,9 @@
 struct gw_opts {
     const char *backend, *model, *control, *activation;
     int step_fd, exchange_fd, placement_fd;
-    int64_t threads, ctx, device, n_seq;
+    int64_t threads, ctx, device, n_seq, stall_ms;
     uint64_t vram_budget;
+    struct pi_tune tune; /* --set tune.KEY=VALUE: the backend's performance choices (pinfer.conf(5)) */
 };
 
 static void usage(FILE *f)
@@ -49,6 +51,11 @@ static void usage(FILE *f)
           "  --n-seq N            sequences in the KV cache; default: 1\n"
           "  --device N           CUDA device; default: 0\n"
           "  --vram-budget BYTES  device memory the cuda backend may hold (K/M/G suffixes); default: 0 (free memory)\n"
+          "  --stall-ms N         ms the main thread may go without progress before the control link stops\n"
+          "                       its heartbeats (500 to 3600000); default: 30000\n"
+          "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable;\n"
+          "                       cuda_matvec, cpu_kernels);\n"
+          "                       default: each key's default there\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -64,9 +71,11 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         {"placement-fd", required_argument, NULL, 'P'}, {"threads", required_argument, NULL, 't'},
         {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
         {"n-seq", required_argument, NULL, 'S'}, {"vram-budget", required_argument, NULL, 'B'},
+        {"set", required_argument, NULL, 'T'}, {"stall-ms", required_argument, NULL, 'L'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
-    *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .placement_fd = -1, .threads = 1, .n_seq = 1};
+    *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .placement_fd = -1, .threads = 1,
+                          .n_seq = 1, .stall_ms = PI_LINK_STALL_MS};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
         switch (c) {
@@ -82,6 +91,15 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
         case 'S': bad = pi_parse_int(optarg, 1, 1024, &o->n_seq) != 0; break;
         case 'B': bad = pi_parse_bytes(optarg, &o->vram_budget) != 0; break;
+        case 'L': bad = pi_parse_int(optarg, PI_LINK_STALL_MS_MIN, PI_LINK_STALL_MS_MAX, &o->stall_ms) != 0; break;
+        case 'T': {
+            char err[256];
+            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+                fprintf(stderr, "pi-gpu-worker: %s\n", err);
+                return -1;
+            }
+            break;
+        }
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-gpu-worker (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: bad = 1; break;
@@ -154,7 +172,7 @@ static int run(const struct gw_opts *o)
     for (int il = 0; il < m->hp.n_layer; il++) hot[il] = pi_placement_hot(pl, il, &n_hot[il]);
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
-                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot};
+                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune};
     uint64_t mem_bytes = hot_bytes(m, pl);
     if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack(m, pl, 0, -1, true, false, &part)) != 0) {
@@ -176,7 +194,7 @@ static int run(const struct gw_opts *o)
             if (CPU_ISSET(c, &cs)) cores[n_cores++] = (uint32_t)c;
     if (rc == 0 && o->control) {
         struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_GPU_WORKER, .numa_node = -1, .cores = cores,
-                                  .n_cores = n_cores};
+                                  .n_cores = n_cores, .stall_ms = (uint32_t)o->stall_ms};
         link = pi_link_start(&lo);
         if (!link) rc = -PI_ERR_IO;
     }
@@ -211,5 +229,6 @@ int main(int argc, char **argv)
     int p = parse(argc, argv, &o);
     if (p <= 0) return p == 0 ? 0 : 2;
     if (pi_link_die_with_parent() != 0 && o.control) return 3;
+    pi_kernels_use(pi_kernels_of_tune(&o.tune)); /* before any kernel and thread */
     return run(&o) == 0 ? 0 : 1;
 }

@@ -35,7 +35,7 @@ struct pi_link {
     _Atomic int quit;           /* pi_link_stop asked the thread to end */
     _Atomic int stopping;       /* SHUTDOWN received */
     _Atomic int64_t progress_ns; /* the main thread's last pi_link_progress (0: not armed) */
-    int64_t stall_ns;           /* PI_LINK_STALL_MS or the environment's */
+    int64_t stall_ns;           /* o.stall_ms, or PI_LINK_STALL_MS */
     bool stalled;               /* the stall was reported and the heartbeats stopped (link thread) */
     int64_t last_tick;          /* the link thread's previous pass (link thread) */
     uint64_t neurons, mem_bytes;
@@ -159,19 +159,17 @@ static void *link_main(void *arg)
 
 pi_link_t *pi_link_start(const struct pi_link_opts *o)
 {
+    if (o->stall_ms && (o->stall_ms < PI_LINK_STALL_MS_MIN || o->stall_ms > PI_LINK_STALL_MS_MAX)) {
+        pi_error("control link: a stall limit of %u ms is outside [%d, %d]", o->stall_ms, PI_LINK_STALL_MS_MIN,
+                 PI_LINK_STALL_MS_MAX);
+        return NULL;
+    }
     pi_link_t *l = calloc(1, sizeof *l);
     if (!l) return NULL;
     l->o = *o;
     l->parent = getppid();
     l->t_start = pi_clock_ns();
-    l->stall_ns = (int64_t)PI_LINK_STALL_MS * 1000000;
-    const char *st = getenv("PI_LINK_STALL_MS");
-    if (st && *st) {
-        char *end;
-        long v = strtol(st, &end, 10);
-        if (*end == '\0' && v >= 500 && v <= 3600000) l->stall_ns = (int64_t)v * 1000000;
-        else pi_warn("PI_LINK_STALL_MS=%s is not a number of milliseconds in [500, 3600000]: using %d", st, PI_LINK_STALL_MS);
-    }
+    l->stall_ns = (int64_t)(o->stall_ms ? o->stall_ms : PI_LINK_STALL_MS) * 1000000;
     pthread_mutex_init(&l->mu, NULL);
     l->cores = calloc(o->n_cores ? o->n_cores : 1, sizeof *l->cores);
     l->ctx = zmq_ctx_new();

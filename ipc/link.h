@@ -14,9 +14,9 @@
  * calling it again (a CUDA call that never returns, a deadlock), and the coordinator's supervision
  * replaces the worker as it does a silent one. Without this a hung GPU worker kept heart-beating and
  * a request waited for the step channel's 600 s timeout (a review reproduced it by stopping the main
- * thread with ptrace). The environment variable PI_LINK_STALL_MS overrides the limit (500 ms up;
- * tests): below the slowest healthy gap between two calls (a layer whose CPU partials take up to the
- * exchange's 5 s) it can replace a healthy worker. A pause of the whole process (the link thread ran
+ * thread with ptrace). pi_link_opts.stall_ms sets another limit (pinfer.conf's [gpu] stall_ms, 500 ms
+ * up; tests take 1 s): below the slowest healthy gap between two calls (a layer whose CPU partials
+ * take up to the exchange's 5 s) it can replace a healthy worker. A pause of the whole process (the link thread ran
  * late too) is not counted.
  */
 #ifndef PI_IPC_LINK_H
@@ -30,6 +30,8 @@
 /* Longer than any step's layer takes on a working worker (the GPU worker's wait for the CPU
  * workers' partials alone may take 5 s), far shorter than the step channel's 600 s. */
 #define PI_LINK_STALL_MS 30000
+#define PI_LINK_STALL_MS_MIN 500
+#define PI_LINK_STALL_MS_MAX 3600000
 
 typedef struct pi_link pi_link_t;
 
@@ -40,13 +42,16 @@ struct pi_link_opts {
     int32_t numa_node;     /* -1: not bound */
     const uint32_t *cores; /* (n_cores) OS cpu ids the worker's threads run on */
     uint32_t n_cores;
+    uint32_t stall_ms;     /* the progress limit (pi_link_progress); 0: PI_LINK_STALL_MS, else within
+                              [PI_LINK_STALL_MS_MIN, PI_LINK_STALL_MS_MAX] */
 };
 
 /* Set PR_SET_PDEATHSIG to SIGKILL and check the parent is still there (call first in main()).
  * Returns 0, or -PI_ERR_PEER when the parent already died. */
 int pi_link_die_with_parent(void);
 
-/* Connect and start the thread (HELLO is sent at once). NULL on failure (logged). */
+/* Connect and start the thread (HELLO is sent at once). NULL on failure (logged), also for a stall_ms
+ * outside its range. */
 pi_link_t *pi_link_start(const struct pi_link_opts *o);
 
 /* Report READY (neurons owned over all layers, bytes of memory held) with the next heartbeat. */

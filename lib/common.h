@@ -61,12 +61,4 @@ static inline bool pi_size_mul(size_t a, size_t b, size_t *out) { return !__buil
 static inline uint64_t pi_align_up(uint64_t x, uint64_t align) { return (x + align - 1) & ~(align - 1); }
 static inline bool pi_is_pow2(uint64_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-/* Whether the environment variable `name` is "0": how the comparison switches that are on by default
- * (PI_CUDA_PDL, PI_CPU_DENSE, ...) are turned off. Any other value, or none, leaves them on. */
-static inline bool pi_env_off(const char *name)
-{
-    const char *v = getenv(name);
-    return v && strcmp(v, "0") == 0;
-}
-
 #endif

@@ -36,9 +36,14 @@ struct key_def {
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
 _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
+_Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
+_Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+/* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
+static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
+static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
  * workers (PI_LOG_LEVEL) take the same spellings. */
@@ -63,6 +68,7 @@ static const struct key_def keys[] = {
     {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL, NULL},
     {{"gpu", "device", "0", "CUDA device index"}, K_INT, OFF(gpu_device), 0, 64, NULL, NULL},
     {{"gpu", "gpu_index", "", "PowerInfer GPU index file (.gpuidx) naming each layer's hot neurons; empty = the lowest ids, as many as hot_fraction or vram_budget give"}, K_STR, OFF(gpu_index), 0, 0, NULL, NULL},
+    {{"gpu", "stall_ms", "30000", "ms the GPU worker may go without progress (a hung device call) before it is replaced; below 6000 a healthy one waiting on slow CPU workers can be"}, K_INT, OFF(gpu_stall_ms), 500, 3600000, NULL, NULL}, /* ipc/link.h PI_LINK_STALL_MS_MIN, _MAX */
     {{"generate", "n_predict", "128", "tokens to generate per request when not given"}, K_INT, OFF(n_predict), 0, 1 << 24, NULL, NULL},
     {{"generate", "temperature", "0.8", "sampling temperature; 0 = greedy"}, K_REAL, OFF(temperature), 0, 100, NULL, NULL},
     {{"generate", "top_k", "40", "keep the k most likely tokens; 0 = off"}, K_INT, OFF(top_k), 0, 1 << 24, NULL, NULL},
@@ -71,6 +77,9 @@ static const struct key_def keys[] = {
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
     {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
+    /* [tune]: the performance choices that are real choices, each with what it costs (doc/cuda-backend.md) */
+    {{"tune", "cuda_matvec", "auto", "cuda backend's decode x: auto (8 bits for quantised weights of 12 Mi elements or more) or f32 (float precision; slower on 7B-class models)"}, K_ENUM, OFF(tune.cuda_matvec), 0, 0, cuda_matvec_names, NULL},
+    {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
 };
 #undef OFF
 
@@ -383,6 +392,27 @@ int pi_config_set(struct pi_config *cfg, const char *dotted, const char *value, 
     return rc;
 }
 
+int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen)
+{
+    const char *eq = strchr(assignment, '=');
+    char dotted[96];
+    if (!eq || strncmp(assignment, "tune.", 5) != 0 || (size_t)(eq - assignment) >= sizeof dotted) {
+        set_err(err, errlen, "%s: '%s' is not tune.KEY=VALUE", origin, assignment);
+        return -PI_ERR_INVAL;
+    }
+    memcpy(dotted, assignment, (size_t)(eq - assignment));
+    dotted[eq - assignment] = '\0';
+    /* the [tune] keys are plain values (no strings to own), so a zeroed config can carry them */
+    const struct key_def *k = find_key("tune", dotted + 5);
+    PI_ASSERT(!k || k->kind != K_STR);
+    struct pi_config c;
+    memset(&c, 0, sizeof c);
+    c.tune = *t;
+    int rc = pi_config_set(&c, dotted, eq + 1, origin, err, errlen);
+    if (rc == 0) *t = c.tune;
+    return rc;
+}
+
 int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen)
 {
     if (!cfg->model_path || !*cfg->model_path) {
@@ -396,6 +426,32 @@ int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen)
     return 0;
 }
 
+size_t pi_config_key_value(const struct pi_config *cfg, size_t i, char *buf, size_t len)
+{
+    if (i >= PI_ARRAY_LEN(keys)) {
+        if (len) buf[0] = '\0';
+        return 0;
+    }
+    const struct key_def *k = &keys[i];
+    const void *f = (const char *)cfg + k->offset;
+    int w = 0;
+    switch (k->kind) {
+    case K_STR: w = snprintf(buf, len, "%s", *(char *const *)f ? *(char *const *)f : ""); break;
+    case K_INT: w = snprintf(buf, len, "%lld", (long long)*(const int64_t *)f); break;
+    case K_REAL: w = snprintf(buf, len, "%g", *(const double *)f); break;
+    case K_BYTES: w = snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)f); break;
+    case K_ENUM: {
+        /* a value outside the names (a test hook such as PI_TUNE_CUDA_MATVEC_Q8) is never written as
+         * another value: it shows as its number, which pi_config_set refuses */
+        int v = *(const int *)f, n = 0;
+        while (k->names[n]) n++;
+        w = v >= 0 && v < n ? snprintf(buf, len, "%s", k->names[v]) : snprintf(buf, len, "%d", v);
+        break;
+    }
+    }
+    return w > 0 ? (size_t)w : 0;
+}
+
 size_t pi_config_format(const struct pi_config *cfg, char *buf, size_t len)
 {
     size_t n = 0;
@@ -403,14 +459,7 @@ size_t pi_config_format(const struct pi_config *cfg, char *buf, size_t len)
     for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
         const struct key_def *k = &keys[i];
         char val[128];
-        const void *f = (const char *)cfg + k->offset;
-        switch (k->kind) {
-        case K_STR: snprintf(val, sizeof val, "%s", *(char *const *)f ? *(char *const *)f : ""); break;
-        case K_INT: snprintf(val, sizeof val, "%lld", (long long)*(const int64_t *)f); break;
-        case K_REAL: snprintf(val, sizeof val, "%g", *(const double *)f); break;
-        case K_BYTES: snprintf(val, sizeof val, "%llu", (unsigned long long)*(const uint64_t *)f); break;
-        case K_ENUM: snprintf(val, sizeof val, "%s", k->names[*(const int *)f]); break;
-        }
+        pi_config_key_value(cfg, i, val, sizeof val);
         int w;
         if (strcmp(cur, k->info.section) != 0) {
             cur = k->info.section;

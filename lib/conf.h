@@ -17,6 +17,38 @@
 enum pi_gpu_backend { PI_GPU_NONE = 0, PI_GPU_HOST = 1, PI_GPU_CUDA = 2 };
 enum pi_activation_cfg { PI_ACT_AUTO = 0, PI_ACT_CFG_SILU = 1, PI_ACT_CFG_RELU = 2, PI_ACT_CFG_DRELU = 3 };
 
+/* [tune] cuda_matvec: how the cuda backend's one-token products take x. AUTO quantises x to 8 bits
+ * for quantised weights of at least 12 Mi elements (kernels/cuda/matvec-q8.cu), F32 keeps x in float
+ * for every product (float precision; slower on 7B-class models). Q8 (x in 8 bits for every quantised
+ * weight) is not in the table: it lost on both models measured and is kept for the tests of the q8
+ * kernels' paths on small models only. */
+enum pi_tune_cuda_matvec { PI_TUNE_CUDA_MATVEC_AUTO = 0, PI_TUNE_CUDA_MATVEC_F32 = 1, PI_TUNE_CUDA_MATVEC_Q8 = 2 };
+
+/* [tune] cpu_kernels: the CPU kernel variant of every process (kernels/cpu/dispatch.h): AUTO the best
+ * this CPU runs, else that variant (enum pi_kernel_isa + 1), clamped with a warning to what the CPU
+ * runs. The variants give the same results within float rounding. */
+enum pi_tune_cpu_kernels {
+    PI_TUNE_CPU_KERNELS_AUTO = 0,
+    PI_TUNE_CPU_KERNELS_SCALAR = 1,
+    PI_TUNE_CPU_KERNELS_AVX2 = 2,
+    PI_TUNE_CPU_KERNELS_AVX512 = 3,
+    PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
+};
+
+/* The performance choices: the [tune] section of the table (lib/conf.c, pinfer.conf(5)), handed by the
+ * coordinator to the workers (`--set tune.KEY=VALUE` on their command lines) and by the GPU worker to
+ * its backend (struct pi_backend_opts). Zero is every default. */
+struct pi_tune {
+    enum pi_tune_cuda_matvec cuda_matvec; /* [tune] cuda_matvec */
+    enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
+    /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
+     * decode kernels without programmatic dependent launch (the PDL identity check of
+     * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads
+     * (covers the merge that quantises the output projection's x on small models). */
+    bool cuda_no_pdl;
+    bool cuda_att_unfused;
+};
+
 /* Plain data: the resolved configuration. Strings are owned by the struct (pi_config_free). */
 struct pi_config {
     /* [model] */
@@ -37,6 +69,7 @@ struct pi_config {
     uint64_t vram_budget;      /* bytes; 0 = use hot_fraction instead */
     int64_t gpu_device;
     char *gpu_index;           /* PowerInfer .gpuidx file with the hot neurons of every layer; empty = none */
+    int64_t gpu_stall_ms;      /* ms the GPU worker's main thread may go without progress (ipc/link.h) */
     /* [generate] */
     int64_t n_predict;
     double temperature;
@@ -47,6 +80,8 @@ struct pi_config {
     int64_t seed;              /* -1 = from the clock */
     /* [log] */
     char *log_level;
+    /* [tune] */
+    struct pi_tune tune;
 };
 
 /* Fill cfg with the built-in defaults (allocates the default strings). 0 or -PI_ERR_NOMEM. */
@@ -63,6 +98,12 @@ int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size
  * value came from for the error message ("command line"). 0 or -PI_ERR_* with err filled. */
 int pi_config_set(struct pi_config *cfg, const char *dotted_key, const char *value, const char *origin,
                   char *err, size_t errlen);
+
+/* Set one [tune] key of t from "tune.KEY=VALUE", as the workers take their tuning on the command line
+ * (`--set tune.KEY=VALUE`, which pi-coordinator adds from its own configuration): the table's checks,
+ * and only keys of [tune] (a worker takes its other settings as named options). origin names the
+ * source for the error. 0 or -PI_ERR_INVAL / -PI_ERR_RANGE with err filled ("ORIGIN: [tune] KEY: ..."). */
+int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen);
 
 /* Check cross-key constraints (model path present, ...). 0 or -PI_ERR_INVAL with err filled. */
 int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen);
@@ -86,6 +127,10 @@ struct pi_config_key_info {
 /* Number of keys, and key i (0 <= i < count). */
 size_t pi_config_key_count(void);
 const struct pi_config_key_info *pi_config_key(size_t i);
+
+/* Key i's value in cfg as pinfer.conf would spell it (the text pi_config_set takes back) into buf.
+ * Returns the bytes that would be written (snprintf semantics); 0 and "" for i out of range. */
+size_t pi_config_key_value(const struct pi_config *cfg, size_t i, char *buf, size_t len);
 
 /* Write the resolved configuration as INI text (for logs and `pi-ctl status`). Returns bytes that
  * would be written (snprintf semantics). */

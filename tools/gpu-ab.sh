@@ -9,9 +9,10 @@
 # Prepare as for tools/gpu-check.sh (its header; coordinator/pi-bench also under $R/coordinator), and
 # copy the baseline's programs (e.g. built from the previous commit) to $R/base/coordinator/pi-bench,
 # $R/base/gpu-worker/pi-gpu-worker and $R/base/cpu-worker/pi-cpu-worker. VARIANTS is a ";"-separated
-# list of environment settings for the tree under test ("default": the environment as it is), each
-# run as `env SETTINGS pi-bench ...` (the workers inherit them). Then, on the GPU machine:
-#   R=$PWD/.devrun OUT=/some/dir [VARIANTS="PI_CUDA_MV=auto;PI_CUDA_MV=tall"] [NCU=0] tools/gpu-ab.sh
+# list of tunings for the tree under test, each a space-separated list of [tune] settings
+# (pinfer.conf(5)) passed to pi-bench as --set KEY=VALUE ("default": none). A baseline built before
+# the tuning table has no --set: give it only "default". Then, on the GPU machine:
+#   R=$PWD/.devrun OUT=/some/dir [VARIANTS="tune.cuda_matvec=auto;tune.cuda_matvec=f32"] [NCU=0] tools/gpu-ab.sh
 set -u
 cd "$(dirname "$0")/.."
 R=${R:-$PWD/.devrun}
@@ -23,13 +24,14 @@ export LD_LIBRARY_PATH=$R/lib PI_SRCDIR=$PWD PI_BUILDDIR=$R PI_FIXTURES=$R/fx
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 timeout 120 $R/tools/pi-gen-model --preset 7b --act relu /tmp/m7b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 7B-class model not generated" >&2; exit 1; }
 timeout 90 $R/tools/pi-gen-model --preset 1b --act relu /tmp/m1b.gguf > /dev/null 2>&1 || { echo "gpu-ab: 1B-class model not generated" >&2; exit 1; }
-bench() { # model build-dir variants (";"-separated; "default": the environment as it is)
-  local IFS=';' v
+bench() { # model build-dir variants (";"-separated; "default": no --set)
+  local IFS=';' v s
   for v in $3; do
     [ "$v" = default ] && v=""
+    s=""; for kv in $(IFS=' '; echo $v); do s="$s --set $kv"; done
     echo "# $1, $(basename "$2"), ${v:-default}"
-    (IFS=' '; timeout 300 env $v "$2/coordinator/pi-bench" -m /tmp/m$1.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda \
-      --hot-fraction 1 --cpu-workers 1 --run-dir /tmp/pirun-ab 2>&1 | grep -E '^\| llama|rror')
+    (IFS=' '; timeout 300 "$2/coordinator/pi-bench" -m /tmp/m$1.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda \
+      --hot-fraction 1 --cpu-workers 1 --run-dir /tmp/pirun-ab $s 2>&1 | grep -E '^\| llama|rror')
   done
 }
 # The first run of a process includes CUDA's lazy module loading in its prompt figure: the warm-up

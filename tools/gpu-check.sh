@@ -37,18 +37,25 @@ done
 timeout 300 $CS --tool racecheck $R/tests/cuda/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
-# the backend's golden checks under each switch of doc/bench-log.md "Session 4" (q8: the host backend's bound)
-for v in PI_CUDA_MV=split PI_CUDA_MV=f32 PI_CUDA_MV=q8 "PI_CUDA_MV=q8 PI_CUDA_FUSE_NORM=0" PI_CUDA_ATT_DEC=0 PI_CUDA_ATT_Q8=0 PI_CUDA_GLU_Q8=0 PI_CUDA_PDL=0; do
+# the backend's golden checks under each other tuning, set as the backend's fields (test-backend-cuda's
+# PI_CUDA_TEST_TUNE): the [tune] key's f32, and the test-only q8 everywhere (the host backend's bound),
+# three-launch decode attention and no PDL
+for v in cuda_matvec=f32 cuda_matvec=q8 cuda_att_dec=0 cuda_pdl=0 "cuda_matvec=q8 cuda_att_dec=0"; do
   l=$OUT/test-backend-cuda-$(echo "$v" | tr '= ' '__').log # the device tool returns no file with '=' in its name
-  env $v timeout 200 $R/tests/cuda/test-backend-cuda > $l 2>&1
+  PI_CUDA_TEST_TUNE="$v" timeout 200 $R/tests/cuda/test-backend-cuda > $l 2>&1
   echo "$v test-backend-cuda rc=$? ok=$(grep -c '^ok' $l) notok=$(grep -c '^not ok' $l)" | tee -a $T
   grep -E '^not ok' $l | head -5
 done
-# and the fused norm's paths (one-token q/k/v, the deferred dense FFN: hot 1) under memcheck
-env PI_CUDA_FUSE_NORM=1 PI_CUDA_MV=${MC_MV:-q8} timeout 200 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator \
+# the fused norm's paths (one-token q/k/v, the deferred dense FFN: hot 1) under memcheck, through the
+# pipeline (tune.cuda_matvec: MC_MV, default auto) and in-process with every quantised product in 8 bits
+# (the dense layers' k_glu_q8 with the norm in its quantiser)
+timeout 200 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coordinator/pi-coordinator \
   --model $PWD/tests/data/demo-relu-q4_0.gguf --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 1 \
-  --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
-echo "memcheck experiments rc=$?" | tee -a $T
+  --set tune.cuda_matvec=${MC_MV:-auto} --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
+echo "memcheck hot 1 pipeline rc=$?" | tee -a $T
+PI_CUDA_TEST=short-dense PI_CUDA_TEST_TUNE=cuda_matvec=q8 timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda \
+  >> $OUT/memcheck-experiments.log 2>&1
+echo "memcheck backend q8 rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
 PI_CUDA_TEST=short timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda > $OUT/memcheck.log 2>&1
 echo "memcheck backend rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck.log | tail -1 | tee -a $T
@@ -73,16 +80,16 @@ for c in "none 0 1" "host 1 1" "host 0.5 1" "host 0.5 2" "cuda 1 1" "cuda 0.5 1"
   one /tmp/m1b.gguf 64 "$1 hot $2 workers $3" --gpu-backend $1 --hot-fraction $2 --cpu-workers $3 --cpu-threads 8 >> $B; done
 cat $B
 # PERF=1: the 7B-class decode study (doc/bench-log.md, "Session 2"): pi-bench of the 7B- and
-# 1B-class models at hot 1 and 0.5 through the pipeline, with and without the dense down, then Nsight
-# Compute's per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per
+# 1B-class models at hot 1 and 0.5 through the pipeline under both values of tune.cuda_matvec, then
+# Nsight Compute's per-kernel times over a 4-token decode of the 7B-class model (sum of kernel time per
 # token against the wall time per token: how much of the step is launches and gaps).
 if [ "${PERF:-0}" = 1 ]; then
   P=$OUT/perf.log
   timeout 120 $R/tools/pi-gen-model --preset 7b --act relu /tmp/m7b.gguf > /dev/null 2>&1; echo "gen 7b rc=$?" | tee $P
   for m in 7b 1b; do
-    for v in 1 0 1; do
-      echo "# $m, PI_CUDA_DENSE_DOWN=$v" | tee -a $P
-      PI_CUDA_DENSE_DOWN=$v timeout 300 $R/coordinator/pi-bench -m /tmp/m$m.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda \
+    for v in auto f32 auto; do
+      echo "# $m, tune.cuda_matvec=$v" | tee -a $P
+      timeout 300 $R/coordinator/pi-bench -m /tmp/m$m.gguf -p 64 -n 128 -r 2 -t 8 --gpu-backend cuda --set tune.cuda_matvec=$v \
         --hot-fraction 1,0.5 --cpu-workers 1 --run-dir /tmp/pirun-p 2>&1 | grep -E '^\| llama|rror' | tee -a $P
     done
   done

@@ -39,7 +39,7 @@ static void usage(FILE *f)
                "Control a running pi-coordinator.\n"
                "\n"
                "Commands:\n"
-               "  status                       the coordinator's state as JSON (model, uptime, counters, workers)\n"
+               "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
                "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
                "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
                "                               generate on the coordinator, streaming the text to stdout\n"

@@ -1,5 +1,6 @@
 /*
- * kernels/cpu/dispatch.c - CPU feature detection and the once-per-process choice of kernel variant.
+ * kernels/cpu/dispatch.c - CPU feature detection and the choice of kernel variant (the best, or the
+ * one pi_kernels_use asks for at start-up).
  *
  * DESIGN: the variants' raw tables are sparse; at init each is completed from the scalar table into a
  * static copy, and one pointer (the active table) is set under pthread_once, so the hot path is a load
@@ -12,7 +13,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -82,6 +82,15 @@ static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table 
     }
 }
 
+/* The best variant available (after init). */
+static enum pi_kernel_isa best_isa(void)
+{
+    enum pi_kernel_isa best = PI_KERNEL_SCALAR;
+    for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
+        if (available[i]) best = (enum pi_kernel_isa)i;
+    return best;
+}
+
 static void init_once_fn(void)
 {
     bool cpu_avx2, cpu_avx512, cpu_vnni;
@@ -98,28 +107,27 @@ static void init_once_fn(void)
 #else
     (void)cpu_avx2, (void)cpu_avx512, (void)cpu_vnni;
 #endif
-    enum pi_kernel_isa best = PI_KERNEL_SCALAR;
-    for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
-        if (available[i]) best = (enum pi_kernel_isa)i;
-
-    const char *env = getenv("PI_KERNELS");
-    if (env && *env) {
-        int want = -1;
-        for (int i = 0; i < PI_KERNEL_ISA_COUNT; i++)
-            if (strcasecmp(env, isa_names[i]) == 0) want = i;
-        if (want < 0) {
-            pi_warn("PI_KERNELS=%s is not one of scalar, avx2, avx512, avx512vnni: using %s", env, isa_names[best]);
-        } else if (want > (int)best) {
-            pi_warn("PI_KERNELS=%s: this CPU (or build) cannot run it, using %s", env, isa_names[best]);
-        } else {
-            best = (enum pi_kernel_isa)want;
-        }
-    }
-    active_isa = best;
-    pi_debug("cpu kernels: %s", isa_names[best]);
+    active_isa = best_isa();
+    pi_debug("cpu kernels: %s", isa_names[active_isa]);
 }
 
 void pi_kernels_init(void) { PI_ASSERT(pthread_once(&init_once, init_once_fn) == 0); }
+
+enum pi_kernel_isa pi_kernels_use(int isa)
+{
+    pi_kernels_init();
+    const enum pi_kernel_isa best = best_isa();
+    if (isa >= PI_KERNEL_ISA_COUNT) {
+        pi_warn("cpu kernels: variant %d unknown, using %s", isa, isa_names[best]);
+        isa = -1;
+    } else if (isa > (int)best) {
+        pi_warn("cpu kernels: this CPU (or build) cannot run %s, using %s", isa_names[isa], isa_names[best]);
+        isa = -1;
+    }
+    active_isa = isa < 0 ? best : (enum pi_kernel_isa)isa;
+    pi_debug("cpu kernels: %s", isa_names[active_isa]);
+    return active_isa;
+}
 
 enum pi_kernel_isa pi_kernels_isa(void)
 {

@@ -4,10 +4,12 @@
  * Each variant is a table of function pointers, one dequantiser and one dot product per element
  * type. The scalar table is complete (the portable reference); a SIMD table fills the entries it
  * accelerates and is completed at init from the variant below it (AVX512-VNNI from AVX-512, AVX-512
- * from AVX2, AVX2 from scalar), so every entry of every table is callable. pi_kernels_init() reads CPUID (and XGETBV: the OS must save the wide registers), applies
- * the environment override PI_KERNELS=scalar|avx2|avx512|avx512vnni (clamped to what the CPU can run, with a
- * warning) and fixes the active table for the process. It is idempotent and thread-safe and is called
- * lazily by every entry point of kernels/cpu, so calling it explicitly only moves the log line.
+ * from AVX2, AVX2 from scalar), so every entry of every table is callable. pi_kernels_init() reads
+ * CPUID (and XGETBV: the OS must save the wide registers) and makes the best variant this CPU and
+ * build run the active table. It is idempotent and thread-safe and is called lazily by every entry
+ * point of kernels/cpu. A program may choose another variant once at start-up with pi_kernels_use
+ * (the [tune] cpu_kernels key of pinfer.conf, a benchmark's --kernels option); no environment
+ * variable changes it.
  */
 #ifndef PI_KERNELS_CPU_DISPATCH_H
 #define PI_KERNELS_CPU_DISPATCH_H
@@ -16,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lib/conf.h"
 #include "lib/types.h"
 
 enum pi_kernel_isa {
@@ -56,6 +59,19 @@ struct pi_kernel_table {
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */
 void pi_kernels_init(void);
+
+/* Make variant isa (an enum pi_kernel_isa; negative: the best) the active one, clamped with a warning
+ * to the best this CPU and build run. Call it at start-up, before any kernel runs and before other
+ * threads start (the active table is read without a lock); tests may call it again between runs.
+ * Returns the variant now active. */
+enum pi_kernel_isa pi_kernels_use(int isa);
+
+/* The variant [tune] cpu_kernels of a configuration asks for, as pi_kernels_use takes it (auto: -1). */
+static inline int pi_kernels_of_tune(const struct pi_tune *t) { return (int)t->cpu_kernels - 1; }
+_Static_assert(PI_TUNE_CPU_KERNELS_SCALAR == PI_KERNEL_SCALAR + 1 && PI_TUNE_CPU_KERNELS_AVX2 == PI_KERNEL_AVX2 + 1 &&
+                   PI_TUNE_CPU_KERNELS_AVX512 == PI_KERNEL_AVX512 + 1 &&
+                   PI_TUNE_CPU_KERNELS_AVX512VNNI == PI_KERNEL_AVX512VNNI + 1,
+               "[tune] cpu_kernels names the variants in enum pi_kernel_isa's order");
 
 /* Name of the active variant ("scalar", "avx2", "avx512", "avx512vnni"). */
 const char *pi_kernels_variant(void);

@@ -15,12 +15,12 @@
 #include <cstdlib>
 #include <cstring>
 
-#define PI_CUDA_ALIGN 256
-#define PI_CUDA_BLAS_WS (32u << 20) /* cuBLAS' recommended workspace on Hopper */
+/* The allocator's rounding (PI_CUDA_ALLOC_ALIGN), the workspace (PI_CUDA_BLAS_WS) and the scratch
+ * slots' headroom are kernels/cuda/plan.h's, which the VRAM plan counts with. */
 
 __global__ void k_copy16(size_t n, const uint4 *__restrict__ src, uint4 *__restrict__ dst);
 
-static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
+static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget, const struct pi_cuda_opts *o)
 {
     size_t free0 = 0, free1 = 0, total = 0;
     cudaDeviceProp p;
@@ -30,29 +30,13 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     PI_CU(cudaGetDeviceProperties(&p, dev));
     c->n_sm = p.multiProcessorCount;
     c->xs_max_cols = (int64_t)(p.sharedMemPerBlockOptin / (36 * sizeof(float))) * 32; /* see matmul.cu */
-    const char *mv = getenv("PI_CUDA_MV");
-    c->mv_mode = PI_MV_AUTO; /* rows per warp by the matrix's height (matmul.cu, doc/cuda-backend.md) */
-    if (mv && strcmp(mv, "staged") == 0) c->mv_mode = PI_MV_STAGED;
-    else if (mv && strcmp(mv, "tall") == 0) c->mv_mode = PI_MV_TALL;
-    else if (mv && strcmp(mv, "narrow") == 0) c->mv_mode = PI_MV_NARROW;
-    else if (mv && strcmp(mv, "split") == 0) c->mv_mode = PI_MV_SPLIT;
-    else if (mv && strcmp(mv, "reg") == 0) c->mv_mode = PI_MV_REG;
-    else if (mv && strcmp(mv, "q8") == 0) c->mv_mode = PI_MV_Q8;
-    else if (mv && strcmp(mv, "f32") == 0) c->mv_mode = PI_MV_F32;
-    else if (mv && *mv && strcmp(mv, "auto") != 0)
-        pi_warn("cuda: PI_CUDA_MV=%s unknown (auto, f32, reg, staged, tall, narrow, split, q8); using auto", mv);
-    c->att_q8 = !pi_env_off("PI_CUDA_ATT_Q8");
-    c->att_dec = !pi_env_off("PI_CUDA_ATT_DEC");
+    c->x_mode = o ? o->x : PI_CUDA_X_AUTO; /* checked by pi_cuda_ctx_new */
+    c->att_dec = !(o && o->att_unfused);
     /* PDL needs the device code built for sm_90 or later (pi_pdl_wait is empty below that); every .cu
      * file is built for the same architectures, so one kernel's binary version tells */
     cudaFuncAttributes fa;
     PI_CU(cudaFuncGetAttributes(&fa, k_copy16));
-    c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !pi_env_off("PI_CUDA_PDL");
-    c->glu_q8 = !pi_env_off("PI_CUDA_GLU_Q8");
-    const char *q8r = getenv("PI_CUDA_Q8_R");
-    c->q8_r = 0;
-    if (q8r && (strcmp(q8r, "1") == 0 || strcmp(q8r, "2") == 0 || strcmp(q8r, "4") == 0)) c->q8_r = q8r[0] - '0';
-    else if (q8r && *q8r) pi_warn("cuda: PI_CUDA_Q8_R=%s is not 1, 2 or 4; by the matrix's height", q8r);
+    c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !(o && o->no_pdl);
     PI_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     PI_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     PI_CUBLAS(cublasCreate(&c->blas));
@@ -74,8 +58,12 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget)
     return 0;
 }
 
-extern "C" pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget)
+extern "C" pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget, const struct pi_cuda_opts *o)
 {
+    if (o && (o->x < PI_CUDA_X_AUTO || o->x > PI_CUDA_X_Q8)) {
+        pi_error("cuda: context option x = %d is not one of auto (0), f32 (1), q8 (2)", o->x);
+        return NULL;
+    }
     int n = pi_cuda_device_count();
     if (n < 0) return NULL;
     if (dev < 0 || dev >= n) {
@@ -88,7 +76,7 @@ extern "C" pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget)
         return NULL;
     }
     c->dev = dev;
-    if (ctx_init(c, dev, budget) < 0) {
+    if (ctx_init(c, dev, budget, o) < 0) {
         pi_cuda_ctx_destroy(&c);
         return NULL;
     }
@@ -133,11 +121,11 @@ extern "C" void *pi_cuda_ctx_copy_stream(pi_cuda_ctx_t *c) { return (void *)c->c
 extern "C" int pi_cuda_alloc(pi_cuda_ctx_t *c, size_t bytes, void **ptr)
 {
     *ptr = NULL;
-    if (bytes == 0 || bytes > SIZE_MAX - PI_CUDA_ALIGN) {
+    if (bytes == 0 || bytes > SIZE_MAX - PI_CUDA_ALLOC_ALIGN) {
         pi_error("cuda: allocation of %zu bytes refused (size out of range)", bytes);
         return -PI_ERR_INVAL;
     }
-    size_t counted = (bytes + PI_CUDA_ALIGN - 1) & ~(size_t)(PI_CUDA_ALIGN - 1);
+    size_t counted = (size_t)pi_cuda_counted(bytes);
     if (counted > c->budget - c->used) {
         pi_error("cuda: allocation of %zu bytes would exceed the VRAM budget (%zu of %zu bytes in use)",
                  bytes, c->used, c->budget);
@@ -187,7 +175,7 @@ extern "C" int pi_cuda_free(pi_cuda_ctx_t *c, void *ptr)
 int pi_cuda_scratch(pi_cuda_ctx_t *c, enum pi_cuda_scratch slot, size_t bytes, void **out)
 {
     if (c->scr_bytes[slot] < bytes) {
-        size_t want = bytes + bytes / 4; /* grow with headroom: fewer reallocations */
+        size_t want = pi_cuda_scratch_want(bytes); /* grow with headroom: fewer reallocations */
         PI_TRY(pi_cuda_free(c, c->scr[slot]));
         c->scr[slot] = NULL;
         c->scr_bytes[slot] = 0;

@@ -15,6 +15,7 @@
 #define PI_KERNELS_CUDA_IMPL_H
 
 #include "kernels/cuda/cuda.h"
+#include "kernels/cuda/plan.h"
 
 extern "C" {
 #include "lib/common.h"
@@ -65,8 +66,9 @@ extern "C" {
  * - pi_pdl_wait() returns once the kernel before it has completed and its writes are visible, and
  *   at once when the kernel was launched without the attribute.
  * A kernel launched with the attribute that skipped the wait would race; only the launches through
- * pi_launch_pdl set it, and only for kernels written to these rules. PI_CUDA_PDL=0 turns it off;
- * test-backend-cuda checks that off and on give bit-identical logits. */
+ * pi_launch_pdl set it, and only for kernels written to these rules. A context made with
+ * pi_cuda_opts.no_pdl launches them plainly; test-backend-cuda checks that off and on give
+ * bit-identical logits. */
 __device__ __forceinline__ void pi_pdl_wait()
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -122,11 +124,8 @@ struct pi_cuda_alloc_rec {
     size_t bytes; /* as counted against the budget */
 };
 
-/* The decode matvec kernels pi_cuda_matvec and the hot FFN's gate/up pairs use (environment variable
- * PI_CUDA_MV=auto|f32|reg|staged|tall|narrow|split|q8 at context creation; auto when unset): see matmul.cu
- * and matvec-q8.cu. */
-enum { PI_MV_REG = 0, PI_MV_STAGED = 1, PI_MV_TALL = 2, PI_MV_NARROW = 3, PI_MV_AUTO = 4, PI_MV_SPLIT = 5, PI_MV_Q8 = 6,
-       PI_MV_F32 = 7 };
+/* XQ layout (pi_xq_at) and the plan's count of it (PI_CUDA_XQ_SEG_BYTES, kernels/cuda/plan.h) agree. */
+static_assert(sizeof(int4) == 16, "an XQ segment's metadata is one 16-byte int4");
 
 struct pi_cuda_ctx {
     int dev;
@@ -136,14 +135,10 @@ struct pi_cuda_ctx {
     size_t overhead; /* device memory the CUDA context and cuBLAS took at creation (not budgeted) */
     int n_sm;
     int64_t xs_max_cols; /* widest x the staged matvec can hold in shared memory */
-    int mv_mode;         /* decode matvec kernel: PI_MV_AUTO, _REG, _STAGED, _TALL, _NARROW or _SPLIT (PI_CUDA_MV) */
-    bool split_skipped;  /* PI_MV_SPLIT found no room in the tile scratch once (logged once) */
-    int q8_r;            /* rows per warp of the q8 matvec, 0: by the matrix's height (PI_CUDA_Q8_R) */
-    bool glu_q8;         /* the dense FFN's gate/up kernel quantises its activations (PI_CUDA_GLU_Q8=0: off) */
-    bool att_q8;         /* the attention merge quantises the output projection's x (PI_CUDA_ATT_Q8=0: off) */
-    bool att_dec;        /* decode attention in one launch with RoPE and the KV store (PI_CUDA_ATT_DEC=0: off) */
+    int x_mode;          /* enum pi_cuda_x: which automatic products quantise x (pi_cuda_opts.x) */
+    bool att_dec;        /* decode attention in one launch with RoPE and the KV store (off: opts.att_unfused) */
     unsigned *att_cnt;   /* PI_CUDA_ATT_CNT per-head split counters of k_attn_dec, zero between launches */
-    bool pdl;            /* programmatic dependent launch of the decode kernels (sm_90+; PI_CUDA_PDL=0: off) */
+    bool pdl;            /* programmatic dependent launch of the decode kernels (sm_90+; off: opts.no_pdl) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;
@@ -282,7 +277,7 @@ int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const 
 
 /* pi_cuda_ffn_dense with both products in 8 bits and the activations quantised by the gate/up kernel
  * itself (matvec-q8.cu, k_glu_q8), where pi_cuda_ffn_dense_q8_ok: Q4_0 or Q8_0 gate/up pairs, both
- * products q8 by pi_cuda_q8_for, and PI_CUDA_GLU_Q8 not 0. Same arguments as pi_cuda_ffn_dense; the
+ * products q8 by pi_cuda_q8_for. Same arguments as pi_cuda_ffn_dense; the
  * XQ scratch holds the quantised x and then the quantised activations (pi_cuda_xq_bytes of both). */
 bool pi_cuda_ffn_dense_q8_ok(const pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down);
 int pi_cuda_ffn_dense_q8(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cuda/plan.h" /* the kernels' memory: weight bytes, scratch sizes (host C) */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -34,11 +36,25 @@ int pi_cuda_device_describe(int dev, char *buf, size_t len);
 
 typedef struct pi_cuda_ctx pi_cuda_ctx_t;
 
+/* How a context's automatic products take x (struct pi_cuda_opts.x): AUTO quantises it to 8 bits for
+ * quantised weights of at least 12 Mi elements (pi_cuda_q8_for), F32 never, Q8 for every quantised
+ * weight (tests: the q8 paths on small shapes). The values are those of lib/conf.h's enum
+ * pi_tune_cuda_matvec. */
+enum pi_cuda_x { PI_CUDA_X_AUTO = 0, PI_CUDA_X_F32 = 1, PI_CUDA_X_Q8 = 2 };
+
+/* A context's choices, fixed at creation; all zero is the default. */
+struct pi_cuda_opts {
+    int x;            /* enum pi_cuda_x */
+    bool no_pdl;      /* tests: launch without programmatic dependent launch (cuda-impl.h, DESIGN note) */
+    bool att_unfused; /* tests: pi_cuda_attention_dec in three launches, as beyond PI_CUDA_ATT_CNT heads */
+};
+
 /* Open device dev with a budget of `budget` bytes for everything pi_cuda_alloc hands out (0: the
- * device's free memory at creation, less 256 MiB). The CUDA context and cuBLAS handle themselves are
- * not budgeted; their size is measured (cudaMemGetInfo before/after) and logged. The cuBLAS workspace
- * (32 MiB) is allocated from the budget. Returns the context, or NULL (error logged). */
-pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget);
+ * device's free memory at creation, less 256 MiB) and the choices o (NULL: the defaults). The CUDA
+ * context and cuBLAS handle themselves are not budgeted; their size is measured (cudaMemGetInfo
+ * before/after) and logged. The cuBLAS workspace (32 MiB) is allocated from the budget. Returns the
+ * context, or NULL (error logged; also for an o->x outside enum pi_cuda_x). */
+pi_cuda_ctx_t *pi_cuda_ctx_new(int dev, size_t budget, const struct pi_cuda_opts *o);
 
 /* Free every allocation still held, the handle and the streams. Accepts NULL; NULLs *ctx. */
 void pi_cuda_ctx_destroy(pi_cuda_ctx_t **ctx);
@@ -98,10 +114,9 @@ int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cu
 /* Free a weight (NULL ok); NULLs *w. */
 void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
 
-/* Device bytes the weight holds (counted against the budget), and the bytes the same weight needs for
- * a given shape before uploading it (for placement). */
+/* Device bytes the weight holds (counted against the budget); before uploading, the bytes a shape
+ * needs are pi_cuda_weight_bytes_for (kernels/cuda/plan.h). */
 size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w);
-int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -109,12 +124,9 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
  * kernel: for quantised weights of at least 12 Mi elements, x quantised to 8 bits and integer dots
  * (pi_cuda_q8_for, matvec-q8.cu); otherwise the staged one below where x fits its shared memory, with
  * 4, 2 or 1 rows per warp by the matrix's height (enough blocks for every SM; pi_cuda_ffn_hot's
- * gate/up pairs: PI_CUDA_MV_STAGED with the activation). The environment variable
- * PI_CUDA_MV=auto|f32|q8|reg|staged|tall|narrow|split at context creation changes that for
- * comparisons: f32 never quantises x, q8 quantises it for every quantised weight, reg takes the
- * register-x kernel (the automatic R below), staged/tall/narrow one staged variant for every matrix,
- * split the split-K kernel where auto would take fewer than 4 rows per warp and the GEMM tile scratch
- * already holds its partial sums (measured slower, doc/bench-log.md). */
+ * gate/up pairs: PI_CUDA_MV_STAGED with the activation), else the register-x kernel (the automatic R
+ * below). The context's x choice (struct pi_cuda_opts) changes which products quantise x: F32 none,
+ * Q8 every quantised one. */
 int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y);
 
 /* pi_cuda_matvec with a chosen kernel instead of the automatic choice (tests, benchmarks): R = 1, 2 or 4
@@ -124,7 +136,6 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_STAGED 8
 #define PI_CUDA_MV_STAGED_TALL 9
 #define PI_CUDA_MV_STAGED_NARROW 10 /* 1 row per warp, 8 segments per lane in flight (4 for the others) */
-#define PI_CUDA_MV_SPLIT 11         /* split-K over ranges of the columns, then an ordered sum (R = 4) */
 #define PI_CUDA_MV_Q8 12            /* x quantised to 8 bits, integer dot (matvec-q8.cu), rows per warp by height */
 #define PI_CUDA_MV_Q8_1 13          /* the same with 1, 2 or 4 rows per warp */
 #define PI_CUDA_MV_Q8_2 14
@@ -133,19 +144,18 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
 /* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (Q4_0, Q8_0, Q4_K, Q6_K); the
- * others run the float kernels under any PI_CUDA_MV. */
+ * others run the float kernels under any x choice. */
 bool pi_cuda_q8_type(int type);
 
 /* Whether ctx's automatic products (pi_cuda_matvec, _add, _norm, the gate/up pairs) of a (rows, cols)
- * weight of this type quantise x to 8 bits: PI_CUDA_MV=auto (the default) for quantised weights of at
+ * weight of this type quantise x to 8 bits: PI_CUDA_X_AUTO (the default) for quantised weights of at
  * least 12 Mi elements (the 7B-class matrices; smaller ones keep x in float, where the quantisation's
- * launch costs more than it saves), PI_CUDA_MV=q8 for every quantised weight, never otherwise (f32:
- * auto's float kernels only). */
+ * launch costs more than it saves), PI_CUDA_X_Q8 for every quantised weight, never with PI_CUDA_X_F32
+ * (auto's float kernels only). */
 bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols);
 
-/* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into (48 per 32 columns): the
- * backend's VRAM plan counts the widest. */
-size_t pi_cuda_xq_bytes(int64_t cols);
+/* (The XQ scratch a q8 product of `cols` columns quantises x into is pi_cuda_xq_bytes, 48 bytes per 32
+ * columns, kernels/cuda/plan.h: the backend's VRAM plan counts the widest.) */
 
 /* Grow the XQ scratch to `bytes` now (the backend's start, so that serving never allocates): the
  * widest product's pi_cuda_xq_bytes, plus pi_cuda_xq_bytes(n_ff) where a dense FFN quantises its
@@ -162,8 +172,8 @@ int pi_cuda_matmul(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, con
 
 /* y = W @ (RMSNorm(h) * g) with the norm applied while the staged kernel copies h to shared memory
  * (no separate RMSNorm launch; pi_cuda_rmsnorm's formula, eps inside the square root). Needs the
- * staged kernel: pi_cuda_norm_fusable(ctx, w) (x fits the shared memory, not PI_CUDA_MV=reg, cols a
- * multiple of 4); -PI_ERR_UNSUPPORTED otherwise. */
+ * staged kernel: pi_cuda_norm_fusable(ctx, w) (x fits the shared memory, cols a multiple of 4) or the
+ * q8 product, whose quantiser applies the norm; -PI_ERR_UNSUPPORTED otherwise. */
 bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w);
 int pi_cuda_matvec_norm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_h, const float *d_g, float eps,
                         float *d_y);
@@ -220,9 +230,9 @@ int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, 
  * stored as f16 at position pos of the caches (n_ctx, n_head_kv, head_dim), causal grouped-query
  * attention over positions 0 .. pos into out (n_head, head_dim) f32 as pi_cuda_attention computes it,
  * then, unless o is NULL, h (o->rows) += o @ out. One launch for all but the projection
- * (k_attn_dec in ops.cu; PI_CUDA_ATT_DEC=0, or more than 1024 heads: pi_cuda_rope_kv, then
- * pi_cuda_attention's two launches). Where o takes the q8 matvec (pi_cuda_q8_for) and
- * PI_CUDA_ATT_Q8 is not 0, the attention quantises out for the projection itself. q and k are scratch:
+ * (k_attn_dec in ops.cu; more than 1024 heads, or a context made with att_unfused: pi_cuda_rope_kv,
+ * then pi_cuda_attention's two launches). Where o takes the q8 matvec (pi_cuda_q8_for), the
+ * attention quantises out for the projection itself. q and k are scratch:
  * afterwards they hold the rotated or the original values. v is only read. o->cols must be
  * n_head * head_dim; head_dim 32, 64, 128 or 256; n_rot even, at most head_dim. */
 int pi_cuda_attention_dec(pi_cuda_ctx_t *ctx, int n_head, int n_head_kv, int head_dim, int n_rot, int64_t pos,

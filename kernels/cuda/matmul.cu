@@ -23,70 +23,14 @@
 
 /* ------------------------------------------------------------------ upload */
 
-/* Geometry of the device layout of type t: elements per block, bytes per block in the quant plane,
- * whether the f16 scale is split out, and where it and the rest sit in ggml's block. */
-struct pi_dev_geom {
-    int64_t belems;
-    size_t bbytes; /* ggml block bytes */
-    size_t qbytes; /* quant-plane bytes per block */
-    bool split;
-    size_t doff, qoff; /* offsets of d and of the rest in ggml's block (split types) */
-};
-
-static int dev_geom(int type, pi_dev_geom *g)
-{
-    memset(g, 0, sizeof(*g));
-    switch (type) {
-    case PI_TYPE_F16:
-    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
-    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
-    /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
-     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
-    case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q8_0: g->belems = 32; g->bbytes = 34; g->qbytes = 32; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q6_K: g->belems = 256; g->bbytes = 210; g->qbytes = 208; g->split = true; g->doff = 208; g->qoff = 0; return 0;
-    default:
-        pi_error("cuda: no device kernels for type %s", pi_type_name((uint32_t)type));
-        return -PI_ERR_UNSUPPORTED;
-    }
-}
-
-/* Check the shape and compute the plane sizes. */
-static int weight_plan(int type, int64_t rows, int64_t cols, pi_dev_geom *g, size_t *qplane, size_t *dplane)
-{
-    PI_TRY(dev_geom(type, g));
-    const struct pi_type_info *ti = pi_type_get((uint32_t)type);
-    PI_ASSERT(ti && ti->block_bytes == g->bbytes && (int64_t)ti->block_elems == g->belems);
-    int64_t align = g->belems > 32 ? g->belems : 32;
-    if (rows <= 0 || cols <= 0 || cols % align != 0 || cols > INT_MAX || rows > INT_MAX) {
-        pi_error("cuda: weight shape (%lld, %lld) of type %s unsupported (cols must be a positive multiple of %lld)",
-                 (long long)rows, (long long)cols, pi_type_name((uint32_t)type), (long long)align);
-        return -PI_ERR_INVAL;
-    }
-    uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
-    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, 2, &d)) {
-        pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
-        return -PI_ERR_RANGE;
-    }
-    *qplane = (size_t)((q + 255) & ~(uint64_t)255);
-    *dplane = g->split ? (size_t)d : 0;
-    return 0;
-}
-
-extern "C" int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes)
-{
-    pi_dev_geom g;
-    size_t q, d;
-    PI_TRY(weight_plan(type, rows, cols, &g, &q, &d));
-    *bytes = (q + d + 255) & ~(size_t)255;
-    return 0;
-}
+/* The device layout of each type and the planes' sizes are kernels/cuda/plan.c's (pi_cuda_geom_of,
+ * pi_cuda_weight_planes), which the VRAM plan counts with. */
 
 extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w->bytes : 0; }
 
 /* Copy rows [r0, r0 + nr) of the ggml data to the device planes, splitting the scales out through a
  * host staging buffer of at most `cap` bytes. */
-static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom &g, const uint8_t *src,
+static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geom &g, const uint8_t *src,
                         uint8_t *stage, size_t cap)
 {
     size_t row_blocks = (size_t)w->nblk;
@@ -113,10 +57,10 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_dev_geom
 extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols, const void *src,
                                      pi_cuda_weight_t **out)
 {
-    pi_dev_geom g;
+    pi_cuda_geom g;
     size_t qplane, dplane;
     *out = NULL;
-    PI_TRY(weight_plan(type, rows, cols, &g, &qplane, &dplane));
+    PI_TRY(pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane));
     pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
     if (!w) return -PI_ERR_NOMEM;
     w->type = (enum pi_type)type;
@@ -269,7 +213,7 @@ __device__ __forceinline__ void pi_xs_accum(const pi_seg_raw (&raw)[U][R], const
     }
 }
 
-/* NORM (the backend's default since session 4; PI_CUDA_FUSE_NORM=0 turns it off): x is the residual
+/* NORM (the backend's one-token steps since session 4): x is the residual
  * stream h, and the block applies the layer's RMSNorm while staging it (sum of squares of the float4s
  * each thread stages, a block reduction, then each thread scales the values it staged by inv * g, the
  * formula of pi_cuda_rmsnorm), which saves the separate RMSNorm launch before the q/k/v and gate/up
@@ -352,92 +296,6 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
     return e.ng ? launch_xs<T, R, U, GLU, true>(c, w, x, e) : launch_xs<T, R, U, GLU, false>(c, w, x, e);
 }
 
-/* Split-K (PI_CUDA_MV=split, a comparison switch: measured in session 4, 1% slower on the 7B-class
- * model and 15% on the 1B-class one than auto's kernels, doc/bench-log.md).
- * The 4096-row matrices of a 7B-class decode give the kernel above one wave of blocks, each staging
- * all of x before its few loads per lane (ncu, doc/bench-log.md "Session 3": 0.9-1.0 TB/s). Here
- * block (b, k) takes rows [32 b, 32 b + 32) (4 per warp) over the k-th range of 32 U segments (one
- * batch of loads per lane), stages only that range of x, and writes its row sums to
- * part[k rows + r]; a second kernel adds the ranges in a fixed order (so the result does not depend
- * on which block finishes first) and stores or adds y. */
-template <int T, int R, int U>
-__global__ void __launch_bounds__(PI_XS_THREADS) k_matvec_sk(pi_wdev w, const float *__restrict__ x, int64_t spk,
-                                                             float *__restrict__ part)
-{
-    extern __shared__ float4 xs4[];
-    const float *xs = (const float *)xs4;
-    const int64_t nseg = w.cols >> 5;
-    const int64_t s_lo = (int64_t)blockIdx.y * spk, s_hi = s_lo + spk < nseg ? s_lo + spk : nseg;
-    const int lane = threadIdx.x & 31;
-    const int64_t warp = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    const int64_t r0 = warp * R;
-    const bool live = r0 < w.rows;
-    pi_seg_raw raw[U][R];
-    if (live) pi_xs_load<T, R, U>(w, r0, s_lo + lane, s_hi, raw);
-    const float4 *xg = (const float4 *)(x + s_lo * 32);
-    for (int64_t i = threadIdx.x; i < (s_hi - s_lo) * 8; i += blockDim.x)
-        xs4[pi_xs_at(i)] = __ldg(xg + i);
-    __syncthreads();
-    if (!live) return;
-    float acc[R];
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] = 0.0f;
-    for (int64_t sb = s_lo + lane; sb < s_hi; sb += 32 * U) {
-        if (sb != s_lo + lane) pi_xs_load<T, R, U>(w, r0, sb, s_hi, raw);
-        pi_xs_accum<T, R, U>(raw, xs, s_lo, sb, s_hi, acc);
-    }
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] = pi_warp_sum(acc[i]);
-    if (lane != 0) return;
-    float *p = part + (int64_t)blockIdx.y * w.rows;
-#pragma unroll
-    for (int i = 0; i < R; i++)
-        if (r0 + i < w.rows) p[r0 + i] = acc[i];
-}
-
-/* y[r] = (or +=) sum over k < nk of part[k rows + r], k in order. */
-__global__ void k_sk_reduce(int64_t rows, int nk, const float *__restrict__ part, float *__restrict__ y, int add)
-{
-    const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
-    float s = 0.0f;
-    for (int k = 0; k < nk; k++) s += part[(int64_t)k * rows + r];
-    y[r] = add ? y[r] + s : s;
-}
-
-/* The split-K product, its partial sums in the context's GEMM tile scratch (idle during decode): only
- * when the slot already holds enough unless may_grow (tests). 1: not taken (too few segments for two
- * ranges, or no room), the caller uses another kernel. */
-static int matvec_split(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, float *y, int add, bool may_grow)
-{
-    const int64_t nseg = w->cols >> 5;
-    return pi_dispatch_type(w->type, [&](auto tag) -> int {
-        constexpr int T = decltype(tag)::value;
-        constexpr int R = 4, U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 2 : 1;
-        const int64_t spk = 32 * U, nk = (nseg + spk - 1) / spk;
-        const size_t bytes = (size_t)nk * (size_t)w->rows * sizeof(float);
-        if (nk < 2 || nk > 65535) return 1;
-        if (!may_grow && c->scr_bytes[PI_CUDA_SCR_TILE] < bytes) {
-            if (!c->split_skipped)
-                pi_info("cuda: PI_CUDA_MV=split: the GEMM tile scratch holds %zu bytes, a (%lld, %lld) product needs %zu: "
-                        "the staged kernel instead (this and later such products)", c->scr_bytes[PI_CUDA_SCR_TILE],
-                        (long long)w->rows, (long long)w->cols, bytes);
-            c->split_skipped = true;
-            return 1;
-        }
-        void *part = NULL;
-        PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, bytes, &part));
-        const int64_t rows_per_block = (PI_XS_THREADS / 32) * R;
-        const dim3 grid((unsigned)((w->rows + rows_per_block - 1) / rows_per_block), (unsigned)nk);
-        const size_t smem = (size_t)spk * PI_XS_PAD * sizeof(float); /* at most 9 KiB */
-        k_matvec_sk<T, R, U><<<grid, PI_XS_THREADS, smem, c->stream>>>(pi_wdev_of(w), x, spk, (float *)part);
-        PI_CU_LAUNCH("k_matvec_sk");
-        k_sk_reduce<<<(unsigned)((w->rows + 255) / 256), 256, 0, c->stream>>>(w->rows, (int)nk, (const float *)part, y, add);
-        PI_CU_LAUNCH("k_sk_reduce");
-        return 0;
-    });
-}
-
 /* R rows per warp and U segments per lane in flight, U R = 8 for Q4_0/Q8_0 (4 for the bigger segments
  * of the other types): narrow (R = 1), wide (R = 2) or tall (R = 4). With a GLU epilogue (e.act != 0)
  * always wide: a warp takes one gate/up pair. */
@@ -477,7 +335,7 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
         if (pi_cuda_q8_type(w->type)) return pi_cuda_matvec_q8(c, w, d_x, e, R == PI_CUDA_MV_Q8 ? 0 : 1 << (R - PI_CUDA_MV_Q8_1));
         R = PI_CUDA_MV_STAGED; /* the float kernels for F16 and BF16 */
     }
-    if (e.ng && (R < PI_CUDA_MV_STAGED || R == PI_CUDA_MV_SPLIT || w->cols > c->xs_max_cols)) {
+    if (e.ng && (R < PI_CUDA_MV_STAGED || w->cols > c->xs_max_cols)) {
         pi_error("cuda: matvec variant %d cannot apply the norm", R);
         return -PI_ERR_UNSUPPORTED;
     }
@@ -488,10 +346,6 @@ static int matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_
     case PI_CUDA_MV_STAGED: return matvec_xs(c, w, d_x, e, 2);
     case PI_CUDA_MV_STAGED_TALL: return matvec_xs(c, w, d_x, e, 4);
     case PI_CUDA_MV_STAGED_NARROW: return matvec_xs(c, w, d_x, e, 1);
-    case PI_CUDA_MV_SPLIT: {
-        int rc = matvec_split(c, w, d_x, e.y, e.add, true);
-        return rc == 1 ? matvec_xs(c, w, d_x, e, 4) : rc;
-    }
     default: pi_error("cuda: matvec variant %d unknown", R); return -PI_ERR_INVAL;
     }
 }
@@ -502,30 +356,20 @@ extern "C" int pi_cuda_matvec_r(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, con
     return matvec_r(c, w, d_x, e, R & ~PI_CUDA_MV_ADD);
 }
 
-/* The staged kernel where x fits its shared memory. Its rows per warp: the context's mv_mode, or with
- * PI_MV_AUTO (the default) the most that still gives every SM two blocks of 8 warps: 4 from 64 n_sm
- * rows (8448 on the H100: the 7B-class q/k/v stack, the output head), 2 from 32 n_sm, else 1 (the
- * 4096-row attention output and down matrices: 512 blocks instead of the 128 of R = 4, which left the
- * SMs with one block's loads in flight; doc/bench-log.md). Otherwise, or with PI_CUDA_MV=reg, the
- * register-x kernel with the automatic R (the table in doc/cuda.md, H100): 4 rows per warp from 16 rows
- * per SM up, fewer for small matrices so that every SM still gets warps. */
+/* The staged kernel where x fits its shared memory, with the most rows per warp that still gives every
+ * SM two blocks of 8 warps: 4 from 64 n_sm rows (8448 on the H100: the 7B-class q/k/v stack, the
+ * output head), 2 from 32 n_sm, else 1 (the 4096-row attention output and down matrices: 512 blocks
+ * instead of the 128 of R = 4, which left the SMs with one block's loads in flight;
+ * doc/bench-log.md). Otherwise the register-x kernel with the automatic R (the table in doc/cuda.md,
+ * H100): 4 rows per warp from 16 rows per SM up, fewer for small matrices so that every SM still gets
+ * warps. */
 static int matvec_auto(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e)
 {
     if (pi_cuda_q8_for(c, w->type, w->rows, w->cols)) return pi_cuda_matvec_q8(c, w, d_x, e, 0);
-    if (c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols) {
-        int v = PI_CUDA_MV_STAGED;
-        if (c->mv_mode == PI_MV_TALL) v = PI_CUDA_MV_STAGED_TALL;
-        else if (c->mv_mode == PI_MV_NARROW) v = PI_CUDA_MV_STAGED_NARROW;
-        else if (c->mv_mode == PI_MV_AUTO || c->mv_mode == PI_MV_F32 || c->mv_mode == PI_MV_SPLIT || c->mv_mode == PI_MV_Q8) {
-            const int64_t blocks2 = 2 * (int64_t)c->n_sm * (PI_XS_THREADS / 32); /* warps for 2 blocks per SM */
-            v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
-                : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
-            /* split: where auto would take fewer than 4 rows per warp, split-K if the scratch allows */
-            if (c->mv_mode == PI_MV_SPLIT && v != PI_CUDA_MV_STAGED_TALL && !e.ng) {
-                const int rc = matvec_split(c, w, d_x, e.y, e.add, false);
-                if (rc != 1) return rc;
-            }
-        }
+    if (w->cols <= c->xs_max_cols) {
+        const int64_t blocks2 = 2 * (int64_t)c->n_sm * (PI_XS_THREADS / 32); /* warps for 2 blocks per SM */
+        const int v = w->rows >= 4 * blocks2 ? PI_CUDA_MV_STAGED_TALL
+                      : (w->rows >= 2 * blocks2 ? PI_CUDA_MV_STAGED : PI_CUDA_MV_STAGED_NARROW);
         return matvec_r(c, w, d_x, e, v);
     }
     int R = w->rows >= (int64_t)c->n_sm * 16 ? 4 : (w->rows >= (int64_t)c->n_sm * 4 ? 2 : 1);
@@ -548,7 +392,7 @@ extern "C" int pi_cuda_matvec_add(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, c
 extern "C" bool pi_cuda_norm_fusable(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *w)
 {
     if (pi_cuda_q8_for(c, w->type, w->rows, w->cols)) return true;
-    return c->mv_mode != PI_MV_REG && w->cols <= c->xs_max_cols - 32 && w->cols % 4 == 0;
+    return w->cols <= c->xs_max_cols - 32 && w->cols % 4 == 0;
 }
 
 extern "C" int pi_cuda_matvec_norm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_h, const float *d_g,
@@ -564,7 +408,7 @@ extern "C" int pi_cuda_matvec_norm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, 
 }
 
 /* Gate/up pairs of the hot FFN: a (n_hot,) = act(gate . x, up . x), 0 for inactive neurons; the staged
- * kernel (one pair per warp) when the context's mv_mode is not PI_MV_REG and x fits. */
+ * kernel (one pair per warp) where x fits its shared memory. */
 int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x, const uint8_t *d_mask,
                    const int32_t *d_ids, const float *d_norm_g, float eps, float *d_a)
 {
@@ -574,7 +418,7 @@ int pi_cuda_ffn_gu(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const 
         return -PI_ERR_UNSUPPORTED;
     }
     if (pi_cuda_q8_for(c, gu->type, gu->rows, gu->cols)) return pi_cuda_matvec_q8(c, gu, d_x, e, 2);
-    if (c->mv_mode != PI_MV_REG && gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
+    if (gu->cols <= c->xs_max_cols) return matvec_xs(c, gu, d_x, e, 2);
     return launch_matvec<2, true>(c, gu, d_x, e);
 }
 
@@ -693,8 +537,6 @@ static int gemm_f16(pi_cuda_ctx_t *c, const __half *A, int64_t nr, int64_t k, co
     return 0;
 }
 
-#define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
-
 static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, float beta)
 {
     if (T <= 0 || T > INT_MAX / 2) {
@@ -703,14 +545,12 @@ static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const fl
     }
     void *x16 = NULL, *tile = NULL;
     int64_t n = T * w->cols;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, (size_t)n * 2, &x16));
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, pi_cuda_gemm_x16_bytes(T, w->cols), &x16));
     k_f32_to_f16<<<(unsigned)((n / 2 + 256) / 256), 256, 0, c->stream>>>(n, d_X, (__half *)x16);
     PI_CU_LAUNCH("k_f32_to_f16");
     if (w->type == PI_TYPE_F16)
         return gemm_f16(c, (const __half *)w->q, w->rows, w->cols, (__half *)x16, T, d_Y, w->rows, beta);
-    int64_t tile_rows = (int64_t)(PI_CUDA_TILE_BYTES / ((size_t)w->cols * 2));
-    tile_rows = tile_rows >= 128 ? tile_rows / 128 * 128 : PI_MAX(tile_rows, (int64_t)1);
-    tile_rows = PI_MIN(tile_rows, w->rows);
+    const int64_t tile_rows = pi_cuda_gemm_tile_rows(w->rows, w->cols); /* the plan counts the same tile */
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, (size_t)tile_rows * (size_t)w->cols * 2, &tile));
     for (int64_t r0 = 0; r0 < w->rows; r0 += tile_rows) {
         int64_t nr = PI_MIN(tile_rows, w->rows - r0);
@@ -727,7 +567,7 @@ extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t
 
 static int matmul(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
 {
-    if (T > 2) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) return gemm(c, w, T, d_X, d_Y, add ? 1.0f : 0.0f);
     for (int64_t t = 0; t < T; t++) {
         const pi_mv_epi e = {d_Y + t * w->rows, 0, NULL, NULL, add, NULL, 0.0f};
         PI_TRY(matvec_auto(c, w, d_X + t * w->cols, e));

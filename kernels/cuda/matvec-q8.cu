@@ -29,7 +29,8 @@
 #define PI_Q8_QUANT_THREADS 256
 #define PI_Q8_THREADS 128
 
-extern "C" size_t pi_cuda_xq_bytes(int64_t cols) { return (size_t)(cols / 32) * (32 + sizeof(int4)); }
+/* pi_cuda_xq_bytes (kernels/cuda/plan.c) counts this layout: PI_CUDA_XQ_SEG_BYTES per segment. */
+static_assert(PI_CUDA_XQ_SEG_BYTES == 32 + sizeof(int4), "the XQ layout and the plan agree");
 
 extern "C" int pi_cuda_xq_reserve(pi_cuda_ctx_t *c, size_t bytes)
 {
@@ -199,7 +200,7 @@ extern "C" bool pi_cuda_q8_type(int type)
 extern "C" bool pi_cuda_q8_for(const pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols)
 {
     if (!pi_cuda_q8_type(type) || cols % 32) return false;
-    return c->mv_mode == PI_MV_Q8 || (c->mv_mode == PI_MV_AUTO && rows * cols >= PI_Q8_MIN_ELEMS);
+    return c->x_mode == PI_CUDA_X_Q8 || (c->x_mode == PI_CUDA_X_AUTO && rows * cols >= PI_Q8_MIN_ELEMS);
 }
 
 template <int T, int R, int U, bool GLU>
@@ -212,12 +213,10 @@ static int launch_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const uint8_t 
     return 0;
 }
 
-/* The rows per warp of PI_MV_Q8's automatic choice: 4 from 128 rows per SM (the output head), 2 from 64
- * (a 7B-class q/k/v stack), else 1 (the 4096-row matrices: 31 warps per SM on the H100). PI_CUDA_Q8_R
- * (1, 2 or 4) at context creation forces one, for comparisons. */
+/* The rows per warp of the q8 product's automatic choice: 4 from 128 rows per SM (the output head), 2
+ * from 64 (a 7B-class q/k/v stack), else 1 (the 4096-row matrices: 31 warps per SM on the H100). */
 static int q8_rows(const pi_cuda_ctx_t *c, int64_t rows)
 {
-    if (c->q8_r) return c->q8_r;
     return rows >= 128 * (int64_t)c->n_sm ? 4 : (rows >= 64 * (int64_t)c->n_sm ? 2 : 1);
 }
 
@@ -266,7 +265,7 @@ int pi_cuda_matvec_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *
 
 bool pi_cuda_ffn_dense_q8_ok(const pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down)
 {
-    return c->glu_q8 && (gu->type == PI_TYPE_Q4_0 || gu->type == PI_TYPE_Q8_0) && pi_cuda_q8_for(c, gu->type, gu->rows, gu->cols) &&
+    return (gu->type == PI_TYPE_Q4_0 || gu->type == PI_TYPE_Q8_0) && pi_cuda_q8_for(c, gu->type, gu->rows, gu->cols) &&
            pi_cuda_q8_for(c, down->type, down->rows, down->cols) && down->cols % 32 == 0 && gu->rows == 2 * down->cols;
 }
 

@@ -261,7 +261,6 @@ extern "C" int pi_cuda_rope_kv(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_he
 
 /* ------------------------------------------------------------------ attention */
 
-#define PI_ATT_CHUNK 256 /* positions per split */
 #define PI_ATT_WARPS 4
 
 /* Load NPL consecutive halves (NPL * 2 bytes, aligned to that) as floats. */
@@ -453,18 +452,18 @@ __global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__rest
                        (int)(threadIdx.x & 31), qs, meta);
 }
 
-/* Positions per split for T queries over L positions: PI_ATT_CHUNK; when that gives fewer than two
+/* Positions per split for T queries over L positions: PI_CUDA_ATT_CHUNK; when that gives fewer than two
  * blocks per SM (decode at a short context: one block per head), shorter splits (down to 32 positions,
  * one round of the 4 warps), as long as their partials fit the scratch already held, so that serving
  * does not allocate (the backend grows it to its largest need at start). */
 static int64_t att_chunk(const pi_cuda_ctx_t *c, int64_t T, int n_head, int head_dim, int64_t L)
 {
     const int64_t want = 2 * (int64_t)c->n_sm;
-    int64_t chunk = PI_ATT_CHUNK;
-    if (T * n_head * ((L + PI_ATT_CHUNK - 1) / PI_ATT_CHUNK) < want) {
+    int64_t chunk = PI_CUDA_ATT_CHUNK;
+    if (T * n_head * ((L + PI_CUDA_ATT_CHUNK - 1) / PI_CUDA_ATT_CHUNK) < want) {
         const int64_t ns = (want + T * n_head - 1) / (T * n_head);
         const int64_t ch = PI_MAX((int64_t)32, ((L + ns - 1) / ns + 31) / 32 * 32);
-        const size_t b = (size_t)T * (size_t)n_head * (size_t)((L + ch - 1) / ch) * (size_t)(head_dim + 2) * sizeof(float);
+        const size_t b = pi_cuda_att_part_bytes(T, n_head, (L + ch - 1) / ch, head_dim);
         if (ch < chunk && b <= c->scr_bytes[PI_CUDA_SCR_ATT]) chunk = ch;
     }
     return chunk;
@@ -475,7 +474,7 @@ static int64_t att_chunk(const pi_cuda_ctx_t *c, int64_t T, int n_head, int head
 static bool att_heads_ok(int n_head, int n_head_kv, int head_dim)
 {
     return n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0 && n_head <= 65535 &&
-           (head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256);
+           pi_cuda_att_head_dim_ok(head_dim); /* kernels/cuda/plan.h: the switches below instantiate each */
 }
 
 /* att_chunk's split length for T queries over L positions, and the split count: 0, or -PI_ERR_INVAL
@@ -507,7 +506,7 @@ static int attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_head_kv, int
     int64_t chunk, nsplit;
     PI_TRY(att_splits(c, T, n_head, head_dim, pos0 + T, &chunk, &nsplit));
     void *part = NULL;
-    size_t bytes = (size_t)T * (size_t)n_head * (size_t)nsplit * (size_t)(head_dim + 2) * sizeof(float);
+    size_t bytes = pi_cuda_att_part_bytes(T, n_head, nsplit, head_dim);
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, bytes, &part));
     const float qscale = att_qscale(head_dim);
     dim3 grid((unsigned)n_head, (unsigned)nsplit, (unsigned)T);
@@ -679,7 +678,7 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
                  (long long)o->cols, (long long)qd);
         return -PI_ERR_INVAL;
     }
-    const bool q8 = o && c->att_q8 && pi_cuda_q8_for(c, o->type, o->rows, o->cols);
+    const bool q8 = o && pi_cuda_q8_for(c, o->type, o->rows, o->cols);
     pi_xq x = {NULL, NULL};
     if (q8) {
         void *buf = NULL;
@@ -701,7 +700,7 @@ extern "C" int pi_cuda_attention_dec(pi_cuda_ctx_t *c, int n_head, int n_head_kv
         a.part = NULL;
         if (a.nsplit > 1) {
             void *part = NULL;
-            PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, (size_t)n_head * (size_t)a.nsplit * (size_t)(head_dim + 2) * sizeof(float), &part));
+            PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, pi_cuda_att_part_bytes(1, n_head, a.nsplit, head_dim), &part));
             a.part = (float *)part;
         }
         a.cnt = c->att_cnt, a.out = d_out, a.qs = x.qs, a.meta = x.meta;
@@ -883,7 +882,7 @@ extern "C" int pi_cuda_ffn_hot(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, con
         return -PI_ERR_UNSUPPORTED;
     }
     void *a = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_hot * sizeof(float), &a));
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, pi_cuda_ffn_act_bytes(n_hot), &a));
     PI_CU(cudaMemsetAsync(d_y, 0, (size_t)d * sizeof(float), c->stream));
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, d_mask, d_ids, NULL, 0.0f, (float *)a));
     const int G = (int)PI_MAX((int64_t)1, 512 / nsegp);
@@ -913,7 +912,7 @@ extern "C" int pi_cuda_ffn_dense(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, c
         return -PI_ERR_INVAL;
     }
     void *a = NULL;
-    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, (size_t)n_ff * sizeof(float), &a)); /* held either way: the plan counts it */
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_FFN, pi_cuda_ffn_act_bytes(n_ff), &a)); /* held either way: the plan counts it */
     if (pi_cuda_ffn_dense_q8_ok(c, gu, down)) return pi_cuda_ffn_dense_q8(c, gu, down, act, d_x, d_norm_g, eps, d_y, accumulate);
     PI_TRY(pi_cuda_ffn_gu(c, gu, act, d_x, NULL, NULL, d_norm_g, eps, (float *)a));
     return accumulate ? pi_cuda_matvec_add(c, down, (const float *)a, d_y) : pi_cuda_matvec(c, down, (const float *)a, d_y);

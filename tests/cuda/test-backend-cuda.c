@@ -23,9 +23,14 @@
  * 7.4e-2 on tiny-llama Q5_1), the bound is the triangle inequality: the two errors against the golden
  * logits plus HOST_SLACK (the rows' norms differ slightly).
  *
- * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. With
- * PI_CUDA_TEST=short it only runs the demo model at hot fraction 0.5 (the short run compute-sanitizer
- * checks). Speed is measured by pi-bench (pi-bench --gpu-backend cuda), through the pipeline.
+ * Skips (TAP "1..0 # SKIP") when no CUDA device is visible: CI builds it but has no GPU. Speed is
+ * measured by pi-bench (pi-bench --gpu-backend cuda), through the pipeline.
+ *
+ * The backend's tuning is set through its fields (pi_backend_opts.tune), never the environment. This
+ * program's own controls (read here, turned into those fields): PI_CUDA_TEST_TUNE="KEY=VALUE ..." runs
+ * every check under one tuning (tools/gpu-check.sh: cuda_matvec=f32 or q8, cuda_pdl=0, cuda_att_dec=0;
+ * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5, short-dense only
+ * at hot fraction 1 with the ids in order (dense layers) (the short runs compute-sanitizer checks).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -43,14 +48,39 @@
 #define GOLDEN_TOL 4e-2
 #define DEVICE_TOL 2e-2
 #define HOST_SLACK 1e-2
-/* With PI_CUDA_MV=q8 every quantised product's x is quantised to 8 bits, as the host backend's are:
+/* With cuda_matvec=q8 every quantised product's x is quantised to 8 bits, as the host backend's are:
  * the bound is that of the host backend's class (its own error reaches 7.4e-2, above). Measured on
  * the H200: at most 5e-2 (tiny-llama Q8_0 and Q4_0, decode). */
 #define Q8_TOL 8e-2
 #define SLACK_BYTES ((uint64_t)16 << 20) /* cudaMalloc's granularity over a few dozen allocations */
 
 static uint64_t rng_state;
-static int short_mode; /* PI_CUDA_TEST=short: the demo model at hot fraction 0.5 only (for compute-sanitizer) */
+static int short_mode; /* PI_CUDA_TEST=short (1): the demo model at hot fraction 0.5 only; short-dense (2): at hot
+                          fraction 1 with the ids in order only (dense layers); both for compute-sanitizer */
+static struct pi_tune tune; /* the backends' tuning (PI_CUDA_TEST_TUNE, check_pdl) */
+
+/* Tuning spec "KEY=VALUE ..." onto *t: cuda_matvec=auto|f32 (the table's [tune] key, through
+ * pi_tune_set) or q8 (the test-only value: x in 8 bits for every quantised product), cuda_pdl=0|1
+ * (0: the test hook cuda_no_pdl), cuda_att_dec=0|1 (0: cuda_att_unfused); "default" changes nothing.
+ * 0, or -1 with the reason printed. */
+static int parse_tune(const char *spec, struct pi_tune *t)
+{
+    char buf[512], err[256];
+    snprintf(buf, sizeof buf, "%s", spec);
+    for (char *save = NULL, *a = strtok_r(buf, " ", &save); a; a = strtok_r(NULL, " ", &save)) {
+        char kv[300];
+        snprintf(kv, sizeof kv, "tune.%s", a);
+        if (strcmp(a, "default") == 0) continue;
+        if (strcmp(a, "cuda_matvec=q8") == 0) t->cuda_matvec = PI_TUNE_CUDA_MATVEC_Q8;
+        else if (strcmp(a, "cuda_pdl=0") == 0 || strcmp(a, "cuda_pdl=1") == 0) t->cuda_no_pdl = a[9] == '0';
+        else if (strcmp(a, "cuda_att_dec=0") == 0 || strcmp(a, "cuda_att_dec=1") == 0) t->cuda_att_unfused = a[13] == '0';
+        else if (pi_tune_set(t, kv, "tuning spec", err, sizeof err) != 0) {
+            tap_diag("%s (also: cuda_matvec=q8, cuda_pdl=0|1, cuda_att_dec=0|1)", err);
+            return -1;
+        }
+    }
+    return 0;
+}
 
 static uint64_t rnd(void)
 {
@@ -139,7 +169,7 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
 static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
     *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
-                                  .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot};
+                                  .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot, .tune = tune};
 }
 
 static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const struct split *sp, uint64_t budget)
@@ -168,12 +198,8 @@ static void drv_free(struct drv *v)
     free(v->cold);
 }
 
-/* PI_CUDA_MV=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
-static bool all_q8(void)
-{
-    const char *mv = getenv("PI_CUDA_MV");
-    return mv && strcmp(mv, "q8") == 0;
-}
+/* cuda_matvec=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
+static bool all_q8(void) { return tune.cuda_matvec == PI_TUNE_CUDA_MATVEC_Q8; }
 
 /* Worst relative error of rows[i] (width w) against the golden rows ref_rows[i]. */
 static double rows_err(const float *a, const float *ref, const int *ref_rows, int n, int w)
@@ -209,7 +235,7 @@ static void check_model(const char *label, const char *path, const char *gpath)
     char lab[96];
     const char *model_label = label;
     for (size_t fi = 0; fi < PI_ARRAY_LEN(fracs); fi++) {
-        if (short_mode && fracs[fi] != 0.5) continue;
+        if ((short_mode == 1 && fracs[fi] != 0.5) || (short_mode == 2 && (fracs[fi] != 1.0 || shuf[fi]))) continue;
         snprintf(lab, sizeof lab, "%s%s", model_label, shuf[fi] ? "" : " (ids in order: dense)");
         label = lab;
         struct split sp;
@@ -297,7 +323,7 @@ static void check_budget(const char *path, const char *gpath)
            (unsigned long long)o.vram_budget, pi_err_str(rc));
     pi_backend_destroy(&be);
 
-    pi_cuda_ctx_t *probe = pi_cuda_ctx_new(0, (size_t)48 << 20); /* keeps the CUDA context alive for the readings */
+    pi_cuda_ctx_t *probe = pi_cuda_ctx_new(0, (size_t)48 << 20, NULL); /* keeps the CUDA context alive for the readings */
     size_t free0 = 0, total = 0;
     tap_ok(probe && pi_cuda_mem_info(probe, &free0, &total) == 0, "budget: device memory read");
     struct drv c;
@@ -339,21 +365,11 @@ static void check_budget(const char *path, const char *gpath)
     pi_model_destroy(&m);
 }
 
-/* Set or (value NULL) unset an environment variable; returns a copy of its old value (or NULL). */
-static char *env_swap(const char *name, const char *value)
-{
-    const char *old = getenv(name);
-    char *saved = old ? strdup(old) : NULL;
-    if (value) setenv(name, value, 1);
-    else unsetenv(name);
-    return saved;
-}
-
 /* The same steps with programmatic dependent launch off and on give the same logits, bit for bit: a
  * kernel that read its input before waiting for the kernel writing it (kernels/cuda/cuda-impl.h)
  * would read the previous layer's or step's values. Hot fraction 1 with the ids in order (dense
  * layers, no atomics: the step is deterministic), a prompt batch then decode steps, under the
- * automatic matvec choice (float x for these small models) and under PI_CUDA_MV=q8 (every kernel of
+ * automatic matvec choice (float x for these small models) and under cuda_matvec=q8 (every kernel of
  * the decode chain that PDL launches). */
 static void check_pdl(const char *label, const char *path)
 {
@@ -366,12 +382,14 @@ static void check_pdl(const char *label, const char *path)
     struct split sp;
     split_new(&sp, m, 1.0, false);
     static const char *const mvs[] = {"auto", "q8"};
+    static const enum pi_tune_cuda_matvec mvv[] = {PI_TUNE_CUDA_MATVEC_AUTO, PI_TUNE_CUDA_MATVEC_Q8};
+    const struct pi_tune saved = tune;
     float *lg[2];
     for (size_t k = 0; k < PI_ARRAY_LEN(mvs); k++) {
-        char *old_mv = env_swap("PI_CUDA_MV", mvs[k]);
+        tune.cuda_matvec = mvv[k];
         int rc = 0;
         for (int pdl = 0; pdl < 2; pdl++) {
-            char *old_pdl = env_swap("PI_CUDA_PDL", pdl ? "1" : "0");
+            tune.cuda_no_pdl = !pdl;
             lg[pdl] = calloc((size_t)(ND + 1) * (size_t)V, sizeof(float));
             struct drv v;
             int rp = drv_new(&v, "cuda", m, &sp, 0);
@@ -384,14 +402,11 @@ static void check_pdl(const char *label, const char *path)
                 drv_free(&v);
             }
             rc |= rp;
-            free(env_swap("PI_CUDA_PDL", old_pdl));
-            free(old_pdl);
         }
-        free(env_swap("PI_CUDA_MV", old_mv));
-        free(old_mv);
+        tune = saved;
         size_t diff = 0;
         for (size_t i = 0; i < (size_t)(ND + 1) * V; i++) diff += memcmp(&lg[0][i], &lg[1][i], sizeof(float)) != 0;
-        tap_ok(rc == 0 && diff == 0, "%s, PI_CUDA_MV=%s: a %d-token prompt and %d decode steps give the same logits "
+        tap_ok(rc == 0 && diff == 0, "%s, cuda_matvec=%s: a %d-token prompt and %d decode steps give the same logits "
                "with PDL off and on (%zu differ)", label, mvs[k], T_MAX, ND, diff);
         free(lg[0]), free(lg[1]);
     }
@@ -513,8 +528,10 @@ int main(void)
     tap_data(demo_g, sizeof demo_g, "demo-relu-q4_0.golden.gguf");
     tap_data(tiny, sizeof tiny, "tiny-llama-q4_0.gguf");
     tap_data(tiny_g, sizeof tiny_g, "tiny-llama-q4_0.golden.gguf");
-    const char *mode = getenv("PI_CUDA_TEST");
-    short_mode = mode && strcmp(mode, "short") == 0;
+    const char *mode = getenv("PI_CUDA_TEST"), *ts = getenv("PI_CUDA_TEST_TUNE");
+    if (ts && *ts && parse_tune(ts, &tune) != 0) tap_bail("PI_CUDA_TEST_TUNE=%s: not a tuning", ts);
+    if (ts && *ts) tap_diag("tuning: %s", ts);
+    short_mode = !mode ? 0 : strcmp(mode, "short") == 0 ? 1 : strcmp(mode, "short-dense") == 0 ? 2 : 0;
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
     check_model("tiny-llama-q4_0", tiny, tiny_g);

@@ -216,7 +216,7 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
                (long long)rows, (long long)cols, R, ea);
         free(y0), free(ya);
     }
-    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW || R == PI_CUDA_MV_SPLIT || R == PI_CUDA_MV_Q8_4) {
+    if (R == 4 || R == PI_CUDA_MV_STAGED || R == PI_CUDA_MV_STAGED_NARROW || R == PI_CUDA_MV_Q8_4) {
         /* a view of the middle third of the rows (the backend's q/k/v of one stacked matrix) */
         const int64_t r0 = rows / 3, nr = PI_MAX(rows / 3, (int64_t)1);
         pi_cuda_weight_t *vw = NULL;
@@ -700,7 +700,7 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     double extra_n = 0;
     const int64_t active_n = dense_ref(guf, dnf, d, n_ff, act, xd, q8x, q8a, true, ref, &extra_n);
     PI_ASSERT(pi_cuda_upload(ctx, dy, h0, (size_t)d * 4) == 0);
-    if (!pi_cuda_norm_fusable(ctx, dgu)) { /* PI_CUDA_MV=reg */
+    if (!pi_cuda_norm_fusable(ctx, dgu)) { /* x too wide for the staging */
         tap_skip(1, "ffn_dense with the norm: the staged kernel is not in use");
     } else {
         rc = pi_cuda_ffn_dense(ctx, dgu, ddn, act, dy, dgn, 1e-5f, dy, 1);
@@ -746,7 +746,7 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     pi_cuda_weight_t *dw = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw) == 0);
     float *dh = dev_from(h, (size_t)cols * 4), *dg = dev_from(g, (size_t)cols * 4), *dy = dev_from(NULL, (size_t)rows * 4);
-    if (!pi_cuda_norm_fusable(ctx, dw)) { /* PI_CUDA_MV=reg */
+    if (!pi_cuda_norm_fusable(ctx, dw)) { /* x too wide for the staging */
         tap_skip(1, "matvec_norm: the staged kernel is not in use");
     } else {
         int rc = pi_cuda_matvec_norm(ctx, dw, dh, dg, 1e-5f, dy);
@@ -762,26 +762,16 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
     free(w), free(wf), free(h), free(g), free(xn), free(ref), free(amb);
 }
 
-/* The products a context made with PI_CUDA_MV=q8 (x in 8 bits for every quantised weight) runs by
+/* The products a context made with x = PI_CUDA_X_Q8 (x in 8 bits for every quantised weight) runs by
  * itself (the automatic matvec, the norm in the quantiser, the hot FFN's gate/up pairs with the GLU
  * epilogue and the mask, the dense FFN whose down product quantises the activations), against
  * references that quantise x as it does. */
 static void test_q8_context(void)
 {
     pi_cuda_ctx_t *main_ctx = ctx;
-    const char *old = getenv("PI_CUDA_MV");
-    char *saved = old ? strdup(old) : NULL;
-    const char *old_att = getenv("PI_CUDA_ATT_DEC");
-    char *saved_att = old_att ? strdup(old_att) : NULL;
-    setenv("PI_CUDA_MV", "q8", 1);
-    setenv("PI_CUDA_ATT_DEC", "0", 1); /* decode attention in three launches, the merge quantising att */
-    ctx = pi_cuda_ctx_new(0, (size_t)1 << 30);
-    if (saved) setenv("PI_CUDA_MV", saved, 1);
-    else unsetenv("PI_CUDA_MV");
-    if (saved_att) setenv("PI_CUDA_ATT_DEC", saved_att, 1);
-    else unsetenv("PI_CUDA_ATT_DEC");
-    free(saved_att);
-    free(saved);
+    /* att_unfused: decode attention in three launches, the merge quantising att */
+    const struct pi_cuda_opts q8 = {.x = PI_CUDA_X_Q8, .att_unfused = true};
+    ctx = pi_cuda_ctx_new(0, (size_t)1 << 30, &q8);
     if (!ctx) tap_bail("cannot open a second context on device 0");
     test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);  /* 1 row per warp on the H100 */
     test_matvec(PI_TYPE_Q4_0, 12288, 4096, 0); /* 2 */
@@ -809,7 +799,7 @@ static void test_q8_context(void)
 static void test_budget(void)
 {
     const size_t MiB = 1u << 20;
-    pi_cuda_ctx_t *c = pi_cuda_ctx_new(0, 96 * MiB);
+    pi_cuda_ctx_t *c = pi_cuda_ctx_new(0, 96 * MiB, NULL);
     tap_ok(c != NULL, "context with a 96 MiB budget");
     if (!c) return;
     size_t budget, used, peak, over, free0, free1, total;
@@ -856,7 +846,7 @@ static void test_errors(void)
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_K, 4, 64, w, &dw), -PI_ERR_INVAL, "Q4_K with 64 columns is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 4, 48, w, &dw), -PI_ERR_INVAL, "48 columns are refused");
     tap_ok(dw == NULL, "no weight comes back from a refusal");
-    tap_ok(pi_cuda_ctx_new(999, 0) == NULL, "device 999 does not open");
+    tap_ok(pi_cuda_ctx_new(999, 0, NULL) == NULL, "device 999 does not open");
     int dummy;
     tap_is_int(pi_cuda_free(ctx, &dummy), -PI_ERR_INVAL, "freeing a host pointer is refused");
     float *dx = dev_from(NULL, 4096);
@@ -881,7 +871,7 @@ int main(void)
     PI_ASSERT(pi_cuda_device_describe(0, desc, sizeof(desc)) == 0);
     tap_diag("device 0: %s; seed %llu (PI_SEED=%llu repeats)", desc, (unsigned long long)seed,
              (unsigned long long)seed);
-    ctx = pi_cuda_ctx_new(0, (size_t)2 << 30);
+    ctx = pi_cuda_ctx_new(0, (size_t)2 << 30, NULL);
     if (!ctx) tap_bail("cannot open device 0");
 
     for (size_t i = 0; i < PI_ARRAY_LEN(types); i++) {
@@ -894,9 +884,6 @@ int main(void)
         test_matvec(t, 50, 2048, PI_CUDA_MV_STAGED_TALL);
         test_matvec(t, 203, 4096, PI_CUDA_MV_STAGED_NARROW);
         test_matvec(t, 70, 512, PI_CUDA_MV_STAGED_NARROW); /* fewer segments than lanes (Q4_0: the prefetch) */
-        test_matvec(t, 300, 11008, PI_CUDA_MV_SPLIT);      /* split-K: 6 ranges of 64 segments (Q4_0), the last short */
-        test_matvec(t, 45, 4096, PI_CUDA_MV_SPLIT);
-        test_matvec(t, 70, 512, PI_CUDA_MV_SPLIT);         /* one range only: the staged kernel instead */
         test_matvec(t, 1000, 4096, PI_CUDA_MV_Q8);         /* x in 8 bits (F16/BF16: the staged kernel) */
         test_matvec(t, 301, 11008, PI_CUDA_MV_Q8_2);
         test_matvec(t, 50, 2048, PI_CUDA_MV_Q8_4);

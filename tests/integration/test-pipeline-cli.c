@@ -59,7 +59,8 @@ static void test_help(void)
     tap_is_int(st, 0, "--help exits 0");
     const char *want[] = {"--model PATH", "--prompt TEXT", "--tokens", "-n, --n-predict N", "--logits-out FILE",
                           "--config FILE", "--set SECTION.KEY=VAL", "--cpu-workers N", "--gpu-backend B",
-                          "--hot-fraction F", "--vram-budget BYTES", "--control ENDPOINT", "--temp T", "--seed S"};
+                          "--hot-fraction F", "--vram-budget BYTES", "--control ENDPOINT", "--temp T", "--seed S",
+                          "--gpu-stall-ms MS", "tune.cuda_matvec", "tune.cpu_kernels"};
     int all = 1;
     for (size_t i = 0; i < PI_ARRAY_LEN(want); i++)
         if (!strstr(out, want[i])) { tap_diag("--help lacks %s", want[i]); all = 0; }
@@ -114,6 +115,9 @@ static void test_config_errors(void)
     config_error("cli-unknown-key", a3, "[gpu] nope: unknown key");
     const char *a4[] = {"--prompt", "x", NULL};
     config_error("no-model", a4, "no model");
+    /* the tuning table's values only: q8 everywhere (a test hook of the backend) is no choice */
+    const char *a8[] = {"--model", model, "--set", "tune.cuda_matvec=q8", "--prompt", "x", NULL};
+    config_error("cli-tune-value", a8, "[tune] cuda_matvec: 'q8' is not one of: auto, f32");
     const char *a5[] = {"--model", model, "--frobnicate", NULL};
     config_error("unknown-option", a5, "unknown option --frobnicate");
     /* an abbreviated --config is read, not accepted and ignored */
@@ -252,6 +256,27 @@ static void test_man_keys(void)
     free(man);
 }
 
+/* pi-gpu-worker takes its tuning as --set tune.KEY=VALUE (what the coordinator passes it): a value
+ * outside the table's, or a key of another section, is a usage error (status 2, one line). */
+static void test_gpu_worker_tune(void)
+{
+    char gw[512];
+    tp_prog(gw, sizeof gw, "gpu-worker/pi-gpu-worker");
+    static const char *const bad[][2] = {{"tune.cuda_matvec=fast", "[tune] cuda_matvec: 'fast' is not one of: auto, f32"},
+                                         {"gpu.device=1", "'gpu.device=1' is not tune.KEY=VALUE"},
+                                         {"tune.nosuch=1", "[tune] nosuch: unknown key"}};
+    for (size_t i = 0; i < PI_ARRAY_LEN(bad); i++) {
+        char name[32];
+        snprintf(name, sizeof name, "gw-tune-%zu", i);
+        char *argv[] = {gw, "--set", (char *)bad[i][0], "--model", model, "--step-fd", "3", "--exchange-fd", "4", NULL};
+        int st = tp_run(argv, name, TIMEOUT_S);
+        char *err = tp_output(name, "err");
+        tap_ok(st == 2 && strstr(err, bad[i][1]) && count_lines(err) == 1, "pi-gpu-worker --set %s: exit %d, \"%s\"",
+               bad[i][0], st, err);
+        free(err);
+    }
+}
+
 static void test_cuda_missing(void)
 {
     char rundir[300];
@@ -326,6 +351,7 @@ int main(void)
     test_help();
     test_config_errors();
     test_man_keys();
+    test_gpu_worker_tune();
     test_cuda_missing();
     test_oneshot_golden();
     test_signal_in_prompt();

@@ -46,12 +46,13 @@ static int pictl(const char *name, const char *const *args, double timeout_s)
 }
 
 /* Start a server coordinator; wait until it answers status. Returns its pid or -1. */
-static pid_t start_server(const char *name)
+/* The server with one more configuration setting (--set SET; NULL: none). */
+static pid_t start_server_set(const char *name, const char *set)
 {
     /* One thread per process: with several, the neuron kernel's thread split changes the float sums from
      * run to run, and a greedy near-tie could differ between the server and the one-shot run. */
     char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
-                    "--control", endpoint, "--cpu-threads", "1", NULL};
+                    "--control", endpoint, "--cpu-threads", "1", set ? "--set" : NULL, (char *)set, NULL};
     pid_t pid = tp_spawn(argv, name);
     for (int i = 0; i < 400; i++) {
         const char *a[] = {"--timeout", "500", "status", NULL};
@@ -67,6 +68,8 @@ static pid_t start_server(const char *name)
     tp_wait(pid, 5);
     return -1;
 }
+
+static pid_t start_server(const char *name) { return start_server_set(name, NULL); }
 
 static json_t *status(void)
 {
@@ -136,6 +139,8 @@ static void test_status_fields(json_t *st)
     tap_ok(json_is_integer(json_object_get(st, "uptime_ms")) && json_is_integer(json_object_get(st, "requests_served")) &&
                json_is_integer(json_object_get(st, "tokens_generated")),
            "status: uptime, requests served, tokens generated");
+    const char *mv = json_string_value(json_object_get(json_object_get(st, "tune"), "cuda_matvec"));
+    tap_ok(mv && strcmp(mv, "auto") == 0, "status: the [tune] keys the workers run with (cuda_matvec %s)", mv ? mv : "missing");
     json_t *ws = json_object_get(st, "workers");
     tap_is_int((long long)json_array_size(ws), 3, "status: 3 workers (GPU + 2 CPU)");
     size_t i;
@@ -516,16 +521,14 @@ static void test_restart_failure(void)
 }
 
 /* A GPU worker whose main thread stops while its link thread runs on (a CUDA call that never
- * returns; here ptrace stops just the main thread) stops heart-beating after PI_LINK_STALL_MS without
+ * returns; here ptrace stops just the main thread) stops heart-beating after [gpu] stall_ms without
  * progress, is killed as silent, and the request in flight fails instead of waiting for the step
  * channel's 600 s. The tracer consumes the tracee's events until it is gone, so that its parent sees
  * the death. */
 static void test_stalled_main_thread(void)
 {
-    setenv("PI_LINK_STALL_MS", "1000", 1);
-    pid_t srv = start_server("server-stall");
-    unsetenv("PI_LINK_STALL_MS");
-    if (!tap_ok(srv > 0, "a server with PI_LINK_STALL_MS=1000 started")) {
+    pid_t srv = start_server_set("server-stall", "gpu.stall_ms=1000");
+    if (!tap_ok(srv > 0, "a server with [gpu] stall_ms = 1000 started")) {
         tap_skip(2, "no server");
         return;
     }

@@ -144,9 +144,44 @@ int main(void)
     tap_ok(pi_parse_bytes("99999999999T", &b) == -PI_ERR_RANGE, "overflow rejected");
     tap_ok(pi_parse_bytes("", &b) == -PI_ERR_INVAL, "empty rejected");
 
+    /* [tune]: the performance choices, a section of the same table */
+    tap_ok(cfg.tune.cuda_matvec == PI_TUNE_CUDA_MATVEC_AUTO, "tune.cuda_matvec defaults to auto");
+    rc = pi_config_set(&cfg, "tune.cuda_matvec", "f32", "command line", err, sizeof err);
+    tap_ok(rc == 0 && cfg.tune.cuda_matvec == PI_TUNE_CUDA_MATVEC_F32, "tune.cuda_matvec = f32 set from the command line");
+    rc = pi_config_set(&cfg, "tune.cuda_matvec", "q8", "command line", err, sizeof err);
+    tap_ok(rc == -PI_ERR_INVAL && strstr(err, "[tune] cuda_matvec: 'q8' is not one of: auto, f32") &&
+               cfg.tune.cuda_matvec == PI_TUNE_CUDA_MATVEC_F32, "a value outside the table refused, the old one kept: %s", err);
+    char val[64];
+    size_t ki = 0;
+    while (ki < pi_config_key_count() && strcmp(pi_config_key(ki)->key, "cuda_matvec") != 0) ki++;
+    tap_ok(ki < pi_config_key_count() && strcmp(pi_config_key(ki)->section, "tune") == 0 &&
+               pi_config_key_value(&cfg, ki, val, sizeof val) == 3 && strcmp(val, "f32") == 0,
+           "pi_config_key_value spells the value as the file does (%s)", val);
+    struct pi_tune t = {0};
+    tap_ok(pi_tune_set(&t, "tune.cuda_matvec=f32", "--set", err, sizeof err) == 0 && t.cuda_matvec == PI_TUNE_CUDA_MATVEC_F32,
+           "pi_tune_set takes tune.KEY=VALUE");
+    tap_ok(pi_tune_set(&t, "gpu.device=1", "--set", err, sizeof err) == -PI_ERR_INVAL && strstr(err, "is not tune.KEY=VALUE") &&
+               pi_tune_set(&t, "tune.cuda_matvec", "--set", err, sizeof err) == -PI_ERR_INVAL &&
+               pi_tune_set(&t, "tune.cuda_matvec=fast", "--set", err, sizeof err) == -PI_ERR_INVAL &&
+               t.cuda_matvec == PI_TUNE_CUDA_MATVEC_F32,
+           "pi_tune_set refuses another section, a missing value and a value outside the table");
+    t.cuda_matvec = PI_TUNE_CUDA_MATVEC_Q8; /* the test-only value is never written as another one */
+    cfg.tune = t;
+    pi_config_key_value(&cfg, ki, val, sizeof val);
+    tap_ok(strcmp(val, "2") == 0 && pi_config_set(&cfg, "tune.cuda_matvec", val, "x", err, sizeof err) != 0,
+           "the test-only q8 formats as a number the table refuses (%s)", val);
+    cfg.tune.cuda_matvec = PI_TUNE_CUDA_MATVEC_AUTO;
+    tap_ok(cfg.tune.cpu_kernels == PI_TUNE_CPU_KERNELS_AUTO &&
+               pi_config_set(&cfg, "tune.cpu_kernels", "AVX2", "x", err, sizeof err) == 0 &&
+               cfg.tune.cpu_kernels == PI_TUNE_CPU_KERNELS_AVX2 &&
+               pi_config_set(&cfg, "tune.cpu_kernels", "sse4", "x", err, sizeof err) == -PI_ERR_INVAL,
+           "tune.cpu_kernels: auto by default, a variant by name (any case), an unknown one refused");
+    cfg.tune.cpu_kernels = PI_TUNE_CPU_KERNELS_AUTO;
+
     char text[4096];
     size_t n = pi_config_format(&cfg, text, sizeof text);
-    tap_ok(n < sizeof text && strstr(text, "[gpu]\nbackend = host\n") != NULL, "formatted config round-trips the section layout");
+    tap_ok(n < sizeof text && strstr(text, "[gpu]\nbackend = host\n") != NULL && strstr(text, "[tune]\ncuda_matvec = auto\ncpu_kernels = auto\n"),
+           "formatted config round-trips the section layout, [tune] included");
     tap_ok(pi_config_key_count() >= 15 && pi_config_key(0) && !pi_config_key(pi_config_key_count()), "key table exposed");
 
     pi_config_free(&cfg);

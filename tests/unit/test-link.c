@@ -16,7 +16,7 @@
  *   - a coordinator that never speaks, or speaks only garbage, is taken for dead: exit status 3
  *     after about PI_LINK_SILENCE_MS;
  *   - stall detection: heartbeats go on while the stall check is not armed, stop once the armed main
- *     thread makes no progress for PI_LINK_STALL_MS, and come back with progress; a SIGSTOP of the
+ *     thread makes no progress for its stall limit (pi_link_opts.stall_ms), and come back with progress; a SIGSTOP of the
  *     whole process is not taken for a stall;
  *   - the parent's death: the link thread notices the re-parenting (exit 3, long before the silence
  *     limit), and pi_link_die_with_parent makes the kernel kill the worker (SIGKILL). This process
@@ -507,9 +507,11 @@ static int child_main(const char *mode, const char *ep)
     if (strcmp(mode, "pdeath") == 0 && pi_link_die_with_parent() != 0) return 4;
     const bool busy = strncmp(mode, "busy:", 5) == 0, gpu = busy || strcmp(mode, "stall") == 0;
     const int feed_fd = busy ? atoi(mode + 5) : -1;
-    if (gpu) setenv("PI_LINK_STALL_MS", "500", 1); /* this child only: the contract's lower bound */
-    const struct pi_link_opts o = {
-        .endpoint = ep, .role = gpu ? PI_ROLE_GPU_WORKER : PI_ROLE_CPU_WORKER, .numa_node = -1};
+    /* the GPU worker's children: the contract's lower bound of the stall limit ([gpu] stall_ms) */
+    const struct pi_link_opts o = {.endpoint = ep,
+                                   .role = gpu ? PI_ROLE_GPU_WORKER : PI_ROLE_CPU_WORKER,
+                                   .numa_node = -1,
+                                   .stall_ms = gpu ? 500u : 0u};
     pi_link_t *l = pi_link_start(&o);
     if (!l) return 4;
     if (gpu) pi_link_ready(l, 1, 1);

@@ -17,7 +17,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kernels/cpu/dispatch.h"
@@ -317,37 +316,28 @@ static void test_dot_f64(void)
     free(x), free(wd), free(xd), free(w), free(xq);
 }
 
-/* PI_KERNELS is read once per process, so each setting is tried in a forked child before this
- * process chooses its own variant; the child reports its choice as its exit status. */
-static int isa_with_env(const char *value)
-{
-    pid_t pid = fork();
-    if (pid < 0) tap_bail("fork failed");
-    if (pid == 0) {
-        setenv("PI_KERNELS", value, 1);
-        _exit((int)pi_kernels_isa());
-    }
-    int st = 0;
-    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return -1;
-    return WEXITSTATUS(st);
-}
-
-/* The override is clamped to what the CPU and OS can run; an AVX-512 variant is never chosen
- * where the compiler's own CPU check (which also asks the OS, through XGETBV) says no AVX-512. */
+/* The choice ([tune] cpu_kernels, through pi_kernels_use) is honoured where the CPU and OS can run
+ * it and clamped otherwise; auto and an unknown variant take the best. An AVX-512 variant is never
+ * available where the compiler's own CPU check (which also asks the OS, through XGETBV) says no
+ * AVX-512. The process's variant is the best again afterwards. */
 static void test_override(void)
 {
-    static const char *const names[] = {"scalar", "avx2", "avx512", "AVX512", "avx512vnni", "bogus", ""};
-    int got[PI_ARRAY_LEN(names)];
-    for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) got[i] = isa_with_env(names[i]);
+    static const enum pi_tune_cpu_kernels tunes[] = {PI_TUNE_CPU_KERNELS_SCALAR, PI_TUNE_CPU_KERNELS_AVX2,
+                                                     PI_TUNE_CPU_KERNELS_AVX512, PI_TUNE_CPU_KERNELS_AVX512VNNI,
+                                                     PI_TUNE_CPU_KERNELS_AUTO};
     int best = PI_KERNEL_SCALAR;
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++)
         if (pi_kernels_available((enum pi_kernel_isa)isa)) best = isa;
     int bad = 0;
-    for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) {
-        int want = i < 2 ? PI_MIN((int)i, best) : i < 4 ? PI_MIN(2, best) : i < 5 ? PI_MIN(3, best) : best;
-        if (got[i] != want) bad++, tap_diag("  PI_KERNELS=\"%s\": variant %d, want %d", names[i], got[i], want);
+    for (size_t i = 0; i < PI_ARRAY_LEN(tunes); i++) {
+        const struct pi_tune t = {.cpu_kernels = tunes[i]};
+        const int want = tunes[i] == PI_TUNE_CPU_KERNELS_AUTO ? best : PI_MIN((int)tunes[i] - 1, best);
+        const int got = (int)pi_kernels_use(pi_kernels_of_tune(&t));
+        if (got != want || (int)pi_kernels_isa() != want) bad++, tap_diag("  cpu_kernels %d: variant %d, want %d", (int)tunes[i], got, want);
     }
-    tap_ok(bad == 0, "PI_KERNELS override honoured where the CPU can run it, clamped otherwise (best here: %s)",
+    bad += pi_kernels_use(PI_KERNEL_ISA_COUNT + 3) != (enum pi_kernel_isa)best;
+    tap_ok(bad == 0 && pi_kernels_isa() == (enum pi_kernel_isa)best,
+           "the cpu_kernels choice is honoured where the CPU can run it, clamped otherwise (best here: %s)",
            pi_kernels_table((enum pi_kernel_isa)best)->name);
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
@@ -381,14 +371,12 @@ static void test_dispatch(void)
         if (!pi_kernel_supported(dot_types[k])) incomplete++;
     tap_ok(incomplete == 0 && !pi_kernel_supported(PI_TYPE_I32) && !pi_kernel_supported(PI_TYPE_Q8_K),
            "pi_kernel_supported");
-    const char *env = getenv("PI_KERNELS");
-    if (env && *env) tap_diag("PI_KERNELS=%s", env);
 }
 
 int main(void)
 {
     seed_rng();
-    test_override(); /* first: forks before this process has chosen its variant */
+    test_override(); /* leaves the best variant active */
     test_dispatch();
     test_fixture();
     test_fp16();

@@ -511,14 +511,14 @@ static int worker_main(int argc, char **argv)
     }
     if (pi_link_die_with_parent() != 0) return 4;
     const int index = atoi(argv[5]);
-    if (strcmp(mode, "hang") == 0) setenv("PI_LINK_STALL_MS", "500", 1); /* this worker only */
     const uint32_t cores[2] = {(uint32_t)(index * 2 + 100), (uint32_t)(index * 2 + 101)};
     const struct pi_link_opts o = {.endpoint = argv[3],
                                    .role = (uint32_t)atoi(argv[4]),
                                    .index = (uint32_t)index,
                                    .numa_node = index % 2,
                                    .cores = cores,
-                                   .n_cores = 2};
+                                   .n_cores = 2,
+                                   .stall_ms = strcmp(mode, "hang") == 0 ? 500u : 0u}; /* this worker only */
     pi_link_t *l = pi_link_start(&o);
     if (!l) return 4;
     msleep(50 + (int)(getpid() % 100)); /* "loading" */

@@ -1,0 +1,81 @@
+/*
+ * compute/backend-cuda-plan.h - the cuda backend's VRAM plan, as host C: every device byte the cuda
+ * backend (compute/backend-cuda.c) will hold for a model and its options, computed without a device,
+ * and the layout rules the plan and the backend share (which weights keep their type, which layers
+ * are dense, whether q, k and v are stacked, from which batch size the hot FFN goes through GEMM).
+ *
+ * Why apart from the backend: pi-coordinator sizes the hot set from this plan (compute/placement.c)
+ * and must not link CUDA for it. The kernels' own needs (allocation rounding, cuBLAS workspace, GEMM
+ * tile, attention partials, quantised x, weight bytes) come from kernels/cuda/plan.h, the header the
+ * .cu files allocate by, so the plan and the kernels cannot drift apart. Built in every configuration
+ * (libpinfer.a).
+ */
+#ifndef PI_COMPUTE_BACKEND_CUDA_PLAN_H
+#define PI_COMPUTE_BACKEND_CUDA_PLAN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "compute/backend.h"
+#include "lib/types.h"
+#include "model/model.h"
+
+/* Rows from which a batch's hot FFN runs as GEMMs (gate/up product, then the tiled down product)
+ * rather than row by row; the plan holds the GEMM buffers only for batches this large. */
+#define PI_BACKEND_CUDA_HOT_BATCH_MIN 5
+
+/* The plan's parts, in device bytes as the allocator counts them (kernels/cuda/plan.h). */
+struct pi_backend_cuda_plan {
+    uint64_t attn;    /* q, k, v (stacked or apart) and output weights of every layer */
+    uint64_t norms;   /* (2 n_layer + 1, n_embd) f32: attention and FFN norms, output norm */
+    uint64_t head;    /* token embeddings and output head (one weight when tied) */
+    uint64_t hot;     /* packed gate/up pairs and down rows (or the file's ffn_down for a dense layer) */
+    uint64_t kv;      /* f16 K and V: n_layer x n_seq x 2 x n_ctx x kv_dim */
+    uint64_t act;     /* activations of max_tokens rows, and the hot FFN's GEMM buffers */
+    uint64_t scratch; /* the kernels' scratch slots at their largest request, the cuBLAS workspace */
+    uint64_t total;
+};
+
+/* The plan of the cuda backend over m with options o (o->hot, o->n_hot, o->hot_layers as the backend
+ * will get them; nothing else of o->tune changes a byte). 0 and *p, or -PI_ERR_INVAL (max_tokens < 1),
+ * or a negative pi_err for a weight shape the device kernels cannot take (logged). */
+int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts *o, struct pi_backend_cuda_plan *p);
+
+/* The plan's total (pi_backend_cuda_plan_parts), for placement: *bytes = 0 on error. */
+int pi_backend_cuda_plan(const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes);
+
+/* Whether every layer of m is dense in the cuda backend when its hot neurons are 0..hot-1 (all of
+ * them, in id order, rows in whole 32-element segments): it then reads no ffn_down_t rows at all. */
+bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot);
+
+/* ---- the layout rules the plan and the backend share (compute/backend-cuda.c) */
+
+/* Positions per sequence and sequences the backend holds for o (defaults: the model's context, 1). */
+void pi_backend_cuda_geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *n_ctx, int *n_seq);
+
+/* The type a weight of type t with rows of cols elements has on the device: its own where the device
+ * has kernels for it (F16, BF16, Q4_0, Q8_0 with cols % 32 == 0; Q4_K, Q6_K with cols % 256 == 0),
+ * else F16 (converted on upload). */
+enum pi_type pi_backend_cuda_dev_type(enum pi_type t, int64_t cols);
+
+/* Whether layer L's q, k and v go to the device as one stacked matrix (qd + 2 kvd, d): their types
+ * agree and the device takes that type as it is. */
+bool pi_backend_cuda_fuse_qkv(const struct pi_layer *L, int64_t d);
+
+/* The device type of layer L's packed gate/up pairs: the file's when gate and up agree and the device
+ * takes it, else F16. */
+enum pi_type pi_backend_cuda_gu_type(const struct pi_layer *L, int64_t d);
+
+/* Whether layer il's FFN is dense on the device: all n_ff neurons hot, in id order, and rows of n_ff
+ * elements in whole 32-element segments. Its down product then takes the file's ffn_down (d, n_ff). */
+bool pi_backend_cuda_dense_layer(const pi_model_t *m, const struct pi_backend_opts *o, int il);
+
+/* Where layer il's hot rows come from: o->hot_layers[il] (the worker's packed copy, row i = neuron
+ * hot[il][i]) or the model's own layer. */
+const struct pi_layer *pi_backend_cuda_hot_rows(const pi_model_t *m, const struct pi_backend_opts *o, int il);
+
+/* The XQ scratch the backend reserves: x of the widest decode product, plus a dense FFN's n_ff
+ * activations beside it when a layer is dense. */
+uint64_t pi_backend_cuda_xq_reserve(const pi_model_t *m, bool any_dense);
+
+#endif

@@ -1,0 +1,78 @@
+/*
+ * kernels/cuda/plan.c - the device memory the CUDA kernels take (kernels/cuda/plan.h), host C: the
+ * device layout of each weight type and the sizes of the kernels' scratch. Compiled into libpinfer.a
+ * in every build, so that a process without CUDA can plan a device's memory exactly.
+ */
+#include "config.h"
+#include "kernels/cuda/plan.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/types.h"
+
+#include <limits.h>
+#include <string.h>
+
+size_t pi_cuda_xq_bytes(int64_t cols) { return (size_t)(cols / 32) * PI_CUDA_XQ_SEG_BYTES; }
+
+int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols)
+{
+    int64_t tr = (int64_t)(PI_CUDA_TILE_BYTES / ((size_t)cols * 2));
+    tr = tr >= PI_CUDA_TILE_ROW_GRANULE ? tr / PI_CUDA_TILE_ROW_GRANULE * PI_CUDA_TILE_ROW_GRANULE : PI_MAX(tr, (int64_t)1);
+    return PI_MIN(tr, rows);
+}
+
+size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols)
+{
+    if (type == PI_TYPE_F16) return 0;
+    return (size_t)pi_cuda_gemm_tile_rows(rows, cols) * (size_t)cols * 2;
+}
+
+int pi_cuda_geom_of(int type, struct pi_cuda_geom *g)
+{
+    memset(g, 0, sizeof *g);
+    switch (type) {
+    case PI_TYPE_F16:
+    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
+    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
+    /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
+     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
+    case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;
+    case PI_TYPE_Q8_0: g->belems = 32; g->bbytes = 34; g->qbytes = 32; g->split = true; g->doff = 0; g->qoff = 2; return 0;
+    case PI_TYPE_Q6_K: g->belems = 256; g->bbytes = 210; g->qbytes = 208; g->split = true; g->doff = 208; g->qoff = 0; return 0;
+    default:
+        pi_error("cuda: no device kernels for type %s", pi_type_name((uint32_t)type));
+        return -PI_ERR_UNSUPPORTED;
+    }
+}
+
+int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_geom *g, size_t *qplane, size_t *dplane)
+{
+    int rc = pi_cuda_geom_of(type, g);
+    if (rc < 0) return rc;
+    const struct pi_type_info *ti = pi_type_get((uint32_t)type);
+    PI_ASSERT(ti && ti->block_bytes == g->bbytes && (int64_t)ti->block_elems == g->belems);
+    int64_t align = g->belems > 32 ? g->belems : 32;
+    if (rows <= 0 || cols <= 0 || cols % align != 0 || cols > INT_MAX || rows > INT_MAX) {
+        pi_error("cuda: weight shape (%lld, %lld) of type %s unsupported (cols must be a positive multiple of %lld)",
+                 (long long)rows, (long long)cols, pi_type_name((uint32_t)type), (long long)align);
+        return -PI_ERR_INVAL;
+    }
+    uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
+    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, 2, &d)) {
+        pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
+        return -PI_ERR_RANGE;
+    }
+    *qplane = (size_t)((q + 255) & ~(uint64_t)255);
+    *dplane = g->split ? (size_t)d : 0;
+    return 0;
+}
+
+int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes)
+{
+    struct pi_cuda_geom g;
+    size_t q, d;
+    int rc = pi_cuda_weight_planes(type, rows, cols, &g, &q, &d);
+    if (rc < 0) return rc;
+    *bytes = (q + d + 255) & ~(size_t)255;
+    return 0;
+}

@@ -1,0 +1,129 @@
+/*
+ * kernels/cuda/plan.h - the device memory the CUDA kernels take, as host C: the one place that says
+ * how the context's allocator rounds, how large the cuBLAS workspace, the GEMM's dequantised tile and
+ * the attention's split partials are, which head sizes the flash-decoding kernels take, and how many
+ * bytes a weight occupies in the device layout (kernels/cuda/cuda-impl.h).
+ *
+ * Why a header of its own: the VRAM plan (compute/backend-cuda-plan.c) must count every byte the
+ * kernels will hold, and it runs in processes that have no CUDA at all (pi-coordinator sizes the hot
+ * set from it). The .cu files include this header and call these functions for their own allocations,
+ * so a kernel whose scratch changes changes the plan with it. Plain C (kernels/cuda/plan.c, compiled
+ * into libpinfer.a by the C compiler); nothing here touches a device.
+ */
+#ifndef PI_KERNELS_CUDA_PLAN_H
+#define PI_KERNELS_CUDA_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* pi_cuda_alloc counts every allocation in these units (cudaMalloc's alignment). */
+#define PI_CUDA_ALLOC_ALIGN 256u
+
+/* The cuBLAS workspace every context allocates from its budget (cuBLAS' recommendation on Hopper);
+ * its last bytes hold the decode attention's per-head counters (ctx.cu). */
+#define PI_CUDA_BLAS_WS ((size_t)32 << 20)
+
+/* pi_cuda_matmul runs batches of up to this many rows as matrix-vector products, one per row (no
+ * scratch but the quantised x), and larger ones as pi_cuda_gemm (the f16 input and the tile below). */
+#define PI_CUDA_MATVEC_MAX_ROWS 2
+
+/* Largest dequantised f16 weight tile of pi_cuda_gemm (matmul.cu), and its row granule. */
+#define PI_CUDA_TILE_BYTES ((size_t)64 << 20)
+#define PI_CUDA_TILE_ROW_GRANULE 128
+
+/* Positions per split of the flash-decoding attention (ops.cu); shorter splits are taken only within
+ * the scratch already held. */
+#define PI_CUDA_ATT_CHUNK 256
+
+/* Bytes per 32-element segment of x quantised to 8 bits (matvec-q8.cu): 32 int8 values and one
+ * 16-byte int4 of metadata. */
+#define PI_CUDA_XQ_SEG_BYTES (32u + 16u)
+
+/* Bytes the allocator counts for a request of `bytes` (rounded up to PI_CUDA_ALLOC_ALIGN). */
+static inline uint64_t pi_cuda_counted(uint64_t bytes)
+{
+    return (bytes + PI_CUDA_ALLOC_ALIGN - 1) & ~(uint64_t)(PI_CUDA_ALLOC_ALIGN - 1);
+}
+
+/* What a scratch slot asks the allocator for when a request of `bytes` grows it: 25% headroom, so that
+ * a slightly larger request later does not reallocate (ctx.cu, pi_cuda_scratch). */
+static inline size_t pi_cuda_scratch_want(size_t bytes) { return bytes + bytes / 4; }
+
+/* The bytes a scratch slot holds, as counted, after its largest request was `bytes` (0: never used). */
+static inline uint64_t pi_cuda_scratch_held(uint64_t bytes) { return bytes ? pi_cuda_counted(pi_cuda_scratch_want((size_t)bytes)) : 0; }
+
+/* The head sizes the flash-decoding kernels (pi_cuda_attention, pi_cuda_attention_dec) are built
+ * for; ops.cu instantiates one template per entry. */
+static inline bool pi_cuda_att_head_dim_ok(int head_dim)
+{
+    return head_dim == 32 || head_dim == 64 || head_dim == 128 || head_dim == 256;
+}
+
+/* Bytes of the attention's split partials for T queries of n_head heads in nsplit splits: per split,
+ * head_dim sums plus the running maximum and denominator, f32. */
+static inline size_t pi_cuda_att_part_bytes(int64_t T, int n_head, int64_t nsplit, int head_dim)
+{
+    return (size_t)T * (size_t)n_head * (size_t)nsplit * (size_t)(head_dim + 2) * sizeof(float);
+}
+
+/* The largest pi_cuda_att_part_bytes of T queries over a context of n_ctx positions
+ * (PI_CUDA_ATT_CHUNK-position splits). */
+static inline size_t pi_cuda_att_part_max(int64_t T, int n_head, int64_t n_ctx, int head_dim)
+{
+    return pi_cuda_att_part_bytes(T, n_head, (n_ctx + PI_CUDA_ATT_CHUNK - 1) / PI_CUDA_ATT_CHUNK, head_dim);
+}
+
+/* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into. */
+size_t pi_cuda_xq_bytes(int64_t cols);
+
+/* Bytes of pi_cuda_gemm's f16 copy of its input X (T, cols) (the X16 scratch). */
+static inline size_t pi_cuda_gemm_x16_bytes(int64_t T, int64_t cols) { return (size_t)T * (size_t)cols * 2; }
+
+/* Bytes of the hot FFN's activations, n floats (the FFN scratch of pi_cuda_ffn_hot and
+ * pi_cuda_ffn_dense). */
+static inline size_t pi_cuda_ffn_act_bytes(int64_t n) { return (size_t)n * sizeof(float); }
+
+/* Rows of pi_cuda_gemm's dequantised tile for a weight (rows, cols): as many as PI_CUDA_TILE_BYTES of
+ * f16 hold, in multiples of PI_CUDA_TILE_ROW_GRANULE where that is at least one granule, at least 1,
+ * at most rows. */
+int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols);
+
+/* The dequantised tile pi_cuda_gemm takes for a weight (rows, cols) of device type `type` (an enum
+ * pi_type): 0 for F16, which the GEMM uses in place. */
+size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols);
+
+/* How a weight type is laid out on the device (kernels/cuda/cuda-impl.h): elements and ggml bytes
+ * per block, bytes per block in the quant plane, and whether the f16 scale `d` is split out into a
+ * plane of its own, with where d and the rest sit in ggml's block. */
+struct pi_cuda_geom {
+    int64_t belems;
+    size_t bbytes;
+    size_t qbytes;
+    bool split;
+    size_t doff, qoff;
+};
+
+/* The device layout of type (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED
+ * (logged) for a type without device kernels. */
+int pi_cuda_geom_of(int type, struct pi_cuda_geom *g);
+
+/* The two planes of a (rows, cols) weight of type: the quant plane rounded to 256 bytes and the split
+ * scales (0 when not split). cols must be a positive multiple of 32 (256 for the K-quants). 0, or
+ * -PI_ERR_UNSUPPORTED / -PI_ERR_INVAL (shape) / -PI_ERR_RANGE (size), logged. */
+int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_geom *g, size_t *qplane,
+                          size_t *dplane);
+
+/* Device bytes a (rows, cols) weight of type holds, both planes in one allocation, as counted. 0 or a
+ * negative pi_err as pi_cuda_weight_planes. */
+int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
