@@ -640,6 +640,16 @@ int pi_bench_models(const struct pi_bench_opts *b)
         free(o.cfg.run_dir);
         o.cfg.run_dir = strdup(b->run_dir);
     }
+    for (int i = 0; i < b->n_sets; i++) { /* --set tune.KEY=VALUE, checked by the parser */
+        char key[128], err[256];
+        const char *eq = strchr(b->sets[i], '=');
+        snprintf(key, sizeof key, "%.*s", (int)(eq - b->sets[i]), b->sets[i]);
+        if (pi_config_set(&o.cfg, key, eq + 1, "--set", err, sizeof err) != 0) {
+            fprintf(stderr, "pi-bench: %s\n", err);
+            status = 1;
+            goto out;
+        }
+    }
     if (!o.cfg.run_dir || pi_coord_run_dir_check(o.cfg.run_dir) != 0) {
         status = 1;
         goto out;

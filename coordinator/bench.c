@@ -12,6 +12,7 @@
  */
 #include "config.h"
 #include "coordinator/bench.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/conf.h"
@@ -30,7 +31,7 @@ enum { EXIT_USAGE = 2 };
 enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA };
 
 enum {
-    OPT_NO_WARMUP = 256, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
+    OPT_NO_WARMUP = 256, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
     OPT_KERNELS, OPT_EXCHANGE, OPT_CUDA, OPT_ROWS, OPT_COLS, OPT_TYPES, OPT_ITERS, OPT_SPIN, OPT_BATCH, OPT_EMBD,
 };
 
@@ -74,6 +75,8 @@ static void usage(FILE *out)
             "      --gpu-index PATH      PowerInfer GPU index (.gpuidx) naming each layer's hot neurons,\n"
             "                            instead of the hot fraction and the budget; default: none\n"
             "      --cpu-workers N,...   CPU worker processes, 0 for one per NUMA node; default: 0\n"
+            "      --set tune.KEY=VALUE  a performance choice of pinfer.conf(5)'s [tune] section for every\n"
+            "                            engine and this process (repeatable); default: the table's\n"
             "      --run-dir DIR         where the workers' sockets and generated models go;\n"
             "                            default: /tmp/pinfer-$UID\n"
             "      --log-level LEVEL     error, warn, info or debug; default: warn\n"
@@ -144,6 +147,23 @@ static int check_key(struct pi_config *scratch, const char *opt, const char *key
         fprintf(stderr, "pi-bench: %s\n", err);
         return -PI_ERR_INVAL;
     }
+    return 0;
+}
+
+/* --set tune.KEY=VALUE: a [tune] key of the configuration table, through its own check; applied to
+ * every engine's configuration (bench-model.c) and to b->tune. Other sections have options of their own. */
+static int parse_set(struct pi_config *scratch, const char *s, struct pi_bench_opts *b)
+{
+    char key[128];
+    const char *eq = strchr(s, '=');
+    if (!eq || strncmp(s, "tune.", 5) != 0 || (size_t)(eq - s) >= sizeof key)
+        return bad("--set", s, "expected tune.KEY=VALUE (the [tune] keys of pinfer.conf(5))");
+    memcpy(key, s, (size_t)(eq - s));
+    key[eq - s] = '\0';
+    if (check_key(scratch, "--set", key, eq + 1) != 0) return -PI_ERR_INVAL;
+    if (b->n_sets == PI_BENCH_MAX_LIST) return bad("--set", s, "too many settings (at most 32)");
+    b->sets[b->n_sets++] = s;
+    b->tune = scratch->tune;
     return 0;
 }
 
@@ -236,7 +256,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         {"no-warmup", no_argument, NULL, OPT_NO_WARMUP}, {"bw", required_argument, NULL, OPT_BW},
         {"ctx", required_argument, NULL, OPT_CTX}, {"gpu-backend", required_argument, NULL, OPT_BACKEND},
         {"hot-fraction", required_argument, NULL, OPT_HOT}, {"vram-budget", required_argument, NULL, OPT_VRAM},
-        {"gpu-index", required_argument, NULL, OPT_INDEX},
+        {"gpu-index", required_argument, NULL, OPT_INDEX}, {"set", required_argument, NULL, OPT_SET},
         {"cpu-workers", required_argument, NULL, OPT_WORKERS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
         {"log-level", required_argument, NULL, OPT_LOG}, {"kernels", required_argument, NULL, OPT_KERNELS},
         {"exchange", no_argument, NULL, OPT_EXCHANGE}, {"cuda-kernels", no_argument, NULL, OPT_CUDA},
@@ -290,6 +310,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             if (access(optarg, R_OK) != 0) rc = bad("--gpu-index", optarg, strerror(errno));
             b->gpu_index = optarg;
             break;
+        case OPT_SET: rc = parse_set(&scratch, optarg, b); break;
         case OPT_WORKERS: g->workers = true, rc = parse_list("--cpu-workers", optarg, 0, 64, &b->cpu_workers); break;
         case OPT_RUN_DIR: rc = check_key(&scratch, "--run-dir", "run.dir", optarg), b->run_dir = optarg; break;
         case OPT_LOG: rc = check_key(&scratch, "--log-level", "log.level", optarg), b->log_level = optarg; break;
@@ -434,6 +455,7 @@ int main(int argc, char **argv)
     if (pi_log_parse_level(b.log_level, &lv) != 0) return EXIT_USAGE; /* checked by parse() */
     pi_log_set_level(lv);
     setenv("PI_LOG_LEVEL", b.log_level, 1); /* the workers log at the same level */
+    pi_kernels_use(pi_kernels_of_tune(&b.tune)); /* this process's kernels (--set tune.cpu_kernels) */
     switch (mode) {
     case MODE_MODELS: return pi_bench_models(&b);
     case MODE_MATVEC: return pi_bench_kernels_matvec(&b);

@@ -58,6 +58,9 @@ struct pi_bench_opts {
     struct pi_bench_list cpu_workers;       /* --cpu-workers (0: one per NUMA node) */
     const char *run_dir;                    /* --run-dir, or NULL: the configuration's default */
     const char *log_level;                  /* --log-level */
+    const char *sets[PI_BENCH_MAX_LIST];    /* --set tune.KEY=VALUE (argv strings, checked): every engine's tuning */
+    int n_sets;
+    struct pi_tune tune;                    /* those settings applied to the defaults (this process's kernels) */
     /* the kernel and IPC modes */
     int64_t rows, cols;                     /* --rows, --cols: the matrix of the kernel modes */
     enum pi_type types[PI_TYPE_COUNT];      /* --types (n_types 0: the mode's default set) */

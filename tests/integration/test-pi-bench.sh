@@ -110,6 +110,12 @@ ok $? "--help: usage with defaults on stdout, exit 0"
 [ $? -eq 0 ] && grep -q '^pi-bench (' "$T/out"
 ok $? "--version"
 
+# --set: a [tune] key reaches every engine (here the CPU kernels of the workers and of the in-process pass)
+"$B" -m "$M" -p 8 -n 2 -r 1 --gpu-backend none,host --cpu-workers 1 -t 1 --set tune.cpu_kernels=scalar \
+    --run-dir "$T/run" > "$T/out" 2> "$T/err"
+[ $? -eq 0 ] && [ "$(grep -c '^| llama' "$T/out")" -eq 4 ]
+ok $? "--set tune.cpu_kernels=scalar: both engines' tests run ($(grep -c '^| llama' "$T/out") rows)"
+
 # usage errors: exit 2, exactly one line on stderr that starts with "pi-bench: ", nothing on stdout
 usage_err() { # NAME ARGS...
     name=$1
@@ -147,5 +153,8 @@ usage_err "-r with --exchange" --exchange -r 3
 usage_err "unknown option" -m "$M" --frobnicate
 usage_err "missing value" -m "$M" -p
 usage_err "stray argument" -m "$M" extra
+usage_err "--set outside [tune]" -m "$M" --set gpu.hot_fraction=1
+usage_err "--set a bad [tune] value" -m "$M" --set tune.cuda_matvec=bogus
+usage_err "--set without =" -m "$M" --set tune.cuda_matvec
 
 echo "1..$n"
