@@ -53,7 +53,7 @@ timeout 200 $CS --tool memcheck --target-processes all --error-exitcode 9 $R/coo
   --model $PWD/tests/data/demo-relu-q4_0.gguf --prompt "The jury said" -n 8 --gpu-backend cuda --hot-fraction 1 \
   --set tune.cuda_matvec=${MC_MV:-auto} --cpu-workers 1 --run-dir /tmp/pirun-mc2 --log-level warn > $OUT/memcheck-experiments.log 2>&1
 echo "memcheck hot 1 pipeline rc=$?" | tee -a $T
-PI_CUDA_TEST=short-dense PI_CUDA_TEST_TUNE=cuda_matvec=q8 timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/test-backend-cuda \
+PI_CUDA_TEST=short-dense PI_CUDA_TEST_TUNE=cuda_matvec=q8 timeout 120 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
   >> $OUT/memcheck-experiments.log 2>&1
 echo "memcheck backend q8 rc=$?" | tee -a $T
 M=$PWD/tests/data/demo-relu-q4_0.gguf
