@@ -97,7 +97,7 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
 }
 #endif
 
-int64_t pi_coord_choose_hot(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
 {
     if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * m->hp.n_ff);
 #ifdef PI_HAVE_CUDA
@@ -121,6 +121,6 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_wo
                              (long long)m->hp.n_ff * m->hp.n_layer);
         return rc;
     }
-    int64_t k = pi_coord_choose_hot(c, m, n_ctx, max_tokens);
+    int64_t k = pi_placement_hot_count(c, m, n_ctx, max_tokens);
     return pi_placement_prefix(m->hp.n_layer, m->hp.n_ff, n_workers, k, out);
 }

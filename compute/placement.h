@@ -99,7 +99,7 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
 
 /* The pipeline's placement for configuration c and model m with n_workers CPU workers, a context of
  * n_ctx positions and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set,
- * else ids 0..k-1 hot in every layer with k from pi_coord_choose_hot. 0 and *out, or a negative
+ * else ids 0..k-1 hot in every layer with k from pi_placement_hot_count. 0 and *out, or a negative
  * pi_err (logged). */
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_workers, int n_ctx, int max_tokens,
                         struct pi_placement **out);
@@ -113,6 +113,6 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_wo
  *   - a budget otherwise: as many as fit after the attention, embedding and output weights, each
  *     neuron costing its gate row, up row and down column in the file's types.
  * 0 when nothing fits (the GPU worker then refuses with the figures). */
-int64_t pi_coord_choose_hot(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens);
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens);
 
 #endif
