@@ -1,7 +1,8 @@
 #!/bin/bash
 # tools/install-deps.sh - installs what building pinfer needs on Debian 12, as root: the compiler,
-# Autotools, pkg-config and the -dev packages of every library configure requires. Each is checked
-# first and only missing packages are installed. Used by tools/test.sh and tools/demo.sh.
+# Autotools, pkg-config, mandoc (make check lints the man pages) and the -dev packages of every library
+# configure requires. Each is checked first and only missing packages are installed. Used by
+# tools/test.sh and tools/demo.sh.
 # Exits 0 when everything is there, non-zero with one line on stderr otherwise.
 #
 # PI_DEPS_CUDA=1 (.ci/run sets it) then also installs Debian's CUDA toolkit (nvidia-cuda-toolkit, CUDA
@@ -16,6 +17,7 @@ command -v make >/dev/null || need+=(make)
 command -v autoreconf >/dev/null || need+=(autoconf)
 command -v automake >/dev/null || need+=(automake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v mandoc >/dev/null || need+=(mandoc) # tests/integration/test-man.sh lints the man pages
 for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
             ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
     [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
