@@ -112,7 +112,10 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
 {
     memset(p, 0, sizeof *p);
     const int L = m->hp.n_layer;
-    if (first < 0 || count < 0 || first > m->hp.n_ff - count) return -PI_ERR_INVAL;
+    if (first < 0 || count < 0 || first > m->hp.n_ff - count) {
+        pi_error("partition: neurons [%lld, +%lld) are not inside the layer's %d", (long long)first, (long long)count, m->hp.n_ff);
+        return -PI_ERR_INVAL;
+    }
     int32_t *r = malloc((size_t)(count ? count : 1) * sizeof *r);
     const int32_t **ids = calloc((size_t)L, sizeof *ids);
     int64_t *cnt = calloc((size_t)L, sizeof *cnt);
@@ -149,7 +152,10 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
     /* metadata: ids, runs and down rows of every layer, in one allocation after the per-layer tables */
     int64_t n_all = 0, runs_all = 0;
     for (int il = 0; il < NL; il++) {
-        if (count[il] < 0 || count[il] > hp->n_ff) return -PI_ERR_INVAL;
+        if (count[il] < 0 || count[il] > hp->n_ff) {
+            pi_error("partition: layer %d: %lld neurons of %d", il, (long long)count[il], hp->n_ff);
+            return -PI_ERR_INVAL;
+        }
         for (int64_t j = 0; j < count[il]; j++)
             if (ids[il][j] < 0 || ids[il][j] >= hp->n_ff || (j > 0 && ids[il][j] <= ids[il][j - 1])) {
                 pi_error("partition: layer %d: neuron ids not ascending in [0, %d)", il, hp->n_ff);
@@ -200,6 +206,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         if (blk > 0) bytes += pi_align_up((uint64_t)L->ffn_down.rows * (uint64_t)(blk / be) * ti->block_bytes, 64);
         uint64_t rb = L->ffn_down_t.row_bytes;
         if (!L->ffn_down_t.data && !pi_type_row_bytes(down_t_type(L->ffn_down.type, hp->n_embd), (uint64_t)hp->n_embd, &rb)) {
+            pi_error("partition: layer %d: no transposed down row type for ffn_down's type", il);
             rc = -PI_ERR_UNSUPPORTED;
             goto fail;
         }

@@ -40,21 +40,26 @@ struct cuda_fit {
     struct pi_backend_opts o;
     int64_t *nh;
     uint64_t budget;
+    int err; /* the first error of the plan (not "too big": it could not be made), or 0 */
 };
 
-/* Whether k hot neurons per layer fit the budget by the backend's plan. */
+/* Whether k hot neurons per layer fit the budget by the backend's plan; a plan that cannot be made
+ * does not fit and sets f->err. */
 static bool fits(struct cuda_fit *f, int64_t k)
 {
     uint64_t bytes = 0;
     for (int il = 0; il < f->m->hp.n_layer; il++) f->nh[il] = k;
-    return pi_backend_cuda_plan(f->m, &f->o, &bytes) == 0 && bytes <= f->budget;
+    int rc = pi_backend_cuda_plan(f->m, &f->o, &bytes);
+    if (rc != 0 && f->err == 0) f->err = rc;
+    return rc == 0 && bytes <= f->budget;
 }
 
 /* The cuda backend's own plan, searched over k. The opts are those pi-gpu-worker builds: hot ids
  * 0..k-1 in every layer, its packed hot rows (whose down rows have model/model.c's automatic type when
  * the file has none), one sequence of n_ctx positions, batches of max_tokens. The plan grows with k
  * except at k = n_ff, where every layer turns dense (the file's down weights instead of the
- * transposed rows), so that end is tried first. -1 when out of memory. */
+ * transposed rows), so that end is tried first. -1 when out of memory or when the plan cannot be made
+ * (an error, not a budget too small: the caller falls back to the weights-only rule). */
 static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -87,6 +92,10 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
                 else hi = mid - 1;
             }
             best = lo;
+        }
+        if (f.err != 0) {
+            pi_warn("placement: the cuda backend's plan failed (%s)", pi_err_str(f.err));
+            best = -1;
         }
     }
     free(ids);

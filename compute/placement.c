@@ -266,11 +266,12 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
         pi_error("gpu index %s: %s", path, err);
         return rc;
     }
+    int32_t *ids = malloc((size_t)n_layer * (size_t)n_ff * sizeof *ids); /* each layer's hot ids, from its flags */
     const int32_t **hot = calloc((size_t)n_layer, sizeof *hot);
     int64_t *n_hot = calloc((size_t)n_layer, sizeof *n_hot);
     struct pi_gguf_str arch = {0};
     uint64_t blocks = 0;
-    if (!hot || !n_hot) {
+    if (!ids || !hot || !n_hot) {
         rc = -PI_ERR_NOMEM;
         goto done;
     }
@@ -279,42 +280,55 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
         pi_error("gpu index %s: general.architecture is not \"generic.gpu_index\"", path);
         goto done;
     }
+    /* Per layer by position, as PowerInfer reads them: its gpu_idx (I32[n_ff], 1 = on the GPU), then,
+     * in files made for its GPU kernels, its gpu_bucket (I32[k], the ascending ids of those k neurons);
+     * newer exports of dense models write gpu_idx alone. The hot set is taken from the flags; a
+     * bucket, where present, must agree with them. */
+    const uint64_t nt = pi_gguf_n_tensors(g);
+    const int per = nt == 2 * (uint64_t)n_layer ? 2 : 1;
     if (pi_gguf_get_uint(g, "generic.gpu_index.block_count", &blocks) != 0 || blocks != (uint64_t)n_layer ||
-        pi_gguf_n_tensors(g) != 2 * (uint64_t)n_layer) {
-        pi_error("gpu index %s: made for %llu layers with %llu tensors; the model has %d layers (2 tensors each)", path,
-                 (unsigned long long)blocks, (unsigned long long)pi_gguf_n_tensors(g), n_layer);
+        (nt != (uint64_t)n_layer && nt != 2 * (uint64_t)n_layer)) {
+        pi_error("gpu index %s: made for %llu layers with %llu tensors; the model has %d layers (1 or 2 tensors each)", path,
+                 (unsigned long long)blocks, (unsigned long long)nt, n_layer);
         goto done;
     }
-    /* PowerInfer reads the tensors by position: layer il's gpu_idx (I32[n_ff], 1 = on the GPU) then
-     * its gpu_bucket (I32[k], the ascending ids of those k neurons); both are checked, and must agree */
     for (int il = 0; il < n_layer; il++) {
-        const struct pi_gguf_tensor *idx = pi_gguf_tensor(g, 2 * (uint64_t)il), *bkt = pi_gguf_tensor(g, 2 * (uint64_t)il + 1);
+        const struct pi_gguf_tensor *idx = pi_gguf_tensor(g, (uint64_t)per * (uint64_t)il);
+        const struct pi_gguf_tensor *bkt = per == 2 ? pi_gguf_tensor(g, 2 * (uint64_t)il + 1) : NULL;
         char want_idx[48], want_bkt[48];
         snprintf(want_idx, sizeof want_idx, "blk.%d.gpu_idx", il);
         snprintf(want_bkt, sizeof want_bkt, "blk.%d.gpu_bucket", il);
-        if (!pi_gguf_str_eq(idx->name, want_idx) || !pi_gguf_str_eq(bkt->name, want_bkt) || idx->type != PI_TYPE_I32 ||
-            bkt->type != PI_TYPE_I32 || idx->n_dims != 1 || bkt->n_dims != 1 || idx->ne[0] != (uint64_t)n_ff ||
-            bkt->ne[0] > (uint64_t)n_ff) {
-            pi_error("gpu index %s: tensors %d and %d are not %s I32[%d] and %s I32[k <= %d]", path, 2 * il, 2 * il + 1, want_idx,
-                     n_ff, want_bkt, n_ff);
+        if (!pi_gguf_str_eq(idx->name, want_idx) || idx->type != PI_TYPE_I32 || idx->n_dims != 1 || idx->ne[0] != (uint64_t)n_ff ||
+            (bkt && (!pi_gguf_str_eq(bkt->name, want_bkt) || bkt->type != PI_TYPE_I32 || bkt->n_dims != 1 ||
+                     bkt->ne[0] > (uint64_t)n_ff))) {
+            pi_error("gpu index %s: layer %d's tensors are not %s I32[%d]%s", path, il, want_idx, n_ff,
+                     bkt ? " and a gpu_bucket I32[k <= n_ff]" : "");
             goto done;
         }
-        const int32_t *flag = idx->data, *ids = bkt->data;
+        const int32_t *flag = idx->data;
+        int32_t *h = ids + (size_t)il * (size_t)n_ff;
         int64_t on = 0;
-        for (int i = 0; i < n_ff; i++) on += flag[i] == 1;
-        bool ok = on == (int64_t)bkt->ne[0];
-        for (int64_t j = 0; ok && j < on; j++)
-            ok = ids[j] >= 0 && ids[j] < n_ff && flag[ids[j]] == 1 && (j == 0 || ids[j] > ids[j - 1]);
-        for (int i = 0; ok && i < n_ff; i++) ok = flag[i] == 0 || flag[i] == 1;
+        bool ok = true;
+        for (int i = 0; ok && i < n_ff; i++) {
+            ok = flag[i] == 0 || flag[i] == 1;
+            if (flag[i] == 1) h[on++] = i;
+        }
+        if (ok && bkt) {
+            const int32_t *b = bkt->data;
+            ok = on == (int64_t)bkt->ne[0];
+            for (int64_t j = 0; ok && j < on; j++) ok = b[j] == h[j];
+        }
         if (!ok) {
-            pi_error("gpu index %s: layer %d: gpu_bucket is not the ascending ids whose gpu_idx is 1 (flags 0 or 1)", path, il);
+            pi_error("gpu index %s: layer %d: gpu_idx flags are not all 0 or 1, or gpu_bucket is not the ascending ids "
+                     "whose flag is 1", path, il);
             goto done;
         }
-        hot[il] = ids;
+        hot[il] = h;
         n_hot[il] = on;
     }
     rc = pi_placement_new(n_layer, n_ff, n_workers, hot, n_hot, out);
 done:
+    free(ids);
     free(hot);
     free(n_hot);
     pi_gguf_destroy(&g);

@@ -92,9 +92,11 @@ int pi_placement_map_fd(int fd, int n_layer, int n_ff, int n_workers, struct pi_
 
 /* The placement whose hot sets are those of PowerInfer's GPU index file at path (`.gpuidx`, doc:
  * ../shared/powerinfer-formats.md: architecture "generic.gpu_index", per layer by position
- * blk.N.gpu_idx I32[n_ff] with 1 = hot and blk.N.gpu_bucket I32[k] the ascending hot ids), for a
- * model of n_layer layers of n_ff neurons, the cold ids split among n_workers CPU workers. Every field
- * is checked (an untrusted file). 0 and *out, or a negative pi_err (logged). */
+ * blk.N.gpu_idx I32[n_ff] with 1 = hot, then blk.N.gpu_bucket I32[k] the ascending hot ids, or
+ * gpu_idx alone), for a model of n_layer layers of n_ff neurons, the cold ids split among n_workers
+ * CPU workers. Every field is checked (an untrusted file); a bucket must agree with its flags. A layer
+ * with no hot neuron needs the gpu_idx-only form: GGUF files here may not hold empty tensors
+ * (doc/gguf-validation.md). 0 and *out, or a negative pi_err (logged). */
 int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_workers, struct pi_placement **out);
 
 /* The pipeline's placement for configuration c and model m with n_workers CPU workers, a context of

@@ -161,6 +161,9 @@ static int pipe_start(struct pipe_engine *p)
     if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
     /* close-on-exec here; each worker's spawn passes on just the segments it uses */
     const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step), pfd = pi_shm_fd(p->pl_shm);
+    /* the placement's wire form afresh: the segment is mapped writable by the workers (only its size
+     * is sealed), so a restart must not trust what the workers of the failed run left in it */
+    pi_placement_to_wire(p->pl, pi_shm_section(p->pl_shm, 0, NULL));
     pthread_mutex_lock(&p->mu);
     p->ex = ex;
     p->step = step;

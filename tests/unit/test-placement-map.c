@@ -252,6 +252,24 @@ static void test_gpuidx(const char *dir)
     pi_gguf_writer_write(w, path);
     pi_gguf_writer_destroy(&w);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, "a GGUF of another architecture refused as .gpuidx");
+    /* gpu_idx alone (newer exports of dense models), with a layer that has no hot neuron */
+    w = pi_gguf_writer_new();
+    int32_t f2[2][FF];
+    for (int i = 0; i < FF; i++) f2[0][i] = 0, f2[1][i] = (i % 3) == 0;
+    pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
+    pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", 2);
+    pi_gguf_writer_add_tensor(w, "blk.0.gpu_idx", PI_TYPE_I32, 1, ne, f2[0]);
+    pi_gguf_writer_add_tensor(w, "blk.1.gpu_idx", PI_TYPE_I32, 1, ne, f2[1]);
+    snprintf(path, sizeof path, "%s/flags-only.gpuidx", dir);
+    pi_gguf_writer_write(w, path);
+    pi_gguf_writer_destroy(&w);
+    int64_t n0 = -1, n1 = -1;
+    const int32_t *h1 = NULL;
+    rc = pi_placement_read_gpuidx(path, 2, FF, 1, &p);
+    if (rc == 0) pi_placement_hot(p, 0, &n0), h1 = pi_placement_hot(p, 1, &n1);
+    tap_ok(rc == 0 && n0 == 0 && n1 == (FF + 2) / 3 && h1[0] == 0 && h1[1] == 3,
+           ".gpuidx with gpu_idx alone: layer 0 has no hot neuron, layer 1 every third (%lld, %lld)", (long long)n0, (long long)n1);
+    pi_placement_destroy(&p);
     snprintf(path, sizeof path, "%s/missing.gpuidx", dir);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, "a missing .gpuidx is an error");
 }
