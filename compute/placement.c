@@ -46,6 +46,12 @@ static bool shape_ok(int n_layer, int n_ff, int n_workers)
 int pi_placement_new(int n_layer, int n_ff, int n_workers, const int32_t *const *hot, const int64_t *n_hot,
                      struct pi_placement **out)
 {
+    return pi_placement_new_weighted(n_layer, n_ff, n_workers, hot, n_hot, NULL, out);
+}
+
+int pi_placement_new_weighted(int n_layer, int n_ff, int n_workers, const int32_t *const *hot, const int64_t *n_hot,
+                              const float *weight, struct pi_placement **out)
+{
     *out = NULL;
     if (!shape_ok(n_layer, n_ff, n_workers) || !n_hot) {
         pi_error("placement: bad shape (%d layers, %d neurons, %d CPU workers)", n_layer, n_ff, n_workers);
@@ -79,7 +85,19 @@ int pi_placement_new(int n_layer, int n_ff, int n_workers, const int32_t *const 
             if (!is_hot[id]) ids[k++] = id;
         const int64_t cold = n_ff - nh;
         o[0] = 0;
-        for (int w = 0; w < W; w++) o[1 + w] = nh + cold * w / W; /* worker w: cold ids [cold*w/W, cold*(w+1)/W) */
+        if (!weight || W == 0) {
+            for (int w = 0; w < W; w++) o[1 + w] = nh + cold * w / W; /* worker w: cold ids [cold*w/W, cold*(w+1)/W) */
+        } else { /* consecutive cold ids, cut where the running weight crosses w / W of the layer's */
+            const float *wt = weight + (size_t)il * (size_t)n_ff;
+            double total = 0, run = 0;
+            for (int64_t j = nh; j < n_ff; j++) total += wt[ids[j]] > 0 ? wt[ids[j]] : 0;
+            int64_t j = nh;
+            for (int w = 0; w < W; w++) {
+                const double want = total * w / W;
+                while (j < n_ff && run < want) run += wt[ids[j]] > 0 ? wt[ids[j]] : 0, j++;
+                o[1 + w] = j;
+            }
+        }
         o[W + 1] = n_ff;
     }
     free(is_hot);

@@ -45,6 +45,11 @@ struct pi_placement {
  * pi_placement_destroy), or -PI_ERR_INVAL (logged) / -PI_ERR_NOMEM. */
 int pi_placement_new(int n_layer, int n_ff, int n_workers, const int32_t *const *hot, const int64_t *n_hot,
                      struct pi_placement **out);
+/* The same, the cold ids of each layer cut into consecutive groups of nearly equal total weight
+ * (weight: (n_layer, n_ff), a neuron's expected cost to its CPU worker, e.g. the bytes it reads per
+ * token; negative counts as 0) rather than equal counts. weight NULL: equal counts. */
+int pi_placement_new_weighted(int n_layer, int n_ff, int n_workers, const int32_t *const *hot, const int64_t *n_hot,
+                              const float *weight, struct pi_placement **out);
 /* The same with ids 0..k-1 hot in every layer (the rule without statistics). */
 int pi_placement_prefix(int n_layer, int n_ff, int n_workers, int64_t k, struct pi_placement **out);
 void pi_placement_destroy(struct pi_placement **p);
