@@ -352,3 +352,43 @@ done:
     pi_gguf_destroy(&g);
     return rc;
 }
+
+int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, uint64_t vram_capacity)
+{
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    int32_t *flag = malloc((size_t)p->n_ff * sizeof *flag);
+    int rc = w && flag ? 0 : -PI_ERR_NOMEM;
+    /* with a layer that has no hot neuron the file holds gpu_idx alone: a GGUF tensor cannot be empty */
+    bool buckets = true;
+    for (int il = 0; il < p->n_layer; il++) {
+        int64_t n;
+        pi_placement_hot(p, il, &n);
+        buckets &= n > 0;
+    }
+    if (rc == 0) {
+        pi_gguf_writer_set_flavour(w, PI_GGUF_FLAVOUR_POWERINFER);
+        rc = pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
+    }
+    if (rc == 0) rc = pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", (uint32_t)p->n_layer);
+    if (rc == 0) rc = pi_gguf_writer_set_u64(w, "split.vram_capacity", vram_capacity);
+    for (int il = 0; rc == 0 && il < p->n_layer; il++) {
+        int64_t n;
+        const int32_t *h = pi_placement_hot(p, il, &n);
+        memset(flag, 0, (size_t)p->n_ff * sizeof *flag);
+        for (int64_t j = 0; j < n; j++) flag[h[j]] = 1;
+        char name[48];
+        uint64_t ne[1] = {(uint64_t)p->n_ff};
+        snprintf(name, sizeof name, "blk.%d.gpu_idx", il);
+        rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_I32, 1, ne, flag);
+        if (rc == 0 && buckets) { /* the hot ids ascending: the group as the map keeps it */
+            snprintf(name, sizeof name, "blk.%d.gpu_bucket", il);
+            ne[0] = (uint64_t)n;
+            rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_I32, 1, ne, h);
+        }
+    }
+    if (rc == 0) rc = pi_gguf_writer_write(w, path);
+    if (rc != 0) pi_error("gpu index %s: not written (%s)", path, pi_err_str(rc));
+    pi_gguf_writer_destroy(&w);
+    free(flag);
+    return rc;
+}

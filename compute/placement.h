@@ -104,6 +104,12 @@ int pi_placement_map_fd(int fd, int n_layer, int n_ff, int n_workers, struct pi_
  * (doc/gguf-validation.md). 0 and *out, or a negative pi_err (logged). */
 int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_workers, struct pi_placement **out);
 
+/* Write p's hot sets as PowerInfer's GPU index file at path (magic "PWRI", version 3, the layout
+ * pi_placement_read_gpuidx reads: per layer gpu_idx, then gpu_bucket unless a layer has no hot
+ * neuron, in which case no layer has one), with split.vram_capacity = vram_capacity. Atomic (a
+ * temporary file renamed). 0 or a negative pi_err (logged). */
+int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, uint64_t vram_capacity);
+
 /* The pipeline's placement for configuration c and model m with n_workers CPU workers, a context of
  * n_ctx positions and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set,
  * else ids 0..k-1 hot in every layer with k from pi_placement_hot_count. 0 and *out, or a negative

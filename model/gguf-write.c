@@ -45,9 +45,12 @@ struct pi_gguf_writer {
     size_t n_kv, cap_kv;
     struct wtensor *ts;
     size_t n_t, cap_t;
+    enum pi_gguf_flavour flavour; /* the magic written: "GGUF", or PowerInfer's "PWRI" */
 };
 
 pi_gguf_writer_t *pi_gguf_writer_new(void) { return calloc(1, sizeof(pi_gguf_writer_t)); }
+
+void pi_gguf_writer_set_flavour(pi_gguf_writer_t *w, enum pi_gguf_flavour f) { w->flavour = f; }
 
 void pi_gguf_writer_destroy(pi_gguf_writer_t **wp)
 {
@@ -294,7 +297,7 @@ static bool wr_pad(FILE *f, uint64_t *pos, uint32_t align)
 static bool write_head(const pi_gguf_writer_t *w, FILE *f, uint32_t align, uint64_t *pos)
 {
     uint64_t off = 0;
-    bool ok = wr(f, "GGUF", 4) && wr_u32(f, 3) && wr_u64(f, w->n_t) && wr_u64(f, w->n_kv);
+    bool ok = wr(f, w->flavour == PI_GGUF_FLAVOUR_POWERINFER ? "PWRI" : "GGUF", 4) && wr_u32(f, 3) && wr_u64(f, w->n_t) && wr_u64(f, w->n_kv);
     *pos = 24;
     for (size_t i = 0; ok && i < w->n_kv; i++) {
         size_t kl = strlen(w->kvs[i].key);

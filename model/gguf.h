@@ -173,6 +173,8 @@ int pi_gguf_writer_set(pi_gguf_writer_t *w, const char *key, enum pi_gguf_vtype 
 /* ne[0] is the row length; n_dims 1..4; data holds the tensor's n_bytes. */
 int pi_gguf_writer_add_tensor(pi_gguf_writer_t *w, const char *name, enum pi_type type,
                               uint32_t n_dims, const uint64_t *ne, const void *data);
+/* The magic the file gets: "GGUF" (the default) or PowerInfer's "PWRI" (same layout, version 3). */
+void pi_gguf_writer_set_flavour(pi_gguf_writer_t *w, enum pi_gguf_flavour f);
 /* Write atomically (temporary file + rename). 0 or -PI_ERR_*. */
 int pi_gguf_writer_write(pi_gguf_writer_t *w, const char *path);
 

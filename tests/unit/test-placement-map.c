@@ -270,6 +270,43 @@ static void test_gpuidx(const char *dir)
     tap_ok(rc == 0 && n0 == 0 && n1 == (FF + 2) / 3 && h1[0] == 0 && h1[1] == 3,
            ".gpuidx with gpu_idx alone: layer 0 has no hot neuron, layer 1 every third (%lld, %lld)", (long long)n0, (long long)n1);
     pi_placement_destroy(&p);
+    /* pinfer's own export reads back as the same hot sets, with PowerInfer's magic; with a layer that
+     * has no hot neuron it is written in the gpu_idx-only form */
+    for (int form = 0; form < 2; form++) {
+        struct pi_placement *src = NULL, *back = NULL;
+        int32_t hid[3][FF];
+        const int32_t *hp[3] = {hid[0], hid[1], hid[2]};
+        int64_t hn[3] = {0, 0, 0};
+        for (int il = 0; il < 3; il++)
+            for (int i = 0; i < FF; i++)
+                if (!(form == 1 && il == 2) && urand() < 0.3) hid[il][hn[il]++] = i;
+        if (hn[0] == 0) hid[0][hn[0]++] = 7;
+        if (hn[1] == 0) hid[1][hn[1]++] = 7;
+        if (form == 0 && hn[2] == 0) hid[2][hn[2]++] = 7;
+        snprintf(path, sizeof path, "%s/export%d.gpuidx", dir, form);
+        int good = pi_placement_new(3, FF, 2, hp, hn, &src) == 0 && pi_placement_write_gpuidx(src, path, 12345) == 0 &&
+                 pi_placement_read_gpuidx(path, 3, FF, 2, &back) == 0;
+        for (int il = 0; good && il < 3; il++) {
+            int64_t a, b;
+            const int32_t *x = pi_placement_hot(src, il, &a), *y = pi_placement_hot(back, il, &b);
+            good = a == b && memcmp(x, y, sizeof(int32_t) * (size_t)a) == 0;
+        }
+        char magic[4] = {0};
+        FILE *fm = fopen(path, "rb");
+        if (fm) {
+            good &= fread(magic, 1, 4, fm) == 4 && memcmp(magic, "PWRI", 4) == 0;
+            fclose(fm);
+        }
+        pi_gguf_t *gg = NULL;
+        uint64_t cap = 0;
+        good &= pi_gguf_open(path, &gg, NULL, 0) == 0 && pi_gguf_get_uint(gg, "split.vram_capacity", &cap) == 0 && cap == 12345 &&
+              pi_gguf_n_tensors(gg) == (form == 0 ? 6u : 3u);
+        pi_gguf_destroy(&gg);
+        tap_ok(good, "pinfer's .gpuidx export (%s) reads back as the same hot sets, magic PWRI, vram_capacity kept",
+               form == 0 ? "gpu_idx and gpu_bucket" : "a layer with none hot: gpu_idx alone");
+        pi_placement_destroy(&src);
+        pi_placement_destroy(&back);
+    }
     snprintf(path, sizeof path, "%s/missing.gpuidx", dir);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, "a missing .gpuidx is an error");
 }
