@@ -1,11 +1,14 @@
 /*
  * compute/placement-choose.c - choosing the pipeline's placement (compute/placement.h): the hot sets
- * of a GPU index file, or the hot-neuron count of the rule without statistics, from the hot fraction
- * or the VRAM budget (the cuda backend's plan, compute/backend-cuda-plan.h, host arithmetic only).
+ * of a GPU index file; with activation statistics the solver's placement (compute/placement-solve.h)
+ * within the budget; otherwise the hot-neuron count of the rule without statistics, from the hot
+ * fraction or the VRAM budget. Budgets are counted by the cuda backend's plan
+ * (compute/backend-cuda-plan.h, host arithmetic only) for the cuda backend, by the weights otherwise.
  */
 #include "config.h"
 #include "compute/placement.h"
 #include "compute/backend-cuda-plan.h"
+#include "compute/placement-solve.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"
@@ -121,14 +124,111 @@ int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, i
     return fit_by_rows(c, m);
 }
 
-int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_workers, int n_ctx, int max_tokens,
-                        struct pi_placement **out)
+/* The device bytes of a placement: the cuda backend's plan (as pi-gpu-worker will make it: its packed
+ * hot rows, down rows in model/model.c's automatic type where the file has none, one sequence of
+ * n_ctx positions, batches of max_tokens), or the weights rule (attention, embeddings and head, each
+ * hot neuron's gate row, up row and down column in the file's types). */
+struct bytes_ctx {
+    const pi_model_t *m;
+    bool cuda;
+    int n_ctx, max_tokens;
+    struct pi_layer *hl;         /* (n_layer): the layers with their down rows' type, for the plan */
+};
+
+static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *bytes)
+{
+    const struct bytes_ctx *b = ctx;
+    const pi_model_t *m = b->m;
+    const int L = m->hp.n_layer;
+    if (!b->cuda) {
+        uint64_t t = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
+        if (!m->tied) t += m->output.row_bytes * (uint64_t)m->output.rows;
+        for (int il = 0; il < L; il++) {
+            const struct pi_layer *Ly = &m->layers[il];
+            const struct pi_weight *w[] = {&Ly->attn_q, &Ly->attn_k, &Ly->attn_v, &Ly->attn_output};
+            for (int k = 0; k < 4; k++) t += w[k]->row_bytes * (uint64_t)w[k]->rows;
+            uint64_t g, u, d;
+            pi_place_neuron_bytes(m, il, &g, &u, &d);
+            int64_t n;
+            pi_placement_hot(p, il, &n);
+            t += (uint64_t)n * (g + u + d);
+        }
+        *bytes = t;
+        return 0;
+    }
+    const int32_t **hot = calloc((size_t)L, sizeof *hot);
+    int64_t *nh = calloc((size_t)L, sizeof *nh);
+    int rc = -PI_ERR_NOMEM;
+    if (hot && nh) {
+        for (int il = 0; il < L; il++) hot[il] = pi_placement_hot(p, il, &nh[il]);
+        struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = 1, .max_tokens = b->max_tokens,
+                                    .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl};
+        rc = pi_backend_cuda_plan(m, &o, bytes);
+    }
+    free(hot);
+    free(nh);
+    return rc;
+}
+
+/* The solver's placement for statistics act_freq: within [gpu] vram_budget, or without one within
+ * the bytes of the hot fraction's prefix placement (the same VRAM, spent on the most useful neurons
+ * of every layer together). */
+static int solve(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx, int max_tokens,
+                 struct pi_placement **out)
+{
+    const struct pi_hparams *hp = &m->hp;
+    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .max_tokens = max_tokens};
+#ifndef PI_HAVE_CUDA
+    b.cuda = false;
+#endif
+    int rc = 0;
+    if (b.cuda) {
+        if (!(b.hl = calloc((size_t)hp->n_layer, sizeof *b.hl))) return -PI_ERR_NOMEM;
+        for (int il = 0; il < hp->n_layer; il++) {
+            b.hl[il] = m->layers[il];
+            if (!b.hl[il].ffn_down_t.data)
+                b.hl[il].ffn_down_t.type = pi_model_down_t_type(PI_TYPE_COUNT, m->layers[il].ffn_down.type, hp->n_embd);
+        }
+    }
+    struct pi_place_problem q = {.m = m, .act_freq = act_freq, .n_workers = n_workers < 1 ? 1 : n_workers,
+                                 .budget = c->vram_budget, .device_bytes = placement_bytes, .ctx = &b,
+                                 .speeds = {.gpu_gbs = c->place_gpu_gbs, .cpu_gbs = c->place_cpu_gbs, .exchange_us = c->place_exchange_us}};
+    if (q.budget == 0) { /* the hot fraction's bytes */
+        struct pi_placement *pre = NULL;
+        rc = pi_placement_prefix(hp->n_layer, hp->n_ff, q.n_workers, (int64_t)llround(c->hot_fraction * hp->n_ff), &pre);
+        if (rc == 0) rc = placement_bytes(&b, pre, &q.budget);
+        pi_placement_destroy(&pre);
+    }
+    struct pi_place_cost cost;
+    if (rc == 0) rc = pi_place_solve(&q, out, &cost);
+    if (rc == 0 && n_workers == 0 && pi_placement_hot_total(*out) < (int64_t)hp->n_layer * hp->n_ff) {
+        pi_placement_destroy(out);
+        rc = -PI_ERR_INVAL; /* cannot happen: the pipeline always has a CPU worker */
+    }
+    if (rc == 0)
+        pi_info("placement: solved from the activation profile: %lld of %lld neurons hot (%.1f%% of the activations), "
+                "%llu device bytes of %llu, %d layers exchange; modelled %.0f us/token (GPU %.0f, CPU %.0f; speeds "
+                "%.0f and %.1f GB/s, exchange %.0f us)",
+                (long long)cost.hot, (long long)hp->n_ff * hp->n_layer, 100 * cost.hot_freq_share,
+                (unsigned long long)cost.device_bytes, (unsigned long long)q.budget, cost.n_exchanges, cost.t_us, cost.gpu_us,
+                cost.cpu_us, q.speeds.gpu_gbs, q.speeds.cpu_gbs, q.speeds.exchange_us);
+    free(b.hl);
+    return rc;
+}
+
+int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
+                        int max_tokens, struct pi_placement **out)
 {
     if (c->gpu_index && c->gpu_index[0]) {
         int rc = pi_placement_read_gpuidx(c->gpu_index, m->hp.n_layer, m->hp.n_ff, n_workers, out);
         if (rc == 0) pi_info("placement: the hot neurons of %s (%lld of %lld)", c->gpu_index, (long long)pi_placement_hot_total(*out),
                              (long long)m->hp.n_ff * m->hp.n_layer);
         return rc;
+    }
+    if (act_freq) {
+        int rc = solve(c, m, act_freq, n_workers, n_ctx, max_tokens, out);
+        if (rc != -PI_ERR_RANGE) return rc;
+        pi_warn("placement: the profile's solution does not fit; the rule without statistics decides");
     }
     int64_t k = pi_placement_hot_count(c, m, n_ctx, max_tokens);
     return pi_placement_prefix(m->hp.n_layer, m->hp.n_ff, n_workers, k, out);

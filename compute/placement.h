@@ -111,11 +111,14 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
 int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, uint64_t vram_capacity);
 
 /* The pipeline's placement for configuration c and model m with n_workers CPU workers, a context of
- * n_ctx positions and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set,
- * else ids 0..k-1 hot in every layer with k from pi_placement_hot_count. 0 and *out, or a negative
- * pi_err (logged). */
-int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, int n_workers, int n_ctx, int max_tokens,
-                        struct pi_placement **out);
+ * n_ctx positions and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set;
+ * else, with activation statistics act_freq ((n_layer, n_ff) frequencies from the model's sidecar;
+ * NULL: none), the placement solver's (compute/placement-solve.h) within [gpu] vram_budget, or within
+ * the bytes the hot fraction would take, with the [placement] speeds; else ids 0..k-1 hot in every
+ * layer with k from pi_placement_hot_count. Logs what it chose. 0 and *out, or a negative pi_err
+ * (logged). */
+int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
+                        int max_tokens, struct pi_placement **out);
 
 /* Hot neurons per layer (ids 0..k-1) for configuration c and model m, with a context of n_ctx
  * positions and batches of up to max_tokens rows:

@@ -80,6 +80,10 @@ struct pi_config {
     int64_t seed;              /* -1 = from the clock */
     /* [log] */
     char *log_level;
+    /* [placement]: the speeds the placement solver models (compute/placement-solve.h) */
+    double place_gpu_gbs;      /* device read bandwidth, GB/s */
+    double place_cpu_gbs;      /* all CPU workers' read bandwidth, GB/s */
+    double place_exchange_us;  /* one layer's exchange round trip, us */
     /* [tune] */
     struct pi_tune tune;
 };
