@@ -5,6 +5,8 @@
  *     tokenizer and no --random: exit status 2 and one message;
  *   - a locality model (pi-gen-model --locality, demo shape, q4_0) profiled over random tokens
  *     recovers the construction's per-neuron rates, its mean sparsity and its 80% share;
+ *   - pi-coordinator logs the sidecar beside the model and refuses another model's, a truncated one
+ *     and a --sidecar that does not exist;
  *   - the demo ReLU model profiled over the start of the text its trainer measured on ranks neurons
  *     as that independent measurement does (fixtures/demo/act-freq.gguf: Spearman per layer).
  * Tolerances and thresholds are justified where they are checked.
@@ -24,7 +26,7 @@
 #include "model/sidecar.h"
 #include "tests/tap.h"
 
-static char tmpdir[256], prog[1024], srcdir[1024];
+static char tmpdir[256], prog[1024], coord[1024], srcdir[1024];
 
 static const char *tmp_path(const char *name)
 {
@@ -35,14 +37,16 @@ static const char *tmp_path(const char *name)
     return buf[k];
 }
 
-/* Run pi-profile with args (stderr to tmp/err, stdout to tmp/out); its exit status, or -1. */
-static int run(const char *args)
+/* Run program p with args (stderr to tmp/err, stdout to tmp/out); its exit status, or -1. */
+static int run_prog(const char *p, const char *args)
 {
     char cmd[8192];
-    snprintf(cmd, sizeof cmd, "timeout 300 %s %s > %s/out 2> %s/err", prog, args, tmpdir, tmpdir);
+    snprintf(cmd, sizeof cmd, "timeout 300 %s %s > %s/out 2> %s/err", p, args, tmpdir, tmpdir);
     int st = system(cmd);
     return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+static int run(const char *args) { return run_prog(prog, args); }
 
 /* Whether tmp/err holds s. */
 static bool err_has(const char *s)
@@ -108,7 +112,9 @@ static void figures(const float *freq, int n, double *mean, double *share)
 static void test_locality(void)
 {
     struct pi_model_gen g = {0};
-    const char *model = tmp_path("loc.gguf"), *side = tmp_path("loc.pinfer.gguf");
+    char model[512], side[512]; /* tmp_path's buffers rotate */
+    snprintf(model, sizeof model, "%s", tmp_path("loc.gguf"));
+    snprintf(side, sizeof side, "%s", tmp_path("loc.pinfer.gguf"));
     const int N = 16384; /* tokens profiled */
     char args[4096], err[256];
     pi_model_gen_preset("demo", &g);
@@ -263,11 +269,40 @@ static void test_demo(const char *demo_src)
     pi_model_destroy(&m);
 }
 
+/* pi-coordinator reads the sidecar beside the model, says so, and refuses another model's or a
+ * malformed one (run after test_locality, whose sidecar is another model's). */
+static void test_coordinator(const char *demo_src)
+{
+    char args[4096], cmd[4096], model[512];
+    snprintf(model, sizeof model, "%s", tmp_path("demo.gguf")); /* tmp_path's buffers rotate */
+    snprintf(cmd, sizeof cmd, "cp %s %s", demo_src, model);
+    if (system(cmd) != 0) tap_bail("cannot copy the demo model");
+    snprintf(args, sizeof args, "-m %s --random 512 -c 256 -t 2", model);
+    tap_is_int(run(args), 0, "coordinator: a sidecar for the demo model (512 random tokens)");
+    const char *base = "--gpu-backend none --prompt The -n 2 --model";
+    snprintf(args, sizeof args, "%s %s", base, model);
+    tap_is_int(run_prog(coord, args), 0, "coordinator: runs with the sidecar beside the model");
+    snprintf(cmd, sizeof cmd, "sidecar %s: profile of 512 tokens", tmp_path("demo.pinfer.gguf"));
+    tap_ok(err_has(cmd), "  and logs it");
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("loc.pinfer.gguf"));
+    int rc = run_prog(coord, args);
+    tap_ok(rc != 0 && err_has("made for another model"), "coordinator: another model's sidecar refused (exit %d)", rc);
+    snprintf(cmd, sizeof cmd, "head -c 2000 %s > %s", tmp_path("demo.pinfer.gguf"), tmp_path("cut.gguf"));
+    if (system(cmd) != 0) tap_bail("cannot cut the sidecar");
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("cut.gguf"));
+    rc = run_prog(coord, args);
+    tap_ok(rc != 0 && err_has("pi-coordinator: sidecar "), "coordinator: a truncated sidecar refused (exit %d)", rc);
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("absent.gguf"));
+    rc = run_prog(coord, args);
+    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)", rc);
+}
+
 int main(void)
 {
     const char *b = getenv("PI_BUILDDIR"), *src = getenv("PI_SRCDIR");
     char demo[1200], calib[1200];
     snprintf(prog, sizeof prog, "%s/tools/pi-profile", b ? b : ".");
+    snprintf(coord, sizeof coord, "%s/coordinator/pi-coordinator", b ? b : ".");
     snprintf(srcdir, sizeof srcdir, "%s", src ? src : ".");
     snprintf(demo, sizeof demo, "%s/tests/data/demo-relu-q4_0.gguf", srcdir);
     snprintf(calib, sizeof calib, "%s/data/demo-calib.txt", srcdir);
@@ -276,6 +311,7 @@ int main(void)
     if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
     test_usage(demo, calib);
     test_locality();
+    test_coordinator(demo);
     test_demo(demo);
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
