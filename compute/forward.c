@@ -26,6 +26,7 @@
 #include "lib/common.h"
 #include "compute/forward.h"
 #include "compute/ffn-policy.h"
+#include "model/sidecar.h"
 #include "lib/log.h"
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/ops.h"
@@ -59,6 +60,7 @@ struct pi_forward {
     int64_t ref_cols;   /* widest weight row */
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
+    struct pi_ffn_stats *stats;  /* activation statistics being counted, or NULL (pi_forward_set_stats) */
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o)
@@ -184,6 +186,31 @@ const pi_model_t *pi_forward_model(const pi_forward_t *f) { return f->m; }
 pi_kv_t *pi_forward_kv(pi_forward_t *f) { return f->kv; }
 pi_pool_t *pi_forward_pool(pi_forward_t *f) { return f->pool; }
 int64_t pi_forward_active_neurons(const pi_forward_t *f) { return f->active; }
+
+void pi_forward_set_stats(pi_forward_t *f, struct pi_ffn_stats *s)
+{
+    PI_ASSERT(!s || (s->n_layer == f->m->hp.n_layer && s->n_ff == f->m->hp.n_ff && s->active &&
+                     (!s->hist || s->n_hist == PI_SIDECAR_HIST_BINS)));
+    f->stats = s;
+}
+
+/* The statistics hook: gate (n, n_ff) before the activation; act (n, n_ff) after it. */
+static void stats_gate(struct pi_ffn_stats *s, int il, int n, const float *gate)
+{
+    uint64_t *cnt = s->active + (size_t)il * (size_t)s->n_ff;
+    for (int i = 0; i < n; i++) {
+        const float *g = gate + (size_t)i * (size_t)s->n_ff;
+        for (int j = 0; j < s->n_ff; j++) cnt[j] += g[j] > 0.0f;
+    }
+    if (il == 0) s->tokens += (uint64_t)n;
+}
+
+static void stats_act(struct pi_ffn_stats *s, int il, int n, const float *act)
+{
+    if (!s->hist) return;
+    uint64_t *h = s->hist + (size_t)il * (size_t)s->n_hist;
+    for (size_t j = 0; j < (size_t)n * (size_t)s->n_ff; j++) h[pi_sidecar_hist_bin(fabsf(act[j]))]++;
+}
 
 struct ref_task {
     pi_forward_t *f;
@@ -399,7 +426,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
-    if (pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
+    if (!f->stats && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
         memset(f->out, 0, d * sizeof(float));
@@ -408,7 +435,9 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
         /* whole matrices, rows batched (pi_matmul) or one row (pi_matvec) */
         project(f, &L->ffn_gate, f->x, n, f->gate);
         project(f, &L->ffn_up, f->x, n, f->up);
+        if (f->stats) stats_gate(f->stats, il, n, f->gate);
         pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
+        if (f->stats) stats_act(f->stats, il, n, f->gate);
         project(f, &L->ffn_down, f->gate, n, f->out);
         for (size_t j = 0; relu && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
     }

@@ -108,6 +108,23 @@ void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float 
 /* Mark the batch's positions filled. */
 void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n);
 
+/* Activation statistics (pi-profile): while a stats buffer is set, every FFN step counts, per layer
+ * and neuron, the tokens whose gate output was positive (gate . x > 0: for ReLU and dReLU the neuron
+ * is active, its output non-zero; for SwiGLU silu(gate) > 0, which only says the sign), and adds each
+ * (token, neuron)'s |act(gate, up)| to the layer's histogram (bins of model/sidecar.h:
+ * pi_sidecar_hist_bin). The FFN then always runs dense (whole matrices), so that every neuron's gate
+ * is computed, whatever the decode policy would have chosen; the sums are the inference path's own.
+ * Counting is single-threaded, about 1 + 1/4 of a log2f per (token, neuron). */
+struct pi_ffn_stats {
+    int n_layer, n_ff, n_hist;  /* the model's; n_hist = PI_SIDECAR_HIST_BINS */
+    uint64_t tokens;            /* rows through layer 0's FFN */
+    uint64_t *active;           /* (n_layer, n_ff): tokens with gate . x > 0 */
+    uint64_t *hist;             /* (n_layer, n_hist): (token, neuron) pairs per |act| bin; may be NULL */
+};
+
+/* Count into s (borrowed: it must outlive its use; shape checked by PI_ASSERT), or stop with NULL. */
+void pi_forward_set_stats(pi_forward_t *f, struct pi_ffn_stats *s);
+
 /* FFN neurons that were non-zero since the forward was created, summed over layers and tokens
  * (ReLU/dReLU models; 0 for SwiGLU). For sparsity statistics. */
 int64_t pi_forward_active_neurons(const pi_forward_t *f);

@@ -9,20 +9,26 @@
 #include "coordinator/engine.h"
 #include "coordinator/options.h"
 #include "model/model.h"
+#include "model/sidecar.h"
 #include "text/tokenizer.h"
 
 /* Exit statuses of pi-coordinator. */
 enum { PI_EXIT_OK = 0, PI_EXIT_FAILURE = 1, PI_EXIT_USAGE = 2 };
 
-/* The model and tokenizer of a run. */
+/* The model, its sidecar and tokenizer of a run. */
 struct pi_coord_model {
     pi_model_t *model;      /* weights bound (packed when the coordinator computes itself) */
     pi_tokenizer_t *tok;
+    /* pi-profile's statistics for this model (model/sidecar.h), for the placement; NULL when none.
+     * Owned (freed by pi_coord_model_close); const to its readers. */
+    const struct pi_sidecar *sidecar;
 };
 
 /* Open o->cfg.model_path. with_weights: pack the FFN for computing in this process (backend
  * none); otherwise metadata only. On failure prints one line naming where the path was set
- * ("FILE:LINE: [model] path: ...") and returns a negative pi_err. */
+ * ("FILE:LINE: [model] path: ...") and returns a negative pi_err. Then the sidecar: [model] sidecar
+ * when set (it must exist), else MODEL.pinfer.gguf when present; one that is malformed or made for
+ * another model fails the open with one line "pi-coordinator: sidecar PATH: reason". */
 int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm);
 void pi_coord_model_close(struct pi_coord_model *cm);
 

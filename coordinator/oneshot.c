@@ -25,6 +25,25 @@ int pi_coord_threads(const struct pi_coord_opts *o)
     return n > 0 ? (int)n : 1;
 }
 
+/* The model's sidecar into cm->sidecar (see pi_coord_model_open). 0 or a negative pi_err (printed). */
+static int open_sidecar(const struct pi_coord_opts *o, struct pi_coord_model *cm)
+{
+    char path[4096], err[512] = "";
+    struct pi_sidecar *s = NULL;
+    bool given = o->cfg.sidecar_path && *o->cfg.sidecar_path;
+    if (given) snprintf(path, sizeof path, "%s", o->cfg.sidecar_path);
+    else if (pi_sidecar_path(o->cfg.model_path, path, sizeof path) < 0) return 0; /* no default for such a path */
+    int rc = pi_sidecar_load(path, cm->model, &s, err, sizeof err);
+    if (rc == -PI_ERR_NOTFOUND && !given) return 0; /* no statistics: the placement's fallback */
+    if (rc < 0) {
+        fprintf(stderr, "pi-coordinator: sidecar %s: %s\n", path, rc == -PI_ERR_NOTFOUND ? "no such file" : err);
+        return rc;
+    }
+    pi_info("sidecar %s: profile of %llu tokens", path, (unsigned long long)s->tokens);
+    cm->sidecar = s;
+    return 0;
+}
+
 int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm)
 {
     memset(cm, 0, sizeof *cm);
@@ -46,6 +65,10 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
+    if ((rc = open_sidecar(o, cm)) < 0) {
+        pi_coord_model_close(cm);
+        return rc;
+    }
     if (pi_gguf_find_key(cm->model->gguf, "tokenizer.ggml.model") < 0 && !o->prompt) {
         pi_warn("model %s has no tokenizer: prompts only as --tokens, output as token ids", o->cfg.model_path);
         return 0;
@@ -54,7 +77,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
     if (!cm->tok) {
         fprintf(stderr, "pi-coordinator: %s: model %s has no usable tokenizer: %s\n",
                 pi_coord_opts_model_origin(o, where, sizeof where), o->cfg.model_path, err);
-        pi_model_destroy(&cm->model);
+        pi_coord_model_close(cm);
         return -PI_ERR_FORMAT;
     }
     if (pi_tokenizer_n_vocab(cm->tok) > cm->model->hp.n_vocab) {
@@ -69,6 +92,9 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
 
 void pi_coord_model_close(struct pi_coord_model *cm)
 {
+    struct pi_sidecar *s = (struct pi_sidecar *)cm->sidecar; /* owned here; const to its readers */
+    pi_sidecar_destroy(&s);
+    cm->sidecar = NULL;
     pi_tokenizer_destroy(&cm->tok);
     pi_model_destroy(&cm->model);
 }

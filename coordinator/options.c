@@ -34,6 +34,7 @@ static const struct key_opt key_opts[] = {
     {"model", "model.path", "PATH"},
     {"activation", "model.activation", "ACT"},
     {"ctx", "model.ctx", "N"},
+    {"sidecar", "model.sidecar", "PATH"},
     {"chat-template", "model.chat_template", "NAME"},
     {"run-dir", "run.dir", "DIR"},
     {"control", "control.endpoint", "ENDPOINT"},

@@ -58,6 +58,7 @@ static const struct key_def keys[] = {
     {{"model", "path", "", "GGUF model file (required)"}, K_STR, OFF(model_path), 0, 0, NULL, NULL},
     {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names, NULL},
     {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL, NULL},
+    {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
     {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},

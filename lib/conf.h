@@ -55,6 +55,7 @@ struct pi_config {
     char *model_path;          /* GGUF file; required */
     enum pi_activation_cfg activation; /* auto: from the file (pinfer.ffn_activation, format default) */
     int64_t ctx_len;           /* context length per sequence; 0 = the model's, at most 4096 */
+    char *sidecar_path;        /* the model's sidecar; empty = MODEL.pinfer.gguf beside it, when present */
     char *chat_template;       /* chat format name (text/chat.h); empty = recognised from the file */
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */

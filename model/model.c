@@ -552,7 +552,10 @@ struct gen {
     uint64_t rng;
     float *buf;      /* (largest rows * cols) f32 staging */
     void *qbuf;      /* the same quantised */
+    struct gen_loc *loc; /* locality models only (below) */
 };
+
+static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols);
 
 /* splitmix64 -> uniform in [-1, 1) */
 static float gen_uniform(uint64_t *s)
@@ -580,6 +583,10 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
         float *row = G->buf;
         for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
         for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
+        if (G->loc) {
+            int rc = loc_row(G, name, t, r, row, cols);
+            if (rc < 0) return rc;
+        }
         if (pi_type_get(t) && pi_kernel_supported(t)) pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
         else memset((char *)G->qbuf + (size_t)r * rb, 0, (size_t)rb); /* the retype hook's integer types */
     }
@@ -657,11 +664,240 @@ static int gen_layers(struct gen *G, enum pi_type t)
     return rc;
 }
 
+/* ---------------------------------------------------------------- models with known locality
+ *
+ * Construction (doc/locality.md): channel c = n_embd - 1 of the residual stream holds the constant K
+ * in every token's embedding, and nothing ever writes to it: the rows of attn_output and ffn_down
+ * for c are zero (so is column c of ffn_down_t). RMSNorm divides every channel of a token by the same
+ * positive number, so the sign of gate_i . x, which is all that decides whether a ReLU neuron fires,
+ * does not depend on it: neuron i is active iff g_ic K w_c + sum_{j != c} g_ij w_j h_j > 0 (w the
+ * ffn_norm weights). Over random tokens the sum is nearly Gaussian (n_embd - 33 independent uniform
+ * terms) with mean mu_i and variance s_i^2 computed from the dequantised gate row and the dequantised
+ * embedding's per-channel mean and variance; g_ic = (s_i z_i - mu_i) / (K w_c) with z_i =
+ * Phi^-1(p_i) then makes the neuron fire at the designed rate p_i. The 31 channels sharing c's
+ * 32-element block are zero in the embedding and the gate rows, so that the quantised blocks hold
+ * K and g_ic exactly (the largest magnitude of a Q4_0/Q8_0 block is exact). c is kept out of
+ * attention and the up projection (their column c is zero), and attn_output and ffn_down are scaled
+ * by 0.1 / sqrt(n_layer * n_embd) (the embedding's entries have sd 1/sqrt(n_embd)), so the residual
+ * stream stays close to the embedding through the layers (every sublayer together add about 2% to
+ * its variance) and the layer-0 statistics hold in every layer. Without that scale the demo shape's
+ * 80% share drifted from 26% in layer 0 to 37% in layer 7. The rates p_i follow p(u) = min(A u^-alpha, 0.999) over the rank quantile u = (i + 0.5) /
+ * n_ff, with A and alpha solved for the mean and the 80% share, then permuted per layer at random. */
+
+#define LOC_K 1.0f
+#define LOC_PMAX 0.999
+#define LOC_PMIN 1e-5
+
+struct gen_loc {
+    int64_t d, c, z0;     /* width, the constant channel, first channel of its zeroed block (c if none) */
+    double *emb_sum, *emb_sq; /* (d) per-channel sums over the vocabulary of the dequantised embedding */
+    double k_eff;         /* K as dequantised */
+    float *ffn_norm;      /* (d) the current layer's ffn_norm */
+    float *z;             /* (n_ff) Phi^-1 of the current layer's designed rates */
+    float *deq;           /* (max cols) a dequantised row */
+    void *qrow;           /* (max cols * 8 bytes) a quantised row */
+    float scale;          /* of attn_output and ffn_down */
+    int il;               /* layer of the last norm seen */
+};
+
+/* Share of the n rates p (sorted descending) that carries 80% of their sum. */
+static double loc_share(const double *p, int n)
+{
+    double sum = 0, acc = 0;
+    int k = 0;
+    for (int i = 0; i < n; i++) sum += p[i];
+    while (k < n && acc < 0.8 * sum) acc += p[k++];
+    return (double)k / n;
+}
+
+/* p (n) = min(max(A u^-alpha, PMIN), PMAX), with A such that the mean is mean. */
+static void loc_rates(double alpha, double mean, int n, double *p)
+{
+    double lo = -60, hi = 60;
+    for (int it = 0; it < 100; it++) {
+        double la = 0.5 * (lo + hi), sum = 0;
+        for (int i = 0; i < n; i++) {
+            double v = exp(la - alpha * log((i + 0.5) / n));
+            sum += v > LOC_PMAX ? LOC_PMAX : v < LOC_PMIN ? LOC_PMIN : v;
+        }
+        if (sum / n < mean) lo = la;
+        else hi = la;
+    }
+    for (int i = 0; i < n; i++) {
+        double v = exp(lo - alpha * log((i + 0.5) / n));
+        p[i] = v > LOC_PMAX ? LOC_PMAX : v < LOC_PMIN ? LOC_PMIN : v;
+    }
+}
+
+int pi_model_gen_locality_freq(const struct pi_model_gen *g, int il, float *freq)
+{
+    double sparsity = g->sparsity > 0 ? g->sparsity : 0.9, share = g->hot_share > 0 ? g->hot_share : 0.26;
+    int n = g->n_ff;
+    double *p = malloc((size_t)n * sizeof *p), lo = 0, hi = 8;
+    if (!p) return -PI_ERR_NOMEM;
+    if (!(sparsity > 0 && sparsity < 1 && share > 0 && share < 0.8)) goto bad;
+    loc_rates(hi, 1 - sparsity, n, p);
+    if (loc_share(p, n) > share) goto bad; /* more concentrated than the cap allows */
+    for (int it = 0; it < 60; it++) { /* the share falls as alpha grows */
+        double a = 0.5 * (lo + hi);
+        loc_rates(a, 1 - sparsity, n, p);
+        if (loc_share(p, n) > share) lo = a;
+        else hi = a;
+    }
+    loc_rates(hi, 1 - sparsity, n, p);
+    /* a permutation per layer: the hot neurons are anywhere, not ids 0..k-1 */
+    uint64_t s = g->seed * 0x9e3779b97f4a7c15ull + 0x51ed270b27e3ull * (uint64_t)(il + 1);
+    for (int i = 0; i < n; i++) freq[i] = (float)p[i];
+    for (int i = n - 1; i > 0; i--) {
+        int j = (int)(pi_rng_splitmix64(&s) % (uint64_t)(i + 1));
+        float t = freq[i];
+        freq[i] = freq[j];
+        freq[j] = t;
+    }
+    free(p);
+    return 0;
+bad:
+    pi_error("gen: no rates with mean sparsity %g and 80%% of activations in %g of the neurons", sparsity, share);
+    free(p);
+    return -PI_ERR_INVAL;
+}
+
+/* Phi^-1(p) by bisection (erfc is exact enough; this runs n_ff times a layer). */
+static double loc_probit(double p)
+{
+    double lo = -12, hi = 12;
+    for (int it = 0; it < 80; it++) {
+        double m = 0.5 * (lo + hi);
+        if (0.5 * erfc(-m / sqrt(2.0)) < p) lo = m;
+        else hi = m;
+    }
+    return 0.5 * (lo + hi);
+}
+
+/* Element (channel, neuron) of layer il's down matrix, the same for ffn_down and ffn_down_t. */
+static float loc_down(const struct gen *G, int il, int64_t ch, int64_t neuron)
+{
+    if (ch == G->loc->c) return 0.0f;
+    uint64_t s = G->g->seed ^ ((uint64_t)il << 48) ^ ((uint64_t)ch << 24) ^ (uint64_t)neuron;
+    return G->loc->scale * 1.7320508f / sqrtf((float)G->g->n_ff) * gen_uniform(&s);
+}
+
+/* The gate row of neuron r: the zeroed block, then g_ic for its designed rate (three rounds so that
+ * types whose blocks span c and other channels converge on what is stored). */
+static int loc_gate(struct gen *G, enum pi_type t, int64_t r, float *row)
+{
+    struct gen_loc *L = G->loc;
+    double V = (double)G->g->n_vocab;
+    for (int64_t j = L->z0; j <= L->c; j++) row[j] = 0.0f;
+    for (int round = 0; round < 3; round++) {
+        double mu = 0, var = 0;
+        pi_quantize_row(t, row, L->qrow, L->d);
+        pi_dequant_row(t, L->qrow, L->deq, L->d);
+        for (int64_t j = 0; j < L->d; j++) {
+            if (j == L->c) continue;
+            double m = L->emb_sum[j] / V, v = L->emb_sq[j] / V - m * m, a = (double)L->deq[j] * L->ffn_norm[j];
+            mu += a * m;
+            var += a * a * (v > 0 ? v : 0);
+        }
+        row[L->c] = (float)((sqrt(var) * L->z[r] - mu) / (L->k_eff * L->ffn_norm[L->c]));
+    }
+    return 0;
+}
+
+static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols)
+{
+    struct gen_loc *L = G->loc;
+    char kind[32] = "";
+    int il = -1;
+    if (sscanf(name, "blk.%d.%31[^.]", &il, kind) != 2) il = -1;
+    if (strcmp(name, "token_embd.weight") == 0) {
+        for (int64_t j = L->z0; j < L->c; j++) row[j] = 0.0f;
+        row[L->c] = LOC_K;
+        pi_quantize_row(t, row, L->qrow, cols);
+        pi_dequant_row(t, L->qrow, L->deq, cols);
+        for (int64_t j = 0; j < cols; j++) {
+            L->emb_sum[j] += L->deq[j];
+            L->emb_sq[j] += (double)L->deq[j] * L->deq[j];
+        }
+        L->k_eff = L->deq[L->c];
+        return 0;
+    }
+    if (il < 0) return 0;
+    if (strcmp(kind, "ffn_norm") == 0) {
+        memcpy(L->ffn_norm, row, (size_t)cols * sizeof *row);
+        float *f = (float *)L->deq; /* the designed rates, then their probits */
+        int rc = pi_model_gen_locality_freq(G->g, il, f);
+        if (rc < 0) return rc;
+        for (int i = 0; i < G->g->n_ff; i++) L->z[i] = (float)loc_probit(f[i]);
+    } else if (!strcmp(kind, "attn_q") || !strcmp(kind, "attn_k") || !strcmp(kind, "attn_v") ||
+               !strcmp(kind, "ffn_up")) {
+        row[L->c] = 0.0f;
+    } else if (strcmp(kind, "attn_output") == 0) {
+        for (int64_t j = 0; j < cols; j++) row[j] = r == L->c ? 0.0f : row[j] * L->scale;
+    } else if (strcmp(kind, "ffn_down") == 0) {
+        for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, r, j);
+    } else if (strcmp(kind, "ffn_down_t") == 0) {
+        for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, j, r);
+    } else if (strcmp(kind, "ffn_gate") == 0) {
+        return loc_gate(G, t, r, row);
+    }
+    return 0;
+}
+
+static void loc_free(struct gen_loc **pl)
+{
+    struct gen_loc *L = *pl;
+    if (!L) return;
+    free(L->emb_sum);
+    free(L->emb_sq);
+    free(L->ffn_norm);
+    free(L->z);
+    free(L->deq);
+    free(L->qrow);
+    free(L);
+    *pl = NULL;
+}
+
+static int loc_new(struct gen *G, int64_t cols_max)
+{
+    const struct pi_model_gen *g = G->g;
+    if (g->n_embd < 64 || g->n_embd % 32 != 0 || (g->act != PI_FFN_ACT_DEFAULT && g->act != PI_FFN_ACT_RELU)) {
+        pi_error("gen: a locality model needs n_embd a multiple of 32 and >= 64 (%d) and the relu activation",
+                 g->n_embd);
+        return -PI_ERR_INVAL;
+    }
+    struct gen_loc *L = calloc(1, sizeof *L);
+    if (!L) return -PI_ERR_NOMEM;
+    G->loc = L;
+    L->d = g->n_embd;
+    L->c = L->d - 1;
+    L->z0 = L->d - 32;
+    L->scale = 0.1f / sqrtf((float)g->n_layer * (float)g->n_embd); /* the embedding has sd 1/sqrt(n_embd) */
+    L->emb_sum = calloc((size_t)L->d, sizeof *L->emb_sum);
+    L->emb_sq = calloc((size_t)L->d, sizeof *L->emb_sq);
+    L->ffn_norm = calloc((size_t)L->d, sizeof *L->ffn_norm);
+    L->z = calloc((size_t)g->n_ff, sizeof *L->z);
+    L->deq = calloc((size_t)PI_MAX(cols_max, g->n_ff), sizeof *L->deq);
+    L->qrow = calloc((size_t)cols_max, 8);
+    return L->emb_sum && L->emb_sq && L->ffn_norm && L->z && L->deq && L->qrow ? 0 : -PI_ERR_NOMEM;
+}
+
+/* PowerInfer's files are GGUF v3 with the magic overwritten to "PWRI" after writing. */
+static int patch_magic(const char *path)
+{
+    FILE *f = fopen(path, "r+b");
+    int ok = f && fwrite("PWRI", 1, 4, f) == 4;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok) pi_error("gen: %s: writing the PWRI magic failed", path);
+    return ok ? 0 : -PI_ERR_IO;
+}
+
 int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
 {
     enum pi_type t = g->type ? g->type : PI_TYPE_F32;
     enum pi_type te = g->embd_type ? g->embd_type : t, to = g->out_type ? g->out_type : t;
-    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL};
+    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL, NULL};
+    struct pi_model_gen gl;
     int64_t cols_max = PI_MAX(PI_MAX(g->n_embd, g->n_ff), g->pred_rank);
     int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
     int rc;
@@ -678,6 +914,12 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
         rc = -PI_ERR_NOMEM;
         goto out;
     }
+    if (g->locality) {
+        gl = *g;
+        if (gl.act == PI_FFN_ACT_DEFAULT) gl.act = PI_FFN_ACT_RELU;
+        G.g = &gl;
+        if ((rc = loc_new(&G, cols_max)) < 0) goto out;
+    }
     if ((rc = gen_metadata(&G)) < 0 ||
         (rc = gen_tensor(&G, "token_embd.weight", te, g->n_vocab, g->n_embd, false)) < 0 ||
         (rc = gen_tensor(&G, "output_norm.weight", PI_TYPE_F32, 0, g->n_embd, true)) < 0 ||
@@ -685,7 +927,9 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
         (rc = gen_layers(&G, t)) < 0)
         goto out;
     rc = pi_gguf_writer_write(G.w, path);
+    if (rc == 0 && g->powerinfer) rc = patch_magic(path);
 out:
+    loc_free(&G.loc);
     free(G.buf);
     free(G.qbuf);
     pi_gguf_writer_destroy(&G.w);

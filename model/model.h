@@ -131,6 +131,15 @@ struct pi_model_gen {
     bool down_t;                /* also write blk.N.ffn_down_t.weight (PowerInfer) */
     int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
     uint64_t seed;              /* weights are a function of the seed */
+    /* Known locality (doc/locality.md, "Models with known locality"): ReLU neurons that fire, over
+     * random tokens, at designed per-neuron rates (pi_model_gen_locality_freq) with this mean share of
+     * inactive neurons per layer (0: 0.9) and this share of neurons carrying 80% of the activations
+     * (0: 0.26). Channel n_embd - 1 of the residual stream holds a constant that the gate weights turn
+     * into a per-neuron bias. Requires act relu (set when DEFAULT) and n_embd a multiple of 32, >= 64. */
+    bool locality;
+    float sparsity;
+    float hot_share;
+    bool powerinfer;            /* magic "PWRI" (PowerInfer's layout; use with down_t, pred_rank) */
     /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
      * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real
      * one, or in addition to the keys written when it is not one of them. */
@@ -152,6 +161,12 @@ struct pi_model_gen {
     const char *bad_svalue;
     size_t bad_slen;
 };
+
+/* The designed activation rate of each neuron of layer il of a locality model g: freq (n_ff), the
+ * share of random tokens with the neuron's gate output > 0. 0, or -PI_ERR_INVAL (logged) when the
+ * sparsity and hot share cannot be met (sparsity in (0, 1); hot share between the least concentration
+ * the rates' cap of 0.999 allows and 0.8, the share of uniform rates). */
+int pi_model_gen_locality_freq(const struct pi_model_gen *g, int il, float *freq);
 
 /* Write the model described by g to path (atomically, through the GGUF writer). 0 or -PI_ERR_*. */
 int pi_model_gen_write(const struct pi_model_gen *g, const char *path);

@@ -31,6 +31,11 @@ static void usage(FILE *out)
             "  --tied           no output.weight (tied to token_embd)\n"
             "  --down-t         also write PowerInfer's blk.N.ffn_down_t.weight\n"
             "  --pred-rank R    also write predictors blk.N.fc1/fc2 of rank R (default: 0, none)\n"
+            "  --locality       ReLU neurons with known activation rates (doc/locality.md): channel n_embd-1\n"
+            "                   holds a constant that the gate weights turn into a bias per neuron\n"
+            "  --sparsity S     with --locality: mean share of inactive neurons per layer (default: 0.9)\n"
+            "  --hot-share H    with --locality: share of neurons carrying 80%% of activations (default: 0.26)\n"
+            "  --powerinfer     PowerInfer's layout: magic PWRI and blk.N.ffn_down_t (add --pred-rank for fc1/fc2)\n"
             "  --seed N         random seed (default: 1)\n"
             "  -h, --help       this text\n");
 }
@@ -44,16 +49,27 @@ static int parse_int(const char *s, int *out)
     return 0;
 }
 
+/* A number strictly between 0 and 1. */
+static int parse_frac(const char *s, float *out)
+{
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == '\0' || *end != '\0' || !(v > 0.0 && v < 1.0)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
-           O_TIED, O_DOWNT, O_RANK, O_SEED };
+           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI };
     static const struct option opts[] = {
         {"preset", 1, 0, O_PRESET}, {"type", 1, 0, O_TYPE}, {"output-type", 1, 0, O_OTYPE},
         {"embd", 1, 0, O_EMBD}, {"ff", 1, 0, O_FF}, {"layers", 1, 0, O_LAYERS}, {"heads", 1, 0, O_HEADS},
         {"kv-heads", 1, 0, O_KV}, {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX}, {"act", 1, 0, O_ACT},
         {"tied", 0, 0, O_TIED}, {"down-t", 0, 0, O_DOWNT}, {"pred-rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED},
-        {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"locality", 0, 0, O_LOC}, {"sparsity", 1, 0, O_SPARSITY}, {"hot-share", 1, 0, O_SHARE},
+        {"powerinfer", 0, 0, O_PWRI}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     struct pi_model_gen g = {0};
     bool out_type_set = false;
@@ -79,6 +95,10 @@ int main(int argc, char **argv)
         case O_DOWNT: g.down_t = true; break;
         case O_RANK: bad |= parse_int(optarg, &g.pred_rank); break;
         case O_SEED: g.seed = strtoull(optarg, NULL, 0); break;
+        case O_LOC: g.locality = true; break;
+        case O_SPARSITY: bad |= parse_frac(optarg, &g.sparsity); break;
+        case O_SHARE: bad |= parse_frac(optarg, &g.hot_share); break;
+        case O_PWRI: g.powerinfer = g.down_t = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -95,6 +115,14 @@ int main(int argc, char **argv)
         bool small = g.type == PI_TYPE_Q4_0 || g.type == PI_TYPE_Q4_1 || g.type == PI_TYPE_Q5_0 ||
                      g.type == PI_TYPE_Q5_1;
         g.out_type = small ? PI_TYPE_Q8_0 : g.type; /* as llama.cpp's quantiser keeps the head */
+    }
+    if ((g.sparsity > 0 || g.hot_share > 0) && !g.locality) {
+        fprintf(stderr, "pi-gen-model: --sparsity and --hot-share need --locality\n");
+        return 2;
+    }
+    if (g.locality && g.act != PI_FFN_ACT_DEFAULT && g.act != PI_FFN_ACT_RELU) {
+        fprintf(stderr, "pi-gen-model: --locality makes ReLU models (--act relu)\n");
+        return 2;
     }
     int rc = pi_model_gen_write(&g, argv[optind]);
     if (rc < 0) {

@@ -1,0 +1,95 @@
+/*
+ * model/sidecar.h - the per-model sidecar file, MODEL.pinfer.gguf: what pinfer has learned about one
+ * model file (activation statistics now; predictors and thresholds later), bound to that file by its
+ * identity so that statistics are never applied to another model.
+ *
+ * The sidecar is a GGUF (written with the GGUF writer, read with the hardened reader: it is untrusted
+ * input like any model file). Layout, version 1 (doc/locality.md, "The sidecar"):
+ *
+ *   general.architecture      string  "pinfer.sidecar"
+ *   pinfer.sidecar.version    u32     1
+ *   pinfer.model.size         u64     the model file's size in bytes
+ *   pinfer.model.hash         u64     pi_sidecar_identity()'s hash of the model's tensors
+ *   pinfer.model.n_layer      u32     the model's layers   (checked: a clearer message than the hash)
+ *   pinfer.model.n_ff         u32     its FFN neurons per layer
+ *   pinfer.profile.tokens     u64     tokens the statistics were measured over
+ *   blk.N.act_freq            F32[n_ff]     per neuron, the share of profiled tokens with it active
+ *                                           (ReLU/dReLU: gate output > 0); every layer or none
+ *   blk.N.act_hist            F32[PI_SIDECAR_HIST_BINS]  per layer, the share of (token, neuron) pairs
+ *                                           whose |act(gate) * up| falls in each bin (below); every
+ *                                           layer or none (SwiGLU models; ReLU models too)
+ *
+ * Histogram bins (fixed by the version; the keys pinfer.profile.hist_log2_min and
+ * pinfer.profile.hist_log2_step record them and are checked): bin 0 holds |a| < 2^MIN (exact zeros
+ * included), bin b in 1..BINS-2 holds 2^(MIN + (b-1)*STEP) <= |a| < 2^(MIN + b*STEP), the last bin
+ * everything larger.
+ *
+ * Extension: keys and tensors this version does not know are ignored by the reader and carried over
+ * by pi_sidecar_save when it rewrites an existing sidecar of the same model, so a later tool (a
+ * predictor trainer) can add its tensors without this module losing them when pi-profile runs again.
+ */
+#ifndef PI_MODEL_SIDECAR_H
+#define PI_MODEL_SIDECAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+#define PI_SIDECAR_VERSION 1
+#define PI_SIDECAR_HIST_BINS 64
+#define PI_SIDECAR_HIST_LOG2_MIN (-20.0f)
+#define PI_SIDECAR_HIST_LOG2_STEP 0.5f
+/* What the identity hash reads of each tensor's data: this many samples of this many bytes. */
+#define PI_SIDECAR_ID_SAMPLES 8
+#define PI_SIDECAR_ID_SAMPLE_BYTES 64
+
+struct pi_sidecar {
+    int n_layer, n_ff;
+    uint64_t tokens;          /* tokens the statistics were measured over */
+    float *act_freq;          /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
+    int n_hist;               /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
+    float *act_hist;          /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
+};
+
+/* A model file's identity: its size and a 64-bit hash that is cheap even for a 40 GB file. The hash is
+ * FNV-1a (64-bit) over, for each tensor in file order: its name, type (u32), n_dims (u32), ne[0..3]
+ * (u64 each), byte count (u64), then PI_SIDECAR_ID_SAMPLES samples of min(64, bytes) bytes of its data
+ * at evenly spaced offsets floor(k * (bytes - len) / (SAMPLES - 1)), k = 0..SAMPLES-1 (first and last
+ * bytes included). Integers are hashed little-endian. About 512 bytes a tensor: a 7B model reads
+ * 150 KB of its weights. A change of one weight outside the samples goes unnoticed; a requantised,
+ * retrained or reshaped model does not. */
+struct pi_model_identity {
+    uint64_t size;
+    uint64_t hash;
+};
+
+/* The identity of g's file (g validated by pi_gguf_open). */
+void pi_sidecar_identity(const pi_gguf_t *g, struct pi_model_identity *id);
+
+/* out (len bytes) = the default sidecar path of model_path: MODEL.pinfer.gguf, where MODEL is
+ * model_path without a trailing ".gguf". 0, or -PI_ERR_RANGE when it does not fit. */
+int pi_sidecar_path(const char *model_path, char *out, size_t len);
+
+/* A zeroed sidecar for m's shape (n_layer, n_ff) with act_freq allocated (zeros) when with_freq and
+ * act_hist when with_hist. NULL on no memory. */
+struct pi_sidecar *pi_sidecar_new(const pi_model_t *m, bool with_freq, bool with_hist);
+
+/* Read and validate the sidecar at path for model m. Returns 0 and *out; or *out NULL and
+ * -PI_ERR_NOTFOUND when there is no file at path, -PI_ERR_FORMAT when the file is malformed or made for
+ * another model (err holds the reason, one line, without the path), -PI_ERR_IO / -PI_ERR_NOMEM.
+ * Nothing is logged: reporting is the caller's. */
+int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen);
+
+/* Write s for model m to path, atomically (its shape must be m's: PI_ASSERT). Keys and tensors of an
+ * existing valid sidecar of the same model at path that s does not define are carried over. 0 or a
+ * negative pi_err (logged). */
+int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidecar *s);
+
+/* Free; accepts NULL; NULLs the caller's pointer. */
+void pi_sidecar_destroy(struct pi_sidecar **s);
+
+/* The histogram bin of an activation magnitude a >= 0 (see the layout above). */
+int pi_sidecar_hist_bin(float a);
+
+#endif
