@@ -170,11 +170,8 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
     return rc;
 }
 
-/* The solver's placement for statistics act_freq: within [gpu] vram_budget, or without one within
- * the bytes of the hot fraction's prefix placement (the same VRAM, spent on the most useful neurons
- * of every layer together). */
-static int solve(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx, int max_tokens,
-                 struct pi_placement **out)
+int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
+                          int max_tokens, struct pi_placement **out, struct pi_place_cost *cost_out)
 {
     const struct pi_hparams *hp = &m->hp;
     struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .max_tokens = max_tokens};
@@ -199,7 +196,7 @@ static int solve(const struct pi_config *c, const pi_model_t *m, const float *ac
         if (rc == 0) rc = placement_bytes(&b, pre, &q.budget);
         pi_placement_destroy(&pre);
     }
-    struct pi_place_cost cost;
+    struct pi_place_cost cost = {0};
     if (rc == 0) rc = pi_place_solve(&q, out, &cost);
     if (rc == 0 && n_workers == 0 && pi_placement_hot_total(*out) < (int64_t)hp->n_layer * hp->n_ff) {
         pi_placement_destroy(out);
@@ -213,6 +210,7 @@ static int solve(const struct pi_config *c, const pi_model_t *m, const float *ac
                 (unsigned long long)cost.device_bytes, (unsigned long long)q.budget, cost.n_exchanges, cost.t_us, cost.gpu_us,
                 cost.cpu_us, q.speeds.gpu_gbs, q.speeds.cpu_gbs, q.speeds.exchange_us);
     free(b.hl);
+    if (rc == 0 && cost_out) *cost_out = cost;
     return rc;
 }
 
@@ -226,7 +224,7 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
         return rc;
     }
     if (act_freq) {
-        int rc = solve(c, m, act_freq, n_workers, n_ctx, max_tokens, out);
+        int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, max_tokens, out, NULL);
         if (rc != -PI_ERR_RANGE) return rc;
         pi_warn("placement: the profile's solution does not fit; the rule without statistics decides");
     }

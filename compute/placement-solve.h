@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "compute/placement.h"
+#include "lib/conf.h"
 #include "model/model.h"
 
 /* The machine's speeds the model uses. */
@@ -75,6 +76,14 @@ int pi_place_solve(const struct pi_place_problem *q, struct pi_placement **out, 
 /* The modelled cost of any placement p of q's model (q->budget and q->device_bytes unused unless
  * with_bytes). 0 or a negative pi_err. */
 int pi_place_cost(const struct pi_place_problem *q, const struct pi_placement *p, bool with_bytes, struct pi_place_cost *cost);
+
+/* The solver as the pipeline runs it for configuration c (compute/placement.h, pi_placement_choose):
+ * the budget [gpu] vram_budget, or without one the bytes the hot fraction's prefix placement takes;
+ * bytes counted by the cuda backend's plan for [gpu] backend = cuda (n_ctx positions, batches of
+ * max_tokens), by the weights otherwise; the [placement] speeds. Logs the plan. 0 and *out (and
+ * *cost when not NULL), or a negative pi_err (-PI_ERR_RANGE: nothing fits). */
+int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
+                          int max_tokens, struct pi_placement **out, struct pi_place_cost *cost);
 
 /* The bytes of one neuron of layer il in the file's types: gate row, up row, down column. */
 void pi_place_neuron_bytes(const pi_model_t *m, int il, uint64_t *g, uint64_t *u, uint64_t *d);

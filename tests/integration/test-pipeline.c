@@ -14,6 +14,7 @@
 #include "lib/common.h"
 #include "lib/rng.h"
 #include "model/model.h"
+#include "model/sidecar.h"
 #include "tests/test-pipeline-util.h"
 
 #include <stdbool.h>
@@ -152,6 +153,61 @@ static void test_permuted(const char *ids, const struct tp_golden *gd, const flo
     free(hot);
 }
 
+/* A placement the solver chooses from an activation profile (compute/placement-solve.h): a sidecar
+ * with fresh random frequencies (power law, a different mean per layer) given with --sidecar; the
+ * coordinator must say it solved the placement, and with 1 and 2 CPU workers at hot fractions 0.3
+ * and 0.6 the logits must be the golden ones within the usual tolerance. */
+static void test_solved(const char *ids, const struct tp_golden *gd, const float *ref)
+{
+    pi_model_t *m;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.no_down_t = true;
+    if (pi_model_open(model, &mo, &m, NULL, 0) != 0) tap_bail("open %s", model);
+    struct pi_sidecar *sc = pi_sidecar_new(m, true, false);
+    if (!sc) tap_bail("out of memory");
+    uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 24), st = seed;
+    tap_diag("profile frequencies from seed %llu", (unsigned long long)seed);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const double scale = 0.1 + 0.5 * (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0;
+        for (int i = 0; i < m->hp.n_ff; i++) {
+            const double u = (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0, x = 3 * scale * u * u * u;
+            sc->act_freq[(size_t)il * (size_t)m->hp.n_ff + (size_t)i] = (float)(x > 1 ? 1 : x);
+        }
+    }
+    sc->tokens = 1000;
+    char scp[600];
+    snprintf(scp, sizeof scp, "%s/demo.pinfer.gguf", tp_dir);
+    if (pi_sidecar_save(scp, m, sc) != 0) tap_bail("cannot write %s", scp);
+    pi_sidecar_destroy(&sc);
+    pi_model_destroy(&m);
+    static const char *const hots[] = {"0.3", "0.6"};
+    static const char *const workers[] = {"1", "2"};
+    for (size_t h = 0; h < PI_ARRAY_LEN(hots); h++)
+        for (size_t w = 0; w < PI_ARRAY_LEN(workers); w++) {
+            char name[64], out[600], rundir[300];
+            snprintf(name, sizeof name, "solved-h%s-w%s", hots[h], workers[w]);
+            snprintf(out, sizeof out, "%s/%s.f32", tp_dir, name);
+            snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
+            char *argv[] = {coord, "--model", model, "--tokens", (char *)ids, "-n", "0", "--logits-out", out,
+                            "--gpu-backend", "host", "--hot-fraction", (char *)hots[h], "--sidecar", scp,
+                            "--cpu-workers", (char *)workers[w], "--run-dir", rundir, "--log-level", "info", NULL};
+            int rc = tp_run(argv, name, TIMEOUT_S);
+            float *lg = rc == 0 ? tp_read_logits(out, gd->n, gd->n_vocab) : NULL;
+            char *err = tp_output(name, "err");
+            const bool solved = err && strstr(err, "solved from the activation profile");
+            double eg = lg ? tp_rel_err(lg, gd->logits, gd->n, gd->n_vocab) : INFINITY;
+            double es = lg ? tp_rel_err(lg, ref, gd->n, gd->n_vocab) : INFINITY;
+            tap_ok(lg && solved && eg <= GOLDEN_TOL && es <= 2 * GOLDEN_TOL,
+                   "solved placement (profile), hot %s, %s CPU workers: %s; relative error vs golden %.3g (<= %.0e), vs "
+                   "single process %.3g (<= %.0e)", hots[h], workers[w], solved ? "solved" : "NOT solved", eg, GOLDEN_TOL,
+                   es, 2 * GOLDEN_TOL);
+            if (!lg) tap_diag("exit %d: %s", rc, err ? err : "");
+            free(err);
+            free(lg);
+        }
+}
+
 /* A SwiGLU model (the tiny llama): its CPU workers keep only the edge neurons' transposed down rows
  * and compute every step densely. Through the pipeline at hot 0 and 0.5 its logits must stay as
  * close to the golden ones as the single process's, and close to the single process's. */
@@ -216,6 +272,7 @@ int main(void)
     if (!ref) return tap_done();
 
     test_permuted(ids, &gd, ref);
+    test_solved(ids, &gd, ref);
     float *whole = NULL; /* hot 0, 1 CPU worker: every neuron in one place */
     float *allhot = NULL; /* hot 1, 1 CPU worker */
     static const char *const hots[] = {"0", "0.5", "1"};
