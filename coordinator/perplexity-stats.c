@@ -138,8 +138,9 @@ void pi_kld_print_chunk(FILE *out, const struct pi_kld_acc *k, int chunk)
     const double rms = sqrt(mse), e_rms = rms > 0 ? 0.5 / rms * e_mse : 0.0;
     const double top = k->count ? (double)k->n_same_top / (double)k->count : 0.0;
     const double e_top = k->count > 1 ? sqrt(top * (1 - top) / (double)(k->count - 1)) : 0.0;
-    fprintf(out, "%4d    %9.4f \xc2\xb1 %9.4f    %10.5f \xc2\xb1 %10.5f    %10.5f \xc2\xb1 %10.5f    %6.3f \xc2\xb1 %6.3f %%"
-                 "    %6.3f \xc2\xb1 %6.3f %%\n",
+    fprintf(out,
+            "%4d    %9.4f \xc2\xb1 %9.4f    %10.5f \xc2\xb1 %10.5f    %10.5f \xc2\xb1 %10.5f    %6.3f \xc2\xb1 %6.3f %%"
+            "    %6.3f \xc2\xb1 %6.3f %%\n",
             chunk, exp(lq), exp(lq) * e_q, lq - lb, sqrt(fmax(0.0, e_q * e_q + e_b * e_b - 2 * cov)), kl, e_kl,
             100 * rms, 100 * e_rms, 100 * top, 100 * e_top);
 }
@@ -197,7 +198,10 @@ void pi_kld_print_summary(FILE *out, struct pi_kld_acc *k)
     const float *kv = k->kld_values, *pv = k->p_diff_values;
     fprintf(out, "Mean    KLD: %10.6f \xc2\xb1 %10.6f\n", kl, e_kl);
     fprintf(out, "Maximum KLD: %10.6f\n", (double)kv[n - 1]);
-    static const struct { const char *label; double f; } kq[] = {
+    static const struct {
+        const char *label;
+        double f;
+    } kq[] = {
         {"99.9%   KLD", 0.999}, {"99.0%   KLD", 0.990}, {"95.0%   KLD", 0.950}, {"90.0%   KLD", 0.900}, {NULL, 0.5},
         {"10.0%   KLD", 0.100}, {" 5.0%   KLD", 0.050}, {" 1.0%   KLD", 0.010}, {" 0.1%   KLD", 0.001},
     };
@@ -211,7 +215,10 @@ void pi_kld_print_summary(FILE *out, struct pi_kld_acc *k)
     const double pd = mean_err(k->sum_p_diff, k->sum_p_diff2, n, &e_pd);
     fprintf(out, "Mean    \xce\x94p: %6.3f \xc2\xb1 %5.3f %%\n", 100 * pd, 100 * e_pd);
     fprintf(out, "Maximum \xce\x94p: %6.3f%%\n", 100.0 * pv[n - 1]);
-    static const struct { const char *label; double f; } pq_[] = {
+    static const struct {
+        const char *label;
+        double f;
+    } pq_[] = {
         {"99.9%", 0.999}, {"99.0%", 0.990}, {"95.0%", 0.950}, {"90.0%", 0.900}, {"75.0%", 0.750}, {NULL, 0.5},
         {"25.0%", 0.250}, {"10.0%", 0.100}, {" 5.0%", 0.050}, {" 1.0%", 0.010}, {" 0.1%", 0.001},
     };
@@ -255,10 +262,26 @@ uint64_t pi_ppl_model_fingerprint(const pi_gguf_t *g)
     return h;
 }
 
-static void put32(unsigned char *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static void put64(unsigned char *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i)); }
-static uint32_t get32(const unsigned char *p) { uint32_t v = 0; for (int i = 3; i >= 0; i--) v = v << 8 | p[i]; return v; }
-static uint64_t get64(const unsigned char *p) { uint64_t v = 0; for (int i = 7; i >= 0; i--) v = v << 8 | p[i]; return v; }
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+static uint32_t get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
 
 int pi_kld_write_header(FILE *f, const char *path, const struct pi_kld_header *h, const int32_t *tokens)
 {
@@ -307,8 +330,7 @@ int pi_kld_read_header(FILE *f, const char *path, int32_t n_vocab, uint64_t mode
         return refuse(path, "version %u, this program reads version %u", h->version, PI_KLD_VERSION);
     if (h->n_ctx < 8 || h->n_ctx > (1u << 20) || h->n_ctx % 2 || h->n_chunk < 1 || h->n_chunk > (1u << 24) ||
         h->n_scored != h->n_ctx - 1 - h->n_ctx / 2 || h->n_vocab < 1 || h->n_vocab > (1u << 24))
-        return refuse(path, "malformed header (n_ctx %u, n_chunk %u, n_vocab %u)", h->n_ctx, h->n_chunk,
-                      h->n_vocab);
+        return refuse(path, "malformed header (n_ctx %u, n_chunk %u, n_vocab %u)", h->n_ctx, h->n_chunk, h->n_vocab);
     if (h->n_vocab != (uint32_t)n_vocab)
         return refuse(path, "made with a vocabulary of %u tokens, this model has %d", h->n_vocab, (int)n_vocab);
     if (h->model_bytes != model_bytes || h->model_hash != model_hash)

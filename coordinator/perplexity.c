@@ -34,7 +34,13 @@
 enum { EXIT_USAGE = 2, CTX_MIN = 8, CTX_MAX = 1 << 20, CTX_DEFAULT = 512 };
 
 enum {
-    OPT_CHUNKS = 256, OPT_KL_BASE, OPT_KL, OPT_SPARSITY, OPT_SET, OPT_HELP, OPT_VERSION,
+    OPT_CHUNKS = 256,
+    OPT_KL_BASE,
+    OPT_KL,
+    OPT_SPARSITY,
+    OPT_SET,
+    OPT_HELP,
+    OPT_VERSION,
     OPT_KEY_BASE = 512, /* OPT_KEY_BASE + i: the i-th entry of key_opts */
 };
 
@@ -42,10 +48,10 @@ enum {
 static const struct {
     const char *name, *dotted, *arg;
 } key_opts[] = {
-    {"gpu-backend", "gpu.backend", "B"},      {"hot-fraction", "gpu.hot_fraction", "F"},
+    {"gpu-backend", "gpu.backend", "B"},         {"hot-fraction", "gpu.hot_fraction", "F"},
     {"vram-budget", "gpu.vram_budget", "BYTES"}, {"gpu-index", "gpu.gpu_index", "PATH"},
-    {"gpu-device", "gpu.device", "N"},        {"cpu-workers", "cpu.workers", "N"},
-    {"cpu-threads", "cpu.threads", "N"},      {"run-dir", "run.dir", "DIR"},
+    {"gpu-device", "gpu.device", "N"},           {"cpu-workers", "cpu.workers", "N"},
+    {"cpu-threads", "cpu.threads", "N"},         {"run-dir", "run.dir", "DIR"},
     {"log-level", "log.level", "LEVEL"},
 };
 
@@ -56,9 +62,9 @@ struct ppl_opts {
     const char *text;        /* -f, or NULL (--kl-divergence reads the ids from the base file) */
     int ctx;                 /* -c */
     bool ctx_given;
-    int chunks;              /* --chunks, -1: every chunk the text holds */
-    const char *kl_base;     /* --kl-divergence-base FILE, or NULL */
-    bool kl;                 /* --kl-divergence: compare with kl_base instead of writing it */
+    int chunks;          /* --chunks, -1: every chunk the text holds */
+    const char *kl_base; /* --kl-divergence-base FILE, or NULL */
+    bool kl;             /* --kl-divergence: compare with kl_base instead of writing it */
 };
 
 /* The model, tokenizer and engine of a run, and what the loop needs of them. */
@@ -67,13 +73,13 @@ struct run {
     struct pi_coord_model cm;
     pi_engine_t *e;
     int n_vocab;
-    int32_t bos;          /* put at each chunk's start, or -1 when the model adds no BOS */
-    int32_t *tokens;      /* (n_tokens) the text's ids */
+    int32_t bos;     /* put at each chunk's start, or -1 when the model adds no BOS */
+    int32_t *tokens; /* (n_tokens) the text's ids */
     size_t n_tokens;
     int n_chunk;
-    float *logits;        /* (max_batch, n_vocab) */
-    float *logp, *base;   /* (n_vocab) */
-    FILE *bf;             /* the base file, or NULL */
+    float *logits;      /* (max_batch, n_vocab) */
+    float *logp, *base; /* (n_vocab) */
+    FILE *bf;           /* the base file, or NULL */
 };
 
 static void usage(FILE *out)
@@ -190,7 +196,8 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
             }
             break;
         case OPT_CHUNKS:
-            if (pi_parse_int(optarg, 1, INT32_MAX, &v) != 0) rc = bad("--chunks", optarg, "expected a positive integer");
+            if (pi_parse_int(optarg, 1, INT32_MAX, &v) != 0)
+                rc = bad("--chunks", optarg, "expected a positive integer");
             else o->chunks = (int)v;
             break;
         case OPT_KL_BASE: o->kl_base = optarg; break;
@@ -207,7 +214,10 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
             } else {
                 char key[128];
                 const char *eq = strchr(optarg, '=');
-                if ((size_t)(eq - optarg) >= sizeof key) { rc = bad("--set", optarg, "key too long"); break; }
+                if ((size_t)(eq - optarg) >= sizeof key) {
+                    rc = bad("--set", optarg, "key too long");
+                    break;
+                }
                 memcpy(key, optarg, (size_t)(eq - optarg));
                 key[eq - optarg] = '\0';
                 rc = set_key(o, "--set", key, eq + 1);
@@ -215,8 +225,12 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
             break;
         case 'h': usage(stdout); return 1;
         case 'V': printf("pi-perplexity (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 1;
-        case ':': fprintf(stderr, "pi-perplexity: option %s needs a value (see --help)\n", argv[optind - 1]); return -PI_ERR_INVAL;
-        case '?': fprintf(stderr, "pi-perplexity: unknown option %s (see --help)\n", argv[optind - 1]); return -PI_ERR_INVAL;
+        case ':':
+            fprintf(stderr, "pi-perplexity: option %s needs a value (see --help)\n", argv[optind - 1]);
+            return -PI_ERR_INVAL;
+        case '?':
+            fprintf(stderr, "pi-perplexity: unknown option %s (see --help)\n", argv[optind - 1]);
+            return -PI_ERR_INVAL;
         default: {
             const int k = c - OPT_KEY_BASE;
             PI_ASSERT(k >= 0 && (size_t)k < PI_ARRAY_LEN(key_opts));
@@ -237,7 +251,8 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
         return -PI_ERR_INVAL;
     }
     if (o->kl && !o->kl_base) {
-        fprintf(stderr, "pi-perplexity: --kl-divergence needs --kl-divergence-base FILE (the base run's log-probabilities)\n");
+        fprintf(stderr,
+                "pi-perplexity: --kl-divergence needs --kl-divergence-base FILE (the base run's log-probabilities)\n");
         return -PI_ERR_INVAL;
     }
     if (!o->kl && !o->text) {
@@ -274,7 +289,11 @@ static char *slurp(const char *path, size_t *len)
             if (n > PI_TOKENIZE_MAX_BYTES) break;
             cap = (n + 65536 + 1) * 2;
             char *nb = realloc(buf, cap);
-            if (!nb) { free(buf); fclose(f); return NULL; }
+            if (!nb) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
             buf = nb;
         }
         size_t got = fread(buf + n, 1, cap - n - 1, f);
@@ -285,7 +304,9 @@ static char *slurp(const char *path, size_t *len)
     fclose(f);
     if (err || n > PI_TOKENIZE_MAX_BYTES) {
         if (err) fprintf(stderr, "pi-perplexity: -f %s: read failed\n", path);
-        else fprintf(stderr, "pi-perplexity: -f %s: larger than the tokenizer's %zu MiB\n", path, PI_TOKENIZE_MAX_BYTES >> 20);
+        else
+            fprintf(stderr, "pi-perplexity: -f %s: larger than the tokenizer's %zu MiB\n", path,
+                    PI_TOKENIZE_MAX_BYTES >> 20);
         free(buf);
         return NULL;
     }
@@ -357,9 +378,10 @@ static int count_chunks(struct run *r)
 {
     const struct ppl_opts *o = r->o;
     if (r->n_tokens < 2 * (size_t)o->ctx) {
-        fprintf(stderr,
-                "pi-perplexity: -f %s: %zu tokens; a context of %d needs at least %d (two chunks), as llama-perplexity\n",
-                o->text, r->n_tokens, o->ctx, 2 * o->ctx);
+        fprintf(
+            stderr,
+            "pi-perplexity: -f %s: %zu tokens; a context of %d needs at least %d (two chunks), as llama-perplexity\n",
+            o->text, r->n_tokens, o->ctx, 2 * o->ctx);
         return -PI_ERR_INVAL;
     }
     r->n_chunk = (int)PI_MIN(r->n_tokens / (size_t)o->ctx, (size_t)INT32_MAX);
@@ -377,11 +399,12 @@ static int open_base_for_reading(struct run *r, struct pi_kld_header *h)
         return -PI_ERR_INVAL;
     }
     int32_t *ids = NULL;
-    int rc = pi_kld_read_header(r->bf, o->kl_base, r->n_vocab, pi_gguf_file_size(g), pi_ppl_model_fingerprint(g), h, &ids);
+    int rc =
+        pi_kld_read_header(r->bf, o->kl_base, r->n_vocab, pi_gguf_file_size(g), pi_ppl_model_fingerprint(g), h, &ids);
     if (rc != 0) return rc;
     if (o->ctx_given && (uint32_t)o->ctx != h->n_ctx) {
-        fprintf(stderr, "pi-perplexity: --kl-divergence-base %s: made with -c %u, this run asks for -c %d\n", o->kl_base,
-                h->n_ctx, o->ctx);
+        fprintf(stderr, "pi-perplexity: --kl-divergence-base %s: made with -c %u, this run asks for -c %d\n",
+                o->kl_base, h->n_ctx, o->ctx);
         free(ids);
         return -PI_ERR_INVAL;
     }
@@ -393,7 +416,10 @@ static int open_base_for_reading(struct run *r, struct pi_kld_header *h)
     }
     const size_t n_ids = (size_t)h->n_chunk * h->n_ctx;
     if (o->text) { /* the text given must be the one the base run read */
-        if ((rc = tokenize_text(r)) != 0) { free(ids); return rc; }
+        if ((rc = tokenize_text(r)) != 0) {
+            free(ids);
+            return rc;
+        }
         if (r->n_tokens < n_ids || memcmp(r->tokens, ids, n_ids * sizeof *ids) != 0) {
             fprintf(stderr, "pi-perplexity: -f %s: not the text the base file %s was made from\n", o->text, o->kl_base);
             free(ids);
@@ -417,9 +443,13 @@ static int open_base_for_writing(struct run *r)
         return -PI_ERR_INVAL;
     }
     const size_t n_ids = (size_t)r->n_chunk * (size_t)o->ctx;
-    struct pi_kld_header h = {.version = PI_KLD_VERSION, .n_vocab = (uint32_t)r->n_vocab, .n_ctx = (uint32_t)o->ctx,
-                              .n_chunk = (uint32_t)r->n_chunk, .n_scored = (uint32_t)(o->ctx - 1 - o->ctx / 2),
-                              .model_bytes = pi_gguf_file_size(g), .model_hash = pi_ppl_model_fingerprint(g),
+    struct pi_kld_header h = {.version = PI_KLD_VERSION,
+                              .n_vocab = (uint32_t)r->n_vocab,
+                              .n_ctx = (uint32_t)o->ctx,
+                              .n_chunk = (uint32_t)r->n_chunk,
+                              .n_scored = (uint32_t)(o->ctx - 1 - o->ctx / 2),
+                              .model_bytes = pi_gguf_file_size(g),
+                              .model_hash = pi_ppl_model_fingerprint(g),
                               .tokens_hash = pi_ppl_hash(PI_PPL_HASH_INIT, r->tokens, n_ids * sizeof(int32_t))};
     memcpy(h.magic, PI_KLD_MAGIC, 8);
     return pi_kld_write_header(r->bf, o->kl_base, &h, r->tokens);

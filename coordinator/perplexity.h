@@ -41,15 +41,15 @@ double pi_ppl_acc_ppl(const struct pi_ppl_acc *a, double *err);
 /* ---- KL divergence of a run (Q) against a base run ---- */
 
 struct pi_kld_acc {
-    double sum_nll, sum_nll2;           /* Q's -log p(token) */
-    double sum_nll_base, sum_nll_base2; /* the base's */
-    double sum_nll_nll_base;            /* their products (covariance) */
-    double sum_kld, sum_kld2;           /* KL(base || Q) per position */
+    double sum_nll, sum_nll2;                    /* Q's -log p(token) */
+    double sum_nll_base, sum_nll_base2;          /* the base's */
+    double sum_nll_nll_base;                     /* their products (covariance) */
+    double sum_kld, sum_kld2;                    /* KL(base || Q) per position */
     double sum_p_diff, sum_p_diff2, sum_p_diff4; /* p(token) under Q minus under the base */
-    int64_t n_same_top;                 /* positions where both put the most probability on one token */
-    int64_t count, cap;                 /* positions scored; room in the arrays below */
-    float *kld_values;                  /* (cap) KL per position, for the percentiles */
-    float *p_diff_values;               /* (cap) Δp per position */
+    int64_t n_same_top;                          /* positions where both put the most probability on one token */
+    int64_t count, cap;                          /* positions scored; room in the arrays below */
+    float *kld_values;                           /* (cap) KL per position, for the percentiles */
+    float *p_diff_values;                        /* (cap) Δp per position */
 };
 
 /* Room for cap positions. 0 or -PI_ERR_NOMEM. */
