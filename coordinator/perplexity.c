@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -455,6 +456,12 @@ static int open_base_for_writing(struct run *r)
     return pi_kld_write_header(r->bf, o->kl_base, &h, r->tokens);
 }
 
+/* SIGINT/SIGTERM: stop after the chunk in flight, so that a half-written base file is removed and the
+ * pipeline's workers are shut down cleanly (a second signal kills at once: SA_RESETHAND). */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig) { interrupted = sig; }
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -524,6 +531,12 @@ static int run_chunks(struct run *r)
     if (r->o->kl) pi_kld_print_chunk_header(stdout);
     int status = PI_EXIT_OK;
     for (int c = 0; c < r->n_chunk; c++) {
+        if (interrupted) {
+            fprintf(stderr, "\npi-perplexity: interrupted by signal %d after %d of %d chunks\n", (int)interrupted, c,
+                    r->n_chunk);
+            status = PI_EXIT_FAILURE;
+            break;
+        }
         const double t0 = now_s();
         int rc = run_chunk(r, c, ids, &acc, &kld);
         if (rc != 0) {
@@ -603,6 +616,10 @@ static int run(struct ppl_opts *o, const char *argv0)
         fprintf(stderr, "pi-perplexity: out of memory\n");
         goto out;
     }
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
     status = run_chunks(&r);
 out:
     pi_engine_destroy(&r.e);
