@@ -291,6 +291,7 @@ static char *slurp(const char *path, size_t *len)
             cap = (n + 65536 + 1) * 2;
             char *nb = realloc(buf, cap);
             if (!nb) {
+                fprintf(stderr, "pi-perplexity: -f %s: out of memory reading it\n", path);
                 free(buf);
                 fclose(f);
                 return NULL;
