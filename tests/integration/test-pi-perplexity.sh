@@ -84,18 +84,18 @@ ok $? "the perplexity $P0 is plausible for a small trained model (20 < PPL < 200
 [ "$(wc -c < "$T/relu.kld")" -eq $((64 + 4 * 4 * 256 + 4 * 127 * 8192 * 4)) ]
 ok $? "the base file holds the header, the ids and 4 x n_vocab bytes per scored token"
 
-# --- the figures of tests/data/demo-ppl.txt (pinfer's own, or the transformers reference once filled)
-# that a prefix of the text gives: within 1%, see that file for why
+# --- the figures of tests/data/demo-ppl.txt: the transformers float64 reference over the whole text
+# within 0.5%, pinfer's own 4-chunk figures within 1% (see that file for why)
 while read -r model ctx chunks want src; do
     case $model in '#'* | '') continue ;; esac
-    [ "$chunks" = all ] && continue # the whole text takes a minute here: doc/perplexity.md has it
     mf=$D/$model
     [ -r "$mf" ] || mf=${PI_FIXTURES}/demo-silu/$model
     if [ ! -r "$mf" ]; then skip "$model not found"; continue; fi
-    "$B" -m "$mf" -f "$TEXT" -c "$ctx" --chunks "$chunks" --gpu-backend none > "$T/ref.out" 2>&1
+    if [ "$chunks" = all ]; then chk=""; tol=0.005; else chk="--chunks $chunks"; tol=0.01; fi
+    "$B" -m "$mf" -f "$TEXT" -c "$ctx" $chk --gpu-backend none > "$T/ref.out" 2>&1
     got=$(ppl "$T/ref.out")
-    awk -v g="$got" -v w="$want" 'BEGIN { d = g / w - 1; exit !(g != "" && d < 0.01 && d > -0.01) }'
-    ok $? "$model, c=$ctx, $chunks chunks: PPL $got against $want ($src), within 1%"
+    awk -v g="$got" -v w="$want" -v t="$tol" 'BEGIN { d = g / w - 1; exit !(g != "" && d < t && d > -t) }'
+    ok $? "$model, c=$ctx, $chunks chunks: PPL $got against $want ($src), within $tol"
 done < "$D/demo-ppl.txt"
 
 # --- the pipeline: host backend, half the neurons hot, two CPU workers. Its sums are rounded in other
