@@ -59,6 +59,7 @@ struct pi_config {
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */
     /* [control] */
+    int64_t max_connections;   /* control connections held at once; past it the listener pauses */
     char *control_endpoint;    /* ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
