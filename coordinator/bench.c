@@ -276,7 +276,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         case 'm': g->models = true, rc = add_model(optarg, b); break;
         case 'p': g->p = true, rc = parse_list("-p", optarg, 0, 1 << 20, &b->n_prompt); break;
         case 'n': g->n = true, rc = parse_list("-n", optarg, 0, 1 << 20, &b->n_gen); break;
-        case 't': g->t = true, rc = parse_list("-t", optarg, 1, 4096, &b->threads); break;
+        case 't': g->t = true, rc = parse_list("-t", optarg, 1, PI_MAX_THREADS, &b->threads); break;
         case 'r':
             g->r = true;
             if ((rc = parse_one("-r", optarg, 1, 100000, &v)) == 0) b->reps = (int)v;

@@ -63,7 +63,7 @@ static const struct key_def keys[] = {
     {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it the listener pauses (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
-    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL, NULL},
+    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},
     {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL, NULL},
     {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL, NULL},

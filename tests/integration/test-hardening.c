@@ -4,7 +4,9 @@
  * every flood bounded in count and time and aimed only at an ipc:// socket of that directory:
  *   - a connection flood: 1,100 plain connect() calls (no ZeroMQ handshake) to the control socket of a
  *     coordinator started with a descriptor limit of 512 (soft 256) do not kill it, and it answers
- *     `pi-ctl status` afterwards (issue 20, defect 1).
+ *     `pi-ctl status` afterwards (issue 20, defect 1);
+ *   - --cpu-threads over the thread pool's bound is a usage error (exit 2, before anything starts),
+ *     the bound itself runs (defect 7).
  */
 #include "config.h"
 #include "lib/common.h"
@@ -136,6 +138,38 @@ static void test_connection_flood(void)
     }
 }
 
+/* pi-coordinator one-shot with extra arguments (NULL-terminated); returns its exit status. */
+static int oneshot(const char *name, const char *const *args)
+{
+    char *argv[32];
+    int n = 0;
+    argv[n++] = coord;
+    argv[n++] = "--model";
+    argv[n++] = model;
+    argv[n++] = "--run-dir";
+    argv[n++] = rundir;
+    for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    return tp_run(argv, name, 60);
+}
+
+static void test_cpu_threads(void)
+{
+    const char *over[] = {"--gpu-backend", "none", "--cpu-threads", "1025", "--prompt", "Hi", "-n", "1", NULL};
+    int rc = oneshot("threads-over", over);
+    char *err = tp_output("threads-over", "err");
+    tap_ok(rc == 2 && strstr(err, "threads") && strstr(err, "1024"), "--cpu-threads 1025: exit %d (2), %s", rc, err);
+    free(err);
+    const char *huge[] = {"--cpu-threads", "4096", "--prompt", "Hi", "-n", "1", NULL};
+    rc = oneshot("threads-huge", huge);
+    err = tp_output("threads-huge", "err");
+    tap_ok(rc == 2 && !strstr(err, "out of memory"), "--cpu-threads 4096 with workers: exit %d (2), %s", rc, err);
+    free(err);
+    const char *max[] = {"--gpu-backend", "none", "--cpu-threads", "1024", "--prompt", "Hi", "-n", "1", NULL};
+    rc = oneshot("threads-max", max);
+    tap_ok(rc == 0, "--cpu-threads 1024 (the bound) runs: exit %d", rc);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -146,5 +180,6 @@ int main(void)
     snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
     snprintf(endpoint, sizeof endpoint, "ipc://%s/control.sock", rundir);
     test_connection_flood();
+    test_cpu_threads();
     return tap_done();
 }
