@@ -6,7 +6,10 @@
  *     coordinator started with a descriptor limit of 512 (soft 256) do not kill it, and it answers
  *     `pi-ctl status` afterwards (issue 20, defect 1);
  *   - --cpu-threads over the thread pool's bound is a usage error (exit 2, before anything starts),
- *     the bound itself runs (defect 7).
+ *     the bound itself runs (defect 7);
+ *   - the prompt from a file (-f) or standard input (--prompt -) in pi-coordinator and pi-ctl generate
+ *     gives the text --prompt gives; a missing file, a NUL byte, an endless input are usage errors
+ *     (defect 8).
  */
 #include "config.h"
 #include "lib/common.h"
@@ -170,6 +173,78 @@ static void test_cpu_threads(void)
     tap_ok(rc == 0, "--cpu-threads 1024 (the bound) runs: exit %d", rc);
 }
 
+/* Run a shell command line with its output in tp_dir/NAME.{out,err}; returns its exit status. */
+static int sh(const char *name, const char *cmd)
+{
+    char *argv[] = {"/bin/sh", "-c", (char *)cmd, NULL};
+    return tp_run(argv, name, 60);
+}
+
+static void test_prompt_file(void)
+{
+    char pf[400], nul[400], cmd[3000];
+    snprintf(pf, sizeof pf, "%s/prompt.txt", tp_dir);
+    snprintf(nul, sizeof nul, "%s/nul.txt", tp_dir);
+    FILE *f = fopen(pf, "w");
+    fputs("Once upon a time", f);
+    fclose(f);
+    f = fopen(nul, "w");
+    fwrite("Once\0upon", 1, 9, f);
+    fclose(f);
+    const char *arg[] = {"--gpu-backend", "none", "--prompt", "Once upon a time", "-n", "8", "--temp", "0", NULL};
+    int rc = oneshot("prompt-arg", arg);
+    char *want = tp_output("prompt-arg", "out");
+    tap_ok(rc == 0 && strlen(want) > 1, "one-shot --prompt TEXT: %s", want);
+    const char *file[] = {"--gpu-backend", "none", "-f", pf, "-n", "8", "--temp", "0", NULL};
+    rc = oneshot("prompt-file", file);
+    char *got = tp_output("prompt-file", "out");
+    tap_ok(rc == 0 && strcmp(got, want) == 0, "one-shot -f FILE gives the same text (exit %d): %s", rc, got);
+    free(got);
+    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --run-dir '%s' --gpu-backend none --prompt - -n 8 --temp 0 < '%s'", coord,
+             model, rundir, pf);
+    rc = sh("prompt-stdin", cmd);
+    got = tp_output("prompt-stdin", "out");
+    tap_ok(rc == 0 && strcmp(got, want) == 0, "one-shot --prompt - (standard input) gives the same text (exit %d): %s", rc, got);
+    free(got);
+    const char *missing[] = {"--gpu-backend", "none", "--prompt-file", "/nonexistent/prompt", NULL};
+    const char *withnul[] = {"--gpu-backend", "none", "-f", nul, NULL};
+    const char *endless[] = {"--gpu-backend", "none", "-f", "/dev/zero", NULL};
+    int r1 = oneshot("prompt-missing", missing), r2 = oneshot("prompt-nul", withnul), r3 = oneshot("prompt-zero", endless);
+    char *e3 = tp_output("prompt-zero", "err");
+    tap_ok(r1 == 2 && r2 == 2 && r3 == 2 && strstr(e3, "longer than"),
+           "a missing prompt file, a NUL byte, /dev/zero: usage errors (exit %d %d %d), %s", r1, r2, r3, e3);
+    free(e3);
+
+    /* pi-ctl generate against a server */
+    pid_t srv = start_server("prompt-server", 1024, 4096);
+    if (!tap_ok(srv > 0, "a server for pi-ctl generate started")) {
+        free(want);
+        return;
+    }
+    const char *garg[] = {"generate", "--prompt", "Once upon a time", "-n", "8", NULL};
+    rc = pictl("gen-arg", garg, 60);
+    char *gwant = tp_output("gen-arg", "out");
+    const char *gfile[] = {"generate", "-f", pf, "-n", "8", NULL};
+    rc |= pictl("gen-file", gfile, 60);
+    got = tp_output("gen-file", "out");
+    tap_ok(rc == 0 && strlen(gwant) > 1 && strcmp(got, gwant) == 0, "pi-ctl generate -f FILE gives the text of --prompt: %s", got);
+    free(got);
+    snprintf(cmd, sizeof cmd, "exec '%s' --endpoint '%s' generate --prompt - -n 8 < '%s'", ctl, endpoint, pf);
+    rc = sh("gen-stdin", cmd);
+    got = tp_output("gen-stdin", "out");
+    tap_ok(rc == 0 && strcmp(got, gwant) == 0, "pi-ctl generate --prompt - reads standard input (exit %d): %s", rc, got);
+    free(got);
+    const char *gnul[] = {"generate", "-f", nul, NULL};
+    const char *gzero[] = {"generate", "--prompt-file", "/dev/zero", NULL};
+    r1 = pictl("gen-nul", gnul, 20);
+    r2 = pictl("gen-zero", gzero, 20);
+    tap_ok(r1 == 2 && r2 == 2, "pi-ctl generate: a NUL byte, an endless input: usage errors (exit %d %d)", r1, r2);
+    free(gwant);
+    free(want);
+    kill(srv, SIGTERM);
+    tp_wait(srv, 20);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -181,5 +256,6 @@ int main(void)
     snprintf(endpoint, sizeof endpoint, "ipc://%s/control.sock", rundir);
     test_connection_flood();
     test_cpu_threads();
+    test_prompt_file();
     return tap_done();
 }
