@@ -138,9 +138,18 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
 static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
 {
     if (strncmp(o->endpoint, "ipc://", 6) == 0) {
+        /* Say what is really wrong: a socket we may not reach is not a missing one. */
         struct stat st;
-        if (stat(o->endpoint + 6, &st) != 0 || !S_ISSOCK(st.st_mode)) {
-            fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket)\n", o->endpoint);
+        if (stat(o->endpoint + 6, &st) != 0) {
+            if (errno == EACCES)
+                fprintf(stderr, "pi-ctl: %s: permission denied (the socket or a directory above it is not this "
+                                "user's to open)\n", o->endpoint);
+            else
+                fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(errno));
+            return NULL;
+        }
+        if (!S_ISSOCK(st.st_mode)) {
+            fprintf(stderr, "pi-ctl: no coordinator at %s (not a socket)\n", o->endpoint);
             return NULL;
         }
         /* A socket file left by a coordinator that was killed: nobody accepts on it. */
@@ -153,6 +162,11 @@ static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
             close(fd);
             if (r != 0 && e == ECONNREFUSED) {
                 fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
+                return NULL;
+            }
+            if (r != 0 && (e == EACCES || e == EPERM)) {
+                fprintf(stderr, "pi-ctl: %s: permission denied (the socket is not this user's to connect to)\n",
+                        o->endpoint);
                 return NULL;
             }
         } else if (fd >= 0) {

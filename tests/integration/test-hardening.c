@@ -9,12 +9,14 @@
  *     the bound itself runs (defect 7);
  *   - the prompt from a file (-f) or standard input (--prompt -) in pi-coordinator and pi-ctl generate
  *     gives the text --prompt gives; a missing file, a NUL byte, an endless input are usage errors
- *     (defect 8).
+ *     (defect 8);
+ *   - pi-ctl on a socket it may not reach says "permission denied", not "no such socket" (defect 10).
  */
 #include "config.h"
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
 
+#include <grp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -245,6 +247,54 @@ static void test_prompt_file(void)
     tp_wait(srv, 20);
 }
 
+/* pi-ctl status on ep as a user who may not reach it: as root, the child becomes nobody (65534), as
+ * anyone else the directory is mode 0. Returns pi-ctl's exit status; its stderr in tp_dir/NAME.err. */
+static int pictl_denied(const char *name, const char *ep)
+{
+    char errp[600];
+    snprintf(errp, sizeof errp, "%s/%s.err", tp_dir, name);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        int fe = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0666);
+        if (fe < 0) _exit(126);
+        dup2(fe, 2);
+        close(fe);
+        if (geteuid() == 0 && (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0)) _exit(125);
+        execl(ctl, ctl, "--endpoint", ep, "--timeout", "500", "status", (char *)NULL);
+        _exit(127);
+    }
+    return tp_wait(pid, 20);
+}
+
+static void test_denied(void)
+{
+    char dir[400], ep[500], path[480];
+    snprintf(dir, sizeof dir, "%s/locked", tp_dir);
+    snprintf(path, sizeof path, "%s/control.sock", dir);
+    snprintf(ep, sizeof ep, "ipc://%s", path);
+    /* a listening socket in a directory the caller cannot enter */
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    if (mkdir(dir, 0700) != 0 || fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 4) != 0) {
+        tap_ok(0, "a listening socket in %s: %s", dir, strerror(errno));
+        return;
+    }
+    /* tp_dir is 0700 too: as nobody even reaching it is denied; open it up to the locked directory */
+    chmod(tp_dir, 0711);
+    if (geteuid() != 0) chmod(dir, 0);
+    int rc = pictl_denied("denied", ep);
+    char *err = tp_output("denied", "err");
+    tap_ok(rc == 1 && strstr(err, "permission denied") && !strstr(err, "no such socket"),
+           "pi-ctl on a socket it may not reach: exit %d, %s", rc, err);
+    free(err);
+    chmod(dir, 0700);
+    chmod(tp_dir, 0700);
+    close(fd);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -257,5 +307,6 @@ int main(void)
     test_connection_flood();
     test_cpu_threads();
     test_prompt_file();
+    test_denied();
     return tap_done();
 }
