@@ -384,7 +384,7 @@ static int on_control(struct server *s, void *ctl, void *pair)
         break;
     }
     default:
-        pi_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
+        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
         reply_error(ctl, id, id_len, m.request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
         break;
     }

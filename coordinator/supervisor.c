@@ -94,7 +94,7 @@ static int slot_by_id(pi_super_t *s, const uint8_t *id, size_t len)
 static void on_hello(pi_super_t *s, const uint8_t *id, size_t id_len, const struct pi_ctl_hello *h)
 {
     int i = slot_by_pid(s, (pid_t)h->pid);
-    if (i < 0) { pi_warn("hello from unknown pid %u: ignored", h->pid); return; }
+    if (i < 0) { pi_ctl_peer_warn("hello from unknown pid %u: ignored", h->pid); return; }
     struct slot *w = &s->slots[i];
     if (w->id_len && (w->id_len != id_len || memcmp(w->id, id, id_len) != 0)) {
         pi_warn("%s %d (pid %u): a second hello from another peer: ignored", role_name(w->info.role), w->info.index,
@@ -126,7 +126,7 @@ static void on_message(pi_super_t *s)
     if (m.type == PI_CTL_HELLO) on_hello(s, id, id_len, &m.u.hello);
     int i = slot_by_id(s, id, id_len);
     if (i < 0) {
-        if (m.type != PI_CTL_HELLO) pi_warn("%s from an unregistered peer: ignored", pi_ctl_type_name(m.type));
+        if (m.type != PI_CTL_HELLO) pi_ctl_peer_warn("%s from an unregistered peer: ignored", pi_ctl_type_name(m.type));
     } else {
         struct slot *w = &s->slots[i];
         w->last_msg_ns = pi_clock_ns();

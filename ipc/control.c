@@ -25,6 +25,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -66,6 +69,52 @@ void pi_ctl_msg_clear(struct pi_ctl_msg *m)
     default: break;
     }
     memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- rate-limited peer warnings */
+
+/* One window of a second for the whole process (any thread: the coordinator's main thread and the
+ * supervisor both decode peers' messages). The mutex only guards three counters; the line itself is
+ * written outside it. */
+static pthread_mutex_t warn_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t warn_window_ns = INT64_MIN; /* start of the current window */
+static unsigned warn_lines;                /* lines written in it */
+static uint64_t warn_dropped;              /* lines suppressed since the last report */
+
+static int64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+void pi_ctl_peer_warn(const char *fmt, ...)
+{
+    const int64_t now = mono_ns();
+    uint64_t report = 0;
+    bool emit;
+    pthread_mutex_lock(&warn_mu);
+    if (warn_window_ns == INT64_MIN || now - warn_window_ns >= 1000000000) {
+        warn_window_ns = now;
+        warn_lines = 0;
+    }
+    emit = warn_lines < PI_CTL_WARN_BURST;
+    if (emit) {
+        warn_lines++;
+        report = warn_dropped;
+        warn_dropped = 0;
+    } else {
+        warn_dropped++;
+    }
+    pthread_mutex_unlock(&warn_mu);
+    if (!emit) return;
+    if (report)
+        pi_warn("control: %llu more warnings about peers' messages were suppressed (at most %u a second)",
+                (unsigned long long)report, PI_CTL_WARN_BURST);
+    va_list ap;
+    va_start(ap, fmt);
+    pi_logv(PI_LOG_WARN, fmt, ap);
+    va_end(ap);
 }
 
 /* ---------------------------------------------------------------- little-endian writer */
@@ -364,7 +413,7 @@ static int decode_json(struct rd *r, json_t **out)
     json_t *j = json_loadb((const char *)r->p + r->pos, r->len - r->pos, JSON_REJECT_DUPLICATES, &err);
     r->pos = r->len;
     if (!j) {
-        pi_warn("control: JSON body rejected at line %d: %s", err.line, err.text);
+        pi_ctl_peer_warn("control: JSON body rejected at line %d: %s", err.line, err.text);
         return 0;
     }
     if (!json_is_object(j) || !json_depth_ok(j, 1)) {
@@ -474,7 +523,7 @@ int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *m, enum pi_
     }
     if (defect) *defect = d;
     if (rc < 0)
-        pi_warn("control: rejected a %zu-byte message (type %u %s): %s", len, type, pi_ctl_type_name(type),
+        pi_ctl_peer_warn("control: rejected a %zu-byte message (type %u %s): %s", len, type, pi_ctl_type_name(type),
                 pi_ctl_defect_name(d));
     return rc;
 }
@@ -586,7 +635,7 @@ int pi_ctl_recv(void *sock, void *id, size_t *id_len, struct pi_ctl_msg *msg, en
     if (id) {
         size_t n = zmq_msg_size(&f);
         if (!more_frames(sock) || n > *id_len) {
-            pi_warn("control: message without a usable routing frame dropped");
+            pi_ctl_peer_warn("control: message without a usable routing frame dropped");
             zmq_msg_close(&f);
             drain(sock);
             return -PI_ERR_FORMAT;
@@ -602,7 +651,7 @@ int pi_ctl_recv(void *sock, void *id, size_t *id_len, struct pi_ctl_msg *msg, en
         }
     }
     if (more_frames(sock)) {
-        pi_warn("control: multi-frame message dropped");
+        pi_ctl_peer_warn("control: multi-frame message dropped");
         zmq_msg_close(&f);
         drain(sock);
         return -PI_ERR_FORMAT;

@@ -172,6 +172,13 @@ int pi_ctl_encode(const struct pi_ctl_msg *msg, uint8_t **buf, size_t *len);
  * pi_ctl_defect); a rejection is logged as a warning naming the defect. */
 int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *msg, enum pi_ctl_defect *defect);
 
+/* A warning about what a peer sent (a malformed or unexpected message), rate-limited for the whole
+ * process: at most PI_CTL_WARN_BURST lines per second, so a flood of bad messages cannot become a
+ * flood of log lines; the first warning after a suppression is preceded by a line counting the
+ * suppressed ones. Thread-safe. */
+#define PI_CTL_WARN_BURST 10
+void pi_ctl_peer_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- sockets ---- */
 
 /* A socket of ZMQ type `type` on ctx with linger 0, ZMQ_MAXMSGSIZE = PI_CTL_MAX_MSG, and send and
