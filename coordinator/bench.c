@@ -78,7 +78,7 @@ static void usage(FILE *out)
             "      --set tune.KEY=VALUE  a performance choice of pinfer.conf(5)'s [tune] section for every\n"
             "                            engine and this process (repeatable); default: the table's\n"
             "      --run-dir DIR         where the workers' sockets and generated models go;\n"
-            "                            default: /tmp/pinfer-$UID\n"
+            "                            default: $XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID\n"
             "      --log-level LEVEL     error, warn, info or debug; default: warn\n"
             "\n"
             "Other measurements (instead of the tests; markdown tables of their own):\n"

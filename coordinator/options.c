@@ -99,7 +99,7 @@ void pi_coord_opts_usage(FILE *out)
         if (strcmp(key_opts[i].name, "n-predict") == 0) continue; /* listed with the request */
         snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
         const char *def = k->default_text;
-        if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "/tmp/pinfer-$UID";
+        if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "$XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID";
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
     fputs("\n"

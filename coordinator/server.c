@@ -566,6 +566,17 @@ static void guard_resume(struct server *s, void *ctl)
     pi_info("control: listening again on %s (connections dropped at the cap: %llu times)", s->endpoint, (unsigned long long)s->pauses);
 }
 
+/* libzmq's ipc:// bind unlinks whatever is at the path first; so before binding, anything there that
+ * is not a socket (a file of the user's, something planted) is a reason to refuse, never to delete. */
+static bool path_replaceable(const char *ep)
+{
+    struct stat st;
+    if (strncmp(ep, "ipc://", 6) != 0 || lstat(ep + 6, &st) != 0 || S_ISSOCK(st.st_mode)) return true;
+    fprintf(stderr, "pi-coordinator: %s exists and is not a socket: refusing to replace it\n", ep + 6);
+    pi_error("control endpoint %s: the path exists and is not a socket", ep);
+    return false;
+}
+
 /* Serve until a signal or a SHUTDOWN. */
 static void serve(struct server *s, void *ctl, void *pair, int sfd)
 {
@@ -627,6 +638,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 || zmq_bind(pair, GEN_EP) != 0 ||
         zmq_connect(s.gen_sock, GEN_EP) != 0)
         goto out;
+    if (!path_replaceable(s.endpoint)) goto out;
     if (endpoint_in_use(s.endpoint)) {
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
@@ -637,6 +649,8 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         goto out;
     }
     bound = true;
+    struct stat sock_st = {0}; /* the socket file we made: the only thing unlinked at exit */
+    if (strncmp(s.endpoint, "ipc://", 6) != 0 || lstat(s.endpoint + 6, &sock_st) != 0) memset(&sock_st, 0, sizeof sock_st);
     size_t bl = sizeof s.bound_ep;
     if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s.bound_ep, &bl) != 0 || !s.bound_ep[0])
         memcpy(s.bound_ep, s.endpoint, sizeof s.bound_ep);
@@ -687,7 +701,12 @@ out:
     if (s.mon) zmq_setsockopt(s.mon, ZMQ_LINGER, &linger, sizeof linger), zmq_close(s.mon);
     pi_ctl_close(&ctl);
     if (s.zctx) zmq_ctx_term(s.zctx);
-    if (bound && strncmp(s.endpoint, "ipc://", 6) == 0) unlink(s.endpoint + 6); /* only our own socket */
+    if (bound && sock_st.st_ino) { /* only our own socket: the same file, still a socket */
+        struct stat now;
+        if (lstat(s.endpoint + 6, &now) == 0 && S_ISSOCK(now.st_mode) && now.st_ino == sock_st.st_ino &&
+            now.st_dev == sock_st.st_dev)
+            unlink(s.endpoint + 6);
+    }
     if (sfd >= 0) close(sfd);
     pi_coord_model_close(&cm);
     return status;

@@ -30,6 +30,7 @@
 #include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -715,7 +716,10 @@ int pi_rundir_remove(const char *rundir)
     while ((e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        if (n > 5 && strcmp(e->d_name + n - 5, ".sock") == 0 && unlinkat(dirfd(d), e->d_name, 0) == 0) continue;
+        struct stat st;
+        if (n > 5 && strcmp(e->d_name + n - 5, ".sock") == 0 && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISSOCK(st.st_mode) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            continue;
         pi_error("run directory %s: cannot remove %s", rundir, e->d_name);
         rc = -PI_ERR_IO;
     }

@@ -217,8 +217,9 @@ int pi_rundir_create(const char *parent, char *out, size_t out_len);
  * out or the socket path exceeds the unix socket limit (107 bytes). */
 int pi_ctl_endpoint(const char *rundir, const char *name, char *out, size_t out_len);
 
-/* Remove the socket files ("*.sock") in rundir and the directory itself. Returns 0 or -PI_ERR_IO
- * (logged; e.g. a foreign file left in it). */
+/* Remove the socket files ("*.sock") in rundir and the directory itself. Only sockets are removed:
+ * a file of another kind under a .sock name stays, like any foreign file, and the directory with it.
+ * Returns 0 or -PI_ERR_IO (logged; e.g. a foreign file left in it). */
 int pi_rundir_remove(const char *rundir);
 
 #endif

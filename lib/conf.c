@@ -59,7 +59,7 @@ static const struct key_def keys[] = {
     {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names, NULL},
     {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
-    {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
+    {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it the listener pauses (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
@@ -219,15 +219,30 @@ static bool section_known(const char *section)
     return false;
 }
 
+void pi_run_dir_default(char *out, size_t len)
+{
+    /* $XDG_RUNTIME_DIR is the per-user directory systemd makes (mode 0700, owned by the user; the
+     * unit's RuntimeDirectory= too): nobody else can plant anything there, unlike /tmp. Taken only
+     * when it is an absolute path to such a directory, short enough for the sockets under it. */
+    const char *x = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+    if (x && x[0] == '/' && strlen(x) + sizeof "/pinfer" <= PI_MIN(len, (size_t)64) && stat(x, &st) == 0 &&
+        S_ISDIR(st.st_mode) && st.st_uid == getuid()) {
+        snprintf(out, len, "%s/pinfer", x);
+        return;
+    }
+    snprintf(out, len, "/tmp/pinfer-%u", (unsigned)getuid());
+}
+
 int pi_config_defaults(struct pi_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     char why[128];
     for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
         const char *d = keys[i].info.default_text;
-        char buf[64];
+        char buf[256];
         if (strcmp(keys[i].info.key, "dir") == 0 && strcmp(keys[i].info.section, "run") == 0) {
-            snprintf(buf, sizeof buf, "/tmp/pinfer-%u", (unsigned)getuid());
+            pi_run_dir_default(buf, sizeof buf);
             d = buf;
         }
         int rc = set_value(cfg, &keys[i], d, why, sizeof why);

@@ -8,6 +8,7 @@
 #include "config.h"
 #include "ipc/control.h"
 #include "lib/common.h"
+#include "lib/conf.h"
 #include "lib/input.h"
 #include "lib/log.h"
 
@@ -51,7 +52,8 @@ static void usage(FILE *f)
                "  shutdown                     stop the coordinator and its workers\n"
                "\n"
                "Options:\n"
-               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc:///tmp/pinfer-$UID/control.sock\n"
+               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
+               "                   RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
                "  --timeout MS     how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
                "  -h, --help       print this help and exit\n"
                "  -V, --version    print the version and exit\n"
@@ -82,7 +84,11 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
                                        {NULL, 0, NULL, 0}};
     const char *env = getenv("PI_CONTROL");
     if (env && *env) snprintf(o->endpoint, sizeof o->endpoint, "%s", env);
-    else snprintf(o->endpoint, sizeof o->endpoint, "ipc:///tmp/pinfer-%u/control.sock", (unsigned)getuid());
+    else {
+        char dir[256];
+        pi_run_dir_default(dir, sizeof dir); /* the coordinator's default [run] dir */
+        snprintf(o->endpoint, sizeof o->endpoint, "ipc://%s/control.sock", dir);
+    }
     o->timeout_ms = 5000;
     o->n_predict = 128;
     int c;

@@ -10,7 +10,10 @@
  *   - the prompt from a file (-f) or standard input (--prompt -) in pi-coordinator and pi-ctl generate
  *     gives the text --prompt gives; a missing file, a NUL byte, an endless input are usage errors
  *     (defect 8);
- *   - pi-ctl on a socket it may not reach says "permission denied", not "no such socket" (defect 10).
+ *   - pi-ctl on a socket it may not reach says "permission denied", not "no such socket" (defect 10);
+ *   - a run dir that is a symlink is refused, a file at the control socket's path that is not a socket
+ *     is never removed, and the default run dir is $XDG_RUNTIME_DIR/pinfer, found by pi-ctl too
+ *     (defect 4).
  */
 #include "config.h"
 #include "lib/common.h"
@@ -295,6 +298,64 @@ static void test_denied(void)
     close(fd);
 }
 
+static bool is_regular(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static bool exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static void test_run_dir(void)
+{
+    char target[400], link[400], file[480], cmd[3000];
+    /* a symlink as the run dir, to a directory holding a regular file named control.sock */
+    snprintf(target, sizeof target, "%s/target", tp_dir);
+    snprintf(link, sizeof link, "%s/link", tp_dir);
+    snprintf(file, sizeof file, "%s/control.sock", target);
+    mkdir(target, 0700);
+    FILE *f = fopen(file, "w");
+    fputs("precious\n", f);
+    fclose(f);
+    if (symlink(target, link) != 0) tap_bail("symlink: %s", strerror(errno));
+    char *a1[] = {coord, "--model", model, "--gpu-backend", "none", "--run-dir", link, NULL};
+    int rc = tp_run(a1, "rundir-link", 30);
+    char *err = tp_output("rundir-link", "err");
+    tap_ok(rc == 2 && is_regular(file) && strstr(err, "symbolic link"), "a run dir that is a symlink: refused (exit %d), the file there kept: %s",
+           rc, err);
+    free(err);
+    /* a regular file at the control socket's path of a real run dir */
+    char *a2[] = {coord, "--model", model, "--gpu-backend", "none", "--run-dir", target, NULL};
+    rc = tp_run(a2, "rundir-file", 30);
+    err = tp_output("rundir-file", "err");
+    tap_ok(rc != 0 && is_regular(file) && strstr(err, "not a socket"), "a file that is not a socket at control.sock: kept, the server refused (exit %d): %s",
+           rc, err);
+    free(err);
+
+    /* the default run dir: $XDG_RUNTIME_DIR/pinfer, for pi-coordinator and pi-ctl alike */
+    char xdg[400], sock[480];
+    snprintf(xdg, sizeof xdg, "%s/xdg", tp_dir);
+    snprintf(sock, sizeof sock, "%s/pinfer/control.sock", xdg);
+    mkdir(xdg, 0700);
+    snprintf(cmd, sizeof cmd, "XDG_RUNTIME_DIR='%s' exec '%s' --model '%s' --gpu-backend none", xdg, coord, model);
+    char *a3[] = {"/bin/sh", "-c", cmd, NULL};
+    pid_t srv = tp_spawn(a3, "xdg-server");
+    bool up = false;
+    for (int i = 0; i < 200 && !up; i++) {
+        up = exists(sock);
+        if (!up) usleep(50000);
+    }
+    snprintf(cmd, sizeof cmd, "XDG_RUNTIME_DIR='%s' exec '%s' --timeout 2000 status", xdg, ctl);
+    rc = up ? sh("xdg-status", cmd) : -1;
+    tap_ok(up && rc == 0, "without --run-dir the control socket is $XDG_RUNTIME_DIR/pinfer/control.sock, and pi-ctl finds it (%d)", rc);
+    kill(srv, SIGTERM);
+    tp_wait(srv, 20);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -308,5 +369,6 @@ int main(void)
     test_cpu_threads();
     test_prompt_file();
     test_denied();
+    test_run_dir();
     return tap_done();
 }
