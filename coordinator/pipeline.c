@@ -288,9 +288,11 @@ static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destro
 
 /* Make sure the configured run directory exists, is ours and private. The last component is opened
  * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run
- * dir should be (another user's /tmp/pinfer-X -> some directory of ours) is refused, not followed. */
+ * dir should be (another user's /tmp/pinfer-X -> some directory of ours) is refused, not followed.
+ * The first call of the process also sweeps what killed coordinators left there (pi_rundir_sweep). */
 int pi_coord_run_dir_check(const char *dir)
 {
+    static atomic_bool swept;
     struct stat st;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         pi_error("[run] dir %s: cannot create: %s", dir, strerror(errno));
@@ -306,6 +308,7 @@ int pi_coord_run_dir_check(const char *dir)
         return -PI_ERR_INVAL;
     }
     int ok = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() && !(st.st_mode & 077);
+    if (ok && !atomic_exchange(&swept, true)) pi_rundir_sweep(fd, dir);
     close(fd);
     if (!ok) {
         pi_error("[run] dir %s: not a directory private to this user (mode 0700)", dir);

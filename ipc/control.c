@@ -31,7 +31,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -729,4 +731,74 @@ int pi_rundir_remove(const char *rundir)
         rc = -PI_ERR_IO;
     }
     return rc;
+}
+
+/* True when nobody accepts connections on the unix socket name inside the directory dfd (path shown
+ * as dir): connect(2) is refused. Through /proc/self/fd/N so that the path stays short and relative
+ * to the directory we opened. */
+static bool socket_stale(int dfd, const char *name)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = snprintf(sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/%s", dfd, name);
+    if (n < 0 || (size_t)n >= sizeof sa.sun_path) return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return false;
+    bool stale = connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno == ECONNREFUSED;
+    close(fd);
+    return stale;
+}
+
+/* Sweep one "pinfer.*" entry of the parent; returns 1 when it was removed. */
+static int sweep_one(int pfd, const char *parent, const char *name)
+{
+    struct stat st;
+    if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) return 0;
+    int dfd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    /* What is in it: sockets, all refusing connections, and nothing else. */
+    int socks = 0, other = 0, live = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        struct stat es;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (fstatat(dfd, e->d_name, &es, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISSOCK(es.st_mode)) other++;
+        else if (socket_stale(dfd, e->d_name)) socks++;
+        else live++;
+    }
+    const bool old_empty = socks == 0 && time(NULL) - st.st_mtime > 60;
+    int removed = 0;
+    if (!other && !live && (socks > 0 || old_empty)) {
+        rewinddir(d);
+        for (struct dirent *e; (e = readdir(d)) != NULL;) {
+            struct stat es;
+            if (fstatat(dfd, e->d_name, &es, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(es.st_mode)) unlinkat(dfd, e->d_name, 0);
+        }
+        removed = unlinkat(pfd, name, AT_REMOVEDIR) == 0;
+        if (removed) pi_info("run dir %s: removed %s, left by a coordinator that did not clean up (%d stale sockets)", parent, name, socks);
+    }
+    closedir(d);
+    return removed;
+}
+
+int pi_rundir_sweep(int parent_fd, const char *parent)
+{
+    int dfd = dup(parent_fd);
+    if (dfd < 0) return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    /* Names first, removal after: unlinking while readdir walks the same stream may skip entries. */
+    char names[64][32];
+    int n = 0, removed = 0;
+    for (struct dirent *e; n < 64 && (e = readdir(d)) != NULL;)
+        if (strncmp(e->d_name, "pinfer.", 7) == 0 && strlen(e->d_name) < sizeof names[0]) snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    for (int i = 0; i < n; i++) removed += sweep_one(parent_fd, parent, names[i]);
+    closedir(d);
+    return removed;
 }

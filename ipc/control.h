@@ -222,4 +222,12 @@ int pi_ctl_endpoint(const char *rundir, const char *name, char *out, size_t out_
  * Returns 0 or -PI_ERR_IO (logged; e.g. a foreign file left in it). */
 int pi_rundir_remove(const char *rundir);
 
+/* Remove what coordinators killed before their clean-up left in the parent directory open as
+ * parent_fd (named parent in log lines): each "pinfer.*" directory of ours whose workers.sock nobody
+ * listens on any more, or that is empty and older than a minute (younger ones may be a starting
+ * coordinator's). Only sockets and the directory itself are removed, relative to parent_fd, never
+ * following a symlink; one in use, or holding anything else, is left. Returns how many were removed;
+ * each is logged. */
+int pi_rundir_sweep(int parent_fd, const char *parent);
+
 #endif

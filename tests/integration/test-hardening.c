@@ -13,7 +13,9 @@
  *   - pi-ctl on a socket it may not reach says "permission denied", not "no such socket" (defect 10);
  *   - a run dir that is a symlink is refused, a file at the control socket's path that is not a socket
  *     is never removed, and the default run dir is $XDG_RUNTIME_DIR/pinfer, found by pi-ctl too
- *     (defect 4).
+ *     (defect 4);
+ *   - a worker directory left by a killed coordinator (pinfer.X/workers.sock, nobody listening) is
+ *     swept at start; one in use is not (defect 5).
  */
 #include "config.h"
 #include "lib/common.h"
@@ -298,6 +300,24 @@ static void test_denied(void)
     close(fd);
 }
 
+/* A unix socket bound at path: listening (returns its fd) or, listen false, closed at once (stale). */
+static int unix_socket_at(const char *path, bool listening)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) return -1;
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || (listening && listen(fd, 4) != 0)) {
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    if (!listening) {
+        close(fd);
+        return 0;
+    }
+    return fd;
+}
+
 static bool is_regular(const char *path)
 {
     struct stat st;
@@ -356,6 +376,30 @@ static void test_run_dir(void)
     tp_wait(srv, 20);
 }
 
+static void test_sweep(void)
+{
+    char dir[400], stale[480], live[480], sock[560], cmd[3000];
+    snprintf(dir, sizeof dir, "%s/sweep", tp_dir);
+    snprintf(stale, sizeof stale, "%s/pinfer.Stale1", dir);
+    snprintf(live, sizeof live, "%s/pinfer.Live01", dir);
+    mkdir(dir, 0700);
+    mkdir(stale, 0700);
+    mkdir(live, 0700);
+    snprintf(sock, sizeof sock, "%s/workers.sock", stale);
+    int s0 = unix_socket_at(sock, false);
+    snprintf(sock, sizeof sock, "%s/workers.sock", live);
+    int s1 = unix_socket_at(sock, true);
+    if (!tap_ok(s0 == 0 && s1 >= 0, "a stale and a live worker directory made")) return;
+    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --cpu-workers 1 --cpu-threads 1 --run-dir '%s' --prompt Hi -n 1", coord, model,
+             dir);
+    int rc = sh("sweep", cmd);
+    char *err = tp_output("sweep", "err");
+    tap_ok(rc == 0 && !exists(stale) && exists(live) && exists(sock),
+           "at start the stale worker directory is swept, the one in use kept (exit %d): %s", rc, err);
+    free(err);
+    close(s1);
+}
+
 int main(void)
 {
     tp_prog(coord, sizeof coord, "coordinator/pi-coordinator");
@@ -370,5 +414,6 @@ int main(void)
     test_prompt_file();
     test_denied();
     test_run_dir();
+    test_sweep();
     return tap_done();
 }
