@@ -117,6 +117,8 @@ struct server {
     int conns;                 /* connections accepted and not yet disconnected, as the events say */
     int conn_cap;              /* the most held at once */
     bool paused;               /* the listener is unbound until resume_ns */
+    struct stat sock_st;       /* the ipc:// socket file we bound last (st_ino 0: none): the only
+                                  thing unlinked at exit */
     int64_t resume_ns;
     uint64_t pauses;
 };
@@ -465,6 +467,13 @@ static bool endpoint_in_use(const char *ep)
     return used;
 }
 
+/* Remember which file the ipc:// bind made (after every bind: a rebind makes a new one). */
+static void note_socket_file(struct server *s)
+{
+    if (strncmp(s->endpoint, "ipc://", 6) != 0 || lstat(s->endpoint + 6, &s->sock_st) != 0 || !S_ISSOCK(s->sock_st.st_mode))
+        memset(&s->sock_st, 0, sizeof s->sock_st);
+}
+
 /* Raise the soft limit of open files to the hard one: what a flood must exhaust before the cap matters. */
 static void raise_nofile(void)
 {
@@ -563,6 +572,7 @@ static void guard_resume(struct server *s, void *ctl)
         return;
     }
     s->paused = false;
+    note_socket_file(s);
     pi_info("control: listening again on %s (connections dropped at the cap: %llu times)", s->endpoint, (unsigned long long)s->pauses);
 }
 
@@ -649,8 +659,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         goto out;
     }
     bound = true;
-    struct stat sock_st = {0}; /* the socket file we made: the only thing unlinked at exit */
-    if (strncmp(s.endpoint, "ipc://", 6) != 0 || lstat(s.endpoint + 6, &sock_st) != 0) memset(&sock_st, 0, sizeof sock_st);
+    note_socket_file(&s);
     size_t bl = sizeof s.bound_ep;
     if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s.bound_ep, &bl) != 0 || !s.bound_ep[0])
         memcpy(s.bound_ep, s.endpoint, sizeof s.bound_ep);
@@ -701,10 +710,10 @@ out:
     if (s.mon) zmq_setsockopt(s.mon, ZMQ_LINGER, &linger, sizeof linger), zmq_close(s.mon);
     pi_ctl_close(&ctl);
     if (s.zctx) zmq_ctx_term(s.zctx);
-    if (bound && sock_st.st_ino) { /* only our own socket: the same file, still a socket */
+    if (bound && s.sock_st.st_ino) { /* only our own socket: the same file, still a socket */
         struct stat now;
-        if (lstat(s.endpoint + 6, &now) == 0 && S_ISSOCK(now.st_mode) && now.st_ino == sock_st.st_ino &&
-            now.st_dev == sock_st.st_dev)
+        if (lstat(s.endpoint + 6, &now) == 0 && S_ISSOCK(now.st_mode) && now.st_ino == s.sock_st.st_ino &&
+            now.st_dev == s.sock_st.st_dev)
             unlink(s.endpoint + 6);
     }
     if (sfd >= 0) close(sfd);
