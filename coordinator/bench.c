@@ -78,7 +78,7 @@ static void usage(FILE *out)
             "      --set tune.KEY=VALUE  a performance choice of pinfer.conf(5)'s [tune] section for every\n"
             "                            engine and this process (repeatable); default: the table's\n"
             "      --run-dir DIR         where the workers' sockets and generated models go;\n"
-            "                            default: /tmp/pinfer-$UID\n"
+            "                            default: $XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID\n"
             "      --log-level LEVEL     error, warn, info or debug; default: warn\n"
             "\n"
             "Other measurements (instead of the tests; markdown tables of their own):\n"
@@ -276,7 +276,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         case 'm': g->models = true, rc = add_model(optarg, b); break;
         case 'p': g->p = true, rc = parse_list("-p", optarg, 0, 1 << 20, &b->n_prompt); break;
         case 'n': g->n = true, rc = parse_list("-n", optarg, 0, 1 << 20, &b->n_gen); break;
-        case 't': g->t = true, rc = parse_list("-t", optarg, 1, 4096, &b->threads); break;
+        case 't': g->t = true, rc = parse_list("-t", optarg, 1, PI_MAX_THREADS, &b->threads); break;
         case 'r':
             g->r = true;
             if ((rc = parse_one("-r", optarg, 1, 100000, &v)) == 0) b->reps = (int)v;

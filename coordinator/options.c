@@ -10,6 +10,7 @@
 #include "coordinator/options.h"
 #include "text/chat.h"
 #include "lib/common.h"
+#include "lib/input.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -19,7 +20,7 @@
 
 /* Long options that are not config keys. */
 enum {
-    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_TOKENS, OPT_LOGITS, OPT_CHAT, OPT_HELP, OPT_VERSION,
+    OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_PROMPT_FILE, OPT_TOKENS, OPT_LOGITS, OPT_CHAT, OPT_HELP, OPT_VERSION,
     OPT_KEY_BASE = 512, /* OPT_KEY_BASE + i: the i-th entry of key_opts */
 };
 
@@ -76,7 +77,9 @@ void pi_coord_opts_usage(FILE *out)
           "Run a pinfer model: one-shot when a prompt is given, otherwise as a server on the control socket.\n"
           "\n"
           "Request (one-shot mode):\n"
-          "  --prompt TEXT          prompt text (BOS added as the model file says); default: none (server mode)\n"
+          "  --prompt TEXT          prompt text (BOS added as the model file says); '-' reads it from standard\n"
+          "                         input; default: none (server mode)\n"
+          "  -f, --prompt-file FILE the prompt is the whole of FILE ('-': standard input), unseen by ps(1)\n"
           "  --tokens ID,ID,...     the prompt as token ids instead of text; default: none\n"
           "  -n, --n-predict N      tokens to generate; 0 evaluates the prompt only; default: ",
           out);
@@ -97,7 +100,7 @@ void pi_coord_opts_usage(FILE *out)
         if (strcmp(key_opts[i].name, "n-predict") == 0) continue; /* listed with the request */
         snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
         const char *def = k->default_text;
-        if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "/tmp/pinfer-$UID";
+        if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "$XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID";
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
     fputs("\n"
@@ -223,6 +226,22 @@ static int dup_arg(char **dst, const char *v)
     return *dst ? 0 : -PI_ERR_NOMEM;
 }
 
+/* The prompt from a file or standard input ("-"), bounded by the control protocol's message size so
+ * that a prompt that runs one-shot also fits a request to the server. Prints the error line. */
+static int read_prompt(struct pi_coord_opts *o, const char *path, const char *what)
+{
+    char err[512];
+    char *text;
+    int rc = pi_input_read(path, PI_INPUT_MAX_PROMPT, &text, NULL, err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "pi-coordinator: %s: %s\n", what, err);
+        return rc == -PI_ERR_NOMEM ? rc : -PI_ERR_INVAL;
+    }
+    free(o->prompt);
+    o->prompt = text;
+    return 0;
+}
+
 /* Second pass: everything else, through getopt_long. */
 static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
 {
@@ -233,6 +252,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
     lo[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
     lo[n++] = (struct option){"set", required_argument, NULL, OPT_SET};
     lo[n++] = (struct option){"prompt", required_argument, NULL, OPT_PROMPT};
+    lo[n++] = (struct option){"prompt-file", required_argument, NULL, OPT_PROMPT_FILE};
     lo[n++] = (struct option){"tokens", required_argument, NULL, OPT_TOKENS};
     lo[n++] = (struct option){"logits-out", required_argument, NULL, OPT_LOGITS};
     lo[n++] = (struct option){"chat", no_argument, NULL, OPT_CHAT};
@@ -244,7 +264,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
     optind = 1;
     opterr = 0;
     int c, rc = 0;
-    while (rc == 0 && (c = getopt_long(argc, argv, ":n:hV", lo, NULL)) != -1) {
+    while (rc == 0 && (c = getopt_long(argc, argv, ":n:f:hV", lo, NULL)) != -1) {
         switch (c) {
         case 'n': rc = apply(o, "generate.n_predict", optarg, "-n"); break;
         case OPT_CONFIG: case OPT_HELP: case OPT_VERSION: case 'h': case 'V': break; /* first pass */
@@ -259,7 +279,11 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
             rc = apply(o, key, eq + 1, "--set");
             break;
         }
-        case OPT_PROMPT: rc = dup_arg(&o->prompt, optarg); break;
+        case OPT_PROMPT:
+            rc = strcmp(optarg, "-") == 0 ? read_prompt(o, "-", "--prompt -") : dup_arg(&o->prompt, optarg);
+            break;
+        case 'f':
+        case OPT_PROMPT_FILE: rc = read_prompt(o, optarg, "--prompt-file"); break;
         case OPT_LOGITS: rc = dup_arg(&o->logits_out, optarg); break;
         case OPT_CHAT: o->chat = true; break;
         case OPT_TOKENS:

@@ -29,7 +29,7 @@ struct pi_coord_opts {
     char *config_path;         /* --config, or NULL */
     bool model_from_cli;       /* [model] path came from the command line (for error messages) */
     int model_line;            /* line of [model] path in the config file, 0 when not from the file */
-    char *prompt;              /* --prompt, or NULL */
+    char *prompt;              /* --prompt, --prompt-file (-f) or standard input, or NULL */
     int32_t *tokens;           /* --tokens ids (n_tokens), or NULL */
     size_t n_tokens;
     char *logits_out;          /* --logits-out FILE, or NULL */

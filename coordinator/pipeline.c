@@ -30,6 +30,7 @@
 #include "lib/types.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <hwloc.h>
@@ -285,15 +286,31 @@ static void pipe_destroy(pi_engine_t *e)
 
 static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy};
 
-/* Make sure the configured run directory exists, is ours and private. */
+/* Make sure the configured run directory exists, is ours and private. The last component is opened
+ * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run
+ * dir should be (another user's /tmp/pinfer-X -> some directory of ours) is refused, not followed.
+ * The first call of the process also sweeps what killed coordinators left there (pi_rundir_sweep). */
 int pi_coord_run_dir_check(const char *dir)
 {
+    static atomic_bool swept;
     struct stat st;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         pi_error("[run] dir %s: cannot create: %s", dir, strerror(errno));
         return -PI_ERR_IO;
     }
-    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077)) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        struct stat lst;
+        if (e == ELOOP || (lstat(dir, &lst) == 0 && S_ISLNK(lst.st_mode)))
+            pi_error("[run] dir %s: is a symbolic link; refused (the run dir must be a directory of this user)", dir);
+        else pi_error("[run] dir %s: cannot open: %s", dir, strerror(e));
+        return -PI_ERR_INVAL;
+    }
+    int ok = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() && !(st.st_mode & 077);
+    if (ok && !atomic_exchange(&swept, true)) pi_rundir_sweep(fd, dir);
+    close(fd);
+    if (!ok) {
         pi_error("[run] dir %s: not a directory private to this user (mode 0700)", dir);
         return -PI_ERR_INVAL;
     }

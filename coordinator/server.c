@@ -20,6 +20,17 @@
  * to the main thread, which do wait (up to GEN_SEND_MS), always drain.
  * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
  * with an ERROR, and otherwise ignored.
+ *
+ * Descriptors: libzmq aborts the whole process when accept() on an ipc:// listener fails with EMFILE,
+ * so the coordinator must never let a client flood use up its descriptors. At start the soft limit is
+ * raised to the hard one; a socket monitor on the control socket counts the connections open
+ * (accepted minus disconnected), and at the cap ([control] max_connections, or half the descriptors
+ * still free, whichever is smaller) the main thread unbinds the listener - nginx's pause of accept() -
+ * and binds it again PAUSE_MS later. Unbinding drops the connections made through the listener (libzmq
+ * ties them to it), so the count starts from 0 again. The monitor's events reach the main thread a
+ * little after the I/O thread accepted, which is why the cap leaves half the free descriptors unused:
+ * a burst that arrives before the pause has that much room. A connection that never completes the
+ * ZeroMQ handshake is dropped after HANDSHAKE_MS, so idle sockets cannot pile up to the cap slowly.
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -39,6 +50,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -51,6 +64,9 @@
 #define MAX_QUEUED 64     /* generation requests accepted and not yet ended, at most */
 #define EVENT_BURST 256   /* generation-thread events handled between two polls */
 #define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
+#define MON_EP "inproc://pinfer-control-monitor"
+#define PAUSE_MS 1000     /* how long the control listener stays unbound after reaching the cap */
+#define HANDSHAKE_MS 5000 /* a control connection must complete the ZeroMQ handshake within this */
 
 /* main -> generation thread */
 struct job {
@@ -95,6 +111,16 @@ struct server {
     uint64_t dropped_seq;      /* main thread: the job whose replies are no longer sent */
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
+    char bound_ep[512];        /* the endpoint as libzmq names it (ZMQ_LAST_ENDPOINT), for zmq_unbind */
+    /* Connection accounting (main thread only; see DESIGN). */
+    void *mon;                 /* PAIR receiving the control socket's monitor events */
+    int conns;                 /* connections accepted and not yet disconnected, as the events say */
+    int conn_cap;              /* the most held at once */
+    bool paused;               /* the listener is unbound until resume_ns */
+    struct stat sock_st;       /* the ipc:// socket file we bound last (st_ino 0: none): the only
+                                  thing unlinked at exit */
+    int64_t resume_ns;
+    uint64_t pauses;
 };
 
 static void send_event(struct server *s, const struct event *ev)
@@ -360,7 +386,7 @@ static int on_control(struct server *s, void *ctl, void *pair)
         break;
     }
     default:
-        pi_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
+        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
         reply_error(ctl, id, id_len, m.request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
         break;
     }
@@ -441,12 +467,135 @@ static bool endpoint_in_use(const char *ep)
     return used;
 }
 
+/* Remember which file the ipc:// bind made (after every bind: a rebind makes a new one). */
+static void note_socket_file(struct server *s)
+{
+    if (strncmp(s->endpoint, "ipc://", 6) != 0 || lstat(s->endpoint + 6, &s->sock_st) != 0 || !S_ISSOCK(s->sock_st.st_mode))
+        memset(&s->sock_st, 0, sizeof s->sock_st);
+}
+
+/* Raise the soft limit of open files to the hard one: what a flood must exhaust before the cap matters. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+    rlim_t want = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
+    if (rl.rlim_cur >= want) return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = want;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) pi_warn("setrlimit(RLIMIT_NOFILE, %llu) failed: %s", (unsigned long long)want, strerror(errno));
+    else pi_info("open files: soft limit raised from %llu to %llu", (unsigned long long)was, (unsigned long long)want);
+}
+
+/* Descriptors this process has open now (/proc/self/fd), or -1. */
+static int fds_open(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory's own descriptor */
+}
+
+/* The connection cap: [control] max_connections, or half the descriptors still free. At least 1. */
+static int connection_cap(const struct pi_config *c)
+{
+    struct rlimit rl;
+    int64_t cap = c->max_connections, used = fds_open();
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && used >= 0) {
+        int64_t free_fds = (int64_t)rl.rlim_cur - used;
+        if (free_fds / 2 < cap) {
+            cap = free_fds / 2;
+            pi_warn("control: at most %lld connections at once: the limit of open files is %llu (%lld in use); "
+                    "raise the hard limit for the [control] max_connections of %lld",
+                    (long long)PI_MAX(cap, 1), (unsigned long long)rl.rlim_cur, (long long)used, (long long)c->max_connections);
+        }
+    }
+    return (int)PI_MAX(cap, 1);
+}
+
+/* Start counting the control socket's connections (before it is bound). Returns 0 or -PI_ERR_IO. */
+static int guard_start(struct server *s, void *ctl)
+{
+    int hs = HANDSHAKE_MS;
+    if (zmq_setsockopt(ctl, ZMQ_HANDSHAKE_IVL, &hs, sizeof hs) != 0 ||
+        zmq_socket_monitor(ctl, MON_EP, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
+        pi_error("zmq_socket_monitor(control) failed: %s", zmq_strerror(zmq_errno()));
+        return -PI_ERR_IO;
+    }
+    s->mon = zmq_socket(s->zctx, ZMQ_PAIR);
+    if (!s->mon || zmq_connect(s->mon, MON_EP) != 0) {
+        pi_error("control monitor: %s", zmq_strerror(zmq_errno()));
+        return -PI_ERR_IO;
+    }
+    return 0;
+}
+
+/* Read the monitor's pending events (each: u16 event + u32 value, then the endpoint frame), count
+ * the connections, and pause the listener at the cap. */
+static void guard_on_events(struct server *s, void *ctl)
+{
+    for (int k = 0; k < EVENT_BURST; k++) {
+        uint8_t ev[6];
+        int n = zmq_recv(s->mon, ev, sizeof ev, ZMQ_DONTWAIT);
+        if (n < 0) return;
+        int more = 0;
+        size_t sz = sizeof more;
+        while (zmq_getsockopt(s->mon, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
+            char skip[8];
+            if (zmq_recv(s->mon, skip, sizeof skip, 0) < 0) break;
+        }
+        if (n != (int)sizeof ev || s->paused) continue; /* while paused the old connections are gone anyway */
+        uint16_t what;
+        memcpy(&what, ev, 2);
+        if (what == ZMQ_EVENT_ACCEPTED) s->conns++;
+        else if (what == ZMQ_EVENT_DISCONNECTED && s->conns > 0) s->conns--;
+        if (s->conns < s->conn_cap) continue;
+        s->pauses++;
+        pi_warn("control: %d connections open, the cap: not listening for %d ms, the connections made so far are "
+                "dropped (pause %llu)", s->conns, PAUSE_MS, (unsigned long long)s->pauses);
+        if (zmq_unbind(ctl, s->bound_ep) != 0) pi_warn("zmq_unbind(%s) failed: %s", s->bound_ep, zmq_strerror(zmq_errno()));
+        s->paused = true;
+        s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
+    }
+}
+
+/* Listen again once the pause is over (again PAUSE_MS later if the bind fails). */
+static void guard_resume(struct server *s, void *ctl)
+{
+    if (!s->paused || pi_clock_ns() < s->resume_ns) return;
+    s->conns = 0;
+    if (zmq_bind(ctl, s->bound_ep) != 0) {
+        pi_warn("control: listening again on %s failed: %s; retrying in %d ms", s->bound_ep, zmq_strerror(zmq_errno()), PAUSE_MS);
+        s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
+        return;
+    }
+    s->paused = false;
+    note_socket_file(s);
+    pi_info("control: listening again on %s (connections dropped at the cap: %llu times)", s->endpoint, (unsigned long long)s->pauses);
+}
+
+/* libzmq's ipc:// bind unlinks whatever is at the path first; so before binding, anything there that
+ * is not a socket (a file of the user's, something planted) is a reason to refuse, never to delete. */
+static bool path_replaceable(const char *ep)
+{
+    struct stat st;
+    if (strncmp(ep, "ipc://", 6) != 0 || lstat(ep + 6, &st) != 0 || S_ISSOCK(st.st_mode)) return true;
+    fprintf(stderr, "pi-coordinator: %s exists and is not a socket: refusing to replace it\n", ep + 6);
+    pi_error("control endpoint %s: the path exists and is not a socket", ep);
+    return false;
+}
+
 /* Serve until a signal or a SHUTDOWN. */
 static void serve(struct server *s, void *ctl, void *pair, int sfd)
 {
     for (;;) {
-        zmq_pollitem_t it[3] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0}};
-        int n = zmq_poll(it, 3, 1000);
+        zmq_pollitem_t it[4] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0},
+                                {s->mon, 0, ZMQ_POLLIN, 0}};
+        long wait_ms = 1000;
+        if (s->paused) wait_ms = PI_MAX(0, PI_MIN(wait_ms, (long)((s->resume_ns - pi_clock_ns()) / 1000000) + 1));
+        int n = zmq_poll(it, 4, wait_ms);
         if (n < 0) {
             if (errno == EINTR) continue;
             pi_error("zmq_poll failed: %s", zmq_strerror(errno));
@@ -462,6 +611,8 @@ static void serve(struct server *s, void *ctl, void *pair, int sfd)
             if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
             on_event(s, ctl, &ev);
         }
+        if (it[3].revents & ZMQ_POLLIN) guard_on_events(s, ctl);
+        guard_resume(s, ctl);
         if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
     }
 }
@@ -477,6 +628,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *ctl = NULL, *pair = NULL;
+    raise_nofile();
     pthread_t gen;
     bool gen_started = false, bound = false;
     /* Block the stop signals in every thread; the main thread reads them from a signalfd. */
@@ -496,15 +648,21 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 || zmq_bind(pair, GEN_EP) != 0 ||
         zmq_connect(s.gen_sock, GEN_EP) != 0)
         goto out;
+    if (!path_replaceable(s.endpoint)) goto out;
     if (endpoint_in_use(s.endpoint)) {
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
     }
+    if (guard_start(&s, ctl) != 0) goto out;
     if (pi_ctl_bind(ctl, s.endpoint) != 0) {
         fprintf(stderr, "pi-coordinator: cannot serve on %s (another coordinator there?)\n", s.endpoint);
         goto out;
     }
     bound = true;
+    note_socket_file(&s);
+    size_t bl = sizeof s.bound_ep;
+    if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s.bound_ep, &bl) != 0 || !s.bound_ep[0])
+        memcpy(s.bound_ep, s.endpoint, sizeof s.bound_ep);
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -512,6 +670,8 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         pi_error("the engine could not be started");
         goto out;
     }
+    s.conn_cap = connection_cap(&o->cfg); /* with the engine's descriptors (workers, segments) open */
+    pi_info("control: at most %d connections at once", s.conn_cap);
     printf("pi-coordinator: serving %s on %s\n", o->cfg.model_path, s.endpoint);
     fflush(stdout);
     pi_info("control socket: %s", s.endpoint);
@@ -546,9 +706,16 @@ out:
     if (s.gen_sock) zmq_setsockopt(s.gen_sock, ZMQ_LINGER, &linger, sizeof linger);
     if (pair) zmq_close(pair);
     if (s.gen_sock) zmq_close(s.gen_sock);
+    if (ctl && s.mon) zmq_socket_monitor(ctl, NULL, 0);
+    if (s.mon) zmq_setsockopt(s.mon, ZMQ_LINGER, &linger, sizeof linger), zmq_close(s.mon);
     pi_ctl_close(&ctl);
     if (s.zctx) zmq_ctx_term(s.zctx);
-    if (bound && strncmp(s.endpoint, "ipc://", 6) == 0) unlink(s.endpoint + 6); /* only our own socket */
+    if (bound && s.sock_st.st_ino) { /* only our own socket: the same file, still a socket */
+        struct stat now;
+        if (lstat(s.endpoint + 6, &now) == 0 && S_ISSOCK(now.st_mode) && now.st_ino == s.sock_st.st_ino &&
+            now.st_dev == s.sock_st.st_dev)
+            unlink(s.endpoint + 6);
+    }
     if (sfd >= 0) close(sfd);
     pi_coord_model_close(&cm);
     return status;

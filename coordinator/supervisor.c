@@ -22,6 +22,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -94,7 +95,7 @@ static int slot_by_id(pi_super_t *s, const uint8_t *id, size_t len)
 static void on_hello(pi_super_t *s, const uint8_t *id, size_t id_len, const struct pi_ctl_hello *h)
 {
     int i = slot_by_pid(s, (pid_t)h->pid);
-    if (i < 0) { pi_warn("hello from unknown pid %u: ignored", h->pid); return; }
+    if (i < 0) { pi_ctl_peer_warn("hello from unknown pid %u: ignored", h->pid); return; }
     struct slot *w = &s->slots[i];
     if (w->id_len && (w->id_len != id_len || memcmp(w->id, id, id_len) != 0)) {
         pi_warn("%s %d (pid %u): a second hello from another peer: ignored", role_name(w->info.role), w->info.index,
@@ -126,7 +127,7 @@ static void on_message(pi_super_t *s)
     if (m.type == PI_CTL_HELLO) on_hello(s, id, id_len, &m.u.hello);
     int i = slot_by_id(s, id, id_len);
     if (i < 0) {
-        if (m.type != PI_CTL_HELLO) pi_warn("%s from an unregistered peer: ignored", pi_ctl_type_name(m.type));
+        if (m.type != PI_CTL_HELLO) pi_ctl_peer_warn("%s from an unregistered peer: ignored", pi_ctl_type_name(m.type));
     } else {
         struct slot *w = &s->slots[i];
         w->last_msg_ns = pi_clock_ns();
@@ -265,8 +266,50 @@ void pi_super_destroy(pi_super_t **p)
     *p = NULL;
 }
 
+/* In the forked child, before exec: close every descriptor above stderr except keep[0..n_keep), so
+ * that a worker holds only what it was given, not what the coordinator inherited without
+ * close-on-exec (a pipe of the shell that started it, a service manager's socket). Async-signal-safe:
+ * the kept fds are sorted on the stack (at most KEEP_MAX) and the gaps between them closed with
+ * close_range(2), or one close(2) at a time up to the descriptor limit where the kernel lacks it. */
+#define KEEP_MAX 16
+static void close_gap(int lo, int hi) /* close [lo, hi]; hi < 0: to the end */
+{
+    if (hi >= 0 && hi < lo) return;
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned)lo, hi < 0 ? ~0u : (unsigned)hi, 0) == 0) return;
+#endif
+    if (hi < 0) {
+        struct rlimit rl;
+        hi = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (1u << 20)
+                 ? (int)rl.rlim_cur - 1
+                 : (1 << 20) - 1;
+    }
+    for (int fd = lo; fd <= hi; fd++) close(fd);
+}
+
+static void close_all_but(const int *keep, int n_keep)
+{
+    int k[KEEP_MAX], n = 0;
+    for (int i = 0; i < n_keep && n < KEEP_MAX; i++) {
+        int v = keep[i], j = n++;
+        for (; j > 0 && k[j - 1] > v; j--) k[j] = k[j - 1]; /* insertion sort */
+        k[j] = v;
+    }
+    int lo = 3;
+    for (int i = 0; i < n; i++) {
+        if (k[i] < lo) continue; /* stdio, or a duplicate */
+        close_gap(lo, k[i] - 1);
+        lo = k[i] + 1;
+    }
+    close_gap(lo, -1);
+}
+
 int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const int *keep, int n_keep)
 {
+    if (n_keep < 0 || n_keep > KEEP_MAX || (n_keep > 0 && !keep)) {
+        pi_error("pi_super_spawn: %d descriptors to pass on (at most %d)", n_keep, KEEP_MAX);
+        return -PI_ERR_INVAL;
+    }
     pthread_mutex_lock(&s->mu);
     int i = 0;
     while (i < PI_SUPER_MAX_WORKERS && s->slots[i].used) i++;
@@ -286,6 +329,7 @@ int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        close_all_but(keep, n_keep);
         for (int k = 0; k < n_keep; k++) {
             const int fl = fcntl(keep[k], F_GETFD);
             if (fl < 0 || fcntl(keep[k], F_SETFD, fl & ~FD_CLOEXEC) != 0) {

@@ -62,8 +62,9 @@ void pi_super_destroy(pi_super_t **s);
 /* fork + exec argv (argv[0] is the program path) as worker (role, index). The n_keep descriptors of
  * keep (close-on-exec in this process) are inherited by this child only: it clears their
  * FD_CLOEXEC between fork and exec, so that each worker holds just the segments it uses (a CPU
- * worker has no business with the step channel). Returns the slot (>= 0) or a negative pi_err
- * (logged). */
+ * worker has no business with the step channel). Every other descriptor above stderr is closed in
+ * the child, those this process inherited without close-on-exec included. At most 16 in keep.
+ * Returns the slot (>= 0) or a negative pi_err (logged; -PI_ERR_INVAL for more than 16). */
 int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const int *keep, int n_keep);
 
 /* Wait until every spawned worker is READY: 0; -PI_ERR_PEER as soon as one died;

@@ -81,7 +81,7 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 'i': bad = pi_parse_int(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index) != 0; break;
         case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
         case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
-        case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
+        case 't': bad = pi_parse_int(optarg, 1, PI_MAX_THREADS, &o->threads) != 0; break;
         case 'T': {
             char err[256];
             if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {

@@ -86,7 +86,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 's': bad = pi_shm_parse_fd(optarg, &o->step_fd) != 0; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
         case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
-        case 't': bad = pi_parse_int(optarg, 1, 4096, &o->threads) != 0; break;
+        case 't': bad = pi_parse_int(optarg, 1, PI_MAX_THREADS, &o->threads) != 0; break;
         case 'C': bad = pi_parse_int(optarg, 0, 1L << 24, &o->ctx) != 0; break;
         case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
         case 'S': bad = pi_parse_int(optarg, 1, 1024, &o->n_seq) != 0; break;

@@ -25,9 +25,15 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <time.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -66,6 +72,52 @@ void pi_ctl_msg_clear(struct pi_ctl_msg *m)
     default: break;
     }
     memset(m, 0, sizeof *m);
+}
+
+/* ---------------------------------------------------------------- rate-limited peer warnings */
+
+/* One window of a second for the whole process (any thread: the coordinator's main thread and the
+ * supervisor both decode peers' messages). The mutex only guards three counters; the line itself is
+ * written outside it. */
+static pthread_mutex_t warn_mu = PTHREAD_MUTEX_INITIALIZER;
+static int64_t warn_window_ns = INT64_MIN; /* start of the current window */
+static unsigned warn_lines;                /* lines written in it */
+static uint64_t warn_dropped;              /* lines suppressed since the last report */
+
+static int64_t mono_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
+}
+
+void pi_ctl_peer_warn(const char *fmt, ...)
+{
+    const int64_t now = mono_ns();
+    uint64_t report = 0;
+    bool emit;
+    pthread_mutex_lock(&warn_mu);
+    if (warn_window_ns == INT64_MIN || now - warn_window_ns >= 1000000000) {
+        warn_window_ns = now;
+        warn_lines = 0;
+    }
+    emit = warn_lines < PI_CTL_WARN_BURST;
+    if (emit) {
+        warn_lines++;
+        report = warn_dropped;
+        warn_dropped = 0;
+    } else {
+        warn_dropped++;
+    }
+    pthread_mutex_unlock(&warn_mu);
+    if (!emit) return;
+    if (report)
+        pi_warn("control: %llu more warnings about peers' messages were suppressed (at most %u a second)",
+                (unsigned long long)report, PI_CTL_WARN_BURST);
+    va_list ap;
+    va_start(ap, fmt);
+    pi_logv(PI_LOG_WARN, fmt, ap);
+    va_end(ap);
 }
 
 /* ---------------------------------------------------------------- little-endian writer */
@@ -364,7 +416,7 @@ static int decode_json(struct rd *r, json_t **out)
     json_t *j = json_loadb((const char *)r->p + r->pos, r->len - r->pos, JSON_REJECT_DUPLICATES, &err);
     r->pos = r->len;
     if (!j) {
-        pi_warn("control: JSON body rejected at line %d: %s", err.line, err.text);
+        pi_ctl_peer_warn("control: JSON body rejected at line %d: %s", err.line, err.text);
         return 0;
     }
     if (!json_is_object(j) || !json_depth_ok(j, 1)) {
@@ -474,7 +526,7 @@ int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *m, enum pi_
     }
     if (defect) *defect = d;
     if (rc < 0)
-        pi_warn("control: rejected a %zu-byte message (type %u %s): %s", len, type, pi_ctl_type_name(type),
+        pi_ctl_peer_warn("control: rejected a %zu-byte message (type %u %s): %s", len, type, pi_ctl_type_name(type),
                 pi_ctl_defect_name(d));
     return rc;
 }
@@ -586,7 +638,7 @@ int pi_ctl_recv(void *sock, void *id, size_t *id_len, struct pi_ctl_msg *msg, en
     if (id) {
         size_t n = zmq_msg_size(&f);
         if (!more_frames(sock) || n > *id_len) {
-            pi_warn("control: message without a usable routing frame dropped");
+            pi_ctl_peer_warn("control: message without a usable routing frame dropped");
             zmq_msg_close(&f);
             drain(sock);
             return -PI_ERR_FORMAT;
@@ -602,7 +654,7 @@ int pi_ctl_recv(void *sock, void *id, size_t *id_len, struct pi_ctl_msg *msg, en
         }
     }
     if (more_frames(sock)) {
-        pi_warn("control: multi-frame message dropped");
+        pi_ctl_peer_warn("control: multi-frame message dropped");
         zmq_msg_close(&f);
         drain(sock);
         return -PI_ERR_FORMAT;
@@ -666,7 +718,10 @@ int pi_rundir_remove(const char *rundir)
     while ((e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        if (n > 5 && strcmp(e->d_name + n - 5, ".sock") == 0 && unlinkat(dirfd(d), e->d_name, 0) == 0) continue;
+        struct stat st;
+        if (n > 5 && strcmp(e->d_name + n - 5, ".sock") == 0 && fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+            S_ISSOCK(st.st_mode) && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            continue;
         pi_error("run directory %s: cannot remove %s", rundir, e->d_name);
         rc = -PI_ERR_IO;
     }
@@ -676,4 +731,74 @@ int pi_rundir_remove(const char *rundir)
         rc = -PI_ERR_IO;
     }
     return rc;
+}
+
+/* True when nobody accepts connections on the unix socket name inside the directory dfd (path shown
+ * as dir): connect(2) is refused. Through /proc/self/fd/N so that the path stays short and relative
+ * to the directory we opened. */
+static bool socket_stale(int dfd, const char *name)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = snprintf(sa.sun_path, sizeof sa.sun_path, "/proc/self/fd/%d/%s", dfd, name);
+    if (n < 0 || (size_t)n >= sizeof sa.sun_path) return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) return false;
+    bool stale = connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno == ECONNREFUSED;
+    close(fd);
+    return stale;
+}
+
+/* Sweep one "pinfer.*" entry of the parent; returns 1 when it was removed. */
+static int sweep_one(int pfd, const char *parent, const char *name)
+{
+    struct stat st;
+    if (fstatat(pfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) return 0;
+    int dfd = openat(pfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (dfd < 0) return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    /* What is in it: sockets, all refusing connections, and nothing else. */
+    int socks = 0, other = 0, live = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        struct stat es;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (fstatat(dfd, e->d_name, &es, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISSOCK(es.st_mode)) other++;
+        else if (socket_stale(dfd, e->d_name)) socks++;
+        else live++;
+    }
+    const bool old_empty = socks == 0 && time(NULL) - st.st_mtime > 60;
+    int removed = 0;
+    if (!other && !live && (socks > 0 || old_empty)) {
+        rewinddir(d);
+        for (struct dirent *e; (e = readdir(d)) != NULL;) {
+            struct stat es;
+            if (fstatat(dfd, e->d_name, &es, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(es.st_mode)) unlinkat(dfd, e->d_name, 0);
+        }
+        removed = unlinkat(pfd, name, AT_REMOVEDIR) == 0;
+        if (removed) pi_info("run dir %s: removed %s, left by a coordinator that did not clean up (%d stale sockets)", parent, name, socks);
+    }
+    closedir(d);
+    return removed;
+}
+
+int pi_rundir_sweep(int parent_fd, const char *parent)
+{
+    int dfd = dup(parent_fd);
+    if (dfd < 0) return 0;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return 0;
+    }
+    /* Names first, removal after: unlinking while readdir walks the same stream may skip entries. */
+    char names[64][32];
+    int n = 0, removed = 0;
+    for (struct dirent *e; n < 64 && (e = readdir(d)) != NULL;)
+        if (strncmp(e->d_name, "pinfer.", 7) == 0 && strlen(e->d_name) < sizeof names[0]) snprintf(names[n++], sizeof names[0], "%s", e->d_name);
+    for (int i = 0; i < n; i++) removed += sweep_one(parent_fd, parent, names[i]);
+    closedir(d);
+    return removed;
 }

@@ -172,6 +172,13 @@ int pi_ctl_encode(const struct pi_ctl_msg *msg, uint8_t **buf, size_t *len);
  * pi_ctl_defect); a rejection is logged as a warning naming the defect. */
 int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *msg, enum pi_ctl_defect *defect);
 
+/* A warning about what a peer sent (a malformed or unexpected message), rate-limited for the whole
+ * process: at most PI_CTL_WARN_BURST lines per second, so a flood of bad messages cannot become a
+ * flood of log lines; the first warning after a suppression is preceded by a line counting the
+ * suppressed ones. Thread-safe. */
+#define PI_CTL_WARN_BURST 10
+void pi_ctl_peer_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 /* ---- sockets ---- */
 
 /* A socket of ZMQ type `type` on ctx with linger 0, ZMQ_MAXMSGSIZE = PI_CTL_MAX_MSG, and send and
@@ -210,8 +217,17 @@ int pi_rundir_create(const char *parent, char *out, size_t out_len);
  * out or the socket path exceeds the unix socket limit (107 bytes). */
 int pi_ctl_endpoint(const char *rundir, const char *name, char *out, size_t out_len);
 
-/* Remove the socket files ("*.sock") in rundir and the directory itself. Returns 0 or -PI_ERR_IO
- * (logged; e.g. a foreign file left in it). */
+/* Remove the socket files ("*.sock") in rundir and the directory itself. Only sockets are removed:
+ * a file of another kind under a .sock name stays, like any foreign file, and the directory with it.
+ * Returns 0 or -PI_ERR_IO (logged; e.g. a foreign file left in it). */
 int pi_rundir_remove(const char *rundir);
+
+/* Remove what coordinators killed before their clean-up left in the parent directory open as
+ * parent_fd (named parent in log lines): each "pinfer.*" directory of ours whose workers.sock nobody
+ * listens on any more, or that is empty and older than a minute (younger ones may be a starting
+ * coordinator's). Only sockets and the directory itself are removed, relative to parent_fd, never
+ * following a symlink; one in use, or holding anything else, is left. Returns how many were removed;
+ * each is logged. */
+int pi_rundir_sweep(int parent_fd, const char *parent);
 
 #endif

@@ -43,6 +43,10 @@ const char *pi_err_str(int err);
 
 __attribute__((noreturn)) void pi_assert_fail(const char *expr, const char *file, int line, const char *func);
 
+/* Threads of one CPU thread pool (kernels/cpu/pool.c): the one bound of [cpu] threads, the workers'
+ * --threads and pi-bench -t, so a count out of range is a usage error where it is given. */
+#define PI_MAX_THREADS 1024
+
 #define PI_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define PI_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define PI_MAX(a, b) ((a) > (b) ? (a) : (b))

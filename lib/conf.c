@@ -60,10 +60,11 @@ static const struct key_def keys[] = {
     {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL, NULL},
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
-    {{"run", "dir", "/tmp/pinfer-$UID", "run directory for sockets, created mode 0700"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
+    {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
+    {{"control", "max_connections", "256", "connections the control socket holds at once; past it the listener pauses (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
-    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, 4096, NULL, NULL},
+    {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},
     {{"gpu", "hot_fraction", "0.5", "fraction of each layer's FFN neurons kept by the GPU worker, 0 to 1"}, K_REAL, OFF(hot_fraction), 0, 1, NULL, NULL},
     {{"gpu", "vram_budget", "0", "device memory budget in bytes (K/M/G suffixes); 0 = use hot_fraction"}, K_BYTES, OFF(vram_budget), 0, 0, NULL, NULL},
@@ -222,15 +223,30 @@ static bool section_known(const char *section)
     return false;
 }
 
+void pi_run_dir_default(char *out, size_t len)
+{
+    /* $XDG_RUNTIME_DIR is the per-user directory systemd makes (mode 0700, owned by the user; the
+     * unit's RuntimeDirectory= too): nobody else can plant anything there, unlike /tmp. Taken only
+     * when it is an absolute path to such a directory, short enough for the sockets under it. */
+    const char *x = getenv("XDG_RUNTIME_DIR");
+    struct stat st;
+    if (x && x[0] == '/' && strlen(x) + sizeof "/pinfer" <= PI_MIN(len, (size_t)64) && stat(x, &st) == 0 &&
+        S_ISDIR(st.st_mode) && st.st_uid == getuid()) {
+        snprintf(out, len, "%s/pinfer", x);
+        return;
+    }
+    snprintf(out, len, "/tmp/pinfer-%u", (unsigned)getuid());
+}
+
 int pi_config_defaults(struct pi_config *cfg)
 {
     memset(cfg, 0, sizeof *cfg);
     char why[128];
     for (size_t i = 0; i < PI_ARRAY_LEN(keys); i++) {
         const char *d = keys[i].info.default_text;
-        char buf[64];
+        char buf[256];
         if (strcmp(keys[i].info.key, "dir") == 0 && strcmp(keys[i].info.section, "run") == 0) {
-            snprintf(buf, sizeof buf, "/tmp/pinfer-%u", (unsigned)getuid());
+            pi_run_dir_default(buf, sizeof buf);
             d = buf;
         }
         int rc = set_value(cfg, &keys[i], d, why, sizeof why);

@@ -60,6 +60,7 @@ struct pi_config {
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */
     /* [control] */
+    int64_t max_connections;   /* control connections held at once; past it the listener pauses */
     char *control_endpoint;    /* ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
@@ -88,6 +89,11 @@ struct pi_config {
     /* [tune] */
     struct pi_tune tune;
 };
+
+/* The default run directory into out (len bytes, at least 32): "$XDG_RUNTIME_DIR/pinfer" when that
+ * variable names an absolute directory of this user (short enough for socket paths under it), else
+ * "/tmp/pinfer-$UID". pi-coordinator's [run] dir and pi-ctl's default endpoint both come from it. */
+void pi_run_dir_default(char *out, size_t len);
 
 /* Fill cfg with the built-in defaults (allocates the default strings). 0 or -PI_ERR_NOMEM. */
 int pi_config_defaults(struct pi_config *cfg);

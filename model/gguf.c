@@ -47,7 +47,7 @@
 #endif
 
 #define GGUF_MAX_KEY 65535u         /* GGUF spec: keys are at most 2^16-1 bytes */
-#define GGUF_MAX_NAME 65535u        /* tensor names: ggml says 64, real files exceed it; bounded anyway */
+#define GGUF_MAX_NAME 64u           /* tensor names: the GGUF spec's "at most 64 bytes" (llama.cpp refuses more) */
 #define GGUF_MAX_ALIGN (1u << 20)   /* general.alignment upper bound (1 MiB) */
 #define GGUF_MIN_ALIGN 8u           /* the kernels read block structs in place: 8 covers every field */
 #define GGUF_DEFAULT_ALIGN 32u
@@ -445,6 +445,22 @@ static int parse_alignment(struct pi_gguf *g, struct rd *r)
     return 0;
 }
 
+/* general.architecture, when present, is a string (the spec's type): a reader that looks the
+ * architecture up as a string must not meet a number under that key. Its content is checked by the
+ * model loader, which knows the architectures it runs. */
+static int parse_architecture(const struct pi_gguf *g, struct rd *r)
+{
+    int64_t i = pi_gguf_find_key(g, "general.architecture");
+    if (i < 0) return 0;
+    const struct kv *kv = &g->kvs[i];
+    snprintf(r->ctx, sizeof r->ctx, "kv %lld (general.architecture)", (long long)i);
+    if (kv->type != PI_GGUF_STRING)
+        return fail(r, PI_ERR_FORMAT, kv->val_off - 4, "general.architecture has type %s, expected string",
+                    vtype_names[kv->type]);
+    r->ctx[0] = '\0';
+    return 0;
+}
+
 /* ------------------------------------------------------------------------------------------------
  * Tensor table
  * ---------------------------------------------------------------------------------------------- */
@@ -588,6 +604,7 @@ static int parse(const void *base, uint64_t size, bool mapped, pi_gguf_t **out, 
     int rc = parse_header(g, &r);
     if (!rc) rc = parse_kvs(g, &r);
     if (!rc) rc = parse_alignment(g, &r);
+    if (!rc) rc = parse_architecture(g, &r);
     if (!rc) rc = parse_tensor_infos(g, &r);
     if (!rc) rc = place_data(g, &r);
     if (rc) {

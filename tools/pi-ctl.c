@@ -8,6 +8,8 @@
 #include "config.h"
 #include "ipc/control.h"
 #include "lib/common.h"
+#include "lib/conf.h"
+#include "lib/input.h"
 #include "lib/log.h"
 
 #include <errno.h>
@@ -28,6 +30,7 @@ struct ctl_opts {
     int timeout_ms;
     const char *cmd;
     const char *prompt;
+    char *prompt_buf; /* owned: the prompt read from a file or standard input */
     long n_predict;
     double temp;
     unsigned long long seed;
@@ -42,12 +45,15 @@ static void usage(FILE *f)
                "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
                "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
                "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
+               "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
+               "                               so the prompt is not on the command line that ps(1) shows)\n"
                "                               generate on the coordinator, streaming the text to stdout\n"
                "                               (defaults: -n 128, --temp 0, --seed 0)\n"
                "  shutdown                     stop the coordinator and its workers\n"
                "\n"
                "Options:\n"
-               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc:///tmp/pinfer-$UID/control.sock\n"
+               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
+               "                   RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
                "  --timeout MS     how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
                "  -h, --help       print this help and exit\n"
                "  -V, --version    print the version and exit\n"
@@ -55,21 +61,39 @@ static void usage(FILE *f)
                "Exit status: 0 on success, 1 when the coordinator is not there or the request failed, 2 on a usage error.\n");
 }
 
+/* The prompt from path ("-": standard input), at most the protocol's message size. Prints the error. */
+static int read_prompt(struct ctl_opts *o, const char *path)
+{
+    char err[512];
+    free(o->prompt_buf);
+    o->prompt_buf = NULL;
+    if (pi_input_read(path, PI_INPUT_MAX_PROMPT, &o->prompt_buf, NULL, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-ctl: prompt: %s\n", err);
+        return -1;
+    }
+    o->prompt = o->prompt_buf;
+    return 0;
+}
+
 static int parse(int argc, char **argv, struct ctl_opts *o)
 {
     static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'}, {"timeout", required_argument, NULL, 't'},
-                                       {"prompt", required_argument, NULL, 'p'}, {"n-predict", required_argument, NULL, 'n'},
+                                       {"prompt", required_argument, NULL, 'p'}, {"prompt-file", required_argument, NULL, 'f'}, {"n-predict", required_argument, NULL, 'n'},
                                        {"temp", required_argument, NULL, 'T'}, {"seed", required_argument, NULL, 's'},
                                        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
                                        {NULL, 0, NULL, 0}};
     const char *env = getenv("PI_CONTROL");
     if (env && *env) snprintf(o->endpoint, sizeof o->endpoint, "%s", env);
-    else snprintf(o->endpoint, sizeof o->endpoint, "ipc:///tmp/pinfer-%u/control.sock", (unsigned)getuid());
+    else {
+        char dir[256];
+        pi_run_dir_default(dir, sizeof dir); /* the coordinator's default [run] dir */
+        snprintf(o->endpoint, sizeof o->endpoint, "ipc://%s/control.sock", dir);
+    }
     o->timeout_ms = 5000;
     o->n_predict = 128;
     int c;
     char *end;
-    while ((c = getopt_long(argc, argv, "hVn:", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hVn:f:", lo, NULL)) != -1) {
         errno = 0;
         /* numbers: digits required (strto* read "" as 0), no sign where none belongs (strtoull
          * reads "-1" as 2^64 - 1) */
@@ -87,7 +111,13 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
             o->timeout_ms = (int)t;
             break;
         }
-        case 'p': o->prompt = optarg; break;
+        case 'p': /* "--prompt -" reads standard input */
+            if (strcmp(optarg, "-") == 0 && read_prompt(o, optarg) != 0) return -1;
+            if (strcmp(optarg, "-") != 0) o->prompt = optarg;
+            break;
+        case 'f':
+            if (read_prompt(o, optarg) != 0) return -1;
+            break;
         case 'n': /* the protocol's bound (ipc/control.c, PI_CTL_MAX_PREDICT): beyond it nothing could be sent */
             o->n_predict = strtol(optarg, &end, 10);
             if (*end || errno || o->n_predict < 0 || o->n_predict > 1000000) goto bad;
@@ -114,9 +144,18 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
 static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
 {
     if (strncmp(o->endpoint, "ipc://", 6) == 0) {
+        /* Say what is really wrong: a socket we may not reach is not a missing one. */
         struct stat st;
-        if (stat(o->endpoint + 6, &st) != 0 || !S_ISSOCK(st.st_mode)) {
-            fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket)\n", o->endpoint);
+        if (stat(o->endpoint + 6, &st) != 0) {
+            if (errno == EACCES)
+                fprintf(stderr, "pi-ctl: %s: permission denied (the socket or a directory above it is not this "
+                                "user's to open)\n", o->endpoint);
+            else
+                fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(errno));
+            return NULL;
+        }
+        if (!S_ISSOCK(st.st_mode)) {
+            fprintf(stderr, "pi-ctl: no coordinator at %s (not a socket)\n", o->endpoint);
             return NULL;
         }
         /* A socket file left by a coordinator that was killed: nobody accepts on it. */
@@ -129,6 +168,11 @@ static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
             close(fd);
             if (r != 0 && e == ECONNREFUSED) {
                 fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
+                return NULL;
+            }
+            if (r != 0 && (e == EACCES || e == EPERM)) {
+                fprintf(stderr, "pi-ctl: %s: permission denied (the socket is not this user's to connect to)\n",
+                        o->endpoint);
                 return NULL;
             }
         } else if (fd >= 0) {
@@ -283,17 +327,25 @@ int main(int argc, char **argv)
     pi_log_set_level(PI_LOG_ERROR);
     struct ctl_opts o = {0};
     int p = parse(argc, argv, &o);
-    if (p <= 0) return p == 0 ? 0 : 2;
+    if (p <= 0) {
+        free(o.prompt_buf);
+        return p == 0 ? 0 : 2;
+    }
     int type = strcmp(o.cmd, "status") == 0 || strcmp(o.cmd, "workers") == 0 ? PI_CTL_STATUS_REQ
                : strcmp(o.cmd, "shutdown") == 0                              ? PI_CTL_SHUTDOWN
                : strcmp(o.cmd, "generate") == 0                              ? PI_CTL_GENERATE
                                                                              : 0;
-    if (!type) { fprintf(stderr, "pi-ctl: unknown command '%s' (see --help)\n", o.cmd); return 2; }
+    if (!type) {
+        fprintf(stderr, "pi-ctl: unknown command '%s' (see --help)\n", o.cmd);
+        free(o.prompt_buf);
+        return 2;
+    }
     void *ctx = zmq_ctx_new();
     void *sock = connect_ctl(ctx, &o, type == PI_CTL_GENERATE ? PI_MAX(o.timeout_ms, 60000) : o.timeout_ms);
     int rc = -1;
     if (sock) rc = type == PI_CTL_GENERATE ? generate(sock, &o) : simple(sock, &o, type);
     pi_ctl_close(&sock);
     zmq_ctx_term(ctx);
+    free(o.prompt_buf);
     return rc == 0 ? 0 : rc == -2 ? 2 : 1;
 }

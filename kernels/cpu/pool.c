@@ -31,7 +31,7 @@
 
 #define SPIN_NS 100000          /* idle workers spin this long after a job before sleeping */
 #define CHUNKS_PER_THREAD 4     /* dynamic balancing: about this many chunks per thread and job */
-#define MAX_THREADS 1024
+#define MAX_THREADS PI_MAX_THREADS /* lib/common.h: the bound every --threads option checks */
 
 struct pi_pool {
     int n_threads;                 /* including the caller */

@@ -9,6 +9,7 @@
 #include "lib/log.h"
 #include "tests/tap.h"
 
+#include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zmq.h>
@@ -226,6 +227,48 @@ static void test_malformed(void)
     put32(b + PI_CTL_HEADER_SIZE + 4, 7);
     expect(b, len, -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "ready with a non-zero pad");
     free(b);
+}
+
+/* Lines of the log file at path that contain needle. */
+static int count_lines(const char *path, const char *needle)
+{
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) n += strstr(line, needle) != NULL;
+    if (f) fclose(f);
+    return n;
+}
+
+/* A flood of malformed messages is not a flood of log lines: within a second at most a few warnings,
+ * and the next warning after the second says how many were suppressed (issue 20: 20k messages wrote
+ * 18k lines). */
+static void test_warning_rate(void)
+{
+    char path[] = "/tmp/test-control-log.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0) tap_bail("mkstemp: %s", strerror(errno));
+    size_t len;
+    uint8_t *b = encoded(PI_CTL_HEARTBEAT, 64, &len);
+    b[0] ^= 0xff;
+    struct pi_ctl_msg m;
+    sleep(1); /* a fresh window: the warnings of the tests before are another second's (and may be
+               * counted by a first line of this one) */
+    pi_log_set_fd(fd);
+    int64_t t0 = pi_clock_ns();
+    for (int i = 0; i < 5000; i++) pi_ctl_decode(b, len, &m, NULL);
+    double secs = (double)(pi_clock_ns() - t0) * 1e-9;
+    int first = count_lines(path, "bad magic"), summary0 = count_lines(path, "suppressed");
+    usleep(1100000);
+    pi_ctl_decode(b, len, &m, NULL);
+    pi_log_set_fd(2);
+    int after = count_lines(path, "bad magic"), summary = count_lines(path, "suppressed") - summary0;
+    tap_ok(secs < 1.0 && first >= 1 && first <= 10, "5,000 malformed messages in %.2f s: %d warning lines (at most 10)", secs, first);
+    tap_ok(after == first + 1 && summary == 1, "a second later: one more warning and one line counting the suppressed (%d, %d)",
+           after - first, summary);
+    free(b);
+    close(fd);
+    unlink(path);
 }
 
 /* Body structure, type by type: each body decoder rejects what does not fit its type. */
@@ -492,6 +535,7 @@ int main(void)
     test_round_trip();
     test_malformed();
     test_malformed_bodies();
+    test_warning_rate();
     test_encoder_refuses();
     test_mutations();
     test_zmq();

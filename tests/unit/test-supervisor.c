@@ -417,6 +417,31 @@ static void test_keep(pi_super_t *s)
     close(a[0]), close(a[1]), close(b[0]), close(b[1]);
 }
 
+/* A descriptor the coordinator inherited without close-on-exec (a pipe from the shell that started it,
+ * a log file, a socket of a service manager) is not passed on to a worker: only what keep names is. */
+static void test_inherited(pi_super_t *s)
+{
+    int a[2], c[2];
+    if (pipe2(a, O_CLOEXEC) != 0 || pipe(c) != 0) tap_bail("pipe");
+    char fa[16], fc[16];
+    snprintf(fa, sizeof fa, "%d", a[1]);
+    snprintf(fc, sizeof fc, "%d", c[1]);
+    char *extra[] = {fa, fc, NULL};
+    int before = death_count();
+    int slot = spawn_worker(s, "fds", PI_ROLE_CPU_WORKER, 0, 1, 1, &a[1], 1, extra);
+    pid_t pid = pid_of(s, slot);
+    bool seen = wait_death(before, 5000);
+    struct pi_worker_info w = {0};
+    char sb[32];
+    bool have = info_of(s, pid, &w);
+    tap_ok(seen && have && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == 0,
+           "an inherited descriptor without close-on-exec is closed in the worker, the kept one open (%s)",
+           status_str(w.exit_status, sb, sizeof sb));
+    tap_ok(fcntl(c[1], F_GETFD) >= 0, "the inherited descriptor stays open in this process");
+    pi_super_stop_all(s, 100);
+    close(a[0]), close(a[1]), close(c[0]), close(c[1]);
+}
+
 /* A DEALER on the supervisor's endpoint, speaking for itself. */
 static void dealer_send(void *d, uint16_t type, uint32_t pid, uint32_t role)
 {
@@ -576,6 +601,7 @@ int main(int argc, char **argv)
     test_silent(s, "hang", "a worker whose main thread hangs (stall check armed, limit 0.5 s)");
     test_restart(s);
     test_keep(s);
+    test_inherited(s);
     test_peers(s);
     test_full(s);
     pi_super_destroy(&s);
