@@ -238,9 +238,26 @@ static int cmp_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* Per layer: mean sparsity and the share of neurons that carry 80% of the activations. */
-static void report(const struct pi_sidecar *s)
+/* Share of layer il's (token, neuron) pairs with |act| below 2^e (e on a bin edge). */
+static double hist_below(const struct pi_sidecar *s, int il, float e)
 {
+    int last = (int)((e - PI_SIDECAR_HIST_LOG2_MIN) / PI_SIDECAR_HIST_LOG2_STEP); /* bins 0..last lie below */
+    double sum = 0;
+    for (int b = 0; b <= last && b < s->n_hist; b++) sum += s->act_hist[(size_t)il * s->n_hist + b];
+    return sum;
+}
+
+/* Per layer: ReLU models, the mean sparsity and the share of neurons that carry 80% of the
+ * activations; SwiGLU models (no zeros), how much of the activations is small. */
+static void report(const struct pi_sidecar *s, enum pi_ffn_act act)
+{
+    if (act == PI_FFN_ACT_SILU) {
+        for (int il = 0; il < s->n_layer; il++)
+            printf("layer %d: |silu(gate)*up| < 2^-7 for %.1f%%, < 2^-3 for %.1f%% of (token, neuron) pairs\n", il,
+                   100.0 * hist_below(s, il, -7.0f), 100.0 * hist_below(s, il, -3.0f));
+        return;
+    }
+
     float *row = malloc((size_t)s->n_ff * sizeof *row);
     if (!row) return;
     for (int il = 0; il < s->n_layer; il++) {
@@ -314,7 +331,7 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    report(sc);
+    report(sc, m->hp.act);
     printf("wrote %s: profile of %llu tokens (%zu chunks of %d)\n", path, (unsigned long long)st.tokens,
            n / (size_t)ctx, ctx);
 out:

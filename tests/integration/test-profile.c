@@ -170,7 +170,54 @@ static void test_locality(void)
     tap_ok(worst_mean < 0.005, "locality: mean sparsity 0.9 within 0.005 in every layer (worst %.4f)", worst_mean);
     tap_ok(worst_share < 0.01, "locality: 80%% of activations in 26%% of neurons, within 0.01 (worst %.4f)",
            worst_share);
+    /* the histogram of a layer is a distribution over its (token, neuron) pairs */
+    double worst_sum = 0;
+    for (int il = 0; s->act_hist && il < g.n_layer; il++) {
+        double sum = 0;
+        for (int b = 0; b < s->n_hist; b++) sum += s->act_hist[(size_t)il * s->n_hist + b];
+        worst_sum = fmax(worst_sum, fabs(sum - 1));
+    }
+    tap_ok(s->act_hist && worst_sum < 1e-4, "locality: every layer's act_hist sums to 1 (worst %.2g)", worst_sum);
     free(want);
+    pi_sidecar_destroy(&s);
+    pi_model_destroy(&m);
+}
+
+/* The same construction in PowerInfer's layout (magic PWRI, ffn_down_t, fc1/fc2): pinfer runs it
+ * through the file's ffn_down_t, which must be down's transpose with the constant channel's column
+ * zero, or the rates drift through the layers. 4096 tokens: layer figures within 0.01 / 0.02. */
+static void test_powerinfer(void)
+{
+    struct pi_model_gen g = {0};
+    char model[512], side[512], args[4096], err[256], magic[4] = "";
+    snprintf(model, sizeof model, "%s", tmp_path("locp.gguf"));
+    snprintf(side, sizeof side, "%s", tmp_path("locp.pinfer.gguf"));
+    pi_model_gen_preset("demo", &g);
+    g.type = PI_TYPE_Q4_0;
+    g.locality = g.powerinfer = g.down_t = true;
+    g.pred_rank = 32;
+    if (pi_model_gen_write(&g, model) < 0) tap_bail("cannot write the PWRI locality model");
+    FILE *f = fopen(model, "rb");
+    if (!f || fread(magic, 1, 4, f) != 4) magic[0] = '\0';
+    if (f) fclose(f);
+    tap_ok(memcmp(magic, "PWRI", 4) == 0, "powerinfer: the file has the magic PWRI");
+    snprintf(args, sizeof args, "-m %s --random 4096 -c 256 -t 2", model);
+    tap_is_int(run(args), 0, "powerinfer: pi-profile over the PWRI locality model");
+    pi_model_t *m = open_model(model);
+    struct pi_sidecar *s = NULL;
+    double worst_mean = 1, worst_share = 1;
+    if (pi_sidecar_load(side, m, &s, err, sizeof err) == 0 && s->act_freq) {
+        worst_mean = worst_share = 0;
+        for (int il = 0; il < g.n_layer; il++) {
+            double mg, sg;
+            figures(s->act_freq + (size_t)il * g.n_ff, g.n_ff, &mg, &sg);
+            worst_mean = fmax(worst_mean, fabs(mg - 0.1));
+            worst_share = fmax(worst_share, fabs(sg - 0.26));
+        }
+    }
+    tap_ok(worst_mean < 0.01 && worst_share < 0.02,
+           "powerinfer: sparsity 0.9 and 80%% share 0.26 in every layer (worst errors %.4f, %.4f)", worst_mean,
+           worst_share);
     pi_sidecar_destroy(&s);
     pi_model_destroy(&m);
 }
@@ -311,6 +358,7 @@ int main(void)
     if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
     test_usage(demo, calib);
     test_locality();
+    test_powerinfer();
     test_coordinator(demo);
     test_demo(demo);
     char cmd[300];
