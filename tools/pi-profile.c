@@ -52,7 +52,7 @@ static void usage(FILE *out)
             "  -m, --model PATH     the model (GGUF)\n"
             "  -f, --file TEXT      calibration text (default: " DEFAULT_TEXT ")\n"
             "      --sidecar PATH   where to write (default: MODEL.pinfer.gguf beside the model)\n"
-            "  -c, --ctx N          tokens per chunk (default: the model's context length, at most 512)\n"
+            "  -c, --ctx N          tokens per chunk, at most the model's context length (default: that, at most 512)\n"
             "  -t, --threads N      threads (default: every online CPU)\n"
             "      --random N       profile N random token ids instead of a text (models without a tokenizer)\n"
             "      --seed N         seed of --random (default: 1)\n"
@@ -180,6 +180,10 @@ static int get_tokens(const struct args *a, const pi_model_t *m, int32_t **ids, 
     char err[256], *text = NULL;
     size_t len = 0;
     const char *path = a->text ? a->text : DEFAULT_TEXT;
+    if (pi_gguf_find_key(m->gguf, "tokenizer.ggml.model") < 0) {
+        fprintf(stderr, "pi-profile: %s has no tokenizer; use --random N for such models\n", a->model);
+        return EXIT_USAGE;
+    }
     pi_tokenizer_t *tok = pi_tokenizer_new(m->gguf, err, sizeof err);
     if (!tok) {
         fprintf(stderr, "pi-profile: %s: no usable tokenizer (%s); use --random N for such models\n", a->model, err);
@@ -299,6 +303,11 @@ int main(int argc, char **argv)
         goto out;
     }
     int ctx = a.ctx ? a.ctx : PI_MIN(pi_model_default_ctx(m), 512);
+    if (m->hp.n_ctx_train > 0 && ctx > m->hp.n_ctx_train) {
+        fprintf(stderr, "pi-profile: -c %d exceeds the model's context length %d\n", ctx, m->hp.n_ctx_train);
+        rc = EXIT_USAGE;
+        goto out;
+    }
     if ((rc = get_tokens(&a, m, &ids, &n, &bos)) != 0) goto out;
     if (n < (size_t)ctx) {
         fprintf(stderr, "pi-profile: the text has %zu tokens, fewer than one chunk of %d (-c)\n", n, ctx);

@@ -86,6 +86,9 @@ static void test_usage(const char *demo, const char *calib)
     tap_is_int(run(args), 2, "-f with --random: exit status 2");
     snprintf(args, sizeof args, "-m %s -c 1", demo);
     tap_is_int(run(args), 2, "-c 1: exit status 2");
+    snprintf(args, sizeof args, "-m %s -f %s -c 513", demo, calib);
+    tap_is_int(run(args), 2, "-c past the model's context (512): exit status 2");
+    tap_ok(err_has("exceeds the model's context length 512"), "  and says so");
 }
 
 static int cmp_desc(const void *a, const void *b)
@@ -126,6 +129,9 @@ static void test_locality(void)
     snprintf(args, sizeof args, "-m %s --random %d -c 256 -t 2", model, N);
     tap_is_int(run(args), 0, "locality: pi-profile --random over the demo-shaped q4_0 model");
     tap_ok(err_has("chunk 64/64"), "  with a progress line");
+    snprintf(args, sizeof args, "-m %s -c 256 --sidecar %s", model, tmp_path("x.gguf"));
+    tap_ok(run(args) == 2 && err_has("has no tokenizer; use --random N"),
+           "locality: the model has no tokenizer: without --random, exit status 2 and a hint");
     pi_model_t *m = open_model(model);
     struct pi_sidecar *s = NULL;
     int rc = pi_sidecar_load(side, m, &s, err, sizeof err);
