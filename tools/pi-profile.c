@@ -75,9 +75,10 @@ static int parse_args(int argc, char **argv, struct args *a)
 {
     enum { O_SIDECAR = 256, O_RANDOM, O_SEED };
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"file", 1, 0, 'f'}, {"ctx", 1, 0, 'c'}, {"threads", 1, 0, 't'},
-        {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM}, {"seed", 1, 0, O_SEED},
-        {"help", 0, 0, 'h'}, {"version", 0, 0, 'V'}, {0, 0, 0, 0},
+        {"model", 1, 0, 'm'},   {"file", 1, 0, 'f'},          {"ctx", 1, 0, 'c'},
+        {"threads", 1, 0, 't'}, {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM},
+        {"seed", 1, 0, O_SEED}, {"help", 0, 0, 'h'},          {"version", 0, 0, 'V'},
+        {0, 0, 0, 0},
     };
     int c;
     long v;
@@ -110,7 +111,11 @@ static int parse_args(int argc, char **argv, struct args *a)
         continue;
     bad:
         fprintf(stderr, "pi-profile: bad value for -%c/--%s: '%s'\n", c < 256 ? c : '-',
-                c == 'c' ? "ctx" : c == 't' ? "threads" : c == O_RANDOM ? "random" : "seed", optarg);
+                c == 'c'        ? "ctx"
+                : c == 't'      ? "threads"
+                : c == O_RANDOM ? "random"
+                                : "seed",
+                optarg);
         return EXIT_USAGE;
     }
     if (optind != argc || !a->model) {
@@ -228,8 +233,8 @@ static int profile(pi_forward_t *f, int32_t *ids, size_t n, int32_t bos, int ctx
         if (!tty && tenth < shown && c + 1 < n_chunks) continue;
         shown = tenth + 1;
         double dt = now_s() - t0;
-        fprintf(stderr, "%spi-profile: chunk %zu/%zu, %llu tokens, %.0f tokens/s%s", tty ? "\r" : "", c + 1,
-                n_chunks, (unsigned long long)st->tokens, dt > 0 ? (double)st->tokens / dt : 0.0, tty ? "" : "\n");
+        fprintf(stderr, "%spi-profile: chunk %zu/%zu, %llu tokens, %.0f tokens/s%s", tty ? "\r" : "", c + 1, n_chunks,
+                (unsigned long long)st->tokens, dt > 0 ? (double)st->tokens / dt : 0.0, tty ? "" : "\n");
     }
     if (tty) fprintf(stderr, "\n");
     pi_forward_set_stats(f, NULL);

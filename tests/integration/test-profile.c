@@ -166,11 +166,11 @@ static void test_locality(void)
         worst_bias = fmax(worst_bias, fabs(bias));
         worst_mean = fmax(worst_mean, fabs(mg - 0.1));
         worst_share = fmax(worst_share, fabs(sg - 0.26));
-        tap_diag("layer %d: sparsity %.4f (designed %.4f), 80%% share %.4f (designed %.4f), bias %+.5f", il,
-                 1 - mg, 1 - mw, sg, sw, bias);
+        tap_diag("layer %d: sparsity %.4f (designed %.4f), 80%% share %.4f (designed %.4f), bias %+.5f", il, 1 - mg,
+                 1 - mw, sg, sw, bias);
     }
-    tap_ok(outside == 0, "locality: every neuron's rate within its tolerance (worst |error| %.4f; %d outside)",
-           worst, outside);
+    tap_ok(outside == 0, "locality: every neuron's rate within its tolerance (worst |error| %.4f; %d outside)", worst,
+           outside);
     tap_ok(worst_bias < 0.003, "locality: no bias (worst layer mean error %.5f < 0.003)", worst_bias);
     /* the figures of whole layers: 1024 neurons average the per-neuron noise away */
     tap_ok(worst_mean < 0.005, "locality: mean sparsity 0.9 within 0.005 in every layer (worst %.4f)", worst_mean);
@@ -347,7 +347,8 @@ static void test_coordinator(const char *demo_src)
     tap_ok(rc != 0 && err_has("pi-coordinator: sidecar "), "coordinator: a truncated sidecar refused (exit %d)", rc);
     snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("absent.gguf"));
     rc = run_prog(coord, args);
-    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)", rc);
+    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)",
+           rc);
 }
 
 int main(void)
