@@ -694,6 +694,7 @@ struct gen_loc {
     double k_eff;         /* K as dequantised */
     float *ffn_norm;      /* (d) the current layer's ffn_norm */
     float *z;             /* (n_ff) Phi^-1 of the current layer's designed rates */
+    double *base;         /* (n_ff) the designed rates in rank order (the same for every layer) */
     float *deq;           /* (max cols) a dequantised row */
     void *qrow;           /* (max cols * 8 bytes) a quantised row */
     float scale;          /* of attn_output and ffn_down */
@@ -710,31 +711,33 @@ static double loc_share(const double *p, int n)
     return (double)k / n;
 }
 
-/* p (n) = min(max(A u^-alpha, PMIN), PMAX), with A such that the mean is mean. */
+/* p (n) = min(max(A u^-alpha, PMIN), PMAX), with A such that the mean is mean (p doubles as the
+ * scratch of -alpha log u). */
 static void loc_rates(double alpha, double mean, int n, double *p)
 {
     double lo = -60, hi = 60;
+    for (int i = 0; i < n; i++) p[i] = -alpha * log((i + 0.5) / n);
     for (int it = 0; it < 100; it++) {
         double la = 0.5 * (lo + hi), sum = 0;
         for (int i = 0; i < n; i++) {
-            double v = exp(la - alpha * log((i + 0.5) / n));
+            double v = exp(la + p[i]);
             sum += v > LOC_PMAX ? LOC_PMAX : v < LOC_PMIN ? LOC_PMIN : v;
         }
         if (sum / n < mean) lo = la;
         else hi = la;
     }
     for (int i = 0; i < n; i++) {
-        double v = exp(lo - alpha * log((i + 0.5) / n));
+        double v = exp(lo + p[i]);
         p[i] = v > LOC_PMAX ? LOC_PMAX : v < LOC_PMIN ? LOC_PMIN : v;
     }
 }
 
-int pi_model_gen_locality_freq(const struct pi_model_gen *g, int il, float *freq)
+/* The designed rates in rank order, p (n_ff) descending. 0 or -PI_ERR_INVAL (logged). */
+static int loc_base_rates(const struct pi_model_gen *g, double *p)
 {
     double sparsity = g->sparsity > 0 ? g->sparsity : 0.9, share = g->hot_share > 0 ? g->hot_share : 0.26;
+    double lo = 0, hi = 8;
     int n = g->n_ff;
-    double *p = malloc((size_t)n * sizeof *p), lo = 0, hi = 8;
-    if (!p) return -PI_ERR_NOMEM;
     if (!(sparsity > 0 && sparsity < 1 && share > 0 && share < 0.8)) goto bad;
     loc_rates(hi, 1 - sparsity, n, p);
     if (loc_share(p, n) > share) goto bad; /* more concentrated than the cap allows */
@@ -745,21 +748,34 @@ int pi_model_gen_locality_freq(const struct pi_model_gen *g, int il, float *freq
         else hi = a;
     }
     loc_rates(hi, 1 - sparsity, n, p);
-    /* a permutation per layer: the hot neurons are anywhere, not ids 0..k-1 */
+    return 0;
+bad:
+    pi_error("gen: no rates with mean sparsity %g and 80%% of activations in %g of the neurons", sparsity, share);
+    return -PI_ERR_INVAL;
+}
+
+/* freq (n_ff) = layer il's permutation of the base rates p: the hot neurons are anywhere, not ids
+ * 0..k-1. */
+static void loc_permute(const struct pi_model_gen *g, int il, const double *p, float *freq)
+{
     uint64_t s = g->seed * 0x9e3779b97f4a7c15ull + 0x51ed270b27e3ull * (uint64_t)(il + 1);
-    for (int i = 0; i < n; i++) freq[i] = (float)p[i];
-    for (int i = n - 1; i > 0; i--) {
+    for (int i = 0; i < g->n_ff; i++) freq[i] = (float)p[i];
+    for (int i = g->n_ff - 1; i > 0; i--) {
         int j = (int)(pi_rng_splitmix64(&s) % (uint64_t)(i + 1));
         float t = freq[i];
         freq[i] = freq[j];
         freq[j] = t;
     }
+}
+
+int pi_model_gen_locality_freq(const struct pi_model_gen *g, int il, float *freq)
+{
+    double *p = malloc((size_t)g->n_ff * sizeof *p);
+    if (!p) return -PI_ERR_NOMEM;
+    int rc = loc_base_rates(g, p);
+    if (rc == 0) loc_permute(g, il, p, freq);
     free(p);
-    return 0;
-bad:
-    pi_error("gen: no rates with mean sparsity %g and 80%% of activations in %g of the neurons", sparsity, share);
-    free(p);
-    return -PI_ERR_INVAL;
+    return rc;
 }
 
 /* Phi^-1(p) by bisection (erfc is exact enough; this runs n_ff times a layer). */
@@ -826,8 +842,7 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
     if (strcmp(kind, "ffn_norm") == 0) {
         memcpy(L->ffn_norm, row, (size_t)cols * sizeof *row);
         float *f = (float *)L->deq; /* the designed rates, then their probits */
-        int rc = pi_model_gen_locality_freq(G->g, il, f);
-        if (rc < 0) return rc;
+        loc_permute(G->g, il, L->base, f);
         for (int i = 0; i < G->g->n_ff; i++) L->z[i] = (float)loc_probit(f[i]);
     } else if (!strcmp(kind, "attn_q") || !strcmp(kind, "attn_k") || !strcmp(kind, "attn_v") ||
                !strcmp(kind, "ffn_up")) {
@@ -852,6 +867,7 @@ static void loc_free(struct gen_loc **pl)
     free(L->emb_sq);
     free(L->ffn_norm);
     free(L->z);
+    free(L->base);
     free(L->deq);
     free(L->qrow);
     free(L);
@@ -879,7 +895,9 @@ static int loc_new(struct gen *G, int64_t cols_max)
     L->z = calloc((size_t)g->n_ff, sizeof *L->z);
     L->deq = calloc((size_t)PI_MAX(cols_max, g->n_ff), sizeof *L->deq);
     L->qrow = calloc((size_t)cols_max, 8);
-    return L->emb_sum && L->emb_sq && L->ffn_norm && L->z && L->deq && L->qrow ? 0 : -PI_ERR_NOMEM;
+    L->base = calloc((size_t)g->n_ff, sizeof *L->base);
+    if (!L->emb_sum || !L->emb_sq || !L->ffn_norm || !L->z || !L->deq || !L->qrow || !L->base) return -PI_ERR_NOMEM;
+    return loc_base_rates(g, L->base); /* before any tensor: bad rates fail fast */
 }
 
 /* PowerInfer's files are GGUF v3 with the magic overwritten to "PWRI" after writing. */

@@ -191,8 +191,7 @@ static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidec
         return fail(err, len, "act_hist bins are not version %d's (pinfer.profile.hist_log2_min %g, step %g)",
                     PI_SIDECAR_VERSION, (double)PI_SIDECAR_HIST_LOG2_MIN, (double)PI_SIDECAR_HIST_LOG2_STEP);
     if ((rc = read_layers(g, "act_freq", s->n_layer, s->n_ff, 0.0f, 1.0f, &s->act_freq, err, len)) < 0 ||
-        (rc = read_layers(g, "act_hist", s->n_layer, PI_SIDECAR_HIST_BINS, 0.0f, 1.0f, &s->act_hist, err,
-                          len)) < 0)
+        (rc = read_layers(g, "act_hist", s->n_layer, PI_SIDECAR_HIST_BINS, 0.0f, 1.0f, &s->act_hist, err, len)) < 0)
         return rc;
     if (s->act_hist) s->n_hist = PI_SIDECAR_HIST_BINS;
     return 0;
@@ -228,9 +227,9 @@ int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **o
 static bool own_key(struct pi_gguf_str k)
 {
     static const char *const own[] = {
-        "general.architecture",   "pinfer.sidecar.version",     "pinfer.model.size",
-        "pinfer.model.hash",      "pinfer.model.n_layer",       "pinfer.model.n_ff",
-        "pinfer.profile.tokens",  "pinfer.profile.hist_log2_min", "pinfer.profile.hist_log2_step",
+        "general.architecture",  "pinfer.sidecar.version",       "pinfer.model.size",
+        "pinfer.model.hash",     "pinfer.model.n_layer",         "pinfer.model.n_ff",
+        "pinfer.profile.tokens", "pinfer.profile.hist_log2_min", "pinfer.profile.hist_log2_step",
     };
     for (size_t i = 0; i < PI_ARRAY_LEN(own); i++)
         if (pi_gguf_str_eq(k, own[i])) return true;
@@ -266,13 +265,15 @@ static int copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i, const ch
         x = (float)f;
         return pi_gguf_writer_set(w, key, t, &x);
     }
-    case PI_GGUF_F64:
-        return pi_gguf_kv_f64(g, i, &f) < 0 ? -PI_ERR_FORMAT : pi_gguf_writer_set(w, key, t, &f);
+    case PI_GGUF_F64: return pi_gguf_kv_f64(g, i, &f) < 0 ? -PI_ERR_FORMAT : pi_gguf_writer_set(w, key, t, &f);
     case PI_GGUF_ARRAY:
         if (pi_gguf_kv_arr(g, i, &et, &n) < 0) return -PI_ERR_FORMAT;
         if (et != PI_GGUF_STRING) return pi_gguf_writer_set_arr(w, key, et, pi_gguf_kv_arr_data(g, i), n);
         return 0; /* string arrays are not carried over (no later tool writes one) */
-    case PI_GGUF_U8: case PI_GGUF_U16: case PI_GGUF_U32: case PI_GGUF_U64: {
+    case PI_GGUF_U8:
+    case PI_GGUF_U16:
+    case PI_GGUF_U32:
+    case PI_GGUF_U64: {
         if (pi_gguf_kv_uint(g, i, &u) < 0) return -PI_ERR_FORMAT;
         unsigned char buf[8];
         for (int k = 0; k < 8; k++) buf[k] = (unsigned char)(u >> (8 * k)); /* little-endian host (GGUF) */
@@ -344,8 +345,9 @@ int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidec
         (rc = pi_gguf_writer_set_u32(w, "pinfer.model.n_ff", (uint32_t)s->n_ff)) < 0 ||
         (rc = pi_gguf_writer_set_u64(w, "pinfer.profile.tokens", s->tokens)) < 0)
         goto out;
-    if (s->act_hist && ((rc = pi_gguf_writer_set_f32(w, "pinfer.profile.hist_log2_min", PI_SIDECAR_HIST_LOG2_MIN)) < 0 ||
-                        (rc = pi_gguf_writer_set_f32(w, "pinfer.profile.hist_log2_step", PI_SIDECAR_HIST_LOG2_STEP)) < 0))
+    if (s->act_hist &&
+        ((rc = pi_gguf_writer_set_f32(w, "pinfer.profile.hist_log2_min", PI_SIDECAR_HIST_LOG2_MIN)) < 0 ||
+         (rc = pi_gguf_writer_set_f32(w, "pinfer.profile.hist_log2_step", PI_SIDECAR_HIST_LOG2_STEP)) < 0))
         goto out;
     if ((s->act_freq && (rc = add_layers(w, "act_freq", s->n_layer, s->n_ff, s->act_freq)) < 0) ||
         (s->act_hist && (rc = add_layers(w, "act_hist", s->n_layer, s->n_hist, s->act_hist)) < 0) ||

@@ -46,10 +46,10 @@
 
 struct pi_sidecar {
     int n_layer, n_ff;
-    uint64_t tokens;          /* tokens the statistics were measured over */
-    float *act_freq;          /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
-    int n_hist;               /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
-    float *act_hist;          /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
+    uint64_t tokens; /* tokens the statistics were measured over */
+    float *act_freq; /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
+    int n_hist;      /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
+    float *act_hist; /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
 };
 
 /* A model file's identity: its size and a 64-bit hash that is cheap even for a 40 GB file. The hash is

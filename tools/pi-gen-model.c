@@ -124,6 +124,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "pi-gen-model: --locality makes ReLU models (--act relu)\n");
         return 2;
     }
+    if (g.locality && (g.n_embd < 64 || g.n_embd % 32 != 0)) {
+        fprintf(stderr, "pi-gen-model: --locality needs n_embd a multiple of 32 and at least 64 (--embd %d)\n", g.n_embd);
+        return 2;
+    }
+    if (g.locality && g.n_ff > 0) { /* the rates exist (the generator logs why not) */
+        float *f = malloc((size_t)g.n_ff * sizeof *f);
+        int frc = f ? pi_model_gen_locality_freq(&g, 0, f) : -PI_ERR_NOMEM;
+        free(f);
+        if (frc < 0) return 2;
+    }
     int rc = pi_model_gen_write(&g, argv[optind]);
     if (rc < 0) {
         fprintf(stderr, "pi-gen-model: writing %s failed: %s\n", argv[optind], pi_err_str(rc));

@@ -52,7 +52,7 @@ static void usage(FILE *out)
             "  -m, --model PATH     the model (GGUF)\n"
             "  -f, --file TEXT      calibration text (default: " DEFAULT_TEXT ")\n"
             "      --sidecar PATH   where to write (default: MODEL.pinfer.gguf beside the model)\n"
-            "  -c, --ctx N          tokens per chunk (default: the model's context length, at most 512)\n"
+            "  -c, --ctx N          tokens per chunk, at most the model's context length (default: that, at most 512)\n"
             "  -t, --threads N      threads (default: every online CPU)\n"
             "      --random N       profile N random token ids instead of a text (models without a tokenizer)\n"
             "      --seed N         seed of --random (default: 1)\n"
@@ -75,9 +75,10 @@ static int parse_args(int argc, char **argv, struct args *a)
 {
     enum { O_SIDECAR = 256, O_RANDOM, O_SEED };
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'}, {"file", 1, 0, 'f'}, {"ctx", 1, 0, 'c'}, {"threads", 1, 0, 't'},
-        {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM}, {"seed", 1, 0, O_SEED},
-        {"help", 0, 0, 'h'}, {"version", 0, 0, 'V'}, {0, 0, 0, 0},
+        {"model", 1, 0, 'm'},   {"file", 1, 0, 'f'},          {"ctx", 1, 0, 'c'},
+        {"threads", 1, 0, 't'}, {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM},
+        {"seed", 1, 0, O_SEED}, {"help", 0, 0, 'h'},          {"version", 0, 0, 'V'},
+        {0, 0, 0, 0},
     };
     int c;
     long v;
@@ -110,7 +111,11 @@ static int parse_args(int argc, char **argv, struct args *a)
         continue;
     bad:
         fprintf(stderr, "pi-profile: bad value for -%c/--%s: '%s'\n", c < 256 ? c : '-',
-                c == 'c' ? "ctx" : c == 't' ? "threads" : c == O_RANDOM ? "random" : "seed", optarg);
+                c == 'c'        ? "ctx"
+                : c == 't'      ? "threads"
+                : c == O_RANDOM ? "random"
+                                : "seed",
+                optarg);
         return EXIT_USAGE;
     }
     if (optind != argc || !a->model) {
@@ -180,6 +185,10 @@ static int get_tokens(const struct args *a, const pi_model_t *m, int32_t **ids, 
     char err[256], *text = NULL;
     size_t len = 0;
     const char *path = a->text ? a->text : DEFAULT_TEXT;
+    if (pi_gguf_find_key(m->gguf, "tokenizer.ggml.model") < 0) {
+        fprintf(stderr, "pi-profile: %s has no tokenizer; use --random N for such models\n", a->model);
+        return EXIT_USAGE;
+    }
     pi_tokenizer_t *tok = pi_tokenizer_new(m->gguf, err, sizeof err);
     if (!tok) {
         fprintf(stderr, "pi-profile: %s: no usable tokenizer (%s); use --random N for such models\n", a->model, err);
@@ -224,8 +233,8 @@ static int profile(pi_forward_t *f, int32_t *ids, size_t n, int32_t bos, int ctx
         if (!tty && tenth < shown && c + 1 < n_chunks) continue;
         shown = tenth + 1;
         double dt = now_s() - t0;
-        fprintf(stderr, "%spi-profile: chunk %zu/%zu, %llu tokens, %.0f tokens/s%s", tty ? "\r" : "", c + 1,
-                n_chunks, (unsigned long long)st->tokens, dt > 0 ? (double)st->tokens / dt : 0.0, tty ? "" : "\n");
+        fprintf(stderr, "%spi-profile: chunk %zu/%zu, %llu tokens, %.0f tokens/s%s", tty ? "\r" : "", c + 1, n_chunks,
+                (unsigned long long)st->tokens, dt > 0 ? (double)st->tokens / dt : 0.0, tty ? "" : "\n");
     }
     if (tty) fprintf(stderr, "\n");
     pi_forward_set_stats(f, NULL);
@@ -238,9 +247,26 @@ static int cmp_desc(const void *a, const void *b)
     return (x < y) - (x > y);
 }
 
-/* Per layer: mean sparsity and the share of neurons that carry 80% of the activations. */
-static void report(const struct pi_sidecar *s)
+/* Share of layer il's (token, neuron) pairs with |act| below 2^e (e on a bin edge). */
+static double hist_below(const struct pi_sidecar *s, int il, float e)
 {
+    int last = (int)((e - PI_SIDECAR_HIST_LOG2_MIN) / PI_SIDECAR_HIST_LOG2_STEP); /* bins 0..last lie below */
+    double sum = 0;
+    for (int b = 0; b <= last && b < s->n_hist; b++) sum += s->act_hist[(size_t)il * s->n_hist + b];
+    return sum;
+}
+
+/* Per layer: ReLU models, the mean sparsity and the share of neurons that carry 80% of the
+ * activations; SwiGLU models (no zeros), how much of the activations is small. */
+static void report(const struct pi_sidecar *s, enum pi_ffn_act act)
+{
+    if (act == PI_FFN_ACT_SILU) {
+        for (int il = 0; il < s->n_layer; il++)
+            printf("layer %d: |silu(gate)*up| < 2^-7 for %.1f%%, < 2^-3 for %.1f%% of (token, neuron) pairs\n", il,
+                   100.0 * hist_below(s, il, -7.0f), 100.0 * hist_below(s, il, -3.0f));
+        return;
+    }
+
     float *row = malloc((size_t)s->n_ff * sizeof *row);
     if (!row) return;
     for (int il = 0; il < s->n_layer; il++) {
@@ -282,6 +308,11 @@ int main(int argc, char **argv)
         goto out;
     }
     int ctx = a.ctx ? a.ctx : PI_MIN(pi_model_default_ctx(m), 512);
+    if (m->hp.n_ctx_train > 0 && ctx > m->hp.n_ctx_train) {
+        fprintf(stderr, "pi-profile: -c %d exceeds the model's context length %d\n", ctx, m->hp.n_ctx_train);
+        rc = EXIT_USAGE;
+        goto out;
+    }
     if ((rc = get_tokens(&a, m, &ids, &n, &bos)) != 0) goto out;
     if (n < (size_t)ctx) {
         fprintf(stderr, "pi-profile: the text has %zu tokens, fewer than one chunk of %d (-c)\n", n, ctx);
@@ -314,7 +345,7 @@ int main(int argc, char **argv)
         rc = 1;
         goto out;
     }
-    report(sc);
+    report(sc, m->hp.act);
     printf("wrote %s: profile of %llu tokens (%zu chunks of %d)\n", path, (unsigned long long)st.tokens,
            n / (size_t)ctx, ctx);
 out:

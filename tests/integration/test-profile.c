@@ -86,6 +86,9 @@ static void test_usage(const char *demo, const char *calib)
     tap_is_int(run(args), 2, "-f with --random: exit status 2");
     snprintf(args, sizeof args, "-m %s -c 1", demo);
     tap_is_int(run(args), 2, "-c 1: exit status 2");
+    snprintf(args, sizeof args, "-m %s -f %s -c 513", demo, calib);
+    tap_is_int(run(args), 2, "-c past the model's context (512): exit status 2");
+    tap_ok(err_has("exceeds the model's context length 512"), "  and says so");
 }
 
 static int cmp_desc(const void *a, const void *b)
@@ -126,6 +129,9 @@ static void test_locality(void)
     snprintf(args, sizeof args, "-m %s --random %d -c 256 -t 2", model, N);
     tap_is_int(run(args), 0, "locality: pi-profile --random over the demo-shaped q4_0 model");
     tap_ok(err_has("chunk 64/64"), "  with a progress line");
+    snprintf(args, sizeof args, "-m %s -c 256 --sidecar %s", model, tmp_path("x.gguf"));
+    tap_ok(run(args) == 2 && err_has("has no tokenizer; use --random N"),
+           "locality: the model has no tokenizer: without --random, exit status 2 and a hint");
     pi_model_t *m = open_model(model);
     struct pi_sidecar *s = NULL;
     int rc = pi_sidecar_load(side, m, &s, err, sizeof err);
@@ -160,17 +166,64 @@ static void test_locality(void)
         worst_bias = fmax(worst_bias, fabs(bias));
         worst_mean = fmax(worst_mean, fabs(mg - 0.1));
         worst_share = fmax(worst_share, fabs(sg - 0.26));
-        tap_diag("layer %d: sparsity %.4f (designed %.4f), 80%% share %.4f (designed %.4f), bias %+.5f", il,
-                 1 - mg, 1 - mw, sg, sw, bias);
+        tap_diag("layer %d: sparsity %.4f (designed %.4f), 80%% share %.4f (designed %.4f), bias %+.5f", il, 1 - mg,
+                 1 - mw, sg, sw, bias);
     }
-    tap_ok(outside == 0, "locality: every neuron's rate within its tolerance (worst |error| %.4f; %d outside)",
-           worst, outside);
+    tap_ok(outside == 0, "locality: every neuron's rate within its tolerance (worst |error| %.4f; %d outside)", worst,
+           outside);
     tap_ok(worst_bias < 0.003, "locality: no bias (worst layer mean error %.5f < 0.003)", worst_bias);
     /* the figures of whole layers: 1024 neurons average the per-neuron noise away */
     tap_ok(worst_mean < 0.005, "locality: mean sparsity 0.9 within 0.005 in every layer (worst %.4f)", worst_mean);
     tap_ok(worst_share < 0.01, "locality: 80%% of activations in 26%% of neurons, within 0.01 (worst %.4f)",
            worst_share);
+    /* the histogram of a layer is a distribution over its (token, neuron) pairs */
+    double worst_sum = 0;
+    for (int il = 0; s->act_hist && il < g.n_layer; il++) {
+        double sum = 0;
+        for (int b = 0; b < s->n_hist; b++) sum += s->act_hist[(size_t)il * s->n_hist + b];
+        worst_sum = fmax(worst_sum, fabs(sum - 1));
+    }
+    tap_ok(s->act_hist && worst_sum < 1e-4, "locality: every layer's act_hist sums to 1 (worst %.2g)", worst_sum);
     free(want);
+    pi_sidecar_destroy(&s);
+    pi_model_destroy(&m);
+}
+
+/* The same construction in PowerInfer's layout (magic PWRI, ffn_down_t, fc1/fc2): pinfer runs it
+ * through the file's ffn_down_t, which must be down's transpose with the constant channel's column
+ * zero, or the rates drift through the layers. 4096 tokens: layer figures within 0.01 / 0.02. */
+static void test_powerinfer(void)
+{
+    struct pi_model_gen g = {0};
+    char model[512], side[512], args[4096], err[256], magic[4] = "";
+    snprintf(model, sizeof model, "%s", tmp_path("locp.gguf"));
+    snprintf(side, sizeof side, "%s", tmp_path("locp.pinfer.gguf"));
+    pi_model_gen_preset("demo", &g);
+    g.type = PI_TYPE_Q4_0;
+    g.locality = g.powerinfer = g.down_t = true;
+    g.pred_rank = 32;
+    if (pi_model_gen_write(&g, model) < 0) tap_bail("cannot write the PWRI locality model");
+    FILE *f = fopen(model, "rb");
+    if (!f || fread(magic, 1, 4, f) != 4) magic[0] = '\0';
+    if (f) fclose(f);
+    tap_ok(memcmp(magic, "PWRI", 4) == 0, "powerinfer: the file has the magic PWRI");
+    snprintf(args, sizeof args, "-m %s --random 4096 -c 256 -t 2", model);
+    tap_is_int(run(args), 0, "powerinfer: pi-profile over the PWRI locality model");
+    pi_model_t *m = open_model(model);
+    struct pi_sidecar *s = NULL;
+    double worst_mean = 1, worst_share = 1;
+    if (pi_sidecar_load(side, m, &s, err, sizeof err) == 0 && s->act_freq) {
+        worst_mean = worst_share = 0;
+        for (int il = 0; il < g.n_layer; il++) {
+            double mg, sg;
+            figures(s->act_freq + (size_t)il * g.n_ff, g.n_ff, &mg, &sg);
+            worst_mean = fmax(worst_mean, fabs(mg - 0.1));
+            worst_share = fmax(worst_share, fabs(sg - 0.26));
+        }
+    }
+    tap_ok(worst_mean < 0.01 && worst_share < 0.02,
+           "powerinfer: sparsity 0.9 and 80%% share 0.26 in every layer (worst errors %.4f, %.4f)", worst_mean,
+           worst_share);
     pi_sidecar_destroy(&s);
     pi_model_destroy(&m);
 }
@@ -294,7 +347,8 @@ static void test_coordinator(const char *demo_src)
     tap_ok(rc != 0 && err_has("pi-coordinator: sidecar "), "coordinator: a truncated sidecar refused (exit %d)", rc);
     snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("absent.gguf"));
     rc = run_prog(coord, args);
-    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)", rc);
+    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)",
+           rc);
 }
 
 int main(void)
@@ -311,6 +365,7 @@ int main(void)
     if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
     test_usage(demo, calib);
     test_locality();
+    test_powerinfer();
     test_coordinator(demo);
     test_demo(demo);
     char cmd[300];

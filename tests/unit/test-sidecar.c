@@ -51,11 +51,12 @@ static void test_paths(void)
 {
     char out[64];
     tap_ok(pi_sidecar_path("/m/llama-7b.Q4_0.gguf", out, sizeof out) == 0 &&
-               strcmp(out, "/m/llama-7b.Q4_0.pinfer.gguf") == 0, "path: .gguf replaced (%s)", out);
+               strcmp(out, "/m/llama-7b.Q4_0.pinfer.gguf") == 0,
+           "path: .gguf replaced (%s)", out);
     tap_ok(pi_sidecar_path("model.bin", out, sizeof out) == 0 && strcmp(out, "model.bin.pinfer.gguf") == 0,
            "path: other names get the suffix appended (%s)", out);
-    tap_is_int(pi_sidecar_path("/a/very/long/path/that/does/not/fit/into/the/buffer.gguf", out, 32),
-               -PI_ERR_RANGE, "path: too long for the buffer is an error");
+    tap_is_int(pi_sidecar_path("/a/very/long/path/that/does/not/fit/into/the/buffer.gguf", out, 32), -PI_ERR_RANGE,
+               "path: too long for the buffer is an error");
 }
 
 static void fill(struct pi_sidecar *s)
@@ -99,8 +100,8 @@ static void test_round_trip(const pi_model_t *m, const pi_model_t *other)
     /* a sidecar without statistics (a later tool's only) loads with NULL arrays */
     struct pi_sidecar *e = pi_sidecar_new(m, false, false);
     tap_is_int(pi_sidecar_save(tmp_path("e.pinfer.gguf"), m, e), 0, "empty sidecar saved");
-    tap_ok(pi_sidecar_load(tmp_path("e.pinfer.gguf"), m, &r, err, sizeof err) == 0 && r && !r->act_freq &&
-               !r->act_hist, "empty sidecar loads with no arrays");
+    tap_ok(pi_sidecar_load(tmp_path("e.pinfer.gguf"), m, &r, err, sizeof err) == 0 && r && !r->act_freq && !r->act_hist,
+           "empty sidecar loads with no arrays");
     pi_sidecar_destroy(&r);
     pi_sidecar_destroy(&e);
     pi_sidecar_destroy(&s);
@@ -124,7 +125,8 @@ static void test_carry_over(const pi_model_t *m)
         uint64_t u;
         snprintf(key, sizeof key, "%.*s", (int)k.len, k.ptr);
         if (pi_gguf_kv_type(g, i) == PI_GGUF_STRING) pi_gguf_writer_set_str(w, key, "pinfer.sidecar");
-        else if (pi_gguf_kv_uint(g, i, &u) == 0 && pi_gguf_kv_type(g, i) == PI_GGUF_U32) pi_gguf_writer_set_u32(w, key, (uint32_t)u);
+        else if (pi_gguf_kv_uint(g, i, &u) == 0 && pi_gguf_kv_type(g, i) == PI_GGUF_U32)
+            pi_gguf_writer_set_u32(w, key, (uint32_t)u);
         else if (pi_gguf_kv_uint(g, i, &u) == 0) pi_gguf_writer_set_u64(w, key, u);
     }
     for (uint64_t i = 0; i < pi_gguf_n_tensors(g); i++) {
@@ -157,14 +159,42 @@ static void test_carry_over(const pi_model_t *m)
 
 /* Malformed sidecars, written field by field with the GGUF writer. */
 enum bad {
-    BAD_NONE, BAD_ARCH, BAD_VERSION, BAD_NO_TOKENS, BAD_TOKENS_TYPE, BAD_NLAYER, BAD_FREQ_TYPE, BAD_FREQ_SHAPE,
-    BAD_FREQ_2D, BAD_FREQ_PARTIAL, BAD_FREQ_NAN, BAD_FREQ_INF, BAD_FREQ_HIGH, BAD_FREQ_NEG, BAD_HIST_NEG,
-    BAD_HIST_SHAPE, BAD_HIST_BINS, BAD_COUNT
+    BAD_NONE,
+    BAD_ARCH,
+    BAD_VERSION,
+    BAD_NO_TOKENS,
+    BAD_TOKENS_TYPE,
+    BAD_NLAYER,
+    BAD_FREQ_TYPE,
+    BAD_FREQ_SHAPE,
+    BAD_FREQ_2D,
+    BAD_FREQ_PARTIAL,
+    BAD_FREQ_NAN,
+    BAD_FREQ_INF,
+    BAD_FREQ_HIGH,
+    BAD_FREQ_NEG,
+    BAD_HIST_NEG,
+    BAD_HIST_SHAPE,
+    BAD_HIST_BINS,
+    BAD_COUNT
 };
 static const char *const bad_names[] = {
-    "valid", "wrong architecture", "version 2", "no tokens key", "tokens as a string", "n_layer off by one",
-    "act_freq as f16", "act_freq one neuron short", "act_freq 2-D", "act_freq for some layers only",
-    "act_freq NaN", "act_freq +Inf", "act_freq 1.5", "act_freq -0.1", "act_hist negative", "act_hist 63 bins",
+    "valid",
+    "wrong architecture",
+    "version 2",
+    "no tokens key",
+    "tokens as a string",
+    "n_layer off by one",
+    "act_freq as f16",
+    "act_freq one neuron short",
+    "act_freq 2-D",
+    "act_freq for some layers only",
+    "act_freq NaN",
+    "act_freq +Inf",
+    "act_freq 1.5",
+    "act_freq -0.1",
+    "act_hist negative",
+    "act_hist 63 bins",
     "act_hist bins key differs",
 };
 
