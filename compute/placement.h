@@ -28,13 +28,13 @@
 
 #define PI_PLACEMENT_MAGIC 0x4c504950u /* "PIPL" read as little-endian bytes */
 #define PI_PLACEMENT_VERSION 1u
-#define PI_PLACEMENT_MAX_WORKERS 64    /* the exchange's limit (ipc/exchange.h) */
+#define PI_PLACEMENT_MAX_WORKERS 64 /* the exchange's limit (ipc/exchange.h) */
 
 /* The groups of a layer: group 0 is the GPU worker's hot set, group 1 + w CPU worker w's cold set. */
 struct pi_placement {
     int n_layer, n_ff, n_workers;
-    int32_t *ids;  /* (n_layer, n_ff): layer il's ids at ids + il * n_ff, grouped, ascending in a group */
-    int64_t *off;  /* (n_layer, n_workers + 2): group g of layer il is ids[il * n_ff + off[il * (W + 2) + g]
+    int32_t *ids; /* (n_layer, n_ff): layer il's ids at ids + il * n_ff, grouped, ascending in a group */
+    int64_t *off; /* (n_layer, n_workers + 2): group g of layer il is ids[il * n_ff + off[il * (W + 2) + g]
                     * .. off[.. + g + 1]); off[.. + 0] = 0 and off[.. + W + 1] = n_ff */
 };
 

@@ -42,7 +42,7 @@ struct pi_link_opts {
     int32_t numa_node;     /* -1: not bound */
     const uint32_t *cores; /* (n_cores) OS cpu ids the worker's threads run on */
     uint32_t n_cores;
-    uint32_t stall_ms;     /* the progress limit (pi_link_progress); 0: PI_LINK_STALL_MS, else within
+    uint32_t stall_ms; /* the progress limit (pi_link_progress); 0: PI_LINK_STALL_MS, else within
                               [PI_LINK_STALL_MS_MIN, PI_LINK_STALL_MS_MAX] */
 };
 
