@@ -362,8 +362,9 @@ int pi_kld_read_header(FILE *f, const char *path, int32_t n_vocab, uint64_t mode
     }
     for (uint64_t i = 0; i < n_tok; i++)
         if (t[i] < 0 || t[i] >= n_vocab) {
+            const int bad_id = (int)t[i];
             free(t);
-            return refuse(path, "token id %d at %llu is out of the vocabulary", (int)t[i], (unsigned long long)i);
+            return refuse(path, "token id %d at %llu is out of the vocabulary", bad_id, (unsigned long long)i);
         }
     *tokens = t;
     return 0;
