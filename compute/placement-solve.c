@@ -93,19 +93,18 @@ static int state_placement(const struct state *s, struct pi_placement **out)
     return rc;
 }
 
-/* Ranking of (layer, id) by f descending, then layer, then id. */
-struct rank_ctx {
-    const float *f;
-    int ff;
+/* Ranking of (layer, id) by f descending, then layer, then id: entries carry their own key, so the
+ * comparison needs no context (qsort has no context argument, and no global is shared). */
+struct ranked {
+    float f;
+    uint32_t at; /* layer * n_ff + id */
 };
-static struct rank_ctx g_rank; /* qsort has no context argument; the solver runs on one thread */
 
 static int by_freq(const void *a, const void *b)
 {
-    const uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    const float fx = g_rank.f[x], fy = g_rank.f[y];
-    if (fx != fy) return fx > fy ? -1 : 1;
-    return x < y ? -1 : x > y;
+    const struct ranked *x = a, *y = b;
+    if (x->f != y->f) return x->f > y->f ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
 }
 
 /* Set the state to the first k neurons of the ranking hot. */
@@ -197,6 +196,10 @@ static int check_problem(const struct pi_place_problem *q)
         pi_error("placement solver: no frequencies, workers outside 1..%d or speeds not positive", PI_PLACEMENT_MAX_WORKERS);
         return -PI_ERR_INVAL;
     }
+    if ((uint64_t)hp->n_layer * (uint64_t)hp->n_ff > UINT32_MAX) { /* the ranking's indices are u32 */
+        pi_error("placement solver: %d layers of %d neurons are more than it ranks", hp->n_layer, hp->n_ff);
+        return -PI_ERR_INVAL;
+    }
     for (size_t i = 0; i < (size_t)hp->n_layer * (size_t)hp->n_ff; i++)
         if (!(q->act_freq[i] >= 0.0f && q->act_freq[i] <= 1.0f)) {
             pi_error("placement solver: layer %zu neuron %zu: frequency %g is not in [0, 1]", i / (size_t)hp->n_ff,
@@ -252,9 +255,15 @@ int pi_place_solve(const struct pi_place_problem *q, struct pi_placement **out, 
         rc = -PI_ERR_NOMEM;
         goto done;
     }
-    for (int64_t i = 0; i < n; i++) rank[i] = (uint32_t)i;
-    g_rank = (struct rank_ctx){.f = q->act_freq, .ff = hp->n_ff};
-    qsort(rank, (size_t)n, sizeof *rank, by_freq);
+    struct ranked *order = malloc((size_t)n * sizeof *order);
+    if (!order) {
+        rc = -PI_ERR_NOMEM;
+        goto done;
+    }
+    for (int64_t i = 0; i < n; i++) order[i] = (struct ranked){.f = q->act_freq[i], .at = (uint32_t)i};
+    qsort(order, (size_t)n, sizeof *order, by_freq);
+    for (int64_t i = 0; i < n; i++) rank[i] = order[i].at;
+    free(order);
     /* the longest prefix of the ranking within the budget: every neuron first (a layer whose neurons
      * are all hot can take fewer bytes than one neuron short of it: the cuda backend's dense layers),
      * then none, then bisection (the byte count grows with the prefix below that end) */
