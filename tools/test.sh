@@ -6,6 +6,9 @@
 #   release    ./configure --enable-werror           make check  (CUDA compiled where nvcc exists)
 #   sanitizers ./configure --enable-sanitizers ...   make check  (ASan + UBSan, no CUDA)
 #   distcheck  make distcheck                        (the tarball builds and passes its own check)
+#   fuzz       make fuzz FUZZ_TIME=15 FUZZ_TIME_SMALL=15 in the release tree: the libFuzzer targets
+#              (GGUF reader, config parser, control messages) for a short fixed time each, any
+#              finding a failure; skipped where clang cannot build a libFuzzer binary
 # Set PI_TEST_QUICK=1 to run only the release pass. Exits non-zero when anything failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -69,6 +72,25 @@ if [ "${PI_TEST_QUICK:-0}" != 1 ]; then
     else
         failed=$((failed + 1)); tail -40 "$dc/distcheck.out" >&2; log "distcheck: FAILED"
     fi
+fi
+
+# ---- the fuzz targets, briefly (doc/security.md says how to run them for hours)
+if [ "${PI_TEST_QUICK:-0}" != 1 ]; then
+    fz=$top/build-test/release
+    probe=$(mktemp -d)
+    printf 'int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { (void)d; (void)n; return 0; }\n' > "$probe/p.c"
+    if command -v clang >/dev/null && clang -fsanitize=fuzzer,address -o "$probe/p" "$probe/p.c" >/dev/null 2>&1 &&
+        [ -n "$(sed -n 's/^CLANG = //p' "$fz/Makefile" 2>/dev/null)" ]; then
+        log "fuzz"
+        if (cd "$fz" && make fuzz FUZZ_TIME=15 FUZZ_TIME_SMALL=15 >fuzz.out 2>&1); then
+            passed=$((passed + 1)); log "fuzz: ok (no finding)"
+        else
+            failed=$((failed + 1)); tail -40 "$fz/fuzz.out" >&2; log "fuzz: FAILED (a finding, or the targets did not build)"
+        fi
+    else
+        skipped=$((skipped + 1)); log "fuzz: skipped (clang cannot build libFuzzer targets here)"
+    fi
+    rm -rf "$probe"
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"
