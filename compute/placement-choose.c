@@ -223,6 +223,12 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
                              (long long)m->hp.n_ff * m->hp.n_layer);
         return rc;
     }
+    if (act_freq && m->hp.act == PI_FFN_ACT_SILU) {
+        /* a SwiGLU FFN computes every neuron (its profile's gate > 0 counts say nothing about the
+         * work): no ranking to exploit, the rule without statistics decides */
+        pi_info("placement: a SwiGLU model: its profile does not rank the neurons; the rule without statistics decides");
+        act_freq = NULL;
+    }
     if (act_freq) {
         int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, max_tokens, out, NULL);
         if (rc != -PI_ERR_RANGE) return rc;

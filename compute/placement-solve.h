@@ -9,8 +9,9 @@
  *                                                                   hot neuron's rows, on the device
  *   cpu_l = sum over cold neurons of (g + f_i (u + d)) / B_cpu      each cold gate row, and the up row
  *                                                                   and down column of the neurons
- *                                                                   that fire (ReLU: f_i < 1; SwiGLU
- *                                                                   models have f_i = 1)
+ *                                                                   that fire (ReLU and dReLU models;
+ *                                                                   a SwiGLU model computes every
+ *                                                                   neuron and is not solved)
  *   t_l   = max(gpu_l, cpu_l) + (E if layer l has a cold neuron)    E: one exchange round trip
  *
  * and t = sum of t_l plus the output head over B_gpu. g, u, d are one neuron's gate row, up row and

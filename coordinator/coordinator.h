@@ -32,6 +32,12 @@ struct pi_coord_model {
 int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm);
 void pi_coord_model_close(struct pi_coord_model *cm);
 
+/* The model's sidecar (o->cfg.sidecar_path, or MODEL.pinfer.gguf beside o->cfg.model_path) into
+ * cm->sidecar for cm->model, as pi_coord_model_open reads it: absent and not asked for is no error;
+ * asked for and absent, malformed or another model's is one line "PROG: sidecar PATH: reason" on
+ * stderr and a negative pi_err. Freed by pi_coord_model_close. */
+int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);
+
 /* Build the engine of o->cfg: in-process for backend none, else the pipeline (spawning the
  * workers). NULL on failure (logged). */
 pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0);

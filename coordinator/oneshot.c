@@ -25,8 +25,7 @@ int pi_coord_threads(const struct pi_coord_opts *o)
     return n > 0 ? (int)n : 1;
 }
 
-/* The model's sidecar into cm->sidecar (see pi_coord_model_open). 0 or a negative pi_err (printed). */
-static int open_sidecar(const struct pi_coord_opts *o, struct pi_coord_model *cm)
+int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
 {
     char path[4096], err[512] = "";
     struct pi_sidecar *s = NULL;
@@ -36,7 +35,7 @@ static int open_sidecar(const struct pi_coord_opts *o, struct pi_coord_model *cm
     int rc = pi_sidecar_load(path, cm->model, &s, err, sizeof err);
     if (rc == -PI_ERR_NOTFOUND && !given) return 0; /* no statistics: the placement's fallback */
     if (rc < 0) {
-        fprintf(stderr, "pi-coordinator: sidecar %s: %s\n", path, rc == -PI_ERR_NOTFOUND ? "no such file" : err);
+        fprintf(stderr, "%s: sidecar %s: %s\n", prog, path, rc == -PI_ERR_NOTFOUND ? "no such file" : err);
         return rc;
     }
     pi_info("sidecar %s: profile of %llu tokens", path, (unsigned long long)s->tokens);
@@ -65,7 +64,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
-    if ((rc = open_sidecar(o, cm)) < 0) {
+    if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0) {
         pi_coord_model_close(cm);
         return rc;
     }

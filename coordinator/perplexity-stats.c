@@ -343,7 +343,10 @@ int pi_kld_read_header(FILE *f, const char *path, int32_t n_vocab, uint64_t mode
         return -PI_ERR_IO;
     }
     const uint64_t n_tok = (uint64_t)h->n_chunk * h->n_ctx;
-    const uint64_t want = 64 + 4 * n_tok + (uint64_t)h->n_chunk * h->n_scored * h->n_vocab * 4;
+    uint64_t want = 0, rows = 0, logp = 0;
+    if (pi_mul_overflows((uint64_t)h->n_chunk, (uint64_t)h->n_scored, &rows) ||
+        pi_mul_overflows(rows, (uint64_t)h->n_vocab * 4u, &logp) || pi_add_overflows(64 + 4 * n_tok, logp, &want))
+        return refuse(path, "its header's sizes overflow");
     if ((uint64_t)st.st_size != want)
         return refuse(path, "%llu bytes, its header says %llu: truncated or not a base file",
                       (unsigned long long)st.st_size, (unsigned long long)want);

@@ -53,7 +53,7 @@ static const struct {
     {"vram-budget", "gpu.vram_budget", "BYTES"}, {"gpu-index", "gpu.gpu_index", "PATH"},
     {"gpu-device", "gpu.device", "N"},           {"cpu-workers", "cpu.workers", "N"},
     {"cpu-threads", "cpu.threads", "N"},         {"run-dir", "run.dir", "DIR"},
-    {"log-level", "log.level", "LEVEL"},
+    {"log-level", "log.level", "LEVEL"},         {"sidecar", "model.sidecar", "PATH"},
 };
 
 /* What the command line asked for. */
@@ -117,7 +117,6 @@ static void usage(FILE *out)
         char lhs[64];
         snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
         const char *def = k->default_text;
-        if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "/tmp/pinfer-$UID";
         if (strcmp(key_opts[i].dotted, "log.level") == 0) def = "warn";
         fprintf(out, "      %-20s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
@@ -341,6 +340,10 @@ static int open_model(struct run *r)
         return -PI_ERR_FORMAT;
     }
     r->n_vocab = r->cm.model->hp.n_vocab;
+    /* the activation profile, so that the pipeline places the neurons as pi-coordinator does */
+    struct pi_coord_opts co = o->co;
+    co.cfg.model_path = (char *)o->model;
+    if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0) return rc;
     if (pi_tokenizer_n_vocab(r->cm.tok) > r->n_vocab) {
         fprintf(stderr, "pi-perplexity: -m %s: the tokenizer has %d tokens, the embedding %d\n", o->model,
                 pi_tokenizer_n_vocab(r->cm.tok), r->n_vocab);

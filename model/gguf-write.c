@@ -234,8 +234,8 @@ int pi_gguf_writer_add_tensor(pi_gguf_writer_t *w, const char *name, enum pi_typ
 {
     uint64_t bytes;
     size_t nlen = name ? strlen(name) : 0;
-    if (nlen == 0 || nlen > W_MAX_KEY) {
-        pi_error("gguf writer: tensor name is empty or longer than 65535 bytes");
+    if (nlen == 0 || nlen > 64) { /* the GGUF rule the reader enforces (model/gguf.c, GGUF_MAX_NAME) */
+        pi_error("gguf writer: tensor name '%.80s' is empty or longer than 64 bytes", name ? name : "");
         return -PI_ERR_INVAL;
     }
     if (!tensor_bytes(name, type, n_dims, ne, &bytes)) return -PI_ERR_INVAL;

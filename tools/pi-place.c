@@ -182,8 +182,9 @@ static int run(struct opts *o)
         fprintf(stderr, "pi-place: %s: %s\n", scpath, err);
         goto done;
     }
-    if (!sc->act_freq) {
-        fprintf(stderr, "pi-place: %s: the profile has no activation frequencies (a SwiGLU model's profile)\n", scpath);
+    if (!sc->act_freq || m->hp.act == PI_FFN_ACT_SILU) {
+        fprintf(stderr, "pi-place: %s: a SwiGLU model computes every neuron: its profile cannot rank them (the rule "
+                "without statistics applies)\n", o->model);
         rc = -PI_ERR_FORMAT;
         goto done;
     }

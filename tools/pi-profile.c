@@ -146,7 +146,11 @@ static int read_text(const char *path, char **out, size_t *len)
         if (n > PI_TOKENIZE_MAX_BYTES) break;
         if (n == cap) {
             char *nb = realloc(buf, cap * 2 + 1);
-            if (!nb) break;
+            if (!nb) {
+                free(buf);
+                buf = NULL; /* reported below as out of memory: never a silently shorter text */
+                break;
+            }
             buf = nb;
             cap *= 2;
         }

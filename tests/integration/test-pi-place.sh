@@ -1,7 +1,8 @@
 #!/bin/sh
 # tests/integration/test-pi-place.sh - pi-place as a user runs it: pi-profile writes the demo model's
 # activation profile (a short text), pi-place solves the placement from it and exports PowerInfer's
-# GPU index, and pi-coordinator runs the model with that index (--gpu-index) through the pipeline;
+# GPU index, pi-coordinator runs the model with that index (--gpu-index) and pi-perplexity with the
+# profile through the pipeline; a SwiGLU model's profile is refused;
 # the plan's figures add up (hot counts per layer sum to the summary's); a missing profile, a profile
 # of another model and usage errors each give one clear line and the documented exit status. TAP.
 B=${PI_BUILDDIR:-.}
@@ -48,6 +49,21 @@ ok $? "pi-coordinator runs the model with the exported index"
 "$PLACE" -m "$M" --gpu-backend host -o "$T/x.gpuidx" --no-export -q > "$T/out" 2> "$T/err"
 [ $? -eq 0 ] && [ ! -e "$T/x.gpuidx" ] && ! grep -q '^| ' "$T/out"
 ok $? "--no-export writes nothing, -q prints no table"
+
+# pi-perplexity reads the same profile and runs the solved placement through the pipeline
+PPL=$B/coordinator/pi-perplexity
+"$PPL" -m "$M" -f "$T/calib.txt" -c 128 --chunks 1 --gpu-backend host --cpu-workers 2 --run-dir "$T/run" \
+    --log-level info > "$T/ppl.out" 2> "$T/ppl.err"
+[ $? -eq 0 ] && grep -q "solved from the activation profile" "$T/ppl.err" && grep -q "Final estimate" "$T/ppl.out"
+ok $? "pi-perplexity reads the profile and measures the solved placement"
+
+# a SwiGLU model (the tiny llama): its profile cannot rank neurons; pi-place says so, exit 1
+cp "$S/tests/data/tiny-llama-q4_0.gguf" "$T/tiny.gguf"
+"$PROFILE" -m "$T/tiny.gguf" -f "$T/calib.txt" -c 64 > /dev/null 2>&1
+"$PLACE" -m "$T/tiny.gguf" --gpu-backend host > "$T/out" 2> "$T/err"
+st=$?
+[ $st -eq 1 ] && grep -q 'SwiGLU' "$T/err"
+ok $? "a SwiGLU model's profile is refused: exit 1 ($st: $(head -1 "$T/err"))"
 
 # errors: exit 1 with one line naming the cause; usage errors exit 2
 cp "$S/tests/data/demo-relu-q4_0.gguf" "$T/other.gguf"
