@@ -20,21 +20,16 @@
 /* The file-type rule: weights every token needs, then gate + up + down column per neuron. */
 static int64_t fit_by_rows(const struct pi_config *c, const pi_model_t *m)
 {
-    const struct pi_hparams *hp = &m->hp;
-    uint64_t fixed = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
-    if (!m->tied) fixed += m->output.row_bytes * (uint64_t)m->output.rows;
+    const uint64_t fixed = pi_place_fixed_bytes(m);
     uint64_t per_neuron = 0;
-    for (int il = 0; il < hp->n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        fixed += L->attn_q.row_bytes * (uint64_t)L->attn_q.rows + L->attn_k.row_bytes * (uint64_t)L->attn_k.rows +
-                 L->attn_v.row_bytes * (uint64_t)L->attn_v.rows + L->attn_output.row_bytes * (uint64_t)L->attn_output.rows;
-        uint64_t down = 0; /* one neuron's down column: n_embd values of the down weights' type */
-        if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)hp->n_embd, &down)) down = 4u * (uint64_t)hp->n_embd;
-        per_neuron += L->ffn_gate.row_bytes + L->ffn_up.row_bytes + down;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        uint64_t g, u, d;
+        pi_place_neuron_bytes(m, il, &g, &u, &d);
+        per_neuron += g + u + d;
     }
     if (c->vram_budget <= fixed || per_neuron == 0) return 0;
     uint64_t k = (c->vram_budget - fixed) / per_neuron;
-    return (int64_t)PI_MIN(k, (uint64_t)hp->n_ff);
+    return (int64_t)PI_MIN(k, (uint64_t)m->hp.n_ff);
 }
 
 #ifdef PI_HAVE_CUDA
@@ -141,19 +136,7 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
     const pi_model_t *m = b->m;
     const int L = m->hp.n_layer;
     if (!b->cuda) {
-        uint64_t t = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
-        if (!m->tied) t += m->output.row_bytes * (uint64_t)m->output.rows;
-        for (int il = 0; il < L; il++) {
-            const struct pi_layer *Ly = &m->layers[il];
-            const struct pi_weight *w[] = {&Ly->attn_q, &Ly->attn_k, &Ly->attn_v, &Ly->attn_output};
-            for (int k = 0; k < 4; k++) t += w[k]->row_bytes * (uint64_t)w[k]->rows;
-            uint64_t g, u, d;
-            pi_place_neuron_bytes(m, il, &g, &u, &d);
-            int64_t n;
-            pi_placement_hot(p, il, &n);
-            t += (uint64_t)n * (g + u + d);
-        }
-        *bytes = t;
+        *bytes = pi_place_weights_bytes(m, p);
         return 0;
     }
     const int32_t **hot = calloc((size_t)L, sizeof *hot);

@@ -32,6 +32,27 @@ static uint64_t attn_bytes(const struct pi_layer *L)
     return b;
 }
 
+uint64_t pi_place_fixed_bytes(const pi_model_t *m)
+{
+    uint64_t b = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
+    if (!m->tied) b += m->output.row_bytes * (uint64_t)m->output.rows;
+    for (int il = 0; il < m->hp.n_layer; il++) b += attn_bytes(&m->layers[il]);
+    return b;
+}
+
+uint64_t pi_place_weights_bytes(const pi_model_t *m, const struct pi_placement *p)
+{
+    uint64_t b = pi_place_fixed_bytes(m);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        uint64_t g, u, d;
+        int64_t n;
+        pi_place_neuron_bytes(m, il, &g, &u, &d);
+        pi_placement_hot(p, il, &n);
+        b += (uint64_t)n * (g + u + d);
+    }
+    return b;
+}
+
 /* The solver's state: which neurons are hot, and the per-layer sums the cost needs. */
 struct state {
     const struct pi_place_problem *q;

@@ -89,4 +89,10 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
 /* The bytes of one neuron of layer il in the file's types: gate row, up row, down column. */
 void pi_place_neuron_bytes(const pi_model_t *m, int il, uint64_t *g, uint64_t *u, uint64_t *d);
 
+/* The weights rule, for a device without a plan of its own: the weights every token needs (token
+ * embeddings, the output head unless tied, every layer's attention), and with a placement also each
+ * hot neuron's gate row, up row and down column (pi_place_neuron_bytes). */
+uint64_t pi_place_fixed_bytes(const pi_model_t *m);
+uint64_t pi_place_weights_bytes(const pi_model_t *m, const struct pi_placement *p);
+
 #endif

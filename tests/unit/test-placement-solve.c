@@ -34,23 +34,10 @@ static uint64_t rng;
 
 static double urand(void) { return (double)(pi_rng_splitmix64(&rng) >> 11) / 9007199254740992.0; }
 
-/* The weights rule: the attention and head weights, then every hot neuron's gate, up and down bytes. */
+/* The weights rule (pi_place_weights_bytes): the budget this test solves within. */
 static int rows_bytes(void *ctx, const struct pi_placement *p, uint64_t *bytes)
 {
-    const pi_model_t *m = ctx;
-    uint64_t b = m->token_embd.row_bytes * (uint64_t)m->token_embd.rows;
-    if (!m->tied) b += m->output.row_bytes * (uint64_t)m->output.rows;
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        const struct pi_layer *L = &m->layers[il];
-        const struct pi_weight *w[] = {&L->attn_q, &L->attn_k, &L->attn_v, &L->attn_output};
-        for (int k = 0; k < 4; k++) b += w[k]->row_bytes * (uint64_t)w[k]->rows;
-        uint64_t g, u, d;
-        pi_place_neuron_bytes(m, il, &g, &u, &d);
-        int64_t n;
-        pi_placement_hot(p, il, &n);
-        b += (uint64_t)n * (g + u + d);
-    }
-    *bytes = b;
+    *bytes = pi_place_weights_bytes(ctx, p);
     return 0;
 }
 
