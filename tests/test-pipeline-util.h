@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "lib/rng.h"
 #include "model/gguf.h"
 #include "lib/types.h"
 #include "tests/tap.h"
@@ -272,6 +273,21 @@ __attribute__((unused)) static float *tp_read_logits(const char *path, int n, in
     return (float *)(void *)b;
 }
 
+/* Run pi-ctl (the program ctl) with --endpoint endpoint and the NULL-terminated args (at most 28)
+ * as tp_run does: its exit status, its output kept under name. */
+__attribute__((unused)) static int tp_pictl(const char *ctl, const char *endpoint, const char *name, const char *const *args,
+                                            double timeout_s)
+{
+    char *argv[32];
+    int n = 0;
+    argv[n++] = (char *)ctl;
+    argv[n++] = "--endpoint";
+    argv[n++] = (char *)endpoint;
+    for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    return tp_run(argv, name, timeout_s);
+}
+
 /* Write a PowerInfer GPU index (.gpuidx, compute/placement.h) at path whose hot set of layer il is the
  * neurons i with hot[il * n_ff + i] != 0. 0 or a negative pi_err. */
 __attribute__((unused)) static int tp_write_gpuidx(const char *path, int n_layer, int n_ff, const unsigned char *hot)
@@ -299,6 +315,27 @@ __attribute__((unused)) static int tp_write_gpuidx(const char *path, int n_layer
     pi_gguf_writer_destroy(&w);
     free(flag);
     free(ids);
+    return rc;
+}
+
+/* Write a .gpuidx (tp_write_gpuidx) of random hot sets from the generator state *st: variant 0, a
+ * random half of every layer; variant 1, mixed layers: layer 0 all hot, layer 1 exactly one hot
+ * neuron (PowerInfer's file has no empty bucket), the others 10% to 90%. 0 or a negative pi_err. */
+__attribute__((unused)) static int tp_write_random_gpuidx(const char *path, int n_layer, int n_ff, int variant, uint64_t *st)
+{
+    unsigned char *hot = malloc((size_t)n_layer * (size_t)n_ff);
+    if (!hot) return -PI_ERR_NOMEM;
+    for (int il = 0; il < n_layer; il++) {
+        unsigned char *h = hot + (size_t)il * (size_t)n_ff;
+        const double p = variant == 0 ? 0.5 : il == 0 ? 1.0 : 0.1 + 0.8 * (double)(il % 5) / 4.0;
+        for (int i = 0; i < n_ff; i++) h[i] = (double)(pi_rng_splitmix64(st) >> 11) / 9007199254740992.0 < p;
+        if (variant == 1 && il == 1) {
+            memset(h, 0, (size_t)n_ff);
+            h[pi_rng_splitmix64(st) % (uint64_t)n_ff] = 1;
+        }
+    }
+    int rc = tp_write_gpuidx(path, n_layer, n_ff, hot);
+    free(hot);
     return rc;
 }
 

@@ -472,21 +472,10 @@ static void check_pipeline_permuted(const char *model, const char *gpath)
     snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20), st = seed;
     tap_diag("random placements from seed %llu", (unsigned long long)seed);
-    unsigned char *hot = malloc((size_t)L * (size_t)ff);
-    PI_ASSERT(hot);
     for (int variant = 0; variant < 2; variant++) {
-        for (int il = 0; il < L; il++) {
-            double p = variant == 0 ? 0.5 : il == 0 ? 1.0 : 0.1 + 0.8 * (double)(il % 5) / 4.0;
-            for (int i = 0; i < ff; i++)
-                hot[(size_t)il * (size_t)ff + (size_t)i] = (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0 < p;
-            if (variant == 1 && il == 1) {
-                memset(hot + (size_t)il * (size_t)ff, 0, (size_t)ff);
-                hot[(size_t)il * (size_t)ff + pi_rng_splitmix64(&st) % (uint64_t)ff] = 1;
-            }
-        }
         char idx[600];
         snprintf(idx, sizeof idx, "%s/perm%d.gpuidx", tp_dir, variant);
-        if (tp_write_gpuidx(idx, L, ff, hot) != 0) tap_bail("cannot write %s", idx);
+        if (tp_write_random_gpuidx(idx, L, ff, variant, &st) != 0) tap_bail("cannot write %s", idx);
         static const char *const workers[] = {"1", "2"};
         for (size_t w = 0; w < PI_ARRAY_LEN(workers); w++) {
             char out[600], name[64];
@@ -508,7 +497,6 @@ static void check_pipeline_permuted(const char *model, const char *gpath)
             free(lg);
         }
     }
-    free(hot);
     pi_gguf_destroy(&gd.g);
 }
 

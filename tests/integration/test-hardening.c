@@ -30,18 +30,8 @@
 
 static char coord[512], ctl[512], model[512], endpoint[600], rundir[300];
 
-/* pi-ctl with arguments (NULL-terminated) against the test's endpoint. */
-static int pictl(const char *name, const char *const *args, double timeout_s)
-{
-    char *argv[32];
-    int n = 0;
-    argv[n++] = ctl;
-    argv[n++] = "--endpoint";
-    argv[n++] = endpoint;
-    for (int i = 0; args[i] && n < 31; i++) argv[n++] = (char *)args[i];
-    argv[n] = NULL;
-    return tp_run(argv, name, timeout_s);
-}
+/* pi-ctl with arguments (NULL-terminated) against the test's endpoint (tp_pictl). */
+static int pictl(const char *name, const char *const *args, double timeout_s) { return tp_pictl(ctl, endpoint, name, args, timeout_s); }
 
 /* True when pi-ctl status answers within seconds (retrying: the server may pause its listener). */
 static bool status_within(double seconds)

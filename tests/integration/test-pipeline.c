@@ -110,22 +110,10 @@ static void test_permuted(const char *ids, const struct tp_golden *gd, const flo
     pi_model_destroy(&m);
     uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20), st = seed;
     tap_diag("random placements from seed %llu", (unsigned long long)seed);
-    unsigned char *hot = malloc((size_t)L * (size_t)ff);
-    if (!hot) tap_bail("out of memory");
     for (int variant = 0; variant < 2; variant++) {
-        for (int il = 0; il < L; il++) {
-            /* (a) half of each layer; (b) layer 0 all hot, layer 1 one neuron, then 10% .. 90% */
-            double p = variant == 0 ? 0.5 : il == 0 ? 1.0 : il == 1 ? 0.0 : 0.1 + 0.8 * (double)(il % 5) / 4.0;
-            for (int i = 0; i < ff; i++)
-                hot[(size_t)il * (size_t)ff + (size_t)i] = (double)(pi_rng_splitmix64(&st) >> 11) / 9007199254740992.0 < p;
-            if (variant == 1 && il == 1) { /* exactly one hot neuron (PowerInfer's file has no empty bucket) */
-                memset(hot + (size_t)il * (size_t)ff, 0, (size_t)ff);
-                hot[(size_t)il * (size_t)ff + pi_rng_splitmix64(&st) % (uint64_t)ff] = 1;
-            }
-        }
         char idx[600];
         snprintf(idx, sizeof idx, "%s/perm%d.gpuidx", tp_dir, variant);
-        if (tp_write_gpuidx(idx, L, ff, hot) != 0) tap_bail("cannot write %s", idx);
+        if (tp_write_random_gpuidx(idx, L, ff, variant, &st) != 0) tap_bail("cannot write %s", idx);
         static const char *const workers[] = {"1", "2", "3"};
         for (size_t w = 0; w < PI_ARRAY_LEN(workers); w++) {
             char name[64], out[600], rundir[300];
@@ -150,7 +138,6 @@ static void test_permuted(const char *ids, const struct tp_golden *gd, const flo
             free(lg);
         }
     }
-    free(hot);
 }
 
 /* A placement the solver chooses from an activation profile (compute/placement-solve.h): a sidecar
