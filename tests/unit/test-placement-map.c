@@ -194,6 +194,20 @@ static void test_segment(const struct pi_placement *p)
     pi_shm_destroy(&other);
 }
 
+/* A one-layer GPU index at path: general.architecture arch, blk.0.gpu_idx flag (I32[ff]) and
+ * blk.0.gpu_bucket ids (I32[n]), whatever they hold (the reader is to judge them). */
+static void write_one_layer(const char *path, const char *arch, const int32_t *flag, uint64_t ff, const int32_t *ids, uint64_t n)
+{
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    const uint64_t ne[1] = {ff}, nb[1] = {n};
+    PI_ASSERT(w && pi_gguf_writer_set_str(w, "general.architecture", arch) == 0 &&
+              pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", 1) == 0 &&
+              pi_gguf_writer_add_tensor(w, "blk.0.gpu_idx", PI_TYPE_I32, 1, ne, flag) == 0 &&
+              pi_gguf_writer_add_tensor(w, "blk.0.gpu_bucket", PI_TYPE_I32, 1, nb, ids) == 0 &&
+              pi_gguf_writer_write(w, path) == 0);
+    pi_gguf_writer_destroy(&w);
+}
+
 static void test_gpuidx(const char *dir)
 {
     enum { L = 3, FF = 200 };
@@ -217,43 +231,26 @@ static void test_gpuidx(const char *dir)
     pi_placement_destroy(&p);
     tap_ok(pi_placement_read_gpuidx(path, L + 1, FF, 2, &p) != 0 && !p, ".gpuidx refused for a model with another layer count");
     tap_ok(pi_placement_read_gpuidx(path, L, FF + 1, 2, &p) != 0 && !p, ".gpuidx refused for another neuron count");
-    /* a file whose gpu_idx has a 2, and one whose bucket disagrees with its flags */
-    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    /* a file whose gpu_idx has a 2, one whose bucket disagrees with its flags, one of another
+     * architecture */
     int32_t flag[FF], ids[FF];
     for (int i = 0; i < FF; i++) flag[i] = i < 10, ids[i] = i;
     flag[3] = 2;
-    pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
-    pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", 1);
-    uint64_t ne[1] = {FF}, nb[1] = {10};
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_idx", PI_TYPE_I32, 1, ne, flag);
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_bucket", PI_TYPE_I32, 1, nb, ids);
     snprintf(path, sizeof path, "%s/flag2.gpuidx", dir);
-    pi_gguf_writer_write(w, path);
-    pi_gguf_writer_destroy(&w);
+    write_one_layer(path, "generic.gpu_index", flag, FF, ids, 10);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, ".gpuidx with a flag of 2 refused");
-    w = pi_gguf_writer_new();
     flag[3] = 1;
     ids[9] = 150; /* flag 9 is set, 150 is not */
-    pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
-    pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", 1);
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_idx", PI_TYPE_I32, 1, ne, flag);
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_bucket", PI_TYPE_I32, 1, nb, ids);
     snprintf(path, sizeof path, "%s/bucket.gpuidx", dir);
-    pi_gguf_writer_write(w, path);
-    pi_gguf_writer_destroy(&w);
+    write_one_layer(path, "generic.gpu_index", flag, FF, ids, 10);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, ".gpuidx whose bucket disagrees with its flags refused");
-    w = pi_gguf_writer_new();
     ids[9] = 9;
-    pi_gguf_writer_set_str(w, "general.architecture", "llama");
-    pi_gguf_writer_set_u32(w, "generic.gpu_index.block_count", 1);
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_idx", PI_TYPE_I32, 1, ne, flag);
-    pi_gguf_writer_add_tensor(w, "blk.0.gpu_bucket", PI_TYPE_I32, 1, nb, ids);
     snprintf(path, sizeof path, "%s/arch.gpuidx", dir);
-    pi_gguf_writer_write(w, path);
-    pi_gguf_writer_destroy(&w);
+    write_one_layer(path, "llama", flag, FF, ids, 10);
     tap_ok(pi_placement_read_gpuidx(path, 1, FF, 1, &p) != 0 && !p, "a GGUF of another architecture refused as .gpuidx");
     /* gpu_idx alone (newer exports of dense models), with a layer that has no hot neuron */
-    w = pi_gguf_writer_new();
+    pi_gguf_writer_t *w = pi_gguf_writer_new();
+    const uint64_t ne[1] = {FF};
     int32_t f2[2][FF];
     for (int i = 0; i < FF; i++) f2[0][i] = 0, f2[1][i] = (i % 3) == 0;
     pi_gguf_writer_set_str(w, "general.architecture", "generic.gpu_index");
