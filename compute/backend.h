@@ -11,6 +11,8 @@
  *     attn(il)                          h += attention(h) (keys and values appended to the cache)
  *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
  *                                       (x NULL: the layer has no exchange, nothing to write)
+ *     [ffn_predict(il, mask)]           with predictors: the mask of predicted-active neurons; the
+ *                                       loop publishes it with x, ffn_hot computes only those
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
  *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
  *                                       (cold NULL: no CPU partials, the layer had no exchange)
@@ -31,6 +33,7 @@
 
 #include "compute/partition.h"
 #include "compute/placement.h"
+#include "compute/predictor.h"
 #include "lib/conf.h"
 #include "model/model.h"
 
@@ -59,6 +62,11 @@ struct pi_backend_opts {
     /* The performance choices ([tune] of pinfer.conf, lib/conf.h); zero: every default. The host
      * backend takes none of them. */
     struct pi_tune tune;
+    /* The activation predictors (compute/predictor.h) and the mode they run in; NULL or
+     * PI_SPARSITY_OFF: dense, ffn_predict is not called. Borrowed for the lifetime of the backend
+     * (the cuda backend copies the weights to the device at creation). */
+    const struct pi_predictors *pred;
+    enum pi_sparsity sparsity;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
@@ -79,6 +87,13 @@ struct pi_backend_ops {
      * calling ffn_input(il, NULL), ffn_hot(il), ffn_merge(il, NULL). Without it the loop publishes
      * every layer. */
     int64_t (*ffn_hot_count)(const pi_backend_t *b, int il);
+    /* Optional (NULL = no predictors on this backend), called between ffn_input and ffn_hot when
+     * opts.pred is set and opts.sparsity is not OFF: evaluate layer il's predictor on the FFN input of
+     * the batch's n rows, write the predicted-active mask (n, mask_words) into mask (host memory: the
+     * exchange's mask section, or NULL for a layer without an exchange) and restrict the following
+     * ffn_hot to the hot neurons predicted active (a ReLU model's exact gate still decides each of
+     * them). *n_active = the (token, neuron) pairs predicted active over all n_ff neurons. */
+    int (*ffn_predict)(pi_backend_t *b, int il, uint64_t *mask, int64_t mask_words, int64_t *n_active);
 };
 
 /* Every backend struct starts with this. */
