@@ -556,6 +556,7 @@ struct gen {
 };
 
 static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols);
+static int gen_vocab(struct gen *G);
 
 /* splitmix64 -> uniform in [-1, 1) */
 static float gen_uniform(uint64_t *s)
@@ -628,6 +629,7 @@ static int gen_metadata(struct gen *G)
     if (g->bad_key) rc |= pi_gguf_writer_set_u32(G->w, g->bad_key, g->bad_value);
     if (g->bad_fkey) rc |= pi_gguf_writer_set_f32(G->w, g->bad_fkey, g->bad_fvalue);
     if (g->bad_skey) rc |= pi_gguf_writer_set_strn(G->w, g->bad_skey, g->bad_svalue, g->bad_slen);
+    if (rc == 0 && g->vocab_from && (rc = gen_vocab(G)) < 0) return rc;
     if (g->n_tokens > 0) {
         const char **tok = malloc((size_t)g->n_tokens * sizeof *tok);
         if (!tok) return -PI_ERR_NOMEM;
@@ -636,6 +638,104 @@ static int gen_metadata(struct gen *G)
         free(tok);
     }
     return rc ? -PI_ERR_INVAL : 0;
+}
+
+/* The string array key i of v (n strings) into the writer, each string NUL-terminated. */
+static int gen_copy_str_arr(pi_gguf_writer_t *w, const pi_gguf_t *v, uint64_t i, const char *key, uint64_t n)
+{
+    char **strs = calloc((size_t)(n ? n : 1), sizeof *strs);
+    int rc = strs ? 0 : -PI_ERR_NOMEM;
+    for (uint64_t j = 0; rc == 0 && j < n; j++) {
+        struct pi_gguf_str s;
+        if (pi_gguf_kv_arr_str(v, i, j, &s) < 0 || pi_gguf_str_has_nul(s)) rc = -PI_ERR_FORMAT;
+        else if (!(strs[j] = malloc((size_t)s.len + 1))) rc = -PI_ERR_NOMEM;
+        else {
+            memcpy(strs[j], s.ptr, (size_t)s.len);
+            strs[j][s.len] = '\0';
+        }
+    }
+    if (rc == 0) rc = pi_gguf_writer_set_arr_str(w, key, (const char *const *)strs, n);
+    for (uint64_t j = 0; strs && j < n; j++) free(strs[j]);
+    free(strs);
+    return rc;
+}
+
+/* Copy key i of v (a tokenizer.* key of the vocabulary file) into the writer. */
+static int gen_copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *v, uint64_t i, const char *key)
+{
+    enum pi_gguf_vtype t = pi_gguf_kv_type(v, i), et;
+    struct pi_gguf_str s;
+    uint64_t n, u;
+    int64_t k;
+    double f;
+    bool b;
+    switch (t) {
+    case PI_GGUF_STRING:
+        return pi_gguf_kv_str(v, i, &s) < 0 ? -PI_ERR_FORMAT : pi_gguf_writer_set_strn(w, key, s.ptr, (size_t)s.len);
+    case PI_GGUF_BOOL:
+        return pi_gguf_kv_bool(v, i, &b) < 0 ? -PI_ERR_FORMAT : pi_gguf_writer_set_bool(w, key, b);
+    case PI_GGUF_F32: {
+        if (pi_gguf_kv_f64(v, i, &f) < 0) return -PI_ERR_FORMAT;
+        return pi_gguf_writer_set_f32(w, key, (float)f);
+    }
+    case PI_GGUF_U8: case PI_GGUF_U16: case PI_GGUF_U32: case PI_GGUF_U64: {
+        if (pi_gguf_kv_uint(v, i, &u) < 0) return -PI_ERR_FORMAT;
+        uint8_t u8 = (uint8_t)u;
+        uint16_t u16 = (uint16_t)u;
+        uint32_t u32 = (uint32_t)u;
+        const void *p = t == PI_GGUF_U8 ? (const void *)&u8 : t == PI_GGUF_U16 ? (const void *)&u16
+                      : t == PI_GGUF_U32 ? (const void *)&u32 : (const void *)&u;
+        return pi_gguf_writer_set(w, key, t, p);
+    }
+    case PI_GGUF_I8: case PI_GGUF_I16: case PI_GGUF_I32: case PI_GGUF_I64: {
+        if (pi_gguf_kv_int(v, i, &k) < 0) return -PI_ERR_FORMAT;
+        int8_t i8 = (int8_t)k;
+        int16_t i16 = (int16_t)k;
+        int32_t i32 = (int32_t)k;
+        const void *p = t == PI_GGUF_I8 ? (const void *)&i8 : t == PI_GGUF_I16 ? (const void *)&i16
+                      : t == PI_GGUF_I32 ? (const void *)&i32 : (const void *)&k;
+        return pi_gguf_writer_set(w, key, t, p);
+    }
+    case PI_GGUF_ARRAY:
+        if (pi_gguf_kv_arr(v, i, &et, &n) < 0) return -PI_ERR_FORMAT;
+        if (et != PI_GGUF_STRING) {
+            const void *d = pi_gguf_kv_arr_data(v, i);
+            return d ? pi_gguf_writer_set_arr(w, key, et, d, n) : -PI_ERR_FORMAT;
+        }
+        return gen_copy_str_arr(w, v, i, key, n);
+    default:
+        return -PI_ERR_UNSUPPORTED;
+    }
+}
+
+/* Every tokenizer.* key of the vocabulary file g->vocab_from, whose token count must be n_vocab. */
+static int gen_vocab(struct gen *G)
+{
+    pi_gguf_t *v = NULL;
+    char err[256];
+    enum pi_gguf_vtype et;
+    uint64_t n = 0;
+    int rc = pi_gguf_open(G->g->vocab_from, &v, err, sizeof err);
+    if (rc < 0) {
+        pi_error("gen: vocabulary %s: %s", G->g->vocab_from, err);
+        return rc;
+    }
+    if (pi_gguf_get_arr(v, "tokenizer.ggml.tokens", &et, &n) < 0 || et != PI_GGUF_STRING || n != (uint64_t)G->g->n_vocab) {
+        pi_error("gen: vocabulary %s: tokenizer.ggml.tokens must be a string array of %d tokens (the model's vocab), has %llu",
+                 G->g->vocab_from, G->g->n_vocab, (unsigned long long)n);
+        pi_gguf_destroy(&v);
+        return -PI_ERR_INVAL;
+    }
+    for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(v); i++) {
+        struct pi_gguf_str k = pi_gguf_key(v, i);
+        char key[256];
+        if (k.len < 10 || k.len >= sizeof key || memcmp(k.ptr, "tokenizer.", 10) != 0) continue;
+        memcpy(key, k.ptr, (size_t)k.len);
+        key[k.len] = '\0';
+        if ((rc = gen_copy_kv(G->w, v, i, key)) < 0) pi_error("gen: vocabulary %s: cannot copy %s", G->g->vocab_from, key);
+    }
+    pi_gguf_destroy(&v);
+    return rc;
 }
 
 static int gen_layers(struct gen *G, enum pi_type t)
@@ -959,6 +1059,8 @@ static const struct gen_preset {
     const char *name;
     int embd, ff, layers, heads, kv, vocab;
 } gen_presets[] = {
+    {"70b", 8192, 28672, 80, 64, 8, 32000},
+    {"13b", 5120, 13824, 40, 40, 40, 32000},
     {"7b", 4096, 11008, 32, 32, 32, 32000},
     {"1b", 2048, 5632, 22, 32, 4, 32000},
     {"demo", 256, 1024, 8, 8, 4, 8192},
@@ -981,4 +1083,22 @@ int pi_model_gen_preset(const char *name, struct pi_model_gen *g)
     return -PI_ERR_NOTFOUND;
 }
 
-const char *pi_model_gen_preset_names(void) { return "7b, 1b, demo, tiny"; }
+const char *pi_model_gen_preset_names(void) { return "70b, 13b, 7b, 1b, demo, tiny"; }
+
+int pi_model_gen_vocab_size(const char *path, int *n, char *err, size_t errlen)
+{
+    pi_gguf_t *v = NULL;
+    enum pi_gguf_vtype et;
+    uint64_t cnt = 0;
+    int rc = pi_gguf_open(path, &v, err, errlen);
+    if (rc < 0) return rc;
+    if (pi_gguf_get_arr(v, "tokenizer.ggml.tokens", &et, &cnt) < 0 || et != PI_GGUF_STRING || cnt < 1 ||
+        cnt > INT32_MAX) {
+        snprintf(err, errlen, "no tokenizer.ggml.tokens string array");
+        rc = -PI_ERR_FORMAT;
+    } else {
+        *n = (int)cnt;
+    }
+    pi_gguf_destroy(&v);
+    return rc;
+}

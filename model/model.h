@@ -130,6 +130,10 @@ struct pi_model_gen {
     bool tied;                  /* no output.weight */
     bool down_t;                /* also write blk.N.ffn_down_t.weight (PowerInfer) */
     int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
+    /* NULL, or a GGUF (a llama.cpp vocabulary file, another model) whose tokenizer.* keys are copied,
+     * so that engines which need a tokenizer (llama.cpp, PowerInfer) load the model; its
+     * tokenizer.ggml.tokens must have n_vocab entries (pi_model_gen_vocab_size reads the count) */
+    const char *vocab_from;
     uint64_t seed;              /* weights are a function of the seed */
     /* Known locality (doc/locality.md, "Models with known locality"): ReLU neurons that fire, over
      * random tokens, at designed per-neuron rates (pi_model_gen_locality_freq) with this mean share of
@@ -177,5 +181,9 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path);
  * 0, or -PI_ERR_NOTFOUND for an unknown name. pi_model_gen_preset_names() lists them for messages. */
 int pi_model_gen_preset(const char *name, struct pi_model_gen *g);
 const char *pi_model_gen_preset_names(void);
+
+/* *n = the number of entries of tokenizer.ggml.tokens in the GGUF at path (for pi_model_gen's
+ * vocab_from). 0, or a negative pi_err with the reason in err. */
+int pi_model_gen_vocab_size(const char *path, int *n, char *err, size_t errlen);
 
 #endif

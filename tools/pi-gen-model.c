@@ -1,7 +1,7 @@
 /*
  * tools/pi-gen-model.c - writes a llama-family GGUF with random weights and real shapes, for
  * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in model/model.h).
- * The output has no tokenizer: feed it token ids.
+ * The output has no tokenizer (feed it token ids) unless --vocab-from copies one from another GGUF.
  *
  *   pi-gen-model --preset 1b --type q4_0 /tmp/rand-1b-q4_0.gguf
  */
@@ -20,13 +20,17 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: pi-gen-model [options] OUT.gguf\n"
-            "Write a llama-family model with random weights (no tokenizer).\n\n"
-            "  --preset NAME    shape preset: 7b (n_embd 4096, n_ff 11008, 32 layers, 32 heads, 32 kv heads,\n"
-            "                   vocab 32000), 1b (2048, 5632, 22, 32, 4, 32000), demo (256, 1024, 8, 8, 4, 8192),\n"
+            "Write a llama-family model with random weights (no tokenizer unless --vocab-from).\n\n"
+            "  --preset NAME    shape preset: 70b (n_embd 8192, n_ff 28672, 80 layers, 64 heads, 8 kv heads,\n"
+            "                   vocab 32000), 13b (5120, 13824, 40, 40, 40, 32000), 7b (4096, 11008, 32, 32,\n"
+            "                   32, 32000), 1b (2048, 5632, 22, 32, 4, 32000), demo (256, 1024, 8, 8, 4, 8192),\n"
             "                   tiny (64, 256, 4, 4, 2, 32000) (default: 1b)\n"
             "  --type T         weight type: f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 (default: q4_0)\n"
             "  --output-type T  type of output.weight (default: q8_0 for 4- and 5-bit types, else --type)\n"
             "  --embd N --ff N --layers N --heads N --kv-heads N --vocab N --ctx N   override the preset\n"
+            "  --vocab-from F   copy the tokenizer (every tokenizer.* key) of the GGUF F, such as llama.cpp's\n"
+            "                   ggml-vocab-llama-spm.gguf, so llama.cpp and PowerInfer load the model; the\n"
+            "                   vocabulary size becomes F's token count\n"
             "  --act A          write pinfer.ffn_activation = silu, relu or drelu (default: none, i.e. silu)\n"
             "  --tied           no output.weight (tied to token_embd)\n"
             "  --down-t         also write PowerInfer's blk.N.ffn_down_t.weight\n"
@@ -62,14 +66,14 @@ static int parse_frac(const char *s, float *out)
 int main(int argc, char **argv)
 {
     enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
-           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI };
+           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI, O_VOCAB_FROM };
     static const struct option opts[] = {
         {"preset", 1, 0, O_PRESET}, {"type", 1, 0, O_TYPE}, {"output-type", 1, 0, O_OTYPE},
         {"embd", 1, 0, O_EMBD}, {"ff", 1, 0, O_FF}, {"layers", 1, 0, O_LAYERS}, {"heads", 1, 0, O_HEADS},
         {"kv-heads", 1, 0, O_KV}, {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX}, {"act", 1, 0, O_ACT},
         {"tied", 0, 0, O_TIED}, {"down-t", 0, 0, O_DOWNT}, {"pred-rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED},
         {"locality", 0, 0, O_LOC}, {"sparsity", 1, 0, O_SPARSITY}, {"hot-share", 1, 0, O_SHARE},
-        {"powerinfer", 0, 0, O_PWRI}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"powerinfer", 0, 0, O_PWRI}, {"vocab-from", 1, 0, O_VOCAB_FROM}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     struct pi_model_gen g = {0};
     bool out_type_set = false;
@@ -99,6 +103,7 @@ int main(int argc, char **argv)
         case O_SPARSITY: bad |= parse_frac(optarg, &g.sparsity); break;
         case O_SHARE: bad |= parse_frac(optarg, &g.hot_share); break;
         case O_PWRI: g.powerinfer = g.down_t = true; break;
+        case O_VOCAB_FROM: g.vocab_from = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -110,6 +115,13 @@ int main(int argc, char **argv)
     if (optind != argc - 1) {
         usage(stderr);
         return 2;
+    }
+    if (g.vocab_from) {
+        char err[256];
+        if (pi_model_gen_vocab_size(g.vocab_from, &g.n_vocab, err, sizeof err) < 0) {
+            fprintf(stderr, "pi-gen-model: --vocab-from %s: %s\n", g.vocab_from, err);
+            return 2;
+        }
     }
     if (!out_type_set) {
         bool small = g.type == PI_TYPE_Q4_0 || g.type == PI_TYPE_Q4_1 || g.type == PI_TYPE_Q5_0 ||

@@ -26,6 +26,7 @@
 
 #include "lib/common.h"
 #include "model/gguf.h"
+#include "model/model.h"
 #include "text/tokenizer.h"
 #include "text/unicode.h"
 #include "tests/tap.h"
@@ -185,6 +186,33 @@ static void vocab_from_data(const char *name)
     snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf.out", name);
     tap_data(out, sizeof out, rel);
     run_vectors(name, gguf, in, out);
+}
+
+/* A random model given name's vocabulary by pi-gen-model's --vocab-from (pi_model_gen.vocab_from)
+ * tokenizes its vectors exactly as the vocabulary file does: every tokenizer key came across. */
+static void vocab_copied(const char *name)
+{
+    char rel[256], gguf[1024], in[1024], out[1024], model[1024], err[256];
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf", name);
+    tap_data(gguf, sizeof gguf, rel);
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf.inp", name);
+    tap_data(in, sizeof in, rel);
+    snprintf(rel, sizeof rel, "ggml-vocab-%s.gguf.out", name);
+    tap_data(out, sizeof out, rel);
+    snprintf(model, sizeof model, "%s/pi-test-vocab-%d.gguf", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", (int)getpid());
+    struct pi_model_gen g = {0};
+    pi_model_gen_preset("tiny", &g);
+    g.type = PI_TYPE_Q8_0;
+    g.vocab_from = gguf;
+    int rc = pi_model_gen_vocab_size(gguf, &g.n_vocab, err, sizeof err);
+    if (rc == 0) rc = pi_model_gen_write(&g, model);
+    tap_ok(rc == 0, "a random model with %s's vocabulary (%d tokens) is written", name, g.n_vocab);
+    snprintf(rel, sizeof rel, "%s copied into a model", name);
+    if (rc == 0) run_vectors(rel, model, in, out);
+    else tap_skip(1, "no model");
+    g.n_vocab++; /* a vocabulary whose size is not the model's is refused */
+    tap_ok(pi_model_gen_write(&g, model) == -PI_ERR_INVAL, "a %s vocabulary of another size than the model's is refused", name);
+    unlink(model);
 }
 
 /* Pre-tokenizer splits against tests/data/pretok-vectors.txt (Python's `regex` module; see
@@ -712,6 +740,7 @@ int main(void)
     /* SentencePiece, always present (tests/data) */
     vocab_from_data("llama-spm");
     vocab_from_data("phi-3");
+    vocab_copied("llama-spm");
     /* the rest from the shared fixtures */
     static const char *const fixtures[] = {
         "baichuan", "llama-bpe", "qwen2", "deepseek-r1-qwen", "gpt-2", "falcon", "mpt", "starcoder", "refact",
