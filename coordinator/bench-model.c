@@ -501,6 +501,8 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     free(c->model_path);
     c->model_path = strdup(path);
     if (!c->model_path) return NULL;
+    /* the model's activation profile, as pi-coordinator reads it: the placement solver's input */
+    if (pi_coord_sidecar_open(o, cm, "pi-bench") < 0) return NULL;
     return pi_engine_pipeline_new(o, cm, "pi-bench");
 }
 
@@ -587,6 +589,8 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
         struct pi_coord_model cm = {.model = m, .tok = NULL};
         pi_engine_t *e = engine_new(b, pl, path, ctx, o, &cm);
         if (!e) {
+            cm.model = NULL;
+            pi_coord_model_close(&cm);
             fprintf(stderr, "pi-bench: %s: the %s engine could not be started\n", spec, backend_keys[pl->backend]);
             status = 1;
             continue;
@@ -597,6 +601,8 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
         r.hot_share = map ? (double)r.n_hot / ((double)mi.n_layer * mi.n_ff) : -1.0;
         status |= bench_engine(b, t, e, &r, tokens, logits, ns);
         pi_engine_destroy(&e);
+        cm.model = NULL; /* m stays open for the next placement; the sidecar goes */
+        pi_coord_model_close(&cm);
     }
     pi_model_destroy(&m);
     free(logits);

@@ -55,6 +55,16 @@ ok $? "the pipeline's rows say hot 0.50 and 1 worker"
 [ ! -s "$T/err" ]
 ok $? "nothing on stderr at the default log level ($(head -c 200 "$T/err"))"
 
+# the model's activation profile (its sidecar) places the hot neurons, as in pi-coordinator
+P=${PI_BUILDDIR:-.}/tools/pi-profile
+cp "$M" "$T/demo.gguf"
+"$P" -m "$T/demo.gguf" --random 128 -c 64 -t 1 > /dev/null 2> "$T/err" &&
+    "$B" -m "$T/demo.gguf" $RUN -o md --gpu-backend host --cpu-workers 1 --hot-fraction 0.5 --log-level info \
+        > "$T/prof.md" 2> "$T/err" && md_check "$T/prof.md" "$H9" "$S9" host &&
+    grep -q "sidecar $T/demo.pinfer.gguf: profile of 128 tokens" "$T/err" &&
+    grep -q "placement: solved from the activation profile" "$T/err"
+ok $? "with a sidecar beside the model, the solver places the hot neurons from its profile ($(grep -m1 placement "$T/err" | head -c 160))"
+
 # csv: the header, then one quoted row per test with every field; numbers where numbers belong
 CSVH=pinfer_version,cpu_info,model_filename,model_type,model_size,model_n_params,backend,hot_fraction,hot_share,n_hot,n_layer,n_ff,cpu_workers,n_threads,n_prompt,n_gen,test_time,avg_ns,stddev_ns,avg_ts,stddev_ts,decode_gbs,bw_gbs,bw_share
 for be in none host; do
