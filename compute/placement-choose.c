@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 /* The file-type rule: weights every token needs, then gate + up + down column per neuron. */
 static int64_t fit_by_rows(const struct pi_config *c, const pi_model_t *m)
@@ -173,6 +174,20 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
     struct pi_place_problem q = {.m = m, .act_freq = act_freq, .n_workers = n_workers < 1 ? 1 : n_workers,
                                  .budget = c->vram_budget, .device_bytes = placement_bytes, .ctx = &b,
                                  .speeds = {.gpu_gbs = c->place_gpu_gbs, .cpu_gbs = c->place_cpu_gbs, .exchange_us = c->place_exchange_us}};
+    if (!(q.speeds.cpu_gbs > 0)) { /* 0: measured now, one worker's rate times the workers */
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        int threads = c->cpu_threads > 0 ? (int)c->cpu_threads : online > 0 ? (int)online : 1;
+        double one = 0;
+        rc = pi_place_measure_cpu_gbs(m, threads, &one);
+        if (rc < 0) {
+            pi_error("placement: the CPU workers' speed could not be measured (%s): set [placement] cpu_gbs", pi_err_str(rc));
+            free(b.hl);
+            return rc;
+        }
+        q.speeds.cpu_gbs = one * q.n_workers;
+        pi_info("placement: CPU worker speed measured: %.1f GB/s with %d threads (neuron kernel, %s gate rows)", one,
+                threads, pi_type_name(m->layers[0].ffn_gate.type));
+    }
     if (q.budget == 0) { /* the hot fraction's bytes */
         struct pi_placement *pre = NULL;
         rc = pi_placement_prefix(hp->n_layer, hp->n_ff, q.n_workers, (int64_t)llround(c->hot_fraction * hp->n_ff), &pre);
@@ -181,6 +196,7 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
     }
     struct pi_place_cost cost = {0};
     if (rc == 0) rc = pi_place_solve(&q, out, &cost);
+    cost.speeds = q.speeds;
     if (rc == 0 && n_workers == 0 && pi_placement_hot_total(*out) < (int64_t)hp->n_layer * hp->n_ff) {
         pi_placement_destroy(out);
         rc = -PI_ERR_INVAL; /* cannot happen: the pipeline always has a CPU worker */

@@ -253,6 +253,7 @@ int pi_place_cost(const struct pi_place_problem *q, const struct pi_placement *p
     model_time(&s, nh, fc, cost);
     cost->hot = pi_placement_hot_total(p);
     cost->hot_freq_share = f_all > 0 ? f_hot / f_all : 0;
+    cost->speeds = q->speeds;
     int rc = with_bytes ? q->device_bytes(q->ctx, p, &cost->device_bytes) : 0;
     free(nh);
     free(fc);

@@ -65,6 +65,7 @@ struct pi_place_cost {
     int64_t hot;                 /* hot neurons over all layers */
     double hot_freq_share;       /* the hot neurons' share of all activations (sum f over hot / sum f) */
     uint64_t device_bytes;       /* device_bytes of the placement */
+    struct pi_place_speeds speeds; /* the speeds the model used (pi_place_solve_config: cpu_gbs as measured) */
 };
 
 /* Solve q: 0 and *out (destroy with pi_placement_destroy) and, when cost is not NULL, its modelled
@@ -85,6 +86,12 @@ int pi_place_cost(const struct pi_place_problem *q, const struct pi_placement *p
  * *cost when not NULL), or a negative pi_err (-PI_ERR_RANGE: nothing fits). */
 int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
                           int max_tokens, struct pi_placement **out, struct pi_place_cost *cost);
+
+/* *gbs = the bytes per ns (GB/s) one CPU worker of n_threads threads reads running the decode neuron
+ * kernel (pi_ffn_neurons, ReLU) over a synthetic slice of m's layer-0 types about 150 MB large
+ * (compute/placement-speed.c): the [placement] cpu_gbs of one worker when it is 0. About 0.2 s.
+ * 0, -PI_ERR_NOMEM or -PI_ERR_UNSUPPORTED (a type without a CPU kernel). */
+int pi_place_measure_cpu_gbs(const pi_model_t *m, int n_threads, double *gbs);
 
 /* The bytes of one neuron of layer il in the file's types: gate row, up row, down column. */
 void pi_place_neuron_bytes(const pi_model_t *m, int il, uint64_t *g, uint64_t *u, uint64_t *d);

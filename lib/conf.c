@@ -81,7 +81,7 @@ static const struct key_def keys[] = {
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
     /* [tune]: the performance choices that are real choices, each with what it costs (doc/cuda-backend.md) */
     {{"placement", "gpu_gbs", "2000", "the solver's device read bandwidth, GB/s (pi-bench --cuda-kernels measures it)"}, K_REAL, OFF(place_gpu_gbs), 1, 100000, NULL, NULL},
-    {{"placement", "cpu_gbs", "30", "the solver's read bandwidth of all CPU workers together, GB/s (pi-bench --kernels matvec measures it)"}, K_REAL, OFF(place_cpu_gbs), 0.1, 100000, NULL, NULL},
+    {{"placement", "cpu_gbs", "0", "the solver's read bandwidth of all CPU workers together, GB/s; 0: measured at start-up (the workers' neuron kernel, about 0.2 s)"}, K_REAL, OFF(place_cpu_gbs), 0, 100000, NULL, NULL},
     {{"placement", "exchange_us", "20", "the solver's cost of one layer's exchange round trip, us (pi-bench --exchange measures it)"}, K_REAL, OFF(place_exchange_us), 0, 1000000, NULL, NULL},
     {{"tune", "cuda_matvec", "auto", "cuda backend's decode x: auto (8 bits for quantised weights of 12 Mi elements or more) or f32 (float precision; slower on 7B-class models)"}, K_ENUM, OFF(tune.cuda_matvec), 0, 0, cuda_matvec_names, NULL},
     {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},

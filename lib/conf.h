@@ -84,7 +84,7 @@ struct pi_config {
     char *log_level;
     /* [placement]: the speeds the placement solver models (compute/placement-solve.h) */
     double place_gpu_gbs;      /* device read bandwidth, GB/s */
-    double place_cpu_gbs;      /* all CPU workers' read bandwidth, GB/s */
+    double place_cpu_gbs;      /* all CPU workers' read bandwidth, GB/s; 0: measured at start-up */
     double place_exchange_us;  /* one layer's exchange round trip, us */
     /* [tune] */
     struct pi_tune tune;

@@ -200,8 +200,8 @@ static int run(struct opts *o)
            (long long)cost.hot, (long long)m->hp.n_ff * m->hp.n_layer, 100 * cost.hot_freq_share,
            (unsigned long long)cost.device_bytes, o->cfg.gpu_backend == PI_GPU_CUDA ? "cuda" : "host", n_ctx);
     printf("modelled: %.1f us/token (GPU %.1f, CPU %.1f, %d layer exchanges) at %.0f GB/s GPU, %.1f GB/s CPU, %.0f us exchange\n",
-           cost.t_us, cost.gpu_us, cost.cpu_us, cost.n_exchanges, o->cfg.place_gpu_gbs, o->cfg.place_cpu_gbs,
-           o->cfg.place_exchange_us);
+           cost.t_us, cost.gpu_us, cost.cpu_us, cost.n_exchanges, cost.speeds.gpu_gbs, cost.speeds.cpu_gbs,
+           cost.speeds.exchange_us);
     if (!o->quiet) print_layers(p, sc->act_freq);
     if (!o->no_export) {
         if (o->output) snprintf(out, sizeof out, "%s", o->output);

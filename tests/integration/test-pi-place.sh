@@ -88,7 +88,7 @@ usage "--hot-fraction 2" -m "$M" --hot-fraction 2
 usage "--cpu-workers 0" -m "$M" --cpu-workers 0
 usage "--gpu-backend none" -m "$M" --gpu-backend none
 usage "--set outside [placement]" -m "$M" --set gpu.device=1
-usage "--set a bad speed" -m "$M" --set placement.cpu_gbs=0
+usage "--set a bad speed" -m "$M" --set placement.cpu_gbs=-1
 usage "stray argument" -m "$M" extra
 "$PLACE" --help > "$T/out" 2>&1 && grep -q '^Usage: pi-place' "$T/out"
 ok $? "--help"
