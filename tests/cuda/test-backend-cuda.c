@@ -37,7 +37,7 @@
  * backend's ffn_predict + ffn_hot against the host backend computing every neuron on the CPU with the
  * same masks (SPARSE_TOL), the device's masks against pi_predictor_eval on the same inputs (bits may
  * differ only within a rounding window around the threshold), the plan's predictor bytes, and with every
- * neuron predicted active the dense backend's logits (NMSE <= 1e-7).
+ * neuron predicted active the dense backend's logits (NMSE <= 1e-7, or 1e-4 through the CPU's 8-bit x).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -631,8 +631,9 @@ static uint64_t pred_bytes(const pi_model_t *m, const struct pi_predictors *pr, 
  * backend computing every neuron with the same masks on the CPU (a 12-token prompt: the GEMM path, then
  * 6 decode steps: the per-row path); the masks against pi_predictor_eval on the same inputs; the
  * plan's predictor bytes and the context holding the plan; then every neuron predicted active
- * (thresholds -inf) against the dense backend without predictors (NMSE of the logits <= 1e-7), and the
- * real masks changing the result. */
+ * (thresholds -inf) against the dense backend without predictors (NMSE of the logits <= 1e-7; 1e-4
+ * where the CPU's 8-bit x meets a split layer of a quantised model, below), and the real masks changing
+ * the result. */
 static void check_sparse(const char *label, enum pi_type type, int rank, double frac, bool shuffled)
 {
     char path[600];
@@ -726,9 +727,18 @@ static void check_sparse(const char *label, enum pi_type type, int rank, double 
         }
         const double ea = tp_rel_err(la, ld, n, V), eda = tp_rel_err(da, dd, steps, V);
         const double es = tp_rel_err(lc, ld, n, V);
-        tap_ok(ok && s2.rc == 0 && s2.on == (int64_t)cells && ea * ea <= 1e-7 && eda * eda <= 1e-7,
-               "%s hot %.1f: every neuron predicted active = the dense backend: NMSE prompt %.2g, decode %.2g", label, frac,
-               ea * ea, eda * eda);
+        /* Where a layer's neurons are split between the device and the CPU of a quantised model, the
+         * CPU's cold neurons take x in 8 bits: the float rounding in which the device's list kernels
+         * and the dense ones differ (summation order, about 1e-7) moves an element of a later layer's
+         * x across a boundary of that quantisation now and then, a step of 1/127 of its segment's
+         * scale. Measured on the H100 (decode, Q4_0, hot 0.5): NMSE 8e-6 and 1.4e-5; 0 at hot 0 and
+         * 1 (no such split) and 1.8e-10 for F16. The kernels themselves agree within 1e-7
+         * (test-cuda-sparse). */
+        const bool split_q = type != PI_TYPE_F16 && frac > 0.0 && frac < 1.0;
+        const double nmse = split_q ? 1e-4 : 1e-7;
+        tap_ok(ok && s2.rc == 0 && s2.on == (int64_t)cells && ea * ea <= nmse && eda * eda <= nmse,
+               "%s hot %.1f: every neuron predicted active = the dense backend: NMSE prompt %.2g, decode %.2g (<= %.0e%s)",
+               label, frac, ea * ea, eda * eda, nmse, split_q ? ": the CPU's 8-bit x" : "");
         tap_ok(es > 1e-2, "%s hot %.1f: the real masks change the logits (%.3g from dense)", label, frac, es);
         drv_free(&ca);
         free(al), free(la), free(da);
