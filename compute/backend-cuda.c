@@ -44,6 +44,14 @@
  * weight) where the product can. A failed CUDA call poisons the backend: every later call answers
  * -PI_ERR_DEVICE, and the worker ends (crash-only).
  *
+ * Sparsity: with predictors (o->pred, o->sparsity not OFF) each layer's fc1 and fc2 are uploaded after
+ * the hot neurons (padded to whole 32-element segments in F16 where the rank needs it), and
+ * ffn_predict evaluates them on the device on the FFN input, builds the mask and the lists of
+ * predicted-active hot neurons there (kernels/cuda/sparse.cu), downloads the mask into the exchange and
+ * leaves the lists to the layer's ffn_hot, which then computes only those neurons (ffn_hot_sparse).
+ * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
+ * the gate/up product: the predictor needs the normed input first.
+ *
  * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
  * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
  */
@@ -1008,9 +1016,10 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
     pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
     pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
-            "KV cache %.1f, activations and scratch %.1f)%s", p.total / 1048576.0, used / 1048576.0, budget / 1048576.0,
-            (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0, p.kv / 1048576.0,
-            (p.act + p.scratch) / 1048576.0, own_attn ? "; attention by the any-head-size kernel" : "");
+            "KV cache %.1f, activations and scratch %.1f, predictors and sparse buffers %.1f)%s", p.total / 1048576.0,
+            used / 1048576.0, budget / 1048576.0, (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0,
+            p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, p.pred / 1048576.0,
+            own_attn ? "; attention by the any-head-size kernel" : "");
     *out = &s->base;
     return 0;
 }
