@@ -106,6 +106,71 @@ uint64_t pi_backend_cuda_xq_reserve(const pi_model_t *m, bool any_dense)
     return pi_cuda_xq_bytes(PI_MAX(d, qd)) + (any_dense ? pi_cuda_xq_bytes(hp->n_ff) : 0);
 }
 
+bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o) { return o->pred && o->sparsity != PI_SPARSITY_OFF; }
+
+int64_t pi_backend_cuda_pred_rank(int64_t rank) { return (rank + 31) / 32 * 32; }
+
+enum pi_type pi_backend_cuda_pred_type(const struct pi_weight *w, int64_t rank, int64_t cols)
+{
+    return rank % 32 ? PI_TYPE_F16 : pi_backend_cuda_dev_type(w->type, cols);
+}
+
+static int64_t pred_rank_max(const struct pi_backend_opts *o)
+{
+    int64_t r = 0;
+    for (int il = 0; il < o->pred->n_layer; il++) r = PI_MAX(r, pi_backend_cuda_pred_rank(o->pred->layers[il].rank));
+    return r;
+}
+
+uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense)
+{
+    uint64_t xq = pi_backend_cuda_xq_reserve(m, any_dense);
+    return pi_backend_cuda_pred_on(o) ? PI_MAX(xq, (uint64_t)pi_cuda_xq_bytes(pred_rank_max(o))) : xq;
+}
+
+/* The predictors' part of the plan (pi_backend_cuda_plan.pred), and what they add to the GEMM's tile
+ * and the widest GEMM input (fc1 and fc2 of a batch go through pi_cuda_matmul). */
+static int plan_pred(const pi_model_t *m, const struct pi_backend_opts *o, int64_t n_hot_max, struct pi_backend_cuda_plan *p,
+                     uint64_t *tile, int64_t *gemm_cols)
+{
+    const struct pi_hparams *hp = &m->hp;
+    const struct pi_predictors *pr = o->pred;
+    const uint64_t T = (uint64_t)o->max_tokens, f = sizeof(float), mw = ((uint64_t)hp->n_ff + 63) / 64;
+    if (pr->n_layer != hp->n_layer || pr->n_embd != hp->n_embd || pr->n_ff != hp->n_ff) {
+        pi_error("cuda plan: predictors for %d layers of (%lld, %lld), the model has %d of (%d, %d)", pr->n_layer,
+                 (long long)pr->n_embd, (long long)pr->n_ff, hp->n_layer, hp->n_embd, hp->n_ff);
+        return -PI_ERR_INVAL;
+    }
+    const int64_t rmax = pred_rank_max(o);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct pi_predictor_layer *L = &pr->layers[il];
+        const int64_t r = L->rank, r32 = pi_backend_cuda_pred_rank(r);
+        const int64_t nh = o->n_hot ? o->n_hot[il] : 0;
+        if (nh > 0 && !pi_backend_cuda_dense_layer(m, o, il)) p->pred += pi_cuda_counted((uint64_t)nh * sizeof(int32_t));
+        if (r == 0) continue;
+        const enum pi_type t1 = pi_backend_cuda_pred_type(&L->fc1, r, hp->n_embd), t2 = pi_backend_cuda_pred_type(&L->fc2, r, r);
+        size_t b1 = 0, b2 = 0;
+        PI_TRY(pi_cuda_weight_bytes_for((int)t1, r32, hp->n_embd, &b1));
+        PI_TRY(pi_cuda_weight_bytes_for((int)t2, hp->n_ff, r32, &b2));
+        p->pred += pi_cuda_counted(b1) + pi_cuda_counted(b2);
+        if (T > PI_CUDA_MATVEC_MAX_ROWS) {
+            *tile = PI_MAX(*tile, tile_bytes(t1, r32, hp->n_embd));
+            *tile = PI_MAX(*tile, tile_bytes(t2, hp->n_ff, r32));
+        }
+    }
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) *gemm_cols = PI_MAX(*gemm_cols, rmax);
+    /* d_ph (T, r32 max), d_plog (T, n_ff), d_words (T, mw), d_on (T); with hot neurons d_list (T, n_hot_max),
+     * d_nlist (T) and d_sa (per-row rows, n_hot_max) */
+    if (rmax > 0) p->pred += pi_cuda_counted(T * (uint64_t)rmax * f) + pi_cuda_counted(T * (uint64_t)hp->n_ff * f);
+    p->pred += pi_cuda_counted(T * mw * sizeof(uint64_t)) + pi_cuda_counted(T * sizeof(int32_t));
+    if (n_hot_max > 0) {
+        const uint64_t rows = PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_HOT_BATCH_MIN - 1);
+        p->pred += pi_cuda_counted(T * (uint64_t)n_hot_max * sizeof(int32_t)) + pi_cuda_counted(T * sizeof(int32_t)) +
+                   pi_cuda_counted(rows * (uint64_t)n_hot_max * f);
+    }
+    return 0;
+}
+
 int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts *o, struct pi_backend_cuda_plan *p)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -168,15 +233,16 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     /* The kernels' scratch slots at their largest request (kernels/cuda/matmul.cu and ops.cu): the f16
      * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
     p->scratch = PI_CUDA_BLAS_WS;
-    const int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    if (pi_backend_cuda_pred_on(o)) PI_TRY(plan_pred(m, o, n_hot_max, p, &tile, &gemm_cols));
     if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
     /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever tune.cuda_matvec says: 48 bytes per 32
      * columns of the widest decode product, plus the activations of a dense FFN (pi_cuda_xq_reserve) */
-    p->scratch += slot(pi_backend_cuda_xq_reserve(m, any_dense));
+    p->scratch += slot(pi_backend_cuda_xq_total(m, o, any_dense));
     if (pi_cuda_att_head_dim_ok(hp->head_dim)) /* the flash-decoding kernels' split partials (ops.cu) */
         p->scratch += slot(pi_cuda_att_part_max(PI_MIN((int64_t)T, (int64_t)n_ctx), hp->n_head, n_ctx, hp->head_dim));
-    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch;
+    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred;
     return 0;
 }
 

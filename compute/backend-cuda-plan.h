@@ -33,6 +33,9 @@ struct pi_backend_cuda_plan {
     uint64_t kv;      /* f16 K and V: n_layer x n_seq x 2 x n_ctx x kv_dim */
     uint64_t act;     /* activations of max_tokens rows, and the hot FFN's GEMM buffers */
     uint64_t scratch; /* the kernels' scratch slots at their largest request, the cuBLAS workspace */
+    uint64_t pred;    /* with predictors (pi_backend_cuda_pred_on): their fc1 and fc2 weights, the hot ids of
+                         the layers that are not dense, and the sparse path's buffers (logits, mask words,
+                         lists, per-row activations); 0 without */
     uint64_t total;
 };
 
@@ -73,6 +76,20 @@ bool pi_backend_cuda_dense_layer(const pi_model_t *m, const struct pi_backend_op
 /* Where layer il's hot rows come from: o->hot_layers[il] (the worker's packed copy, row i = neuron
  * hot[il][i]) or the model's own layer. */
 const struct pi_layer *pi_backend_cuda_hot_rows(const pi_model_t *m, const struct pi_backend_opts *o, int il);
+
+/* Whether the backend evaluates predictors: o->pred set and o->sparsity not OFF. */
+bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o);
+
+/* A predictor of rank r on the device: fc1 (r32, n_embd) and fc2 (n_ff, r32) with r32 = r rounded up to
+ * whole 32-element segments; where r is not a multiple of 32 both are F16 (zero rows of fc1, zero
+ * columns of fc2 fill the padding: relu(0) = 0 adds nothing), else each keeps its type where the device
+ * takes it (pi_backend_cuda_dev_type). */
+int64_t pi_backend_cuda_pred_rank(int64_t rank);
+enum pi_type pi_backend_cuda_pred_type(const struct pi_weight *w, int64_t rank, int64_t cols);
+
+/* The XQ scratch the backend reserves with options o: pi_backend_cuda_xq_reserve, or with predictors
+ * at least the x of the widest fc2 (pi_backend_cuda_pred_rank columns). */
+uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense);
 
 /* The XQ scratch the backend reserves: x of the widest decode product, plus a dense FFN's n_ff
  * activations beside it when a layer is dense. */

@@ -44,6 +44,14 @@
  * weight) where the product can. A failed CUDA call poisons the backend: every later call answers
  * -PI_ERR_DEVICE, and the worker ends (crash-only).
  *
+ * Sparsity: with predictors (o->pred, o->sparsity not OFF) each layer's fc1 and fc2 are uploaded after
+ * the hot neurons (padded to whole 32-element segments in F16 where the rank needs it), and
+ * ffn_predict evaluates them on the device on the FFN input, builds the mask and the lists of
+ * predicted-active hot neurons there (kernels/cuda/sparse.cu), downloads the mask into the exchange and
+ * leaves the lists to the layer's ffn_hot, which then computes only those neurons (ffn_hot_sparse).
+ * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
+ * the gate/up product: the predictor needs the normed input first.
+ *
  * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
  * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
  */
@@ -73,6 +81,14 @@ struct cuda_layer {
                                     the file's ffn_down (d, n_ff) instead of ffn_down_t rows */
     int64_t n_hot;
     bool dense;                  /* every neuron hot, in id order: a = act(gu x), y = down a (dense_layer) */
+    /* the activation predictor (pi_backend_cuda_pred_on): fc1 (r32, d), fc2 (n_ff, r32), NULL for a layer
+     * without one (every neuron predicted active); d_ids (n_hot) the hot neurons' ids where the layer is
+     * not dense (the mask's neuron of each hot index) */
+    pi_cuda_weight_t *fc1, *fc2;
+    int64_t r32;                 /* the predictor's device rank (pi_backend_cuda_pred_rank), 0 without one */
+    enum pi_type t1, t2;         /* fc1's and fc2's device types */
+    int32_t *d_ids;
+    float thr;                   /* the logit threshold of o.sparsity's mode */
 };
 
 struct cuda_backend {
@@ -105,6 +121,16 @@ struct cuda_backend {
     int n, n_runs;
     bool hot_valid;           /* the current layer's hot partial is in d_parts (not for a dense layer,
                                  whose ffn_hot adds its product to d_h itself) */
+    /* The sparse path (pi_backend_cuda_pred_on; NULL otherwise): the predictor's hidden rows d_ph (T, r32
+     * max) and logits d_plog (T, n_ff), the mask d_words (T, mw) with per-row counts d_on (T); the lists
+     * of predicted-active hot indices d_list (T, n_hot_max) with their lengths d_nlist (T), and the
+     * per-row path's activations d_sa (min(T, 4), n_hot_max), unlisted entries zeroed by the mask kernel. */
+    bool pred;
+    int64_t mw;               /* mask words per row on the device: ceil(n_ff / 64) */
+    float *d_ph, *d_plog, *d_sa;
+    uint64_t *d_words, *h_words; /* h_words: (T, mw) host staging of the mask's download */
+    int32_t *d_on, *d_list, *d_nlist, *h_on;
+    int masked_il;            /* the layer whose ffn_predict ran last (its ffn_hot takes the lists), or -1 */
     bool dead;                /* a device error happened: every call fails */
     uint64_t planned;
 };
@@ -237,6 +263,51 @@ static int upload_hot(struct cuda_backend *s, int il)
     return upload(s, &dn, pi_backend_cuda_dev_type(H->ffn_down_t.type, s->d), &cl->down);
 }
 
+/* Layer il's predictor: fc1 (rank, d) and fc2 (n_ff, rank) as they are, or, with rank not a multiple of
+ * 32, both in F16 padded to r32 (zero rows of fc1, zero columns of fc2); and its threshold. */
+static int upload_pred(struct cuda_backend *s, int il)
+{
+    const struct pi_predictor_layer *P = &s->o.pred->layers[il];
+    struct cuda_layer *cl = &s->L[il];
+    const int64_t r = P->rank, r32 = pi_backend_cuda_pred_rank(r), d = s->d, ff = s->base.model->hp.n_ff;
+    cl->thr = P->threshold[s->o.sparsity];
+    if (r == 0) return 0;
+    cl->r32 = r32;
+    cl->t1 = pi_backend_cuda_pred_type(&P->fc1, r, d);
+    cl->t2 = pi_backend_cuda_pred_type(&P->fc2, r, r);
+    if (P->fc1.rows != r || P->fc1.cols != d || P->fc2.rows != ff || P->fc2.cols != r) {
+        pi_error("cuda backend: layer %d: predictor fc1 (%lld, %lld) and fc2 (%lld, %lld) for rank %lld", il,
+                 (long long)P->fc1.rows, (long long)P->fc1.cols, (long long)P->fc2.rows, (long long)P->fc2.cols, (long long)r);
+        return -PI_ERR_INVAL;
+    }
+    if (r == r32) {
+        PI_TRY(upload_whole(s, &P->fc1, &cl->fc1));
+        return upload_whole(s, &P->fc2, &cl->fc2);
+    }
+    if (!pi_kernel_supported(P->fc1.type) || !pi_kernel_supported(P->fc2.type)) return -PI_ERR_UNSUPPORTED;
+    const size_t n1 = (size_t)r32 * (size_t)d, n2 = (size_t)ff * (size_t)r32;
+    uint16_t *buf = calloc(PI_MAX(n1, n2), sizeof(uint16_t)); /* f16 zeros are zero bits */
+    float *row = calloc((size_t)PI_MAX(d, r32), sizeof(float));
+    int rc = -PI_ERR_NOMEM;
+    if (buf && row) {
+        for (int64_t i = 0; i < r; i++) {
+            pi_dequant_row(P->fc1.type, pi_weight_row(&P->fc1, i), row, d);
+            pi_quantize_row(PI_TYPE_F16, row, buf + (size_t)i * (size_t)d, d);
+        }
+        rc = pi_cuda_weight_upload(s->ctx, PI_TYPE_F16, r32, d, buf, &cl->fc1);
+        memset(buf, 0, n2 * sizeof(uint16_t));
+        for (int64_t j = 0; rc == 0 && j < ff; j++) {
+            memset(row, 0, (size_t)r32 * sizeof(float));
+            pi_dequant_row(P->fc2.type, pi_weight_row(&P->fc2, j), row, r);
+            pi_quantize_row(PI_TYPE_F16, row, buf + (size_t)j * (size_t)r32, r32);
+        }
+        if (rc == 0) rc = pi_cuda_weight_upload(s->ctx, PI_TYPE_F16, ff, r32, buf, &cl->fc2);
+    }
+    free(buf);
+    free(row);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ destroy, errors */
 
 static void cuda_destroy(pi_backend_t *b)
@@ -254,6 +325,8 @@ static void cuda_destroy(pi_backend_t *b)
             pi_cuda_weight_destroy(s->ctx, &cl->o);
             pi_cuda_weight_destroy(s->ctx, &cl->gu);
             pi_cuda_weight_destroy(s->ctx, &cl->down);
+            pi_cuda_weight_destroy(s->ctx, &cl->fc1);
+            pi_cuda_weight_destroy(s->ctx, &cl->fc2);
         }
         if (s->out != s->embd) pi_cuda_weight_destroy(s->ctx, &s->out);
         pi_cuda_weight_destroy(s->ctx, &s->embd);
@@ -269,6 +342,8 @@ static void cuda_destroy(pi_backend_t *b)
     free(s->seq);
     free(s->pos);
     free(s->run_start);
+    free(s->h_words);
+    free(s->h_on);
     free(s);
 }
 
@@ -435,7 +510,8 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     const bool all_hot = cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
     s->hot_valid = false;
     /* a dense layer's decode gate/up product applies the norm itself */
-    s->xn_deferred = (!x || all_hot) && cl->dense && ffn_per_row(s) && pi_cuda_norm_fusable(s->ctx, cl->gu);
+    s->masked_il = -1;
+    s->xn_deferred = !s->pred && (!x || all_hot) && cl->dense && ffn_per_row(s) && pi_cuda_norm_fusable(s->ctx, cl->gu);
     if (s->xn_deferred) return 0;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
@@ -446,8 +522,89 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     return 0;
 }
 
+/* Layer il's predictor over the n rows of d_xn: logits = fc2 relu(fc1 x) (pi_cuda_matmul: matvecs for
+ * decode, GEMMs for batches), then the mask words, the lists of predicted-active hot neurons and, for the
+ * per-row path, zeros for the unlisted activations (pi_cuda_pred_mask); the mask rows go to the host
+ * (mask, the exchange's mask section) and the following ffn_hot takes the lists. */
+static int cuda_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mask_words, int64_t *n_active)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "ffn_predict"));
+    const struct cuda_layer *cl = &s->L[il];
+    const int n = s->n;
+    const int64_t ff = s->base.model->hp.n_ff;
+    *n_active = 0;
+    if (!s->pred || (mask && mask_words < s->mw)) {
+        pi_error("cuda backend: ffn_predict %s", s->pred ? "with fewer mask words than the layer's neurons" : "without predictors");
+        return -PI_ERR_INVAL;
+    }
+    const float *logits = NULL;
+    if (cl->fc1) {
+        CK(s, pi_cuda_matmul(s->ctx, cl->fc1, n, s->d_xn, s->d_ph), "ffn_predict");
+        CK(s, pi_cuda_act(s->ctx, PI_CUDA_ACT_RELU, (int64_t)n * cl->r32, s->d_ph, s->d_ph), "ffn_predict");
+        CK(s, pi_cuda_matmul(s->ctx, cl->fc2, n, s->d_ph, s->d_plog), "ffn_predict");
+        logits = s->d_plog;
+    }
+    const bool per_row = ffn_per_row(s);
+    CK(s, pi_cuda_pred_mask(s->ctx, n, ff, logits, cl->thr, s->d_words, s->d_on, cl->n_hot, cl->d_ids, s->d_list,
+                            s->d_nlist, per_row ? s->d_sa : NULL, per_row ? n : 0), "ffn_predict");
+    s->masked_il = il;
+    if (mask) { /* the mask rows, padded to the exchange's width; n_active from them */
+        CK(s, pi_cuda_download(s->ctx, s->h_words, s->d_words, (size_t)n * (size_t)s->mw * sizeof(uint64_t)), "ffn_predict");
+        for (int t = 0; t < n; t++) {
+            uint64_t *row = mask + (size_t)t * (size_t)mask_words;
+            memcpy(row, s->h_words + (size_t)t * (size_t)s->mw, (size_t)s->mw * sizeof(uint64_t));
+            memset(row + s->mw, 0, (size_t)(mask_words - s->mw) * sizeof(uint64_t));
+            for (int64_t w = 0; w < s->mw; w++) *n_active += __builtin_popcountll(row[w]);
+        }
+    } else { /* a layer without exchange: only the counts (a wait for the device: doc/cuda-backend.md) */
+        CK(s, pi_cuda_download(s->ctx, s->h_on, s->d_on, (size_t)n * sizeof(int32_t)), "ffn_predict");
+        for (int t = 0; t < n; t++) *n_active += s->h_on[t];
+    }
+    return 0;
+}
+
+/* The predicted-active hot neurons of layer il (after its ffn_predict): per row, the gate/up pairs of the
+ * listed neurons, then the down rows of those whose activation is not zero (a dense layer: the file's
+ * ffn_down times the activations, the unlisted ones zero); batches of the GEMM path compute the pairs
+ * densely and zero the activations of the neurons predicted inactive before the down product. */
+static int ffn_hot_sparse(struct cuda_backend *s, int il)
+{
+    const struct cuda_layer *cl = &s->L[il];
+    const int n = s->n;
+    const int64_t d = s->d, nh = cl->n_hot;
+    if (ffn_per_row(s)) {
+        for (int t = 0; t < n; t++) {
+            const float *x = s->d_xn + (size_t)t * (size_t)d;
+            const int32_t *list = s->d_list + (size_t)t * (size_t)nh, *cnt = s->d_nlist + t;
+            float *a = s->d_sa + (size_t)t * (size_t)nh;
+            if (cl->dense) {
+                CK(s, pi_cuda_ffn_gu_list(s->ctx, cl->gu, s->act, x, list, cnt, a), "ffn_hot");
+                CK(s, pi_cuda_matvec_add(s->ctx, cl->down, a, s->d_h + (size_t)t * (size_t)d), "ffn_hot");
+            } else {
+                CK(s, pi_cuda_ffn_hot_list(s->ctx, cl->gu, cl->down, s->act, x, list, cnt, a,
+                                           s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
+            }
+        }
+        s->hot_valid = !cl->dense;
+        return 0;
+    }
+    CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+    CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, nh, s->d_g, s->d_a), "ffn_hot");
+    CK(s, pi_cuda_mask_act(s->ctx, n, nh, cl->d_ids, s->d_words, s->mw, s->d_a), "ffn_hot");
+    if (cl->dense) {
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
+        return 0;
+    }
+    CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
+    CK(s, pi_cbk_down_batch(s->stream, n, nh, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
+    s->hot_valid = true;
+    return 0;
+}
+
 /* The hot neurons of layer il over the rows of d_xn: into d_parts[0 .. n d) (hot_valid), or, for a
- * dense layer, added to d_h directly (its down product's epilogue; ffn_merge then adds only cold). */
+ * dense layer, added to d_h directly (its down product's epilogue; ffn_merge then adds only cold). With
+ * the layer's prediction (ffn_predict) only the predicted-active ones (ffn_hot_sparse). */
 static int cuda_ffn_hot(pi_backend_t *b, int il)
 {
     struct cuda_backend *s = cb(b);
@@ -463,6 +620,10 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
         return -PI_ERR_INVAL;
     }
     if (cl->n_hot == 0) return 0;
+    if (s->masked_il == il) {
+        s->masked_il = -1;
+        return ffn_hot_sparse(s, il);
+    }
     if (cl->dense && ffn_per_row(s)) {
         /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
          * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
@@ -571,6 +732,7 @@ static const struct pi_backend_ops cuda_ops = {
     .seq_truncate = cuda_seq_truncate,
     .seq_len = cuda_seq_len,
     .ffn_hot_count = cuda_ffn_hot_count,
+    .ffn_predict = cuda_ffn_predict,
 };
 
 /* ------------------------------------------------------------------ creation */
@@ -609,6 +771,10 @@ static int warm_scratch(struct cuda_backend *s)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
             if (s->d_g && cl->dense && (tb = tile_bytes(pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
                 best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
+            if (cl->fc1 && (tb = tile_bytes(cl->t1, cl->r32, s->d)) > best)
+                best = tb, wt = cl->fc1, xt = s->d_xn, yt = s->d_ph;
+            if (cl->fc2 && (tb = tile_bytes(cl->t2, m->hp.n_ff, cl->r32)) > best)
+                best = tb, wt = cl->fc2, xt = s->d_ph, yt = s->d_plog;
         }
         if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
         /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger): a dense
@@ -617,7 +783,13 @@ static int warm_scratch(struct cuda_backend *s)
         const struct cuda_layer *dl = NULL;
         for (int il = 0; s->d_g && !dl && il < s->n_layer; il++)
             if (s->L[il].dense) dl = &s->L[il];
-        if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
+        const struct cuda_layer *pl = NULL; /* the widest predictor, where it is wider than the rest */
+        for (int il = 0; il < s->n_layer; il++)
+            if (s->L[il].fc2 && (!pl || s->L[il].r32 > pl->r32)) pl = &s->L[il];
+        const int64_t widest = PI_MAX(PI_MAX(s->d, s->qd), dl ? m->hp.n_ff : 0);
+        if (pl && pl->r32 > widest)
+            CK(s, pi_cuda_gemm(s->ctx, pl->fc2, T, s->d_ph, s->d_plog), "start");
+        else if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
             CK(s, pi_cuda_gemm(s->ctx, dl->down, T, s->d_a, s->d_parts), "start");
         else
             CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_parts : s->d_q),
@@ -625,7 +797,7 @@ static int warm_scratch(struct cuda_backend *s)
     }
     bool any_dense = false;
     for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;
-    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)pi_backend_cuda_xq_reserve(m, any_dense)), "start");
+    CK(s, pi_cuda_xq_reserve(s->ctx, (size_t)pi_backend_cuda_xq_total(m, &s->o, any_dense)), "start");
     for (int il = 0; il < s->n_layer; il++) {
         const struct cuda_layer *cl = &s->L[il];
         if (cl->n_hot != s->n_hot_max || cl->n_hot == 0) continue;
@@ -662,8 +834,15 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
     PI_TRY(upload_whole(s, &m->token_embd, &s->embd));
     if (m->tied) s->out = s->embd;
     else PI_TRY(upload_whole(s, &m->output, &s->out));
-    /* 3. hot neurons */
+    /* 3. hot neurons, then the predictors and the hot ids their masks are read through */
     for (int il = 0; il < s->n_layer; il++) PI_TRY(upload_hot(s, il));
+    for (int il = 0; s->pred && il < s->n_layer; il++) {
+        struct cuda_layer *cl = &s->L[il];
+        PI_TRY(upload_pred(s, il));
+        if (cl->n_hot == 0 || cl->dense) continue;
+        PI_TRY(dalloc(s, (uint64_t)cl->n_hot * sizeof(int32_t), &cl->d_ids));
+        PI_TRY(pi_cuda_upload(s->ctx, cl->d_ids, s->o.hot[il], (size_t)cl->n_hot * sizeof(int32_t)));
+    }
     /* 4. KV cache */
     PI_TRY(dalloc(s, p->kv, &s->d_kv));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_kv, 0, (size_t)p->kv));
@@ -687,6 +866,23 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
         if (n_sparse_max > 0) PI_TRY(dalloc(s, (uint64_t)n_sparse_max * d * 2, &s->d_down16));
         PI_TRY(pi_cuda_memset(s->ctx, s->d_a, 0, (size_t)(T * (uint64_t)s->n_hot_max * f))); /* warm_scratch reads it */
     }
+    if (s->pred) { /* the sparse path's buffers (plan_pred in compute/backend-cuda-plan.c) */
+        int64_t rmax = 0;
+        for (int il = 0; il < s->n_layer; il++) rmax = PI_MAX(rmax, s->L[il].r32);
+        if (rmax > 0) {
+            PI_TRY(dalloc(s, T * (uint64_t)rmax * f, &s->d_ph));
+            PI_TRY(dalloc(s, T * (uint64_t)m->hp.n_ff * f, &s->d_plog));
+            PI_TRY(pi_cuda_memset(s->ctx, s->d_ph, 0, (size_t)(T * (uint64_t)rmax * f))); /* warm_scratch reads it */
+        }
+        PI_TRY(dalloc(s, T * (uint64_t)s->mw * sizeof(uint64_t), &s->d_words));
+        PI_TRY(dalloc(s, T * sizeof(int32_t), &s->d_on));
+        if (s->n_hot_max > 0) {
+            const uint64_t rows = PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_HOT_BATCH_MIN - 1);
+            PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * sizeof(int32_t), &s->d_list));
+            PI_TRY(dalloc(s, T * sizeof(int32_t), &s->d_nlist));
+            PI_TRY(dalloc(s, rows * (uint64_t)s->n_hot_max * f, &s->d_sa));
+        }
+    }
     /* defined contents for the warm-up's products */
     PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_q, 0, (size_t)(T * (uint64_t)s->qd * f)));
@@ -703,11 +899,11 @@ static void too_big(const struct pi_backend_cuda_plan *p, uint64_t budget, int64
     const double M = 1048576.0;
     pi_error("cuda backend: the model does not fit the VRAM budget: it needs %.1f MiB (attention weights %.1f, "
              "norms %.2f, embeddings and output head %.1f, hot neurons %.1f (up to %lld per layer), KV cache %.1f "
-             "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f; %llu bytes in "
-             "all) but the budget is %.1f MiB (%llu bytes); lower the hot fraction, the context or the sequences, or "
+             "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f, predictors and "
+             "sparse buffers %.1f; %llu bytes in all) but the budget is %.1f MiB (%llu bytes); lower the hot fraction, the context or the sequences, or "
              "raise --vram-budget",
              p->total / M, p->attn / M, p->norms / M, p->head / M, p->hot / M, (long long)n_hot_max, p->kv / M, n_seq,
-             n_ctx, p->act / M, p->scratch / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
+             n_ctx, p->act / M, p->scratch / M, p->pred / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
 }
 
 /* The backend's host side: geometry from m and o, and the host arrays. NULL when out of memory. */
@@ -738,6 +934,9 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->own_attn = own_attn;
     s->n_hot_max = n_hot_max;
     s->planned = planned;
+    s->pred = pi_backend_cuda_pred_on(o);
+    s->mw = (hp->n_ff + 63) / 64;
+    s->masked_il = -1;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
     s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
     s->len = calloc((size_t)n_seq, sizeof(int32_t));
@@ -745,7 +944,9 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->seq = malloc((size_t)s->T * sizeof(int32_t));
     s->pos = malloc((size_t)s->T * sizeof(int32_t));
     s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
-    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start) {
+    s->h_words = malloc((size_t)s->T * (size_t)s->mw * sizeof(uint64_t));
+    s->h_on = malloc((size_t)s->T * sizeof(int32_t));
+    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words || !s->h_on) {
         cuda_destroy(&s->base);
         return NULL;
     }
@@ -815,9 +1016,10 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
     pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
     pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
-            "KV cache %.1f, activations and scratch %.1f)%s", p.total / 1048576.0, used / 1048576.0, budget / 1048576.0,
-            (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0, p.kv / 1048576.0,
-            (p.act + p.scratch) / 1048576.0, own_attn ? "; attention by the any-head-size kernel" : "");
+            "KV cache %.1f, activations and scratch %.1f, predictors and sparse buffers %.1f)%s", p.total / 1048576.0,
+            used / 1048576.0, budget / 1048576.0, (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0,
+            p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, p.pred / 1048576.0,
+            own_attn ? "; attention by the any-head-size kernel" : "");
     *out = &s->base;
     return 0;
 }

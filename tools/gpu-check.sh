@@ -9,7 +9,7 @@
 #   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools} $R/tests/{unit,integration,cuda}
 #   cp build/coordinator/pi-coordinator build/coordinator/pi-bench $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
 #   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
-#   cp build/tests/cuda/test-{cuda,backend-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
+#   cp build/tests/cuda/test-{cuda,cuda-sparse,backend-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
 #   cp build/tests/unit/test-forward $R/tests/unit/
 #   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
 #   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/coordinator/pi-bench build/gpu-worker/pi-gpu-worker
@@ -24,7 +24,7 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 T=$OUT/tests.log; : > $T
-for p in cuda/test-cuda cuda/test-backend-cuda integration/test-pipeline unit/test-forward; do
+for p in cuda/test-cuda cuda/test-cuda-sparse cuda/test-backend-cuda integration/test-pipeline unit/test-forward; do
   t=${p##*/}
   s=$(date +%s)
   timeout 200 $R/tests/$p > $OUT/$t.log 2>&1; rc=$?
@@ -37,6 +37,16 @@ done
 timeout 300 $CS --tool racecheck $R/tests/cuda/test-cuda > $OUT/racecheck.log 2>&1
 echo "racecheck test-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck.log)" | tee -a $T
 grep "RACECHECK SUMMARY" $OUT/racecheck.log | tail -1 | tee -a $T
+# the sparse FFN's kernels (mask and lists, gate/up and down over a list) under racecheck and memcheck,
+# and the backend's sparse path (predictors on the device, PI_CUDA_TEST=short-sparse) under memcheck
+timeout 300 $CS --tool racecheck $R/tests/cuda/test-cuda-sparse --no-timing > $OUT/racecheck-sparse.log 2>&1
+echo "racecheck test-cuda-sparse rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck-sparse.log)" | tee -a $T
+grep "RACECHECK SUMMARY" $OUT/racecheck-sparse.log | tail -1 | tee -a $T
+timeout 300 $CS --tool memcheck --leak-check full --error-exitcode 9 $R/tests/cuda/test-cuda-sparse --no-timing > $OUT/memcheck-sparse.log 2>&1
+echo "memcheck test-cuda-sparse rc=$?" | tee -a $T; grep -E "ERROR SUMMARY|LEAK SUMMARY" $OUT/memcheck-sparse.log | tail -2 | tee -a $T
+PI_CUDA_TEST=short-sparse timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
+  > $OUT/memcheck-backend-sparse.log 2>&1
+echo "memcheck backend sparse rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-backend-sparse.log | tail -1 | tee -a $T
 # the backend's golden checks under each other tuning, set as the backend's fields (test-backend-cuda's
 # PI_CUDA_TEST_TUNE): the [tune] key's f32, and the test-only q8 everywhere (the host backend's bound),
 # three-launch decode attention and no PDL

@@ -282,6 +282,36 @@ int pi_cuda_ffn_hot(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cud
 int pi_cuda_ffn_dense(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
                       const float *d_x, const float *d_norm_g, float eps, float *d_y, int accumulate);
 
+/* ------------------------------------------------------------------ sparse FFN (sparse.cu) */
+
+/* The mask of a layer's predictor, per row t < n of the batch: words (n, ceil(n_ff / 64)) uint64, bit j
+ * of row t set iff logits (n, n_ff)[t][j] >= thr (every j < n_ff when d_logits is NULL: a layer
+ * without predictor), bits past n_ff clear; on[t] = the set bits of row t. With n_hot > 0 also the
+ * compacted list of the GPU's predicted-active hot neurons: list (n, n_hot) row t holds the hot indices
+ * i whose neuron (ids[i], ids NULL: i) is set, in no particular order, n_list[t] of them; and for rows t
+ * < a0_rows, a0 (a0_rows, n_hot)[t][i] = 0 for every other i (the activations the list kernels leave
+ * alone). One block per row; ceil(n_ff / 64) words must fit 48 KiB (n_ff <= 393216). */
+int pi_cuda_pred_mask(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_ff, const float *d_logits, float thr, uint64_t *d_words,
+                      int32_t *d_on, int64_t n_hot, const int32_t *d_ids, int32_t *d_list, int32_t *d_n_list,
+                      float *d_a0, int64_t a0_rows);
+
+/* a (n, n_hot) = 0 where hot neuron i's neuron (ids[i], or i) is clear in row t of words (n, mw): a
+ * batch's activations computed densely (GEMM) restricted to the predicted-active neurons. */
+int pi_cuda_mask_act(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, const int32_t *d_ids, const uint64_t *d_words,
+                     int64_t mw, float *d_a);
+
+/* One row's hot FFN over a list of hot indices (pi_cuda_pred_mask's, *d_cnt entries of d_list, read on
+ * the device): a[i] = act(gate_i . x, up_i . x) for listed i (gu as pi_cuda_ffn_hot's; other entries of
+ * a (n_hot) untouched: zero them first), then y (d,) = sum over listed i with a[i] != 0 of a[i] down_i
+ * (y overwritten). x is staged in shared memory (n_embd + 32 at most the staging's limit). Every weight
+ * type of pi_cuda_weight_upload, for gu and down independently. */
+int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, int act, const float *d_x, const int32_t *d_list,
+                        const int32_t *d_cnt, float *d_a);
+int pi_cuda_ffn_down_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *down, const int32_t *d_list, const int32_t *d_cnt,
+                          const float *d_a, float *d_y);
+int pi_cuda_ffn_hot_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,
+                         const float *d_x, const int32_t *d_list, const int32_t *d_cnt, float *d_a, float *d_y);
+
 #ifdef __cplusplus
 }
 #endif

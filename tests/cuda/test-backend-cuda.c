@@ -30,7 +30,14 @@
  * program's own controls (read here, turned into those fields): PI_CUDA_TEST_TUNE="KEY=VALUE ..." runs
  * every check under one tuning (tools/gpu-check.sh: cuda_matvec=f32 or q8, cuda_pdl=0, cuda_att_dec=0;
  * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5, short-dense only
- * at hot fraction 1 with the ids in order (dense layers) (the short runs compute-sanitizer checks).
+ * at hot fraction 1 with the ids in order (dense layers), short-sparse only the sparse path at hot
+ * fraction 0.5 (the short runs compute-sanitizer checks).
+ *
+ * The sparse path (check_sparse): generated ReLU models with predictors (pi-gen-model --pred-rank), the
+ * backend's ffn_predict + ffn_hot against the host backend computing every neuron on the CPU with the
+ * same masks (SPARSE_TOL), the device's masks against pi_predictor_eval on the same inputs (bits may
+ * differ only within a rounding window around the threshold), the plan's predictor bytes, and with every
+ * neuron predicted active the dense backend's logits (NMSE <= 1e-7, or 1e-4 through the CPU's 8-bit x).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -53,11 +60,15 @@
  * the H200: at most 5e-2 (tiny-llama Q8_0 and Q4_0, decode). */
 #define Q8_TOL 8e-2
 #define SLACK_BYTES ((uint64_t)16 << 20) /* cudaMalloc's granularity over a few dozen allocations */
+/* The sparse path against the host backend with the same masks (check_sparse): the device's hot part
+ * in float against the CPU's 8-bit activations, as GOLDEN_TOL bounds each against the golden logits. */
+#define SPARSE_TOL 5e-2
 
 static uint64_t rng_state;
 static int short_mode; /* PI_CUDA_TEST=short (1): the demo model at hot fraction 0.5 only; short-dense (2): at hot
                           fraction 1 with the ids in order only (dense layers); both for compute-sanitizer */
 static struct pi_tune tune; /* the backends' tuning (PI_CUDA_TEST_TUNE, check_pdl) */
+static const struct pi_predictors *g_pred; /* the predictors drv_new's backends get (check_sparse), or NULL */
 
 /* Tuning spec "KEY=VALUE ..." onto *t: cuda_matvec=auto|f32 (the table's [tune] key, through
  * pi_tune_set) or q8 (the test-only value: x in 8 bits for every quantised product), cuda_pdl=0|1
@@ -169,7 +180,8 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
 static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
     *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
-                                  .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot, .tune = tune};
+                                  .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot, .tune = tune,
+                                  .pred = g_pred, .sparsity = g_pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
 }
 
 static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const struct split *sp, uint64_t budget)
@@ -500,6 +512,248 @@ static void check_pipeline_permuted(const char *model, const char *gpath)
     pi_gguf_destroy(&gd.g);
 }
 
+/* ------------------------------------------------------------------ the sparse path (predictors) */
+
+/* What a sparse lockstep run saw: mask bits that disagree with the host's pi_predictor_eval beyond the
+ * window of rounding around the threshold, those inside it, bits set, n_active reports that disagree
+ * with the mask, and failed calls. */
+struct sp_stats {
+    int64_t far, near, on, bad_count, rc;
+};
+
+/* The cold neurons of v's split (all n_ff when v->sp is NULL) set in mask row mrow, computed on the CPU
+ * for x into y (cleared), as a CPU worker does with the published mask. */
+static void cold_masked(struct drv *v, int il, const uint64_t *mrow, const float *x, float *y, int32_t *idx)
+{
+    const int64_t nf = v->m->hp.n_ff, nc = v->sp->n_cold[il];
+    int64_t k = 0;
+    for (int64_t i = 0; i < nc; i++) {
+        const int32_t id = v->sp->cold[il][i];
+        if ((mrow[id / 64] >> (id % 64)) & 1) idx[k++] = id;
+    }
+    (void)nf;
+    memset(y, 0, (size_t)v->m->hp.n_embd * sizeof(float));
+    if (k) pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, x, idx, k, y);
+}
+
+/* One batch through c (the cuda backend with predictors) and, in lockstep, h (the host backend with no
+ * hot neurons, or NULL): per layer c predicts the mask from its FFN input, which is checked against the
+ * host's evaluation of the predictor on the same input; c's cold neurons and all of h's are computed
+ * here for the predicted-active neurons only, with that one mask. Logits of every row into lc, lh. */
+static void sp_step(struct drv *c, struct drv *h, const struct pi_predictors *pr, const int32_t *tok, const int32_t *seq,
+                    const int32_t *pos, int n, float *lc, float *lh, struct sp_stats *st)
+{
+    const pi_model_t *m = c->m;
+    const int d = m->hp.n_embd;
+    const int64_t nf = m->hp.n_ff, mw = (nf + 63) / 64 + 1; /* one word of padding, as an exchange may have */
+    uint64_t *mask = calloc((size_t)(n * mw), 8), *hmask = calloc((size_t)(n * mw), 8);
+    float *scr = malloc(pi_predictor_scratch(pr, n) * sizeof(float)), *xh = malloc((size_t)n * d * sizeof(float));
+    int32_t *idx = malloc((size_t)nf * sizeof(int32_t));
+    pi_backend_t *cb = c->be, *hb = h ? h->be : NULL;
+    int rc = cb->ops->begin(cb, tok, seq, pos, n);
+    if (rc == 0 && hb) rc = hb->ops->begin(hb, tok, seq, pos, n);
+    for (int il = 0; rc == 0 && il < m->hp.n_layer; il++) {
+        const bool ex = c->sp->n_cold[il] > 0; /* the loop's rule: a layer without cold neurons has no exchange */
+        int64_t na = -1;
+        rc = cb->ops->attn(cb, il);
+        if (rc == 0) rc = cb->ops->ffn_input(cb, il, ex ? c->x : NULL);
+        if (rc == 0) rc = cb->ops->ffn_predict(cb, il, ex ? mask : NULL, mw, &na);
+        if (rc == 0) rc = cb->ops->ffn_hot(cb, il);
+        if (rc != 0) break;
+        if (ex) { /* the device's mask against the host's prediction on the same x */
+            int64_t pc = 0;
+            pi_predictor_eval(c->pool, pr, il, PI_SPARSITY_SAFE, c->x, n, scr, hmask, mw);
+            const int64_t rank = pr->layers[il].rank;
+            const float *lg = scr + (size_t)n * (size_t)rank, thr = pr->layers[il].threshold[PI_SPARSITY_SAFE];
+            for (int t = 0; t < n; t++) {
+                double ss = 0;
+                for (int64_t j = 0; j < nf; j++) ss += (double)lg[t * nf + j] * lg[t * nf + j];
+                const double win = 2e-2 * sqrt(ss / (double)nf) + 1e-6;
+                for (int64_t j = 0; j < mw * 64; j++) {
+                    const bool a = (mask[t * mw + j / 64] >> (j % 64)) & 1, b = (hmask[t * mw + j / 64] >> (j % 64)) & 1;
+                    pc += a;
+                    if (a == b) continue;
+                    if (j < nf && fabs((double)lg[t * nf + j] - thr) <= win) st->near++;
+                    else st->far++;
+                }
+            }
+            st->on += pc;
+            st->bad_count += pc != na;
+            for (int t = 0; t < n; t++)
+                cold_masked(c, il, mask + (size_t)t * mw, c->x + (size_t)t * d, c->cold + (size_t)t * d, idx);
+        } else {
+            st->on += na;
+        }
+        rc = cb->ops->ffn_merge(cb, il, ex ? c->cold : NULL);
+        if (rc != 0 || !hb) continue;
+        /* the host: every neuron is cold, computed where c's mask is set */
+        rc = hb->ops->attn(hb, il);
+        if (rc == 0) rc = hb->ops->ffn_input(hb, il, xh);
+        if (rc == 0) rc = hb->ops->ffn_hot(hb, il);
+        for (int t = 0; rc == 0 && t < n; t++)
+            cold_masked(h, il, mask + (size_t)t * mw, xh + (size_t)t * d, h->cold + (size_t)t * d, idx);
+        if (rc == 0) rc = hb->ops->ffn_merge(hb, il, h->cold);
+    }
+    if (rc == 0) rc = cb->ops->output(cb, n, lc);
+    if (rc == 0 && hb) rc = hb->ops->output(hb, n, lh);
+    if (rc == 0) cb->ops->commit(cb);
+    if (rc == 0 && hb) hb->ops->commit(hb);
+    st->rc += rc != 0;
+    free(mask), free(hmask), free(scr), free(xh), free(idx);
+}
+
+/* The predictors' part of the plan, computed here from the shapes (compute/backend-cuda-plan.c's rules:
+ * F16 padded to whole segments for a rank that is not a multiple of 32, the ids of the layers that are
+ * not dense, the buffers of max_tokens rows). */
+static uint64_t pred_bytes(const pi_model_t *m, const struct pi_predictors *pr, const struct split *sp, bool dense)
+{
+    const uint64_t T = T_MAX, d = (uint64_t)m->hp.n_embd, nf = (uint64_t)m->hp.n_ff, mw = (nf + 63) / 64;
+    uint64_t b = 0, rmax = 0, hmax = 0;
+    size_t w = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const uint64_t r = (uint64_t)pr->layers[il].rank, r32 = (r + 31) / 32 * 32;
+        const enum pi_type t = r % 32 ? PI_TYPE_F16 : pr->layers[il].fc1.type;
+        PI_ASSERT(pi_cuda_weight_bytes_for((int)t, (int64_t)r32, (int64_t)d, &w) == 0);
+        b += pi_cuda_counted(w);
+        PI_ASSERT(pi_cuda_weight_bytes_for((int)t, (int64_t)nf, (int64_t)r32, &w) == 0);
+        b += pi_cuda_counted(w);
+        if (!dense && sp->n_hot[il] > 0) b += pi_cuda_counted((uint64_t)sp->n_hot[il] * 4);
+        rmax = PI_MAX(rmax, r32);
+        hmax = PI_MAX(hmax, (uint64_t)sp->n_hot[il]);
+    }
+    b += pi_cuda_counted(T * rmax * 4) + pi_cuda_counted(T * nf * 4) + pi_cuda_counted(T * mw * 8) + pi_cuda_counted(T * 4);
+    if (hmax) b += pi_cuda_counted(T * hmax * 4) + pi_cuda_counted(T * 4) + pi_cuda_counted(4 * hmax * 4);
+    return b;
+}
+
+/* A generated ReLU model with predictors of rank `rank` (pi-gen-model --pred-rank) at hot fraction frac
+ * (ids shuffled, or in order: dense layers): the cuda backend's ffn_predict + ffn_hot against the host
+ * backend computing every neuron with the same masks on the CPU (a 12-token prompt: the GEMM path, then
+ * 6 decode steps: the per-row path); the masks against pi_predictor_eval on the same inputs; the
+ * plan's predictor bytes and the context holding the plan; then every neuron predicted active
+ * (thresholds -inf) against the dense backend without predictors (NMSE of the logits <= 1e-7; 1e-4
+ * where the CPU's 8-bit x meets a split layer of a quantised model, below), and the real masks changing
+ * the result. */
+static void check_sparse(const char *label, enum pi_type type, int rank, double frac, bool shuffled)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/sparse-%s-%d.gguf", tp_dir, pi_type_name(type), rank);
+    struct pi_model_gen g = {0};
+    pi_model_gen_preset("demo", &g);
+    g.type = type;
+    g.act = PI_FFN_ACT_RELU;
+    g.pred_rank = rank;
+    g.seed = rng_state;
+    pi_model_t *m = NULL;
+    char err[256];
+    struct pi_predictors pr;
+    if (pi_model_gen_write(&g, path) < 0 || pi_model_open(path, NULL, &m, err, sizeof err) != 0 ||
+        pi_predictors_from_model(m, &pr) != 0) {
+        tap_ok(0, "%s: generated model with predictors (%s)", label, err);
+        pi_model_destroy(&m);
+        return;
+    }
+    const int n = 12, steps = 6, V = m->hp.n_vocab;
+    int32_t tok[12], seq[12] = {0}, pos[12];
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V), pos[i] = i;
+    struct split sp, sp0;
+    split_new(&sp, m, frac, shuffled);
+    split_new(&sp0, m, 0.0, true);
+    float *lc = malloc((size_t)n * V * 4), *lh = malloc((size_t)n * V * 4), *ld = malloc((size_t)n * V * 4);
+    float *dc = malloc((size_t)steps * V * 4), *dh = malloc((size_t)steps * V * 4), *dd = malloc((size_t)steps * V * 4);
+    struct drv c, h, dn;
+    g_pred = &pr;
+    int rc = drv_new(&c, "cuda", m, &sp, 0);
+    g_pred = NULL;
+    if (rc != 0) {
+        tap_ok(0, "%s: cuda backend with predictors created (%s)", label, pi_err_str(rc));
+        goto out;
+    }
+    PI_ASSERT(drv_new(&h, "host", m, &sp0, 0) == 0 && drv_new(&dn, "cuda", m, &sp, 0) == 0);
+    /* the plan: the predictors' bytes on top of the plan without, and the context holding it */
+    {
+        struct pi_backend_opts o;
+        uint64_t p0 = 0, p1 = 0, used = 0, planned = 0;
+        opts_for(&o, &sp);
+        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p0) == 0);
+        o.pred = &pr, o.sparsity = PI_SPARSITY_SAFE;
+        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p1) == 0);
+        pi_backend_cuda_usage(c.be, NULL, &used, NULL, &planned, NULL);
+        const uint64_t want = pred_bytes(m, &pr, &sp, !shuffled && frac == 1.0);
+        tap_ok(p1 - p0 == want && used == planned && planned == p1,
+               "%s: plan with predictors %llu = without %llu + %llu (computed here: %llu); held %llu", label,
+               (unsigned long long)p1, (unsigned long long)p0, (unsigned long long)(p1 - p0), (unsigned long long)want,
+               (unsigned long long)used);
+    }
+    struct sp_stats st = {0};
+    const bool lockstep = frac < 1.0; /* at hot 1 no layer has an exchange: no x to check or to give the host */
+    sp_step(&c, lockstep ? &h : NULL, &pr, tok, seq, pos, n, lc, lh, &st);
+    for (int t = 0; t < steps; t++) {
+        int32_t s1 = 1, p = t;
+        sp_step(&c, lockstep ? &h : NULL, &pr, &tok[t], &s1, &p, 1, dc + (size_t)t * V, dh + (size_t)t * V, &st);
+    }
+    const double cells = (double)(n + steps) * m->hp.n_layer * m->hp.n_ff;
+    tap_ok(st.rc == 0 && st.far == 0 && st.bad_count == 0,
+           "%s: masks against the host's predictor: %lld bits off beyond the threshold's rounding window, %lld inside "
+           "it; %.1f%% predicted active; n_active %s", label, (long long)st.far, (long long)st.near, 100.0 * st.on / cells,
+           st.bad_count ? "disagrees with the masks" : "agrees");
+    if (lockstep) {
+        const double ep = tp_rel_err(lc, lh, n, V), ed = tp_rel_err(dc, dh, steps, V);
+        tap_ok(st.rc == 0 && ep <= SPARSE_TOL && ed <= SPARSE_TOL,
+               "%s hot %.1f: sparse against the host with the same masks: prompt %.3g, decode %.3g (<= %.0e)", label, frac,
+               ep, ed, SPARSE_TOL);
+    }
+    /* every neuron predicted active: the dense result; then the real masks change it */
+    {
+        struct pi_predictors all = pr;
+        struct pi_predictor_layer *al = malloc((size_t)pr.n_layer * sizeof *al);
+        memcpy(al, pr.layers, (size_t)pr.n_layer * sizeof *al);
+        for (int il = 0; il < pr.n_layer; il++) al[il].threshold[PI_SPARSITY_SAFE] = -INFINITY;
+        all.layers = al;
+        all.owned = NULL;
+        struct drv ca;
+        g_pred = &all;
+        rc = drv_new(&ca, "cuda", m, &sp, 0);
+        g_pred = NULL;
+        PI_ASSERT(rc == 0);
+        struct sp_stats s2 = {0};
+        float *la = malloc((size_t)n * V * 4), *da = malloc((size_t)steps * V * 4);
+        sp_step(&ca, NULL, &all, tok, seq, pos, n, la, NULL, &s2);
+        int ok = drv_step(&dn, tok, seq, pos, n, n, ld) == 0;
+        for (int t = 0; t < steps; t++) {
+            int32_t s1 = 1, p = t;
+            sp_step(&ca, NULL, &all, &tok[t], &s1, &p, 1, da + (size_t)t * V, NULL, &s2);
+            ok &= drv_step(&dn, &tok[t], &s1, &p, 1, 1, dd + (size_t)t * V) == 0;
+        }
+        const double ea = tp_rel_err(la, ld, n, V), eda = tp_rel_err(da, dd, steps, V);
+        const double es = tp_rel_err(lc, ld, n, V);
+        /* Where a layer's neurons are split between the device and the CPU of a quantised model, the
+         * CPU's cold neurons take x in 8 bits: the float rounding in which the device's list kernels
+         * and the dense ones differ (summation order, about 1e-7) moves an element of a later layer's
+         * x across a boundary of that quantisation now and then, a step of 1/127 of its segment's
+         * scale. Measured on the H100 (decode, Q4_0, hot 0.5): NMSE 8e-6 and 1.4e-5; 0 at hot 0 and
+         * 1 (no such split) and 1.8e-10 for F16. The kernels themselves agree within 1e-7
+         * (test-cuda-sparse). */
+        const bool split_q = type != PI_TYPE_F16 && frac > 0.0 && frac < 1.0;
+        const double nmse = split_q ? 1e-4 : 1e-7;
+        tap_ok(ok && s2.rc == 0 && s2.on == (int64_t)cells && ea * ea <= nmse && eda * eda <= nmse,
+               "%s hot %.1f: every neuron predicted active = the dense backend: NMSE prompt %.2g, decode %.2g (<= %.0e%s)",
+               label, frac, ea * ea, eda * eda, nmse, split_q ? ": the CPU's 8-bit x" : "");
+        tap_ok(es > 1e-2, "%s hot %.1f: the real masks change the logits (%.3g from dense)", label, frac, es);
+        drv_free(&ca);
+        free(al), free(la), free(da);
+    }
+    drv_free(&dn);
+    drv_free(&h);
+    drv_free(&c);
+out:
+    split_free(&sp);
+    split_free(&sp0);
+    free(lc), free(lh), free(ld), free(dc), free(dh), free(dd);
+    pi_predictors_free(&pr);
+    pi_model_destroy(&m);
+}
+
 int main(void)
 {
     int nd = pi_cuda_device_count();
@@ -519,7 +773,15 @@ int main(void)
     const char *mode = getenv("PI_CUDA_TEST"), *ts = getenv("PI_CUDA_TEST_TUNE");
     if (ts && *ts && parse_tune(ts, &tune) != 0) tap_bail("PI_CUDA_TEST_TUNE=%s: not a tuning", ts);
     if (ts && *ts) tap_diag("tuning: %s", ts);
-    short_mode = !mode ? 0 : strcmp(mode, "short") == 0 ? 1 : strcmp(mode, "short-dense") == 0 ? 2 : 0;
+    short_mode = !mode                               ? 0
+                 : strcmp(mode, "short") == 0        ? 1
+                 : strcmp(mode, "short-dense") == 0  ? 2
+                 : strcmp(mode, "short-sparse") == 0 ? 3
+                                                     : 0;
+    if (short_mode == 3) { /* PI_CUDA_TEST=short-sparse: the sparse path only, for compute-sanitizer */
+        check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.5, true);
+        return tap_done();
+    }
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
     check_model("tiny-llama-q4_0", tiny, tiny_g);
@@ -535,6 +797,12 @@ int main(void)
         }
         check_model(label, p, g);
     }
+    /* the sparse path: a rank padded to whole segments (F16) and one that is not; sparse, dense and no hot
+     * layers */
+    check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.5, true);
+    check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.0, true);
+    check_sparse("demo Q4_0 rank 64 (ids in order: dense)", PI_TYPE_Q4_0, 64, 1.0, false);
+    check_sparse("demo F16 rank 64", PI_TYPE_F16, 64, 0.5, true);
     check_budget(demo, demo_g);
     check_pdl("demo", demo);
     check_pdl("tiny-llama-q4_0", tiny);

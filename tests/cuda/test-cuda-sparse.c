@@ -1,0 +1,511 @@
+/*
+ * tests/cuda/test-cuda-sparse.c - the sparse FFN kernels (kernels/cuda/sparse.cu) against host references
+ * on fresh random inputs: the predictor's mask, counts and lists (exact), the activations masked for a
+ * batch (exact), and the hot FFN over a list for every device weight type of gate/up and down, against a
+ * double reference that skips the same neurons and, with every neuron listed, against the dense device
+ * kernel (pi_cuda_ffn_hot) where that one keeps x in float. Errors are normalised (||got - ref|| /
+ * ||ref||) and reported with their NMSE (the square); the bound 1e-5 is an NMSE of 1e-10. Outputs are
+ * poisoned (NaN) before each kernel. Then the timing of a 7B-class layer (n_embd 4096, n_ff 11008, Q4_0
+ * gate/up, f16 or Q4_0 down rows) dense and sparse at 10% and 50% predicted active, as diagnostics
+ * (copies of the weights rotate so that L2 never holds the layer being read).
+ *
+ * The seed is printed; PI_SEED=<n> repeats a run; --no-timing leaves the timing out (the sanitizers' runs). Skips (TAP "1..0 # SKIP") without a CUDA device.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cpu/quant.h"
+#include "kernels/cuda/cuda.h"
+#include "lib/common.h"
+#include "lib/log.h"
+#include "lib/rng.h"
+#include "lib/types.h"
+#include "tests/tap.h"
+
+static uint64_t rng_state;
+static pi_cuda_ctx_t *ctx;
+
+static uint64_t rng_next(void) { return pi_rng_splitmix64(&rng_state); }
+
+/* Uniform in [-1, 1). */
+static float frand(void) { return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
+
+static float *rand_floats(size_t n, float scale)
+{
+    float *v = malloc(n * sizeof(float));
+    PI_ASSERT(v);
+    for (size_t i = 0; i < n; i++) v[i] = frand() * scale;
+    return v;
+}
+
+static double nerr_d(const float *got, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (isnan(got[i]) || isinf(got[i])) return INFINITY;
+        num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Device copy of bytes (poisoned with 0xff bytes, NaN as floats, when h is NULL). */
+static void *dev_from(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    PI_ASSERT(pi_cuda_alloc(ctx, bytes, &d) == 0);
+    if (h) PI_ASSERT(pi_cuda_upload(ctx, d, h, bytes) == 0);
+    else PI_ASSERT(pi_cuda_memset(ctx, d, 0xff, bytes) == 0);
+    return d;
+}
+
+static void dev_free(void *d) { PI_ASSERT(pi_cuda_free(ctx, d) == 0); }
+
+static void *host_of(const void *d, size_t bytes)
+{
+    void *h = malloc(bytes);
+    PI_ASSERT(h);
+    PI_ASSERT(pi_cuda_sync(ctx) == 0);
+    PI_ASSERT(pi_cuda_download(ctx, h, d, bytes) == 0);
+    return h;
+}
+
+/* A random weight (rows, cols) of type t in ggml's layout: random quant bytes with modest f16 scales,
+ * or random halves/bfloats. */
+static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
+{
+    uint64_t rb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    size_t bytes = (size_t)rb * (size_t)rows;
+    uint8_t *w = malloc(bytes);
+    PI_ASSERT(w);
+    if (t == PI_TYPE_F16 || t == PI_TYPE_BF16) {
+        uint16_t *h = (uint16_t *)w;
+        for (size_t i = 0; i < bytes / 2; i++) h[i] = t == PI_TYPE_F16 ? pi_fp32_to_fp16(frand()) : pi_fp32_to_bf16(frand());
+        return w;
+    }
+    for (size_t i = 0; i < bytes; i++) w[i] = (uint8_t)rng_next();
+    const struct pi_type_info *ti = pi_type_get(t);
+    for (size_t b = 0; b < bytes / ti->block_bytes; b++) {
+        uint8_t *blk = w + b * ti->block_bytes;
+        uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand()), m = pi_fp32_to_fp16(0.005f + 0.004f * frand());
+        switch (t) {
+        case PI_TYPE_Q4_0:
+        case PI_TYPE_Q8_0: memcpy(blk, &d, 2); break;
+        case PI_TYPE_Q4_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
+        case PI_TYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+        default: PI_ASSERT(0);
+        }
+    }
+    return w;
+}
+
+static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols)
+{
+    uint64_t rb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    float *f = malloc((size_t)rows * (size_t)cols * sizeof(float));
+    PI_ASSERT(f);
+    for (int64_t r = 0; r < rows; r++) pi_dequant_row(t, (const uint8_t *)w + (size_t)r * rb, f + r * cols, cols);
+    return f;
+}
+
+/* k distinct random values of [0, n) into out, in random order. */
+static void rand_subset(int64_t n, int64_t k, int32_t *out)
+{
+    int32_t *p = malloc((size_t)n * sizeof(int32_t));
+    PI_ASSERT(p);
+    for (int64_t i = 0; i < n; i++) p[i] = (int32_t)i;
+    for (int64_t i = 0; i < k; i++) {
+        int64_t j = i + (int64_t)(rng_next() % (uint64_t)(n - i));
+        int32_t t = p[i];
+        p[i] = p[j], p[j] = t;
+        out[i] = p[i];
+    }
+    free(p);
+}
+
+static int cmp_i32(const void *a, const void *b) { return *(const int32_t *)a - *(const int32_t *)b; }
+
+/* ------------------------------------------------------------------ mask and lists */
+
+/* n rows of n_ff logits (NULL: a layer without predictor), n_hot hot neurons (ids a random subset, or
+ * identity), activations zeroed for the first a0_rows rows. */
+static void test_pred_mask(int64_t n, int64_t n_ff, int64_t n_hot, bool with_logits, bool identity, int64_t a0_rows)
+{
+    const int64_t mw = (n_ff + 63) / 64;
+    const float thr = 0.5f * frand();
+    float *lg = with_logits ? rand_floats((size_t)(n * n_ff), 1.0f) : NULL;
+    int32_t *ids = malloc((size_t)PI_MAX(n_hot, 1) * sizeof(int32_t));
+    if (identity) for (int64_t i = 0; i < n_hot; i++) ids[i] = (int32_t)i;
+    else rand_subset(n_ff, n_hot, ids);
+    uint64_t *want = calloc((size_t)(n * mw), sizeof(uint64_t));
+    int32_t *won = calloc((size_t)n, sizeof(int32_t));
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < n_ff; j++)
+            if (!lg || lg[t * n_ff + j] >= thr) want[t * mw + j / 64] |= UINT64_C(1) << (j % 64), won[t]++;
+    float *dl = lg ? dev_from(lg, (size_t)(n * n_ff) * 4) : NULL;
+    uint64_t *dw = dev_from(NULL, (size_t)(n * mw) * 8);
+    int32_t *don = dev_from(NULL, (size_t)n * 4), *dids = n_hot ? dev_from(ids, (size_t)n_hot * 4) : NULL;
+    int32_t *dlist = n_hot ? dev_from(NULL, (size_t)(n * n_hot) * 4) : NULL, *dnl = dev_from(NULL, (size_t)n * 4);
+    float *a0 = NULL, *da0 = NULL;
+    if (a0_rows) { /* sentinel 7: the kernel leaves the listed entries alone */
+        a0 = malloc((size_t)(a0_rows * n_hot) * 4);
+        for (int64_t i = 0; i < a0_rows * n_hot; i++) a0[i] = 7.0f;
+        da0 = dev_from(a0, (size_t)(a0_rows * n_hot) * 4);
+    }
+    int rc = pi_cuda_pred_mask(ctx, n, n_ff, dl, thr, dw, don, n_hot, identity ? NULL : dids, dlist, n_hot ? dnl : NULL,
+                               da0, a0_rows);
+    uint64_t *gw = host_of(dw, (size_t)(n * mw) * 8);
+    int32_t *gon = host_of(don, (size_t)n * 4), *gnl = host_of(dnl, (size_t)n * 4);
+    int32_t *gl = n_hot ? host_of(dlist, (size_t)(n * n_hot) * 4) : NULL;
+    float *ga = a0_rows ? host_of(da0, (size_t)(a0_rows * n_hot) * 4) : NULL;
+    int64_t bad_w = 0, bad_l = 0, bad_a = 0, total_on = 0, total_l = 0;
+    int32_t *exp_l = malloc((size_t)PI_MAX(n_hot, 1) * 4);
+    for (int64_t t = 0; t < n; t++) {
+        for (int64_t w = 0; w < mw; w++) bad_w += gw[t * mw + w] != want[t * mw + w];
+        bad_w += gon[t] != won[t];
+        total_on += won[t];
+        if (!n_hot) continue;
+        int64_t k = 0;
+        for (int64_t i = 0; i < n_hot; i++)
+            if ((want[t * mw + ids[i] / 64] >> (ids[i] % 64)) & 1) exp_l[k++] = (int32_t)i;
+        total_l += k;
+        if (gnl[t] != k) {
+            bad_l++;
+            continue;
+        }
+        int32_t *row = gl + t * n_hot;
+        qsort(row, (size_t)k, 4, cmp_i32);
+        bad_l += memcmp(row, exp_l, (size_t)k * 4) != 0;
+        for (int64_t i = 0; t < a0_rows && i < n_hot; i++) {
+            const bool on = (want[t * mw + ids[i] / 64] >> (ids[i] % 64)) & 1;
+            bad_a += ga[t * n_hot + i] != (on ? 7.0f : 0.0f);
+        }
+    }
+    tap_ok(rc == 0 && bad_w == 0 && bad_l == 0 && bad_a == 0,
+           "pred_mask %lld rows x %lld neurons%s, %lld hot%s, %lld rows of activations: %lld set, %lld listed; "
+           "%lld words/counts, %lld lists, %lld activations off",
+           (long long)n, (long long)n_ff, lg ? "" : " (no predictor: all set)", (long long)n_hot,
+           identity ? " (identity)" : "", (long long)a0_rows, (long long)total_on, (long long)total_l,
+           (long long)bad_w, (long long)bad_l, (long long)bad_a);
+    if (dl) dev_free(dl);
+    dev_free(dw), dev_free(don), dev_free(dnl);
+    if (n_hot) dev_free(dids), dev_free(dlist);
+    if (da0) dev_free(da0);
+    free(lg), free(ids), free(want), free(won), free(gw), free(gon), free(gnl), free(gl), free(ga), free(a0), free(exp_l);
+}
+
+/* a (n, n_hot) masked by words through ids: exact. */
+static void test_mask_act(int64_t n, int64_t n_ff, int64_t n_hot)
+{
+    const int64_t mw = (n_ff + 63) / 64;
+    int32_t *ids = malloc((size_t)n_hot * 4);
+    rand_subset(n_ff, n_hot, ids);
+    uint64_t *w = malloc((size_t)(n * mw) * 8);
+    for (int64_t i = 0; i < n * mw; i++) w[i] = rng_next();
+    float *a = rand_floats((size_t)(n * n_hot), 1.0f);
+    float *da = dev_from(a, (size_t)(n * n_hot) * 4);
+    uint64_t *dw = dev_from(w, (size_t)(n * mw) * 8);
+    int32_t *dids = dev_from(ids, (size_t)n_hot * 4);
+    int rc = pi_cuda_mask_act(ctx, n, n_hot, dids, dw, mw, da);
+    float *g = host_of(da, (size_t)(n * n_hot) * 4);
+    int64_t bad = 0, zeroed = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < n_hot; i++) {
+            const bool on = (w[t * mw + ids[i] / 64] >> (ids[i] % 64)) & 1;
+            bad += g[t * n_hot + i] != (on ? a[t * n_hot + i] : 0.0f);
+            zeroed += !on;
+        }
+    tap_ok(rc == 0 && bad == 0, "mask_act %lld rows x %lld hot: %lld zeroed, %lld off", (long long)n, (long long)n_hot,
+           (long long)zeroed, (long long)bad);
+    dev_free(da), dev_free(dw), dev_free(dids);
+    free(ids), free(w), free(a), free(g);
+}
+
+/* ------------------------------------------------------------------ the hot FFN over a list */
+
+static double act_ref(int act, double g, double u)
+{
+    return act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
+}
+
+/* gate/up gt, down dt, n_embd d, n_hot neurons of which a fraction frac is listed (random order). */
+static void test_ffn_list(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_hot, int act, double frac)
+{
+    void *gu = rand_weight(gt, 2 * n_hot, d), *dn = rand_weight(dt, n_hot, d);
+    float *guf = ref_rows(gt, gu, 2 * n_hot, d), *dnf = ref_rows(dt, dn, n_hot, d), *x = rand_floats((size_t)d, 1.0f);
+    const int32_t k = (int32_t)(frac * (double)n_hot + 0.5);
+    int32_t *list = malloc((size_t)n_hot * 4);
+    rand_subset(n_hot, k, list);
+    double *ref = calloc((size_t)d, sizeof(double)), *aref = calloc((size_t)n_hot, sizeof(double));
+    int64_t nz = 0;
+    for (int32_t j = 0; j < k; j++) {
+        const int64_t i = list[j];
+        double g = 0, u = 0;
+        for (int64_t c = 0; c < d; c++) g += (double)guf[2 * i * d + c] * x[c], u += (double)guf[(2 * i + 1) * d + c] * x[c];
+        aref[i] = act_ref(act, g, u);
+        nz += aref[i] != 0;
+        for (int64_t c = 0; c < d; c++) ref[c] += aref[i] * dnf[i * d + c];
+    }
+    pi_cuda_weight_t *dgu = NULL, *ddn = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_hot, d, gu, &dgu) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, dt, n_hot, d, dn, &ddn) == 0);
+    float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4), *da = dev_from(NULL, (size_t)n_hot * 4);
+    PI_ASSERT(pi_cuda_memset(ctx, da, 0, (size_t)n_hot * 4) == 0); /* unlisted activations are zero */
+    int32_t *dlist = dev_from(list, (size_t)n_hot * 4), *dcnt = dev_from(&k, 4);
+    int rc = pi_cuda_ffn_hot_list(ctx, dgu, ddn, act, dx, dlist, dcnt, da, dy);
+    float *y = host_of(dy, (size_t)d * 4), *a = host_of(da, (size_t)n_hot * 4);
+    const double e = nerr_d(y, ref, (size_t)d), ea = nerr_d(a, aref, (size_t)n_hot);
+    tap_ok(rc == 0 && e < 1e-5 && ea < 1e-5,
+           "ffn_hot_list %s/%s d=%lld n_hot=%lld act %d, %d listed (%lld non-zero): error %.3g (NMSE %.2g), "
+           "activations %.3g", pi_type_name(gt), pi_type_name(dt), (long long)d, (long long)n_hot, act, k, (long long)nz,
+           e, e * e, ea);
+    if (k == n_hot && !pi_cuda_q8_for(ctx, (int)gt, 2 * n_hot, d)) { /* every neuron: the dense kernel's result */
+        float *dy2 = dev_from(NULL, (size_t)d * 4);
+        int rc2 = pi_cuda_ffn_hot(ctx, dgu, ddn, act, dx, NULL, NULL, dy2);
+        float *y2 = host_of(dy2, (size_t)d * 4);
+        double *y2d = malloc((size_t)d * sizeof(double));
+        for (int64_t c = 0; c < d; c++) y2d[c] = y2[c];
+        const double e2 = nerr_d(y, y2d, (size_t)d);
+        tap_ok(rc2 == 0 && e2 * e2 <= 1e-7, "ffn_hot_list %s/%s every neuron listed = pi_cuda_ffn_hot: NMSE %.2g",
+               pi_type_name(gt), pi_type_name(dt), e2 * e2);
+        dev_free(dy2);
+        free(y2), free(y2d);
+    }
+    pi_cuda_weight_destroy(ctx, &dgu);
+    pi_cuda_weight_destroy(ctx, &ddn);
+    dev_free(dx), dev_free(dy), dev_free(da), dev_free(dlist), dev_free(dcnt);
+    free(gu), free(dn), free(guf), free(dnf), free(x), free(list), free(ref), free(aref), free(y), free(a);
+}
+
+/* The error paths: an unknown activation, gate/up rows that are not pairs, mismatched shapes. */
+static void test_errors(void)
+{
+    void *gu = rand_weight(PI_TYPE_F16, 6, 64), *dn = rand_weight(PI_TYPE_F16, 2, 64);
+    pi_cuda_weight_t *dgu = NULL, *ddn = NULL, *dodd = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 6, 64, gu, &dgu) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 2, 64, dn, &ddn) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 5, 64, gu, &dodd) == 0);
+    float *dx = dev_from(NULL, 64 * 4), *da = dev_from(NULL, 3 * 4);
+    int32_t *dl = dev_from(NULL, 3 * 4);
+    tap_is_int(pi_cuda_ffn_gu_list(ctx, dgu, 9, dx, dl, dl, da), -PI_ERR_INVAL, "ffn_gu_list: unknown activation refused");
+    tap_is_int(pi_cuda_ffn_gu_list(ctx, dodd, PI_CUDA_ACT_RELU, dx, dl, dl, da), -PI_ERR_INVAL,
+               "ffn_gu_list: an odd number of gate/up rows refused");
+    tap_is_int(pi_cuda_ffn_hot_list(ctx, dgu, ddn, PI_CUDA_ACT_RELU, dx, dl, dl, da, dx), -PI_ERR_INVAL,
+               "ffn_hot_list: 3 pairs with 2 down rows refused");
+    tap_is_int(pi_cuda_pred_mask(ctx, 1, 100, NULL, 0.0f, (uint64_t *)dl, dl, 101, NULL, dl, dl, NULL, 0), -PI_ERR_INVAL,
+               "pred_mask: more hot neurons than neurons refused");
+    tap_is_int(pi_cuda_sync(ctx), 0, "the context is healthy after the refusals");
+    pi_cuda_weight_destroy(ctx, &dgu);
+    pi_cuda_weight_destroy(ctx, &ddn);
+    pi_cuda_weight_destroy(ctx, &dodd);
+    dev_free(dx), dev_free(da), dev_free(dl);
+    free(gu), free(dn);
+}
+
+/* ------------------------------------------------------------------ timing (diagnostics) */
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
+}
+
+#define NCOPY 4 /* weight copies rotated: 4 x (50.7 + 90.2) MB, well past the 50 MB of L2 */
+#define ITERS 40
+
+struct layer7b {
+    pi_cuda_weight_t *gu[NCOPY], *dn[NCOPY], *dense_down[NCOPY], *fc1, *fc2;
+};
+
+typedef int (*step_fn)(int copy, void *arg);
+
+/* Median over 5 trials of ITERS calls of f (rotating copies) ending in a sync, microseconds per call. */
+static double time_us(step_fn f, void *arg)
+{
+    double t[5];
+    PI_ASSERT(f(0, arg) == 0 && pi_cuda_sync(ctx) == 0);
+    for (int r = 0; r < 5; r++) {
+        double t0 = now_us();
+        for (int i = 0; i < ITERS; i++) PI_ASSERT(f(i % NCOPY, arg) == 0);
+        PI_ASSERT(pi_cuda_sync(ctx) == 0);
+        t[r] = (now_us() - t0) / ITERS;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            if (t[j] < t[i]) {
+                double s = t[i];
+                t[i] = t[j], t[j] = s;
+            }
+    return t[2];
+}
+
+struct bench {
+    struct layer7b *L;
+    float *x, *y, *a, *ph, *logits;
+    uint8_t *mask;
+    int32_t *ids, *list, *cnt, *on, *nl;
+    uint64_t *words;
+    int64_t n_ff;
+    float thr;
+};
+
+static int run_dense(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_hot(ctx, b->L->gu[c], b->L->dn[c], PI_CUDA_ACT_RELU, b->x, NULL, NULL, b->y);
+}
+static int run_masked(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_hot(ctx, b->L->gu[c], b->L->dn[c], PI_CUDA_ACT_RELU, b->x, b->mask, b->ids, b->y);
+}
+static int run_list(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_hot_list(ctx, b->L->gu[c], b->L->dn[c], PI_CUDA_ACT_RELU, b->x, b->list, b->cnt, b->a, b->y);
+}
+static int run_dense_layer(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_dense(ctx, b->L->gu[c], b->L->dense_down[c], PI_CUDA_ACT_RELU, b->x, NULL, 0.0f, b->y, 0);
+}
+static int run_dense_layer_list(int c, void *p)
+{
+    struct bench *b = p;
+    int rc = pi_cuda_ffn_gu_list(ctx, b->L->gu[c], PI_CUDA_ACT_RELU, b->x, b->list, b->cnt, b->a);
+    return rc ? rc : pi_cuda_matvec(ctx, b->L->dense_down[c], b->a, b->y);
+}
+static int run_predict(int c, void *p)
+{
+    struct bench *b = p;
+    (void)c;
+    int rc = pi_cuda_matvec(ctx, b->L->fc1, b->x, b->ph);
+    if (!rc) rc = pi_cuda_act(ctx, PI_CUDA_ACT_RELU, 1024, b->ph, b->ph);
+    if (!rc) rc = pi_cuda_matvec(ctx, b->L->fc2, b->ph, b->logits);
+    if (!rc) rc = pi_cuda_pred_mask(ctx, 1, b->n_ff, b->logits, b->thr, b->words, b->on, b->n_ff, NULL, b->list, b->nl, b->a, 1);
+    return rc;
+}
+
+/* The 7B-class layer: n_embd 4096, n_ff 11008, Q4_0 gate/up, down rows dt; timings of the dense hot
+ * FFN, the byte mask of pi_cuda_ffn_hot, the list kernels at 10% and 50% listed, the dense layer (the
+ * file's Q4_0 ffn_down) dense and over a list, and a rank-1024 predictor of type pt with its mask. */
+static void bench_7b(enum pi_type dt, enum pi_type pt)
+{
+    const int64_t d = 4096, ff = 11008, r = 1024;
+    struct layer7b L = {0};
+    pi_cuda_ctx_t *main_ctx = ctx;
+    ctx = pi_cuda_ctx_new(0, (size_t)3 << 30, NULL);
+    if (!ctx) {
+        tap_diag("timing: no context of 3 GiB");
+        ctx = main_ctx;
+        return;
+    }
+    void *gu = rand_weight(PI_TYPE_Q4_0, 2 * ff, d), *dn = rand_weight(dt, ff, d), *dd = rand_weight(PI_TYPE_Q4_0, d, ff);
+    for (int c = 0; c < NCOPY; c++) {
+        PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, 2 * ff, d, gu, &L.gu[c]) == 0);
+        PI_ASSERT(pi_cuda_weight_upload(ctx, dt, ff, d, dn, &L.dn[c]) == 0);
+        PI_ASSERT(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_0, d, ff, dd, &L.dense_down[c]) == 0);
+    }
+    void *f1 = rand_weight(pt, r, d), *f2 = rand_weight(pt, ff, r);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, pt, r, d, f1, &L.fc1) == 0);
+    PI_ASSERT(pi_cuda_weight_upload(ctx, pt, ff, r, f2, &L.fc2) == 0);
+    float *x = rand_floats((size_t)d, 1.0f);
+    struct bench b = {.L = &L, .n_ff = ff, .thr = 0.0f};
+    b.x = dev_from(x, (size_t)d * 4);
+    b.y = dev_from(NULL, (size_t)d * 4);
+    b.a = dev_from(NULL, (size_t)ff * 4);
+    b.ph = dev_from(NULL, (size_t)r * 4);
+    b.logits = dev_from(NULL, (size_t)ff * 4);
+    b.words = dev_from(NULL, (size_t)(ff + 63) / 64 * 8);
+    b.on = dev_from(NULL, 4), b.nl = dev_from(NULL, 4), b.cnt = dev_from(NULL, 4);
+    b.list = dev_from(NULL, (size_t)ff * 4);
+    b.ids = NULL;
+    uint8_t *mask = malloc((size_t)ff);
+    int32_t *list = malloc((size_t)ff * 4);
+    b.mask = dev_from(NULL, (size_t)ff);
+    const double t_dense = time_us(run_dense, &b), t_dl = time_us(run_dense_layer, &b), t_pred = time_us(run_predict, &b);
+    tap_diag("timing 7B layer (Q4_0 gate/up, %s down rows): dense hot FFN %.1f us; dense layer (Q4_0 ffn_down) %.1f us; "
+             "predictor rank %lld %s + mask %.1f us", pi_type_name(dt), t_dense, t_dl, (long long)r, pi_type_name(pt), t_pred);
+    static const double fr[] = {0.1, 0.5};
+    for (size_t i = 0; i < PI_ARRAY_LEN(fr); i++) {
+        const int32_t k = (int32_t)(fr[i] * ff);
+        rand_subset(ff, k, list);
+        memset(mask, 0, (size_t)ff);
+        for (int32_t j = 0; j < k; j++) mask[list[j]] = 1;
+        PI_ASSERT(pi_cuda_upload(ctx, b.list, list, (size_t)k * 4) == 0);
+        PI_ASSERT(pi_cuda_upload(ctx, b.cnt, &k, 4) == 0);
+        PI_ASSERT(pi_cuda_upload(ctx, b.mask, mask, (size_t)ff) == 0);
+        PI_ASSERT(pi_cuda_memset(ctx, b.a, 0, (size_t)ff * 4) == 0);
+        const double t_m = time_us(run_masked, &b), t_l = time_us(run_list, &b), t_dll = time_us(run_dense_layer_list, &b);
+        tap_diag("timing 7B layer, %.0f%% active: byte mask (pi_cuda_ffn_hot) %.1f us, list (pi_cuda_ffn_hot_list) %.1f us "
+                 "= %.2fx dense; dense layer over the list %.1f us = %.2fx", 100 * fr[i], t_m, t_l, t_dense / t_l, t_dll,
+                 t_dl / t_dll);
+    }
+    tap_ok(1, "timing of the 7B-class layer with %s down rows (diagnostics above)", pi_type_name(dt));
+    for (int c = 0; c < NCOPY; c++) {
+        pi_cuda_weight_destroy(ctx, &L.gu[c]);
+        pi_cuda_weight_destroy(ctx, &L.dn[c]);
+        pi_cuda_weight_destroy(ctx, &L.dense_down[c]);
+    }
+    pi_cuda_weight_destroy(ctx, &L.fc1);
+    pi_cuda_weight_destroy(ctx, &L.fc2);
+    pi_cuda_ctx_destroy(&ctx); /* and every buffer of this context */
+    ctx = main_ctx;
+    free(gu), free(dn), free(dd), free(f1), free(f2), free(x), free(mask), free(list);
+}
+
+int main(int argc, char **argv)
+{
+    const bool timing = !(argc > 1 && strcmp(argv[1], "--no-timing") == 0); /* tools/gpu-check.sh under the sanitizers */
+    if (pi_cuda_device_count() <= 0) tap_skip_all("no CUDA device");
+    const char *se = getenv("PI_SEED");
+    const uint64_t seed = se ? strtoull(se, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    rng_state = seed;
+    char desc[256];
+    PI_ASSERT(pi_cuda_device_describe(0, desc, sizeof desc) == 0);
+    tap_diag("device 0: %s; seed %llu (PI_SEED=%llu repeats)", desc, (unsigned long long)seed, (unsigned long long)seed);
+    ctx = pi_cuda_ctx_new(0, (size_t)2 << 30, NULL);
+    if (!ctx) tap_bail("cannot open device 0");
+
+    test_pred_mask(3, 11008, 5000, true, false, 3);
+    test_pred_mask(1, 100, 100, true, true, 1);   /* a last word part-used; a dense layer's identity */
+    test_pred_mask(2, 300, 120, false, false, 2); /* no predictor: every neuron */
+    test_pred_mask(7, 4096, 0, true, false, 0);   /* no hot neurons: the words only */
+    test_pred_mask(6, 28672, 28672, true, true, 0); /* 70B-class n_ff, a batch of the GEMM path */
+    test_mask_act(6, 11008, 3000);
+    test_mask_act(5, 300, 300);
+
+    static const enum pi_type gts[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
+    static const enum pi_type dts[] = {PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_BF16, PI_TYPE_Q6_K, PI_TYPE_Q4_K};
+    static const int acts[] = {PI_CUDA_ACT_RELU, PI_CUDA_ACT_SILU, PI_CUDA_ACT_DRELU};
+    for (size_t i = 0; i < PI_ARRAY_LEN(gts); i++) {
+        const int64_t d = gts[i] == PI_TYPE_Q4_K || gts[i] == PI_TYPE_Q6_K || dts[i] == PI_TYPE_Q4_K || dts[i] == PI_TYPE_Q6_K
+                              ? 2048 : 1024;
+        test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 0.1);
+        test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 0.5);
+        test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 1.0);
+    }
+    test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_F16, 4096, 1500, PI_CUDA_ACT_RELU, 1.0); /* 7B rows, below the q8 threshold */
+    test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 3000, PI_CUDA_ACT_RELU, 0.1);
+    test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_F16, 8192, 500, PI_CUDA_ACT_RELU, 0.3);  /* 70B rows: 2 groups of 256 threads */
+    test_ffn_list(PI_TYPE_F16, PI_TYPE_F16, 64, 5, PI_CUDA_ACT_RELU, 0.4);      /* fewer segments than lanes */
+    test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 1024, 300, PI_CUDA_ACT_RELU, 0.0); /* an empty list: y = 0 */
+    test_errors();
+
+    if (timing) {
+        bench_7b(PI_TYPE_F16, PI_TYPE_F16);
+        bench_7b(PI_TYPE_Q4_0, PI_TYPE_Q4_0);
+    }
+    pi_cuda_ctx_destroy(&ctx);
+    return tap_done();
+}
