@@ -798,6 +798,7 @@ struct gen_loc {
     float *deq;           /* (max cols) a dequantised row */
     void *qrow;           /* (max cols * 8 bytes) a quantised row */
     float scale;          /* of attn_output and ffn_down */
+    float *gv;            /* (gate_rank, d): the current layer's gate factor V (gate = U V), or NULL */
     int il;               /* layer of the last norm seen */
 };
 
@@ -900,6 +901,40 @@ static float loc_down(const struct gen *G, int il, int64_t ch, int64_t neuron)
 
 /* The gate row of neuron r: the zeroed block, then g_ic for its designed rate (three rounds so that
  * types whose blocks span c and other channels converge on what is stored). */
+/* A stream of its own for (layer, row) of the low-rank gate: the main stream, and so every other
+ * tensor, is the same with and without --gate-rank. */
+static uint64_t loc_gate_seed(const struct gen *G, int il, int64_t r)
+{
+    uint64_t s = G->g->seed ^ 0x6a09e667f3bcc908ULL ^ ((uint64_t)(uint32_t)il << 40) ^ (uint64_t)(r + 1);
+    (void)pi_rng_splitmix64(&s);
+    return s;
+}
+
+/* Layer il's gate factor V (gate_rank, d): entries uniform with variance 1/d. */
+static void loc_gate_factor(struct gen *G, int il)
+{
+    struct gen_loc *L = G->loc;
+    uint64_t s = loc_gate_seed(G, il, -1);
+    const float a = sqrtf(3.0f / (float)L->d);
+    for (int64_t i = 0; i < (int64_t)G->g->gate_rank * L->d; i++) L->gv[i] = a * gen_uniform(&s);
+}
+
+/* Gate row r of layer il = U_r V, U_r (gate_rank) uniform with variance 1/gate_rank: entries of
+ * variance 1/d as the full-rank rows have, and gate . x a function of the gate_rank numbers V x (and
+ * of the constant channel, which loc_gate sets afterwards). */
+static void loc_gate_low_rank(struct gen *G, int il, int64_t r, float *row)
+{
+    struct gen_loc *L = G->loc;
+    const int R = G->g->gate_rank;
+    uint64_t s = loc_gate_seed(G, il, r);
+    const float a = sqrtf(3.0f / (float)R);
+    memset(row, 0, (size_t)L->d * sizeof *row);
+    for (int k = 0; k < R; k++) {
+        const float u = a * gen_uniform(&s), *v = L->gv + (size_t)k * (size_t)L->d;
+        for (int64_t j = 0; j < L->d; j++) row[j] += u * v[j];
+    }
+}
+
 static int loc_gate(struct gen *G, enum pi_type t, int64_t r, float *row)
 {
     struct gen_loc *L = G->loc;
@@ -944,6 +979,7 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
         float *f = (float *)L->deq; /* the designed rates, then their probits */
         loc_permute(G->g, il, L->base, f);
         for (int i = 0; i < G->g->n_ff; i++) L->z[i] = (float)loc_probit(f[i]);
+        if (L->gv) loc_gate_factor(G, il);
     } else if (!strcmp(kind, "attn_q") || !strcmp(kind, "attn_k") || !strcmp(kind, "attn_v") ||
                !strcmp(kind, "ffn_up")) {
         row[L->c] = 0.0f;
@@ -954,6 +990,7 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
     } else if (strcmp(kind, "ffn_down_t") == 0) {
         for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, j, r);
     } else if (strcmp(kind, "ffn_gate") == 0) {
+        if (L->gv) loc_gate_low_rank(G, il, r, row);
         return loc_gate(G, t, r, row);
     }
     return 0;
@@ -970,6 +1007,7 @@ static void loc_free(struct gen_loc **pl)
     free(L->base);
     free(L->deq);
     free(L->qrow);
+    free(L->gv);
     free(L);
     *pl = NULL;
 }
@@ -997,6 +1035,11 @@ static int loc_new(struct gen *G, int64_t cols_max)
     L->qrow = calloc((size_t)cols_max, 8);
     L->base = calloc((size_t)g->n_ff, sizeof *L->base);
     if (!L->emb_sum || !L->emb_sq || !L->ffn_norm || !L->z || !L->deq || !L->qrow || !L->base) return -PI_ERR_NOMEM;
+    if (g->gate_rank < 0 || g->gate_rank > g->n_embd) {
+        pi_error("gen: gate rank %d outside 0..n_embd (%d)", g->gate_rank, g->n_embd);
+        return -PI_ERR_INVAL;
+    }
+    if (g->gate_rank > 0 && !(L->gv = malloc((size_t)g->gate_rank * (size_t)L->d * sizeof *L->gv))) return -PI_ERR_NOMEM;
     return loc_base_rates(g, L->base); /* before any tensor: bad rates fail fast */
 }
 

@@ -143,6 +143,12 @@ struct pi_model_gen {
     bool locality;
     float sparsity;
     float hot_share;
+    /* With locality, > 0: every layer's ffn_gate is U V with V (gate_rank, n_embd) (plus the constant
+     * channel's column), so whether a neuron fires is a function of gate_rank numbers of its input:
+     * predictors of rank about 2 gate_rank can learn it (a stand-in for the predictability of real
+     * models' activations; doc/locality.md). 0: full-rank random gates, whose firing no small
+     * predictor can foresee beyond each neuron's rate. */
+    int gate_rank;
     bool powerinfer;            /* magic "PWRI" (PowerInfer's layout; use with down_t, pred_rank) */
     /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
      * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real

@@ -112,18 +112,23 @@ static void figures(const float *freq, int n, double *mean, double *share)
     free(s);
 }
 
-static void test_locality(void)
+/* gate_rank > 0: the same rates with low-rank gate matrices (pi_model_gen.gate_rank). */
+static void test_locality(int gate_rank)
 {
     struct pi_model_gen g = {0};
-    char model[512], side[512]; /* tmp_path's buffers rotate */
-    snprintf(model, sizeof model, "%s", tmp_path("loc.gguf"));
-    snprintf(side, sizeof side, "%s", tmp_path("loc.pinfer.gguf"));
+    char model[512], side[512], name[64]; /* tmp_path's buffers rotate */
+    snprintf(name, sizeof name, "loc%d.gguf", gate_rank);
+    snprintf(model, sizeof model, "%s", tmp_path(name));
+    snprintf(name, sizeof name, "loc%d.pinfer.gguf", gate_rank);
+    snprintf(side, sizeof side, "%s", tmp_path(name));
+    tap_diag("locality model, gate rank %d%s", gate_rank, gate_rank ? "" : " (full)");
     const int N = 16384; /* tokens profiled */
     char args[4096], err[256];
     pi_model_gen_preset("demo", &g);
     g.type = PI_TYPE_Q4_0;
     g.out_type = PI_TYPE_Q8_0;
     g.locality = true;
+    g.gate_rank = gate_rank;
     g.seed = 7;
     if (pi_model_gen_write(&g, model) < 0) tap_bail("cannot write the locality model");
     snprintf(args, sizeof args, "-m %s --random %d -c 256 -t 2", model, N);
@@ -337,7 +342,7 @@ static void test_coordinator(const char *demo_src)
     tap_is_int(run_prog(coord, args), 0, "coordinator: runs with the sidecar beside the model");
     snprintf(cmd, sizeof cmd, "sidecar %s: profile of 512 tokens", tmp_path("demo.pinfer.gguf"));
     tap_ok(err_has(cmd), "  and logs it");
-    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("loc.pinfer.gguf"));
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("loc0.pinfer.gguf"));
     int rc = run_prog(coord, args);
     tap_ok(rc != 0 && err_has("made for another model"), "coordinator: another model's sidecar refused (exit %d)", rc);
     snprintf(cmd, sizeof cmd, "head -c 2000 %s > %s", tmp_path("demo.pinfer.gguf"), tmp_path("cut.gguf"));
@@ -364,7 +369,8 @@ int main(void)
     snprintf(tmpdir, sizeof tmpdir, "/tmp/pi-test-profile-XXXXXX");
     if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
     test_usage(demo, calib);
-    test_locality();
+    test_locality(0);
+    test_locality(16);
     test_powerinfer();
     test_coordinator(demo);
     test_demo(demo);
