@@ -43,6 +43,23 @@ int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *
     return 0;
 }
 
+int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
+{
+    char *line = cm->sparsity_line;
+    const size_t len = sizeof cm->sparsity_line;
+    int rc = pi_sparse_open(cm->model, o->cfg.sparsity.mode, &cm->pred, &cm->sparsity, line, len);
+    if (rc != 0) {
+        fprintf(stderr, "%s: --sparsity: %s\n", prog, line);
+        return rc;
+    }
+    if (cm->sparsity != PI_SPARSITY_OFF && o->cfg.sparsity.recall_every > 0) {
+        size_t n = strlen(line);
+        snprintf(line + n, len - n, "; recall measured every %lld steps", (long long)o->cfg.sparsity.recall_every);
+    }
+    pi_info("%s", line);
+    return 0;
+}
+
 int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm)
 {
     memset(cm, 0, sizeof *cm);
@@ -64,7 +81,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
-    if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0) {
+    if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0 || (rc = pi_coord_sparsity_open(o, cm, "pi-coordinator")) < 0) {
         pi_coord_model_close(cm);
         return rc;
     }
@@ -94,6 +111,8 @@ void pi_coord_model_close(struct pi_coord_model *cm)
     struct pi_sidecar *s = (struct pi_sidecar *)cm->sidecar; /* owned here; const to its readers */
     pi_sidecar_destroy(&s);
     cm->sidecar = NULL;
+    pi_predictors_free(&cm->pred);
+    cm->sparsity = PI_SPARSITY_OFF;
     pi_tokenizer_destroy(&cm->tok);
     pi_model_destroy(&cm->model);
 }
