@@ -44,8 +44,9 @@ void pi_coord_model_close(struct pi_coord_model *cm);
  * stderr and a negative pi_err. Freed by pi_coord_model_close. */
 int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);
 
-/* Resolve o->cfg.sparsity.mode for cm->model into cm->sparsity and cm->pred (compute/sparse.h) and log
- * the choice with the predictors' source ("sparsity safe (predictors from the model, rank 16)"); a
+/* Resolve o->cfg.sparsity.mode for cm->model into cm->sparsity and cm->pred (compute/sparse.h), the
+ * choice with the predictors' source into cm->sparsity_line ("sparsity safe (predictors from the model,
+ * rank 16)"; pi_coord_engine_new logs it); a
  * mode the model cannot run (SwiGLU, no predictors) is one line "PROG: --sparsity: reason" on stderr
  * and a negative pi_err. pi_coord_model_open calls it; freed by pi_coord_model_close. */
 int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);

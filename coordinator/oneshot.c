@@ -56,7 +56,6 @@ int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model 
         size_t n = strlen(line);
         snprintf(line + n, len - n, "; recall measured every %lld steps", (long long)o->cfg.sparsity.recall_every);
     }
-    pi_info("%s", line);
     return 0;
 }
 

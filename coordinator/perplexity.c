@@ -337,7 +337,6 @@ static int open_model(struct run *r)
     co.cfg.model_path = (char *)o->model;
     if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0 || (rc = pi_coord_sparsity_open(&co, &r->cm, "pi-perplexity")) < 0)
         return rc;
-    fprintf(stderr, "perplexity: %s\n", r->cm.sparsity_line);
     if (pi_tokenizer_n_vocab(r->cm.tok) > r->n_vocab) {
         fprintf(stderr, "pi-perplexity: -m %s: the tokenizer has %d tokens, the embedding %d\n", o->model,
                 pi_tokenizer_n_vocab(r->cm.tok), r->n_vocab);
@@ -618,6 +617,7 @@ static int run(struct ppl_opts *o, const char *argv0)
                 o->co.cfg.gpu_backend == PI_GPU_NONE ? "forward pass" : "pipeline");
         goto out;
     }
+    fprintf(stderr, "perplexity: %s\n", r.cm.sparsity_line); /* the engine runs: no more usage errors */
     if (r.e->n_vocab != r.n_vocab || r.e->max_batch < 1) {
         fprintf(stderr, "pi-perplexity: the engine has %d logits per token, the model %d\n", r.e->n_vocab, r.n_vocab);
         goto out;

@@ -415,6 +415,7 @@ const struct pi_placement *pi_engine_pipeline_placement(pi_engine_t *e)
 
 pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)
 {
+    pi_info("%s", cm->sparsity_line); /* here, not at the model's open: a usage error there stays one line */
     if (o->cfg.gpu_backend == PI_GPU_NONE)
         return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, &cm->pred, cm->sparsity,
                                    o->cfg.sparsity.recall_every);
