@@ -20,8 +20,9 @@
  * Predictors (opts.pred, opts.sparsity not off; doc/predictors.md, "Runtime"): ffn_predict evaluates
  * layer il's predictor on the FFN input (pi_predictor_eval, on the forward pass's pool), hands the mask
  * to the loop, and ffn_hot then computes, for each token, only the hot neurons its mask selects
- * (pi_sparse_ffn over the packed hot rows, or the model's own for a layer whose neurons are all hot),
- * the exact gate sign still deciding each of them. The dense paths are not used for a masked layer.
+ * (compute/sparse.h: neuron by neuron over the packed hot rows, or the model's own for a layer whose
+ * neurons are all hot; or, for a batch that selects many, densely with the unselected activations
+ * zeroed), the exact gate sign still deciding each of them. The FFN policy is not consulted.
  *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
@@ -65,6 +66,7 @@ struct host_backend {
     float *pred_scr;           /* pi_predictor_scratch(max_tokens) */
     float *xown;               /* (max_tokens, d): the FFN input of a layer without an exchange */
     int32_t *list;             /* (n_ff): pi_sparse_ffn's scratch */
+    float *sp_gate, *sp_up;    /* (max_tokens, n_ff): a whole layer's dense masked FFN (all hot) */
 };
 
 static struct host_backend *hb(pi_backend_t *b) { return (struct host_backend *)b; }
@@ -84,6 +86,8 @@ static void host_destroy(pi_backend_t *b)
     free(s->pred_scr);
     free(s->xown);
     free(s->list);
+    free(s->sp_gate);
+    free(s->sp_up);
     pi_ffn_policy_free(&s->policy);
     free(s);
 }
@@ -133,15 +137,22 @@ static int host_ffn_hot_masked(struct host_backend *s, int il)
     const pi_model_t *m = s->base.model;
     const int64_t nh = s->o.n_hot[il];
     s->dense = false;
-    const bool packed = s->o.hot_layers && nh < (int64_t)m->hp.n_ff;
+    const bool all = nh >= (int64_t)m->hp.n_ff, packed = s->o.hot_layers && !all;
     const struct pi_layer *L = packed ? &s->o.hot_layers[il] : &m->layers[il];
-    const int32_t *ids = nh >= (int64_t)m->hp.n_ff ? NULL : s->o.hot[il];
+    const int32_t *ids = all ? NULL : s->o.hot[il];
+    pi_pool_t *pool = pi_forward_pool(s->fwd);
     if (nh == 0) {
         memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
         return 0;
     }
-    pi_sparse_ffn(pi_forward_pool(s->fwd), s->work, L, ids, nh, packed, m->hp.act, s->x, s->n, s->mask, s->mask_words,
-                  s->list, s->hot, NULL);
+    const bool dense = pi_sparse_dense(s->mask, s->n, s->mask_words, ids, nh);
+    if (dense && all) /* the whole layer: the model's own matrices, the unselected activations zeroed */
+        pi_sparse_ffn_dense_layer(pool, L, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->sp_gate, s->sp_up, s->hot);
+    else if (dense && s->o.hot_part)
+        pi_partition_ffn_dense_masked(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->dense_scr,
+                                      s->hot);
+    else /* one token, few selected, or a partial hot set without a packed partition: neuron by neuron */
+        pi_sparse_ffn(pool, s->work, L, ids, nh, packed, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->list, s->hot, NULL);
     return 0;
 }
 
@@ -276,7 +287,9 @@ static int host_predictors_init(struct host_backend *s, const pi_model_t *m, con
     s->pred_scr = malloc(pi_predictor_scratch(p, o->max_tokens) * sizeof(float));
     s->xown = malloc((size_t)o->max_tokens * (size_t)s->d * sizeof(float));
     s->list = malloc((size_t)m->hp.n_ff * sizeof *s->list);
-    return s->mask && s->pred_scr && s->xown && s->list ? 0 : -PI_ERR_NOMEM;
+    s->sp_gate = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_gate);
+    s->sp_up = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_up);
+    return s->mask && s->pred_scr && s->xown && s->list && s->sp_gate && s->sp_up ? 0 : -PI_ERR_NOMEM;
 }
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)

@@ -235,13 +235,19 @@ int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enu
 }
 
 /* The FFN of layer il over x (n, d) with the predictors: f->out (n, d) = each token's predicted
- * neurons (compute/sparse.h), counted into the stats. */
+ * neurons (compute/sparse.h: neuron by neuron, or densely with the others zeroed), counted into the
+ * stats. The recall's true gates go through f->gate after the FFN is done with it. */
 static void ffn_sparse(pi_forward_t *f, int il, int n)
 {
     const struct pi_hparams *hp = &f->m->hp;
+    const struct pi_layer *L = &f->m->layers[il];
     int64_t predicted = pi_predictor_eval(f->pool, f->pred, il, f->sparsity, f->x, n, f->pred_scr, f->mask, f->mask_words);
-    int64_t active = pi_sparse_ffn(f->pool, f->ffw, &f->m->layers[il], NULL, hp->n_ff, false, hp->act, f->x, n, f->mask,
-                                   f->mask_words, f->list, f->out, NULL);
+    int64_t active;
+    if (pi_sparse_dense(f->mask, n, f->mask_words, NULL, hp->n_ff)) /* every row once, the others zeroed */
+        active = pi_sparse_ffn_dense_layer(f->pool, L, hp->act, f->x, n, f->mask, f->mask_words, f->gate, f->up, f->out);
+    else
+        active = pi_sparse_ffn(f->pool, f->ffw, L, NULL, hp->n_ff, false, hp->act, f->x, n, f->mask, f->mask_words, f->list,
+                               f->out, NULL);
     pi_sparse_note(f->sp_stats, il, n, predicted);
     if (f->recall_now) pi_sparse_recall(f->sp_stats, f->pool, f->m, il, f->x, n, f->mask, f->mask_words, f->gate);
     f->active += active;

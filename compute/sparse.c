@@ -74,19 +74,19 @@ int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_pr
     return 0;
 }
 
-/* list = the rows of the slice's neurons that any of the n mask rows selects (row i when packed, else
- * the neuron's id): the OR of the rows, walked over the slice. Returns the list's length. */
-static int64_t union_list(const int32_t *ids, int64_t count, bool packed, const uint64_t *mask, int64_t n,
-                          int64_t mask_words, int32_t *list)
+bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const int32_t *ids, int64_t count)
 {
-    int64_t k = 0;
-    for (int64_t i = 0; i < count; i++) {
-        const int64_t g = ids ? ids[i] : i;
-        bool any = false;
-        for (int64_t t = 0; !any && t < n; t++) any = pi_sparse_bit(mask + t * mask_words, g);
-        if (any) list[k++] = (int32_t)(packed ? i : g);
+    if (n <= 1 || count <= 0) return false;
+    int64_t sel = 0;
+    for (int64_t t = 0; t < n; t++) {
+        const uint64_t *row = mask + t * mask_words;
+        if (!ids) { /* the whole layer: count the row's bits */
+            for (int64_t k = 0; k < mask_words; k++) sel += __builtin_popcountll(row[k]);
+            continue;
+        }
+        for (int64_t i = 0; i < count; i++) sel += pi_sparse_bit(row, ids[i]);
     }
-    return k;
+    return (double)sel >= PI_SPARSE_LISTS_MAX_SHARE * (double)n * (double)count;
 }
 
 int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const int32_t *ids, int64_t count,
@@ -97,22 +97,43 @@ int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *
     const int64_t d = L->ffn_gate.cols;
     int64_t added = 0, sel = 0;
     memset(Y, 0, (size_t)n * (size_t)d * sizeof *Y);
-    if (n > 1 && pi_ffn_batch_grouped(pool, w, n)) {
-        /* a prompt: the union's rows once per group of tokens, each token taking its own bits */
-        const int64_t k = union_list(ids, count, packed, mask, n, mask_words, list);
-        const int32_t *mask_ids = packed ? ids : NULL; /* row -> id */
-        for (int64_t t = 0; selected && t < n; t++)
-            for (int64_t j = 0; j < k; j++) sel += pi_sparse_bit(mask + t * mask_words, mask_ids ? mask_ids[list[j]] : list[j]);
-        if (k > 0) added = pi_ffn_neurons_batch_masked(pool, w, L, act, X, n, list, k, mask, mask_words, mask_ids, Y);
-    } else {
-        for (int64_t t = 0; t < n; t++) { /* decode, or too few tokens to group: each token its own list */
-            const int64_t k = union_list(ids, count, packed, mask + t * mask_words, 1, mask_words, list);
-            sel += k;
-            if (k > 0) added += pi_ffn_neurons(pool, w, L, act, X + t * d, list, k, Y + t * d);
+    for (int64_t t = 0; t < n; t++) {
+        const uint64_t *row = mask + t * mask_words;
+        int64_t k = 0;
+        for (int64_t i = 0; i < count; i++) {
+            const int64_t g = ids ? ids[i] : i;
+            if (pi_sparse_bit(row, g)) list[k++] = (int32_t)(packed ? i : g);
         }
+        sel += k;
+        if (k > 0) added += pi_ffn_neurons(pool, w, L, act, X + t * d, list, k, Y + t * d);
     }
     if (selected) *selected = sel;
     return added;
+}
+
+int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enum pi_ffn_act act, const float *X, int64_t n,
+                                  const uint64_t *mask, int64_t mask_words, float *gate, float *up, float *Y)
+{
+    const int64_t ff = L->ffn_gate.rows, d = L->ffn_gate.cols;
+    float *g = gate, *u = up;
+    if (n == 1) {
+        pi_matvec(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, g);
+        pi_matvec(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, u);
+    } else {
+        pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, n, g);
+        pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, n, u);
+    }
+    pi_ffn_act(act, g, u, n * ff);
+    int64_t active = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < ff; j++) {
+            float *a = &g[t * ff + j];
+            if (!pi_sparse_bit(mask + t * mask_words, j)) *a = 0.0f;
+            active += *a != 0.0f;
+        }
+    if (n == 1) pi_matvec(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, Y);
+    else pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, n, Y);
+    return active;
 }
 
 /* ---------------------------------------------------------------- telemetry */

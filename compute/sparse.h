@@ -6,9 +6,10 @@
  * A mask is uint64 rows, one per token, bit j of word j / 64 set when neuron j of the layer is
  * predicted active (compute/predictor.h). The host backend (its hot slice), the CPU workers (their
  * cold slices) and the single-process forward pass (the whole layer) compute, for each token, exactly
- * the neurons of their slice its row selects, through pi_sparse_ffn; a ReLU model's exact gate sign
- * still decides each computed neuron's output. So the result does not depend on how the tokens are
- * batched: a prompt's token gets the sum over its own predicted neurons, as in decode.
+ * the neurons of their slice its row selects, neuron by neuron or densely with the others zeroed
+ * (pi_sparse_dense says which); a ReLU model's exact gate sign still decides each computed neuron's
+ * output. So what a token computes does not depend on how the tokens are batched: a prompt's token
+ * sums its own predicted neurons, as in decode (the two paths round differently).
  *
  * The telemetry (struct pi_sparse_stats): per layer the (token, neuron) pairs predicted active (those
  * computed) and the pairs there were, from which the realised sparsity and the FFN weight bytes skipped
@@ -25,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute/ffn-policy.h"
 #include "compute/predictor.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
@@ -51,21 +53,38 @@ static inline int64_t pi_sparse_mask_words(int64_t n_ff) { return (n_ff + 63) / 
 
 static inline bool pi_sparse_bit(const uint64_t *row, int64_t j) { return (row[j / 64] >> (j % 64)) & 1u; }
 
-/* Y (n, d) = for each token t, the FFN of the slice's neurons that mask row t selects, over row t of X:
- *   L: the layer's rows (ffn_gate, ffn_up, ffn_down_t); the slice is count neurons, neuron ids[i]
+/* How a masked slice of n tokens is computed. One token: neuron by neuron over its selected rows
+ * (pi_sparse_ffn). Several: still neuron by neuron, each token over its own list, while the selected
+ * (token, neuron) pairs are under PI_SPARSE_LISTS_MAX_SHARE of the slice's; above it densely (every row
+ * read once for the batch, the activations of the neurons a token's mask does not select zeroed:
+ * pi_partition_ffn_dense_masked, pi_sparse_ffn_dense_layer), which costs the same whatever the masks.
+ * Measured (1B-class layer, n_embd 2048, n_ff 5632, Q4_0, this 2-core VM): 64 tokens on one thread,
+ * lists 27.6 / 56.0 / 94.5 ms at 5 / 10 / 20% selected, dense 50 to 62 ms; 16 tokens, lists 4.2 / 9.9 /
+ * 26.1 ms, dense 12.7 to 15.9 ms; the same on two threads. A third way, the union of the masks through
+ * a grouped neuron kernel, lost everywhere (64 tokens, 2 threads: 72 / 71 / 119 ms at 10 / 30 / 50%,
+ * dense 60 to 69) and is not kept. Where a slice has no dense form (the host backend's partial hot set
+ * over the model's own rows) it goes neuron by neuron. */
+#define PI_SPARSE_LISTS_MAX_SHARE 0.12
+bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const int32_t *ids, int64_t count);
+
+/* Y (n, d) = for each token t, the FFN of the slice's neurons that mask row t selects, over row t of X,
+ * neuron by neuron (pi_ffn_neurons over each token's own list):
+ *   L: the layer's rows (ffn_gate, ffn_up, ffn_down_t); the slice is count > 0 neurons, neuron ids[i]
  *   (i when ids is NULL); packed: row i of L is the slice's neuron i (a packed partition,
  *   compute/partition.h), else row ids[i] (the model's own layer);
  *   X (n, d); mask (n, mask_words) over the layer's ids; list (count) int32 scratch; Y (n, d) is
- *   overwritten.
- * One token: the neuron kernel over its selected rows. Several: the union of the rows any token
- * selects through the batched kernel with each token's own mask (pi_ffn_neurons_batch_masked), each
- * weight row read once per group of 16 tokens; too few tokens for groups: one list per token. Every
- * token's sum is over its own selected neurons, so batching does not change what is computed.
- * *selected (optional) = the (token, neuron) pairs selected. Returns the pairs whose down row was
- * added. The batched path needs pi_ffn_work_reserve(w, n). */
+ *   overwritten. A ReLU neuron whose gate is not positive adds nothing (its up and down rows unread).
+ * *selected (optional) = the (token, neuron) pairs selected. Returns the pairs whose down row was added. */
 int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const int32_t *ids, int64_t count,
                       bool packed, enum pi_ffn_act act, const float *X, int64_t n, const uint64_t *mask,
                       int64_t mask_words, int32_t *list, float *Y, int64_t *selected);
+
+/* Y (n, d) = the whole layer L's FFN over X (n, d) densely (gate and up products, the activation, the
+ * activations of the neurons token t's mask row does not select zeroed, the down product), with the
+ * forward pass's kernels (pi_matmul, or pi_matvec for one token). gate, up: (n, n_ff) floats of
+ * scratch. Returns the non-zero activations. */
+int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enum pi_ffn_act act, const float *X, int64_t n,
+                                  const uint64_t *mask, int64_t mask_words, float *gate, float *up, float *Y);
 
 /* ---- telemetry ---- */
 

@@ -149,10 +149,13 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
         pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         return;
     }
-    /* Each token's predicted neurons of this slice (compute/sparse.h): a decode step goes neuron by
-     * neuron over its list, a prompt through the batched kernel over the union, each token taking its
-     * own bits; the dense paths would read every row. The mask decides, not the FFN policy. */
-    pi_sparse_ffn(c->pool, c->work, L, ids, cnt, true, c->act, st->x, st->n_tokens, st->mask, mask_words, c->idx, out, NULL);
+    /* Each token's predicted neurons of this slice (compute/sparse.h): neuron by neuron over its own
+     * list, or, for a batch that selects many, densely with the others zeroed. The masks decide, not
+     * the FFN policy. */
+    if (pi_sparse_dense(st->mask, st->n_tokens, mask_words, ids, cnt))
+        pi_partition_ffn_dense_masked(c->pool, &c->part, il, c->act, st->x, st->n_tokens, st->mask, mask_words, c->dense_scr, out);
+    else
+        pi_sparse_ffn(c->pool, c->work, L, ids, cnt, true, c->act, st->x, st->n_tokens, st->mask, mask_words, c->idx, out, NULL);
 }
 
 /* Serve published layers after `seen` until told to stop or the exchange is aborted. */

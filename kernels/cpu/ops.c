@@ -413,24 +413,7 @@ struct batch_task {
     int64_t n_idx, n;
     int n_parts;
     float *Y; /* (n, d) */
-    /* per-token masks (pi_ffn_neurons_batch_masked), or mask NULL: token t takes neuron idx[k] only
-     * where bit mask_ids[idx[k]] (idx[k] when mask_ids is NULL) of its row is set */
-    const uint64_t *mask; /* (n, mask_words), rows of this chunk */
-    int64_t mask_words;
-    const int32_t *mask_ids;
 };
-
-/* on[j] = whether token t0 + j of the task may take packed neuron i (its mask bit, or no mask). */
-static void mask_tokens(const struct batch_task *t, int64_t t0, int64_t nt, int32_t i, bool *on)
-{
-    if (!t->mask) {
-        for (int64_t j = 0; j < nt; j++) on[j] = true;
-        return;
-    }
-    const int64_t gid = t->mask_ids ? t->mask_ids[i] : i;
-    const uint64_t *row = t->mask + (size_t)t0 * (size_t)t->mask_words + (size_t)(gid / 64);
-    for (int64_t j = 0; j < nt; j++) on[j] = (row[(size_t)j * (size_t)t->mask_words] >> (gid % 64)) & 1u;
-}
 
 /* out[k] = the dot products of weight row `wrow` with tokens [t0, t0 + nt) of xq (row stride xrb):
  * four at a time through vec_dot4 where the type has one. Each equals pi_vec_dot of that token (the
@@ -475,7 +458,6 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     PI_ASSERT(thread >= 0 && thread < t->w->n_threads);
     int64_t active = 0;
     float g[FFN_GROUP], u[FFN_GROUP], g_next[FFN_GROUP];
-    bool on[FFN_GROUP];
     const bool pairs = pi_kernels_active()->vec_dot8[L->ffn_gate.type] != NULL;
     for (int64_t gi = begin; gi < end; gi++) {
         const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);
@@ -502,10 +484,9 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 } else {
                     dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
                 }
-                mask_tokens(t, t0, nt, i, on);
-                bool any = false;
+                bool any = t->act == PI_FFN_ACT_SILU;
                 /* as the per-token kernel: only a gate <= 0 skips (a NaN gate is added, as NaN) */
-                for (int64_t j = 0; !any && j < nt; j++) any = on[j] && (t->act == PI_FFN_ACT_SILU || !(g[j] <= 0.0f));
+                for (int64_t j = 0; !any && j < nt; j++) any = !(g[j] <= 0.0f);
                 if (!any) continue; /* ReLU: no token has anything to add */
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
@@ -514,7 +495,6 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 bool widened = L->ffn_down_t.type == PI_TYPE_F32;
                 for (int64_t j = 0; j < nt; j++) {
                     float a;
-                    if (!on[j]) continue; /* not in this token's mask */
                     if (t->act == PI_FFN_ACT_SILU) a = g[j] / (1.0f + expf(-g[j])) * u[j];
                     else if (g[j] <= 0.0f) continue;
                     else if (t->act == PI_FFN_ACT_RELU) a = g[j] * u[j];
@@ -544,20 +524,19 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     t->w->bactive[thread] += active;
 }
 
-bool pi_ffn_batch_grouped(const pi_pool_t *pool, const pi_ffn_work_t *w, int64_t n)
-{
-    const int n_threads = pool ? pi_pool_size(pool) : 1;
-    return n >= (int64_t)FFN_GROUP * n_threads && w->cap_tokens >= FFN_GROUP;
-}
-
-/* The grouped path of pi_ffn_neurons_batch and pi_ffn_neurons_batch_masked (mask NULL: none). */
-static int64_t batch_grouped(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, const uint64_t *mask,
-                             int64_t mask_words, const int32_t *mask_ids, float *Y)
+int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
+                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y)
 {
     const int64_t d = w->d;
     const int n_threads = pool ? pi_pool_size(pool) : 1;
     int64_t active = 0;
+    /* Fewer groups than threads would leave threads idle where the per-token kernel splits the
+     * neurons among all of them; without reserved buffers there is nowhere to put the batch. */
+    if (n < (int64_t)FFN_GROUP * n_threads || w->cap_tokens < FFN_GROUP) {
+        for (int64_t t = 0; t < n; t++)
+            active += pi_ffn_neurons(pool, w, L, act, X + (size_t)t * (size_t)d, idx, n_idx, Y + (size_t)t * (size_t)d);
+        return active;
+    }
     check_layer(w, L, act, n_threads);
     const int n_parts = ffn_parts(n_idx, n_threads);
     if (n_parts < 1) return 0;
@@ -573,34 +552,10 @@ static int64_t batch_grouped(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_
             if (!same) pi_quantize_act(L->ffn_up.type, x, w->xqb_up + (size_t)t * xrb_up, d);
         }
         struct batch_task task = {w, L, act, w->xqb_gate, same ? w->xqb_gate : w->xqb_up, xrb_gate, same ? xrb_gate : xrb_up,
-                                  idx, n_idx, nc, n_parts, Y + (size_t)c0 * (size_t)d,
-                                  mask ? mask + (size_t)c0 * (size_t)mask_words : NULL, mask_words, mask_ids};
+                                  idx, n_idx, nc, n_parts, Y + (size_t)c0 * (size_t)d};
         memset(w->bactive, 0, (size_t)w->n_threads * sizeof *w->bactive);
         pi_pool_for(pool, (nc + FFN_GROUP - 1) / FFN_GROUP, 1, group_range, &task);
         for (int i = 0; i < w->n_threads; i++) active += w->bactive[i];
     }
     return active;
-}
-
-int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y)
-{
-    const int64_t d = w->d;
-    int64_t active = 0;
-    /* Fewer groups than threads would leave threads idle where the per-token kernel splits the
-     * neurons among all of them; without reserved buffers there is nowhere to put the batch. */
-    if (!pi_ffn_batch_grouped(pool, w, n)) {
-        for (int64_t t = 0; t < n; t++)
-            active += pi_ffn_neurons(pool, w, L, act, X + (size_t)t * (size_t)d, idx, n_idx, Y + (size_t)t * (size_t)d);
-        return active;
-    }
-    return batch_grouped(pool, w, L, act, X, n, idx, n_idx, NULL, 0, NULL, Y);
-}
-
-int64_t pi_ffn_neurons_batch_masked(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                                    const float *X, int64_t n, const int32_t *idx, int64_t n_idx, const uint64_t *mask,
-                                    int64_t mask_words, const int32_t *mask_ids, float *Y)
-{
-    PI_ASSERT(pi_ffn_batch_grouped(pool, w, n) && mask && mask_words > 0);
-    return batch_grouped(pool, w, L, act, X, n, idx, n_idx, mask, mask_words, mask_ids, Y);
 }

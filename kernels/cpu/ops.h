@@ -10,7 +10,6 @@
 #ifndef PI_KERNELS_CPU_OPS_H
 #define PI_KERNELS_CPU_OPS_H
 
-#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -84,20 +83,5 @@ int pi_ffn_work_reserve(pi_ffn_work_t *w, int64_t max_tokens);
  * counts of those calls. */
 int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
                              const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y);
-
-/* Whether pi_ffn_neurons_batch takes n tokens in groups (enough tokens for the pool, room reserved)
- * rather than as n calls of pi_ffn_neurons. */
-bool pi_ffn_batch_grouped(const pi_pool_t *pool, const pi_ffn_work_t *w, int64_t n);
-
-/* Y (n, d) += for each token t, pi_ffn_neurons over the entries k of idx whose neuron token t's mask
- * row selects: bit g of mask row t (n rows of mask_words uint64), g = mask_ids[idx[k]] (idx[k] when
- * mask_ids is NULL: the ids are the layer's own). The grouped path of pi_ffn_neurons_batch (only when
- * pi_ffn_batch_grouped holds): each row of the list is read once per group of tokens, its gate dotted
- * with every token of the group, and only the selected tokens whose gate passes take its up and down
- * rows. The sums of a token equal pi_ffn_neurons over its selected neurons to float rounding (the
- * parts are cut from the whole list). Returns the (token, neuron) pairs whose down row was added. */
-int64_t pi_ffn_neurons_batch_masked(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                                    const float *X, int64_t n, const int32_t *idx, int64_t n_idx, const uint64_t *mask,
-                                    int64_t mask_words, const int32_t *mask_ids, float *Y);
 
 #endif

@@ -6,7 +6,8 @@
  *     within the golden tolerance and the dense run's within the two-path bound (the masked FFN is the
  *     neuron kernel, the dense prompt FFN the matmul), single process and pipeline at hot fraction 0,
  *     0.5 and 1 with 1 and 2 CPU workers; pi-ctl status then says sparsity 0 and recall 1 exactly;
- *   - the same model with predictors that select a fixed random 40% of each layer's neurons: every
+ *   - the same model with predictors that select a fixed random 40% (prompts computed densely, the
+ *     others zeroed) or 8% (neuron by neuron) of each layer's neurons: every
  *     engine and placement equals a reference computed here that skips the same neurons (the
  *     predictor evaluated on this reference's own FFN input, each selected neuron in float64 on the
  *     dequantised rows), and is far from the dense logits (the masks really act);
@@ -34,13 +35,14 @@
 
 #define TIMEOUT_S 60.0
 #define GOLDEN_TOL 4e-2 /* Q4_0 weights, 8-bit activations: as test-pipeline.c */
-/* The masked FFN (the neuron kernel, f16 down rows, 8-bit activations) against the reference (float64
- * sums over dequantised rows, float x): the kernels' rounding, as the golden test's bound. Neurons
- * whose predictor logit lies within rounding of the threshold may be selected on one side only; each
- * adds one small term, inside the same bound. */
-#define MASK_TOL GOLDEN_TOL
+/* The masked FFN against the reference (float64 sums over dequantised rows, float x): the kernels'
+ * rounding, as the golden test's, but the masked network amplifies it more than the trained one (its
+ * logits move by about 1 from the dense ones): measured 0.028 with the prompt's FFN neuron by neuron
+ * (f16 down rows) and 0.047 with the dense masked path (Q4_0 down, the activations rounded to 8 bits),
+ * so the two-path bound of test-pipeline.c. A wrong selection moves the logits by about 1. */
+#define MASK_TOL (2 * GOLDEN_TOL)
 
-static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], rnd[600];
+static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], few[600], rnd[600];
 
 /* ---------------------------------------------------------------- models with predictors */
 
@@ -85,15 +87,15 @@ static int copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i)
 /* The predictors the tests add. */
 enum pred_kind {
     PRED_ALL,    /* fc2 = 0: every logit is 0, at the threshold 0: every neuron predicted */
-    PRED_FIXED,  /* fc2 row j = s_j (0.5 + U(0, 1)) with a random sign s_j (+ with probability 0.4): since
-                  * h = relu(fc1 x) >= 0 and (rank 32) never all zero, neuron j's logit has the sign s_j
-                  * for every x: each layer predicts a fixed random 40% of its neurons, whatever the
+    PRED_FIXED,  /* fc2 row j = s_j (0.5 + U(0, 1)) with a random sign s_j (+ with probability `share`):
+                  * since h = relu(fc1 x) >= 0 and (rank 32) never all zero, neuron j's logit has the sign
+                  * s_j for every x: each layer predicts a fixed random share of its neurons, whatever the
                   * rounding of x, so a reference computed elsewhere selects exactly the same ones */
     PRED_RANDOM, /* fc1 and fc2 uniform: about half the neurons, different for every token */
 };
 
 /* dst = src plus blk.N.fc1 (rank, n_embd) and blk.N.fc2 (n_ff, rank), F32, of that kind. */
-static int with_predictors(const char *src, const char *dst, int rank, enum pred_kind kind, uint64_t seed)
+static int with_predictors(const char *src, const char *dst, int rank, enum pred_kind kind, double share, uint64_t seed)
 {
     pi_gguf_t *g = NULL;
     char err[256];
@@ -117,7 +119,7 @@ static int with_predictors(const char *src, const char *dst, int rank, enum pred
         char name[64];
         for (uint64_t j = 0; j < (uint64_t)rank * d; j++) f1[j] = (float)((pi_rng_uniform(&r) - 0.5) * s1);
         for (uint64_t j = 0; j < ff; j++) {
-            const float sign = pi_rng_uniform(&r) < 0.4 ? 1.0f : -1.0f;
+            const float sign = pi_rng_uniform(&r) < share ? 1.0f : -1.0f;
             for (uint64_t k = 0; k < (uint64_t)rank; k++) {
                 float *v = &f2[j * (uint64_t)rank + k];
                 if (kind == PRED_ALL) *v = 0.0f;
@@ -258,22 +260,22 @@ static void test_all_ones(const char *ids, const struct tp_golden *gd)
  * is far from the dense result. (With masks that change with x, a neuron whose logit is within rounding
  * of the threshold can be selected by one computation and not the other, and its whole contribution
  * differs: that case, per-token masks, is tests/unit/test-sparse.c's, against the same masks.) */
-static void test_fixed(const char *ids, const struct tp_golden *gd)
+static void test_fixed(const char *ids, const struct tp_golden *gd, const char *path, const char *what)
 {
-    float *ref = reference_logits(fixed, gd->tokens, gd->n);
+    float *ref = reference_logits(path, gd->tokens, gd->n);
     tap_ok(ref != NULL, "the masked reference computed");
     if (!ref) return;
     double far = tp_rel_err(ref, gd->logits, gd->n, gd->n_vocab);
-    tap_ok(far > 4 * MASK_TOL, "the masks change the logits: reference vs dense golden %.3g (> %.0e)", far, 4 * MASK_TOL);
+    tap_ok(far > 4 * MASK_TOL, "%s: the masks change the logits: reference vs dense golden %.3g (> %.0e)", what, far, 4 * MASK_TOL);
     float *first = NULL;
     for (size_t k = 0; k < PI_ARRAY_LEN(configs); k++) {
         char name[64];
-        snprintf(name, sizeof name, "fixed-%s-%s-%s", configs[k][0], configs[k][1], configs[k][2]);
-        float *sp = run_logits(name, fixed, ids, gd->n, gd->n_vocab, "safe", configs[k][0], configs[k][1], configs[k][2]);
+        snprintf(name, sizeof name, "%s-%s-%s-%s", what, configs[k][0], configs[k][1], configs[k][2]);
+        float *sp = run_logits(name, path, ids, gd->n, gd->n_vocab, "safe", configs[k][0], configs[k][1], configs[k][2]);
         double er = sp ? tp_rel_err(sp, ref, gd->n, gd->n_vocab) : 1e9;
         double ef = sp && first ? tp_rel_err(sp, first, gd->n, gd->n_vocab) : 0.0;
         tap_ok(er <= MASK_TOL && ef <= MASK_TOL,
-               "fixed random masks, %s hot %s, %s CPU workers: vs the masked reference %.3g, vs the single process %.3g (<= %.0e)",
+               "%s, %s hot %s, %s CPU workers: vs the masked reference %.3g, vs the single process %.3g (<= %.0e)", what,
                configs[k][0], configs[k][1], configs[k][2], er, ef, MASK_TOL);
         if (!first) first = sp;
         else free(sp);
@@ -445,13 +447,15 @@ int main(void)
     snprintf(ones, sizeof ones, "%s/demo-ones.gguf", tp_dir);
     snprintf(rnd, sizeof rnd, "%s/demo-random.gguf", tp_dir);
     snprintf(fixed, sizeof fixed, "%s/demo-fixed.gguf", tp_dir);
+    snprintf(few, sizeof few, "%s/demo-few.gguf", tp_dir);
     uint64_t seed = pi_rng_entropy_seed();
     tap_diag("random predictors from seed %llu", (unsigned long long)seed);
-    if (with_predictors(demo, ones, 8, PRED_ALL, seed) != 0 || with_predictors(demo, fixed, 32, PRED_FIXED, seed) != 0 ||
-        with_predictors(demo, rnd, 16, PRED_RANDOM, seed) != 0)
+    if (with_predictors(demo, ones, 8, PRED_ALL, 0, seed) != 0 || with_predictors(demo, fixed, 32, PRED_FIXED, 0.4, seed) != 0 ||
+        with_predictors(demo, few, 32, PRED_FIXED, 0.08, seed) != 0 || with_predictors(demo, rnd, 16, PRED_RANDOM, 0, seed) != 0)
         tap_bail("cannot write the models with predictors");
     test_all_ones(ids, &gd);
-    test_fixed(ids, &gd);
+    test_fixed(ids, &gd, fixed, "fixed 40% masks (prompts dense, masked)");
+    test_fixed(ids, &gd, few, "fixed 8% masks (prompts neuron by neuron)");
     test_status();
     test_perplexity();
     test_refusals();

@@ -1,12 +1,12 @@
 /*
  * tests/unit/test-sparse.c - compute/sparse.h through its public header, on the demo ReLU model's
  * weights (tests/data) with fresh random inputs and masks every run:
- *   - pi_sparse_ffn equals a float64 reference that computes, for each token, exactly the neurons its
- *     mask selects (relu(gate . x) * (up . x) * down column): one token (the neuron kernel over its
- *     list), a few tokens (one list per token), a batch of 40 on two threads (the union through the
- *     masked batched kernel), for the whole layer (the model's rows) and for a packed scattered slice
- *     (compute/partition.h), whose mask bits outside the slice must not matter; the batched result
- *     equals the per-token one to float rounding (batching does not change what a token computes);
+ *   - both ways of computing a masked slice equal a float64 reference that computes, for each token,
+ *     exactly the neurons its mask selects (relu(gate . x) * (up . x) * down column): neuron by neuron
+ *     (pi_sparse_ffn: 1, 5 and 40 tokens) and densely with the others zeroed (pi_sparse_ffn_dense_layer,
+ *     pi_partition_ffn_dense_masked), for the whole layer (the model's rows) and for a packed scattered
+ *     slice (compute/partition.h), whose mask bits outside the slice must not matter; a batch equals its
+ *     tokens one at a time bit for bit; pi_sparse_dense's choice;
  *   - the telemetry: counts, summaries (sparsity, bytes skipped from pi_place_neuron_bytes), the wire
  *     form and its checks, the recall against the true gates (every gate predicted: 1; none: 0);
  *   - pi_sparse_open's choices: auto, off, safe and aggressive on a model without predictors, with
@@ -99,10 +99,20 @@ static void test_ffn(const pi_model_t *m)
         tap_ok(e <= TOL && sel == want, "layer %d, %lld token(s), whole layer: vs the masked reference %.3g (<= %.0e), %lld pairs selected",
                il, (long long)n, e, TOL, (long long)sel);
         if (n != N_MAX) continue;
-        for (int64_t t = 0; t < n; t++) /* the same tokens one at a time: the neuron kernel's own lists */
+        for (int64_t t = 0; t < n; t++) /* the same tokens one at a time: the same lists */
             pi_sparse_ffn(pool, w, L, NULL, ff, false, m->hp.act, X + t * d, 1, mask + t * mw, mw, list, P + t * d, NULL);
-        double eb = rel(Y, P, (size_t)(n * d));
-        tap_ok(eb <= 1e-5, "a batch of %lld on 2 threads (grouped) equals the tokens one at a time: %.3g", (long long)n, eb);
+        tap_ok(memcmp(Y, P, (size_t)(n * d) * sizeof *Y) == 0, "a batch of %lld equals its tokens one at a time, bit for bit",
+               (long long)n);
+        float *gs = malloc((size_t)(n * ff) * sizeof *gs), *us = malloc((size_t)(n * ff) * sizeof *us);
+        if (!gs || !us) tap_bail("memory");
+        pi_sparse_ffn_dense_layer(pool, L, m->hp.act, X, n, mask, mw, gs, us, P);
+        double ed = rel(P, R, (size_t)(n * d));
+        tap_ok(ed <= TOL && pi_sparse_dense(mask, n, mw, NULL, ff), "%lld tokens, 30%% selected: dense (masked) vs the reference %.3g",
+               (long long)n, ed);
+        inputs(X, n, d, mask, mw, ff, 0.05);
+        tap_ok(!pi_sparse_dense(mask, n, mw, NULL, ff) && !pi_sparse_dense(mask, 1, mw, NULL, ff),
+               "5%% selected, or one token: neuron by neuron");
+        free(gs), free(us);
     }
     free(X), free(Y), free(R), free(P), free(mask), free(list);
     pi_ffn_work_destroy(&w);
@@ -138,6 +148,12 @@ static void test_slice(const pi_model_t *m)
         double e = rel(Y, R, (size_t)(n * d));
         tap_ok(e <= TOL, "packed slice of %lld neurons, %lld token(s): vs the masked reference %.3g (<= %.0e)",
                (long long)part.count[li], (long long)n, e, TOL);
+        float *scr = malloc(pi_partition_dense_scratch(&part, n) * sizeof *scr), *Z = malloc((size_t)(n * d) * sizeof *Z);
+        if (!scr || !Z) tap_bail("memory");
+        pi_partition_ffn_dense_masked(pool, &part, li, m->hp.act, X, n, mask, mw, scr, Z);
+        double ed = rel(Z, R, (size_t)(n * d));
+        tap_ok(ed <= TOL, "packed slice, %lld token(s), dense (masked): vs the masked reference %.3g", (long long)n, ed);
+        free(scr), free(Z);
         /* the bits of the neurons outside the slice are someone else's: setting them changes nothing */
         uint64_t *in = calloc((size_t)mw, sizeof *in);
         for (int64_t i = 0; in && i < part.count[li]; i++) in[part.ids[li][i] / 64] |= UINT64_C(1) << (part.ids[li][i] % 64);
