@@ -184,6 +184,22 @@ static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
     return text;
 }
 
+/* The run's sparse execution in one log line (compute/sparse.h), when the engine ran with predictors. */
+static void log_sparsity(pi_engine_t *e, const pi_model_t *m)
+{
+    struct pi_sparse_stats st;
+    struct pi_sparse_summary sum;
+    if (pi_sparse_stats_init(&st, m) != 0) return;
+    if (pi_engine_sparse_stats(e, &st) == 0) {
+        pi_sparse_summary(&st, -1, &sum);
+        char rec[64] = "not measured (--recall-every N)";
+        if (sum.recall_true) snprintf(rec, sizeof rec, "%.2f%%", 100.0 * sum.recall);
+        pi_info("FFN sparsity %.1f%% of the (token, neuron) pairs, %.1f MB of FFN weights skipped; predictor recall %s",
+                100.0 * sum.sparsity, (double)sum.bytes_skipped / 1e6, rec);
+    }
+    pi_sparse_stats_free(&st);
+}
+
 int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
 {
     struct pi_coord_model cm;
@@ -240,6 +256,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     pi_info("prompt: %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.1f tok/s)%s", res.n_prompt,
             res.prompt_s, res.prompt_s > 0 ? res.n_prompt / res.prompt_s : 0.0, res.n_generated, res.gen_s,
             res.gen_s > 0 ? res.n_generated / res.gen_s : 0.0, res.stop_eog ? ", stopped at end of text" : "");
+    log_sparsity(e, cm.model);
     status = PI_EXIT_OK;
 out:
     free(chat_text);

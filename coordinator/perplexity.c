@@ -335,7 +335,8 @@ static int open_model(struct run *r)
     /* the activation profile, so that the pipeline places the neurons as pi-coordinator does */
     struct pi_coord_opts co = o->co;
     co.cfg.model_path = (char *)o->model;
-    if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0 || (rc = pi_coord_sparsity_open(&co, &r->cm, "pi-perplexity")) < 0)
+    if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0 ||
+        (rc = pi_coord_sparsity_open(&co, &r->cm, "pi-perplexity")) < 0)
         return rc;
     if (pi_tokenizer_n_vocab(r->cm.tok) > r->n_vocab) {
         fprintf(stderr, "pi-perplexity: -m %s: the tokenizer has %d tokens, the embedding %d\n", o->model,
