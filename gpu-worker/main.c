@@ -140,6 +140,27 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
     return 0;
 }
 
+/* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source. */
+static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode)
+{
+    char line[256];
+    int rc = pi_sparse_open(m, o->sparsity.mode, pred, mode, line, sizeof line);
+    if (rc != 0) pi_error("%s", line);
+    else pi_info("%s", line);
+    return rc;
+}
+
+/* Run the layer loop g until stopped, with predictors pred in mode when pred is set. */
+static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode)
+{
+    int rc = pred ? pi_gpu_loop_sparse_init(g, pred, mode, o->sparsity.recall_every, (int)o->threads) : 0;
+    if (rc == 0) rc = pi_gpu_loop_run(g);
+    pi_gpu_loop_free(g);
+    pi_gpu_loop_sparse_free(g);
+    if (rc != 0 && g->link) pi_link_error(g->link, rc, "the layer loop failed");
+    return rc;
+}
+
 static int run(const struct gw_opts *o)
 {
     pi_model_t *m = NULL;
@@ -174,12 +195,7 @@ static int run(const struct gw_opts *o)
         mo.no_down_t = false;
         if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     }
-    char line[256];
-    if ((rc = pi_sparse_open(m, o->sparsity.mode, &pred, &mode, line, sizeof line)) != 0) {
-        pi_error("%s", line);
-        goto out;
-    }
-    pi_info("%s", line);
+    if ((rc = open_predictors(o, m, &pred, &mode)) != 0) goto out;
     hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
     n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
     if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; goto out; }
@@ -221,12 +237,7 @@ static int run(const struct gw_opts *o)
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP),
                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot};
-        if (mode != PI_SPARSITY_OFF)
-            rc = pi_gpu_loop_sparse_init(&g, &pred, mode, o->sparsity.recall_every, (int)o->threads);
-        if (rc == 0) rc = pi_gpu_loop_run(&g);
-        pi_gpu_loop_free(&g);
-        pi_gpu_loop_sparse_free(&g);
-        if (rc != 0 && link) pi_link_error(link, rc, "the layer loop failed");
+        rc = serve(o, &g, mode != PI_SPARSITY_OFF ? &pred : NULL, mode);
     }
     pi_backend_destroy(&be);
 out:
