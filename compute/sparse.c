@@ -76,7 +76,7 @@ int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_pr
 
 bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const int32_t *ids, int64_t count)
 {
-    if (n <= 1 || count <= 0) return false;
+    if (n < 1 || count <= 0) return false;
     int64_t sel = 0;
     for (int64_t t = 0; t < n; t++) {
         const uint64_t *row = mask + t * mask_words;
@@ -86,7 +86,8 @@ bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const 
         }
         for (int64_t i = 0; i < count; i++) sel += pi_sparse_bit(row, ids[i]);
     }
-    return (double)sel >= PI_SPARSE_LISTS_MAX_SHARE * (double)n * (double)count;
+    const double most = n == 1 ? PI_SPARSE_DECODE_DENSE_SHARE : PI_SPARSE_LISTS_MAX_SHARE;
+    return (double)sel >= most * (double)n * (double)count;
 }
 
 int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const int32_t *ids, int64_t count,

@@ -111,7 +111,9 @@ static void test_ffn(const pi_model_t *m)
                (long long)n, ed);
         inputs(X, n, d, mask, mw, ff, 0.05);
         tap_ok(!pi_sparse_dense(mask, n, mw, NULL, ff) && !pi_sparse_dense(mask, 1, mw, NULL, ff),
-               "5%% selected, or one token: neuron by neuron");
+               "5%% selected: neuron by neuron");
+        inputs(X, 1, d, mask, mw, ff, 0.6);
+        tap_ok(pi_sparse_dense(mask, 1, mw, NULL, ff), "one token with 60%% selected: dense");
         free(gs), free(us);
     }
     free(X), free(Y), free(R), free(P), free(mask), free(list);
