@@ -36,11 +36,12 @@
 #define TIMEOUT_S 60.0
 #define GOLDEN_TOL 4e-2 /* Q4_0 weights, 8-bit activations: as test-pipeline.c */
 /* The masked FFN against the reference (float64 sums over dequantised rows, float x): the kernels'
- * rounding, as the golden test's, but the masked network amplifies it more than the trained one (its
- * logits move by about 1 from the dense ones): measured 0.028 with the prompt's FFN neuron by neuron
- * (f16 down rows) and 0.047 with the dense masked path (Q4_0 down, the activations rounded to 8 bits),
- * so the two-path bound of test-pipeline.c. A wrong selection moves the logits by about 1. */
-#define MASK_TOL (2 * GOLDEN_TOL)
+ * rounding, as the golden test's, but a randomly masked network amplifies it more than the trained one
+ * (its logits move by 1.2 to 1.3 from the dense ones), and by how much depends on the draw: over 12
+ * seeds, 0.023 to 0.042 with the prompt's FFN neuron by neuron (f16 down rows) and 0.025 to 0.089 with
+ * the dense masked path (Q4_0 down, the activations rounded to 8 bits). A wrong selection moves the
+ * logits by about 1. */
+#define MASK_TOL 0.15
 
 static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], few[600], rnd[600];
 
@@ -266,7 +267,7 @@ static void test_fixed(const char *ids, const struct tp_golden *gd, const char *
     tap_ok(ref != NULL, "the masked reference computed");
     if (!ref) return;
     double far = tp_rel_err(ref, gd->logits, gd->n, gd->n_vocab);
-    tap_ok(far > 4 * MASK_TOL, "%s: the masks change the logits: reference vs dense golden %.3g (> %.0e)", what, far, 4 * MASK_TOL);
+    tap_ok(far > 4 * MASK_TOL, "%s: the masks change the logits: reference vs dense golden %.3g (> %.2g)", what, far, 4 * MASK_TOL);
     float *first = NULL;
     for (size_t k = 0; k < PI_ARRAY_LEN(configs); k++) {
         char name[64];
@@ -275,7 +276,7 @@ static void test_fixed(const char *ids, const struct tp_golden *gd, const char *
         double er = sp ? tp_rel_err(sp, ref, gd->n, gd->n_vocab) : 1e9;
         double ef = sp && first ? tp_rel_err(sp, first, gd->n, gd->n_vocab) : 0.0;
         tap_ok(er <= MASK_TOL && ef <= MASK_TOL,
-               "%s, %s hot %s, %s CPU workers: vs the masked reference %.3g, vs the single process %.3g (<= %.0e)", what,
+               "%s, %s hot %s, %s CPU workers: vs the masked reference %.3g, vs the single process %.3g (<= %.2g)", what,
                configs[k][0], configs[k][1], configs[k][2], er, ef, MASK_TOL);
         if (!first) first = sp;
         else free(sp);
