@@ -75,11 +75,13 @@ static int predict_layer(struct pi_gpu_loop *g, int il, int n, const float *x, u
 
 /* A layer whose neurons are all hot: no CPU worker has anything to add, so no x, no publish, no wait.
  * The workers wait for the next publish, whichever layer it names (doc/pipeline.md, "Layers without
- * cold neurons"). On a recall step the backend writes x and the mask where the loop can read them. */
+ * cold neurons"). On a recall step a backend with ffn_predict writes x and the mask where the loop can
+ * read them (compute/backend.h); one without (the cuda backend before its device predictor) does not
+ * download x for such a layer, so its recall is not measured there. */
 static int ffn_layer_local(struct pi_gpu_loop *g, int il, int n)
 {
     pi_backend_t *be = g->be;
-    const bool rec = sparse_on(g) && g->recall_now;
+    const bool rec = sparse_on(g) && g->recall_now && be->ops->ffn_predict;
     int rc = be->ops->ffn_input(be, il, rec ? g->x_own : NULL);
     if (rc == 0 && sparse_on(g)) rc = predict_layer(g, il, n, rec ? g->x_own : NULL, rec ? g->mask_own : NULL);
     if (rc == 0) rc = be->ops->ffn_hot(be, il);
