@@ -17,6 +17,13 @@
  * (opts.hot_part), is computed densely as a CPU worker computes its slice when the FFN policy says so
  * (compute/ffn-policy.h: SwiGLU, batches, ReLU layers whose recent activity is at least 20%).
  *
+ * Predictors (opts.pred, opts.sparsity not off; doc/predictors.md, "Runtime"): ffn_predict evaluates
+ * layer il's predictor on the FFN input (pi_predictor_eval, on the forward pass's pool), hands the mask
+ * to the loop, and ffn_hot then computes, for each token, only the hot neurons its mask selects
+ * (compute/sparse.h: neuron by neuron over the packed hot rows, or the model's own for a layer whose
+ * neurons are all hot; or, for a batch that selects many, densely with the unselected activations
+ * zeroed), the exact gate sign still deciding each of them. The FFN policy is not consulted.
+ *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
  * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
@@ -27,6 +34,7 @@
 #include "compute/backend.h"
 #include "compute/ffn-policy.h"
 #include "compute/partition.h"
+#include "compute/sparse.h"
 #include "kernels/cpu/ops.h"
 #include "lib/common.h"
 #include "compute/forward.h"
@@ -51,6 +59,14 @@ struct host_backend {
     float *dense_scr;          /* pi_partition_dense_scratch(max_tokens) for the largest n_hot, or NULL */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     int n;                     /* rows of the batch */
+    /* predictors (o.pred with o.sparsity not off), else all NULL */
+    int64_t mask_words;        /* ceil(n_ff / 64) */
+    uint64_t *mask;            /* (max_tokens, mask_words): the current layer's prediction */
+    bool masked;               /* ffn_predict ran for the current layer: ffn_hot computes its mask only */
+    float *pred_scr;           /* pi_predictor_scratch(max_tokens) */
+    float *xown;               /* (max_tokens, d): the FFN input of a layer without an exchange */
+    int32_t *list;             /* (n_ff): pi_sparse_ffn's scratch */
+    float *sp_gate, *sp_up;    /* (max_tokens, n_ff): a whole layer's dense masked FFN (all hot) */
 };
 
 static struct host_backend *hb(pi_backend_t *b) { return (struct host_backend *)b; }
@@ -66,6 +82,12 @@ static void host_destroy(pi_backend_t *b)
     free(s->pos);
     free(s->ident);
     free(s->dense_scr);
+    free(s->mask);
+    free(s->pred_scr);
+    free(s->xown);
+    free(s->list);
+    free(s->sp_gate);
+    free(s->sp_up);
     pi_ffn_policy_free(&s->policy);
     free(s);
 }
@@ -103,6 +125,53 @@ static int host_ffn_input(pi_backend_t *b, int il, float *x)
     struct host_backend *s = hb(b);
     if (x) pi_forward_ffn_input(s->fwd, il, s->n, s->h, x); /* NULL: a dense layer, pi_forward_ffn norms h itself */
     s->x = x;
+    s->masked = false;
+    return 0;
+}
+
+/* hot (n, d) = the hot neurons of layer il that each token's mask selects (compute/sparse.h), from the
+ * packed hot rows, or from the model's own rows where the worker packed none (a layer whose neurons
+ * are all hot). merge then adds hot like any partial. */
+static int host_ffn_hot_masked(struct host_backend *s, int il)
+{
+    const pi_model_t *m = s->base.model;
+    const int64_t nh = s->o.n_hot[il];
+    s->dense = false;
+    const bool all = nh >= (int64_t)m->hp.n_ff, packed = s->o.hot_layers && !all;
+    const struct pi_layer *L = packed ? &s->o.hot_layers[il] : &m->layers[il];
+    const int32_t *ids = all ? NULL : s->o.hot[il];
+    pi_pool_t *pool = pi_forward_pool(s->fwd);
+    if (nh == 0) {
+        memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
+        return 0;
+    }
+    const bool dense = pi_sparse_dense(s->mask, s->n, s->mask_words, ids, nh);
+    if (dense && all) /* the whole layer: the model's own matrices, the unselected activations zeroed */
+        pi_sparse_ffn_dense_layer(pool, L, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->sp_gate, s->sp_up, s->hot);
+    else if (dense && s->o.hot_part)
+        pi_partition_ffn_dense_masked(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->dense_scr,
+                                      s->hot);
+    else /* one token, few selected, or a partial hot set without a packed partition: neuron by neuron */
+        pi_sparse_ffn(pool, s->work, L, ids, nh, packed, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->list, s->hot, NULL);
+    return 0;
+}
+
+static int host_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mask_words, int64_t *n_active)
+{
+    struct host_backend *s = hb(b);
+    if (!s->mask || (mask && mask_words != s->mask_words)) {
+        pi_error("host backend: layer %d: predictors are not set up (or %lld mask words, not %lld)", il,
+                 (long long)mask_words, (long long)s->mask_words);
+        return -PI_ERR_INVAL;
+    }
+    if (!s->x) { /* a layer without an exchange: the input is ours to make */
+        pi_forward_ffn_input(s->fwd, il, s->n, s->h, s->xown);
+        s->x = s->xown;
+    }
+    *n_active = pi_predictor_eval(pi_forward_pool(s->fwd), s->o.pred, il, s->o.sparsity, s->x, s->n, s->pred_scr, s->mask,
+                                  s->mask_words);
+    if (mask) memcpy(mask, s->mask, (size_t)s->n * (size_t)s->mask_words * sizeof *mask);
+    s->masked = true;
     return 0;
 }
 
@@ -115,6 +184,7 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     const pi_model_t *m = b->model;
     size_t nd = (size_t)s->n * (size_t)s->d;
     int64_t nh = s->o.n_hot[il];
+    if (s->masked) return host_ffn_hot_masked(s, il);
     s->dense = nh >= (int64_t)m->hp.n_ff;
     if (s->dense) {
         memcpy(s->hot, s->h, nd * sizeof(float));
@@ -199,7 +269,28 @@ static const struct pi_backend_ops host_ops = {
     .seq_truncate = host_seq_truncate,
     .seq_len = host_seq_len,
     .ffn_hot_count = host_ffn_hot_count,
+    .ffn_predict = host_ffn_predict,
 };
+
+/* The predictors' buffers, when o asks for them: 0, -PI_ERR_INVAL (predictors of another shape, or a
+ * SwiGLU model) or -PI_ERR_NOMEM. */
+static int host_predictors_init(struct host_backend *s, const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    if (!o->pred || o->sparsity == PI_SPARSITY_OFF) return 0;
+    const struct pi_predictors *p = o->pred;
+    if (p->n_layer != m->hp.n_layer || p->n_ff != m->hp.n_ff || p->n_embd != m->hp.n_embd || m->hp.act == PI_FFN_ACT_SILU) {
+        pi_error("host backend: the predictors do not fit the model (or it is SwiGLU)");
+        return -PI_ERR_INVAL;
+    }
+    s->mask_words = pi_sparse_mask_words(m->hp.n_ff);
+    s->mask = malloc((size_t)o->max_tokens * (size_t)s->mask_words * sizeof *s->mask);
+    s->pred_scr = malloc(pi_predictor_scratch(p, o->max_tokens) * sizeof(float));
+    s->xown = malloc((size_t)o->max_tokens * (size_t)s->d * sizeof(float));
+    s->list = malloc((size_t)m->hp.n_ff * sizeof *s->list);
+    s->sp_gate = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_gate);
+    s->sp_up = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_up);
+    return s->mask && s->pred_scr && s->xown && s->list && s->sp_gate && s->sp_up ? 0 : -PI_ERR_NOMEM;
+}
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
 {
@@ -250,7 +341,12 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         return -PI_ERR_INVAL;
     }
     int prc = pi_ffn_policy_init(&s->policy, m->hp.act, m->hp.n_layer, dense_ok, true);
-    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || prc != 0 ||
+    int rc = host_predictors_init(s, m, o);
+    if (rc == -PI_ERR_INVAL) {
+        host_destroy(&s->base);
+        return rc;
+    }
+    if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || prc != 0 || rc != 0 ||
         dense_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;

@@ -10,7 +10,9 @@
  *   for each layer il:
  *     attn(il)                          h += attention(h) (keys and values appended to the cache)
  *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
- *                                       (x NULL: the layer has no exchange, nothing to write)
+ *                                       (x NULL: the layer has no exchange, nothing to write; a layer
+ *                                       without an exchange gets an x on the predictors' recall steps,
+ *                                       where the loop reads it)
  *     [ffn_predict(il, mask)]           with predictors: the mask of predicted-active neurons; the
  *                                       loop publishes it with x, ffn_hot computes only those
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
@@ -90,7 +92,8 @@ struct pi_backend_ops {
     /* Optional (NULL = no predictors on this backend), called between ffn_input and ffn_hot when
      * opts.pred is set and opts.sparsity is not OFF: evaluate layer il's predictor on the FFN input of
      * the batch's n rows, write the predicted-active mask (n, mask_words) into mask (host memory: the
-     * exchange's mask section, or NULL for a layer without an exchange) and restrict the following
+     * exchange's mask section; for a layer without an exchange NULL, or the loop's own buffer on the
+     * recall steps of [sparsity] recall_every, gpu-worker/loop.c) and restrict the following
      * ffn_hot to the hot neurons predicted active (a ReLU model's exact gate still decides each of
      * them). *n_active = the (token, neuron) pairs predicted active over all n_ff neurons. */
     int (*ffn_predict)(pi_backend_t *b, int il, uint64_t *mask, int64_t mask_words, int64_t *n_active);

@@ -26,6 +26,7 @@
 #include "lib/common.h"
 #include "compute/forward.h"
 #include "compute/ffn-policy.h"
+#include "compute/sparse.h"
 #include "model/sidecar.h"
 #include "lib/log.h"
 #include "kernels/cpu/matvec.h"
@@ -61,6 +62,17 @@ struct pi_forward {
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     struct pi_ffn_stats *stats;  /* activation statistics being counted, or NULL (pi_forward_set_stats) */
+    /* sparse execution (pi_forward_set_sparse): pred NULL = dense */
+    const struct pi_predictors *pred;
+    enum pi_sparsity sparsity;
+    int64_t recall_every;
+    uint64_t sp_steps;          /* batch steps run with predictors (the recall schedule) */
+    bool recall_now;            /* the current step measures the recall */
+    struct pi_sparse_stats *sp_stats;
+    int64_t mask_words;
+    uint64_t *mask;             /* (n_batch, mask_words) */
+    float *pred_scr;            /* pi_predictor_scratch(n_batch) */
+    int32_t *list;              /* (n_ff) */
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o)
@@ -175,6 +187,9 @@ void pi_forward_destroy(pi_forward_t **pf)
     free(f->all);
     free(f->pend);
     pi_ffn_policy_free(&f->policy);
+    free(f->mask);
+    free(f->pred_scr);
+    free(f->list);
     free(f->ref_rows);
     free(f->ref_x);
     free(f->ref_xq);
@@ -192,6 +207,50 @@ void pi_forward_set_stats(pi_forward_t *f, struct pi_ffn_stats *s)
     PI_ASSERT(!s || (s->n_layer == f->m->hp.n_layer && s->n_ff == f->m->hp.n_ff && s->active &&
                      (!s->hist || s->n_hist == PI_SIDECAR_HIST_BINS)));
     f->stats = s;
+}
+
+int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enum pi_sparsity mode, int64_t recall_every,
+                          struct pi_sparse_stats *stats)
+{
+    const struct pi_hparams *hp = &f->m->hp;
+    f->pred = NULL;
+    if (!pred || mode == PI_SPARSITY_OFF) return 0;
+    if (hp->act == PI_FFN_ACT_SILU || pred->n_layer != hp->n_layer || pred->n_ff != hp->n_ff || pred->n_embd != hp->n_embd ||
+        !stats || stats->n_layer != hp->n_layer || recall_every < 0 || f->o.no_ffn || f->o.f32_activations) {
+        pi_error("forward: predictors of another shape, a SwiGLU model, or a mode without the FFN kernels");
+        return -PI_ERR_INVAL;
+    }
+    size_t B = (size_t)f->o.n_batch;
+    f->mask_words = pi_sparse_mask_words(hp->n_ff);
+    if (!f->mask) f->mask = malloc(B * (size_t)f->mask_words * sizeof *f->mask);
+    if (!f->list) f->list = malloc((size_t)hp->n_ff * sizeof *f->list);
+    free(f->pred_scr);
+    f->pred_scr = malloc(pi_predictor_scratch(pred, (int64_t)B) * sizeof *f->pred_scr);
+    if (!f->mask || !f->list || !f->pred_scr || pi_ffn_work_reserve(f->ffw, (int64_t)B) != 0) return -PI_ERR_NOMEM;
+    f->pred = pred;
+    f->sparsity = mode;
+    f->recall_every = recall_every;
+    f->sp_stats = stats;
+    return 0;
+}
+
+/* The FFN of layer il over x (n, d) with the predictors: f->out (n, d) = each token's predicted
+ * neurons (compute/sparse.h: neuron by neuron, or densely with the others zeroed), counted into the
+ * stats. The recall's true gates go through f->gate after the FFN is done with it. */
+static void ffn_sparse(pi_forward_t *f, int il, int n)
+{
+    const struct pi_hparams *hp = &f->m->hp;
+    const struct pi_layer *L = &f->m->layers[il];
+    int64_t predicted = pi_predictor_eval(f->pool, f->pred, il, f->sparsity, f->x, n, f->pred_scr, f->mask, f->mask_words);
+    int64_t active;
+    if (pi_sparse_dense(f->mask, n, f->mask_words, NULL, hp->n_ff)) /* every row once, the others zeroed */
+        active = pi_sparse_ffn_dense_layer(f->pool, L, hp->act, f->x, n, f->mask, f->mask_words, f->gate, f->up, f->out);
+    else
+        active = pi_sparse_ffn(f->pool, f->ffw, L, NULL, hp->n_ff, false, hp->act, f->x, n, f->mask, f->mask_words, f->list,
+                               f->out, NULL);
+    pi_sparse_note(f->sp_stats, il, n, predicted);
+    if (f->recall_now) pi_sparse_recall(f->sp_stats, f->pool, f->m, il, f->x, n, f->mask, f->mask_words, f->gate);
+    f->active += active;
 }
 
 /* The statistics hook: gate (n, n_ff) before the activation; act (n, n_ff) after it. */
@@ -310,6 +369,10 @@ int pi_forward_begin(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
     if ((rc = check_batch(f, tokens, seq, pos, n)) < 0) return rc;
     for (int i = 0; i < n; i++)
         if ((rc = pi_kv_reserve(f->kv, seq[i])) < 0) return rc;
+    if (f->pred) { /* the recall schedule counts batch steps */
+        f->recall_now = f->recall_every > 0 && f->sp_steps % (uint64_t)f->recall_every == 0;
+        f->sp_steps++;
+    }
     return 0;
 }
 
@@ -426,6 +489,11 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
+    if (!f->stats && f->pred) {
+        ffn_sparse(f, il, n); /* each token's predicted neurons only; the policy is not consulted */
+        add_rows(h, f->out, (size_t)n * d);
+        return;
+    }
     if (!f->stats && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */

@@ -25,6 +25,7 @@
 
 #include "kernels/cpu/pool.h"
 #include "compute/kv-cache.h"
+#include "compute/predictor.h"
 #include "model/model.h"
 
 typedef struct pi_forward pi_forward_t;
@@ -124,6 +125,17 @@ struct pi_ffn_stats {
 
 /* Count into s (borrowed: it must outlive its use; shape checked by PI_ASSERT), or stop with NULL. */
 void pi_forward_set_stats(pi_forward_t *f, struct pi_ffn_stats *s);
+
+/* Sparse execution (doc/predictors.md, "Runtime"): with pred (borrowed; must outlive its use) and mode
+ * not off, every FFN step evaluates the layer's predictor on its input and computes, for each token,
+ * only the neurons its mask selects (pi_sparse_ffn; the exact gate still decides each), whatever the
+ * decode policy says; the counts go into stats (borrowed, pi_sparse_stats_init'ed for the model), the
+ * recall measured on every recall_every-th batch step (0: never). pred NULL or mode off: dense again.
+ * A statistics buffer (pi_forward_set_stats) wins: profiling always runs dense. A SwiGLU model or
+ * predictors of another shape: -PI_ERR_INVAL; no memory: -PI_ERR_NOMEM. */
+struct pi_sparse_stats;
+int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enum pi_sparsity mode, int64_t recall_every,
+                          struct pi_sparse_stats *stats);
 
 /* FFN neurons that were non-zero since the forward was created, summed over layers and tokens
  * (ReLU/dReLU models; 0 for SwiGLU). For sparsity statistics. */

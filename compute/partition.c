@@ -283,8 +283,26 @@ size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n)
     return (size_t)n * (3 * (size_t)p->count_max + 1);
 }
 
+/* g (n, c) = 0 where token t's mask row does not select packed neuron j (id ids[j]). */
+static void apply_mask(float *g, int64_t n, int64_t c, const int32_t *ids, const uint64_t *mask, int64_t mask_words)
+{
+    for (int64_t t = 0; t < n; t++) {
+        const uint64_t *row = mask + t * mask_words;
+        float *gt = g + t * c;
+        for (int64_t j = 0; j < c; j++)
+            if (!((row[ids[j] / 64] >> (ids[j] % 64)) & 1u)) gt[j] = 0.0f;
+    }
+}
+
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y)
+{
+    return pi_partition_ffn_dense_masked(pool, p, il, act, X, n, NULL, 0, scratch, Y);
+}
+
+int64_t pi_partition_ffn_dense_masked(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                                      const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch,
+                                      float *Y)
 {
     PI_ASSERT(p->down_row && n >= 1 && il >= 0 && il < p->n_layer);
     const struct pi_layer *L = &p->layers[il];
@@ -295,6 +313,7 @@ int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, in
     pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, c, d, X, n, g);
     pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, c, d, X, n, u);
     pi_ffn_act(act, g, u, n * c);
+    if (mask) apply_mask(g, n, c, p->ids[il], mask, mask_words);
     int64_t active = 0;
     for (size_t i = 0; i < (size_t)n * (size_t)c; i++) active += g[i] != 0.0f;
     if (blk > 0) { /* the runs' activations side by side, as the dense block's columns */

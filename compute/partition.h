@@ -84,4 +84,11 @@ size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y);
 
+/* The same with each token's predicted-active mask (compute/sparse.h): mask (n, mask_words) over the
+ * layer's ids; an activation whose neuron token t's row does not select is zeroed before the down
+ * product, so each token sums exactly its selected neurons (every weight row is still read once). */
+int64_t pi_partition_ffn_dense_masked(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                                      const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch,
+                                      float *Y);
+
 #endif

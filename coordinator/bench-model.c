@@ -54,6 +54,7 @@ struct placement {
     double hot_fraction; /* as asked (pipeline only) */
     int64_t workers;     /* as asked, 0 = one per NUMA node (pipeline only) */
     int64_t threads;
+    enum pi_sparsity_cfg sparsity; /* as asked (--sparsity) */
 };
 
 /* One finished test. */
@@ -68,6 +69,9 @@ struct result {
     const int64_t *ns;   /* (reps) nanoseconds of each run */
     int reps;
     double avg_ns, sd_ns, avg_ts, sd_ts;
+    enum pi_sparsity sparsity;       /* the mode the engine runs (resolved) */
+    const pi_model_t *m;             /* the model the engine runs (for the sparse counts' shape) */
+    struct pi_sparse_summary sparse; /* the test's counts (pairs 0: dense) */
 };
 
 static const char *const backend_names[] = {"CPU", "host", "CUDA"};   /* the table's backend column */
@@ -195,12 +199,14 @@ static const struct column col_model = {"model", 30, false}, col_size = {"size",
                            col_params = {"params", 10, true}, col_backend = {"backend", 10, false},
                            col_hot = {"hot", 5, true}, col_workers = {"workers", 7, true},
                            col_threads = {"threads", 7, true}, col_test = {"test", 13, true},
-                           col_ts = {"t/s", 20, true}, col_gbs = {"GB/s", 8, true}, col_bw = {"bw %", 6, true};
+                           col_ts = {"t/s", 20, true}, col_gbs = {"GB/s", 8, true}, col_bw = {"bw %", 6, true},
+                           col_sparse = {"sparsity", 16, false}, col_recall = {"recall", 7, true};
 
 struct table {
     const struct pi_bench_opts *b;
     bool pipeline;   /* the hot and workers columns */
     bool bw;         /* the GB/s and bw % columns */
+    bool sparse;     /* the sparsity and recall columns (--sparsity given) */
     double bw_gbs;   /* the bandwidth they compare with */
     int rows;        /* printed so far */
     char cpu_info[128];
@@ -222,7 +228,10 @@ static void md_columns(const struct table *t, const struct column **cols)
     int n = 0;
     cols[n++] = &col_model, cols[n++] = &col_size, cols[n++] = &col_params, cols[n++] = &col_backend;
     if (t->pipeline) cols[n++] = &col_hot, cols[n++] = &col_workers;
-    cols[n++] = &col_threads, cols[n++] = &col_test, cols[n++] = &col_ts;
+    cols[n++] = &col_threads;
+    if (t->sparse) cols[n++] = &col_sparse;
+    cols[n++] = &col_test, cols[n++] = &col_ts;
+    if (t->sparse) cols[n++] = &col_recall;
     if (t->bw) cols[n++] = &col_gbs, cols[n++] = &col_bw;
     cols[n] = NULL;
 }
@@ -273,10 +282,20 @@ static void md_row(const struct table *t, const struct result *r)
     }
     snprintf(s, sizeof s, "%lld", (long long)r->pl.threads);
     md_text(&col_threads, s);
+    if (t->sparse) { /* the mode and the share of (token, neuron) pairs not computed */
+        if (r->sparse.pairs) snprintf(s, sizeof s, "%s %.1f%%", pi_sparsity_name(r->sparsity), 100.0 * r->sparse.sparsity);
+        else snprintf(s, sizeof s, "%s", pi_sparsity_name(r->sparsity));
+        md_text(&col_sparse, s);
+    }
     snprintf(s, sizeof s, "%s%lld", r->n_prompt ? "pp" : "tg", (long long)(r->n_prompt ? r->n_prompt : r->n_gen));
     md_text(&col_test, s);
     snprintf(s, sizeof s, "%.2f ± %.2f", r->avg_ts, r->sd_ts);
     md_cell(&col_ts, s, (int)strlen(s) - 1);
+    if (t->sparse) {
+        if (r->sparse.recall_true) snprintf(s, sizeof s, "%.1f%%", 100.0 * r->sparse.recall);
+        else snprintf(s, sizeof s, "-");
+        md_text(&col_recall, s);
+    }
     if (t->bw) {
         double g = row_gbs(r);
         if (g >= 0) snprintf(s, sizeof s, "%.1f", g);
@@ -289,14 +308,15 @@ static void md_row(const struct table *t, const struct result *r)
 }
 
 /* The csv and json fields of a row, in order; NULL value = not applicable (csv "", json null). */
-#define N_FIELDS 24
+#define N_FIELDS 28
 static const char *const field_names[N_FIELDS] = {
     "pinfer_version", "cpu_info", "model_filename", "model_type", "model_size", "model_n_params",
     "backend", "hot_fraction", "hot_share", "n_hot", "n_layer", "n_ff", "cpu_workers", "n_threads", "n_prompt", "n_gen",
-    "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "decode_gbs", "bw_gbs", "bw_share"};
+    "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "decode_gbs", "bw_gbs", "bw_share",
+    "sparsity", "ffn_sparsity", "ffn_bytes_skipped", "predictor_recall"};
 /* which fields are numbers in json */
-static const bool field_num[N_FIELDS] = {false, false, false, false, true, true, false, true, true, true, true, true,
-                                         true,  true,  true,  true,  false, true, true, true, true, true, true, true};
+static const bool field_num[N_FIELDS] = {false, false, false, false, true, true, false, true, true, true, true, true, true, true,
+                                         true,  true,  false, true,  true, true, true, true, true, true, false, true, true, true};
 
 static void row_fields(const struct table *t, const struct result *r, char v[N_FIELDS][256], bool present[N_FIELDS])
 {
@@ -328,6 +348,12 @@ static void row_fields(const struct table *t, const struct result *r, char v[N_F
     present[k] = g >= 0, snprintf(v[k++], 256, "%.3f", g);
     present[k] = t->bw, snprintf(v[k++], 256, "%.3f", t->bw_gbs);
     present[k] = g >= 0, snprintf(v[k++], 256, "%.4f", g / t->bw_gbs);
+    /* sparse execution: per test, the share of (token, neuron) pairs not computed, the FFN weight bytes
+     * they would have read (per token, summed over the test's tokens), the predictor's recall */
+    snprintf(v[k++], 256, "%s", pi_sparsity_name(r->sparsity));
+    present[k] = r->sparse.pairs > 0, snprintf(v[k++], 256, "%.6f", r->sparse.sparsity);
+    present[k] = r->sparse.pairs > 0, snprintf(v[k++], 256, "%llu", (unsigned long long)r->sparse.bytes_skipped);
+    present[k] = r->sparse.recall_true > 0, snprintf(v[k++], 256, "%.6f", r->sparse.recall);
     PI_ASSERT(k == N_FIELDS);
 }
 
@@ -456,6 +482,19 @@ static int run_once(pi_engine_t *e, const int32_t *tokens, int64_t n_prompt, int
     return rc;
 }
 
+/* r->sparse = the engine's sparse counts of the timed runs: after minus before (summaries of both). */
+static void sparse_delta(pi_engine_t *e, const pi_model_t *m, const struct pi_sparse_stats *before, struct result *r)
+{
+    struct pi_sparse_stats now;
+    memset(&r->sparse, 0, sizeof r->sparse);
+    if (!before || pi_sparse_stats_init(&now, m) != 0) return;
+    if (pi_engine_sparse_stats(e, &now) == 0) {
+        pi_sparse_stats_sub(&now, before);
+        pi_sparse_summary(&now, -1, &r->sparse);
+    }
+    pi_sparse_stats_free(&now);
+}
+
 /* Run one test -r times (after a warm-up) and fill r's statistics. */
 static int run_test(const struct pi_bench_opts *b, pi_engine_t *e, const int32_t *tokens, float *logits, int64_t *ns,
                     struct result *r)
@@ -465,7 +504,12 @@ static int run_test(const struct pi_bench_opts *b, pi_engine_t *e, const int32_t
     struct tm tm;
     strftime(r->test_time, sizeof r->test_time, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
     int rc = b->warmup ? run_once(e, tokens, r->n_prompt, r->n_prompt ? 0 : 1, logits, &warm) : 0;
+    struct pi_sparse_stats before;
+    const bool counted = r->sparsity != PI_SPARSITY_OFF && pi_sparse_stats_init(&before, r->m) == 0;
+    if (counted) pi_engine_sparse_stats(e, &before);
     for (int i = 0; rc == 0 && i < b->reps; i++) rc = run_once(e, tokens, r->n_prompt, r->n_gen, logits, &ns[i]);
+    if (rc == 0) sparse_delta(e, r->m, counted ? &before : NULL, r);
+    if (counted) pi_sparse_stats_free(&before);
     if (rc != 0) return rc;
     double s = 0, s2 = 0, st = 0, st2 = 0;
     for (int i = 0; i < b->reps; i++) {
@@ -497,7 +541,14 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     c->cpu_workers = pl->workers;
     c->cpu_threads = pl->threads;
     c->ctx_len = ctx;
-    if (pl->backend == PI_GPU_NONE) return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx);
+    char line[320];
+    if (pi_sparse_open(cm->model, pl->sparsity, &cm->pred, &cm->sparsity, line, sizeof line) != 0) {
+        fprintf(stderr, "pi-bench: %s: --sparsity: %s\n", path, line);
+        return NULL;
+    }
+    pi_info("%s", line);
+    if (pl->backend == PI_GPU_NONE)
+        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, &cm->pred, cm->sparsity, c->sparsity.recall_every);
     free(c->model_path);
     c->model_path = strdup(path);
     if (!c->model_path) return NULL;
@@ -519,11 +570,12 @@ static int model_open(const char *path, bool packed, pi_model_t **m)
 }
 
 /* Every placement of the run, in llama-bench's order (backend, then hot fraction, CPU workers and
- * threads; the in-process engine has no hot fraction or workers). Returns a fresh array and its
- * length in *n, or NULL when out of memory. */
+ * threads, then the sparsity modes; the in-process engine has no hot fraction or workers). Returns a
+ * fresh array and its length in *n, or NULL when out of memory. */
 static struct placement *placements(const struct pi_bench_opts *b, int *n)
 {
-    size_t cap = (size_t)b->n_backends * (size_t)b->hot_fraction.n * (size_t)b->cpu_workers.n * (size_t)b->threads.n;
+    size_t cap = (size_t)b->n_backends * (size_t)b->hot_fraction.n * (size_t)b->cpu_workers.n * (size_t)b->threads.n *
+                 (size_t)b->sparsity.n;
     struct placement *pl = calloc(cap ? cap : 1, sizeof *pl);
     *n = 0;
     if (!pl) return NULL;
@@ -532,8 +584,10 @@ static struct placement *placements(const struct pi_bench_opts *b, int *n)
         for (int hi = 0; hi < (pipe ? b->hot_fraction.n : 1); hi++)
             for (int wi = 0; wi < (pipe ? b->cpu_workers.n : 1); wi++)
                 for (int ti = 0; ti < b->threads.n; ti++)
-                    pl[(*n)++] = (struct placement){b->backends[bi], pipe ? b->hot_fraction.v[hi] : 0.0,
-                                                    pipe ? b->cpu_workers.v[wi] : 0, b->threads.v[ti]};
+                    for (int si = 0; si < b->sparsity.n; si++)
+                        pl[(*n)++] = (struct placement){b->backends[bi], pipe ? b->hot_fraction.v[hi] : 0.0,
+                                                        pipe ? b->cpu_workers.v[wi] : 0, b->threads.v[ti],
+                                                        (enum pi_sparsity_cfg)b->sparsity.v[si]};
     }
     return pl;
 }
@@ -599,6 +653,8 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
         struct result r = {.mi = &mi, .pl = *pl, .n_hot = map ? pi_placement_hot_total(map) : -1,
                            .n_workers = map ? map->n_workers : 0};
         r.hot_share = map ? (double)r.n_hot / ((double)mi.n_layer * mi.n_ff) : -1.0;
+        r.sparsity = cm.sparsity;
+        r.m = m;
         status |= bench_engine(b, t, e, &r, tokens, logits, ns);
         pi_engine_destroy(&e);
         cm.model = NULL; /* m stays open for the next placement; the sidecar goes */
@@ -613,7 +669,7 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
 
 int pi_bench_models(const struct pi_bench_opts *b)
 {
-    struct table t = {.b = b, .bw = b->bw_gbs != 0};
+    struct table t = {.b = b, .bw = b->bw_gbs != 0, .sparse = b->sparsity_given};
     for (int i = 0; i < b->n_backends; i++) t.pipeline |= b->backends[i] != PI_GPU_NONE;
     cpu_info(t.cpu_info, sizeof t.cpu_info);
     if (b->bw_gbs < 0) {
@@ -646,7 +702,7 @@ int pi_bench_models(const struct pi_bench_opts *b)
         free(o.cfg.run_dir);
         o.cfg.run_dir = strdup(b->run_dir);
     }
-    for (int i = 0; i < b->n_sets; i++) { /* --set tune.KEY=VALUE, checked by the parser */
+    for (int i = 0; i < b->n_sets; i++) { /* --set tune.KEY=VALUE or sparsity.KEY=VALUE, checked by the parser */
         char key[128], err[256];
         const char *eq = strchr(b->sets[i], '=');
         snprintf(key, sizeof key, "%.*s", (int)(eq - b->sets[i]), b->sets[i]);

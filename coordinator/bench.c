@@ -31,7 +31,7 @@ enum { EXIT_USAGE = 2 };
 enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA };
 
 enum {
-    OPT_NO_WARMUP = 256, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
+    OPT_NO_WARMUP = 256, OPT_SPARSITY, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
     OPT_KERNELS, OPT_EXCHANGE, OPT_CUDA, OPT_ROWS, OPT_COLS, OPT_TYPES, OPT_ITERS, OPT_SPIN, OPT_BATCH, OPT_EMBD,
 };
 
@@ -75,8 +75,13 @@ static void usage(FILE *out)
             "      --gpu-index PATH      PowerInfer GPU index (.gpuidx) naming each layer's hot neurons,\n"
             "                            instead of the hot fraction and the budget; default: none\n"
             "      --cpu-workers N,...   CPU worker processes, 0 for one per NUMA node; default: 0\n"
+            "      --sparsity MODE,...   auto, off, safe or aggressive: FFN sparsity through the model's\n"
+            "                            predictors, one engine each; adds the realised sparsity and the\n"
+            "                            predictor's recall (with --set sparsity.recall_every=N) columns;\n"
+            "                            default: auto (safe for a ReLU model with predictors, else off)\n"
             "      --set tune.KEY=VALUE  a performance choice of pinfer.conf(5)'s [tune] section for every\n"
             "                            engine and this process (repeatable); default: the table's\n"
+            "      --set sparsity.KEY=VALUE  the same for the [sparsity] section (recall_every)\n"
             "      --run-dir DIR         where the workers' sockets and generated models go;\n"
             "                            default: $XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID\n"
             "      --log-level LEVEL     error, warn, info or debug; default: warn\n"
@@ -150,20 +155,34 @@ static int check_key(struct pi_config *scratch, const char *opt, const char *key
     return 0;
 }
 
-/* --set tune.KEY=VALUE: a [tune] key of the configuration table, through its own check; applied to
- * every engine's configuration (bench-model.c) and to b->tune. Other sections have options of their own. */
+/* --set tune.KEY=VALUE or sparsity.KEY=VALUE: a key of the configuration table, through its own check;
+ * applied to every engine's configuration (bench-model.c) and to b->tune. Other sections have options
+ * of their own. */
 static int parse_set(struct pi_config *scratch, const char *s, struct pi_bench_opts *b)
 {
     char key[128];
     const char *eq = strchr(s, '=');
-    if (!eq || strncmp(s, "tune.", 5) != 0 || (size_t)(eq - s) >= sizeof key)
-        return bad("--set", s, "expected tune.KEY=VALUE (the [tune] keys of pinfer.conf(5))");
+    if (!eq || (strncmp(s, "tune.", 5) != 0 && strncmp(s, "sparsity.", 9) != 0) || (size_t)(eq - s) >= sizeof key)
+        return bad("--set", s, "expected tune.KEY=VALUE or sparsity.KEY=VALUE (pinfer.conf(5))");
     memcpy(key, s, (size_t)(eq - s));
     key[eq - s] = '\0';
     if (check_key(scratch, "--set", key, eq + 1) != 0) return -PI_ERR_INVAL;
     if (b->n_sets == PI_BENCH_MAX_LIST) return bad("--set", s, "too many settings (at most 32)");
     b->sets[b->n_sets++] = s;
     b->tune = scratch->tune;
+    return 0;
+}
+
+/* --sparsity MODE,...: each through [sparsity] mode's check. */
+static int parse_sparsity(struct pi_config *scratch, const char *s, struct pi_bench_list *l)
+{
+    char buf[256];
+    if (snprintf(buf, sizeof buf, "%s", s) >= (int)sizeof buf || !*s) return bad("--sparsity", s, "expected MODE[,MODE...]");
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        if (check_key(scratch, "--sparsity", "sparsity.mode", tok) != 0) return -PI_ERR_INVAL;
+        if (l->n == PI_BENCH_MAX_LIST) return bad("--sparsity", s, "too many values (at most 32)");
+        l->v[l->n++] = scratch->sparsity.mode;
+    }
     return 0;
 }
 
@@ -243,6 +262,7 @@ static int add_model(const char *m, struct pi_bench_opts *b)
 
 /* What the command line asked for, beyond the options struct: which options were given. */
 struct given {
+    bool sparsity;
     bool p, n, r, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
     bool rows, cols, types, iters, spin, batch, embd;
 };
@@ -257,6 +277,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         {"ctx", required_argument, NULL, OPT_CTX}, {"gpu-backend", required_argument, NULL, OPT_BACKEND},
         {"hot-fraction", required_argument, NULL, OPT_HOT}, {"vram-budget", required_argument, NULL, OPT_VRAM},
         {"gpu-index", required_argument, NULL, OPT_INDEX}, {"set", required_argument, NULL, OPT_SET},
+        {"sparsity", required_argument, NULL, OPT_SPARSITY},
         {"cpu-workers", required_argument, NULL, OPT_WORKERS}, {"run-dir", required_argument, NULL, OPT_RUN_DIR},
         {"log-level", required_argument, NULL, OPT_LOG}, {"kernels", required_argument, NULL, OPT_KERNELS},
         {"exchange", no_argument, NULL, OPT_EXCHANGE}, {"cuda-kernels", no_argument, NULL, OPT_CUDA},
@@ -311,6 +332,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             b->gpu_index = optarg;
             break;
         case OPT_SET: rc = parse_set(&scratch, optarg, b); break;
+        case OPT_SPARSITY: g->sparsity = b->sparsity_given = true, rc = parse_sparsity(&scratch, optarg, &b->sparsity); break;
         case OPT_WORKERS: g->workers = true, rc = parse_list("--cpu-workers", optarg, 0, 64, &b->cpu_workers); break;
         case OPT_RUN_DIR: rc = check_key(&scratch, "--run-dir", "run.dir", optarg), b->run_dir = optarg; break;
         case OPT_LOG: rc = check_key(&scratch, "--log-level", "log.level", optarg), b->log_level = optarg; break;
@@ -374,6 +396,7 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->hot, "--hot-fraction", M(MODE_MODELS)},
         {g->vram, "--vram-budget", M(MODE_MODELS)},
         {g->index, "--gpu-index", M(MODE_MODELS)},
+        {g->sparsity, "--sparsity", M(MODE_MODELS)},
         {g->workers, "--cpu-workers", M(MODE_MODELS) | M(MODE_EXCHANGE)},
         {g->rows, "--rows", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},
         {g->cols, "--cols", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},
@@ -424,6 +447,7 @@ static void defaults(enum mode mode, struct pi_bench_opts *b)
     if (!b->threads.n) b->threads.v[b->threads.n++] = online_cpus();
     if (!b->n_backends) b->backends[b->n_backends++] = PI_GPU_HOST;
     if (!b->hot_fraction.n) b->hot_fraction.v[b->hot_fraction.n++] = 0.5;
+    if (!b->sparsity.n) b->sparsity.v[b->sparsity.n++] = PI_SPARSITY_CFG_AUTO;
     if (!b->cpu_workers.n) {
         b->cpu_workers.v[b->cpu_workers.n++] = mode == MODE_EXCHANGE ? 1 : 0;
         if (mode == MODE_EXCHANGE) b->cpu_workers.v[b->cpu_workers.n++] = 2;

@@ -56,9 +56,11 @@ struct pi_bench_opts {
     uint64_t vram_budget;                   /* --vram-budget (0: the hot fraction decides) */
     const char *gpu_index;                  /* --gpu-index: PowerInfer .gpuidx hot sets, or NULL */
     struct pi_bench_list cpu_workers;       /* --cpu-workers (0: one per NUMA node) */
+    struct pi_bench_list sparsity;          /* --sparsity: enum pi_sparsity_cfg values (default auto) */
+    bool sparsity_given;                    /* --sparsity given: the markdown table shows its columns */
     const char *run_dir;                    /* --run-dir, or NULL: the configuration's default */
     const char *log_level;                  /* --log-level */
-    const char *sets[PI_BENCH_MAX_LIST];    /* --set tune.KEY=VALUE (argv strings, checked): every engine's tuning */
+    const char *sets[PI_BENCH_MAX_LIST];    /* --set tune.KEY=VALUE or sparsity.KEY=VALUE (argv strings, checked) */
     int n_sets;
     struct pi_tune tune;                    /* those settings applied to the defaults (this process's kernels) */
     /* the kernel and IPC modes */

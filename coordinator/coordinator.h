@@ -22,6 +22,12 @@ struct pi_coord_model {
     /* pi-profile's statistics for this model (model/sidecar.h), for the placement; NULL when none.
      * Owned (freed by pi_coord_model_close); const to its readers. */
     const struct pi_sidecar *sidecar;
+    /* Sparse execution ([sparsity] mode resolved by pi_coord_sparsity_open): the mode, and the
+     * predictors when it is not off (the in-process engine computes with them; the pipeline's GPU
+     * worker opens its own from the same file). */
+    enum pi_sparsity sparsity;
+    struct pi_predictors pred;
+    char sparsity_line[320]; /* what was chosen and why, with the predictors' source (logged at open) */
 };
 
 /* Open o->cfg.model_path. with_weights: pack the FFN for computing in this process (backend
@@ -37,6 +43,13 @@ void pi_coord_model_close(struct pi_coord_model *cm);
  * asked for and absent, malformed or another model's is one line "PROG: sidecar PATH: reason" on
  * stderr and a negative pi_err. Freed by pi_coord_model_close. */
 int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);
+
+/* Resolve o->cfg.sparsity.mode for cm->model into cm->sparsity and cm->pred (compute/sparse.h), the
+ * choice with the predictors' source into cm->sparsity_line ("sparsity safe (predictors from the model,
+ * rank 16)"; pi_coord_engine_new logs it); a
+ * mode the model cannot run (SwiGLU, no predictors) is one line "PROG: --sparsity: reason" on stderr
+ * and a negative pi_err. pi_coord_model_open calls it; freed by pi_coord_model_close. */
+int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);
 
 /* Build the engine of o->cfg: in-process for backend none, else the pipeline (spawning the
  * workers). NULL on failure (logged). */

@@ -9,6 +9,7 @@
 #include "compute/forward.h"
 #include "lib/log.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 #define LOCAL_MAX_BATCH 64
@@ -16,13 +17,35 @@
 struct local_engine {
     struct pi_engine base;
     pi_forward_t *fwd;
+    /* sparse execution: the forward pass counts into step, which each eval moves into total under mu
+     * (pi-ctl status reads total from another thread) */
+    bool sparse;
+    struct pi_sparse_stats step, total;
+    pthread_mutex_t mu;
 };
 
 static int local_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
 {
     struct local_engine *l = (struct local_engine *)e;
     if (n_out != 0 && n_out != 1 && n_out != n) return -PI_ERR_INVAL;
-    return pi_forward_tokens(l->fwd, 0, tokens, n, pos0, n_out ? logits : NULL, n_out == n && n > 1);
+    int rc = pi_forward_tokens(l->fwd, 0, tokens, n, pos0, n_out ? logits : NULL, n_out == n && n > 1);
+    if (l->sparse) {
+        pthread_mutex_lock(&l->mu);
+        pi_sparse_stats_add(&l->total, &l->step);
+        pthread_mutex_unlock(&l->mu);
+        pi_sparse_stats_clear(&l->step);
+    }
+    return rc;
+}
+
+static int local_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
+{
+    struct local_engine *l = (struct local_engine *)e;
+    if (!l->sparse) return -PI_ERR_NOTFOUND;
+    pthread_mutex_lock(&l->mu);
+    pi_sparse_stats_add(out, &l->total);
+    pthread_mutex_unlock(&l->mu);
+    return 0;
 }
 
 static int local_reset(pi_engine_t *e)
@@ -35,15 +58,20 @@ static void local_destroy(pi_engine_t *e)
 {
     struct local_engine *l = (struct local_engine *)e;
     pi_forward_destroy(&l->fwd);
+    pi_sparse_stats_free(&l->step);
+    pi_sparse_stats_free(&l->total);
+    pthread_mutex_destroy(&l->mu);
     free(l);
 }
 
-static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy};
+static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy, local_sparse_stats};
 
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx)
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
+                                 enum pi_sparsity mode, int64_t recall_every)
 {
     struct local_engine *l = calloc(1, sizeof *l);
     if (!l) return NULL;
+    pthread_mutex_init(&l->mu, NULL);
     struct pi_forward_opts fo;
     pi_forward_opts_default(&fo);
     fo.n_threads = n_threads > 0 ? n_threads : 1;
@@ -51,12 +79,22 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx)
     else fo.n_ctx = pi_model_default_ctx(m);
     fo.n_batch = LOCAL_MAX_BATCH;
     l->fwd = pi_forward_new(m, &fo);
-    if (!l->fwd) { free(l); return NULL; }
+    l->sparse = pred && mode != PI_SPARSITY_OFF;
+    if (!l->fwd || (l->sparse && (pi_sparse_stats_init(&l->step, m) != 0 || pi_sparse_stats_init(&l->total, m) != 0 ||
+                                  pi_forward_set_sparse(l->fwd, pred, mode, recall_every, &l->step) != 0))) {
+        local_destroy(&l->base);
+        return NULL;
+    }
     l->base.ops = &local_ops;
     l->base.n_vocab = m->hp.n_vocab;
     l->base.max_batch = LOCAL_MAX_BATCH;
     l->base.n_ctx = fo.n_ctx;
     return &l->base;
+}
+
+int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
+{
+    return e && e->ops->sparse_stats ? e->ops->sparse_stats(e, out) : -PI_ERR_NOTFOUND;
 }
 
 void pi_engine_destroy(pi_engine_t **e)

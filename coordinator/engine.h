@@ -9,6 +9,8 @@
 
 #include <stdint.h>
 
+#include "compute/predictor.h"
+#include "compute/sparse.h"
 #include "model/model.h"
 
 typedef struct pi_engine pi_engine_t;
@@ -20,6 +22,10 @@ struct pi_engine_ops {
     /* Forget sequence 0 (the next eval starts at position 0). */
     int (*reset)(pi_engine_t *e);
     void (*destroy)(pi_engine_t *e);
+    /* Optional (NULL: always dense): out (pi_sparse_stats_init'ed for the model) += the sparse
+     * execution's counts since the engine was made (compute/sparse.h). 0, or -PI_ERR_NOTFOUND when the
+     * engine runs dense. Safe from another thread while a batch runs (pi-ctl status). */
+    int (*sparse_stats)(pi_engine_t *e, struct pi_sparse_stats *out);
 };
 
 /* Every engine struct starts with this. */
@@ -31,8 +37,13 @@ struct pi_engine {
 };
 
 /* The in-process engine over m (borrowed): the single-process forward pass with n_threads threads
- * and a context of n_ctx positions (0: the model's). NULL on failure (logged). */
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx);
+ * and a context of n_ctx positions (0: the model's); with pred (borrowed) and mode not off, sparse
+ * (pi_forward_set_sparse, the recall every recall_every steps). NULL on failure (logged). */
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
+                                 enum pi_sparsity mode, int64_t recall_every);
+
+/* e's sparse counts into out (see sparse_stats): 0, or -PI_ERR_NOTFOUND for a dense engine. */
+int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out);
 
 /* Destroy any engine; accepts NULL; nulls the caller's pointer. */
 void pi_engine_destroy(pi_engine_t **e);

@@ -43,6 +43,22 @@ int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *
     return 0;
 }
 
+int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
+{
+    char *line = cm->sparsity_line;
+    const size_t len = sizeof cm->sparsity_line;
+    int rc = pi_sparse_open(cm->model, o->cfg.sparsity.mode, &cm->pred, &cm->sparsity, line, len);
+    if (rc != 0) {
+        fprintf(stderr, "%s: --sparsity: %s\n", prog, line);
+        return rc;
+    }
+    if (cm->sparsity != PI_SPARSITY_OFF && o->cfg.sparsity.recall_every > 0) {
+        size_t n = strlen(line);
+        snprintf(line + n, len - n, "; recall measured every %lld steps", (long long)o->cfg.sparsity.recall_every);
+    }
+    return 0;
+}
+
 int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct pi_coord_model *cm)
 {
     memset(cm, 0, sizeof *cm);
@@ -64,7 +80,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
-    if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0) {
+    if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0 || (rc = pi_coord_sparsity_open(o, cm, "pi-coordinator")) < 0) {
         pi_coord_model_close(cm);
         return rc;
     }
@@ -94,6 +110,8 @@ void pi_coord_model_close(struct pi_coord_model *cm)
     struct pi_sidecar *s = (struct pi_sidecar *)cm->sidecar; /* owned here; const to its readers */
     pi_sidecar_destroy(&s);
     cm->sidecar = NULL;
+    pi_predictors_free(&cm->pred);
+    cm->sparsity = PI_SPARSITY_OFF;
     pi_tokenizer_destroy(&cm->tok);
     pi_model_destroy(&cm->model);
 }
@@ -166,6 +184,22 @@ static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
     return text;
 }
 
+/* The run's sparse execution in one log line (compute/sparse.h), when the engine ran with predictors. */
+static void log_sparsity(pi_engine_t *e, const pi_model_t *m)
+{
+    struct pi_sparse_stats st;
+    struct pi_sparse_summary sum;
+    if (pi_sparse_stats_init(&st, m) != 0) return;
+    if (pi_engine_sparse_stats(e, &st) == 0) {
+        pi_sparse_summary(&st, -1, &sum);
+        char rec[64] = "not measured (--recall-every N)";
+        if (sum.recall_true) snprintf(rec, sizeof rec, "%.2f%%", 100.0 * sum.recall);
+        pi_info("FFN sparsity %.1f%% of the (token, neuron) pairs, %.1f MB of FFN weights skipped; predictor recall %s",
+                100.0 * sum.sparsity, (double)sum.bytes_skipped / 1e6, rec);
+    }
+    pi_sparse_stats_free(&st);
+}
+
 int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
 {
     struct pi_coord_model cm;
@@ -222,6 +256,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     pi_info("prompt: %d tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.1f tok/s)%s", res.n_prompt,
             res.prompt_s, res.prompt_s > 0 ? res.n_prompt / res.prompt_s : 0.0, res.n_generated, res.gen_s,
             res.gen_s > 0 ? res.n_generated / res.gen_s : 0.0, res.stop_eog ? ", stopped at end of text" : "");
+    log_sparsity(e, cm.model);
     status = PI_EXIT_OK;
 out:
     free(chat_text);

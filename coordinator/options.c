@@ -55,6 +55,8 @@ static const struct key_opt key_opts[] = {
     {"repeat-penalty", "generate.repeat_penalty", "R"},
     {"seed", "generate.seed", "S"},
     {"log-level", "log.level", "LEVEL"},
+    {"sparsity", "sparsity.mode", "MODE"},
+    {"recall-every", "sparsity.recall_every", "N"},
 };
 
 /* The table entry of dotted "section.key", or NULL. */

@@ -38,7 +38,6 @@ enum {
     OPT_CHUNKS = 256,
     OPT_KL_BASE,
     OPT_KL,
-    OPT_SPARSITY,
     OPT_SET,
     OPT_HELP,
     OPT_VERSION,
@@ -54,6 +53,7 @@ static const struct {
     {"gpu-device", "gpu.device", "N"},           {"cpu-workers", "cpu.workers", "N"},
     {"cpu-threads", "cpu.threads", "N"},         {"run-dir", "run.dir", "DIR"},
     {"log-level", "log.level", "LEVEL"},         {"sidecar", "model.sidecar", "PATH"},
+    {"sparsity", "sparsity.mode", "MODE"},       {"recall-every", "sparsity.recall_every", "N"},
 };
 
 /* What the command line asked for. */
@@ -100,8 +100,6 @@ static void usage(FILE *out)
             "                            write the log-probabilities of the scored positions to FILE (float32,\n"
             "                            4 x n_vocab bytes per scored token); with --kl-divergence, read them\n"
             "      --kl-divergence       compare this run with FILE: KL divergence, Δp, same top token\n"
-            "      --sparsity MODE       off, safe or aggressive; only off exists until the sparse FFN modes\n"
-            "                            (issues 12 and 13); default: off\n"
             "\n"
             "Engine (as pi-coordinator(1); each is also a key of pinfer.conf(5)):\n",
             CTX_MIN, CTX_MAX, CTX_DEFAULT);
@@ -118,6 +116,7 @@ static void usage(FILE *out)
         snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
         const char *def = k->default_text;
         if (strcmp(key_opts[i].dotted, "log.level") == 0) def = "warn";
+        if (strcmp(key_opts[i].dotted, "sparsity.recall_every") == 0) def = "1 (every step: an evaluation)";
         fprintf(out, "      %-20s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
     }
     fputs("      --set tune.KEY=VALUE  a performance choice of pinfer.conf(5)'s [tune] section (repeatable)\n"
@@ -168,7 +167,6 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
     lo[n++] = (struct option){"chunks", required_argument, NULL, OPT_CHUNKS};
     lo[n++] = (struct option){"kl-divergence-base", required_argument, NULL, OPT_KL_BASE};
     lo[n++] = (struct option){"kl-divergence", no_argument, NULL, OPT_KL};
-    lo[n++] = (struct option){"sparsity", required_argument, NULL, OPT_SPARSITY};
     lo[n++] = (struct option){"set", required_argument, NULL, OPT_SET};
     lo[n++] = (struct option){"help", no_argument, NULL, 'h'};
     lo[n++] = (struct option){"version", no_argument, NULL, 'V'};
@@ -202,15 +200,9 @@ static int parse(int argc, char **argv, struct ppl_opts *o)
             break;
         case OPT_KL_BASE: o->kl_base = optarg; break;
         case OPT_KL: o->kl = true; break;
-        case OPT_SPARSITY:
-            if (strcmp(optarg, "safe") == 0 || strcmp(optarg, "aggressive") == 0)
-                rc = bad("--sparsity", optarg,
-                         "not available yet: the sparse FFN modes come with issues 12 and 13; only 'off' exists");
-            else if (strcmp(optarg, "off") != 0) rc = bad("--sparsity", optarg, "expected off, safe or aggressive");
-            break;
         case OPT_SET:
-            if (strncmp(optarg, "tune.", 5) != 0 || !strchr(optarg, '=')) {
-                rc = bad("--set", optarg, "expected tune.KEY=VALUE (the [tune] keys of pinfer.conf(5))");
+            if ((strncmp(optarg, "tune.", 5) != 0 && strncmp(optarg, "sparsity.", 9) != 0) || !strchr(optarg, '=')) {
+                rc = bad("--set", optarg, "expected tune.KEY=VALUE or sparsity.KEY=VALUE (pinfer.conf(5))");
             } else {
                 char key[128];
                 const char *eq = strchr(optarg, '=');
@@ -343,7 +335,9 @@ static int open_model(struct run *r)
     /* the activation profile, so that the pipeline places the neurons as pi-coordinator does */
     struct pi_coord_opts co = o->co;
     co.cfg.model_path = (char *)o->model;
-    if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0) return rc;
+    if ((rc = pi_coord_sidecar_open(&co, &r->cm, "pi-perplexity")) < 0 ||
+        (rc = pi_coord_sparsity_open(&co, &r->cm, "pi-perplexity")) < 0)
+        return rc;
     if (pi_tokenizer_n_vocab(r->cm.tok) > r->n_vocab) {
         fprintf(stderr, "pi-perplexity: -m %s: the tokenizer has %d tokens, the embedding %d\n", o->model,
                 pi_tokenizer_n_vocab(r->cm.tok), r->n_vocab);
@@ -517,6 +511,24 @@ static int run_chunk(struct run *r, int c, int32_t *ids, struct pi_ppl_acc *acc,
     return 0;
 }
 
+/* The sparse execution's lines (issue 16, item 4): the share of FFN weight bytes the predictors let the
+ * engine skip, per token, over the whole run (dense: 0, exact: a dense run reads every row, the neuron
+ * path for single tokens never runs here since chunks go in batches); the recall where it was measured. */
+static void print_sparsity(struct run *r)
+{
+    struct pi_sparse_stats st;
+    struct pi_sparse_summary sum = {0};
+    if (pi_sparse_stats_init(&st, r->cm.model) == 0) {
+        if (pi_engine_sparse_stats(r->e, &st) == 0) pi_sparse_summary(&st, -1, &sum);
+        pi_sparse_stats_free(&st);
+    }
+    double skipped = sum.bytes_total ? (double)sum.bytes_skipped / (double)sum.bytes_total : 0.0;
+    printf("FFN sparsity: %.1f%% (FFN weight bytes skipped)\n", 100.0 * skipped);
+    if (r->cm.sparsity == PI_SPARSITY_OFF) return;
+    if (sum.recall_true) printf("predictor recall: %.2f%%\n", 100.0 * sum.recall);
+    else printf("predictor recall: not measured (--recall-every N)\n");
+}
+
 /* The chunk loop and the report. Returns an exit status. */
 static int run_chunks(struct run *r)
 {
@@ -574,10 +586,7 @@ static int run_chunks(struct run *r)
         } else {
             printf("Final estimate: PPL = %.4f (no standard error: the log-probabilities have no spread)\n", ppl);
         }
-        /* Both engines evaluate a chunk in batches of 64 tokens, which read every FFN row (the neuron
-         * path that skips inactive rows runs for single-token decode steps only), and no engine reports
-         * skipped bytes yet: 0 is exact for the in-process engine (doc/perplexity.md). */
-        printf("FFN sparsity: %.1f%% (FFN weight bytes skipped)\n", 0.0);
+        print_sparsity(r);
     }
     pi_kld_acc_free(&kld);
     free(ids);
@@ -609,6 +618,7 @@ static int run(struct ppl_opts *o, const char *argv0)
                 o->co.cfg.gpu_backend == PI_GPU_NONE ? "forward pass" : "pipeline");
         goto out;
     }
+    fprintf(stderr, "perplexity: %s\n", r.cm.sparsity_line); /* the engine runs: no more usage errors */
     if (r.e->n_vocab != r.n_vocab || r.e->max_batch < 1) {
         fprintf(stderr, "pi-perplexity: the engine has %d logits per token, the model %d\n", r.e->n_vocab, r.n_vocab);
         goto out;
@@ -647,6 +657,7 @@ int main(int argc, char **argv)
     if (pi_config_defaults(&o.co.cfg) != 0) return PI_EXIT_FAILURE;
     char err[256];
     if (pi_config_set(&o.co.cfg, "log.level", "warn", "pi-perplexity", err, sizeof err) != 0) return PI_EXIT_FAILURE;
+    o.co.cfg.sparsity.recall_every = 1; /* an evaluation: the recall of every step (--recall-every 0 turns it off) */
     int rc = parse(argc, argv, &o);
     if (rc != 0) {
         pi_config_free(&o.co.cfg);

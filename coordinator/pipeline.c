@@ -63,6 +63,11 @@ struct pipe_engine {
     _Atomic int broken;        /* a worker died: restart at the next reset */
     _Atomic int cancelled;     /* pi_engine_pipeline_cancel was called: a failed step is no death */
     uint64_t restarts;
+    /* sparse execution: the resolved mode the GPU worker runs, and the counts of every step it answered
+     * (read from the exchange's stats section; guarded by mu, which pi-ctl status's thread takes too) */
+    enum pi_sparsity sparsity;
+    struct pi_sparse_stats sparse;
+    bool sparse_bad_logged;
 };
 
 /* Find a worker program: $PI_WORKER_DIR, the build tree beside this program, the install dir. */
@@ -197,6 +202,10 @@ static int pipe_start(struct pipe_engine *p)
         arg(b, "--vram-budget=", vb);
     }
     arg_tune(b, c);
+    arg(b, "--set=sparsity.mode=", pi_sparsity_name(p->sparsity)); /* resolved: never auto here */
+    char re[32];
+    snprintf(re, sizeof re, "%lld", (long long)c->sparsity.recall_every);
+    arg(b, "--set=sparsity.recall_every=", re);
     const int gpu_keep[3] = {sfd, xfd, pfd};
     if (pi_super_spawn(p->sup, PI_ROLE_GPU_WORKER, 0, b->a, gpu_keep, 3) < 0) rc = -PI_ERR_IO;
     for (int w = 0; rc == 0 && w < p->n_cpu; w++) {
@@ -267,7 +276,28 @@ static int pipe_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, flo
     if (n < 1 || n > PIPE_MAX_BATCH || (n_out != 0 && n_out != 1 && n_out != n)) return -PI_ERR_INVAL;
     int rc = pipe_call(p, PI_STEP_EVAL, tokens, n, pos0, n_out);
     if (rc == 0 && n_out > 0) memcpy(logits, pi_step_logits(p->step), sizeof(float) * (size_t)n_out * (size_t)e->n_vocab);
+    if (rc == 0 && p->sparsity != PI_SPARSITY_OFF) {
+        /* the step's counts, written by the GPU worker before its answer: another process's numbers,
+         * each checked (pi_sparse_stats_add_wire) */
+        pthread_mutex_lock(&p->mu);
+        int bad = pi_sparse_stats_add_wire(&p->sparse, pi_exchange_stats(p->ex), n);
+        pthread_mutex_unlock(&p->mu);
+        if (bad && !p->sparse_bad_logged) {
+            pi_warn("the GPU worker's sparse counts of %d layers were inconsistent and left out", bad);
+            p->sparse_bad_logged = true;
+        }
+    }
     return rc;
+}
+
+static int pipe_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
+{
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    if (p->sparsity == PI_SPARSITY_OFF) return -PI_ERR_NOTFOUND;
+    pthread_mutex_lock(&p->mu);
+    pi_sparse_stats_add(out, &p->sparse);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
 }
 
 static int pipe_reset(pi_engine_t *e) { return pipe_call((struct pipe_engine *)e, PI_STEP_TRUNCATE, NULL, 0, 0, 0); }
@@ -280,11 +310,12 @@ static void pipe_destroy(pi_engine_t *e)
     if (p->rundir[0]) pi_rundir_remove(p->rundir);
     pi_shm_destroy(&p->pl_shm);
     pi_placement_destroy(&p->pl);
+    pi_sparse_stats_free(&p->sparse);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
-static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy};
+static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy, pipe_sparse_stats};
 
 /* Make sure the configured run directory exists, is ours and private. The last component is opened
  * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run
@@ -346,7 +377,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.max_batch = PIPE_MAX_BATCH;
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
-    if (pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH, &p->pl) != 0 ||
+    p->sparsity = cm->sparsity;
+    if (pi_sparse_stats_init(&p->sparse, cm->model) != 0 || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
@@ -383,6 +415,9 @@ const struct pi_placement *pi_engine_pipeline_placement(pi_engine_t *e)
 
 pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0)
 {
-    if (o->cfg.gpu_backend == PI_GPU_NONE) return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len);
+    pi_info("%s", cm->sparsity_line); /* here, not at the model's open: a usage error there stays one line */
+    if (o->cfg.gpu_backend == PI_GPU_NONE)
+        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, &cm->pred, cm->sparsity,
+                                   o->cfg.sparsity.recall_every);
     return pi_engine_pipeline_new(o, cm, argv0);
 }

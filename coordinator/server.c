@@ -300,6 +300,35 @@ static json_t *tune_json(const struct pi_config *c)
     return o;
 }
 
+/* The sparse execution for status: the mode and why, [sparsity] recall_every, the totals and per layer
+ * the realised sparsity (share of (token, neuron) pairs not computed), the FFN weight bytes skipped
+ * and, where measured, the predictor's recall (null otherwise), since the engine started. */
+static json_t *sparsity_json(struct server *s)
+{
+    const pi_model_t *m = s->cm->model;
+    struct pi_sparse_stats st;
+    json_t *layers = json_array();
+    if (!layers || pi_sparse_stats_init(&st, m) != 0) {
+        json_decref(layers);
+        return json_null();
+    }
+    const bool counted = s->engine && pi_engine_sparse_stats(s->engine, &st) == 0;
+    struct pi_sparse_summary all;
+    pi_sparse_summary(&st, -1, &all);
+    for (int il = 0; counted && il < m->hp.n_layer; il++) {
+        struct pi_sparse_summary l;
+        pi_sparse_summary(&st, il, &l);
+        json_array_append_new(layers, json_pack("{s:f, s:I, s:o}", "sparsity", l.sparsity, "bytes_skipped",
+                                                (json_int_t)l.bytes_skipped,
+                                                "recall", l.recall_true ? json_real(l.recall) : json_null()));
+    }
+    pi_sparse_stats_free(&st);
+    return json_pack("{s:s, s:s, s:I, s:f, s:I, s:I, s:o, s:o}", "mode", pi_sparsity_name(s->cm->sparsity), "why",
+                     s->cm->sparsity_line, "recall_every", (json_int_t)s->o->cfg.sparsity.recall_every, "sparsity",
+                     all.sparsity, "bytes_skipped", (json_int_t)all.bytes_skipped, "bytes_total", (json_int_t)all.bytes_total,
+                     "recall", all.recall_true ? json_real(all.recall) : json_null(), "layers", layers);
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -309,13 +338,13 @@ static json_t *status_json(struct server *s)
                               "activation", pi_ffn_act_name(hp->act));
     const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
     const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
                      (json_int_t)hot, "cpu_workers", pl ? pl->n_workers : 0, "placement", placement_json(pl, s->cm->model),
                      "control", s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s), "tune",
-                     tune_json(&s->o->cfg));
+                     tune_json(&s->o->cfg), "sparsity", sparsity_json(s));
 }
 
 static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)

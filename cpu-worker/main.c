@@ -12,6 +12,7 @@
 #include "compute/ffn-policy.h"
 #include "compute/partition.h"
 #include "compute/placement.h"
+#include "compute/sparse.h"
 #include "ipc/link.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
@@ -126,6 +127,10 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     const int64_t cnt = c->part.count[il];
     const int32_t *ids = c->part.ids[il];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
+    if (cnt == 0) { /* nothing of this layer here: a zero partial */
+        memset(out, 0, (size_t)st->n_tokens * (size_t)d * sizeof *out);
+        return;
+    }
     /* An edges-only slice (SwiGLU) has no down rows for the neuron kernel: per-token masks are then
      * ignored and every neuron computed, which is the exact FFN the masks approximate. */
     if (!(st->flags & PI_EXCHANGE_MASK) || c->part.edges_only) {
@@ -133,10 +138,6 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
          * policy says (the neuron kernel skips the rows of inactive neurons). */
         const int64_t n = st->n_tokens;
         int64_t active;
-        if (cnt == 0) {
-            memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
-            return;
-        }
         if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_policy_reset(&c->policy, il); /* a new sequence (ipc/exchange.h) */
         if (pi_ffn_policy_choose(&c->policy, il, n) == PI_FFN_PATH_DENSE) {
             active = pi_partition_ffn_dense(c->pool, &c->part, il, c->act, st->x, n, c->dense_scr, out);
@@ -148,15 +149,13 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
         pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         return;
     }
-    for (uint32_t t = 0; t < st->n_tokens; t++) { /* the neurons each token's mask (global ids) selects */
-        float *y = out + (size_t)t * (size_t)d;
-        memset(y, 0, (size_t)d * sizeof *y);
-        const uint64_t *row = st->mask + (size_t)t * mask_words;
-        int64_t n = 0;
-        for (int64_t j = 0; j < cnt; j++)
-            if (row[ids[j] / 64] >> (ids[j] % 64) & 1) c->idx[n++] = (int32_t)j;
-        if (n > 0) pi_ffn_neurons(c->pool, c->work, L, c->act, st->x + (size_t)t * (size_t)d, c->idx, n, y);
-    }
+    /* Each token's predicted neurons of this slice (compute/sparse.h): neuron by neuron over its own
+     * list, or, for a batch that selects many, densely with the others zeroed. The masks decide, not
+     * the FFN policy. */
+    if (pi_sparse_dense(st->mask, st->n_tokens, mask_words, ids, cnt))
+        pi_partition_ffn_dense_masked(c->pool, &c->part, il, c->act, st->x, st->n_tokens, st->mask, mask_words, c->dense_scr, out);
+    else
+        pi_sparse_ffn(c->pool, c->work, L, ids, cnt, true, c->act, st->x, st->n_tokens, st->mask, mask_words, c->idx, out, NULL);
 }
 
 /* Serve published layers after `seen` until told to stop or the exchange is aborted. */

@@ -10,9 +10,14 @@
  * the CPU workers: it is not published at all, and the backend merges no partial. A failed wait (a
  * worker died: the coordinator aborted the exchange, or the timeout ran out) fails the batch without
  * committing it to the cache; the coordinator then restarts the pipeline.
+ *
+ * With predictors (doc/predictors.md, "Runtime") a layer's mask is made between x and the publish and
+ * goes out with x (flags MASK | GATE_SKIP instead of ALL): still one round trip per layer. Each step's
+ * counts (compute/sparse.h) go into the exchange's stats section before the step is answered.
  */
 #include "config.h"
 #include "gpu-worker/loop.h"
+#include "kernels/cpu/pool.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
@@ -31,24 +36,76 @@ static bool layer_all_hot(const struct pi_gpu_loop *g, int il)
     return be->ops->ffn_hot_count && be->ops->ffn_hot_count(be, il) >= (int64_t)be->model->hp.n_ff;
 }
 
+static bool sparse_on(const struct pi_gpu_loop *g) { return g->pred && g->sparsity != PI_SPARSITY_OFF; }
+
+/* The host fallback for a backend without ffn_predict: mask (n rows) = the prediction over x, then
+ * every hot neuron's bit set, since the backend computes them all. Returns the pairs computed. */
+static int64_t fallback_predict(struct pi_gpu_loop *g, int il, int n, const float *x, uint64_t *mask)
+{
+    pi_predictor_eval(g->pool, g->pred, il, g->sparsity, x, n, g->pred_scr, mask, g->mask_words);
+    const int32_t *hot = g->hot[il];
+    int64_t computed = 0;
+    for (int t = 0; t < n; t++) {
+        uint64_t *row = mask + (size_t)t * (size_t)g->mask_words;
+        for (int64_t i = 0; i < g->n_hot[il]; i++) row[hot[i] / 64] |= UINT64_C(1) << (hot[i] % 64);
+        for (int64_t w = 0; w < g->mask_words; w++) computed += __builtin_popcountll(row[w]);
+    }
+    return computed;
+}
+
+/* Layer il's prediction, between ffn_input and ffn_hot. x (n, d): the layer's FFN input where the loop
+ * has it, else NULL; mask: where the prediction goes (the exchange's, or mask_own on a recall step),
+ * or NULL. Counts the layer into g->stats; on a recall step with x and mask, the recall too. */
+static int predict_layer(struct pi_gpu_loop *g, int il, int n, const float *x, uint64_t *mask)
+{
+    pi_backend_t *be = g->be;
+    int64_t computed;
+    if (be->ops->ffn_predict) {
+        int rc = be->ops->ffn_predict(be, il, mask, g->mask_words, &computed);
+        if (rc != 0) return rc;
+    } else if (x && mask) {
+        computed = fallback_predict(g, il, n, x, mask);
+    } else {
+        computed = (int64_t)n * be->model->hp.n_ff; /* the backend computes the layer densely */
+    }
+    pi_sparse_note(&g->stats, il, n, computed);
+    if (g->recall_now && x && mask) pi_sparse_recall(&g->stats, g->pool, be->model, il, x, n, mask, g->mask_words, g->gate);
+    return 0;
+}
+
+/* A layer whose neurons are all hot: no CPU worker has anything to add, so no x, no publish, no wait.
+ * The workers wait for the next publish, whichever layer it names (doc/pipeline.md, "Layers without
+ * cold neurons"). On a recall step a backend with ffn_predict writes x and the mask where the loop can
+ * read them (compute/backend.h); one without (the cuda backend before its device predictor) does not
+ * download x for such a layer, so its recall is not measured there. */
+static int ffn_layer_local(struct pi_gpu_loop *g, int il, int n)
+{
+    pi_backend_t *be = g->be;
+    const bool rec = sparse_on(g) && g->recall_now && be->ops->ffn_predict;
+    int rc = be->ops->ffn_input(be, il, rec ? g->x_own : NULL);
+    if (rc == 0 && sparse_on(g)) rc = predict_layer(g, il, n, rec ? g->x_own : NULL, rec ? g->mask_own : NULL);
+    if (rc == 0) rc = be->ops->ffn_hot(be, il);
+    if (rc == 0) rc = be->ops->ffn_merge(be, il, NULL);
+    g->n_skip++;
+    return rc;
+}
+
 /* One layer's FFN through the exchange. cold (n, d) is scratch. */
 static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
 {
     pi_backend_t *be = g->be;
-    if (layer_all_hot(g, il)) {
-        /* No CPU worker has anything to add: no x, no publish, no wait. The workers wait for the
-         * next publish, whichever layer it names (doc/pipeline.md, "Layers without cold neurons"). */
-        int rc = be->ops->ffn_input(be, il, NULL);
-        if (rc == 0) rc = be->ops->ffn_hot(be, il);
-        if (rc == 0) rc = be->ops->ffn_merge(be, il, NULL);
-        g->n_skip++;
-        return rc;
-    }
-    int rc = be->ops->ffn_input(be, il, pi_exchange_x(g->ex));
+    if (layer_all_hot(g, il)) return ffn_layer_local(g, il, n);
+    float *x = pi_exchange_x(g->ex);
+    int rc = be->ops->ffn_input(be, il, x);
     if (rc != 0) return rc;
+    uint32_t flags = g->ex_flags | (g->fresh ? PI_EXCHANGE_FRESH : 0u);
+    if (sparse_on(g)) {
+        if ((rc = predict_layer(g, il, n, x, pi_exchange_mask(g->ex))) != 0) return rc;
+        flags = (flags & ~(uint32_t)PI_EXCHANGE_ALL) | PI_EXCHANGE_MASK;
+    }
     uint32_t seq;
     int64_t t0 = pi_clock_ns();
-    rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, g->ex_flags | (g->fresh ? PI_EXCHANGE_FRESH : 0u), &seq);
+    rc = pi_exchange_publish(g->ex, (uint32_t)il, (uint32_t)n, flags, &seq);
     if (rc != 0) return rc;
     int64_t t1 = pi_clock_ns();
     rc = be->ops->ffn_hot(be, il);
@@ -66,6 +123,51 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     return be->ops->ffn_merge(be, il, cold);
 }
 
+int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
+                            int64_t recall_every, int threads)
+{
+    const pi_model_t *m = g->be->model;
+    if (!pred || mode == PI_SPARSITY_OFF || m->hp.act == PI_FFN_ACT_SILU || pred->n_layer != m->hp.n_layer ||
+        pred->n_ff != m->hp.n_ff || pred->n_embd != m->hp.n_embd || recall_every < 0 || (!g->be->ops->ffn_predict && !g->hot)) {
+        pi_error("sparse execution: predictors missing, of another shape, or a SwiGLU model");
+        return -PI_ERR_INVAL;
+    }
+    g->pred = pred;
+    g->sparsity = mode;
+    g->recall_every = recall_every;
+    g->mask_words = pi_sparse_mask_words(m->hp.n_ff);
+    if (pi_sparse_stats_init(&g->stats, m) != 0) return -PI_ERR_NOMEM;
+    /* host-side products only where they run: the fallback predictor, the recall */
+    if (threads > 1 && (!g->be->ops->ffn_predict || recall_every > 0) && !(g->pool = pi_pool_new(threads)))
+        return -PI_ERR_NOMEM;
+    return 0;
+}
+
+/* Grow the batch's scratch to n rows. */
+static int loop_reserve(struct pi_gpu_loop *g, int n)
+{
+    if (n <= g->cap) return 0;
+    const struct pi_hparams *hp = &g->be->model->hp;
+    pi_gpu_loop_free(g);
+    g->seqs = malloc((size_t)n * sizeof *g->seqs);
+    g->pos = malloc((size_t)n * sizeof *g->pos);
+    g->cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->cold);
+    bool ok = g->seqs && g->pos && g->cold;
+    if (ok && sparse_on(g)) {
+        g->x_own = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->x_own);
+        g->mask_own = malloc((size_t)n * (size_t)g->mask_words * sizeof *g->mask_own);
+        g->pred_scr = malloc(pi_predictor_scratch(g->pred, n) * sizeof *g->pred_scr);
+        g->gate = malloc((size_t)n * (size_t)hp->n_ff * sizeof *g->gate);
+        ok = g->x_own && g->mask_own && g->pred_scr && g->gate;
+    }
+    if (!ok) {
+        pi_gpu_loop_free(g);
+        return -PI_ERR_NOMEM;
+    }
+    g->cap = n;
+    return 0;
+}
+
 int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int seq, int pos0, int n_out, float *logits)
 {
     pi_backend_t *be = g->be;
@@ -75,17 +177,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
         pi_error("step: batch of %d tokens at seq %d pos %d (n_out %d) out of range", n, seq, pos0, n_out);
         return -PI_ERR_RANGE;
     }
-    if (n > g->cap) {
-        pi_gpu_loop_free(g);
-        g->seqs = malloc((size_t)n * sizeof *g->seqs);
-        g->pos = malloc((size_t)n * sizeof *g->pos);
-        g->cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->cold);
-        if (!g->seqs || !g->pos || !g->cold) {
-            pi_gpu_loop_free(g);
-            return -PI_ERR_NOMEM;
-        }
-        g->cap = n;
-    }
+    if (loop_reserve(g, n) != 0) return -PI_ERR_NOMEM;
     int32_t *seqs = g->seqs, *pos = g->pos;
     float *cold = g->cold;
     int rc = 0;
@@ -94,6 +186,11 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
         pos[i] = pos0 + i;
     }
     g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
+    if (sparse_on(g)) {
+        pi_sparse_stats_clear(&g->stats);
+        g->recall_now = g->recall_every > 0 && g->n_steps % (uint64_t)g->recall_every == 0;
+        g->n_steps++;
+    }
     if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
     for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
         if (g->link) pi_link_progress(g->link);
@@ -102,6 +199,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     }
     if (rc == 0 && n_out > 0) rc = be->ops->output(be, n_out, logits);
     if (rc == 0) be->ops->commit(be);
+    if (sparse_on(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
     return rc;
 }
 
@@ -110,9 +208,21 @@ void pi_gpu_loop_free(struct pi_gpu_loop *g)
     free(g->seqs);
     free(g->pos);
     free(g->cold);
+    free(g->x_own);
+    free(g->mask_own);
+    free(g->pred_scr);
+    free(g->gate);
     g->seqs = g->pos = NULL;
-    g->cold = NULL;
+    g->cold = g->x_own = g->pred_scr = g->gate = NULL;
+    g->mask_own = NULL;
     g->cap = 0;
+}
+
+void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g)
+{
+    pi_sparse_stats_free(&g->stats);
+    pi_pool_destroy(&g->pool);
+    g->pred = NULL;
 }
 
 int pi_gpu_loop_run(struct pi_gpu_loop *g)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "compute/backend.h"
+#include "compute/sparse.h"
 #include "ipc/link.h"
 #include "ipc/step.h"
 #include "ipc/exchange.h"
@@ -31,12 +32,42 @@ struct pi_gpu_loop {
     uint64_t n_rt;
     int64_t rt_ns;
     uint64_t n_skip;     /* layers computed without the exchange: no CPU worker owns a neuron of them */
+    /* Sparse execution (doc/predictors.md, "Runtime"): with pred set and sparsity not off, each layer's
+     * mask comes from the backend's ffn_predict, or, for a backend without it (cuda before its device
+     * predictor), from the predictor evaluated here on the host over the exchange's x: the CPU
+     * workers then compute their predicted neurons and the backend all its hot ones (counted as
+     * computed). Set up by pi_gpu_loop_sparse_init. */
+    const struct pi_predictors *pred;
+    enum pi_sparsity sparsity;
+    int64_t recall_every;   /* [sparsity] recall_every: 0 = never */
+    const int32_t *const *hot; /* (n_layer) the hot ids (for the host fallback's counts), n_hot[il] each */
+    const int64_t *n_hot;
+    struct pi_sparse_stats stats; /* the step's counts, copied to the exchange's stats section */
+    uint64_t n_steps;       /* EVAL steps run with predictors (the recall schedule) */
+    bool recall_now;        /* this step measures the recall */
+    int64_t mask_words;
+    pi_pool_t *pool;        /* host-side predictor and recall products; NULL = one thread */
     /* the batch's scratch, grown to the largest batch seen and kept (pi_gpu_loop_free): a stream of
      * decode steps allocates nothing */
     int cap;
     int32_t *seqs, *pos; /* (cap) */
     float *cold;         /* (cap, n_embd) */
+    /* with predictors: a layer's x and mask where the exchange carries none (recall steps), the host
+     * fallback's scratch, and the recall's gates */
+    float *x_own;        /* (cap, n_embd) */
+    uint64_t *mask_own;  /* (cap, mask_words) */
+    float *pred_scr;     /* pi_predictor_scratch(cap) */
+    float *gate;         /* (cap, n_ff) */
 };
+
+/* Turn sparse execution on for g (be, ex set): pred (borrowed) in mode (not off), recall every
+ * recall_every steps, threads for the host-side products (the fallback predictor, the recall). The
+ * model must not be SwiGLU. 0 or -PI_ERR_INVAL / -PI_ERR_NOMEM (logged). */
+int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
+                            int64_t recall_every, int threads);
+
+/* Free what pi_gpu_loop_sparse_init made (pi_gpu_loop_free keeps it: it only drops the scratch). */
+void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g);
 
 /* Free the loop's scratch (the struct itself is the caller's). */
 void pi_gpu_loop_free(struct pi_gpu_loop *g);

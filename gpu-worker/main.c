@@ -17,6 +17,7 @@
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "lib/log.h"
+#include "compute/sparse.h"
 #include "model/model.h"
 
 #include <errno.h>
@@ -32,6 +33,7 @@ struct gw_opts {
     int64_t threads, ctx, device, n_seq, stall_ms;
     uint64_t vram_budget;
     struct pi_tune tune; /* --set tune.KEY=VALUE: the backend's performance choices (pinfer.conf(5)) */
+    struct pi_sparsity_conf sparsity; /* --set sparsity.KEY=VALUE: predictors and telemetry (pinfer.conf(5)) */
 };
 
 static void usage(FILE *f)
@@ -56,6 +58,8 @@ static void usage(FILE *f)
           "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable;\n"
           "                       cuda_matvec, cpu_kernels);\n"
           "                       default: each key's default there\n"
+          "  --set sparsity.KEY=VAL  a key of the [sparsity] section of pinfer.conf(5) (mode: off, safe,\n"
+          "                       aggressive, auto; recall_every); default: auto, 0\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -94,7 +98,9 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'L': bad = pi_parse_int(optarg, PI_LINK_STALL_MS_MIN, PI_LINK_STALL_MS_MAX, &o->stall_ms) != 0; break;
         case 'T': {
             char err[256];
-            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+            int src = strncmp(optarg, "sparsity.", 9) == 0 ? pi_sparsity_conf_set(&o->sparsity, optarg, "--set", err, sizeof err)
+                                                           : pi_tune_set(&o->tune, optarg, "--set", err, sizeof err);
+            if (src != 0) {
                 fprintf(stderr, "pi-gpu-worker: %s\n", err);
                 return -1;
             }
@@ -134,6 +140,27 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
     return 0;
 }
 
+/* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source. */
+static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode)
+{
+    char line[256];
+    int rc = pi_sparse_open(m, o->sparsity.mode, pred, mode, line, sizeof line);
+    if (rc != 0) pi_error("%s", line);
+    else pi_info("%s", line);
+    return rc;
+}
+
+/* Run the layer loop g until stopped, with predictors pred in mode when pred is set. */
+static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode)
+{
+    int rc = pred ? pi_gpu_loop_sparse_init(g, pred, mode, o->sparsity.recall_every, (int)o->threads) : 0;
+    if (rc == 0) rc = pi_gpu_loop_run(g);
+    pi_gpu_loop_free(g);
+    pi_gpu_loop_sparse_free(g);
+    if (rc != 0 && g->link) pi_link_error(g->link, rc, "the layer loop failed");
+    return rc;
+}
+
 static int run(const struct gw_opts *o)
 {
     pi_model_t *m = NULL;
@@ -145,6 +172,8 @@ static int run(const struct gw_opts *o)
     const int32_t **hot = NULL;
     int64_t *n_hot = NULL;
     struct pi_partition part = {0};
+    struct pi_predictors pred = {0};
+    enum pi_sparsity mode = PI_SPARSITY_OFF;
     char err[512] = "";
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
@@ -166,13 +195,15 @@ static int run(const struct gw_opts *o)
         mo.no_down_t = false;
         if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     }
+    if ((rc = open_predictors(o, m, &pred, &mode)) != 0) goto out;
     hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
     n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
     if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; goto out; }
     for (int il = 0; il < m->hp.n_layer; il++) hot[il] = pi_placement_hot(pl, il, &n_hot[il]);
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
-                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune};
+                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune,
+                                 .pred = mode != PI_SPARSITY_OFF ? &pred : NULL, .sparsity = mode};
     uint64_t mem_bytes = hot_bytes(m, pl);
     if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack(m, pl, 0, -1, true, false, &part)) != 0) {
@@ -204,10 +235,9 @@ static int run(const struct gw_opts *o)
         pi_info("ready: backend %s, %lld hot neurons in %d layers of %d (at most %lld in a layer)", o->backend,
                 (long long)total, m->hp.n_layer, m->hp.n_ff, (long long)pi_placement_hot_max(pl));
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
-                                .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP)};
-        rc = pi_gpu_loop_run(&g);
-        pi_gpu_loop_free(&g);
-        if (rc != 0 && link) pi_link_error(link, rc, "the layer loop failed");
+                                .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP),
+                                .hot = (const int32_t *const *)hot, .n_hot = n_hot};
+        rc = serve(o, &g, mode != PI_SPARSITY_OFF ? &pred : NULL, mode);
     }
     pi_backend_destroy(&be);
 out:
@@ -217,6 +247,7 @@ out:
     free(hot);
     free(n_hot);
     pi_partition_free(&part);
+    pi_predictors_free(&pred);
     pi_placement_destroy(&pl);
     pi_model_destroy(&m);
     return rc;

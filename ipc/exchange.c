@@ -13,6 +13,8 @@
  *   done_seq[w] (done line w) CPU worker w   GPU worker      seq_cst store; reader acquires
  *   sleepers (done line w)   GPU worker      CPU worker w    seq_cst increments around a sleep
  *   abort (ctl line 3)        supervisor     everyone        release/acquire
+ *   stats (section 5)        GPU worker      coordinator     plain stores before the step channel's
+ *                                                            response (release); read after it (acquire)
  *
  * Publish (GPU worker, step s = old publish_seq + 1):
  *   1. write x rows and mask rows;  2. store step_layer/n_tokens/flags (relaxed);
@@ -56,7 +58,7 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { SEC_CTL, SEC_DONE, SEC_X, SEC_MASK, SEC_PARTIAL, SEC_COUNT };
+enum { SEC_CTL, SEC_DONE, SEC_X, SEC_MASK, SEC_PARTIAL, SEC_STATS, SEC_COUNT };
 
 struct pi_exchange {
     pi_shm_t *shm;
@@ -67,6 +69,7 @@ struct pi_exchange {
     float *x;                         /* (max_tokens, n_embd) */
     uint64_t *mask;                   /* (max_tokens, mask_words) */
     uint8_t *partial;                 /* n_workers slots of partial_stride bytes */
+    uint64_t *stats;                  /* (n_layers, PI_EXCHANGE_STATS_FIELDS) */
 };
 
 static int check_params(const struct pi_exchange_params *p)
@@ -98,6 +101,7 @@ int pi_exchange_layout(const struct pi_exchange_params *p, struct pi_exchange_la
     sizes[SEC_CTL] = sizeof(struct pi_exchange_ctl);
     sizes[SEC_DONE] = (uint64_t)p->n_workers * sizeof(struct pi_exchange_done);
     sizes[SEC_X] = row;
+    sizes[SEC_STATS] = (uint64_t)p->n_layers * PI_EXCHANGE_STATS_FIELDS * sizeof(uint64_t);
     total = pi_shm_layout(sizes, SEC_COUNT, sec);
     if (total == 0) goto overflow;
     out->ctl_off = sec[SEC_CTL].offset;
@@ -105,6 +109,8 @@ int pi_exchange_layout(const struct pi_exchange_params *p, struct pi_exchange_la
     out->x_off = sec[SEC_X].offset;
     out->mask_off = sec[SEC_MASK].offset;
     out->partial_off = sec[SEC_PARTIAL].offset;
+    out->stats_off = sec[SEC_STATS].offset;
+    out->stats_size = sizes[SEC_STATS];
     out->ctl_size = sizes[SEC_CTL];
     out->done_size = sizes[SEC_DONE];
     out->x_size = sizes[SEC_X];
@@ -127,6 +133,7 @@ static void bind_sections(pi_exchange_t *ex)
     ex->x = pi_shm_section(ex->shm, SEC_X, NULL);
     ex->mask = pi_shm_section(ex->shm, SEC_MASK, NULL);
     ex->partial = pi_shm_section(ex->shm, SEC_PARTIAL, NULL);
+    ex->stats = pi_shm_section(ex->shm, SEC_STATS, NULL);
 }
 
 pi_exchange_t *pi_exchange_new(const struct pi_exchange_params *p)
@@ -141,6 +148,7 @@ pi_exchange_t *pi_exchange_new(const struct pi_exchange_params *p)
     sizes[SEC_X] = ex->layout.x_size;
     sizes[SEC_MASK] = ex->layout.mask_size;
     sizes[SEC_PARTIAL] = ex->layout.partial_size;
+    sizes[SEC_STATS] = ex->layout.stats_size;
     ex->shm = pi_shm_new("pinfer-exchange", PI_SHM_KIND_EXCHANGE, sizes, SEC_COUNT);
     if (!ex->shm) goto err;
     bind_sections(ex);
@@ -160,8 +168,9 @@ err:
 static int check_sections(const pi_exchange_t *ex, int fd)
 {
     const struct pi_exchange_layout *l = &ex->layout;
-    const uint64_t want_off[SEC_COUNT] = {l->ctl_off, l->done_off, l->x_off, l->mask_off, l->partial_off};
-    const uint64_t want_size[SEC_COUNT] = {l->ctl_size, l->done_size, l->x_size, l->mask_size, l->partial_size};
+    const uint64_t want_off[SEC_COUNT] = {l->ctl_off, l->done_off, l->x_off, l->mask_off, l->partial_off, l->stats_off};
+    const uint64_t want_size[SEC_COUNT] = {l->ctl_size, l->done_size, l->x_size, l->mask_size, l->partial_size,
+                                           l->stats_size};
     if (pi_shm_n_sections(ex->shm) != SEC_COUNT || pi_shm_size(ex->shm) != l->total) {
         pi_error("exchange fd %d: %u sections / %llu bytes, parameters need %u / %llu", fd,
                  pi_shm_n_sections(ex->shm), (unsigned long long)pi_shm_size(ex->shm), (unsigned)SEC_COUNT,
@@ -242,6 +251,7 @@ const struct pi_exchange_params *pi_exchange_params(const pi_exchange_t *ex) { r
 const struct pi_exchange_layout *pi_exchange_get_layout(const pi_exchange_t *ex) { return &ex->layout; }
 float *pi_exchange_x(pi_exchange_t *ex) { return ex->x; }
 uint64_t *pi_exchange_mask(pi_exchange_t *ex) { return ex->mask; }
+uint64_t *pi_exchange_stats(pi_exchange_t *ex) { return ex->stats; }
 
 float *pi_exchange_partial(pi_exchange_t *ex, uint32_t w)
 {

@@ -19,6 +19,9 @@
  *   2 x        float32 (max_tokens, n_embd) row-major: the FFN input (ffn_norm output) of the layer
  *   3 mask     uint64 (max_tokens, mask_words): bit j of word j/64 of token t = cold neuron j active
  *   4 partial  n_workers slots of partial_stride bytes, each float32 (max_tokens, n_embd) row-major
+ *   5 stats    uint64 (n_layers, PI_EXCHANGE_STATS_FIELDS): the sparse execution's counts of the last
+ *              step (compute/sparse.h), written by the GPU worker before it answers the step, read by
+ *              the coordinator after the answer (the step channel orders them); CPU workers ignore it
  */
 #ifndef PI_IPC_EXCHANGE_H
 #define PI_IPC_EXCHANGE_H
@@ -30,7 +33,8 @@
 #include <stdint.h>
 
 #define PI_EXCHANGE_MAGIC 0x58454950u /* "PIEX" little-endian */
-#define PI_EXCHANGE_VERSION 1u
+#define PI_EXCHANGE_VERSION 2u /* 2: the stats section */
+#define PI_EXCHANGE_STATS_FIELDS 4u /* per layer: predicted, pairs, recall_true, recall_hit */
 
 /* Bounds on the parameters; a header that claims more is corrupt. */
 #define PI_EXCHANGE_MAX_WORKERS 64u
@@ -98,8 +102,8 @@ _Static_assert(sizeof(struct pi_exchange_done) == 64, "one done line per worker"
 
 /* Byte offsets and sizes of the sections, as pi_exchange_layout computes them. */
 struct pi_exchange_layout {
-    uint64_t ctl_off, done_off, x_off, mask_off, partial_off;
-    uint64_t ctl_size, done_size, x_size, mask_size, partial_size;
+    uint64_t ctl_off, done_off, x_off, mask_off, partial_off, stats_off;
+    uint64_t ctl_size, done_size, x_size, mask_size, partial_size, stats_size;
     uint64_t partial_stride; /* bytes between worker slots (64-aligned) */
     uint32_t mask_words;     /* uint64 words per mask row */
     uint64_t total;          /* segment size */
@@ -148,6 +152,11 @@ const struct pi_exchange_layout *pi_exchange_get_layout(const pi_exchange_t *ex)
  * Write only between pi_exchange_wait_partials (or start) and pi_exchange_publish. */
 float *pi_exchange_x(pi_exchange_t *ex);
 uint64_t *pi_exchange_mask(pi_exchange_t *ex);
+
+/* The stats section: uint64 (n_layers, PI_EXCHANGE_STATS_FIELDS). The GPU worker writes a step's counts
+ * before it answers the step; the coordinator reads them after the answer and validates each value
+ * (pi_sparse_stats_add_wire). */
+uint64_t *pi_exchange_stats(pi_exchange_t *ex);
 
 /* Publish layer `layer` with n_tokens rows of x (and mask rows when flags has PI_EXCHANGE_MASK):
  * stores the step, then publish_seq+1 (seq_cst: a release store), then wakes the workers asleep

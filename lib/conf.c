@@ -38,12 +38,14 @@ _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend 
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
+_Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
 static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
+static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
  * workers (PI_LOG_LEVEL) take the same spellings. */
@@ -79,6 +81,8 @@ static const struct key_def keys[] = {
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
     {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
+    {{"sparsity", "mode", "auto", "FFN sparsity through the activation predictors: off (dense), safe (each layer's trained threshold), aggressive (a lower recall target), auto (safe for a ReLU model with predictors, else off)"}, K_ENUM, OFF(sparsity.mode), 0, 0, sparsity_names, NULL},
+    {{"sparsity", "recall_every", "0", "measure the predictors' recall every Nth step (all gates computed and compared); 0 = never, at no cost"}, K_INT, OFF(sparsity.recall_every), 0, 1 << 30, NULL, NULL},
     /* [tune]: the performance choices that are real choices, each with what it costs (doc/cuda-backend.md) */
     {{"placement", "gpu_gbs", "2000", "the solver's device read bandwidth, GB/s (pi-bench --cuda-kernels measures it)"}, K_REAL, OFF(place_gpu_gbs), 1, 100000, NULL, NULL},
     {{"placement", "cpu_gbs", "0", "the solver's read bandwidth of all CPU workers together, GB/s; 0: measured at start-up (the workers' neuron kernel, about 0.2 s)"}, K_REAL, OFF(place_cpu_gbs), 0, 100000, NULL, NULL},
@@ -412,24 +416,43 @@ int pi_config_set(struct pi_config *cfg, const char *dotted, const char *value, 
     return rc;
 }
 
-int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen)
+/* Set "SECTION.KEY=VALUE" of one plain section (no string keys) into c, which the caller zeroed and
+ * filled with that section's current values. */
+static int set_plain(struct pi_config *c, const char *section, const char *assignment, const char *origin, char *err,
+                     size_t errlen)
 {
     const char *eq = strchr(assignment, '=');
     char dotted[96];
-    if (!eq || strncmp(assignment, "tune.", 5) != 0 || (size_t)(eq - assignment) >= sizeof dotted) {
-        set_err(err, errlen, "%s: '%s' is not tune.KEY=VALUE", origin, assignment);
+    size_t sl = strlen(section);
+    if (!eq || strncmp(assignment, section, sl) != 0 || assignment[sl] != '.' || (size_t)(eq - assignment) >= sizeof dotted) {
+        set_err(err, errlen, "%s: '%s' is not %s.KEY=VALUE", origin, assignment, section);
         return -PI_ERR_INVAL;
     }
     memcpy(dotted, assignment, (size_t)(eq - assignment));
     dotted[eq - assignment] = '\0';
-    /* the [tune] keys are plain values (no strings to own), so a zeroed config can carry them */
-    const struct key_def *k = find_key("tune", dotted + 5);
+    /* the section's keys are plain values (no strings to own), so a zeroed config can carry them */
+    const struct key_def *k = find_key(section, dotted + sl + 1);
     PI_ASSERT(!k || k->kind != K_STR);
+    return pi_config_set(c, dotted, eq + 1, origin, err, errlen);
+}
+
+int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen)
+{
     struct pi_config c;
     memset(&c, 0, sizeof c);
     c.tune = *t;
-    int rc = pi_config_set(&c, dotted, eq + 1, origin, err, errlen);
+    int rc = set_plain(&c, "tune", assignment, origin, err, errlen);
     if (rc == 0) *t = c.tune;
+    return rc;
+}
+
+int pi_sparsity_conf_set(struct pi_sparsity_conf *s, const char *assignment, const char *origin, char *err, size_t errlen)
+{
+    struct pi_config c;
+    memset(&c, 0, sizeof c);
+    c.sparsity = *s;
+    int rc = set_plain(&c, "sparsity", assignment, origin, err, errlen);
+    if (rc == 0) *s = c.sparsity;
     return rc;
 }
 

@@ -35,6 +35,17 @@ enum pi_tune_cpu_kernels {
     PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
 };
 
+/* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as
+ * compute/predictor.h's enum pi_sparsity (off, safe, aggressive), one more than its value. */
+enum pi_sparsity_cfg { PI_SPARSITY_CFG_AUTO = 0, PI_SPARSITY_CFG_OFF = 1, PI_SPARSITY_CFG_SAFE = 2, PI_SPARSITY_CFG_AGGRESSIVE = 3 };
+
+/* The [sparsity] section (doc/predictors.md, "Runtime"): handed by the coordinator to the GPU worker as
+ * `--set sparsity.KEY=VALUE`, with mode resolved (never auto there). */
+struct pi_sparsity_conf {
+    enum pi_sparsity_cfg mode; /* [sparsity] mode */
+    int64_t recall_every;      /* [sparsity] recall_every: measure the predictors' recall every Nth step; 0 = never */
+};
+
 /* The performance choices: the [tune] section of the table (lib/conf.c, pinfer.conf(5)), handed by the
  * coordinator to the workers (`--set tune.KEY=VALUE` on their command lines) and by the GPU worker to
  * its backend (struct pi_backend_opts). Zero is every default. */
@@ -86,6 +97,8 @@ struct pi_config {
     double place_gpu_gbs;      /* device read bandwidth, GB/s */
     double place_cpu_gbs;      /* all CPU workers' read bandwidth, GB/s; 0: measured at start-up */
     double place_exchange_us;  /* one layer's exchange round trip, us */
+    /* [sparsity] */
+    struct pi_sparsity_conf sparsity;
     /* [tune] */
     struct pi_tune tune;
 };
@@ -115,6 +128,9 @@ int pi_config_set(struct pi_config *cfg, const char *dotted_key, const char *val
  * and only keys of [tune] (a worker takes its other settings as named options). origin names the
  * source for the error. 0 or -PI_ERR_INVAL / -PI_ERR_RANGE with err filled ("ORIGIN: [tune] KEY: ..."). */
 int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen);
+
+/* The same for one key of [sparsity] ("sparsity.KEY=VALUE"), as the GPU worker takes them. */
+int pi_sparsity_conf_set(struct pi_sparsity_conf *s, const char *assignment, const char *origin, char *err, size_t errlen);
 
 /* Check cross-key constraints (model path present, ...). 0 or -PI_ERR_INVAL with err filled. */
 int pi_config_validate(const struct pi_config *cfg, char *err, size_t errlen);

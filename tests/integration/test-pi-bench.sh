@@ -66,17 +66,18 @@ cp "$M" "$T/demo.gguf"
 ok $? "with a sidecar beside the model, the solver places the hot neurons from its profile ($(grep -m1 placement "$T/err" | head -c 160))"
 
 # csv: the header, then one quoted row per test with every field; numbers where numbers belong
-CSVH=pinfer_version,cpu_info,model_filename,model_type,model_size,model_n_params,backend,hot_fraction,hot_share,n_hot,n_layer,n_ff,cpu_workers,n_threads,n_prompt,n_gen,test_time,avg_ns,stddev_ns,avg_ts,stddev_ts,decode_gbs,bw_gbs,bw_share
+CSVH=pinfer_version,cpu_info,model_filename,model_type,model_size,model_n_params,backend,hot_fraction,hot_share,n_hot,n_layer,n_ff,cpu_workers,n_threads,n_prompt,n_gen,test_time,avg_ns,stddev_ns,avg_ts,stddev_ts,decode_gbs,bw_gbs,bw_share,sparsity,ffn_sparsity,ffn_bytes_skipped,predictor_recall
 for be in none host; do
     "$B" -m "$M" $RUN -o csv --gpu-backend $be --cpu-workers 1 > "$T/$be.csv" 2> "$T/err"
     st=$?
     [ $st -eq 0 ] && [ "$(sed -n 1p "$T/$be.csv")" = "$CSVH" ] && [ "$(wc -l < "$T/$be.csv")" -eq 3 ] &&
         awk -F'","' -v be=$be 'NR > 1 {
-            if (NF != 24) { print "# " NF " fields"; bad = 1 }
+            if (NF != 28) { print "# " NF " fields"; bad = 1 }
             if ($7 != be || $15 + $16 == 0 || !($20 > 0) || $18 !~ /^[0-9]+$/ || $20 !~ /^[0-9]+\.[0-9]+$/) { print "# " $0; bad = 1 }
             if ((be == "host") != ($10 ~ /^[0-9]+$/ && $9 ~ /^0\.5/)) { print "# n_hot " $10 ", hot_share " $9; bad = 1 }
+            if ($25 != "off" || $26 != "" || $28 != "\"") { print "# sparsity " $25 " " $26 " " $28; bad = 1 }
         } END { exit bad }' "$T/$be.csv"
-    ok $? "-o csv, --gpu-backend $be: the header and two rows of 24 fields that parse, the hot share as placed (exit $st)"
+    ok $? "-o csv, --gpu-backend $be: the header and two rows of 28 fields that parse, the hot share as placed (exit $st)"
 done
 
 # json: an array of two objects with llama-bench's figures and samples

@@ -48,9 +48,9 @@ usage "an odd context" "odd" -m "$M" -f "$T/short.txt" -c 255
 usage "a context out of range" "from 8 to" -m "$M" -f "$T/short.txt" -c 4
 usage "a context that is not a number" "-c" -m "$M" -f "$T/short.txt" -c 2x6
 usage "--chunks 0" "--chunks" -m "$M" -f "$T/short.txt" --chunks 0
-usage "--sparsity safe, not built yet" "issues 12 and 13" -m "$M" -f "$T/short.txt" --sparsity safe
-usage "--sparsity aggressive, not built yet" "issues 12 and 13" -m "$M" -f "$T/short.txt" --sparsity aggressive
-usage "--sparsity of no mode" "off, safe or aggressive" -m "$M" -f "$T/short.txt" --sparsity most
+usage "--sparsity safe on a model without predictors" "has no predictors" -m "$M" -f "$T/short.txt" --sparsity safe
+usage "--sparsity aggressive on a model without predictors" "has no predictors" -m "$M" -f "$T/short.txt" --sparsity aggressive
+usage "--sparsity of no mode" "auto, off, safe, aggressive" -m "$M" -f "$T/short.txt" --sparsity most
 usage "--kl-divergence without a base file" "needs --kl-divergence-base" -m "$M" --kl-divergence
 usage "--kl-divergence with a missing base file" "nothing.kld" -m "$M" --kl-divergence --kl-divergence-base "$T/nothing.kld"
 usage "an unknown option" "unknown option" -m "$M" -f "$T/short.txt" --frobnicate

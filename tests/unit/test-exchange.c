@@ -98,7 +98,7 @@ static void test_layout(void)
     struct pi_exchange_params p = {.n_embd = 4096, .max_tokens = 3, .n_ff = 11008, .n_layers = 32, .n_workers = 3};
     struct pi_exchange_layout l;
     int rc = pi_exchange_layout(&p, &l);
-    uint64_t ends[5];
+    uint64_t ends[6];
     tap_is_int(rc, 0, "layout of a 7B-sized exchange");
     tap_ok(l.mask_words == (11008 + 63) / 64, "mask words round up");
     tap_ok(l.x_size == 3ull * 4096 * 4 && l.mask_size == 3ull * l.mask_words * 8 &&
@@ -109,11 +109,13 @@ static void test_layout(void)
     ends[2] = l.x_off + l.x_size;
     ends[3] = l.mask_off + l.mask_size;
     ends[4] = l.partial_off + l.partial_size;
+    ends[5] = l.stats_off + l.stats_size;
+    tap_ok(l.stats_size == 32ull * PI_EXCHANGE_STATS_FIELDS * 8, "the stats section: %u uint64 per layer", PI_EXCHANGE_STATS_FIELDS);
     tap_ok(l.ctl_off >= sizeof(struct pi_shm_header) && ends[0] <= l.done_off && ends[1] <= l.x_off &&
-               ends[2] <= l.mask_off && ends[3] <= l.partial_off && ends[4] <= l.total,
+               ends[2] <= l.mask_off && ends[3] <= l.partial_off && ends[4] <= l.stats_off && ends[5] <= l.total,
            "sections in order, not overlapping, inside the total");
     tap_ok(l.ctl_off % 64 == 0 && l.done_off % 64 == 0 && l.x_off % 64 == 0 && l.mask_off % 64 == 0 &&
-               l.partial_off % 64 == 0 && l.partial_stride % 64 == 0,
+               l.partial_off % 64 == 0 && l.partial_stride % 64 == 0 && l.stats_off % 64 == 0,
            "every section and partial slot cache-line aligned");
     p.n_embd = 4097;
     tap_ok(pi_exchange_layout(&p, &l) == 0 && l.partial_stride % 64 == 0 && l.partial_stride >= 3ull * 4097 * 4,

@@ -1,0 +1,267 @@
+/*
+ * compute/sparse.c - sparse execution at run time: the mode, the masked FFN of a slice, the
+ * telemetry's accounting (compute/sparse.h).
+ */
+#include "config.h"
+#include "compute/sparse.h"
+#include "compute/placement-solve.h"
+#include "ipc/exchange.h"
+#include "kernels/cpu/matvec.h"
+#include "lib/common.h"
+#include "lib/log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert(PI_SPARSE_FIELDS == PI_EXCHANGE_STATS_FIELDS, "the exchange's stats section carries struct pi_sparse_layer");
+
+int pi_sparse_predictors_open(const pi_model_t *m, struct pi_predictors *out)
+{
+    /* The trainer's pi_predictors_open(model, sidecar, out) replaces this call once it is merged:
+     * the sidecar's trained predictors first, else the model file's. */
+    return pi_predictors_from_model(m, out);
+}
+
+/* "rank R" or "rank A to B" of the layers that have a predictor */
+static void rank_text(const struct pi_predictors *p, char *buf, size_t len)
+{
+    int64_t lo = INT64_MAX, hi = 0;
+    for (int il = 0; il < p->n_layer; il++) {
+        lo = PI_MIN(lo, p->layers[il].rank);
+        hi = PI_MAX(hi, p->layers[il].rank);
+    }
+    if (lo == hi) snprintf(buf, len, "rank %lld", (long long)hi);
+    else snprintf(buf, len, "rank %lld to %lld", (long long)lo, (long long)hi);
+}
+
+int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_predictors *pred, enum pi_sparsity *mode,
+                   char *line, size_t len)
+{
+    memset(pred, 0, sizeof *pred);
+    *mode = PI_SPARSITY_OFF;
+    if (asked == PI_SPARSITY_CFG_OFF) {
+        snprintf(line, len, "sparsity off (dense FFN, as configured)");
+        return 0;
+    }
+    const bool is_auto = asked == PI_SPARSITY_CFG_AUTO;
+    const enum pi_sparsity want = is_auto ? PI_SPARSITY_SAFE : (enum pi_sparsity)(asked - 1);
+    if (m->hp.act == PI_FFN_ACT_SILU) {
+        if (is_auto) {
+            snprintf(line, len, "sparsity off (default: a SwiGLU model has no exact zeros to predict)");
+            return 0;
+        }
+        snprintf(line, len, "sparsity %s needs a ReLU model; this one is SwiGLU, whose sparsity (activation "
+                 "thresholds) is issue 18's future work: use --sparsity off", pi_sparsity_name(want));
+        return -PI_ERR_UNSUPPORTED;
+    }
+    int rc = pi_sparse_predictors_open(m, pred);
+    if (rc == -PI_ERR_NOTFOUND && is_auto) {
+        snprintf(line, len, "sparsity off (default: the model has no predictors)");
+        return 0;
+    }
+    if (rc != 0) {
+        snprintf(line, len, "sparsity %s: %s", pi_sparsity_name(want),
+                 rc == -PI_ERR_NOTFOUND ? "the model has no predictors (blk.N.fc1/fc2; pi-train-predictors writes them)"
+                                        : "its predictors cannot be used");
+        return rc == -PI_ERR_NOTFOUND ? rc : -PI_ERR_UNSUPPORTED;
+    }
+    char ranks[64];
+    rank_text(pred, ranks, sizeof ranks);
+    snprintf(line, len, "sparsity %s (%spredictors from the %s, %s)", pi_sparsity_name(want),
+             is_auto ? "default for a ReLU model with " : "", pred->source, ranks);
+    *mode = want;
+    return 0;
+}
+
+bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const int32_t *ids, int64_t count)
+{
+    if (n < 1 || count <= 0) return false;
+    int64_t sel = 0;
+    for (int64_t t = 0; t < n; t++) {
+        const uint64_t *row = mask + t * mask_words;
+        if (!ids) { /* the whole layer: count the row's bits */
+            for (int64_t k = 0; k < mask_words; k++) sel += __builtin_popcountll(row[k]);
+            continue;
+        }
+        for (int64_t i = 0; i < count; i++) sel += pi_sparse_bit(row, ids[i]);
+    }
+    const double most = n == 1 ? PI_SPARSE_DECODE_DENSE_SHARE : PI_SPARSE_LISTS_MAX_SHARE;
+    return (double)sel >= most * (double)n * (double)count;
+}
+
+int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const int32_t *ids, int64_t count,
+                      bool packed, enum pi_ffn_act act, const float *X, int64_t n, const uint64_t *mask,
+                      int64_t mask_words, int32_t *list, float *Y, int64_t *selected)
+{
+    PI_ASSERT(count > 0 && n >= 1); /* an empty slice has no rows to say its width: the caller clears Y */
+    const int64_t d = L->ffn_gate.cols;
+    int64_t added = 0, sel = 0;
+    memset(Y, 0, (size_t)n * (size_t)d * sizeof *Y);
+    for (int64_t t = 0; t < n; t++) {
+        const uint64_t *row = mask + t * mask_words;
+        int64_t k = 0;
+        for (int64_t i = 0; i < count; i++) {
+            const int64_t g = ids ? ids[i] : i;
+            if (pi_sparse_bit(row, g)) list[k++] = (int32_t)(packed ? i : g);
+        }
+        sel += k;
+        if (k > 0) added += pi_ffn_neurons(pool, w, L, act, X + t * d, list, k, Y + t * d);
+    }
+    if (selected) *selected = sel;
+    return added;
+}
+
+int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enum pi_ffn_act act, const float *X, int64_t n,
+                                  const uint64_t *mask, int64_t mask_words, float *gate, float *up, float *Y)
+{
+    const int64_t ff = L->ffn_gate.rows, d = L->ffn_gate.cols;
+    float *g = gate, *u = up;
+    if (n == 1) {
+        pi_matvec(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, g);
+        pi_matvec(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, u);
+    } else {
+        pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, n, g);
+        pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, n, u);
+    }
+    pi_ffn_act(act, g, u, n * ff);
+    int64_t active = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t j = 0; j < ff; j++) {
+            float *a = &g[t * ff + j];
+            if (!pi_sparse_bit(mask + t * mask_words, j)) *a = 0.0f;
+            active += *a != 0.0f;
+        }
+    if (n == 1) pi_matvec(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, Y);
+    else pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, n, Y);
+    return active;
+}
+
+/* ---------------------------------------------------------------- telemetry */
+
+int pi_sparse_stats_init(struct pi_sparse_stats *s, const pi_model_t *m)
+{
+    memset(s, 0, sizeof *s);
+    s->n_layer = m->hp.n_layer;
+    s->n_ff = m->hp.n_ff;
+    s->neuron_bytes = calloc((size_t)s->n_layer, sizeof *s->neuron_bytes);
+    s->layers = calloc((size_t)s->n_layer, sizeof *s->layers);
+    if (!s->neuron_bytes || !s->layers) {
+        pi_sparse_stats_free(s);
+        return -PI_ERR_NOMEM;
+    }
+    for (int il = 0; il < s->n_layer; il++) {
+        uint64_t g, u, dn;
+        pi_place_neuron_bytes(m, il, &g, &u, &dn);
+        s->neuron_bytes[il] = g + u + dn;
+    }
+    return 0;
+}
+
+void pi_sparse_stats_free(struct pi_sparse_stats *s)
+{
+    if (!s) return;
+    free(s->neuron_bytes);
+    free(s->layers);
+    memset(s, 0, sizeof *s);
+}
+
+void pi_sparse_stats_clear(struct pi_sparse_stats *s)
+{
+    if (s->layers) memset(s->layers, 0, (size_t)s->n_layer * sizeof *s->layers);
+}
+
+void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predicted)
+{
+    PI_ASSERT(il >= 0 && il < s->n_layer && n >= 0 && predicted >= 0 && predicted <= n * s->n_ff);
+    s->layers[il].predicted += (uint64_t)predicted;
+    s->layers[il].pairs += (uint64_t)(n * s->n_ff);
+}
+
+void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model_t *m, int il, const float *X, int64_t n,
+                      const uint64_t *mask, int64_t mask_words, float *gate)
+{
+    const struct pi_weight *G = &m->layers[il].ffn_gate;
+    PI_ASSERT(il >= 0 && il < s->n_layer && G->rows == s->n_ff);
+    if (n == 1) pi_matvec(pool, G->type, G->data, G->rows, G->cols, X, gate);
+    else pi_matmul(pool, G->type, G->data, G->rows, G->cols, X, n, gate);
+    uint64_t tru = 0, hit = 0;
+    for (int64_t t = 0; t < n; t++) {
+        const float *g = gate + t * s->n_ff;
+        const uint64_t *row = mask + t * mask_words;
+        for (int64_t j = 0; j < s->n_ff; j++) {
+            if (!(g[j] > 0.0f)) continue;
+            tru++;
+            hit += pi_sparse_bit(row, j);
+        }
+    }
+    s->layers[il].recall_true += tru;
+    s->layers[il].recall_hit += hit;
+}
+
+void pi_sparse_stats_add(struct pi_sparse_stats *dst, const struct pi_sparse_stats *src)
+{
+    PI_ASSERT(dst->n_layer == src->n_layer);
+    for (int il = 0; il < dst->n_layer; il++) {
+        dst->layers[il].predicted += src->layers[il].predicted;
+        dst->layers[il].pairs += src->layers[il].pairs;
+        dst->layers[il].recall_true += src->layers[il].recall_true;
+        dst->layers[il].recall_hit += src->layers[il].recall_hit;
+    }
+}
+
+void pi_sparse_stats_sub(struct pi_sparse_stats *dst, const struct pi_sparse_stats *src)
+{
+    PI_ASSERT(dst->n_layer == src->n_layer);
+    for (int il = 0; il < dst->n_layer; il++) {
+        struct pi_sparse_layer *d = &dst->layers[il];
+        const struct pi_sparse_layer *s = &src->layers[il];
+        PI_ASSERT(d->predicted >= s->predicted && d->pairs >= s->pairs && d->recall_true >= s->recall_true &&
+                  d->recall_hit >= s->recall_hit);
+        d->predicted -= s->predicted, d->pairs -= s->pairs;
+        d->recall_true -= s->recall_true, d->recall_hit -= s->recall_hit;
+    }
+}
+
+void pi_sparse_stats_to_wire(const struct pi_sparse_stats *s, uint64_t *w)
+{
+    for (int il = 0; il < s->n_layer; il++) {
+        uint64_t *r = w + (size_t)il * PI_SPARSE_FIELDS;
+        r[0] = s->layers[il].predicted, r[1] = s->layers[il].pairs;
+        r[2] = s->layers[il].recall_true, r[3] = s->layers[il].recall_hit;
+    }
+}
+
+int pi_sparse_stats_add_wire(struct pi_sparse_stats *s, const uint64_t *w, int64_t n_tokens)
+{
+    int bad = 0;
+    const uint64_t most = (uint64_t)n_tokens * (uint64_t)s->n_ff;
+    for (int il = 0; il < s->n_layer; il++) {
+        const uint64_t *r = w + (size_t)il * PI_SPARSE_FIELDS;
+        if (r[0] > r[1] || r[1] > most || r[3] > r[2] || r[2] > most) {
+            bad++;
+            continue;
+        }
+        s->layers[il].predicted += r[0], s->layers[il].pairs += r[1];
+        s->layers[il].recall_true += r[2], s->layers[il].recall_hit += r[3];
+    }
+    return bad;
+}
+
+void pi_sparse_summary(const struct pi_sparse_stats *s, int il, struct pi_sparse_summary *out)
+{
+    memset(out, 0, sizeof *out);
+    uint64_t pred = 0, hit = 0;
+    for (int l = il < 0 ? 0 : il; l < (il < 0 ? s->n_layer : il + 1); l++) {
+        const struct pi_sparse_layer *L = &s->layers[l];
+        const uint64_t per_neuron = s->neuron_bytes[l];
+        out->pairs += L->pairs;
+        pred += L->predicted;
+        out->bytes_total += L->pairs * per_neuron;
+        out->bytes_skipped += (L->pairs - L->predicted) * per_neuron;
+        out->recall_true += L->recall_true;
+        hit += L->recall_hit;
+    }
+    out->sparsity = out->pairs ? 1.0 - (double)pred / (double)out->pairs : 0.0;
+    out->recall = out->recall_true ? (double)hit / (double)out->recall_true : 0.0;
+}
