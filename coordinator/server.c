@@ -21,16 +21,25 @@
  * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
  * with an ERROR, and otherwise ignored.
  *
+ * The control socket is a ZMQ_STREAM socket carrying the protocol's messages back to back on each
+ * connection (ipc/control-stream.h says why: over ZeroMQ's own framing one peer could make libzmq hold
+ * a multipart message of any size). So the main thread keeps a table of connections (struct conn),
+ * each framing its own bytes: at most one message of PI_CTL_MAX_MSG per connection, at most
+ * FRAME_BUDGET of unfinished messages for all of them, at most RCV_HWM pieces of 8 KiB queued inside
+ * libzmq per connection (it stops reading a connection past that), and a connection whose header is
+ * bad is closed: a byte stream cannot be resynchronised. Who may connect: over ipc the socket file is
+ * mode 0600 in a directory of ours and the peer's uid (SO_PEERCRED, as libzmq's Peer-Address) must be
+ * ours; over tcp the first message must be AUTH with the token of [control] token_file.
+ *
  * Descriptors: libzmq aborts the whole process when accept() on an ipc:// listener fails with EMFILE,
  * so the coordinator must never let a client flood use up its descriptors. At start the soft limit is
- * raised to the hard one; a socket monitor on the control socket counts the connections open
- * (accepted minus disconnected), and at the cap ([control] max_connections, or half the descriptors
- * still free, whichever is smaller) the main thread unbinds the listener - nginx's pause of accept() -
- * and binds it again PAUSE_MS later. Unbinding drops the connections made through the listener (libzmq
- * ties them to it), so the count starts from 0 again. The monitor's events reach the main thread a
- * little after the I/O thread accepted, which is why the cap leaves half the free descriptors unused:
- * a burst that arrives before the pause has that much room. A connection that never completes the
- * ZeroMQ handshake is dropped after HANDSHAKE_MS, so idle sockets cannot pile up to the cap slowly.
+ * raised to the hard one. libzmq tells of each new connection (an empty message); past the cap
+ * ([control] max_connections, or half the descriptors still free, whichever is smaller) a new one is
+ * closed as it comes, and the clients already connected keep their connections. Should a flood still
+ * outrun those closes and the descriptors in use reach three quarters of the way to the limit, the
+ * last resort of before applies: the listener is unbound for PAUSE_MS (nginx's pause of accept()),
+ * which drops every connection. A connection that sends no complete message for IDLE_MS after it
+ * opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill the cap slowly.
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -38,11 +47,13 @@
 #include "coordinator/pipeline.h"
 #include "coordinator/supervisor.h"
 #include "ipc/control.h"
+#include "ipc/control-stream.h"
 #include "ipc/futex.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -64,9 +75,12 @@
 #define MAX_QUEUED 64     /* generation requests accepted and not yet ended, at most */
 #define EVENT_BURST 256   /* generation-thread events handled between two polls */
 #define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
-#define MON_EP "inproc://pinfer-control-monitor"
-#define PAUSE_MS 1000     /* how long the control listener stays unbound after reaching the cap */
-#define HANDSHAKE_MS 5000 /* a control connection must complete the ZeroMQ handshake within this */
+#define PAUSE_MS 1000     /* how long the control listener stays unbound when descriptors run low */
+#define RCV_HWM 16        /* pieces (of at most 8 KiB) libzmq queues per connection before it stops reading it */
+#define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
+#define CLOSE_MS 200      /* a refused connection is closed this long after its ERROR, so the ERROR gets out */
+#define FD_CHECK_MS 50    /* how often a busy listener counts the descriptors open */
+#define FRAME_BUDGET ((size_t)64 << 20) /* bytes of unfinished messages held for all connections together */
 
 /* main -> generation thread */
 struct job {
@@ -95,6 +109,17 @@ struct event {
     size_t len;
 };
 
+/* One connection of the control socket (ZMQ_STREAM: libzmq names it by a 5-byte routing id). */
+enum conn_state { CONN_OPEN = 1, CONN_CLOSING = 2 };
+struct conn {
+    uint8_t id[16];
+    size_t id_len;
+    enum conn_state state;
+    bool authed;              /* may send requests: ipc (the uid was checked), tcp after its token */
+    int64_t deadline_ns;      /* 0: none; OPEN: its first message, or the one begun, is due; CLOSING: close then */
+    struct pi_ctl_framer fr;  /* the message being received */
+};
+
 struct server {
     const struct pi_coord_opts *o;
     const struct pi_coord_model *cm;
@@ -112,10 +137,16 @@ struct server {
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
     char bound_ep[512];        /* the endpoint as libzmq names it (ZMQ_LAST_ENDPOINT), for zmq_unbind */
-    /* Connection accounting (main thread only; see DESIGN). */
-    void *mon;                 /* PAIR receiving the control socket's monitor events */
-    int conns;                 /* connections accepted and not yet disconnected, as the events say */
+    /* Connections (main thread only; see DESIGN). */
+    struct pi_ctl_ep ep;       /* the control endpoint, parsed */
+    char token[PI_CTL_TOKEN_MAX + 1]; /* tcp: the shared token; "" for ipc */
+    struct conn *conns;        /* [conn_cap] */
+    int n_conns;
     int conn_cap;              /* the most held at once */
+    size_t held;               /* bytes of unfinished messages, all connections together (<= FRAME_BUDGET) */
+    uint64_t refused;          /* connections closed at the cap */
+    int fd_high;               /* descriptors in use at which the listener pauses */
+    int64_t fd_check_ns;
     bool paused;               /* the listener is unbound until resume_ns */
     struct stat sock_st;       /* the ipc:// socket file we bound last (st_ino 0: none): the only
                                   thing unlinked at exit */
@@ -331,32 +362,21 @@ static void reply_error(void *sock, const uint8_t *id, size_t id_len, uint64_t r
     reply(sock, id, id_len, &m);
 }
 
-/* One request on the control socket. Returns 1 when the server should shut down. */
-static int on_control(struct server *s, void *ctl, void *pair)
+/* One request from an authenticated connection. Returns 1 when the server should shut down. */
+static int handle_msg(struct server *s, void *ctl, void *pair, const struct conn *c, struct pi_ctl_msg *m)
 {
-    uint8_t id[ID_MAX];
-    size_t id_len = sizeof id;
-    struct pi_ctl_msg m;
-    enum pi_ctl_defect d;
-    int rc = pi_ctl_recv(ctl, id, &id_len, &m, &d);
-    if (rc != 0) {
-        if (rc != -PI_ERR_TIMEOUT && id_len > 0 && id_len <= sizeof id && d != PI_CTL_OK) {
-            char t[128];
-            snprintf(t, sizeof t, "malformed message rejected: %s", pi_ctl_defect_name(d));
-            reply_error(ctl, id, id_len, 0, rc, t);
-        }
-        return 0;
-    }
+    const uint8_t *id = c->id;
+    const size_t id_len = c->id_len;
     int quit = 0;
-    struct pi_ctl_msg r = {.request_id = m.request_id};
-    switch (m.type) {
+    struct pi_ctl_msg r = {.request_id = m->request_id};
+    switch (m->type) {
     case PI_CTL_STATUS_REQ:
         r.type = PI_CTL_STATUS_RESP;
         pthread_mutex_lock(&s->engine_mu);
         r.u.json = status_json(s);
         pthread_mutex_unlock(&s->engine_mu);
         if (r.u.json) reply(ctl, id, id_len, &r);
-        else reply_error(ctl, id, id_len, m.request_id, -PI_ERR_NOMEM, "status: out of memory");
+        else reply_error(ctl, id, id_len, m->request_id, -PI_ERR_NOMEM, "status: out of memory");
         json_decref(r.u.json);
         break;
     case PI_CTL_SHUTDOWN:
@@ -369,28 +389,29 @@ static int on_control(struct server *s, void *ctl, void *pair)
         if (atomic_load(&s->busy) >= MAX_QUEUED) {
             char t[128];
             snprintf(t, sizeof t, "busy: %d generation requests are queued or running; try again later", MAX_QUEUED);
-            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_RANGE, t);
+            reply_error(ctl, id, id_len, m->request_id, -PI_ERR_RANGE, t);
             break;
         }
         atomic_fetch_add(&s->busy, 1);
-        struct job j = {.id_len = id_len, .request_id = m.request_id, .seq = ++s->next_seq,
-                        .n_predict = m.u.generate.n_predict, .seed = m.u.generate.seed, .temp = m.u.generate.temp,
-                        .prompt = m.u.generate.prompt};
+        struct job j = {.id_len = id_len, .request_id = m->request_id, .seq = ++s->next_seq,
+                        .n_predict = m->u.generate.n_predict, .seed = m->u.generate.seed, .temp = m->u.generate.temp,
+                        .prompt = m->u.generate.prompt};
         memcpy(j.id, id, id_len);
-        m.u.generate.prompt = NULL; /* the generation thread frees it */
+        m->u.generate.prompt = NULL; /* the generation thread frees it */
         if (zmq_send(pair, &j, sizeof j, ZMQ_DONTWAIT) != (int)sizeof j) {
             free(j.prompt);
             atomic_fetch_sub(&s->busy, 1);
-            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
+            reply_error(ctl, id, id_len, m->request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
         }
         break;
     }
+    case PI_CTL_AUTH: break; /* a token sent again, or over ipc: nothing to do */
     default:
-        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
-        reply_error(ctl, id, id_len, m.request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
+        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m->type));
+        reply_error(ctl, id, id_len, m->request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
         break;
     }
-    pi_ctl_msg_clear(&m);
+    pi_ctl_msg_clear(m);
     return quit;
 }
 
@@ -426,31 +447,47 @@ static void on_event(struct server *s, void *ctl, const struct event *ev)
     }
 }
 
-/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. The control socket has no
- * authentication, so it is a unix socket (in a run directory private to the user) or TCP on the
- * loopback interface only; anything else is refused before the model is loaded. */
-static int control_endpoint(const struct pi_config *c, char *out, size_t len)
+/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock, parsed into *ep (abstract
+ * unix sockets and other transports refused). tcp:// has no peer credentials, so it needs the shared
+ * token of [control] token_file, read here into token; anything refused is refused before the model
+ * is loaded. */
+static int control_endpoint(const struct pi_config *c, char *out, size_t len, struct pi_ctl_ep *ep, char *token,
+                            size_t token_len)
 {
     int rc = pi_coord_run_dir_check(c->run_dir);
     if (rc != 0) return rc;
     const char *e = c->control_endpoint;
+    char err[512];
     if (e && *e) {
-        static const char *const ok[] = {"ipc://", "tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:"};
-        bool allowed = false;
-        for (size_t i = 0; i < PI_ARRAY_LEN(ok); i++) allowed |= strncmp(e, ok[i], strlen(ok[i])) == 0 && e[strlen(ok[i])];
-        if (!allowed) {
-            pi_error("[control] endpoint %s: only ipc://PATH or tcp:// on the loopback interface (127.0.0.1, localhost, "
-                     "[::1]) with a port: the control socket has no authentication", e);
-            return -PI_ERR_INVAL;
-        }
         int w = snprintf(out, len, "%s", e);
         if (w <= 0 || (size_t)w >= len) {
             pi_error("[control] endpoint %s: too long", e);
             return -PI_ERR_RANGE;
         }
-        return 0;
+    } else if ((rc = pi_ctl_endpoint(c->run_dir, "control", out, len)) != 0) {
+        return rc;
     }
-    return pi_ctl_endpoint(c->run_dir, "control", out, len);
+    if (pi_ctl_ep_parse(out, ep, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-coordinator: [control] endpoint %s\n", err);
+        pi_error("[control] endpoint %s", err);
+        return -PI_ERR_INVAL;
+    }
+    token[0] = '\0';
+    if (ep->transport != PI_CTL_TCP) return 0;
+    if (!c->control_token_file || !*c->control_token_file) {
+        fprintf(stderr, "pi-coordinator: [control] endpoint %s: tcp:// needs a shared token ([control] token_file): "
+                        "without it the control socket would have no authentication\n", out);
+        pi_error("[control] endpoint %s: tcp:// without [control] token_file (no authentication)", out);
+        return -PI_ERR_INVAL;
+    }
+    if (pi_ctl_token_load(c->control_token_file, token, token_len, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-coordinator: [control] %s\n", err);
+        pi_error("[control] %s", err);
+        return -PI_ERR_INVAL;
+    }
+    if (!ep->loopback) pi_warn("control: listening on %s beyond the loopback interface: requests and the token cross "
+                               "the network unencrypted (doc/security.md)", out);
+    return 0;
 }
 
 /* True when a process accepts connections on the ipc:// endpoint ep: ZeroMQ's bind would silently
@@ -498,13 +535,17 @@ static int fds_open(void)
     return n - 1; /* the directory's own descriptor */
 }
 
-/* The connection cap: [control] max_connections, or half the descriptors still free. At least 1. */
-static int connection_cap(const struct pi_config *c)
+/* The connection cap: [control] max_connections, or half the descriptors still free. At least 1.
+ * Also sets s->fd_high, three quarters of the way from the descriptors in use to the limit: the
+ * last resort (conn_pressure) starts there. */
+static int connection_cap(struct server *s, const struct pi_config *c)
 {
     struct rlimit rl;
     int64_t cap = c->max_connections, used = fds_open();
+    s->fd_high = INT_MAX;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && used >= 0) {
         int64_t free_fds = (int64_t)rl.rlim_cur - used;
+        s->fd_high = (int)PI_MIN((int64_t)INT_MAX, used + free_fds * 3 / 4);
         if (free_fds / 2 < cap) {
             cap = free_fds / 2;
             pi_warn("control: at most %lld connections at once: the limit of open files is %llu (%lld in use); "
@@ -515,65 +556,231 @@ static int connection_cap(const struct pi_config *c)
     return (int)PI_MAX(cap, 1);
 }
 
-/* Start counting the control socket's connections (before it is bound). Returns 0 or -PI_ERR_IO. */
-static int guard_start(struct server *s, void *ctl)
+static int conn_find(const struct server *s, const uint8_t *id, size_t id_len)
 {
-    int hs = HANDSHAKE_MS;
-    if (zmq_setsockopt(ctl, ZMQ_HANDSHAKE_IVL, &hs, sizeof hs) != 0 ||
-        zmq_socket_monitor(ctl, MON_EP, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
-        pi_error("zmq_socket_monitor(control) failed: %s", zmq_strerror(zmq_errno()));
-        return -PI_ERR_IO;
+    for (int k = 0; k < s->n_conns; k++)
+        if (s->conns[k].id_len == id_len && memcmp(s->conns[k].id, id, id_len) == 0) return k;
+    return -1;
+}
+
+/* Ask libzmq to close the connection named id (a ZMQ_STREAM socket closes on an empty message). */
+static void stream_close(void *ctl, const uint8_t *id, size_t id_len)
+{
+    if (zmq_send(ctl, id, id_len, ZMQ_SNDMORE) >= 0) zmq_send(ctl, NULL, 0, 0);
+}
+
+/* Forget connection k (its message buffer too); with close, also close it. */
+static void conn_drop(struct server *s, void *ctl, int k, bool close)
+{
+    struct conn *c = &s->conns[k];
+    if (close) stream_close(ctl, c->id, c->id_len);
+    s->held -= pi_ctl_framer_held(&c->fr);
+    pi_ctl_framer_clear(&c->fr);
+    s->conns[k] = s->conns[--s->n_conns];
+}
+
+/* Answer ERROR and close the connection CLOSE_MS later (so the ERROR gets out first); its input is
+ * ignored meanwhile. */
+static void conn_refuse(struct server *s, void *ctl, struct conn *c, uint64_t req, int code, const char *text)
+{
+    reply_error(ctl, c->id, c->id_len, req, code, text);
+    s->held -= pi_ctl_framer_held(&c->fr);
+    pi_ctl_framer_clear(&c->fr);
+    c->state = CONN_CLOSING;
+    c->deadline_ns = pi_clock_ns() + (int64_t)CLOSE_MS * 1000000;
+}
+
+/* Forget every connection (the listener was unbound: libzmq closed them). */
+static void conns_reset(struct server *s)
+{
+    for (int k = 0; k < s->n_conns; k++) pi_ctl_framer_clear(&s->conns[k].fr);
+    s->n_conns = 0;
+    s->held = 0;
+}
+
+/* The last resort against descriptor exhaustion (libzmq aborts the process when accept() fails with
+ * EMFILE): connections over the cap are closed one by one as they come, but a flood faster than that
+ * can still fill the descriptors (libzmq accepts on its own thread; our closes follow); when they
+ * reach s->fd_high the listener is unbound for PAUSE_MS, which drops every connection. Checked at
+ * every connection over the cap (a flood: reading /proc/self/fd costs microseconds), else at most
+ * every FD_CHECK_MS. */
+static void conn_pressure(struct server *s, void *ctl, bool over_cap)
+{
+    const int64_t now = pi_clock_ns();
+    if (s->paused || (!over_cap && now - s->fd_check_ns < (int64_t)FD_CHECK_MS * 1000000)) return;
+    s->fd_check_ns = now;
+    int used = fds_open();
+    if (used < 0 || used < s->fd_high) return;
+    s->pauses++;
+    pi_warn("control: %d descriptors open (the limit of this server is %d): not listening for %d ms, every "
+            "connection is dropped (pause %llu)", used, s->fd_high, PAUSE_MS, (unsigned long long)s->pauses);
+    if (zmq_unbind(ctl, s->bound_ep) != 0) pi_warn("zmq_unbind(%s) failed: %s", s->bound_ep, zmq_strerror(zmq_errno()));
+    conns_reset(s);
+    s->paused = true;
+    s->resume_ns = now + (int64_t)PAUSE_MS * 1000000;
+}
+
+/* A new connection (libzmq's empty first message, with the peer's address as metadata): over the
+ * cap it is closed at once; over ipc its uid must be ours; over tcp it must send the token first. */
+static void conn_open(struct server *s, void *ctl, const uint8_t *id, size_t id_len, zmq_msg_t *notice)
+{
+    conn_pressure(s, ctl, s->n_conns >= s->conn_cap);
+    if (s->paused) return;
+    if (id_len > sizeof s->conns[0].id || s->n_conns >= s->conn_cap) {
+        if (s->refused++ % 1000 == 0)
+            pi_warn("control: %d connections open, the cap: closing new ones as they come (%llu so far)", s->n_conns,
+                    (unsigned long long)s->refused);
+        stream_close(ctl, id, id_len);
+        return;
     }
-    s->mon = zmq_socket(s->zctx, ZMQ_PAIR);
-    if (!s->mon || zmq_connect(s->mon, MON_EP) != 0) {
-        pi_error("control monitor: %s", zmq_strerror(zmq_errno()));
-        return -PI_ERR_IO;
+    struct conn *c = &s->conns[s->n_conns++];
+    memset(c, 0, sizeof *c);
+    memcpy(c->id, id, id_len);
+    c->id_len = id_len;
+    c->state = CONN_OPEN;
+    c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+    c->authed = s->ep.transport == PI_CTL_IPC;
+    if (s->ep.transport != PI_CTL_IPC) return;
+    /* The socket file is 0600 in a directory of ours, but root passes any mode: check who it is. */
+    const char *pa = zmq_msg_gets(notice, "Peer-Address");
+    uint32_t uid;
+    if (!pa || pi_ctl_peer_uid(pa, &uid) != 0 || uid != (uint32_t)geteuid()) {
+        pi_ctl_peer_warn("control: a connection from %s refused: not this user's (uid %u)", pa ? pa : "(no credentials)",
+                         (unsigned)geteuid());
+        c->authed = false;
+        conn_refuse(s, ctl, c, 0, -PI_ERR_INVAL, "refused: the control socket serves its own user only");
+    }
+}
+
+/* Bytes from connection k: frame them into messages and handle each. Returns 1 for a shutdown. */
+static int conn_input(struct server *s, void *ctl, void *pair, int k, const uint8_t *p, size_t n)
+{
+    struct conn *c = &s->conns[k];
+    while (n && c->state == CONN_OPEN) {
+        const size_t before = pi_ctl_framer_held(&c->fr);
+        const bool was_partial = pi_ctl_framer_partial(&c->fr);
+        enum pi_ctl_defect d = PI_CTL_OK;
+        int r = pi_ctl_framer_feed(&c->fr, &p, &n, &d);
+        s->held = s->held - before + pi_ctl_framer_held(&c->fr);
+        if (r < 0) {
+            char t[160];
+            pi_ctl_peer_warn("control: a bad message header (%s): the connection is closed", pi_ctl_defect_name(d));
+            snprintf(t, sizeof t, "malformed message rejected: %s; the connection is closed", pi_ctl_defect_name(d));
+            conn_refuse(s, ctl, c, 0, r, t);
+            return 0;
+        }
+        if (!was_partial && pi_ctl_framer_partial(&c->fr)) c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+        if (s->held > FRAME_BUDGET) {
+            pi_ctl_peer_warn("control: %zu bytes of incomplete messages held: the connection adding to them is closed", s->held);
+            conn_refuse(s, ctl, c, 0, -PI_ERR_RANGE, "busy: too many large messages arriving at once; try again");
+            return 0;
+        }
+        if (r == 0) return 0;
+        struct pi_ctl_msg m;
+        s->held -= pi_ctl_framer_held(&c->fr);
+        int rc = pi_ctl_framer_pop(&c->fr, &m, &d);
+        c->deadline_ns = 0;
+        if (rc != 0) { /* the stream is still in step: answer and go on, unless the peer has yet to authenticate */
+            char t[128];
+            snprintf(t, sizeof t, "malformed message rejected: %s", pi_ctl_defect_name(d));
+            if (c->authed) reply_error(ctl, c->id, c->id_len, 0, rc, t);
+            else conn_refuse(s, ctl, c, 0, rc, t);
+            continue;
+        }
+        if (!c->authed) {
+            const bool ok = m.type == PI_CTL_AUTH && pi_ctl_token_equal(m.u.auth.token, s->token);
+            if (!ok) {
+                pi_ctl_peer_warn("control: a tcp connection refused: %s", m.type == PI_CTL_AUTH ? "wrong token" : "no token");
+                conn_refuse(s, ctl, c, m.request_id, -PI_ERR_INVAL,
+                            m.type == PI_CTL_AUTH ? "authentication failed: wrong token"
+                                                  : "authentication required: send the token of [control] token_file first "
+                                                    "(pi-ctl --token-file)");
+            }
+            c->authed = ok;
+            pi_ctl_msg_clear(&m);
+            continue;
+        }
+        if (handle_msg(s, ctl, pair, c, &m)) return 1;
     }
     return 0;
 }
 
-/* Read the monitor's pending events (each: u16 event + u32 value, then the endpoint frame), count
- * the connections, and pause the listener at the cap. */
-static void guard_on_events(struct server *s, void *ctl)
+/* Close the connections whose deadline passed: refused ones after their ERROR, and those that sent no
+ * complete message (or left one unfinished) for IDLE_MS. */
+static void conns_sweep(struct server *s, void *ctl)
 {
-    for (int k = 0; k < EVENT_BURST; k++) {
-        uint8_t ev[6];
-        int n = zmq_recv(s->mon, ev, sizeof ev, ZMQ_DONTWAIT);
-        if (n < 0) return;
-        int more = 0;
-        size_t sz = sizeof more;
-        while (zmq_getsockopt(s->mon, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
-            char skip[8];
-            if (zmq_recv(s->mon, skip, sizeof skip, 0) < 0) break;
-        }
-        if (n != (int)sizeof ev || s->paused) continue; /* while paused the old connections are gone anyway */
-        uint16_t what;
-        memcpy(&what, ev, 2);
-        if (what == ZMQ_EVENT_ACCEPTED) s->conns++;
-        else if (what == ZMQ_EVENT_DISCONNECTED && s->conns > 0) s->conns--;
-        if (s->conns < s->conn_cap) continue;
-        s->pauses++;
-        pi_warn("control: %d connections open, the cap: not listening for %d ms, the connections made so far are "
-                "dropped (pause %llu)", s->conns, PAUSE_MS, (unsigned long long)s->pauses);
-        if (zmq_unbind(ctl, s->bound_ep) != 0) pi_warn("zmq_unbind(%s) failed: %s", s->bound_ep, zmq_strerror(zmq_errno()));
-        s->paused = true;
-        s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
+    const int64_t now = pi_clock_ns();
+    for (int k = s->n_conns - 1; k >= 0; k--) {
+        const struct conn *c = &s->conns[k];
+        if (!c->deadline_ns || now < c->deadline_ns) continue;
+        if (c->state == CONN_OPEN)
+            pi_ctl_peer_warn("control: a connection sent no complete message within %d ms: closed", IDLE_MS);
+        conn_drop(s, ctl, k, true);
     }
 }
 
-/* Listen again once the pause is over (again PAUSE_MS later if the bind fails). */
-static void guard_resume(struct server *s, void *ctl)
+/* Pending input on the control socket: each is a routing id and a piece of a connection's bytes (an
+ * empty piece: the connection opened, or, for one we know, closed). Returns 1 for a shutdown. */
+static int on_control(struct server *s, void *ctl, void *pair)
+{
+    for (int k = 0; k < EVENT_BURST; k++) {
+        uint8_t id[ID_MAX];
+        int n = zmq_recv(ctl, id, sizeof id, ZMQ_DONTWAIT);
+        if (n < 0) return 0;
+        zmq_msg_t f;
+        zmq_msg_init(&f);
+        if (zmq_msg_recv(&f, ctl, ZMQ_DONTWAIT) < 0) { /* the data frame comes with its id: never happens */
+            zmq_msg_close(&f);
+            return 0;
+        }
+        const size_t id_len = PI_MIN((size_t)n, sizeof id);
+        int c = conn_find(s, id, id_len), quit = 0;
+        if (zmq_msg_size(&f) == 0 && c < 0) conn_open(s, ctl, id, id_len, &f);
+        else if (zmq_msg_size(&f) == 0) conn_drop(s, ctl, c, false);
+        else if (c >= 0) quit = conn_input(s, ctl, pair, c, zmq_msg_data(&f), zmq_msg_size(&f));
+        zmq_msg_close(&f);
+        if (quit) return 1;
+    }
+    return 0;
+}
+
+/* Bind the control socket to s->ep: for ipc through a listening socket made here with mode 0600
+ * (ZMQ_USE_FD), for tcp by libzmq. Records the socket file and libzmq's name for the endpoint. */
+static int control_listen(struct server *s, void *ctl)
+{
+    if (s->ep.transport == PI_CTL_IPC) {
+        char err[512];
+        int fd = pi_ctl_listen_ipc(s->ep.path, err, sizeof err);
+        if (fd < 0) {
+            fprintf(stderr, "pi-coordinator: %s\n", err);
+            pi_error("control: %s", err);
+            return -PI_ERR_IO;
+        }
+        if (zmq_setsockopt(ctl, ZMQ_USE_FD, &fd, sizeof fd) != 0) {
+            pi_error("zmq_setsockopt(ZMQ_USE_FD) failed: %s", zmq_strerror(zmq_errno()));
+            close(fd);
+            return -PI_ERR_IO;
+        }
+    }
+    if (pi_ctl_bind(ctl, s->endpoint) != 0) return -PI_ERR_IO; /* libzmq closes a USE_FD descriptor it failed with */
+    note_socket_file(s);
+    size_t bl = sizeof s->bound_ep;
+    if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s->bound_ep, &bl) != 0 || !s->bound_ep[0])
+        memcpy(s->bound_ep, s->endpoint, sizeof s->bound_ep);
+    return 0;
+}
+
+/* Listen again once the pause is over (again PAUSE_MS later if that fails). */
+static void pause_end(struct server *s, void *ctl)
 {
     if (!s->paused || pi_clock_ns() < s->resume_ns) return;
-    s->conns = 0;
-    if (zmq_bind(ctl, s->bound_ep) != 0) {
-        pi_warn("control: listening again on %s failed: %s; retrying in %d ms", s->bound_ep, zmq_strerror(zmq_errno()), PAUSE_MS);
+    if (endpoint_in_use(s->endpoint) || control_listen(s, ctl) != 0) {
+        pi_warn("control: listening again on %s failed; retrying in %d ms", s->endpoint, PAUSE_MS);
         s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
         return;
     }
     s->paused = false;
-    note_socket_file(s);
-    pi_info("control: listening again on %s (connections dropped at the cap: %llu times)", s->endpoint, (unsigned long long)s->pauses);
+    pi_info("control: listening again on %s (pauses so far: %llu)", s->endpoint, (unsigned long long)s->pauses);
 }
 
 /* libzmq's ipc:// bind unlinks whatever is at the path first; so before binding, anything there that
@@ -591,11 +798,10 @@ static bool path_replaceable(const char *ep)
 static void serve(struct server *s, void *ctl, void *pair, int sfd)
 {
     for (;;) {
-        zmq_pollitem_t it[4] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0},
-                                {s->mon, 0, ZMQ_POLLIN, 0}};
-        long wait_ms = 1000;
+        zmq_pollitem_t it[3] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0}};
+        long wait_ms = 100; /* the deadlines of conns_sweep are this late at most */
         if (s->paused) wait_ms = PI_MAX(0, PI_MIN(wait_ms, (long)((s->resume_ns - pi_clock_ns()) / 1000000) + 1));
-        int n = zmq_poll(it, 4, wait_ms);
+        int n = zmq_poll(it, 3, wait_ms);
         if (n < 0) {
             if (errno == EINTR) continue;
             pi_error("zmq_poll failed: %s", zmq_strerror(errno));
@@ -611,8 +817,8 @@ static void serve(struct server *s, void *ctl, void *pair, int sfd)
             if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
             on_event(s, ctl, &ev);
         }
-        if (it[3].revents & ZMQ_POLLIN) guard_on_events(s, ctl);
-        guard_resume(s, ctl);
+        conns_sweep(s, ctl);
+        pause_end(s, ctl);
         if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
     }
 }
@@ -621,10 +827,15 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
 {
     (void)argv0;
     struct pi_coord_model cm;
+    static struct server s; /* large (the token, the endpoint); one per process */
     char ep[512];
-    if (control_endpoint(&o->cfg, ep, sizeof ep) != 0) return PI_EXIT_USAGE; /* before loading the model */
+    memset(&s, 0, sizeof s);
+    if (control_endpoint(&o->cfg, ep, sizeof ep, &s.ep, s.token, sizeof s.token) != 0) return PI_EXIT_USAGE; /* before loading the model */
     if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
-    struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns(), .engine_mu = PTHREAD_MUTEX_INITIALIZER};
+    s.o = o;
+    s.cm = &cm;
+    s.t_start = pi_clock_ns();
+    pthread_mutex_init(&s.engine_mu, NULL);
     memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *ctl = NULL, *pair = NULL;
@@ -640,11 +851,12 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     sfd = signalfd(-1, &set, SFD_CLOEXEC);
     s.zctx = zmq_ctx_new();
     if (sfd < 0 || !s.zctx) goto out;
-    ctl = pi_ctl_socket(s.zctx, ZMQ_ROUTER, 1000);
+    ctl = pi_ctl_socket(s.zctx, ZMQ_STREAM, 1000);
     pair = zmq_socket(s.zctx, ZMQ_PAIR);
     s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);
-    int nowait = 0, gen_to = GEN_SEND_MS;
+    int nowait = 0, gen_to = GEN_SEND_MS, hwm = RCV_HWM;
     if (!ctl || !pair || !s.gen_sock || zmq_setsockopt(ctl, ZMQ_SNDTIMEO, &nowait, sizeof nowait) != 0 ||
+        zmq_setsockopt(ctl, ZMQ_RCVHWM, &hwm, sizeof hwm) != 0 ||
         zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 || zmq_bind(pair, GEN_EP) != 0 ||
         zmq_connect(s.gen_sock, GEN_EP) != 0)
         goto out;
@@ -653,16 +865,11 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
     }
-    if (guard_start(&s, ctl) != 0) goto out;
-    if (pi_ctl_bind(ctl, s.endpoint) != 0) {
-        fprintf(stderr, "pi-coordinator: cannot serve on %s (another coordinator there?)\n", s.endpoint);
+    if (control_listen(&s, ctl) != 0) {
+        fprintf(stderr, "pi-coordinator: cannot serve on %s\n", s.endpoint);
         goto out;
     }
     bound = true;
-    note_socket_file(&s);
-    size_t bl = sizeof s.bound_ep;
-    if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s.bound_ep, &bl) != 0 || !s.bound_ep[0])
-        memcpy(s.bound_ep, s.endpoint, sizeof s.bound_ep);
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -670,7 +877,12 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         pi_error("the engine could not be started");
         goto out;
     }
-    s.conn_cap = connection_cap(&o->cfg); /* with the engine's descriptors (workers, segments) open */
+    s.conn_cap = connection_cap(&s, &o->cfg); /* with the engine's descriptors (workers, segments) open */
+    s.conns = calloc((size_t)s.conn_cap, sizeof *s.conns);
+    if (!s.conns) {
+        pi_error("control: out of memory for %d connections", s.conn_cap);
+        goto out;
+    }
     pi_info("control: at most %d connections at once", s.conn_cap);
     printf("pi-coordinator: serving %s on %s\n", o->cfg.model_path, s.endpoint);
     fflush(stdout);
@@ -706,9 +918,10 @@ out:
     if (s.gen_sock) zmq_setsockopt(s.gen_sock, ZMQ_LINGER, &linger, sizeof linger);
     if (pair) zmq_close(pair);
     if (s.gen_sock) zmq_close(s.gen_sock);
-    if (ctl && s.mon) zmq_socket_monitor(ctl, NULL, 0);
-    if (s.mon) zmq_setsockopt(s.mon, ZMQ_LINGER, &linger, sizeof linger), zmq_close(s.mon);
     pi_ctl_close(&ctl);
+    conns_reset(&s);
+    free(s.conns);
+    explicit_bzero(s.token, sizeof s.token);
     if (s.zctx) zmq_ctx_term(s.zctx);
     if (bound && s.sock_st.st_ino) { /* only our own socket: the same file, still a socket */
         struct stat now;
