@@ -24,8 +24,9 @@
  * The control socket is a ZMQ_STREAM socket carrying the protocol's messages back to back on each
  * connection (ipc/control-stream.h says why: over ZeroMQ's own framing one peer could make libzmq hold
  * a multipart message of any size). So the main thread keeps a table of connections (struct conn),
- * each framing its own bytes: at most one message of PI_CTL_MAX_MSG per connection, at most
- * FRAME_BUDGET of unfinished messages for all of them, at most RCV_HWM pieces of 8 KiB queued inside
+ * each framing its own bytes: at most one message of PI_CTL_MAX_MSG per connection, a message over
+ * SMALL_MSG only while all the unfinished ones hold less than FRAME_BUDGET (so peers that stop short
+ * of the end of large messages cannot keep small requests out), at most RCV_HWM pieces of 8 KiB queued inside
  * libzmq per connection (it stops reading a connection past that), and a connection whose header is
  * bad is closed: a byte stream cannot be resynchronised. Who may connect: over ipc the socket file is
  * mode 0600 in a directory of ours and the peer's uid (SO_PEERCRED, as libzmq's Peer-Address) must be
@@ -79,8 +80,11 @@
 #define RCV_HWM 16        /* pieces (of at most 8 KiB) libzmq queues per connection before it stops reading it */
 #define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
 #define CLOSE_MS 200      /* a refused connection is closed this long after its ERROR, so the ERROR gets out */
+#define CLOSE_SLACK 65536 /* or at once when it sends this much more meanwhile (it is not listening) */
 #define FD_CHECK_MS 50    /* how often a busy listener counts the descriptors open */
-#define FRAME_BUDGET ((size_t)64 << 20) /* bytes of unfinished messages held for all connections together */
+#define FRAME_BUDGET ((size_t)64 << 20) /* bytes of unfinished messages, all connections: past it large ones are refused */
+#define SMALL_MSG 65536   /* a message up to this size is taken even past FRAME_BUDGET: requests stay served */
+#define AUTH_MSG (PI_CTL_HEADER_SIZE + 4 + PI_CTL_TOKEN_MAX) /* the largest message before the token */
 
 /* main -> generation thread */
 struct job {
@@ -117,6 +121,7 @@ struct conn {
     enum conn_state state;
     bool authed;              /* may send requests: ipc (the uid was checked), tcp after its token */
     int64_t deadline_ns;      /* 0: none; OPEN: its first message, or the one begun, is due; CLOSING: close then */
+    size_t ignored;           /* CLOSING: bytes received since */
     struct pi_ctl_framer fr;  /* the message being received */
 };
 
@@ -143,7 +148,8 @@ struct server {
     struct conn *conns;        /* [conn_cap] */
     int n_conns;
     int conn_cap;              /* the most held at once */
-    size_t held;               /* bytes of unfinished messages, all connections together (<= FRAME_BUDGET) */
+    size_t held;               /* bytes of unfinished messages, all connections together (FRAME_BUDGET plus
+                                  small ones, at most) */
     uint64_t refused;          /* connections closed at the cap */
     int fd_high;               /* descriptors in use at which the listener pauses */
     int64_t fd_check_ns;
@@ -640,6 +646,7 @@ static void conn_open(struct server *s, void *ctl, const uint8_t *id, size_t id_
     c->state = CONN_OPEN;
     c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
     c->authed = s->ep.transport == PI_CTL_IPC;
+    c->fr.max = c->authed ? 0 : AUTH_MSG; /* a tcp peer gets no buffer beyond the token's before it sent it */
     if (s->ep.transport != PI_CTL_IPC) return;
     /* The socket file is 0600 in a directory of ours, but root passes any mode: check who it is. */
     const char *pa = zmq_msg_gets(notice, "Peer-Address");
@@ -670,7 +677,7 @@ static int conn_input(struct server *s, void *ctl, void *pair, int k, const uint
             return 0;
         }
         if (!was_partial && pi_ctl_framer_partial(&c->fr)) c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
-        if (s->held > FRAME_BUDGET) {
+        if (s->held > FRAME_BUDGET && pi_ctl_framer_held(&c->fr) > SMALL_MSG) {
             pi_ctl_peer_warn("control: %zu bytes of incomplete messages held: the connection adding to them is closed", s->held);
             conn_refuse(s, ctl, c, 0, -PI_ERR_RANGE, "busy: too many large messages arriving at once; try again");
             return 0;
@@ -697,6 +704,7 @@ static int conn_input(struct server *s, void *ctl, void *pair, int k, const uint
                                                     "(pi-ctl --token-file)");
             }
             c->authed = ok;
+            c->fr.max = 0;
             pi_ctl_msg_clear(&m);
             continue;
         }
@@ -737,7 +745,8 @@ static int on_control(struct server *s, void *ctl, void *pair)
         int c = conn_find(s, id, id_len), quit = 0;
         if (zmq_msg_size(&f) == 0 && c < 0) conn_open(s, ctl, id, id_len, &f);
         else if (zmq_msg_size(&f) == 0) conn_drop(s, ctl, c, false);
-        else if (c >= 0) quit = conn_input(s, ctl, pair, c, zmq_msg_data(&f), zmq_msg_size(&f));
+        else if (c >= 0 && s->conns[c].state == CONN_OPEN) quit = conn_input(s, ctl, pair, c, zmq_msg_data(&f), zmq_msg_size(&f));
+        else if (c >= 0 && (s->conns[c].ignored += zmq_msg_size(&f)) > CLOSE_SLACK) conn_drop(s, ctl, c, true);
         zmq_msg_close(&f);
         if (quit) return 1;
     }

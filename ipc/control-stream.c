@@ -58,6 +58,10 @@ int pi_ctl_framer_feed(struct pi_ctl_framer *f, const uint8_t **p, size_t *n, en
         size_t total;
         int rc = pi_ctl_frame_size(f->hdr, &total, defect);
         if (rc != 0) return rc;
+        if (f->max && total > f->max) {
+            if (defect) *defect = PI_CTL_TOO_LARGE;
+            return -PI_ERR_RANGE;
+        }
         f->buf = malloc(total);
         if (!f->buf) return -PI_ERR_NOMEM;
         memcpy(f->buf, f->hdr, PI_CTL_HEADER_SIZE);
@@ -83,8 +87,10 @@ bool pi_ctl_framer_partial(const struct pi_ctl_framer *f) { return f->len > 0; }
 
 void pi_ctl_framer_clear(struct pi_ctl_framer *f)
 {
+    const size_t max = f->max;
     free(f->buf);
     memset(f, 0, sizeof *f);
+    f->max = max;
 }
 
 /* ---------------------------------------------------------------- endpoints */

@@ -30,12 +30,14 @@ struct pi_ctl_framer {
     uint8_t *buf;                    /* [want] bytes, header included, once the header is checked */
     size_t len;                      /* bytes of the message received so far */
     size_t want;                     /* the message's size; 0 until its header is in */
+    size_t max;                      /* the largest message taken (0: PI_CTL_MAX_MSG); set by the owner */
 };
 
 /* Take bytes from (*p, *n) up to the end of the current message, advancing both. Returns 1 when a
  * message is complete (take it with pi_ctl_framer_pop before feeding more), 0 when all bytes were
  * taken and the message is still incomplete, or the header's error (-PI_ERR_FORMAT, -PI_ERR_RANGE,
- * -PI_ERR_UNSUPPORTED, *defect set, nothing logged): the stream is out of step and must be closed.
+ * -PI_ERR_UNSUPPORTED, *defect set, nothing logged; -PI_ERR_RANGE with PI_CTL_TOO_LARGE too for a
+ * message over f->max): the stream is out of step and must be closed.
  * -PI_ERR_NOMEM when the message's buffer cannot be allocated. */
 int pi_ctl_framer_feed(struct pi_ctl_framer *f, const uint8_t **p, size_t *n, enum pi_ctl_defect *defect);
 

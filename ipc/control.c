@@ -522,12 +522,13 @@ int pi_ctl_frame_size(const uint8_t *hdr, size_t *total, enum pi_ctl_defect *def
 {
     struct rd h = {.p = hdr, .len = PI_CTL_HEADER_SIZE};
     const uint32_t body_len = (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8 | (uint32_t)hdr[10] << 16 | (uint32_t)hdr[11] << 24;
-    /* A body over the bound gives a length one past PI_CTL_MAX_MSG: check_header says "too large". */
-    const size_t len = PI_CTL_HEADER_SIZE + (size_t)PI_MIN(body_len, PI_CTL_MAX_BODY + 1u);
+    /* The identity first (a stream that is not ours is "bad magic", not "too large"), then the size. */
+    const size_t len = PI_CTL_HEADER_SIZE + (size_t)PI_MIN(body_len, PI_CTL_MAX_BODY);
     enum pi_ctl_defect d = PI_CTL_OK;
     uint16_t type;
     uint64_t req;
     int rc = check_header(&h, len, &type, &req, &d);
+    if (rc == 0 && body_len > PI_CTL_MAX_BODY) d = PI_CTL_TOO_LARGE, rc = -PI_ERR_RANGE;
     if (defect) *defect = d;
     if (rc == 0) *total = len;
     return rc;
