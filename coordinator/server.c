@@ -18,19 +18,20 @@
  * chunk callback returns an error at its next chunk. The main thread handles at most EVENT_BURST
  * events between two polls of the control socket and the signals. So the generation thread's sends
  * to the main thread, which do wait (up to GEN_SEND_MS), always drain.
- * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
- * with an ERROR, and otherwise ignored.
+ * Any malformed message on the control socket is logged (naming the defect) and answered with an
+ * ERROR; one whose header is bad also closes its connection.
  *
  * The control socket is a ZMQ_STREAM socket carrying the protocol's messages back to back on each
- * connection (ipc/control-stream.h says why: over ZeroMQ's own framing one peer could make libzmq hold
- * a multipart message of any size). So the main thread keeps a table of connections (struct conn),
- * each framing its own bytes: at most one message of PI_CTL_MAX_MSG per connection, a message over
- * SMALL_MSG only while all the unfinished ones hold less than FRAME_BUDGET (so peers that stop short
- * of the end of large messages cannot keep small requests out), at most RCV_HWM pieces of 8 KiB queued inside
- * libzmq per connection (it stops reading a connection past that), and a connection whose header is
- * bad is closed: a byte stream cannot be resynchronised. Who may connect: over ipc the socket file is
- * mode 0600 in a directory of ours and the peer's uid (SO_PEERCRED, as libzmq's Peer-Address) must be
- * ours; over tcp the first message must be AUTH with the token of [control] token_file.
+ * connection (ipc/control-stream.h says why: over ZeroMQ's own framing one peer could make libzmq
+ * hold a multipart message of any size). So the main thread keeps a table of connections (struct
+ * conn), each framing its own bytes: at most one message of PI_CTL_MAX_MSG per connection; a message
+ * over SMALL_MSG only while all the unfinished ones hold less than FRAME_BUDGET (so peers that stop
+ * short of the end of large messages cannot keep small requests out); at most RCV_HWM pieces of
+ * 8 KiB queued inside libzmq per connection (it stops reading a connection past that); and a
+ * connection whose header is bad is closed: a byte stream cannot be resynchronised. Who may connect:
+ * over ipc the socket file is mode 0600 in a directory of ours and the peer's uid (SO_PEERCRED, as
+ * libzmq's Peer-Address) must be ours; over tcp the first message must be AUTH with the token of
+ * [control] token_file.
  *
  * Descriptors: libzmq aborts the whole process when accept() on an ipc:// listener fails with EMFILE,
  * so the coordinator must never let a client flood use up its descriptors. At start the soft limit is
@@ -81,8 +82,8 @@
 #define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
 #define CLOSE_MS 200      /* a refused connection is closed this long after its ERROR, so the ERROR gets out */
 #define CLOSE_SLACK 65536 /* or at once when it sends this much more meanwhile (it is not listening) */
-#define FD_CHECK_MS 50    /* how often a busy listener counts the descriptors open */
-#define FRAME_BUDGET ((size_t)64 << 20) /* bytes of unfinished messages, all connections: past it large ones are refused */
+#define FD_CHECK_MS 2     /* how often new connections make the listener count the descriptors open */
+#define FRAME_BUDGET ((size_t)64 << 20) /* unfinished messages, all connections: past it large ones are refused */
 #define SMALL_MSG 65536   /* a message up to this size is taken even past FRAME_BUDGET: requests stay served */
 #define AUTH_MSG (PI_CTL_HEADER_SIZE + 4 + PI_CTL_TOKEN_MAX) /* the largest message before the token */
 
@@ -152,7 +153,7 @@ struct server {
                                   small ones, at most) */
     uint64_t refused;          /* connections closed at the cap */
     int fd_high;               /* descriptors in use at which the listener pauses */
-    int64_t fd_check_ns;
+    int64_t fd_check_ns;       /* the descriptors are counted again from then */
     bool paused;               /* the listener is unbound until resume_ns */
     struct stat sock_st;       /* the ipc:// socket file we bound last (st_ino 0: none): the only
                                   thing unlinked at exit */
@@ -474,25 +475,25 @@ static int control_endpoint(const struct pi_config *c, char *out, size_t len, st
         return rc;
     }
     if (pi_ctl_ep_parse(out, ep, err, sizeof err) != 0) {
-        fprintf(stderr, "pi-coordinator: [control] endpoint %s\n", err);
         pi_error("[control] endpoint %s", err);
         return -PI_ERR_INVAL;
     }
     token[0] = '\0';
     if (ep->transport != PI_CTL_TCP) return 0;
     if (!c->control_token_file || !*c->control_token_file) {
-        fprintf(stderr, "pi-coordinator: [control] endpoint %s: tcp:// needs a shared token ([control] token_file): "
-                        "without it the control socket would have no authentication\n", out);
-        pi_error("[control] endpoint %s: tcp:// without [control] token_file (no authentication)", out);
+        pi_error("[control] endpoint %s: tcp:// needs a shared token ([control] token_file): without it the "
+                 "control socket would have no authentication",
+                 out);
         return -PI_ERR_INVAL;
     }
     if (pi_ctl_token_load(c->control_token_file, token, token_len, err, sizeof err) != 0) {
-        fprintf(stderr, "pi-coordinator: [control] %s\n", err);
         pi_error("[control] %s", err);
         return -PI_ERR_INVAL;
     }
-    if (!ep->loopback) pi_warn("control: listening on %s beyond the loopback interface: requests and the token cross "
-                               "the network unencrypted (doc/security.md)", out);
+    if (!ep->loopback)
+        pi_warn("control: listening on %s beyond the loopback interface: requests and the token cross the network "
+                "unencrypted (doc/security.md)",
+                out);
     return 0;
 }
 
@@ -607,15 +608,15 @@ static void conns_reset(struct server *s)
 /* The last resort against descriptor exhaustion (libzmq aborts the process when accept() fails with
  * EMFILE): connections over the cap are closed one by one as they come, but a flood faster than that
  * can still fill the descriptors (libzmq accepts on its own thread; our closes follow); when they
- * reach s->fd_high the listener is unbound for PAUSE_MS, which drops every connection. Checked at
- * every connection over the cap (a flood: reading /proc/self/fd costs microseconds), else at most
- * every FD_CHECK_MS. */
-static void conn_pressure(struct server *s, void *ctl, bool over_cap)
+ * reach s->fd_high the listener is unbound for PAUSE_MS, which drops every connection. Counted at
+ * each new connection, at most every FD_CHECK_MS and never more than a tenth of the time (reading
+ * /proc/self/fd takes longer the more descriptors are open). */
+static void conn_pressure(struct server *s, void *ctl)
 {
     const int64_t now = pi_clock_ns();
-    if (s->paused || (!over_cap && now - s->fd_check_ns < (int64_t)FD_CHECK_MS * 1000000)) return;
-    s->fd_check_ns = now;
+    if (s->paused || now < s->fd_check_ns) return;
     int used = fds_open();
+    s->fd_check_ns = now + PI_MAX((int64_t)FD_CHECK_MS * 1000000, 10 * (pi_clock_ns() - now));
     if (used < 0 || used < s->fd_high) return;
     s->pauses++;
     pi_warn("control: %d descriptors open (the limit of this server is %d): not listening for %d ms, every "
@@ -630,7 +631,7 @@ static void conn_pressure(struct server *s, void *ctl, bool over_cap)
  * cap it is closed at once; over ipc its uid must be ours; over tcp it must send the token first. */
 static void conn_open(struct server *s, void *ctl, const uint8_t *id, size_t id_len, zmq_msg_t *notice)
 {
-    conn_pressure(s, ctl, s->n_conns >= s->conn_cap);
+    conn_pressure(s, ctl);
     if (s->paused) return;
     if (id_len > sizeof s->conns[0].id || s->n_conns >= s->conn_cap) {
         if (s->refused++ % 1000 == 0)
@@ -714,17 +715,24 @@ static int conn_input(struct server *s, void *ctl, void *pair, int k, const uint
 }
 
 /* Close the connections whose deadline passed: refused ones after their ERROR, and those that sent no
- * complete message (or left one unfinished) for IDLE_MS. */
-static void conns_sweep(struct server *s, void *ctl)
+ * complete message (or left one unfinished) for IDLE_MS. Returns the milliseconds to the next
+ * deadline, at most 1000. */
+static long conns_sweep(struct server *s, void *ctl)
 {
     const int64_t now = pi_clock_ns();
+    int64_t next = now + INT64_C(1000000000);
     for (int k = s->n_conns - 1; k >= 0; k--) {
         const struct conn *c = &s->conns[k];
-        if (!c->deadline_ns || now < c->deadline_ns) continue;
+        if (!c->deadline_ns) continue;
+        if (now < c->deadline_ns) {
+            next = PI_MIN(next, c->deadline_ns);
+            continue;
+        }
         if (c->state == CONN_OPEN)
             pi_ctl_peer_warn("control: a connection sent no complete message within %d ms: closed", IDLE_MS);
         conn_drop(s, ctl, k, true);
     }
+    return (long)((next - now) / 1000000) + 1;
 }
 
 /* Pending input on the control socket: each is a routing id and a piece of a connection's bytes (an
@@ -761,7 +769,6 @@ static int control_listen(struct server *s, void *ctl)
         char err[512];
         int fd = pi_ctl_listen_ipc(s->ep.path, err, sizeof err);
         if (fd < 0) {
-            fprintf(stderr, "pi-coordinator: %s\n", err);
             pi_error("control: %s", err);
             return -PI_ERR_IO;
         }
@@ -806,9 +813,8 @@ static bool path_replaceable(const char *ep)
 /* Serve until a signal or a SHUTDOWN. */
 static void serve(struct server *s, void *ctl, void *pair, int sfd)
 {
-    for (;;) {
+    for (long wait_ms = 1000;;) {
         zmq_pollitem_t it[3] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0}};
-        long wait_ms = 100; /* the deadlines of conns_sweep are this late at most */
         if (s->paused) wait_ms = PI_MAX(0, PI_MIN(wait_ms, (long)((s->resume_ns - pi_clock_ns()) / 1000000) + 1));
         int n = zmq_poll(it, 3, wait_ms);
         if (n < 0) {
@@ -826,9 +832,9 @@ static void serve(struct server *s, void *ctl, void *pair, int sfd)
             if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
             on_event(s, ctl, &ev);
         }
-        conns_sweep(s, ctl);
         pause_end(s, ctl);
         if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
+        wait_ms = conns_sweep(s, ctl); /* until the next connection's deadline, those just set included */
     }
 }
 
@@ -874,10 +880,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
     }
-    if (control_listen(&s, ctl) != 0) {
-        fprintf(stderr, "pi-coordinator: cannot serve on %s\n", s.endpoint);
-        goto out;
-    }
+    if (control_listen(&s, ctl) != 0) goto out; /* logged */
     bound = true;
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;

@@ -206,8 +206,10 @@ int pi_ctl_token_load(const char *path, char *out, size_t out_len, char *err, si
         return -PI_ERR_IO;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
-        say(err, err_len, "token file %s: must be a regular file of this user's that no one else may read or write "
-                          "(chmod 600)", path);
+        say(err, err_len,
+            "token file %s: must be a regular file of this user's that no one else may read or write "
+            "(chmod 600)",
+            path);
         close(fd);
         return -PI_ERR_INVAL;
     }
@@ -262,9 +264,10 @@ static int parent_private(const char *path, char *err, size_t err_len)
         return -PI_ERR_IO;
     }
     if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
-        say(err, err_len, "ipc://%s: the directory %s must be this user's and writable by no one else (it is uid %u, "
-                          "mode %03o): another user could replace the socket", path, dir, (unsigned)st.st_uid,
-            (unsigned)(st.st_mode & 0777));
+        say(err, err_len,
+            "ipc://%s: the directory %s must be this user's and writable by no one else (it is uid %u, "
+            "mode %03o): another user could replace the socket",
+            path, dir, (unsigned)st.st_uid, (unsigned)(st.st_mode & 0777));
         return -PI_ERR_INVAL;
     }
     return 0;
@@ -317,7 +320,7 @@ struct pi_ctl_client {
     struct pi_ctl_framer fr;
     uint8_t in[CLIENT_INBUF]; /* bytes read and not yet framed: in[pos..len) */
     size_t pos, len;
-    bool closed;              /* the peer closed, or the stream is out of step */
+    bool closed; /* the peer closed, or the stream is out of step */
 };
 
 static int64_t ms_now(void)

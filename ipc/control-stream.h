@@ -60,10 +60,10 @@ enum pi_ctl_transport { PI_CTL_IPC = 1, PI_CTL_TCP = 2 };
 
 struct pi_ctl_ep {
     enum pi_ctl_transport transport;
-    char path[108];  /* ipc: the socket's path (fits sockaddr_un) */
-    char host[256];  /* tcp: the host, brackets of an IPv6 literal removed */
-    char port[8];    /* tcp: the port, digits */
-    bool loopback;   /* tcp: 127.0.0.0/8, localhost or ::1 */
+    char path[108]; /* ipc: the socket's path (fits sockaddr_un) */
+    char host[256]; /* tcp: the host, brackets of an IPv6 literal removed */
+    char port[8];   /* tcp: the port, digits */
+    bool loopback;  /* tcp: 127.0.0.0/8, localhost or ::1 */
 };
 
 /* Parse "ipc://PATH" or "tcp://HOST:PORT" ("tcp://[::1]:PORT" for IPv6). Refused, with the reason in

@@ -20,11 +20,12 @@
  * which check failed (enum pi_ctl_defect), so a malformed message from a peer is rejected with a
  * precise log line and the receiver keeps serving.
  *
- * Sockets: the coordinator binds a ROUTER; workers and pi-ctl connect DEALERs (no REQ/REP: a dead
- * peer must not wedge a lockstep state machine). Every socket has linger 0 (closing never blocks
- * on a dead peer), ZMQ_MAXMSGSIZE (a peer cannot make us allocate more than one message's bound)
- * and send/receive timeouts. Endpoints are ipc:// paths in a run directory created 0700, so only
- * our user can connect.
+ * Sockets: on the worker socket the coordinator binds a ROUTER and the workers connect DEALERs (no
+ * REQ/REP: a dead peer must not wedge a lockstep state machine). Every socket has linger 0 (closing
+ * never blocks on a dead peer), ZMQ_MAXMSGSIZE (a peer cannot make us allocate more than one
+ * frame's bound) and send/receive timeouts. Endpoints are ipc:// paths in a run directory created
+ * 0700, so only our user can connect. The control socket (pi-ctl) carries the same messages on a
+ * byte stream instead: ipc/control-stream.h says why and how.
  */
 #ifndef PI_IPC_CONTROL_H
 #define PI_IPC_CONTROL_H

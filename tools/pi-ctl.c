@@ -52,15 +52,16 @@ static void usage(FILE *f)
                "  shutdown                     stop the coordinator and its workers\n"
                "\n"
                "Options:\n"
-               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
-               "                   RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
-               "  --token-file FILE  the shared token for a tcp:// endpoint: the file of the coordinator's\n"
-               "                   [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
-               "  --timeout MS     how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
-               "  -h, --help       print this help and exit\n"
-               "  -V, --version    print the version and exit\n"
+               "  --endpoint EP      the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
+               "                     RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
+               "  --token-file FILE  the shared token a tcp:// endpoint needs: the file of the coordinator's\n"
+               "                     [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
+               "  --timeout MS       how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
+               "  -h, --help         print this help and exit\n"
+               "  -V, --version      print the version and exit\n"
                "\n"
-               "Exit status: 0 on success, 1 when the coordinator is not there or the request failed, 2 on a usage error.\n");
+               "Exit status: 0 on success, 1 when the coordinator is not there, refused the connection or the request\n"
+               "failed, 2 on a usage error.\n");
 }
 
 /* The prompt from path ("-": standard input), at most the protocol's message size. Prints the error. */

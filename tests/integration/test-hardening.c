@@ -148,7 +148,8 @@ static void test_connection_flood(void)
     tap_ok(alive && got == FLOOD_N, "%d of %d plain connect() calls: the coordinator is alive (%s)", got, FLOOD_N,
            alive ? "" : strstr(err, "Too many") ? "Too many open files" : "dead");
     tap_ok(alive && status_within(20), "after the flood pi-ctl status is answered");
-    tap_ok(alive && strstr(err, "connections open, the cap"), "the flood is logged");
+    /* with 512 descriptors the last resort (the pause) may come before any close at the cap */
+    tap_ok(alive && (strstr(err, "connections open, the cap") || strstr(err, "descriptors open")), "the flood is logged");
     for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
         if (strstr(line, "control:") || strstr(line, "open files")) tap_diag("%s", line);
     free(err);

@@ -236,12 +236,11 @@ static void test_malformed(void)
     memset(body + PI_CTL_HEADER_SIZE, 0x41, 4);
     tap_is_int(raw_request(c, body, sizeof body), PI_CTL_ERROR, "a body where none belongs: answered with an error");
     tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP, "then a good request on the same connection is served");
-    /* a good request, then 2 MiB of zeros: the request is served, the zeros end the connection */
+    /* then 2 MiB of zeros (no header): the connection is closed; what the client may still send is lost */
     size_t big = 2u << 20;
     uint8_t *blob = calloc(1, big);
-    memcpy(blob, good, sizeof good);
-    tap_ok(raw_request(c, blob, big) == PI_CTL_STATUS_RESP && closed_by_server(c),
-           "a request followed by 2 MiB of zeros: served, then the connection closed");
+    pi_ctl_client_send_raw(c, blob, big); /* may fail half way: the coordinator closes */
+    tap_ok(closed_by_server(c), "2 MiB of zeros after a request: the connection closed");
     free(blob);
     pi_ctl_client_destroy(&c);
     c = pi_ctl_client_new(endpoint, 3000);

@@ -39,7 +39,9 @@ static uint8_t *stream_of(int n, size_t *len, uint16_t *types)
     uint8_t *all = NULL;
     *len = 0;
     for (int i = 0; i < n; i++) {
-        struct pi_ctl_msg m = {.type = (uint16_t)(i % 3 == 0 ? PI_CTL_STATUS_REQ : i % 3 == 1 ? PI_CTL_CHUNK : PI_CTL_GENERATE),
+        struct pi_ctl_msg m = {.type = (uint16_t)(i % 3 == 0   ? PI_CTL_STATUS_REQ
+                                                  : i % 3 == 1 ? PI_CTL_CHUNK
+                                                               : PI_CTL_GENERATE),
                                .request_id = (uint64_t)i};
         char text[300];
         size_t tl = rnd() % (sizeof text - 1);
@@ -76,10 +78,16 @@ static void test_framer(void)
         while (n) {
             int r = pi_ctl_framer_feed(&f, &p, &n, NULL);
             max_held = PI_MAX(max_held, pi_ctl_framer_held(&f));
-            if (r < 0) { errors++; break; }
+            if (r < 0) {
+                errors++;
+                break;
+            }
             if (r == 0) continue;
             struct pi_ctl_msg m;
-            if (pi_ctl_framer_pop(&f, &m, NULL) != 0) { errors++; continue; }
+            if (pi_ctl_framer_pop(&f, &m, NULL) != 0) {
+                errors++;
+                continue;
+            }
             in_order &= got < N && m.type == types[got] && m.request_id == (uint64_t)got;
             got++;
             pi_ctl_msg_clear(&m);
@@ -105,7 +113,8 @@ static void test_framer(void)
     /* bad magic, and a framer limit below the message */
     memcpy(h, "ZMTP", 4);
     p = h, n = sizeof h;
-    tap_ok(pi_ctl_framer_feed(&f, &p, &n, &d) == -PI_ERR_FORMAT && d == PI_CTL_BAD_MAGIC, "bad magic: refused at the header");
+    tap_ok(pi_ctl_framer_feed(&f, &p, &n, &d) == -PI_ERR_FORMAT && d == PI_CTL_BAD_MAGIC,
+           "bad magic: refused at the header");
     pi_ctl_framer_clear(&f);
     memcpy(h, "PICT", 4);
     uint32_t body = 1000;
@@ -151,13 +160,15 @@ static void test_endpoints(void)
         struct pi_ctl_ep ep;
         char err[256] = "";
         int rc = pi_ctl_ep_parse(t[i].ep, &ep, err, sizeof err);
-        int ok = (rc == 0) == t[i].ok && (!t[i].ok || ((int)ep.transport == t[i].transport && ep.loopback == t[i].loopback &&
-                                                        (t[i].transport != PI_CTL_TCP || strcmp(ep.host, t[i].host) == 0)));
+        int ok =
+            (rc == 0) == t[i].ok && (!t[i].ok || ((int)ep.transport == t[i].transport && ep.loopback == t[i].loopback &&
+                                                  (t[i].transport != PI_CTL_TCP || strcmp(ep.host, t[i].host) == 0)));
         ok &= t[i].ok || err[0];
         if (!ok) tap_diag("%s: rc %d, %s", t[i].ep, rc, err);
         bad += !ok;
     }
-    tap_ok(bad == 0, "%zu endpoints parsed or refused as they should (abstract sockets, wildcards, ports)", PI_ARRAY_LEN(t));
+    tap_ok(bad == 0, "%zu endpoints parsed or refused as they should (abstract sockets, wildcards, ports)",
+           PI_ARRAY_LEN(t));
     char err[256];
     struct pi_ctl_ep ep;
     pi_ctl_ep_parse("ipc://@name", &ep, err, sizeof err);
@@ -192,12 +203,14 @@ static void test_peer_uid(void)
         if (!ok) tap_diag("%s: rc %d uid %u", t[i].pa ? t[i].pa : "(null)", rc, uid);
         bad += !ok;
     }
-    tap_ok(bad == 0, "peer credentials from %zu made-up Peer-Address values: read, or refused when malformed", PI_ARRAY_LEN(t));
+    tap_ok(bad == 0, "peer credentials from %zu made-up Peer-Address values: read, or refused when malformed",
+           PI_ARRAY_LEN(t));
     /* The coordinator's rule: the uid read must be its own. A made-up peer of another user. */
     uint32_t uid;
     char other[64];
     snprintf(other, sizeof other, "localhost:%u:%u:77", (unsigned)geteuid() + 1, (unsigned)getegid());
-    tap_ok(pi_ctl_peer_uid(other, &uid) == 0 && uid != (uint32_t)geteuid(), "a made-up peer of uid %u is not this user", uid);
+    tap_ok(pi_ctl_peer_uid(other, &uid) == 0 && uid != (uint32_t)geteuid(), "a made-up peer of uid %u is not this user",
+           uid);
 }
 
 static int write_file(const char *path, const char *text, mode_t mode)
@@ -227,7 +240,8 @@ static void test_token(void)
     write_file(path, "short\n", 0600);
     tap_is_int(pi_ctl_token_load(path, out, sizeof out, err, sizeof err), -PI_ERR_INVAL, "a token of 5 bytes: refused");
     write_file(path, "0123456789 abcdef0123\n", 0600);
-    tap_is_int(pi_ctl_token_load(path, out, sizeof out, err, sizeof err), -PI_ERR_INVAL, "a token with a space: refused");
+    tap_is_int(pi_ctl_token_load(path, out, sizeof out, err, sizeof err), -PI_ERR_INVAL,
+               "a token with a space: refused");
     char longtok[PI_CTL_TOKEN_MAX + 3];
     memset(longtok, 'x', PI_CTL_TOKEN_MAX);
     longtok[PI_CTL_TOKEN_MAX] = '\0';
@@ -244,7 +258,8 @@ static void test_token(void)
     tap_ok(pi_ctl_token_load(dir, out, sizeof out, err, sizeof err) == -PI_ERR_INVAL, "a directory: refused");
     snprintf(link, sizeof link, "%s/none", dir);
     tap_is_int(pi_ctl_token_load(link, out, sizeof out, err, sizeof err), -PI_ERR_IO, "a missing file: refused");
-    tap_ok(pi_ctl_token_equal("abcdefghabcdefgh", "abcdefghabcdefgh") && !pi_ctl_token_equal("abcdefghabcdefgh", "abcdefghabcdefgx") &&
+    tap_ok(pi_ctl_token_equal("abcdefghabcdefgh", "abcdefghabcdefgh") &&
+               !pi_ctl_token_equal("abcdefghabcdefgh", "abcdefghabcdefgx") &&
                !pi_ctl_token_equal("abcdefghabcdefgh", "abcdefghabcdefg") && !pi_ctl_token_equal("abcdefgh", "") &&
                !pi_ctl_token_equal("", "abcdefgh"),
            "tokens compare equal only when equal (no prefix, no empty)");
@@ -283,7 +298,8 @@ static void test_listen(void)
     c = pi_ctl_client_new(ep, 1000);
     int peer = fd >= 0 ? accept(fd, NULL, NULL) : -1;
     struct pi_ctl_msg m;
-    tap_ok(c && peer >= 0 && pi_ctl_client_recv(c, &m, 100) == -PI_ERR_TIMEOUT, "the client connects; nothing sent: a timeout");
+    tap_ok(c && peer >= 0 && pi_ctl_client_recv(c, &m, 100) == -PI_ERR_TIMEOUT,
+           "the client connects; nothing sent: a timeout");
     /* two messages written in three pieces, then the end of the stream */
     uint16_t types[2];
     size_t len;
