@@ -38,8 +38,8 @@
  * raised to the hard one. libzmq tells of each new connection (an empty message); past the cap
  * ([control] max_connections, or half the descriptors still free, whichever is smaller) a new one is
  * closed as it comes, and the clients already connected keep their connections. Should a flood still
- * outrun those closes and the descriptors in use reach three quarters of the way to the limit, the
- * last resort of before applies: the listener is unbound for PAUSE_MS (nginx's pause of accept()),
+ * outrun those closes and the descriptors in use reach half the way to the limit, the last resort of
+ * before applies: the listener is unbound for PAUSE_MS (nginx's pause of accept()),
  * which drops every connection. A connection that sends no complete message for IDLE_MS after it
  * opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill the cap slowly.
  */
@@ -82,7 +82,6 @@
 #define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
 #define CLOSE_MS 200      /* a refused connection is closed this long after its ERROR, so the ERROR gets out */
 #define CLOSE_SLACK 65536 /* or at once when it sends this much more meanwhile (it is not listening) */
-#define FD_CHECK_MS 2     /* how often new connections make the listener count the descriptors open */
 #define FRAME_BUDGET ((size_t)64 << 20) /* unfinished messages, all connections: past it large ones are refused */
 #define SMALL_MSG 65536   /* a message up to this size is taken even past FRAME_BUDGET: requests stay served */
 #define AUTH_MSG (PI_CTL_HEADER_SIZE + 4 + PI_CTL_TOKEN_MAX) /* the largest message before the token */
@@ -543,8 +542,10 @@ static int fds_open(void)
 }
 
 /* The connection cap: [control] max_connections, or half the descriptors still free. At least 1.
- * Also sets s->fd_high, three quarters of the way from the descriptors in use to the limit: the
- * last resort (conn_pressure) starts there. */
+ * Also sets s->fd_high, half way from the descriptors in use to the limit: the last resort
+ * (conn_pressure) starts there, leaving the other half for what libzmq accepts before the main
+ * thread sees it. Where the cap is the free half, that is the cap itself: a flood pauses the listener
+ * as soon as the connections it made really hold the cap's descriptors. */
 static int connection_cap(struct server *s, const struct pi_config *c)
 {
     struct rlimit rl;
@@ -552,7 +553,7 @@ static int connection_cap(struct server *s, const struct pi_config *c)
     s->fd_high = INT_MAX;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && used >= 0) {
         int64_t free_fds = (int64_t)rl.rlim_cur - used;
-        s->fd_high = (int)PI_MIN((int64_t)INT_MAX, used + free_fds * 3 / 4);
+        s->fd_high = (int)PI_MIN((int64_t)INT_MAX, used + free_fds / 2);
         if (free_fds / 2 < cap) {
             cap = free_fds / 2;
             pi_warn("control: at most %lld connections at once: the limit of open files is %llu (%lld in use); "
@@ -609,17 +610,18 @@ static void conns_reset(struct server *s)
  * EMFILE): connections over the cap are closed one by one as they come, but a flood faster than that
  * can still fill the descriptors (libzmq accepts on its own thread; our closes follow); when they
  * reach s->fd_high the listener is unbound for PAUSE_MS, which drops every connection. Counted at
- * each new connection, at most every FD_CHECK_MS and never more than a tenth of the time (reading
- * /proc/self/fd takes longer the more descriptors are open). */
-static void conn_pressure(struct server *s, void *ctl)
+ * each connection over the cap, and under it at most every millisecond and a tenth of the time
+ * (reading /proc/self/fd takes tens of microseconds for hundreds of descriptors, more for more). */
+static void conn_pressure(struct server *s, void *ctl, bool over_cap)
 {
     const int64_t now = pi_clock_ns();
-    if (s->paused || now < s->fd_check_ns) return;
+    if (s->paused || (!over_cap && now < s->fd_check_ns)) return;
     int used = fds_open();
-    s->fd_check_ns = now + PI_MAX((int64_t)FD_CHECK_MS * 1000000, 10 * (pi_clock_ns() - now));
+    /* a wall-clock duration (a preempted read looks long): the back-off stays within 1 ms */
+    s->fd_check_ns = now + PI_MIN(INT64_C(1000000), 10 * (pi_clock_ns() - now));
     if (used < 0 || used < s->fd_high) return;
     s->pauses++;
-    pi_warn("control: %d descriptors open (the limit of this server is %d): not listening for %d ms, every "
+    pi_warn("control: %d descriptors open (the listener pauses at %d): not listening for %d ms, every "
             "connection is dropped (pause %llu)", used, s->fd_high, PAUSE_MS, (unsigned long long)s->pauses);
     if (zmq_unbind(ctl, s->bound_ep) != 0) pi_warn("zmq_unbind(%s) failed: %s", s->bound_ep, zmq_strerror(zmq_errno()));
     conns_reset(s);
@@ -631,7 +633,7 @@ static void conn_pressure(struct server *s, void *ctl)
  * cap it is closed at once; over ipc its uid must be ours; over tcp it must send the token first. */
 static void conn_open(struct server *s, void *ctl, const uint8_t *id, size_t id_len, zmq_msg_t *notice)
 {
-    conn_pressure(s, ctl);
+    conn_pressure(s, ctl, s->n_conns >= s->conn_cap);
     if (s->paused) return;
     if (id_len > sizeof s->conns[0].id || s->n_conns >= s->conn_cap) {
         if (s->refused++ % 1000 == 0)

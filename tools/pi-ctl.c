@@ -201,7 +201,7 @@ static int recv_answer(pi_ctl_client_t *c, const struct ctl_opts *o, int timeout
             return -1;
         }
         if (rc == -PI_ERR_PEER) {
-            fprintf(stderr, "pi-ctl: %s closed the connection without an answer\n", o->endpoint);
+            fprintf(stderr, "pi-ctl: %s closed the connection without an answer (at its connection cap?)\n", o->endpoint);
             return -1;
         }
         if (rc != 0) { fprintf(stderr, "pi-ctl: bad answer from %s: %s\n", o->endpoint, pi_err_str(rc)); return -1; }

@@ -15,7 +15,15 @@
  *     is never removed, and the default run dir is $XDG_RUNTIME_DIR/pinfer, found by pi-ctl too
  *     (defect 4);
  *   - a worker directory left by a killed coordinator (pinfer.X/workers.sock, nobody listening) is
- *     swept at start; one in use is not (defect 5).
+ *     swept at start; one in use is not (defect 5);
+ *   - what one peer can make the coordinator hold: 2,048 frames of 1 MiB as one ZeroMQ multipart
+ *     message, 2 GiB behind one header, 100 connections stopped short of 1 MiB messages; the peak RSS
+ *     (VmHWM) stays within a bound, status is answered meanwhile (defect 2);
+ *   - who may use the control socket: abstract endpoints refused, the socket 0600 under umask 000,
+ *     a directory others may write refused, another uid refused (root against a coordinator run as
+ *     uid 65534; skipped unless root), tcp refused without a token and served with it (defect 3);
+ *   - past the connection cap new connections are closed one by one and a client connected before
+ *     keeps being served (the flood's remainder).
  */
 #include "config.h"
 #include "ipc/control-stream.h"
