@@ -28,6 +28,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -162,34 +163,12 @@ int pi_ctl_ep_parse(const char *e, struct pi_ctl_ep *ep, char *err, size_t err_l
 
 /* ---------------------------------------------------------------- peer credentials */
 
-/* The decimal number ending at end (exclusive) and starting after the ':' before it; 0 or -1. */
-static int field_before(const char *s, const char **end, uint32_t *out)
+int pi_ctl_peer_uid(int fd, uint32_t *uid)
 {
-    const char *p = *end;
-    unsigned long long v = 0, mul = 1;
-    if (p == s || !(p[-1] >= '0' && p[-1] <= '9')) return -1;
-    while (p > s && p[-1] >= '0' && p[-1] <= '9') {
-        if (mul > 1000000000ull) return -1; /* more than 10 digits */
-        v += (unsigned long long)(p[-1] - '0') * mul;
-        mul *= 10;
-        p--;
-    }
-    if (p == s || p[-1] != ':' || v > UINT32_MAX) return -1;
-    *out = (uint32_t)v;
-    *end = p - 1;
-    return 0;
-}
-
-int pi_ctl_peer_uid(const char *pa, uint32_t *uid)
-{
-    /* libzmq appends ":UID:GID:PID" to an ipc peer's address when SO_PEERCRED gave them; read the
-     * three fields from the end, all or nothing. */
-    uint32_t pid, gid, u;
-    const char *end = pa ? pa + strlen(pa) : NULL;
-    if (!pa || field_before(pa, &end, &pid) != 0 || field_before(pa, &end, &gid) != 0 ||
-        field_before(pa, &end, &u) != 0)
-        return -PI_ERR_FORMAT;
-    *uid = u;
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof cr) return -PI_ERR_IO;
+    *uid = (uint32_t)cr.uid;
     return 0;
 }
 
@@ -248,7 +227,7 @@ bool pi_ctl_token_equal(const char *a, const char *b)
     return diff == 0 && la == lb;
 }
 
-/* ---------------------------------------------------------------- listening unix socket */
+/* ---------------------------------------------------------------- listening sockets */
 
 /* The directory part of path, which must be this user's and writable by no one else. */
 static int parent_private(const char *path, char *err, size_t err_len)
@@ -310,6 +289,27 @@ int pi_ctl_listen_ipc(const char *path, char *err, size_t err_len)
         unlink(path);
         return -PI_ERR_IO;
     }
+    return fd;
+}
+
+int pi_ctl_listen_tcp(const struct pi_ctl_ep *ep, char *err, size_t err_len)
+{
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo *res;
+    int g = getaddrinfo(ep->host, ep->port, &hints, &res);
+    if (g != 0) {
+        say(err, err_len, "tcp://%s:%s: %s", ep->host, ep->port, gai_strerror(g));
+        return -PI_ERR_IO;
+    }
+    int fd = socket(res->ai_family, res->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, res->ai_protocol), one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, SOMAXCONN) != 0) {
+        say(err, err_len, "tcp://%s:%s: %s", ep->host, ep->port, strerror(errno));
+        if (fd >= 0) close(fd);
+        fd = -PI_ERR_IO;
+    }
+    freeaddrinfo(res);
     return fd;
 }
 

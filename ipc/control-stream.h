@@ -5,13 +5,13 @@
  *
  * Why a byte stream: over ZeroMQ's own protocol (ZMTP) libzmq delivers a multipart message only after
  * its last frame and bounds each frame (ZMQ_MAXMSGSIZE), never the sum, so one peer could make the
- * coordinator hold gigabytes (issue 20, defect 2). The coordinator's control socket is therefore a
- * ZMQ_STREAM socket: libzmq hands it the raw bytes of each connection in pieces of at most 8 KiB,
- * stops reading a connection whose queue is full (ZMQ_RCVHWM counts those pieces), and the messages
- * are the ones of ipc/control.h written back to back. A message announces its size in its header, so
- * the reader (struct pi_ctl_framer) checks the header as soon as it has its 24 bytes and never holds
- * more than one message of at most PI_CTL_MAX_MSG bytes per connection; a bad header ends the
- * connection (a byte stream cannot be resynchronised). See doc/security.md and doc/ipc.md.
+ * coordinator hold gigabytes (issue 20, defect 2); and libzmq accepts connections on its own thread
+ * and aborts the process when accept() fails with EMFILE (defect 1). So the control socket is a
+ * plain unix or TCP socket that the coordinator accepts and reads itself, carrying the messages of
+ * ipc/control.h back to back. A message announces its size in its header, so the reader (struct
+ * pi_ctl_framer) checks the header as soon as it has its 24 bytes and never holds more than one
+ * message of at most PI_CTL_MAX_MSG bytes per connection; a bad header ends the connection (a byte
+ * stream cannot be resynchronised). See doc/security.md and doc/ipc.md.
  */
 #ifndef PI_IPC_CONTROL_STREAM_H
 #define PI_IPC_CONTROL_STREAM_H
@@ -74,10 +74,10 @@ int pi_ctl_ep_parse(const char *endpoint, struct pi_ctl_ep *ep, char *err, size_
 
 /* ---- peer credentials ---- */
 
-/* The uid in libzmq's "Peer-Address" of an ipc connection ("ADDR:UID:GID:PID", from SO_PEERCRED).
- * Returns 0 and *uid, or -PI_ERR_FORMAT when the credentials are missing or malformed (a peer whose
- * uid is unknown is refused like a foreign one). */
-int pi_ctl_peer_uid(const char *peer_address, uint32_t *uid);
+/* The uid of the process at the other end of the unix socket fd (SO_PEERCRED: the kernel's record
+ * from connect time, which the peer cannot forge). Returns 0, or -PI_ERR_IO (not a unix socket, or
+ * the call failed; the caller refuses such a peer). */
+int pi_ctl_peer_uid(int fd, uint32_t *uid);
 
 /* ---- shared token (tcp) ---- */
 
@@ -90,14 +90,18 @@ int pi_ctl_token_load(const char *path, char *out, size_t out_len, char *err, si
 /* a equals b, in time that depends on their lengths only. */
 bool pi_ctl_token_equal(const char *a, const char *b);
 
-/* ---- the coordinator's listening unix socket ---- */
+/* ---- the coordinator's listening sockets ---- */
 
 /* A listening unix socket at path with mode 0600 whatever the umask (fchmod before bind, chmod
- * after), non-blocking and close-on-exec, for ZMQ_USE_FD. The directory holding it must be this
- * user's and writable by no one else (otherwise another user could replace the socket). A socket
- * file already at path is replaced (the caller has checked that nobody listens on it); anything else
- * there is refused. Returns the descriptor, or -PI_ERR_IO / -PI_ERR_INVAL with the reason in err. */
+ * after), non-blocking and close-on-exec. The directory holding it must be this user's and writable
+ * by no one else (otherwise another user could replace the socket). A socket file already at path is
+ * replaced (the caller has checked that nobody listens on it); anything else there is refused.
+ * Returns the descriptor, or -PI_ERR_IO / -PI_ERR_INVAL with the reason in err. */
 int pi_ctl_listen_ipc(const char *path, char *err, size_t err_len);
+
+/* A listening TCP socket on ep's host and port (SO_REUSEADDR, non-blocking, close-on-exec). Returns
+ * the descriptor, or -PI_ERR_IO with the reason in err. */
+int pi_ctl_listen_tcp(const struct pi_ctl_ep *ep, char *err, size_t err_len);
 
 /* ---- the client (pi-ctl, tests) ---- */
 

@@ -42,8 +42,8 @@
 #define PI_UNIX_PATH_MAX 107u       /* sizeof(sockaddr_un.sun_path) - 1 */
 
 static const char *const type_names[] = {
-    "unknown", "hello", "load", "ready", "heartbeat", "error", "status-request", "status-response",
-    "shutdown", "generate", "chunk", "end", "auth",
+    "unknown",         "hello",    "load",     "ready", "heartbeat", "error", "status-request",
+    "status-response", "shutdown", "generate", "chunk", "end",       "auth",
 };
 _Static_assert(sizeof type_names / sizeof type_names[0] == PI_CTL_TYPE_MAX + 1, "a name per type");
 
@@ -521,7 +521,8 @@ static int check_header(struct rd *h, size_t len, uint16_t *type, uint64_t *req,
 int pi_ctl_frame_size(const uint8_t *hdr, size_t *total, enum pi_ctl_defect *defect)
 {
     struct rd h = {.p = hdr, .len = PI_CTL_HEADER_SIZE};
-    const uint32_t body_len = (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8 | (uint32_t)hdr[10] << 16 | (uint32_t)hdr[11] << 24;
+    const uint32_t body_len =
+        (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8 | (uint32_t)hdr[10] << 16 | (uint32_t)hdr[11] << 24;
     /* The identity first (a stream that is not ours is "bad magic", not "too large"), then the size. */
     const size_t len = PI_CTL_HEADER_SIZE + (size_t)PI_MIN(body_len, PI_CTL_MAX_BODY);
     enum pi_ctl_defect d = PI_CTL_OK;

@@ -38,30 +38,31 @@ struct ctl_opts {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: pi-ctl [--endpoint EP] [--token-file FILE] [--timeout MS] COMMAND [ARGS]\n"
-               "Control a running pi-coordinator.\n"
-               "\n"
-               "Commands:\n"
-               "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
-               "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
-               "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
-               "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
-               "                               so the prompt is not on the command line that ps(1) shows)\n"
-               "                               generate on the coordinator, streaming the text to stdout\n"
-               "                               (defaults: -n 128, --temp 0, --seed 0)\n"
-               "  shutdown                     stop the coordinator and its workers\n"
-               "\n"
-               "Options:\n"
-               "  --endpoint EP      the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
-               "                     RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
-               "  --token-file FILE  the shared token a tcp:// endpoint needs: the file of the coordinator's\n"
-               "                     [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
-               "  --timeout MS       how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
-               "  -h, --help         print this help and exit\n"
-               "  -V, --version      print the version and exit\n"
-               "\n"
-               "Exit status: 0 on success, 1 when the coordinator is not there, refused the connection or the request\n"
-               "failed, 2 on a usage error.\n");
+    fprintf(f,
+            "Usage: pi-ctl [--endpoint EP] [--token-file FILE] [--timeout MS] COMMAND [ARGS]\n"
+            "Control a running pi-coordinator.\n"
+            "\n"
+            "Commands:\n"
+            "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
+            "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
+            "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
+            "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
+            "                               so the prompt is not on the command line that ps(1) shows)\n"
+            "                               generate on the coordinator, streaming the text to stdout\n"
+            "                               (defaults: -n 128, --temp 0, --seed 0)\n"
+            "  shutdown                     stop the coordinator and its workers\n"
+            "\n"
+            "Options:\n"
+            "  --endpoint EP      the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
+            "                     RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
+            "  --token-file FILE  the shared token a tcp:// endpoint needs: the file of the coordinator's\n"
+            "                     [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
+            "  --timeout MS       how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
+            "  -h, --help         print this help and exit\n"
+            "  -V, --version      print the version and exit\n"
+            "\n"
+            "Exit status: 0 on success, 1 when the coordinator is not there, refused the connection or the request\n"
+            "failed, 2 on a usage error.\n");
 }
 
 /* The prompt from path ("-": standard input), at most the protocol's message size. Prints the error. */
@@ -80,11 +81,16 @@ static int read_prompt(struct ctl_opts *o, const char *path)
 
 static int parse(int argc, char **argv, struct ctl_opts *o)
 {
-    static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'}, {"timeout", required_argument, NULL, 't'},
+    static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'},
+                                       {"timeout", required_argument, NULL, 't'},
                                        {"token-file", required_argument, NULL, 'k'},
-                                       {"prompt", required_argument, NULL, 'p'}, {"prompt-file", required_argument, NULL, 'f'}, {"n-predict", required_argument, NULL, 'n'},
-                                       {"temp", required_argument, NULL, 'T'}, {"seed", required_argument, NULL, 's'},
-                                       {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+                                       {"prompt", required_argument, NULL, 'p'},
+                                       {"prompt-file", required_argument, NULL, 'f'},
+                                       {"n-predict", required_argument, NULL, 'n'},
+                                       {"temp", required_argument, NULL, 'T'},
+                                       {"seed", required_argument, NULL, 's'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {"version", no_argument, NULL, 'V'},
                                        {NULL, 0, NULL, 0}};
     const char *env = getenv("PI_CONTROL");
     if (env && *env) snprintf(o->endpoint, sizeof o->endpoint, "%s", env);
@@ -165,14 +171,14 @@ static pi_ctl_client_t *connect_ctl(const struct ctl_opts *o, uint64_t req)
     if (!c) {
         const int e = errno;
         if (e == EACCES || e == EPERM)
-            fprintf(stderr, "pi-ctl: %s: permission denied (the socket or a directory above it is not this user's to open)\n",
+            fprintf(stderr,
+                    "pi-ctl: %s: permission denied (the socket or a directory above it is not this user's to open)\n",
                     o->endpoint);
         else if (e == ENOENT || e == ENOTDIR)
             fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(e));
         else if (e == ECONNREFUSED && ep.transport == PI_CTL_IPC)
             fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
-        else
-            fprintf(stderr, "pi-ctl: no coordinator at %s (%s)\n", o->endpoint, strerror(e));
+        else fprintf(stderr, "pi-ctl: no coordinator at %s (%s)\n", o->endpoint, strerror(e));
         explicit_bzero(token, sizeof token);
         return NULL;
     }
@@ -180,7 +186,7 @@ static pi_ctl_client_t *connect_ctl(const struct ctl_opts *o, uint64_t req)
         struct pi_ctl_msg a = {.type = PI_CTL_AUTH, .request_id = req};
         a.u.auth.token = token;
         int rc = pi_ctl_client_send(c, &a);
-        if (rc != 0) {
+        if (rc != 0 && rc != -PI_ERR_PEER) { /* closed: the coordinator's answer says why */
             fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
             pi_ctl_client_destroy(&c);
         }
@@ -197,11 +203,13 @@ static int recv_answer(pi_ctl_client_t *c, const struct ctl_opts *o, int timeout
     for (;;) {
         int rc = pi_ctl_client_recv(c, m, (int)PI_MAX(0, deadline - pi_clock_ns() / 1000000));
         if (rc == -PI_ERR_TIMEOUT) {
-            fprintf(stderr, "pi-ctl: no answer from %s within %d ms (is pi-coordinator running?)\n", o->endpoint, timeout_ms);
+            fprintf(stderr, "pi-ctl: no answer from %s within %d ms (is pi-coordinator running?)\n", o->endpoint,
+                    timeout_ms);
             return -1;
         }
         if (rc == -PI_ERR_PEER) {
-            fprintf(stderr, "pi-ctl: %s closed the connection without an answer (at its connection cap?)\n", o->endpoint);
+            fprintf(stderr, "pi-ctl: %s closed the connection without an answer (at its connection cap?)\n",
+                    o->endpoint);
             return -1;
         }
         if (rc != 0) { fprintf(stderr, "pi-ctl: bad answer from %s: %s\n", o->endpoint, pi_err_str(rc)); return -1; }
@@ -211,11 +219,13 @@ static int recv_answer(pi_ctl_client_t *c, const struct ctl_opts *o, int timeout
     }
 }
 
+/* Send a request; 0 also when the coordinator closed the connection first (it refused it: the
+ * answer it sent before says why, and recv_answer prints it). */
 static int send_req(pi_ctl_client_t *c, const struct ctl_opts *o, struct pi_ctl_msg *m)
 {
     int rc = pi_ctl_client_send(c, m);
-    if (rc != 0) fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
-    return rc == 0 ? 0 : -1;
+    if (rc != 0 && rc != -PI_ERR_PEER) fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
+    return rc == 0 || rc == -PI_ERR_PEER ? 0 : -1;
 }
 
 static int print_error(const struct pi_ctl_msg *m)

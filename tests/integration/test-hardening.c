@@ -59,14 +59,15 @@ static bool status_within(double seconds)
 /* Start a server through sh with the descriptor limits soft/hard on endpoint ep, with more arguments
  * (shell words, "" for none) and a shell prefix (a umask, ""); wait until `pi-ctl status` with the
  * pi-ctl arguments ctl_args (NULL-terminated, at most 4: a token file) answers. */
-static pid_t start_server_on(const char *name, int soft, int hard, const char *ep, const char *extra, const char *prefix,
-                             const char *const *ctl_args)
+static pid_t start_server_on(const char *name, int soft, int hard, const char *ep, const char *extra,
+                             const char *prefix, const char *const *ctl_args)
 {
     char cmd[3200];
-    snprintf(cmd, sizeof cmd,
-             "%sulimit -Sn %d && ulimit -Hn %d && exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' "
-             "--cpu-threads 1 %s",
-             prefix, soft, hard, coord, model, rundir, ep, extra);
+    snprintf(
+        cmd, sizeof cmd,
+        "%sulimit -Sn %d && ulimit -Hn %d && exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' "
+        "--cpu-threads 1 %s",
+        prefix, soft, hard, coord, model, rundir, ep, extra);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     pid_t pid = tp_spawn(argv, name);
     const char *a[8] = {"--timeout", "500"};
@@ -86,7 +87,10 @@ static pid_t start_server_on(const char *name, int soft, int hard, const char *e
     return -1;
 }
 
-static pid_t start_server(const char *name, int soft, int hard) { return start_server_on(name, soft, hard, endpoint, "", "", NULL); }
+static pid_t start_server(const char *name, int soft, int hard)
+{
+    return start_server_on(name, soft, hard, endpoint, "", "", NULL);
+}
 
 /* Stop a server with SIGTERM; its exit status. */
 static int stop_server(pid_t pid)
@@ -157,7 +161,8 @@ static void test_connection_flood(void)
            alive ? "" : strstr(err, "Too many") ? "Too many open files" : "dead");
     tap_ok(alive && status_within(20), "after the flood pi-ctl status is answered");
     /* with 512 descriptors the last resort (the pause) may come before any close at the cap */
-    tap_ok(alive && (strstr(err, "connections open, the cap") || strstr(err, "descriptors open")), "the flood is logged");
+    tap_ok(alive && (strstr(err, "connections open, the cap") || strstr(err, "descriptors open")),
+           "the flood is logged");
     for (char *line = strtok(err, "\n"); line; line = strtok(NULL, "\n"))
         if (strstr(line, "control:") || strstr(line, "open files")) tap_diag("%s", line);
     free(err);
@@ -494,9 +499,11 @@ static void test_message_memory(void)
     }
     const long zmtp = peak - hwm0;
     bool alive = kill(srv, 0) == 0;
-    tap_ok(sent == 2048 && alive && zmtp < (long)MEM_BOUND_MIB * 1024 && status_within(5),
-           "2,048 frames of 1 MiB as one ZeroMQ multipart message: the coordinator's peak RSS grew by %ld MiB (bound %d), "
-           "status answered meanwhile", zmtp / 1024, MEM_BOUND_MIB);
+    tap_ok(
+        sent == 2048 && alive && zmtp < (long)MEM_BOUND_MIB * 1024 && status_within(5),
+        "2,048 frames of 1 MiB as one ZeroMQ multipart message: the coordinator's peak RSS grew by %ld MiB (bound %d), "
+        "status answered meanwhile",
+        zmtp / 1024, MEM_BOUND_MIB);
     zmq_close(d);
     zmq_ctx_term(z);
 
@@ -519,8 +526,8 @@ static void test_message_memory(void)
     }
     if (fd >= 0) close(fd);
     peak = PI_MAX(peak, proc_kib(srv, "VmHWM:"));
-    tap_ok(closed && taken < (16u << 20), "2 GiB on one connection: closed after %zu KiB (the message, then a bad header)",
-           taken / 1024);
+    tap_ok(closed && taken < (16u << 20),
+           "2 GiB on one connection: closed after %zu KiB (the message, then a bad header)", taken / 1024);
 
     /* 3. 100 connections, each 1,000 bytes short of the end of a 1 MiB message */
     enum { NPART = 100 };
@@ -543,7 +550,8 @@ static void test_message_memory(void)
     const bool ok3 = status_ok && peak - hwm0 < (long)MEM_BOUND_MIB * 1024 && strstr(err, "incomplete messages held");
     tap_ok(ok3,
            "%d connections holding 1 MiB messages short of their end (%d sent whole): peak RSS %ld -> %ld MiB, the "
-           "connections over the budget closed, status answered", NPART, held, hwm0 / 1024, peak / 1024);
+           "connections over the budget closed, status answered",
+           NPART, held, hwm0 / 1024, peak / 1024);
     for (char *line = strtok(err, "\n"); !ok3 && line; line = strtok(NULL, "\n"))
         if (strstr(line, "control:")) tap_diag("%s", line);
     free(err);
@@ -555,8 +563,9 @@ static void test_message_memory(void)
 static void test_ipc_access(void)
 {
     char cmd[2400]; /* server mode (no --prompt): it is what serves the endpoint */
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control ipc://@pinfer-test-%d", coord,
-             model, rundir, (int)getpid());
+    snprintf(cmd, sizeof cmd,
+             "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control ipc://@pinfer-test-%d", coord, model,
+             rundir, (int)getpid());
     int rc = sh("abstract", cmd);
     char *err = tp_output("abstract", "err");
     tap_ok(rc == 2 && strstr(err, "abstract"), "--control ipc://@name: refused (exit %d): %s", rc, err);
@@ -564,7 +573,8 @@ static void test_ipc_access(void)
 
     struct stat st;
     pid_t srv = start_server_on("umask", 1024, 1024, endpoint, "", "umask 000 && ", NULL);
-    const bool mode_ok = srv > 0 && lstat(endpoint + 6, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 0777) == 0600;
+    const bool mode_ok =
+        srv > 0 && lstat(endpoint + 6, &st) == 0 && S_ISSOCK(st.st_mode) && (st.st_mode & 0777) == 0600;
     tap_ok(mode_ok, "umask 000: the control socket is mode %03o (0600)", srv > 0 ? (unsigned)(st.st_mode & 0777) : 0);
     if (srv > 0) stop_server(srv);
 
@@ -574,15 +584,17 @@ static void test_ipc_access(void)
     snprintf(ep, sizeof ep, "ipc://%s/c.sock", own);
     srv = start_server_on("own-path", 1024, 1024, ep, "", "umask 000 && ", NULL);
     const bool own_ok = srv > 0 && lstat(ep + 6, &st) == 0 && (st.st_mode & 0777) == 0600;
-    tap_ok(own_ok, "umask 000, a socket outside the run dir: mode %03o (0600)", srv > 0 ? (unsigned)(st.st_mode & 0777) : 0);
+    tap_ok(own_ok, "umask 000, a socket outside the run dir: mode %03o (0600)",
+           srv > 0 ? (unsigned)(st.st_mode & 0777) : 0);
     if (srv > 0) stop_server(srv);
 
     chmod(own, 0777);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model, rundir, ep);
+    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
+             rundir, ep);
     rc = sh("open-dir", cmd);
     err = tp_output("open-dir", "err");
-    tap_ok(rc != 0 && strstr(err, "writable by no one else"), "a socket in a directory others may write: refused (exit %d): %s",
-           rc, err);
+    tap_ok(rc != 0 && strstr(err, "writable by no one else"),
+           "a socket in a directory others may write: refused (exit %d): %s", rc, err);
     free(err);
 }
 
@@ -611,8 +623,8 @@ static void test_peer_uid(void)
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
     pid_t srv = rc == 0 ? tp_spawn(argv, "uid-server") : -1;
     /* as nobody, pi-ctl is served */
-    snprintf(cmd, sizeof cmd, "exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups '%s' --endpoint '%s' status", ctl,
-             ep);
+    snprintf(cmd, sizeof cmd,
+             "exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups '%s' --endpoint '%s' status", ctl, ep);
     int ok_rc = -1;
     for (int i = 0; srv > 0 && i < 100 && ok_rc != 0; i++) {
         ok_rc = sh("uid-own", cmd);
@@ -638,7 +650,8 @@ static int free_port(void)
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
     socklen_t len = sizeof sa;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), port = 0;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
         port = ntohs(sa.sin_port);
     if (fd >= 0) close(fd);
     return port;
@@ -666,18 +679,21 @@ static void test_tcp_token(void)
     write_mode(tok_open, "d3c4f5e6a7b8c9d0e1f2a3b4c5d6e7f8\n", 0644);
     write_mode(tok_bad, "00000000000000000000000000000000\n", 0600);
 
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model, rundir, ep);
+    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
+             rundir, ep);
     int rc = sh("tcp-none", cmd);
     char *err = tp_output("tcp-none", "err");
     tap_ok(rc == 2 && strstr(err, "token_file"), "tcp on the loopback without a token: refused (exit %d): %s", rc, err);
     free(err);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control tcp://0.0.0.0:%d", coord, model,
-             rundir, port);
+    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control tcp://0.0.0.0:%d",
+             coord, model, rundir, port);
     rc = sh("tcp-any", cmd);
     err = tp_output("tcp-any", "err");
-    tap_ok(rc == 2 && strstr(err, "no authentication"), "tcp on every interface without a token: refused (exit %d)", rc);
+    tap_ok(rc == 2 && strstr(err, "no authentication"), "tcp on every interface without a token: refused (exit %d)",
+           rc);
     free(err);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' --set control.token_file='%s'",
+    snprintf(cmd, sizeof cmd,
+             "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' --set control.token_file='%s'",
              coord, model, rundir, ep, tok_open);
     rc = sh("tcp-open", cmd);
     err = tp_output("tcp-open", "err");
@@ -699,7 +715,8 @@ static void test_tcp_token(void)
     const char *none[] = {"status", NULL};
     rc = tp_pictl(ctl, ep, "tcp-notoken", none, 10);
     err = tp_output("tcp-notoken", "err");
-    tap_ok(rc == 1 && strstr(err, "authentication required"), "pi-ctl without the token: refused (exit %d): %s", rc, err);
+    tap_ok(rc == 1 && strstr(err, "authentication required"), "pi-ctl without the token: refused (exit %d): %s", rc,
+           err);
     free(err);
     /* before its token a tcp peer gets no buffer for a large message: closed at the header */
     pi_ctl_client_t *c = pi_ctl_client_new(ep, 2000);
@@ -715,7 +732,8 @@ static void test_tcp_token(void)
     const char *other[] = {"--token-file", tok_bad, "status", NULL};
     rc = tp_pictl(ctl, ep, "tcp-badtoken", other, 10);
     err = tp_output("tcp-badtoken", "err");
-    tap_ok(rc == 1 && strstr(err, "authentication failed"), "pi-ctl with another token: refused (exit %d): %s", rc, err);
+    tap_ok(rc == 1 && strstr(err, "authentication failed"), "pi-ctl with another token: refused (exit %d): %s", rc,
+           err);
     free(err);
     stop_server(srv);
 }
@@ -735,13 +753,15 @@ static void test_flood_keeps_clients(void)
     if (!tap_ok(srv > 0, "a coordinator with a cap of 64 connections started")) return;
     pi_ctl_client_t *c = pi_ctl_client_new(endpoint, 2000);
     struct pi_ctl_msg q = {.type = PI_CTL_STATUS_REQ, .request_id = 1}, m;
-    bool before = c && pi_ctl_client_send(c, &q) == 0 && pi_ctl_client_recv(c, &m, 5000) == 0 && m.type == PI_CTL_STATUS_RESP;
+    bool before =
+        c && pi_ctl_client_send(c, &q) == 0 && pi_ctl_client_recv(c, &m, 5000) == 0 && m.type == PI_CTL_STATUS_RESP;
     if (before) pi_ctl_msg_clear(&m);
     int *fds = malloc(FLOOD_N * sizeof *fds);
     int got = flood(fds, FLOOD_N);
     usleep(300000);
     q.request_id = 2;
-    bool after = c && pi_ctl_client_send(c, &q) == 0 && pi_ctl_client_recv(c, &m, 5000) == 0 && m.type == PI_CTL_STATUS_RESP;
+    bool after =
+        c && pi_ctl_client_send(c, &q) == 0 && pi_ctl_client_recv(c, &m, 5000) == 0 && m.type == PI_CTL_STATUS_RESP;
     if (after) pi_ctl_msg_clear(&m);
     for (int i = 0; i < FLOOD_N; i++)
         if (fds[i] >= 0) close(fds[i]);
@@ -749,8 +769,8 @@ static void test_flood_keeps_clients(void)
     pi_ctl_client_destroy(&c);
     char *err = tp_output("keep", "err");
     tap_ok(before && after && got == FLOOD_N && strstr(err, "closing new ones") && !strstr(err, "not listening"),
-           "%d connections over a cap of 64: the new ones closed, the client connected before still served (%d, %d)", got,
-           before, after);
+           "%d connections over a cap of 64: the new ones closed, the client connected before still served (%d, %d)",
+           got, before, after);
     free(err);
     stop_server(srv);
 }

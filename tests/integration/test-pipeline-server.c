@@ -213,12 +213,14 @@ static void test_malformed(void)
     pi_ctl_client_t *c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
     bad[0] ^= 0xff;
-    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c), "bad magic: an error, the connection closed");
+    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c),
+           "bad magic: an error, the connection closed");
     pi_ctl_client_destroy(&c);
     c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
     bad[4] = 99;
-    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c), "wrong version: an error, the connection closed");
+    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c),
+           "wrong version: an error, the connection closed");
     pi_ctl_client_destroy(&c);
     c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
@@ -235,7 +237,8 @@ static void test_malformed(void)
     memcpy(body + 8, &four, 4);
     memset(body + PI_CTL_HEADER_SIZE, 0x41, 4);
     tap_is_int(raw_request(c, body, sizeof body), PI_CTL_ERROR, "a body where none belongs: answered with an error");
-    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP, "then a good request on the same connection is served");
+    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP,
+               "then a good request on the same connection is served");
     /* then 2 MiB of zeros (no header): the connection is closed; what the client may still send is lost */
     size_t big = 2u << 20;
     uint8_t *blob = calloc(1, big);
@@ -244,7 +247,8 @@ static void test_malformed(void)
     free(blob);
     pi_ctl_client_destroy(&c);
     c = pi_ctl_client_new(endpoint, 3000);
-    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP, "after the malformed messages a good request is served");
+    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP,
+               "after the malformed messages a good request is served");
     pi_ctl_client_destroy(&c);
 }
 
@@ -377,7 +381,6 @@ static const char *worker_state(json_t *st, const char *role, int index)
     return "";
 }
 
-
 static int send_generate(pi_ctl_client_t *c, uint64_t req, uint32_t n_predict)
 {
     struct pi_ctl_msg m = {.type = PI_CTL_GENERATE, .request_id = req};
@@ -440,7 +443,7 @@ static void test_flood(void)
     char *log = tp_output("server1", "err");
     tap_ok(first && stopped && strstr(log, "does not take replies"), "a client gone mid-generation: its request is stopped");
     free(log);
-    
+
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
     tap_is_int(pictl("gen-after-flood", a, TIMEOUT_S), 0, "after the flood and the departed client the next request is served");
 }
@@ -685,7 +688,8 @@ int main(void)
     test_malformed();
     test_hostile_requests();
     char *log = tp_output("server1", "err");
-    tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "inconsistent body") && strstr(log, "too large"),
+    tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "inconsistent body") &&
+               strstr(log, "too large"),
            "the coordinator logged each malformed message with its defect");
     free(log);
 
