@@ -17,8 +17,9 @@
  *   - a worker directory left by a killed coordinator (pinfer.X/workers.sock, nobody listening) is
  *     swept at start; one in use is not (defect 5);
  *   - what one peer can make the coordinator hold: 2,048 frames of 1 MiB as one ZeroMQ multipart
- *     message, 2 GiB behind one header, 100 connections stopped short of 1 MiB messages; the peak RSS
- *     (VmHWM) stays within a bound, status is answered meanwhile (defect 2);
+ *     message, 2 GiB behind one header, 100 connections stopped short of 1 MiB messages, requests
+ *     whose replies are never read; the peak RSS (VmHWM) stays within a bound, status is answered
+ *     meanwhile, a connection stopped inside a header is closed after 10 s (defect 2);
  *   - who may use the control socket: abstract endpoints refused, the socket 0600 under umask 000,
  *     a directory others may write refused, another uid refused (root against a coordinator run as
  *     uid 65534; skipped unless root), tcp refused without a token and served with it (defect 3);
@@ -27,10 +28,12 @@
  */
 #include "config.h"
 #include "ipc/control-stream.h"
+#include "ipc/futex.h"
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
@@ -481,6 +484,10 @@ static void test_message_memory(void)
     if (!tap_ok(srv > 0, "a coordinator for the memory bound started")) return;
     const long hwm0 = proc_kib(srv, "VmHWM:");
     long peak = hwm0;
+    /* a connection that sends 10 bytes of a header and stops: closed after 10 s (checked at the end) */
+    const int idle = unix_connect(endpoint + 6);
+    const int64_t idle_t0 = pi_clock_ns();
+    if (idle >= 0 && write(idle, "PICT\1\0\x09\0\0\0", 10) != 10) tap_diag("idle connection: write failed");
 
     /* 1. the ZeroMQ multipart message */
     void *z = zmq_ctx_new(), *d = zmq_socket(z, ZMQ_DEALER);
@@ -555,6 +562,38 @@ static void test_message_memory(void)
     for (char *line = strtok(err, "\n"); !ok3 && line; line = strtok(NULL, "\n"))
         if (strstr(line, "control:")) tap_diag("%s", line);
     free(err);
+    /* 4. requests without reading the replies: past 64 KiB unsent the coordinator stops reading that
+     * connection, so the requests wait in the kernel, not in the coordinator */
+    fd = unix_connect(endpoint + 6);
+    uint8_t q[PI_CTL_HEADER_SIZE];
+    put_header(q, 0);
+    q[6] = PI_CTL_STATUS_REQ;
+    long sent_req = 0;
+    if (fd >= 0) {
+        fcntl(fd, F_SETFL, O_NONBLOCK);
+        for (int64_t until = pi_clock_ns() + INT64_C(3000000000); pi_clock_ns() < until;) {
+            ssize_t n = send(fd, q, sizeof q, MSG_NOSIGNAL);
+            if (n == (ssize_t)sizeof q) sent_req++;
+            else if (n < 0 && errno == EAGAIN) usleep(1000);
+            else break;
+        }
+    }
+    const long rss_unread = proc_kib(srv, "VmRSS:");
+    const bool status_unread = status_within(5);
+    if (fd >= 0) close(fd);
+    peak = PI_MAX(peak, proc_kib(srv, "VmHWM:"));
+    tap_ok(sent_req > 100 && status_unread && rss_unread - hwm0 < (long)MEM_BOUND_MIB * 1024,
+           "%ld status requests whose replies are never read: the coordinator's RSS %ld MiB, status answered to others",
+           sent_req, rss_unread / 1024);
+
+    /* the idle connection of the start */
+    struct timeval tv = {.tv_sec = 15};
+    char b;
+    if (idle >= 0) setsockopt(idle, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ssize_t r = idle >= 0 ? recv(idle, &b, 1, 0) : -1; /* the ERROR-less close: 0 */
+    const double idle_s = (double)(pi_clock_ns() - idle_t0) / 1e9;
+    tap_ok(r == 0 && idle_s > 9 && idle_s < 16, "a connection that stopped 10 bytes into a header: closed after %.1f s", idle_s);
+    if (idle >= 0) close(idle);
     tap_is_int(stop_server(srv), 0, "after the memory attacks the coordinator stops cleanly");
 }
 
