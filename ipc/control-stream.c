@@ -199,6 +199,10 @@ int pi_ctl_token_load(const char *path, char *out, size_t out_len, char *err, si
         return -PI_ERR_IO;
     }
     buf[n] = '\0';
+    if (memchr(buf, '\0', (size_t)n)) { /* strcspn would stop there and take what comes before */
+        say(err, err_len, "token file %s: a NUL byte", path);
+        return -PI_ERR_INVAL;
+    }
     size_t len = strcspn(buf, "\n");
     if (len == (size_t)n && (size_t)n > PI_CTL_TOKEN_MAX) len = (size_t)n; /* no newline within the bound */
     if (len < PI_CTL_TOKEN_MIN || len > PI_CTL_TOKEN_MAX) {

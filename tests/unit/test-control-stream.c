@@ -216,6 +216,12 @@ static void test_token(void)
            "mode 0640 (the group may read it): refused: %s", err);
     write_file(path, "short\n", 0600);
     tap_is_int(pi_ctl_token_load(path, out, sizeof out, err, sizeof err), -PI_ERR_INVAL, "a token of 5 bytes: refused");
+    {
+        int fd = open(path, O_WRONLY | O_TRUNC);
+        tap_ok(fd >= 0 && write(fd, "0123456789abcdef\0tail\n", 22) == 22 && close(fd) == 0 &&
+                   pi_ctl_token_load(path, out, sizeof out, err, sizeof err) == -PI_ERR_INVAL,
+               "a token file with a NUL byte: refused");
+    }
     write_file(path, "0123456789 abcdef0123\n", 0600);
     tap_is_int(pi_ctl_token_load(path, out, sizeof out, err, sizeof err), -PI_ERR_INVAL,
                "a token with a space: refused");
