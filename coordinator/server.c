@@ -18,19 +18,31 @@
  * chunk callback returns an error at its next chunk. The main thread handles at most EVENT_BURST
  * events between two polls of the control socket and the signals. So the generation thread's sends
  * to the main thread, which do wait (up to GEN_SEND_MS), always drain.
- * Any malformed message on the control socket is logged by the decoder (naming the defect), answered
- * with an ERROR, and otherwise ignored.
+ * Any malformed message on the control socket is logged (naming the defect) and answered with an
+ * ERROR; one whose header is bad also closes its connection.
  *
- * Descriptors: libzmq aborts the whole process when accept() on an ipc:// listener fails with EMFILE,
- * so the coordinator must never let a client flood use up its descriptors. At start the soft limit is
- * raised to the hard one; a socket monitor on the control socket counts the connections open
- * (accepted minus disconnected), and at the cap ([control] max_connections, or half the descriptors
- * still free, whichever is smaller) the main thread unbinds the listener - nginx's pause of accept() -
- * and binds it again PAUSE_MS later. Unbinding drops the connections made through the listener (libzmq
- * ties them to it), so the count starts from 0 again. The monitor's events reach the main thread a
- * little after the I/O thread accepted, which is why the cap leaves half the free descriptors unused:
- * a burst that arrives before the pause has that much room. A connection that never completes the
- * ZeroMQ handshake is dropped after HANDSHAKE_MS, so idle sockets cannot pile up to the cap slowly.
+ * The control socket is a plain unix (or TCP) socket that the main thread accepts, reads and writes
+ * itself, polling it with the PAIR and the signalfd; the protocol's messages go back to back on each
+ * connection (ipc/control-stream.h says why: over ZeroMQ's framing one peer could make libzmq hold a
+ * multipart message of any size, and libzmq's own accept() aborts the process on EMFILE). The main
+ * thread keeps a table of connections (struct conn), each framing its own bytes: at most one message
+ * of PI_CTL_MAX_MSG per connection; a message over SMALL_MSG only while all the unfinished ones hold
+ * less than FRAME_BUDGET (so peers that stop short of the end of large messages cannot keep small
+ * requests out); a connection whose header is bad is closed (a byte stream cannot be resynchronised).
+ * Replies are queued per connection and written as the socket takes them: a connection with
+ * OUT_PAUSE unsent is not read (its requests wait), and one with OUT_MAX unsent does not take its
+ * replies (its generation is stopped). Who may connect: over ipc the socket file is mode 0600 in a
+ * directory of ours and the peer's uid (SO_PEERCRED) must be ours; over tcp the first message must be
+ * AUTH with the token of [control] token_file.
+ *
+ * Descriptors: the soft limit is raised to the hard one at start. Past the cap ([control]
+ * max_connections, or half the descriptors still free, whichever is smaller) a new connection is
+ * accepted and closed at once, so the clients already connected keep theirs and the descriptors in
+ * use never pass the cap by more than one. Should accept() still fail for want of descriptors (others
+ * of the process's), the listener rests ACCEPT_REST_MS, new connections waiting in the kernel's
+ * backlog meanwhile (nginx's answer to EMFILE). A connection that sends no complete message for
+ * IDLE_MS after it opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill
+ * the cap slowly.
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -38,11 +50,13 @@
 #include "coordinator/pipeline.h"
 #include "coordinator/supervisor.h"
 #include "ipc/control.h"
+#include "ipc/control-stream.h"
 #include "ipc/futex.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
@@ -59,20 +73,25 @@
 #include <unistd.h>
 #include <zmq.h>
 
-#define ID_MAX 256
 #define GEN_EP "inproc://pinfer-generate"
 #define MAX_QUEUED 64     /* generation requests accepted and not yet ended, at most */
 #define EVENT_BURST 256   /* generation-thread events handled between two polls */
 #define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
-#define MON_EP "inproc://pinfer-control-monitor"
-#define PAUSE_MS 1000     /* how long the control listener stays unbound after reaching the cap */
-#define HANDSHAKE_MS 5000 /* a control connection must complete the ZeroMQ handshake within this */
+#define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
+#define CLOSE_MS 1000     /* a refused connection is closed once its ERROR is written, or this long after */
+#define ACCEPT_REST_MS 100              /* how long the listener rests when accept() runs out of descriptors */
+#define READ_BURST (256u << 10)         /* bytes read from one connection between two polls */
+#define OUT_MAX (2u << 20)              /* replies queued for one connection: past it, it does not take them */
+#define OUT_PAUSE 65536                 /* a connection with this much unsent is not read: its requests wait */
+#define CLOSE_SLACK 65536               /* a refused connection that sends this much more is closed at once */
+#define FRAME_BUDGET ((size_t)64 << 20) /* unfinished messages, all connections: past it large ones are refused */
+#define SMALL_MSG 65536 /* a message up to this size is taken even past FRAME_BUDGET: requests stay served */
+#define AUTH_MSG (PI_CTL_HEADER_SIZE + 4 + PI_CTL_TOKEN_MAX) /* the largest message before the token */
 
 /* main -> generation thread */
 struct job {
     int quit;                  /* 1: destroy the engine and end */
-    uint8_t id[ID_MAX];        /* client routing id */
-    size_t id_len;
+    uint64_t conn;             /* the client's connection (struct conn's serial) */
     uint64_t request_id;
     uint64_t seq;              /* the server's number of this job (abort_seq) */
     uint32_t n_predict;
@@ -85,14 +104,29 @@ struct job {
 enum { EV_READY = 1, EV_CHUNK = 2, EV_END = 3, EV_FAILED = 4, EV_EXIT = 5 };
 struct event {
     int kind;
-    uint8_t id[ID_MAX];
-    size_t id_len;
+    uint64_t conn; /* the job's */
     uint64_t request_id;
     uint64_t seq;              /* the job's */
     int32_t status;
     uint32_t n_prompt, n_generated;
     char text[512];            /* chunk text (len bytes) or the end's reason */
     size_t len;
+};
+
+/* One connection of the control socket (main thread only). */
+enum conn_state { CONN_OPEN = 1, CONN_CLOSING = 2 };
+struct conn {
+    int fd;
+    uint64_t serial; /* its name in jobs and events: never reused, so a late event finds no one */
+    enum conn_state state;
+    bool authed;             /* may send requests: ipc (the uid was checked), tcp after its token */
+    bool dead;               /* the peer closed, or a write failed: closed at the next sweep */
+    bool shut;               /* CLOSING: its ERROR is written and our side shut down */
+    size_t ignored;          /* CLOSING: bytes read and dropped since */
+    int64_t deadline_ns;     /* 0: none; OPEN: its first message, or the one begun, is due; CLOSING: close then */
+    struct pi_ctl_framer fr; /* the message being received */
+    uint8_t *out;            /* replies not yet written: out[out_off..out_len), at most OUT_MAX */
+    size_t out_off, out_len, out_cap;
 };
 
 struct server {
@@ -111,16 +145,22 @@ struct server {
     uint64_t dropped_seq;      /* main thread: the job whose replies are no longer sent */
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
-    char bound_ep[512];        /* the endpoint as libzmq names it (ZMQ_LAST_ENDPOINT), for zmq_unbind */
-    /* Connection accounting (main thread only; see DESIGN). */
-    void *mon;                 /* PAIR receiving the control socket's monitor events */
-    int conns;                 /* connections accepted and not yet disconnected, as the events say */
-    int conn_cap;              /* the most held at once */
-    bool paused;               /* the listener is unbound until resume_ns */
-    struct stat sock_st;       /* the ipc:// socket file we bound last (st_ino 0: none): the only
-                                  thing unlinked at exit */
-    int64_t resume_ns;
-    uint64_t pauses;
+    /* Connections (main thread only; see DESIGN). */
+    struct pi_ctl_ep ep;              /* the control endpoint, parsed */
+    char token[PI_CTL_TOKEN_MAX + 1]; /* tcp: the shared token; "" for ipc */
+    int lfd;                          /* the listening socket */
+    struct conn *conns;               /* [conn_cap] */
+    zmq_pollitem_t *items;            /* [conn_cap + 3]: the poll set */
+    int n_conns;
+    int conn_cap; /* the most held at once */
+    uint64_t next_serial;
+    size_t held;          /* bytes of unfinished messages, all connections together
+                                         (FRAME_BUDGET plus small ones, at most) */
+    uint64_t refused;     /* connections closed at the cap */
+    uint64_t rests;       /* times accept() ran out of descriptors */
+    int64_t accept_at_ns; /* the listener rests until then */
+    struct stat sock_st;  /* the ipc:// socket file we made (st_ino 0: none): the only
+                                         thing unlinked at exit */
 };
 
 static void send_event(struct server *s, const struct event *ev)
@@ -147,8 +187,7 @@ static int emit_chunk(void *ctx, const char *text, size_t len)
     struct emit_ctx *e = ctx;
     if (job_stopped(ctx)) return -1;
     static const char repl[3] = {'\xef', '\xbf', '\xbd'};
-    struct event ev = {.kind = EV_CHUNK, .id_len = e->j->id_len, .request_id = e->j->request_id, .seq = e->j->seq};
-    memcpy(ev.id, e->j->id, e->j->id_len);
+    struct event ev = {.kind = EV_CHUNK, .conn = e->j->conn, .request_id = e->j->request_id, .seq = e->j->seq};
     for (size_t i = 0; i < len; i++) {
         const size_t need = text[i] ? 1 : sizeof repl;
         if (ev.len + need > sizeof ev.text) {
@@ -176,9 +215,13 @@ static void run_job(struct server *s, struct job *j)
     struct emit_ctx ec = {s, j};
     /* A request still queued when the shutdown came is ended at once, without touching the engine. */
     int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
-    struct event ev = {.kind = EV_END, .id_len = j->id_len, .request_id = j->request_id, .seq = j->seq, .status = rc,
-                       .n_prompt = (uint32_t)res.n_prompt, .n_generated = (uint32_t)res.n_generated};
-    memcpy(ev.id, j->id, j->id_len);
+    struct event ev = {.kind = EV_END,
+                       .conn = j->conn,
+                       .request_id = j->request_id,
+                       .seq = j->seq,
+                       .status = rc,
+                       .n_prompt = (uint32_t)res.n_prompt,
+                       .n_generated = (uint32_t)res.n_generated};
     if (rc != 0 && atomic_load(&s->cancel))
         snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
     else if (rc != 0 && atomic_load(&s->abort_seq) == j->seq)
@@ -347,50 +390,28 @@ static json_t *status_json(struct server *s)
                      tune_json(&s->o->cfg), "sparsity", sparsity_json(s));
 }
 
-static void reply(void *sock, const uint8_t *id, size_t id_len, struct pi_ctl_msg *m)
-{
-    if (pi_ctl_send(sock, id, id_len, m) != 0) pi_warn("control: reply (%s) not sent", pi_ctl_type_name(m->type));
-}
+static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m);
+static void reply(struct server *s, const struct conn *c, struct pi_ctl_msg *m);
+static void reply_error(struct server *s, const struct conn *c, uint64_t req, int code, const char *text);
 
-static void reply_error(void *sock, const uint8_t *id, size_t id_len, uint64_t req, int code, const char *text)
+/* One request from an authenticated connection. Returns 1 when the server should shut down. */
+static int handle_msg(struct server *s, void *pair, const struct conn *c, struct pi_ctl_msg *m)
 {
-    struct pi_ctl_msg m = {.type = PI_CTL_ERROR, .request_id = req};
-    m.u.error.code = code;
-    m.u.error.text = (char *)text;
-    reply(sock, id, id_len, &m);
-}
-
-/* One request on the control socket. Returns 1 when the server should shut down. */
-static int on_control(struct server *s, void *ctl, void *pair)
-{
-    uint8_t id[ID_MAX];
-    size_t id_len = sizeof id;
-    struct pi_ctl_msg m;
-    enum pi_ctl_defect d;
-    int rc = pi_ctl_recv(ctl, id, &id_len, &m, &d);
-    if (rc != 0) {
-        if (rc != -PI_ERR_TIMEOUT && id_len > 0 && id_len <= sizeof id && d != PI_CTL_OK) {
-            char t[128];
-            snprintf(t, sizeof t, "malformed message rejected: %s", pi_ctl_defect_name(d));
-            reply_error(ctl, id, id_len, 0, rc, t);
-        }
-        return 0;
-    }
     int quit = 0;
-    struct pi_ctl_msg r = {.request_id = m.request_id};
-    switch (m.type) {
+    struct pi_ctl_msg r = {.request_id = m->request_id};
+    switch (m->type) {
     case PI_CTL_STATUS_REQ:
         r.type = PI_CTL_STATUS_RESP;
         pthread_mutex_lock(&s->engine_mu);
         r.u.json = status_json(s);
         pthread_mutex_unlock(&s->engine_mu);
-        if (r.u.json) reply(ctl, id, id_len, &r);
-        else reply_error(ctl, id, id_len, m.request_id, -PI_ERR_NOMEM, "status: out of memory");
+        if (r.u.json) reply(s, c, &r);
+        else reply_error(s, c, m->request_id, -PI_ERR_NOMEM, "status: out of memory");
         json_decref(r.u.json);
         break;
     case PI_CTL_SHUTDOWN:
         r.type = PI_CTL_SHUTDOWN;
-        reply(ctl, id, id_len, &r);
+        reply(s, c, &r);
         pi_info("shutdown requested over the control socket");
         quit = 1;
         break;
@@ -398,35 +419,39 @@ static int on_control(struct server *s, void *ctl, void *pair)
         if (atomic_load(&s->busy) >= MAX_QUEUED) {
             char t[128];
             snprintf(t, sizeof t, "busy: %d generation requests are queued or running; try again later", MAX_QUEUED);
-            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_RANGE, t);
+            reply_error(s, c, m->request_id, -PI_ERR_RANGE, t);
             break;
         }
         atomic_fetch_add(&s->busy, 1);
-        struct job j = {.id_len = id_len, .request_id = m.request_id, .seq = ++s->next_seq,
-                        .n_predict = m.u.generate.n_predict, .seed = m.u.generate.seed, .temp = m.u.generate.temp,
-                        .prompt = m.u.generate.prompt};
-        memcpy(j.id, id, id_len);
-        m.u.generate.prompt = NULL; /* the generation thread frees it */
+        struct job j = {.conn = c->serial,
+                        .request_id = m->request_id,
+                        .seq = ++s->next_seq,
+                        .n_predict = m->u.generate.n_predict,
+                        .seed = m->u.generate.seed,
+                        .temp = m->u.generate.temp,
+                        .prompt = m->u.generate.prompt};
+        m->u.generate.prompt = NULL; /* the generation thread frees it */
         if (zmq_send(pair, &j, sizeof j, ZMQ_DONTWAIT) != (int)sizeof j) {
             free(j.prompt);
             atomic_fetch_sub(&s->busy, 1);
-            reply_error(ctl, id, id_len, m.request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
+            reply_error(s, c, m->request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
         }
         break;
     }
+    case PI_CTL_AUTH: break; /* a token sent again, or over ipc: nothing to do */
     default:
-        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m.type));
-        reply_error(ctl, id, id_len, m.request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
+        pi_ctl_peer_warn("control: unexpected %s request: rejected", pi_ctl_type_name(m->type));
+        reply_error(s, c, m->request_id, -PI_ERR_UNSUPPORTED, "unexpected message type");
         break;
     }
-    pi_ctl_msg_clear(&m);
+    pi_ctl_msg_clear(m);
     return quit;
 }
 
 /* An event from the generation thread: forward chunks and ends to their client, without waiting. A
  * chunk that cannot be queued stops its job (abort_seq) and the job's later chunks are not sent; its
  * end is still tried. */
-static void on_event(struct server *s, void *ctl, const struct event *ev)
+static void on_event(struct server *s, const struct event *ev)
 {
     if (ev->kind == EV_CHUNK && ev->seq == s->dropped_seq) return;
     struct pi_ctl_msg m = {.request_id = ev->request_id};
@@ -443,43 +468,62 @@ static void on_event(struct server *s, void *ctl, const struct event *ev)
         m.u.end.n_generated = ev->n_generated;
         m.u.end.reason = text;
     }
-    if (pi_ctl_send(ctl, ev->id, ev->id_len, &m) == 0) return;
+    const int rc = conn_send(s, ev->conn, &m);
+    if (rc == 0) return;
+    const char *why = rc == -PI_ERR_PEER      ? "it went away"
+                      : rc == -PI_ERR_TIMEOUT ? "it stopped reading"
+                                              : pi_err_str(rc);
     if (ev->kind == EV_CHUNK) {
         pi_warn("control: request %llu: its client does not take replies (%s); stopping it",
-                (unsigned long long)ev->request_id, zmq_strerror(zmq_errno()));
+                (unsigned long long)ev->request_id, why);
         s->dropped_seq = ev->seq;
         atomic_store(&s->abort_seq, ev->seq);
     } else {
-        pi_warn("control: request %llu: its end could not be sent (%s)", (unsigned long long)ev->request_id,
-                zmq_strerror(zmq_errno()));
+        pi_warn("control: request %llu: its end could not be sent (%s)", (unsigned long long)ev->request_id, why);
     }
 }
 
-/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock. The control socket has no
- * authentication, so it is a unix socket (in a run directory private to the user) or TCP on the
- * loopback interface only; anything else is refused before the model is loaded. */
-static int control_endpoint(const struct pi_config *c, char *out, size_t len)
+/* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock, parsed into *ep (abstract
+ * unix sockets and other transports refused). tcp:// has no peer credentials, so it needs the shared
+ * token of [control] token_file, read here into token; anything refused is refused before the model
+ * is loaded. */
+static int control_endpoint(const struct pi_config *c, char *out, size_t len, struct pi_ctl_ep *ep, char *token,
+                            size_t token_len)
 {
     int rc = pi_coord_run_dir_check(c->run_dir);
     if (rc != 0) return rc;
     const char *e = c->control_endpoint;
+    char err[512];
     if (e && *e) {
-        static const char *const ok[] = {"ipc://", "tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:"};
-        bool allowed = false;
-        for (size_t i = 0; i < PI_ARRAY_LEN(ok); i++) allowed |= strncmp(e, ok[i], strlen(ok[i])) == 0 && e[strlen(ok[i])];
-        if (!allowed) {
-            pi_error("[control] endpoint %s: only ipc://PATH or tcp:// on the loopback interface (127.0.0.1, localhost, "
-                     "[::1]) with a port: the control socket has no authentication", e);
-            return -PI_ERR_INVAL;
-        }
         int w = snprintf(out, len, "%s", e);
         if (w <= 0 || (size_t)w >= len) {
             pi_error("[control] endpoint %s: too long", e);
             return -PI_ERR_RANGE;
         }
-        return 0;
+    } else if ((rc = pi_ctl_endpoint(c->run_dir, "control", out, len)) != 0) {
+        return rc;
     }
-    return pi_ctl_endpoint(c->run_dir, "control", out, len);
+    if (pi_ctl_ep_parse(out, ep, err, sizeof err) != 0) {
+        pi_error("[control] endpoint %s", err);
+        return -PI_ERR_INVAL;
+    }
+    token[0] = '\0';
+    if (ep->transport != PI_CTL_TCP) return 0;
+    if (!c->control_token_file || !*c->control_token_file) {
+        pi_error("[control] endpoint %s: tcp:// needs a shared token ([control] token_file): without it the "
+                 "control socket would have no authentication",
+                 out);
+        return -PI_ERR_INVAL;
+    }
+    if (pi_ctl_token_load(c->control_token_file, token, token_len, err, sizeof err) != 0) {
+        pi_error("[control] %s", err);
+        return -PI_ERR_INVAL;
+    }
+    if (!ep->loopback)
+        pi_warn("control: listening on %s beyond the loopback interface: requests and the token cross the network "
+                "unencrypted (doc/security.md)",
+                out);
+    return 0;
 }
 
 /* True when a process accepts connections on the ipc:// endpoint ep: ZeroMQ's bind would silently
@@ -544,68 +588,266 @@ static int connection_cap(const struct pi_config *c)
     return (int)PI_MAX(cap, 1);
 }
 
-/* Start counting the control socket's connections (before it is bound). Returns 0 or -PI_ERR_IO. */
-static int guard_start(struct server *s, void *ctl)
+static struct conn *conn_find(struct server *s, uint64_t serial)
 {
-    int hs = HANDSHAKE_MS;
-    if (zmq_setsockopt(ctl, ZMQ_HANDSHAKE_IVL, &hs, sizeof hs) != 0 ||
-        zmq_socket_monitor(ctl, MON_EP, ZMQ_EVENT_ACCEPTED | ZMQ_EVENT_DISCONNECTED) != 0) {
-        pi_error("zmq_socket_monitor(control) failed: %s", zmq_strerror(zmq_errno()));
-        return -PI_ERR_IO;
+    for (int k = 0; k < s->n_conns; k++)
+        if (s->conns[k].serial == serial) return &s->conns[k];
+    return NULL;
+}
+
+/* Close connection c and forget it (its message and its unsent replies). */
+static void conn_drop(struct server *s, struct conn *c)
+{
+    close(c->fd);
+    s->held -= pi_ctl_framer_held(&c->fr);
+    pi_ctl_framer_clear(&c->fr);
+    free(c->out);
+    *c = s->conns[--s->n_conns];
+}
+
+/* Write what c has queued; false when the connection is gone (the caller drops it). */
+static bool conn_flush(struct conn *c)
+{
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     }
-    s->mon = zmq_socket(s->zctx, ZMQ_PAIR);
-    if (!s->mon || zmq_connect(s->mon, MON_EP) != 0) {
-        pi_error("control monitor: %s", zmq_strerror(zmq_errno()));
-        return -PI_ERR_IO;
+    c->out_off = c->out_len = 0;
+    return true;
+}
+
+/* Queue msg for the connection named serial and write what the socket takes now. Returns 0,
+ * -PI_ERR_PEER (no such connection: it went away), -PI_ERR_TIMEOUT (it does not take its replies:
+ * OUT_MAX queued), or the encoder's error. Never waits. */
+static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m)
+{
+    struct conn *c = conn_find(s, serial);
+    if (!c || c->dead) return -PI_ERR_PEER;
+    uint8_t *buf;
+    size_t len;
+    int rc = pi_ctl_encode(m, &buf, &len);
+    if (rc < 0) return rc;
+    if (c->out_len - c->out_off + len > OUT_MAX) {
+        free(buf);
+        return -PI_ERR_TIMEOUT;
+    }
+    if (c->out_off) { /* compact: the queue starts at 0 */
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+    }
+    if (c->out_len + len > c->out_cap) {
+        size_t cap = PI_MAX(c->out_cap * 2, c->out_len + len);
+        uint8_t *p = realloc(c->out, cap);
+        if (!p) {
+            free(buf);
+            return -PI_ERR_NOMEM;
+        }
+        c->out = p;
+        c->out_cap = cap;
+    }
+    memcpy(c->out + c->out_len, buf, len);
+    c->out_len += len;
+    free(buf);
+    if (!conn_flush(c)) c->dead = true; /* dropped by the main loop; replies to it fail from now */
+    return c->dead ? -PI_ERR_PEER : 0;
+}
+
+static void reply(struct server *s, const struct conn *c, struct pi_ctl_msg *m)
+{
+    if (conn_send(s, c->serial, m) != 0) pi_warn("control: reply (%s) not sent", pi_ctl_type_name(m->type));
+}
+
+static void reply_error(struct server *s, const struct conn *c, uint64_t req, int code, const char *text)
+{
+    struct pi_ctl_msg m = {.type = PI_CTL_ERROR, .request_id = req};
+    m.u.error.code = code;
+    m.u.error.text = (char *)text;
+    reply(s, c, &m);
+}
+
+/* Answer ERROR, take no more from the connection, and close it once the ERROR is written (or
+ * CLOSE_MS later). */
+static void conn_refuse(struct server *s, struct conn *c, uint64_t req, int code, const char *text)
+{
+    reply_error(s, c, req, code, text);
+    s->held -= pi_ctl_framer_held(&c->fr);
+    pi_ctl_framer_clear(&c->fr);
+    c->state = CONN_CLOSING;
+    c->deadline_ns = pi_clock_ns() + (int64_t)CLOSE_MS * 1000000;
+}
+
+/* Accept what the listener has, at most EVENT_BURST: over the cap a connection is closed at once (the
+ * clients already connected keep theirs); over ipc its uid must be ours; over tcp it must send the
+ * token first. When accept() runs out of descriptors the listener rests ACCEPT_REST_MS, the
+ * connections made meanwhile waiting in the kernel's backlog (nginx's answer to EMFILE). */
+static void on_listener(struct server *s)
+{
+    for (int k = 0; k < EVENT_BURST; k++) {
+        int fd = accept4(s->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                s->rests++;
+                pi_warn("control: accept() failed: %s; not accepting for %d ms (%llu times so far)", strerror(errno),
+                        ACCEPT_REST_MS, (unsigned long long)s->rests);
+                s->accept_at_ns = pi_clock_ns() + (int64_t)ACCEPT_REST_MS * 1000000;
+            }
+            return; /* EAGAIN: none left; ECONNABORTED and the like: the next poll tries again */
+        }
+        if (s->n_conns >= s->conn_cap) {
+            if (s->refused++ % 1000 == 0)
+                pi_warn("control: %d connections open, the cap: closing new ones as they come (%llu so far)",
+                        s->n_conns, (unsigned long long)s->refused);
+            close(fd);
+            continue;
+        }
+        struct conn *c = &s->conns[s->n_conns++];
+        memset(c, 0, sizeof *c);
+        c->fd = fd;
+        c->serial = ++s->next_serial;
+        c->state = CONN_OPEN;
+        c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+        c->authed = s->ep.transport == PI_CTL_IPC;
+        c->fr.max = c->authed ? 0 : AUTH_MSG; /* a tcp peer gets no buffer beyond the token's before it sent it */
+        if (s->ep.transport != PI_CTL_IPC) continue;
+        /* The socket file is 0600 in a directory of ours, but root passes any mode: check who it is. */
+        uint32_t uid;
+        if (pi_ctl_peer_uid(fd, &uid) != 0 || uid != (uint32_t)geteuid()) {
+            pi_ctl_peer_warn("control: a connection from uid %d refused: not this user's (uid %u)",
+                             pi_ctl_peer_uid(fd, &uid) == 0 ? (int)uid : -1, (unsigned)geteuid());
+            c->authed = false;
+            conn_refuse(s, c, 0, -PI_ERR_INVAL, "refused: the control socket serves its own user only");
+        }
+    }
+}
+
+/* Bytes from connection c: frame them into messages and handle each. Returns 1 for a shutdown. */
+static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_t *p, size_t n)
+{
+    while (n && c->state == CONN_OPEN) {
+        const size_t before = pi_ctl_framer_held(&c->fr);
+        const bool was_partial = pi_ctl_framer_partial(&c->fr);
+        enum pi_ctl_defect d = PI_CTL_OK;
+        int r = pi_ctl_framer_feed(&c->fr, &p, &n, &d);
+        s->held = s->held - before + pi_ctl_framer_held(&c->fr);
+        if (r < 0) {
+            char t[160];
+            pi_ctl_peer_warn("control: a bad message header (%s): the connection is closed", pi_ctl_defect_name(d));
+            snprintf(t, sizeof t, "malformed message rejected: %s; the connection is closed", pi_ctl_defect_name(d));
+            conn_refuse(s, c, 0, r, t);
+            return 0;
+        }
+        if (!was_partial && pi_ctl_framer_partial(&c->fr)) c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+        if (s->held > FRAME_BUDGET && pi_ctl_framer_held(&c->fr) > SMALL_MSG) {
+            pi_ctl_peer_warn("control: %zu bytes of incomplete messages held: the connection adding to them is closed",
+                             s->held);
+            conn_refuse(s, c, 0, -PI_ERR_RANGE, "busy: too many large messages arriving at once; try again");
+            return 0;
+        }
+        if (r == 0) return 0;
+        struct pi_ctl_msg m;
+        s->held -= pi_ctl_framer_held(&c->fr);
+        int rc = pi_ctl_framer_pop(&c->fr, &m, &d);
+        c->deadline_ns = 0;
+        if (rc != 0) { /* the stream is still in step: answer and go on, unless the peer has yet to authenticate */
+            char t[128];
+            snprintf(t, sizeof t, "malformed message rejected: %s", pi_ctl_defect_name(d));
+            if (c->authed) reply_error(s, c, 0, rc, t);
+            else conn_refuse(s, c, 0, rc, t);
+            continue;
+        }
+        if (!c->authed) {
+            const bool ok = m.type == PI_CTL_AUTH && pi_ctl_token_equal(m.u.auth.token, s->token);
+            if (!ok) {
+                pi_ctl_peer_warn("control: a tcp connection refused: %s",
+                                 m.type == PI_CTL_AUTH ? "wrong token" : "no token");
+                conn_refuse(s, c, m.request_id, -PI_ERR_INVAL,
+                            m.type == PI_CTL_AUTH ? "authentication failed: wrong token"
+                                                  : "authentication required: send the token of [control] "
+                                                    "token_file first (pi-ctl --token-file)");
+            }
+            c->authed = ok;
+            c->fr.max = 0;
+            pi_ctl_msg_clear(&m);
+            continue;
+        }
+        if (handle_msg(s, pair, c, &m)) return 1;
     }
     return 0;
 }
 
-/* Read the monitor's pending events (each: u16 event + u32 value, then the endpoint frame), count
- * the connections, and pause the listener at the cap. */
-static void guard_on_events(struct server *s, void *ctl)
+/* Read what connection c has, at most READ_BURST bytes (so one busy peer cannot hold the main
+ * thread). Returns 1 for a shutdown; a closed or failed connection is marked dead. */
+static int conn_read(struct server *s, void *pair, struct conn *c)
 {
-    for (int k = 0; k < EVENT_BURST; k++) {
-        uint8_t ev[6];
-        int n = zmq_recv(s->mon, ev, sizeof ev, ZMQ_DONTWAIT);
-        if (n < 0) return;
-        int more = 0;
-        size_t sz = sizeof more;
-        while (zmq_getsockopt(s->mon, ZMQ_RCVMORE, &more, &sz) == 0 && more) {
-            char skip[8];
-            if (zmq_recv(s->mon, skip, sizeof skip, 0) < 0) break;
+    static uint8_t buf[65536];
+    for (size_t got = 0; got < READ_BURST && !c->dead;) {
+        ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+        if (n <= 0) { /* the peer closed (or reset) */
+            c->dead = true;
+            return 0;
         }
-        if (n != (int)sizeof ev || s->paused) continue; /* while paused the old connections are gone anyway */
-        uint16_t what;
-        memcpy(&what, ev, 2);
-        if (what == ZMQ_EVENT_ACCEPTED) s->conns++;
-        else if (what == ZMQ_EVENT_DISCONNECTED && s->conns > 0) s->conns--;
-        if (s->conns < s->conn_cap) continue;
-        s->pauses++;
-        pi_warn("control: %d connections open, the cap: not listening for %d ms, the connections made so far are "
-                "dropped (pause %llu)", s->conns, PAUSE_MS, (unsigned long long)s->pauses);
-        if (zmq_unbind(ctl, s->bound_ep) != 0) pi_warn("zmq_unbind(%s) failed: %s", s->bound_ep, zmq_strerror(zmq_errno()));
-        s->paused = true;
-        s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
+        got += (size_t)n;
+        if (c->state == CONN_CLOSING) { /* dropped: read only so that closing does not reset the connection */
+            c->ignored += (size_t)n;
+            c->dead |= c->ignored > CLOSE_SLACK;
+            continue;
+        }
+        if (conn_input(s, pair, c, buf, (size_t)n)) return 1;
     }
+    return 0;
 }
 
-/* Listen again once the pause is over (again PAUSE_MS later if the bind fails). */
-static void guard_resume(struct server *s, void *ctl)
+/* Close the connections that are dead, or whose deadline passed: refused ones CLOSE_MS after their
+ * ERROR (once it is written our side is shut down, so the peer reads it, then the end; closing with
+ * its bytes unread could reset the connection and lose the ERROR), and those that sent no complete
+ * message (or left one unfinished) for IDLE_MS. Returns the milliseconds to the next deadline, at
+ * most 1000. */
+static long conns_sweep(struct server *s)
 {
-    if (!s->paused || pi_clock_ns() < s->resume_ns) return;
-    s->conns = 0;
-    if (zmq_bind(ctl, s->bound_ep) != 0) {
-        pi_warn("control: listening again on %s failed: %s; retrying in %d ms", s->bound_ep, zmq_strerror(zmq_errno()), PAUSE_MS);
-        s->resume_ns = pi_clock_ns() + (int64_t)PAUSE_MS * 1000000;
-        return;
+    const int64_t now = pi_clock_ns();
+    int64_t next = now + INT64_C(1000000000);
+    for (int k = s->n_conns - 1; k >= 0; k--) {
+        struct conn *c = &s->conns[k];
+        if (c->state == CONN_CLOSING && !c->shut && c->out_off == c->out_len) {
+            shutdown(c->fd, SHUT_WR);
+            c->shut = true;
+        }
+        if (c->dead || (c->deadline_ns && now >= c->deadline_ns)) {
+            if (!c->dead && c->state == CONN_OPEN)
+                pi_ctl_peer_warn("control: a connection sent no complete message within %d ms: closed", IDLE_MS);
+            conn_drop(s, c);
+            continue;
+        }
+        if (c->deadline_ns) next = PI_MIN(next, c->deadline_ns);
     }
-    s->paused = false;
-    note_socket_file(s);
-    pi_info("control: listening again on %s (connections dropped at the cap: %llu times)", s->endpoint, (unsigned long long)s->pauses);
+    return (long)((next - now) / 1000000) + 1;
 }
 
-/* libzmq's ipc:// bind unlinks whatever is at the path first; so before binding, anything there that
+/* Listen on s->ep: for ipc a socket made here with mode 0600, for tcp on the host and port. Records
+ * the socket file. Returns 0 or -PI_ERR_IO (logged). */
+static int control_listen(struct server *s)
+{
+    char err[512];
+    s->lfd = s->ep.transport == PI_CTL_IPC ? pi_ctl_listen_ipc(s->ep.path, err, sizeof err)
+                                           : pi_ctl_listen_tcp(&s->ep, err, sizeof err);
+    if (s->lfd < 0) {
+        pi_error("control: %s", err);
+        s->lfd = -1;
+        return -PI_ERR_IO;
+    }
+    note_socket_file(s);
+    return 0;
+}
+
+/* Binding replaces a stale socket file at the path (pi_ctl_listen_ipc); so before binding, anything there that
  * is not a socket (a file of the user's, something planted) is a reason to refuse, never to delete. */
 static bool path_replaceable(const char *ep)
 {
@@ -616,47 +858,88 @@ static bool path_replaceable(const char *ep)
     return false;
 }
 
-/* Serve until a signal or a SHUTDOWN. */
-static void serve(struct server *s, void *ctl, void *pair, int sfd)
+/* Serve until a signal or a SHUTDOWN: one poll over the generation thread's events, the signals, the
+ * listener (unless it rests) and every connection (reading unless its replies back up, writing while
+ * they wait). */
+static void serve(struct server *s, void *pair, int sfd)
 {
-    for (;;) {
-        zmq_pollitem_t it[4] = {{ctl, 0, ZMQ_POLLIN, 0}, {pair, 0, ZMQ_POLLIN, 0}, {NULL, sfd, ZMQ_POLLIN, 0},
-                                {s->mon, 0, ZMQ_POLLIN, 0}};
-        long wait_ms = 1000;
-        if (s->paused) wait_ms = PI_MAX(0, PI_MIN(wait_ms, (long)((s->resume_ns - pi_clock_ns()) / 1000000) + 1));
-        int n = zmq_poll(it, 4, wait_ms);
+    for (long wait_ms = 1000;;) {
+        zmq_pollitem_t *it = s->items;
+        const int n_conns = s->n_conns;
+        it[0] = (zmq_pollitem_t){pair, 0, ZMQ_POLLIN, 0};
+        it[1] = (zmq_pollitem_t){NULL, sfd, ZMQ_POLLIN, 0};
+        for (int k = 0; k < n_conns; k++) {
+            const struct conn *c = &s->conns[k];
+            short ev = c->out_off < c->out_len ? ZMQ_POLLOUT : 0;
+            if (c->out_len - c->out_off < OUT_PAUSE) ev |= ZMQ_POLLIN; /* CLOSING: read to drop */
+            it[2 + k] = (zmq_pollitem_t){NULL, c->fd, ev, 0};
+        }
+        int n_it = 2 + n_conns;
+        const int64_t rest_ns = s->accept_at_ns - pi_clock_ns();
+        if (rest_ns <= 0) it[n_it++] = (zmq_pollitem_t){NULL, s->lfd, ZMQ_POLLIN, 0};
+        else wait_ms = PI_MIN(wait_ms, (long)(rest_ns / 1000000) + 1);
+        int n = zmq_poll(it, n_it, wait_ms);
         if (n < 0) {
             if (errno == EINTR) continue;
             pi_error("zmq_poll failed: %s", zmq_strerror(errno));
             return;
         }
-        if (it[2].revents & ZMQ_POLLIN) {
+        if (it[1].revents & ZMQ_POLLIN) {
             struct signalfd_siginfo si;
             if (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) pi_info("signal %u: shutting down", si.ssi_signo);
             return;
         }
-        for (int k = 0; (it[1].revents & ZMQ_POLLIN) && k < EVENT_BURST; k++) {
+        for (int k = 0; (it[0].revents & ZMQ_POLLIN) && k < EVENT_BURST; k++) {
             struct event ev;
             if (zmq_recv(pair, &ev, sizeof ev, ZMQ_DONTWAIT) != (int)sizeof ev) break;
-            on_event(s, ctl, &ev);
+            on_event(s, &ev);
         }
-        if (it[3].revents & ZMQ_POLLIN) guard_on_events(s, ctl);
-        guard_resume(s, ctl);
-        if ((it[0].revents & ZMQ_POLLIN) && on_control(s, ctl, pair)) return;
+        /* Nothing below removes a connection before conns_sweep, so conns[k] is still it[2 + k]'s. */
+        for (int k = 0; k < n_conns; k++) {
+            struct conn *c = &s->conns[k];
+            const short re = it[2 + k].revents;
+            if ((re & ZMQ_POLLOUT) && !c->dead && !conn_flush(c)) c->dead = true;
+            if ((re & (ZMQ_POLLIN | ZMQ_POLLERR)) && !c->dead && conn_read(s, pair, c)) return;
+        }
+        if (n_it > 2 + n_conns && (it[2 + n_conns].revents & ZMQ_POLLIN)) on_listener(s);
+        wait_ms = conns_sweep(s); /* until the next connection's deadline, those just set included */
     }
+}
+
+/* At exit: write what the connections still have queued (the ENDs of cancelled requests), for at most
+ * a second, then close them all. */
+static void conns_close_all(struct server *s)
+{
+    for (int64_t until = pi_clock_ns() + INT64_C(1000000000); pi_clock_ns() < until;) {
+        int n = 0;
+        for (int k = 0; k < s->n_conns; k++) {
+            struct conn *c = &s->conns[k];
+            if (c->dead || c->out_off == c->out_len) continue;
+            if (!conn_flush(c)) c->dead = true;
+            else if (c->out_off < c->out_len) s->items[n++] = (zmq_pollitem_t){NULL, c->fd, ZMQ_POLLOUT, 0};
+        }
+        if (!n || zmq_poll(s->items, n, 50) < 0) break;
+    }
+    while (s->n_conns) conn_drop(s, &s->conns[s->n_conns - 1]);
 }
 
 int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
 {
     (void)argv0;
     struct pi_coord_model cm;
+    static struct server s; /* large (the token, the endpoint); one per process */
     char ep[512];
-    if (control_endpoint(&o->cfg, ep, sizeof ep) != 0) return PI_EXIT_USAGE; /* before loading the model */
+    memset(&s, 0, sizeof s);
+    if (control_endpoint(&o->cfg, ep, sizeof ep, &s.ep, s.token, sizeof s.token) != 0)
+        return PI_EXIT_USAGE; /* before loading the model */
     if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
-    struct server s = {.o = o, .cm = &cm, .t_start = pi_clock_ns(), .engine_mu = PTHREAD_MUTEX_INITIALIZER};
+    s.o = o;
+    s.cm = &cm;
+    s.t_start = pi_clock_ns();
+    pthread_mutex_init(&s.engine_mu, NULL);
     memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
-    void *ctl = NULL, *pair = NULL;
+    void *pair = NULL;
     raise_nofile();
     pthread_t gen;
     bool gen_started = false, bound = false;
@@ -669,29 +952,20 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     sfd = signalfd(-1, &set, SFD_CLOEXEC);
     s.zctx = zmq_ctx_new();
     if (sfd < 0 || !s.zctx) goto out;
-    ctl = pi_ctl_socket(s.zctx, ZMQ_ROUTER, 1000);
+    s.lfd = -1;
     pair = zmq_socket(s.zctx, ZMQ_PAIR);
     s.gen_sock = zmq_socket(s.zctx, ZMQ_PAIR);
-    int nowait = 0, gen_to = GEN_SEND_MS;
-    if (!ctl || !pair || !s.gen_sock || zmq_setsockopt(ctl, ZMQ_SNDTIMEO, &nowait, sizeof nowait) != 0 ||
-        zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 || zmq_bind(pair, GEN_EP) != 0 ||
-        zmq_connect(s.gen_sock, GEN_EP) != 0)
+    int gen_to = GEN_SEND_MS;
+    if (!pair || !s.gen_sock || zmq_setsockopt(s.gen_sock, ZMQ_SNDTIMEO, &gen_to, sizeof gen_to) != 0 ||
+        zmq_bind(pair, GEN_EP) != 0 || zmq_connect(s.gen_sock, GEN_EP) != 0)
         goto out;
     if (!path_replaceable(s.endpoint)) goto out;
     if (endpoint_in_use(s.endpoint)) {
         fprintf(stderr, "pi-coordinator: another coordinator is serving on %s\n", s.endpoint);
         goto out;
     }
-    if (guard_start(&s, ctl) != 0) goto out;
-    if (pi_ctl_bind(ctl, s.endpoint) != 0) {
-        fprintf(stderr, "pi-coordinator: cannot serve on %s (another coordinator there?)\n", s.endpoint);
-        goto out;
-    }
+    if (control_listen(&s) != 0) goto out; /* logged */
     bound = true;
-    note_socket_file(&s);
-    size_t bl = sizeof s.bound_ep;
-    if (zmq_getsockopt(ctl, ZMQ_LAST_ENDPOINT, s.bound_ep, &bl) != 0 || !s.bound_ep[0])
-        memcpy(s.bound_ep, s.endpoint, sizeof s.bound_ep);
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -700,11 +974,17 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         goto out;
     }
     s.conn_cap = connection_cap(&o->cfg); /* with the engine's descriptors (workers, segments) open */
+    s.conns = calloc((size_t)s.conn_cap, sizeof *s.conns);
+    s.items = calloc((size_t)s.conn_cap + 3, sizeof *s.items);
+    if (!s.conns || !s.items) {
+        pi_error("control: out of memory for %d connections", s.conn_cap);
+        goto out;
+    }
     pi_info("control: at most %d connections at once", s.conn_cap);
     printf("pi-coordinator: serving %s on %s\n", o->cfg.model_path, s.endpoint);
     fflush(stdout);
     pi_info("control socket: %s", s.endpoint);
-    serve(&s, ctl, pair, sfd);
+    serve(&s, pair, sfd);
     status = PI_EXIT_OK;
     /* The engine is alive until the generation thread reads the quit job sent below, so it can be
      * cancelled here: a step the GPU worker does not answer (a hung device) would otherwise hold the
@@ -726,7 +1006,7 @@ out:
             struct event e;
             if (zmq_recv(pair, &e, sizeof e, 0) != (int)sizeof e) continue;
             if (e.kind == EV_EXIT) break;
-            if (ctl && (e.kind == EV_CHUNK || e.kind == EV_END)) on_event(&s, ctl, &e);
+            if (e.kind == EV_CHUNK || e.kind == EV_END) on_event(&s, &e);
         }
         pthread_join(gen, NULL);
     }
@@ -735,9 +1015,11 @@ out:
     if (s.gen_sock) zmq_setsockopt(s.gen_sock, ZMQ_LINGER, &linger, sizeof linger);
     if (pair) zmq_close(pair);
     if (s.gen_sock) zmq_close(s.gen_sock);
-    if (ctl && s.mon) zmq_socket_monitor(ctl, NULL, 0);
-    if (s.mon) zmq_setsockopt(s.mon, ZMQ_LINGER, &linger, sizeof linger), zmq_close(s.mon);
-    pi_ctl_close(&ctl);
+    if (s.conns && s.items) conns_close_all(&s);
+    if (s.lfd >= 0) close(s.lfd);
+    free(s.conns);
+    free(s.items);
+    explicit_bzero(s.token, sizeof s.token);
     if (s.zctx) zmq_ctx_term(s.zctx);
     if (bound && s.sock_st.st_ino) { /* only our own socket: the same file, still a socket */
         struct stat now;

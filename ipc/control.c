@@ -42,8 +42,8 @@
 #define PI_UNIX_PATH_MAX 107u       /* sizeof(sockaddr_un.sun_path) - 1 */
 
 static const char *const type_names[] = {
-    "unknown", "hello", "load", "ready", "heartbeat", "error", "status-request", "status-response",
-    "shutdown", "generate", "chunk", "end",
+    "unknown",         "hello",    "load",     "ready", "heartbeat", "error", "status-request",
+    "status-response", "shutdown", "generate", "chunk", "end",       "auth",
 };
 _Static_assert(sizeof type_names / sizeof type_names[0] == PI_CTL_TYPE_MAX + 1, "a name per type");
 
@@ -67,6 +67,7 @@ void pi_ctl_msg_clear(struct pi_ctl_msg *m)
     case PI_CTL_GENERATE: free(m->u.generate.prompt); break;
     case PI_CTL_CHUNK: free(m->u.chunk.text); break;
     case PI_CTL_END: free(m->u.end.reason); break;
+    case PI_CTL_AUTH: free(m->u.auth.token); break;
     case PI_CTL_LOAD:
     case PI_CTL_STATUS_RESP: json_decref(m->u.json); break;
     default: break;
@@ -352,6 +353,12 @@ static int encode_body(struct wr *w, const struct pi_ctl_msg *m)
         wr_u32(w, m->u.end.n_generated);
         wr_str(w, m->u.end.reason, 1);
         return 0;
+    case PI_CTL_AUTH: {
+        size_t n = m->u.auth.token ? strlen(m->u.auth.token) : 0;
+        if (n < PI_CTL_TOKEN_MIN || n > PI_CTL_TOKEN_MAX) return -PI_ERR_INVAL;
+        wr_str(w, m->u.auth.token, 1);
+        return 0;
+    }
     default: return -PI_ERR_INVAL;
     }
 }
@@ -474,6 +481,13 @@ static int decode_body(struct rd *r, struct pi_ctl_msg *m)
         if (m->u.end.status > 0) return 0;
         m->u.end.reason = rd_str_rest(r);
         break;
+    case PI_CTL_AUTH: {
+        /* The length is checked before the copy: a token is short. */
+        const size_t n = r->len - r->pos;
+        if (n < 4 + PI_CTL_TOKEN_MIN || n > 4 + PI_CTL_TOKEN_MAX) return 0;
+        m->u.auth.token = rd_str_rest(r);
+        break;
+    }
     default: return 0;
     }
     return !r->bad && r->pos == r->len;
@@ -502,6 +516,23 @@ static int check_header(struct rd *h, size_t len, uint16_t *type, uint64_t *req,
     if (body_len > len - PI_CTL_HEADER_SIZE) return *d = PI_CTL_TRUNCATED, -PI_ERR_FORMAT;
     if (body_len < len - PI_CTL_HEADER_SIZE) return *d = PI_CTL_TRAILING, -PI_ERR_FORMAT;
     return 0;
+}
+
+int pi_ctl_frame_size(const uint8_t *hdr, size_t *total, enum pi_ctl_defect *defect)
+{
+    struct rd h = {.p = hdr, .len = PI_CTL_HEADER_SIZE};
+    const uint32_t body_len =
+        (uint32_t)hdr[8] | (uint32_t)hdr[9] << 8 | (uint32_t)hdr[10] << 16 | (uint32_t)hdr[11] << 24;
+    /* The identity first (a stream that is not ours is "bad magic", not "too large"), then the size. */
+    const size_t len = PI_CTL_HEADER_SIZE + (size_t)PI_MIN(body_len, PI_CTL_MAX_BODY);
+    enum pi_ctl_defect d = PI_CTL_OK;
+    uint16_t type;
+    uint64_t req;
+    int rc = check_header(&h, len, &type, &req, &d);
+    if (rc == 0 && body_len > PI_CTL_MAX_BODY) d = PI_CTL_TOO_LARGE, rc = -PI_ERR_RANGE;
+    if (defect) *defect = d;
+    if (rc == 0) *total = len;
+    return rc;
 }
 
 int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *m, enum pi_ctl_defect *defect)

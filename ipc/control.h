@@ -20,11 +20,12 @@
  * which check failed (enum pi_ctl_defect), so a malformed message from a peer is rejected with a
  * precise log line and the receiver keeps serving.
  *
- * Sockets: the coordinator binds a ROUTER; workers and pi-ctl connect DEALERs (no REQ/REP: a dead
- * peer must not wedge a lockstep state machine). Every socket has linger 0 (closing never blocks
- * on a dead peer), ZMQ_MAXMSGSIZE (a peer cannot make us allocate more than one message's bound)
- * and send/receive timeouts. Endpoints are ipc:// paths in a run directory created 0700, so only
- * our user can connect.
+ * Sockets: on the worker socket the coordinator binds a ROUTER and the workers connect DEALERs (no
+ * REQ/REP: a dead peer must not wedge a lockstep state machine). Every socket has linger 0 (closing
+ * never blocks on a dead peer), ZMQ_MAXMSGSIZE (a peer cannot make us allocate more than one
+ * frame's bound) and send/receive timeouts. Endpoints are ipc:// paths in a run directory created
+ * 0700, so only our user can connect. The control socket (pi-ctl) carries the same messages on a
+ * byte stream instead: ipc/control-stream.h says why and how.
  */
 #ifndef PI_IPC_CONTROL_H
 #define PI_IPC_CONTROL_H
@@ -53,8 +54,11 @@ enum pi_ctl_type {
     PI_CTL_GENERATE = 9,    /* pi-ctl -> coordinator: a generation request */
     PI_CTL_CHUNK = 10,      /* coordinator -> pi-ctl: a piece of generated text */
     PI_CTL_END = 11,        /* coordinator -> pi-ctl: generation finished (or failed) */
+    PI_CTL_AUTH = 12,       /* pi-ctl -> coordinator: the shared token (tcp: the first message) */
 };
-#define PI_CTL_TYPE_MAX PI_CTL_END
+#define PI_CTL_TYPE_MAX PI_CTL_AUTH
+#define PI_CTL_TOKEN_MIN 16u  /* bytes of a shared token, at least (doc/security.md) */
+#define PI_CTL_TOKEN_MAX 256u /* and at most; AUTH bodies carry no more */
 
 /* Which check a rejected message failed (pi_ctl_decode's *defect). */
 enum pi_ctl_defect {
@@ -138,6 +142,11 @@ struct pi_ctl_end {
     char *reason; /* owned; "" on success */
 };
 
+/* AUTH: token_len u32, token (PI_CTL_TOKEN_MIN..PI_CTL_TOKEN_MAX bytes, no NUL). */
+struct pi_ctl_auth {
+    char *token; /* owned */
+};
+
 /* A decoded (or to-be-encoded) message. Owned pointers are freed by pi_ctl_msg_clear. */
 struct pi_ctl_msg {
     uint16_t type;       /* enum pi_ctl_type */
@@ -151,6 +160,7 @@ struct pi_ctl_msg {
         struct pi_ctl_generate generate;
         struct pi_ctl_chunk chunk;
         struct pi_ctl_end end;
+        struct pi_ctl_auth auth;
         json_t *json; /* LOAD and STATUS_RESP: an object; the message holds one reference */
     } u;
 };
@@ -171,6 +181,12 @@ int pi_ctl_encode(const struct pi_ctl_msg *msg, uint8_t **buf, size_t *len);
  * negative enum pi_err with *defect (may be NULL) saying which check failed (see enum
  * pi_ctl_defect); a rejection is logged as a warning naming the defect. */
 int pi_ctl_decode(const uint8_t *buf, size_t len, struct pi_ctl_msg *msg, enum pi_ctl_defect *defect);
+
+/* The size of the whole message (header and body) whose 24-byte header is hdr, checked as far as a
+ * header can be (magic, version, flags, type, body_len <= PI_CTL_MAX_BODY): what a reader of a byte
+ * stream needs to know where a message ends before it holds the message. Returns 0 and *total, or
+ * the decoder's error and *defect; nothing is logged. */
+int pi_ctl_frame_size(const uint8_t *hdr, size_t *total, enum pi_ctl_defect *defect);
 
 /* A warning about what a peer sent (a malformed or unexpected message), rate-limited for the whole
  * process: at most PI_CTL_WARN_BURST lines per second, so a flood of bad messages cannot become a

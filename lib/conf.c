@@ -63,8 +63,9 @@ static const struct key_def keys[] = {
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
     {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
-    {{"control", "endpoint", "", "ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
-    {{"control", "max_connections", "256", "connections the control socket holds at once; past it the listener pauses (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
+    {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
+    {{"control", "max_connections", "256", "connections the control socket holds at once; past it new ones are closed as they come (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
+    {{"control", "token_file", "", "file (mode 0600) whose first line is the shared token a tcp:// client must send first; required for a tcp:// endpoint"}, K_STR, OFF(control_token_file), 0, 0, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},

@@ -73,6 +73,7 @@ struct pi_config {
     /* [control] */
     int64_t max_connections;   /* control connections held at once; past it the listener pauses */
     char *control_endpoint;    /* ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control */
+    char *control_token_file;  /* the shared token's file; tcp:// needs it (ipc/control-stream.h) */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
     int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */

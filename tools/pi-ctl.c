@@ -2,11 +2,14 @@
  * tools/pi-ctl.c - pi-ctl: talk to a running pi-coordinator over its control socket (ipc/control.h):
  * `status` (JSON), `workers` (a table), `generate` (streams the text), `shutdown`. See pi-ctl(1).
  *
- * One DEALER socket, one request, bounded waits: when no coordinator is there the command fails with a
- * clear message and a non-zero exit instead of hanging.
+ * One connection (ipc/control-stream.h: a unix or TCP socket carrying the protocol's messages), one
+ * request, bounded waits: when no coordinator is there the command fails with a clear message and a
+ * non-zero exit instead of hanging. Over tcp the first message is AUTH with the token of --token-file.
  */
 #include "config.h"
 #include "ipc/control.h"
+#include "ipc/control-stream.h"
+#include "ipc/futex.h"
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "lib/input.h"
@@ -19,17 +22,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
-#include <zmq.h>
 
 struct ctl_opts {
     char endpoint[512];
     int timeout_ms;
     const char *cmd;
     const char *prompt;
+    const char *token_file; /* tcp: the shared token's file */
     char *prompt_buf; /* owned: the prompt read from a file or standard input */
     long n_predict;
     double temp;
@@ -38,27 +38,31 @@ struct ctl_opts {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "Usage: pi-ctl [--endpoint EP] [--timeout MS] COMMAND [ARGS]\n"
-               "Control a running pi-coordinator.\n"
-               "\n"
-               "Commands:\n"
-               "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
-               "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
-               "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
-               "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
-               "                               so the prompt is not on the command line that ps(1) shows)\n"
-               "                               generate on the coordinator, streaming the text to stdout\n"
-               "                               (defaults: -n 128, --temp 0, --seed 0)\n"
-               "  shutdown                     stop the coordinator and its workers\n"
-               "\n"
-               "Options:\n"
-               "  --endpoint EP    the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
-               "                   RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
-               "  --timeout MS     how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
-               "  -h, --help       print this help and exit\n"
-               "  -V, --version    print the version and exit\n"
-               "\n"
-               "Exit status: 0 on success, 1 when the coordinator is not there or the request failed, 2 on a usage error.\n");
+    fprintf(f,
+            "Usage: pi-ctl [--endpoint EP] [--token-file FILE] [--timeout MS] COMMAND [ARGS]\n"
+            "Control a running pi-coordinator.\n"
+            "\n"
+            "Commands:\n"
+            "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
+            "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
+            "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
+            "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
+            "                               so the prompt is not on the command line that ps(1) shows)\n"
+            "                               generate on the coordinator, streaming the text to stdout\n"
+            "                               (defaults: -n 128, --temp 0, --seed 0)\n"
+            "  shutdown                     stop the coordinator and its workers\n"
+            "\n"
+            "Options:\n"
+            "  --endpoint EP      the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
+            "                     RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
+            "  --token-file FILE  the shared token a tcp:// endpoint needs: the file of the coordinator's\n"
+            "                     [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
+            "  --timeout MS       how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
+            "  -h, --help         print this help and exit\n"
+            "  -V, --version      print the version and exit\n"
+            "\n"
+            "Exit status: 0 on success, 1 when the coordinator is not there, refused the connection or the request\n"
+            "failed, 2 on a usage error.\n");
 }
 
 /* The prompt from path ("-": standard input), at most the protocol's message size. Prints the error. */
@@ -77,10 +81,16 @@ static int read_prompt(struct ctl_opts *o, const char *path)
 
 static int parse(int argc, char **argv, struct ctl_opts *o)
 {
-    static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'}, {"timeout", required_argument, NULL, 't'},
-                                       {"prompt", required_argument, NULL, 'p'}, {"prompt-file", required_argument, NULL, 'f'}, {"n-predict", required_argument, NULL, 'n'},
-                                       {"temp", required_argument, NULL, 'T'}, {"seed", required_argument, NULL, 's'},
-                                       {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+    static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'},
+                                       {"timeout", required_argument, NULL, 't'},
+                                       {"token-file", required_argument, NULL, 'k'},
+                                       {"prompt", required_argument, NULL, 'p'},
+                                       {"prompt-file", required_argument, NULL, 'f'},
+                                       {"n-predict", required_argument, NULL, 'n'},
+                                       {"temp", required_argument, NULL, 'T'},
+                                       {"seed", required_argument, NULL, 's'},
+                                       {"help", no_argument, NULL, 'h'},
+                                       {"version", no_argument, NULL, 'V'},
                                        {NULL, 0, NULL, 0}};
     const char *env = getenv("PI_CONTROL");
     if (env && *env) snprintf(o->endpoint, sizeof o->endpoint, "%s", env);
@@ -111,6 +121,7 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
             o->timeout_ms = (int)t;
             break;
         }
+        case 'k': o->token_file = optarg; break;
         case 'p': /* "--prompt -" reads standard input */
             if (strcmp(optarg, "-") == 0 && read_prompt(o, optarg) != 0) return -1;
             if (strcmp(optarg, "-") != 0) o->prompt = optarg;
@@ -139,88 +150,82 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
     return 1;
 }
 
-/* Connect; for ipc:// endpoints first check that the socket file exists, so a missing coordinator is
- * reported at once rather than after the timeout. */
-static void *connect_ctl(void *ctx, const struct ctl_opts *o, int timeout_ms)
+/* Connect and, with a token file, authenticate (the coordinator answers a wrong token with an ERROR
+ * and closes). Each failure of connect(2) is named: a socket we may not reach is not a missing one. */
+static pi_ctl_client_t *connect_ctl(const struct ctl_opts *o, uint64_t req)
 {
-    if (strncmp(o->endpoint, "ipc://", 6) == 0) {
-        /* Say what is really wrong: a socket we may not reach is not a missing one. */
-        struct stat st;
-        if (stat(o->endpoint + 6, &st) != 0) {
-            if (errno == EACCES)
-                fprintf(stderr, "pi-ctl: %s: permission denied (the socket or a directory above it is not this "
-                                "user's to open)\n", o->endpoint);
-            else
-                fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(errno));
-            return NULL;
-        }
-        if (!S_ISSOCK(st.st_mode)) {
-            fprintf(stderr, "pi-ctl: no coordinator at %s (not a socket)\n", o->endpoint);
-            return NULL;
-        }
-        /* A socket file left by a coordinator that was killed: nobody accepts on it. */
-        struct sockaddr_un sa = {.sun_family = AF_UNIX};
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd >= 0 && strlen(o->endpoint + 6) < sizeof sa.sun_path) {
-            memcpy(sa.sun_path, o->endpoint + 6, strlen(o->endpoint + 6) + 1);
-            int r = connect(fd, (struct sockaddr *)&sa, sizeof sa);
-            int e = errno;
-            close(fd);
-            if (r != 0 && e == ECONNREFUSED) {
-                fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
-                return NULL;
-            }
-            if (r != 0 && (e == EACCES || e == EPERM)) {
-                fprintf(stderr, "pi-ctl: %s: permission denied (the socket is not this user's to connect to)\n",
-                        o->endpoint);
-                return NULL;
-            }
-        } else if (fd >= 0) {
-            close(fd);
+    char token[PI_CTL_TOKEN_MAX + 1] = "", err[512];
+    if (o->token_file && pi_ctl_token_load(o->token_file, token, sizeof token, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-ctl: %s\n", err);
+        return NULL;
+    }
+    struct pi_ctl_ep ep;
+    if (pi_ctl_ep_parse(o->endpoint, &ep, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-ctl: %s\n", err);
+        return NULL;
+    }
+    if (ep.transport == PI_CTL_TCP && !token[0])
+        fprintf(stderr, "pi-ctl: warning: %s is tcp:// and no --token-file was given; the coordinator will refuse\n",
+                o->endpoint);
+    pi_ctl_client_t *c = pi_ctl_client_new(o->endpoint, o->timeout_ms);
+    if (!c) {
+        const int e = errno;
+        if (e == EACCES || e == EPERM)
+            fprintf(stderr,
+                    "pi-ctl: %s: permission denied (the socket or a directory above it is not this user's to open)\n",
+                    o->endpoint);
+        else if (e == ENOENT || e == ENOTDIR)
+            fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(e));
+        else if (e == ECONNREFUSED && ep.transport == PI_CTL_IPC)
+            fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
+        else fprintf(stderr, "pi-ctl: no coordinator at %s (%s)\n", o->endpoint, strerror(e));
+        explicit_bzero(token, sizeof token);
+        return NULL;
+    }
+    if (token[0]) {
+        struct pi_ctl_msg a = {.type = PI_CTL_AUTH, .request_id = req};
+        a.u.auth.token = token;
+        int rc = pi_ctl_client_send(c, &a);
+        if (rc != 0 && rc != -PI_ERR_PEER) { /* closed: the coordinator's answer says why */
+            fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
+            pi_ctl_client_destroy(&c);
         }
     }
-    void *sock = pi_ctl_socket(ctx, ZMQ_DEALER, timeout_ms);
-    if (!sock) return NULL;
-    if (pi_ctl_connect(sock, o->endpoint) != 0) {
-        fprintf(stderr, "pi-ctl: cannot connect to %s\n", o->endpoint);
-        pi_ctl_close(&sock);
-    }
-    return sock;
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+    explicit_bzero(token, sizeof token);
+    return c;
 }
 
 /* Receive the answer to request req (skipping stale ones, but within the one timeout: answers to
  * other requests do not extend it). 0 or -1 with a message printed. */
-static int recv_answer(void *sock, const struct ctl_opts *o, uint64_t req, struct pi_ctl_msg *m)
+static int recv_answer(pi_ctl_client_t *c, const struct ctl_opts *o, int timeout_ms, uint64_t req, struct pi_ctl_msg *m)
 {
-    const int64_t deadline = now_ms() + o->timeout_ms;
+    const int64_t deadline = pi_clock_ns() / 1000000 + timeout_ms;
     for (;;) {
-        int rc = pi_ctl_recv(sock, NULL, NULL, m, NULL);
-        if (rc == 0 && m->request_id != req && now_ms() > deadline) {
-            pi_ctl_msg_clear(m);
-            rc = -PI_ERR_TIMEOUT;
-        }
+        int rc = pi_ctl_client_recv(c, m, (int)PI_MAX(0, deadline - pi_clock_ns() / 1000000));
         if (rc == -PI_ERR_TIMEOUT) {
-            fprintf(stderr, "pi-ctl: no answer from %s within %d ms (is pi-coordinator running?)\n", o->endpoint, o->timeout_ms);
+            fprintf(stderr, "pi-ctl: no answer from %s within %d ms (is pi-coordinator running?)\n", o->endpoint,
+                    timeout_ms);
+            return -1;
+        }
+        if (rc == -PI_ERR_PEER) {
+            fprintf(stderr, "pi-ctl: %s closed the connection without an answer (at its connection cap?)\n",
+                    o->endpoint);
             return -1;
         }
         if (rc != 0) { fprintf(stderr, "pi-ctl: bad answer from %s: %s\n", o->endpoint, pi_err_str(rc)); return -1; }
-        if (m->request_id == req) return 0;
+        /* An ERROR for request 0 is about the connection (refused, out of step): the answer too. */
+        if (m->request_id == req || (m->type == PI_CTL_ERROR && m->request_id == 0)) return 0;
         pi_ctl_msg_clear(m);
     }
 }
 
-static int send_req(void *sock, const struct ctl_opts *o, struct pi_ctl_msg *m)
+/* Send a request; 0 also when the coordinator closed the connection first (it refused it: the
+ * answer it sent before says why, and recv_answer prints it). */
+static int send_req(pi_ctl_client_t *c, const struct ctl_opts *o, struct pi_ctl_msg *m)
 {
-    int rc = pi_ctl_send(sock, NULL, 0, m);
-    if (rc != 0) fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
-    return rc == 0 ? 0 : -1;
+    int rc = pi_ctl_client_send(c, m);
+    if (rc != 0 && rc != -PI_ERR_PEER) fprintf(stderr, "pi-ctl: cannot send to %s: %s\n", o->endpoint, pi_err_str(rc));
+    return rc == 0 || rc == -PI_ERR_PEER ? 0 : -1;
 }
 
 static int print_error(const struct pi_ctl_msg *m)
@@ -265,11 +270,11 @@ static void print_workers(json_t *st)
 }
 
 /* status, workers, shutdown: one request, one answer. */
-static int simple(void *sock, const struct ctl_opts *o, int type)
+static int simple(pi_ctl_client_t *c, const struct ctl_opts *o, int type, uint64_t req)
 {
-    struct pi_ctl_msg q = {.type = (uint16_t)type, .request_id = (uint64_t)getpid()};
+    struct pi_ctl_msg q = {.type = (uint16_t)type, .request_id = req};
     struct pi_ctl_msg m;
-    if (send_req(sock, o, &q) != 0 || recv_answer(sock, o, q.request_id, &m) != 0) return -1;
+    if (send_req(c, o, &q) != 0 || recv_answer(c, o, o->timeout_ms, q.request_id, &m) != 0) return -1;
     int rc = 0;
     if (type == PI_CTL_SHUTDOWN && m.type == PI_CTL_SHUTDOWN) {
         printf("shutting down\n");
@@ -287,19 +292,18 @@ static int simple(void *sock, const struct ctl_opts *o, int type)
     return rc;
 }
 
-static int generate(void *sock, const struct ctl_opts *o)
+static int generate(pi_ctl_client_t *c, const struct ctl_opts *o, uint64_t req)
 {
-    if (!o->prompt) { fprintf(stderr, "pi-ctl: generate needs --prompt TEXT\n"); return -2; }
-    struct pi_ctl_msg q = {.type = PI_CTL_GENERATE, .request_id = (uint64_t)getpid()};
+    struct pi_ctl_msg q = {.type = PI_CTL_GENERATE, .request_id = req};
     q.u.generate.n_predict = (uint32_t)o->n_predict;
     q.u.generate.seed = o->seed;
     q.u.generate.temp = (float)o->temp;
     q.u.generate.prompt = (char *)o->prompt;
-    if (send_req(sock, o, &q) != 0) return -1;
+    if (send_req(c, o, &q) != 0) return -1;
     size_t bytes = 0;
     for (;;) {
         struct pi_ctl_msg m;
-        if (recv_answer(sock, o, q.request_id, &m) != 0) return -1;
+        if (recv_answer(c, o, PI_MAX(o->timeout_ms, 60000), q.request_id, &m) != 0) return -1;
         if (m.type == PI_CTL_CHUNK) {
             size_t n = strlen(m.u.chunk.text);
             fwrite(m.u.chunk.text, 1, n, stdout);
@@ -340,12 +344,16 @@ int main(int argc, char **argv)
         free(o.prompt_buf);
         return 2;
     }
-    void *ctx = zmq_ctx_new();
-    void *sock = connect_ctl(ctx, &o, type == PI_CTL_GENERATE ? PI_MAX(o.timeout_ms, 60000) : o.timeout_ms);
+    if (type == PI_CTL_GENERATE && !o.prompt) {
+        fprintf(stderr, "pi-ctl: generate needs --prompt TEXT\n");
+        free(o.prompt_buf);
+        return 2;
+    }
+    const uint64_t req = (uint64_t)getpid();
+    pi_ctl_client_t *c = connect_ctl(&o, req);
     int rc = -1;
-    if (sock) rc = type == PI_CTL_GENERATE ? generate(sock, &o) : simple(sock, &o, type);
-    pi_ctl_close(&sock);
-    zmq_ctx_term(ctx);
+    if (c) rc = type == PI_CTL_GENERATE ? generate(c, &o, req) : simple(c, &o, type, req);
+    pi_ctl_client_destroy(&c);
     free(o.prompt_buf);
-    return rc == 0 ? 0 : rc == -2 ? 2 : 1;
+    return rc == 0 ? 0 : 1;
 }

@@ -1,10 +1,11 @@
 /*
  * tests/integration/test-pipeline-server.c - pi-coordinator in server mode with its workers, driven through
- * pi-ctl and a raw ZeroMQ peer, every process in a private temporary directory with hard timeouts:
+ * pi-ctl and raw peers (the control socket's byte stream, the worker socket's ZeroMQ), every process in a private temporary directory with hard timeouts:
  *   - `pi-ctl status` is JSON with the documented fields, and its worker pids are live processes of
  *     the right programs; `pi-ctl generate` streams the same greedy text as the one-shot pipeline;
- *   - malformed control messages (bad magic, wrong version, truncated, huge, over the size limit) are
- *     answered with an error or dropped, logged, and the coordinator keeps serving;
+ *   - malformed control messages (bad magic, wrong version, a huge body length, a body where none
+ *     belongs, 2 MiB of zeros) are answered with an error, the connection closed where the header
+ *     was bad, logged, and the coordinator keeps serving;
  *   - kill -9 of a CPU worker, or of the GPU worker, during a generation fails that request with a
  *     clear error; the workers are restarted (new pids) and the next request succeeds;
  *   - a restart that cannot start the workers (the program gone from PI_WORKER_DIR) fails that request
@@ -19,6 +20,7 @@
  */
 #include "config.h"
 #include "ipc/control.h"
+#include "ipc/control-stream.h"
 #include "ipc/futex.h"
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
@@ -162,19 +164,18 @@ static void test_status_fields(json_t *st)
     tap_is_int(neurons, 1024, "status: the workers own every neuron of a layer once");
 }
 
-/* Send raw bytes on a DEALER and wait for one answer frame (type returned, or -1 when none came). */
-static int raw_request(void *sock, const void *buf, size_t len)
+/* Send raw bytes on a control connection and wait for one answer (its type, or -1 when none came). */
+static int raw_request(pi_ctl_client_t *c, const void *buf, size_t len)
 {
-    if (zmq_send(sock, buf, len, 0) < 0) return -1;
+    if (!c || pi_ctl_client_send_raw(c, buf, len) != 0) return -1;
     struct pi_ctl_msg m;
-    int rc = pi_ctl_recv(sock, NULL, NULL, &m, NULL);
-    if (rc != 0) return -1;
+    if (pi_ctl_client_recv(c, &m, 3000) != 0) return -1;
     int t = m.type;
     pi_ctl_msg_clear(&m);
     return t;
 }
 
-/* A raw DEALER on ep (receive timeout 3 s) for messages pi-ctl would not send. */
+/* A raw DEALER on ep (receive timeout 3 s) for the worker socket, which speaks ZeroMQ's own protocol. */
 static void *raw_dealer(void *zctx, const char *ep, int linger)
 {
     void *s = zmq_socket(zctx, ZMQ_DEALER);
@@ -185,10 +186,23 @@ static void *raw_dealer(void *zctx, const char *ep, int linger)
     return s;
 }
 
+/* True when the coordinator closed c (within 3 s), after the answers it had sent. */
+static bool closed_by_server(pi_ctl_client_t *c)
+{
+    struct pi_ctl_msg m;
+    for (int i = 0; i < 8; i++) {
+        int rc = pi_ctl_client_recv(c, &m, 3000);
+        if (rc == -PI_ERR_PEER) return true;
+        if (rc != 0) return false;
+        pi_ctl_msg_clear(&m);
+    }
+    return false;
+}
+
+/* A malformed header puts a byte stream out of step: the coordinator answers ERROR and closes that
+ * connection. A bad body under a good header is answered and the connection goes on. */
 static void test_malformed(void)
 {
-    void *zctx = zmq_ctx_new();
-    void *s = raw_dealer(zctx, endpoint, 0);
     uint8_t good[PI_CTL_HEADER_SIZE] = {0};
     uint32_t magic = PI_CTL_MAGIC;
     uint16_t ver = PI_CTL_VERSION, type = PI_CTL_STATUS_REQ;
@@ -196,27 +210,46 @@ static void test_malformed(void)
     memcpy(good + 4, &ver, 2);
     memcpy(good + 6, &type, 2);
     uint8_t bad[PI_CTL_HEADER_SIZE];
+    pi_ctl_client_t *c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
     bad[0] ^= 0xff;
-    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "bad magic: answered with an error");
+    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c),
+           "bad magic: an error, the connection closed");
+    pi_ctl_client_destroy(&c);
+    c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
     bad[4] = 99;
-    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "wrong version: answered with an error");
-    tap_is_int(raw_request(s, good, 10), PI_CTL_ERROR, "truncated header: answered with an error");
+    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c),
+           "wrong version: an error, the connection closed");
+    pi_ctl_client_destroy(&c);
+    c = pi_ctl_client_new(endpoint, 3000);
     memcpy(bad, good, sizeof bad);
     uint32_t huge = 0x7fffffff;
     memcpy(bad + 8, &huge, 4);
-    tap_is_int(raw_request(s, bad, sizeof bad), PI_CTL_ERROR, "huge body length: answered with an error");
-    size_t big = 2u << 20; /* over ZMQ_MAXMSGSIZE: ZeroMQ drops the connection, the server goes on */
+    tap_ok(raw_request(c, bad, sizeof bad) == PI_CTL_ERROR && closed_by_server(c),
+           "huge body length: an error at the header, the connection closed");
+    pi_ctl_client_destroy(&c);
+    /* a status request with a body it must not have: answered, and the same connection goes on */
+    c = pi_ctl_client_new(endpoint, 3000);
+    uint8_t body[PI_CTL_HEADER_SIZE + 4];
+    memcpy(body, good, sizeof good);
+    uint32_t four = 4;
+    memcpy(body + 8, &four, 4);
+    memset(body + PI_CTL_HEADER_SIZE, 0x41, 4);
+    tap_is_int(raw_request(c, body, sizeof body), PI_CTL_ERROR, "a body where none belongs: answered with an error");
+    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP,
+               "then a good request on the same connection is served");
+    /* then 2 MiB of zeros (no header): the connection is closed; what the client may still send is lost */
+    size_t big = 2u << 20;
     uint8_t *blob = calloc(1, big);
-    memcpy(blob, good, sizeof good);
-    zmq_send(s, blob, big, 0);
+    pi_ctl_client_send_raw(c, blob, big); /* may fail half way: the coordinator closes */
+    tap_ok(closed_by_server(c), "2 MiB of zeros after a request: the connection closed");
     free(blob);
-    zmq_close(s);
-    s = raw_dealer(zctx, endpoint, 0);
-    tap_is_int(raw_request(s, good, sizeof good), PI_CTL_STATUS_RESP, "after the malformed messages a good request is served");
-    zmq_close(s);
-    zmq_ctx_term(zctx);
+    pi_ctl_client_destroy(&c);
+    c = pi_ctl_client_new(endpoint, 3000);
+    tap_is_int(raw_request(c, good, sizeof good), PI_CTL_STATUS_RESP,
+               "after the malformed messages a good request is served");
+    pi_ctl_client_destroy(&c);
 }
 
 /* Requests a hostile or careless client can make: each gets a clear answer or a clear refusal in
@@ -348,13 +381,12 @@ static const char *worker_state(json_t *st, const char *role, int index)
     return "";
 }
 
-
-static int send_generate(void *s, uint64_t req, uint32_t n_predict)
+static int send_generate(pi_ctl_client_t *c, uint64_t req, uint32_t n_predict)
 {
     struct pi_ctl_msg m = {.type = PI_CTL_GENERATE, .request_id = req};
     m.u.generate.n_predict = n_predict;
     m.u.generate.prompt = "The jury said";
-    return pi_ctl_send(s, NULL, 0, &m);
+    return c ? pi_ctl_client_send(c, &m) : -1;
 }
 
 /* generations_in_flight of a status, or -1. */
@@ -373,7 +405,7 @@ static int in_flight(void)
 static void test_flood(void)
 {
     enum { N = 150 };
-    void *zctx = zmq_ctx_new(), *s = raw_dealer(zctx, endpoint, 0);
+    pi_ctl_client_t *s = pi_ctl_client_new(endpoint, 3000);
     int sent = 0;
     for (int i = 0; i < N; i++) sent += send_generate(s, (uint64_t)(1000 + i), 2) == 0;
     int status_ok = in_flight() > 0; /* while the queue is full */
@@ -381,7 +413,7 @@ static void test_flood(void)
     int ends = 0, busy = 0, other = 0, dup = 0;
     for (int64_t until = pi_clock_ns() + INT64_C(60000000000); ends + busy + other < N && pi_clock_ns() < until;) {
         struct pi_ctl_msg m;
-        if (pi_ctl_recv(s, NULL, NULL, &m, NULL) != 0) continue;
+        if (pi_ctl_client_recv(s, &m, 3000) != 0) continue;
         int64_t k = (int64_t)m.request_id - 1000;
         if (m.type != PI_CTL_CHUNK && k >= 0 && k < N) {
             dup += answered[k]++ > 0;
@@ -395,14 +427,14 @@ static void test_flood(void)
     tap_ok(sent == N && ends + busy == N && other == 0 && dup == 0 && busy > 0 && ends > 0 && status_ok,
            "a flood of %d requests: %d served, %d refused as busy, %d other, %d answered twice; status live: %d", N, ends,
            busy, other, dup, status_ok);
-    zmq_close(s);
+    pi_ctl_client_destroy(&s);
 
-    s = raw_dealer(zctx, endpoint, 1000);
+    s = pi_ctl_client_new(endpoint, 3000);
     send_generate(s, 7, 480);
     struct pi_ctl_msg m;
-    int first = pi_ctl_recv(s, NULL, NULL, &m, NULL) == 0 && m.type == PI_CTL_CHUNK;
+    int first = s && pi_ctl_client_recv(s, &m, 3000) == 0 && m.type == PI_CTL_CHUNK;
     if (first) pi_ctl_msg_clear(&m);
-    zmq_close(s); /* gone after its first chunk */
+    pi_ctl_client_destroy(&s); /* gone after its first chunk */
     int stopped = 0;
     for (int i = 0; i < 250 && !stopped; i++) {
         stopped = in_flight() == 0;
@@ -411,7 +443,7 @@ static void test_flood(void)
     char *log = tp_output("server1", "err");
     tap_ok(first && stopped && strstr(log, "does not take replies"), "a client gone mid-generation: its request is stopped");
     free(log);
-    zmq_ctx_term(zctx);
+
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
     tap_is_int(pictl("gen-after-flood", a, TIMEOUT_S), 0, "after the flood and the departed client the next request is served");
 }
@@ -656,7 +688,8 @@ int main(void)
     test_malformed();
     test_hostile_requests();
     char *log = tp_output("server1", "err");
-    tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "truncated") && strstr(log, "too large"),
+    tap_ok(strstr(log, "bad magic") && strstr(log, "bad version") && strstr(log, "inconsistent body") &&
+               strstr(log, "too large"),
            "the coordinator logged each malformed message with its defect");
     free(log);
 

@@ -6,11 +6,15 @@
  * reading outside it; an accepted message must encode again, and for the binary types (all but the
  * JSON bodies, which jansson may re-serialise differently) the encoding must be the input byte for
  * byte: one message, one wire form, so two readers can never disagree about what a frame says. The
- * re-encoded frame must decode again. Built with ASan and UBSan (leaks are findings too). Not part of
+ * re-encoded frame must decode again. The same bytes then go through the stream framer
+ * (ipc/control-stream.h) in pieces of 1 to 13 bytes: it never holds more than one message's bound,
+ * and an accepted frame is exactly one message of the stream, so the coordinator's byte-stream
+ * reader and the decoder agree. Built with ASan and UBSan (leaks are findings too). Not part of
  * `make check`. Seeds: tests/unit/fuzz-control-seeds/, one frame per file.
  */
 #include "config.h"
 #include "ipc/control.h"
+#include "ipc/control-stream.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
@@ -46,6 +50,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(buf);
         pi_ctl_msg_clear(&m);
     }
+    struct pi_ctl_framer f = {0};
+    const size_t step = 1 + (size ? data[0] % 13 : 0);
+    int msgs = 0, bad = 0;
+    for (size_t pos = 0; pos < size && !bad;) {
+        const uint8_t *p = frame + pos;
+        size_t n = PI_MIN(step, size - pos);
+        pos += n;
+        while (n && !bad) {
+            int r = pi_ctl_framer_feed(&f, &p, &n, NULL);
+            if (pi_ctl_framer_held(&f) > PI_CTL_MAX_MSG) abort();
+            bad = r < 0;
+            if (r == 1) {
+                struct pi_ctl_msg x;
+                if (pi_ctl_framer_pop(&f, &x, NULL) == 0) pi_ctl_msg_clear(&x);
+                msgs++;
+            }
+        }
+    }
+    if (rc == 0 && (bad || msgs != 1 || pi_ctl_framer_partial(&f))) abort();
+    pi_ctl_framer_clear(&f);
     free(frame);
     return 0;
 }

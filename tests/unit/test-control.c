@@ -84,6 +84,14 @@ static void make_msg(struct pi_ctl_msg *m, uint16_t type)
         m->u.end.n_generated = (uint32_t)rnd();
         m->u.end.reason = rnd_text(50);
         break;
+    case PI_CTL_AUTH: {
+        /* PI_CTL_TOKEN_MIN..PI_CTL_TOKEN_MAX printable bytes */
+        size_t n = PI_CTL_TOKEN_MIN + (size_t)(rnd() % (PI_CTL_TOKEN_MAX - PI_CTL_TOKEN_MIN + 1));
+        m->u.auth.token = malloc(n + 1);
+        for (size_t i = 0; i < n; i++) m->u.auth.token[i] = (char)('!' + rnd() % 94);
+        m->u.auth.token[n] = '\0';
+        break;
+    }
     default: break;
     }
 }
@@ -118,6 +126,7 @@ static int msg_eq(const struct pi_ctl_msg *a, const struct pi_ctl_msg *b)
     case PI_CTL_END:
         return a->u.end.status == b->u.end.status && a->u.end.n_prompt == b->u.end.n_prompt &&
                a->u.end.n_generated == b->u.end.n_generated && str_eq(a->u.end.reason, b->u.end.reason);
+    case PI_CTL_AUTH: return str_eq(a->u.auth.token, b->u.auth.token);
     default: return 0;
     }
 }
