@@ -61,6 +61,8 @@ struct pi_forward {
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     struct pi_ffn_stats *stats;  /* activation statistics being counted, or NULL (pi_forward_set_stats) */
+    pi_ffn_capture_fn capture;   /* sample capture, or NULL (pi_forward_set_capture) */
+    void *capture_ctx;
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o)
@@ -192,6 +194,12 @@ void pi_forward_set_stats(pi_forward_t *f, struct pi_ffn_stats *s)
     PI_ASSERT(!s || (s->n_layer == f->m->hp.n_layer && s->n_ff == f->m->hp.n_ff && s->active &&
                      (!s->hist || s->n_hist == PI_SIDECAR_HIST_BINS)));
     f->stats = s;
+}
+
+void pi_forward_set_capture(pi_forward_t *f, pi_ffn_capture_fn fn, void *ctx)
+{
+    f->capture = fn;
+    f->capture_ctx = ctx;
 }
 
 /* The statistics hook: gate (n, n_ff) before the activation; act (n, n_ff) after it. */
@@ -426,7 +434,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
-    if (!f->stats && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
+    if (!f->stats && !f->capture && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
         memset(f->out, 0, d * sizeof(float));
@@ -436,6 +444,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
         project(f, &L->ffn_gate, f->x, n, f->gate);
         project(f, &L->ffn_up, f->x, n, f->up);
         if (f->stats) stats_gate(f->stats, il, n, f->gate);
+        if (f->capture) f->capture(f->capture_ctx, il, n, f->x, f->gate, f->up);
         pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
         if (f->stats) stats_act(f->stats, il, n, f->gate);
         project(f, &L->ffn_down, f->gate, n, f->out);

@@ -15,16 +15,24 @@ _Static_assert(PI_GEMM_MR == 6 && PI_GEMM_NR == 16, "the kernel's register block
 void pi_gemm_ukernel_avx2(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr,
                           float alpha, float beta)
 {
-    __m256 acc[6][2];
-    for (int i = 0; i < 6; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    /* twelve named accumulators: an array indexed in a loop is not kept in registers at -O2 */
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < kc; k++, a += 6, b += 16) {
-        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        for (int i = 0; i < 6; i++) {
-            __m256 ai = _mm256_broadcast_ss(a + i);
-            acc[i][0] = _mm256_fmadd_ps(ai, b0, acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(ai, b1, acc[i][1]);
-        }
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
+#define ROW(i)                                    \
+    ai = _mm256_broadcast_ss(a + i);              \
+    c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0); \
+    c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1)
+        ROW(0);
+        ROW(1);
+        ROW(2);
+        ROW(3);
+        ROW(4);
+        ROW(5);
+#undef ROW
     }
+    __m256 acc[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     if (mr == 6 && nr == 16) {
         for (int i = 0; i < 6; i++)

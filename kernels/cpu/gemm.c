@@ -35,19 +35,21 @@ void pi_gemm_ukernel_scalar(int64_t kc, const float *a, const float *b, float *c
         }
 }
 
-/* dst (kc, MR) slivers of op(A) rows [i0, i0 + mc), k in [k0, k0 + kc); rows past mc are zeros. */
+/* dst (kc, MR) slivers of op(A) rows [i0, i0 + mc), k in [k0, k0 + kc); rows past mc are zeros. The loop
+ * order follows the source's contiguous direction (k for A, rows for A^T). */
 static void pack_a(bool ta, const float *A, int64_t lda, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float *dst)
 {
     for (int64_t s = 0; s < mc; s += PI_GEMM_MR, dst += kc * PI_GEMM_MR) {
         int64_t rows = PI_MIN(PI_GEMM_MR, mc - s);
-        for (int64_t k = 0; k < kc; k++) {
-            float *d = dst + k * PI_GEMM_MR;
+        if (rows < PI_GEMM_MR) memset(dst, 0, (size_t)(kc * PI_GEMM_MR) * sizeof *dst);
+        if (ta)
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * PI_GEMM_MR, A + (k0 + k) * lda + i0 + s, (size_t)rows * sizeof *dst);
+        else
             for (int64_t i = 0; i < rows; i++) {
-                int64_t r = i0 + s + i, col = k0 + k;
-                d[i] = ta ? A[col * lda + r] : A[r * lda + col];
+                const float *src = A + (i0 + s + i) * lda + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * PI_GEMM_MR + i] = src[k];
             }
-            for (int64_t i = rows; i < PI_GEMM_MR; i++) d[i] = 0.0f;
-        }
     }
 }
 
@@ -56,17 +58,15 @@ static void pack_b(bool tb, const float *B, int64_t ldb, int64_t j0, int64_t nc,
 {
     for (int64_t s = 0; s < nc; s += PI_GEMM_NR, dst += kc * PI_GEMM_NR) {
         int64_t cols = PI_MIN(PI_GEMM_NR, nc - s);
-        for (int64_t k = 0; k < kc; k++) {
-            float *d = dst + k * PI_GEMM_NR;
-            if (!tb && cols == PI_GEMM_NR) memcpy(d, B + (k0 + k) * ldb + j0 + s, PI_GEMM_NR * sizeof *d);
-            else {
-                for (int64_t j = 0; j < cols; j++) {
-                    int64_t col = j0 + s + j, row = k0 + k;
-                    d[j] = tb ? B[col * ldb + row] : B[row * ldb + col];
-                }
-                for (int64_t j = cols; j < PI_GEMM_NR; j++) d[j] = 0.0f;
+        if (cols < PI_GEMM_NR) memset(dst, 0, (size_t)(kc * PI_GEMM_NR) * sizeof *dst);
+        if (!tb)
+            for (int64_t k = 0; k < kc; k++)
+                memcpy(dst + k * PI_GEMM_NR, B + (k0 + k) * ldb + j0 + s, (size_t)cols * sizeof *dst);
+        else
+            for (int64_t j = 0; j < cols; j++) {
+                const float *src = B + (j0 + s + j) * ldb + k0;
+                for (int64_t k = 0; k < kc; k++) dst[k * PI_GEMM_NR + j] = src[k];
             }
-        }
     }
 }
 
