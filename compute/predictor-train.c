@@ -114,13 +114,14 @@ void pi_ptrain_opts_default(struct pi_ptrain_opts *o)
     memset(o, 0, sizeof *o);
     o->recall[0] = 0.99;
     o->recall[1] = 0.95;
+    o->headroom = 0.5;
     o->rank_min = 32;
     o->rank_max = 1024;
     o->max_overhead = 0.5;
-    o->epochs = 20;
+    o->epochs = 30;
     o->patience = 2;
     o->batch = 128;
-    o->lr = 2e-3f;
+    o->lr = 5e-3f;
     o->pos_weight = 4.0f;
     o->seed = 1;
     o->type = PI_TYPE_F16;
@@ -423,8 +424,8 @@ static void stored_logits(pi_pool_t *pool, const struct pi_sidecar_pred *p, int6
 #define CAL_ROWS 256
 
 /* p's thresholds, recalls and active shares from layer il's held-out set: per mode, the k-th smallest
- * logit of the truly active pairs, k = floor((1 - target) P), so that at least target P of the P
- * truly active pairs have a logit >= it. */
+ * logit of the truly active pairs, k = floor(headroom (1 - target) P), so that at most k of the P
+ * truly active pairs have a logit below it. */
 static int calibrate(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il, const struct pi_ptrain_opts *o,
                      struct pi_sidecar_pred *p)
 {
@@ -446,7 +447,7 @@ static int calibrate(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il,
     qsort(pos, P, sizeof *pos, cmp_float);
     const double pairs = (double)nh * (double)ff;
     for (int k = 0; k < 2; k++) {
-        size_t at = (size_t)floor((1.0 - o->recall[k]) * (double)P);
+        size_t at = (size_t)floor(o->headroom * (1.0 - o->recall[k]) * (double)P);
         float thr = P ? pos[PI_MIN(at, P - 1)] : -FLT_MAX;
         size_t first = 0, above = 0;
         while (first < P && pos[first] < thr) first++;
@@ -474,8 +475,8 @@ static int check_opts(const struct pi_ptrain_samples *s, const struct pi_ptrain_
     else if (o->type == PI_TYPE_Q8_0 && (s->n_embd % 32 || o->rank_min % 32))
         why = "q8_0 needs n_embd and every rank to be multiples of 32";
     else if (o->epochs < 1 || o->patience < 1 || o->batch < 1 || !(o->lr > 0) || !(o->pos_weight > 0) ||
-             !(o->max_overhead >= 0))
-        why = "epochs, patience, batch, lr, pos_weight must be positive, max_overhead >= 0";
+             !(o->max_overhead >= 0) || !(o->headroom > 0 && o->headroom <= 1))
+        why = "epochs, patience, batch, lr, pos_weight must be positive, max_overhead >= 0, headroom in (0, 1]";
     if (!why) return 0;
     pi_error("predictor training: %s", why);
     return -PI_ERR_INVAL;
