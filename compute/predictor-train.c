@@ -24,8 +24,8 @@
 
 /* ---------------------------------------------------------------- samples */
 
-struct pi_ptrain_samples *pi_ptrain_samples_new(const pi_model_t *m, int64_t n_train, int64_t n_heldout,
-                                                int rows_max, uint64_t seed)
+struct pi_ptrain_samples *pi_ptrain_samples_new(const pi_model_t *m, int64_t n_train, int64_t n_heldout, int rows_max,
+                                                uint64_t seed)
 {
     PI_ASSERT(m->hp.act == PI_FFN_ACT_RELU || m->hp.act == PI_FFN_ACT_DRELU);
     PI_ASSERT(n_train >= 1 && n_heldout >= 1 && rows_max >= 1);
@@ -51,8 +51,7 @@ struct pi_ptrain_samples *pi_ptrain_samples_new(const pi_model_t *m, int64_t n_t
     memcpy(s->rng, r.s, sizeof s->rng);
     return s;
 nomem:
-    pi_error("predictor samples: out of memory (%lld + %lld rows per layer)", (long long)n_train,
-             (long long)n_heldout);
+    pi_error("predictor samples: out of memory (%lld + %lld rows per layer)", (long long)n_train, (long long)n_heldout);
     pi_ptrain_samples_destroy(&s);
     return NULL;
 }
@@ -130,12 +129,12 @@ void pi_ptrain_opts_default(struct pi_ptrain_opts *o)
 /* Scratch of one batch of up to B rows. */
 struct work {
     int64_t B, r, d, ff;
-    float *X;       /* (B, d) gathered inputs */
-    uint64_t *M;    /* (B, mask_words) gathered masks */
-    float *H;       /* (B, r) fc1 products, then dH */
-    float *A;       /* (B, r) relu(H) */
-    float *Z;       /* (B, ff) logits, then dZ */
-    float *dA;      /* (B, r) */
+    float *X;        /* (B, d) gathered inputs */
+    uint64_t *M;     /* (B, mask_words) gathered masks */
+    float *H;        /* (B, r) fc1 products, then dH */
+    float *A;        /* (B, r) relu(H) */
+    float *Z;        /* (B, ff) logits, then dZ */
+    float *dA;       /* (B, r) */
     double *rowloss; /* (B) */
 };
 
@@ -161,8 +160,8 @@ static int work_alloc(struct work *w, int64_t B, int64_t r, int64_t d, int64_t f
 }
 
 struct bce_task {
-    float *Z;               /* (n, ff) logits in, d loss / d logit out (when grad) */
-    const uint64_t *M;      /* (n, mask_words) */
+    float *Z;          /* (n, ff) logits in, d loss / d logit out (when grad) */
+    const uint64_t *M; /* (n, mask_words) */
     int64_t ff, mask_words;
     float pos_weight, scale; /* scale = 1 / (n ff): the loss is a mean */
     bool grad;
@@ -188,7 +187,7 @@ static void bce_rows(void *ctx, int64_t begin, int64_t end, int thread)
                 z[j] = t->scale * (y ? t->pos_weight * (sig - 1.0f) : sig);
             } else {
                 float sp_pos = (zj > 0.0f ? zj : 0.0f) + log1pf(e); /* softplus(z) = -log(1 - sigmoid z) */
-                sum += y ? t->pos_weight * (sp_pos - zj) : sp_pos;    /* softplus(-z) = softplus(z) - z */
+                sum += y ? t->pos_weight * (sp_pos - zj) : sp_pos;  /* softplus(-z) = softplus(z) - z */
             }
         }
         t->rowloss[i] = sum;
@@ -203,14 +202,14 @@ static double batch_loss_grad(pi_pool_t *pool, struct work *w, int64_t mask_word
     pi_sgemm(pool, false, true, n, r, d, 1.0f, w->X, d, W1, d, 0.0f, w->H, r); /* H = X W1^T */
     for (int64_t i = 0; i < n * r; i++) w->A[i] = w->H[i] > 0.0f ? w->H[i] : 0.0f;
     pi_sgemm(pool, false, true, n, ff, r, 1.0f, w->A, r, W2, r, 0.0f, w->Z, ff); /* Z = A W2^T */
-    struct bce_task t = {w->Z, w->M, ff, mask_words, pos_weight, 1.0f / (float)((double)n * (double)ff), g1 != NULL,
-                         w->rowloss};
+    struct bce_task t = {w->Z,       w->M,      ff, mask_words, pos_weight, 1.0f / (float)((double)n * (double)ff),
+                         g1 != NULL, w->rowloss};
     pi_pool_for(pool, n, 8, bce_rows, &t);
     if (g1) {
         pi_sgemm(pool, true, false, ff, r, n, 1.0f, w->Z, ff, w->A, r, 0.0f, g2, r);    /* dW2 = dZ^T A */
         pi_sgemm(pool, false, false, n, r, ff, 1.0f, w->Z, ff, W2, r, 0.0f, w->dA, r);  /* dA = dZ W2 */
         for (int64_t i = 0; i < n * r; i++) w->H[i] = w->H[i] > 0.0f ? w->dA[i] : 0.0f; /* dH */
-        pi_sgemm(pool, true, false, r, d, n, 1.0f, w->H, r, w->X, d, 0.0f, g1, d);       /* dW1 = dH^T X */
+        pi_sgemm(pool, true, false, r, d, n, 1.0f, w->H, r, w->X, d, 0.0f, g1, d);      /* dW1 = dH^T X */
         return NAN;
     }
     double loss = 0;
@@ -247,7 +246,7 @@ double pi_ptrain_loss_grad(pi_pool_t *pool, const struct pi_ptrain_samples *s, i
 struct net {
     int64_t r, d, ff, np; /* np = r d + ff r */
     float *p, *g, *m, *v, *best;
-    int64_t t;            /* Adam steps */
+    int64_t t; /* Adam steps */
 };
 
 static void net_free(struct net *n)
@@ -272,8 +271,7 @@ static int net_init(struct net *n, int64_t r, int64_t d, int64_t ff, double ms, 
     struct pi_rng rng;
     pi_rng_seed(&rng, seed);
     double a1 = sqrt(3.0 * 2.0 / ((double)d * (ms > 0 ? ms : 1.0))), a2 = sqrt(3.0 / (double)r);
-    for (int64_t i = 0; i < n->np; i++)
-        n->p[i] = (float)((2.0 * pi_rng_uniform(&rng) - 1.0) * (i < r * d ? a1 : a2));
+    for (int64_t i = 0; i < n->np; i++) n->p[i] = (float)((2.0 * pi_rng_uniform(&rng) - 1.0) * (i < r * d ? a1 : a2));
     memcpy(n->best, n->p, (size_t)n->np * sizeof(float));
     return 0;
 }

@@ -39,21 +39,21 @@ struct pi_ptrain_samples {
     int n_layer;
     int64_t n_embd, n_ff, mask_words; /* mask_words = ceil(n_ff / 64) */
     enum pi_ffn_act act;
-    int64_t cap[2];      /* rows per set ([PI_PTRAIN_TRAIN], [PI_PTRAIN_HELDOUT]) */
-    int64_t n[2];        /* rows filled (<= cap) */
-    uint64_t seen[2];    /* tokens offered to each set */
-    float *x[2];         /* (n_layer, cap, n_embd) FFN inputs */
-    uint64_t *mask[2];   /* (n_layer, cap, mask_words) true masks, bit j of word j / 64 = neuron j */
-    uint64_t rng[4];     /* the reservoirs' generator (struct pi_rng's state) */
-    int set, rows;       /* the chunk being captured: its set and its rows */
-    int64_t *slot;       /* (rows_max) the reservoir row each chunk row goes to, or -1 */
+    int64_t cap[2];    /* rows per set ([PI_PTRAIN_TRAIN], [PI_PTRAIN_HELDOUT]) */
+    int64_t n[2];      /* rows filled (<= cap) */
+    uint64_t seen[2];  /* tokens offered to each set */
+    float *x[2];       /* (n_layer, cap, n_embd) FFN inputs */
+    uint64_t *mask[2]; /* (n_layer, cap, mask_words) true masks, bit j of word j / 64 = neuron j */
+    uint64_t rng[4];   /* the reservoirs' generator (struct pi_rng's state) */
+    int set, rows;     /* the chunk being captured: its set and its rows */
+    int64_t *slot;     /* (rows_max) the reservoir row each chunk row goes to, or -1 */
     int rows_max;
 };
 
 /* Reservoirs for m (ReLU or dReLU: PI_ASSERT) of n_train and n_heldout rows (>= 1), chunks of at most
  * rows_max tokens, seeded. NULL on no memory (logged). */
-struct pi_ptrain_samples *pi_ptrain_samples_new(const pi_model_t *m, int64_t n_train, int64_t n_heldout,
-                                                int rows_max, uint64_t seed);
+struct pi_ptrain_samples *pi_ptrain_samples_new(const pi_model_t *m, int64_t n_train, int64_t n_heldout, int rows_max,
+                                                uint64_t seed);
 void pi_ptrain_samples_destroy(struct pi_ptrain_samples **s);
 
 /* Before each chunk of rows tokens (<= rows_max) runs: its set, and which reservoir rows its tokens
@@ -68,21 +68,21 @@ void pi_ptrain_capture(void *ctx, int il, int n, const float *x, const float *ga
 typedef void (*pi_ptrain_progress_fn)(void *ctx, int il, int64_t rank, int epoch, double loss);
 
 struct pi_ptrain_opts {
-    double recall[2];      /* recall targets: [0] safe (0.99), [1] aggressive (0.95) */
-    double headroom;       /* thresholds are set where the held-out misses are at most headroom x what the
+    double recall[2];    /* recall targets: [0] safe (0.99), [1] aggressive (0.95) */
+    double headroom;     /* thresholds are set where the held-out misses are at most headroom x what the
                             * target allows (0.5; 1: exactly the target): text unlike the calibration
                             * text misses more (doc/predictors.md) */
-    int64_t rank_min;      /* the ladder's first rank (32) */
-    int64_t rank_max;      /* its last (1024; at most n_embd * 4 and PI_SIDECAR_PRED_RANK_MAX) */
-    double max_overhead;   /* a rank is enough when its predicted active share at the safe threshold is
+    int64_t rank_min;    /* the ladder's first rank (32) */
+    int64_t rank_max;    /* its last (1024; at most n_embd * 4 and PI_SIDECAR_PRED_RANK_MAX) */
+    double max_overhead; /* a rank is enough when its predicted active share at the safe threshold is
                             * at most (1 + max_overhead) x the true one (0.5) */
-    int epochs;            /* at most this many epochs per rank (30) */
-    int patience;          /* stop after this many epochs without a better held-out loss (2) */
-    int batch;             /* minibatch rows (128) */
-    float lr;              /* Adam's step (5e-3; beta1 0.9, beta2 0.999, eps 1e-8) */
-    float pos_weight;      /* the loss's weight on truly active neurons (4) */
-    uint64_t seed;         /* initial weights and minibatch order (1) */
-    enum pi_type type;     /* the stored weights: PI_TYPE_F16 (default), F32 or Q8_0 */
+    int epochs;          /* at most this many epochs per rank (30) */
+    int patience;        /* stop after this many epochs without a better held-out loss (2) */
+    int batch;           /* minibatch rows (128) */
+    float lr;            /* Adam's step (5e-3; beta1 0.9, beta2 0.999, eps 1e-8) */
+    float pos_weight;    /* the loss's weight on truly active neurons (4) */
+    uint64_t seed;       /* initial weights and minibatch order (1) */
+    enum pi_type type;   /* the stored weights: PI_TYPE_F16 (default), F32 or Q8_0 */
     pi_ptrain_progress_fn progress;
     void *progress_ctx;
 };
@@ -91,9 +91,9 @@ void pi_ptrain_opts_default(struct pi_ptrain_opts *o);
 
 /* What training layer il gave besides its predictor. */
 struct pi_ptrain_report {
-    int64_t ranks_tried;   /* ladder steps trained */
-    int epochs;            /* epochs of the kept rank */
-    double loss;           /* its best held-out loss */
+    int64_t ranks_tried; /* ladder steps trained */
+    int epochs;          /* epochs of the kept rank */
+    double loss;         /* its best held-out loss */
 };
 
 /* Train layer il's predictor from s (both sets non-empty: PI_ASSERT) into out (its fc1 and fc2 are

@@ -12,12 +12,12 @@
 #include "model/model.h"
 
 struct pi_calib_args {
-    const char *prog;         /* the program's name, first on every message */
-    const char *model;        /* the model's path (messages) */
-    const char *text;         /* the text, or NULL for default_text */
+    const char *prog;  /* the program's name, first on every message */
+    const char *model; /* the model's path (messages) */
+    const char *text;  /* the text, or NULL for default_text */
     const char *default_text;
-    long random_tokens;       /* > 0: that many random ids instead of a text */
-    uint64_t seed;            /* their seed */
+    long random_tokens; /* > 0: that many random ids instead of a text */
+    uint64_t seed;      /* their seed */
 };
 
 /* The ids in *ids (malloc'd, *n of them) and the tokenizer's BOS in *bos (-1 for random ids). 0, or an

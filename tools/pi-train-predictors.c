@@ -55,18 +55,18 @@ static void usage(FILE *out)
             "  -m, --model PATH       the model (GGUF)\n"
             "  -f, --file TEXT        calibration text (default: " DEFAULT_TEXT ")\n"
             "      --random N         N random token ids instead of a text (models without a tokenizer)\n"
-            "      --sidecar PATH     the sidecar to update or create (default: MODEL.pinfer.gguf beside the model)\n"
+            "      --sidecar PATH     the sidecar to update or create (default: MODEL.pinfer.gguf beside it)\n"
             "  -c, --ctx N            tokens per chunk (default: the model's context length, at most 512)\n"
             "  -t, --threads N        threads (default: every online CPU)\n"
             "      --samples N        tokens kept per layer, a tenth of them held out (default: 8192)\n"
             "      --recall R         the safe threshold's recall target (default: 0.99)\n"
             "      --recall-aggressive R  the aggressive threshold's target (default: 0.95)\n"
             "      --rank-min R       the smallest rank tried (default: 32)\n"
-            "      --rank-max R       the largest rank tried (default: 1024); the ladder is R_min, 2 R_min, ... <= R\n"
-            "      --headroom F       thresholds where held-out misses are at most F x what --recall allows (default: 0.5)\n"
+            "      --rank-max R       the largest rank tried; the ladder: R_min, 2 R_min, ... (default: 1024)\n"
+            "      --headroom F       held-out misses at most F x what --recall allows (default: 0.5)\n"
             "      --max-overhead X   a rank is enough when it predicts at most (1 + X) x the truly active\n"
             "                         neurons at the safe threshold (default: 0.5)\n"
-            "      --epochs N         at most N epochs per rank, fewer when the held-out loss stops falling (default: 30)\n"
+            "      --epochs N         at most N epochs per rank; early stop on the held-out loss (default: 30)\n"
             "      --lr L             Adam's learning rate (default: 0.005)\n"
             "      --type T           the weights' type: f16, f32 or q8_0 (default: f16)\n"
             "      --seed S           seed of the weights, the minibatches, the reservoirs, --random (default: 1)\n"
@@ -84,16 +84,42 @@ static int parse_num(const char *s, double lo, double hi, double *out)
     return 0;
 }
 
-enum { O_SIDECAR = 256, O_RANDOM, O_SEED, O_SAMPLES, O_RECALL, O_RECALL_AGG, O_RANK_MIN, O_RANK_MAX, O_HEADROOM, O_OVERHEAD, O_EPOCHS, O_LR, O_TYPE };
+enum {
+    O_SIDECAR = 256,
+    O_RANDOM,
+    O_SEED,
+    O_SAMPLES,
+    O_RECALL,
+    O_RECALL_AGG,
+    O_RANK_MIN,
+    O_RANK_MAX,
+    O_HEADROOM,
+    O_OVERHEAD,
+    O_EPOCHS,
+    O_LR,
+    O_TYPE
+};
 
 static const struct option long_opts[] = {
-    {"model", 1, 0, 'm'},        {"file", 1, 0, 'f'},           {"ctx", 1, 0, 'c'},
-    {"threads", 1, 0, 't'},      {"sidecar", 1, 0, O_SIDECAR},  {"random", 1, 0, O_RANDOM},
-    {"seed", 1, 0, O_SEED},      {"samples", 1, 0, O_SAMPLES},  {"recall", 1, 0, O_RECALL},
-    {"recall-aggressive", 1, 0, O_RECALL_AGG},                  {"rank-max", 1, 0, O_RANK_MAX},
-    {"rank-min", 1, 0, O_RANK_MIN}, {"headroom", 1, 0, O_HEADROOM},
-    {"max-overhead", 1, 0, O_OVERHEAD},                         {"epochs", 1, 0, O_EPOCHS}, {"lr", 1, 0, O_LR},
-    {"type", 1, 0, O_TYPE},      {"help", 0, 0, 'h'},           {"version", 0, 0, 'V'},
+    {"model", 1, 0, 'm'},
+    {"file", 1, 0, 'f'},
+    {"ctx", 1, 0, 'c'},
+    {"threads", 1, 0, 't'},
+    {"sidecar", 1, 0, O_SIDECAR},
+    {"random", 1, 0, O_RANDOM},
+    {"seed", 1, 0, O_SEED},
+    {"samples", 1, 0, O_SAMPLES},
+    {"recall", 1, 0, O_RECALL},
+    {"recall-aggressive", 1, 0, O_RECALL_AGG},
+    {"rank-max", 1, 0, O_RANK_MAX},
+    {"rank-min", 1, 0, O_RANK_MIN},
+    {"headroom", 1, 0, O_HEADROOM},
+    {"max-overhead", 1, 0, O_OVERHEAD},
+    {"epochs", 1, 0, O_EPOCHS},
+    {"lr", 1, 0, O_LR},
+    {"type", 1, 0, O_TYPE},
+    {"help", 0, 0, 'h'},
+    {"version", 0, 0, 'V'},
     {0, 0, 0, 0},
 };
 
@@ -113,9 +139,11 @@ static int set_opt(struct args *a, int c, const char *v)
     case O_RECALL: return parse_num(v, 0.5, 1, &x) < 0 ? -1 : (a->o.recall[0] = x, 0);
     case O_RECALL_AGG: return parse_num(v, 0.5, 1, &x) < 0 ? -1 : (a->o.recall[1] = x, 0);
     case O_RANK_MAX:
-        return parse_num(v, 1, PI_SIDECAR_PRED_RANK_MAX, &x) < 0 || x != floor(x) ? -1 : (a->o.rank_max = (int64_t)x, 0);
+        return parse_num(v, 1, PI_SIDECAR_PRED_RANK_MAX, &x) < 0 || x != floor(x) ? -1
+                                                                                  : (a->o.rank_max = (int64_t)x, 0);
     case O_RANK_MIN:
-        return parse_num(v, 1, PI_SIDECAR_PRED_RANK_MAX, &x) < 0 || x != floor(x) ? -1 : (a->o.rank_min = (int64_t)x, 0);
+        return parse_num(v, 1, PI_SIDECAR_PRED_RANK_MAX, &x) < 0 || x != floor(x) ? -1
+                                                                                  : (a->o.rank_min = (int64_t)x, 0);
     case O_HEADROOM: return parse_num(v, 1e-6, 1, &x) < 0 ? -1 : (a->o.headroom = x, 0);
     case O_OVERHEAD: return parse_num(v, 0, 100, &x) < 0 ? -1 : (a->o.max_overhead = x, 0);
     case O_EPOCHS: return parse_num(v, 1, 10000, &x) < 0 || x != floor(x) ? -1 : (a->o.epochs = (int)x, 0);
@@ -152,13 +180,14 @@ static int parse_args(int argc, char **argv, struct args *a)
             return EXIT_USAGE;
         }
     }
-    const char *why = optind != argc   ? "unexpected argument"
-                      : !a->model      ? "-m MODEL is required"
-                      : a->text && a->random_tokens ? "-f and --random exclude each other"
+    const char *why = optind != argc                    ? "unexpected argument"
+                      : !a->model                       ? "-m MODEL is required"
+                      : a->text && a->random_tokens     ? "-f and --random exclude each other"
                       : a->o.recall[1] > a->o.recall[0] ? "--recall-aggressive must not exceed --recall"
                       : a->o.rank_min > a->o.rank_max   ? "--rank-min must not exceed --rank-max"
-                      : a->o.type == PI_TYPE_Q8_0 && a->o.rank_min % 32 ? "--type q8_0 needs --rank-min a multiple of 32"
-                                                                        : NULL;
+                      : a->o.type == PI_TYPE_Q8_0 && a->o.rank_min % 32
+                          ? "--type q8_0 needs --rank-min a multiple of 32"
+                          : NULL;
     if (why) {
         fprintf(stderr, PROG ": %s%s%s\n", why, optind != argc ? " " : "", optind != argc ? argv[optind] : "");
         return EXIT_USAGE;
@@ -176,8 +205,8 @@ static double now_s(void)
 /* The progress line: rewritten in place on a terminal, every tenth of a phase in a log. */
 struct progress {
     bool tty;
-    double t0;       /* start of the phase */
-    int shown;       /* tenths shown (logs) */
+    double t0; /* start of the phase */
+    int shown; /* tenths shown (logs) */
     int n_layer, layers_done;
 };
 
@@ -341,8 +370,10 @@ int main(int argc, char **argv)
         return 1;
     }
     if (m->hp.act == PI_FFN_ACT_SILU) {
-        fprintf(stderr, PROG ": %s is a SwiGLU model: its neurons are never exactly inactive; predictors are "
-                        "for ReLU and dReLU models\n", a.model);
+        fprintf(stderr,
+                PROG ": %s is a SwiGLU model: its neurons are never exactly inactive; predictors are "
+                     "for ReLU and dReLU models\n",
+                a.model);
         rc = EXIT_USAGE;
         goto out;
     }
@@ -364,11 +395,12 @@ int main(int argc, char **argv)
     st.hist = calloc((size_t)st.n_layer * (size_t)st.n_hist, sizeof *st.hist);
     rc = 1;
     if (!st.active || !st.hist || !(f = pi_forward_new(m, &fo)) ||
-        !(s = pi_ptrain_samples_new(m, a.samples - a.samples / HELDOUT_EVERY, a.samples / HELDOUT_EVERY, ctx, a.o.seed)))
+        !(s = pi_ptrain_samples_new(m, a.samples - a.samples / HELDOUT_EVERY, a.samples / HELDOUT_EVERY, ctx,
+                                    a.o.seed)))
         goto out;
     if ((rc = capture(f, ids, n, bos, ctx, s, need_stats ? &st : NULL)) != 0) goto out;
-    fprintf(stderr, PROG ": %lld training and %lld held-out tokens per layer (of %llu and %llu)\n",
-            (long long)s->n[0], (long long)s->n[1], (unsigned long long)s->seen[0], (unsigned long long)s->seen[1]);
+    fprintf(stderr, PROG ": %lld training and %lld held-out tokens per layer (of %llu and %llu)\n", (long long)s->n[0],
+            (long long)s->n[1], (unsigned long long)s->seen[0], (unsigned long long)s->seen[1]);
     if ((rc = train(pi_forward_pool(f), s, &a.o, sc)) != 0) goto out;
     if (need_stats) put_stats(sc, &st);
     sc->pred_target[0] = (float)a.o.recall[0];

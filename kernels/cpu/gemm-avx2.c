@@ -20,9 +20,9 @@ void pi_gemm_ukernel_avx2(int64_t kc, const float *a, const float *b, float *c, 
            c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     for (int64_t k = 0; k < kc; k++, a += 6, b += 16) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8), ai;
-#define ROW(i)                                    \
-    ai = _mm256_broadcast_ss(a + i);              \
-    c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0); \
+#define ROW(i)                                                                                                         \
+    ai = _mm256_broadcast_ss(a + i);                                                                                   \
+    c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);                                                                        \
     c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1)
         ROW(0);
         ROW(1);

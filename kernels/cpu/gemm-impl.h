@@ -12,8 +12,8 @@
 /* C block (mr, nr) (mr <= MR, nr <= NR; row stride ldc) = alpha * a @ b + beta * C block, where a is a
  * packed sliver (kc, MR) (for each k, MR row values) and b a packed sliver (kc, NR). beta == 0 never
  * reads C. The sum over k runs in increasing k. */
-typedef void (*pi_gemm_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr,
-                                   int nr, float alpha, float beta);
+typedef void (*pi_gemm_ukernel_fn)(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr,
+                                   float alpha, float beta);
 
 void pi_gemm_ukernel_scalar(int64_t kc, const float *a, const float *b, float *c, int64_t ldc, int mr, int nr,
                             float alpha, float beta);

@@ -207,8 +207,9 @@ static void test_demo(const char *demo_src, const char *calib)
     pi_model_t *m = open_model(demo);
     struct pi_sidecar *before = NULL, *after = NULL;
     pi_sidecar_load(side, m, &before, err, sizeof err);
-    snprintf(args, sizeof args, "-m %s -f %s -c 256 -t 2 --samples 4096 --rank-min 128 --rank-max 128 --epochs 10 --lr 0.01",
-             demo, tmp_path("calib120k.txt"));
+    snprintf(args, sizeof args,
+             "-m %s -f %s -c 256 -t 2 --samples 4096 --rank-min 128 --rank-max 128 --epochs 10 --lr 0.01", demo,
+             tmp_path("calib120k.txt"));
     int rc = run_prog(prog, args);
     tap_ok(rc == 0 && file_has("out", "recall safe") && file_has("out", "wrote "), "demo: trained (exit %d)", rc);
     tap_ok(file_has("err", "s left"), "  with an estimate of the time left");
@@ -242,10 +243,13 @@ static void test_demo(const char *demo_src, const char *calib)
         worst_recall = PI_MIN(worst_recall, recall);
         worst_sparsity = PI_MIN(worst_sparsity, 1 - predicted);
     }
-    tap_ok(worst_recall >= 0.99, "demo: recall >= 0.99 at the safe threshold in every layer over %d chunks of "
-                                 "demo-val.txt (worst %.4f)", chunks, worst_recall);
+    tap_ok(worst_recall >= 0.99,
+           "demo: recall >= 0.99 at the safe threshold in every layer over %d chunks of "
+           "demo-val.txt (worst %.4f)",
+           chunks, worst_recall);
     /* the layers are 61-84% zero; a rank-128 predictor from 3.7k tokens in 10 epochs keeps a good part of that */
-    tap_ok(worst_sparsity >= 0.2, "demo: predicted sparsity >= 20%% in every layer (worst %.1f%%)", 100 * worst_sparsity);
+    tap_ok(worst_sparsity >= 0.2, "demo: predicted sparsity >= 20%% in every layer (worst %.1f%%)",
+           100 * worst_sparsity);
     pi_ptrain_samples_destroy(&s);
     pi_predictors_free(&P);
     pi_model_destroy(&m);

@@ -95,8 +95,8 @@ int main(void)
         int bad_bits = 0;
         for (int c = 0; c < 40; c++) one_case(pools, name, c, &worst, &bad_bits);
         /* float32 sums of up to 300 products of values in [-1, 1] against double: ~1e-14 typical, 1e-12 at worst (cancellation) */
-        tap_ok(worst < 1e-10, "%s: 40 random shapes and transposes match the double reference (worst nmse %.3g)",
-               name, worst);
+        tap_ok(worst < 1e-10, "%s: 40 random shapes and transposes match the double reference (worst nmse %.3g)", name,
+               worst);
         tap_is_int(bad_bits, 0, "  the same bits on 1, 2 and 3 threads");
     }
     pi_kernels_use(-1);

@@ -121,8 +121,8 @@ static void test_round_trip(const pi_model_t *m)
         unlink(p);
         tap_ok(pi_sidecar_save(p, m, s) == 0, "%s: saved", pi_type_name(types[k]));
         int rc = pi_sidecar_load(p, m, &r, err, sizeof err);
-        tap_ok(rc == 0 && r && same_pred(s, r) && r->tokens == 77, "%s: predictors loaded bit for bit, ranks 32..%d (%s)",
-               pi_type_name(types[k]), 32 * m->hp.n_layer, err);
+        tap_ok(rc == 0 && r && same_pred(s, r) && r->tokens == 77,
+               "%s: predictors loaded bit for bit, ranks 32..%d (%s)", pi_type_name(types[k]), 32 * m->hp.n_layer, err);
         pi_sidecar_destroy(&r);
         pi_sidecar_destroy(&s);
     }
@@ -163,7 +163,8 @@ static void test_open(const pi_model_t *m)
     unlink(p);
     pi_sidecar_save(p, m, s);
     int rc = pi_predictors_open(m, p, &P);
-    tap_ok(rc == 0 && strcmp(P.source, "sidecar") == 0 && P.rank_max == 32 * m->hp.n_layer && P.n_layer == m->hp.n_layer,
+    tap_ok(rc == 0 && strcmp(P.source, "sidecar") == 0 && P.rank_max == 32 * m->hp.n_layer &&
+               P.n_layer == m->hp.n_layer,
            "open: the sidecar's set (source %s, rank_max %lld)", rc == 0 ? P.source : "-", (long long)P.rank_max);
     if (rc < 0) {
         tap_skip(2, "not opened");
@@ -207,13 +208,39 @@ static void test_open(const pi_model_t *m)
 /* ---------------------------------------------------------------- malformed predictors */
 
 enum bad {
-    BAD_NONE, BAD_VERSION, BAD_NO_SEED, BAD_TARGET, BAD_FC1_SHAPE, BAD_FC2_RANK, BAD_FC2_TYPE, BAD_Q4,
-    BAD_NAN_THR, BAD_INF_THR, BAD_RECALL, BAD_ACTIVE_NEG, BAD_PARTIAL, BAD_NO_RECALL, BAD_RANK_HUGE, BAD_COUNT
+    BAD_NONE,
+    BAD_VERSION,
+    BAD_NO_SEED,
+    BAD_TARGET,
+    BAD_FC1_SHAPE,
+    BAD_FC2_RANK,
+    BAD_FC2_TYPE,
+    BAD_Q4,
+    BAD_NAN_THR,
+    BAD_INF_THR,
+    BAD_RECALL,
+    BAD_ACTIVE_NEG,
+    BAD_PARTIAL,
+    BAD_NO_RECALL,
+    BAD_RANK_HUGE,
+    BAD_COUNT
 };
 static const char *const bad_names[] = {
-    "valid", "predictor version 2", "no seed key", "three recall targets", "fc1 32 columns short",
-    "fc2 of another rank", "fc2 f16 beside fc1 f32", "q4_0 predictor", "NaN threshold", "+Inf threshold",
-    "recall 1.5", "active share -0.1", "layer 3 without fc1/fc2", "no fc_recall", "rank 16385",
+    "valid",
+    "predictor version 2",
+    "no seed key",
+    "three recall targets",
+    "fc1 32 columns short",
+    "fc2 of another rank",
+    "fc2 f16 beside fc1 f32",
+    "q4_0 predictor",
+    "NaN threshold",
+    "+Inf threshold",
+    "recall 1.5",
+    "active share -0.1",
+    "layer 3 without fc1/fc2",
+    "no fc_recall",
+    "rank 16385",
 };
 
 static bool named(struct pi_gguf_str n, const char *c) { return pi_gguf_str_eq(n, c); }

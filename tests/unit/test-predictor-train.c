@@ -45,7 +45,8 @@ static pi_model_t *gen_model(const char *path)
 
 /* Offer chunks of rows tokens whose x, gate come from a hidden layer G (n_ff, d) with bias b: gate =
  * G x + b over x[1..] (x[0] is noise the predictor must learn to ignore). Every layer gets the same rows. */
-static void feed(struct pi_ptrain_samples *s, const float *G, const float *bias, int chunks, int rows, int heldout_every)
+static void feed(struct pi_ptrain_samples *s, const float *G, const float *bias, int chunks, int rows,
+                 int heldout_every)
 {
     const int64_t d = s->n_embd, ff = s->n_ff;
     float *x = malloc(sizeof(float) * (size_t)(rows * d)), *gate = malloc(sizeof(float) * (size_t)(rows * ff));
@@ -138,8 +139,10 @@ static void test_gradient(pi_pool_t *pool, const struct pi_ptrain_samples *s)
         checked++;
     }
     tap_ok(isnan(nan_ret), "gradient: a gradient call returns NaN for the loss");
-    tap_ok(checked >= 20 && worst < 0.01, "gradient: %d coordinates of W1 and W2 match central differences "
-                                          "(worst relative error %.2g < 0.01)", checked, worst);
+    tap_ok(checked >= 20 && worst < 0.01,
+           "gradient: %d coordinates of W1 and W2 match central differences "
+           "(worst relative error %.2g < 0.01)",
+           checked, worst);
     free(W1), free(W2), free(g1), free(g2);
 }
 
@@ -179,7 +182,7 @@ static void test_train(pi_pool_t *pool3, const struct pi_ptrain_samples *s)
     struct pi_ptrain_opts bad[5];
     for (int k = 0; k < 5; k++) pi_ptrain_opts_default(&bad[k]);
     bad[0].recall[0] = 0.9, bad[0].recall[1] = 0.95; /* aggressive above safe */
-    bad[1].rank_max = 16;                             /* below rank_min */
+    bad[1].rank_max = 16;                            /* below rank_min */
     bad[2].rank_max = PI_SIDECAR_PRED_RANK_MAX + 1;
     bad[3].type = PI_TYPE_Q4_0;
     bad[4].lr = 0;
