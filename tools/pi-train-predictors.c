@@ -25,6 +25,7 @@
 
 #include "compute/forward.h"
 #include "compute/predictor-train.h"
+#include "kernels/cpu/gemm.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "model/model.h"
@@ -292,7 +293,7 @@ static int train(pi_pool_t *pool, const struct pi_ptrain_samples *s, struct pi_p
                q->recall[0], q->recall[1], 100.0 * q->active[0], 100.0 * q->active[1], 100.0 * q->active[2],
                rep[il].epochs, (long long)rep[il].ranks_tried);
     }
-    printf("trained in %.1f s on %d threads\n", now_s() - p.t0, pi_pool_size(pool));
+    printf("trained in %.1f s on %d threads (%s GEMM)\n", now_s() - p.t0, pi_pool_size(pool), pi_sgemm_kernel_name());
     free(rep);
     return 0;
 }

@@ -107,12 +107,17 @@ static pi_gemm_ukernel_fn choose_ukernel(void)
 {
     pi_kernels_init();
 #ifdef PI_HAVE_X86_SIMD
+    if (pi_kernels_isa() >= PI_KERNEL_AVX512) return pi_gemm_ukernel_avx512;
     if (pi_kernels_isa() >= PI_KERNEL_AVX2) return pi_gemm_ukernel_avx2;
 #endif
     return pi_gemm_ukernel_scalar;
 }
 
-const char *pi_sgemm_kernel_name(void) { return choose_ukernel() == pi_gemm_ukernel_scalar ? "scalar" : "avx2"; }
+const char *pi_sgemm_kernel_name(void)
+{
+    pi_gemm_ukernel_fn uk = choose_ukernel();
+    return uk == pi_gemm_ukernel_scalar ? "scalar" : uk == pi_gemm_ukernel_avx2 ? "avx2" : "avx512";
+}
 
 /* C = beta * C without reading C when beta == 0 (the K == 0 case). */
 static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc)

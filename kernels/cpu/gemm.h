@@ -7,14 +7,14 @@
  * job of the pool. A tile walks K in blocks of PI_GEMM_KC; for each block its thread packs op(B)'s
  * (KC, NC) panel into slivers of NR columns and op(A)'s (MC, KC) panel into slivers of MR rows (the
  * transposes are resolved by the packing, so every case runs the same micro-kernel), then an MR x NR
- * micro-kernel keeps its block of C in registers across the KC products. The micro-kernel is chosen
- * once from the active kernel variant (kernels/cpu/dispatch.h): AVX2 + FMA (6 x 16, twelve ymm
- * accumulators) or the portable scalar one.
+ * micro-kernel keeps its block of C in registers across the KC products. The micro-kernel follows
+ * the active kernel variant (kernels/cpu/dispatch.h): AVX-512 (6 x 16, k unrolled by two into twelve
+ * zmm accumulators), AVX2 + FMA (6 x 16, twelve ymm accumulators) or the portable scalar one.
  *
  * Determinism: every element of C is computed by one thread, summing over k in increasing order in
  * blocks of KC, whatever the number of threads and whichever thread takes the tile; so the result is
- * the same bits for any pool size (for one kernel variant: the AVX2 kernel fuses multiply and add,
- * the scalar one does not).
+ * the same bits for any pool size (for one kernel variant: the SIMD kernels fuse multiply and add and
+ * the AVX-512 one sums even and odd k apart, the scalar one does neither).
  */
 #ifndef PI_KERNELS_CPU_GEMM_H
 #define PI_KERNELS_CPU_GEMM_H
@@ -39,7 +39,7 @@
 void pi_sgemm(pi_pool_t *pool, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float *A,
               int64_t lda, const float *B, int64_t ldb, float beta, float *C, int64_t ldc);
 
-/* The name of the micro-kernel pi_sgemm uses now ("avx2" or "scalar"). */
+/* The name of the micro-kernel pi_sgemm uses now ("avx512", "avx2" or "scalar"). */
 const char *pi_sgemm_kernel_name(void);
 
 #endif
