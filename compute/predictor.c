@@ -73,6 +73,7 @@ int pi_predictors_from_sidecar(const struct pi_sidecar *s, struct pi_predictors 
     uint64_t b1[2], b2[2];
     for (int il = 0; il < s->n_layer; il++) {
         const struct pi_sidecar_pred *sp = &s->pred[il];
+        PI_ASSERT(sp->fc1 && sp->fc2); /* loaded by pi_sidecar_load_pred */
         PI_ASSERT(pi_type_row_bytes(sp->type, (uint64_t)s->n_embd, &b1[0]) &&
                   pi_type_row_bytes(sp->type, (uint64_t)sp->rank, &b2[0]));
         total += ALIGN64((size_t)(b1[0] * (uint64_t)sp->rank)) + ALIGN64((size_t)(b2[0] * (uint64_t)s->n_ff));
@@ -111,7 +112,7 @@ int pi_predictors_open(const pi_model_t *m, const char *sidecar_path, struct pi_
     if (sidecar_path) {
         struct pi_sidecar *s = NULL;
         char err[256];
-        int rc = pi_sidecar_load(sidecar_path, m, &s, err, sizeof err);
+        int rc = pi_sidecar_load_pred(sidecar_path, m, &s, err, sizeof err);
         if (rc < 0 && rc != -PI_ERR_NOTFOUND) {
             pi_error("sidecar %s: %s", sidecar_path, err);
             return rc;

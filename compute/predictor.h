@@ -58,7 +58,7 @@ struct pi_predictors {
  * -PI_ERR_NOMEM / -PI_ERR_UNSUPPORTED (a type the CPU kernels lack). */
 int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out);
 
-/* The predictors a sidecar carries (s->pred, validated by pi_sidecar_load): the set owns copies of the
+/* The predictors a sidecar carries (s->pred, with their weights: pi_sidecar_load_pred): the set owns copies of the
  * weights (one allocation with its layers), so s may be destroyed at once; threshold[SAFE] and
  * [AGGRESSIVE] are the sidecar's, [OFF] the safe one. 0, -PI_ERR_NOTFOUND (s has none; out zeroed),
  * -PI_ERR_NOMEM. */

@@ -197,7 +197,7 @@ static int read_arr(const pi_gguf_t *g, const char *key, enum pi_gguf_vtype vt, 
 
 /* Layer il's predictor tensors into p (weights copied). */
 static int read_pred_layer(const pi_gguf_t *g, const struct pi_sidecar *s, int il, struct pi_sidecar_pred *p,
-                           char *err, size_t len)
+                           bool weights, char *err, size_t len)
 {
     char n1[64], n2[64], name[64];
     snprintf(n1, sizeof n1, "blk.%d.fc1.weight", il);
@@ -217,9 +217,11 @@ static int read_pred_layer(const pi_gguf_t *g, const struct pi_sidecar *s, int i
                     (unsigned long long)r, s->n_ff);
     p->rank = (int64_t)r;
     p->type = (enum pi_type)a->type;
-    if (!(p->fc1 = malloc(a->n_bytes)) || !(p->fc2 = malloc(b->n_bytes))) return -PI_ERR_NOMEM;
-    memcpy(p->fc1, a->data, a->n_bytes);
-    memcpy(p->fc2, b->data, b->n_bytes);
+    if (weights) {
+        if (!(p->fc1 = malloc(a->n_bytes)) || !(p->fc2 = malloc(b->n_bytes))) return -PI_ERR_NOMEM;
+        memcpy(p->fc1, a->data, a->n_bytes);
+        memcpy(p->fc2, b->data, b->n_bytes);
+    }
     int rc;
     snprintf(name, sizeof name, "blk.%d.fc_threshold", il);
     if ((rc = read_small(g, name, 2, 1.0f, 0.0f, p->threshold, err, len)) < 0) return rc;
@@ -229,8 +231,9 @@ static int read_pred_layer(const pi_gguf_t *g, const struct pi_sidecar *s, int i
     return read_small(g, name, 3, 0.0f, 1.0f, p->active, err, len);
 }
 
-/* The predictors, when the file has any: every layer's, and the keys of their version. */
-static int read_pred(const pi_gguf_t *g, struct pi_sidecar *s, char *err, size_t len)
+/* The predictors, when the file has any: every layer's, and the keys of their version; the weights
+ * copied only when weights. */
+static int read_pred(const pi_gguf_t *g, struct pi_sidecar *s, bool weights, char *err, size_t len)
 {
     uint64_t v;
     int rc;
@@ -254,12 +257,13 @@ static int read_pred(const pi_gguf_t *g, struct pi_sidecar *s, char *err, size_t
             return fail(err, len, "pinfer.predictor.recall_target[%d] = %g is outside (0, 1]", k, s->pred_target[k]);
     if (!(s->pred = calloc((size_t)s->n_layer, sizeof *s->pred))) return -PI_ERR_NOMEM;
     for (int il = 0; il < s->n_layer; il++)
-        if ((rc = read_pred_layer(g, s, il, &s->pred[il], err, len)) < 0) return rc;
+        if ((rc = read_pred_layer(g, s, il, &s->pred[il], weights, err, len)) < 0) return rc;
     return 0;
 }
 
 /* Everything after the file opened: the checks of the header comment, in order. */
-static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidecar *s, char *err, size_t len)
+static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidecar *s, bool weights, char *err,
+                        size_t len)
 {
     struct pi_gguf_str arch;
     uint64_t v, size, hash, nl, nff;
@@ -297,10 +301,11 @@ static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidec
         (rc = read_layers(g, "act_hist", s->n_layer, PI_SIDECAR_HIST_BINS, 0.0f, 1.0f, &s->act_hist, err, len)) < 0)
         return rc;
     if (s->act_hist) s->n_hist = PI_SIDECAR_HIST_BINS;
-    return read_pred(g, s, err, len);
+    return read_pred(g, s, weights, err, len);
 }
 
-int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+static int load(const char *path, const pi_model_t *m, bool weights, struct pi_sidecar **out, char *err,
+                size_t errlen)
 {
     pi_gguf_t *g = NULL;
     *out = NULL;
@@ -314,7 +319,7 @@ int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **o
     s->n_layer = m->hp.n_layer;
     s->n_ff = m->hp.n_ff;
     s->n_embd = m->hp.n_embd;
-    rc = load_checked(g, m, s, err, errlen);
+    rc = load_checked(g, m, s, weights, err, errlen);
     pi_gguf_destroy(&g);
     if (rc < 0) {
         if (rc == -PI_ERR_NOMEM && err && errlen) snprintf(err, errlen, "out of memory");
@@ -323,6 +328,16 @@ int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **o
     }
     *out = s;
     return 0;
+}
+
+int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+{
+    return load(path, m, false, out, err, errlen);
+}
+
+int pi_sidecar_load_pred(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+{
+    return load(path, m, true, out, err, errlen);
 }
 
 /* ---------------------------------------------------------------- saving */

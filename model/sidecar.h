@@ -62,8 +62,9 @@
 struct pi_sidecar_pred {
     int64_t rank;       /* 1..PI_SIDECAR_PRED_RANK_MAX */
     enum pi_type type;  /* PI_TYPE_F32, F16 or Q8_0 (Q8_0: n_embd and rank multiples of 32) */
-    void *fc1;          /* (rank, n_embd) rows of type (GGUF ne {n_embd, rank}); owned */
-    void *fc2;          /* (n_ff, rank) rows of type (GGUF ne {rank, n_ff}); owned */
+    void *fc1;          /* (rank, n_embd) rows of type (GGUF ne {n_embd, rank}); owned; NULL when
+                         * loaded by pi_sidecar_load (pi_sidecar_load_pred copies them) */
+    void *fc2;          /* (n_ff, rank) rows of type (GGUF ne {rank, n_ff}); owned; NULL likewise */
     float threshold[2]; /* logit thresholds: [0] safe, [1] aggressive */
     float recall[2];    /* held-out recall at them */
     float active[3];    /* held-out shares: predicted active at [0] safe, [1] aggressive; [2] truly active */
@@ -113,6 +114,11 @@ struct pi_sidecar *pi_sidecar_new(const pi_model_t *m, bool with_freq, bool with
  * another model (err holds the reason, one line, without the path), -PI_ERR_IO / -PI_ERR_NOMEM.
  * Nothing is logged: reporting is the caller's. */
 int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen);
+
+/* The same, with the predictors' weights copied too (pi_sidecar_load validates them but leaves fc1 and
+ * fc2 NULL, so that a reader of the statistics, pi-coordinator, does not copy a 7B model's 1 GB of
+ * predictors). */
+int pi_sidecar_load_pred(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen);
 
 /* Write s for model m to path, atomically (its shape must be m's: PI_ASSERT). Keys and tensors of an
  * existing valid sidecar of the same model at path that s does not define are carried over. 0 or a

@@ -120,9 +120,14 @@ static void test_round_trip(const pi_model_t *m)
         const char *p = tmp_path("rt.pinfer.gguf");
         unlink(p);
         tap_ok(pi_sidecar_save(p, m, s) == 0, "%s: saved", pi_type_name(types[k]));
-        int rc = pi_sidecar_load(p, m, &r, err, sizeof err);
+        int rc = pi_sidecar_load_pred(p, m, &r, err, sizeof err);
         tap_ok(rc == 0 && r && same_pred(s, r) && r->tokens == 77,
                "%s: predictors loaded bit for bit, ranks 32..%d (%s)", pi_type_name(types[k]), 32 * m->hp.n_layer, err);
+        pi_sidecar_destroy(&r);
+        rc = pi_sidecar_load(p, m, &r, err, sizeof err);
+        tap_ok(rc == 0 && r && r->pred && !r->pred[0].fc1 && !r->pred[0].fc2 && r->pred[1].rank == 64 &&
+                   r->pred[1].threshold[0] == s->pred[1].threshold[0],
+               "%s: pi_sidecar_load validates and reads all but the weights", pi_type_name(types[k]));
         pi_sidecar_destroy(&r);
         pi_sidecar_destroy(&s);
     }
@@ -138,13 +143,13 @@ static void test_keep(const pi_model_t *m)
     pi_sidecar_save(p, m, s);
     stats->tokens = 4242;
     tap_is_int(pi_sidecar_save(p, m, stats), 0, "keep: the statistics rewritten alone");
-    tap_ok(pi_sidecar_load(p, m, &r, err, sizeof err) == 0 && r->tokens == 4242 && same_pred(s, r),
+    tap_ok(pi_sidecar_load_pred(p, m, &r, err, sizeof err) == 0 && r->tokens == 4242 && same_pred(s, r),
            "keep: the predictors carried over (%s)", err);
     pi_sidecar_destroy(&r);
     struct pi_sidecar *s2 = with_pred(m, PI_TYPE_F32, 32, false);
     s2->tokens = 4242;
     tap_is_int(pi_sidecar_save(p, m, s2), 0, "keep: new predictors of another rank and type");
-    tap_ok(pi_sidecar_load(p, m, &r, err, sizeof err) == 0 && same_pred(s2, r), "keep: the old ones replaced");
+    tap_ok(pi_sidecar_load_pred(p, m, &r, err, sizeof err) == 0 && same_pred(s2, r), "keep: the old ones replaced");
     pi_sidecar_destroy(&r);
     pi_sidecar_destroy(&s);
     pi_sidecar_destroy(&s2);
@@ -175,7 +180,7 @@ static void test_open(const pi_model_t *m)
     s = NULL;
     struct pi_sidecar *r = NULL;
     char err[256];
-    pi_sidecar_load(p, m, &r, err, sizeof err);
+    pi_sidecar_load_pred(p, m, &r, err, sizeof err);
     const int64_t d = m->hp.n_embd, ff = m->hp.n_ff, words = (ff + 63) / 64;
     float *x = malloc(sizeof(float) * (size_t)d), *scratch = malloc(sizeof(float) * pi_predictor_scratch(&P, 1));
     uint64_t *mask = malloc(sizeof(uint64_t) * (size_t)words);
