@@ -73,6 +73,8 @@ struct pi_forward {
     uint64_t *mask;             /* (n_batch, mask_words) */
     float *pred_scr;            /* pi_predictor_scratch(n_batch) */
     int32_t *list;              /* (n_ff) */
+    pi_ffn_capture_fn capture;   /* sample capture, or NULL (pi_forward_set_capture) */
+    void *capture_ctx;
 };
 
 void pi_forward_opts_default(struct pi_forward_opts *o)
@@ -251,6 +253,12 @@ static void ffn_sparse(pi_forward_t *f, int il, int n)
     pi_sparse_note(f->sp_stats, il, n, predicted);
     if (f->recall_now) pi_sparse_recall(f->sp_stats, f->pool, f->m, il, f->x, n, f->mask, f->mask_words, f->gate);
     f->active += active;
+}
+
+void pi_forward_set_capture(pi_forward_t *f, pi_ffn_capture_fn fn, void *ctx)
+{
+    f->capture = fn;
+    f->capture_ctx = ctx;
 }
 
 /* The statistics hook: gate (n, n_ff) before the activation; act (n, n_ff) after it. */
@@ -489,12 +497,12 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
-    if (!f->stats && f->pred) {
+    if (!f->stats && !f->capture && f->pred) {
         ffn_sparse(f, il, n); /* each token's predicted neurons only; the policy is not consulted */
         add_rows(h, f->out, (size_t)n * d);
         return;
     }
-    if (!f->stats && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
+    if (!f->stats && !f->capture && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
         /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
          * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
         memset(f->out, 0, d * sizeof(float));
@@ -504,6 +512,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
         project(f, &L->ffn_gate, f->x, n, f->gate);
         project(f, &L->ffn_up, f->x, n, f->up);
         if (f->stats) stats_gate(f->stats, il, n, f->gate);
+        if (f->capture) f->capture(f->capture_ctx, il, n, f->x, f->gate, f->up);
         pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
         if (f->stats) stats_act(f->stats, il, n, f->gate);
         project(f, &L->ffn_down, f->gate, n, f->out);

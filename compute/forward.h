@@ -137,6 +137,14 @@ struct pi_sparse_stats;
 int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enum pi_sparsity mode, int64_t recall_every,
                           struct pi_sparse_stats *stats);
 
+/* Sample capture (pi-train-predictors): while set, every FFN step calls fn once per layer with the
+ * step's FFN input x (n, n_embd) (the ffn_norm output) and the gate and up products (n, n_ff) each,
+ * before the activation; the FFN then runs dense, as with statistics, so every neuron's gate and up
+ * are there. The arrays are the pass's scratch: read them during the call only. fn runs on the
+ * calling thread, between the pass's pool jobs (it may use the pass's pool). NULL stops. */
+typedef void (*pi_ffn_capture_fn)(void *ctx, int il, int n, const float *x, const float *gate, const float *up);
+void pi_forward_set_capture(pi_forward_t *f, pi_ffn_capture_fn fn, void *ctx);
+
 /* FFN neurons that were non-zero since the forward was created, summed over layers and tokens
  * (ReLU/dReLU models; 0 for SwiGLU). For sparsity statistics. */
 int64_t pi_forward_active_neurons(const pi_forward_t *f);

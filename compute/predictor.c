@@ -13,6 +13,9 @@
 #include <string.h>
 #include <strings.h>
 
+/* n rounded up to a multiple of 64 (the set's weights start on cache lines) */
+#define ALIGN64(n) (((n) + 63) & ~(size_t)63)
+
 static const char *const sparsity_names[PI_SPARSITY_MODES] = {"off", "safe", "aggressive"};
 
 int pi_sparsity_parse(const char *s, enum pi_sparsity *out)
@@ -60,6 +63,65 @@ int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out)
     out->owned = L;
     snprintf(out->source, sizeof out->source, "model");
     return 0;
+}
+
+int pi_predictors_from_sidecar(const struct pi_sidecar *s, struct pi_predictors *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!s->pred) return -PI_ERR_NOTFOUND;
+    size_t head = ALIGN64((size_t)s->n_layer * sizeof(struct pi_predictor_layer)), total = head;
+    uint64_t b1[2], b2[2];
+    for (int il = 0; il < s->n_layer; il++) {
+        const struct pi_sidecar_pred *sp = &s->pred[il];
+        PI_ASSERT(sp->fc1 && sp->fc2); /* loaded by pi_sidecar_load_pred */
+        PI_ASSERT(pi_type_row_bytes(sp->type, (uint64_t)s->n_embd, &b1[0]) &&
+                  pi_type_row_bytes(sp->type, (uint64_t)sp->rank, &b2[0]));
+        total += ALIGN64((size_t)(b1[0] * (uint64_t)sp->rank)) + ALIGN64((size_t)(b2[0] * (uint64_t)s->n_ff));
+    }
+    void *mem = NULL;
+    if (posix_memalign(&mem, 64, total) != 0) return -PI_ERR_NOMEM;
+    struct pi_predictor_layer *L = mem;
+    char *at = (char *)mem + head;
+    for (int il = 0; il < s->n_layer; il++) {
+        const struct pi_sidecar_pred *sp = &s->pred[il];
+        pi_type_row_bytes(sp->type, (uint64_t)s->n_embd, &b1[0]);
+        pi_type_row_bytes(sp->type, (uint64_t)sp->rank, &b2[0]);
+        b1[1] = b1[0] * (uint64_t)sp->rank;
+        b2[1] = b2[0] * (uint64_t)s->n_ff;
+        L[il] = (struct pi_predictor_layer){.rank = sp->rank};
+        L[il].fc1 = (struct pi_weight){sp->type, sp->rank, s->n_embd, (size_t)b1[0], memcpy(at, sp->fc1, b1[1])};
+        at += ALIGN64((size_t)b1[1]);
+        L[il].fc2 = (struct pi_weight){sp->type, s->n_ff, sp->rank, (size_t)b2[0], memcpy(at, sp->fc2, b2[1])};
+        at += ALIGN64((size_t)b2[1]);
+        L[il].threshold[PI_SPARSITY_OFF] = L[il].threshold[PI_SPARSITY_SAFE] = sp->threshold[0];
+        L[il].threshold[PI_SPARSITY_AGGRESSIVE] = sp->threshold[1];
+        if (sp->rank > out->rank_max) out->rank_max = sp->rank;
+    }
+    out->n_layer = s->n_layer;
+    out->n_embd = s->n_embd;
+    out->n_ff = s->n_ff;
+    out->layers = L;
+    out->owned = mem;
+    snprintf(out->source, sizeof out->source, "sidecar");
+    return 0;
+}
+
+int pi_predictors_open(const pi_model_t *m, const char *sidecar_path, struct pi_predictors *out)
+{
+    memset(out, 0, sizeof *out);
+    if (sidecar_path) {
+        struct pi_sidecar *s = NULL;
+        char err[256];
+        int rc = pi_sidecar_load_pred(sidecar_path, m, &s, err, sizeof err);
+        if (rc < 0 && rc != -PI_ERR_NOTFOUND) {
+            pi_error("sidecar %s: %s", sidecar_path, err);
+            return rc;
+        }
+        rc = s ? pi_predictors_from_sidecar(s, out) : -PI_ERR_NOTFOUND;
+        pi_sidecar_destroy(&s);
+        if (rc != -PI_ERR_NOTFOUND) return rc;
+    }
+    return pi_predictors_from_model(m, out);
 }
 
 void pi_predictors_free(struct pi_predictors *p)

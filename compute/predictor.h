@@ -5,7 +5,8 @@
  * active iff logits[j] >= the layer's threshold; x is the ffn_norm output, the same rows the exchange
  * carries (ipc/exchange.h).
  *
- * Where they come from (one set per model, picked by pi_predictors_open):
+ * Where they come from (one set per model, picked by pi_predictors_open; sidecar weights are copied
+ * into memory the set owns, the model file's stay in its mapping):
  *   - the model's sidecar (MODEL.pinfer.gguf; pi-train-predictors writes them: per-layer rank chosen
  *     for a recall target, one threshold per sparsity mode), when it has them;
  *   - else the model file itself (PowerInfer's PWRI files carry blk.N.fc1/fc2; the threshold is the
@@ -25,6 +26,7 @@
 #include "kernels/cpu/pool.h"
 #include "lib/weights.h"
 #include "model/model.h"
+#include "model/sidecar.h"
 
 /* The sparse modes (--sparsity, [sparsity] mode): off is dense; safe uses each layer's trained
  * threshold; aggressive a lower recall target (doc/predictors.md). */
@@ -55,6 +57,18 @@ struct pi_predictors {
  * out). Every layer must have them. 0, -PI_ERR_NOTFOUND (the file has none; out is zeroed) or
  * -PI_ERR_NOMEM / -PI_ERR_UNSUPPORTED (a type the CPU kernels lack). */
 int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out);
+
+/* The predictors a sidecar carries (s->pred, with their weights: pi_sidecar_load_pred): the set owns copies of the
+ * weights (one allocation with its layers), so s may be destroyed at once; threshold[SAFE] and
+ * [AGGRESSIVE] are the sidecar's, [OFF] the safe one. 0, -PI_ERR_NOTFOUND (s has none; out zeroed),
+ * -PI_ERR_NOMEM. */
+int pi_predictors_from_sidecar(const struct pi_sidecar *s, struct pi_predictors *out);
+
+/* The model's predictors: the sidecar's at sidecar_path when that file exists and has predictors,
+ * else the model file's (pi_predictors_from_model), else -PI_ERR_NOTFOUND. sidecar_path NULL: the
+ * model file only. A sidecar that exists but is malformed or another model's is an error
+ * (-PI_ERR_FORMAT, logged with its reason), never silently skipped. */
+int pi_predictors_open(const pi_model_t *m, const char *sidecar_path, struct pi_predictors *out);
 
 void pi_predictors_free(struct pi_predictors *p);
 

@@ -78,6 +78,7 @@ struct pi_sidecar *pi_sidecar_new(const pi_model_t *m, bool with_freq, bool with
     if (!s) return NULL;
     s->n_layer = m->hp.n_layer;
     s->n_ff = m->hp.n_ff;
+    s->n_embd = m->hp.n_embd;
     if (with_freq) s->act_freq = calloc((size_t)s->n_layer * (size_t)s->n_ff, sizeof(float));
     if (with_hist) {
         s->n_hist = PI_SIDECAR_HIST_BINS;
@@ -87,9 +88,19 @@ struct pi_sidecar *pi_sidecar_new(const pi_model_t *m, bool with_freq, bool with
     return s;
 }
 
+void pi_sidecar_pred_free(struct pi_sidecar_pred *p)
+{
+    if (!p) return;
+    free(p->fc1);
+    free(p->fc2);
+    memset(p, 0, sizeof *p);
+}
+
 void pi_sidecar_destroy(struct pi_sidecar **ps)
 {
     if (!ps || !*ps) return;
+    for (int il = 0; (*ps)->pred && il < (*ps)->n_layer; il++) pi_sidecar_pred_free(&(*ps)->pred[il]);
+    free((*ps)->pred);
     free((*ps)->act_freq);
     free((*ps)->act_hist);
     free(*ps);
@@ -155,8 +166,104 @@ static int read_layers(const pi_gguf_t *g, const char *what, int n_layer, int n,
     return 1;
 }
 
+/* The 1-D F32 tensor name of n values into dst, each finite and, when lo <= hi, in [lo, hi]. */
+static int read_small(const pi_gguf_t *g, const char *name, int n, float lo, float hi, float *dst, char *err,
+                      size_t len)
+{
+    const struct pi_gguf_tensor *t = pi_gguf_find_tensor(g, name);
+    if (!t) return fail(err, len, "%s is missing", name);
+    if (t->type != PI_TYPE_F32 || t->n_dims != 1 || t->ne[0] != (uint64_t)n)
+        return fail(err, len, "%s: %s[%llu] (%u dims), expected f32[%d]", name, pi_type_name(t->type),
+                    (unsigned long long)t->ne[0], t->n_dims, n);
+    memcpy(dst, t->data, (size_t)n * sizeof(float));
+    for (int i = 0; i < n; i++)
+        if (!isfinite(dst[i]) || (lo <= hi && (dst[i] < lo || dst[i] > hi)))
+            return fail(err, len, "%s[%d] = %g is not finite%s", name, i, dst[i], lo <= hi ? " in [0, 1]" : "");
+    return 0;
+}
+
+/* The fixed-size array key of n elements of type vt into dst. */
+static int read_arr(const pi_gguf_t *g, const char *key, enum pi_gguf_vtype vt, uint64_t n, void *dst, char *err,
+                    size_t len)
+{
+    enum pi_gguf_vtype t;
+    uint64_t have;
+    const void *p;
+    if (pi_gguf_get_arr(g, key, &t, &have) < 0 || t != vt || have != n || !(p = pi_gguf_arr_data(g, key)))
+        return fail(err, len, "key %s is not an array of %llu %s", key, (unsigned long long)n, pi_gguf_vtype_name(vt));
+    memcpy(dst, p, (size_t)n * pi_gguf_vtype_size(vt));
+    return 0;
+}
+
+/* Layer il's predictor tensors into p (weights copied). */
+static int read_pred_layer(const pi_gguf_t *g, const struct pi_sidecar *s, int il, struct pi_sidecar_pred *p,
+                           bool weights, char *err, size_t len)
+{
+    char n1[64], n2[64], name[64];
+    snprintf(n1, sizeof n1, "blk.%d.fc1.weight", il);
+    snprintf(n2, sizeof n2, "blk.%d.fc2.weight", il);
+    const struct pi_gguf_tensor *a = pi_gguf_find_tensor(g, n1), *b = pi_gguf_find_tensor(g, n2);
+    if (!a || !b) return fail(err, len, "%s is missing", a ? n2 : n1);
+    if (a->type != PI_TYPE_F32 && a->type != PI_TYPE_F16 && a->type != PI_TYPE_Q8_0)
+        return fail(err, len, "%s: type %s; predictors are f32, f16 or q8_0", n1, pi_type_name(a->type));
+    uint64_t r = a->ne[1];
+    if (a->n_dims != 2 || a->ne[0] != (uint64_t)s->n_embd || r < 1 || r > PI_SIDECAR_PRED_RANK_MAX)
+        return fail(err, len, "%s: shape [%llu, %llu] (%u dims), expected [%lld, rank 1..%d]", n1,
+                    (unsigned long long)a->ne[0], (unsigned long long)a->ne[1], a->n_dims, (long long)s->n_embd,
+                    PI_SIDECAR_PRED_RANK_MAX);
+    if (b->type != a->type || b->n_dims != 2 || b->ne[0] != r || b->ne[1] != (uint64_t)s->n_ff)
+        return fail(err, len, "%s: %s [%llu, %llu], expected %s [%llu, %d]", n2, pi_type_name(b->type),
+                    (unsigned long long)b->ne[0], (unsigned long long)b->ne[1], pi_type_name(a->type),
+                    (unsigned long long)r, s->n_ff);
+    p->rank = (int64_t)r;
+    p->type = (enum pi_type)a->type;
+    if (weights) {
+        if (!(p->fc1 = malloc(a->n_bytes)) || !(p->fc2 = malloc(b->n_bytes))) return -PI_ERR_NOMEM;
+        memcpy(p->fc1, a->data, a->n_bytes);
+        memcpy(p->fc2, b->data, b->n_bytes);
+    }
+    int rc;
+    snprintf(name, sizeof name, "blk.%d.fc_threshold", il);
+    if ((rc = read_small(g, name, 2, 1.0f, 0.0f, p->threshold, err, len)) < 0) return rc;
+    snprintf(name, sizeof name, "blk.%d.fc_recall", il);
+    if ((rc = read_small(g, name, 2, 0.0f, 1.0f, p->recall, err, len)) < 0) return rc;
+    snprintf(name, sizeof name, "blk.%d.fc_active", il);
+    return read_small(g, name, 3, 0.0f, 1.0f, p->active, err, len);
+}
+
+/* The predictors, when the file has any: every layer's, and the keys of their version; the weights
+ * copied only when weights. */
+static int read_pred(const pi_gguf_t *g, struct pi_sidecar *s, bool weights, char *err, size_t len)
+{
+    uint64_t v;
+    int rc;
+    bool any = pi_gguf_find_key(g, "pinfer.predictor.version") >= 0;
+    for (int il = 0; !any && il < s->n_layer; il++) {
+        char name[64];
+        snprintf(name, sizeof name, "blk.%d.fc1.weight", il);
+        any = pi_gguf_find_tensor(g, name) != NULL;
+    }
+    if (!any) return 0;
+    if ((rc = need_uint(g, "pinfer.predictor.version", &v, err, len)) < 0) return rc;
+    if (v != PI_SIDECAR_PRED_VERSION)
+        return fail(err, len, "predictor version %llu; this build reads version %d", (unsigned long long)v,
+                    PI_SIDECAR_PRED_VERSION);
+    if ((rc = read_arr(g, "pinfer.predictor.recall_target", PI_GGUF_F32, 2, s->pred_target, err, len)) < 0 ||
+        (rc = read_arr(g, "pinfer.predictor.samples", PI_GGUF_U64, 2, s->pred_samples, err, len)) < 0 ||
+        (rc = need_uint(g, "pinfer.predictor.seed", &s->pred_seed, err, len)) < 0)
+        return rc;
+    for (int k = 0; k < 2; k++)
+        if (!(s->pred_target[k] > 0.0f && s->pred_target[k] <= 1.0f))
+            return fail(err, len, "pinfer.predictor.recall_target[%d] = %g is outside (0, 1]", k, s->pred_target[k]);
+    if (!(s->pred = calloc((size_t)s->n_layer, sizeof *s->pred))) return -PI_ERR_NOMEM;
+    for (int il = 0; il < s->n_layer; il++)
+        if ((rc = read_pred_layer(g, s, il, &s->pred[il], weights, err, len)) < 0) return rc;
+    return 0;
+}
+
 /* Everything after the file opened: the checks of the header comment, in order. */
-static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidecar *s, char *err, size_t len)
+static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidecar *s, bool weights, char *err,
+                        size_t len)
 {
     struct pi_gguf_str arch;
     uint64_t v, size, hash, nl, nff;
@@ -194,10 +301,11 @@ static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidec
         (rc = read_layers(g, "act_hist", s->n_layer, PI_SIDECAR_HIST_BINS, 0.0f, 1.0f, &s->act_hist, err, len)) < 0)
         return rc;
     if (s->act_hist) s->n_hist = PI_SIDECAR_HIST_BINS;
-    return 0;
+    return read_pred(g, s, weights, err, len);
 }
 
-int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+static int load(const char *path, const pi_model_t *m, bool weights, struct pi_sidecar **out, char *err,
+                size_t errlen)
 {
     pi_gguf_t *g = NULL;
     *out = NULL;
@@ -210,7 +318,8 @@ int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **o
     }
     s->n_layer = m->hp.n_layer;
     s->n_ff = m->hp.n_ff;
-    rc = load_checked(g, m, s, err, errlen);
+    s->n_embd = m->hp.n_embd;
+    rc = load_checked(g, m, s, weights, err, errlen);
     pi_gguf_destroy(&g);
     if (rc < 0) {
         if (rc == -PI_ERR_NOMEM && err && errlen) snprintf(err, errlen, "out of memory");
@@ -219,6 +328,16 @@ int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **o
     }
     *out = s;
     return 0;
+}
+
+int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+{
+    return load(path, m, false, out, err, errlen);
+}
+
+int pi_sidecar_load_pred(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen)
+{
+    return load(path, m, true, out, err, errlen);
 }
 
 /* ---------------------------------------------------------------- saving */
@@ -236,10 +355,18 @@ static bool own_key(struct pi_gguf_str k)
     return false;
 }
 
-static bool own_tensor(struct pi_gguf_str n)
+static bool has_prefix(struct pi_gguf_str k, const char *p)
 {
-    const char *sfx[] = {".act_freq", ".act_hist"};
-    for (size_t i = 0; i < PI_ARRAY_LEN(sfx); i++) {
+    size_t l = strlen(p);
+    return k.len >= l && memcmp(k.ptr, p, l) == 0;
+}
+
+/* Whether tensor n is one s writes itself: the statistics always, the predictors when s has them. */
+static bool own_tensor(struct pi_gguf_str n, bool pred)
+{
+    const char *sfx[] = {".act_freq", ".act_hist", ".fc1.weight", ".fc2.weight", ".fc_threshold", ".fc_recall",
+                         ".fc_active"};
+    for (size_t i = 0; i < (pred ? PI_ARRAY_LEN(sfx) : 2); i++) {
         size_t l = strlen(sfx[i]);
         if (n.len > l && memcmp(n.ptr + n.len - l, sfx[i], l) == 0) return true;
     }
@@ -289,7 +416,7 @@ static int copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i, const ch
 }
 
 /* Carry over what an existing sidecar of the same model at path holds that s does not define. */
-static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m)
+static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m, bool pred)
 {
     pi_gguf_t *g = NULL;
     struct pi_sidecar *old = NULL;
@@ -300,14 +427,14 @@ static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m
     if (pi_gguf_open(path, &g, NULL, 0) < 0) return 0;
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) {
         struct pi_gguf_str k = pi_gguf_key(g, i);
-        if (own_key(k) || k.len >= sizeof name || pi_gguf_str_has_nul(k)) continue;
+        if (own_key(k) || (pred && has_prefix(k, "pinfer.predictor.")) || k.len >= sizeof name || pi_gguf_str_has_nul(k)) continue;
         memcpy(name, k.ptr, (size_t)k.len);
         name[k.len] = '\0';
         rc = copy_kv(w, g, i, name);
     }
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_tensors(g); i++) {
         const struct pi_gguf_tensor *t = pi_gguf_tensor(g, i);
-        if (own_tensor(t->name) || t->name.len >= sizeof name || pi_gguf_str_has_nul(t->name)) continue;
+        if (own_tensor(t->name, pred) || t->name.len >= sizeof name || pi_gguf_str_has_nul(t->name)) continue;
         memcpy(name, t->name.ptr, (size_t)t->name.len);
         name[t->name.len] = '\0';
         rc = pi_gguf_writer_add_tensor(w, name, (enum pi_type)t->type, t->n_dims, t->ne, t->data);
@@ -328,10 +455,39 @@ static int add_layers(pi_gguf_writer_t *w, const char *what, int n_layer, int n,
     return rc;
 }
 
+/* The predictors' keys and tensors (layout in model/sidecar.h). */
+static int add_pred(pi_gguf_writer_t *w, const struct pi_sidecar *s)
+{
+    char name[64];
+    int rc;
+    if ((rc = pi_gguf_writer_set_u32(w, "pinfer.predictor.version", PI_SIDECAR_PRED_VERSION)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.predictor.recall_target", PI_GGUF_F32, s->pred_target, 2)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.predictor.samples", PI_GGUF_U64, s->pred_samples, 2)) < 0 ||
+        (rc = pi_gguf_writer_set_u64(w, "pinfer.predictor.seed", s->pred_seed)) < 0)
+        return rc;
+    for (int il = 0; rc == 0 && il < s->n_layer; il++) {
+        const struct pi_sidecar_pred *p = &s->pred[il];
+        uint64_t ne1[2] = {(uint64_t)s->n_embd, (uint64_t)p->rank}, ne2[2] = {(uint64_t)p->rank, (uint64_t)s->n_ff};
+        uint64_t n2[1] = {2}, n3[1] = {3};
+        snprintf(name, sizeof name, "blk.%d.fc1.weight", il);
+        if ((rc = pi_gguf_writer_add_tensor(w, name, p->type, 2, ne1, p->fc1)) < 0) break;
+        snprintf(name, sizeof name, "blk.%d.fc2.weight", il);
+        if ((rc = pi_gguf_writer_add_tensor(w, name, p->type, 2, ne2, p->fc2)) < 0) break;
+        snprintf(name, sizeof name, "blk.%d.fc_threshold", il);
+        if ((rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_F32, 1, n2, p->threshold)) < 0) break;
+        snprintf(name, sizeof name, "blk.%d.fc_recall", il);
+        if ((rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_F32, 1, n2, p->recall)) < 0) break;
+        snprintf(name, sizeof name, "blk.%d.fc_active", il);
+        rc = pi_gguf_writer_add_tensor(w, name, PI_TYPE_F32, 1, n3, p->active);
+    }
+    return rc;
+}
+
 int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidecar *s)
 {
     PI_ASSERT(s->n_layer == m->hp.n_layer && s->n_ff == m->hp.n_ff);
     PI_ASSERT(!s->act_hist || s->n_hist == PI_SIDECAR_HIST_BINS);
+    PI_ASSERT(!s->pred || s->n_embd == m->hp.n_embd);
     struct pi_model_identity id;
     pi_gguf_writer_t *w = pi_gguf_writer_new();
     int rc;
@@ -351,7 +507,7 @@ int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidec
         goto out;
     if ((s->act_freq && (rc = add_layers(w, "act_freq", s->n_layer, s->n_ff, s->act_freq)) < 0) ||
         (s->act_hist && (rc = add_layers(w, "act_hist", s->n_layer, s->n_hist, s->act_hist)) < 0) ||
-        (rc = carry_over(w, path, m)) < 0)
+        (s->pred && (rc = add_pred(w, s)) < 0) || (rc = carry_over(w, path, m, s->pred != NULL)) < 0)
         goto out;
     rc = pi_gguf_writer_write(w, path);
 out:

@@ -24,6 +24,17 @@
  * included), bin b in 1..BINS-2 holds 2^(MIN + (b-1)*STEP) <= |a| < 2^(MIN + b*STEP), the last bin
  * everything larger.
  *
+ * Predictors (pi-train-predictors; doc/predictors.md), every layer or none, their own version key:
+ *   pinfer.predictor.version        u32   1
+ *   pinfer.predictor.recall_target  f32[2] held-out recall targets: safe, aggressive
+ *   pinfer.predictor.samples        u64[2] training and held-out tokens per layer
+ *   pinfer.predictor.seed           u64   the training seed
+ *   blk.N.fc1.weight    F32/F16/Q8_0 ne {n_embd, r}  (PowerInfer's name and layout; r per layer)
+ *   blk.N.fc2.weight    the same type ne {r, n_ff}
+ *   blk.N.fc_threshold  F32[2]  logit thresholds: safe, aggressive (finite)
+ *   blk.N.fc_recall     F32[2]  held-out recall at them, in [0, 1]
+ *   blk.N.fc_active     F32[3]  held-out shares: predicted active (safe, aggressive), truly active
+ *
  * Extension: keys and tensors this version does not know are ignored by the reader and carried over
  * by pi_sidecar_save when it rewrites an existing sidecar of the same model, so a later tool (a
  * predictor trainer) can add its tensors without this module losing them when pi-profile runs again.
@@ -44,12 +55,35 @@
 #define PI_SIDECAR_ID_SAMPLES 8
 #define PI_SIDECAR_ID_SAMPLE_BYTES 64
 
+#define PI_SIDECAR_PRED_VERSION 1
+#define PI_SIDECAR_PRED_RANK_MAX 16384 /* the largest rank a sidecar may declare */
+
+/* One layer's trained predictor: logits (n_ff) = fc2 @ relu(fc1 @ x). */
+struct pi_sidecar_pred {
+    int64_t rank;       /* 1..PI_SIDECAR_PRED_RANK_MAX */
+    enum pi_type type;  /* PI_TYPE_F32, F16 or Q8_0 (Q8_0: n_embd and rank multiples of 32) */
+    void *fc1;          /* (rank, n_embd) rows of type (GGUF ne {n_embd, rank}); owned; NULL when
+                         * loaded by pi_sidecar_load (pi_sidecar_load_pred copies them) */
+    void *fc2;          /* (n_ff, rank) rows of type (GGUF ne {rank, n_ff}); owned; NULL likewise */
+    float threshold[2]; /* logit thresholds: [0] safe, [1] aggressive */
+    float recall[2];    /* held-out recall at them */
+    float active[3];    /* held-out shares: predicted active at [0] safe, [1] aggressive; [2] truly active */
+};
+
+/* Free p's weights and zero it; accepts NULL. */
+void pi_sidecar_pred_free(struct pi_sidecar_pred *p);
+
 struct pi_sidecar {
     int n_layer, n_ff;
+    int64_t n_embd;  /* the model's (shapes of the predictors) */
     uint64_t tokens; /* tokens the statistics were measured over */
     float *act_freq; /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
     int n_hist;      /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
     float *act_hist; /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
+    struct pi_sidecar_pred *pred; /* (n_layer) trained predictors, or NULL (owned) */
+    float pred_target[2];         /* their recall targets: safe, aggressive */
+    uint64_t pred_samples[2];     /* training and held-out tokens per layer */
+    uint64_t pred_seed;
 };
 
 /* A model file's identity: its size and a 64-bit hash that is cheap even for a 40 GB file. The hash is
@@ -80,6 +114,11 @@ struct pi_sidecar *pi_sidecar_new(const pi_model_t *m, bool with_freq, bool with
  * another model (err holds the reason, one line, without the path), -PI_ERR_IO / -PI_ERR_NOMEM.
  * Nothing is logged: reporting is the caller's. */
 int pi_sidecar_load(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen);
+
+/* The same, with the predictors' weights copied too (pi_sidecar_load validates them but leaves fc1 and
+ * fc2 NULL, so that a reader of the statistics, pi-coordinator, does not copy a 7B model's 1 GB of
+ * predictors). */
+int pi_sidecar_load_pred(const char *path, const pi_model_t *m, struct pi_sidecar **out, char *err, size_t errlen);
 
 /* Write s for model m to path, atomically (its shape must be m's: PI_ASSERT). Keys and tensors of an
  * existing valid sidecar of the same model at path that s does not define are carried over. 0 or a

@@ -28,7 +28,7 @@
 #include "lib/rng.h"
 #include "model/model.h"
 #include "model/sidecar.h"
-#include "text/tokenizer.h"
+#include "tools/calib.h"
 
 #ifndef PI_DATADIR
 #define PI_DATADIR "/usr/local/share/pinfer"
@@ -129,85 +129,6 @@ static int parse_args(int argc, char **argv, struct args *a)
         return EXIT_USAGE;
     }
     return 0;
-}
-
-/* The whole file at path (NUL-terminated copy) in *out, *len bytes. 0 or EXIT_USAGE / 1 (printed). */
-static int read_text(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "pi-profile: cannot open calibration text %s: %s\n", path, strerror(errno));
-        return EXIT_USAGE;
-    }
-    size_t cap = 1 << 16, n = 0, r;
-    char *buf = malloc(cap + 1);
-    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
-        n += r;
-        if (n > PI_TOKENIZE_MAX_BYTES) break;
-        if (n == cap) {
-            char *nb = realloc(buf, cap * 2 + 1);
-            if (!nb) {
-                free(buf);
-                buf = NULL; /* reported below as out of memory: never a silently shorter text */
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
-    bool err = ferror(f) != 0;
-    fclose(f);
-    if (!buf || err) {
-        fprintf(stderr, "pi-profile: reading %s failed\n", path);
-        free(buf);
-        return 1;
-    }
-    if (n > PI_TOKENIZE_MAX_BYTES) {
-        fprintf(stderr, "pi-profile: %s is larger than %zu MiB, the most one run tokenizes\n", path,
-                PI_TOKENIZE_MAX_BYTES >> 20);
-        free(buf);
-        return EXIT_USAGE;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return 0;
-}
-
-/* The token ids to profile, in *ids (*n of them). 0, or an exit status (message printed). */
-static int get_tokens(const struct args *a, const pi_model_t *m, int32_t **ids, size_t *n, int32_t *bos)
-{
-    *bos = -1;
-    if (a->random_tokens) {
-        struct pi_rng rng;
-        *n = (size_t)a->random_tokens;
-        if (!(*ids = malloc(*n * sizeof **ids))) return 1;
-        pi_rng_seed(&rng, a->seed);
-        for (size_t i = 0; i < *n; i++) (*ids)[i] = (int32_t)(pi_rng_below(&rng, (uint64_t)m->hp.n_vocab));
-        return 0;
-    }
-    char err[256], *text = NULL;
-    size_t len = 0;
-    const char *path = a->text ? a->text : DEFAULT_TEXT;
-    if (pi_gguf_find_key(m->gguf, "tokenizer.ggml.model") < 0) {
-        fprintf(stderr, "pi-profile: %s has no tokenizer; use --random N for such models\n", a->model);
-        return EXIT_USAGE;
-    }
-    pi_tokenizer_t *tok = pi_tokenizer_new(m->gguf, err, sizeof err);
-    if (!tok) {
-        fprintf(stderr, "pi-profile: %s: no usable tokenizer (%s); use --random N for such models\n", a->model, err);
-        return EXIT_USAGE;
-    }
-    int rc = read_text(path, &text, &len);
-    if (rc == 0) {
-        *ids = malloc((len + 2) * sizeof **ids); /* at most a token per byte, plus BOS and EOS */
-        rc = !*ids ? 1 : pi_tokenize(tok, text, len, true, false, *ids, len + 2, n) < 0 ? 1 : 0;
-        *bos = pi_tokenizer_bos(tok);
-        if (rc) fprintf(stderr, "pi-profile: tokenizing %s failed\n", path);
-    }
-    free(text);
-    pi_tokenizer_destroy(&tok);
-    return rc;
 }
 
 static double now_s(void)
@@ -317,7 +238,8 @@ int main(int argc, char **argv)
         rc = EXIT_USAGE;
         goto out;
     }
-    if ((rc = get_tokens(&a, m, &ids, &n, &bos)) != 0) goto out;
+    struct pi_calib_args ca = {"pi-profile", a.model, a.text, DEFAULT_TEXT, a.random_tokens, a.seed};
+    if ((rc = pi_calib_tokens(&ca, m, &ids, &n, &bos)) != 0) goto out;
     if (n < (size_t)ctx) {
         fprintf(stderr, "pi-profile: the text has %zu tokens, fewer than one chunk of %d (-c)\n", n, ctx);
         rc = EXIT_USAGE;

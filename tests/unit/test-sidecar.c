@@ -137,8 +137,8 @@ static void test_carry_over(const pi_model_t *m)
     }
     float pred[6] = {1, 2, 3, 4, 5, 6};
     uint64_t ne[2] = {3, 2};
-    pi_gguf_writer_set_f32(w, "pinfer.predictor.threshold", 0.25f);
-    pi_gguf_writer_add_tensor(w, "blk.0.fc1.weight", PI_TYPE_F32, 2, ne, pred);
+    pi_gguf_writer_set_f32(w, "pinfer.later.threshold", 0.25f);
+    pi_gguf_writer_add_tensor(w, "blk.0.later.weight", PI_TYPE_F32, 2, ne, pred);
     pi_gguf_destroy(&g);
     tap_is_int(pi_gguf_writer_write(w, p), 0, "carry over: a later tool added its key and tensor");
     pi_gguf_writer_destroy(&w);
@@ -148,8 +148,8 @@ static void test_carry_over(const pi_model_t *m)
     pi_sidecar_destroy(&r);
     float th = 0;
     const struct pi_gguf_tensor *t = NULL;
-    if (pi_gguf_open(p, &g, NULL, 0) == 0) t = pi_gguf_find_tensor(g, "blk.0.fc1.weight");
-    tap_ok(g && pi_gguf_get_f32(g, "pinfer.predictor.threshold", &th) == 0 && th == 0.25f,
+    if (pi_gguf_open(p, &g, NULL, 0) == 0) t = pi_gguf_find_tensor(g, "blk.0.later.weight");
+    tap_ok(g && pi_gguf_get_f32(g, "pinfer.later.threshold", &th) == 0 && th == 0.25f,
            "carry over: the later tool's key kept");
     tap_ok(t && t->ne[0] == 3 && t->ne[1] == 2 && memcmp(t->data, pred, sizeof pred) == 0,
            "carry over: the later tool's tensor kept");

@@ -1,0 +1,28 @@
+/*
+ * tools/calib.h - the token ids the offline tools run the model over (pi-profile, pi-train-predictors):
+ * a calibration text tokenized once with BOS first, or uniformly random ids for models without a
+ * tokenizer. Shared by the tools' programs (compiled into each), not a library: only tools use it.
+ */
+#ifndef PI_TOOLS_CALIB_H
+#define PI_TOOLS_CALIB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+struct pi_calib_args {
+    const char *prog;  /* the program's name, first on every message */
+    const char *model; /* the model's path (messages) */
+    const char *text;  /* the text, or NULL for default_text */
+    const char *default_text;
+    long random_tokens; /* > 0: that many random ids instead of a text */
+    uint64_t seed;      /* their seed */
+};
+
+/* The ids in *ids (malloc'd, *n of them) and the tokenizer's BOS in *bos (-1 for random ids). 0, or an
+ * exit status: 2 for a usage error (no tokenizer, a missing or too large text), 1 otherwise; the
+ * message is printed. */
+int pi_calib_tokens(const struct pi_calib_args *a, const pi_model_t *m, int32_t **ids, size_t *n, int32_t *bos);
+
+#endif
