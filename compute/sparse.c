@@ -16,13 +16,6 @@
 
 _Static_assert(PI_SPARSE_FIELDS == PI_EXCHANGE_STATS_FIELDS, "the exchange's stats section carries struct pi_sparse_layer");
 
-int pi_sparse_predictors_open(const pi_model_t *m, struct pi_predictors *out)
-{
-    /* The trainer's pi_predictors_open(model, sidecar, out) replaces this call once it is merged:
-     * the sidecar's trained predictors first, else the model file's. */
-    return pi_predictors_from_model(m, out);
-}
-
 /* "rank R" or "rank A to B" of the layers that have a predictor */
 static void rank_text(const struct pi_predictors *p, char *buf, size_t len)
 {
@@ -35,8 +28,8 @@ static void rank_text(const struct pi_predictors *p, char *buf, size_t len)
     else snprintf(buf, len, "rank %lld to %lld", (long long)lo, (long long)hi);
 }
 
-int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_predictors *pred, enum pi_sparsity *mode,
-                   char *line, size_t len)
+int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cfg asked, struct pi_predictors *pred,
+                   enum pi_sparsity *mode, char *line, size_t len)
 {
     memset(pred, 0, sizeof *pred);
     *mode = PI_SPARSITY_OFF;
@@ -55,15 +48,15 @@ int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_pr
                  "thresholds) is issue 18's future work: use --sparsity off", pi_sparsity_name(want));
         return -PI_ERR_UNSUPPORTED;
     }
-    int rc = pi_sparse_predictors_open(m, pred);
+    int rc = pi_predictors_open(m, sidecar, pred);
     if (rc == -PI_ERR_NOTFOUND && is_auto) {
         snprintf(line, len, "sparsity off (default: the model has no predictors)");
         return 0;
     }
     if (rc != 0) {
         snprintf(line, len, "sparsity %s: %s", pi_sparsity_name(want),
-                 rc == -PI_ERR_NOTFOUND ? "the model has no predictors (blk.N.fc1/fc2; pi-train-predictors writes them)"
-                                        : "its predictors cannot be used");
+                 rc == -PI_ERR_NOTFOUND ? "the model has no predictors (in its sidecar or its file; pi-train-predictors writes them)"
+                                        : "its predictors cannot be used (see the error above)");
         return rc == -PI_ERR_NOTFOUND ? rc : -PI_ERR_UNSUPPORTED;
     }
     char ranks[64];

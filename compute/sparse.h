@@ -40,13 +40,10 @@
  *   activation thresholds, issue 18) and (-PI_ERR_NOTFOUND) for a model without predictors.
  * On success *pred holds the predictors when *mode is not off (pi_predictors_free it) and line (len
  * bytes) says what was chosen and why, e.g. "sparsity safe (predictors from model, rank 16 to 16)"; on
- * failure line is the reason, one sentence. The predictors come from pi_sparse_predictors_open. */
-int pi_sparse_open(const pi_model_t *m, enum pi_sparsity_cfg asked, struct pi_predictors *pred, enum pi_sparsity *mode,
-                   char *line, size_t len);
-
-/* The predictors of m: its sidecar's trained ones once pi-train-predictors writes them, today the model
- * file's (pi_predictors_from_model). The one place that chooses the source. */
-int pi_sparse_predictors_open(const pi_model_t *m, struct pi_predictors *out);
+ * failure line is the reason, one sentence. The predictors come from pi_predictors_open(m, sidecar):
+ * the trained ones of the sidecar at that path when it has them (NULL: none), else the model file's. */
+int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cfg asked, struct pi_predictors *pred,
+                   enum pi_sparsity *mode, char *line, size_t len);
 
 /* mask words per row for n_ff neurons */
 static inline int64_t pi_sparse_mask_words(int64_t n_ff) { return (n_ff + 63) / 64; }

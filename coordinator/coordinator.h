@@ -44,6 +44,10 @@ void pi_coord_model_close(struct pi_coord_model *cm);
  * stderr and a negative pi_err. Freed by pi_coord_model_close. */
 int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog);
 
+/* The model's sidecar path (buf, len bytes): [model] sidecar when set, else MODEL.pinfer.gguf beside
+ * the model; NULL when the model's path has no such default. The file need not exist. */
+const char *pi_coord_sidecar_file(const struct pi_coord_opts *o, char *buf, size_t len);
+
 /* Resolve o->cfg.sparsity.mode for cm->model into cm->sparsity and cm->pred (compute/sparse.h), the
  * choice with the predictors' source into cm->sparsity_line ("sparsity safe (predictors from the model,
  * rank 16)"; pi_coord_engine_new logs it); a

@@ -25,13 +25,19 @@ int pi_coord_threads(const struct pi_coord_opts *o)
     return n > 0 ? (int)n : 1;
 }
 
+const char *pi_coord_sidecar_file(const struct pi_coord_opts *o, char *buf, size_t len)
+{
+    if (o->cfg.sidecar_path && *o->cfg.sidecar_path) snprintf(buf, len, "%s", o->cfg.sidecar_path);
+    else if (!o->cfg.model_path || pi_sidecar_path(o->cfg.model_path, buf, len) < 0) return NULL; /* no default for such a path */
+    return buf;
+}
+
 int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
 {
     char path[4096], err[512] = "";
     struct pi_sidecar *s = NULL;
     bool given = o->cfg.sidecar_path && *o->cfg.sidecar_path;
-    if (given) snprintf(path, sizeof path, "%s", o->cfg.sidecar_path);
-    else if (pi_sidecar_path(o->cfg.model_path, path, sizeof path) < 0) return 0; /* no default for such a path */
+    if (!pi_coord_sidecar_file(o, path, sizeof path)) return 0;
     int rc = pi_sidecar_load(path, cm->model, &s, err, sizeof err);
     if (rc == -PI_ERR_NOTFOUND && !given) return 0; /* no statistics: the placement's fallback */
     if (rc < 0) {
@@ -47,7 +53,9 @@ int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model 
 {
     char *line = cm->sparsity_line;
     const size_t len = sizeof cm->sparsity_line;
-    int rc = pi_sparse_open(cm->model, o->cfg.sparsity.mode, &cm->pred, &cm->sparsity, line, len);
+    char side[4096];
+    int rc = pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), o->cfg.sparsity.mode, &cm->pred,
+                            &cm->sparsity, line, len);
     if (rc != 0) {
         fprintf(stderr, "%s: --sparsity: %s\n", prog, line);
         return rc;

@@ -66,6 +66,7 @@ struct pipe_engine {
     /* sparse execution: the resolved mode the GPU worker runs, and the counts of every step it answered
      * (read from the exchange's stats section; guarded by mu, which pi-ctl status's thread takes too) */
     enum pi_sparsity sparsity;
+    char pred_sidecar[4096];   /* the sidecar the predictors came from ("" : the model file's) */
     struct pi_sparse_stats sparse;
     bool sparse_bad_logged;
 };
@@ -203,6 +204,7 @@ static int pipe_start(struct pipe_engine *p)
     }
     arg_tune(b, c);
     arg(b, "--set=sparsity.mode=", pi_sparsity_name(p->sparsity)); /* resolved: never auto here */
+    if (p->pred_sidecar[0]) arg(b, "--sidecar=", p->pred_sidecar); /* the same predictors as resolved here */
     char re[32];
     snprintf(re, sizeof re, "%lld", (long long)c->sparsity.recall_every);
     arg(b, "--set=sparsity.recall_every=", re);
@@ -378,6 +380,9 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->sparsity = cm->sparsity;
+    if (cm->sparsity != PI_SPARSITY_OFF && strcmp(cm->pred.source, "sidecar") == 0 &&
+        !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
+        p->pred_sidecar[0] = '\0';
     if (pi_sparse_stats_init(&p->sparse, cm->model) != 0 || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||

@@ -33,6 +33,7 @@ struct gw_opts {
     int64_t threads, ctx, device, n_seq, stall_ms;
     uint64_t vram_budget;
     struct pi_tune tune; /* --set tune.KEY=VALUE: the backend's performance choices (pinfer.conf(5)) */
+    const char *sidecar; /* --sidecar: where the trained predictors are, or NULL */
     struct pi_sparsity_conf sparsity; /* --set sparsity.KEY=VALUE: predictors and telemetry (pinfer.conf(5)) */
 };
 
@@ -58,6 +59,8 @@ static void usage(FILE *f)
           "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable;\n"
           "                       cuda_matvec, cpu_kernels);\n"
           "                       default: each key's default there\n"
+          "  --sidecar PATH       the model's sidecar, whose trained predictors to use; default: none (the\n"
+          "                       model file's predictors)\n"
           "  --set sparsity.KEY=VAL  a key of the [sparsity] section of pinfer.conf(5) (mode: off, safe,\n"
           "                       aggressive, auto; recall_every); default: auto, 0\n"
           "  -h, --help           print this help and exit\n"
@@ -76,6 +79,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         {"ctx", required_argument, NULL, 'C'}, {"device", required_argument, NULL, 'd'},
         {"n-seq", required_argument, NULL, 'S'}, {"vram-budget", required_argument, NULL, 'B'},
         {"set", required_argument, NULL, 'T'}, {"stall-ms", required_argument, NULL, 'L'},
+        {"sidecar", required_argument, NULL, 'Y'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     *o = (struct gw_opts){.backend = "host", .activation = "auto", .step_fd = -1, .exchange_fd = -1, .placement_fd = -1, .threads = 1,
@@ -87,6 +91,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 'm': o->model = optarg; break;
         case 'a': o->activation = optarg; break;
         case 'c': o->control = optarg; break;
+        case 'Y': o->sidecar = optarg; break;
         case 's': bad = pi_shm_parse_fd(optarg, &o->step_fd) != 0; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
         case 'P': bad = pi_shm_parse_fd(optarg, &o->placement_fd) != 0; break;
@@ -144,7 +149,7 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
 static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode)
 {
     char line[256];
-    int rc = pi_sparse_open(m, o->sparsity.mode, pred, mode, line, sizeof line);
+    int rc = pi_sparse_open(m, o->sidecar, o->sparsity.mode, pred, mode, line, sizeof line);
     if (rc != 0) pi_error("%s", line);
     else pi_info("%s", line);
     return rc;

@@ -232,15 +232,15 @@ static void test_open(const pi_model_t *relu, const pi_model_t *silu)
     struct pi_predictors p;
     enum pi_sparsity mode;
     char line[320];
-    int rc = pi_sparse_open(relu, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
+    int rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
     tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && strstr(line, "has no predictors"), "auto without predictors: off (%s)", line);
-    rc = pi_sparse_open(relu, PI_SPARSITY_CFG_SAFE, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_SAFE, &p, &mode, line, sizeof line);
     tap_ok(rc == -PI_ERR_NOTFOUND && strstr(line, "has no predictors"), "safe without predictors: refused (%s)", line);
-    rc = pi_sparse_open(silu, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line);
     tap_ok(rc == -PI_ERR_UNSUPPORTED && strstr(line, "issue 18"), "aggressive on a SwiGLU model: refused (%s)", line);
-    rc = pi_sparse_open(silu, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
     tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && strstr(line, "SwiGLU"), "auto on a SwiGLU model: off (%s)", line);
-    rc = pi_sparse_open(relu, PI_SPARSITY_CFG_OFF, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_OFF, &p, &mode, line, sizeof line);
     tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && p.layers == NULL, "off opens nothing (%s)", line);
     /* with predictors: the model's own layers lent fc1/fc2 of a generated rank */
     pi_model_t fake = *relu;
@@ -253,11 +253,11 @@ static void test_open(const pi_model_t *relu, const pi_model_t *silu)
         L[il].fc2 = (struct pi_weight){.type = PI_TYPE_F32, .data = w2, .rows = relu->hp.n_ff, .cols = 8, .row_bytes = 32};
     }
     fake.layers = L;
-    rc = L && w1 && w2 ? pi_sparse_open(&fake, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line) : -1;
+    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line) : -1;
     tap_ok(rc == 0 && mode == PI_SPARSITY_SAFE && p.n_layer == relu->hp.n_layer && strstr(line, "from the model, rank 8"),
            "auto with predictors: safe (%s)", line);
     pi_predictors_free(&p);
-    rc = L && w1 && w2 ? pi_sparse_open(&fake, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line) : -1;
+    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line) : -1;
     tap_ok(rc == 0 && mode == PI_SPARSITY_AGGRESSIVE, "aggressive with predictors (%s)", line);
     pi_predictors_free(&p);
     free(L), free(w1), free(w2);
