@@ -88,6 +88,25 @@ static void axpy(float *y, float a, const float *x, int64_t n)
     for (; j < n; j++) y[j] += a * x[j];
 }
 
+/* y (n) += x (n), sixteen lanes per step: the same sums, element by element, as the plain loop (which
+ * GCC -O2 leaves scalar for want of knowing that y and x do not overlap: 10% of a small layer's time). */
+static void add_into(float *y, const float *x, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v8f x0, x1, y0, y1;
+        memcpy(&x0, x + j, 32);
+        memcpy(&x1, x + j + 8, 32);
+        memcpy(&y0, y + j, 32);
+        memcpy(&y1, y + j + 8, 32);
+        y0 += x0;
+        y1 += x1;
+        memcpy(y + j, &y0, 32);
+        memcpy(y + j + 8, &y1, 32);
+    }
+    for (; j < n; j++) y[j] += x[j];
+}
+
 /* x (n) . y (n), in four-lane partial sums. */
 static float dot_f32(const float *x, const float *y, int64_t n)
 {
@@ -293,18 +312,30 @@ static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int
     axpy(acc, a, src, dt->cols);
 }
 
-/* Ask for a weight row ahead of its use. Rows of a sparse neuron set are not contiguous, so the
- * hardware prefetcher, which follows streams, starts cold on each one (dequantising every other row
- * of a Q8_0 matrix measured 5x slower than the same number of consecutive rows). */
+/* Ask for a weight row ahead of its use, into L2 (prefetcht1). Rows of a sparse neuron set are not
+ * contiguous, so the hardware prefetcher, which follows streams, starts cold on each one (dequantising
+ * every other row of a Q8_0 matrix measured 5x slower than the same number of consecutive rows).
+ * Not prefetchnta: a non-temporal prefetch fills only a small part of L1 (about one way), so the rows
+ * asked for two neurons ahead (2 x 2.9 KiB of Q4_0 gate at d = 5120, 10 KiB per f16 down row) evicted
+ * one another before use and were read twice; with it the 13B-shaped ReLU layer ran at 2.1-4.3 GB/s on
+ * one thread against 4.3-7.6 with this (doc/kernels.md, "The neuron-wise path"). */
 static void prefetch_row(const struct pi_weight *w, int64_t r)
 {
     const char *p = pi_weight_row(w, r);
-    for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
+    for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+}
+
+/* prefetch_row of idx[k]'s gate row unless it follows idx[k - 1]'s: a run of consecutive neurons is
+ * one stream, which the hardware prefetcher follows without the instructions (15% of the time of a
+ * layer held in cache). */
+static void prefetch_gate(const struct pi_layer *L, const int32_t *idx, int64_t k, int64_t begin)
+{
+    if (k == begin || idx[k] != idx[k - 1] + 1) prefetch_row(&L->ffn_gate, idx[k]);
 }
 
 /* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
  * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones,
- * prefetching the next one's rows. row (d) is scratch. Returns the neurons added. */
+ * prefetching PF_AHEAD neurons ahead. row (d) is scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
     enum { CHUNK = 64, PF_AHEAD = 2 };
@@ -312,17 +343,22 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
     int64_t d = t->w->d, active = 0;
     int32_t live[CHUNK];
     float gate[CHUNK];
+    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_gate(L, t->idx, k, begin);
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
         for (int64_t k = k0; k < kn; k++) {
             int32_t i = t->idx[k];
             PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
-            if (k + PF_AHEAD < kn) prefetch_row(&L->ffn_gate, t->idx[k + PF_AHEAD]);
+            if (k + PF_AHEAD < end) prefetch_gate(L, t->idx, k + PF_AHEAD, begin);
             float g = pi_vec_dot(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), t->w->xq_gate, d);
             if (t->act != PI_FFN_ACT_SILU && g <= 0.0f) continue; /* ReLU: nothing to add */
             live[n_live] = i;
             gate[n_live++] = g;
+        }
+        for (int j = 0; j < PI_MIN(n_live, PF_AHEAD); j++) {
+            prefetch_row(&L->ffn_up, live[j]);
+            prefetch_row(&L->ffn_down_t, live[j]);
         }
         for (int j = 0; j < n_live; j++) {
             int32_t i = live[j];
@@ -394,8 +430,7 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
     pi_pool_for(pool, n_parts, 1, part_range, &task);
     int64_t active = 0;
     for (int p = 0; p < n_parts; p++) {
-        const float *acc = w->acc + (size_t)p * (size_t)d;
-        for (int64_t j = 0; j < d; j++) y[j] += acc[j];
+        add_into(y, w->acc + (size_t)p * (size_t)d, d);
         active += w->active[p];
     }
     return active;
@@ -470,7 +505,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 const int32_t i = t->idx[k];
                 PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
                 if (k + 1 < k1) {
-                    prefetch_row(&L->ffn_gate, t->idx[k + 1]);
+                    prefetch_gate(L, t->idx, k + 1, k0);
                     prefetch_row(&L->ffn_up, t->idx[k + 1]);
                 }
                 if (have_next) {
@@ -514,11 +549,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     active++;
                 }
             }
-            for (int64_t j = 0; j < nt; j++) {
-                float *y = t->Y + (size_t)(t0 + j) * (size_t)d;
-                const float *a = acc + (size_t)j * (size_t)d;
-                for (int64_t c = 0; c < d; c++) y[c] += a[c];
-            }
+            for (int64_t j = 0; j < nt; j++) add_into(t->Y + (size_t)(t0 + j) * (size_t)d, acc + (size_t)j * (size_t)d, d);
         }
     }
     t->w->bactive[thread] += active;
