@@ -20,8 +20,9 @@
  * neurons: pi_ffn_neurons (ReLU), the CPU workers' kernel, over synthetic layers of --rows neurons of
  * width --cols (gate and up of each --types type, Q4_0 by default; down_t f16) cycled through a
  * working set of >= 512 MiB: every neuron, a sorted random 10% of them (what an activation predictor
- * hands over), and pi_ffn_neurons_batch over 16 tokens per thread; GB/s of rows actually read, also per
- * thread, against the streaming read.
+ * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
+ * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
+ * also per thread, against the streaming read.
  *
  * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
@@ -443,13 +444,17 @@ static struct rate neuron_rate(pi_pool_t *pool, pi_ffn_work_t *w, struct neuron_
         if (c->tokens == 1) a = pi_ffn_neurons(pool, w, L, PI_FFN_ACT_RELU, X, idx, n_idx, Y);
         else a = pi_ffn_neurons_batch(pool, w, L, PI_FFN_ACT_RELU, X, c->tokens, idx, n_idx, Y);
         double dt = now_s() - t0;
-        if (i >= 0) rate[i] = neuron_bytes(L, n_idx * c->tokens, a) / dt / 1e9;
+        /* the batch's tokens are one x, so each has a / tokens active neurons, and each group of
+         * FFN_BENCH_GROUP tokens reads their rows once */
+        const int64_t groups = (c->tokens + FFN_BENCH_GROUP - 1) / FFN_BENCH_GROUP;
+        if (i >= 0) rate[i] = (double)groups * neuron_bytes(L, n_idx, a / c->tokens) / dt / 1e9;
     }
     qsort(rate, (size_t)n, sizeof(double), cmp_double);
     struct rate r = {.best = rate[n - 1], .median = rate[n / 2]};
     free(rate);
     *active = a;
     *listed = (c->offset[(n + n_layers - 1) % c->n_lists + 1] - c->offset[(n + n_layers - 1) % c->n_lists]) * c->tokens;
+    PI_ASSERT(a % c->tokens == 0); /* the same neurons are active in every token */
     return r;
 }
 
@@ -481,10 +486,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
         fprintf(stderr, "pi-bench: --kernels neurons: out of memory\n");
         goto out;
     }
-    /* x: a fixed pattern; neuron i active with probability 1/5 and in one of 10 random subsets (each
+    /* x: a fixed pattern, the same for every token of the batch; neuron i active with probability 1/5 and in one of 10 random subsets (each
      * sorted) */
     for (int64_t t = 0; t < max_tokens; t++)
-        for (int64_t j = 0; j < d; j++) X[t * d + j] = (float)((j * 31 + t * 7) % 17 - 8) / 8.0f;
+        for (int64_t j = 0; j < d; j++) X[t * d + j] = (float)((j * 31) % 17 - 8) / 8.0f;
     for (int pass = 0; pass < 2; pass++) { /* count the subsets, then fill them */
         uint64_t s = 42;
         for (int64_t i = 0; i < n_ff; i++) {
@@ -505,9 +510,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
                passes, BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "",
                bw[i] / thread_counts[i]);
     printf("# pi_ffn_neurons (ReLU) over a layer of %lld neurons x %lld: gate and up of the type, down_t f16;\n"
-           "# layers cycled through a working set of >= %zu MiB (the 10%% case: 10 subsets in turn), %d rounds. GB/s: rows read (every listed gate\n"
-           "# row, up and down_t of the active neurons) per second, best single call (and median), and per\n"
-           "# thread; bw: the streaming read measured again just before each type; %% of bw: best / bw\n",
+           "# layers cycled through a working set of >= %zu MiB (the 10%% case: 10 subsets in turn), %d rounds.\n"
+           "# GB/s: rows read (every listed gate row, up and down_t of the active neurons; a batch: once per\n"
+           "# group of 16 tokens) per second, best single call (and median), and per thread; bw: the streaming\n"
+           "# read measured again just before each type; %% of bw: best / bw\n",
            (long long)n_ff, (long long)d, WORKSET_BYTES >> 20, passes);
     printf("| type | rows | tokens | threads | active | GB/s | (median) | GB/s/thread | bw | %% of bw |\n");
     printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
