@@ -333,47 +333,70 @@ static void prefetch_gate(const struct pi_layer *L, const int32_t *idx, int64_t 
     if (k == begin || idx[k] != idx[k - 1] + 1) prefetch_row(&L->ffn_gate, idx[k]);
 }
 
+/* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once through the variant's
+ * vec_dot2 where the type has one (the activations prepared once for both rows), the same floats as
+ * pi_vec_dot. */
+static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const void *xq, int64_t d, float *out)
+{
+    pi_vec_dot2_fn d2 = pi_kernels_active()->vec_dot2[w->type];
+    if (m == 2 && d2) {
+        d2(pi_weight_row(w, r[0]), pi_weight_row(w, r[1]), xq, out, d);
+        return;
+    }
+    for (int j = 0; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
+}
+
 /* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
- * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones,
- * prefetching PF_AHEAD neurons ahead. row (d) is scratch. Returns the neurons added. */
+ * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, two
+ * neurons' gate or up rows at a time (dots_rows), prefetching PF_AHEAD neurons ahead. row (d) is
+ * scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
     enum { CHUNK = 64, PF_AHEAD = 2 };
     const struct pi_layer *L = t->L;
-    int64_t d = t->w->d, active = 0;
+    const int64_t d = t->w->d;
+    int64_t active = 0;
     int32_t live[CHUNK];
     float gate[CHUNK];
     for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_gate(L, t->idx, k, begin);
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
-        for (int64_t k = k0; k < kn; k++) {
-            int32_t i = t->idx[k];
-            PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
-            if (k + PF_AHEAD < end) prefetch_gate(L, t->idx, k + PF_AHEAD, begin);
-            float g = pi_vec_dot(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), t->w->xq_gate, d);
-            if (t->act != PI_FFN_ACT_SILU && g <= 0.0f) continue; /* ReLU: nothing to add */
-            live[n_live] = i;
-            gate[n_live++] = g;
+        for (int64_t k = k0; k < kn; k += 2) {
+            const int m = k + 1 < kn ? 2 : 1;
+            float g[2];
+            for (int j = 0; j < m; j++) {
+                PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
+                if (k + j + PF_AHEAD < end) prefetch_gate(L, t->idx, k + j + PF_AHEAD, begin);
+            }
+            dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
+            for (int j = 0; j < m; j++) {
+                if (t->act != PI_FFN_ACT_SILU && g[j] <= 0.0f) continue; /* ReLU: nothing to add */
+                live[n_live] = t->idx[k + j];
+                gate[n_live++] = g[j];
+            }
         }
         for (int j = 0; j < PI_MIN(n_live, PF_AHEAD); j++) {
             prefetch_row(&L->ffn_up, live[j]);
             prefetch_row(&L->ffn_down_t, live[j]);
         }
-        for (int j = 0; j < n_live; j++) {
-            int32_t i = live[j];
-            float g = gate[j], a;
-            if (j + PF_AHEAD < n_live) {
-                prefetch_row(&L->ffn_up, live[j + PF_AHEAD]);
-                prefetch_row(&L->ffn_down_t, live[j + PF_AHEAD]);
+        for (int j0 = 0; j0 < n_live; j0 += 2) {
+            const int m = j0 + 1 < n_live ? 2 : 1;
+            float u[2];
+            for (int j = j0 + PF_AHEAD; j < PI_MIN(n_live, j0 + m + PF_AHEAD); j++) {
+                prefetch_row(&L->ffn_up, live[j]);
+                prefetch_row(&L->ffn_down_t, live[j]);
             }
-            float u = pi_vec_dot(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), t->xq_up, d);
-            if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u;
-            else if (t->act == PI_FFN_ACT_RELU) a = g * u;
-            else if (u > 0.0f) a = g * u;
-            else continue;
-            add_down_row(acc, row, &L->ffn_down_t, i, a);
-            active++;
+            dots_rows(&L->ffn_up, live + j0, m, t->xq_up, d, u);
+            for (int j = 0; j < m; j++) {
+                float g = gate[j0 + j], a;
+                if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u[j];
+                else if (t->act == PI_FFN_ACT_RELU) a = g * u[j];
+                else if (u[j] > 0.0f) a = g * u[j];
+                else continue;
+                add_down_row(acc, row, &L->ffn_down_t, live[j0 + j], a);
+                active++;
+            }
         }
     }
     return active;
