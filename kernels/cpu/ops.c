@@ -318,19 +318,13 @@ static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int
  * Not prefetchnta: a non-temporal prefetch fills only a small part of L1 (about one way), so the rows
  * asked for two neurons ahead (2 x 2.9 KiB of Q4_0 gate at d = 5120, 10 KiB per f16 down row) evicted
  * one another before use and were read twice; with it the 13B-shaped ReLU layer ran at 2.1-4.3 GB/s on
- * one thread against 4.3-7.6 with this (doc/kernels.md, "The neuron-wise path"). */
+ * one thread against 4.3-7.6 with this (doc/kernels.md, "The neuron-wise path"). Consecutive rows are
+ * prefetched too: leaving them to the hardware prefetcher saved 7% with the rows in cache but lost 10%
+ * reading them from memory (7.4-7.6 against 8.2-8.7 GB/s over every neuron of that layer). */
 static void prefetch_row(const struct pi_weight *w, int64_t r)
 {
     const char *p = pi_weight_row(w, r);
     for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
-}
-
-/* prefetch_row of idx[k]'s gate row unless it follows idx[k - 1]'s: a run of consecutive neurons is
- * one stream, which the hardware prefetcher follows without the instructions (15% of the time of a
- * layer held in cache). */
-static void prefetch_gate(const struct pi_layer *L, const int32_t *idx, int64_t k, int64_t begin)
-{
-    if (k == begin || idx[k] != idx[k - 1] + 1) prefetch_row(&L->ffn_gate, idx[k]);
 }
 
 /* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once through the variant's
@@ -358,7 +352,7 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
     int64_t active = 0;
     int32_t live[CHUNK];
     float gate[CHUNK];
-    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_gate(L, t->idx, k, begin);
+    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_row(&L->ffn_gate, t->idx[k]);
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
@@ -367,7 +361,7 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
             float g[2];
             for (int j = 0; j < m; j++) {
                 PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
-                if (k + j + PF_AHEAD < end) prefetch_gate(L, t->idx, k + j + PF_AHEAD, begin);
+                if (k + j + PF_AHEAD < end) prefetch_row(&L->ffn_gate, t->idx[k + j + PF_AHEAD]);
             }
             dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
             for (int j = 0; j < m; j++) {
@@ -548,7 +542,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 const int32_t i = t->idx[k];
                 PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
                 if (k + 1 < k1) {
-                    prefetch_gate(L, t->idx, k + 1, k0);
+                    prefetch_row(&L->ffn_gate, t->idx[k + 1]);
                     prefetch_row(&L->ffn_up, t->idx[k + 1]);
                 }
                 if (have_next) {
