@@ -520,6 +520,11 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
     printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int k = 0; k < n_types; k++) {
         uint64_t rb, drb;
+        if (!pi_quantize_supported(types[k])) { /* the layer is quantised from floats whose signs are known */
+            fprintf(stderr, "pi-bench: --kernels neurons: no quantiser for %s (the K-quants have none)\n",
+                    pi_type_name(types[k]));
+            goto out;
+        }
         if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(PI_TYPE_F16, (uint64_t)d, &drb)) {
             fprintf(stderr, "pi-bench: --kernels neurons: %s rows of %lld elements\n", pi_type_name(types[k]),
                     (long long)d);
