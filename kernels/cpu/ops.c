@@ -327,9 +327,9 @@ static void prefetch_row(const struct pi_weight *w, int64_t r)
     for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
 }
 
-/* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once through the variant's
- * vec_dot2 where the type has one (the activations prepared once for both rows), the same floats as
- * pi_vec_dot. */
+/* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once
+ * through the variant's vec_dot2 where the type has one (the activations prepared once for both
+ * rows), the same floats as pi_vec_dot. */
 static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const void *xq, int64_t d, float *out)
 {
     pi_vec_dot2_fn d2 = pi_kernels_active()->vec_dot2[w->type];
