@@ -17,12 +17,20 @@
  * before the 4-token kernels), both including the activation quantisation; GFLOP/s = 2 * rows * cols
  * * tokens / time, best of -r calls, the two timed alternately.
  *
+ * neurons: pi_ffn_neurons (ReLU), the CPU workers' kernel, over synthetic layers of --rows neurons of
+ * width --cols (gate and up of each --types type, Q4_0 by default; down_t f16) cycled through a
+ * working set of >= 1 GiB (the 2-core VM's CPUID reports a 480 MiB L3): every neuron, a sorted random 10% of them (what an activation predictor
+ * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
+ * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
+ * also per thread, against the streaming read.
+ *
  * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
 #include "config.h"
 #include "coordinator/bench.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/matvec.h"
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
@@ -35,6 +43,8 @@
 
 #define BW_BUFFER_BYTES ((size_t)1 << 30) /* the streaming-read buffer */
 #define WORKSET_BYTES ((size_t)512 << 20) /* the matvec weights cycled through */
+#define NEURON_WORKSET_BYTES ((size_t)1 << 30) /* the neuron layers cycled through: twice a 480 MiB L3 */
+#define FFN_BENCH_GROUP 16 /* tokens per thread of the batch case: pi_ffn_neurons_batch's group */
 
 static double now_s(void)
 {
@@ -352,5 +362,209 @@ int pi_bench_kernels_matvec(const struct pi_bench_opts *b)
 out:
     free(x), free(y), free(buf);
     for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]);
+    return status;
+}
+
+/* ---- the neuron-wise FFN (pi_ffn_neurons), the CPU workers' kernel ---- */
+
+/* One synthetic FFN layer of n_ff neurons of width d: gate and up (n_ff, d) of the weight type, down_t
+ * (n_ff, d) in F16 (what pinfer packs by default, model/model.c). Neuron i is active (its gate row
+ * points along x, so its ReLU gate is > 0) iff active[i]; the others point against x. */
+struct neuron_layer {
+    struct pi_layer L;
+    uint8_t *mem; /* gate, up and down_t rows */
+};
+
+static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, int64_t n_ff, int64_t d, const float *x,
+                             const uint8_t *active)
+{
+    uint64_t rb, drb;
+    memset(nl, 0, sizeof *nl);
+    if (!pi_type_row_bytes(t, (uint64_t)d, &rb) || !pi_type_row_bytes(PI_TYPE_F16, (uint64_t)d, &drb)) return -1;
+    size_t gb = (size_t)rb * (size_t)n_ff, db = (size_t)drb * (size_t)n_ff;
+    float *row = malloc((size_t)d * sizeof(float));
+    nl->mem = malloc(2 * gb + db);
+    if (!row || !nl->mem) {
+        free(row);
+        return -1;
+    }
+    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb};
+    struct pi_weight dt = {PI_TYPE_F16, n_ff, d, (size_t)drb, nl->mem + 2 * gb};
+    nl->L.ffn_gate = g, nl->L.ffn_up = u, nl->L.ffn_down_t = dt;
+    uint64_t s = 0x9e3779b97f4a7c15ull;
+    for (int64_t i = 0; i < n_ff; i++) {
+        float sign = active[i] ? 1.0f : -1.0f;
+        for (int64_t j = 0; j < d; j++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            float noise = (float)(int64_t)(s >> 40) / (float)(1 << 24) - 0.5f; /* [-0.5, 0.5) */
+            row[j] = sign * x[j] + 0.25f * noise;
+        }
+        pi_quantize_row(t, row, (uint8_t *)g.data + (size_t)i * rb, d);
+        for (int64_t j = 0; j < d; j++) row[j] = row[(j * 7 + i) % d] * 0.5f;
+        pi_quantize_row(t, row, (uint8_t *)u.data + (size_t)i * rb, d);
+        pi_quantize_row(PI_TYPE_F16, row, (uint8_t *)dt.data + (size_t)i * drb, d);
+    }
+    free(row);
+    return 0;
+}
+
+/* Bytes one call reads: every listed neuron's gate row, and up and down_t rows of the active ones. */
+static double neuron_bytes(const struct pi_layer *L, int64_t n_idx, int64_t n_active)
+{
+    return (double)n_idx * (double)L->ffn_gate.row_bytes +
+           (double)n_active * (double)(L->ffn_up.row_bytes + L->ffn_down_t.row_bytes);
+}
+
+/* A list of neurons per call: n_lists lists (the neuron list of call c is list c % n_lists), so that
+ * the subsets, a tenth of a layer each, do not stay in the last-level cache between calls. */
+struct neuron_case {
+    const char *name;
+    const int32_t *idx;    /* the lists one after the other */
+    const int64_t *offset; /* (n_lists + 1) list c is idx[offset[c], offset[c + 1]) */
+    int n_lists;
+    int64_t tokens; /* 1: pi_ffn_neurons; more: pi_ffn_neurons_batch over that many tokens */
+};
+
+/* GB/s of rows read by single calls on pool, cycling through the layers and lists (one warm-up round
+ * of n_layers calls): best and median call; *active and *listed get the active and listed neurons of
+ * the last call. */
+static struct rate neuron_rate(pi_pool_t *pool, pi_ffn_work_t *w, struct neuron_layer *nl, int n_layers,
+                               const struct neuron_case *c, const float *X, float *Y, int passes, int64_t *active,
+                               int64_t *listed)
+{
+    int n = passes * n_layers;
+    double *rate = malloc((size_t)n * sizeof(double));
+    PI_ASSERT(rate != NULL);
+    int64_t a = 0;
+    for (int i = -n_layers; i < n; i++) {
+        const int c_i = i + n_layers;
+        const struct pi_layer *L = &nl[c_i % n_layers].L;
+        const int32_t *idx = c->idx + c->offset[c_i % c->n_lists];
+        const int64_t n_idx = c->offset[c_i % c->n_lists + 1] - c->offset[c_i % c->n_lists];
+        double t0 = now_s();
+        if (c->tokens == 1) a = pi_ffn_neurons(pool, w, L, PI_FFN_ACT_RELU, X, idx, n_idx, Y);
+        else a = pi_ffn_neurons_batch(pool, w, L, PI_FFN_ACT_RELU, X, c->tokens, idx, n_idx, Y);
+        double dt = now_s() - t0;
+        /* the batch's tokens are one x, so each has a / tokens active neurons, and each group of
+         * FFN_BENCH_GROUP tokens reads their rows once */
+        const int64_t groups = (c->tokens + FFN_BENCH_GROUP - 1) / FFN_BENCH_GROUP;
+        if (i >= 0) rate[i] = (double)groups * neuron_bytes(L, n_idx, a / c->tokens) / dt / 1e9;
+    }
+    qsort(rate, (size_t)n, sizeof(double), cmp_double);
+    struct rate r = {.best = rate[n - 1], .median = rate[n / 2]};
+    free(rate);
+    *active = a;
+    *listed = (c->offset[(n + n_layers - 1) % c->n_lists + 1] - c->offset[(n + n_layers - 1) % c->n_lists]) * c->tokens;
+    PI_ASSERT(a % c->tokens == 0); /* the same neurons are active in every token */
+    return r;
+}
+
+int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
+{
+    enum pi_type types[PI_TYPE_COUNT];
+    int n_types = b->n_types ? run_types(b, types) : 1, passes = b->reps, status = 1;
+    if (!b->n_types) types[0] = PI_TYPE_Q4_0;
+    const int64_t n_ff = b->rows, d = b->cols;
+    int64_t max_threads = 1;
+    for (int i = 0; i < b->threads.n; i++) max_threads = PI_MAX(max_threads, b->threads.v[i]);
+    int thread_counts[2] = {1, (int)max_threads}, n_tc = max_threads > 1 ? 2 : 1;
+    const int64_t max_tokens = FFN_BENCH_GROUP * max_threads;
+    pi_pool_t *pools[2] = {NULL, NULL};
+    pi_ffn_work_t *work[2] = {NULL, NULL};
+    uint64_t *buf = malloc(BW_BUFFER_BYTES);
+    float *X = malloc((size_t)(max_tokens * d) * sizeof(float)), *Y = calloc((size_t)(max_tokens * d), sizeof(float));
+    uint8_t *active = malloc((size_t)n_ff);
+    int32_t *all = malloc((size_t)n_ff * sizeof(int32_t)), *sub = malloc((size_t)n_ff * sizeof(int32_t));
+    int64_t all_off[2] = {0, n_ff}, sub_off[11] = {0}, fill[10];
+    struct neuron_layer *nl = NULL;
+    int n_layers = 0;
+    for (int i = 0; i < n_tc; i++) {
+        pools[i] = pi_pool_new(thread_counts[i]);
+        work[i] = pi_ffn_work_new(d, thread_counts[i]);
+        if (work[i] && pi_ffn_work_reserve(work[i], max_tokens) != 0) pi_ffn_work_destroy(&work[i]);
+    }
+    if (!buf || !X || !Y || !active || !all || !sub || !pools[0] || !work[0] || (n_tc > 1 && (!pools[1] || !work[1]))) {
+        fprintf(stderr, "pi-bench: --kernels neurons: out of memory\n");
+        goto out;
+    }
+    /* x: a fixed pattern, the same for every token of the batch; neuron i active with probability 1/5 and in one of 10 random subsets (each
+     * sorted) */
+    for (int64_t t = 0; t < max_tokens; t++)
+        for (int64_t j = 0; j < d; j++) X[t * d + j] = (float)((j * 31) % 17 - 8) / 8.0f;
+    for (int pass = 0; pass < 2; pass++) { /* count the subsets, then fill them */
+        uint64_t s = 42;
+        for (int64_t i = 0; i < n_ff; i++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            int j = (int)((s >> 45) % 10);
+            if (pass == 0) active[i] = (s >> 33) % 5 == 0, all[i] = (int32_t)i, sub_off[j + 1]++;
+            else sub[fill[j]++] = (int32_t)i;
+        }
+        for (int j = 0; pass == 0 && j < 10; j++) sub_off[j + 1] += sub_off[j], fill[j] = sub_off[j];
+    }
+    for (size_t i = 0; i < BW_BUFFER_BYTES / 8; i++) buf[i] = i;
+    double bw[2] = {0, 0};
+    for (int i = 0; i < n_tc; i++) bw[i] = read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, passes);
+    printf("# machine: %d threads, kernel variant %s\n", thread_counts[n_tc - 1], pi_kernels_variant());
+    for (int i = 0; i < n_tc; i++)
+        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s "
+               "(%.1f per thread)\n",
+               passes, BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "",
+               bw[i] / thread_counts[i]);
+    printf("# pi_ffn_neurons (ReLU) over a layer of %lld neurons x %lld: gate and up of the type, down_t f16;\n"
+           "# layers cycled through a working set of >= %zu MiB (the 10%% case: 10 subsets in turn), %d rounds.\n"
+           "# GB/s: rows read (every listed gate row, up and down_t of the active neurons; a batch: once per\n"
+           "# group of 16 tokens) per second, best single call (and median), and per thread; bw: the streaming\n"
+           "# read measured again just before each type; %% of bw: best / bw\n",
+           (long long)n_ff, (long long)d, NEURON_WORKSET_BYTES >> 20, passes);
+    printf("| type | rows | tokens | threads | active | GB/s | (median) | GB/s/thread | bw | %% of bw |\n");
+    printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    for (int k = 0; k < n_types; k++) {
+        uint64_t rb, drb;
+        if (!pi_quantize_supported(types[k])) { /* the layer is quantised from floats whose signs are known */
+            fprintf(stderr, "pi-bench: --kernels neurons: no quantiser for %s (the K-quants have none)\n",
+                    pi_type_name(types[k]));
+            goto out;
+        }
+        if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(PI_TYPE_F16, (uint64_t)d, &drb)) {
+            fprintf(stderr, "pi-bench: --kernels neurons: %s rows of %lld elements\n", pi_type_name(types[k]),
+                    (long long)d);
+            goto out;
+        }
+        size_t layer_bytes = (size_t)n_ff * (2 * (size_t)rb + (size_t)drb);
+        n_layers = (int)PI_MAX(2, (NEURON_WORKSET_BYTES + layer_bytes - 1) / layer_bytes);
+        nl = calloc((size_t)n_layers, sizeof *nl);
+        if (!nl) goto out;
+        for (int l = 0; l < n_layers; l++)
+            if (neuron_layer_make(&nl[l], types[k], n_ff, d, X, active) != 0) {
+                fprintf(stderr, "pi-bench: --kernels neurons: out of memory preparing %s\n", pi_type_name(types[k]));
+                goto out;
+            }
+        double bw_now = 0;
+        for (int i = 0; i < n_tc; i++) bw_now = PI_MAX(bw_now, read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, 1));
+        for (int i = 0; i < n_tc; i++) {
+            const struct neuron_case cases[] = {
+                {"all", all, all_off, 1, 1},
+                {"10%", sub, sub_off, 10, 1},
+                {"all", all, all_off, 1, FFN_BENCH_GROUP * thread_counts[i]},
+            };
+            for (size_t c = 0; c < PI_ARRAY_LEN(cases); c++) {
+                int64_t a = 0, listed = 1;
+                struct rate r = neuron_rate(pools[i], work[i], nl, n_layers, &cases[c], X, Y, passes, &a, &listed);
+                printf("| %s | %s | %lld | %d | %.0f%% | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n", pi_type_name(types[k]),
+                       cases[c].name, (long long)cases[c].tokens, thread_counts[i],
+                       100.0 * (double)a / (double)listed, r.best, r.median,
+                       r.best / thread_counts[i], bw_now, 100.0 * r.best / bw_now);
+                fflush(stdout);
+            }
+        }
+        for (int l = 0; l < n_layers; l++) free(nl[l].mem);
+        free(nl), nl = NULL;
+    }
+    status = 0;
+out:
+    if (nl)
+        for (int l = 0; l < n_layers; l++) free(nl[l].mem);
+    free(nl), free(buf), free(X), free(Y), free(active), free(all), free(sub);
+    for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]), pi_ffn_work_destroy(&work[i]);
     return status;
 }

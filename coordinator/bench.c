@@ -28,7 +28,7 @@
 
 enum { EXIT_USAGE = 2 };
 
-enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA };
+enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA, MODE_NEURONS };
 
 enum {
     OPT_NO_WARMUP = 256, OPT_SPARSITY, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
@@ -91,6 +91,8 @@ static void usage(FILE *out)
             "                            the streaming read bandwidth; -r rounds\n"
             "      --kernels matmul      pi_matmul GFLOP/s over -p tokens (default 64) against one dot per\n"
             "                            output, one thread; -r rounds\n"
+            "      --kernels neurons     pi_ffn_neurons GB/s of rows read (every neuron, a random 10%%, a batch)\n"
+            "                            on 1 and the largest -t threads; --types default q4_0; -r rounds\n"
             "      --exchange            the per-layer exchange round trip between processes (publish, every\n"
             "                            CPU worker's partial, merge): median, p99 and mean microseconds,\n"
             "                            over --cpu-workers (default 1,2) and --n-embd\n"
@@ -340,7 +342,8 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             n_modes++;
             if (strcmp(optarg, "matvec") == 0) *mode = MODE_MATVEC;
             else if (strcmp(optarg, "matmul") == 0) *mode = MODE_MATMUL;
-            else rc = bad("--kernels", optarg, "expected matvec or matmul");
+            else if (strcmp(optarg, "neurons") == 0) *mode = MODE_NEURONS;
+            else rc = bad("--kernels", optarg, "expected matvec, matmul or neurons");
             break;
         case OPT_EXCHANGE: n_modes++, *mode = MODE_EXCHANGE; break;
         case OPT_CUDA: n_modes++, *mode = MODE_CUDA; break;
@@ -386,8 +389,8 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->models, "-m", M(MODE_MODELS)},
         {g->n, "-n", M(MODE_MODELS)},
         {g->p, "-p", M(MODE_MODELS) | M(MODE_MATMUL) | M(MODE_CUDA)},
-        {g->r, "-r", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_MATMUL)},
-        {g->t, "-t", M(MODE_MODELS) | M(MODE_MATVEC)},
+        {g->r, "-r", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_NEURONS)},
+        {g->t, "-t", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_NEURONS)},
         {g->o, "-o", M(MODE_MODELS)},
         {g->warm, "--no-warmup", M(MODE_MODELS)},
         {g->bw, "--bw", M(MODE_MODELS)},
@@ -398,16 +401,16 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->index, "--gpu-index", M(MODE_MODELS)},
         {g->sparsity, "--sparsity", M(MODE_MODELS)},
         {g->workers, "--cpu-workers", M(MODE_MODELS) | M(MODE_EXCHANGE)},
-        {g->rows, "--rows", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},
-        {g->cols, "--cols", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA)},
-        {g->types, "--types", M(MODE_MATVEC) | M(MODE_MATMUL)},
+        {g->rows, "--rows", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA) | M(MODE_NEURONS)},
+        {g->cols, "--cols", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA) | M(MODE_NEURONS)},
+        {g->types, "--types", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_NEURONS)},
         {g->iters, "--iters", M(MODE_EXCHANGE) | M(MODE_CUDA)},
         {g->spin, "--spin", M(MODE_EXCHANGE)},
         {g->batch, "--batch", M(MODE_EXCHANGE)},
         {g->embd, "--n-embd", M(MODE_EXCHANGE)},
     };
     static const char *const names[] = {"the model tests", "--kernels matvec", "--kernels matmul", "--exchange",
-                                        "--cuda-kernels"};
+                                        "--cuda-kernels", "--kernels neurons"};
     for (size_t i = 0; i < PI_ARRAY_LEN(rules); i++) {
         if (!rules[i].given || (rules[i].modes & M(mode))) continue;
         fprintf(stderr, "pi-bench: %s does not apply to %s (see --help)\n", rules[i].opt, names[mode]);
@@ -484,6 +487,7 @@ int main(int argc, char **argv)
     case MODE_MODELS: return pi_bench_models(&b);
     case MODE_MATVEC: return pi_bench_kernels_matvec(&b);
     case MODE_MATMUL: return pi_bench_kernels_matmul(&b);
+    case MODE_NEURONS: return pi_bench_kernels_neurons(&b);
     case MODE_EXCHANGE: return pi_bench_exchange(&b);
     case MODE_CUDA:
 #ifdef PI_HAVE_CUDA

@@ -6,7 +6,7 @@
  * otherwise), and a program folder may not include another's. Its files:
  *   bench.c           main(), the command line, --help
  *   bench-model.c     the llama-bench tests (ppN, tgN) through an engine, and the md/csv/json output
- *   bench-kernels.c   --kernels matvec|matmul: CPU kernels against this machine's memory bandwidth
+ *   bench-kernels.c   --kernels matvec|matmul|neurons: CPU kernels against this machine's memory bandwidth
  *   bench-exchange.c  --exchange: the per-layer exchange round trip between processes
  *   bench-cuda.c      --cuda-kernels: the CUDA kernels' bandwidth and GEMM (built with CUDA only)
  * Each mode prints its table on stdout and returns an exit status (0, 1 on a runtime failure);
@@ -87,6 +87,10 @@ int pi_bench_gen_parse(const char *spec, struct pi_model_gen *g, char *err, size
 /* --kernels matvec: streaming read bandwidth, then pi_matvec GB/s per type on 1 and N threads (N: the
  * largest -t), best and median call, as a share of the bandwidth. 0 or 1. */
 int pi_bench_kernels_matvec(const struct pi_bench_opts *b);
+
+/* --kernels neurons: pi_ffn_neurons and pi_ffn_neurons_batch GB/s of rows read on 1 and N threads
+ * (every neuron, a random 10%, a batch), against the streaming read. 0 or 1. */
+int pi_bench_kernels_neurons(const struct pi_bench_opts *b);
 
 /* --kernels matmul: pi_matmul over -p tokens against one vec_dot per output, one thread. 0 or 1. */
 int pi_bench_kernels_matmul(const struct pi_bench_opts *b);

@@ -88,6 +88,25 @@ static void axpy(float *y, float a, const float *x, int64_t n)
     for (; j < n; j++) y[j] += a * x[j];
 }
 
+/* y (n) += x (n), sixteen lanes per step: the same sums, element by element, as the plain loop (which
+ * GCC -O2 leaves scalar for want of knowing that y and x do not overlap: 10% of a small layer's time). */
+static void add_into(float *y, const float *x, int64_t n)
+{
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v8f x0, x1, y0, y1;
+        memcpy(&x0, x + j, 32);
+        memcpy(&x1, x + j + 8, 32);
+        memcpy(&y0, y + j, 32);
+        memcpy(&y1, y + j + 8, 32);
+        y0 += x0;
+        y1 += x1;
+        memcpy(y + j, &y0, 32);
+        memcpy(y + j + 8, &y1, 32);
+    }
+    for (; j < n; j++) y[j] += x[j];
+}
+
 /* x (n) . y (n), in four-lane partial sums. */
 static float dot_f32(const float *x, const float *y, int64_t n)
 {
@@ -293,51 +312,85 @@ static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int
     axpy(acc, a, src, dt->cols);
 }
 
-/* Ask for a weight row ahead of its use. Rows of a sparse neuron set are not contiguous, so the
- * hardware prefetcher, which follows streams, starts cold on each one (dequantising every other row
- * of a Q8_0 matrix measured 5x slower than the same number of consecutive rows). */
+/* Ask for a weight row ahead of its use, into L2 (prefetcht1). Rows of a sparse neuron set are not
+ * contiguous, so the hardware prefetcher, which follows streams, starts cold on each one (dequantising
+ * every other row of a Q8_0 matrix measured 5x slower than the same number of consecutive rows).
+ * Not prefetchnta: a non-temporal prefetch fills only a small part of L1 (about one way), so the rows
+ * asked for two neurons ahead (2 x 2.9 KiB of Q4_0 gate at d = 5120, 10 KiB per f16 down row) evicted
+ * one another before use and were read twice; with it the 13B-shaped ReLU layer ran at 2.1-4.3 GB/s on
+ * one thread against 4.3-7.6 with this (doc/kernels.md, "The neuron-wise path"). Consecutive rows are
+ * prefetched too: leaving them to the hardware prefetcher saved 7% with the rows in cache but lost 10%
+ * reading them from memory (7.4-7.6 against 8.2-8.7 GB/s over every neuron of that layer). */
 static void prefetch_row(const struct pi_weight *w, int64_t r)
 {
     const char *p = pi_weight_row(w, r);
-    for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 0);
+    for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
+}
+
+/* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once
+ * through the variant's vec_dot2 where the type has one (the activations prepared once for both
+ * rows), the same floats as pi_vec_dot. */
+static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const void *xq, int64_t d, float *out)
+{
+    pi_vec_dot2_fn d2 = pi_kernels_active()->vec_dot2[w->type];
+    if (m == 2 && d2) {
+        d2(pi_weight_row(w, r[0]), pi_weight_row(w, r[1]), xq, out, d);
+        return;
+    }
+    for (int j = 0; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
 }
 
 /* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
- * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones,
- * prefetching the next one's rows. row (d) is scratch. Returns the neurons added. */
+ * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, two
+ * neurons' gate or up rows at a time (dots_rows), prefetching PF_AHEAD neurons ahead. row (d) is
+ * scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
     enum { CHUNK = 64, PF_AHEAD = 2 };
     const struct pi_layer *L = t->L;
-    int64_t d = t->w->d, active = 0;
+    const int64_t d = t->w->d;
+    int64_t active = 0;
     int32_t live[CHUNK];
     float gate[CHUNK];
+    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_row(&L->ffn_gate, t->idx[k]);
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
-        for (int64_t k = k0; k < kn; k++) {
-            int32_t i = t->idx[k];
-            PI_ASSERT(i >= 0 && i < L->ffn_gate.rows);
-            if (k + PF_AHEAD < kn) prefetch_row(&L->ffn_gate, t->idx[k + PF_AHEAD]);
-            float g = pi_vec_dot(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), t->w->xq_gate, d);
-            if (t->act != PI_FFN_ACT_SILU && g <= 0.0f) continue; /* ReLU: nothing to add */
-            live[n_live] = i;
-            gate[n_live++] = g;
-        }
-        for (int j = 0; j < n_live; j++) {
-            int32_t i = live[j];
-            float g = gate[j], a;
-            if (j + PF_AHEAD < n_live) {
-                prefetch_row(&L->ffn_up, live[j + PF_AHEAD]);
-                prefetch_row(&L->ffn_down_t, live[j + PF_AHEAD]);
+        for (int64_t k = k0; k < kn; k += 2) {
+            const int m = k + 1 < kn ? 2 : 1;
+            float g[2];
+            for (int j = 0; j < m; j++) {
+                PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
+                if (k + j + PF_AHEAD < end) prefetch_row(&L->ffn_gate, t->idx[k + j + PF_AHEAD]);
             }
-            float u = pi_vec_dot(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), t->xq_up, d);
-            if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u;
-            else if (t->act == PI_FFN_ACT_RELU) a = g * u;
-            else if (u > 0.0f) a = g * u;
-            else continue;
-            add_down_row(acc, row, &L->ffn_down_t, i, a);
-            active++;
+            dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
+            for (int j = 0; j < m; j++) {
+                if (t->act != PI_FFN_ACT_SILU && g[j] <= 0.0f) continue; /* ReLU: nothing to add */
+                live[n_live] = t->idx[k + j];
+                gate[n_live++] = g[j];
+            }
+        }
+        for (int j = 0; j < PI_MIN(n_live, PF_AHEAD); j++) {
+            prefetch_row(&L->ffn_up, live[j]);
+            prefetch_row(&L->ffn_down_t, live[j]);
+        }
+        for (int j0 = 0; j0 < n_live; j0 += 2) {
+            const int m = j0 + 1 < n_live ? 2 : 1;
+            float u[2];
+            for (int j = j0 + PF_AHEAD; j < PI_MIN(n_live, j0 + m + PF_AHEAD); j++) {
+                prefetch_row(&L->ffn_up, live[j]);
+                prefetch_row(&L->ffn_down_t, live[j]);
+            }
+            dots_rows(&L->ffn_up, live + j0, m, t->xq_up, d, u);
+            for (int j = 0; j < m; j++) {
+                float g = gate[j0 + j], a;
+                if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u[j];
+                else if (t->act == PI_FFN_ACT_RELU) a = g * u[j];
+                else if (u[j] > 0.0f) a = g * u[j];
+                else continue;
+                add_down_row(acc, row, &L->ffn_down_t, live[j0 + j], a);
+                active++;
+            }
         }
     }
     return active;
@@ -356,6 +409,27 @@ static void part_range(void *ctx, int64_t begin, int64_t end, int thread)
         memset(acc, 0, (size_t)d * sizeof(float));
         t->w->active[p] = neurons_into(t, p * n / t->n_parts, (p + 1) * n / t->n_parts, acc, row);
     }
+}
+
+/* y += the parts' sums, in part order, split by columns over the pool: each element gets the same
+ * additions in the same order whichever thread does them. Done by the caller alone, this was 16 to 32
+ * parts x d floats read by one thread after the others had finished (at d = 5120 and 30 parts, 600
+ * KiB: tens of microseconds a layer). */
+#define SUM_COLS 64 /* columns per index of the pool loop */
+#define SUM_GRAIN 8 /* indices per chunk at least: 512 columns, 2 KiB of each part */
+
+struct sum_task {
+    const pi_ffn_work_t *w;
+    int n_parts;
+    float *y; /* (d) */
+};
+
+static void sum_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const struct sum_task *t = ctx;
+    const int64_t d = t->w->d, c0 = begin * SUM_COLS, c1 = PI_MIN(d, end * SUM_COLS);
+    (void)thread;
+    for (int p = 0; p < t->n_parts; p++) add_into(t->y + c0, t->w->acc + (size_t)p * (size_t)d + c0, c1 - c0);
 }
 
 /* The part count depends only on the list length and the pool size. */
@@ -392,12 +466,10 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
     PI_ASSERT(n_parts <= w->max_parts);
     struct neuron_task task = {w, L, act, xq_up, idx, n_idx, n_parts};
     pi_pool_for(pool, n_parts, 1, part_range, &task);
+    struct sum_task sum = {w, n_parts, y};
+    pi_pool_for(pool, (d + SUM_COLS - 1) / SUM_COLS, SUM_GRAIN, sum_range, &sum);
     int64_t active = 0;
-    for (int p = 0; p < n_parts; p++) {
-        const float *acc = w->acc + (size_t)p * (size_t)d;
-        for (int64_t j = 0; j < d; j++) y[j] += acc[j];
-        active += w->active[p];
-    }
+    for (int p = 0; p < n_parts; p++) active += w->active[p];
     return active;
 }
 
@@ -514,11 +586,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     active++;
                 }
             }
-            for (int64_t j = 0; j < nt; j++) {
-                float *y = t->Y + (size_t)(t0 + j) * (size_t)d;
-                const float *a = acc + (size_t)j * (size_t)d;
-                for (int64_t c = 0; c < d; c++) y[c] += a[c];
-            }
+            for (int64_t j = 0; j < nt; j++) add_into(t->Y + (size_t)(t0 + j) * (size_t)d, acc + (size_t)j * (size_t)d, d);
         }
     }
     t->w->bactive[thread] += active;

@@ -170,9 +170,9 @@ static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
 }
 
 /* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..2)
- * rows at w + r * ws times nt (1..4) tokens -> out[r * 4 + t]: the weights are unpacked once per row,
+ * rows at w + r * ws (ws may be negative: two rows of one matrix in any order) times nt (1..4) tokens -> out[r * 4 + t]: the weights are unpacked once per row,
  * the activations loaded once per token; each pair keeps dot_q8_0's two accumulators and order. */
-PI_X86_INLINE void q8_0_n(const void *w, size_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
 {
     __m512 acc0[2][4], acc1[2][4];
 #pragma GCC unroll 2
@@ -185,7 +185,7 @@ PI_X86_INLINE void q8_0_n(const void *w, size_t ws, int nr, const void *xq, size
         struct i8_pair x0[2], x1[2];
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + (size_t)r * ws) + i;
+            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws) + i;
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
         }
@@ -203,7 +203,7 @@ PI_X86_INLINE void q8_0_n(const void *w, size_t ws, int nr, const void *xq, size
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + (size_t)r * ws);
+        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws);
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(_mm512_add_ps(acc0[r][t], acc1[r][t]));
             for (int64_t j = i; j < nb; j++) {
@@ -227,7 +227,14 @@ static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], in
 
 static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q8_0_n(w, ws, 2, xq, xs, 4, out, n);
+    q8_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+}
+
+static void dot2_q8_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
+{
+    float o[8];
+    q8_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4];
 }
 
 /* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
@@ -275,7 +282,7 @@ static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
 
 /* nr (1..2) weight rows at w + r * ws times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t]
  * (out[t] when nr is 1). Each (row, token) pair keeps the 1-row kernel's accumulator and order. */
-PI_X86_INLINE void q4_0_n(const void *w, size_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
 {
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -290,7 +297,7 @@ PI_X86_INLINE void q4_0_n(const void *w, size_t ws, int nr, const void *xq, size
         __m512i lo[2], hi[2];
 #pragma GCC unroll 2
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + (size_t)r * ws) + i;
+            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws) + i;
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
             lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -308,7 +315,7 @@ PI_X86_INLINE void q4_0_n(const void *w, size_t ws, int nr, const void *xq, size
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + (size_t)r * ws);
+        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws);
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(acc[r][t]);
             for (int64_t j = i; j < nb; j++) {
@@ -333,7 +340,14 @@ static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], in
 
 static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q4_0_n(w, ws, 2, xq, xs, 4, out, n);
+    q4_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+}
+
+static void dot2_q4_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
+{
+    float o[8];
+    q4_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4];
 }
 
 /* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
@@ -561,6 +575,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     },
     .vec_dot8 = {
         [PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q8_0] = dot8_q8_0,
+    },
+    .vec_dot2 = {
+        [PI_TYPE_Q4_0] = dot2_q4_0, [PI_TYPE_Q8_0] = dot2_q8_0,
     },
     .dequant = {
         [PI_TYPE_F16] = dequant_f16,
