@@ -9,6 +9,7 @@
 #include "compute/placement.h"
 #include "compute/backend-cuda-plan.h"
 #include "compute/placement-solve.h"
+#include "compute/predictor.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/types.h"
@@ -59,7 +60,8 @@ static bool fits(struct cuda_fit *f, int64_t k)
  * except at k = n_ff, where every layer turns dense (the file's down weights instead of the
  * transposed rows), so that end is tried first. -1 when out of memory or when the plan cannot be made
  * (an error, not a budget too small: the caller falls back to the weights-only rule). */
-static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
+static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+                        const struct pi_predictors *pred)
 {
     const struct pi_hparams *hp = &m->hp;
     const int L = hp->n_layer;
@@ -78,7 +80,7 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
         }
         struct cuda_fit f = {.m = m, .nh = nh, .budget = c->vram_budget,
                              .o = {.n_ctx = n_ctx, .n_seq = 1, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
-                                   .hot_layers = hl}};
+                                   .hot_layers = hl, .pred = pred, .sparsity = pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF}};
         if (fits(&f, hp->n_ff)) {
             best = hp->n_ff;
         } else if (!fits(&f, 0)) {
@@ -105,17 +107,18 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
 }
 #endif
 
-int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens)
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+                               const struct pi_predictors *pred)
 {
     if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * m->hp.n_ff);
 #ifdef PI_HAVE_CUDA
     if (c->gpu_backend == PI_GPU_CUDA) {
-        int64_t k = fit_cuda(c, m, n_ctx, max_tokens);
+        int64_t k = fit_cuda(c, m, n_ctx, max_tokens, pred);
         if (k >= 0) return k;
         pi_warn("placement: the cuda backend's plan could not be made; using the weights-only rule");
     }
 #else
-    (void)n_ctx, (void)max_tokens;
+    (void)n_ctx, (void)max_tokens, (void)pred;
 #endif
     return fit_by_rows(c, m);
 }
@@ -129,6 +132,7 @@ struct bytes_ctx {
     bool cuda;
     int n_ctx, max_tokens;
     struct pi_layer *hl;         /* (n_layer): the layers with their down rows' type, for the plan */
+    const struct pi_predictors *pred; /* a sparse run's predictors (on the device too), or NULL */
 };
 
 static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *bytes)
@@ -146,7 +150,8 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
     if (hot && nh) {
         for (int il = 0; il < L; il++) hot[il] = pi_placement_hot(p, il, &nh[il]);
         struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = 1, .max_tokens = b->max_tokens,
-                                    .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl};
+                                    .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl,
+                                    .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
         rc = pi_backend_cuda_plan(m, &o, bytes);
     }
     free(hot);
@@ -155,10 +160,11 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
 }
 
 int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                          int max_tokens, struct pi_placement **out, struct pi_place_cost *cost_out)
+                          int max_tokens, const struct pi_predictors *pred, struct pi_placement **out,
+                          struct pi_place_cost *cost_out)
 {
     const struct pi_hparams *hp = &m->hp;
-    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .max_tokens = max_tokens};
+    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .max_tokens = max_tokens, .pred = pred};
 #ifndef PI_HAVE_CUDA
     b.cuda = false;
 #endif
@@ -173,7 +179,8 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
     }
     struct pi_place_problem q = {.m = m, .act_freq = act_freq, .n_workers = n_workers < 1 ? 1 : n_workers,
                                  .budget = c->vram_budget, .device_bytes = placement_bytes, .ctx = &b,
-                                 .speeds = {.gpu_gbs = c->place_gpu_gbs, .cpu_gbs = c->place_cpu_gbs, .exchange_us = c->place_exchange_us}};
+                                 .speeds = {.gpu_gbs = c->place_gpu_gbs, .cpu_gbs = c->place_cpu_gbs, .exchange_us = c->place_exchange_us},
+                                 .sparse = pred != NULL};
     if (!(q.speeds.cpu_gbs > 0)) { /* 0: measured now, one worker's rate times the workers */
         long online = sysconf(_SC_NPROCESSORS_ONLN);
         int threads = c->cpu_threads > 0 ? (int)c->cpu_threads : online > 0 ? (int)online : 1;
@@ -214,7 +221,7 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
 }
 
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                        int max_tokens, struct pi_placement **out)
+                        int max_tokens, const struct pi_predictors *pred, struct pi_placement **out)
 {
     if (c->gpu_index && c->gpu_index[0]) {
         int rc = pi_placement_read_gpuidx(c->gpu_index, m->hp.n_layer, m->hp.n_ff, n_workers, out);
@@ -229,10 +236,10 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
         act_freq = NULL;
     }
     if (act_freq) {
-        int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, max_tokens, out, NULL);
+        int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, max_tokens, pred, out, NULL);
         if (rc != -PI_ERR_RANGE) return rc;
         pi_warn("placement: the profile's solution does not fit; the rule without statistics decides");
     }
-    int64_t k = pi_placement_hot_count(c, m, n_ctx, max_tokens);
+    int64_t k = pi_placement_hot_count(c, m, n_ctx, max_tokens, pred);
     return pi_placement_prefix(m->hp.n_layer, m->hp.n_ff, n_workers, k, out);
 }

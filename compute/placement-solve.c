@@ -75,7 +75,8 @@ static double model_time(const struct state *s, const int64_t *nh, const double 
         pi_place_neuron_bytes(m, il, &g, &u, &d);
         const int64_t cold = s->ff - nh[il];
         const double gpu = ((double)attn_bytes(&m->layers[il]) + (double)nh[il] * (double)(g + u + d)) / bg;
-        const double cpu = ((double)cold * (double)g + fcold[il] * (double)(u + d)) / bc;
+        const double cpu = s->q->sparse ? fcold[il] * (double)(g + u + d) / bc
+                                         : ((double)cold * (double)g + fcold[il] * (double)(u + d)) / bc;
         t += (gpu > cpu ? gpu : cpu) + (cold > 0 ? s->q->speeds.exchange_us : 0);
         tg += gpu, tc += cpu, ex += cold > 0;
     }

@@ -26,6 +26,8 @@
 #include "lib/conf.h"
 #include "model/model.h"
 
+struct pi_predictors; /* compute/predictor.h */
+
 #define PI_PLACEMENT_MAGIC 0x4c504950u /* "PIPL" read as little-endian bytes */
 #define PI_PLACEMENT_VERSION 1u
 #define PI_PLACEMENT_MAX_WORKERS 64 /* the exchange's limit (ipc/exchange.h) */
@@ -115,10 +117,11 @@ int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, ui
  * else, with activation statistics act_freq ((n_layer, n_ff) frequencies from the model's sidecar;
  * NULL: none), the placement solver's (compute/placement-solve.h) within [gpu] vram_budget, or within
  * the bytes the hot fraction would take, with the [placement] speeds; else ids 0..k-1 hot in every
- * layer with k from pi_placement_hot_count. Logs what it chose. 0 and *out, or a negative pi_err
+ * layer with k from pi_placement_hot_count. pred: the predictors of a sparse run (NULL: dense), whose
+ * device bytes the budget counts and with which the solver models the CPU's work. Logs what it chose. 0 and *out, or a negative pi_err
  * (logged). */
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                        int max_tokens, struct pi_placement **out);
+                        int max_tokens, const struct pi_predictors *pred, struct pi_placement **out);
 
 /* Hot neurons per layer (ids 0..k-1) for configuration c and model m, with a context of n_ctx
  * positions and batches of up to max_tokens rows:
@@ -129,6 +132,7 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
  *   - a budget otherwise: as many as fit after the attention, embedding and output weights, each
  *     neuron costing its gate row, up row and down column in the file's types.
  * 0 when nothing fits (the GPU worker then refuses with the figures). */
-int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens);
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+                               const struct pi_predictors *pred);
 
 #endif
