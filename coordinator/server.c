@@ -42,7 +42,14 @@
  * of the process's), the listener rests ACCEPT_REST_MS, new connections waiting in the kernel's
  * backlog meanwhile (nginx's answer to EMFILE). A connection that sends no complete message for
  * IDLE_MS after it opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill
- * the cap slowly.
+ * the cap slowly. Over tcp a connection must send its token within AUTH_MS, and those yet to send it
+ * have their own cap (conn_make_room closes the oldest of them), so they cannot lock out the token's
+ * holders.
+ *
+ * Replies back up (OUT_PAUSE unsent): the connection's input is no longer framed, even within one
+ * read (the rest of it is kept in conn.in), so its requests cannot queue more than OUT_PAUSE plus one
+ * reply; a reply that cannot be queued closes the connection with an ERROR, never silently. A
+ * connection that closes (or is refused) stops its generation requests: job_gone[slot].
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -80,6 +87,8 @@
 #define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
 #define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
 #define CLOSE_MS 1000     /* a refused connection is closed once its ERROR is written, or this long after */
+#define AUTH_MS 2000      /* tcp: a connection must have sent its token this long after it opened */
+#define UNAUTH_MAX 16     /* tcp: connections without their token yet, at most (and a quarter of the cap) */
 #define ACCEPT_REST_MS 100              /* how long the listener rests when accept() runs out of descriptors */
 #define READ_BURST (256u << 10)         /* bytes read from one connection between two polls */
 #define OUT_MAX (2u << 20)              /* replies queued for one connection: past it, it does not take them */
@@ -792,9 +801,32 @@ static void reply_error(struct server *s, struct conn *c, uint64_t req, int code
     reply(s, c, &m);
 }
 
+/* tcp: make room for a new connection among those that have not sent their token: at the cap of
+ * connections, or at the cap of those (UNAUTH_MAX, a quarter of the cap), the oldest of them is closed.
+ * So peers that connect and send nothing cannot lock out the token's holders: they hold at most
+ * AUTH_MS each and never more than their own cap. Called only outside the loop over the poll set. */
+static void conn_make_room(struct server *s)
+{
+    const int unauth_cap = PI_MAX(1, PI_MIN(UNAUTH_MAX, s->conn_cap / 4));
+    int n_unauth = 0, oldest = -1;
+    for (int k = 0; k < s->n_conns; k++) {
+        if (s->conns[k].authed) continue;
+        n_unauth++;
+        if (oldest < 0 || s->conns[k].serial < s->conns[oldest].serial) oldest = k;
+    }
+    if (oldest < 0 || (s->n_conns < s->conn_cap && n_unauth < unauth_cap)) return;
+    static struct warn_limit wl;
+    uint64_t held_back;
+    if (warn_pass(&wl, &held_back))
+        pi_ctl_peer_warn("control: %d tcp connections without their token (%d open): the oldest closed for a new one "
+                         "(%llu more held back)",
+                         n_unauth, s->n_conns, (unsigned long long)held_back);
+    conn_drop(s, &s->conns[oldest]);
+}
+
 /* Accept what the listener has, at most EVENT_BURST: over the cap a connection is closed at once (the
  * clients already connected keep theirs); over ipc its uid must be ours; over tcp it must send the
- * token first. When accept() runs out of descriptors the listener rests ACCEPT_REST_MS, the
+ * token first, within AUTH_MS, and those yet to send it make room for new ones (conn_make_room). When accept() runs out of descriptors the listener rests ACCEPT_REST_MS, the
  * connections made meanwhile waiting in the kernel's backlog (nginx's answer to EMFILE). */
 static void on_listener(struct server *s)
 {
@@ -809,6 +841,7 @@ static void on_listener(struct server *s)
             }
             return; /* EAGAIN: none left; ECONNABORTED and the like: the next poll tries again */
         }
+        if (s->ep.transport == PI_CTL_TCP) conn_make_room(s);
         if (s->n_conns >= s->conn_cap) {
             if (s->refused++ % 1000 == 0)
                 pi_warn("control: %d connections open, the cap: closing new ones as they come (%llu so far)",
@@ -821,8 +854,8 @@ static void on_listener(struct server *s)
         c->fd = fd;
         c->serial = ++s->next_serial;
         c->state = CONN_OPEN;
-        c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
         c->authed = s->ep.transport == PI_CTL_IPC;
+        c->deadline_ns = pi_clock_ns() + (int64_t)(c->authed ? IDLE_MS : AUTH_MS) * 1000000;
         c->fr.max = c->authed ? 0 : AUTH_MSG; /* a tcp peer gets no buffer beyond the token's before it sent it */
         if (s->ep.transport != PI_CTL_IPC) continue;
         /* The socket file is 0600 in a directory of ours, but root passes any mode: check who it is. */
@@ -854,7 +887,8 @@ static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_
             conn_refuse(s, c, 0, r, t);
             return 0;
         }
-        if (!was_partial && pi_ctl_framer_partial(&c->fr)) c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+        if (!was_partial && pi_ctl_framer_partial(&c->fr) && c->authed) /* before the token: AUTH_MS from the start */
+            c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
         if (s->held > FRAME_BUDGET && pi_ctl_framer_held(&c->fr) > SMALL_MSG) {
             pi_ctl_peer_warn("control: %zu bytes of incomplete messages held: the connection adding to them is closed",
                              s->held);
@@ -969,7 +1003,9 @@ static long conns_sweep(struct server *s)
             c->shut = true;
         }
         if (c->dead || (c->deadline_ns && now >= c->deadline_ns)) {
-            if (!c->dead && c->state == CONN_OPEN)
+            if (!c->dead && c->state == CONN_OPEN && !c->authed)
+                pi_ctl_peer_warn("control: a tcp connection sent no token within %d ms: closed", AUTH_MS);
+            else if (!c->dead && c->state == CONN_OPEN)
                 pi_ctl_peer_warn("control: a connection sent no complete message within %d ms: closed", IDLE_MS);
             conn_drop(s, c);
             continue;
