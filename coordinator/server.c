@@ -42,7 +42,14 @@
  * of the process's), the listener rests ACCEPT_REST_MS, new connections waiting in the kernel's
  * backlog meanwhile (nginx's answer to EMFILE). A connection that sends no complete message for
  * IDLE_MS after it opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill
- * the cap slowly.
+ * the cap slowly. Over tcp a connection must send its token within AUTH_MS, and those yet to send it
+ * have their own cap (conn_make_room closes the oldest of them), so they cannot lock out the token's
+ * holders.
+ *
+ * Replies back up (OUT_PAUSE unsent): the connection's input is no longer framed, even within one
+ * read (the rest of it is kept in conn.in), so its requests cannot queue more than OUT_PAUSE plus one
+ * reply; a reply that cannot be queued closes the connection with an ERROR, never silently. A
+ * connection that closes (or is refused) stops its generation requests: job_gone[slot].
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -75,10 +82,13 @@
 
 #define GEN_EP "inproc://pinfer-generate"
 #define MAX_QUEUED 64     /* generation requests accepted and not yet ended, at most */
+#define JOB_SLOTS (2 * MAX_QUEUED) /* job slots: a slot is free once its END is handled, a little after busy drops */
 #define EVENT_BURST 256   /* generation-thread events handled between two polls */
 #define GEN_SEND_MS 5000  /* how long the generation thread waits to hand an event to the main thread */
 #define IDLE_MS 10000     /* a connection must send its first message, and finish each one, within this */
 #define CLOSE_MS 1000     /* a refused connection is closed once its ERROR is written, or this long after */
+#define AUTH_MS 2000      /* tcp: a connection must have sent its token this long after it opened */
+#define UNAUTH_MAX 16     /* tcp: connections without their token yet, at most (and a quarter of the cap) */
 #define ACCEPT_REST_MS 100              /* how long the listener rests when accept() runs out of descriptors */
 #define READ_BURST (256u << 10)         /* bytes read from one connection between two polls */
 #define OUT_MAX (2u << 20)              /* replies queued for one connection: past it, it does not take them */
@@ -94,6 +104,7 @@ struct job {
     uint64_t conn;             /* the client's connection (struct conn's serial) */
     uint64_t request_id;
     uint64_t seq;              /* the server's number of this job (abort_seq) */
+    int slot;                  /* its slot: job_gone[slot] set when its client went away */
     uint32_t n_predict;
     uint64_t seed;
     float temp;
@@ -107,6 +118,7 @@ struct event {
     uint64_t conn; /* the job's */
     uint64_t request_id;
     uint64_t seq;              /* the job's */
+    int slot;                  /* the job's */
     int32_t status;
     uint32_t n_prompt, n_generated;
     char text[512];            /* chunk text (len bytes) or the end's reason */
@@ -125,6 +137,9 @@ struct conn {
     size_t ignored;          /* CLOSING: bytes read and dropped since */
     int64_t deadline_ns;     /* 0: none; OPEN: its first message, or the one begun, is due; CLOSING: close then */
     struct pi_ctl_framer fr; /* the message being received */
+    uint8_t *in;             /* bytes read and not yet framed while its replies back up: in[in_off..in_len),
+                                at most one read (sizeof conn_read's buffer); NULL when none */
+    size_t in_off, in_len;
     uint8_t *out;            /* replies not yet written: out[out_off..out_len), at most OUT_MAX */
     size_t out_off, out_len, out_cap;
 };
@@ -143,6 +158,11 @@ struct server {
     _Atomic uint64_t abort_seq; /* the job whose client stopped taking replies: stop it (0: none) */
     uint64_t next_seq;         /* main thread: the last job's seq */
     uint64_t dropped_seq;      /* main thread: the job whose replies are no longer sent */
+    /* Jobs whose client went away (closed, or refused) are not run, or stop at the generation's next
+     * stop question: the main thread sets job_gone[slot]; the generation thread reads it. */
+    _Atomic bool job_gone[JOB_SLOTS];
+    uint64_t slot_conn[JOB_SLOTS]; /* main thread: the connection of the job in each slot (0: free) */
+    uint64_t slot_seq[JOB_SLOTS];  /* main thread: that job's seq */
     _Atomic uint64_t requests, tokens;
     char endpoint[512];
     /* Connections (main thread only; see DESIGN). */
@@ -163,6 +183,25 @@ struct server {
                                          thing unlinked at exit */
 };
 
+/* A warning repeated at most once a second (main thread only): a peer could otherwise have one
+ * logged per request it sends. The ones held back are counted in the next. */
+struct warn_limit {
+    int64_t next_ns;
+    uint64_t held;
+};
+static bool warn_pass(struct warn_limit *w, uint64_t *held_back)
+{
+    const int64_t now = pi_clock_ns();
+    if (now < w->next_ns) {
+        w->held++;
+        return false;
+    }
+    *held_back = w->held;
+    w->held = 0;
+    w->next_ns = now + INT64_C(1000000000);
+    return true;
+}
+
 static void send_event(struct server *s, const struct event *ev)
 {
     if (zmq_send(s->gen_sock, ev, sizeof *ev, 0) < 0) pi_warn("generation thread: event not delivered");
@@ -177,7 +216,8 @@ struct emit_ctx {
 static int job_stopped(void *ctx)
 {
     const struct emit_ctx *e = ctx;
-    return atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq;
+    return atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq ||
+           atomic_load(&e->s->job_gone[e->j->slot]);
 }
 
 /* Stream text as CHUNK events of at most sizeof ev.text bytes. The protocol's strings hold no NUL
@@ -187,7 +227,8 @@ static int emit_chunk(void *ctx, const char *text, size_t len)
     struct emit_ctx *e = ctx;
     if (job_stopped(ctx)) return -1;
     static const char repl[3] = {'\xef', '\xbf', '\xbd'};
-    struct event ev = {.kind = EV_CHUNK, .conn = e->j->conn, .request_id = e->j->request_id, .seq = e->j->seq};
+    struct event ev = {
+        .kind = EV_CHUNK, .conn = e->j->conn, .request_id = e->j->request_id, .seq = e->j->seq, .slot = e->j->slot};
     for (size_t i = 0; i < len; i++) {
         const size_t need = text[i] ? 1 : sizeof repl;
         if (ev.len + need > sizeof ev.text) {
@@ -213,17 +254,24 @@ static void run_job(struct server *s, struct job *j)
     r.sample.seed = j->seed;
     struct pi_gen_result res = {0};
     struct emit_ctx ec = {s, j};
-    /* A request still queued when the shutdown came is ended at once, without touching the engine. */
-    int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
+    /* A request still queued when the shutdown came, or whose client went away, is ended at once,
+     * without touching the engine. */
+    const bool gone = atomic_load(&s->job_gone[j->slot]);
+    int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER
+             : gone                  ? -PI_ERR_IO
+                                     : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
     struct event ev = {.kind = EV_END,
                        .conn = j->conn,
                        .request_id = j->request_id,
                        .seq = j->seq,
+                       .slot = j->slot,
                        .status = rc,
                        .n_prompt = (uint32_t)res.n_prompt,
                        .n_generated = (uint32_t)res.n_generated};
     if (rc != 0 && atomic_load(&s->cancel))
         snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
+    else if (rc != 0 && atomic_load(&s->job_gone[j->slot]))
+        snprintf(ev.text, sizeof ev.text, "stopped: its client went away");
     else if (rc != 0 && atomic_load(&s->abort_seq) == j->seq)
         snprintf(ev.text, sizeof ev.text, "stopped: the client did not take its replies (stopped reading or went away)");
     else if (rc == -PI_ERR_PEER)
@@ -390,12 +438,14 @@ static json_t *status_json(struct server *s)
                      tune_json(&s->o->cfg), "sparsity", sparsity_json(s));
 }
 
-static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m);
-static void reply(struct server *s, const struct conn *c, struct pi_ctl_msg *m);
-static void reply_error(struct server *s, const struct conn *c, uint64_t req, int code, const char *text);
+static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m, bool force);
+static struct conn *conn_find(struct server *s, uint64_t serial);
+static void conn_refuse(struct server *s, struct conn *c, uint64_t req, int code, const char *text);
+static void reply(struct server *s, struct conn *c, struct pi_ctl_msg *m);
+static void reply_error(struct server *s, struct conn *c, uint64_t req, int code, const char *text);
 
 /* One request from an authenticated connection. Returns 1 when the server should shut down. */
-static int handle_msg(struct server *s, void *pair, const struct conn *c, struct pi_ctl_msg *m)
+static int handle_msg(struct server *s, void *pair, struct conn *c, struct pi_ctl_msg *m)
 {
     int quit = 0;
     struct pi_ctl_msg r = {.request_id = m->request_id};
@@ -422,17 +472,28 @@ static int handle_msg(struct server *s, void *pair, const struct conn *c, struct
             reply_error(s, c, m->request_id, -PI_ERR_RANGE, t);
             break;
         }
+        int slot = 0;
+        while (slot < JOB_SLOTS && s->slot_conn[slot]) slot++;
+        if (slot == JOB_SLOTS) { /* busy just dropped and the ENDs are not yet handled: as busy */
+            reply_error(s, c, m->request_id, -PI_ERR_RANGE, "busy: generation requests are ending; try again");
+            break;
+        }
         atomic_fetch_add(&s->busy, 1);
         struct job j = {.conn = c->serial,
                         .request_id = m->request_id,
                         .seq = ++s->next_seq,
+                        .slot = slot,
                         .n_predict = m->u.generate.n_predict,
                         .seed = m->u.generate.seed,
                         .temp = m->u.generate.temp,
                         .prompt = m->u.generate.prompt};
         m->u.generate.prompt = NULL; /* the generation thread frees it */
+        s->slot_conn[slot] = c->serial;
+        s->slot_seq[slot] = j.seq;
+        atomic_store(&s->job_gone[slot], false);
         if (zmq_send(pair, &j, sizeof j, ZMQ_DONTWAIT) != (int)sizeof j) {
             free(j.prompt);
+            s->slot_conn[slot] = 0;
             atomic_fetch_sub(&s->busy, 1);
             reply_error(s, c, m->request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
         }
@@ -453,6 +514,9 @@ static int handle_msg(struct server *s, void *pair, const struct conn *c, struct
  * end is still tried. */
 static void on_event(struct server *s, const struct event *ev)
 {
+    const bool slot_ok = ev->slot >= 0 && ev->slot < JOB_SLOTS && s->slot_seq[ev->slot] == ev->seq;
+    if (ev->kind == EV_END && slot_ok) s->slot_conn[ev->slot] = 0; /* the slot is free again */
+    if (slot_ok && atomic_load(&s->job_gone[ev->slot])) return;   /* no one to tell */
     if (ev->kind == EV_CHUNK && ev->seq == s->dropped_seq) return;
     struct pi_ctl_msg m = {.request_id = ev->request_id};
     char text[sizeof ev->text + 1];
@@ -468,19 +532,34 @@ static void on_event(struct server *s, const struct event *ev)
         m.u.end.n_generated = ev->n_generated;
         m.u.end.reason = text;
     }
-    const int rc = conn_send(s, ev->conn, &m);
+    const int rc = conn_send(s, ev->conn, &m, false);
     if (rc == 0) return;
+    static struct warn_limit wl;
+    uint64_t held_back = 0;
+    const bool say = warn_pass(&wl, &held_back);
     const char *why = rc == -PI_ERR_PEER      ? "it went away"
                       : rc == -PI_ERR_TIMEOUT ? "it stopped reading"
                                               : pi_err_str(rc);
     if (ev->kind == EV_CHUNK) {
-        pi_warn("control: request %llu: its client does not take replies (%s); stopping it",
-                (unsigned long long)ev->request_id, why);
+        if (say)
+            pi_warn("control: request %llu: its client does not take replies (%s); stopping it (%llu such warnings "
+                    "held back)",
+                    (unsigned long long)ev->request_id, why, (unsigned long long)held_back);
         s->dropped_seq = ev->seq;
         atomic_store(&s->abort_seq, ev->seq);
-    } else {
-        pi_warn("control: request %llu: its end could not be sent (%s)", (unsigned long long)ev->request_id, why);
+        return;
     }
+    if (say)
+        pi_warn("control: request %llu: its end could not be sent (%s)%s (%llu such warnings held back)",
+                (unsigned long long)ev->request_id, why, rc == -PI_ERR_PEER ? "" : "; its connection is closed",
+                (unsigned long long)held_back);
+    /* Its client would wait for the END forever: say why and close. */
+    struct conn *c = rc == -PI_ERR_PEER ? NULL : conn_find(s, ev->conn);
+    if (c && c->state == CONN_OPEN)
+        conn_refuse(s, c, ev->request_id, rc,
+                    rc == -PI_ERR_TIMEOUT ? "replies not taken: 2 MiB queued unread; the request was stopped and "
+                                            "the connection is closed"
+                                          : "the request's end could not be queued; the connection is closed");
 }
 
 /* The control endpoint: [control] endpoint, or ipc://RUN_DIR/control.sock, parsed into *ep (abstract
@@ -595,12 +674,31 @@ static struct conn *conn_find(struct server *s, uint64_t serial)
     return NULL;
 }
 
-/* Close connection c and forget it (its message and its unsent replies). */
+/* True when c's requests must wait: OUT_PAUSE of its replies unsent. Checked before each message is
+ * framed, so one read's many small requests cannot queue more than OUT_PAUSE plus one reply. */
+static bool conn_paused(const struct conn *c)
+{
+    return c->state == CONN_OPEN && c->out_len - c->out_off >= OUT_PAUSE;
+}
+
+/* Connection serial went away (or was refused): its queued and running jobs are stopped. */
+static void conn_jobs_stop(struct server *s, uint64_t serial)
+{
+    int n = 0;
+    for (int k = 0; k < JOB_SLOTS; k++)
+        if (s->slot_conn[k] == serial && !atomic_load(&s->job_gone[k])) atomic_store(&s->job_gone[k], true), n++;
+    if (n) pi_info("control: %d generation requests stopped: their client went away", n);
+}
+
+/* Close connection c and forget it (its message, its unframed input and its unsent replies); its
+ * generation requests are stopped. */
 static void conn_drop(struct server *s, struct conn *c)
 {
+    conn_jobs_stop(s, c->serial);
     close(c->fd);
     s->held -= pi_ctl_framer_held(&c->fr);
     pi_ctl_framer_clear(&c->fr);
+    free(c->in);
     free(c->out);
     *c = s->conns[--s->n_conns];
 }
@@ -618,13 +716,18 @@ static bool conn_flush(struct conn *c)
         return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
     }
     c->out_off = c->out_len = 0;
+    if (c->out_cap > OUT_PAUSE) { /* a burst's buffer is not kept by an idle connection */
+        free(c->out);
+        c->out = NULL;
+        c->out_cap = 0;
+    }
     return true;
 }
 
 /* Queue msg for the connection named serial and write what the socket takes now. Returns 0,
  * -PI_ERR_PEER (no such connection: it went away), -PI_ERR_TIMEOUT (it does not take its replies:
- * OUT_MAX queued), or the encoder's error. Never waits. */
-static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m)
+ * OUT_MAX queued, unless force: the one ERROR that closes it), or the encoder's error. Never waits. */
+static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m, bool force)
 {
     struct conn *c = conn_find(s, serial);
     if (!c || c->dead) return -PI_ERR_PEER;
@@ -632,7 +735,7 @@ static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg 
     size_t len;
     int rc = pi_ctl_encode(m, &buf, &len);
     if (rc < 0) return rc;
-    if (c->out_len - c->out_off + len > OUT_MAX) {
+    if (!force && c->out_len - c->out_off + len > OUT_MAX) {
         free(buf);
         return -PI_ERR_TIMEOUT;
     }
@@ -642,7 +745,7 @@ static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg 
         c->out_off = 0;
     }
     if (c->out_len + len > c->out_cap) {
-        size_t cap = PI_MAX(c->out_cap * 2, c->out_len + len);
+        size_t cap = PI_MAX(PI_MIN(c->out_cap * 2, (size_t)OUT_MAX), c->out_len + len); /* OUT_MAX + an ERROR at most */
         uint8_t *p = realloc(c->out, cap);
         if (!p) {
             free(buf);
@@ -658,12 +761,39 @@ static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg 
     return c->dead ? -PI_ERR_PEER : 0;
 }
 
-static void reply(struct server *s, const struct conn *c, struct pi_ctl_msg *m)
+/* Answer ERROR, take no more from the connection, and close it once the ERROR is written (or
+ * CLOSE_MS later). The ERROR is queued past OUT_MAX if need be: a connection is never closed without
+ * saying why. */
+static void conn_refuse(struct server *s, struct conn *c, uint64_t req, int code, const char *text)
 {
-    if (conn_send(s, c->serial, m) != 0) pi_warn("control: reply (%s) not sent", pi_ctl_type_name(m->type));
+    struct pi_ctl_msg m = {.type = PI_CTL_ERROR, .request_id = req};
+    m.u.error.code = code;
+    m.u.error.text = (char *)text;
+    (void)conn_send(s, c->serial, &m, true); /* fails only when it is gone, or for want of memory */
+    conn_jobs_stop(s, c->serial);
+    s->held -= pi_ctl_framer_held(&c->fr);
+    pi_ctl_framer_clear(&c->fr);
+    c->state = CONN_CLOSING;
+    c->deadline_ns = pi_clock_ns() + (int64_t)CLOSE_MS * 1000000;
 }
 
-static void reply_error(struct server *s, const struct conn *c, uint64_t req, int code, const char *text)
+/* Send a reply to a request of c. One that cannot be queued is never dropped silently: the connection
+ * is closed with an ERROR saying so (its client would otherwise wait for it forever). */
+static void reply(struct server *s, struct conn *c, struct pi_ctl_msg *m)
+{
+    static struct warn_limit wl;
+    uint64_t held_back;
+    const int rc = conn_send(s, c->serial, m, false);
+    if (rc == 0 || rc == -PI_ERR_PEER) return; /* sent, or there is no one left to tell */
+    if (warn_pass(&wl, &held_back))
+        pi_warn("control: a reply (%s) could not be queued (%s): its connection is closed (%llu more held back)",
+                pi_ctl_type_name(m->type), pi_err_str(rc), (unsigned long long)held_back);
+    conn_refuse(s, c, m->request_id, rc,
+                rc == -PI_ERR_TIMEOUT ? "replies not taken: 2 MiB queued unread; the connection is closed"
+                                      : "a reply could not be queued; the connection is closed");
+}
+
+static void reply_error(struct server *s, struct conn *c, uint64_t req, int code, const char *text)
 {
     struct pi_ctl_msg m = {.type = PI_CTL_ERROR, .request_id = req};
     m.u.error.code = code;
@@ -671,20 +801,32 @@ static void reply_error(struct server *s, const struct conn *c, uint64_t req, in
     reply(s, c, &m);
 }
 
-/* Answer ERROR, take no more from the connection, and close it once the ERROR is written (or
- * CLOSE_MS later). */
-static void conn_refuse(struct server *s, struct conn *c, uint64_t req, int code, const char *text)
+/* tcp: make room for a new connection among those that have not sent their token: at the cap of
+ * connections, or at the cap of those (UNAUTH_MAX, a quarter of the cap), the oldest of them is closed.
+ * So peers that connect and send nothing cannot lock out the token's holders: they hold at most
+ * AUTH_MS each and never more than their own cap. Called only outside the loop over the poll set. */
+static void conn_make_room(struct server *s)
 {
-    reply_error(s, c, req, code, text);
-    s->held -= pi_ctl_framer_held(&c->fr);
-    pi_ctl_framer_clear(&c->fr);
-    c->state = CONN_CLOSING;
-    c->deadline_ns = pi_clock_ns() + (int64_t)CLOSE_MS * 1000000;
+    const int unauth_cap = PI_MAX(1, PI_MIN(UNAUTH_MAX, s->conn_cap / 4));
+    int n_unauth = 0, oldest = -1;
+    for (int k = 0; k < s->n_conns; k++) {
+        if (s->conns[k].authed) continue;
+        n_unauth++;
+        if (oldest < 0 || s->conns[k].serial < s->conns[oldest].serial) oldest = k;
+    }
+    if (oldest < 0 || (s->n_conns < s->conn_cap && n_unauth < unauth_cap)) return;
+    static struct warn_limit wl;
+    uint64_t held_back;
+    if (warn_pass(&wl, &held_back))
+        pi_ctl_peer_warn("control: %d tcp connections without their token (%d open): the oldest closed for a new one "
+                         "(%llu more held back)",
+                         n_unauth, s->n_conns, (unsigned long long)held_back);
+    conn_drop(s, &s->conns[oldest]);
 }
 
 /* Accept what the listener has, at most EVENT_BURST: over the cap a connection is closed at once (the
  * clients already connected keep theirs); over ipc its uid must be ours; over tcp it must send the
- * token first. When accept() runs out of descriptors the listener rests ACCEPT_REST_MS, the
+ * token first, within AUTH_MS, and those yet to send it make room for new ones (conn_make_room). When accept() runs out of descriptors the listener rests ACCEPT_REST_MS, the
  * connections made meanwhile waiting in the kernel's backlog (nginx's answer to EMFILE). */
 static void on_listener(struct server *s)
 {
@@ -699,6 +841,7 @@ static void on_listener(struct server *s)
             }
             return; /* EAGAIN: none left; ECONNABORTED and the like: the next poll tries again */
         }
+        if (s->ep.transport == PI_CTL_TCP) conn_make_room(s);
         if (s->n_conns >= s->conn_cap) {
             if (s->refused++ % 1000 == 0)
                 pi_warn("control: %d connections open, the cap: closing new ones as they come (%llu so far)",
@@ -711,8 +854,8 @@ static void on_listener(struct server *s)
         c->fd = fd;
         c->serial = ++s->next_serial;
         c->state = CONN_OPEN;
-        c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
         c->authed = s->ep.transport == PI_CTL_IPC;
+        c->deadline_ns = pi_clock_ns() + (int64_t)(c->authed ? IDLE_MS : AUTH_MS) * 1000000;
         c->fr.max = c->authed ? 0 : AUTH_MSG; /* a tcp peer gets no buffer beyond the token's before it sent it */
         if (s->ep.transport != PI_CTL_IPC) continue;
         /* The socket file is 0600 in a directory of ours, but root passes any mode: check who it is. */
@@ -726,14 +869,16 @@ static void on_listener(struct server *s)
     }
 }
 
-/* Bytes from connection c: frame them into messages and handle each. Returns 1 for a shutdown. */
-static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_t *p, size_t n)
+/* Bytes from connection c (*p, *n): frame them into messages and handle each, until they are all
+ * taken, the connection is refused, or its replies back up (conn_paused): *p and *n are then what is
+ * left. Returns 1 for a shutdown. */
+static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_t **p, size_t *n)
 {
-    while (n && c->state == CONN_OPEN) {
+    while (*n && c->state == CONN_OPEN && !conn_paused(c)) {
         const size_t before = pi_ctl_framer_held(&c->fr);
         const bool was_partial = pi_ctl_framer_partial(&c->fr);
         enum pi_ctl_defect d = PI_CTL_OK;
-        int r = pi_ctl_framer_feed(&c->fr, &p, &n, &d);
+        int r = pi_ctl_framer_feed(&c->fr, p, n, &d);
         s->held = s->held - before + pi_ctl_framer_held(&c->fr);
         if (r < 0) {
             char t[160];
@@ -742,7 +887,8 @@ static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_
             conn_refuse(s, c, 0, r, t);
             return 0;
         }
-        if (!was_partial && pi_ctl_framer_partial(&c->fr)) c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
+        if (!was_partial && pi_ctl_framer_partial(&c->fr) && c->authed) /* before the token: AUTH_MS from the start */
+            c->deadline_ns = pi_clock_ns() + (int64_t)IDLE_MS * 1000000;
         if (s->held > FRAME_BUDGET && pi_ctl_framer_held(&c->fr) > SMALL_MSG) {
             pi_ctl_peer_warn("control: %zu bytes of incomplete messages held: the connection adding to them is closed",
                              s->held);
@@ -781,12 +927,43 @@ static int conn_input(struct server *s, void *pair, struct conn *c, const uint8_
     return 0;
 }
 
-/* Read what connection c has, at most READ_BURST bytes (so one busy peer cannot hold the main
- * thread). Returns 1 for a shutdown; a closed or failed connection is marked dead. */
+/* Keep what conn_input left of a read (its replies backed up) in c->in; false for want of memory. */
+static bool conn_keep(struct conn *c, const uint8_t *p, size_t n)
+{
+    if (!n || c->state != CONN_OPEN) return true; /* a refused connection's bytes are dropped */
+    uint8_t *in = malloc(n);
+    if (!in) {
+        pi_error("control: out of memory for %zu bytes of a connection's input: closing it", n);
+        return false;
+    }
+    memcpy(in, p, n);
+    c->in = in;
+    c->in_off = 0;
+    c->in_len = n;
+    return true;
+}
+
+/* Handle what connection c has: first the input kept while its replies backed up, then new bytes, at
+ * most READ_BURST (so one busy peer cannot hold the main thread), until its replies back up again
+ * (conn_paused: what a read brought and was not framed is kept, one read at most, and the socket is not
+ * read until it is handled). Returns 1 for a shutdown; a closed or failed connection is marked dead. */
 static int conn_read(struct server *s, void *pair, struct conn *c)
 {
     static uint8_t buf[65536];
-    for (size_t got = 0; got < READ_BURST && !c->dead;) {
+    if (c->in) {
+        const uint8_t *p = c->in + c->in_off;
+        size_t n = c->in_len - c->in_off;
+        const int quit = conn_input(s, pair, c, &p, &n);
+        if (n && c->state == CONN_OPEN) {
+            c->in_off = c->in_len - n;
+            return quit;
+        }
+        free(c->in);
+        c->in = NULL;
+        c->in_off = c->in_len = 0;
+        if (quit) return 1;
+    }
+    for (size_t got = 0; got < READ_BURST && !c->dead && !conn_paused(c);) {
         ssize_t n = recv(c->fd, buf, sizeof buf, MSG_DONTWAIT);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
@@ -800,7 +977,12 @@ static int conn_read(struct server *s, void *pair, struct conn *c)
             c->dead |= c->ignored > CLOSE_SLACK;
             continue;
         }
-        if (conn_input(s, pair, c, buf, (size_t)n)) return 1;
+        const uint8_t *p = buf;
+        size_t left = (size_t)n;
+        const int quit = conn_input(s, pair, c, &p, &left);
+        if (!conn_keep(c, p, left)) c->dead = true;
+        if (quit) return 1;
+        if (c->in) return 0;
     }
     return 0;
 }
@@ -821,7 +1003,9 @@ static long conns_sweep(struct server *s)
             c->shut = true;
         }
         if (c->dead || (c->deadline_ns && now >= c->deadline_ns)) {
-            if (!c->dead && c->state == CONN_OPEN)
+            if (!c->dead && c->state == CONN_OPEN && !c->authed)
+                pi_ctl_peer_warn("control: a tcp connection sent no token within %d ms: closed", AUTH_MS);
+            else if (!c->dead && c->state == CONN_OPEN)
                 pi_ctl_peer_warn("control: a connection sent no complete message within %d ms: closed", IDLE_MS);
             conn_drop(s, c);
             continue;
@@ -871,7 +1055,8 @@ static void serve(struct server *s, void *pair, int sfd)
         for (int k = 0; k < n_conns; k++) {
             const struct conn *c = &s->conns[k];
             short ev = c->out_off < c->out_len ? ZMQ_POLLOUT : 0;
-            if (c->out_len - c->out_off < OUT_PAUSE) ev |= ZMQ_POLLIN; /* CLOSING: read to drop */
+            if (!conn_paused(c) && !c->in) ev |= ZMQ_POLLIN; /* CLOSING: read to drop */
+            if (!conn_paused(c) && c->in) wait_ms = 0;       /* its kept input is handled below */
             it[2 + k] = (zmq_pollitem_t){NULL, c->fd, ev, 0};
         }
         int n_it = 2 + n_conns;
@@ -899,7 +1084,8 @@ static void serve(struct server *s, void *pair, int sfd)
             struct conn *c = &s->conns[k];
             const short re = it[2 + k].revents;
             if ((re & ZMQ_POLLOUT) && !c->dead && !conn_flush(c)) c->dead = true;
-            if ((re & (ZMQ_POLLIN | ZMQ_POLLERR)) && !c->dead && conn_read(s, pair, c)) return;
+            const bool kept = c->in && !conn_paused(c); /* its replies were taken: go on with its input */
+            if (((re & (ZMQ_POLLIN | ZMQ_POLLERR)) || kept) && !c->dead && conn_read(s, pair, c)) return;
         }
         if (n_it > 2 + n_conns && (it[2 + n_conns].revents & ZMQ_POLLIN)) on_listener(s);
         wait_ms = conns_sweep(s); /* until the next connection's deadline, those just set included */

@@ -334,24 +334,41 @@ static int64_t ms_now(void)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* Wait for events on fd until deadline_ms (-1: none). 1 ready, 0 timed out, -1 error (errno). */
-static int wait_fd(int fd, short events, int64_t deadline_ms)
+/* Wait for events on fd until deadline_ms (-1: none). 1 ready (*revents, when given, says which), 0
+ * timed out, -1 error (errno). */
+static int wait_fd_ev(int fd, short events, int64_t deadline_ms, short *revents)
 {
     for (;;) {
         struct pollfd p = {.fd = fd, .events = events};
         int left = deadline_ms < 0 ? -1 : (int)PI_MAX(0, PI_MIN(deadline_ms - ms_now(), (int64_t)INT_MAX));
         int r = poll(&p, 1, left);
         if (r < 0 && errno == EINTR) continue;
+        if (revents) *revents = p.revents;
         return r < 0 ? -1 : r;
     }
 }
 
-/* Non-blocking connect to sa, waiting until deadline. 0 or -1 with errno. */
+static int wait_fd(int fd, short events, int64_t deadline_ms) { return wait_fd_ev(fd, events, deadline_ms, NULL); }
+
+#define CONNECT_RETRY_MS 5 /* the pause between two connects while a unix listener's backlog is full */
+
+/* Non-blocking connect to sa, waiting until deadline. 0 or -1 with errno: EAGAIN when a unix
+ * socket's listen backlog stayed full until the deadline (the coordinator is busy: a unix connect is
+ * never "in progress", its EAGAIN means try again), ECONNRESET when the socket hung up unconnected. */
 static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t deadline)
 {
-    if (connect(fd, sa, len) == 0) return 0;
-    if (errno != EINPROGRESS && errno != EAGAIN) return -1;
-    int r = wait_fd(fd, POLLOUT, deadline);
+    for (;;) {
+        if (connect(fd, sa, len) == 0) return 0;
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN || sa->sa_family != AF_UNIX) break;
+        const int64_t left = deadline < 0 ? CONNECT_RETRY_MS : deadline - ms_now();
+        if (left <= 0) return -1; /* errno: EAGAIN */
+        struct timespec t = {0, (long)PI_MIN(left, (int64_t)CONNECT_RETRY_MS) * 1000000L};
+        nanosleep(&t, NULL);
+    }
+    if (errno != EINPROGRESS) return -1;
+    short re = 0;
+    int r = wait_fd_ev(fd, POLLOUT, deadline, &re);
     if (r <= 0) {
         if (r == 0) errno = ETIMEDOUT;
         return -1;
@@ -359,6 +376,7 @@ static int connect_by(int fd, const struct sockaddr *sa, socklen_t len, int64_t 
     int e = 0;
     socklen_t el = sizeof e;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) return -1;
+    if (!e && (re & (POLLHUP | POLLERR | POLLNVAL))) e = ECONNRESET; /* hung up, whatever SO_ERROR says */
     if (e) {
         errno = e;
         return -1;

@@ -108,7 +108,8 @@ int pi_ctl_listen_tcp(const struct pi_ctl_ep *ep, char *err, size_t err_len);
 typedef struct pi_ctl_client pi_ctl_client_t;
 
 /* Connect to endpoint, waiting at most timeout_ms. Returns the client, or NULL with errno set
- * (ENOENT, ECONNREFUSED, EACCES, ETIMEDOUT, EINVAL for an endpoint pi_ctl_ep_parse refuses, ...);
+ * (ENOENT, ECONNREFUSED, EACCES, ETIMEDOUT, EAGAIN when a unix listener's backlog stayed full until the
+ * timeout (retried meanwhile), EINVAL for an endpoint pi_ctl_ep_parse refuses, ...);
  * nothing is logged, the caller words the error. */
 pi_ctl_client_t *pi_ctl_client_new(const char *endpoint, int timeout_ms);
 

@@ -176,6 +176,11 @@ static pi_ctl_client_t *connect_ctl(const struct ctl_opts *o, uint64_t req)
                     o->endpoint);
         else if (e == ENOENT || e == ENOTDIR)
             fprintf(stderr, "pi-ctl: no coordinator at %s (no such socket: %s)\n", o->endpoint, strerror(e));
+        else if (e == EAGAIN || e == EWOULDBLOCK)
+            fprintf(stderr,
+                    "pi-ctl: the coordinator at %s is busy: its queue of new connections stayed full for the "
+                    "timeout (%d ms); try again, or raise --timeout\n",
+                    o->endpoint, o->timeout_ms);
         else if (e == ECONNREFUSED && ep.transport == PI_CTL_IPC)
             fprintf(stderr, "pi-ctl: no coordinator at %s (stale socket: nobody is listening)\n", o->endpoint);
         else fprintf(stderr, "pi-ctl: no coordinator at %s (%s)\n", o->endpoint, strerror(e));

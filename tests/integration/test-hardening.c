@@ -739,7 +739,7 @@ static void test_tcp_token(void)
     tap_ok(rc == 2 && strstr(err, "chmod 600"), "a token file others may read: refused (exit %d): %s", rc, err);
     free(err);
 
-    snprintf(set, sizeof set, "--set control.token_file='%s'", tok);
+    snprintf(set, sizeof set, "--set control.token_file='%s' --set control.max_connections=8", tok);
     const char *with[] = {"--token-file", tok, NULL};
     pid_t srv = start_server_on("tcp", 1024, 1024, ep, set, "", with);
     if (!tap_ok(srv > 0, "a coordinator on %s with a token file started; pi-ctl --token-file status answered", ep)) {
@@ -774,6 +774,34 @@ static void test_tcp_token(void)
     tap_ok(rc == 1 && strstr(err, "authentication failed"), "pi-ctl with another token: refused (exit %d): %s", rc,
            err);
     free(err);
+
+    /* 8 connections that send nothing, at a cap of 8: they used to hold every place for 10 s, locking
+     * out the token's holders; now those without their token have their own small cap (the oldest
+     * closed for a new one) and 2 s to send it. */
+    int idle[8];
+    int64_t t_last = 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    for (int i = 0; i < 8; i++) {
+        idle[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (idle[i] >= 0 && connect(idle[i], (struct sockaddr *)&sa, sizeof sa) != 0) close(idle[i]), idle[i] = -1;
+        t_last = pi_clock_ns();
+    }
+    usleep(200000);
+    const char *crowded[] = {"--token-file", tok, "status", NULL};
+    rc = tp_pictl(ctl, ep, "tcp-crowded", crowded, 10);
+    tap_ok(rc == 0, "8 connections without a token at a cap of 8: pi-ctl --token-file status still served (exit %d)", rc);
+    struct timeval tv = {.tv_sec = 6};
+    char b;
+    ssize_t r = -1;
+    if (idle[7] >= 0) {
+        setsockopt(idle[7], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        r = recv(idle[7], &b, 1, 0);
+    }
+    const double idle_s = (double)(pi_clock_ns() - t_last) / 1e9;
+    tap_ok(r == 0 && idle_s > 1.5 && idle_s < 4, "a tcp connection that sends no token: closed after %.1f s", idle_s);
+    for (int i = 0; i < 8; i++)
+        if (idle[i] >= 0) close(idle[i]);
     stop_server(srv);
 }
 

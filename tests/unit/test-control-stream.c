@@ -7,6 +7,7 @@
  * other end (pieces, timeout, a closed peer) and a missing or stale socket. */
 #include "config.h"
 #include "ipc/control-stream.h"
+#include "ipc/futex.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "tests/tap.h"
@@ -317,6 +318,49 @@ static void test_listen(void)
     rmdir(sub);
 }
 
+/* A listener whose backlog is full (listen(fd, 0), nothing accepted): the client retries its connect
+ * until the deadline and then fails with EAGAIN ("busy"), not as if connected (it used to take a unix
+ * connect's EAGAIN for EINPROGRESS, then fail later with an I/O error); once a place frees up, it
+ * connects. */
+static void test_backlog_full(void)
+{
+    char path[320], ep[400];
+    snprintf(path, sizeof path, "%s/full.sock", dir);
+    snprintf(ep, sizeof ep, "ipc://%s", path);
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        tap_skip(2, "the socket path is too long for a unix socket");
+        return;
+    }
+    memcpy(sa.sun_path, path, strlen(path) + 1);
+    int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int fill[64], n_fill = 0;
+    bool full = false;
+    if (lfd >= 0 && bind(lfd, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(lfd, 0) == 0) {
+        while (!full && n_fill < (int)PI_ARRAY_LEN(fill)) {
+            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+            if (fd < 0) break;
+            if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) fill[n_fill++] = fd;
+            else full = errno == EAGAIN, close(fd);
+        }
+    }
+    const int64_t t0 = pi_clock_ns();
+    pi_ctl_client_t *c = full ? pi_ctl_client_new(ep, 300) : NULL;
+    const int e = errno;
+    const double ms = (double)(pi_clock_ns() - t0) / 1e6;
+    tap_ok(full && !c && e == EAGAIN && ms >= 250 && ms < 2000,
+           "a full listen backlog: the client retries for its timeout, then EAGAIN (%.0f ms, %s)", ms, strerror(e));
+    pi_ctl_client_destroy(&c);
+    int a = lfd >= 0 ? accept(lfd, NULL, NULL) : -1; /* a place in the backlog */
+    c = full ? pi_ctl_client_new(ep, 1000) : NULL;
+    tap_ok(c != NULL, "a place in the backlog: the client connects");
+    pi_ctl_client_destroy(&c);
+    if (a >= 0) close(a);
+    for (int k = 0; k < n_fill; k++) close(fill[k]);
+    if (lfd >= 0) close(lfd);
+    unlink(path);
+}
+
 int main(void)
 {
     alarm(30);
@@ -328,6 +372,7 @@ int main(void)
     test_peer_uid();
     test_token();
     test_listen();
+    test_backlog_full();
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     if (system(cmd) != 0) tap_diag("could not remove %s", dir);
