@@ -182,8 +182,10 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
                                  .speeds = {.gpu_gbs = c->place_gpu_gbs, .cpu_gbs = c->place_cpu_gbs, .exchange_us = c->place_exchange_us},
                                  .sparse = pred != NULL};
     if (!(q.speeds.cpu_gbs > 0)) { /* 0: measured now, one worker's rate times the workers */
+        /* one worker's threads: [cpu] threads, else its share of the online CPUs (the workers take
+         * their node's physical cores, shared among the node's workers: about the same share) */
         long online = sysconf(_SC_NPROCESSORS_ONLN);
-        int threads = c->cpu_threads > 0 ? (int)c->cpu_threads : online > 0 ? (int)online : 1;
+        int threads = c->cpu_threads > 0 ? (int)c->cpu_threads : online > 0 ? (int)PI_MAX(1, online / q.n_workers) : 1;
         double one = 0;
         rc = pi_place_measure_cpu_gbs(m, threads, &one);
         if (rc < 0) {

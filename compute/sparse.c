@@ -172,18 +172,21 @@ void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predic
 }
 
 void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model_t *m, int il, const float *X, int64_t n,
-                      const uint64_t *mask, int64_t mask_words, float *gate)
+                      const uint64_t *mask, int64_t mask_words, float *gate, float *up)
 {
-    const struct pi_weight *G = &m->layers[il].ffn_gate;
-    PI_ASSERT(il >= 0 && il < s->n_layer && G->rows == s->n_ff);
+    const struct pi_weight *G = &m->layers[il].ffn_gate, *U = &m->layers[il].ffn_up;
+    const bool drelu = m->hp.act == PI_FFN_ACT_DRELU;
+    PI_ASSERT(il >= 0 && il < s->n_layer && G->rows == s->n_ff && (!drelu || (up && U->rows == s->n_ff)));
     if (n == 1) pi_matvec(pool, G->type, G->data, G->rows, G->cols, X, gate);
     else pi_matmul(pool, G->type, G->data, G->rows, G->cols, X, n, gate);
+    if (drelu && n == 1) pi_matvec(pool, U->type, U->data, U->rows, U->cols, X, up);
+    else if (drelu) pi_matmul(pool, U->type, U->data, U->rows, U->cols, X, n, up);
     uint64_t tru = 0, hit = 0;
     for (int64_t t = 0; t < n; t++) {
-        const float *g = gate + t * s->n_ff;
+        const float *g = gate + t * s->n_ff, *u = drelu ? up + t * s->n_ff : NULL;
         const uint64_t *row = mask + t * mask_words;
         for (int64_t j = 0; j < s->n_ff; j++) {
-            if (!(g[j] > 0.0f)) continue;
+            if (!(g[j] > 0.0f) || (u && !(u[j] > 0.0f))) continue;
             tru++;
             hit += pi_sparse_bit(row, j);
         }
@@ -230,7 +233,9 @@ int pi_sparse_stats_add_wire(struct pi_sparse_stats *s, const uint64_t *w, int64
     int bad = 0;
     const uint64_t most = (uint64_t)n_tokens * (uint64_t)s->n_ff;
     for (int il = 0; il < s->n_layer; il++) {
-        const uint64_t *r = w + (size_t)il * PI_SPARSE_FIELDS;
+        /* read each shared word once: the GPU worker may rewrite the section, so check the copies */
+        const volatile uint64_t *src = w + (size_t)il * PI_SPARSE_FIELDS;
+        const uint64_t r[4] = {src[0], src[1], src[2], src[3]};
         if (r[0] > r[1] || r[1] > most || r[3] > r[2] || r[2] > most) {
             bad++;
             continue;

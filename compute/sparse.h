@@ -111,11 +111,12 @@ void pi_sparse_stats_clear(struct pi_sparse_stats *s);
 /* Layer il computed n tokens with `predicted` (token, neuron) pairs predicted active. */
 void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predicted);
 
-/* Recall of layer il's masks: the true gates of all n_ff neurons over X (n, d) (m's ffn_gate, through
- * pi_matvec/pi_matmul: the inference rounding), compared with mask (n, mask_words); counted into s.
- * gate: (n, n_ff) floats of scratch. */
+/* Recall of layer il's masks: the true activity of all n_ff neurons over X (n, d) (m's ffn_gate, and
+ * for dReLU also ffn_up, through pi_matvec/pi_matmul: the inference rounding; active: gate > 0, and
+ * for dReLU up > 0 too, as the trainer counts it), compared with mask (n, mask_words); counted into
+ * s. gate: (n, n_ff) floats of scratch; up: the same, used only when m's activation is dReLU. */
 void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model_t *m, int il, const float *X, int64_t n,
-                      const uint64_t *mask, int64_t mask_words, float *gate);
+                      const uint64_t *mask, int64_t mask_words, float *gate, float *up);
 
 /* dst += src, dst -= src (same shape; sub: src counted before dst, every count of dst at least src's). */
 void pi_sparse_stats_add(struct pi_sparse_stats *dst, const struct pi_sparse_stats *src);

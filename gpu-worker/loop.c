@@ -69,7 +69,8 @@ static int predict_layer(struct pi_gpu_loop *g, int il, int n, const float *x, u
         computed = (int64_t)n * be->model->hp.n_ff; /* the backend computes the layer densely */
     }
     pi_sparse_note(&g->stats, il, n, computed);
-    if (g->recall_now && x && mask) pi_sparse_recall(&g->stats, g->pool, be->model, il, x, n, mask, g->mask_words, g->gate);
+    if (g->recall_now && x && mask) pi_sparse_recall(&g->stats, g->pool, be->model, il, x, n, mask, g->mask_words, g->gate,
+                         g->gate + (size_t)g->cap * (size_t)be->model->hp.n_ff);
     return 0;
 }
 
@@ -157,7 +158,7 @@ static int loop_reserve(struct pi_gpu_loop *g, int n)
         g->x_own = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->x_own);
         g->mask_own = malloc((size_t)n * (size_t)g->mask_words * sizeof *g->mask_own);
         g->pred_scr = malloc(pi_predictor_scratch(g->pred, n) * sizeof *g->pred_scr);
-        g->gate = malloc((size_t)n * (size_t)hp->n_ff * sizeof *g->gate);
+        g->gate = malloc((size_t)n * 2 * (size_t)hp->n_ff * sizeof *g->gate); /* the gates, then dReLU's ups */
         ok = g->x_own && g->mask_own && g->pred_scr && g->gate;
     }
     if (!ok) {

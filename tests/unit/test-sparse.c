@@ -19,6 +19,7 @@
 #include "compute/partition.h"
 #include "compute/placement-solve.h"
 #include "compute/sparse.h"
+#include "kernels/cpu/matvec.h"
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/rng.h"
@@ -212,19 +213,58 @@ static void test_stats(const pi_model_t *m)
     uint64_t *mask = malloc((size_t)(n * mw) * sizeof *mask);
     inputs(X, n, d, mask, mw, ff, 1.0);
     pi_sparse_stats_clear(&t);
-    pi_sparse_recall(&t, NULL, m, 0, X, n, mask, mw, gate);
+    pi_sparse_recall(&t, NULL, m, 0, X, n, mask, mw, gate, NULL);
     struct pi_sparse_summary r;
     pi_sparse_summary(&t, 0, &r);
     tap_ok(r.recall_true > 0 && r.recall == 1.0, "recall 1 with every neuron predicted (%llu truly active)",
            (unsigned long long)r.recall_true);
     memset(mask, 0, (size_t)(n * mw) * sizeof *mask);
     pi_sparse_stats_clear(&t);
-    pi_sparse_recall(&t, NULL, m, 0, X, n, mask, mw, gate);
+    pi_sparse_recall(&t, NULL, m, 0, X, n, mask, mw, gate, NULL);
     pi_sparse_summary(&t, 0, &r);
     tap_ok(r.recall_true > 0 && r.recall == 0.0, "recall 0 with none predicted");
     free(X), free(gate), free(mask), free(wire);
     pi_sparse_stats_free(&s);
     pi_sparse_stats_free(&t);
+}
+
+/* dReLU's recall counts a neuron truly active when its gate and its up are both positive (what the
+ * trainer counts): a mask of exactly those pairs has recall 1 (counting gate > 0 alone gave about 0.5). */
+static void test_recall_drelu(const char *path)
+{
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.act = PI_FFN_ACT_DRELU;
+    pi_model_t *m = NULL;
+    if (pi_model_open(path, &mo, &m, NULL, 0) != 0) tap_bail("cannot open %s as dReLU", path);
+    const int64_t d = m->hp.n_embd, ff = m->hp.n_ff, mw = pi_sparse_mask_words(ff), n = 3;
+    const struct pi_layer *L = &m->layers[1];
+    float *X = malloc((size_t)(n * d) * sizeof *X), *g = malloc((size_t)(2 * n * ff) * sizeof *g), *u = g + n * ff;
+    float *sg = malloc((size_t)(2 * n * ff) * sizeof *sg);
+    uint64_t *mask = calloc((size_t)(n * mw), sizeof *mask);
+    inputs(X, n, d, mask, mw, ff, 0.0);
+    memset(mask, 0, (size_t)(n * mw) * sizeof *mask);
+    pi_matmul(NULL, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, n, g);
+    pi_matmul(NULL, L->ffn_up.type, L->ffn_up.data, ff, d, X, n, u);
+    uint64_t active = 0, gate_pos = 0;
+    for (int64_t i = 0; i < n * ff; i++) {
+        gate_pos += g[i] > 0.0f;
+        if (g[i] > 0.0f && u[i] > 0.0f) {
+            mask[(i / ff) * mw + (i % ff) / 64] |= UINT64_C(1) << ((i % ff) % 64);
+            active++;
+        }
+    }
+    struct pi_sparse_stats t;
+    if (pi_sparse_stats_init(&t, m) != 0) tap_bail("stats");
+    pi_sparse_recall(&t, NULL, m, 1, X, n, mask, mw, sg, sg + n * ff);
+    struct pi_sparse_summary r;
+    pi_sparse_summary(&t, 1, &r);
+    tap_ok(r.recall_true == active && r.recall == 1.0 && active > 0 && active < gate_pos,
+           "dReLU: recall 1 for a mask of exactly the gate > 0 and up > 0 pairs (%llu of %llu with gate > 0)",
+           (unsigned long long)active, (unsigned long long)gate_pos);
+    pi_sparse_stats_free(&t);
+    free(X), free(g), free(sg), free(mask);
+    pi_model_destroy(&m);
 }
 
 static void test_open(const pi_model_t *relu, const pi_model_t *silu)
@@ -294,6 +334,7 @@ int main(void)
     test_slice(relu);
     test_stats(relu);
     test_open(relu, silu);
+    test_recall_drelu(relu_path);
     test_conf();
     pi_model_destroy(&relu);
     pi_model_destroy(&silu);
