@@ -25,39 +25,11 @@
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"
+#include "tests/test-tool-util.h"
 
-static char tmpdir[256], prog[1024], coord[1024], srcdir[1024];
+static char prog[1024], coord[1024], srcdir[1024];
 
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-/* Run program p with args (stderr to tmp/err, stdout to tmp/out); its exit status, or -1. */
-static int run_prog(const char *p, const char *args)
-{
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "timeout 300 %s %s > %s/out 2> %s/err", p, args, tmpdir, tmpdir);
-    int st = system(cmd);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static int run(const char *args) { return run_prog(prog, args); }
-
-/* Whether tmp/err holds s. */
-static bool err_has(const char *s)
-{
-    char buf[8192];
-    FILE *f = fopen(tmp_path("err"), "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, s) != NULL;
-}
+static int run(const char *args) { return tt_run(prog, args); }
 
 static pi_model_t *open_model(const char *path)
 {
@@ -74,13 +46,13 @@ static void test_usage(const char *demo, const char *calib)
 {
     char args[4096];
     tap_is_int(run(""), 2, "no -m: exit status 2");
-    FILE *f = fopen(tmp_path("short.txt"), "w");
+    FILE *f = fopen(tt_path("short.txt"), "w");
     fputs("The jury said it did find that many of the laws.\n", f);
     fclose(f);
-    snprintf(args, sizeof args, "-m %s -f %s -c 256 --sidecar %s", demo, tmp_path("short.txt"), tmp_path("x.gguf"));
+    snprintf(args, sizeof args, "-m %s -f %s -c 256 --sidecar %s", demo, tt_path("short.txt"), tt_path("x.gguf"));
     tap_is_int(run(args), 2, "a text shorter than one chunk: exit status 2");
-    tap_ok(err_has("fewer than one chunk of 256"), "  and says so");
-    snprintf(args, sizeof args, "-m %s -f %s/absent.txt", demo, tmpdir);
+    tap_ok(tt_file_has("err", "fewer than one chunk of 256"), "  and says so");
+    snprintf(args, sizeof args, "-m %s -f %s/absent.txt", demo, tt_dir);
     tap_is_int(run(args), 2, "a missing text: exit status 2");
     snprintf(args, sizeof args, "-m %s -f %s --random 100", demo, calib);
     tap_is_int(run(args), 2, "-f with --random: exit status 2");
@@ -88,7 +60,7 @@ static void test_usage(const char *demo, const char *calib)
     tap_is_int(run(args), 2, "-c 1: exit status 2");
     snprintf(args, sizeof args, "-m %s -f %s -c 513", demo, calib);
     tap_is_int(run(args), 2, "-c past the model's context (512): exit status 2");
-    tap_ok(err_has("exceeds the model's context length 512"), "  and says so");
+    tap_ok(tt_file_has("err", "exceeds the model's context length 512"), "  and says so");
 }
 
 static int cmp_desc(const void *a, const void *b)
@@ -118,9 +90,9 @@ static void test_locality(int gate_rank)
     struct pi_model_gen g = {0};
     char model[512], side[512], name[64]; /* tmp_path's buffers rotate */
     snprintf(name, sizeof name, "loc%d.gguf", gate_rank);
-    snprintf(model, sizeof model, "%s", tmp_path(name));
+    snprintf(model, sizeof model, "%s", tt_path(name));
     snprintf(name, sizeof name, "loc%d.pinfer.gguf", gate_rank);
-    snprintf(side, sizeof side, "%s", tmp_path(name));
+    snprintf(side, sizeof side, "%s", tt_path(name));
     tap_diag("locality model, gate rank %d%s", gate_rank, gate_rank ? "" : " (full)");
     const int N = 16384; /* tokens profiled */
     char args[4096], err[256];
@@ -133,9 +105,9 @@ static void test_locality(int gate_rank)
     if (pi_model_gen_write(&g, model) < 0) tap_bail("cannot write the locality model");
     snprintf(args, sizeof args, "-m %s --random %d -c 256 -t 2", model, N);
     tap_is_int(run(args), 0, "locality: pi-profile --random over the demo-shaped q4_0 model");
-    tap_ok(err_has("chunk 64/64"), "  with a progress line");
-    snprintf(args, sizeof args, "-m %s -c 256 --sidecar %s", model, tmp_path("x.gguf"));
-    tap_ok(run(args) == 2 && err_has("has no tokenizer; use --random N"),
+    tap_ok(tt_file_has("err", "chunk 64/64"), "  with a progress line");
+    snprintf(args, sizeof args, "-m %s -c 256 --sidecar %s", model, tt_path("x.gguf"));
+    tap_ok(run(args) == 2 && tt_file_has("err", "has no tokenizer; use --random N"),
            "locality: the model has no tokenizer: without --random, exit status 2 and a hint");
     pi_model_t *m = open_model(model);
     struct pi_sidecar *s = NULL;
@@ -201,8 +173,8 @@ static void test_powerinfer(void)
 {
     struct pi_model_gen g = {0};
     char model[512], side[512], args[4096], err[256], magic[4] = "";
-    snprintf(model, sizeof model, "%s", tmp_path("locp.gguf"));
-    snprintf(side, sizeof side, "%s", tmp_path("locp.pinfer.gguf"));
+    snprintf(model, sizeof model, "%s", tt_path("locp.gguf"));
+    snprintf(side, sizeof side, "%s", tt_path("locp.pinfer.gguf"));
     pi_model_gen_preset("demo", &g);
     g.type = PI_TYPE_Q4_0;
     g.locality = g.powerinfer = g.down_t = true;
@@ -281,20 +253,20 @@ static void test_demo(const char *demo_src)
      * bundled calibration text (every 40th training document) layer 0's rho is 0.03 and the others'
      * 0.6-0.8, while over demo-val.txt itself every layer's Pearson correlation is 0.98-0.99. So the
      * test profiles the first 120 KB of demo-val.txt (about 30k of its 69k tokens). */
-    FILE *in = fopen(val, "rb"), *out = fopen(tmp_path("val120k.txt"), "wb");
+    FILE *in = fopen(val, "rb"), *out = fopen(tt_path("val120k.txt"), "wb");
     char *buf = malloc(120000);
     size_t n = in ? fread(buf, 1, 120000, in) : 0;
     if (out) fwrite(buf, 1, n, out);
     if (in) fclose(in);
     if (out) fclose(out);
     free(buf);
-    snprintf(args, sizeof args, "-m %s -f %s -c 256 -t 2 --sidecar %s", demo_src, tmp_path("val120k.txt"),
-             tmp_path("demo.pinfer.gguf"));
+    snprintf(args, sizeof args, "-m %s -f %s -c 256 -t 2 --sidecar %s", demo_src, tt_path("val120k.txt"),
+             tt_path("demo.pinfer.gguf"));
     tap_is_int(run(args), 0, "demo: pi-profile over 120 KB of demo-val.txt");
     pi_model_t *m = open_model(demo_src);
     pi_gguf_t *ref = NULL;
     struct pi_sidecar *s = NULL;
-    if (pi_sidecar_load(tmp_path("demo.pinfer.gguf"), m, &s, err, sizeof err) < 0 || !s->act_freq ||
+    if (pi_sidecar_load(tt_path("demo.pinfer.gguf"), m, &s, err, sizeof err) < 0 || !s->act_freq ||
         pi_gguf_open(fx, &ref, err, sizeof err) < 0) {
         tap_ok(0, "demo: sidecar and reference read (%s)", err);
         tap_skip(1, "nothing to compare");
@@ -332,28 +304,30 @@ static void test_demo(const char *demo_src)
 static void test_coordinator(const char *demo_src)
 {
     char args[4096], cmd[4096], model[512];
-    snprintf(model, sizeof model, "%s", tmp_path("demo.gguf")); /* tmp_path's buffers rotate */
+    snprintf(model, sizeof model, "%s", tt_path("demo.gguf")); /* tmp_path's buffers rotate */
     snprintf(cmd, sizeof cmd, "cp %s %s", demo_src, model);
     if (system(cmd) != 0) tap_bail("cannot copy the demo model");
     snprintf(args, sizeof args, "-m %s --random 512 -c 256 -t 2", model);
     tap_is_int(run(args), 0, "coordinator: a sidecar for the demo model (512 random tokens)");
     const char *base = "--gpu-backend none --prompt The -n 2 --model";
     snprintf(args, sizeof args, "%s %s", base, model);
-    tap_is_int(run_prog(coord, args), 0, "coordinator: runs with the sidecar beside the model");
-    snprintf(cmd, sizeof cmd, "sidecar %s: profile of 512 tokens", tmp_path("demo.pinfer.gguf"));
-    tap_ok(err_has(cmd), "  and logs it");
-    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("loc0.pinfer.gguf"));
-    int rc = run_prog(coord, args);
-    tap_ok(rc != 0 && err_has("made for another model"), "coordinator: another model's sidecar refused (exit %d)", rc);
-    snprintf(cmd, sizeof cmd, "head -c 2000 %s > %s", tmp_path("demo.pinfer.gguf"), tmp_path("cut.gguf"));
+    tap_is_int(tt_run(coord, args), 0, "coordinator: runs with the sidecar beside the model");
+    snprintf(cmd, sizeof cmd, "sidecar %s: profile of 512 tokens", tt_path("demo.pinfer.gguf"));
+    tap_ok(tt_file_has("err", cmd), "  and logs it");
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tt_path("loc0.pinfer.gguf"));
+    int rc = tt_run(coord, args);
+    tap_ok(rc != 0 && tt_file_has("err", "made for another model"),
+           "coordinator: another model's sidecar refused (exit %d)", rc);
+    snprintf(cmd, sizeof cmd, "head -c 2000 %s > %s", tt_path("demo.pinfer.gguf"), tt_path("cut.gguf"));
     if (system(cmd) != 0) tap_bail("cannot cut the sidecar");
-    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("cut.gguf"));
-    rc = run_prog(coord, args);
-    tap_ok(rc != 0 && err_has("pi-coordinator: sidecar "), "coordinator: a truncated sidecar refused (exit %d)", rc);
-    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tmp_path("absent.gguf"));
-    rc = run_prog(coord, args);
-    tap_ok(rc != 0 && err_has("no such file"), "coordinator: a --sidecar that does not exist is an error (exit %d)",
-           rc);
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tt_path("cut.gguf"));
+    rc = tt_run(coord, args);
+    tap_ok(rc != 0 && tt_file_has("err", "pi-coordinator: sidecar "),
+           "coordinator: a truncated sidecar refused (exit %d)", rc);
+    snprintf(args, sizeof args, "%s %s --sidecar %s", base, model, tt_path("absent.gguf"));
+    rc = tt_run(coord, args);
+    tap_ok(rc != 0 && tt_file_has("err", "no such file"),
+           "coordinator: a --sidecar that does not exist is an error (exit %d)", rc);
 }
 
 int main(void)
@@ -366,16 +340,13 @@ int main(void)
     snprintf(demo, sizeof demo, "%s/tests/data/demo-relu-q4_0.gguf", srcdir);
     snprintf(calib, sizeof calib, "%s/data/demo-calib.txt", srcdir);
     if (access(prog, X_OK) != 0) tap_bail("%s not built", prog);
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/pi-test-profile-XXXXXX");
-    if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
+    tt_mkdir("profile");
     test_usage(demo, calib);
     test_locality(0);
     test_locality(16);
     test_powerinfer();
     test_coordinator(demo);
     test_demo(demo);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) tap_diag("could not remove %s", tmpdir);
+    tt_rmdir();
     return tap_done();
 }

@@ -27,37 +27,10 @@
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"
+#include "tests/test-tool-util.h"
 #include "text/tokenizer.h"
 
-static char tmpdir[256], prog[1024], profile[1024];
-
-static const char *tmp_path(const char *name)
-{
-    static char buf[4][512];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
-    return buf[k];
-}
-
-/* Run p with args (stdout to tmp/out, stderr to tmp/err); its exit status, or -1. */
-static int run_prog(const char *p, const char *args)
-{
-    char cmd[8192];
-    snprintf(cmd, sizeof cmd, "timeout 300 %s %s > %s/out 2> %s/err", p, args, tmpdir, tmpdir);
-    int st = system(cmd);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-static bool file_has(const char *name, const char *s)
-{
-    static char buf[1 << 16];
-    FILE *f = fopen(tmp_path(name), "r");
-    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-    if (f) fclose(f);
-    buf[n] = '\0';
-    return strstr(buf, s) != NULL;
-}
+static char prog[1024], profile[1024];
 
 static pi_model_t *open_model(const char *path)
 {
@@ -72,7 +45,7 @@ static pi_model_t *open_model(const char *path)
 /* The first n bytes of src into tmp/name. */
 static void head(const char *src, size_t n, const char *name)
 {
-    FILE *in = fopen(src, "rb"), *out = fopen(tmp_path(name), "wb");
+    FILE *in = fopen(src, "rb"), *out = fopen(tt_path(name), "wb");
     char *buf = malloc(n);
     size_t got = in ? fread(buf, 1, n, in) : 0;
     if (!in || !out || fwrite(buf, 1, got, out) != got) tap_bail("cannot copy %s", src);
@@ -93,31 +66,33 @@ static void gen(const char *path, enum pi_ffn_act act, uint64_t seed)
 static void test_usage(const char *demo, const char *calib)
 {
     char args[4096];
-    tap_is_int(run_prog(prog, ""), 2, "usage: no -m: exit status 2");
-    gen(tmp_path("silu.gguf"), PI_FFN_ACT_SILU, 1);
-    snprintf(args, sizeof args, "-m %s --random 1024 -c 64", tmp_path("silu.gguf"));
-    tap_ok(run_prog(prog, args) == 2 && file_has("err", "is a SwiGLU model"), "usage: a SwiGLU model: exit 2, says so");
+    tap_is_int(tt_run(prog, ""), 2, "usage: no -m: exit status 2");
+    gen(tt_path("silu.gguf"), PI_FFN_ACT_SILU, 1);
+    snprintf(args, sizeof args, "-m %s --random 1024 -c 64", tt_path("silu.gguf"));
+    tap_ok(tt_run(prog, args) == 2 && tt_file_has("err", "is a SwiGLU model"),
+           "usage: a SwiGLU model: exit 2, says so");
     head(calib, 1500, "short.txt");
-    snprintf(args, sizeof args, "-m %s -f %s -c 256 --sidecar %s", demo, tmp_path("short.txt"), tmp_path("x.gguf"));
-    tap_ok(run_prog(prog, args) == 2 && file_has("err", "fewer than two chunks"),
+    snprintf(args, sizeof args, "-m %s -f %s -c 256 --sidecar %s", demo, tt_path("short.txt"), tt_path("x.gguf"));
+    tap_ok(tt_run(prog, args) == 2 && tt_file_has("err", "fewer than two chunks"),
            "usage: a text shorter than two chunks: exit 2, says so");
     snprintf(args, sizeof args, "-m %s --type q4_0", demo);
-    tap_ok(run_prog(prog, args) == 2 && file_has("err", "bad value for --type"), "usage: --type q4_0: exit 2, says so");
+    tap_ok(tt_run(prog, args) == 2 && tt_file_has("err", "bad value for --type"),
+           "usage: --type q4_0: exit 2, says so");
     snprintf(args, sizeof args, "-m %s --recall 0.9 --recall-aggressive 0.95", demo);
-    tap_is_int(run_prog(prog, args), 2, "usage: aggressive recall above safe: exit status 2");
+    tap_is_int(tt_run(prog, args), 2, "usage: aggressive recall above safe: exit status 2");
     /* another model's sidecar: refused, and left as it was */
-    gen(tmp_path("relu-a.gguf"), PI_FFN_ACT_RELU, 1);
-    gen(tmp_path("relu-b.gguf"), PI_FFN_ACT_RELU, 2);
+    gen(tt_path("relu-a.gguf"), PI_FFN_ACT_RELU, 1);
+    gen(tt_path("relu-b.gguf"), PI_FFN_ACT_RELU, 2);
     snprintf(args, sizeof args, "-m %s --random 256 -c 64 --rank-max 32 --epochs 1 --samples 200 --sidecar %s",
-             tmp_path("relu-a.gguf"), tmp_path("a.pinfer.gguf"));
-    tap_is_int(run_prog(prog, args), 0, "--random on a model without a tokenizer");
-    snprintf(args, sizeof args, "cp %s %s", tmp_path("a.pinfer.gguf"), tmp_path("a-copy.gguf"));
+             tt_path("relu-a.gguf"), tt_path("a.pinfer.gguf"));
+    tap_is_int(tt_run(prog, args), 0, "--random on a model without a tokenizer");
+    snprintf(args, sizeof args, "cp %s %s", tt_path("a.pinfer.gguf"), tt_path("a-copy.gguf"));
     if (system(args) != 0) tap_bail("cp failed");
     snprintf(args, sizeof args, "-m %s --random 256 -c 64 --rank-max 32 --epochs 1 --samples 200 --sidecar %s",
-             tmp_path("relu-b.gguf"), tmp_path("a.pinfer.gguf"));
-    int rc = run_prog(prog, args);
-    snprintf(args, sizeof args, "cmp -s %s %s", tmp_path("a.pinfer.gguf"), tmp_path("a-copy.gguf"));
-    tap_ok(rc == 1 && file_has("err", "made for another model") && system(args) == 0,
+             tt_path("relu-b.gguf"), tt_path("a.pinfer.gguf"));
+    int rc = tt_run(prog, args);
+    snprintf(args, sizeof args, "cmp -s %s %s", tt_path("a.pinfer.gguf"), tt_path("a-copy.gguf"));
+    tap_ok(rc == 1 && tt_file_has("err", "made for another model") && system(args) == 0,
            "another model's sidecar: exit 1 (%d), says so, file untouched", rc);
 }
 
@@ -129,10 +104,10 @@ static void test_threads(void)
         snprintf(args, sizeof args,
                  "-m %s --random 2048 -c 64 --rank-max 64 --max-overhead 0 --epochs 3 --samples 1000 -t %d "
                  "--sidecar %s",
-                 tmp_path("relu-a.gguf"), t, tmp_path(t == 1 ? "t1.gguf" : "t2.gguf"));
-        if (run_prog(prog, args) != 0) tap_diag("-t %d failed", t);
+                 tt_path("relu-a.gguf"), t, tt_path(t == 1 ? "t1.gguf" : "t2.gguf"));
+        if (tt_run(prog, args) != 0) tap_diag("-t %d failed", t);
     }
-    snprintf(cmd, sizeof cmd, "cmp -s %s %s", tmp_path("t1.gguf"), tmp_path("t2.gguf"));
+    snprintf(cmd, sizeof cmd, "cmp -s %s %s", tt_path("t1.gguf"), tt_path("t2.gguf"));
     tap_ok(system(cmd) == 0, "determinism: the same sidecar bytes on 1 and 2 threads");
 }
 
@@ -194,25 +169,25 @@ static void judge(const struct pi_predictors *P, const struct pi_ptrain_samples 
 static void test_demo(const char *demo_src, const char *calib)
 {
     char val[1024], args[4096], err[256], demo[512], side[512]; /* tmp_path's buffers rotate */
-    snprintf(demo, sizeof demo, "%s", tmp_path("demo.gguf"));
-    snprintf(side, sizeof side, "%s", tmp_path("demo.pinfer.gguf"));
+    snprintf(demo, sizeof demo, "%s", tt_path("demo.gguf"));
+    snprintf(side, sizeof side, "%s", tt_path("demo.pinfer.gguf"));
     snprintf(args, sizeof args, "cp %s %s", demo_src, demo);
     if (system(args) != 0) tap_bail("cannot copy the demo model");
     /* statistics from 40 KB of the calibration text, predictors from its first 120 KB (about 31k
      * tokens: 122 chunks, 12 held out; 4096 tokens kept per layer, one rank, 10 epochs): the CI budget */
     head(calib, 40000, "calib40k.txt");
     head(calib, 120000, "calib120k.txt");
-    snprintf(args, sizeof args, "-m %s -f %s -c 256 -t 2", demo, tmp_path("calib40k.txt"));
-    tap_is_int(run_prog(profile, args), 0, "demo: pi-profile over 40 KB of the calibration text");
+    snprintf(args, sizeof args, "-m %s -f %s -c 256 -t 2", demo, tt_path("calib40k.txt"));
+    tap_is_int(tt_run(profile, args), 0, "demo: pi-profile over 40 KB of the calibration text");
     pi_model_t *m = open_model(demo);
     struct pi_sidecar *before = NULL, *after = NULL;
     pi_sidecar_load(side, m, &before, err, sizeof err);
     snprintf(args, sizeof args,
              "-m %s -f %s -c 256 -t 2 --samples 4096 --rank-min 128 --rank-max 128 --epochs 10 --lr 0.01", demo,
-             tmp_path("calib120k.txt"));
-    int rc = run_prog(prog, args);
-    tap_ok(rc == 0 && file_has("out", "recall safe") && file_has("out", "wrote "), "demo: trained (exit %d)", rc);
-    tap_ok(file_has("err", "s left"), "  with an estimate of the time left");
+             tt_path("calib120k.txt"));
+    int rc = tt_run(prog, args);
+    tap_ok(rc == 0 && tt_file_has("out", "recall safe") && tt_file_has("out", "wrote "), "demo: trained (exit %d)", rc);
+    tap_ok(tt_file_has("err", "s left"), "  with an estimate of the time left");
     rc = pi_sidecar_load(side, m, &after, err, sizeof err);
     tap_ok(rc == 0 && before && after->pred && after->tokens == before->tokens && after->act_freq &&
                memcmp(after->act_freq, before->act_freq, sizeof(float) * (size_t)(m->hp.n_layer * m->hp.n_ff)) == 0,
@@ -258,18 +233,16 @@ static void test_demo(const char *demo_src, const char *calib)
 int main(void)
 {
     const char *b = getenv("PI_BUILDDIR"), *src = getenv("PI_SRCDIR");
-    char demo[1200], calib[1200], cmd[300];
+    char demo[1200], calib[1200];
     snprintf(prog, sizeof prog, "%s/tools/pi-train-predictors", b ? b : ".");
     snprintf(profile, sizeof profile, "%s/tools/pi-profile", b ? b : ".");
     snprintf(demo, sizeof demo, "%s/tests/data/demo-relu-q4_0.gguf", src ? src : ".");
     snprintf(calib, sizeof calib, "%s/data/demo-calib.txt", src ? src : ".");
     if (access(prog, X_OK) != 0) tap_bail("%s not built", prog);
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/pi-test-train-XXXXXX");
-    if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
+    tt_mkdir("train");
     test_usage(demo, calib);
     test_threads();
     test_demo(demo, calib);
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd) != 0) tap_diag("could not remove %s", tmpdir);
+    tt_rmdir();
     return tap_done();
 }
