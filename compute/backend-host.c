@@ -203,9 +203,9 @@ static int host_ffn_hot(pi_backend_t *b, int il)
         /* dense over the packed slice, as a CPU worker computes its own (compute/partition.h) */
         active = pi_partition_ffn_dense(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
     } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
-        active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, s->x, s->n, s->ident, nh, s->hot);
+        active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, NULL, s->x, s->n, s->ident, nh, s->hot);
     } else {
-        active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, s->x, s->n, s->o.hot[il], nh, s->hot);
+        active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, NULL, s->x, s->n, s->o.hot[il], nh, s->hot);
     }
     pi_ffn_policy_observe(&s->policy, il, active, (int64_t)s->n * nh);
     return 0;

@@ -32,9 +32,13 @@ enum pi_ffn_path pi_ffn_policy_choose(const struct pi_ffn_policy *p, int il, int
     PI_ASSERT(il >= 0 && il < p->n_layer);
     if (!p->neurons_ok) return PI_FFN_PATH_DENSE;
     if (!p->dense_ok) return PI_FFN_PATH_NEURONS;
-    if (p->act == PI_FFN_ACT_SILU || n_tokens > 1 || p->recent[il] >= PI_FFN_DENSE_MIN_ACTIVE) return PI_FFN_PATH_DENSE;
+    if (n_tokens > 1) return PI_FFN_PATH_DENSE;
+    if (p->gate_min) return p->recent[il] >= PI_FFN_GATE_DENSE_MIN_ACTIVE ? PI_FFN_PATH_DENSE : PI_FFN_PATH_NEURONS;
+    if (p->act == PI_FFN_ACT_SILU || p->recent[il] >= PI_FFN_DENSE_MIN_ACTIVE) return PI_FFN_PATH_DENSE;
     return PI_FFN_PATH_NEURONS;
 }
+
+void pi_ffn_policy_set_gate_min(struct pi_ffn_policy *p, bool on) { p->gate_min = on; }
 
 void pi_ffn_policy_observe(struct pi_ffn_policy *p, int il, int64_t active, int64_t total)
 {

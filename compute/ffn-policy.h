@@ -13,6 +13,11 @@
  * and a batch of tokens (the matrix product amortises each weight over the rows) always go dense.
  * The running fraction starts with no history at the start of each sequence, so a request's choices do
  * not depend on the requests before it.
+ *
+ * Activation thresholds (issue 18, kernels/cpu/ops.h pi_ffn_gate_skip) give a SwiGLU slice neurons to
+ * skip too: every gate row is still read, and only the neurons above the threshold cost their up row
+ * and down column, so its break-even is its own (PI_FFN_GATE_DENSE_MIN_ACTIVE, measured in
+ * doc/thresholds.md).
  */
 #ifndef PI_COMPUTE_FFN_POLICY_H
 #define PI_COMPUTE_FFN_POLICY_H
@@ -23,6 +28,7 @@
 #include "lib/weights.h"
 
 #define PI_FFN_DENSE_MIN_ACTIVE 0.2f
+#define PI_FFN_GATE_DENSE_MIN_ACTIVE 0.6f
 
 enum pi_ffn_path { PI_FFN_PATH_DENSE, PI_FFN_PATH_NEURONS };
 
@@ -30,6 +36,7 @@ struct pi_ffn_policy {
     enum pi_ffn_act act;
     bool dense_ok;   /* the slice can be computed densely */
     bool neurons_ok; /* every neuron of the slice has its transposed down row (the neuron kernel can run) */
+    bool gate_min;   /* activation thresholds are on (pi_ffn_policy_set_gate_min) */
     int n_layer;
     float *recent;   /* (n_layer): running fraction of active neurons; < 0: no history */
 };
@@ -38,6 +45,9 @@ struct pi_ffn_policy {
  * neurons_ok must hold. 0 or -PI_ERR_NOMEM / -PI_ERR_INVAL. */
 int pi_ffn_policy_init(struct pi_ffn_policy *p, enum pi_ffn_act act, int n_layer, bool dense_ok, bool neurons_ok);
 void pi_ffn_policy_free(struct pi_ffn_policy *p);
+
+/* Activation thresholds on or off for every layer (off after init). */
+void pi_ffn_policy_set_gate_min(struct pi_ffn_policy *p, bool on);
 
 /* Forget the history of layer il (il < 0: every layer): a new sequence starts. */
 void pi_ffn_policy_reset(struct pi_ffn_policy *p, int il);

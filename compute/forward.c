@@ -19,6 +19,8 @@
  */
 #include "config.h"
 
+#include <float.h>
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +75,10 @@ struct pi_forward {
     uint64_t *mask;             /* (n_batch, mask_words) */
     float *pred_scr;            /* pi_predictor_scratch(n_batch) */
     int32_t *list;              /* (n_ff) */
+    /* activation thresholds (pi_forward_set_gate_min): NULL = none */
+    const float *gate_min;      /* (n_layer, n_ff) */
+    bool *gm_on;                /* (n_layer): the layer has a threshold above 0 */
+    struct pi_sparse_stats *gm_stats;
     pi_ffn_capture_fn capture;   /* sample capture, or NULL (pi_forward_set_capture) */
     void *capture_ctx;
 };
@@ -191,6 +197,7 @@ void pi_forward_destroy(pi_forward_t **pf)
     pi_ffn_policy_free(&f->policy);
     free(f->mask);
     free(f->pred_scr);
+    free(f->gm_on);
     free(f->list);
     free(f->ref_rows);
     free(f->ref_x);
@@ -233,6 +240,35 @@ int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enu
     f->sparsity = mode;
     f->recall_every = recall_every;
     f->sp_stats = stats;
+    return 0;
+}
+
+int pi_forward_set_gate_min(pi_forward_t *f, const float *gate_min, struct pi_sparse_stats *stats)
+{
+    const struct pi_hparams *hp = &f->m->hp;
+    f->gate_min = NULL;
+    pi_ffn_policy_set_gate_min(&f->policy, false);
+    pi_ffn_policy_reset(&f->policy, -1);
+    if (!gate_min) return 0;
+    if (!f->gm_on && !(f->gm_on = malloc((size_t)hp->n_layer * sizeof *f->gm_on))) return -PI_ERR_NOMEM;
+    for (int il = 0; il < hp->n_layer; il++) {
+        f->gm_on[il] = false;
+        for (int64_t j = 0; j < hp->n_ff; j++) {
+            const float t = gate_min[(size_t)il * (size_t)hp->n_ff + (size_t)j];
+            if (!(t >= 0.0f && t <= FLT_MAX)) {
+                pi_error("forward: activation threshold of layer %d neuron %lld is %g", il, (long long)j, (double)t);
+                return -PI_ERR_INVAL;
+            }
+            f->gm_on[il] |= t > 0.0f;
+        }
+    }
+    if (!stats || stats->n_layer != hp->n_layer || f->o.no_ffn || f->o.f32_activations) {
+        pi_error("forward: activation thresholds need a stats buffer and the FFN kernels");
+        return -PI_ERR_INVAL;
+    }
+    f->gate_min = gate_min;
+    f->gm_stats = stats;
+    pi_ffn_policy_set_gate_min(&f->policy, true);
     return 0;
 }
 
@@ -493,7 +529,8 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     const struct pi_hparams *hp = &f->m->hp;
     const struct pi_layer *L = &f->m->layers[il];
     size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
-    bool relu = hp->act != PI_FFN_ACT_SILU;
+    const float *gmin = f->gate_min && !f->stats && f->gm_on[il] ? f->gate_min + (size_t)il * ff : NULL;
+    bool relu = hp->act != PI_FFN_ACT_SILU, counted = relu || gmin;
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
@@ -502,26 +539,28 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
         add_rows(h, f->out, (size_t)n * d);
         return;
     }
-    if (!f->stats && !f->capture && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
-        /* decode of a sparse ReLU layer: neuron by neuron, skipping the neurons whose gate is <= 0
-         * (their up and down rows are never read). A SwiGLU layer has no zeros to skip. */
+    if (!f->stats && !f->capture && counted && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
+        /* decode of a sparse layer: neuron by neuron, skipping the neurons whose gate is <= 0 (ReLU)
+         * or under the threshold (their up and down rows are never read). */
         memset(f->out, 0, d * sizeof(float));
-        active = pi_ffn_neurons(f->pool, f->ffw, L, hp->act, f->x, f->all, hp->n_ff, f->out);
+        active = pi_ffn_neurons(f->pool, f->ffw, L, hp->act, gmin, f->x, f->all, hp->n_ff, f->out);
     } else {
         /* whole matrices, rows batched (pi_matmul) or one row (pi_matvec) */
         project(f, &L->ffn_gate, f->x, n, f->gate);
         project(f, &L->ffn_up, f->x, n, f->up);
         if (f->stats) stats_gate(f->stats, il, n, f->gate);
-        if (f->capture) f->capture(f->capture_ctx, il, n, f->x, f->gate, f->up);
-        pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
+        if (f->capture) f->capture(f->capture_ctx, il, n, h, f->x, f->gate, f->up);
+        if (gmin) active = pi_ffn_act_min(hp->act, gmin, f->gate, f->up, n, (int64_t)ff);
+        else pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
         if (f->stats) stats_act(f->stats, il, n, f->gate);
         project(f, &L->ffn_down, f->gate, n, f->out);
-        for (size_t j = 0; relu && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
+        for (size_t j = 0; relu && !gmin && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
     }
-    if (relu) {
+    if (f->gate_min && !f->stats) pi_sparse_note(f->gm_stats, il, n, gmin ? active : n * (int64_t)ff);
+    if (counted) {
         /* a running average over calls, seeded by the first (usually the prompt) */
         pi_ffn_policy_observe(&f->policy, il, active, (int64_t)n * (int64_t)ff);
-        f->active += active;
+        if (relu) f->active += active;
     }
     add_rows(h, f->out, (size_t)n * d);
 }

@@ -137,12 +137,25 @@ struct pi_sparse_stats;
 int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enum pi_sparsity mode, int64_t recall_every,
                           struct pi_sparse_stats *stats);
 
-/* Sample capture (pi-train-predictors): while set, every FFN step calls fn once per layer with the
- * step's FFN input x (n, n_embd) (the ffn_norm output) and the gate and up products (n, n_ff) each,
+/* Activation thresholds (issue 18, doc/thresholds.md): with gate_min ((n_layer, n_ff) floats, each >= 0
+ * and finite; borrowed: it must outlive its use), every FFN step skips neuron j of layer il when its
+ * |act(gate)| <= gate_min[il * n_ff + j] (kernels/cpu/ops.h, pi_ffn_gate_skip): decode neuron by neuron where
+ * the FFN policy says it pays, else densely with their activations zeroed; the computed (token,
+ * neuron) pairs are counted into stats (borrowed, pi_sparse_stats_init'ed for the model) as
+ * pi_sparse_note's `predicted`. NULL: no thresholds. Predictors (pi_forward_set_sparse) take
+ * precedence; statistics and capture run dense. -PI_ERR_INVAL for a bad threshold, a missing stats
+ * buffer or a mode without the FFN kernels. */
+int pi_forward_set_gate_min(pi_forward_t *f, const float *gate_min, struct pi_sparse_stats *stats);
+
+/* Sample capture (pi-train-predictors, the threshold calibration): while set, every FFN step calls fn
+ * once per layer with the residual stream h (n, n_embd) entering the FFN, the step's FFN input x (n,
+ * n_embd) (the ffn_norm output of h) and the gate and up products (n, n_ff) each,
  * before the activation; the FFN then runs dense, as with statistics, so every neuron's gate and up
- * are there. The arrays are the pass's scratch: read them during the call only. fn runs on the
+ * are there (activation thresholds still apply to the step's output: the calibration captures the
+ * inputs of a thresholded pass). The arrays are the pass's scratch: read them during the call only. fn runs on the
  * calling thread, between the pass's pool jobs (it may use the pass's pool). NULL stops. */
-typedef void (*pi_ffn_capture_fn)(void *ctx, int il, int n, const float *x, const float *gate, const float *up);
+typedef void (*pi_ffn_capture_fn)(void *ctx, int il, int n, const float *h, const float *x, const float *gate,
+                                  const float *up);
 void pi_forward_set_capture(pi_forward_t *f, pi_ffn_capture_fn fn, void *ctx);
 
 /* FFN neurons that were non-zero since the forward was created, summed over layers and tokens

@@ -75,7 +75,7 @@ int pi_place_measure_cpu_gbs(const pi_model_t *m, int n_threads, double *gbs)
     for (int r = 0; r <= SPEED_REPS; r++) { /* pass 0 warms the pages and the pool */
         memset(y, 0, (size_t)d * sizeof *y);
         int64_t t0 = pi_clock_ns();
-        int64_t active = pi_ffn_neurons(pool, work, &L, PI_FFN_ACT_RELU, x, idx, rows, y);
+        int64_t active = pi_ffn_neurons(pool, work, &L, PI_FFN_ACT_RELU, NULL, x, idx, rows, y);
         int64_t ns = pi_clock_ns() - t0;
         double bytes = (double)rows * (double)L.ffn_gate.row_bytes +
                        (double)active * (double)(L.ffn_up.row_bytes + L.ffn_down_t.row_bytes);

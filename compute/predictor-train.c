@@ -88,8 +88,9 @@ void pi_ptrain_samples_chunk(struct pi_ptrain_samples *s, int set, int rows)
     s->rows = rows;
 }
 
-void pi_ptrain_capture(void *ctx, int il, int n, const float *x, const float *gate, const float *up)
+void pi_ptrain_capture(void *ctx, int il, int n, const float *h, const float *x, const float *gate, const float *up)
 {
+    (void)h;
     struct pi_ptrain_samples *s = ctx;
     PI_ASSERT(n == s->rows && il >= 0 && il < s->n_layer);
     const int64_t d = s->n_embd, ff = s->n_ff, w = s->mask_words, cap = s->cap[s->set];

@@ -62,7 +62,7 @@ void pi_ptrain_samples_chunk(struct pi_ptrain_samples *s, int set, int rows);
 
 /* The forward pass's capture hook (pi_forward_set_capture(f, pi_ptrain_capture, s)): stores the
  * chunk's rows for layer il. n must be the rows announced by pi_ptrain_samples_chunk (PI_ASSERT). */
-void pi_ptrain_capture(void *ctx, int il, int n, const float *x, const float *gate, const float *up);
+void pi_ptrain_capture(void *ctx, int il, int n, const float *h, const float *x, const float *gate, const float *up);
 
 /* Called after every epoch: layer, rank, epoch (1-based), held-out loss. */
 typedef void (*pi_ptrain_progress_fn)(void *ctx, int il, int64_t rank, int epoch, double loss);

@@ -99,7 +99,7 @@ int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *
             if (pi_sparse_bit(row, g)) list[k++] = (int32_t)(packed ? i : g);
         }
         sel += k;
-        if (k > 0) added += pi_ffn_neurons(pool, w, L, act, X + t * d, list, k, Y + t * d);
+        if (k > 0) added += pi_ffn_neurons(pool, w, L, act, NULL, X + t * d, list, k, Y + t * d);
     }
     if (selected) *selected = sel;
     return added;

@@ -442,8 +442,8 @@ static struct rate neuron_rate(pi_pool_t *pool, pi_ffn_work_t *w, struct neuron_
         const int32_t *idx = c->idx + c->offset[c_i % c->n_lists];
         const int64_t n_idx = c->offset[c_i % c->n_lists + 1] - c->offset[c_i % c->n_lists];
         double t0 = now_s();
-        if (c->tokens == 1) a = pi_ffn_neurons(pool, w, L, PI_FFN_ACT_RELU, X, idx, n_idx, Y);
-        else a = pi_ffn_neurons_batch(pool, w, L, PI_FFN_ACT_RELU, X, c->tokens, idx, n_idx, Y);
+        if (c->tokens == 1) a = pi_ffn_neurons(pool, w, L, PI_FFN_ACT_RELU, NULL, X, idx, n_idx, Y);
+        else a = pi_ffn_neurons_batch(pool, w, L, PI_FFN_ACT_RELU, NULL, X, c->tokens, idx, n_idx, Y);
         double dt = now_s() - t0;
         /* the batch's tokens are one x, so each has a / tokens active neurons, and each group of
          * FFN_BENCH_GROUP tokens reads their rows once */

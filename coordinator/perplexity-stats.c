@@ -18,20 +18,6 @@
 #include <string.h>
 #include <sys/stat.h>
 
-int pi_ppl_log_softmax(const float *logits, int n, float *logp)
-{
-    PI_ASSERT(n >= 1);
-    int top = 0;
-    for (int i = 1; i < n; i++)
-        if (logits[i] > logits[top]) top = i;
-    const double mx = logits[top];
-    double sum = 0.0;
-    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
-    const double lse = mx + log(sum);
-    for (int i = 0; i < n; i++) logp[i] = (float)((double)logits[i] - lse);
-    return top;
-}
-
 void pi_ppl_acc_add(struct pi_ppl_acc *a, double nll)
 {
     a->sum_nll += nll;
@@ -85,12 +71,8 @@ void pi_kld_acc_add(struct pi_kld_acc *k, const float *logp, const float *base, 
     /* KL(base || Q) = sum_i p_base(i) (log p_base(i) - log q(i)), over the whole vocabulary (the
      * base file keeps every log-probability in float32, so no tail is cut off as llama.cpp's 16-bit
      * file must) */
-    double kl = 0.0;
-    int top_base = 0;
-    for (int i = 0; i < n_vocab; i++) {
-        if (base[i] > base[top_base]) top_base = i;
-        kl += exp((double)base[i]) * ((double)base[i] - (double)logp[i]);
-    }
+    int top_base;
+    const double kl = pi_kl_logp(base, logp, n_vocab, &top_base);
     k->sum_kld += kl;
     k->sum_kld2 += kl * kl;
     k->n_same_top += top_base == top_q;

@@ -471,7 +471,7 @@ static double now_s(void)
  * to the base file (writing it) when there is one. */
 static int score(struct run *r, const float *logits, int32_t tok, struct pi_ppl_acc *acc, struct pi_kld_acc *kld)
 {
-    const int top = pi_ppl_log_softmax(logits, r->n_vocab, r->logp);
+    const int top = pi_log_softmax(logits, r->n_vocab, r->logp);
     pi_ppl_acc_add(acc, -(double)r->logp[tok]);
     if (!r->bf) return 0;
     const size_t nv = (size_t)r->n_vocab;

@@ -13,15 +13,13 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#include "kernels/cpu/ops.h"
 #include <stdio.h>
 
 #include "model/gguf.h"
 
-/* ---- one position ---- */
-
-/* logp (n) = log_softmax(logits (n)), the sum in double; returns the argmax of logits (the first
- * on ties). n >= 1. */
-int pi_ppl_log_softmax(const float *logits, int n, float *logp);
+/* One position's log-probabilities: pi_log_softmax and pi_kl_logp (kernels/cpu/ops.h). */
 
 /* ---- perplexity: the running sums of the negative log-likelihoods ---- */
 

@@ -144,7 +144,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
         } else {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
             for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
-            active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, st->x, n, c->idx, cnt, out);
+            active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, NULL, st->x, n, c->idx, cnt, out);
         }
         pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         return;

@@ -101,6 +101,8 @@ void pi_sidecar_destroy(struct pi_sidecar **ps)
     if (!ps || !*ps) return;
     for (int il = 0; (*ps)->pred && il < (*ps)->n_layer; il++) pi_sidecar_pred_free(&(*ps)->pred[il]);
     free((*ps)->pred);
+    free((*ps)->gate_min);
+    free((*ps)->gate_sparsity);
     free((*ps)->act_freq);
     free((*ps)->act_hist);
     free(*ps);
@@ -261,6 +263,37 @@ static int read_pred(const pi_gguf_t *g, struct pi_sidecar *s, bool weights, cha
     return 0;
 }
 
+/* The activation thresholds, when the file has any: every layer's, and their keys. */
+static int read_thresholds(const pi_gguf_t *g, struct pi_sidecar *s, char *err, size_t len)
+{
+    uint64_t v;
+    int rc;
+    if (pi_gguf_find_key(g, "pinfer.threshold.version") < 0) {
+        if (pi_gguf_find_tensor(g, "blk.0.gate_threshold")) return fail(err, len, "gate thresholds without pinfer.threshold.version");
+        return 0;
+    }
+    if ((rc = need_uint(g, "pinfer.threshold.version", &v, err, len)) < 0) return rc;
+    if (v != PI_SIDECAR_THRESHOLD_VERSION)
+        return fail(err, len, "threshold version %llu; this build reads version %d", (unsigned long long)v,
+                    PI_SIDECAR_THRESHOLD_VERSION);
+    if ((rc = read_arr(g, "pinfer.threshold.kld_target", PI_GGUF_F32, 2, s->thr_kld_target, err, len)) < 0 ||
+        (rc = read_arr(g, "pinfer.threshold.kld", PI_GGUF_F32, 2, s->thr_kld, err, len)) < 0 ||
+        (rc = read_arr(g, "pinfer.threshold.sparsity", PI_GGUF_F32, 2, s->thr_sparsity, err, len)) < 0 ||
+        (rc = read_arr(g, "pinfer.threshold.tokens", PI_GGUF_U64, 2, s->thr_tokens, err, len)) < 0)
+        return rc;
+    for (int k = 0; k < 2; k++) {
+        if (!(s->thr_kld_target[k] >= 0.0f && s->thr_kld_target[k] <= 100.0f) || !(s->thr_kld[k] >= 0.0f && s->thr_kld[k] <= 100.0f))
+            return fail(err, len, "pinfer.threshold.kld_target / kld [%d] is not in [0, 100]", k);
+        if (!(s->thr_sparsity[k] >= 0.0f && s->thr_sparsity[k] <= 1.0f))
+            return fail(err, len, "pinfer.threshold.sparsity[%d] = %g is outside [0, 1]", k, (double)s->thr_sparsity[k]);
+    }
+    if ((rc = read_layers(g, "gate_threshold", s->n_layer, 2 * s->n_ff, 0.0f, -1.0f, &s->gate_min, err, len)) < 0 ||
+        (rc == 1 && (rc = read_layers(g, "gate_sparsity", s->n_layer, 2, 0.0f, 1.0f, &s->gate_sparsity, err, len)) < 0))
+        return rc;
+    if (rc == 0) return fail(err, len, "pinfer.threshold.version without blk.N.gate_threshold and gate_sparsity tensors");
+    return 0;
+}
+
 /* Everything after the file opened: the checks of the header comment, in order. */
 static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidecar *s, bool weights, char *err,
                         size_t len)
@@ -301,6 +334,7 @@ static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidec
         (rc = read_layers(g, "act_hist", s->n_layer, PI_SIDECAR_HIST_BINS, 0.0f, 1.0f, &s->act_hist, err, len)) < 0)
         return rc;
     if (s->act_hist) s->n_hist = PI_SIDECAR_HIST_BINS;
+    if ((rc = read_thresholds(g, s, err, len)) < 0) return rc;
     return read_pred(g, s, weights, err, len);
 }
 
@@ -361,9 +395,15 @@ static bool has_prefix(struct pi_gguf_str k, const char *p)
     return k.len >= l && memcmp(k.ptr, p, l) == 0;
 }
 
-/* Whether tensor n is one s writes itself: the statistics always, the predictors when s has them. */
-static bool own_tensor(struct pi_gguf_str n, bool pred)
+/* Whether tensor n is one s writes itself: the statistics always, the predictors and the thresholds
+ * when s has them. */
+static bool own_tensor(struct pi_gguf_str n, bool pred, bool thr)
 {
+    static const char *const thr_sfx[] = {".gate_threshold", ".gate_sparsity"};
+    for (size_t i = 0; thr && i < PI_ARRAY_LEN(thr_sfx); i++) {
+        size_t l = strlen(thr_sfx[i]);
+        if (n.len > l && memcmp(n.ptr + n.len - l, thr_sfx[i], l) == 0) return true;
+    }
     const char *sfx[] = {".act_freq", ".act_hist", ".fc1.weight", ".fc2.weight", ".fc_threshold", ".fc_recall",
                          ".fc_active"};
     for (size_t i = 0; i < (pred ? PI_ARRAY_LEN(sfx) : 2); i++) {
@@ -416,7 +456,7 @@ static int copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i, const ch
 }
 
 /* Carry over what an existing sidecar of the same model at path holds that s does not define. */
-static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m, bool pred)
+static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m, bool pred, bool thr)
 {
     pi_gguf_t *g = NULL;
     struct pi_sidecar *old = NULL;
@@ -427,14 +467,14 @@ static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m
     if (pi_gguf_open(path, &g, NULL, 0) < 0) return 0;
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) {
         struct pi_gguf_str k = pi_gguf_key(g, i);
-        if (own_key(k) || (pred && has_prefix(k, "pinfer.predictor.")) || k.len >= sizeof name || pi_gguf_str_has_nul(k)) continue;
+        if (own_key(k) || (pred && has_prefix(k, "pinfer.predictor.")) || (thr && has_prefix(k, "pinfer.threshold.")) || k.len >= sizeof name || pi_gguf_str_has_nul(k)) continue;
         memcpy(name, k.ptr, (size_t)k.len);
         name[k.len] = '\0';
         rc = copy_kv(w, g, i, name);
     }
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_tensors(g); i++) {
         const struct pi_gguf_tensor *t = pi_gguf_tensor(g, i);
-        if (own_tensor(t->name, pred) || t->name.len >= sizeof name || pi_gguf_str_has_nul(t->name)) continue;
+        if (own_tensor(t->name, pred, thr) || t->name.len >= sizeof name || pi_gguf_str_has_nul(t->name)) continue;
         memcpy(name, t->name.ptr, (size_t)t->name.len);
         name[t->name.len] = '\0';
         rc = pi_gguf_writer_add_tensor(w, name, (enum pi_type)t->type, t->n_dims, t->ne, t->data);
@@ -483,6 +523,21 @@ static int add_pred(pi_gguf_writer_t *w, const struct pi_sidecar *s)
     return rc;
 }
 
+/* The thresholds' keys and tensors (layout in model/sidecar.h). */
+static int add_thresholds(pi_gguf_writer_t *w, const struct pi_sidecar *s)
+{
+    int rc;
+    if ((rc = pi_gguf_writer_set_u32(w, "pinfer.threshold.version", PI_SIDECAR_THRESHOLD_VERSION)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.threshold.kld_target", PI_GGUF_F32, s->thr_kld_target, 2)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.threshold.kld", PI_GGUF_F32, s->thr_kld, 2)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.threshold.sparsity", PI_GGUF_F32, s->thr_sparsity, 2)) < 0 ||
+        (rc = pi_gguf_writer_set_arr(w, "pinfer.threshold.tokens", PI_GGUF_U64, s->thr_tokens, 2)) < 0)
+        return rc;
+    PI_ASSERT(s->gate_sparsity);
+    if ((rc = add_layers(w, "gate_threshold", s->n_layer, 2 * s->n_ff, s->gate_min)) < 0) return rc;
+    return add_layers(w, "gate_sparsity", s->n_layer, 2, s->gate_sparsity);
+}
+
 int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidecar *s)
 {
     PI_ASSERT(s->n_layer == m->hp.n_layer && s->n_ff == m->hp.n_ff);
@@ -507,7 +562,8 @@ int pi_sidecar_save(const char *path, const pi_model_t *m, const struct pi_sidec
         goto out;
     if ((s->act_freq && (rc = add_layers(w, "act_freq", s->n_layer, s->n_ff, s->act_freq)) < 0) ||
         (s->act_hist && (rc = add_layers(w, "act_hist", s->n_layer, s->n_hist, s->act_hist)) < 0) ||
-        (s->pred && (rc = add_pred(w, s)) < 0) || (rc = carry_over(w, path, m, s->pred != NULL)) < 0)
+        (s->pred && (rc = add_pred(w, s)) < 0) || (s->gate_min && (rc = add_thresholds(w, s)) < 0) ||
+        (rc = carry_over(w, path, m, s->pred != NULL, s->gate_min != NULL)) < 0)
         goto out;
     rc = pi_gguf_writer_write(w, path);
 out:

@@ -35,6 +35,17 @@
  *   blk.N.fc_recall     F32[2]  held-out recall at them, in [0, 1]
  *   blk.N.fc_active     F32[3]  held-out shares: predicted active (safe, aggressive), truly active
  *
+ * Activation thresholds (SwiGLU models, issue 18; doc/thresholds.md), every layer or none, their own
+ * version key:
+ *   pinfer.threshold.version     u32    1
+ *   pinfer.threshold.kld_target  f32[2] the held-out mean KLD against dense each mode was calibrated to
+ *   pinfer.threshold.kld         f32[2] the held-out mean KLD measured at the chosen thresholds
+ *   pinfer.threshold.sparsity    f32[2] the held-out share of (token, neuron) pairs skipped
+ *   pinfer.threshold.tokens      u64[2] calibration and held-out tokens
+ *   blk.N.gate_threshold F32[2 n_ff]  per neuron the |act(gate)| at or under which it is skipped: the
+ *                                layer's n_ff safe thresholds, then its n_ff aggressive ones (finite, >= 0)
+ *   blk.N.gate_sparsity  F32[2]  the held-out share of the layer's pairs skipped: safe, aggressive
+ *
  * Extension: keys and tensors this version does not know are ignored by the reader and carried over
  * by pi_sidecar_save when it rewrites an existing sidecar of the same model, so a later tool (a
  * predictor trainer) can add its tensors without this module losing them when pi-profile runs again.
@@ -56,6 +67,7 @@
 #define PI_SIDECAR_ID_SAMPLE_BYTES 64
 
 #define PI_SIDECAR_PRED_VERSION 1
+#define PI_SIDECAR_THRESHOLD_VERSION 1
 #define PI_SIDECAR_PRED_RANK_MAX 16384 /* the largest rank a sidecar may declare */
 
 /* One layer's trained predictor: logits (n_ff) = fc2 @ relu(fc1 @ x). */
@@ -84,6 +96,13 @@ struct pi_sidecar {
     float pred_target[2];         /* their recall targets: safe, aggressive */
     uint64_t pred_samples[2];     /* training and held-out tokens per layer */
     uint64_t pred_seed;
+    float *gate_min;         /* (n_layer, 2, n_ff): per layer its safe, then its aggressive thresholds, or
+                              * NULL (owned) */
+    float *gate_sparsity;    /* (n_layer, 2): per layer the held-out share skipped; set with gate_min */
+    float thr_kld_target[2]; /* the keys of the thresholds (layout above), by mode */
+    float thr_kld[2];
+    float thr_sparsity[2];
+    uint64_t thr_tokens[2];
 };
 
 /* A model file's identity: its size and a 64-bit hash that is cheap even for a 40 GB file. The hash is

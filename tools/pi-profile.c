@@ -7,7 +7,8 @@
  * runs through the inference forward pass (compute/forward.c) from an empty cache, with the pass's
  * statistics hook counting per neuron the tokens whose gate output is positive and the histogram of
  * |act(gate, up)| per layer. Models without a tokenizer (pi-gen-model's) are profiled over random
- * token ids with --random N.
+ * token ids with --random N. For a SwiGLU model it then calibrates the activation thresholds of the
+ * sparsity modes over the same chunks (compute/thresholds.h, doc/thresholds.md) into the sidecar.
  *
  *   pi-profile -m model.gguf                   # bundled calibration text, MODEL.pinfer.gguf
  *   pi-profile -m model.gguf -f text.txt -c 512 --sidecar /tmp/x.pinfer.gguf
@@ -23,6 +24,7 @@
 #include <unistd.h>
 
 #include "compute/forward.h"
+#include "compute/thresholds.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/rng.h"
@@ -40,6 +42,7 @@ enum { EXIT_USAGE = 2 };
 struct args {
     const char *model, *text, *sidecar;
     int ctx, threads;
+    bool no_thresholds;
     long random_tokens;
     uint64_t seed;
 };
@@ -56,6 +59,7 @@ static void usage(FILE *out)
             "  -t, --threads N      threads (default: every online CPU)\n"
             "      --random N       profile N random token ids instead of a text (models without a tokenizer)\n"
             "      --seed N         seed of --random (default: 1)\n"
+            "      --no-thresholds  SwiGLU models: do not calibrate the activation thresholds of --sparsity\n"
             "  -h, --help           this text\n"
             "  -V, --version        show the version and exit\n");
 }
@@ -73,11 +77,12 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 /* 0, or EXIT_USAGE after printing the reason. */
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    enum { O_SIDECAR = 256, O_RANDOM, O_SEED };
+    enum { O_SIDECAR = 256, O_RANDOM, O_SEED, O_NO_THR };
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},   {"file", 1, 0, 'f'},          {"ctx", 1, 0, 'c'},
         {"threads", 1, 0, 't'}, {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM},
         {"seed", 1, 0, O_SEED}, {"help", 0, 0, 'h'},          {"version", 0, 0, 'V'},
+        {"no-thresholds", 0, 0, O_NO_THR},
         {0, 0, 0, 0},
     };
     int c;
@@ -104,6 +109,7 @@ static int parse_args(int argc, char **argv, struct args *a)
             if (parse_long(optarg, 0, 1L << 62, &v) < 0) goto bad;
             a->seed = (uint64_t)v;
             break;
+        case O_NO_THR: a->no_thresholds = true; break;
         case 'h': usage(stdout); exit(0);
         case 'V': printf("pi-profile (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); exit(0);
         default: usage(stderr); return EXIT_USAGE;
@@ -207,6 +213,52 @@ static void report(const struct pi_sidecar *s, enum pi_ffn_act act)
     free(row);
 }
 
+/* Calibrate the activation thresholds over the chunks into sc. 0 or 1 (printed). */
+static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx, int threads, struct pi_sidecar *sc)
+{
+    const int n_chunks = (int)PI_MIN(n / (size_t)ctx, (size_t)INT32_MAX);
+    struct pi_thr_opts o;
+    struct pi_thr_result r;
+    pi_thr_opts_default(&o, n_chunks, ctx, m->hp.n_vocab);
+    if (n_chunks < 2) {
+        fprintf(stderr, "pi-profile: the thresholds need at least 2 chunks of %d tokens (-c); the text has %d\n", ctx, n_chunks);
+        return 1;
+    }
+    o.n_threads = threads;
+    o.progress = stderr;
+    o.prog = "pi-profile";
+    if (pi_thr_calibrate(m, ids, n_chunks, ctx, &o, &r) < 0) {
+        fprintf(stderr, "pi-profile: the threshold calibration failed\n");
+        return 1;
+    }
+    free(sc->gate_min);
+    free(sc->gate_sparsity);
+    sc->gate_min = r.gate_min;
+    sc->gate_sparsity = r.layer_sparsity;
+    r.gate_min = NULL;
+    r.layer_sparsity = NULL;
+    for (int k = 0; k < 2; k++) {
+        sc->thr_kld_target[k] = o.kld_target[k];
+        sc->thr_kld[k] = r.kld[k];
+        sc->thr_sparsity[k] = r.sparsity[k];
+        sc->thr_tokens[k] = r.tokens[k];
+    }
+    pi_thr_result_free(&r);
+    return 0;
+}
+
+/* The thresholds' figures, one line per mode and one per layer. */
+static void report_thresholds(const struct pi_sidecar *s)
+{
+    static const char *const mode[2] = {"safe", "aggressive"};
+    for (int k = 0; k < 2; k++)
+        printf("thresholds %s: %.1f%% of FFN (token, neuron) pairs skipped, held-out KLD %.5f (target %g)\n", mode[k],
+               100.0 * s->thr_sparsity[k], (double)s->thr_kld[k], (double)s->thr_kld_target[k]);
+    for (int il = 0; il < s->n_layer; il++)
+        printf("layer %d: pairs skipped safe %.1f%%, aggressive %.1f%%\n", il, 100.0 * s->gate_sparsity[2 * il],
+               100.0 * s->gate_sparsity[2 * il + 1]);
+}
+
 int main(int argc, char **argv)
 {
     struct args a;
@@ -262,16 +314,21 @@ int main(int argc, char **argv)
         goto out;
     }
     if ((rc = profile(f, ids, n, bos, ctx, &st)) != 0) goto out;
+    pi_forward_destroy(&f); /* the calibration runs its own passes */
     sc->tokens = st.tokens;
     for (size_t i = 0; i < (size_t)st.n_layer * (size_t)st.n_ff; i++)
         sc->act_freq[i] = (float)((double)st.active[i] / (double)st.tokens);
     for (size_t i = 0; i < (size_t)st.n_layer * (size_t)st.n_hist; i++)
         sc->act_hist[i] = (float)((double)st.hist[i] / ((double)st.tokens * st.n_ff));
+    if (m->hp.act == PI_FFN_ACT_SILU && !a.no_thresholds &&
+        (rc = calibrate(m, ids, n, ctx, fo.n_threads, sc)) != 0)
+        goto out;
     if (pi_sidecar_save(path, m, sc) < 0) {
         rc = 1;
         goto out;
     }
     report(sc, m->hp.act);
+    if (sc->gate_min) report_thresholds(sc);
     printf("wrote %s: profile of %llu tokens (%zu chunks of %d)\n", path, (unsigned long long)st.tokens,
            n / (size_t)ctx, ctx);
 out:

@@ -70,6 +70,32 @@ typedef float v8f __attribute__((vector_size(32)));
 
 /* y (n) += a * x (n), sixteen lanes per step. (An AVX2 clone measured no faster: the neuron loop is
  * bound by its rows' memory latency and the dequantisation, not by this.) */
+int pi_log_softmax(const float *logits, int n, float *logp)
+{
+    PI_ASSERT(n >= 1);
+    int top = 0;
+    for (int i = 1; i < n; i++)
+        if (logits[i] > logits[top]) top = i;
+    const double mx = logits[top];
+    double sum = 0.0;
+    for (int i = 0; i < n; i++) sum += exp((double)logits[i] - mx);
+    const double lse = mx + log(sum);
+    for (int i = 0; i < n; i++) logp[i] = (float)((double)logits[i] - lse);
+    return top;
+}
+
+double pi_kl_logp(const float *logp, const float *logq, int n, int *top_p)
+{
+    double kl = 0.0;
+    int top = 0;
+    for (int i = 0; i < n; i++) {
+        if (logp[i] > logp[top]) top = i;
+        kl += exp((double)logp[i]) * ((double)logp[i] - (double)logq[i]);
+    }
+    if (top_p) *top_p = top;
+    return kl;
+}
+
 static void axpy(float *y, float a, const float *x, int64_t n)
 {
     int64_t j = 0;
@@ -188,6 +214,22 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
     }
 }
 
+int64_t pi_ffn_act_min(enum pi_ffn_act act, const float *gate_min, float *g, const float *u, int64_t n, int64_t ff)
+{
+    PI_ASSERT(act == PI_FFN_ACT_SILU || act == PI_FFN_ACT_RELU || act == PI_FFN_ACT_DRELU);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n * ff; i++) {
+        if (pi_ffn_gate_skip(act, gate_min[i % ff], g[i])) {
+            g[i] = 0.0f;
+            continue;
+        }
+        float a = act == PI_FFN_ACT_SILU ? silu(g[i]) * u[i] : act == PI_FFN_ACT_RELU ? g[i] * u[i] : g[i] * relu(u[i]);
+        g[i] = a;
+        kept += a != 0.0f || act == PI_FFN_ACT_SILU;
+    }
+    return kept;
+}
+
 /* ---------------------------------------------------------------- neuron-subset FFN */
 
 /* The neuron list is cut into about FFN_PARTS parts, rounded up to a multiple of the pool's threads so
@@ -284,6 +326,7 @@ struct neuron_task {
     pi_ffn_work_t *w;
     const struct pi_layer *L;
     enum pi_ffn_act act;
+    const float *gate_min; /* per row of L, or NULL */
     const void *xq_up;
     const int32_t *idx;
     int64_t n_idx;
@@ -365,7 +408,7 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
             }
             dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
             for (int j = 0; j < m; j++) {
-                if (t->act != PI_FFN_ACT_SILU && g[j] <= 0.0f) continue; /* ReLU: nothing to add */
+                if (pi_ffn_gate_skip(t->act, t->gate_min ? t->gate_min[t->idx[k + j]] : 0.0f, g[j])) continue;
                 live[n_live] = t->idx[k + j];
                 gate[n_live++] = g[j];
             }
@@ -450,7 +493,7 @@ static void check_layer(const pi_ffn_work_t *w, const struct pi_layer *L, enum p
 }
 
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                       const float *x, const int32_t *idx, int64_t n_idx, float *y)
+                       const float *gate_min, const float *x, const int32_t *idx, int64_t n_idx, float *y)
 {
     int64_t d = w->d;
     int n_threads = pool ? pi_pool_size(pool) : 1;
@@ -464,7 +507,7 @@ int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer 
     int n_parts = ffn_parts(n_idx, n_threads);
     if (n_parts < 1) return 0;
     PI_ASSERT(n_parts <= w->max_parts);
-    struct neuron_task task = {w, L, act, xq_up, idx, n_idx, n_parts};
+    struct neuron_task task = {w, L, act, gate_min, xq_up, idx, n_idx, n_parts};
     pi_pool_for(pool, n_parts, 1, part_range, &task);
     struct sum_task sum = {w, n_parts, y};
     pi_pool_for(pool, (d + SUM_COLS - 1) / SUM_COLS, SUM_GRAIN, sum_range, &sum);
@@ -479,6 +522,7 @@ struct batch_task {
     pi_ffn_work_t *w;
     const struct pi_layer *L;
     enum pi_ffn_act act;
+    const float *gate_min; /* per row of L, or NULL */
     const uint8_t *xq_gate, *xq_up; /* (n, xrb_gate) and (n, xrb_up) */
     size_t xrb_gate, xrb_up;
     const int32_t *idx;
@@ -556,10 +600,10 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 } else {
                     dots(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xg, t->xrb_gate, nt, d, g);
                 }
-                bool any = t->act == PI_FFN_ACT_SILU;
-                /* as the per-token kernel: only a gate <= 0 skips (a NaN gate is added, as NaN) */
-                for (int64_t j = 0; !any && j < nt; j++) any = !(g[j] <= 0.0f);
-                if (!any) continue; /* ReLU: no token has anything to add */
+                const float gmin = t->gate_min ? t->gate_min[i] : 0.0f;
+                bool any = false; /* as the per-token kernel (a NaN gate is added, as NaN) */
+                for (int64_t j = 0; !any && j < nt; j++) any = !pi_ffn_gate_skip(t->act, gmin, g[j]);
+                if (!any) continue; /* no token has anything to add */
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
                 const float *src = pi_weight_row(&L->ffn_down_t, i);
@@ -567,8 +611,8 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 bool widened = L->ffn_down_t.type == PI_TYPE_F32;
                 for (int64_t j = 0; j < nt; j++) {
                     float a;
+                    if (pi_ffn_gate_skip(t->act, gmin, g[j])) continue;
                     if (t->act == PI_FFN_ACT_SILU) a = g[j] / (1.0f + expf(-g[j])) * u[j];
-                    else if (g[j] <= 0.0f) continue;
                     else if (t->act == PI_FFN_ACT_RELU) a = g[j] * u[j];
                     else if (u[j] > 0.0f) a = g[j] * u[j];
                     else continue;
@@ -593,7 +637,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
 }
 
 int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y)
+                             const float *gate_min, const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y)
 {
     const int64_t d = w->d;
     const int n_threads = pool ? pi_pool_size(pool) : 1;
@@ -602,7 +646,7 @@ int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_
      * neurons among all of them; without reserved buffers there is nowhere to put the batch. */
     if (n < (int64_t)FFN_GROUP * n_threads || w->cap_tokens < FFN_GROUP) {
         for (int64_t t = 0; t < n; t++)
-            active += pi_ffn_neurons(pool, w, L, act, X + (size_t)t * (size_t)d, idx, n_idx, Y + (size_t)t * (size_t)d);
+            active += pi_ffn_neurons(pool, w, L, act, gate_min, X + (size_t)t * (size_t)d, idx, n_idx, Y + (size_t)t * (size_t)d);
         return active;
     }
     check_layer(w, L, act, n_threads);
@@ -619,7 +663,7 @@ int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_
             pi_quantize_act(L->ffn_gate.type, x, w->xqb_gate + (size_t)t * xrb_gate, d);
             if (!same) pi_quantize_act(L->ffn_up.type, x, w->xqb_up + (size_t)t * xrb_up, d);
         }
-        struct batch_task task = {w, L, act, w->xqb_gate, same ? w->xqb_gate : w->xqb_up, xrb_gate, same ? xrb_gate : xrb_up,
+        struct batch_task task = {w, L, act, gate_min, w->xqb_gate, same ? w->xqb_gate : w->xqb_up, xrb_gate, same ? xrb_gate : xrb_up,
                                   idx, n_idx, nc, n_parts, Y + (size_t)c0 * (size_t)d};
         memset(w->bactive, 0, (size_t)w->n_threads * sizeof *w->bactive);
         pi_pool_for(pool, (nc + FFN_GROUP - 1) / FFN_GROUP, 1, group_range, &task);

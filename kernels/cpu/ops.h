@@ -10,6 +10,8 @@
 #ifndef PI_KERNELS_CPU_OPS_H
 #define PI_KERNELS_CPU_OPS_H
 
+#include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +35,14 @@ void pi_rope_apply(float *x, int n_head, int head_dim, int n_rot, const float *c
 /* x (n) = softmax(x) in place (max-subtracted). */
 void pi_softmax(float *x, int64_t n);
 
+/* logp (n) = log softmax(logits) (n >= 1), the sums in double; returns the index of the largest
+ * logit (the first of equals). */
+int pi_log_softmax(const float *logits, int n, float *logp);
+
+/* KL(P || Q) = sum_i p_i (log p_i - log q_i) over n log-probabilities (each from pi_log_softmax), in
+ * double; *top_p (optional) = the index of P's largest. */
+double pi_kl_logp(const float *logp, const float *logq, int n, int *top_p);
+
 /* One attention head of one query over n_kv cached positions:
  *   out (hd) = sum_t softmax_t(scale * q . k_t) * v_t,  t < n_kv,
  * where k_t = (const char *)k + t * stride and v_t likewise, each hd elements of kv_type (F32 or F16).
@@ -42,6 +52,25 @@ void pi_attn_head(float *out, const float *q, const void *k, const void *v, size
 
 /* g (n) = act(g, u) elementwise: silu(g) * u, relu(g) * u or relu(g) * relu(u). */
 void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);
+
+/* The activation threshold (issue 18, doc/thresholds.md): a neuron whose gate output is small in
+ * magnitude, |silu(g)| or |relu(g)| <= gate_min (its own threshold), is skipped (its up row and down
+ * column unread), as CATS (arXiv 2404.08763) does for SwiGLU models. gate_min 0 skips nothing more
+ * than the activation itself does (a ReLU gate <= 0); a NaN gate is never skipped. The one rule every
+ * kernel applies. */
+static inline bool pi_ffn_gate_skip(enum pi_ffn_act act, float gate_min, float g)
+{
+    if (act != PI_FFN_ACT_SILU && g <= 0.0f) return true;
+    if (!(gate_min > 0.0f)) return false;
+    float s = act == PI_FFN_ACT_SILU ? g / (1.0f + expf(-g)) : g;
+    return fabsf(s) <= gate_min;
+}
+
+/* g (n, ff) = act(g, u) as pi_ffn_act, but 0 where pi_ffn_gate_skip(act, gate_min[j], g) for neuron
+ * j (column j of each of the n rows; gate_min (ff)): the dense form of the thresholds (every row is
+ * read, the skipped neurons' activations zeroed). Returns the activations not skipped. All-zero
+ * thresholds give pi_ffn_act's floats. */
+int64_t pi_ffn_act_min(enum pi_ffn_act act, const float *gate_min, float *g, const float *u, int64_t n, int64_t ff);
 
 /* ---- the neuron-subset FFN kernel ---- */
 
@@ -58,17 +87,18 @@ void pi_ffn_work_destroy(pi_ffn_work_t **w);
  *   x (d) f32: the FFN input (already ffn_norm-ed);  idx (n_idx): neuron ids in [0, n_ff), any order,
  *   no duplicates;  y (d): the partial sum, accumulated into (not cleared).
  * The dot products use each weight type's activation quantisation (pi_vec_dot), as the dense matvec
- * does. For ReLU and dReLU a neuron whose gate pre-activation is <= 0 contributes nothing and its up
- * and down rows are not read (dReLU also skips the down row when up <= 0).
+ * does. A neuron pi_ffn_gate_skip(act, gate_min, gate) skips contributes nothing and its up and down
+ * rows are not read: for ReLU and dReLU every neuron whose gate pre-activation is <= 0 (dReLU also
+ * skips the down row when up <= 0), and with gate_min (L's rows: the threshold of row r at [r]; NULL:
+ * none) those under their threshold.
  * Threads of pool share the work, but the sums do not depend on thread timing: idx is cut by position
  * into parts (about 16, a multiple of the pool size; fewer for short lists), each part summed in list
  * order, the parts added to y in order. So a call with the same pool size is bit-for-bit reproducible
  * (pools of 1, 2, 4, 8 and 16 threads give the same bits: 16 parts); another pool size or a different
  * split of the same neurons agrees to float rounding.
- * Returns the number of neurons whose down row was added: every listed one for SiLU, the active ones
- * for ReLU/dReLU. */
+ * Returns the number of neurons whose down row was added: the listed ones not skipped. */
 int64_t pi_ffn_neurons(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                       const float *x, const int32_t *idx, int64_t n_idx, float *y);
+                       const float *gate_min, const float *x, const int32_t *idx, int64_t n_idx, float *y);
 
 /* Room in w for batches of up to max_tokens tokens in pi_ffn_neurons_batch (their quantised inputs
  * and per-thread accumulators of a group of tokens); call once at setup, never while serving.
@@ -82,6 +112,6 @@ int pi_ffn_work_reserve(pi_ffn_work_t *w, int64_t max_tokens);
  * L1 (the 4-token kernels where the type has them); otherwise it is the n calls. Returns the summed
  * counts of those calls. */
 int64_t pi_ffn_neurons_batch(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, enum pi_ffn_act act,
-                             const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y);
+                             const float *gate_min, const float *X, int64_t n, const int32_t *idx, int64_t n_idx, float *Y);
 
 #endif

@@ -168,7 +168,7 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
         if (rc != 0) break;
         memset(v->cold, 0, (size_t)n * (size_t)d * sizeof(float));
         for (int t = 0; t < n && nc > 0; t++)
-            pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, v->x + (size_t)t * d, v->sp->cold[il], nc,
+            pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, NULL, v->x + (size_t)t * d, v->sp->cold[il], nc,
                            v->cold + (size_t)t * d);
         rc = be->ops->ffn_merge(be, il, nc > 0 ? v->cold : NULL);
     }
@@ -533,7 +533,7 @@ static void cold_masked(struct drv *v, int il, const uint64_t *mrow, const float
     }
     (void)nf;
     memset(y, 0, (size_t)v->m->hp.n_embd * sizeof(float));
-    if (k) pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, x, idx, k, y);
+    if (k) pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, NULL, x, idx, k, y);
 }
 
 /* One batch through c (the cuda backend with predictors) and, in lockstep, h (the host backend with no

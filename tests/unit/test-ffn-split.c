@@ -150,7 +150,7 @@ static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt,
     /* the whole layer against the scalar reference */
     memset(y, 0, sizeof y);
     int64_t n_ref = reference(&R, act, x, all, FF, ref);
-    int64_t n_act = pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    int64_t n_act = pi_ffn_neurons(pool, w, &R.L, act, NULL, x, all, FF, y);
     double e = rel_err_d(y, ref, D);
     tap_ok(e <= tol, "%s/%s, %d threads: whole layer vs reference, relative error %.3g (<= %.0e)", tn, an,
            pi_pool_size(pool), e, tol);
@@ -168,7 +168,7 @@ static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt,
         for (int p = 0; p < k; p++) {
             int64_t end = p == k - 1 ? FF : begin + (int64_t)((frand() * 0.5 + 0.5) * (double)(FF - begin));
             memset(part, 0, sizeof part);
-            counted += pi_ffn_neurons(pool, w, &R.L, act, x, parts + begin, end - begin, part);
+            counted += pi_ffn_neurons(pool, w, &R.L, act, NULL, x, parts + begin, end - begin, part);
             for (int j = 0; j < D; j++) sum[j] += part[j];
             begin = end;
         }
@@ -203,11 +203,11 @@ static void test_repeatable(pi_pool_t *pool2, pi_pool_t *pool3, enum pi_type wt,
             if (!subset || frand() < 0.0f) idx[n_idx++] = i;
         if (subset) shuffle(idx, n_idx);
         memset(y1, 0, sizeof y1);
-        int64_t a1 = pi_ffn_neurons(NULL, w, &R.L, act, x, idx, n_idx, y1);
+        int64_t a1 = pi_ffn_neurons(NULL, w, &R.L, act, NULL, x, idx, n_idx, y1);
         for (int rep = 0; rep < 40; rep++) {
             float *out = rep < 2 ? first[rep] : y;
             memset(out, 0, sizeof y);
-            int64_t a = pi_ffn_neurons(pools[rep % 2], w, &R.L, act, x, idx, n_idx, out);
+            int64_t a = pi_ffn_neurons(pools[rep % 2], w, &R.L, act, NULL, x, idx, n_idx, out);
             same &= a == a1 && memcmp(out, first[rep % 2], sizeof y) == 0;
         }
         same1 &= memcmp(first[0], y1, sizeof y1) == 0;
@@ -245,8 +245,8 @@ static void test_batch(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum p
             const int n = ns[k];
             for (int i = 0; i < n * D; i++) Y0[i] = Y1[i] = frand(); /* accumulated into, not cleared */
             int64_t a0 = 0;
-            for (int t = 0; t < n; t++) a0 += pi_ffn_neurons(pool, w, &R.L, act, X + t * D, idx, n_idx, Y0 + t * D);
-            int64_t a1 = pi_ffn_neurons_batch(pool, w, &R.L, act, X, n, idx, n_idx, Y1);
+            for (int t = 0; t < n; t++) a0 += pi_ffn_neurons(pool, w, &R.L, act, NULL, X + t * D, idx, n_idx, Y0 + t * D);
+            int64_t a1 = pi_ffn_neurons_batch(pool, w, &R.L, act, NULL, X, n, idx, n_idx, Y1);
             int ok = a0 == a1 && memcmp(Y0, Y1, sizeof(float) * (size_t)n * D) == 0;
             if (!ok) tap_diag("%d tokens, %d neurons: active %lld vs %lld, error %.3g", n, n_idx, (long long)a0,
                               (long long)a1, rel_err_f(Y1, Y0, n * D));
@@ -277,8 +277,8 @@ static void test_batch_nan(void)
     memset(Y0, 0, sizeof Y0);
     memset(Y1, 0, sizeof Y1);
     int64_t a0 = 0;
-    for (int t = 0; t < N; t++) a0 += pi_ffn_neurons(NULL, w, &R.L, PI_FFN_ACT_RELU, X + t * D, all, FF, Y0 + t * D);
-    int64_t a1 = pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y1);
+    for (int t = 0; t < N; t++) a0 += pi_ffn_neurons(NULL, w, &R.L, PI_FFN_ACT_RELU, NULL, X + t * D, all, FF, Y0 + t * D);
+    int64_t a1 = pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, NULL, X, N, all, FF, Y1);
     tap_ok(a0 == a1 && memcmp(Y0, Y1, sizeof Y0) == 0 && isnan(Y1[5 * D]) && Y1[4 * D] == 0.0f,
            "a NaN gate in one token of a group: the batch adds it as the per-token kernel does (active %lld, %lld)",
            (long long)a0, (long long)a1);
@@ -308,7 +308,7 @@ static void test_batch_skip_reads(void)
     pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
     PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
     memset(Y, 0, sizeof Y);
-    pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, X, N, all, FF, Y);
+    pi_ffn_neurons_batch(NULL, w, &R.L, PI_FFN_ACT_RELU, NULL, X, N, all, FF, Y);
     int finite = 1;
     for (int j = 0; j < N * D; j++) finite &= isfinite(Y[j]) != 0;
     tap_ok(finite && poisoned > FF / 4, "batch of %d tokens: rows of %d neurons inactive for all are never read", N, poisoned);
@@ -338,7 +338,7 @@ static void test_skip_reads(pi_pool_t *pool, enum pi_ffn_act act)
     }
     pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
     memset(y, 0, sizeof y);
-    pi_ffn_neurons(pool, w, &R.L, act, x, all, FF, y);
+    pi_ffn_neurons(pool, w, &R.L, act, NULL, x, all, FF, y);
     int finite = 1;
     for (int j = 0; j < D; j++) finite &= isfinite(y[j]) != 0;
     tap_ok(finite && poisoned > FF / 4, "%s: rows of %d inactive neurons are never read", pi_ffn_act_name(act),
@@ -378,7 +378,7 @@ static void test_real_layer(pi_pool_t *pool, const char *file, double tol)
         for (int64_t i = 0; i < ff; i++) ref[j] += a[i] * row[i];
     }
     pi_ffn_work_t *w = pi_ffn_work_new(d, pi_pool_size(pool));
-    int64_t n_act = pi_ffn_neurons(pool, w, L, m->hp.act, x, all, ff, y);
+    int64_t n_act = pi_ffn_neurons(pool, w, L, m->hp.act, NULL, x, all, ff, y);
     double e = rel_err_d(y, ref, (int)d);
     tap_ok(e <= tol, "%s layer 1 (%s): neuron kernel vs dense down, relative error %.3g (<= %.0e), %lld of %lld active",
            file, pi_ffn_act_name(m->hp.act), e, tol, (long long)n_act, (long long)ff);

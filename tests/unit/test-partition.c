@@ -80,7 +80,7 @@ static void check_ids(const pi_model_t *m, pi_pool_t *pool, const int32_t *ids, 
     PI_ASSERT(X && Yd && Yn && Ym && scr && idx && w);
     for (int64_t i = 0; i < N * d; i++) X[i] = frand();
     for (int64_t j = 0; j < count; j++) idx[j] = (int32_t)j;
-    for (int t = 0; t < N; t++) pi_ffn_neurons(pool, w, L, m->hp.act, X + (size_t)t * (size_t)d, idx, count, Yn + (size_t)t * (size_t)d);
+    for (int t = 0; t < N; t++) pi_ffn_neurons(pool, w, L, m->hp.act, NULL, X + (size_t)t * (size_t)d, idx, count, Yn + (size_t)t * (size_t)d);
     /* the packed rows are the model's: the neuron kernel on the packed copy equals it on the model's
      * own rows by id (the model opened with its transposed down rows) */
     char path[1024], err[256];
@@ -90,7 +90,7 @@ static void check_ids(const pi_model_t *m, pi_pool_t *pool, const int32_t *ids, 
     pi_model_opts_default(&mo);
     PI_ASSERT(pi_model_open(path, &mo, &full, err, sizeof err) == 0);
     for (int t = 0; t < N; t++)
-        pi_ffn_neurons(pool, w, &full->layers[il], m->hp.act, X + (size_t)t * (size_t)d, ids, count, Ym + (size_t)t * (size_t)d);
+        pi_ffn_neurons(pool, w, &full->layers[il], m->hp.act, NULL, X + (size_t)t * (size_t)d, ids, count, Ym + (size_t)t * (size_t)d);
     tap_ok(memcmp(Ym, Yn, sizeof(float) * N * (size_t)d) == 0, "%s: packed rows give the bits of the model's rows by id", name);
     pi_model_destroy(&full);
     for (int64_t i = 0; i < N * d; i++) Yd[i] = NAN; /* overwritten, not accumulated */

@@ -61,7 +61,7 @@ static void feed(struct pi_ptrain_samples *s, const float *G, const float *bias,
             }
         }
         pi_ptrain_samples_chunk(s, (c + 1) % heldout_every == 0 ? PI_PTRAIN_HELDOUT : PI_PTRAIN_TRAIN, rows);
-        for (int il = 0; il < s->n_layer; il++) pi_ptrain_capture(s, il, rows, x, gate, gate);
+        for (int il = 0; il < s->n_layer; il++) pi_ptrain_capture(s, il, rows, NULL, x, gate, gate);
     }
     free(x), free(gate);
 }
