@@ -294,15 +294,30 @@ static void apply_mask(float *g, int64_t n, int64_t c, const int32_t *ids, const
     }
 }
 
+static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act, const float *gate_min,
+                         const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch, float *Y);
+
 int64_t pi_partition_ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                const float *X, int64_t n, float *scratch, float *Y)
 {
-    return pi_partition_ffn_dense_masked(pool, p, il, act, X, n, NULL, 0, scratch, Y);
+    return ffn_dense(pool, p, il, act, NULL, X, n, NULL, 0, scratch, Y);
 }
 
 int64_t pi_partition_ffn_dense_masked(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
                                       const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch,
                                       float *Y)
+{
+    return ffn_dense(pool, p, il, act, NULL, X, n, mask, mask_words, scratch, Y);
+}
+
+int64_t pi_partition_ffn_dense_gated(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                                     const float *gate_min, const float *X, int64_t n, float *scratch, float *Y)
+{
+    return ffn_dense(pool, p, il, act, gate_min, X, n, NULL, 0, scratch, Y);
+}
+
+static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act, const float *gate_min,
+                         const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch, float *Y)
 {
     PI_ASSERT(p->down_row && n >= 1 && il >= 0 && il < p->n_layer);
     const struct pi_layer *L = &p->layers[il];
@@ -312,7 +327,8 @@ int64_t pi_partition_ffn_dense_masked(pi_pool_t *pool, const struct pi_partition
     float *g = scratch, *u = g + (size_t)n * (size_t)c, *ab = u + (size_t)n * (size_t)c;
     pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, c, d, X, n, g);
     pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, c, d, X, n, u);
-    pi_ffn_act(act, g, u, n * c);
+    if (gate_min) pi_ffn_act_min(act, gate_min, g, u, n, c);
+    else pi_ffn_act(act, g, u, n * c);
     if (mask) apply_mask(g, n, c, p->ids[il], mask, mask_words);
     int64_t active = 0;
     for (size_t i = 0; i < (size_t)n * (size_t)c; i++) active += g[i] != 0.0f;

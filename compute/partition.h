@@ -91,4 +91,9 @@ int64_t pi_partition_ffn_dense_masked(pi_pool_t *pool, const struct pi_partition
                                       const float *X, int64_t n, const uint64_t *mask, int64_t mask_words, float *scratch,
                                       float *Y);
 
+/* The same with activation thresholds (kernels/cpu/ops.h, pi_ffn_gate_skip): gate_min (count[il]) the
+ * threshold of each packed neuron; a skipped neuron's activation is zeroed before the down product. */
+int64_t pi_partition_ffn_dense_gated(pi_pool_t *pool, const struct pi_partition *p, int il, enum pi_ffn_act act,
+                                     const float *gate_min, const float *X, int64_t n, float *scratch, float *Y);
+
 #endif

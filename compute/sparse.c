@@ -28,10 +28,73 @@ static void rank_text(const struct pi_predictors *p, char *buf, size_t len)
     else snprintf(buf, len, "rank %lld to %lld", (long long)lo, (long long)hi);
 }
 
+int pi_sparse_gate_load(const pi_model_t *m, const char *path, enum pi_sparsity mode, float **gate_min,
+                        struct pi_sparse_gate_info *info, char *err, size_t errlen)
+{
+    struct pi_sidecar *s = NULL;
+    *gate_min = NULL;
+    PI_ASSERT(mode == PI_SPARSITY_SAFE || mode == PI_SPARSITY_AGGRESSIVE);
+    if (!path) return -PI_ERR_NOTFOUND;
+    int rc = pi_sidecar_load(path, m, &s, err, errlen);
+    if (rc < 0) return rc;
+    if (!s->gate_min) {
+        pi_sidecar_destroy(&s);
+        return -PI_ERR_NOTFOUND;
+    }
+    const int k = mode == PI_SPARSITY_SAFE ? 0 : 1;
+    const size_t ff = (size_t)m->hp.n_ff;
+    float *g = malloc((size_t)m->hp.n_layer * ff * sizeof *g);
+    if (!g) {
+        pi_sidecar_destroy(&s);
+        return -PI_ERR_NOMEM;
+    }
+    for (int il = 0; il < m->hp.n_layer; il++)
+        memcpy(g + (size_t)il * ff, s->gate_min + ((size_t)il * 2 + (size_t)k) * ff, ff * sizeof *g);
+    if (info) *info = (struct pi_sparse_gate_info){s->thr_sparsity[k], s->thr_kld[k], s->thr_kld_target[k]};
+    pi_sidecar_destroy(&s);
+    *gate_min = g;
+    return 0;
+}
+
+/* The SwiGLU half of pi_sparse_open. */
+static int open_gate(const pi_model_t *m, const char *sidecar, bool is_auto, enum pi_sparsity want, float **gate_min,
+                     enum pi_sparsity *mode, char *line, size_t len)
+{
+    char err[256] = "";
+    struct pi_sparse_gate_info info;
+    int rc = pi_sparse_gate_load(m, sidecar, want, gate_min, &info, err, sizeof err);
+    if (rc == -PI_ERR_NOTFOUND && is_auto) {
+        snprintf(line, len, "sparsity off (default: a SwiGLU model without calibrated activation thresholds)");
+        return 0;
+    }
+    if (rc != 0) {
+        snprintf(line, len, "sparsity %s: %s", pi_sparsity_name(want),
+                 rc == -PI_ERR_NOTFOUND ? "the model has no activation thresholds in its sidecar (pi-profile -m MODEL "
+                                          "calibrates them; doc/thresholds.md)"
+                 : rc == -PI_ERR_FORMAT ? err
+                                        : "out of memory");
+        return rc == -PI_ERR_NOMEM ? rc : rc == -PI_ERR_NOTFOUND ? rc : -PI_ERR_UNSUPPORTED;
+    }
+    if (is_auto && info.sparsity < PI_SPARSE_GATE_AUTO_MIN) {
+        free(*gate_min);
+        *gate_min = NULL;
+        snprintf(line, len, "sparsity off (default: the safe activation thresholds skip %.1f%% of the FFN pairs, "
+                 "under the %.0f%% that pays; --sparsity safe uses them)", 100.0 * info.sparsity,
+                 100.0 * PI_SPARSE_GATE_AUTO_MIN);
+        return 0;
+    }
+    snprintf(line, len, "sparsity %s (%sactivation thresholds from the sidecar: %.1f%% of FFN pairs skipped at a "
+             "calibrated KLD of %.4f, target %g)", pi_sparsity_name(want), is_auto ? "default: " : "",
+             100.0 * info.sparsity, (double)info.kld, (double)info.kld_target);
+    *mode = want;
+    return 0;
+}
+
 int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cfg asked, struct pi_predictors *pred,
-                   enum pi_sparsity *mode, char *line, size_t len)
+                   float **gate_min, enum pi_sparsity *mode, char *line, size_t len)
 {
     memset(pred, 0, sizeof *pred);
+    *gate_min = NULL;
     *mode = PI_SPARSITY_OFF;
     if (asked == PI_SPARSITY_CFG_OFF) {
         snprintf(line, len, "sparsity off (dense FFN, as configured)");
@@ -39,15 +102,7 @@ int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cf
     }
     const bool is_auto = asked == PI_SPARSITY_CFG_AUTO;
     const enum pi_sparsity want = is_auto ? PI_SPARSITY_SAFE : (enum pi_sparsity)(asked - 1);
-    if (m->hp.act == PI_FFN_ACT_SILU) {
-        if (is_auto) {
-            snprintf(line, len, "sparsity off (default: a SwiGLU model has no exact zeros to predict)");
-            return 0;
-        }
-        snprintf(line, len, "sparsity %s needs a ReLU model; this one is SwiGLU, whose sparsity (activation "
-                 "thresholds) is issue 18's future work: use --sparsity off", pi_sparsity_name(want));
-        return -PI_ERR_UNSUPPORTED;
-    }
+    if (m->hp.act == PI_FFN_ACT_SILU) return open_gate(m, sidecar, is_auto, want, gate_min, mode, line, len);
     int rc = pi_predictors_open(m, sidecar, pred);
     if (rc == -PI_ERR_NOTFOUND && is_auto) {
         snprintf(line, len, "sparsity off (default: the model has no predictors)");
@@ -138,23 +193,35 @@ int pi_sparse_stats_init(struct pi_sparse_stats *s, const pi_model_t *m)
     s->n_layer = m->hp.n_layer;
     s->n_ff = m->hp.n_ff;
     s->neuron_bytes = calloc((size_t)s->n_layer, sizeof *s->neuron_bytes);
+    s->skip_bytes = calloc((size_t)s->n_layer, sizeof *s->skip_bytes);
     s->layers = calloc((size_t)s->n_layer, sizeof *s->layers);
-    if (!s->neuron_bytes || !s->layers) {
+    if (!s->neuron_bytes || !s->skip_bytes || !s->layers) {
         pi_sparse_stats_free(s);
         return -PI_ERR_NOMEM;
     }
     for (int il = 0; il < s->n_layer; il++) {
         uint64_t g, u, dn;
         pi_place_neuron_bytes(m, il, &g, &u, &dn);
-        s->neuron_bytes[il] = g + u + dn;
+        s->neuron_bytes[il] = s->skip_bytes[il] = g + u + dn;
     }
     return 0;
+}
+
+void pi_sparse_stats_gated(struct pi_sparse_stats *s, const pi_model_t *m)
+{
+    PI_ASSERT(s->n_layer == m->hp.n_layer);
+    for (int il = 0; il < s->n_layer; il++) {
+        uint64_t g, u, dn;
+        pi_place_neuron_bytes(m, il, &g, &u, &dn);
+        s->skip_bytes[il] = u + dn;
+    }
 }
 
 void pi_sparse_stats_free(struct pi_sparse_stats *s)
 {
     if (!s) return;
     free(s->neuron_bytes);
+    free(s->skip_bytes);
     free(s->layers);
     memset(s, 0, sizeof *s);
 }
@@ -199,6 +266,7 @@ void pi_sparse_stats_add(struct pi_sparse_stats *dst, const struct pi_sparse_sta
 {
     PI_ASSERT(dst->n_layer == src->n_layer);
     for (int il = 0; il < dst->n_layer; il++) {
+        dst->skip_bytes[il] = src->skip_bytes[il]; /* how src counts: predictors or thresholds */
         dst->layers[il].predicted += src->layers[il].predicted;
         dst->layers[il].pairs += src->layers[il].pairs;
         dst->layers[il].recall_true += src->layers[il].recall_true;
@@ -256,7 +324,7 @@ void pi_sparse_summary(const struct pi_sparse_stats *s, int il, struct pi_sparse
         out->pairs += L->pairs;
         pred += L->predicted;
         out->bytes_total += L->pairs * per_neuron;
-        out->bytes_skipped += (L->pairs - L->predicted) * per_neuron;
+        out->bytes_skipped += (L->pairs - L->predicted) * s->skip_bytes[l];
         out->recall_true += L->recall_true;
         hit += L->recall_hit;
     }

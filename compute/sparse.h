@@ -32,18 +32,36 @@
 #include "kernels/cpu/pool.h"
 #include "lib/conf.h"
 #include "model/model.h"
+#include "model/sidecar.h"
 
-/* The run's predictors and mode for a configured [sparsity] mode over m:
- *   AUTO: safe when m is ReLU/dReLU and has predictors, else off;
- *   OFF: off (no predictors opened);
- *   SAFE, AGGRESSIVE: that mode; refused (-PI_ERR_UNSUPPORTED) for a SwiGLU model (its sparsity needs
- *   activation thresholds, issue 18) and (-PI_ERR_NOTFOUND) for a model without predictors.
- * On success *pred holds the predictors when *mode is not off (pi_predictors_free it) and line (len
- * bytes) says what was chosen and why, e.g. "sparsity safe (predictors from model, rank 16 to 16)"; on
- * failure line is the reason, one sentence. The predictors come from pi_predictors_open(m, sidecar):
- * the trained ones of the sidecar at that path when it has them (NULL: none), else the model file's. */
+/* The run's predictors or activation thresholds and its mode for a configured [sparsity] mode over m:
+ *   ReLU/dReLU models, predictors (doc/predictors.md):
+ *     AUTO: safe when m has predictors, else off; OFF: off (nothing opened); SAFE, AGGRESSIVE: that
+ *     mode, refused (-PI_ERR_NOTFOUND) for a model without predictors. The predictors come from
+ *     pi_predictors_open(m, sidecar): the trained ones of the sidecar at that path when it has them
+ *     (NULL: none), else the model file's.
+ *   SwiGLU models, activation thresholds (issue 18, doc/thresholds.md) from the sidecar:
+ *     AUTO: safe when the sidecar has thresholds whose calibrated safe sparsity is at least
+ *     PI_SPARSE_GATE_AUTO_MIN (below it the skipped rows do not pay for the neuron-wise path, so
+ *     `safe` would cost quality for no speed), else off; OFF: off; SAFE, AGGRESSIVE: that mode,
+ *     refused (-PI_ERR_NOTFOUND) without thresholds (pi-profile calibrates them).
+ * On success *mode is the mode; when it is not off, *pred holds the predictors (pi_predictors_free
+ * it; zeroed for thresholds) or *gate_min the thresholds ((n_layer, n_ff) floats, malloc'd: free it;
+ * NULL for predictors); line (len bytes) says what was chosen and why, e.g. "sparsity safe
+ * (predictors from model, rank 16 to 16)". On failure line is the reason, one sentence. */
+#define PI_SPARSE_GATE_AUTO_MIN 0.4f
 int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cfg asked, struct pi_predictors *pred,
-                   enum pi_sparsity *mode, char *line, size_t len);
+                   float **gate_min, enum pi_sparsity *mode, char *line, size_t len);
+
+/* The activation thresholds of mode (SAFE or AGGRESSIVE) from the sidecar at path for m: 0 and
+ * *gate_min ((n_layer, n_ff) floats, malloc'd) with *info (optional) = the sidecar's figures, or
+ * -PI_ERR_NOTFOUND (no sidecar, or one without thresholds), -PI_ERR_FORMAT (a bad sidecar: the
+ * reason in err), -PI_ERR_NOMEM. */
+struct pi_sparse_gate_info {
+    float sparsity, kld, kld_target; /* the calibration's held-out figures for the mode */
+};
+int pi_sparse_gate_load(const pi_model_t *m, const char *path, enum pi_sparsity mode, float **gate_min,
+                        struct pi_sparse_gate_info *info, char *err, size_t errlen);
 
 /* mask words per row for n_ff neurons */
 static inline int64_t pi_sparse_mask_words(int64_t n_ff) { return (n_ff + 63) / 64; }
@@ -100,11 +118,16 @@ struct pi_sparse_stats {
     int n_layer;
     int64_t n_ff;
     uint64_t *neuron_bytes;          /* (n_layer): gate row + up row + down column of one neuron */
+    uint64_t *skip_bytes;            /* (n_layer): what a pair not computed saves: all of neuron_bytes
+                                      * with predictors; up row + down column with activation thresholds,
+                                      * whose gate row is read to decide (pi_sparse_stats_gated) */
     struct pi_sparse_layer *layers;  /* (n_layer) */
 };
 
 /* For m's shape. 0 or -PI_ERR_NOMEM. */
 int pi_sparse_stats_init(struct pi_sparse_stats *s, const pi_model_t *m);
+/* Count s as activation thresholds do: a skipped pair saves its up row and down column only. */
+void pi_sparse_stats_gated(struct pi_sparse_stats *s, const pi_model_t *m);
 void pi_sparse_stats_free(struct pi_sparse_stats *s);
 void pi_sparse_stats_clear(struct pi_sparse_stats *s);
 
@@ -118,7 +141,8 @@ void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predic
 void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model_t *m, int il, const float *X, int64_t n,
                       const uint64_t *mask, int64_t mask_words, float *gate, float *up);
 
-/* dst += src, dst -= src (same shape; sub: src counted before dst, every count of dst at least src's). */
+/* dst += src, dst -= src (same shape; sub: src counted before dst, every count of dst at least src's);
+ * add also takes src's way of counting bytes (skip_bytes). */
 void pi_sparse_stats_add(struct pi_sparse_stats *dst, const struct pi_sparse_stats *src);
 void pi_sparse_stats_sub(struct pi_sparse_stats *dst, const struct pi_sparse_stats *src);
 
@@ -135,7 +159,7 @@ struct pi_sparse_summary {
     uint64_t pairs;         /* 0: no step ran with predictors */
     double sparsity;        /* share of pairs not computed */
     uint64_t bytes_total;   /* FFN weight bytes a dense run would have read for these pairs, per token */
-    uint64_t bytes_skipped; /* of those, the pairs not computed */
+    uint64_t bytes_skipped; /* of those, what the pairs not computed saved (skip_bytes) */
     uint64_t recall_true;   /* 0: recall not measured */
     double recall;          /* recall_hit / recall_true */
 };

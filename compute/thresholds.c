@@ -23,7 +23,7 @@ void pi_thr_opts_default(struct pi_thr_opts *o, int n_chunks, int ctx, int n_voc
     const int64_t positions = PI_MAX(1, PI_MIN(4096, ((int64_t)256 << 20) / ((int64_t)PI_MAX(1, n_vocab) * 4)));
     *o = (struct pi_thr_opts){.n_threads = 1,
                               .kld_target = {0.01f, 0.03f},
-                              .top1_min = {0.96f, 0.0f},
+                              .top1_min = {0.97f, 0.0f},
                               .margin = 0.7f,
                               .sample_tokens = 256,
                               .held_out_chunks = (int)PI_MAX(1, PI_MIN(n_chunks / 4, positions / per_chunk))};
@@ -248,7 +248,8 @@ static int search(struct calib *c, int k, int lo, int *found)
 static bool opts_ok(const struct pi_thr_opts *o, int n_chunks, int ctx, const pi_model_t *m)
 {
     for (int k = 0; k < 2; k++)
-        if (!(o->kld_target[k] > 0.0f && o->kld_target[k] <= 10.0f) || !(o->top1_min[k] >= 0.0f && o->top1_min[k] <= 1.0f))
+        if (!(o->kld_target[k] > 0.0f && o->kld_target[k] <= 10.0f) || !(o->top1_min[k] >= 0.0f && o->top1_min[k] <= 1.0f) ||
+            !(o->sparsity[k] >= 0.0f && o->sparsity[k] < 1.0f))
             return false;
     return o->n_threads >= 1 && o->margin > 0.0f && o->margin <= 1.0f && o->sample_tokens >= 16 && ctx >= 2 &&
            o->held_out_chunks >= 1 && o->held_out_chunks < n_chunks && m->hp.act == PI_FFN_ACT_SILU;
@@ -365,7 +366,11 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     for (int k = 0; k < 2; k++) {
         int step;
         const struct point *p;
-        if ((rc = search(&c, k, lo, &step)) < 0 || (rc = point_at(&c, step, &p)) < 0) goto out;
+        if (o->sparsity[k] > 0.0f) /* each step raises one layer by one level: 1 / (n_layer LEVELS) of the pairs */
+            step = PI_MIN(c.steps, (int)ceil((double)o->sparsity[k] * hp->n_layer * PI_THR_LEVELS - 1e-9));
+        else if ((rc = search(&c, k, lo, &step)) < 0)
+            goto out;
+        if ((rc = point_at(&c, step, &p)) < 0) goto out;
         thresholds_at(&c, step);
         for (int il = 0; il < hp->n_layer; il++)
             memcpy(out->gate_min + ((size_t)il * 2 + (size_t)k) * (size_t)ff, c.gm + (size_t)il * (size_t)ff,

@@ -19,7 +19,7 @@
  *  4. The modes. The held-out chunks run dense once (their log-probabilities kept), then, for each
  *     mode, a binary search along the path finds the last step whose thresholds keep the held-out mean
  *     KL divergence against dense within margin * kld_target (and, for safe, the same top token at
- *     least top1_min of the positions). The second half of each chunk is scored, as llama-perplexity
+ *     least top1_min of the positions), or, with a sparsity target, the step that reaches it. The second half of each chunk is scored, as llama-perplexity
  *     and pi-perplexity score it.
  * The result is deterministic for its inputs and thread count (the forward pass's sums are).
  */
@@ -43,6 +43,9 @@ struct pi_thr_opts {
     int sample_tokens;    /* per layer, for the grid and its errors (>= 16) */
     int held_out_chunks;  /* chunks kept for step 4 (>= 1, fewer than the chunks) */
     bool scaled;          /* rank neurons by |silu(gate)| times their scale (see above), not |silu(gate)| alone */
+    float sparsity[2];    /* > 0: mode k takes the first step of the path skipping at least this share of
+                           * the pairs instead of searching by KLD (random-weight models, whose quality
+                           * means nothing: benchmarks); the held-out figures are still measured */
     FILE *progress;       /* progress lines (prefixed with prog), or NULL */
     const char *prog;
 };

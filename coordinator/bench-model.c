@@ -545,14 +545,15 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     free(c->model_path);
     c->model_path = strdup(path);
     if (!c->model_path) return NULL;
-    if (pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), pl->sparsity, &cm->pred, &cm->sparsity, line,
+    if (pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), pl->sparsity, &cm->pred, &cm->gate_min, &cm->sparsity, line,
                        sizeof line) != 0) {
         fprintf(stderr, "pi-bench: %s: --sparsity: %s\n", path, line);
         return NULL;
     }
     pi_info("%s", line);
     if (pl->backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, &cm->pred, cm->sparsity, c->sparsity.recall_every);
+        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, &cm->pred, cm->gate_min, cm->sparsity,
+                                   c->sparsity.recall_every);
     /* the model's activation profile, as pi-coordinator reads it: the placement solver's input */
     if (pi_coord_sidecar_open(o, cm, "pi-bench") < 0) return NULL;
     return pi_engine_pipeline_new(o, cm, "pi-bench");

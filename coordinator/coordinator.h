@@ -27,6 +27,7 @@ struct pi_coord_model {
      * worker opens its own from the same file). */
     enum pi_sparsity sparsity;
     struct pi_predictors pred;
+    float *gate_min; /* a SwiGLU model's activation thresholds (n_layer, n_ff) when not off, else NULL */
     char sparsity_line[320]; /* what was chosen and why, with the predictors' source (logged at open) */
 };
 

@@ -67,7 +67,7 @@ static void local_destroy(pi_engine_t *e)
 static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy, local_sparse_stats};
 
 pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
-                                 enum pi_sparsity mode, int64_t recall_every)
+                                 const float *gate_min, enum pi_sparsity mode, int64_t recall_every)
 {
     struct local_engine *l = calloc(1, sizeof *l);
     if (!l) return NULL;
@@ -79,9 +79,15 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
     else fo.n_ctx = pi_model_default_ctx(m);
     fo.n_batch = LOCAL_MAX_BATCH;
     l->fwd = pi_forward_new(m, &fo);
-    l->sparse = pred && mode != PI_SPARSITY_OFF;
-    if (!l->fwd || (l->sparse && (pi_sparse_stats_init(&l->step, m) != 0 || pi_sparse_stats_init(&l->total, m) != 0 ||
-                                  pi_forward_set_sparse(l->fwd, pred, mode, recall_every, &l->step) != 0))) {
+    const bool gated = gate_min && mode != PI_SPARSITY_OFF;
+    l->sparse = (pred && pred->layers && mode != PI_SPARSITY_OFF) || gated;
+    if (l->fwd && l->sparse && pi_sparse_stats_init(&l->step, m) == 0 && pi_sparse_stats_init(&l->total, m) == 0 && gated) {
+        pi_sparse_stats_gated(&l->step, m);
+        pi_sparse_stats_gated(&l->total, m);
+    }
+    if (!l->fwd || (l->sparse && (!l->step.layers || !l->total.layers)) ||
+        (l->sparse && !gated && pi_forward_set_sparse(l->fwd, pred, mode, recall_every, &l->step) != 0) ||
+        (gated && pi_forward_set_gate_min(l->fwd, gate_min, &l->step) != 0)) {
         local_destroy(&l->base);
         return NULL;
     }

@@ -37,10 +37,12 @@ struct pi_engine {
 };
 
 /* The in-process engine over m (borrowed): the single-process forward pass with n_threads threads
- * and a context of n_ctx positions (0: the model's); with pred (borrowed) and mode not off, sparse
- * (pi_forward_set_sparse, the recall every recall_every steps). NULL on failure (logged). */
+ * and a context of n_ctx positions (0: the model's); with mode not off, sparse: with pred (borrowed;
+ * its layers set) through its predictors (pi_forward_set_sparse, the recall every recall_every
+ * steps), or with gate_min (borrowed, (n_layer, n_ff)) through activation thresholds
+ * (pi_forward_set_gate_min). NULL on failure (logged). */
 pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
-                                 enum pi_sparsity mode, int64_t recall_every);
+                                 const float *gate_min, enum pi_sparsity mode, int64_t recall_every);
 
 /* e's sparse counts into out (see sparse_stats): 0, or -PI_ERR_NOTFOUND for a dense engine. */
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out);

@@ -54,7 +54,7 @@ int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model 
     char *line = cm->sparsity_line;
     const size_t len = sizeof cm->sparsity_line;
     char side[4096];
-    int rc = pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), o->cfg.sparsity.mode, &cm->pred,
+    int rc = pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), o->cfg.sparsity.mode, &cm->pred, &cm->gate_min,
                             &cm->sparsity, line, len);
     if (rc != 0) {
         fprintf(stderr, "%s: --sparsity: %s\n", prog, line);
@@ -119,6 +119,8 @@ void pi_coord_model_close(struct pi_coord_model *cm)
     pi_sidecar_destroy(&s);
     cm->sidecar = NULL;
     pi_predictors_free(&cm->pred);
+    free(cm->gate_min);
+    cm->gate_min = NULL;
     cm->sparsity = PI_SPARSITY_OFF;
     pi_tokenizer_destroy(&cm->tok);
     pi_model_destroy(&cm->model);

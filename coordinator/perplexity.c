@@ -511,8 +511,8 @@ static int run_chunk(struct run *r, int c, int32_t *ids, struct pi_ppl_acc *acc,
     return 0;
 }
 
-/* The sparse execution's lines (issue 16, item 4): the share of FFN weight bytes the predictors let the
- * engine skip, per token, over the whole run (dense: 0, exact: a dense run reads every row, the neuron
+/* The sparse execution's lines (issue 16, item 4): the share of FFN weight bytes the predictors or the
+ * activation thresholds let the engine skip, per token, over the whole run (dense: 0, exact: a dense run reads every row, the neuron
  * path for single tokens never runs here since chunks go in batches); the recall where it was measured. */
 static void print_sparsity(struct run *r)
 {
@@ -525,6 +525,10 @@ static void print_sparsity(struct run *r)
     double skipped = sum.bytes_total ? (double)sum.bytes_skipped / (double)sum.bytes_total : 0.0;
     printf("FFN sparsity: %.1f%% (FFN weight bytes skipped)\n", 100.0 * skipped);
     if (r->cm.sparsity == PI_SPARSITY_OFF) return;
+    if (r->cm.gate_min) { /* activation thresholds: no predictor; the pairs they skipped */
+        printf("activation thresholds: %.1f%% of FFN (token, neuron) pairs skipped\n", 100.0 * sum.sparsity);
+        return;
+    }
     if (sum.recall_true) printf("predictor recall: %.2f%%\n", 100.0 * sum.recall);
     else printf("predictor recall: not measured (--recall-every N)\n");
 }

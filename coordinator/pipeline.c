@@ -66,7 +66,8 @@ struct pipe_engine {
     /* sparse execution: the resolved mode the GPU worker runs, and the counts of every step it answered
      * (read from the exchange's stats section; guarded by mu, which pi-ctl status's thread takes too) */
     enum pi_sparsity sparsity;
-    char pred_sidecar[4096];   /* the sidecar the predictors came from ("" : the model file's) */
+    char pred_sidecar[4096];   /* the sidecar the predictors or thresholds came from ("" : the model file's) */
+    bool gated;                /* a SwiGLU model's activation thresholds: the CPU workers apply them */
     struct pi_sparse_stats sparse;
     bool sparse_bad_logged;
 };
@@ -222,6 +223,10 @@ static int pipe_start(struct pipe_engine *p)
         arg(b, "--control=", p->worker_ep);
         if (c->cpu_threads > 0) argl(b, "--threads", (long)c->cpu_threads);
         arg_tune(b, c);
+        if (p->gated) { /* the same thresholds as resolved here */
+            arg(b, "--set=sparsity.mode=", pi_sparsity_name(p->sparsity));
+            arg(b, "--sidecar=", p->pred_sidecar);
+        }
         const int cpu_keep[2] = {xfd, pfd};
         if (pi_super_spawn(p->sup, PI_ROLE_CPU_WORKER, w, b->a, cpu_keep, 2) < 0) rc = -PI_ERR_IO;
     }
@@ -380,11 +385,12 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->sparsity = cm->sparsity;
-    if (cm->sparsity != PI_SPARSITY_OFF && strcmp(cm->pred.source, "sidecar") == 0 &&
+    p->gated = cm->gate_min != NULL;
+    if (cm->sparsity != PI_SPARSITY_OFF && (strcmp(cm->pred.source, "sidecar") == 0 || cm->gate_min) &&
         !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
         p->pred_sidecar[0] = '\0';
     if (pi_sparse_stats_init(&p->sparse, cm->model) != 0 || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH,
-                                                                    cm->sparsity != PI_SPARSITY_OFF ? &cm->pred : NULL, &p->pl) != 0 ||
+                                                                    cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||
@@ -423,7 +429,7 @@ pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_
 {
     pi_info("%s", cm->sparsity_line); /* here, not at the model's open: a usage error there stays one line */
     if (o->cfg.gpu_backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, &cm->pred, cm->sparsity,
+        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, &cm->pred, cm->gate_min, cm->sparsity,
                                    o->cfg.sparsity.recall_every);
     return pi_engine_pipeline_new(o, cm, argv0);
 }

@@ -35,7 +35,8 @@
 #define CW_IDLE_NS (INT64_C(100) * 1000 * 1000)
 
 struct cw_opts {
-    const char *model, *control, *activation;
+    const char *model, *control, *activation, *sidecar;
+    struct pi_sparsity_conf sparsity; /* --set sparsity.mode: a SwiGLU model's activation thresholds */
     int exchange_fd, placement_fd;
     int64_t index, workers, threads;
     struct pi_tune tune; /* --set tune.KEY=VALUE: the performance choices (pinfer.conf(5)) */
@@ -56,6 +57,9 @@ static void usage(FILE *f)
           "  --control ENDPOINT   the coordinator's worker endpoint; default: none (no control link)\n"
           "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable);\n"
           "                       default: each key's default there\n"
+          "  --set sparsity.mode=MODE  off, safe or aggressive: with --sidecar, a SwiGLU model's activation\n"
+          "                       thresholds of that mode skip this worker's small neurons; default: off\n"
+          "  --sidecar PATH       the model's sidecar (its activation thresholds); default: none\n"
           "  -h, --help           print this help and exit\n"
           "  -V, --version        print the version and exit\n",
           f);
@@ -69,15 +73,18 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         {"exchange-fd", required_argument, NULL, 'x'}, {"index", required_argument, NULL, 'i'},
         {"workers", required_argument, NULL, 'w'}, {"placement-fd", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 't'}, {"control", required_argument, NULL, 'c'},
-        {"set", required_argument, NULL, 'T'}, {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
+        {"set", required_argument, NULL, 'T'}, {"sidecar", required_argument, NULL, 'Y'},
+        {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0}};
-    *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .placement_fd = -1, .index = -1, .workers = 0};
+    *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .placement_fd = -1, .index = -1, .workers = 0,
+                          .sparsity = {.mode = PI_SPARSITY_CFG_OFF}};
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
         switch (c) {
         case 'm': o->model = optarg; break;
         case 'a': o->activation = optarg; break;
         case 'c': o->control = optarg; break;
+        case 'Y': o->sidecar = optarg; break;
         case 'x': bad = pi_shm_parse_fd(optarg, &o->exchange_fd) != 0; break;
         case 'i': bad = pi_parse_int(optarg, 0, PI_EXCHANGE_MAX_WORKERS - 1, &o->index) != 0; break;
         case 'w': bad = pi_parse_int(optarg, 1, PI_EXCHANGE_MAX_WORKERS, &o->workers) != 0; break;
@@ -85,7 +92,9 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         case 't': bad = pi_parse_int(optarg, 1, PI_MAX_THREADS, &o->threads) != 0; break;
         case 'T': {
             char err[256];
-            if (pi_tune_set(&o->tune, optarg, "--set", err, sizeof err) != 0) {
+            int src = strncmp(optarg, "sparsity.", 9) == 0 ? pi_sparsity_conf_set(&o->sparsity, optarg, "--set", err, sizeof err)
+                                                           : pi_tune_set(&o->tune, optarg, "--set", err, sizeof err);
+            if (src != 0) {
                 fprintf(stderr, "pi-cpu-worker: %s\n", err);
                 return -1;
             }
@@ -114,6 +123,7 @@ struct cw {
     int32_t *idx;      /* (count_max): 0..count-1, or the masked subset of one token */
     float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats: the dense path's scratch */
     struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
+    float **gate_min;  /* (n_layer) -> (count[il]): the packed neurons' activation thresholds, or NULL */
     int64_t n_ff;
     uint32_t w;
     pi_link_t *link;
@@ -139,12 +149,14 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
         const int64_t n = st->n_tokens;
         int64_t active;
         if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_policy_reset(&c->policy, il); /* a new sequence (ipc/exchange.h) */
+        const float *gm = c->gate_min ? c->gate_min[il] : NULL;
         if (pi_ffn_policy_choose(&c->policy, il, n) == PI_FFN_PATH_DENSE) {
-            active = pi_partition_ffn_dense(c->pool, &c->part, il, c->act, st->x, n, c->dense_scr, out);
+            active = gm ? pi_partition_ffn_dense_gated(c->pool, &c->part, il, c->act, gm, st->x, n, c->dense_scr, out)
+                        : pi_partition_ffn_dense(c->pool, &c->part, il, c->act, st->x, n, c->dense_scr, out);
         } else {
             memset(out, 0, (size_t)n * (size_t)d * sizeof *out);
             for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
-            active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, NULL, st->x, n, c->idx, cnt, out);
+            active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, gm, st->x, n, c->idx, cnt, out);
         }
         pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         return;
@@ -176,6 +188,43 @@ static int serve(struct cw *c, int64_t d, uint32_t seen)
     }
 }
 
+/* The activation thresholds of a SwiGLU model's [sparsity] mode into *gate_all ((n_layer, n_ff), NULL
+ * when off or not SwiGLU). 0 or a negative pi_err (logged). */
+static int open_thresholds(const struct cw_opts *o, const pi_model_t *m, float **gate_all)
+{
+    *gate_all = NULL;
+    if (m->hp.act != PI_FFN_ACT_SILU || o->sparsity.mode == PI_SPARSITY_CFG_OFF) return 0;
+    if (o->sparsity.mode == PI_SPARSITY_CFG_AUTO) {
+        pi_error("--set sparsity.mode=auto: the coordinator resolves the mode");
+        return -PI_ERR_INVAL;
+    }
+    char err[256] = "";
+    int rc = pi_sparse_gate_load(m, o->sidecar, (enum pi_sparsity)(o->sparsity.mode - 1), gate_all, NULL, err, sizeof err);
+    if (rc != 0) pi_error("activation thresholds from %s: %s", o->sidecar ? o->sidecar : "(no --sidecar)",
+                          rc == -PI_ERR_NOTFOUND ? "none there" : *err ? err : pi_err_str(rc));
+    return rc;
+}
+
+/* c->gate_min: each packed neuron's threshold, taken from gate_all (n_layer, n_ff). */
+static int pack_thresholds(struct cw *c, const pi_model_t *m, const float *gate_all)
+{
+    int64_t total = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) total += c->part.count[il];
+    c->gate_min = calloc((size_t)m->hp.n_layer, sizeof *c->gate_min);
+    float *mem = malloc((size_t)PI_MAX(total, 1) * sizeof *mem);
+    if (!c->gate_min || !mem) {
+        free(c->gate_min), free(mem);
+        c->gate_min = NULL;
+        return -PI_ERR_NOMEM;
+    }
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        c->gate_min[il] = mem;
+        for (int64_t j = 0; j < c->part.count[il]; j++) mem[j] = gate_all[(size_t)il * (size_t)m->hp.n_ff + (size_t)c->part.ids[il][j]];
+        mem += c->part.count[il];
+    }
+    return 0;
+}
+
 static int run(const struct cw_opts *o)
 {
     struct cw c = {.w = (uint32_t)o->index};
@@ -204,9 +253,15 @@ static int run(const struct cw_opts *o)
         goto out;
     }
     if ((rc = pi_placement_map_fd(o->placement_fd, m->hp.n_layer, m->hp.n_ff, (int)o->workers, &pl)) != 0) goto out;
-    /* a SwiGLU slice is always computed densely: only its edge neurons need transposed down rows */
-    if ((rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, m->hp.act == PI_FFN_ACT_SILU, &c.part)) != 0)
-        goto out;
+    float *gate_all = NULL;
+    if ((rc = open_thresholds(o, m, &gate_all)) != 0) goto out;
+    /* A SwiGLU slice without thresholds is always computed densely: only its edge neurons need
+     * transposed down rows. With thresholds it goes neuron by neuron too (doc/thresholds.md: the
+     * memory this costs). */
+    rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, m->hp.act == PI_FFN_ACT_SILU && !gate_all, &c.part);
+    if (rc == 0 && gate_all) rc = pack_thresholds(&c, m, gate_all);
+    free(gate_all);
+    if (rc != 0) goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
     c.n_ff = m->hp.n_ff;
@@ -216,6 +271,7 @@ static int run(const struct cw_opts *o)
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, true, !c.part.edges_only)) != 0) goto out;
+    pi_ffn_policy_set_gate_min(&c.policy, c.gate_min != NULL);
     if (!(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
         rc = -PI_ERR_NOMEM;
         goto out;
@@ -241,6 +297,8 @@ out:
     pi_link_stop(&c.link);
     free(c.idx);
     free(c.dense_scr);
+    if (c.gate_min) free(c.gate_min[0]);
+    free(c.gate_min);
     pi_ffn_policy_free(&c.policy);
     pi_placement_destroy(&pl);
     pi_ffn_work_destroy(&c.work);

@@ -148,10 +148,18 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
 /* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source. */
 static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode)
 {
-    char line[256];
-    int rc = pi_sparse_open(m, o->sidecar, o->sparsity.mode, pred, mode, line, sizeof line);
+    char line[320];
+    float *gate_min = NULL;
+    int rc = pi_sparse_open(m, o->sidecar, o->sparsity.mode, pred, &gate_min, mode, line, sizeof line);
     if (rc != 0) pi_error("%s", line);
     else pi_info("%s", line);
+    if (gate_min) {
+        /* A SwiGLU model's activation thresholds apply to the CPU workers' neurons (each skips its own,
+         * cpu-worker/main.c); the hot neurons here are computed dense (doc/thresholds.md). */
+        free(gate_min);
+        *mode = PI_SPARSITY_OFF;
+        pi_info("activation thresholds: the CPU workers skip their cold neurons under them; the hot neurons are dense");
+    }
     return rc;
 }
 

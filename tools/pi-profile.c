@@ -43,6 +43,7 @@ struct args {
     const char *model, *text, *sidecar;
     int ctx, threads;
     bool no_thresholds;
+    float thr_sparsity[2]; /* --threshold-sparsity SAFE,AGGRESSIVE; 0: by KLD */
     long random_tokens;
     uint64_t seed;
 };
@@ -60,6 +61,9 @@ static void usage(FILE *out)
             "      --random N       profile N random token ids instead of a text (models without a tokenizer)\n"
             "      --seed N         seed of --random (default: 1)\n"
             "      --no-thresholds  SwiGLU models: do not calibrate the activation thresholds of --sparsity\n"
+            "      --threshold-sparsity S,A\n"
+            "                       SwiGLU models: thresholds skipping the shares S (safe) and A (aggressive) of\n"
+            "                       the FFN pairs, not chosen by KLD (random-weight models: benchmarks)\n"
             "  -h, --help           this text\n"
             "  -V, --version        show the version and exit\n");
 }
@@ -77,12 +81,12 @@ static int parse_long(const char *s, long lo, long hi, long *out)
 /* 0, or EXIT_USAGE after printing the reason. */
 static int parse_args(int argc, char **argv, struct args *a)
 {
-    enum { O_SIDECAR = 256, O_RANDOM, O_SEED, O_NO_THR };
+    enum { O_SIDECAR = 256, O_RANDOM, O_SEED, O_NO_THR, O_THR_SP };
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},   {"file", 1, 0, 'f'},          {"ctx", 1, 0, 'c'},
         {"threads", 1, 0, 't'}, {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM},
         {"seed", 1, 0, O_SEED}, {"help", 0, 0, 'h'},          {"version", 0, 0, 'V'},
-        {"no-thresholds", 0, 0, O_NO_THR},
+        {"no-thresholds", 0, 0, O_NO_THR},   {"threshold-sparsity", 1, 0, O_THR_SP},
         {0, 0, 0, 0},
     };
     int c;
@@ -110,6 +114,19 @@ static int parse_args(int argc, char **argv, struct args *a)
             a->seed = (uint64_t)v;
             break;
         case O_NO_THR: a->no_thresholds = true; break;
+        case O_THR_SP: {
+            char *end;
+            errno = 0;
+            double s0 = strtod(optarg, &end), s1 = -1.0;
+            if (*end == ',') s1 = strtod(end + 1, &end);
+            if (errno || *end != '\0' || !(s0 > 0.0 && s0 < 1.0) || !(s1 >= s0 && s1 < 1.0)) {
+                fprintf(stderr, "pi-profile: --threshold-sparsity '%s': expected S,A with 0 < S <= A < 1\n", optarg);
+                return EXIT_USAGE;
+            }
+            a->thr_sparsity[0] = (float)s0;
+            a->thr_sparsity[1] = (float)s1;
+            break;
+        }
         case 'h': usage(stdout); exit(0);
         case 'V': printf("pi-profile (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); exit(0);
         default: usage(stderr); return EXIT_USAGE;
@@ -214,7 +231,8 @@ static void report(const struct pi_sidecar *s, enum pi_ffn_act act)
 }
 
 /* Calibrate the activation thresholds over the chunks into sc. 0 or 1 (printed). */
-static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx, int threads, struct pi_sidecar *sc)
+static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx, int threads, const float *sparsity,
+                     struct pi_sidecar *sc)
 {
     const int n_chunks = (int)PI_MIN(n / (size_t)ctx, (size_t)INT32_MAX);
     struct pi_thr_opts o;
@@ -225,6 +243,8 @@ static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx,
         return 1;
     }
     o.n_threads = threads;
+    o.sparsity[0] = sparsity[0];
+    o.sparsity[1] = sparsity[1];
     o.progress = stderr;
     o.prog = "pi-profile";
     if (pi_thr_calibrate(m, ids, n_chunks, ctx, &o, &r) < 0) {
@@ -321,7 +341,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < (size_t)st.n_layer * (size_t)st.n_hist; i++)
         sc->act_hist[i] = (float)((double)st.hist[i] / ((double)st.tokens * st.n_ff));
     if (m->hp.act == PI_FFN_ACT_SILU && !a.no_thresholds &&
-        (rc = calibrate(m, ids, n, ctx, fo.n_threads, sc)) != 0)
+        (rc = calibrate(m, ids, n, ctx, fo.n_threads, a.thr_sparsity, sc)) != 0)
         goto out;
     if (pi_sidecar_save(path, m, sc) < 0) {
         rc = 1;

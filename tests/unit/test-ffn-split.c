@@ -10,7 +10,11 @@
  *  - reproducibility: repeated calls on pools of 2 and 3 threads give the same bits every time;
  *  - the batched kernel (pi_ffn_neurons_batch) gives the bits of one call per token, whichever path
  *    it takes, and also leaves inactive neurons' rows unread;
- *  - a real layer of the tiny llama against the dense product with the file's own ffn_down.
+ *  - a real layer of the tiny llama against the dense product with the file's own ffn_down;
+ *  - activation thresholds (issue 18): the skip rule's cases; all-zero thresholds give the bits of no
+ *    thresholds; random per-neuron thresholds equal a reference over the neurons the rule keeps (the
+ *    kernel's own gate values decide), the skipped neurons' up and down rows never read (poisoned);
+ *    the batch kernel gives the bits of one call per token; pi_ffn_act_min zeroes exactly the skipped.
  */
 #include "config.h"
 
@@ -392,6 +396,112 @@ static void test_real_layer(pi_pool_t *pool, const char *file, double tol)
     pi_model_destroy(&m);
 }
 
+/* The skip rule, case by case. */
+static void test_gate_rule(void)
+{
+    const float s1 = 1.0f / (1.0f + expf(-1.0f)); /* silu(1) */
+    tap_ok(!pi_ffn_gate_skip(PI_FFN_ACT_SILU, 0.0f, 0.0f) && !pi_ffn_gate_skip(PI_FFN_ACT_SILU, 0.0f, -50.0f),
+           "rule: SiLU without a threshold skips nothing, not even a zero gate");
+    tap_ok(pi_ffn_gate_skip(PI_FFN_ACT_RELU, 0.0f, 0.0f) && pi_ffn_gate_skip(PI_FFN_ACT_DRELU, 0.0f, -1.0f) &&
+               !pi_ffn_gate_skip(PI_FFN_ACT_RELU, 0.0f, 1e-30f),
+           "rule: ReLU/dReLU skip a gate <= 0 whatever the threshold");
+    tap_ok(pi_ffn_gate_skip(PI_FFN_ACT_SILU, s1, 1.0f) && !pi_ffn_gate_skip(PI_FFN_ACT_SILU, s1 * 0.999f, 1.0f) &&
+               pi_ffn_gate_skip(PI_FFN_ACT_SILU, 0.01f, -40.0f) && !pi_ffn_gate_skip(PI_FFN_ACT_SILU, 0.2f, -1.5f),
+           "rule: SiLU skips |silu(g)| <= threshold (both signs of the gate)");
+    tap_ok(!pi_ffn_gate_skip(PI_FFN_ACT_SILU, 1.0f, NAN) && !pi_ffn_gate_skip(PI_FFN_ACT_RELU, 1.0f, NAN),
+           "rule: a NaN gate is never skipped");
+    tap_ok(pi_ffn_gate_skip(PI_FFN_ACT_RELU, 0.5f, 0.5f) && !pi_ffn_gate_skip(PI_FFN_ACT_RELU, 0.5f, 0.6f),
+           "rule: ReLU with a threshold skips relu(g) <= threshold");
+}
+
+/* Random per-neuron thresholds on a quantised SiLU layer: the neurons the kernel keeps are those whose
+ * own gate (x quantised as the kernel does it) passes the rule; their sum equals the reference; the rows
+ * of the skipped ones are poisoned and never read. */
+static void test_thresholds(pi_pool_t *pool, enum pi_type wt, enum pi_ffn_act act)
+{
+    enum { N = 40 };
+    struct rlayer R;
+    static float x[D], y0[D], y1[D], gmin[FF], zero[FF], X[N * D], Y0[N * D], Y1[N * D];
+    double ref[D];
+    int32_t all[FF], keep[FF];
+    const char *tn = pi_type_name(wt), *an = pi_ffn_act_name(act);
+    make_layer(&R, wt, PI_TYPE_F16);
+    for (int j = 0; j < D; j++) x[j] = frand();
+    pi_ffn_work_t *w = pi_ffn_work_new(D, pi_pool_size(pool));
+    PI_ASSERT(w && pi_ffn_work_reserve(w, N) == 0);
+    void *xq = malloc(pi_act_row_bytes(wt, D));
+    pi_quantize_act(wt, x, xq, D);
+    int64_t n_keep = 0;
+    memset(ref, 0, sizeof ref);
+    for (int i = 0; i < FF; i++) {
+        all[i] = i;
+        zero[i] = 0.0f;
+        const float g = pi_vec_dot(wt, pi_weight_row(&R.L.ffn_gate, i), xq, D);
+        const float s = act == PI_FFN_ACT_SILU ? g / (1.0f + expf(-g)) : (g > 0 ? g : 0);
+        /* about 45% under their threshold, none within 1e-3 of it (the kernel's sums may differ) */
+        gmin[i] = frand() < -0.1f ? fabsf(s) * 1.5f + 1e-3f : fmaxf(fabsf(s) * 0.5f - 1e-3f, 0.0f);
+        if (pi_ffn_gate_skip(act, gmin[i], g)) {
+            float *up = (float *)pi_weight_row(&R.L.ffn_up, i);
+            memset(up, 0xff, R.L.ffn_up.row_bytes); /* NaN scales and values */
+            memset((void *)pi_weight_row(&R.L.ffn_down_t, i), 0xff, R.L.ffn_down_t.row_bytes);
+            continue;
+        }
+        keep[n_keep++] = i;
+        const double u = pi_vec_dot(wt, pi_weight_row(&R.L.ffn_up, i), xq, D);
+        const double a = act == PI_FFN_ACT_SILU ? (double)g / (1.0 + exp(-(double)g)) * u : (double)g * u;
+        for (int j = 0; j < D; j++) ref[j] += a * R.down_t[(size_t)i * D + j];
+    }
+    memset(y1, 0, sizeof y1);
+    int64_t a1 = pi_ffn_neurons(pool, w, &R.L, act, gmin, x, all, FF, y1);
+    int finite = 1;
+    for (int j = 0; j < D; j++) finite &= isfinite(y1[j]) != 0;
+    double e = rel_err_d(y1, ref, D);
+    tap_ok(finite && a1 == n_keep && n_keep > FF / 8 && n_keep < FF * 3 / 4 && e < 1e-5,
+           "%s %s thresholds: %lld of %d neurons kept (expected %lld), rel err %.2g, skipped rows unread", tn, an,
+           (long long)a1, FF, (long long)n_keep, e);
+    /* the same neurons listed explicitly, without thresholds: the same sum to rounding */
+    memset(y0, 0, sizeof y0);
+    pi_ffn_neurons(pool, w, &R.L, act, NULL, x, keep, n_keep, y0);
+    tap_ok(rel_err_f(y1, y0, D) < 1e-5, "%s %s thresholds: equal to the kept neurons listed", tn, an);
+    /* zero thresholds: the bits of none, on the kept neurons (the others are poisoned) */
+    memset(y0, 0, sizeof y0);
+    memset(y1, 0, sizeof y1);
+    pi_ffn_neurons(pool, w, &R.L, act, NULL, x, keep, n_keep, y0);
+    pi_ffn_neurons(pool, w, &R.L, act, zero, x, keep, n_keep, y1);
+    tap_ok(memcmp(y0, y1, sizeof y0) == 0, "%s %s: all-zero thresholds give the bits of none", tn, an);
+    /* the batch: per-token bits, whichever path */
+    for (int t = 0; t < N; t++)
+        for (int j = 0; j < D; j++) X[t * D + j] = t == 0 ? x[j] : frand();
+    memset(Y0, 0, sizeof Y0);
+    memset(Y1, 0, sizeof Y1);
+    int64_t b0 = 0;
+    /* rows of skipped neurons are NaN: other tokens may keep them, so restore a clean layer */
+    free_layer(&R);
+    rng_state ^= 0x9e3779b97f4a7c15ull;
+    make_layer(&R, wt, PI_TYPE_F16);
+    for (int t = 0; t < N; t++) b0 += pi_ffn_neurons(pool, w, &R.L, act, gmin, X + t * D, all, FF, Y0 + t * D);
+    int64_t b1 = pi_ffn_neurons_batch(pool, w, &R.L, act, gmin, X, N, all, FF, Y1);
+    tap_ok(b0 == b1 && memcmp(Y0, Y1, sizeof Y0) == 0, "%s %s thresholds: the batch of %d gives each token's bits (%lld kept)",
+           tn, an, N, (long long)b1);
+    /* the dense form */
+    static float g[2 * FF], u[2 * FF], g2[2 * FF];
+    for (int i = 0; i < 2 * FF; i++) g[i] = g2[i] = frand() * 3.0f, u[i] = frand();
+    int64_t kept = pi_ffn_act_min(act, gmin, g, u, 2, FF), want = 0;
+    int same = 1;
+    for (int i = 0; i < 2 * FF; i++) {
+        float expect = 0.0f;
+        if (!pi_ffn_gate_skip(act, gmin[i % FF], g2[i])) {
+            expect = act == PI_FFN_ACT_SILU ? g2[i] / (1.0f + expf(-g2[i])) * u[i] : g2[i] * u[i];
+            want++;
+        }
+        same &= memcmp(&expect, &g[i], sizeof expect) == 0;
+    }
+    tap_ok(same && kept == want, "%s: pi_ffn_act_min zeroes exactly the skipped (%lld of %d kept)", an, (long long)kept, 2 * FF);
+    free(xq);
+    pi_ffn_work_destroy(&w);
+    free_layer(&R);
+}
+
 int main(void)
 {
     pi_pool_t *pool = pi_pool_new(2);
@@ -422,6 +532,10 @@ int main(void)
     test_batch_nan();
     test_skip_reads(pool, PI_FFN_ACT_RELU);
     test_skip_reads(NULL, PI_FFN_ACT_DRELU);
+    test_gate_rule();
+    test_thresholds(pool, PI_TYPE_Q8_0, PI_FFN_ACT_SILU);
+    test_thresholds(NULL, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
+    test_thresholds(pool, PI_TYPE_F16, PI_FFN_ACT_RELU);
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);
     test_real_layer(pool, "demo-relu-q4_0.gguf", 3e-2);
     pi_pool_destroy(&pool);

@@ -2,7 +2,8 @@
  * tests/unit/test-sidecar.c - the per-model sidecar (model/sidecar.h): default paths, the identity
  * hash, a save/load round trip, keys and tensors of later tools carried over, refusal of a sidecar
  * made for another model, and rejection of malformed sidecars (truncations, wrong types and shapes,
- * NaN or out-of-range frequencies, a partial set of layers, another version).
+ * NaN or out-of-range frequencies, a partial set of layers, another version); the activation
+ * thresholds of issue 18: round trip, carried over by a save without them, bad values rejected.
  */
 #include "config.h"
 
@@ -272,6 +273,70 @@ static void test_malformed(const pi_model_t *m)
     tap_ok(bad == 0, "%d truncations of a %ld-byte sidecar all rejected as malformed (%d not)", n, size, bad);
 }
 
+/* A sidecar with activation thresholds: bit for bit back, carried over, bad values refused. */
+static void test_thresholds(const pi_model_t *m)
+{
+    const char *p = tmp_path("t.pinfer.gguf");
+    struct pi_sidecar *s = pi_sidecar_new(m, true, false), *r = NULL;
+    char err[256] = "";
+    const size_t n = (size_t)s->n_layer * 2 * (size_t)s->n_ff;
+    fill(s);
+    s->gate_min = malloc(n * sizeof *s->gate_min);
+    s->gate_sparsity = malloc((size_t)s->n_layer * 2 * sizeof *s->gate_sparsity);
+    for (size_t i = 0; i < n; i++) s->gate_min[i] = (float)(i % 97) * 0.001f;
+    for (int i = 0; i < s->n_layer * 2; i++) s->gate_sparsity[i] = 0.05f * (float)i;
+    for (int k = 0; k < 2; k++) {
+        s->thr_kld_target[k] = k ? 0.03f : 0.01f;
+        s->thr_kld[k] = k ? 0.02f : 0.007f;
+        s->thr_sparsity[k] = k ? 0.4f : 0.25f;
+        s->thr_tokens[k] = 1000u + (uint64_t)k;
+    }
+    tap_is_int(pi_sidecar_save(p, m, s), 0, "thresholds: saved");
+    int rc = pi_sidecar_load(p, m, &r, err, sizeof err);
+    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 && r->gate_sparsity &&
+               memcmp(r->gate_sparsity, s->gate_sparsity, (size_t)s->n_layer * 2 * sizeof(float)) == 0 &&
+               r->thr_kld[0] == 0.007f && r->thr_kld_target[1] == 0.03f && r->thr_sparsity[1] == 0.4f && r->thr_tokens[1] == 1001u,
+           "thresholds: round trip bit for bit (%s)", err);
+    pi_sidecar_destroy(&r);
+    /* pi-profile --no-thresholds (or pi-train-predictors) rewrites it without them: they stay */
+    struct pi_sidecar *plain = pi_sidecar_new(m, true, false);
+    fill(plain);
+    tap_is_int(pi_sidecar_save(p, m, plain), 0, "thresholds: a save without them");
+    rc = pi_sidecar_load(p, m, &r, err, sizeof err);
+    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 && r->thr_kld[1] == 0.02f,
+           "thresholds: carried over by a save without them (%s)", err);
+    pi_sidecar_destroy(&r);
+    pi_sidecar_destroy(&plain);
+    /* hostile values: each refused with a reason */
+    static const char *const what[] = {"a negative threshold", "a NaN threshold", "an infinite threshold",
+                                       "a layer sparsity above 1", "a KLD above 100", "a sparsity key above 1"};
+    for (int b = 0; b < 6; b++) {
+        struct pi_sidecar *t = pi_sidecar_new(m, true, false);
+        fill(t);
+        t->gate_min = malloc(n * sizeof *t->gate_min);
+        t->gate_sparsity = malloc((size_t)t->n_layer * 2 * sizeof *t->gate_sparsity);
+        memcpy(t->gate_min, s->gate_min, n * sizeof(float));
+        memcpy(t->gate_sparsity, s->gate_sparsity, (size_t)t->n_layer * 2 * sizeof(float));
+        memcpy(t->thr_kld_target, s->thr_kld_target, sizeof t->thr_kld_target);
+        memcpy(t->thr_kld, s->thr_kld, sizeof t->thr_kld);
+        memcpy(t->thr_sparsity, s->thr_sparsity, sizeof t->thr_sparsity);
+        if (b == 0) t->gate_min[n / 2] = -0.5f;
+        if (b == 1) t->gate_min[3] = NAN;
+        if (b == 2) t->gate_min[n - 1] = INFINITY;
+        if (b == 3) t->gate_sparsity[1] = 1.5f;
+        if (b == 4) t->thr_kld[0] = 1e9f;
+        if (b == 5) t->thr_sparsity[1] = 2.0f;
+        unlink(p);
+        pi_sidecar_save(p, m, t);
+        err[0] = '\0';
+        rc = pi_sidecar_load(p, m, &r, err, sizeof err);
+        tap_ok(rc == -PI_ERR_FORMAT && !r && err[0], "thresholds: %s refused: %s", what[b], err);
+        pi_sidecar_destroy(&r);
+        pi_sidecar_destroy(&t);
+    }
+    pi_sidecar_destroy(&s);
+}
+
 static void test_hist_bins(void)
 {
     tap_is_int(pi_sidecar_hist_bin(0.0f), 0, "hist: 0 in bin 0");
@@ -298,6 +363,7 @@ int main(void)
     test_round_trip(a, b);
     test_carry_over(a);
     test_malformed(a);
+    test_thresholds(a);
     pi_model_destroy(&a);
     pi_model_destroy(&b);
     char cmd[300];

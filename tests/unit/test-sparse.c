@@ -23,10 +23,13 @@
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/rng.h"
+#include "model/sidecar.h"
 #include "tests/tap.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <unistd.h>
+#include <fcntl.h>
 #include <string.h>
 
 #define TOL 2e-2
@@ -267,20 +270,78 @@ static void test_recall_drelu(const char *path)
     pi_model_destroy(&m);
 }
 
+/* A sidecar for m (SwiGLU) with thresholds: safe neuron j of layer il at 0.001 (il + 1), aggressive
+ * twice that; the calibrated safe sparsity `safe_sparsity`. */
+static void write_gate_sidecar(const pi_model_t *m, const char *path, float safe_sparsity)
+{
+    struct pi_sidecar *s = pi_sidecar_new(m, false, false);
+    const size_t ff = (size_t)m->hp.n_ff;
+    PI_ASSERT(s);
+    s->gate_min = malloc((size_t)m->hp.n_layer * 2 * ff * sizeof *s->gate_min);
+    s->gate_sparsity = calloc((size_t)m->hp.n_layer * 2, sizeof *s->gate_sparsity);
+    PI_ASSERT(s->gate_min && s->gate_sparsity);
+    for (int il = 0; il < m->hp.n_layer; il++)
+        for (size_t j = 0; j < ff; j++) {
+            s->gate_min[(size_t)il * 2 * ff + j] = 0.001f * (float)(il + 1);
+            s->gate_min[(size_t)il * 2 * ff + ff + j] = 0.002f * (float)(il + 1);
+        }
+    s->thr_kld_target[0] = 0.01f, s->thr_kld_target[1] = 0.03f;
+    s->thr_kld[0] = 0.005f, s->thr_kld[1] = 0.02f;
+    s->thr_sparsity[0] = safe_sparsity, s->thr_sparsity[1] = 0.6f;
+    PI_ASSERT(pi_sidecar_save(path, m, s) == 0);
+    pi_sidecar_destroy(&s);
+}
+
+static void test_open_gate(const pi_model_t *silu)
+{
+    struct pi_predictors p;
+    enum pi_sparsity mode;
+    float *gm = NULL;
+    char line[320], path[] = "/tmp/pi-test-sparse-XXXXXX";
+    int fd = mkstemp(path);
+    PI_ASSERT(fd >= 0);
+    close(fd);
+    write_gate_sidecar(silu, path, 0.5f);
+    int rc = pi_sparse_open(silu, path, PI_SPARSITY_CFG_AUTO, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == 0 && mode == PI_SPARSITY_SAFE && gm && gm[0] == 0.001f && !p.layers && strstr(line, "activation thresholds"),
+           "SwiGLU auto with thresholds skipping 50%%: safe (%s)", line);
+    free(gm);
+    rc = pi_sparse_open(silu, path, PI_SPARSITY_CFG_AGGRESSIVE, &p, &gm, &mode, line, sizeof line);
+    const size_t last = (size_t)silu->hp.n_layer * (size_t)silu->hp.n_ff - 1;
+    tap_ok(rc == 0 && mode == PI_SPARSITY_AGGRESSIVE && gm && gm[0] == 0.002f && gm[last] == 0.002f * (float)silu->hp.n_layer,
+           "SwiGLU aggressive: the aggressive column of every layer (%s)", line);
+    free(gm);
+    write_gate_sidecar(silu, path, 0.1f);
+    rc = pi_sparse_open(silu, path, PI_SPARSITY_CFG_AUTO, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && !gm && strstr(line, "10.0%"), "SwiGLU auto, thresholds skipping 10%%: off (%s)",
+           line);
+    rc = pi_sparse_open(silu, path, PI_SPARSITY_CFG_SAFE, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == 0 && mode == PI_SPARSITY_SAFE && gm, "SwiGLU safe asked: used even at 10%% (%s)", line);
+    free(gm);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    if (fd >= 0) close(fd);
+    rc = pi_sparse_open(silu, path, PI_SPARSITY_CFG_SAFE, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == -PI_ERR_UNSUPPORTED && !gm && mode == PI_SPARSITY_OFF, "SwiGLU safe, an empty sidecar file: refused (%s)", line);
+    unlink(path);
+}
+
 static void test_open(const pi_model_t *relu, const pi_model_t *silu)
 {
     struct pi_predictors p;
     enum pi_sparsity mode;
+    float *gm = NULL;
     char line[320];
-    int rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
+    int rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_AUTO, &p, &gm, &mode, line, sizeof line);
     tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && strstr(line, "has no predictors"), "auto without predictors: off (%s)", line);
-    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_SAFE, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_SAFE, &p, &gm, &mode, line, sizeof line);
     tap_ok(rc == -PI_ERR_NOTFOUND && strstr(line, "has no predictors"), "safe without predictors: refused (%s)", line);
-    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line);
-    tap_ok(rc == -PI_ERR_UNSUPPORTED && strstr(line, "issue 18"), "aggressive on a SwiGLU model: refused (%s)", line);
-    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line);
-    tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && strstr(line, "SwiGLU"), "auto on a SwiGLU model: off (%s)", line);
-    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_OFF, &p, &mode, line, sizeof line);
+    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == -PI_ERR_NOTFOUND && !gm && strstr(line, "pi-profile"), "aggressive on a SwiGLU model without thresholds: refused (%s)",
+           line);
+    rc = pi_sparse_open(silu, NULL, PI_SPARSITY_CFG_AUTO, &p, &gm, &mode, line, sizeof line);
+    tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && !gm && strstr(line, "SwiGLU"), "auto on a SwiGLU model without thresholds: off (%s)",
+           line);
+    rc = pi_sparse_open(relu, NULL, PI_SPARSITY_CFG_OFF, &p, &gm, &mode, line, sizeof line);
     tap_ok(rc == 0 && mode == PI_SPARSITY_OFF && p.layers == NULL, "off opens nothing (%s)", line);
     /* with predictors: the model's own layers lent fc1/fc2 of a generated rank */
     pi_model_t fake = *relu;
@@ -293,11 +354,11 @@ static void test_open(const pi_model_t *relu, const pi_model_t *silu)
         L[il].fc2 = (struct pi_weight){.type = PI_TYPE_F32, .data = w2, .rows = relu->hp.n_ff, .cols = 8, .row_bytes = 32};
     }
     fake.layers = L;
-    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AUTO, &p, &mode, line, sizeof line) : -1;
+    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AUTO, &p, &gm, &mode, line, sizeof line) : -1;
     tap_ok(rc == 0 && mode == PI_SPARSITY_SAFE && p.n_layer == relu->hp.n_layer && strstr(line, "from the model, rank 8"),
            "auto with predictors: safe (%s)", line);
     pi_predictors_free(&p);
-    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &mode, line, sizeof line) : -1;
+    rc = L && w1 && w2 ? pi_sparse_open(&fake, NULL, PI_SPARSITY_CFG_AGGRESSIVE, &p, &gm, &mode, line, sizeof line) : -1;
     tap_ok(rc == 0 && mode == PI_SPARSITY_AGGRESSIVE, "aggressive with predictors (%s)", line);
     pi_predictors_free(&p);
     free(L), free(w1), free(w2);
@@ -334,6 +395,7 @@ int main(void)
     test_slice(relu);
     test_stats(relu);
     test_open(relu, silu);
+    test_open_gate(silu);
     test_recall_drelu(relu_path);
     test_conf();
     pi_model_destroy(&relu);
