@@ -359,8 +359,13 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         rc = -PI_ERR_NOMEM;
         goto out;
     }
+    const bool by_sparsity = o->sparsity[0] > 0.0f && o->sparsity[1] > 0.0f; /* no quality to protect: no probes */
     for (int il = 0; il < hp->n_layer; il++) {
         struct point pr;
+        if (by_sparsity) {
+            gain[il] = 1.0;
+            continue;
+        }
         memset(c.level, 0, (size_t)hp->n_layer * sizeof *c.level);
         c.level[il] = PI_THR_PROBE;
         levels_to_gm(&c);

@@ -48,7 +48,8 @@ struct pi_thr_opts {
     bool scaled;          /* rank neurons by |silu(gate)| times their scale (see above), not |silu(gate)| alone */
     float sparsity[2];    /* > 0: mode k takes the first step of the path skipping at least this share of
                            * the pairs instead of searching by KLD (random-weight models, whose quality
-                           * means nothing: benchmarks); the held-out figures are still measured */
+                           * means nothing: benchmarks); the held-out figures are still measured;
+                           * with both set, step 3's sensitivities are not measured (all 1) */
     FILE *progress;       /* progress lines (prefixed with prog), or NULL */
     const char *prog;
 };
