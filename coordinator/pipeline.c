@@ -389,7 +389,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     if (cm->sparsity != PI_SPARSITY_OFF && (strcmp(cm->pred.source, "sidecar") == 0 || cm->gate_min) &&
         !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
         p->pred_sidecar[0] = '\0';
-    if (pi_sparse_stats_init(&p->sparse, cm->model) != 0 || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH,
+    if (pi_sparse_stats_init(&p->sparse, cm->model) == 0 && p->gated) pi_sparse_stats_gated(&p->sparse, cm->model);
+    if (!p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH,
                                                                     cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||

@@ -129,7 +129,8 @@ struct cw {
     pi_link_t *link;
 };
 
-/* Rows of the partial for one published step. */
+/* Rows of the partial for one published step. With activation thresholds the step's counts go into
+ * the worker's done line (pi_exchange_set_counts) for the GPU worker's telemetry. */
 static void compute_step(struct cw *c, const struct pi_exchange_step *st, float *out, int64_t d)
 {
     const int il = (int)st->layer;
@@ -137,6 +138,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     const int64_t cnt = c->part.count[il];
     const int32_t *ids = c->part.ids[il];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
+    if (c->gate_min) pi_exchange_set_counts(c->ex, c->w, 0, 0);
     if (cnt == 0) { /* nothing of this layer here: a zero partial */
         memset(out, 0, (size_t)st->n_tokens * (size_t)d * sizeof *out);
         return;
@@ -159,6 +161,7 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, gm, st->x, n, c->idx, cnt, out);
         }
         pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
+        if (gm) pi_exchange_set_counts(c->ex, c->w, (uint64_t)active, (uint64_t)(n * cnt));
         return;
     }
     /* Each token's predicted neurons of this slice (compute/sparse.h): neuron by neuron over its own

@@ -37,6 +37,19 @@ static bool layer_all_hot(const struct pi_gpu_loop *g, int il)
 }
 
 static bool sparse_on(const struct pi_gpu_loop *g) { return g->pred && g->sparsity != PI_SPARSITY_OFF; }
+static bool counting(const struct pi_gpu_loop *g) { return sparse_on(g) || g->gated; }
+
+/* With activation thresholds: layer il's counts, the CPU workers' (read from the exchange after their
+ * partials, untrusted: a sum that breaks kept <= pairs <= n * n_ff counts as dense) plus the hot
+ * neurons, all computed. */
+static void count_gated(struct pi_gpu_loop *g, int il, int n, bool from_workers)
+{
+    const int64_t ff = g->be->model->hp.n_ff, total = (int64_t)n * ff;
+    uint64_t kept = 0, pairs = 0;
+    if (from_workers) pi_exchange_counts(g->ex, &kept, &pairs);
+    if (kept > pairs || pairs > (uint64_t)total) kept = pairs = 0;
+    pi_sparse_note(&g->stats, il, n, total - (int64_t)(pairs - kept));
+}
 
 /* The host fallback for a backend without ffn_predict: mask (n rows) = the prediction over x, then
  * every hot neuron's bit set, since the backend computes them all. Returns the pairs computed. */
@@ -87,6 +100,7 @@ static int ffn_layer_local(struct pi_gpu_loop *g, int il, int n)
     if (rc == 0 && sparse_on(g)) rc = predict_layer(g, il, n, rec ? g->x_own : NULL, rec ? g->mask_own : NULL);
     if (rc == 0) rc = be->ops->ffn_hot(be, il);
     if (rc == 0) rc = be->ops->ffn_merge(be, il, NULL);
+    if (g->gated) count_gated(g, il, n, false);
     g->n_skip++;
     return rc;
 }
@@ -119,6 +133,7 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     }
     memset(cold, 0, (size_t)n * (size_t)be->model->hp.n_embd * sizeof(float));
     pi_exchange_merge(g->ex, (uint32_t)n, cold);
+    if (g->gated) count_gated(g, il, n, true);
     g->rt_ns += pi_clock_ns() - t0 - (t2 - t1);
     g->n_rt++;
     return be->ops->ffn_merge(be, il, cold);
@@ -187,6 +202,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
         pos[i] = pos0 + i;
     }
     g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
+    if (g->gated) pi_sparse_stats_clear(&g->stats);
     if (sparse_on(g)) {
         pi_sparse_stats_clear(&g->stats);
         g->recall_now = g->recall_every > 0 && g->n_steps % (uint64_t)g->recall_every == 0;
@@ -200,7 +216,7 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
     }
     if (rc == 0 && n_out > 0) rc = be->ops->output(be, n_out, logits);
     if (rc == 0) be->ops->commit(be);
-    if (sparse_on(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
+    if (counting(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
     return rc;
 }
 
@@ -219,11 +235,20 @@ void pi_gpu_loop_free(struct pi_gpu_loop *g)
     g->cap = 0;
 }
 
+int pi_gpu_loop_gated_init(struct pi_gpu_loop *g)
+{
+    if (pi_sparse_stats_init(&g->stats, g->be->model) != 0) return -PI_ERR_NOMEM;
+    pi_sparse_stats_gated(&g->stats, g->be->model);
+    g->gated = true;
+    return 0;
+}
+
 void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g)
 {
     pi_sparse_stats_free(&g->stats);
     pi_pool_destroy(&g->pool);
     g->pred = NULL;
+    g->gated = false;
 }
 
 int pi_gpu_loop_run(struct pi_gpu_loop *g)

@@ -39,6 +39,10 @@ struct pi_gpu_loop {
      * computed). Set up by pi_gpu_loop_sparse_init. */
     const struct pi_predictors *pred;
     enum pi_sparsity sparsity;
+    /* A SwiGLU model's activation thresholds (doc/thresholds.md): the CPU workers skip their own cold
+     * neurons and report their counts in the exchange's done lines; the hot neurons here are computed
+     * dense. Set by pi_gpu_loop_gated_init: the counts go into stats as with predictors. */
+    bool gated;
     int64_t recall_every;   /* [sparsity] recall_every: 0 = never */
     const int32_t *const *hot; /* (n_layer) the hot ids (for the host fallback's counts), n_hot[il] each */
     const int64_t *n_hot;
@@ -65,6 +69,10 @@ struct pi_gpu_loop {
  * model must not be SwiGLU. 0 or -PI_ERR_INVAL / -PI_ERR_NOMEM (logged). */
 int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
                             int64_t recall_every, int threads);
+
+/* Count a SwiGLU model's activation thresholds (applied by the CPU workers) for g (be, ex set).
+ * 0 or -PI_ERR_NOMEM. Freed by pi_gpu_loop_sparse_free. */
+int pi_gpu_loop_gated_init(struct pi_gpu_loop *g);
 
 /* Free what pi_gpu_loop_sparse_init made (pi_gpu_loop_free keeps it: it only drops the scratch). */
 void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g);

@@ -146,7 +146,8 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
 }
 
 /* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source. */
-static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode)
+static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode,
+                           bool *gated)
 {
     char line[320];
     float *gate_min = NULL;
@@ -158,15 +159,20 @@ static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct 
          * cpu-worker/main.c); the hot neurons here are computed dense (doc/thresholds.md). */
         free(gate_min);
         *mode = PI_SPARSITY_OFF;
+        *gated = true;
         pi_info("activation thresholds: the CPU workers skip their cold neurons under them; the hot neurons are dense");
     }
     return rc;
 }
 
-/* Run the layer loop g until stopped, with predictors pred in mode when pred is set. */
-static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode)
+/* Run the layer loop g until stopped, with predictors pred in mode when pred is set, counting the CPU
+ * workers' activation thresholds when gated. */
+static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
+                 bool gated)
 {
-    int rc = pred ? pi_gpu_loop_sparse_init(g, pred, mode, o->sparsity.recall_every, (int)o->threads) : 0;
+    int rc = pred ? pi_gpu_loop_sparse_init(g, pred, mode, o->sparsity.recall_every, (int)o->threads)
+             : gated ? pi_gpu_loop_gated_init(g)
+                     : 0;
     if (rc == 0) rc = pi_gpu_loop_run(g);
     pi_gpu_loop_free(g);
     pi_gpu_loop_sparse_free(g);
@@ -208,7 +214,8 @@ static int run(const struct gw_opts *o)
         mo.no_down_t = false;
         if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     }
-    if ((rc = open_predictors(o, m, &pred, &mode)) != 0) goto out;
+    bool gated = false;
+    if ((rc = open_predictors(o, m, &pred, &mode, &gated)) != 0) goto out;
     hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
     n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
     if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; goto out; }
@@ -250,7 +257,7 @@ static int run(const struct gw_opts *o)
         struct pi_gpu_loop g = {.be = be, .step = step, .ex = ex, .link = link, .n_seq = (int)o->n_seq,
                                 .ex_flags = PI_EXCHANGE_ALL | (m->hp.act == PI_FFN_ACT_SILU ? 0u : PI_EXCHANGE_GATE_SKIP),
                                 .hot = (const int32_t *const *)hot, .n_hot = n_hot};
-        rc = serve(o, &g, mode != PI_SPARSITY_OFF ? &pred : NULL, mode);
+        rc = serve(o, &g, mode != PI_SPARSITY_OFF ? &pred : NULL, mode, gated);
     }
     pi_backend_destroy(&be);
 out:

@@ -327,6 +327,26 @@ void pi_exchange_merge(const pi_exchange_t *ex, uint32_t n_tokens, float *out)
     }
 }
 
+void pi_exchange_counts(const pi_exchange_t *ex, uint64_t *kept, uint64_t *pairs)
+{
+    uint64_t k = 0, p = 0;
+    for (uint32_t w = 0; w < ex->params.n_workers; w++) {
+        uint64_t a = atomic_load_explicit(&ex->done[w].kept, memory_order_relaxed);
+        uint64_t b = atomic_load_explicit(&ex->done[w].pairs, memory_order_relaxed);
+        k = a > UINT64_MAX - k ? UINT64_MAX : k + a; /* a hostile worker cannot wrap the sums */
+        p = b > UINT64_MAX - p ? UINT64_MAX : p + b;
+    }
+    *kept = k;
+    *pairs = p;
+}
+
+void pi_exchange_set_counts(pi_exchange_t *ex, uint32_t w, uint64_t kept, uint64_t pairs)
+{
+    PI_ASSERT(w < ex->params.n_workers);
+    atomic_store_explicit(&ex->done[w].kept, kept, memory_order_relaxed);
+    atomic_store_explicit(&ex->done[w].pairs, pairs, memory_order_relaxed);
+}
+
 int pi_exchange_join(pi_exchange_t *ex, uint32_t w, uint32_t *seen)
 {
     uint32_t s;

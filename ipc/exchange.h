@@ -15,7 +15,8 @@
  *
  * Segment layout (sections of the shm table, each 64-byte aligned, offsets from the segment start):
  *   0 ctl      struct pi_exchange_ctl: parameters, the published step, publish_seq, abort
- *   1 done     n_workers x struct pi_exchange_done: one cache line per CPU worker (done_seq, pid)
+ *   1 done     n_workers x struct pi_exchange_done: one cache line per CPU worker (done_seq, pid, and
+ *              the counts of its last step)
  *   2 x        float32 (max_tokens, n_embd) row-major: the FFN input (ffn_norm output) of the layer
  *   3 mask     uint64 (max_tokens, mask_words): bit j of word j/64 of token t = cold neuron j active
  *   4 partial  n_workers slots of partial_stride bytes, each float32 (max_tokens, n_embd) row-major
@@ -33,7 +34,7 @@
 #include <stdint.h>
 
 #define PI_EXCHANGE_MAGIC 0x58454950u /* "PIEX" little-endian */
-#define PI_EXCHANGE_VERSION 2u /* 2: the stats section */
+#define PI_EXCHANGE_VERSION 3u /* 2: the stats section; 3: the workers' counts in their done lines */
 #define PI_EXCHANGE_STATS_FIELDS 4u /* per layer: predicted, pairs, recall_true, recall_hit */
 
 /* Bounds on the parameters; a header that claims more is corrupt. */
@@ -97,6 +98,10 @@ struct pi_exchange_done {
     _Alignas(64) _Atomic uint32_t done_seq; /* = the publish_seq whose partial is complete (seq_cst) */
     _Atomic uint32_t pid;                   /* the worker's pid, for error messages (pi_exchange_join) */
     _Atomic uint32_t sleepers;              /* GPU-side waiters asleep on done_seq (ipc/futex.h) */
+    /* the (token, neuron) pairs the worker computed and held in the step it last posted, for the
+     * activation thresholds' telemetry (pi_exchange_set_counts): written before done_seq (relaxed;
+     * the post's seq_cst store orders them), read by the GPU worker after pi_exchange_wait_partials */
+    _Atomic uint64_t kept, pairs;
 };
 _Static_assert(sizeof(struct pi_exchange_done) == 64, "one done line per worker");
 
@@ -174,6 +179,11 @@ int pi_exchange_wait_partials(pi_exchange_t *ex, uint32_t seq, unsigned spin, in
  * result is reproducible). Call after pi_exchange_wait_partials succeeded for this step. */
 void pi_exchange_merge(const pi_exchange_t *ex, uint32_t n_tokens, float *out);
 
+/* The sums over the workers of their step's counts (pi_exchange_set_counts), read after
+ * pi_exchange_wait_partials succeeded for the step. Untrusted (another process's): the caller checks
+ * kept <= pairs <= what the step could hold. */
+void pi_exchange_counts(const pi_exchange_t *ex, uint64_t *kept, uint64_t *pairs);
+
 /* ---- CPU worker side ---- */
 
 /* Register as worker w (< n_workers): records the pid in its done line, sets done_seq to the
@@ -198,6 +208,10 @@ float *pi_exchange_partial(pi_exchange_t *ex, uint32_t w);
 /* Declare worker w's partial for step seq complete: store done_seq (seq_cst: a release store),
  * then futex-wake the GPU worker if it sleeps. Returns 0, -PI_ERR_INVAL (w out of range) or -PI_ERR_IO. */
 int pi_exchange_post_partial(pi_exchange_t *ex, uint32_t w, uint32_t seq);
+
+/* Worker w's counts for the step it is about to post (before pi_exchange_post_partial): the (token,
+ * neuron) pairs it computed and those it held. w must be valid (checked by PI_ASSERT). */
+void pi_exchange_set_counts(pi_exchange_t *ex, uint32_t w, uint64_t kept, uint64_t pairs);
 
 /* ---- supervision ---- */
 
