@@ -6,6 +6,8 @@
 #include "config.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/generate.h"
+#include "compute/thresholds.h"
+#include "text/calib.h"
 #include "text/chat.h"
 #include "lib/common.h"
 #include "lib/log.h"
@@ -17,6 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+#ifndef PI_DATADIR
+#define PI_DATADIR "/usr/local/share/pinfer"
+#endif
 
 int pi_coord_threads(const struct pi_coord_opts *o)
 {
@@ -49,12 +55,100 @@ int pi_coord_sidecar_open(const struct pi_coord_opts *o, struct pi_coord_model *
     return 0;
 }
 
+/* The first-load calibration (doc/thresholds.md, "Calibration at first load"): a SwiGLU model asked
+ * to run safe or aggressive whose sidecar has no activation thresholds gets them now, over the
+ * calibration text ([model] calibration_text, else the bundled one), with fewer positions than
+ * pi-profile uses (a one-time wait at start, with progress lines). 0 when done or not needed (an
+ * unreadable sidecar is left to pi_sparse_open to report); a negative pi_err with one line on stderr
+ * when the calibration or the sidecar's write fails. */
+static int thresholds_first_load(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
+{
+    const enum pi_sparsity_cfg mode = o->cfg.sparsity.mode;
+    char side[4096], err[512] = "";
+    if (cm->model->hp.act != PI_FFN_ACT_SILU || (mode != PI_SPARSITY_CFG_SAFE && mode != PI_SPARSITY_CFG_AGGRESSIVE) ||
+        !pi_coord_sidecar_file(o, side, sizeof side))
+        return 0;
+    struct pi_sidecar *s = NULL;
+    int rc = pi_sidecar_load(side, cm->model, &s, err, sizeof err);
+    if ((rc == 0 && s->gate_min) || (rc < 0 && rc != -PI_ERR_NOTFOUND)) {
+        pi_sidecar_destroy(&s);
+        return 0;
+    }
+    const char *text = o->cfg.calib_text && *o->cfg.calib_text ? o->cfg.calib_text : PI_DATADIR "/calib/demo-calib.txt";
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.act = cm->model->hp.act;
+    pi_model_t *mw = NULL; /* with its transposed down rows: the forward pass needs them */
+    int32_t *ids = NULL, bos = -1;
+    size_t n = 0;
+    struct pi_thr_result r = {0};
+    if ((rc = pi_model_open(o->cfg.model_path, &mo, &mw, err, sizeof err)) != 0) {
+        fprintf(stderr, "%s: calibration: cannot load %s: %s\n", prog, o->cfg.model_path, err);
+        goto out;
+    }
+    struct pi_calib_args ca = {prog, o->cfg.model_path, text, text, 0, 1};
+    if (pi_calib_tokens(&ca, mw, &ids, &n, &bos) != 0) { /* printed */
+        rc = -PI_ERR_INVAL;
+        goto out;
+    }
+    const int ctx = PI_MIN(pi_model_default_ctx(mw), 512);
+    const int n_chunks = (int)PI_MIN(n / (size_t)ctx, (size_t)40);
+    if (n_chunks < 2) {
+        fprintf(stderr, "%s: calibration: %s holds %zu tokens, fewer than two chunks of %d\n", prog, text, n, ctx);
+        rc = -PI_ERR_INVAL;
+        goto out;
+    }
+    for (int c = 0; c < n_chunks && bos >= 0; c++) ids[(size_t)c * (size_t)ctx] = bos;
+    /* the text is there and long enough: only now the wait is announced (a refusal stays one line) */
+    fprintf(stderr, "%s: %s has no activation thresholds: calibrating them over %s, once, into %s (pi-profile -m MODEL "
+            "does the same with more text)\n", prog, o->cfg.model_path, text, side);
+    struct pi_thr_opts to;
+    pi_thr_opts_default(&to, n_chunks, ctx, mw->hp.n_vocab);
+    to.held_out_chunks = PI_MAX(1, PI_MIN(to.held_out_chunks, 2048 / PI_MAX(1, ctx - ctx / 2))); /* a shorter wait */
+    to.n_threads = pi_coord_threads(o);
+    to.progress = stderr;
+    to.prog = prog;
+    if ((rc = pi_thr_calibrate(mw, ids, n_chunks, ctx, &to, &r)) != 0) {
+        fprintf(stderr, "%s: the activation threshold calibration failed (%s)\n", prog, pi_err_str(rc));
+        goto out;
+    }
+    if (!s && !(s = pi_sidecar_new(cm->model, false, false))) {
+        rc = -PI_ERR_NOMEM;
+        goto out;
+    }
+    free(s->gate_min);
+    free(s->gate_sparsity);
+    s->gate_min = r.gate_min;
+    s->gate_sparsity = r.layer_sparsity;
+    r.gate_min = r.layer_sparsity = NULL;
+    for (int k = 0; k < 2; k++) {
+        s->thr_kld_target[k] = to.kld_target[k];
+        s->thr_kld[k] = r.kld[k];
+        s->thr_sparsity[k] = r.sparsity[k];
+        s->thr_tokens[k] = r.tokens[k];
+    }
+    if ((rc = pi_sidecar_save(side, cm->model, s)) != 0)
+        fprintf(stderr, "%s: cannot write the sidecar %s (set [model] sidecar to a writable path, or run pi-profile "
+                "--sidecar PATH)\n", prog, side);
+out:
+    pi_thr_result_free(&r);
+    pi_sidecar_destroy(&s);
+    free(ids);
+    pi_model_destroy(&mw);
+    return rc;
+}
+
 int pi_coord_sparsity_open(const struct pi_coord_opts *o, struct pi_coord_model *cm, const char *prog)
 {
     char *line = cm->sparsity_line;
     const size_t len = sizeof cm->sparsity_line;
     char side[4096];
-    int rc = pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), o->cfg.sparsity.mode, &cm->pred, &cm->gate_min,
+    int rc = thresholds_first_load(o, cm, prog);
+    if (rc != 0) {
+        snprintf(line, len, "no activation thresholds (the calibration above failed)");
+        return rc;
+    }
+    rc = pi_sparse_open(cm->model, pi_coord_sidecar_file(o, side, sizeof side), o->cfg.sparsity.mode, &cm->pred, &cm->gate_min,
                             &cm->sparsity, line, len);
     if (rc != 0) {
         fprintf(stderr, "%s: --sparsity: %s\n", prog, line);

@@ -36,6 +36,7 @@ static const struct key_opt key_opts[] = {
     {"activation", "model.activation", "ACT"},
     {"ctx", "model.ctx", "N"},
     {"sidecar", "model.sidecar", "PATH"},
+    {"calibration-text", "model.calibration_text", "FILE"},
     {"chat-template", "model.chat_template", "NAME"},
     {"run-dir", "run.dir", "DIR"},
     {"control", "control.endpoint", "ENDPOINT"},

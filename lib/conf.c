@@ -61,6 +61,7 @@ static const struct key_def keys[] = {
     {{"model", "activation", "auto", "FFN activation: auto (from the file), silu, relu, drelu"}, K_ENUM, OFF(activation), 0, 0, activation_names, NULL},
     {{"model", "ctx", "0", "context length per sequence; 0 = the model's, at most 4096"}, K_INT, OFF(ctx_len), 0, 1 << 24, NULL, NULL},
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
+    {{"model", "calibration_text", "", "text the activation thresholds of a SwiGLU model are calibrated over when --sparsity safe or aggressive finds none in its sidecar; empty = the text installed with pinfer"}, K_STR, OFF(calib_text), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
     {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
@@ -82,7 +83,7 @@ static const struct key_def keys[] = {
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
     {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
-    {{"sparsity", "mode", "auto", "FFN sparsity through the activation predictors: off (dense), safe (each layer's trained threshold), aggressive (a lower recall target), auto (safe for a ReLU model with predictors, else off)"}, K_ENUM, OFF(sparsity.mode), 0, 0, sparsity_names, NULL},
+    {{"sparsity", "mode", "auto", "FFN sparsity: ReLU models through their activation predictors, SwiGLU models through the sidecar's activation thresholds: off (dense), safe, aggressive (a lower recall target; thresholds at a KLD of 0.03 instead of 0.01), auto (safe for a ReLU model with predictors or a SwiGLU model whose safe thresholds skip at least 40%, else off)"}, K_ENUM, OFF(sparsity.mode), 0, 0, sparsity_names, NULL},
     {{"sparsity", "recall_every", "0", "measure the predictors' recall every Nth step (all gates computed and compared); 0 = never, at no cost"}, K_INT, OFF(sparsity.recall_every), 0, 1 << 30, NULL, NULL},
     /* [tune]: the performance choices that are real choices, each with what it costs (doc/cuda-backend.md) */
     {{"placement", "gpu_gbs", "2000", "the solver's device read bandwidth, GB/s (pi-bench --cuda-kernels measures it)"}, K_REAL, OFF(place_gpu_gbs), 1, 100000, NULL, NULL},

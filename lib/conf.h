@@ -67,6 +67,7 @@ struct pi_config {
     enum pi_activation_cfg activation; /* auto: from the file (pinfer.ffn_activation, format default) */
     int64_t ctx_len;           /* context length per sequence; 0 = the model's, at most 4096 */
     char *sidecar_path;        /* the model's sidecar; empty = MODEL.pinfer.gguf beside it, when present */
+    char *calib_text;          /* [model] calibration_text: the first-load threshold calibration's text; empty = bundled */
     char *chat_template;       /* chat format name (text/chat.h); empty = recognised from the file */
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */

@@ -30,7 +30,7 @@
 #include "lib/log.h"
 #include "model/model.h"
 #include "model/sidecar.h"
-#include "tools/calib.h"
+#include "text/calib.h"
 
 #ifndef PI_DATADIR
 #define PI_DATADIR "/usr/local/share/pinfer"

@@ -7,9 +7,12 @@
 # the time, `aggressive` a mean KLD of at most 0.03, each skipping some FFN weight bytes (the figures are
 # reported; doc/thresholds.md says why this small model allows few); the same modes through the pipeline
 # (host backend, hot fraction 0.5, two CPU workers, which apply the thresholds to their cold neurons).
+# First, the calibration at first load: pi-coordinator --sparsity safe on a copy of the model without a
+# sidecar calibrates, writes the sidecar and generates; a second run finds them and does not.
 # TAP output for tap-driver.sh.
 
 BD=${PI_BUILDDIR:-.}
+COORD=$BD/coordinator/pi-coordinator
 PPL=$BD/coordinator/pi-perplexity
 PROF=$BD/tools/pi-profile
 CALIB=${PI_FIXTURES:-}/text/demo-calib.txt
@@ -30,6 +33,20 @@ RUN="-c 256 --chunks 60 --run-dir $T/run --sidecar $S"
 
 # CI-sized: the first ~30k tokens of the calibration text (doc/thresholds.md has the full text's run)
 head -c 120000 "$CALIB" | sed '$d' > "$T/calib.txt"
+
+# calibration at first load
+cp "$MODEL" "$T/first.gguf"
+printf '[model]\npath = %s\ncalibration_text = %s\n[sparsity]\nmode = safe\n[gpu]\nbackend = none\n[run]\ndir = %s\n' \
+    "$T/first.gguf" "$T/calib.txt" "$T/run" > "$T/first.conf"
+"$COORD" --config "$T/first.conf" --prompt "The jury said" -n 8 > "$T/first1.out" 2> "$T/first1.err"
+st=$?
+[ $st -eq 0 ] && grep -q "has no activation thresholds: calibrating" "$T/first1.err" && [ -s "$T/first.pinfer.gguf" ] &&
+    grep -q "sparsity safe (activation thresholds from the sidecar" "$T/first1.err" && [ -s "$T/first1.out" ]
+ok $? "first load with --sparsity safe: calibrated into first.pinfer.gguf, then generated (exit $st)"
+"$COORD" --config "$T/first.conf" --prompt "The jury said" -n 8 > "$T/first2.out" 2> "$T/first2.err"
+st=$?
+[ $st -eq 0 ] && ! grep -q "calibrating" "$T/first2.err" && cmp -s "$T/first1.out" "$T/first2.out"
+ok $? "second load: the sidecar's thresholds, no calibration, the same text (exit $st)"
 "$PROF" -m "$MODEL" -f "$T/calib.txt" -c 256 -t 2 --sidecar "$S" > "$T/prof.out" 2> "$T/prof.err"
 ok $? "pi-profile calibrates the thresholds over demo-calib.txt's first 120 kB"
 grep '^thresholds' "$T/prof.out" | sed 's/^/# /'

@@ -36,7 +36,7 @@ static int64_t half;
 /* The stand-in CPU worker: the cold neurons [half, n_ff) of the model's own rows. */
 struct cw {
     pi_exchange_t *ex;
-    atomic_bool stop;
+    atomic_bool stop, joined;
     atomic_int masked_steps, hot_bits_missing, bad_flags;
     pi_ffn_work_t *w;
     int32_t *ids, *list; /* (n_ff - half) cold ids; list scratch */
@@ -48,6 +48,7 @@ static void *cpu_worker(void *arg)
     uint32_t seen;
     const int64_t ff = model->hp.n_ff, d = model->hp.n_embd, mw = pi_sparse_mask_words(ff);
     if (pi_exchange_join(c->ex, 0, &seen) != 0) return NULL;
+    atomic_store(&c->joined, true);
     float *out = pi_exchange_partial(c->ex, 0);
     while (!atomic_load(&c->stop)) {
         struct pi_exchange_step st;
@@ -119,8 +120,11 @@ static int run(const struct pi_predictors *pred, bool fallback, const int32_t *t
     }
     pthread_t th;
     atomic_store(&c->stop, false);
+    atomic_store(&c->joined, false);
     if (rc == 0 && pthread_create(&th, NULL, cpu_worker, c) != 0) rc = -1;
-    usleep(20000); /* the worker joins before the first publish, as READY orders it in the pipeline */
+    /* the worker joins before the first publish, as READY orders it in the pipeline (a fixed sleep
+     * here lost a layer under load) */
+    while (rc == 0 && !atomic_load(&c->joined)) usleep(1000);
     struct pi_gpu_loop g = {.be = be, .ex = c->ex, .n_seq = 1, .ex_flags = PI_EXCHANGE_ALL | PI_EXCHANGE_GATE_SKIP,
                             .hot = hot, .n_hot = n_hot};
     if (rc == 0) rc = pi_gpu_loop_sparse_init(&g, pred, PI_SPARSITY_SAFE, 1, 1);

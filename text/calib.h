@@ -1,10 +1,10 @@
 /*
- * tools/calib.h - the token ids the offline tools run the model over (pi-profile, pi-train-predictors):
- * a calibration text tokenized once with BOS first, or uniformly random ids for models without a
- * tokenizer. Shared by the tools' programs (compiled into each), not a library: only tools use it.
+ * text/calib.h - the token ids a model is calibrated over (pi-profile, pi-train-predictors, and the
+ * coordinator's first-load calibration of activation thresholds): a calibration text tokenized once
+ * with BOS first, or uniformly random ids for models without a tokenizer.
  */
-#ifndef PI_TOOLS_CALIB_H
-#define PI_TOOLS_CALIB_H
+#ifndef PI_TEXT_CALIB_H
+#define PI_TEXT_CALIB_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,5 +1,5 @@
 /*
- * tools/calib.c - the tools' token ids: a calibration text or random ids (tools/calib.h).
+ * text/calib.c - the ids a model is calibrated over: a calibration text or random ids (text/calib.h).
  */
 #include "config.h"
 
@@ -11,7 +11,7 @@
 #include "lib/common.h"
 #include "lib/rng.h"
 #include "text/tokenizer.h"
-#include "tools/calib.h"
+#include "text/calib.h"
 
 enum { EXIT_USAGE = 2 };
 
