@@ -73,7 +73,8 @@ static void capture_rows(void *ctx, int il, int n, const float *h, const float *
             v[j] = s * u[j];
         }
         double r = 0.0;
-        for (int64_t k = 0; k < c->d; k++) r += (double)h[(size_t)i * (size_t)c->d + k] * h[(size_t)i * (size_t)c->d + k];
+        for (int64_t k = 0; k < c->d; k++)
+            r += (double)h[(size_t)i * (size_t)c->d + k] * h[(size_t)i * (size_t)c->d + k];
         c->r2[slot] = r;
     }
 }
@@ -191,11 +192,11 @@ struct calib {
     const struct pi_thr_opts *o;
     int n_layer, steps;
     int64_t ff;
-    float *t;       /* (n_layer, LEVELS) thresholds of the score */
-    float *scale;   /* (n_layer, ff) the score's per-neuron factor */
-    int *path;      /* (steps): the layer raised at each step */
-    int *level;     /* (n_layer) scratch */
-    float *gm;      /* (n_layer, ff) scratch: per-neuron |silu(gate)| thresholds */
+    float *t;          /* (n_layer, LEVELS) thresholds of the score */
+    float *scale;      /* (n_layer, ff) the score's per-neuron factor */
+    int *path;         /* (steps): the layer raised at each step */
+    int *level;        /* (n_layer) scratch */
+    float *gm;         /* (n_layer, ff) scratch: per-neuron |silu(gate)| thresholds */
     struct point *pts; /* (steps + 1) */
     float *pts_layer;  /* (steps + 1, n_layer): each layer's share skipped at the step */
     struct heldout h;
@@ -209,7 +210,8 @@ static void levels_to_gm(struct calib *c)
         const float *sc = c->scale + (size_t)il * (size_t)c->ff;
         float *g = c->gm + (size_t)il * (size_t)c->ff;
         /* score = |silu(gate)| * scale <= t  <=>  |silu(gate)| <= t / scale */
-        for (int64_t j = 0; j < c->ff; j++) g[j] = t <= 0.0f ? 0.0f : sc[j] > 0.0f ? PI_MIN(t / sc[j], FLT_MAX) : FLT_MAX;
+        for (int64_t j = 0; j < c->ff; j++)
+            g[j] = t <= 0.0f ? 0.0f : sc[j] > 0.0f ? PI_MIN(t / sc[j], FLT_MAX) : FLT_MAX;
     }
 }
 
@@ -230,7 +232,8 @@ static int point_at(struct calib *c, int step, const struct point **out)
         int rc = run_heldout(&c->h, c->gm, p, c->pts_layer + (size_t)step * (size_t)c->n_layer);
         if (rc < 0) return rc;
         if (c->o->progress)
-            fprintf(c->o->progress, "%s: thresholds: step %d/%d: %.1f%% of FFN pairs skipped, KLD %.5f, same top %.2f%%\n",
+            fprintf(c->o->progress,
+                    "%s: thresholds: step %d/%d: %.1f%% of FFN pairs skipped, KLD %.5f, same top %.2f%%\n",
                     c->o->prog ? c->o->prog : "pinfer", step, c->steps, 100.0 * p->sparsity, p->kld, 100.0 * p->top1);
     }
     *out = p;
@@ -257,8 +260,8 @@ static int search(struct calib *c, int k, int lo, int *found)
 static bool opts_ok(const struct pi_thr_opts *o, int n_chunks, int ctx, const pi_model_t *m)
 {
     for (int k = 0; k < 2; k++)
-        if (!(o->kld_target[k] > 0.0f && o->kld_target[k] <= 10.0f) || !(o->top1_min[k] >= 0.0f && o->top1_min[k] <= 1.0f) ||
-            !(o->sparsity[k] >= 0.0f && o->sparsity[k] < 1.0f))
+        if (!(o->kld_target[k] > 0.0f && o->kld_target[k] <= 10.0f) ||
+            !(o->top1_min[k] >= 0.0f && o->top1_min[k] <= 1.0f) || !(o->sparsity[k] >= 0.0f && o->sparsity[k] < 1.0f))
             return false;
     return o->n_threads >= 1 && o->margin > 0.0f && o->margin <= 1.0f && o->sample_tokens >= 16 && ctx >= 2 &&
            o->held_out_chunks >= 1 && o->held_out_chunks < n_chunks && m->hp.act == PI_FFN_ACT_SILU;
@@ -270,15 +273,16 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     memset(out, 0, sizeof *out);
     if (!opts_ok(o, n_chunks, ctx, m)) {
         pi_error("thresholds: bad calibration options or model (a SwiGLU model, at least %d chunks of at least 2 "
-                 "tokens, targets in (0, 10], margin in (0, 1])", o->held_out_chunks + 1);
+                 "tokens, targets in (0, 10], margin in (0, 1])",
+                 o->held_out_chunks + 1);
         return -PI_ERR_INVAL;
     }
     const struct pi_hparams *hp = &m->hp;
     const int n_cap = n_chunks - o->held_out_chunks;
     const int64_t d = hp->n_embd, ff = hp->n_ff;
     const int S = (int)PI_MIN((int64_t)o->sample_tokens, (int64_t)n_cap * ctx);
-    struct capture cap = {.n_layer = hp->n_layer, .slots = S, .d = d, .ff = ff,
-                          .stride = PI_MAX(1, (int64_t)n_cap * ctx / S)};
+    struct capture cap = {
+        .n_layer = hp->n_layer, .slots = S, .d = d, .ff = ff, .stride = PI_MAX(1, (int64_t)n_cap * ctx / S)};
     struct calib c = {.m = m, .o = o, .n_layer = hp->n_layer, .steps = hp->n_layer * (PI_THR_LEVELS - 1)};
     const size_t LS = (size_t)hp->n_layer * (size_t)S;
     float *sorted = NULL, *score = NULL, *row = NULL, *D = NULL, *Y = NULL;
@@ -325,17 +329,21 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     c.gm = malloc((size_t)hp->n_layer * (size_t)ff * sizeof *c.gm);
     c.pts = calloc((size_t)c.steps + 1, sizeof *c.pts);
     c.pts_layer = calloc(((size_t)c.steps + 1) * (size_t)hp->n_layer, sizeof *c.pts_layer);
-    if (!sorted || !score || !row || !c.scale || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts || !c.pts_layer) goto out;
+    if (!sorted || !score || !row || !c.scale || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts ||
+        !c.pts_layer)
+        goto out;
     for (int il = 0; il < hp->n_layer; il++) {
         PI_ASSERT(cap.kept[il] == cap.kept[0] && cap.kept[il] > 0);
         float *sc = c.scale + (size_t)il * (size_t)ff;
         if (o->scaled) neuron_scale(&m->layers[il], &cap, il, sc, row);
-        else for (int64_t j = 0; j < ff; j++) sc[j] = 1.0f;
+        else
+            for (int64_t j = 0; j < ff; j++) sc[j] = 1.0f;
         layer_grid(pi_forward_pool(c.h.f), &m->layers[il], &cap, il, sc, c.t + (size_t)il * PI_THR_LEVELS,
                    e + (size_t)il * PI_THR_LEVELS, sorted, score, D, Y);
     }
-    if (o->progress) fprintf(o->progress, "%s: thresholds: errors of %d levels in %d layers measured over %d tokens\n",
-                             o->prog ? o->prog : "pinfer", PI_THR_LEVELS, hp->n_layer, cap.kept[0]);
+    if (o->progress)
+        fprintf(o->progress, "%s: thresholds: errors of %d levels in %d layers measured over %d tokens\n",
+                o->prog ? o->prog : "pinfer", PI_THR_LEVELS, hp->n_layer, cap.kept[0]);
 
     /* 4. the modes, on the held-out chunks */
     c.h.chunks = chunks + (size_t)n_cap * (size_t)ctx;
@@ -393,7 +401,8 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         c.level[best]++;
     }
     out->layer_sparsity = malloc((size_t)hp->n_layer * 2 * sizeof *out->layer_sparsity);
-    if (!(out->gate_min = malloc((size_t)hp->n_layer * 2 * (size_t)ff * sizeof *out->gate_min)) || !out->layer_sparsity) {
+    if (!(out->gate_min = malloc((size_t)hp->n_layer * 2 * (size_t)ff * sizeof *out->gate_min)) ||
+        !out->layer_sparsity) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }
@@ -404,8 +413,7 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         const struct point *p;
         if (o->sparsity[k] > 0.0f) /* each step raises one layer by one level: 1 / (n_layer LEVELS) of the pairs */
             step = PI_MIN(c.steps, (int)ceil((double)o->sparsity[k] * hp->n_layer * PI_THR_LEVELS - 1e-9));
-        else if ((rc = search(&c, k, lo, &step)) < 0)
-            goto out;
+        else if ((rc = search(&c, k, lo, &step)) < 0) goto out;
         if ((rc = point_at(&c, step, &p)) < 0) goto out;
         thresholds_at(&c, step);
         for (int il = 0; il < hp->n_layer; il++)
@@ -415,7 +423,8 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         out->top1[k] = (float)p->top1;
         out->sparsity[k] = (float)p->sparsity;
         for (int il = 0; il < hp->n_layer; il++)
-            out->layer_sparsity[2 * (size_t)il + (size_t)k] = c.pts_layer[(size_t)step * (size_t)hp->n_layer + (size_t)il];
+            out->layer_sparsity[2 * (size_t)il + (size_t)k] =
+                c.pts_layer[(size_t)step * (size_t)hp->n_layer + (size_t)il];
         lo = step;
     }
     rc = 0;

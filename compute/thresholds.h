@@ -38,19 +38,19 @@
 #define PI_THR_LEVELS 20 /* grid steps per layer: 0, 5, ..., 95% of its sampled pairs */
 
 struct pi_thr_opts {
-    int n_threads;        /* the forward pass's threads (>= 1) */
-    float kld_target[2];  /* [0] safe, [1] aggressive: the held-out mean KLD each aims under */
-    float top1_min[2];    /* the share of held-out positions keeping the dense top token (0: none) */
-    float margin;         /* in (0, 1]: the share of the target the calibration's own held-out text may use,
-                           * room for a text that differs from it */
-    int sample_tokens;    /* per layer, for the grid and its errors (>= 16) */
-    int held_out_chunks;  /* chunks kept for step 4 (>= 1, fewer than the chunks) */
-    bool scaled;          /* rank neurons by |silu(gate)| times their scale (see above), not |silu(gate)| alone */
-    float sparsity[2];    /* > 0: mode k takes the first step of the path skipping at least this share of
-                           * the pairs instead of searching by KLD (random-weight models, whose quality
-                           * means nothing: benchmarks); the held-out figures are still measured;
-                           * with both set, step 3's sensitivities are not measured (all 1) */
-    FILE *progress;       /* progress lines (prefixed with prog), or NULL */
+    int n_threads;       /* the forward pass's threads (>= 1) */
+    float kld_target[2]; /* [0] safe, [1] aggressive: the held-out mean KLD each aims under */
+    float top1_min[2];   /* the share of held-out positions keeping the dense top token (0: none) */
+    float margin;        /* in (0, 1]: the share of the target the calibration's own held-out text may use,
+                          * room for a text that differs from it */
+    int sample_tokens;   /* per layer, for the grid and its errors (>= 16) */
+    int held_out_chunks; /* chunks kept for step 4 (>= 1, fewer than the chunks) */
+    bool scaled;         /* rank neurons by |silu(gate)| times their scale (see above), not |silu(gate)| alone */
+    float sparsity[2];   /* > 0: mode k takes the first step of the path skipping at least this share of
+                          * the pairs instead of searching by KLD (random-weight models, whose quality
+                          * means nothing: benchmarks); the held-out figures are still measured;
+                          * with both set, step 3's sensitivities are not measured (all 1) */
+    FILE *progress;      /* progress lines (prefixed with prog), or NULL */
     const char *prog;
 };
 
@@ -62,13 +62,13 @@ void pi_thr_opts_default(struct pi_thr_opts *o, int n_chunks, int ctx, int n_voc
 
 struct pi_thr_result {
     int n_layer;
-    float *gate_min;     /* (n_layer, 2, n_ff): neuron j of layer il's |silu(gate)| thresholds, safe at
-                          * [(2 il) n_ff + j], aggressive at [(2 il + 1) n_ff + j] */
-    float kld[2];        /* held-out mean KLD at the chosen thresholds */
-    float top1[2];       /* held-out share of positions keeping the dense top token */
-    float sparsity[2];   /* held-out share of FFN (token, neuron) pairs skipped */
+    float *gate_min;       /* (n_layer, 2, n_ff): neuron j of layer il's |silu(gate)| thresholds, safe at
+                            * [(2 il) n_ff + j], aggressive at [(2 il + 1) n_ff + j] */
+    float kld[2];          /* held-out mean KLD at the chosen thresholds */
+    float top1[2];         /* held-out share of positions keeping the dense top token */
+    float sparsity[2];     /* held-out share of FFN (token, neuron) pairs skipped */
     float *layer_sparsity; /* (n_layer, 2): the same per layer, safe at [2 il], aggressive at [2 il + 1] */
-    uint64_t tokens[2];  /* tokens the capture ran over, held-out positions counted */
+    uint64_t tokens[2];    /* tokens the capture ran over, held-out positions counted */
 };
 
 /* Calibrate m (a SwiGLU model, its weights bound with ffn_down_t) over n_chunks chunks of ctx tokens

@@ -269,7 +269,8 @@ static int read_thresholds(const pi_gguf_t *g, struct pi_sidecar *s, char *err, 
     uint64_t v;
     int rc;
     if (pi_gguf_find_key(g, "pinfer.threshold.version") < 0) {
-        if (pi_gguf_find_tensor(g, "blk.0.gate_threshold")) return fail(err, len, "gate thresholds without pinfer.threshold.version");
+        if (pi_gguf_find_tensor(g, "blk.0.gate_threshold"))
+            return fail(err, len, "gate thresholds without pinfer.threshold.version");
         return 0;
     }
     if ((rc = need_uint(g, "pinfer.threshold.version", &v, err, len)) < 0) return rc;
@@ -282,15 +283,18 @@ static int read_thresholds(const pi_gguf_t *g, struct pi_sidecar *s, char *err, 
         (rc = read_arr(g, "pinfer.threshold.tokens", PI_GGUF_U64, 2, s->thr_tokens, err, len)) < 0)
         return rc;
     for (int k = 0; k < 2; k++) {
-        if (!(s->thr_kld_target[k] >= 0.0f && s->thr_kld_target[k] <= 100.0f) || !(s->thr_kld[k] >= 0.0f && s->thr_kld[k] <= 100.0f))
+        if (!(s->thr_kld_target[k] >= 0.0f && s->thr_kld_target[k] <= 100.0f) ||
+            !(s->thr_kld[k] >= 0.0f && s->thr_kld[k] <= 100.0f))
             return fail(err, len, "pinfer.threshold.kld_target / kld [%d] is not in [0, 100]", k);
         if (!(s->thr_sparsity[k] >= 0.0f && s->thr_sparsity[k] <= 1.0f))
-            return fail(err, len, "pinfer.threshold.sparsity[%d] = %g is outside [0, 1]", k, (double)s->thr_sparsity[k]);
+            return fail(err, len, "pinfer.threshold.sparsity[%d] = %g is outside [0, 1]", k,
+                        (double)s->thr_sparsity[k]);
     }
     if ((rc = read_layers(g, "gate_threshold", s->n_layer, 2 * s->n_ff, 0.0f, -1.0f, &s->gate_min, err, len)) < 0 ||
         (rc == 1 && (rc = read_layers(g, "gate_sparsity", s->n_layer, 2, 0.0f, 1.0f, &s->gate_sparsity, err, len)) < 0))
         return rc;
-    if (rc == 0) return fail(err, len, "pinfer.threshold.version without blk.N.gate_threshold and gate_sparsity tensors");
+    if (rc == 0)
+        return fail(err, len, "pinfer.threshold.version without blk.N.gate_threshold and gate_sparsity tensors");
     return 0;
 }
 
@@ -338,8 +342,7 @@ static int load_checked(const pi_gguf_t *g, const pi_model_t *m, struct pi_sidec
     return read_pred(g, s, weights, err, len);
 }
 
-static int load(const char *path, const pi_model_t *m, bool weights, struct pi_sidecar **out, char *err,
-                size_t errlen)
+static int load(const char *path, const pi_model_t *m, bool weights, struct pi_sidecar **out, char *err, size_t errlen)
 {
     pi_gguf_t *g = NULL;
     *out = NULL;
@@ -404,8 +407,8 @@ static bool own_tensor(struct pi_gguf_str n, bool pred, bool thr)
         size_t l = strlen(thr_sfx[i]);
         if (n.len > l && memcmp(n.ptr + n.len - l, thr_sfx[i], l) == 0) return true;
     }
-    const char *sfx[] = {".act_freq", ".act_hist", ".fc1.weight", ".fc2.weight", ".fc_threshold", ".fc_recall",
-                         ".fc_active"};
+    const char *sfx[] = {".act_freq",     ".act_hist",  ".fc1.weight", ".fc2.weight",
+                         ".fc_threshold", ".fc_recall", ".fc_active"};
     for (size_t i = 0; i < (pred ? PI_ARRAY_LEN(sfx) : 2); i++) {
         size_t l = strlen(sfx[i]);
         if (n.len > l && memcmp(n.ptr + n.len - l, sfx[i], l) == 0) return true;
@@ -467,7 +470,9 @@ static int carry_over(pi_gguf_writer_t *w, const char *path, const pi_model_t *m
     if (pi_gguf_open(path, &g, NULL, 0) < 0) return 0;
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) {
         struct pi_gguf_str k = pi_gguf_key(g, i);
-        if (own_key(k) || (pred && has_prefix(k, "pinfer.predictor.")) || (thr && has_prefix(k, "pinfer.threshold.")) || k.len >= sizeof name || pi_gguf_str_has_nul(k)) continue;
+        if (own_key(k) || (pred && has_prefix(k, "pinfer.predictor.")) || (thr && has_prefix(k, "pinfer.threshold.")) ||
+            k.len >= sizeof name || pi_gguf_str_has_nul(k))
+            continue;
         memcpy(name, k.ptr, (size_t)k.len);
         name[k.len] = '\0';
         rc = copy_kv(w, g, i, name);

@@ -87,11 +87,11 @@ void pi_sidecar_pred_free(struct pi_sidecar_pred *p);
 
 struct pi_sidecar {
     int n_layer, n_ff;
-    int64_t n_embd;  /* the model's (shapes of the predictors) */
-    uint64_t tokens; /* tokens the statistics were measured over */
-    float *act_freq; /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
-    int n_hist;      /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
-    float *act_hist; /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
+    int64_t n_embd;               /* the model's (shapes of the predictors) */
+    uint64_t tokens;              /* tokens the statistics were measured over */
+    float *act_freq;              /* (n_layer, n_ff): share of profiled tokens with the neuron active, or NULL */
+    int n_hist;                   /* PI_SIDECAR_HIST_BINS when act_hist is set, else 0 */
+    float *act_hist;              /* (n_layer, n_hist): share of (token, neuron) pairs per |activation| bin, or NULL */
     struct pi_sidecar_pred *pred; /* (n_layer) trained predictors, or NULL (owned) */
     float pred_target[2];         /* their recall targets: safe, aggressive */
     uint64_t pred_samples[2];     /* training and held-out tokens per layer */

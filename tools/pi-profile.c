@@ -83,10 +83,17 @@ static int parse_args(int argc, char **argv, struct args *a)
 {
     enum { O_SIDECAR = 256, O_RANDOM, O_SEED, O_NO_THR, O_THR_SP };
     static const struct option opts[] = {
-        {"model", 1, 0, 'm'},   {"file", 1, 0, 'f'},          {"ctx", 1, 0, 'c'},
-        {"threads", 1, 0, 't'}, {"sidecar", 1, 0, O_SIDECAR}, {"random", 1, 0, O_RANDOM},
-        {"seed", 1, 0, O_SEED}, {"help", 0, 0, 'h'},          {"version", 0, 0, 'V'},
-        {"no-thresholds", 0, 0, O_NO_THR},   {"threshold-sparsity", 1, 0, O_THR_SP},
+        {"model", 1, 0, 'm'},
+        {"file", 1, 0, 'f'},
+        {"ctx", 1, 0, 'c'},
+        {"threads", 1, 0, 't'},
+        {"sidecar", 1, 0, O_SIDECAR},
+        {"random", 1, 0, O_RANDOM},
+        {"seed", 1, 0, O_SEED},
+        {"help", 0, 0, 'h'},
+        {"version", 0, 0, 'V'},
+        {"no-thresholds", 0, 0, O_NO_THR},
+        {"threshold-sparsity", 1, 0, O_THR_SP},
         {0, 0, 0, 0},
     };
     int c;
@@ -239,7 +246,8 @@ static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx,
     struct pi_thr_result r;
     pi_thr_opts_default(&o, n_chunks, ctx, m->hp.n_vocab);
     if (n_chunks < 2) {
-        fprintf(stderr, "pi-profile: the thresholds need at least 2 chunks of %d tokens (-c); the text has %d\n", ctx, n_chunks);
+        fprintf(stderr, "pi-profile: the thresholds need at least 2 chunks of %d tokens (-c); the text has %d\n", ctx,
+                n_chunks);
         return 1;
     }
     o.n_threads = threads;

@@ -132,8 +132,8 @@ static int step(struct setup *s, const int32_t *tok, const int32_t *seq, const i
         if (rc != 0) break;
         memset(s->cold_sum, 0, (size_t)n * (size_t)d * sizeof(float));
         for (int t = 0; t < n && nc > 0; t++)
-            pi_ffn_neurons(s->pool, s->work, &s->m_cpu->layers[il], s->m_cpu->hp.act, NULL, s->x + (size_t)t * d, s->cold[il],
-                           nc, s->cold_sum + (size_t)t * d);
+            pi_ffn_neurons(s->pool, s->work, &s->m_cpu->layers[il], s->m_cpu->hp.act, NULL, s->x + (size_t)t * d,
+                           s->cold[il], nc, s->cold_sum + (size_t)t * d);
         rc = be->ops->ffn_merge(be, il, nc > 0 ? s->cold_sum : NULL);
     }
     if (rc == 0) rc = be->ops->output(be, n_out, logits);

@@ -293,9 +293,11 @@ static void test_thresholds(const pi_model_t *m)
     }
     tap_is_int(pi_sidecar_save(p, m, s), 0, "thresholds: saved");
     int rc = pi_sidecar_load(p, m, &r, err, sizeof err);
-    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 && r->gate_sparsity &&
+    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 &&
+               r->gate_sparsity &&
                memcmp(r->gate_sparsity, s->gate_sparsity, (size_t)s->n_layer * 2 * sizeof(float)) == 0 &&
-               r->thr_kld[0] == 0.007f && r->thr_kld_target[1] == 0.03f && r->thr_sparsity[1] == 0.4f && r->thr_tokens[1] == 1001u,
+               r->thr_kld[0] == 0.007f && r->thr_kld_target[1] == 0.03f && r->thr_sparsity[1] == 0.4f &&
+               r->thr_tokens[1] == 1001u,
            "thresholds: round trip bit for bit (%s)", err);
     pi_sidecar_destroy(&r);
     /* pi-profile --no-thresholds (or pi-train-predictors) rewrites it without them: they stay */
@@ -303,12 +305,13 @@ static void test_thresholds(const pi_model_t *m)
     fill(plain);
     tap_is_int(pi_sidecar_save(p, m, plain), 0, "thresholds: a save without them");
     rc = pi_sidecar_load(p, m, &r, err, sizeof err);
-    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 && r->thr_kld[1] == 0.02f,
+    tap_ok(rc == 0 && r && r->gate_min && memcmp(r->gate_min, s->gate_min, n * sizeof(float)) == 0 &&
+               r->thr_kld[1] == 0.02f,
            "thresholds: carried over by a save without them (%s)", err);
     pi_sidecar_destroy(&r);
     pi_sidecar_destroy(&plain);
     /* hostile values: each refused with a reason */
-    static const char *const what[] = {"a negative threshold", "a NaN threshold", "an infinite threshold",
+    static const char *const what[] = {"a negative threshold",     "a NaN threshold", "an infinite threshold",
                                        "a layer sparsity above 1", "a KLD above 100", "a sparsity key above 1"};
     for (int b = 0; b < 6; b++) {
         struct pi_sidecar *t = pi_sidecar_new(m, true, false);
