@@ -16,8 +16,9 @@
  *
  * Activation thresholds (issue 18, kernels/cpu/ops.h pi_ffn_gate_skip) give a SwiGLU slice neurons to
  * skip too: every gate row is still read, and only the neurons above the threshold cost their up row
- * and down column, so its break-even is its own (PI_FFN_GATE_DENSE_MIN_ACTIVE, measured in
- * doc/thresholds.md).
+ * and down column, so its break-even is its own: PI_FFN_GATE_DENSE_MIN_ACTIVE, not measured yet (a
+ * choice from the ReLU figure above: the neuron path's up and down cost about 1.75x their dense share
+ * per neuron, so it pays while fewer than about 1 / 1.75 of the neurons are kept; doc/thresholds.md).
  */
 #ifndef PI_COMPUTE_FFN_POLICY_H
 #define PI_COMPUTE_FFN_POLICY_H

@@ -42,8 +42,9 @@
  *     (NULL: none), else the model file's.
  *   SwiGLU models, activation thresholds (issue 18, doc/thresholds.md) from the sidecar:
  *     AUTO: safe when the sidecar has thresholds whose calibrated safe sparsity is at least
- *     PI_SPARSE_GATE_AUTO_MIN (below it the skipped rows do not pay for the neuron-wise path, so
- *     `safe` would cost quality for no speed), else off; OFF: off; SAFE, AGGRESSIVE: that mode,
+ *     PI_SPARSE_GATE_AUTO_MIN (a choice, not a measurement: at 60% kept the decode policy goes
+ *     dense, compute/ffn-policy.h, where thresholds save nothing, so `safe` would cost quality for no
+ *     speed), else off; OFF: off; SAFE, AGGRESSIVE: that mode,
  *     refused (-PI_ERR_NOTFOUND) without thresholds (pi-profile calibrates them).
  * On success *mode is the mode; when it is not off, *pred holds the predictors (pi_predictors_free
  * it; zeroed for thresholds) or *gate_min the thresholds ((n_layer, n_ff) floats, malloc'd: free it;

@@ -49,7 +49,6 @@ struct capture {
     float *a;      /* (n_layer, slots, ff) |silu(gate)| */
     float *act;    /* (n_layer, slots, ff) silu(gate) * up */
     double *r2;    /* (n_layer, slots) |h|^2 of the residual entering the FFN */
-    double *u2;    /* (n_layer, ff) sum of up^2 over every row seen */
 };
 
 /* The forward pass's capture hook: keep every stride-th row (the middle one of each stride). */
@@ -59,9 +58,6 @@ static void capture_rows(void *ctx, int il, int n, const float *h, const float *
     (void)x;
     PI_ASSERT(il >= 0 && il < c->n_layer);
     for (int i = 0; i < n; i++) {
-        const float *ui = up + (size_t)i * (size_t)c->ff;
-        double *u2 = c->u2 + (size_t)il * (size_t)c->ff;
-        for (int64_t j = 0; j < c->ff; j++) u2[j] += (double)ui[j] * ui[j];
         int64_t t = c->seen[il]++;
         if (t % c->stride != c->stride / 2 || c->kept[il] >= c->slots) continue;
         size_t slot = (size_t)il * (size_t)c->slots + (size_t)c->kept[il]++;
@@ -85,19 +81,6 @@ static int cmp_float(const void *pa, const void *pb)
 {
     float a = *(const float *)pa, b = *(const float *)pb;
     return (a > b) - (a < b);
-}
-
-/* scale (ff) = each neuron's expected output size per unit of |silu(gate)|: the root mean square of its
- * up over the captured rows times the norm of its down column (ffn_down_t row). row (d) is scratch. */
-static void neuron_scale(const struct pi_layer *L, const struct capture *c, int il, float *scale, float *row)
-{
-    for (int64_t j = 0; j < c->ff; j++) {
-        pi_dequant_row(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, j), row, c->d);
-        double nd = 0.0;
-        for (int64_t k = 0; k < c->d; k++) nd += (double)row[k] * row[k];
-        double u2 = c->u2[(size_t)il * (size_t)c->ff + (size_t)j] / (double)PI_MAX(1, c->seen[il]);
-        scale[j] = (float)sqrt(u2 * nd);
-    }
 }
 
 /* Layer il's thresholds t (PI_THR_LEVELS) on the score |silu(gate)| * scale and errors e
@@ -193,7 +176,7 @@ struct calib {
     int n_layer, steps;
     int64_t ff;
     float *t;          /* (n_layer, LEVELS) thresholds of the score */
-    float *scale;      /* (n_layer, ff) the score's per-neuron factor */
+    float *scale;      /* (n_layer, ff) the score's per-neuron factor (1 today: the score is |silu(gate)|) */
     int *path;         /* (steps): the layer raised at each step */
     int *level;        /* (n_layer) scratch */
     float *gm;         /* (n_layer, ff) scratch: per-neuron |silu(gate)| thresholds */
@@ -285,7 +268,7 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         .n_layer = hp->n_layer, .slots = S, .d = d, .ff = ff, .stride = PI_MAX(1, (int64_t)n_cap * ctx / S)};
     struct calib c = {.m = m, .o = o, .n_layer = hp->n_layer, .steps = hp->n_layer * (PI_THR_LEVELS - 1)};
     const size_t LS = (size_t)hp->n_layer * (size_t)S;
-    float *sorted = NULL, *score = NULL, *row = NULL, *D = NULL, *Y = NULL;
+    float *sorted = NULL, *score = NULL, *D = NULL, *Y = NULL;
     double *e = NULL, *gain = NULL;
     int rc = -PI_ERR_NOMEM;
     struct pi_forward_opts fo;
@@ -299,9 +282,8 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     cap.a = malloc(LS * (size_t)ff * sizeof *cap.a);
     cap.act = malloc(LS * (size_t)ff * sizeof *cap.act);
     cap.r2 = calloc(LS, sizeof *cap.r2);
-    cap.u2 = calloc((size_t)hp->n_layer * (size_t)ff, sizeof *cap.u2);
     c.ff = ff;
-    if (!c.h.f || !cap.seen || !cap.kept || !cap.a || !cap.act || !cap.r2 || !cap.u2) goto out;
+    if (!c.h.f || !cap.seen || !cap.kept || !cap.a || !cap.act || !cap.r2) goto out;
 
     /* 1. capture */
     pi_forward_set_capture(c.h.f, capture_rows, &cap);
@@ -318,7 +300,6 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     rc = -PI_ERR_NOMEM;
     sorted = malloc((size_t)S * (size_t)ff * sizeof *sorted);
     score = malloc((size_t)S * (size_t)ff * sizeof *score);
-    row = malloc((size_t)d * sizeof *row);
     c.scale = malloc((size_t)hp->n_layer * (size_t)ff * sizeof *c.scale);
     D = malloc((size_t)S * (size_t)ff * sizeof *D);
     Y = malloc((size_t)S * (size_t)d * sizeof *Y);
@@ -329,15 +310,16 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     c.gm = malloc((size_t)hp->n_layer * (size_t)ff * sizeof *c.gm);
     c.pts = calloc((size_t)c.steps + 1, sizeof *c.pts);
     c.pts_layer = calloc(((size_t)c.steps + 1) * (size_t)hp->n_layer, sizeof *c.pts_layer);
-    if (!sorted || !score || !row || !c.scale || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts ||
+    if (!sorted || !score || !c.scale || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts ||
         !c.pts_layer)
         goto out;
     for (int il = 0; il < hp->n_layer; il++) {
         PI_ASSERT(cap.kept[il] == cap.kept[0] && cap.kept[il] > 0);
         float *sc = c.scale + (size_t)il * (size_t)ff;
-        if (o->scaled) neuron_scale(&m->layers[il], &cap, il, sc, row);
-        else
-            for (int64_t j = 0; j < ff; j++) sc[j] = 1.0f;
+        /* each neuron's factor: 1, the score is |silu(gate)| (CATS). A WINA-style factor (the RMS of
+         * the neuron's up times its down column's norm) chose the same thresholds on the demo SwiGLU
+         * model and is not kept (doc/thresholds.md). */
+        for (int64_t j = 0; j < ff; j++) sc[j] = 1.0f;
         layer_grid(pi_forward_pool(c.h.f), &m->layers[il], &cap, il, sc, c.t + (size_t)il * PI_THR_LEVELS,
                    e + (size_t)il * PI_THR_LEVELS, sorted, score, D, Y);
     }
@@ -432,8 +414,8 @@ out:
     if (rc < 0) pi_thr_result_free(out);
     pi_sparse_stats_free(&c.h.st);
     pi_forward_destroy(&c.h.f);
-    free(cap.seen), free(cap.kept), free(cap.a), free(cap.act), free(cap.r2), free(cap.u2);
-    free(sorted), free(score), free(row), free(D), free(Y), free(e), free(gain);
+    free(cap.seen), free(cap.kept), free(cap.a), free(cap.act), free(cap.r2);
+    free(sorted), free(score), free(D), free(Y), free(e), free(gain);
     free(c.pts_layer), free(c.scale), free(c.t), free(c.path), free(c.level), free(c.gm), free(c.pts);
     free(c.h.base), free(c.h.logits), free(c.h.logq);
     return rc;

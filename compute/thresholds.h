@@ -19,11 +19,13 @@
  *     put the first steps in the layers that cost the most). Each layer's FFN weighs the same,
  *     so every step skips the same share of the model's FFN pairs: a path of n_layer * (LEVELS - 1)
  *     steps of growing sparsity, each a set of thresholds.
- *  4. The modes. The held-out chunks ran dense once (their log-probabilities kept, before step 3), then, for each
- *     mode, a binary search along the path finds the last step whose thresholds keep the held-out mean
- *     KL divergence against dense within margin * kld_target (and, for safe, the same top token at
- *     least top1_min of the positions), or, with a sparsity target, the step that reaches it. The second half of each chunk is scored, as llama-perplexity
- *     and pi-perplexity score it.
+ *  4. The modes. The held-out chunks ran dense once (their log-probabilities kept, before step 3);
+ *     for each mode a bisection along the path finds the last step whose thresholds keep the
+ *     held-out mean KL divergence against dense within margin * kld_target (and, for safe, the same
+ *     top token at least top1_min of the positions), or, with a sparsity target, the step that
+ *     reaches it. The second half of each chunk is scored, as llama-perplexity and pi-perplexity
+ *     score it.
+ * Thresholds are stored per neuron; the score is |silu(gate)| today, so a layer's neurons share one.
  * The result is deterministic for its inputs and thread count (the forward pass's sums are).
  */
 #ifndef PI_COMPUTE_THRESHOLDS_H
@@ -45,7 +47,6 @@ struct pi_thr_opts {
                           * room for a text that differs from it */
     int sample_tokens;   /* per layer, for the grid and its errors (>= 16) */
     int held_out_chunks; /* chunks kept for step 4 (>= 1, fewer than the chunks) */
-    bool scaled;         /* rank neurons by |silu(gate)| times their scale (see above), not |silu(gate)| alone */
     float sparsity[2];   /* > 0: mode k takes the first step of the path skipping at least this share of
                           * the pairs instead of searching by KLD (random-weight models, whose quality
                           * means nothing: benchmarks); the held-out figures are still measured;
@@ -55,7 +56,7 @@ struct pi_thr_opts {
 };
 
 /* Defaults for n_chunks chunks of ctx tokens and a vocabulary of n_vocab: targets 0.01 / 0.03 (about
- * one llama.cpp quantisation step, q5_K_M and q4_K_M on Llama-3-8B), safe keeps the top token at 96%
+ * one llama.cpp quantisation step, q5_K_M and q4_K_M on Llama-3-8B), safe keeps the top token at 97%
  * of the positions, margin 0.7, 256 samples, one chunk in four held out (at least one) but no more
  * than 4096 scored positions whose dense log-probabilities fit in 256 MiB, 1 thread, no progress. */
 void pi_thr_opts_default(struct pi_thr_opts *o, int n_chunks, int ctx, int n_vocab);

@@ -20,10 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#ifndef PI_DATADIR
-#define PI_DATADIR "/usr/local/share/pinfer"
-#endif
-
 int pi_coord_threads(const struct pi_coord_opts *o)
 {
     if (o->cfg.cpu_threads > 0) return (int)o->cfg.cpu_threads;
@@ -74,15 +70,19 @@ static int thresholds_first_load(const struct pi_coord_opts *o, struct pi_coord_
         pi_sidecar_destroy(&s);
         return 0;
     }
-    const char *text = o->cfg.calib_text && *o->cfg.calib_text ? o->cfg.calib_text : PI_DATADIR "/calib/demo-calib.txt";
+    const char *text = o->cfg.calib_text && *o->cfg.calib_text ? o->cfg.calib_text : PI_CALIB_DEFAULT_TEXT;
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.act = cm->model->hp.act;
-    pi_model_t *mw = NULL; /* with its transposed down rows: the forward pass needs them */
+    /* with its transposed down rows, which the forward pass needs: the open model when it has them
+     * (the in-process engine's), else a second handle, closed after */
+    pi_model_t *own = NULL;
+    const pi_model_t *mw = cm->model->layers[0].ffn_down_t.data ? cm->model : NULL;
     int32_t *ids = NULL, bos = -1;
     size_t n = 0;
     struct pi_thr_result r = {0};
-    if ((rc = pi_model_open(o->cfg.model_path, &mo, &mw, err, sizeof err)) != 0) {
+    if (!mw && (rc = pi_model_open(o->cfg.model_path, &mo, &own, err, sizeof err)) == 0) mw = own;
+    if (!mw) {
         fprintf(stderr, "%s: calibration: cannot load %s: %s\n", prog, o->cfg.model_path, err);
         goto out;
     }
@@ -134,7 +134,7 @@ out:
     pi_thr_result_free(&r);
     pi_sidecar_destroy(&s);
     free(ids);
-    pi_model_destroy(&mw);
+    pi_model_destroy(&own);
     return rc;
 }
 

@@ -526,7 +526,11 @@ static void print_sparsity(struct run *r)
     printf("FFN sparsity: %.1f%% (FFN weight bytes skipped)\n", 100.0 * skipped);
     if (r->cm.sparsity == PI_SPARSITY_OFF) return;
     if (r->cm.gate_min) { /* activation thresholds: no predictor; the pairs they skipped */
-        printf("activation thresholds: %.1f%% of FFN (token, neuron) pairs skipped\n", 100.0 * sum.sparsity);
+        /* the bytes above are what those pairs save on the neuron-wise decode path; a run of batches,
+         * as here, reads every row and zeroes their activations */
+        printf("activation thresholds: %.1f%% of FFN (token, neuron) pairs skipped (activations zeroed; rows read in "
+               "batches)\n",
+               100.0 * sum.sparsity);
         return;
     }
     if (sum.recall_true) printf("predictor recall: %.2f%%\n", 100.0 * sum.recall);

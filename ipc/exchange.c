@@ -12,6 +12,8 @@
  *   partial[w] (section 4)   CPU worker w    GPU worker      plain stores, then done_seq[w] store
  *   done_seq[w] (done line w) CPU worker w   GPU worker      seq_cst store; reader acquires
  *   sleepers (done line w)   GPU worker      CPU worker w    seq_cst increments around a sleep
+ *   kept, pairs (done line w) CPU worker w   GPU worker      relaxed, before done_seq[w]'s seq_cst store;
+ *                                                            read relaxed after the wait's acquire of it
  *   abort (ctl line 3)        supervisor     everyone        release/acquire
  *   stats (section 5)        GPU worker      coordinator     plain stores before the step channel's
  *                                                            response (release); read after it (acquire)

@@ -11,6 +11,13 @@
 
 #include "model/model.h"
 
+/* The calibration text installed with pinfer (data/demo-calib.txt), the default of every program that
+ * calibrates; PI_DATADIR is the install's pkgdatadir, set by the build for the programs that use it. */
+#ifndef PI_DATADIR
+#define PI_DATADIR "/usr/local/share/pinfer"
+#endif
+#define PI_CALIB_DEFAULT_TEXT PI_DATADIR "/calib/demo-calib.txt"
+
 struct pi_calib_args {
     const char *prog;  /* the program's name, first on every message */
     const char *model; /* the model's path (messages) */

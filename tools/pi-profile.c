@@ -32,10 +32,7 @@
 #include "model/sidecar.h"
 #include "text/calib.h"
 
-#ifndef PI_DATADIR
-#define PI_DATADIR "/usr/local/share/pinfer"
-#endif
-#define DEFAULT_TEXT PI_DATADIR "/calib/demo-calib.txt"
+#define DEFAULT_TEXT PI_CALIB_DEFAULT_TEXT
 
 enum { EXIT_USAGE = 2 };
 
@@ -348,12 +345,25 @@ int main(int argc, char **argv)
         sc->act_freq[i] = (float)((double)st.active[i] / (double)st.tokens);
     for (size_t i = 0; i < (size_t)st.n_layer * (size_t)st.n_hist; i++)
         sc->act_hist[i] = (float)((double)st.hist[i] / ((double)st.tokens * st.n_ff));
-    if (m->hp.act == PI_FFN_ACT_SILU && !a.no_thresholds &&
-        (rc = calibrate(m, ids, n, ctx, fo.n_threads, a.thr_sparsity, sc)) != 0)
-        goto out;
+    /* the profile is written first: a calibration that fails (or cannot run on a text of one chunk)
+     * does not lose it */
     if (pi_sidecar_save(path, m, sc) < 0) {
         rc = 1;
         goto out;
+    }
+    if (m->hp.act == PI_FFN_ACT_SILU && !a.no_thresholds) {
+        if (n / (size_t)ctx < 2) {
+            fprintf(stderr,
+                    "pi-profile: the text has one chunk of %d tokens: the activation thresholds need two "
+                    "(profile written without them)\n",
+                    ctx);
+        } else if ((rc = calibrate(m, ids, n, ctx, fo.n_threads, a.thr_sparsity, sc)) != 0) {
+            fprintf(stderr, "pi-profile: %s holds the profile; the thresholds were not written\n", path);
+            goto out;
+        } else if (pi_sidecar_save(path, m, sc) < 0) {
+            rc = 1;
+            goto out;
+        }
     }
     report(sc, m->hp.act);
     if (sc->gate_min) report_thresholds(sc);

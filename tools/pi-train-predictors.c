@@ -32,10 +32,7 @@
 #include "model/sidecar.h"
 #include "text/calib.h"
 
-#ifndef PI_DATADIR
-#define PI_DATADIR "/usr/local/share/pinfer"
-#endif
-#define DEFAULT_TEXT PI_DATADIR "/calib/demo-calib.txt"
+#define DEFAULT_TEXT PI_CALIB_DEFAULT_TEXT
 #define PROG "pi-train-predictors"
 #define HELDOUT_EVERY 10 /* chunk c is held out when (c + 1) % 10 == 0 */
 

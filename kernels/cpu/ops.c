@@ -68,8 +68,6 @@ void pi_softmax(float *x, int64_t n)
 typedef float v4f __attribute__((vector_size(16)));
 typedef float v8f __attribute__((vector_size(32)));
 
-/* y (n) += a * x (n), sixteen lanes per step. (An AVX2 clone measured no faster: the neuron loop is
- * bound by its rows' memory latency and the dequantisation, not by this.) */
 int pi_log_softmax(const float *logits, int n, float *logp)
 {
     PI_ASSERT(n >= 1);
@@ -96,6 +94,8 @@ double pi_kl_logp(const float *logp, const float *logq, int n, int *top_p)
     return kl;
 }
 
+/* y (n) += a * x (n), sixteen lanes per step. (An AVX2 clone measured no faster: the neuron loop is
+ * bound by its rows' memory latency and the dequantisation, not by this.) */
 static void axpy(float *y, float a, const float *x, int64_t n)
 {
     int64_t j = 0;

@@ -34,10 +34,11 @@ RUN="-c 256 --chunks 60 --run-dir $T/run --sidecar $S"
 # CI-sized: the first ~30k tokens of the calibration text (doc/thresholds.md has the full text's run)
 head -c 120000 "$CALIB" | sed '$d' > "$T/calib.txt"
 
-# calibration at first load
+# calibration at first load (over a short text: 11 chunks of 512, two held out)
 cp "$MODEL" "$T/first.gguf"
-printf '[model]\npath = %s\ncalibration_text = %s\n[sparsity]\nmode = safe\n[gpu]\nbackend = none\n[run]\ndir = %s\n' \
-    "$T/first.gguf" "$T/calib.txt" "$T/run" > "$T/first.conf"
+head -c 24000 "$T/calib.txt" | sed '$d' > "$T/first-calib.txt"
+printf '[model]\npath = %s\ncalibration_text = %s\n[sparsity]\nmode = safe\n[gpu]\nbackend = none\n[run]\ndir = %s\n[generate]\ntemperature = 0\n' \
+    "$T/first.gguf" "$T/first-calib.txt" "$T/run" > "$T/first.conf"
 "$COORD" --config "$T/first.conf" --prompt "The jury said" -n 8 > "$T/first1.out" 2> "$T/first1.err"
 st=$?
 [ $st -eq 0 ] && grep -q "has no activation thresholds: calibrating" "$T/first1.err" && [ -s "$T/first.pinfer.gguf" ] &&
@@ -66,6 +67,7 @@ for be in none host; do
         pq=$(field "$f" "Mean PPL(Q)") pb=$(field "$f" "Mean PPL(base)")
         kld=$(field "$f" "Mean    KLD") top=$(field "$f" "Same top p")
         sp=$(sed -n 's/^FFN sparsity: \([0-9.]*\)% (FFN weight bytes skipped)$/\1/p' "$f")
+        pairs=$(sed -n 's/^activation thresholds: \([0-9.]*\)% of FFN.*/\1/p' "$f")
         limit=0.01
         [ $mode = aggressive ] && limit=0.03
         [ $st -eq 0 ] && [ -n "$kld" ] && awk -v k="$kld" -v l=$limit 'BEGIN { exit !(k <= l) }'
@@ -74,8 +76,20 @@ for be in none host; do
             [ -n "$top" ] && awk -v t="$top" 'BEGIN { exit !(t >= 95) }'
             ok $? "--gpu-backend $be --sparsity safe: same top token $top% >= 95%"
         fi
-        [ -n "$sp" ] && awk -v s="$sp" 'BEGIN { exit !(s > 0) }'
-        ok $? "--gpu-backend $be --sparsity $mode: FFN weight bytes skipped $sp% > 0"
+        [ -n "$pairs" ] && awk -v s="$pairs" 'BEGIN { exit !(s > 0) }'
+        ok $? "--gpu-backend $be --sparsity $mode: $pairs% of the FFN pairs skipped (their up and down bytes: $sp%)"
     done
 done
+# the CPU workers' thresholds map to the model's neurons: every neuron on them (hot fraction 0), the
+# pipeline's safe run equals the in-process one to rounding (perplexity and the share skipped)
+"$PPL" -m "$MODEL" -f "$VAL" $RUN --gpu-backend host --hot-fraction 0 --cpu-workers 2 --sparsity safe \
+    > "$T/cold-safe.out" 2> "$T/cold-safe.err"
+st=$?
+p0=$(field "$T/none-safe.out" "Mean PPL(Q)")
+p1=$(sed -n 's/^Final estimate: PPL = \([0-9.]*\).*/\1/p' "$T/cold-safe.out")
+s0=$(sed -n 's/^activation thresholds: \([0-9.]*\)% of FFN.*/\1/p' "$T/none-safe.out")
+s1=$(sed -n 's/^activation thresholds: \([0-9.]*\)% of FFN.*/\1/p' "$T/cold-safe.out")
+[ $st -eq 0 ] && [ -n "$p0" ] && [ -n "$p1" ] && [ -n "$s0" ] && [ -n "$s1" ] &&
+    awk -v a="$p0" -v b="$p1" -v x="$s0" -v y="$s1" 'BEGIN { d = a - b; e = x - y; exit !(d * d <= (0.002 * a)^2 && e * e <= 0.04) }'
+ok $? "hot fraction 0: every neuron on the CPU workers, safe: perplexity $p1 and $s1% skipped, in process $p0 and $s0%"
 echo "1..$n"
