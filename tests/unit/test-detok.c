@@ -200,6 +200,16 @@ static void streaming(const pi_tokenizer_t *t)
     a = pi_detok_push(d, 3 + 0xF0, out, sizeof out);
     b = pi_detok_flush(d, out, sizeof out);
     tap_ok(a == 0 && b == 3 && memcmp(out, "\xef\xbf\xbd", 3) == 0, "detok: flush turns a held lead byte into U+FFFD");
+    /* three bytes held (F0 9F 98 of an emoji) still flush as one U+FFFD into the 4 bytes the header
+     * promises suffice (refused before: found by tests/unit/fuzz-tokenizer); a smaller buffer is
+     * refused without losing what is held */
+    char small[4];
+    a = pi_detok_push(d, 3 + 0xF0, out, sizeof out);
+    b = pi_detok_push(d, 3 + 0x9F, out, sizeof out);
+    c = pi_detok_push(d, 3 + 0x98, out, sizeof out);
+    int r2 = pi_detok_flush(d, small, 2), r4 = pi_detok_flush(d, small, sizeof small);
+    tap_ok(a == 0 && b == 0 && c == 0 && r2 == -PI_ERR_RANGE && r4 == 3 && memcmp(small, "\xef\xbf\xbd", 3) == 0,
+           "detok: flush of 3 held bytes fits in 4 bytes (%d, %d)", r2, r4);
     tap_ok(pi_detok_push(d, -1, out, sizeof out) == -PI_ERR_INVAL && pi_detok_push(d, 345, out, 1) == -PI_ERR_RANGE,
            "detok: bad id and small buffer are errors");
     /* random token streams: every chunk is valid UTF-8 */
