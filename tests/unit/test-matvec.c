@@ -8,6 +8,8 @@
  */
 #include "config.h"
 
+#include <math.h>
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
@@ -49,7 +51,8 @@ static void *random_matrix(enum pi_type t, int64_t rows, int64_t cols, size_t *r
             pi_quantize_row(t, x, row, cols);
             continue;
         }
-        for (size_t i = 0; i < rb; i++) row[i] = (uint8_t)(rndf() * 128 + 128);
+        /* rndf() can round to 1.0f (a double in [0, 1) cast to float): 256 would overflow the cast */
+        for (size_t i = 0; i < rb; i++) row[i] = (uint8_t)fminf(rndf() * 128 + 128, 255.0f);
         for (int64_t b = 0; b < cols / ti->block_elems; b++) {
             uint8_t *blk = row + (size_t)b * ti->block_bytes;
             uint16_t d = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
