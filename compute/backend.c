@@ -1,14 +1,13 @@
 /*
- * compute/backend.c - choosing a backend by name (compute/backend.h). The cuda backend is
- * linked in only when it was built (PI_HAVE_CUDA); without it, asking for it is a clear
+ * compute/backend.c - choosing a backend by name (compute/backend.h). The cuda backend is a module
+ * loaded when it is first asked for (compute/backend-cuda-module.h), so a program that runs the host
+ * backend never maps CUDA; where it was not built, or cannot be loaded, asking for it is a clear
  * error rather than a silent fall-back to the host.
  */
 #include "config.h"
 #include "compute/backend.h"
+#include "compute/backend-cuda-module.h"
 #include "compute/backend-cuda-plan.h"
-#ifdef PI_HAVE_CUDA
-#include "compute/backend-cuda.h"
-#endif
 #include "lib/common.h"
 #include "lib/log.h"
 
@@ -17,15 +16,7 @@
 int pi_backend_check(const char *name)
 {
     if (strcmp(name, "host") == 0) return 0;
-    if (strcmp(name, "cuda") == 0) {
-#ifdef PI_HAVE_CUDA
-        return 0;
-#else
-        pi_error("backend cuda: this pi-gpu-worker was built without the CUDA backend; use --backend host "
-                 "(or --gpu-backend host / none for pi-coordinator)");
-        return -PI_ERR_UNSUPPORTED;
-#endif
-    }
+    if (strcmp(name, "cuda") == 0) return pi_backend_cuda_load() ? 0 : -PI_ERR_UNSUPPORTED; /* logged */
     pi_error("unknown backend '%s' (host or cuda)", name);
     return -PI_ERR_INVAL;
 }
@@ -36,11 +27,7 @@ int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backen
     int rc = pi_backend_check(name);
     if (rc != 0) return rc;
     if (strcmp(name, "host") == 0) return pi_backend_host_new(m, o, out);
-#ifdef PI_HAVE_CUDA
-    return pi_backend_cuda_new(m, o, out);
-#else
-    return -PI_ERR_UNSUPPORTED;
-#endif
+    return pi_backend_cuda_load()->backend_new(m, o, out); /* loaded by pi_backend_check */
 }
 
 int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes)

@@ -24,7 +24,8 @@
  *   commit()                            the batch's positions are now part of the cache
  *
  * Two backends: `host` (plain C over the forward-pass ops, compute/backend-host.c; the CI stand-in
- * and the reference) and `cuda` (another issue; pi_backend_new reports it missing when not built).
+ * and the reference) and `cuda` (compute/backend-cuda.c, in the module pinfer-cuda.so loaded on
+ * demand; pi_backend_new reports it missing when not built or not loadable).
  * A backend is driven by one thread.
  */
 #ifndef PI_COMPUTE_BACKEND_H
@@ -107,7 +108,8 @@ struct pi_backend {
 
 /* Create the backend named name ("host" or "cuda") over m (borrowed). Returns 0 and *out, or
  * -PI_ERR_UNSUPPORTED with a clear message when the backend was not built (cuda without
- * --with-cuda), -PI_ERR_INVAL for an unknown name, or another negative pi_err. */
+ * --with-cuda) or its module cannot be loaded, -PI_ERR_INVAL for an unknown name, or another
+ * negative pi_err. */
 int pi_backend_new(const char *name, const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
 
 /* Which transposed down rows (ffn_down_t) backend `name` needs on the host to compute the hot
@@ -127,14 +129,16 @@ int pi_backend_device_bytes(const char *name, const pi_model_t *m, const struct 
 /* Destroy; accepts NULL; nulls the caller's pointer. */
 void pi_backend_destroy(pi_backend_t **b);
 
-/* 0 when backend `name` is built into this program, else -PI_ERR_UNSUPPORTED (cuda without the CUDA
- * backend) or -PI_ERR_INVAL (unknown name), with the reason logged. Checked before anything is loaded. */
+/* 0 when backend `name` can run in this program, else -PI_ERR_UNSUPPORTED (cuda: built without the
+ * CUDA backend, or its module could not be loaded) or -PI_ERR_INVAL (unknown name), with the reason
+ * logged. For cuda this loads the module (once per process). Checked before anything is loaded. */
 int pi_backend_check(const char *name);
 
 /* The host backend (compute/backend-host.c). */
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
 
-/* The cuda backend (compute/backend-cuda.c), built when configure found CUDA (PI_HAVE_CUDA). */
-int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out);
+/* The cuda backend (compute/backend-cuda.c) is built, where configure found CUDA (PI_HAVE_CUDA), into
+ * the module pinfer-cuda.so that pi_backend_check and pi_backend_new load when it is first named
+ * (compute/backend-cuda-module.h). */
 
 #endif

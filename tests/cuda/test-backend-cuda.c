@@ -12,7 +12,9 @@
  * one page short of the plan is refused at start with -PI_ERR_NOMEM; with the planned budget the
  * context's count stays within it through serving, and cudaMemGetInfo's drop is within the budget plus
  * the context's own overhead and the allocator's granularity. Last, the golden prompt through the whole
- * process pipeline (pi-coordinator --gpu-backend cuda) at hot fraction 0, 0.5 and 1.
+ * process pipeline (pi-coordinator --gpu-backend cuda) at hot fraction 0, 0.5 and 1. The backends come
+ * from the module pinfer-cuda.so (pi_backend_new, as pi-gpu-worker gets them); first, check_module
+ * checks the module loads and computes what the copy linked into this test does.
  *
  * Tolerances (relative error of a logits row, ||out - ref|| / ||ref||, worst row): GOLDEN_TOL as the
  * pipeline's tests (Q4_0 weights; the cold neurons go through the CPU's 8-bit activations); at hot
@@ -41,6 +43,7 @@
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
+#include "compute/backend-cuda-module.h"
 #include "compute/backend.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
@@ -192,7 +195,9 @@ static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const s
     memset(v, 0, sizeof *v);
     v->m = m;
     v->sp = sp;
-    int rc = pi_backend_new(name, m, &o, &v->be);
+    /* "cuda-linked": the copy of the backend linked into this test; "cuda": the module, as
+     * pi-gpu-worker gets it */
+    int rc = strcmp(name, "cuda-linked") == 0 ? pi_backend_cuda_new(m, &o, &v->be) : pi_backend_new(name, m, &o, &v->be);
     if (rc != 0) return rc;
     v->pool = pi_pool_new(2);
     v->work = pi_ffn_work_new(m->hp.n_embd, 2);
@@ -208,6 +213,46 @@ static void drv_free(struct drv *v)
     pi_ffn_work_destroy(&v->work);
     free(v->x);
     free(v->cold);
+}
+
+/* The cuda backend's module (compute/backend-cuda-module.h), as pi_backend_new loads it. */
+static const struct pi_backend_cuda_module *cuda_mod(void)
+{
+    const struct pi_backend_cuda_module *mod = pi_backend_cuda_load();
+    if (!mod) tap_bail("the cuda backend's module could not be loaded");
+    return mod;
+}
+
+/* The module (issue 20): pinfer-cuda.so loads from the build tree, and the backend it creates
+ * computes what the copy linked into this test does, bit for bit (the same code on the same device). */
+static void check_module(const char *path, const char *gpath)
+{
+    char where[1024];
+    pi_backend_cuda_module_path(where, sizeof where);
+    tap_ok(pi_backend_cuda_load() != NULL, "module: %s loaded", where);
+    pi_model_t *m = NULL;
+    char err[256];
+    struct tp_golden gd;
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) tap_bail("module: %s", err);
+    struct split sp;
+    split_new(&sp, m, 0.5, true);
+    struct drv a, b;
+    const int na = drv_new(&a, "cuda", m, &sp, 0), nb = drv_new(&b, "cuda-linked", m, &sp, 0);
+    int ra = na, rb = nb;
+    float *la = malloc((size_t)gd.n * gd.n_vocab * sizeof(float)), *lb = malloc((size_t)gd.n * gd.n_vocab * sizeof(float));
+    int32_t *sq = calloc((size_t)gd.n, sizeof(int32_t)), *ps = malloc((size_t)gd.n * sizeof(int32_t));
+    for (int i = 0; i < gd.n; i++) ps[i] = i;
+    if (ra == 0) ra = drv_step(&a, gd.tokens, sq, ps, gd.n, gd.n, la);
+    if (rb == 0) rb = drv_step(&b, gd.tokens, sq, ps, gd.n, gd.n, lb);
+    tap_ok(ra == 0 && rb == 0 && memcmp(la, lb, (size_t)gd.n * gd.n_vocab * sizeof(float)) == 0,
+           "module: the module's backend gives the linked backend's logits bit for bit (%s, %s)", pi_err_str(ra),
+           pi_err_str(rb));
+    if (na == 0) drv_free(&a);
+    if (nb == 0) drv_free(&b);
+    free(la), free(lb), free(sq), free(ps);
+    split_free(&sp);
+    pi_gguf_destroy(&gd.g);
+    pi_model_destroy(&m);
 }
 
 /* cuda_matvec=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
@@ -343,8 +388,8 @@ static void check_budget(const char *path, const char *gpath)
     tap_ok(rc == 0, "budget: the planned budget of %llu bytes is enough (%s)", (unsigned long long)need, pi_err_str(rc));
     if (rc == 0) {
         uint64_t budget, used, peak, planned, overhead, free1 = 0, tot1;
-        pi_backend_cuda_mem_info(c.be, &free1, &tot1);
-        pi_backend_cuda_usage(c.be, &budget, &used, &peak, &planned, &overhead);
+        cuda_mod()->mem_info(c.be, &free1, &tot1); /* the module's functions on the module's backend */
+        cuda_mod()->usage(c.be, &budget, &used, &peak, &planned, &overhead);
         uint64_t drop = free0 > free1 ? free0 - free1 : 0;
         tap_ok(budget == need && used <= budget && peak <= budget && planned == need,
                "budget: held %llu, peak %llu, planned %llu, budget %llu", (unsigned long long)used,
@@ -363,7 +408,7 @@ static void check_budget(const char *path, const char *gpath)
             rc = drv_step(&c, gd.tokens + t, &s1, &ps[t], 1, 1, lg);
         }
         uint64_t peak2;
-        pi_backend_cuda_usage(c.be, NULL, NULL, &peak2, NULL, NULL);
+        cuda_mod()->usage(c.be, NULL, NULL, &peak2, NULL, NULL);
         tap_ok(rc == 0 && peak2 == peak, "budget: serving allocates nothing (peak %llu after a prompt and decode)",
                (unsigned long long)peak2);
         free(sq);
@@ -782,6 +827,7 @@ int main(void)
         check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.5, true);
         return tap_done();
     }
+    check_module(demo, demo_g);
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
     check_model("tiny-llama-q4_0", tiny, tiny_g);
