@@ -11,7 +11,6 @@
 #include "lib/common.h"
 #include "lib/log.h"
 
-#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,16 +82,16 @@ static int cmp_float(const void *pa, const void *pb)
     return (a > b) - (a < b);
 }
 
-/* Layer il's thresholds t (PI_THR_LEVELS) on the score |silu(gate)| * scale and errors e
- * (PI_THR_LEVELS). sorted and score (slots * ff), D (slots, ff) and Y (slots, d) are scratch. */
-static void layer_grid(pi_pool_t *pool, const struct pi_layer *L, const struct capture *c, int il, const float *scale,
-                       float *t, double *e, float *sorted, float *score, float *D, float *Y)
+/* Layer il's thresholds t (PI_THR_LEVELS) on |silu(gate)| and errors e (PI_THR_LEVELS). sorted
+ * (slots * ff), D (slots, ff) and Y (slots, d) are scratch. The score is |silu(gate)| alone (CATS): a
+ * WINA-style per-neuron factor (the RMS of the neuron's up times its down column's norm) chose the
+ * same thresholds on the demo SwiGLU model and is not kept (doc/thresholds.md). */
+static void layer_grid(pi_pool_t *pool, const struct pi_layer *L, const struct capture *c, int il, float *t, double *e,
+                       float *sorted, float *D, float *Y)
 {
     const int S = c->kept[il];
     const size_t n = (size_t)S * (size_t)c->ff, base = (size_t)il * (size_t)c->slots * (size_t)c->ff;
     const float *a = c->a + base, *act = c->act + base;
-    for (size_t i = 0; i < n; i++) score[i] = a[i] * scale[i % (size_t)c->ff];
-    a = score;
     memcpy(sorted, a, n * sizeof *sorted);
     qsort(sorted, n, sizeof *sorted, cmp_float);
     double den = 0.0;
@@ -175,8 +174,7 @@ struct calib {
     const struct pi_thr_opts *o;
     int n_layer, steps;
     int64_t ff;
-    float *t;          /* (n_layer, LEVELS) thresholds of the score */
-    float *scale;      /* (n_layer, ff) the score's per-neuron factor (1 today: the score is |silu(gate)|) */
+    float *t;          /* (n_layer, LEVELS) thresholds of |silu(gate)| */
     int *path;         /* (steps): the layer raised at each step */
     int *level;        /* (n_layer) scratch */
     float *gm;         /* (n_layer, ff) scratch: per-neuron |silu(gate)| thresholds */
@@ -190,11 +188,8 @@ static void levels_to_gm(struct calib *c)
 {
     for (int il = 0; il < c->n_layer; il++) {
         const float t = c->t[(size_t)il * PI_THR_LEVELS + (size_t)c->level[il]];
-        const float *sc = c->scale + (size_t)il * (size_t)c->ff;
         float *g = c->gm + (size_t)il * (size_t)c->ff;
-        /* score = |silu(gate)| * scale <= t  <=>  |silu(gate)| <= t / scale */
-        for (int64_t j = 0; j < c->ff; j++)
-            g[j] = t <= 0.0f ? 0.0f : sc[j] > 0.0f ? PI_MIN(t / sc[j], FLT_MAX) : FLT_MAX;
+        for (int64_t j = 0; j < c->ff; j++) g[j] = t; /* stored per neuron; a layer's share one today */
     }
 }
 
@@ -268,7 +263,7 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
         .n_layer = hp->n_layer, .slots = S, .d = d, .ff = ff, .stride = PI_MAX(1, (int64_t)n_cap * ctx / S)};
     struct calib c = {.m = m, .o = o, .n_layer = hp->n_layer, .steps = hp->n_layer * (PI_THR_LEVELS - 1)};
     const size_t LS = (size_t)hp->n_layer * (size_t)S;
-    float *sorted = NULL, *score = NULL, *D = NULL, *Y = NULL;
+    float *sorted = NULL, *D = NULL, *Y = NULL;
     double *e = NULL, *gain = NULL;
     int rc = -PI_ERR_NOMEM;
     struct pi_forward_opts fo;
@@ -299,8 +294,6 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     /* 2. the grid and its errors */
     rc = -PI_ERR_NOMEM;
     sorted = malloc((size_t)S * (size_t)ff * sizeof *sorted);
-    score = malloc((size_t)S * (size_t)ff * sizeof *score);
-    c.scale = malloc((size_t)hp->n_layer * (size_t)ff * sizeof *c.scale);
     D = malloc((size_t)S * (size_t)ff * sizeof *D);
     Y = malloc((size_t)S * (size_t)d * sizeof *Y);
     e = malloc((size_t)hp->n_layer * PI_THR_LEVELS * sizeof *e);
@@ -310,18 +303,11 @@ int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, i
     c.gm = malloc((size_t)hp->n_layer * (size_t)ff * sizeof *c.gm);
     c.pts = calloc((size_t)c.steps + 1, sizeof *c.pts);
     c.pts_layer = calloc(((size_t)c.steps + 1) * (size_t)hp->n_layer, sizeof *c.pts_layer);
-    if (!sorted || !score || !c.scale || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts ||
-        !c.pts_layer)
-        goto out;
+    if (!sorted || !D || !Y || !e || !c.t || !c.path || !c.level || !c.gm || !c.pts || !c.pts_layer) goto out;
     for (int il = 0; il < hp->n_layer; il++) {
         PI_ASSERT(cap.kept[il] == cap.kept[0] && cap.kept[il] > 0);
-        float *sc = c.scale + (size_t)il * (size_t)ff;
-        /* each neuron's factor: 1, the score is |silu(gate)| (CATS). A WINA-style factor (the RMS of
-         * the neuron's up times its down column's norm) chose the same thresholds on the demo SwiGLU
-         * model and is not kept (doc/thresholds.md). */
-        for (int64_t j = 0; j < ff; j++) sc[j] = 1.0f;
-        layer_grid(pi_forward_pool(c.h.f), &m->layers[il], &cap, il, sc, c.t + (size_t)il * PI_THR_LEVELS,
-                   e + (size_t)il * PI_THR_LEVELS, sorted, score, D, Y);
+        layer_grid(pi_forward_pool(c.h.f), &m->layers[il], &cap, il, c.t + (size_t)il * PI_THR_LEVELS,
+                   e + (size_t)il * PI_THR_LEVELS, sorted, D, Y);
     }
     if (o->progress)
         fprintf(o->progress, "%s: thresholds: errors of %d levels in %d layers measured over %d tokens\n",
@@ -415,8 +401,8 @@ out:
     pi_sparse_stats_free(&c.h.st);
     pi_forward_destroy(&c.h.f);
     free(cap.seen), free(cap.kept), free(cap.a), free(cap.act), free(cap.r2);
-    free(sorted), free(score), free(D), free(Y), free(e), free(gain);
-    free(c.pts_layer), free(c.scale), free(c.t), free(c.path), free(c.level), free(c.gm), free(c.pts);
+    free(sorted), free(D), free(Y), free(e), free(gain);
+    free(c.pts_layer), free(c.t), free(c.path), free(c.level), free(c.gm), free(c.pts);
     free(c.h.base), free(c.h.logits), free(c.h.logq);
     return rc;
 }
