@@ -38,6 +38,23 @@ void pi_thr_result_free(struct pi_thr_result *r)
 /* the level each layer is probed at for its sensitivity (step 3a): 20% of its pairs */
 #define PI_THR_PROBE 4
 
+void pi_thr_result_to_sidecar(struct pi_thr_result *r, const struct pi_thr_opts *o, struct pi_sidecar *s)
+{
+    PI_ASSERT(r->gate_min && r->layer_sparsity && r->n_layer == s->n_layer);
+    free(s->gate_min);
+    free(s->gate_sparsity);
+    s->gate_min = r->gate_min;
+    s->gate_sparsity = r->layer_sparsity;
+    r->gate_min = r->layer_sparsity = NULL;
+    for (int k = 0; k < 2; k++) {
+        s->thr_kld_target[k] = o->kld_target[k];
+        s->thr_kld[k] = r->kld[k];
+        s->thr_sparsity[k] = r->sparsity[k];
+        s->thr_tokens[k] = r->tokens[k];
+    }
+    pi_thr_result_free(r);
+}
+
 /* ---------------------------------------------------------------- 1. capture */
 
 struct capture {

@@ -36,6 +36,7 @@
 #include <stdio.h>
 
 #include "model/model.h"
+#include "model/sidecar.h"
 
 #define PI_THR_LEVELS 20 /* grid steps per layer: 0, 5, ..., 95% of its sampled pairs */
 
@@ -79,5 +80,10 @@ struct pi_thr_result {
 int pi_thr_calibrate(const pi_model_t *m, const int32_t *chunks, int n_chunks, int ctx, const struct pi_thr_opts *o,
                      struct pi_thr_result *out);
 void pi_thr_result_free(struct pi_thr_result *r);
+
+/* Move r's thresholds into sidecar s (model/sidecar.h: gate_min, gate_sparsity and the
+ * pinfer.threshold keys, with o's KLD targets), replacing any it had; r is left empty. s must be for
+ * r's model (PI_ASSERT on the layers). */
+void pi_thr_result_to_sidecar(struct pi_thr_result *r, const struct pi_thr_opts *o, struct pi_sidecar *s);
 
 #endif

@@ -116,17 +116,7 @@ static int thresholds_first_load(const struct pi_coord_opts *o, struct pi_coord_
         rc = -PI_ERR_NOMEM;
         goto out;
     }
-    free(s->gate_min);
-    free(s->gate_sparsity);
-    s->gate_min = r.gate_min;
-    s->gate_sparsity = r.layer_sparsity;
-    r.gate_min = r.layer_sparsity = NULL;
-    for (int k = 0; k < 2; k++) {
-        s->thr_kld_target[k] = to.kld_target[k];
-        s->thr_kld[k] = r.kld[k];
-        s->thr_sparsity[k] = r.sparsity[k];
-        s->thr_tokens[k] = r.tokens[k];
-    }
+    pi_thr_result_to_sidecar(&r, &to, s);
     if ((rc = pi_sidecar_save(side, cm->model, s)) != 0)
         fprintf(stderr, "%s: cannot write the sidecar %s (set [model] sidecar to a writable path, or run pi-profile "
                 "--sidecar PATH)\n", prog, side);

@@ -234,7 +234,7 @@ static void report(const struct pi_sidecar *s, enum pi_ffn_act act)
     free(row);
 }
 
-/* Calibrate the activation thresholds over the chunks into sc. 0 or 1 (printed). */
+/* Calibrate the activation thresholds over the chunks (at least two: main checks) into sc. 0 or 1 (printed). */
 static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx, int threads, const float *sparsity,
                      struct pi_sidecar *sc)
 {
@@ -242,11 +242,6 @@ static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx,
     struct pi_thr_opts o;
     struct pi_thr_result r;
     pi_thr_opts_default(&o, n_chunks, ctx, m->hp.n_vocab);
-    if (n_chunks < 2) {
-        fprintf(stderr, "pi-profile: the thresholds need at least 2 chunks of %d tokens (-c); the text has %d\n", ctx,
-                n_chunks);
-        return 1;
-    }
     o.n_threads = threads;
     o.sparsity[0] = sparsity[0];
     o.sparsity[1] = sparsity[1];
@@ -256,19 +251,7 @@ static int calibrate(const pi_model_t *m, const int32_t *ids, size_t n, int ctx,
         fprintf(stderr, "pi-profile: the threshold calibration failed\n");
         return 1;
     }
-    free(sc->gate_min);
-    free(sc->gate_sparsity);
-    sc->gate_min = r.gate_min;
-    sc->gate_sparsity = r.layer_sparsity;
-    r.gate_min = NULL;
-    r.layer_sparsity = NULL;
-    for (int k = 0; k < 2; k++) {
-        sc->thr_kld_target[k] = o.kld_target[k];
-        sc->thr_kld[k] = r.kld[k];
-        sc->thr_sparsity[k] = r.sparsity[k];
-        sc->thr_tokens[k] = r.tokens[k];
-    }
-    pi_thr_result_free(&r);
+    pi_thr_result_to_sidecar(&r, &o, sc);
     return 0;
 }
 
