@@ -327,7 +327,8 @@ static void check_names(void)
     tap_is_int(pi_backend_check("bogus"), -PI_ERR_INVAL, "pi_backend_check of an unknown name: -PI_ERR_INVAL");
 #ifdef PI_HAVE_CUDA
     tap_is_int(pi_backend_check("cuda"), 0, "pi_backend_check(cuda) in a build with the CUDA backend");
-    tap_ok(mapped("pinfer-cuda.so") && mapped("libcublas"), "  it loaded the module pinfer-cuda.so, and cuBLAS with it");
+    tap_ok(mapped("pinfer-cuda.so") && mapped("libcublas"),
+           "  it loaded the module pinfer-cuda.so, and cuBLAS with it");
 #else
     tap_is_int(pi_backend_check("cuda"), -PI_ERR_UNSUPPORTED, "pi_backend_check(cuda) in a build without it");
 #endif
