@@ -402,16 +402,17 @@ static bool has_prefix(struct pi_gguf_str k, const char *p)
  * when s has them. */
 static bool own_tensor(struct pi_gguf_str n, bool pred, bool thr)
 {
-    static const char *const thr_sfx[] = {".gate_threshold", ".gate_sparsity"};
-    for (size_t i = 0; thr && i < PI_ARRAY_LEN(thr_sfx); i++) {
-        size_t l = strlen(thr_sfx[i]);
-        if (n.len > l && memcmp(n.ptr + n.len - l, thr_sfx[i], l) == 0) return true;
-    }
-    const char *sfx[] = {".act_freq",     ".act_hist",  ".fc1.weight", ".fc2.weight",
-                         ".fc_threshold", ".fc_recall", ".fc_active"};
-    for (size_t i = 0; i < (pred ? PI_ARRAY_LEN(sfx) : 2); i++) {
-        size_t l = strlen(sfx[i]);
-        if (n.len > l && memcmp(n.ptr + n.len - l, sfx[i], l) == 0) return true;
+    enum { STATS, PRED, THR };
+    static const struct {
+        const char *sfx;
+        int group;
+    } own[] = {{".act_freq", STATS},  {".act_hist", STATS},     {".fc1.weight", PRED},
+               {".fc2.weight", PRED}, {".fc_threshold", PRED},  {".fc_recall", PRED},
+               {".fc_active", PRED},  {".gate_threshold", THR}, {".gate_sparsity", THR}};
+    for (size_t i = 0; i < PI_ARRAY_LEN(own); i++) {
+        size_t l = strlen(own[i].sfx);
+        bool mine = own[i].group == STATS || (own[i].group == PRED && pred) || (own[i].group == THR && thr);
+        if (mine && n.len > l && memcmp(n.ptr + n.len - l, own[i].sfx, l) == 0) return true;
     }
     return false;
 }
