@@ -40,6 +40,8 @@ static const struct key_opt key_opts[] = {
     {"chat-template", "model.chat_template", "NAME"},
     {"run-dir", "run.dir", "DIR"},
     {"control", "control.endpoint", "ENDPOINT"},
+    {"http", "http.listen", "HOST:PORT"},
+    {"api-key-file", "http.api_key_file", "FILE"},
     {"cpu-workers", "cpu.workers", "N"},
     {"cpu-threads", "cpu.threads", "N"},
     {"gpu-backend", "gpu.backend", "B"},

@@ -54,6 +54,8 @@
 #include "config.h"
 #include "coordinator/coordinator.h"
 #include "coordinator/generate.h"
+#include "coordinator/http.h"
+#include "coordinator/sched.h"
 #include "coordinator/pipeline.h"
 #include "coordinator/supervisor.h"
 #include "ipc/control.h"
@@ -98,17 +100,15 @@
 #define SMALL_MSG 65536 /* a message up to this size is taken even past FRAME_BUDGET: requests stay served */
 #define AUTH_MSG (PI_CTL_HEADER_SIZE + 4 + PI_CTL_TOKEN_MAX) /* the largest message before the token */
 
-/* main -> generation thread */
-struct job {
-    int quit;                  /* 1: destroy the engine and end */
+/* A control-socket generation request as the scheduler's sink sees it (malloc'd by the main thread,
+ * freed by the sink's end on the generation thread). */
+struct cjob {
+    struct server *s;
     uint64_t conn;             /* the client's connection (struct conn's serial) */
     uint64_t request_id;
     uint64_t seq;              /* the server's number of this job (abort_seq) */
     int slot;                  /* its slot: job_gone[slot] set when its client went away */
-    uint32_t n_predict;
-    uint64_t seed;
-    float temp;
-    char *prompt;              /* owned by the generation thread once sent */
+    struct event *ev;          /* the chunk being filled */
 };
 
 /* generation thread -> main */
@@ -149,6 +149,9 @@ struct server {
     const struct pi_coord_model *cm;
     void *zctx;
     void *gen_sock;            /* generation thread's end of the PAIR */
+    pi_sched_t *sched;         /* continuous batching over the engine (coordinator/sched.h); its run
+                                  loop is the generation thread's */
+    pi_http_t *http;           /* the HTTP API (coordinator/http.h); NULL when [http] listen = off */
     pi_engine_t *engine;       /* owned by the generation thread; read-only for status */
     pthread_mutex_t engine_mu; /* held by the generation thread to destroy the engine, by the main
                                   thread while it reads it (status, the shutdown's cancel) */
@@ -207,111 +210,82 @@ static void send_event(struct server *s, const struct event *ev)
     if (zmq_send(s->gen_sock, ev, sizeof *ev, 0) < 0) pi_warn("generation thread: event not delivered");
 }
 
-struct emit_ctx {
-    struct server *s;
-    const struct job *j;
-};
-
-/* The generation's stop question (between prompt batches, and before each chunk): the shutdown, or this job's client gone. */
-static int job_stopped(void *ctx)
+/* The scheduler's question before each step: the shutdown, or this job's client gone. */
+static int cjob_stopped(void *ctx)
 {
-    const struct emit_ctx *e = ctx;
-    return atomic_load(&e->s->cancel) || atomic_load(&e->s->abort_seq) == e->j->seq ||
-           atomic_load(&e->s->job_gone[e->j->slot]);
+    const struct cjob *j = ctx;
+    return atomic_load(&j->s->cancel) || atomic_load(&j->s->abort_seq) == j->seq || atomic_load(&j->s->job_gone[j->slot]);
 }
 
 /* Stream text as CHUNK events of at most sizeof ev.text bytes. The protocol's strings hold no NUL
  * (ipc/control.h), so a NUL byte of the text (a byte-fallback token <0x00>) is sent as U+FFFD. */
-static int emit_chunk(void *ctx, const char *text, size_t len)
+static void cjob_text(struct cjob *j, const char *text, size_t len)
 {
-    struct emit_ctx *e = ctx;
-    if (job_stopped(ctx)) return -1;
     static const char repl[3] = {'\xef', '\xbf', '\xbd'};
-    struct event ev = {
-        .kind = EV_CHUNK, .conn = e->j->conn, .request_id = e->j->request_id, .seq = e->j->seq, .slot = e->j->slot};
+    struct event ev = {.kind = EV_CHUNK, .conn = j->conn, .request_id = j->request_id, .seq = j->seq, .slot = j->slot};
     for (size_t i = 0; i < len; i++) {
         const size_t need = text[i] ? 1 : sizeof repl;
         if (ev.len + need > sizeof ev.text) {
-            send_event(e->s, &ev);
+            send_event(j->s, &ev);
             ev.len = 0;
         }
         if (text[i]) ev.text[ev.len++] = text[i];
         else memcpy(ev.text + ev.len, repl, sizeof repl), ev.len += sizeof repl;
     }
-    if (ev.len) send_event(e->s, &ev);
-    return 0;
+    if (ev.len) send_event(j->s, &ev);
 }
 
-/* Run one generation request and report its end. */
-static void run_job(struct server *s, struct job *j)
+static void cjob_piece(void *ctx, const struct pi_sched_piece *p)
 {
-    struct pi_gen_request r = {0};
-    r.prompt = j->prompt;
-    r.n_predict = j->n_predict;
-    r.stop = job_stopped;
-    pi_gen_params_from_config(&s->o->cfg, &r.sample);
-    r.sample.temperature = j->temp;
-    r.sample.seed = j->seed;
-    struct pi_gen_result res = {0};
-    struct emit_ctx ec = {s, j};
-    /* A request still queued when the shutdown came, or whose client went away, is ended at once,
-     * without touching the engine. */
-    const bool gone = atomic_load(&s->job_gone[j->slot]);
-    int rc = atomic_load(&s->cancel) ? -PI_ERR_PEER
-             : gone                  ? -PI_ERR_IO
-                                     : pi_generate(s->engine, s->cm->tok, &r, emit_chunk, &ec, &res);
+    struct cjob *j = ctx;
+    if (p->len && !cjob_stopped(j)) cjob_text(j, p->text, p->len);
+}
+
+/* The job's end as an END event (the reason a client is shown), then its bookkeeping. */
+static void cjob_end(void *ctx, const struct pi_sched_end *e)
+{
+    struct cjob *j = ctx;
+    struct server *s = j->s;
+    if (e->len && !cjob_stopped(j)) cjob_text(j, e->text, e->len);
     struct event ev = {.kind = EV_END,
                        .conn = j->conn,
                        .request_id = j->request_id,
                        .seq = j->seq,
                        .slot = j->slot,
-                       .status = rc,
-                       .n_prompt = (uint32_t)res.n_prompt,
-                       .n_generated = (uint32_t)res.n_generated};
-    if (rc != 0 && atomic_load(&s->cancel))
-        snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
-    else if (rc != 0 && atomic_load(&s->job_gone[j->slot]))
-        snprintf(ev.text, sizeof ev.text, "stopped: its client went away");
-    else if (rc != 0 && atomic_load(&s->abort_seq) == j->seq)
-        snprintf(ev.text, sizeof ev.text, "stopped: the client did not take its replies (stopped reading or went away)");
-    else if (rc == -PI_ERR_PEER)
-        snprintf(ev.text, sizeof ev.text, "a worker of the pipeline died during the request; the pipeline is being restarted");
-    else if (rc == -PI_ERR_IO && !res.n_prompt) /* pipe_call: a restart that failed; nothing ran */
-        snprintf(ev.text, sizeof ev.text, "the pipeline's workers could not be started (see the coordinator's log); "
-                                          "the next request tries again");
-    else if (rc == -PI_ERR_RANGE) /* the one limit a client can hit by asking: say which */
-        snprintf(ev.text, sizeof ev.text, "the prompt and the %u tokens to generate do not fit the context of %d positions",
-                 j->n_predict, s->engine->n_ctx);
-    else if (rc != 0)
-        snprintf(ev.text, sizeof ev.text, "generation failed: %s", pi_err_str(rc));
+                       .n_prompt = (uint32_t)e->n_prompt,
+                       .n_generated = (uint32_t)e->n_generated};
+    int rc = 0;
+    if (e->finish == PI_SCHED_CANCELLED) {
+        rc = atomic_load(&s->cancel) ? -PI_ERR_PEER : -PI_ERR_IO;
+        if (atomic_load(&s->cancel)) snprintf(ev.text, sizeof ev.text, "cancelled: the coordinator is shutting down");
+        else if (atomic_load(&s->job_gone[j->slot])) snprintf(ev.text, sizeof ev.text, "stopped: its client went away");
+        else if (atomic_load(&s->abort_seq) == j->seq)
+            snprintf(ev.text, sizeof ev.text, "stopped: the client did not take its replies (stopped reading or went away)");
+        else snprintf(ev.text, sizeof ev.text, "%s", e->reason);
+    } else if (e->finish == PI_SCHED_TIMEOUT) {
+        rc = -PI_ERR_TIMEOUT;
+        snprintf(ev.text, sizeof ev.text, "%s ([server] timeout)", e->reason);
+    } else if (e->finish == PI_SCHED_ERROR) {
+        rc = e->status ? e->status : -PI_ERR_IO;
+        snprintf(ev.text, sizeof ev.text, "%s", e->reason);
+    }
+    ev.status = rc;
     ev.len = strlen(ev.text);
-    atomic_fetch_add(&s->tokens, (uint64_t)res.n_generated);
+    atomic_fetch_add(&s->tokens, (uint64_t)e->n_generated);
     if (rc == 0) atomic_fetch_add(&s->requests, 1);
     send_event(s, &ev);
-    if (rc == -PI_ERR_PEER && !atomic_load(&s->cancel)) {
-        int r2 = s->engine->ops->reset(s->engine); /* restarts the workers now, not at the next request */
-        if (r2 != 0) pi_error("restarting the pipeline failed: %s", pi_err_str(r2));
-    }
+    atomic_fetch_sub(&s->busy, 1);
+    free(j);
 }
 
 static void *gen_main(void *arg)
 {
     struct server *s = arg;
     s->engine = pi_coord_engine_new(s->o, s->cm, NULL);
+    if (s->engine) pi_sched_set_engine(s->sched, s->engine);
     struct event ev = {.kind = s->engine ? EV_READY : EV_FAILED};
     send_event(s, &ev);
-    while (s->engine) {
-        struct job j;
-        int n = zmq_recv(s->gen_sock, &j, sizeof j, 0);
-        if (n != (int)sizeof j) {
-            if (n < 0 && errno == EINTR) continue;
-            break;
-        }
-        if (j.quit) break;
-        run_job(s, &j);
-        free(j.prompt);
-        atomic_fetch_sub(&s->busy, 1);
-    }
+    if (s->engine) pi_sched_run(s->sched); /* until pi_sched_stop: every job has ended then */
     pthread_mutex_lock(&s->engine_mu);
     pi_engine_destroy(&s->engine);
     pthread_mutex_unlock(&s->engine_mu);
@@ -420,6 +394,32 @@ static json_t *sparsity_json(struct server *s)
                      "recall", all.recall_true ? json_real(all.recall) : json_null(), "layers", layers);
 }
 
+/* The scheduler for status: slots, the queue, outcomes, throughput and latencies since the start. */
+static json_t *sched_json(struct server *s)
+{
+    struct pi_sched_stats st;
+    pi_sched_stats(s->sched, &st);
+    json_t *outcomes = json_object();
+    uint64_t ended = 0, with_ttft = 0, with_tpot = 0;
+    for (int i = 0; outcomes && i < PI_SCHED_FINISH_COUNT; i++) {
+        json_object_set_new(outcomes, pi_sched_finish_name((enum pi_sched_finish)i), json_integer((json_int_t)st.requests[i]));
+        ended += st.requests[i];
+    }
+    for (int i = 0; i < PI_SCHED_TTFT_BUCKETS; i++) with_ttft += st.ttft[i];
+    for (int i = 0; i < PI_SCHED_TPOT_BUCKETS; i++) with_tpot += st.tpot[i];
+    const double up_s = (double)(pi_clock_ns() - s->t_start) * 1e-9;
+    return json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s}", "ready", st.ready,
+                     "slots", st.n_slots, "running", st.running, "waiting", st.waiting, "queue_max", st.queue_max,
+                     "requests_ended", (json_int_t)ended, "outcomes", outcomes ? outcomes : json_null(), "refused",
+                     (json_int_t)st.refused, "prompt_tokens", (json_int_t)st.prompt_tokens, "cached_tokens",
+                     (json_int_t)st.cached_tokens, "generated_tokens", (json_int_t)st.generated_tokens, "engine_errors",
+                     (json_int_t)st.engine_errors, "generated_tokens_per_s", up_s > 0 ? (double)st.generated_tokens / up_s : 0.0,
+                     "mean_ttft_s", with_ttft ? st.ttft_sum / (double)with_ttft : 0.0, "mean_tpot_s",
+                     with_tpot ? st.tpot_sum / (double)with_tpot : 0.0, "kv_cache_usage",
+                     st.kv_total > 0 ? (double)st.kv_used / (double)st.kv_total : 0.0, "last_error", st.last_error, "http",
+                     s->o->cfg.http_listen);
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -429,13 +429,13 @@ static json_t *status_json(struct server *s)
                               "activation", pi_ffn_act_name(hp->act));
     const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
     const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o, s:o}", "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
                      (json_int_t)hot, "cpu_workers", pl ? pl->n_workers : 0, "placement", placement_json(pl, s->cm->model),
                      "control", s->endpoint, "generations_in_flight", atomic_load(&s->busy), "workers", workers_json(s), "tune",
-                     tune_json(&s->o->cfg), "sparsity", sparsity_json(s));
+                     tune_json(&s->o->cfg), "sparsity", sparsity_json(s), "scheduler", sched_json(s));
 }
 
 static int conn_send(struct server *s, uint64_t serial, const struct pi_ctl_msg *m, bool force);
@@ -444,9 +444,37 @@ static void conn_refuse(struct server *s, struct conn *c, uint64_t req, int code
 static void reply(struct server *s, struct conn *c, struct pi_ctl_msg *m);
 static void reply_error(struct server *s, struct conn *c, uint64_t req, int code, const char *text);
 
+/* A control request's prompt as token ids (BOS as the model says; special tokens not parsed), checked
+ * against the context with n_predict tokens after it (the last one is never evaluated). 0, or a
+ * negative pi_err with the client's reason in why. */
+static int control_prompt(struct server *s, const char *prompt, uint32_t n_predict, int32_t **ids, size_t *n, char *why,
+                          size_t len)
+{
+    const pi_tokenizer_t *t = s->cm->tok;
+    *ids = NULL;
+    *n = 0;
+    if (!t) return snprintf(why, len, "the model has no tokenizer"), -PI_ERR_INVAL;
+    const size_t plen = prompt ? strlen(prompt) : 0;
+    size_t need = 0;
+    int rc = pi_tokenize(t, prompt ? prompt : "", plen, true, false, NULL, 0, &need);
+    if (rc == 0 || rc == -PI_ERR_RANGE) {
+        *ids = malloc((need ? need : 1) * sizeof **ids);
+        rc = *ids ? pi_tokenize(t, prompt ? prompt : "", plen, true, false, *ids, need, n) : -PI_ERR_NOMEM;
+    }
+    if (rc != 0) return snprintf(why, len, "tokenizing the prompt failed: %s", pi_err_str(rc)), rc;
+    if (*n == 0) return snprintf(why, len, "the prompt is empty"), -PI_ERR_INVAL;
+    const int64_t n_ctx = pi_sched_n_ctx(s->sched);
+    if ((int64_t)*n > n_ctx || (int64_t)*n + n_predict > n_ctx + 1)
+        return snprintf(why, len, "the prompt (%zu tokens) and the %u tokens to generate do not fit the context of %lld positions",
+                        *n, n_predict, (long long)n_ctx),
+               -PI_ERR_RANGE;
+    return 0;
+}
+
 /* One request from an authenticated connection. Returns 1 when the server should shut down. */
 static int handle_msg(struct server *s, void *pair, struct conn *c, struct pi_ctl_msg *m)
 {
+    (void)pair; /* jobs go to the scheduler (pi_sched_submit) */
     int quit = 0;
     struct pi_ctl_msg r = {.request_id = m->request_id};
     switch (m->type) {
@@ -478,24 +506,41 @@ static int handle_msg(struct server *s, void *pair, struct conn *c, struct pi_ct
             reply_error(s, c, m->request_id, -PI_ERR_RANGE, "busy: generation requests are ending; try again");
             break;
         }
-        atomic_fetch_add(&s->busy, 1);
-        struct job j = {.conn = c->serial,
-                        .request_id = m->request_id,
-                        .seq = ++s->next_seq,
-                        .slot = slot,
-                        .n_predict = m->u.generate.n_predict,
-                        .seed = m->u.generate.seed,
-                        .temp = m->u.generate.temp,
-                        .prompt = m->u.generate.prompt};
-        m->u.generate.prompt = NULL; /* the generation thread frees it */
+        struct pi_sched_job sj = {.n_predict = m->u.generate.n_predict, .top_logprobs = -1,
+                                  .sink = {cjob_piece, cjob_end, cjob_stopped}};
+        pi_gen_params_from_config(&s->o->cfg, &sj.sample);
+        sj.sample.temperature = m->u.generate.temp;
+        sj.sample.seed = m->u.generate.seed;
+        int32_t *ids = NULL;
+        size_t n = 0;
+        char why[160];
+        int rc = control_prompt(s, m->u.generate.prompt, m->u.generate.n_predict, &ids, &n, why, sizeof why);
+        struct cjob *j = rc == 0 ? calloc(1, sizeof *j) : NULL;
+        if (rc == 0 && !j) rc = -PI_ERR_NOMEM, snprintf(why, sizeof why, "out of memory");
+        if (rc != 0) {
+            free(ids);
+            reply_error(s, c, m->request_id, rc, why);
+            break;
+        }
+        *j = (struct cjob){.s = s, .conn = c->serial, .request_id = m->request_id, .seq = ++s->next_seq, .slot = slot};
+        sj.tokens = ids;
+        sj.n_tokens = n;
+        sj.ctx = j;
         s->slot_conn[slot] = c->serial;
-        s->slot_seq[slot] = j.seq;
+        s->slot_seq[slot] = j->seq;
         atomic_store(&s->job_gone[slot], false);
-        if (zmq_send(pair, &j, sizeof j, ZMQ_DONTWAIT) != (int)sizeof j) {
-            free(j.prompt);
+        atomic_fetch_add(&s->busy, 1);
+        uint64_t id = 0;
+        rc = pi_sched_submit(s->sched, &sj, &id);
+        free(ids);
+        if (rc != 0) {
+            free(j);
             s->slot_conn[slot] = 0;
             atomic_fetch_sub(&s->busy, 1);
-            reply_error(s, c, m->request_id, -PI_ERR_IO, "internal error: generation thread unreachable");
+            reply_error(s, c, m->request_id, rc,
+                        rc == -PI_ERR_RANGE ? "busy: the server's queue is full; try again later"
+                        : rc == -PI_ERR_PEER ? "the coordinator is shutting down"
+                                             : "the request was refused (bad sampling parameters?)");
         }
         break;
     }
@@ -1109,6 +1154,73 @@ static void conns_close_all(struct server *s)
     while (s->n_conns) conn_drop(s, &s->conns[s->n_conns - 1]);
 }
 
+/* /metrics beyond the scheduler's: the workers' states and, with sparse execution, each layer's
+ * realised sparsity (an HTTP thread; the engine is read under engine_mu). */
+static void metrics_extra(void *ctx, FILE *f)
+{
+    struct server *s = ctx;
+    pthread_mutex_lock(&s->engine_mu);
+    struct pi_worker_info *w = calloc(PI_SUPER_MAX_WORKERS, sizeof *w);
+    size_t n = w && s->engine ? PI_MIN(pi_engine_pipeline_workers(s->engine, w, PI_SUPER_MAX_WORKERS), (size_t)PI_SUPER_MAX_WORKERS) : 0;
+    if (n) fprintf(f, "# HELP pinfer_worker_ready Whether each worker process is ready (1) or not (0).\n# TYPE pinfer_worker_ready gauge\n");
+    for (size_t i = 0; i < n; i++)
+        fprintf(f, "pinfer_worker_ready{role=\"%s\",index=\"%d\"} %d\n", role_str(w[i].role), w[i].index,
+                w[i].state == PI_WORKER_READY ? 1 : 0);
+    free(w);
+    const pi_model_t *m = s->cm->model;
+    struct pi_sparse_stats st;
+    if (s->engine && pi_sparse_stats_init(&st, m) == 0) {
+        if (pi_engine_sparse_stats(s->engine, &st) == 0) {
+            fprintf(f, "# HELP pinfer_ffn_sparsity Share of each layer's FFN (token, neuron) pairs not computed.\n"
+                       "# TYPE pinfer_ffn_sparsity gauge\n");
+            for (int il = 0; il < m->hp.n_layer; il++) {
+                struct pi_sparse_summary l;
+                pi_sparse_summary(&st, il, &l);
+                fprintf(f, "pinfer_ffn_sparsity{layer=\"%d\"} %.6f\n", il, l.sparsity);
+            }
+            fprintf(f, "# HELP pinfer_predictor_recall Measured recall of each layer's predictor (sampled steps).\n"
+                       "# TYPE pinfer_predictor_recall gauge\n");
+            for (int il = 0; il < m->hp.n_layer; il++) {
+                struct pi_sparse_summary l;
+                pi_sparse_summary(&st, il, &l);
+                if (l.recall_true) fprintf(f, "pinfer_predictor_recall{layer=\"%d\"} %.6f\n", il, l.recall);
+            }
+        }
+        pi_sparse_stats_free(&st);
+    }
+    pthread_mutex_unlock(&s->engine_mu);
+}
+
+/* Start the HTTP API of [http]; 0, or -1 after one line on stderr. */
+static int http_start(struct server *s)
+{
+    const struct pi_config *c = &s->o->cfg;
+    struct pi_http_opts ho = {.listen = c->http_listen,
+                              .api_key_file = c->http_api_key_file,
+                              .max_body = (size_t)c->http_max_body,
+                              .max_connections = (int)c->http_max_connections,
+                              .default_max_tokens = c->n_predict > 0 ? c->n_predict : -1,
+                              .default_seed_random = c->seed < 0,
+                              .metrics_extra = metrics_extra,
+                              .metrics_ctx = s};
+    pi_gen_params_from_config(c, &ho.defaults);
+    /* the model's name: the file's, without its directory */
+    const char *slash = strrchr(c->model_path, '/');
+    ho.model_id = slash ? slash + 1 : c->model_path;
+    char err[256];
+    const char *name = c->chat_template && *c->chat_template ? c->chat_template : NULL;
+    const char *tmpl = s->cm->tok ? pi_tokenizer_chat_template(s->cm->tok) : NULL;
+    ho.has_chat = pi_chat_resolve(name, tmpl, &ho.chat, err, sizeof err) == 0;
+    char chat_err[320];
+    if (!ho.has_chat) {
+        snprintf(chat_err, sizeof chat_err, "chat completions need a chat format: %s; set [model] chat_template", err);
+        ho.chat_error = chat_err;
+        pi_warn("http: /v1/chat/completions is off: %s", err);
+    }
+    s->http = pi_http_start(&ho, s->sched, s->cm->tok);
+    return s->http ? 0 : -1;
+}
+
 int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
 {
     (void)argv0;
@@ -1152,6 +1264,13 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     }
     if (control_listen(&s) != 0) goto out; /* logged */
     bound = true;
+    struct pi_sched_opts so = {.n_slots = (int)o->cfg.server_slots,
+                               .queue_max = (int)o->cfg.server_queue,
+                               .max_tokens = o->cfg.server_max_tokens,
+                               .timeout_ms = o->cfg.server_timeout * 1000};
+    s.sched = pi_sched_new(cm.tok, cm.model->hp.n_vocab, &so);
+    if (!s.sched) goto out;
+    if (strcmp(o->cfg.http_listen, "off") != 0 && http_start(&s) != 0) goto out; /* one line on stderr */
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -1184,8 +1303,7 @@ out:
         /* Cancel a generation in flight, and still deliver its END (and any queued request's) to the
          * client, until the generation thread has stopped the workers and said goodbye. */
         atomic_store(&s.cancel, 1);
-        struct job q = {.quit = 1};
-        zmq_send(pair, &q, sizeof q, 0);
+        pi_sched_stop(s.sched, "cancelled: the coordinator is shutting down");
         int to = 100;
         zmq_setsockopt(pair, ZMQ_RCVTIMEO, &to, sizeof to);
         for (int64_t until = pi_clock_ns() + INT64_C(10000000000); pi_clock_ns() < until;) {
@@ -1196,6 +1314,9 @@ out:
         }
         pthread_join(gen, NULL);
     }
+    pi_sched_stop(s.sched, "the coordinator is shutting down"); /* when the engine never started */
+    pi_http_stop(&s.http); /* its handlers have seen their jobs end */
+    pi_sched_destroy(&s.sched);
     int linger = 0;
     if (pair) zmq_setsockopt(pair, ZMQ_LINGER, &linger, sizeof linger);
     if (s.gen_sock) zmq_setsockopt(s.gen_sock, ZMQ_LINGER, &linger, sizeof linger);

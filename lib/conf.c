@@ -49,6 +49,17 @@ static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive"
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
  * workers (PI_LOG_LEVEL) take the same spellings. */
+/* [http] listen: "off" or HOST:PORT (the address itself is resolved when the server starts). */
+static bool http_listen_ok(const char *v)
+{
+    if (strcmp(v, "off") == 0) return true;
+    const char *c = v[0] == '[' ? strstr(v, "]:") : strrchr(v, ':');
+    if (!c || c == v) return false;
+    c += v[0] == '[' ? 2 : 1;
+    int64_t port = 0;
+    return pi_parse_int(c, 0, 65535, &port) == 0;
+}
+
 static bool log_level_ok(const char *v)
 {
     enum pi_log_level lv;
@@ -67,6 +78,13 @@ static const struct key_def keys[] = {
     {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it new ones are closed as they come (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
     {{"control", "token_file", "", "file (mode 0600) whose first line is the shared token a tcp:// client must send first; required for a tcp:// endpoint"}, K_STR, OFF(control_token_file), 0, 0, NULL, NULL},
+    {{"http", "listen", "127.0.0.1:8080", "address of the HTTP API in server mode, HOST:PORT ([::1]:PORT for IPv6; port 0 picks a free one), or off; an address off the loopback needs api_key_file"}, K_STR, OFF(http_listen), 0, 0, NULL, http_listen_ok},
+    {{"http", "api_key_file", "", "file of API keys, one per line; when set every route but /health and /metrics needs \"Authorization: Bearer KEY\""}, K_STR, OFF(http_api_key_file), 0, 0, NULL, NULL},
+    {{"http", "max_body", "4M", "largest request body in bytes (K/M suffixes); larger ones get 413"}, K_BYTES, OFF(http_max_body), 0, 0, NULL, NULL},
+    {{"http", "max_connections", "256", "HTTP connections held at once; more are refused"}, K_INT, OFF(http_max_connections), 1, 16384, NULL, NULL},
+    {{"server", "queue", "64", "requests waiting for a slot, at most; more get 429 (HTTP) or busy (control socket)"}, K_INT, OFF(server_queue), 0, 65536, NULL, NULL},
+    {{"server", "max_tokens", "0", "tokens one request may generate, at most; 0 = up to the context"}, K_INT, OFF(server_max_tokens), 0, 1 << 24, NULL, NULL},
+    {{"server", "timeout", "600", "seconds a request may take from its arrival to its end, queue included; 0 = no limit"}, K_INT, OFF(server_timeout), 0, 86400 * 7, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},

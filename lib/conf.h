@@ -75,6 +75,15 @@ struct pi_config {
     int64_t max_connections;   /* control connections held at once; past it the listener pauses */
     char *control_endpoint;    /* ZeroMQ endpoint of the control socket; empty = ipc://RUN_DIR/control */
     char *control_token_file;  /* the shared token's file; tcp:// needs it (ipc/control-stream.h) */
+    /* [http] */
+    char *http_listen;         /* HOST:PORT of the HTTP API, or "off" */
+    char *http_api_key_file;   /* API keys, one per line; empty = none (loopback only) */
+    uint64_t http_max_body;    /* bytes */
+    int64_t http_max_connections;
+    /* [server] */
+    int64_t server_queue;      /* requests waiting for a slot, at most */
+    int64_t server_max_tokens; /* tokens per request, at most; 0 = the context */
+    int64_t server_timeout;    /* seconds from arrival to end; 0 = none */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
     int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */

@@ -1,6 +1,7 @@
 #!/bin/bash
 # tools/install-deps.sh - installs what building pinfer needs on Debian 12, as root: the compiler,
-# Autotools, pkg-config, mandoc (make check lints the man pages) and the -dev packages of every library
+# Autotools, pkg-config, mandoc (make check lints the man pages), Node.js and npm (the HTTP API's
+# test uses OpenAI's npm client), curl (the demo) and the -dev packages of every library
 # configure requires. Each is checked first and only missing packages are installed. Used by
 # tools/test.sh and tools/demo.sh.
 # Exits 0 when everything is there, non-zero with one line on stderr otherwise.
@@ -18,6 +19,9 @@ command -v autoreconf >/dev/null || need+=(autoconf)
 command -v automake >/dev/null || need+=(automake)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v mandoc >/dev/null || need+=(mandoc) # tests/integration/test-man.sh lints the man pages
+command -v node >/dev/null || need+=(nodejs) # tests/integration/test-http.sh drives the HTTP API with OpenAI's npm client
+command -v npm >/dev/null || need+=(npm)
+command -v curl >/dev/null || need+=(curl) # tools/demo.sh asks the HTTP API
 for pair in zmq.h:libzmq3-dev hwloc.h:libhwloc-dev numa.h:libnuma-dev jansson.h:libjansson-dev \
             ini.h:libinih-dev microhttpd.h:libmicrohttpd-dev; do
     [ -e "/usr/include/${pair%%:*}" ] || need+=("${pair#*:}")
