@@ -695,8 +695,9 @@ static bool step(pi_sched_t *s)
         s->b_rows[n_rows++] = n++;
     }
     /* prompts fill the rest, in turn from where the last step stopped */
+    const int rr = s->rr;
     for (int k = 0; k < s->o.n_slots && n < cap; k++) {
-        const int i = (s->rr + k) % s->o.n_slots;
+        const int i = (rr + k) % s->o.n_slots;
         struct slot *sl = &s->slots[i];
         if (sl->state != SLOT_PROMPT) continue;
         const struct job *j = sl->job;

@@ -1,0 +1,404 @@
+/*
+ * tests/unit/test-sched.c - the scheduler (coordinator/sched.h) over a fake engine whose logits are a
+ * hash of each sequence's whole history, so that any mistake in the batches it builds (a wrong
+ * position, a token of another sequence, a cache prefix kept that is not the prompt's) changes the
+ * text. Checked: every request's tokens equal the same request run alone, whatever ran beside it;
+ * a prompt sharing a prefix with a slot's cache evaluates only the rest; steps carry several
+ * sequences; cancel, queue limits, deadlines, stop strings, logprobs; an engine failure
+ * ends the running jobs with an error, resets the engine, and later jobs run. The fake engine checks
+ * every batch against the engine rules (coordinator/engine.h) and counts violations.
+ */
+#include "config.h"
+#include "coordinator/sched.h"
+#include "ipc/futex.h"
+#include "lib/common.h"
+#include "tests/tap.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define NV 64     /* vocabulary */
+#define NSEQ 4
+#define NCTX 256
+#define BATCH 16
+
+struct fake {
+    struct pi_engine base;
+    uint64_t hist[NSEQ][NCTX + 1]; /* hash of the first p tokens of each sequence at [p] */
+    int len[NSEQ];
+    _Atomic int violations;
+    _Atomic long tokens;           /* tokens evaluated */
+    _Atomic long steps, multi;     /* steps, and steps with more than one sequence */
+    _Atomic int fail_at;           /* the step number that fails with -PI_ERR_PEER (0: none) */
+    _Atomic int resets;
+    _Atomic int delay_us;          /* each step takes at least this long */
+};
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    h *= 0xff51afd7ed558ccdull;
+    return h ^ (h >> 33);
+}
+
+static int fake_eval(pi_engine_t *e, const int32_t *tok, const int32_t *seq, const int32_t *pos, int n,
+                     const int32_t *rows, int n_rows, float *logits)
+{
+    struct fake *f = (struct fake *)e;
+    if (atomic_fetch_add(&f->steps, 1) + 1 == atomic_load(&f->fail_at)) return -PI_ERR_PEER;
+    if (atomic_load(&f->delay_us)) usleep((useconds_t)atomic_load(&f->delay_us));
+    int want[NSEQ];
+    memcpy(want, f->len, sizeof want);
+    int seen = 0;
+    for (int i = 0; i < n; i++) {
+        if (seq[i] < 0 || seq[i] >= NSEQ || pos[i] != want[seq[i]] || pos[i] >= NCTX || tok[i] < 0 || tok[i] >= NV) {
+            atomic_fetch_add(&f->violations, 1);
+            return -PI_ERR_INVAL;
+        }
+        want[seq[i]]++;
+        seen |= 1 << seq[i];
+    }
+    for (int r = 0; r < n_rows; r++)
+        if (rows[r] < 0 || rows[r] >= n || (r && rows[r] <= rows[r - 1])) {
+            atomic_fetch_add(&f->violations, 1);
+            return -PI_ERR_INVAL;
+        }
+    if (__builtin_popcount((unsigned)seen) > 1) atomic_fetch_add(&f->multi, 1);
+    int r = 0;
+    for (int i = 0; i < n; i++) {
+        const int s = seq[i], p = pos[i];
+        f->hist[s][p + 1] = mix(f->hist[s][p], (uint64_t)tok[i] + 1);
+        f->len[s] = p + 1;
+        if (r < n_rows && rows[r] == i) {
+            float *row = logits + (size_t)r * NV;
+            uint64_t h = f->hist[s][p + 1];
+            for (int v = 0; v < NV; v++) row[v] = (float)((mix(h, (uint64_t)v) >> 40) % 1000) / 100.0f;
+            r++;
+        }
+    }
+    atomic_fetch_add(&f->tokens, n);
+    return 0;
+}
+
+static int fake_truncate(pi_engine_t *e, int seq, int n)
+{
+    struct fake *f = (struct fake *)e;
+    if (seq < 0 || seq >= NSEQ || n < 0 || n > f->len[seq]) {
+        atomic_fetch_add(&f->violations, 1);
+        return -PI_ERR_RANGE;
+    }
+    f->len[seq] = n;
+    return 0;
+}
+
+static int fake_reset(pi_engine_t *e)
+{
+    struct fake *f = (struct fake *)e;
+    memset(f->len, 0, sizeof f->len);
+    atomic_fetch_add(&f->resets, 1);
+    return 0;
+}
+
+static void fake_destroy(pi_engine_t *e)
+{
+    (void)e;
+}
+
+static const struct pi_engine_ops fake_ops = {fake_eval, fake_truncate, fake_reset, fake_destroy, NULL};
+
+static void fake_init(struct fake *f)
+{
+    memset(f, 0, sizeof *f);
+    f->base = (struct pi_engine){&fake_ops, NV, BATCH, NCTX, NSEQ};
+    for (int s = 0; s < NSEQ; s++) f->hist[s][0] = 0x1234;
+}
+
+/* What a job produced. */
+struct out {
+    int32_t toks[NCTX];
+    int n;
+    char text[4096];
+    size_t len;
+    float lp[NCTX];
+    int n_top[NCTX];
+    int top_sorted, top_has_tok;
+    _Atomic int ended;
+    struct pi_sched_end end;
+};
+
+static void on_piece(void *ctx, const struct pi_sched_piece *p)
+{
+    struct out *o = ctx;
+    if (o->n < NCTX) {
+        o->lp[o->n] = p->logprob;
+        o->n_top[o->n] = p->n_top;
+        o->toks[o->n++] = p->token;
+    }
+    for (int k = 1; k < p->n_top; k++)
+        if (p->top_lp[k] > p->top_lp[k - 1]) o->top_sorted = 0;
+    if (p->n_top > 0 && p->top_ids[0] == p->token) o->top_has_tok++;
+    if (o->len + p->len < sizeof o->text) memcpy(o->text + o->len, p->text, p->len), o->len += p->len;
+}
+
+static void on_end(void *ctx, const struct pi_sched_end *e)
+{
+    struct out *o = ctx;
+    if (o->len + e->len < sizeof o->text) memcpy(o->text + o->len, e->text, e->len), o->len += e->len;
+    o->text[o->len] = '\0';
+    o->end = *e;
+    o->end.text = NULL;
+    atomic_store(&o->ended, 1);
+}
+
+static struct pi_sched_job job_of(const int32_t *toks, size_t n, int64_t n_predict, struct out *o)
+{
+    struct pi_sched_job j = {.tokens = toks, .n_tokens = n, .n_predict = n_predict, .top_logprobs = -1,
+                             .sink = {on_piece, on_end, NULL}, .ctx = o};
+    pi_sample_params_default(&j.sample);
+    j.sample.temperature = 0;
+    memset(o, 0, sizeof *o);
+    o->top_sorted = 1;
+    return j;
+}
+
+struct runner {
+    pi_sched_t *s;
+    pthread_t th;
+};
+
+static void *run_main(void *arg)
+{
+    pi_sched_run(arg);
+    return NULL;
+}
+
+static void wait_end(struct out *o)
+{
+    for (int i = 0; i < 20000 && !atomic_load(&o->ended); i++) usleep(500);
+}
+
+static pi_sched_t *start(struct fake *f, struct runner *r, int slots, int queue, int64_t max_tokens, int64_t timeout_ms)
+{
+    struct pi_sched_opts so = {.n_slots = slots, .queue_max = queue, .max_tokens = max_tokens, .timeout_ms = timeout_ms};
+    r->s = pi_sched_new(NULL, NV, &so);
+    pi_sched_set_engine(r->s, &f->base);
+    pthread_create(&r->th, NULL, run_main, r->s);
+    return r->s;
+}
+
+static void stop(struct runner *r)
+{
+    pi_sched_stop(r->s, "test over");
+    pthread_join(r->th, NULL);
+    pi_sched_destroy(&r->s);
+}
+
+int main(void)
+{
+    uint64_t seed = (uint64_t)pi_clock_ns();
+    tap_diag("seed %llu", (unsigned long long)seed);
+    srand((unsigned)seed);
+    struct fake f;
+    struct runner r;
+    enum { NJ = 24 };
+    static int32_t prompts[NJ][64];
+    int plen[NJ], npred[NJ];
+    for (int j = 0; j < NJ; j++) {
+        plen[j] = 1 + rand() % 40;
+        npred[j] = 1 + rand() % 30;
+        for (int k = 0; k < plen[j]; k++) prompts[j][k] = rand() % (NV - 1);
+    }
+    /* alone: one at a time */
+    static struct out alone[NJ], together[NJ];
+    fake_init(&f);
+    pi_sched_t *s = start(&f, &r, 1, 64, 0, 0);
+    for (int j = 0; j < NJ; j++) {
+        struct pi_sched_job jb = job_of(prompts[j], (size_t)plen[j], npred[j], &alone[j]);
+        uint64_t id = 0;
+        pi_sched_submit(s, &jb, &id);
+        wait_end(&alone[j]);
+    }
+    stop(&r);
+    int good = 1;
+    for (int j = 0; j < NJ; j++) good &= alone[j].end.finish == PI_SCHED_LENGTH && alone[j].n == npred[j];
+    tap_ok(good && atomic_load(&f.violations) == 0, "%d jobs alone: each generated its n_predict tokens, no bad batch", NJ);
+
+    /* together: all submitted at once over 4 slots */
+    fake_init(&f);
+    s = start(&f, &r, NSEQ, 64, 0, 0);
+    int took = 0;
+    for (int j = 0; j < NJ; j++) {
+        struct pi_sched_job jb = job_of(prompts[j], (size_t)plen[j], npred[j], &together[j]);
+        took += pi_sched_submit(s, &jb, NULL) == 0;
+    }
+    tap_is_int(took, NJ, "all jobs accepted (4 slots, queue 64)");
+    for (int j = 0; j < NJ; j++) wait_end(&together[j]);
+    int same = 1;
+    for (int j = 0; j < NJ; j++)
+        same &= together[j].n == alone[j].n && memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0 &&
+                strcmp(together[j].text, alone[j].text) == 0;
+    tap_ok(same, "the same %d jobs in 4 slots at once: every job's tokens and text equal its run alone", NJ);
+    tap_ok(atomic_load(&f.violations) == 0, "no batch broke the engine's rules");
+    tap_ok(atomic_load(&f.multi) > 0, "steps carried several sequences (%ld of %ld)", (long)atomic_load(&f.multi),
+           (long)atomic_load(&f.steps));
+    struct pi_sched_stats st;
+    pi_sched_stats(s, &st);
+    tap_is_int((long long)st.requests[PI_SCHED_LENGTH], NJ, "stats: every job ended by length");
+    tap_is_int(st.running + st.waiting, 0, "stats: nothing running or waiting");
+
+    /* prefix reuse: a prompt extending an ended job's prompt and answer evaluates only the new part */
+    struct out a, b;
+    int32_t p2[128];
+    memcpy(p2, prompts[0], sizeof(int32_t) * (size_t)plen[0]);
+    struct pi_sched_job jb = job_of(prompts[0], (size_t)plen[0], 5, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    int n2 = plen[0];
+    for (int k = 0; k < a.n - 1; k++) p2[n2++] = a.toks[k]; /* the answer minus its last (unevaluated) token */
+    p2[n2++] = 7;
+    p2[n2++] = 9;
+    long before = atomic_load(&f.tokens);
+    jb = job_of(p2, (size_t)n2, 3, &b);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&b);
+    long evaluated = atomic_load(&f.tokens) - before;
+    tap_ok(b.end.n_cached == n2 - 2 && evaluated == 2 + 2, "a follow-up turn: %d of %d prompt tokens cached, %ld evaluated",
+           b.end.n_cached, n2, evaluated);
+    /* and its tokens equal a fresh run of the same prompt */
+    struct fake f2;
+    struct runner r2;
+    fake_init(&f2);
+    pi_sched_t *s2 = start(&f2, &r2, 1, 4, 0, 0);
+    struct out c;
+    jb = job_of(p2, (size_t)n2, 3, &c);
+    pi_sched_submit(s2, &jb, NULL);
+    wait_end(&c);
+    stop(&r2);
+    tap_ok(c.n == b.n && memcmp(c.toks, b.toks, sizeof(int32_t) * (size_t)c.n) == 0, "the cached run equals a fresh one");
+
+    /* logprobs */
+    jb = job_of(prompts[1], (size_t)plen[1], 6, &a);
+    jb.top_logprobs = 5;
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    int lp_ok = a.n == 6 && a.top_sorted && a.top_has_tok == 6;
+    for (int k = 0; k < a.n; k++) lp_ok &= a.n_top[k] == 5 && a.lp[k] <= 0;
+    tap_ok(lp_ok, "logprobs: 5 alternatives, sorted, greedy token first, log-probabilities <= 0");
+
+    /* stop string: the text of the fake tokenizer-less run is the ids; stop on the 3rd token's text */
+    char stop_s[32];
+    snprintf(stop_s, sizeof stop_s, " %d", alone[2].toks[2]);
+    const char *stops[] = {stop_s};
+    jb = job_of(prompts[2], (size_t)plen[2], npred[2], &a);
+    jb.stops = stops;
+    jb.n_stops = 1;
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    const char *at = strstr(alone[2].text, stop_s);
+    if (npred[2] >= 3 && at) {
+        tap_ok(a.end.finish == PI_SCHED_STOP && a.len == (size_t)(at - alone[2].text) &&
+                   memcmp(a.text, alone[2].text, a.len) == 0,
+               "stop string \"%s\": the text ends before it (%s)", stop_s, a.text);
+    } else {
+        tap_skip(1, "the reference is too short for a stop string");
+    }
+
+    /* cancel a long job */
+    jb = job_of(prompts[3], (size_t)plen[3], NCTX, &a);
+    uint64_t id = 0;
+    pi_sched_submit(s, &jb, &id);
+    while (!a.n) usleep(100);
+    pi_sched_cancel(s, id);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_CANCELLED && a.n < NCTX, "cancel: ended CANCELLED after %d tokens", a.n);
+    pi_sched_cancel(s, id); /* again, after its end: nothing */
+    stop(&r);
+
+    /* the queue: 1 slot, queue 2; a job of the whole context holds the slot */
+    fake_init(&f);
+    atomic_store(&f.delay_us, 2000); /* the first job holds its slot for about half a second */
+    s = start(&f, &r, 1, 2, 0, 0);
+    struct out q[5];
+    int refused = 0, accepted = 0;
+    for (int j = 0; j < 5; j++) {
+        jb = job_of(prompts[j], (size_t)plen[j], NCTX, &q[j]);
+        int rc = pi_sched_submit(s, &jb, NULL);
+        if (rc == -PI_ERR_RANGE) refused++;
+        else if (rc == 0) accepted++;
+        if (j == 0) while (!q[0].n) usleep(100);
+    }
+    tap_ok(accepted == 3 && refused == 2, "1 slot + queue 2: 3 accepted, 2 refused (got %d, %d)", accepted, refused);
+    pi_sched_stop(s, "stopping now");
+    pthread_join(r.th, NULL);
+    int all_cancelled = 1;
+    for (int j = 0; j < 3; j++) all_cancelled &= q[j].ended && q[j].end.finish == PI_SCHED_CANCELLED;
+    tap_ok(all_cancelled, "stop: the running and the queued jobs end CANCELLED");
+    jb = job_of(prompts[0], 1, 1, &a);
+    tap_is_int(pi_sched_submit(s, &jb, NULL), -PI_ERR_PEER, "a stopped scheduler refuses jobs");
+    pi_sched_destroy(&s);
+
+    /* the server's max_tokens and a deadline */
+    fake_init(&f);
+    s = start(&f, &r, 2, 8, 7, 0);
+    jb = job_of(prompts[4], (size_t)plen[4], -1, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == 7, "max_tokens 7 caps a request without n_predict (%d)", a.n);
+    stop(&r);
+    fake_init(&f);
+    s = start(&f, &r, 1, 8, 0, 50);
+    jb = job_of(prompts[6], (size_t)plen[6], -1, &a); /* until the context: long enough to pass 50 ms? */
+    struct pi_sched_job jb2 = job_of(prompts[7], (size_t)plen[7], 3, &b);
+    pi_sched_submit(s, &jb, NULL);
+    usleep(120 * 1000);
+    pi_sched_submit(s, &jb2, NULL);
+    wait_end(&a);
+    wait_end(&b);
+    tap_ok((a.end.finish == PI_SCHED_TIMEOUT || a.end.finish == PI_SCHED_LENGTH) && b.end.finish == PI_SCHED_LENGTH,
+           "deadline 50 ms: a long job ends by %s, the next one runs", pi_sched_finish_name(a.end.finish));
+    stop(&r);
+
+    /* an engine failure mid-run */
+    fake_init(&f);
+    s = start(&f, &r, NSEQ, 16, 0, 0);
+    atomic_store(&f.fail_at, 6);
+    for (int j = 0; j < 4; j++) {
+        jb = job_of(prompts[j], (size_t)plen[j], 40, &together[j]);
+        pi_sched_submit(s, &jb, NULL);
+    }
+    for (int j = 0; j < 4; j++) wait_end(&together[j]);
+    int errs = 0;
+    for (int j = 0; j < 4; j++) errs += together[j].end.finish == PI_SCHED_ERROR && together[j].end.status == -PI_ERR_PEER;
+    tap_ok(errs >= 1 && atomic_load(&f.resets) >= 1, "a failed step: %d running jobs end with the engine's error, %d reset(s)",
+           errs, atomic_load(&f.resets));
+    jb = job_of(prompts[8], (size_t)plen[8], npred[8], &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == alone[8].n && memcmp(a.toks, alone[8].toks, sizeof(int32_t) * (size_t)a.n) == 0,
+           "the next job runs and equals its run alone");
+    stop(&r);
+
+    /* bad jobs */
+    fake_init(&f);
+    s = start(&f, &r, 1, 4, 0, 0);
+    int32_t bad_tok[] = {NV};
+    jb = job_of(bad_tok, 1, 1, &a);
+    tap_is_int(pi_sched_submit(s, &jb, NULL), -PI_ERR_INVAL, "a token outside the vocabulary is refused");
+    jb = job_of(prompts[0], 0, 1, &a);
+    tap_is_int(pi_sched_submit(s, &jb, NULL), -PI_ERR_INVAL, "an empty prompt is refused");
+    jb = job_of(prompts[0], 3, 1, &a);
+    jb.top_logprobs = PI_SCHED_MAX_TOP + 1;
+    tap_is_int(pi_sched_submit(s, &jb, NULL), -PI_ERR_INVAL, "too many logprobs alternatives are refused");
+    static int32_t longp[NCTX + 5];
+    jb = job_of(longp, NCTX + 1, 1, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && a.end.status == -PI_ERR_RANGE, "a prompt longer than the context: error (%s)",
+           a.end.reason);
+    stop(&r);
+    return tap_done();
+}
