@@ -293,7 +293,8 @@ static int want_float(const json_t *v, const char *param, double lo, double hi, 
     if (!json_is_number(v)) return wrong_type(e, param, "a number", v);
     double d = json_number_value(v);
     float f = (float)d;
-    if (!isfinite(d) || !isfinite(f)) return refuse(e, param, "invalid_value", "Invalid '%s': not a finite number.", param);
+    if (!isfinite(d) || !isfinite(f))
+        return refuse(e, param, "invalid_value", "Invalid '%s': not a finite number.", param);
     if (lo_open ? !(f > lo) : !(d >= lo))
         return refuse(e, param, "decimal_below_min_value",
                       "Invalid '%s': decimal below minimum value. Expected a value %s %g, but got %g instead.", param,
@@ -358,7 +359,8 @@ static int want_content(const json_t *c, const char *param, char **out, struct p
     if (json_is_string(c)) return want_strdup(c, param, out, e);
     if (!json_is_array(c)) return wrong_type(e, param, "a string or an array of content parts", c);
     size_t n = json_array_size(c), total = 0;
-    if (!n) return refuse(e, param, "empty_array", "Invalid '%s': empty array. Expected at least one text part.", param);
+    if (!n)
+        return refuse(e, param, "empty_array", "Invalid '%s': empty array. Expected at least one text part.", param);
     for (size_t j = 0; j < n; j++) { /* check every part before allocating */
         const json_t *part = json_array_get(c, j), *type, *text;
         pathf(path, sizeof path, "%s[%zu]", param, j);
@@ -575,9 +577,9 @@ static int parse_bias(const json_t *root, const struct pi_oai_limits *lim, struc
     r->bias_ids = malloc(n * sizeof *r->bias_ids);
     r->bias = malloc(n * sizeof *r->bias);
     if (!r->bias_ids || !r->bias) return nomem(e);
-    const char *key;
-    json_t *val;
-    json_object_foreach((json_t *)v, key, val) {
+    for (void *it = json_object_iter((json_t *)v); it; it = json_object_iter_next((json_t *)v, it)) {
+        const char *key = json_object_iter_key(it);
+        const json_t *val = json_object_iter_value(it);
         int32_t id;
         if (!bias_key(key, lim->n_vocab, &id))
             return refuse(e, "logit_bias", "invalid_value",
@@ -647,7 +649,8 @@ static int parse_single_answer(const json_t *root, enum pi_oai_kind kind, struct
     bool b = false;
     if ((v = field(root, "n"))) {
         if (want_int(v, "n", 1, INT64_MAX, &x, e)) return -1;
-        if (x != 1) return refuse(e, "n", "unsupported_parameter", "Only n = 1 is supported: send one request per answer.");
+        if (x != 1)
+            return refuse(e, "n", "unsupported_parameter", "Only n = 1 is supported: send one request per answer.");
     }
     if (kind != PI_OAI_COMPLETION) return 0;
     if ((v = field(root, "best_of"))) {
@@ -689,7 +692,8 @@ static int parse_length_and_logprobs(const json_t *root, const struct pi_oai_lim
     if ((v = field(root, "top_logprobs"))) {
         if (want_int(v, "top_logprobs", 0, CHAT_TOP_LOGPROBS_MAX, &x, e)) return -1;
         if (!lp)
-            return refuse(e, "top_logprobs", "invalid_value", "Invalid 'top_logprobs': it needs 'logprobs' set to true.");
+            return refuse(e, "top_logprobs", "invalid_value",
+                          "Invalid 'top_logprobs': it needs 'logprobs' set to true.");
     }
     r->top_logprobs = lp ? (int)x : -1;
     return 0;
@@ -715,8 +719,8 @@ static json_t *load(const char *body, size_t len, struct pi_oai_error *e)
     json_error_t je;
     json_t *root = json_loadb(body ? body : "", body ? len : 0, JSON_REJECT_DUPLICATES, &je);
     if (!root) {
-        refuse(e, NULL, "invalid_json", "The body is not valid JSON (%s, at byte %d); send one JSON object.",
-               je.text, je.position);
+        refuse(e, NULL, "invalid_json", "The body is not valid JSON (%s, at byte %d); send one JSON object.", je.text,
+               je.position);
         return NULL;
     }
     if (!json_is_object(root)) {
@@ -964,8 +968,7 @@ static json_t *legacy_tops(const struct pi_oai_top *top, size_t n)
 static json_t *completion_logprobs(const struct pi_oai_logprob *lp, size_t n)
 {
     if (!lp) return json_null();
-    json_t *o = json_object(), *tokens = json_array(), *lps = json_array(), *tops = json_array(),
-           *offs = json_array();
+    json_t *o = json_object(), *tokens = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
     int bad = !o || !tokens || !lps || !tops || !offs;
     int64_t offset = 0;
     for (size_t i = 0; !bad && i < n; i++) {
@@ -1006,9 +1009,7 @@ static char *finish_root(json_t *root, json_t *choice, bool with_choice, json_t 
 {
     json_t *choices = json_array();
     int bad = !root || !choices || (with_choice && !choice) || !usage_v;
-    if (!bad && with_choice) {
-        bad |= json_array_append(choices, choice);
-    }
+    if (!bad && with_choice) bad |= json_array_append(choices, choice);
     if (!bad) bad |= json_object_set(root, "choices", choices);
     if (!bad) bad |= json_object_set(root, "usage", usage_v);
     json_decref(choice);
@@ -1088,9 +1089,9 @@ static json_t *completion_choice(const char *text, size_t len, const char *finis
     return choice;
 }
 
-char *pi_oai_completion_response(const char *id, int64_t created, const char *model, const char *text,
-                                 size_t len, const char *finish, const struct pi_oai_usage *u,
-                                 const struct pi_oai_logprob *lp, size_t n_lp)
+char *pi_oai_completion_response(const char *id, int64_t created, const char *model, const char *text, size_t len,
+                                 const char *finish, const struct pi_oai_usage *u, const struct pi_oai_logprob *lp,
+                                 size_t n_lp)
 {
     return finish_root(head(id, "text_completion", created, model), completion_choice(text, len, finish, lp, n_lp),
                        true, usage(u));

@@ -155,9 +155,9 @@ char *pi_oai_chat_chunk(const char *id, int64_t created, const char *model, cons
  * legacy form {"tokens", "token_logprobs", "top_logprobs" (one {token: logprob} object per position),
  * "text_offset"}; text_offset counts characters (code points) from the start of this response's
  * (or chunk's) tokens, as the server does not send the prompt back (no echo). */
-char *pi_oai_completion_response(const char *id, int64_t created, const char *model, const char *text,
-                                 size_t len, const char *finish, const struct pi_oai_usage *u,
-                                 const struct pi_oai_logprob *lp, size_t n_lp);
+char *pi_oai_completion_response(const char *id, int64_t created, const char *model, const char *text, size_t len,
+                                 const char *finish, const struct pi_oai_usage *u, const struct pi_oai_logprob *lp,
+                                 size_t n_lp);
 
 /* One streamed "text_completion" chunk; usage non-NULL: the final usage-only chunk (choices []). */
 char *pi_oai_completion_chunk(const char *id, int64_t created, const char *model, const char *text, size_t len,

@@ -54,7 +54,7 @@ static const struct bad_case bad_cases[] = {
     {C, "[1,2]", "", "invalid_type"},
     {C, "{" M ",", "", "invalid_json"},
     {C, "{" M "} trailing", "", "invalid_json"},
-    {C, "{" M ",\"a\":1,\"a\":2}", "", "invalid_json"}, /* duplicate keys */
+    {C, "{" M ",\"a\":1,\"a\":2}", "", "invalid_json"},                                   /* duplicate keys */
     {C, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}", "", "invalid_json"}, /* bad UTF-8 */
     {C, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\\u0000b\"}]}", "", "invalid_json"},
     {C, "{" M ",\"temperature\":1e400}", "", "invalid_json"}, /* overflows a double */
@@ -81,7 +81,9 @@ static const struct bad_case bad_cases[] = {
     {C, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"text\":\"a\"}]}]}", "messages[0].content[0].type",
      "missing_required_parameter"},
     {C, "{\"messages\":[{\"role\":\"user\",\"content\":[\"a\"]}]}", "messages[0].content[0]", "invalid_type"},
-    {C, "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\",\"tool_calls\":[{}]}]}",
+    {C,
+     "{\"messages\":[{\"role\":\"user\",\"content\":\"a\"},{\"role\":\"assistant\",\"content\":\"b\",\"tool_calls\":[{}"
+     "]}]}",
      "messages[1].tool_calls", "unsupported_parameter"},
     /* sampling */
     {C, "{" M ",\"temperature\":2.5}", "temperature", "decimal_above_max_value"},
@@ -179,10 +181,11 @@ static void check_error_json(const struct pi_oai_error *e, const char *what)
     json_error_t je;
     json_t *root = s ? json_loads(s, 0, &je) : NULL, *in = json_object_get(root, "error");
     const json_t *param = json_object_get(in, "param"), *code = json_object_get(in, "code");
-    bool ok = in && json_is_string(json_object_get(in, "message")) &&
-              !strcmp(json_string_value(json_object_get(in, "type")), e->type) &&
-              (e->param[0] ? json_is_string(param) && !strcmp(json_string_value(param), e->param) : json_is_null(param)) &&
-              (e->code[0] ? json_is_string(code) && !strcmp(json_string_value(code), e->code) : json_is_null(code));
+    bool ok =
+        in && json_is_string(json_object_get(in, "message")) &&
+        !strcmp(json_string_value(json_object_get(in, "type")), e->type) &&
+        (e->param[0] ? json_is_string(param) && !strcmp(json_string_value(param), e->param) : json_is_null(param)) &&
+        (e->code[0] ? json_is_string(code) && !strcmp(json_string_value(code), e->code) : json_is_null(code));
     tap_ok(ok, "%s: the error object reads back", what);
     if (!ok) tap_diag("  %s", s ? s : "(null)");
     json_decref(root);
@@ -202,7 +205,8 @@ static void test_bad_requests(void)
         bool ok = rc == -1 && e.status == 400 && !strcmp(e.type, "invalid_request_error") &&
                   !strcmp(e.param, c->param) && !strcmp(e.code, c->code) && e.message[0] && is_zero(&r, sizeof r);
         tap_ok(ok, "refused: %.70s -> %s %s", c->body, c->param[0] ? c->param : "(no param)", c->code);
-        if (!ok) tap_diag("  rc %d status %d param '%s' code '%s' message '%s'", rc, e.status, e.param, e.code, e.message);
+        if (!ok)
+            tap_diag("  rc %d status %d param '%s' code '%s' message '%s'", rc, e.status, e.param, e.code, e.message);
         if (i % 10 == 0) check_error_json(&e, c->body);
     }
 }
@@ -302,8 +306,9 @@ static void test_chat_valid(void)
 static void test_completion_valid(void)
 {
     struct pi_oai_request r;
-    if (parse_ok(P, "{\"prompt\":\"Once upon\",\"max_tokens\":16,\"logprobs\":3,\"echo\":false,\"best_of\":1,"
-                    "\"suffix\":null,\"stop\":\"\\n\"}",
+    if (parse_ok(P,
+                 "{\"prompt\":\"Once upon\",\"max_tokens\":16,\"logprobs\":3,\"echo\":false,\"best_of\":1,"
+                 "\"suffix\":null,\"stop\":\"\\n\"}",
                  &r) == 0) {
         tap_ok(r.kind == P && r.prompt && !strcmp(r.prompt, "Once upon") && !r.prompt_ids && r.max_tokens == 16 &&
                    r.top_logprobs == 3 && r.n_stop == 1 && !r.msgs,
@@ -357,8 +362,11 @@ static void test_tokenize(void)
     static const struct {
         const char *body, *param;
     } bad[] = {
-        {"{}", "content"}, {"{\"content\":1}", "content"}, {"{\"content\":\"x\",\"add_special\":1}", "add_special"},
-        {"{\"content\":\"x\",\"parse_special\":\"no\"}", "parse_special"}, {"[]", ""},
+        {"{}", "content"},
+        {"{\"content\":1}", "content"},
+        {"{\"content\":\"x\",\"add_special\":1}", "add_special"},
+        {"{\"content\":\"x\",\"parse_special\":\"no\"}", "parse_special"},
+        {"[]", ""},
     };
     for (size_t i = 0; i < PI_ARRAY_LEN(bad); i++) {
         rc = pi_oai_parse_tokenize(bad[i].body, strlen(bad[i].body), &content, &add, &parse, &e);
@@ -396,8 +404,11 @@ static void test_tokenize(void)
     s = pi_oai_tokens_json(NULL, 0);
     tap_is_str(s, "{\"tokens\":[]}", "tokens_json: none");
     free(s);
-    s = pi_oai_content_json("a\xff" "b\"", 4);
-    tap_is_str(s, "{\"content\":\"a\xef\xbf\xbd" "b\\\"\"}", "content_json: a broken byte becomes U+FFFD");
+    s = pi_oai_content_json("a\377b\"", 4); /* octal: a hex escape would swallow the b */
+    tap_is_str(s, "{\"content\":\"a\357\277\275b\\\"\"}", "content_json: a broken byte becomes U+FFFD");
+    free(s);
+    s = pi_oai_content_json("a\0b", 3);
+    tap_is_str(s, "{\"content\":\"a\\u0000b\"}", "content_json: a NUL byte is written as \\u0000");
     free(s);
 }
 
@@ -480,7 +491,8 @@ static void test_chat_response(void)
                fabs(json_real_value(json_object_get(json_array_get(top0, 1), "logprob")) + 1.5) < 1e-6 &&
                bytes_are(json_object_get(json_array_get(top0, 1), "bytes"), "Hello", 5),
            "chat logprobs: top_logprobs entries");
-    tap_ok(json_array_size(top1) == 2 && json_real_value(json_object_get(json_array_get(top1, 1), "logprob")) == -9999.0 &&
+    tap_ok(json_array_size(top1) == 2 &&
+               json_real_value(json_object_get(json_array_get(top1, 1), "logprob")) == -9999.0 &&
                json_array_size(json_object_get(t2, "top_logprobs")) == 0,
            "chat logprobs: -inf is written as -9999; no alternatives is []");
     json_decref(j);
@@ -521,9 +533,9 @@ static void test_chat_chunks(void)
 static void test_completion_response(void)
 {
     struct pi_oai_usage u = {4, 3};
-    json_t *j = load(pi_oai_completion_response("chatcmpl-1", 1700000000, "demo", "Hi\xe2\x82\xac", 5, "length", &u,
-                                                lps, 3),
-                     "completion response");
+    json_t *j =
+        load(pi_oai_completion_response("chatcmpl-1", 1700000000, "demo", "Hi\xe2\x82\xac", 5, "length", &u, lps, 3),
+             "completion response");
     const json_t *ch = json_array_get(json_object_get(j, "choices"), 0), *lp = json_object_get(ch, "logprobs");
     tap_ok(head_ok(j, "text_completion") && !strcmp(str_at(ch, "text"), "Hi\xe2\x82\xac") && int_at(ch, "index") == 0 &&
                !strcmp(str_at(ch, "finish_reason"), "length") && usage_ok(json_object_get(j, "usage"), 4, 3),
@@ -597,7 +609,8 @@ static void test_misc(void)
     char a[PI_OAI_ID_MAX], b[PI_OAI_ID_MAX], small[12];
     pi_oai_id(PI_OAI_CHAT, a, sizeof a);
     pi_oai_id(PI_OAI_CHAT, b, sizeof b);
-    tap_ok(!strncmp(a, "chatcmpl-", 9) && strlen(a) > 20 && strcmp(a, b) != 0, "ids: chatcmpl-, distinct (%s, %s)", a, b);
+    tap_ok(!strncmp(a, "chatcmpl-", 9) && strlen(a) > 20 && strcmp(a, b) != 0, "ids: chatcmpl-, distinct (%s, %s)", a,
+           b);
     pi_oai_id(PI_OAI_COMPLETION, a, sizeof a);
     tap_ok(!strncmp(a, "cmpl-", 5) && strspn(a + 5, "0123456789abcdef") == strlen(a + 5), "ids: cmpl- and hex (%s)", a);
     pi_oai_id(PI_OAI_CHAT, small, sizeof small);
