@@ -234,7 +234,8 @@ static const char *jtype(const json_t *v)
     }
 }
 
-/* The member key of o, or NULL when absent or JSON null (optional fields take null as absent). */
+/* The member key of o, or NULL when absent or JSON null. Optional fields take null as absent: clients
+ * generated from OpenAI's schema send null for every nullable field they were not given. */
 static json_t *field(const json_t *o, const char *key)
 {
     json_t *v = json_object_get(o, key);
@@ -253,7 +254,9 @@ static int want_bool(const json_t *v, const char *param, bool *out, struct pi_oa
     return 0;
 }
 
-/* An integer: a JSON integer, or a real with no fraction that a double holds exactly. */
+/* An integer: a JSON integer, or a real with no fraction that a double holds exactly. 2.0 is taken
+ * because some clients write every number as a float (JavaScript, serialisers of Python floats); 1.5
+ * and 1e300 are not, so no integer field ever sees a value that was rounded on its way here. */
 static bool as_int(const json_t *v, int64_t *out)
 {
     if (json_is_integer(v)) {
@@ -295,6 +298,7 @@ static int want_float(const json_t *v, const char *param, double lo, double hi, 
     float f = (float)d;
     if (!isfinite(d) || !isfinite(f))
         return refuse(e, param, "invalid_value", "Invalid '%s': not a finite number.", param);
+    /* the negated comparisons also catch NaN, though jansson never yields one (it refuses overflow) */
     if (lo_open ? !(f > lo) : !(d >= lo))
         return refuse(e, param, "decimal_below_min_value",
                       "Invalid '%s': decimal below minimum value. Expected a value %s %g, but got %g instead.", param,
@@ -457,6 +461,7 @@ static int parse_prompt(const json_t *root, const struct pi_oai_limits *lim, str
     if (!json_is_array(p)) return wrong_type(e, "prompt", "a string or an array", p);
     size_t n = json_array_size(p);
     if (!n) return refuse(e, "prompt", "empty_array", "Invalid 'prompt': empty array. Expected a prompt.");
+    /* the first element decides the form; want_ids then checks every element as a token id */
     const json_t *first = json_array_get(p, 0);
     if (json_is_number(first)) return want_ids(p, "prompt", lim, false, &r->prompt_ids, &r->n_prompt_ids, e);
     if (!json_is_string(first) && !json_is_array(first))
@@ -546,7 +551,8 @@ static int parse_stop(const json_t *root, const struct pi_oai_limits *lim, struc
     return 0;
 }
 
-/* A logit_bias key: 1 to 10 ASCII digits naming a token id below n_vocab. */
+/* A logit_bias key: 1 to 10 ASCII digits naming a token id below n_vocab. Parsed by hand, not with
+ * strtol, which would also take " +5", "0x5" and 64-bit overflows. */
 static bool bias_key(const char *k, int32_t n_vocab, int32_t *id)
 {
     size_t n = strlen(k);
@@ -741,6 +747,8 @@ int pi_oai_parse(enum pi_oai_kind kind, const char *body, size_t len, const stru
     out->max_tokens = -1;
     out->top_logprobs = -1;
     out->sample = *defaults;
+    /* The checks run in a fixed order, so a body with several faults always gets the same refusal:
+     * the body, model/stream flags, messages or prompt, what is unsupported, then the numbers. */
     json_t *root = load(body, len, e);
     if (!root) {
         pi_oai_request_free(out);
@@ -815,6 +823,8 @@ int pi_oai_parse_detokenize(const char *body, size_t len, const struct pi_oai_li
 
 /* ---------------------------------------------------------------- responses */
 
+/* A log probability as a JSON real; -inf (a banned token), NaN and anything below the floor become
+ * the floor, since JSON cannot carry them and a client must still be able to sort the values. */
 static json_t *jlogprob(float lp)
 {
     double d = lp;
@@ -1004,7 +1014,9 @@ static json_t *completion_logprobs(const struct pi_oai_logprob *lp, size_t n)
 
 static json_t *jfinish(const char *finish) { return finish ? json_string(finish) : json_null(); }
 
-/* The root with "choices": [choice] (choice NULL: []) and "usage"; frees it all on failure. */
+/* The root with "choices": [choice] (with_choice false: [], the usage-only chunk) and "usage". Takes
+ * the references to root, choice and usage_v, whatever happens: the builders pass what they made,
+ * NULL included (no memory), and this frees everything once. */
 static char *finish_root(json_t *root, json_t *choice, bool with_choice, json_t *usage_v)
 {
     json_t *choices = json_array();
