@@ -415,9 +415,12 @@ static int want_message(const json_t *m, size_t i, struct pi_chat_msg *msg, stru
                       "Invalid value: '" QUOTE "'. Supported roles are 'system', 'developer', 'user' and 'assistant' "
                       "(this server has no tools).",
                       r);
+    /* a history with tool calls cannot be rendered without tools; an empty list (some clients always
+     * send one) asks for nothing */
     static const char *const tool_keys[] = {"tool_calls", "function_call"};
     for (size_t k = 0; k < PI_ARRAY_LEN(tool_keys); k++) {
-        if (!field(m, tool_keys[k])) continue;
+        const json_t *t = field(m, tool_keys[k]);
+        if (!t || (json_is_array(t) && !json_array_size(t))) continue;
         pathf(path, sizeof path, "messages[%zu].%s", i, tool_keys[k]);
         return refuse(e, path, "unsupported_parameter", "'%s' is not supported: this server has no tools.", path);
     }
