@@ -8,7 +8,7 @@
 #   distcheck  make distcheck                        (the tarball builds and passes its own check)
 #   fuzz       make fuzz FUZZ_TIME=15 FUZZ_TIME_SMALL=15 in the release tree: the libFuzzer targets
 #              (GGUF reader, config parser, control messages, placement wire form, sidecar reader,
-#              tokenizer) for a short fixed time each, any
+#              tokenizer, OpenAI request bodies) for a short fixed time each, any
 #              finding a failure; skipped where clang cannot build a libFuzzer binary
 # Set PI_TEST_QUICK=1 to run only the release pass. Exits non-zero when anything failed.
 set -u
