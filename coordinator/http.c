@@ -330,6 +330,9 @@ static const char *finish_str(const struct pi_sched_end *e)
     return e->finish == PI_SCHED_STOP ? "stop" : "length";
 }
 
+/* Logprobs asked for but no token yet: "logprobs" is then an empty list, not null. */
+static const struct pi_oai_logprob no_lp;
+
 /* The pending logprob entries as the builders' array (borrowing r's strings): *n entries. */
 static struct pi_oai_logprob *lp_view(struct hreq *r, size_t *n)
 {
@@ -365,11 +368,11 @@ static char *whole_answer(struct hreq *r)
     char *body = NULL;
     if (text && r->route == R_CHAT)
         body = pi_oai_chat_response(r->id, r->created, r->h->model_id, text, clen, finish_str(&r->end), &u,
-                                    r->rq.top_logprobs >= 0 ? (lp ? lp : (struct pi_oai_logprob *)"") : NULL,
+                                    r->rq.top_logprobs >= 0 ? (lp ? lp : &no_lp) : NULL,
                                     r->rq.top_logprobs >= 0 ? n_lp : 0);
     else if (text)
         body = pi_oai_completion_response(r->id, r->created, r->h->model_id, text, clen, finish_str(&r->end), &u,
-                                          r->rq.top_logprobs >= 0 ? (lp ? lp : (struct pi_oai_logprob *)"") : NULL,
+                                          r->rq.top_logprobs >= 0 ? (lp ? lp : &no_lp) : NULL,
                                           r->rq.top_logprobs >= 0 ? n_lp : 0);
     free(text);
     free(lp);
@@ -401,7 +404,7 @@ static bool sse_format(struct hreq *r)
         size_t n_lp = 0, clen = 0;
         struct pi_oai_logprob *lp = lp_view(r, &n_lp);
         char *text = utf8_clean(r->text ? r->text : "", r->text_len, &clen);
-        const struct pi_oai_logprob *lpa = r->rq.top_logprobs >= 0 ? (lp ? lp : (struct pi_oai_logprob *)"") : NULL;
+        const struct pi_oai_logprob *lpa = r->rq.top_logprobs >= 0 ? (lp ? lp : &no_lp) : NULL;
         if (!text) ok = false;
         else if (chat) ok = sse_add(r, pi_oai_chat_chunk(r->id, r->created, model, NULL, text, clen, NULL, lpa, n_lp, NULL));
         else ok = sse_add(r, pi_oai_completion_chunk(r->id, r->created, model, text, clen, NULL, lpa, n_lp, NULL));
@@ -543,7 +546,7 @@ static enum MHD_Result generate(struct pi_http *h, struct MHD_Connection *c, str
     struct pi_oai_error e;
     struct pi_oai_limits lim;
     pi_oai_limits_default(&lim);
-    lim.n_vocab = h->tok ? pi_tokenizer_n_vocab(h->tok) : 0;
+    if (h->tok) lim.n_vocab = pi_tokenizer_n_vocab(h->tok);
     const enum pi_oai_kind kind = r->route == R_CHAT ? PI_OAI_CHAT : PI_OAI_COMPLETION;
     if (pi_oai_parse(kind, r->body ? r->body : "", r->len, &lim, &h->o.defaults, &r->rq, &e) != 0)
         return answer_error(h, c, &e);
@@ -676,7 +679,7 @@ static enum MHD_Result detokenize(struct pi_http *h, struct MHD_Connection *c, s
     struct pi_oai_error e;
     struct pi_oai_limits lim;
     pi_oai_limits_default(&lim);
-    lim.n_vocab = h->tok ? pi_tokenizer_n_vocab(h->tok) : 0;
+    if (h->tok) lim.n_vocab = pi_tokenizer_n_vocab(h->tok);
     int32_t *ids = NULL;
     size_t n = 0;
     if (pi_oai_parse_detokenize(r->body ? r->body : "", r->len, &lim, &ids, &n, &e) != 0) return answer_error(h, c, &e);
