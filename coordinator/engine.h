@@ -58,8 +58,9 @@ int pi_engine_eval_seq0(pi_engine_t *e, const int32_t *tokens, int n, int pos0, 
  * its layers set) through its predictors (pi_forward_set_sparse, the recall every recall_every
  * steps), or with gate_min (borrowed, (n_layer, n_ff)) through activation thresholds
  * (pi_forward_set_gate_min). NULL on failure (logged). */
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, const struct pi_predictors *pred,
-                                 const float *gate_min, enum pi_sparsity mode, int64_t recall_every);
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq,
+                                 const struct pi_predictors *pred, const float *gate_min, enum pi_sparsity mode,
+                                 int64_t recall_every);
 
 /* e's sparse counts into out (see sparse_stats): 0, or -PI_ERR_NOTFOUND for a dense engine. */
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out);

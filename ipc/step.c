@@ -30,7 +30,7 @@ struct pi_step {
     int64_t *next;
     float *logits;
     uint32_t max_tokens, n_vocab, n_seq; /* private copies, checked against the section sizes */
-    uint32_t last;                /* worker: the last request id seen; coordinator: last sent */
+    uint32_t last;                       /* worker: the last request id seen; coordinator: last sent */
 };
 
 static int bind_sections(pi_step_t *s)
@@ -54,8 +54,8 @@ static int bind_sections(pi_step_t *s)
 
 static bool sizes_ok(uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq)
 {
-    return max_tokens >= 1 && max_tokens <= PI_STEP_MAX_TOKENS && n_vocab >= 1 && n_vocab <= PI_STEP_MAX_VOCAB && n_seq >= 1 &&
-           n_seq <= PI_STEP_MAX_SEQ;
+    return max_tokens >= 1 && max_tokens <= PI_STEP_MAX_TOKENS && n_vocab >= 1 && n_vocab <= PI_STEP_MAX_VOCAB &&
+           n_seq >= 1 && n_seq <= PI_STEP_MAX_SEQ;
 }
 
 /* The worker's private arrays. 0 or -PI_ERR_NOMEM. */
@@ -80,7 +80,8 @@ pi_step_t *pi_step_new(uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq)
     pi_step_t *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     const uint64_t rows = (uint64_t)max_tokens * 4;
-    uint64_t sizes[PI_STEP_SECTIONS] = {sizeof(struct pi_step_ctl), rows, rows, rows, rows, (uint64_t)max_tokens * n_vocab * 4};
+    uint64_t sizes[PI_STEP_SECTIONS] = {sizeof(struct pi_step_ctl),        rows, rows, rows, rows,
+                                        (uint64_t)max_tokens * n_vocab * 4};
     s->shm = pi_shm_new("pinfer-step", PI_STEP_SHM_KIND, sizes, PI_STEP_SECTIONS);
     s->max_tokens = max_tokens;
     s->n_vocab = n_vocab;
@@ -104,7 +105,10 @@ int pi_step_attach(int fd, pi_step_t **out)
     int rc = pi_shm_map_fd(fd, PI_STEP_SHM_KIND, &shm);
     if (rc != 0) return rc;
     pi_step_t *s = calloc(1, sizeof *s);
-    if (!s) { pi_shm_destroy(&shm); return -PI_ERR_NOMEM; }
+    if (!s) {
+        pi_shm_destroy(&shm);
+        return -PI_ERR_NOMEM;
+    }
     s->shm = shm;
     uint64_t sz0;
     const struct pi_step_ctl *c = pi_shm_section(shm, 0, &sz0);
@@ -120,11 +124,13 @@ int pi_step_attach(int fd, pi_step_t **out)
         s->n_vocab = c->n_vocab;
         s->n_seq = c->n_seq;
         if (!sizes_ok(s->max_tokens, s->n_vocab, s->n_seq)) {
-            pi_error("step segment: max_tokens %u / n_vocab %u / n_seq %u out of range", s->max_tokens, s->n_vocab, s->n_seq);
+            pi_error("step segment: max_tokens %u / n_vocab %u / n_seq %u out of range", s->max_tokens, s->n_vocab,
+                     s->n_seq);
             rc = -PI_ERR_RANGE;
         } else {
             rc = bind_sections(s);
-            if (rc != 0) pi_error("step segment: sections smaller than max_tokens %u x n_vocab %u", s->max_tokens, s->n_vocab);
+            if (rc != 0)
+                pi_error("step segment: sections smaller than max_tokens %u x n_vocab %u", s->max_tokens, s->n_vocab);
         }
         if (rc == 0) rc = alloc_priv(s);
     }
@@ -157,10 +163,12 @@ uint32_t pi_step_n_vocab(const pi_step_t *s) { return s->n_vocab; }
 uint32_t pi_step_n_seq(const pi_step_t *s) { return s->n_seq; }
 float *pi_step_logits(pi_step_t *s) { return s->logits; }
 
-int pi_step_batch_check(const struct pi_step_batch *b, uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq, int64_t *next)
+int pi_step_batch_check(const struct pi_step_batch *b, uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq,
+                        int64_t *next)
 {
     const uint32_t n = b->n_tokens;
-    if (n < 1 || n > max_tokens || b->n_rows > n || (b->n_rows > 0) != (b->rows != NULL) || !b->tokens || !b->seq || !b->pos) {
+    if (n < 1 || n > max_tokens || b->n_rows > n || (b->n_rows > 0) != (b->rows != NULL) || !b->tokens || !b->seq ||
+        !b->pos) {
         pi_error("step: a batch of %u tokens (1..%u) with %u logits rows", n, max_tokens, b->n_rows);
         return -PI_ERR_INVAL;
     }
@@ -207,7 +215,8 @@ static int call(pi_step_t *s, int64_t timeout_ns)
     return st;
 }
 
-static void put_request(struct pi_step_ctl *c, uint32_t cmd, uint32_t seq, uint32_t keep, uint32_t n_tokens, uint32_t n_rows)
+static void put_request(struct pi_step_ctl *c, uint32_t cmd, uint32_t seq, uint32_t keep, uint32_t n_tokens,
+                        uint32_t n_rows)
 {
     atomic_store_explicit(&c->cmd, cmd, memory_order_relaxed);
     atomic_store_explicit(&c->seq, seq, memory_order_relaxed);
@@ -279,8 +288,8 @@ int pi_step_wait(pi_step_t *s, int64_t timeout_ns, struct pi_step_req *req)
         memcpy(s->seq_priv, s->seq, n * sizeof *s->seq_priv);
         memcpy(s->pos_priv, s->pos, n * sizeof *s->pos_priv);
         memcpy(s->rows_priv, s->rows, (size_t)req->n_rows * sizeof *s->rows_priv);
-        struct pi_step_batch b = {s->tokens_priv, s->seq_priv, s->pos_priv, req->n_tokens, req->n_rows ? s->rows_priv : NULL,
-                                  req->n_rows};
+        struct pi_step_batch b = {
+            s->tokens_priv, s->seq_priv, s->pos_priv, req->n_tokens, req->n_rows ? s->rows_priv : NULL, req->n_rows};
         if (pi_step_batch_check(&b, s->max_tokens, s->n_vocab, s->n_seq, s->next) != 0) {
             pi_error("step %u: a malformed batch refused", id);
             return -PI_ERR_FORMAT;
@@ -295,10 +304,8 @@ int pi_step_wait(pi_step_t *s, int64_t timeout_ns, struct pi_step_req *req)
         }
         return 0;
     case PI_STEP_STOP:
-    case PI_STEP_RESET:
-        return 0;
-    default:
-        break;
+    case PI_STEP_RESET: return 0;
+    default: break;
     }
     pi_error("step %u: bad request (cmd %u, n_tokens %u, n_rows %u, max %u)", id, req->cmd, req->n_tokens, req->n_rows,
              s->max_tokens);

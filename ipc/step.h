@@ -41,7 +41,7 @@
 #define PI_STEP_SHM_KIND 0x100u   /* pi_shm_header.kind of a step segment */
 #define PI_STEP_MAX_TOKENS 4096u
 #define PI_STEP_MAX_VOCAB (1u << 22)
-#define PI_STEP_MAX_SEQ 1024u     /* sequences a worker's cache may hold (pi-gpu-worker --n-seq) */
+#define PI_STEP_MAX_SEQ 1024u /* sequences a worker's cache may hold (pi-gpu-worker --n-seq) */
 #define PI_STEP_SECTIONS 6u
 
 enum pi_step_cmd {
@@ -68,7 +68,7 @@ struct pi_step_ctl {
     _Alignas(64) _Atomic uint32_t req_seq;
     /* line 3: = req_seq when the response is complete (GPU worker, release), futex-woken */
     _Alignas(64) _Atomic uint32_t resp_seq;
-    _Atomic int32_t status;   /* 0 or a negative enum pi_err, written before resp_seq */
+    _Atomic int32_t status; /* 0 or a negative enum pi_err, written before resp_seq */
     /* line 4: non-zero = stop waiting (set by the coordinator's supervisor) */
     _Alignas(64) _Atomic uint32_t abort;
 };
@@ -90,12 +90,12 @@ struct pi_step_batch {
 
 /* A request as the GPU worker sees it, validated (the rules above). */
 struct pi_step_req {
-    uint32_t id;        /* req_seq: answer with pi_step_respond(id, ...) */
-    uint32_t cmd;       /* enum pi_step_cmd */
-    uint32_t seq;       /* TRUNCATE: < n_seq */
-    uint32_t keep;      /* TRUNCATE: <= INT32_MAX (the backend checks it against the sequence's length) */
-    uint32_t n_tokens;  /* EVAL: 1..max_tokens */
-    uint32_t n_rows;    /* EVAL: <= n_tokens */
+    uint32_t id;       /* req_seq: answer with pi_step_respond(id, ...) */
+    uint32_t cmd;      /* enum pi_step_cmd */
+    uint32_t seq;      /* TRUNCATE: < n_seq */
+    uint32_t keep;     /* TRUNCATE: <= INT32_MAX (the backend checks it against the sequence's length) */
+    uint32_t n_tokens; /* EVAL: 1..max_tokens */
+    uint32_t n_rows;   /* EVAL: <= n_tokens */
     /* EVAL: private copies, valid until the next wait: tokens, seq, pos (n_tokens), rows (n_rows) */
     const int32_t *tokens, *seqs, *pos, *rows;
 };
@@ -136,7 +136,8 @@ int pi_step_eval(pi_step_t *s, const struct pi_step_batch *b, int64_t timeout_ns
  * sequences (the checks pi_step_wait applies, for a sender that wants its own errors first). next
  * (n_seq) is scratch. 0, -PI_ERR_INVAL (a size, token id or row list) or -PI_ERR_RANGE (a sequence id
  * or position), logged. */
-int pi_step_batch_check(const struct pi_step_batch *b, uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq, int64_t *next);
+int pi_step_batch_check(const struct pi_step_batch *b, uint32_t max_tokens, uint32_t n_vocab, uint32_t n_seq,
+                        int64_t *next);
 
 /* The same for TRUNCATE (seq, keep), RESET and STOP (seq and keep 0). */
 int pi_step_call(pi_step_t *s, uint32_t cmd, uint32_t seq, uint32_t keep, int64_t timeout_ns);

@@ -68,8 +68,8 @@ static void test_bounds(void)
     tap_ok(!(s = pi_step_new(4, 10, PI_STEP_MAX_SEQ + 1)), "n_seq PI_STEP_MAX_SEQ+1 refused");
     const uint32_t mt = 1 + rnd() % 64, nv = 1 + rnd() % 5000, nq = 1 + rnd() % 300;
     s = pi_step_new(mt, nv, nq);
-    tap_ok(s && pi_step_max_tokens(s) == mt && pi_step_n_vocab(s) == nv && pi_step_n_seq(s) == nq && pi_step_logits(s) &&
-               pi_step_fd(s) >= 0,
+    tap_ok(s && pi_step_max_tokens(s) == mt && pi_step_n_vocab(s) == nv && pi_step_n_seq(s) == nq &&
+               pi_step_logits(s) && pi_step_fd(s) >= 0,
            "pi_step_new(%u, %u, %u) gives its sizes back", mt, nv, nq);
     pi_step_destroy(&s);
     tap_ok(s == NULL, "pi_step_destroy nulls the pointer");
@@ -102,7 +102,8 @@ static void test_attach(void)
            "line 0 carries magic, version and sizes");
 
     int fd = dup(pi_step_fd(c));
-    tap_ok(pi_step_attach(fd, &w) == 0 && w && pi_step_max_tokens(w) == mt && pi_step_n_vocab(w) == nv && pi_step_n_seq(w) == nq,
+    tap_ok(pi_step_attach(fd, &w) == 0 && w && pi_step_max_tokens(w) == mt && pi_step_n_vocab(w) == nv &&
+               pi_step_n_seq(w) == nq,
            "attach: the worker reads max_tokens %u, n_vocab %u, n_seq %u", mt, nv, nq);
     pi_step_destroy(&w);
     tap_ok(!fd_open(fd), "the attached handle owned its fd and closed it");
@@ -136,7 +137,8 @@ static void test_attach(void)
  * was asked about that row, so that the coordinator can tell a field lost or mixed up on the way. */
 static float expect_logit(uint32_t id, int32_t seq, int32_t pos, int32_t tok, uint32_t r, uint32_t k, uint32_t j)
 {
-    return (float)((id * 7u + (uint32_t)seq * 3u + (uint32_t)pos + r * 11u + k) % 1000u) + (float)tok * 0.5f + (float)j * 1e-3f;
+    return (float)((id * 7u + (uint32_t)seq * 3u + (uint32_t)pos + r * 11u + k) % 1000u) + (float)tok * 0.5f +
+           (float)j * 1e-3f;
 }
 
 /* The forked worker: serve until STOP. Exit status 0, or the number of the first broken check. */
@@ -230,14 +232,19 @@ static void test_round_trip(void)
                 }
         }
     }
-    tap_ok(bad_status == 0, "%d batches of random sizes (max %u, vocab %u, %u sequences) each answered with the worker's status",
-           evals, mt, nv, nq);
-    tap_ok(bad_rows == 0, "every logits row the worker wrote reaches the coordinator, matching the row it was asked for");
+    tap_ok(bad_status == 0,
+           "%d batches of random sizes (max %u, vocab %u, %u sequences) each answered with the worker's status", evals,
+           mt, nv, nq);
+    tap_ok(bad_rows == 0,
+           "every logits row the worker wrote reaches the coordinator, matching the row it was asked for");
     if (nq > 1) {
-        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, 5, 20000 * MS), 0, "TRUNCATE (seq 1, keep 5) reaches the worker");
-        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, 6, 20000 * MS), -PI_ERR_RANGE, "TRUNCATE's keep is what the worker saw");
+        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, 5, 20000 * MS), 0,
+                   "TRUNCATE (seq 1, keep 5) reaches the worker");
+        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 1, 6, 20000 * MS), -PI_ERR_RANGE,
+                   "TRUNCATE's keep is what the worker saw");
     } else {
-        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 0, 5, 20000 * MS), -PI_ERR_RANGE, "TRUNCATE's seq is what the worker saw");
+        tap_is_int(pi_step_call(c, PI_STEP_TRUNCATE, 0, 5, 20000 * MS), -PI_ERR_RANGE,
+                   "TRUNCATE's seq is what the worker saw");
         tap_ok(1, "(one sequence: no second TRUNCATE)");
     }
     tap_is_int(pi_step_call(c, PI_STEP_RESET, 0, 0, 20000 * MS), -PI_ERR_NOTFOUND, "RESET reaches the worker");
@@ -256,9 +263,9 @@ enum { ST_REQ = 32 };
 
 struct st_worker {
     pi_step_t *w;
-    int32_t *seg_tokens; /* the segment's token section, as a hostile coordinator would write it */
-    int n;               /* requests to serve */
-    int rc[ST_REQ];      /* pi_step_wait's result per request */
+    int32_t *seg_tokens;     /* the segment's token section, as a hostile coordinator would write it */
+    int n;                   /* requests to serve */
+    int rc[ST_REQ];          /* pi_step_wait's result per request */
     int32_t seen[ST_REQ][3]; /* req.tokens[0..2] after the segment was overwritten */
     int32_t answer[ST_REQ];  /* the status to answer with */
 };
@@ -304,7 +311,14 @@ static void test_hostile_calls(void)
         {"a token id n_vocab", {3, (int32_t)ST_VOCAB}, {0, 0}, {p0, p0 + 1}, {1}, 2, 1, -PI_ERR_INVAL},
         {"a negative token id", {tq, -1 - (int32_t)(rnd() % 1000)}, {0, 0}, {p0, p0 + 1}, {0, 1}, 2, 2, -PI_ERR_INVAL},
         {"a sequence id n_seq", {tq, tq}, {0, (int32_t)ST_SEQ}, {p0, 0}, {1}, 2, 1, -PI_ERR_RANGE},
-        {"a sequence id far past n_seq", {tq}, {(int32_t)(ST_SEQ + 1000 + rnd() % 100000)}, {p0}, {0}, 1, 1, -PI_ERR_RANGE},
+        {"a sequence id far past n_seq",
+         {tq},
+         {(int32_t)(ST_SEQ + 1000 + rnd() % 100000)},
+         {p0},
+         {0},
+         1,
+         1,
+         -PI_ERR_RANGE},
         {"a negative sequence id", {tq, tq}, {1, -1}, {p0, p0}, {0}, 2, 1, -PI_ERR_RANGE},
         {"a gap in a sequence's positions", {tq, tq, tq}, {2, 1, 2}, {p0, 7, p0 + 2}, {2}, 3, 1, -PI_ERR_RANGE},
         {"a sequence's position repeated", {tq, tq}, {1, 1}, {p0, p0}, {1}, 2, 1, -PI_ERR_RANGE},
@@ -327,15 +341,18 @@ static void test_hostile_calls(void)
     int32_t good[3] = {1, (int32_t)ST_VOCAB - 1, tq}, gseq[3] = {2, 0, 2}, gpos[3] = {p0, 0, p0 + 1}, grows[2] = {0, 2};
     const struct pi_step_batch gb = {good, gseq, gpos, 3, grows, 2};
     int64_t next[ST_SEQ];
-    tap_is_int(pi_step_batch_check(&gb, ST_MAX, ST_VOCAB, ST_SEQ, next), 0, "pi_step_batch_check passes a good interleaved batch");
+    tap_is_int(pi_step_batch_check(&gb, ST_MAX, ST_VOCAB, ST_SEQ, next), 0,
+               "pi_step_batch_check passes a good interleaved batch");
     int r0 = pi_step_eval(c, &gb, to);
     int r1 = pi_step_eval(c, &gb, to);
     int rb[32];
     int checks_ok = 1;
     for (int k = 0; k < n_bad; k++) {
-        const struct pi_step_batch b = {bad[k].tok, bad[k].seq, bad[k].pos, bad[k].n, bad[k].n_rows ? bad[k].rows : NULL, bad[k].n_rows};
+        const struct pi_step_batch b = {
+            bad[k].tok, bad[k].seq, bad[k].pos, bad[k].n, bad[k].n_rows ? bad[k].rows : NULL, bad[k].n_rows};
         int v = pi_step_batch_check(&b, ST_MAX, ST_VOCAB, ST_SEQ, next);
-        if (v != bad[k].check) checks_ok = 0, tap_diag("pi_step_batch_check: %s: %d, not %d", bad[k].what, v, bad[k].check);
+        if (v != bad[k].check)
+            checks_ok = 0, tap_diag("pi_step_batch_check: %s: %d, not %d", bad[k].what, v, bad[k].check);
         rb[k] = pi_step_eval(c, &b, to);
     }
     int rt = pi_step_call(c, PI_STEP_TRUNCATE, ST_SEQ + rnd() % 5, 0, to);
@@ -347,15 +364,17 @@ static void test_hostile_calls(void)
     tap_ok(r1 == -PI_ERR_PEER, "a status that is no pi_err (7) is refused by the coordinator side (%d)", r1);
     tap_ok(checks_ok, "pi_step_batch_check refuses each of %d malformed batches with its error", n_bad);
     for (int k = 0; k < n_bad; k++)
-        tap_ok(rb[k] == -PI_ERR_FORMAT && sw.rc[2 + k] == -PI_ERR_FORMAT, "%s: rejected by the worker and answered (%d)", bad[k].what,
-               rb[k]);
-    tap_ok(rt == -PI_ERR_FORMAT && sw.rc[2 + n_bad] == -PI_ERR_FORMAT, "a TRUNCATE of a sequence >= n_seq rejected and answered (%d)", rt);
+        tap_ok(rb[k] == -PI_ERR_FORMAT && sw.rc[2 + k] == -PI_ERR_FORMAT,
+               "%s: rejected by the worker and answered (%d)", bad[k].what, rb[k]);
+    tap_ok(rt == -PI_ERR_FORMAT && sw.rc[2 + n_bad] == -PI_ERR_FORMAT,
+           "a TRUNCATE of a sequence >= n_seq rejected and answered (%d)", rt);
     tap_ok(rg == 0 && sw.rc[3 + n_bad] == 0, "... and the worker serves the next good batch (%d)", rg);
 
     /* The coordinator side refuses what does not fit before it writes anything. */
     const uint32_t req_before = atomic_load(&ctl_of(view)->req_seq);
     int32_t many[ST_MAX + 1] = {0}, rows3[3] = {0, 1, 2};
-    const struct pi_step_batch too_many = {many, many, many, ST_MAX + 1, rows3, 1}, rows_over = {many, many, many, 2, rows3, 3};
+    const struct pi_step_batch too_many = {many, many, many, ST_MAX + 1, rows3, 1},
+                               rows_over = {many, many, many, 2, rows3, 3};
     tap_is_int(pi_step_eval(c, &too_many, to), -PI_ERR_RANGE, "n_tokens > max_tokens refused");
     tap_is_int(pi_step_eval(c, &rows_over, to), -PI_ERR_RANGE, "n_rows > n_tokens refused");
     tap_is_int(atomic_load(&ctl_of(view)->req_seq), req_before, "... and no request was posted for them");
@@ -389,8 +408,8 @@ static void test_hostile_segment(void)
     if (!c || pi_step_attach(dup(pi_step_fd(c)), &w) != 0 ||
         pi_shm_map_fd(dup(pi_step_fd(c)), PI_STEP_SHM_KIND, &view) != 0)
         tap_bail("a step segment");
-    int32_t *tok = pi_shm_section(view, 1, NULL), *seq = pi_shm_section(view, 2, NULL), *pos = pi_shm_section(view, 3, NULL),
-            *rows = pi_shm_section(view, 4, NULL);
+    int32_t *tok = pi_shm_section(view, 1, NULL), *seq = pi_shm_section(view, 2, NULL),
+            *pos = pi_shm_section(view, 3, NULL), *rows = pi_shm_section(view, 4, NULL);
     for (unsigned i = 0; i < ST_MAX; i++) { /* one sequence from 0; the rows list the batch's last rows */
         tok[i] = (int32_t)(rnd() % ST_VOCAB);
         seq[i] = 0;
