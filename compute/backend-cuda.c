@@ -54,6 +54,19 @@
  *
  * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
  * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
+ *
+ * Batch invariance (compute/forward.h, doc/design.md): this backend does NOT give a row the same bits
+ * whatever its batch, and nothing here claims it. The path of every product is chosen by the batch's
+ * size: up to PI_CUDA_MATVEC_MAX_ROWS rows the quantised matvec kernels (x rounded per cuda_matvec),
+ * beyond that cuBLAS GEMMs over dequantised f16 tiles, whose sums are ordered and rounded otherwise; the
+ * hot FFN switches from the packed-neuron kernel to the GEMM and tiled down product past 4 rows; a
+ * one-token step fuses the RMSNorm into the q/k/v and gate/up products and RoPE, the KV store and
+ * attention into one launch, while a batch of one run uses pi_cuda_rope_kv and larger ones the per-run
+ * kernels. So with [server] slots above 1 a sequence's logits on this backend depend, to float rounding,
+ * on what shares its batch (a greedy text can then differ from the same request served alone). Making
+ * it invariant means fixing each row's path (one kernel per product for every batch size, the fusions
+ * applied per row) and measuring what that costs on the GPU machine; the host backend and the
+ * in-process engine are the invariant ones, tested by tests/integration/test-batch.c.
  */
 #include "config.h"
 #include "compute/backend-cuda.h"

@@ -14,8 +14,9 @@
  * partial hot set goes through the neuron-subset kernel (pi_ffn_neurons_batch) over its ids, reading
  * the packed hot rows of opts.hot_layers where the worker gave them (then the model itself holds no
  * transposed down rows, gpu-worker/main.c), or, where the worker packed them as a partition
- * (opts.hot_part), is computed densely as a CPU worker computes its slice when the FFN policy says so
- * (compute/ffn-policy.h: SwiGLU, batches, ReLU layers whose recent activity is at least 20%).
+ * (opts.hot_part), is computed densely as a CPU worker computes its slice (compute/ffn-policy.h: dense
+ * wherever it can be, whatever the batch). Either way each row's partial is a function of that row
+ * alone, so a token's logits do not depend on the batch it ran in (batch invariance, compute/forward.h).
  *
  * Predictors (opts.pred, opts.sparsity not off; doc/predictors.md, "Runtime"): ffn_predict evaluates
  * layer il's predictor on the FFN input (pi_predictor_eval, on the forward pass's pool), hands the mask
@@ -101,11 +102,6 @@ static int host_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     }
     int rc = pi_forward_begin(s->fwd, tokens, seq, pos, n);
     if (rc != 0) return rc;
-    if (pos[0] == 0) { /* a new sequence: the activity statistics start again, as the CPU workers' do
-                        * (PI_EXCHANGE_FRESH): a request's result must not depend on the requests before it */
-        pi_ffn_policy_reset(&s->policy, -1);
-        pi_forward_stats_reset(s->fwd);
-    }
     memcpy(s->seq, seq, (size_t)n * sizeof *seq);
     memcpy(s->pos, pos, (size_t)n * sizeof *pos);
     s->n = n;
@@ -198,16 +194,14 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
-    int64_t active;
     if (pi_ffn_policy_choose(&s->policy, il, s->n) == PI_FFN_PATH_DENSE) {
         /* dense over the packed slice, as a CPU worker computes its own (compute/partition.h) */
-        active = pi_partition_ffn_dense(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
+        pi_partition_ffn_dense(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
     } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
-        active = pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, NULL, s->x, s->n, s->ident, nh, s->hot);
+        pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, NULL, s->x, s->n, s->ident, nh, s->hot);
     } else {
-        active = pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, NULL, s->x, s->n, s->o.hot[il], nh, s->hot);
+        pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, NULL, s->x, s->n, s->o.hot[il], nh, s->hot);
     }
-    pi_ffn_policy_observe(&s->policy, il, active, (int64_t)s->n * nh);
     return 0;
 }
 

@@ -14,8 +14,8 @@
  *   logits = Woutput (rmsnorm(h) * output_norm)
  *
  * Batches of n rows go through pi_matmul (one pass over each weight for all rows); a single row
- * (decode) goes through pi_matvec, and for ReLU/dReLU layers that are sparse enough its FFN through
- * the neuron kernel, which skips the neurons left at zero.
+ * (decode) goes through pi_matvec, which gives each row the same bits (batch invariance,
+ * compute/forward.h).
  */
 #include "config.h"
 
@@ -27,7 +27,6 @@
 
 #include "lib/common.h"
 #include "compute/forward.h"
-#include "compute/ffn-policy.h"
 #include "compute/sparse.h"
 #include "model/sidecar.h"
 #include "lib/log.h"
@@ -55,14 +54,12 @@ struct pi_forward {
     float *out;         /* (n_batch, d) a step's contribution to h */
     float *cs;          /* (n_rot) rope table of one position */
     float *scores;      /* (n_threads, n_ctx) attention weights, one row per pool thread */
-    int32_t *all;       /* (n_ff) 0, 1, ..., n_ff - 1: every neuron */
     int *pend;          /* (n_seq) lengths while checking a batch */
     float *ref_rows;    /* (n_threads, max cols) dequantised weight rows (reference mode only) */
     float *ref_x;       /* (n_batch, max cols) rounded inputs (round_activations only) */
     void *ref_xq;       /* one quantised input row (round_activations only) */
     int64_t ref_cols;   /* widest weight row */
     int64_t active;     /* FFN neurons that were non-zero (ReLU/dReLU models) */
-    struct pi_ffn_policy policy; /* dense or neuron by neuron, per layer (compute/ffn-policy.h) */
     struct pi_ffn_stats *stats;  /* activation statistics being counted, or NULL (pi_forward_set_stats) */
     /* sparse execution (pi_forward_set_sparse): pred NULL = dense */
     const struct pi_predictors *pred;
@@ -154,7 +151,6 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     f->out = falloc(B * d);
     f->cs = falloc((size_t)hp->n_rot);
     f->scores = falloc((size_t)f->n_threads * (size_t)o.n_ctx);
-    f->all = malloc(ff * sizeof *f->all);
     f->pend = malloc((size_t)o.n_seq * sizeof *f->pend);
     f->ref_cols = (int64_t)PI_MAX(PI_MAX(d, ff), qd);
     if (o.f32_activations) f->ref_rows = falloc((size_t)f->n_threads * (size_t)f->ref_cols);
@@ -163,14 +159,12 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
         f->ref_xq = falloc((size_t)f->ref_cols * 2); /* >= any activation format's row (Q8_0: 34/32) */
     }
     if ((o.n_threads > 1 && !f->pool) || !f->kv || !f->ffw || !f->h || !f->x || !f->q || !f->k || !f->v ||
-        !f->att || !f->gate || !f->up || !f->out || !f->cs || !f->scores || !f->all || !f->pend ||
-        pi_ffn_policy_init(&f->policy, hp->act, hp->n_layer, true, !o.f32_activations) != 0 ||
+        !f->att || !f->gate || !f->up || !f->out || !f->cs || !f->scores || !f->pend ||
         (o.f32_activations && !f->ref_rows) || (o.f32_activations && o.round_activations && (!f->ref_x || !f->ref_xq))) {
         pi_error("forward: out of memory (batch %d, ctx %d, %d sequences)", o.n_batch, o.n_ctx, o.n_seq);
         pi_forward_destroy(&f);
         return NULL;
     }
-    for (size_t i = 0; i < ff; i++) f->all[i] = (int32_t)i;
     return f;
 }
 
@@ -192,9 +186,7 @@ void pi_forward_destroy(pi_forward_t **pf)
     free(f->out);
     free(f->cs);
     free(f->scores);
-    free(f->all);
     free(f->pend);
-    pi_ffn_policy_free(&f->policy);
     free(f->mask);
     free(f->pred_scr);
     free(f->gm_on);
@@ -247,8 +239,6 @@ int pi_forward_set_gate_min(pi_forward_t *f, const float *gate_min, struct pi_sp
 {
     const struct pi_hparams *hp = &f->m->hp;
     f->gate_min = NULL;
-    pi_ffn_policy_set_gate_min(&f->policy, false);
-    pi_ffn_policy_reset(&f->policy, -1);
     if (!gate_min) return 0;
     if (!f->gm_on && !(f->gm_on = malloc((size_t)hp->n_layer * sizeof *f->gm_on))) return -PI_ERR_NOMEM;
     for (int il = 0; il < hp->n_layer; il++) {
@@ -268,7 +258,6 @@ int pi_forward_set_gate_min(pi_forward_t *f, const float *gate_min, struct pi_sp
     }
     f->gate_min = gate_min;
     f->gm_stats = stats;
-    pi_ffn_policy_set_gate_min(&f->policy, true);
     return 0;
 }
 
@@ -447,12 +436,6 @@ void pi_forward_seq_reset(pi_forward_t *f, int seq)
 {
     if (seq < 0 || seq >= f->o.n_seq) return;
     pi_kv_set_len(f->kv, seq, 0);
-    pi_forward_stats_reset(f); /* server mode gave three different texts for one greedy request */
-}
-
-void pi_forward_stats_reset(pi_forward_t *f)
-{
-    pi_ffn_policy_reset(&f->policy, -1);
 }
 
 /* ---------------------------------------------------------------- the steps */
@@ -530,7 +513,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     const struct pi_layer *L = &f->m->layers[il];
     size_t d = (size_t)hp->n_embd, ff = (size_t)hp->n_ff;
     const float *gmin = f->gate_min && !f->stats && f->gm_on[il] ? f->gate_min + (size_t)il * ff : NULL;
-    bool relu = hp->act != PI_FFN_ACT_SILU, counted = relu || gmin;
+    bool relu = hp->act != PI_FFN_ACT_SILU;
     int64_t active = 0;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
@@ -539,29 +522,20 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
         add_rows(h, f->out, (size_t)n * d);
         return;
     }
-    if (!f->stats && !f->capture && counted && pi_ffn_policy_choose(&f->policy, il, n) == PI_FFN_PATH_NEURONS) {
-        /* decode of a sparse layer: neuron by neuron, skipping the neurons whose gate is <= 0 (ReLU)
-         * or under the threshold (their up and down rows are never read). */
-        memset(f->out, 0, d * sizeof(float));
-        active = pi_ffn_neurons(f->pool, f->ffw, L, hp->act, gmin, f->x, f->all, hp->n_ff, f->out);
-    } else {
-        /* whole matrices, rows batched (pi_matmul) or one row (pi_matvec) */
-        project(f, &L->ffn_gate, f->x, n, f->gate);
-        project(f, &L->ffn_up, f->x, n, f->up);
-        if (f->stats) stats_gate(f->stats, il, n, f->gate);
-        if (f->capture) f->capture(f->capture_ctx, il, n, h, f->x, f->gate, f->up);
-        if (gmin) active = pi_ffn_act_min(hp->act, gmin, f->gate, f->up, n, (int64_t)ff);
-        else pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
-        if (f->stats) stats_act(f->stats, il, n, f->gate);
-        project(f, &L->ffn_down, f->gate, n, f->out);
-        for (size_t j = 0; relu && !gmin && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
-    }
+    /* Whole matrices, rows batched (pi_matmul) or one row (pi_matvec), bit for bit the same per row:
+     * every row takes this path whatever the batch (compute/ffn-policy.h, batch invariance), the
+     * activation thresholds zeroing the skipped neurons' activations. */
+    project(f, &L->ffn_gate, f->x, n, f->gate);
+    project(f, &L->ffn_up, f->x, n, f->up);
+    if (f->stats) stats_gate(f->stats, il, n, f->gate);
+    if (f->capture) f->capture(f->capture_ctx, il, n, h, f->x, f->gate, f->up);
+    if (gmin) active = pi_ffn_act_min(hp->act, gmin, f->gate, f->up, n, (int64_t)ff);
+    else pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
+    if (f->stats) stats_act(f->stats, il, n, f->gate);
+    project(f, &L->ffn_down, f->gate, n, f->out);
+    for (size_t j = 0; relu && !gmin && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;
     if (f->gate_min && !f->stats) pi_sparse_note(f->gm_stats, il, n, gmin ? active : n * (int64_t)ff);
-    if (counted) {
-        /* a running average over calls, seeded by the first (usually the prompt) */
-        pi_ffn_policy_observe(&f->policy, il, active, (int64_t)n * (int64_t)ff);
-        if (relu) f->active += active;
-    }
+    if (relu) f->active += active;
     add_rows(h, f->out, (size_t)n * d);
 }
 
@@ -571,6 +545,17 @@ void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float 
     PI_ASSERT(n_out >= 1 && n_out <= n && n <= f->o.n_batch);
     norm_rows(f, h + (size_t)(n - n_out) * d, f->m->output_norm, n_out, f->x);
     project(f, &f->m->output, f->x, n_out, logits);
+}
+
+void pi_forward_output_rows(pi_forward_t *f, const float *h, int n, const int32_t *rows, int n_rows, float *logits)
+{
+    size_t d = (size_t)f->m->hp.n_embd;
+    PI_ASSERT(n_rows >= 1 && n_rows <= n && n <= f->o.n_batch);
+    for (int k = 0; k < n_rows; k++) {
+        PI_ASSERT(rows[k] >= 0 && rows[k] < n && (k == 0 || rows[k] > rows[k - 1]));
+        pi_rmsnorm(f->x + (size_t)k * d, h + (size_t)rows[k] * d, f->m->output_norm, (int64_t)d, f->m->hp.rms_eps);
+    }
+    project(f, &f->m->output, f->x, n_rows, logits);
 }
 
 /* ---------------------------------------------------------------- whole batches */
@@ -593,6 +578,34 @@ int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
         if (logits && all_logits) pi_forward_output(f, f->h, nc, nc, logits + (size_t)c * V);
         else if (logits && c + nc == n) pi_forward_output(f, f->h, nc, 1, logits);
     }
+    return 0;
+}
+
+int pi_forward_rows_check(const int32_t *rows, int n_rows, int n)
+{
+    if (n_rows < 0 || n_rows > n || (n_rows > 0) != (rows != NULL)) return -PI_ERR_INVAL;
+    for (int k = 0; k < n_rows; k++)
+        if (rows[k] < 0 || rows[k] >= n || (k > 0 && rows[k] <= rows[k - 1])) return -PI_ERR_INVAL;
+    return 0;
+}
+
+int pi_forward_batch_rows(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                          const int32_t *rows, int n_rows, float *logits)
+{
+    int rc;
+    if (n < 1 || n > f->o.n_batch || pi_forward_rows_check(rows, n_rows, n) != 0 || (n_rows > 0 && !logits)) {
+        pi_error("forward: a batch of %d rows (1..%d) with %d output rows that are not increasing row indices", n,
+                 f->o.n_batch, n_rows);
+        return -PI_ERR_INVAL;
+    }
+    if ((rc = pi_forward_begin(f, tokens, seq, pos, n)) < 0) return rc;
+    pi_forward_embed(f, tokens, n, f->h);
+    for (int il = 0; il < f->m->hp.n_layer; il++) {
+        pi_forward_attn(f, il, seq, pos, n, f->h);
+        pi_forward_ffn(f, il, n, f->h);
+    }
+    pi_forward_commit(f, seq, pos, n);
+    if (n_rows > 0) pi_forward_output_rows(f, f->h, n, rows, n_rows, logits);
     return 0;
 }
 

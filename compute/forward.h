@@ -10,10 +10,21 @@
  * The per-layer steps are exported so that the pipeline can place them in different processes
  * (attention on the GPU worker, FFN neurons split between devices): pi_forward_batch() is just
  *   embed -> for each layer { attn, ffn } -> output, with begin/commit around it.
- * Prompt batches use matrix-matrix kernels (pi_matmul); a single-token batch of a ReLU or dReLU model
- * runs the FFN of each layer whose recent fraction of active neurons is below 20% through the neuron
- * kernel (pi_ffn_neurons) over all neurons, skipping inactive ones; other layers, and SwiGLU decode
- * (nothing to skip), use pi_matvec with the original down matrix.
+ * Prompt batches use matrix-matrix kernels (pi_matmul), a single-token batch pi_matvec.
+ *
+ * Batch invariance (issue 19, doc/design.md): a row's results -- its keys and values, its residual
+ * stream, its logits -- are the same bits whatever else is in its batch (other sequences, or more of
+ * its own prompt) and however its sequence was split into batches. Every step is a function of the row
+ * alone: the norms, RoPE and the embedding are per row; attention is one pi_attn_head per (row, head)
+ * over the row's own cache prefix (positions 0..pos, the batch's earlier rows of its sequence stored
+ * first), each in its own scores row; the products quantise each activation row by itself and
+ * pi_matmul is bit-equal to pi_matvec per row (kernels/cpu/matvec.h, checked by test-matvec and
+ * test-batch); the FFN path never depends on the batch (compute/ffn-policy.h: dense; until issue 19
+ * single-token ReLU batches went neuron by neuron when a running, sequence-shared activity was
+ * low, which rounds differently). Not covered: predictor-driven sparse execution
+ * (pi_forward_set_sparse), where a batch's combined masks choose dense or neuron-wise sums
+ * (compute/sparse.h pi_sparse_dense); serving with predictors gives results that may depend on the
+ * batch to float rounding.
  *
  * Threading: the forward object owns a thread pool; one call at a time per object.
  */
@@ -80,16 +91,20 @@ int pi_forward_batch(pi_forward_t *f, const int32_t *tokens, const int32_t *seq,
 int pi_forward_tokens(pi_forward_t *f, int seq, const int32_t *tokens, int n, int pos0, float *logits,
                       bool all_logits);
 
-/* Positions cached for seq; truncate it to n positions (n <= length); reset = truncate to 0 and
- * pi_forward_stats_reset. */
+/* 0 when rows (n_rows) are strictly increasing row indices below n, rows NULL exactly when n_rows is 0
+ * (n_rows <= n); else -PI_ERR_INVAL. The engines' and the step channel's rule for an output row list. */
+int pi_forward_rows_check(const int32_t *rows, int n_rows, int n);
+
+/* Run a batch of n <= n_batch rows as pi_forward_batch does and write logits (n_rows, n_vocab) for the
+ * rows rows[0..n_rows) (pi_forward_rows_check; logits may be NULL when n_rows is 0). 0, -PI_ERR_INVAL
+ * for a bad row list or size, or pi_forward_batch's refusals (nothing changed on any of them). */
+int pi_forward_batch_rows(pi_forward_t *f, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                          const int32_t *rows, int n_rows, float *logits);
+
+/* Positions cached for seq; truncate it to n positions (n <= length); reset = truncate to 0. */
 int pi_forward_seq_len(const pi_forward_t *f, int seq);
 int pi_forward_seq_truncate(pi_forward_t *f, int seq, int n);
 void pi_forward_seq_reset(pi_forward_t *f, int seq);
-
-/* Forget the running activity of every ReLU layer (what picks its decode path, neuron-wise or dense,
- * whose sums round differently): call when a sequence starts, so that a request's tokens do not
- * depend on the requests before it. */
-void pi_forward_stats_reset(pi_forward_t *f);
 
 /* ---- the steps (n <= the object's n_batch) ---- */
 
@@ -106,6 +121,9 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h);
 void pi_forward_ffn_input(pi_forward_t *f, int il, int n, const float *h, float *x);
 /* logits (n_out, n_vocab) = output @ output_norm(h_i) for the last n_out rows of h (n, n_embd). */
 void pi_forward_output(pi_forward_t *f, const float *h, int n, int n_out, float *logits);
+/* logits (n_rows, n_vocab) = output @ output_norm(h_r) for the rows r = rows[0..n_rows) of h (n, n_embd),
+ * strictly increasing and below n (checked by PI_ASSERT), 1 <= n_rows <= n. */
+void pi_forward_output_rows(pi_forward_t *f, const float *h, int n, const int32_t *rows, int n_rows, float *logits);
 /* Mark the batch's positions filled. */
 void pi_forward_commit(pi_forward_t *f, const int32_t *seq, const int32_t *pos, int n);
 
@@ -139,8 +157,8 @@ int pi_forward_set_sparse(pi_forward_t *f, const struct pi_predictors *pred, enu
 
 /* Activation thresholds (issue 18, doc/thresholds.md): with gate_min ((n_layer, n_ff) floats, each >= 0
  * and finite; borrowed: it must outlive its use), every FFN step skips neuron j of layer il when its
- * |act(gate)| <= gate_min[il * n_ff + j] (kernels/cpu/ops.h, pi_ffn_gate_skip): decode neuron by neuron where
- * the FFN policy says it pays, else densely with their activations zeroed; the computed (token,
+ * |act(gate)| <= gate_min[il * n_ff + j] (kernels/cpu/ops.h, pi_ffn_gate_skip): densely, their activations
+ * zeroed (every batch alike: batch invariance); the computed (token,
  * neuron) pairs are counted into stats (borrowed, pi_sparse_stats_init'ed for the model) as
  * pi_sparse_note's `predicted`. NULL: no thresholds. Predictors (pi_forward_set_sparse) take
  * precedence; statistics and capture run dense. -PI_ERR_INVAL for a bad threshold, a missing stats

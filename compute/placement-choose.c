@@ -56,11 +56,11 @@ static bool fits(struct cuda_fit *f, int64_t k)
 
 /* The cuda backend's own plan, searched over k. The opts are those pi-gpu-worker builds: hot ids
  * 0..k-1 in every layer, its packed hot rows (whose down rows have model/model.c's automatic type when
- * the file has none), one sequence of n_ctx positions, batches of max_tokens. The plan grows with k
+ * the file has none), n_seq sequences of n_ctx positions, batches of max_tokens. The plan grows with k
  * except at k = n_ff, where every layer turns dense (the file's down weights instead of the
  * transposed rows), so that end is tried first. -1 when out of memory or when the plan cannot be made
  * (an error, not a budget too small: the caller falls back to the weights-only rule). */
-static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ctx, int n_seq, int max_tokens,
                         const struct pi_predictors *pred)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -79,7 +79,7 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
                 hl[il].ffn_down_t.type = pi_model_down_t_type(PI_TYPE_COUNT, m->layers[il].ffn_down.type, hp->n_embd);
         }
         struct cuda_fit f = {.m = m, .nh = nh, .budget = c->vram_budget,
-                             .o = {.n_ctx = n_ctx, .n_seq = 1, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
+                             .o = {.n_ctx = n_ctx, .n_seq = n_seq, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
                                    .hot_layers = hl, .pred = pred, .sparsity = pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF}};
         if (fits(&f, hp->n_ff)) {
             best = hp->n_ff;
@@ -107,30 +107,30 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
 }
 #endif
 
-int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int n_seq, int max_tokens,
                                const struct pi_predictors *pred)
 {
     if (c->vram_budget == 0) return (int64_t)llround(c->hot_fraction * m->hp.n_ff);
 #ifdef PI_HAVE_CUDA
     if (c->gpu_backend == PI_GPU_CUDA) {
-        int64_t k = fit_cuda(c, m, n_ctx, max_tokens, pred);
+        int64_t k = fit_cuda(c, m, n_ctx, PI_MAX(n_seq, 1), max_tokens, pred);
         if (k >= 0) return k;
         pi_warn("placement: the cuda backend's plan could not be made; using the weights-only rule");
     }
 #else
-    (void)n_ctx, (void)max_tokens, (void)pred;
+    (void)n_ctx, (void)n_seq, (void)max_tokens, (void)pred;
 #endif
     return fit_by_rows(c, m);
 }
 
 /* The device bytes of a placement: the cuda backend's plan (as pi-gpu-worker will make it: its packed
- * hot rows, down rows in model/model.c's automatic type where the file has none, one sequence of
+ * hot rows, down rows in model/model.c's automatic type where the file has none, n_seq sequences of
  * n_ctx positions, batches of max_tokens), or the weights rule (attention, embeddings and head, each
  * hot neuron's gate row, up row and down column in the file's types). */
 struct bytes_ctx {
     const pi_model_t *m;
     bool cuda;
-    int n_ctx, max_tokens;
+    int n_ctx, n_seq, max_tokens;
     struct pi_layer *hl;         /* (n_layer): the layers with their down rows' type, for the plan */
     const struct pi_predictors *pred; /* a sparse run's predictors (on the device too), or NULL */
 };
@@ -149,7 +149,7 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
     int rc = -PI_ERR_NOMEM;
     if (hot && nh) {
         for (int il = 0; il < L; il++) hot[il] = pi_placement_hot(p, il, &nh[il]);
-        struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = 1, .max_tokens = b->max_tokens,
+        struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = b->n_seq, .max_tokens = b->max_tokens,
                                     .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl,
                                     .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
         rc = pi_backend_cuda_plan(m, &o, bytes);
@@ -160,11 +160,11 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
 }
 
 int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                          int max_tokens, const struct pi_predictors *pred, struct pi_placement **out,
+                          int n_seq, int max_tokens, const struct pi_predictors *pred, struct pi_placement **out,
                           struct pi_place_cost *cost_out)
 {
     const struct pi_hparams *hp = &m->hp;
-    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .max_tokens = max_tokens, .pred = pred};
+    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .n_seq = PI_MAX(n_seq, 1), .max_tokens = max_tokens, .pred = pred};
 #ifndef PI_HAVE_CUDA
     b.cuda = false;
 #endif
@@ -223,7 +223,7 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
 }
 
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                        int max_tokens, const struct pi_predictors *pred, struct pi_placement **out)
+                        int n_seq, int max_tokens, const struct pi_predictors *pred, struct pi_placement **out)
 {
     if (c->gpu_index && c->gpu_index[0]) {
         int rc = pi_placement_read_gpuidx(c->gpu_index, m->hp.n_layer, m->hp.n_ff, n_workers, out);
@@ -238,10 +238,10 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
         act_freq = NULL;
     }
     if (act_freq) {
-        int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, max_tokens, pred, out, NULL);
+        int rc = pi_place_solve_config(c, m, act_freq, n_workers, n_ctx, n_seq, max_tokens, pred, out, NULL);
         if (rc != -PI_ERR_RANGE) return rc;
         pi_warn("placement: the profile's solution does not fit; the rule without statistics decides");
     }
-    int64_t k = pi_placement_hot_count(c, m, n_ctx, max_tokens, pred);
+    int64_t k = pi_placement_hot_count(c, m, n_ctx, n_seq, max_tokens, pred);
     return pi_placement_prefix(m->hp.n_layer, m->hp.n_ff, n_workers, k, out);
 }

@@ -84,12 +84,12 @@ int pi_place_cost(const struct pi_place_problem *q, const struct pi_placement *p
 
 /* The solver as the pipeline runs it for configuration c (compute/placement.h, pi_placement_choose):
  * the budget [gpu] vram_budget, or without one the bytes the hot fraction's prefix placement takes;
- * bytes counted by the cuda backend's plan for [gpu] backend = cuda (n_ctx positions, batches of
+ * bytes counted by the cuda backend's plan for [gpu] backend = cuda (n_seq sequences of n_ctx positions, batches of
  * max_tokens; with pred, not NULL, the predictors the sparse run holds on the device too and the sparse
  * cost model), by the weights otherwise; the [placement] speeds. Logs the plan. 0 and *out (and
  * *cost when not NULL), or a negative pi_err (-PI_ERR_RANGE: nothing fits). */
 int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                          int max_tokens, const struct pi_predictors *pred, struct pi_placement **out,
+                          int n_seq, int max_tokens, const struct pi_predictors *pred, struct pi_placement **out,
                           struct pi_place_cost *cost);
 
 /* *gbs = the bytes per ns (GB/s) one CPU worker of n_threads threads reads running the decode neuron

@@ -112,8 +112,8 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
  * temporary file renamed). 0 or a negative pi_err (logged). */
 int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, uint64_t vram_capacity);
 
-/* The pipeline's placement for configuration c and model m with n_workers CPU workers, a context of
- * n_ctx positions and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set;
+/* The pipeline's placement for configuration c and model m with n_workers CPU workers, n_seq (>= 1)
+ * sequences of n_ctx positions each and batches of up to max_tokens rows: the hot sets of [gpu] gpu_index when set;
  * else, with activation statistics act_freq ((n_layer, n_ff) frequencies from the model's sidecar;
  * NULL: none), the placement solver's (compute/placement-solve.h) within [gpu] vram_budget, or within
  * the bytes the hot fraction would take, with the [placement] speeds; else ids 0..k-1 hot in every
@@ -121,10 +121,10 @@ int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, ui
  * device bytes the budget counts and with which the solver models the CPU's work. Logs what it chose. 0 and *out, or a negative pi_err
  * (logged). */
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
-                        int max_tokens, const struct pi_predictors *pred, struct pi_placement **out);
+                        int n_seq, int max_tokens, const struct pi_predictors *pred, struct pi_placement **out);
 
-/* Hot neurons per layer (ids 0..k-1) for configuration c and model m, with a context of n_ctx
- * positions and batches of up to max_tokens rows:
+/* Hot neurons per layer (ids 0..k-1) for configuration c and model m, with n_seq sequences of n_ctx
+ * positions each (their KV cache on the device) and batches of up to max_tokens rows:
  *   - no VRAM budget: k = round(hot_fraction * n_ff);
  *   - a budget and the cuda backend (in a build with it): the largest k whose exact device plan
  *     (pi_backend_cuda_plan: weights, hot rows, KV cache, activations, scratch, as the GPU worker
@@ -132,7 +132,7 @@ int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const fl
  *   - a budget otherwise: as many as fit after the attention, embedding and output weights, each
  *     neuron costing its gate row, up row and down column in the file's types.
  * 0 when nothing fits (the GPU worker then refuses with the figures). */
-int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int max_tokens,
+int64_t pi_placement_hot_count(const struct pi_config *c, const pi_model_t *m, int n_ctx, int n_seq, int max_tokens,
                                const struct pi_predictors *pred);
 
 #endif

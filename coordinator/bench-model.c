@@ -475,9 +475,9 @@ static int run_once(pi_engine_t *e, const int32_t *tokens, int64_t n_prompt, int
     int64_t t0 = now_ns();
     for (int64_t p = 0; rc == 0 && p < n_prompt; p += e->max_batch) {
         int nb = (int)PI_MIN((int64_t)e->max_batch, n_prompt - p);
-        rc = e->ops->eval(e, tokens + p, nb, (int)p, logits, p + nb == n_prompt ? 1 : 0);
+        rc = pi_engine_eval_seq0(e, tokens + p, nb, (int)p, logits, p + nb == n_prompt ? 1 : 0);
     }
-    for (int64_t i = 0; rc == 0 && i < n_gen; i++) rc = e->ops->eval(e, tokens + i, 1, (int)i, logits, 1);
+    for (int64_t i = 0; rc == 0 && i < n_gen; i++) rc = pi_engine_eval_seq0(e, tokens + i, 1, (int)i, logits, 1);
     *ns = now_ns() - t0;
     return rc;
 }
@@ -552,7 +552,7 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     }
     pi_info("%s", line);
     if (pl->backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, &cm->pred, cm->gate_min, cm->sparsity,
+        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, 1, &cm->pred, cm->gate_min, cm->sparsity,
                                    c->sparsity.recall_every);
     /* the model's activation profile, as pi-coordinator reads it: the placement solver's input */
     if (pi_coord_sidecar_open(o, cm, "pi-bench") < 0) return NULL;

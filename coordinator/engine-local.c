@@ -1,7 +1,7 @@
 /*
  * coordinator/engine-local.c - the in-process engine (coordinator/engine.h): the single-process
  * forward pass of compute/forward.h, used by `--gpu-backend none` and as the reference the pipeline is
- * compared against.
+ * compared against; and what every engine shares (pi_engine_eval_seq0, pi_engine_destroy).
  */
 #include "config.h"
 #include "coordinator/engine.h"
@@ -10,6 +10,7 @@
 #include "lib/log.h"
 
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #define LOCAL_MAX_BATCH 64
@@ -24,11 +25,15 @@ struct local_engine {
     pthread_mutex_t mu;
 };
 
-static int local_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
+static int local_eval(pi_engine_t *e, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                      const int32_t *rows, int n_rows, float *logits)
 {
     struct local_engine *l = (struct local_engine *)e;
-    if (n_out != 0 && n_out != 1 && n_out != n) return -PI_ERR_INVAL;
-    int rc = pi_forward_tokens(l->fwd, 0, tokens, n, pos0, n_out ? logits : NULL, n_out == n && n > 1);
+    if (n < 1 || n > e->max_batch || !tokens || !seq || !pos || pi_forward_rows_check(rows, n_rows, n) != 0 ||
+        (n_rows > 0 && !logits))
+        return -PI_ERR_INVAL;
+    /* the forward pass checks tokens, sequences and positions before it changes anything */
+    int rc = pi_forward_batch_rows(l->fwd, tokens, seq, pos, n, rows, n_rows, logits);
     if (l->sparse) {
         pthread_mutex_lock(&l->mu);
         pi_sparse_stats_add(&l->total, &l->step);
@@ -48,9 +53,14 @@ static int local_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
     return 0;
 }
 
+static int local_seq_truncate(pi_engine_t *e, int seq, int n)
+{
+    return pi_forward_seq_truncate(((struct local_engine *)e)->fwd, seq, n);
+}
+
 static int local_reset(pi_engine_t *e)
 {
-    pi_forward_seq_reset(((struct local_engine *)e)->fwd, 0);
+    for (int s = 0; s < e->n_seq; s++) pi_forward_seq_reset(((struct local_engine *)e)->fwd, s);
     return 0;
 }
 
@@ -64,9 +74,9 @@ static void local_destroy(pi_engine_t *e)
     free(l);
 }
 
-static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy, local_sparse_stats};
+static const struct pi_engine_ops local_ops = {local_eval, local_seq_truncate, local_reset, local_destroy, local_sparse_stats};
 
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, const struct pi_predictors *pred,
                                  const float *gate_min, enum pi_sparsity mode, int64_t recall_every)
 {
     struct local_engine *l = calloc(1, sizeof *l);
@@ -77,7 +87,8 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
     fo.n_threads = n_threads > 0 ? n_threads : 1;
     if (n_ctx > 0) fo.n_ctx = n_ctx;
     else fo.n_ctx = pi_model_default_ctx(m);
-    fo.n_batch = LOCAL_MAX_BATCH;
+    fo.n_seq = n_seq > 0 ? n_seq : 1;
+    fo.n_batch = LOCAL_MAX_BATCH; /* lowered by pi_forward_new where n_ctx * n_seq is smaller */
     l->fwd = pi_forward_new(m, &fo);
     const bool gated = gate_min && mode != PI_SPARSITY_OFF;
     l->sparse = (pred && pred->layers && mode != PI_SPARSITY_OFF) || gated;
@@ -93,14 +104,32 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
     }
     l->base.ops = &local_ops;
     l->base.n_vocab = m->hp.n_vocab;
-    l->base.max_batch = LOCAL_MAX_BATCH;
+    l->base.max_batch = (int)PI_MIN((int64_t)LOCAL_MAX_BATCH, (int64_t)fo.n_ctx * fo.n_seq);
     l->base.n_ctx = fo.n_ctx;
+    l->base.n_seq = fo.n_seq;
     return &l->base;
 }
 
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
 {
     return e && e->ops->sparse_stats ? e->ops->sparse_stats(e, out) : -PI_ERR_NOTFOUND;
+}
+
+int pi_engine_eval_seq0(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
+{
+    if (n < 1 || n > e->max_batch || (n_out != 0 && n_out != 1 && n_out != n) || pos0 < 0 || pos0 > INT32_MAX - n)
+        return -PI_ERR_INVAL;
+    int32_t *a = malloc((size_t)n * 3 * sizeof *a);
+    if (!a) return -PI_ERR_NOMEM;
+    int32_t *seq = a, *pos = a + n, *rows = a + 2 * n;
+    for (int i = 0; i < n; i++) {
+        seq[i] = 0;
+        pos[i] = pos0 + i;
+    }
+    for (int k = 0; k < n_out; k++) rows[k] = n - n_out + k; /* the last n_out rows */
+    int rc = e->ops->eval(e, tokens, seq, pos, n, n_out ? rows : NULL, n_out, n_out ? logits : NULL);
+    free(a);
+    return rc;
 }
 
 void pi_engine_destroy(pi_engine_t **e)

@@ -58,7 +58,7 @@ static int eval_prompt(pi_engine_t *e, const struct pi_gen_request *r, void *ctx
         int nb = PI_MIN(e->max_batch, n - p);
         bool last = p + nb == n;
         int n_out = logits_out ? nb : (last ? 1 : 0);
-        int rc = e->ops->eval(e, ids + p, nb, p, all, n_out);
+        int rc = pi_engine_eval_seq0(e, ids + p, nb, p, all, n_out);
         if (rc != 0) return rc;
         if (logits_out && fwrite(all, sizeof(float) * (size_t)e->n_vocab, (size_t)nb, logits_out) != (size_t)nb) {
             pi_error("writing the prompt logits failed");
@@ -112,7 +112,7 @@ static int decode(pi_engine_t *e, const pi_tokenizer_t *t, pi_sampler_t *s, cons
             rc = -PI_ERR_RANGE;
             break;
         }
-        rc = e->ops->eval(e, &tok, 1, pos++, logits, 1);
+        rc = pi_engine_eval_seq0(e, &tok, 1, pos++, logits, 1);
     }
     if (d && buf && rc != -PI_ERR_NOMEM) {
         int w = pi_detok_flush(d, buf, cap);

@@ -57,6 +57,7 @@ static const struct key_opt key_opts[] = {
     {"min-p", "generate.min_p", "P"},
     {"repeat-penalty", "generate.repeat_penalty", "R"},
     {"seed", "generate.seed", "S"},
+    {"slots", "server.slots", "N"},
     {"log-level", "log.level", "LEVEL"},
     {"sparsity", "sparsity.mode", "MODE"},
     {"recall-every", "sparsity.recall_every", "N"},
@@ -353,6 +354,8 @@ int pi_coord_opts_parse(struct pi_coord_opts *o, int argc, char **argv, FILE *ou
         else fprintf(stderr, "pi-coordinator: %s\n", err);
         return rc;
     }
+    /* the sequences the engine holds: the server's slots; a one-shot run has one */
+    o->n_seq = (o->prompt || o->tokens) ? 1 : (int)o->cfg.server_slots;
     return (o->prompt || o->tokens) ? PI_COORD_ONESHOT : PI_COORD_SERVER;
 }
 

@@ -34,6 +34,8 @@ struct pi_coord_opts {
     size_t n_tokens;
     char *logits_out;          /* --logits-out FILE, or NULL */
     bool chat;                 /* --chat: the prompt is one user turn of the model's chat format */
+    int n_seq;                 /* sequences the engine holds: 1 (one-shot mode, and the default) or, in
+                                * server mode, [server] slots (set by pi_coord_opts_parse) */
 };
 
 /* Parse argv into o (zeroed by the caller). Prints --help/--version to out. On a usage or config

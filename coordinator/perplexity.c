@@ -500,7 +500,7 @@ static int run_chunk(struct run *r, int c, int32_t *ids, struct pi_ppl_acc *acc,
     for (int pos = 0; pos < ctx; pos += nb) {
         const int n = PI_MIN(nb, ctx - pos);
         const bool scored = pos + n - 1 >= first; /* logits only for batches reaching the second half */
-        rc = r->e->ops->eval(r->e, ids + pos, n, pos, scored ? r->logits : NULL, scored ? n : 0);
+        rc = pi_engine_eval_seq0(r->e, ids + pos, n, pos, scored ? r->logits : NULL, scored ? n : 0);
         if (rc != 0) return rc;
         for (int k = 0; scored && k < n; k++) {
             const int j = pos + k;

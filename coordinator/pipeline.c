@@ -7,8 +7,9 @@
  * file itself, read-only. The supervisor (coordinator/supervisor.h) reports a death from its thread:
  * we then abort both segments, so that the request in flight (waiting in pi_step_call) and the
  * workers (waiting on the exchange) return at once with -PI_ERR_PEER, and mark the pipeline broken.
- * The next reset (the start of the next request) restarts it as a whole; any other step of the
- * request that was in flight fails with -PI_ERR_PEER, since its cache died with the workers. A
+ * The next reset restarts it as a whole (every sequence starts again empty); any other step (an eval
+ * or a truncate of any sequence) fails with -PI_ERR_PEER until then, since the cache died with the
+ * workers. A
  * restart stops every worker, drops the segments and makes them anew, and spawns the workers
  * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
  * positions) can leak into the next request.
@@ -70,6 +71,7 @@ struct pipe_engine {
     bool gated;                /* a SwiGLU model's activation thresholds: the CPU workers apply them */
     struct pi_sparse_stats sparse;
     bool sparse_bad_logged;
+    int64_t *next;             /* (n_seq): pi_step_batch_check's scratch */
 };
 
 /* Find a worker program: $PI_WORKER_DIR, the build tree beside this program, the install dir. */
@@ -111,7 +113,7 @@ static void on_death(void *ctx, int slot)
 /* Stop the workers and drop the segments. */
 static void pipe_stop(struct pipe_engine *p)
 {
-    if (p->step && !atomic_load(&p->broken)) pi_step_call(p->step, PI_STEP_STOP, 0, NULL, 0, 0, 0, INT64_C(1000000000));
+    if (p->step && !atomic_load(&p->broken)) pi_step_call(p->step, PI_STEP_STOP, 0, 0, INT64_C(1000000000));
     pi_super_stop_all(p->sup, 2000);
     pthread_mutex_lock(&p->mu);
     pi_exchange_destroy(&p->ex);
@@ -165,7 +167,7 @@ static int pipe_start(struct pipe_engine *p)
     struct pi_exchange_params xp = {.n_embd = (uint32_t)hp->n_embd, .max_tokens = PIPE_MAX_BATCH, .n_ff = (uint32_t)hp->n_ff,
                                     .n_layers = (uint32_t)hp->n_layer, .n_workers = (uint32_t)p->n_cpu};
     pi_exchange_t *ex = pi_exchange_new(&xp);
-    pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab);
+    pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab, (uint32_t)p->base.n_seq);
     if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
     /* close-on-exec here; each worker's spawn passes on just the segments it uses */
     const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step), pfd = pi_shm_fd(p->pl_shm);
@@ -196,6 +198,7 @@ static int pipe_start(struct pipe_engine *p)
     argl(b, "--placement-fd", pfd);
     argl(b, "--threads", c->cpu_threads > 0 ? (long)c->cpu_threads : 1);
     argl(b, "--ctx", (long)p->base.n_ctx);
+    argl(b, "--n-seq", (long)p->base.n_seq);
     argl(b, "--device", (long)c->gpu_device);
     argl(b, "--stall-ms", (long)c->gpu_stall_ms);
     if (c->vram_budget) {
@@ -251,23 +254,28 @@ static int pipe_restart(struct pipe_engine *p)
     return pipe_start(p);
 }
 
-static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens, int n, int pos0, int n_out)
+/* Whether the pipeline may run cmd now. A fresh pipeline has an empty cache: only a reset may start
+ * one after a death. A step of the requests that were in flight when the worker died fails with them;
+ * continuing them on the new pipeline would evaluate positions whose cache is gone. 0, or -PI_ERR_PEER /
+ * -PI_ERR_IO (logged). */
+static int pipe_ready(struct pipe_engine *p, uint32_t cmd)
 {
-    if (atomic_load(&p->broken)) {
-        /* A fresh pipeline has an empty cache: only a reset (truncate to 0) may start one. A step of
-         * the request that was in flight when the worker died fails with it; continuing it on the
-         * new pipeline would evaluate positions whose cache is gone. */
-        if (cmd != PI_STEP_TRUNCATE || pos0 != 0) {
-            pi_error("the request's pipeline is gone (a worker died); the next request restarts it");
-            return -PI_ERR_PEER;
-        }
-        int rc = pipe_restart(p);
-        if (rc != 0) { /* not a death during the request: nothing ran */
-            pi_error("the pipeline could not be restarted (%s); the next request tries again", pi_err_str(rc));
-            return -PI_ERR_IO;
-        }
+    if (!atomic_load(&p->broken)) return 0;
+    if (cmd != PI_STEP_RESET) {
+        pi_error("the requests' pipeline is gone (a worker died); the next reset restarts it");
+        return -PI_ERR_PEER;
     }
-    int rc = pi_step_call(p->step, cmd, 0, tokens, (uint32_t)n, (uint32_t)pos0, (uint32_t)n_out, PIPE_STEP_TIMEOUT_NS);
+    int rc = pipe_restart(p);
+    if (rc != 0) { /* not a death during a request: nothing ran */
+        pi_error("the pipeline could not be restarted (%s); the next reset tries again", pi_err_str(rc));
+        return -PI_ERR_IO;
+    }
+    return 0;
+}
+
+/* A step's outcome: a dead peer or a timeout marks the pipeline broken (every sequence is gone). */
+static int pipe_outcome(struct pipe_engine *p, int rc)
+{
     if (rc == -PI_ERR_PEER || rc == -PI_ERR_TIMEOUT) {
         atomic_store(&p->broken, 1);
         if (atomic_load(&p->cancelled)) pi_info("the request in flight was cancelled");
@@ -277,12 +285,19 @@ static int pipe_call(struct pipe_engine *p, uint32_t cmd, const int32_t *tokens,
     return rc;
 }
 
-static int pipe_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out)
+static int pipe_eval(pi_engine_t *e, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                     const int32_t *rows, int n_rows, float *logits)
 {
     struct pipe_engine *p = (struct pipe_engine *)e;
-    if (n < 1 || n > PIPE_MAX_BATCH || (n_out != 0 && n_out != 1 && n_out != n)) return -PI_ERR_INVAL;
-    int rc = pipe_call(p, PI_STEP_EVAL, tokens, n, pos0, n_out);
-    if (rc == 0 && n_out > 0) memcpy(logits, pi_step_logits(p->step), sizeof(float) * (size_t)n_out * (size_t)e->n_vocab);
+    if (n < 1 || n > e->max_batch || n_rows < 0 || n_rows > n || (n_rows > 0 && !logits)) return -PI_ERR_INVAL;
+    const struct pi_step_batch b = {tokens, seq, pos, (uint32_t)n, rows, (uint32_t)n_rows};
+    /* the step channel's rules checked here first, so that a bad batch is the caller's -PI_ERR_INVAL or
+     * -PI_ERR_RANGE with nothing sent (the worker checks them again: its input is not ours to trust) */
+    int rc = pi_step_batch_check(&b, (uint32_t)e->max_batch, (uint32_t)e->n_vocab, (uint32_t)e->n_seq, p->next);
+    if (rc != 0) return rc;
+    if ((rc = pipe_ready(p, PI_STEP_EVAL)) != 0) return rc;
+    rc = pipe_outcome(p, pi_step_eval(p->step, &b, PIPE_STEP_TIMEOUT_NS));
+    if (rc == 0 && n_rows > 0) memcpy(logits, pi_step_logits(p->step), sizeof(float) * (size_t)n_rows * (size_t)e->n_vocab);
     if (rc == 0 && p->sparsity != PI_SPARSITY_OFF) {
         /* the step's counts, written by the GPU worker before its answer: another process's numbers,
          * each checked (pi_sparse_stats_add_wire) */
@@ -297,6 +312,14 @@ static int pipe_eval(pi_engine_t *e, const int32_t *tokens, int n, int pos0, flo
     return rc;
 }
 
+static int pipe_seq_truncate(pi_engine_t *e, int seq, int n)
+{
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    if (seq < 0 || seq >= e->n_seq || n < 0) return -PI_ERR_RANGE;
+    int rc = pipe_ready(p, PI_STEP_TRUNCATE);
+    return rc != 0 ? rc : pipe_outcome(p, pi_step_call(p->step, PI_STEP_TRUNCATE, (uint32_t)seq, (uint32_t)n, PIPE_STEP_TIMEOUT_NS));
+}
+
 static int pipe_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
 {
     struct pipe_engine *p = (struct pipe_engine *)e;
@@ -307,7 +330,12 @@ static int pipe_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
     return 0;
 }
 
-static int pipe_reset(pi_engine_t *e) { return pipe_call((struct pipe_engine *)e, PI_STEP_TRUNCATE, NULL, 0, 0, 0); }
+static int pipe_reset(pi_engine_t *e)
+{
+    struct pipe_engine *p = (struct pipe_engine *)e;
+    int rc = pipe_ready(p, PI_STEP_RESET);
+    return rc != 0 ? rc : pipe_outcome(p, pi_step_call(p->step, PI_STEP_RESET, 0, 0, PIPE_STEP_TIMEOUT_NS));
+}
 
 static void pipe_destroy(pi_engine_t *e)
 {
@@ -318,11 +346,12 @@ static void pipe_destroy(pi_engine_t *e)
     pi_shm_destroy(&p->pl_shm);
     pi_placement_destroy(&p->pl);
     pi_sparse_stats_free(&p->sparse);
+    free(p->next);
     pthread_mutex_destroy(&p->mu);
     free(p);
 }
 
-static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy, pipe_sparse_stats};
+static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_seq_truncate, pipe_reset, pipe_destroy, pipe_sparse_stats};
 
 /* Make sure the configured run directory exists, is ours and private. The last component is opened
  * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run
@@ -383,6 +412,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->base.n_vocab = cm->model->hp.n_vocab;
     p->base.max_batch = PIPE_MAX_BATCH;
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
+    p->base.n_seq = o->n_seq > 0 ? o->n_seq : 1;
+    p->next = malloc((size_t)p->base.n_seq * sizeof *p->next);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->sparsity = cm->sparsity;
     p->gated = cm->gate_min != NULL;
@@ -390,7 +421,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
         !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
         p->pred_sidecar[0] = '\0';
     if (pi_sparse_stats_init(&p->sparse, cm->model) == 0 && p->gated) pi_sparse_stats_gated(&p->sparse, cm->model);
-    if (!p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, PIPE_MAX_BATCH,
+    if (!p->next || !p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, PIPE_MAX_BATCH,
                                                                     cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
@@ -430,7 +461,7 @@ pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_
 {
     pi_info("%s", cm->sparsity_line); /* here, not at the model's open: a usage error there stays one line */
     if (o->cfg.gpu_backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, &cm->pred, cm->gate_min, cm->sparsity,
+        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, o->n_seq, &cm->pred, cm->gate_min, cm->sparsity,
                                    o->cfg.sparsity.recall_every);
     return pi_engine_pipeline_new(o, cm, argv0);
 }

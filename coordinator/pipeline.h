@@ -16,7 +16,8 @@
 #include "lib/conf.h"
 
 /* Start the pipeline for o's configuration over cm's model (both borrowed for the engine's
- * lifetime). Spawns the workers from the calling thread, which must outlive them
+ * lifetime), with o->n_seq sequences (<= 0: one) in the GPU worker's cache, each of [model] ctx
+ * positions (counted in the placement's device plan). Spawns the workers from the calling thread, which must outlive them
  * (coordinator/supervisor.h). NULL on failure (logged). */
 pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct pi_coord_model *cm, const char *argv0);
 

@@ -147,10 +147,10 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
      * ignored and every neuron computed, which is the exact FFN the masks approximate. */
     if (!(st->flags & PI_EXCHANGE_MASK) || c->part.edges_only) {
         /* Every token over all of this worker's neurons, densely or neuron by neuron as the FFN
-         * policy says (the neuron kernel skips the rows of inactive neurons). */
+         * policy says: the same path for every batch (compute/ffn-policy.h), so each row's partial is
+         * a function of the row alone (batch invariance). The FRESH flag needs nothing here. */
         const int64_t n = st->n_tokens;
         int64_t active;
-        if (st->flags & PI_EXCHANGE_FRESH) pi_ffn_policy_reset(&c->policy, il); /* a new sequence (ipc/exchange.h) */
         const float *gm = c->gate_min ? c->gate_min[il] : NULL;
         if (pi_ffn_policy_choose(&c->policy, il, n) == PI_FFN_PATH_DENSE) {
             active = gm ? pi_partition_ffn_dense_gated(c->pool, &c->part, il, c->act, gm, st->x, n, c->dense_scr, out)
@@ -160,7 +160,6 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
             for (int64_t j = 0; j < cnt; j++) c->idx[j] = (int32_t)j;
             active = pi_ffn_neurons_batch(c->pool, c->work, L, c->act, gm, st->x, n, c->idx, cnt, out);
         }
-        pi_ffn_policy_observe(&c->policy, il, active, n * cnt);
         if (gm) pi_exchange_set_counts(c->ex, c->w, (uint64_t)active, (uint64_t)(n * cnt));
         return;
     }

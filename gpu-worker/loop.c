@@ -14,6 +14,10 @@
  * With predictors (doc/predictors.md, "Runtime") a layer's mask is made between x and the publish and
  * goes out with x (flags MASK | GATE_SKIP instead of ALL): still one round trip per layer. Each step's
  * counts (compute/sparse.h) go into the exchange's stats section before the step is answered.
+ *
+ * A step is a batch of several sequences (ipc/step.h, version 2): the exchange carries its n rows
+ * whatever sequence each belongs to, the backend keeps each row at its own sequence and position, and
+ * no FFN path depends on the batch (compute/ffn-policy.h), so a row's logits are those it gets alone.
  */
 #include "config.h"
 #include "gpu-worker/loop.h"
@@ -165,10 +169,8 @@ static int loop_reserve(struct pi_gpu_loop *g, int n)
     if (n <= g->cap) return 0;
     const struct pi_hparams *hp = &g->be->model->hp;
     pi_gpu_loop_free(g);
-    g->seqs = malloc((size_t)n * sizeof *g->seqs);
-    g->pos = malloc((size_t)n * sizeof *g->pos);
     g->cold = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->cold);
-    bool ok = g->seqs && g->pos && g->cold;
+    bool ok = g->cold;
     if (ok && sparse_on(g)) {
         g->x_own = malloc((size_t)n * (size_t)hp->n_embd * sizeof *g->x_own);
         g->mask_own = malloc((size_t)n * (size_t)g->mask_words * sizeof *g->mask_own);
@@ -184,37 +186,57 @@ static int loop_reserve(struct pi_gpu_loop *g, int n)
     return 0;
 }
 
-int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int seq, int pos0, int n_out, float *logits)
+int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                     const int32_t *rows, int n_rows, float *logits)
 {
     pi_backend_t *be = g->be;
     const struct pi_hparams *hp = &be->model->hp;
-    /* pos0 + n - 1 must stay an int (the context length is checked by the backend's begin). */
-    if (seq < 0 || seq >= g->n_seq || n < 1 || n_out < 0 || n_out > n || pos0 < 0 || pos0 > INT32_MAX - n) {
-        pi_error("step: batch of %d tokens at seq %d pos %d (n_out %d) out of range", n, seq, pos0, n_out);
+    if (n < 1 || n_rows < 0 || n_rows > n || (n_rows > 0) != (rows != NULL)) {
+        pi_error("step: batch of %d tokens with %d logits rows", n, n_rows);
         return -PI_ERR_RANGE;
     }
-    if (loop_reserve(g, n) != 0) return -PI_ERR_NOMEM;
-    int32_t *seqs = g->seqs, *pos = g->pos;
-    float *cold = g->cold;
-    int rc = 0;
-    for (int i = 0; rc == 0 && i < n; i++) {
-        seqs[i] = seq;
-        pos[i] = pos0 + i;
+    for (int k = 0; k < n_rows; k++)
+        if (rows[k] < 0 || rows[k] >= n || (k > 0 && rows[k] <= rows[k - 1])) {
+            pi_error("step: logits row %d is not an increasing row index below %d", rows[k], n);
+            return -PI_ERR_RANGE;
+        }
+    /* the sequence ids index the backend's cache: checked here, the positions by the backend's begin */
+    bool fresh = false;
+    for (int i = 0; i < n; i++) {
+        if (seq[i] < 0 || seq[i] >= g->n_seq) {
+            pi_error("step: sequence %d at row %d out of [0, %d)", seq[i], i, g->n_seq);
+            return -PI_ERR_RANGE;
+        }
+        fresh |= pos[i] == 0;
     }
-    g->fresh = pos0 == 0; /* a new sequence: the workers' activity statistics start again (FRESH) */
+    if (loop_reserve(g, n) != 0) return -PI_ERR_NOMEM;
+    float *cold = g->cold;
+    /* FRESH: some row starts a sequence. The workers keep no running state that a new sequence would
+     * have to restart (compute/ffn-policy.h), so a batch that mixes a starting sequence with running
+     * ones is computed exactly as the two would be apart; the flag is informational (ipc/exchange.h). */
+    g->fresh = fresh;
     if (g->gated) pi_sparse_stats_clear(&g->stats);
     if (sparse_on(g)) {
         pi_sparse_stats_clear(&g->stats);
         g->recall_now = g->recall_every > 0 && g->n_steps % (uint64_t)g->recall_every == 0;
         g->n_steps++;
     }
-    if (rc == 0) rc = be->ops->begin(be, tokens, seqs, pos, n);
+    int rc = be->ops->begin(be, tokens, seq, pos, n);
     for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
         if (g->link) pi_link_progress(g->link);
         rc = be->ops->attn(be, il);
         if (rc == 0) rc = ffn_layer(g, il, n, cold);
     }
-    if (rc == 0 && n_out > 0) rc = be->ops->output(be, n_out, logits);
+    if (rc == 0 && n_rows > 0) {
+        /* the backend gives the last rows of h: those from the first one asked for, then the rows
+         * asked for are moved up in place (row k comes from at or after row k, so nothing is
+         * overwritten before it is read) */
+        const int first = rows[0];
+        const size_t V = (size_t)hp->n_vocab;
+        rc = be->ops->output(be, n - first, logits);
+        for (int k = 0; rc == 0 && k < n_rows; k++)
+            if (rows[k] - first != k) memmove(logits + (size_t)k * V, logits + (size_t)(rows[k] - first) * V, V * sizeof *logits);
+    }
     if (rc == 0) be->ops->commit(be);
     if (counting(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
     return rc;
@@ -222,14 +244,11 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int se
 
 void pi_gpu_loop_free(struct pi_gpu_loop *g)
 {
-    free(g->seqs);
-    free(g->pos);
     free(g->cold);
     free(g->x_own);
     free(g->mask_own);
     free(g->pred_scr);
     free(g->gate);
-    g->seqs = g->pos = NULL;
     g->cold = g->x_own = g->pred_scr = g->gate = NULL;
     g->mask_own = NULL;
     g->cap = 0;
@@ -263,16 +282,14 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
         if (rc != 0) return rc;
         int status = 0;
         switch (r.cmd) {
-        case PI_STEP_EVAL:
-            /* The request's fields are unsigned and unchecked beyond n_tokens/n_out: clamp before
-             * the casts so a huge seq or pos0 is a range error, not a negative index. */
-            if (r.seq > INT32_MAX || r.pos0 > INT32_MAX) status = -PI_ERR_RANGE;
-            else status = pi_gpu_loop_eval(g, r.tokens, (int)r.n_tokens, (int)r.seq, (int)r.pos0, (int)r.n_out,
-                                           pi_step_logits(g->step));
+        case PI_STEP_EVAL: /* every field validated by pi_step_wait; the positions' start by the backend */
+            status = pi_gpu_loop_eval(g, r.tokens, r.seqs, r.pos, (int)r.n_tokens, r.rows, (int)r.n_rows, pi_step_logits(g->step));
             break;
-        case PI_STEP_TRUNCATE:
-            if (r.seq >= (uint32_t)g->n_seq || r.pos0 > INT32_MAX) status = -PI_ERR_RANGE;
-            else status = g->be->ops->seq_truncate(g->be, (int)r.seq, (int)r.pos0);
+        case PI_STEP_TRUNCATE: /* seq < n_seq and keep <= INT32_MAX (pi_step_wait); the length is the backend's */
+            status = g->be->ops->seq_truncate(g->be, (int)r.seq, (int)r.keep);
+            break;
+        case PI_STEP_RESET:
+            for (int q = 0; status == 0 && q < g->n_seq; q++) status = g->be->ops->seq_truncate(g->be, q, 0);
             break;
         case PI_STEP_STOP:
             pi_step_respond(g->step, r.id, 0);

@@ -24,7 +24,7 @@ struct pi_gpu_loop {
     pi_exchange_t *ex;
     pi_link_t *link;     /* may be NULL (tests) */
     uint32_t ex_flags;   /* PI_EXCHANGE_ALL, plus GATE_SKIP for ReLU models */
-    bool fresh;          /* the step being computed starts a sequence: FRESH on its publishes */
+    bool fresh;          /* a row of the step being computed starts a sequence: FRESH on its publishes */
     int n_seq;           /* sequences the backend's cache holds */
     /* statistics: layer round trips through the exchange and their total time in ns, from publish
      * to the partials merged, minus the hot neurons computed in between (the exchange's own cost
@@ -54,7 +54,6 @@ struct pi_gpu_loop {
     /* the batch's scratch, grown to the largest batch seen and kept (pi_gpu_loop_free): a stream of
      * decode steps allocates nothing */
     int cap;
-    int32_t *seqs, *pos; /* (cap) */
     float *cold;         /* (cap, n_embd) */
     /* with predictors: a layer's x and mask where the exchange carries none (recall steps), the host
      * fallback's scratch, and the recall's gates */
@@ -84,8 +83,13 @@ void pi_gpu_loop_free(struct pi_gpu_loop *g);
  * clean stop or a negative pi_err. */
 int pi_gpu_loop_run(struct pi_gpu_loop *g);
 
-/* Run one EVAL batch: tokens (n) of seq at pos0.. ; logits (n_out, n_vocab) of the last n_out rows.
- * Exposed for tests and benchmarks. 0 or a negative pi_err (the batch is then not committed). */
-int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, int n, int seq, int pos0, int n_out, float *logits);
+/* Run one EVAL batch: tokens, seq, pos (n): token i of sequence seq[i] (< n_seq) at position pos[i]
+ * (ipc/step.h's rules; the backend checks that each sequence continues its cache); logits (n_rows,
+ * n_vocab) of rows[0..n_rows), strictly increasing row indices below n (rows NULL iff n_rows 0), the
+ * buffer having room for n - rows[0] rows (it is the scratch of the output first). Exposed for tests and
+ * benchmarks. 0 or a negative pi_err (-PI_ERR_RANGE for a bad row list or sequence id; the batch is then
+ * not committed). */
+int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n,
+                     const int32_t *rows, int n_rows, float *logits);
 
 #endif

@@ -98,7 +98,7 @@ static int parse(int argc, char **argv, struct gw_opts *o)
         case 't': bad = pi_parse_int(optarg, 1, PI_MAX_THREADS, &o->threads) != 0; break;
         case 'C': bad = pi_parse_int(optarg, 0, 1L << 24, &o->ctx) != 0; break;
         case 'd': bad = pi_parse_int(optarg, 0, 64, &o->device) != 0; break;
-        case 'S': bad = pi_parse_int(optarg, 1, 1024, &o->n_seq) != 0; break;
+        case 'S': bad = pi_parse_int(optarg, 1, PI_STEP_MAX_SEQ, &o->n_seq) != 0; break;
         case 'B': bad = pi_parse_bytes(optarg, &o->vram_budget) != 0; break;
         case 'L': bad = pi_parse_int(optarg, PI_LINK_STALL_MS_MIN, PI_LINK_STALL_MS_MAX, &o->stall_ms) != 0; break;
         case 'T': {
@@ -130,8 +130,12 @@ static int parse(int argc, char **argv, struct gw_opts *o)
 static uint64_t hot_bytes(const pi_model_t *m, const struct pi_placement *pl) { return pi_placement_bytes(pl, m, -1, 0); }
 
 /* Check that the segments were made for this model. */
-static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *ex)
+static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *ex, int64_t n_seq)
 {
+    if (pi_step_n_seq(step) != (uint64_t)n_seq) { /* the step channel's seq ids index this cache */
+        pi_error("the step segment is for %u sequences, --n-seq says %lld", pi_step_n_seq(step), (long long)n_seq);
+        return -PI_ERR_INVAL;
+    }
     const struct pi_exchange_params *p = pi_exchange_params(ex);
     const struct pi_hparams *hp = &m->hp;
     if (p->n_embd != (uint32_t)hp->n_embd || p->n_ff != (uint32_t)hp->n_ff || p->n_layers != (uint32_t)hp->n_layer ||
@@ -206,7 +210,7 @@ static int run(const struct gw_opts *o)
     if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     if ((rc = pi_step_attach(o->step_fd, &step)) != 0) goto out;
     if ((rc = pi_exchange_attach(o->exchange_fd, &ex)) != 0) goto out;
-    if ((rc = check_segments(m, step, ex)) != 0) goto out;
+    if ((rc = check_segments(m, step, ex, o->n_seq)) != 0) goto out;
     if ((rc = pi_placement_map_fd(o->placement_fd, m->hp.n_layer, m->hp.n_ff, (int)pi_exchange_params(ex)->n_workers, &pl)) != 0) goto out;
     enum pi_backend_rows rows = pi_backend_hot_rows(o->backend, m, pl);
     if (rows == PI_BACKEND_ROWS_MODEL) {

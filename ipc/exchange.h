@@ -50,10 +50,12 @@ enum pi_exchange_flags {
     PI_EXCHANGE_ALL = 1u << 0,       /* every cold neuron of the worker's partition; mask unused */
     PI_EXCHANGE_MASK = 1u << 1,      /* only the neurons whose bit is set in the token's mask row */
     PI_EXCHANGE_GATE_SKIP = 1u << 2, /* ReLU model: a neuron whose gate <= 0 may be skipped (it adds 0) */
-    PI_EXCHANGE_FRESH = 1u << 3,     /* the step starts a sequence (position 0): a worker's running
-                                      * statistics of this layer (the activity that picks its dense or
-                                      * neuron path) start again, so that a request's result does not
-                                      * depend on the requests before it */
+    PI_EXCHANGE_FRESH = 1u << 3,     /* some row of the step starts a sequence (position 0). Until
+                                      * issue 19 it restarted a worker's running activity statistics
+                                      * (which picked its dense or neuron path); the path is now fixed
+                                      * (compute/ffn-policy.h, batch invariance), so a worker has no
+                                      * running state to restart and ignores it. Still set and accepted,
+                                      * for logs and tests. */
 };
 #define PI_EXCHANGE_FLAGS_KNOWN (PI_EXCHANGE_ALL | PI_EXCHANGE_MASK | PI_EXCHANGE_GATE_SKIP | PI_EXCHANGE_FRESH)
 

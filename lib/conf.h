@@ -102,6 +102,8 @@ struct pi_config {
     double min_p;
     double repeat_penalty;
     int64_t seed;              /* -1 = from the clock */
+    /* [server] */
+    int64_t server_slots;      /* sequences served at once (continuous batching), 1..256 */
     /* [log] */
     char *log_level;
     /* [placement]: the speeds the placement solver models (compute/placement-solve.h) */

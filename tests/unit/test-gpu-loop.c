@@ -128,7 +128,9 @@ static int run(const struct pi_predictors *pred, bool fallback, const int32_t *t
     struct pi_gpu_loop g = {.be = be, .ex = c->ex, .n_seq = 1, .ex_flags = PI_EXCHANGE_ALL | PI_EXCHANGE_GATE_SKIP,
                             .hot = hot, .n_hot = n_hot};
     if (rc == 0) rc = pi_gpu_loop_sparse_init(&g, pred, PI_SPARSITY_SAFE, 1, 1);
-    if (rc == 0) rc = pi_gpu_loop_eval(&g, tok, n, 0, 0, n, logits);
+    int32_t seq[MAX_TOK], pos[MAX_TOK], rows[MAX_TOK]; /* one sequence from position 0, every row's logits */
+    for (int i = 0; i < n && i < MAX_TOK; i++) seq[i] = 0, pos[i] = rows[i] = i;
+    if (rc == 0) rc = pi_gpu_loop_eval(&g, tok, seq, pos, n, rows, n, logits);
     if (rc == 0) memcpy(stats, pi_exchange_stats(c->ex), (size_t)nl * PI_EXCHANGE_STATS_FIELDS * sizeof *stats);
     atomic_store(&c->stop, true);
     pthread_join(th, NULL);

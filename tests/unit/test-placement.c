@@ -131,7 +131,7 @@ static void check_model(const char *file)
         memset(&c, 0, sizeof c);
         c.gpu_backend = PI_GPU_CUDA;
         c.vram_budget = budgets[i];
-        const int64_t k = pi_placement_hot_count(&c, m, N_CTX, MAX_TOKENS, NULL);
+        const int64_t k = pi_placement_hot_count(&c, m, N_CTX, 1, MAX_TOKENS, NULL);
         bool ok;
         if (k == ff) ok = pall <= budgets[i];
         else if (k == 0) ok = pall > budgets[i] && (p0 > budgets[i] || plan(1) > budgets[i]);
