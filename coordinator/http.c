@@ -44,6 +44,7 @@
 #define KEEPALIVE_MS 10000           /* a stream silent this long gets an SSE comment */
 #define MAX_KEYS 64                  /* API keys in the key file, at most */
 #define MAX_KEY_LEN 256
+#define DRAIN_FACTOR 16              /* an oversized body is read (and dropped) up to this many limits */
 
 struct pi_http {
     struct MHD_Daemon *d;
@@ -79,6 +80,7 @@ struct hreq {
     char *body;
     size_t len, cap;
     bool too_big;
+    uint64_t dropped;                /* body bytes read past the limit */
     /* a generation */
     struct pi_oai_request rq;
     bool parsed;
@@ -835,12 +837,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (!method_ok) return fail(h, c, 405, NULL, "method_not_allowed", "%s does not take %s", url, method);
         if (rt != R_HEALTH && rt != R_METRICS && !key_ok(h, c))
             return fail(h, c, 401, NULL, "invalid_api_key", "a valid API key is needed (Authorization: Bearer KEY)");
+        /* A body announced larger than DRAIN_FACTOR limits is refused at once (the connection is then
+         * closed under the client, which may see a reset); a smaller oversized one is read and dropped
+         * first, so that the client gets its 413. */
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Content-Length");
         if (cl) {
             char *end = NULL;
             errno = 0;
             unsigned long long v = strtoull(cl, &end, 10);
-            if (errno || end == cl || v > h->o.max_body)
+            if (errno || end == cl || v / DRAIN_FACTOR > h->o.max_body)
                 return fail(h, c, 413, NULL, "request_too_large", "the body is larger than the limit of %zu bytes",
                             h->o.max_body);
         }
@@ -860,10 +865,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         *con_cls = r;
         return MHD_YES;
     }
-    if (*upload_size) { /* a piece of the body */
+    if (*upload_size) { /* a piece of the body: kept up to the limit, then counted and dropped */
         if (!r->too_big && r->len + *upload_size > h->o.max_body) r->too_big = true;
         if (!r->too_big && !buf_add(&r->body, &r->len, &r->cap, upload, *upload_size)) r->too_big = true;
+        r->dropped += r->too_big ? *upload_size : 0;
         *upload_size = 0;
+        if (r->dropped / DRAIN_FACTOR > h->o.max_body) return MHD_NO; /* a body without end: close */
         return MHD_YES;
     }
     if (r->too_big)

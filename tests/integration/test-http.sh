@@ -30,7 +30,7 @@ fi
 # start NAME ARGS...: a server in the background; its port in $port, its pid in $spid
 start() {
     name=$1; shift
-    mkdir -p "$t/$name"
+    mkdir -p -m 700 "$t/$name"
     "$coord" --model "$m" --gpu-backend host --hot-fraction 0.5 --cpu-workers 1 --cpu-threads 1 --run-dir "$t/$name" \
         --http 127.0.0.1:0 --chat-template chatml --log-level info "$@" >"$t/$name.out" 2>"$t/$name.err" &
     spid=$!
@@ -70,7 +70,7 @@ gpu_worker() {
 
 if [ "${PI_SANITIZED:-0}" = 1 ]; then clients=16; secs=20; else clients=64; secs=120; fi
 
-if start main --set server.slots=4 --set server.queue=64; then
+if start main --set server.slots=16 --set server.queue=64; then
     url=http://127.0.0.1:$port
     run basic "$url"
     run malformed "$url"
@@ -81,6 +81,7 @@ if start main --set server.slots=4 --set server.queue=64; then
     run kill "$url" "$t/gpu.pid"
     grep -q "request [0-9]*: prompt [0-9]* tokens ([0-9]* cached), generated [0-9]*, ttft" "$t/main.err"
     ok $? "one log line per request"
+    [ $fails = 0 ] || { echo "# the server's log, its errors and warnings:"; grep -E " (error|warn):" "$t/main.err" | tail -30 | sed 's/^/#   /'; }
     kill -TERM $spid; wait $spid; rc=$?
     ok $rc "SIGTERM: the server ends with status 0 (rc $rc)"
 else

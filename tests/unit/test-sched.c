@@ -307,7 +307,8 @@ int main(void)
         tap_skip(1, "the reference is too short for a stop string");
     }
 
-    /* cancel a long job */
+    /* cancel a long job (slow steps, so that it is still running) */
+    atomic_store(&f.delay_us, 1000);
     jb = job_of(prompts[3], (size_t)plen[3], NCTX, &a);
     uint64_t id = 0;
     pi_sched_submit(s, &jb, &id);
@@ -316,6 +317,7 @@ int main(void)
     wait_end(&a);
     tap_ok(a.end.finish == PI_SCHED_CANCELLED && a.n < NCTX, "cancel: ended CANCELLED after %d tokens", a.n);
     pi_sched_cancel(s, id); /* again, after its end: nothing */
+    atomic_store(&f.delay_us, 0);
     stop(&r);
 
     /* the queue: 1 slot, queue 2; a job of the whole context holds the slot */
