@@ -43,7 +43,8 @@ struct pi_gen_result {
  * generation then returns -PI_ERR_IO, e.g. the reader went away). */
 typedef int (*pi_gen_emit_fn)(void *ctx, const char *text, size_t len);
 
-/* Run r on e (sequence 0 is reset first) with tokenizer t. Returns 0, or a negative pi_err
+/* Run r on sequence 0 of e (the engine is reset first: every sequence forgotten) with tokenizer t.
+ * One request at a time; continuous batching drives the engine itself. Returns 0, or a negative pi_err
  * (logged): the engine's error (-PI_ERR_PEER when a worker died), -PI_ERR_RANGE when the prompt
  * plus n_predict does not fit the context, -PI_ERR_INVAL for an empty prompt or a bad token id. */
 int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_request *r, pi_gen_emit_fn emit,

@@ -5,14 +5,13 @@
  * per-layer exchange between the GPU and CPU workers), clears close-on-exec on their fds, and spawns
  * pi-gpu-worker and the CPU workers with the fd numbers on their command lines; each maps the model
  * file itself, read-only. The supervisor (coordinator/supervisor.h) reports a death from its thread:
- * we then abort both segments, so that the request in flight (waiting in pi_step_call) and the
- * workers (waiting on the exchange) return at once with -PI_ERR_PEER, and mark the pipeline broken.
- * The next reset restarts it as a whole (every sequence starts again empty); any other step (an eval
- * or a truncate of any sequence) fails with -PI_ERR_PEER until then, since the cache died with the
- * workers. A
- * restart stops every worker, drops the segments and makes them anew, and spawns the workers
- * again, so no state of the failed run (a half-published layer, a partial sum, a KV cache missing
- * positions) can leak into the next request.
+ * we then abort both segments, so that the step in flight (waiting in pi_step_eval or pi_step_call)
+ * and the workers (waiting on the exchange) return at once with -PI_ERR_PEER, and mark the pipeline
+ * broken. The next reset restarts it as a whole (every sequence starts again empty); any other step
+ * (an eval or a truncate of any sequence) fails with -PI_ERR_PEER until then, since the cache of every
+ * sequence died with the workers. A restart stops every worker, drops the segments and makes them
+ * anew, and spawns the workers again, so no state of the failed run (a half-published layer, a
+ * partial sum, a KV cache missing positions) can leak into the next request.
  *
  * Placement: the coordinator builds the placement map once (compute/placement.h: which neurons of
  * every layer the GPU worker and each CPU worker hold), puts its wire form in a sealed memfd segment

@@ -190,6 +190,7 @@ static int run(struct opts *o)
     }
     const int n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(m);
     struct pi_place_cost cost;
+    /* the KV caches of a server with the default [server] slots: the placement serves both modes */
     rc = pi_place_solve_config(&o->cfg, m, sc->act_freq, (int)o->workers, n_ctx, (int)o->cfg.server_slots, 64, NULL, &p, &cost);
     if (rc != 0) {
         fprintf(stderr, "pi-place: no placement fits (%s)\n", pi_err_str(rc));

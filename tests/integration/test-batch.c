@@ -5,7 +5,7 @@
  * the pipeline with the host backend and one CPU worker at hot fractions 0, 0.5 and 1 (real
  * pi-gpu-worker and pi-cpu-worker processes in a private run directory, under a hard timeout), over
  * the ReLU demo model and a SwiGLU model (fixtures demo-silu; the tiny llama where the fixtures are
- * absent):
+ * absent), the SwiGLU model also in process with random activation thresholds:
  *   1. each of 4 random token sequences evaluated alone in one batch gives the reference logits; then
  *      twice, all four interleaved in random batches (random chunk of each sequence per batch, rows
  *      merged in random order, all rows or a random subset of rows asked for; a quarter of the batches
@@ -21,6 +21,7 @@
 #include "coordinator/coordinator.h"
 #include "coordinator/engine.h"
 #include "coordinator/options.h"
+#include "compute/sparse.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/rng.h"
@@ -223,9 +224,49 @@ static void one(const char *path, const char *label, enum pi_gpu_backend be, dou
     pi_coord_opts_free(&o);
 }
 
-static void model(const char *path, const char *label)
+/* The in-process engine of a SwiGLU model with activation thresholds (doc/thresholds.md): random ones
+ * here, 0 to 0.2 per neuron, which skip a share of the neurons; the dense form zeroes them per row. */
+static void one_gated(const char *path, const char *label)
+{
+    struct pi_coord_opts o;
+    memset(&o, 0, sizeof o);
+    if (pi_config_defaults(&o.cfg) != 0) tap_bail("config defaults");
+    free(o.cfg.model_path);
+    o.cfg.model_path = strdup(path);
+    o.cfg.sparsity.mode = PI_SPARSITY_CFG_OFF;
+    struct pi_coord_model cm;
+    if (!o.cfg.model_path || pi_coord_model_open(&o, true, &cm) != 0) tap_bail("open %s", path);
+    const size_t nt = (size_t)cm.model->hp.n_layer * (size_t)cm.model->hp.n_ff;
+    float *gm = malloc(nt * sizeof *gm);
+    if (!gm) tap_bail("malloc");
+    for (size_t i = 0; i < nt; i++) gm[i] = 0.2f * (float)pi_rng_uniform(&rng);
+    cm.gate_min = gm; /* pi_coord_model_close frees it */
+    char what[128];
+    snprintf(what, sizeof what, "%s, in-process with activation thresholds", label);
+    pi_engine_t *e = pi_engine_local_new(cm.model, 2, CTX, NSEQ, &cm.pred, gm, PI_SPARSITY_SAFE, 0);
+    tap_ok(e != NULL, "%s: the engine starts", what);
+    if (e) run_engine(e, what);
+    /* the thresholds must have skipped something, or the check above said nothing about them */
+    struct pi_sparse_stats st;
+    uint64_t kept = 0, pairs = 0;
+    if (e && pi_sparse_stats_init(&st, cm.model) == 0) {
+        pi_sparse_stats_gated(&st, cm.model);
+        if (pi_engine_sparse_stats(e, &st) == 0)
+            for (int il = 0; il < st.n_layer; il++) kept += st.layers[il].predicted, pairs += st.layers[il].pairs;
+        pi_sparse_stats_free(&st);
+    }
+    tap_ok(pairs > 0 && kept < pairs && kept > pairs / 4,
+           "%s: the thresholds skipped %.1f%% of the (token, neuron) pairs", what,
+           pairs ? 100.0 * (double)(pairs - kept) / (double)pairs : 0.0);
+    pi_engine_destroy(&e);
+    pi_coord_model_close(&cm);
+    pi_coord_opts_free(&o);
+}
+
+static void model(const char *path, const char *label, bool swiglu)
 {
     one(path, label, PI_GPU_NONE, 0);
+    if (swiglu) one_gated(path, label);
     static const double hots[] = {0.0, 0.5, 1.0};
     for (int h = 0; h < 3; h++) one(path, label, PI_GPU_HOST, hots[h]);
 }
@@ -253,8 +294,8 @@ int main(int argc, char **argv)
     }
     setenv("PI_WORKER_DIR", wd, 1);
     char path[512];
-    model(tap_data(path, sizeof path, "demo-relu-q4_0.gguf"), "demo ReLU");
-    if (tap_fixture(path, sizeof path, "demo-silu/demo-silu-q4_0.gguf")) model(path, "demo SwiGLU");
-    else model(tap_data(path, sizeof path, "tiny-llama-q4_0.gguf"), "tiny SwiGLU (no fixtures)");
+    model(tap_data(path, sizeof path, "demo-relu-q4_0.gguf"), "demo ReLU", false);
+    if (tap_fixture(path, sizeof path, "demo-silu/demo-silu-q4_0.gguf")) model(path, "demo SwiGLU", true);
+    else model(tap_data(path, sizeof path, "tiny-llama-q4_0.gguf"), "tiny SwiGLU (no fixtures)", true);
     return tap_done();
 }
