@@ -101,6 +101,7 @@ struct pi_sched {
     size_t tail_len, tail_cap;
     size_t buf_cap;
     int rr;                      /* round-robin start among prompt-reading slots */
+    int gen_rr;                  /* and among generating slots, when they outnumber the batch */
     int64_t retry_at;            /* ns: a failed engine is reset again from then */
 };
 
@@ -683,16 +684,23 @@ static bool step(pi_sched_t *s)
     const int cap = e->max_batch;
     int n = 0, n_rows = 0;
     for (int i = 0; i < s->o.n_slots; i++) {
+        s->slots[i].row = -1;
+        s->slots[i].chunk = 0;
+    }
+    /* decode tokens first; with more generating slots than the batch holds, in turn from where the last
+     * step stopped (rows stay in batch order: the batch is built in slot order within the turn) */
+    const int gr = s->gen_rr;
+    for (int k = 0; k < s->o.n_slots && n < cap; k++) {
+        const int i = (gr + k) % s->o.n_slots;
         struct slot *sl = &s->slots[i];
-        sl->row = -1;
-        sl->chunk = 0;
-        if (sl->state != SLOT_GEN || n == cap) continue;
+        if (sl->state != SLOT_GEN) continue;
         s->b_tok[n] = sl->next;
         s->b_seq[n] = i;
         s->b_pos[n] = sl->n_cache;
         sl->row = n_rows;
         sl->chunk = 1;
         s->b_rows[n_rows++] = n++;
+        s->gen_rr = (i + 1) % s->o.n_slots;
     }
     /* prompts fill the rest, in turn from where the last step stopped */
     const int rr = s->rr;
