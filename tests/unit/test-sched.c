@@ -250,6 +250,25 @@ int main(void)
     tap_is_int((long long)st.requests[PI_SCHED_LENGTH], NJ, "stats: every job ended by length");
     tap_is_int(st.running + st.waiting, 0, "stats: nothing running or waiting");
 
+    stop(&r);
+
+    /* more generating slots than a batch holds (batches of 3 tokens, 4 slots): they take turns */
+    fake_init(&f);
+    f.base.max_batch = 3;
+    s = start(&f, &r, NSEQ, 64, 0, 0);
+    for (int j = 0; j < 8; j++) {
+        struct pi_sched_job jb = job_of(prompts[j], (size_t)plen[j], npred[j], &together[j]);
+        pi_sched_submit(s, &jb, NULL);
+    }
+    for (int j = 0; j < 8; j++) wait_end(&together[j]);
+    same = 1;
+    for (int j = 0; j < 8; j++)
+        same &= together[j].n == alone[j].n && memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
+    tap_ok(same && atomic_load(&f.violations) == 0, "batches of 3 tokens for 4 slots: every job ends and equals its run alone");
+    stop(&r);
+    fake_init(&f);
+    s = start(&f, &r, NSEQ, 64, 0, 0);
+
     /* prefix reuse: a prompt extending an ended job's prompt and answer evaluates only the new part */
     struct out a, b;
     int32_t p2[128];
