@@ -54,6 +54,8 @@ static int local_reset(pi_engine_t *e)
     return 0;
 }
 
+static int local_truncate(pi_engine_t *e, int n) { return pi_forward_seq_truncate(((struct local_engine *)e)->fwd, 0, n); }
+
 static void local_destroy(pi_engine_t *e)
 {
     struct local_engine *l = (struct local_engine *)e;
@@ -64,7 +66,7 @@ static void local_destroy(pi_engine_t *e)
     free(l);
 }
 
-static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy, local_sparse_stats};
+static const struct pi_engine_ops local_ops = {local_eval, local_reset, local_destroy, local_sparse_stats, local_truncate};
 
 pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, const struct pi_predictors *pred,
                                  const float *gate_min, enum pi_sparsity mode, int64_t recall_every)
@@ -101,6 +103,12 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
 {
     return e && e->ops->sparse_stats ? e->ops->sparse_stats(e, out) : -PI_ERR_NOTFOUND;
+}
+
+int pi_engine_truncate(pi_engine_t *e, int n)
+{
+    if (n == 0) return e->ops->reset(e);
+    return e->ops->truncate ? e->ops->truncate(e, n) : -PI_ERR_UNSUPPORTED;
 }
 
 void pi_engine_destroy(pi_engine_t **e)

@@ -26,6 +26,9 @@ struct pi_engine_ops {
      * execution's counts since the engine was made (compute/sparse.h). 0, or -PI_ERR_NOTFOUND when the
      * engine runs dense. Safe from another thread while a batch runs (pi-ctl status). */
     int (*sparse_stats)(pi_engine_t *e, struct pi_sparse_stats *out);
+    /* Optional (NULL: only reset): keep the first n positions of sequence 0 (0 <= n <= its cached
+     * length) and forget the rest, so the next eval continues at pos0 = n. 0 or -PI_ERR_*. */
+    int (*truncate)(pi_engine_t *e, int n);
 };
 
 /* Every engine struct starts with this. */
@@ -46,6 +49,10 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
 
 /* e's sparse counts into out (see sparse_stats): 0, or -PI_ERR_NOTFOUND for a dense engine. */
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out);
+
+/* Keep the first n positions of e's sequence 0 (n == 0 is reset). 0, -PI_ERR_UNSUPPORTED when the
+ * engine cannot truncate (the caller resets and evaluates again), or the engine's error. */
+int pi_engine_truncate(pi_engine_t *e, int n);
 
 /* Destroy any engine; accepts NULL; nulls the caller's pointer. */
 void pi_engine_destroy(pi_engine_t **e);

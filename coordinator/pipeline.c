@@ -309,6 +309,12 @@ static int pipe_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out)
 
 static int pipe_reset(pi_engine_t *e) { return pipe_call((struct pipe_engine *)e, PI_STEP_TRUNCATE, NULL, 0, 0, 0); }
 
+/* A truncation to n > 0 on a broken pipeline fails in pipe_call: the restarted one has no cache. */
+static int pipe_truncate(pi_engine_t *e, int n)
+{
+    return n < 0 ? -PI_ERR_RANGE : pipe_call((struct pipe_engine *)e, PI_STEP_TRUNCATE, NULL, 0, n, 0);
+}
+
 static void pipe_destroy(pi_engine_t *e)
 {
     struct pipe_engine *p = (struct pipe_engine *)e;
@@ -322,7 +328,7 @@ static void pipe_destroy(pi_engine_t *e)
     free(p);
 }
 
-static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy, pipe_sparse_stats};
+static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_reset, pipe_destroy, pipe_sparse_stats, pipe_truncate};
 
 /* Make sure the configured run directory exists, is ours and private. The last component is opened
  * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run

@@ -329,6 +329,10 @@ int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Ctrl-C on a terminal signals the whole foreground process group: it is the coordinator's
+         * to act on (stop a reply, shut down), never a worker's (an ignored signal stays so across exec) */
+        struct sigaction ign = {.sa_handler = SIG_IGN};
+        sigaction(SIGINT, &ign, NULL);
         close_all_but(keep, n_keep);
         for (int k = 0; k < n_keep; k++) {
             const int fl = fcntl(keep[k], F_GETFD);
