@@ -327,7 +327,10 @@ static const char *role_str(int role)
 
 static const char *state_str(enum pi_worker_state st)
 {
-    return st == PI_WORKER_READY ? "ready" : st == PI_WORKER_STARTING ? "starting" : "dead";
+    return st == PI_WORKER_READY      ? "ready"
+           : st == PI_WORKER_STARTING ? "starting"
+           : st == PI_WORKER_BROKEN   ? "broken" /* alive, its pipeline lost a worker: restarted at the next request */
+                                      : "dead";
 }
 
 /* The workers as a JSON array (neurons per layer = neurons owned / layers). */

@@ -166,6 +166,12 @@ static int check_children(pi_super_t *s, int *dead, int cap)
                 else pi_error("%s %d (pid %d) exited with status %d", role_name(w->info.role), w->info.index, (int)w->info.pid, WEXITSTATUS(st));
             }
             if (!w->reported && n < cap) { dead[n++] = i; w->reported = true; }
+            /* the pipeline is gone with it: its peers, alive, are no longer ready (pi-ctl workers) */
+            for (int k = 0; !w->stopping && k < PI_SUPER_MAX_WORKERS; k++) {
+                struct slot *p = &s->slots[k];
+                if (p->used && !p->stopping && (p->info.state == PI_WORKER_READY || p->info.state == PI_WORKER_STARTING))
+                    p->info.state = PI_WORKER_BROKEN;
+            }
             pthread_cond_broadcast(&s->cv);
         } else if (w->last_msg_ns && now - w->last_msg_ns > (int64_t)PI_SUPER_SILENCE_MS * 1000000 && !w->stopping) {
             pi_error("%s %d (pid %d) silent for %d ms: killing it", role_name(w->info.role), w->info.index, (int)w->info.pid, PI_SUPER_SILENCE_MS);
