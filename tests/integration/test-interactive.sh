@@ -4,7 +4,8 @@
 # cache lacks (the debug line "chat turn 2: N tokens, K of them in the cache, evaluating N-K"), /exit and end of
 # input end with status 0, the first reply is the one-shot --chat reply, a full context starts over or refuses
 # and says so, a Ctrl-C at the prompt quits; then the sampling options that only the command line has (--stop,
-# --logit-bias, the penalties) in both modes, and the new user's parser bugs (issue 19). TAP output.
+# --logit-bias, the penalties) in both modes, and the new user's parser bugs (issue 19), tools/demo.sh --help
+# included. TAP output.
 b=${PI_BUILDDIR:-.}
 m=${PI_SRCDIR:-..}/tests/data/demo-relu-q4_0.gguf
 coord=$b/coordinator/pi-coordinator
@@ -119,6 +120,17 @@ done
 timeout 30 "$coord" -m "$m" -c 64 -t 1 -s 3 -n 2 -p "The jury" --gpu-backend none --log-level warn >"$t/out" 2>"$t/err"; rc=$?
 [ $rc = 0 ] && [ -s "$t/out" ]
 ok $? "llama.cpp's short options -m -c -t -s -n -p (status $rc)"
+
+# tools/demo.sh --help is help, not the prompt "--help": run on a copy without its build scripts, so that a
+# demo.sh that took it for the prompt fails at once instead of installing and building anything
+mkdir -p "$t/demo/tools"
+cp "${PI_SRCDIR:-..}/tools/demo.sh" "$t/demo/tools/demo.sh"
+timeout 20 bash "$t/demo/tools/demo.sh" --help >"$t/out" 2>"$t/err"; rc=$?
+[ $rc = 0 ] && grep -q "^Usage: tools/demo.sh" "$t/out" && [ ! -d "$t/demo/build-demo" ]
+ok $? "tools/demo.sh --help prints its usage and runs nothing (status $rc)"
+timeout 20 bash "$t/demo/tools/demo.sh" --bogus >"$t/out" 2>"$t/err"; rc=$?
+[ $rc = 2 ] && grep -q "unknown option --bogus" "$t/err" && [ ! -d "$t/demo/build-demo" ]
+ok $? "tools/demo.sh --bogus: status $rc, $(cat "$t/err")"
 
 echo "1..$n"
 [ $fails = 0 ]
