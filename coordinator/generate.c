@@ -13,6 +13,7 @@
 #include "lib/conf.h"
 #include "lib/log.h"
 #include "lib/rng.h"
+#include "ipc/control.h"
 #include "text/stop.h"
 
 #include <stdlib.h>
@@ -29,6 +30,14 @@ void pi_gen_params_from_config(const struct pi_config *cfg, struct pi_sample_par
     p->presence_penalty = (float)cfg->presence_penalty;
     p->frequency_penalty = (float)cfg->frequency_penalty;
     p->seed = cfg->seed < 0 ? pi_rng_entropy_seed() : (uint64_t)cfg->seed;
+}
+
+void pi_gen_ctl_defaults(const struct pi_config *cfg, struct pi_ctl_generate *g)
+{
+    if (g->defaults & PI_CTL_GEN_DEFAULT_N_PREDICT) g->n_predict = (uint32_t)cfg->n_predict;
+    if (g->defaults & PI_CTL_GEN_DEFAULT_SEED) g->seed = cfg->seed < 0 ? pi_rng_entropy_seed() : (uint64_t)cfg->seed;
+    if (g->defaults & PI_CTL_GEN_DEFAULT_TEMP) g->temp = (float)cfg->temperature;
+    g->defaults = 0;
 }
 
 /* The prompt ids of r into a fresh array (*ids, *n). */

@@ -71,4 +71,10 @@ int pi_generate(pi_engine_t *e, const pi_tokenizer_t *t, const struct pi_gen_req
 struct pi_config;
 void pi_gen_params_from_config(const struct pi_config *cfg, struct pi_sample_params *p);
 
+/* A control GENERATE request's fields that its client left to the coordinator (g->defaults,
+ * ipc/control.h) filled from cfg's [generate] keys (seed -1: a random one), and defaults cleared: what
+ * pinfer.conf(5) promises a request that does not set them. */
+struct pi_ctl_generate;
+void pi_gen_ctl_defaults(const struct pi_config *cfg, struct pi_ctl_generate *g);
+
 #endif

@@ -482,6 +482,7 @@ static int handle_msg(struct server *s, void *pair, struct conn *c, struct pi_ct
             break;
         }
         atomic_fetch_add(&s->busy, 1);
+        pi_gen_ctl_defaults(&s->o->cfg, &m->u.generate); /* what the client left to [generate] */
         struct job j = {.conn = c->serial,
                         .request_id = m->request_id,
                         .seq = ++s->next_seq,
