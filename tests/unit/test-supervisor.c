@@ -379,8 +379,8 @@ static void test_sigint(pi_super_t *s)
     struct pi_worker_info w = {0};
     char sb[32];
     const bool have = info_of(s, pid, &w);
-    tap_ok(seen && have && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == 7,
-           "a worker ignores SIGINT (%s)", status_str(w.exit_status, sb, sizeof sb));
+    tap_ok(seen && have && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == 7, "a worker ignores SIGINT (%s)",
+           status_str(w.exit_status, sb, sizeof sb));
     pi_super_stop_all(s, 100);
 }
 
