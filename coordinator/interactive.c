@@ -15,10 +15,12 @@
  *
  * DESIGN (signals): SIGINT and SIGTERM only set flags (sig_atomic_t and a lock-free atomic clock), the
  * loops poll them. SIGINT during a reply stops it (the generation's stop and emit callbacks see the
- * flag; what the reply had is kept); at the prompt, or twice within INTERRUPT_QUIT_NS, it quits;
- * SIGTERM quits. No SA_RESTART, so a read blocked at the prompt returns EINTR. The workers of a
- * pipeline ignore SIGINT (coordinator/supervisor.c), so Ctrl-C on a terminal, which signals the whole
- * process group, reaches only this process.
+ * flag; what the reply had is kept), and the flag is cleared once the reply has ended, so the next
+ * SIGINT finds the prompt and quits, as does a second one within INTERRUPT_QUIT_NS of the first (a
+ * long prompt evaluation that does not stop soon enough); SIGTERM quits. Standard input is polled
+ * (INPUT_POLL_MS) rather than read blocking, so a signal that lands just before a read still ends the
+ * wait at the prompt. The workers of a pipeline ignore SIGINT (coordinator/supervisor.c), so Ctrl-C on
+ * a terminal, which signals the whole process group, reaches only this process.
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -29,6 +31,7 @@
 #include "lib/log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -251,19 +254,22 @@ static int reply(struct chat *c)
     if (c->reply) c->reply[0] = '\0';
     struct pi_gen_result res;
     rc = run_generation(c, &r, &res);
+    /* the SIGINT that stopped this reply is spent; one from now on lands at the prompt and quits */
+    const bool stopped = interrupted != 0;
+    interrupted = 0;
     update_cache(c, ids, gen, &res);
     fputc('\n', stdout);
     fflush(stdout);
     free(ids);
     free(gen);
-    if (rc == -PI_ERR_PEER || (rc != 0 && !interrupted && rc != -PI_ERR_IO)) {
+    if (rc == -PI_ERR_PEER || (rc != 0 && !stopped && rc != -PI_ERR_IO)) {
         note("the reply failed (%s)%s", rc == -PI_ERR_PEER ? "a worker of the pipeline died" : pi_err_str(rc),
              rc == -PI_ERR_PEER ? "; the next message restarts the pipeline" : "");
         drop_msgs(c, c->n_msgs - 1); /* the turns stay user, assistant, user, ... */
         c->n_cache = 0;
         return rc == -PI_ERR_PEER ? 0 : rc;
     }
-    if (interrupted && !quit) note("stopped");
+    if (stopped && !quit) note("stopped");
     int prc = push_msg(c, "assistant", c->reply ? c->reply : "");
     if (prc != 0) return prc;
     pi_info("chat turn %d: %d prompt tokens (%d evaluated in %.3f s), %d generated in %.3f s (%.1f tok/s)%s", c->turn,
@@ -280,24 +286,57 @@ static int reply(struct chat *c)
 }
 
 enum { READ_OK = 0, READ_EOF = 1, READ_INTERRUPTED = 2, READ_BAD = 3 };
+enum { IN_EOF = -1, IN_INTR = -2 };
+
+/* Standard input read through its descriptor, not stdio: poll with a short timeout lets a SIGINT
+ * that lands just before the read (a race no blocking read can close) still end the wait. */
+struct input {
+    int fd;
+    char buf[4096];
+    size_t pos, len;
+    bool eof;
+};
+
+#define INPUT_POLL_MS 100
+
+/* The next byte of in (0..255), IN_EOF at the end of input (or a read error), IN_INTR when a SIGINT
+ * or SIGTERM came while there was nothing buffered. */
+static int next_byte(struct input *in)
+{
+    while (in->pos == in->len) {
+        if (in->eof) return IN_EOF;
+        if (interrupted) return IN_INTR;
+        struct pollfd p = {.fd = in->fd, .events = POLLIN};
+        int r = poll(&p, 1, INPUT_POLL_MS);
+        if (r < 0 && errno != EINTR) return IN_EOF;
+        if (r <= 0) continue;
+        ssize_t k = read(in->fd, in->buf, sizeof in->buf);
+        if (k < 0 && (errno == EINTR || errno == EAGAIN)) continue;
+        if (k <= 0) {
+            in->eof = true; /* end of input, or an error reading it: the chat ends either way */
+            continue;
+        }
+        in->pos = 0;
+        in->len = (size_t)k;
+    }
+    return (unsigned char)in->buf[in->pos++];
+}
 
 /* One user message from in: a line without its newline (and '\r'), joined with the next while it ends
  * in '\'. READ_BAD: a NUL byte or more than MSG_MAX bytes (the line was read to its end and dropped). */
-static int read_message(FILE *in, char **out)
+static int read_message(struct input *in, char **out)
 {
     size_t cap = 256, n = 0;
     char *b = malloc(cap);
     bool bad = false;
     if (!b) return READ_BAD;
     for (;;) {
-        errno = 0;
-        int ch = getc(in);
-        if (ch == EOF) {
-            if (ferror(in) && (errno == EINTR || interrupted)) {
-                clearerr(in);
-                free(b);
-                return READ_INTERRUPTED;
-            }
+        int ch = next_byte(in);
+        if (ch == IN_INTR) {
+            free(b);
+            return READ_INTERRUPTED;
+        }
+        if (ch == IN_EOF) {
             if (n == 0 && !bad) {
                 free(b);
                 return READ_EOF;
@@ -351,10 +390,10 @@ static bool is_command(const char *line, const char *cmd)
 static int chat_loop(struct chat *c)
 {
     bool first = c->o->prompt != NULL; /* -p: the first message */
+    struct input in = {.fd = 0};
     while (!quit) {
         char *line = NULL;
         int rd;
-        interrupted = 0;
         if (first) {
             first = false;
             line = strdup(c->o->prompt);
@@ -364,7 +403,7 @@ static int chat_loop(struct chat *c)
                 fputs("> ", stdout);
                 fflush(stdout);
             }
-            rd = read_message(stdin, &line);
+            rd = read_message(&in, &line);
         }
         if (rd == READ_EOF) break;
         if (rd == READ_INTERRUPTED) {

@@ -3,9 +3,9 @@
 # the demo model, greedy: a two-turn conversation answers both turns, the second evaluates only the tokens its
 # cache lacks (the debug line "chat turn 2: N tokens, K of them in the cache, evaluating N-K"), /exit and end of
 # input end with status 0, the first reply is the one-shot --chat reply, a full context starts over or refuses
-# and says so, a Ctrl-C at the prompt quits; then the sampling options that only the command line has (--stop,
-# --logit-bias, the penalties) in both modes, and the new user's parser bugs (issue 19), tools/demo.sh --help
-# included. TAP output.
+# and says so, a Ctrl-C at the prompt quits, one during a reply stops it (the chat goes on), two quit; then the
+# sampling options that only the command line has (--stop, --logit-bias, the penalties) in both modes, and the
+# new user's parser bugs (issue 19), tools/demo.sh --help included. TAP output.
 b=${PI_BUILDDIR:-.}
 m=${PI_SRCDIR:-..}/tests/data/demo-relu-q4_0.gguf
 coord=$b/coordinator/pi-coordinator
@@ -66,6 +66,34 @@ wait $pid; rc=$?
 exec 3>&-
 [ $rc = 0 ] && [ "$(grep -c . "$t/out")" = 1 ]
 ok $? "Ctrl-C (SIGINT) at the prompt quits with status 0 (status $rc)"
+
+# ---- Ctrl-C during a reply stops it and the chat goes on from what the cache holds; two quit. End of text is
+# banned (--logit-bias 2-inf) so that a reply runs long enough to be interrupted.
+mkfifo "$t/in2"
+# (not under timeout(1), which passes on only the first signal: a watchdog of its own instead)
+"$coord" $base -i -c 2048 -n 2000 --logit-bias 2-inf --log-level debug <"$t/in2" >"$t/out" 2>"$t/err" &
+cpid=$!
+(sleep 60; kill -9 $cpid 2>/dev/null) &
+dog=$!
+exec 4>"$t/in2"
+printf 'Tell me about the jury\n' >&4
+for _ in $(seq 200); do [ -s "$t/out" ] && break; sleep 0.02; done
+kill -INT $cpid
+for _ in $(seq 100); do grep -q "info: chat turn 1" "$t/err" && break; sleep 0.05; done
+gen1=$(sed -n 's/.*info: chat turn 1: .* \([0-9]*\) generated in.*/\1/p' "$t/err")
+[ -n "$gen1" ] && [ "$gen1" -lt 2000 ] && grep -q "pi-coordinator: stopped" "$t/err"
+ok $? "SIGINT during a reply stops it ($gen1 of 2000 tokens) and says so"
+printf 'And then?\n' >&4
+for _ in $(seq 100); do grep -q "debug: chat turn 2" "$t/err" && break; sleep 0.05; done
+kept=$(sed -n 's/.*chat turn 2: \([0-9]*\) tokens, \([0-9]*\) of them in the cache.*/\2/p' "$t/err")
+[ -n "$kept" ] && [ "$kept" -gt 39 ]
+ok $? "the next message is answered, the stopped reply's tokens still in the cache ($kept kept)"
+kill -INT $cpid; sleep 0.3; kill -INT $cpid
+wait $cpid; rc=$?
+kill $dog 2>/dev/null
+exec 4>&-
+[ $rc = 0 ]
+ok $? "two SIGINTs quit with status 0 while standard input stays open (status $rc)"
 
 # ---- --stop and --logit-bias reach the stop matcher and the sampler, one-shot and interactive
 full=$(cat "$t/oneshot")
