@@ -364,21 +364,22 @@ static int add_bias(struct pi_coord_opts *o, const char *t)
     return 0;
 }
 
-/* A config key's option, by its long option's index or its short letter. */
+/* A config key's option: the index of its long option (k >= 0) or its short letter (k = -letter). */
 static int key_option(struct pi_coord_opts *o, int k, const char *value)
 {
     char what[48];
-    if (k < 0) {
-        const int letter = -k;
+    const int letter = k < 0 ? -k : 0;
+    if (letter) {
         for (size_t i = 0; i < PI_ARRAY_LEN(key_opts); i++)
             if (key_opts[i].short_opt == letter) k = (int)i;
         PI_ASSERT(k >= 0);
-        snprintf(what, sizeof what, "-%c", key_opts[k].short_opt);
+        snprintf(what, sizeof what, "-%c", letter);
     } else {
         PI_ASSERT((size_t)k < PI_ARRAY_LEN(key_opts));
         snprintf(what, sizeof what, "--%s", key_opts[k].name);
     }
-    if (key_opts[k].short_opt == 'c' && strcmp(value, "nv") == 0 && strcmp(what, "-c") == 0) {
+    /* llama.cpp's -cnv would read as a context of "nv": say what the user meant */
+    if (letter == 'c' && strcmp(value, "nv") == 0) {
         fprintf(stderr, "pi-coordinator: -cnv is llama.cpp's conversation mode: pinfer's chat is -i (--interactive)\n");
         return -PI_ERR_INVAL;
     }

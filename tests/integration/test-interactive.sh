@@ -36,6 +36,11 @@ timeout 60 "$coord" $base --chat -p "Tell me about the jury" --log-level warn >"
 cmp -s "$t/reply1" "$t/oneshot"
 ok $? "the first reply is the one-shot --chat reply ($(cat "$t/reply1"))"
 
+# ---- -p is the first message (then end of input)
+chat -p "Tell me about the jury" </dev/null; rc=$?
+[ $rc = 0 ] && cmp -s "$t/out" "$t/reply1"
+ok $? "-i -p: the prompt is the first message, answered as typed (status $rc)"
+
 # ---- end of input without /exit; the pipeline (a GPU worker and a CPU worker)
 printf 'Tell me about the jury\nWhat did they find?' | timeout 60 "$coord" $base -i --gpu-backend host --cpu-workers 1 \
     --cpu-threads 1 --log-level debug >"$t/out" 2>"$t/err"; rc=$?
