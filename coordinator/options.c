@@ -386,6 +386,27 @@ static int key_option(struct pi_coord_opts *o, int k, const char *value)
     return apply(o, key_opts[k].dotted, value, what);
 }
 
+/* The error line of a long option getopt_long refused: a value given to an option that takes none, an
+ * abbreviation of several options (named with them: "--con": --config, --control), or unknown. */
+static void unknown_long(const struct option *lo, const char *arg)
+{
+    const char *name = strncmp(arg, "--", 2) == 0 ? arg + 2 : arg;
+    const size_t len = strcspn(name, "=");
+    char list[256] = "";
+    int n = 0;
+    for (; len > 0 && lo->name; lo++) {
+        if (strncmp(lo->name, name, len) != 0) continue;
+        if (lo->name[len] == '\0' && name[len] == '=') { /* exact: an option without a value given one */
+            fprintf(stderr, "pi-coordinator: option --%s takes no value (see --help)\n", lo->name);
+            return;
+        }
+        size_t l = strlen(list);
+        snprintf(list + l, sizeof list - l, "%s--%s", n++ ? ", " : "", lo->name);
+    }
+    if (n > 1) fprintf(stderr, "pi-coordinator: option %.*s is ambiguous: %s (see --help)\n", (int)(len + 2), arg, list);
+    else fprintf(stderr, "pi-coordinator: unknown option %s (see --help)\n", arg);
+}
+
 /* Second pass: everything else, through getopt_long. */
 static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
 {
@@ -436,7 +457,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
             return -PI_ERR_INVAL;
         case '?':
             if (optopt > 0 && optopt < 128) fprintf(stderr, "pi-coordinator: unknown option -%c (see --help)\n", optopt);
-            else fprintf(stderr, "pi-coordinator: unknown option %s (see --help)\n", argv[optind - 1]);
+            else unknown_long(lo, argv[optind - 1]);
             return -PI_ERR_INVAL;
         default: rc = key_option(o, c < 128 ? -c : c - OPT_KEY_BASE, optarg); break;
         }

@@ -145,6 +145,8 @@ bad "-cnv" "-cnv is llama.cpp's conversation mode: pinfer's chat is -i" -cnv
 bad "an unknown option inside a cluster is named" "unknown option -z" -p x -iz
 bad "an unknown long option is named" "unknown option --bogus" -p x --bogus
 bad "a missing value is named" "option -n needs a value" -p x -n
+bad "an ambiguous abbreviation is named with its options" "option --con is ambiguous: --control, --config" -p x --con f
+bad "a value for an option that takes none" "option --chat takes no value" -p x --chat=1
 for flag in --help --version; do
     timeout 30 "$coord" --model "$m" --gpu-backend none --prompt "$flag" -n 2 --temp 0 >"$t/out" 2>"$t/err"; rc=$?
     [ $rc = 0 ] && ! grep -q "Usage:\|pi-coordinator (pinfer)" "$t/out" && grep -q "prompt: [0-9]* tokens" "$t/err"
