@@ -254,6 +254,13 @@ static int reply(struct chat *c)
     if (c->reply) c->reply[0] = '\0';
     struct pi_gen_result res;
     rc = run_generation(c, &r, &res);
+    if (rc == -PI_ERR_PEER && res.n_prompt == 0 && r.n_keep > 0) {
+        /* a worker died between turns: the truncation found the pipeline gone and nothing ran; a
+         * fresh one (the reset restarts it) evaluates the whole conversation */
+        note("a worker of the pipeline died since the last reply: restarting it");
+        r.n_keep = 0;
+        rc = run_generation(c, &r, &res);
+    }
     /* the SIGINT that stopped this reply is spent; one from now on lands at the prompt and quits */
     const bool stopped = interrupted != 0;
     interrupted = 0;
@@ -273,7 +280,7 @@ static int reply(struct chat *c)
     int prc = push_msg(c, "assistant", c->reply ? c->reply : "");
     if (prc != 0) return prc;
     pi_info("chat turn %d: %d prompt tokens (%d evaluated in %.3f s), %d generated in %.3f s (%.1f tok/s)%s", c->turn,
-            res.n_prompt, res.n_prompt_done - (int)keep, res.prompt_s, res.n_generated, res.gen_s,
+            res.n_prompt, res.n_prompt_done - r.n_keep, res.prompt_s, res.n_generated, res.gen_s,
             res.gen_s > 0 ? res.n_generated / res.gen_s : 0.0,
             res.stop_eog           ? ", end of text"
             : res.stop_string >= 0 ? ", stop string"

@@ -2,9 +2,9 @@
 # tests/integration/test-interactive.sh - pi-coordinator -i (coordinator/interactive.c) driven through a pipe on
 # the demo model, greedy: a two-turn conversation answers both turns, the second evaluates only the tokens its
 # cache lacks (the debug line "chat turn 2: N tokens, K of them in the cache, evaluating N-K"), /exit and end of
-# input end with status 0, the first reply is the one-shot --chat reply, a full context starts over or refuses
-# and says so, a Ctrl-C at the prompt quits, one during a reply stops it (the chat goes on), two quit; then the
-# sampling options that only the command line has (--stop, --logit-bias, the penalties) in both modes, and the
+# input end with status 0 (in process and through the pipeline, which a worker's death between turns does not
+# end), the first reply is the one-shot --chat reply, a full context starts over or refuses and says so, a
+# Ctrl-C at the prompt quits, one during a reply stops it (the chat goes on), two quit; then the sampling options that only the command line has (--stop, --logit-bias, the penalties) in both modes, and the
 # new user's parser bugs (issue 19), tools/demo.sh --help included. TAP output.
 b=${PI_BUILDDIR:-.}
 m=${PI_SRCDIR:-..}/tests/data/demo-relu-q4_0.gguf
@@ -48,6 +48,23 @@ ev=$(sed -n 's/.*chat turn 2: \([0-9]*\) tokens, \([0-9]*\) of them in the cache
 kept=$(sed -n 's/.*chat turn 2: \([0-9]*\) tokens, \([0-9]*\) of them in the cache, .*/\2/p' "$t/err")
 [ $rc = 0 ] && [ "$(grep -c . "$t/out")" = 2 ] && [ -n "$kept" ] && [ "$kept" -gt 0 ]
 ok $? "the pipeline: end of input ends with status 0 after two replies; turn 2 keeps $kept cached, evaluates $ev"
+
+# ---- a worker killed between turns: the next message restarts the pipeline and is answered
+mkfifo "$t/in3"
+timeout 60 "$coord" $base -i --gpu-backend host --cpu-workers 1 --cpu-threads 1 -n 8 --log-level info <"$t/in3" \
+    >"$t/out" 2>"$t/err" &
+pid=$!
+exec 5>"$t/in3"
+printf 'Tell me about the jury\n' >&5
+for _ in $(seq 200); do grep -q "info: chat turn 1" "$t/err" && break; sleep 0.05; done
+gpu=$(sed -n 's/.*started gpu-worker 0: pid \([0-9]*\).*/\1/p' "$t/err" | head -1)
+[ -n "$gpu" ] && kill -9 "$gpu"
+for _ in $(seq 100); do grep -q "was killed by signal 9" "$t/err" && break; sleep 0.05; done
+printf 'What did they find?\n' >&5
+exec 5>&-
+wait $pid; rc=$?
+[ $rc = 0 ] && [ -n "$gpu" ] && [ "$(grep -c . "$t/out")" = 2 ] && grep -q "died since the last reply: restarting it" "$t/err"
+ok $? "the GPU worker (pid $gpu) killed between turns: the next message restarts the pipeline and is answered (status $rc)"
 
 # ---- a full context: the conversation starts over with the system prompt; a message too long is refused
 printf 'Tell me about the jury\nWhat did they find and why?\n' | chat -c 80 --system "Be brief."; rc=$?
