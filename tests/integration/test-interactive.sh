@@ -4,8 +4,9 @@
 # cache lacks (the debug line "chat turn 2: N tokens, K of them in the cache, evaluating N-K"), /exit and end of
 # input end with status 0 (in process and through the pipeline, which a worker's death between turns does not
 # end), the first reply is the one-shot --chat reply, a full context starts over or refuses and says so, a
-# Ctrl-C at the prompt quits, one during a reply stops it (the chat goes on), two quit; then the sampling options that only the command line has (--stop, --logit-bias, the penalties) in both modes, and the
-# new user's parser bugs (issue 19), tools/demo.sh --help included. TAP output.
+# Ctrl-C at the prompt quits, one during a reply stops it (the chat goes on), two quit; then the sampling options
+# that only the command line has (--stop, --logit-bias, the penalties) in both modes, and the new user's parser
+# bugs (issue 19), tools/demo.sh --help included. TAP output.
 b=${PI_BUILDDIR:-.}
 m=${PI_SRCDIR:-..}/tests/data/demo-relu-q4_0.gguf
 coord=$b/coordinator/pi-coordinator
