@@ -63,8 +63,25 @@ pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_
 /* Threads for in-process computing: [cpu] threads, or the online CPUs when 0. */
 int pi_coord_threads(const struct pi_coord_opts *o);
 
+/* The conversation msgs (n) rendered in the chat format of o (--chat-template, else the one recognised
+ * from t's tokenizer.chat_template), the assistant's turn opened: a malloc'd string to tokenize with
+ * special tokens parsed, or NULL after one line "pi-coordinator: WHAT: reason" on stderr. */
+struct pi_chat_msg;
+char *pi_coord_chat_render(const struct pi_coord_opts *o, const pi_tokenizer_t *t, const struct pi_chat_msg *msgs, size_t n,
+                           const char *what);
+
+/* --logit-bias ids against the model's vocabulary of n_vocab: 0, or -PI_ERR_RANGE after one line on
+ * stderr. */
+int pi_coord_check_bias(const struct pi_coord_opts *o, int n_vocab);
+
+/* The request fields that only the command line sets (--stop, --logit-bias) from o into r (borrowed:
+ * o outlives the request). */
+struct pi_gen_request;
+void pi_coord_request_extras(const struct pi_coord_opts *o, struct pi_gen_request *r);
+
 /* The modes; each returns an exit status. */
 int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0);
 int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0);
+int pi_coord_run_interactive(const struct pi_coord_opts *o, const char *argv0);
 
 #endif

@@ -132,6 +132,13 @@ int pi_engine_eval_seq0(pi_engine_t *e, const int32_t *tokens, int n, int pos0, 
     return rc;
 }
 
+/* Keep the first n positions of sequence 0 (0: reset the whole engine). */
+int pi_engine_truncate(pi_engine_t *e, int n)
+{
+    if (n == 0) return e->ops->reset(e);
+    return e->ops->seq_truncate(e, 0, n);
+}
+
 void pi_engine_destroy(pi_engine_t **e)
 {
     if (!e || !*e) return;

@@ -65,6 +65,10 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
 /* e's sparse counts into out (see sparse_stats): 0, or -PI_ERR_NOTFOUND for a dense engine. */
 int pi_engine_sparse_stats(pi_engine_t *e, struct pi_sparse_stats *out);
 
+/* Keep the first n positions of e's sequence 0 (n == 0 resets the whole engine): seq_truncate for the
+ * one-sequence callers (interactive chat). 0 or the engine's error. */
+int pi_engine_truncate(pi_engine_t *e, int n);
+
 /* Destroy any engine; accepts NULL; nulls the caller's pointer. */
 void pi_engine_destroy(pi_engine_t **e);
 

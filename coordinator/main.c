@@ -1,7 +1,7 @@
 /*
  * coordinator/main.c - pi-coordinator: parse the command line and the config file, then run one
- * prompt (one-shot mode) or serve the control socket (server mode). Everything else lives in the
- * other files of coordinator/ (see coordinator/coordinator.h).
+ * prompt (one-shot mode), a chat (interactive mode) or serve the control socket (server mode).
+ * Everything else lives in the other files of coordinator/ (see coordinator/coordinator.h).
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
@@ -30,7 +30,9 @@ int main(int argc, char **argv)
     pi_log_set_level(lv);
     setenv("PI_LOG_LEVEL", o.cfg.log_level, 1); /* the workers log at the same level */
     pi_kernels_use(pi_kernels_of_tune(&o.cfg.tune)); /* this process's kernels; the workers get --set tune.* */
-    int status = mode == PI_COORD_ONESHOT ? pi_coord_run_oneshot(&o, argv[0]) : pi_coord_run_server(&o, argv[0]);
+    int status = mode == PI_COORD_ONESHOT       ? pi_coord_run_oneshot(&o, argv[0])
+                 : mode == PI_COORD_INTERACTIVE ? pi_coord_run_interactive(&o, argv[0])
+                                                : pi_coord_run_server(&o, argv[0]);
     pi_coord_opts_free(&o);
     return status;
 }

@@ -250,32 +250,63 @@ static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, si
     return buf;
 }
 
-/* --chat: the prompt as one user turn of the chat format ([model] chat_template, else the file's
- * tokenizer.chat_template), with the assistant's turn opened. Returns a malloc'd string, or NULL
- * after printing one line on stderr. */
-static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
+char *pi_coord_chat_render(const struct pi_coord_opts *o, const pi_tokenizer_t *t, const struct pi_chat_msg *msgs, size_t n,
+                           const char *what)
 {
     char err[256], bos[256], eos[256];
     enum pi_chat_format fmt;
     const char *name = o->cfg.chat_template && *o->cfg.chat_template ? o->cfg.chat_template : NULL;
     if (pi_chat_resolve(name, pi_tokenizer_chat_template(t), &fmt, err, sizeof err) != 0) {
-        fprintf(stderr, "pi-coordinator: --chat: %s with --chat-template\n", err);
+        fprintf(stderr, "pi-coordinator: %s: %s with --chat-template\n", what, err);
         return NULL;
     }
-    struct pi_chat_msg msg = {"user", o->prompt};
     int rc = 0;
     bool bad = false;
     const char *bos_text = token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos, &bad);
     const char *eos_text = token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos, &bad);
     if (bad) {
-        fprintf(stderr, "pi-coordinator: --chat: the model's BOS or EOS text is longer than %zu bytes or holds a NUL byte\n",
-                sizeof bos - 1);
+        fprintf(stderr, "pi-coordinator: %s: the model's BOS or EOS text is longer than %zu bytes or holds a NUL byte\n",
+                what, sizeof bos - 1);
         return NULL;
     }
-    char *text = pi_chat_apply(fmt, &msg, 1, true, bos_text, eos_text, &rc);
-    if (!text) fprintf(stderr, "pi-coordinator: --chat: formatting the prompt as %s failed: %s\n", pi_chat_name(fmt), pi_err_str(rc));
+    char *text = pi_chat_apply(fmt, msgs, n, true, bos_text, eos_text, &rc);
+    if (!text)
+        fprintf(stderr, "pi-coordinator: %s: formatting the conversation as %s failed: %s%s\n", what, pi_chat_name(fmt),
+                pi_err_str(rc), rc == -PI_ERR_INVAL ? " (does the format take a system prompt?)" : "");
     else pi_debug("chat prompt (%s): %s", pi_chat_name(fmt), text);
     return text;
+}
+
+/* --chat: the prompt as one user turn (after --system, when given) of the chat format, with the
+ * assistant's turn opened. Returns a malloc'd string, or NULL after printing one line on stderr. */
+static char *chat_prompt(const struct pi_coord_opts *o, const pi_tokenizer_t *t)
+{
+    struct pi_chat_msg msgs[2];
+    size_t n = 0;
+    if (o->system) msgs[n++] = (struct pi_chat_msg){"system", o->system};
+    msgs[n++] = (struct pi_chat_msg){"user", o->prompt};
+    return pi_coord_chat_render(o, t, msgs, n, "--chat");
+}
+
+int pi_coord_check_bias(const struct pi_coord_opts *o, int n_vocab)
+{
+    for (size_t i = 0; i < o->n_bias; i++) {
+        if (o->bias_ids[i] >= n_vocab) {
+            fprintf(stderr, "pi-coordinator: --logit-bias: token %d is outside the model's vocabulary (0..%d)\n",
+                    (int)o->bias_ids[i], n_vocab - 1);
+            return -PI_ERR_RANGE;
+        }
+    }
+    return 0;
+}
+
+void pi_coord_request_extras(const struct pi_coord_opts *o, struct pi_gen_request *r)
+{
+    r->stop_strings = (const char *const *)o->stop;
+    r->n_stop = o->n_stop;
+    r->bias_ids = o->bias_ids;
+    r->bias = o->bias;
+    r->n_bias = o->n_bias;
 }
 
 /* The run's sparse execution in one log line (compute/sparse.h), when the engine ran with predictors. */
@@ -307,6 +338,10 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
         status = PI_EXIT_USAGE;
         goto out;
     }
+    if (pi_coord_check_bias(o, cm.model->hp.n_vocab) != 0) {
+        status = PI_EXIT_USAGE;
+        goto out;
+    }
     if (o->chat && (!cm.tok || !(chat_text = chat_prompt(o, cm.tok)))) {
         if (!cm.tok) fprintf(stderr, "pi-coordinator: --chat: the model has no tokenizer\n");
         status = PI_EXIT_USAGE;
@@ -329,6 +364,7 @@ int pi_coord_run_oneshot(const struct pi_coord_opts *o, const char *argv0)
     r.n_predict = o->cfg.n_predict;
     r.logits_out = lf;
     r.stop = stop_requested;
+    pi_coord_request_extras(o, &r);
     pi_gen_params_from_config(&o->cfg, &r.sample);
     struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESETHAND};
     sigemptyset(&sa.sa_mask);

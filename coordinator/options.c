@@ -1,26 +1,32 @@
 /*
  * coordinator/options.c - pi-coordinator's command-line parser (coordinator/options.h).
  *
- * Two passes over argv: the first only looks for --config/--help/--version (so that the file is
- * read before any override, whatever the argument order), the second applies every other option.
+ * Two passes over argv with the same getopt_long table: the first only looks for --config/--help/
+ * --version (so that the file is read before any override, whatever the argument order), the second
+ * applies every other option. The first pass parses as the second does, so an option's value is never
+ * taken for an option (`--prompt --help` is a prompt).
  * Named options are thin aliases of config keys; the help text takes each default from the config
  * table, so `--help` cannot drift from what the program really does.
  */
 #include "config.h"
 #include "coordinator/options.h"
 #include "text/chat.h"
+#include "text/stop.h"
+#include "text/unicode.h"
 #include "lib/common.h"
 #include "lib/input.h"
 
 #include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* Long options that are not config keys. */
 enum {
     OPT_CONFIG = 256, OPT_SET, OPT_PROMPT, OPT_PROMPT_FILE, OPT_TOKENS, OPT_LOGITS, OPT_CHAT, OPT_HELP, OPT_VERSION,
+    OPT_INTERACTIVE, OPT_SYSTEM, OPT_STOP, OPT_LOGIT_BIAS,
     OPT_KEY_BASE = 512, /* OPT_KEY_BASE + i: the i-th entry of key_opts */
 };
 
@@ -29,38 +35,41 @@ struct key_opt {
     const char *name;   /* long option */
     const char *dotted; /* section.key */
     const char *arg;    /* metavariable for --help */
+    char short_opt;     /* llama.cpp's short option of the same meaning, or 0 */
 };
 
 static const struct key_opt key_opts[] = {
-    {"model", "model.path", "PATH"},
-    {"activation", "model.activation", "ACT"},
-    {"ctx", "model.ctx", "N"},
-    {"sidecar", "model.sidecar", "PATH"},
-    {"calibration-text", "model.calibration_text", "FILE"},
-    {"chat-template", "model.chat_template", "NAME"},
-    {"run-dir", "run.dir", "DIR"},
-    {"control", "control.endpoint", "ENDPOINT"},
-    {"http", "http.listen", "HOST:PORT"},
-    {"api-key-file", "http.api_key_file", "FILE"},
-    {"cpu-workers", "cpu.workers", "N"},
-    {"cpu-threads", "cpu.threads", "N"},
-    {"gpu-backend", "gpu.backend", "B"},
-    {"hot-fraction", "gpu.hot_fraction", "F"},
-    {"vram-budget", "gpu.vram_budget", "BYTES"},
-    {"gpu-device", "gpu.device", "N"},
-    {"gpu-index", "gpu.gpu_index", "PATH"},
-    {"gpu-stall-ms", "gpu.stall_ms", "MS"},
-    {"n-predict", "generate.n_predict", "N"},
-    {"temp", "generate.temperature", "T"},
-    {"top-k", "generate.top_k", "K"},
-    {"top-p", "generate.top_p", "P"},
-    {"min-p", "generate.min_p", "P"},
-    {"repeat-penalty", "generate.repeat_penalty", "R"},
-    {"seed", "generate.seed", "S"},
-    {"slots", "server.slots", "N"},
-    {"log-level", "log.level", "LEVEL"},
-    {"sparsity", "sparsity.mode", "MODE"},
-    {"recall-every", "sparsity.recall_every", "N"},
+    {"model", "model.path", "PATH", 'm'},
+    {"activation", "model.activation", "ACT", 0},
+    {"ctx", "model.ctx", "N", 'c'},
+    {"sidecar", "model.sidecar", "PATH", 0},
+    {"calibration-text", "model.calibration_text", "FILE", 0},
+    {"chat-template", "model.chat_template", "NAME", 0},
+    {"run-dir", "run.dir", "DIR", 0},
+    {"control", "control.endpoint", "ENDPOINT", 0},
+    {"http", "http.listen", "HOST:PORT", 0},
+    {"api-key-file", "http.api_key_file", "FILE", 0},
+    {"cpu-workers", "cpu.workers", "N", 0},
+    {"cpu-threads", "cpu.threads", "N", 't'},
+    {"gpu-backend", "gpu.backend", "B", 0},
+    {"hot-fraction", "gpu.hot_fraction", "F", 0},
+    {"vram-budget", "gpu.vram_budget", "BYTES", 0},
+    {"gpu-device", "gpu.device", "N", 0},
+    {"gpu-index", "gpu.gpu_index", "PATH", 0},
+    {"gpu-stall-ms", "gpu.stall_ms", "MS", 0},
+    {"n-predict", "generate.n_predict", "N", 'n'},
+    {"temp", "generate.temperature", "T", 0},
+    {"top-k", "generate.top_k", "K", 0},
+    {"top-p", "generate.top_p", "P", 0},
+    {"min-p", "generate.min_p", "P", 0},
+    {"repeat-penalty", "generate.repeat_penalty", "R", 0},
+    {"presence-penalty", "generate.presence_penalty", "P", 0},
+    {"frequency-penalty", "generate.frequency_penalty", "F", 0},
+    {"seed", "generate.seed", "S", 's'},
+    {"slots", "server.slots", "N", 0},
+    {"log-level", "log.level", "LEVEL", 0},
+    {"sparsity", "sparsity.mode", "MODE", 0},
+    {"recall-every", "sparsity.recall_every", "N", 0},
 };
 
 /* The table entry of dotted "section.key", or NULL. */
@@ -80,20 +89,36 @@ static const struct pi_config_key_info *key_info(const char *dotted)
 void pi_coord_opts_usage(FILE *out)
 {
     fputs("Usage: pi-coordinator [OPTION]...\n"
-          "Run a pinfer model: one-shot when a prompt is given, otherwise as a server on the control socket.\n"
+          "Run a pinfer model: one-shot when a prompt is given, a chat with -i, otherwise as a server on the\n"
+          "control socket.\n"
           "\n"
           "Request (one-shot mode):\n"
-          "  --prompt TEXT          prompt text (BOS added as the model file says); '-' reads it from standard\n"
+          "  -p, --prompt TEXT      prompt text (BOS added as the model file says); '-' reads it from standard\n"
           "                         input; default: none (server mode)\n"
           "  -f, --prompt-file FILE the prompt is the whole of FILE ('-': standard input), unseen by ps(1)\n"
           "  --tokens ID,ID,...     the prompt as token ids instead of text; default: none\n"
-          "  -n, --n-predict N      tokens to generate; 0 evaluates the prompt only; default: ",
+          "  -n, --n-predict N      tokens to generate (in a chat: per reply); 0 evaluates the prompt only;\n"
+          "                         default: ",
           out);
     fprintf(out, "%s\n", key_info("generate.n_predict")->default_text);
     fputs("  --logits-out FILE      write the logits of every prompt position (little-endian float32,\n"
           "                         n_prompt x n_vocab, position-major); default: none\n"
           "  --chat                 the prompt is one user message, formatted with the chat template\n"
           "                         (--chat-template, else the file's tokenizer.chat_template); default: off\n"
+          "\n"
+          "Chat (interactive mode):\n"
+          "  -i, --interactive      read user messages from standard input (a terminal or a pipe), one per line\n"
+          "                         (a line ending in '\\' goes on), and stream the replies; /exit or end of input\n"
+          "                         quits, /reset forgets the conversation, Ctrl-C stops a reply (at the\n"
+          "                         prompt, or twice within a second, it quits); a --prompt is the first\n"
+          "                         message; default: off\n"
+          "  --system TEXT          the chat's system prompt (with -i or --chat); default: none\n"
+          "\n"
+          "Sampling beyond the [generate] keys (one-shot and chat):\n"
+          "  --stop STR             end the output where STR appears (not printed); repeatable, at most 64,\n"
+          "                         each 1 to 1024 bytes of UTF-8; default: none\n"
+          "  --logit-bias ID(+|-)B  add B to the logit of token ID (15043+1, 15043-0.5; 15043-inf bans it);\n"
+          "                         repeatable; default: none\n"
           "\n"
           "Configuration (each is also a key of pinfer.conf(5); the command line wins over the file):\n"
           "  --config FILE          read the INI configuration FILE first; default: none\n"
@@ -104,7 +129,9 @@ void pi_coord_opts_usage(FILE *out)
         PI_ASSERT(k != NULL);
         char lhs[64];
         if (strcmp(key_opts[i].name, "n-predict") == 0) continue; /* listed with the request */
-        snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
+        if (key_opts[i].short_opt)
+            snprintf(lhs, sizeof lhs, "-%c, --%s %s", key_opts[i].short_opt, key_opts[i].name, key_opts[i].arg);
+        else snprintf(lhs, sizeof lhs, "--%s %s", key_opts[i].name, key_opts[i].arg);
         const char *def = k->default_text;
         if (strcmp(key_opts[i].dotted, "run.dir") == 0) def = "$XDG_RUNTIME_DIR/pinfer, else /tmp/pinfer-$UID";
         fprintf(out, "  %-21s  %s; default: %s\n", lhs, k->help, *def ? def : "(empty)");
@@ -179,39 +206,62 @@ static int find_key_line(const char *path, const char *section, const char *key)
     return found;
 }
 
-/* First pass: --config, --help, --version. Returns 0 to go on, 1 when --help/--version was printed, or
- * a negative pi_err. */
+/* The getopt_long table of both passes: lo (LONGOPTS_MAX entries, NULL-terminated) and the short
+ * options (a leading ':' so that a missing value is told from an unknown option). */
+#define LONGOPTS_MAX (PI_ARRAY_LEN(key_opts) + 16)
+static void option_table(struct option *lo, char *shorts, size_t slen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < PI_ARRAY_LEN(key_opts); i++)
+        lo[n++] = (struct option){key_opts[i].name, required_argument, NULL, OPT_KEY_BASE + (int)i};
+    lo[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
+    lo[n++] = (struct option){"set", required_argument, NULL, OPT_SET};
+    lo[n++] = (struct option){"prompt", required_argument, NULL, OPT_PROMPT};
+    lo[n++] = (struct option){"prompt-file", required_argument, NULL, OPT_PROMPT_FILE};
+    lo[n++] = (struct option){"tokens", required_argument, NULL, OPT_TOKENS};
+    lo[n++] = (struct option){"logits-out", required_argument, NULL, OPT_LOGITS};
+    lo[n++] = (struct option){"chat", no_argument, NULL, OPT_CHAT};
+    lo[n++] = (struct option){"interactive", no_argument, NULL, OPT_INTERACTIVE};
+    lo[n++] = (struct option){"system", required_argument, NULL, OPT_SYSTEM};
+    lo[n++] = (struct option){"stop", required_argument, NULL, OPT_STOP};
+    lo[n++] = (struct option){"logit-bias", required_argument, NULL, OPT_LOGIT_BIAS};
+    lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
+    lo[n++] = (struct option){"version", no_argument, NULL, OPT_VERSION};
+    lo[n++] = (struct option){NULL, 0, NULL, 0};
+    PI_ASSERT(n <= LONGOPTS_MAX);
+    size_t k = (size_t)snprintf(shorts, slen, ":hVip:f:");
+    for (size_t i = 0; i < PI_ARRAY_LEN(key_opts); i++) {
+        if (!key_opts[i].short_opt) continue;
+        PI_ASSERT(k + 3 <= slen);
+        shorts[k++] = key_opts[i].short_opt;
+        shorts[k++] = ':';
+        shorts[k] = '\0';
+    }
+}
+
+/* First pass: --config, --help, --version, parsed as the second pass parses (an option's value is
+ * never an option; errors are left to the second pass). Returns 0 to go on, 1 when --help/--version
+ * was printed (the first of them given), or a negative pi_err. */
 static int first_pass(struct pi_coord_opts *o, int argc, char **argv, FILE *out)
 {
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--") == 0) break;
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { pi_coord_opts_usage(out); return 1; }
-        if (strcmp(a, "-V") == 0 || strcmp(a, "--version") == 0) {
-            fprintf(out, "pi-coordinator (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
-            return 1;
-        }
-        const char *v = NULL;
-        /* --config and its abbreviations that getopt_long accepts below (--conf, --confi: "--con"
-         * is ambiguous with --control), so that an abbreviated --config is not read and then
-         * ignored by the second pass */
-        const char *eq = strchr(a, '=');
-        const size_t nl = eq ? (size_t)(eq - a) : strlen(a);
-        if (nl >= 6 && nl <= 8 && strncmp(a, "--config", nl) == 0) {
-            if (eq) {
-                v = eq + 1;
-            } else {
-                if (i + 1 >= argc) { fprintf(stderr, "pi-coordinator: --config needs a FILE\n"); return -PI_ERR_INVAL; }
-                v = argv[++i];
-            }
-        }
-        if (v) {
+    struct option lo[LONGOPTS_MAX];
+    char shorts[64];
+    option_table(lo, shorts, sizeof shorts);
+    optind = 0; /* a full reset of glibc's getopt */
+    opterr = 0;
+    int c, first = 0;
+    while ((c = getopt_long(argc, argv, shorts, lo, NULL)) != -1) {
+        if (!first && (c == 'h' || c == OPT_HELP)) first = 'h';
+        if (!first && (c == 'V' || c == OPT_VERSION)) first = 'V';
+        if (c == OPT_CONFIG) {
             free(o->config_path);
-            o->config_path = strdup(v);
+            o->config_path = strdup(optarg);
             if (!o->config_path) return -PI_ERR_NOMEM;
         }
     }
-    return 0;
+    if (first == 'h') pi_coord_opts_usage(out);
+    if (first == 'V') fprintf(out, "pi-coordinator (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION);
+    return first ? 1 : 0;
 }
 
 /* Apply one override; prints the error line. */
@@ -248,31 +298,129 @@ static int read_prompt(struct pi_coord_opts *o, const char *path, const char *wh
     return 0;
 }
 
+/* Why stop string t cannot be one (NULL when it can): empty, too long or not UTF-8 (text/stop.h). */
+static const char *stop_defect(const char *t)
+{
+    size_t n = strlen(t);
+    if (n == 0) return "empty";
+    if (n > PI_STOP_MAX_LEN) return "longer than 1024 bytes";
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        size_t k = pi_utf8_decode((const unsigned char *)t + i, n - i, &cp);
+        /* U+FFFD from a byte that is not its own encoding (EF BF BD): invalid UTF-8 */
+        if (cp == 0xFFFD && !(k == 3 && memcmp(t + i, "\xEF\xBF\xBD", 3) == 0)) return "not valid UTF-8";
+        i += k;
+    }
+    return NULL;
+}
+
+/* --stop STR: appended to o->stop. Prints the error line. */
+static int add_stop(struct pi_coord_opts *o, const char *t)
+{
+    const char *why = stop_defect(t);
+    if (why) { fprintf(stderr, "pi-coordinator: --stop '%s': %s\n", t, why); return -PI_ERR_INVAL; }
+    if (o->n_stop >= PI_STOP_MAX_STRINGS) {
+        fprintf(stderr, "pi-coordinator: --stop: more than %d stop strings\n", PI_STOP_MAX_STRINGS);
+        return -PI_ERR_INVAL;
+    }
+    char **v = realloc(o->stop, (o->n_stop + 1) * sizeof *v);
+    if (!v) return -PI_ERR_NOMEM;
+    o->stop = v;
+    if (!(v[o->n_stop] = strdup(t))) return -PI_ERR_NOMEM;
+    o->n_stop++;
+    return 0;
+}
+
+#define BIAS_MAX_FINITE 100.0 /* OpenAI's logit_bias range; +-inf force or ban a token */
+#define BIAS_MAX_ENTRIES 4096
+
+/* --logit-bias ID(+|-)BIAS (llama.cpp's form: "15043+1", "15043-inf"): appended to o->bias. Prints the
+ * error line. The id is checked against the model's vocabulary once it is open. */
+static int add_bias(struct pi_coord_opts *o, const char *t)
+{
+    char *end = NULL, *vend = NULL;
+    long id = -1;
+    double v = NAN;
+    if (isdigit((unsigned char)t[0])) {
+        errno = 0;
+        id = strtol(t, &end, 10);
+        if (errno || id > INT32_MAX || (*end != '+' && *end != '-')) id = -1;
+        else v = strtod(end, &vend);
+    }
+    if (id < 0 || vend == end + 1 || *vend != '\0' || isnan(v) || (isfinite(v) && fabs(v) > BIAS_MAX_FINITE)) {
+        fprintf(stderr, "pi-coordinator: --logit-bias '%s': expected ID+BIAS or ID-BIAS (a token id, then a bias in "
+                "[-100, 100] or inf), e.g. 15043+1 or 15043-inf\n", t);
+        return -PI_ERR_INVAL;
+    }
+    if (o->n_bias >= BIAS_MAX_ENTRIES) {
+        fprintf(stderr, "pi-coordinator: --logit-bias: more than %d entries\n", BIAS_MAX_ENTRIES);
+        return -PI_ERR_INVAL;
+    }
+    int32_t *ids = realloc(o->bias_ids, (o->n_bias + 1) * sizeof *ids);
+    if (!ids) return -PI_ERR_NOMEM;
+    o->bias_ids = ids;
+    float *b = realloc(o->bias, (o->n_bias + 1) * sizeof *b);
+    if (!b) return -PI_ERR_NOMEM;
+    o->bias = b;
+    ids[o->n_bias] = (int32_t)id;
+    b[o->n_bias++] = (float)v;
+    return 0;
+}
+
+/* A config key's option: the index of its long option (k >= 0) or its short letter (k = -letter). */
+static int key_option(struct pi_coord_opts *o, int k, const char *value)
+{
+    char what[48];
+    const int letter = k < 0 ? -k : 0;
+    if (letter) {
+        for (size_t i = 0; i < PI_ARRAY_LEN(key_opts); i++)
+            if (key_opts[i].short_opt == letter) k = (int)i;
+        PI_ASSERT(k >= 0);
+        snprintf(what, sizeof what, "-%c", letter);
+    } else {
+        PI_ASSERT((size_t)k < PI_ARRAY_LEN(key_opts));
+        snprintf(what, sizeof what, "--%s", key_opts[k].name);
+    }
+    /* llama.cpp's -cnv would read as a context of "nv": say what the user meant */
+    if (letter == 'c' && strcmp(value, "nv") == 0) {
+        fprintf(stderr, "pi-coordinator: -cnv is llama.cpp's conversation mode: pinfer's chat is -i (--interactive)\n");
+        return -PI_ERR_INVAL;
+    }
+    return apply(o, key_opts[k].dotted, value, what);
+}
+
+/* The error line of a long option getopt_long refused: a value given to an option that takes none, an
+ * abbreviation of several options (named with them: "--con": --config, --control), or unknown. */
+static void unknown_long(const struct option *lo, const char *arg)
+{
+    const char *name = strncmp(arg, "--", 2) == 0 ? arg + 2 : arg;
+    const size_t len = strcspn(name, "=");
+    char list[256] = "";
+    int n = 0;
+    for (; len > 0 && lo->name; lo++) {
+        if (strncmp(lo->name, name, len) != 0) continue;
+        if (lo->name[len] == '\0' && name[len] == '=') { /* exact: an option without a value given one */
+            fprintf(stderr, "pi-coordinator: option --%s takes no value (see --help)\n", lo->name);
+            return;
+        }
+        size_t l = strlen(list);
+        snprintf(list + l, sizeof list - l, "%s--%s", n++ ? ", " : "", lo->name);
+    }
+    if (n > 1) fprintf(stderr, "pi-coordinator: option %.*s is ambiguous: %s (see --help)\n", (int)(len + 2), arg, list);
+    else fprintf(stderr, "pi-coordinator: unknown option %s (see --help)\n", arg);
+}
+
 /* Second pass: everything else, through getopt_long. */
 static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
 {
-    struct option lo[PI_ARRAY_LEN(key_opts) + 12];
-    size_t n = 0;
-    for (size_t i = 0; i < PI_ARRAY_LEN(key_opts); i++)
-        lo[n++] = (struct option){key_opts[i].name, required_argument, NULL, OPT_KEY_BASE + (int)i};
-    lo[n++] = (struct option){"config", required_argument, NULL, OPT_CONFIG};
-    lo[n++] = (struct option){"set", required_argument, NULL, OPT_SET};
-    lo[n++] = (struct option){"prompt", required_argument, NULL, OPT_PROMPT};
-    lo[n++] = (struct option){"prompt-file", required_argument, NULL, OPT_PROMPT_FILE};
-    lo[n++] = (struct option){"tokens", required_argument, NULL, OPT_TOKENS};
-    lo[n++] = (struct option){"logits-out", required_argument, NULL, OPT_LOGITS};
-    lo[n++] = (struct option){"chat", no_argument, NULL, OPT_CHAT};
-    lo[n++] = (struct option){"help", no_argument, NULL, OPT_HELP};
-    lo[n++] = (struct option){"version", no_argument, NULL, OPT_VERSION};
-    lo[n++] = (struct option){NULL, 0, NULL, 0};
-    PI_ASSERT(n <= PI_ARRAY_LEN(lo));
-
-    optind = 1;
+    struct option lo[LONGOPTS_MAX];
+    char shorts[64];
+    option_table(lo, shorts, sizeof shorts);
+    optind = 0;
     opterr = 0;
     int c, rc = 0;
-    while (rc == 0 && (c = getopt_long(argc, argv, ":n:f:hV", lo, NULL)) != -1) {
+    while (rc == 0 && (c = getopt_long(argc, argv, shorts, lo, NULL)) != -1) {
         switch (c) {
-        case 'n': rc = apply(o, "generate.n_predict", optarg, "-n"); break;
         case OPT_CONFIG: case OPT_HELP: case OPT_VERSION: case 'h': case 'V': break; /* first pass */
         case OPT_SET: {
             char *eq = strchr(optarg, '=');
@@ -285,6 +433,7 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
             rc = apply(o, key, eq + 1, "--set");
             break;
         }
+        case 'p':
         case OPT_PROMPT:
             rc = strcmp(optarg, "-") == 0 ? read_prompt(o, "-", "--prompt -") : dup_arg(&o->prompt, optarg);
             break;
@@ -292,22 +441,28 @@ static int second_pass(struct pi_coord_opts *o, int argc, char **argv)
         case OPT_PROMPT_FILE: rc = read_prompt(o, optarg, "--prompt-file"); break;
         case OPT_LOGITS: rc = dup_arg(&o->logits_out, optarg); break;
         case OPT_CHAT: o->chat = true; break;
+        case 'i':
+        case OPT_INTERACTIVE: o->interactive = true; break;
+        case OPT_SYSTEM: rc = dup_arg(&o->system, optarg); break;
+        case OPT_STOP: rc = add_stop(o, optarg); break;
+        case OPT_LOGIT_BIAS: rc = add_bias(o, optarg); break;
         case OPT_TOKENS:
             free(o->tokens);
             o->tokens = NULL;
             rc = parse_tokens(optarg, &o->tokens, &o->n_tokens);
             if (rc == -PI_ERR_INVAL) fprintf(stderr, "pi-coordinator: --tokens %s: expected comma-separated token ids\n", optarg);
             break;
-        case ':': fprintf(stderr, "pi-coordinator: option %s needs a value (see --help)\n", argv[optind - 1]); return -PI_ERR_INVAL;
-        case '?': fprintf(stderr, "pi-coordinator: unknown option %s (see --help)\n", argv[optind - 1]); return -PI_ERR_INVAL;
-        default: {
-            int k = c - OPT_KEY_BASE;
-            PI_ASSERT(k >= 0 && (size_t)k < PI_ARRAY_LEN(key_opts));
-            char what[48];
-            snprintf(what, sizeof what, "--%s", key_opts[k].name);
-            rc = apply(o, key_opts[k].dotted, optarg, what);
-            break;
-        }
+        /* A short option is named by optopt: inside a cluster (-iz) argv[optind - 1] is another argument.
+         * A long one (optopt 0 when unknown, its value when it takes none but got one) by its argument. */
+        case ':':
+            if (optopt > 0 && optopt < 128) fprintf(stderr, "pi-coordinator: option -%c needs a value (see --help)\n", optopt);
+            else fprintf(stderr, "pi-coordinator: option %s needs a value (see --help)\n", argv[optind - 1]);
+            return -PI_ERR_INVAL;
+        case '?':
+            if (optopt > 0 && optopt < 128) fprintf(stderr, "pi-coordinator: unknown option -%c (see --help)\n", optopt);
+            else unknown_long(lo, argv[optind - 1]);
+            return -PI_ERR_INVAL;
+        default: rc = key_option(o, c < 128 ? -c : c - OPT_KEY_BASE, optarg); break;
         }
     }
     if (rc == 0 && optind < argc) {
@@ -339,8 +494,16 @@ int pi_coord_opts_parse(struct pi_coord_opts *o, int argc, char **argv, FILE *ou
         fprintf(stderr, "pi-coordinator: --logits-out needs a prompt (--prompt or --tokens)\n");
         return -PI_ERR_INVAL;
     }
-    if (o->chat && !o->prompt) {
+    if (o->interactive && (o->tokens || o->logits_out)) {
+        fprintf(stderr, "pi-coordinator: -i (--interactive) takes text: not with %s\n", o->tokens ? "--tokens" : "--logits-out");
+        return -PI_ERR_INVAL;
+    }
+    if (o->chat && !o->prompt && !o->interactive) {
         fprintf(stderr, "pi-coordinator: --chat needs --prompt (the user message)\n");
+        return -PI_ERR_INVAL;
+    }
+    if (o->system && !o->chat && !o->interactive) {
+        fprintf(stderr, "pi-coordinator: --system needs -i (--interactive) or --chat: it is a chat's system prompt\n");
         return -PI_ERR_INVAL;
     }
     enum pi_chat_format fmt;
@@ -356,6 +519,7 @@ int pi_coord_opts_parse(struct pi_coord_opts *o, int argc, char **argv, FILE *ou
     }
     /* the sequences the engine holds: the server's slots; a one-shot run has one */
     o->n_seq = (o->prompt || o->tokens) ? 1 : (int)o->cfg.server_slots;
+    if (o->interactive) return PI_COORD_INTERACTIVE;
     return (o->prompt || o->tokens) ? PI_COORD_ONESHOT : PI_COORD_SERVER;
 }
 
@@ -367,6 +531,11 @@ void pi_coord_opts_free(struct pi_coord_opts *o)
     free(o->prompt);
     free(o->tokens);
     free(o->logits_out);
+    free(o->system);
+    for (size_t i = 0; i < o->n_stop; i++) free(o->stop[i]);
+    free(o->stop);
+    free(o->bias_ids);
+    free(o->bias);
     memset(o, 0, sizeof *o);
 }
 

@@ -1,6 +1,8 @@
 /*
  * coordinator/options.h - pi-coordinator's command line: named options, `--set section.key=value`,
- * `--config FILE`, and the one-shot request (prompt or token ids, -n, --logits-out).
+ * `--config FILE`, the one-shot request (prompt or token ids, -n, --logits-out), interactive chat (-i,
+ * --system), and what reaches the sampler beyond the config keys (--stop, --logit-bias). llama.cpp's
+ * short options are taken where they mean the same (-m, -p, -f, -n, -c, -t, -s, -i).
  *
  * Every key of the configuration table (lib/conf.c) can be set on the command line, either through
  * its named option (--hot-fraction 0.5) or generically (--set gpu.hot_fraction=0.5). The command line
@@ -22,6 +24,7 @@ enum pi_coord_mode {
     PI_COORD_EXIT_OK = 0, /* --help or --version was printed */
     PI_COORD_ONESHOT = 1, /* a prompt (text or ids) was given: generate, print, exit */
     PI_COORD_SERVER = 2,  /* no prompt: serve the control socket until stopped */
+    PI_COORD_INTERACTIVE = 3, /* -i: a chat on the terminal (or a pipe) until /exit or end of input */
 };
 
 struct pi_coord_opts {
@@ -36,6 +39,13 @@ struct pi_coord_opts {
     bool chat;                 /* --chat: the prompt is one user turn of the model's chat format */
     int n_seq;                 /* sequences the engine holds: 1 (one-shot mode, and the default) or, in
                                 * server mode, [server] slots (set by pi_coord_opts_parse) */
+    bool interactive;          /* -i, --interactive: chat mode (coordinator/interactive.c) */
+    char *system;              /* --system: the chat's system prompt, or NULL */
+    char **stop;               /* --stop strings (n_stop), in the order given */
+    size_t n_stop;
+    int32_t *bias_ids;         /* --logit-bias: token ids (n_bias), checked against the vocabulary at */
+    float *bias;               /* the model's open; bias[i] is added to token bias_ids[i]'s logit */
+    size_t n_bias;
 };
 
 /* Parse argv into o (zeroed by the caller). Prints --help/--version to out. On a usage or config

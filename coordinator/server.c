@@ -301,7 +301,10 @@ static const char *role_str(int role)
 
 static const char *state_str(enum pi_worker_state st)
 {
-    return st == PI_WORKER_READY ? "ready" : st == PI_WORKER_STARTING ? "starting" : "dead";
+    return st == PI_WORKER_READY      ? "ready"
+           : st == PI_WORKER_STARTING ? "starting"
+           : st == PI_WORKER_BROKEN   ? "broken" /* alive, its pipeline lost a worker: restarted at the next request */
+                                      : "dead";
 }
 
 /* The workers as a JSON array (neurons per layer = neurons owned / layers). */
@@ -506,6 +509,7 @@ static int handle_msg(struct server *s, void *pair, struct conn *c, struct pi_ct
             reply_error(s, c, m->request_id, -PI_ERR_RANGE, "busy: generation requests are ending; try again");
             break;
         }
+        pi_gen_ctl_defaults(&s->o->cfg, &m->u.generate); /* what the client left to [generate] */
         struct pi_sched_job sj = {.n_predict = m->u.generate.n_predict, .top_logprobs = -1,
                                   .sink = {cjob_piece, cjob_end, cjob_stopped}};
         pi_gen_params_from_config(&s->o->cfg, &sj.sample);

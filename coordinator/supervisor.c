@@ -166,6 +166,12 @@ static int check_children(pi_super_t *s, int *dead, int cap)
                 else pi_error("%s %d (pid %d) exited with status %d", role_name(w->info.role), w->info.index, (int)w->info.pid, WEXITSTATUS(st));
             }
             if (!w->reported && n < cap) { dead[n++] = i; w->reported = true; }
+            /* the pipeline is gone with it: its peers, alive, are no longer ready (pi-ctl workers) */
+            for (int k = 0; !w->stopping && k < PI_SUPER_MAX_WORKERS; k++) {
+                struct slot *p = &s->slots[k];
+                if (p->used && !p->stopping && (p->info.state == PI_WORKER_READY || p->info.state == PI_WORKER_STARTING))
+                    p->info.state = PI_WORKER_BROKEN;
+            }
             pthread_cond_broadcast(&s->cv);
         } else if (w->last_msg_ns && now - w->last_msg_ns > (int64_t)PI_SUPER_SILENCE_MS * 1000000 && !w->stopping) {
             pi_error("%s %d (pid %d) silent for %d ms: killing it", role_name(w->info.role), w->info.index, (int)w->info.pid, PI_SUPER_SILENCE_MS);
@@ -329,6 +335,10 @@ int pi_super_spawn(pi_super_t *s, int role, int index, char *const argv[], const
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        /* Ctrl-C on a terminal signals the whole foreground process group: it is the coordinator's
+         * to act on (stop a reply, shut down), never a worker's (an ignored signal stays so across exec) */
+        struct sigaction ign = {.sa_handler = SIG_IGN};
+        sigaction(SIGINT, &ign, NULL);
         close_all_but(keep, n_keep);
         for (int k = 0; k < n_keep; k++) {
             const int fl = fcntl(keep[k], F_GETFD);

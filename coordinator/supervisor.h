@@ -29,6 +29,9 @@ enum pi_worker_state {
     PI_WORKER_STARTING = 0, /* spawned, not yet READY */
     PI_WORKER_READY = 1,    /* loaded and serving */
     PI_WORKER_DEAD = 2,     /* exited or killed; reported to on_death */
+    PI_WORKER_BROKEN = 3,   /* alive, but another worker died: the workers of one supervisor are one
+                             * pipeline, which serves nothing until it is restarted (stopped and
+                             * spawned anew); set when the death is seen */
 };
 
 /* What the status shows of one worker (a copy; see pi_super_snapshot). */

@@ -337,10 +337,11 @@ static int encode_body(struct wr *w, const struct pi_ctl_msg *m)
         return 0;
     case PI_CTL_GENERATE:
         if (m->u.generate.n_predict > PI_CTL_MAX_PREDICT || !isfinite(m->u.generate.temp) ||
-            m->u.generate.temp < 0 || m->u.generate.temp > PI_CTL_MAX_TEMP)
+            m->u.generate.temp < 0 || m->u.generate.temp > PI_CTL_MAX_TEMP ||
+            (m->u.generate.defaults & ~PI_CTL_GEN_DEFAULT_ALL))
             return -PI_ERR_INVAL;
         wr_u32(w, m->u.generate.n_predict);
-        wr_u32(w, 0);
+        wr_u32(w, m->u.generate.defaults);
         wr_u64(w, m->u.generate.seed);
         wr_f32(w, m->u.generate.temp);
         wr_str(w, m->u.generate.prompt, 1);
@@ -465,7 +466,8 @@ static int decode_body(struct rd *r, struct pi_ctl_msg *m)
         break;
     case PI_CTL_GENERATE:
         m->u.generate.n_predict = rd_u32(r);
-        if (rd_u32(r) != 0) return 0;
+        m->u.generate.defaults = rd_u32(r);
+        if (m->u.generate.defaults & ~PI_CTL_GEN_DEFAULT_ALL) return 0;
         m->u.generate.seed = rd_u64(r);
         m->u.generate.temp = rd_f32(r);
         if (m->u.generate.n_predict > PI_CTL_MAX_PREDICT || !isfinite(m->u.generate.temp) ||

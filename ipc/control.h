@@ -119,10 +119,17 @@ struct pi_ctl_shutdown {
     uint32_t flags;
 };
 
-/* GENERATE: n_predict u32, flags u32 (0), seed u64, temp f32 (finite, >= 0), prompt_len u32,
- * prompt (UTF-8 bytes, no NUL). */
+/* GENERATE: n_predict u32, defaults u32, seed u64, temp f32 (finite, >= 0), prompt_len u32, prompt
+ * (UTF-8 bytes, no NUL). defaults: the fields the client leaves to the coordinator's [generate] keys
+ * (their wire values are then 0 and ignored); a client of the first protocol sends 0, every field
+ * its own, which stays valid. Other bits are a malformed body. */
+#define PI_CTL_GEN_DEFAULT_N_PREDICT 1u
+#define PI_CTL_GEN_DEFAULT_SEED 2u
+#define PI_CTL_GEN_DEFAULT_TEMP 4u
+#define PI_CTL_GEN_DEFAULT_ALL 7u
 struct pi_ctl_generate {
     uint32_t n_predict;
+    uint32_t defaults; /* PI_CTL_GEN_DEFAULT_* bits */
     uint64_t seed;
     float temp;
     char *prompt; /* NUL-terminated copy; owned */

@@ -100,7 +100,9 @@ static const struct key_def keys[] = {
     {{"generate", "top_p", "0.95", "nucleus sampling threshold; 1 = off"}, K_REAL, OFF(top_p), 1e-6, 1, NULL, NULL}, /* > 0, as the sampler needs */
     {{"generate", "min_p", "0.05", "drop tokens below min_p times the top probability; 0 = off"}, K_REAL, OFF(min_p), 0, 1, NULL, NULL},
     {{"generate", "repeat_penalty", "1.0", "repetition penalty over recent tokens; 1 = off"}, K_REAL, OFF(repeat_penalty), 1e-6, 100, NULL, NULL},
-    {{"generate", "seed", "-1", "sampling seed of one-shot runs; -1 = a random one (getrandom); a server request carries its own"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
+    {{"generate", "presence_penalty", "0", "subtracted once from the logit of every token already generated (OpenAI's presence_penalty); 0 = off"}, K_REAL, OFF(presence_penalty), -2, 2, NULL, NULL},
+    {{"generate", "frequency_penalty", "0", "subtracted from a token's logit once per time it was generated (OpenAI's frequency_penalty); 0 = off"}, K_REAL, OFF(frequency_penalty), -2, 2, NULL, NULL},
+    {{"generate", "seed", "-1", "sampling seed; -1 = a random one (getrandom); also of a server request that sets none"}, K_INT, OFF(seed), -1, 9007199254740992.0, NULL, NULL},
     {{"log", "level", "info", "log level: error, warn, info, debug"}, K_STR, OFF(log_level), 0, 0, pi_log_level_names, log_level_ok},
     {{"sparsity", "mode", "auto", "FFN sparsity: ReLU models through their activation predictors, SwiGLU models through the sidecar's activation thresholds: off (dense), safe, aggressive (a lower recall target; thresholds at a KLD of 0.03 instead of 0.01), auto (safe for a ReLU model with predictors or a SwiGLU model whose safe thresholds skip at least 40%, else off)"}, K_ENUM, OFF(sparsity.mode), 0, 0, sparsity_names, NULL},
     {{"sparsity", "recall_every", "0", "measure the predictors' recall every Nth step (all gates computed and compared); 0 = never, at no cost"}, K_INT, OFF(sparsity.recall_every), 0, 1 << 30, NULL, NULL},

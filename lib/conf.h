@@ -101,6 +101,8 @@ struct pi_config {
     double top_p;
     double min_p;
     double repeat_penalty;
+    double presence_penalty;   /* OpenAI's, -2..2 */
+    double frequency_penalty;  /* OpenAI's, -2..2 */
     int64_t seed;              /* -1 = from the clock */
     /* [server] */
     int64_t server_slots;      /* sequences served at once (continuous batching), 1..256 */

@@ -6,8 +6,28 @@
 #      and two pi-cpu-workers, generates 64 tokens from the prompt, prints them;
 #   2. a server-mode coordinator, `pi-ctl status` (the workers with their pids, NUMA nodes, cores,
 #      neurons and memory), a generation over the control socket, and `pi-ctl shutdown`.
-# Usage: tools/demo.sh ["prompt"]. Greedy unless PI_DEMO_TEMP / PI_DEMO_SEED are set.
+# Usage: tools/demo.sh [--] ["prompt"]; tools/demo.sh --help. Greedy unless PI_DEMO_TEMP / PI_DEMO_SEED are set.
 set -u
+usage() {
+    cat <<'EOF'
+Usage: tools/demo.sh [--] [PROMPT]
+Build pinfer (installing the build dependencies when missing: Debian 12, as root) in build-demo/ and run it
+on the embedded demo model: a one-shot generation through the process pipeline, then a server-mode
+coordinator queried with pi-ctl (status, a generation, shutdown).
+
+  PROMPT        the prompt; default: "The jury said it did find that many of the laws"
+  --            the next argument is the prompt even if it starts with '-'
+  -h, --help    print this help and exit
+
+Environment: PI_DEMO_TEMP (default 0: greedy) and PI_DEMO_SEED (default 1) set the sampling.
+EOF
+}
+case "${1-}" in
+-h | --help) usage; exit 0 ;;
+--) shift ;;
+-?*) printf 'tools/demo.sh: unknown option %s (see --help; a prompt that starts with - goes after --)\n' "$1" >&2; exit 2 ;;
+esac
+[ $# -le 1 ] || { printf 'tools/demo.sh: one prompt at most (quote it; see --help)\n' >&2; exit 2; }
 cd "$(dirname "$0")/.."
 top=$(pwd)
 prompt=${1:-"The jury said it did find that many of the laws"}

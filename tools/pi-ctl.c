@@ -1,6 +1,9 @@
 /*
  * tools/pi-ctl.c - pi-ctl: talk to a running pi-coordinator over its control socket (ipc/control.h):
  * `status` (JSON), `workers` (a table), `generate` (streams the text), `shutdown`. See pi-ctl(1).
+ * With --config it finds the endpoint (and a tcp endpoint's token file) in the coordinator's
+ * configuration file; a generation request carries only what the user set, the coordinator fills
+ * the rest from its [generate] keys (ipc/control.h, PI_CTL_GEN_DEFAULT_*).
  *
  * One connection (ipc/control-stream.h: a unix or TCP socket carrying the protocol's messages), one
  * request, bounded waits: when no coordinator is there the command fails with a clear message and a
@@ -31,15 +34,19 @@ struct ctl_opts {
     const char *prompt;
     const char *token_file; /* tcp: the shared token's file */
     char *prompt_buf; /* owned: the prompt read from a file or standard input */
+    const char *config_path; /* --config: the coordinator's configuration file */
+    int endpoint_given;      /* --endpoint was given: it wins over --config */
+    char token_buf[4096];    /* [control] token_file of --config */
     long n_predict;
     double temp;
     unsigned long long seed;
+    uint32_t defaults; /* PI_CTL_GEN_DEFAULT_* bits of what the user did not set */
 };
 
 static void usage(FILE *f)
 {
     fprintf(f,
-            "Usage: pi-ctl [--endpoint EP] [--token-file FILE] [--timeout MS] COMMAND [ARGS]\n"
+            "Usage: pi-ctl [--config FILE | --endpoint EP] [--token-file FILE] [--timeout MS] COMMAND [ARGS]\n"
             "Control a running pi-coordinator.\n"
             "\n"
             "Commands:\n"
@@ -49,12 +56,17 @@ static void usage(FILE *f)
             "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
             "                               so the prompt is not on the command line that ps(1) shows)\n"
             "                               generate on the coordinator, streaming the text to stdout\n"
-            "                               (defaults: -n 128, --temp 0, --seed 0)\n"
+            "                               (what is not given comes from the coordinator's [generate]\n"
+            "                               keys: n_predict, temperature, seed)\n"
             "  shutdown                     stop the coordinator and its workers\n"
             "\n"
             "Options:\n"
-            "  --endpoint EP      the control socket; default: $PI_CONTROL, else ipc://RUN_DIR/control.sock with\n"
-            "                     RUN_DIR $XDG_RUNTIME_DIR/pinfer, or /tmp/pinfer-$UID without it\n"
+            "  --config FILE      the coordinator's configuration (pinfer.conf(5)): the endpoint is its\n"
+            "                     [control] endpoint, else ipc://RUN_DIR/control.sock with its [run] dir,\n"
+            "                     and a tcp:// endpoint's token is its [control] token_file; default: none\n"
+            "  --endpoint EP      the control socket (wins over --config); default: $PI_CONTROL, else\n"
+            "                     ipc://RUN_DIR/control.sock with RUN_DIR $XDG_RUNTIME_DIR/pinfer, or\n"
+            "                     /tmp/pinfer-$UID without it\n"
             "  --token-file FILE  the shared token a tcp:// endpoint needs: the file of the coordinator's\n"
             "                     [control] token_file (mode 0600); default: none (ipc:// needs none)\n"
             "  --timeout MS       how long to wait for an answer; default: 5000 (generate: per piece of text)\n"
@@ -79,6 +91,42 @@ static int read_prompt(struct ctl_opts *o, const char *path)
     return 0;
 }
 
+/* --config: the endpoint (unless --endpoint was given) and the token file (unless --token-file was)
+ * as the coordinator derives them from the same file. Prints the error line. */
+static int from_config(struct ctl_opts *o)
+{
+    struct pi_config cfg;
+    char err[512];
+    if (pi_config_defaults(&cfg) != 0) return -1;
+    if (pi_config_load_file(&cfg, o->config_path, err, sizeof err) != 0) {
+        fprintf(stderr, "pi-ctl: --config: %s\n", err);
+        pi_config_free(&cfg);
+        return -1;
+    }
+    int rc = 0;
+    if (!o->endpoint_given) {
+        int w = cfg.control_endpoint && *cfg.control_endpoint
+                    ? snprintf(o->endpoint, sizeof o->endpoint, "%s", cfg.control_endpoint)
+                    : snprintf(o->endpoint, sizeof o->endpoint, "ipc://%s/control.sock", cfg.run_dir);
+        if (w < 0 || (size_t)w >= sizeof o->endpoint) {
+            fprintf(stderr, "pi-ctl: --config %s: the control endpoint is longer than %zu bytes\n", o->config_path,
+                    sizeof o->endpoint - 1);
+            rc = -1;
+        }
+    }
+    if (rc == 0 && !o->token_file && cfg.control_token_file && *cfg.control_token_file) {
+        if (strlen(cfg.control_token_file) >= sizeof o->token_buf) {
+            fprintf(stderr, "pi-ctl: --config %s: [control] token_file is too long\n", o->config_path);
+            rc = -1;
+        } else {
+            snprintf(o->token_buf, sizeof o->token_buf, "%s", cfg.control_token_file);
+            o->token_file = o->token_buf;
+        }
+    }
+    pi_config_free(&cfg);
+    return rc;
+}
+
 static int parse(int argc, char **argv, struct ctl_opts *o)
 {
     static const struct option lo[] = {{"endpoint", required_argument, NULL, 'e'},
@@ -89,6 +137,7 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
                                        {"n-predict", required_argument, NULL, 'n'},
                                        {"temp", required_argument, NULL, 'T'},
                                        {"seed", required_argument, NULL, 's'},
+                                       {"config", required_argument, NULL, 'c'},
                                        {"help", no_argument, NULL, 'h'},
                                        {"version", no_argument, NULL, 'V'},
                                        {NULL, 0, NULL, 0}};
@@ -100,7 +149,7 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         snprintf(o->endpoint, sizeof o->endpoint, "ipc://%s/control.sock", dir);
     }
     o->timeout_ms = 5000;
-    o->n_predict = 128;
+    o->defaults = PI_CTL_GEN_DEFAULT_ALL;
     int c;
     char *end;
     while ((c = getopt_long(argc, argv, "hVn:f:", lo, NULL)) != -1) {
@@ -114,7 +163,9 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         case 'e':
             if (strlen(optarg) >= sizeof o->endpoint) goto bad; /* would be cut */
             snprintf(o->endpoint, sizeof o->endpoint, "%s", optarg);
+            o->endpoint_given = 1;
             break;
+        case 'c': o->config_path = optarg; break;
         case 't': {
             long t = strtol(optarg, &end, 10); /* range-checked as a long: (int) would wrap huge values */
             if (*end || errno || t < 1 || t > INT32_MAX) goto bad;
@@ -132,9 +183,18 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         case 'n': /* the protocol's bound (ipc/control.c, PI_CTL_MAX_PREDICT): beyond it nothing could be sent */
             o->n_predict = strtol(optarg, &end, 10);
             if (*end || errno || o->n_predict < 0 || o->n_predict > 1000000) goto bad;
+            o->defaults &= ~PI_CTL_GEN_DEFAULT_N_PREDICT;
             break;
-        case 'T': o->temp = strtod(optarg, &end); if (*end || !(o->temp >= 0 && o->temp <= 100)) goto bad; break;
-        case 's': o->seed = strtoull(optarg, &end, 10); if (*end || errno) goto bad; break;
+        case 'T':
+            o->temp = strtod(optarg, &end);
+            if (*end || !(o->temp >= 0 && o->temp <= 100)) goto bad;
+            o->defaults &= ~PI_CTL_GEN_DEFAULT_TEMP;
+            break;
+        case 's':
+            o->seed = strtoull(optarg, &end, 10);
+            if (*end || errno) goto bad;
+            o->defaults &= ~PI_CTL_GEN_DEFAULT_SEED;
+            break;
         case 'h': usage(stdout); return 0;
         case 'V': printf("pi-ctl (%s) %s\n", PACKAGE_NAME, PACKAGE_VERSION); return 0;
         default: fprintf(stderr, "pi-ctl: bad option (see --help)\n"); return -1;
@@ -144,6 +204,7 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         fprintf(stderr, "pi-ctl: bad value '%s' (see --help)\n", optarg);
         return -1;
     }
+    if (o->config_path && from_config(o) != 0) return -1;
     if (optind >= argc) { fprintf(stderr, "pi-ctl: no command (status, workers, generate, shutdown; see --help)\n"); return -1; }
     o->cmd = argv[optind++]; /* GNU getopt moved the options (generate's too) before it */
     if (optind < argc) { fprintf(stderr, "pi-ctl: unexpected argument '%s'\n", argv[optind]); return -1; }
@@ -300,6 +361,7 @@ static int simple(pi_ctl_client_t *c, const struct ctl_opts *o, int type, uint64
 static int generate(pi_ctl_client_t *c, const struct ctl_opts *o, uint64_t req)
 {
     struct pi_ctl_msg q = {.type = PI_CTL_GENERATE, .request_id = req};
+    q.u.generate.defaults = o->defaults; /* the rest is the coordinator's [generate] */
     q.u.generate.n_predict = (uint32_t)o->n_predict;
     q.u.generate.seed = o->seed;
     q.u.generate.temp = (float)o->temp;

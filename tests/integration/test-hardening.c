@@ -259,15 +259,16 @@ static void test_prompt_file(void)
         free(want);
         return;
     }
-    const char *garg[] = {"generate", "--prompt", "Once upon a time", "-n", "8", NULL};
+    /* greedy: a request takes the server's [generate] temperature (0.8) and a random seed otherwise */
+    const char *garg[] = {"generate", "--prompt", "Once upon a time", "-n", "8", "--temp", "0", NULL};
     rc = pictl("gen-arg", garg, 60);
     char *gwant = tp_output("gen-arg", "out");
-    const char *gfile[] = {"generate", "-f", pf, "-n", "8", NULL};
+    const char *gfile[] = {"generate", "-f", pf, "-n", "8", "--temp", "0", NULL};
     rc |= pictl("gen-file", gfile, 60);
     got = tp_output("gen-file", "out");
     tap_ok(rc == 0 && strlen(gwant) > 1 && strcmp(got, gwant) == 0, "pi-ctl generate -f FILE gives the text of --prompt: %s", got);
     free(got);
-    snprintf(cmd, sizeof cmd, "exec '%s' --endpoint '%s' generate --prompt - -n 8 < '%s'", ctl, endpoint, pf);
+    snprintf(cmd, sizeof cmd, "exec '%s' --endpoint '%s' generate --prompt - -n 8 --temp 0 < '%s'", ctl, endpoint, pf);
     rc = sh("gen-stdin", cmd);
     got = tp_output("gen-stdin", "out");
     tap_ok(rc == 0 && strcmp(got, gwant) == 0, "pi-ctl generate --prompt - reads standard input (exit %d): %s", rc, got);

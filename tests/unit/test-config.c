@@ -104,6 +104,9 @@ int main(void)
     rc = load("[cpu]\nworkers = 4\n  8\n", &cfg, err, sizeof err);
     tap_ok(rc == -PI_ERR_FORMAT && strstr(err, ":3: syntax error") && cfg.cpu_workers != 8,
            "an indented line is no continuation of the value above: %s", err);
+    rc = load("  [cpu]\n    workers = 3\n\t# a comment\n\tthreads = 2\n", &cfg, err, sizeof err);
+    tap_ok(rc == 0 && cfg.cpu_workers == 3 && cfg.cpu_threads == 2,
+           "indented headers, keys and comments are read as unindented ones (pinfer.conf(5)): %s", rc ? err : "");
     rc = load("[run]\ndir = /tmp/a;b ;c\n", &cfg, err, sizeof err);
     tap_ok(rc == 0 && strcmp(cfg.run_dir, "/tmp/a;b ;c") == 0, "a ';' after a value is part of it (only whole lines are comments)");
     FILE *nf = fopen(path, "wb");

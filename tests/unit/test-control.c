@@ -73,6 +73,7 @@ static void make_msg(struct pi_ctl_msg *m, uint16_t type)
     case PI_CTL_SHUTDOWN: m->u.shutdown.flags = (uint32_t)(rnd() & PI_CTL_SHUTDOWN_NOW); break;
     case PI_CTL_GENERATE:
         m->u.generate.n_predict = (uint32_t)(rnd() % 4096);
+        m->u.generate.defaults = (uint32_t)(rnd() % 8);
         m->u.generate.seed = rnd();
         m->u.generate.temp = (float)(rnd() % 2000) / 1000.0f;
         m->u.generate.prompt = rnd_text(500);
@@ -120,7 +121,8 @@ static int msg_eq(const struct pi_ctl_msg *a, const struct pi_ctl_msg *b)
     case PI_CTL_STATUS_REQ: return 1;
     case PI_CTL_SHUTDOWN: return a->u.shutdown.flags == b->u.shutdown.flags;
     case PI_CTL_GENERATE:
-        return a->u.generate.n_predict == b->u.generate.n_predict && a->u.generate.seed == b->u.generate.seed &&
+        return a->u.generate.n_predict == b->u.generate.n_predict && a->u.generate.defaults == b->u.generate.defaults &&
+               a->u.generate.seed == b->u.generate.seed &&
                a->u.generate.temp == b->u.generate.temp && str_eq(a->u.generate.prompt, b->u.generate.prompt);
     case PI_CTL_CHUNK: return str_eq(a->u.chunk.text, b->u.chunk.text);
     case PI_CTL_END:
@@ -330,8 +332,12 @@ static void test_malformed_bodies(void)
     put32(body, 0xffffffffu);
     expect(buf, raw(buf, PI_CTL_GENERATE, body, 24), -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "generate with a huge n_predict");
     put32(body, 1);
-    put32(body + 4, 1);
-    expect(buf, raw(buf, PI_CTL_GENERATE, body, 24), -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "generate with reserved flags");
+    put32(body + 4, 8);
+    expect(buf, raw(buf, PI_CTL_GENERATE, body, 24), -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "generate with an unknown defaults bit");
+    put32(body + 4, PI_CTL_GEN_DEFAULT_ALL);
+    expect(buf, raw(buf, PI_CTL_GENERATE, body, 24), 0, PI_CTL_OK, "generate leaving n_predict, seed and temp to the coordinator");
+    put32(body + 4, 0);
+    expect(buf, raw(buf, PI_CTL_GENERATE, body, 24), 0, PI_CTL_OK, "generate of the first protocol (defaults 0) still valid");
     /* JSON bodies */
     expect(buf, raw(buf, PI_CTL_STATUS_RESP, "[1,2]", 5), -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "status JSON not an object");
     expect(buf, raw(buf, PI_CTL_STATUS_RESP, "{\"a\":", 5), -PI_ERR_FORMAT, PI_CTL_BAD_BODY, "status JSON cut short");

@@ -17,7 +17,8 @@
  *     stays set in this process;
  *   - other peers on the endpoint: garbage, a HELLO for an unknown pid or with the wrong role, and a
  *     second HELLO for a registered worker are ignored, READY from an unregistered peer too;
- *   - the table's bound: the 66th worker is refused.
+ *   - the table's bound: the 66th worker is refused;
+ *   - a worker's death leaves its live peers BROKEN at once; workers ignore SIGINT.
  * Every wait is bounded; the whole program runs under alarm().
  */
 #include "config.h"
@@ -346,6 +347,43 @@ static void test_workers(pi_super_t *s)
     tap_is_int(death_count(), before, "and none of them was reported dead");
 }
 
+/* A worker's death breaks its pipeline: its live peers leave READY when the death is seen, not at the
+ * next request (issue 19: pi-ctl workers showed the GPU worker ready). */
+static void test_peer_death(pi_super_t *s)
+{
+    const int g = spawn_worker(s, "good", PI_ROLE_GPU_WORKER, 0, 1, 1, NULL, 0, NULL);
+    const int c = spawn_worker(s, "good", PI_ROLE_CPU_WORKER, 0, 1, 1, NULL, 0, NULL);
+    const pid_t gp = pid_of(s, g), cp = pid_of(s, c);
+    tap_is_int(pi_super_wait_ready(s, 20000), 0, "a GPU and a CPU worker READY");
+    const int before = death_count();
+    if (cp > 0) kill(cp, SIGKILL);
+    const bool seen = wait_death(before, 3000);
+    struct pi_worker_info w = {0};
+    const bool have = info_of(s, gp, &w);
+    tap_ok(seen && have && w.state == PI_WORKER_BROKEN && kill(gp, 0) == 0,
+           "the CPU worker's death leaves the live GPU worker BROKEN, not READY (state %d)", (int)w.state);
+    pi_super_stop_all(s, 2000);
+    char mark[300];
+    mark_path(mark, sizeof mark, (long)gp); /* a clean exit's mark */
+    unlink(mark);
+    tap_is_int(death_count(), before + 1, "only the dead one is reported");
+}
+
+/* Ctrl-C on a terminal signals the whole process group: workers ignore SIGINT (the coordinator acts). */
+static void test_sigint(pi_super_t *s)
+{
+    const int before = death_count();
+    const int slot = spawn_sh(s, "kill -INT $$; exit 7");
+    const pid_t pid = pid_of(s, slot);
+    const bool seen = wait_death(before, 3000);
+    struct pi_worker_info w = {0};
+    char sb[32];
+    const bool have = info_of(s, pid, &w);
+    tap_ok(seen && have && WIFEXITED(w.exit_status) && WEXITSTATUS(w.exit_status) == 7, "a worker ignores SIGINT (%s)",
+           status_str(w.exit_status, sb, sizeof sb));
+    pi_super_stop_all(s, 100);
+}
+
 /* A worker that goes silent (SIGSTOP), and one whose main thread hangs with the stall check armed. */
 static void test_silent(pi_super_t *s, const char *mode, const char *what)
 {
@@ -597,6 +635,8 @@ int main(int argc, char **argv)
     test_deaths(s);
     test_never_ready(s);
     test_workers(s);
+    test_peer_death(s);
+    test_sigint(s);
     test_silent(s, "freeze", "a worker stopped with SIGSTOP");
     test_silent(s, "hang", "a worker whose main thread hangs (stall check armed, limit 0.5 s)");
     test_restart(s);
