@@ -755,6 +755,8 @@ static enum MHD_Result metrics(struct pi_http *h, struct MHD_Connection *c)
                "pinfer_step_tokens_total %" PRIu64 "\n", st.steps, st.step_tokens);
     fprintf(f, "# HELP pinfer_engine_errors_total Engine failures (a worker died, ...).\n# TYPE pinfer_engine_errors_total counter\n"
                "pinfer_engine_errors_total %" PRIu64 "\n", st.engine_errors);
+    fprintf(f, "# HELP pinfer_restarts_total Engine restarts after a failure (the pipeline's workers started again).\n"
+               "# TYPE pinfer_restarts_total counter\npinfer_restarts_total %" PRIu64 "\n", st.restarts);
     hist(f, "pinfer_time_to_first_token_seconds", "Time from a request's arrival to its first token.", st.ttft,
          pi_sched_ttft_bounds, PI_SCHED_TTFT_BUCKETS, st.ttft_sum);
     hist(f, "pinfer_time_per_output_token_seconds", "Per request: decode time per generated token after the first.",

@@ -52,6 +52,7 @@ struct job {
     void *ctx;
     int64_t t_submit, t_slot, t_first, deadline; /* ns; deadline 0 = none */
     bool cancel;                 /* under the mutex */
+    int retries;                 /* prompt readings started again after an engine failure */
 };
 
 enum slot_state { SLOT_FREE = 0, SLOT_PROMPT, SLOT_GEN };
@@ -483,6 +484,12 @@ static int slot_start(pi_sched_t *s, int i, struct job *j)
 static void admit(pi_sched_t *s)
 {
     for (;;) {
+        /* the head's stopped() first, without the mutex: only this thread takes jobs off the queue, so
+         * the head stays the head meanwhile */
+        pthread_mutex_lock(&s->mu);
+        struct job *h = s->head;
+        pthread_mutex_unlock(&s->mu);
+        const bool stopped = h && h->sink.stopped && h->sink.stopped(h->ctx);
         pthread_mutex_lock(&s->mu);
         struct job *j = s->head;
         int best = -1, best_lcp = -1;
@@ -493,7 +500,7 @@ static void admit(pi_sched_t *s)
             if (l > best_lcp || (l == best_lcp && sl->last_used < s->slots[best].last_used)) best = i, best_lcp = l;
         }
         enum { GO, CANCEL, LATE, LONG } what = GO;
-        if (j && j->cancel) what = CANCEL;
+        if (j && (j->cancel || stopped)) what = CANCEL;
         else if (j && j->deadline && now_ns() >= j->deadline) what = LATE;
         else if (j && j->n_tokens > s->e->n_ctx) what = LONG;
         if (!j || (best < 0 && what == GO)) {
@@ -601,43 +608,67 @@ static void slot_sample(pi_sched_t *s, int i, const float *row)
     }
 }
 
-/* End every running job after an engine failure rc, forget the caches and reset the engine. */
+/* After an engine failure rc every sequence is lost. A job that has sent nothing yet (still reading
+ * its prompt, or about to sample its first token) starts its prompt again after the reset, once (a
+ * second failure ends it): a worker that died while the server was idle costs its next request
+ * nothing. A job that has generated tokens ends with the error: its client has a partial answer.
+ * During a stop every job ends as cancelled, with the stop's reason. */
 static void engine_failed(pi_sched_t *s, int rc)
 {
     char why[160];
-    if (rc == -PI_ERR_PEER)
+    pthread_mutex_lock(&s->mu);
+    const bool stopping = s->stopping;
+    if (stopping) snprintf(why, sizeof why, "%s", s->stop_reason);
+    else if (rc == -PI_ERR_PEER)
         snprintf(why, sizeof why, "a worker of the pipeline died during the request; the pipeline is being restarted");
     else snprintf(why, sizeof why, "the engine failed: %s", pi_err_str(rc));
-    pthread_mutex_lock(&s->mu);
     s->st.engine_errors++;
     snprintf(s->st.last_error, sizeof s->st.last_error, "%s", why);
     s->st.ready = false;
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->o.n_slots; i++) {
         struct slot *sl = &s->slots[i];
-        if (sl->job) finish(s, sl, sl->job, PI_SCHED_ERROR, rc, why);
+        struct job *j = sl->job;
         sl->n_cache = 0;
+        if (!j) continue;
+        if (stopping) finish(s, sl, j, PI_SCHED_CANCELLED, 0, why);
+        else if (sl->n_gen > 0 || j->retries > 0) finish(s, sl, j, PI_SCHED_ERROR, rc, why);
+        else { /* nothing sent: read the prompt again after the reset */
+            j->retries++;
+            sl->n_cached = 0;
+            sl->state = SLOT_PROMPT;
+        }
     }
     s->retry_at = 0;
 }
 
-/* A failed engine: reset it (once per RETRY_NS). True when it is ready. */
-static bool engine_ready(pi_sched_t *s)
+/* A failed engine: reset it, at most once per RETRY_NS unless force (jobs wait for it: each new batch
+ * of requests gets its own try, as a pipeline restarted at every request would). True when it is
+ * ready. When the reset fails, the jobs waiting to read their prompt again end with the reason. */
+static bool engine_ready(pi_sched_t *s, bool force)
 {
     pthread_mutex_lock(&s->mu);
     bool ready = s->st.ready;
     pthread_mutex_unlock(&s->mu);
     if (ready) return true;
     const int64_t t = now_ns();
-    if (t < s->retry_at) return false;
+    if (!force && t < s->retry_at) return false;
     int rc = s->e->ops->reset(s->e);
     s->retry_at = t + RETRY_NS;
     pthread_mutex_lock(&s->mu);
     s->st.ready = rc == 0;
     if (rc != 0)
-        snprintf(s->st.last_error, sizeof s->st.last_error, "the engine could not be restarted: %s", pi_err_str(rc));
+        snprintf(s->st.last_error, sizeof s->st.last_error, "the pipeline's workers could not be started: %s",
+                 pi_err_str(rc));
+    else s->st.restarts++;
     pthread_mutex_unlock(&s->mu);
-    if (rc != 0) pi_error("scheduler: resetting the engine failed: %s", pi_err_str(rc));
+    if (rc != 0) {
+        pi_error("scheduler: restarting the engine failed: %s", pi_err_str(rc));
+        for (int i = 0; i < s->o.n_slots; i++)
+            if (s->slots[i].job)
+                finish(s, &s->slots[i], s->slots[i].job, PI_SCHED_ERROR, rc,
+                       "the pipeline's workers could not be started (see the server's log); the next request tries again");
+    }
     return rc == 0;
 }
 
@@ -778,13 +809,13 @@ int pi_sched_run(pi_sched_t *s)
             return 0;
         }
         sweep(s);
-        if (!engine_ready(s)) {
-            pthread_mutex_lock(&s->mu);
-            const bool queued = s->head != NULL;
-            pthread_mutex_unlock(&s->mu);
-            if (queued && now_ns() < s->retry_at)
+        pthread_mutex_lock(&s->mu);
+        const bool queued = s->head != NULL;
+        pthread_mutex_unlock(&s->mu);
+        if (!engine_ready(s, queued)) {
+            if (queued)
                 drain_queue(s, PI_SCHED_ERROR, -PI_ERR_PEER,
-                            "the pipeline could not be restarted (see the server's log); later requests try again");
+                            "the pipeline's workers could not be started (see the server's log); the next request tries again");
         } else {
             admit(s);
             if (step(s)) continue;

@@ -155,6 +155,7 @@ struct pi_sched_stats {
     uint64_t prompt_tokens, cached_tokens, generated_tokens;
     uint64_t steps, step_tokens;               /* engine steps and the tokens they carried */
     uint64_t engine_errors;
+    uint64_t restarts;                         /* engine resets that succeeded after a failure */
     int running, waiting, n_slots, queue_max;
     int64_t kv_used, kv_total;                 /* positions held in the slots' caches, and their capacity */
     uint64_t ttft[PI_SCHED_TTFT_BUCKETS];

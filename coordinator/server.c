@@ -1299,6 +1299,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
      * cancelled here: a step the GPU worker does not answer (a hung device) would otherwise hold the
      * shutdown for the step channel's whole timeout. */
     atomic_store(&s.cancel, 1);
+    pi_sched_stop(s.sched, "cancelled: the coordinator is shutting down"); /* before the cancel below fails the step */
     pthread_mutex_lock(&s.engine_mu);
     pi_engine_pipeline_cancel(s.engine);
     pthread_mutex_unlock(&s.engine_mu);

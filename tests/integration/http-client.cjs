@@ -240,7 +240,8 @@ async function kill() {
             const { done, value } = await rd.read();
             if (done) break;
             all += dec.decode(value, { stream: true });
-            if (!counted && all.includes('data: ')) { counted = true; started++; }
+            // begun: a token's text arrived (the first event, the role, comes before any token)
+            if (!counted && /"content":"[^"]/.test(all)) { counted = true; started++; }
         }
         return { status: 200, error: /data: \{"error"/.test(all), done: all.trimEnd().endsWith('data: [DONE]') };
     }

@@ -403,6 +403,23 @@ int main(void)
            "the next job runs and equals its run alone");
     stop(&r);
 
+    /* a failure before any job generated a token (a worker died while the server was idle): the jobs
+     * read their prompts again after the reset and end as if nothing happened */
+    fake_init(&f);
+    s = start(&f, &r, NSEQ, 16, 0, 0);
+    atomic_store(&f.fail_at, 1);
+    for (int j = 0; j < 4; j++) {
+        jb = job_of(prompts[j], (size_t)plen[j], npred[j], &together[j]);
+        pi_sched_submit(s, &jb, NULL);
+    }
+    for (int j = 0; j < 4; j++) wait_end(&together[j]);
+    same = 1;
+    for (int j = 0; j < 4; j++)
+        same &= together[j].end.finish == PI_SCHED_LENGTH && together[j].n == alone[j].n &&
+                memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
+    tap_ok(same && atomic_load(&f.resets) == 1, "a failed first step: the jobs start again after the reset and equal their runs alone");
+    stop(&r);
+
     /* bad jobs */
     fake_init(&f);
     s = start(&f, &r, 1, 4, 0, 0);
