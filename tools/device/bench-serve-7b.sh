@@ -1,12 +1,13 @@
 #!/bin/bash
 # Issue 19 on the GPU machine: serving throughput and time to first token, pinfer's HTTP API against
 # llama.cpp's llama-server built from source in the same call, on the same random 7B-shaped Q4_0 file
-# (pi-gen-model with llama.cpp's tokenizer), 64 slots of 256 positions each on both:
+# (pi-gen-model with llama.cpp's tokenizer), 32 slots of 256 positions each on both (pinfer's pipeline
+# takes batches of 64 tokens: 32 decode rows leave room for prompts):
 #   full:   pinfer --gpu-backend cuda --hot-fraction 1      vs llama-server -ngl 99
 #   hybrid: pinfer --gpu-backend cuda --hot-fraction 0.5    vs llama-server -ngl 16 (half the layers)
 #           (one CPU worker of 15 threads; llama-server -t 16)
 # For each, tools/device/loadgen.py at 1, 8, 32 and 64 concurrent clients (streamed /v1/completions,
-# about 40 prompt tokens, 128 generated with ignore_eos, temperature 0), peak VRAM from nvidia-smi.
+# about 40 prompt tokens, 64 generated with ignore_eos, temperature 0), peak VRAM from nvidia-smi.
 # usage: bench-serve-7b.sh prep | run PLACEMENT[,PLACEMENT] REP
 #   prep: unpack and build llama-server (background) and write the model; run waits for the build.
 # Staging: R=.devbench with the binaries (a CUDA build), lib/ (tools/device: bundle-libs.sh, libmicrohttpd
@@ -18,7 +19,7 @@ export LD_LIBRARY_PATH=$R/lib
 T0=$(date +%s); ts() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$O/progress.txt" >> "$L"; }
 M=/dev/shm/serve7.gguf
 LS=/tmp/ext/lcpp/build/bin/llama-server
-SLOTS=64; CTX=256; NPRED=128
+SLOTS=32; CTX=256; NPRED=64
 LG="python3 $R/tools/loadgen.py"
 
 prep() {
@@ -47,7 +48,7 @@ serve() {
   "$@" > "/tmp/$name.out" 2> "/tmp/$name.err" & local sp=$!
   if wait_http "$port"; then
     for c in 1 8 32 64; do
-      local r=$(( c >= 32 ? 2 : 64 / c / 4 )); [ $r -lt 2 ] && r=2
+      local r=$(( c == 1 ? 4 : c == 8 ? 2 : 1 ))
       timeout 240 $LG "$name" "127.0.0.1:$port" $c $r $NPRED 32 >> "$L" 2>&1
     done
   else
