@@ -427,9 +427,11 @@ static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
     static const char *const backends[] = {"none", "host", "cuda"};
-    json_t *model = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s}", "path", s->o->cfg.model_path, "arch", hp->arch,
+    struct stat mst;
+    const json_int_t file_bytes = stat(s->o->cfg.model_path, &mst) == 0 ? (json_int_t)mst.st_size : 0;
+    json_t *model = json_pack("{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:I}", "path", s->o->cfg.model_path, "arch", hp->arch,
                               "layers", hp->n_layer, "n_embd", hp->n_embd, "n_ff", hp->n_ff, "n_vocab", hp->n_vocab,
-                              "activation", pi_ffn_act_name(hp->act));
+                              "activation", pi_ffn_act_name(hp->act), "file_bytes", file_bytes);
     const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
     const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
     return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o, s:o}", "model", model, "uptime_ms",

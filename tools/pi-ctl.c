@@ -52,6 +52,8 @@ static void usage(FILE *f)
             "Commands:\n"
             "  status                       the coordinator's state as JSON (model, uptime, counters, workers, tune)\n"
             "  workers                      one line per worker: role, index, pid, NUMA node, state, ...\n"
+            "  ps                           one screen for people: the model, the CPU/GPU split, requests,\n"
+            "                               speed and latency, the workers, the last error\n"
             "  generate --prompt TEXT [-n N] [--temp T] [--seed S]\n"
             "  generate -f FILE [-n N] ...  (--prompt-file FILE; FILE or --prompt '-': standard input,\n"
             "                               so the prompt is not on the command line that ps(1) shows)\n"
@@ -335,7 +337,72 @@ static void print_workers(json_t *st)
     }
 }
 
-/* status, workers, shutdown: one request, one answer. */
+static long long jint(json_t *o, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(o, key));
+}
+
+static double jreal(json_t *o, const char *key)
+{
+    return json_number_value(json_object_get(o, key));
+}
+
+/* A byte count for people ("3.8 GiB"). */
+static const char *human_bytes(double b, char *buf, size_t len)
+{
+    static const char *const unit[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) b /= 1024, u++;
+    snprintf(buf, len, u ? "%.1f %s" : "%.0f %s", b, unit[u]);
+    return buf;
+}
+
+/* pi-ctl ps: the status as one screen. */
+static void print_ps(json_t *st)
+{
+    json_t *m = json_object_get(st, "model"), *sc = json_object_get(st, "scheduler"), *sp = json_object_get(st, "sparsity");
+    char b1[32];
+    const char *path = jstr(m, "path"), *slash = strrchr(path, '/');
+    printf("model     %s  %s, %s, %lld layers, n_embd %lld, n_ff %lld, vocab %lld, %s\n", slash ? slash + 1 : path,
+           human_bytes((double)jint(m, "file_bytes"), b1, sizeof b1), jstr(m, "arch"), jint(m, "layers"),
+           jint(m, "n_embd"), jint(m, "n_ff"), jint(m, "n_vocab"), jstr(m, "activation"));
+    const long long hot = jint(st, "hot_neurons_per_layer"), n_ff = jint(m, "n_ff");
+    printf("split     backend %s", jstr(st, "gpu_backend"));
+    if (hot >= 0 && n_ff > 0)
+        printf(", hot neurons %lld of %lld per layer (%.0f%%) on the GPU worker, the rest on %lld CPU worker(s)", hot, n_ff,
+               100.0 * (double)hot / (double)n_ff, jint(st, "cpu_workers"));
+    else if (hot < 0) printf(", the whole model in the coordinator's process");
+    printf("\n");
+    const long long up = jint(st, "uptime_ms") / 1000;
+    printf("uptime    %lldh%02lldm%02llds  pid %lld  control %s  http %s\n", up / 3600, up / 60 % 60, up % 60, jint(st, "pid"),
+           jstr(st, "control"), sc ? jstr(sc, "http") : "?");
+    if (sc) {
+        json_t *oc = json_object_get(sc, "outcomes");
+        printf("requests  %s; running %lld, waiting %lld (queue %lld), slots %lld; ended %lld: stop %lld, length %lld, "
+               "cancelled %lld, timeout %lld, error %lld; refused %lld\n",
+               json_is_true(json_object_get(sc, "ready")) ? "ready" : "NOT READY", jint(sc, "running"), jint(sc, "waiting"),
+               jint(sc, "queue_max"), jint(sc, "slots"), jint(sc, "requests_ended"), jint(oc, "stop"), jint(oc, "length"),
+               jint(oc, "cancelled"), jint(oc, "timeout"), jint(oc, "error"), jint(sc, "refused"));
+        const double tpot = jreal(sc, "mean_tpot_s");
+        printf("speed     %lld tokens generated (%.1f tok/s over the uptime); mean time to first token %.0f ms, %.1f tok/s "
+               "per request; prompt tokens %lld (%lld from the cache); KV cache %.0f%% used\n",
+               jint(sc, "generated_tokens"), jreal(sc, "generated_tokens_per_s"), jreal(sc, "mean_ttft_s") * 1e3,
+               tpot > 0 ? 1.0 / tpot : 0.0, jint(sc, "prompt_tokens"), jint(sc, "cached_tokens"),
+               jreal(sc, "kv_cache_usage") * 100);
+    }
+    if (sp) printf("sparsity  %s: %.1f%% of the FFN pairs skipped\n", jstr(sp, "mode"), jreal(sp, "sparsity") * 100);
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(st, "workers"), i, w) {
+        printf("%s %s %lld: %s, pid %lld, node %lld, %s\n", i ? "         " : "workers  ", jstr(w, "role"), jint(w, "index"),
+               jstr(w, "state"), jint(w, "pid"), jint(w, "numa_node"),
+               human_bytes((double)jint(w, "memory_bytes"), b1, sizeof b1));
+    }
+    const char *err = sc ? jstr(sc, "last_error") : "";
+    printf("error     %s\n", *err ? err : "none");
+}
+
+/* status, workers, ps, shutdown: one request, one answer. */
 static int simple(pi_ctl_client_t *c, const struct ctl_opts *o, int type, uint64_t req)
 {
     struct pi_ctl_msg q = {.type = (uint16_t)type, .request_id = req};
@@ -346,6 +413,7 @@ static int simple(pi_ctl_client_t *c, const struct ctl_opts *o, int type, uint64
         printf("shutting down\n");
     } else if (type == PI_CTL_STATUS_REQ && m.type == PI_CTL_STATUS_RESP) {
         if (strcmp(o->cmd, "workers") == 0) print_workers(m.u.json);
+        else if (strcmp(o->cmd, "ps") == 0) print_ps(m.u.json);
         else {
             char *txt = json_dumps(m.u.json, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
             if (txt) printf("%s\n", txt);
@@ -402,7 +470,7 @@ int main(int argc, char **argv)
         free(o.prompt_buf);
         return p == 0 ? 0 : 2;
     }
-    int type = strcmp(o.cmd, "status") == 0 || strcmp(o.cmd, "workers") == 0 ? PI_CTL_STATUS_REQ
+    int type = strcmp(o.cmd, "status") == 0 || strcmp(o.cmd, "workers") == 0 || strcmp(o.cmd, "ps") == 0 ? PI_CTL_STATUS_REQ
                : strcmp(o.cmd, "shutdown") == 0                              ? PI_CTL_SHUTDOWN
                : strcmp(o.cmd, "generate") == 0                              ? PI_CTL_GENERATE
                                                                              : 0;

@@ -38,7 +38,7 @@ start() {
     port=""
     i=0
     while [ $i -lt 600 ]; do
-        port=$(sed -n 's|.*http: listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$t/$name.err" | head -1)
+        port=$(sed -n 's|.*http: listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$t/$name.err" 2>/dev/null | head -1)
         if [ -n "$port" ] && grep -q "serving" "$t/$name.out"; then return 0; fi
         kill -0 $spid 2>/dev/null || break
         sleep 0.1; i=$((i + 1))
@@ -79,6 +79,9 @@ if start main --set server.slots=16 --set server.queue=64; then
     gpu_worker $spid >"$t/gpu.pid"
     [ -s "$t/gpu.pid" ]; ok $? "found the GPU worker ($(cat "$t/gpu.pid"))"
     run kill "$url" "$t/gpu.pid"
+    timeout 20 "$b/tools/pi-ctl" --endpoint "ipc://$t/main/control.sock" ps >"$t/ps.out" 2>&1
+    grep -q "^model *demo-relu-q4_0.gguf" "$t/ps.out" && grep -q "^requests *ready; running 0" "$t/ps.out" && grep -q "^workers *gpu 0: ready" "$t/ps.out"
+    ok $? "pi-ctl ps: the model, the requests, the workers ($(tr '\n' '|' <"$t/ps.out" | cut -c1-300))"
     grep -q "request [0-9]*: prompt [0-9]* tokens ([0-9]* cached), generated [0-9]*, ttft" "$t/main.err"
     ok $? "one log line per request"
     [ $fails = 0 ] || { echo "# the server's log, its errors and warnings:"; grep -E " (error|warn):" "$t/main.err" | tail -30 | sed 's/^/#   /'; }
