@@ -55,6 +55,7 @@ struct pi_http {
     char *keys[MAX_KEYS];
     size_t n_keys;
     int port;
+    char url[300];                   /* "http://HOST:PORT" as bound */
     int64_t created;                 /* the model's "created" in /v1/models: the server's start */
     _Atomic uint64_t by_status[6];   /* answers by status class: 2xx, 4xx (not 429), 429, 5xx, other, streams */
     char bos[256], eos[256];         /* the vocabulary's BOS/EOS texts for chat templates ("" = none) */
@@ -1075,14 +1076,19 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? (int)di->port : port;
     const bool v6 = strchr(host, ':') != NULL;
-    pi_info("http: listening on http://%s%s%s:%d (%s)", v6 ? "[" : "", host, v6 ? "]" : "", h->port,
-            h->n_keys ? "API keys required" : "no API key");
+    snprintf(h->url, sizeof h->url, "http://%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", h->port);
+    pi_info("http: listening on %s (%s)", h->url, h->n_keys ? "API keys required" : "no API key");
     return h;
 }
 
 int pi_http_port(const pi_http_t *h)
 {
     return h ? h->port : 0;
+}
+
+const char *pi_http_url(const pi_http_t *h)
+{
+    return h ? h->url : "off";
 }
 
 void pi_http_stop(pi_http_t **hp)

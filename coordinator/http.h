@@ -46,8 +46,9 @@ struct pi_http_opts {
  * listens on ("http: listening on http://127.0.0.1:8080"). */
 pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const pi_tokenizer_t *tok);
 
-/* The port it listens on. */
+/* The port it listens on, and its address as "http://HOST:PORT" ("off" for NULL). */
 int pi_http_port(const pi_http_t *h);
+const char *pi_http_url(const pi_http_t *h);
 
 /* Stop accepting, end the connections and free h (the scheduler's jobs of its requests are cancelled);
  * accepts NULL; nulls the pointer. Call after pi_sched_stop so that waiting handlers end. */

@@ -420,7 +420,7 @@ static json_t *sched_json(struct server *s)
                      "mean_ttft_s", with_ttft ? st.ttft_sum / (double)with_ttft : 0.0, "mean_tpot_s",
                      with_tpot ? st.tpot_sum / (double)with_tpot : 0.0, "kv_cache_usage",
                      st.kv_total > 0 ? (double)st.kv_used / (double)st.kv_total : 0.0, "last_error", st.last_error, "http",
-                     s->o->cfg.http_listen);
+                     pi_http_url(s->http));
 }
 
 static json_t *status_json(struct server *s)

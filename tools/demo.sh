@@ -4,8 +4,9 @@
 # (tests/data/demo-relu-q4_0.gguf, a small ReLU llama trained for this project's tests):
 #   1. one-shot through the process pipeline: pi-coordinator spawns pi-gpu-worker (host backend)
 #      and two pi-cpu-workers, generates 64 tokens from the prompt, prints them;
-#   2. a server-mode coordinator, `pi-ctl status` (the workers with their pids, NUMA nodes, cores,
-#      neurons and memory), a generation over the control socket, and `pi-ctl shutdown`.
+#   2. a server-mode coordinator: `pi-ctl ps` (the model, the split, the workers), a chat completion
+#      asked of its OpenAI-compatible HTTP API with curl, a generation over the control socket, and
+#      `pi-ctl shutdown`.
 # Usage: tools/demo.sh [--] ["prompt"]; tools/demo.sh --help. Greedy unless PI_DEMO_TEMP / PI_DEMO_SEED are set.
 set -u
 usage() {
@@ -13,7 +14,8 @@ usage() {
 Usage: tools/demo.sh [--] [PROMPT]
 Build pinfer (installing the build dependencies when missing: Debian 12, as root) in build-demo/ and run it
 on the embedded demo model: a one-shot generation through the process pipeline, then a server-mode
-coordinator queried with pi-ctl (status, a generation, shutdown).
+coordinator asked over its HTTP API with curl and over its control socket with pi-ctl (ps, a
+generation, shutdown).
 
   PROMPT        the prompt; default: "The jury said it did find that many of the laws"
   --            the next argument is the prompt even if it starts with '-'
@@ -72,22 +74,30 @@ echo
 
 [ -x "$ctl" ] || die "pi-ctl was not built"
 echo
-log "server mode: pi-coordinator with 2 CPU workers, queried with pi-ctl"
+log "server mode: pi-coordinator with 2 CPU workers, asked over HTTP (curl) and the control socket (pi-ctl)"
 run=$(mktemp -d /tmp/pinfer-demo.XXXXXX)
 ep="ipc://$run/control.sock"
 "$coord" --model "$model" --gpu-backend host --cpu-workers 2 --run-dir "$run" --control "$ep" \
-    --log-level warn 2>"$run/coordinator.log" &
+    --http 127.0.0.1:0 --chat-template chatml --log-level info 2>"$run/coordinator.log" &
 cpid=$!
 trap 'kill $cpid 2>/dev/null; wait $cpid 2>/dev/null; rm -rf "$run"' EXIT
 ok=0
 for _ in $(seq 100); do
-    if "$ctl" --endpoint "$ep" --timeout 500 status >"$run/status.json" 2>/dev/null; then ok=1; break; fi
+    if "$ctl" --endpoint "$ep" --timeout 500 ps >"$run/ps.txt" 2>/dev/null; then ok=1; break; fi
     kill -0 $cpid 2>/dev/null || break
     sleep 0.1
 done
-[ $ok -eq 1 ] || { cat "$run/coordinator.log" >&2; die "the server did not answer pi-ctl status"; }
-echo "\$ pi-ctl status"
-cat "$run/status.json"
+[ $ok -eq 1 ] || { cat "$run/coordinator.log" >&2; die "the server did not answer pi-ctl ps"; }
+echo "\$ pi-ctl ps"
+cat "$run/ps.txt"
+port=$(sed -n 's|.*http: listening on http://127.0.0.1:\([0-9]*\).*|\1|p' "$run/coordinator.log" | head -1)
+[ -n "$port" ] || { cat "$run/coordinator.log" >&2; die "the server's HTTP API did not start"; }
+body=$(printf '{"model":"demo","messages":[{"role":"user","content":"%s"}],"max_tokens":32,"temperature":%s,"seed":%s}' \
+    "$(printf '%s' "$prompt" | tr '\n\r\t' '   ' | sed 's/[\\"]/\\&/g')" "$temp" "$seed")
+echo "\$ curl -s http://127.0.0.1:$port/v1/chat/completions -H 'Content-Type: application/json' -d '$body'"
+curl -s "http://127.0.0.1:$port/v1/chat/completions" -H 'Content-Type: application/json' -d "$body" \
+    || die "the HTTP API did not answer"
+echo
 echo "\$ pi-ctl generate --prompt \"$prompt\" -n 32"
 printf '%s' "$prompt"
 "$ctl" --endpoint "$ep" generate --prompt "$prompt" -n 32 --temp "$temp" --seed "$seed" \
