@@ -411,12 +411,12 @@ static json_t *sched_json(struct server *s)
     for (int i = 0; i < PI_SCHED_TTFT_BUCKETS; i++) with_ttft += st.ttft[i];
     for (int i = 0; i < PI_SCHED_TPOT_BUCKETS; i++) with_tpot += st.tpot[i];
     const double up_s = (double)(pi_clock_ns() - s->t_start) * 1e-9;
-    return json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s}", "ready", st.ready,
+    return json_pack("{s:b, s:i, s:i, s:i, s:i, s:I, s:o, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:f, s:s, s:s}", "ready", st.ready,
                      "slots", st.n_slots, "running", st.running, "waiting", st.waiting, "queue_max", st.queue_max,
                      "requests_ended", (json_int_t)ended, "outcomes", outcomes ? outcomes : json_null(), "refused",
                      (json_int_t)st.refused, "prompt_tokens", (json_int_t)st.prompt_tokens, "cached_tokens",
                      (json_int_t)st.cached_tokens, "generated_tokens", (json_int_t)st.generated_tokens, "engine_errors",
-                     (json_int_t)st.engine_errors, "generated_tokens_per_s", up_s > 0 ? (double)st.generated_tokens / up_s : 0.0,
+                     (json_int_t)st.engine_errors, "restarts", (json_int_t)st.restarts, "generated_tokens_per_s", up_s > 0 ? (double)st.generated_tokens / up_s : 0.0,
                      "mean_ttft_s", with_ttft ? st.ttft_sum / (double)with_ttft : 0.0, "mean_tpot_s",
                      with_tpot ? st.tpot_sum / (double)with_tpot : 0.0, "kv_cache_usage",
                      st.kv_total > 0 ? (double)st.kv_used / (double)st.kv_total : 0.0, "last_error", st.last_error, "http",

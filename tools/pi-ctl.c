@@ -399,7 +399,8 @@ static void print_ps(json_t *st)
                human_bytes((double)jint(w, "memory_bytes"), b1, sizeof b1));
     }
     const char *err = sc ? jstr(sc, "last_error") : "";
-    printf("error     %s\n", *err ? err : "none");
+    printf("errors    %lld engine failure(s), %lld restart(s); last: %s\n", sc ? jint(sc, "engine_errors") : 0,
+           sc ? jint(sc, "restarts") : 0, *err ? err : "none");
 }
 
 /* status, workers, ps, shutdown: one request, one answer. */
