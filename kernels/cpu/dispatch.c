@@ -65,8 +65,8 @@ static void detect_cpu(bool *avx2, bool *avx512, bool *vnni) { *avx2 = *avx512 =
 /* tables[isa] = the completed table of the variant below (base), overlaid with raw's non-NULL
  * entries: AVX-512 falls back to AVX2 where it has no kernel of its own, AVX2 to scalar. A 4-token
  * kernel is inherited only together with the 1-token kernel it matches bit for bit: a variant with
- * its own vec_dot but no vec_dot4 gets none (pi_matmul then loops vec_dot); likewise vec_dot8 and
- * vec_dot2. */
+ * its own vec_dot but no vec_dot4 gets none (pi_matmul then loops vec_dot); likewise vec_dot8,
+ * vec_dot2 and vec_dot4r. */
 static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw,
                            const struct pi_kernel_table *sc)
 {
@@ -79,6 +79,7 @@ static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table 
         tables[isa].vec_dot4[t] = raw->vec_dot4[t] ? raw->vec_dot4[t] : raw->vec_dot[t] ? NULL : sc->vec_dot4[t];
         tables[isa].vec_dot8[t] = raw->vec_dot8[t] ? raw->vec_dot8[t] : raw->vec_dot[t] ? NULL : sc->vec_dot8[t];
         tables[isa].vec_dot2[t] = raw->vec_dot2[t] ? raw->vec_dot2[t] : raw->vec_dot[t] ? NULL : sc->vec_dot2[t];
+        tables[isa].vec_dot4r[t] = raw->vec_dot4r[t] ? raw->vec_dot4r[t] : raw->vec_dot[t] ? NULL : sc->vec_dot4r[t];
         tables[isa].vec_mad[t] = raw->vec_mad[t] ? raw->vec_mad[t] : sc->vec_mad[t]; /* exact everywhere */
         tables[isa].quantize[t] = raw->quantize[t] ? raw->quantize[t] : sc->quantize[t]; /* same bytes */
     }

@@ -42,6 +42,15 @@ static inline __m512i dot_u8_512(__m512i x, __m512i y)
     return _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), _mm512_set1_epi16(1));
 }
 
+/* Prefetch (into L1) every cache line of the bytes [p, p + len), len <= 192: the weights the caller
+ * reads next, asked for a few at a time inside the loop instead of in a burst (a burst of a whole
+ * row group's lines stalls on the line-fill buffers). Never faults, changes no result. */
+static inline void pf_lines(const uint8_t *p, size_t len)
+{
+    for (size_t o = 0; o < len; o += 64) _mm_prefetch((const char *)p + o, _MM_HINT_T0);
+    _mm_prefetch((const char *)p + len - 1, _MM_HINT_T0);
+}
+
 /* Scale vector: s0 in the low 8 floats, s1 in the high 8. */
 static inline __m512 two_scales(float s0, float s1)
 {
@@ -169,23 +178,26 @@ static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
 #endif
 }
 
-/* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..2)
- * rows at w + r * ws (ws may be negative: two rows of one matrix in any order) times nt (1..4) tokens -> out[r * 4 + t]: the weights are unpacked once per row,
- * the activations loaded once per token; each pair keeps dot_q8_0's two accumulators and order. */
-PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+/* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..4)
+ * rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens -> out[r * 4 + t]; nr * nt
+ * is at most 8. The weights are unpacked once per row, the activations loaded once per token; each
+ * pair keeps dot_q8_0's two accumulators and order. pf != 0: prefetch the bytes at wr[r] + pf that
+ * match each step's reads (the next group of rows in pi_matvec); no effect on the results. */
+PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out, int64_t n)
 {
-    __m512 acc0[2][4], acc1[2][4];
-#pragma GCC unroll 2
+    __m512 acc0[4][4], acc1[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) acc0[r][t] = acc1[r][t] = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 dw[2];
-        struct i8_pair x0[2], x1[2];
-#pragma GCC unroll 2
+        __m128 dw[4];
+        struct i8_pair x0[4], x1[4];
+#pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws) + i;
+            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r] + i;
+            if (pf) pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
         }
@@ -194,7 +206,7 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
             const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
             __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
             __m512i y0 = load2x32(b[0].qs, b[1].qs), y1 = load2x32(b[2].qs, b[3].qs);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 __m128 sc = _mm_mul_ps(dw[r], dx);
                 acc0[r][t] = _mm512_fmadd_ps(pair_scales(sc, 0), _mm512_cvtepi32_ps(i8_pair_dot(x0[r], y0)), acc0[r][t]);
@@ -203,7 +215,7 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws);
+        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r];
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(_mm512_add_ps(acc0[r][t], acc1[r][t]));
             for (int64_t j = i; j < nb; j++) {
@@ -218,23 +230,38 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
 
 static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
+    const uint8_t *wr[1] = {w};
     float s;
-    q8_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    q8_0_n(wr, 1, 0, xq, 0, 1, &s, n);
     return s;
 }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, 0, 1, xq, xs, 4, out, n); }
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    const uint8_t *wr[1] = {w};
+    q8_0_n(wr, 1, 0, xq, xs, 4, out, n);
+}
 
 static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q8_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
+    q8_0_n(wr, 2, 0, xq, xs, 4, out, n);
 }
 
 static void dot2_q8_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
+    const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q8_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    q8_0_n(wr, 2, 0, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
+}
+
+static void dot4r_q8_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
+    float o[16];
+    q8_0_n(wr, 4, pf, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
 /* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
@@ -280,24 +307,26 @@ static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
 #endif
 }
 
-/* nr (1..2) weight rows at w + r * ws times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t]
- * (out[t] when nr is 1). Each (row, token) pair keeps the 1-row kernel's accumulator and order. */
-PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+/* nr (1..4) weight rows wr[r] times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t] (out[t] when
+ * nr is 1); nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's accumulator and
+ * order. pf as for q8_0_n. */
+PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out, int64_t n)
 {
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[2][4];
-#pragma GCC unroll 2
+    __m512 acc[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 dw[2];
-        __m512i lo[2], hi[2];
-#pragma GCC unroll 2
+        __m128 dw[4];
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws) + i;
+            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r] + i;
+            if (pf) pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
             lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -307,7 +336,7 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
             const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
             __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
             struct q4_0_act y = q4_0_act_load(b);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(dw[r], dx)));
                 acc[r][t] = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(q4_0_quad(lo[r], hi[r], y)), acc[r][t]);
@@ -315,7 +344,7 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws);
+        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r];
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(acc[r][t]);
             for (int64_t j = i; j < nb; j++) {
@@ -331,23 +360,38 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
 
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
+    const uint8_t *wr[1] = {w};
     float s;
-    q4_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    q4_0_n(wr, 1, 0, xq, 0, 1, &s, n);
     return s;
 }
 
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, 0, 1, xq, xs, 4, out, n); }
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    const uint8_t *wr[1] = {w};
+    q4_0_n(wr, 1, 0, xq, xs, 4, out, n);
+}
 
 static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q4_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
+    q4_0_n(wr, 2, 0, xq, xs, 4, out, n);
 }
 
 static void dot2_q4_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
+    const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q4_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    q4_0_n(wr, 2, 0, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
+}
+
+static void dot4r_q4_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
+    float o[16];
+    q4_0_n(wr, 4, pf, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
 /* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
@@ -578,6 +622,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     },
     .vec_dot2 = {
         [PI_TYPE_Q4_0] = dot2_q4_0, [PI_TYPE_Q8_0] = dot2_q8_0,
+    },
+    .vec_dot4r = {
+        [PI_TYPE_Q4_0] = dot4r_q4_0, [PI_TYPE_Q8_0] = dot4r_q8_0,
     },
     .dequant = {
         [PI_TYPE_F16] = dequant_f16,

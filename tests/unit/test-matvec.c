@@ -127,25 +127,46 @@ static void test_dot4(void)
     }
 }
 
-/* Each available variant's vec_dot2 (two rows of one matrix, any order, one token) against its own
- * vec_dot (bit for bit) and the scalar reference: random bytes with finite block scales, so every
- * weight bit pattern occurs; block counts with and without a remainder after the 4-block steps. */
+/* Rows w[0..3] through vec_dot4r, each output against the variant's vec_dot (bit for bit) and the
+ * scalar reference (normalised by sum |w x|); wd: the dequantised rows (5, cols), row r at W + r * rb. */
+static void check_dot4r(const struct pi_kernel_table *tab, enum pi_type t, const uint8_t *W, size_t rb, const float *wd,
+                        const float *x, const uint8_t *xq, int64_t cols, const int quad[4], ptrdiff_t pf, int *same,
+                        double *worst)
+{
+    const void *w[4];
+    for (int i = 0; i < 4; i++) w[i] = W + (size_t)quad[i] * rb;
+    float out[4];
+    tab->vec_dot4r[t](w, pf, xq, out, cols);
+    for (int i = 0; i < 4; i++) {
+        float one = tab->vec_dot[t](w[i], xq, cols), ref = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot[t](w[i], xq, cols);
+        *same &= memcmp(&one, &out[i], 4) == 0;
+        double mag = 1e-30;
+        for (int64_t j = 0; j < cols; j++) mag += fabs((double)wd[(size_t)quad[i] * cols + j] * x[j]);
+        *worst = fmax(*worst, fabs((double)out[i] - ref) / mag);
+    }
+}
+
+/* Each available variant's vec_dot2 (two rows of one matrix, any order, one token) and vec_dot4r (four
+ * rows, any order, repeats, with and without the prefetch offset) against its own vec_dot (bit for bit)
+ * and the scalar reference: random bytes with finite block scales, so every weight bit pattern occurs;
+ * block counts with and without a remainder after the 4-block steps. */
 static void test_dot2(void)
 {
     static const int64_t block_counts[] = {1, 2, 3, 4, 5, 7, 16, 161};
     static const int pairs[][2] = {{0, 1}, {1, 0}, {3, 1}, {2, 4}, {4, 4}};
+    static const int quads[][4] = {{0, 1, 2, 3}, {1, 2, 3, 4}, {4, 3, 2, 1}, {2, 0, 4, 0}, {3, 3, 3, 3}};
     const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
         if (!tab) {
-            tap_skip(1, "variant not available here");
+            tap_skip(2, "variant not available here");
             continue;
         }
-        int checked = 0, same = 1;
-        double worst = 0;
+        int checked = 0, same = 1, checked4 = 0, same4 = 1;
+        double worst = 0, worst4 = 0;
         for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
             enum pi_type t = types[k];
-            if (!tab->vec_dot2[t]) continue;
+            if (!tab->vec_dot2[t] && !tab->vec_dot4r[t]) continue;
             const struct pi_type_info *ti = pi_type_get(t);
             for (size_t bc = 0; bc < PI_ARRAY_LEN(block_counts); bc++) {
                 int64_t cols = (int64_t)ti->block_elems * block_counts[bc];
@@ -162,7 +183,14 @@ static void test_dot2(void)
                 for (int64_t j = 0; j < cols; j++) x[j] = rndf();
                 pi_quantize_act(t, x, xq, cols);
                 for (int r = 0; r < 5; r++) pi_dequant_row(t, W + (size_t)r * rb, wd + (size_t)r * cols, cols);
-                for (size_t p = 0; p < PI_ARRAY_LEN(pairs); p++) {
+                for (size_t q = 0; tab->vec_dot4r[t] && q < PI_ARRAY_LEN(quads); q++) {
+                    /* pf: none, and the next row (in the matrix for the first quad: prefetches never
+                     * fault, but the test should not rely on that) */
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], 0, &same4, &worst4);
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], q == 0 ? (ptrdiff_t)rb : 0, &same4, &worst4);
+                    checked4 += 2;
+                }
+                for (size_t p = 0; tab->vec_dot2[t] && p < PI_ARRAY_LEN(pairs); p++) {
                     float out[2];
                     tab->vec_dot2[t](W + (size_t)pairs[p][0] * rb, W + (size_t)pairs[p][1] * rb, xq, out, cols);
                     for (int i = 0; i < 2; i++) {
@@ -182,6 +210,10 @@ static void test_dot2(void)
         else
             tap_ok(same && worst < 1e-5, "%s: vec_dot2 (%d row pairs, in both orders) == vec_dot bit for bit, vs scalar %.3g",
                    tab->name, checked, worst);
+        if (checked4 == 0) tap_skip(1, "no vec_dot4r in this variant");
+        else
+            tap_ok(same4 && worst4 < 1e-5, "%s: vec_dot4r (%d row quadruples, any order, repeats) == vec_dot bit for bit, vs scalar %.3g",
+                   tab->name, checked4, worst4);
     }
 }
 
