@@ -370,31 +370,26 @@ static void prefetch_row(const struct pi_weight *w, int64_t r)
     for (size_t off = 0; off < w->row_bytes; off += 64) __builtin_prefetch(p + off, 0, 2);
 }
 
-/* out[0..m) = rows r[0..m) of w (m = 1 to 4; their first d elements) dotted with xq: four at once
- * through the variant's vec_dot4r, else two at once through vec_dot2, where the type has them (the
- * activations prepared once for the four or two rows), the same floats as pi_vec_dot. */
+/* out[0..m) = rows r[0..m) of w (m = 1 or 2; their first d elements) dotted with xq: two at once
+ * through the variant's vec_dot2 where the type has one (the activations prepared once for both
+ * rows), the same floats as pi_vec_dot. */
 static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const void *xq, int64_t d, float *out)
 {
-    pi_vec_dot4r_fn d4 = pi_kernels_active()->vec_dot4r[w->type];
     pi_vec_dot2_fn d2 = pi_kernels_active()->vec_dot2[w->type];
-    if (m == 4 && d4) {
-        const void *rows[4] = {pi_weight_row(w, r[0]), pi_weight_row(w, r[1]), pi_weight_row(w, r[2]),
-                               pi_weight_row(w, r[3])};
-        d4(rows, 0, xq, out, d); /* no prefetch offset: neurons_into prefetches the listed rows itself */
+    if (m == 2 && d2) {
+        d2(pi_weight_row(w, r[0]), pi_weight_row(w, r[1]), xq, out, d);
         return;
     }
-    int j = 0;
-    for (; d2 && j + 2 <= m; j += 2) d2(pi_weight_row(w, r[j]), pi_weight_row(w, r[j + 1]), xq, out + j, d);
-    for (; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
+    for (int j = 0; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
 }
 
 /* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
- * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, four
+ * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, two
  * neurons' gate or up rows at a time (dots_rows), prefetching PF_AHEAD neurons ahead. row (d) is
  * scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
-    enum { CHUNK = 64, PF_AHEAD = 4 }; /* one group of dots_rows ahead */
+    enum { CHUNK = 64, PF_AHEAD = 2 };
     const struct pi_layer *L = t->L;
     const int64_t d = t->w->d;
     int64_t active = 0;
@@ -404,9 +399,9 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
     for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
         int64_t kn = PI_MIN(end, k0 + CHUNK);
         int n_live = 0;
-        for (int64_t k = k0; k < kn; k += 4) {
-            const int m = (int)PI_MIN(4, kn - k);
-            float g[4];
+        for (int64_t k = k0; k < kn; k += 2) {
+            const int m = k + 1 < kn ? 2 : 1;
+            float g[2];
             for (int j = 0; j < m; j++) {
                 PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
                 if (k + j + PF_AHEAD < end) prefetch_row(&L->ffn_gate, t->idx[k + j + PF_AHEAD]);
@@ -422,9 +417,9 @@ static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t 
             prefetch_row(&L->ffn_up, live[j]);
             prefetch_row(&L->ffn_down_t, live[j]);
         }
-        for (int j0 = 0; j0 < n_live; j0 += 4) {
-            const int m = PI_MIN(4, n_live - j0);
-            float u[4];
+        for (int j0 = 0; j0 < n_live; j0 += 2) {
+            const int m = j0 + 1 < n_live ? 2 : 1;
+            float u[2];
             for (int j = j0 + PF_AHEAD; j < PI_MIN(n_live, j0 + m + PF_AHEAD); j++) {
                 prefetch_row(&L->ffn_up, live[j]);
                 prefetch_row(&L->ffn_down_t, live[j]);
