@@ -43,10 +43,10 @@
 #include <string.h>
 #include <time.h>
 
-#define BW_BUFFER_BYTES ((size_t)1 << 30) /* the streaming-read buffer */
-#define WORKSET_BYTES ((size_t)512 << 20) /* the matvec weights cycled through */
+#define BW_BUFFER_BYTES ((size_t)1 << 30)      /* the streaming-read buffer */
+#define WORKSET_BYTES ((size_t)512 << 20)      /* the matvec weights cycled through */
 #define NEURON_WORKSET_BYTES ((size_t)1 << 30) /* the neuron layers cycled through: twice a 480 MiB L3 */
-#define FFN_BENCH_GROUP 16 /* tokens per thread of the batch case: pi_ffn_neurons_batch's group */
+#define FFN_BENCH_GROUP 16                     /* tokens per thread of the batch case: pi_ffn_neurons_batch's group */
 
 static double now_s(void)
 {
@@ -127,9 +127,9 @@ static double read_bandwidth(pi_pool_t *pool, const uint64_t *buf, size_t bytes,
 
 struct bench_type {
     enum pi_type t;
-    void **copies;       /* n_copies matrices of rows x cols */
+    void **copies; /* n_copies matrices of rows x cols */
     int n_copies;
-    size_t bytes;        /* one matrix */
+    size_t bytes; /* one matrix */
 };
 
 static int prepare(struct bench_type *b, enum pi_type t, int64_t rows, int64_t cols, size_t workset)
@@ -278,8 +278,8 @@ static int bench_matmul(const enum pi_type *types, int n_types, int64_t rows, in
             best_dots = PI_MIN(best_dots, t1 - t0), best_mm = PI_MIN(best_mm, t2 - t1);
         }
         double flop = 2.0 * (double)rows * (double)cols * (double)n;
-        printf("| %s | %.1f | %.1f | %.2fx | %s |\n", pi_type_name(types[k]), flop / best_dots / 1e9, flop / best_mm / 1e9,
-               best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no");
+        printf("| %s | %.1f | %.1f | %.2fx | %s |\n", pi_type_name(types[k]), flop / best_dots / 1e9,
+               flop / best_mm / 1e9, best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no");
         fflush(stdout);
         release(&b);
     }
@@ -292,7 +292,7 @@ out:
 /* The types of the run: --types, or every type with a kernel. */
 static int run_types(const struct pi_bench_opts *b, enum pi_type *types)
 {
-    static const enum pi_type all[] = {PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
+    static const enum pi_type all[] = {PI_TYPE_F32,  PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q4_0,
                                        PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K,
                                        PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
     int n = 0;
@@ -351,8 +351,8 @@ int pi_bench_kernels_matvec(const struct pi_bench_opts *b)
     for (int i = 0; i < n_tc; i++) bw[i] = read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, passes);
     printf("# machine: %d threads, kernel variant %s\n", thread_counts[n_tc - 1], pi_kernels_variant());
     for (int i = 0; i < n_tc; i++)
-        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n", passes,
-               BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "");
+        printf("# streaming read, %d passes over %zu MiB in 64 MiB slices, best slice: %.1f GB/s on %d thread%s\n",
+               passes, BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "");
     printf("# matvec %lld x %lld, weights cycled through a working set of >= %zu MiB, %d rounds.\n"
            "# GB/s: weight bytes per second, best single call (and median); bw: the best streaming read\n"
            "# (same method as above, any thread count) measured again just before each type; %% of bw: best / bw;\n"
@@ -573,10 +573,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
             for (size_t c = 0; c < PI_ARRAY_LEN(cases); c++) {
                 int64_t a = 0, listed = 1;
                 struct rate r = neuron_rate(pools[i], work[i], nl, n_layers, &cases[c], X, Y, passes, &a, &listed);
-                printf("| %s | %s | %lld | %d | %.0f%% | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n", pi_type_name(types[k]),
-                       cases[c].name, (long long)cases[c].tokens, thread_counts[i],
-                       100.0 * (double)a / (double)listed, r.best, r.median,
-                       r.best / thread_counts[i], bw_now, 100.0 * r.best / bw_now);
+                printf("| %s | %s | %lld | %d | %.0f%% | %.1f | %.1f | %.1f | %.1f | %.0f%% |\n",
+                       pi_type_name(types[k]), cases[c].name, (long long)cases[c].tokens, thread_counts[i],
+                       100.0 * (double)a / (double)listed, r.best, r.median, r.best / thread_counts[i], bw_now,
+                       100.0 * r.best / bw_now);
                 fflush(stdout);
             }
         }

@@ -23,8 +23,8 @@
 
 enum pi_kernel_isa {
     PI_KERNEL_SCALAR = 0,
-    PI_KERNEL_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    PI_KERNEL_AVX512 = 2, /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
+    PI_KERNEL_AVX2 = 1,       /* AVX2 + FMA + F16C */
+    PI_KERNEL_AVX512 = 2,     /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
     PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
     PI_KERNEL_ISA_COUNT = 4,
 };
@@ -60,15 +60,15 @@ typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*pi_quantize_fn)(const float *src, void *dst, int64_t n);
 
 struct pi_kernel_table {
-    const char *name;                      /* "scalar", "avx2", "avx512", "avx512vnni" */
-    pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];  /* NULL where the type has no dot product */
-    pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT]; /* NULL: no 4-token kernel matching vec_dot (loop it) */
-    pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT]; /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
-    pi_vec_dot2_fn vec_dot2[PI_TYPE_COUNT]; /* 2 rows x 1 token; NULL: vec_dot per row */
+    const char *name;                         /* "scalar", "avx2", "avx512", "avx512vnni" */
+    pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];     /* NULL where the type has no dot product */
+    pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT];   /* NULL: no 4-token kernel matching vec_dot (loop it) */
+    pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT];   /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
+    pi_vec_dot2_fn vec_dot2[PI_TYPE_COUNT];   /* 2 rows x 1 token; NULL: vec_dot per row */
     pi_vec_dot4r_fn vec_dot4r[PI_TYPE_COUNT]; /* 4 rows x 1 token; NULL: vec_dot2 per pair */
-    pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];   /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
-    pi_dequant_fn dequant[PI_TYPE_COUNT];  /* NULL where the type has no dequantiser */
-    pi_quantize_fn quantize[PI_TYPE_COUNT]; /* SIMD quantisers (activations); NULL: the scalar one */
+    pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];     /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
+    pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
+    pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */

@@ -29,9 +29,9 @@
 
 struct mm_ctx {
     pi_vec_dot_fn dot;
-    pi_vec_dot4_fn dot4; /* NULL: dot per token */
-    pi_vec_dot8_fn dot8; /* NULL: dot4 per row */
-    pi_vec_dot2_fn dot2; /* NULL: dot per row (pi_matvec) */
+    pi_vec_dot4_fn dot4;   /* NULL: dot per token */
+    pi_vec_dot8_fn dot8;   /* NULL: dot4 per row */
+    pi_vec_dot2_fn dot2;   /* NULL: dot per row (pi_matvec) */
     pi_vec_dot4r_fn dot4r; /* NULL: dot2 per pair of rows (pi_matvec) */
     const uint8_t *W;
     size_t w_row_bytes, x_row_bytes;
@@ -77,15 +77,20 @@ static void mv_rows(void *vctx, int64_t begin, int64_t end, int thread)
     for (; r < end; r++) c->Y[r] = c->dot(c->W + (size_t)r * c->w_row_bytes, c->xq, c->cols);
 }
 
-void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
-               const float *x, float *y)
+void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols, const float *x, float *y)
 {
     PI_ASSERT(pi_kernel_supported(t) && rows >= 0);
     struct mm_ctx c = {
-        .dot = pi_kernels_active()->vec_dot[t], .dot2 = pi_kernels_active()->vec_dot2[t],
-        .dot4r = pi_kernels_active()->vec_dot4r[t], .W = W,
+        .dot = pi_kernels_active()->vec_dot[t],
+        .dot2 = pi_kernels_active()->vec_dot2[t],
+        .dot4r = pi_kernels_active()->vec_dot4r[t],
+        .W = W,
         .w_row_bytes = row_bytes(t, cols),
-        .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows, .cols = cols, .n = 1, .Y = y,
+        .x_row_bytes = pi_act_row_bytes(t, cols),
+        .rows = rows,
+        .cols = cols,
+        .n = 1,
+        .Y = y,
     };
     void *xq = NULL;
     if (pi_vec_dot_type(t) == PI_TYPE_F32) {
@@ -137,16 +142,22 @@ static void mm_rows(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
-               const float *X, int64_t n, float *Y)
+void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols, const float *X, int64_t n,
+               float *Y)
 {
     PI_ASSERT(pi_kernel_supported(t) && rows >= 0 && n >= 0);
     if (n == 0 || rows == 0) return;
     struct mm_ctx c = {
-        .dot = pi_kernels_active()->vec_dot[t], .dot4 = pi_kernels_active()->vec_dot4[t],
-        .dot8 = pi_kernels_active()->vec_dot8[t], .W = W,
-        .w_row_bytes = row_bytes(t, cols), .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows,
-        .cols = cols, .n = n, .Y = Y,
+        .dot = pi_kernels_active()->vec_dot[t],
+        .dot4 = pi_kernels_active()->vec_dot4[t],
+        .dot8 = pi_kernels_active()->vec_dot8[t],
+        .W = W,
+        .w_row_bytes = row_bytes(t, cols),
+        .x_row_bytes = pi_act_row_bytes(t, cols),
+        .rows = rows,
+        .cols = cols,
+        .n = n,
+        .Y = Y,
     };
     void *xq = NULL;
     if (pi_vec_dot_type(t) == PI_TYPE_F32) {
