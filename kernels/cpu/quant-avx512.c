@@ -42,19 +42,6 @@ static inline __m512i dot_u8_512(__m512i x, __m512i y)
     return _mm512_madd_epi16(_mm512_maddubs_epi16(x, y), _mm512_set1_epi16(1));
 }
 
-/* Prefetch (into L1) every cache line of the bytes [p, p + len): the weights the caller reads next,
- * asked for a few at a time inside the loop instead of in a burst (a burst of a whole row group's
- * lines stalls on the line-fill buffers). Never faults, changes no result. An asm statement, not
- * __builtin_prefetch: GCC 12's dead-code elimination deleted every one of those in the kernels below
- * (-fno-tree-dce brought them back), and the measured gain with them. */
-static inline void pf_line(const uint8_t *p) { __asm__ volatile("prefetcht0 %0" : : "m"(*(const char *)p)); }
-
-static inline void pf_lines(const uint8_t *p, size_t len)
-{
-    for (size_t o = 0; o < len; o += 64) pf_line(p + o);
-    pf_line(p + len - 1);
-}
-
 /* Scale vector: s0 in the low 8 floats, s1 in the high 8. */
 static inline __m512 two_scales(float s0, float s1)
 {
@@ -203,7 +190,7 @@ PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const 
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r] + i;
-            if (pf) pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
+            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
         }
@@ -336,7 +323,7 @@ PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const 
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r] + i;
-            if (pf) pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
+            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
             lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
