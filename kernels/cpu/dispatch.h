@@ -45,8 +45,8 @@ typedef void (*pi_vec_dot8_fn)(const void *wrow, size_t wstride, const void *xq,
  * through this; Q8_0 35 and 41). */
 typedef void (*pi_vec_dot2_fn)(const void *w0, const void *w1, const void *xq, float out[2], int64_t n);
 /* Four weight rows of one matrix (w[0..3]: any rows, in any order, repeats allowed) against one token:
- * out[r] = the same variant's vec_dot(w[r], xq, n) bit for bit; the activations are loaded and
- * prepared once for the four rows. pf: 0, or a byte offset whose targets w[r] + pf + (each step's
+ * out[r] = the same variant's vec_dot(w[r], xq, n) bit for bit; AVX-512 loads and prepares the
+ * activations once for the four rows, AVX2 runs its 1-row kernel four times. pf: 0, or a byte offset whose targets w[r] + pf + (each step's
  * read offset) the kernel prefetches as it goes (pi_matvec passes the next group of rows: a core
  * keeps more lines in flight than the hardware prefetcher alone gives it); never dereferenced, no
  * effect on the results. */

@@ -10,9 +10,9 @@
  * instead of once per token, and with a 2-row kernel (vec_dot8) a group of four tokens' activations
  * is loaded once per two rows; both return the same floats as vec_dot, so pi_matmul's Y is bit for bit
  * the same as n calls of pi_matvec, whatever the token count, tiling or thread count. pi_matvec takes
- * rows four at a time through vec_dot4r where there is one (Q4_0, Q8_0 on AVX-512), the rest two at
- * a time through vec_dot2: one token's activations prepared once per four (two) rows, again the floats
- * of vec_dot. vec_dot4r also prefetches the next four rows as it reads these: without that one core
+ * rows four at a time through vec_dot4r where there is one (Q4_0, Q8_0 on AVX2 and AVX-512), the rest
+ * two at a time through vec_dot2 (AVX-512): one token's activations prepared once per four (two) rows
+ * on AVX-512, again the floats of vec_dot. vec_dot4r also prefetches the next four rows as it reads these: without that one core
  * read Q4_0 weights at about half the streaming read's rate (doc/kernels.md).
  */
 #include "config.h"
