@@ -49,8 +49,8 @@ static void detect_cpu(bool *avx2, bool *avx512, bool *vnni)
     bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
     if (!osxsave || !avx) return;
     uint64_t xcr0 = read_xcr0();
-    bool ymm_os = (xcr0 & 0x6) == 0x6;     /* XMM and YMM state */
-    bool zmm_os = (xcr0 & 0xe6) == 0xe6;   /* plus opmask, ZMM_Hi256, Hi16_ZMM */
+    bool ymm_os = (xcr0 & 0x6) == 0x6;   /* XMM and YMM state */
+    bool zmm_os = (xcr0 & 0xe6) == 0xe6; /* plus opmask, ZMM_Hi256, Hi16_ZMM */
     if (!__get_cpuid_count(7, 0, &a, &b7, &c7, &d7)) return;
     bool has_avx2 = b7 & (1u << 5);
     bool f = b7 & (1u << 16), dq = b7 & (1u << 17), bw = b7 & (1u << 30), vl = b7 & (1u << 31);
@@ -65,10 +65,9 @@ static void detect_cpu(bool *avx2, bool *avx512, bool *vnni) { *avx2 = *avx512 =
 /* tables[isa] = the completed table of the variant below (base), overlaid with raw's non-NULL
  * entries: AVX-512 falls back to AVX2 where it has no kernel of its own, AVX2 to scalar. A 4-token
  * kernel is inherited only together with the 1-token kernel it matches bit for bit: a variant with
- * its own vec_dot but no vec_dot4 gets none (pi_matmul then loops vec_dot); likewise vec_dot8 and
- * vec_dot2. */
-static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw,
-                           const struct pi_kernel_table *sc)
+ * its own vec_dot but no vec_dot4 gets none (pi_matmul then loops vec_dot); likewise vec_dot8,
+ * vec_dot2 and vec_dot4r. */
+static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw, const struct pi_kernel_table *sc)
 {
     tables[isa].name = isa_names[isa];
     for (int t = 0; t < PI_TYPE_COUNT; t++) {
@@ -79,7 +78,8 @@ static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table 
         tables[isa].vec_dot4[t] = raw->vec_dot4[t] ? raw->vec_dot4[t] : raw->vec_dot[t] ? NULL : sc->vec_dot4[t];
         tables[isa].vec_dot8[t] = raw->vec_dot8[t] ? raw->vec_dot8[t] : raw->vec_dot[t] ? NULL : sc->vec_dot8[t];
         tables[isa].vec_dot2[t] = raw->vec_dot2[t] ? raw->vec_dot2[t] : raw->vec_dot[t] ? NULL : sc->vec_dot2[t];
-        tables[isa].vec_mad[t] = raw->vec_mad[t] ? raw->vec_mad[t] : sc->vec_mad[t]; /* exact everywhere */
+        tables[isa].vec_dot4r[t] = raw->vec_dot4r[t] ? raw->vec_dot4r[t] : raw->vec_dot[t] ? NULL : sc->vec_dot4r[t];
+        tables[isa].vec_mad[t] = raw->vec_mad[t] ? raw->vec_mad[t] : sc->vec_mad[t];     /* exact everywhere */
         tables[isa].quantize[t] = raw->quantize[t] ? raw->quantize[t] : sc->quantize[t]; /* same bytes */
     }
 }

@@ -23,8 +23,8 @@
 
 enum pi_kernel_isa {
     PI_KERNEL_SCALAR = 0,
-    PI_KERNEL_AVX2 = 1,   /* AVX2 + FMA + F16C */
-    PI_KERNEL_AVX512 = 2, /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
+    PI_KERNEL_AVX2 = 1,       /* AVX2 + FMA + F16C */
+    PI_KERNEL_AVX512 = 2,     /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
     PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
     PI_KERNEL_ISA_COUNT = 4,
 };
@@ -44,6 +44,13 @@ typedef void (*pi_vec_dot8_fn)(const void *wrow, size_t wstride, const void *xq,
  * rows (on one Sapphire Rapids core, Q4_0 rows of 5120 held in L2: 20.0 GB/s one row at a time, 25.5
  * through this; Q8_0 35 and 41). */
 typedef void (*pi_vec_dot2_fn)(const void *w0, const void *w1, const void *xq, float out[2], int64_t n);
+/* Four weight rows of one matrix (w[0..3]: any rows, in any order, repeats allowed) against one token:
+ * out[r] = the same variant's vec_dot(w[r], xq, n) bit for bit; AVX-512 loads and prepares the
+ * activations once for the four rows, AVX2 runs its 1-row kernel four times. pf: 0, or a byte offset whose targets w[r] + pf + (each step's
+ * read offset) the kernel prefetches as it goes (pi_matvec passes the next group of rows: a core
+ * keeps more lines in flight than the hardware prefetcher alone gives it); never dereferenced, no
+ * effect on the results. */
+typedef void (*pi_vec_dot4r_fn)(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n);
 /* y (n,) += a * dequant(row): the same floats as dequantising row and then y[i] += a * x[i] (a multiply
  * and an add, each rounded; no FMA). */
 typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
@@ -53,14 +60,15 @@ typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*pi_quantize_fn)(const float *src, void *dst, int64_t n);
 
 struct pi_kernel_table {
-    const char *name;                      /* "scalar", "avx2", "avx512", "avx512vnni" */
-    pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];  /* NULL where the type has no dot product */
-    pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT]; /* NULL: no 4-token kernel matching vec_dot (loop it) */
-    pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT]; /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
-    pi_vec_dot2_fn vec_dot2[PI_TYPE_COUNT]; /* 2 rows x 1 token; NULL: vec_dot per row */
-    pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];   /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
-    pi_dequant_fn dequant[PI_TYPE_COUNT];  /* NULL where the type has no dequantiser */
-    pi_quantize_fn quantize[PI_TYPE_COUNT]; /* SIMD quantisers (activations); NULL: the scalar one */
+    const char *name;                         /* "scalar", "avx2", "avx512", "avx512vnni" */
+    pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];     /* NULL where the type has no dot product */
+    pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT];   /* NULL: no 4-token kernel matching vec_dot (loop it) */
+    pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT];   /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
+    pi_vec_dot2_fn vec_dot2[PI_TYPE_COUNT];   /* 2 rows x 1 token; NULL: vec_dot per row */
+    pi_vec_dot4r_fn vec_dot4r[PI_TYPE_COUNT]; /* 4 rows x 1 token; NULL: vec_dot2 per pair */
+    pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];     /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
+    pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
+    pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */

@@ -10,8 +10,10 @@
  * instead of once per token, and with a 2-row kernel (vec_dot8) a group of four tokens' activations
  * is loaded once per two rows; both return the same floats as vec_dot, so pi_matmul's Y is bit for bit
  * the same as n calls of pi_matvec, whatever the token count, tiling or thread count. pi_matvec takes
- * rows two at a time through vec_dot2 where there is one (Q4_0, Q8_0 on AVX-512): one token's
- * activations prepared once per two rows, again the floats of vec_dot.
+ * rows four at a time through vec_dot4r where there is one (Q4_0, Q8_0 on AVX2 and AVX-512), the rest
+ * two at a time through vec_dot2 (AVX-512): one token's activations prepared once per four (two) rows
+ * on AVX-512, again the floats of vec_dot. vec_dot4r also prefetches the next four rows as it reads these: without that one core
+ * read Q4_0 weights at about half the streaming read's rate (doc/kernels.md).
  */
 #include "config.h"
 
@@ -27,9 +29,10 @@
 
 struct mm_ctx {
     pi_vec_dot_fn dot;
-    pi_vec_dot4_fn dot4; /* NULL: dot per token */
-    pi_vec_dot8_fn dot8; /* NULL: dot4 per row */
-    pi_vec_dot2_fn dot2; /* NULL: dot per row (pi_matvec) */
+    pi_vec_dot4_fn dot4;   /* NULL: dot per token */
+    pi_vec_dot8_fn dot8;   /* NULL: dot4 per row */
+    pi_vec_dot2_fn dot2;   /* NULL: dot per row (pi_matvec) */
+    pi_vec_dot4r_fn dot4r; /* NULL: dot2 per pair of rows (pi_matvec) */
     const uint8_t *W;
     size_t w_row_bytes, x_row_bytes;
     int64_t rows, cols, n, tile;
@@ -61,6 +64,12 @@ static void mv_rows(void *vctx, int64_t begin, int64_t end, int thread)
     const struct mm_ctx *c = vctx;
     (void)thread;
     int64_t r = begin;
+    for (; c->dot4r && r + 4 <= end; r += 4) {
+        const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
+        const void *w4[4] = {w, w + c->w_row_bytes, w + 2 * c->w_row_bytes, w + 3 * c->w_row_bytes};
+        /* prefetch the next group of four while it is this thread's */
+        c->dot4r(w4, r + 8 <= end ? 4 * (ptrdiff_t)c->w_row_bytes : 0, c->xq, c->Y + r, c->cols);
+    }
     for (; c->dot2 && r + 2 <= end; r += 2) {
         const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
         c->dot2(w, w + c->w_row_bytes, c->xq, c->Y + r, c->cols);
@@ -68,14 +77,20 @@ static void mv_rows(void *vctx, int64_t begin, int64_t end, int thread)
     for (; r < end; r++) c->Y[r] = c->dot(c->W + (size_t)r * c->w_row_bytes, c->xq, c->cols);
 }
 
-void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
-               const float *x, float *y)
+void pi_matvec(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols, const float *x, float *y)
 {
     PI_ASSERT(pi_kernel_supported(t) && rows >= 0);
     struct mm_ctx c = {
-        .dot = pi_kernels_active()->vec_dot[t], .dot2 = pi_kernels_active()->vec_dot2[t], .W = W,
+        .dot = pi_kernels_active()->vec_dot[t],
+        .dot2 = pi_kernels_active()->vec_dot2[t],
+        .dot4r = pi_kernels_active()->vec_dot4r[t],
+        .W = W,
         .w_row_bytes = row_bytes(t, cols),
-        .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows, .cols = cols, .n = 1, .Y = y,
+        .x_row_bytes = pi_act_row_bytes(t, cols),
+        .rows = rows,
+        .cols = cols,
+        .n = 1,
+        .Y = y,
     };
     void *xq = NULL;
     if (pi_vec_dot_type(t) == PI_TYPE_F32) {
@@ -127,16 +142,22 @@ static void mm_rows(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols,
-               const float *X, int64_t n, float *Y)
+void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int64_t cols, const float *X, int64_t n,
+               float *Y)
 {
     PI_ASSERT(pi_kernel_supported(t) && rows >= 0 && n >= 0);
     if (n == 0 || rows == 0) return;
     struct mm_ctx c = {
-        .dot = pi_kernels_active()->vec_dot[t], .dot4 = pi_kernels_active()->vec_dot4[t],
-        .dot8 = pi_kernels_active()->vec_dot8[t], .W = W,
-        .w_row_bytes = row_bytes(t, cols), .x_row_bytes = pi_act_row_bytes(t, cols), .rows = rows,
-        .cols = cols, .n = n, .Y = Y,
+        .dot = pi_kernels_active()->vec_dot[t],
+        .dot4 = pi_kernels_active()->vec_dot4[t],
+        .dot8 = pi_kernels_active()->vec_dot8[t],
+        .W = W,
+        .w_row_bytes = row_bytes(t, cols),
+        .x_row_bytes = pi_act_row_bytes(t, cols),
+        .rows = rows,
+        .cols = cols,
+        .n = n,
+        .Y = Y,
     };
     void *xq = NULL;
     if (pi_vec_dot_type(t) == PI_TYPE_F32) {

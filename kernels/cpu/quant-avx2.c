@@ -115,8 +115,9 @@ static inline __m256i q8_0_block(const struct pi_block_q8_0 *a, __m256i ax, cons
 }
 
 /* Four blocks per iteration so that their eight fp16 scales convert together. nt (1..4) tokens share
- * the weights' |x| and fp16 scales; each keeps its own two accumulators in dot_q8_0's order. */
-PI_X86_INLINE void q8_0_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
+ * the weights' |x| and fp16 scales; each keeps its own two accumulators in dot_q8_0's order. pf != 0:
+ * prefetch the bytes at w + pf matching each step's reads (pi_matvec's next rows); same results. */
+PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q8_0 *a = w;
     __m256 acc0[4], acc1[4];
@@ -124,6 +125,7 @@ PI_X86_INLINE void q8_0_n(const void *w, const void *xq, size_t xs, float *out, 
     for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
+        if (pf) pi_x86_pf_lines((const uint8_t *)&a[i] + pf, 4 * sizeof(*a));
         __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
         __m256i ax[4];
         for (int k = 0; k < 4; k++) ax[k] = q8_0_abs(&a[i + k]);
@@ -151,11 +153,11 @@ PI_X86_INLINE void q8_0_n(const void *w, const void *xq, size_t xs, float *out, 
 static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
     float s;
-    q8_0_n(w, xq, 0, &s, n, 1);
+    q8_0_n(w, 0, xq, 0, &s, n, 1);
     return s;
 }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, xq, xs, out, n, 4); }
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, 0, xq, xs, out, n, 4); }
 
 /* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
  * nibbles (once for all tokens), and each token's activations are loaded to match
@@ -184,7 +186,8 @@ static inline __m256i q4_0_pair(struct q4_0_nib q, const struct pi_block_q8_0 *b
     return _mm256_madd_epi16(_mm256_sub_epi16(p, o), _mm256_set1_epi16(1));
 }
 
-PI_X86_INLINE void q4_0_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
+/* As q8_0_n (pf too), two blocks per register (q4_0_pair). */
+PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q4_0 *a = w;
     const __m256i lo2 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0), hi2 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
@@ -193,6 +196,7 @@ PI_X86_INLINE void q4_0_n(const void *w, const void *xq, size_t xs, float *out, 
     for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
+        if (pf) pi_x86_pf_lines((const uint8_t *)&a[i] + pf, 4 * sizeof(*a));
         __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
         struct q4_0_nib q0 = q4_0_unpack(&a[i]), q1 = q4_0_unpack(&a[i + 2]);
         #pragma GCC unroll 4
@@ -221,11 +225,24 @@ PI_X86_INLINE void q4_0_n(const void *w, const void *xq, size_t xs, float *out, 
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
     float s;
-    q4_0_n(w, xq, 0, &s, n, 1);
+    q4_0_n(w, 0, xq, 0, &s, n, 1);
     return s;
 }
 
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, xq, xs, out, n, 4); }
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, 0, xq, xs, out, n, 4); }
+
+/* Four rows one after the other through the 1-row kernels (no activation sharing: AVX2 has 16
+ * registers), each prefetching its share of the next rows: vec_dot's floats, with the overlap of
+ * compute and memory that pi_matvec's prefetch buys. */
+static void dot4r_q8_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    for (int r = 0; r < 4; r++) q8_0_n(w[r], pf, xq, 0, &out[r], n, 1);
+}
+
+static void dot4r_q4_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    for (int r = 0; r < 4; r++) q4_0_n(w[r], pf, xq, 0, &out[r], n, 1);
+}
 
 static float dot_q5_0(const void *w, const void *xq, int64_t n)
 {
@@ -726,6 +743,9 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
     },
     .vec_dot4 = {
         [PI_TYPE_Q4_0] = dot4_q4_0, [PI_TYPE_Q8_0] = dot4_q8_0,
+    },
+    .vec_dot4r = {
+        [PI_TYPE_Q4_0] = dot4r_q4_0, [PI_TYPE_Q8_0] = dot4r_q8_0,
     },
     .vec_mad = {
         [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,

@@ -75,13 +75,13 @@ PI_X86_INLINE void f16_n(const void *w, const void *xq, size_t xs, float *out, i
 {
     const uint8_t *a = w;
     __m512 s0[4], s1[4], s2[4], s3[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) s0[t] = s1[t] = s2[t] = s3[t] = _mm512_setzero_ps();
     int64_t i = 0;
     for (; i + 64 <= n; i += 64) {
         __m512 w0 = load_f16x16(a + 2 * i), w1 = load_f16x16(a + 2 * i + 32);
         __m512 w2 = load_f16x16(a + 2 * i + 64), w3 = load_f16x16(a + 2 * i + 96);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const float *b = (const float *)((const uint8_t *)xq + (size_t)t * xs);
             s0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(b + i), s0[t]);
@@ -92,11 +92,12 @@ PI_X86_INLINE void f16_n(const void *w, const void *xq, size_t xs, float *out, i
     }
     for (; i + 16 <= n; i += 16) {
         __m512 w0 = load_f16x16(a + 2 * i);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int t = 0; t < nt; t++)
-            s0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps((const float *)((const uint8_t *)xq + (size_t)t * xs) + i), s0[t]);
+            s0[t] =
+                _mm512_fmadd_ps(w0, _mm512_loadu_ps((const float *)((const uint8_t *)xq + (size_t)t * xs) + i), s0[t]);
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) {
         const float *b = (const float *)((const uint8_t *)xq + (size_t)t * xs);
         float s = hsum512(_mm512_add_ps(_mm512_add_ps(s0[t], s1[t]), _mm512_add_ps(s2[t], s3[t])));
@@ -169,23 +170,27 @@ static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
 #endif
 }
 
-/* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..2)
- * rows at w + r * ws (ws may be negative: two rows of one matrix in any order) times nt (1..4) tokens -> out[r * 4 + t]: the weights are unpacked once per row,
- * the activations loaded once per token; each pair keeps dot_q8_0's two accumulators and order. */
-PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+/* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..4)
+ * rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens -> out[r * 4 + t]; nr * nt
+ * is at most 8. The weights are unpacked once per row, the activations loaded once per token; each
+ * pair keeps dot_q8_0's two accumulators and order. pf != 0: prefetch the bytes at wr[r] + pf that
+ * match each step's reads (the next group of rows in pi_matvec); no effect on the results. */
+PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out,
+                          int64_t n)
 {
-    __m512 acc0[2][4], acc1[2][4];
-#pragma GCC unroll 2
+    __m512 acc0[4][4], acc1[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) acc0[r][t] = acc1[r][t] = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 dw[2];
-        struct i8_pair x0[2], x1[2];
-#pragma GCC unroll 2
+        __m128 dw[4];
+        struct i8_pair x0[4], x1[4];
+#pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws) + i;
+            const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r] + i;
+            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
         }
@@ -194,21 +199,24 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
             const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
             __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
             __m512i y0 = load2x32(b[0].qs, b[1].qs), y1 = load2x32(b[2].qs, b[3].qs);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 __m128 sc = _mm_mul_ps(dw[r], dx);
-                acc0[r][t] = _mm512_fmadd_ps(pair_scales(sc, 0), _mm512_cvtepi32_ps(i8_pair_dot(x0[r], y0)), acc0[r][t]);
-                acc1[r][t] = _mm512_fmadd_ps(pair_scales(sc, 1), _mm512_cvtepi32_ps(i8_pair_dot(x1[r], y1)), acc1[r][t]);
+                acc0[r][t] =
+                    _mm512_fmadd_ps(pair_scales(sc, 0), _mm512_cvtepi32_ps(i8_pair_dot(x0[r], y0)), acc0[r][t]);
+                acc1[r][t] =
+                    _mm512_fmadd_ps(pair_scales(sc, 1), _mm512_cvtepi32_ps(i8_pair_dot(x1[r], y1)), acc1[r][t]);
             }
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)((const uint8_t *)w + r * ws);
+        const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r];
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(_mm512_add_ps(acc0[r][t], acc1[r][t]));
             for (int64_t j = i; j < nb; j++) {
                 const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, j);
-                __m256i p = pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a[j].qs), _mm256_loadu_si256((const __m256i *)b->qs));
+                __m256i p = pi_x86_dot_i8(_mm256_loadu_si256((const __m256i *)a[j].qs),
+                                          _mm256_loadu_si256((const __m256i *)b->qs));
                 sum += pi_x86_h2f(a[j].d) * pi_x86_h2f(b->d) * (float)pi_x86_hsum_epi32(p);
             }
             out[r * 4 + t] = sum;
@@ -218,23 +226,38 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
 
 static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
+    const uint8_t *wr[1] = {w};
     float s;
-    q8_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    q8_0_n(wr, 1, 0, xq, 0, 1, &s, n);
     return s;
 }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, 0, 1, xq, xs, 4, out, n); }
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    const uint8_t *wr[1] = {w};
+    q8_0_n(wr, 1, 0, xq, xs, 4, out, n);
+}
 
 static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q8_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
+    q8_0_n(wr, 2, 0, xq, xs, 4, out, n);
 }
 
 static void dot2_q8_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
+    const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q8_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    q8_0_n(wr, 2, 0, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
+}
+
+static void dot4r_q8_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
+    float o[16];
+    q8_0_n(wr, 4, pf, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
 /* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
@@ -280,24 +303,27 @@ static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
 #endif
 }
 
-/* nr (1..2) weight rows at w + r * ws times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t]
- * (out[t] when nr is 1). Each (row, token) pair keeps the 1-row kernel's accumulator and order. */
-PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, size_t xs, int nt, float *out, int64_t n)
+/* nr (1..4) weight rows wr[r] times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t] (out[t] when
+ * nr is 1); nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's accumulator and
+ * order. pf as for q8_0_n. */
+PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out,
+                          int64_t n)
 {
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[2][4];
-#pragma GCC unroll 2
+    __m512 acc[4][4];
+#pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        __m128 dw[2];
-        __m512i lo[2], hi[2];
-#pragma GCC unroll 2
+        __m128 dw[4];
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws) + i;
+            const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r] + i;
+            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
             lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -307,7 +333,7 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
             const struct pi_block_q8_0 *b = act_q8_0(xq, xs, t, i);
             __m128 dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
             struct q4_0_act y = q4_0_act_load(b);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
             for (int r = 0; r < nr; r++) {
                 __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(dw[r], dx)));
                 acc[r][t] = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(q4_0_quad(lo[r], hi[r], y)), acc[r][t]);
@@ -315,7 +341,7 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
         }
     }
     for (int r = 0; r < nr; r++) {
-        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)((const uint8_t *)w + r * ws);
+        const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r];
         for (int t = 0; t < nt; t++) {
             float sum = hsum512(acc[r][t]);
             for (int64_t j = i; j < nb; j++) {
@@ -331,23 +357,38 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t ws, int nr, const void *xq, s
 
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
+    const uint8_t *wr[1] = {w};
     float s;
-    q4_0_n(w, 0, 1, xq, 0, 1, &s, n);
+    q4_0_n(wr, 1, 0, xq, 0, 1, &s, n);
     return s;
 }
 
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, 0, 1, xq, xs, 4, out, n); }
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    const uint8_t *wr[1] = {w};
+    q4_0_n(wr, 1, 0, xq, xs, 4, out, n);
+}
 
 static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
-    q4_0_n(w, (ptrdiff_t)ws, 2, xq, xs, 4, out, n);
+    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
+    q4_0_n(wr, 2, 0, xq, xs, 4, out, n);
 }
 
 static void dot2_q4_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
+    const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q4_0_n(w0, (const uint8_t *)w1 - (const uint8_t *)w0, 2, xq, 0, 1, o, n);
+    q4_0_n(wr, 2, 0, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
+}
+
+static void dot4r_q4_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+{
+    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
+    float o[16];
+    q4_0_n(wr, 4, pf, xq, 0, 1, o, n);
+    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
 /* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
@@ -422,7 +463,8 @@ static float dot_q5_1(const void *w, const void *xq, int64_t n)
     for (; i + 2 <= nb; i += 2) {
         __m512i q = join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs));
         q = _mm512_mask_blend_epi8(q5_mask2(a[i].qh, a[i + 1].qh), q, _mm512_or_si512(q, _mm512_set1_epi8(0x10)));
-        acc_min2(q, &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m), &acc);
+        acc_min2(q, &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m),
+                 &acc);
     }
     float s = hsum512(acc);
     if (i < nb) {
@@ -453,7 +495,7 @@ PI_X86_INLINE void q4_K_n(const void *w, const void *xq, size_t xs, float *out, 
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m512 acc[4];
     __m128 accm[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps(), accm[t] = _mm_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
         __m128i k4 = pi_x86_k4_scales(a[i].scales);
@@ -467,7 +509,7 @@ PI_X86_INLINE void q4_K_n(const void *w, const void *xq, size_t xs, float *out, 
             /* scale 2j for the low 256 bits, 2j+1 for the high */
             scj[j] = _mm512_shuffle_epi8(sc, join256(pi_x86_bcast16_ctl(2 * j), pi_x86_bcast16_ctl(2 * j + 1)));
         }
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
             float dy = b->d;
@@ -481,7 +523,7 @@ PI_X86_INLINE void q4_K_n(const void *w, const void *xq, size_t xs, float *out, 
             acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(dy * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) {
         __m128 m = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
         m = _mm_add_ss(m, _mm_movehdup_ps(m));
@@ -496,7 +538,10 @@ static float dot_q4_K(const void *w, const void *xq, int64_t n)
     return s;
 }
 
-static void dot4_q4_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_K_n(w, xq, xs, out, n, 4); }
+static void dot4_q4_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q4_K_n(w, xq, xs, out, n, 4);
+}
 
 /* 32 x int16 scales, one per 128-bit lane: s[0], s[1], s[2], s[3]. */
 static inline __m512i lane4_scales(const int8_t *s)
@@ -514,21 +559,23 @@ PI_X86_INLINE void q6_K_n(const void *w, const void *xq, size_t xs, float *out, 
     const struct pi_block_q6_K *a = w;
     const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32);
     __m512 acc[4];
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
         __m512i qA[2], qB[2], sA[2], sB[2];
         for (int c = 0; c < 2; c++) {
             __m512i l = _mm512_loadu_si512((const void *)(a[i].ql + 64 * c));
             __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
-            __m512i hA = join256(qh, _mm256_srli_epi16(qh, 2)), hB = join256(_mm256_srli_epi16(qh, 4), _mm256_srli_epi16(qh, 6));
+            __m512i hA = join256(qh, _mm256_srli_epi16(qh, 2)),
+                    hB = join256(_mm256_srli_epi16(qh, 4), _mm256_srli_epi16(qh, 6));
             qA[c] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hA, m2), 4));
-            qB[c] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4), _mm512_slli_epi16(_mm512_and_si512(hB, m2), 4));
+            qB[c] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                    _mm512_slli_epi16(_mm512_and_si512(hB, m2), 4));
             sA[c] = lane4_scales(a[i].scales + 8 * c);
             sB[c] = lane4_scales(a[i].scales + 8 * c + 4);
         }
         float dw = pi_x86_h2f(a[i].d);
-        #pragma GCC unroll 4
+#pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
             __m512i sumi = _mm512_setzero_si512();
@@ -543,7 +590,7 @@ PI_X86_INLINE void q6_K_n(const void *w, const void *xq, size_t xs, float *out, 
             acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
         }
     }
-    #pragma GCC unroll 4
+#pragma GCC unroll 4
     for (int t = 0; t < nt; t++) out[t] = hsum512(acc[t]);
 }
 
@@ -554,7 +601,10 @@ static float dot_q6_K(const void *w, const void *xq, int64_t n)
     return s;
 }
 
-static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q6_K_n(w, xq, xs, out, n, 4); }
+static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q6_K_n(w, xq, xs, out, n, 4);
+}
 
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
@@ -563,23 +613,43 @@ const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
 const struct pi_kernel_table pi_kernels_avx512_raw = {
     .name = "avx512",
 #endif
-    .vec_dot = {
-        [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16,
-        [PI_TYPE_Q4_0] = dot_q4_0, [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0,
-        [PI_TYPE_Q5_1] = dot_q5_1, [PI_TYPE_Q8_0] = dot_q8_0,
-        [PI_TYPE_Q4_K] = dot_q4_K, [PI_TYPE_Q6_K] = dot_q6_K,
-    },
-    .vec_dot4 = {
-        [PI_TYPE_F16] = dot4_f16, [PI_TYPE_Q4_0] = dot4_q4_0, [PI_TYPE_Q8_0] = dot4_q8_0,
-        [PI_TYPE_Q4_K] = dot4_q4_K, [PI_TYPE_Q6_K] = dot4_q6_K,
-    },
-    .vec_dot8 = {
-        [PI_TYPE_Q4_0] = dot8_q4_0, [PI_TYPE_Q8_0] = dot8_q8_0,
-    },
-    .vec_dot2 = {
-        [PI_TYPE_Q4_0] = dot2_q4_0, [PI_TYPE_Q8_0] = dot2_q8_0,
-    },
-    .dequant = {
-        [PI_TYPE_F16] = dequant_f16,
-    },
+    .vec_dot =
+        {
+            [PI_TYPE_F32] = dot_f32,
+            [PI_TYPE_F16] = dot_f16,
+            [PI_TYPE_Q4_0] = dot_q4_0,
+            [PI_TYPE_Q4_1] = dot_q4_1,
+            [PI_TYPE_Q5_0] = dot_q5_0,
+            [PI_TYPE_Q5_1] = dot_q5_1,
+            [PI_TYPE_Q8_0] = dot_q8_0,
+            [PI_TYPE_Q4_K] = dot_q4_K,
+            [PI_TYPE_Q6_K] = dot_q6_K,
+        },
+    .vec_dot4 =
+        {
+            [PI_TYPE_F16] = dot4_f16,
+            [PI_TYPE_Q4_0] = dot4_q4_0,
+            [PI_TYPE_Q8_0] = dot4_q8_0,
+            [PI_TYPE_Q4_K] = dot4_q4_K,
+            [PI_TYPE_Q6_K] = dot4_q6_K,
+        },
+    .vec_dot8 =
+        {
+            [PI_TYPE_Q4_0] = dot8_q4_0,
+            [PI_TYPE_Q8_0] = dot8_q8_0,
+        },
+    .vec_dot2 =
+        {
+            [PI_TYPE_Q4_0] = dot2_q4_0,
+            [PI_TYPE_Q8_0] = dot2_q8_0,
+        },
+    .vec_dot4r =
+        {
+            [PI_TYPE_Q4_0] = dot4r_q4_0,
+            [PI_TYPE_Q8_0] = dot4r_q8_0,
+        },
+    .dequant =
+        {
+            [PI_TYPE_F16] = dequant_f16,
+        },
 };

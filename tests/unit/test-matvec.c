@@ -30,7 +30,7 @@ static float rndf(void)
 }
 
 static const enum pi_type types[] = {
-    PI_TYPE_F32, PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1,
+    PI_TYPE_F32,  PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1,
     PI_TYPE_Q8_0, PI_TYPE_Q2_K, PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K,
 };
 
@@ -93,7 +93,8 @@ static void test_dot4(void)
             for (size_t bc = 0; bc < PI_ARRAY_LEN(block_counts); bc++) {
                 uint32_t be = pi_type_get(t)->block_elems;
                 /* float weights: whole 64-wide steps, a 16-wide step and a scalar tail */
-                int64_t cols = be == 1 ? 16 * block_counts[bc] + (int64_t)(64 * (bc & 1) + bc) : (int64_t)be * block_counts[bc];
+                int64_t cols =
+                    be == 1 ? 16 * block_counts[bc] + (int64_t)(64 * (bc & 1) + bc) : (int64_t)be * block_counts[bc];
                 size_t rb, xb = pi_act_row_bytes(t, cols);
                 uint8_t *W = random_matrix(t, 2, cols, &rb), *xq = malloc(4 * xb);
                 float *x = malloc((size_t)cols * 4 * 4), *wd = malloc((size_t)cols * 4 * 2), out[4], out8[8];
@@ -127,25 +128,47 @@ static void test_dot4(void)
     }
 }
 
-/* Each available variant's vec_dot2 (two rows of one matrix, any order, one token) against its own
- * vec_dot (bit for bit) and the scalar reference: random bytes with finite block scales, so every
- * weight bit pattern occurs; block counts with and without a remainder after the 4-block steps. */
+/* Rows w[0..3] through vec_dot4r, each output against the variant's vec_dot (bit for bit) and the
+ * scalar reference (normalised by sum |w x|); wd: the dequantised rows (5, cols), row r at W + r * rb. */
+static void check_dot4r(const struct pi_kernel_table *tab, enum pi_type t, const uint8_t *W, size_t rb, const float *wd,
+                        const float *x, const uint8_t *xq, int64_t cols, const int quad[4], ptrdiff_t pf, int *same,
+                        double *worst)
+{
+    const void *w[4];
+    for (int i = 0; i < 4; i++) w[i] = W + (size_t)quad[i] * rb;
+    float out[4];
+    tab->vec_dot4r[t](w, pf, xq, out, cols);
+    for (int i = 0; i < 4; i++) {
+        float one = tab->vec_dot[t](w[i], xq, cols),
+              ref = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot[t](w[i], xq, cols);
+        *same &= memcmp(&one, &out[i], 4) == 0;
+        double mag = 1e-30;
+        for (int64_t j = 0; j < cols; j++) mag += fabs((double)wd[(size_t)quad[i] * cols + j] * x[j]);
+        *worst = fmax(*worst, fabs((double)out[i] - ref) / mag);
+    }
+}
+
+/* Each available variant's vec_dot2 (two rows of one matrix, any order, one token) and vec_dot4r (four
+ * rows, any order, repeats, with and without the prefetch offset) against its own vec_dot (bit for bit)
+ * and the scalar reference: random bytes with finite block scales, so every weight bit pattern occurs;
+ * block counts with and without a remainder after the 4-block steps. */
 static void test_dot2(void)
 {
     static const int64_t block_counts[] = {1, 2, 3, 4, 5, 7, 16, 161};
     static const int pairs[][2] = {{0, 1}, {1, 0}, {3, 1}, {2, 4}, {4, 4}};
+    static const int quads[][4] = {{0, 1, 2, 3}, {1, 2, 3, 4}, {4, 3, 2, 1}, {2, 0, 4, 0}, {3, 3, 3, 3}};
     const pi_vec_dot_fn *ref_dot = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot;
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
         if (!tab) {
-            tap_skip(1, "variant not available here");
+            tap_skip(2, "variant not available here");
             continue;
         }
-        int checked = 0, same = 1;
-        double worst = 0;
+        int checked = 0, same = 1, checked4 = 0, same4 = 1;
+        double worst = 0, worst4 = 0;
         for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
             enum pi_type t = types[k];
-            if (!tab->vec_dot2[t]) continue;
+            if (!tab->vec_dot2[t] && !tab->vec_dot4r[t]) continue;
             const struct pi_type_info *ti = pi_type_get(t);
             for (size_t bc = 0; bc < PI_ARRAY_LEN(block_counts); bc++) {
                 int64_t cols = (int64_t)ti->block_elems * block_counts[bc];
@@ -162,7 +185,14 @@ static void test_dot2(void)
                 for (int64_t j = 0; j < cols; j++) x[j] = rndf();
                 pi_quantize_act(t, x, xq, cols);
                 for (int r = 0; r < 5; r++) pi_dequant_row(t, W + (size_t)r * rb, wd + (size_t)r * cols, cols);
-                for (size_t p = 0; p < PI_ARRAY_LEN(pairs); p++) {
+                for (size_t q = 0; tab->vec_dot4r[t] && q < PI_ARRAY_LEN(quads); q++) {
+                    /* pf: none, and the next row (in the matrix for the first quad: prefetches never
+                     * fault, but the test should not rely on that) */
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], 0, &same4, &worst4);
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], q == 0 ? (ptrdiff_t)rb : 0, &same4, &worst4);
+                    checked4 += 2;
+                }
+                for (size_t p = 0; tab->vec_dot2[t] && p < PI_ARRAY_LEN(pairs); p++) {
                     float out[2];
                     tab->vec_dot2[t](W + (size_t)pairs[p][0] * rb, W + (size_t)pairs[p][1] * rb, xq, out, cols);
                     for (int i = 0; i < 2; i++) {
@@ -170,7 +200,8 @@ static void test_dot2(void)
                         float one = tab->vec_dot[t](row, xq, cols), ref = ref_dot[t](row, xq, cols);
                         same &= memcmp(&one, &out[i], 4) == 0;
                         double mag = 1e-30;
-                        for (int64_t j = 0; j < cols; j++) mag += fabs((double)wd[(size_t)pairs[p][i] * cols + j] * x[j]);
+                        for (int64_t j = 0; j < cols; j++)
+                            mag += fabs((double)wd[(size_t)pairs[p][i] * cols + j] * x[j]);
                         worst = fmax(worst, fabs((double)out[i] - ref) / mag);
                     }
                     checked++;
@@ -180,8 +211,14 @@ static void test_dot2(void)
         }
         if (checked == 0) tap_skip(1, "no vec_dot2 in this variant");
         else
-            tap_ok(same && worst < 1e-5, "%s: vec_dot2 (%d row pairs, in both orders) == vec_dot bit for bit, vs scalar %.3g",
-                   tab->name, checked, worst);
+            tap_ok(same && worst < 1e-5,
+                   "%s: vec_dot2 (%d row pairs, in both orders) == vec_dot bit for bit, vs scalar %.3g", tab->name,
+                   checked, worst);
+        if (checked4 == 0) tap_skip(1, "no vec_dot4r in this variant");
+        else
+            tap_ok(same4 && worst4 < 1e-5,
+                   "%s: vec_dot4r (%d row quadruples, any order, repeats) == vec_dot bit for bit, vs scalar %.3g",
+                   tab->name, checked4, worst4);
     }
 }
 
@@ -272,7 +309,8 @@ int main(void)
             for (int64_t i = 0; i < NT * cols; i++) X[i] = rndf();
             for (int64_t i = 0; i < NT; i++) pi_quantize_act(t, X + i * cols, xq + (size_t)i * xb, cols);
             for (int64_t i = 0; i < NT; i++)
-                for (int64_t r = 0; r < rows; r++) R[i * rows + r] = ref_dot[t](W + (size_t)r * rb, xq + (size_t)i * xb, cols);
+                for (int64_t r = 0; r < rows; r++)
+                    R[i * rows + r] = ref_dot[t](W + (size_t)r * rb, xq + (size_t)i * xb, cols);
             for (int64_t i = 0; i < NT; i++) pi_matvec(NULL, t, W, rows, cols, X + i * cols, M + i * rows);
             for (size_t ps = 0; ps < PI_ARRAY_LEN(pool_sizes); ps++) {
                 for (int64_t r = 0; r < rows; r++) Y[r] = NAN;
@@ -289,8 +327,8 @@ int main(void)
             free(W);
         }
         /* same quantised inputs; only the summation order of the variant differs */
-        tap_ok(worst_mv < 1e-5, "%s matvec vs scalar loop (rows 1..129, pools NULL/1/2/3): %.3g",
-               pi_type_name(t), worst_mv);
+        tap_ok(worst_mv < 1e-5, "%s matvec vs scalar loop (rows 1..129, pools NULL/1/2/3): %.3g", pi_type_name(t),
+               worst_mv);
         tap_ok(worst_mm < 1e-5, "%s matmul vs scalar loop (tokens 1/3/4/5/17/64): %.3g", pi_type_name(t), worst_mm);
         tap_ok(mm_same, "%s matmul == matvec per token, bit for bit", pi_type_name(t));
     }
