@@ -42,6 +42,7 @@
 
 #define POLL_MS 100                  /* how often a waiting handler checks its client */
 #define KEEPALIVE_MS 10000           /* a stream silent this long gets an SSE comment */
+#define IDLE_S 30                    /* a connection idle this long (headers unfinished, nothing read) is closed */
 #define MAX_KEYS 64                  /* API keys in the key file, at most */
 #define MAX_KEY_LEN 256
 #define DRAIN_FACTOR 16              /* an oversized body is read (and dropped) up to this many limits */
@@ -198,9 +199,11 @@ static void count_status(struct pi_http *h, unsigned status)
     atomic_fetch_add(&h->by_status[c], 1);
 }
 
-/* Queue body (malloc'd, taken) with status and content type. */
-static enum MHD_Result answer(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body,
-                              const char *type)
+/* Queue body (malloc'd, taken) with status and content type; Retry-After: 1 with 429, and with retry
+ * (a 503 that will pass: the model loading or restarting). Not with a timeout or a cancel: an SDK would
+ * retry those and run the whole request again. */
+static enum MHD_Result answer_r(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body,
+                                const char *type, bool retry)
 {
     if (!body) {
         static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,"
@@ -215,12 +218,18 @@ static enum MHD_Result answer(struct pi_http *h, struct MHD_Connection *c, unsig
         return MHD_NO;
     }
     MHD_add_response_header(resp, "Content-Type", type);
-    if (status == 429 || status == 503) MHD_add_response_header(resp, "Retry-After", "1");
+    if (status == 429 || retry) MHD_add_response_header(resp, "Retry-After", "1");
     if (status == 401) MHD_add_response_header(resp, "WWW-Authenticate", "Bearer");
     count_status(h, status);
     enum MHD_Result ret = MHD_queue_response(c, status, resp);
     MHD_destroy_response(resp);
     return ret;
+}
+
+/* Queue body with status; Retry-After goes with 429 only (see answer_r). */
+static enum MHD_Result answer(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body, const char *type)
+{
+    return answer_r(h, c, status, body, type, false);
 }
 
 static enum MHD_Result answer_json(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body)
@@ -354,11 +363,11 @@ static void end_error(const struct hreq *r, struct pi_oai_error *e)
 {
     const struct pi_sched_end *x = &r->end;
     if (x->finish == PI_SCHED_ERROR && x->status == -PI_ERR_RANGE)
-        pi_oai_error_set(e, 400, "messages", "context_length_exceeded", "%s", x->reason);
+        pi_oai_error_set(e, 400, r->route == R_CHAT ? "messages" : "prompt", "context_length_exceeded", "%s", x->reason);
     else if (x->finish == PI_SCHED_ERROR)
         pi_oai_error_set(e, x->status == -PI_ERR_PEER ? 503 : 500, NULL, NULL, "%s", x->reason);
     else if (x->finish == PI_SCHED_TIMEOUT)
-        pi_oai_error_set(e, 503, NULL, "timeout", "%s", x->reason);
+        pi_oai_error_set(e, 504, NULL, "timeout", "%s ([server] timeout)", x->reason);
     else pi_oai_error_set(e, 503, NULL, "cancelled", "%s", x->reason);
 }
 
@@ -558,8 +567,14 @@ static enum MHD_Result generate(struct pi_http *h, struct MHD_Connection *c, str
         return fail(h, c, 400, NULL, "unsupported_value", "%s", h->o.chat_error ? h->o.chat_error : "no chat template");
     struct pi_sched_stats st;
     pi_sched_stats(h->sched, &st);
-    if (!st.ready)
-        return fail(h, c, 503, NULL, NULL, "the model is not ready: %s", st.last_error[0] ? st.last_error : "loading");
+    /* loading (no engine yet) or a restart that failed: refused; a restart under way: the request
+     * waits for it in the queue */
+    if (pi_sched_n_ctx(h->sched) == 0 || st.failed) {
+        struct pi_oai_error le;
+        pi_oai_error_set(&le, 503, NULL, NULL, "the model is not ready: %s",
+                         st.last_error[0] ? st.last_error : "it is loading");
+        return answer_r(h, c, 503, pi_oai_error_json(&le), "application/json", true);
+    }
     int32_t *ids = NULL;
     size_t n = 0;
     int rc = prompt_tokens(h, r, &ids, &n, &e);
@@ -848,9 +863,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             char *end = NULL;
             errno = 0;
             unsigned long long v = strtoull(cl, &end, 10);
-            if (errno || end == cl || v / DRAIN_FACTOR > h->o.max_body)
-                return fail(h, c, 413, NULL, "request_too_large", "the body is larger than the limit of %zu bytes",
-                            h->o.max_body);
+            if (errno || end == cl || *end)
+                return fail(h, c, 400, NULL, "invalid_request", "Content-Length is not a number of bytes");
+            if (v / DRAIN_FACTOR > h->o.max_body || (v > 0 && strcmp(method, "GET") == 0))
+                return fail(h, c, 413, NULL, "request_too_large", "the body is larger than the limit of %zu bytes%s",
+                            h->o.max_body, strcmp(method, "GET") == 0 ? " (GET takes none)" : "");
         }
         r = calloc(1, sizeof *r);
         if (!r) return MHD_NO;
@@ -869,7 +886,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_size) { /* a piece of the body: kept up to the limit, then counted and dropped */
-        if (!r->too_big && r->len + *upload_size > h->o.max_body) r->too_big = true;
+        const bool takes_body = r->route == R_CHAT || r->route == R_COMPLETION || r->route == R_TOKENIZE ||
+                                r->route == R_DETOKENIZE;
+        if (!r->too_big && (!takes_body || r->len + *upload_size > h->o.max_body)) r->too_big = true;
         if (!r->too_big && !buf_add(&r->body, &r->len, &r->cap, upload, *upload_size)) r->too_big = true;
         r->dropped += r->too_big ? *upload_size : 0;
         *upload_size = 0;
@@ -1059,11 +1078,13 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
         http_free(h);
         return NULL;
     }
+    const int max_conn = o->max_connections > 0 ? o->max_connections : 256;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->max_connections > 0 ? o->max_connections : 256),
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn,
+                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PI_MAX(1, max_conn / 2),
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_S, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
                             MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
                             MHD_OPTION_END);
     freeaddrinfo(ai);

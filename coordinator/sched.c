@@ -32,7 +32,8 @@ const double pi_sched_tpot_bounds[PI_SCHED_TPOT_BUCKETS - 1] = {0.001, 0.0025, 0
                                                                  0.08,  0.16,   0.32,  0.64, 1.28};
 
 #define IDLE_WAIT_NS (INT64_C(250) * 1000 * 1000) /* longest sleep without a job: deadlines stay checked */
-#define RETRY_NS (INT64_C(1000) * 1000 * 1000)    /* between two resets of a failed engine */
+#define RETRY_NS (INT64_C(1000) * 1000 * 1000)    /* between two resets of a failed engine, at first */
+#define RETRY_MAX_NS (INT64_C(60) * RETRY_NS)       /* ... doubling up to this */
 
 struct job {
     uint64_t id;
@@ -104,6 +105,7 @@ struct pi_sched {
     int rr;                      /* round-robin start among prompt-reading slots */
     int gen_rr;                  /* and among generating slots, when they outnumber the batch */
     int64_t retry_at;            /* ns: a failed engine is reset again from then */
+    int64_t retry_ns;            /* the wait before that, doubling while resets fail */
 };
 
 const char *pi_sched_finish_name(enum pi_sched_finish f)
@@ -481,15 +483,43 @@ static int slot_start(pi_sched_t *s, int i, struct job *j)
 
 /* Move queued jobs into free slots (the longest cached prefix first, else the least recently used);
  * end the cancelled and timed-out ones. Run thread, mutex not held. */
+/* Take the queued jobs that were cancelled (pi_sched_cancel, or their stopped()) or whose deadline
+ * passed off the queue, wherever they wait, and end them: a client that went away frees its place in
+ * the queue at once, not when its job reaches the head. */
+static void queue_sweep(pi_sched_t *s)
+{
+    const int64_t t = now_ns();
+    struct job *gone = NULL, **tail = &gone;
+    pthread_mutex_lock(&s->mu);
+    struct job *prev = NULL;
+    for (struct job *j = s->head, *next; j; j = next) {
+        next = j->next;
+        if (!j->cancel && j->sink.stopped && j->sink.stopped(j->ctx)) j->cancel = true;
+        if (!j->cancel && !(j->deadline && t >= j->deadline)) {
+            prev = j;
+            continue;
+        }
+        if (prev) prev->next = next;
+        else s->head = next;
+        if (s->tail == j) s->tail = prev;
+        j->next = NULL;
+        *tail = j;
+        tail = &j->next;
+        s->n_waiting--;
+    }
+    s->st.waiting = s->n_waiting;
+    pthread_mutex_unlock(&s->mu);
+    for (struct job *j = gone, *next; j; j = next) {
+        next = j->next;
+        if (j->cancel) finish(s, NULL, j, PI_SCHED_CANCELLED, 0, "cancelled before it started");
+        else finish(s, NULL, j, PI_SCHED_TIMEOUT, 0, "the request's time limit passed while it waited");
+    }
+}
+
 static void admit(pi_sched_t *s)
 {
+    queue_sweep(s);
     for (;;) {
-        /* the head's stopped() first, without the mutex: only this thread takes jobs off the queue, so
-         * the head stays the head meanwhile */
-        pthread_mutex_lock(&s->mu);
-        struct job *h = s->head;
-        pthread_mutex_unlock(&s->mu);
-        const bool stopped = h && h->sink.stopped && h->sink.stopped(h->ctx);
         pthread_mutex_lock(&s->mu);
         struct job *j = s->head;
         int best = -1, best_lcp = -1;
@@ -500,7 +530,7 @@ static void admit(pi_sched_t *s)
             if (l > best_lcp || (l == best_lcp && sl->last_used < s->slots[best].last_used)) best = i, best_lcp = l;
         }
         enum { GO, CANCEL, LATE, LONG } what = GO;
-        if (j && (j->cancel || stopped)) what = CANCEL;
+        if (j && j->cancel) what = CANCEL; /* since queue_sweep */
         else if (j && j->deadline && now_ns() >= j->deadline) what = LATE;
         else if (j && j->n_tokens > s->e->n_ctx) what = LONG;
         if (!j || (best < 0 && what == GO)) {
@@ -556,6 +586,10 @@ static void slot_sample(pi_sched_t *s, int i, const float *row)
 {
     struct slot *sl = &s->slots[i];
     struct job *j = sl->job;
+    if (j->limit == 0) { /* the prompt only */
+        finish(s, sl, j, PI_SCHED_LENGTH, 0, NULL);
+        return;
+    }
     int32_t top_ids[PI_SCHED_MAX_TOP];
     float top_lp[PI_SCHED_MAX_TOP];
     struct pi_sched_piece p = {.text = "", .len = 0};
@@ -654,9 +688,12 @@ static bool engine_ready(pi_sched_t *s, bool force)
     const int64_t t = now_ns();
     if (!force && t < s->retry_at) return false;
     int rc = s->e->ops->reset(s->e);
-    s->retry_at = t + RETRY_NS;
+    /* idle retries back off, 1 s doubling to a minute; a waiting request always gets its try (force) */
+    s->retry_ns = rc == 0 ? RETRY_NS : PI_MIN(s->retry_ns ? s->retry_ns * 2 : RETRY_NS, RETRY_MAX_NS);
+    s->retry_at = now_ns() + s->retry_ns;
     pthread_mutex_lock(&s->mu);
     s->st.ready = rc == 0;
+    s->st.failed = rc != 0;
     if (rc != 0)
         snprintf(s->st.last_error, sizeof s->st.last_error, "the pipeline's workers could not be started: %s",
                  pi_err_str(rc));
@@ -720,8 +757,13 @@ static bool step(pi_sched_t *s)
     }
     /* decode tokens first; with more generating slots than the batch holds, in turn from where the last
      * step stopped (rows stay in batch order: the batch is built in slot order within the turn) */
+    /* while prompts wait, a quarter of the batch is theirs, so that new requests start even when more
+     * slots are generating than a batch holds */
+    int gen_cap = cap;
+    for (int i = 0; i < s->o.n_slots; i++)
+        if (s->slots[i].state == SLOT_PROMPT) gen_cap = cap - PI_MAX(1, cap / 4);
     const int gr = s->gen_rr;
-    for (int k = 0; k < s->o.n_slots && n < cap; k++) {
+    for (int k = 0; k < s->o.n_slots && n < gen_cap; k++) {
         const int i = (gr + k) % s->o.n_slots;
         struct slot *sl = &s->slots[i];
         if (sl->state != SLOT_GEN) continue;
@@ -794,6 +836,11 @@ int pi_sched_run(pi_sched_t *s)
     s->logits = malloc(cap * (size_t)s->n_vocab * sizeof *s->logits);
     if (!s->b_tok || !s->b_seq || !s->b_pos || !s->b_rows || !s->logits) {
         pi_error("scheduler: out of memory for a batch of %zu tokens", cap);
+        pthread_mutex_lock(&s->mu);
+        s->st.ready = false;
+        s->st.failed = true;
+        snprintf(s->st.last_error, sizeof s->st.last_error, "out of memory for the batches");
+        pthread_mutex_unlock(&s->mu);
         pi_sched_stop(s, "the server ran out of memory");
     }
     for (;;) {

@@ -21,7 +21,8 @@
  * DESIGN (threads): pi_sched_submit, pi_sched_cancel, pi_sched_stop and pi_sched_stats may be called
  * from any thread; they take the scheduler's mutex briefly and never wait for a step. Everything else
  * (the engine, slots, samplers) belongs to the thread in pi_sched_run, and a job's sink is called only
- * from that thread, never with the mutex held; a sink must not block for long (it holds every slot's
+ * from that thread, never with the mutex held (but stopped(), which only reads flags); a sink must not
+ * block for long (it holds every slot's
  * next step) and must not call pi_sched_submit re-entrantly with a full queue in mind (it may call
  * pi_sched_cancel). After a job's end callback the scheduler never touches its ctx again.
  */
@@ -42,7 +43,7 @@ typedef struct pi_sched pi_sched_t;
 
 struct pi_sched_opts {
     int n_slots;        /* sequences run at once, 1..engine n_seq */
-    int queue_max;      /* requests waiting for a slot, at most (>= 0); more are refused with -PI_ERR_BUSY */
+    int queue_max;      /* requests waiting for a slot, at most (>= 0); more are refused (-PI_ERR_RANGE) */
     int64_t max_tokens; /* tokens one request may generate, at most (0: up to the context) */
     int64_t timeout_ms; /* a request ends (PI_SCHED_TIMEOUT) this long after submission (0: never) */
 };
@@ -91,7 +92,9 @@ struct pi_sched_sink {
     void (*piece)(void *ctx, const struct pi_sched_piece *p);
     /* The job is over: always called exactly once per accepted job, last. */
     void (*end)(void *ctx, const struct pi_sched_end *e);
-    /* Optional: asked before each step the job takes part in; non-zero cancels it. */
+    /* Optional: asked while the job waits and before each step it takes part in; non-zero cancels it.
+     * Unlike the others it may be called with the scheduler's mutex held: it must only read flags
+     * (no scheduler call, no blocking). */
     int (*stopped)(void *ctx);
 };
 
@@ -163,6 +166,8 @@ struct pi_sched_stats {
     uint64_t tpot[PI_SCHED_TPOT_BUCKETS];      /* per request: decode time / (generated - 1) */
     double tpot_sum;
     bool ready;                                /* an engine is set and its last reset succeeded */
+    bool failed;                               /* the last restart failed (requests are then refused,
+                                                  not queued); false while one is under way */
     char last_error[160];                      /* the last engine failure, "" when none */
 };
 void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out);

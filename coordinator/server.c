@@ -1205,7 +1205,7 @@ static int http_start(struct server *s)
                               .api_key_file = c->http_api_key_file,
                               .max_body = (size_t)c->http_max_body,
                               .max_connections = (int)c->http_max_connections,
-                              .default_max_tokens = c->n_predict > 0 ? c->n_predict : -1,
+                              .default_max_tokens = -1, /* OpenAI's: to the end ([server] max_tokens caps it) */
                               .default_seed_random = c->seed < 0,
                               .metrics_extra = metrics_extra,
                               .metrics_ctx = s};

@@ -207,7 +207,7 @@ static int parse(int argc, char **argv, struct ctl_opts *o)
         return -1;
     }
     if (o->config_path && from_config(o) != 0) return -1;
-    if (optind >= argc) { fprintf(stderr, "pi-ctl: no command (status, workers, generate, shutdown; see --help)\n"); return -1; }
+    if (optind >= argc) { fprintf(stderr, "pi-ctl: no command (status, workers, ps, generate, shutdown; see --help)\n"); return -1; }
     o->cmd = argv[optind++]; /* GNU getopt moved the options (generate's too) before it */
     if (optind < argc) { fprintf(stderr, "pi-ctl: unexpected argument '%s'\n", argv[optind]); return -1; }
     return 1;

@@ -127,7 +127,9 @@ struct out {
     int n_top[NCTX];
     int top_sorted, top_has_tok;
     _Atomic int ended;
+    _Atomic int pieces;            /* on_piece calls, for the waits of another thread */
     struct pi_sched_end end;
+    _Atomic int stop_me;           /* stopped() answers this */
 };
 
 static void on_piece(void *ctx, const struct pi_sched_piece *p)
@@ -142,6 +144,19 @@ static void on_piece(void *ctx, const struct pi_sched_piece *p)
         if (p->top_lp[k] > p->top_lp[k - 1]) o->top_sorted = 0;
     if (p->n_top > 0 && p->top_ids[0] == p->token) o->top_has_tok++;
     if (o->len + p->len < sizeof o->text) memcpy(o->text + o->len, p->text, p->len), o->len += p->len;
+    atomic_fetch_add(&o->pieces, 1);
+}
+
+static int on_stopped(void *ctx)
+{
+    return atomic_load(&((struct out *)ctx)->stop_me);
+}
+
+/* Wait (at most 10 s) until o has had k pieces. */
+static int wait_pieces(struct out *o, int k)
+{
+    for (int i = 0; i < 20000 && atomic_load(&o->pieces) < k; i++) usleep(500);
+    return atomic_load(&o->pieces) >= k;
 }
 
 static void on_end(void *ctx, const struct pi_sched_end *e)
@@ -331,7 +346,7 @@ int main(void)
     jb = job_of(prompts[3], (size_t)plen[3], NCTX, &a);
     uint64_t id = 0;
     pi_sched_submit(s, &jb, &id);
-    while (!a.n) usleep(100);
+    wait_pieces(&a, 1);
     pi_sched_cancel(s, id);
     wait_end(&a);
     tap_ok(a.end.finish == PI_SCHED_CANCELLED && a.n < NCTX, "cancel: ended CANCELLED after %d tokens", a.n);
@@ -350,7 +365,7 @@ int main(void)
         int rc = pi_sched_submit(s, &jb, NULL);
         if (rc == -PI_ERR_RANGE) refused++;
         else if (rc == 0) accepted++;
-        if (j == 0) while (!q[0].n) usleep(100);
+        if (j == 0) wait_pieces(&q[0], 1);
     }
     tap_ok(accepted == 3 && refused == 2, "1 slot + queue 2: 3 accepted, 2 refused (got %d, %d)", accepted, refused);
     pi_sched_stop(s, "stopping now");
@@ -371,16 +386,18 @@ int main(void)
     tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == 7, "max_tokens 7 caps a request without n_predict (%d)", a.n);
     stop(&r);
     fake_init(&f);
+    atomic_store(&f.delay_us, 2000); /* 2 ms a step: a job of the whole context takes about half a second */
     s = start(&f, &r, 1, 8, 0, 50);
-    jb = job_of(prompts[6], (size_t)plen[6], -1, &a); /* until the context: long enough to pass 50 ms? */
+    jb = job_of(prompts[6], (size_t)plen[6], -1, &a);
     struct pi_sched_job jb2 = job_of(prompts[7], (size_t)plen[7], 3, &b);
     pi_sched_submit(s, &jb, NULL);
     usleep(120 * 1000);
     pi_sched_submit(s, &jb2, NULL);
     wait_end(&a);
     wait_end(&b);
-    tap_ok((a.end.finish == PI_SCHED_TIMEOUT || a.end.finish == PI_SCHED_LENGTH) && b.end.finish == PI_SCHED_LENGTH,
-           "deadline 50 ms: a long job ends by %s, the next one runs", pi_sched_finish_name(a.end.finish));
+    tap_ok(a.end.finish == PI_SCHED_TIMEOUT && a.n < 100 && b.end.finish == PI_SCHED_LENGTH,
+           "deadline 50 ms: a long job ends by %s after %d tokens; the next one runs (%s)",
+           pi_sched_finish_name(a.end.finish), a.n, pi_sched_finish_name(b.end.finish));
     stop(&r);
 
     /* an engine failure mid-run */
@@ -418,6 +435,43 @@ int main(void)
         same &= together[j].end.finish == PI_SCHED_LENGTH && together[j].n == alone[j].n &&
                 memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
     tap_ok(same && atomic_load(&f.resets) == 1, "a failed first step: the jobs start again after the reset and equal their runs alone");
+    stop(&r);
+
+    /* the queue: jobs cancelled behind the head leave it at once (1 slot held by a long job) */
+    fake_init(&f);
+    atomic_store(&f.delay_us, 1000);
+    s = start(&f, &r, 1, 2, 0, 0);
+    struct out qa, qb, qc, qd;
+    jb = job_of(prompts[0], (size_t)plen[0], NCTX, &qa);
+    pi_sched_submit(s, &jb, NULL);
+    wait_pieces(&qa, 1);
+    jb = job_of(prompts[1], (size_t)plen[1], 2, &qb);
+    pi_sched_submit(s, &jb, NULL);
+    uint64_t idc = 0;
+    jb = job_of(prompts[2], (size_t)plen[2], 2, &qc);
+    pi_sched_submit(s, &jb, &idc);
+    pi_sched_cancel(s, idc); /* behind qb */
+    for (int i = 0; i < 2000 && !atomic_load(&qc.ended); i++) usleep(500);
+    tap_ok(atomic_load(&qc.ended) && qc.end.finish == PI_SCHED_CANCELLED && !atomic_load(&qa.ended),
+           "a job cancelled behind the head ends while the head still waits");
+    jb = job_of(prompts[3], (size_t)plen[3], 2, &qd);
+    jb.sink.stopped = on_stopped;
+    tap_is_int(pi_sched_submit(s, &jb, NULL), 0, "its place in the queue is free again");
+    atomic_store(&qd.stop_me, 1); /* its client went away while it waits */
+    for (int i = 0; i < 2000 && !atomic_load(&qd.ended); i++) usleep(500);
+    tap_ok(atomic_load(&qd.ended) && qd.end.finish == PI_SCHED_CANCELLED && qd.n == 0,
+           "a waiting job whose stopped() says so ends without running");
+    stop(&r);
+
+    /* n_predict 0: the prompt is read, nothing generated */
+    fake_init(&f);
+    s = start(&f, &r, 1, 2, 0, 0);
+    long t0 = atomic_load(&f.tokens);
+    jb = job_of(prompts[4], (size_t)plen[4], 0, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == 0 && atomic_load(&f.tokens) - t0 == plen[4],
+           "n_predict 0: the prompt's %d tokens evaluated, none generated (%d)", plen[4], a.n);
     stop(&r);
 
     /* bad jobs */
