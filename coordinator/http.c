@@ -40,12 +40,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define POLL_MS 100                  /* how often a waiting handler checks its client */
-#define KEEPALIVE_MS 10000           /* a stream silent this long gets an SSE comment */
-#define IDLE_S 30                    /* a connection idle this long (headers unfinished, nothing read) is closed */
-#define MAX_KEYS 64                  /* API keys in the key file, at most */
+#define POLL_MS 100        /* how often a waiting handler checks its client */
+#define KEEPALIVE_MS 10000 /* a stream silent this long gets an SSE comment */
+#define IDLE_S 30          /* a connection idle this long (headers unfinished, nothing read) is closed */
+#define MAX_KEYS 64        /* API keys in the key file, at most */
 #define MAX_KEY_LEN 256
-#define DRAIN_FACTOR 16              /* an oversized body is read (and dropped) up to this many limits */
+#define DRAIN_FACTOR 16 /* an oversized body is read (and dropped) up to this many limits */
 
 struct pi_http {
     struct MHD_Daemon *d;
@@ -56,17 +56,17 @@ struct pi_http {
     char *keys[MAX_KEYS];
     size_t n_keys;
     int port;
-    char url[300];                   /* "http://HOST:PORT" as bound */
-    int64_t created;                 /* the model's "created" in /v1/models: the server's start */
-    _Atomic uint64_t by_status[6];   /* answers by status class: 2xx, 4xx (not 429), 429, 5xx, other, streams */
-    char bos[256], eos[256];         /* the vocabulary's BOS/EOS texts for chat templates ("" = none) */
+    char url[300];                 /* "http://HOST:PORT" as bound */
+    int64_t created;               /* the model's "created" in /v1/models: the server's start */
+    _Atomic uint64_t by_status[6]; /* answers by status class: 2xx, 4xx (not 429), 429, 5xx, other, streams */
+    char bos[256], eos[256];       /* the vocabulary's BOS/EOS texts for chat templates ("" = none) */
 };
 
 enum route { R_NONE = 0, R_CHAT, R_COMPLETION, R_MODELS, R_HEALTH, R_METRICS, R_TOKENIZE, R_DETOKENIZE };
 
 /* Text and token events of one job, between its sinks and its handler or reader. */
 struct lp_entry {
-    char *tok;                       /* the token's bytes */
+    char *tok; /* the token's bytes */
     size_t len;
     float lp;
     int n_top;
@@ -82,7 +82,7 @@ struct hreq {
     char *body;
     size_t len, cap;
     bool too_big;
-    uint64_t dropped;                /* body bytes read past the limit */
+    uint64_t dropped; /* body bytes read past the limit */
     /* a generation */
     struct pi_oai_request rq;
     bool parsed;
@@ -90,18 +90,18 @@ struct hreq {
     char id[64];
     int64_t created;
     int n_prompt;
-    int fd;                          /* the client's socket, for the disconnection check */
+    int fd; /* the client's socket, for the disconnection check */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     /* under mu: what the sinks produced and the reader or handler has not taken yet */
-    char *text;                      /* pending text (all of it for whole answers) */
+    char *text; /* pending text (all of it for whole answers) */
     size_t text_len, text_cap;
-    struct lp_entry *lps;            /* (n_lps) pending logprob entries */
+    struct lp_entry *lps; /* (n_lps) pending logprob entries */
     size_t n_lps, lps_cap;
     bool ended;
-    struct pi_sched_end end;         /* when ended (text fields not kept) */
+    struct pi_sched_end end; /* when ended (text fields not kept) */
     /* the reader's (streaming) */
-    char *out;                       /* formatted bytes not yet given to libmicrohttpd */
+    char *out; /* formatted bytes not yet given to libmicrohttpd */
     size_t out_len, out_off, out_cap;
     bool sent_role, done;
     int64_t last_out_ns;
@@ -193,9 +193,11 @@ static char *utf8_clean(const char *b, size_t n, size_t *out_len)
 
 static void count_status(struct pi_http *h, unsigned status)
 {
-    const int c = status == 429 ? 2 : status >= 200 && status < 300 ? 0 : status >= 400 && status < 500 ? 1
-                                                                      : status >= 500                  ? 3
-                                                                                                       : 4;
+    const int c = status == 429                   ? 2
+                  : status >= 200 && status < 300 ? 0
+                  : status >= 400 && status < 500 ? 1
+                  : status >= 500                 ? 3
+                                                  : 4;
     atomic_fetch_add(&h->by_status[c], 1);
 }
 
@@ -227,7 +229,8 @@ static enum MHD_Result answer_r(struct pi_http *h, struct MHD_Connection *c, uns
 }
 
 /* Queue body with status; Retry-After goes with 429 only (see answer_r). */
-static enum MHD_Result answer(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body, const char *type)
+static enum MHD_Result answer(struct pi_http *h, struct MHD_Connection *c, unsigned status, char *body,
+                              const char *type)
 {
     return answer_r(h, c, status, body, type, false);
 }
@@ -337,10 +340,7 @@ static void wait_slice(struct hreq *r)
 
 /* ---- building the answers ---- */
 
-static const char *finish_str(const struct pi_sched_end *e)
-{
-    return e->finish == PI_SCHED_STOP ? "stop" : "length";
-}
+static const char *finish_str(const struct pi_sched_end *e) { return e->finish == PI_SCHED_STOP ? "stop" : "length"; }
 
 /* Logprobs asked for but no token yet: "logprobs" is then an empty list, not null. */
 static const struct pi_oai_logprob no_lp;
@@ -353,7 +353,8 @@ static struct pi_oai_logprob *lp_view(struct hreq *r, size_t *n)
     struct pi_oai_logprob *v = calloc(r->n_lps, sizeof *v);
     if (!v) return NULL;
     for (size_t i = 0; i < r->n_lps; i++)
-        v[i] = (struct pi_oai_logprob){r->lps[i].tok, r->lps[i].len, r->lps[i].lp, r->lps[i].top, (size_t)r->lps[i].n_top};
+        v[i] =
+            (struct pi_oai_logprob){r->lps[i].tok, r->lps[i].len, r->lps[i].lp, r->lps[i].top, (size_t)r->lps[i].n_top};
     *n = r->n_lps;
     return v;
 }
@@ -363,7 +364,8 @@ static void end_error(const struct hreq *r, struct pi_oai_error *e)
 {
     const struct pi_sched_end *x = &r->end;
     if (x->finish == PI_SCHED_ERROR && x->status == -PI_ERR_RANGE)
-        pi_oai_error_set(e, 400, r->route == R_CHAT ? "messages" : "prompt", "context_length_exceeded", "%s", x->reason);
+        pi_oai_error_set(e, 400, r->route == R_CHAT ? "messages" : "prompt", "context_length_exceeded", "%s",
+                         x->reason);
     else if (x->finish == PI_SCHED_ERROR)
         pi_oai_error_set(e, x->status == -PI_ERR_PEER ? 503 : 500, NULL, NULL, "%s", x->reason);
     else if (x->finish == PI_SCHED_TIMEOUT)
@@ -418,7 +420,8 @@ static bool sse_format(struct hreq *r)
         char *text = utf8_clean(r->text ? r->text : "", r->text_len, &clen);
         const struct pi_oai_logprob *lpa = r->rq.top_logprobs >= 0 ? (lp ? lp : &no_lp) : NULL;
         if (!text) ok = false;
-        else if (chat) ok = sse_add(r, pi_oai_chat_chunk(r->id, r->created, model, NULL, text, clen, NULL, lpa, n_lp, NULL));
+        else if (chat)
+            ok = sse_add(r, pi_oai_chat_chunk(r->id, r->created, model, NULL, text, clen, NULL, lpa, n_lp, NULL));
         else ok = sse_add(r, pi_oai_completion_chunk(r->id, r->created, model, text, clen, NULL, lpa, n_lp, NULL));
         free(text);
         free(lp);
@@ -526,7 +529,8 @@ static int prompt_tokens(struct pi_http *h, struct hreq *r, int32_t **ids, size_
                              h->eos[0] ? h->eos : NULL, &err);
         if (!text) {
             if (err == -PI_ERR_NOMEM) return err;
-            pi_oai_error_set(e, 400, "messages", "invalid_value", "the conversation cannot be rendered in the model's chat format (%s): %s",
+            pi_oai_error_set(e, 400, "messages", "invalid_value",
+                             "the conversation cannot be rendered in the model's chat format (%s): %s",
                              pi_chat_name(h->o.chat), pi_err_str(err));
             return -PI_ERR_INVAL;
         }
@@ -587,14 +591,15 @@ static enum MHD_Result generate(struct pi_http *h, struct MHD_Connection *c, str
         return fail(h, c, 400, pparam, "invalid_value", "the prompt is empty");
     }
     int64_t max_tokens = r->rq.max_tokens >= 0 ? r->rq.max_tokens : h->o.default_max_tokens;
-    if (n_ctx > 0 && ((int64_t)n > n_ctx || (r->rq.max_tokens >= 0 && (int64_t)n + r->rq.max_tokens > (int64_t)n_ctx + 1))) {
+    if (n_ctx > 0 &&
+        ((int64_t)n > n_ctx || (r->rq.max_tokens >= 0 && (int64_t)n + r->rq.max_tokens > (int64_t)n_ctx + 1))) {
         free(ids);
         if (r->rq.max_tokens >= 0)
             return fail(h, c, 400, pparam, "context_length_exceeded",
                         "the context holds %d tokens, but the prompt has %zu and max_tokens asks for %" PRId64 " more",
                         n_ctx, n, r->rq.max_tokens);
-        return fail(h, c, 400, pparam, "context_length_exceeded", "the prompt has %zu tokens; the context holds %d",
-                    n, n_ctx);
+        return fail(h, c, 400, pparam, "context_length_exceeded", "the prompt has %zu tokens; the context holds %d", n,
+                    n_ctx);
     }
     r->n_prompt = (int)n;
     struct pi_sample_params sp = r->rq.sample;
@@ -621,16 +626,18 @@ static enum MHD_Result generate(struct pi_http *h, struct MHD_Connection *c, str
     if (rc != 0) {
         atomic_fetch_sub(&r->refs, 1);
         if (rc == -PI_ERR_RANGE)
-            return fail(h, c, 429, NULL, "rate_limit_exceeded", "the server is busy: %d requests are waiting; try again shortly",
-                        st.queue_max);
-        if (rc == -PI_ERR_INVAL) return fail(h, c, 400, NULL, "invalid_value", "the request's parameters are out of range");
+            return fail(h, c, 429, NULL, "rate_limit_exceeded",
+                        "the server is busy: %d requests are waiting; try again shortly", st.queue_max);
+        if (rc == -PI_ERR_INVAL)
+            return fail(h, c, 400, NULL, "invalid_value", "the request's parameters are out of range");
         if (rc == -PI_ERR_PEER) return fail(h, c, 503, NULL, NULL, "the server is shutting down");
         return fail(h, c, 500, NULL, NULL, "out of memory");
     }
     if (r->rq.stream) {
         atomic_fetch_add(&r->refs, 1); /* the reader's */
         r->last_out_ns = mono_ns();
-        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, r, stream_free);
+        struct MHD_Response *resp =
+            MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, r, stream_free);
         if (!resp) {
             stream_free(r);
             return MHD_NO;
@@ -684,8 +691,9 @@ static enum MHD_Result tokenize(struct pi_http *h, struct MHD_Connection *c, str
     free(content);
     if (rc != 0) {
         free(ids);
-        return rc == -PI_ERR_NOMEM ? fail(h, c, 500, NULL, NULL, "out of memory")
-                                   : fail(h, c, 400, "content", "invalid_value", "tokenizing failed: %s", pi_err_str(rc));
+        return rc == -PI_ERR_NOMEM
+                   ? fail(h, c, 500, NULL, NULL, "out of memory")
+                   : fail(h, c, 400, "content", "invalid_value", "tokenizing failed: %s", pi_err_str(rc));
     }
     char *body = pi_oai_tokens_json(ids, n);
     free(ids);
@@ -729,7 +737,8 @@ static enum MHD_Result detokenize(struct pi_http *h, struct MHD_Connection *c, s
     return answer_json(h, c, 200, body);
 }
 
-static void hist(FILE *f, const char *name, const char *help, const uint64_t *b, const double *bounds, int nb, double sum)
+static void hist(FILE *f, const char *name, const char *help, const uint64_t *b, const double *bounds, int nb,
+                 double sum)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t cum = 0;
@@ -749,44 +758,68 @@ static enum MHD_Result metrics(struct pi_http *h, struct MHD_Connection *c)
     if (!f) return fail(h, c, 500, NULL, NULL, "out of memory");
     struct pi_sched_stats st;
     pi_sched_stats(h->sched, &st);
-    fprintf(f, "# HELP pinfer_requests_total Generation requests ended, by outcome.\n# TYPE pinfer_requests_total counter\n");
+    fprintf(
+        f,
+        "# HELP pinfer_requests_total Generation requests ended, by outcome.\n# TYPE pinfer_requests_total counter\n");
     for (int i = 0; i < PI_SCHED_FINISH_COUNT; i++)
         fprintf(f, "pinfer_requests_total{outcome=\"%s\"} %" PRIu64 "\n", pi_sched_finish_name((enum pi_sched_finish)i),
                 st.requests[i]);
-    fprintf(f, "# HELP pinfer_requests_refused_total Requests refused because the queue was full (429).\n"
-               "# TYPE pinfer_requests_refused_total counter\npinfer_requests_refused_total %" PRIu64 "\n", st.refused);
-    fprintf(f, "# HELP pinfer_http_responses_total HTTP answers by status class.\n# TYPE pinfer_http_responses_total counter\n");
+    fprintf(f,
+            "# HELP pinfer_requests_refused_total Requests refused because the queue was full (429).\n"
+            "# TYPE pinfer_requests_refused_total counter\npinfer_requests_refused_total %" PRIu64 "\n",
+            st.refused);
+    fprintf(f, "# HELP pinfer_http_responses_total HTTP answers by status class.\n# TYPE pinfer_http_responses_total "
+               "counter\n");
     static const char *const cls[] = {"2xx", "4xx", "429", "5xx", "other"};
     for (int i = 0; i < 5; i++)
         fprintf(f, "pinfer_http_responses_total{class=\"%s\"} %" PRIu64 "\n", cls[i], atomic_load(&h->by_status[i]));
-    fprintf(f, "# HELP pinfer_prompt_tokens_total Prompt tokens of ended requests.\n# TYPE pinfer_prompt_tokens_total counter\n"
-               "pinfer_prompt_tokens_total %" PRIu64 "\n", st.prompt_tokens);
-    fprintf(f, "# HELP pinfer_prompt_tokens_cached_total Prompt tokens found in a slot's cache (not evaluated again).\n"
-               "# TYPE pinfer_prompt_tokens_cached_total counter\npinfer_prompt_tokens_cached_total %" PRIu64 "\n",
+    fprintf(f,
+            "# HELP pinfer_prompt_tokens_total Prompt tokens of ended requests.\n# TYPE pinfer_prompt_tokens_total "
+            "counter\n"
+            "pinfer_prompt_tokens_total %" PRIu64 "\n",
+            st.prompt_tokens);
+    fprintf(f,
+            "# HELP pinfer_prompt_tokens_cached_total Prompt tokens found in a slot's cache (not evaluated again).\n"
+            "# TYPE pinfer_prompt_tokens_cached_total counter\npinfer_prompt_tokens_cached_total %" PRIu64 "\n",
             st.cached_tokens);
-    fprintf(f, "# HELP pinfer_generated_tokens_total Tokens generated.\n# TYPE pinfer_generated_tokens_total counter\n"
-               "pinfer_generated_tokens_total %" PRIu64 "\n", st.generated_tokens);
-    fprintf(f, "# HELP pinfer_steps_total Engine steps (batches).\n# TYPE pinfer_steps_total counter\npinfer_steps_total %" PRIu64
-               "\n# HELP pinfer_step_tokens_total Tokens carried by the engine steps.\n# TYPE pinfer_step_tokens_total counter\n"
-               "pinfer_step_tokens_total %" PRIu64 "\n", st.steps, st.step_tokens);
-    fprintf(f, "# HELP pinfer_engine_errors_total Engine failures (a worker died, ...).\n# TYPE pinfer_engine_errors_total counter\n"
-               "pinfer_engine_errors_total %" PRIu64 "\n", st.engine_errors);
-    fprintf(f, "# HELP pinfer_restarts_total Engine restarts after a failure (the pipeline's workers started again).\n"
-               "# TYPE pinfer_restarts_total counter\npinfer_restarts_total %" PRIu64 "\n", st.restarts);
+    fprintf(f,
+            "# HELP pinfer_generated_tokens_total Tokens generated.\n# TYPE pinfer_generated_tokens_total counter\n"
+            "pinfer_generated_tokens_total %" PRIu64 "\n",
+            st.generated_tokens);
+    fprintf(f, "# HELP pinfer_steps_total Engine steps (batches).\n# TYPE pinfer_steps_total counter\n");
+    fprintf(f, "pinfer_steps_total %" PRIu64 "\n", st.steps);
+    fprintf(f, "# HELP pinfer_step_tokens_total Tokens carried by the engine steps.\n");
+    fprintf(f, "# TYPE pinfer_step_tokens_total counter\npinfer_step_tokens_total %" PRIu64 "\n", st.step_tokens);
+    fprintf(f,
+            "# HELP pinfer_engine_errors_total Engine failures (a worker died, ...).\n# TYPE "
+            "pinfer_engine_errors_total counter\n"
+            "pinfer_engine_errors_total %" PRIu64 "\n",
+            st.engine_errors);
+    fprintf(f,
+            "# HELP pinfer_restarts_total Engine restarts after a failure (the pipeline's workers started again).\n"
+            "# TYPE pinfer_restarts_total counter\npinfer_restarts_total %" PRIu64 "\n",
+            st.restarts);
     hist(f, "pinfer_time_to_first_token_seconds", "Time from a request's arrival to its first token.", st.ttft,
          pi_sched_ttft_bounds, PI_SCHED_TTFT_BUCKETS, st.ttft_sum);
     hist(f, "pinfer_time_per_output_token_seconds", "Per request: decode time per generated token after the first.",
          st.tpot, pi_sched_tpot_bounds, PI_SCHED_TPOT_BUCKETS, st.tpot_sum);
-    fprintf(f, "# HELP pinfer_requests_running Requests holding a slot.\n# TYPE pinfer_requests_running gauge\n"
-               "pinfer_requests_running %d\n", st.running);
-    fprintf(f, "# HELP pinfer_requests_waiting Requests waiting for a slot.\n# TYPE pinfer_requests_waiting gauge\n"
-               "pinfer_requests_waiting %d\n", st.waiting);
+    fprintf(f,
+            "# HELP pinfer_requests_running Requests holding a slot.\n# TYPE pinfer_requests_running gauge\n"
+            "pinfer_requests_running %d\n",
+            st.running);
+    fprintf(f,
+            "# HELP pinfer_requests_waiting Requests waiting for a slot.\n# TYPE pinfer_requests_waiting gauge\n"
+            "pinfer_requests_waiting %d\n",
+            st.waiting);
     fprintf(f, "# HELP pinfer_slots Sequences run at once.\n# TYPE pinfer_slots gauge\npinfer_slots %d\n", st.n_slots);
-    fprintf(f, "# HELP pinfer_kv_cache_usage_ratio Positions held in the slots' caches over their capacity.\n"
-               "# TYPE pinfer_kv_cache_usage_ratio gauge\npinfer_kv_cache_usage_ratio %.6f\n",
+    fprintf(f,
+            "# HELP pinfer_kv_cache_usage_ratio Positions held in the slots' caches over their capacity.\n"
+            "# TYPE pinfer_kv_cache_usage_ratio gauge\npinfer_kv_cache_usage_ratio %.6f\n",
             st.kv_total > 0 ? (double)st.kv_used / (double)st.kv_total : 0.0);
-    fprintf(f, "# HELP pinfer_ready Whether the engine is ready (1) or not (0).\n# TYPE pinfer_ready gauge\npinfer_ready %d\n",
-            st.ready ? 1 : 0);
+    fprintf(
+        f,
+        "# HELP pinfer_ready Whether the engine is ready (1) or not (0).\n# TYPE pinfer_ready gauge\npinfer_ready %d\n",
+        st.ready ? 1 : 0);
     if (h->o.metrics_extra) h->o.metrics_extra(h->o.metrics_ctx, f);
     if (fclose(f) != 0) {
         free(text);
@@ -800,7 +833,8 @@ static enum MHD_Result health(struct pi_http *h, struct MHD_Connection *c)
     struct pi_sched_stats st;
     pi_sched_stats(h->sched, &st);
     if (st.ready) return answer_json(h, c, 200, strdup("{\"status\":\"ok\"}"));
-    return fail(h, c, 503, NULL, "unavailable", "not ready: %s", st.last_error[0] ? st.last_error : "the model is loading");
+    return fail(h, c, 503, NULL, "unavailable", "not ready: %s",
+                st.last_error[0] ? st.last_error : "the model is loading");
 }
 
 /* ---- dispatch ---- */
@@ -828,11 +862,16 @@ static enum route route_of(const char *url, const char *method, bool *method_ok)
     static const struct {
         const char *path, *method;
         enum route r;
-    } t[] = {{"/v1/chat/completions", "POST", R_CHAT}, {"/v1/completions", "POST", R_COMPLETION},
-             {"/chat/completions", "POST", R_CHAT},    {"/completions", "POST", R_COMPLETION},
-             {"/v1/models", "GET", R_MODELS},          {"/models", "GET", R_MODELS},
-             {"/health", "GET", R_HEALTH},             {"/metrics", "GET", R_METRICS},
-             {"/tokenize", "POST", R_TOKENIZE},        {"/detokenize", "POST", R_DETOKENIZE}};
+    } t[] = {{"/v1/chat/completions", "POST", R_CHAT},
+             {"/v1/completions", "POST", R_COMPLETION},
+             {"/chat/completions", "POST", R_CHAT},
+             {"/completions", "POST", R_COMPLETION},
+             {"/v1/models", "GET", R_MODELS},
+             {"/models", "GET", R_MODELS},
+             {"/health", "GET", R_HEALTH},
+             {"/metrics", "GET", R_METRICS},
+             {"/tokenize", "POST", R_TOKENIZE},
+             {"/detokenize", "POST", R_DETOKENIZE}};
     for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
         if (strcmp(url, t[i].path) == 0) {
             *method_ok = strcmp(method, t[i].method) == 0;
@@ -886,8 +925,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (*upload_size) { /* a piece of the body: kept up to the limit, then counted and dropped */
-        const bool takes_body = r->route == R_CHAT || r->route == R_COMPLETION || r->route == R_TOKENIZE ||
-                                r->route == R_DETOKENIZE;
+        const bool takes_body =
+            r->route == R_CHAT || r->route == R_COMPLETION || r->route == R_TOKENIZE || r->route == R_DETOKENIZE;
         if (!r->too_big && (!takes_body || r->len + *upload_size > h->o.max_body)) r->too_big = true;
         if (!r->too_big && !buf_add(&r->body, &r->len, &r->cap, upload, *upload_size)) r->too_big = true;
         r->dropped += r->too_big ? *upload_size : 0;
@@ -896,7 +935,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         return MHD_YES;
     }
     if (r->too_big)
-        return fail(h, c, 413, NULL, "request_too_large", "the body is larger than the limit of %zu bytes", h->o.max_body);
+        return fail(h, c, 413, NULL, "request_too_large", "the body is larger than the limit of %zu bytes",
+                    h->o.max_body);
     switch (r->route) {
     case R_CHAT:
     case R_COMPLETION: return generate(h, c, r);
@@ -962,8 +1002,7 @@ static bool is_loopback(const struct sockaddr *a)
     if (a->sa_family == AF_INET) return (ntohl(((const struct sockaddr_in *)a)->sin_addr.s_addr) >> 24) == 127;
     if (a->sa_family == AF_INET6) {
         const struct in6_addr *x = &((const struct sockaddr_in6 *)a)->sin6_addr;
-        return IN6_IS_ADDR_LOOPBACK(x) ||
-               (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127);
+        return IN6_IS_ADDR_LOOPBACK(x) || (IN6_IS_ADDR_V4MAPPED(x) && x->s6_addr[12] == 127);
     }
     return false;
 }
@@ -1035,11 +1074,13 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     char host[256];
     int port = 0;
     if (pi_http_parse_listen(o->listen, host, sizeof host, &port) != 0) {
-        fprintf(stderr, "pi-coordinator: [http] listen \"%s\": expected HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080) or off\n",
+        fprintf(stderr,
+                "pi-coordinator: [http] listen \"%s\": expected HOST:PORT (e.g. 127.0.0.1:8080, [::1]:8080) or off\n",
                 o->listen ? o->listen : "");
         return NULL;
     }
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
+    struct addrinfo hints = {
+        .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char ps[16];
     snprintf(ps, sizeof ps, "%d", port);
@@ -1082,14 +1123,14 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
     h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn,
-                            MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)PI_MAX(1, max_conn / 2),
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_S, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536,
-                            MHD_OPTION_END);
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+                            (unsigned)PI_MAX(1, max_conn / 2), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_S,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
-        fprintf(stderr, "pi-coordinator: [http] listen %s: cannot listen there (in use, or not an address of this machine)\n",
+        fprintf(stderr,
+                "pi-coordinator: [http] listen %s: cannot listen there (in use, or not an address of this machine)\n",
                 o->listen);
         http_free(h);
         return NULL;
@@ -1102,15 +1143,9 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     return h;
 }
 
-int pi_http_port(const pi_http_t *h)
-{
-    return h ? h->port : 0;
-}
+int pi_http_port(const pi_http_t *h) { return h ? h->port : 0; }
 
-const char *pi_http_url(const pi_http_t *h)
-{
-    return h ? h->url : "off";
-}
+const char *pi_http_url(const pi_http_t *h) { return h ? h->url : "off"; }
 
 void pi_http_stop(pi_http_t **hp)
 {

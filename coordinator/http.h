@@ -24,17 +24,17 @@
 typedef struct pi_http pi_http_t;
 
 struct pi_http_opts {
-    const char *listen;          /* "HOST:PORT" ("[::1]:8080" for IPv6); port 0 picks a free one */
-    const char *model_id;        /* the name /v1/models lists and responses carry */
-    const char *api_key_file;    /* NULL or "": no keys; else one key per line ('#' comments, blanks skipped) */
-    size_t max_body;             /* request bodies larger than this get 413 */
-    int max_connections;         /* connections held at once; more are refused by the listener */
-    bool has_chat;               /* chat: the chat format resolved at start; false: /v1/chat/completions gives 400 */
+    const char *listen;       /* "HOST:PORT" ("[::1]:8080" for IPv6); port 0 picks a free one */
+    const char *model_id;     /* the name /v1/models lists and responses carry */
+    const char *api_key_file; /* NULL or "": no keys; else one key per line ('#' comments, blanks skipped) */
+    size_t max_body;          /* request bodies larger than this get 413 */
+    int max_connections;      /* connections held at once; more are refused by the listener */
+    bool has_chat;            /* chat: the chat format resolved at start; false: /v1/chat/completions gives 400 */
     enum pi_chat_format chat;
-    const char *chat_error;      /* why there is no chat format (shown in that 400) */
+    const char *chat_error;           /* why there is no chat format (shown in that 400) */
     struct pi_sample_params defaults; /* [generate]'s sampling, for what a request does not set */
-    int64_t default_max_tokens;  /* [generate] n_predict for requests without max_tokens (-1: to the end) */
-    bool default_seed_random;    /* [generate] seed -1: a request without a seed gets one from the clock */
+    int64_t default_max_tokens;       /* [generate] n_predict for requests without max_tokens (-1: to the end) */
+    bool default_seed_random;         /* [generate] seed -1: a request without a seed gets one from the clock */
     /* Optional: more metric families appended to /metrics (Prometheus text), e.g. the workers' restarts. */
     void (*metrics_extra)(void *ctx, FILE *out);
     void *metrics_ctx;

@@ -27,33 +27,33 @@
 #include <time.h>
 
 const double pi_sched_ttft_bounds[PI_SCHED_TTFT_BUCKETS - 1] = {0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-                                                                 1.0,  2.5,   5.0,  10., 30.};
+                                                                1.0,  2.5,   5.0,  10., 30.};
 const double pi_sched_tpot_bounds[PI_SCHED_TPOT_BUCKETS - 1] = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04,
-                                                                 0.08,  0.16,   0.32,  0.64, 1.28};
+                                                                0.08,  0.16,   0.32,  0.64, 1.28};
 
 #define IDLE_WAIT_NS (INT64_C(250) * 1000 * 1000) /* longest sleep without a job: deadlines stay checked */
 #define RETRY_NS (INT64_C(1000) * 1000 * 1000)    /* between two resets of a failed engine, at first */
-#define RETRY_MAX_NS (INT64_C(60) * RETRY_NS)       /* ... doubling up to this */
+#define RETRY_MAX_NS (INT64_C(60) * RETRY_NS)     /* ... doubling up to this */
 
 struct job {
     uint64_t id;
-    struct job *next;            /* queue link */
-    int32_t *tokens;             /* (n_tokens) */
+    struct job *next; /* queue link */
+    int32_t *tokens;  /* (n_tokens) */
     int n_tokens;
-    int64_t limit;               /* tokens to generate, at most (n_predict, max_tokens) */
+    int64_t limit; /* tokens to generate, at most (n_predict, max_tokens) */
     struct pi_sample_params sample;
-    char **stops;                /* (n_stops) */
+    char **stops; /* (n_stops) */
     size_t n_stops;
-    int32_t *bias_ids;           /* (n_bias) */
+    int32_t *bias_ids; /* (n_bias) */
     float *bias;
     size_t n_bias;
-    int top;                     /* top_logprobs */
+    int top; /* top_logprobs */
     bool ignore_eos;
     struct pi_sched_sink sink;
     void *ctx;
     int64_t t_submit, t_slot, t_first, deadline; /* ns; deadline 0 = none */
-    bool cancel;                 /* under the mutex */
-    int retries;                 /* prompt readings started again after an engine failure */
+    bool cancel;                                 /* under the mutex */
+    int retries;                                 /* prompt readings started again after an engine failure */
 };
 
 enum slot_state { SLOT_FREE = 0, SLOT_PROMPT, SLOT_GEN };
@@ -61,18 +61,18 @@ enum slot_state { SLOT_FREE = 0, SLOT_PROMPT, SLOT_GEN };
 struct slot {
     enum slot_state state;
     struct job *job;
-    int32_t *cache;              /* (n_ctx) the tokens in the engine's sequence (its first n_cache) */
+    int32_t *cache; /* (n_ctx) the tokens in the engine's sequence (its first n_cache) */
     int n_cache;
-    int n_cached;                /* the job's prompt tokens found in the cache */
-    int32_t next;                /* SLOT_GEN: the token sampled and not yet evaluated */
+    int n_cached; /* the job's prompt tokens found in the cache */
+    int32_t next; /* SLOT_GEN: the token sampled and not yet evaluated */
     int n_gen;
-    int64_t last_used;           /* ns: the end of its last job (least recently used is reused first) */
-    int64_t t_gen_last;          /* ns: the last token sampled */
+    int64_t last_used;  /* ns: the end of its last job (least recently used is reused first) */
+    int64_t t_gen_last; /* ns: the last token sampled */
     pi_sampler_t *smp;
     pi_detok_t *detok;
     pi_stop_t *stop;
-    int row;                     /* the batch row whose logits it samples in this step, or -1 */
-    int chunk;                   /* tokens it put in this step */
+    int row;   /* the batch row whose logits it samples in this step, or -1 */
+    int chunk; /* tokens it put in this step */
 };
 
 struct pi_sched {
@@ -85,27 +85,27 @@ struct pi_sched {
     pthread_cond_t cv;
     struct job *head, *tail;
     int n_waiting;
-    struct job **running;        /* (o.n_slots) */
+    struct job **running; /* (o.n_slots) */
     uint64_t next_id;
     bool stopping;
     char stop_reason[160];
     struct pi_sched_stats st;
     int n_ctx;
     /* run thread only */
-    struct slot *slots;          /* (o.n_slots) */
-    int32_t *eog;                /* (n_eog) the tokenizer's end-of-generation ids */
+    struct slot *slots; /* (o.n_slots) */
+    int32_t *eog;       /* (n_eog) the tokenizer's end-of-generation ids */
     size_t n_eog;
     int32_t *b_tok, *b_seq, *b_pos, *b_rows; /* (max_batch) the step's batch */
-    float *logits;               /* (max_batch, n_vocab) */
-    float *logp;                 /* (n_vocab) */
-    char *buf;                   /* detokeniser output */
-    char *endtxt;                /* (tail_cap) a job's end text */
+    float *logits;                           /* (max_batch, n_vocab) */
+    float *logp;                             /* (n_vocab) */
+    char *buf;                               /* detokeniser output */
+    char *endtxt;                            /* (tail_cap) a job's end text */
     size_t tail_len, tail_cap;
     size_t buf_cap;
-    int rr;                      /* round-robin start among prompt-reading slots */
-    int gen_rr;                  /* and among generating slots, when they outnumber the batch */
-    int64_t retry_at;            /* ns: a failed engine is reset again from then */
-    int64_t retry_ns;            /* the wait before that, doubling while resets fail */
+    int rr;           /* round-robin start among prompt-reading slots */
+    int gen_rr;       /* and among generating slots, when they outnumber the batch */
+    int64_t retry_at; /* ns: a failed engine is reset again from then */
+    int64_t retry_ns; /* the wait before that, doubling while resets fail */
 };
 
 const char *pi_sched_finish_name(enum pi_sched_finish f)
@@ -198,10 +198,7 @@ void pi_sched_destroy(pi_sched_t **sp)
     *sp = NULL;
 }
 
-static int64_t now_ns(void)
-{
-    return pi_clock_ns();
-}
+static int64_t now_ns(void) { return pi_clock_ns(); }
 
 /* ---- submission (any thread) ---- */
 
@@ -396,9 +393,9 @@ static void finish(pi_sched_t *s, struct slot *sl, struct job *j, enum pi_sched_
     double tpot = -1;
     if (sl && sl->n_gen > 1) tpot = (double)(sl->t_gen_last - j->t_first) * 1e-9 / (sl->n_gen - 1);
     j->sink.end(j->ctx, &e);
-    pi_info("request %" PRIu64 ": prompt %d tokens (%d cached), generated %d, ttft %.0f ms, %.1f tok/s, %s%s%s",
-            j->id, e.n_prompt, e.n_cached, e.n_generated, e.ttft_s * 1e3, tpot > 0 ? 1.0 / tpot : 0.0,
-            pi_sched_finish_name(f), reason ? ": " : "", reason ? reason : "");
+    pi_info("request %" PRIu64 ": prompt %d tokens (%d cached), generated %d, ttft %.0f ms, %.1f tok/s, %s%s%s", j->id,
+            e.n_prompt, e.n_cached, e.n_generated, e.ttft_s * 1e3, tpot > 0 ? 1.0 / tpot : 0.0, pi_sched_finish_name(f),
+            reason ? ": " : "", reason ? reason : "");
     pthread_mutex_lock(&s->mu);
     s->st.requests[f]++;
     if (sl) {
@@ -598,7 +595,8 @@ static void slot_sample(pi_sched_t *s, int i, const float *row)
     if (!j->t_first) j->t_first = t;
     sl->t_gen_last = t;
     if (tok < 0) {
-        finish(s, sl, j, PI_SCHED_ERROR, -PI_ERR_FORMAT, "sampling found no finite logit: the model's output is broken");
+        finish(s, sl, j, PI_SCHED_ERROR, -PI_ERR_FORMAT,
+               "sampling found no finite logit: the model's output is broken");
         return;
     }
     if (pi_sampler_is_eog(sl->smp, tok)) {
@@ -667,8 +665,7 @@ static void engine_failed(pi_sched_t *s, int rc)
         if (!j) continue;
         if (stopping) finish(s, sl, j, PI_SCHED_CANCELLED, 0, why);
         else if (sl->n_gen > 0 || j->retries > 0) finish(s, sl, j, PI_SCHED_ERROR, rc, why);
-        else { /* nothing sent: read the prompt again after the reset */
-            j->retries++;
+        else { /* nothing sent: read the prompt again after the reset */ j->retries++;
             sl->n_cached = 0;
             sl->state = SLOT_PROMPT;
         }
@@ -703,8 +700,9 @@ static bool engine_ready(pi_sched_t *s, bool force)
         pi_error("scheduler: restarting the engine failed: %s", pi_err_str(rc));
         for (int i = 0; i < s->o.n_slots; i++)
             if (s->slots[i].job)
-                finish(s, &s->slots[i], s->slots[i].job, PI_SCHED_ERROR, rc,
-                       "the pipeline's workers could not be started (see the server's log); the next request tries again");
+                finish(
+                    s, &s->slots[i], s->slots[i].job, PI_SCHED_ERROR, rc,
+                    "the pipeline's workers could not be started (see the server's log); the next request tries again");
     }
     return rc == 0;
 }
@@ -812,7 +810,8 @@ static bool step(pi_sched_t *s)
     for (int i = 0; i < s->o.n_slots; i++) {
         struct slot *sl = &s->slots[i];
         if (sl->chunk) {
-            for (int t = 0; t < sl->chunk; t++) sl->cache[sl->n_cache + t] = sl->state == SLOT_GEN ? sl->next : sl->job->tokens[sl->n_cache + t];
+            for (int t = 0; t < sl->chunk; t++)
+                sl->cache[sl->n_cache + t] = sl->state == SLOT_GEN ? sl->next : sl->job->tokens[sl->n_cache + t];
             sl->n_cache += sl->chunk;
         }
         if (sl->row >= 0) slot_sample(s, i, s->logits + (size_t)sl->row * (size_t)s->n_vocab);
@@ -861,8 +860,9 @@ int pi_sched_run(pi_sched_t *s)
         pthread_mutex_unlock(&s->mu);
         if (!engine_ready(s, queued)) {
             if (queued)
-                drain_queue(s, PI_SCHED_ERROR, -PI_ERR_PEER,
-                            "the pipeline's workers could not be started (see the server's log); the next request tries again");
+                drain_queue(
+                    s, PI_SCHED_ERROR, -PI_ERR_PEER,
+                    "the pipeline's workers could not be started (see the server's log); the next request tries again");
         } else {
             admit(s);
             if (step(s)) continue;

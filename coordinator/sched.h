@@ -75,16 +75,16 @@ struct pi_sched_piece {
 
 struct pi_sched_end {
     enum pi_sched_finish finish;
-    int status;              /* 0, or the negative pi_err behind PI_SCHED_ERROR */
-    const char *text;        /* the last bytes of the text, released at the end (the held tail); may be "" */
+    int status;       /* 0, or the negative pi_err behind PI_SCHED_ERROR */
+    const char *text; /* the last bytes of the text, released at the end (the held tail); may be "" */
     size_t len;
-    int n_prompt;            /* prompt tokens */
-    int n_cached;            /* of those, found in the slot's cache and not evaluated again */
-    int n_generated;         /* tokens generated (a stop string's tokens included) */
-    double queue_s;          /* submission to a slot */
-    double ttft_s;           /* submission to the first token sampled (0 when none) */
-    double total_s;          /* submission to the end */
-    char reason[160];        /* for CANCELLED, TIMEOUT and ERROR: one line a client can be shown */
+    int n_prompt;     /* prompt tokens */
+    int n_cached;     /* of those, found in the slot's cache and not evaluated again */
+    int n_generated;  /* tokens generated (a stop string's tokens included) */
+    double queue_s;   /* submission to a slot */
+    double ttft_s;    /* submission to the first token sampled (0 when none) */
+    double total_s;   /* submission to the end */
+    char reason[160]; /* for CANCELLED, TIMEOUT and ERROR: one line a client can be shown */
 };
 
 struct pi_sched_sink {
@@ -99,20 +99,20 @@ struct pi_sched_sink {
 };
 
 struct pi_sched_job {
-    const int32_t *tokens;     /* the prompt's ids (n_tokens >= 1, each < n_vocab), copied by submit */
+    const int32_t *tokens; /* the prompt's ids (n_tokens >= 1, each < n_vocab), copied by submit */
     size_t n_tokens;
-    int64_t n_predict;         /* tokens to generate, at most; -1: until the end of generation, the server's
+    int64_t n_predict; /* tokens to generate, at most; -1: until the end of generation, the server's
                                   max_tokens or the context */
     struct pi_sample_params sample;
-    const char *const *stops;  /* (n_stops) stop strings (copied), NULL when none */
+    const char *const *stops; /* (n_stops) stop strings (copied), NULL when none */
     size_t n_stops;
-    const int32_t *bias_ids;   /* (n_bias) logit bias (copied), NULL when none */
+    const int32_t *bias_ids; /* (n_bias) logit bias (copied), NULL when none */
     const float *bias;
     size_t n_bias;
-    int top_logprobs;          /* -1: no logprobs; 0..PI_SCHED_MAX_TOP alternatives per token */
-    bool ignore_eos;           /* end-of-generation tokens do not end it (they are then never sampled) */
+    int top_logprobs; /* -1: no logprobs; 0..PI_SCHED_MAX_TOP alternatives per token */
+    bool ignore_eos;  /* end-of-generation tokens do not end it (they are then never sampled) */
     struct pi_sched_sink sink;
-    void *ctx;                 /* the sink's */
+    void *ctx; /* the sink's */
 };
 
 /* A scheduler over tokenizer t (borrowed; NULL: texts are the token ids in decimal) for an engine of
@@ -154,21 +154,21 @@ extern const double pi_sched_ttft_bounds[PI_SCHED_TTFT_BUCKETS - 1]; /* seconds 
 extern const double pi_sched_tpot_bounds[PI_SCHED_TPOT_BUCKETS - 1]; /* seconds per generated token */
 struct pi_sched_stats {
     uint64_t requests[PI_SCHED_FINISH_COUNT]; /* ended requests by finish */
-    uint64_t refused;                          /* submissions refused for a full queue */
+    uint64_t refused;                         /* submissions refused for a full queue */
     uint64_t prompt_tokens, cached_tokens, generated_tokens;
-    uint64_t steps, step_tokens;               /* engine steps and the tokens they carried */
+    uint64_t steps, step_tokens; /* engine steps and the tokens they carried */
     uint64_t engine_errors;
-    uint64_t restarts;                         /* engine resets that succeeded after a failure */
+    uint64_t restarts; /* engine resets that succeeded after a failure */
     int running, waiting, n_slots, queue_max;
-    int64_t kv_used, kv_total;                 /* positions held in the slots' caches, and their capacity */
+    int64_t kv_used, kv_total; /* positions held in the slots' caches, and their capacity */
     uint64_t ttft[PI_SCHED_TTFT_BUCKETS];
     double ttft_sum;
-    uint64_t tpot[PI_SCHED_TPOT_BUCKETS];      /* per request: decode time / (generated - 1) */
+    uint64_t tpot[PI_SCHED_TPOT_BUCKETS]; /* per request: decode time / (generated - 1) */
     double tpot_sum;
-    bool ready;                                /* an engine is set and its last reset succeeded */
-    bool failed;                               /* the last restart failed (requests are then refused,
+    bool ready;           /* an engine is set and its last reset succeeded */
+    bool failed;          /* the last restart failed (requests are then refused,
                                                   not queued); false while one is under way */
-    char last_error[160];                      /* the last engine failure, "" when none */
+    char last_error[160]; /* the last engine failure, "" when none */
 };
 void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out);
 

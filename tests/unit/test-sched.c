@@ -21,7 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define NV 64     /* vocabulary */
+#define NV 64 /* vocabulary */
 #define NSEQ 4
 #define NCTX 256
 #define BATCH 16
@@ -31,11 +31,11 @@ struct fake {
     uint64_t hist[NSEQ][NCTX + 1]; /* hash of the first p tokens of each sequence at [p] */
     int len[NSEQ];
     _Atomic int violations;
-    _Atomic long tokens;           /* tokens evaluated */
-    _Atomic long steps, multi;     /* steps, and steps with more than one sequence */
-    _Atomic int fail_at;           /* the step number that fails with -PI_ERR_PEER (0: none) */
+    _Atomic long tokens;       /* tokens evaluated */
+    _Atomic long steps, multi; /* steps, and steps with more than one sequence */
+    _Atomic int fail_at;       /* the step number that fails with -PI_ERR_PEER (0: none) */
     _Atomic int resets;
-    _Atomic int delay_us;          /* each step takes at least this long */
+    _Atomic int delay_us; /* each step takes at least this long */
 };
 
 static uint64_t mix(uint64_t h, uint64_t v)
@@ -103,10 +103,7 @@ static int fake_reset(pi_engine_t *e)
     return 0;
 }
 
-static void fake_destroy(pi_engine_t *e)
-{
-    (void)e;
-}
+static void fake_destroy(pi_engine_t *e) { (void)e; }
 
 static const struct pi_engine_ops fake_ops = {fake_eval, fake_truncate, fake_reset, fake_destroy, NULL};
 
@@ -127,9 +124,9 @@ struct out {
     int n_top[NCTX];
     int top_sorted, top_has_tok;
     _Atomic int ended;
-    _Atomic int pieces;            /* on_piece calls, for the waits of another thread */
+    _Atomic int pieces; /* on_piece calls, for the waits of another thread */
     struct pi_sched_end end;
-    _Atomic int stop_me;           /* stopped() answers this */
+    _Atomic int stop_me; /* stopped() answers this */
 };
 
 static void on_piece(void *ctx, const struct pi_sched_piece *p)
@@ -147,10 +144,7 @@ static void on_piece(void *ctx, const struct pi_sched_piece *p)
     atomic_fetch_add(&o->pieces, 1);
 }
 
-static int on_stopped(void *ctx)
-{
-    return atomic_load(&((struct out *)ctx)->stop_me);
-}
+static int on_stopped(void *ctx) { return atomic_load(&((struct out *)ctx)->stop_me); }
 
 /* Wait (at most 10 s) until o has had k pieces. */
 static int wait_pieces(struct out *o, int k)
@@ -171,8 +165,12 @@ static void on_end(void *ctx, const struct pi_sched_end *e)
 
 static struct pi_sched_job job_of(const int32_t *toks, size_t n, int64_t n_predict, struct out *o)
 {
-    struct pi_sched_job j = {.tokens = toks, .n_tokens = n, .n_predict = n_predict, .top_logprobs = -1,
-                             .sink = {on_piece, on_end, NULL}, .ctx = o};
+    struct pi_sched_job j = {.tokens = toks,
+                             .n_tokens = n,
+                             .n_predict = n_predict,
+                             .top_logprobs = -1,
+                             .sink = {on_piece, on_end, NULL},
+                             .ctx = o};
     pi_sample_params_default(&j.sample);
     j.sample.temperature = 0;
     memset(o, 0, sizeof *o);
@@ -198,7 +196,8 @@ static void wait_end(struct out *o)
 
 static pi_sched_t *start(struct fake *f, struct runner *r, int slots, int queue, int64_t max_tokens, int64_t timeout_ms)
 {
-    struct pi_sched_opts so = {.n_slots = slots, .queue_max = queue, .max_tokens = max_tokens, .timeout_ms = timeout_ms};
+    struct pi_sched_opts so = {
+        .n_slots = slots, .queue_max = queue, .max_tokens = max_tokens, .timeout_ms = timeout_ms};
     r->s = pi_sched_new(NULL, NV, &so);
     pi_sched_set_engine(r->s, &f->base);
     pthread_create(&r->th, NULL, run_main, r->s);
@@ -240,7 +239,8 @@ int main(void)
     stop(&r);
     int good = 1;
     for (int j = 0; j < NJ; j++) good &= alone[j].end.finish == PI_SCHED_LENGTH && alone[j].n == npred[j];
-    tap_ok(good && atomic_load(&f.violations) == 0, "%d jobs alone: each generated its n_predict tokens, no bad batch", NJ);
+    tap_ok(good && atomic_load(&f.violations) == 0, "%d jobs alone: each generated its n_predict tokens, no bad batch",
+           NJ);
 
     /* together: all submitted at once over 4 slots */
     fake_init(&f);
@@ -254,7 +254,8 @@ int main(void)
     for (int j = 0; j < NJ; j++) wait_end(&together[j]);
     int same = 1;
     for (int j = 0; j < NJ; j++)
-        same &= together[j].n == alone[j].n && memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0 &&
+        same &= together[j].n == alone[j].n &&
+                memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0 &&
                 strcmp(together[j].text, alone[j].text) == 0;
     tap_ok(same, "the same %d jobs in 4 slots at once: every job's tokens and text equal its run alone", NJ);
     tap_ok(atomic_load(&f.violations) == 0, "no batch broke the engine's rules");
@@ -278,8 +279,10 @@ int main(void)
     for (int j = 0; j < 8; j++) wait_end(&together[j]);
     same = 1;
     for (int j = 0; j < 8; j++)
-        same &= together[j].n == alone[j].n && memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
-    tap_ok(same && atomic_load(&f.violations) == 0, "batches of 3 tokens for 4 slots: every job ends and equals its run alone");
+        same &= together[j].n == alone[j].n &&
+                memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
+    tap_ok(same && atomic_load(&f.violations) == 0,
+           "batches of 3 tokens for 4 slots: every job ends and equals its run alone");
     stop(&r);
     fake_init(&f);
     s = start(&f, &r, NSEQ, 64, 0, 0);
@@ -300,8 +303,8 @@ int main(void)
     pi_sched_submit(s, &jb, NULL);
     wait_end(&b);
     long evaluated = atomic_load(&f.tokens) - before;
-    tap_ok(b.end.n_cached == n2 - 2 && evaluated == 2 + 2, "a follow-up turn: %d of %d prompt tokens cached, %ld evaluated",
-           b.end.n_cached, n2, evaluated);
+    tap_ok(b.end.n_cached == n2 - 2 && evaluated == 2 + 2,
+           "a follow-up turn: %d of %d prompt tokens cached, %ld evaluated", b.end.n_cached, n2, evaluated);
     /* and its tokens equal a fresh run of the same prompt */
     struct fake f2;
     struct runner r2;
@@ -312,7 +315,8 @@ int main(void)
     pi_sched_submit(s2, &jb, NULL);
     wait_end(&c);
     stop(&r2);
-    tap_ok(c.n == b.n && memcmp(c.toks, b.toks, sizeof(int32_t) * (size_t)c.n) == 0, "the cached run equals a fresh one");
+    tap_ok(c.n == b.n && memcmp(c.toks, b.toks, sizeof(int32_t) * (size_t)c.n) == 0,
+           "the cached run equals a fresh one");
 
     /* logprobs */
     jb = job_of(prompts[1], (size_t)plen[1], 6, &a);
@@ -410,13 +414,15 @@ int main(void)
     }
     for (int j = 0; j < 4; j++) wait_end(&together[j]);
     int errs = 0;
-    for (int j = 0; j < 4; j++) errs += together[j].end.finish == PI_SCHED_ERROR && together[j].end.status == -PI_ERR_PEER;
-    tap_ok(errs >= 1 && atomic_load(&f.resets) >= 1, "a failed step: %d running jobs end with the engine's error, %d reset(s)",
-           errs, atomic_load(&f.resets));
+    for (int j = 0; j < 4; j++)
+        errs += together[j].end.finish == PI_SCHED_ERROR && together[j].end.status == -PI_ERR_PEER;
+    tap_ok(errs >= 1 && atomic_load(&f.resets) >= 1,
+           "a failed step: %d running jobs end with the engine's error, %d reset(s)", errs, atomic_load(&f.resets));
     jb = job_of(prompts[8], (size_t)plen[8], npred[8], &a);
     pi_sched_submit(s, &jb, NULL);
     wait_end(&a);
-    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == alone[8].n && memcmp(a.toks, alone[8].toks, sizeof(int32_t) * (size_t)a.n) == 0,
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == alone[8].n &&
+               memcmp(a.toks, alone[8].toks, sizeof(int32_t) * (size_t)a.n) == 0,
            "the next job runs and equals its run alone");
     stop(&r);
 
@@ -434,7 +440,8 @@ int main(void)
     for (int j = 0; j < 4; j++)
         same &= together[j].end.finish == PI_SCHED_LENGTH && together[j].n == alone[j].n &&
                 memcmp(together[j].toks, alone[j].toks, sizeof(int32_t) * (size_t)alone[j].n) == 0;
-    tap_ok(same && atomic_load(&f.resets) == 1, "a failed first step: the jobs start again after the reset and equal their runs alone");
+    tap_ok(same && atomic_load(&f.resets) == 1,
+           "a failed first step: the jobs start again after the reset and equal their runs alone");
     stop(&r);
 
     /* the queue: jobs cancelled behind the head leave it at once (1 slot held by a long job) */
@@ -489,8 +496,8 @@ int main(void)
     jb = job_of(longp, NCTX + 1, 1, &a);
     pi_sched_submit(s, &jb, NULL);
     wait_end(&a);
-    tap_ok(a.end.finish == PI_SCHED_ERROR && a.end.status == -PI_ERR_RANGE, "a prompt longer than the context: error (%s)",
-           a.end.reason);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && a.end.status == -PI_ERR_RANGE,
+           "a prompt longer than the context: error (%s)", a.end.reason);
     stop(&r);
     return tap_done();
 }
