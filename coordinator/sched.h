@@ -22,9 +22,8 @@
  * from any thread; they take the scheduler's mutex briefly and never wait for a step. Everything else
  * (the engine, slots, samplers) belongs to the thread in pi_sched_run, and a job's sink is called only
  * from that thread, never with the mutex held (but stopped(), which only reads flags); a sink must not
- * block for long (it holds every slot's
- * next step) and must not call pi_sched_submit re-entrantly with a full queue in mind (it may call
- * pi_sched_cancel). After a job's end callback the scheduler never touches its ctx again.
+ * block for long (it holds every slot's next step) and must not call pi_sched_submit re-entrantly with a
+ * full queue in mind (it may call pi_sched_cancel). After a job's end callback the scheduler never touches its ctx again.
  */
 #ifndef PI_COORDINATOR_SCHED_H
 #define PI_COORDINATOR_SCHED_H
