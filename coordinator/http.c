@@ -90,6 +90,7 @@ struct hreq {
     char id[64];
     int64_t created;
     int n_prompt;
+    uint64_t client; /* its API key or address (the scheduler's fairness) */
     int fd; /* the client's socket, for the disconnection check */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -615,6 +616,7 @@ static enum MHD_Result generate(struct pi_http *h, struct MHD_Connection *c, str
                              .n_bias = r->rq.n_bias,
                              .top_logprobs = r->rq.top_logprobs,
                              .ignore_eos = r->rq.ignore_eos,
+                             .client = r->client,
                              .sink = {sink_piece, sink_end, NULL},
                              .ctx = r};
     pi_oai_id(kind, r->id, sizeof r->id);
@@ -839,22 +841,38 @@ static enum MHD_Result health(struct pi_http *h, struct MHD_Connection *c)
 
 /* ---- dispatch ---- */
 
-static bool key_ok(struct pi_http *h, struct MHD_Connection *c)
+/* Which key the request carries: 1 + its index, 0 when no key is configured, -1 for a missing or wrong one. */
+static int key_of(struct pi_http *h, struct MHD_Connection *c)
 {
-    if (!h->n_keys) return true;
+    if (!h->n_keys) return 0;
     const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
     if (!a || strncasecmp(a, "Bearer ", 7) != 0) return false;
     a += 7;
     while (*a == ' ') a++;
     const size_t n = strlen(a);
-    bool ok = false;
+    int which = -1;
     for (size_t i = 0; i < h->n_keys; i++) { /* every key compared in full: the time does not tell the prefix */
         const size_t m = strlen(h->keys[i]);
         unsigned char diff = (unsigned char)(n != m);
         for (size_t k = 0; k < m; k++) diff |= (unsigned char)(h->keys[i][k] ^ (k < n ? a[k] : 0));
-        ok |= diff == 0;
+        if (diff == 0) which = (int)i + 1;
     }
-    return ok;
+    return which;
+}
+
+/* The client a request counts for in the scheduler's fairness: its API key, else its address. */
+static uint64_t client_of(struct MHD_Connection *c, int key)
+{
+    if (key > 0) return (uint64_t)key;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *a = ci ? ci->client_addr : NULL;
+    const unsigned char *b = NULL;
+    size_t n = 0;
+    if (a && a->sa_family == AF_INET) b = (const unsigned char *)&((const struct sockaddr_in *)a)->sin_addr, n = 4;
+    if (a && a->sa_family == AF_INET6) b = (const unsigned char *)&((const struct sockaddr_in6 *)a)->sin6_addr, n = 16;
+    uint64_t hsh = 1469598103934665603ull; /* FNV-1a over the address bytes; never 1..MAX_KEYS in practice */
+    for (size_t i = 0; i < n; i++) hsh = (hsh ^ b[i]) * 1099511628211ull;
+    return hsh | (1ull << 63);
 }
 
 static enum route route_of(const char *url, const char *method, bool *method_ok)
@@ -892,8 +910,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         enum route rt = route_of(url, method, &method_ok);
         if (rt == R_NONE) return fail(h, c, 404, NULL, "not_found", "no route %s %s", method, url);
         if (!method_ok) return fail(h, c, 405, NULL, "method_not_allowed", "%s does not take %s", url, method);
-        if (rt != R_HEALTH && rt != R_METRICS && !key_ok(h, c))
-            return fail(h, c, 401, NULL, "invalid_api_key", "a valid API key is needed (Authorization: Bearer KEY)");
+        const int key = rt != R_HEALTH && rt != R_METRICS ? key_of(h, c) : 0;
+        if (key < 0) return fail(h, c, 401, NULL, "invalid_api_key", "a valid API key is needed (Authorization: Bearer KEY)");
         /* A body announced larger than DRAIN_FACTOR limits is refused at once (the connection is then
          * closed under the client, which may see a reset); a smaller oversized one is read and dropped
          * first, so that the client gets its 413. */
@@ -913,6 +931,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         atomic_init(&r->refs, 1);
         r->h = h;
         r->route = rt;
+        r->client = client_of(c, key);
         r->fd = -1;
         r->rq.top_logprobs = -1;
         pthread_mutex_init(&r->mu, NULL);

@@ -33,6 +33,7 @@ const double pi_sched_tpot_bounds[PI_SCHED_TPOT_BUCKETS - 1] = {0.001, 0.0025, 0
 
 #define IDLE_WAIT_NS (INT64_C(250) * 1000 * 1000) /* longest sleep without a job: deadlines stay checked */
 #define RETRY_NS (INT64_C(1000) * 1000 * 1000)    /* between two resets of a failed engine, at first */
+#define FAIR_SCAN 1024 /* queued jobs looked at for the fairest next one */
 #define RETRY_MAX_NS (INT64_C(60) * RETRY_NS)     /* ... doubling up to this */
 
 struct job {
@@ -54,6 +55,7 @@ struct job {
     int64_t t_submit, t_slot, t_first, deadline; /* ns; deadline 0 = none */
     bool cancel;                                 /* under the mutex */
     int retries;                                 /* prompt readings started again after an engine failure */
+    uint64_t client; /* who asked (fairness between clients) */
 };
 
 enum slot_state { SLOT_FREE = 0, SLOT_PROMPT, SLOT_GEN };
@@ -248,6 +250,7 @@ static int job_copy(pi_sched_t *s, const struct pi_sched_job *in, struct job *j)
         j->n_bias = n_bias;
     }
     j->top = in->top_logprobs;
+    j->client = in->client;
     j->ignore_eos = in->ignore_eos;
     j->sink = in->sink;
     j->ctx = in->ctx;
@@ -513,12 +516,33 @@ static void queue_sweep(pi_sched_t *s)
     }
 }
 
+/* The queued job that gets the next free slot (mutex held), *prev its predecessor in the queue (NULL for
+ * the head): the oldest job of the client that holds the fewest slots now, among the first FAIR_SCAN
+ * waiting; so a client with many requests in flight cannot keep one with none waiting behind them.
+ * Among clients holding as many, the oldest job wins (first come, first served). */
+static struct job *fair_pick(pi_sched_t *s, struct job **prev)
+{
+    struct job *pick = s->head, *p = NULL;
+    *prev = NULL;
+    int pick_held = INT32_MAX, scanned = 0;
+    for (struct job *j = s->head; j && scanned < FAIR_SCAN && pick_held > 0; p = j, j = j->next, scanned++) {
+        int held = 0;
+        for (int i = 0; i < s->o.n_slots; i++) held += s->running[i] && s->running[i]->client == j->client;
+        if (held < pick_held) {
+            pick = j;
+            *prev = p;
+            pick_held = held;
+        }
+    }
+    return pick;
+}
+
 static void admit(pi_sched_t *s)
 {
     queue_sweep(s);
     for (;;) {
         pthread_mutex_lock(&s->mu);
-        struct job *j = s->head;
+        struct job *prev = NULL, *j = fair_pick(s, &prev);
         int best = -1, best_lcp = -1;
         for (int i = 0; j && i < s->o.n_slots; i++) {
             const struct slot *sl = &s->slots[i];
@@ -534,8 +558,9 @@ static void admit(pi_sched_t *s)
             pthread_mutex_unlock(&s->mu);
             return;
         }
-        s->head = j->next;
-        if (!s->head) s->tail = NULL;
+        if (prev) prev->next = j->next;
+        else s->head = j->next;
+        if (s->tail == j) s->tail = prev;
         j->next = NULL;
         s->n_waiting--;
         s->st.waiting = s->n_waiting;

@@ -10,6 +10,9 @@
  * token with its own sampler, and its text (detokenised, held back where it might start a stop string)
  * goes to the job's sink.
  *
+ * Fairness: a free slot goes to the oldest waiting request of the client (job.client) holding the
+ * fewest slots, so one client's many requests cannot keep another's from starting.
+ *
  * A slot keeps its sequence's tokens in the engine's cache after its request ends; the next request
  * is given the free slot whose cached tokens share the longest prefix with its prompt, and only the
  * rest of its prompt is evaluated (a chat's next turn re-reads nothing it sent before).
@@ -110,6 +113,8 @@ struct pi_sched_job {
     size_t n_bias;
     int top_logprobs; /* -1: no logprobs; 0..PI_SCHED_MAX_TOP alternatives per token */
     bool ignore_eos;  /* end-of-generation tokens do not end it (they are then never sampled) */
+    uint64_t client; /* who asks (an API key, an address; 0 for all others): a free slot goes to the
+                      * waiting job whose client holds the fewest slots, the oldest first */
     struct pi_sched_sink sink;
     void *ctx; /* the sink's */
 };

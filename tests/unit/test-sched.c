@@ -127,7 +127,10 @@ struct out {
     _Atomic int pieces; /* on_piece calls, for the waits of another thread */
     struct pi_sched_end end;
     _Atomic int stop_me; /* stopped() answers this */
+    _Atomic int started; /* the order of its first piece among all jobs (1, 2, ...) */
 };
+
+static _Atomic int first_pieces;
 
 static void on_piece(void *ctx, const struct pi_sched_piece *p)
 {
@@ -141,7 +144,7 @@ static void on_piece(void *ctx, const struct pi_sched_piece *p)
         if (p->top_lp[k] > p->top_lp[k - 1]) o->top_sorted = 0;
     if (p->n_top > 0 && p->top_ids[0] == p->token) o->top_has_tok++;
     if (o->len + p->len < sizeof o->text) memcpy(o->text + o->len, p->text, p->len), o->len += p->len;
-    atomic_fetch_add(&o->pieces, 1);
+    if (atomic_fetch_add(&o->pieces, 1) == 0) atomic_store(&o->started, atomic_fetch_add(&first_pieces, 1) + 1);
 }
 
 static int on_stopped(void *ctx) { return atomic_load(&((struct out *)ctx)->stop_me); }
@@ -406,18 +409,23 @@ int main(void)
 
     /* an engine failure mid-run */
     fake_init(&f);
+    atomic_store(&f.delay_us, 500);
     s = start(&f, &r, NSEQ, 16, 0, 0);
-    atomic_store(&f.fail_at, 6);
     for (int j = 0; j < 4; j++) {
-        jb = job_of(prompts[j], (size_t)plen[j], 40, &together[j]);
+        jb = job_of(prompts[j], (size_t)plen[j], 200, &together[j]);
         pi_sched_submit(s, &jb, NULL);
     }
+    int all_began = 1;
+    for (int j = 0; j < 4; j++) all_began &= wait_pieces(&together[j], 1);
+    atomic_store(&f.fail_at, (int)atomic_load(&f.steps) + 2); /* every job has sent tokens by then */
     for (int j = 0; j < 4; j++) wait_end(&together[j]);
+    atomic_store(&f.delay_us, 0);
     int errs = 0;
     for (int j = 0; j < 4; j++)
         errs += together[j].end.finish == PI_SCHED_ERROR && together[j].end.status == -PI_ERR_PEER;
-    tap_ok(errs >= 1 && atomic_load(&f.resets) >= 1,
-           "a failed step: %d running jobs end with the engine's error, %d reset(s)", errs, atomic_load(&f.resets));
+    tap_ok(all_began && errs == 4 && atomic_load(&f.resets) == 1,
+           "a failed step: the %d running jobs that sent tokens end with the engine's error, %d reset(s)", errs,
+           atomic_load(&f.resets));
     jb = job_of(prompts[8], (size_t)plen[8], npred[8], &a);
     pi_sched_submit(s, &jb, NULL);
     wait_end(&a);
@@ -468,6 +476,28 @@ int main(void)
     for (int i = 0; i < 2000 && !atomic_load(&qd.ended); i++) usleep(500);
     tap_ok(atomic_load(&qd.ended) && qd.end.finish == PI_SCHED_CANCELLED && qd.n == 0,
            "a waiting job whose stopped() says so ends without running");
+    stop(&r);
+
+    /* fairness: client 1 holds both slots and has two more waiting; client 2's job, queued after them,
+     * gets the next free slot */
+    fake_init(&f);
+    atomic_store(&f.delay_us, 500);
+    s = start(&f, &r, 2, 8, 0, 0);
+    struct out fa[4], fb;
+    for (int j = 0; j < 4; j++) {
+        jb = job_of(prompts[j], (size_t)plen[j], 20 + 5 * j, &fa[j]);
+        jb.client = 1;
+        pi_sched_submit(s, &jb, NULL);
+        if (j == 1) wait_pieces(&fa[1], 1);
+    }
+    jb = job_of(prompts[5], (size_t)plen[5], 5, &fb);
+    jb.client = 2;
+    pi_sched_submit(s, &jb, NULL);
+    for (int j = 0; j < 4; j++) wait_end(&fa[j]);
+    wait_end(&fb);
+    tap_ok(fb.started > 0 && fb.started < fa[2].started && fb.started < fa[3].started,
+           "fairness: another client's job queued last starts before the first client's waiting ones (%d < %d, %d)",
+           (int)fb.started, (int)fa[2].started, (int)fa[3].started);
     stop(&r);
 
     /* n_predict 0: the prompt is read, nothing generated */
