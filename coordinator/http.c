@@ -91,7 +91,7 @@ struct hreq {
     int64_t created;
     int n_prompt;
     uint64_t client; /* its API key or address (the scheduler's fairness) */
-    int fd; /* the client's socket, for the disconnection check */
+    int fd;          /* the client's socket, for the disconnection check */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     /* under mu: what the sinks produced and the reader or handler has not taken yet */
@@ -911,7 +911,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         if (rt == R_NONE) return fail(h, c, 404, NULL, "not_found", "no route %s %s", method, url);
         if (!method_ok) return fail(h, c, 405, NULL, "method_not_allowed", "%s does not take %s", url, method);
         const int key = rt != R_HEALTH && rt != R_METRICS ? key_of(h, c) : 0;
-        if (key < 0) return fail(h, c, 401, NULL, "invalid_api_key", "a valid API key is needed (Authorization: Bearer KEY)");
+        if (key < 0)
+            return fail(h, c, 401, NULL, "invalid_api_key", "a valid API key is needed (Authorization: Bearer KEY)");
         /* A body announced larger than DRAIN_FACTOR limits is refused at once (the connection is then
          * closed under the client, which may see a reset); a smaller oversized one is read and dropped
          * first, so that the client gets its 413. */

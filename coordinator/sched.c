@@ -33,7 +33,7 @@ const double pi_sched_tpot_bounds[PI_SCHED_TPOT_BUCKETS - 1] = {0.001, 0.0025, 0
 
 #define IDLE_WAIT_NS (INT64_C(250) * 1000 * 1000) /* longest sleep without a job: deadlines stay checked */
 #define RETRY_NS (INT64_C(1000) * 1000 * 1000)    /* between two resets of a failed engine, at first */
-#define FAIR_SCAN 1024 /* queued jobs looked at for the fairest next one */
+#define FAIR_SCAN 1024                            /* queued jobs looked at for the fairest next one */
 #define RETRY_MAX_NS (INT64_C(60) * RETRY_NS)     /* ... doubling up to this */
 
 struct job {
@@ -55,7 +55,7 @@ struct job {
     int64_t t_submit, t_slot, t_first, deadline; /* ns; deadline 0 = none */
     bool cancel;                                 /* under the mutex */
     int retries;                                 /* prompt readings started again after an engine failure */
-    uint64_t client; /* who asked (fairness between clients) */
+    uint64_t client;                             /* who asked (fairness between clients) */
 };
 
 enum slot_state { SLOT_FREE = 0, SLOT_PROMPT, SLOT_GEN };

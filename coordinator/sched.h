@@ -113,8 +113,8 @@ struct pi_sched_job {
     size_t n_bias;
     int top_logprobs; /* -1: no logprobs; 0..PI_SCHED_MAX_TOP alternatives per token */
     bool ignore_eos;  /* end-of-generation tokens do not end it (they are then never sampled) */
-    uint64_t client; /* who asks (an API key, an address; 0 for all others): a free slot goes to the
-                      * waiting job whose client holds the fewest slots, the oldest first */
+    uint64_t client;  /* who asks (an API key, an address; 0 for all others): a free slot goes to the
+                       * waiting job whose client holds the fewest slots, the oldest first */
     struct pi_sched_sink sink;
     void *ctx; /* the sink's */
 };
