@@ -846,7 +846,7 @@ static int key_of(struct pi_http *h, struct MHD_Connection *c)
 {
     if (!h->n_keys) return 0;
     const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
-    if (!a || strncasecmp(a, "Bearer ", 7) != 0) return false;
+    if (!a || strncasecmp(a, "Bearer ", 7) != 0) return -1;
     a += 7;
     while (*a == ' ') a++;
     const size_t n = strlen(a);
