@@ -444,8 +444,9 @@ static void test_flood(void)
     tap_ok(first && stopped && strstr(log, "their client went away"), "a client gone mid-generation: its request is stopped");
     free(log);
 
-    /* A client that queues 20 requests and leaves at once: the queued ones are not run (each used to
-     * run its prompt and a first token, the stop noticed only when a chunk could not be sent). */
+    /* A client that queues 20 requests (480 tokens each) and leaves at once: the queued ones are not run
+     * (each used to run its prompt and a first token, the stop noticed only when a chunk could not be
+     * sent), the running ones stop. */
     json_t *st = status();
     const json_int_t tok0 = st ? json_integer_value(json_object_get(st, "tokens_generated")) : -1;
     json_decref(st);
@@ -461,8 +462,10 @@ static void test_flood(void)
     st = status();
     const json_int_t tok1 = st ? json_integer_value(json_object_get(st, "tokens_generated")) : -1;
     json_decref(st);
-    tap_ok(queued == 20 && stopped && tok0 >= 0 && tok1 - tok0 <= 3,
-           "a client gone with 20 requests queued: they are dropped (%lld tokens generated for them)",
+    /* the requests already in a slot when the client left ([server] slots, 4 here, run at once) may each
+     * have a token or two from the step before the departure is seen; none runs on */
+    tap_ok(queued == 20 && stopped && tok0 >= 0 && tok1 - tok0 <= 3 * 4,
+           "a client gone with 20 requests queued: they are dropped (%lld tokens generated for them, 4 slots)",
            (long long)(tok1 - tok0));
 
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
