@@ -22,6 +22,8 @@ cat >"$t/pinfer.conf" <<CONF
   backend = none
 [run]
   dir = $t/run
+[http]
+  listen = off
 [generate]
   n_predict = 7
   temperature = 0

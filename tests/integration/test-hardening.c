@@ -68,7 +68,7 @@ static pid_t start_server_on(const char *name, int soft, int hard, const char *e
     char cmd[3200];
     snprintf(
         cmd, sizeof cmd,
-        "%sulimit -Sn %d && ulimit -Hn %d && exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' "
+        "%sulimit -Sn %d && ulimit -Hn %d && exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control '%s' "
         "--cpu-threads 1 %s",
         prefix, soft, hard, coord, model, rundir, ep, extra);
     char *argv[] = {"/bin/sh", "-c", cmd, NULL};
@@ -238,7 +238,7 @@ static void test_prompt_file(void)
     char *got = tp_output("prompt-file", "out");
     tap_ok(rc == 0 && strcmp(got, want) == 0, "one-shot -f FILE gives the same text (exit %d): %s", rc, got);
     free(got);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --run-dir '%s' --gpu-backend none --prompt - -n 8 --temp 0 < '%s'", coord,
+    snprintf(cmd, sizeof cmd, "exec '%s' --http off --model '%s' --run-dir '%s' --gpu-backend none --prompt - -n 8 --temp 0 < '%s'", coord,
              model, rundir, pf);
     rc = sh("prompt-stdin", cmd);
     got = tp_output("prompt-stdin", "out");
@@ -374,14 +374,14 @@ static void test_run_dir(void)
     fputs("precious\n", f);
     fclose(f);
     if (symlink(target, link) != 0) tap_bail("symlink: %s", strerror(errno));
-    char *a1[] = {coord, "--model", model, "--gpu-backend", "none", "--run-dir", link, NULL};
+    char *a1[] = {coord, "--http", "off", "--model", model, "--gpu-backend", "none", "--run-dir", link, NULL};
     int rc = tp_run(a1, "rundir-link", 30);
     char *err = tp_output("rundir-link", "err");
     tap_ok(rc == 2 && is_regular(file) && strstr(err, "symbolic link"), "a run dir that is a symlink: refused (exit %d), the file there kept: %s",
            rc, err);
     free(err);
     /* a regular file at the control socket's path of a real run dir */
-    char *a2[] = {coord, "--model", model, "--gpu-backend", "none", "--run-dir", target, NULL};
+    char *a2[] = {coord, "--http", "off", "--model", model, "--gpu-backend", "none", "--run-dir", target, NULL};
     rc = tp_run(a2, "rundir-file", 30);
     err = tp_output("rundir-file", "err");
     tap_ok(rc != 0 && is_regular(file) && strstr(err, "not a socket"), "a file that is not a socket at control.sock: kept, the server refused (exit %d): %s",
@@ -393,7 +393,7 @@ static void test_run_dir(void)
     snprintf(xdg, sizeof xdg, "%s/xdg", tp_dir);
     snprintf(sock, sizeof sock, "%s/pinfer/control.sock", xdg);
     mkdir(xdg, 0700);
-    snprintf(cmd, sizeof cmd, "XDG_RUNTIME_DIR='%s' exec '%s' --model '%s' --gpu-backend none", xdg, coord, model);
+    snprintf(cmd, sizeof cmd, "XDG_RUNTIME_DIR='%s' exec '%s' --http off --model '%s' --gpu-backend none", xdg, coord, model);
     char *a3[] = {"/bin/sh", "-c", cmd, NULL};
     pid_t srv = tp_spawn(a3, "xdg-server");
     bool up = false;
@@ -422,7 +422,7 @@ static void test_sweep(void)
     snprintf(sock, sizeof sock, "%s/workers.sock", live);
     int s1 = unix_socket_at(sock, true);
     if (!tap_ok(s0 == 0 && s1 >= 0, "a stale and a live worker directory made")) return;
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --cpu-workers 1 --cpu-threads 1 --run-dir '%s' --prompt Hi -n 1", coord, model,
+    snprintf(cmd, sizeof cmd, "exec '%s' --http off --model '%s' --cpu-workers 1 --cpu-threads 1 --run-dir '%s' --prompt Hi -n 1", coord, model,
              dir);
     int rc = sh("sweep", cmd);
     char *err = tp_output("sweep", "err");
@@ -604,7 +604,7 @@ static void test_ipc_access(void)
 {
     char cmd[2400]; /* server mode (no --prompt): it is what serves the endpoint */
     snprintf(cmd, sizeof cmd,
-             "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control ipc://@pinfer-test-%d", coord, model,
+             "exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control ipc://@pinfer-test-%d", coord, model,
              rundir, (int)getpid());
     int rc = sh("abstract", cmd);
     char *err = tp_output("abstract", "err");
@@ -629,7 +629,7 @@ static void test_ipc_access(void)
     if (srv > 0) stop_server(srv);
 
     chmod(own, 0777);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
+    snprintf(cmd, sizeof cmd, "exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
              rundir, ep);
     rc = sh("open-dir", cmd);
     err = tp_output("open-dir", "err");
@@ -719,13 +719,13 @@ static void test_tcp_token(void)
     write_mode(tok_open, "d3c4f5e6a7b8c9d0e1f2a3b4c5d6e7f8\n", 0644);
     write_mode(tok_bad, "00000000000000000000000000000000\n", 0600);
 
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
+    snprintf(cmd, sizeof cmd, "exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control '%s'", coord, model,
              rundir, ep);
     int rc = sh("tcp-none", cmd);
     char *err = tp_output("tcp-none", "err");
     tap_ok(rc == 2 && strstr(err, "token_file"), "tcp on the loopback without a token: refused (exit %d): %s", rc, err);
     free(err);
-    snprintf(cmd, sizeof cmd, "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control tcp://0.0.0.0:%d",
+    snprintf(cmd, sizeof cmd, "exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control tcp://0.0.0.0:%d",
              coord, model, rundir, port);
     rc = sh("tcp-any", cmd);
     err = tp_output("tcp-any", "err");
@@ -733,7 +733,7 @@ static void test_tcp_token(void)
            rc);
     free(err);
     snprintf(cmd, sizeof cmd,
-             "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' --set control.token_file='%s'",
+             "exec '%s' --http off --model '%s' --gpu-backend none --run-dir '%s' --control '%s' --set control.token_file='%s'",
              coord, model, rundir, ep, tok_open);
     rc = sh("tcp-open", cmd);
     err = tp_output("tcp-open", "err");

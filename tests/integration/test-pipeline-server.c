@@ -43,7 +43,7 @@ static pid_t start_server_set(const char *name, const char *set)
 {
     /* One thread per process: with several, the neuron kernel's thread split changes the float sums from
      * run to run, and a greedy near-tie could differ between the server and the one-shot run. */
-    char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
+    char *argv[] = {coord, "--http", "off", "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
                     "--control", endpoint, "--cpu-threads", "1", set ? "--set" : NULL, (char *)set, NULL};
     pid_t pid = tp_spawn(argv, name);
     for (int i = 0; i < 400; i++) {
@@ -292,7 +292,7 @@ static void server_log_diag(const char *name)
 /* Greedy text of the one-shot pipeline for the same prompt and placement. */
 static char *oneshot_text(const char *prompt, const char *n)
 {
-    char *argv[] = {coord, "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
+    char *argv[] = {coord, "--http", "off", "--model", model, "--cpu-workers", "2", "--hot-fraction", "0.5", "--run-dir", rundir,
                     "--prompt", (char *)prompt, "-n", (char *)n, "--temp", "0", "--log-level", "warn", "--cpu-threads", "1", NULL};
     if (tp_run(argv, "oneshot", TIMEOUT_S) != 0) return strdup("(one-shot failed)");
     return tp_output("oneshot", "out");
@@ -671,7 +671,7 @@ int main(void)
     json_decref(st);
 
     /* A second coordinator on the same endpoint refuses to start, and the first keeps serving. */
-    char *argv2[] = {coord, "--model", model, "--run-dir", rundir, "--control", endpoint, NULL};
+    char *argv2[] = {coord, "--http", "off", "--model", model, "--run-dir", rundir, "--control", endpoint, NULL};
     rc = tp_run(argv2, "second", TIMEOUT_S);
     err = tp_output("second", "err");
     tap_ok(rc != 0 && strstr(err, "another coordinator is serving"), "a second coordinator on the endpoint: exit %d, %s", rc, err);

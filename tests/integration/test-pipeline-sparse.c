@@ -295,7 +295,7 @@ static json_t *served_status(const char *name, const char *path, const char *bac
     char endpoint[600], rundir[300], n_err[96];
     snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
     snprintf(endpoint, sizeof endpoint, "ipc://%s/%s.sock", tp_dir, name);
-    char *argv[] = {coord, "--model", (char *)path, "--gpu-backend", (char *)backend, "--cpu-workers", "2", "--hot-fraction",
+    char *argv[] = {coord, "--http", "off", "--model", (char *)path, "--gpu-backend", (char *)backend, "--cpu-workers", "2", "--hot-fraction",
                     "0.5", "--recall-every", "1", "--run-dir", rundir, "--control", endpoint, "--log-level", "warn", NULL};
     pid_t pid = tp_spawn(argv, name);
     json_t *j = NULL;
