@@ -50,14 +50,7 @@ static int prompt_ids(const pi_tokenizer_t *t, const struct pi_gen_request *r, i
         *n = r->n_tokens;
         return 0;
     }
-    size_t len = strlen(r->prompt), need = 0;
-    int rc = pi_tokenize(t, r->prompt, len, true, r->parse_special, NULL, 0, &need);
-    if (rc != 0 && rc != -PI_ERR_RANGE) return rc;
-    *ids = malloc((need ? need : 1) * sizeof **ids);
-    if (!*ids) return -PI_ERR_NOMEM;
-    rc = pi_tokenize(t, r->prompt, len, true, r->parse_special, *ids, need, n);
-    if (rc != 0) { free(*ids); *ids = NULL; }
-    return rc;
+    return pi_tokenize_alloc(t, r->prompt, strlen(r->prompt), true, r->parse_special, ids, n);
 }
 
 /* The one call of the engine's evaluation: tokens (n) of sequence 0 at positions pos0.., logits of the

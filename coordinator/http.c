@@ -540,17 +540,9 @@ static int prompt_tokens(struct pi_http *h, struct hreq *r, int32_t **ids, size_
         text = strdup(r->rq.prompt ? r->rq.prompt : "");
         if (!text) return -PI_ERR_NOMEM;
     }
-    const size_t len = strlen(text);
-    size_t need = 0;
-    int rc = pi_tokenize(h->tok, text, len, true, special, NULL, 0, &need);
-    if (rc == 0 || rc == -PI_ERR_RANGE) {
-        *ids = malloc((need ? need : 1) * sizeof **ids);
-        rc = *ids ? pi_tokenize(h->tok, text, len, true, special, *ids, need, n) : -PI_ERR_NOMEM;
-    }
+    int rc = pi_tokenize_alloc(h->tok, text, strlen(text), true, special, ids, n);
     free(text);
     if (rc != 0) {
-        free(*ids);
-        *ids = NULL;
         if (rc != -PI_ERR_NOMEM)
             pi_oai_error_set(e, 400, r->route == R_CHAT ? "messages" : "prompt", "invalid_value",
                              "the prompt could not be tokenized: %s", pi_err_str(rc));
@@ -683,16 +675,11 @@ static enum MHD_Result tokenize(struct pi_http *h, struct MHD_Connection *c, str
         free(content);
         return fail(h, c, 400, NULL, NULL, "the model has no tokenizer");
     }
-    size_t need = 0, n = 0, len = strlen(content);
+    size_t n = 0;
     int32_t *ids = NULL;
-    int rc = pi_tokenize(h->tok, content, len, add_special, parse_special, NULL, 0, &need);
-    if (rc == 0 || rc == -PI_ERR_RANGE) {
-        ids = malloc((need ? need : 1) * sizeof *ids);
-        rc = ids ? pi_tokenize(h->tok, content, len, add_special, parse_special, ids, need, &n) : -PI_ERR_NOMEM;
-    }
+    int rc = pi_tokenize_alloc(h->tok, content, strlen(content), add_special, parse_special, &ids, &n);
     free(content);
     if (rc != 0) {
-        free(ids);
         return rc == -PI_ERR_NOMEM
                    ? fail(h, c, 500, NULL, NULL, "out of memory")
                    : fail(h, c, 400, "content", "invalid_value", "tokenizing failed: %s", pi_err_str(rc));

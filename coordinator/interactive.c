@@ -125,19 +125,9 @@ static int conversation_ids(struct chat *c, int32_t **ids, size_t *n)
 {
     char *text = pi_coord_chat_render(c->o, c->cm->tok, c->msgs, c->n_msgs, "-i");
     if (!text) return -PI_ERR_INVAL;
-    size_t len = strlen(text), need = 0;
-    int rc = pi_tokenize(c->cm->tok, text, len, true, true, NULL, 0, &need);
-    *ids = NULL;
-    if (rc == 0 || rc == -PI_ERR_RANGE) {
-        *ids = malloc((need ? need : 1) * sizeof **ids);
-        rc = *ids ? pi_tokenize(c->cm->tok, text, len, true, true, *ids, need, n) : -PI_ERR_NOMEM;
-    }
+    int rc = pi_tokenize_alloc(c->cm->tok, text, strlen(text), true, true, ids, n);
     free(text);
-    if (rc != 0) {
-        free(*ids);
-        *ids = NULL;
-        note("tokenizing the conversation failed: %s", pi_err_str(rc));
-    }
+    if (rc != 0) note("tokenizing the conversation failed: %s", pi_err_str(rc));
     return rc;
 }
 

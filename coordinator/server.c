@@ -460,12 +460,7 @@ static int control_prompt(struct server *s, const char *prompt, uint32_t n_predi
     *n = 0;
     if (!t) return snprintf(why, len, "the model has no tokenizer"), -PI_ERR_INVAL;
     const size_t plen = prompt ? strlen(prompt) : 0;
-    size_t need = 0;
-    int rc = pi_tokenize(t, prompt ? prompt : "", plen, true, false, NULL, 0, &need);
-    if (rc == 0 || rc == -PI_ERR_RANGE) {
-        *ids = malloc((need ? need : 1) * sizeof **ids);
-        rc = *ids ? pi_tokenize(t, prompt ? prompt : "", plen, true, false, *ids, need, n) : -PI_ERR_NOMEM;
-    }
+    int rc = pi_tokenize_alloc(t, prompt ? prompt : "", plen, true, false, ids, n);
     if (rc != 0) return snprintf(why, len, "tokenizing the prompt failed: %s", pi_err_str(rc)), rc;
     if (*n == 0) return snprintf(why, len, "the prompt is empty"), -PI_ERR_INVAL;
     const int64_t n_ctx = pi_sched_n_ctx(s->sched);

@@ -714,3 +714,23 @@ enum pi_token_type pi_token_type_of(const pi_tokenizer_t *t, int32_t id)
     if (id < 0 || (uint32_t)id >= t->n_vocab) return PI_TOKEN_UNDEFINED;
     return (enum pi_token_type)t->type[id];
 }
+
+int pi_tokenize_alloc(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
+                      int32_t **ids, size_t *n)
+{
+    *ids = NULL;
+    *n = 0;
+    size_t need = 0;
+    int rc = pi_tokenize(t, text, len, add_bos, parse_special, NULL, 0, &need);
+    if (rc != 0 && rc != -PI_ERR_RANGE) return rc;
+    int32_t *out = malloc((need ? need : 1) * sizeof *out);
+    if (!out) return -PI_ERR_NOMEM;
+    rc = pi_tokenize(t, text, len, add_bos, parse_special, out, need, n);
+    if (rc != 0) {
+        free(out);
+        *n = 0;
+        return rc;
+    }
+    *ids = out;
+    return 0;
+}

@@ -74,6 +74,11 @@ void pi_tokenizer_destroy(pi_tokenizer_t **t);
 int pi_tokenize(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
                 int32_t *out, size_t cap, size_t *n_out);
 
+/* pi_tokenize into a buffer of the right size: *ids malloc'd (the caller frees it) with *n ids. 0, or
+ * pi_tokenize's errors with *ids NULL and *n 0. */
+int pi_tokenize_alloc(const pi_tokenizer_t *t, const char *text, size_t len, bool add_bos, bool parse_special,
+                      int32_t **ids, size_t *n);
+
 /* Accessors (t not NULL); they never fail. */
 enum pi_tokenizer_kind pi_tokenizer_kind(const pi_tokenizer_t *t);
 /* The tokenizer.ggml.pre name ("default" when absent or for SentencePiece). Borrowed. */
