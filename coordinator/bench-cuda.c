@@ -7,8 +7,9 @@
  *     4096, the 7B FFN's up and down shapes); several copies of the matrix rotate so that the 50 MB L2
  *     cache never holds the one being read (variants: x from the cache with 1, 2, 4 rows per warp; x
  *     staged in shared memory, wide and tall; auto);
- *   - prompt GEMM TFLOP/s (dequantised f16 tiles + cublasGemmEx) for T and 4 T tokens (T: each -p,
- *     default 512);
+ *   - batched products (pi_cuda_gemm) for 4..64 tokens and for T and 4 T (T: each -p above 64,
+ *     default 512): TFLOP/s and weight GB/s, and for Q4_0/Q8_0, whose batches take the integer
+ *     tensor-core GEMM, the time of the f16-tile path beside it;
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
  * Inputs are random (never zeros). Times are host clocks around --iters launches ending in a sync,
  * the median of 5 trials after a warm-up.
@@ -126,12 +127,6 @@ static int run_gemm(void *a, int i)
     return pi_cuda_gemm(m->ctx, m->w[i % m->nw], m->T, m->x, m->y);
 }
 
-static int run_deq(void *a, int i)
-{
-    struct mv_arg *m = a;
-    return pi_cuda_dequant_f16(m->ctx, m->w[i % m->nw], m->y);
-}
-
 static int run_ffn(void *a, int i)
 {
     struct mv_arg *m = a;
@@ -190,7 +185,7 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
 {
     const int64_t rows = b->rows, cols = b->cols;
     const int reps = (int)b->iters;
-    int64_t T = 1; /* the largest prompt: sizes x and y for the 4 T-token GEMM */
+    int64_t T = 16; /* the largest prompt (at least 16): sizes x and y for the 4 T-token GEMM */
     for (int i = 0; i < b->n_prompt.n; i++) T = PI_MAX(T, b->n_prompt.v[i]);
     if (pi_cuda_device_count() <= 0) {
         fprintf(stderr, "pi-bench: --cuda-kernels: no CUDA device\n");
@@ -239,23 +234,44 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
         }
     }
 
-    printf("\nprompt GEMM Y (T, rows) = X (T, cols) W^T (dequantised f16 tiles + cublasGemmEx)\n");
-    printf("| type | rows x cols | T | ms | TFLOP/s | of which dequant ms (GB/s read + written) |\n|---|---|---|---|---|---|\n");
+    /* Batched products: pi_cuda_gemm as the backend calls it (the integer GEMM for Q4_0/Q8_0, f16 tiles
+     * and cuBLAS for the rest); for the integer GEMM's types also the f16 path, in a second context
+     * without it (same weights, same buffers). Batches of 4..64 are serving's decode steps and the
+     * engines' prompt chunks; -p and 4 -p are whole prompts. */
+    const struct pi_cuda_opts nomq = {.no_mmq = true};
+    pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
+    if (!ctx16) return 1;
+    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (pi_cuda_gemm: Q4_0/Q8_0 on the integer tensor cores, "
+           "kernels/cuda/mmq.cu; other types dequantised f16 tiles + cublasGemmEx; \"f16 path\": Q4_0/Q8_0 the other way)\n");
+    printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | f16 path ms | speedup |\n|---|---|---|---|---|---|---|---|\n");
+    int64_t tlist[16];
+    int nt = 0;
+    for (int64_t tt = 4; tt <= 64; tt *= 2) tlist[nt++] = tt;
+    for (int pi = 0; pi < b->n_prompt.n && nt < 14; pi++)
+        if (b->n_prompt.v[pi] > 64) tlist[nt++] = b->n_prompt.v[pi], tlist[nt++] = 4 * b->n_prompt.v[pi];
     for (size_t ti = 0; ti < PI_ARRAY_LEN(types); ti++) {
         if (upload_copies(ctx, types[ti], rows, cols, &m) < 0) continue;
-        double td = types[ti] == PI_TYPE_F16 ? 0 : bench(ctx, run_deq, &m, 10);
-        double dbytes = (double)pi_cuda_weight_bytes(m.w[0]) + 2.0 * (double)rows * (double)cols;
-        for (int pi = 0; pi < b->n_prompt.n; pi++) {
-            for (int64_t tt = b->n_prompt.v[pi]; tt > 0 && tt <= 4 * b->n_prompt.v[pi]; tt *= 4) {
-                m.T = tt;
-                double t = bench(ctx, run_gemm, &m, 10);
-                printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.3f (%.0f) |\n", pi_type_name(types[ti]), (long long)rows,
-                       (long long)cols, (long long)tt, t * 1e3, 2.0 * (double)tt * (double)rows * (double)cols / t / 1e12,
-                       td * 1e3, td > 0 ? dbytes / td / 1e9 : 0.0);
+        const bool mq = pi_cuda_mmq_for(ctx, (int)types[ti]);
+        const double wbytes = (double)pi_cuda_weight_bytes(m.w[0]);
+        for (int k = 0; k < nt; k++) {
+            if (tlist[k] > T * 4 && tlist[k] > 64) continue; /* x and y hold 4 T rows */
+            m.T = tlist[k];
+            m.ctx = ctx;
+            double t = bench(ctx, run_gemm, &m, 10), t16 = 0;
+            if (mq) {
+                m.ctx = ctx16;
+                t16 = bench(ctx16, run_gemm, &m, 10);
+                m.ctx = ctx;
             }
+            printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.0f |", pi_type_name(types[ti]), (long long)rows,
+                   (long long)cols, (long long)m.T, t * 1e3, 2.0 * (double)m.T * (double)rows * (double)cols / t / 1e12,
+                   wbytes / t / 1e9);
+            if (mq) printf(" %.3f | %.2fx |\n", t16 * 1e3, t16 / t);
+            else printf(" | |\n");
         }
         free_copies(ctx, &m);
     }
+    pi_cuda_ctx_destroy(&ctx16);
 
     /* Hot FFN: every neuron of a 7B layer on the GPU, all active. */
     {

@@ -37,6 +37,9 @@ static int ctx_init(pi_cuda_ctx_t *c, int dev, size_t budget, const struct pi_cu
     cudaFuncAttributes fa;
     PI_CU(cudaFuncGetAttributes(&fa, k_copy16));
     c->pdl = p.major >= 9 && fa.binaryVersion >= 90 && !(o && o->no_pdl);
+    /* pi_cuda_mmq_built: every built architecture has mma.sync on int8 (sm_80), so a device that runs
+     * this code has it too; the VRAM plan then counts no dequantised tiles for those types */
+    c->mmq = pi_cuda_mmq_built(PI_TYPE_Q4_0) && p.major >= 8 && !(o && o->no_mmq);
     PI_CU(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     PI_CU(cudaStreamCreateWithFlags(&c->copy, cudaStreamNonBlocking));
     PI_CUBLAS(cublasCreate(&c->blas));

@@ -47,6 +47,7 @@ struct pi_cuda_opts {
     int x;            /* enum pi_cuda_x */
     bool no_pdl;      /* tests: launch without programmatic dependent launch (cuda-impl.h, DESIGN note) */
     bool att_unfused; /* tests: pi_cuda_attention_dec in three launches, as beyond PI_CUDA_ATT_CNT heads */
+    bool no_mmq;      /* tests, benchmarks: batched products through the f16 tiles and cuBLAS only */
 };
 
 /* Open device dev with a budget of `budget` bytes for everything pi_cuda_alloc hands out (0: the
@@ -162,10 +163,22 @@ bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
  * activations while x is still held (pi_cuda_ffn_dense). 0, or -PI_ERR_NOMEM past the budget. */
 int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
 
-/* Y (T, rows) = X (T, cols) @ W^T: X is converted to f16, W is dequantised to f16 in row tiles (F16 is
- * used in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
- * Scratch: T * cols * 2 bytes plus a tile of at most 64 MiB, from the budget. */
+/* Y (T, rows) = X (T, cols) @ W^T. Q4_0 and Q8_0 weights, where the context has it (pi_cuda_mmq_for):
+ * pi_cuda_mmq below. Otherwise X is converted to f16, W is dequantised to f16 in row tiles (F16 is used
+ * in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
+ * Scratch: pi_cuda_gemm_x16_bytes(T, cols) plus, for the f16 path, a tile of at most 64 MiB
+ * (pi_cuda_gemm_tile_bytes), from the budget. */
 int pi_cuda_gemm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
+
+/* Whether ctx's batched products of a weight of `type` take pi_cuda_mmq: pi_cuda_mmq_built(type)
+ * (kernels/cuda/plan.h) and not turned off by pi_cuda_opts.no_mmq. */
+bool pi_cuda_mmq_for(const pi_cuda_ctx_t *ctx, int type);
+
+/* Y (T, rows) = X (T, cols) @ W^T (add: Y += ...) on the quantised blocks (kernels/cuda/mmq.cu): X
+ * quantised to 8 bits per token and 32 columns (the q8 matvec's rule) into the X16 scratch, integer
+ * tensor-core products per block, float accumulation in block order. A token's row of Y is the same
+ * bits in any batch. T in [1, 65535]; -PI_ERR_UNSUPPORTED where !pi_cuda_mmq_for. */
+int pi_cuda_mmq(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add);
 
 /* Either of the above: matvec for T <= 2 (per token), gemm beyond. Same shapes as pi_cuda_gemm. */
 int pi_cuda_matmul(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);

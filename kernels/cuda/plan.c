@@ -21,9 +21,19 @@ int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols)
     return PI_MIN(tr, rows);
 }
 
+bool pi_cuda_mmq_built(int type)
+{
+#if PI_CUDA_MIN_ARCH >= 80
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0;
+#else
+    (void)type;
+    return false;
+#endif
+}
+
 size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols)
 {
-    if (type == PI_TYPE_F16) return 0;
+    if (type == PI_TYPE_F16 || pi_cuda_mmq_built(type)) return 0;
     return (size_t)pi_cuda_gemm_tile_rows(rows, cols) * (size_t)cols * 2;
 }
 

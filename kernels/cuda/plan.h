@@ -81,8 +81,23 @@ static inline size_t pi_cuda_att_part_max(int64_t T, int n_head, int64_t n_ctx, 
 /* Bytes of the XQ scratch a q8 product of `cols` columns quantises x into. */
 size_t pi_cuda_xq_bytes(int64_t cols);
 
-/* Bytes of pi_cuda_gemm's f16 copy of its input X (T, cols) (the X16 scratch). */
-static inline size_t pi_cuda_gemm_x16_bytes(int64_t T, int64_t cols) { return (size_t)T * (size_t)cols * 2; }
+/* The quantised GEMM (mmq.cu) pads a batch's tokens to a multiple of this. */
+#define PI_CUDA_MMQ_TOK_ALIGN 8
+
+/* Whether batched products with a weight of `type` (an enum pi_type) take the integer tensor-core GEMM
+ * of mmq.cu (Q4_0, Q8_0) in this build: every architecture built has it (sm_80 on). Such weights need
+ * no dequantised tile. */
+bool pi_cuda_mmq_built(int type);
+
+/* Bytes of the GEMMs' input scratch (X16) for X (T, cols): pi_cuda_gemm's f16 copy, or mmq.cu's 8-bit
+ * X (T padded to PI_CUDA_MMQ_TOK_ALIGN; one byte per value and a float per 32), whichever is larger. */
+static inline size_t pi_cuda_gemm_x16_bytes(int64_t T, int64_t cols)
+{
+    const size_t f16 = (size_t)T * (size_t)cols * 2;
+    const size_t tp = (size_t)((T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN);
+    const size_t q8 = tp * (size_t)cols + tp * (size_t)(cols / 32) * sizeof(float);
+    return f16 > q8 ? f16 : q8;
+}
 
 /* Bytes of the hot FFN's activations, n floats (the FFN scratch of pi_cuda_ffn_hot and
  * pi_cuda_ffn_dense). */
@@ -94,7 +109,7 @@ static inline size_t pi_cuda_ffn_act_bytes(int64_t n) { return (size_t)n * sizeo
 int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols);
 
 /* The dequantised tile pi_cuda_gemm takes for a weight (rows, cols) of device type `type` (an enum
- * pi_type): 0 for F16, which the GEMM uses in place. */
+ * pi_type): 0 for F16, which the GEMM uses in place, and for the types of pi_cuda_mmq_built. */
 size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols);
 
 /* How a weight type is laid out on the device (kernels/cuda/cuda-impl.h): elements and ggml bytes

@@ -239,26 +239,67 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     free(w), free(wf), free(x), free(ref), free(exact), free(xd), free(y);
 }
 
+/* The quantised GEMM (pi_cuda_mmq) of the first T rows of X against W: Y's rows are the same bits
+ * whatever the batch holds (a one-token call and a call on a suffix of X give the rows they share
+ * equal to memcmp). */
+static void test_mmq_invariant(const pi_cuda_weight_t *dw, int64_t rows, int64_t cols, int64_t T, const float *dX,
+                               const float *Y)
+{
+    float *dY1 = dev_from(NULL, (size_t)(T * rows) * 4);
+    int64_t diff = 0;
+    int rc = 0;
+    const int64_t probe[3] = {0, T / 2, T - 1};
+    for (int k = 0; k < 3; k++) { /* a one-token batch */
+        rc |= pi_cuda_mmq(ctx, dw, 1, dX + probe[k] * cols, dY1, 0);
+        float *y1 = host_of(dY1, (size_t)rows);
+        diff += memcmp(y1, Y + probe[k] * rows, (size_t)rows * 4) != 0;
+        free(y1);
+    }
+    const int64_t s0 = T / 3; /* the suffix, so that every tile boundary moves */
+    rc |= pi_cuda_mmq(ctx, dw, T - s0, dX + s0 * cols, dY1, 0);
+    float *ys = host_of(dY1, (size_t)((T - s0) * rows));
+    diff += memcmp(ys, Y + s0 * rows, (size_t)((T - s0) * rows) * 4) != 0;
+    tap_ok(rc == 0 && diff == 0, "mmq (%lld, %lld) T=%lld: a token's outputs are the same bits alone, and in a batch of %lld",
+           (long long)rows, (long long)cols, (long long)T, (long long)(T - s0));
+    free(ys);
+    dev_free(dY1);
+}
+
 static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
 {
     void *w = rand_weight(t, rows, cols);
     float *wf = ref_rows(t, w, rows, cols), *X = rand_floats((size_t)(T * cols), 1.0f);
-    double *ref = calloc((size_t)(T * rows), sizeof(double));
-    for (int64_t i = 0; i < T; i++)
+    /* the integer GEMM quantises X per token and 32 columns (the q8 matvec's rule): the reference is the
+     * product with X so rounded, and a second check is against the exact product */
+    const bool mmq = T > PI_CUDA_MATVEC_MAX_ROWS && pi_cuda_mmq_for(ctx, (int)t);
+    double *ref = calloc((size_t)(T * rows), sizeof(double)), *exact = calloc((size_t)(T * rows), sizeof(double));
+    double *xd = malloc((size_t)cols * sizeof(double));
+    for (int64_t i = 0; i < T; i++) {
+        for (int64_t c = 0; c < cols; c++) xd[c] = X[i * cols + c];
+        if (mmq) q8_round(xd, cols, xd);
         for (int64_t r = 0; r < rows; r++) {
-            double s = 0;
-            for (int64_t c = 0; c < cols; c++) s += (double)wf[r * cols + c] * X[i * cols + c];
-            ref[i * rows + r] = s;
+            double s = 0, x = 0;
+            for (int64_t c = 0; c < cols; c++) s += (double)wf[r * cols + c] * xd[c], x += (double)wf[r * cols + c] * X[i * cols + c];
+            ref[i * rows + r] = s, exact[i * rows + r] = x;
         }
+    }
     pi_cuda_weight_t *dw = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw) == 0);
     float *dX = dev_from(X, (size_t)(T * cols) * 4), *dY = dev_from(NULL, (size_t)(T * rows) * 4);
     int rc = pi_cuda_matmul(ctx, dw, T, dX, dY);
     float *Y = host_of(dY, (size_t)(T * rows));
     double e = nerr_d(Y, ref, (size_t)(T * rows));
-    /* f16 inputs (weights and activations rounded to 11 bits), f32 accumulation. */
-    tap_ok(rc == 0 && e < 2e-3, "matmul %s T=%lld (%lld, %lld): error %.3g", pi_type_name(t), (long long)T,
-           (long long)rows, (long long)cols, e);
+    /* f16 path: f16 inputs (weights and activations rounded to 11 bits), f32 accumulation; the integer
+     * path: exact block sums, float scaling and accumulation */
+    const double tol = mmq ? 2e-6 : 2e-3;
+    tap_ok(rc == 0 && e < tol, "matmul %s T=%lld (%lld, %lld)%s: error %.3g", pi_type_name(t), (long long)T,
+           (long long)rows, (long long)cols, mmq ? " on the integer tensor cores" : "", e);
+    if (mmq) {
+        double ex = nerr_d(Y, exact, (size_t)(T * rows));
+        tap_ok(rc == 0 && ex < 1e-2, "matmul %s T=%lld with X in 8 bits, against the exact product: error %.3g",
+               pi_type_name(t), (long long)T, ex);
+        test_mmq_invariant(dw, rows, cols, T, dX, Y);
+    }
     /* the accumulating GEMM (beta 1): Y0 + X W^T, its error that of (result - Y0) against X W^T */
     float *Y0 = rand_floats((size_t)(T * rows), 2.0f);
     PI_ASSERT(pi_cuda_upload(ctx, dY, Y0, (size_t)(T * rows) * 4) == 0);
@@ -267,8 +308,8 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     Y = host_of(dY, (size_t)(T * rows));
     for (int64_t i = 0; i < T * rows; i++) Y[i] -= Y0[i];
     e = nerr_d(Y, ref, (size_t)(T * rows));
-    tap_ok(rc == 0 && e < 2e-3, "matmul_add %s T=%lld: error %.3g", pi_type_name(t), (long long)T, e);
-    free(Y0);
+    tap_ok(rc == 0 && e < (mmq ? 5e-5 : 2e-3), "matmul_add %s T=%lld: error %.3g", pi_type_name(t), (long long)T, e);
+    free(Y0), free(exact), free(xd);
 
     /* Dequantised tile against the reference rows rounded to f16. */
     void *d16 = dev_from(NULL, (size_t)(rows * cols) * 2);
@@ -794,6 +835,22 @@ static void test_q8_context(void)
     ctx = main_ctx;
 }
 
+/* Batched Q4_0/Q8_0 products in a context without the integer GEMM (pi_cuda_opts.no_mmq): the f16
+ * tiles and cuBLAS, as before it and as a build for an architecture without it. */
+static void test_no_mmq_context(void)
+{
+    pi_cuda_ctx_t *main_ctx = ctx;
+    const struct pi_cuda_opts o = {.no_mmq = true};
+    ctx = pi_cuda_ctx_new(0, (size_t)1 << 30, &o);
+    if (!ctx) tap_bail("cannot open a second context on device 0");
+    tap_ok(!pi_cuda_mmq_for(ctx, PI_TYPE_Q4_0) && pi_cuda_mmq(ctx, NULL, 0, NULL, NULL, 0) == -PI_ERR_UNSUPPORTED,
+           "a context with no_mmq takes no integer GEMM");
+    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
+    test_gemm(PI_TYPE_Q8_0, 300, 512, 37);
+    pi_cuda_ctx_destroy(&ctx);
+    ctx = main_ctx;
+}
+
 /* ------------------------------------------------------------------ budget and errors */
 
 static void test_budget(void)
@@ -898,7 +955,16 @@ int main(void)
     test_matvec(PI_TYPE_Q4_0, 3000, 4096, 0);
     test_matvec_norm(PI_TYPE_Q4_0, 12288, 4096, 3.0f);
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 3072, PI_CUDA_ACT_RELU); /* both products in 8 bits */
-    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
+    /* the integer GEMM's shapes: a one-tile batch, a full 64-token tile, a second tile row with one
+     * live token, two tiles and a part; rows not a multiple of 32; the slices' ranges (8, 4, 2, 1
+     * slices: 4096, 11008 and 512 columns on this device's SMs) */
+    test_gemm(PI_TYPE_Q4_0, 4096, 4096, 8);
+    test_gemm(PI_TYPE_Q4_0, 11008, 4096, 64);
+    test_gemm(PI_TYPE_Q8_0, 4096, 11008, 65);
+    test_gemm(PI_TYPE_Q4_0, 301, 512, 150);
+    test_gemm(PI_TYPE_Q8_0, 33, 256, 17);
+    test_gemm(PI_TYPE_Q4_0, 7, 64, 9);
+    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch (without mmq) */
     test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */
     test_gemm(PI_TYPE_Q6_K, 45, 768, 4);    /* ... with 24 */
@@ -948,6 +1014,7 @@ int main(void)
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q4_0, 1024, 2816, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 512, PI_CUDA_ACT_DRELU);
     test_q8_context();
+    test_no_mmq_context();
     test_budget();
     test_errors();
     size_t used, peak;

@@ -1,0 +1,274 @@
+/*
+ * kernels/cuda/mmq.cu - batched products on the quantised blocks (Q4_0, Q8_0) with the integer tensor
+ * cores: Y (T, rows) = X (T, cols) W^T for batches of more than PI_CUDA_MATVEC_MAX_ROWS tokens, in
+ * place of the dequantise-to-f16 tiles and cuBLAS (matmul.cu), which moved 4.5 bytes per Q4_0 weight
+ * and per batch (dequantised to f16, written, read back) where this reads the stored 0.56.
+ *
+ * The scheme (the one llama.cpp's MMQ made standard; the code is this project's): X is quantised per
+ * token and 32-element block to int8 with a float scale (d = max |x| / 127, q = round-to-nearest-even(
+ * x / d), the rule of the q8 matvec, matvec-q8.cu), W's blocks are int8 already (Q8_0) or become int8
+ * in registers (Q4_0: nibble - 8). One PTX `mma.sync.m16n8k32.s8` multiplies 16 rows by 8 tokens over
+ * one block in exact integer arithmetic; the block's sum is converted to float and scaled by
+ * d_w(row) d_x(token) into a float accumulator, block after block in order.
+ *
+ * Threading. A thread block takes 32 rows of W (two 16-row mma tiles) and up to 64 tokens (8 tiles of
+ * 8); its KS warps split the row's blocks into KS consecutive ranges, and the warps' float partials are
+ * summed in shared memory in warp order by warp 0, which stores them. KS (1..8) is chosen from the
+ * matrix's shape and the SM count only, so that small-M matrices still fill the device; never from T.
+ * Hence a token's outputs are the same bits in any batch (its own x row, the same block order, the same
+ * slice sums): test-cuda checks that with memcmp.
+ *
+ * Fragments (PTX ISA, mma.m16n8k32 .s8, lane = 4 g + t): A's four registers hold row g and row g + 8,
+ * k in [4t, 4t + 4) and [16 + 4t, 16 + 4t + 4); B's two hold token g, the same k; C's four rows g and
+ * g + 8, tokens 2t and 2t + 1. For Q4_0, the device's 16 bytes of a block hold element j in the low
+ * nibble of byte j and element j + 16 in the high one (ggml's order), so one 32-bit load at byte 4t
+ * gives both A registers of a row. The quantised X is laid out block-major, [block][token][32 bytes],
+ * each token's 32 bytes permuted so that bytes [8t, 8t + 8) hold elements [4t, 4t + 4) then
+ * [16 + 4t, 16 + 4t + 4): a B fragment is one 8-byte load, and a tile of 8 tokens is 256 contiguous
+ * bytes. Tokens are padded to a multiple of 8 with zeros (scale 0).
+ *
+ * Needs sm_80 (mma.sync with s8): built where every architecture of CUDA_ARCHS has it
+ * (pi_cuda_mmq_built, kernels/cuda/plan.h, which the VRAM plan follows); a context can turn it off
+ * (pi_cuda_opts.no_mmq), and the products then keep the f16 path.
+ */
+#include "kernels/cuda/cuda-impl.h"
+
+#define PI_MMQ_ROWS 32      /* rows of W per thread block */
+#define PI_MMQ_TOKENS 64    /* tokens per thread block (8 tiles of 8) */
+#define PI_MMQ_MAX_SLICES 8 /* warps per block, each a range of the blocks of a row */
+#define PI_MMQ_QUANT_THREADS 256
+
+/* plan.c's count of the quantised X and this file's layout agree. */
+static_assert(PI_CUDA_MMQ_TOK_ALIGN == 8, "tokens padded to the 8 of an mma tile");
+
+extern "C" bool pi_cuda_mmq_for(const pi_cuda_ctx_t *c, int type) { return c->mmq && pi_cuda_mmq_built(type); }
+
+/* Byte of element e (0..31) of a block in the permuted layout above. */
+__device__ __forceinline__ int pi_mmq_pos(int e)
+{
+    return e < 16 ? 8 * (e >> 2) + (e & 3) : 8 * ((e - 16) >> 2) + 4 + (e & 3);
+}
+
+/* Warp w of block (bx, n) quantises block b = 8 bx + w of token n of X (T, cols) into xq
+ * [nblk][Tp][32] and xd [nblk][Tp]; tokens T .. Tp - 1 become zeros with scale 0. */
+__global__ void __launch_bounds__(PI_MMQ_QUANT_THREADS) k_mmq_quant(int64_t T, int64_t Tp, int64_t nblk, const float *__restrict__ x,
+                                                                    int8_t *__restrict__ xq, float *__restrict__ xd)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t b = (int64_t)blockIdx.x * (PI_MMQ_QUANT_THREADS / 32) + (threadIdx.x >> 5), n = blockIdx.y;
+    if (b >= nblk) return;
+    const float v = n < T ? __ldg(x + n * nblk * 32 + b * 32 + lane) : 0.0f;
+    const float amax = pi_warp_max(fabsf(v));
+    /* as pi_q8_quant_warp: a block of values below ~4e-37 becomes zeros (1 / d would overflow) */
+    const float d0 = amax / 127.0f, d = d0 >= 1.17549435e-38f ? d0 : 0.0f, id = d > 0.0f ? 1.0f / d : 0.0f;
+    xq[(b * Tp + n) * 32 + pi_mmq_pos(lane)] = (int8_t)__float2int_rn(v * id);
+    if (lane == 0) xd[b * Tp + n] = d;
+}
+
+/* int32 -> float for |i| < 2^22 in two full-rate instructions (the conversion unit runs at a quarter
+ * of the rate on sm_90): the integer added to the mantissa of 1.5 * 2^23. A block's sum is at most
+ * 32 * 128 * 127 in magnitude. */
+__device__ __forceinline__ float pi_i2f_small(int i) { return __int_as_float(0x4B400000 + i) - 12582912.0f; }
+
+/* c = a (16 x 32, 4 registers) * b (32 x 8, 2 registers), int8 in, int32 out (no accumulator in). */
+__device__ __forceinline__ void pi_mma_s8(const uint32_t (&a)[4], uint32_t b0, uint32_t b1, int (&c)[4])
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%10, %10, %10, %10};"
+                 : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+#else
+    (void)a, (void)b0, (void)b1;
+    c[0] = c[1] = c[2] = c[3] = 0;
+    __trap(); /* pi_cuda_ctx.mmq is false for such code: never launched */
+#endif
+}
+
+/* Q4_0 nibbles (bytes 0..15 each) to signed bytes q - 8, without borrows between bytes. */
+__device__ __forceinline__ uint32_t pi_nib_s8(uint32_t n) { return ((n | 0x80808080u) - 0x08080808u) ^ 0x80808080u; }
+
+/* The A fragments and scales of one block b for the thread's four rows (rows[mt][h]: row g + 8 h of
+ * tile mt, clamped to the matrix). */
+struct pi_mmq_a {
+    uint32_t a[2][4];
+    float d[2][2];
+};
+
+template <int T>
+__device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&rows)[2][2], int64_t b, int t, pi_mmq_a &f)
+{
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t blk = rows[mt][h] * w.nblk + b;
+            if constexpr (T == PI_TYPE_Q4_0) {
+                const uint32_t v = __ldg((const uint32_t *)(w.q + blk * 16) + t);
+                f.a[mt][h] = pi_nib_s8(v & 0x0F0F0F0Fu);
+                f.a[mt][2 + h] = pi_nib_s8((v >> 4) & 0x0F0F0F0Fu);
+            } else {
+                const uint32_t *p = (const uint32_t *)(w.q + blk * 32);
+                f.a[mt][h] = __ldg(p + t);
+                f.a[mt][2 + h] = __ldg(p + 4 + t);
+            }
+            f.d[mt][h] = __half2float(w.d[blk]);
+        }
+    }
+}
+
+/* Block (bx, by): rows [32 bx, 32 bx + 32) of W, tokens [64 by, 64 by + 8 NT) of the padded Tp; warp
+ * s of KS takes the row's blocks [s nblk / KS, (s + 1) nblk / KS). y (T, ldy): stored, or added to
+ * (add). Shared memory: (KS - 1) warps' partials, 2 * NT * 4 * 32 floats each. */
+template <int T, int NT>
+__global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES)
+k_mmq(pi_wdev w, int64_t Tn, int64_t Tp, const int8_t *__restrict__ xq, const float *__restrict__ xd, float *__restrict__ y,
+      int64_t ldy, int add)
+{
+    extern __shared__ float part[];
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, s = threadIdx.x >> 5, KS = blockDim.x >> 5;
+    const int64_t r0 = (int64_t)blockIdx.x * PI_MMQ_ROWS, n0 = (int64_t)blockIdx.y * PI_MMQ_TOKENS;
+    const int ntl = (int)PI_MIN((int64_t)NT, (Tp - n0) >> 3); /* live token tiles of this block */
+    int64_t rows[2][2];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) rows[mt][h] = PI_MIN(r0 + 16 * mt + 8 * h + g, w.rows - 1);
+    float acc[2][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[mt][nt][i] = 0.0f;
+    const int64_t b0 = w.nblk * s / KS, b1 = w.nblk * (s + 1) / KS;
+    pi_mmq_a cur, nxt;
+    if (b0 < b1) pi_mmq_load<T>(w, rows, b0, t, cur);
+    for (int64_t b = b0; b < b1; b++) {
+        if (b + 1 < b1) pi_mmq_load<T>(w, rows, b + 1, t, nxt); /* the next block's loads in flight */
+        else nxt = cur;
+        const uint2 *xb = (const uint2 *)(xq + (b * Tp + n0 + g) * 32) + t;
+        const float *db = xd + b * Tp + n0 + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            if (nt >= ntl) break;
+            const uint2 bv = __ldg(xb + nt * 32); /* 8 tokens of 32 bytes further */
+            const float2 dx = __ldg((const float2 *)(db + 8 * nt));
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                int c[4];
+                pi_mma_s8(cur.a[mt], bv.x, bv.y, c);
+                acc[mt][nt][0] = fmaf(cur.d[mt][0] * dx.x, pi_i2f_small(c[0]), acc[mt][nt][0]);
+                acc[mt][nt][1] = fmaf(cur.d[mt][0] * dx.y, pi_i2f_small(c[1]), acc[mt][nt][1]);
+                acc[mt][nt][2] = fmaf(cur.d[mt][1] * dx.x, pi_i2f_small(c[2]), acc[mt][nt][2]);
+                acc[mt][nt][3] = fmaf(cur.d[mt][1] * dx.y, pi_i2f_small(c[3]), acc[mt][nt][3]);
+            }
+        }
+        cur = nxt;
+    }
+    /* the slices' sums, in warp order: warps 1 .. KS - 1 leave theirs in shared memory (each lane its
+     * own words, no bank conflicts), warp 0 adds them to its own */
+    if (KS > 1) {
+        if (s > 0) {
+            float *p = part + (size_t)(s - 1) * (2 * NT * 4 * 32) + lane;
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) p[((mt * NT + nt) * 4 + i) * 32] = acc[mt][nt][i];
+        }
+        __syncthreads();
+        if (s > 0) return;
+        for (int k = 1; k < KS; k++) {
+            const float *p = part + (size_t)(k - 1) * (2 * NT * 4 * 32) + lane;
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) acc[mt][nt][i] += p[((mt * NT + nt) * 4 + i) * 32];
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int64_t r = r0 + 16 * mt + 8 * (i >> 1) + g, n = n0 + 8 * nt + 2 * t + (i & 1);
+                if (r < w.rows && n < Tn) {
+                    float *o = y + n * ldy + r;
+                    *o = add ? *o + acc[mt][nt][i] : acc[mt][nt][i];
+                }
+            }
+}
+
+/* Slices per row: enough warps for 16 per SM, at most 8, each at least 4 blocks long. A function of
+ * the shape and the device only (the batch invariance above). */
+static int mmq_slices(const pi_cuda_ctx_t *c, int64_t rows, int64_t nblk)
+{
+    const int64_t blocks = (rows + PI_MMQ_ROWS - 1) / PI_MMQ_ROWS, want = 16 * (int64_t)c->n_sm;
+    int ks = 1;
+    while (ks < PI_MMQ_MAX_SLICES && blocks * ks < want && nblk / (2 * ks) >= 4) ks *= 2;
+    return ks;
+}
+
+template <int T, int NT>
+static int launch_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t Tn, int64_t Tp, const int8_t *xq,
+                      const float *xd, float *y, int add)
+{
+    static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
+    const int ks = mmq_slices(c, w->rows, w->nblk);
+    const size_t smem = (size_t)(ks - 1) * 2 * NT * 4 * 32 * sizeof(float);
+    if (smem > smem_set) {
+        PI_CU(cudaFuncSetAttribute(k_mmq<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        smem_set = smem;
+    }
+    const dim3 grid((unsigned)((w->rows + PI_MMQ_ROWS - 1) / PI_MMQ_ROWS), (unsigned)((Tp + PI_MMQ_TOKENS - 1) / PI_MMQ_TOKENS));
+    k_mmq<T, NT><<<grid, 32 * ks, smem, c->stream>>>(pi_wdev_of(w), Tn, Tp, xq, xd, y, w->rows, add);
+    PI_CU_LAUNCH("k_mmq");
+    return 0;
+}
+
+template <int T>
+static int mmq_nt(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t Tn, int64_t Tp, const int8_t *xq,
+                  const float *xd, float *y, int add)
+{
+    switch (Tp >= PI_MMQ_TOKENS ? 8 : (int)(Tp / 8)) {
+    case 1: return launch_mmq<T, 1>(c, w, Tn, Tp, xq, xd, y, add);
+    case 2: return launch_mmq<T, 2>(c, w, Tn, Tp, xq, xd, y, add);
+    case 3: return launch_mmq<T, 3>(c, w, Tn, Tp, xq, xd, y, add);
+    case 4: return launch_mmq<T, 4>(c, w, Tn, Tp, xq, xd, y, add);
+    case 5: return launch_mmq<T, 5>(c, w, Tn, Tp, xq, xd, y, add);
+    case 6: return launch_mmq<T, 6>(c, w, Tn, Tp, xq, xd, y, add);
+    case 7: return launch_mmq<T, 7>(c, w, Tn, Tp, xq, xd, y, add);
+    default: return launch_mmq<T, 8>(c, w, Tn, Tp, xq, xd, y, add);
+    }
+}
+
+extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
+{
+    if (!w || !pi_cuda_mmq_for(c, (int)w->type)) {
+        pi_error("cuda: quantised GEMM of a %s weight unsupported here", w ? pi_type_name(w->type) : "missing");
+        return -PI_ERR_UNSUPPORTED;
+    }
+    if (T <= 0) {
+        pi_error("cuda: quantised GEMM with %lld tokens", (long long)T);
+        return -PI_ERR_INVAL;
+    }
+    const int64_t Tp = (T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN, nblk = w->nblk;
+    if (Tp > 65535) { /* the quantiser's grid.y */
+        pi_error("cuda: quantised GEMM with %lld tokens (at most 65528 per call)", (long long)T);
+        return -PI_ERR_INVAL;
+    }
+    void *buf = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, pi_cuda_gemm_x16_bytes(T, w->cols), &buf));
+    int8_t *xq = (int8_t *)buf;
+    float *xd = (float *)(xq + (size_t)Tp * (size_t)w->cols); /* cols is a multiple of 32: aligned */
+    const dim3 qgrid((unsigned)((nblk + PI_MMQ_QUANT_THREADS / 32 - 1) / (PI_MMQ_QUANT_THREADS / 32)), (unsigned)Tp);
+    k_mmq_quant<<<qgrid, PI_MMQ_QUANT_THREADS, 0, c->stream>>>(T, Tp, nblk, d_X, xq, xd);
+    PI_CU_LAUNCH("k_mmq_quant");
+    if (w->type == PI_TYPE_Q4_0) return mmq_nt<PI_TYPE_Q4_0>(c, w, T, Tp, xq, xd, d_Y, add);
+    return mmq_nt<PI_TYPE_Q8_0>(c, w, T, Tp, xq, xd, d_Y, add);
+}

@@ -1,0 +1,82 @@
+#!/bin/bash
+# Issue 15 on the GPU machine: batched products on the integer tensor cores (kernels/cuda/mmq.cu).
+# Correctness first (test-cuda, test-backend-cuda), then pi-bench --cuda-kernels' table of batched
+# products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
+# from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
+# tokenizer, Q4_0 and Q8_0): pp512 and tg128 fully offloaded, runs alternated.
+# usage: bench-gemm-7b.sh check | prompt REPS | serve (after prompt: tools/device/bench-serve-7b.sh's
+#   fully offloaded rows with the same llama.cpp build)
+# Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
+# gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
+# lib/ (../shared/device/bundle-libs.sh), vocab.gguf, llama-srv.tar.xz (llama.cpp with examples/server
+# and examples/llama-bench). Run from the source tree with OUT set; results in $OUT/bench.log.
+set -u
+R=${R:-$PWD/.devbench}; O=${OUT:-/tmp/o}; mkdir -p "$O"; L=$O/bench.log
+export LD_LIBRARY_PATH=$R/lib PI_SRCDIR=$PWD PI_BUILDDIR=$R PI_FIXTURES=$R/fx
+T0=$(date +%s); ts() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$O/progress.txt" >> "$L"; }
+LB=/tmp/ext/lcpp/build/bin/llama-bench
+
+build_llama() {
+  if [ ! -x $LB ] && ! pgrep -f "ninja -C build" >/dev/null; then
+    mkdir -p /tmp/ext && tar -C /tmp/ext -xJf "$R/llama-srv.tar.xz"
+    mkdir -p /tmp/ext/lcpp/pocs && : > /tmp/ext/lcpp/pocs/CMakeLists.txt # the tarball leaves pocs/ out
+    ( cd /tmp/ext/lcpp && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
+        -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cmake.log 2>&1 &&
+      ninja -C build -j 12 llama-bench llama-server > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) \
+      > /dev/null 2>&1 &
+  fi
+}
+
+gen() { # gen TYPE: /dev/shm/g7-TYPE.gguf
+  local m=/dev/shm/g7-$1.gguf
+  if [ ! -s "$m" ]; then
+    ts "gen $1"
+    "$R/tools/pi-gen-model" --preset 7b --type "$1" --vocab-from "$R/vocab.gguf" "$m" >> "$L" 2>&1
+    ts "gen $1 rc=$?"
+  fi
+}
+
+check() {
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
+  build_llama
+  for t in test-cuda test-backend-cuda; do
+    local s; s=$(date +%s)
+    timeout 200 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
+    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
+    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
+  done
+  grep -E "mmq|integer|matmul (Q4_0|Q8_0)" "$O/test-cuda.log" | head -40 >> "$L"
+  gen q4_0
+  timeout 200 "$R/coordinator/pi-bench" --cuda-kernels --iters 20 > "$O/kernels.log" 2>&1
+  echo "kernels rc=$?" >> "$L"
+  sed -n '/batched products/,/^$/p' "$O/kernels.log" >> "$L"
+  ts "check done"
+}
+
+prompt() {
+  local reps=${1:-2}
+  build_llama; gen q4_0; gen q8_0
+  for _ in $(seq 500); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
+  tail -1 /tmp/lcpp-build.log >> "$L"
+  ts "prompt runs"
+  for rep in $(seq "$reps"); do
+    for ty in q4_0 q8_0; do
+      local m=/dev/shm/g7-$ty.gguf
+      echo "== pinfer $ty rep $rep" >> "$L"
+      timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
+          --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+      echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+      echo "== llama.cpp $ty rep $rep" >> "$L"
+      timeout 200 $LB -m "$m" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
+      echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+    done
+    ts "rep $rep done"
+  done
+}
+
+case ${1:-} in
+check) check ;;
+prompt) prompt "${2:-2}" ;;
+serve) gen q4_0; ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf; bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full "${2:-1}" ;;
+*) echo "usage: $0 check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+esac
