@@ -56,6 +56,7 @@
 #include "coordinator/generate.h"
 #include "coordinator/http.h"
 #include "coordinator/sched.h"
+#include "coordinator/sdnotify.h"
 #include "coordinator/pipeline.h"
 #include "coordinator/supervisor.h"
 #include "ipc/control.h"
@@ -1229,9 +1230,12 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     static struct server s; /* large (the token, the endpoint); one per process */
     char ep[512];
     memset(&s, 0, sizeof s);
+    pi_sd_notify_init(); /* before any worker is spawned: they do not inherit NOTIFY_SOCKET */
     if (control_endpoint(&o->cfg, ep, sizeof ep, &s.ep, s.token, sizeof s.token) != 0)
         return PI_EXIT_USAGE; /* before loading the model */
+    pi_sd_notify("STATUS=reading the model");
     if (pi_coord_model_open(o, o->cfg.gpu_backend == PI_GPU_NONE, &cm) != 0) return PI_EXIT_USAGE;
+    pi_sd_notify("STATUS=starting the workers (mapping and placing the weights)");
     s.o = o;
     s.cm = &cm;
     s.t_start = pi_clock_ns();
@@ -1289,8 +1293,15 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     pi_info("control: at most %d connections at once", s.conn_cap);
     printf("pi-coordinator: serving %s on %s\n", o->cfg.model_path, s.endpoint);
     fflush(stdout);
+    if (pi_sd_notify_enabled()) {
+        char st[1200];
+        snprintf(st, sizeof st, "READY=1\nSTATUS=serving %.400s (control %.300s, HTTP %.100s)", o->cfg.model_path, s.endpoint,
+                 o->cfg.http_listen);
+        pi_sd_notify(st);
+    }
     pi_info("control socket: %s", s.endpoint);
     serve(&s, pair, sfd);
+    pi_sd_notify("STOPPING=1\nSTATUS=stopping: ending the requests in flight and the workers");
     status = PI_EXIT_OK;
     /* The engine is alive until the generation thread reads the quit job sent below, so it can be
      * cancelled here: a step the GPU worker does not answer (a hung device) would otherwise hold the

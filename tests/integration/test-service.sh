@@ -4,7 +4,8 @@
 # failure, has the hardening the page lists and no MemoryDenyWriteExecute (the CUDA driver JITs); systemd-analyze
 # verify has nothing to say about it (skipped without systemd-analyze); the example configuration, indented as
 # shipped, is one pi-coordinator reads (a one-shot run on the demo model with only the model and backend
-# overridden). TAP output.
+# overridden); in server mode the readiness protocol (sd_notify) reaches a stand-in for systemd's socket
+# (tests/integration/notify-listen). TAP output.
 b=${PI_BUILDDIR:-.}
 s=${PI_SRCDIR:-..}
 u=$b/data/pinfer.service
@@ -70,5 +71,41 @@ else
     skip "systemd-analyze not installed"
     skip "systemd-analyze not installed"
 fi
+# readiness: in server mode pi-coordinator tells systemd's notification socket (NOTIFY_SOCKET) what it
+# does, READY=1 once it serves and STOPPING=1 on SIGTERM; its workers do not inherit the variable
+nl=$b/tests/integration/notify-listen
+"$nl" "$t/notify.sock" 90 >"$t/notify.out" 2>&1 &
+lp=$!
+for _ in $(seq 50); do [ -S "$t/notify.sock" ] && break; sleep 0.1; done
+mkdir -p -m 700 "$t/srv"
+NOTIFY_SOCKET=$t/notify.sock timeout 80 "$coord" --model "$m" --gpu-backend host --hot-fraction 0.5 --cpu-workers 1 \
+    --cpu-threads 1 --run-dir "$t/srv" --http off >"$t/srv.out" 2>"$t/srv.err" &
+sp=$!
+for _ in $(seq 600); do grep -q 'READY=1' "$t/notify.out" && break; kill -0 $sp 2>/dev/null || break; sleep 0.1; done
+sed 's/^/# notify: /' "$t/notify.out"
+head -1 "$t/notify.out" | grep -q '^STATUS=reading the model$' && grep -q '^STATUS=starting the workers' "$t/notify.out" &&
+    grep -q "^READY=1|STATUS=serving $m (control ipc://" "$t/notify.out"
+ok $? "sd_notify: STATUS while loading, then READY=1 with STATUS=serving"
+inherited=0 workers=0
+cp=$(pgrep -P $sp | head -1) # sp is timeout; its child the coordinator, whose children the workers
+for w in $(pgrep -P "${cp:-0}"); do
+    workers=$((workers + 1))
+    tr '\0' '\n' <"/proc/$w/environ" 2>/dev/null | grep -q '^NOTIFY_SOCKET=' && inherited=$((inherited + 1))
+done
+[ $workers -ge 2 ] && [ $inherited = 0 ]
+ok $? "the $workers worker processes do not inherit NOTIFY_SOCKET ($inherited do)"
+kill -TERM $sp
+wait $sp; rc=$?
+wait $lp; lrc=$?
+[ $rc = 0 ] && [ $lrc = 0 ] && grep -q '^STOPPING=1' "$t/notify.out"
+ok $? "SIGTERM: STOPPING=1 sent, exit status $rc"
+NOTIFY_SOCKET=relative/path timeout 30 "$coord" --model "$m" --gpu-backend none --run-dir "$t/srv" --http off \
+    >"$t/srv2.out" 2>"$t/srv2.err" &
+sp=$!
+for _ in $(seq 300); do grep -q 'serving' "$t/srv2.out" && break; kill -0 $sp 2>/dev/null || break; sleep 0.1; done
+kill -TERM $sp
+wait $sp; rc=$?
+[ $rc = 0 ] && [ "$(grep -c 'NOTIFY_SOCKET' "$t/srv2.err")" = 1 ]
+ok $? "a NOTIFY_SOCKET that is not an absolute path: one warning, and it serves anyway (status $rc)"
 echo "1..$n"
 [ $fails = 0 ]
