@@ -127,6 +127,18 @@ static int run_gemm(void *a, int i)
     return pi_cuda_gemm(m->ctx, m->w[i % m->nw], m->T, m->x, m->y);
 }
 
+static int run_mmq(void *a, int i)
+{
+    struct mv_arg *m = a;
+    return pi_cuda_mmq(m->ctx, m->w[i % m->nw], m->T, m->x, m->y, 0);
+}
+
+static int run_matmul(void *a, int i)
+{
+    struct mv_arg *m = a;
+    return pi_cuda_matmul(m->ctx, m->w[i % m->nw], m->T, m->x, m->y);
+}
+
 static int run_ffn(void *a, int i)
 {
     struct mv_arg *m = a;
@@ -242,10 +254,13 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
     if (!ctx16) return 1;
     printf("\nbatched products Y (T, rows) = X (T, cols) W^T (pi_cuda_gemm: Q4_0/Q8_0 on the integer tensor cores, "
-           "kernels/cuda/mmq.cu; other types dequantised f16 tiles + cublasGemmEx; \"f16 path\": Q4_0/Q8_0 the other way)\n");
-    printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | f16 path ms | speedup |\n|---|---|---|---|---|---|---|---|\n");
+           "kernels/cuda/mmq.cu; other types dequantised f16 tiles + cublasGemmEx). For Q4_0/Q8_0 the other path "
+           "beside it: T <= 2 one matvec per token (what pi_cuda_matmul does there), else the f16 tiles\n");
+    printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | other path | other ms | speedup |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
     int64_t tlist[16];
     int nt = 0;
+    tlist[nt++] = 1, tlist[nt++] = 2;
     for (int64_t tt = 4; tt <= 64; tt *= 2) tlist[nt++] = tt;
     for (int pi = 0; pi < b->n_prompt.n && nt < 14; pi++)
         if (b->n_prompt.v[pi] > 64) tlist[nt++] = b->n_prompt.v[pi], tlist[nt++] = 4 * b->n_prompt.v[pi];
@@ -255,19 +270,22 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
         const double wbytes = (double)pi_cuda_weight_bytes(m.w[0]);
         for (int k = 0; k < nt; k++) {
             if (tlist[k] > T * 4 && tlist[k] > 64) continue; /* x and y hold 4 T rows */
+            if (!mq && tlist[k] <= 2) continue;
             m.T = tlist[k];
             m.ctx = ctx;
-            double t = bench(ctx, run_gemm, &m, 10), t16 = 0;
-            if (mq) {
+            double t = bench(ctx, mq ? run_mmq : run_gemm, &m, 10), t2 = 0;
+            if (mq && m.T <= 2) {
+                t2 = bench(ctx, run_matmul, &m, 10);
+            } else if (mq) {
                 m.ctx = ctx16;
-                t16 = bench(ctx16, run_gemm, &m, 10);
+                t2 = bench(ctx16, run_gemm, &m, 10);
                 m.ctx = ctx;
             }
             printf("| %s | %lld x %lld | %lld | %.3f | %.1f | %.0f |", pi_type_name(types[ti]), (long long)rows,
                    (long long)cols, (long long)m.T, t * 1e3, 2.0 * (double)m.T * (double)rows * (double)cols / t / 1e12,
                    wbytes / t / 1e9);
-            if (mq) printf(" %.3f | %.2fx |\n", t16 * 1e3, t16 / t);
-            else printf(" | |\n");
+            if (mq) printf(" %s | %.3f | %.2fx |\n", m.T <= 2 ? "matvec" : "f16 tiles", t2 * 1e3, t2 / t);
+            else printf(" | | |\n");
         }
         free_copies(ctx, &m);
     }

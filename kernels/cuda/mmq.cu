@@ -51,8 +51,9 @@ __device__ __forceinline__ int pi_mmq_pos(int e)
 
 /* Warp w of block (bx, n) quantises block b = 8 bx + w of token n of X (T, cols) into xq
  * [nblk][Tp][32] and xd [nblk][Tp]; tokens T .. Tp - 1 become zeros with scale 0. */
-__global__ void __launch_bounds__(PI_MMQ_QUANT_THREADS) k_mmq_quant(int64_t T, int64_t Tp, int64_t nblk, const float *__restrict__ x,
-                                                                    int8_t *__restrict__ xq, float *__restrict__ xd)
+__global__ void __launch_bounds__(PI_MMQ_QUANT_THREADS)
+    k_mmq_quant(int64_t T, int64_t Tp, int64_t nblk, const float *__restrict__ x, int8_t *__restrict__ xq,
+                float *__restrict__ xd)
 {
     const int lane = threadIdx.x & 31;
     const int64_t b = (int64_t)blockIdx.x * (PI_MMQ_QUANT_THREADS / 32) + (threadIdx.x >> 5), n = blockIdx.y;
@@ -96,7 +97,8 @@ struct pi_mmq_a {
 };
 
 template <int T>
-__device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&rows)[2][2], int64_t b, int t, pi_mmq_a &f)
+__device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&rows)[2][2], int64_t b, int t,
+                                            pi_mmq_a &f)
 {
 #pragma unroll
     for (int mt = 0; mt < 2; mt++) {
@@ -122,8 +124,8 @@ __device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&ro
  * (add). Shared memory: (KS - 1) warps' partials, 2 * NT * 4 * 32 floats each. */
 template <int T, int NT>
 __global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES)
-k_mmq(pi_wdev w, int64_t Tn, int64_t Tp, const int8_t *__restrict__ xq, const float *__restrict__ xd, float *__restrict__ y,
-      int64_t ldy, int add)
+    k_mmq(pi_wdev w, int64_t Tn, int64_t Tp, const int8_t *__restrict__ xq, const float *__restrict__ xd,
+          float *__restrict__ y, int64_t ldy, int add)
 {
     extern __shared__ float part[];
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3, s = threadIdx.x >> 5, KS = blockDim.x >> 5;
@@ -225,7 +227,8 @@ static int launch_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t Tn, i
         PI_CU(cudaFuncSetAttribute(k_mmq<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         smem_set = smem;
     }
-    const dim3 grid((unsigned)((w->rows + PI_MMQ_ROWS - 1) / PI_MMQ_ROWS), (unsigned)((Tp + PI_MMQ_TOKENS - 1) / PI_MMQ_TOKENS));
+    const dim3 grid((unsigned)((w->rows + PI_MMQ_ROWS - 1) / PI_MMQ_ROWS),
+                    (unsigned)((Tp + PI_MMQ_TOKENS - 1) / PI_MMQ_TOKENS));
     k_mmq<T, NT><<<grid, 32 * ks, smem, c->stream>>>(pi_wdev_of(w), Tn, Tp, xq, xd, y, w->rows, add);
     PI_CU_LAUNCH("k_mmq");
     return 0;
@@ -247,7 +250,8 @@ static int mmq_nt(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t Tn, int64
     }
 }
 
-extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add)
+extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y,
+                           int add)
 {
     if (!w || !pi_cuda_mmq_for(c, (int)w->type)) {
         pi_error("cuda: quantised GEMM of a %s weight unsupported here", w ? pi_type_name(w->type) : "missing");
