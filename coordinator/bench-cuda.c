@@ -253,8 +253,8 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     const struct pi_cuda_opts nomq = {.no_mmq = true};
     pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
     if (!ctx16) return 1;
-    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (pi_cuda_gemm: Q4_0/Q8_0 on the integer tensor cores, "
-           "kernels/cuda/mmq.cu; other types dequantised f16 tiles + cublasGemmEx). For Q4_0/Q8_0 the other path "
+    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (pi_cuda_gemm: Q4_0/Q8_0/Q4_K/Q6_K on the integer tensor cores, "
+           "kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
            "beside it: T <= 2 one matvec per token (what pi_cuda_matmul does there), else the f16 tiles\n");
     printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | other path | other ms | speedup |\n"
            "|---|---|---|---|---|---|---|---|---|\n");

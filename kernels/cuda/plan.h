@@ -85,17 +85,17 @@ size_t pi_cuda_xq_bytes(int64_t cols);
 #define PI_CUDA_MMQ_TOK_ALIGN 8
 
 /* Whether batched products with a weight of `type` (an enum pi_type) take the integer tensor-core GEMM
- * of mmq.cu (Q4_0, Q8_0) in this build: every architecture built has it (sm_80 on). Such weights need
- * no dequantised tile. */
+ * of mmq.cu (Q4_0, Q8_0, Q4_K, Q6_K) in this build: every architecture built has it (sm_80 on). Such
+ * weights need no dequantised tile. */
 bool pi_cuda_mmq_built(int type);
 
 /* Bytes of the GEMMs' input scratch (X16) for X (T, cols): pi_cuda_gemm's f16 copy, or mmq.cu's 8-bit
- * X (T padded to PI_CUDA_MMQ_TOK_ALIGN; one byte per value and a float per 32), whichever is larger. */
+ * X (T padded to PI_CUDA_MMQ_TOK_ALIGN; one byte per value and two floats per 32), whichever is larger. */
 static inline size_t pi_cuda_gemm_x16_bytes(int64_t T, int64_t cols)
 {
     const size_t f16 = (size_t)T * (size_t)cols * 2;
     const size_t tp = (size_t)((T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN);
-    const size_t q8 = tp * (size_t)cols + tp * (size_t)(cols / 32) * sizeof(float);
+    const size_t q8 = tp * (size_t)cols + tp * (size_t)(cols / 32) * 2 * sizeof(float);
     return f16 > q8 ? f16 : q8;
 }
 

@@ -291,7 +291,7 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     double e = nerr_d(Y, ref, (size_t)(T * rows));
     /* f16 path: f16 inputs (weights and activations rounded to 11 bits), f32 accumulation; the integer
      * path: exact block sums, float scaling and accumulation */
-    const double tol = mmq ? 2e-6 : 2e-3;
+    const double tol = mmq ? 1e-5 : 2e-3;
     tap_ok(rc == 0 && e < tol, "matmul %s T=%lld (%lld, %lld)%s: error %.3g", pi_type_name(t), (long long)T,
            (long long)rows, (long long)cols, mmq ? " on the integer tensor cores" : "", e);
     if (mmq) {
@@ -835,7 +835,7 @@ static void test_q8_context(void)
     ctx = main_ctx;
 }
 
-/* Batched Q4_0/Q8_0 products in a context without the integer GEMM (pi_cuda_opts.no_mmq): the f16
+/* Batched Q4_0/Q8_0/Q4_K/Q6_K products in a context without the integer GEMM (pi_cuda_opts.no_mmq): the f16
  * tiles and cuBLAS, as before it and as a build for an architecture without it. */
 static void test_no_mmq_context(void)
 {
@@ -847,6 +847,8 @@ static void test_no_mmq_context(void)
            "a context with no_mmq takes no integer GEMM");
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch */
     test_gemm(PI_TYPE_Q8_0, 300, 512, 37);
+    test_gemm(PI_TYPE_Q4_K, 77, 256, 6);
+    test_gemm(PI_TYPE_Q6_K, 45, 768, 4);
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
 }
@@ -964,6 +966,10 @@ int main(void)
     test_gemm(PI_TYPE_Q4_0, 301, 512, 150);
     test_gemm(PI_TYPE_Q8_0, 33, 256, 17);
     test_gemm(PI_TYPE_Q4_0, 7, 64, 9);
+    test_gemm(PI_TYPE_Q4_K, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q6_K, 4096, 11008, 65);
+    test_gemm(PI_TYPE_Q4_K, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q6_K, 33, 256, 3);
     test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch (without mmq) */
     test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */

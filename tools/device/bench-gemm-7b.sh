@@ -3,7 +3,7 @@
 # Correctness first (test-cuda, test-backend-cuda), then pi-bench --cuda-kernels' table of batched
 # products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
-# tokenizer, Q4_0 and Q8_0): pp512 and tg128 fully offloaded, runs alternated.
+# tokenizer, Q4_0 and Q4_K): pp512 and tg128 fully offloaded, runs alternated.
 # usage: bench-gemm-7b.sh check | prompt REPS | serve (after prompt: tools/device/bench-serve-7b.sh's
 #   fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
@@ -45,7 +45,7 @@ check() {
     echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
     grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
   done
-  grep -E "mmq|integer|matmul (Q4_0|Q8_0)" "$O/test-cuda.log" | head -40 >> "$L"
+  grep -E "mmq|integer|matmul (Q4_0|Q8_0|Q4_K|Q6_K)" "$O/test-cuda.log" | head -40 >> "$L"
   gen q4_0
   timeout 200 "$R/coordinator/pi-bench" --cuda-kernels --iters 20 > "$O/kernels.log" 2>&1
   echo "kernels rc=$?" >> "$L"
@@ -55,12 +55,12 @@ check() {
 
 prompt() {
   local reps=${1:-2}
-  build_llama; gen q4_0; gen q8_0
+  build_llama; gen q4_0; gen q4_k
   for _ in $(seq 500); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
   tail -1 /tmp/lcpp-build.log >> "$L"
   ts "prompt runs"
   for rep in $(seq "$reps"); do
-    for ty in q4_0 q8_0; do
+    for ty in q4_0 q4_k; do
       local m=/dev/shm/g7-$ty.gguf
       echo "== pinfer $ty rep $rep" >> "$L"
       timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
