@@ -46,7 +46,13 @@ check() {
     grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
   done
   grep -E "mmq|integer|matmul (Q4_0|Q8_0|Q4_K|Q6_K)" "$O/test-cuda.log" | head -40 >> "$L"
+  # memcheck of the same tests while the model file is written (CPU work)
+  ( timeout 180 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
+      > /tmp/memcheck.log 2>&1; echo "memcheck rc=$?" >> /tmp/memcheck.log ) &
+  local mp=$!
   gen q4_0
+  wait $mp
+  tail -1 /tmp/memcheck.log >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
   timeout 200 "$R/coordinator/pi-bench" --cuda-kernels --iters 20 > "$O/kernels.log" 2>&1
   echo "kernels rc=$?" >> "$L"
   sed -n '/batched products/,/^$/p' "$O/kernels.log" >> "$L"
