@@ -1065,17 +1065,6 @@ static void http_free(struct pi_http *h)
     free(h);
 }
 
-/* The vocabulary text of id as a C string into buf ("" when none or unfit). */
-static void token_text(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len)
-{
-    buf[0] = '\0';
-    size_t n = 0;
-    const char *p = t && id >= 0 ? pi_token_text(t, id, &n) : NULL;
-    if (!p || n >= len || memchr(p, '\0', n)) return;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-}
-
 pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const pi_tokenizer_t *tok)
 {
     char host[256];
@@ -1107,8 +1096,9 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     h->created = (int64_t)time(NULL);
     h->model_id = strdup(o->model_id ? o->model_id : "pinfer");
     if (tok) {
-        token_text(tok, pi_tokenizer_bos(tok), h->bos, sizeof h->bos);
-        token_text(tok, pi_tokenizer_eos(tok), h->eos, sizeof h->eos);
+        /* "" where the model has none or it cannot be a C string (the chat formatter's own default then) */
+        (void)pi_token_cstr(tok, pi_tokenizer_bos(tok), h->bos, sizeof h->bos);
+        (void)pi_token_cstr(tok, pi_tokenizer_eos(tok), h->eos, sizeof h->eos);
     }
     if (!h->model_id || (o->api_key_file && *o->api_key_file && load_keys(h, o->api_key_file) != 0)) {
         freeaddrinfo(ai);

@@ -233,23 +233,6 @@ static int emit_stdout(void *ctx, const char *text, size_t len)
 }
 
 
-/* Copy the vocabulary text of token id into buf as a NUL-terminated string; NULL when the model has
- * no such token (id < 0). *bad: the token exists but does not fit buf or holds a NUL (the formatter
- * would otherwise fall back to "<s>"/"</s>", silently the wrong text). */
-static const char *token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len, bool *bad)
-{
-    size_t n = 0;
-    const char *p = id >= 0 ? pi_token_text(t, id, &n) : NULL;
-    if (!p) return NULL;
-    if (n >= len || memchr(p, '\0', n)) {
-        *bad = true;
-        return NULL;
-    }
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    return buf;
-}
-
 char *pi_coord_chat_render(const struct pi_coord_opts *o, const pi_tokenizer_t *t, const struct pi_chat_msg *msgs, size_t n,
                            const char *what)
 {
@@ -261,10 +244,12 @@ char *pi_coord_chat_render(const struct pi_coord_opts *o, const pi_tokenizer_t *
         return NULL;
     }
     int rc = 0;
-    bool bad = false;
-    const char *bos_text = token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos, &bad);
-    const char *eos_text = token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos, &bad);
-    if (bad) {
+    /* a token that exists but cannot be a C string is refused: the formatter would otherwise fall back
+     * to "<s>"/"</s>", silently the wrong text */
+    const int rb = pi_token_cstr(t, pi_tokenizer_bos(t), bos, sizeof bos);
+    const int re = pi_token_cstr(t, pi_tokenizer_eos(t), eos, sizeof eos);
+    const char *bos_text = rb == 1 ? bos : NULL, *eos_text = re == 1 ? eos : NULL;
+    if (rb < 0 || re < 0) {
         fprintf(stderr, "pi-coordinator: %s: the model's BOS or EOS text is longer than %zu bytes or holds a NUL byte\n",
                 what, sizeof bos - 1);
         return NULL;

@@ -699,6 +699,18 @@ const char *pi_token_text(const pi_tokenizer_t *t, int32_t id, size_t *len)
     return pi_tstr_ptr(t, t->text[id]);
 }
 
+int pi_token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len)
+{
+    size_t n = 0;
+    const char *p = pi_token_text(t, id, &n);
+    if (len) buf[0] = '\0';
+    if (!p) return 0;
+    if (n >= len || memchr(p, '\0', n)) return -1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return 1;
+}
+
 const char *pi_token_piece(const pi_tokenizer_t *t, int32_t id, size_t *len)
 {
     if (id < 0 || (uint32_t)id >= t->n_vocab) {

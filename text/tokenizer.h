@@ -97,6 +97,10 @@ const char *pi_tokenizer_chat_template(const pi_tokenizer_t *t);
 /* The vocabulary's text of token id ("▁Hello", "Ġworld", "<0x0A>"), not NUL-terminated, with its
  * length in *len; NULL (and *len = 0) when id is out of range. Borrowed, lives as the tokenizer. */
 const char *pi_token_text(const pi_tokenizer_t *t, int32_t id, size_t *len);
+/* pi_token_text of id copied into buf (len bytes) as a C string: 1; 0 (buf "") when the model has no
+ * such token (id out of range, e.g. -1 for a missing BOS); -1 (buf "") when its text does not fit or
+ * holds a NUL byte, which no C string can carry. */
+int pi_token_cstr(const pi_tokenizer_t *t, int32_t id, char *buf, size_t len);
 /* The bytes token id stands for in output text: "▁" -> ' ' (SentencePiece), byte-level BPE
  * decoded, <0xNN> -> that one byte, control and unused tokens -> empty. May be an incomplete or
  * invalid UTF-8 sequence (byte tokens); use pi_detok for text meant for people. Not

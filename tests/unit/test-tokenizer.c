@@ -562,11 +562,20 @@ static int fz_exercise(const pi_tokenizer_t *t)
         }
     }
     static const int32_t wild[] = {-1, INT32_MIN, INT32_MAX};
+    char cs[8];
     for (size_t k = 0; k < PI_ARRAY_LEN(wild) + 1; k++) {
         int32_t id = k < PI_ARRAY_LEN(wild) ? wild[k] : nv;
         if (pi_detok_push(d, id, out, cap) != -PI_ERR_INVAL || pi_token_piece(t, id, &len) || len ||
-            pi_token_text(t, id, &len) || pi_tokenizer_is_eog(t, id))
+            pi_token_text(t, id, &len) || pi_tokenizer_is_eog(t, id) || pi_token_cstr(t, id, cs, sizeof cs) != 0 || cs[0])
             bad++, tap_diag("  id %d out of range accepted", id);
+    }
+    if (nv > 0) { /* pi_token_cstr: the text with a NUL, or -1 and "" where it does not fit or holds one */
+        const int32_t id = (int32_t)(fz_rand() % (uint32_t)nv);
+        const char *s = pi_token_text(t, id, &len);
+        const int want = len < sizeof cs && !memchr(s, '\0', len) ? 1 : -1;
+        const int got = pi_token_cstr(t, id, cs, sizeof cs);
+        if (got != want || (want == 1 ? strlen(cs) != len || memcmp(cs, s, len) : cs[0] != '\0'))
+            bad++, tap_diag("  pi_token_cstr of %d: %d, want %d", id, got, want);
     }
     int w = pi_detok_flush(d, out, cap);
     if (w < 0 || !fz_valid_utf8((unsigned char *)out, (size_t)w)) bad++;
