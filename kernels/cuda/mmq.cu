@@ -248,7 +248,7 @@ __global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES)
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             if (nt >= ntl) break;
-            const uint2 bv = __ldg(xb + nt * 32); /* 8 tokens of 32 bytes further */
+            const uint2 bv = __ldg(xb + nt * 32);                   /* 8 tokens of 32 bytes further */
             const float4 dx = __ldg((const float4 *)(db + 8 * nt)); /* tokens 2t and 2t + 1 */
 #pragma unroll
             for (int mt = 0; mt < 2; mt++)
@@ -349,7 +349,8 @@ extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t 
         pi_error("cuda: quantised GEMM with %lld tokens", (long long)T);
         return -PI_ERR_INVAL;
     }
-    const int64_t Tp = (T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN, nseg = w->cols / 32;
+    const int64_t Tp = (T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN,
+                  nseg = w->cols / 32;
     if (Tp > 65535) { /* the quantiser's grid.y */
         pi_error("cuda: quantised GEMM with %lld tokens (at most 65528 per call)", (long long)T);
         return -PI_ERR_INVAL;
