@@ -139,7 +139,7 @@ struct pi_cuda_ctx {
     bool att_dec;        /* decode attention in one launch with RoPE and the KV store (off: opts.att_unfused) */
     unsigned *att_cnt;   /* PI_CUDA_ATT_CNT per-head split counters of k_attn_dec, zero between launches */
     bool pdl;            /* programmatic dependent launch of the decode kernels (sm_90+; off: opts.no_pdl) */
-    bool mmq;            /* batched Q4_0/Q8_0 products on the integer tensor cores (mmq.cu; off: opts.no_mmq) */
+    bool mmq;            /* batched quantised products on the integer tensor cores (mmq.cu; off: opts.no_mmq) */
     cudaStream_t stream; /* compute: every kernel and cuBLAS call */
     cudaStream_t copy;   /* transfers the caller wants overlapped */
     cublasHandle_t blas;

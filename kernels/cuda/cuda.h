@@ -178,7 +178,7 @@ bool pi_cuda_mmq_for(const pi_cuda_ctx_t *ctx, int type);
 /* Y (T, rows) = X (T, cols) @ W^T (add: Y += ...) on the quantised blocks (kernels/cuda/mmq.cu): X
  * quantised to 8 bits per token and 32 columns (the q8 matvec's rule) into the X16 scratch, integer
  * tensor-core products per block, float accumulation in block order. A token's row of Y is the same
- * bits in any batch. T in [1, 65535]; -PI_ERR_UNSUPPORTED where !pi_cuda_mmq_for. */
+ * bits in any batch. T >= 1; -PI_ERR_UNSUPPORTED where !pi_cuda_mmq_for. */
 int pi_cuda_mmq(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y, int add);
 
 /* Either of the above: matvec for T <= 2 (per token), gemm beyond. Same shapes as pi_cuda_gemm. */

@@ -308,12 +308,14 @@ template <int T, int NT>
 static int launch_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t Tn, int64_t Tp, const int8_t *xq,
                       const float2 *xd, float *y, int add)
 {
-    static size_t smem_set = 48 * 1024; /* the limit raised so far for this instantiation */
     const int ks = mmq_slices(c, w->rows, w->cols / 32);
     const size_t smem = (size_t)(ks - 1) * 2 * NT * 4 * 32 * sizeof(float);
-    if (smem > smem_set) {
+    /* past the default 48 KiB (NT 7 and 8 with 8 slices) the limit is raised, once per device (the
+     * attribute is the current device's; devices beyond the table's 16 raise it at every launch) */
+    static size_t smem_set[16]; /* the limit raised so far on device i for this instantiation */
+    if (smem > 48 * 1024 && (c->dev < 0 || c->dev >= 16 || smem > smem_set[c->dev])) {
         PI_CU(cudaFuncSetAttribute(k_mmq<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_set = smem;
+        if (c->dev >= 0 && c->dev < 16) smem_set[c->dev] = smem;
     }
     const dim3 grid((unsigned)((w->rows + PI_MMQ_ROWS - 1) / PI_MMQ_ROWS),
                     (unsigned)((Tp + PI_MMQ_TOKENS - 1) / PI_MMQ_TOKENS));
@@ -351,9 +353,10 @@ extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t 
     }
     const int64_t Tp = (T + PI_CUDA_MMQ_TOK_ALIGN - 1) / PI_CUDA_MMQ_TOK_ALIGN * PI_CUDA_MMQ_TOK_ALIGN,
                   nseg = w->cols / 32;
-    if (Tp > 65535) { /* the quantiser's grid.y */
-        pi_error("cuda: quantised GEMM with %lld tokens (at most 65528 per call)", (long long)T);
-        return -PI_ERR_INVAL;
+    if (Tp > 65535) { /* the quantiser's grid.y: in parts (a token's result does not depend on its batch) */
+        for (int64_t t0 = 0; t0 < T; t0 += 65528)
+            PI_TRY(pi_cuda_mmq(c, w, PI_MIN((int64_t)65528, T - t0), d_X + t0 * w->cols, d_Y + t0 * w->rows, add));
+        return 0;
     }
     void *buf = NULL;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, pi_cuda_gemm_x16_bytes(T, w->cols), &buf));
