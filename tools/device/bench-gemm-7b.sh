@@ -4,8 +4,8 @@
 # products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q4_K): pp512 and tg128 fully offloaded, runs alternated.
-# usage: bench-gemm-7b.sh check | prompt REPS | serve (after prompt: tools/device/bench-serve-7b.sh's
-#   fully offloaded rows with the same llama.cpp build)
+# usage: bench-gemm-7b.sh all [SECONDS] | check | prompt REPS | serve (after prompt:
+#   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
 # lib/ (../shared/device/bundle-libs.sh), vocab.gguf, llama-srv.tar.xz (llama.cpp with examples/server
@@ -80,9 +80,47 @@ prompt() {
   done
 }
 
+# all SECONDS: everything that fits one call, most important first: the tests (the model files written
+# meanwhile), the kernel table, pp512/tg128 against llama-bench once per type, the serving rows while
+# at least 200 s are left, memcheck with what remains
+all() {
+  local budget=${1:-560}
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
+  build_llama
+  ( gen q4_0; gen q4_k ) &
+  local gp=$!
+  for t in test-cuda test-backend-cuda; do
+    local s; s=$(date +%s)
+    timeout 150 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
+    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
+    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
+  done
+  grep -E "integer|mmq" "$O/test-cuda.log" | head -30 >> "$L"
+  ts "tests done"
+  wait $gp
+  timeout 150 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
+  echo "kernels rc=$?" >> "$L"
+  sed -n '/batched products/,/^$/p' "$O/kernels.log" >> "$L"
+  ts "kernels done"
+  prompt 1
+  if [ $(( $(date +%s) - T0 )) -lt $(( budget - 200 )) ]; then
+    ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf
+    bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full 1
+    ts "serve done"
+  fi
+  local left=$(( budget - ($(date +%s) - T0) - 15 ))
+  if [ $left -gt 30 ]; then
+    timeout $left /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
+        > /tmp/memcheck.log 2>&1
+    echo "memcheck rc=$? (timeout $left s)" >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
+  fi
+  ts "all done"
+}
+
 case ${1:-} in
+all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) gen q4_0; ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf; bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full "${2:-1}" ;;
-*) echo "usage: $0 check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
