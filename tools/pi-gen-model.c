@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "model/model.h"
@@ -87,8 +88,12 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case O_PRESET: bad |= pi_model_gen_preset(optarg, &g) != 0; break;
-        case O_TYPE: bad |= !pi_type_from_name(optarg, &g.type); break;
-        case O_OTYPE: bad |= !pi_type_from_name(optarg, &g.out_type); out_type_set = true; break;
+        /* the types the writer can quantise to (the list of --help); K-quants and others have no quantiser */
+        case O_TYPE: bad |= !pi_type_from_name(optarg, &g.type) || !pi_quantize_supported(g.type); break;
+        case O_OTYPE:
+            bad |= !pi_type_from_name(optarg, &g.out_type) || !pi_quantize_supported(g.out_type);
+            out_type_set = true;
+            break;
         case O_EMBD: bad |= parse_int(optarg, &g.n_embd); break;
         case O_FF: bad |= parse_int(optarg, &g.n_ff); break;
         case O_LAYERS: bad |= parse_int(optarg, &g.n_layer); break;

@@ -1,6 +1,7 @@
 /*
  * tests/integration/test-profile.c - pi-profile as a user runs it (tools/pi-profile.c), judged by the
  * sidecar it writes (model/sidecar.h):
+ *   - pi-gen-model refuses a type it cannot quantise to (exit status 2);
  *   - usage errors: no model, a text shorter than one chunk, a missing text, a model without a
  *     tokenizer and no --random: exit status 2 and one message;
  *   - a locality model (pi-gen-model --locality, demo shape, q4_0) profiled over random tokens
@@ -342,6 +343,14 @@ int main(void)
     if (access(prog, X_OK) != 0) tap_bail("%s not built", prog);
     tt_mkdir("profile");
     test_usage(demo, calib);
+    { /* pi-gen-model's types are the ones its writer quantises to: a K-quant is a usage error, not an abort */
+        char gen[1200], args[1300];
+        snprintf(gen, sizeof gen, "%s/tools/pi-gen-model", b ? b : ".");
+        snprintf(args, sizeof args, "--preset tiny --type q4_k %s", tt_path("k.gguf"));
+        const int rc = tt_run(gen, args);
+        tap_ok(rc == 2 && tt_file_has("err", "bad value for --type: q4_k"),
+               "pi-gen-model --type q4_k (no quantiser): exit status 2 and one message (exit %d)", rc);
+    }
     test_locality(0);
     test_locality(16);
     test_powerinfer();

@@ -3,7 +3,7 @@
 # Correctness first (test-cuda, test-backend-cuda), then pi-bench --cuda-kernels' table of batched
 # products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
-# tokenizer, Q4_0 and Q4_K): pp512 and tg128 fully offloaded, runs alternated.
+# tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated.
 # usage: bench-gemm-7b.sh all [SECONDS] | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
@@ -61,12 +61,12 @@ check() {
 
 prompt() {
   local reps=${1:-2}
-  build_llama; gen q4_0; gen q4_k
+  build_llama; gen q4_0; gen q8_0
   for _ in $(seq 500); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
   tail -1 /tmp/lcpp-build.log >> "$L"
   ts "prompt runs"
   for rep in $(seq "$reps"); do
-    for ty in q4_0 q4_k; do
+    for ty in q4_0 q8_0; do
       local m=/dev/shm/g7-$ty.gguf
       echo "== pinfer $ty rep $rep" >> "$L"
       timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
@@ -87,7 +87,7 @@ all() {
   local budget=${1:-560}
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
   build_llama
-  ( gen q4_0; gen q4_k ) &
+  ( gen q4_0; gen q8_0 ) &
   local gp=$!
   for t in test-cuda test-backend-cuda; do
     local s; s=$(date +%s)
