@@ -129,7 +129,8 @@ static void job_free(struct job *j)
 
 pi_sched_t *pi_sched_new(const pi_tokenizer_t *t, int32_t n_vocab, const struct pi_sched_opts *o)
 {
-    if (!o || o->n_slots < 1 || o->n_slots > 4096 || o->queue_max < 0 || o->max_tokens < 0 || o->timeout_ms < 0 ||
+    if (!o || o->n_slots < 1 || o->n_slots > 4096 || o->queue_max < 0 || o->queue_reserve < 0 || o->max_tokens < 0 ||
+        o->timeout_ms < 0 ||
         n_vocab < 1) {
         pi_error("scheduler: bad options");
         return NULL;
@@ -270,12 +271,19 @@ int pi_sched_submit(pi_sched_t *s, const struct pi_sched_job *in, uint64_t *id)
     j->t_submit = now_ns();
     if (s->o.timeout_ms > 0) j->deadline = j->t_submit + s->o.timeout_ms * INT64_C(1000000);
     pthread_mutex_lock(&s->mu);
-    if (s->stopping) rc = -PI_ERR_PEER;
-    else if (s->n_waiting >= s->o.queue_max) {
-        /* a full queue refuses, unless a slot is free right now: then the job waits one step at most */
-        int free_slots = 0;
-        for (int i = 0; i < s->o.n_slots; i++) free_slots += !s->running[i];
-        if (s->n_waiting >= free_slots + s->o.queue_max) rc = -PI_ERR_RANGE;
+    /* a full queue refuses, unless a slot is free right now: then the job waits one step at most; its
+     * last queue_reserve places (counted the same way) take only a client with fewer than that waiting */
+    int free_slots = 0;
+    for (int i = 0; i < s->o.n_slots; i++) free_slots += !s->running[i];
+    const int room = free_slots + s->o.queue_max, reserve = PI_MIN(s->o.queue_reserve, s->o.queue_max);
+    if (s->stopping) {
+        rc = -PI_ERR_PEER;
+    } else if (s->n_waiting >= room) {
+        rc = -PI_ERR_RANGE;
+    } else if (reserve > 0 && s->n_waiting >= room - reserve) {
+        int mine = 0;
+        for (const struct job *q = s->head; q; q = q->next) mine += q->client == j->client;
+        if (mine >= reserve) rc = -PI_ERR_RANGE;
     }
     if (rc == 0) {
         j->id = ++s->next_id;

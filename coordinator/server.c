@@ -1271,6 +1271,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     bound = true;
     struct pi_sched_opts so = {.n_slots = (int)o->cfg.server_slots,
                                .queue_max = (int)o->cfg.server_queue,
+                               .queue_reserve = (int)o->cfg.server_queue_reserve,
                                .max_tokens = o->cfg.server_max_tokens,
                                .timeout_ms = o->cfg.server_timeout * 1000};
     s.sched = pi_sched_new(cm.tok, cm.model->hp.n_vocab, &so);

@@ -84,6 +84,7 @@ static const struct key_def keys[] = {
     {{"http", "max_connections", "256", "HTTP connections held at once; more are refused"}, K_INT, OFF(http_max_connections), 1, 16384, NULL, NULL},
     {{"server", "slots", "4", "sequences served at once in server mode (continuous batching), each with its own KV cache of [model] ctx positions; one-shot runs use one"}, K_INT, OFF(server_slots), 1, 256, NULL, NULL},
     {{"server", "queue", "64", "requests waiting for a slot, at most; more get 429 (HTTP) or busy (control socket)"}, K_INT, OFF(server_queue), 0, 65536, NULL, NULL},
+    {{"server", "queue_reserve", "16", "the last N places of the queue go only to clients (an API key, else an address) with fewer than N requests waiting, so that one client cannot fill it; 0: none reserved"}, K_INT, OFF(server_queue_reserve), 0, 65536, NULL, NULL},
     {{"server", "max_tokens", "0", "tokens one request may generate, at most; 0 = up to the context"}, K_INT, OFF(server_max_tokens), 0, 1 << 24, NULL, NULL},
     {{"server", "timeout", "600", "seconds a request may take from its arrival to its end, queue included; 0 = no limit"}, K_INT, OFF(server_timeout), 0, 86400 * 7, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */

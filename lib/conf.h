@@ -82,6 +82,7 @@ struct pi_config {
     int64_t http_max_connections;
     /* [server] */
     int64_t server_queue;      /* requests waiting for a slot, at most */
+    int64_t server_queue_reserve; /* the queue's last places, for clients with fewer waiting than this */
     int64_t server_max_tokens; /* tokens per request, at most; 0 = the context */
     int64_t server_timeout;    /* seconds from arrival to end; 0 = none */
     /* [cpu] */

@@ -500,6 +500,40 @@ int main(void)
            (int)fb.started, (int)fa[2].started, (int)fa[3].started);
     stop(&r);
 
+    /* the queue's reserve: 1 slot held by a long job, a queue of 8 whose last 4 places take only a client
+     * with fewer than 4 waiting; client 1 gets 4 places and is refused, client 2 then gets the reserve */
+    {
+        fake_init(&f);
+        atomic_store(&f.delay_us, 1000);
+        struct pi_sched_opts so = {.n_slots = 1, .queue_max = 8, .queue_reserve = 4};
+        r.s = s = pi_sched_new(NULL, NV, &so);
+        pi_sched_set_engine(s, &f.base);
+        pthread_create(&r.th, NULL, run_main, s);
+        struct out rh, rq[12];
+        jb = job_of(prompts[0], (size_t)plen[0], NCTX, &rh);
+        jb.client = 1;
+        pi_sched_submit(s, &jb, NULL);
+        wait_pieces(&rh, 1); /* the slot is taken */
+        int took1 = 0, took2 = 0, took3 = 0;
+        for (int j = 0; j < 6; j++) {
+            jb = job_of(prompts[1], (size_t)plen[1], 1, &rq[j]);
+            jb.client = 1;
+            took1 += pi_sched_submit(s, &jb, NULL) == 0;
+        }
+        for (int j = 6; j < 11; j++) {
+            jb = job_of(prompts[2], (size_t)plen[2], 1, &rq[j]);
+            jb.client = 2;
+            took2 += pi_sched_submit(s, &jb, NULL) == 0;
+        }
+        jb = job_of(prompts[3], (size_t)plen[3], 1, &rq[11]);
+        jb.client = 3;
+        took3 = pi_sched_submit(s, &jb, NULL) == 0;
+        tap_ok(took1 == 4 && took2 == 4 && !took3,
+               "queue reserve: one client holds 4 of 8 places (%d), another the reserved 4 (%d), then it is full (%d)",
+               took1, took2, took3);
+        stop(&r);
+    }
+
     /* n_predict 0: the prompt is read, nothing generated */
     fake_init(&f);
     s = start(&f, &r, 1, 2, 0, 0);
