@@ -130,8 +130,7 @@ static void job_free(struct job *j)
 pi_sched_t *pi_sched_new(const pi_tokenizer_t *t, int32_t n_vocab, const struct pi_sched_opts *o)
 {
     if (!o || o->n_slots < 1 || o->n_slots > 4096 || o->queue_max < 0 || o->queue_reserve < 0 || o->max_tokens < 0 ||
-        o->timeout_ms < 0 ||
-        n_vocab < 1) {
+        o->timeout_ms < 0 || n_vocab < 1) {
         pi_error("scheduler: bad options");
         return NULL;
     }
