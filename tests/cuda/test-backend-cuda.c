@@ -16,6 +16,11 @@
  * from the module pinfer-cuda.so (pi_backend_new, as pi-gpu-worker gets them); first, check_module
  * checks the module loads and computes what the copy linked into this test does.
  *
+ * Batches of more than two rows of Q4_0/Q8_0/Q4_K/Q6_K weights take the integer tensor-core GEMM, whose
+ * x is quantised to 8 bits as the host backend's is: those checks take Q8_TOL, the host backend's class
+ * (measured on the H100: at most 5.0e-2 against the golden logits, tiny-llama Q4_0 and Q8_0, where the
+ * host backend itself is at 5.4e-2 and 5.7e-2).
+ *
  * Tolerances (relative error of a logits row, ||out - ref|| / ||ref||, worst row): GOLDEN_TOL as the
  * pipeline's tests (Q4_0 weights; the cold neurons go through the CPU's 8-bit activations); at hot
  * fraction 1 everything is on the device (f32 matvec, f16 GEMM inputs, f16 KV cache; the down rows are
@@ -258,6 +263,10 @@ static void check_module(const char *path, const char *gpath)
 /* cuda_matvec=q8: every quantised product's x in 8 bits (kernels/cuda/cuda.h, pi_cuda_q8_for). */
 static bool all_q8(void) { return tune.cuda_matvec == PI_TUNE_CUDA_MATVEC_Q8; }
 
+/* Whether batches of more than PI_CUDA_MATVEC_MAX_ROWS rows of m quantise x to 8 bits: its weights take
+ * the integer tensor-core GEMM (kernels/cuda/mmq.cu; the test's contexts keep it on). */
+static bool batch_q8(const pi_model_t *m) { return pi_cuda_mmq_built((int)m->layers[0].attn_q.type); }
+
 /* Worst relative error of rows[i] (width w) against the golden rows ref_rows[i]. */
 static double rows_err(const float *a, const float *ref, const int *ref_rows, int n, int w)
 {
@@ -307,13 +316,14 @@ static void check_model(const char *label, const char *path, const char *gpath)
         rc = drv_new(&h, "host", m, &sp, 0);
         PI_ASSERT(rc == 0);
         const double tol = all_q8() ? Q8_TOL : fracs[fi] == 1.0 ? DEVICE_TOL : GOLDEN_TOL;
+        const double btol = batch_q8(m) ? Q8_TOL : tol; /* the batches' bound */
         /* the prompt as one batch, every position's logits */
         int rc1 = drv_step(&c, gd.tokens, seq0, pos, n, n, lc), rc2 = drv_step(&h, gd.tokens, seq0, pos, n, n, lh);
         double eg = rows_err(lc, gd.logits, rows, n, V), eh = tp_rel_err(lc, lh, n, V);
         double hg = rows_err(lh, gd.logits, rows, n, V);
-        tap_ok(rc1 == 0 && rc2 == 0 && eg <= tol && eh <= eg + hg + HOST_SLACK,
+        tap_ok(rc1 == 0 && rc2 == 0 && eg <= btol && eh <= eg + hg + HOST_SLACK,
                "%s hot %.1f: prompt batch of %d: vs golden %.3g (<= %.0e), vs host backend %.3g (<= %.3g); host vs golden %.3g",
-               label, fracs[fi], n, eg, tol, eh, eg + hg + HOST_SLACK, hg);
+               label, fracs[fi], n, eg, btol, eh, eg + hg + HOST_SLACK, hg);
         /* token by token on sequence 1 */
         int ok = 1;
         for (int t = 0; t < n && ok; t++) {
@@ -339,8 +349,8 @@ static void check_model(const char *label, const char *path, const char *gpath)
         if (rc == 0) rc = c.be->ops->seq_truncate(c.be, 1, k);
         if (rc == 0) rc = drv_step(&c, tok2, sq2, ps2, 2 * m2, 2 * m2, ld);
         double ig = rc == 0 ? rows_err(ld, gd.logits, rws, 2 * m2, V) : INFINITY;
-        tap_ok(rc == 0 && ig <= tol, "%s hot %.1f: two sequences interleaved after truncation to %d: vs golden %.3g (<= %.0e)",
-               label, fracs[fi], k, ig, tol);
+        tap_ok(rc == 0 && ig <= btol, "%s hot %.1f: two sequences interleaved after truncation to %d: vs golden %.3g (<= %.0e)",
+               label, fracs[fi], k, ig, btol);
         /* a position that does not continue the sequence is refused */
         int32_t bad_pos = k + m2 + 1, s0 = 0;
         tap_ok(c.be->ops->begin(c.be, gd.tokens, &s0, &bad_pos, 1) == -PI_ERR_RANGE, "%s hot %.1f: a gap in positions is refused",
