@@ -383,59 +383,120 @@ static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const 
     for (int j = 0; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
 }
 
-/* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
- * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, two
- * neurons' gate or up rows at a time (dots_rows), prefetching PF_AHEAD neurons ahead. row (d) is
- * scratch. Returns the neurons added. */
+/* out[0..m) = rows r[0..m) of w (m = 1..4) dotted with xq, the floats of pi_vec_dot. Four at once
+ * through the variant's vec_dot4r, which prefetches the rows pf[0..4) (NULL: none) as it reads these,
+ * spread over its arithmetic; otherwise pairs through dots_rows, the pf rows asked for in a burst
+ * first. */
+static void dots_quad(const struct pi_weight *w, const int32_t *r, int m, const int32_t *pf, const void *xq, int64_t d,
+                      float *out)
+{
+    pi_vec_dot4r_fn d4 = pi_kernels_active()->vec_dot4r[w->type];
+    if (m == 4 && d4) {
+        const void *rows[4], *next[4];
+        for (int j = 0; j < 4; j++) rows[j] = pi_weight_row(w, r[j]);
+        if (pf)
+            for (int j = 0; j < 4; j++) next[j] = pi_weight_row(w, pf[j]);
+        d4(rows, pf ? next : NULL, xq, out, d);
+        return;
+    }
+    for (int j = 0; pf && j < 4; j++) prefetch_row(w, pf[j]);
+    for (int j = 0; j < m; j += 2) dots_rows(w, r + j, PI_MIN(2, m - j), xq, d, out + j);
+}
+
+/* acc (d) += a[j] * down_t row r[j] for j < m (1..4), in that order: one pass over acc through
+ * pi_vec_mad4 where the variant has a kernel for the type (which prefetches the rows pf[0..m) as it
+ * goes; NULL: none), else add_down_row per row (row (d) is its scratch). The same floats either way. */
+static void add_down_rows(float *acc, float *row, const struct pi_weight *dt, const int32_t *r, const float *a, int m,
+                          const int32_t *pf)
+{
+    if (pi_kernels_active()->vec_mad4[dt->type]) {
+        const void *rows[4], *next[4];
+        for (int j = 0; j < m; j++) rows[j] = pi_weight_row(dt, r[j]);
+        if (pf)
+            for (int j = 0; j < m; j++) next[j] = pi_weight_row(dt, pf[j]);
+        pi_vec_mad4(dt->type, rows, a, m, pf ? next : NULL, acc, dt->cols);
+        return;
+    }
+    for (int j = 0; pf && j < m; j++) prefetch_row(dt, pf[j]);
+    for (int j = 0; j < m; j++) add_down_row(acc, row, dt, r[j], a[j]);
+}
+
+/* The neurons a part has found active (gate not skipped) and not yet added: a ring of LIVE_RING, the
+ * oldest at tail. */
+#define LIVE_RING 16 /* a power of two above the most pending: 2 * 4 - 1 waiting plus a gate quad's 4 */
+
+struct live_ring {
+    int32_t id[LIVE_RING];
+    float gate[LIVE_RING];
+    int64_t head, tail; /* entries [tail, head), index & (LIVE_RING - 1) */
+};
+
+/* The next m (up to 4) pending neurons from position at, each repeated past the last (n of them
+ * pending from at): the prefetch targets of a quad. */
+static void ring_next(const struct live_ring *q, int64_t at, int64_t n, int32_t *out)
+{
+    for (int j = 0; j < 4; j++) out[j] = q->id[(at + PI_MIN(j, n - 1)) & (LIVE_RING - 1)];
+}
+
+/* Up and down rows of the m (1..4) oldest pending neurons of q, then they leave the ring: their up
+ * rows dotted with xq_up (the next pending neurons' up and down rows prefetched meanwhile, when there
+ * are any), their activations, and the down rows of those not skipped added to acc in list order.
+ * Returns the neurons added. */
+static int64_t up_down(const struct neuron_task *t, struct live_ring *q, int m, float *acc, float *row)
+{
+    const struct pi_layer *L = t->L;
+    int32_t id[4] = {0}, next[4], keep[4];
+    float u[4], a[4];
+    for (int j = 0; j < m; j++) id[j] = q->id[(q->tail + j) & (LIVE_RING - 1)];
+    const int64_t rest = q->head - q->tail - m;
+    if (rest > 0) ring_next(q, q->tail + m, rest, next);
+    dots_quad(&L->ffn_up, id, m, rest > 0 ? next : NULL, t->xq_up, t->w->d, u);
+    int n_keep = 0;
+    for (int j = 0; j < m; j++) {
+        const float g = q->gate[(q->tail + j) & (LIVE_RING - 1)];
+        if (t->act == PI_FFN_ACT_SILU) a[n_keep] = g / (1.0f + expf(-g)) * u[j];
+        else if (t->act == PI_FFN_ACT_RELU) a[n_keep] = g * u[j];
+        else if (u[j] > 0.0f) a[n_keep] = g * u[j];
+        else continue;
+        keep[n_keep++] = id[j];
+    }
+    q->tail += m;
+    if (n_keep > 0) add_down_rows(acc, row, &L->ffn_down_t, keep, a, n_keep, rest > 0 ? next : NULL);
+    return n_keep;
+}
+
+/* acc (d) += the neurons idx[begin, end), their down rows in list order: the gate rows four at a time
+ * (dots_quad, prefetching the next four listed neurons' gate rows as it reads these), each neuron
+ * whose gate is not skipped queued in the ring; whenever eight are queued, the oldest four's up and
+ * down rows (up_down, prefetching the next four's as it reads these). So the rows of the gate stream
+ * and of the up/down stream are asked for one group ahead, from inside the arithmetic, and the two
+ * streams interleave in quads. row (d) is scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
-    enum { CHUNK = 64, PF_AHEAD = 2 };
     const struct pi_layer *L = t->L;
     const int64_t d = t->w->d;
+    const int32_t *idx = t->idx;
+    struct live_ring q = {.head = 0, .tail = 0};
     int64_t active = 0;
-    int32_t live[CHUNK];
-    float gate[CHUNK];
-    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_row(&L->ffn_gate, t->idx[k]);
-    for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
-        int64_t kn = PI_MIN(end, k0 + CHUNK);
-        int n_live = 0;
-        for (int64_t k = k0; k < kn; k += 2) {
-            const int m = k + 1 < kn ? 2 : 1;
-            float g[2];
-            for (int j = 0; j < m; j++) {
-                PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
-                if (k + j + PF_AHEAD < end) prefetch_row(&L->ffn_gate, t->idx[k + j + PF_AHEAD]);
-            }
-            dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
-            for (int j = 0; j < m; j++) {
-                if (pi_ffn_gate_skip(t->act, t->gate_min ? t->gate_min[t->idx[k + j]] : 0.0f, g[j])) continue;
-                live[n_live] = t->idx[k + j];
-                gate[n_live++] = g[j];
-            }
+    for (int64_t k = begin; k < end; k += 4) {
+        const int m = (int)PI_MIN(4, end - k);
+        int32_t next[4];
+        float g[4];
+        for (int j = 0; j < m; j++) PI_ASSERT(idx[k + j] >= 0 && idx[k + j] < L->ffn_gate.rows);
+        for (int j = 0; j < 4 && k + 4 < end; j++) {
+            next[j] = idx[PI_MIN(k + 4 + j, end - 1)];
+            PI_ASSERT(next[j] >= 0 && next[j] < L->ffn_gate.rows);
         }
-        for (int j = 0; j < PI_MIN(n_live, PF_AHEAD); j++) {
-            prefetch_row(&L->ffn_up, live[j]);
-            prefetch_row(&L->ffn_down_t, live[j]);
+        dots_quad(&L->ffn_gate, idx + k, m, k + 4 < end ? next : NULL, t->w->xq_gate, d, g);
+        for (int j = 0; j < m; j++) {
+            const int32_t i = idx[k + j];
+            if (pi_ffn_gate_skip(t->act, t->gate_min ? t->gate_min[i] : 0.0f, g[j])) continue;
+            q.id[q.head & (LIVE_RING - 1)] = i;
+            q.gate[q.head++ & (LIVE_RING - 1)] = g[j];
         }
-        for (int j0 = 0; j0 < n_live; j0 += 2) {
-            const int m = j0 + 1 < n_live ? 2 : 1;
-            float u[2];
-            for (int j = j0 + PF_AHEAD; j < PI_MIN(n_live, j0 + m + PF_AHEAD); j++) {
-                prefetch_row(&L->ffn_up, live[j]);
-                prefetch_row(&L->ffn_down_t, live[j]);
-            }
-            dots_rows(&L->ffn_up, live + j0, m, t->xq_up, d, u);
-            for (int j = 0; j < m; j++) {
-                float g = gate[j0 + j], a;
-                if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u[j];
-                else if (t->act == PI_FFN_ACT_RELU) a = g * u[j];
-                else if (u[j] > 0.0f) a = g * u[j];
-                else continue;
-                add_down_row(acc, row, &L->ffn_down_t, live[j0 + j], a);
-                active++;
-            }
-        }
+        while (q.head - q.tail >= 8) active += up_down(t, &q, 4, acc, row);
     }
+    while (q.head > q.tail) active += up_down(t, &q, (int)PI_MIN(4, q.head - q.tail), acc, row);
     return active;
 }
 
