@@ -622,9 +622,39 @@ static void dots2(enum pi_type t, const void *wrow, size_t ws, const uint8_t *xq
     }
 }
 
+/* Up to four neurons of a token group waiting for their down rows: neuron id[q]'s activation for token
+ * j is a[q][j], added only where on[q][j]. */
+struct down_quad {
+    int32_t id[4];
+    float a[4][FFN_GROUP];
+    bool on[4][FFN_GROUP];
+    int n;
+};
+
+/* acc (nt, d) += the waiting neurons' down rows: for each token, those on for it, in list order, in
+ * one pi_vec_mad4 pass over the token's accumulator (the floats of one pi_vec_mad per pair, in the same
+ * order). Empties dq; returns the (neuron, token) pairs added. */
+static int64_t down_quad_flush(struct down_quad *dq, const struct pi_weight *dt, int64_t nt, float *acc)
+{
+    const int64_t d = dt->cols;
+    int64_t added = 0;
+    for (int64_t j = 0; j < nt && dq->n > 0; j++) {
+        const void *rows[4];
+        float a[4];
+        int m = 0;
+        for (int q = 0; q < dq->n; q++)
+            if (dq->on[q][j]) rows[m] = pi_weight_row(dt, dq->id[q]), a[m++] = dq->a[q][j];
+        if (m > 0) pi_vec_mad4(dt->type, rows, a, m, NULL, acc + (size_t)j * (size_t)d, d);
+        added += m;
+    }
+    dq->n = 0;
+    return added;
+}
+
 /* Token groups [begin, end): for each group and each part in order, the part's neurons are summed in
  * list order into one accumulator per token, which is then added to the token's output row: the
- * operations pi_ffn_neurons does for each token, in the same order. */
+ * operations pi_ffn_neurons does for each token, in the same order. Where the down rows' type has a
+ * vec_mad4, they wait in fours (down_quad) and each token's accumulator takes them in one pass. */
 static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const struct batch_task *t = ctx;
@@ -636,6 +666,8 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     int64_t active = 0;
     float g[FFN_GROUP], u[FFN_GROUP], g_next[FFN_GROUP];
     const bool pairs = pi_kernels_active()->vec_dot8[L->ffn_gate.type] != NULL;
+    const bool quads = pi_kernels_active()->vec_mad4[L->ffn_down_t.type] != NULL;
+    struct down_quad dq = {.n = 0};
     for (int64_t gi = begin; gi < end; gi++) {
         const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);
         const uint8_t *xg = t->xq_gate + (size_t)t0 * t->xrb_gate, *xu = t->xq_up + (size_t)t0 * t->xrb_up;
@@ -667,6 +699,16 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 if (!any) continue; /* no token has anything to add */
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
+                if (quads) { /* this neuron's activations wait with up to three others for one pass */
+                    for (int64_t j = 0; j < nt; j++) {
+                        dq.on[dq.n][j] = !pi_ffn_gate_skip(t->act, gmin, g[j]) && (t->act != PI_FFN_ACT_DRELU || u[j] > 0.0f);
+                        if (!dq.on[dq.n][j]) continue;
+                        dq.a[dq.n][j] = t->act == PI_FFN_ACT_SILU ? g[j] / (1.0f + expf(-g[j])) * u[j] : g[j] * u[j];
+                    }
+                    dq.id[dq.n++] = i;
+                    if (dq.n == 4) active += down_quad_flush(&dq, &L->ffn_down_t, nt, acc);
+                    continue;
+                }
                 const float *src = pi_weight_row(&L->ffn_down_t, i);
                 const bool fused = fused_mad(&L->ffn_down_t);
                 bool widened = L->ffn_down_t.type == PI_TYPE_F32;
@@ -691,6 +733,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     active++;
                 }
             }
+            active += down_quad_flush(&dq, &L->ffn_down_t, nt, acc);
             for (int64_t j = 0; j < nt; j++) add_into(t->Y + (size_t)(t0 + j) * (size_t)d, acc + (size_t)j * (size_t)d, d);
         }
     }
