@@ -631,6 +631,19 @@ struct down_quad {
     int n;
 };
 
+/* Queue neuron i with its gate and up values g, u (nt) for nt tokens: its activation for each token
+ * the per-token kernel would add (the same skip rule and formulas as up_down). dq must have room. */
+static void down_quad_add(struct down_quad *dq, enum pi_ffn_act act, float gmin, int32_t i, const float *g,
+                          const float *u, int64_t nt)
+{
+    for (int64_t j = 0; j < nt; j++) {
+        dq->on[dq->n][j] = !pi_ffn_gate_skip(act, gmin, g[j]) && (act != PI_FFN_ACT_DRELU || u[j] > 0.0f);
+        if (dq->on[dq->n][j])
+            dq->a[dq->n][j] = act == PI_FFN_ACT_SILU ? g[j] / (1.0f + expf(-g[j])) * u[j] : g[j] * u[j];
+    }
+    dq->id[dq->n++] = i;
+}
+
 /* acc (nt, d) += the waiting neurons' down rows: for each token, those on for it, in list order, in
  * one pi_vec_mad4 pass over the token's accumulator (the floats of one pi_vec_mad per pair, in the same
  * order). Empties dq; returns the (neuron, token) pairs added. */
@@ -700,12 +713,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
                 if (quads) { /* this neuron's activations wait with up to three others for one pass */
-                    for (int64_t j = 0; j < nt; j++) {
-                        dq.on[dq.n][j] = !pi_ffn_gate_skip(t->act, gmin, g[j]) && (t->act != PI_FFN_ACT_DRELU || u[j] > 0.0f);
-                        if (!dq.on[dq.n][j]) continue;
-                        dq.a[dq.n][j] = t->act == PI_FFN_ACT_SILU ? g[j] / (1.0f + expf(-g[j])) * u[j] : g[j] * u[j];
-                    }
-                    dq.id[dq.n++] = i;
+                    down_quad_add(&dq, t->act, gmin, i, g, u, nt);
                     if (dq.n == 4) active += down_quad_flush(&dq, &L->ffn_down_t, nt, acc);
                     continue;
                 }

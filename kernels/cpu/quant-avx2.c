@@ -158,7 +158,10 @@ static float dot_q8_0(const void *w, const void *xq, int64_t n)
     return s;
 }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, NULL, xq, xs, out, n, 4); }
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q8_0_n(w, NULL, xq, xs, out, n, 4);
+}
 
 /* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
  * nibbles (once for all tokens), and each token's activations are loaded to match
@@ -230,7 +233,10 @@ static float dot_q4_0(const void *w, const void *xq, int64_t n)
     return s;
 }
 
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, NULL, xq, xs, out, n, 4); }
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q4_0_n(w, NULL, xq, xs, out, n, 4);
+}
 
 /* Four rows one after the other through the 1-row kernels (no activation sharing: AVX2 has 16
  * registers), each prefetching its share of the next rows: vec_dot's floats, with the overlap of
@@ -722,7 +728,8 @@ PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, cons
         }
 }
 
-static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y, int64_t n)
+static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                         int64_t n)
 {
     switch (m) {
     case 1: mad_f16_n(row, a, 1, pf, y, n); break;
@@ -756,7 +763,8 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
     }
 }
 
-static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y, int64_t n)
+static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                          int64_t n)
 {
     switch (m) {
     case 1: mad_q8_0_n(row, a, 1, pf, y, n); break;

@@ -513,7 +513,11 @@ static void test_thresholds(pi_pool_t *pool, enum pi_type wt, enum pi_ffn_act ac
 static void test_list_order(void)
 {
     static const enum pi_type types[][2] = {
-        {PI_TYPE_Q4_0, PI_TYPE_F16}, {PI_TYPE_Q8_0, PI_TYPE_Q8_0}, {PI_TYPE_Q5_0, PI_TYPE_F16}, {PI_TYPE_F16, PI_TYPE_F32}};
+        {PI_TYPE_Q4_0, PI_TYPE_F16},
+        {PI_TYPE_Q8_0, PI_TYPE_Q8_0},
+        {PI_TYPE_Q5_0, PI_TYPE_F16},
+        {PI_TYPE_F16, PI_TYPE_F32},
+    };
     static const enum pi_ffn_act acts[] = {PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
     enum { N = 29 };
     pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
@@ -559,7 +563,8 @@ static void test_list_order(void)
             }
             free_layer(&R);
         }
-        tap_ok(same, "%s: one part of %d listed neurons == pi_vec_dot and pi_vec_mad in list order, bit for bit (%d cases)",
+        tap_ok(same,
+               "%s: one part of %d listed neurons == pi_vec_dot and pi_vec_mad in list order, bit for bit (%d cases)",
                pi_kernels_variant(), N, cases);
     }
     pi_kernels_use(-1);
