@@ -20,7 +20,7 @@
  * * tokens / time, best of -r calls, the two timed alternately.
  *
  * neurons: pi_ffn_neurons (ReLU), the CPU workers' kernel, over synthetic layers of --rows neurons of
- * width --cols (gate and up of each --types type, Q4_0 by default; down_t f16) cycled through a
+ * width --cols (gate and up of each --types type, Q4_0 by default; down_t --down-type, f16 by default) cycled through a
  * working set of >= 1 GiB (the 2-core VM's CPUID reports a 480 MiB L3): every neuron, a sorted random 10% of them (what an activation predictor
  * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
  * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
@@ -391,19 +391,20 @@ out:
 /* ---- the neuron-wise FFN (pi_ffn_neurons), the CPU workers' kernel ---- */
 
 /* One synthetic FFN layer of n_ff neurons of width d: gate and up (n_ff, d) of the weight type, down_t
- * (n_ff, d) in F16 (what pinfer packs by default, model/model.c). Neuron i is active (its gate row
- * points along x, so its ReLU gate is > 0) iff active[i]; the others point against x. */
+ * (n_ff, d) of type dt (--down-type; F16 by default, what pinfer packs, model/model.c). Neuron i is
+ * active (its gate row points along x, so its ReLU gate is > 0) iff active[i]; the others point
+ * against x. */
 struct neuron_layer {
     struct pi_layer L;
     uint8_t *mem; /* gate, up and down_t rows */
 };
 
-static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, int64_t n_ff, int64_t d, const float *x,
-                             const uint8_t *active)
+static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_type dtype, int64_t n_ff, int64_t d,
+                             const float *x, const uint8_t *active)
 {
     uint64_t rb, drb;
     memset(nl, 0, sizeof *nl);
-    if (!pi_type_row_bytes(t, (uint64_t)d, &rb) || !pi_type_row_bytes(PI_TYPE_F16, (uint64_t)d, &drb)) return -1;
+    if (!pi_type_row_bytes(t, (uint64_t)d, &rb) || !pi_type_row_bytes(dtype, (uint64_t)d, &drb)) return -1;
     size_t gb = (size_t)rb * (size_t)n_ff, db = (size_t)drb * (size_t)n_ff;
     float *row = malloc((size_t)d * sizeof(float));
     nl->mem = malloc(2 * gb + db);
@@ -412,7 +413,7 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, int64_t n_
         return -1;
     }
     struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb};
-    struct pi_weight dt = {PI_TYPE_F16, n_ff, d, (size_t)drb, nl->mem + 2 * gb};
+    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb};
     nl->L.ffn_gate = g, nl->L.ffn_up = u, nl->L.ffn_down_t = dt;
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {
@@ -425,7 +426,7 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, int64_t n_
         pi_quantize_row(t, row, (uint8_t *)g.data + (size_t)i * rb, d);
         for (int64_t j = 0; j < d; j++) row[j] = row[(j * 7 + i) % d] * 0.5f;
         pi_quantize_row(t, row, (uint8_t *)u.data + (size_t)i * rb, d);
-        pi_quantize_row(PI_TYPE_F16, row, (uint8_t *)dt.data + (size_t)i * drb, d);
+        pi_quantize_row(dtype, row, (uint8_t *)dt.data + (size_t)i * drb, d);
     }
     free(row);
     return 0;
@@ -533,12 +534,12 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
                "(%.1f per thread)\n",
                passes, BW_BUFFER_BYTES >> 20, bw[i], thread_counts[i], thread_counts[i] > 1 ? "s" : "",
                bw[i] / thread_counts[i]);
-    printf("# pi_ffn_neurons (ReLU) over a layer of %lld neurons x %lld: gate and up of the type, down_t f16;\n"
+    printf("# pi_ffn_neurons (ReLU) over a layer of %lld neurons x %lld: gate and up of the type, down_t %s;\n"
            "# layers cycled through a working set of >= %zu MiB (the 10%% case: 10 subsets in turn), %d rounds.\n"
            "# GB/s: rows read (every listed gate row, up and down_t of the active neurons; a batch: once per\n"
            "# group of 16 tokens) per second, best single call (and median), and per thread; bw: the streaming\n"
            "# read measured again just before each type; %% of bw: best / bw\n",
-           (long long)n_ff, (long long)d, NEURON_WORKSET_BYTES >> 20, passes);
+           (long long)n_ff, (long long)d, pi_type_name(b->down_type), NEURON_WORKSET_BYTES >> 20, passes);
     printf("| type | rows | tokens | threads | active | GB/s | (median) | GB/s/thread | bw | %% of bw |\n");
     printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int k = 0; k < n_types; k++) {
@@ -548,7 +549,7 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
                     pi_type_name(types[k]));
             goto out;
         }
-        if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(PI_TYPE_F16, (uint64_t)d, &drb)) {
+        if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(b->down_type, (uint64_t)d, &drb)) {
             fprintf(stderr, "pi-bench: --kernels neurons: %s rows of %lld elements\n", pi_type_name(types[k]),
                     (long long)d);
             goto out;
@@ -558,7 +559,7 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
         nl = calloc((size_t)n_layers, sizeof *nl);
         if (!nl) goto out;
         for (int l = 0; l < n_layers; l++)
-            if (neuron_layer_make(&nl[l], types[k], n_ff, d, X, active) != 0) {
+            if (neuron_layer_make(&nl[l], types[k], b->down_type, n_ff, d, X, active) != 0) {
                 fprintf(stderr, "pi-bench: --kernels neurons: out of memory preparing %s\n", pi_type_name(types[k]));
                 goto out;
             }

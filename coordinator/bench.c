@@ -32,7 +32,8 @@ enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA,
 
 enum {
     OPT_NO_WARMUP = 256, OPT_SPARSITY, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
-    OPT_KERNELS, OPT_EXCHANGE, OPT_CUDA, OPT_ROWS, OPT_COLS, OPT_TYPES, OPT_ITERS, OPT_SPIN, OPT_BATCH, OPT_EMBD,
+    OPT_KERNELS, OPT_EXCHANGE, OPT_CUDA, OPT_ROWS, OPT_COLS, OPT_TYPES, OPT_DOWN_TYPE, OPT_ITERS, OPT_SPIN, OPT_BATCH,
+    OPT_EMBD,
 };
 
 static long online_cpus(void)
@@ -101,6 +102,8 @@ static void usage(FILE *out)
             "      --rows N              matrix rows of --kernels and --cuda-kernels; default: 11008\n"
             "      --cols N              matrix columns, a multiple of 256; default: 4096\n"
             "      --types T,...         weight types of --kernels; default: every type with a kernel\n"
+            "      --down-type T         --kernels neurons' down rows (ffn_down_t): f16 (default, what pinfer\n"
+            "                            packs) or a type with a quantiser, e.g. q8_0\n"
             "      --iters N             --exchange round trips (default 5000), --cuda-kernels launches per\n"
             "                            trial (default 50)\n"
             "      --spin N              --exchange pause iterations before sleeping; default: 2000\n"
@@ -236,6 +239,16 @@ static int parse_types(const char *s, struct pi_bench_opts *b)
     return 0;
 }
 
+/* --down-type T: a type the synthetic down rows can be quantised to (and added with pi_vec_mad). */
+static int parse_down_type(const char *s, struct pi_bench_opts *b)
+{
+    enum pi_type t;
+    if (!pi_type_from_name(s, &t) || !pi_quantize_supported(t) || !pi_kernel_supported(t))
+        return bad("--down-type", s, "expected a type with a quantiser (f16, q8_0, q4_0, ...)");
+    b->down_type = t;
+    return 0;
+}
+
 static int parse_one(const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out)
 {
     if (pi_parse_int(s, lo, hi, out) == 0) return 0;
@@ -266,7 +279,7 @@ static int add_model(const char *m, struct pi_bench_opts *b)
 struct given {
     bool sparsity;
     bool p, n, r, t, o, workers, hot, backend, vram, index, bw, ctx, warm, models;
-    bool rows, cols, types, iters, spin, batch, embd;
+    bool rows, cols, types, down_type, iters, spin, batch, embd;
 };
 
 static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode, struct given *g)
@@ -284,7 +297,8 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
         {"log-level", required_argument, NULL, OPT_LOG}, {"kernels", required_argument, NULL, OPT_KERNELS},
         {"exchange", no_argument, NULL, OPT_EXCHANGE}, {"cuda-kernels", no_argument, NULL, OPT_CUDA},
         {"rows", required_argument, NULL, OPT_ROWS}, {"cols", required_argument, NULL, OPT_COLS},
-        {"types", required_argument, NULL, OPT_TYPES}, {"iters", required_argument, NULL, OPT_ITERS},
+        {"types", required_argument, NULL, OPT_TYPES}, {"down-type", required_argument, NULL, OPT_DOWN_TYPE},
+        {"iters", required_argument, NULL, OPT_ITERS},
         {"spin", required_argument, NULL, OPT_SPIN}, {"batch", required_argument, NULL, OPT_BATCH},
         {"n-embd", required_argument, NULL, OPT_EMBD}, {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0},
@@ -353,6 +367,7 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             if (rc == 0 && b->cols % 256) rc = bad("--cols", optarg, "not a multiple of 256");
             break;
         case OPT_TYPES: g->types = true, rc = parse_types(optarg, b); break;
+        case OPT_DOWN_TYPE: g->down_type = true, rc = parse_down_type(optarg, b); break;
         case OPT_ITERS: g->iters = true, rc = parse_one("--iters", optarg, 1, 100000000, &b->iters); break;
         case OPT_SPIN: g->spin = true, rc = parse_one("--spin", optarg, 0, 100000000, &b->spin); break;
         case OPT_BATCH: g->batch = true, rc = parse_one("--batch", optarg, 1, 4096, &b->batch); break;
@@ -404,6 +419,7 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->rows, "--rows", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA) | M(MODE_NEURONS)},
         {g->cols, "--cols", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_CUDA) | M(MODE_NEURONS)},
         {g->types, "--types", M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_NEURONS)},
+        {g->down_type, "--down-type", M(MODE_NEURONS)},
         {g->iters, "--iters", M(MODE_EXCHANGE) | M(MODE_CUDA)},
         {g->spin, "--spin", M(MODE_EXCHANGE)},
         {g->batch, "--batch", M(MODE_EXCHANGE)},
@@ -463,7 +479,7 @@ int main(int argc, char **argv)
 {
     pi_log_set_program("pi-bench");
     struct pi_bench_opts b = {.reps = 5, .warmup = true, .log_level = "warn", .rows = 11008, .cols = 4096,
-                              .spin = 2000, .batch = 1};
+                              .down_type = PI_TYPE_F16, .spin = 2000, .batch = 1};
     struct given g = {0};
     enum mode mode = MODE_MODELS;
     int rc = parse(argc, argv, &b, &mode, &g);

@@ -67,6 +67,7 @@ struct pi_bench_opts {
     int64_t rows, cols;                     /* --rows, --cols: the matrix of the kernel modes */
     enum pi_type types[PI_TYPE_COUNT];      /* --types (n_types 0: the mode's default set) */
     int n_types;
+    enum pi_type down_type;                 /* --down-type: ffn_down_t of --kernels neurons (default F16) */
     int64_t iters;                          /* --iters: exchange round trips / CUDA launches per trial */
     int64_t spin;                           /* --spin: exchange spin before sleeping */
     int64_t batch;                          /* --batch: exchange rows per step */

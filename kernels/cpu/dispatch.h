@@ -46,14 +46,24 @@ typedef void (*pi_vec_dot8_fn)(const void *wrow, size_t wstride, const void *xq,
 typedef void (*pi_vec_dot2_fn)(const void *w0, const void *w1, const void *xq, float out[2], int64_t n);
 /* Four weight rows of one matrix (w[0..3]: any rows, in any order, repeats allowed) against one token:
  * out[r] = the same variant's vec_dot(w[r], xq, n) bit for bit; AVX-512 loads and prepares the
- * activations once for the four rows, AVX2 runs its 1-row kernel four times. pf: 0, or a byte offset whose targets w[r] + pf + (each step's
- * read offset) the kernel prefetches as it goes (pi_matvec passes the next group of rows: a core
- * keeps more lines in flight than the hardware prefetcher alone gives it); never dereferenced, no
- * effect on the results. */
-typedef void (*pi_vec_dot4r_fn)(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n);
+ * activations once for the four rows, AVX2 runs its 1-row kernel four times. pf: NULL, or four rows
+ * of the same type and length (pf[r] is read alongside w[r]) whose bytes at each step's read offsets
+ * the kernel prefetches as it goes: pi_matvec passes the next group of rows, pi_ffn_neurons the next
+ * four listed neurons' rows, scattered as they are (a core keeps more lines in flight, spread over the
+ * arithmetic, than the hardware prefetcher or a burst of prefetches gives it). The pf rows are never
+ * dereferenced and change no result. */
+typedef void (*pi_vec_dot4r_fn)(const void *const w[4], const void *const pf[4], const void *xq, float out[4],
+                                int64_t n);
 /* y (n,) += a * dequant(row): the same floats as dequantising row and then y[i] += a * x[i] (a multiply
  * and an add, each rounded; no FMA). */
 typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
+/* y (n,) += a[0] * dequant(row[0]), then a[1] * row[1], ... up to row[m - 1] (m = 1..4): bit for bit m
+ * calls of the same variant's vec_mad in that order (each element gets the same roundings in the same
+ * order), but y is loaded and stored once per step for the m rows instead of once per row. pf: NULL, or
+ * m rows of the same type and length whose bytes matching each step's reads are prefetched (as
+ * vec_dot4r's; the next active neurons' down rows in pi_ffn_neurons); never dereferenced. */
+typedef void (*pi_vec_mad4_fn)(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                               int64_t n);
 /* src: n elements of the type -> dst (n,) */
 typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 /* src (n,) floats -> n elements of the type, the same bytes as the scalar reference quantiser. */
@@ -67,6 +77,7 @@ struct pi_kernel_table {
     pi_vec_dot2_fn vec_dot2[PI_TYPE_COUNT];   /* 2 rows x 1 token; NULL: vec_dot per row */
     pi_vec_dot4r_fn vec_dot4r[PI_TYPE_COUNT]; /* 4 rows x 1 token; NULL: vec_dot2 per pair */
     pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];     /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
+    pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
 };

@@ -67,8 +67,10 @@ static void mv_rows(void *vctx, int64_t begin, int64_t end, int thread)
     for (; c->dot4r && r + 4 <= end; r += 4) {
         const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;
         const void *w4[4] = {w, w + c->w_row_bytes, w + 2 * c->w_row_bytes, w + 3 * c->w_row_bytes};
+        const void *next[4] = {w + 4 * c->w_row_bytes, w + 5 * c->w_row_bytes, w + 6 * c->w_row_bytes,
+                               w + 7 * c->w_row_bytes};
         /* prefetch the next group of four while it is this thread's */
-        c->dot4r(w4, r + 8 <= end ? 4 * (ptrdiff_t)c->w_row_bytes : 0, c->xq, c->Y + r, c->cols);
+        c->dot4r(w4, r + 8 <= end ? next : NULL, c->xq, c->Y + r, c->cols);
     }
     for (; c->dot2 && r + 2 <= end; r += 2) {
         const uint8_t *w = c->W + (size_t)r * c->w_row_bytes;

@@ -383,59 +383,120 @@ static void dots_rows(const struct pi_weight *w, const int32_t *r, int m, const 
     for (int j = 0; j < m; j++) out[j] = pi_vec_dot(w->type, pi_weight_row(w, r[j]), xq, d);
 }
 
-/* acc (d) += the neurons idx[begin, end), in list order, in chunks: first the gate of each (a neuron
- * with gate <= 0 stops there for ReLU/dReLU), then up and down for the chunk's active ones, two
- * neurons' gate or up rows at a time (dots_rows), prefetching PF_AHEAD neurons ahead. row (d) is
- * scratch. Returns the neurons added. */
+/* out[0..m) = rows r[0..m) of w (m = 1..4) dotted with xq, the floats of pi_vec_dot. Four at once
+ * through the variant's vec_dot4r, which prefetches the rows pf[0..4) (NULL: none) as it reads these,
+ * spread over its arithmetic; otherwise pairs through dots_rows, the pf rows asked for in a burst
+ * first. */
+static void dots_quad(const struct pi_weight *w, const int32_t *r, int m, const int32_t *pf, const void *xq, int64_t d,
+                      float *out)
+{
+    pi_vec_dot4r_fn d4 = pi_kernels_active()->vec_dot4r[w->type];
+    if (m == 4 && d4) {
+        const void *rows[4], *next[4];
+        for (int j = 0; j < 4; j++) rows[j] = pi_weight_row(w, r[j]);
+        if (pf)
+            for (int j = 0; j < 4; j++) next[j] = pi_weight_row(w, pf[j]);
+        d4(rows, pf ? next : NULL, xq, out, d);
+        return;
+    }
+    for (int j = 0; pf && j < 4; j++) prefetch_row(w, pf[j]);
+    for (int j = 0; j < m; j += 2) dots_rows(w, r + j, PI_MIN(2, m - j), xq, d, out + j);
+}
+
+/* acc (d) += a[j] * down_t row r[j] for j < m (1..4), in that order: one pass over acc through
+ * pi_vec_mad4 where the variant has a kernel for the type (which prefetches the rows pf[0..m) as it
+ * goes; NULL: none), else add_down_row per row (row (d) is its scratch). The same floats either way. */
+static void add_down_rows(float *acc, float *row, const struct pi_weight *dt, const int32_t *r, const float *a, int m,
+                          const int32_t *pf)
+{
+    if (pi_kernels_active()->vec_mad4[dt->type]) {
+        const void *rows[4], *next[4];
+        for (int j = 0; j < m; j++) rows[j] = pi_weight_row(dt, r[j]);
+        if (pf)
+            for (int j = 0; j < m; j++) next[j] = pi_weight_row(dt, pf[j]);
+        pi_vec_mad4(dt->type, rows, a, m, pf ? next : NULL, acc, dt->cols);
+        return;
+    }
+    for (int j = 0; pf && j < m; j++) prefetch_row(dt, pf[j]);
+    for (int j = 0; j < m; j++) add_down_row(acc, row, dt, r[j], a[j]);
+}
+
+/* The neurons a part has found active (gate not skipped) and not yet added: a ring of LIVE_RING, the
+ * oldest at tail. */
+#define LIVE_RING 16 /* a power of two above the most pending: 2 * 4 - 1 waiting plus a gate quad's 4 */
+
+struct live_ring {
+    int32_t id[LIVE_RING];
+    float gate[LIVE_RING];
+    int64_t head, tail; /* entries [tail, head), index & (LIVE_RING - 1) */
+};
+
+/* The next m (up to 4) pending neurons from position at, each repeated past the last (n of them
+ * pending from at): the prefetch targets of a quad. */
+static void ring_next(const struct live_ring *q, int64_t at, int64_t n, int32_t *out)
+{
+    for (int j = 0; j < 4; j++) out[j] = q->id[(at + PI_MIN(j, n - 1)) & (LIVE_RING - 1)];
+}
+
+/* Up and down rows of the m (1..4) oldest pending neurons of q, then they leave the ring: their up
+ * rows dotted with xq_up (the next pending neurons' up and down rows prefetched meanwhile, when there
+ * are any), their activations, and the down rows of those not skipped added to acc in list order.
+ * Returns the neurons added. */
+static int64_t up_down(const struct neuron_task *t, struct live_ring *q, int m, float *acc, float *row)
+{
+    const struct pi_layer *L = t->L;
+    int32_t id[4] = {0}, next[4], keep[4];
+    float u[4], a[4];
+    for (int j = 0; j < m; j++) id[j] = q->id[(q->tail + j) & (LIVE_RING - 1)];
+    const int64_t rest = q->head - q->tail - m;
+    if (rest > 0) ring_next(q, q->tail + m, rest, next);
+    dots_quad(&L->ffn_up, id, m, rest > 0 ? next : NULL, t->xq_up, t->w->d, u);
+    int n_keep = 0;
+    for (int j = 0; j < m; j++) {
+        const float g = q->gate[(q->tail + j) & (LIVE_RING - 1)];
+        if (t->act == PI_FFN_ACT_SILU) a[n_keep] = g / (1.0f + expf(-g)) * u[j];
+        else if (t->act == PI_FFN_ACT_RELU) a[n_keep] = g * u[j];
+        else if (u[j] > 0.0f) a[n_keep] = g * u[j];
+        else continue;
+        keep[n_keep++] = id[j];
+    }
+    q->tail += m;
+    if (n_keep > 0) add_down_rows(acc, row, &L->ffn_down_t, keep, a, n_keep, rest > 0 ? next : NULL);
+    return n_keep;
+}
+
+/* acc (d) += the neurons idx[begin, end), their down rows in list order: the gate rows four at a time
+ * (dots_quad, prefetching the next four listed neurons' gate rows as it reads these), each neuron
+ * whose gate is not skipped queued in the ring; whenever eight are queued, the oldest four's up and
+ * down rows (up_down, prefetching the next four's as it reads these). So the rows of the gate stream
+ * and of the up/down stream are asked for one group ahead, from inside the arithmetic, and the two
+ * streams interleave in quads. row (d) is scratch. Returns the neurons added. */
 static int64_t neurons_into(const struct neuron_task *t, int64_t begin, int64_t end, float *acc, float *row)
 {
-    enum { CHUNK = 64, PF_AHEAD = 2 };
     const struct pi_layer *L = t->L;
     const int64_t d = t->w->d;
+    const int32_t *idx = t->idx;
+    struct live_ring q = {.head = 0, .tail = 0};
     int64_t active = 0;
-    int32_t live[CHUNK];
-    float gate[CHUNK];
-    for (int64_t k = begin; k < PI_MIN(end, begin + PF_AHEAD); k++) prefetch_row(&L->ffn_gate, t->idx[k]);
-    for (int64_t k0 = begin; k0 < end; k0 += CHUNK) {
-        int64_t kn = PI_MIN(end, k0 + CHUNK);
-        int n_live = 0;
-        for (int64_t k = k0; k < kn; k += 2) {
-            const int m = k + 1 < kn ? 2 : 1;
-            float g[2];
-            for (int j = 0; j < m; j++) {
-                PI_ASSERT(t->idx[k + j] >= 0 && t->idx[k + j] < L->ffn_gate.rows);
-                if (k + j + PF_AHEAD < end) prefetch_row(&L->ffn_gate, t->idx[k + j + PF_AHEAD]);
-            }
-            dots_rows(&L->ffn_gate, t->idx + k, m, t->w->xq_gate, d, g);
-            for (int j = 0; j < m; j++) {
-                if (pi_ffn_gate_skip(t->act, t->gate_min ? t->gate_min[t->idx[k + j]] : 0.0f, g[j])) continue;
-                live[n_live] = t->idx[k + j];
-                gate[n_live++] = g[j];
-            }
+    for (int64_t k = begin; k < end; k += 4) {
+        const int m = (int)PI_MIN(4, end - k);
+        int32_t next[4];
+        float g[4];
+        for (int j = 0; j < m; j++) PI_ASSERT(idx[k + j] >= 0 && idx[k + j] < L->ffn_gate.rows);
+        for (int j = 0; j < 4 && k + 4 < end; j++) {
+            next[j] = idx[PI_MIN(k + 4 + j, end - 1)];
+            PI_ASSERT(next[j] >= 0 && next[j] < L->ffn_gate.rows);
         }
-        for (int j = 0; j < PI_MIN(n_live, PF_AHEAD); j++) {
-            prefetch_row(&L->ffn_up, live[j]);
-            prefetch_row(&L->ffn_down_t, live[j]);
+        dots_quad(&L->ffn_gate, idx + k, m, k + 4 < end ? next : NULL, t->w->xq_gate, d, g);
+        for (int j = 0; j < m; j++) {
+            const int32_t i = idx[k + j];
+            if (pi_ffn_gate_skip(t->act, t->gate_min ? t->gate_min[i] : 0.0f, g[j])) continue;
+            q.id[q.head & (LIVE_RING - 1)] = i;
+            q.gate[q.head++ & (LIVE_RING - 1)] = g[j];
         }
-        for (int j0 = 0; j0 < n_live; j0 += 2) {
-            const int m = j0 + 1 < n_live ? 2 : 1;
-            float u[2];
-            for (int j = j0 + PF_AHEAD; j < PI_MIN(n_live, j0 + m + PF_AHEAD); j++) {
-                prefetch_row(&L->ffn_up, live[j]);
-                prefetch_row(&L->ffn_down_t, live[j]);
-            }
-            dots_rows(&L->ffn_up, live + j0, m, t->xq_up, d, u);
-            for (int j = 0; j < m; j++) {
-                float g = gate[j0 + j], a;
-                if (t->act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u[j];
-                else if (t->act == PI_FFN_ACT_RELU) a = g * u[j];
-                else if (u[j] > 0.0f) a = g * u[j];
-                else continue;
-                add_down_row(acc, row, &L->ffn_down_t, live[j0 + j], a);
-                active++;
-            }
-        }
+        while (q.head - q.tail >= 8) active += up_down(t, &q, 4, acc, row);
     }
+    while (q.head > q.tail) active += up_down(t, &q, (int)PI_MIN(4, q.head - q.tail), acc, row);
     return active;
 }
 
@@ -561,9 +622,52 @@ static void dots2(enum pi_type t, const void *wrow, size_t ws, const uint8_t *xq
     }
 }
 
+/* Up to four neurons of a token group waiting for their down rows: neuron id[q]'s activation for token
+ * j is a[q][j], added only where on[q][j]. */
+struct down_quad {
+    int32_t id[4];
+    float a[4][FFN_GROUP];
+    bool on[4][FFN_GROUP];
+    int n;
+};
+
+/* Queue neuron i with its gate and up values g, u (nt) for nt tokens: its activation for each token
+ * the per-token kernel would add (the same skip rule and formulas as up_down). dq must have room. */
+static void down_quad_add(struct down_quad *dq, enum pi_ffn_act act, float gmin, int32_t i, const float *g,
+                          const float *u, int64_t nt)
+{
+    for (int64_t j = 0; j < nt; j++) {
+        dq->on[dq->n][j] = !pi_ffn_gate_skip(act, gmin, g[j]) && (act != PI_FFN_ACT_DRELU || u[j] > 0.0f);
+        if (dq->on[dq->n][j])
+            dq->a[dq->n][j] = act == PI_FFN_ACT_SILU ? g[j] / (1.0f + expf(-g[j])) * u[j] : g[j] * u[j];
+    }
+    dq->id[dq->n++] = i;
+}
+
+/* acc (nt, d) += the waiting neurons' down rows: for each token, those on for it, in list order, in
+ * one pi_vec_mad4 pass over the token's accumulator (the floats of one pi_vec_mad per pair, in the same
+ * order). Empties dq; returns the (neuron, token) pairs added. */
+static int64_t down_quad_flush(struct down_quad *dq, const struct pi_weight *dt, int64_t nt, float *acc)
+{
+    const int64_t d = dt->cols;
+    int64_t added = 0;
+    for (int64_t j = 0; j < nt && dq->n > 0; j++) {
+        const void *rows[4];
+        float a[4];
+        int m = 0;
+        for (int q = 0; q < dq->n; q++)
+            if (dq->on[q][j]) rows[m] = pi_weight_row(dt, dq->id[q]), a[m++] = dq->a[q][j];
+        if (m > 0) pi_vec_mad4(dt->type, rows, a, m, NULL, acc + (size_t)j * (size_t)d, d);
+        added += m;
+    }
+    dq->n = 0;
+    return added;
+}
+
 /* Token groups [begin, end): for each group and each part in order, the part's neurons are summed in
  * list order into one accumulator per token, which is then added to the token's output row: the
- * operations pi_ffn_neurons does for each token, in the same order. */
+ * operations pi_ffn_neurons does for each token, in the same order. Where the down rows' type has a
+ * vec_mad4, they wait in fours (down_quad) and each token's accumulator takes them in one pass. */
 static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const struct batch_task *t = ctx;
@@ -575,6 +679,8 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     int64_t active = 0;
     float g[FFN_GROUP], u[FFN_GROUP], g_next[FFN_GROUP];
     const bool pairs = pi_kernels_active()->vec_dot8[L->ffn_gate.type] != NULL;
+    const bool quads = pi_kernels_active()->vec_mad4[L->ffn_down_t.type] != NULL;
+    struct down_quad dq = {.n = 0};
     for (int64_t gi = begin; gi < end; gi++) {
         const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);
         const uint8_t *xg = t->xq_gate + (size_t)t0 * t->xrb_gate, *xu = t->xq_up + (size_t)t0 * t->xrb_up;
@@ -606,6 +712,11 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                 if (!any) continue; /* no token has anything to add */
                 prefetch_row(&L->ffn_down_t, i);
                 dots(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xu, t->xrb_up, nt, d, u);
+                if (quads) { /* this neuron's activations wait with up to three others for one pass */
+                    down_quad_add(&dq, t->act, gmin, i, g, u, nt);
+                    if (dq.n == 4) active += down_quad_flush(&dq, &L->ffn_down_t, nt, acc);
+                    continue;
+                }
                 const float *src = pi_weight_row(&L->ffn_down_t, i);
                 const bool fused = fused_mad(&L->ffn_down_t);
                 bool widened = L->ffn_down_t.type == PI_TYPE_F32;
@@ -630,6 +741,7 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
                     active++;
                 }
             }
+            active += down_quad_flush(&dq, &L->ffn_down_t, nt, acc);
             for (int64_t j = 0; j < nt; j++) add_into(t->Y + (size_t)(t0 + j) * (size_t)d, acc + (size_t)j * (size_t)d, d);
         }
     }

@@ -115,9 +115,10 @@ static inline __m256i q8_0_block(const struct pi_block_q8_0 *a, __m256i ax, cons
 }
 
 /* Four blocks per iteration so that their eight fp16 scales convert together. nt (1..4) tokens share
- * the weights' |x| and fp16 scales; each keeps its own two accumulators in dot_q8_0's order. pf != 0:
- * prefetch the bytes at w + pf matching each step's reads (pi_matvec's next rows); same results. */
-PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
+ * the weights' |x| and fp16 scales; each keeps its own two accumulators in dot_q8_0's order. pf: NULL,
+ * or a row of the same length whose bytes matching each step's reads are prefetched (pi_matvec's and
+ * pi_ffn_neurons' next rows); same results. */
+PI_X86_INLINE void q8_0_n(const void *w, const void *pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q8_0 *a = w;
     __m256 acc0[4], acc1[4];
@@ -125,7 +126,7 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs
     for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        if (pf) pi_x86_pf_lines((const uint8_t *)&a[i] + pf, 4 * sizeof(*a));
+        if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q8_0 *)pf + i), 4 * sizeof(*a));
         __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
         __m256i ax[4];
         for (int k = 0; k < 4; k++) ax[k] = q8_0_abs(&a[i + k]);
@@ -153,11 +154,14 @@ PI_X86_INLINE void q8_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs
 static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
     float s;
-    q8_0_n(w, 0, xq, 0, &s, n, 1);
+    q8_0_n(w, NULL, xq, 0, &s, n, 1);
     return s;
 }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q8_0_n(w, 0, xq, xs, out, n, 4); }
+static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q8_0_n(w, NULL, xq, xs, out, n, 4);
+}
 
 /* Two Q4_0 blocks (i, i+1) per register: [qs_i | qs_i+1] is loaded once and split into low and high
  * nibbles (once for all tokens), and each token's activations are loaded to match
@@ -187,7 +191,7 @@ static inline __m256i q4_0_pair(struct q4_0_nib q, const struct pi_block_q8_0 *b
 }
 
 /* As q8_0_n (pf too), two blocks per register (q4_0_pair). */
-PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
+PI_X86_INLINE void q4_0_n(const void *w, const void *pf, const void *xq, size_t xs, float *out, int64_t n, int nt)
 {
     const struct pi_block_q4_0 *a = w;
     const __m256i lo2 = _mm256_set_epi32(1, 1, 1, 1, 0, 0, 0, 0), hi2 = _mm256_set_epi32(3, 3, 3, 3, 2, 2, 2, 2);
@@ -196,7 +200,7 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs
     for (int t = 0; t < nt; t++) acc0[t] = acc1[t] = _mm256_setzero_ps();
     int64_t nb = n / 32, i = 0;
     for (; i + 4 <= nb; i += 4) {
-        if (pf) pi_x86_pf_lines((const uint8_t *)&a[i] + pf, 4 * sizeof(*a));
+        if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q4_0 *)pf + i), 4 * sizeof(*a));
         __m128 dw = pi_x86_halves4((const uint8_t *)&a[i].d, sizeof(*a));
         struct q4_0_nib q0 = q4_0_unpack(&a[i]), q1 = q4_0_unpack(&a[i + 2]);
         #pragma GCC unroll 4
@@ -225,23 +229,26 @@ PI_X86_INLINE void q4_0_n(const void *w, ptrdiff_t pf, const void *xq, size_t xs
 static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
     float s;
-    q4_0_n(w, 0, xq, 0, &s, n, 1);
+    q4_0_n(w, NULL, xq, 0, &s, n, 1);
     return s;
 }
 
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n) { q4_0_n(w, 0, xq, xs, out, n, 4); }
+static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+{
+    q4_0_n(w, NULL, xq, xs, out, n, 4);
+}
 
 /* Four rows one after the other through the 1-row kernels (no activation sharing: AVX2 has 16
  * registers), each prefetching its share of the next rows: vec_dot's floats, with the overlap of
  * compute and memory that pi_matvec's prefetch buys. */
-static void dot4r_q8_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+static void dot4r_q8_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
 {
-    for (int r = 0; r < 4; r++) q8_0_n(w[r], pf, xq, 0, &out[r], n, 1);
+    for (int r = 0; r < 4; r++) q8_0_n(w[r], pf ? pf[r] : NULL, xq, 0, &out[r], n, 1);
 }
 
-static void dot4r_q4_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+static void dot4r_q4_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
 {
-    for (int r = 0; r < 4; r++) q4_0_n(w[r], pf, xq, 0, &out[r], n, 1);
+    for (int r = 0; r < 4; r++) q4_0_n(w[r], pf ? pf[r] : NULL, xq, 0, &out[r], n, 1);
 }
 
 static float dot_q5_0(const void *w, const void *xq, int64_t n)
@@ -688,6 +695,85 @@ static void vec_mad_q8_0(const void *row, float a, float *y, int64_t n)
     }
 }
 
+/* m (1..4, a constant where inlined) rows added into y in one pass: y is loaded and stored once per
+ * step, each row's product added in row order (mad8), so the floats of m vec_mad calls. 32 elements
+ * (one 64-byte line of f16 per row) per step, prefetching the matching line of each pf row into L2
+ * (four rows ahead is more than L1 keeps). */
+PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    __m256 va[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256 y0 = _mm256_loadu_ps(y + i), y1 = _mm256_loadu_ps(y + i + 8);
+        __m256 y2 = _mm256_loadu_ps(y + i + 16), y3 = _mm256_loadu_ps(y + i + 24);
+        #pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const uint8_t *w = (const uint8_t *)row[r] + 2 * i;
+            if (pf) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 2 * i);
+            y0 = mad8(y0, va[r], load_f16x8(w)), y1 = mad8(y1, va[r], load_f16x8(w + 16));
+            y2 = mad8(y2, va[r], load_f16x8(w + 32)), y3 = mad8(y3, va[r], load_f16x8(w + 48));
+        }
+        _mm256_storeu_ps(y + i, y0), _mm256_storeu_ps(y + i + 8, y1);
+        _mm256_storeu_ps(y + i + 16, y2), _mm256_storeu_ps(y + i + 24, y3);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < m; r++) {
+            uint16_t h;
+            memcpy(&h, (const uint8_t *)row[r] + 2 * i, 2);
+            float p = a[r] * pi_x86_h2f(h);
+            __asm__("" : "+x"(p));
+            y[i] += p;
+        }
+}
+
+static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                         int64_t n)
+{
+    switch (m) {
+    case 1: mad_f16_n(row, a, 1, pf, y, n); break;
+    case 2: mad_f16_n(row, a, 2, pf, y, n); break;
+    case 3: mad_f16_n(row, a, 3, pf, y, n); break;
+    default: mad_f16_n(row, a, 4, pf, y, n); break;
+    }
+}
+
+/* The same for Q8_0 rows, a block per step (x = q * d as dequant_q8_0), a prefetch every other block. */
+PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    __m256 va[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256 yk[4];
+        for (int k = 0; k < 4; k++) yk[k] = _mm256_loadu_ps(y + 32 * i + 8 * k);
+        #pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const struct pi_block_q8_0 *b = (const struct pi_block_q8_0 *)row[r] + i;
+            if (pf && (i & 1) == 0) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q8_0 *)pf[r] + i));
+            __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
+            #pragma GCC unroll 4
+            for (int k = 0; k < 4; k++) {
+                __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + 8 * k));
+                yk[k] = mad8(yk[k], va[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+            }
+        }
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 32 * i + 8 * k, yk[k]);
+    }
+}
+
+static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                          int64_t n)
+{
+    switch (m) {
+    case 1: mad_q8_0_n(row, a, 1, pf, y, n); break;
+    case 2: mad_q8_0_n(row, a, 2, pf, y, n); break;
+    case 3: mad_q8_0_n(row, a, 3, pf, y, n); break;
+    default: mad_q8_0_n(row, a, 4, pf, y, n); break;
+    }
+}
+
 /* ---------------------------------------------------------------- activations to Q8_0
  * quant.c's quant_q8_0 eight lanes at a time, byte for byte: the block's largest |x| (a NaN is
  * skipped, as the scalar comparison skips it: max_ps returns its second operand when either is
@@ -749,6 +835,9 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
     },
     .vec_mad = {
         [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,
+    },
+    .vec_mad4 = {
+        [PI_TYPE_F16] = vec_mad4_f16, [PI_TYPE_Q8_0] = vec_mad4_q8_0,
     },
     .quantize = {
         [PI_TYPE_Q8_0] = quantize_q8_0,

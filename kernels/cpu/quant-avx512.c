@@ -173,10 +173,11 @@ static inline __m512i i8_pair_dot(struct i8_pair x, __m512i y)
 /* Four blocks per iteration: two per register, their eight fp16 scales converted together. nr (1..4)
  * rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens -> out[r * 4 + t]; nr * nt
  * is at most 8. The weights are unpacked once per row, the activations loaded once per token; each
- * pair keeps dot_q8_0's two accumulators and order. pf != 0: prefetch the bytes at wr[r] + pf that
- * match each step's reads (the next group of rows in pi_matvec); no effect on the results. */
-PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out,
-                          int64_t n)
+ * pair keeps dot_q8_0's two accumulators and order. pf: NULL, or nr rows of the same length whose
+ * bytes matching each step's reads of wr[r] are prefetched (pf[r]: pi_matvec's next group of rows,
+ * pi_ffn_neurons' next listed neurons); no effect on the results. */
+PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
 {
     __m512 acc0[4][4], acc1[4][4];
 #pragma GCC unroll 4
@@ -190,7 +191,7 @@ PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const 
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const struct pi_block_q8_0 *a = (const struct pi_block_q8_0 *)wr[r] + i;
-            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
+            if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q8_0 *)pf[r] + i), sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             x0[r] = i8_pair_load(a), x1[r] = i8_pair_load(a + 2);
         }
@@ -228,31 +229,31 @@ static float dot_q8_0(const void *w, const void *xq, int64_t n)
 {
     const uint8_t *wr[1] = {w};
     float s;
-    q8_0_n(wr, 1, 0, xq, 0, 1, &s, n);
+    q8_0_n(wr, 1, NULL, xq, 0, 1, &s, n);
     return s;
 }
 
 static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
 {
     const uint8_t *wr[1] = {w};
-    q8_0_n(wr, 1, 0, xq, xs, 4, out, n);
+    q8_0_n(wr, 1, NULL, xq, xs, 4, out, n);
 }
 
 static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
     const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
-    q8_0_n(wr, 2, 0, xq, xs, 4, out, n);
+    q8_0_n(wr, 2, NULL, xq, xs, 4, out, n);
 }
 
 static void dot2_q8_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
     const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q8_0_n(wr, 2, 0, xq, 0, 1, o, n);
+    q8_0_n(wr, 2, NULL, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
 }
 
-static void dot4r_q8_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+static void dot4r_q8_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
 {
     const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
     float o[16];
@@ -306,8 +307,8 @@ static inline __m512i q4_0_quad(__m512i lo, __m512i hi, struct q4_0_act y)
 /* nr (1..4) weight rows wr[r] times nt (1..4) tokens at xq + t * xs -> out[r * 4 + t] (out[t] when
  * nr is 1); nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's accumulator and
  * order. pf as for q8_0_n. */
-PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const void *xq, size_t xs, int nt, float *out,
-                          int64_t n)
+PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
 {
     const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -323,7 +324,7 @@ PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, ptrdiff_t pf, const 
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const struct pi_block_q4_0 *a = (const struct pi_block_q4_0 *)wr[r] + i;
-            if (pf) pi_x86_pf_lines((const uint8_t *)a + pf, sizeof(*a) * 4);
+            if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q4_0 *)pf[r] + i), sizeof(*a) * 4);
             dw[r] = pi_x86_halves4((const uint8_t *)&a->d, sizeof(*a));
             __m512i v = load4x16(a[0].qs, a[1].qs, a[2].qs, a[3].qs);
             lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
@@ -359,31 +360,31 @@ static float dot_q4_0(const void *w, const void *xq, int64_t n)
 {
     const uint8_t *wr[1] = {w};
     float s;
-    q4_0_n(wr, 1, 0, xq, 0, 1, &s, n);
+    q4_0_n(wr, 1, NULL, xq, 0, 1, &s, n);
     return s;
 }
 
 static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
 {
     const uint8_t *wr[1] = {w};
-    q4_0_n(wr, 1, 0, xq, xs, 4, out, n);
+    q4_0_n(wr, 1, NULL, xq, xs, 4, out, n);
 }
 
 static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
 {
     const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
-    q4_0_n(wr, 2, 0, xq, xs, 4, out, n);
+    q4_0_n(wr, 2, NULL, xq, xs, 4, out, n);
 }
 
 static void dot2_q4_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
 {
     const uint8_t *wr[2] = {w0, w1};
     float o[8];
-    q4_0_n(wr, 2, 0, xq, 0, 1, o, n);
+    q4_0_n(wr, 2, NULL, xq, 0, 1, o, n);
     out[0] = o[0], out[1] = o[4];
 }
 
-static void dot4r_q4_0(const void *const w[4], ptrdiff_t pf, const void *xq, float out[4], int64_t n)
+static void dot4r_q4_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
 {
     const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
     float o[16];
@@ -606,6 +607,99 @@ static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], in
     q6_K_n(w, xq, xs, out, n, 4);
 }
 
+/* ---------------------------------------------------------------- y += a * rows (pi_vec_mad4)
+ * Each row's multiply, then its add into y, each rounded as in the scalar loop over the dequantised
+ * rows (the barrier keeps the compiler from contracting them into an FMA); y is loaded once per step
+ * and gets rows 0..m-1 added in that order: the floats of m vec_mad calls. */
+static inline __m512 mad16(__m512 y, __m512 a, __m512 x)
+{
+    __m512 p = _mm512_mul_ps(a, x);
+    __asm__("" : "+v"(p));
+    return _mm512_add_ps(y, p);
+}
+
+/* The element-wise tail (n not a multiple of the step), in the same order per element. */
+static inline void mad_tail(float *y, int64_t i, float p)
+{
+    __asm__("" : "+x"(p));
+    y[i] += p;
+}
+
+/* m (1..4, a constant where inlined) f16 rows; 32 elements (one 64-byte line of each row) per step,
+ * with the matching line of each pf row (prefetcht1: four rows ahead is 40 KiB at d = 5120, more than
+ * L1 keeps while y and these rows stream through it). */
+PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    __m512 va[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 y0 = _mm512_loadu_ps(y + i), y1 = _mm512_loadu_ps(y + i + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const uint8_t *w = (const uint8_t *)row[r] + 2 * i;
+            if (pf) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 2 * i);
+            y0 = mad16(y0, va[r], load_f16x16(w));
+            y1 = mad16(y1, va[r], load_f16x16(w + 32));
+        }
+        _mm512_storeu_ps(y + i, y0), _mm512_storeu_ps(y + i + 16, y1);
+    }
+    for (; i < n; i++)
+        for (int r = 0; r < m; r++) {
+            uint16_t h;
+            memcpy(&h, (const uint8_t *)row[r] + 2 * i, 2);
+            mad_tail(y, i, a[r] * pi_x86_h2f(h));
+        }
+}
+
+static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                         int64_t n)
+{
+    switch (m) {
+    case 1: mad_f16_n(row, a, 1, pf, y, n); break;
+    case 2: mad_f16_n(row, a, 2, pf, y, n); break;
+    case 3: mad_f16_n(row, a, 3, pf, y, n); break;
+    default: mad_f16_n(row, a, 4, pf, y, n); break;
+    }
+}
+
+/* m Q8_0 rows, one block (32 elements) per step: x = q * d as dequant_q8_0, then the row's multiply
+ * and add; the prefetch of the pf rows every other block (a line per 68 bytes). */
+PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    __m512 va[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m512 y0 = _mm512_loadu_ps(y + 32 * i), y1 = _mm512_loadu_ps(y + 32 * i + 16);
+#pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const struct pi_block_q8_0 *b = (const struct pi_block_q8_0 *)row[r] + i;
+            if (pf && (i & 1) == 0) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q8_0 *)pf[r] + i));
+            __m512 d = _mm512_set1_ps(pi_x86_h2f(b->d));
+            __m512 x0 =
+                _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)b->qs))), d);
+            __m512 x1 = _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b->qs + 16)))), d);
+            y0 = mad16(y0, va[r], x0);
+            y1 = mad16(y1, va[r], x1);
+        }
+        _mm512_storeu_ps(y + 32 * i, y0), _mm512_storeu_ps(y + 32 * i + 16, y1);
+    }
+}
+
+static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                          int64_t n)
+{
+    switch (m) {
+    case 1: mad_q8_0_n(row, a, 1, pf, y, n); break;
+    case 2: mad_q8_0_n(row, a, 2, pf, y, n); break;
+    case 3: mad_q8_0_n(row, a, 3, pf, y, n); break;
+    default: mad_q8_0_n(row, a, 4, pf, y, n); break;
+    }
+}
+
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
     .name = "avx512vnni",
@@ -647,6 +741,11 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
         {
             [PI_TYPE_Q4_0] = dot4r_q4_0,
             [PI_TYPE_Q8_0] = dot4r_q8_0,
+        },
+    .vec_mad4 =
+        {
+            [PI_TYPE_F16] = vec_mad4_f16,
+            [PI_TYPE_Q8_0] = vec_mad4_q8_0,
         },
     .dequant =
         {

@@ -633,3 +633,16 @@ void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n)
         for (int64_t j = 0; j < m; j++) y[i + j] += a * buf[j];
     }
 }
+
+void pi_vec_mad4(enum pi_type t, const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                 int64_t n)
+{
+    check_row(t, n);
+    PI_ASSERT(m >= 1 && m <= 4);
+    pi_vec_mad4_fn mad4 = pi_kernels_active()->vec_mad4[t];
+    if (mad4) {
+        mad4(row, a, m, pf, y, n);
+        return;
+    }
+    for (int r = 0; r < m; r++) pi_vec_mad(t, row[r], a[r], y, n);
+}

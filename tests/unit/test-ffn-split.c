@@ -14,7 +14,9 @@
  *  - activation thresholds (issue 18): the skip rule's cases; all-zero thresholds give the bits of no
  *    thresholds; random per-neuron thresholds equal a reference over the neurons the rule keeps (the
  *    kernel's own gate values decide), the skipped neurons' up and down rows never read (poisoned);
- *    the batch kernel gives the bits of one call per token; pi_ffn_act_min zeroes exactly the skipped.
+ *    the batch kernel gives the bits of one call per token; pi_ffn_act_min zeroes exactly the skipped;
+ *  - in every kernel variant, a one-part list gives the bits of pi_vec_dot and pi_vec_mad in list
+ *    order (the quads of rows and the queue of active neurons keep the order of every sum).
  */
 #include "config.h"
 
@@ -25,6 +27,7 @@
 
 #include "lib/common.h"
 #include "model/model.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
@@ -502,6 +505,73 @@ static void test_thresholds(pi_pool_t *pool, enum pi_type wt, enum pi_ffn_act ac
     free_layer(&R);
 }
 
+/* In every kernel variant this CPU runs: a list short enough to be one part (29 neurons, shuffled: seven
+ * quads of gate rows and a remainder) gives the bits of the plain loop over the list: pi_vec_dot of the
+ * gate and up rows, the skip rule, and pi_vec_mad of each active neuron's down row into a zeroed
+ * accumulator in list order, then added to y. So the quads, the queue of active neurons and the
+ * fallbacks of the types without vec_dot4r or vec_mad4 keep the order of every float sum. */
+static void test_list_order(void)
+{
+    static const enum pi_type types[][2] = {
+        {PI_TYPE_Q4_0, PI_TYPE_F16},
+        {PI_TYPE_Q8_0, PI_TYPE_Q8_0},
+        {PI_TYPE_Q5_0, PI_TYPE_F16},
+        {PI_TYPE_F16, PI_TYPE_F32},
+    };
+    static const enum pi_ffn_act acts[] = {PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
+    enum { N = 29 };
+    pi_ffn_work_t *w = pi_ffn_work_new(D, 1);
+    uint8_t *xq_g = malloc((size_t)D * 4 + 64), *xq_u = malloc((size_t)D * 4 + 64);
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        if (pi_kernels_use(isa) != (enum pi_kernel_isa)isa) {
+            tap_skip(1, "variant not available here");
+            continue;
+        }
+        int same = 1, cases = 0;
+        for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+            struct rlayer R;
+            make_layer(&R, types[k][0], types[k][1]);
+            const struct pi_layer *L = &R.L;
+            for (size_t ai = 0; ai < PI_ARRAY_LEN(acts); ai++) {
+                const enum pi_ffn_act act = acts[ai];
+                int32_t all[FF], idx[N];
+                float x[D], y[D], want[D], acc[D];
+                for (int i = 0; i < FF; i++) all[i] = i;
+                shuffle(all, FF);
+                memcpy(idx, all, sizeof idx);
+                for (int j = 0; j < D; j++) x[j] = frand(), y[j] = want[j] = frand();
+                pi_quantize_act(L->ffn_gate.type, x, xq_g, D);
+                pi_quantize_act(L->ffn_up.type, x, xq_u, D);
+                memset(acc, 0, sizeof acc);
+                int64_t n_want = 0;
+                for (int k2 = 0; k2 < N; k2++) {
+                    const int32_t i = idx[k2];
+                    float g = pi_vec_dot(L->ffn_gate.type, pi_weight_row(&L->ffn_gate, i), xq_g, D), a;
+                    if (pi_ffn_gate_skip(act, 0.0f, g)) continue;
+                    float u = pi_vec_dot(L->ffn_up.type, pi_weight_row(&L->ffn_up, i), xq_u, D);
+                    if (act == PI_FFN_ACT_SILU) a = g / (1.0f + expf(-g)) * u;
+                    else if (act == PI_FFN_ACT_RELU) a = g * u;
+                    else if (u > 0.0f) a = g * u;
+                    else continue;
+                    pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, i), a, acc, D);
+                    n_want++;
+                }
+                for (int j = 0; j < D; j++) want[j] += acc[j];
+                int64_t n_got = pi_ffn_neurons(NULL, w, L, act, NULL, x, idx, N, y);
+                same &= memcmp(y, want, sizeof y) == 0 && n_got == n_want;
+                cases++;
+            }
+            free_layer(&R);
+        }
+        tap_ok(same,
+               "%s: one part of %d listed neurons == pi_vec_dot and pi_vec_mad in list order, bit for bit (%d cases)",
+               pi_kernels_variant(), N, cases);
+    }
+    pi_kernels_use(-1);
+    free(xq_g), free(xq_u);
+    pi_ffn_work_destroy(&w);
+}
+
 int main(void)
 {
     pi_pool_t *pool = pi_pool_new(2);
@@ -538,6 +608,7 @@ int main(void)
     test_thresholds(pool, PI_TYPE_F16, PI_FFN_ACT_RELU);
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);
     test_real_layer(pool, "demo-relu-q4_0.gguf", 3e-2);
+    test_list_order();
     pi_pool_destroy(&pool);
     return tap_done();
 }

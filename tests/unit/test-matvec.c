@@ -131,13 +131,14 @@ static void test_dot4(void)
 /* Rows w[0..3] through vec_dot4r, each output against the variant's vec_dot (bit for bit) and the
  * scalar reference (normalised by sum |w x|); wd: the dequantised rows (5, cols), row r at W + r * rb. */
 static void check_dot4r(const struct pi_kernel_table *tab, enum pi_type t, const uint8_t *W, size_t rb, const float *wd,
-                        const float *x, const uint8_t *xq, int64_t cols, const int quad[4], ptrdiff_t pf, int *same,
+                        const float *x, const uint8_t *xq, int64_t cols, const int quad[4], const int *pf, int *same,
                         double *worst)
 {
-    const void *w[4];
+    const void *w[4], *next[4];
     for (int i = 0; i < 4; i++) w[i] = W + (size_t)quad[i] * rb;
+    for (int i = 0; pf && i < 4; i++) next[i] = W + (size_t)pf[i] * rb;
     float out[4];
-    tab->vec_dot4r[t](w, pf, xq, out, cols);
+    tab->vec_dot4r[t](w, pf ? next : NULL, xq, out, cols);
     for (int i = 0; i < 4; i++) {
         float one = tab->vec_dot[t](w[i], xq, cols),
               ref = pi_kernels_table(PI_KERNEL_SCALAR)->vec_dot[t](w[i], xq, cols);
@@ -186,10 +187,11 @@ static void test_dot2(void)
                 pi_quantize_act(t, x, xq, cols);
                 for (int r = 0; r < 5; r++) pi_dequant_row(t, W + (size_t)r * rb, wd + (size_t)r * cols, cols);
                 for (size_t q = 0; tab->vec_dot4r[t] && q < PI_ARRAY_LEN(quads); q++) {
-                    /* pf: none, and the next row (in the matrix for the first quad: prefetches never
+                    /* pf: none, and four rows of the matrix in another order (prefetches never
                      * fault, but the test should not rely on that) */
-                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], 0, &same4, &worst4);
-                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], q == 0 ? (ptrdiff_t)rb : 0, &same4, &worst4);
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], NULL, &same4, &worst4);
+                    check_dot4r(tab, t, W, rb, wd, x, xq, cols, quads[q], quads[(q + 2) % PI_ARRAY_LEN(quads)], &same4,
+                                &worst4);
                     checked4 += 2;
                 }
                 for (size_t p = 0; tab->vec_dot2[t] && p < PI_ARRAY_LEN(pairs); p++) {
@@ -254,6 +256,53 @@ static void test_vec_mad(void)
     }
 }
 
+/* Each available variant's vec_mad4 (1..4 rows added in one pass over y) against the scalar
+ * dequantiser and a plain multiply-then-add loop over the rows in order, bit for bit, on fresh random
+ * rows and scales: every row count, with and without prefetch rows (other rows of the matrix), lengths
+ * with and without a loop tail. */
+static void test_vec_mad4(void)
+{
+    static const int64_t lens[] = {32, 96, 1024, 8 * 33 + 5, 21, 48, 5120 + 17};
+    const struct pi_kernel_table *sc = pi_kernels_table(PI_KERNEL_SCALAR);
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        int checked = 0, same = 1;
+        for (size_t k = 0; tab && k < PI_ARRAY_LEN(types); k++) {
+            enum pi_type t = types[k];
+            for (size_t l = 0; tab->vec_mad4[t] && l < PI_ARRAY_LEN(lens); l++) {
+                int64_t n = lens[l];
+                if (n % pi_type_get(t)->block_elems) continue;
+                size_t rb;
+                uint8_t *W = random_matrix(t, 8, n, &rb);
+                float *y = malloc((size_t)n * 4), *ref = malloc((size_t)n * 4), *row = malloc((size_t)n * 4);
+                for (int m = 1; m <= 4; m++)
+                    for (int with_pf = 0; with_pf < 2; with_pf++) {
+                        const void *rows[4], *pf[4];
+                        float a[4];
+                        for (int r = 0; r < m; r++) {
+                            rows[r] = W + (size_t)((3 * r + m) % 8) * rb, pf[r] = W + (size_t)(7 - r) * rb;
+                            a[r] = rndf() * 3;
+                        }
+                        for (int64_t i = 0; i < n; i++) y[i] = ref[i] = rndf();
+                        for (int r = 0; r < m; r++) {
+                            sc->dequant[t](rows[r], row, n);
+                            for (int64_t i = 0; i < n; i++) ref[i] += a[r] * row[i];
+                        }
+                        tab->vec_mad4[t](rows, a, m, with_pf ? pf : NULL, y, n);
+                        same &= memcmp(y, ref, (size_t)n * 4) == 0;
+                        checked++;
+                    }
+                free(W), free(y), free(ref), free(row);
+            }
+        }
+        if (!tab) tap_skip(1, "variant not available here");
+        else if (checked == 0) tap_skip(1, "no vec_mad4 in this variant");
+        else
+            tap_ok(same, "%s: vec_mad4 (1..4 rows) == dequant + axpy per row in order, bit for bit (%d cases)",
+                   tab->name, checked);
+    }
+}
+
 /* Long rows, so that pi_matmul's token tile (256 KiB of activations) holds fewer than 64 tokens and
  * 64 tokens cross tile boundaries: still equal to pi_matvec per token, bit for bit. */
 static void test_tiles(pi_pool_t *pool)
@@ -296,6 +345,7 @@ int main(void)
     test_dot4();
     test_dot2();
     test_vec_mad();
+    test_vec_mad4();
 
     for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
         enum pi_type t = types[k];
@@ -360,6 +410,19 @@ int main(void)
         }
         tap_ok(e < 1e-5, "%s matvec with %lld columns: %.3g", pi_type_name(t), (long long)c, e);
         tap_ok(memcmp(acc, ref, (size_t)c * 4) == 0, "%s pi_vec_mad equals dequant + axpy", pi_type_name(t));
+        /* pi_vec_mad4 over the same rows (1..4 at a time, the next ones as prefetch rows) == the above */
+        for (int64_t i = 0; i < c; i++) acc[i] = ref[i] = rndf();
+        for (int64_t r0 = 0, m = 1; r0 < rows; r0 += m, m = m % 4 + 1) {
+            const void *rr[4], *pf[4];
+            float a[4];
+            m = PI_MIN(m, rows - r0);
+            for (int64_t j = 0; j < m; j++) {
+                rr[j] = W + (size_t)(r0 + j) * rb, pf[j] = W + (size_t)((r0 + j + 1) % rows) * rb, a[j] = rndf();
+                pi_vec_mad(t, rr[j], a[j], ref, c);
+            }
+            pi_vec_mad4(t, rr, a, (int)m, m % 2 ? pf : NULL, acc, c);
+        }
+        tap_ok(memcmp(acc, ref, (size_t)c * 4) == 0, "%s pi_vec_mad4 equals pi_vec_mad row by row", pi_type_name(t));
         free(W), free(x), free(y), free(row), free(acc), free(ref), free(q);
     }
     return tap_done();
