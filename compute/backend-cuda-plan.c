@@ -46,7 +46,10 @@ static int wbytes(enum pi_type t, int64_t rows, int64_t cols, uint64_t *acc)
 }
 
 /* pi_cuda_gemm's tile for a weight (rows, cols) of device type t (none for F16). */
-static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols) { return pi_cuda_gemm_tile_bytes((int)t, rows, cols); }
+static uint64_t tile_bytes(int64_t T, enum pi_type t, int64_t rows, int64_t cols)
+{
+    return pi_cuda_gemm_tile_bytes((int)t, rows, cols, T);
+}
 
 /* What a scratch slot of the context holds after a first request of `bytes` (ctx.cu: 25% headroom). */
 static uint64_t slot(uint64_t bytes) { return pi_cuda_scratch_held(bytes); }
@@ -154,8 +157,8 @@ static int plan_pred(const pi_model_t *m, const struct pi_backend_opts *o, int64
         PI_TRY(pi_cuda_weight_bytes_for((int)t2, hp->n_ff, r32, &b2));
         p->pred += pi_cuda_counted(b1) + pi_cuda_counted(b2);
         if (T > PI_CUDA_MATVEC_MAX_ROWS) {
-            *tile = PI_MAX(*tile, tile_bytes(t1, r32, hp->n_embd));
-            *tile = PI_MAX(*tile, tile_bytes(t2, hp->n_ff, r32));
+            *tile = PI_MAX(*tile, tile_bytes(T, t1, r32, hp->n_embd));
+            *tile = PI_MAX(*tile, tile_bytes(T, t2, hp->n_ff, r32));
         }
     }
     if (T > PI_CUDA_MATVEC_MAX_ROWS) *gemm_cols = PI_MAX(*gemm_cols, rmax);
@@ -198,10 +201,10 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
             PI_TRY(wbytes(L->attn_v.type, kvd, d, &p->attn));
         }
         PI_TRY(wbytes(L->attn_output.type, d, qd, &p->attn));
-        tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(L->attn_q.type, d), qd, d));
-        tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(L->attn_k.type, d), kvd, d));
-        tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(L->attn_v.type, d), kvd, d));
-        tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(L->attn_output.type, qd), d, qd));
+        tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(L->attn_q.type, d), qd, d));
+        tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(L->attn_k.type, d), kvd, d));
+        tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(L->attn_v.type, d), kvd, d));
+        tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(L->attn_output.type, qd), d, qd));
         int64_t nh = o->n_hot ? o->n_hot[il] : 0;
         const bool dense = pi_backend_cuda_dense_layer(m, o, il);
         if (nh > 0) {
@@ -210,8 +213,8 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
             p->hot += al(b);
             if (dense) PI_TRY(wbytes(L->ffn_down.type, d, hp->n_ff, &p->hot));
             else PI_TRY(wbytes(pi_backend_cuda_hot_rows(m, o, il)->ffn_down_t.type, nh, d, &p->hot));
-            if (T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_gu_type(L, d), 2 * nh, d));
-            if (T >= PI_BACKEND_CUDA_HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
+            if (T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_gu_type(L, d), 2 * nh, d));
+            if (T >= PI_BACKEND_CUDA_HOT_BATCH_MIN && dense) tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(L->ffn_down.type, hp->n_ff), d, hp->n_ff));
         }
         n_hot_max = PI_MAX(n_hot_max, nh);
         if (!dense) n_sparse_max = PI_MAX(n_sparse_max, nh);
@@ -219,7 +222,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     }
     p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
     PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
-    tile = PI_MAX(tile, tile_bytes(pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
+    tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;

@@ -158,7 +158,10 @@ static float *norm_w(const struct cuda_backend *s, int k) { return s->d_norms + 
 static bool ffn_per_row(const struct cuda_backend *s) { return s->n < PI_BACKEND_CUDA_HOT_BATCH_MIN || !s->d_g; }
 
 /* pi_cuda_gemm's dequantised tile for a weight (rows, cols) of device type t (kernels/cuda/plan.h). */
-static uint64_t tile_bytes(enum pi_type t, int64_t rows, int64_t cols) { return pi_cuda_gemm_tile_bytes((int)t, rows, cols); }
+static uint64_t tile_bytes(int64_t T, enum pi_type t, int64_t rows, int64_t cols)
+{
+    return pi_cuda_gemm_tile_bytes((int)t, rows, cols, T);
+}
 
 /* ------------------------------------------------------------------ upload */
 
@@ -767,29 +770,30 @@ static int warm_scratch(struct cuda_backend *s)
                                 kv_at(s, 0, 0, 1), s->d_att), "start");
     }
     if (T > PI_CUDA_MATVEC_MAX_ROWS) { /* the GEMM's scratch (kernels/cuda/plan.h) */
-        /* First the dequantised tile: the weight with the largest tile, one row (a small f16 input). */
+        /* First the dequantised tile: the weight with the largest tile, a small batch (a small f16 input). */
         const pi_cuda_weight_t *wt = s->out;
         const float *xt = s->d_xn;
         float *yt = s->d_logits;
         const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
-        uint64_t best = tile_bytes(pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
+        uint64_t best = tile_bytes(s->T, pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
         for (int il = 0; il < s->n_layer; il++) {
             const struct pi_layer *L = &m->layers[il];
             struct cuda_layer *cl = &s->L[il];
-            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
-            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
-            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
-            if ((tb = tile_bytes(pi_backend_cuda_dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
-            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(pi_backend_cuda_gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
+            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
+            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
+            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
+            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
+            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(s->T, pi_backend_cuda_gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
                 best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
-            if (s->d_g && cl->dense && (tb = tile_bytes(pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
+            if (s->d_g && cl->dense && (tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
                 best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
-            if (cl->fc1 && (tb = tile_bytes(cl->t1, cl->r32, s->d)) > best)
+            if (cl->fc1 && (tb = tile_bytes(s->T, cl->t1, cl->r32, s->d)) > best)
                 best = tb, wt = cl->fc1, xt = s->d_xn, yt = s->d_ph;
-            if (cl->fc2 && (tb = tile_bytes(cl->t2, m->hp.n_ff, cl->r32)) > best)
+            if (cl->fc2 && (tb = tile_bytes(s->T, cl->t2, m->hp.n_ff, cl->r32)) > best)
                 best = tb, wt = cl->fc2, xt = s->d_ph, yt = s->d_plog;
         }
-        if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, 1, xt, yt), "start");
+        /* a batch that takes the tiles: past PI_CUDA_MMQ_MAX_T rows where the integer GEMM would take it */
+        if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, PI_MIN(s->T, PI_CUDA_MMQ_MAX_T + 1), xt, yt), "start");
         /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger): a dense
          * layer's down product (n_ff columns) where there is one, else o or q. */
         const bool wide = s->qd > s->d;

@@ -543,7 +543,7 @@ static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const fl
         pi_error("cuda: gemm with %lld tokens", (long long)T);
         return -PI_ERR_INVAL;
     }
-    if (pi_cuda_mmq_for(c, w->type)) return pi_cuda_mmq(c, w, T, d_X, d_Y, beta != 0.0f);
+    if (T <= PI_CUDA_MMQ_MAX_T && pi_cuda_mmq_for(c, w->type)) return pi_cuda_mmq(c, w, T, d_X, d_Y, beta != 0.0f);
     void *x16 = NULL, *tile = NULL;
     int64_t n = T * w->cols;
     PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, pi_cuda_gemm_x16_bytes(T, w->cols), &x16));

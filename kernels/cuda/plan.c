@@ -31,9 +31,9 @@ bool pi_cuda_mmq_built(int type)
 #endif
 }
 
-size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols)
+size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols, int64_t T)
 {
-    if (type == PI_TYPE_F16 || pi_cuda_mmq_built(type)) return 0;
+    if (type == PI_TYPE_F16 || (pi_cuda_mmq_built(type) && T <= PI_CUDA_MMQ_MAX_T)) return 0;
     return (size_t)pi_cuda_gemm_tile_rows(rows, cols) * (size_t)cols * 2;
 }
 

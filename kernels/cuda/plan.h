@@ -84,10 +84,14 @@ size_t pi_cuda_xq_bytes(int64_t cols);
 /* The quantised GEMM (mmq.cu) pads a batch's tokens to a multiple of this. */
 #define PI_CUDA_MMQ_TOK_ALIGN 8
 
-/* Whether batched products with a weight of `type` (an enum pi_type) take the integer tensor-core GEMM
- * of mmq.cu (Q4_0, Q8_0, Q4_K, Q6_K) in this build: every architecture built has it (sm_80 on). Such
- * weights need no dequantised tile. */
+/* Whether batched products with a weight of `type` (an enum pi_type) can take the integer tensor-core
+ * GEMM of mmq.cu (Q4_0, Q8_0, Q4_K, Q6_K) in this build: every architecture built has it (sm_80 on). */
 bool pi_cuda_mmq_built(int type);
+
+/* The largest batch pi_cuda_gemm gives the integer GEMM; larger ones take the f16 tiles and cuBLAS,
+ * faster there (doc/cuda.md: on the H100, 11008 x 4096 Q4_0, the integer GEMM is 3.1x the tiles' speed
+ * at 8 tokens, 1.3x at 32, 0.9x at 64). */
+#define PI_CUDA_MMQ_MAX_T 32
 
 /* Bytes of the GEMMs' input scratch (X16) for X (T, cols): pi_cuda_gemm's f16 copy, or mmq.cu's 8-bit
  * X (T padded to PI_CUDA_MMQ_TOK_ALIGN; one byte per value and two floats per 32), whichever is larger. */
@@ -109,8 +113,9 @@ static inline size_t pi_cuda_ffn_act_bytes(int64_t n) { return (size_t)n * sizeo
 int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols);
 
 /* The dequantised tile pi_cuda_gemm takes for a weight (rows, cols) of device type `type` (an enum
- * pi_type): 0 for F16, which the GEMM uses in place, and for the types of pi_cuda_mmq_built. */
-size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols);
+ * pi_type) in batches of up to T tokens: 0 for F16, which the GEMM uses in place, and for the types of
+ * pi_cuda_mmq_built when T <= PI_CUDA_MMQ_MAX_T (the integer GEMM takes them all). */
+size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols, int64_t T);
 
 /* How a weight type is laid out on the device (kernels/cuda/cuda-impl.h): elements and ggml bytes
  * per block, bytes per block in the quant plane, and whether the f16 scale `d` is split out into a

@@ -271,16 +271,19 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     float *wf = ref_rows(t, w, rows, cols), *X = rand_floats((size_t)(T * cols), 1.0f);
     /* the integer GEMM quantises X per token and 32 columns (the q8 matvec's rule): the reference is the
      * product with X so rounded, and a second check is against the exact product */
-    const bool mmq = T > PI_CUDA_MATVEC_MAX_ROWS && pi_cuda_mmq_for(ctx, (int)t);
+    const bool mq = pi_cuda_mmq_for(ctx, (int)t); /* the integer GEMM exists for t: checked directly */
+    const bool mmq = mq && T > PI_CUDA_MATVEC_MAX_ROWS && T <= PI_CUDA_MMQ_MAX_T; /* ... and matmul takes it */
     double *ref = calloc((size_t)(T * rows), sizeof(double)), *exact = calloc((size_t)(T * rows), sizeof(double));
     double *xd = malloc((size_t)cols * sizeof(double));
+    double *refq = mq ? calloc((size_t)(T * rows), sizeof(double)) : NULL; /* X rounded as pi_cuda_mmq does */
     for (int64_t i = 0; i < T; i++) {
         for (int64_t c = 0; c < cols; c++) xd[c] = X[i * cols + c];
-        if (mmq) q8_round(xd, cols, xd);
+        if (mq) q8_round(xd, cols, xd);
         for (int64_t r = 0; r < rows; r++) {
             double s = 0, x = 0;
             for (int64_t c = 0; c < cols; c++) s += (double)wf[r * cols + c] * xd[c], x += (double)wf[r * cols + c] * X[i * cols + c];
-            ref[i * rows + r] = s, exact[i * rows + r] = x;
+            if (refq) refq[i * rows + r] = s;
+            ref[i * rows + r] = mmq ? s : x, exact[i * rows + r] = x;
         }
     }
     pi_cuda_weight_t *dw = NULL;
@@ -294,11 +297,17 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     const double tol = mmq ? 1e-5 : 2e-3;
     tap_ok(rc == 0 && e < tol, "matmul %s T=%lld (%lld, %lld)%s: error %.3g", pi_type_name(t), (long long)T,
            (long long)rows, (long long)cols, mmq ? " on the integer tensor cores" : "", e);
-    if (mmq) {
-        double ex = nerr_d(Y, exact, (size_t)(T * rows));
-        tap_ok(rc == 0 && ex < 1e-2, "matmul %s T=%lld with X in 8 bits, against the exact product: error %.3g",
-               pi_type_name(t), (long long)T, ex);
-        test_mmq_invariant(dw, rows, cols, T, dX, Y);
+    if (mq) { /* the integer GEMM itself, at every T (matmul gives it only up to PI_CUDA_MMQ_MAX_T) */
+        float *dQ = dev_from(NULL, (size_t)(T * rows) * 4);
+        rc = pi_cuda_mmq(ctx, dw, T, dX, dQ, 0);
+        float *Q = host_of(dQ, (size_t)(T * rows));
+        const double eq = nerr_d(Q, refq, (size_t)(T * rows)), ex = nerr_d(Q, exact, (size_t)(T * rows));
+        tap_ok(rc == 0 && eq < 1e-5 && ex < 1e-2,
+               "mmq %s T=%lld (%lld, %lld): error %.3g with X rounded as it rounds it, %.3g against the exact product",
+               pi_type_name(t), (long long)T, (long long)rows, (long long)cols, eq, ex);
+        test_mmq_invariant(dw, rows, cols, T, dX, Q);
+        free(Q);
+        dev_free(dQ);
     }
     /* the accumulating GEMM (beta 1): Y0 + X W^T, its error that of (result - Y0) against X W^T */
     float *Y0 = rand_floats((size_t)(T * rows), 2.0f);
@@ -309,7 +318,7 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
     for (int64_t i = 0; i < T * rows; i++) Y[i] -= Y0[i];
     e = nerr_d(Y, ref, (size_t)(T * rows));
     tap_ok(rc == 0 && e < (mmq ? 5e-5 : 2e-3), "matmul_add %s T=%lld: error %.3g", pi_type_name(t), (long long)T, e);
-    free(Y0), free(exact), free(xd);
+    free(Y0), free(exact), free(xd), free(refq);
 
     /* Dequantised tile against the reference rows rounded to f16. */
     void *d16 = dev_from(NULL, (size_t)(rows * cols) * 2);
