@@ -3,8 +3,9 @@
  * placement that uses it (compute/placement.h). Needs no GPU and no CUDA: the plan is host C.
  *
  * First the plan against known figures: tests/data/cuda-plan.golden holds the plan of 400 inputs as
- * the code computed them before the plan moved out of the backend into host C of its own; each must
- * come out to the byte (built in every configuration). Then, where the cuda backend is built, the
+ * the code computed them before the plan moved out of the backend into host C of its own (and one
+ * deliberate change since, which the file's header explains); each must come out to the byte (built in
+ * every configuration). Then, where the cuda backend is built, the
  * placement: for budgets around the plan's figures on the demo model and the tiny llama, the hot
  * count is the largest whose plan fits: the plan of k fits the budget and the plan of k + 1 does not
  * (every neuron when the all-dense plan fits, none when not even the weights every token needs fit).
