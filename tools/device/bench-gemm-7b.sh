@@ -117,7 +117,30 @@ all() {
   ts "all done"
 }
 
+# quick: the tests, the kernel table and the serving rows (no llama-bench, no memcheck)
+quick() {
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
+  build_llama
+  gen q4_0 &
+  local gp=$!
+  for t in test-cuda test-backend-cuda; do
+    local s; s=$(date +%s)
+    timeout 150 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
+    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
+    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
+  done
+  timeout 100 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
+  echo "kernels rc=$?" >> "$L"
+  sed -n '/batched products/,/^$/p' "$O/kernels.log" | grep -E "q4_0|q8_0|q4_k|q6_k|type" >> "$L"
+  ts "kernels done"
+  wait $gp
+  ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf
+  bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full 1
+  ts "quick done"
+}
+
 case ${1:-} in
+quick) quick ;;
 all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
