@@ -769,48 +769,36 @@ static int warm_scratch(struct cuda_backend *s)
         CK(s, pi_cuda_attention(s->ctx, Ta, s->n_head, s->n_head_kv, s->hd, s->n_ctx - Ta, s->d_q, kv_at(s, 0, 0, 0),
                                 kv_at(s, 0, 0, 1), s->d_att), "start");
     }
-    if (T > PI_CUDA_MATVEC_MAX_ROWS) { /* the GEMM's scratch (kernels/cuda/plan.h) */
-        /* First the dequantised tile: the weight with the largest tile, a small batch (a small f16 input). */
-        const pi_cuda_weight_t *wt = s->out;
-        const float *xt = s->d_xn;
-        float *yt = s->d_logits;
+    if (T > PI_CUDA_MATVEC_MAX_ROWS) { /* the GEMMs' scratch (kernels/cuda/plan.h), each slot at its largest */
+        /* the dequantised tile: the weight with the largest one (none where every batch takes the integer
+         * GEMM or the weights are F16) */
         const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
-        uint64_t best = tile_bytes(s->T, pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d), tb;
+        uint64_t best = tile_bytes(s->T, pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d);
         for (int il = 0; il < s->n_layer; il++) {
             const struct pi_layer *L = &m->layers[il];
-            struct cuda_layer *cl = &s->L[il];
-            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_q.type, s->d), s->qd, s->d)) > best) best = tb, wt = cl->q, xt = s->d_xn, yt = s->d_q;
-            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_k.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->k, xt = s->d_xn, yt = s->d_k;
-            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_v.type, s->d), s->kvd, s->d)) > best) best = tb, wt = cl->v, xt = s->d_xn, yt = s->d_v;
-            if ((tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_output.type, s->qd), s->d, s->qd)) > best) best = tb, wt = cl->o, xt = s->d_att, yt = s->d_parts;
-            if (s->d_g && cl->n_hot > 0 && (tb = tile_bytes(s->T, pi_backend_cuda_gu_type(L, s->d), 2 * cl->n_hot, s->d)) > best)
-                best = tb, wt = cl->gu, xt = s->d_xn, yt = s->d_g;
-            if (s->d_g && cl->dense && (tb = tile_bytes(s->T, pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d, m->hp.n_ff)) > best)
-                best = tb, wt = cl->down, xt = s->d_a, yt = s->d_parts;
-            if (cl->fc1 && (tb = tile_bytes(s->T, cl->t1, cl->r32, s->d)) > best)
-                best = tb, wt = cl->fc1, xt = s->d_xn, yt = s->d_ph;
-            if (cl->fc2 && (tb = tile_bytes(s->T, cl->t2, m->hp.n_ff, cl->r32)) > best)
-                best = tb, wt = cl->fc2, xt = s->d_ph, yt = s->d_plog;
+            const struct cuda_layer *cl = &s->L[il];
+            best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_q.type, s->d), s->qd, s->d));
+            best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_k.type, s->d), s->kvd, s->d));
+            best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_v.type, s->d), s->kvd, s->d));
+            best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_dev_type(L->attn_output.type, s->qd), s->d, s->qd));
+            if (s->d_g && cl->n_hot > 0)
+                best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_gu_type(L, s->d), 2 * cl->n_hot, s->d));
+            if (s->d_g && cl->dense)
+                best = PI_MAX(best, tile_bytes(s->T, pi_backend_cuda_dev_type(L->ffn_down.type, m->hp.n_ff), s->d,
+                                               m->hp.n_ff));
+            if (cl->fc1) best = PI_MAX(best, tile_bytes(s->T, cl->t1, cl->r32, s->d));
+            if (cl->fc2) best = PI_MAX(best, tile_bytes(s->T, cl->t2, m->hp.n_ff, cl->r32));
         }
-        /* a batch that takes the tiles: past PI_CUDA_MMQ_MAX_T rows where the integer GEMM would take it */
-        if (best > 0) CK(s, pi_cuda_gemm(s->ctx, wt, PI_MIN(s->T, PI_CUDA_MMQ_MAX_T + 1), xt, yt), "start");
-        /* Then the f16 copy of the input: the widest input at T rows (its tile is no larger): a dense
-         * layer's down product (n_ff columns) where there is one, else o or q. */
-        const bool wide = s->qd > s->d;
-        const struct cuda_layer *dl = NULL;
-        for (int il = 0; s->d_g && !dl && il < s->n_layer; il++)
-            if (s->L[il].dense) dl = &s->L[il];
-        const struct cuda_layer *pl = NULL; /* the widest predictor, where it is wider than the rest */
-        for (int il = 0; il < s->n_layer; il++)
-            if (s->L[il].fc2 && (!pl || s->L[il].r32 > pl->r32)) pl = &s->L[il];
-        const int64_t widest = PI_MAX(PI_MAX(s->d, s->qd), dl ? m->hp.n_ff : 0);
-        if (pl && pl->r32 > widest)
-            CK(s, pi_cuda_gemm(s->ctx, pl->fc2, T, s->d_ph, s->d_plog), "start");
-        else if (dl && m->hp.n_ff > PI_MAX(s->d, s->qd))
-            CK(s, pi_cuda_gemm(s->ctx, dl->down, T, s->d_a, s->d_parts), "start");
-        else
-            CK(s, pi_cuda_gemm(s->ctx, wide ? s->L[0].o : s->L[0].q, T, wide ? s->d_att : s->d_xn, wide ? s->d_parts : s->d_q),
-               "start");
+        /* the GEMM input at T rows of the widest input: a dense layer's down product (n_ff columns) where
+         * there is one, a predictor's fc2 where wider, else o or q */
+        bool dense = false;
+        int64_t widest = PI_MAX(s->d, s->qd);
+        for (int il = 0; il < s->n_layer; il++) {
+            dense |= s->d_g && s->L[il].dense;
+            if (s->L[il].fc2) widest = PI_MAX(widest, s->L[il].r32);
+        }
+        if (dense) widest = PI_MAX(widest, (int64_t)m->hp.n_ff);
+        CK(s, pi_cuda_gemm_reserve(s->ctx, pi_cuda_gemm_x16_bytes(T, widest), (size_t)best), "start");
     }
     bool any_dense = false;
     for (int il = 0; il < s->n_layer; il++) any_dense |= s->L[il].dense;

@@ -271,10 +271,11 @@ int pi_sched_submit(pi_sched_t *s, const struct pi_sched_job *in, uint64_t *id)
     if (s->o.timeout_ms > 0) j->deadline = j->t_submit + s->o.timeout_ms * INT64_C(1000000);
     pthread_mutex_lock(&s->mu);
     /* a full queue refuses, unless a slot is free right now: then the job waits one step at most; its
-     * last queue_reserve places (counted the same way) take only a client with fewer than that waiting */
+     * last queue_reserve places (at most half the queue; counted the same way) take only a client with
+     * fewer than that many waiting */
     int free_slots = 0;
     for (int i = 0; i < s->o.n_slots; i++) free_slots += !s->running[i];
-    const int room = free_slots + s->o.queue_max, reserve = PI_MIN(s->o.queue_reserve, s->o.queue_max);
+    const int room = free_slots + s->o.queue_max, reserve = PI_MIN(s->o.queue_reserve, s->o.queue_max / 2);
     if (s->stopping) {
         rc = -PI_ERR_PEER;
     } else if (s->n_waiting >= room) {

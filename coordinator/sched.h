@@ -12,8 +12,9 @@
  *
  * Fairness: a free slot goes to the oldest waiting request of the client (job.client) holding the
  * fewest slots, so one client's many requests cannot keep another's from starting; and the queue's
- * last opts.queue_reserve places take only clients with fewer than that many requests waiting, so
- * one client cannot fill the queue for the others.
+ * last opts.queue_reserve places (at most half of it) take only clients with fewer than that many
+ * requests waiting, so one client cannot fill the queue for the others. Requests on the control socket
+ * are client 0, one client.
  *
  * A slot keeps its sequence's tokens in the engine's cache after its request ends; the next request
  * is given the free slot whose cached tokens share the longest prefix with its prompt, and only the
@@ -48,8 +49,8 @@ typedef struct pi_sched pi_sched_t;
 struct pi_sched_opts {
     int n_slots;        /* sequences run at once, 1..engine n_seq */
     int queue_max;      /* requests waiting for a slot, at most (>= 0); more are refused (-PI_ERR_RANGE) */
-    int queue_reserve;  /* the queue's last places (>= 0) go only to a client with fewer than this many
-                         * waiting; others are refused there (-PI_ERR_RANGE) */
+    int queue_reserve;  /* the queue's last places (>= 0; at most half the queue) go only to a client with
+                         * fewer than that many waiting; others are refused there (-PI_ERR_RANGE) */
     int64_t max_tokens; /* tokens one request may generate, at most (0: up to the context) */
     int64_t timeout_ms; /* a request ends (PI_SCHED_TIMEOUT) this long after submission (0: never) */
 };

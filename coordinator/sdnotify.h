@@ -4,8 +4,9 @@
  * NOTIFY_SOCKET environment variable, which systemd sets for a Type=notify unit (data/pinfer.service.in).
  * Outside such a unit the variable is unset and every call is a no-op.
  *
- * What pi-coordinator sends: STATUS=<what it is doing> while the workers load, READY=1 once the
- * engine answers and the sockets listen, STATUS= lines on worker restarts, STOPPING=1 at shutdown.
+ * What pi-coordinator sends: STATUS=<what it is doing> while it reads the model and the workers load,
+ * READY=1 (with STATUS=serving ...) once the engine answers and the sockets listen, STOPPING=1 at
+ * shutdown.
  */
 #ifndef PI_COORDINATOR_SDNOTIFY_H
 #define PI_COORDINATOR_SDNOTIFY_H

@@ -66,6 +66,18 @@ static int parse_frac(const char *s, float *out)
     return 0;
 }
 
+/* A --type or --output-type value: one of the weight types --help lists (f32 f16 bf16 q8_0 q4_0 q4_1
+ * q5_0 q5_1), the ones the writer quantises to. */
+static bool gen_type(const char *name, enum pi_type *t)
+{
+    static const enum pi_type ok[] = {PI_TYPE_F32,  PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0,
+                                      PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1};
+    if (!pi_type_from_name(name, t)) return false;
+    for (size_t i = 0; i < PI_ARRAY_LEN(ok); i++)
+        if (*t == ok[i]) return pi_quantize_supported(*t);
+    return false;
+}
+
 int main(int argc, char **argv)
 {
     enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
@@ -88,10 +100,10 @@ int main(int argc, char **argv)
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
         case O_PRESET: bad |= pi_model_gen_preset(optarg, &g) != 0; break;
-        /* the types the writer can quantise to (the list of --help); K-quants and others have no quantiser */
-        case O_TYPE: bad |= !pi_type_from_name(optarg, &g.type) || !pi_quantize_supported(g.type); break;
+        /* the list of --help: the weight types the writer quantises to (no K-quants, no activation types) */
+        case O_TYPE: bad |= !gen_type(optarg, &g.type); break;
         case O_OTYPE:
-            bad |= !pi_type_from_name(optarg, &g.out_type) || !pi_quantize_supported(g.out_type);
+            bad |= !gen_type(optarg, &g.out_type);
             out_type_set = true;
             break;
         case O_EMBD: bad |= parse_int(optarg, &g.n_embd); break;

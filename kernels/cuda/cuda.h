@@ -170,6 +170,12 @@ int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
  * (pi_cuda_gemm_tile_bytes), from the budget. */
 int pi_cuda_gemm(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y);
 
+/* Grow the GEMMs' two scratch slots now (the backend's start, so that serving never allocates): the input
+ * (pi_cuda_gemm_x16_bytes of the widest input at the largest batch) and the dequantised tile (the
+ * largest pi_cuda_gemm_tile_bytes; 0: none). Each slot is asked for its largest size first, so what it
+ * holds is what the VRAM plan counts. 0, or -PI_ERR_NOMEM past the budget. */
+int pi_cuda_gemm_reserve(pi_cuda_ctx_t *ctx, size_t x16_bytes, size_t tile_bytes);
+
 /* Whether ctx's batched products of a weight of `type` take pi_cuda_mmq: pi_cuda_mmq_built(type)
  * (kernels/cuda/plan.h) and not turned off by pi_cuda_opts.no_mmq. */
 bool pi_cuda_mmq_for(const pi_cuda_ctx_t *ctx, int type);

@@ -561,6 +561,14 @@ static int gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const fl
     return 0;
 }
 
+extern "C" int pi_cuda_gemm_reserve(pi_cuda_ctx_t *c, size_t x16_bytes, size_t tile_bytes)
+{
+    void *p = NULL;
+    if (x16_bytes) PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_X16, x16_bytes, &p));
+    if (tile_bytes) PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_TILE, tile_bytes, &p));
+    return 0;
+}
+
 extern "C" int pi_cuda_gemm(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t T, const float *d_X, float *d_Y)
 {
     return gemm(c, w, T, d_X, d_Y, 0.0f);

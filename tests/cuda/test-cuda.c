@@ -979,7 +979,7 @@ int main(void)
     test_gemm(PI_TYPE_Q6_K, 4096, 11008, 65);
     test_gemm(PI_TYPE_Q4_K, 301, 2048, 23);
     test_gemm(PI_TYPE_Q6_K, 33, 256, 3);
-    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* two f16 tiles of the 64 MiB scratch (without mmq) */
+    test_gemm(PI_TYPE_Q4_0, 9000, 4096, 5); /* the integer GEMM here; two f16 tiles in test_no_mmq_context */
     test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */
     test_gemm(PI_TYPE_Q6_K, 45, 768, 4);    /* ... with 24 */

@@ -347,9 +347,13 @@ int main(void)
         char gen[1200], args[1300];
         snprintf(gen, sizeof gen, "%s/tools/pi-gen-model", b ? b : ".");
         snprintf(args, sizeof args, "--preset tiny --type q4_k %s", tt_path("k.gguf"));
-        const int rc = tt_run(gen, args);
+        int rc = tt_run(gen, args);
         tap_ok(rc == 2 && tt_file_has("err", "bad value for --type: q4_k"),
                "pi-gen-model --type q4_k (no quantiser): exit status 2 and one message (exit %d)", rc);
+        snprintf(args, sizeof args, "--preset tiny --output-type q8_k %s", tt_path("k.gguf"));
+        rc = tt_run(gen, args);
+        tap_ok(rc == 2 && tt_file_has("err", "bad value for --output-type: q8_k"),
+               "pi-gen-model --output-type q8_k (an activation type): exit status 2 (exit %d)", rc);
     }
     test_locality(0);
     test_locality(16);

@@ -40,6 +40,8 @@ timeout 60 "$coord" $args -p "The jury" -n 4 --temp 0 >"$t/out" 2>"$t/err"; rc=$
 ok $? "ExecStart's options with the example configuration (model, backend and run dir set) run pi-coordinator (status $rc: $(tail -1 "$t/err"))"
 grep -q '^ \{2,\}[a-z_]* = ' "$ex" && grep -q '^ \{2,\}#' "$ex"
 ok $? "the example is indented (keys and comments), as pinfer.conf(5) allows"
+[ "$(key Type)" = notify ] && [ "$(key NotifyAccess)" = main ] && [ -n "$(key TimeoutStartSec)" ]
+ok $? "Type=notify, NotifyAccess=main, TimeoutStartSec set (readiness below)"
 [ "$(key Restart)" = on-failure ] && [ "$(key User)" = pinfer ] && [ "$(key RuntimeDirectory)" = pinfer ] &&
     [ "$(key RuntimeDirectoryMode)" = 0700 ]
 ok $? "Restart=on-failure, User=pinfer, RuntimeDirectory=pinfer (0700)"

@@ -19,6 +19,7 @@
 
 #include "compute/backend-cuda-plan.h"
 #include "compute/placement.h"
+#include "kernels/cuda/plan.h"
 #include "lib/common.h"
 #include "model/model.h"
 #include "tests/tap.h"
@@ -81,6 +82,13 @@ static void check_golden(void)
             if (m) close_model(&m);
             m = open_model(file);
             snprintf(cur, sizeof cur, "%s", file);
+        }
+        /* the file's figures are those of a build whose batches of 3..32 tokens take the integer GEMM
+         * (every CUDA_ARCHS entry sm_80 or later, kernels/cuda/plan.h); a build for older cards counts
+         * the f16 tile there */
+        if (T > 2 && T <= PI_CUDA_MMQ_MAX_T && !pi_cuda_mmq_built(PI_TYPE_Q4_0)) {
+            n++;
+            continue;
         }
         for (int il = 0; il < m->hp.n_layer; il++) nh[il] = k;
         if (mixed) nh[0] = m->hp.n_ff;
