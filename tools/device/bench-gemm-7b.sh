@@ -4,7 +4,7 @@
 # products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated.
-# usage: bench-gemm-7b.sh all [SECONDS] | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -139,11 +139,37 @@ quick() {
   ts "quick done"
 }
 
+# verify: the current tree's tests, memcheck of test-cuda (90 s at most), the kernel table and pinfer's
+# own pp512/tg128 (no llama.cpp: for a call with little device time)
+verify() {
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } >> "$L" 2>&1
+  gen q4_0 &
+  local gp=$!
+  for t in test-cuda test-backend-cuda; do
+    local s; s=$(date +%s)
+    timeout 100 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
+    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
+    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
+  done
+  timeout 60 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
+  echo "kernels rc=$?" >> "$L"
+  sed -n '/batched products/,/^$/p' "$O/kernels.log" | grep -E "q4_0|q8_0|q4_k|q6_k|type" >> "$L"
+  wait $gp
+  timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
+      --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+  echo "pi-bench rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
+  timeout 90 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
+      > /tmp/memcheck.log 2>&1
+  echo "memcheck rc=$? (timeout 90 s)" >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
+  ts "verify done"
+}
+
 case ${1:-} in
+verify) verify ;;
 quick) quick ;;
 all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) gen q4_0; ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf; bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
