@@ -217,7 +217,7 @@ __device__ __forceinline__ void pi_mmq_tile(const pi_mmq_a &f, int mt, uint32_t 
  * s of KS takes the row's 32-column segments [s nseg / KS, (s + 1) nseg / KS). y (T, ldy): stored, or added to
  * (add). Shared memory: (KS - 1) warps' partials, 2 * NT * 4 * 32 floats each. */
 template <int T, int NT>
-__global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES, 2)
+__global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES)
     k_mmq(pi_wdev w, int64_t Tn, int64_t Tp, const int8_t *__restrict__ xq, const float2 *__restrict__ xd,
           float *__restrict__ y, int64_t ldy, int add)
 {
@@ -245,27 +245,14 @@ __global__ void __launch_bounds__(32 * PI_MMQ_MAX_SLICES, 2)
         else nxt = cur;
         const uint2 *xb = (const uint2 *)(xq + (b * Tp + n0 + g) * 32) + t;
         const float2 *db = xd + b * Tp + n0 + 2 * t;
-        /* the token tiles in groups of four: every load of a group issued before its first mma (the
-         * loads of x come from L2; one at a time, each mma waited on its own), past the live tiles
-         * clamped to the last one (loaded, not used) */
 #pragma unroll
-        for (int g0 = 0; g0 < NT; g0 += 4) {
-            uint2 bv[4];
-            float4 dx[4];
+        for (int nt = 0; nt < NT; nt++) {
+            if (nt >= ntl) break;
+            const uint2 bv = __ldg(xb + nt * 32);                   /* 8 tokens of 32 bytes further */
+            const float4 dx = __ldg((const float4 *)(db + 8 * nt)); /* tokens 2t and 2t + 1 */
 #pragma unroll
-            for (int k = 0; k < 4 && g0 + k < NT; k++) {
-                const int nt = PI_MIN(g0 + k, ntl - 1);
-                bv[k] = __ldg(xb + nt * 32);                  /* 8 tokens of 32 bytes further */
-                dx[k] = __ldg((const float4 *)(db + 8 * nt)); /* tokens 2t and 2t + 1 */
-            }
-#pragma unroll
-            for (int k = 0; k < 4 && g0 + k < NT; k++) {
-                if (g0 + k >= ntl) break; /* uniform over the warp */
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++)
-                    pi_mmq_tile<T>(cur, mt, bv[k].x, bv[k].y, make_float2(dx[k].x, dx[k].y),
-                                   make_float2(dx[k].z, dx[k].w), acc[mt][g0 + k]);
-            }
+            for (int mt = 0; mt < 2; mt++)
+                pi_mmq_tile<T>(cur, mt, bv.x, bv.y, make_float2(dx.x, dx.y), make_float2(dx.z, dx.w), acc[mt][nt]);
         }
         cur = nxt;
     }
