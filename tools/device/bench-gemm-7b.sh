@@ -36,26 +36,53 @@ gen() { # gen TYPE: /dev/shm/g7-TYPE.gguf
   fi
 }
 
-check() {
-  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
-  build_llama
+machine() {
+  machine
+}
+
+# run_tests SECONDS: test-cuda and test-backend-cuda, each at most SECONDS; a line each and their failures
+run_tests() {
+  local t s rc
   for t in test-cuda test-backend-cuda; do
-    local s; s=$(date +%s)
-    timeout 200 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
+    s=$(date +%s)
+    timeout "$1" "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
     echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
     grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
   done
-  grep -E "mmq|integer|matmul (Q4_0|Q8_0|Q4_K|Q6_K)" "$O/test-cuda.log" | head -40 >> "$L"
-  # memcheck of the same tests while the model file is written (CPU work)
-  ( timeout 180 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
-      > /tmp/memcheck.log 2>&1; echo "memcheck rc=$?" >> /tmp/memcheck.log ) &
-  local mp=$!
-  gen q4_0
-  wait $mp
-  tail -1 /tmp/memcheck.log >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
-  timeout 200 "$R/coordinator/pi-bench" --cuda-kernels --iters 20 > "$O/kernels.log" 2>&1
+}
+
+# kernel_table SECONDS ITERS: pi-bench --cuda-kernels, its batched-products table into the log
+kernel_table() {
+  timeout "$1" "$R/coordinator/pi-bench" --cuda-kernels --iters "$2" > "$O/kernels.log" 2>&1
   echo "kernels rc=$?" >> "$L"
   sed -n '/batched products/,/^$/p' "$O/kernels.log" >> "$L"
+}
+
+# memcheck SECONDS: compute-sanitizer's memcheck of test-cuda
+memcheck() {
+  timeout "$1" /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
+      > /tmp/memcheck.log 2>&1
+  echo "memcheck rc=$? (timeout $1 s)" >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
+}
+
+# serve_full REP: tools/device/bench-serve-7b.sh's fully offloaded rows on the Q4_0 file
+serve_full() {
+  gen q4_0
+  ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf
+  bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full "$1"
+}
+
+check() {
+  machine
+  build_llama
+  run_tests 200
+  grep -E "mmq|integer|matmul (Q4_0|Q8_0|Q4_K|Q6_K)" "$O/test-cuda.log" | head -40 >> "$L"
+  # memcheck of the same tests while the model file is written (CPU work)
+  gen q4_0 &
+  local gp=$!
+  memcheck 180
+  wait $gp
+  kernel_table 200 20
   ts "check done"
 }
 
@@ -85,82 +112,53 @@ prompt() {
 # at least 200 s are left, memcheck with what remains
 all() {
   local budget=${1:-560}
-  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
+  machine
   build_llama
   ( gen q4_0; gen q8_0 ) &
   local gp=$!
-  for t in test-cuda test-backend-cuda; do
-    local s; s=$(date +%s)
-    timeout 150 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
-    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
-    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
-  done
+  run_tests 150
   grep -E "integer|mmq" "$O/test-cuda.log" | head -30 >> "$L"
   ts "tests done"
   wait $gp
-  timeout 150 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
-  echo "kernels rc=$?" >> "$L"
-  sed -n '/batched products/,/^$/p' "$O/kernels.log" >> "$L"
+  kernel_table 150 10
   ts "kernels done"
   prompt 1
   if [ $(( $(date +%s) - T0 )) -lt $(( budget - 200 )) ]; then
-    ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf
-    bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full 1
+    serve_full 1
     ts "serve done"
   fi
   local left=$(( budget - ($(date +%s) - T0) - 15 ))
-  if [ $left -gt 30 ]; then
-    timeout $left /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
-        > /tmp/memcheck.log 2>&1
-    echo "memcheck rc=$? (timeout $left s)" >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
-  fi
+  [ $left -gt 30 ] && memcheck $left
   ts "all done"
 }
 
 # quick: the tests, the kernel table and the serving rows (no llama-bench, no memcheck)
 quick() {
-  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
+  machine
   build_llama
   gen q4_0 &
   local gp=$!
-  for t in test-cuda test-backend-cuda; do
-    local s; s=$(date +%s)
-    timeout 150 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
-    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
-    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
-  done
-  timeout 100 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
-  echo "kernels rc=$?" >> "$L"
-  sed -n '/batched products/,/^$/p' "$O/kernels.log" | grep -E "q4_0|q8_0|q4_k|q6_k|type" >> "$L"
+  run_tests 150
+  kernel_table 100 10
   ts "kernels done"
   wait $gp
-  ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf
-  bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full 1
+  serve_full 1
   ts "quick done"
 }
 
 # verify: the current tree's tests, memcheck of test-cuda (90 s at most), the kernel table and pinfer's
 # own pp512/tg128 (no llama.cpp: for a call with little device time)
 verify() {
-  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; } >> "$L" 2>&1
+  machine
   gen q4_0 &
   local gp=$!
-  for t in test-cuda test-backend-cuda; do
-    local s; s=$(date +%s)
-    timeout 100 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; local rc=$?
-    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
-    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
-  done
-  timeout 60 "$R/coordinator/pi-bench" --cuda-kernels --iters 10 > "$O/kernels.log" 2>&1
-  echo "kernels rc=$?" >> "$L"
-  sed -n '/batched products/,/^$/p' "$O/kernels.log" | grep -E "q4_0|q8_0|q4_k|q6_k|type" >> "$L"
+  run_tests 100
+  kernel_table 60 10
   wait $gp
   timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
       --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
   echo "pi-bench rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
-  timeout 90 /usr/local/cuda/bin/compute-sanitizer --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-cuda" \
-      > /tmp/memcheck.log 2>&1
-  echo "memcheck rc=$? (timeout 90 s)" >> "$L"; grep -E "ERROR SUMMARY|Invalid|not ok" /tmp/memcheck.log | head -10 >> "$L"
+  memcheck 90
   ts "verify done"
 }
 
@@ -170,6 +168,6 @@ quick) quick ;;
 all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
-serve) gen q4_0; ln -sf /dev/shm/g7-q4_0.gguf /dev/shm/serve7.gguf; bash "$(dirname "$0")/bench-serve-7b.sh" only pinfer-full,llama-full "${2:-1}" ;;
+serve) serve_full "${2:-1}" ;;
 *) echo "usage: $0 all [SECONDS] | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
