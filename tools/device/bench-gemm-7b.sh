@@ -36,8 +36,9 @@ gen() { # gen TYPE: /dev/shm/g7-TYPE.gguf
   fi
 }
 
+# machine: the card, its driver and the host's CPU, first in the log
 machine() {
-  machine
+  { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
 }
 
 # run_tests SECONDS: test-cuda and test-backend-cuda, each at most SECONDS; a line each and their failures
