@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "lib/common.h"
+#include "kernels/cpu/attn-impl.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
@@ -182,11 +183,38 @@ static void axpy_kv(float *out, float a, const void *v, enum pi_type t, int hd)
     }
 }
 
+/* The f16 cache's two halves for the active kernel variant where it has them for this head_dim
+ * (kernels/cpu/attn-impl.h); false: the portable loops below. */
+static bool attn_f16_simd(int hd, pi_attn_scores_fn *scores, pi_attn_mix_fn *mix)
+{
+#ifdef PI_HAVE_X86_SIMD
+    const enum pi_kernel_isa isa = pi_kernels_isa();
+    if (isa >= PI_KERNEL_AVX512 && hd % 16 == 0 && hd <= 256) {
+        *scores = pi_attn_scores_f16_avx512, *mix = pi_attn_mix_f16_avx512;
+        return true;
+    }
+    if (isa >= PI_KERNEL_AVX2 && hd % 8 == 0 && hd <= 256) {
+        *scores = pi_attn_scores_f16_avx2, *mix = pi_attn_mix_f16_avx2;
+        return true;
+    }
+#endif
+    (void)hd, (void)scores, (void)mix;
+    return false;
+}
+
 void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
 {
     PI_ASSERT(kv_type == PI_TYPE_F32 || kv_type == PI_TYPE_F16);
     PI_ASSERT(n_kv > 0);
+    pi_attn_scores_fn sfn;
+    pi_attn_mix_fn mfn;
+    if (kv_type == PI_TYPE_F16 && attn_f16_simd(hd, &sfn, &mfn)) {
+        sfn(scores, q, k, stride, n_kv, hd, scale);
+        pi_softmax(scores, n_kv);
+        mfn(out, scores, v, stride, n_kv, hd);
+        return;
+    }
     for (int t = 0; t < n_kv; t++)
         scores[t] = scale * dot_kv(q, (const char *)k + (size_t)t * stride, kv_type, hd);
     pi_softmax(scores, n_kv);
