@@ -1,5 +1,5 @@
 /*
- * coordinator/bench-kernels.c - pi-bench --kernels matvec|matmul: how close the CPU kernels come to
+ * coordinator/bench-kernels.c - pi-bench --kernels matvec|matmul|neurons|attention: how close the CPU kernels come to
  * this machine's memory bandwidth (coordinator/bench.h; was tools/pi-bench-matvec, doc/kernels.md).
  *
  * matvec: first the streaming read bandwidth (a 1 GiB buffer, much larger than the last-level cache,
@@ -25,6 +25,12 @@
  * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
  * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
  * also per thread, against the streaming read.
+ *
+ * attention: on one thread, pi_attn_head (one query per head over an f16 cache, as a decode step's
+ * attention) for each kernel variant this CPU runs, over -p positions (default 1024) and head_dim 64
+ * and 128, a layer's 32 heads sharing 8 kv heads (every group of 4 queries reads one kv head's rows);
+ * best of -r passes over the 32 heads: nanoseconds per position and head, and GB/s of keys and values
+ * read (each query reads its kv head's rows: 4 reads of every row per pass).
  *
  * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
@@ -591,4 +597,68 @@ out:
     free(nl), free(buf), free(X), free(Y), free(active), free(all), free(sub);
     for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]), pi_ffn_work_destroy(&work[i]);
     return status;
+}
+
+/* ---- decode attention: pi_attn_head per kernel variant ---- */
+
+#define ATT_HEADS 32
+#define ATT_KV_HEADS 8
+
+/* One (head_dim, positions) row per available variant; best of passes. 0 or 1 (no memory). */
+static int bench_attention(int hd, int64_t n_kv, int passes)
+{
+    const size_t stride = (size_t)ATT_KV_HEADS * (size_t)hd * 2; /* one position of every kv head, f16 */
+    uint16_t *k = malloc(stride * (size_t)n_kv), *v = malloc(stride * (size_t)n_kv);
+    float *q = malloc(sizeof(float) * ATT_HEADS * (size_t)hd), *out = malloc(sizeof(float) * ATT_HEADS * (size_t)hd);
+    float *scores = malloc(sizeof(float) * (size_t)n_kv);
+    if (!k || !v || !q || !out || !scores) {
+        free(k), free(v), free(q), free(out), free(scores);
+        return 1;
+    }
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < stride / 2 * (size_t)n_kv; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = pi_fp32_to_fp16((float)((r >> 40) & 0xFFFF) / 65536.0f - 0.5f);
+        v[i] = pi_fp32_to_fp16((float)((r >> 20) & 0xFFFF) / 65536.0f - 0.5f);
+    }
+    for (int i = 0; i < ATT_HEADS * hd; i++) q[i] = (float)(i % 17) / 17.0f - 0.5f;
+    const enum pi_kernel_isa active = pi_kernels_isa();
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        if (!pi_kernels_available((enum pi_kernel_isa)isa)) continue;
+        pi_kernels_use(isa);
+        double best = 1e30;
+        for (int p = 0; p <= passes; p++) { /* pass 0 warms up */
+            double t0 = now_s();
+            for (int h = 0; h < ATT_HEADS; h++) {
+                const size_t off = (size_t)(h / (ATT_HEADS / ATT_KV_HEADS)) * (size_t)hd;
+                pi_attn_head(out + (size_t)h * hd, q + (size_t)h * hd, k + off, v + off, stride, PI_TYPE_F16, (int)n_kv,
+                             hd, 0.125f, scores);
+            }
+            if (p > 0) best = PI_MIN(best, now_s() - t0);
+        }
+        const double per = best / ((double)n_kv * ATT_HEADS);
+        printf("| %d | %lld | %s | %.1f | %.1f |\n", hd, (long long)n_kv, pi_kernels_variant(), per * 1e9,
+               (double)ATT_HEADS * (double)n_kv * (double)hd * 4.0 / best / 1e9);
+    }
+    pi_kernels_use((int)active);
+    free(k), free(v), free(q), free(out), free(scores);
+    return 0;
+}
+
+int pi_bench_kernels_attention(const struct pi_bench_opts *b)
+{
+    static const int hds[] = {64, 128};
+    printf("# pi_attn_head: one query per head, %d heads over %d kv heads of an f16 cache, one thread, best of %d\n"
+           "# passes; ns per position and head; GB/s of keys and values read (each query reads its kv head's rows)\n",
+           ATT_HEADS, ATT_KV_HEADS, b->reps);
+    printf("| head_dim | positions | variant | ns/pos/head | GB/s |\n|--:|--:|---|--:|--:|\n");
+    for (int i = 0; i < b->n_prompt.n; i++)
+        for (size_t j = 0; j < PI_ARRAY_LEN(hds); j++) {
+            if (b->n_prompt.v[i] == 0) continue;
+            if (bench_attention(hds[j], b->n_prompt.v[i], b->reps) != 0) {
+                fprintf(stderr, "pi-bench: --kernels attention: out of memory\n");
+                return 1;
+            }
+        }
+    return 0;
 }

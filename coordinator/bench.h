@@ -6,7 +6,7 @@
  * otherwise), and a program folder may not include another's. Its files:
  *   bench.c           main(), the command line, --help
  *   bench-model.c     the llama-bench tests (ppN, tgN) through an engine, and the md/csv/json output
- *   bench-kernels.c   --kernels matvec|matmul|neurons: CPU kernels against this machine's memory bandwidth
+ *   bench-kernels.c   --kernels matvec|matmul|neurons|attention: CPU kernels against this machine's memory bandwidth
  *   bench-exchange.c  --exchange: the per-layer exchange round trip between processes
  *   bench-cuda.c      --cuda-kernels: the CUDA kernels' bandwidth and GEMM (built with CUDA only)
  * Each mode prints its table on stdout and returns an exit status (0, 1 on a runtime failure);
@@ -95,6 +95,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b);
 
 /* --kernels matmul: pi_matmul over -p tokens against one vec_dot per output, one thread. 0 or 1. */
 int pi_bench_kernels_matmul(const struct pi_bench_opts *b);
+
+/* --kernels attention: pi_attn_head over an f16 cache of -p positions, head_dim 64 and 128, every
+ * kernel variant this CPU runs, one thread: ns per position and head. 0 or 1. */
+int pi_bench_kernels_attention(const struct pi_bench_opts *b);
 
 /* The best streaming read bandwidth of this machine in GB/s (1e9 bytes) on `threads` threads: a
  * 1 GiB buffer read in 64 MiB slices, `passes` passes, best slice. 0 when it could not be measured. */
