@@ -26,11 +26,11 @@
  * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
  * also per thread, against the streaming read.
  *
- * attention: on one thread, pi_attn_head (one query per head over an f16 cache, as a decode step's
- * attention) for each kernel variant this CPU runs, over -p positions (default 1024) and head_dim 64
- * and 128, a layer's 32 heads sharing 8 kv heads (every group of 4 queries reads one kv head's rows);
- * best of -r passes over the 32 heads: nanoseconds per position and head, and GB/s of keys and values
- * read (each query reads its kv head's rows: 4 reads of every row per pass).
+ * attention: on one thread, pi_attn_group (one query per head over an f16 cache, a kv head's 4 query
+ * heads together, as a decode step's attention in the forward pass) for each kernel variant this CPU
+ * runs, over -p positions (default 1024) and head_dim 64 and 128, a layer's 32 heads sharing 8 kv
+ * heads; best of -r passes over the 8 groups: nanoseconds per position and query head, and GB/s of
+ * keys and values (every row of the layer's cache once per pass).
  *
  * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
@@ -599,7 +599,7 @@ out:
     return status;
 }
 
-/* ---- decode attention: pi_attn_head per kernel variant ---- */
+/* ---- decode attention: pi_attn_group per kernel variant ---- */
 
 #define ATT_HEADS 32
 #define ATT_KV_HEADS 8
@@ -610,7 +610,7 @@ static int bench_attention(int hd, int64_t n_kv, int passes)
     const size_t stride = (size_t)ATT_KV_HEADS * (size_t)hd * 2; /* one position of every kv head, f16 */
     uint16_t *k = malloc(stride * (size_t)n_kv), *v = malloc(stride * (size_t)n_kv);
     float *q = malloc(sizeof(float) * ATT_HEADS * (size_t)hd), *out = malloc(sizeof(float) * ATT_HEADS * (size_t)hd);
-    float *scores = malloc(sizeof(float) * (size_t)n_kv);
+    float *scores = malloc(sizeof(float) * PI_ATTN_GROUP_MAX * (size_t)n_kv);
     if (!k || !v || !q || !out || !scores) {
         free(k), free(v), free(q), free(out), free(scores);
         return 1;
@@ -629,16 +629,16 @@ static int bench_attention(int hd, int64_t n_kv, int passes)
         double best = 1e30;
         for (int p = 0; p <= passes; p++) { /* pass 0 warms up */
             double t0 = now_s();
-            for (int h = 0; h < ATT_HEADS; h++) {
-                const size_t off = (size_t)(h / (ATT_HEADS / ATT_KV_HEADS)) * (size_t)hd;
-                pi_attn_head(out + (size_t)h * hd, q + (size_t)h * hd, k + off, v + off, stride, PI_TYPE_F16, (int)n_kv,
-                             hd, 0.125f, scores);
+            for (int kvh = 0; kvh < ATT_KV_HEADS; kvh++) { /* as the forward pass: a kv head's queries together */
+                const int g = ATT_HEADS / ATT_KV_HEADS, h0 = kvh * g;
+                pi_attn_group(out + (size_t)h0 * hd, q + (size_t)h0 * hd, g, k + (size_t)kvh * hd, v + (size_t)kvh * hd,
+                              stride, PI_TYPE_F16, (int)n_kv, hd, 0.125f, scores);
             }
             if (p > 0) best = PI_MIN(best, now_s() - t0);
         }
         const double per = best / ((double)n_kv * ATT_HEADS);
         printf("| %d | %lld | %s | %.1f | %.1f |\n", hd, (long long)n_kv, pi_kernels_variant(), per * 1e9,
-               (double)ATT_HEADS * (double)n_kv * (double)hd * 4.0 / best / 1e9);
+               (double)ATT_KV_HEADS * (double)n_kv * (double)hd * 4.0 / best / 1e9);
     }
     pi_kernels_use((int)active);
     free(k), free(v), free(q), free(out), free(scores);
@@ -648,8 +648,8 @@ static int bench_attention(int hd, int64_t n_kv, int passes)
 int pi_bench_kernels_attention(const struct pi_bench_opts *b)
 {
     static const int hds[] = {64, 128};
-    printf("# pi_attn_head: one query per head, %d heads over %d kv heads of an f16 cache, one thread, best of %d\n"
-           "# passes; ns per position and head; GB/s of keys and values read (each query reads its kv head's rows)\n",
+    printf("# pi_attn_group: one query per head, %d heads over %d kv heads of an f16 cache (a kv head's queries\n"
+           "# together), one thread, best of %d passes; ns per position and query head; GB/s of keys and values\n",
            ATT_HEADS, ATT_KV_HEADS, b->reps);
     printf("| head_dim | positions | variant | ns/pos/head | GB/s |\n|--:|--:|---|--:|--:|\n");
     for (int i = 0; i < b->n_prompt.n; i++)

@@ -94,7 +94,7 @@ static void usage(FILE *out)
             "                            output, one thread; -r rounds\n"
             "      --kernels neurons     pi_ffn_neurons GB/s of rows read (every neuron, a random 10%%, a batch)\n"
             "                            on 1 and the largest -t threads; --types default q4_0; -r rounds\n"
-            "      --kernels attention   pi_attn_head ns per position and head over an f16 cache of -p\n"
+            "      --kernels attention   pi_attn_group ns per position and head over an f16 cache of -p\n"
             "                            positions (default 1024), head_dim 64 and 128, each kernel variant\n"
             "                            this CPU runs, one thread; -r rounds\n"
             "      --exchange            the per-layer exchange round trip between processes (publish, every\n"
