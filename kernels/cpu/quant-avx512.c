@@ -509,10 +509,23 @@ static inline __m512i lane4_scales(const int8_t *s)
  * AVX-512 build's floats bit for bit. Each 64-element register holds elements in the activations'
  * order, so the tokens' Q8_K values are used as loaded (memory operands of vpmaddubsw). */
 
-/* sumi + the pair sums of q * y (64 elements; q unsigned < 64, y int8) times the int16 scales sc. */
-static inline __m512i k_madd(__m512i sumi, __m512i q, const int8_t *y, __m512i sc)
+/* 16 x int32: the sums of four adjacent products q * y (q unsigned < 64, y int8; |sum| <= 32004). */
+static inline __m512i k_sum4(__m512i q, const int8_t *y)
 {
-    __m512i p = _mm512_maddubs_epi16(q, _mm512_loadu_si512((const void *)y));
+    __m512i v = _mm512_loadu_si512((const void *)y);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, v);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(q, v), _mm512_set1_epi16(1));
+#endif
+}
+
+/* sumi + the sums of four of two registers of k_sum4 times their int16 sub-block scales: the sums
+ * narrowed to int16 (exactly: they fit) and paired, per 128-bit lane words 0..3 from s0 and 4..7
+ * from s1 (vpackssdw's order), sc matching word for word. */
+static inline __m512i k_scale2(__m512i sumi, __m512i s0, __m512i s1, __m512i sc)
+{
+    __m512i p = _mm512_packs_epi32(s0, s1);
 #ifdef PI_AVX512_VNNI
     return _mm512_dpwssd_epi32(sumi, p, sc);
 #else
@@ -520,8 +533,20 @@ static inline __m512i k_madd(__m512i sumi, __m512i q, const int8_t *y, __m512i s
 #endif
 }
 
-/* vpermw control: word s0 in every word of the low 256 bits, word s1 in the high 256 bits. */
-static inline __m512i k_idx2(int s0, int s1) { return join256(_mm256_set1_epi16((short)s0), _mm256_set1_epi16((short)s1)); }
+/* vpermw control for k_scale2: word w of 128-bit lane L picks base + src * (w >= 4) + lane * L +
+ * half * (L >= 2), i.e. the scale of the sub-block whose sums sit there. */
+static inline __m512i k_pack_idx(int base, int src, int lane, int half)
+{
+    const __m512i w4 = _mm512_set_epi64(0x0001000100010001LL, 0, 0x0001000100010001LL, 0, 0x0001000100010001LL, 0,
+                                        0x0001000100010001LL, 0);
+    const __m512i ln = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                        0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+    const __m512i hf = _mm512_set_epi64(0x0001000100010001LL, 0x0001000100010001LL, 0x0001000100010001LL,
+                                        0x0001000100010001LL, 0, 0, 0, 0);
+    __m512i v = _mm512_add_epi16(_mm512_set1_epi16((short)base), _mm512_mullo_epi16(w4, _mm512_set1_epi16((short)src)));
+    v = _mm512_add_epi16(v, _mm512_mullo_epi16(ln, _mm512_set1_epi16((short)lane)));
+    return _mm512_add_epi16(v, _mm512_mullo_epi16(hf, _mm512_set1_epi16((short)half)));
+}
 
 /* 16 bytes at each of up to four places (row r's at p[r], r < nr), row r in 128-bit lane r (the
  * unused lanes repeat row 0). */
@@ -617,19 +642,19 @@ PI_X86_INLINE void q4_K_n(const uint8_t *const *wr, int nr, const void *const *p
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             const uint8_t *qs = blk[r] + offsetof(struct pi_block_q4_K, qs);
-            __m512i q[4], sc[4];
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 2c + (L >= 2) */
+            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16),
+                                   _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16)};
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
                 __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
                 q[c] = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), m4);
-                sc[c] = _mm512_permutexvar_epi16(k_idx2(8 * r + 2 * c, 8 * r + 2 * c + 1), k.sc16);
             }
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *y = act_q8_K(xq, xs, t, i)->qs;
-                __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) sumi = k_madd(sumi, q[c], y + 64 * c, sc[c]);
+                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y), k_sum4(q[1], y + 64), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], y + 128), k_sum4(q[3], y + 192), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][2 * r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -672,21 +697,21 @@ PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *p
             __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk[r] + offsetof(struct pi_block_q5_K, qh))));
             qh = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 1);
             const __m512i hb[4] = {_mm512_slli_epi16(qh, 4), _mm512_slli_epi16(qh, 2), qh, _mm512_srli_epi16(qh, 2)};
-            __m512i q[4], sc[4];
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 2c + (L >= 2) */
+            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16),
+                                   _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16)};
 #pragma GCC unroll 4
             for (int c = 0; c < 4; c++) {
                 __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
                 /* (nibbles & 0x0F) | (fifth bit & 0x10) */
                 q[c] = _mm512_ternarylogic_epi32(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), m4,
                                                  _mm512_and_si512(hb[c], b4), 0xEA);
-                sc[c] = _mm512_permutexvar_epi16(k_idx2(8 * r + 2 * c, 8 * r + 2 * c + 1), k.sc16);
             }
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *y = act_q8_K(xq, xs, t, i)->qs;
-                __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) sumi = k_madd(sumi, q[c], y + 64 * c, sc[c]);
+                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y), k_sum4(q[1], y + 64), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], y + 128), k_sum4(q[3], y + 192), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][2 * r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -732,7 +757,9 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
             const uint8_t *ql = blk[r] + offsetof(struct pi_block_q6_K, ql), *qhp = blk[r] + offsetof(struct pi_block_q6_K, qh);
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk[r] + offsetof(struct pi_block_q6_K, scales))));
             __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* |32 * sc| <= 4096 */
-            __m512i q[4], sc[4];
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
+            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(0, 4, 1, 0), _mm512_castsi256_si512(sc16)),
+                                   _mm512_permutexvar_epi16(k_pack_idx(8, 4, 1, 0), _mm512_castsi256_si512(sc16))};
 #pragma GCC unroll 2
             for (int c = 0; c < 2; c++) {
                 __m512i l = _mm512_loadu_si512((const void *)(ql + 64 * c));
@@ -743,20 +770,12 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
                 q[2 * c + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), m4, _mm512_and_si512(h, m30), 0xEA);
             }
 #pragma GCC unroll 4
-            for (int m = 0; m < 4; m++)
-                sc[m] = _mm512_permutexvar_epi16(
-                    _mm512_add_epi16(_mm512_set1_epi16((short)(4 * m)),
-                                     _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
-                                                      0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL,
-                                                      0, 0)),
-                    _mm512_castsi256_si512(sc16));
-#pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
                 __m256i off = _mm256_madd_epi16(sc32, _mm256_loadu_si256((const __m256i *)b->bsums));
                 __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(off));
-#pragma GCC unroll 4
-                for (int m = 0; m < 4; m++) sumi = k_madd(sumi, q[m], b->qs + 64 * m, sc[m]);
+                sumi = k_scale2(sumi, k_sum4(q[0], b->qs), k_sum4(q[1], b->qs + 64), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], b->qs + 128), k_sum4(q[3], b->qs + 192), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
