@@ -510,14 +510,23 @@ static inline __m512i lane4_scales(const int8_t *s)
  * order, so the tokens' Q8_K values are used as loaded (memory operands of vpmaddubsw). */
 
 /* 16 x int32: the sums of four adjacent products q * y (q unsigned < 64, y int8; |sum| <= 32004). */
-static inline __m512i k_sum4(__m512i q, const int8_t *y)
+static inline __m512i k_sum4(__m512i q, __m512i y)
 {
-    __m512i v = _mm512_loadu_si512((const void *)y);
 #ifdef PI_AVX512_VNNI
-    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, v);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
 #else
-    return _mm512_madd_epi16(_mm512_maddubs_epi16(q, v), _mm512_set1_epi16(1));
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(q, y), _mm512_set1_epi16(1));
 #endif
+}
+
+/* The 256 activations of a Q8_K block in the order of the Q4_K / Q5_K registers (k45_n): y[2h] holds
+ * sub-blocks 4h and 4h+2, y[2h+1] sub-blocks 4h+1 and 4h+3, one per 256-bit half. */
+static inline void k4_act(const int8_t *qs, __m512i y[4])
+{
+    for (int h = 0; h < 2; h++) {
+        __m512i a = _mm512_loadu_si512((const void *)(qs + 128 * h)), b = _mm512_loadu_si512((const void *)(qs + 128 * h + 64));
+        y[2 * h] = _mm512_shuffle_i64x2(a, b, 0x44), y[2 * h + 1] = _mm512_shuffle_i64x2(a, b, 0xEE);
+    }
 }
 
 /* sumi + the sums of four of two registers of k_sum4 times their int16 sub-block scales: the sums
@@ -613,64 +622,29 @@ static inline float k4_finish(__m512 acc, __m512 accm, int r)
     return hsum512(acc) - ((m[4 * r] + m[4 * r + 1]) + (m[4 * r + 2] + m[4 * r + 3]));
 }
 
-/* Q4_K: register c (0..3) holds sub-blocks 2c (the low nibbles of qs[32c..32c+31], low 256 bits) and
- * 2c+1 (their high nibbles, high 256 bits): the 32 bytes broadcast to both halves, the high half's
- * words shifted by 4. */
-PI_X86_INLINE void q4_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
-                          float *out, int64_t n)
-{
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    __m512 acc[4][4], accm[4];
-#pragma GCC unroll 4
-    for (int t = 0; t < nt; t++) {
-        accm[t] = _mm512_setzero_ps();
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) acc[r][t] = _mm512_setzero_ps();
-    }
-    for (int64_t i = 0; i < n / PI_QK_K; i++) {
-        const uint8_t *blk[4];
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            blk[r] = wr[r] + (size_t)i * sizeof(struct pi_block_q4_K);
-            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q4_K),
-                                    sizeof(struct pi_block_q4_K));
-        }
-        struct k4_rows k = k4_rows_load(blk, nr);
-        _Alignas(32) float sd[4][8];
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) accm[t] = k4_token(&k, act_q8_K(xq, xs, t, i), sd[t], accm[t]);
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *qs = blk[r] + offsetof(struct pi_block_q4_K, qs);
-            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 2c + (L >= 2) */
-            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16),
-                                   _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16)};
-#pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) {
-                __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
-                q[c] = _mm512_and_si512(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), m4);
-            }
-#pragma GCC unroll 4
-            for (int t = 0; t < nt; t++) {
-                const int8_t *y = act_q8_K(xq, xs, t, i)->qs;
-                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y), k_sum4(q[1], y + 64), sc[0]);
-                sumi = k_scale2(sumi, k_sum4(q[2], y + 128), k_sum4(q[3], y + 192), sc[1]);
-                acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][2 * r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
-            }
-        }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) out[r * 4 + t] = k4_finish(acc[r][t], accm[t], r);
-}
+/* Q4_K (q5 = 0) and Q5_K (q5 = 1). Each 64-element register of a row holds two of its eight 32-element
+ * sub-blocks, one per 256-bit half, in one of two layouts with the same int32 sums in other lanes:
+ *  - paired (pair = 1; several rows, one token): the 64 bytes qs[64h .. 64h+63] carry sub-blocks 4h
+ *    and 4h+2 in their low nibbles and 4h+1, 4h+3 in their high ones, so register 2h is their low
+ *    nibbles and 2h+1 their high nibbles (one shift per 128 elements), and the token's activations
+ *    are rearranged to match once per block for all rows (k4_act);
+ *  - broadcast (pair = 0; one row, or four tokens): register c is qs[32c .. 32c+31] broadcast to both
+ *    halves, sub-blocks 2c (low nibbles) and 2c+1 (high nibbles, the high half's words shifted), which
+ *    matches the activations as they lie (no rearranging per token: the multi-token kernels).
+ * After k_scale2 the int32 lane (L, k) (128-bit lane L, dword k) of the paired layout holds exactly
+ * the integer lane k4_perm[4L + k] of the broadcast one holds, in every block, so the float
+ * accumulators differ by that permutation of lanes alone (fma lane by lane, the same scale in every
+ * lane): the broadcast kernels put their accumulator in paired order before the horizontal sum, and
+ * every sibling returns the same floats. Q5_K's fifth bit of sub-block s is bit s of qh[l]: qh
+ * broadcast to both halves, the high half's words shifted right so that both halves' bits line up,
+ * then each register's bit moved to bit 4. */
+static const int32_t k4_perm[16] = {0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15};
 
-/* Q5_K: Q4_K's registers with the fifth bits or-ed in at bit 4: bit 2c of qh[l] for the low half of
- * register c, bit 2c+1 for the high half (qh broadcast to both halves, the high half's words shifted
- * right by one, then every register's bit moved to bit 4). */
-PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
-                          float *out, int64_t n)
+PI_X86_INLINE void k45_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                         float *out, int64_t n, int q5, int pair)
 {
+    const size_t bs = q5 ? sizeof(struct pi_block_q5_K) : sizeof(struct pi_block_q4_K);
+    const size_t qs_off = q5 ? offsetof(struct pi_block_q5_K, qs) : offsetof(struct pi_block_q4_K, qs);
     const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
     __m512 acc[4][4], accm[4];
 #pragma GCC unroll 4
@@ -682,36 +656,67 @@ PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *p
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
         const uint8_t *blk[4];
 #pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            blk[r] = wr[r] + (size_t)i * sizeof(struct pi_block_q5_K);
-            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q5_K),
-                                    sizeof(struct pi_block_q5_K));
-        }
+        for (int r = 0; r < nr; r++) blk[r] = wr[r] + (size_t)i * bs;
         struct k4_rows k = k4_rows_load(blk, nr);
         _Alignas(32) float sd[4][8];
+        __m512i y[4][4];
 #pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) accm[t] = k4_token(&k, act_q8_K(xq, xs, t, i), sd[t], accm[t]);
+        for (int t = 0; t < nt; t++) {
+            const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+            accm[t] = k4_token(&k, b, sd[t], accm[t]);
+            if (pair) k4_act(b->qs, y[t]);
+            else
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) y[t][j] = _mm512_loadu_si512((const void *)(b->qs + 64 * j));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            const uint8_t *qs = blk[r] + offsetof(struct pi_block_q5_K, qs);
-            __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk[r] + offsetof(struct pi_block_q5_K, qh))));
-            qh = _mm512_mask_srli_epi16(qh, 0xFFFF0000u, qh, 1);
-            const __m512i hb[4] = {_mm512_slli_epi16(qh, 4), _mm512_slli_epi16(qh, 2), qh, _mm512_srli_epi16(qh, 2)};
-            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 2c + (L >= 2) */
-            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16),
-                                   _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16)};
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
+            const uint8_t *qs = blk[r] + qs_off;
+            /* registers (0, 1) and (2, 3) paired by k_scale2 */
+            __m512i q[4], sc[2], hb[4];
+            if (pair) {
+                /* sub-blocks 4h + 2 (L >= 2) + (w >= 4) */
+                sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 1, 0, 2), k.sc16);
+                sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 1, 0, 2), k.sc16);
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; h++) {
+                    __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * h));
+                    q[2 * h] = v, q[2 * h + 1] = _mm512_srli_epi16(v, 4);
+                }
+            } else {
+                /* sub-blocks 2c + 4 p + (L >= 2), c = 2p + (w >= 4) */
+                sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16);
+                sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16);
 #pragma GCC unroll 4
-            for (int c = 0; c < 4; c++) {
-                __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
-                /* (nibbles & 0x0F) | (fifth bit & 0x10) */
-                q[c] = _mm512_ternarylogic_epi32(_mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4), m4,
-                                                 _mm512_and_si512(hb[c], b4), 0xEA);
+                for (int c = 0; c < 4; c++) {
+                    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+                    q[c] = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
+                }
+            }
+            if (q5) {
+                __m512i h = _mm512_broadcast_i64x4(
+                    _mm256_loadu_si256((const __m256i *)(blk[r] + offsetof(struct pi_block_q5_K, qh))));
+                if (pair) { /* bits 4h + (j & 1) in both halves after the shift by two */
+                    h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 2);
+                    hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 3), hb[2] = h;
+                    hb[3] = _mm512_srli_epi16(h, 1);
+                } else { /* bit 2c in both halves after the shift by one */
+                    h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 1);
+                    hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 2), hb[2] = h;
+                    hb[3] = _mm512_srli_epi16(h, 2);
+                }
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) /* (nibble & 0x0F) | (fifth bit & 0x10) */
+                    q[j] = _mm512_ternarylogic_epi32(q[j], m4, _mm512_and_si512(hb[j], b4), 0xEA);
+            } else {
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) q[j] = _mm512_and_si512(q[j], m4);
             }
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
-                const int8_t *y = act_q8_K(xq, xs, t, i)->qs;
-                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y), k_sum4(q[1], y + 64), sc[0]);
-                sumi = k_scale2(sumi, k_sum4(q[2], y + 128), k_sum4(q[3], y + 192), sc[1]);
+                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y[t][0]), k_sum4(q[1], y[t][1]), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], y[t][2]), k_sum4(q[3], y[t][3]), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][2 * r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -719,7 +724,23 @@ PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *p
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) out[r * 4 + t] = k4_finish(acc[r][t], accm[t], r);
+        for (int t = 0; t < nt; t++) {
+            __m512 a = pair ? acc[r][t] : _mm512_permutexvar_ps(_mm512_loadu_si512((const void *)k4_perm), acc[r][t]);
+            out[r * 4 + t] = k4_finish(a, accm[t], r);
+        }
+}
+
+/* The paired layout for several rows and one token (vec_dot2, vec_dot4r), the broadcast one otherwise. */
+PI_X86_INLINE void q4_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
+{
+    k45_n(wr, nr, pf, xq, xs, nt, out, n, 0, nr > 1 && nt == 1);
+}
+
+PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
+{
+    k45_n(wr, nr, pf, xq, xs, nt, out, n, 1, nr > 1 && nt == 1);
 }
 
 /* Q6_K: register 2c + h (c, h = 0, 1) holds elements 128c + 64h .. +63, sub-blocks 8c + 4h .. +3
@@ -742,8 +763,6 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             blk[r] = wr[r] + (size_t)i * sizeof(struct pi_block_q6_K);
-            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q6_K),
-                                    sizeof(struct pi_block_q6_K));
             uint16_t d;
             memcpy(&d, blk[r] + offsetof(struct pi_block_q6_K, d), 2);
             dh |= (uint64_t)d << (16 * r);
@@ -754,6 +773,8 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
         for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q6_K),
+                                    sizeof(struct pi_block_q6_K));
             const uint8_t *ql = blk[r] + offsetof(struct pi_block_q6_K, ql), *qhp = blk[r] + offsetof(struct pi_block_q6_K, qh);
             __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk[r] + offsetof(struct pi_block_q6_K, scales))));
             __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* |32 * sc| <= 4096 */
@@ -774,8 +795,8 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
                 const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
                 __m256i off = _mm256_madd_epi16(sc32, _mm256_loadu_si256((const __m256i *)b->bsums));
                 __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(off));
-                sumi = k_scale2(sumi, k_sum4(q[0], b->qs), k_sum4(q[1], b->qs + 64), sc[0]);
-                sumi = k_scale2(sumi, k_sum4(q[2], b->qs + 128), k_sum4(q[3], b->qs + 192), sc[1]);
+                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))), k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))), k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
