@@ -524,7 +524,8 @@ static inline __m512i k_sum4(__m512i q, __m512i y)
 static inline void k4_act(const int8_t *qs, __m512i y[4])
 {
     for (int h = 0; h < 2; h++) {
-        __m512i a = _mm512_loadu_si512((const void *)(qs + 128 * h)), b = _mm512_loadu_si512((const void *)(qs + 128 * h + 64));
+        __m512i a = _mm512_loadu_si512((const void *)(qs + 128 * h)),
+                b = _mm512_loadu_si512((const void *)(qs + 128 * h + 64));
         y[2 * h] = _mm512_shuffle_i64x2(a, b, 0x44), y[2 * h + 1] = _mm512_shuffle_i64x2(a, b, 0xEE);
     }
 }
@@ -606,8 +607,8 @@ static inline __m512 k4_token(const struct k4_rows *k, const struct pi_block_q8_
 {
     __m256 s = _mm256_mul_ps(k->dd, _mm256_set1_ps(b->d));
     _mm256_storeu_ps(sd, s);
-    __m128i pairs = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)b->bsums),
-                                   _mm_loadu_si128((const __m128i *)(b->bsums + 8)));
+    __m128i pairs =
+        _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)b->bsums), _mm_loadu_si128((const __m128i *)(b->bsums + 8)));
     __m512i m = _mm512_madd_epi16(k->mn16, _mm512_broadcast_i32x4(pairs));
     __m512 sm = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7),
                                       _mm512_castps256_ps512(s));
@@ -773,10 +774,13 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
         for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
-            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q6_K),
-                                    sizeof(struct pi_block_q6_K));
-            const uint8_t *ql = blk[r] + offsetof(struct pi_block_q6_K, ql), *qhp = blk[r] + offsetof(struct pi_block_q6_K, qh);
-            __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk[r] + offsetof(struct pi_block_q6_K, scales))));
+            if (pf)
+                pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q6_K),
+                                sizeof(struct pi_block_q6_K));
+            const uint8_t *ql = blk[r] + offsetof(struct pi_block_q6_K, ql),
+                          *qhp = blk[r] + offsetof(struct pi_block_q6_K, qh);
+            __m256i sc16 = _mm256_cvtepi8_epi16(
+                _mm_loadu_si128((const __m128i *)(blk[r] + offsetof(struct pi_block_q6_K, scales))));
             __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* |32 * sc| <= 4096 */
             /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
             __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(0, 4, 1, 0), _mm512_castsi256_si512(sc16)),
@@ -795,8 +799,10 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
                 const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
                 __m256i off = _mm256_madd_epi16(sc32, _mm256_loadu_si256((const __m256i *)b->bsums));
                 __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(off));
-                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))), k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
-                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))), k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
+                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))),
+                                k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))),
+                                k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(sd[t][r]), _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
         }
@@ -809,24 +815,24 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
 
 /* The table's entry points of the three templates: 1 x 1, 1 x 4 tokens, 2 x 4, 2 x 1 and 4 x 1 rows. */
 #define PI_K_DOTS(ty)                                                                                                  \
-    static float dot_##ty(const void *w, const void *xq, int64_t n)                                                   \
+    static float dot_##ty(const void *w, const void *xq, int64_t n)                                                    \
     {                                                                                                                  \
         const uint8_t *wr[1] = {w};                                                                                    \
         float s;                                                                                                       \
         ty##_n(wr, 1, NULL, xq, 0, 1, &s, n);                                                                          \
         return s;                                                                                                      \
     }                                                                                                                  \
-    static void dot4_##ty(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                          \
+    static void dot4_##ty(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                           \
     {                                                                                                                  \
         const uint8_t *wr[1] = {w};                                                                                    \
         ty##_n(wr, 1, NULL, xq, xs, 4, out, n);                                                                        \
     }                                                                                                                  \
-    static void dot8_##ty(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)               \
+    static void dot8_##ty(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                \
     {                                                                                                                  \
         const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
         ty##_n(wr, 2, NULL, xq, xs, 4, out, n);                                                                        \
     }                                                                                                                  \
-    static void dot2_##ty(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                    \
+    static void dot2_##ty(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                     \
     {                                                                                                                  \
         const uint8_t *wr[2] = {w0, w1};                                                                               \
         float o[8];                                                                                                    \
