@@ -499,15 +499,19 @@ static inline __m512i lane4_scales(const int8_t *s)
 /* The K-quant kernels below are one template per type, as q4_0_n: nr (1..4) weight rows wr[r] times
  * nt (1..4) tokens at xq + t * xs -> out[r * 4 + t], nr * nt at most 8. Per block, what belongs to a
  * row (its unpacked quants, its scale vectors) is made once for every token, and what belongs to a
- * token (its activation scale, its bsums) once for every row; the scale bytes and fp16 scales of the
- * nr rows are unpacked together, one row per 128-bit lane. Each (row, token) pair keeps the 1-row
- * kernel's accumulators and float operations in its order (per lane the same vector operations, the
- * scale products of several rows in one vector multiply), so every sibling returns vec_dot's floats.
- * pf (NULL, or nr rows of the same type) is prefetched at the offsets being read, as in q4_0_n. The
- * integer sums are exact (maddubs of 4-, 5- or 6-bit unsigned quants by int8 never saturates), so
- * VNNI's vpdpwssd, which adds the scaled pairs into the int32 sums in one instruction, gives the
- * AVX-512 build's floats bit for bit. Each 64-element register holds elements in the activations'
- * order, so the tokens' Q8_K values are used as loaded (memory operands of vpmaddubsw). */
+ * token (its activation scale, its bsums, its rearranged activations) once for every row; the scale
+ * bytes and fp16 scales of the nr rows are unpacked together, one row per 128-bit lane. Each (row,
+ * token) pair keeps the 1-row kernel's accumulators and float operations in its order (per lane the
+ * same vector operations, the scale products of several rows in one vector multiply), so every
+ * sibling returns vec_dot's floats. pf (NULL, or nr rows of the same type) is prefetched at the
+ * offsets being read, each row's share just before its arithmetic (not in a burst per block). The
+ * products: 64 quants (unsigned, < 64) by 64 int8 activations into 16 int32 sums of four (k_sum4:
+ * vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd by ones), two such registers narrowed to int16 in
+ * one vpackssdw (exact: |sum| <= 4 * 63 * 127) and multiplied by their sub-block scales and added
+ * into the block's int32 sums (k_scale2: vpdpwssd with VNNI, else vpmaddwd + vpaddd). Every step is
+ * exact integer arithmetic, so the VNNI build returns the AVX-512 build's floats bit for bit; per row
+ * and block that is 4 + 2 port-0 multiplies and 2 scale permutes, against 4 + 4 and 4 for vpmaddubsw
+ * and vpdpwssd (or vpmaddwd) on each register. */
 
 /* 16 x int32: the sums of four adjacent products q * y (q unsigned < 64, y int8; |sum| <= 32004). */
 static inline __m512i k_sum4(__m512i q, __m512i y)
