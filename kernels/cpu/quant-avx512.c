@@ -656,12 +656,56 @@ static inline float k4_finish(__m512 acc, __m512 accm, int r)
  * then each register's bit moved to bit 4. */
 static const int32_t k4_perm[16] = {0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15};
 
+/* Row r's block blk (Q4_K, or Q5_K when q5) unpacked into k45_n's four registers q (quants < 32) in
+ * the paired or broadcast layout, and the int16 scale vectors sc of the register pairs (0, 1) and
+ * (2, 3) for k_scale2, from the rows' scales k. */
+PI_X86_INLINE void k45_row(const uint8_t *blk, int r, const struct k4_rows *k, int q5, int pair, __m512i q[4],
+                           __m512i sc[2])
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    const uint8_t *qs = blk + (q5 ? offsetof(struct pi_block_q5_K, qs) : offsetof(struct pi_block_q4_K, qs));
+    __m512i hb[4];
+    if (pair) {
+        /* sub-blocks 4h + 2 (L >= 2) + (w >= 4) */
+        sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 1, 0, 2), k->sc16);
+        sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 1, 0, 2), k->sc16);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * h));
+            q[2 * h] = v, q[2 * h + 1] = _mm512_srli_epi16(v, 4);
+        }
+    } else {
+        /* sub-blocks 2c + 4 p + (L >= 2), c = 2p + (w >= 4) */
+        sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k->sc16);
+        sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k->sc16);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+            q[c] = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
+        }
+    }
+    if (!q5) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) q[j] = _mm512_and_si512(q[j], m4);
+        return;
+    }
+    __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + offsetof(struct pi_block_q5_K, qh))));
+    if (pair) { /* bits 4h + (j & 1) in both halves after the shift by two */
+        h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 2);
+        hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 3), hb[2] = h, hb[3] = _mm512_srli_epi16(h, 1);
+    } else { /* bit 2c in both halves after the shift by one */
+        h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 1);
+        hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 2), hb[2] = h, hb[3] = _mm512_srli_epi16(h, 2);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) /* (nibble & 0x0F) | (fifth bit & 0x10) */
+        q[j] = _mm512_ternarylogic_epi32(q[j], m4, _mm512_and_si512(hb[j], b4), 0xEA);
+}
+
 PI_X86_INLINE void k45_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
                          float *out, int64_t n, int q5, int pair)
 {
     const size_t bs = q5 ? sizeof(struct pi_block_q5_K) : sizeof(struct pi_block_q4_K);
-    const size_t qs_off = q5 ? offsetof(struct pi_block_q5_K, qs) : offsetof(struct pi_block_q4_K, qs);
-    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
     __m512 acc[4][4], accm[4];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) {
@@ -688,47 +732,8 @@ PI_X86_INLINE void k45_n(const uint8_t *const *wr, int nr, const void *const *pf
 #pragma GCC unroll 4
         for (int r = 0; r < nr; r++) {
             if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
-            const uint8_t *qs = blk[r] + qs_off;
-            /* registers (0, 1) and (2, 3) paired by k_scale2 */
-            __m512i q[4], sc[2], hb[4];
-            if (pair) {
-                /* sub-blocks 4h + 2 (L >= 2) + (w >= 4) */
-                sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 1, 0, 2), k.sc16);
-                sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 1, 0, 2), k.sc16);
-#pragma GCC unroll 2
-                for (int h = 0; h < 2; h++) {
-                    __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * h));
-                    q[2 * h] = v, q[2 * h + 1] = _mm512_srli_epi16(v, 4);
-                }
-            } else {
-                /* sub-blocks 2c + 4 p + (L >= 2), c = 2p + (w >= 4) */
-                sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k.sc16);
-                sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k.sc16);
-#pragma GCC unroll 4
-                for (int c = 0; c < 4; c++) {
-                    __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
-                    q[c] = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
-                }
-            }
-            if (q5) {
-                __m512i h = _mm512_broadcast_i64x4(
-                    _mm256_loadu_si256((const __m256i *)(blk[r] + offsetof(struct pi_block_q5_K, qh))));
-                if (pair) { /* bits 4h + (j & 1) in both halves after the shift by two */
-                    h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 2);
-                    hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 3), hb[2] = h;
-                    hb[3] = _mm512_srli_epi16(h, 1);
-                } else { /* bit 2c in both halves after the shift by one */
-                    h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 1);
-                    hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 2), hb[2] = h;
-                    hb[3] = _mm512_srli_epi16(h, 2);
-                }
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) /* (nibble & 0x0F) | (fifth bit & 0x10) */
-                    q[j] = _mm512_ternarylogic_epi32(q[j], m4, _mm512_and_si512(hb[j], b4), 0xEA);
-            } else {
-#pragma GCC unroll 4
-                for (int j = 0; j < 4; j++) q[j] = _mm512_and_si512(q[j], m4);
-            }
+            __m512i q[4], sc[2];
+            k45_row(blk[r], r, &k, q5, pair, q, sc);
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y[t][0]), k_sum4(q[1], y[t][1]), sc[0]);
