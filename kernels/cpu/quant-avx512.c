@@ -622,7 +622,7 @@ static inline __m512 k4_token(const struct k4_rows *k, const struct pi_block_q8_
 /* The float at p in all 16 lanes, by a broadcast from memory (a load-port operation; GCC otherwise
  * keeps a just-stored scale in a register and spends shuffle-port uops to extract and broadcast it).
  * The same value as _mm512_set1_ps(*p): the several-row kernels use it (in L2, vec_dot4r Q4_K 26.4
- * -> 26.9 GB/s, Q5_K 26.4 -> 27.6), the 1-row and multi-token ones, which it slowed, do not. */
+ * -> 27.2 GB/s, Q5_K 26.4 -> 27.6), the 1-row and multi-token ones, which it slowed, do not. */
 static inline __m512 k_bcast_mem(const float *p)
 {
     __m512 v;
