@@ -24,7 +24,9 @@
  * working set of >= 1 GiB (the 2-core VM's CPUID reports a 480 MiB L3): every neuron, a sorted random 10% of them (what an activation predictor
  * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
  * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
- * also per thread, against the streaming read.
+ * also per thread, against the streaming read. The K-quants, which pinfer cannot quantise, get rows
+ * of random bytes with small fp16 scales, each gate row's scales negated where needed so that it is
+ * on or off as the layer asks (kquant_row).
  *
  * attention: on one thread, pi_attn_group (one query per head over an f16 cache, a kv head's 4 query
  * heads together, as a decode step's attention in the forward pass) for each kernel variant this CPU
@@ -43,6 +45,7 @@
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -405,6 +408,56 @@ struct neuron_layer {
     uint8_t *mem; /* gate, up and down_t rows */
 };
 
+/* Byte offsets in a block of type t of its fp16 super-block scales (d, and dmin where there is one;
+ * -1: none): negating them negates every value of the block. Only the K-quants have them here. */
+static void kquant_scale_offsets(enum pi_type t, int off[2])
+{
+    off[0] = off[1] = -1;
+    switch (t) {
+    case PI_TYPE_Q2_K:
+        off[0] = (int)offsetof(struct pi_block_q2_K, d), off[1] = (int)offsetof(struct pi_block_q2_K, dmin);
+        break;
+    case PI_TYPE_Q3_K: off[0] = (int)offsetof(struct pi_block_q3_K, d); break;
+    case PI_TYPE_Q4_K:
+        off[0] = (int)offsetof(struct pi_block_q4_K, d), off[1] = (int)offsetof(struct pi_block_q4_K, dmin);
+        break;
+    case PI_TYPE_Q5_K:
+        off[0] = (int)offsetof(struct pi_block_q5_K, d), off[1] = (int)offsetof(struct pi_block_q5_K, dmin);
+        break;
+    case PI_TYPE_Q6_K: off[0] = (int)offsetof(struct pi_block_q6_K, d); break;
+    default: break;
+    }
+}
+
+/* dst: one row of d elements of a K-quant (no quantiser: pinfer has none for them), random bytes with
+ * small positive fp16 scales, the scales negated where needed so that the row's dot product with x
+ * has the sign of sign (so its ReLU gate is on or off as the layer asks). row (d): scratch, left
+ * holding the row's values. */
+static void kquant_row(enum pi_type t, uint8_t *dst, int64_t d, const float *x, float sign, float *row, uint64_t *s)
+{
+    const struct pi_type_info *ti = pi_type_get(t);
+    int64_t nb = d / ti->block_elems;
+    int off[2];
+    kquant_scale_offsets(t, off);
+    for (size_t j = 0; j < (size_t)nb * ti->block_bytes; j++) {
+        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+        dst[j] = (uint8_t)(*s >> 56);
+    }
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 2; k++) {
+            uint16_t h = pi_fp32_to_fp16(0.001f * (float)(k + 1));
+            if (off[k] >= 0) memcpy(dst + (size_t)b * ti->block_bytes + off[k], &h, 2);
+        }
+    pi_dequant_row(t, dst, row, d);
+    double dot = 0;
+    for (int64_t j = 0; j < d; j++) dot += (double)row[j] * x[j];
+    if ((dot > 0) == (sign > 0)) return;
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 2; k++)
+            if (off[k] >= 0) dst[(size_t)b * ti->block_bytes + off[k] + 1] ^= 0x80; /* the fp16 sign bit */
+    for (int64_t j = 0; j < d; j++) row[j] = -row[j];
+}
+
 static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_type dtype, int64_t n_ff, int64_t d,
                              const float *x, const uint8_t *active)
 {
@@ -424,6 +477,12 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_ty
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {
         float sign = active[i] ? 1.0f : -1.0f;
+        if (!pi_quantize_supported(t)) { /* a K-quant: random rows, the gate's sign set by its scales */
+            kquant_row(t, (uint8_t *)g.data + (size_t)i * rb, d, x, sign, row, &s);
+            kquant_row(t, (uint8_t *)u.data + (size_t)i * rb, d, x, 1.0f, row, &s);
+            pi_quantize_row(dtype, row, (uint8_t *)dt.data + (size_t)i * drb, d);
+            continue;
+        }
         for (int64_t j = 0; j < d; j++) {
             s = s * 6364136223846793005ull + 1442695040888963407ull;
             float noise = (float)(int64_t)(s >> 40) / (float)(1 << 24) - 0.5f; /* [-0.5, 0.5) */
@@ -550,9 +609,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
     printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int k = 0; k < n_types; k++) {
         uint64_t rb, drb;
-        if (!pi_quantize_supported(types[k])) { /* the layer is quantised from floats whose signs are known */
-            fprintf(stderr, "pi-bench: --kernels neurons: no quantiser for %s (the K-quants have none)\n",
-                    pi_type_name(types[k]));
+        int off[2];
+        kquant_scale_offsets(types[k], off);
+        if (!pi_quantize_supported(types[k]) && off[0] < 0) { /* neither quantised nor made by kquant_row */
+            fprintf(stderr, "pi-bench: --kernels neurons: no way to make %s rows\n", pi_type_name(types[k]));
             goto out;
         }
         if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(b->down_type, (uint64_t)d, &drb)) {
