@@ -392,93 +392,220 @@ static void dot4r_q4_0(const void *const w[4], const void *const pf[4], const vo
     out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
-/* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
-static inline __mmask64 q5_mask2(const uint8_t *qh0, const uint8_t *qh1)
+/* ---------------------------------------------------------------- Q4_1, Q5_0, Q5_1 x Q8_0
+ * As q4_0_n: four blocks per register, one per 128-bit lane, the quants of block k split into low
+ * (elements 0..15) and high (16..31) halves of lane k, unsigned (the nibble, with the fifth bit as
+ * 0x10 for Q5_x), so that one unsigned x signed byte product per element gives the int32 sums of
+ * q * y, four per lane. Q5_0's -16 is an offset term 16 * sum(y) (as Q4_0's 8 * sum(y)); Q4_1 and
+ * Q5_1 add m * d_x * sum(y) per block, where d_x * sum(y) is computed once per token and four
+ * blocks and shared by every row (a 128-bit FMA per row and step, into its own accumulator). The
+ * scales of four blocks are converted together (pi_x86_halves4), the fifth bits of four blocks are
+ * turned into two 64-bit byte masks with scalar shifts (the integer ports are idle here). */
+enum lq_kind { LQ_4_1, LQ_5_0, LQ_5_1 };
+
+/* Block bytes, and the offsets of the quants, the fifth bits (Q5) and the minimum (Q4_1, Q5_1). */
+#define LQ_SIZE(k)                                                                                                     \
+    ((k) == LQ_4_1   ? sizeof(struct pi_block_q4_1)                                                                    \
+     : (k) == LQ_5_0 ? sizeof(struct pi_block_q5_0)                                                                    \
+                     : sizeof(struct pi_block_q5_1))
+#define LQ_QS(k)                                                                                                       \
+    ((k) == LQ_4_1   ? offsetof(struct pi_block_q4_1, qs)                                                              \
+     : (k) == LQ_5_0 ? offsetof(struct pi_block_q5_0, qs)                                                              \
+                     : offsetof(struct pi_block_q5_1, qs))
+#define LQ_QH(k) ((k) == LQ_5_0 ? offsetof(struct pi_block_q5_0, qh) : offsetof(struct pi_block_q5_1, qh))
+#define LQ_MIN(k) ((k) != LQ_5_0)
+
+/* Fifth bits of the four blocks at p, p + st, p + 2 st, p + 3 st (qh at each): bits 0..15 of block k
+ * (its elements 0..15) at bits 16k.. of *lo, bits 16..31 (elements 16..31) at bits 16k.. of *hi. */
+static inline void lq_qh4(const uint8_t *p, size_t st, __mmask64 *lo, __mmask64 *hi)
 {
-    uint32_t h0, h1;
-    memcpy(&h0, qh0, 4), memcpy(&h1, qh1, 4);
-    return (__mmask64)h0 | (__mmask64)h1 << 32;
+    uint64_t l = 0, u = 0;
+    for (int k = 0; k < 4; k++) {
+        uint32_t h;
+        memcpy(&h, p + (size_t)k * st, 4);
+        l |= (uint64_t)(h & 0xFFFFu) << (16 * k);
+        u |= (uint64_t)(h >> 16) << (16 * k);
+    }
+    *lo = (__mmask64)l, *hi = (__mmask64)u;
 }
 
-static float dot_q5_0(const void *w, const void *xq, int64_t n)
+/* One token's four activation blocks: the bytes matching the weights' lanes, their scales, and the
+ * per-block terms: Q5_0's offset 16 * sum(y) (per int16 pair; with VNNI -16 * sum(y) per int32
+ * lane), or for Q4_1 / Q5_1 fy[k] = d_x[k] * sum(y of block k). */
+struct lq_act {
+    __m512i ylo, yhi, o;
+    __m128 dx, fy;
+};
+
+/* 16 x int32: lane k's four sums of y over bytes 4i..4i+3 of ylo and of yhi (block k's sum(y) split
+ * four ways); the same int32 with and without VNNI. */
+static inline __m512i lq_ysum(__m512i ylo, __m512i yhi)
 {
-    const struct pi_block_q5_0 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
+    const __m512i one = _mm512_set1_epi8(1);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), one, ylo), one, yhi);
+#else
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(one, ylo), _mm512_maddubs_epi16(one, yhi));
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+#endif
+}
+
+PI_X86_INLINE struct lq_act lq_act_load(enum lq_kind kind, const struct pi_block_q8_0 *b)
+{
+    struct lq_act y;
+    y.ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
+    y.yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
+    y.dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
+    y.o = _mm512_setzero_si512(), y.fy = _mm_setzero_ps();
+    if (kind == LQ_5_0) {
+        const __m512i k16 = _mm512_set1_epi8(16);
+#ifdef PI_AVX512_VNNI
+        __m512i o = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), k16, y.ylo), k16, y.yhi);
+        y.o = _mm512_sub_epi32(_mm512_setzero_si512(), o);
+#else
+        y.o = _mm512_add_epi16(_mm512_maddubs_epi16(k16, y.ylo), _mm512_maddubs_epi16(k16, y.yhi));
+#endif
+    } else {
+        /* sum the four int32 of each lane into every one of them, then take one per lane */
+        __m512i s = lq_ysum(y.ylo, y.yhi);
+        s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
+        s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+        __m128i s4 = _mm512_castsi512_si128(
+            _mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s));
+        y.fy = _mm_mul_ps(y.dx, _mm_cvtepi32_ps(s4));
+    }
+    return y;
+}
+
+/* 16 x int32: lane k's four partial sums of q * y (Q5_0: (q - 16) * y) of block k. The int16
+ * intermediates never saturate: q <= 31, |y| <= 127, two pairs at a time (15748), minus 8128. */
+PI_X86_INLINE __m512i lq_quad(enum lq_kind kind, __m512i lo, __m512i hi, struct lq_act y)
+{
+#ifdef PI_AVX512_VNNI
+    __m512i a = kind == LQ_5_0 ? y.o : _mm512_setzero_si512();
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a, lo, y.ylo), hi, y.yhi);
+#else
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, y.ylo), _mm512_maddubs_epi16(hi, y.yhi));
+    if (kind == LQ_5_0) p = _mm512_sub_epi16(p, y.o);
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+#endif
+}
+
+/* One block j of a row at a (the loop's tail), against activation block b: the same terms. */
+PI_X86_INLINE float lq_block(enum lq_kind kind, const uint8_t *a, const struct pi_block_q8_0 *b)
+{
+    __m256i q = pi_x86_nibbles32(a + LQ_QS(kind));
+    if (kind != LQ_4_1)
+        q = _mm256_or_si256(q, _mm256_and_si256(pi_x86_bits32(a + LQ_QH(kind)), _mm256_set1_epi8(0x10)));
+    __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
+    int p = pi_x86_hsum_epi32(pi_x86_dot_u8(q, y));
+    int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
+    uint16_t d, m;
+    memcpy(&d, a, 2);
+    float dx = pi_x86_h2f(b->d);
+    if (kind == LQ_5_0) return pi_x86_h2f(d) * dx * (float)(p - 16 * sy);
+    memcpy(&m, a + 2, 2);
+    return pi_x86_h2f(d) * dx * (float)p + pi_x86_h2f(m) * (dx * (float)sy);
+}
+
+static inline float hsum128(__m128 v)
+{
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
+ * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
+ * accumulators and order; pf as for q8_0_n. */
+PI_X86_INLINE void lq_n(enum lq_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
+                        size_t xs, int nt, float *out, int64_t n)
+{
+    const size_t bs = LQ_SIZE(kind);
+    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b5 = _mm512_set1_epi8(0x10);
+    __m512 acc[4][4];
+    __m128 accm[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm_setzero_ps();
     int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i q = join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs));
-        /* q - 16 = nibble | 0xF0 where the fifth bit is clear */
-        q = _mm512_mask_blend_epi8(q5_mask2(a[i].qh, a[i + 1].qh), _mm512_or_si512(q, _mm512_set1_epi8((char)0xF0)), q);
-        __m512i p = dot_i8_512(q, load2x32(b[i].qs, b[i + 1].qs));
-        __m512 d = two_scales(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d), pi_x86_h2f(a[i + 1].d) * pi_x86_h2f(b[i + 1].d));
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+    for (; i + 4 <= nb; i += 4) {
+        __m128 dw[4], mw[4];
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *a = wr[r] + (size_t)i * bs;
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs * 4);
+            dw[r] = pi_x86_halves4(a, bs);
+            mw[r] = LQ_MIN(kind) ? pi_x86_halves4(a + 2, bs) : _mm_setzero_ps();
+            const uint8_t *q = a + LQ_QS(kind);
+            __m512i v = load4x16(q, q + bs, q + 2 * bs, q + 3 * bs);
+            lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (kind != LQ_4_1) {
+                __mmask64 hl, hh;
+                lq_qh4(a + LQ_QH(kind), bs, &hl, &hh);
+                lo[r] = _mm512_mask_add_epi8(lo[r], hl, lo[r], b5); /* bit 4 is clear: add = or */
+                hi[r] = _mm512_mask_add_epi8(hi[r], hh, hi[r], b5);
+            }
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            struct lq_act y = lq_act_load(kind, act_q8_0(xq, xs, t, i));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(dw[r], y.dx)));
+                acc[r][t] = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(lq_quad(kind, lo[r], hi[r], y)), acc[r][t]);
+                if (LQ_MIN(kind)) accm[r][t] = _mm_fmadd_ps(mw[r], y.fy, accm[r][t]);
+            }
+        }
     }
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i hi = _mm256_andnot_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8((char)0xF0));
-        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
-        __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));
-        s += pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d) * (float)pi_x86_hsum_epi32(p);
-    }
-    return s;
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float sum = hsum512(acc[r][t]);
+            if (LQ_MIN(kind)) sum += hsum128(accm[r][t]);
+            for (int64_t j = i; j < nb; j++) sum += lq_block(kind, wr[r] + (size_t)j * bs, act_q8_0(xq, xs, t, j));
+            out[r * 4 + t] = sum;
+        }
 }
 
-/* Q4_1 / Q5_1 over two blocks: d * dx * sum(q * q8) + m * dx * sum(q8), q unsigned. */
-static inline void acc_min2(__m512i q, const struct pi_block_q8_0 *b, float d0, float m0, float d1, float m1,
-                            __m512 *acc)
-{
-    __m512i y = load2x32(b[0].qs, b[1].qs);
-    __m512i p = dot_u8_512(q, y), s = dot_u8_512(_mm512_set1_epi8(1), y);
-    float x0 = pi_x86_h2f(b[0].d), x1 = pi_x86_h2f(b[1].d);
-    *acc = _mm512_fmadd_ps(two_scales(d0 * x0, d1 * x1), _mm512_cvtepi32_ps(p), *acc);
-    *acc = _mm512_fmadd_ps(two_scales(m0 * x0, m1 * x1), _mm512_cvtepi32_ps(s), *acc);
-}
+/* The five entry points of one type, each an instantiation of lq_n. */
+#define LQ_ENTRIES(T, K)                                                                                               \
+    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        lq_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        lq_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        lq_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        lq_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        lq_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
 
-static float dot_q4_1(const void *w, const void *xq, int64_t n)
-{
-    const struct pi_block_q4_1 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2)
-        acc_min2(join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs)), &b[i], pi_x86_h2f(a[i].d),
-                 pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m), &acc);
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)b[i].qs);
-        int p = pi_x86_hsum_epi32(pi_x86_dot_u8(pi_x86_nibbles32(a[i].qs), y));
-        int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
-        float dx = pi_x86_h2f(b[i].d);
-        s += pi_x86_h2f(a[i].d) * dx * (float)p + pi_x86_h2f(a[i].m) * dx * (float)sy;
-    }
-    return s;
-}
-
-static float dot_q5_1(const void *w, const void *xq, int64_t n)
-{
-    const struct pi_block_q5_1 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i q = join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs));
-        q = _mm512_mask_blend_epi8(q5_mask2(a[i].qh, a[i + 1].qh), q, _mm512_or_si512(q, _mm512_set1_epi8(0x10)));
-        acc_min2(q, &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m),
-                 &acc);
-    }
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i hi = _mm256_and_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8(0x10));
-        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
-        __m256i y = _mm256_loadu_si256((const __m256i *)b[i].qs);
-        int p = pi_x86_hsum_epi32(pi_x86_dot_u8(q, y));
-        int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
-        float dx = pi_x86_h2f(b[i].d);
-        s += pi_x86_h2f(a[i].d) * dx * (float)p + pi_x86_h2f(a[i].m) * dx * (float)sy;
-    }
-    return s;
-}
+LQ_ENTRIES(q4_1, LQ_4_1)
+LQ_ENTRIES(q5_0, LQ_5_0)
+LQ_ENTRIES(q5_1, LQ_5_1)
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
@@ -723,6 +850,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
         {
             [PI_TYPE_F16] = dot4_f16,
             [PI_TYPE_Q4_0] = dot4_q4_0,
+            [PI_TYPE_Q4_1] = dot4_q4_1,
+            [PI_TYPE_Q5_0] = dot4_q5_0,
+            [PI_TYPE_Q5_1] = dot4_q5_1,
             [PI_TYPE_Q8_0] = dot4_q8_0,
             [PI_TYPE_Q4_K] = dot4_q4_K,
             [PI_TYPE_Q6_K] = dot4_q6_K,
@@ -730,16 +860,25 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     .vec_dot8 =
         {
             [PI_TYPE_Q4_0] = dot8_q4_0,
+            [PI_TYPE_Q4_1] = dot8_q4_1,
+            [PI_TYPE_Q5_0] = dot8_q5_0,
+            [PI_TYPE_Q5_1] = dot8_q5_1,
             [PI_TYPE_Q8_0] = dot8_q8_0,
         },
     .vec_dot2 =
         {
             [PI_TYPE_Q4_0] = dot2_q4_0,
+            [PI_TYPE_Q4_1] = dot2_q4_1,
+            [PI_TYPE_Q5_0] = dot2_q5_0,
+            [PI_TYPE_Q5_1] = dot2_q5_1,
             [PI_TYPE_Q8_0] = dot2_q8_0,
         },
     .vec_dot4r =
         {
             [PI_TYPE_Q4_0] = dot4r_q4_0,
+            [PI_TYPE_Q4_1] = dot4r_q4_1,
+            [PI_TYPE_Q5_0] = dot4r_q5_0,
+            [PI_TYPE_Q5_1] = dot4r_q5_1,
             [PI_TYPE_Q8_0] = dot4r_q8_0,
         },
     .vec_mad4 =
