@@ -608,6 +608,184 @@ LQ_ENTRIES(q4_1, LQ_4_1)
 LQ_ENTRIES(q5_0, LQ_5_0)
 LQ_ENTRIES(q5_1, LQ_5_1)
 
+/* ---------------------------------------------------------------- Q2_K, Q3_K x Q8_K
+ * A super-block's 2-bit quants are taken 64 consecutive elements per register: for c = 0, 1 the 32
+ * bytes qs[32c ..] hold elements 128c + 32j + l at bit shift 2j, so join(Q, Q >> 2) masked with 3 is
+ * elements 128c + 0..63 and the same shifted by 4 elements 128c + 64..127. Register g (0..3) then
+ * holds elements 64g .. 64g + 63, i.e. sub-blocks 4g .. 4g + 3 one per 128-bit lane, and each
+ * token's activations are plain 64-byte loads (no inserts, so they are reloaded per row instead of
+ * kept). The sub-block scales are widened to int16 and spread one per lane with vpermw; the byte
+ * products (vpmaddubsw: unsigned quants times int8) are scaled and summed to int32 with vpmaddwd
+ * (with VNNI vpdpwssd, the same int32). Q2_K's minimum term dmin * sum_s m[s] * bsums[s] goes
+ * through its own accumulator; Q3_K's quants are taken as q2 | 4 * hbit (0..7, i.e. q + 4) and the
+ * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums. */
+enum lk_kind { LK_2, LK_3 };
+
+/* Block k of token t's Q8_K activations (row t at xq + t * xs). */
+static inline const struct pi_block_q8_K *lk_act(const void *xq, size_t xs, int t, int64_t k)
+{
+    return (const struct pi_block_q8_K *)((const uint8_t *)xq + (size_t)t * xs) + k;
+}
+
+/* Lane k of register g (sub-block 4g + k) as int16 in every word of the lane, from 16 int16 s. */
+static inline __m512i lk_lane_scales(__m512i s, int g)
+{
+    const __m512i idx = _mm512_set_epi16(
+        4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 2, 4 * g + 2,
+        4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1,
+        4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g);
+    return _mm512_permutexvar_epi16(idx, s);
+}
+
+/* Q3_K's 16 scales (value - 32) as int16, from the 12 packed bytes (pi_k3_scales' values): low
+ * nibbles from bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from
+ * byte 8 + j % 4 at shift 2 * (j / 4). */
+static inline __m256i lk_k3_scales(const uint8_t *s)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3);
+    __m128i a = _mm_loadl_epi64((const __m128i *)s);
+    __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
+    uint32_t h;
+    memcpy(&h, s + 8, 4);
+    __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)h), _mm_set_epi32(6, 4, 2, 0)), m2);
+    __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+    return _mm256_cvtepi8_epi16(sc);
+}
+
+/* sum += the int16 pairs of p times the int16 scales s, as int32 (vpmaddwd + vpaddd, or vpdpwssd). */
+static inline __m512i lk_madd(__m512i sum, __m512i p, __m512i s)
+{
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpwssd_epi32(sum, p, s);
+#else
+    return _mm512_add_epi32(sum, _mm512_madd_epi16(p, s));
+#endif
+}
+
+static inline float hsum256(__m256 v) { return pi_x86_hsum_ps(v); }
+
+/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
+ * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
+ * accumulators and order; pf: NULL, or nr rows whose bytes matching each block of wr[r] are
+ * prefetched. */
+PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
+                        size_t xs, int nt, float *out, int64_t n)
+{
+    const size_t bs = kind == LK_2 ? sizeof(struct pi_block_q2_K) : sizeof(struct pi_block_q3_K);
+    const __m512i m2 = _mm512_set1_epi8(3), k4 = _mm512_set1_epi8(4);
+    __m512 acc[4][4];
+    __m256 accm[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *a = wr[r] + (size_t)i * bs;
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
+            const uint8_t *qs =
+                kind == LK_2 ? ((const struct pi_block_q2_K *)a)->qs : ((const struct pi_block_q3_K *)a)->qs;
+            __m512i q[4], sc[4], mins = _mm512_setzero_si512();
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m512i z = join256(v, _mm256_srli_epi16(v, 2));
+                q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
+            }
+            __m256i s16;
+            float dw, dmin = 0;
+            if (kind == LK_2) {
+                const struct pi_block_q2_K *b2 = (const struct pi_block_q2_K *)a;
+                __m128i s = _mm_loadu_si128((const __m128i *)b2->scales);
+                s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+                mins = _mm512_castsi256_si512(
+                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
+                dw = pi_x86_h2f(b2->d), dmin = pi_x86_h2f(b2->dmin);
+            } else {
+                const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
+                s16 = lk_k3_scales(b3->scales);
+                /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
+                 * g's element l (first half) and 32 + l (second half); moved to bit 2 (16-bit shifts:
+                 * bit 2 of each byte comes from bit 2g of the same byte) and masked, it is 4 * hbit */
+                __m256i h = _mm256_loadu_si256((const __m256i *)b3->hmask);
+                __m512i hz = join256(h, _mm256_srli_epi16(h, 1));
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) {
+                    __m512i hg = g == 0 ? _mm512_slli_epi16(hz, 2) : _mm512_srli_epi16(hz, 2 * g - 2);
+                    q[g] = _mm512_or_si512(q[g], _mm512_and_si512(hg, k4));
+                }
+                dw = pi_x86_h2f(b3->d);
+            }
+            __m512i s512 = _mm512_castsi256_si512(s16);
+#pragma GCC unroll 4
+            for (int g = 0; g < 4; g++) sc[g] = lk_lane_scales(s512, g);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const struct pi_block_q8_K *b = lk_act(xq, xs, t, i);
+                __m512i sumi = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++) {
+                    __m512i y = _mm512_loadu_si512((const void *)(b->qs + 64 * g));
+                    sumi = lk_madd(sumi, _mm512_maddubs_epi16(q[g], y), sc[g]);
+                }
+                __m256i bsums = _mm256_loadu_si256((const __m256i *)b->bsums);
+                if (kind == LK_2) {
+                    __m256i mb = _mm256_madd_epi16(_mm512_castsi512_si256(mins), bsums);
+                    accm[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * dmin), _mm256_cvtepi32_ps(mb), accm[r][t]);
+                } else {
+                    __m256i sb = _mm256_slli_epi32(_mm256_madd_epi16(s16, bsums), 2);
+                    sumi = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(sb));
+                }
+                acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * dw), _mm512_cvtepi32_ps(sumi), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float s = hsum512(acc[r][t]);
+            if (kind == LK_2) s -= hsum256(accm[r][t]);
+            out[r * 4 + t] = s;
+        }
+}
+
+/* The entry points of one type, each an instantiation of lk_n. */
+#define LK_ENTRIES(T, K)                                                                                               \
+    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        lk_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        lk_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        lk_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        lk_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        lk_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
+
+LK_ENTRIES(q2_K, LK_2)
+LK_ENTRIES(q3_K, LK_3)
+
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
 /* Block k of token t's Q8_K activations. */
@@ -844,6 +1022,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot_q5_0,
             [PI_TYPE_Q5_1] = dot_q5_1,
             [PI_TYPE_Q8_0] = dot_q8_0,
+            [PI_TYPE_Q2_K] = dot_q2_K,
+            [PI_TYPE_Q3_K] = dot_q3_K,
             [PI_TYPE_Q4_K] = dot_q4_K,
             [PI_TYPE_Q6_K] = dot_q6_K,
         },
@@ -855,6 +1035,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot4_q5_0,
             [PI_TYPE_Q5_1] = dot4_q5_1,
             [PI_TYPE_Q8_0] = dot4_q8_0,
+            [PI_TYPE_Q2_K] = dot4_q2_K,
+            [PI_TYPE_Q3_K] = dot4_q3_K,
             [PI_TYPE_Q4_K] = dot4_q4_K,
             [PI_TYPE_Q6_K] = dot4_q6_K,
         },
@@ -865,6 +1047,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot8_q5_0,
             [PI_TYPE_Q5_1] = dot8_q5_1,
             [PI_TYPE_Q8_0] = dot8_q8_0,
+            [PI_TYPE_Q2_K] = dot8_q2_K,
+            [PI_TYPE_Q3_K] = dot8_q3_K,
         },
     .vec_dot2 =
         {
@@ -873,6 +1057,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot2_q5_0,
             [PI_TYPE_Q5_1] = dot2_q5_1,
             [PI_TYPE_Q8_0] = dot2_q8_0,
+            [PI_TYPE_Q2_K] = dot2_q2_K,
+            [PI_TYPE_Q3_K] = dot2_q3_K,
         },
     .vec_dot4r =
         {
@@ -881,6 +1067,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot4r_q5_0,
             [PI_TYPE_Q5_1] = dot4r_q5_1,
             [PI_TYPE_Q8_0] = dot4r_q8_0,
+            [PI_TYPE_Q2_K] = dot4r_q2_K,
+            [PI_TYPE_Q3_K] = dot4r_q3_K,
         },
     .vec_mad4 =
         {
