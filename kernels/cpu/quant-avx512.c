@@ -701,20 +701,21 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                 s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
                 mins = _mm512_castsi256_si512(
                     _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
-                dw = pi_x86_h2f(b2->d), dmin = pi_x86_h2f(b2->dmin);
+                uint32_t dd; /* d and dmin, converted together */
+                memcpy(&dd, &b2->d, 4);
+                __m128 df = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
+                dw = _mm_cvtss_f32(df), dmin = _mm_cvtss_f32(_mm_movehdup_ps(df));
             } else {
                 const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
                 s16 = lk_k3_scales(b3->scales);
                 /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
-                 * g's element l (first half) and 32 + l (second half); moved to bit 2 (16-bit shifts:
-                 * bit 2 of each byte comes from bit 2g of the same byte) and masked, it is 4 * hbit */
+                 * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
                 __m256i h = _mm256_loadu_si256((const __m256i *)b3->hmask);
                 __m512i hz = join256(h, _mm256_srli_epi16(h, 1));
 #pragma GCC unroll 4
-                for (int g = 0; g < 4; g++) {
-                    __m512i hg = g == 0 ? _mm512_slli_epi16(hz, 2) : _mm512_srli_epi16(hz, 2 * g - 2);
-                    q[g] = _mm512_or_si512(q[g], _mm512_and_si512(hg, k4));
-                }
+                for (int g = 0; g < 4; g++)
+                    q[g] = _mm512_mask_add_epi8(q[g], _mm512_test_epi8_mask(hz, _mm512_set1_epi8((char)(1 << (2 * g)))),
+                                                q[g], k4);
                 dw = pi_x86_h2f(b3->d);
             }
             __m512i s512 = _mm512_castsi256_si512(s16);
