@@ -187,18 +187,21 @@ int main(void)
         tap_ok(bad == 0, "%s Q8_0 activation quantiser writes the scalar bytes (%d of 50 rows of %d blocks differ)",
                tab->name, bad, NB);
     }
-    /* AVX512-VNNI only replaces the byte multiply-adds of the AVX-512 kernels by vpdpbusd, with the
-     * same int32 sums: its dot products must be the AVX-512 ones bit for bit, 1-, 4- and 2x4-token. */
+    /* AVX512-VNNI only replaces the byte multiply-adds of the AVX-512 kernels by vpdpbusd (and Q2_K's
+     * and Q3_K's scaling vpmaddwd + vpaddd by vpdpwssd), with the same int32 sums: its dot products
+     * must be the AVX-512 ones bit for bit, 1-, 4- and 2x4-token. */
     const struct pi_kernel_table *t512 = pi_kernels_table(PI_KERNEL_AVX512), *tv = pi_kernels_table(PI_KERNEL_AVX512VNNI);
     if (t512 && tv) {
-        static const enum pi_type vt[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0};
+        static const enum pi_type vt[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0,
+                                          PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K};
         void *w2 = malloc((size_t)nmax * 8), *xq4 = malloc(4 * ((size_t)nmax * 4 + 4096));
         for (size_t k = 0; k < PI_ARRAY_LEN(vt); k++) {
             enum pi_type t = vt[k];
             uint64_t rb = 0;
             int diff = 0, cases = 0;
+            const int64_t *lens = pi_type_get(t)->block_elems == 32 ? lens32 : lens256;
             for (size_t li = 0; li < PI_ARRAY_LEN(lens32); li++) {
-                int64_t n = lens32[li];
+                int64_t n = lens[li];
                 size_t xs = pi_act_row_bytes(t, n);
                 PI_ASSERT(pi_type_row_bytes(t, (uint64_t)n, &rb));
                 random_weights(t, w2, n);
