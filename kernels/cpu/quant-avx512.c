@@ -3,18 +3,20 @@
  * -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c into libpinfer_avx512.a and called only through
  * dispatch.c after CPUID/XGETBV checks; types not here fall back to the AVX2 table.
  *
- * The legacy types take two 32-element blocks per 512-bit register (block i in the low half, i+1 in
- * the high half, each half scaled by its own d); the K-quants take 64 elements (two sub-blocks of 32
- * or four of 16) per register. Same sums as the scalar reference, other summation order. Shapes and
+ * Q8_0 takes two 32-element blocks per 512-bit register (block i in the low half, i+1 in the high
+ * half, each half scaled by its own d); Q4_0, Q4_1, Q5_0 and Q5_1 four, one per 128-bit lane (the
+ * low and high nibbles in two registers); the K-quants take 64 elements (two sub-blocks of 32 or
+ * four of 16) per register. Same sums as the scalar reference, other summation order. Shapes and
  * threading as quant-avx2.c. AVX-512 has no vpsignb, so signed x signed int8 products use abs(x)
  * and y negated under x's sign mask.
  *
  * With PI_AVX512_VNNI defined (kernels/cpu/quant-avx512-vnni.c includes this file so, compiled with
- * -mavx512vnni as well) the byte products of the Q4_0 and Q8_0 kernels, the prompt's matmul, are
+ * -mavx512vnni as well) the byte products of the Q4_0, Q4_1, Q5_x and Q8_0 kernels are
  * vpdpbusd, which multiplies unsigned by signed bytes and adds each four into an int32 lane in one
  * instruction, instead of vpmaddubsw + vpmaddwd (+ the int16 adds around them): the same int32 sums
  * (the int16 intermediates never saturate here: nibbles times int8, or |int8| times int8, two or four
- * at a time), so the same floats, and the table is "avx512vnni".
+ * at a time), so the same floats, and the table is "avx512vnni". Q2_K's and Q3_K's scaling of their
+ * int16 byte-pair sums (vpmaddwd + vpaddd) becomes vpdpwssd, again the same int32.
  */
 #include "config.h"
 
