@@ -53,7 +53,7 @@ struct pi_forward {
     float *up;          /* (n_batch, n_ff) */
     float *out;         /* (n_batch, d) a step's contribution to h */
     float *cs;          /* (n_rot) rope table of one position */
-    float *scores;      /* (n_threads, n_ctx) attention weights, one row per pool thread */
+    float *scores;      /* (n_threads, PI_ATTN_GROUP_MAX, n_ctx) attention weights, one block per pool thread */
     int *pend;          /* (n_seq) lengths while checking a batch */
     float *ref_rows;    /* (n_threads, max cols) dequantised weight rows (reference mode only) */
     float *ref_x;       /* (n_batch, max cols) rounded inputs (round_activations only) */
@@ -150,7 +150,7 @@ pi_forward_t *pi_forward_new(const pi_model_t *m, const struct pi_forward_opts *
     f->up = falloc(B * ff);
     f->out = falloc(B * d);
     f->cs = falloc((size_t)hp->n_rot);
-    f->scores = falloc((size_t)f->n_threads * (size_t)o.n_ctx);
+    f->scores = falloc((size_t)f->n_threads * PI_ATTN_GROUP_MAX * (size_t)o.n_ctx);
     f->pend = malloc((size_t)o.n_seq * sizeof *f->pend);
     f->ref_cols = (int64_t)PI_MAX(PI_MAX(d, ff), qd);
     if (o.f32_activations) f->ref_rows = falloc((size_t)f->n_threads * (size_t)f->ref_cols);
@@ -453,9 +453,12 @@ struct attn_task {
     pi_forward_t *f;
     int il;
     const int32_t *seq, *pos;
+    int gs, parts; /* query heads per item (a part of a kv head's group), parts per group */
 };
 
-/* Items are (row, head) pairs: item = row * n_head + head. */
+/* Items are (row, kv head, part): item = (row * n_head_kv + kv head) * parts + part; a part is gs
+ * consecutive query heads of the kv head's group, which pi_attn_group takes together (the keys and
+ * values read once for them). */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     struct attn_task *t = ctx;
@@ -464,13 +467,15 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
     int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     size_t qd = (size_t)hp->n_head * hd, es = pi_kv_type(f->kv) == PI_TYPE_F32 ? 4 : 2;
     float scale = (float)(1.0 / sqrt((double)hd));
-    float *scores = f->scores + (size_t)thread * (size_t)f->o.n_ctx;
+    float *scores = f->scores + (size_t)thread * (size_t)f->o.n_ctx * PI_ATTN_GROUP_MAX;
     for (int64_t it = begin; it < end; it++) {
-        int i = (int)(it / hp->n_head), h = (int)(it % hp->n_head), kvh = h / group;
+        const int part = (int)(it % t->parts), kvh = (int)(it / t->parts % hp->n_head_kv);
+        const int i = (int)(it / t->parts / hp->n_head_kv);
+        const int h0 = kvh * group + part * t->gs, g = PI_MIN(t->gs, group - part * t->gs);
         const char *k0 = pi_kv_k(f->kv, t->seq[i], t->il, 0), *v0 = pi_kv_v(f->kv, t->seq[i], t->il, 0);
         size_t off = (size_t)kvh * (size_t)hd * es;
-        pi_attn_head(f->att + i * qd + (size_t)h * hd, f->q + i * qd + (size_t)h * hd, k0 + off, v0 + off,
-                     pi_kv_row_bytes(f->kv), pi_kv_type(f->kv), t->pos[i] + 1, hd, scale, scores);
+        pi_attn_group(f->att + i * qd + (size_t)h0 * hd, f->q + i * qd + (size_t)h0 * hd, g, k0 + off, v0 + off,
+                      pi_kv_row_bytes(f->kv), pi_kv_type(f->kv), t->pos[i] + 1, hd, scale, scores);
     }
 }
 
@@ -494,8 +499,12 @@ void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t 
     }
     /* every row's keys are cached before any row attends: row i sees positions 0..pos[i] of its
      * sequence, which includes earlier rows of this batch (causal within the batch) */
-    struct attn_task task = {f, il, seq, pos};
-    pi_pool_for(f->pool, (int64_t)n * hp->n_head, 1, attn_range, &task);
+    /* each kv head's group in as few parts as still give every thread an item */
+    const int group = hp->n_head / hp->n_head_kv, items = n * hp->n_head_kv;
+    const int parts = PI_MIN(group, PI_MAX(1, (f->n_threads + items - 1) / items));
+    const int gs = (group + parts - 1) / parts;
+    struct attn_task task = {f, il, seq, pos, gs, (group + gs - 1) / gs};
+    pi_pool_for(f->pool, (int64_t)items * task.parts, 1, attn_range, &task);
     project(f, &L->attn_output, f->att, n, f->out);
     add_rows(h, f->out, (size_t)n * d);
 }

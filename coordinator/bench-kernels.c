@@ -1,5 +1,5 @@
 /*
- * coordinator/bench-kernels.c - pi-bench --kernels matvec|matmul: how close the CPU kernels come to
+ * coordinator/bench-kernels.c - pi-bench --kernels matvec|matmul|neurons|attention: how close the CPU kernels come to
  * this machine's memory bandwidth (coordinator/bench.h; was tools/pi-bench-matvec, doc/kernels.md).
  *
  * matvec: first the streaming read bandwidth (a 1 GiB buffer, much larger than the last-level cache,
@@ -24,7 +24,15 @@
  * working set of >= 1 GiB (the 2-core VM's CPUID reports a 480 MiB L3): every neuron, a sorted random 10% of them (what an activation predictor
  * hands over), and pi_ffn_neurons_batch over 16 tokens per thread (one x repeated, so that the rows
  * read are known: each group of 16 tokens reads its neurons' rows once); GB/s of rows actually read,
- * also per thread, against the streaming read.
+ * also per thread, against the streaming read. The K-quants, which pinfer cannot quantise, get rows
+ * of random bytes with small fp16 scales, each gate row's scales negated where needed so that it is
+ * on or off as the layer asks (kquant_row).
+ *
+ * attention: on one thread, pi_attn_group (one query per head over an f16 cache, a kv head's 4 query
+ * heads together, as a decode step's attention in the forward pass) for each kernel variant this CPU
+ * runs, over -p positions (default 1024) and head_dim 64 and 128, a layer's 32 heads sharing 8 kv
+ * heads; best of -r passes over the 8 groups: nanoseconds per position and query head, and GB/s of
+ * keys and values (every row of the layer's cache once per pass).
  *
  * Not tests: the numbers depend on the machine and on whatever else runs on it.
  */
@@ -37,6 +45,7 @@
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -399,6 +408,56 @@ struct neuron_layer {
     uint8_t *mem; /* gate, up and down_t rows */
 };
 
+/* Byte offsets in a block of type t of its fp16 super-block scales (d, and dmin where there is one;
+ * -1: none): negating them negates every value of the block. Only the K-quants have them here. */
+static void kquant_scale_offsets(enum pi_type t, int off[2])
+{
+    off[0] = off[1] = -1;
+    switch (t) {
+    case PI_TYPE_Q2_K:
+        off[0] = (int)offsetof(struct pi_block_q2_K, d), off[1] = (int)offsetof(struct pi_block_q2_K, dmin);
+        break;
+    case PI_TYPE_Q3_K: off[0] = (int)offsetof(struct pi_block_q3_K, d); break;
+    case PI_TYPE_Q4_K:
+        off[0] = (int)offsetof(struct pi_block_q4_K, d), off[1] = (int)offsetof(struct pi_block_q4_K, dmin);
+        break;
+    case PI_TYPE_Q5_K:
+        off[0] = (int)offsetof(struct pi_block_q5_K, d), off[1] = (int)offsetof(struct pi_block_q5_K, dmin);
+        break;
+    case PI_TYPE_Q6_K: off[0] = (int)offsetof(struct pi_block_q6_K, d); break;
+    default: break;
+    }
+}
+
+/* dst: one row of d elements of a K-quant (no quantiser: pinfer has none for them), random bytes with
+ * small positive fp16 scales, the scales negated where needed so that the row's dot product with x
+ * has the sign of sign (so its ReLU gate is on or off as the layer asks). row (d): scratch, left
+ * holding the row's values. */
+static void kquant_row(enum pi_type t, uint8_t *dst, int64_t d, const float *x, float sign, float *row, uint64_t *s)
+{
+    const struct pi_type_info *ti = pi_type_get(t);
+    int64_t nb = d / ti->block_elems;
+    int off[2];
+    kquant_scale_offsets(t, off);
+    for (size_t j = 0; j < (size_t)nb * ti->block_bytes; j++) {
+        *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+        dst[j] = (uint8_t)(*s >> 56);
+    }
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 2; k++) {
+            uint16_t h = pi_fp32_to_fp16(0.001f * (float)(k + 1));
+            if (off[k] >= 0) memcpy(dst + (size_t)b * ti->block_bytes + off[k], &h, 2);
+        }
+    pi_dequant_row(t, dst, row, d);
+    double dot = 0;
+    for (int64_t j = 0; j < d; j++) dot += (double)row[j] * x[j];
+    if ((dot > 0) == (sign > 0)) return;
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 2; k++)
+            if (off[k] >= 0) dst[(size_t)b * ti->block_bytes + off[k] + 1] ^= 0x80; /* the fp16 sign bit */
+    for (int64_t j = 0; j < d; j++) row[j] = -row[j];
+}
+
 static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_type dtype, int64_t n_ff, int64_t d,
                              const float *x, const uint8_t *active)
 {
@@ -418,6 +477,12 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_ty
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {
         float sign = active[i] ? 1.0f : -1.0f;
+        if (!pi_quantize_supported(t)) { /* a K-quant: random rows, the gate's sign set by its scales */
+            kquant_row(t, (uint8_t *)g.data + (size_t)i * rb, d, x, sign, row, &s);
+            kquant_row(t, (uint8_t *)u.data + (size_t)i * rb, d, x, 1.0f, row, &s);
+            pi_quantize_row(dtype, row, (uint8_t *)dt.data + (size_t)i * drb, d);
+            continue;
+        }
         for (int64_t j = 0; j < d; j++) {
             s = s * 6364136223846793005ull + 1442695040888963407ull;
             float noise = (float)(int64_t)(s >> 40) / (float)(1 << 24) - 0.5f; /* [-0.5, 0.5) */
@@ -544,9 +609,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b)
     printf("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
     for (int k = 0; k < n_types; k++) {
         uint64_t rb, drb;
-        if (!pi_quantize_supported(types[k])) { /* the layer is quantised from floats whose signs are known */
-            fprintf(stderr, "pi-bench: --kernels neurons: no quantiser for %s (the K-quants have none)\n",
-                    pi_type_name(types[k]));
+        int off[2];
+        kquant_scale_offsets(types[k], off);
+        if (!pi_quantize_supported(types[k]) && off[0] < 0) { /* neither quantised nor made by kquant_row */
+            fprintf(stderr, "pi-bench: --kernels neurons: no way to make %s rows\n", pi_type_name(types[k]));
             goto out;
         }
         if (!pi_type_row_bytes(types[k], (uint64_t)d, &rb) || !pi_type_row_bytes(b->down_type, (uint64_t)d, &drb)) {
@@ -591,4 +657,68 @@ out:
     free(nl), free(buf), free(X), free(Y), free(active), free(all), free(sub);
     for (int i = 0; i < n_tc; i++) pi_pool_destroy(&pools[i]), pi_ffn_work_destroy(&work[i]);
     return status;
+}
+
+/* ---- decode attention: pi_attn_group per kernel variant ---- */
+
+#define ATT_HEADS 32
+#define ATT_KV_HEADS 8
+
+/* One (head_dim, positions) row per available variant; best of passes. 0 or 1 (no memory). */
+static int bench_attention(int hd, int64_t n_kv, int passes)
+{
+    const size_t stride = (size_t)ATT_KV_HEADS * (size_t)hd * 2; /* one position of every kv head, f16 */
+    uint16_t *k = malloc(stride * (size_t)n_kv), *v = malloc(stride * (size_t)n_kv);
+    float *q = malloc(sizeof(float) * ATT_HEADS * (size_t)hd), *out = malloc(sizeof(float) * ATT_HEADS * (size_t)hd);
+    float *scores = malloc(sizeof(float) * PI_ATTN_GROUP_MAX * (size_t)n_kv);
+    if (!k || !v || !q || !out || !scores) {
+        free(k), free(v), free(q), free(out), free(scores);
+        return 1;
+    }
+    uint64_t r = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < stride / 2 * (size_t)n_kv; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        k[i] = pi_fp32_to_fp16((float)((r >> 40) & 0xFFFF) / 65536.0f - 0.5f);
+        v[i] = pi_fp32_to_fp16((float)((r >> 20) & 0xFFFF) / 65536.0f - 0.5f);
+    }
+    for (int i = 0; i < ATT_HEADS * hd; i++) q[i] = (float)(i % 17) / 17.0f - 0.5f;
+    const enum pi_kernel_isa active = pi_kernels_isa();
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        if (!pi_kernels_available((enum pi_kernel_isa)isa)) continue;
+        pi_kernels_use(isa);
+        double best = 1e30;
+        for (int p = 0; p <= passes; p++) { /* pass 0 warms up */
+            double t0 = now_s();
+            for (int kvh = 0; kvh < ATT_KV_HEADS; kvh++) { /* as the forward pass: a kv head's queries together */
+                const int g = ATT_HEADS / ATT_KV_HEADS, h0 = kvh * g;
+                pi_attn_group(out + (size_t)h0 * hd, q + (size_t)h0 * hd, g, k + (size_t)kvh * hd, v + (size_t)kvh * hd,
+                              stride, PI_TYPE_F16, (int)n_kv, hd, 0.125f, scores);
+            }
+            if (p > 0) best = PI_MIN(best, now_s() - t0);
+        }
+        const double per = best / ((double)n_kv * ATT_HEADS);
+        printf("| %d | %lld | %s | %.1f | %.1f |\n", hd, (long long)n_kv, pi_kernels_variant(), per * 1e9,
+               (double)ATT_KV_HEADS * (double)n_kv * (double)hd * 4.0 / best / 1e9);
+    }
+    pi_kernels_use((int)active);
+    free(k), free(v), free(q), free(out), free(scores);
+    return 0;
+}
+
+int pi_bench_kernels_attention(const struct pi_bench_opts *b)
+{
+    static const int hds[] = {64, 128};
+    printf("# pi_attn_group: one query per head, %d heads over %d kv heads of an f16 cache (a kv head's queries\n"
+           "# together), one thread, best of %d passes; ns per position and query head; GB/s of keys and values\n",
+           ATT_HEADS, ATT_KV_HEADS, b->reps);
+    printf("| head_dim | positions | variant | ns/pos/head | GB/s |\n|--:|--:|---|--:|--:|\n");
+    for (int i = 0; i < b->n_prompt.n; i++)
+        for (size_t j = 0; j < PI_ARRAY_LEN(hds); j++) {
+            if (b->n_prompt.v[i] == 0) continue;
+            if (bench_attention(hds[j], b->n_prompt.v[i], b->reps) != 0) {
+                fprintf(stderr, "pi-bench: --kernels attention: out of memory\n");
+                return 1;
+            }
+        }
+    return 0;
 }

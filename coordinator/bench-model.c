@@ -552,8 +552,8 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     }
     pi_info("%s", line);
     if (pl->backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, 1, &cm->pred, cm->gate_min, cm->sparsity,
-                                   c->sparsity.recall_every);
+        return pi_engine_local_new(cm->model, (int)pl->threads, (int)ctx, 1, pi_tune_batch(&c->tune), &cm->pred, cm->gate_min,
+                                   cm->sparsity, c->sparsity.recall_every);
     /* the model's activation profile, as pi-coordinator reads it: the placement solver's input */
     if (pi_coord_sidecar_open(o, cm, "pi-bench") < 0) return NULL;
     return pi_engine_pipeline_new(o, cm, "pi-bench");

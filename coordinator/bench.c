@@ -28,7 +28,7 @@
 
 enum { EXIT_USAGE = 2 };
 
-enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA, MODE_NEURONS };
+enum mode { MODE_MODELS = 0, MODE_MATVEC, MODE_MATMUL, MODE_EXCHANGE, MODE_CUDA, MODE_NEURONS, MODE_ATTN };
 
 enum {
     OPT_NO_WARMUP = 256, OPT_SPARSITY, OPT_BW, OPT_CTX, OPT_BACKEND, OPT_HOT, OPT_VRAM, OPT_INDEX, OPT_SET, OPT_WORKERS, OPT_RUN_DIR, OPT_LOG,
@@ -94,6 +94,9 @@ static void usage(FILE *out)
             "                            output, one thread; -r rounds\n"
             "      --kernels neurons     pi_ffn_neurons GB/s of rows read (every neuron, a random 10%%, a batch)\n"
             "                            on 1 and the largest -t threads; --types default q4_0; -r rounds\n"
+            "      --kernels attention   pi_attn_group ns per position and head over an f16 cache of -p\n"
+            "                            positions (default 1024), head_dim 64 and 128, each kernel variant\n"
+            "                            this CPU runs, one thread; -r rounds\n"
             "      --exchange            the per-layer exchange round trip between processes (publish, every\n"
             "                            CPU worker's partial, merge): median, p99 and mean microseconds,\n"
             "                            over --cpu-workers (default 1,2) and --n-embd\n"
@@ -357,7 +360,8 @@ static int parse(int argc, char **argv, struct pi_bench_opts *b, enum mode *mode
             if (strcmp(optarg, "matvec") == 0) *mode = MODE_MATVEC;
             else if (strcmp(optarg, "matmul") == 0) *mode = MODE_MATMUL;
             else if (strcmp(optarg, "neurons") == 0) *mode = MODE_NEURONS;
-            else rc = bad("--kernels", optarg, "expected matvec, matmul or neurons");
+            else if (strcmp(optarg, "attention") == 0) *mode = MODE_ATTN;
+            else rc = bad("--kernels", optarg, "expected matvec, matmul, neurons or attention");
             break;
         case OPT_EXCHANGE: n_modes++, *mode = MODE_EXCHANGE; break;
         case OPT_CUDA: n_modes++, *mode = MODE_CUDA; break;
@@ -403,8 +407,8 @@ static int check_mode(enum mode mode, const struct given *g)
     const struct rule rules[] = {
         {g->models, "-m", M(MODE_MODELS)},
         {g->n, "-n", M(MODE_MODELS)},
-        {g->p, "-p", M(MODE_MODELS) | M(MODE_MATMUL) | M(MODE_CUDA)},
-        {g->r, "-r", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_NEURONS)},
+        {g->p, "-p", M(MODE_MODELS) | M(MODE_MATMUL) | M(MODE_CUDA) | M(MODE_ATTN)},
+        {g->r, "-r", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_MATMUL) | M(MODE_NEURONS) | M(MODE_ATTN)},
         {g->t, "-t", M(MODE_MODELS) | M(MODE_MATVEC) | M(MODE_NEURONS)},
         {g->o, "-o", M(MODE_MODELS)},
         {g->warm, "--no-warmup", M(MODE_MODELS)},
@@ -426,7 +430,7 @@ static int check_mode(enum mode mode, const struct given *g)
         {g->embd, "--n-embd", M(MODE_EXCHANGE)},
     };
     static const char *const names[] = {"the model tests", "--kernels matvec", "--kernels matmul", "--exchange",
-                                        "--cuda-kernels", "--kernels neurons"};
+                                        "--cuda-kernels", "--kernels neurons", "--kernels attention"};
     for (size_t i = 0; i < PI_ARRAY_LEN(rules); i++) {
         if (!rules[i].given || (rules[i].modes & M(mode))) continue;
         fprintf(stderr, "pi-bench: %s does not apply to %s (see --help)\n", rules[i].opt, names[mode]);
@@ -461,7 +465,7 @@ static int check_tests(const struct pi_bench_opts *b)
 /* Defaults of the lists and numbers not given, which depend on the mode. */
 static void defaults(enum mode mode, struct pi_bench_opts *b)
 {
-    if (!b->n_prompt.n) b->n_prompt.v[b->n_prompt.n++] = mode == MODE_MATMUL ? 64 : 512;
+    if (!b->n_prompt.n) b->n_prompt.v[b->n_prompt.n++] = mode == MODE_MATMUL ? 64 : mode == MODE_ATTN ? 1024 : 512;
     if (!b->n_gen.n) b->n_gen.v[b->n_gen.n++] = 128;
     if (!b->threads.n) b->threads.v[b->threads.n++] = online_cpus();
     if (!b->n_backends) b->backends[b->n_backends++] = PI_GPU_HOST;
@@ -504,6 +508,7 @@ int main(int argc, char **argv)
     case MODE_MATVEC: return pi_bench_kernels_matvec(&b);
     case MODE_MATMUL: return pi_bench_kernels_matmul(&b);
     case MODE_NEURONS: return pi_bench_kernels_neurons(&b);
+    case MODE_ATTN: return pi_bench_kernels_attention(&b);
     case MODE_EXCHANGE: return pi_bench_exchange(&b);
     case MODE_CUDA:
 #ifdef PI_HAVE_CUDA

@@ -6,7 +6,7 @@
  * otherwise), and a program folder may not include another's. Its files:
  *   bench.c           main(), the command line, --help
  *   bench-model.c     the llama-bench tests (ppN, tgN) through an engine, and the md/csv/json output
- *   bench-kernels.c   --kernels matvec|matmul|neurons: CPU kernels against this machine's memory bandwidth
+ *   bench-kernels.c   --kernels matvec|matmul|neurons|attention: CPU kernels against this machine's memory bandwidth
  *   bench-exchange.c  --exchange: the per-layer exchange round trip between processes
  *   bench-cuda.c      --cuda-kernels: the CUDA kernels' bandwidth and GEMM (built with CUDA only)
  * Each mode prints its table on stdout and returns an exit status (0, 1 on a runtime failure);
@@ -39,39 +39,39 @@ struct pi_bench_dlist {
 
 struct pi_bench_opts {
     /* the llama-bench tests */
-    const char *models[PI_BENCH_MAX_LIST];  /* -m: GGUF paths or gen:PRESET[-TYPE][-ACT] (argv strings) */
+    const char *models[PI_BENCH_MAX_LIST]; /* -m: GGUF paths or gen:PRESET[-TYPE][-ACT] (argv strings) */
     int n_models;
-    struct pi_bench_list n_prompt;          /* -p: pp tests; 0 entries are skipped */
-    struct pi_bench_list n_gen;             /* -n: tg tests; 0 entries are skipped */
-    struct pi_bench_list threads;           /* -t: CPU threads of every process */
-    int reps;                               /* -r */
-    enum pi_bench_format format;            /* -o */
-    bool warmup;                            /* off with --no-warmup */
-    double bw_gbs;                          /* --bw: > 0 the figure, < 0 measure it, 0 no GB/s columns */
-    int64_t ctx;                            /* --ctx: 0 = the largest test of the run */
+    struct pi_bench_list n_prompt; /* -p: pp tests; 0 entries are skipped */
+    struct pi_bench_list n_gen;    /* -n: tg tests; 0 entries are skipped */
+    struct pi_bench_list threads;  /* -t: CPU threads of every process */
+    int reps;                      /* -r */
+    enum pi_bench_format format;   /* -o */
+    bool warmup;                   /* off with --no-warmup */
+    double bw_gbs;                 /* --bw: > 0 the figure, < 0 measure it, 0 no GB/s columns */
+    int64_t ctx;                   /* --ctx: 0 = the largest test of the run */
     /* placement: every combination of these lists is one engine */
-    enum pi_gpu_backend backends[3];        /* --gpu-backend */
+    enum pi_gpu_backend backends[3]; /* --gpu-backend */
     int n_backends;
-    struct pi_bench_dlist hot_fraction;     /* --hot-fraction */
-    uint64_t vram_budget;                   /* --vram-budget (0: the hot fraction decides) */
-    const char *gpu_index;                  /* --gpu-index: PowerInfer .gpuidx hot sets, or NULL */
-    struct pi_bench_list cpu_workers;       /* --cpu-workers (0: one per NUMA node) */
-    struct pi_bench_list sparsity;          /* --sparsity: enum pi_sparsity_cfg values (default auto) */
-    bool sparsity_given;                    /* --sparsity given: the markdown table shows its columns */
-    const char *run_dir;                    /* --run-dir, or NULL: the configuration's default */
-    const char *log_level;                  /* --log-level */
-    const char *sets[PI_BENCH_MAX_LIST];    /* --set tune.KEY=VALUE or sparsity.KEY=VALUE (argv strings, checked) */
+    struct pi_bench_dlist hot_fraction;  /* --hot-fraction */
+    uint64_t vram_budget;                /* --vram-budget (0: the hot fraction decides) */
+    const char *gpu_index;               /* --gpu-index: PowerInfer .gpuidx hot sets, or NULL */
+    struct pi_bench_list cpu_workers;    /* --cpu-workers (0: one per NUMA node) */
+    struct pi_bench_list sparsity;       /* --sparsity: enum pi_sparsity_cfg values (default auto) */
+    bool sparsity_given;                 /* --sparsity given: the markdown table shows its columns */
+    const char *run_dir;                 /* --run-dir, or NULL: the configuration's default */
+    const char *log_level;               /* --log-level */
+    const char *sets[PI_BENCH_MAX_LIST]; /* --set tune.KEY=VALUE or sparsity.KEY=VALUE (argv strings, checked) */
     int n_sets;
-    struct pi_tune tune;                    /* those settings applied to the defaults (this process's kernels) */
+    struct pi_tune tune; /* those settings applied to the defaults (this process's kernels) */
     /* the kernel and IPC modes */
-    int64_t rows, cols;                     /* --rows, --cols: the matrix of the kernel modes */
-    enum pi_type types[PI_TYPE_COUNT];      /* --types (n_types 0: the mode's default set) */
+    int64_t rows, cols;                /* --rows, --cols: the matrix of the kernel modes */
+    enum pi_type types[PI_TYPE_COUNT]; /* --types (n_types 0: the mode's default set) */
     int n_types;
-    enum pi_type down_type;                 /* --down-type: ffn_down_t of --kernels neurons (default F16) */
-    int64_t iters;                          /* --iters: exchange round trips / CUDA launches per trial */
-    int64_t spin;                           /* --spin: exchange spin before sleeping */
-    int64_t batch;                          /* --batch: exchange rows per step */
-    struct pi_bench_list n_embd;            /* --n-embd: exchange widths */
+    enum pi_type down_type;      /* --down-type: ffn_down_t of --kernels neurons (default F16) */
+    int64_t iters;               /* --iters: exchange round trips / CUDA launches per trial */
+    int64_t spin;                /* --spin: exchange spin before sleeping */
+    int64_t batch;               /* --batch: exchange rows per step */
+    struct pi_bench_list n_embd; /* --n-embd: exchange widths */
 };
 
 /* The llama-bench table over every model x placement x threads, pp and tg tests, printed row by row
@@ -95,6 +95,10 @@ int pi_bench_kernels_neurons(const struct pi_bench_opts *b);
 
 /* --kernels matmul: pi_matmul over -p tokens against one vec_dot per output, one thread. 0 or 1. */
 int pi_bench_kernels_matmul(const struct pi_bench_opts *b);
+
+/* --kernels attention: pi_attn_group (a kv head's queries together) over an f16 cache of -p positions, head_dim 64 and 128, every
+ * kernel variant this CPU runs, one thread: ns per position and head. 0 or 1. */
+int pi_bench_kernels_attention(const struct pi_bench_opts *b);
 
 /* The best streaming read bandwidth of this machine in GB/s (1e9 bytes) on `threads` threads: a
  * 1 GiB buffer read in 64 MiB slices, `passes` passes, best slice. 0 when it could not be measured. */

@@ -6,14 +6,13 @@
 #include "config.h"
 #include "coordinator/engine.h"
 #include "lib/common.h"
+#include "lib/conf.h"
 #include "compute/forward.h"
 #include "lib/log.h"
 
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
-
-#define LOCAL_MAX_BATCH 64
 
 struct local_engine {
     struct pi_engine base;
@@ -76,7 +75,7 @@ static void local_destroy(pi_engine_t *e)
 
 static const struct pi_engine_ops local_ops = {local_eval, local_seq_truncate, local_reset, local_destroy, local_sparse_stats};
 
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, const struct pi_predictors *pred,
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, int max_batch, const struct pi_predictors *pred,
                                  const float *gate_min, enum pi_sparsity mode, int64_t recall_every)
 {
     struct local_engine *l = calloc(1, sizeof *l);
@@ -88,7 +87,7 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
     if (n_ctx > 0) fo.n_ctx = n_ctx;
     else fo.n_ctx = pi_model_default_ctx(m);
     fo.n_seq = n_seq > 0 ? n_seq : 1;
-    fo.n_batch = LOCAL_MAX_BATCH; /* lowered by pi_forward_new where n_ctx * n_seq is smaller */
+    fo.n_batch = max_batch > 0 ? max_batch : PI_TUNE_BATCH_DEFAULT; /* lowered by pi_forward_new where n_ctx * n_seq is smaller */
     l->fwd = pi_forward_new(m, &fo);
     const bool gated = gate_min && mode != PI_SPARSITY_OFF;
     l->sparse = (pred && pred->layers && mode != PI_SPARSITY_OFF) || gated;
@@ -104,7 +103,7 @@ pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, 
     }
     l->base.ops = &local_ops;
     l->base.n_vocab = m->hp.n_vocab;
-    l->base.max_batch = (int)PI_MIN((int64_t)LOCAL_MAX_BATCH, (int64_t)fo.n_ctx * fo.n_seq);
+    l->base.max_batch = (int)PI_MIN((int64_t)fo.n_batch, (int64_t)fo.n_ctx * fo.n_seq);
     l->base.n_ctx = fo.n_ctx;
     l->base.n_seq = fo.n_seq;
     return &l->base;

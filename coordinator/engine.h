@@ -54,11 +54,12 @@ struct pi_engine {
 int pi_engine_eval_seq0(pi_engine_t *e, const int32_t *tokens, int n, int pos0, float *logits, int n_out);
 
 /* The in-process engine over m (borrowed): the single-process forward pass with n_threads threads
- * and n_seq sequences (>= 1) of n_ctx positions each (n_ctx 0: the model's); with mode not off, sparse: with pred (borrowed;
+ * and n_seq sequences (>= 1) of n_ctx positions each (n_ctx 0: the model's), evaluating at most
+ * max_batch tokens per step (0: PI_TUNE_BATCH_DEFAULT; at most n_ctx * n_seq); with mode not off, sparse: with pred (borrowed;
  * its layers set) through its predictors (pi_forward_set_sparse, the recall every recall_every
  * steps), or with gate_min (borrowed, (n_layer, n_ff)) through activation thresholds
  * (pi_forward_set_gate_min). NULL on failure (logged). */
-pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq,
+pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, int max_batch,
                                  const struct pi_predictors *pred, const float *gate_min, enum pi_sparsity mode,
                                  int64_t recall_every);
 

@@ -42,7 +42,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define PIPE_MAX_BATCH 64
+_Static_assert(PI_TUNE_BATCH_MAX == PI_STEP_MAX_TOKENS, "[tune] batch is bounded by the step segment's rows");
 #define PIPE_READY_MS 60000
 #define PIPE_STEP_TIMEOUT_NS (INT64_C(600) * 1000 * 1000 * 1000)
 
@@ -163,10 +163,10 @@ static int pipe_start(struct pipe_engine *p)
 {
     const struct pi_config *c = &p->o->cfg;
     const struct pi_hparams *hp = &p->m->hp;
-    struct pi_exchange_params xp = {.n_embd = (uint32_t)hp->n_embd, .max_tokens = PIPE_MAX_BATCH, .n_ff = (uint32_t)hp->n_ff,
+    struct pi_exchange_params xp = {.n_embd = (uint32_t)hp->n_embd, .max_tokens = (uint32_t)p->base.max_batch, .n_ff = (uint32_t)hp->n_ff,
                                     .n_layers = (uint32_t)hp->n_layer, .n_workers = (uint32_t)p->n_cpu};
     pi_exchange_t *ex = pi_exchange_new(&xp);
-    pi_step_t *step = pi_step_new(PIPE_MAX_BATCH, (uint32_t)hp->n_vocab, (uint32_t)p->base.n_seq);
+    pi_step_t *step = pi_step_new((uint32_t)p->base.max_batch, (uint32_t)hp->n_vocab, (uint32_t)p->base.n_seq);
     if (!ex || !step) { pi_exchange_destroy(&ex); pi_step_destroy(&step); return -PI_ERR_NOMEM; }
     /* close-on-exec here; each worker's spawn passes on just the segments it uses */
     const int xfd = pi_exchange_fd(ex), sfd = pi_step_fd(step), pfd = pi_shm_fd(p->pl_shm);
@@ -409,7 +409,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->o = o;
     p->m = cm->model;
     p->base.n_vocab = cm->model->hp.n_vocab;
-    p->base.max_batch = PIPE_MAX_BATCH;
+    p->base.max_batch = pi_tune_batch(&o->cfg.tune); /* [tune] batch: the segments, scratch and plan follow it */
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->base.n_seq = o->n_seq > 0 ? o->n_seq : 1;
     p->next = malloc((size_t)p->base.n_seq * sizeof *p->next);
@@ -420,7 +420,7 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
         !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
         p->pred_sidecar[0] = '\0';
     if (pi_sparse_stats_init(&p->sparse, cm->model) == 0 && p->gated) pi_sparse_stats_gated(&p->sparse, cm->model);
-    if (!p->next || !p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, PIPE_MAX_BATCH,
+    if (!p->next || !p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, p->base.max_batch,
                                                                     cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
@@ -460,7 +460,7 @@ pi_engine_t *pi_coord_engine_new(const struct pi_coord_opts *o, const struct pi_
 {
     pi_info("%s", cm->sparsity_line); /* here, not at the model's open: a usage error there stays one line */
     if (o->cfg.gpu_backend == PI_GPU_NONE)
-        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, o->n_seq, &cm->pred, cm->gate_min, cm->sparsity,
-                                   o->cfg.sparsity.recall_every);
+        return pi_engine_local_new(cm->model, pi_coord_threads(o), (int)o->cfg.ctx_len, o->n_seq, pi_tune_batch(&o->cfg.tune), &cm->pred,
+                                   cm->gate_min, cm->sparsity, o->cfg.sparsity.recall_every);
     return pi_engine_pipeline_new(o, cm, argv0);
 }

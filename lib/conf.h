@@ -52,13 +52,25 @@ struct pi_sparsity_conf {
 struct pi_tune {
     enum pi_tune_cuda_matvec cuda_matvec; /* [tune] cuda_matvec */
     enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
+    int64_t batch;                        /* [tune] batch: tokens per step, 1..PI_TUNE_BATCH_MAX; 0 = the default */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads
      * (covers the merge that quantises the output projection's x on small models). */
     bool cuda_no_pdl;
     bool cuda_att_unfused;
+    bool cuda_att_no_seqs; /* decode steps of several sequences take the per-sequence attention launches
+                              (the bit-identity check of pi_cuda_attention_seqs in test-backend-cuda) */
 };
+
+/* [tune] batch: the most tokens one step of an engine evaluates (a prompt goes in chunks of this many;
+ * in server mode, the running sequences' next tokens and chunks of new prompts together). Sizes the step
+ * and exchange segments, the workers' scratch and the VRAM plan's activations. */
+#define PI_TUNE_BATCH_DEFAULT 64
+#define PI_TUNE_BATCH_MAX 4096 /* ipc/step.h PI_STEP_MAX_TOKENS */
+
+/* t's batch, the default where it is 0 (a zeroed struct). */
+static inline int pi_tune_batch(const struct pi_tune *t) { return t->batch > 0 ? (int)t->batch : PI_TUNE_BATCH_DEFAULT; }
 
 /* Plain data: the resolved configuration. Strings are owned by the struct (pi_config_free). */
 struct pi_config {

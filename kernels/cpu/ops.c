@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "lib/common.h"
+#include "kernels/cpu/attn-impl.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
@@ -182,16 +183,60 @@ static void axpy_kv(float *out, float a, const void *v, enum pi_type t, int hd)
     }
 }
 
-void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
-                  enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+/* The f16 cache's two halves for the active kernel variant where it has them for this head_dim
+ * (kernels/cpu/attn-impl.h); false: the portable loops below. */
+static bool attn_f16_simd(int hd, pi_attn_scores_fn *scores, pi_attn_mix_fn *mix)
 {
-    PI_ASSERT(kv_type == PI_TYPE_F32 || kv_type == PI_TYPE_F16);
-    PI_ASSERT(n_kv > 0);
+#ifdef PI_HAVE_X86_SIMD
+    const enum pi_kernel_isa isa = pi_kernels_isa();
+    if (isa >= PI_KERNEL_AVX512 && hd % 16 == 0 && hd <= 256) {
+        *scores = pi_attn_scores_f16_avx512, *mix = pi_attn_mix_f16_avx512;
+        return true;
+    }
+    if (isa >= PI_KERNEL_AVX2 && hd % 8 == 0 && hd <= 256) {
+        *scores = pi_attn_scores_f16_avx2, *mix = pi_attn_mix_f16_avx2;
+        return true;
+    }
+#endif
+    (void)hd, (void)scores, (void)mix;
+    return false;
+}
+
+/* One query through the portable loops. */
+static void attn_one(float *out, const float *q, const void *k, const void *v, size_t stride, enum pi_type kv_type,
+                     int n_kv, int hd, float scale, float *scores)
+{
     for (int t = 0; t < n_kv; t++)
         scores[t] = scale * dot_kv(q, (const char *)k + (size_t)t * stride, kv_type, hd);
     pi_softmax(scores, n_kv);
     memset(out, 0, (size_t)hd * sizeof *out);
     for (int t = 0; t < n_kv; t++) axpy_kv(out, scores[t], (const char *)v + (size_t)t * stride, kv_type, hd);
+}
+
+void pi_attn_group(float *out, const float *q, int group, const void *k, const void *v, size_t stride,
+                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+{
+    PI_ASSERT(kv_type == PI_TYPE_F32 || kv_type == PI_TYPE_F16);
+    PI_ASSERT(n_kv > 0 && group >= 1);
+    pi_attn_scores_fn sfn;
+    pi_attn_mix_fn mfn;
+    if (kv_type == PI_TYPE_F16 && attn_f16_simd(hd, &sfn, &mfn)) {
+        for (int j0 = 0; j0 < group; j0 += PI_ATTN_GROUP_MAX) {
+            const int g = PI_MIN(PI_ATTN_GROUP_MAX, group - j0);
+            sfn(scores, q + (size_t)j0 * hd, g, k, stride, n_kv, hd, scale);
+            for (int j = 0; j < g; j++) pi_softmax(scores + (size_t)j * n_kv, n_kv);
+            mfn(out + (size_t)j0 * hd, scores, g, v, stride, n_kv, hd);
+        }
+        return;
+    }
+    for (int j = 0; j < group; j++)
+        attn_one(out + (size_t)j * hd, q + (size_t)j * hd, k, v, stride, kv_type, n_kv, hd, scale, scores);
+}
+
+void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
+                  enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+{
+    pi_attn_group(out, q, 1, k, v, stride, kv_type, n_kv, hd, scale, scores);
 }
 
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }

@@ -50,6 +50,14 @@ double pi_kl_logp(const float *logp, const float *logq, int n, int *top_p);
 void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores);
 
+/* The `group` query heads q (group, hd) that share one kv head (grouped-query attention), each exactly
+ * as pi_attn_head computes it alone (the same bits): out (group, hd); scores
+ * (PI_MIN(group, PI_ATTN_GROUP_MAX), n_kv) is scratch. With an f16 cache and a SIMD kernel variant the
+ * keys and values are read once for up to PI_ATTN_GROUP_MAX queries (kernels/cpu/attn-impl.h). */
+#define PI_ATTN_GROUP_MAX 8
+void pi_attn_group(float *out, const float *q, int group, const void *k, const void *v, size_t stride,
+                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores);
+
 /* g (n) = act(g, u) elementwise: silu(g) * u, relu(g) * u or relu(g) * relu(u). */
 void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);
 

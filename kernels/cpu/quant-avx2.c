@@ -328,7 +328,7 @@ static void dequant_q4_0(const void *src, float *dst, int64_t n)
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
-static float dot_q4_K(const void *w, const void *xq, int64_t n)
+PI_X86_INLINE float q4_K_1(const void *w, const void *pf, const void *xq, int64_t n)
 {
     const struct pi_block_q4_K *a = w;
     const struct pi_block_q8_K *b = xq;
@@ -336,6 +336,7 @@ static float dot_q4_K(const void *w, const void *xq, int64_t n)
     __m256 acc = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q4_K *)pf + i), sizeof(*a));
         __m128i k4 = pi_x86_k4_scales(a[i].scales);
         __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(k4)); /* 8 x i16 scales, both lanes */
         float dy = b[i].d;
@@ -358,7 +359,14 @@ static float dot_q4_K(const void *w, const void *xq, int64_t n)
     return pi_x86_hsum_ps(acc) - _mm_cvtss_f32(accm);
 }
 
-static float dot_q5_K(const void *w, const void *xq, int64_t n)
+static float dot_q4_K(const void *w, const void *xq, int64_t n) { return q4_K_1(w, NULL, xq, n); }
+
+static void dot4r_q4_K(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
+{
+    for (int r = 0; r < 4; r++) out[r] = q4_K_1(w[r], pf ? pf[r] : NULL, xq, n);
+}
+
+PI_X86_INLINE float q5_K_1(const void *w, const void *pf, const void *xq, int64_t n)
 {
     const struct pi_block_q5_K *a = w;
     const struct pi_block_q8_K *b = xq;
@@ -366,6 +374,7 @@ static float dot_q5_K(const void *w, const void *xq, int64_t n)
     __m256 acc = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q5_K *)pf + i), sizeof(*a));
         __m128i k4 = pi_x86_k4_scales(a[i].scales);
         __m256i sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(k4));
         float dy = b[i].d;
@@ -392,42 +401,65 @@ static float dot_q5_K(const void *w, const void *xq, int64_t n)
     return pi_x86_hsum_ps(acc) - _mm_cvtss_f32(accm);
 }
 
+static float dot_q5_K(const void *w, const void *xq, int64_t n) { return q5_K_1(w, NULL, xq, n); }
+
+static void dot4r_q5_K(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
+{
+    for (int r = 0; r < 4; r++) out[r] = q5_K_1(w[r], pf ? pf[r] : NULL, xq, n);
+}
+
 /* Per-lane scales: low 128 bits (elements 0..15 of a 32-run) get s0, high 128 bits s1. */
 static inline __m256i lane_scales(int s0, int s1)
 {
     return _mm256_set_m128i(_mm_set1_epi16((short)s1), _mm_set1_epi16((short)s0));
 }
 
-static float dot_q6_K(const void *w, const void *xq, int64_t n)
+/* Q6_K: the -32 of every quant taken out through bsums (sumi starts at -32 * sum_s sc[s] * bsums[s]),
+ * and each register's two sub-block scales broadcast from the block's sixteen int16 scales by one
+ * in-lane shuffle. */
+PI_X86_INLINE float q6_K_1(const void *w, const void *pf, const void *xq, int64_t n)
 {
     const struct pi_block_q6_K *a = w;
     const struct pi_block_q8_K *b = xq;
-    const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(3), k32 = _mm256_set1_epi8(32);
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m30 = _mm256_set1_epi8(0x30);
     __m256 acc = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
-        const int8_t *sc = a[i].scales;
-        __m256i sumi = _mm256_setzero_si256();
+        if (pf) pi_x86_pf_lines((const uint8_t *)((const struct pi_block_q6_K *)pf + i), sizeof(*a));
+        __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a[i].scales));
+        __m256i off = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)b[i].bsums));
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(off, 5));
+#pragma GCC unroll 2
         for (int c = 0; c < 2; c++) {
-            const uint8_t *ql = a[i].ql + 64 * c, *qhp = a[i].qh + 32 * c;
+            const uint8_t *ql = a[i].ql + 64 * c;
             const int8_t *y = b[i].qs + 128 * c;
             __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)qhp);
+            __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
+            __m256i sch = _mm256_permute2x128_si256(sc16, sc16, c ? 0x11 : 0x00); /* scales 8c..8c+7, both lanes */
             __m256i q[4];
-            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4));
-            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4));
-            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4));
-            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4));
+            q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), m4), _mm256_and_si256(qh, m30));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+#pragma GCC unroll 4
             for (int k = 0; k < 4; k++) {
-                __m256i yv = _mm256_loadu_si256((const __m256i *)(y + 32 * k));
-                /* sum (q - 32) * y = maddubs(q, y) - maddubs(32, y); q < 64 so no saturation */
-                __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], yv), _mm256_maddubs_epi16(k32, yv));
-                int s = 8 * c + 2 * k;
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lane_scales(sc[s], sc[s + 1])));
+                /* sub-blocks 8c + 2k (low 128 bits) and 8c + 2k + 1 (high); q < 64: no saturation */
+                __m256i ctl = _mm256_set_m128i(_mm256_castsi256_si128(pi_x86_bcast16_ctl(2 * k + 1)),
+                                               _mm256_castsi256_si128(pi_x86_bcast16_ctl(2 * k)));
+                __m256i p = _mm256_maddubs_epi16(q[k], _mm256_loadu_si256((const __m256i *)(y + 32 * k)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sch, ctl)));
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(b[i].d * pi_x86_h2f(a[i].d)), _mm256_cvtepi32_ps(sumi), acc);
     }
     return pi_x86_hsum_ps(acc);
+}
+
+static float dot_q6_K(const void *w, const void *xq, int64_t n) { return q6_K_1(w, NULL, xq, n); }
+
+static void dot4r_q6_K(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
+{
+    for (int r = 0; r < 4; r++) out[r] = q6_K_1(w[r], pf ? pf[r] : NULL, xq, n);
 }
 
 /* Q2_K: d * sum_s sc[s] * sum(q * q8) - dmin * sum_s mn[s] * bsums[s], 16 sub-blocks of 16. */
@@ -831,7 +863,8 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
         [PI_TYPE_Q4_0] = dot4_q4_0, [PI_TYPE_Q8_0] = dot4_q8_0,
     },
     .vec_dot4r = {
-        [PI_TYPE_Q4_0] = dot4r_q4_0, [PI_TYPE_Q8_0] = dot4r_q8_0,
+        [PI_TYPE_Q4_0] = dot4r_q4_0, [PI_TYPE_Q8_0] = dot4r_q8_0, [PI_TYPE_Q4_K] = dot4r_q4_K,
+        [PI_TYPE_Q5_K] = dot4r_q5_K, [PI_TYPE_Q6_K] = dot4r_q6_K,
     },
     .vec_mad = {
         [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,

@@ -797,62 +797,6 @@ static inline const struct pi_block_q8_K *act_q8_K(const void *xq, size_t xs, in
     return (const struct pi_block_q8_K *)((const uint8_t *)xq + (size_t)t * xs) + k;
 }
 
-/* nt (1..4) tokens: the nibbles and the broadcast sub-block scales of a block are unpacked once; each
- * token keeps dot_q4_K's two accumulators and operation order. */
-PI_X86_INLINE void q4_K_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
-{
-    const struct pi_block_q4_K *a = w;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    __m512 acc[4];
-    __m128 accm[4];
-#pragma GCC unroll 4
-    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps(), accm[t] = _mm_setzero_ps();
-    for (int64_t i = 0; i < n / PI_QK_K; i++) {
-        __m128i k4 = pi_x86_k4_scales(a[i].scales);
-        __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(k4)); /* 8 x i16 scales in every lane */
-        float dw = pi_x86_h2f(a[i].d), dmin = pi_x86_h2f(a[i].dmin);
-        __m512i qq[4], scj[4];
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; j++) {
-            __m256i q = _mm256_loadu_si256((const __m256i *)(a[i].qs + 32 * j));
-            qq[j] = join256(_mm256_and_si256(q, m4), _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
-            /* scale 2j for the low 256 bits, 2j+1 for the high */
-            scj[j] = _mm512_shuffle_epi8(sc, join256(pi_x86_bcast16_ctl(2 * j), pi_x86_bcast16_ctl(2 * j + 1)));
-        }
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) {
-            const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
-            float dy = b->d;
-            accm[t] = _mm_fmadd_ps(_mm_set1_ps(dy * dmin), _mm_cvtepi32_ps(pi_x86_k4_minsum(k4, b->bsums)), accm[t]);
-            __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                __m512i p = _mm512_maddubs_epi16(qq[j], _mm512_loadu_si512((const void *)(b->qs + 64 * j)));
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(p, scj[j]));
-            }
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(dy * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
-        }
-    }
-#pragma GCC unroll 4
-    for (int t = 0; t < nt; t++) {
-        __m128 m = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
-        m = _mm_add_ss(m, _mm_movehdup_ps(m));
-        out[t] = hsum512(acc[t]) - _mm_cvtss_f32(m);
-    }
-}
-
-static float dot_q4_K(const void *w, const void *xq, int64_t n)
-{
-    float s;
-    q4_K_n(w, xq, 0, &s, n, 1);
-    return s;
-}
-
-static void dot4_q4_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
-{
-    q4_K_n(w, xq, xs, out, n, 4);
-}
-
 /* 32 x int16 scales, one per 128-bit lane: s[0], s[1], s[2], s[3]. */
 static inline __m512i lane4_scales(const int8_t *s)
 {
@@ -861,60 +805,382 @@ static inline __m512i lane4_scales(const int8_t *s)
     return join256(lo, hi);
 }
 
-/* nt (1..4) tokens: a block's 6-bit quants and scale vectors are unpacked once; each token keeps
- * dot_q6_K's accumulator and operation order. Elements 128c + 0..63 take the low nibbles of
- * ql[64c .. 64c+63] and qh bits 0-1 / 2-3; 128c + 64..127 the high nibbles and qh bits 4-5 / 6-7. */
-PI_X86_INLINE void q6_K_n(const void *w, const void *xq, size_t xs, float *out, int64_t n, int nt)
+/* The K-quant kernels below are one template per type, as q4_0_n: nr (1..4) weight rows wr[r] times
+ * nt (1..4) tokens at xq + t * xs -> out[r * 4 + t], nr * nt at most 8. Per block, what belongs to a
+ * row (its unpacked quants, its scale vectors) is made once for every token, and what belongs to a
+ * token (its activation scale, its bsums, its rearranged activations) once for every row; the scale
+ * bytes and fp16 scales of the nr rows are unpacked together, one row per 128-bit lane. Each (row,
+ * token) pair keeps the 1-row kernel's accumulators and float operations in its order (per lane the
+ * same vector operations, the scale products of several rows in one vector multiply), so every
+ * sibling returns vec_dot's floats. pf (NULL, or nr rows of the same type) is prefetched at the
+ * offsets being read, each row's share just before its arithmetic (not in a burst per block). The
+ * products: 64 quants (unsigned, < 64) by 64 int8 activations into 16 int32 sums of four (k_sum4:
+ * vpdpbusd with VNNI, else vpmaddubsw + vpmaddwd by ones), two such registers narrowed to int16 in
+ * one vpackssdw (exact: |sum| <= 4 * 63 * 127) and multiplied by their sub-block scales and added
+ * into the block's int32 sums (k_scale2: vpdpwssd with VNNI, else vpmaddwd + vpaddd). Every step is
+ * exact integer arithmetic, so the VNNI build returns the AVX-512 build's floats bit for bit; per row
+ * and block that is 4 + 2 port-0 multiplies and 2 scale permutes, against 4 + 4 and 4 for vpmaddubsw
+ * and vpdpwssd (or vpmaddwd) on each register. */
+
+/* 16 x int32: the sums of four adjacent products q * y (q unsigned < 64, y int8; |sum| <= 32004). */
+static inline __m512i k_sum4(__m512i q, __m512i y)
 {
-    const struct pi_block_q6_K *a = w;
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m2 = _mm512_set1_epi8(3), k32 = _mm512_set1_epi8(32);
-    __m512 acc[4];
-#pragma GCC unroll 4
-    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n / PI_QK_K; i++) {
-        __m512i qA[2], qB[2], sA[2], sB[2];
-        for (int c = 0; c < 2; c++) {
-            __m512i l = _mm512_loadu_si512((const void *)(a[i].ql + 64 * c));
-            __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
-            __m512i hA = join256(qh, _mm256_srli_epi16(qh, 2)),
-                    hB = join256(_mm256_srli_epi16(qh, 4), _mm256_srli_epi16(qh, 6));
-            qA[c] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_slli_epi16(_mm512_and_si512(hA, m2), 4));
-            qB[c] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                    _mm512_slli_epi16(_mm512_and_si512(hB, m2), 4));
-            sA[c] = lane4_scales(a[i].scales + 8 * c);
-            sB[c] = lane4_scales(a[i].scales + 8 * c + 4);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), q, y);
+#else
+    return _mm512_madd_epi16(_mm512_maddubs_epi16(q, y), _mm512_set1_epi16(1));
+#endif
+}
+
+/* The 256 activations of a Q8_K block in the order of the Q4_K / Q5_K registers (k45_n): y[2h] holds
+ * sub-blocks 4h and 4h+2, y[2h+1] sub-blocks 4h+1 and 4h+3, one per 256-bit half. */
+static inline void k4_act(const int8_t *qs, __m512i y[4])
+{
+    for (int h = 0; h < 2; h++) {
+        __m512i a = _mm512_loadu_si512((const void *)(qs + 128 * h)),
+                b = _mm512_loadu_si512((const void *)(qs + 128 * h + 64));
+        y[2 * h] = _mm512_shuffle_i64x2(a, b, 0x44), y[2 * h + 1] = _mm512_shuffle_i64x2(a, b, 0xEE);
+    }
+}
+
+/* sumi + the sums of four of two registers of k_sum4 times their int16 sub-block scales: the sums
+ * narrowed to int16 (exactly: they fit) and paired, per 128-bit lane words 0..3 from s0 and 4..7
+ * from s1 (vpackssdw's order), sc matching word for word. */
+static inline __m512i k_scale2(__m512i sumi, __m512i s0, __m512i s1, __m512i sc)
+{
+    __m512i p = _mm512_packs_epi32(s0, s1);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpwssd_epi32(sumi, p, sc);
+#else
+    return _mm512_add_epi32(sumi, _mm512_madd_epi16(p, sc));
+#endif
+}
+
+/* vpermw control for k_scale2: word w of 128-bit lane L picks base + src * (w >= 4) + lane * L +
+ * half * (L >= 2), i.e. the scale of the sub-block whose sums sit there. */
+static inline __m512i k_pack_idx(int base, int src, int lane, int half)
+{
+    const __m512i w4 = _mm512_set_epi64(0x0001000100010001LL, 0, 0x0001000100010001LL, 0, 0x0001000100010001LL, 0,
+                                        0x0001000100010001LL, 0);
+    const __m512i ln = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                        0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+    const __m512i hf = _mm512_set_epi64(0x0001000100010001LL, 0x0001000100010001LL, 0x0001000100010001LL,
+                                        0x0001000100010001LL, 0, 0, 0, 0);
+    __m512i v = _mm512_add_epi16(_mm512_set1_epi16((short)base), _mm512_mullo_epi16(w4, _mm512_set1_epi16((short)src)));
+    v = _mm512_add_epi16(v, _mm512_mullo_epi16(ln, _mm512_set1_epi16((short)lane)));
+    return _mm512_add_epi16(v, _mm512_mullo_epi16(hf, _mm512_set1_epi16((short)half)));
+}
+
+/* 16 bytes at each of up to four places (row r's at p[r], r < nr), row r in 128-bit lane r (the
+ * unused lanes repeat row 0). */
+static inline __m512i k_load_heads(const uint8_t *const *p, int nr)
+{
+    return load4x16(p[0], p[nr > 1 ? 1 : 0], p[nr > 2 ? 2 : 0], p[nr > 3 ? 3 : 0]);
+}
+
+/* Q4_K / Q5_K: the first 16 bytes of a block (d, dmin, the 12 scale bytes), one row per 128-bit lane
+ * -> per lane, bytes 0..7 the eight 6-bit sub-block scales and 8..15 the eight mins, the values of
+ * pi_k4_scale_min (pi_x86_k4_scales' layout, for four rows at once). Dwords of a lane: scales 0..3
+ * and mins 0..3 are the low 6 bits of scale bytes 0..3 and 4..7; scales and mins 4..7 take the low
+ * and high nibbles of scale bytes 8..11 and the top two bits of bytes 0..3 and 4..7. */
+static inline __m512i k4_unpack_scales(__m512i h)
+{
+    const __m512i ia = _mm512_broadcast_i32x4(_mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    const __m512i ib = _mm512_broadcast_i32x4(_mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    __m512i a = _mm512_srlv_epi32(_mm512_shuffle_epi8(h, ia), _mm512_broadcast_i32x4(_mm_setr_epi32(0, 0, 0, 4)));
+    a = _mm512_and_si512(a, _mm512_broadcast_i32x4(_mm_setr_epi32(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f)));
+    /* a | (top two bits of each byte, moved to bits 4..5) */
+    __m512i b = _mm512_srli_epi32(_mm512_shuffle_epi8(h, ib), 2);
+    return _mm512_ternarylogic_epi32(a, b, _mm512_set1_epi32(0x30303030), 0xF8);
+}
+
+/* Per-(row, token) state of the Q4_K / Q5_K templates shared by both: per block, the rows' scale
+ * vectors, mins and fp16 scales (k4_rows) and each token's products with them (k4_token). */
+struct k4_rows {
+    __m512i sc16; /* lane r: row r's eight scales as int16 */
+    __m512i mn16; /* lane r: row r's eight mins as int16 */
+    __m256 dd;    /* d0, dmin0, d1, dmin1, ... (rows in order) */
+};
+
+static inline struct k4_rows k4_rows_load(const uint8_t *const *blk, int nr)
+{
+    const __m512i isc = _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 2, -1, 3, -1, 4, -1, 5, -1, 6, -1, 7, -1));
+    const __m512i imn =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(8, -1, 9, -1, 10, -1, 11, -1, 12, -1, 13, -1, 14, -1, 15, -1));
+    __m512i h = k_load_heads(blk, nr), k = k4_unpack_scales(h);
+    /* dword 0 of each lane: the row's d and dmin */
+    __m512i dw = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), h);
+    return (struct k4_rows){_mm512_shuffle_epi8(k, isc), _mm512_shuffle_epi8(k, imn),
+                            _mm256_cvtph_ps(_mm512_castsi512_si128(dw))};
+}
+
+/* Token b's part of a block: sd[2r] = dy * d_r (the rows' sub-block sums' scale), and the mins term
+ * accm += dy * dmin_r * (mins_r . pair sums of bsums), row r in lanes 4r..4r+3. */
+static inline __m512 k4_token(const struct k4_rows *k, const struct pi_block_q8_K *b, float sd[8], __m512 accm)
+{
+    __m256 s = _mm256_mul_ps(k->dd, _mm256_set1_ps(b->d));
+    _mm256_storeu_ps(sd, s);
+    __m128i pairs =
+        _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)b->bsums), _mm_loadu_si128((const __m128i *)(b->bsums + 8)));
+    __m512i m = _mm512_madd_epi16(k->mn16, _mm512_broadcast_i32x4(pairs));
+    __m512 sm = _mm512_permutexvar_ps(_mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7),
+                                      _mm512_castps256_ps512(s));
+    return _mm512_fmadd_ps(sm, _mm512_cvtepi32_ps(m), accm);
+}
+
+/* The float at p in all 16 lanes, by a broadcast from memory (a load-port operation; GCC otherwise
+ * keeps a just-stored scale in a register and spends shuffle-port uops to extract and broadcast it).
+ * The same value as _mm512_set1_ps(*p): the several-row kernels use it (in L2, vec_dot4r Q4_K 26.4
+ * -> 27.2 GB/s, Q5_K 26.4 -> 27.6), the 1-row and multi-token ones, which it slowed, do not. */
+static inline __m512 k_bcast_mem(const float *p)
+{
+    __m512 v;
+    __asm__("vbroadcastss %1, %0" : "=v"(v) : "m"(*p));
+    return v;
+}
+
+/* out = sum(acc) - row r's four lanes of accm, in a fixed order. */
+static inline float k4_finish(__m512 acc, __m512 accm, int r)
+{
+    float m[16];
+    _mm512_storeu_ps(m, accm);
+    return hsum512(acc) - ((m[4 * r] + m[4 * r + 1]) + (m[4 * r + 2] + m[4 * r + 3]));
+}
+
+/* Q4_K (q5 = 0) and Q5_K (q5 = 1). Each 64-element register of a row holds two of its eight 32-element
+ * sub-blocks, one per 256-bit half, in one of two layouts with the same int32 sums in other lanes:
+ *  - paired (pair = 1; several rows, one token): the 64 bytes qs[64h .. 64h+63] carry sub-blocks 4h
+ *    and 4h+2 in their low nibbles and 4h+1, 4h+3 in their high ones, so register 2h is their low
+ *    nibbles and 2h+1 their high nibbles (one shift per 128 elements), and the token's activations
+ *    are rearranged to match once per block for all rows (k4_act);
+ *  - broadcast (pair = 0; one row, or four tokens): register c is qs[32c .. 32c+31] broadcast to both
+ *    halves, sub-blocks 2c (low nibbles) and 2c+1 (high nibbles, the high half's words shifted), which
+ *    matches the activations as they lie (no rearranging per token: the multi-token kernels).
+ * After k_scale2 the int32 lane (L, k) (128-bit lane L, dword k) of the paired layout holds exactly
+ * the integer lane k4_perm[4L + k] of the broadcast one holds, in every block, so the float
+ * accumulators differ by that permutation of lanes alone (fma lane by lane, the same scale in every
+ * lane): the broadcast kernels put their accumulator in paired order before the horizontal sum, and
+ * every sibling returns the same floats. Q5_K's fifth bit of sub-block s is bit s of qh[l]: qh
+ * broadcast to both halves, the high half's words shifted right so that both halves' bits line up,
+ * then each register's bit moved to bit 4. */
+static const int32_t k4_perm[16] = {0, 1, 8, 9, 4, 5, 12, 13, 2, 3, 10, 11, 6, 7, 14, 15};
+
+/* Row r's block blk (Q4_K, or Q5_K when q5) unpacked into k45_n's four registers q (quants < 32) in
+ * the paired or broadcast layout, and the int16 scale vectors sc of the register pairs (0, 1) and
+ * (2, 3) for k_scale2, from the rows' scales k. */
+PI_X86_INLINE void k45_row(const uint8_t *blk, int r, const struct k4_rows *k, int q5, int pair, __m512i q[4],
+                           __m512i sc[2])
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    const uint8_t *qs = blk + (q5 ? offsetof(struct pi_block_q5_K, qs) : offsetof(struct pi_block_q4_K, qs));
+    __m512i hb[4];
+    if (pair) {
+        /* sub-blocks 4h + 2 (L >= 2) + (w >= 4) */
+        sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 1, 0, 2), k->sc16);
+        sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 1, 0, 2), k->sc16);
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_loadu_si512((const void *)(qs + 64 * h));
+            q[2 * h] = v, q[2 * h + 1] = _mm512_srli_epi16(v, 4);
         }
-        float dw = pi_x86_h2f(a[i].d);
+    } else {
+        /* sub-blocks 2c + 4 p + (L >= 2), c = 2p + (w >= 4) */
+        sc[0] = _mm512_permutexvar_epi16(k_pack_idx(8 * r, 2, 0, 1), k->sc16);
+        sc[1] = _mm512_permutexvar_epi16(k_pack_idx(8 * r + 4, 2, 0, 1), k->sc16);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512i v = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+            q[c] = _mm512_mask_srli_epi16(v, 0xFFFF0000u, v, 4);
+        }
+    }
+    if (!q5) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) q[j] = _mm512_and_si512(q[j], m4);
+        return;
+    }
+    __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(blk + offsetof(struct pi_block_q5_K, qh))));
+    if (pair) { /* bits 4h + (j & 1) in both halves after the shift by two */
+        h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 2);
+        hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 3), hb[2] = h, hb[3] = _mm512_srli_epi16(h, 1);
+    } else { /* bit 2c in both halves after the shift by one */
+        h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 1);
+        hb[0] = _mm512_slli_epi16(h, 4), hb[1] = _mm512_slli_epi16(h, 2), hb[2] = h, hb[3] = _mm512_srli_epi16(h, 2);
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) /* (nibble & 0x0F) | (fifth bit & 0x10) */
+        q[j] = _mm512_ternarylogic_epi32(q[j], m4, _mm512_and_si512(hb[j], b4), 0xEA);
+}
+
+PI_X86_INLINE void k45_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                         float *out, int64_t n, int q5, int pair)
+{
+    const size_t bs = q5 ? sizeof(struct pi_block_q5_K) : sizeof(struct pi_block_q4_K);
+    __m512 acc[4][4], accm[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) {
+        accm[t] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) acc[r][t] = _mm512_setzero_ps();
+    }
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        const uint8_t *blk[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) blk[r] = wr[r] + (size_t)i * bs;
+        struct k4_rows k = k4_rows_load(blk, nr);
+        _Alignas(32) float sd[4][8];
+        __m512i y[4][4];
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
-            __m512i sumi = _mm512_setzero_si512();
-            for (int c = 0; c < 2; c++) {
-                const int8_t *y = b->qs + 128 * c;
-                __m512i yA = _mm512_loadu_si512((const void *)y), yB = _mm512_loadu_si512((const void *)(y + 64));
-                __m512i pA = _mm512_sub_epi16(_mm512_maddubs_epi16(qA[c], yA), _mm512_maddubs_epi16(k32, yA));
-                __m512i pB = _mm512_sub_epi16(_mm512_maddubs_epi16(qB[c], yB), _mm512_maddubs_epi16(k32, yB));
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pA, sA[c]));
-                sumi = _mm512_add_epi32(sumi, _mm512_madd_epi16(pB, sB[c]));
+            accm[t] = k4_token(&k, b, sd[t], accm[t]);
+            if (pair) k4_act(b->qs, y[t]);
+            else
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) y[t][j] = _mm512_loadu_si512((const void *)(b->qs + 64 * j));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
+            __m512i q[4], sc[2];
+            k45_row(blk[r], r, &k, q5, pair, q, sc);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                __m512i sumi = k_scale2(_mm512_setzero_si512(), k_sum4(q[0], y[t][0]), k_sum4(q[1], y[t][1]), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], y[t][2]), k_sum4(q[3], y[t][3]), sc[1]);
+                acc[r][t] = _mm512_fmadd_ps(pair ? k_bcast_mem(&sd[t][2 * r]) : _mm512_set1_ps(sd[t][2 * r]),
+                                            _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
-            acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * dw), _mm512_cvtepi32_ps(sumi), acc[t]);
         }
     }
 #pragma GCC unroll 4
-    for (int t = 0; t < nt; t++) out[t] = hsum512(acc[t]);
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            __m512 a = pair ? acc[r][t] : _mm512_permutexvar_ps(_mm512_loadu_si512((const void *)k4_perm), acc[r][t]);
+            out[r * 4 + t] = k4_finish(a, accm[t], r);
+        }
 }
 
-static float dot_q6_K(const void *w, const void *xq, int64_t n)
+/* The paired layout for several rows and one token (vec_dot2, vec_dot4r), the broadcast one otherwise. */
+PI_X86_INLINE void q4_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
 {
-    float s;
-    q6_K_n(w, xq, 0, &s, n, 1);
-    return s;
+    k45_n(wr, nr, pf, xq, xs, nt, out, n, 0, nr > 1 && nt == 1);
 }
 
-static void dot4_q6_K(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
+PI_X86_INLINE void q5_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
 {
-    q6_K_n(w, xq, xs, out, n, 4);
+    k45_n(wr, nr, pf, xq, xs, nt, out, n, 1, nr > 1 && nt == 1);
 }
+
+/* Q6_K: register 2c + h (c, h = 0, 1) holds elements 128c + 64h .. +63, sub-blocks 8c + 4h .. +3
+ * (one per 128-bit lane): the low (h = 0) or high (h = 1) nibbles of ql[64c .. 64c+63], with bits
+ * 0-1 (4-5) of qh[32c + l] on top for its low 256 bits and bits 2-3 (6-7) for its high 256 bits (qh
+ * broadcast to both halves, the high half's words shifted right by two). The -32 of every quant is
+ * taken out through bsums: sumi starts at -32 * sum_s sc[s] * bsums[s]. */
+PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs, int nt,
+                          float *out, int64_t n)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        const uint8_t *blk[4];
+        uint64_t dh = 0;
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            blk[r] = wr[r] + (size_t)i * sizeof(struct pi_block_q6_K);
+            uint16_t d;
+            memcpy(&d, blk[r] + offsetof(struct pi_block_q6_K, d), 2);
+            dh |= (uint64_t)d << (16 * r);
+        }
+        __m128 dd = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)dh));
+        _Alignas(16) float sd[4][4];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            if (pf)
+                pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * sizeof(struct pi_block_q6_K),
+                                sizeof(struct pi_block_q6_K));
+            const uint8_t *ql = blk[r] + offsetof(struct pi_block_q6_K, ql),
+                          *qhp = blk[r] + offsetof(struct pi_block_q6_K, qh);
+            __m256i sc16 = _mm256_cvtepi8_epi16(
+                _mm_loadu_si128((const __m128i *)(blk[r] + offsetof(struct pi_block_q6_K, scales))));
+            __m256i sc32 = _mm256_slli_epi16(sc16, 5); /* |32 * sc| <= 4096 */
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
+            __m512i q[4], sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(0, 4, 1, 0), _mm512_castsi256_si512(sc16)),
+                                   _mm512_permutexvar_epi16(k_pack_idx(8, 4, 1, 0), _mm512_castsi256_si512(sc16))};
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) {
+                __m512i l = _mm512_loadu_si512((const void *)(ql + 64 * c));
+                __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qhp + 32 * c)));
+                h = _mm512_mask_srli_epi16(h, 0xFFFF0000u, h, 2);
+                /* (nibble & 0x0F) | (two high bits at bits 4..5) */
+                q[2 * c] = _mm512_ternarylogic_epi32(l, m4, _mm512_and_si512(_mm512_slli_epi16(h, 4), m30), 0xEA);
+                q[2 * c + 1] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(l, 4), m4, _mm512_and_si512(h, m30), 0xEA);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+                __m256i off = _mm256_madd_epi16(sc32, _mm256_loadu_si256((const __m256i *)b->bsums));
+                __m512i sumi = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_zextsi256_si512(off));
+                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))),
+                                k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))),
+                                k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
+                acc[r][t] = _mm512_fmadd_ps(nr > 1 && nt == 1 ? k_bcast_mem(&sd[t][r]) : _mm512_set1_ps(sd[t][r]),
+                                            _mm512_cvtepi32_ps(sumi), acc[r][t]);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) out[r * 4 + t] = hsum512(acc[r][t]);
+}
+
+/* The table's entry points of the three templates: 1 x 1, 1 x 4 tokens, 2 x 4, 2 x 1 and 4 x 1 rows. */
+#define PI_K_DOTS(ty)                                                                                                  \
+    static float dot_##ty(const void *w, const void *xq, int64_t n)                                                    \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        ty##_n(wr, 1, NULL, xq, 0, 1, &s, n);                                                                          \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##ty(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                           \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        ty##_n(wr, 1, NULL, xq, xs, 4, out, n);                                                                        \
+    }                                                                                                                  \
+    static void dot8_##ty(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        ty##_n(wr, 2, NULL, xq, xs, 4, out, n);                                                                        \
+    }                                                                                                                  \
+    static void dot2_##ty(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                     \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        ty##_n(wr, 2, NULL, xq, 0, 1, o, n);                                                                           \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##ty(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)   \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        ty##_n(wr, 4, pf, xq, 0, 1, o, n);                                                                             \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
+
+PI_K_DOTS(q4_K)
+PI_K_DOTS(q5_K)
+PI_K_DOTS(q6_K)
 
 /* ---------------------------------------------------------------- y += a * rows (pi_vec_mad4)
  * Each row's multiply, then its add into y, each rounded as in the scalar loop over the dequantised
@@ -1028,6 +1294,7 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q2_K] = dot_q2_K,
             [PI_TYPE_Q3_K] = dot_q3_K,
             [PI_TYPE_Q4_K] = dot_q4_K,
+            [PI_TYPE_Q5_K] = dot_q5_K,
             [PI_TYPE_Q6_K] = dot_q6_K,
         },
     .vec_dot4 =
@@ -1041,6 +1308,7 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q2_K] = dot4_q2_K,
             [PI_TYPE_Q3_K] = dot4_q3_K,
             [PI_TYPE_Q4_K] = dot4_q4_K,
+            [PI_TYPE_Q5_K] = dot4_q5_K,
             [PI_TYPE_Q6_K] = dot4_q6_K,
         },
     .vec_dot8 =
@@ -1052,6 +1320,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q8_0] = dot8_q8_0,
             [PI_TYPE_Q2_K] = dot8_q2_K,
             [PI_TYPE_Q3_K] = dot8_q3_K,
+            [PI_TYPE_Q4_K] = dot8_q4_K,
+            [PI_TYPE_Q5_K] = dot8_q5_K,
+            [PI_TYPE_Q6_K] = dot8_q6_K,
         },
     .vec_dot2 =
         {
@@ -1062,6 +1333,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q8_0] = dot2_q8_0,
             [PI_TYPE_Q2_K] = dot2_q2_K,
             [PI_TYPE_Q3_K] = dot2_q3_K,
+            [PI_TYPE_Q4_K] = dot2_q4_K,
+            [PI_TYPE_Q5_K] = dot2_q5_K,
+            [PI_TYPE_Q6_K] = dot2_q6_K,
         },
     .vec_dot4r =
         {
@@ -1072,6 +1346,9 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q8_0] = dot4r_q8_0,
             [PI_TYPE_Q2_K] = dot4r_q2_K,
             [PI_TYPE_Q3_K] = dot4r_q3_K,
+            [PI_TYPE_Q4_K] = dot4r_q4_K,
+            [PI_TYPE_Q5_K] = dot4r_q5_K,
+            [PI_TYPE_Q6_K] = dot4r_q6_K,
         },
     .vec_mad4 =
         {

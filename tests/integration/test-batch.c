@@ -243,7 +243,7 @@ static void one_gated(const char *path, const char *label)
     cm.gate_min = gm; /* pi_coord_model_close frees it */
     char what[128];
     snprintf(what, sizeof what, "%s, in-process with activation thresholds", label);
-    pi_engine_t *e = pi_engine_local_new(cm.model, 2, CTX, NSEQ, &cm.pred, gm, PI_SPARSITY_SAFE, 0);
+    pi_engine_t *e = pi_engine_local_new(cm.model, 2, CTX, NSEQ, 0, &cm.pred, gm, PI_SPARSITY_SAFE, 0);
     tap_ok(e != NULL, "%s: the engine starts", what);
     if (e) run_engine(e, what);
     /* the thresholds must have skipped something, or the check above said nothing about them */

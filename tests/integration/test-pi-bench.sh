@@ -113,6 +113,15 @@ st=$?
 [ $st -eq 0 ] && [ "$(grep -c '^| q[48]_0 | [0-9.]* | [0-9.]* | [0-9.]*x | [a-z]* |$' "$T/mm.md")" -eq 2 ]
 ok $? "--kernels matmul: a row per type (exit $st)"
 
+"$B" --kernels attention -p 3,40 -r 1 > "$T/att.md" 2> "$T/err"
+st=$?
+nv=$(grep -c '^| 64 | 3 | [a-z0-9]* | [0-9.]* | [0-9.]* |$' "$T/att.md")
+[ $st -eq 0 ] && [ "$nv" -ge 1 ] && [ "$(grep -c '^| [0-9]* | [0-9]* | [a-z0-9]* | [0-9.]* | [0-9.]* |$' "$T/att.md")" -eq $((4 * nv)) ]
+ok $? "--kernels attention: a row per head size, position count and kernel variant ($nv variants, exit $st)"
+"$B" --kernels attention --rows 64 > /dev/null 2> "$T/err"
+[ $? -eq 2 ] && grep -q -- '--rows does not apply to --kernels attention' "$T/err"
+ok $? "--kernels attention refuses --rows (exit 2)"
+
 "$B" --help > "$T/out" 2> "$T/err"
 st=$?
 [ $st -eq 0 ] && grep -q '^Usage: pi-bench \[OPTION\]\.\.\.$' "$T/out" && grep -q 'default: 512$' "$T/out" && [ ! -s "$T/err" ]

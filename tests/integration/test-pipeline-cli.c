@@ -169,10 +169,43 @@ static void test_oneshot_golden(void)
     double e = lg ? tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab) : INFINITY;
     tap_ok(e <= GOLDEN_TOL, "in-process prompt logits vs golden: %d positions, worst relative error %.3g (<= %.0e)", gd.n, e,
            GOLDEN_TOL);
-    free(lg);
     char *out = tp_output("oneshot-logits", "out");
     tap_ok(*out == '\0', "-n 0 prints no text");
     free(out);
+
+    /* [tune] batch cuts the prompt into steps of that many tokens: chunks of 3 or more (the last one short)
+     * give the same logits bit for bit (every kernel's result for a token is the same in any batch),
+     * and so does the pipeline (host backend, a CPU worker) with steps of 5 against the golden. */
+    int bsz = 3;
+    while (bsz < gd.n && gd.n % bsz == 0) bsz++;
+    char bset[32];
+    snprintf(bset, sizeof bset, "tune.batch=%d", bsz);
+    const char *a3[] = {"--model", model, "--gpu-backend", "none", "--tokens", ids, "-n", "0", "--logits-out", lpath,
+                        "--set", bset, NULL};
+    st = coordinator("oneshot-batch3", a3);
+    float *l3 = st == 0 ? tp_read_logits(lpath, gd.n, gd.n_vocab) : NULL;
+    tap_ok(lg && l3 && bsz < gd.n && memcmp(lg, l3, sizeof(float) * (size_t)gd.n * (size_t)gd.n_vocab) == 0,
+           "%s: the %d-token prompt in steps of %d gives the same logits bit for bit (exit %d)", bset, gd.n, bsz, st);
+    if (lg && l3) {
+        size_t nd = 0, first = 0;
+        for (size_t i = 0; i < (size_t)gd.n * (size_t)gd.n_vocab; i++)
+            if (memcmp(&lg[i], &l3[i], 4) != 0 && nd++ == 0) first = i;
+        if (nd) tap_diag("%zu floats differ, the first at position %zu", nd, first / (size_t)gd.n_vocab);
+    }
+    free(l3);
+    free(lg);
+    const char *a5[] = {"--model", model, "--gpu-backend", "host", "--hot-fraction", "0.5", "--cpu-workers", "1",
+                        "--tokens", ids, "-n", "0", "--logits-out", lpath, "--set", "tune.batch=5", NULL};
+    st = coordinator("pipeline-batch5", a5);
+    float *l5 = st == 0 ? tp_read_logits(lpath, gd.n, gd.n_vocab) : NULL;
+    e = l5 ? tp_rel_err(l5, gd.logits, gd.n, gd.n_vocab) : INFINITY;
+    tap_ok(e <= GOLDEN_TOL, "tune.batch=5, pipeline: prompt logits vs golden, worst relative error %.3g (exit %d)", e, st);
+    free(l5);
+    const char *a0[] = {"--model", model, "--gpu-backend", "none", "--tokens", ids, "-n", "0", "--set", "tune.batch=0", NULL};
+    st = coordinator("batch0", a0);
+    char *err0 = tp_output("batch0", "err");
+    tap_ok(st == 2 && strstr(err0, "tune") && strstr(err0, "batch"), "tune.batch=0 is refused (exit %d): %s", st, err0);
+    free(err0);
 
     /* Greedy text: the golden greedy ids decoded by the model's tokenizer. */
     pi_gguf_t *mg;

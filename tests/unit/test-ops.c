@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "lib/common.h"
+#include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "tests/tap.h"
@@ -117,7 +118,8 @@ static void test_attention(enum pi_type t, int hd, int n_kv)
         for (int j = 0; j < hd; j++) ref[j] += w[r] / sum * vd[(size_t)r * hd + j];
     pi_attn_head(out, q, k, v, stride, t, n_kv, hd, (float)scale, scores);
     double e = rel(out, ref, hd);
-    tap_ok(e < 1e-5, "attention head %s, head_dim %d, %d positions (%.2g)", pi_type_name(t), hd, n_kv, e);
+    tap_ok(e < 1e-5, "attention head %s, head_dim %d, %d positions, %s kernels (%.2g)", pi_type_name(t), hd, n_kv,
+           pi_kernels_variant(), e);
     free(k);
     free(v);
     free(q);
@@ -127,6 +129,34 @@ static void test_attention(enum pi_type t, int hd, int n_kv)
     free(vd);
     free(w);
     free(ref);
+}
+
+/* pi_attn_group against pi_attn_head query by query (bit for bit) on a fresh random f16 cache, for group
+ * sizes 1..11 (past PI_ATTN_GROUP_MAX: split in calls) with the active kernel variant. */
+static void test_attention_group(int hd, int n_kv)
+{
+    enum { GMAX = 11 };
+    const size_t stride = (size_t)(2 * hd + 16) * 2; /* two kv heads per row and padding: the stride is honoured */
+    uint16_t *k = malloc(stride * (size_t)n_kv), *v = malloc(stride * (size_t)n_kv);
+    float *q = malloc(sizeof(float) * GMAX * (size_t)hd), *og = malloc(sizeof(float) * GMAX * (size_t)hd);
+    float *o1 = malloc(sizeof(float) * (size_t)hd), *sc = malloc(sizeof(float) * PI_ATTN_GROUP_MAX * (size_t)n_kv);
+    for (size_t i = 0; i < stride / 2 * (size_t)n_kv; i++) {
+        k[i] = pi_fp32_to_fp16((float)urand());
+        v[i] = pi_fp32_to_fp16((float)urand());
+    }
+    for (int i = 0; i < GMAX * hd; i++) q[i] = (float)urand();
+    int same = 1;
+    for (int g = 1; g <= GMAX; g++) {
+        const uint16_t *kh = k + hd, *vh = v + hd; /* the second kv head */
+        pi_attn_group(og, q, g, kh, vh, stride, PI_TYPE_F16, n_kv, hd, 0.125f, sc);
+        for (int j = 0; j < g; j++) {
+            pi_attn_head(o1, q + (size_t)j * hd, kh, vh, stride, PI_TYPE_F16, n_kv, hd, 0.125f, sc);
+            same &= memcmp(o1, og + (size_t)j * hd, sizeof(float) * (size_t)hd) == 0;
+        }
+    }
+    tap_ok(same, "attention group of 1..%d queries == each query alone, bit for bit (head_dim %d, %d positions, %s)",
+           GMAX, hd, n_kv, pi_kernels_variant());
+    free(k), free(v), free(q), free(og), free(o1), free(sc);
 }
 
 static void test_act(void)
@@ -140,7 +170,7 @@ static void test_act(void)
             g[j] = (float)(urand() * 6.0);
             u[j] = (float)(urand() * 2.0);
             double gd = g[j], ud = u[j];
-            ref[j] = acts[k] == PI_FFN_ACT_SILU ? gd / (1.0 + exp(-gd)) * ud
+            ref[j] = acts[k] == PI_FFN_ACT_SILU   ? gd / (1.0 + exp(-gd)) * ud
                      : acts[k] == PI_FFN_ACT_RELU ? (gd > 0 ? gd : 0) * ud
                                                   : (gd > 0 ? gd : 0) * (ud > 0 ? ud : 0);
         }
@@ -160,8 +190,23 @@ int main(void)
     test_softmax();
     test_attention(PI_TYPE_F32, 64, 1);
     test_attention(PI_TYPE_F32, 37, 200);
-    test_attention(PI_TYPE_F16, 128, 300);
-    test_attention(PI_TYPE_F16, 300, 17);
+    /* the f16 cache through every kernel variant this CPU runs (kernels/cpu/attn-impl.h: AVX2 takes
+     * head_dim a multiple of 8, AVX-512 of 16, both up to 256; the rest stays portable), with position
+     * counts that leave the four-key step a remainder */
+    static const int f16_shapes[][2] = {{64, 1}, {64, 7}, {128, 300}, {40, 13}, {256, 66}, {80, 5}, {300, 17}};
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        if (!pi_kernels_available((enum pi_kernel_isa)isa)) {
+            tap_skip((int)PI_ARRAY_LEN(f16_shapes) + 3, "kernel variant not available here");
+            continue;
+        }
+        pi_kernels_use(isa);
+        for (size_t i = 0; i < PI_ARRAY_LEN(f16_shapes); i++)
+            test_attention(PI_TYPE_F16, f16_shapes[i][0], f16_shapes[i][1]);
+        test_attention_group(128, 37);
+        test_attention_group(64, 5);
+        test_attention_group(40, 9);
+    }
+    pi_kernels_use(-1);
     test_act();
     return tap_done();
 }

@@ -3,7 +3,8 @@
 # Correctness first (test-cuda, test-backend-cuda), then pi-bench --cuda-kernels' table of batched
 # products (each type beside the f16-tile path), then pinfer against llama.cpp's llama-bench built
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
-# tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated.
+# tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
+# pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
 # usage: bench-gemm-7b.sh all [SECONDS] | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
@@ -96,10 +97,13 @@ prompt() {
   for rep in $(seq "$reps"); do
     for ty in q4_0 q8_0; do
       local m=/dev/shm/g7-$ty.gguf
-      echo "== pinfer $ty rep $rep" >> "$L"
-      timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
-          --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-      echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+      local b
+      for b in 64 512; do # [tune] batch: the prompt's chunk (64 is the default)
+        echo "== pinfer $ty rep $rep tune.batch=$b" >> "$L"
+        timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
+            --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+        echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+      done
       echo "== llama.cpp $ty rep $rep" >> "$L"
       timeout 200 $LB -m "$m" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
       echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
@@ -156,9 +160,12 @@ verify() {
   run_tests 100
   kernel_table 60 10
   wait $gp
-  timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
-      --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-  echo "pi-bench rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
+  local b
+  for b in 64 512; do
+    timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
+        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "pi-bench tune.batch=$b rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+  done
   memcheck 90
   ts "verify done"
 }
