@@ -610,185 +610,6 @@ LQ_ENTRIES(q4_1, LQ_4_1)
 LQ_ENTRIES(q5_0, LQ_5_0)
 LQ_ENTRIES(q5_1, LQ_5_1)
 
-/* ---------------------------------------------------------------- Q2_K, Q3_K x Q8_K
- * A super-block's 2-bit quants are taken 64 consecutive elements per register: for c = 0, 1 the 32
- * bytes qs[32c ..] hold elements 128c + 32j + l at bit shift 2j, so join(Q, Q >> 2) masked with 3 is
- * elements 128c + 0..63 and the same shifted by 4 elements 128c + 64..127. Register g (0..3) then
- * holds elements 64g .. 64g + 63, i.e. sub-blocks 4g .. 4g + 3 one per 128-bit lane, and each
- * token's activations are plain 64-byte loads (no inserts, so they are reloaded per row instead of
- * kept). The sub-block scales are widened to int16 and spread one per lane with vpermw; the byte
- * products (vpmaddubsw: unsigned quants times int8) are scaled and summed to int32 with vpmaddwd
- * (with VNNI vpdpwssd, the same int32). Q2_K's minimum term dmin * sum_s m[s] * bsums[s] goes
- * through its own accumulator; Q3_K's quants are taken as q2 | 4 * hbit (0..7, i.e. q + 4) and the
- * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums. */
-enum lk_kind { LK_2, LK_3 };
-
-/* Block k of token t's Q8_K activations (row t at xq + t * xs). */
-static inline const struct pi_block_q8_K *lk_act(const void *xq, size_t xs, int t, int64_t k)
-{
-    return (const struct pi_block_q8_K *)((const uint8_t *)xq + (size_t)t * xs) + k;
-}
-
-/* Lane k of register g (sub-block 4g + k) as int16 in every word of the lane, from 16 int16 s. */
-static inline __m512i lk_lane_scales(__m512i s, int g)
-{
-    const __m512i idx = _mm512_set_epi16(
-        4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 3, 4 * g + 2, 4 * g + 2,
-        4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 2, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1,
-        4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g + 1, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g, 4 * g);
-    return _mm512_permutexvar_epi16(idx, s);
-}
-
-/* Q3_K's 16 scales (value - 32) as int16, from the 12 packed bytes (pi_k3_scales' values): low
- * nibbles from bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from
- * byte 8 + j % 4 at shift 2 * (j / 4). */
-static inline __m256i lk_k3_scales(const uint8_t *s)
-{
-    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3);
-    __m128i a = _mm_loadl_epi64((const __m128i *)s);
-    __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
-    uint32_t h;
-    memcpy(&h, s + 8, 4);
-    __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)h), _mm_set_epi32(6, 4, 2, 0)), m2);
-    __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-    return _mm256_cvtepi8_epi16(sc);
-}
-
-/* sum += the int16 pairs of p times the int16 scales s, as int32 (vpmaddwd + vpaddd, or vpdpwssd). */
-static inline __m512i lk_madd(__m512i sum, __m512i p, __m512i s)
-{
-#ifdef PI_AVX512_VNNI
-    return _mm512_dpwssd_epi32(sum, p, s);
-#else
-    return _mm512_add_epi32(sum, _mm512_madd_epi16(p, s));
-#endif
-}
-
-static inline float hsum256(__m256 v) { return pi_x86_hsum_ps(v); }
-
-/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
- * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
- * accumulators and order; pf: NULL, or nr rows whose bytes matching each block of wr[r] are
- * prefetched. */
-PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
-                        size_t xs, int nt, float *out, int64_t n)
-{
-    const size_t bs = kind == LK_2 ? sizeof(struct pi_block_q2_K) : sizeof(struct pi_block_q3_K);
-    const __m512i m2 = _mm512_set1_epi8(3), k4 = _mm512_set1_epi8(4);
-    __m512 acc[4][4];
-    __m256 accm[4][4];
-#pragma GCC unroll 4
-    for (int r = 0; r < nr; r++)
-#pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < n / PI_QK_K; i++) {
-#pragma GCC unroll 4
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *a = wr[r] + (size_t)i * bs;
-            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
-            const uint8_t *qs =
-                kind == LK_2 ? ((const struct pi_block_q2_K *)a)->qs : ((const struct pi_block_q3_K *)a)->qs;
-            __m512i q[4], sc[4], mins = _mm512_setzero_si512();
-#pragma GCC unroll 2
-            for (int c = 0; c < 2; c++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                __m512i z = join256(v, _mm256_srli_epi16(v, 2));
-                q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
-            }
-            __m256i s16;
-            float dw, dmin = 0;
-            if (kind == LK_2) {
-                const struct pi_block_q2_K *b2 = (const struct pi_block_q2_K *)a;
-                __m128i s = _mm_loadu_si128((const __m128i *)b2->scales);
-                s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
-                mins = _mm512_castsi256_si512(
-                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
-                uint32_t dd; /* d and dmin, converted together */
-                memcpy(&dd, &b2->d, 4);
-                __m128 df = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dd));
-                dw = _mm_cvtss_f32(df), dmin = _mm_cvtss_f32(_mm_movehdup_ps(df));
-            } else {
-                const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
-                s16 = lk_k3_scales(b3->scales);
-                /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
-                 * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
-                __m256i h = _mm256_loadu_si256((const __m256i *)b3->hmask);
-                __m512i hz = join256(h, _mm256_srli_epi16(h, 1));
-#pragma GCC unroll 4
-                for (int g = 0; g < 4; g++)
-                    q[g] = _mm512_mask_add_epi8(q[g], _mm512_test_epi8_mask(hz, _mm512_set1_epi8((char)(1 << (2 * g)))),
-                                                q[g], k4);
-                dw = pi_x86_h2f(b3->d);
-            }
-            __m512i s512 = _mm512_castsi256_si512(s16);
-#pragma GCC unroll 4
-            for (int g = 0; g < 4; g++) sc[g] = lk_lane_scales(s512, g);
-#pragma GCC unroll 4
-            for (int t = 0; t < nt; t++) {
-                const struct pi_block_q8_K *b = lk_act(xq, xs, t, i);
-                __m512i sumi = _mm512_setzero_si512();
-#pragma GCC unroll 4
-                for (int g = 0; g < 4; g++) {
-                    __m512i y = _mm512_loadu_si512((const void *)(b->qs + 64 * g));
-                    sumi = lk_madd(sumi, _mm512_maddubs_epi16(q[g], y), sc[g]);
-                }
-                __m256i bsums = _mm256_loadu_si256((const __m256i *)b->bsums);
-                if (kind == LK_2) {
-                    __m256i mb = _mm256_madd_epi16(_mm512_castsi512_si256(mins), bsums);
-                    accm[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(b->d * dmin), _mm256_cvtepi32_ps(mb), accm[r][t]);
-                } else {
-                    __m256i sb = _mm256_slli_epi32(_mm256_madd_epi16(s16, bsums), 2);
-                    sumi = _mm512_sub_epi32(sumi, _mm512_zextsi256_si512(sb));
-                }
-                acc[r][t] = _mm512_fmadd_ps(_mm512_set1_ps(b->d * dw), _mm512_cvtepi32_ps(sumi), acc[r][t]);
-            }
-        }
-    }
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < nt; t++) {
-            float s = hsum512(acc[r][t]);
-            if (kind == LK_2) s -= hsum256(accm[r][t]);
-            out[r * 4 + t] = s;
-        }
-}
-
-/* The entry points of one type, each an instantiation of lk_n. */
-#define LK_ENTRIES(T, K)                                                                                               \
-    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        float s;                                                                                                       \
-        lk_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
-        return s;                                                                                                      \
-    }                                                                                                                  \
-    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        lk_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
-        lk_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w0, w1};                                                                               \
-        float o[8];                                                                                                    \
-        lk_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
-        out[0] = o[0], out[1] = o[4];                                                                                  \
-    }                                                                                                                  \
-    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
-    {                                                                                                                  \
-        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
-        float o[16];                                                                                                   \
-        lk_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
-        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
-    }
-
-LK_ENTRIES(q2_K, LK_2)
-LK_ENTRIES(q3_K, LK_3)
-
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
 /* Block k of token t's Q8_K activations. */
@@ -1181,6 +1002,186 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
 PI_K_DOTS(q4_K)
 PI_K_DOTS(q5_K)
 PI_K_DOTS(q6_K)
+
+/* ---------------------------------------------------------------- Q2_K, Q3_K x Q8_K
+ * A super-block's 2-bit quants are taken 64 consecutive elements per register: for c = 0, 1 the 32
+ * bytes qs[32c ..] hold elements 128c + 32j + l at bit shift 2j, so join(Q, Q >> 2) masked with 3 is
+ * elements 128c + 0..63 and the same shifted by 4 elements 128c + 64..127. Register g (0..3) then
+ * holds elements 64g .. 64g + 63, i.e. sub-blocks 4g .. 4g + 3 one per 128-bit lane (Q6_K's layout,
+ * q6_K_n), and each token's activations are plain 64-byte loads (no inserts, so they are reloaded per
+ * row instead of kept). The products go as the other K-quants' (k_sum4, k_scale2): 64 quants by 64
+ * int8 into 16 int32 sums of four, two registers narrowed to int16 and multiplied by their sub-block
+ * scales (spread with one vpermw per register pair) into the block's int32 sums, all exact, so the
+ * VNNI build returns the AVX-512 build's floats. The fp16 scales of the nr rows are converted
+ * together and multiplied by each token's scale once per block (the several-row kernels broadcast
+ * them from memory, k_bcast_mem). Q2_K's minimum term dmin * sum_s m[s] * bsums[s] goes through its
+ * own accumulator; Q3_K's quants are taken as q2 | 4 * hbit (0..7, i.e. q + 4) and the
+ * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums. */
+enum lk_kind { LK_2, LK_3 };
+
+/* Q3_K's 16 scales (value - 32) as int16, from the 12 packed bytes (pi_k3_scales' values): low
+ * nibbles from bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from
+ * byte 8 + j % 4 at shift 2 * (j / 4). */
+static inline __m256i lk_k3_scales(const uint8_t *s)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3);
+    __m128i a = _mm_loadl_epi64((const __m128i *)s);
+    __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
+    uint32_t h;
+    memcpy(&h, s + 8, 4);
+    __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)h), _mm_set_epi32(6, 4, 2, 0)), m2);
+    __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
+    return _mm256_cvtepi8_epi16(sc);
+}
+
+static inline float hsum256(__m256 v) { return pi_x86_hsum_ps(v); }
+
+/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
+ * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
+ * accumulators and order; pf: NULL, or nr rows whose bytes matching each block of wr[r] are
+ * prefetched. */
+PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
+                        size_t xs, int nt, float *out, int64_t n)
+{
+    const size_t bs = kind == LK_2 ? sizeof(struct pi_block_q2_K) : sizeof(struct pi_block_q3_K);
+    const __m512i m2 = _mm512_set1_epi8(3), k4 = _mm512_set1_epi8(4);
+    __m512 acc[4][4];
+    __m256 accm[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        /* sd[t]: token t's scale times the rows' fp16 scales, converted for all rows at once: Q2_K
+         * d_r at 2r and dmin_r at 2r + 1, Q3_K d_r at r */
+        const uint8_t *blk[4];
+        _Alignas(32) float sd[4][8];
+        if (kind == LK_2) {
+            uint64_t h[2] = {0, 0};
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                blk[r] = wr[r] + (size_t)i * bs;
+                uint32_t dd;
+                memcpy(&dd, blk[r] + offsetof(struct pi_block_q2_K, d), 4);
+                h[r / 2] |= (uint64_t)dd << (32 * (r % 2));
+            }
+            __m256 dd = _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                _mm256_store_ps(sd[t], _mm256_mul_ps(dd, _mm256_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+        } else {
+            uint64_t h = 0;
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                blk[r] = wr[r] + (size_t)i * bs;
+                uint16_t d;
+                memcpy(&d, blk[r] + offsetof(struct pi_block_q3_K, d), 2);
+                h |= (uint64_t)d << (16 * r);
+            }
+            __m128 dd = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *a = blk[r];
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
+            const uint8_t *qs =
+                kind == LK_2 ? ((const struct pi_block_q2_K *)a)->qs : ((const struct pi_block_q3_K *)a)->qs;
+            __m512i q[4], mins = _mm512_setzero_si512();
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
+                __m512i z = join256(v, _mm256_srli_epi16(v, 2));
+                q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
+            }
+            __m256i s16;
+            if (kind == LK_2) {
+                __m128i s = _mm_loadu_si128((const __m128i *)((const struct pi_block_q2_K *)a)->scales);
+                s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
+                mins = _mm512_castsi256_si512(
+                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
+            } else {
+                const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
+                s16 = lk_k3_scales(b3->scales);
+                /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
+                 * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
+                __m256i h = _mm256_loadu_si256((const __m256i *)b3->hmask);
+                __m512i hz = join256(h, _mm256_srli_epi16(h, 1));
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++)
+                    q[g] = _mm512_mask_add_epi8(q[g], _mm512_test_epi8_mask(hz, _mm512_set1_epi8((char)(1 << (2 * g)))),
+                                                q[g], k4);
+            }
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
+            __m512i sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(0, 4, 1, 0), _mm512_castsi256_si512(s16)),
+                             _mm512_permutexvar_epi16(k_pack_idx(8, 4, 1, 0), _mm512_castsi256_si512(s16))};
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+                __m256i bsums = _mm256_loadu_si256((const __m256i *)b->bsums);
+                __m512i sumi = _mm512_setzero_si512();
+                if (kind == LK_3)
+                    sumi = _mm512_sub_epi32(
+                        sumi, _mm512_zextsi256_si512(_mm256_slli_epi32(_mm256_madd_epi16(s16, bsums), 2)));
+                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))),
+                                k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))),
+                                k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
+                const float *sdp = kind == LK_2 ? &sd[t][2 * r] : &sd[t][r];
+                if (kind == LK_2) {
+                    __m256i mb = _mm256_madd_epi16(_mm512_castsi512_si256(mins), bsums);
+                    accm[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(sdp[1]), _mm256_cvtepi32_ps(mb), accm[r][t]);
+                }
+                acc[r][t] = _mm512_fmadd_ps(nr > 1 && nt == 1 ? k_bcast_mem(sdp) : _mm512_set1_ps(*sdp),
+                                            _mm512_cvtepi32_ps(sumi), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float s = hsum512(acc[r][t]);
+            if (kind == LK_2) s -= hsum256(accm[r][t]);
+            out[r * 4 + t] = s;
+        }
+}
+
+/* The entry points of one type, each an instantiation of lk_n. */
+#define LK_ENTRIES(T, K)                                                                                               \
+    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        lk_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        lk_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        lk_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        lk_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        lk_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
+
+LK_ENTRIES(q2_K, LK_2)
+LK_ENTRIES(q3_K, LK_3)
 
 /* ---------------------------------------------------------------- y += a * rows (pi_vec_mad4)
  * Each row's multiply, then its add into y, each rounded as in the scalar loop over the dequantised
