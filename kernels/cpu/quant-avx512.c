@@ -1091,8 +1091,9 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
             __m512i q[4], mins = _mm512_setzero_si512();
 #pragma GCC unroll 2
             for (int c = 0; c < 2; c++) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
-                __m512i z = join256(v, _mm256_srli_epi16(v, 2));
+                /* join(Q, Q >> 2): Q broadcast from memory to both halves, the high half shifted */
+                __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+                z = _mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 2);
                 q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
             }
             __m256i s16;
@@ -1106,8 +1107,8 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                 s16 = lk_k3_scales(b3->scales);
                 /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
                  * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
-                __m256i h = _mm256_loadu_si256((const __m256i *)b3->hmask);
-                __m512i hz = join256(h, _mm256_srli_epi16(h, 1));
+                __m512i hz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b3->hmask));
+                hz = _mm512_mask_srli_epi16(hz, 0xFFFF0000u, hz, 1);
 #pragma GCC unroll 4
                 for (int g = 0; g < 4; g++)
                     q[g] = _mm512_mask_add_epi8(q[g], _mm512_test_epi8_mask(hz, _mm512_set1_epi8((char)(1 << (2 * g)))),
