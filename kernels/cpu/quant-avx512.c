@@ -1016,22 +1016,27 @@ PI_K_DOTS(q6_K)
  * together and multiplied by each token's scale once per block (the several-row kernels broadcast
  * them from memory, k_bcast_mem). Q2_K's minimum term dmin * sum_s m[s] * bsums[s] goes through its
  * own accumulator; Q3_K's quants are taken as q2 | 4 * hbit (0..7, i.e. q + 4) and the
- * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums. */
+ * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums; its packed 6-bit scales and
+ * its d are unpacked for the nr rows together, one row per 128-bit lane (lk_k3_scales4). */
 enum lk_kind { LK_2, LK_3 };
 
-/* Q3_K's 16 scales (value - 32) as int16, from the 12 packed bytes (pi_k3_scales' values): low
- * nibbles from bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from
- * byte 8 + j % 4 at shift 2 * (j / 4). */
-static inline __m256i lk_k3_scales(const uint8_t *s)
+/* Q3_K's 16 scales (value - 32) of up to four rows' blocks at once: h holds bytes 94..109 of each
+ * row's block one row per 128-bit lane (the last two quant bytes, the 12 scale bytes, d;
+ * k_load_heads) -> per lane the row's scales as int8, pi_k3_scales' values: low nibbles from scale
+ * bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from byte
+ * 8 + j % 4 at shift 2 * (j / 4). */
+static inline __m512i lk_k3_scales4(__m512i h)
 {
-    const __m128i m4 = _mm_set1_epi8(0x0F), m2 = _mm_set1_epi8(3);
-    __m128i a = _mm_loadl_epi64((const __m128i *)s);
-    __m128i lo = _mm_unpacklo_epi64(_mm_and_si128(a, m4), _mm_and_si128(_mm_srli_epi16(a, 4), m4));
-    uint32_t h;
-    memcpy(&h, s + 8, 4);
-    __m128i hi = _mm_and_si128(_mm_srlv_epi32(_mm_set1_epi32((int)h), _mm_set_epi32(6, 4, 2, 0)), m2);
-    __m128i sc = _mm_sub_epi8(_mm_or_si128(lo, _mm_slli_epi16(hi, 4)), _mm_set1_epi8(32));
-    return _mm256_cvtepi8_epi16(sc);
+    const __m512i ia = _mm512_broadcast_i32x4(_mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+    const __m512i ib =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+    /* bytes 0..7 the scale bytes 0..7, bytes 8..15 the same shifted down by a nibble */
+    __m512i lo = _mm512_srlv_epi64(_mm512_shuffle_epi8(h, ia), _mm512_broadcast_i32x4(_mm_set_epi64x(4, 0)));
+    /* dword g: scale bytes 8..11 shifted down by 2g */
+    __m512i hi = _mm512_srlv_epi32(_mm512_shuffle_epi8(h, ib), _mm512_broadcast_i32x4(_mm_setr_epi32(0, 2, 4, 6)));
+    lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x0F));
+    hi = _mm512_slli_epi16(_mm512_and_si512(hi, _mm512_set1_epi8(3)), 4);
+    return _mm512_sub_epi8(_mm512_or_si512(lo, hi), _mm512_set1_epi8(32));
 }
 
 static inline float hsum256(__m256 v) { return pi_x86_hsum_ps(v); }
@@ -1056,6 +1061,7 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
          * d_r at 2r and dmin_r at 2r + 1, Q3_K d_r at r */
         const uint8_t *blk[4];
         _Alignas(32) float sd[4][8];
+        __m512i s3[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
         if (kind == LK_2) {
             uint64_t h[2] = {0, 0};
 #pragma GCC unroll 4
@@ -1070,15 +1076,18 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
             for (int t = 0; t < nt; t++)
                 _mm256_store_ps(sd[t], _mm256_mul_ps(dd, _mm256_set1_ps(act_q8_K(xq, xs, t, i)->d)));
         } else {
-            uint64_t h = 0;
+            /* bytes 94..109 of each row's block, one row per lane: the rows' scales as int16 (rows 0, 1
+             * in s3[0], rows 2, 3 in s3[1]) and their d (word 7 of each lane) */
+            const uint8_t *hp[4];
 #pragma GCC unroll 4
-            for (int r = 0; r < nr; r++) {
-                blk[r] = wr[r] + (size_t)i * bs;
-                uint16_t d;
-                memcpy(&d, blk[r] + offsetof(struct pi_block_q3_K, d), 2);
-                h |= (uint64_t)d << (16 * r);
-            }
-            __m128 dd = _mm_cvtph_ps(_mm_cvtsi64_si128((long long)h));
+            for (int r = 0; r < nr; r++) blk[r] = wr[r] + (size_t)i * bs, hp[r] = blk[r] + 94;
+            __m512i h = k_load_heads(hp, nr), s8 = lk_k3_scales4(h);
+            s3[0] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(s8));
+            s3[1] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(s8, 1));
+            __m128 dd = _mm_cvtph_ps(_mm512_castsi512_si128(
+                _mm512_permutexvar_epi16(_mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                          0, 0, 0, 0, 0, 0, 0, 31, 23, 15, 7),
+                                         h)));
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
         }
@@ -1104,7 +1113,7 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                     _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
             } else {
                 const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
-                s16 = lk_k3_scales(b3->scales);
+                s16 = r & 1 ? _mm512_extracti64x4_epi64(s3[r / 2], 1) : _mm512_castsi512_si256(s3[r / 2]);
                 /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
                  * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
                 __m512i hz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b3->hmask));
@@ -1115,8 +1124,10 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                                                 q[g], k4);
             }
             /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
-            __m512i sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(0, 4, 1, 0), _mm512_castsi256_si512(s16)),
-                             _mm512_permutexvar_epi16(k_pack_idx(8, 4, 1, 0), _mm512_castsi256_si512(s16))};
+            __m512i sp = kind == LK_2 ? _mm512_castsi256_si512(s16) : s3[r / 2];
+            int sb = kind == LK_2 ? 0 : 16 * (r & 1);
+            __m512i sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(sb, 4, 1, 0), sp),
+                             _mm512_permutexvar_epi16(k_pack_idx(sb + 8, 4, 1, 0), sp)};
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
