@@ -1051,17 +1051,19 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
     const size_t bs = kind == LK_2 ? sizeof(struct pi_block_q2_K) : sizeof(struct pi_block_q3_K);
     const __m512i m2 = _mm512_set1_epi8(3), k4 = _mm512_set1_epi8(4);
     __m512 acc[4][4];
-    __m256 accm[4][4];
+    __m512 accm[2][4]; /* Q2_K's mins term: rows 2p and 2p + 1 in the low and high 8 lanes of accm[p] */
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) accm[0][t] = accm[1][t] = _mm512_setzero_ps();
 #pragma GCC unroll 4
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm256_setzero_ps();
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
     for (int64_t i = 0; i < n / PI_QK_K; i++) {
         /* sd[t]: token t's scale times the rows' fp16 scales, converted for all rows at once: Q2_K
          * d_r at 2r and dmin_r at 2r + 1, Q3_K d_r at r */
         const uint8_t *blk[4];
         _Alignas(32) float sd[4][8];
-        __m512i s3[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+        __m512i s3[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}; /* int16 scales, rows 2p, 2p + 1 */
         if (kind == LK_2) {
             uint64_t h[2] = {0, 0};
 #pragma GCC unroll 4
@@ -1075,6 +1077,28 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++)
                 _mm256_store_ps(sd[t], _mm256_mul_ps(dd, _mm256_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+            /* the rows' 16 scale bytes one row per 128-bit lane: scales and mins as int16, two rows per
+             * register; the mins term of rows 2p, 2p + 1 for each token in one vpmaddwd */
+            __m512i hs = k_load_heads(blk, nr), m4 = _mm512_set1_epi8(0x0F);
+            __m512i s8 = _mm512_and_si512(hs, m4), m8 = _mm512_and_si512(_mm512_srli_epi16(hs, 4), m4);
+            s3[0] = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(s8));
+            s3[1] = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(s8, 1));
+            __m512i mn[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(m8)),
+                             _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(m8, 1))};
+#pragma GCC unroll 2
+            for (int p = 0; p < (nr + 1) / 2; p++)
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+                    __m512i mb =
+                        _mm512_madd_epi16(mn[p], _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->bsums)));
+                    /* dy * dmin of row 2p in the low 8 lanes, of row 2p + 1 in the high ones */
+                    const int lo = 4 * p + 1, hi = 4 * p + 3;
+                    __m512 sm = _mm512_permutexvar_ps(
+                        _mm512_set_epi32(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo),
+                        _mm512_castps256_ps512(_mm256_load_ps(sd[t])));
+                    accm[p][t] = _mm512_fmadd_ps(sm, _mm512_cvtepi32_ps(mb), accm[p][t]);
+                }
         } else {
             /* bytes 94..109 of each row's block, one row per lane: the rows' scales as int16 (rows 0, 1
              * in s3[0], rows 2, 3 in s3[1]) and their d (word 7 of each lane) */
@@ -1097,7 +1121,7 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
             if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
             const uint8_t *qs =
                 kind == LK_2 ? ((const struct pi_block_q2_K *)a)->qs : ((const struct pi_block_q3_K *)a)->qs;
-            __m512i q[4], mins = _mm512_setzero_si512();
+            __m512i q[4];
 #pragma GCC unroll 2
             for (int c = 0; c < 2; c++) {
                 /* join(Q, Q >> 2): Q broadcast from memory to both halves, the high half shifted */
@@ -1105,13 +1129,8 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                 z = _mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 2);
                 q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
             }
-            __m256i s16;
-            if (kind == LK_2) {
-                __m128i s = _mm_loadu_si128((const __m128i *)((const struct pi_block_q2_K *)a)->scales);
-                s16 = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(0x0F)));
-                mins = _mm512_castsi256_si512(
-                    _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(0x0F))));
-            } else {
+            __m256i s16 = _mm256_setzero_si256();
+            if (kind == LK_3) {
                 const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
                 s16 = r & 1 ? _mm512_extracti64x4_epi64(s3[r / 2], 1) : _mm512_castsi512_si256(s3[r / 2]);
                 /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
@@ -1124,8 +1143,8 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                                                 q[g], k4);
             }
             /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
-            __m512i sp = kind == LK_2 ? _mm512_castsi256_si512(s16) : s3[r / 2];
-            int sb = kind == LK_2 ? 0 : 16 * (r & 1);
+            __m512i sp = s3[r / 2];
+            int sb = 16 * (r & 1);
             __m512i sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(sb, 4, 1, 0), sp),
                              _mm512_permutexvar_epi16(k_pack_idx(sb + 8, 4, 1, 0), sp)};
 #pragma GCC unroll 4
@@ -1141,10 +1160,6 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
                 sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))),
                                 k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
                 const float *sdp = kind == LK_2 ? &sd[t][2 * r] : &sd[t][r];
-                if (kind == LK_2) {
-                    __m256i mb = _mm256_madd_epi16(_mm512_castsi512_si256(mins), bsums);
-                    accm[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(sdp[1]), _mm256_cvtepi32_ps(mb), accm[r][t]);
-                }
                 acc[r][t] = _mm512_fmadd_ps(nr > 1 && nt == 1 ? k_bcast_mem(sdp) : _mm512_set1_ps(*sdp),
                                             _mm512_cvtepi32_ps(sumi), acc[r][t]);
             }
@@ -1153,7 +1168,9 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
     for (int r = 0; r < nr; r++)
         for (int t = 0; t < nt; t++) {
             float s = hsum512(acc[r][t]);
-            if (kind == LK_2) s -= hsum256(accm[r][t]);
+            if (kind == LK_2)
+                s -=
+                    hsum256(r & 1 ? _mm512_extractf32x8_ps(accm[r / 2][t], 1) : _mm512_castps512_ps256(accm[r / 2][t]));
             out[r * 4 + t] = s;
         }
 }
