@@ -15,8 +15,9 @@
  * vpdpbusd, which multiplies unsigned by signed bytes and adds each four into an int32 lane in one
  * instruction, instead of vpmaddubsw + vpmaddwd (+ the int16 adds around them): the same int32 sums
  * (the int16 intermediates never saturate here: nibbles times int8, or |int8| times int8, two or four
- * at a time), so the same floats, and the table is "avx512vnni". Q2_K's and Q3_K's scaling of their
- * int16 byte-pair sums (vpmaddwd + vpaddd) becomes vpdpwssd, again the same int32.
+ * at a time), so the same floats, and the table is "avx512vnni". The K-quants' sums of four are
+ * vpdpbusd too and their scaling by the sub-block scales vpdpwssd (k_sum4, k_scale2), again the same
+ * int32.
  */
 #include "config.h"
 
