@@ -4,16 +4,17 @@
  * Threading: the pool hands out ranges of weight rows; every output element is written by exactly
  * one thread, so no reduction is needed. The quantised activations are shared read-only.
  * pi_matmul tiles tokens so that a tile's activations (at most TILE_BYTES) stay in L2 while a range of
- * weight rows streams through once: each weight row is loaded from memory once per tile and then
- * dotted with every token of the tile from L1. Where the active variant has a 4-token kernel
- * (vec_dot4: F16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K on AVX-512), a weight row is unpacked once per four tokens
- * instead of once per token, and with a 2-row kernel (vec_dot8) a group of four tokens' activations
- * is loaded once per two rows; both return the same floats as vec_dot, so pi_matmul's Y is bit for bit
- * the same as n calls of pi_matvec, whatever the token count, tiling or thread count. pi_matvec takes
- * rows four at a time through vec_dot4r where there is one (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K on AVX2 and
- * AVX-512), the rest two at a time through vec_dot2 (AVX-512): one token's activations prepared once per four (two) rows
- * on AVX-512, again the floats of vec_dot. vec_dot4r also prefetches the next four rows as it reads these: without that one core
- * read Q4_0 weights at about half the streaming read's rate (doc/kernels.md).
+ * weight rows streams through once: each weight row is loaded from memory once per tile and then dotted
+ * with every token of the tile from L1. Where the active variant has a 4-token kernel (vec_dot4: F16,
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K on AVX-512), a weight row is unpacked once
+ * per four tokens instead of once per token, and with a 2-row kernel (vec_dot8) a group of four tokens'
+ * activations is loaded once per two rows; both return the same floats as vec_dot, so pi_matmul's Y is
+ * bit for bit the same as n calls of pi_matvec, whatever the token count, tiling or thread count.
+ * pi_matvec takes rows four at a time through vec_dot4r where there is one (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K
+ * on AVX2 and AVX-512; Q4_1, Q5_0, Q5_1, Q2_K, Q3_K on AVX-512), the rest two at a time through vec_dot2
+ * (AVX-512): one token's activations prepared once per four (two) rows on AVX-512, again the floats of
+ * vec_dot. vec_dot4r also prefetches the next four rows as it reads these: without that one core read
+ * Q4_0 weights at about half the streaming read's rate (doc/kernels.md).
  */
 #include "config.h"
 

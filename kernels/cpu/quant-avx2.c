@@ -434,7 +434,8 @@ PI_X86_INLINE float q6_K_1(const void *w, const void *pf, const void *xq, int64_
             const int8_t *y = b[i].qs + 128 * c;
             __m256i l0 = _mm256_loadu_si256((const __m256i *)ql), l1 = _mm256_loadu_si256((const __m256i *)(ql + 32));
             __m256i qh = _mm256_loadu_si256((const __m256i *)(a[i].qh + 32 * c));
-            __m256i sch = _mm256_permute2x128_si256(sc16, sc16, c ? 0x11 : 0x00); /* scales 8c..8c+7, both lanes */
+            /* scales 8c..8c+7, both lanes (two immediates: the loop is unrolled only from -O2 on) */
+            __m256i sch = c ? _mm256_permute2x128_si256(sc16, sc16, 0x11) : _mm256_permute2x128_si256(sc16, sc16, 0x00);
             __m256i q[4];
             q[0] = _mm256_or_si256(_mm256_and_si256(l0, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
             q[1] = _mm256_or_si256(_mm256_and_si256(l1, m4), _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));

@@ -3,18 +3,21 @@
  * -mavx512bw -mavx512vl -mavx512dq -mavx2 -mfma -mf16c into libpinfer_avx512.a and called only through
  * dispatch.c after CPUID/XGETBV checks; types not here fall back to the AVX2 table.
  *
- * The legacy types take two 32-element blocks per 512-bit register (block i in the low half, i+1 in
- * the high half, each half scaled by its own d); the K-quants take 64 elements (two sub-blocks of 32
- * or four of 16) per register. Same sums as the scalar reference, other summation order. Shapes and
+ * Q8_0 takes two 32-element blocks per 512-bit register (block i in the low half, i+1 in the high
+ * half, each half scaled by its own d); Q4_0, Q4_1, Q5_0 and Q5_1 four, one per 128-bit lane (the
+ * low and high nibbles in two registers); the K-quants take 64 elements (two sub-blocks of 32 or
+ * four of 16) per register. Same sums as the scalar reference, other summation order. Shapes and
  * threading as quant-avx2.c. AVX-512 has no vpsignb, so signed x signed int8 products use abs(x)
  * and y negated under x's sign mask.
  *
  * With PI_AVX512_VNNI defined (kernels/cpu/quant-avx512-vnni.c includes this file so, compiled with
- * -mavx512vnni as well) the byte products of the Q4_0 and Q8_0 kernels, the prompt's matmul, are
+ * -mavx512vnni as well) the byte products of the Q4_0, Q4_1, Q5_x and Q8_0 kernels are
  * vpdpbusd, which multiplies unsigned by signed bytes and adds each four into an int32 lane in one
  * instruction, instead of vpmaddubsw + vpmaddwd (+ the int16 adds around them): the same int32 sums
  * (the int16 intermediates never saturate here: nibbles times int8, or |int8| times int8, two or four
- * at a time), so the same floats, and the table is "avx512vnni".
+ * at a time), so the same floats, and the table is "avx512vnni". The K-quants' sums of four are
+ * vpdpbusd too and their scaling by the sub-block scales vpdpwssd (k_sum4, k_scale2), again the same
+ * int32.
  */
 #include "config.h"
 
@@ -392,93 +395,221 @@ static void dot4r_q4_0(const void *const w[4], const void *const pf[4], const vo
     out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
 }
 
-/* Fifth bits of two Q5 blocks as a 64-bit byte mask (block i in bits 0..31, i+1 in 32..63). */
-static inline __mmask64 q5_mask2(const uint8_t *qh0, const uint8_t *qh1)
+/* ---------------------------------------------------------------- Q4_1, Q5_0, Q5_1 x Q8_0
+ * As q4_0_n: four blocks per register, one per 128-bit lane, the quants of block k split into low
+ * (elements 0..15) and high (16..31) halves of lane k, unsigned (the nibble, with the fifth bit as
+ * 0x10 for Q5_x), so that one unsigned x signed byte product per element gives the int32 sums of
+ * q * y, four per lane. Q5_0's -16 is an offset term 16 * sum(y) (as Q4_0's 8 * sum(y)); Q4_1 and
+ * Q5_1 add m * d_x * sum(y) per block, where d_x * sum(y) is computed once per token and four
+ * blocks and shared by every row (a 128-bit FMA per row and step, into its own accumulator). The
+ * scales of four blocks are converted together (pi_x86_halves4), the fifth bits of four blocks are
+ * turned into two 64-bit byte masks with scalar shifts (the integer ports are idle here). */
+enum lq_kind { LQ_4_1, LQ_5_0, LQ_5_1 };
+
+/* Block bytes, and the offsets of the quants, the fifth bits (Q5) and the minimum (Q4_1, Q5_1). */
+#define LQ_SIZE(k)                                                                                                     \
+    ((k) == LQ_4_1   ? sizeof(struct pi_block_q4_1)                                                                    \
+     : (k) == LQ_5_0 ? sizeof(struct pi_block_q5_0)                                                                    \
+                     : sizeof(struct pi_block_q5_1))
+#define LQ_QS(k)                                                                                                       \
+    ((k) == LQ_4_1   ? offsetof(struct pi_block_q4_1, qs)                                                              \
+     : (k) == LQ_5_0 ? offsetof(struct pi_block_q5_0, qs)                                                              \
+                     : offsetof(struct pi_block_q5_1, qs))
+#define LQ_QH(k) ((k) == LQ_5_0 ? offsetof(struct pi_block_q5_0, qh) : offsetof(struct pi_block_q5_1, qh))
+#define LQ_MIN(k) ((k) != LQ_5_0)
+
+/* Fifth bits of the four blocks at p, p + st, p + 2 st, p + 3 st (qh at each): bits 0..15 of block k
+ * (its elements 0..15) at bits 16k.. of *lo, bits 16..31 (elements 16..31) at bits 16k.. of *hi. The
+ * four words are gathered and sorted in a vector register (scalar shifts and ors, about 30 of them,
+ * took the ports the vector work needs: 14 against 22 GB/s from L2). */
+static inline void lq_qh4(const uint8_t *p, size_t st, __mmask64 *lo, __mmask64 *hi)
 {
-    uint32_t h0, h1;
-    memcpy(&h0, qh0, 4), memcpy(&h1, qh1, 4);
-    return (__mmask64)h0 | (__mmask64)h1 << 32;
+    uint32_t h[4];
+    for (int k = 0; k < 4; k++) memcpy(&h[k], p + (size_t)k * st, 4);
+    __m128i v = _mm_insert_epi32(_mm_cvtsi32_si128((int)h[0]), (int)h[1], 1);
+    v = _mm_insert_epi32(_mm_insert_epi32(v, (int)h[2], 2), (int)h[3], 3);
+    /* 16-bit halves: the low ones of blocks 0..3, then the high ones */
+    v = _mm_shuffle_epi8(v, _mm_set_epi8(15, 14, 11, 10, 7, 6, 3, 2, 13, 12, 9, 8, 5, 4, 1, 0));
+    *lo = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(v)), *hi = _cvtu64_mask64((uint64_t)_mm_extract_epi64(v, 1));
 }
 
-static float dot_q5_0(const void *w, const void *xq, int64_t n)
+/* One token's four activation blocks: the bytes matching the weights' lanes, their scales, and the
+ * per-block terms: Q5_0's offset 16 * sum(y) (per int16 pair; with VNNI -16 * sum(y) per int32
+ * lane), or for Q4_1 / Q5_1 fy[k] = d_x[k] * sum(y of block k). */
+struct lq_act {
+    __m512i ylo, yhi, o;
+    __m128 dx, fy;
+};
+
+/* 16 x int32: lane k's four sums of y over bytes 4i..4i+3 of ylo and of yhi (block k's sum(y) split
+ * four ways); the same int32 with and without VNNI. */
+static inline __m512i lq_ysum(__m512i ylo, __m512i yhi)
 {
-    const struct pi_block_q5_0 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
+    const __m512i one = _mm512_set1_epi8(1);
+#ifdef PI_AVX512_VNNI
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), one, ylo), one, yhi);
+#else
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(one, ylo), _mm512_maddubs_epi16(one, yhi));
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+#endif
+}
+
+PI_X86_INLINE struct lq_act lq_act_load(enum lq_kind kind, const struct pi_block_q8_0 *b)
+{
+    struct lq_act y;
+    y.ylo = load4x16(b[0].qs, b[1].qs, b[2].qs, b[3].qs);
+    y.yhi = load4x16(b[0].qs + 16, b[1].qs + 16, b[2].qs + 16, b[3].qs + 16);
+    y.dx = pi_x86_halves4((const uint8_t *)&b->d, sizeof(*b));
+    y.o = _mm512_setzero_si512(), y.fy = _mm_setzero_ps();
+    if (kind == LQ_5_0) {
+        const __m512i k16 = _mm512_set1_epi8(16);
+#ifdef PI_AVX512_VNNI
+        __m512i o = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), k16, y.ylo), k16, y.yhi);
+        y.o = _mm512_sub_epi32(_mm512_setzero_si512(), o);
+#else
+        y.o = _mm512_add_epi16(_mm512_maddubs_epi16(k16, y.ylo), _mm512_maddubs_epi16(k16, y.yhi));
+#endif
+    } else {
+        /* sum the four int32 of each lane into every one of them, then take one per lane */
+        __m512i s = lq_ysum(y.ylo, y.yhi);
+        s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_BADC));
+        s = _mm512_add_epi32(s, _mm512_shuffle_epi32(s, _MM_PERM_CDAB));
+        __m128i s4 = _mm512_castsi512_si128(
+            _mm512_permutexvar_epi32(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), s));
+        y.fy = _mm_mul_ps(y.dx, _mm_cvtepi32_ps(s4));
+    }
+    return y;
+}
+
+/* 16 x int32: lane k's four partial sums of q * y (Q5_0: (q - 16) * y) of block k. The int16
+ * intermediates never saturate: q <= 31, |y| <= 127, two pairs at a time (15748), minus 8128. */
+PI_X86_INLINE __m512i lq_quad(enum lq_kind kind, __m512i lo, __m512i hi, struct lq_act y)
+{
+#ifdef PI_AVX512_VNNI
+    __m512i a = kind == LQ_5_0 ? y.o : _mm512_setzero_si512();
+    return _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(a, lo, y.ylo), hi, y.yhi);
+#else
+    __m512i p = _mm512_add_epi16(_mm512_maddubs_epi16(lo, y.ylo), _mm512_maddubs_epi16(hi, y.yhi));
+    if (kind == LQ_5_0) p = _mm512_sub_epi16(p, y.o);
+    return _mm512_madd_epi16(p, _mm512_set1_epi16(1));
+#endif
+}
+
+/* One block j of a row at a (the loop's tail), against activation block b: the same terms. */
+PI_X86_INLINE float lq_block(enum lq_kind kind, const uint8_t *a, const struct pi_block_q8_0 *b)
+{
+    __m256i q = pi_x86_nibbles32(a + LQ_QS(kind));
+    if (kind != LQ_4_1)
+        q = _mm256_or_si256(q, _mm256_and_si256(pi_x86_bits32(a + LQ_QH(kind)), _mm256_set1_epi8(0x10)));
+    __m256i y = _mm256_loadu_si256((const __m256i *)b->qs);
+    int p = pi_x86_hsum_epi32(pi_x86_dot_u8(q, y));
+    int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
+    uint16_t d, m;
+    memcpy(&d, a, 2);
+    float dx = pi_x86_h2f(b->d);
+    if (kind == LQ_5_0) return pi_x86_h2f(d) * dx * (float)(p - 16 * sy);
+    memcpy(&m, a + 2, 2);
+    return pi_x86_h2f(d) * dx * (float)p + pi_x86_h2f(m) * (dx * (float)sy);
+}
+
+static inline float hsum128(__m128 v)
+{
+    v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+    return _mm_cvtss_f32(_mm_add_ss(v, _mm_movehdup_ps(v)));
+}
+
+/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
+ * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
+ * accumulators and order; pf as for q8_0_n. */
+PI_X86_INLINE void lq_n(enum lq_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
+                        size_t xs, int nt, float *out, int64_t n)
+{
+    const size_t bs = LQ_SIZE(kind);
+    const __m512i lanes = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b5 = _mm512_set1_epi8(0x10);
+    __m512 acc[4][4];
+    __m128 accm[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps(), accm[r][t] = _mm_setzero_ps();
     int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i q = join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs));
-        /* q - 16 = nibble | 0xF0 where the fifth bit is clear */
-        q = _mm512_mask_blend_epi8(q5_mask2(a[i].qh, a[i + 1].qh), _mm512_or_si512(q, _mm512_set1_epi8((char)0xF0)), q);
-        __m512i p = dot_i8_512(q, load2x32(b[i].qs, b[i + 1].qs));
-        __m512 d = two_scales(pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d), pi_x86_h2f(a[i + 1].d) * pi_x86_h2f(b[i + 1].d));
-        acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+    for (; i + 4 <= nb; i += 4) {
+        __m128 dw[4], mw[4];
+        __m512i lo[4], hi[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *a = wr[r] + (size_t)i * bs;
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs * 4);
+            dw[r] = pi_x86_halves4(a, bs);
+            mw[r] = LQ_MIN(kind) ? pi_x86_halves4(a + 2, bs) : _mm_setzero_ps();
+            const uint8_t *q = a + LQ_QS(kind);
+            __m512i v = load4x16(q, q + bs, q + 2 * bs, q + 3 * bs);
+            lo[r] = _mm512_and_si512(v, m4), hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (kind != LQ_4_1) {
+                __mmask64 hl, hh;
+                lq_qh4(a + LQ_QH(kind), bs, &hl, &hh);
+                lo[r] = _mm512_mask_add_epi8(lo[r], hl, lo[r], b5); /* bit 4 is clear: add = or */
+                hi[r] = _mm512_mask_add_epi8(hi[r], hh, hi[r], b5);
+            }
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            struct lq_act y = lq_act_load(kind, act_q8_0(xq, xs, t, i));
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                __m512 s16 = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_mul_ps(dw[r], y.dx)));
+                acc[r][t] = _mm512_fmadd_ps(s16, _mm512_cvtepi32_ps(lq_quad(kind, lo[r], hi[r], y)), acc[r][t]);
+                if (LQ_MIN(kind)) accm[r][t] = _mm_fmadd_ps(mw[r], y.fy, accm[r][t]);
+            }
+        }
     }
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i hi = _mm256_andnot_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8((char)0xF0));
-        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
-        __m256i p = pi_x86_dot_i8(q, _mm256_loadu_si256((const __m256i *)b[i].qs));
-        s += pi_x86_h2f(a[i].d) * pi_x86_h2f(b[i].d) * (float)pi_x86_hsum_epi32(p);
-    }
-    return s;
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float sum = hsum512(acc[r][t]);
+            if (LQ_MIN(kind)) sum += hsum128(accm[r][t]);
+            for (int64_t j = i; j < nb; j++) sum += lq_block(kind, wr[r] + (size_t)j * bs, act_q8_0(xq, xs, t, j));
+            out[r * 4 + t] = sum;
+        }
 }
 
-/* Q4_1 / Q5_1 over two blocks: d * dx * sum(q * q8) + m * dx * sum(q8), q unsigned. */
-static inline void acc_min2(__m512i q, const struct pi_block_q8_0 *b, float d0, float m0, float d1, float m1,
-                            __m512 *acc)
-{
-    __m512i y = load2x32(b[0].qs, b[1].qs);
-    __m512i p = dot_u8_512(q, y), s = dot_u8_512(_mm512_set1_epi8(1), y);
-    float x0 = pi_x86_h2f(b[0].d), x1 = pi_x86_h2f(b[1].d);
-    *acc = _mm512_fmadd_ps(two_scales(d0 * x0, d1 * x1), _mm512_cvtepi32_ps(p), *acc);
-    *acc = _mm512_fmadd_ps(two_scales(m0 * x0, m1 * x1), _mm512_cvtepi32_ps(s), *acc);
-}
+/* The five entry points of one type, each an instantiation of lq_n. */
+#define LQ_ENTRIES(T, K)                                                                                               \
+    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        lq_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        lq_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        lq_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        lq_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        lq_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
 
-static float dot_q4_1(const void *w, const void *xq, int64_t n)
-{
-    const struct pi_block_q4_1 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2)
-        acc_min2(join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs)), &b[i], pi_x86_h2f(a[i].d),
-                 pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m), &acc);
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i y = _mm256_loadu_si256((const __m256i *)b[i].qs);
-        int p = pi_x86_hsum_epi32(pi_x86_dot_u8(pi_x86_nibbles32(a[i].qs), y));
-        int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
-        float dx = pi_x86_h2f(b[i].d);
-        s += pi_x86_h2f(a[i].d) * dx * (float)p + pi_x86_h2f(a[i].m) * dx * (float)sy;
-    }
-    return s;
-}
-
-static float dot_q5_1(const void *w, const void *xq, int64_t n)
-{
-    const struct pi_block_q5_1 *a = w;
-    const struct pi_block_q8_0 *b = xq;
-    __m512 acc = _mm512_setzero_ps();
-    int64_t nb = n / 32, i = 0;
-    for (; i + 2 <= nb; i += 2) {
-        __m512i q = join256(pi_x86_nibbles32(a[i].qs), pi_x86_nibbles32(a[i + 1].qs));
-        q = _mm512_mask_blend_epi8(q5_mask2(a[i].qh, a[i + 1].qh), q, _mm512_or_si512(q, _mm512_set1_epi8(0x10)));
-        acc_min2(q, &b[i], pi_x86_h2f(a[i].d), pi_x86_h2f(a[i].m), pi_x86_h2f(a[i + 1].d), pi_x86_h2f(a[i + 1].m),
-                 &acc);
-    }
-    float s = hsum512(acc);
-    if (i < nb) {
-        __m256i hi = _mm256_and_si256(pi_x86_bits32(a[i].qh), _mm256_set1_epi8(0x10));
-        __m256i q = _mm256_or_si256(pi_x86_nibbles32(a[i].qs), hi);
-        __m256i y = _mm256_loadu_si256((const __m256i *)b[i].qs);
-        int p = pi_x86_hsum_epi32(pi_x86_dot_u8(q, y));
-        int sy = pi_x86_hsum_epi32(pi_x86_dot_u8(_mm256_set1_epi8(1), y));
-        float dx = pi_x86_h2f(b[i].d);
-        s += pi_x86_h2f(a[i].d) * dx * (float)p + pi_x86_h2f(a[i].m) * dx * (float)sy;
-    }
-    return s;
-}
+LQ_ENTRIES(q4_1, LQ_4_1)
+LQ_ENTRIES(q5_0, LQ_5_0)
+LQ_ENTRIES(q5_1, LQ_5_1)
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
@@ -873,6 +1004,215 @@ PI_K_DOTS(q4_K)
 PI_K_DOTS(q5_K)
 PI_K_DOTS(q6_K)
 
+/* ---------------------------------------------------------------- Q2_K, Q3_K x Q8_K
+ * A super-block's 2-bit quants are taken 64 consecutive elements per register: for c = 0, 1 the 32
+ * bytes qs[32c ..] hold elements 128c + 32j + l at bit shift 2j, so join(Q, Q >> 2) masked with 3 is
+ * elements 128c + 0..63 and the same shifted by 4 elements 128c + 64..127. Register g (0..3) then
+ * holds elements 64g .. 64g + 63, i.e. sub-blocks 4g .. 4g + 3 one per 128-bit lane (Q6_K's layout,
+ * q6_K_n), and each token's activations are plain 64-byte loads (no inserts, so they are reloaded per
+ * row instead of kept). The products go as the other K-quants' (k_sum4, k_scale2): 64 quants by 64
+ * int8 into 16 int32 sums of four, two registers narrowed to int16 and multiplied by their sub-block
+ * scales (spread with one vpermw per register pair) into the block's int32 sums, all exact, so the
+ * VNNI build returns the AVX-512 build's floats. The fp16 scales of the nr rows are converted
+ * together and multiplied by each token's scale once per block (the several-row kernels broadcast
+ * them from memory, k_bcast_mem). Q2_K's minimum term dmin * sum_s m[s] * bsums[s] goes through its
+ * own accumulator; Q3_K's quants are taken as q2 | 4 * hbit (0..7, i.e. q + 4) and the
+ * 4 * sum_s sc[s] * bsums[s] this adds is subtracted from the int32 sums; its packed 6-bit scales and
+ * its d are unpacked for the nr rows together, one row per 128-bit lane (lk_k3_scales4). */
+enum lk_kind { LK_2, LK_3 };
+
+/* Q3_K's 16 scales (value - 32) of up to four rows' blocks at once: h holds bytes 94..109 of each
+ * row's block one row per 128-bit lane (the last two quant bytes, the 12 scale bytes, d;
+ * k_load_heads) -> per lane the row's scales as int8, pi_k3_scales' values: low nibbles from scale
+ * bytes 0..7 (scales 0..7 the low, 8..15 the high ones), the top two bits of scale j from byte
+ * 8 + j % 4 at shift 2 * (j / 4). */
+static inline __m512i lk_k3_scales4(__m512i h)
+{
+    const __m512i ia = _mm512_broadcast_i32x4(_mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+    const __m512i ib =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+    /* bytes 0..7 the scale bytes 0..7, bytes 8..15 the same shifted down by a nibble */
+    __m512i lo = _mm512_srlv_epi64(_mm512_shuffle_epi8(h, ia), _mm512_broadcast_i32x4(_mm_set_epi64x(4, 0)));
+    /* dword g: scale bytes 8..11 shifted down by 2g */
+    __m512i hi = _mm512_srlv_epi32(_mm512_shuffle_epi8(h, ib), _mm512_broadcast_i32x4(_mm_setr_epi32(0, 2, 4, 6)));
+    lo = _mm512_and_si512(lo, _mm512_set1_epi8(0x0F));
+    hi = _mm512_slli_epi16(_mm512_and_si512(hi, _mm512_set1_epi8(3)), 4);
+    return _mm512_sub_epi8(_mm512_or_si512(lo, hi), _mm512_set1_epi8(32));
+}
+
+static inline float hsum256(__m256 v) { return pi_x86_hsum_ps(v); }
+
+/* nr (1..4) rows wr[r] (any rows of one matrix, in any order) times nt (1..4) tokens at xq + t * xs
+ * -> out[r * 4 + t]; nr * nt is at most 8. Each (row, token) pair keeps the 1-row kernel's
+ * accumulators and order; pf: NULL, or nr rows whose bytes matching each block of wr[r] are
+ * prefetched. */
+PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, const void *const *pf, const void *xq,
+                        size_t xs, int nt, float *out, int64_t n)
+{
+    const size_t bs = kind == LK_2 ? sizeof(struct pi_block_q2_K) : sizeof(struct pi_block_q3_K);
+    const __m512i m2 = _mm512_set1_epi8(3), k4 = _mm512_set1_epi8(4);
+    __m512 acc[4][4];
+    __m512 accm[2][4]; /* Q2_K's mins term: rows 2p and 2p + 1 in the low and high 8 lanes of accm[p] */
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) accm[0][t] = accm[1][t] = _mm512_setzero_ps();
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n / PI_QK_K; i++) {
+        /* sd[t]: token t's scale times the rows' fp16 scales, converted for all rows at once: Q2_K
+         * d_r at 2r and dmin_r at 2r + 1, Q3_K d_r at r */
+        const uint8_t *blk[4];
+        _Alignas(32) float sd[4][8];
+        __m512i s3[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}; /* int16 scales, rows 2p, 2p + 1 */
+        if (kind == LK_2) {
+            uint64_t h[2] = {0, 0};
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                blk[r] = wr[r] + (size_t)i * bs;
+                uint32_t dd;
+                memcpy(&dd, blk[r] + offsetof(struct pi_block_q2_K, d), 4);
+                h[r / 2] |= (uint64_t)dd << (32 * (r % 2));
+            }
+            __m256 dd = _mm256_cvtph_ps(_mm_set_epi64x((long long)h[1], (long long)h[0]));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++)
+                _mm256_store_ps(sd[t], _mm256_mul_ps(dd, _mm256_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+            /* the rows' 16 scale bytes one row per 128-bit lane: scales and mins as int16, two rows per
+             * register; the mins term of rows 2p, 2p + 1 for each token in one vpmaddwd */
+            __m512i hs = k_load_heads(blk, nr), m4 = _mm512_set1_epi8(0x0F);
+            __m512i s8 = _mm512_and_si512(hs, m4), m8 = _mm512_and_si512(_mm512_srli_epi16(hs, 4), m4);
+            s3[0] = _mm512_cvtepu8_epi16(_mm512_castsi512_si256(s8));
+            s3[1] = _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(s8, 1));
+            __m512i mn[2] = {_mm512_cvtepu8_epi16(_mm512_castsi512_si256(m8)),
+                             _mm512_cvtepu8_epi16(_mm512_extracti64x4_epi64(m8, 1))};
+#pragma GCC unroll 2
+            for (int p = 0; p < (nr + 1) / 2; p++)
+#pragma GCC unroll 4
+                for (int t = 0; t < nt; t++) {
+                    const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+                    __m512i mb =
+                        _mm512_madd_epi16(mn[p], _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->bsums)));
+                    /* dy * dmin of row 2p in the low 8 lanes, of row 2p + 1 in the high ones */
+                    const int lo = 4 * p + 1, hi = 4 * p + 3;
+                    __m512 sm = _mm512_permutexvar_ps(
+                        _mm512_set_epi32(hi, hi, hi, hi, hi, hi, hi, hi, lo, lo, lo, lo, lo, lo, lo, lo),
+                        _mm512_castps256_ps512(_mm256_load_ps(sd[t])));
+                    accm[p][t] = _mm512_fmadd_ps(sm, _mm512_cvtepi32_ps(mb), accm[p][t]);
+                }
+        } else {
+            /* bytes 94..109 of each row's block, one row per lane: the rows' scales as int16 (rows 0, 1
+             * in s3[0], rows 2, 3 in s3[1]) and their d (word 7 of each lane) */
+            const uint8_t *hp[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) blk[r] = wr[r] + (size_t)i * bs, hp[r] = blk[r] + 94;
+            __m512i h = k_load_heads(hp, nr), s8 = lk_k3_scales4(h);
+            s3[0] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(s8));
+            s3[1] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(s8, 1));
+            __m128 dd = _mm_cvtph_ps(_mm512_castsi512_si128(
+                _mm512_permutexvar_epi16(_mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                                          0, 0, 0, 0, 0, 0, 0, 31, 23, 15, 7),
+                                         h)));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) _mm_store_ps(sd[t], _mm_mul_ps(dd, _mm_set1_ps(act_q8_K(xq, xs, t, i)->d)));
+        }
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            const uint8_t *a = blk[r];
+            if (pf) pi_x86_pf_lines((const uint8_t *)pf[r] + (size_t)i * bs, bs);
+            const uint8_t *qs =
+                kind == LK_2 ? ((const struct pi_block_q2_K *)a)->qs : ((const struct pi_block_q3_K *)a)->qs;
+            __m512i q[4];
+#pragma GCC unroll 2
+            for (int c = 0; c < 2; c++) {
+                /* join(Q, Q >> 2): Q broadcast from memory to both halves, the high half shifted */
+                __m512i z = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+                z = _mm512_mask_srli_epi16(z, 0xFFFF0000u, z, 2);
+                q[2 * c] = _mm512_and_si512(z, m2), q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(z, 4), m2);
+            }
+            __m256i s16 = _mm256_setzero_si256();
+            if (kind == LK_3) {
+                const struct pi_block_q3_K *b3 = (const struct pi_block_q3_K *)a;
+                s16 = r & 1 ? _mm512_extracti64x4_epi64(s3[r / 2], 1) : _mm512_castsi512_si256(s3[r / 2]);
+                /* the high bits: join(H, H >> 1) has at bit 2g of byte l the hmask bit of register
+                 * g's element l (first half) and 32 + l (second half); where it is set, q += 4 */
+                __m512i hz = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b3->hmask));
+                hz = _mm512_mask_srli_epi16(hz, 0xFFFF0000u, hz, 1);
+#pragma GCC unroll 4
+                for (int g = 0; g < 4; g++)
+                    q[g] = _mm512_mask_add_epi8(q[g], _mm512_test_epi8_mask(hz, _mm512_set1_epi8((char)(1 << (2 * g)))),
+                                                q[g], k4);
+            }
+            /* registers (0, 1) and (2, 3) paired by k_scale2: sub-blocks 4m + L */
+            __m512i sp = s3[r / 2];
+            int sb = 16 * (r & 1);
+            __m512i sc[2] = {_mm512_permutexvar_epi16(k_pack_idx(sb, 4, 1, 0), sp),
+                             _mm512_permutexvar_epi16(k_pack_idx(sb + 8, 4, 1, 0), sp)};
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const struct pi_block_q8_K *b = act_q8_K(xq, xs, t, i);
+                __m256i bsums = _mm256_loadu_si256((const __m256i *)b->bsums);
+                __m512i sumi = _mm512_setzero_si512();
+                if (kind == LK_3)
+                    sumi = _mm512_sub_epi32(
+                        sumi, _mm512_zextsi256_si512(_mm256_slli_epi32(_mm256_madd_epi16(s16, bsums), 2)));
+                sumi = k_scale2(sumi, k_sum4(q[0], _mm512_loadu_si512((const void *)(b->qs))),
+                                k_sum4(q[1], _mm512_loadu_si512((const void *)(b->qs + 64))), sc[0]);
+                sumi = k_scale2(sumi, k_sum4(q[2], _mm512_loadu_si512((const void *)(b->qs + 128))),
+                                k_sum4(q[3], _mm512_loadu_si512((const void *)(b->qs + 192))), sc[1]);
+                const float *sdp = kind == LK_2 ? &sd[t][2 * r] : &sd[t][r];
+                acc[r][t] = _mm512_fmadd_ps(nr > 1 && nt == 1 ? k_bcast_mem(sdp) : _mm512_set1_ps(*sdp),
+                                            _mm512_cvtepi32_ps(sumi), acc[r][t]);
+            }
+        }
+    }
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < nt; t++) {
+            float s = hsum512(acc[r][t]);
+            if (kind == LK_2)
+                s -=
+                    hsum256(r & 1 ? _mm512_extractf32x8_ps(accm[r / 2][t], 1) : _mm512_castps512_ps256(accm[r / 2][t]));
+            out[r * 4 + t] = s;
+        }
+}
+
+/* The entry points of one type, each an instantiation of lk_n. */
+#define LK_ENTRIES(T, K)                                                                                               \
+    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        lk_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        lk_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        lk_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
+    }                                                                                                                  \
+    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        lk_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        lk_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
+
+LK_ENTRIES(q2_K, LK_2)
+LK_ENTRIES(q3_K, LK_3)
+
 /* ---------------------------------------------------------------- y += a * rows (pi_vec_mad4)
  * Each row's multiply, then its add into y, each rounded as in the scalar loop over the dequantised
  * rows (the barrier keeps the compiler from contracting them into an FMA); y is loaded once per step
@@ -982,6 +1322,8 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_Q5_0] = dot_q5_0,
             [PI_TYPE_Q5_1] = dot_q5_1,
             [PI_TYPE_Q8_0] = dot_q8_0,
+            [PI_TYPE_Q2_K] = dot_q2_K,
+            [PI_TYPE_Q3_K] = dot_q3_K,
             [PI_TYPE_Q4_K] = dot_q4_K,
             [PI_TYPE_Q5_K] = dot_q5_K,
             [PI_TYPE_Q6_K] = dot_q6_K,
@@ -990,7 +1332,12 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
         {
             [PI_TYPE_F16] = dot4_f16,
             [PI_TYPE_Q4_0] = dot4_q4_0,
+            [PI_TYPE_Q4_1] = dot4_q4_1,
+            [PI_TYPE_Q5_0] = dot4_q5_0,
+            [PI_TYPE_Q5_1] = dot4_q5_1,
             [PI_TYPE_Q8_0] = dot4_q8_0,
+            [PI_TYPE_Q2_K] = dot4_q2_K,
+            [PI_TYPE_Q3_K] = dot4_q3_K,
             [PI_TYPE_Q4_K] = dot4_q4_K,
             [PI_TYPE_Q5_K] = dot4_q5_K,
             [PI_TYPE_Q6_K] = dot4_q6_K,
@@ -998,7 +1345,12 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     .vec_dot8 =
         {
             [PI_TYPE_Q4_0] = dot8_q4_0,
+            [PI_TYPE_Q4_1] = dot8_q4_1,
+            [PI_TYPE_Q5_0] = dot8_q5_0,
+            [PI_TYPE_Q5_1] = dot8_q5_1,
             [PI_TYPE_Q8_0] = dot8_q8_0,
+            [PI_TYPE_Q2_K] = dot8_q2_K,
+            [PI_TYPE_Q3_K] = dot8_q3_K,
             [PI_TYPE_Q4_K] = dot8_q4_K,
             [PI_TYPE_Q5_K] = dot8_q5_K,
             [PI_TYPE_Q6_K] = dot8_q6_K,
@@ -1006,7 +1358,12 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     .vec_dot2 =
         {
             [PI_TYPE_Q4_0] = dot2_q4_0,
+            [PI_TYPE_Q4_1] = dot2_q4_1,
+            [PI_TYPE_Q5_0] = dot2_q5_0,
+            [PI_TYPE_Q5_1] = dot2_q5_1,
             [PI_TYPE_Q8_0] = dot2_q8_0,
+            [PI_TYPE_Q2_K] = dot2_q2_K,
+            [PI_TYPE_Q3_K] = dot2_q3_K,
             [PI_TYPE_Q4_K] = dot2_q4_K,
             [PI_TYPE_Q5_K] = dot2_q5_K,
             [PI_TYPE_Q6_K] = dot2_q6_K,
@@ -1014,7 +1371,12 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     .vec_dot4r =
         {
             [PI_TYPE_Q4_0] = dot4r_q4_0,
+            [PI_TYPE_Q4_1] = dot4r_q4_1,
+            [PI_TYPE_Q5_0] = dot4r_q5_0,
+            [PI_TYPE_Q5_1] = dot4r_q5_1,
             [PI_TYPE_Q8_0] = dot4r_q8_0,
+            [PI_TYPE_Q2_K] = dot4r_q2_K,
+            [PI_TYPE_Q3_K] = dot4r_q3_K,
             [PI_TYPE_Q4_K] = dot4r_q4_K,
             [PI_TYPE_Q5_K] = dot4r_q5_K,
             [PI_TYPE_Q6_K] = dot4r_q6_K,

@@ -182,6 +182,12 @@ static void test_dot2(void)
                         uint16_t d = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
                         for (size_t i = 2; i < ti->block_bytes; i++) blk[i] = (uint8_t)(rndf() * 128 + 128);
                         memcpy(blk, &d, 2);
+                        /* Q4_1 / Q5_1: a finite minimum too (an Inf or NaN one makes the dot a NaN,
+                         * whose sign and payload depend on the operand order the compiler chose) */
+                        if (t == PI_TYPE_Q4_1 || t == PI_TYPE_Q5_1) {
+                            uint16_t m = pi_fp32_to_fp16(0.01f * rndf());
+                            memcpy(blk + 2, &m, 2);
+                        }
                     }
                 for (int64_t j = 0; j < cols; j++) x[j] = rndf();
                 pi_quantize_act(t, x, xq, cols);

@@ -266,7 +266,9 @@ int main(void)
     const struct pi_kernel_table *t512 = pi_kernels_table(PI_KERNEL_AVX512),
                                  *tv = pi_kernels_table(PI_KERNEL_AVX512VNNI);
     if (t512 && tv) {
-        static const enum pi_type vt[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
+        static const enum pi_type vt[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0,
+                                          PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K, PI_TYPE_Q4_K,
+                                          PI_TYPE_Q5_K, PI_TYPE_Q6_K};
         void *w2 = malloc((size_t)nmax * 16), *xq4 = malloc(4 * ((size_t)nmax * 4 + 4096));
         for (size_t k = 0; k < PI_ARRAY_LEN(vt); k++) {
             enum pi_type t = vt[k];
