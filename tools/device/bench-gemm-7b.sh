@@ -5,7 +5,7 @@
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
 # pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
-# usage: bench-gemm-7b.sh all [SECONDS] | quick | verify | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | val [SECONDS] | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -45,7 +45,7 @@ machine() {
 # run_tests SECONDS: test-cuda and test-backend-cuda, each at most SECONDS; a line each and their failures
 run_tests() {
   local t s rc
-  for t in test-cuda test-backend-cuda; do
+  for t in test-cuda test-cuda-sparse test-backend-cuda; do
     s=$(date +%s)
     timeout "$1" "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
     echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
@@ -170,12 +170,53 @@ verify() {
   ts "verify done"
 }
 
+# val SECONDS: a tree's first device run after kernel work: the three CUDA tests at once (the 7B Q4_0 file
+# written and llama.cpp built meanwhile), the kernel table, pp512/tg128 of pinfer at [tune] batch 64 and
+# 512 beside llama-bench on the Q4_0 file, then the serving rows while 150 s are left
+val() {
+  local budget=${1:-500} t
+  machine
+  build_llama
+  gen q4_0 &
+  local gp=$!
+  for t in test-cuda test-cuda-sparse test-backend-cuda; do
+    ( s=$(date +%s); timeout 240 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
+      echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$O/tests.txt"
+      grep -E '^not ok' "$O/$t.log" | head -20 >> "$O/tests.txt" ) &
+  done
+  wait
+  cat "$O/tests.txt" >> "$L"
+  grep -E "seqs|sequences in one step|q5_k|Q5_K" "$O/test-backend-cuda.log" | head -12 >> "$L"
+  ts "tests done"
+  kernel_table 90 10
+  ts "kernels done"
+  for _ in $(seq 300); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
+  tail -1 /tmp/lcpp-build.log >> "$L"
+  local m=/dev/shm/g7-q4_0.gguf b
+  for b in 64 512; do
+    echo "== pinfer q4_0 tune.batch=$b" >> "$L"
+    timeout 120 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
+        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+  done
+  echo "== llama.cpp q4_0" >> "$L"
+  timeout 120 $LB -m "$m" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
+  echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+  ts "prompt done"
+  if [ $(( $(date +%s) - T0 )) -lt $(( budget - 150 )) ]; then
+    serve_full 1
+    ts "serve done"
+  fi
+  ts "val done"
+}
+
 case ${1:-} in
+val) val "${2:-500}" ;;
 verify) verify ;;
 quick) quick ;;
 all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) serve_full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | val [SECONDS] | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
