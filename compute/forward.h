@@ -15,8 +15,8 @@
  * Batch invariance (issue 19, doc/design.md): a row's results -- its keys and values, its residual
  * stream, its logits -- are the same bits whatever else is in its batch (other sequences, or more of
  * its own prompt) and however its sequence was split into batches. Every step is a function of the row
- * alone: the norms, RoPE and the embedding are per row; attention is one pi_attn_head per (row, head)
- * over the row's own cache prefix (positions 0..pos, the batch's earlier rows of its sequence stored
+ * alone: the norms, RoPE and the embedding are per row; attention is pi_attn_group per (row, kv head)
+ * (each query head exactly as alone) over the row's own cache prefix (positions 0..pos, the batch's earlier rows of its sequence stored
  * first), each in its own scores row; the products quantise each activation row by itself and
  * pi_matmul is bit-equal to pi_matvec per row (kernels/cpu/matvec.h, checked by test-matvec and
  * test-batch); the FFN path never depends on the batch (compute/ffn-policy.h: dense; until issue 19

@@ -409,9 +409,11 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     p->o = o;
     p->m = cm->model;
     p->base.n_vocab = cm->model->hp.n_vocab;
-    p->base.max_batch = pi_tune_batch(&o->cfg.tune); /* [tune] batch: the segments, scratch and plan follow it */
+    /* [tune] batch: the segments, scratch and plan follow it; no step holds more than every sequence's context */
+    p->base.max_batch = pi_tune_batch(&o->cfg.tune);
     p->base.n_ctx = o->cfg.ctx_len > 0 ? (int)o->cfg.ctx_len : pi_model_default_ctx(cm->model);
     p->base.n_seq = o->n_seq > 0 ? o->n_seq : 1;
+    p->base.max_batch = (int)PI_MIN((int64_t)p->base.max_batch, (int64_t)p->base.n_ctx * p->base.n_seq);
     p->next = malloc((size_t)p->base.n_seq * sizeof *p->next);
     p->n_cpu = pi_coord_cpu_workers(&o->cfg);
     p->sparsity = cm->sparsity;

@@ -792,7 +792,7 @@ static bool step(pi_sched_t *s)
      * slots are generating than a batch holds */
     int gen_cap = cap;
     for (int i = 0; i < s->o.n_slots; i++)
-        if (s->slots[i].state == SLOT_PROMPT) gen_cap = cap - PI_MAX(1, cap / 4);
+        if (s->slots[i].state == SLOT_PROMPT) gen_cap = PI_MAX(1, cap - PI_MAX(1, cap / 4)); /* batch 1: gen only */
     const int gr = s->gen_rr;
     for (int k = 0; k < s->o.n_slots && n < gen_cap; k++) {
         const int i = (gr + k) % s->o.n_slots;

@@ -65,7 +65,6 @@ static void *random_matrix(enum pi_type t, int64_t rows, int64_t cols, size_t *r
     return w;
 }
 
-/* max_r |y[r] - ref[r]| / (1 + max |ref|) */
 /* The worst |y - ref| of n outputs, each over its own magnitude mag[i] = sum_j |w_j x_j| (the scale of
  * a summation-order difference, however much the terms cancel). */
 static double rel_err(const float *y, const float *ref, const double *mag, int64_t n)

@@ -196,7 +196,7 @@ int main(void)
     static const int f16_shapes[][2] = {{64, 1}, {64, 7}, {128, 300}, {40, 13}, {256, 66}, {80, 5}, {300, 17}};
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         if (!pi_kernels_available((enum pi_kernel_isa)isa)) {
-            tap_skip((int)PI_ARRAY_LEN(f16_shapes) + 3, "kernel variant not available here");
+            tap_skip((int)PI_ARRAY_LEN(f16_shapes) + 5, "kernel variant not available here");
             continue;
         }
         pi_kernels_use(isa);
@@ -205,6 +205,8 @@ int main(void)
         test_attention_group(128, 37);
         test_attention_group(64, 5);
         test_attention_group(40, 9);
+        test_attention_group(256, 9);
+        test_attention_group(32, 6);
     }
     pi_kernels_use(-1);
     test_act();
