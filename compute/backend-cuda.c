@@ -12,7 +12,7 @@
  * The context's scratch slots grow on demand; the backend requests their largest sizes once at start
  * (warm_scratch), so serving never allocates and the planned bytes are what is held.
  *
- * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K;
+ * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K;
  * K-quants need rows of 256) and are converted to F16 on upload otherwise (logged). The
  * hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot, d), the
  * ffn_down_t rows in another (n_hot, d); both in the ids' order. A dense layer (every neuron hot, in id

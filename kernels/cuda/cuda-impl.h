@@ -5,8 +5,10 @@
  * Device weight layout (why it differs from the file): ggml's Q4_0 (18 bytes), Q8_0 (34) and Q6_K
  * (210) blocks are only 2-byte aligned in a row, which forbids 16-byte loads. On upload their f16 scale
  * `d` is split out into a plane of its own (rows * blocks halves) and the rest of each block (16, 32 and
- * 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_K (144 bytes), F16 and
- * BF16 keep ggml's layout unchanged. Values are bit-identical to the file's; only addresses move.
+ * 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_K (144 bytes), Q5_K
+ * (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are whole multiples of
+ * 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the planes start at
+ * 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
  *
  * Every kernel works on "segments" of 32 consecutive elements of a row: segment s of row r covers
  * columns [32 s, 32 s + 32). A K-quant super-block of 256 holds 8 segments.
@@ -372,9 +374,10 @@ __device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t 
  *   Q4_0: (q - 8) d            -> scale d, off 8 d       (q = nibble)
  *   Q8_0: s d, s = int8        -> scale d, off 128 d     (q = s ^ 0x80, unsigned)
  *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
+ *   Q5_K: d sc q - dmin m      -> scale d sc, off dmin m (q = nibble | fifth bit << 4)
  *   Q6_K: (q - 32) d sc_half   -> scale d sc, off 32 d sc per 16-element half */
 struct pi_seg_raw {
-    uint4 a, b, c, e;
+    uint4 a, b, c, e, f; /* f: Q5_K only (its qh[16..31]); unused fields cost no registers */
     uint32_t m, n;
 };
 
@@ -411,6 +414,17 @@ template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, i
         const uint8_t *blk = w.q + b * 144;
         x.a = pi_ld16(blk);
         x.b = pi_ld16(blk + 16 + 32 * (j >> 1)), x.c = pi_ld16(blk + 32 + 32 * (j >> 1));
+        x.m = (uint32_t)j;
+    } else if constexpr (T == PI_TYPE_Q5_K) {
+        /* ggml block_q5_K (176 bytes, kept whole): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (as
+         * Q4_K), qh[32] at 16, qs[128] at 48; sub-block j is the low (even j) or high (odd j) nibbles of
+         * the 32 bytes at 48 + 32 (j / 2), element l's fifth bit is bit j of qh[l]. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 176;
+        x.a = pi_ld16(blk);
+        x.e = pi_ld16(blk + 16), x.f = pi_ld16(blk + 32);
+        x.b = pi_ld16(blk + 48 + 32 * (j >> 1)), x.c = pi_ld16(blk + 64 + 32 * (j >> 1));
         x.m = (uint32_t)j;
     } else {
         static_assert(T == PI_TYPE_Q6_K, "no decoder for this type");
@@ -454,6 +468,19 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
         for (int i = 0; i < 4; i++) {
             u.lo[i] = (w1[i] >> shift) & 0x0F0F0F0Fu;
             u.hi[i] = (w2[i] >> shift) & 0x0F0F0F0Fu;
+        }
+        float sc, m;
+        pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
+        u.s0 = u.s1 = pi_h2f_bits(x.a.x) * sc;
+        u.o0 = u.o1 = pi_h2f_bits(x.a.x >> 16) * m;
+    } else if constexpr (T == PI_TYPE_Q5_K) {
+        const uint32_t w2[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
+        const uint32_t h0[4] = {x.e.x, x.e.y, x.e.z, x.e.w}, h1[4] = {x.f.x, x.f.y, x.f.z, x.f.w};
+        const int j = (int)x.m, shift = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = ((w1[i] >> shift) & 0x0F0F0F0Fu) | (((h0[i] >> j) & 0x01010101u) << 4);
+            u.hi[i] = ((w2[i] >> shift) & 0x0F0F0F0Fu) | (((h1[i] >> j) & 0x01010101u) << 4);
         }
         float sc, m;
         pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
@@ -518,9 +545,14 @@ __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, i
     /* the quant plane's bytes per block and 32-element segments per block (F16/BF16: a block is one
      * element, 32 per segment), and whether the scales are a plane of their own */
     constexpr bool F = T == PI_TYPE_F16 || T == PI_TYPE_BF16;
-    constexpr int BQ = F ? 2 : T == PI_TYPE_Q4_0 ? 16 : T == PI_TYPE_Q8_0 ? 32 : T == PI_TYPE_Q4_K ? 144 : 208;
+    constexpr int BQ = F                    ? 2
+                       : T == PI_TYPE_Q4_0 ? 16
+                       : T == PI_TYPE_Q8_0 ? 32
+                       : T == PI_TYPE_Q4_K ? 144
+                       : T == PI_TYPE_Q5_K ? 176
+                                           : 208;
     constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
-    constexpr bool DPLANE = !F && T != PI_TYPE_Q4_K;
+    constexpr bool DPLANE = !F && T != PI_TYPE_Q4_K && T != PI_TYPE_Q5_K;
     const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
     for (int i = 0; i < R && r0 + i < w.rows; i++) {
         const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
@@ -589,6 +621,7 @@ template <typename F> static inline int pi_dispatch_type(enum pi_type t, F &&f)
     case PI_TYPE_Q4_0: return f(pi_type_tag<PI_TYPE_Q4_0>());
     case PI_TYPE_Q8_0: return f(pi_type_tag<PI_TYPE_Q8_0>());
     case PI_TYPE_Q4_K: return f(pi_type_tag<PI_TYPE_Q4_K>());
+    case PI_TYPE_Q5_K: return f(pi_type_tag<PI_TYPE_Q5_K>());
     case PI_TYPE_Q6_K: return f(pi_type_tag<PI_TYPE_Q6_K>());
     default:
         pi_error("cuda: no device kernels for type %s", pi_type_name(t));

@@ -1,5 +1,5 @@
 /*
- * kernels/cuda/mmq.cu - batched products on the quantised blocks (Q4_0, Q8_0, Q4_K, Q6_K) with the
+ * kernels/cuda/mmq.cu - batched products on the quantised blocks (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) with the
  * integer tensor cores: Y (T, rows) = X (T, cols) W^T for batches of more than
  * PI_CUDA_MATVEC_MAX_ROWS tokens, in place of the dequantise-to-f16 tiles and cuBLAS (matmul.cu),
  * which moved 4.5 bytes per Q4_0 weight and per batch (dequantised to f16, written, read back) where
@@ -9,7 +9,8 @@
  * token and 32 columns (a "segment") to int8 with a float scale d (d = max |x| / 127, q =
  * round-to-nearest-even(x / d), the rule of the q8 matvec, matvec-q8.cu) and the sum of its q; W's
  * segments are int8 already (Q8_0) or become int8 in registers (Q4_0: nibble - 8; Q4_K: the nibble,
- * its min applied through the sum of x; Q6_K: 6 bits - 32). One PTX `mma.sync.m16n8k32.s8`
+ * its min applied through the sum of x; Q5_K: the nibble and its fifth bit, 0..31, the min as Q4_K's;
+ * Q6_K: 6 bits - 32). One PTX `mma.sync.m16n8k32.s8`
  * multiplies 16 rows by 8 tokens over a segment in exact integer arithmetic (Q6_K, whose scales change
  * every 16 columns: two m16n8k16); the integer sums are converted to float and scaled into float
  * accumulators, segment after segment in order.
@@ -118,7 +119,7 @@ template <uint32_t OFF> __device__ __forceinline__ uint32_t pi_u8_minus(uint32_t
 /* The A fragments and scales of one 32-column segment for the thread's four rows (rows[mt][h]: row
  * g + 8 h of tile mt, clamped to the matrix); a row's value is
  *   Q4_0, Q8_0: s q (q signed: nibble - 8, or the int8 itself);
- *   Q4_K:       s q - o (q the nibble, s = d sc, o = dmin m of the sub-block);
+ *   Q4_K, Q5_K: s q - o (q the nibble, with Q5_K's fifth bit, s = d sc, o = dmin m of the sub-block);
  *   Q6_K:       s q over the segment's first 16 columns, s2 q over the last (q = 6 bits - 32, s = d
  *               scale of each 16-column half).
  * The formulas are ggml's (dequantize_row_* in ggml-quants.c); the device layouts cuda-impl.h's
@@ -157,6 +158,21 @@ __device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&ro
                 const uint32_t *q = (const uint32_t *)(blk + 16 + 32 * (j >> 1));
                 f.a[mt][h] = (__ldg(q + t) >> shift) & 0x0F0F0F0Fu;
                 f.a[mt][2 + h] = (__ldg(q + 4 + t) >> shift) & 0x0F0F0F0Fu;
+                float sc, m;
+                pi_q4k_scale_min(hd.y, hd.z, hd.w, j, &sc, &m);
+                f.s[mt][h] = pi_h2f_bits(hd.x) * sc;
+                f.o[mt][h] = pi_h2f_bits(hd.x >> 16) * m;
+            } else if constexpr (T == PI_TYPE_Q5_K) {
+                /* 176 bytes: as Q4_K's header, then qh[32] at 16 and the nibbles at 48 + 32 (j / 2);
+                 * element l's fifth bit is bit j of qh[l]: words t and 4 + t of qh for k in [4t, 4t + 4)
+                 * and [16 + 4t, 16 + 4t + 4) */
+                const int j = (int)(seg & 7), shift = 4 * (j & 1);
+                const uint8_t *blk = w.q + (rows[mt][h] * w.nblk + (seg >> 3)) * 176;
+                const uint4 hd = __ldg((const uint4 *)blk);
+                const uint32_t *qh = (const uint32_t *)(blk + 16), *q = (const uint32_t *)(blk + 48 + 32 * (j >> 1));
+                f.a[mt][h] = ((__ldg(q + t) >> shift) & 0x0F0F0F0Fu) | (((__ldg(qh + t) >> j) & 0x01010101u) << 4);
+                f.a[mt][2 + h] =
+                    ((__ldg(q + 4 + t) >> shift) & 0x0F0F0F0Fu) | (((__ldg(qh + 4 + t) >> j) & 0x01010101u) << 4);
                 float sc, m;
                 pi_q4k_scale_min(hd.y, hd.z, hd.w, j, &sc, &m);
                 f.s[mt][h] = pi_h2f_bits(hd.x) * sc;
@@ -208,7 +224,7 @@ __device__ __forceinline__ void pi_mmq_tile(const pi_mmq_a &f, int mt, uint32_t 
             const int h = i >> 1;
             const float2 x = (i & 1) ? x1 : x0;
             acc[i] = fmaf(f.s[mt][h] * x.x, pi_i2f_small(c[i]), acc[i]);
-            if constexpr (T == PI_TYPE_Q4_K) acc[i] = fmaf(-f.o[mt][h], x.y, acc[i]);
+            if constexpr (T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K) acc[i] = fmaf(-f.o[mt][h], x.y, acc[i]);
         }
     }
 }
@@ -369,6 +385,7 @@ extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t 
     case PI_TYPE_Q4_0: return mmq_nt<PI_TYPE_Q4_0>(c, w, T, Tp, xq, xd, d_Y, add);
     case PI_TYPE_Q8_0: return mmq_nt<PI_TYPE_Q8_0>(c, w, T, Tp, xq, xd, d_Y, add);
     case PI_TYPE_Q4_K: return mmq_nt<PI_TYPE_Q4_K>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q5_K: return mmq_nt<PI_TYPE_Q5_K>(c, w, T, Tp, xq, xd, d_Y, add);
     default: return mmq_nt<PI_TYPE_Q6_K>(c, w, T, Tp, xq, xd, d_Y, add);
     }
 }

@@ -24,7 +24,8 @@ int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols)
 bool pi_cuda_mmq_built(int type)
 {
 #if PI_CUDA_MIN_ARCH >= 80
-    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K ||
+           type == PI_TYPE_Q6_K;
 #else
     (void)type;
     return false;
@@ -44,6 +45,8 @@ int pi_cuda_geom_of(int type, struct pi_cuda_geom *g)
     case PI_TYPE_F16:
     case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
     case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
+    /* block_q5_K {half d, dmin; uint8 scales[12], qh[32], qs[128]}: 176 = 11 x 16 bytes, kept whole */
+    case PI_TYPE_Q5_K: g->belems = 256; g->bbytes = g->qbytes = 176; return 0;
     /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
      * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
     case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;

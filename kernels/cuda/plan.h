@@ -85,7 +85,7 @@ size_t pi_cuda_xq_bytes(int64_t cols);
 #define PI_CUDA_MMQ_TOK_ALIGN 8
 
 /* Whether batched products with a weight of `type` (an enum pi_type) can take the integer tensor-core
- * GEMM of mmq.cu (Q4_0, Q8_0, Q4_K, Q6_K) in this build: every architecture built has it (sm_80 on). */
+ * GEMM of mmq.cu (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) in this build: every architecture built has it (sm_80 on). */
 bool pi_cuda_mmq_built(int type);
 
 /* The largest batch pi_cuda_gemm gives the integer GEMM; larger ones take the f16 tiles and cuBLAS,
@@ -128,7 +128,7 @@ struct pi_cuda_geom {
     size_t doff, qoff;
 };
 
-/* The device layout of type (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED
+/* The device layout of type (F16, BF16, Q4_0, Q8_0, Q4_K, Q5_K, Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED
  * (logged) for a type without device kernels. */
 int pi_cuda_geom_of(int type, struct pi_cuda_geom *g);
 
