@@ -4,8 +4,10 @@
  *
  * Device weight layout (why it differs from the file): ggml's Q4_0 (18 bytes), Q8_0 (34) and Q6_K
  * (210) blocks are only 2-byte aligned in a row, which forbids 16-byte loads. On upload their f16 scale
- * `d` is split out into a plane of its own (rows * blocks halves) and the rest of each block (16, 32 and
- * 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_K (144 bytes), Q5_K
+ * `d` is split out into a side plane of its own (rows * blocks halves) and the rest of each block (16,
+ * 32 and 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_1 (20 bytes),
+ * Q5_0 (22) and Q5_1 (24) keep their 16 nibble bytes in the quant plane and the rest in a side entry of
+ * 4 bytes {d, m} (Q4_1) or 8 bytes {d, 0, qh} (Q5_0) / {d, m, qh} (Q5_1), one aligned load each. Q4_K (144 bytes), Q5_K
  * (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are whole multiples of
  * 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the planes start at
  * 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
@@ -175,8 +177,9 @@ struct pi_cuda_weight {
     int64_t rows, cols;
     int64_t nblk;   /* blocks per row (cols for F16/BF16) */
     size_t qbytes;  /* bytes per block in the quant plane (2 for F16/BF16) */
+    size_t sbytes;  /* bytes per block in the side plane (0: none) */
     uint8_t *q;     /* rows * nblk * qbytes */
-    __half *d;      /* rows * nblk split scales, or NULL */
+    __half *d;      /* the side plane, rows * nblk entries of sbytes (the f16 d, or d and m, qh), or NULL */
     size_t bytes;   /* both planes, as counted (0 for a view) */
     bool view;      /* rows of another weight (pi_cuda_weight_view): owns no device memory */
 };
@@ -373,6 +376,9 @@ __device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t 
  * the unsigned forms fold the offsets:
  *   Q4_0: (q - 8) d            -> scale d, off 8 d       (q = nibble)
  *   Q8_0: s d, s = int8        -> scale d, off 128 d     (q = s ^ 0x80, unsigned)
+ *   Q4_1: d q + m              -> scale d, off -m            (q = nibble)
+ *   Q5_0: (q - 16) d           -> scale d, off 16 d          (q = nibble | bit of qh << 4)
+ *   Q5_1: d q + m              -> scale d, off -m            (q as Q5_0)
  *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
  *   Q5_K: d sc q - dmin m      -> scale d sc, off dmin m (q = nibble | fifth bit << 4)
  *   Q6_K: (q - 32) d sc_half   -> scale d sc, off 32 d sc per 16-element half */
@@ -388,6 +394,11 @@ struct pi_seg_u8 {
 
 __device__ __forceinline__ float pi_h2f_bits(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xffff))); }
 
+/* Bits 0..3 of b as bit 4 of bytes 0..3 (Q5_0/Q5_1's fifth bits): the four shifted copies of the
+ * nibble (shifts 0, 7, 14, 21) do not overlap, so the multiply carries nothing, and bit k of the
+ * nibble lands on bit 8 k. */
+__device__ __forceinline__ uint32_t pi_bits4_to_bytes(uint32_t b) { return (((b & 0xFu) * 0x00204081u) & 0x01010101u) << 4; }
+
 template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, int64_t r, int64_t s, pi_seg_raw &x)
 {
     if constexpr (T == PI_TYPE_F16 || T == PI_TYPE_BF16) {
@@ -400,6 +411,20 @@ template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, i
         const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
         x.a = pi_ld16(w.q + b * 16);
         x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q4_1) {
+        /* ggml block_q4_1: d, m, the 16 bytes of nibbles as Q4_0's. Device: the 16 bytes; {d, m} in the
+         * side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 16);
+        x.m = __ldg((const uint32_t *)w.d + b);
+    } else if constexpr (T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1) {
+        /* ggml block_q5_0 {d, qh[4], qs[16]}, block_q5_1 {d, m, qh[4], qs[16]}: element j's fifth bit
+         * is bit j of qh (a little-endian word). Device: the 16 bytes of nibbles; {d, 0 or m, qh} in
+         * the side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 16);
+        const uint2 sd = __ldg((const uint2 *)w.d + b);
+        x.m = sd.x, x.n = sd.y;
     } else if constexpr (T == PI_TYPE_Q8_0) {
         /* ggml block_q8_0: d, 32 int8. */
         const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
@@ -453,6 +478,22 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
         }
         u.s0 = u.s1 = pi_h2f_bits(x.m);
         u.o0 = u.o1 = 8.0f * u.s0;
+    } else if constexpr (T == PI_TYPE_Q4_1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = w0[j] & 0x0F0F0F0Fu;
+            u.hi[j] = (w0[j] >> 4) & 0x0F0F0F0Fu;
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = -pi_h2f_bits(x.m >> 16);
+    } else if constexpr (T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = (w0[j] & 0x0F0F0F0Fu) | pi_bits4_to_bytes(x.n >> (4 * j));
+            u.hi[j] = ((w0[j] >> 4) & 0x0F0F0F0Fu) | pi_bits4_to_bytes(x.n >> (16 + 4 * j));
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = T == PI_TYPE_Q5_0 ? 16.0f * u.s0 : -pi_h2f_bits(x.m >> 16);
     } else if constexpr (T == PI_TYPE_Q8_0) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -545,21 +586,27 @@ __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, i
     /* the quant plane's bytes per block and 32-element segments per block (F16/BF16: a block is one
      * element, 32 per segment), and whether the scales are a plane of their own */
     constexpr bool F = T == PI_TYPE_F16 || T == PI_TYPE_BF16;
+    constexpr bool L32 = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1;
     constexpr int BQ = F                    ? 2
-                       : T == PI_TYPE_Q4_0 ? 16
+                       : L32               ? 16
                        : T == PI_TYPE_Q8_0 ? 32
                        : T == PI_TYPE_Q4_K ? 144
                        : T == PI_TYPE_Q5_K ? 176
                                            : 208;
-    constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
-    constexpr bool DPLANE = !F && T != PI_TYPE_Q4_K && T != PI_TYPE_Q5_K;
+    constexpr int SPB = L32 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
+    /* the side plane's bytes per block (0: none) */
+    constexpr int SB = F || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K ? 0
+                       : T == PI_TYPE_Q4_1                         ? 4
+                       : T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1    ? 8
+                                                                   : 2;
     const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
     for (int i = 0; i < R && r0 + i < w.rows; i++) {
         const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
         for (uintptr_t a = (q0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < q1; a += 32 * 128)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-        if constexpr (DPLANE) {
-            const uintptr_t d0 = (uintptr_t)(w.d + (size_t)(r0 + i) * (size_t)w.nblk), d1 = d0 + (uintptr_t)nb * 2;
+        if constexpr (SB > 0) {
+            const uintptr_t d0 = (uintptr_t)w.d + (uintptr_t)((size_t)(r0 + i) * (size_t)w.nblk * SB),
+                            d1 = d0 + (uintptr_t)nb * SB;
             for (uintptr_t a = (d0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < d1; a += 32 * 128)
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
         }
@@ -607,6 +654,13 @@ __device__ __forceinline__ float pi_seg_dot(const pi_wdev &w, int64_t r, int64_t
     return pi_seg_dot_raw<T>(raw, x, xs0, xs1);
 }
 
+/* Whether type T's segments are its whole 32-element blocks (a few registers each: kernels keep more of
+ * them in flight per lane). */
+template <int T> __host__ __device__ constexpr bool pi_small_seg()
+{
+    return T == PI_TYPE_Q4_0 || T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1 || T == PI_TYPE_Q8_0;
+}
+
 /* Run F(std::integral_constant-like tag) for the weight's type; returns -PI_ERR_UNSUPPORTED for a type
  * without a device decoder. */
 template <int T> struct pi_type_tag {
@@ -619,6 +673,9 @@ template <typename F> static inline int pi_dispatch_type(enum pi_type t, F &&f)
     case PI_TYPE_F16: return f(pi_type_tag<PI_TYPE_F16>());
     case PI_TYPE_BF16: return f(pi_type_tag<PI_TYPE_BF16>());
     case PI_TYPE_Q4_0: return f(pi_type_tag<PI_TYPE_Q4_0>());
+    case PI_TYPE_Q4_1: return f(pi_type_tag<PI_TYPE_Q4_1>());
+    case PI_TYPE_Q5_0: return f(pi_type_tag<PI_TYPE_Q5_0>());
+    case PI_TYPE_Q5_1: return f(pi_type_tag<PI_TYPE_Q5_1>());
     case PI_TYPE_Q8_0: return f(pi_type_tag<PI_TYPE_Q8_0>());
     case PI_TYPE_Q4_K: return f(pi_type_tag<PI_TYPE_Q4_K>());
     case PI_TYPE_Q5_K: return f(pi_type_tag<PI_TYPE_Q5_K>());

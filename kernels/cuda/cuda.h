@@ -100,9 +100,9 @@ int pi_cuda_sync(pi_cuda_ctx_t *ctx);
 typedef struct pi_cuda_weight pi_cuda_weight_t;
 
 /* Upload a row-major weight W (rows, cols) in ggml's block layout of type (an enum pi_type: F16, BF16,
- * Q4_0, Q8_0, Q4_K, Q5_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each, contiguous. Stored on
- * the device in the layout described in kernels/cuda/cuda-impl.h (same values, 16-byte aligned quant
- * planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each,
+ * contiguous. Stored on the device in the layout described in kernels/cuda/cuda-impl.h (same values,
+ * 16-byte aligned quant planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
  * -PI_ERR_UNSUPPORTED (type), -PI_ERR_INVAL (shape), -PI_ERR_NOMEM (budget), -PI_ERR_DEVICE. */
 int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols, const void *src,
                           pi_cuda_weight_t **out);
@@ -144,8 +144,8 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_ADD 0x100        /* or-ed into R: y += W x (the epilogue of pi_cuda_matvec_add) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
-/* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K); the
- * others run the float kernels under any x choice. */
+/* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (every quantised type of
+ * pi_cuda_weight_upload); F16 and BF16 run the float kernels under any x choice. */
 bool pi_cuda_q8_type(int type);
 
 /* Whether ctx's automatic products (pi_cuda_matvec, _add, _norm, the gate/up pairs) of a (rows, cols)
