@@ -191,8 +191,8 @@ static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
     return d;
 }
 
-static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K,
-                                     PI_TYPE_Q5_K, PI_TYPE_Q4_K, PI_TYPE_Q4_0};
+static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q5_K,
+                                     PI_TYPE_Q4_K, PI_TYPE_Q5_1, PI_TYPE_Q5_0, PI_TYPE_Q4_1, PI_TYPE_Q4_0};
 
 int pi_bench_cuda(const struct pi_bench_opts *b)
 {
