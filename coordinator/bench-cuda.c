@@ -71,7 +71,7 @@ static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
         memcpy(w + i, &r, PI_MIN((size_t)8, bytes - i));
     }
     const struct pi_type_info *ti = pi_type_get(t);
-    size_t doff = t == PI_TYPE_Q6_K ? 208 : 0;
+    size_t doff = t == PI_TYPE_Q6_K ? 208 : t == PI_TYPE_Q3_K ? 108 : t == PI_TYPE_Q2_K ? 80 : 0;
     for (size_t b = 0; b < bytes / ti->block_bytes; b++) {
         uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand());
         memcpy(w + b * ti->block_bytes + doff, &d, 2);
@@ -192,7 +192,8 @@ static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
 }
 
 static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q5_K,
-                                     PI_TYPE_Q4_K, PI_TYPE_Q5_1, PI_TYPE_Q5_0, PI_TYPE_Q4_1, PI_TYPE_Q4_0};
+                                     PI_TYPE_Q4_K, PI_TYPE_Q3_K, PI_TYPE_Q2_K, PI_TYPE_Q5_1, PI_TYPE_Q5_0,
+                                     PI_TYPE_Q4_1, PI_TYPE_Q4_0};
 
 int pi_bench_cuda(const struct pi_bench_opts *b)
 {

@@ -7,7 +7,9 @@
  * `d` is split out into a side plane of its own (rows * blocks halves) and the rest of each block (16,
  * 32 and 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_1 (20 bytes),
  * Q5_0 (22) and Q5_1 (24) keep their 16 nibble bytes in the quant plane and the rest in a side entry of
- * 4 bytes {d, m} (Q4_1) or 8 bytes {d, 0, qh} (Q5_0) / {d, m, qh} (Q5_1), one aligned load each. Q4_K (144 bytes), Q5_K
+ * 4 bytes {d, m} (Q4_1) or 8 bytes {d, 0, qh} (Q5_0) / {d, m, qh} (Q5_1), one aligned load each; Q2_K
+ * (84 bytes) keeps its scales and quants (80 bytes) and puts {d, dmin} in a 4-byte side entry; Q3_K
+ * (110 bytes) is kept whole with 2 zero bytes after it (112), so its d sits in the scales' vector. Q4_K (144 bytes), Q5_K
  * (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are whole multiples of
  * 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the planes start at
  * 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
@@ -379,11 +381,13 @@ __device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t 
  *   Q4_1: d q + m              -> scale d, off -m            (q = nibble)
  *   Q5_0: (q - 16) d           -> scale d, off 16 d          (q = nibble | bit of qh << 4)
  *   Q5_1: d q + m              -> scale d, off -m            (q as Q5_0)
+ *   Q2_K: d sc q - dmin m      -> scale d sc, off dmin m per 16-element half (q 2 bits)
+ *   Q3_K: (q - 4) d sc         -> scale d sc, off 4 d sc per half (q = 2 bits | hmask bit << 2)
  *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
  *   Q5_K: d sc q - dmin m      -> scale d sc, off dmin m (q = nibble | fifth bit << 4)
  *   Q6_K: (q - 32) d sc_half   -> scale d sc, off 32 d sc per 16-element half */
 struct pi_seg_raw {
-    uint4 a, b, c, e, f; /* f: Q5_K only (its qh[16..31]); unused fields cost no registers */
+    uint4 a, b, c, e, f; /* f: Q3_K's and Q5_K's second 16 bytes of high bits; unused fields cost no registers */
     uint32_t m, n;
 };
 
@@ -430,6 +434,28 @@ template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, i
         const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
         x.a = pi_ld16(w.q + b * 32), x.b = pi_ld16(w.q + b * 32 + 16);
         x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q2_K) {
+        /* ggml block_q2_K {scales[16], qs[64], d, dmin}: in half c (128 elements) and quarter k, element l
+         * (0..31) is (qs[32 c + l] >> 2 k) & 3, with scales[2 j], scales[2 j + 1] (low nibble: scale,
+         * high: min) for its two 16-element halves, j = 4 c + k. Device: the 80 bytes, {d, dmin} in the
+         * side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 80;
+        x.a = pi_ld16(blk + 16 + 32 * (j >> 2)), x.b = pi_ld16(blk + 32 + 32 * (j >> 2));
+        x.m = __ldg((const uint32_t *)w.d + b);
+        x.n = (uint32_t)__ldg((const unsigned short *)(blk + 2 * j)) | ((uint32_t)j << 16);
+    } else if constexpr (T == PI_TYPE_Q3_K) {
+        /* ggml block_q3_K {hmask[32], qs[64], scales[12], d} (112 bytes on the device, the last 2 zero):
+         * element l of segment j = 4 c + k is ((qs[32 c + l] >> 2 k) & 3) | (bit j of hmask[l]) << 2,
+         * minus 4, times d and the 6-bit scale (minus 32) of its 16-element half, 2 j or 2 j + 1. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 112;
+        x.a = pi_ld16(blk + 32 + 32 * (j >> 2)), x.b = pi_ld16(blk + 48 + 32 * (j >> 2));
+        x.e = pi_ld16(blk), x.f = pi_ld16(blk + 16);
+        x.c = pi_ld16(blk + 96);
+        x.m = (uint32_t)j;
     } else if constexpr (T == PI_TYPE_Q4_K) {
         /* ggml block_q4_K (144 bytes, kept whole): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins,
          * 128 bytes of nibbles; sub-block j (32 elements) is the low (even j) or high (odd j) nibbles
@@ -514,6 +540,34 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
         pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
         u.s0 = u.s1 = pi_h2f_bits(x.a.x) * sc;
         u.o0 = u.o1 = pi_h2f_bits(x.a.x >> 16) * m;
+    } else if constexpr (T == PI_TYPE_Q2_K) {
+        const int j = (int)(x.n >> 16), sh = 2 * (j & 3);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = (w0[i] >> sh) & 0x03030303u;
+            u.hi[i] = (w1[i] >> sh) & 0x03030303u;
+        }
+        const float d = pi_h2f_bits(x.m), dm = pi_h2f_bits(x.m >> 16);
+        u.s0 = d * (float)(x.n & 0xF), u.o0 = dm * (float)((x.n >> 4) & 0xF);
+        u.s1 = d * (float)((x.n >> 8) & 0xF), u.o1 = dm * (float)((x.n >> 12) & 0xF);
+    } else if constexpr (T == PI_TYPE_Q3_K) {
+        const uint32_t h0[4] = {x.e.x, x.e.y, x.e.z, x.e.w}, h1[4] = {x.f.x, x.f.y, x.f.z, x.f.w};
+        const int j = (int)x.m, sh = 2 * (j & 3);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = ((w0[i] >> sh) & 0x03030303u) | (((h0[i] >> j) & 0x01010101u) << 2);
+            u.hi[i] = ((w1[i] >> sh) & 0x03030303u) | (((h1[i] >> j) & 0x01010101u) << 2);
+        }
+        /* the scales of halves 2 j and 2 j + 1: bytes 2 (j & 1) and 2 (j & 1) + 1 of word k = j / 2 of
+         * ggml's unpacking (low nibbles of bytes 0..7 for k < 2, high nibbles for k >= 2, each with two
+         * bits of bytes 8..11 above them) */
+        const int k = j >> 1, b0 = 2 * (j & 1);
+        const uint32_t base = (k & 1) ? x.c.y : x.c.x;
+        const uint32_t wk = ((base >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((x.c.z >> (2 * k)) & 0x03030303u) << 4);
+        const float d = pi_h2f_bits(x.c.w);
+        u.s0 = d * (float)((int)((wk >> (8 * b0)) & 0xFF) - 32);
+        u.s1 = d * (float)((int)((wk >> (8 * b0 + 8)) & 0xFF) - 32);
+        u.o0 = 4.0f * u.s0, u.o1 = 4.0f * u.s1;
     } else if constexpr (T == PI_TYPE_Q5_K) {
         const uint32_t w2[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
         const uint32_t h0[4] = {x.e.x, x.e.y, x.e.z, x.e.w}, h1[4] = {x.f.x, x.f.y, x.f.z, x.f.w};
@@ -590,13 +644,15 @@ __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, i
     constexpr int BQ = F                    ? 2
                        : L32               ? 16
                        : T == PI_TYPE_Q8_0 ? 32
+                       : T == PI_TYPE_Q2_K ? 80
+                       : T == PI_TYPE_Q3_K ? 112
                        : T == PI_TYPE_Q4_K ? 144
                        : T == PI_TYPE_Q5_K ? 176
                                            : 208;
     constexpr int SPB = L32 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
     /* the side plane's bytes per block (0: none) */
-    constexpr int SB = F || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K ? 0
-                       : T == PI_TYPE_Q4_1                         ? 4
+    constexpr int SB = F || T == PI_TYPE_Q3_K || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K ? 0
+                       : T == PI_TYPE_Q4_1 || T == PI_TYPE_Q2_K                        ? 4
                        : T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1    ? 8
                                                                    : 2;
     const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
@@ -677,6 +733,8 @@ template <typename F> static inline int pi_dispatch_type(enum pi_type t, F &&f)
     case PI_TYPE_Q5_0: return f(pi_type_tag<PI_TYPE_Q5_0>());
     case PI_TYPE_Q5_1: return f(pi_type_tag<PI_TYPE_Q5_1>());
     case PI_TYPE_Q8_0: return f(pi_type_tag<PI_TYPE_Q8_0>());
+    case PI_TYPE_Q2_K: return f(pi_type_tag<PI_TYPE_Q2_K>());
+    case PI_TYPE_Q3_K: return f(pi_type_tag<PI_TYPE_Q3_K>());
     case PI_TYPE_Q4_K: return f(pi_type_tag<PI_TYPE_Q4_K>());
     case PI_TYPE_Q5_K: return f(pi_type_tag<PI_TYPE_Q5_K>());
     case PI_TYPE_Q6_K: return f(pi_type_tag<PI_TYPE_Q6_K>());

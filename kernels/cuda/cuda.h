@@ -100,7 +100,7 @@ int pi_cuda_sync(pi_cuda_ctx_t *ctx);
 typedef struct pi_cuda_weight pi_cuda_weight_t;
 
 /* Upload a row-major weight W (rows, cols) in ggml's block layout of type (an enum pi_type: F16, BF16,
- * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each,
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each,
  * contiguous. Stored on the device in the layout described in kernels/cuda/cuda-impl.h (same values,
  * 16-byte aligned quant planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
  * -PI_ERR_UNSUPPORTED (type), -PI_ERR_INVAL (shape), -PI_ERR_NOMEM (budget), -PI_ERR_DEVICE. */

@@ -30,7 +30,7 @@ extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w
 
 /* Copy the ggml data to the device planes, rows_per rows at a time through a host staging buffer of at
  * most `cap` bytes: each block's quant bytes to the quant plane, its side pieces to the side plane (the
- * entries' pads zero). */
+ * pads zero). */
 static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geom &g, const uint8_t *src,
                         uint8_t *stage, size_t cap)
 {
@@ -44,14 +44,15 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geo
         memset(sd, 0, nb * g.sbytes);
         for (size_t b = 0; b < nb; b++) {
             const uint8_t *blk = src + (b0 + b) * g.bbytes;
-            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qbytes);
+            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qlen);
+            memset(sq + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
             for (int k = 0; k < g.n_side; k++) memcpy(sd + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
         }
         /* on the compute stream, waited for: a plain cudaMemcpy from pageable memory may return before
          * its DMA lands, on the legacy stream, which the non-blocking compute stream does not wait for
          * (and the PDL kernels read weights before their wait, cuda-impl.h) */
         PI_TRY(pi_cuda_upload(c, w->q + b0 * g.qbytes, sq, nb * g.qbytes));
-        PI_TRY(pi_cuda_upload(c, (uint8_t *)w->d + b0 * g.sbytes, sd, nb * g.sbytes));
+        if (g.sbytes) PI_TRY(pi_cuda_upload(c, (uint8_t *)w->d + b0 * g.sbytes, sd, nb * g.sbytes));
     }
     return 0;
 }
@@ -80,7 +81,7 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     w->q = (uint8_t *)mem;
     w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
-    if (!g.sbytes) {
+    if (!g.sbytes && g.qlen == g.bbytes) { /* ggml's layout itself */
         rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
     } else {
         size_t cap = 16u << 20;

@@ -1,8 +1,8 @@
 /*
  * kernels/cuda/matvec-q8.cu - the decode matrix-vector product with x quantised to 8 bits: the x
  * quantiser (optionally applying the layer's RMSNorm first) and the integer-dot matvec over the
- * quantised weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; F16/BF16 keep the float kernels of
- * matmul.cu).
+ * quantised weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants; F16/BF16 keep the float kernels
+ * of matmul.cu).
  *
  * Why: the float kernels spend two instructions per weight converting and multiplying bytes, and each
  * block stages all of x (4 bytes per column) in shared memory before its first multiply, which left the
@@ -85,9 +85,9 @@ __device__ __forceinline__ int pi_dp4a_us(uint32_t a, uint32_t b, int c)
 
 /* The dot product of a loaded weight segment with the quantised x segment (xa: q[0..15], xb: q[16..31],
  * m its meta). Integer where the weight's offset is an integer multiple of its scale (Q4_0: 8, Q5_0:
- * 16, Q6_K: 32, Q8_0: signed bytes), so only the final scaling rounds; the types with a float min
- * (Q4_1, Q5_1: + m; Q4_K, Q5_K: - dmin m) take their integer sums times the scale, minus the offset
- * times the integer sum of x's half. */
+ * 16, Q3_K: 4, Q6_K: 32, Q8_0: signed bytes), so only the final scaling rounds; the types with a float
+ * min (Q4_1, Q5_1: + m; Q2_K, Q4_K, Q5_K: - dmin m) take their integer sums times the scale, minus the
+ * offset times the integer sum of x's half. */
 template <int T>
 __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 &xa, const uint4 &xb, const int4 &m)
 {
@@ -108,6 +108,7 @@ __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 
         if constexpr (T == PI_TYPE_Q4_0) return dx * u.s0 * (float)(i0 + i1 - 8 * (m.y + m.z));
         else if constexpr (T == PI_TYPE_Q5_0) return dx * u.s0 * (float)(i0 + i1 - 16 * (m.y + m.z));
         else if constexpr (T == PI_TYPE_Q6_K) return dx * (u.s0 * (float)(i0 - 32 * m.y) + u.s1 * (float)(i1 - 32 * m.z));
+        else if constexpr (T == PI_TYPE_Q3_K) return dx * (u.s0 * (float)(i0 - 4 * m.y) + u.s1 * (float)(i1 - 4 * m.z));
         else return dx * (u.s0 * (float)i0 + u.s1 * (float)i1 - (u.o0 * (float)m.y + u.o1 * (float)m.z));
     }
 }
@@ -193,7 +194,8 @@ __global__ void __launch_bounds__(1024) k_glu_q8(pi_wdev w, const uint8_t *__res
 extern "C" bool pi_cuda_q8_type(int type)
 {
     return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q4_1 || type == PI_TYPE_Q5_0 || type == PI_TYPE_Q5_1 ||
-           type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K || type == PI_TYPE_Q6_K;
+           type == PI_TYPE_Q8_0 || type == PI_TYPE_Q2_K || type == PI_TYPE_Q3_K || type == PI_TYPE_Q4_K ||
+           type == PI_TYPE_Q5_K || type == PI_TYPE_Q6_K;
 }
 
 /* The automatic choice takes the q8 kernel for quantised weights of at least this many elements. From

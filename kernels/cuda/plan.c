@@ -43,7 +43,7 @@ size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols, int64_t T)
 static void split(struct pi_cuda_geom *g, int64_t belems, size_t bbytes, size_t qbytes, size_t qoff, size_t sbytes,
                   struct pi_cuda_piece p0, struct pi_cuda_piece p1)
 {
-    g->belems = belems, g->bbytes = bbytes, g->qbytes = qbytes, g->qoff = qoff, g->sbytes = sbytes;
+    g->belems = belems, g->bbytes = bbytes, g->qbytes = g->qlen = qbytes, g->qoff = qoff, g->sbytes = sbytes;
     g->side[0] = p0, g->side[1] = p1, g->n_side = p1.len ? 2 : 1;
 }
 
@@ -53,10 +53,15 @@ int pi_cuda_geom_of(int type, struct pi_cuda_geom *g)
     memset(g, 0, sizeof *g);
     switch (type) {
     case PI_TYPE_F16:
-    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
-    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
+    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = g->qlen = 2; return 0;
+    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = g->qlen = 144; return 0;
     /* block_q5_K {half d, dmin; uint8 scales[12], qh[32], qs[128]}: 176 = 11 x 16 bytes, kept whole */
-    case PI_TYPE_Q5_K: g->belems = 256; g->bbytes = g->qbytes = 176; return 0;
+    case PI_TYPE_Q5_K: g->belems = 256; g->bbytes = g->qbytes = g->qlen = 176; return 0;
+    /* block_q3_K {uint8 hmask[32], qs[64], scales[12]; half d}: kept whole, 110 bytes padded to 112, so
+     * that d shares the 16-byte vector of the scales */
+    case PI_TYPE_Q3_K: g->belems = 256; g->bbytes = 110; g->qbytes = 112; g->qlen = 110; return 0;
+    /* block_q2_K {uint8 scales[16], qs[64]; half d, dmin}: the 80 bytes, {d, dmin} in the side plane */
+    case PI_TYPE_Q2_K: split(g, 256, 84, 80, 0, 4, (struct pi_cuda_piece){80, 0, 4}, none); return 0;
     /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
      * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}: d alone in the side plane */
     case PI_TYPE_Q4_0: split(g, 32, 18, 16, 2, 2, (struct pi_cuda_piece){0, 0, 2}, none); return 0;

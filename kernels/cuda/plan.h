@@ -123,21 +123,22 @@ struct pi_cuda_piece {
 };
 
 /* How a weight type is laid out on the device (kernels/cuda/cuda-impl.h): elements and ggml bytes
- * per block; the quant plane's bytes per block and where they sit in ggml's block; and, for the types
- * whose ggml block is not a whole number of 16-byte vectors, the side plane's bytes per block (0: not
- * split; 2: the f16 d; 4: d, m; 8: d, pad or m, qh) and the pieces of the block each entry holds (a
- * pad left out of the pieces is zero). */
+ * per block; the quant plane's bytes per block, of which the first qlen are ggml's bytes [qoff, qoff +
+ * qlen) and the rest zero (Q3_K: 110 bytes padded to 112); and, for the types whose ggml block is not
+ * a whole number of 16-byte vectors, the side plane's bytes per block (0: not split; 2: the f16 d; 4:
+ * d, m; 8: d, pad or m, qh) and the pieces of the block each entry holds (a pad left out of the pieces
+ * is zero). */
 struct pi_cuda_geom {
     int64_t belems;
     size_t bbytes;
-    size_t qbytes, qoff;
+    size_t qbytes, qoff, qlen;
     size_t sbytes;
     struct pi_cuda_piece side[2];
     int n_side;
 };
 
-/* The device layout of type (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K): 0 and *g, or
- * -PI_ERR_UNSUPPORTED (logged) for a type without device kernels. */
+/* The device layout of type (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+ * Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED (logged) for a type without device kernels. */
 int pi_cuda_geom_of(int type, struct pi_cuda_geom *g);
 
 /* The two planes of a (rows, cols) weight of type: the quant plane rounded to 256 bytes and the side

@@ -161,6 +161,8 @@ static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
         case PI_TYPE_Q4_K:
         case PI_TYPE_Q5_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
         case PI_TYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+        case PI_TYPE_Q3_K: memcpy(blk + 108, &d, 2); break;
+        case PI_TYPE_Q2_K: memcpy(blk + 80, &d, 2), memcpy(blk + 82, &m, 2); break;
         default: PI_ASSERT(0);
         }
     }
@@ -178,8 +180,8 @@ static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols
     return f;
 }
 
-static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0,
-                                     PI_TYPE_Q5_1, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
+static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1,
+                                     PI_TYPE_Q8_0, PI_TYPE_Q2_K, PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -849,6 +851,7 @@ static void test_q8_context(void)
     test_ffn_dense(PI_TYPE_Q4_1, PI_TYPE_Q5_0, 1024, 2816, PI_CUDA_ACT_RELU);
     test_matvec_norm(PI_TYPE_Q5_K, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 300, 4096, 3.0f);
+    test_ffn_dense(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
@@ -1003,6 +1006,8 @@ int main(void)
     test_gemm(PI_TYPE_Q4_1, 4096, 4096, 64); /* not on the integer GEMM: the f16 tiles at every T */
     test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
+    test_gemm(PI_TYPE_Q2_K, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q3_K, 45, 768, 4);
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
     test_rmsnorm(2, 16384);
@@ -1041,6 +1046,7 @@ int main(void)
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q5_K, 1024, 333, PI_CUDA_ACT_RELU, 0);
     test_ffn_hot(PI_TYPE_Q5_0, PI_TYPE_Q5_1, 1024, 333, PI_CUDA_ACT_SILU, 1); /* a Q4_K_M file's odd widths */
     test_ffn_hot(PI_TYPE_Q4_1, PI_TYPE_Q4_1, 512, 77, PI_CUDA_ACT_DRELU, 0);
+    test_ffn_hot(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 300, PI_CUDA_ACT_SILU, 1);
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_0, 5000, 2560, 3.0f); /* threads staging unequal counts */
     test_matvec_norm(PI_TYPE_Q4_0, 9000, 1024, 3.0f);
@@ -1059,6 +1065,8 @@ int main(void)
     test_ffn_dense(PI_TYPE_Q4_1, PI_TYPE_Q5_0, 512, 1024, PI_CUDA_ACT_DRELU);
     test_matvec_norm(PI_TYPE_Q5_0, 300, 3200, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 100, 2048, 3.0f);
+    test_matvec_norm(PI_TYPE_Q3_K, 100, 2048, 3.0f);
+    test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q3_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_q8_context();
     test_no_mmq_context();
     test_budget();
