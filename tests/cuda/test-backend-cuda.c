@@ -950,14 +950,16 @@ static void check_q5k(const char *path, const char *gpath)
         opts_for(&o, &sp);
         PI_ASSERT(pi_backend_device_bytes("cuda", mq, &o, &bq) == 0 && pi_backend_device_bytes("cuda", mf, &o, &bf) == 0);
         struct drv c, f, h;
-        int rc = drv_new(&c, "cuda", mq, &sp, 0);
-        if (rc == 0) rc = drv_new(&f, "cuda", mf, &sp, 0);
+        const int rq = drv_new(&c, "cuda", mq, &sp, 0), rf = drv_new(&f, "cuda", mf, &sp, 0);
+        const int rc = rq ? rq : rf;
         PI_ASSERT(drv_new(&h, "host", mq, &sp, 0) == 0);
         uint64_t planned = 0;
-        if (rc == 0) pi_backend_cuda_usage(c.be, NULL, NULL, NULL, &planned, NULL);
+        if (rq == 0) pi_backend_cuda_usage(c.be, NULL, NULL, NULL, &planned, NULL);
         tap_ok(rc == 0 && bq < bf && planned == bq, "Q5_K hot %.1f%s: backends created (%s); plan %llu bytes, %llu as F16",
                fracs[fi], how, pi_err_str(rc), (unsigned long long)bq, (unsigned long long)bf);
         if (rc != 0) {
+            if (rq == 0) drv_free(&c);
+            if (rf == 0) drv_free(&f);
             drv_free(&h);
             split_free(&sp);
             continue;
