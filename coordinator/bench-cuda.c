@@ -8,7 +8,7 @@
  *     cache never holds the one being read (variants: x from the cache with 1, 2, 4 rows per warp; x
  *     staged in shared memory, wide and tall; auto);
  *   - batched products (pi_cuda_gemm) for 4..64 tokens and for T and 4 T (T: each -p above 64,
- *     default 512): TFLOP/s and weight GB/s, and for Q4_0/Q8_0/Q4_K/Q5_K/Q6_K, whose batches take the integer
+ *     default 512): TFLOP/s and weight GB/s, and for the quantised types but Q2_K, whose batches take the integer
  *     tensor-core GEMM, the time of the f16-tile path beside it;
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
  * Inputs are random (never zeros). Times are host clocks around --iters launches ending in a sync,
@@ -248,7 +248,7 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
         }
     }
 
-    /* Batched products: the integer GEMM (pi_cuda_mmq) at every T for Q4_0/Q8_0/Q4_K/Q5_K/Q6_K (pi_cuda_gemm gives
+    /* Batched products: the integer GEMM (pi_cuda_mmq) at every T for the quantised types but Q2_K (pi_cuda_gemm gives
      * it up to PI_CUDA_MMQ_MAX_T tokens), pi_cuda_gemm for F16/BF16 (f16 tiles and cuBLAS); for the
      * integer GEMM's types also the other path, in a second context
      * without it (same weights, same buffers). Batches of 4..64 are serving's decode steps and the
@@ -256,7 +256,7 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     const struct pi_cuda_opts nomq = {.no_mmq = true};
     pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
     if (!ctx16) return 1;
-    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (Q4_0/Q8_0/Q4_K/Q5_K/Q6_K: pi_cuda_mmq on the integer tensor cores, "
+    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (quantised types but Q2_K: pi_cuda_mmq on the integer tensor cores, "
            "kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
            "beside it: T <= 2 one matvec per token (what pi_cuda_matmul does there), else the f16 tiles\n");
     printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | other path | other ms | speedup |\n"

@@ -9,10 +9,10 @@
  * Q5_0 (22) and Q5_1 (24) keep their 16 nibble bytes in the quant plane and the rest in a side entry of
  * 4 bytes {d, m} (Q4_1) or 8 bytes {d, 0, qh} (Q5_0) / {d, m, qh} (Q5_1), one aligned load each; Q2_K
  * (84 bytes) keeps its scales and quants (80 bytes) and puts {d, dmin} in a 4-byte side entry; Q3_K
- * (110 bytes) is kept whole with 2 zero bytes after it (112), so its d sits in the scales' vector. Q4_K (144 bytes), Q5_K
- * (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are whole multiples of
- * 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the planes start at
- * 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
+ * (110 bytes) is kept whole with 2 zero bytes after it (112), so its d sits in the scales' vector. Q4_K
+ * (144 bytes), Q5_K (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are
+ * whole multiples of 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the
+ * planes start at 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
  *
  * Every kernel works on "segments" of 32 consecutive elements of a row: segment s of row r covers
  * columns [32 s, 32 s + 32). A K-quant super-block of 256 holds 8 segments.
@@ -326,6 +326,20 @@ __device__ __forceinline__ void pi_q4k_scale_min(uint32_t w1, uint32_t w2, uint3
     }
 }
 
+/* Q3_K's d times the 6-bit scales (minus 32) of the 16-element halves 2 j and 2 j + 1 of segment j (0..7),
+ * from the block's last 16 bytes sv (scales[12], then d): bytes 2 (j & 1) and 2 (j & 1) + 1 of word
+ * j / 2 of ggml's unpacking (pi_k3_scales, kernels/cpu/quant-impl.h: the low nibbles of bytes 0..7 for
+ * words 0 and 1, their high nibbles for 2 and 3, each with two bits of bytes 8..11 above them). */
+__device__ __forceinline__ void pi_q3k_scales(const uint4 &sv, int j, float *s0, float *s1)
+{
+    const int k = j >> 1, b0 = 2 * (j & 1);
+    const uint32_t base = (k & 1) ? sv.y : sv.x;
+    const uint32_t wk = ((base >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((sv.z >> (2 * k)) & 0x03030303u) << 4);
+    const float d = __half2float(__ushort_as_half((unsigned short)(sv.w & 0xffff)));
+    *s0 = d * (float)((int)((wk >> (8 * b0)) & 0xFF) - 32);
+    *s1 = d * (float)((int)((wk >> (8 * b0 + 8)) & 0xFF) - 32);
+}
+
 /* Byte k (0..3) of w as an exact float without an int-to-float conversion (a quarter-rate instruction
  * on Hopper): the byte becomes the low mantissa bits of 2^23 (one PRMT), then 2^23 is subtracted. */
 __device__ __forceinline__ float pi_b2f(uint32_t w, int k)
@@ -558,15 +572,7 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
             u.lo[i] = ((w0[i] >> sh) & 0x03030303u) | (((h0[i] >> j) & 0x01010101u) << 2);
             u.hi[i] = ((w1[i] >> sh) & 0x03030303u) | (((h1[i] >> j) & 0x01010101u) << 2);
         }
-        /* the scales of halves 2 j and 2 j + 1: bytes 2 (j & 1) and 2 (j & 1) + 1 of word k = j / 2 of
-         * ggml's unpacking (low nibbles of bytes 0..7 for k < 2, high nibbles for k >= 2, each with two
-         * bits of bytes 8..11 above them) */
-        const int k = j >> 1, b0 = 2 * (j & 1);
-        const uint32_t base = (k & 1) ? x.c.y : x.c.x;
-        const uint32_t wk = ((base >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((x.c.z >> (2 * k)) & 0x03030303u) << 4);
-        const float d = pi_h2f_bits(x.c.w);
-        u.s0 = d * (float)((int)((wk >> (8 * b0)) & 0xFF) - 32);
-        u.s1 = d * (float)((int)((wk >> (8 * b0 + 8)) & 0xFF) - 32);
+        pi_q3k_scales(x.c, j, &u.s0, &u.s1);
         u.o0 = 4.0f * u.s0, u.o1 = 4.0f * u.s1;
     } else if constexpr (T == PI_TYPE_Q5_K) {
         const uint32_t w2[4] = {x.c.x, x.c.y, x.c.z, x.c.w};

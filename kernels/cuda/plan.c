@@ -24,7 +24,8 @@ int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols)
 bool pi_cuda_mmq_built(int type)
 {
 #if PI_CUDA_MIN_ARCH >= 80
-    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K ||
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q4_1 || type == PI_TYPE_Q5_0 || type == PI_TYPE_Q5_1 ||
+           type == PI_TYPE_Q8_0 || type == PI_TYPE_Q3_K || type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K ||
            type == PI_TYPE_Q6_K;
 #else
     (void)type;

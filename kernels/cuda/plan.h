@@ -85,7 +85,7 @@ size_t pi_cuda_xq_bytes(int64_t cols);
 #define PI_CUDA_MMQ_TOK_ALIGN 8
 
 /* Whether batched products with a weight of `type` (an enum pi_type) can take the integer tensor-core
- * GEMM of mmq.cu (Q4_0, Q8_0, Q4_K, Q5_K, Q6_K) in this build: every architecture built has it (sm_80 on). */
+ * GEMM of mmq.cu (every quantised device type but Q2_K) in this build: every architecture built has it (sm_80 on). */
 bool pi_cuda_mmq_built(int type);
 
 /* The largest batch pi_cuda_gemm gives the integer GEMM; larger ones take the f16 tiles and cuBLAS,

@@ -17,7 +17,7 @@
  * from the module pinfer-cuda.so (pi_backend_new, as pi-gpu-worker gets them); first, check_module
  * checks the module loads and computes what the copy linked into this test does.
  *
- * Batches of 3 to PI_CUDA_MMQ_MAX_T rows of Q4_0/Q8_0/Q4_K/Q6_K weights take the integer tensor-core GEMM, whose
+ * Batches of 3 to PI_CUDA_MMQ_MAX_T rows of quantised weights (not Q2_K) take the integer tensor-core GEMM, whose
  * x is quantised to 8 bits as the host backend's is: those checks take Q8_TOL, the host backend's class
  * (measured on the H100: at most 5.0e-2 against the golden logits, tiny-llama Q4_0 and Q8_0, where the
  * host backend itself is at 5.4e-2 and 5.7e-2).

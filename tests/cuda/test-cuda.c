@@ -857,7 +857,7 @@ static void test_q8_context(void)
     ctx = main_ctx;
 }
 
-/* Batched Q4_0/Q8_0/Q4_K/Q5_K/Q6_K products in a context without the integer GEMM (pi_cuda_opts.no_mmq): the f16
+/* Batched products of the integer GEMM's types in a context without it (pi_cuda_opts.no_mmq): the f16
  * tiles and cuBLAS, as before it and as a build for an architecture without it. */
 static void test_no_mmq_context(void)
 {
@@ -1003,11 +1003,15 @@ int main(void)
     test_gemm(PI_TYPE_Q5_K, 301, 2048, 23);
     test_gemm(PI_TYPE_Q5_K, 33, 256, 3);
     test_gemm(PI_TYPE_Q5_K, 77, 512, 6);
-    test_gemm(PI_TYPE_Q4_1, 4096, 4096, 64); /* not on the integer GEMM: the f16 tiles at every T */
+    test_gemm(PI_TYPE_Q4_1, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q5_0, 4096, 11008, 65);
     test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
-    test_gemm(PI_TYPE_Q2_K, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q5_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q3_K, 4096, 4096, 64);
     test_gemm(PI_TYPE_Q3_K, 45, 768, 4);
+    test_gemm(PI_TYPE_Q3_K, 33, 256, 3);
+    test_gemm(PI_TYPE_Q2_K, 301, 2048, 23); /* not on the integer GEMM: the f16 tiles at every T */
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
     test_rmsnorm(2, 16384);
