@@ -191,9 +191,9 @@ static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
     return d;
 }
 
-static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q5_K,
-                                     PI_TYPE_Q4_K, PI_TYPE_Q3_K, PI_TYPE_Q2_K, PI_TYPE_Q5_1, PI_TYPE_Q5_0,
-                                     PI_TYPE_Q4_1, PI_TYPE_Q4_0};
+static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K,
+                                     PI_TYPE_Q5_K, PI_TYPE_Q4_K, PI_TYPE_Q3_K, PI_TYPE_Q2_K,
+                                     PI_TYPE_Q5_1, PI_TYPE_Q5_0, PI_TYPE_Q4_1, PI_TYPE_Q4_0};
 
 int pi_bench_cuda(const struct pi_bench_opts *b)
 {
@@ -256,8 +256,8 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     const struct pi_cuda_opts nomq = {.no_mmq = true};
     pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
     if (!ctx16) return 1;
-    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (quantised types but Q2_K: pi_cuda_mmq on the integer tensor cores, "
-           "kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
+    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (quantised types but Q2_K: pi_cuda_mmq on the integer "
+           "tensor cores, kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
            "beside it: T <= 2 one matvec per token (what pi_cuda_matmul does there), else the f16 tiles\n");
     printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | other path | other ms | speedup |\n"
            "|---|---|---|---|---|---|---|---|---|\n");

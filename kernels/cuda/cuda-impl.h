@@ -12,7 +12,8 @@
  * (110 bytes) is kept whole with 2 zero bytes after it (112), so its d sits in the scales' vector. Q4_K
  * (144 bytes), Q5_K (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are
  * whole multiples of 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the
- * planes start at 256, a row is nblk whole blocks). Values are bit-identical to the file's; only addresses move.
+ * planes start at 256, a row is nblk whole blocks). Values are bit-identical to the file's; only
+ * addresses move (plus Q5_0's and Q3_K's 2 zero bytes a block).
  *
  * Every kernel works on "segments" of 32 consecutive elements of a row: segment s of row r covers
  * columns [32 s, 32 s + 32). A K-quant super-block of 256 holds 8 segments.
@@ -392,9 +393,9 @@ __device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t 
  * the unsigned forms fold the offsets:
  *   Q4_0: (q - 8) d            -> scale d, off 8 d       (q = nibble)
  *   Q8_0: s d, s = int8        -> scale d, off 128 d     (q = s ^ 0x80, unsigned)
- *   Q4_1: d q + m              -> scale d, off -m            (q = nibble)
- *   Q5_0: (q - 16) d           -> scale d, off 16 d          (q = nibble | bit of qh << 4)
- *   Q5_1: d q + m              -> scale d, off -m            (q as Q5_0)
+ *   Q4_1: d q + m              -> scale d, off -m        (q = nibble)
+ *   Q5_0: (q - 16) d           -> scale d, off 16 d      (q = nibble | bit of qh << 4)
+ *   Q5_1: d q + m              -> scale d, off -m        (q as Q5_0)
  *   Q2_K: d sc q - dmin m      -> scale d sc, off dmin m per 16-element half (q 2 bits)
  *   Q3_K: (q - 4) d sc         -> scale d sc, off 4 d sc per half (q = 2 bits | hmask bit << 2)
  *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
@@ -415,7 +416,10 @@ __device__ __forceinline__ float pi_h2f_bits(uint32_t bits) { return __half2floa
 /* Bits 0..3 of b as bit 4 of bytes 0..3 (Q5_0/Q5_1's fifth bits): the four shifted copies of the
  * nibble (shifts 0, 7, 14, 21) do not overlap, so the multiply carries nothing, and bit k of the
  * nibble lands on bit 8 k. */
-__device__ __forceinline__ uint32_t pi_bits4_to_bytes(uint32_t b) { return (((b & 0xFu) * 0x00204081u) & 0x01010101u) << 4; }
+__device__ __forceinline__ uint32_t pi_bits4_to_bytes(uint32_t b)
+{
+    return (((b & 0xFu) * 0x00204081u) & 0x01010101u) << 4;
+}
 
 template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, int64_t r, int64_t s, pi_seg_raw &x)
 {
@@ -644,10 +648,10 @@ template <int T>
 __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, int R, int64_t nseg, int lane)
 {
     /* the quant plane's bytes per block and 32-element segments per block (F16/BF16: a block is one
-     * element, 32 per segment), and whether the scales are a plane of their own */
+     * element, 32 per segment), and the side plane's bytes per block (0: none) */
     constexpr bool F = T == PI_TYPE_F16 || T == PI_TYPE_BF16;
     constexpr bool L32 = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1;
-    constexpr int BQ = F                    ? 2
+    constexpr int BQ = F                   ? 2
                        : L32               ? 16
                        : T == PI_TYPE_Q8_0 ? 32
                        : T == PI_TYPE_Q2_K ? 80
@@ -656,11 +660,10 @@ __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, i
                        : T == PI_TYPE_Q5_K ? 176
                                            : 208;
     constexpr int SPB = L32 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
-    /* the side plane's bytes per block (0: none) */
     constexpr int SB = F || T == PI_TYPE_Q3_K || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K ? 0
-                       : T == PI_TYPE_Q4_1 || T == PI_TYPE_Q2_K                        ? 4
-                       : T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1    ? 8
-                                                                   : 2;
+                       : T == PI_TYPE_Q4_1 || T == PI_TYPE_Q2_K                         ? 4
+                       : T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1                         ? 8
+                                                                                        : 2;
     const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
     for (int i = 0; i < R && r0 + i < w.rows; i++) {
         const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;

@@ -46,7 +46,8 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geo
             const uint8_t *blk = src + (b0 + b) * g.bbytes;
             memcpy(sq + b * g.qbytes, blk + g.qoff, g.qlen);
             memset(sq + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
-            for (int k = 0; k < g.n_side; k++) memcpy(sd + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
+            for (int k = 0; k < g.n_side; k++)
+                memcpy(sd + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
         }
         /* on the compute stream, waited for: a plain cudaMemcpy from pageable memory may return before
          * its DMA lands, on the legacy stream, which the non-blocking compute stream does not wait for

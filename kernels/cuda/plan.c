@@ -72,7 +72,9 @@ int pi_cuda_geom_of(int type, struct pi_cuda_geom *g)
     case PI_TYPE_Q4_1: split(g, 32, 20, 16, 4, 4, (struct pi_cuda_piece){0, 0, 4}, none); return 0;
     /* block_q5_0 {half d; uint8 qh[4]; uint8 qs[16]}: {d, 2 zero bytes, qh}, one 8-byte load (22 bytes
      * a block on the file, 24 on the device) */
-    case PI_TYPE_Q5_0: split(g, 32, 22, 16, 6, 8, (struct pi_cuda_piece){0, 0, 2}, (struct pi_cuda_piece){2, 4, 4}); return 0;
+    case PI_TYPE_Q5_0:
+        split(g, 32, 22, 16, 6, 8, (struct pi_cuda_piece){0, 0, 2}, (struct pi_cuda_piece){2, 4, 4});
+        return 0;
     /* block_q5_1 {half d, m; uint8 qh[4]; uint8 qs[16]}: {d, m, qh}, one 8-byte load */
     case PI_TYPE_Q5_1: split(g, 32, 24, 16, 8, 8, (struct pi_cuda_piece){0, 0, 8}, none); return 0;
     default:
@@ -94,7 +96,8 @@ int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_g
         return -PI_ERR_INVAL;
     }
     uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
-    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, g->sbytes, &d)) {
+    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) ||
+        pi_mul_overflows(nblk * (uint64_t)rows, g->sbytes, &d)) {
         pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
         return -PI_ERR_RANGE;
     }

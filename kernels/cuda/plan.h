@@ -142,8 +142,8 @@ struct pi_cuda_geom {
 int pi_cuda_geom_of(int type, struct pi_cuda_geom *g);
 
 /* The two planes of a (rows, cols) weight of type: the quant plane rounded to 256 bytes and the side
- * plane (rows * blocks * sbytes; 0 when not split). cols must be a positive multiple of 32 (256 for the K-quants). 0, or
- * -PI_ERR_UNSUPPORTED / -PI_ERR_INVAL (shape) / -PI_ERR_RANGE (size), logged. */
+ * plane (rows * blocks * sbytes; 0 when not split). cols must be a positive multiple of 32 (256 for
+ * the K-quants). 0, or -PI_ERR_UNSUPPORTED / -PI_ERR_INVAL (shape) / -PI_ERR_RANGE (size), logged. */
 int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_geom *g, size_t *qplane,
                           size_t *dplane);
 

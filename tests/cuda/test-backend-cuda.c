@@ -862,13 +862,15 @@ static int q5k_copies(const char *src, const char *q5k, const char *f16, int *n,
     if (pi_gguf_open(src, &g, err, sizeof err) < 0) return -1;
     pi_gguf_writer_t *wq = pi_gguf_writer_new(), *wf = pi_gguf_writer_new();
     int rc = wq && wf ? 0 : -1;
-    for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) rc = tp_gguf_copy_kv(wq, g, i) || tp_gguf_copy_kv(wf, g, i) ? -1 : 0;
+    for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++)
+        rc = tp_gguf_copy_kv(wq, g, i) || tp_gguf_copy_kv(wf, g, i) ? -1 : 0;
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_tensors(g); i++) {
         const struct pi_gguf_tensor *t = pi_gguf_tensor(g, i);
         char name[96];
         snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
         const enum pi_type ty = (enum pi_type)t->type;
-        const bool conv = t->n_dims == 2 && t->ne[0] % 256 == 0 && ty != PI_TYPE_F32 && ty != PI_TYPE_F16 && pi_kernel_supported(ty);
+        const bool conv =
+            t->n_dims == 2 && t->ne[0] % 256 == 0 && ty != PI_TYPE_F32 && ty != PI_TYPE_F16 && pi_kernel_supported(ty);
         if (!conv) {
             rc = pi_gguf_writer_add_tensor(wq, name, ty, t->n_dims, t->ne, t->data) ||
                          pi_gguf_writer_add_tensor(wf, name, ty, t->n_dims, t->ne, t->data)
@@ -948,15 +950,17 @@ static void check_q5k(const char *path, const char *gpath)
         struct pi_backend_opts o;
         uint64_t bq = 0, bf = 0;
         opts_for(&o, &sp);
-        PI_ASSERT(pi_backend_device_bytes("cuda", mq, &o, &bq) == 0 && pi_backend_device_bytes("cuda", mf, &o, &bf) == 0);
+        PI_ASSERT(pi_backend_device_bytes("cuda", mq, &o, &bq) == 0 &&
+                  pi_backend_device_bytes("cuda", mf, &o, &bf) == 0);
         struct drv c, f, h;
         const int rq = drv_new(&c, "cuda", mq, &sp, 0), rf = drv_new(&f, "cuda", mf, &sp, 0);
         const int rc = rq ? rq : rf;
         PI_ASSERT(drv_new(&h, "host", mq, &sp, 0) == 0);
         uint64_t planned = 0;
         if (rq == 0) pi_backend_cuda_usage(c.be, NULL, NULL, NULL, &planned, NULL);
-        tap_ok(rc == 0 && bq < bf && planned == bq, "Q5_K hot %.1f%s: backends created (%s); plan %llu bytes, %llu as F16",
-               fracs[fi], how, pi_err_str(rc), (unsigned long long)bq, (unsigned long long)bf);
+        tap_ok(rc == 0 && bq < bf && planned == bq,
+               "Q5_K hot %.1f%s: backends created (%s); plan %llu bytes, %llu as F16", fracs[fi], how, pi_err_str(rc),
+               (unsigned long long)bq, (unsigned long long)bf);
         if (rc != 0) {
             if (rq == 0) drv_free(&c);
             if (rf == 0) drv_free(&f);
@@ -964,12 +968,13 @@ static void check_q5k(const char *path, const char *gpath)
             split_free(&sp);
             continue;
         }
-        int ok = drv_step(&c, gd.tokens, seq0, pos, n, n, lq) == 0 && drv_step(&f, gd.tokens, seq0, pos, n, n, lf) == 0 &&
-                 drv_step(&h, gd.tokens, seq0, pos, n, n, lh) == 0;
+        int ok = drv_step(&c, gd.tokens, seq0, pos, n, n, lq) == 0 &&
+                 drv_step(&f, gd.tokens, seq0, pos, n, n, lf) == 0 && drv_step(&h, gd.tokens, seq0, pos, n, n, lh) == 0;
         const double ef = tp_rel_err(lq, lf, n, V), eh = tp_rel_err(lq, lh, n, V);
-        tap_ok(ok && ef <= Q8_TOL && eh <= Q8_TOL + HOST_SLACK,
-               "Q5_K hot %.1f%s: prompt batch of %d: vs the F16 copy %.3g (<= %.0e), vs the host backend %.3g (<= %.2g)",
-               fracs[fi], how, n, ef, Q8_TOL, eh, Q8_TOL + HOST_SLACK);
+        tap_ok(
+            ok && ef <= Q8_TOL && eh <= Q8_TOL + HOST_SLACK,
+            "Q5_K hot %.1f%s: prompt batch of %d: vs the F16 copy %.3g (<= %.0e), vs the host backend %.3g (<= %.2g)",
+            fracs[fi], how, n, ef, Q8_TOL, eh, Q8_TOL + HOST_SLACK);
         for (int t = 0; t < n && ok; t++) {
             int32_t s1 = 1;
             ok = drv_step(&c, gd.tokens + t, &s1, &pos[t], 1, 1, dq + (size_t)t * V) == 0 &&
@@ -977,9 +982,10 @@ static void check_q5k(const char *path, const char *gpath)
         }
         const double tol = fracs[fi] == 1.0 && !all_q8() ? Q5K_DEC_TOL : Q8_TOL;
         const double ed = ok ? tp_rel_err(dq, df, n, V) : INFINITY, ep = ok ? tp_rel_err(dq, lq, n, V) : INFINITY;
-        tap_ok(ok && ed <= tol && ep <= Q8_TOL,
-               "Q5_K hot %.1f%s: decode of %d tokens: vs the F16 copy %.3g (<= %.0e), vs the prompt batch %.3g (<= %.0e)",
-               fracs[fi], how, n, ed, tol, ep, Q8_TOL);
+        tap_ok(
+            ok && ed <= tol && ep <= Q8_TOL,
+            "Q5_K hot %.1f%s: decode of %d tokens: vs the F16 copy %.3g (<= %.0e), vs the prompt batch %.3g (<= %.0e)",
+            fracs[fi], how, n, ed, tol, ep, Q8_TOL);
         drv_free(&c), drv_free(&f), drv_free(&h);
         split_free(&sp);
     }

@@ -137,15 +137,16 @@ static void check_dev_types(void)
     for (size_t i = 0; i < PI_ARRAY_LEN(dev_types); i++) {
         const enum pi_type t = dev_types[i].t;
         const uint64_t nb = (uint64_t)(rows * cols / dev_types[i].belems);
-        const uint64_t want = pi_cuda_counted(pi_cuda_counted(nb * (uint64_t)dev_types[i].qbytes) + nb * (uint64_t)dev_types[i].sbytes);
+        const uint64_t want =
+            pi_cuda_counted(pi_cuda_counted(nb * (uint64_t)dev_types[i].qbytes) + nb * (uint64_t)dev_types[i].sbytes);
         size_t got = 0;
         const int rc = pi_cuda_weight_bytes_for((int)t, rows, cols, &got);
         const bool odd_ok = dev_types[i].belems == 256 ? pi_backend_cuda_dev_type(t, 4064) == PI_TYPE_F16
                                                        : pi_backend_cuda_dev_type(t, 4064) == t;
         if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != t || !odd_ok) {
             bad++;
-            tap_diag("%s: rc %d, %zu bytes, want %llu; device type %s", pi_type_name(t), rc, got, (unsigned long long)want,
-                     pi_type_name(pi_backend_cuda_dev_type(t, cols)));
+            tap_diag("%s: rc %d, %zu bytes, want %llu; device type %s", pi_type_name(t), rc, got,
+                     (unsigned long long)want, pi_type_name(pi_backend_cuda_dev_type(t, cols)));
         }
     }
     tap_ok(bad == 0, "%zu weight types stay in their own format on the device, their stored bytes counted (%d wrong)",
