@@ -999,13 +999,14 @@ int main(void)
     test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */
     test_gemm(PI_TYPE_Q6_K, 45, 768, 4);    /* ... with 24 */
+    /* the integer GEMM's fragments of the types added in issue 15, at the shapes above */
     test_gemm(PI_TYPE_Q5_K, 4096, 4096, 64);
     test_gemm(PI_TYPE_Q5_K, 4096, 11008, 65);
     test_gemm(PI_TYPE_Q5_K, 301, 2048, 23);
     test_gemm(PI_TYPE_Q5_K, 33, 256, 3);
     test_gemm(PI_TYPE_Q5_K, 77, 512, 6);
-    test_gemm(PI_TYPE_Q4_1, 4096, 4096, 64);
-    test_gemm(PI_TYPE_Q5_0, 4096, 11008, 65);
+    test_gemm(PI_TYPE_Q4_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q5_0, 4096, 4096, 64);
     test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
     test_gemm(PI_TYPE_Q5_1, 301, 2048, 23);
