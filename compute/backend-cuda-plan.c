@@ -26,8 +26,14 @@ static bool dev_type_ok(enum pi_type t, int64_t cols)
     case PI_TYPE_F16:
     case PI_TYPE_BF16:
     case PI_TYPE_Q4_0:
+    case PI_TYPE_Q4_1:
+    case PI_TYPE_Q5_0:
+    case PI_TYPE_Q5_1:
     case PI_TYPE_Q8_0: return cols % 32 == 0;
+    case PI_TYPE_Q2_K:
+    case PI_TYPE_Q3_K:
     case PI_TYPE_Q4_K:
+    case PI_TYPE_Q5_K:
     case PI_TYPE_Q6_K: return cols % 256 == 0;
     default: return false;
     }

@@ -57,7 +57,8 @@ bool pi_backend_cuda_all_dense(const pi_model_t *m, int64_t hot);
 void pi_backend_cuda_geometry(const pi_model_t *m, const struct pi_backend_opts *o, int *n_ctx, int *n_seq);
 
 /* The type a weight of type t with rows of cols elements has on the device: its own where the device
- * has kernels for it (F16, BF16, Q4_0, Q8_0 with cols % 32 == 0; Q4_K, Q6_K with cols % 256 == 0),
+ * has kernels for it (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 with cols % 32 == 0; Q2_K..Q6_K with
+ * cols % 256 == 0),
  * else F16 (converted on upload). */
 enum pi_type pi_backend_cuda_dev_type(enum pi_type t, int64_t cols);
 

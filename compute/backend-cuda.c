@@ -12,11 +12,11 @@
  * The context's scratch slots grow on demand; the backend requests their largest sizes once at start
  * (warm_scratch), so serving never allocates and the planned bytes are what is held.
  *
- * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K;
- * K-quants need rows of 256) and are converted to F16 on upload otherwise (logged). The
- * hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot, d), the
- * ffn_down_t rows in another (n_hot, d); both in the ids' order. A dense layer (every neuron hot, in id
- * order: dense_layer) keeps the file's ffn_down (d, n_ff) instead of ffn_down_t rows, and its FFN is
+ * Weights keep their file type where the device has kernels for it (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, Q2_K..Q6_K; K-quants need rows of 256) and are converted to F16 on upload otherwise (F32;
+ * logged). The hot neurons of a layer are packed: gate and up rows interleaved in one matrix (2 n_hot,
+ * d), the ffn_down_t rows in another (n_hot, d); both in the ids' order. A dense layer (every neuron
+ * hot, in id order: dense_layer) keeps the file's ffn_down (d, n_ff) instead of ffn_down_t rows, and its FFN is
  * the gate/up pairs then a plain product with it (pi_cuda_ffn_dense; GEMMs for larger batches).
  *
  * The q, k and v weights of a layer are uploaded as one stacked matrix (qd + 2 kvd, d) when their types

@@ -8,7 +8,7 @@
  *     cache never holds the one being read (variants: x from the cache with 1, 2, 4 rows per warp; x
  *     staged in shared memory, wide and tall; auto);
  *   - batched products (pi_cuda_gemm) for 4..64 tokens and for T and 4 T (T: each -p above 64,
- *     default 512): TFLOP/s and weight GB/s, and for Q4_0/Q8_0/Q4_K/Q6_K, whose batches take the integer
+ *     default 512): TFLOP/s and weight GB/s, and for the quantised types but Q2_K, whose batches take the integer
  *     tensor-core GEMM, the time of the f16-tile path beside it;
  *   - the hot-neuron FFN (Q4_0 gate/up, Q8_0 down, every neuron active) and decode attention.
  * Inputs are random (never zeros). Times are host clocks around --iters launches ending in a sync,
@@ -71,7 +71,7 @@ static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
         memcpy(w + i, &r, PI_MIN((size_t)8, bytes - i));
     }
     const struct pi_type_info *ti = pi_type_get(t);
-    size_t doff = t == PI_TYPE_Q6_K ? 208 : 0;
+    size_t doff = t == PI_TYPE_Q6_K ? 208 : t == PI_TYPE_Q3_K ? 108 : t == PI_TYPE_Q2_K ? 80 : 0;
     for (size_t b = 0; b < bytes / ti->block_bytes; b++) {
         uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand());
         memcpy(w + b * ti->block_bytes + doff, &d, 2);
@@ -191,7 +191,9 @@ static float *dev_rand(pi_cuda_ctx_t *ctx, size_t n)
     return d;
 }
 
-static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K, PI_TYPE_Q4_K, PI_TYPE_Q4_0};
+static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q8_0, PI_TYPE_Q6_K,
+                                     PI_TYPE_Q5_K, PI_TYPE_Q4_K, PI_TYPE_Q3_K, PI_TYPE_Q2_K,
+                                     PI_TYPE_Q5_1, PI_TYPE_Q5_0, PI_TYPE_Q4_1, PI_TYPE_Q4_0};
 
 int pi_bench_cuda(const struct pi_bench_opts *b)
 {
@@ -246,7 +248,7 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
         }
     }
 
-    /* Batched products: the integer GEMM (pi_cuda_mmq) at every T for Q4_0/Q8_0/Q4_K/Q6_K (pi_cuda_gemm gives
+    /* Batched products: the integer GEMM (pi_cuda_mmq) at every T for the quantised types but Q2_K (pi_cuda_gemm gives
      * it up to PI_CUDA_MMQ_MAX_T tokens), pi_cuda_gemm for F16/BF16 (f16 tiles and cuBLAS); for the
      * integer GEMM's types also the other path, in a second context
      * without it (same weights, same buffers). Batches of 4..64 are serving's decode steps and the
@@ -254,8 +256,8 @@ int pi_bench_cuda(const struct pi_bench_opts *b)
     const struct pi_cuda_opts nomq = {.no_mmq = true};
     pi_cuda_ctx_t *ctx16 = pi_cuda_ctx_new(0, (size_t)4 << 30, &nomq);
     if (!ctx16) return 1;
-    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (Q4_0/Q8_0/Q4_K/Q6_K: pi_cuda_mmq on the integer tensor cores, "
-           "kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
+    printf("\nbatched products Y (T, rows) = X (T, cols) W^T (quantised types but Q2_K: pi_cuda_mmq on the integer "
+           "tensor cores, kernels/cuda/mmq.cu; F16/BF16 f16 tiles + cublasGemmEx). For those types the other path "
            "beside it: T <= 2 one matvec per token (what pi_cuda_matmul does there), else the f16 tiles\n");
     printf("| type | rows x cols | T | ms | TFLOP/s | weight GB/s | other path | other ms | speedup |\n"
            "|---|---|---|---|---|---|---|---|---|\n");

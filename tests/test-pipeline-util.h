@@ -1,7 +1,7 @@
 /*
  * tests/test-pipeline-util.h - helpers of the pipeline's integration tests: run a program with a
  * hard timeout and capture its output, a private temporary directory, the golden files, and the
- * relative error of logits rows. Header-only, like tests/tap.h.
+ * relative error of logits rows, the copy of a GGUF file's metadata. Header-only, like tests/tap.h.
  */
 #ifndef PI_TESTS_PIPELINE_UTIL_H
 #define PI_TESTS_PIPELINE_UTIL_H
@@ -336,6 +336,44 @@ __attribute__((unused)) static int tp_write_random_gpuidx(const char *path, int 
     }
     int rc = tp_write_gpuidx(path, n_layer, n_ff, hot);
     free(hot);
+    return rc;
+}
+
+/* Copy metadata entry i of g into w, string arrays included (the tokenizer's). */
+__attribute__((unused)) static int tp_gguf_copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i)
+{
+    struct pi_gguf_str k = pi_gguf_key(g, i), s;
+    char key[256];
+    snprintf(key, sizeof key, "%.*s", (int)k.len, k.ptr);
+    enum pi_gguf_vtype t = pi_gguf_kv_type(g, i), et;
+    uint64_t n;
+    if (t == PI_GGUF_STRING) return pi_gguf_kv_str(g, i, &s) < 0 ? -1 : pi_gguf_writer_set_strn(w, key, s.ptr, s.len);
+    if (t != PI_GGUF_ARRAY) { /* fixed-size scalars: their bytes as stored (little-endian) */
+        uint64_t u = 0;
+        int64_t v = 0;
+        double f = 0;
+        bool b = false;
+        unsigned char buf[8] = {0};
+        if (t == PI_GGUF_BOOL) return pi_gguf_kv_bool(g, i, &b) < 0 ? -1 : pi_gguf_writer_set_bool(w, key, b);
+        if (t == PI_GGUF_F32 || t == PI_GGUF_F64) {
+            if (pi_gguf_kv_f64(g, i, &f) < 0) return -1;
+            float x = (float)f;
+            return pi_gguf_writer_set(w, key, t, t == PI_GGUF_F32 ? (const void *)&x : (const void *)&f);
+        }
+        if (pi_gguf_kv_uint(g, i, &u) < 0 && pi_gguf_kv_int(g, i, &v) == 0) u = (uint64_t)v;
+        for (int j = 0; j < 8; j++) buf[j] = (unsigned char)(u >> (8 * j));
+        return pi_gguf_writer_set(w, key, t, buf);
+    }
+    if (pi_gguf_kv_arr(g, i, &et, &n) < 0) return -1;
+    if (et != PI_GGUF_STRING) return pi_gguf_writer_set_arr(w, key, et, pi_gguf_kv_arr_data(g, i), n);
+    char **v = calloc(n ? n : 1, sizeof *v);
+    int rc = v ? 0 : -1;
+    for (uint64_t j = 0; rc == 0 && j < n; j++) {
+        rc = pi_gguf_kv_arr_str(g, i, j, &s) < 0 || !(v[j] = strndup(s.ptr, s.len)) ? -1 : 0;
+    }
+    if (rc == 0) rc = pi_gguf_writer_set_arr_str(w, key, (const char *const *)v, n);
+    for (uint64_t j = 0; v && j < n; j++) free(v[j]);
+    free(v);
     return rc;
 }
 

@@ -4,9 +4,16 @@
  *
  * Device weight layout (why it differs from the file): ggml's Q4_0 (18 bytes), Q8_0 (34) and Q6_K
  * (210) blocks are only 2-byte aligned in a row, which forbids 16-byte loads. On upload their f16 scale
- * `d` is split out into a plane of its own (rows * blocks halves) and the rest of each block (16, 32 and
- * 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_K (144 bytes), F16 and
- * BF16 keep ggml's layout unchanged. Values are bit-identical to the file's; only addresses move.
+ * `d` is split out into a side plane of its own (rows * blocks halves) and the rest of each block (16,
+ * 32 and 208 bytes) is stored contiguously, so every quant load is a 16-byte vector. Q4_1 (20 bytes),
+ * Q5_0 (22) and Q5_1 (24) keep their 16 nibble bytes in the quant plane and the rest in a side entry of
+ * 4 bytes {d, m} (Q4_1) or 8 bytes {d, 0, qh} (Q5_0) / {d, m, qh} (Q5_1), one aligned load each; Q2_K
+ * (84 bytes) keeps its scales and quants (80 bytes) and puts {d, dmin} in a 4-byte side entry; Q3_K
+ * (110 bytes) is kept whole with 2 zero bytes after it (112), so its d sits in the scales' vector. Q4_K
+ * (144 bytes), Q5_K (176 = 11 x 16 bytes), F16 and BF16 keep ggml's layout unchanged: their blocks are
+ * whole multiples of 16 bytes, so every block of a row that starts 16-byte aligned is aligned too (the
+ * planes start at 256, a row is nblk whole blocks). Values are bit-identical to the file's; only
+ * addresses move (plus Q5_0's and Q3_K's 2 zero bytes a block).
  *
  * Every kernel works on "segments" of 32 consecutive elements of a row: segment s of row r covers
  * columns [32 s, 32 s + 32). A K-quant super-block of 256 holds 8 segments.
@@ -173,8 +180,9 @@ struct pi_cuda_weight {
     int64_t rows, cols;
     int64_t nblk;   /* blocks per row (cols for F16/BF16) */
     size_t qbytes;  /* bytes per block in the quant plane (2 for F16/BF16) */
+    size_t sbytes;  /* bytes per block in the side plane (0: none) */
     uint8_t *q;     /* rows * nblk * qbytes */
-    __half *d;      /* rows * nblk split scales, or NULL */
+    __half *d;      /* the side plane, rows * nblk entries of sbytes (the f16 d, or d and m, qh), or NULL */
     size_t bytes;   /* both planes, as counted (0 for a view) */
     bool view;      /* rows of another weight (pi_cuda_weight_view): owns no device memory */
 };
@@ -319,6 +327,20 @@ __device__ __forceinline__ void pi_q4k_scale_min(uint32_t w1, uint32_t w2, uint3
     }
 }
 
+/* Q3_K's d times the 6-bit scales (minus 32) of the 16-element halves 2 j and 2 j + 1 of segment j (0..7),
+ * from the block's last 16 bytes sv (scales[12], then d): bytes 2 (j & 1) and 2 (j & 1) + 1 of word
+ * j / 2 of ggml's unpacking (pi_k3_scales, kernels/cpu/quant-impl.h: the low nibbles of bytes 0..7 for
+ * words 0 and 1, their high nibbles for 2 and 3, each with two bits of bytes 8..11 above them). */
+__device__ __forceinline__ void pi_q3k_scales(const uint4 &sv, int j, float *s0, float *s1)
+{
+    const int k = j >> 1, b0 = 2 * (j & 1);
+    const uint32_t base = (k & 1) ? sv.y : sv.x;
+    const uint32_t wk = ((base >> (4 * (k >> 1))) & 0x0F0F0F0Fu) | (((sv.z >> (2 * k)) & 0x03030303u) << 4);
+    const float d = __half2float(__ushort_as_half((unsigned short)(sv.w & 0xffff)));
+    *s0 = d * (float)((int)((wk >> (8 * b0)) & 0xFF) - 32);
+    *s1 = d * (float)((int)((wk >> (8 * b0 + 8)) & 0xFF) - 32);
+}
+
 /* Byte k (0..3) of w as an exact float without an int-to-float conversion (a quarter-rate instruction
  * on Hopper): the byte becomes the low mantissa bits of 2^23 (one PRMT), then 2^23 is subtracted. */
 __device__ __forceinline__ float pi_b2f(uint32_t w, int k)
@@ -371,10 +393,16 @@ __device__ __forceinline__ void pi_u8_decode(const uint32_t *lo, const uint32_t 
  * the unsigned forms fold the offsets:
  *   Q4_0: (q - 8) d            -> scale d, off 8 d       (q = nibble)
  *   Q8_0: s d, s = int8        -> scale d, off 128 d     (q = s ^ 0x80, unsigned)
+ *   Q4_1: d q + m              -> scale d, off -m        (q = nibble)
+ *   Q5_0: (q - 16) d           -> scale d, off 16 d      (q = nibble | bit of qh << 4)
+ *   Q5_1: d q + m              -> scale d, off -m        (q as Q5_0)
+ *   Q2_K: d sc q - dmin m      -> scale d sc, off dmin m per 16-element half (q 2 bits)
+ *   Q3_K: (q - 4) d sc         -> scale d sc, off 4 d sc per half (q = 2 bits | hmask bit << 2)
  *   Q4_K: d sc q - dmin m      -> scale d sc, off dmin m
+ *   Q5_K: d sc q - dmin m      -> scale d sc, off dmin m (q = nibble | fifth bit << 4)
  *   Q6_K: (q - 32) d sc_half   -> scale d sc, off 32 d sc per 16-element half */
 struct pi_seg_raw {
-    uint4 a, b, c, e;
+    uint4 a, b, c, e, f; /* f: Q3_K's and Q5_K's second 16 bytes of high bits; unused fields cost no registers */
     uint32_t m, n;
 };
 
@@ -384,6 +412,14 @@ struct pi_seg_u8 {
 };
 
 __device__ __forceinline__ float pi_h2f_bits(uint32_t bits) { return __half2float(__ushort_as_half((unsigned short)(bits & 0xffff))); }
+
+/* Bits 0..3 of b as bit 4 of bytes 0..3 (Q5_0/Q5_1's fifth bits): the four shifted copies of the
+ * nibble (shifts 0, 7, 14, 21) do not overlap, so the multiply carries nothing, and bit k of the
+ * nibble lands on bit 8 k. */
+__device__ __forceinline__ uint32_t pi_bits4_to_bytes(uint32_t b)
+{
+    return (((b & 0xFu) * 0x00204081u) & 0x01010101u) << 4;
+}
 
 template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, int64_t r, int64_t s, pi_seg_raw &x)
 {
@@ -397,11 +433,47 @@ template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, i
         const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
         x.a = pi_ld16(w.q + b * 16);
         x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q4_1) {
+        /* ggml block_q4_1: d, m, the 16 bytes of nibbles as Q4_0's. Device: the 16 bytes; {d, m} in the
+         * side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 16);
+        x.m = __ldg((const uint32_t *)w.d + b);
+    } else if constexpr (T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1) {
+        /* ggml block_q5_0 {d, qh[4], qs[16]}, block_q5_1 {d, m, qh[4], qs[16]}: element j's fifth bit
+         * is bit j of qh (a little-endian word). Device: the 16 bytes of nibbles; {d, 0 or m, qh} in
+         * the side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
+        x.a = pi_ld16(w.q + b * 16);
+        const uint2 sd = __ldg((const uint2 *)w.d + b);
+        x.m = sd.x, x.n = sd.y;
     } else if constexpr (T == PI_TYPE_Q8_0) {
         /* ggml block_q8_0: d, 32 int8. */
         const size_t b = (size_t)r * (size_t)w.nblk + (size_t)s;
         x.a = pi_ld16(w.q + b * 32), x.b = pi_ld16(w.q + b * 32 + 16);
         x.m = __half_as_ushort(w.d[b]);
+    } else if constexpr (T == PI_TYPE_Q2_K) {
+        /* ggml block_q2_K {scales[16], qs[64], d, dmin}: in half c (128 elements) and quarter k, element l
+         * (0..31) is (qs[32 c + l] >> 2 k) & 3, with scales[2 j], scales[2 j + 1] (low nibble: scale,
+         * high: min) for its two 16-element halves, j = 4 c + k. Device: the 80 bytes, {d, dmin} in the
+         * side plane. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 80;
+        x.a = pi_ld16(blk + 16 + 32 * (j >> 2)), x.b = pi_ld16(blk + 32 + 32 * (j >> 2));
+        x.m = __ldg((const uint32_t *)w.d + b);
+        x.n = (uint32_t)__ldg((const unsigned short *)(blk + 2 * j)) | ((uint32_t)j << 16);
+    } else if constexpr (T == PI_TYPE_Q3_K) {
+        /* ggml block_q3_K {hmask[32], qs[64], scales[12], d} (112 bytes on the device, the last 2 zero):
+         * element l of segment j = 4 c + k is ((qs[32 c + l] >> 2 k) & 3) | (bit j of hmask[l]) << 2,
+         * minus 4, times d and the 6-bit scale (minus 32) of its 16-element half, 2 j or 2 j + 1. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 112;
+        x.a = pi_ld16(blk + 32 + 32 * (j >> 2)), x.b = pi_ld16(blk + 48 + 32 * (j >> 2));
+        x.e = pi_ld16(blk), x.f = pi_ld16(blk + 16);
+        x.c = pi_ld16(blk + 96);
+        x.m = (uint32_t)j;
     } else if constexpr (T == PI_TYPE_Q4_K) {
         /* ggml block_q4_K (144 bytes, kept whole): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins,
          * 128 bytes of nibbles; sub-block j (32 elements) is the low (even j) or high (odd j) nibbles
@@ -411,6 +483,17 @@ template <int T> __device__ __forceinline__ void pi_seg_load(const pi_wdev &w, i
         const uint8_t *blk = w.q + b * 144;
         x.a = pi_ld16(blk);
         x.b = pi_ld16(blk + 16 + 32 * (j >> 1)), x.c = pi_ld16(blk + 32 + 32 * (j >> 1));
+        x.m = (uint32_t)j;
+    } else if constexpr (T == PI_TYPE_Q5_K) {
+        /* ggml block_q5_K (176 bytes, kept whole): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins (as
+         * Q4_K), qh[32] at 16, qs[128] at 48; sub-block j is the low (even j) or high (odd j) nibbles of
+         * the 32 bytes at 48 + 32 (j / 2), element l's fifth bit is bit j of qh[l]. */
+        const size_t b = (size_t)r * (size_t)w.nblk + (size_t)(s >> 3);
+        const int j = (int)(s & 7);
+        const uint8_t *blk = w.q + b * 176;
+        x.a = pi_ld16(blk);
+        x.e = pi_ld16(blk + 16), x.f = pi_ld16(blk + 32);
+        x.b = pi_ld16(blk + 48 + 32 * (j >> 1)), x.c = pi_ld16(blk + 64 + 32 * (j >> 1));
         x.m = (uint32_t)j;
     } else {
         static_assert(T == PI_TYPE_Q6_K, "no decoder for this type");
@@ -439,6 +522,22 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
         }
         u.s0 = u.s1 = pi_h2f_bits(x.m);
         u.o0 = u.o1 = 8.0f * u.s0;
+    } else if constexpr (T == PI_TYPE_Q4_1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = w0[j] & 0x0F0F0F0Fu;
+            u.hi[j] = (w0[j] >> 4) & 0x0F0F0F0Fu;
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = -pi_h2f_bits(x.m >> 16);
+    } else if constexpr (T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            u.lo[j] = (w0[j] & 0x0F0F0F0Fu) | pi_bits4_to_bytes(x.n >> (4 * j));
+            u.hi[j] = ((w0[j] >> 4) & 0x0F0F0F0Fu) | pi_bits4_to_bytes(x.n >> (16 + 4 * j));
+        }
+        u.s0 = u.s1 = pi_h2f_bits(x.m);
+        u.o0 = u.o1 = T == PI_TYPE_Q5_0 ? 16.0f * u.s0 : -pi_h2f_bits(x.m >> 16);
     } else if constexpr (T == PI_TYPE_Q8_0) {
 #pragma unroll
         for (int j = 0; j < 4; j++) {
@@ -454,6 +553,39 @@ template <int T> __device__ __forceinline__ void pi_seg_unpack_raw(const pi_seg_
         for (int i = 0; i < 4; i++) {
             u.lo[i] = (w1[i] >> shift) & 0x0F0F0F0Fu;
             u.hi[i] = (w2[i] >> shift) & 0x0F0F0F0Fu;
+        }
+        float sc, m;
+        pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
+        u.s0 = u.s1 = pi_h2f_bits(x.a.x) * sc;
+        u.o0 = u.o1 = pi_h2f_bits(x.a.x >> 16) * m;
+    } else if constexpr (T == PI_TYPE_Q2_K) {
+        const int j = (int)(x.n >> 16), sh = 2 * (j & 3);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = (w0[i] >> sh) & 0x03030303u;
+            u.hi[i] = (w1[i] >> sh) & 0x03030303u;
+        }
+        const float d = pi_h2f_bits(x.m), dm = pi_h2f_bits(x.m >> 16);
+        u.s0 = d * (float)(x.n & 0xF), u.o0 = dm * (float)((x.n >> 4) & 0xF);
+        u.s1 = d * (float)((x.n >> 8) & 0xF), u.o1 = dm * (float)((x.n >> 12) & 0xF);
+    } else if constexpr (T == PI_TYPE_Q3_K) {
+        const uint32_t h0[4] = {x.e.x, x.e.y, x.e.z, x.e.w}, h1[4] = {x.f.x, x.f.y, x.f.z, x.f.w};
+        const int j = (int)x.m, sh = 2 * (j & 3);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = ((w0[i] >> sh) & 0x03030303u) | (((h0[i] >> j) & 0x01010101u) << 2);
+            u.hi[i] = ((w1[i] >> sh) & 0x03030303u) | (((h1[i] >> j) & 0x01010101u) << 2);
+        }
+        pi_q3k_scales(x.c, j, &u.s0, &u.s1);
+        u.o0 = 4.0f * u.s0, u.o1 = 4.0f * u.s1;
+    } else if constexpr (T == PI_TYPE_Q5_K) {
+        const uint32_t w2[4] = {x.c.x, x.c.y, x.c.z, x.c.w};
+        const uint32_t h0[4] = {x.e.x, x.e.y, x.e.z, x.e.w}, h1[4] = {x.f.x, x.f.y, x.f.z, x.f.w};
+        const int j = (int)x.m, shift = (j & 1) * 4;
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u.lo[i] = ((w1[i] >> shift) & 0x0F0F0F0Fu) | (((h0[i] >> j) & 0x01010101u) << 4);
+            u.hi[i] = ((w2[i] >> shift) & 0x0F0F0F0Fu) | (((h1[i] >> j) & 0x01010101u) << 4);
         }
         float sc, m;
         pi_q4k_scale_min(x.a.y, x.a.z, x.a.w, j, &sc, &m);
@@ -516,18 +648,30 @@ template <int T>
 __device__ __forceinline__ void pi_rows_prefetch(const pi_wdev &w, int64_t r0, int R, int64_t nseg, int lane)
 {
     /* the quant plane's bytes per block and 32-element segments per block (F16/BF16: a block is one
-     * element, 32 per segment), and whether the scales are a plane of their own */
+     * element, 32 per segment), and the side plane's bytes per block (0: none) */
     constexpr bool F = T == PI_TYPE_F16 || T == PI_TYPE_BF16;
-    constexpr int BQ = F ? 2 : T == PI_TYPE_Q4_0 ? 16 : T == PI_TYPE_Q8_0 ? 32 : T == PI_TYPE_Q4_K ? 144 : 208;
-    constexpr int SPB = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
-    constexpr bool DPLANE = !F && T != PI_TYPE_Q4_K;
+    constexpr bool L32 = T == PI_TYPE_Q4_0 || T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1;
+    constexpr int BQ = F                   ? 2
+                       : L32               ? 16
+                       : T == PI_TYPE_Q8_0 ? 32
+                       : T == PI_TYPE_Q2_K ? 80
+                       : T == PI_TYPE_Q3_K ? 112
+                       : T == PI_TYPE_Q4_K ? 144
+                       : T == PI_TYPE_Q5_K ? 176
+                                           : 208;
+    constexpr int SPB = L32 || T == PI_TYPE_Q8_0 || F ? 1 : 8;
+    constexpr int SB = F || T == PI_TYPE_Q3_K || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K ? 0
+                       : T == PI_TYPE_Q4_1 || T == PI_TYPE_Q2_K                         ? 4
+                       : T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1                         ? 8
+                                                                                        : 2;
     const int64_t nb = PI_MIN(w.nblk, F ? nseg * 32 : (nseg + SPB - 1) / SPB);
     for (int i = 0; i < R && r0 + i < w.rows; i++) {
         const uintptr_t q0 = (uintptr_t)(w.q + (size_t)(r0 + i) * (size_t)w.nblk * BQ), q1 = q0 + (uintptr_t)nb * BQ;
         for (uintptr_t a = (q0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < q1; a += 32 * 128)
             asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-        if constexpr (DPLANE) {
-            const uintptr_t d0 = (uintptr_t)(w.d + (size_t)(r0 + i) * (size_t)w.nblk), d1 = d0 + (uintptr_t)nb * 2;
+        if constexpr (SB > 0) {
+            const uintptr_t d0 = (uintptr_t)w.d + (uintptr_t)((size_t)(r0 + i) * (size_t)w.nblk * SB),
+                            d1 = d0 + (uintptr_t)nb * SB;
             for (uintptr_t a = (d0 & ~(uintptr_t)127) + (uintptr_t)lane * 128; a < d1; a += 32 * 128)
                 asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
         }
@@ -575,6 +719,13 @@ __device__ __forceinline__ float pi_seg_dot(const pi_wdev &w, int64_t r, int64_t
     return pi_seg_dot_raw<T>(raw, x, xs0, xs1);
 }
 
+/* Whether type T's segments are its whole 32-element blocks (a few registers each: kernels keep more of
+ * them in flight per lane). */
+template <int T> __host__ __device__ constexpr bool pi_small_seg()
+{
+    return T == PI_TYPE_Q4_0 || T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1 || T == PI_TYPE_Q8_0;
+}
+
 /* Run F(std::integral_constant-like tag) for the weight's type; returns -PI_ERR_UNSUPPORTED for a type
  * without a device decoder. */
 template <int T> struct pi_type_tag {
@@ -587,8 +738,14 @@ template <typename F> static inline int pi_dispatch_type(enum pi_type t, F &&f)
     case PI_TYPE_F16: return f(pi_type_tag<PI_TYPE_F16>());
     case PI_TYPE_BF16: return f(pi_type_tag<PI_TYPE_BF16>());
     case PI_TYPE_Q4_0: return f(pi_type_tag<PI_TYPE_Q4_0>());
+    case PI_TYPE_Q4_1: return f(pi_type_tag<PI_TYPE_Q4_1>());
+    case PI_TYPE_Q5_0: return f(pi_type_tag<PI_TYPE_Q5_0>());
+    case PI_TYPE_Q5_1: return f(pi_type_tag<PI_TYPE_Q5_1>());
     case PI_TYPE_Q8_0: return f(pi_type_tag<PI_TYPE_Q8_0>());
+    case PI_TYPE_Q2_K: return f(pi_type_tag<PI_TYPE_Q2_K>());
+    case PI_TYPE_Q3_K: return f(pi_type_tag<PI_TYPE_Q3_K>());
     case PI_TYPE_Q4_K: return f(pi_type_tag<PI_TYPE_Q4_K>());
+    case PI_TYPE_Q5_K: return f(pi_type_tag<PI_TYPE_Q5_K>());
     case PI_TYPE_Q6_K: return f(pi_type_tag<PI_TYPE_Q6_K>());
     default:
         pi_error("cuda: no device kernels for type %s", pi_type_name(t));

@@ -100,9 +100,9 @@ int pi_cuda_sync(pi_cuda_ctx_t *ctx);
 typedef struct pi_cuda_weight pi_cuda_weight_t;
 
 /* Upload a row-major weight W (rows, cols) in ggml's block layout of type (an enum pi_type: F16, BF16,
- * Q4_0, Q8_0, Q4_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each, contiguous. Stored on
- * the device in the layout described in kernels/cuda/cuda-impl.h (same values, 16-byte aligned quant
- * planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
+ * Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K), rows of pi_type_row_bytes(type, cols) bytes each,
+ * contiguous. Stored on the device in the layout described in kernels/cuda/cuda-impl.h (same values,
+ * 16-byte aligned quant planes). cols must be a multiple of 32 (256 for the K-quants). Returns 0 and *out, or
  * -PI_ERR_UNSUPPORTED (type), -PI_ERR_INVAL (shape), -PI_ERR_NOMEM (budget), -PI_ERR_DEVICE. */
 int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t cols, const void *src,
                           pi_cuda_weight_t **out);
@@ -144,8 +144,8 @@ int pi_cuda_matvec(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d
 #define PI_CUDA_MV_ADD 0x100        /* or-ed into R: y += W x (the epilogue of pi_cuda_matvec_add) */
 int pi_cuda_matvec_r(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *w, const float *d_x, float *d_y, int R);
 
-/* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (Q4_0, Q8_0, Q4_K, Q6_K); the
- * others run the float kernels under any x choice. */
+/* Whether the q8 matvec (PI_CUDA_MV_Q8*) takes weights of this type (every quantised type of
+ * pi_cuda_weight_upload); F16 and BF16 run the float kernels under any x choice. */
 bool pi_cuda_q8_type(int type);
 
 /* Whether ctx's automatic products (pi_cuda_matvec, _add, _norm, the gate/up pairs) of a (rows, cols)
@@ -163,7 +163,7 @@ bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
  * activations while x is still held (pi_cuda_ffn_dense). 0, or -PI_ERR_NOMEM past the budget. */
 int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
 
-/* Y (T, rows) = X (T, cols) @ W^T. Q4_0, Q8_0, Q4_K and Q6_K weights in batches of up to
+/* Y (T, rows) = X (T, cols) @ W^T. Q4_0, Q8_0, Q4_K, Q5_K and Q6_K weights in batches of up to
  * PI_CUDA_MMQ_MAX_T tokens, where the context has it (pi_cuda_mmq_for): pi_cuda_mmq below. Otherwise X is converted to f16, W is dequantised to f16 in row tiles (F16 is used
  * in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
  * Scratch: pi_cuda_gemm_x16_bytes(T, cols) plus, for the f16 path, a tile of at most 64 MiB

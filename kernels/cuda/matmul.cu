@@ -28,28 +28,32 @@
 
 extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w->bytes : 0; }
 
-/* Copy rows [r0, r0 + nr) of the ggml data to the device planes, splitting the scales out through a
- * host staging buffer of at most `cap` bytes. */
+/* Copy the ggml data to the device planes, rows_per rows at a time through a host staging buffer of at
+ * most `cap` bytes: each block's quant bytes to the quant plane, its side pieces to the side plane (the
+ * pads zero). */
 static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geom &g, const uint8_t *src,
                         uint8_t *stage, size_t cap)
 {
     size_t row_blocks = (size_t)w->nblk;
-    size_t rows_per = cap / (row_blocks * (g.qbytes + 2));
+    size_t rows_per = cap / (row_blocks * (g.qbytes + g.sbytes));
     if (rows_per == 0) rows_per = 1;
     for (int64_t r0 = 0; r0 < w->rows; r0 += (int64_t)rows_per) {
         size_t nr = (size_t)PI_MIN((int64_t)rows_per, w->rows - r0);
         size_t nb = nr * row_blocks, b0 = (size_t)r0 * row_blocks;
         uint8_t *sq = stage, *sd = stage + nb * g.qbytes;
+        memset(sd, 0, nb * g.sbytes);
         for (size_t b = 0; b < nb; b++) {
             const uint8_t *blk = src + (b0 + b) * g.bbytes;
-            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qbytes);
-            memcpy(sd + b * 2, blk + g.doff, 2);
+            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qlen);
+            memset(sq + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
+            for (int k = 0; k < g.n_side; k++)
+                memcpy(sd + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
         }
         /* on the compute stream, waited for: a plain cudaMemcpy from pageable memory may return before
          * its DMA lands, on the legacy stream, which the non-blocking compute stream does not wait for
          * (and the PDL kernels read weights before their wait, cuda-impl.h) */
         PI_TRY(pi_cuda_upload(c, w->q + b0 * g.qbytes, sq, nb * g.qbytes));
-        PI_TRY(pi_cuda_upload(c, (uint8_t *)w->d + b0 * 2, sd, nb * 2));
+        if (g.sbytes) PI_TRY(pi_cuda_upload(c, (uint8_t *)w->d + b0 * g.sbytes, sd, nb * g.sbytes));
     }
     return 0;
 }
@@ -68,6 +72,7 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     w->cols = cols;
     w->nblk = cols / g.belems;
     w->qbytes = g.qbytes;
+    w->sbytes = g.sbytes;
     void *mem = NULL;
     int rc = pi_cuda_alloc(c, qplane + dplane, &mem);
     if (rc < 0) {
@@ -75,13 +80,13 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
         return rc;
     }
     w->q = (uint8_t *)mem;
-    w->d = g.split ? (__half *)(w->q + qplane) : NULL;
+    w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
-    if (!g.split) {
+    if (!g.sbytes && g.qlen == g.bbytes) { /* ggml's layout itself */
         rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
     } else {
         size_t cap = 16u << 20;
-        uint8_t *stage = (uint8_t *)malloc(cap + (size_t)w->nblk * (g.qbytes + 2));
+        uint8_t *stage = (uint8_t *)malloc(cap + (size_t)w->nblk * (g.qbytes + g.sbytes));
         rc = stage ? upload_split(c, w, g, (const uint8_t *)src, stage, cap) : -PI_ERR_NOMEM;
         free(stage);
     }
@@ -106,7 +111,7 @@ extern "C" int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_
     *v = *w;
     v->rows = nr;
     v->q = w->q + (size_t)r0 * (size_t)w->nblk * w->qbytes; /* qbytes * nblk is a multiple of 16 */
-    v->d = w->d ? w->d + (size_t)r0 * (size_t)w->nblk : NULL;
+    v->d = w->d ? (__half *)((uint8_t *)w->d + (size_t)r0 * (size_t)w->nblk * w->sbytes) : NULL;
     v->bytes = 0;
     v->view = true;
     *out = v;
@@ -296,8 +301,8 @@ static int launch_matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const f
     return e.ng ? launch_xs<T, R, U, GLU, true>(c, w, x, e) : launch_xs<T, R, U, GLU, false>(c, w, x, e);
 }
 
-/* R rows per warp and U segments per lane in flight, U R = 8 for Q4_0/Q8_0 (4 for the bigger segments
- * of the other types): narrow (R = 1), wide (R = 2) or tall (R = 4). With a GLU epilogue (e.act != 0)
+/* R rows per warp and U segments per lane in flight, U R = 8 for the 32-element block types (4 for the
+ * bigger segments of the others): narrow (R = 1), wide (R = 2) or tall (R = 4). With a GLU epilogue (e.act != 0)
  * always wide: a warp takes one gate/up pair. */
 static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x, const pi_mv_epi &e, int R)
 {
@@ -308,7 +313,7 @@ static int matvec_xs(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *x
     }
     return pi_dispatch_type(w->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
-        constexpr int U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 8 : 4;
+        constexpr int U = pi_small_seg<T>() ? 8 : 4;
         if (e.act) return launch_matvec_xs<T, 2, U / 2, true>(c, w, x, e);
         if (R == 1) return launch_matvec_xs<T, 1, U, false>(c, w, x, e);
         return R == 4 ? launch_matvec_xs<T, 4, U / 4, false>(c, w, x, e) : launch_matvec_xs<T, 2, U / 2, false>(c, w, x, e);

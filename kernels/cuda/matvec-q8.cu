@@ -1,7 +1,8 @@
 /*
  * kernels/cuda/matvec-q8.cu - the decode matrix-vector product with x quantised to 8 bits: the x
  * quantiser (optionally applying the layer's RMSNorm first) and the integer-dot matvec over the
- * quantised weight types (Q4_0, Q8_0, Q4_K, Q6_K; F16/BF16 keep the float kernels of matmul.cu).
+ * quantised weight types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants; F16/BF16 keep the float kernels
+ * of matmul.cu).
  *
  * Why: the float kernels spend two instructions per weight converting and multiplying bytes, and each
  * block stages all of x (4 bytes per column) in shared memory before its first multiply, which left the
@@ -83,8 +84,10 @@ __device__ __forceinline__ int pi_dp4a_us(uint32_t a, uint32_t b, int c)
 }
 
 /* The dot product of a loaded weight segment with the quantised x segment (xa: q[0..15], xb: q[16..31],
- * m its meta). Integer where the weight's offset is an integer multiple of its scale (Q4_0: 8, Q6_K:
- * 32, Q8_0: signed bytes), so only the final scaling rounds. */
+ * m its meta). Integer where the weight's offset is an integer multiple of its scale (Q4_0: 8, Q5_0:
+ * 16, Q3_K: 4, Q6_K: 32, Q8_0: signed bytes), so only the final scaling rounds; the types with a float
+ * min (Q4_1, Q5_1: + m; Q2_K, Q4_K, Q5_K: - dmin m) take their integer sums times the scale, minus the
+ * offset times the integer sum of x's half. */
 template <int T>
 __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 &xa, const uint4 &xb, const int4 &m)
 {
@@ -103,7 +106,9 @@ __device__ __forceinline__ float pi_seg_dot_q8(const pi_seg_raw &r, const uint4 
 #pragma unroll
         for (int j = 0; j < 4; j++) i0 = pi_dp4a_us(u.lo[j], xl[j], i0), i1 = pi_dp4a_us(u.hi[j], xh[j], i1);
         if constexpr (T == PI_TYPE_Q4_0) return dx * u.s0 * (float)(i0 + i1 - 8 * (m.y + m.z));
+        else if constexpr (T == PI_TYPE_Q5_0) return dx * u.s0 * (float)(i0 + i1 - 16 * (m.y + m.z));
         else if constexpr (T == PI_TYPE_Q6_K) return dx * (u.s0 * (float)(i0 - 32 * m.y) + u.s1 * (float)(i1 - 32 * m.z));
+        else if constexpr (T == PI_TYPE_Q3_K) return dx * (u.s0 * (float)(i0 - 4 * m.y) + u.s1 * (float)(i1 - 4 * m.z));
         else return dx * (u.s0 * (float)i0 + u.s1 * (float)i1 - (u.o0 * (float)m.y + u.o1 * (float)m.z));
     }
 }
@@ -188,7 +193,9 @@ __global__ void __launch_bounds__(1024) k_glu_q8(pi_wdev w, const uint8_t *__res
 
 extern "C" bool pi_cuda_q8_type(int type)
 {
-    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q4_1 || type == PI_TYPE_Q5_0 || type == PI_TYPE_Q5_1 ||
+           type == PI_TYPE_Q8_0 || type == PI_TYPE_Q2_K || type == PI_TYPE_Q3_K || type == PI_TYPE_Q4_K ||
+           type == PI_TYPE_Q5_K || type == PI_TYPE_Q6_K;
 }
 
 /* The automatic choice takes the q8 kernel for quantised weights of at least this many elements. From
@@ -252,7 +259,7 @@ int pi_cuda_matvec_q8_from(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const pi
 int pi_cuda_matvec_q8(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, const float *d_x, const pi_mv_epi &e, int R)
 {
     if (!pi_cuda_q8_type(w->type) || w->cols % 32) {
-        pi_error("cuda: the 8-bit x matvec takes Q4_0, Q8_0, Q4_K or Q6_K weights of whole segments, not %s with %lld columns",
+        pi_error("cuda: the 8-bit x matvec takes quantised weights of whole segments, not %s with %lld columns",
                  pi_type_name((uint32_t)w->type), (long long)w->cols);
         return -PI_ERR_UNSUPPORTED;
     }

@@ -1,5 +1,6 @@
 /*
- * kernels/cuda/mmq.cu - batched products on the quantised blocks (Q4_0, Q8_0, Q4_K, Q6_K) with the
+ * kernels/cuda/mmq.cu - batched products on the quantised blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K,
+ * Q5_K, Q6_K; not Q2_K, whose per-16 mins would need per-16 sums of x) with the
  * integer tensor cores: Y (T, rows) = X (T, cols) W^T for batches of more than
  * PI_CUDA_MATVEC_MAX_ROWS tokens, in place of the dequantise-to-f16 tiles and cuBLAS (matmul.cu),
  * which moved 4.5 bytes per Q4_0 weight and per batch (dequantised to f16, written, read back) where
@@ -8,11 +9,13 @@
  * The scheme (the one llama.cpp's MMQ made standard; the code is this project's): X is quantised per
  * token and 32 columns (a "segment") to int8 with a float scale d (d = max |x| / 127, q =
  * round-to-nearest-even(x / d), the rule of the q8 matvec, matvec-q8.cu) and the sum of its q; W's
- * segments are int8 already (Q8_0) or become int8 in registers (Q4_0: nibble - 8; Q4_K: the nibble,
- * its min applied through the sum of x; Q6_K: 6 bits - 32). One PTX `mma.sync.m16n8k32.s8`
- * multiplies 16 rows by 8 tokens over a segment in exact integer arithmetic (Q6_K, whose scales change
- * every 16 columns: two m16n8k16); the integer sums are converted to float and scaled into float
- * accumulators, segment after segment in order.
+ * segments are int8 already (Q8_0) or become int8 in registers (Q4_0: nibble - 8; Q5_0: 5 bits - 16;
+ * Q4_1, Q5_1: the 4 or 5 bits, m applied through the sum of x; Q4_K: the nibble, its min applied
+ * through the sum of x; Q5_K: the nibble and its fifth bit, 0..31, the min as Q4_K's; Q3_K: 3 bits - 4;
+ * Q6_K: 6 bits - 32). One PTX `mma.sync.m16n8k32.s8` multiplies 16 rows by 8 tokens over a segment
+ * in exact integer arithmetic (Q3_K and Q6_K, whose scales change every 16 columns: two m16n8k16);
+ * the integer sums are converted to float and scaled into float accumulators, segment after segment
+ * in order.
  *
  * Threading. A thread block takes 32 rows of W (two 16-row mma tiles) and up to 64 tokens (8 tiles of
  * 8); its KS warps split the row's segments into KS consecutive ranges, and the warps' float partials
@@ -117,10 +120,11 @@ template <uint32_t OFF> __device__ __forceinline__ uint32_t pi_u8_minus(uint32_t
 
 /* The A fragments and scales of one 32-column segment for the thread's four rows (rows[mt][h]: row
  * g + 8 h of tile mt, clamped to the matrix); a row's value is
- *   Q4_0, Q8_0: s q (q signed: nibble - 8, or the int8 itself);
- *   Q4_K:       s q - o (q the nibble, s = d sc, o = dmin m of the sub-block);
- *   Q6_K:       s q over the segment's first 16 columns, s2 q over the last (q = 6 bits - 32, s = d
- *               scale of each 16-column half).
+ *   Q4_0, Q5_0, Q8_0: s q (q signed: nibble - 8, 5 bits - 16, or the int8 itself);
+ *   Q4_1, Q5_1: s q - o (q the 4 or 5 bits, s = d, o = -m);
+ *   Q4_K, Q5_K: s q - o (q the nibble, with Q5_K's fifth bit, s = d sc, o = dmin m of the sub-block);
+ *   Q3_K, Q6_K: s q over the segment's first 16 columns, s2 q over the last (q = 3 bits - 4 or 6 bits
+ *               - 32, s = d scale of each 16-column half).
  * The formulas are ggml's (dequantize_row_* in ggml-quants.c); the device layouts cuda-impl.h's
  * (pi_seg_load). */
 struct pi_mmq_a {
@@ -142,6 +146,35 @@ __device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&ro
                 f.a[mt][h] = pi_u8_minus<8>(v & 0x0F0F0F0Fu);
                 f.a[mt][2 + h] = pi_u8_minus<8>((v >> 4) & 0x0F0F0F0Fu);
                 f.s[mt][h] = __half2float(w.d[blk]);
+            } else if constexpr (T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_0 || T == PI_TYPE_Q5_1) {
+                /* the 16 bytes of nibbles as Q4_0's; the side entry {d, m} (Q4_1) or {d, 0 or m, qh}
+                 * (Q5_0, Q5_1: element k's fifth bit is bit k of qh) */
+                const int64_t blk = rows[mt][h] * w.nblk + seg;
+                const uint32_t v = __ldg((const uint32_t *)(w.q + blk * 16) + t);
+                uint32_t lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu, dm;
+                if constexpr (T == PI_TYPE_Q4_1) {
+                    dm = __ldg((const uint32_t *)w.d + blk);
+                } else {
+                    const uint2 sd = __ldg((const uint2 *)w.d + blk);
+                    dm = sd.x;
+                    lo |= pi_bits4_to_bytes(sd.y >> (4 * t)), hi |= pi_bits4_to_bytes(sd.y >> (16 + 4 * t));
+                }
+                f.a[mt][h] = T == PI_TYPE_Q5_0 ? pi_u8_minus<16>(lo) : lo;
+                f.a[mt][2 + h] = T == PI_TYPE_Q5_0 ? pi_u8_minus<16>(hi) : hi;
+                f.s[mt][h] = pi_h2f_bits(dm);
+                f.o[mt][h] = T == PI_TYPE_Q5_0 ? 0.0f : -pi_h2f_bits(dm >> 16);
+            } else if constexpr (T == PI_TYPE_Q3_K) {
+                /* 112 bytes: hmask[32], qs[64], scales[12], d; element k of segment j = 4 c + i is
+                 * ((qs[32 c + k] >> 2 i) & 3) | (bit j of hmask[k]) << 2, minus 4; the scales of its
+                 * halves as pi_seg_unpack_raw's */
+                const int j = (int)(seg & 7), sh = 2 * (j & 3);
+                const uint8_t *blk = w.q + (rows[mt][h] * w.nblk + (seg >> 3)) * 112;
+                const uint32_t *qs = (const uint32_t *)(blk + 32 + 32 * (j >> 2)), *hm = (const uint32_t *)blk;
+                f.a[mt][h] =
+                    pi_u8_minus<4>(((__ldg(qs + t) >> sh) & 0x03030303u) | (((__ldg(hm + t) >> j) & 0x01010101u) << 2));
+                f.a[mt][2 + h] = pi_u8_minus<4>(((__ldg(qs + 4 + t) >> sh) & 0x03030303u) |
+                                                (((__ldg(hm + 4 + t) >> j) & 0x01010101u) << 2));
+                pi_q3k_scales(__ldg((const uint4 *)(blk + 96)), j, &f.s[mt][h], &f.o[mt][h]); /* o: the second half's */
             } else if constexpr (T == PI_TYPE_Q8_0) {
                 const int64_t blk = rows[mt][h] * w.nblk + seg;
                 const uint32_t *p = (const uint32_t *)(w.q + blk * 32);
@@ -157,6 +190,21 @@ __device__ __forceinline__ void pi_mmq_load(const pi_wdev &w, const int64_t (&ro
                 const uint32_t *q = (const uint32_t *)(blk + 16 + 32 * (j >> 1));
                 f.a[mt][h] = (__ldg(q + t) >> shift) & 0x0F0F0F0Fu;
                 f.a[mt][2 + h] = (__ldg(q + 4 + t) >> shift) & 0x0F0F0F0Fu;
+                float sc, m;
+                pi_q4k_scale_min(hd.y, hd.z, hd.w, j, &sc, &m);
+                f.s[mt][h] = pi_h2f_bits(hd.x) * sc;
+                f.o[mt][h] = pi_h2f_bits(hd.x >> 16) * m;
+            } else if constexpr (T == PI_TYPE_Q5_K) {
+                /* 176 bytes: as Q4_K's header, then qh[32] at 16 and the nibbles at 48 + 32 (j / 2);
+                 * element l's fifth bit is bit j of qh[l]: words t and 4 + t of qh for k in [4t, 4t + 4)
+                 * and [16 + 4t, 16 + 4t + 4) */
+                const int j = (int)(seg & 7), shift = 4 * (j & 1);
+                const uint8_t *blk = w.q + (rows[mt][h] * w.nblk + (seg >> 3)) * 176;
+                const uint4 hd = __ldg((const uint4 *)blk);
+                const uint32_t *qh = (const uint32_t *)(blk + 16), *q = (const uint32_t *)(blk + 48 + 32 * (j >> 1));
+                f.a[mt][h] = ((__ldg(q + t) >> shift) & 0x0F0F0F0Fu) | (((__ldg(qh + t) >> j) & 0x01010101u) << 4);
+                f.a[mt][2 + h] =
+                    ((__ldg(q + 4 + t) >> shift) & 0x0F0F0F0Fu) | (((__ldg(qh + 4 + t) >> j) & 0x01010101u) << 4);
                 float sc, m;
                 pi_q4k_scale_min(hd.y, hd.z, hd.w, j, &sc, &m);
                 f.s[mt][h] = pi_h2f_bits(hd.x) * sc;
@@ -189,7 +237,7 @@ template <int T>
 __device__ __forceinline__ void pi_mmq_tile(const pi_mmq_a &f, int mt, uint32_t b0, uint32_t b1, float2 x0, float2 x1,
                                             float (&acc)[4])
 {
-    if constexpr (T == PI_TYPE_Q6_K) {
+    if constexpr (T == PI_TYPE_Q6_K || T == PI_TYPE_Q3_K) {
         int c0[4], c1[4];
         pi_mma_s8_k16(f.a[mt][0], f.a[mt][1], b0, c0);
         pi_mma_s8_k16(f.a[mt][2], f.a[mt][3], b1, c1);
@@ -208,7 +256,8 @@ __device__ __forceinline__ void pi_mmq_tile(const pi_mmq_a &f, int mt, uint32_t 
             const int h = i >> 1;
             const float2 x = (i & 1) ? x1 : x0;
             acc[i] = fmaf(f.s[mt][h] * x.x, pi_i2f_small(c[i]), acc[i]);
-            if constexpr (T == PI_TYPE_Q4_K) acc[i] = fmaf(-f.o[mt][h], x.y, acc[i]);
+            if constexpr (T == PI_TYPE_Q4_1 || T == PI_TYPE_Q5_1 || T == PI_TYPE_Q4_K || T == PI_TYPE_Q5_K)
+                acc[i] = fmaf(-f.o[mt][h], x.y, acc[i]);
         }
     }
 }
@@ -367,8 +416,13 @@ extern "C" int pi_cuda_mmq(pi_cuda_ctx_t *c, const pi_cuda_weight_t *w, int64_t 
     PI_CU_LAUNCH("k_mmq_quant");
     switch (w->type) {
     case PI_TYPE_Q4_0: return mmq_nt<PI_TYPE_Q4_0>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q4_1: return mmq_nt<PI_TYPE_Q4_1>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q5_0: return mmq_nt<PI_TYPE_Q5_0>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q5_1: return mmq_nt<PI_TYPE_Q5_1>(c, w, T, Tp, xq, xd, d_Y, add);
     case PI_TYPE_Q8_0: return mmq_nt<PI_TYPE_Q8_0>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q3_K: return mmq_nt<PI_TYPE_Q3_K>(c, w, T, Tp, xq, xd, d_Y, add);
     case PI_TYPE_Q4_K: return mmq_nt<PI_TYPE_Q4_K>(c, w, T, Tp, xq, xd, d_Y, add);
+    case PI_TYPE_Q5_K: return mmq_nt<PI_TYPE_Q5_K>(c, w, T, Tp, xq, xd, d_Y, add);
     default: return mmq_nt<PI_TYPE_Q6_K>(c, w, T, Tp, xq, xd, d_Y, add);
     }
 }

@@ -24,7 +24,9 @@ int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols)
 bool pi_cuda_mmq_built(int type)
 {
 #if PI_CUDA_MIN_ARCH >= 80
-    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q8_0 || type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+    return type == PI_TYPE_Q4_0 || type == PI_TYPE_Q4_1 || type == PI_TYPE_Q5_0 || type == PI_TYPE_Q5_1 ||
+           type == PI_TYPE_Q8_0 || type == PI_TYPE_Q3_K || type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K ||
+           type == PI_TYPE_Q6_K;
 #else
     (void)type;
     return false;
@@ -37,18 +39,44 @@ size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols, int64_t T)
     return (size_t)pi_cuda_gemm_tile_rows(rows, cols) * (size_t)cols * 2;
 }
 
+/* A split type: ggml's blocks of bbytes with the quant bytes [qoff, qoff + qbytes) in the quant plane and
+ * the side pieces p0 (and p1 where its len is not 0) in an sbytes entry of the side plane. */
+static void split(struct pi_cuda_geom *g, int64_t belems, size_t bbytes, size_t qbytes, size_t qoff, size_t sbytes,
+                  struct pi_cuda_piece p0, struct pi_cuda_piece p1)
+{
+    g->belems = belems, g->bbytes = bbytes, g->qbytes = g->qlen = qbytes, g->qoff = qoff, g->sbytes = sbytes;
+    g->side[0] = p0, g->side[1] = p1, g->n_side = p1.len ? 2 : 1;
+}
+
 int pi_cuda_geom_of(int type, struct pi_cuda_geom *g)
 {
+    static const struct pi_cuda_piece none = {0, 0, 0};
     memset(g, 0, sizeof *g);
     switch (type) {
     case PI_TYPE_F16:
-    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = 2; return 0;
-    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = 144; return 0;
+    case PI_TYPE_BF16: g->belems = 1; g->bbytes = g->qbytes = g->qlen = 2; return 0;
+    case PI_TYPE_Q4_K: g->belems = 256; g->bbytes = g->qbytes = g->qlen = 144; return 0;
+    /* block_q5_K {half d, dmin; uint8 scales[12], qh[32], qs[128]}: 176 = 11 x 16 bytes, kept whole */
+    case PI_TYPE_Q5_K: g->belems = 256; g->bbytes = g->qbytes = g->qlen = 176; return 0;
+    /* block_q3_K {uint8 hmask[32], qs[64], scales[12]; half d}: kept whole, 110 bytes padded to 112, so
+     * that d shares the 16-byte vector of the scales */
+    case PI_TYPE_Q3_K: g->belems = 256; g->bbytes = 110; g->qbytes = 112; g->qlen = 110; return 0;
+    /* block_q2_K {uint8 scales[16], qs[64]; half d, dmin}: the 80 bytes, {d, dmin} in the side plane */
+    case PI_TYPE_Q2_K: split(g, 256, 84, 80, 0, 4, (struct pi_cuda_piece){80, 0, 4}, none); return 0;
     /* ggml-common.h: block_q4_0 {half d; uint8 qs[16]}, block_q8_0 {half d; int8 qs[32]},
-     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}. */
-    case PI_TYPE_Q4_0: g->belems = 32; g->bbytes = 18; g->qbytes = 16; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q8_0: g->belems = 32; g->bbytes = 34; g->qbytes = 32; g->split = true; g->doff = 0; g->qoff = 2; return 0;
-    case PI_TYPE_Q6_K: g->belems = 256; g->bbytes = 210; g->qbytes = 208; g->split = true; g->doff = 208; g->qoff = 0; return 0;
+     * block_q6_K {uint8 ql[128]; uint8 qh[64]; int8 scales[16]; half d}: d alone in the side plane */
+    case PI_TYPE_Q4_0: split(g, 32, 18, 16, 2, 2, (struct pi_cuda_piece){0, 0, 2}, none); return 0;
+    case PI_TYPE_Q8_0: split(g, 32, 34, 32, 2, 2, (struct pi_cuda_piece){0, 0, 2}, none); return 0;
+    case PI_TYPE_Q6_K: split(g, 256, 210, 208, 0, 2, (struct pi_cuda_piece){208, 0, 2}, none); return 0;
+    /* block_q4_1 {half d, m; uint8 qs[16]}: {d, m}, one 4-byte load */
+    case PI_TYPE_Q4_1: split(g, 32, 20, 16, 4, 4, (struct pi_cuda_piece){0, 0, 4}, none); return 0;
+    /* block_q5_0 {half d; uint8 qh[4]; uint8 qs[16]}: {d, 2 zero bytes, qh}, one 8-byte load (22 bytes
+     * a block on the file, 24 on the device) */
+    case PI_TYPE_Q5_0:
+        split(g, 32, 22, 16, 6, 8, (struct pi_cuda_piece){0, 0, 2}, (struct pi_cuda_piece){2, 4, 4});
+        return 0;
+    /* block_q5_1 {half d, m; uint8 qh[4]; uint8 qs[16]}: {d, m, qh}, one 8-byte load */
+    case PI_TYPE_Q5_1: split(g, 32, 24, 16, 8, 8, (struct pi_cuda_piece){0, 0, 8}, none); return 0;
     default:
         pi_error("cuda: no device kernels for type %s", pi_type_name((uint32_t)type));
         return -PI_ERR_UNSUPPORTED;
@@ -68,12 +96,13 @@ int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_g
         return -PI_ERR_INVAL;
     }
     uint64_t nblk = (uint64_t)(cols / g->belems), q = 0, d = 0;
-    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) || pi_mul_overflows(nblk * (uint64_t)rows, 2, &d)) {
+    if (pi_mul_overflows(nblk * (uint64_t)rows, g->qbytes, &q) ||
+        pi_mul_overflows(nblk * (uint64_t)rows, g->sbytes, &d)) {
         pi_error("cuda: weight (%lld, %lld) too large", (long long)rows, (long long)cols);
         return -PI_ERR_RANGE;
     }
     *qplane = (size_t)((q + 255) & ~(uint64_t)255);
-    *dplane = g->split ? (size_t)d : 0;
+    *dplane = (size_t)d;
     return 0;
 }
 

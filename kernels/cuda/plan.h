@@ -85,7 +85,7 @@ size_t pi_cuda_xq_bytes(int64_t cols);
 #define PI_CUDA_MMQ_TOK_ALIGN 8
 
 /* Whether batched products with a weight of `type` (an enum pi_type) can take the integer tensor-core
- * GEMM of mmq.cu (Q4_0, Q8_0, Q4_K, Q6_K) in this build: every architecture built has it (sm_80 on). */
+ * GEMM of mmq.cu (every quantised device type but Q2_K) in this build: every architecture built has it (sm_80 on). */
 bool pi_cuda_mmq_built(int type);
 
 /* The largest batch pi_cuda_gemm gives the integer GEMM; larger ones take the f16 tiles and cuBLAS,
@@ -117,24 +117,33 @@ int64_t pi_cuda_gemm_tile_rows(int64_t rows, int64_t cols);
  * pi_cuda_mmq_built when T <= PI_CUDA_MMQ_MAX_T (the integer GEMM takes them all). */
 size_t pi_cuda_gemm_tile_bytes(int type, int64_t rows, int64_t cols, int64_t T);
 
+/* A run of `len` bytes at `src` in ggml's block that the side plane's entry holds at `dst`. */
+struct pi_cuda_piece {
+    uint8_t src, dst, len;
+};
+
 /* How a weight type is laid out on the device (kernels/cuda/cuda-impl.h): elements and ggml bytes
- * per block, bytes per block in the quant plane, and whether the f16 scale `d` is split out into a
- * plane of its own, with where d and the rest sit in ggml's block. */
+ * per block; the quant plane's bytes per block, of which the first qlen are ggml's bytes [qoff, qoff +
+ * qlen) and the rest zero (Q3_K: 110 bytes padded to 112); and, for the types whose ggml block is not
+ * a whole number of 16-byte vectors, the side plane's bytes per block (0: not split; 2: the f16 d; 4:
+ * d, m; 8: d, pad or m, qh) and the pieces of the block each entry holds (a pad left out of the pieces
+ * is zero). */
 struct pi_cuda_geom {
     int64_t belems;
     size_t bbytes;
-    size_t qbytes;
-    bool split;
-    size_t doff, qoff;
+    size_t qbytes, qoff, qlen;
+    size_t sbytes;
+    struct pi_cuda_piece side[2];
+    int n_side;
 };
 
-/* The device layout of type (F16, BF16, Q4_0, Q8_0, Q4_K, Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED
- * (logged) for a type without device kernels. */
+/* The device layout of type (F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K,
+ * Q6_K): 0 and *g, or -PI_ERR_UNSUPPORTED (logged) for a type without device kernels. */
 int pi_cuda_geom_of(int type, struct pi_cuda_geom *g);
 
-/* The two planes of a (rows, cols) weight of type: the quant plane rounded to 256 bytes and the split
- * scales (0 when not split). cols must be a positive multiple of 32 (256 for the K-quants). 0, or
- * -PI_ERR_UNSUPPORTED / -PI_ERR_INVAL (shape) / -PI_ERR_RANGE (size), logged. */
+/* The two planes of a (rows, cols) weight of type: the quant plane rounded to 256 bytes and the side
+ * plane (rows * blocks * sbytes; 0 when not split). cols must be a positive multiple of 32 (256 for
+ * the K-quants). 0, or -PI_ERR_UNSUPPORTED / -PI_ERR_INVAL (shape) / -PI_ERR_RANGE (size), logged. */
 int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_geom *g, size_t *qplane,
                           size_t *dplane);
 

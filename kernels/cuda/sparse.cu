@@ -195,7 +195,7 @@ extern "C" int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu,
     pi_wdev wd = pi_wdev_of(gu);
     return pi_dispatch_type(gu->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
-        constexpr int U = (T == PI_TYPE_Q4_0 || T == PI_TYPE_Q8_0) ? 4 : 2;
+        constexpr int U = pi_small_seg<T>() ? 4 : 2;
         auto kern = k_gu_list<T, U>;
         if (smem > 48 * 1024) PI_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         kern<<<grid, PI_SP_GU_THREADS, smem, c->stream>>>(wd, act, d_x, d_list, d_cnt, d_a);

@@ -98,9 +98,15 @@ static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
         uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand()), m = pi_fp32_to_fp16(0.005f + 0.004f * frand());
         switch (t) {
         case PI_TYPE_Q4_0:
+        case PI_TYPE_Q5_0:
         case PI_TYPE_Q8_0: memcpy(blk, &d, 2); break;
-        case PI_TYPE_Q4_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
+        case PI_TYPE_Q4_1:
+        case PI_TYPE_Q5_1:
+        case PI_TYPE_Q4_K:
+        case PI_TYPE_Q5_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
         case PI_TYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+        case PI_TYPE_Q3_K: memcpy(blk + 108, &d, 2); break;
+        case PI_TYPE_Q2_K: memcpy(blk + 80, &d, 2), memcpy(blk + 82, &m, 2); break;
         default: PI_ASSERT(0);
         }
     }
@@ -485,12 +491,17 @@ int main(int argc, char **argv)
     test_mask_act(6, 11008, 3000);
     test_mask_act(5, 300, 300);
 
-    static const enum pi_type gts[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
-    static const enum pi_type dts[] = {PI_TYPE_F16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_BF16, PI_TYPE_Q6_K, PI_TYPE_Q4_K};
+    /* every device type as gate/up and as down once (Q5_K/Q6_K: a Q5_K_M file's pairing) */
+    static const enum pi_type gts[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0,
+                                       PI_TYPE_Q4_K, PI_TYPE_Q6_K, PI_TYPE_Q5_K, PI_TYPE_Q4_1,
+                                       PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q3_K};
+    static const enum pi_type dts[] = {PI_TYPE_F16,  PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_BF16,
+                                       PI_TYPE_Q5_K, PI_TYPE_Q4_K, PI_TYPE_Q6_K, PI_TYPE_Q5_1,
+                                       PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q3_K, PI_TYPE_Q2_K};
     static const int acts[] = {PI_CUDA_ACT_RELU, PI_CUDA_ACT_SILU, PI_CUDA_ACT_DRELU};
     for (size_t i = 0; i < PI_ARRAY_LEN(gts); i++) {
-        const int64_t d = gts[i] == PI_TYPE_Q4_K || gts[i] == PI_TYPE_Q6_K || dts[i] == PI_TYPE_Q4_K || dts[i] == PI_TYPE_Q6_K
-                              ? 2048 : 1024;
+        const int64_t d =
+            pi_type_get(gts[i])->block_elems == 256 || pi_type_get(dts[i])->block_elems == 256 ? 2048 : 1024;
         test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 0.1);
         test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 0.5);
         test_ffn_list(gts[i], dts[i], d, 777, acts[i % 3], 1.0);

@@ -154,9 +154,15 @@ static void *rand_weight(enum pi_type t, int64_t rows, int64_t cols)
         uint16_t d = pi_fp32_to_fp16(0.01f + 0.04f * frand()), m = pi_fp32_to_fp16(0.005f + 0.004f * frand());
         switch (t) {
         case PI_TYPE_Q4_0:
+        case PI_TYPE_Q5_0:
         case PI_TYPE_Q8_0: memcpy(blk, &d, 2); break;
-        case PI_TYPE_Q4_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
+        case PI_TYPE_Q4_1:
+        case PI_TYPE_Q5_1:
+        case PI_TYPE_Q4_K:
+        case PI_TYPE_Q5_K: memcpy(blk, &d, 2), memcpy(blk + 2, &m, 2); break;
         case PI_TYPE_Q6_K: memcpy(blk + 208, &d, 2); break;
+        case PI_TYPE_Q3_K: memcpy(blk + 108, &d, 2); break;
+        case PI_TYPE_Q2_K: memcpy(blk + 80, &d, 2), memcpy(blk + 82, &m, 2); break;
         default: PI_ASSERT(0);
         }
     }
@@ -174,7 +180,9 @@ static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols
     return f;
 }
 
-static const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
+static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1,
+                                     PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q8_0, PI_TYPE_Q2_K,
+                                     PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -826,6 +834,7 @@ static void test_q8_context(void)
     test_matvec(PI_TYPE_Q4_0, 4096, 4096, 0);  /* 1 row per warp on the H100 */
     test_matvec(PI_TYPE_Q4_0, 12288, 4096, 0); /* 2 */
     test_matvec(PI_TYPE_Q6_K, 17000, 1024, 0); /* 4 */
+    test_matvec(PI_TYPE_Q5_K, 4096, 4096, 0);  /* 1 */
     test_matvec(PI_TYPE_F16, 300, 1024, 0);    /* not quantised: the float kernels */
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
@@ -839,12 +848,17 @@ static void test_q8_context(void)
     test_ffn_hot(PI_TYPE_Q6_K, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 0);
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q6_K, 1024, 2816, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q5_K, PI_TYPE_Q5_K, 1024, 2048, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q4_1, PI_TYPE_Q5_0, 1024, 2816, PI_CUDA_ACT_RELU);
+    test_matvec_norm(PI_TYPE_Q5_K, 300, 4096, 3.0f);
+    test_matvec_norm(PI_TYPE_Q5_1, 300, 4096, 3.0f);
+    test_ffn_dense(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
 }
 
-/* Batched Q4_0/Q8_0/Q4_K/Q6_K products in a context without the integer GEMM (pi_cuda_opts.no_mmq): the f16
+/* Batched products of the integer GEMM's types in a context without it (pi_cuda_opts.no_mmq): the f16
  * tiles and cuBLAS, as before it and as a build for an architecture without it. */
 static void test_no_mmq_context(void)
 {
@@ -858,6 +872,8 @@ static void test_no_mmq_context(void)
     test_gemm(PI_TYPE_Q8_0, 300, 512, 37);
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);
     test_gemm(PI_TYPE_Q6_K, 45, 768, 4);
+    test_gemm(PI_TYPE_Q5_K, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
 }
@@ -909,7 +925,7 @@ static void test_errors(void)
 {
     void *w = rand_weight(PI_TYPE_Q4_0, 4, 64);
     pi_cuda_weight_t *dw = NULL;
-    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q5_K, 4, 256, w, &dw), -PI_ERR_UNSUPPORTED, "Q5_K is refused");
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q8_K, 4, 256, w, &dw), -PI_ERR_UNSUPPORTED, "Q8_K is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F32, 4, 64, w, &dw), -PI_ERR_UNSUPPORTED, "F32 is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_K, 4, 64, w, &dw), -PI_ERR_INVAL, "Q4_K with 64 columns is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 4, 48, w, &dw), -PI_ERR_INVAL, "48 columns are refused");
@@ -983,6 +999,21 @@ int main(void)
     test_gemm(PI_TYPE_Q4_0, 301, 512, 3);   /* a last warp of the dequantisation with 16 segments */
     test_gemm(PI_TYPE_Q4_K, 77, 256, 6);    /* ... with 8 */
     test_gemm(PI_TYPE_Q6_K, 45, 768, 4);    /* ... with 24 */
+    /* the integer GEMM's fragments of the types added in issue 15, at the shapes above */
+    test_gemm(PI_TYPE_Q5_K, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q5_K, 4096, 11008, 65);
+    test_gemm(PI_TYPE_Q5_K, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q5_K, 33, 256, 3);
+    test_gemm(PI_TYPE_Q5_K, 77, 512, 6);
+    test_gemm(PI_TYPE_Q4_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q5_0, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
+    test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
+    test_gemm(PI_TYPE_Q5_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q3_K, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q3_K, 45, 768, 4);
+    test_gemm(PI_TYPE_Q3_K, 33, 256, 3);
+    test_gemm(PI_TYPE_Q2_K, 301, 2048, 23); /* not on the integer GEMM: the f16 tiles at every T */
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
     test_rmsnorm(2, 16384);
@@ -1017,6 +1048,11 @@ int main(void)
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);
     test_ffn_hot(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 256, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_BF16, PI_TYPE_Q4_0, 512, 5, PI_CUDA_ACT_SILU, 0);
+    test_ffn_hot(PI_TYPE_Q5_K, PI_TYPE_Q6_K, 2048, 256, PI_CUDA_ACT_SILU, 1); /* a Q5_K_M file's FFN */
+    test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q5_K, 1024, 333, PI_CUDA_ACT_RELU, 0);
+    test_ffn_hot(PI_TYPE_Q5_0, PI_TYPE_Q5_1, 1024, 333, PI_CUDA_ACT_SILU, 1); /* a Q4_K_M file's odd widths */
+    test_ffn_hot(PI_TYPE_Q4_1, PI_TYPE_Q4_1, 512, 77, PI_CUDA_ACT_DRELU, 0);
+    test_ffn_hot(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 300, PI_CUDA_ACT_SILU, 1);
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_0, 5000, 2560, 3.0f); /* threads staging unequal counts */
     test_matvec_norm(PI_TYPE_Q4_0, 9000, 1024, 3.0f);
@@ -1024,10 +1060,19 @@ int main(void)
     test_matvec_norm(PI_TYPE_Q8_0, 333, 544, 3.0f);   /* idle warps in the staging */
     test_matvec_norm(PI_TYPE_F16, 333, 1024, 3.0f);
     test_matvec_norm(PI_TYPE_Q6_K, 100, 2048, 3.0f);
+    test_matvec_norm(PI_TYPE_Q5_K, 100, 2048, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_0, 300, 2048, 1e-3f); /* mean square ~3e-7: eps (1e-5) dominates */
     test_ffn_dense(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 1024, PI_CUDA_ACT_RELU);
     test_ffn_dense(PI_TYPE_Q8_0, PI_TYPE_Q4_0, 1024, 2816, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 512, PI_CUDA_ACT_DRELU);
+    test_ffn_dense(PI_TYPE_Q5_K, PI_TYPE_Q6_K, 2048, 512, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q6_K, PI_TYPE_Q5_K, 1024, 3072, PI_CUDA_ACT_RELU);
+    test_ffn_dense(PI_TYPE_Q5_0, PI_TYPE_Q5_1, 1024, 2816, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q4_1, PI_TYPE_Q5_0, 512, 1024, PI_CUDA_ACT_DRELU);
+    test_matvec_norm(PI_TYPE_Q5_0, 300, 3200, 3.0f);
+    test_matvec_norm(PI_TYPE_Q5_1, 100, 2048, 3.0f);
+    test_matvec_norm(PI_TYPE_Q3_K, 100, 2048, 3.0f);
+    test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q3_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_q8_context();
     test_no_mmq_context();
     test_budget();

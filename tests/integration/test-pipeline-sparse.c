@@ -48,44 +48,6 @@ static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], fe
 
 /* ---------------------------------------------------------------- models with predictors */
 
-/* Copy metadata entry i of g into w, string arrays included (the tokenizer's). */
-static int copy_kv(pi_gguf_writer_t *w, const pi_gguf_t *g, uint64_t i)
-{
-    struct pi_gguf_str k = pi_gguf_key(g, i), s;
-    char key[256];
-    snprintf(key, sizeof key, "%.*s", (int)k.len, k.ptr);
-    enum pi_gguf_vtype t = pi_gguf_kv_type(g, i), et;
-    uint64_t n;
-    if (t == PI_GGUF_STRING) return pi_gguf_kv_str(g, i, &s) < 0 ? -1 : pi_gguf_writer_set_strn(w, key, s.ptr, s.len);
-    if (t != PI_GGUF_ARRAY) { /* fixed-size scalars: their bytes as stored (little-endian) */
-        uint64_t u = 0;
-        int64_t v = 0;
-        double f = 0;
-        bool b = false;
-        unsigned char buf[8] = {0};
-        if (t == PI_GGUF_BOOL) return pi_gguf_kv_bool(g, i, &b) < 0 ? -1 : pi_gguf_writer_set_bool(w, key, b);
-        if (t == PI_GGUF_F32 || t == PI_GGUF_F64) {
-            if (pi_gguf_kv_f64(g, i, &f) < 0) return -1;
-            float x = (float)f;
-            return pi_gguf_writer_set(w, key, t, t == PI_GGUF_F32 ? (const void *)&x : (const void *)&f);
-        }
-        if (pi_gguf_kv_uint(g, i, &u) < 0 && pi_gguf_kv_int(g, i, &v) == 0) u = (uint64_t)v;
-        for (int j = 0; j < 8; j++) buf[j] = (unsigned char)(u >> (8 * j));
-        return pi_gguf_writer_set(w, key, t, buf);
-    }
-    if (pi_gguf_kv_arr(g, i, &et, &n) < 0) return -1;
-    if (et != PI_GGUF_STRING) return pi_gguf_writer_set_arr(w, key, et, pi_gguf_kv_arr_data(g, i), n);
-    char **v = calloc(n ? n : 1, sizeof *v);
-    int rc = v ? 0 : -1;
-    for (uint64_t j = 0; rc == 0 && j < n; j++) {
-        rc = pi_gguf_kv_arr_str(g, i, j, &s) < 0 || !(v[j] = strndup(s.ptr, s.len)) ? -1 : 0;
-    }
-    if (rc == 0) rc = pi_gguf_writer_set_arr_str(w, key, (const char *const *)v, n);
-    for (uint64_t j = 0; v && j < n; j++) free(v[j]);
-    free(v);
-    return rc;
-}
-
 /* The predictors the tests add. */
 enum pred_kind {
     PRED_ALL,    /* fc2 = 0: every logit is 0, at the threshold 0: every neuron predicted */
@@ -106,7 +68,7 @@ static int with_predictors(const char *src, const char *dst, int rank, enum pred
     uint64_t nl = 0, d = 0, ff = 0;
     int rc = w && pi_gguf_get_uint(g, "llama.block_count", &nl) == 0 && pi_gguf_get_uint(g, "llama.embedding_length", &d) == 0 &&
                      pi_gguf_get_uint(g, "llama.feed_forward_length", &ff) == 0 ? 0 : -1;
-    for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) rc = copy_kv(w, g, i);
+    for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_kv(g); i++) rc = tp_gguf_copy_kv(w, g, i);
     for (uint64_t i = 0; rc == 0 && i < pi_gguf_n_tensors(g); i++) {
         const struct pi_gguf_tensor *t = pi_gguf_tensor(g, i);
         char name[80];

@@ -5,7 +5,8 @@
  * First the plan against known figures: tests/data/cuda-plan.golden holds the plan of 400 inputs as
  * the code computed them before the plan moved out of the backend into host C of its own (and one
  * deliberate change since, which the file's header explains); each must come out to the byte (built in
- * every configuration). Then, where the cuda backend is built, the
+ * every configuration). Then the weight types the device keeps in their own format and the bytes the
+ * plan counts for each. Then, where the cuda backend is built, the
  * placement: for budgets around the plan's figures on the demo model and the tiny llama, the hot
  * count is the largest whose plan fits: the plan of k fits the budget and the plan of k + 1 does not
  * (every neuron when the all-dense plan fits, none when not even the weights every token needs fit).
@@ -114,6 +115,48 @@ static void check_golden(void)
     close_model(&m);
 }
 
+/* The weight types the device keeps in their own format (issue 15) and the bytes a block of each
+ * holds there (kernels/cuda/cuda-impl.h): the quant plane's, plus the side plane's where split. Q5_0
+ * takes 24 bytes for ggml's 22 (an 8-byte side entry {d, 0, qh}), Q3_K 112 for 110 (two zero bytes). */
+static const struct {
+    enum pi_type t;
+    int64_t belems, qbytes, sbytes;
+} dev_types[] = {
+    {PI_TYPE_F16, 1, 2, 0},      {PI_TYPE_BF16, 1, 2, 0},     {PI_TYPE_Q4_0, 32, 16, 2},   {PI_TYPE_Q4_1, 32, 16, 4},
+    {PI_TYPE_Q5_0, 32, 16, 8},   {PI_TYPE_Q5_1, 32, 16, 8},   {PI_TYPE_Q8_0, 32, 32, 2},   {PI_TYPE_Q2_K, 256, 80, 4},
+    {PI_TYPE_Q3_K, 256, 112, 0}, {PI_TYPE_Q4_K, 256, 144, 0}, {PI_TYPE_Q5_K, 256, 176, 0}, {PI_TYPE_Q6_K, 256, 208, 2},
+};
+
+/* Each type stays itself on the device (pi_backend_cuda_dev_type) where its rows are whole blocks and
+ * F16 where not, and the plan counts its stored bytes: the quant plane rounded to 256, the side plane,
+ * the whole rounded to 256 (pi_cuda_weight_bytes_for). */
+static void check_dev_types(void)
+{
+    const int64_t rows = 333, cols = 4096;
+    int bad = 0;
+    for (size_t i = 0; i < PI_ARRAY_LEN(dev_types); i++) {
+        const enum pi_type t = dev_types[i].t;
+        const uint64_t nb = (uint64_t)(rows * cols / dev_types[i].belems);
+        const uint64_t want =
+            pi_cuda_counted(pi_cuda_counted(nb * (uint64_t)dev_types[i].qbytes) + nb * (uint64_t)dev_types[i].sbytes);
+        size_t got = 0;
+        const int rc = pi_cuda_weight_bytes_for((int)t, rows, cols, &got);
+        const bool odd_ok = dev_types[i].belems == 256 ? pi_backend_cuda_dev_type(t, 4064) == PI_TYPE_F16
+                                                       : pi_backend_cuda_dev_type(t, 4064) == t;
+        if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != t || !odd_ok) {
+            bad++;
+            tap_diag("%s: rc %d, %zu bytes, want %llu; device type %s", pi_type_name(t), rc, got,
+                     (unsigned long long)want, pi_type_name(pi_backend_cuda_dev_type(t, cols)));
+        }
+    }
+    tap_ok(bad == 0, "%zu weight types stay in their own format on the device, their stored bytes counted (%d wrong)",
+           PI_ARRAY_LEN(dev_types), bad);
+    size_t b = 0;
+    tap_ok(pi_backend_cuda_dev_type(PI_TYPE_F32, cols) == PI_TYPE_F16 &&
+               pi_cuda_weight_bytes_for(PI_TYPE_F32, rows, cols, &b) == -PI_ERR_UNSUPPORTED,
+           "F32 goes up as F16; the device layout refuses F32 itself");
+}
+
 #ifdef PI_HAVE_CUDA
 static uint64_t plan(int64_t k)
 {
@@ -156,6 +199,7 @@ static void check_model(const char *file)
 int main(void)
 {
     check_golden();
+    check_dev_types();
 #ifdef PI_HAVE_CUDA
     check_model("demo-relu-q4_0.gguf");
     check_model("tiny-llama-q4_0.gguf");

@@ -78,7 +78,7 @@ check() {
   machine
   build_llama
   run_tests 200
-  grep -E "mmq|integer|matmul (Q4_0|Q8_0|Q4_K|Q6_K)" "$O/test-cuda.log" | head -40 >> "$L"
+  grep -E "mmq|integer|matmul ([qQ][2-8]_[01kK])" "$O/test-cuda.log" | head -60 >> "$L"
   # memcheck of the same tests while the model file is written (CPU work)
   gen q4_0 &
   local gp=$!
