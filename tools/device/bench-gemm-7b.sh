@@ -5,7 +5,7 @@
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
 # pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
-# usage: bench-gemm-7b.sh all [SECONDS] | val [SECONDS] | quick | verify | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -210,13 +210,37 @@ val() {
   ts "val done"
 }
 
+# vshort: the three CUDA tests at once, then pinfer's pp512/tg128 at [tune] batch 64 and 512 (no llama.cpp:
+# for a call with little device time)
+vshort() {
+  local t b
+  machine
+  gen q4_0 &
+  for t in test-cuda test-cuda-sparse test-backend-cuda; do
+    ( s=$(date +%s); timeout 200 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
+      echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$O/tests.txt"
+      grep -E '^not ok' "$O/$t.log" | head -20 >> "$O/tests.txt" ) &
+  done
+  wait
+  cat "$O/tests.txt" >> "$L"
+  grep -E "attention_seqs|sequences in one step" "$O/test-cuda.log" "$O/test-backend-cuda.log" | head -8 >> "$L"
+  ts "tests done"
+  for b in 64 512; do
+    timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 2 --gpu-backend cuda --hot-fraction 1 \
+        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "pi-bench tune.batch=$b rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
+  done
+  ts "vshort done"
+}
+
 case ${1:-} in
 val) val "${2:-500}" ;;
+vshort) vshort ;;
 verify) verify ;;
 quick) quick ;;
 all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) serve_full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | val [SECONDS] | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
