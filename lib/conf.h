@@ -64,7 +64,7 @@ struct pi_tune {
 /* [tune] batch: the most tokens one step of an engine evaluates (a prompt goes in chunks of this many;
  * in server mode, the running sequences' next tokens and chunks of new prompts together). Sizes the step
  * and exchange segments, the workers' scratch and the VRAM plan's activations. */
-#define PI_TUNE_BATCH_DEFAULT 64
+#define PI_TUNE_BATCH_DEFAULT 512
 #define PI_TUNE_BATCH_MAX 4096 /* ipc/step.h PI_STEP_MAX_TOKENS */
 
 /* t's batch, the default where it is 0 (a zeroed struct). */

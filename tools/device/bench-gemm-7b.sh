@@ -98,7 +98,7 @@ prompt() {
     for ty in q4_0 q8_0; do
       local m=/dev/shm/g7-$ty.gguf
       local b
-      for b in 64 512; do # [tune] batch: the prompt's chunk (64 is the default)
+      for b in 64 512; do # [tune] batch: the prompt's chunk (512 is the default; 64 was until session 11)
         echo "== pinfer $ty rep $rep tune.batch=$b" >> "$L"
         timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
             --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
