@@ -200,6 +200,15 @@ static void test_oneshot_golden(void)
     float *l5 = st == 0 ? tp_read_logits(lpath, gd.n, gd.n_vocab) : NULL;
     e = l5 ? tp_rel_err(l5, gd.logits, gd.n, gd.n_vocab) : INFINITY;
     tap_ok(e <= GOLDEN_TOL, "tune.batch=5, pipeline: prompt logits vs golden, worst relative error %.3g (exit %d)", e, st);
+    /* and the same bits as the pipeline's whole prompt in one step (the default batch): the host backend
+     * and the CPU worker compute a token alike in any batch */
+    const char *a512[] = {"--model", model, "--gpu-backend", "host", "--hot-fraction", "0.5", "--cpu-workers", "1",
+                          "--tokens", ids, "-n", "0", "--logits-out", lpath, NULL};
+    st = coordinator("pipeline-batch-default", a512);
+    float *lb = st == 0 ? tp_read_logits(lpath, gd.n, gd.n_vocab) : NULL;
+    tap_ok(l5 && lb && memcmp(l5, lb, sizeof(float) * (size_t)gd.n * (size_t)gd.n_vocab) == 0,
+           "pipeline: the prompt in steps of 5 and in one step give the same logits bit for bit (exit %d)", st);
+    free(lb);
     free(l5);
     const char *a0[] = {"--model", model, "--gpu-backend", "none", "--tokens", ids, "-n", "0", "--set", "tune.batch=0", NULL};
     st = coordinator("batch0", a0);
