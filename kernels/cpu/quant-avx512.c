@@ -228,41 +228,42 @@ PI_X86_INLINE void q8_0_n(const uint8_t *const *wr, int nr, const void *const *p
     }
 }
 
-static float dot_q8_0(const void *w, const void *xq, int64_t n)
-{
-    const uint8_t *wr[1] = {w};
-    float s;
-    q8_0_n(wr, 1, NULL, xq, 0, 1, &s, n);
-    return s;
-}
+/* A type's five table entries, each an instantiation of its rows x tokens routine ty##_n(wr, nr, pf, xq, xs, nt,
+ * out, n) (out[r * 4 + t]): 1 x 1, 1 row x 4 tokens, 2 x 4, 2 rows x 1 and 4 x 1. */
+#define PI_DOTS(ty)                                                                                                    \
+    static float dot_##ty(const void *w, const void *xq, int64_t n)                                                    \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        float s;                                                                                                       \
+        ty##_n(wr, 1, NULL, xq, 0, 1, &s, n);                                                                          \
+        return s;                                                                                                      \
+    }                                                                                                                  \
+    static void dot4_##ty(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                           \
+    {                                                                                                                  \
+        const uint8_t *wr[1] = {w};                                                                                    \
+        ty##_n(wr, 1, NULL, xq, xs, 4, out, n);                                                                        \
+    }                                                                                                                  \
+    static void dot8_##ty(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
+        ty##_n(wr, 2, NULL, xq, xs, 4, out, n);                                                                        \
+    }                                                                                                                  \
+    static void dot2_##ty(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                     \
+    {                                                                                                                  \
+        const uint8_t *wr[2] = {w0, w1};                                                                               \
+        float o[8];                                                                                                    \
+        ty##_n(wr, 2, NULL, xq, 0, 1, o, n);                                                                           \
+        out[0] = o[0], out[1] = o[4];                                                                                  \
+    }                                                                                                                  \
+    static void dot4r_##ty(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)   \
+    {                                                                                                                  \
+        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
+        float o[16];                                                                                                   \
+        ty##_n(wr, 4, pf, xq, 0, 1, o, n);                                                                             \
+        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
+    }
 
-static void dot4_q8_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
-{
-    const uint8_t *wr[1] = {w};
-    q8_0_n(wr, 1, NULL, xq, xs, 4, out, n);
-}
-
-static void dot8_q8_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
-{
-    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
-    q8_0_n(wr, 2, NULL, xq, xs, 4, out, n);
-}
-
-static void dot2_q8_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
-{
-    const uint8_t *wr[2] = {w0, w1};
-    float o[8];
-    q8_0_n(wr, 2, NULL, xq, 0, 1, o, n);
-    out[0] = o[0], out[1] = o[4];
-}
-
-static void dot4r_q8_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
-{
-    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
-    float o[16];
-    q8_0_n(wr, 4, pf, xq, 0, 1, o, n);
-    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
-}
+PI_DOTS(q8_0)
 
 /* 16 bytes from each of four places, one per 128-bit lane (lane k from p[k]). */
 static inline __m512i load4x16(const void *p0, const void *p1, const void *p2, const void *p3)
@@ -359,41 +360,7 @@ PI_X86_INLINE void q4_0_n(const uint8_t *const *wr, int nr, const void *const *p
     }
 }
 
-static float dot_q4_0(const void *w, const void *xq, int64_t n)
-{
-    const uint8_t *wr[1] = {w};
-    float s;
-    q4_0_n(wr, 1, NULL, xq, 0, 1, &s, n);
-    return s;
-}
-
-static void dot4_q4_0(const void *w, const void *xq, size_t xs, float out[4], int64_t n)
-{
-    const uint8_t *wr[1] = {w};
-    q4_0_n(wr, 1, NULL, xq, xs, 4, out, n);
-}
-
-static void dot8_q4_0(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)
-{
-    const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};
-    q4_0_n(wr, 2, NULL, xq, xs, 4, out, n);
-}
-
-static void dot2_q4_0(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)
-{
-    const uint8_t *wr[2] = {w0, w1};
-    float o[8];
-    q4_0_n(wr, 2, NULL, xq, 0, 1, o, n);
-    out[0] = o[0], out[1] = o[4];
-}
-
-static void dot4r_q4_0(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)
-{
-    const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};
-    float o[16];
-    q4_0_n(wr, 4, pf, xq, 0, 1, o, n);
-    out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];
-}
+PI_DOTS(q4_0)
 
 /* ---------------------------------------------------------------- Q4_1, Q5_0, Q5_1 x Q8_0
  * As q4_0_n: four blocks per register, one per 128-bit lane, the quants of block k split into low
@@ -573,43 +540,18 @@ PI_X86_INLINE void lq_n(enum lq_kind kind, const uint8_t *const *wr, int nr, con
         }
 }
 
-/* The five entry points of one type, each an instantiation of lq_n. */
-#define LQ_ENTRIES(T, K)                                                                                               \
-    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+/* Each type's rows x tokens routine (lq_n of its kind), then its table entries. */
+#define LQ_DOTS(ty, K)                                                                                                 \
+    PI_X86_INLINE void ty##_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs,      \
+                              int nt, float *out, int64_t n)                                                           \
     {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        float s;                                                                                                       \
-        lq_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
-        return s;                                                                                                      \
+        lq_n(K, wr, nr, pf, xq, xs, nt, out, n);                                                                       \
     }                                                                                                                  \
-    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        lq_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
-        lq_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w0, w1};                                                                               \
-        float o[8];                                                                                                    \
-        lq_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
-        out[0] = o[0], out[1] = o[4];                                                                                  \
-    }                                                                                                                  \
-    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
-    {                                                                                                                  \
-        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
-        float o[16];                                                                                                   \
-        lq_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
-        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
-    }
+    PI_DOTS(ty)
 
-LQ_ENTRIES(q4_1, LQ_4_1)
-LQ_ENTRIES(q5_0, LQ_5_0)
-LQ_ENTRIES(q5_1, LQ_5_1)
+LQ_DOTS(q4_1, LQ_4_1)
+LQ_DOTS(q5_0, LQ_5_0)
+LQ_DOTS(q5_1, LQ_5_1)
 
 /* ---------------------------------------------------------------- K-quants x Q8_K */
 
@@ -966,43 +908,9 @@ PI_X86_INLINE void q6_K_n(const uint8_t *const *wr, int nr, const void *const *p
         for (int t = 0; t < nt; t++) out[r * 4 + t] = hsum512(acc[r][t]);
 }
 
-/* The table's entry points of the three templates: 1 x 1, 1 x 4 tokens, 2 x 4, 2 x 1 and 4 x 1 rows. */
-#define PI_K_DOTS(ty)                                                                                                  \
-    static float dot_##ty(const void *w, const void *xq, int64_t n)                                                    \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        float s;                                                                                                       \
-        ty##_n(wr, 1, NULL, xq, 0, 1, &s, n);                                                                          \
-        return s;                                                                                                      \
-    }                                                                                                                  \
-    static void dot4_##ty(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                           \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        ty##_n(wr, 1, NULL, xq, xs, 4, out, n);                                                                        \
-    }                                                                                                                  \
-    static void dot8_##ty(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
-        ty##_n(wr, 2, NULL, xq, xs, 4, out, n);                                                                        \
-    }                                                                                                                  \
-    static void dot2_##ty(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                     \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w0, w1};                                                                               \
-        float o[8];                                                                                                    \
-        ty##_n(wr, 2, NULL, xq, 0, 1, o, n);                                                                           \
-        out[0] = o[0], out[1] = o[4];                                                                                  \
-    }                                                                                                                  \
-    static void dot4r_##ty(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)   \
-    {                                                                                                                  \
-        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
-        float o[16];                                                                                                   \
-        ty##_n(wr, 4, pf, xq, 0, 1, o, n);                                                                             \
-        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
-    }
-
-PI_K_DOTS(q4_K)
-PI_K_DOTS(q5_K)
-PI_K_DOTS(q6_K)
+PI_DOTS(q4_K)
+PI_DOTS(q5_K)
+PI_DOTS(q6_K)
 
 /* ---------------------------------------------------------------- Q2_K, Q3_K x Q8_K
  * A super-block's 2-bit quants are taken 64 consecutive elements per register: for c = 0, 1 the 32
@@ -1176,42 +1084,17 @@ PI_X86_INLINE void lk_n(enum lk_kind kind, const uint8_t *const *wr, int nr, con
         }
 }
 
-/* The entry points of one type, each an instantiation of lk_n. */
-#define LK_ENTRIES(T, K)                                                                                               \
-    static float dot_##T(const void *w, const void *xq, int64_t n)                                                     \
+/* Each type's rows x tokens routine (lk_n of its kind), then its table entries. */
+#define LK_DOTS(ty, K)                                                                                                 \
+    PI_X86_INLINE void ty##_n(const uint8_t *const *wr, int nr, const void *const *pf, const void *xq, size_t xs,      \
+                              int nt, float *out, int64_t n)                                                           \
     {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        float s;                                                                                                       \
-        lk_n(K, wr, 1, NULL, xq, 0, 1, &s, n);                                                                         \
-        return s;                                                                                                      \
+        lk_n(K, wr, nr, pf, xq, xs, nt, out, n);                                                                       \
     }                                                                                                                  \
-    static void dot4_##T(const void *w, const void *xq, size_t xs, float out[4], int64_t n)                            \
-    {                                                                                                                  \
-        const uint8_t *wr[1] = {w};                                                                                    \
-        lk_n(K, wr, 1, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot8_##T(const void *w, size_t ws, const void *xq, size_t xs, float out[8], int64_t n)                 \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w, (const uint8_t *)w + ws};                                                           \
-        lk_n(K, wr, 2, NULL, xq, xs, 4, out, n);                                                                       \
-    }                                                                                                                  \
-    static void dot2_##T(const void *w0, const void *w1, const void *xq, float out[2], int64_t n)                      \
-    {                                                                                                                  \
-        const uint8_t *wr[2] = {w0, w1};                                                                               \
-        float o[8];                                                                                                    \
-        lk_n(K, wr, 2, NULL, xq, 0, 1, o, n);                                                                          \
-        out[0] = o[0], out[1] = o[4];                                                                                  \
-    }                                                                                                                  \
-    static void dot4r_##T(const void *const w[4], const void *const pf[4], const void *xq, float out[4], int64_t n)    \
-    {                                                                                                                  \
-        const uint8_t *wr[4] = {w[0], w[1], w[2], w[3]};                                                               \
-        float o[16];                                                                                                   \
-        lk_n(K, wr, 4, pf, xq, 0, 1, o, n);                                                                            \
-        out[0] = o[0], out[1] = o[4], out[2] = o[8], out[3] = o[12];                                                   \
-    }
+    PI_DOTS(ty)
 
-LK_ENTRIES(q2_K, LK_2)
-LK_ENTRIES(q3_K, LK_3)
+LK_DOTS(q2_K, LK_2)
+LK_DOTS(q3_K, LK_3)
 
 /* ---------------------------------------------------------------- y += a * rows (pi_vec_mad4)
  * Each row's multiply, then its add into y, each rounded as in the scalar loop over the dequantised
