@@ -42,15 +42,55 @@ machine() {
   { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
 }
 
-# run_tests SECONDS: test-cuda and test-backend-cuda, each at most SECONDS; a line each and their failures
+TESTS="test-cuda test-cuda-sparse test-backend-cuda"
+
+# test_one NAME SECONDS FILE: one CUDA test program at most SECONDS, its output in $O/NAME.log; a line
+# (exit status, counts, seconds) and its failures appended to FILE
+test_one() {
+  local s rc
+  s=$(date +%s)
+  timeout "$2" "$R/tests/cuda/$1" > "$O/$1.log" 2>&1; rc=$?
+  { echo "$1 rc=$rc ok=$(grep -c '^ok' "$O/$1.log") notok=$(grep -c '^not ok' "$O/$1.log") $(( $(date +%s) - s )) s"
+    grep -E '^not ok' "$O/$1.log" | head -20; } >> "$3"
+}
+
+# run_tests SECONDS: the CUDA test programs one after another, each at most SECONDS
 run_tests() {
-  local t s rc
-  for t in test-cuda test-cuda-sparse test-backend-cuda; do
-    s=$(date +%s)
-    timeout "$1" "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
-    echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$L"
-    grep -E '^not ok' "$O/$t.log" | head -20 >> "$L"
+  local t
+  for t in $TESTS; do test_one "$t" "$1" "$L"; done
+}
+
+# run_tests_par SECONDS: the same at once (one GPU, separate processes); waits for every background job
+run_tests_par() {
+  local t
+  for t in $TESTS; do test_one "$t" "$1" "$O/tests-$t.txt" & done
+  wait
+  for t in $TESTS; do cat "$O/tests-$t.txt" >> "$L"; done
+}
+
+# pinfer_pp FILE REPS SECONDS: pi-bench pp512/tg128 fully offloaded at [tune] batch 64 and 512 (the
+# default; 64 was until session 11), each at most SECONDS
+pinfer_pp() {
+  local b
+  for b in 64 512; do
+    echo "== pinfer $(basename "$1") tune.batch=$b" >> "$L"
+    timeout "$3" "$R/coordinator/pi-bench" -m "$1" -p 512 -n 128 -r "$2" --gpu-backend cuda --hot-fraction 1 \
+        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
   done
+}
+
+# llama_pp FILE SECONDS: llama-bench pp512/tg128 with every layer on the GPU
+llama_pp() {
+  echo "== llama.cpp $(basename "$1")" >> "$L"
+  timeout "$2" $LB -m "$1" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
+  echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+}
+
+# wait_llama SECONDS: until llama.cpp's background build has ended (at most SECONDS); its last line
+wait_llama() {
+  for _ in $(seq "$1"); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
+  tail -1 /tmp/lcpp-build.log >> "$L"
 }
 
 # kernel_table SECONDS ITERS: pi-bench --cuda-kernels, its batched-products table into the log
@@ -91,22 +131,12 @@ check() {
 prompt() {
   local reps=${1:-2}
   build_llama; gen q4_0; gen q8_0
-  for _ in $(seq 500); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
-  tail -1 /tmp/lcpp-build.log >> "$L"
+  wait_llama 500
   ts "prompt runs"
   for rep in $(seq "$reps"); do
     for ty in q4_0 q8_0; do
-      local m=/dev/shm/g7-$ty.gguf
-      local b
-      for b in 64 512; do # [tune] batch: the prompt's chunk (512 is the default; 64 was until session 11)
-        echo "== pinfer $ty rep $rep tune.batch=$b" >> "$L"
-        timeout 200 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
-            --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-        echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
-      done
-      echo "== llama.cpp $ty rep $rep" >> "$L"
-      timeout 200 $LB -m "$m" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
-      echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+      pinfer_pp /dev/shm/g7-$ty.gguf 3 200
+      llama_pp /dev/shm/g7-$ty.gguf 200
     done
     ts "rep $rep done"
   done
@@ -160,12 +190,7 @@ verify() {
   run_tests 100
   kernel_table 60 10
   wait $gp
-  local b
-  for b in 64 512; do
-    timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
-        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-    echo "pi-bench tune.batch=$b rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
-  done
+  pinfer_pp /dev/shm/g7-q4_0.gguf 3 60
   memcheck 90
   ts "verify done"
 }
@@ -174,34 +199,18 @@ verify() {
 # written and llama.cpp built meanwhile), the kernel table, pp512/tg128 of pinfer at [tune] batch 64 and
 # 512 beside llama-bench on the Q4_0 file, then the serving rows while 150 s are left
 val() {
-  local budget=${1:-500} t
+  local budget=${1:-500}
   machine
   build_llama
   gen q4_0 &
-  local gp=$!
-  for t in test-cuda test-cuda-sparse test-backend-cuda; do
-    ( s=$(date +%s); timeout 240 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
-      echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$O/tests.txt"
-      grep -E '^not ok' "$O/$t.log" | head -20 >> "$O/tests.txt" ) &
-  done
-  wait
-  cat "$O/tests.txt" >> "$L"
+  run_tests_par 240 # and the file's writing
   grep -E "seqs|sequences in one step|q5_k|Q5_K" "$O/test-backend-cuda.log" | head -12 >> "$L"
   ts "tests done"
   kernel_table 90 10
   ts "kernels done"
-  for _ in $(seq 300); do grep -q "build rc=" /tmp/lcpp-build.log 2>/dev/null && break; sleep 1; done
-  tail -1 /tmp/lcpp-build.log >> "$L"
-  local m=/dev/shm/g7-q4_0.gguf b
-  for b in 64 512; do
-    echo "== pinfer q4_0 tune.batch=$b" >> "$L"
-    timeout 120 "$R/coordinator/pi-bench" -m "$m" -p 512 -n 128 -r 3 --gpu-backend cuda --hot-fraction 1 \
-        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
-  done
-  echo "== llama.cpp q4_0" >> "$L"
-  timeout 120 $LB -m "$m" -ngl 99 -p 512 -n 128 -r 3 -o md > /tmp/lb.out 2> /tmp/lb.err
-  echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+  wait_llama 300
+  pinfer_pp /dev/shm/g7-q4_0.gguf 3 120
+  llama_pp /dev/shm/g7-q4_0.gguf 120
   ts "prompt done"
   if [ $(( $(date +%s) - T0 )) -lt $(( budget - 150 )) ]; then
     serve_full 1
@@ -213,23 +222,12 @@ val() {
 # vshort: the three CUDA tests at once, then pinfer's pp512/tg128 at [tune] batch 64 and 512 (no llama.cpp:
 # for a call with little device time)
 vshort() {
-  local t b
   machine
   gen q4_0 &
-  for t in test-cuda test-cuda-sparse test-backend-cuda; do
-    ( s=$(date +%s); timeout 200 "$R/tests/cuda/$t" > "$O/$t.log" 2>&1; rc=$?
-      echo "$t rc=$rc ok=$(grep -c '^ok' "$O/$t.log") notok=$(grep -c '^not ok' "$O/$t.log") $(( $(date +%s) - s )) s" >> "$O/tests.txt"
-      grep -E '^not ok' "$O/$t.log" | head -20 >> "$O/tests.txt" ) &
-  done
-  wait
-  cat "$O/tests.txt" >> "$L"
+  run_tests_par 200 # and the file's writing
   grep -E "attention_seqs|sequences in one step" "$O/test-cuda.log" "$O/test-backend-cuda.log" | head -8 >> "$L"
   ts "tests done"
-  for b in 64 512; do
-    timeout 60 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 2 --gpu-backend cuda --hot-fraction 1 \
-        --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-    echo "pi-bench tune.batch=$b rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
-  done
+  pinfer_pp /dev/shm/g7-q4_0.gguf 2 60
   ts "vshort done"
 }
 
