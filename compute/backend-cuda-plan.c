@@ -229,13 +229,14 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     }
     p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
     PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
-    tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
+    const int64_t T_out = PI_MIN(T, (int64_t)PI_BACKEND_CUDA_OUT_ROWS); /* rows per output product */
+    tile = PI_MAX(tile, tile_bytes(T_out, pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
     /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
     p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
-             al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
+             al((uint64_t)T_out * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
     if (n_hot_max > 0 && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
         if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */

@@ -24,6 +24,12 @@
  * rather than row by row; the plan holds the GEMM buffers only for batches this large. */
 #define PI_BACKEND_CUDA_HOT_BATCH_MIN 5
 
+/* Rows of logits the device computes at once: the output head runs over at most this many rows of a
+ * step per product (more rows: several products, one after another), so its logits buffer is
+ * PI_MIN(max_tokens, this) x n_vocab floats, not max_tokens x n_vocab (at [tune] batch 512 and a 128k
+ * vocabulary that would be 262 MB of VRAM taken from the hot neurons). */
+#define PI_BACKEND_CUDA_OUT_ROWS 64
+
 /* The plan's parts, in device bytes as the allocator counts them (kernels/cuda/plan.h). */
 struct pi_backend_cuda_plan {
     uint64_t attn;    /* q, k, v (stacked or apart) and output weights of every layer */

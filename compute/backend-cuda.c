@@ -698,8 +698,13 @@ static int cuda_output(pi_backend_t *b, int n_out, float *logits)
     const float *h = s->d_h + (size_t)(s->n - n_out) * (size_t)s->d;
     CK(s, pi_cuda_rmsnorm(s->ctx, n_out, s->d, h, norm_w(s, 2 * s->n_layer), s->eps,
                           s->d_xn), "output");
-    CK(s, pi_cuda_matmul(s->ctx, s->out, n_out, s->d_xn, s->d_logits), "output");
-    CK(s, pi_cuda_download(s->ctx, logits, s->d_logits, (size_t)n_out * (size_t)s->n_vocab * sizeof(float)), "output");
+    /* the head over at most PI_BACKEND_CUDA_OUT_ROWS rows per product (d_logits holds that many) */
+    const size_t V = (size_t)s->n_vocab;
+    for (int r0 = 0; r0 < n_out; r0 += PI_BACKEND_CUDA_OUT_ROWS) {
+        const int nr = PI_MIN(n_out - r0, PI_BACKEND_CUDA_OUT_ROWS);
+        CK(s, pi_cuda_matmul(s->ctx, s->out, nr, s->d_xn + (size_t)r0 * (size_t)s->d, s->d_logits), "output");
+        CK(s, pi_cuda_download(s->ctx, logits + (size_t)r0 * V, s->d_logits, (size_t)nr * V * sizeof(float)), "output");
+    }
     return 0;
 }
 
@@ -773,7 +778,8 @@ static int warm_scratch(struct cuda_backend *s)
         /* the dequantised tile: the weight with the largest one (none where every batch takes the integer
          * GEMM or the weights are F16) */
         const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
-        uint64_t best = tile_bytes(s->T, pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d);
+        uint64_t best = tile_bytes(PI_MIN(s->T, PI_BACKEND_CUDA_OUT_ROWS), pi_backend_cuda_dev_type(ow->type, s->d),
+                                   s->n_vocab, s->d); /* cuda_output's products */
         for (int il = 0; il < s->n_layer; il++) {
             const struct pi_layer *L = &m->layers[il];
             const struct cuda_layer *cl = &s->L[il];
@@ -860,7 +866,7 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
     s->d_v = s->d_k + T * (uint64_t)s->kvd;
     PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
-    PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
+    PI_TRY(dalloc(s, (uint64_t)PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_OUT_ROWS) * (uint64_t)s->n_vocab * f, &s->d_logits));
     PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
     if (s->n_hot_max > 0 && s->T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));

@@ -82,7 +82,7 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     w->q = (uint8_t *)mem;
     w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
-    if (!g.sbytes && g.qlen == g.bbytes) { /* ggml's layout itself */
+    if (!g.sbytes && g.qlen == g.bbytes && g.qbytes == g.bbytes) { /* ggml's layout itself (not Q3_K: padded) */
         rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
     } else {
         size_t cap = 16u << 20;

@@ -79,6 +79,7 @@ static int short_mode; /* PI_CUDA_TEST=short (1): the demo model at hot fraction
                           fraction 1 with the ids in order only (dense layers); both for compute-sanitizer */
 static struct pi_tune tune; /* the backends' tuning (PI_CUDA_TEST_TUNE, check_pdl) */
 static const struct pi_predictors *g_pred; /* the predictors drv_new's backends get (check_sparse), or NULL */
+static int g_tmax = T_MAX; /* the max_tokens drv_new's backends get (check_out_rows raises it) */
 
 /* Tuning spec "KEY=VALUE ..." onto *t: cuda_matvec=auto|f32 (the table's [tune] key, through
  * pi_tune_set) or q8 (the test-only value: x in 8 bits for every quantised product), cuda_pdl=0|1
@@ -189,7 +190,7 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
 
 static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
-    *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = T_MAX, .device = 0,
+    *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = g_tmax, .device = 0,
                                   .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot, .tune = tune,
                                   .pred = g_pred, .sparsity = g_pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
 }
@@ -208,8 +209,8 @@ static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const s
     if (rc != 0) return rc;
     v->pool = pi_pool_new(2);
     v->work = pi_ffn_work_new(m->hp.n_embd, 2);
-    v->x = malloc((size_t)T_MAX * (size_t)m->hp.n_embd * sizeof(float));
-    v->cold = malloc((size_t)T_MAX * (size_t)m->hp.n_embd * sizeof(float));
+    v->x = malloc((size_t)g_tmax * (size_t)m->hp.n_embd * sizeof(float));
+    v->cold = malloc((size_t)g_tmax * (size_t)m->hp.n_embd * sizeof(float));
     return 0;
 }
 
@@ -278,6 +279,49 @@ static double rows_err(const float *a, const float *ref, const int *ref_rows, in
         if (!(e <= worst)) worst = e;
     }
     return worst;
+}
+
+/* The output head over more rows than one product takes (PI_BACKEND_CUDA_OUT_ROWS): a step of OR_N
+ * tokens asking every row's logits (products of 64, 64 and the rest) against the same tokens on the
+ * other sequence asking only the rows from 64 on (products of 64 and the rest: the same rows, the same
+ * products, so the same bits), and against the host backend within the batches' bound. */
+#define OR_N 150
+static void check_out_rows(const char *path)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0) tap_bail("out rows: %s", err);
+    const int V = (int)m->hp.n_vocab, skip = PI_BACKEND_CUDA_OUT_ROWS;
+    PI_ASSERT(OR_N <= N_CTX && OR_N > 2 * PI_BACKEND_CUDA_OUT_ROWS);
+    g_tmax = OR_N;
+    struct split sp;
+    split_new(&sp, m, 0.5, true);
+    struct drv c, h;
+    int rc = drv_new(&c, "cuda", m, &sp, 0);
+    const int rh = drv_new(&h, "host", m, &sp, 0);
+    PI_ASSERT(rh == 0);
+    int32_t tok[OR_N], s0[OR_N], s1[OR_N], ps[OR_N];
+    for (int i = 0; i < OR_N; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V), s0[i] = 0, s1[i] = 1, ps[i] = i;
+    float *la = malloc((size_t)OR_N * V * sizeof(float)), *lb = malloc((size_t)OR_N * V * sizeof(float));
+    float *lh = malloc((size_t)OR_N * V * sizeof(float));
+    PI_ASSERT(la && lb && lh);
+    int ra = rc, rb = rc;
+    if (rc == 0) ra = drv_step(&c, tok, s0, ps, OR_N, OR_N, la);
+    if (rc == 0) rb = drv_step(&c, tok, s1, ps, OR_N, OR_N - skip, lb);
+    const int rhh = drv_step(&h, tok, s0, ps, OR_N, OR_N, lh);
+    const double tol = batch_q8(m) ? Q8_TOL : GOLDEN_TOL;
+    const double eh = ra == 0 && rhh == 0 ? tp_rel_err(la, lh, OR_N, V) : INFINITY;
+    tap_ok(ra == 0 && rb == 0 && memcmp(lb, la + (size_t)skip * V, (size_t)(OR_N - skip) * V * sizeof(float)) == 0,
+           "out rows: %d rows' logits in products of %d: the rows from %d asked alone give the same bits (%s, %s)", OR_N,
+           PI_BACKEND_CUDA_OUT_ROWS, skip, pi_err_str(ra), pi_err_str(rb));
+    tap_ok(eh <= 2 * tol + HOST_SLACK, "out rows: %d rows' logits vs the host backend's %.3g (<= %.3g)", OR_N, eh,
+           2 * tol + HOST_SLACK);
+    if (rc == 0) drv_free(&c);
+    drv_free(&h);
+    free(la), free(lb), free(lh);
+    split_free(&sp);
+    pi_model_destroy(&m);
+    g_tmax = T_MAX;
 }
 
 static void check_model(const char *label, const char *path, const char *gpath)
@@ -1046,6 +1090,7 @@ int main(void)
     check_sparse("demo Q4_0 rank 64 (ids in order: dense)", PI_TYPE_Q4_0, 64, 1.0, false);
     check_sparse("demo F16 rank 64", PI_TYPE_F16, 64, 0.5, true);
     check_q5k(demo, demo_g);
+    check_out_rows(demo);
     check_budget(demo, demo_g);
     check_pdl("demo", demo);
     check_pdl("tiny-llama-q4_0", tiny);

@@ -182,7 +182,7 @@ static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols
 
 static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1,
                                      PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q8_0, PI_TYPE_Q2_K,
-                                     PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K}; /* Q3_K: failed on the H100 (session 11) */
+                                     PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -853,6 +853,7 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q5_K, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 300, 4096, 3.0f);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
@@ -1010,6 +1011,9 @@ int main(void)
     test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
     test_gemm(PI_TYPE_Q5_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q3_K, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q3_K, 45, 768, 4);
+    test_gemm(PI_TYPE_Q3_K, 33, 256, 3);
     test_gemm(PI_TYPE_Q2_K, 301, 2048, 23); /* not on the integer GEMM: the f16 tiles at every T */
     test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
@@ -1050,6 +1054,7 @@ int main(void)
     test_ffn_hot(PI_TYPE_Q5_0, PI_TYPE_Q5_1, 1024, 333, PI_CUDA_ACT_SILU, 1); /* a Q4_K_M file's odd widths */
     test_ffn_hot(PI_TYPE_Q4_1, PI_TYPE_Q4_1, 512, 77, PI_CUDA_ACT_DRELU, 0);
     test_ffn_hot(PI_TYPE_Q4_K, PI_TYPE_Q2_K, 1024, 300, PI_CUDA_ACT_SILU, 1);
+    test_ffn_hot(PI_TYPE_Q3_K, PI_TYPE_Q3_K, 1024, 300, PI_CUDA_ACT_SILU, 0);
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_0, 5000, 2560, 3.0f); /* threads staging unequal counts */
     test_matvec_norm(PI_TYPE_Q4_0, 9000, 1024, 3.0f);
@@ -1069,6 +1074,8 @@ int main(void)
     test_matvec_norm(PI_TYPE_Q5_0, 300, 3200, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 100, 2048, 3.0f);
     test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q5_K, 1024, 2048, PI_CUDA_ACT_SILU);
+    test_matvec_norm(PI_TYPE_Q3_K, 100, 2048, 3.0f);
+    test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q3_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_q8_context();
     test_no_mmq_context();
     test_budget();
