@@ -30,9 +30,8 @@ static bool dev_type_ok(enum pi_type t, int64_t cols)
     case PI_TYPE_Q5_0:
     case PI_TYPE_Q5_1:
     case PI_TYPE_Q8_0: return cols % 32 == 0;
-    /* Q2_K and Q3_K have device kernels (kernels/cuda) but stay F16 on upload: on the H100 (session 11)
-     * Q3_K's decoder gave wrong values in every path, and Q2_K's hot-neuron and dense FFN paths were only
-     * checked paired with Q3_K */
+    case PI_TYPE_Q2_K:
+    case PI_TYPE_Q3_K:
     case PI_TYPE_Q4_K:
     case PI_TYPE_Q5_K:
     case PI_TYPE_Q6_K: return cols % 256 == 0;

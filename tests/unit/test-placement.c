@@ -143,16 +143,14 @@ static void check_dev_types(void)
         const int rc = pi_cuda_weight_bytes_for((int)t, rows, cols, &got);
         const bool odd_ok = dev_types[i].belems == 256 ? pi_backend_cuda_dev_type(t, 4064) == PI_TYPE_F16
                                                        : pi_backend_cuda_dev_type(t, 4064) == t;
-        /* Q2_K, Q3_K: kernels and layouts built, kept F16 by the backend (compute/backend-cuda-plan.c) */
-        const enum pi_type dev = t == PI_TYPE_Q2_K || t == PI_TYPE_Q3_K ? PI_TYPE_F16 : t;
-        if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != dev || !odd_ok) {
+        if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != t || !odd_ok) {
             bad++;
             tap_diag("%s: rc %d, %zu bytes, want %llu; device type %s", pi_type_name(t), rc, got,
                      (unsigned long long)want, pi_type_name(pi_backend_cuda_dev_type(t, cols)));
         }
     }
     tap_ok(bad == 0,
-           "%zu weight types' device layouts counted, all but Q2_K and Q3_K kept in their own format (%d wrong)",
+           "%zu weight types' device layouts counted, each kept in its own format (%d wrong)",
            PI_ARRAY_LEN(dev_types), bad);
     size_t b = 0;
     tap_ok(pi_backend_cuda_dev_type(PI_TYPE_F32, cols) == PI_TYPE_F16 &&
