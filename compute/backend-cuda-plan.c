@@ -233,9 +233,9 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
-    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
+    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids (with the decode attention's table) */
     p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
-             al((uint64_t)T_out * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
+             al((uint64_t)T_out * (uint64_t)hp->n_vocab * f) + al(pi_backend_cuda_ids_bytes(uT));
     if (n_hot_max > 0 && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
         if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */

@@ -98,6 +98,13 @@ enum pi_type pi_backend_cuda_pred_type(const struct pi_weight *w, int64_t rank, 
  * at least the x of the widest fc2 (pi_backend_cuda_pred_rank columns). */
 uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense);
 
+/* Bytes of the backend's per-step table on the device for batches of up to T tokens: the token ids and
+ * positions (2 T int32), then at pi_backend_cuda_seqtab_off(T) the decode attention's per-token rows
+ * (T int4: position, split length, splits, first partial) and their sequences' cache offsets (T int64,
+ * halves), as pi_cuda_attention_seqs takes them. */
+static inline uint64_t pi_backend_cuda_seqtab_off(uint64_t T) { return (2 * T * sizeof(int32_t) + 15) & ~(uint64_t)15; }
+static inline uint64_t pi_backend_cuda_ids_bytes(uint64_t T) { return pi_backend_cuda_seqtab_off(T) + T * (16 + 8); }
+
 /* The XQ scratch the backend reserves: x of the widest decode product, plus a dense FFN's n_ff
  * activations beside it when a layer is dense. */
 uint64_t pi_backend_cuda_xq_reserve(const pi_model_t *m, bool any_dense);

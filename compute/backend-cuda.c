@@ -122,9 +122,16 @@ struct cuda_backend {
     float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_parts, *d_logits, *d_g, *d_a;
     void *d_down16;           /* (n_hot, d) f16 for the largest layer that is not dense: its down rows for the
                                  batched product (NULL when every hot layer is dense) */
-    int32_t *d_ids;           /* (2 T): tokens, then positions */
+    int32_t *d_ids;           /* (2 T): tokens, then positions; at pi_backend_cuda_seqtab_off(T) bytes the
+                                 decode attention's table (pi_backend_cuda_ids_bytes) */
     float *h_cold;            /* pinned (T, d): staging of the cold partial */
     int32_t *h_ids;           /* (2 T) */
+    int32_t *h_seqtab;        /* (T, 4) host staging of the decode attention's table, then (T) int64 offsets */
+    /* The step is one token of each of several sequences (every run one token): attention through
+     * pi_cuda_attention_seqs, its table uploaded by begin; max_nsplit and part_bytes from the plan. */
+    bool seqs;
+    int seqs_max_nsplit;
+    size_t seqs_part_bytes;
     float *x_reg;             /* the FFN-input buffer page-locked, or NULL */
     size_t x_reg_bytes;
     const float *x_last;      /* the buffer given to the previous ffn_input */
@@ -353,6 +360,7 @@ static void cuda_destroy(pi_backend_t *b)
     }
     free(s->L);
     free(s->h_ids);
+    free(s->h_seqtab);
     free(s->len);
     free(s->pend);
     free(s->seq);
@@ -389,6 +397,27 @@ static int alive(struct cuda_backend *s, const char *op)
 
 /* ------------------------------------------------------------------ the batch */
 
+/* Whether this step's attention goes through pi_cuda_attention_seqs (one token of each of two or more
+ * runs, a head size the flash-decoding kernels take, and the splits' partials within the attention
+ * scratch already held: serving never allocates for it), and if so its table uploaded. Otherwise the
+ * per-run path (cuda_attn), which gives each token the same bits. */
+static int plan_seqs(struct cuda_backend *s)
+{
+    s->seqs = false;
+    if (s->own_attn || s->n_runs != s->n || s->n < 2 || s->o.tune.cuda_att_no_seqs) return 0;
+    int32_t *tab = s->h_seqtab;
+    PI_TRY(pi_cuda_att_seqs_plan(s->ctx, s->n, s->n_head, s->hd, s->pos, tab, &s->seqs_max_nsplit, &s->seqs_part_bytes));
+    if (s->seqs_part_bytes > pi_cuda_att_scratch_held(s->ctx)) return 0;
+    int64_t *off = (int64_t *)(void *)(tab + 4 * (size_t)s->n);
+    for (int t = 0; t < s->n; t++) off[t] = (int64_t)s->seq[t] * 2 * (int64_t)s->n_ctx * s->kvd; /* halves: K and V per sequence */
+    const size_t rows = 16 * (size_t)s->n, offs = 8 * (size_t)s->n;
+    uint8_t *d = (uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
+    PI_TRY(pi_cuda_upload(s->ctx, d, tab, rows));
+    PI_TRY(pi_cuda_upload(s->ctx, d + 16 * (size_t)s->T, off, offs));
+    s->seqs = true;
+    return 0;
+}
+
 static int cuda_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
 {
     struct cuda_backend *s = cb(b);
@@ -423,6 +452,7 @@ static int cuda_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     memcpy(s->h_ids + n, pos, (size_t)n * sizeof *pos);
     CK(s, pi_cuda_upload(s->ctx, s->d_ids, s->h_ids, 2 * (size_t)n * sizeof(int32_t)), "begin");
     CK(s, pi_cuda_get_rows(s->ctx, s->embd, n, s->d_ids, s->d_h), "begin");
+    CK(s, plan_seqs(s), "begin");
     return 0;
 }
 
@@ -482,6 +512,14 @@ static int cuda_attn(pi_backend_t *b, int il)
     } else {
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
+    }
+    if (s->seqs) { /* one token of each of several sequences: the KV stores and attention of all at once */
+        const uint8_t *tab = (const uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
+        CK(s, pi_cuda_attention_seqs(s->ctx, n, s->seqs_max_nsplit, s->seqs_part_bytes, s->n_head, s->n_head_kv, s->hd,
+                                     (const int32_t *)tab, (const int64_t *)(tab + 16 * (size_t)s->T), s->d_q, d_k, d_v,
+                                     kv_at(s, il, 0, 0), kv_at(s, il, 0, 1), s->d_att), "attn");
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->o, n, s->d_att, s->d_h), "attn");
+        return 0;
     }
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
@@ -867,7 +905,7 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
     PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
     PI_TRY(dalloc(s, (uint64_t)PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_OUT_ROWS) * (uint64_t)s->n_vocab * f, &s->d_logits));
-    PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
+    PI_TRY(dalloc(s, pi_backend_cuda_ids_bytes(T), &s->d_ids));
     if (s->n_hot_max > 0 && s->T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));
         PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * f, &s->d_a));
@@ -950,6 +988,7 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->masked_il = -1;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
     s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
+    s->h_seqtab = malloc((size_t)s->T * (16 + 8));
     s->len = calloc((size_t)n_seq, sizeof(int32_t));
     s->pend = calloc((size_t)n_seq, sizeof(int32_t));
     s->seq = malloc((size_t)s->T * sizeof(int32_t));
@@ -957,7 +996,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
     s->h_words = malloc((size_t)s->T * (size_t)s->mw * sizeof(uint64_t));
     s->h_on = malloc((size_t)s->T * sizeof(int32_t));
-    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words || !s->h_on) {
+    if (!s->L || !s->h_ids || !s->h_seqtab || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words ||
+        !s->h_on) {
         cuda_destroy(&s->base);
         return NULL;
     }

@@ -59,6 +59,8 @@ struct pi_tune {
      * (covers the merge that quantises the output projection's x on small models). */
     bool cuda_no_pdl;
     bool cuda_att_unfused;
+    bool cuda_att_no_seqs; /* decode steps of several sequences take the per-sequence attention launches
+                              (the bit-identity check of pi_cuda_attention_seqs in test-backend-cuda) */
 };
 
 /* [tune] batch: the most tokens one step of an engine evaluates (a prompt goes in chunks of this many;

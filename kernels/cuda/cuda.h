@@ -245,6 +245,29 @@ int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, in
 int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
                       const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out);
 
+/* Decode attention of n tokens of different sequences (or of one sequence's non-consecutive positions),
+ * one query each, in three launches whatever n: for each token its k and v rows (d_k, d_v: (n,
+ * n_head_kv, head_dim) f32, already rotated) stored as f16 at its position, then causal grouped-query
+ * attention of its q row (d_q: (n, n_head, head_dim)) over positions 0 .. its position of its own
+ * caches into d_out (n, n_head, head_dim). The caches of the token's sequence start d_off[t] halves
+ * after d_k_cache / d_v_cache ((n_ctx, n_head_kv, head_dim) f16 each). d_tab (n, 4) int32 and
+ * max_nsplit, part_bytes come from pi_cuda_att_seqs_plan over the tokens' positions. Each token's output
+ * is the same bits as pi_cuda_attention's for that token alone (T = 1 at its position). head_dim 32,
+ * 64, 128 or 256. */
+int pi_cuda_attention_seqs(pi_cuda_ctx_t *ctx, int n, int max_nsplit, size_t part_bytes, int n_head, int n_head_kv,
+                           int head_dim, const int32_t *d_tab, const int64_t *d_off, const float *d_q, const float *d_k,
+                           const float *d_v, void *d_k_cache, void *d_v_cache, float *d_out);
+
+/* The table of pi_cuda_attention_seqs for n tokens at positions pos (host arrays): tab (n, 4) int32 =
+ * {position, split length, splits, first partial} per token, the splits pi_cuda_attention chooses for
+ * one query there; the largest split count and the partials' bytes. 0, or -PI_ERR_INVAL / -PI_ERR_RANGE
+ * (a negative position; past the grid's limits). */
+int pi_cuda_att_seqs_plan(pi_cuda_ctx_t *ctx, int n, int n_head, int head_dim, const int32_t *pos, int32_t *tab,
+                          int *max_nsplit, size_t *part_bytes);
+
+/* Bytes the attention's scratch slot holds now (its partials never reallocate below this). */
+size_t pi_cuda_att_scratch_held(const pi_cuda_ctx_t *ctx);
+
 /* One decode step's attention for one sequence, the query at position pos: RoPE of q (n_head,
  * head_dim) and k (n_head_kv, head_dim) at pos as pi_cuda_rope does it, k and v (n_head_kv, head_dim)
  * stored as f16 at position pos of the caches (n_ctx, n_head_kv, head_dim), causal grouped-query
