@@ -126,12 +126,14 @@ struct cuda_backend {
                                  decode attention's table (pi_backend_cuda_ids_bytes) */
     float *h_cold;            /* pinned (T, d): staging of the cold partial */
     int32_t *h_ids;           /* (2 T) */
-    int32_t *h_seqtab;        /* (T, 4) host staging of the decode attention's table, then (T) int64 offsets */
+    int32_t *h_seqtab;        /* host staging of the decode attention's table, laid out as on the device: (T, 4)
+                                 int32 rows, then at 16 T bytes (T) int64 offsets */
     /* The step is one token of each of several sequences (every run one token): attention through
      * pi_cuda_attention_seqs, its table uploaded by begin; max_nsplit and part_bytes from the plan. */
     bool seqs;
     int seqs_max_nsplit;
     size_t seqs_part_bytes;
+    bool seqs_noted;          /* the fallback for want of scratch was logged (once) */
     float *x_reg;             /* the FFN-input buffer page-locked, or NULL */
     size_t x_reg_bytes;
     const float *x_last;      /* the buffer given to the previous ffn_input */
@@ -407,13 +409,18 @@ static int plan_seqs(struct cuda_backend *s)
     if (s->own_attn || s->n_runs != s->n || s->n < 2 || s->o.tune.cuda_att_no_seqs) return 0;
     int32_t *tab = s->h_seqtab;
     PI_TRY(pi_cuda_att_seqs_plan(s->ctx, s->n, s->n_head, s->hd, s->pos, tab, &s->seqs_max_nsplit, &s->seqs_part_bytes));
-    if (s->seqs_part_bytes > pi_cuda_att_scratch_held(s->ctx)) return 0;
-    int64_t *off = (int64_t *)(void *)(tab + 4 * (size_t)s->n);
+    if (s->seqs_part_bytes > pi_cuda_att_scratch_held(s->ctx)) {
+        if (!s->seqs_noted)
+            pi_debug("cuda backend: %d sequences' decode attention needs %zu bytes of partials, %zu held: one launch "
+                     "group per sequence", s->n, s->seqs_part_bytes, pi_cuda_att_scratch_held(s->ctx));
+        s->seqs_noted = true;
+        return 0;
+    }
+    int64_t *off = (int64_t *)(void *)((uint8_t *)tab + 16 * (size_t)s->T);
     for (int t = 0; t < s->n; t++) off[t] = (int64_t)s->seq[t] * 2 * (int64_t)s->n_ctx * s->kvd; /* halves: K and V per sequence */
-    const size_t rows = 16 * (size_t)s->n, offs = 8 * (size_t)s->n;
+    /* one upload (one stream synchronisation) from the rows to the last offset */
     uint8_t *d = (uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
-    PI_TRY(pi_cuda_upload(s->ctx, d, tab, rows));
-    PI_TRY(pi_cuda_upload(s->ctx, d + 16 * (size_t)s->T, off, offs));
+    PI_TRY(pi_cuda_upload(s->ctx, d, tab, 16 * (size_t)s->T + 8 * (size_t)s->n));
     s->seqs = true;
     return 0;
 }
@@ -988,7 +995,7 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->masked_il = -1;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
     s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
-    s->h_seqtab = malloc((size_t)s->T * (16 + 8));
+    s->h_seqtab = calloc((size_t)s->T, 16 + 8);
     s->len = calloc((size_t)n_seq, sizeof(int32_t));
     s->pend = calloc((size_t)n_seq, sizeof(int32_t));
     s->seq = malloc((size_t)s->T * sizeof(int32_t));

@@ -164,7 +164,7 @@ bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
 int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
 
 /* Y (T, rows) = X (T, cols) @ W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K and Q6_K weights (the
- * integer GEMM's types, pi_cuda_mmq_built; the backend keeps Q3_K as F16) in batches of up to
+ * integer GEMM's types, pi_cuda_mmq_built) in batches of up to
  * PI_CUDA_MMQ_MAX_T tokens, where the context has it (pi_cuda_mmq_for): pi_cuda_mmq below. Otherwise X is converted to f16, W is dequantised to f16 in row tiles (F16 is used
  * in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
  * Scratch: pi_cuda_gemm_x16_bytes(T, cols) plus, for the f16 path, a tile of at most 64 MiB

@@ -454,7 +454,8 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, flo
  * the layer's; the three launches take every token. Each token's chunk is the one
  * pi_cuda_attention would choose for it alone (one query over pos + 1 positions), and its splits and
  * merge run the same device code in the same order, so a token's output is the same bits as the
- * per-sequence path's (and the single-sequence decode's, which computes as that path does). Token t's
+ * per-sequence path's (a one-token decode of a single sequence takes k_attn_dec, whose softmax order
+ * differs in the last bits). Token t's
  * partials lie at part + (part0 * n_head + h * nsplit + sp) * (head_dim + 2); blocks past a token's
  * nsplit return at once. */
 template <int NPL>
