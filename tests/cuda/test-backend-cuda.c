@@ -234,15 +234,19 @@ static const struct pi_backend_cuda_module *cuda_mod(void)
 /* Decode steps of several sequences (one token each) take pi_cuda_attention_seqs: three launches per
  * layer whatever the number of sequences. Against the per-sequence launches (tune.cuda_att_no_seqs),
  * after the same prompts: the same logits bit for bit, at every step of a few interleaved decode steps
- * over both sequences, and for the non-consecutive positions of one sequence in one step. */
-static void check_seqs(const char *path, const char *gpath)
+ * over both sequences, and for the non-consecutive positions of one sequence in one step. At hot
+ * fraction 0 (the FFN all cold, computed here) and at 1 with ids in order (dense layers): the packed
+ * hot-neuron kernel that batches of under PI_BACKEND_CUDA_HOT_BATCH_MIN rows take at other fractions
+ * adds its blocks' partials with atomics, in no fixed order, so two runs of the same step can differ in
+ * the last bits whatever the attention does (session 11's failure of this check at hot 0.5). */
+static void check_seqs(const char *path, const char *gpath, double frac, bool shuffled)
 {
     pi_model_t *m = NULL;
     char err[256];
     struct tp_golden gd;
     if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) tap_bail("seqs: %s", err);
     struct split sp;
-    split_new(&sp, m, 0.5, true);
+    split_new(&sp, m, frac, shuffled);
     struct drv a, b;
     const struct pi_tune saved = tune;
     const int na = drv_new(&a, "cuda-linked", m, &sp, 0);
@@ -277,9 +281,9 @@ static void check_seqs(const char *path, const char *gpath)
         same &= rc == 0 && memcmp(la, lb, 3 * (size_t)V * sizeof(float)) == 0;
     }
     tap_ok(rc == 0 && same && steps > 0,
-           "decode of two sequences in one step (%d steps, then 0, 1, 0): pi_cuda_attention_seqs == the per-sequence "
-           "launches, bit for bit (%s)",
-           steps, pi_err_str(rc));
+           "decode of two sequences in one step, hot %.1f%s (%d steps, then 0, 1, 0): pi_cuda_attention_seqs == the "
+           "per-sequence launches, bit for bit (%s)",
+           frac, shuffled ? "" : " (dense)", steps, pi_err_str(rc));
     if (na == 0) drv_free(&a);
     if (nb == 0) drv_free(&b);
     free(la), free(lb);
@@ -1125,7 +1129,8 @@ int main(void)
         return tap_done();
     }
     check_module(demo, demo_g);
-    check_seqs(demo, demo_g);
+    check_seqs(demo, demo_g, 0.0, true);
+    check_seqs(demo, demo_g, 1.0, false);
     check_model("demo-relu-q4_0", demo, demo_g);
     if (short_mode) return tap_done();
     check_model("tiny-llama-q4_0", tiny, tiny_g);
