@@ -36,12 +36,14 @@ struct key_def {
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
 _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
+_Static_assert(sizeof(enum pi_check_tensors_cfg) == sizeof(int), "enum pi_check_tensors_cfg is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
 _Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+static const char *const check_tensors_names[] = {"sampled", "full", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
 static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
@@ -74,6 +76,7 @@ static const struct key_def keys[] = {
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "calibration_text", "", "text the activation thresholds of a SwiGLU model are calibrated over when --sparsity safe or aggressive finds none in its sidecar; empty = the text installed with pinfer"}, K_STR, OFF(calib_text), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
+    {{"model", "check_tensors", "sampled", "NaN and infinity in the model's weights and block scales refuse the file at load: sampled (16 windows of 4 KiB per tensor, milliseconds) or full (every block: the whole file is read)"}, K_ENUM, OFF(check_tensors), 0, 0, check_tensors_names, NULL},
     {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it new ones are closed as they come (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
