@@ -90,6 +90,8 @@ static const struct key_def keys[] = {
     {{"server", "queue_reserve", "16", "the last N places of the queue go only to clients (an API key, else an address) with fewer than N requests waiting, so that one client cannot fill it; 0: none reserved"}, K_INT, OFF(server_queue_reserve), 0, 65536, NULL, NULL},
     {{"server", "max_tokens", "0", "tokens one request may generate, at most; 0 = up to the context"}, K_INT, OFF(server_max_tokens), 0, 1 << 24, NULL, NULL},
     {{"server", "timeout", "600", "seconds a request may take from its arrival to its end, queue included; 0 = no limit"}, K_INT, OFF(server_timeout), 0, 86400 * 7, NULL, NULL},
+    {{"server", "restart_max", "5", "restarts of the workers' pipeline after failures within restart_window, at most; the next failure is final: requests are refused, pi-ctl status says failed, until the server is restarted; 0 = no cap"}, K_INT, OFF(server_restart_max), 0, 1000, NULL, NULL}, /* PI_SCHED_RESTART_MAX */
+    {{"server", "restart_window", "300", "seconds over which restart_max counts restarts"}, K_INT, OFF(server_restart_window), 1, 86400 * 7, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},

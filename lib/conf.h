@@ -100,6 +100,8 @@ struct pi_config {
     int64_t server_queue_reserve; /* the queue's last places, for clients with fewer waiting than this */
     int64_t server_max_tokens; /* tokens per request, at most; 0 = the context */
     int64_t server_timeout;    /* seconds from arrival to end; 0 = none */
+    int64_t server_restart_max;    /* engine restarts within server_restart_window, at most; 0 = no cap */
+    int64_t server_restart_window; /* seconds */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
     int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */
