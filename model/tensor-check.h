@@ -11,10 +11,12 @@
  *
  * Two depths (issue 20, defect 10; llama.cpp's --check-tensors reads everything):
  *   sampled  PI_TENSOR_CHECK_WINDOWS windows of PI_TENSOR_CHECK_WINDOW_BYTES per tensor, evenly spread
- *            from its first block to its last: at most 64 KiB of each tensor is read (a 7B model's
- *            291 tensors: under 19 MB, some milliseconds), which catches a file that is wrong
- *            throughout or at either end, not a single bad block in the middle;
+ *            from its first block to its last: at most 64 KiB of each tensor is read, which catches a
+ *            file that is wrong throughout or at either end, not a single bad block in the middle;
  *   full     every block of every tensor (the whole file is read once).
+ * Measured on the 2-core VM, a 1B Q4_K_M file (668 MB, 201 tensors): sampled 6 ms from the page
+ * cache, 0.6 s from disk (the mapping's read-around fetches more than the windows); full 81 ms and
+ * 0.8 s. The workers read the whole file at start anyway.
  * The loader runs the depth it is given (pi_model_opts.check, from [model] check_tensors); pi-gguf
  * --check runs the full one.
  */
