@@ -770,10 +770,10 @@ static void give_up(pi_sched_t *s)
 static bool engine_ready(pi_sched_t *s, bool force)
 {
     pthread_mutex_lock(&s->mu);
-    const bool ready = s->st.ready, gave_up = s->st.gave_up;
+    const bool ready = s->st.ready, gave_up = s->st.gave_up, stopping = s->stopping;
     pthread_mutex_unlock(&s->mu);
     if (ready) return true;
-    if (gave_up) return false;
+    if (gave_up || stopping) return false; /* a stop cancels the engine: it is not restarted for that */
     const int64_t t = now_ns();
     if (!force && t < s->retry_at) return false;
     if (!restart_allowed(s, t)) {
@@ -964,10 +964,11 @@ int pi_sched_run(pi_sched_t *s)
         if (was_ready && !busy(s) && e->ops->broken && e->ops->broken(e)) engine_failed(s, -PI_ERR_PEER, true);
         if (!engine_ready(s, queued)) {
             pthread_mutex_lock(&s->mu);
-            const bool gave_up = s->st.gave_up;
+            const bool gave_up = s->st.gave_up, stop_now = s->stopping;
             char last[160];
             snprintf(last, sizeof last, "%s", s->st.last_error);
             pthread_mutex_unlock(&s->mu);
+            if (stop_now) continue; /* the loop's top ends every job with the stop's reason */
             if (queued)
                 drain_queue(s, PI_SCHED_ERROR, -PI_ERR_PEER,
                             gave_up ? last
