@@ -36,12 +36,14 @@ struct key_def {
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
 _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
+_Static_assert(sizeof(enum pi_check_tensors_cfg) == sizeof(int), "enum pi_check_tensors_cfg is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
 _Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+static const char *const check_tensors_names[] = {"sampled", "full", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
 static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
@@ -74,6 +76,7 @@ static const struct key_def keys[] = {
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "calibration_text", "", "text the activation thresholds of a SwiGLU model are calibrated over when --sparsity safe or aggressive finds none in its sidecar; empty = the text installed with pinfer"}, K_STR, OFF(calib_text), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
+    {{"model", "check_tensors", "sampled", "NaN and infinity in the model's weights and block scales refuse the file at load: sampled (16 windows of 4 KiB per tensor, milliseconds) or full (every block: the whole file is read)"}, K_ENUM, OFF(check_tensors), 0, 0, check_tensors_names, NULL},
     {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it new ones are closed as they come (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
@@ -87,6 +90,8 @@ static const struct key_def keys[] = {
     {{"server", "queue_reserve", "16", "the last N places of the queue go only to clients (an API key, else an address) with fewer than N requests waiting, so that one client cannot fill it; 0: none reserved"}, K_INT, OFF(server_queue_reserve), 0, 65536, NULL, NULL},
     {{"server", "max_tokens", "0", "tokens one request may generate, at most; 0 = up to the context"}, K_INT, OFF(server_max_tokens), 0, 1 << 24, NULL, NULL},
     {{"server", "timeout", "600", "seconds a request may take from its arrival to its end, queue included; 0 = no limit"}, K_INT, OFF(server_timeout), 0, 86400 * 7, NULL, NULL},
+    {{"server", "restart_max", "5", "restarts of the workers' pipeline after failures within restart_window, at most; the next failure is final: requests are refused, pi-ctl status says failed, until the server is restarted; 0 = no cap"}, K_INT, OFF(server_restart_max), 0, 1000, NULL, NULL}, /* PI_SCHED_RESTART_MAX */
+    {{"server", "restart_window", "300", "seconds over which restart_max counts restarts"}, K_INT, OFF(server_restart_window), 1, 86400 * 7, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},

@@ -16,6 +16,10 @@
 
 enum pi_gpu_backend { PI_GPU_NONE = 0, PI_GPU_HOST = 1, PI_GPU_CUDA = 2 };
 enum pi_activation_cfg { PI_ACT_AUTO = 0, PI_ACT_CFG_SILU = 1, PI_ACT_CFG_RELU = 2, PI_ACT_CFG_DRELU = 3 };
+/* [model] check_tensors: how much of the model file is read for NaN and infinity at load, with the
+ * values of model/tensor-check.h's enum pi_tensor_check (lib/ cannot include it; the coordinator
+ * asserts they agree). */
+enum pi_check_tensors_cfg { PI_CHECK_TENSORS_CFG_SAMPLED = 0, PI_CHECK_TENSORS_CFG_FULL = 1 };
 
 /* [tune] cuda_matvec: how the cuda backend's one-token products take x. AUTO quantises x to 8 bits
  * for quantised weights of at least 12 Mi elements (kernels/cuda/matvec-q8.cu), F32 keeps x in float
@@ -81,6 +85,7 @@ struct pi_config {
     char *sidecar_path;        /* the model's sidecar; empty = MODEL.pinfer.gguf beside it, when present */
     char *calib_text;          /* [model] calibration_text: the first-load threshold calibration's text; empty = bundled */
     char *chat_template;       /* chat format name (text/chat.h); empty = recognised from the file */
+    enum pi_check_tensors_cfg check_tensors; /* NaN/Inf check at load: sampled or full */
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */
     /* [control] */
@@ -97,6 +102,8 @@ struct pi_config {
     int64_t server_queue_reserve; /* the queue's last places, for clients with fewer waiting than this */
     int64_t server_max_tokens; /* tokens per request, at most; 0 = the context */
     int64_t server_timeout;    /* seconds from arrival to end; 0 = none */
+    int64_t server_restart_max;    /* engine restarts within server_restart_window, at most; 0 = no cap */
+    int64_t server_restart_window; /* seconds */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
     int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */
