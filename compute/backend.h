@@ -109,7 +109,9 @@ struct pi_backend_ops {
      * when opts.tune.prompt_stream is not off. */
     int (*ffn_stream)(pi_backend_t *b, int il, int next);
     /* Optional (NULL = 0): the host-to-device bandwidth ffn_stream's copies get, bytes/s, measured at
-     * creation (cuda: one pinned copy of a slot's bytes); 0 when there is no link to stream over (host). */
+     * creation (cuda: one pinned copy of a slot's bytes); 0 when there is no link to stream over (host:
+     * ffn_stream still works); negative when this backend cannot stream with its options (cuda without
+     * its streaming buffers: prompt_stream off, or a layer's FFN type the device would convert). */
     double (*stream_bps)(const pi_backend_t *b);
 };
 

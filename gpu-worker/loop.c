@@ -190,6 +190,11 @@ int pi_gpu_loop_stream_init(struct pi_gpu_loop *g, enum pi_tune_prompt_stream mo
     if (!nh) return -PI_ERR_NOMEM;
     for (int il = 0; il < n_layer; il++) nh[il] = be->ops->ffn_hot_count ? be->ops->ffn_hot_count(be, il) : 0;
     const double bps = be->ops->stream_bps ? be->ops->stream_bps(be) : 0.0;
+    if (bps < 0) {
+        pi_info("prompt streaming: the %s backend holds no streaming buffers for this model (doc/pipeline.md)", be->ops->name);
+        free(nh);
+        return 0;
+    }
     int rc = pi_stream_policy_init(&g->stream, be->model, nh, mode, bps);
     free(nh);
     if (rc == 0)

@@ -115,3 +115,28 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
     *bytes = (q + d + 255) & ~(size_t)255;
     return 0;
 }
+
+int pi_cuda_weight_pack_rows(int type, int64_t rows, int64_t cols, const void *src, int64_t r0, int64_t nr, void *image)
+{
+    struct pi_cuda_geom g;
+    size_t qplane = 0, dplane = 0;
+    int rc = pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane);
+    if (rc < 0) return rc;
+    if (r0 < 0 || nr < 0 || r0 + nr > rows) return -PI_ERR_RANGE;
+    const size_t nblk = (size_t)(cols / g.belems), b0 = (size_t)r0 * nblk, nb = (size_t)nr * nblk;
+    const uint8_t *in = (const uint8_t *)src + b0 * g.bbytes;
+    uint8_t *q = (uint8_t *)image + b0 * g.qbytes, *d = (uint8_t *)image + qplane + b0 * g.sbytes;
+    if (!g.sbytes && g.qlen == g.bbytes && g.qbytes == g.bbytes) { /* ggml's layout itself */
+        memcpy(q, in, nb * g.bbytes);
+        return 0;
+    }
+    for (size_t b = 0; b < nb; b++) { /* as matmul.cu's upload_split */
+        const uint8_t *blk = in + b * g.bbytes;
+        memcpy(q + b * g.qbytes, blk + g.qoff, g.qlen);
+        memset(q + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
+        if (!g.sbytes) continue;
+        memset(d + b * g.sbytes, 0, g.sbytes);
+        for (int k = 0; k < g.n_side; k++) memcpy(d + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
+    }
+    return 0;
+}

@@ -93,7 +93,9 @@ static void check_golden(void)
         }
         for (int il = 0; il < m->hp.n_layer; il++) nh[il] = k;
         if (mixed) nh[0] = m->hp.n_ff;
-        struct pi_backend_opts o = {.n_ctx = ctx, .n_seq = seq, .max_tokens = T, .hot = hot, .n_hot = nh, .hot_layers = hl};
+        /* the figures of a plan without prompt streaming (check_stream adds it) */
+        struct pi_backend_opts o = {.n_ctx = ctx, .n_seq = seq, .max_tokens = T, .hot = hot, .n_hot = nh, .hot_layers = hl,
+                                    .tune = {.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF}};
         uint64_t got = 0;
         int rc = pi_backend_cuda_plan(m, &o, &got);
         if (rc != 0 || got != (uint64_t)bytes) {
@@ -112,6 +114,49 @@ static void check_golden(void)
     for (int il = 0; il < m->hp.n_layer; il++) nh[il] = il == 2 ? m->hp.n_ff + 1 : 1;
     o.max_tokens = 4, o.hot = hot, o.n_hot = nh;
     tap_ok(pi_backend_cuda_plan(m, &o, &b) == -PI_ERR_RANGE, "a plan with more hot neurons than the layer has is refused");
+    close_model(&m);
+}
+
+/* Prompt streaming's part of the plan (compute/backend-cuda-plan.h): with auto or on and a layer with cold
+ * neurons, two slots of the largest cold layer's ffn_gate, ffn_up and ffn_down images plus the products'
+ * (T, 2 n_ff) f32 buffer, and nothing else changes but the scratch (the streamed GEMMs' tile and input);
+ * off, every neuron hot, one-row batches or predictors: no streaming part at all. */
+static void check_stream(void)
+{
+    pi_model_t *m = open_model("demo-relu-q4_0.gguf");
+    const int L = m->hp.n_layer;
+    const int64_t ff = m->hp.n_ff, d = m->hp.n_embd;
+    for (int il = 0; il < L; il++) nh[il] = ff / 2;
+    struct pi_backend_opts o = {.n_ctx = 64, .n_seq = 1, .max_tokens = 64, .hot = hot, .n_hot = nh, .hot_layers = hl,
+                                .tune = {.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF}};
+    struct pi_backend_cuda_plan off, on, au;
+    int rc = pi_backend_cuda_plan_parts(m, &o, &off);
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
+    rc |= pi_backend_cuda_plan_parts(m, &o, &on);
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_AUTO;
+    rc |= pi_backend_cuda_plan_parts(m, &o, &au);
+    size_t g = 0, u = 0, dn = 0;
+    const struct pi_layer *Ly = &m->layers[0];
+    pi_cuda_weight_bytes_for((int)Ly->ffn_gate.type, ff, d, &g);
+    pi_cuda_weight_bytes_for((int)Ly->ffn_up.type, ff, d, &u);
+    pi_cuda_weight_bytes_for((int)Ly->ffn_down.type, d, ff, &dn);
+    const uint64_t want = 2 * (uint64_t)(g + u + dn) + pi_cuda_counted(64 * 2 * (uint64_t)ff * sizeof(float));
+    tap_ok(rc == 0 && off.stream == 0 && on.stream == want && au.stream == want && on.total == au.total &&
+               pi_backend_cuda_stream_slot(m, &o) == g + u + dn,
+           "prompt streaming: off holds nothing, on and auto two slots of %zu bytes and the products' buffer (%llu bytes)",
+           g + u + dn, (unsigned long long)on.stream);
+    tap_ok(on.attn == off.attn && on.hot == off.hot && on.kv == off.kv && on.act == off.act && on.pred == off.pred &&
+               on.scratch >= off.scratch && on.total == off.total + on.stream + (on.scratch - off.scratch),
+           "prompt streaming changes only its own part and the scratch (+%llu bytes)",
+           (unsigned long long)(on.scratch - off.scratch));
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
+    o.max_tokens = 1;
+    bool one = pi_backend_cuda_stream_on(m, &o);
+    o.max_tokens = 64;
+    for (int il = 0; il < L; il++) nh[il] = ff;
+    bool all_hot = pi_backend_cuda_stream_on(m, &o);
+    tap_ok(!one && !all_hot && pi_backend_cuda_stream_on(m, &(struct pi_backend_opts){.max_tokens = 64}),
+           "no streaming for batches of one row or with every neuron hot; with none hot it is on");
     close_model(&m);
 }
 
@@ -200,6 +245,7 @@ static void check_model(const char *file)
 int main(void)
 {
     check_golden();
+    check_stream();
     check_dev_types();
 #ifdef PI_HAVE_CUDA
     check_model("demo-relu-q4_0.gguf");
