@@ -17,8 +17,8 @@ static uint64_t weight_bytes(const struct pi_weight *w)
     return rb * (uint64_t)w->rows;
 }
 
-int pi_stream_policy_init(struct pi_stream_policy *p, const pi_model_t *m, const int64_t *n_hot, enum pi_tune_prompt_stream mode,
-                          double h2d_bps)
+int pi_stream_policy_init(struct pi_stream_policy *p, const pi_model_t *m, const int64_t *n_hot,
+                          enum pi_tune_prompt_stream mode, double h2d_bps)
 {
     const struct pi_hparams *hp = &m->hp;
     memset(p, 0, sizeof *p);
@@ -78,7 +78,8 @@ void pi_stream_policy_model(const struct pi_stream_policy *p, int n, double *str
 
 bool pi_stream_policy_decide(const struct pi_stream_policy *p, const int32_t *seq, const int32_t *pos, int n)
 {
-    if (!p->cold || p->n_cold == 0 || p->mode == PI_TUNE_PROMPT_STREAM_OFF || !pi_stream_policy_is_prompt(seq, pos, n)) return false;
+    if (!p->cold || p->n_cold == 0 || p->mode == PI_TUNE_PROMPT_STREAM_OFF || !pi_stream_policy_is_prompt(seq, pos, n))
+        return false;
     if (p->mode == PI_TUNE_PROMPT_STREAM_ON) return true;
     if (p->h2d_bps <= 0) return false; /* nothing to stream over */
     double st, cpu;

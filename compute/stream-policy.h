@@ -46,22 +46,22 @@
 struct pi_stream_policy {
     enum pi_tune_prompt_stream mode;
     int n_layer;
-    bool *cold;             /* (n_layer): layer il has neurons on the CPU workers (n_hot < n_ff) */
-    int n_cold;             /* such layers (none: nothing to stream) */
-    uint64_t *bytes;        /* (n_layer): the file's bytes of layer il's ffn_gate, ffn_up, ffn_down */
-    double flops_tok;       /* 6 n_embd n_ff: a dense FFN layer's flops per token */
-    double h2d_bps;         /* measured host-to-device bytes/s; 0 = no device link */
-    double cpu_ns_tok;      /* the hybrid FFN's ns per token and cold layer: measured, or the default */
-    bool measured;          /* cpu_ns_tok is a measurement */
-    /* what the loop did (pi-ctl stats, the worker's exit log) */
-    uint64_t n_steps;       /* steps streamed */
-    uint64_t n_layers;      /* layers streamed over all those steps */
+    bool *cold;        /* (n_layer): layer il has neurons on the CPU workers (n_hot < n_ff) */
+    int n_cold;        /* such layers (none: nothing to stream) */
+    uint64_t *bytes;   /* (n_layer): the file's bytes of layer il's ffn_gate, ffn_up, ffn_down */
+    double flops_tok;  /* 6 n_embd n_ff: a dense FFN layer's flops per token */
+    double h2d_bps;    /* measured host-to-device bytes/s; 0 = no device link */
+    double cpu_ns_tok; /* the hybrid FFN's ns per token and cold layer: measured, or the default */
+    bool measured;     /* cpu_ns_tok is a measurement */
+    /* what the loop did (the GPU worker's log at stop) */
+    uint64_t n_steps;  /* steps streamed */
+    uint64_t n_layers; /* layers streamed over all those steps */
 };
 
 /* Set p up for m with n_hot[il] hot neurons per layer (borrowed for the call), in mode, over a link of
  * h2d_bps bytes/s (0: none). 0 or -PI_ERR_NOMEM. pi_stream_policy_free releases it. */
-int pi_stream_policy_init(struct pi_stream_policy *p, const pi_model_t *m, const int64_t *n_hot, enum pi_tune_prompt_stream mode,
-                          double h2d_bps);
+int pi_stream_policy_init(struct pi_stream_policy *p, const pi_model_t *m, const int64_t *n_hot,
+                          enum pi_tune_prompt_stream mode, double h2d_bps);
 void pi_stream_policy_free(struct pi_stream_policy *p);
 
 /* Whether a step of n rows (seq, pos: each row's sequence and position) is a prompt step: some row

@@ -32,9 +32,18 @@ static int run(const char *name, const char *ids, const char *mode, const char *
     char rundir[300], set[64];
     snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
     snprintf(set, sizeof set, "tune.prompt_stream=%s", mode);
-    char *argv[] = {coord, "--model", model, "--tokens", (char *)ids, "-n", (char *)npred, "--temp", "0",
-                    "--gpu-backend", "host", "--hot-fraction", "0.5", "--cpu-workers", "2", "--set", set,
-                    "--run-dir", rundir, "--log-level", "info", out ? "--logits-out" : NULL, (char *)out, NULL};
+    char *argv[] = {coord,         "--model",
+                    model,         "--tokens",
+                    (char *)ids,   "-n",
+                    (char *)npred, "--temp",
+                    "0",           "--gpu-backend",
+                    "host",        "--hot-fraction",
+                    "0.5",         "--cpu-workers",
+                    "2",           "--set",
+                    set,           "--run-dir",
+                    rundir,        "--log-level",
+                    "info",        out ? "--logits-out" : NULL,
+                    (char *)out,   NULL};
     return tp_run(argv, name, TIMEOUT_S);
 }
 
@@ -68,8 +77,8 @@ int main(void)
     snprintf(path, sizeof path, "%s/single.f32", tp_dir);
     char rundir[300];
     snprintf(rundir, sizeof rundir, "%s/run", tp_dir);
-    char *sv[] = {coord, "--model", model, "--tokens", ids, "-n", "0", "--logits-out", path, "--gpu-backend", "none",
-                  "--run-dir", rundir, "--log-level", "warn", NULL};
+    char *sv[] = {coord, "--model",       model,  "--tokens",  ids,    "-n",          "0",    "--logits-out",
+                  path,  "--gpu-backend", "none", "--run-dir", rundir, "--log-level", "warn", NULL};
     int st = tp_run(sv, "single", TIMEOUT_S);
     float *ref = st == 0 ? tp_read_logits(path, gd.n, gd.n_vocab) : NULL;
     if (!tap_ok(ref != NULL, "single-process logits written (status %d)", st)) return tap_done();
@@ -82,14 +91,16 @@ int main(void)
     if (lg) {
         const double eg = tp_rel_err(lg, gd.logits, gd.n, gd.n_vocab), es = tp_rel_err(lg, ref, gd.n, gd.n_vocab);
         const size_t bytes = (size_t)gd.n * (size_t)gd.n_vocab * sizeof(float);
-        tap_ok(eg <= GOLDEN_TOL && es <= GOLDEN_TOL,
-               "prompt_stream=on, hot 0.5: relative error vs golden %.3g (<= %.0e), vs single process %.3g (<= %.0e; %s)", eg,
-               GOLDEN_TOL, es, GOLDEN_TOL, memcmp(lg, ref, bytes) == 0 ? "bit-identical" : "not bit-identical");
+        tap_ok(
+            eg <= GOLDEN_TOL && es <= GOLDEN_TOL,
+            "prompt_stream=on, hot 0.5: relative error vs golden %.3g (<= %.0e), vs single process %.3g (<= %.0e; %s)",
+            eg, GOLDEN_TOL, es, GOLDEN_TOL, memcmp(lg, ref, bytes) == 0 ? "bit-identical" : "not bit-identical");
     } else {
         tap_ok(0, "prompt_stream=on: exit %d: %s", st, err);
     }
     free(lg);
-    tap_ok(count(err, "served 0 layer publishes") == 2, "prompt_stream=on: both CPU workers were sent no layer of the prompt");
+    tap_ok(count(err, "served 0 layer publishes") == 2,
+           "prompt_stream=on: both CPU workers were sent no layer of the prompt");
     snprintf(want, sizeof want, "prompt streaming: %d layers of 1 steps streamed", L);
     tap_ok(strstr(err, want) != NULL, "the GPU worker counts them: \"%s\"", want);
     if (count(err, "served 0 layer publishes") != 2 || !strstr(err, want)) tap_diag("%s", err);
