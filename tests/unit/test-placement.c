@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compute/backend-cuda-plan.h"
 #include "compute/placement.h"
@@ -242,9 +243,57 @@ static void check_model(const char *file)
 }
 #endif
 
+/* The host side of prompt streaming's upload (pi_cuda_weight_pack_rows): for every device type, random
+ * ggml blocks packed as one range and as three disjoint ranges give the same image; each block's quant
+ * bytes sit in the quant plane with zero padding and its side pieces in the side plane at the rounded
+ * quant plane's end (the layout pi_cuda_weight_upload writes, kernels/cuda/plan.h); rows outside the
+ * weight are refused. */
+static void check_pack(void)
+{
+    const int64_t rows = 7;
+    int bad = 0;
+    uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    for (size_t i = 0; i < PI_ARRAY_LEN(dev_types); i++) {
+        const enum pi_type t = dev_types[i].t;
+        const int64_t cols = dev_types[i].belems == 256 ? 512 : 96, nblk = cols / dev_types[i].belems;
+        struct pi_cuda_geom g;
+        size_t qplane = 0, dplane = 0, bytes = 0;
+        if (pi_cuda_weight_planes((int)t, rows, cols, &g, &qplane, &dplane) != 0 ||
+            pi_cuda_weight_bytes_for((int)t, rows, cols, &bytes) != 0) {
+            bad++;
+            continue;
+        }
+        const size_t srcb = (size_t)(rows * nblk) * g.bbytes;
+        uint8_t *src = malloc(srcb), *a = calloc(1, bytes), *b = calloc(1, bytes);
+        PI_ASSERT(src && a && b);
+        for (size_t k = 0; k < srcb; k++) src[k] = (uint8_t)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        int rc = pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, rows, a);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, 2, b);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 2, 4, b);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 6, 1, b);
+        bool ok = rc == 0 && memcmp(a, b, bytes) == 0 && pi_cuda_weight_pack_rows((int)t, rows, cols, src, 5, 3, b) == -PI_ERR_RANGE;
+        for (int64_t k = 0; ok && k < rows * nblk; k++) {
+            const uint8_t *blk = src + (size_t)k * g.bbytes, *q = a + (size_t)k * g.qbytes, *d = a + qplane + (size_t)k * g.sbytes;
+            ok = memcmp(q, blk + g.qoff, g.qlen) == 0;
+            for (size_t z = g.qlen; ok && z < g.qbytes; z++) ok = q[z] == 0;
+            for (int p = 0; ok && p < g.n_side; p++) ok = memcmp(d + g.side[p].dst, blk + g.side[p].src, g.side[p].len) == 0;
+        }
+        if (!ok) {
+            bad++;
+            tap_diag("%s: the packed image differs (rc %d)", pi_type_name(t), rc);
+        }
+        free(src);
+        free(a);
+        free(b);
+    }
+    tap_ok(bad == 0, "prompt streaming's pack: %zu device types, one range and three give the image upload writes (%d wrong)",
+           PI_ARRAY_LEN(dev_types), bad);
+}
+
 int main(void)
 {
     check_golden();
+    check_pack();
     check_stream();
     check_dev_types();
 #ifdef PI_HAVE_CUDA
