@@ -108,8 +108,9 @@ struct pi_backend_ops {
      * after begin, so that the first layer's copy overlaps the first attention). The loop streams only
      * when opts.tune.prompt_stream is not off. */
     int (*ffn_stream)(pi_backend_t *b, int il, int next);
-    /* Optional (NULL = 0): the host-to-device bandwidth ffn_stream's copies get, bytes/s, measured at
-     * creation (cuda: one pinned copy of a slot's bytes); 0 when there is no link to stream over (host:
+    /* Optional (NULL = 0): the rate at which ffn_stream gets a layer's weight bytes onto the device,
+     * bytes/s, measured at creation (cuda: a pinned copy of a slot and the packing of a layer into the
+     * staging, which precedes the copy, in series); 0 when there is no link to stream over (host:
      * ffn_stream still works); negative when this backend cannot stream with its options (cuda without
      * its streaming buffers: prompt_stream off, or a layer's FFN type the device would convert). */
     double (*stream_bps)(const pi_backend_t *b);

@@ -12,9 +12,10 @@
  *            (layer il + 1's copy overlaps layer il's products: the larger of the two is paid)
  *   cpu    = sum over those layers of n * cpu_ns_tok
  *
- * bytes_il: the file's bytes of layer il's ffn_gate, ffn_up and ffn_down; h2d_bps: the backend's
- * host-to-device bandwidth, measured once at its start with a pinned copy (0: no device link, as the
- * host backend: auto then never streams); cpu_ns_tok: the hybrid FFN's time per token and layer,
+ * bytes_il: the file's bytes of layer il's ffn_gate, ffn_up and ffn_down; h2d_bps: the rate at which
+ * the backend gets a layer's bytes onto the device, measured once at its start (cuda: a pinned copy and
+ * its host threads' packing of a layer, in series; 0: no device link, as the host backend: auto then
+ * never streams); cpu_ns_tok: the hybrid FFN's time per token and layer,
  * publish to partials merged (the hot neurons computed meanwhile), measured by the loop on the
  * prompt steps that went through the exchange with at least PI_STREAM_MEASURE_ROWS rows, a running
  * mean (half old, half new); before the first such step, the cold neurons' 6 n_embd n_cold flops per
