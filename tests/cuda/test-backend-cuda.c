@@ -39,7 +39,8 @@
  * every check under one tuning (tools/gpu-check.sh: cuda_matvec=f32 or q8, cuda_pdl=0, cuda_att_dec=0;
  * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5, short-dense only
  * at hot fraction 1 with the ids in order (dense layers), short-sparse only the sparse path at hot
- * fraction 0.5 (the short runs compute-sanitizer checks).
+ * fraction 0.5, short-stream only prompt streaming (check_stream) on the demo model (the short runs
+ * compute-sanitizer checks).
  *
  * The sparse path (check_sparse): generated ReLU models with predictors (pi-gen-model --pred-rank), the
  * backend's ffn_predict + ffn_hot against the host backend computing every neuron on the CPU with the
@@ -1246,7 +1247,12 @@ int main(void)
                  : strcmp(mode, "short") == 0        ? 1
                  : strcmp(mode, "short-dense") == 0  ? 2
                  : strcmp(mode, "short-sparse") == 0 ? 3
+                 : strcmp(mode, "short-stream") == 0 ? 4
                                                      : 0;
+    if (short_mode == 4) { /* PI_CUDA_TEST=short-stream: prompt streaming only, for compute-sanitizer */
+        check_stream(demo, demo_g);
+        return tap_done();
+    }
     if (short_mode == 3) { /* PI_CUDA_TEST=short-sparse: the sparse path only, for compute-sanitizer */
         check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.5, true);
         return tap_done();
