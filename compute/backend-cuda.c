@@ -56,7 +56,8 @@
  * prompt_stream is not off and some layer has cold neurons whose ffn_gate, ffn_up and ffn_down the
  * device takes in their file types (pi_backend_cuda_stream_on), the backend holds two device slots of
  * one layer's three weights, their pinned host staging, and a (T, 2 n_ff) buffer for the products, all
- * in the plan; at creation it times one pinned copy of a slot (stream_bps). A streamed layer's weights
+ * in the plan; at creation it times one pinned copy of a slot and the packing of a layer (stream_bps:
+ * the two in series). A streamed layer's weights
  * are packed from the mapping into the device layout by host threads (pi_cuda_weight_pack_rows),
  * copied on the copy stream into a slot, and multiplied as a dense layer: gate and up products, the
  * gated activation, the down product added to h in its epilogue.
@@ -190,7 +191,8 @@ struct cuda_backend {
     pi_cuda_weight_t *st_w[2][3]; /* gate (n_ff, d), up (n_ff, d), down (d, n_ff) over d_slot[k] */
     float *d_sg;              /* (T, 2 n_ff): the gate products, then the up products; the gated
                                  activations overwrite the gate half */
-    double st_bps;            /* host-to-device bytes/s, measured at creation */
+    double st_bps;            /* bytes/s a layer gets onto the device: the copy and the packing measured
+                                 at creation, in series */
     pi_pool_t *st_pool;       /* the host threads that pack a layer into staging */
 };
 
@@ -1048,7 +1050,7 @@ static int warm_scratch(struct cuda_backend *s)
 }
 
 /* Prompt streaming's buffers (the plan's stream part): the two device slots and the products' buffer,
- * the pinned staging, the events and the packing threads; then one timed copy of a slot (st_bps). */
+ * the pinned staging, the events and the packing threads; then the timed copy and packing (st_bps). */
 static int setup_stream(struct cuda_backend *s)
 {
     const uint64_t ff = (uint64_t)s->base.model->hp.n_ff;
