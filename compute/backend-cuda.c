@@ -193,7 +193,7 @@ struct cuda_backend {
                                  activations overwrite the gate half */
     double st_bps;            /* bytes/s a layer gets onto the device: the copy and the packing measured
                                  at creation, in series */
-    pi_pool_t *st_pool;       /* the host threads that pack a layer into staging */
+    pi_pool_t *st_pool;       /* the host threads that pack a layer into staging: one per online CPU */
 };
 
 static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
@@ -1064,7 +1064,10 @@ static int setup_stream(struct cuda_backend *s)
         PI_TRY(pi_cbk_event_new(&s->ev_done[k]));
     }
     PI_TRY(dalloc(s, (uint64_t)s->T * 2 * ff * sizeof(float), &s->d_sg));
-    if (!(s->st_pool = pi_pool_new(s->o.n_threads > 0 ? s->o.n_threads : 1))) return -PI_ERR_NOMEM;
+    /* one packing thread per online CPU, not --threads (1 unless [cpu] threads is set: the GPU worker's
+     * own compute is on the device): the packing is on a streamed step's critical path, and the CPU
+     * workers, which own those cores, have nothing to do during such a step (they sleep in their wait) */
+    if (!(s->st_pool = pi_pool_new(0))) return -PI_ERR_NOMEM;
     double copy_bps = 0, pack_bps = 0;
     PI_TRY(pi_cbk_h2d_measure(s->copy_stream, s->d_slot[0], s->h_slot[0], (size_t)s->st_slot, &copy_bps));
     /* A layer's packing precedes its copy (not overlapped with it: "Prompt streaming" above), so the link
