@@ -131,9 +131,48 @@ static int64_t pred_rank_max(const struct pi_backend_opts *o)
     return r;
 }
 
+static bool layer_cold(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    return (o->n_hot ? o->n_hot[il] : 0) < m->hp.n_ff;
+}
+
+/* The device bytes of weight w's image, or 0 when the device does not keep its type as it is. */
+static uint64_t stream_image(const struct pi_weight *w)
+{
+    size_t b = 0;
+    if (pi_backend_cuda_dev_type(w->type, w->cols) != w->type || pi_cuda_weight_bytes_for((int)w->type, w->rows, w->cols, &b) < 0)
+        return 0;
+    return b;
+}
+
+bool pi_backend_cuda_stream_on(const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    if (o->tune.prompt_stream == PI_TUNE_PROMPT_STREAM_OFF || o->max_tokens < 2 || pi_backend_cuda_pred_on(o)) return false;
+    bool any = false;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!layer_cold(m, o, il)) continue;
+        const struct pi_layer *L = &m->layers[il];
+        if (!stream_image(&L->ffn_gate) || !stream_image(&L->ffn_up) || !stream_image(&L->ffn_down)) return false;
+        any = true;
+    }
+    return any;
+}
+
+uint64_t pi_backend_cuda_stream_slot(const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    uint64_t best = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!layer_cold(m, o, il)) continue;
+        const struct pi_layer *L = &m->layers[il];
+        best = PI_MAX(best, stream_image(&L->ffn_gate) + stream_image(&L->ffn_up) + stream_image(&L->ffn_down));
+    }
+    return best;
+}
+
 uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense)
 {
-    uint64_t xq = pi_backend_cuda_xq_reserve(m, any_dense);
+    /* a streamed step of two rows takes the matvec path: the down product's x of n_ff columns */
+    uint64_t xq = pi_backend_cuda_xq_reserve(m, any_dense || pi_backend_cuda_stream_on(m, o));
     return pi_backend_cuda_pred_on(o) ? PI_MAX(xq, (uint64_t)pi_cuda_xq_bytes(pred_rank_max(o))) : xq;
 }
 
@@ -244,6 +283,17 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
      * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
     p->scratch = PI_CUDA_BLAS_WS;
     int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    if (pi_backend_cuda_stream_on(m, o)) { /* the slots, the products' buffer, the streamed GEMMs' tile and input */
+        p->stream = 2 * al(pi_backend_cuda_stream_slot(m, o)) + al(uT * 2 * (uint64_t)hp->n_ff * f);
+        for (int il = 0; il < hp->n_layer; il++) {
+            const struct pi_layer *L = &m->layers[il];
+            if (!layer_cold(m, o, il)) continue;
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_gate.type, hp->n_ff, d));
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_up.type, hp->n_ff, d));
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_down.type, d, hp->n_ff));
+        }
+        gemm_cols = PI_MAX(gemm_cols, (int64_t)hp->n_ff);
+    }
     if (pi_backend_cuda_pred_on(o)) PI_TRY(plan_pred(m, o, n_hot_max, p, &tile, &gemm_cols));
     if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
@@ -252,7 +302,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     p->scratch += slot(pi_backend_cuda_xq_total(m, o, any_dense));
     if (pi_cuda_att_head_dim_ok(hp->head_dim)) /* the flash-decoding kernels' split partials (ops.cu) */
         p->scratch += slot(pi_cuda_att_part_max(PI_MIN((int64_t)T, (int64_t)n_ctx), hp->n_head, n_ctx, hp->head_dim));
-    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred;
+    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred + p->stream;
     return 0;
 }
 

@@ -39,6 +39,12 @@ enum pi_tune_cpu_kernels {
     PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
 };
 
+/* [tune] prompt_stream: where a hybrid placement's prompt steps compute their cold FFN neurons
+ * (compute/stream-policy.h): AUTO by the cost model (the layer's weights streamed to the device when
+ * that is modelled faster than the CPU workers), OFF always on the CPU workers, ON always streamed
+ * (a prompt step: some sequence has two or more rows in it; decode steps never stream). */
+enum pi_tune_prompt_stream { PI_TUNE_PROMPT_STREAM_AUTO = 0, PI_TUNE_PROMPT_STREAM_OFF = 1, PI_TUNE_PROMPT_STREAM_ON = 2 };
+
 /* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as
  * compute/predictor.h's enum pi_sparsity (off, safe, aggressive), one more than its value. */
 enum pi_sparsity_cfg { PI_SPARSITY_CFG_AUTO = 0, PI_SPARSITY_CFG_OFF = 1, PI_SPARSITY_CFG_SAFE = 2, PI_SPARSITY_CFG_AGGRESSIVE = 3 };
@@ -57,6 +63,7 @@ struct pi_tune {
     enum pi_tune_cuda_matvec cuda_matvec; /* [tune] cuda_matvec */
     enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
     int64_t batch;                        /* [tune] batch: tokens per step, 1..PI_TUNE_BATCH_MAX; 0 = the default */
+    enum pi_tune_prompt_stream prompt_stream; /* [tune] prompt_stream */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads

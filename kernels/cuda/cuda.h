@@ -112,6 +112,12 @@ int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
  * -PI_ERR_RANGE (rows outside w), -PI_ERR_NOMEM (host). */
 int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cuda_weight_t **out);
 
+/* A weight (rows, cols) of type over device memory the caller owns: d_mem, 256-byte aligned, of
+ * pi_cuda_weight_bytes_for bytes holding the weight's device image (pi_cuda_weight_pack_rows, copied
+ * there by the caller). Like a view it holds and counts no device bytes; destroy it before d_mem is
+ * reused for another image. 0, or a negative pi_err as pi_cuda_weight_planes, -PI_ERR_NOMEM (host). */
+int pi_cuda_weight_wrap(int type, int64_t rows, int64_t cols, void *d_mem, pi_cuda_weight_t **out);
+
 /* Free a weight (NULL ok); NULLs *w. */
 void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
 

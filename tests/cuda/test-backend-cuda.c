@@ -39,7 +39,8 @@
  * every check under one tuning (tools/gpu-check.sh: cuda_matvec=f32 or q8, cuda_pdl=0, cuda_att_dec=0;
  * see parse_tune); PI_CUDA_TEST=short runs only the demo model at hot fraction 0.5, short-dense only
  * at hot fraction 1 with the ids in order (dense layers), short-sparse only the sparse path at hot
- * fraction 0.5 (the short runs compute-sanitizer checks).
+ * fraction 0.5, short-stream only prompt streaming (check_stream) on the demo model (the short runs
+ * compute-sanitizer checks).
  *
  * The sparse path (check_sparse): generated ReLU models with predictors (pi-gen-model --pred-rank), the
  * backend's ffn_predict + ffn_hot against the host backend computing every neuron on the CPU with the
@@ -674,6 +675,129 @@ static void check_pipeline_permuted(const char *model, const char *gpath)
     pi_gguf_destroy(&gd.g);
 }
 
+/* ------------------------------------------------------------------ prompt streaming */
+
+/* One batch through v with every layer that has cold neurons streamed (ffn_stream), as gpu-worker/loop.c
+ * runs a streamed step; prefetch: name the next such layer (the double buffering), else -1 each time
+ * (every layer copied when it is reached). */
+static int drv_stream_step(struct drv *v, const int32_t *tok, const int32_t *seq, const int32_t *pos, int n, int n_out,
+                           float *logits, bool prefetch)
+{
+    pi_backend_t *be = v->be;
+    const int L = v->m->hp.n_layer;
+    int next[64], first = -1;
+    PI_ASSERT(L < 64);
+    for (int il = L - 1, nx = -1; il >= 0; il--) {
+        next[il] = nx;
+        if (v->sp->n_cold[il] > 0) nx = il, first = il;
+    }
+    int rc = be->ops->begin(be, tok, seq, pos, n);
+    if (rc == 0 && prefetch) rc = be->ops->ffn_stream(be, -1, first);
+    for (int il = 0; rc == 0 && il < L; il++) {
+        rc = be->ops->attn(be, il);
+        if (rc != 0) break;
+        if (v->sp->n_cold[il] > 0) {
+            rc = be->ops->ffn_stream(be, il, prefetch ? next[il] : -1);
+        } else { /* every neuron hot: the layer stays local, as in the loop */
+            rc = be->ops->ffn_input(be, il, NULL);
+            if (rc == 0) rc = be->ops->ffn_hot(be, il);
+            if (rc == 0) rc = be->ops->ffn_merge(be, il, NULL);
+        }
+    }
+    if (rc == 0) rc = be->ops->output(be, n_out, logits);
+    if (rc == 0) be->ops->commit(be);
+    return rc;
+}
+
+/* Prompt streaming (compute/backend-cuda.c, "Prompt streaming"): at hot fraction 0.5 the golden prompt as
+ * one streamed batch, against the golden logits and the host backend streaming the same way (the dense
+ * FFN from the mapping); prefetched and not, the same bits; a streamed two-row step (the matvec path);
+ * decode after a streamed prompt through the usual exchange; the link measured; and with the plan as the
+ * budget, what is held is what was planned and serving allocates nothing. Every check gets
+ * prompt_stream=on. */
+static void check_stream(const char *path, const char *gpath)
+{
+    pi_model_t *m = NULL;
+    char err[256];
+    struct tp_golden gd;
+    if (pi_model_open(path, NULL, &m, err, sizeof err) != 0 || tp_golden_open(gpath, &gd) != 0) tap_bail("stream: %s", err);
+    const struct pi_tune saved = tune;
+    tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
+    const int n = gd.n, V = gd.n_vocab;
+    struct split sp;
+    split_new(&sp, m, 0.5, true);
+    sp.n_hot[1] = m->hp.n_ff, sp.n_cold[1] = 0; /* one layer without cold neurons: not streamed */
+    struct pi_backend_opts o;
+    opts_for(&o, &sp);
+    uint64_t need = 0;
+    tap_ok(pi_backend_cuda_plan(m, &o, &need) == 0 && pi_backend_cuda_stream_on(m, &o), "stream: planned %.2f MiB with streaming",
+           need / 1048576.0);
+    struct drv c, h;
+    int rc = drv_new(&c, "cuda", m, &sp, need);
+    int rh = drv_new(&h, "host", m, &sp, 0);
+    if (!tap_ok(rc == 0 && rh == 0, "stream: backends created at the planned budget (%s, %s)", pi_err_str(rc), pi_err_str(rh))) {
+        if (rc == 0) drv_free(&c);
+        if (rh == 0) drv_free(&h);
+        goto out;
+    }
+    uint64_t budget, used, peak, planned;
+    cuda_mod()->usage(c.be, &budget, &used, &peak, &planned, NULL);
+    tap_ok(used == planned && planned == need, "stream: held %llu bytes, planned %llu (difference %lld)", (unsigned long long)used,
+           (unsigned long long)planned, (long long)used - (long long)planned);
+    const double bps = c.be->ops->stream_bps(c.be);
+    tap_ok(bps > 1e8, "stream: host-to-device link measured at %.1f GB/s", bps / 1e9);
+    int32_t *sq = calloc((size_t)n, sizeof(int32_t)), *ps = malloc((size_t)n * sizeof(int32_t));
+    int *rows = malloc((size_t)n * sizeof(int));
+    float *lc = malloc((size_t)n * V * sizeof(float)), *lh = malloc((size_t)n * V * sizeof(float));
+    float *lp = malloc((size_t)n * V * sizeof(float));
+    for (int i = 0; i < n; i++) ps[i] = i, rows[i] = i;
+    const double btol = batch_q8(m) ? Q8_TOL : GOLDEN_TOL;
+    int r1 = drv_stream_step(&c, gd.tokens, sq, ps, n, n, lc, true), r2 = drv_stream_step(&h, gd.tokens, sq, ps, n, n, lh, true);
+    double eg = rows_err(lc, gd.logits, rows, n, V), hg = rows_err(lh, gd.logits, rows, n, V), eh = tp_rel_err(lc, lh, n, V);
+    tap_ok(r1 == 0 && r2 == 0 && eg <= btol && eh <= eg + hg + HOST_SLACK,
+           "stream: prompt of %d streamed: vs golden %.3g (<= %.0e), vs the host backend streaming %.3g (<= %.3g); host vs golden %.3g",
+           n, eg, btol, eh, eg + hg + HOST_SLACK, hg);
+    /* the same prompt on sequence 1 without prefetching: every slot filled when its layer is reached */
+    for (int i = 0; i < n; i++) sq[i] = 1;
+    rc = drv_stream_step(&c, gd.tokens, sq, ps, n, n, lp, false);
+    tap_ok(rc == 0 && memcmp(lp, lc, (size_t)n * V * sizeof(float)) == 0, "stream: prefetched or not, the same bits");
+    /* decode after the streamed prompt, through the exchange (the cold neurons here) */
+    int ok = c.be->ops->seq_truncate(c.be, 0, n - 4) == 0;
+    for (int t = n - 4; t < n && ok; t++) {
+        int32_t s0 = 0;
+        ok = drv_step(&c, gd.tokens + t, &s0, &ps[t], 1, 1, lp + (size_t)t * V) == 0;
+    }
+    double dg = ok ? rows_err(lp + (size_t)(n - 4) * V, gd.logits, rows + n - 4, 4, V) : INFINITY;
+    tap_ok(ok && dg <= GOLDEN_TOL, "stream: 4 decode steps after a streamed prompt: vs golden %.3g (<= %.0e)", dg, GOLDEN_TOL);
+    /* a streamed step of two rows (the products' matvec path) */
+    ok = c.be->ops->seq_truncate(c.be, 1, 2) == 0;
+    rc = ok ? drv_stream_step(&c, gd.tokens + 2, sq, ps + 2, 2, 2, lp, true) : -1;
+    eg = rc == 0 ? rows_err(lp, gd.logits, rows + 2, 2, V) : INFINITY;
+    tap_ok(rc == 0 && eg <= GOLDEN_TOL, "stream: a streamed step of 2 rows: vs golden %.3g (<= %.0e)", eg, GOLDEN_TOL);
+    uint64_t peak2;
+    cuda_mod()->usage(c.be, NULL, NULL, &peak2, NULL, NULL);
+    tap_ok(peak2 == peak, "stream: serving allocates nothing (peak %llu)", (unsigned long long)peak2);
+    tap_ok(c.be->ops->ffn_stream(c.be, 2, 1) == -PI_ERR_INVAL, "stream: a next layer before the current one is refused");
+    free(sq);
+    free(ps);
+    free(rows);
+    free(lc);
+    free(lh);
+    free(lp);
+    drv_free(&c);
+    drv_free(&h);
+    /* off: no streaming buffers, stream_bps says so */
+    tune.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF;
+    rc = drv_new(&c, "cuda", m, &sp, 0);
+    tap_ok(rc == 0 && c.be->ops->stream_bps(c.be) < 0, "stream: with prompt_stream=off the backend cannot stream");
+    if (rc == 0) drv_free(&c);
+out:
+    tune = saved;
+    split_free(&sp);
+    pi_gguf_destroy(&gd.g);
+    pi_model_destroy(&m);
+}
+
 /* ------------------------------------------------------------------ the sparse path (predictors) */
 
 /* What a sparse lockstep run saw: mask bits that disagree with the host's pi_predictor_eval beyond the
@@ -1123,7 +1247,12 @@ int main(void)
                  : strcmp(mode, "short") == 0        ? 1
                  : strcmp(mode, "short-dense") == 0  ? 2
                  : strcmp(mode, "short-sparse") == 0 ? 3
+                 : strcmp(mode, "short-stream") == 0 ? 4
                                                      : 0;
+    if (short_mode == 4) { /* PI_CUDA_TEST=short-stream: prompt streaming only, for compute-sanitizer */
+        check_stream(demo, demo_g);
+        return tap_done();
+    }
     if (short_mode == 3) { /* PI_CUDA_TEST=short-sparse: the sparse path only, for compute-sanitizer */
         check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.5, true);
         return tap_done();
@@ -1155,6 +1284,8 @@ int main(void)
     check_q5k(demo, demo_g);
     check_out_rows(demo);
     check_budget(demo, demo_g);
+    check_stream(demo, demo_g);
+    check_stream(tiny, tiny_g);
     check_pdl("demo", demo);
     check_pdl("tiny-llama-q4_0", tiny);
     check_pipeline(demo, demo_g);
