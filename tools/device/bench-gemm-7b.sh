@@ -5,7 +5,7 @@
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
 # pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
-# usage: bench-gemm-7b.sh all [SECONDS] | types [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -252,11 +252,32 @@ quant() {
   ts "quantize $2 rc=$? $(du -m "$m" | cut -f1) MiB"
 }
 
+# hybrid_rows: the Q4_0 file at half offload: pinfer at hot fraction 0.5 with prompt streaming off and on
+# (the backend's measured copy and packing rates from its info line), llama.cpp -ngl 16; peak device memory
+hybrid_rows() {
+  local ps
+  for ps in off on; do
+    echo "== hybrid q4_0: pinfer hot 0.5 prompt_stream=$ps" >> "$L"
+    peak_start
+    timeout 100 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 32 -r 2 --gpu-backend cuda \
+        --hot-fraction 0.5 --set tune.prompt_stream=$ps --log-level info --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
+    grep -iE "error|prompt streaming|streamed|planned" /tmp/pb.err | head -6 >> "$L"
+    peak_end "pinfer hybrid hot 0.5 prompt_stream=$ps"
+  done
+  echo "== hybrid q4_0: llama.cpp -ngl 16" >> "$L"
+  peak_start
+  timeout 100 $LB -m /dev/shm/g7-q4_0.gguf -ngl 16 -p 512 -n 32 -r 2 -o md > /tmp/lb.out 2> /tmp/lb.err
+  echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+  peak_end "llama.cpp -ngl 16"
+  ts "hybrid done"
+}
+
 # types SECONDS: issue 15's bars per file type: the three CUDA test programs at once (the F16 and Q4_0
 # files written and llama.cpp built meanwhile), then Q4_K_M, Q5_K_M and Q3_K_M made by llama-quantize;
 # for Q4_0, Q4_K_M, Q5_K_M, Q8_0 and Q3_K_M, pinfer's pp512/tg128 fully offloaded (batch 512) beside
-# llama-bench -ngl 99, each run's peak device memory logged; then the hybrid Q4_0 rows (pinfer at hot
-# fraction 0.5, llama.cpp -ngl 16) while time is left
+# llama-bench -ngl 99, each run's peak device memory logged; then the hybrid Q4_0 rows (hybrid_rows)
+# while time is left
 types() {
   local budget=${1:-560} ty
   PI_BATCHES=512
@@ -275,18 +296,7 @@ types() {
     ts "$ty done"
   done
   if [ $(( $(date +%s) - T0 )) -lt $(( budget - 150 )) ]; then
-    echo "== hybrid q4_0: pinfer hot 0.5" >> "$L"
-    peak_start
-    timeout 100 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 128 -r 2 --gpu-backend cuda \
-        --hot-fraction 0.5 --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
-    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"; grep -iE "error" /tmp/pb.err | head -3 >> "$L"
-    peak_end "pinfer hybrid hot 0.5"
-    echo "== hybrid q4_0: llama.cpp -ngl 16" >> "$L"
-    peak_start
-    timeout 100 $LB -m /dev/shm/g7-q4_0.gguf -ngl 16 -p 512 -n 128 -r 2 -o md > /tmp/lb.out 2> /tmp/lb.err
-    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
-    peak_end "llama.cpp -ngl 16"
-    ts "hybrid done"
+    hybrid_rows
   fi
   if [ $(( $(date +%s) - T0 )) -lt $(( budget - 100 )) ]; then
     quant f16 q3_k_m
@@ -299,6 +309,7 @@ types() {
 }
 
 case ${1:-} in
+hybrid) hybrid_rows ;;
 types) types "${2:-560}" ;;
 val) val "${2:-500}" ;;
 vshort) vshort ;;
@@ -308,5 +319,5 @@ all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) serve_full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | types [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
