@@ -5,7 +5,7 @@
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
 # pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
-# usage: bench-gemm-7b.sh all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | types [SECONDS] | hybrid | cpu [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -308,7 +308,36 @@ types() {
   ts "types done"
 }
 
+# cpu SECONDS: issue 14's CPU rows on this host: llama.cpp built for the CPU alone (another build dir),
+# the 7B Q4_0 file, decode tg32 and pp64 of pinfer in process (--gpu-backend none) and llama-bench at
+# 1, 4 and 16 threads, alternated twice
+cpu() {
+  local budget=${1:-400} t rep LC=/tmp/ext/lcpp/build-cpu/bin/llama-bench
+  machine
+  if [ ! -x $LC ]; then
+    mkdir -p /tmp/ext && [ -d /tmp/ext/lcpp ] || tar -C /tmp/ext -xJf "$R/llama-srv.tar.xz"
+    mkdir -p /tmp/ext/lcpp/pocs && : > /tmp/ext/lcpp/pocs/CMakeLists.txt
+    ( cd /tmp/ext/lcpp && cmake -B build-cpu -G Ninja -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
+        -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cpu-cmake.log 2>&1 && ninja -C build-cpu -j 16 llama-bench \
+        > /tmp/lcpp-cpu-build.log 2>&1; echo "llama.cpp cpu build rc=$?" >> "$L" ) &
+  fi
+  gen q4_0
+  wait
+  for rep in 1 2; do
+    for t in 1 4 16; do
+      [ $(( $(date +%s) - T0 )) -lt $(( budget - 60 )) ] || break 2
+      echo "== cpu rep $rep threads $t" >> "$L"
+      timeout 120 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf --gpu-backend none -t $t -p 64 -n 32 -r 2 -o md \
+          > /tmp/pb.out 2> /tmp/pb.err; echo "pinfer rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
+      timeout 120 $LC -m /dev/shm/g7-q4_0.gguf -t $t -p 64 -n 32 -r 2 -o md > /tmp/lb.out 2> /tmp/lb.err
+      echo "llama.cpp rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+    done
+  done
+  ts "cpu done"
+}
+
 case ${1:-} in
+cpu) cpu "${2:-400}" ;;
 hybrid) hybrid_rows ;;
 types) types "${2:-560}" ;;
 val) val "${2:-500}" ;;
@@ -319,5 +348,5 @@ all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) serve_full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | types [SECONDS] | hybrid | cpu [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
