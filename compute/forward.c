@@ -348,8 +348,8 @@ static void project(pi_forward_t *f, const struct pi_weight *W, const float *X, 
         pi_pool_for(f->pool, W->rows, 16, ref_range, &t);
         return;
     }
-    if (n == 1) pi_matvec(f->pool, W->type, W->data, W->rows, W->cols, X, Y);
-    else pi_matmul(f->pool, W->type, W->data, W->rows, W->cols, X, n, Y);
+    if (n == 1) pi_matvec_w(f->pool, W, X, Y);
+    else pi_matmul_w(f->pool, W, X, n, Y);
 }
 
 /* x (n, d) = rmsnorm(h) * w, row by row. */

@@ -471,8 +471,8 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_ty
         free(row);
         return -1;
     }
-    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb};
-    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb};
+    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem, NULL}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb, NULL};
+    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb, NULL};
     nl->L.ffn_gate = g, nl->L.ffn_up = u, nl->L.ffn_down_t = dt;
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {

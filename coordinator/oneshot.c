@@ -159,6 +159,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
     static const enum pi_ffn_act acts[] = {PI_FFN_ACT_DEFAULT, PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
     mo.act = acts[o->cfg.activation];
     mo.no_down_t = !with_weights;
+    mo.rows16 = with_weights; /* the in-process CPU engine's dense products (kernels/cpu/rows16.h) */
     char err[512] = "", where[256];
     /* The loader logs its failure as well as returning it; the user gets our one line instead,
      * which says where the path was configured. */

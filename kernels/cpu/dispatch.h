@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cpu/rows16.h"
 #include "lib/conf.h"
 #include "lib/types.h"
 
@@ -80,6 +81,9 @@ struct pi_kernel_table {
     pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
+    /* Q4_0 in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none, and the dense products
+     * read the file's rows. Never inherited from the variant below: only the variant itself decides. */
+    pi_r16_dot_fn r16_dot;
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */
