@@ -22,6 +22,9 @@
 #include "kernels/cpu/simd-x86.h"
 
 #define R16_NT 4 /* tokens per pass over a group's blocks */
+#ifndef R16_PF
+#define R16_PF 1024
+#endif
 
 static inline __m512i bcast4(const int8_t *p)
 {
@@ -42,6 +45,11 @@ PI_X86_INLINE void r16_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *q = grp + (size_t)b * 256;
         __m512i lo[4], hi[4];
+        if (R16_PF) {
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) _mm_prefetch((const char *)q + R16_PF + 64 * j, _MM_HINT_T0);
+            if (b % 2 == 0) _mm_prefetch((const char *)d + (size_t)b * 32 + R16_PF / 8, _MM_HINT_T0);
+        }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
