@@ -33,6 +33,7 @@ enum pi_tune_cpu_kernels {
     PI_TUNE_CPU_KERNELS_AVX2 = 2,
     PI_TUNE_CPU_KERNELS_AVX512 = 3,
     PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
+    PI_TUNE_CPU_KERNELS_AMX = 5,
 };
 
 /* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as

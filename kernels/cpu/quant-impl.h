@@ -22,6 +22,10 @@ extern const struct pi_kernel_table pi_kernels_avx512vnni_raw;
 void pi_r16_dot_avx512vnni(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                            size_t ystride);
 #endif
+#ifdef PI_HAVE_AMX
+/* kernels/cpu/rows16-amx.c: the amx variant's raw table (its r16_dot only; the rest is avx512vnni's) */
+extern const struct pi_kernel_table pi_kernels_amx_raw;
+#endif
 
 /* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes q
  * (ggml's get_scale_min_k4: j < 4 in the low 6 bits of bytes j and j+4, else split nibbles and the
