@@ -198,8 +198,8 @@ static void release(struct bench_type *b)
 static int pack_rows16(struct bench_type *b, int64_t rows, int64_t cols)
 {
     struct pi_weight w = {b->t, rows, cols, b->bytes / (size_t)rows, b->copies[0], NULL};
-    if (!pi_r16_kernel() || !pi_r16_packable(&w)) return 0;
-    size_t bytes = pi_r16_group_bytes(cols) * (size_t)(rows / PI_R16_ROWS);
+    if (!pi_r16_kernel(b->t) || !pi_r16_packable(&w)) return 0;
+    size_t bytes = pi_r16_group_bytes(b->t, cols) * (size_t)(rows / PI_R16_ROWS);
     if (!(b->w16 = calloc((size_t)b->n_copies, sizeof *b->w16))) return -1;
     for (int k = 0; k < b->n_copies; k++) {
         void *p = NULL;

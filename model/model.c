@@ -20,6 +20,7 @@
 #include <strings.h>
 #include <math.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "lib/common.h"
 #include "lib/log.h"
@@ -483,19 +484,21 @@ static int dense_weights(pi_model_t *m, struct pi_weight **out)
     return n;
 }
 
+/* w is packed: the layout takes it and the active kernel variant has a kernel for its type. */
+static bool packs(const struct pi_weight *w) { return pi_r16_packable(w) && pi_r16_kernel(w->type); }
+
 /* Copy every packable dense matrix into 16-row groups (kernels/cpu/rows16.h), in one anonymous mapping
  * (transparent huge pages asked for: the kernels stream it), on a temporary pool of n_threads. Nothing
  * is done where the active kernel variant has no packed kernel. */
 static int pack_rows16(struct binder *b, int n_threads)
 {
     pi_model_t *m = b->m;
-    if (!pi_r16_kernel()) return 0;
     struct pi_weight **w = malloc((size_t)(1 + 7 * m->hp.n_layer) * sizeof *w);
     if (!w) return -PI_ERR_NOMEM;
     int n = dense_weights(m, w);
     size_t total = 0;
     for (int i = 0; i < n; i++)
-        if (pi_r16_packable(w[i])) total += pi_r16_group_bytes(w[i]->cols) * (size_t)(w[i]->rows / PI_R16_ROWS);
+        if (packs(w[i])) total += pi_r16_group_bytes(w[i]->type, w[i]->cols) * (size_t)(w[i]->rows / PI_R16_ROWS);
     if (total == 0) {
         free(w);
         return 0;
@@ -511,17 +514,21 @@ static int pack_rows16(struct binder *b, int n_threads)
 #endif
     m->rows16 = p;
     m->rows16_bytes = total;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
     pi_pool_t *pool = n_threads == 1 ? NULL : pi_pool_new(n_threads);
     uint8_t *dst = p;
     for (int i = 0; i < n; i++) {
-        if (!pi_r16_packable(w[i])) continue;
+        if (!packs(w[i])) continue;
         pi_r16_pack(pool, w[i], dst);
         w[i]->rows16 = dst;
-        dst += pi_r16_group_bytes(w[i]->cols) * (size_t)(w[i]->rows / PI_R16_ROWS);
+        dst += pi_r16_group_bytes(w[i]->type, w[i]->cols) * (size_t)(w[i]->rows / PI_R16_ROWS);
     }
     pi_pool_destroy(&pool);
     free(w);
-    pi_debug("model: %zu bytes of Q4_0 weights packed in 16-row groups", total);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    pi_debug("model: %zu bytes of Q4_0/Q8_0 weights packed in 16-row groups in %.3f s", total,
+             (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     return 0;
 }
 

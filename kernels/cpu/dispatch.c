@@ -97,7 +97,7 @@ static void detect_cpu(bool want_amx, bool *avx2, bool *avx512, bool *vnni, bool
 static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw, const struct pi_kernel_table *sc)
 {
     tables[isa].name = isa_names[isa];
-    tables[isa].r16_dot = raw->r16_dot;
+    memcpy(tables[isa].r16_dot, raw->r16_dot, sizeof raw->r16_dot);
     for (int t = 0; t < PI_TYPE_COUNT; t++) {
         native_dot[isa][t] = raw->vec_dot[t] != NULL;
         native_deq[isa][t] = raw->dequant[t] != NULL;

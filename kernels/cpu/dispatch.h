@@ -82,9 +82,9 @@ struct pi_kernel_table {
     pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
-    /* Q4_0 in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none, and the dense products
-     * read the file's rows. Never inherited from the variant below: only the variant itself decides. */
-    pi_r16_dot_fn r16_dot;
+    /* Q4_0 and Q8_0 in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none for the type,
+     * and the dense products read the file's rows. Never inherited from the variant below. */
+    pi_r16_dot_fn r16_dot[PI_TYPE_COUNT];
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */

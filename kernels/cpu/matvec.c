@@ -183,14 +183,14 @@ void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int
 
 void pi_matvec_w(pi_pool_t *pool, const struct pi_weight *W, const float *x, float *y)
 {
-    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel() : NULL;
+    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel(W->type) : NULL;
     if (k) pi_r16_matmul(pool, k, W, x, 1, y);
     else pi_matvec(pool, W->type, W->data, W->rows, W->cols, x, y);
 }
 
 void pi_matmul_w(pi_pool_t *pool, const struct pi_weight *W, const float *X, int64_t n, float *Y)
 {
-    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel() : NULL;
+    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel(W->type) : NULL;
     if (k) pi_r16_matmul(pool, k, W, X, n, Y);
     else pi_matmul(pool, W->type, W->data, W->rows, W->cols, X, n, Y);
 }

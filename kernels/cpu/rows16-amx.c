@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16-amx.c - the AMX-INT8 kernel over Q4_0 matrices packed in 16-row groups
+ * kernels/cpu/rows16-amx.c - the AMX-INT8 kernels over Q4_0 and Q8_0 matrices packed in 16-row groups
  * (kernels/cpu/rows16.h) for prompts: compiled with -mamx-tile -mamx-int8 into libpinfer_amx.a, the
  * "amx" variant's r16_dot, reached only after dispatch.c found AMX in CPUID and XCR0 and Linux granted
  * this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM).
@@ -40,19 +40,17 @@ struct tilecfg {
 };
 _Static_assert(sizeof(struct tilecfg) == 64, "LDTILECFG operand is 64 bytes");
 
-/* Tiles: 0, 3 = C (16 tokens x 16 rows int32); 1, 4 = A (16 tokens x 32 bytes); 2, 5 = B (8 x 64). */
-static void tile_config(void)
-{
-    _Alignas(64) struct tilecfg c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int k = 0; k < 2; k++) {
-        c.colsb[3 * k] = 64, c.rows[3 * k] = 16;
-        c.colsb[3 * k + 1] = 32, c.rows[3 * k + 1] = 16;
-        c.colsb[3 * k + 2] = 64, c.rows[3 * k + 2] = 8;
-    }
-    _tile_loadconfig(&c);
-}
+/* Tiles: 0, 3 = C (16 tokens x 16 rows int32); 1, 4 = A (16 tokens x 32 bytes); 2, 5 = B (8 x 64).
+ * A constant in memory: GCC 12's _tile_loadconfig tells the compiler it reads only the first 8 bytes
+ * of its operand, so a configuration built on the stack just before may not have been stored yet
+ * (the next tile instruction then faults with #UD, seen here). */
+static const _Alignas(64) struct tilecfg tile_cfg = {
+    .palette = 1,
+    .colsb = {64, 32, 64, 64, 32, 64},
+    .rows = {16, 16, 8, 16, 16, 8},
+};
+
+static void tile_config(void) { _tile_loadconfig(&tile_cfg); }
 
 /* The group's block b unpacked into tile B's bytes (8 rows of 64): the nibbles less 8, signed. */
 static inline __attribute__((always_inline)) void unpack_b(const uint8_t *grp, int64_t b, uint8_t *dst)
@@ -67,13 +65,13 @@ static inline __attribute__((always_inline)) void unpack_b(const uint8_t *grp, i
     }
 }
 
-/* acc[t] = fma(d_w * d_x[t], (float)c[t], acc[t]) for the 16 tokens of block b (c: the exact sums). */
+/* acc[t] = fma(d_w * d_x[t], (float)c[t], acc[t]) for the 16 tokens of block b (c: the exact sums;
+ * dsc: the group's scales). */
 static inline __attribute__((always_inline)) void
-float_step(const int32_t *c, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t b, __m512 acc[16])
+float_step(const int32_t *c, const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0, int64_t b, __m512 acc[16])
 {
     const int64_t nb = x->nb;
-    __m512 dw =
-        _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(grp + (size_t)nb * 256 + (size_t)b * 32)));
+    __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(dsc + (size_t)b * 32)));
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) {
         __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[(t0 + t) * nb + b]));
@@ -95,12 +93,12 @@ float_step(const int32_t *c, const uint8_t *grp, const struct pi_r16_act *x, int
         _tile_stored(tc, (cbuf), 64);                                                                                  \
     } while (0)
 
-/* Sixteen tokens t0.. against blocks [b0, b1) of one group, B's bytes unpacked in bt (block b at
- * (b - b0) * 512): acc[t] (row-wise, y[t * ys + r]) read from y unless b0 is 0, the blocks' float
+/* Sixteen tokens t0.. against blocks [b0, b1) of one group (scales dsc), tile B of block b at
+ * bt + (b - b0) * 512: acc[t] (row-wise, y[t * ys + r]) read from y unless b0 is 0, the blocks' float
  * steps added in order, written back. Software-pipelined: the float step of block b - 2 runs after
  * the tile product of block b, so that a product's store has landed before its sums are read (tile
  * stores do not forward to vector loads). */
-static void r16_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t b0, int64_t b1,
+static void r16_amx16(const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0, int64_t b0, int64_t b1,
                       const uint8_t *bt, float *y, size_t ys)
 {
     _Alignas(64) int32_t ct[4][256];
@@ -112,19 +110,19 @@ static void r16_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0
         const uint8_t *bp = bt + (size_t)(b - b0) * 512;
         if (b & 1) TILE_BLOCK(3, 4, 5, b, bp, ct[b & 3]);
         else TILE_BLOCK(0, 1, 2, b, bp, ct[b & 3]);
-        if (b >= b0 + 2) float_step(ct[(b - 2) & 3], grp, x, t0, b - 2, acc);
+        if (b >= b0 + 2) float_step(ct[(b - 2) & 3], dsc, x, t0, b - 2, acc);
     }
-    for (int64_t b = PI_MAX(b0, b1 - 2); b < b1; b++) float_step(ct[b & 3], grp, x, t0, b, acc);
+    for (int64_t b = PI_MAX(b0, b1 - 2); b < b1; b++) float_step(ct[b & 3], dsc, x, t0, b, acc);
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
 }
 
-/* The group's blocks are unpacked CHUNK_BLOCKS at a time, each chunk once for all the call's tokens
- * (vector stores do not forward to tile loads either: unpacking a block just before its tile load
- * stalls the load until the stores commit); the tokens' accumulators live in y between chunks, which
- * changes no rounding. */
-static void pi_r16_dot_amx(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
-                           size_t ystride)
+/* Q4_0: the group's blocks are unpacked CHUNK_BLOCKS at a time, each chunk once for all the call's
+ * tokens (vector stores do not forward to tile loads either: unpacking a block just before its tile
+ * load stalls the load until the stores commit); the tokens' accumulators live in y between chunks,
+ * which changes no rounding. */
+static void pi_r16_dot_amx_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
 {
     _Alignas(64) uint8_t bt[CHUNK_BLOCKS * 512];
     const int64_t n16 = nt / 16 * 16;
@@ -134,14 +132,30 @@ static void pi_r16_dot_amx(const uint8_t *grp, const struct pi_r16_act *x, int64
             int64_t b1 = PI_MIN(x->nb, b0 + CHUNK_BLOCKS);
             for (int64_t b = b0; b < b1; b++) unpack_b(grp, b, bt + (size_t)(b - b0) * 512);
             for (int64_t t = 0; t < n16; t += 16)
-                r16_amx16(grp, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
+                r16_amx16(grp + (size_t)x->nb * 256, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
         }
         _tile_release();
     }
-    if (n16 < nt) pi_r16_dot_avx512vnni(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+    if (n16 < nt) pi_r16_dot_avx512vnni_q4_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
+/* Q8_0: a block's 8 lines of 16 rows' 4 bytes are tile B as they lie (signed weights, inputs 4c..4c+3
+ * in row c), so the tiles load straight from the packed copy; the tokens go through the whole group
+ * one tile of 16 at a time. */
+static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    const int64_t n16 = nt / 16 * 16;
+    if (n16 > 0) {
+        tile_config();
+        for (int64_t t = 0; t < n16; t += 16)
+            r16_amx16(grp + (size_t)x->nb * 512, x, t0 + t, 0, x->nb, grp, y + (size_t)t * ystride, ystride);
+        _tile_release();
+    }
+    if (n16 < nt) pi_r16_dot_avx512vnni_q8_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
 }
 
 const struct pi_kernel_table pi_kernels_amx_raw = {
     .name = "amx",
-    .r16_dot = pi_r16_dot_amx,
+    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0, [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0},
 };

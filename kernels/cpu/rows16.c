@@ -24,76 +24,115 @@
 #define MIN_CHUNK_BYTES (32 * 1024) /* smallest share of weights worth handing to a thread */
 #define TILE_BYTES (256 * 1024)     /* activation bytes per token tile */
 
-size_t pi_r16_group_bytes(int64_t cols)
+/* 64-byte lines of weights per block: Q4_0 16 nibble bytes per row, Q8_0 32 bytes. */
+static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
+
+size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
 {
-    PI_ASSERT(cols > 0 && cols % PI_QK4_0 == 0);
-    return (size_t)pi_align_up((uint64_t)(cols / PI_QK4_0) * PI_R16_BLOCK_BYTES, 64);
+    PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
+    return (size_t)pi_align_up((uint64_t)(cols / 32) * (uint64_t)(64 * block_lines(t) + 32), 64);
 }
 
 bool pi_r16_packable(const struct pi_weight *W)
 {
-    return W->data && W->type == PI_TYPE_Q4_0 && W->rows > 0 && W->rows % PI_R16_ROWS == 0 && W->cols > 0 &&
-           W->cols % PI_QK4_0 == 0 && W->row_bytes == (size_t)(W->cols / PI_QK4_0) * sizeof(struct pi_block_q4_0);
+    size_t bb = W->type == PI_TYPE_Q4_0 ? sizeof(struct pi_block_q4_0) : sizeof(struct pi_block_q8_0);
+    return W->data && (W->type == PI_TYPE_Q4_0 || W->type == PI_TYPE_Q8_0) && W->rows > 0 &&
+           W->rows % PI_R16_ROWS == 0 && W->cols > 0 && W->cols % 32 == 0 &&
+           W->row_bytes == (size_t)(W->cols / 32) * bb;
 }
 
 struct pack_ctx {
     const struct pi_weight *W;
     uint8_t *dst;
-    size_t gb; /* pi_r16_group_bytes(cols) */
+    size_t gb; /* pi_r16_group_bytes(type, cols) */
 };
 
-/* Groups [begin, end): each row's block b scatters its 16 nibble bytes as four 4-byte words. */
+/* Groups [begin, end): each row's block b scatters its quant bytes as 4-byte words, one per line, and
+ * its scale beside the other rows'. Q4_0 and Q8_0 blocks are both an fp16 d followed by the quants. */
 static void pack_groups(void *vctx, int64_t begin, int64_t end, int thread)
 {
     const struct pack_ctx *c = vctx;
-    int64_t nb = c->W->cols / PI_QK4_0;
+    const int64_t nb = c->W->cols / 32;
+    const int J = block_lines(c->W->type);
+    const size_t bb = c->W->row_bytes / (size_t)nb, qbytes = (size_t)J * 64;
     (void)thread;
     for (int64_t g = begin; g < end; g++) {
-        uint8_t *grp = c->dst + (size_t)g * c->gb, *d = grp + (size_t)nb * 256;
+        uint8_t *grp = c->dst + (size_t)g * c->gb, *d = grp + (size_t)nb * qbytes;
         for (int r = 0; r < PI_R16_ROWS; r++) {
-            const struct pi_block_q4_0 *a = pi_weight_row(c->W, g * PI_R16_ROWS + r);
+            const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
             for (int64_t b = 0; b < nb; b++) {
-                for (int j = 0; j < 4; j++) memcpy(grp + (size_t)b * 256 + j * 64 + r * 4, a[b].qs + 4 * j, 4);
-                memcpy(d + (size_t)b * 32 + r * 2, &a[b].d, 2);
+                const uint8_t *blk = row + (size_t)b * bb;
+                for (int j = 0; j < J; j++) memcpy(grp + (size_t)b * qbytes + j * 64 + r * 4, blk + 2 + 4 * j, 4);
+                memcpy(d + (size_t)b * 32 + r * 2, blk, 2);
             }
         }
-        memset(d + (size_t)nb * 32, 0, c->gb - (size_t)nb * PI_R16_BLOCK_BYTES);
+        memset(d + (size_t)nb * 32, 0, c->gb - (size_t)nb * (qbytes + 32));
     }
 }
 
 void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
 {
     PI_ASSERT(pi_r16_packable(W) && ((uintptr_t)dst & 63) == 0);
-    struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->cols)};
+    struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->type, W->cols)};
     pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)), pack_groups, &c);
 }
 
-void pi_r16_dot_ref(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y, size_t ystride)
+/* Both references: the exact block sum of row r, token t, block b from the J lines of the group. */
+static int32_t ref_isum(const uint8_t *grp, int J, const struct pi_r16_act *x, int64_t t, int r, int64_t b)
 {
-    int64_t nb = x->nb;
-    const uint8_t *d = grp + (size_t)nb * 256;
+    const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(x->xq + (size_t)t * x->xstride) + b;
+    const uint8_t *q = grp + (size_t)b * 64 * (size_t)J + r * 4;
+    int32_t isum = 0;
+    for (int j = 0; j < J; j++) {
+        for (int k = 0; k < 4; k++) {
+            if (J == 4)
+                isum += ((q[j * 64 + k] & 15) - 8) * xb->qs[4 * j + k] +
+                        ((q[j * 64 + k] >> 4) - 8) * xb->qs[16 + 4 * j + k];
+            else isum += (int8_t)q[j * 64 + k] * xb->qs[4 * j + k];
+        }
+    }
+    return isum;
+}
+
+static void dot_ref(int J, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                    size_t ystride)
+{
+    const int64_t nb = x->nb;
+    const uint8_t *d = grp + (size_t)nb * 64 * (size_t)J;
     for (int64_t t = t0; t < t0 + nt; t++) {
-        const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(x->xq + (size_t)t * x->xstride);
         for (int r = 0; r < PI_R16_ROWS; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
-                int32_t isum = x->off[t * nb + b];
-                for (int j = 0; j < 4; j++) {
-                    for (int k = 0; k < 4; k++) {
-                        uint8_t q = grp[(size_t)b * 256 + j * 64 + r * 4 + k];
-                        isum += (q & 15) * xb[b].qs[4 * j + k] + (q >> 4) * xb[b].qs[16 + 4 * j + k];
-                    }
-                }
                 uint16_t dw;
                 memcpy(&dw, d + (size_t)b * 32 + r * 2, 2);
-                acc = fmaf(pi_fp16_to_fp32(dw) * x->dx[t * nb + b], (float)isum, acc);
+                acc = fmaf(pi_fp16_to_fp32(dw) * x->dx[t * nb + b], (float)ref_isum(grp, J, x, t, r, b), acc);
             }
             y[(size_t)(t - t0) * ystride + (size_t)r] = acc;
         }
     }
 }
 
-pi_r16_dot_fn pi_r16_kernel(void) { return pi_kernels_active()->r16_dot; }
+void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref(4, grp, x, t0, nt, y, ystride);
+}
+
+void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref(8, grp, x, t0, nt, y, ystride);
+}
+
+pi_r16_dot_fn pi_r16_ref(enum pi_type t)
+{
+    return t == PI_TYPE_Q4_0 ? pi_r16_dot_ref_q4_0 : t == PI_TYPE_Q8_0 ? pi_r16_dot_ref_q8_0 : NULL;
+}
+
+pi_r16_dot_fn pi_r16_kernel(enum pi_type t)
+{
+    return (unsigned)t < PI_TYPE_COUNT ? pi_kernels_active()->r16_dot[t] : NULL;
+}
 
 struct mm_ctx {
     pi_r16_dot_fn k;
@@ -122,28 +161,35 @@ void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, 
 {
     PI_ASSERT(k && W->rows16 && pi_r16_packable(W) && n >= 0);
     if (n == 0) return;
-    int64_t nb = W->cols / PI_QK4_0;
-    size_t xs = pi_act_row_bytes(PI_TYPE_Q4_0, W->cols), bytes, per = xs + (size_t)nb * 8;
+    const bool q8 = W->type == PI_TYPE_Q8_0;
+    const int64_t nb = W->cols / 32;
+    /* per token: dx (nb floats), off (Q4_0: nb int32) or xu (Q8_0: 32 nb bytes), the Q8_0 row */
+    size_t xs = pi_act_row_bytes(W->type, W->cols), per = xs + (size_t)nb * (q8 ? 36 : 8), bytes;
     PI_ASSERT(pi_size_mul(per, (size_t)n, &bytes));
     uint8_t *scr = malloc(bytes);
     PI_ASSERT(scr != NULL);
-    float *dx = (float *)(void *)scr; /* (n, nb), then off (n, nb), then the Q8_0 rows */
-    int32_t *off = (int32_t *)(void *)(scr + (size_t)n * (size_t)nb * 4);
-    uint8_t *xq = scr + (size_t)n * (size_t)nb * 8;
+    float *dx = (float *)(void *)scr;
+    uint8_t *side = scr + (size_t)n * (size_t)nb * 4; /* off or xu */
+    int32_t *off = q8 ? NULL : (int32_t *)(void *)side;
+    uint8_t *xu = q8 ? side : NULL;
+    uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : 4);
     for (int64_t t = 0; t < n; t++) {
         struct pi_block_q8_0 *xb = (struct pi_block_q8_0 *)(void *)(xq + (size_t)t * xs);
-        pi_quantize_act(PI_TYPE_Q4_0, X + (size_t)t * (size_t)W->cols, xb, W->cols);
+        pi_quantize_act(W->type, X + (size_t)t * (size_t)W->cols, xb, W->cols);
         for (int64_t b = 0; b < nb; b++) {
             int32_t s = 0;
-            for (int i = 0; i < PI_QK8_0; i++) s += xb[b].qs[i];
             dx[t * nb + b] = pi_fp16_to_fp32(xb[b].d);
-            off[t * nb + b] = -8 * s;
+            for (int i = 0; i < 32; i++) {
+                s += xb[b].qs[i];
+                if (q8) xu[(t * nb + b) * 32 + i] = (uint8_t)(xb[b].qs[i] + 128);
+            }
+            if (!q8) off[t * nb + b] = -8 * s;
         }
     }
-    struct pi_r16_act x = {xq, xs, dx, off, nb};
-    struct mm_ctx c = {k, W->rows16, pi_r16_group_bytes(W->cols), W->rows, n, 0, &x, Y};
+    struct pi_r16_act x = {xq, xs, dx, off, xu, nb};
+    struct mm_ctx c = {k, W->rows16, pi_r16_group_bytes(W->type, W->cols), W->rows, n, 0, &x, Y};
     c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / xs));
-    if (c.tile > 4) c.tile &= ~(int64_t)3; /* whole groups of four tokens for the kernels */
+    if (c.tile > 16) c.tile &= ~(int64_t)15; /* whole groups of sixteen tokens for the AMX kernels */
     int64_t grain = PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb) / PI_MAX(1, PI_MIN(n, c.tile)));
     pi_pool_for(pool, W->rows / PI_R16_ROWS, grain, mm_groups, &c);
     free(scr);

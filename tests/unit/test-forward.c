@@ -326,7 +326,7 @@ int main(void)
     for (size_t i = 0; i < PI_ARRAY_LEN(cases); i++) run_case(&cases[i], false);
     /* the Q4_0 cases again through the 16-row packed kernels, where this CPU has them */
     for (size_t i = 0; i < 2; i++) {
-        if (pi_r16_kernel()) run_case(&cases[i], true);
+        if (pi_r16_kernel(PI_TYPE_Q4_0)) run_case(&cases[i], true);
         else tap_skip(7, "no 16-row packed kernel in this CPU's variant");
     }
     return tap_done();
