@@ -56,7 +56,7 @@ static void tile_config(void) { _tile_loadconfig(&tile_cfg); }
 static inline __attribute__((always_inline)) void unpack_b(const uint8_t *grp, int64_t b, uint8_t *dst)
 {
     const __m512i m4 = _mm512_set1_epi8(0x0F), k8 = _mm512_set1_epi8(8);
-    const uint8_t *q = grp + (size_t)b * 256;
+    const uint8_t *q = grp + pi_r16_qs_at(4, b);
     for (int j = 0; j < 4; j++) {
         __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
         _mm512_store_si512((void *)(dst + 64 * j), _mm512_sub_epi8(_mm512_and_si512(v, m4), k8));
@@ -66,12 +66,12 @@ static inline __attribute__((always_inline)) void unpack_b(const uint8_t *grp, i
 }
 
 /* acc[t] = fma(d_w * d_x[t], (float)c[t], acc[t]) for the 16 tokens of block b (c: the exact sums;
- * dsc: the group's scales). */
+ * dsc: the block's 16 scales). */
 static inline __attribute__((always_inline)) void
 float_step(const int32_t *c, const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0, int64_t b, __m512 acc[16])
 {
     const int64_t nb = x->nb;
-    __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(dsc + (size_t)b * 32)));
+    __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)dsc));
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) {
         __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[(t0 + t) * nb + b]));
@@ -93,12 +93,12 @@ float_step(const int32_t *c, const uint8_t *dsc, const struct pi_r16_act *x, int
         _tile_stored(tc, (cbuf), 64);                                                                                  \
     } while (0)
 
-/* Sixteen tokens t0.. against blocks [b0, b1) of one group (scales dsc), tile B of block b at
- * bt + (b - b0) * 512: acc[t] (row-wise, y[t * ys + r]) read from y unless b0 is 0, the blocks' float
+/* Sixteen tokens t0.. against blocks [b0, b1) of group grp (J lines per block), tile B of block b at
+ * bt + (b - b0) * 512, or where bt is NULL (Q8_0) the block's own lines: acc[t] (row-wise, y[t * ys + r]) read from y unless b0 is 0, the blocks' float
  * steps added in order, written back. Software-pipelined: the float step of block b - 2 runs after
  * the tile product of block b, so that a product's store has landed before its sums are read (tile
  * stores do not forward to vector loads). */
-static void r16_amx16(const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0, int64_t b0, int64_t b1,
+static void r16_amx16(const uint8_t *grp, int J, const struct pi_r16_act *x, int64_t t0, int64_t b0, int64_t b1,
                       const uint8_t *bt, float *y, size_t ys)
 {
     _Alignas(64) int32_t ct[4][256];
@@ -107,12 +107,12 @@ static void r16_amx16(const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) acc[t] = b0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y + (size_t)t * ys);
     for (int64_t b = b0; b < b1; b++) {
-        const uint8_t *bp = bt + (size_t)(b - b0) * 512;
+        const uint8_t *bp = bt ? bt + (size_t)(b - b0) * 512 : grp + pi_r16_qs_at(J, b);
         if (b & 1) TILE_BLOCK(3, 4, 5, b, bp, ct[b & 3]);
         else TILE_BLOCK(0, 1, 2, b, bp, ct[b & 3]);
-        if (b >= b0 + 2) float_step(ct[(b - 2) & 3], dsc, x, t0, b - 2, acc);
+        if (b >= b0 + 2) float_step(ct[(b - 2) & 3], grp + pi_r16_d_at(J, b - 2), x, t0, b - 2, acc);
     }
-    for (int64_t b = PI_MAX(b0, b1 - 2); b < b1; b++) float_step(ct[b & 3], dsc, x, t0, b, acc);
+    for (int64_t b = PI_MAX(b0, b1 - 2); b < b1; b++) float_step(ct[b & 3], grp + pi_r16_d_at(J, b), x, t0, b, acc);
 #pragma GCC unroll 16
     for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
 }
@@ -132,7 +132,7 @@ static void pi_r16_dot_amx_q4_0(const uint8_t *grp, const struct pi_r16_act *x, 
             int64_t b1 = PI_MIN(x->nb, b0 + CHUNK_BLOCKS);
             for (int64_t b = b0; b < b1; b++) unpack_b(grp, b, bt + (size_t)(b - b0) * 512);
             for (int64_t t = 0; t < n16; t += 16)
-                r16_amx16(grp + (size_t)x->nb * 256, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
+                r16_amx16(grp, 4, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
         }
         _tile_release();
     }
@@ -149,7 +149,7 @@ static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, 
     if (n16 > 0) {
         tile_config();
         for (int64_t t = 0; t < n16; t += 16)
-            r16_amx16(grp + (size_t)x->nb * 512, x, t0 + t, 0, x->nb, grp, y + (size_t)t * ystride, ystride);
+            r16_amx16(grp, 8, x, t0 + t, 0, x->nb, NULL, y + (size_t)t * ystride, ystride);
         _tile_release();
     }
     if (n16 < nt) pi_r16_dot_avx512vnni_q8_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);

@@ -38,17 +38,16 @@ PI_X86_INLINE void r16_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t
 {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const int64_t nb = x->nb;
-    const uint8_t *d = grp + (size_t)nb * 256;
     __m512 acc[R16_NT];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *q = grp + (size_t)b * 256;
+        const uint8_t *q = grp + pi_r16_qs_at(4, b);
         __m512i lo[4], hi[4];
-        if (R16_PF) {
+        if (R16_PF) { /* the lines R16_PF ahead: this block's 4, and the pair's scale line */
 #pragma GCC unroll 4
             for (int j = 0; j < 4; j++) pi_x86_pf_line(q + R16_PF + 64 * j);
-            if (b % 2 == 0) pi_x86_pf_line(d + (size_t)b * 32 + R16_PF / 8);
+            if (b & 1) pi_x86_pf_line(q + R16_PF + 256);
         }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -56,7 +55,7 @@ PI_X86_INLINE void r16_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t
             lo[j] = _mm512_and_si512(v, m4);
             hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
         }
-        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(d + (size_t)b * 32)));
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(grp + pi_r16_d_at(4, b))));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const int64_t tt = t0 + t;
@@ -82,17 +81,16 @@ PI_X86_INLINE void r16_q8_n(const uint8_t *grp, const struct pi_r16_act *x, int6
 {
     const __m512i ones = _mm512_set1_epi8(1);
     const int64_t nb = x->nb;
-    const uint8_t *d = grp + (size_t)nb * 512;
     __m512 acc[R16_NT];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *q = grp + (size_t)b * 512;
+        const uint8_t *q = grp + pi_r16_qs_at(8, b);
         __m512i w[8], c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
-        if (R16_PF) {
+        if (R16_PF) { /* twice as far ahead in bytes as Q4_0: the same number of blocks */
 #pragma GCC unroll 8
             for (int j = 0; j < 8; j++) pi_x86_pf_line(q + 2 * R16_PF + 64 * j);
-            if (b % 2 == 0) pi_x86_pf_line(d + (size_t)b * 32 + R16_PF / 8);
+            if (b & 1) pi_x86_pf_line(q + 2 * R16_PF + 512);
         }
 #pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
@@ -102,7 +100,7 @@ PI_X86_INLINE void r16_q8_n(const uint8_t *grp, const struct pi_r16_act *x, int6
             c1 = _mm512_dpbusd_epi32(c1, ones, w[4 + j]);
         }
         const __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(c0, c1), 7));
-        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(d + (size_t)b * 32)));
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(grp + pi_r16_d_at(8, b))));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const int64_t tt = t0 + t;

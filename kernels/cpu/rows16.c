@@ -30,7 +30,7 @@ static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
 {
     PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
-    return (size_t)pi_align_up((uint64_t)(cols / 32) * (uint64_t)(64 * block_lines(t) + 32), 64);
+    return (size_t)((cols / 32 + 1) / 2) * (size_t)(128 * block_lines(t) + 64);
 }
 
 bool pi_r16_packable(const struct pi_weight *W)
@@ -54,19 +54,20 @@ static void pack_groups(void *vctx, int64_t begin, int64_t end, int thread)
     const struct pack_ctx *c = vctx;
     const int64_t nb = c->W->cols / 32;
     const int J = block_lines(c->W->type);
-    const size_t bb = c->W->row_bytes / (size_t)nb, qbytes = (size_t)J * 64;
+    const size_t bb = c->W->row_bytes / (size_t)nb;
     (void)thread;
     for (int64_t g = begin; g < end; g++) {
-        uint8_t *grp = c->dst + (size_t)g * c->gb, *d = grp + (size_t)nb * qbytes;
+        uint8_t *grp = c->dst + (size_t)g * c->gb;
+        memset(grp, 0, c->gb); /* an odd last block's partner */
         for (int r = 0; r < PI_R16_ROWS; r++) {
             const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
             for (int64_t b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * bb;
-                for (int j = 0; j < J; j++) memcpy(grp + (size_t)b * qbytes + j * 64 + r * 4, blk + 2 + 4 * j, 4);
-                memcpy(d + (size_t)b * 32 + r * 2, blk, 2);
+                uint8_t *q = grp + pi_r16_qs_at(J, b) + r * 4;
+                for (int j = 0; j < J; j++) memcpy(q + j * 64, blk + 2 + 4 * j, 4);
+                memcpy(grp + pi_r16_d_at(J, b) + r * 2, blk, 2);
             }
         }
-        memset(d + (size_t)nb * 32, 0, c->gb - (size_t)nb * (qbytes + 32));
     }
 }
 
@@ -81,7 +82,7 @@ void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
 static int32_t ref_isum(const uint8_t *grp, int J, const struct pi_r16_act *x, int64_t t, int r, int64_t b)
 {
     const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(x->xq + (size_t)t * x->xstride) + b;
-    const uint8_t *q = grp + (size_t)b * 64 * (size_t)J + r * 4;
+    const uint8_t *q = grp + pi_r16_qs_at(J, b) + r * 4;
     int32_t isum = 0;
     for (int j = 0; j < J; j++) {
         for (int k = 0; k < 4; k++) {
@@ -98,13 +99,12 @@ static void dot_ref(int J, const uint8_t *grp, const struct pi_r16_act *x, int64
                     size_t ystride)
 {
     const int64_t nb = x->nb;
-    const uint8_t *d = grp + (size_t)nb * 64 * (size_t)J;
     for (int64_t t = t0; t < t0 + nt; t++) {
         for (int r = 0; r < PI_R16_ROWS; r++) {
             float acc = 0.0f;
             for (int64_t b = 0; b < nb; b++) {
                 uint16_t dw;
-                memcpy(&dw, d + (size_t)b * 32 + r * 2, 2);
+                memcpy(&dw, grp + pi_r16_d_at(J, b) + r * 2, 2);
                 acc = fmaf(pi_fp16_to_fp32(dw) * x->dx[t * nb + b], (float)ref_isum(grp, J, x, t, r, b), acc);
             }
             y[(size_t)(t - t0) * ystride + (size_t)r] = acc;

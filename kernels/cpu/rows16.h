@@ -10,11 +10,13 @@
  * 16 rows' fp16 scales of the block are converted in one instruction.
  *
  * Layout of one group (rows 16g..16g+15, nb = cols / 32 blocks), pi_r16_group_bytes(type, cols)
- * bytes, 64-byte aligned, J = 4 (Q4_0) or 8 (Q8_0) lines per block:
- *   qs     (nb, J, 16, 4) bytes: [b][j][r][k] = row r's block b qs[4j + k] (Q4_0: the file's nibble
- *                                byte, inputs 4j + k and 16 + 4j + k; Q8_0: the weight of input 4j + k)
- *   d      (nb, 16) fp16:        [b][r]       = row r's block b scale
- *   padding up to a multiple of 64 bytes
+ * bytes, 64-byte aligned, J = 4 (Q4_0) or 8 (Q8_0) lines of quants per block. Blocks go in pairs,
+ * each pair 2J + 1 whole lines, so that a group is one stream of lines for the prefetchers:
+ *   the pair's J lines of block 2p, then J lines of block 2p + 1: line j of a block holds
+ *     [r][k] = row r's qs[4j + k] (Q4_0: the file's nibble byte, inputs 4j + k and 16 + 4j + k;
+ *     Q8_0: the weight of input 4j + k), r = 0..15, k = 0..3
+ *   one line of scales: 16 fp16 of block 2p (row order), then 16 of block 2p + 1
+ * An odd last block leaves its partner's bytes zero. pi_r16_qs_at / pi_r16_d_at give the offsets.
  * Q4_0 288 bytes per block per group (the file's 16 x 18), Q8_0 544 (16 x 34): each copy is as large
  * as its matrix.
  *
@@ -49,6 +51,16 @@ struct pi_r16_act {
     const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; Q4_0: NULL */
     int64_t nb;         /* blocks per row: cols / 32 */
 };
+
+/* Offsets in a group of block b's first line of quants and of its 16 scales (J lines per block). */
+static inline size_t pi_r16_qs_at(int J, int64_t b)
+{
+    return (size_t)(b >> 1) * (size_t)(128 * J + 64) + (size_t)(b & 1) * (size_t)(64 * J);
+}
+static inline size_t pi_r16_d_at(int J, int64_t b)
+{
+    return (size_t)(b >> 1) * (size_t)(128 * J + 64) + (size_t)(128 * J) + (size_t)(b & 1) * 32;
+}
 
 /* One group grp (nb blocks) times tokens t0..t0+nt-1 of x -> y[(t - t0) * ystride + r], r = 0..15.
  * grp 64-byte aligned; nt >= 1. Every kernel computes the floats described above. */

@@ -80,15 +80,18 @@ static void test_layout(enum pi_type t)
     const int J = t == PI_TYPE_Q4_0 ? 4 : 8;
     const size_t gb = pi_r16_group_bytes(t, 96), bb = W.row_bytes / (size_t)nb;
     int bad = 0;
-    tap_ok(gb % 64 == 0 && gb >= (size_t)nb * (size_t)(64 * J + 32), "%s: group of 3 blocks: %zu bytes, 64-aligned",
+    tap_ok(gb == 2 * (size_t)(128 * J + 64), "%s: group of 3 blocks: %zu bytes (two pairs of whole lines)",
            pi_type_name(t), gb);
     for (int64_t r = 0; r < W.rows; r++) {
         const uint8_t *row = pi_weight_row(&W, r);
         const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
         for (int64_t b = 0; b < nb; b++) {
             const uint8_t *blk = row + (size_t)b * bb;
-            for (int i = 0; i < 4 * J; i++) bad += g[b * 64 * J + (i / 4) * 64 + (r % 16) * 4 + i % 4] != blk[2 + i];
-            bad += memcmp(g + nb * 64 * J + b * 32 + (r % 16) * 2, blk, 2) != 0;
+            /* pair b / 2: 2J lines of quants (block 2p, then 2p + 1), then the line of both blocks' scales */
+            const uint8_t *pair = g + (b / 2) * (128 * J + 64);
+            for (int i = 0; i < 4 * J; i++)
+                bad += pair[(b % 2) * 64 * J + (i / 4) * 64 + (r % 16) * 4 + i % 4] != blk[2 + i];
+            bad += memcmp(pair + 128 * J + (b % 2) * 32 + (r % 16) * 2, blk, 2) != 0;
         }
     }
     tap_ok(bad == 0, "%s: packed bytes are the rows' quants and scales where rows16.h says (%d wrong)", pi_type_name(t),
