@@ -352,6 +352,18 @@ static void project(pi_forward_t *f, const struct pi_weight *W, const float *X, 
     else pi_matmul_w(f->pool, W, X, n, Y);
 }
 
+/* Y[i] = X @ W[i]^T for the nw (<= 4) products of one input (q, k, v; gate, up): project's results,
+ * in one pool job where the weights are packed alike (pi_matmul_wn). */
+static void project_n(pi_forward_t *f, const struct pi_weight *const *W, int nw, const float *X, int n,
+                      float *const *Y)
+{
+    if (f->o.f32_activations) {
+        for (int i = 0; i < nw; i++) project(f, W[i], X, n, Y[i]);
+        return;
+    }
+    pi_matmul_wn(f->pool, W, nw, X, n, Y);
+}
+
 /* x (n, d) = rmsnorm(h) * w, row by row. */
 static void norm_rows(const pi_forward_t *f, const float *h, const float *w, int n, float *x)
 {
@@ -487,9 +499,9 @@ void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t 
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->attn_norm, n, f->x);
-    project(f, &L->attn_q, f->x, n, f->q);
-    project(f, &L->attn_k, f->x, n, f->k);
-    project(f, &L->attn_v, f->x, n, f->v);
+    const struct pi_weight *qkv[3] = {&L->attn_q, &L->attn_k, &L->attn_v};
+    float *const out[3] = {f->q, f->k, f->v};
+    project_n(f, qkv, 3, f->x, n, out);
     for (int i = 0; i < n; i++) {
         PI_ASSERT(pos[i] >= 0 && pos[i] < f->o.n_ctx);
         pi_rope_table(f->cs, pos[i], hp->n_rot, hp->rope_base);
@@ -534,8 +546,9 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     /* Whole matrices, rows batched (pi_matmul) or one row (pi_matvec), bit for bit the same per row:
      * every row takes this path whatever the batch (compute/ffn-policy.h, batch invariance), the
      * activation thresholds zeroing the skipped neurons' activations. */
-    project(f, &L->ffn_gate, f->x, n, f->gate);
-    project(f, &L->ffn_up, f->x, n, f->up);
+    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+    float *const out[2] = {f->gate, f->up};
+    project_n(f, gu, 2, f->x, n, out);
     if (f->stats) stats_gate(f->stats, il, n, f->gate);
     if (f->capture) f->capture(f->capture_ctx, il, n, h, f->x, f->gate, f->up);
     if (gmin) active = pi_ffn_act_min(hp->act, gmin, f->gate, f->up, n, (int64_t)ff);

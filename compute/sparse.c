@@ -165,13 +165,9 @@ int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enu
 {
     const int64_t ff = L->ffn_gate.rows;
     float *g = gate, *u = up;
-    if (n == 1) {
-        pi_matvec_w(pool, &L->ffn_gate, X, g);
-        pi_matvec_w(pool, &L->ffn_up, X, u);
-    } else {
-        pi_matmul_w(pool, &L->ffn_gate, X, n, g);
-        pi_matmul_w(pool, &L->ffn_up, X, n, u);
-    }
+    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+    float *const out[2] = {g, u};
+    pi_matmul_wn(pool, gu, 2, X, n, out); /* one pool job where both are packed alike */
     pi_ffn_act(act, g, u, n * ff);
     int64_t active = 0;
     for (int64_t t = 0; t < n; t++)

@@ -194,3 +194,18 @@ void pi_matmul_w(pi_pool_t *pool, const struct pi_weight *W, const float *X, int
     if (k) pi_r16_matmul(pool, k, W, X, n, Y);
     else pi_matmul(pool, W->type, W->data, W->rows, W->cols, X, n, Y);
 }
+
+void pi_matmul_wn(pi_pool_t *pool, const struct pi_weight *const *W, int nw, const float *X, int64_t n, float *const *Y)
+{
+    pi_r16_dot_fn k = W[0]->rows16 ? pi_r16_kernel(W[0]->type) : NULL;
+    bool one = k != NULL && nw <= 4;
+    for (int i = 1; one && i < nw; i++) one = W[i]->rows16 && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols;
+    if (one) {
+        pi_r16_matmul_n(pool, k, W, nw, X, n, Y);
+        return;
+    }
+    for (int i = 0; i < nw; i++) {
+        if (n == 1) pi_matvec_w(pool, W[i], X, Y[i]);
+        else pi_matmul_w(pool, W[i], X, n, Y[i]);
+    }
+}

@@ -33,4 +33,10 @@ void pi_matvec_w(pi_pool_t *pool, const struct pi_weight *W, const float *x, flo
  * token's row of Y is bit for bit pi_matvec_w of that token's row of X. */
 void pi_matmul_w(pi_pool_t *pool, const struct pi_weight *W, const float *X, int64_t n, float *Y);
 
+/* Y[i] (n, W[i]->rows) = X (n, cols) @ W[i]^T for i < nw (1..4, one X): bit for bit nw calls of
+ * pi_matmul_w (pi_matvec_w where n is 1), in one pool job where every W[i] has a packed copy of one
+ * type and width and the active variant a kernel for it. */
+void pi_matmul_wn(pi_pool_t *pool, const struct pi_weight *const *W, int nw, const float *X, int64_t n,
+                  float *const *Y);
+
 #endif

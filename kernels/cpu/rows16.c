@@ -134,37 +134,50 @@ pi_r16_dot_fn pi_r16_kernel(enum pi_type t)
     return (unsigned)t < PI_TYPE_COUNT ? pi_kernels_active()->r16_dot[t] : NULL;
 }
 
+#define MAX_W 4 /* weights per pi_r16_matmul_n call */
+
 struct mm_ctx {
     pi_r16_dot_fn k;
-    const uint8_t *W16; /* (rows / 16) groups */
+    int nw;
+    const uint8_t *W16[MAX_W]; /* (rows[i] / 16) groups each */
+    int64_t g_end[MAX_W];      /* groups of W16[0..i], the pool's index space */
+    int64_t rows[MAX_W];
+    float *Y[MAX_W]; /* (n, rows[i]) */
     size_t gb;
-    int64_t rows, n, tile;
+    int64_t n, tile;
     const struct pi_r16_act *x;
-    float *Y; /* (n, rows) */
 };
 
-/* Groups [begin, end) for every token: token tiles outside, groups inside, the tile's tokens in the
- * kernel. */
+/* Groups [begin, end) of the weights' concatenated groups for every token: token tiles outside,
+ * groups inside, the tile's tokens in the kernel. */
 static void mm_groups(void *vctx, int64_t begin, int64_t end, int thread)
 {
     const struct mm_ctx *c = vctx;
     (void)thread;
     for (int64_t t0 = 0; t0 < c->n; t0 += c->tile) {
         int64_t nt = PI_MIN(c->n - t0, c->tile);
-        for (int64_t g = begin; g < end; g++)
-            c->k(c->W16 + (size_t)g * c->gb, c->x, t0, nt,
-                 c->Y + (size_t)t0 * (size_t)c->rows + (size_t)g * PI_R16_ROWS, (size_t)c->rows);
+        int i = 0;
+        for (int64_t g = begin; g < end; g++) {
+            while (g >= c->g_end[i]) i++;
+            int64_t lg = g - (i ? c->g_end[i - 1] : 0);
+            c->k(c->W16[i] + (size_t)lg * c->gb, c->x, t0, nt,
+                 c->Y[i] + (size_t)t0 * (size_t)c->rows[i] + (size_t)lg * PI_R16_ROWS, (size_t)c->rows[i]);
+        }
     }
 }
 
-void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, const float *X, int64_t n, float *Y)
+void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *const *W, int nw, const float *X,
+                     int64_t n, float *const *Y)
 {
-    PI_ASSERT(k && W->rows16 && pi_r16_packable(W) && n >= 0);
+    PI_ASSERT(k && nw >= 1 && nw <= MAX_W && n >= 0);
+    for (int i = 0; i < nw; i++)
+        PI_ASSERT(W[i]->rows16 && pi_r16_packable(W[i]) && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols);
     if (n == 0) return;
-    const bool q8 = W->type == PI_TYPE_Q8_0;
-    const int64_t nb = W->cols / 32;
+    const enum pi_type type = W[0]->type;
+    const int64_t cols = W[0]->cols, nb = cols / 32;
+    const bool q8 = type == PI_TYPE_Q8_0;
     /* per token: dx (nb floats), off (Q4_0: nb int32) or xu (Q8_0: 32 nb bytes), the Q8_0 row */
-    size_t xs = pi_act_row_bytes(W->type, W->cols), per = xs + (size_t)nb * (q8 ? 36 : 8), bytes;
+    size_t xs = pi_act_row_bytes(type, cols), per = xs + (size_t)nb * (q8 ? 36 : 8), bytes;
     PI_ASSERT(pi_size_mul(per, (size_t)n, &bytes));
     uint8_t *scr = malloc(bytes);
     PI_ASSERT(scr != NULL);
@@ -175,7 +188,7 @@ void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, 
     uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : 4);
     for (int64_t t = 0; t < n; t++) {
         struct pi_block_q8_0 *xb = (struct pi_block_q8_0 *)(void *)(xq + (size_t)t * xs);
-        pi_quantize_act(W->type, X + (size_t)t * (size_t)W->cols, xb, W->cols);
+        pi_quantize_act(type, X + (size_t)t * (size_t)cols, xb, cols);
         for (int64_t b = 0; b < nb; b++) {
             int32_t s = 0;
             dx[t * nb + b] = pi_fp16_to_fp32(xb[b].d);
@@ -187,10 +200,19 @@ void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, 
         }
     }
     struct pi_r16_act x = {xq, xs, dx, off, xu, nb};
-    struct mm_ctx c = {k, W->rows16, pi_r16_group_bytes(W->type, W->cols), W->rows, n, 0, &x, Y};
+    struct mm_ctx c = {.k = k, .nw = nw, .gb = pi_r16_group_bytes(type, cols), .n = n, .x = &x};
+    for (int i = 0; i < nw; i++) {
+        c.W16[i] = W[i]->rows16, c.rows[i] = W[i]->rows, c.Y[i] = Y[i];
+        c.g_end[i] = (i ? c.g_end[i - 1] : 0) + W[i]->rows / PI_R16_ROWS;
+    }
     c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / xs));
     if (c.tile > 16) c.tile &= ~(int64_t)15; /* whole groups of sixteen tokens for the AMX kernels */
     int64_t grain = PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb) / PI_MAX(1, PI_MIN(n, c.tile)));
-    pi_pool_for(pool, W->rows / PI_R16_ROWS, grain, mm_groups, &c);
+    pi_pool_for(pool, c.g_end[nw - 1], grain, mm_groups, &c);
     free(scr);
+}
+
+void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, const float *X, int64_t n, float *Y)
+{
+    pi_r16_matmul_n(pool, k, &W, 1, X, n, &Y);
 }

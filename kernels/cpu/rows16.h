@@ -97,4 +97,10 @@ pi_r16_dot_fn pi_r16_kernel(enum pi_type t);
  * is written by one thread. Allocates its scratch (aborts on allocation failure). */
 void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, const float *X, int64_t n, float *Y);
 
+/* nw (1..4) products of the same X: Y[i] = X @ W[i]^T, the W[i] packed, of one type and width; the
+ * activations are prepared once and the weights' groups split over pool in one job (fewer joins for
+ * the q, k, v and gate, up products of a layer). Each Y[i] is pi_r16_matmul's bits. */
+void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *const *W, int nw, const float *X,
+                     int64_t n, float *const *Y);
+
 #endif

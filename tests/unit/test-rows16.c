@@ -165,6 +165,42 @@ static void test_variant(enum pi_kernel_isa isa, enum pi_type t, int64_t rows, i
     free_weight(&W);
 }
 
+/* pi_matmul_wn over three weights of one width (48, 16 and 32 rows, as q, k, v) equals three
+ * pi_matmul_w calls bit for bit, on 1 and 2 threads, n = 1, 5, 20; and a mix of a packed and an
+ * unpackable weight takes the per-weight path with the same bits. */
+static void test_fused(enum pi_type t)
+{
+    struct pi_weight W[4] = {make_weight(t, 48, 256), make_weight(t, 16, 256), make_weight(t, 32, 256),
+                             make_weight(t, 40 + 3, 256)};
+    const int64_t rows[4] = {48, 16, 32, 43};
+    float *X = rnd_floats(20 * 256), *a[4], *b[4];
+    for (int i = 0; i < 4; i++) a[i] = malloc(sizeof(float) * 20 * 48), b[i] = malloc(sizeof(float) * 20 * 48);
+    int bad = 0;
+    for (int th = 1; th <= 2; th++) {
+        pi_pool_t *pool = th > 1 ? pi_pool_new(th) : NULL;
+        static const int64_t ns[] = {1, 5, 20};
+        for (int k = 0; k < 3; k++) {
+            int64_t n = ns[k];
+            for (int set = 0; set < 2; set++) { /* {0, 1, 2} packed alike; {0, 3} with an unpackable one */
+                const struct pi_weight *ws[3] = {&W[0], set ? &W[3] : &W[1], &W[2]};
+                int nw = set ? 2 : 3;
+                pi_matmul_wn(pool, ws, nw, X, n, a);
+                for (int i = 0; i < nw; i++) {
+                    if (n == 1) pi_matvec_w(pool, ws[i], X, b[i]);
+                    else pi_matmul_w(pool, ws[i], X, n, b[i]);
+                    bad += memcmp(a[i], b[i], sizeof(float) * (size_t)(n * (set && i == 1 ? rows[3] : rows[i]))) != 0;
+                }
+            }
+        }
+        pi_pool_destroy(&pool);
+    }
+    tap_ok(bad == 0,
+           "%s: pi_matmul_wn (3 weights in one job, or a mix with an unpackable one) == separate calls (%d differ)",
+           pi_type_name(t), bad);
+    for (int i = 0; i < 4; i++) free(a[i]), free(b[i]), free_weight(&W[i]);
+    free(X);
+}
+
 /* Rows not a multiple of 16: no packed copy, and pi_matvec_w / pi_matmul_w are pi_matvec / pi_matmul. */
 static void test_unpackable(void)
 {
@@ -202,6 +238,7 @@ int main(void)
             test_variant((enum pi_kernel_isa)isa, t, 16, 32);
         }
         if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
+        test_fused(t);
         /* the amx variant's tile products run at n >= 16 (the batches of 16 and more above) */
         if (with && !pi_kernels_available(PI_KERNEL_AMX))
             tap_skip(1, "AMX check: no AMX-INT8 here (CPU, OS permission or compiler); the amx variant was not run");
