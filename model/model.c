@@ -489,7 +489,9 @@ static bool packs(const struct pi_weight *w) { return pi_r16_packable(w) && pi_r
 
 /* Copy every packable dense matrix into 16-row groups (kernels/cpu/rows16.h), in one anonymous mapping
  * (transparent huge pages asked for: the kernels stream it), on a temporary pool of n_threads. Nothing
- * is done where the active kernel variant has no packed kernel. */
+ * is done where the active kernel variant has no packed kernel, and where the mapping cannot be had
+ * (a warning: the products then read the file's rows). The file's pages of the packed matrices are
+ * not read again by the dense products, so the page cache may drop them. */
 static int pack_rows16(struct binder *b, int n_threads)
 {
     pi_model_t *m = b->m;
@@ -504,10 +506,11 @@ static int pack_rows16(struct binder *b, int n_threads)
         return 0;
     }
     void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-        pi_error("model: mmap(%zu bytes) for the 16-row packed weights failed: %s", total, strerror(errno));
+    if (p == MAP_FAILED) { /* the file's rows still work: slower, not wrong */
+        pi_warn("model: mmap(%zu bytes) for the 16-row packed weights failed: %s; using the file's rows", total,
+                strerror(errno));
         free(w);
-        return -PI_ERR_NOMEM;
+        return 0;
     }
 #ifdef MADV_HUGEPAGE
     (void)madvise(p, total, MADV_HUGEPAGE); /* a hint: without it the copy is only slower to stream */
