@@ -261,3 +261,46 @@ extern "C" int pi_cbk_event_sync(void *ev)
     PI_CU(cudaEventSynchronize((cudaEvent_t)ev));
     return 0;
 }
+
+extern "C" int pi_cbk_event_record(void *stream, void *ev)
+{
+    PI_CU(cudaEventRecord((cudaEvent_t)ev, (cudaStream_t)stream));
+    return 0;
+}
+
+extern "C" int pi_cbk_stream_wait(void *stream, void *ev)
+{
+    PI_CU(cudaStreamWaitEvent((cudaStream_t)stream, (cudaEvent_t)ev, 0));
+    return 0;
+}
+
+extern "C" int pi_cbk_copy_after(void *copy_stream, void *after, void *d_dst, const void *src, size_t bytes, void *done)
+{
+    if (after) PI_CU(cudaStreamWaitEvent((cudaStream_t)copy_stream, (cudaEvent_t)after, 0));
+    if (bytes) PI_CU(cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)copy_stream));
+    PI_CU(cudaEventRecord((cudaEvent_t)done, (cudaStream_t)copy_stream));
+    return 0;
+}
+
+extern "C" int pi_cbk_h2d_measure(void *copy_stream, void *d_dst, const void *src, size_t bytes, double *bps)
+{
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    *bps = 0;
+    PI_CU(cudaEventCreate(&e0));
+    cudaError_t err = cudaEventCreate(&e1);
+    float best = 0.0f;
+    for (int k = 0; err == cudaSuccess && k < 2; k++) {
+        float ms = 0.0f;
+        err = cudaEventRecord(e0, (cudaStream_t)copy_stream);
+        if (err == cudaSuccess) err = cudaMemcpyAsync(d_dst, src, bytes, cudaMemcpyHostToDevice, (cudaStream_t)copy_stream);
+        if (err == cudaSuccess) err = cudaEventRecord(e1, (cudaStream_t)copy_stream);
+        if (err == cudaSuccess) err = cudaEventSynchronize(e1);
+        if (err == cudaSuccess) err = cudaEventElapsedTime(&ms, e0, e1);
+        if (err == cudaSuccess && ms > 0.0f && (best == 0.0f || ms < best)) best = ms;
+    }
+    (void)cudaEventDestroy(e0);
+    if (e1) (void)cudaEventDestroy(e1);
+    PI_CU(err);
+    if (best > 0.0f) *bps = (double)bytes / ((double)best * 1e-3);
+    return 0;
+}

@@ -54,6 +54,17 @@ int pi_cbk_copy_in(void *copy_stream, void *compute_stream, void *ev, void *d_ds
 /* Wait for ev on the host (a never-recorded event is complete). */
 int pi_cbk_event_sync(void *ev);
 
+/* Prompt streaming's ordering (compute/backend-cuda.c, "Prompt streaming"): record ev on stream; make
+ * stream wait for ev (no host wait); on copy_stream, wait for after (NULL: nothing), copy bytes host src
+ * -> device dst and record done. src must stay unchanged until done completes. */
+int pi_cbk_event_record(void *stream, void *ev);
+int pi_cbk_stream_wait(void *stream, void *ev);
+int pi_cbk_copy_after(void *copy_stream, void *after, void *d_dst, const void *src, size_t bytes, void *done);
+
+/* The host-to-device bandwidth of copy_stream from pinned src to d_dst, bytes/s: the better of two
+ * timed copies of bytes (the first also warms the path). */
+int pi_cbk_h2d_measure(void *copy_stream, void *d_dst, const void *src, size_t bytes, double *bps);
+
 #ifdef __cplusplus
 }
 #endif

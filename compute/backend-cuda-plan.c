@@ -30,9 +30,8 @@ static bool dev_type_ok(enum pi_type t, int64_t cols)
     case PI_TYPE_Q5_0:
     case PI_TYPE_Q5_1:
     case PI_TYPE_Q8_0: return cols % 32 == 0;
-    /* Q2_K and Q3_K have device kernels (kernels/cuda) but stay F16 on upload: on the H100 (session 11)
-     * Q3_K's decoder gave wrong values in every path, and Q2_K's hot-neuron and dense FFN paths were only
-     * checked paired with Q3_K */
+    case PI_TYPE_Q2_K:
+    case PI_TYPE_Q3_K:
     case PI_TYPE_Q4_K:
     case PI_TYPE_Q5_K:
     case PI_TYPE_Q6_K: return cols % 256 == 0;
@@ -132,9 +131,48 @@ static int64_t pred_rank_max(const struct pi_backend_opts *o)
     return r;
 }
 
+static bool layer_cold(const pi_model_t *m, const struct pi_backend_opts *o, int il)
+{
+    return (o->n_hot ? o->n_hot[il] : 0) < m->hp.n_ff;
+}
+
+/* The device bytes of weight w's image, or 0 when the device does not keep its type as it is. */
+static uint64_t stream_image(const struct pi_weight *w)
+{
+    size_t b = 0;
+    if (pi_backend_cuda_dev_type(w->type, w->cols) != w->type || pi_cuda_weight_bytes_for((int)w->type, w->rows, w->cols, &b) < 0)
+        return 0;
+    return b;
+}
+
+bool pi_backend_cuda_stream_on(const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    if (o->tune.prompt_stream == PI_TUNE_PROMPT_STREAM_OFF || o->max_tokens < 2 || pi_backend_cuda_pred_on(o)) return false;
+    bool any = false;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!layer_cold(m, o, il)) continue;
+        const struct pi_layer *L = &m->layers[il];
+        if (!stream_image(&L->ffn_gate) || !stream_image(&L->ffn_up) || !stream_image(&L->ffn_down)) return false;
+        any = true;
+    }
+    return any;
+}
+
+uint64_t pi_backend_cuda_stream_slot(const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    uint64_t best = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (!layer_cold(m, o, il)) continue;
+        const struct pi_layer *L = &m->layers[il];
+        best = PI_MAX(best, stream_image(&L->ffn_gate) + stream_image(&L->ffn_up) + stream_image(&L->ffn_down));
+    }
+    return best;
+}
+
 uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense)
 {
-    uint64_t xq = pi_backend_cuda_xq_reserve(m, any_dense);
+    /* a streamed step of two rows takes the matvec path: the down product's x of n_ff columns */
+    uint64_t xq = pi_backend_cuda_xq_reserve(m, any_dense || pi_backend_cuda_stream_on(m, o));
     return pi_backend_cuda_pred_on(o) ? PI_MAX(xq, (uint64_t)pi_cuda_xq_bytes(pred_rank_max(o))) : xq;
 }
 
@@ -229,13 +267,14 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     }
     p->norms = al((uint64_t)(2 * hp->n_layer + 1) * (uint64_t)d * sizeof(float));
     PI_TRY(wbytes(m->token_embd.type, hp->n_vocab, d, &p->head));
-    tile = PI_MAX(tile, tile_bytes(T, pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
+    const int64_t T_out = PI_MIN(T, (int64_t)PI_BACKEND_CUDA_OUT_ROWS); /* rows per output product */
+    tile = PI_MAX(tile, tile_bytes(T_out, pi_backend_cuda_dev_type(m->output.type, d), hp->n_vocab, d));
     if (!m->tied) PI_TRY(wbytes(m->output.type, hp->n_vocab, d, &p->head));
     p->kv = al((uint64_t)hp->n_layer * (uint64_t)n_seq * 2 * (uint64_t)n_ctx * (uint64_t)kvd * 2);
     const uint64_t f = sizeof(float), uT = (uint64_t)T;
-    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids */
+    /* d_h, d_xn, d_att, d_q/d_k/d_v, d_parts (hot and cold), d_logits, d_ids (with the decode attention's table) */
     p->act = al(uT * d * f) * 2 + al(uT * qd * f) + al(uT * (uint64_t)(qd + 2 * kvd) * f) + al(2 * uT * d * f) +
-             al(uT * (uint64_t)hp->n_vocab * f) + al(2 * uT * sizeof(int32_t));
+             al((uint64_t)T_out * (uint64_t)hp->n_vocab * f) + al(pi_backend_cuda_ids_bytes(uT));
     if (n_hot_max > 0 && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         p->act += al(uT * 2 * (uint64_t)n_hot_max * f) + al(uT * (uint64_t)n_hot_max * f); /* d_g, d_a */
         if (n_sparse_max > 0) p->act += al((uint64_t)n_sparse_max * (uint64_t)d * 2);    /* d_down16 */
@@ -244,6 +283,17 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
      * copy of a GEMM's input is widest for the dense down product (n_ff columns) when there is one. */
     p->scratch = PI_CUDA_BLAS_WS;
     int64_t gemm_cols = PI_MAX(PI_MAX(d, qd), any_dense && T >= PI_BACKEND_CUDA_HOT_BATCH_MIN ? (int64_t)hp->n_ff : 0);
+    if (pi_backend_cuda_stream_on(m, o)) { /* the slots, the products' buffer, the streamed GEMMs' tile and input */
+        p->stream = 2 * al(pi_backend_cuda_stream_slot(m, o)) + al(uT * 2 * (uint64_t)hp->n_ff * f);
+        for (int il = 0; il < hp->n_layer; il++) {
+            const struct pi_layer *L = &m->layers[il];
+            if (!layer_cold(m, o, il)) continue;
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_gate.type, hp->n_ff, d));
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_up.type, hp->n_ff, d));
+            tile = PI_MAX(tile, tile_bytes(T, L->ffn_down.type, d, hp->n_ff));
+        }
+        gemm_cols = PI_MAX(gemm_cols, (int64_t)hp->n_ff);
+    }
     if (pi_backend_cuda_pred_on(o)) PI_TRY(plan_pred(m, o, n_hot_max, p, &tile, &gemm_cols));
     if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
@@ -252,7 +302,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     p->scratch += slot(pi_backend_cuda_xq_total(m, o, any_dense));
     if (pi_cuda_att_head_dim_ok(hp->head_dim)) /* the flash-decoding kernels' split partials (ops.cu) */
         p->scratch += slot(pi_cuda_att_part_max(PI_MIN((int64_t)T, (int64_t)n_ctx), hp->n_head, n_ctx, hp->head_dim));
-    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred;
+    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred + p->stream;
     return 0;
 }
 

@@ -24,6 +24,12 @@
  * rather than row by row; the plan holds the GEMM buffers only for batches this large. */
 #define PI_BACKEND_CUDA_HOT_BATCH_MIN 5
 
+/* Rows of logits the device computes at once: the output head runs over at most this many rows of a
+ * step per product (more rows: several products, one after another), so its logits buffer is
+ * PI_MIN(max_tokens, this) x n_vocab floats, not max_tokens x n_vocab (at [tune] batch 512 and a 128k
+ * vocabulary that would be 262 MB of VRAM taken from the hot neurons). */
+#define PI_BACKEND_CUDA_OUT_ROWS 64
+
 /* The plan's parts, in device bytes as the allocator counts them (kernels/cuda/plan.h). */
 struct pi_backend_cuda_plan {
     uint64_t attn;    /* q, k, v (stacked or apart) and output weights of every layer */
@@ -36,6 +42,9 @@ struct pi_backend_cuda_plan {
     uint64_t pred;    /* with predictors (pi_backend_cuda_pred_on): their fc1 and fc2 weights, the hot ids of
                          the layers that are not dense, and the sparse path's buffers (logits, mask words,
                          lists, per-row activations); 0 without */
+    uint64_t stream;  /* prompt streaming (pi_backend_cuda_stream_on): two slots of a layer's whole FFN
+                         (pi_backend_cuda_stream_slot each) and the streamed products' (max_tokens, 2 n_ff)
+                         f32 buffer; 0 without. Its larger GEMM tile and input are in scratch */
     uint64_t total;
 };
 
@@ -43,6 +52,16 @@ struct pi_backend_cuda_plan {
  * will get them; nothing else of o->tune changes a byte). 0 and *p, or -PI_ERR_INVAL (max_tokens < 1),
  * or a negative pi_err for a weight shape the device kernels cannot take (logged). */
 int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts *o, struct pi_backend_cuda_plan *p);
+
+/* Whether the cuda backend streams prompt layers (compute/stream-policy.h) for m and o: [tune]
+ * prompt_stream not off, batches of two rows or more, no predictors (the loop streams no sparse step),
+ * some layer with cold neurons (n_hot < n_ff), and each such layer's ffn_gate, ffn_up and ffn_down of a
+ * type the device keeps as it is (pi_backend_cuda_dev_type: no conversion on the way). */
+bool pi_backend_cuda_stream_on(const pi_model_t *m, const struct pi_backend_opts *o);
+
+/* The device bytes of one streaming slot: over the layers with cold neurons, the largest sum of their
+ * ffn_gate, ffn_up and ffn_down images (pi_cuda_weight_bytes_for each, so each starts 256-aligned). */
+uint64_t pi_backend_cuda_stream_slot(const pi_model_t *m, const struct pi_backend_opts *o);
 
 /* The plan's total (pi_backend_cuda_plan_parts), for placement: *bytes = 0 on error. */
 int pi_backend_cuda_plan(const pi_model_t *m, const struct pi_backend_opts *o, uint64_t *bytes);
@@ -88,9 +107,17 @@ bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o);
 int64_t pi_backend_cuda_pred_rank(int64_t rank);
 enum pi_type pi_backend_cuda_pred_type(const struct pi_weight *w, int64_t rank, int64_t cols);
 
-/* The XQ scratch the backend reserves with options o: pi_backend_cuda_xq_reserve, or with predictors
- * at least the x of the widest fc2 (pi_backend_cuda_pred_rank columns). */
+/* The XQ scratch the backend reserves with options o: pi_backend_cuda_xq_reserve (with the n_ff
+ * activations also where prompt streaming is on: a streamed step of two rows takes the matvecs), or with
+ * predictors at least the x of the widest fc2 (pi_backend_cuda_pred_rank columns). */
 uint64_t pi_backend_cuda_xq_total(const pi_model_t *m, const struct pi_backend_opts *o, bool any_dense);
+
+/* Bytes of the backend's per-step table on the device for batches of up to T tokens: the token ids and
+ * positions (2 T int32), then at pi_backend_cuda_seqtab_off(T) the decode attention's per-token rows
+ * (T int4: position, split length, splits, first partial) and their sequences' cache offsets (T int64,
+ * halves), as pi_cuda_attention_seqs takes them. */
+static inline uint64_t pi_backend_cuda_seqtab_off(uint64_t T) { return (2 * T * sizeof(int32_t) + 15) & ~(uint64_t)15; }
+static inline uint64_t pi_backend_cuda_ids_bytes(uint64_t T) { return pi_backend_cuda_seqtab_off(T) + T * (16 + 8); }
 
 /* The XQ scratch the backend reserves: x of the widest decode product, plus a dense FFN's n_ff
  * activations beside it when a layer is dense. */

@@ -52,8 +52,30 @@
  * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
  * the gate/up product: the predictor needs the normed input first.
  *
+ * Prompt streaming (ffn_stream, compute/stream-policy.h; doc/cuda-backend.md): where [tune]
+ * prompt_stream is not off and some layer has cold neurons whose ffn_gate, ffn_up and ffn_down the
+ * device takes in their file types (pi_backend_cuda_stream_on), the backend holds two device slots of
+ * one layer's three weights, their pinned host staging, and a (T, 2 n_ff) buffer for the products, all
+ * in the plan; at creation it times one pinned copy of a slot and the packing of a layer (stream_bps:
+ * the two in series). A streamed layer's weights
+ * are packed from the mapping into the device layout by host threads (pi_cuda_weight_pack_rows),
+ * copied on the copy stream into a slot, and multiplied as a dense layer: gate and up products, the
+ * gated activation, the down product added to h in its epilogue.
+ *
+ * DESIGN (the slots' protocol): slot k has two events. landed[k] is recorded on the copy stream after
+ * the copy into it; the compute stream waits for it before the layer's products. done[k] is recorded on
+ * the compute stream after the layer's down product; the next copy into slot k waits for it on the copy
+ * stream, so a slot is never overwritten while read. The host waits (event sync on landed[k]) only
+ * before it packs into staging k again, which the previous copy must have read. ffn_stream(il, next)
+ * enqueues il's products from its slot and then packs and copies next into the other slot, so that
+ * next's copy runs under il's products (double buffering); the loop's ffn_stream(-1, first) starts the
+ * first copy under the first layer's attention. The host's packing of next is not overlapped with
+ * next's own copy (doc/cuda-backend.md gives the cost). A slot remembers its layer (st_layer), so a
+ * layer already copied is not copied again; st_layer is cleared before a slot is refilled.
+ *
  * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
- * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts).
+ * take x (cuda_matvec: auto or f32); the CUDA context gets it at creation (struct pi_cuda_opts);
+ * prompt_stream whether the streaming buffers are held (above).
  *
  * Batch invariance (compute/forward.h, doc/design.md): this backend does NOT give a row the same bits
  * whatever its batch, and nothing here claims it. The path of every product is chosen by the batch's
@@ -72,6 +94,7 @@
 #include "compute/backend-cuda.h"
 #include "compute/backend-cuda-kernels.h"
 #include "compute/backend-cuda-plan.h"
+#include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cuda/cuda.h"
 #include "lib/common.h"
@@ -79,6 +102,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Propagate a negative return. */
 #define PI_TRY(expr)                                                                               \
@@ -122,9 +146,18 @@ struct cuda_backend {
     float *d_h, *d_xn, *d_q, *d_k, *d_v, *d_att, /* d_q, d_k, d_v: one allocation, in this order */ *d_parts, *d_logits, *d_g, *d_a;
     void *d_down16;           /* (n_hot, d) f16 for the largest layer that is not dense: its down rows for the
                                  batched product (NULL when every hot layer is dense) */
-    int32_t *d_ids;           /* (2 T): tokens, then positions */
+    int32_t *d_ids;           /* (2 T): tokens, then positions; at pi_backend_cuda_seqtab_off(T) bytes the
+                                 decode attention's table (pi_backend_cuda_ids_bytes) */
     float *h_cold;            /* pinned (T, d): staging of the cold partial */
     int32_t *h_ids;           /* (2 T) */
+    int32_t *h_seqtab;        /* host staging of the decode attention's table, laid out as on the device: (T, 4)
+                                 int32 rows, then at 16 T bytes (T) int64 offsets */
+    /* The step is one token of each of several sequences (every run one token): attention through
+     * pi_cuda_attention_seqs, its table uploaded by begin; max_nsplit and part_bytes from the plan. */
+    bool seqs;
+    int seqs_max_nsplit;
+    size_t seqs_part_bytes;
+    bool seqs_noted;          /* the fallback for want of scratch was logged (once) */
     float *x_reg;             /* the FFN-input buffer page-locked, or NULL */
     size_t x_reg_bytes;
     const float *x_last;      /* the buffer given to the previous ffn_input */
@@ -146,6 +179,21 @@ struct cuda_backend {
     int masked_il;            /* the layer whose ffn_predict ran last (its ffn_hot takes the lists), or -1 */
     bool dead;                /* a device error happened: every call fails */
     uint64_t planned;
+    /* Prompt streaming (pi_backend_cuda_stream_on; "Prompt streaming" above), else st_on false and the
+     * rest NULL */
+    bool st_on;
+    uint64_t st_slot;         /* bytes of one slot: pi_backend_cuda_stream_slot */
+    uint8_t *d_slot[2];       /* device: one layer's ffn_gate, ffn_up, ffn_down images, in this order */
+    uint8_t *h_slot[2];       /* pinned host staging of the same bytes */
+    void *ev_landed[2];       /* slot k's copy is on the device */
+    void *ev_done[2];         /* slot k's products are done: it may be refilled */
+    int st_layer[2];          /* the layer slot k holds (or is receiving), -1 none */
+    pi_cuda_weight_t *st_w[2][3]; /* gate (n_ff, d), up (n_ff, d), down (d, n_ff) over d_slot[k] */
+    float *d_sg;              /* (T, 2 n_ff): the gate products, then the up products; the gated
+                                 activations overwrite the gate half */
+    double st_bps;            /* bytes/s a layer gets onto the device: the copy and the packing measured
+                                 at creation, in series */
+    pi_pool_t *st_pool;       /* the host threads that pack a layer into staging: one per online CPU */
 };
 
 static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
@@ -348,11 +396,19 @@ static void cuda_destroy(pi_backend_t *b)
         pi_cuda_weight_destroy(s->ctx, &s->embd);
         if (s->x_reg) pi_cbk_host_unregister(s->x_reg);
         pi_cbk_event_destroy(s->ev_copy);
+        for (int k = 0; k < 2; k++) {
+            for (int j = 0; j < 3; j++) pi_cuda_weight_destroy(s->ctx, &s->st_w[k][j]);
+            if (s->ev_landed[k]) (void)pi_cbk_event_sync(s->ev_landed[k]); /* before its staging is freed */
+            pi_cbk_event_destroy(s->ev_landed[k]);
+            pi_cbk_event_destroy(s->ev_done[k]);
+            pi_cbk_host_free(s->h_slot[k]);
+        }
         pi_cbk_host_free(s->h_cold);
         pi_cuda_ctx_destroy(&s->ctx); /* frees every remaining allocation */
     }
     free(s->L);
     free(s->h_ids);
+    free(s->h_seqtab);
     free(s->len);
     free(s->pend);
     free(s->seq);
@@ -360,6 +416,7 @@ static void cuda_destroy(pi_backend_t *b)
     free(s->run_start);
     free(s->h_words);
     free(s->h_on);
+    pi_pool_destroy(&s->st_pool);
     free(s);
 }
 
@@ -388,6 +445,32 @@ static int alive(struct cuda_backend *s, const char *op)
 }
 
 /* ------------------------------------------------------------------ the batch */
+
+/* Whether this step's attention goes through pi_cuda_attention_seqs (one token of each of two or more
+ * runs, a head size the flash-decoding kernels take, and the splits' partials within the attention
+ * scratch already held: serving never allocates for it), and if so its table uploaded. Otherwise the
+ * per-run path (cuda_attn), which gives each token the same bits. */
+static int plan_seqs(struct cuda_backend *s)
+{
+    s->seqs = false;
+    if (s->own_attn || s->n_runs != s->n || s->n < 2 || s->o.tune.cuda_att_no_seqs) return 0;
+    int32_t *tab = s->h_seqtab;
+    PI_TRY(pi_cuda_att_seqs_plan(s->ctx, s->n, s->n_head, s->hd, s->pos, tab, &s->seqs_max_nsplit, &s->seqs_part_bytes));
+    if (s->seqs_part_bytes > pi_cuda_att_scratch_held(s->ctx)) {
+        if (!s->seqs_noted)
+            pi_debug("cuda backend: %d sequences' decode attention needs %zu bytes of partials, %zu held: one launch "
+                     "group per sequence", s->n, s->seqs_part_bytes, pi_cuda_att_scratch_held(s->ctx));
+        s->seqs_noted = true;
+        return 0;
+    }
+    int64_t *off = (int64_t *)(void *)((uint8_t *)tab + 16 * (size_t)s->T);
+    for (int t = 0; t < s->n; t++) off[t] = (int64_t)s->seq[t] * 2 * (int64_t)s->n_ctx * s->kvd; /* halves: K and V per sequence */
+    /* one upload (one stream synchronisation) from the rows to the last offset */
+    uint8_t *d = (uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
+    PI_TRY(pi_cuda_upload(s->ctx, d, tab, 16 * (size_t)s->T + 8 * (size_t)s->n));
+    s->seqs = true;
+    return 0;
+}
 
 static int cuda_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq, const int32_t *pos, int n)
 {
@@ -423,6 +506,7 @@ static int cuda_begin(pi_backend_t *b, const int32_t *tokens, const int32_t *seq
     memcpy(s->h_ids + n, pos, (size_t)n * sizeof *pos);
     CK(s, pi_cuda_upload(s->ctx, s->d_ids, s->h_ids, 2 * (size_t)n * sizeof(int32_t)), "begin");
     CK(s, pi_cuda_get_rows(s->ctx, s->embd, n, s->d_ids, s->d_h), "begin");
+    CK(s, plan_seqs(s), "begin");
     return 0;
 }
 
@@ -482,6 +566,14 @@ static int cuda_attn(pi_backend_t *b, int il)
     } else {
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, s->d_q), "attn");
         CK(s, pi_cuda_rope(s->ctx, n, s->n_head_kv, s->hd, s->n_rot, d_pos, s->rope_base, 1.0f, d_k), "attn");
+    }
+    if (s->seqs) { /* one token of each of several sequences: the KV stores and attention of all at once */
+        const uint8_t *tab = (const uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
+        CK(s, pi_cuda_attention_seqs(s->ctx, n, s->seqs_max_nsplit, s->seqs_part_bytes, s->n_head, s->n_head_kv, s->hd,
+                                     (const int32_t *)tab, (const int64_t *)(tab + 16 * (size_t)s->T), s->d_q, d_k, d_v,
+                                     kv_at(s, il, 0, 0), kv_at(s, il, 0, 1), s->d_att), "attn");
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->o, n, s->d_att, s->d_h), "attn");
+        return 0;
     }
     for (int r = 0; r < s->n_runs; r++) {
         const int t0 = s->run_start[r], T = s->run_start[r + 1] - t0, sq = s->seq[t0], p0 = s->pos[t0];
@@ -698,8 +790,13 @@ static int cuda_output(pi_backend_t *b, int n_out, float *logits)
     const float *h = s->d_h + (size_t)(s->n - n_out) * (size_t)s->d;
     CK(s, pi_cuda_rmsnorm(s->ctx, n_out, s->d, h, norm_w(s, 2 * s->n_layer), s->eps,
                           s->d_xn), "output");
-    CK(s, pi_cuda_matmul(s->ctx, s->out, n_out, s->d_xn, s->d_logits), "output");
-    CK(s, pi_cuda_download(s->ctx, logits, s->d_logits, (size_t)n_out * (size_t)s->n_vocab * sizeof(float)), "output");
+    /* the head over at most PI_BACKEND_CUDA_OUT_ROWS rows per product (d_logits holds that many) */
+    const size_t V = (size_t)s->n_vocab;
+    for (int r0 = 0; r0 < n_out; r0 += PI_BACKEND_CUDA_OUT_ROWS) {
+        const int nr = PI_MIN(n_out - r0, PI_BACKEND_CUDA_OUT_ROWS);
+        CK(s, pi_cuda_matmul(s->ctx, s->out, nr, s->d_xn + (size_t)r0 * (size_t)s->d, s->d_logits), "output");
+        CK(s, pi_cuda_download(s->ctx, logits + (size_t)r0 * V, s->d_logits, (size_t)nr * V * sizeof(float)), "output");
+    }
     return 0;
 }
 
@@ -735,6 +832,137 @@ static int64_t cuda_ffn_hot_count(const pi_backend_t *b, int il)
     return il >= 0 && il < s->n_layer ? s->L[il].n_hot : 0;
 }
 
+/* ------------------------------------------------------------------ prompt streaming */
+
+/* Layer il's ffn_gate, ffn_up, ffn_down as packing sees them: the weights and their offsets in a slot.
+ * 0, or -PI_ERR_INVAL where they do not fit a slot (not a layer pi_backend_cuda_stream_slot counted). */
+static int stream_layout(const struct cuda_backend *s, int il, const struct pi_weight *w[3], uint64_t off[3], uint64_t *total)
+{
+    const struct pi_layer *L = &s->base.model->layers[il];
+    w[0] = &L->ffn_gate, w[1] = &L->ffn_up, w[2] = &L->ffn_down;
+    uint64_t at = 0;
+    for (int j = 0; j < 3; j++) {
+        size_t b = 0;
+        if (pi_backend_cuda_dev_type(w[j]->type, w[j]->cols) != w[j]->type ||
+            pi_cuda_weight_bytes_for((int)w[j]->type, w[j]->rows, w[j]->cols, &b) < 0)
+            return -PI_ERR_INVAL;
+        off[j] = at;
+        at += b; /* a multiple of 256: the next image starts aligned */
+    }
+    *total = at;
+    return at <= s->st_slot ? 0 : -PI_ERR_INVAL;
+}
+
+struct pack_task {
+    const struct pi_weight *w[3];
+    uint64_t off[3];
+    uint8_t *image;
+    _Atomic int rc;
+};
+
+/* Rows [b, e) of the three weights counted one after another (gate's, up's, down's) into the image. */
+static void pack_range(void *ctx, int64_t b, int64_t e, int thread)
+{
+    struct pack_task *t = ctx;
+    (void)thread;
+    int64_t base = 0;
+    for (int j = 0; j < 3; j++) {
+        const struct pi_weight *w = t->w[j];
+        const int64_t lo = PI_MAX(b, base), hi = PI_MIN(e, base + w->rows);
+        if (lo < hi && pi_cuda_weight_pack_rows((int)w->type, w->rows, w->cols, w->data, lo - base, hi - lo, t->image + t->off[j]) < 0)
+            t->rc = -PI_ERR_INVAL;
+        base += w->rows;
+    }
+}
+
+/* Pack layer il's FFN weights into staging k (host threads), once its previous copy has read it: w, off
+ * and bytes as stream_layout gives them. Slot k is marked empty first. */
+static int stream_pack(struct cuda_backend *s, int il, int k, const struct pi_weight *w[3], uint64_t off[3], uint64_t *bytes)
+{
+    struct pack_task t = {.image = s->h_slot[k]};
+    if (stream_layout(s, il, w, off, bytes) != 0) {
+        pi_error("cuda backend: layer %d's FFN weights do not fit a streaming slot (%llu bytes)", il, (unsigned long long)s->st_slot);
+        return -PI_ERR_INVAL;
+    }
+    s->st_layer[k] = -1;
+    CK(s, pi_cbk_event_sync(s->ev_landed[k]), "ffn_stream"); /* the staging's previous copy has read it */
+    memcpy(t.w, w, sizeof t.w);
+    memcpy(t.off, off, sizeof t.off);
+    pi_pool_for(s->st_pool, w[0]->rows + w[1]->rows + w[2]->rows, 64, pack_range, &t);
+    if (t.rc != 0) {
+        pi_error("cuda backend: layer %d: packing its FFN weights failed", il);
+        return -PI_ERR_INVAL;
+    }
+    return 0;
+}
+
+/* Start moving layer il's FFN weights into slot k: pack them into its staging, wrap the slot's weights,
+ * and copy on the copy stream once the slot's previous products are done. */
+static int stream_start(struct cuda_backend *s, int il, int k)
+{
+    const struct pi_weight *w[3];
+    uint64_t off[3], bytes = 0;
+    PI_TRY(stream_pack(s, il, k, w, off, &bytes));
+    for (int j = 0; j < 3; j++) {
+        pi_cuda_weight_destroy(s->ctx, &s->st_w[k][j]); /* the kernels took their values at launch */
+        PI_TRY(pi_cuda_weight_wrap((int)w[j]->type, w[j]->rows, w[j]->cols, s->d_slot[k] + off[j], &s->st_w[k][j]));
+    }
+    CK(s, pi_cbk_copy_after(s->copy_stream, s->ev_done[k], s->d_slot[k], s->h_slot[k], (size_t)bytes, s->ev_landed[k]),
+       "ffn_stream");
+    s->st_layer[k] = il;
+    return 0;
+}
+
+/* h += down act(gate x, up x) with x = ffn_norm(h), from slot k (layer il), once its copy has landed. */
+static int stream_layer(struct cuda_backend *s, int il, int k)
+{
+    const int n = s->n;
+    const size_t nf = (size_t)n * (size_t)s->base.model->hp.n_ff;
+    float *g = s->d_sg, *u = s->d_sg + nf;
+    CK(s, pi_cbk_stream_wait(s->stream, s->ev_landed[k]), "ffn_stream");
+    CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn), "ffn_stream");
+    CK(s, pi_cuda_matmul(s->ctx, s->st_w[k][0], n, s->d_xn, g), "ffn_stream");
+    CK(s, pi_cuda_matmul(s->ctx, s->st_w[k][1], n, s->d_xn, u), "ffn_stream");
+    CK(s, pi_cuda_glu(s->ctx, s->act, (int64_t)nf, g, u, g), "ffn_stream");
+    CK(s, pi_cuda_matmul_add(s->ctx, s->st_w[k][2], n, g, s->d_h), "ffn_stream");
+    CK(s, pi_cbk_event_record(s->stream, s->ev_done[k]), "ffn_stream");
+    return 0;
+}
+
+/* compute/backend.h: layer il's whole FFN from its slot (copied now if it was not prefetched), then
+ * next's copy into the other slot. */
+static int cuda_ffn_stream(pi_backend_t *b, int il, int next)
+{
+    struct cuda_backend *s = cb(b);
+    PI_TRY(alive(s, "ffn_stream"));
+    if (!s->st_on || s->n < 1 || il < -1 || il >= s->n_layer || next < -1 || next >= s->n_layer || (next >= 0 && next <= il)) {
+        pi_error("cuda backend: ffn_stream(%d, %d) %s", il, next,
+                 s->st_on ? "outside the model's layers or out of order" : "without the streaming buffers (prompt_stream off?)");
+        return -PI_ERR_INVAL;
+    }
+    s->hot_valid = false;
+    s->masked_il = -1;
+    s->xn_deferred = false;
+    int k = -1;
+    if (il >= 0) {
+        k = s->st_layer[0] == il ? 0 : s->st_layer[1] == il ? 1 : -1;
+        if (k < 0) { /* not prefetched: copy it now, into the slot that does not hold next */
+            k = next >= 0 && s->st_layer[0] == next ? 1 : 0;
+            PI_TRY(stream_start(s, il, k));
+        }
+        PI_TRY(stream_layer(s, il, k));
+    }
+    if (next >= 0 && s->st_layer[0] != next && s->st_layer[1] != next) PI_TRY(stream_start(s, next, k < 0 ? 0 : 1 - k));
+    return 0;
+}
+
+/* compute/backend.h: the measured link, or -1 where this backend holds no streaming buffers. */
+static double cuda_stream_bps(const pi_backend_t *b)
+{
+    const struct cuda_backend *s = (const struct cuda_backend *)b;
+    return s->st_on ? s->st_bps : -1.0;
+}
+
 static const struct pi_backend_ops cuda_ops = {
     .name = "cuda",
     .destroy = cuda_destroy,
@@ -749,6 +977,8 @@ static const struct pi_backend_ops cuda_ops = {
     .seq_len = cuda_seq_len,
     .ffn_hot_count = cuda_ffn_hot_count,
     .ffn_predict = cuda_ffn_predict,
+    .ffn_stream = cuda_ffn_stream,
+    .stream_bps = cuda_stream_bps,
 };
 
 /* ------------------------------------------------------------------ creation */
@@ -773,7 +1003,8 @@ static int warm_scratch(struct cuda_backend *s)
         /* the dequantised tile: the weight with the largest one (none where every batch takes the integer
          * GEMM or the weights are F16) */
         const struct pi_weight *ow = m->tied ? &m->token_embd : &m->output;
-        uint64_t best = tile_bytes(s->T, pi_backend_cuda_dev_type(ow->type, s->d), s->n_vocab, s->d);
+        uint64_t best = tile_bytes(PI_MIN(s->T, PI_BACKEND_CUDA_OUT_ROWS), pi_backend_cuda_dev_type(ow->type, s->d),
+                                   s->n_vocab, s->d); /* cuda_output's products */
         for (int il = 0; il < s->n_layer; il++) {
             const struct pi_layer *L = &m->layers[il];
             const struct cuda_layer *cl = &s->L[il];
@@ -788,6 +1019,11 @@ static int warm_scratch(struct cuda_backend *s)
                                                m->hp.n_ff));
             if (cl->fc1) best = PI_MAX(best, tile_bytes(s->T, cl->t1, cl->r32, s->d));
             if (cl->fc2) best = PI_MAX(best, tile_bytes(s->T, cl->t2, m->hp.n_ff, cl->r32));
+            if (s->st_on && cl->n_hot < m->hp.n_ff) { /* a streamed layer's products (its file types) */
+                best = PI_MAX(best, tile_bytes(s->T, L->ffn_gate.type, m->hp.n_ff, s->d));
+                best = PI_MAX(best, tile_bytes(s->T, L->ffn_up.type, m->hp.n_ff, s->d));
+                best = PI_MAX(best, tile_bytes(s->T, L->ffn_down.type, s->d, m->hp.n_ff));
+            }
         }
         /* the GEMM input at T rows of the widest input: a dense layer's down product (n_ff columns) where
          * there is one, a predictor's fc2 where wider, else o or q */
@@ -797,7 +1033,7 @@ static int warm_scratch(struct cuda_backend *s)
             dense |= s->d_g && s->L[il].dense;
             if (s->L[il].fc2) widest = PI_MAX(widest, s->L[il].r32);
         }
-        if (dense) widest = PI_MAX(widest, (int64_t)m->hp.n_ff);
+        if (dense || s->st_on) widest = PI_MAX(widest, (int64_t)m->hp.n_ff);
         CK(s, pi_cuda_gemm_reserve(s->ctx, pi_cuda_gemm_x16_bytes(T, widest), (size_t)best), "start");
     }
     bool any_dense = false;
@@ -810,6 +1046,47 @@ static int warm_scratch(struct cuda_backend *s)
         else CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn, NULL, NULL, s->d_parts), "start");
         break;
     }
+    return 0;
+}
+
+/* Prompt streaming's buffers (the plan's stream part): the two device slots and the products' buffer,
+ * the pinned staging, the events and the packing threads; then the timed copy and packing (st_bps). */
+static int setup_stream(struct cuda_backend *s)
+{
+    const uint64_t ff = (uint64_t)s->base.model->hp.n_ff;
+    s->st_slot = pi_backend_cuda_stream_slot(s->base.model, &s->o);
+    s->st_layer[0] = s->st_layer[1] = -1;
+    for (int k = 0; k < 2; k++) {
+        PI_TRY(dalloc(s, s->st_slot, &s->d_slot[k]));
+        PI_TRY(pi_cbk_host_alloc((size_t)s->st_slot, (void **)&s->h_slot[k]));
+        memset(s->h_slot[k], 0, (size_t)s->st_slot);
+        PI_TRY(pi_cbk_event_new(&s->ev_landed[k]));
+        PI_TRY(pi_cbk_event_new(&s->ev_done[k]));
+    }
+    PI_TRY(dalloc(s, (uint64_t)s->T * 2 * ff * sizeof(float), &s->d_sg));
+    /* one packing thread per online CPU, not --threads (1 unless [cpu] threads is set: the GPU worker's
+     * own compute is on the device): the packing is on a streamed step's critical path, and the CPU
+     * workers, which own those cores, have nothing to do during such a step (they sleep in their wait) */
+    if (!(s->st_pool = pi_pool_new(0))) return -PI_ERR_NOMEM;
+    double copy_bps = 0, pack_bps = 0;
+    PI_TRY(pi_cbk_h2d_measure(s->copy_stream, s->d_slot[0], s->h_slot[0], (size_t)s->st_slot, &copy_bps));
+    /* A layer's packing precedes its copy (not overlapped with it: "Prompt streaming" above), so the link
+     * the loop's cost model gets is the two in series: 1 / (1 / copy + 1 / pack), the pack timed on the
+     * first layer with cold neurons. */
+    int il0 = 0;
+    while (il0 < s->n_layer && s->L[il0].n_hot >= (int64_t)s->base.model->hp.n_ff) il0++;
+    const struct pi_weight *w[3];
+    uint64_t off[3], bytes = 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    PI_TRY(stream_pack(s, il0, 0, w, off, &bytes));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const double sec = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    pack_bps = sec > 0 ? (double)bytes / sec : 0;
+    s->st_bps = copy_bps > 0 && pack_bps > 0 ? 1.0 / (1.0 / copy_bps + 1.0 / pack_bps) : 0;
+    pi_info("cuda backend: prompt streaming: 2 slots of %.1f MiB on the device and pinned on the host; host-to-device copy "
+            "%.1f GB/s, packing %.1f GB/s (%d threads): %.1f GB/s in series", s->st_slot / 1048576.0, copy_bps / 1e9,
+            pack_bps / 1e9, pi_pool_size(s->st_pool), s->st_bps / 1e9);
     return 0;
 }
 
@@ -860,8 +1137,8 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
     s->d_v = s->d_k + T * (uint64_t)s->kvd;
     PI_TRY(dalloc(s, T * (uint64_t)s->qd * f, &s->d_att));
     PI_TRY(dalloc(s, 2 * T * d * f, &s->d_parts));
-    PI_TRY(dalloc(s, T * (uint64_t)s->n_vocab * f, &s->d_logits));
-    PI_TRY(dalloc(s, 2 * T * sizeof(int32_t), &s->d_ids));
+    PI_TRY(dalloc(s, (uint64_t)PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_OUT_ROWS) * (uint64_t)s->n_vocab * f, &s->d_logits));
+    PI_TRY(dalloc(s, pi_backend_cuda_ids_bytes(T), &s->d_ids));
     if (s->n_hot_max > 0 && s->T >= PI_BACKEND_CUDA_HOT_BATCH_MIN) {
         PI_TRY(dalloc(s, T * 2 * (uint64_t)s->n_hot_max * f, &s->d_g));
         PI_TRY(dalloc(s, T * (uint64_t)s->n_hot_max * f, &s->d_a));
@@ -892,6 +1169,7 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
     PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_q, 0, (size_t)(T * (uint64_t)s->qd * f)));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_att, 0, (size_t)(T * (uint64_t)s->qd * f)));
+    if (s->st_on) PI_TRY(setup_stream(s)); /* the slots, the products' buffer; their host side */
     /* 6. the kernels' scratch, then the host side of the exchange */
     PI_TRY(warm_scratch(s));
     PI_TRY(pi_cbk_host_alloc((size_t)(T * d * f), (void **)&s->h_cold));
@@ -905,10 +1183,11 @@ static void too_big(const struct pi_backend_cuda_plan *p, uint64_t budget, int64
     pi_error("cuda backend: the model does not fit the VRAM budget: it needs %.1f MiB (attention weights %.1f, "
              "norms %.2f, embeddings and output head %.1f, hot neurons %.1f (up to %lld per layer), KV cache %.1f "
              "(%d sequences x %d positions, f16), activations %.1f, kernel scratch and cuBLAS workspace %.1f, predictors and "
-             "sparse buffers %.1f; %llu bytes in all) but the budget is %.1f MiB (%llu bytes); lower the hot fraction, the context or the sequences, or "
-             "raise --vram-budget",
+             "sparse buffers %.1f, prompt streaming %.1f; %llu bytes in all) but the budget is %.1f MiB (%llu bytes); lower the hot "
+             "fraction, the context or the sequences, set tune.prompt_stream=off, or raise --vram-budget",
              p->total / M, p->attn / M, p->norms / M, p->head / M, p->hot / M, (long long)n_hot_max, p->kv / M, n_seq,
-             n_ctx, p->act / M, p->scratch / M, p->pred / M, (unsigned long long)p->total, budget / M, (unsigned long long)budget);
+             n_ctx, p->act / M, p->scratch / M, p->pred / M, p->stream / M, (unsigned long long)p->total, budget / M,
+             (unsigned long long)budget);
 }
 
 /* The backend's host side: geometry from m and o, and the host arrays. NULL when out of memory. */
@@ -940,10 +1219,12 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->pred = pi_backend_cuda_pred_on(o);
+    s->st_on = pi_backend_cuda_stream_on(m, o);
     s->mw = (hp->n_ff + 63) / 64;
     s->masked_il = -1;
     s->L = calloc((size_t)hp->n_layer, sizeof *s->L);
     s->h_ids = malloc(2 * (size_t)s->T * sizeof(int32_t));
+    s->h_seqtab = calloc((size_t)s->T, 16 + 8);
     s->len = calloc((size_t)n_seq, sizeof(int32_t));
     s->pend = calloc((size_t)n_seq, sizeof(int32_t));
     s->seq = malloc((size_t)s->T * sizeof(int32_t));
@@ -951,7 +1232,8 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
     s->h_words = malloc((size_t)s->T * (size_t)s->mw * sizeof(uint64_t));
     s->h_on = malloc((size_t)s->T * sizeof(int32_t));
-    if (!s->L || !s->h_ids || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words || !s->h_on) {
+    if (!s->L || !s->h_ids || !s->h_seqtab || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words ||
+        !s->h_on) {
         cuda_destroy(&s->base);
         return NULL;
     }
@@ -1021,9 +1303,9 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
     pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
     pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
-            "KV cache %.1f, activations and scratch %.1f, predictors and sparse buffers %.1f)%s", p.total / 1048576.0,
-            used / 1048576.0, budget / 1048576.0, (p.attn + p.norms + p.head) / 1048576.0, p.hot / 1048576.0,
-            p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, p.pred / 1048576.0,
+            "KV cache %.1f, activations and scratch %.1f, predictors and sparse buffers %.1f, prompt streaming %.1f)%s",
+            p.total / 1048576.0, used / 1048576.0, budget / 1048576.0, (p.attn + p.norms + p.head) / 1048576.0,
+            p.hot / 1048576.0, p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, p.pred / 1048576.0, p.stream / 1048576.0,
             own_attn ? "; attention by the any-head-size kernel" : "");
     *out = &s->base;
     return 0;

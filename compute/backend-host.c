@@ -29,13 +29,21 @@
  * a second pool would spin its threads against the first one's on the same cores. The neuron
  * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
  *
- * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once.
+ * Prompt streaming (ffn_stream, compute/stream-policy.h): the stand-in for the cuda backend's streamed
+ * layers: the layer's whole FFN from the mapping's ffn_gate, ffn_up and ffn_down (the products of the
+ * single process's dense FFN), so a streamed step's logits are those of hot fraction 1. There is no
+ * device link (stream_bps 0), so [tune] prompt_stream auto never streams here; on does, on every
+ * prompt step, which is what the tests run.
+ *
+ * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once; with prompt_stream on,
+ * the streamed FFN's gate and up (max_tokens, n_ff) each.
  */
 #include "config.h"
 #include "compute/backend.h"
 #include "compute/ffn-policy.h"
 #include "compute/partition.h"
 #include "compute/sparse.h"
+#include "kernels/cpu/matvec.h"
 #include "kernels/cpu/ops.h"
 #include "lib/common.h"
 #include "compute/forward.h"
@@ -68,6 +76,10 @@ struct host_backend {
     float *xown;               /* (max_tokens, d): the FFN input of a layer without an exchange */
     int32_t *list;             /* (n_ff): pi_sparse_ffn's scratch */
     float *sp_gate, *sp_up;    /* (max_tokens, n_ff): a whole layer's dense masked FFN (all hot) */
+    /* prompt streaming (o.tune.prompt_stream on), else NULL: the streamed layer's FFN input and its
+     * products */
+    float *st_x;               /* (max_tokens, d) */
+    float *st_gate, *st_up;    /* (max_tokens, n_ff) */
 };
 
 static struct host_backend *hb(pi_backend_t *b) { return (struct host_backend *)b; }
@@ -89,6 +101,9 @@ static void host_destroy(pi_backend_t *b)
     free(s->list);
     free(s->sp_gate);
     free(s->sp_up);
+    free(s->st_x);
+    free(s->st_gate);
+    free(s->st_up);
     pi_ffn_policy_free(&s->policy);
     free(s);
 }
@@ -222,6 +237,37 @@ static int host_ffn_merge(pi_backend_t *b, int il, const float *cold)
     return 0;
 }
 
+/* y (n, W.rows) = W (rows, cols) @ x (n, cols) per row, as the single process's dense FFN projects. */
+static void host_project(pi_pool_t *pool, const struct pi_weight *W, const float *x, int n, float *y)
+{
+    if (n == 1) pi_matvec(pool, W->type, W->data, W->rows, W->cols, x, y);
+    else pi_matmul(pool, W->type, W->data, W->rows, W->cols, x, n, y);
+}
+
+/* h += ffn(ffn_norm(h)) of layer il, every neuron, from the mapping (backend.h). Synchronous: nothing
+ * to prefetch, so next and il = -1 ask for nothing. hot (n, d) takes the down product. */
+static int host_ffn_stream(pi_backend_t *b, int il, int next)
+{
+    struct host_backend *s = hb(b);
+    const pi_model_t *m = b->model;
+    (void)next;
+    if (il < 0) return 0;
+    if (!s->st_x || il >= m->hp.n_layer || s->n < 1) {
+        pi_error("host backend: layer %d streamed without prompt_stream on (or outside the model)", il);
+        return -PI_ERR_INVAL;
+    }
+    const struct pi_layer *L = &m->layers[il];
+    pi_pool_t *pool = pi_forward_pool(s->fwd);
+    pi_forward_ffn_input(s->fwd, il, s->n, s->h, s->st_x);
+    host_project(pool, &L->ffn_gate, s->st_x, s->n, s->st_gate);
+    host_project(pool, &L->ffn_up, s->st_x, s->n, s->st_up);
+    pi_ffn_act(m->hp.act, s->st_gate, s->st_up, (int64_t)s->n * (int64_t)m->hp.n_ff);
+    host_project(pool, &L->ffn_down, s->st_gate, s->n, s->hot);
+    const size_t nd = (size_t)s->n * (size_t)s->d;
+    for (size_t i = 0; i < nd; i++) s->h[i] += s->hot[i];
+    return 0;
+}
+
 static int host_output(pi_backend_t *b, int n_out, float *logits)
 {
     struct host_backend *s = hb(b);
@@ -264,6 +310,7 @@ static const struct pi_backend_ops host_ops = {
     .seq_len = host_seq_len,
     .ffn_hot_count = host_ffn_hot_count,
     .ffn_predict = host_ffn_predict,
+    .ffn_stream = host_ffn_stream,
 };
 
 /* The predictors' buffers, when o asks for them: 0, -PI_ERR_INVAL (predictors of another shape, or a
@@ -335,13 +382,21 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         return -PI_ERR_INVAL;
     }
     int prc = pi_ffn_policy_init(&s->policy, m->hp.act, m->hp.n_layer, dense_ok, true);
+    bool stream_bad = false;
+    if (o->tune.prompt_stream == PI_TUNE_PROMPT_STREAM_ON) {
+        const size_t tf = (size_t)o->max_tokens * (size_t)m->hp.n_ff;
+        s->st_x = malloc(hd * sizeof(float));
+        s->st_gate = malloc(tf * sizeof(float));
+        s->st_up = malloc(tf * sizeof(float));
+        stream_bad = !s->st_x || !s->st_gate || !s->st_up;
+    }
     int rc = host_predictors_init(s, m, o);
     if (rc == -PI_ERR_INVAL) {
         host_destroy(&s->base);
         return rc;
     }
     if (!s->fwd || !s->work || !s->h || !s->hot || !s->seq || !s->pos || (o->hot_layers && !s->ident) || prc != 0 || rc != 0 ||
-        dense_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
+        dense_bad || stream_bad || pi_ffn_work_reserve(s->work, o->max_tokens) != 0) {
         host_destroy(&s->base);
         return -PI_ERR_NOMEM;
     }

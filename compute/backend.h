@@ -19,7 +19,8 @@
  *     ffn_merge(il, cold)               h += hot partial + cold (n, n_embd), the merged CPU partials
  *                                       (cold NULL: no CPU partials, the layer had no exchange)
  *   (ffn_input, ffn_hot and ffn_merge once each per layer, in this order: a backend may add the hot
- *   partial to h in ffn_hot already, as the cuda backend's dense layers do, and merge only cold.)
+ *   partial to h in ffn_hot already, as the cuda backend's dense layers do, and merge only cold. On a
+ *   streamed prompt step, ffn_stream(il, next) replaces the three for each layer with cold neurons.)
  *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
  *   commit()                            the batch's positions are now part of the cache
  *
@@ -63,7 +64,7 @@ struct pi_backend_opts {
      * does. NULL: neuron by neuron only. Borrowed. */
     const struct pi_partition *hot_part;
     /* The performance choices ([tune] of pinfer.conf, lib/conf.h); zero: every default. The host
-     * backend takes none of them. */
+     * backend takes only prompt_stream (on: its streamed FFN's buffers). */
     struct pi_tune tune;
     /* The activation predictors (compute/predictor.h) and the mode they run in; NULL or
      * PI_SPARSITY_OFF: dense, ffn_predict is not called. Borrowed for the lifetime of the backend
@@ -98,6 +99,21 @@ struct pi_backend_ops {
      * ffn_hot to the hot neurons predicted active (a ReLU model's exact gate still decides each of
      * them). *n_active = the (token, neuron) pairs predicted active over all n_ff neurons. */
     int (*ffn_predict)(pi_backend_t *b, int il, uint64_t *mask, int64_t mask_words, int64_t *n_active);
+    /* Optional (NULL = no prompt streaming; compute/stream-policy.h): h (n, n_embd) += ffn(ffn_norm(h))
+     * of layer il over the batch's n rows, every neuron of the layer, from the model's own ffn_gate,
+     * ffn_up and ffn_down (the mapping; not the packed hot rows), so the CPU workers take no part. Called
+     * after attn(il) instead of ffn_input, ffn_hot and ffn_merge. next: the layer the loop streams after
+     * il in this batch, or -1; the backend may start moving its weights now (cuda: the copy into the
+     * other device slot overlaps il's products). il = -1: only start next's (the loop calls this once
+     * after begin, so that the first layer's copy overlaps the first attention). The loop streams only
+     * when opts.tune.prompt_stream is not off. */
+    int (*ffn_stream)(pi_backend_t *b, int il, int next);
+    /* Optional (NULL = 0): the rate at which ffn_stream gets a layer's weight bytes onto the device,
+     * bytes/s, measured at creation (cuda: a pinned copy of a slot and the packing of a layer into the
+     * staging, which precedes the copy, in series); 0 when there is no link to stream over (host:
+     * ffn_stream still works); negative when this backend cannot stream with its options (cuda without
+     * its streaming buffers: prompt_stream off, or a layer's FFN type the device would convert). */
+    double (*stream_bps)(const pi_backend_t *b);
 };
 
 /* Every backend struct starts with this. */

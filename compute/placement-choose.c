@@ -80,7 +80,8 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
         }
         struct cuda_fit f = {.m = m, .nh = nh, .budget = c->vram_budget,
                              .o = {.n_ctx = n_ctx, .n_seq = n_seq, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
-                                   .hot_layers = hl, .pred = pred, .sparsity = pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF}};
+                                   .hot_layers = hl, .pred = pred, .sparsity = pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF,
+                                   .tune = c->tune}}; /* tune.prompt_stream: its slots */
         if (fits(&f, hp->n_ff)) {
             best = hp->n_ff;
         } else if (!fits(&f, 0)) {
@@ -133,6 +134,7 @@ struct bytes_ctx {
     int n_ctx, n_seq, max_tokens;
     struct pi_layer *hl;         /* (n_layer): the layers with their down rows' type, for the plan */
     const struct pi_predictors *pred; /* a sparse run's predictors (on the device too), or NULL */
+    struct pi_tune tune;         /* [tune]: prompt_stream's slots are in the plan */
 };
 
 static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *bytes)
@@ -151,7 +153,7 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
         for (int il = 0; il < L; il++) hot[il] = pi_placement_hot(p, il, &nh[il]);
         struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = b->n_seq, .max_tokens = b->max_tokens,
                                     .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl,
-                                    .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
+                                    .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF, .tune = b->tune};
         rc = pi_backend_cuda_plan(m, &o, bytes);
     }
     free(hot);
@@ -164,7 +166,7 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
                           struct pi_place_cost *cost_out)
 {
     const struct pi_hparams *hp = &m->hp;
-    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .n_seq = PI_MAX(n_seq, 1), .max_tokens = max_tokens, .pred = pred};
+    struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .n_seq = PI_MAX(n_seq, 1), .max_tokens = max_tokens, .pred = pred, .tune = c->tune};
 #ifndef PI_HAVE_CUDA
     b.cuda = false;
 #endif

@@ -73,7 +73,7 @@ static void local_destroy(pi_engine_t *e)
     free(l);
 }
 
-static const struct pi_engine_ops local_ops = {local_eval, local_seq_truncate, local_reset, local_destroy, local_sparse_stats};
+static const struct pi_engine_ops local_ops = {local_eval, local_seq_truncate, local_reset, local_destroy, local_sparse_stats, NULL};
 
 pi_engine_t *pi_engine_local_new(const pi_model_t *m, int n_threads, int n_ctx, int n_seq, int max_batch, const struct pi_predictors *pred,
                                  const float *gate_min, enum pi_sparsity mode, int64_t recall_every)

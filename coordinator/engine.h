@@ -38,6 +38,10 @@ struct pi_engine_ops {
      * execution's counts since the engine was made (compute/sparse.h). 0, or -PI_ERR_NOTFOUND when the
      * engine runs dense. Safe from another thread while a batch runs (pi-ctl status). */
     int (*sparse_stats)(pi_engine_t *e, struct pi_sparse_stats *out);
+    /* Optional (NULL: never): non-zero when the engine lost its state since its last step (a worker of
+     * the pipeline died while no step ran); the next step would fail and reset restarts it. Safe from
+     * the thread that runs the steps; reads a flag only. */
+    int (*broken)(pi_engine_t *e);
 };
 
 /* Every engine struct starts with this. */

@@ -37,6 +37,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1014,12 +1015,24 @@ static bool is_loopback(const struct sockaddr *a)
     return false;
 }
 
-/* One key per line of path into h->keys. 0, or -1 after one line on stderr. */
+/* One key per line of path into h->keys. 0, or -1 after one line on stderr. The file must be a regular
+ * file that users other than its owner and group may neither read nor write: keys every local user
+ * can read authenticate no one (the service's group may share it, as a system service's key file
+ * needs). */
 static int load_keys(struct pi_http *h, const char *path)
 {
     FILE *f = fopen(path, "re");
     if (!f) {
         fprintf(stderr, "pi-coordinator: [http] api_key_file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 007)) {
+        fprintf(stderr,
+                "pi-coordinator: [http] api_key_file %s: must be a regular file that other users may not read or "
+                "write (chmod o-rwx; mode %03o)\n",
+                path, (unsigned)(st.st_mode & 0777));
+        fclose(f);
         return -1;
     }
     char line[MAX_KEY_LEN + 8];

@@ -160,6 +160,10 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
     mo.act = acts[o->cfg.activation];
     mo.no_down_t = !with_weights;
     mo.rows16 = with_weights; /* the in-process CPU engine's dense products (kernels/cpu/rows16.h) */
+    _Static_assert((int)PI_CHECK_TENSORS_CFG_FULL == (int)PI_TENSOR_CHECK_FULL &&
+                       (int)PI_CHECK_TENSORS_CFG_SAMPLED == (int)PI_TENSOR_CHECK_SAMPLED,
+                   "[model] check_tensors holds enum pi_tensor_check's values");
+    mo.check = (enum pi_tensor_check)o->cfg.check_tensors;
     char err[512] = "", where[256];
     /* The loader logs its failure as well as returning it; the user gets our one line instead,
      * which says where the path was configured. */

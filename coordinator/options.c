@@ -45,6 +45,7 @@ static const struct key_opt key_opts[] = {
     {"sidecar", "model.sidecar", "PATH", 0},
     {"calibration-text", "model.calibration_text", "FILE", 0},
     {"chat-template", "model.chat_template", "NAME", 0},
+    {"check-tensors", "model.check_tensors", "MODE", 0},
     {"run-dir", "run.dir", "DIR", 0},
     {"control", "control.endpoint", "ENDPOINT", 0},
     {"http", "http.listen", "HOST:PORT", 0},

@@ -350,7 +350,12 @@ static void pipe_destroy(pi_engine_t *e)
     free(p);
 }
 
-static const struct pi_engine_ops pipe_ops = {pipe_eval, pipe_seq_truncate, pipe_reset, pipe_destroy, pipe_sparse_stats};
+/* A worker died since the last step (the supervisor's thread set broken): the scheduler restarts the
+ * pipeline at once instead of at the next request. */
+static int pipe_broken(pi_engine_t *e) { return atomic_load(&((struct pipe_engine *)e)->broken); }
+
+static const struct pi_engine_ops pipe_ops = {pipe_eval,    pipe_seq_truncate, pipe_reset,
+                                              pipe_destroy, pipe_sparse_stats, pipe_broken};
 
 /* Make sure the configured run directory exists, is ours and private. The last component is opened
  * with O_NOFOLLOW | O_DIRECTORY and checked through that descriptor: a symlink planted where the run

@@ -104,10 +104,12 @@ struct pi_sched {
     char *endtxt;                            /* (tail_cap) a job's end text */
     size_t tail_len, tail_cap;
     size_t buf_cap;
-    int rr;           /* round-robin start among prompt-reading slots */
-    int gen_rr;       /* and among generating slots, when they outnumber the batch */
-    int64_t retry_at; /* ns: a failed engine is reset again from then */
-    int64_t retry_ns; /* the wait before that, doubling while resets fail */
+    int rr;             /* round-robin start among prompt-reading slots */
+    int gen_rr;         /* and among generating slots, when they outnumber the batch */
+    int64_t retry_at;   /* ns: a failed engine is reset again from then */
+    int64_t retry_ns;   /* the wait before that, doubling while resets fail */
+    int64_t *restart_t; /* (o.restart_max) ring: the times (ns) of the last restarts, the oldest at restart_i */
+    int n_restart_t, restart_i;
 };
 
 const char *pi_sched_finish_name(enum pi_sched_finish f)
@@ -130,7 +132,8 @@ static void job_free(struct job *j)
 pi_sched_t *pi_sched_new(const pi_tokenizer_t *t, int32_t n_vocab, const struct pi_sched_opts *o)
 {
     if (!o || o->n_slots < 1 || o->n_slots > 4096 || o->queue_max < 0 || o->queue_reserve < 0 || o->max_tokens < 0 ||
-        o->timeout_ms < 0 || n_vocab < 1) {
+        o->timeout_ms < 0 || o->restart_max < 0 || o->restart_max > PI_SCHED_RESTART_MAX || o->restart_window_ms < 0 ||
+        n_vocab < 1) {
         pi_error("scheduler: bad options");
         return NULL;
     }
@@ -151,7 +154,8 @@ pi_sched_t *pi_sched_new(const pi_tokenizer_t *t, int32_t n_vocab, const struct 
     s->eog = malloc((size_t)n_vocab * sizeof *s->eog);
     s->buf_cap = (t ? pi_detok_max_push(t) : 0) + 32;
     s->buf = malloc(s->buf_cap);
-    if (!s->running || !s->slots || !s->logp || !s->eog || !s->buf) {
+    s->restart_t = calloc((size_t)PI_MAX(o->restart_max, 1), sizeof *s->restart_t);
+    if (!s->running || !s->slots || !s->logp || !s->eog || !s->buf || !s->restart_t) {
         pi_sched_destroy(&s);
         return NULL;
     }
@@ -194,6 +198,7 @@ void pi_sched_destroy(pi_sched_t **sp)
     free(s->logp);
     free(s->buf);
     free(s->endtxt);
+    free(s->restart_t);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
@@ -329,6 +334,14 @@ void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out)
     pthread_mutex_lock(&s->mu);
     *out = s->st;
     pthread_mutex_unlock(&s->mu);
+}
+
+const char *pi_sched_health(const struct pi_sched_stats *st)
+{
+    if (st->gave_up) return "failed";
+    if (st->ready) return "ok";
+    if (st->failed) return "failing";
+    return st->engine_errors > 0 ? "restarting" : "loading";
 }
 
 int pi_sched_n_ctx(pi_sched_t *s)
@@ -677,13 +690,16 @@ static void slot_sample(pi_sched_t *s, int i, const float *row)
  * its prompt, or about to sample its first token) starts its prompt again after the reset, once (a
  * second failure ends it): a worker that died while the server was idle costs its next request
  * nothing. A job that has generated tokens ends with the error: its client has a partial answer.
- * During a stop every job ends as cancelled, with the stop's reason. */
-static void engine_failed(pi_sched_t *s, int rc)
+ * During a stop every job ends as cancelled, with the stop's reason. idle: the engine said it broke
+ * between steps (ops->broken), not a step. */
+static void engine_failed(pi_sched_t *s, int rc, bool idle)
 {
     char why[160];
     pthread_mutex_lock(&s->mu);
     const bool stopping = s->stopping;
     if (stopping) snprintf(why, sizeof why, "%s", s->stop_reason);
+    else if (idle)
+        snprintf(why, sizeof why, "a worker of the pipeline died while it was idle; the pipeline is being restarted");
     else if (rc == -PI_ERR_PEER)
         snprintf(why, sizeof why, "a worker of the pipeline died during the request; the pipeline is being restarted");
     else snprintf(why, sizeof why, "the engine failed: %s", pi_err_str(rc));
@@ -706,17 +722,64 @@ static void engine_failed(pi_sched_t *s, int rc)
     s->retry_at = 0;
 }
 
+/* The jobs in the slots end with PI_SCHED_ERROR, status rc and reason why. */
+static void fail_slots(pi_sched_t *s, int rc, const char *why)
+{
+    for (int i = 0; i < s->o.n_slots; i++)
+        if (s->slots[i].job) finish(s, &s->slots[i], s->slots[i].job, PI_SCHED_ERROR, rc, why);
+}
+
+/* The restart cap (opts.restart_max in restart_window_ms): whether one more restart may be tried at t;
+ * when it may, t is recorded as one. */
+static bool restart_allowed(pi_sched_t *s, int64_t t)
+{
+    const int max = s->o.restart_max;
+    if (max == 0) return true;
+    if (s->n_restart_t == max) { /* the ring is full: its oldest entry is the max-th restart back */
+        if (t - s->restart_t[s->restart_i] < s->o.restart_window_ms * INT64_C(1000000)) return false;
+        s->restart_t[s->restart_i] = t;
+        s->restart_i = (s->restart_i + 1) % max;
+        return true;
+    }
+    s->restart_t[(s->restart_i + s->n_restart_t++) % max] = t;
+    return true;
+}
+
+/* Past the restart cap: failed for good, with a reason that says so and what the last failure was. */
+static void give_up(pi_sched_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    char last[160];
+    snprintf(last, sizeof last, "%s", s->st.last_error);
+    s->st.ready = false;
+    s->st.failed = true;
+    s->st.gave_up = true;
+    snprintf(s->st.last_error, sizeof s->st.last_error,
+             "gave up after %d restarts in %lld s (restart the server): %.60s", s->o.restart_max,
+             (long long)(s->o.restart_window_ms / 1000), last);
+    pthread_mutex_unlock(&s->mu);
+    pi_error("scheduler: %d engine restarts within %lld s: not restarting it again (%s)", s->o.restart_max,
+             (long long)(s->o.restart_window_ms / 1000), last);
+    fail_slots(s, -PI_ERR_PEER, "the pipeline failed too often; the server gave up restarting it (see pi-ctl status)");
+}
+
 /* A failed engine: reset it, at most once per RETRY_NS unless force (jobs wait for it: each new batch
- * of requests gets its own try, as a pipeline restarted at every request would). True when it is
- * ready. When the reset fails, the jobs waiting to read their prompt again end with the reason. */
+ * of requests gets its own try, as a pipeline restarted at every request would), and never past the
+ * restart cap. True when it is ready. When the reset fails, the jobs waiting to read their prompt
+ * again end with the reason. */
 static bool engine_ready(pi_sched_t *s, bool force)
 {
     pthread_mutex_lock(&s->mu);
-    bool ready = s->st.ready;
+    const bool ready = s->st.ready, gave_up = s->st.gave_up, stopping = s->stopping;
     pthread_mutex_unlock(&s->mu);
     if (ready) return true;
+    if (gave_up || stopping) return false; /* a stop cancels the engine: it is not restarted for that */
     const int64_t t = now_ns();
     if (!force && t < s->retry_at) return false;
+    if (!restart_allowed(s, t)) {
+        give_up(s);
+        return false;
+    }
     int rc = s->e->ops->reset(s->e);
     /* idle retries back off, 1 s doubling to a minute; a waiting request always gets its try (force) */
     s->retry_ns = rc == 0 ? RETRY_NS : PI_MIN(s->retry_ns ? s->retry_ns * 2 : RETRY_NS, RETRY_MAX_NS);
@@ -731,11 +794,8 @@ static bool engine_ready(pi_sched_t *s, bool force)
     pthread_mutex_unlock(&s->mu);
     if (rc != 0) {
         pi_error("scheduler: restarting the engine failed: %s", pi_err_str(rc));
-        for (int i = 0; i < s->o.n_slots; i++)
-            if (s->slots[i].job)
-                finish(
-                    s, &s->slots[i], s->slots[i].job, PI_SCHED_ERROR, rc,
-                    "the pipeline's workers could not be started (see the server's log); the next request tries again");
+        fail_slots(s, rc,
+                   "the pipeline's workers could not be started (see the server's log); the next request tries again");
     }
     return rc == 0;
 }
@@ -836,7 +896,7 @@ static bool step(pi_sched_t *s)
     pthread_mutex_unlock(&s->mu);
     if (rc != 0) {
         pi_error("scheduler: a step of %d tokens failed: %s", n, pi_err_str(rc));
-        engine_failed(s, rc);
+        engine_failed(s, rc, false);
         return true;
     }
     int64_t kv = 0;
@@ -854,6 +914,14 @@ static bool step(pi_sched_t *s)
     s->st.kv_used = kv;
     pthread_mutex_unlock(&s->mu);
     return true;
+}
+
+/* Whether any slot holds a job (run thread). */
+static bool busy(const pi_sched_t *s)
+{
+    for (int i = 0; i < s->o.n_slots; i++)
+        if (s->slots[i].job) return true;
+    return false;
 }
 
 int pi_sched_run(pi_sched_t *s)
@@ -889,13 +957,23 @@ int pi_sched_run(pi_sched_t *s)
         }
         sweep(s);
         pthread_mutex_lock(&s->mu);
-        const bool queued = s->head != NULL;
+        const bool queued = s->head != NULL, was_ready = s->st.ready;
         pthread_mutex_unlock(&s->mu);
+        /* a worker that died between requests: restarted now (status says so meanwhile), not when the
+         * next request finds the pipeline gone */
+        if (was_ready && !busy(s) && e->ops->broken && e->ops->broken(e)) engine_failed(s, -PI_ERR_PEER, true);
         if (!engine_ready(s, queued)) {
+            pthread_mutex_lock(&s->mu);
+            const bool gave_up = s->st.gave_up, stop_now = s->stopping;
+            char last[160];
+            snprintf(last, sizeof last, "%s", s->st.last_error);
+            pthread_mutex_unlock(&s->mu);
+            if (stop_now) continue; /* the loop's top ends every job with the stop's reason */
             if (queued)
-                drain_queue(
-                    s, PI_SCHED_ERROR, -PI_ERR_PEER,
-                    "the pipeline's workers could not be started (see the server's log); the next request tries again");
+                drain_queue(s, PI_SCHED_ERROR, -PI_ERR_PEER,
+                            gave_up ? last
+                                    : "the pipeline's workers could not be started (see the server's log); the next "
+                                      "request tries again");
         } else {
             admit(s);
             if (step(s)) continue;

@@ -53,7 +53,15 @@ struct pi_sched_opts {
                          * fewer than that many waiting; others are refused there (-PI_ERR_RANGE) */
     int64_t max_tokens; /* tokens one request may generate, at most (0: up to the context) */
     int64_t timeout_ms; /* a request ends (PI_SCHED_TIMEOUT) this long after submission (0: never) */
+    /* The restart cap: at most restart_max engine restarts (resets after a failure, whether they
+     * succeed or not) within any restart_window_ms; the one after is not tried and the scheduler gives
+     * up for good (stats.gave_up; every request then ends with PI_SCHED_ERROR and the reason), so a
+     * pipeline that cannot live (a model file truncated under the server) does not fail request after
+     * request. restart_max 0: no cap; at most PI_SCHED_RESTART_MAX. */
+    int restart_max;
+    int64_t restart_window_ms;
 };
+#define PI_SCHED_RESTART_MAX 1000
 
 enum pi_sched_finish {
     PI_SCHED_STOP = 0,      /* an end-of-generation token or a stop string */
@@ -148,7 +156,10 @@ void pi_sched_set_engine(pi_sched_t *s, pi_engine_t *e);
 
 /* Run steps on the engine until pi_sched_stop: the calling thread owns the engine until it returns.
  * After an engine failure every running job ends with PI_SCHED_ERROR and the engine is reset (a pipeline
- * restarts its workers); queued jobs then run. Returns 0 after a stop, -PI_ERR_INVAL without an engine. */
+ * restarts its workers); queued jobs then run. An engine that reports itself broken while idle (its
+ * ops->broken: a worker died between requests) is reset then too, without waiting for a request. Past
+ * the restart cap (opts.restart_max) no reset is tried again. Returns 0 after a stop, -PI_ERR_INVAL
+ * without an engine. */
 int pi_sched_run(pi_sched_t *s);
 
 /* Make pi_sched_run return: running and queued jobs end with PI_SCHED_CANCELLED and reason, and later
@@ -177,9 +188,18 @@ struct pi_sched_stats {
     bool ready;           /* an engine is set and its last reset succeeded */
     bool failed;          /* the last restart failed (requests are then refused,
                                                   not queued); false while one is under way */
+    bool gave_up;         /* the restart cap was reached: failed for good, no restart is tried again */
     char last_error[160]; /* the last engine failure, "" when none */
 };
 void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out);
+
+/* One word for the scheduler's state in st, status's overall health:
+ *   "loading"     no engine yet (the model and the workers are being started);
+ *   "ok"          ready: requests run;
+ *   "restarting"  the engine failed (a worker died) and is being reset; requests wait for it;
+ *   "failing"     the last restart failed; the next request (or the back-off) tries again;
+ *   "failed"      the restart cap was reached: nothing is tried again until the server is restarted. */
+const char *pi_sched_health(const struct pi_sched_stats *st);
 
 /* Positions per sequence of the engine (0 before pi_sched_set_engine). Any thread. */
 int pi_sched_n_ctx(pi_sched_t *s);

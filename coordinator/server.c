@@ -304,7 +304,7 @@ static const char *state_str(enum pi_worker_state st)
 {
     return st == PI_WORKER_READY      ? "ready"
            : st == PI_WORKER_STARTING ? "starting"
-           : st == PI_WORKER_BROKEN   ? "broken" /* alive, its pipeline lost a worker: restarted at the next request */
+           : st == PI_WORKER_BROKEN   ? "broken" /* alive, its pipeline lost a worker: restarted at once */
                                       : "dead";
 }
 
@@ -424,6 +424,23 @@ static json_t *sched_json(struct server *s)
                      pi_http_url(s->http));
 }
 
+/* status's overall health (pi_sched_health's words): the scheduler's, except that a worker seen dead or
+ * its pipeline broken while the scheduler still says ok (it notices within one idle wait) is
+ * "restarting" already. */
+static const char *health_of(struct server *s)
+{
+    struct pi_sched_stats st;
+    pi_sched_stats(s->sched, &st);
+    const char *h = pi_sched_health(&st);
+    if (strcmp(h, "ok") != 0) return h;
+    struct pi_worker_info *w = calloc(PI_SUPER_MAX_WORKERS, sizeof *w);
+    size_t n = w ? PI_MIN(pi_engine_pipeline_workers(s->engine, w, PI_SUPER_MAX_WORKERS), (size_t)PI_SUPER_MAX_WORKERS) : 0;
+    for (size_t i = 0; i < n; i++)
+        if (w[i].state == PI_WORKER_DEAD || w[i].state == PI_WORKER_BROKEN) h = "restarting";
+    free(w);
+    return h;
+}
+
 static json_t *status_json(struct server *s)
 {
     const struct pi_hparams *hp = &s->cm->model->hp;
@@ -435,7 +452,7 @@ static json_t *status_json(struct server *s)
                               "activation", pi_ffn_act_name(hp->act), "file_bytes", file_bytes);
     const struct pi_placement *pl = pi_engine_pipeline_placement(s->engine);
     const int64_t hot = pl ? pi_placement_hot_max(pl) : -1;
-    return json_pack("{s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o, s:o}", "model", model, "uptime_ms",
+    return json_pack("{s:s, s:o, s:I, s:I, s:I, s:i, s:s, s:I, s:i, s:o, s:s, s:i, s:o, s:o, s:o, s:o}", "health", health_of(s), "model", model, "uptime_ms",
                      (json_int_t)((pi_clock_ns() - s->t_start) / 1000000), "requests_served",
                      (json_int_t)atomic_load(&s->requests), "tokens_generated", (json_int_t)atomic_load(&s->tokens),
                      "pid", (int)getpid(), "gpu_backend", backends[s->o->cfg.gpu_backend], "hot_neurons_per_layer",
@@ -1273,7 +1290,9 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
                                .queue_max = (int)o->cfg.server_queue,
                                .queue_reserve = (int)o->cfg.server_queue_reserve,
                                .max_tokens = o->cfg.server_max_tokens,
-                               .timeout_ms = o->cfg.server_timeout * 1000};
+                               .timeout_ms = o->cfg.server_timeout * 1000,
+                               .restart_max = (int)o->cfg.server_restart_max,
+                               .restart_window_ms = o->cfg.server_restart_window * 1000};
     s.sched = pi_sched_new(cm.tok, cm.model->hp.n_vocab, &so);
     if (!s.sched) goto out;
     if (strcmp(o->cfg.http_listen, "off") != 0 && http_start(&s) != 0) goto out; /* one line on stderr */

@@ -127,6 +127,8 @@ struct cw {
     int64_t n_ff;
     uint32_t w;
     pi_link_t *link;
+    uint64_t n_served;  /* layer publishes served, and their token rows (the exit log: what the GPU */
+    uint64_t n_rows;    /* worker's prompt streaming left to this worker, tests/integration) */
 };
 
 /* Rows of the partial for one published step. With activation thresholds the step's counts go into
@@ -185,6 +187,8 @@ static int serve(struct cw *c, int64_t d, uint32_t seen)
         if (rc != 0) return rc;
         seen = st.seq;
         compute_step(c, &st, out, d);
+        c->n_served++;
+        c->n_rows += st.n_tokens;
         rc = pi_exchange_post_partial(c->ex, c->w, st.seq);
         if (rc != 0) return rc;
     }
@@ -294,6 +298,8 @@ static int run(const struct cw_opts *o)
             (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
             c.part.bytes, place.node, threads);
     rc = serve(&c, m->hp.n_embd, seen);
+    pi_info("worker %lld: served %llu layer publishes, %llu token rows", (long long)o->index, (unsigned long long)c.n_served,
+            (unsigned long long)c.n_rows);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
 out:
     pi_link_stop(&c.link);

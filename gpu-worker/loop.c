@@ -18,6 +18,13 @@
  * A step is a batch of several sequences (ipc/step.h, version 2): the exchange carries its n rows
  * whatever sequence each belongs to, the backend keeps each row at its own sequence and position, and
  * no FFN path depends on the batch (compute/ffn-policy.h), so a row's logits are those it gets alone.
+ *
+ * Prompt streaming (compute/stream-policy.h, doc/pipeline.md "Prompt streaming"): a step the policy
+ * streams publishes nothing. Each layer with cold neurons goes through the backend's ffn_stream (its
+ * whole FFN from the model's weights, copied to the device), the next such layer named so that its copy
+ * overlaps this one's products; the CPU workers, which serve whatever is published (cpu-worker/main.c),
+ * wait for the next step's first publish. Layers whose neurons are all hot stay local as always. The
+ * round trips of the steps that are not streamed feed the policy's measurement of the CPU workers.
  */
 #include "config.h"
 #include "gpu-worker/loop.h"
@@ -138,9 +145,62 @@ static int ffn_layer(struct pi_gpu_loop *g, int il, int n, float *cold)
     memset(cold, 0, (size_t)n * (size_t)be->model->hp.n_embd * sizeof(float));
     pi_exchange_merge(g->ex, (uint32_t)n, cold);
     if (g->gated) count_gated(g, il, n, true);
-    g->rt_ns += pi_clock_ns() - t0 - (t2 - t1);
+    const int64_t t3 = pi_clock_ns();
+    g->rt_ns += t3 - t0 - (t2 - t1);
     g->n_rt++;
+    if (g->stream.cold && g->prompt_now) pi_stream_policy_note(&g->stream, n, t3 - t0);
     return be->ops->ffn_merge(be, il, cold);
+}
+
+/* The next layer after il with cold neurons (the next one a streamed step streams), or -1. */
+static int next_cold(const struct pi_gpu_loop *g, int il)
+{
+    for (int k = il + 1; k < g->be->model->hp.n_layer; k++)
+        if (!layer_all_hot(g, k)) return k;
+    return -1;
+}
+
+/* Layers and the FFN of a streamed step: nothing is published (the DESIGN note above). */
+static int eval_streamed(struct pi_gpu_loop *g)
+{
+    pi_backend_t *be = g->be;
+    const int n_layer = be->model->hp.n_layer;
+    int rc = be->ops->ffn_stream(be, -1, next_cold(g, -1));
+    for (int il = 0; rc == 0 && il < n_layer; il++) {
+        if (g->link) pi_link_progress(g->link);
+        rc = be->ops->attn(be, il);
+        if (rc != 0) break;
+        if (layer_all_hot(g, il)) {
+            rc = ffn_layer_local(g, il, g->n_cur);
+        } else {
+            rc = be->ops->ffn_stream(be, il, next_cold(g, il));
+            g->stream.n_layers++;
+        }
+    }
+    g->stream.n_steps++;
+    return rc;
+}
+
+int pi_gpu_loop_stream_init(struct pi_gpu_loop *g, enum pi_tune_prompt_stream mode)
+{
+    pi_backend_t *be = g->be;
+    if (!be->ops->ffn_stream || mode == PI_TUNE_PROMPT_STREAM_OFF) return 0;
+    const int n_layer = be->model->hp.n_layer;
+    int64_t *nh = malloc((size_t)n_layer * sizeof *nh);
+    if (!nh) return -PI_ERR_NOMEM;
+    for (int il = 0; il < n_layer; il++) nh[il] = be->ops->ffn_hot_count ? be->ops->ffn_hot_count(be, il) : 0;
+    const double bps = be->ops->stream_bps ? be->ops->stream_bps(be) : 0.0;
+    if (bps < 0) {
+        pi_info("prompt streaming: the %s backend holds no streaming buffers for this model (doc/pipeline.md)", be->ops->name);
+        free(nh);
+        return 0;
+    }
+    int rc = pi_stream_policy_init(&g->stream, be->model, nh, mode, bps);
+    free(nh);
+    if (rc == 0)
+        pi_info("prompt streaming %s: host-to-device %.1f GB/s, the CPU workers modelled at %.1f us per token and layer "
+                "until measured", mode == PI_TUNE_PROMPT_STREAM_ON ? "on" : "auto", bps / 1e9, g->stream.cpu_ns_tok / 1e3);
+    return rc;
 }
 
 int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
@@ -221,8 +281,13 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t
         g->recall_now = g->recall_every > 0 && g->n_steps % (uint64_t)g->recall_every == 0;
         g->n_steps++;
     }
+    /* prompt streaming: never with predictors or thresholds (their masks and counts are the workers') */
+    g->prompt_now = pi_stream_policy_is_prompt(seq, pos, n);
+    g->n_cur = n;
+    const bool streamed = g->stream.cold && !counting(g) && pi_stream_policy_decide(&g->stream, seq, pos, n);
     int rc = be->ops->begin(be, tokens, seq, pos, n);
-    for (int il = 0; rc == 0 && il < hp->n_layer; il++) {
+    if (rc == 0 && streamed) rc = eval_streamed(g);
+    for (int il = 0; rc == 0 && !streamed && il < hp->n_layer; il++) {
         if (g->link) pi_link_progress(g->link);
         rc = be->ops->attn(be, il);
         if (rc == 0) rc = ffn_layer(g, il, n, cold);
@@ -265,6 +330,7 @@ int pi_gpu_loop_gated_init(struct pi_gpu_loop *g)
 void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g)
 {
     pi_sparse_stats_free(&g->stats);
+    pi_stream_policy_free(&g->stream);
     pi_pool_destroy(&g->pool);
     g->pred = NULL;
     g->gated = false;
@@ -298,6 +364,10 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
                         (unsigned long long)g->n_rt, (double)g->rt_ns / (double)g->n_rt / 1e3);
             if (g->n_skip)
                 pi_info("exchange: %llu layers without cold neurons skipped it", (unsigned long long)g->n_skip);
+            if (g->stream.cold)
+                pi_info("prompt streaming: %llu layers of %llu steps streamed (CPU workers at %.1f us per token and layer, %s)",
+                        (unsigned long long)g->stream.n_layers, (unsigned long long)g->stream.n_steps,
+                        g->stream.cpu_ns_tok / 1e3, g->stream.measured ? "measured" : "the default");
             return 0;
         }
         pi_step_respond(g->step, r.id, status);

@@ -10,6 +10,7 @@
 
 #include "compute/backend.h"
 #include "compute/sparse.h"
+#include "compute/stream-policy.h"
 #include "ipc/link.h"
 #include "ipc/step.h"
 #include "ipc/exchange.h"
@@ -32,6 +33,11 @@ struct pi_gpu_loop {
     uint64_t n_rt;
     int64_t rt_ns;
     uint64_t n_skip;     /* layers computed without the exchange: no CPU worker owns a neuron of them */
+    /* Prompt streaming (compute/stream-policy.h), set up by pi_gpu_loop_stream_init; without it (stream.cold
+     * NULL) no step streams. Its counters are the steps and layers streamed. */
+    struct pi_stream_policy stream;
+    bool prompt_now;     /* the step being computed is a prompt step (pi_stream_policy_is_prompt) */
+    int n_cur;           /* rows of the step being computed */
     /* Sparse execution (doc/predictors.md, "Runtime"): with pred set and sparsity not off, each layer's
      * mask comes from the backend's ffn_predict, or, for a backend without it (cuda before its device
      * predictor), from the predictor evaluated here on the host over the exchange's x: the CPU
@@ -73,7 +79,14 @@ int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *p
  * 0 or -PI_ERR_NOMEM. Freed by pi_gpu_loop_sparse_free. */
 int pi_gpu_loop_gated_init(struct pi_gpu_loop *g);
 
-/* Free what pi_gpu_loop_sparse_init made (pi_gpu_loop_free keeps it: it only drops the scratch). */
+/* Prompt streaming for g (be set) in mode ([tune] prompt_stream): the cost model over the backend's
+ * measured link (ops.stream_bps). A backend without ffn_stream, or mode off, never streams; nor do steps
+ * with predictors or activation thresholds (their masks and counts are the CPU workers'). 0 or
+ * -PI_ERR_NOMEM. Freed by pi_gpu_loop_sparse_free. */
+int pi_gpu_loop_stream_init(struct pi_gpu_loop *g, enum pi_tune_prompt_stream mode);
+
+/* Free what pi_gpu_loop_sparse_init, _gated_init and _stream_init made (pi_gpu_loop_free keeps it: it
+ * only drops the scratch). */
 void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g);
 
 /* Free the loop's scratch (the struct itself is the caller's). */

@@ -177,6 +177,7 @@ static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi
     int rc = pred ? pi_gpu_loop_sparse_init(g, pred, mode, o->sparsity.recall_every, (int)o->threads)
              : gated ? pi_gpu_loop_gated_init(g)
                      : 0;
+    if (rc == 0) rc = pi_gpu_loop_stream_init(g, o->tune.prompt_stream);
     if (rc == 0) rc = pi_gpu_loop_run(g);
     pi_gpu_loop_free(g);
     pi_gpu_loop_sparse_free(g);

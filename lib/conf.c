@@ -36,15 +36,19 @@ struct key_def {
 /* K_ENUM fields are stored through an int: the enums must have int's size. */
 _Static_assert(sizeof(enum pi_gpu_backend) == sizeof(int), "enum pi_gpu_backend is stored as an int");
 _Static_assert(sizeof(enum pi_activation_cfg) == sizeof(int), "enum pi_activation_cfg is stored as an int");
+_Static_assert(sizeof(enum pi_check_tensors_cfg) == sizeof(int), "enum pi_check_tensors_cfg is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
+_Static_assert(sizeof(enum pi_tune_prompt_stream) == sizeof(int), "enum pi_tune_prompt_stream is stored as an int");
 _Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
 static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", NULL};
+static const char *const check_tensors_names[] = {"sampled", "full", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
 static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", "amx", NULL};
+static const char *const prompt_stream_names[] = {"auto", "off", "on", NULL};
 static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
@@ -74,6 +78,7 @@ static const struct key_def keys[] = {
     {{"model", "sidecar", "", "the model's sidecar (pi-profile's statistics); empty = MODEL.pinfer.gguf beside the model, read when present"}, K_STR, OFF(sidecar_path), 0, 0, NULL, NULL},
     {{"model", "calibration_text", "", "text the activation thresholds of a SwiGLU model are calibrated over when --sparsity safe or aggressive finds none in its sidecar; empty = the text installed with pinfer"}, K_STR, OFF(calib_text), 0, 0, NULL, NULL},
     {{"model", "chat_template", "", "chat format (llama2, llama3, chatml, mistral-v1, ...); empty = recognised from tokenizer.chat_template"}, K_STR, OFF(chat_template), 0, 0, NULL, NULL},
+    {{"model", "check_tensors", "sampled", "NaN and infinity in the model's weights and block scales refuse the file at load: sampled (16 windows of 4 KiB per tensor, milliseconds) or full (every block: the whole file is read)"}, K_ENUM, OFF(check_tensors), 0, 0, check_tensors_names, NULL},
     {{"run", "dir", "$XDG_RUNTIME_DIR/pinfer", "run directory for sockets, created mode 0700; without $XDG_RUNTIME_DIR /tmp/pinfer-$UID"}, K_STR, OFF(run_dir), 0, 0, NULL, NULL},
     {{"control", "endpoint", "", "endpoint of the control socket: ipc://PATH or tcp://HOST:PORT (tcp needs [control] token_file); empty = ipc://RUN_DIR/control.sock"}, K_STR, OFF(control_endpoint), 0, 0, NULL, NULL},
     {{"control", "max_connections", "256", "connections the control socket holds at once; past it new ones are closed as they come (also capped by half the free file descriptors)"}, K_INT, OFF(max_connections), 1, 65536, NULL, NULL},
@@ -87,6 +92,8 @@ static const struct key_def keys[] = {
     {{"server", "queue_reserve", "16", "the last N places of the queue go only to clients (an API key, else an address) with fewer than N requests waiting, so that one client cannot fill it; 0: none reserved"}, K_INT, OFF(server_queue_reserve), 0, 65536, NULL, NULL},
     {{"server", "max_tokens", "0", "tokens one request may generate, at most; 0 = up to the context"}, K_INT, OFF(server_max_tokens), 0, 1 << 24, NULL, NULL},
     {{"server", "timeout", "600", "seconds a request may take from its arrival to its end, queue included; 0 = no limit"}, K_INT, OFF(server_timeout), 0, 86400 * 7, NULL, NULL},
+    {{"server", "restart_max", "5", "restarts of the workers' pipeline after failures within restart_window, at most; the next failure is final: requests are refused, pi-ctl status says failed, until the server is restarted; 0 = no cap"}, K_INT, OFF(server_restart_max), 0, 1000, NULL, NULL}, /* PI_SCHED_RESTART_MAX */
+    {{"server", "restart_window", "300", "seconds over which restart_max counts restarts"}, K_INT, OFF(server_restart_window), 1, 86400 * 7, NULL, NULL},
     {{"cpu", "workers", "0", "number of CPU worker processes; 0 = one per NUMA node"}, K_INT, OFF(cpu_workers), 0, 64, NULL, NULL}, /* PI_EXCHANGE_MAX_WORKERS */
     {{"cpu", "threads", "0", "threads per CPU worker; 0 = the cores of its NUMA node"}, K_INT, OFF(cpu_threads), 0, PI_MAX_THREADS, NULL, NULL},
     {{"gpu", "backend", "host", "GPU worker backend: cuda, host (plain C stand-in) or none"}, K_ENUM, OFF(gpu_backend), 0, 0, backend_names, NULL},
@@ -114,6 +121,7 @@ static const struct key_def keys[] = {
     {{"tune", "cuda_matvec", "auto", "cuda backend's decode x: auto (8 bits for quantised weights of 12 Mi elements or more) or f32 (float precision; slower on 7B-class models)"}, K_ENUM, OFF(tune.cuda_matvec), 0, 0, cuda_matvec_names, NULL},
     {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni, amx (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
     {{"tune", "batch", "512", "tokens one step evaluates at most: prompts go in chunks of this many (in server mode together with the running sequences' next tokens); larger chunks reuse each weight over more tokens (faster prompts) and cost host and device memory in proportion (1 to 4096)"}, K_INT, OFF(tune.batch), 1, 4096, NULL, NULL}, /* PI_TUNE_BATCH_MAX */
+    {{"tune", "prompt_stream", "auto", "where a hybrid placement's prompt steps compute their cold FFN neurons: auto (the cost model of pinfer.conf(5): stream each layer's FFN weights to the GPU when modelled faster than the CPU workers), off (the CPU workers), on (always streamed); decode steps never stream"}, K_ENUM, OFF(tune.prompt_stream), 0, 0, prompt_stream_names, NULL},
 };
 #undef OFF
 

@@ -16,6 +16,10 @@
 
 enum pi_gpu_backend { PI_GPU_NONE = 0, PI_GPU_HOST = 1, PI_GPU_CUDA = 2 };
 enum pi_activation_cfg { PI_ACT_AUTO = 0, PI_ACT_CFG_SILU = 1, PI_ACT_CFG_RELU = 2, PI_ACT_CFG_DRELU = 3 };
+/* [model] check_tensors: how much of the model file is read for NaN and infinity at load, with the
+ * values of model/tensor-check.h's enum pi_tensor_check (lib/ cannot include it; the coordinator
+ * asserts they agree). */
+enum pi_check_tensors_cfg { PI_CHECK_TENSORS_CFG_SAMPLED = 0, PI_CHECK_TENSORS_CFG_FULL = 1 };
 
 /* [tune] cuda_matvec: how the cuda backend's one-token products take x. AUTO quantises x to 8 bits
  * for quantised weights of at least 12 Mi elements (kernels/cuda/matvec-q8.cu), F32 keeps x in float
@@ -36,6 +40,12 @@ enum pi_tune_cpu_kernels {
     PI_TUNE_CPU_KERNELS_AMX = 5,
 };
 
+/* [tune] prompt_stream: where a hybrid placement's prompt steps compute their cold FFN neurons
+ * (compute/stream-policy.h): AUTO by the cost model (the layer's weights streamed to the device when
+ * that is modelled faster than the CPU workers), OFF always on the CPU workers, ON always streamed
+ * (a prompt step: some sequence has two or more rows in it; decode steps never stream). */
+enum pi_tune_prompt_stream { PI_TUNE_PROMPT_STREAM_AUTO = 0, PI_TUNE_PROMPT_STREAM_OFF = 1, PI_TUNE_PROMPT_STREAM_ON = 2 };
+
 /* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as
  * compute/predictor.h's enum pi_sparsity (off, safe, aggressive), one more than its value. */
 enum pi_sparsity_cfg { PI_SPARSITY_CFG_AUTO = 0, PI_SPARSITY_CFG_OFF = 1, PI_SPARSITY_CFG_SAFE = 2, PI_SPARSITY_CFG_AGGRESSIVE = 3 };
@@ -54,12 +64,15 @@ struct pi_tune {
     enum pi_tune_cuda_matvec cuda_matvec; /* [tune] cuda_matvec */
     enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
     int64_t batch;                        /* [tune] batch: tokens per step, 1..PI_TUNE_BATCH_MAX; 0 = the default */
+    enum pi_tune_prompt_stream prompt_stream; /* [tune] prompt_stream */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads
      * (covers the merge that quantises the output projection's x on small models). */
     bool cuda_no_pdl;
     bool cuda_att_unfused;
+    bool cuda_att_no_seqs; /* decode steps of several sequences take the per-sequence attention launches
+                              (the bit-identity check of pi_cuda_attention_seqs in test-backend-cuda) */
 };
 
 /* [tune] batch: the most tokens one step of an engine evaluates (a prompt goes in chunks of this many;
@@ -80,6 +93,7 @@ struct pi_config {
     char *sidecar_path;        /* the model's sidecar; empty = MODEL.pinfer.gguf beside it, when present */
     char *calib_text;          /* [model] calibration_text: the first-load threshold calibration's text; empty = bundled */
     char *chat_template;       /* chat format name (text/chat.h); empty = recognised from the file */
+    enum pi_check_tensors_cfg check_tensors; /* NaN/Inf check at load: sampled or full */
     /* [run] */
     char *run_dir;             /* where sockets live; created 0700 */
     /* [control] */
@@ -96,6 +110,8 @@ struct pi_config {
     int64_t server_queue_reserve; /* the queue's last places, for clients with fewer waiting than this */
     int64_t server_max_tokens; /* tokens per request, at most; 0 = the context */
     int64_t server_timeout;    /* seconds from arrival to end; 0 = none */
+    int64_t server_restart_max;    /* engine restarts within server_restart_window, at most; 0 = no cap */
+    int64_t server_restart_window; /* seconds */
     /* [cpu] */
     int64_t cpu_workers;       /* 0 = one per NUMA node */
     int64_t cpu_threads;       /* threads per CPU worker; 0 = the node's cores */

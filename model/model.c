@@ -6,7 +6,9 @@
  *   2. every tensor by name, with its shape checked against the hyper-parameters and its type against
  *      the types the CPU kernels implement;
  *   3. the FFN activation (option, then `pinfer.ffn_activation`, then the format default);
- *   4. the norm vectors copied to f32, and ffn_down packed transposed (one neuron per row) unless the
+ *   4. the values: no NaN or infinity in any tensor's elements or block scales, read in windows of
+ *      each tensor or whole (model/tensor-check.h, opts->check);
+ *   5. the norm vectors copied to f32, and ffn_down packed transposed (one neuron per row) unless the
  *      file brings PowerInfer's ffn_down_t.
  * The GGUF reader has already checked that every tensor's bytes lie inside the file.
  */
@@ -553,6 +555,12 @@ int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model
     if (!b.m) return -PI_ERR_NOMEM;
     b.m->gguf = g;
     if ((rc = read_hparams(&b, opts->act)) < 0 || (rc = bind_tensors(&b)) < 0) goto err;
+    char line[512] = "";
+    if ((rc = pi_tensor_check_file(g, opts->check, line, sizeof line)) == -PI_ERR_FORMAT) {
+        rc = fail(&b, "%s: the file is damaged", line);
+        goto err;
+    }
+    if (rc < 0) goto err; /* a check mode outside the enum: the caller's bug */
     if (!opts->no_down_t && (rc = pack_down_t(&b, opts->down_t_type, opts->n_threads)) < 0) goto err;
     if (opts->rows16 && (rc = pack_rows16(&b, opts->n_threads)) < 0) goto err;
     *out = b.m;

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 
 #include "model/gguf.h"
+#include "model/tensor-check.h"
 #include "lib/types.h"
 #include "lib/weights.h"
 
@@ -82,9 +83,12 @@ struct pi_model_opts {
      * that layout, for the in-process CPU forward pass; each copy is as large as its matrix. Off by
      * default: programs that run the dense products on the CPU turn it on. */
     bool rows16;
+    /* How much of every tensor of the file is read for NaN and infinity before the model is bound
+     * (model/tensor-check.h): sampled (the default, a few windows per tensor) or full. */
+    enum pi_tensor_check check;
 };
 
-/* Defaults: activation from the file, automatic down_t type, packing on. */
+/* Defaults: activation from the file, automatic down_t type, packing on, the sampled tensor check. */
 void pi_model_opts_default(struct pi_model_opts *o);
 
 /* The type ffn_down_t is packed in for down weights of type down with rows of d elements, given the
@@ -94,7 +98,8 @@ enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d
 
 /* Bind a model from g (borrowed: it must outlive the model). opts may be NULL (defaults).
  * Returns 0 and *out, or a negative enum pi_err with *out NULL and err (if not NULL) holding one line,
- * e.g. "blk.2.attn_k.weight: shape (64, 64), expected (32, 64) (kv_dim, n_embd)". */
+ * e.g. "blk.2.attn_k.weight: shape (64, 64), expected (32, 64) (kv_dim, n_embd)", or -PI_ERR_FORMAT
+ * for a NaN or infinity the tensor check (opts->check) found. */
 int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model_t **out,
                   char *err, size_t errlen);
 

@@ -47,6 +47,10 @@ echo "memcheck test-cuda-sparse rc=$?" | tee -a $T; grep -E "ERROR SUMMARY|LEAK 
 PI_CUDA_TEST=short-sparse timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
   > $OUT/memcheck-backend-sparse.log 2>&1
 echo "memcheck backend sparse rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-backend-sparse.log | tail -1 | tee -a $T
+# prompt streaming (PI_CUDA_TEST=short-stream: the slots, their copies and events, the wrapped weights)
+PI_CUDA_TEST=short-stream timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
+  > $OUT/memcheck-backend-stream.log 2>&1
+echo "memcheck backend stream rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-backend-stream.log | tail -1 | tee -a $T
 # the backend's golden checks under each other tuning, set as the backend's fields (test-backend-cuda's
 # PI_CUDA_TEST_TUNE): the [tune] key's f32, and the test-only q8 everywhere (the host backend's bound),
 # three-launch decode attention and no PDL

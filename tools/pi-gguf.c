@@ -3,7 +3,9 @@
  *
  *   pi-gguf FILE...          the header, every metadata key (arrays summarised) and the tensor table
  *   pi-gguf --check FILE...  validate only: "FILE: ok" on stdout for a good file, one line
- *                            "pi-gguf: FILE: <message>" on stderr for a bad one
+ *                            "pi-gguf: FILE: <message>" on stderr for a bad one; the structure and
+ *                            then every tensor's values (no NaN or infinity in an element or a block
+ *                            scale: model/tensor-check.h, read in full)
  *
  * Everything it shows comes through model/gguf.h, which validates the whole file at open, so this
  * program inherits the reader's guarantee: no input makes it read outside the file. Strings from the
@@ -13,6 +15,7 @@
 #include "config.h"
 #include "lib/common.h"
 #include "model/gguf.h"
+#include "model/tensor-check.h"
 #include "lib/log.h"
 
 #include <getopt.h>
@@ -31,7 +34,8 @@ static void usage(FILE *out)
             "Usage: pi-gguf [OPTION]... FILE...\n"
             "Print the metadata and tensor table of GGUF model files, or validate them.\n"
             "\n"
-            "  -c, --check        validate only; print \"FILE: ok\" for good files and one line\n"
+            "  -c, --check        validate only, the tensors' values too (no NaN or infinity);\n"
+            "                     print \"FILE: ok\" for good files and one line\n"
             "                     \"pi-gguf: FILE: <reason>\" on stderr for each bad one\n"
             "  -n, --elements=N   array elements shown per key (default 4)\n"
             "  -h, --help         show this help and exit\n"
@@ -204,7 +208,11 @@ int main(int argc, char **argv)
             status = 1;
             continue;
         }
-        if (check) printf("%s: ok\n", argv[i]);
+        if (check && pi_tensor_check_file(g, PI_TENSOR_CHECK_FULL, err, sizeof err) != 0) {
+            fflush(stdout);
+            fprintf(stderr, "pi-gguf: %s: %s\n", argv[i], err);
+            status = 1;
+        } else if (check) printf("%s: ok\n", argv[i]);
         else print_file(argv[i], g);
         if (!check && i + 1 < argc) putchar('\n');
         pi_gguf_destroy(&g);

@@ -112,6 +112,12 @@ int pi_cuda_weight_upload(pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
  * -PI_ERR_RANGE (rows outside w), -PI_ERR_NOMEM (host). */
 int pi_cuda_weight_view(const pi_cuda_weight_t *w, int64_t r0, int64_t nr, pi_cuda_weight_t **out);
 
+/* A weight (rows, cols) of type over device memory the caller owns: d_mem, 256-byte aligned, of
+ * pi_cuda_weight_bytes_for bytes holding the weight's device image (pi_cuda_weight_pack_rows, copied
+ * there by the caller). Like a view it holds and counts no device bytes; destroy it before d_mem is
+ * reused for another image. 0, or a negative pi_err as pi_cuda_weight_planes, -PI_ERR_NOMEM (host). */
+int pi_cuda_weight_wrap(int type, int64_t rows, int64_t cols, void *d_mem, pi_cuda_weight_t **out);
+
 /* Free a weight (NULL ok); NULLs *w. */
 void pi_cuda_weight_destroy(pi_cuda_ctx_t *ctx, pi_cuda_weight_t **w);
 
@@ -164,7 +170,7 @@ bool pi_cuda_q8_for(const pi_cuda_ctx_t *ctx, int type, int64_t rows, int64_t co
 int pi_cuda_xq_reserve(pi_cuda_ctx_t *ctx, size_t bytes);
 
 /* Y (T, rows) = X (T, cols) @ W^T. Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q3_K, Q4_K, Q5_K and Q6_K weights (the
- * integer GEMM's types, pi_cuda_mmq_built; the backend keeps Q3_K as F16) in batches of up to
+ * integer GEMM's types, pi_cuda_mmq_built) in batches of up to
  * PI_CUDA_MMQ_MAX_T tokens, where the context has it (pi_cuda_mmq_for): pi_cuda_mmq below. Otherwise X is converted to f16, W is dequantised to f16 in row tiles (F16 is used
  * in place) and each tile goes through cublasGemmEx (f16 inputs, f32 accumulation, tensor cores).
  * Scratch: pi_cuda_gemm_x16_bytes(T, cols) plus, for the f16 path, a tile of at most 64 MiB
@@ -244,6 +250,29 @@ int pi_cuda_rope_kv(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, in
  * split partials live in the context's scratch. */
 int pi_cuda_attention(pi_cuda_ctx_t *ctx, int64_t T, int n_head, int n_head_kv, int head_dim, int64_t pos0,
                       const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out);
+
+/* Decode attention of n tokens of different sequences (or of one sequence's non-consecutive positions),
+ * one query each, in three launches whatever n: for each token its k and v rows (d_k, d_v: (n,
+ * n_head_kv, head_dim) f32, already rotated) stored as f16 at its position, then causal grouped-query
+ * attention of its q row (d_q: (n, n_head, head_dim)) over positions 0 .. its position of its own
+ * caches into d_out (n, n_head, head_dim). The caches of the token's sequence start d_off[t] halves
+ * after d_k_cache / d_v_cache ((n_ctx, n_head_kv, head_dim) f16 each). d_tab (n, 4) int32 and
+ * max_nsplit, part_bytes come from pi_cuda_att_seqs_plan over the tokens' positions. Each token's output
+ * is the same bits as pi_cuda_attention's for that token alone (T = 1 at its position). head_dim 32,
+ * 64, 128 or 256. */
+int pi_cuda_attention_seqs(pi_cuda_ctx_t *ctx, int n, int max_nsplit, size_t part_bytes, int n_head, int n_head_kv,
+                           int head_dim, const int32_t *d_tab, const int64_t *d_off, const float *d_q, const float *d_k,
+                           const float *d_v, void *d_k_cache, void *d_v_cache, float *d_out);
+
+/* The table of pi_cuda_attention_seqs for n tokens at positions pos (host arrays): tab (n, 4) int32 =
+ * {position, split length, splits, first partial} per token, the splits pi_cuda_attention chooses for
+ * one query there; the largest split count and the partials' bytes. 0, or -PI_ERR_INVAL / -PI_ERR_RANGE
+ * (a negative position; past the grid's limits). */
+int pi_cuda_att_seqs_plan(pi_cuda_ctx_t *ctx, int n, int n_head, int head_dim, const int32_t *pos, int32_t *tab,
+                          int *max_nsplit, size_t *part_bytes);
+
+/* Bytes the attention's scratch slot holds now (its partials never reallocate below this). */
+size_t pi_cuda_att_scratch_held(const pi_cuda_ctx_t *ctx);
 
 /* One decode step's attention for one sequence, the query at position pos: RoPE of q (n_head,
  * head_dim) and k (n_head_kv, head_dim) at pos as pi_cuda_rope does it, k and v (n_head_kv, head_dim)

@@ -82,7 +82,7 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     w->q = (uint8_t *)mem;
     w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
-    if (!g.sbytes && g.qlen == g.bbytes) { /* ggml's layout itself */
+    if (!g.sbytes && g.qlen == g.bbytes && g.qbytes == g.bbytes) { /* ggml's layout itself (not Q3_K: padded) */
         rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
     } else {
         size_t cap = 16u << 20;
@@ -94,6 +94,29 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
         pi_cuda_weight_destroy(c, &w);
         return rc;
     }
+    *out = w;
+    return 0;
+}
+
+extern "C" int pi_cuda_weight_wrap(int type, int64_t rows, int64_t cols, void *d_mem, pi_cuda_weight_t **out)
+{
+    pi_cuda_geom g;
+    size_t qplane, dplane;
+    *out = NULL;
+    PI_TRY(pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane));
+    PI_ASSERT(((uintptr_t)d_mem & (PI_CUDA_ALLOC_ALIGN - 1)) == 0);
+    pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
+    if (!w) return -PI_ERR_NOMEM;
+    w->type = (enum pi_type)type;
+    w->rows = rows;
+    w->cols = cols;
+    w->nblk = cols / g.belems;
+    w->qbytes = g.qbytes;
+    w->sbytes = g.sbytes;
+    w->q = (uint8_t *)d_mem;
+    w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
+    w->bytes = 0;
+    w->view = true; /* owns no device memory: pi_cuda_weight_destroy frees only the struct */
     *out = w;
     return 0;
 }

@@ -394,28 +394,23 @@ __device__ __forceinline__ void pi_att_emit(float x, float *out, int64_t i, int 
     if constexpr (Q) pi_q8_quant_warp(x, i >> 5, lane, qs, meta);
 }
 
-/* One block per (query head h, split sp, query t): its warps take batches of the split's positions in
- * turn (pi_att_positions: online softmax, a batch's rows loaded together). The warps then merge in
- * shared memory into one partial
- * (m, l, acc[head_dim]) at part[((t * n_head + h) * nsplit + sp) * (head_dim + 2)]. Lane l holds the
- * NPL = head_dim / 32 dimensions [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
+/* One block's split of one query head (the body of k_attn_split and k_attn_seqs): its warps take
+ * batches of positions [p0, p1) in turn (pi_att_positions: online softmax, a batch's rows loaded
+ * together), then merge in shared memory into one partial (m, l, acc[head_dim]) at out. qr: the query
+ * head's row (head_dim floats); g: its kv head. Lane l holds the NPL = head_dim / 32 dimensions
+ * [l NPL, (l + 1) NPL), so a row is one coalesced vector load. */
 template <int NPL>
-__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
-k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, float qscale, const float *__restrict__ q,
-             const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
+__device__ __forceinline__ void pi_att_split_block(int n_head_kv, int g, float qscale, const float *__restrict__ qr,
+                                                   const __half *__restrict__ kc, const __half *__restrict__ vc,
+                                                   int64_t p0, int64_t p1, float *__restrict__ out)
 {
     constexpr int HD = 32 * NPL;
     __shared__ float s_m[PI_ATT_WARPS], s_l[PI_ATT_WARPS];
     __shared__ float s_acc[PI_ATT_WARPS][HD];
-    const int h = blockIdx.x, sp = blockIdx.y;
-    const int64_t t = blockIdx.z;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int g = h / (n_head / n_head_kv);
-    const int64_t kv_len = pos0 + t + 1;
-    const int64_t p0 = (int64_t)sp * chunk, p1 = PI_MIN(p0 + chunk, kv_len);
     const int64_t kvd = (int64_t)n_head_kv * HD, off = (int64_t)g * HD + lane * NPL;
     float qv[NPL], acc[NPL];
-    const float *qr = q + (t * n_head + h) * HD + lane * NPL;
+    qr += lane * NPL;
 #pragma unroll
     for (int i = 0; i < NPL; i++) {
         qv[i] = qr[i] * qscale;
@@ -428,12 +423,55 @@ k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, flo
     for (int i = 0; i < NPL; i++) s_acc[warp][lane * NPL + i] = acc[i];
     __syncthreads();
     const float M = pi_att_warps_m(s_m);
-    float *out = part + ((t * n_head + h) * nsplit + sp) * (int64_t)(HD + 2);
     for (int d = threadIdx.x; d < HD; d += blockDim.x) out[2 + d] = pi_att_warps_acc<HD>(s_m, s_acc, M, d);
     if (threadIdx.x == 0) {
         out[0] = M;
         out[1] = pi_att_warps_l(s_m, s_l, M);
     }
+}
+
+/* One block per (query head h, split sp, query t) of T consecutive queries of one sequence: the
+ * partial at part[((t * n_head + h) * nsplit + sp) * (head_dim + 2)]. */
+template <int NPL>
+__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
+k_attn_split(int n_head, int n_head_kv, int64_t pos0, int nsplit, int chunk, float qscale, const float *__restrict__ q,
+             const __half *__restrict__ kc, const __half *__restrict__ vc, float *__restrict__ part)
+{
+    constexpr int HD = 32 * NPL;
+    const int h = blockIdx.x, sp = blockIdx.y;
+    const int64_t t = blockIdx.z;
+    const int64_t kv_len = pos0 + t + 1;
+    const int64_t p0 = (int64_t)sp * chunk, p1 = PI_MIN(p0 + chunk, kv_len);
+    pi_att_split_block<NPL>(n_head_kv, h / (n_head / n_head_kv), qscale, q + (t * n_head + h) * HD, kc, vc, p0, p1,
+                            part + ((t * n_head + h) * nsplit + sp) * (int64_t)(HD + 2));
+}
+
+/* DESIGN (k_attn_seqs, k_attn_merge_seqs, k_kv_store_seqs). A decode step of several sequences was one
+ * RoPE launch, then per sequence a KV store and the two attention launches: at 32 sequences about a
+ * hundred launches per layer, each a few microseconds of mostly launch and latency. Here each token t
+ * of the step (one query of its own sequence, at its own position) carries a row of the table tab
+ * (pi_cuda_att_seqs_plan): {pos, chunk, nsplit, part0} and the offset of its sequence's caches from
+ * the layer's; the three launches take every token. Each token's chunk is the one
+ * pi_cuda_attention would choose for it alone (one query over pos + 1 positions), and its splits and
+ * merge run the same device code in the same order, so a token's output is the same bits as the
+ * per-sequence path's (a one-token decode of a single sequence takes k_attn_dec, whose softmax order
+ * differs in the last bits). Token t's
+ * partials lie at part + (part0 * n_head + h * nsplit + sp) * (head_dim + 2); blocks past a token's
+ * nsplit return at once. */
+template <int NPL>
+__global__ void __launch_bounds__(PI_ATT_WARPS * 32)
+k_attn_seqs(int n_head, int n_head_kv, float qscale, const int4 *__restrict__ tab, const int64_t *__restrict__ off,
+            const float *__restrict__ q, const __half *__restrict__ kc, const __half *__restrict__ vc,
+            float *__restrict__ part)
+{
+    constexpr int HD = 32 * NPL;
+    const int h = blockIdx.x, sp = blockIdx.y;
+    const int64_t t = blockIdx.z;
+    const int4 e = tab[t]; /* pos, chunk, nsplit, part0 */
+    if (sp >= e.z) return;
+    const int64_t kv_len = (int64_t)e.x + 1, p0 = (int64_t)sp * e.y, p1 = PI_MIN(p0 + e.y, kv_len);
+    pi_att_split_block<NPL>(n_head_kv, h / (n_head / n_head_kv), qscale, q + (t * n_head + h) * HD, kc + off[t],
+                            vc + off[t], p0, p1, part + ((int64_t)e.w * n_head + (int64_t)h * e.z + sp) * (HD + 2));
 }
 
 /* One block per (head, query): combine the splits' partials into out (T, n_head, hd). Q: also
@@ -450,6 +488,32 @@ __global__ void k_attn_merge(int n_head, int hd, int nsplit, const float *__rest
     for (int d = threadIdx.x; d < hd; d += blockDim.x)
         pi_att_emit<Q>(pi_att_splits_out<false>(pp, nsplit, hd, M, d), out, (t * n_head + h) * hd + d,
                        (int)(threadIdx.x & 31), qs, meta);
+}
+
+/* One block per (head, token) of k_attn_seqs' partials: as k_attn_merge over the token's nsplit. */
+__global__ void k_attn_merge_seqs(int n_head, int hd, const int4 *__restrict__ tab, const float *__restrict__ part,
+                                  float *__restrict__ out)
+{
+    const int h = blockIdx.x;
+    const int64_t t = blockIdx.y;
+    const int4 e = tab[t];
+    const float *pp = part + ((int64_t)e.w * n_head + (int64_t)h * e.z) * (int64_t)(hd + 2);
+    const float M = pi_att_splits_m<false>(pp, e.z, hd);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x)
+        pi_att_emit<false>(pi_att_splits_out<false>(pp, e.z, hd, M, d), out, (t * n_head + h) * hd + d,
+                           (int)(threadIdx.x & 31), NULL, NULL);
+}
+
+/* Token t's k and v rows (kvd floats each) as f16 at position tab[t].x of its sequence's caches. */
+__global__ void k_kv_store_seqs(int64_t n, int64_t kvd, const int4 *__restrict__ tab, const int64_t *__restrict__ off,
+                                const float *__restrict__ k, const float *__restrict__ v, __half *__restrict__ kc,
+                                __half *__restrict__ vc)
+{
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const int64_t t = i / kvd, j = off[t] + (int64_t)tab[t].x * kvd + i % kvd;
+    kc[j] = __float2half_rn(k[i]);
+    vc[j] = __float2half_rn(v[i]);
 }
 
 /* Positions per split for T queries over L positions: PI_CUDA_ATT_CHUNK; when that gives fewer than two
@@ -530,6 +594,58 @@ extern "C" int pi_cuda_attention(pi_cuda_ctx_t *c, int64_t T, int n_head, int n_
                                  const float *d_q, const void *d_k_cache, const void *d_v_cache, float *d_out)
 {
     return attention(c, T, n_head, n_head_kv, head_dim, pos0, d_q, d_k_cache, d_v_cache, d_out, NULL, NULL);
+}
+
+extern "C" int pi_cuda_att_seqs_plan(pi_cuda_ctx_t *c, int n, int n_head, int head_dim, const int32_t *pos, int32_t *tab,
+                                     int *max_nsplit, size_t *part_bytes)
+{
+    int64_t parts = 0;
+    *max_nsplit = 0;
+    for (int t = 0; t < n; t++) {
+        int64_t chunk, nsplit;
+        if (pos[t] < 0) return -PI_ERR_INVAL;
+        PI_TRY(att_splits(c, 1, n_head, head_dim, (int64_t)pos[t] + 1, &chunk, &nsplit));
+        if (parts > INT32_MAX - nsplit) return -PI_ERR_RANGE;
+        tab[4 * t] = pos[t], tab[4 * t + 1] = (int32_t)chunk, tab[4 * t + 2] = (int32_t)nsplit, tab[4 * t + 3] = (int32_t)parts;
+        parts += nsplit;
+        *max_nsplit = (int)PI_MAX((int64_t)*max_nsplit, nsplit);
+    }
+    *part_bytes = pi_cuda_att_part_bytes(parts, n_head, 1, head_dim);
+    return 0;
+}
+
+extern "C" size_t pi_cuda_att_scratch_held(const pi_cuda_ctx_t *c) { return c->scr_bytes[PI_CUDA_SCR_ATT]; }
+
+extern "C" int pi_cuda_attention_seqs(pi_cuda_ctx_t *c, int n, int max_nsplit, size_t part_bytes, int n_head, int n_head_kv,
+                                      int head_dim, const int32_t *d_tab, const int64_t *d_off, const float *d_q,
+                                      const float *d_k, const float *d_v, void *d_k_cache, void *d_v_cache, float *d_out)
+{
+    PI_TRY(check_count("attention sequences", n));
+    if (!att_heads_ok(n_head, n_head_kv, head_dim) || n > 65535 || max_nsplit < 1 || max_nsplit > 65535) {
+        pi_error("cuda: attention of %d sequences, %d heads, %d kv heads, head_dim %d, %d splits unsupported", n, n_head,
+                 n_head_kv, head_dim, max_nsplit);
+        return -PI_ERR_INVAL;
+    }
+    const int4 *tab = (const int4 *)d_tab;
+    __half *kh = (__half *)d_k_cache, *vh = (__half *)d_v_cache;
+    const int64_t kvd = (int64_t)n_head_kv * head_dim, nkv = (int64_t)n * kvd;
+    k_kv_store_seqs<<<blocks_for(nkv, 256), 256, 0, c->stream>>>(nkv, kvd, tab, d_off, d_k, d_v, kh, vh);
+    PI_CU_LAUNCH("k_kv_store_seqs");
+    void *part = NULL;
+    PI_TRY(pi_cuda_scratch(c, PI_CUDA_SCR_ATT, part_bytes, &part));
+    const float qscale = att_qscale(head_dim);
+    dim3 grid((unsigned)n_head, (unsigned)max_nsplit, (unsigned)n);
+    switch (head_dim) {
+    case 32: k_attn_seqs<1><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, qscale, tab, d_off, d_q, kh, vh, (float *)part); break;
+    case 64: k_attn_seqs<2><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, qscale, tab, d_off, d_q, kh, vh, (float *)part); break;
+    case 128: k_attn_seqs<4><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, qscale, tab, d_off, d_q, kh, vh, (float *)part); break;
+    default: k_attn_seqs<8><<<grid, PI_ATT_WARPS * 32, 0, c->stream>>>(n_head, n_head_kv, qscale, tab, d_off, d_q, kh, vh, (float *)part); break;
+    }
+    PI_CU_LAUNCH("k_attn_seqs");
+    k_attn_merge_seqs<<<dim3((unsigned)n_head, (unsigned)n), head_dim, 0, c->stream>>>(n_head, head_dim, tab,
+                                                                                       (const float *)part, d_out);
+    PI_CU_LAUNCH("k_attn_merge_seqs");
+    return 0;
 }
 
 /* ------------------------------------------------------------------ decode attention, one launch */

@@ -151,6 +151,15 @@ int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_g
  * negative pi_err as pi_cuda_weight_planes. */
 int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
 
+/* The device image of rows [r0, r0 + nr) of a (rows, cols) weight of type, host side: src holds the
+ * whole weight in ggml's layout (rows of pi_type_row_bytes each); image (pi_cuda_weight_bytes_for
+ * bytes) receives those rows' blocks as pi_cuda_weight_upload lays them out on the device, the quant
+ * plane from byte 0 and the side plane from the quant plane's rounded size, every pad byte of the
+ * rows' blocks zero. Disjoint row ranges may be packed by different threads into the same image, which
+ * then copied to device memory and wrapped (pi_cuda_weight_wrap) is the uploaded weight. 0, or a
+ * negative pi_err as pi_cuda_weight_planes, or -PI_ERR_RANGE for rows outside the weight. */
+int pi_cuda_weight_pack_rows(int type, int64_t rows, int64_t cols, const void *src, int64_t r0, int64_t nr, void *image);
+
 #ifdef __cplusplus
 }
 #endif

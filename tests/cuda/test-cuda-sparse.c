@@ -491,14 +491,13 @@ int main(int argc, char **argv)
     test_mask_act(6, 11008, 3000);
     test_mask_act(5, 300, 300);
 
-    /* every device type as gate/up and as down once (Q5_K/Q6_K: a Q5_K_M file's pairing); Q3_K left out:
-     * its decoder failed on the H100 (session 11) */
-    static const enum pi_type gts[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0,
-                                       PI_TYPE_Q4_K, PI_TYPE_Q6_K, PI_TYPE_Q5_K, PI_TYPE_Q4_1,
-                                       PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q2_K, PI_TYPE_Q4_K};
-    static const enum pi_type dts[] = {PI_TYPE_F16,  PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_BF16,
-                                       PI_TYPE_Q5_K, PI_TYPE_Q4_K, PI_TYPE_Q6_K, PI_TYPE_Q5_1,
-                                       PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q4_K, PI_TYPE_Q2_K};
+    /* every device type as gate/up and as down once (Q5_K/Q6_K: a Q5_K_M file's pairing) */
+    static const enum pi_type gts[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K,
+                                       PI_TYPE_Q6_K, PI_TYPE_Q5_K, PI_TYPE_Q4_1, PI_TYPE_Q5_0, PI_TYPE_Q5_1,
+                                       PI_TYPE_Q2_K, PI_TYPE_Q4_K, PI_TYPE_Q3_K, PI_TYPE_Q2_K};
+    static const enum pi_type dts[] = {PI_TYPE_F16,  PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_BF16, PI_TYPE_Q5_K,
+                                       PI_TYPE_Q4_K, PI_TYPE_Q6_K, PI_TYPE_Q5_1, PI_TYPE_Q4_1, PI_TYPE_Q5_0,
+                                       PI_TYPE_Q4_K, PI_TYPE_Q2_K, PI_TYPE_Q2_K, PI_TYPE_Q3_K};
     static const int acts[] = {PI_CUDA_ACT_RELU, PI_CUDA_ACT_SILU, PI_CUDA_ACT_DRELU};
     for (size_t i = 0; i < PI_ARRAY_LEN(gts); i++) {
         const int64_t d =

@@ -30,10 +30,7 @@
 
 static uint64_t rng_state;
 
-static uint64_t rng_next(void)
-{
-    return pi_rng_splitmix64(&rng_state);
-}
+static uint64_t rng_next(void) { return pi_rng_splitmix64(&rng_state); }
 
 /* Uniform in [-1, 1). */
 static float frand(void) { return (float)((double)(rng_next() >> 11) / 9007199254740992.0 * 2.0 - 1.0); }
@@ -182,7 +179,7 @@ static float *ref_rows(enum pi_type t, const void *w, int64_t rows, int64_t cols
 
 static const enum pi_type types[] = {PI_TYPE_F16,  PI_TYPE_BF16, PI_TYPE_Q4_0, PI_TYPE_Q4_1,
                                      PI_TYPE_Q5_0, PI_TYPE_Q5_1, PI_TYPE_Q8_0, PI_TYPE_Q2_K,
-                                     PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K}; /* Q3_K: failed on the H100 (session 11) */
+                                     PI_TYPE_Q3_K, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
 
 /* ------------------------------------------------------------------ matrix products */
 
@@ -196,7 +193,8 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
     const bool q8 = uses_q8(t, rows, cols, R);
     if (q8) q8_round(xd, cols, xd); /* the reference is the product with x as quantised */
     for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xd[c], exact[r] += (double)wf[r * cols + c] * x[c];
+        for (int64_t c = 0; c < cols; c++)
+            ref[r] += (double)wf[r * cols + c] * xd[c], exact[r] += (double)wf[r * cols + c] * x[c];
     pi_cuda_weight_t *dw = NULL;
     int rc = pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw);
     tap_ok(rc == 0, "%s (%lld, %lld) uploads", pi_type_name(t), (long long)rows, (long long)cols);
@@ -208,8 +206,9 @@ static void test_matvec(enum pi_type t, int64_t rows, int64_t cols, int R)
            (long long)cols, R, e);
     if (q8) { /* and the price of quantising x: against the exact product */
         double eq = nerr_d(y, exact, (size_t)rows);
-        tap_ok(rc == 0 && eq < 1e-2, "matvec %s (%lld, %lld) R=%d with x in 8 bits, against the exact product: error %.3g",
-               pi_type_name(t), (long long)rows, (long long)cols, R, eq);
+        tap_ok(rc == 0 && eq < 1e-2,
+               "matvec %s (%lld, %lld) R=%d with x in 8 bits, against the exact product: error %.3g", pi_type_name(t),
+               (long long)rows, (long long)cols, R, eq);
     }
     {
         /* the accumulating epilogue of the same kernel: y0 + W x; its error is that of (result - y0)
@@ -267,7 +266,8 @@ static void test_mmq_invariant(const pi_cuda_weight_t *dw, int64_t rows, int64_t
     rc |= pi_cuda_mmq(ctx, dw, T - s0, dX + s0 * cols, dY1, 0);
     float *ys = host_of(dY1, (size_t)((T - s0) * rows));
     diff += memcmp(ys, Y + s0 * rows, (size_t)((T - s0) * rows) * 4) != 0;
-    tap_ok(rc == 0 && diff == 0, "mmq (%lld, %lld) T=%lld: a token's outputs are the same bits alone, and in a batch of %lld",
+    tap_ok(rc == 0 && diff == 0,
+           "mmq (%lld, %lld) T=%lld: a token's outputs are the same bits alone, and in a batch of %lld",
            (long long)rows, (long long)cols, (long long)T, (long long)(T - s0));
     free(ys);
     dev_free(dY1);
@@ -289,7 +289,8 @@ static void test_gemm(enum pi_type t, int64_t rows, int64_t cols, int64_t T)
         if (mq) q8_round(xd, cols, xd);
         for (int64_t r = 0; r < rows; r++) {
             double s = 0, x = 0;
-            for (int64_t c = 0; c < cols; c++) s += (double)wf[r * cols + c] * xd[c], x += (double)wf[r * cols + c] * X[i * cols + c];
+            for (int64_t c = 0; c < cols; c++)
+                s += (double)wf[r * cols + c] * xd[c], x += (double)wf[r * cols + c] * X[i * cols + c];
             if (refq) refq[i * rows + r] = s;
             ref[i * rows + r] = mmq ? s : x, exact[i * rows + r] = x;
         }
@@ -411,7 +412,8 @@ static void test_rmsnorm(int64_t T, int64_t n)
     double *ref = malloc((size_t)(T * n) * sizeof(double));
     const float eps = 1e-5f;
     for (int64_t t = 0; t < T; t++) norm_ref(x + t * n, g, n, eps, ref + t * n);
-    float *dx = dev_from(x, (size_t)(T * n) * 4), *dg = dev_from(g, (size_t)n * 4), *dy = dev_from(NULL, (size_t)(T * n) * 4);
+    float *dx = dev_from(x, (size_t)(T * n) * 4), *dg = dev_from(g, (size_t)n * 4),
+          *dy = dev_from(NULL, (size_t)(T * n) * 4);
     int rc = pi_cuda_rmsnorm(ctx, T, n, dx, dg, eps, dy);
     float *y = host_of(dy, (size_t)(T * n));
     double e = nerr_d(y, ref, (size_t)(T * n));
@@ -482,7 +484,8 @@ static void test_softmax_act(int64_t rows, int64_t n)
         e = nerr_d(y, ref, N);
         tap_ok(rc == 0 && e < 1e-6, "glu act %d: error %.3g", act, e);
         free(y);
-        for (size_t i = 0; i < N; i++) ref[i] = act == PI_CUDA_ACT_SILU ? x[i] / (1 + exp(-(double)x[i])) : fmax(x[i], 0);
+        for (size_t i = 0; i < N; i++)
+            ref[i] = act == PI_CUDA_ACT_SILU ? x[i] / (1 + exp(-(double)x[i])) : fmax(x[i], 0);
         PI_ASSERT(pi_cuda_memset(ctx, dy, 0xff, N * 4) == 0);
         rc = pi_cuda_act(ctx, act, (int64_t)N, dg, dy);
         y = host_of(dy, N);
@@ -552,6 +555,73 @@ static void test_attention(int64_t T, int n_head, int n_head_kv, int hd, int64_t
     free(k), free(v), free(q), free(ref), free(s), free(out);
 }
 
+/* pi_cuda_attention_seqs: n tokens of n different sequences (positions from 0 to past several splits, so
+ * that split counts differ between tokens), each sequence's caches at its own offset in one buffer and
+ * filled with random history; each token's k and v stored at its position by the call, and each token's
+ * output the same bits as pi_cuda_attention's for that token alone (T = 1 at its position, over a copy of
+ * the same caches after the same store). */
+static void test_attention_seqs(int n_head, int n_head_kv, int hd, int64_t n_ctx)
+{
+    static const int32_t pos[] = {0, 31, 32, 255, 700, 3000, 1, 4095};
+    enum { N = 8 };
+    const int64_t kvd = (int64_t)n_head_kv * hd, per = n_ctx * kvd; /* halves per cache (K or V) of a sequence */
+    int n = 0;
+    int32_t p[N];
+    for (int i = 0; i < N; i++)
+        if (pos[i] < n_ctx) p[n++] = pos[i];
+    const size_t cb = (size_t)(2 * n * per) * 2; /* every sequence's K then V, f16 */
+    uint16_t *hist = malloc(cb);
+    for (size_t i = 0; i < cb / 2; i++) hist[i] = pi_fp32_to_fp16((float)(rand() % 2001 - 1000) / 1000.0f);
+    float *q = rand_floats((size_t)n * n_head * hd, 1.5f), *k = rand_floats((size_t)(n * kvd), 1.0f);
+    float *v = rand_floats((size_t)(n * kvd), 1.0f);
+    void *cache = dev_from(hist, cb), *cache2 = dev_from(hist, cb);
+    float *dq = dev_from(q, (size_t)n * n_head * hd * 4), *dk = dev_from(k, (size_t)(n * kvd) * 4);
+    float *dv = dev_from(v, (size_t)(n * kvd) * 4), *dout = dev_from(NULL, (size_t)n * n_head * hd * 4);
+    float *dout1 = dev_from(NULL, (size_t)n_head * hd * 4);
+    int32_t tab[4 * N];
+    int64_t off[N];
+    int max_ns = 0, rc = 0;
+    size_t part_bytes = 0;
+    for (int t = 0; t < n; t++) off[t] = (int64_t)t * 2 * per;
+    int32_t *dtab = dev_from(NULL, sizeof tab);
+    int64_t *doff = dev_from(off, sizeof off);
+    uint8_t *kc = cache, *kc2 = cache2;
+    /* The splits depend on the attention scratch the context holds, which a call may grow: plan and call
+     * until the plan no longer changes (a call's stores are the same halves again), as a serving backend
+     * settles after its first steps. */
+    int32_t prev[4 * N] = {0};
+    for (int it = 0; it < 4 && rc == 0; it++) {
+        rc |= pi_cuda_att_seqs_plan(ctx, n, n_head, hd, p, tab, &max_ns, &part_bytes);
+        if (it > 0 && memcmp(prev, tab, sizeof(int32_t) * 4 * (size_t)n) == 0) break;
+        memcpy(prev, tab, sizeof tab);
+        PI_ASSERT(pi_cuda_upload(ctx, dtab, tab, sizeof tab) == 0);
+        rc |= pi_cuda_attention_seqs(ctx, n, max_ns, part_bytes, n_head, n_head_kv, hd, dtab, doff, dq, dk, dv, kc,
+                                     kc + per * 2, dout);
+    }
+    int differ = 0, pmax = 0;
+    for (int t = 0; t < n; t++) differ |= tab[4 * t + 2] != tab[2], pmax = PI_MAX(pmax, p[t]);
+    float *got = host_of(dout, (size_t)n * n_head * hd);
+    int same = 1;
+    for (int t = 0; t < n && rc == 0; t++) {
+        uint8_t *ks = kc2 + (size_t)off[t] * 2, *vs = ks + per * 2;
+        rc |= pi_cuda_kv_store(ctx, n_head_kv, hd, p[t], 1, dk + t * kvd, dv + t * kvd, ks, vs);
+        rc |= pi_cuda_attention(ctx, 1, n_head, n_head_kv, hd, p[t], dq + (size_t)t * n_head * hd, ks, vs, dout1);
+        float *one = host_of(dout1, (size_t)n_head * hd);
+        same &= memcmp(one, got + (size_t)t * n_head * hd, (size_t)n_head * hd * 4) == 0;
+        free(one);
+    }
+    uint16_t *c1 = malloc(cb), *c2 = malloc(cb);
+    PI_ASSERT(pi_cuda_download(ctx, c1, cache, cb) == 0 && pi_cuda_download(ctx, c2, cache2, cb) == 0);
+    const bool caches = memcmp(c1, c2, cb) == 0;
+    tap_ok(rc == 0 && same && caches && max_ns > 1 && differ,
+           "attention_seqs heads %d/%d dim %d: %d sequences at positions up to %d (splits 1..%d): the stores and each "
+           "output as pi_cuda_kv_store and pi_cuda_attention alone, bit for bit",
+           n_head, n_head_kv, hd, n, pmax, max_ns);
+    dev_free(cache), dev_free(cache2), dev_free(dq), dev_free(dk), dev_free(dv), dev_free(dout), dev_free(dout1);
+    dev_free(dtab), dev_free(doff);
+    free(hist), free(q), free(k), free(v), free(got), free(c1), free(c2);
+}
+
 /* Halves a and b (n of them) equal, or at most one unit in the last place apart. */
 static bool halves_close(const uint16_t *a, const uint16_t *b, size_t n)
 {
@@ -586,8 +656,8 @@ static void test_attn_dec(int n_head, int n_head_kv, int hd, int n_rot, int64_t 
     rc |= pi_cuda_rope_kv(ctx, 1, n_head, n_head_kv, hd, n_rot, NULL, base, fs, q1, k1, dv, pos, kc1, vc1);
     rc |= pi_cuda_attention(ctx, 1, n_head, n_head_kv, hd, pos, q1, kc1, vc1, out1);
     PI_ASSERT(pi_cuda_memset(ctx, out2, 0xff, no * 4) == 0);
-    int rc2 = pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2,
-                                    NULL, NULL);
+    int rc2 =
+        pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2, NULL, NULL);
     float *a1 = host_of(out1, no), *a2 = host_of(out2, no);
     double *ref = malloc(no * sizeof(double));
     for (size_t i = 0; i < no; i++) ref[i] = a1[i];
@@ -603,7 +673,8 @@ static void test_attn_dec(int n_head, int n_head_kv, int hd, int n_rot, int64_t 
     }
     double e = nerr_d(a2, ref, no);
     tap_ok(rc == 0 && rc2 == 0 && caches && e < 1e-5,
-           "attention_dec heads %d/%d dim %d rot %d at %lld: the caches and the output (error %.3g) as the separate kernels",
+           "attention_dec heads %d/%d dim %d rot %d at %lld: the caches and the output (error %.3g) as the separate "
+           "kernels",
            n_head, n_head_kv, hd, n_rot, (long long)pos, e);
     if (o_rows > 0) {
         void *w = rand_weight(PI_TYPE_Q4_0, o_rows, qd);
@@ -614,7 +685,8 @@ static void test_attn_dec(int n_head, int n_head_kv, int hd, int n_rot, int64_t 
         PI_ASSERT(pi_cuda_copy(ctx, kc2, kc1, cb) == 0 && pi_cuda_copy(ctx, vc2, vc1, cb) == 0);
         PI_ASSERT(pi_cuda_upload(ctx, q2, q, no * 4) == 0 && pi_cuda_upload(ctx, k2, k, (size_t)kvd * 4) == 0);
         PI_ASSERT(pi_cuda_memset(ctx, out2, 0xff, no * 4) == 0);
-        rc = pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2, dw, dh);
+        rc =
+            pi_cuda_attention_dec(ctx, n_head, n_head_kv, hd, n_rot, pos, base, fs, q2, k2, dv, kc2, vc2, out2, dw, dh);
         float *h = host_of(dh, (size_t)o_rows), *o2 = host_of(out2, no);
         double *x = malloc(no * sizeof(double)), *ho = calloc((size_t)o_rows, sizeof(double));
         for (size_t i = 0; i < no; i++) x[i] = o2[i];
@@ -626,8 +698,8 @@ static void test_attn_dec(int n_head, int n_head_kv, int hd, int n_rot, int64_t 
         double eo = nerr_d(h, ho, (size_t)o_rows), ea = nerr_d(o2, ref, no);
         tap_ok(rc == 0 && eo < 5e-5 && ea < 1e-5,
                "attention_dec heads %d/%d dim %d at %lld, o (%lld, %lld)%s: h += o @ att error %.3g, att error %.3g",
-               n_head, n_head_kv, hd, (long long)pos, (long long)o_rows, (long long)qd, q8 ? ", att in 8 bits" : "",
-               eo, ea);
+               n_head, n_head_kv, hd, (long long)pos, (long long)o_rows, (long long)qd, q8 ? ", att in 8 bits" : "", eo,
+               ea);
         pi_cuda_weight_destroy(ctx, &dw);
         dev_free(dh);
         free(w), free(wf), free(h0), free(x), free(ho), free(h), free(o2);
@@ -660,8 +732,9 @@ static void test_ffn_hot(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_
             g += (double)guf[2 * i * d + c] * xd[c];
             u += (double)guf[(2 * i + 1) * d + c] * xd[c];
         }
-        double a = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u
-                   : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
+        double a = act == PI_CUDA_ACT_SILU   ? g / (1 + exp(-g)) * u
+                   : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u
+                                             : fmax(g, 0) * fmax(u, 0);
         active += a != 0;
         for (int64_t c = 0; c < d; c++) ref[c] += a * dnf[i * d + c];
     }
@@ -707,7 +780,9 @@ static int64_t dense_ref(const float *guf, const float *dnf, int64_t d, int64_t 
             g += (double)guf[2 * i * d + c] * x[c];
             u += (double)guf[(2 * i + 1) * d + c] * x[c];
         }
-        a[i] = act == PI_CUDA_ACT_SILU ? g / (1 + exp(-g)) * u : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u : fmax(g, 0) * fmax(u, 0);
+        a[i] = act == PI_CUDA_ACT_SILU   ? g / (1 + exp(-g)) * u
+               : act == PI_CUDA_ACT_RELU ? fmax(g, 0) * u
+                                         : fmax(g, 0) * fmax(u, 0);
         active += a[i] != 0;
     }
     if (q8_a) q8_round_amb(a, n_ff, a, amb, Q8_WIN_ACT);
@@ -750,7 +825,8 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     float *ya = host_of(dy, (size_t)d);
     for (int64_t r = 0; r < d; r++) ya[r] -= h0[r];
     double ea = nerr_d(ya, ref, (size_t)d);
-    tap_ok(rc == 0 && ea < tol, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt), ea);
+    tap_ok(rc == 0 && ea < tol, "ffn_dense %s/%s accumulating into h: error %.3g", pi_type_name(gt), pi_type_name(dt),
+           ea);
     /* the norm in the staging: h += down @ act(gu @ (RMSNorm(h) * g)), in place */
     float *gn = rand_floats((size_t)d, 1.0f);
     float *dgn = dev_from(gn, (size_t)d * 4);
@@ -770,7 +846,8 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
          * sum and rsqrtf against double here), so an ambiguous element of x can round to the other
          * integer (dense_ref's extra: 3.2e-3 seen once on the H100, 1e-7 without such a flip). */
         const double tol_n = 5e-5 + extra_n;
-        tap_ok(rc == 0 && ea < tol_n, "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g (<= %.2g)",
+        tap_ok(rc == 0 && ea < tol_n,
+               "ffn_dense %s/%s with the norm in the gate/up staging, in place (%lld active): error %.3g (<= %.2g)",
                pi_type_name(gt), pi_type_name(dt), (long long)active_n, ea, tol_n);
     }
     dev_free(dgn);
@@ -793,7 +870,8 @@ static void test_ffn_dense(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
 static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float hscale)
 {
     void *w = rand_weight(t, rows, cols);
-    float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, hscale), *g = rand_floats((size_t)cols, 1.0f);
+    float *wf = ref_rows(t, w, rows, cols), *h = rand_floats((size_t)cols, hscale),
+          *g = rand_floats((size_t)cols, 1.0f);
     double *xn = malloc((size_t)cols * sizeof(double)), *ref = calloc((size_t)rows, sizeof(double));
     norm_ref(h, g, cols, 1e-5, xn);
     const bool q8 = uses_q8(t, rows, cols, 0);
@@ -803,7 +881,8 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
         for (int64_t c = 0; c < cols; c++) ref[r] += (double)wf[r * cols + c] * xn[c];
     pi_cuda_weight_t *dw = NULL;
     PI_ASSERT(pi_cuda_weight_upload(ctx, t, rows, cols, w, &dw) == 0);
-    float *dh = dev_from(h, (size_t)cols * 4), *dg = dev_from(g, (size_t)cols * 4), *dy = dev_from(NULL, (size_t)rows * 4);
+    float *dh = dev_from(h, (size_t)cols * 4), *dg = dev_from(g, (size_t)cols * 4),
+          *dy = dev_from(NULL, (size_t)rows * 4);
     if (!pi_cuda_norm_fusable(ctx, dw)) { /* x too wide for the staging */
         tap_skip(1, "matvec_norm: the staged kernel is not in use");
     } else {
@@ -811,8 +890,8 @@ static void test_matvec_norm(enum pi_type t, int64_t rows, int64_t cols, float h
         float *y = host_of(dy, (size_t)rows);
         double e = nerr_d(y, ref, (size_t)rows);
         const double tol = 5e-5 + (q8 ? amb_cost(wf, rows, cols, amb, ref) : 0.0);
-        tap_ok(rc == 0 && e < tol, "matvec_norm %s (%lld, %lld), h of scale %g%s: error %.3g (<= %.2g)", pi_type_name(t),
-               (long long)rows, (long long)cols, hscale, q8 ? ", quantised to 8 bits" : "", e, tol);
+        tap_ok(rc == 0 && e < tol, "matvec_norm %s (%lld, %lld), h of scale %g%s: error %.3g (<= %.2g)",
+               pi_type_name(t), (long long)rows, (long long)cols, hscale, q8 ? ", quantised to 8 bits" : "", e, tol);
         free(y);
     }
     pi_cuda_weight_destroy(ctx, &dw);
@@ -840,7 +919,7 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q8_0, 9000, 1024, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_K, 100, 2048, 1e-3f); /* eps dominating */
     test_matvec_norm(PI_TYPE_Q4_0, 300, 3200, 3.0f);  /* the norm's quantiser with a part-used last block */
-    test_attn_dec(32, 8, 128, 128, 300, 512, 4096); /* three launches; the merge kernel quantises att */
+    test_attn_dec(32, 8, 128, 128, 300, 512, 4096);   /* three launches; the merge kernel quantises att */
     test_attn_dec(8, 2, 64, 64, 700, 1024, 1000);
     test_attn_dec(4, 4, 32, 32, 0, 16, 77);
     test_matvec_norm(PI_TYPE_F16, 333, 1024, 3.0f);
@@ -853,6 +932,7 @@ static void test_q8_context(void)
     test_matvec_norm(PI_TYPE_Q5_K, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 300, 4096, 3.0f);
     test_ffn_dense(PI_TYPE_Q4_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
+    test_ffn_dense(PI_TYPE_Q3_K, PI_TYPE_Q2_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_ffn_dense(PI_TYPE_F16, PI_TYPE_Q4_0, 512, 1024, PI_CUDA_ACT_SILU); /* float gate/up, 8-bit activations */
     pi_cuda_ctx_destroy(&ctx);
     ctx = main_ctx;
@@ -927,16 +1007,19 @@ static void test_errors(void)
     pi_cuda_weight_t *dw = NULL;
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q8_K, 4, 256, w, &dw), -PI_ERR_UNSUPPORTED, "Q8_K is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F32, 4, 64, w, &dw), -PI_ERR_UNSUPPORTED, "F32 is refused");
-    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_K, 4, 64, w, &dw), -PI_ERR_INVAL, "Q4_K with 64 columns is refused");
+    tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_Q4_K, 4, 64, w, &dw), -PI_ERR_INVAL,
+               "Q4_K with 64 columns is refused");
     tap_is_int(pi_cuda_weight_upload(ctx, PI_TYPE_F16, 4, 48, w, &dw), -PI_ERR_INVAL, "48 columns are refused");
     tap_ok(dw == NULL, "no weight comes back from a refusal");
     tap_ok(pi_cuda_ctx_new(999, 0, NULL) == NULL, "device 999 does not open");
     int dummy;
     tap_is_int(pi_cuda_free(ctx, &dummy), -PI_ERR_INVAL, "freeing a host pointer is refused");
     float *dx = dev_from(NULL, 4096);
-    tap_is_int(pi_cuda_attention(ctx, 1, 8, 3, 64, 0, dx, dx, dx, dx), -PI_ERR_INVAL, "8 heads over 3 kv heads refused");
+    tap_is_int(pi_cuda_attention(ctx, 1, 8, 3, 64, 0, dx, dx, dx, dx), -PI_ERR_INVAL,
+               "8 heads over 3 kv heads refused");
     tap_is_int(pi_cuda_attention(ctx, 1, 8, 2, 48, 0, dx, dx, dx, dx), -PI_ERR_INVAL, "head_dim 48 refused");
-    tap_is_int(pi_cuda_rope(ctx, 1, 8, 64, 63, (const int32_t *)dx, 1e4f, 1.0f, dx), -PI_ERR_INVAL, "odd n_rot refused");
+    tap_is_int(pi_cuda_rope(ctx, 1, 8, 64, 63, (const int32_t *)dx, 1e4f, 1.0f, dx), -PI_ERR_INVAL,
+               "odd n_rot refused");
     tap_is_int(pi_cuda_act(ctx, 7, 16, dx, dx), -PI_ERR_INVAL, "unknown activation refused");
     tap_is_int(pi_cuda_copy(ctx, dx, dx, 15), -PI_ERR_INVAL, "copy of 15 bytes refused");
     tap_is_int(pi_cuda_sync(ctx), 0, "the context is still healthy after the refusals");
@@ -972,9 +1055,9 @@ int main(void)
         test_matvec(t, 301, 11008, PI_CUDA_MV_Q8_2);
         test_matvec(t, 50, 2048, PI_CUDA_MV_Q8_4);
         test_matvec(t, 203, 4096, PI_CUDA_MV_Q8_1);
-        test_matvec(t, 70, 512, PI_CUDA_MV_Q8_1);          /* fewer segments than lanes */
-        if (3200 % pi_type_get(t)->block_elems == 0)     /* not the 256-element K blocks */
-            test_matvec(t, 99, 3200, PI_CUDA_MV_Q8_2);     /* 100 segments: the quantiser's last block part-used */
+        test_matvec(t, 70, 512, PI_CUDA_MV_Q8_1);      /* fewer segments than lanes */
+        if (3200 % pi_type_get(t)->block_elems == 0)   /* not the 256-element K blocks */
+            test_matvec(t, 99, 3200, PI_CUDA_MV_Q8_2); /* 100 segments: the quantiser's last block part-used */
         test_gemm(t, 300, 512, 37);
     }
     /* the automatic choice: x in 8 bits for large quantised matrices (pi_cuda_q8_for), float below */
@@ -1010,8 +1093,11 @@ int main(void)
     test_gemm(PI_TYPE_Q5_0, 301, 512, 3);
     test_gemm(PI_TYPE_Q5_1, 77, 3200, 6);
     test_gemm(PI_TYPE_Q5_1, 301, 2048, 23);
+    test_gemm(PI_TYPE_Q3_K, 4096, 4096, 64);
+    test_gemm(PI_TYPE_Q3_K, 45, 768, 4);
+    test_gemm(PI_TYPE_Q3_K, 33, 256, 3);
     test_gemm(PI_TYPE_Q2_K, 301, 2048, 23); /* not on the integer GEMM: the f16 tiles at every T */
-    test_rmsnorm(5, 4096);  /* the register variant, 1, 2 and 4 float4 per thread */
+    test_rmsnorm(5, 4096);                  /* the register variant, 1, 2 and 4 float4 per thread */
     test_rmsnorm(1, 4100);
     test_rmsnorm(2, 16384);
     test_rmsnorm(3, 100);   /* not a multiple of 4: the loop */
@@ -1021,12 +1107,12 @@ int main(void)
     test_rope_kv(1, 32, 32, 128, 128, 300, 512); /* decode */
     test_rope_kv(9, 8, 2, 64, 32, 5, 64);        /* partial rotation, GQA, a short prompt */
     test_softmax_act(6, 1000);
-    test_attention(1, 8, 2, 128, 700, 1024);  /* decode, 3 splits, GQA 4:1 */
-    test_attention(1, 4, 4, 64, 0, 16);       /* first token */
-    test_attention(40, 8, 8, 64, 230, 512);   /* a prompt continuing a sequence, crossing a split */
+    test_attention(1, 8, 2, 128, 700, 1024); /* decode, 3 splits, GQA 4:1 */
+    test_attention(1, 4, 4, 64, 0, 16);      /* first token */
+    test_attention(40, 8, 8, 64, 230, 512);  /* a prompt continuing a sequence, crossing a split */
     test_attention(3, 32, 8, 256, 100, 128);
     test_attention(2, 4, 2, 32, 300, 512);
-    test_attention(2, 8, 8, 64, 20, 64);      /* 2 queries */
+    test_attention(2, 8, 8, 64, 20, 64);       /* 2 queries */
     test_attention(1, 32, 32, 128, 900, 1024); /* decode with shorter splits (the scratch is large enough by now) */
     /* decode in one launch: one split (first token), several (the last block merges), GQA, partial
      * rotation, every head size, and with the output projection (q8 by the automatic choice, float
@@ -1034,12 +1120,16 @@ int main(void)
     test_attn_dec(4, 4, 64, 64, 0, 16, 0);
     test_attn_dec(32, 32, 128, 128, 150, 512, 0);
     test_attn_dec(8, 2, 128, 128, 700, 1024, 0);
-    test_attn_dec(8, 2, 32, 32, 33, 64, 0);   /* a rotated pair across two lanes */
+    test_attn_dec(8, 2, 32, 32, 33, 64, 0);    /* a rotated pair across two lanes */
     test_attn_dec(4, 1, 256, 64, 300, 512, 0); /* partial rotation */
     test_attn_dec(16, 4, 64, 32, 2000, 4096, 0);
     test_attn_dec(32, 32, 128, 128, 300, 512, 4096);
     test_attn_dec(32, 8, 128, 128, 100, 512, 4096);
     test_attn_dec(8, 2, 64, 64, 40, 64, 1000);
+    test_attention_seqs(32, 8, 128, 4096);
+    test_attention_seqs(8, 2, 64, 1024);
+    test_attention_seqs(4, 4, 256, 512);
+    test_attention_seqs(16, 4, 32, 4096);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_SILU, 1);
     test_ffn_hot(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 4096, 700, PI_CUDA_ACT_RELU, 0);
     test_ffn_hot(PI_TYPE_F16, PI_TYPE_F16, 1024, 333, PI_CUDA_ACT_DRELU, 1);
@@ -1050,6 +1140,7 @@ int main(void)
     test_ffn_hot(PI_TYPE_Q5_0, PI_TYPE_Q5_1, 1024, 333, PI_CUDA_ACT_SILU, 1); /* a Q4_K_M file's odd widths */
     test_ffn_hot(PI_TYPE_Q4_1, PI_TYPE_Q4_1, 512, 77, PI_CUDA_ACT_DRELU, 0);
     test_ffn_hot(PI_TYPE_Q4_K, PI_TYPE_Q2_K, 1024, 300, PI_CUDA_ACT_SILU, 1);
+    test_ffn_hot(PI_TYPE_Q3_K, PI_TYPE_Q3_K, 1024, 300, PI_CUDA_ACT_SILU, 0);
     test_matvec_norm(PI_TYPE_Q4_0, 300, 4096, 3.0f);
     test_matvec_norm(PI_TYPE_Q4_0, 5000, 2560, 3.0f); /* threads staging unequal counts */
     test_matvec_norm(PI_TYPE_Q4_0, 9000, 1024, 3.0f);
@@ -1069,6 +1160,8 @@ int main(void)
     test_matvec_norm(PI_TYPE_Q5_0, 300, 3200, 3.0f);
     test_matvec_norm(PI_TYPE_Q5_1, 100, 2048, 3.0f);
     test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q5_K, 1024, 2048, PI_CUDA_ACT_SILU);
+    test_matvec_norm(PI_TYPE_Q3_K, 100, 2048, 3.0f);
+    test_ffn_dense(PI_TYPE_Q2_K, PI_TYPE_Q3_K, 1024, 2048, PI_CUDA_ACT_SILU);
     test_q8_context();
     test_no_mmq_context();
     test_budget();

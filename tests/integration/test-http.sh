@@ -103,6 +103,13 @@ else
     ok 1 "the server with an API key started"
 fi
 
+# the keys are the API's only authentication: a key file every local user may read is refused
+cp "$t/keys" "$t/keys-open" && chmod 644 "$t/keys-open"
+timeout 30 "$coord" --model "$m" --gpu-backend none --run-dir "$t/open" --http 127.0.0.1:0 --api-key-file "$t/keys-open" \
+    >"$t/open.out" 2>"$t/open.err"; rc=$?
+[ $rc != 0 ] && grep -q "other users may not read" "$t/open.err"
+ok $? "an API key file others may read is refused (rc $rc): $(head -c 200 "$t/open.err")"
+
 timeout 30 "$coord" --model "$m" --gpu-backend none --run-dir "$t/off" --http 0.0.0.0:0 >"$t/off.out" 2>"$t/off.err"; rc=$?
 [ $rc != 0 ] && grep -q "reachable from the network and no API key" "$t/off.err"
 ok $? "listening off the loopback without a key is refused (rc $rc)"

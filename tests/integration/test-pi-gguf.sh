@@ -1,8 +1,9 @@
 #!/bin/sh
 # tests/integration/test-pi-gguf.sh - pi-gguf as a user runs it: --check on good and bad files (exit status, one
 # "pi-gguf: FILE: reason" line per bad file on stderr), the listing of a real file, --help, --version
-# and usage errors. The good files are hand-made here with printf (so this runs without fixtures) and,
-# when present, the fixtures made by llama.cpp. TAP output for Automake's tap-driver.sh.
+# and usage errors; NaN scales refused by --check and by pi-coordinator's load. The good files are
+# hand-made here with printf (so this runs without fixtures) and, when present, the fixtures made by
+# llama.cpp. TAP output for Automake's tap-driver.sh.
 
 PI_GGUF=${PI_BUILDDIR:-.}/tools/pi-gguf
 T=$(mktemp -d "${TMPDIR:-/tmp}/test-pi-gguf.XXXXXX") || { echo "Bail out! mktemp failed"; exit 1; }
@@ -86,6 +87,43 @@ elif [ -f "${PI_SRCDIR:-.}/tests/data/tiny-llama-q4_0.gguf" ]; then
     n=$((n + 1)); echo "ok $n # SKIP fixtures not found"
 else
     for i in 1 2 3; do n=$((n + 1)); echo "ok $n # SKIP fixtures not found"; done
+fi
+
+# NaN and infinity (model/tensor-check.h; issue 20, defect 10): a q4_0 block's fp16 scale d (the first 2
+# of its 18 bytes) set to 0x7e00, a NaN. In block 5 of blk.3.ffn_up.weight (inside the first of the
+# sampled windows): pi-gguf --check and pi-coordinator's default load refuse it. In block 2290 of
+# token_embd.weight (65,536 blocks: between the first two windows): the default load passes, and
+# pi-coordinator --check-tensors full and pi-gguf --check refuse it.
+D=${PI_SRCDIR:-.}/tests/data/demo-relu-q4_0.gguf
+PI_COORD=${PI_BUILDDIR:-.}/coordinator/pi-coordinator
+offset_of() { "$PI_GGUF" "$D" | awk -v t="\"$1\"" '$2 == t { print $(NF - 1) }'; }
+poke_nan() { # poke_nan FILE OFFSET
+    printf '\000\176' | dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null
+}
+up=$(offset_of blk.3.ffn_up.weight)
+emb=$(offset_of token_embd.weight)
+if [ -f "$D" ] && [ -n "$up" ] && [ -n "$emb" ] && [ -x "$PI_COORD" ]; then
+    cp "$D" "$T/nan.gguf" && poke_nan "$T/nan.gguf" $((up + 5 * 18))
+    "$PI_GGUF" --check "$D" "$T/nan.gguf" > "$T/out" 2> "$T/err"
+    [ $? -eq 1 ] && grep -q ': ok$' "$T/out" && [ "$(wc -l < "$T/err")" -eq 1 ] &&
+        grep -q "^pi-gguf: $T/nan.gguf: blk.3.ffn_up.weight (q4_0): block 5 of [0-9]* has a non-finite scale (nan)\$" "$T/err"
+    ok $? "--check: a NaN scale in a q4_0 block is refused, naming tensor and block ($(cat "$T/err"))"
+    "$PI_COORD" --model "$T/nan.gguf" --gpu-backend none --prompt Hi -n 1 > "$T/out" 2> "$T/err"
+    st=$?
+    [ $st -eq 2 ] && grep -q "blk.3.ffn_up.weight (q4_0): block 5 .* (nan)" "$T/err"
+    ok $? "pi-coordinator: the same file is refused at load (exit $st): $(head -c 300 "$T/err")"
+    cp "$D" "$T/nan-mid.gguf" && poke_nan "$T/nan-mid.gguf" $((emb + 2290 * 18))
+    "$PI_COORD" --model "$T/nan-mid.gguf" --gpu-backend none --prompt Hi -n 1 > "$T/out" 2> "$T/err"
+    ok $? "pi-coordinator: a NaN between the sampled windows passes the default check"
+    "$PI_COORD" --model "$T/nan-mid.gguf" --gpu-backend none --check-tensors full --prompt Hi -n 1 > "$T/out" 2> "$T/err"
+    st=$?
+    [ $st -eq 2 ] && grep -q "token_embd.weight (q4_0): block 2290 of 65536 has a non-finite scale (nan)" "$T/err"
+    ok $? "pi-coordinator --check-tensors full refuses it (exit $st): $(head -c 300 "$T/err")"
+    "$PI_GGUF" --check "$T/nan-mid.gguf" > /dev/null 2>&1
+    [ $? -eq 1 ]
+    ok $? "pi-gguf --check reads every block: refused too"
+else
+    for i in 1 2 3 4 5; do n=$((n + 1)); echo "ok $n # SKIP tests/data/demo-relu-q4_0.gguf or pi-coordinator missing"; done
 fi
 
 "$PI_GGUF" --help > "$T/out"

@@ -8,8 +8,10 @@
  *     was bad, logged, and the coordinator keeps serving;
  *   - kill -9 of a CPU worker, or of the GPU worker, during a generation fails that request with a
  *     clear error; the workers are restarted (new pids) and the next request succeeds;
- *   - a restart that cannot start the workers (the program gone from PI_WORKER_DIR) fails that request
- *     with "could not be started", and the next request, the program back, is served;
+ *   - a worker killed while idle is replaced without a request (status health "ok" again); a restart
+ *     that cannot start the workers (the program gone from PI_WORKER_DIR) shows as "failing" and fails
+ *     the next request with "could not be started", and the next request, the program back, is
+ *     served; past [server] restart_max restarts the coordinator gives up: "failed", requests refused;
  *   - a flood of generation requests: each gets its END or a "busy" refusal, status stays live; a
  *     client that leaves mid-generation has its request stopped, and the next client is served;
  *   - a second HELLO claiming a running worker's pid, from another peer on the worker socket, is
@@ -512,46 +514,88 @@ static void test_forged_hello(void)
 }
 
 
-/* A restart that fails: the coordinator finds its workers through PI_WORKER_DIR (links to the built
- * programs); a CPU worker is killed while idle and the link to pi-cpu-worker removed, so the restart
- * that the next request starts cannot exec it. That request fails with the restart message; with the
- * link back, the following one is served by new workers. */
+/* status's overall health ("ok", "restarting", "failing", "failed", "loading"), "" without one. */
+static const char *health(json_t *st)
+{
+    const char *h = st ? json_string_value(json_object_get(st, "health")) : NULL;
+    return h ? h : "";
+}
+
+/* The scheduler's last_error in a status, "" without one. */
+static const char *last_error(json_t *st)
+{
+    const char *e = st ? json_string_value(json_object_get(json_object_get(st, "scheduler"), "last_error")) : NULL;
+    return e ? e : "";
+}
+
+/* Poll status (at most seconds) until the health is want; the last status (the caller frees it). */
+static json_t *status_until(const char *want, double seconds)
+{
+    json_t *st = NULL;
+    for (int i = 0; i < (int)(seconds * 20); i++) {
+        json_decref(st);
+        st = status();
+        if (strcmp(health(st), want) == 0) break;
+        usleep(50000);
+    }
+    return st;
+}
+
+static char bin[400], cpu_link[500], cpu_exe[512];
+
+/* Restarts: the coordinator finds its workers through PI_WORKER_DIR (links to the built programs).
+ * A CPU worker killed while idle is replaced at once, without a request, and status says "ok" again
+ * (before issue 20's fix it stayed "dead" until the next request). Then its link is removed and the
+ * new worker killed: the idle restart cannot exec it, status says "failing", and a request fails with
+ * the restart message; with the link back, the following one is served by new workers. No restart
+ * cap here ([server] restart_max 0): the back-off's idle retries must not use it up. */
 static void test_restart_failure(void)
 {
-    char bin[400], cpu_link[500], gpu_link[500], cpu_exe[512], gpu_exe[512];
+    char gpu_link[500], gpu_exe[512];
     snprintf(bin, sizeof bin, "%s/bin", tp_dir);
     snprintf(cpu_link, sizeof cpu_link, "%s/pi-cpu-worker", bin);
     snprintf(gpu_link, sizeof gpu_link, "%s/pi-gpu-worker", bin);
     tp_prog(cpu_exe, sizeof cpu_exe, "cpu-worker/pi-cpu-worker");
     tp_prog(gpu_exe, sizeof gpu_exe, "gpu-worker/pi-gpu-worker");
     if (mkdir(bin, 0700) != 0 || symlink(cpu_exe, cpu_link) != 0 || symlink(gpu_exe, gpu_link) != 0) {
-        tap_skip(3, "cannot make the worker links");
+        bin[0] = '\0';
+        tap_skip(5, "cannot make the worker links");
         return;
     }
     setenv("PI_WORKER_DIR", bin, 1);
-    pid_t srv = start_server("server-restart");
+    pid_t srv = start_server_set("server-restart", "server.restart_max=0");
     unsetenv("PI_WORKER_DIR");
     if (!tap_ok(srv > 0, "a server with PI_WORKER_DIR started")) {
-        tap_skip(2, "no server");
+        tap_skip(4, "no server");
         return;
     }
     json_t *st = status();
-    pid_t victim = worker_pid(st, "cpu", 0);
+    pid_t victim = worker_pid(st, "cpu", 0), v1 = -1;
     json_decref(st);
     if (victim > 0) kill(victim, SIGKILL);
-    int dead = 0;
-    for (int i = 0; i < 200 && !dead; i++) { /* the supervisor marks it dead; the restart waits for a request */
+    /* replaced without a request: a new pid, ready, and the overall health back to ok */
+    bool replaced = false;
+    for (int i = 0; i < 300 && !replaced; i++) {
         st = status();
-        dead = st && strcmp(worker_state(st, "cpu", 0), "dead") == 0;
+        v1 = worker_pid(st, "cpu", 0);
+        replaced = v1 > 0 && v1 != victim && strcmp(worker_state(st, "cpu", 0), "ready") == 0 && strcmp(health(st), "ok") == 0;
         json_decref(st);
-        if (!dead) usleep(20000);
+        if (!replaced) usleep(50000);
     }
+    if (!tap_ok(replaced && kill(victim, 0) != 0, "a CPU worker killed while idle is replaced without a request (pid %d -> %d)",
+                (int)victim, (int)v1))
+        server_log_diag("server-restart");
     unlink(cpu_link);
+    if (v1 > 0) kill(v1, SIGKILL);
+    st = status_until("failing", 30);
+    if (!tap_ok(strcmp(health(st), "failing") == 0 && strstr(last_error(st), "could not be started"),
+                "its program gone, the idle restart fails: health %s (%s)", health(st), last_error(st)))
+        server_log_diag("server-restart");
+    json_decref(st);
     const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
     int rc = pictl("gen-no-program", a, TIMEOUT_S);
     char *err = tp_output("gen-no-program", "err");
-    if (!tap_ok(dead && rc == 1 && strstr(err, "could not be started"),
-                "a restart that cannot start the workers fails the request clearly: %s", err))
+    if (!tap_ok(rc == 1 && strstr(err, "could not be started"), "a restart that cannot start the workers fails the request clearly: %s", err))
         server_log_diag("server-restart");
     free(err);
     rc = symlink(cpu_exe, cpu_link);
@@ -559,11 +603,46 @@ static void test_restart_failure(void)
     char *out = tp_output("gen-program-back", "out");
     st = status();
     pid_t v2 = worker_pid(st, "cpu", 0);
+    tap_ok(rc == 0 && strlen(out) > 1 && v2 > 0 && v2 != v1 && strcmp(health(st), "ok") == 0,
+           "with the program back the next request is served: %s (health %s)", out, health(st));
     json_decref(st);
-    tap_ok(rc == 0 && strlen(out) > 1 && v2 > 0 && v2 != victim, "with the program back the next request is served: %s", out);
     free(out);
     kill(srv, SIGTERM);
     tp_wait(srv, 20);
+}
+
+/* The restart cap ([server] restart_max 2): a CPU worker whose program is gone is restarted twice, by
+ * the idle back-off, then the coordinator gives up: status says "failed" with the reason, and a request
+ * is refused with it even once the program is back (the cap is final until the server is restarted). */
+static void test_restart_cap(void)
+{
+    if (!bin[0]) {
+        tap_skip(2, "no worker links");
+        return;
+    }
+    setenv("PI_WORKER_DIR", bin, 1);
+    pid_t srv = start_server_set("server-cap", "server.restart_max=2");
+    unsetenv("PI_WORKER_DIR");
+    json_t *st = status();
+    pid_t victim = srv > 0 ? worker_pid(st, "cpu", 0) : -1;
+    json_decref(st);
+    unlink(cpu_link);
+    if (victim > 0) kill(victim, SIGKILL);
+    st = victim > 0 ? status_until("failed", 60) : NULL;
+    if (!tap_ok(strcmp(health(st), "failed") == 0 && strstr(last_error(st), "gave up after 2 restarts"),
+                "2 failed restarts, then the coordinator gives up: health %s (%s)", health(st), last_error(st)))
+        server_log_diag("server-cap");
+    json_decref(st);
+    int rc = symlink(cpu_exe, cpu_link);
+    const char *a[] = {"generate", "--prompt", "The jury said", "-n", "4", NULL};
+    rc = rc == 0 ? pictl("gen-gave-up", a, TIMEOUT_S) : -1;
+    char *err = tp_output("gen-gave-up", "err");
+    tap_ok(rc == 1 && strstr(err, "gave up"), "after that a request is refused with the reason, the program back or not: %s", err);
+    free(err);
+    if (srv > 0) {
+        kill(srv, SIGTERM);
+        tp_wait(srv, 20);
+    }
 }
 
 /* A GPU worker whose main thread stops while its link thread runs on (a CUDA call that never
@@ -740,6 +819,7 @@ int main(void)
     tap_ok(srv > 0 && kill(srv, SIGTERM) == 0 && tp_wait(srv, 20) == 0, "SIGTERM: the coordinator exits 0");
     tap_is_int(wait_no_procs(5), 0, "after SIGTERM no process is left");
     test_restart_failure();
+    test_restart_cap();
     test_stalled_main_thread();
 
     srv = start_server("server3");

@@ -3,11 +3,14 @@
  *
  * Opens each input with pi_gguf_open_buffer and, when it is accepted, walks everything the API hands
  * out the way a loader would: every key through every typed getter, every array element, every
- * tensor's first and last data byte, and every name looked up again. Built with ASan and UBSan, so any
- * read outside the input, overflow or leak is a finding. Not part of `make check`.
+ * tensor's first and last data byte, and every name looked up again; then the tensor values' check
+ * (model/tensor-check.h) at both depths, which must agree (the sampled check reads a subset of the
+ * full one's blocks: it may pass where full refuses, never the other way round). Built with ASan and
+ * UBSan, so any read outside the input, overflow or leak is a finding. Not part of `make check`.
  */
 #include "config.h"
 #include "model/gguf.h"
+#include "model/tensor-check.h"
 #include "lib/common.h"
 
 #include <stdint.h>
@@ -79,6 +82,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == 0) {
         for (uint64_t i = 0; i < pi_gguf_n_kv(g); i++) walk_kv(g, i);
         for (uint64_t i = 0; i < pi_gguf_n_tensors(g); i++) walk_tensor(g, i);
+        const int full = pi_tensor_check_file(g, PI_TENSOR_CHECK_FULL, err, sizeof err);
+        const int sampled = pi_tensor_check_file(g, PI_TENSOR_CHECK_SAMPLED, err, sizeof err);
+        if ((full != 0 && full != -PI_ERR_FORMAT) || (sampled != 0 && full == 0)) {
+            fprintf(stderr, "tensor check: full %d, sampled %d: %s\n", full, sampled, err);
+            abort();
+        }
         pi_gguf_destroy(&g);
     } else if (!strstr(err, " at offset ") || g != NULL) {
         fprintf(stderr, "rejection without an offset: %s\n", err);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "compute/backend-cuda-plan.h"
 #include "compute/placement.h"
@@ -93,7 +94,9 @@ static void check_golden(void)
         }
         for (int il = 0; il < m->hp.n_layer; il++) nh[il] = k;
         if (mixed) nh[0] = m->hp.n_ff;
-        struct pi_backend_opts o = {.n_ctx = ctx, .n_seq = seq, .max_tokens = T, .hot = hot, .n_hot = nh, .hot_layers = hl};
+        /* the figures of a plan without prompt streaming (check_stream adds it) */
+        struct pi_backend_opts o = {.n_ctx = ctx, .n_seq = seq, .max_tokens = T, .hot = hot, .n_hot = nh, .hot_layers = hl,
+                                    .tune = {.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF}};
         uint64_t got = 0;
         int rc = pi_backend_cuda_plan(m, &o, &got);
         if (rc != 0 || got != (uint64_t)bytes) {
@@ -112,6 +115,49 @@ static void check_golden(void)
     for (int il = 0; il < m->hp.n_layer; il++) nh[il] = il == 2 ? m->hp.n_ff + 1 : 1;
     o.max_tokens = 4, o.hot = hot, o.n_hot = nh;
     tap_ok(pi_backend_cuda_plan(m, &o, &b) == -PI_ERR_RANGE, "a plan with more hot neurons than the layer has is refused");
+    close_model(&m);
+}
+
+/* Prompt streaming's part of the plan (compute/backend-cuda-plan.h): with auto or on and a layer with cold
+ * neurons, two slots of the largest cold layer's ffn_gate, ffn_up and ffn_down images plus the products'
+ * (T, 2 n_ff) f32 buffer, and nothing else changes but the scratch (the streamed GEMMs' tile and input);
+ * off, every neuron hot, one-row batches or predictors: no streaming part at all. */
+static void check_stream(void)
+{
+    pi_model_t *m = open_model("demo-relu-q4_0.gguf");
+    const int L = m->hp.n_layer;
+    const int64_t ff = m->hp.n_ff, d = m->hp.n_embd;
+    for (int il = 0; il < L; il++) nh[il] = ff / 2;
+    struct pi_backend_opts o = {.n_ctx = 64, .n_seq = 1, .max_tokens = 64, .hot = hot, .n_hot = nh, .hot_layers = hl,
+                                .tune = {.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF}};
+    struct pi_backend_cuda_plan off, on, au;
+    int rc = pi_backend_cuda_plan_parts(m, &o, &off);
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
+    rc |= pi_backend_cuda_plan_parts(m, &o, &on);
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_AUTO;
+    rc |= pi_backend_cuda_plan_parts(m, &o, &au);
+    size_t g = 0, u = 0, dn = 0;
+    const struct pi_layer *Ly = &m->layers[0];
+    pi_cuda_weight_bytes_for((int)Ly->ffn_gate.type, ff, d, &g);
+    pi_cuda_weight_bytes_for((int)Ly->ffn_up.type, ff, d, &u);
+    pi_cuda_weight_bytes_for((int)Ly->ffn_down.type, d, ff, &dn);
+    const uint64_t want = 2 * (uint64_t)(g + u + dn) + pi_cuda_counted(64 * 2 * (uint64_t)ff * sizeof(float));
+    tap_ok(rc == 0 && off.stream == 0 && on.stream == want && au.stream == want && on.total == au.total &&
+               pi_backend_cuda_stream_slot(m, &o) == g + u + dn,
+           "prompt streaming: off holds nothing, on and auto two slots of %zu bytes and the products' buffer (%llu bytes)",
+           g + u + dn, (unsigned long long)on.stream);
+    tap_ok(on.attn == off.attn && on.hot == off.hot && on.kv == off.kv && on.act == off.act && on.pred == off.pred &&
+               on.scratch >= off.scratch && on.total == off.total + on.stream + (on.scratch - off.scratch),
+           "prompt streaming changes only its own part and the scratch (+%llu bytes)",
+           (unsigned long long)(on.scratch - off.scratch));
+    o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
+    o.max_tokens = 1;
+    bool one = pi_backend_cuda_stream_on(m, &o);
+    o.max_tokens = 64;
+    for (int il = 0; il < L; il++) nh[il] = ff;
+    bool all_hot = pi_backend_cuda_stream_on(m, &o);
+    tap_ok(!one && !all_hot && pi_backend_cuda_stream_on(m, &(struct pi_backend_opts){.max_tokens = 64}),
+           "no streaming for batches of one row or with every neuron hot; with none hot it is on");
     close_model(&m);
 }
 
@@ -143,16 +189,14 @@ static void check_dev_types(void)
         const int rc = pi_cuda_weight_bytes_for((int)t, rows, cols, &got);
         const bool odd_ok = dev_types[i].belems == 256 ? pi_backend_cuda_dev_type(t, 4064) == PI_TYPE_F16
                                                        : pi_backend_cuda_dev_type(t, 4064) == t;
-        /* Q2_K, Q3_K: kernels and layouts built, kept F16 by the backend (compute/backend-cuda-plan.c) */
-        const enum pi_type dev = t == PI_TYPE_Q2_K || t == PI_TYPE_Q3_K ? PI_TYPE_F16 : t;
-        if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != dev || !odd_ok) {
+        if (rc != 0 || got != want || pi_backend_cuda_dev_type(t, cols) != t || !odd_ok) {
             bad++;
             tap_diag("%s: rc %d, %zu bytes, want %llu; device type %s", pi_type_name(t), rc, got,
                      (unsigned long long)want, pi_type_name(pi_backend_cuda_dev_type(t, cols)));
         }
     }
     tap_ok(bad == 0,
-           "%zu weight types' device layouts counted, all but Q2_K and Q3_K kept in their own format (%d wrong)",
+           "%zu weight types' device layouts counted, each kept in its own format (%d wrong)",
            PI_ARRAY_LEN(dev_types), bad);
     size_t b = 0;
     tap_ok(pi_backend_cuda_dev_type(PI_TYPE_F32, cols) == PI_TYPE_F16 &&
@@ -199,9 +243,58 @@ static void check_model(const char *file)
 }
 #endif
 
+/* The host side of prompt streaming's upload (pi_cuda_weight_pack_rows): for every device type, random
+ * ggml blocks packed as one range and as three disjoint ranges give the same image; each block's quant
+ * bytes sit in the quant plane with zero padding and its side pieces in the side plane at the rounded
+ * quant plane's end (the layout pi_cuda_weight_upload writes, kernels/cuda/plan.h); rows outside the
+ * weight are refused. */
+static void check_pack(void)
+{
+    const int64_t rows = 7;
+    int bad = 0;
+    uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    for (size_t i = 0; i < PI_ARRAY_LEN(dev_types); i++) {
+        const enum pi_type t = dev_types[i].t;
+        const int64_t cols = dev_types[i].belems == 256 ? 512 : 96, nblk = cols / dev_types[i].belems;
+        struct pi_cuda_geom g;
+        size_t qplane = 0, dplane = 0, bytes = 0;
+        if (pi_cuda_weight_planes((int)t, rows, cols, &g, &qplane, &dplane) != 0 ||
+            pi_cuda_weight_bytes_for((int)t, rows, cols, &bytes) != 0) {
+            bad++;
+            continue;
+        }
+        const size_t srcb = (size_t)(rows * nblk) * g.bbytes;
+        uint8_t *src = malloc(srcb), *a = calloc(1, bytes), *b = calloc(1, bytes);
+        PI_ASSERT(src && a && b);
+        for (size_t k = 0; k < srcb; k++) src[k] = (uint8_t)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 56);
+        int rc = pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, rows, a);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, 2, b);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 2, 4, b);
+        rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 6, 1, b);
+        bool ok = rc == 0 && memcmp(a, b, bytes) == 0 && pi_cuda_weight_pack_rows((int)t, rows, cols, src, 5, 3, b) == -PI_ERR_RANGE;
+        for (int64_t k = 0; ok && k < rows * nblk; k++) {
+            const uint8_t *blk = src + (size_t)k * g.bbytes, *q = a + (size_t)k * g.qbytes, *d = a + qplane + (size_t)k * g.sbytes;
+            ok = memcmp(q, blk + g.qoff, g.qlen) == 0;
+            for (size_t z = g.qlen; ok && z < g.qbytes; z++) ok = q[z] == 0;
+            for (int p = 0; ok && p < g.n_side; p++) ok = memcmp(d + g.side[p].dst, blk + g.side[p].src, g.side[p].len) == 0;
+        }
+        if (!ok) {
+            bad++;
+            tap_diag("%s: the packed image differs (rc %d)", pi_type_name(t), rc);
+        }
+        free(src);
+        free(a);
+        free(b);
+    }
+    tap_ok(bad == 0, "prompt streaming's pack: %zu device types, one range and three give the image upload writes (%d wrong)",
+           PI_ARRAY_LEN(dev_types), bad);
+}
+
 int main(void)
 {
     check_golden();
+    check_pack();
+    check_stream();
     check_dev_types();
 #ifdef PI_HAVE_CUDA
     check_model("demo-relu-q4_0.gguf");

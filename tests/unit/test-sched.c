@@ -5,8 +5,10 @@
  * text. Checked: every request's tokens equal the same request run alone, whatever ran beside it;
  * a prompt sharing a prefix with a slot's cache evaluates only the rest; steps carry several
  * sequences; cancel, queue limits, deadlines, stop strings, logprobs; an engine failure
- * ends the running jobs with an error, resets the engine, and later jobs run. The fake engine checks
- * every batch against the engine rules (coordinator/engine.h) and counts violations.
+ * ends the running jobs with an error, resets the engine, and later jobs run; an engine that breaks
+ * while idle is reset without a request; past the restart cap no reset is tried and every request
+ * ends with the reason (issue 20, defect 10). The fake engine checks every batch against the engine
+ * rules (coordinator/engine.h) and counts violations.
  */
 #include "config.h"
 #include "coordinator/sched.h"
@@ -34,8 +36,10 @@ struct fake {
     _Atomic long tokens;       /* tokens evaluated */
     _Atomic long steps, multi; /* steps, and steps with more than one sequence */
     _Atomic int fail_at;       /* the step number that fails with -PI_ERR_PEER (0: none) */
-    _Atomic int resets;
-    _Atomic int delay_us; /* each step takes at least this long */
+    _Atomic int resets;        /* reset calls, failed ones included */
+    _Atomic int delay_us;      /* each step takes at least this long */
+    _Atomic int broken;        /* ops->broken answers this (a worker died while idle); a good reset clears it */
+    _Atomic int reset_fail;    /* reset fails with -PI_ERR_IO (the workers cannot start) */
 };
 
 static uint64_t mix(uint64_t h, uint64_t v)
@@ -100,12 +104,16 @@ static int fake_reset(pi_engine_t *e)
     struct fake *f = (struct fake *)e;
     memset(f->len, 0, sizeof f->len);
     atomic_fetch_add(&f->resets, 1);
+    if (atomic_load(&f->reset_fail)) return -PI_ERR_IO;
+    atomic_store(&f->broken, 0);
     return 0;
 }
 
 static void fake_destroy(pi_engine_t *e) { (void)e; }
 
-static const struct pi_engine_ops fake_ops = {fake_eval, fake_truncate, fake_reset, fake_destroy, NULL};
+static int fake_broken(pi_engine_t *e) { return atomic_load(&((struct fake *)e)->broken); }
+
+static const struct pi_engine_ops fake_ops = {fake_eval, fake_truncate, fake_reset, fake_destroy, NULL, fake_broken};
 
 static void fake_init(struct fake *f)
 {
@@ -197,14 +205,19 @@ static void wait_end(struct out *o)
     for (int i = 0; i < 20000 && !atomic_load(&o->ended); i++) usleep(500);
 }
 
+static pi_sched_t *start_opts(struct fake *f, struct runner *r, const struct pi_sched_opts *so)
+{
+    r->s = pi_sched_new(NULL, NV, so);
+    pi_sched_set_engine(r->s, &f->base);
+    pthread_create(&r->th, NULL, run_main, r->s);
+    return r->s;
+}
+
 static pi_sched_t *start(struct fake *f, struct runner *r, int slots, int queue, int64_t max_tokens, int64_t timeout_ms)
 {
     struct pi_sched_opts so = {
         .n_slots = slots, .queue_max = queue, .max_tokens = max_tokens, .timeout_ms = timeout_ms};
-    r->s = pi_sched_new(NULL, NV, &so);
-    pi_sched_set_engine(r->s, &f->base);
-    pthread_create(&r->th, NULL, run_main, r->s);
-    return r->s;
+    return start_opts(f, r, &so);
 }
 
 static void stop(struct runner *r)
@@ -212,6 +225,123 @@ static void stop(struct runner *r)
     pi_sched_stop(r->s, "test over");
     pthread_join(r->th, NULL);
     pi_sched_destroy(&r->s);
+}
+
+/* Wait (at most 10 s) until f has had n reset calls. */
+static bool wait_resets(struct fake *f, int n)
+{
+    for (int i = 0; i < 20000 && atomic_load(&f->resets) < n; i++) usleep(500);
+    return atomic_load(&f->resets) >= n;
+}
+
+static void test_health_words(void)
+{
+    struct pi_sched_stats st = {0};
+    const char *loading = pi_sched_health(&st);
+    st.ready = true;
+    const char *ok = pi_sched_health(&st);
+    st.ready = false;
+    st.engine_errors = 1;
+    const char *restarting = pi_sched_health(&st);
+    st.failed = true;
+    const char *failing = pi_sched_health(&st);
+    st.gave_up = true;
+    const char *failed = pi_sched_health(&st);
+    tap_ok(!strcmp(loading, "loading") && !strcmp(ok, "ok") && !strcmp(restarting, "restarting") &&
+               !strcmp(failing, "failing") && !strcmp(failed, "failed"),
+           "health: %s, %s, %s, %s, %s", loading, ok, restarting, failing, failed);
+}
+
+/* A worker that dies while nothing runs (the engine's broken flag) gets its pipeline reset at once,
+ * not when the next request finds it gone; the next request then runs as it would have. */
+static void test_idle_death(const int32_t *prompt, int n, const struct out *ref)
+{
+    struct fake f;
+    struct runner r;
+    struct out a;
+    fake_init(&f);
+    pi_sched_t *s = start(&f, &r, NSEQ, 16, 0, 0);
+    atomic_store(&f.broken, 1);
+    const bool reset = wait_resets(&f, 1);
+    struct pi_sched_stats st;
+    for (int i = 0; i < 20000; i++) { /* the reset's outcome is published just after it returns */
+        pi_sched_stats(s, &st);
+        if (st.restarts == 1) break;
+        usleep(500);
+    }
+    tap_ok(reset && atomic_load(&f.broken) == 0 && st.engine_errors == 1 && st.restarts == 1 && st.ready &&
+               strstr(st.last_error, "while it was idle") && !strcmp(pi_sched_health(&st), "ok"),
+           "a worker dead while idle: the engine is reset without a request (%d reset, %llu restart, %s; last: %s)",
+           atomic_load(&f.resets), (unsigned long long)st.restarts, pi_sched_health(&st), st.last_error);
+    struct pi_sched_job jb = job_of(prompt, (size_t)n, ref->n, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == ref->n &&
+               memcmp(a.toks, ref->toks, sizeof(int32_t) * (size_t)a.n) == 0 && atomic_load(&f.resets) == 1,
+           "the next request runs as it did alone, with no further reset");
+    stop(&r);
+}
+
+/* The restart cap: restarts that keep failing (the workers cannot start) are tried 3 times within the
+ * window, then the scheduler gives up: no reset is tried again, every request ends with the reason. */
+static void test_restart_cap(const int32_t *prompt, int n)
+{
+    struct fake f;
+    struct runner r;
+    struct out a;
+    fake_init(&f);
+    atomic_store(&f.reset_fail, 1);
+    struct pi_sched_opts so = {.n_slots = NSEQ, .queue_max = 16, .restart_max = 3, .restart_window_ms = 3600 * 1000};
+    pi_sched_t *s = start_opts(&f, &r, &so);
+    atomic_store(&f.broken, 1); /* the first failure: the idle reset fails; each request then forces one */
+    int errors = 0, k = 0;
+    bool gave_up = false;
+    for (; k < 8 && !gave_up; k++) {
+        struct pi_sched_job jb = job_of(prompt, (size_t)n, 4, &a);
+        pi_sched_submit(s, &jb, NULL);
+        wait_end(&a);
+        errors += a.end.finish == PI_SCHED_ERROR;
+        gave_up = strstr(a.end.reason, "gave up after 3 restarts") != NULL;
+    }
+    struct pi_sched_stats st;
+    pi_sched_stats(s, &st);
+    tap_ok(
+        gave_up && errors == k && atomic_load(&f.resets) == 3 && st.gave_up && st.failed && !st.ready &&
+            !strcmp(pi_sched_health(&st), "failed"),
+        "3 failed restarts within the window, then the scheduler gives up (%d resets, %d requests, all errors: %s; %s)",
+        atomic_load(&f.resets), k, a.end.reason, pi_sched_health(&st));
+    atomic_store(&f.reset_fail, 0); /* even an engine that would start again is not tried */
+    struct pi_sched_job jb = job_of(prompt, (size_t)n, 4, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && strstr(a.end.reason, "gave up") && atomic_load(&f.resets) == 3,
+           "after giving up a request ends at once with the reason and no reset is tried (%d): %s",
+           atomic_load(&f.resets), a.end.reason);
+    stop(&r);
+
+    /* restart_max 0: no cap, however many restarts fail */
+    fake_init(&f);
+    atomic_store(&f.reset_fail, 1);
+    so.restart_max = 0;
+    s = start_opts(&f, &r, &so);
+    atomic_store(&f.broken, 1);
+    errors = 0;
+    for (k = 0; k < 6; k++) {
+        jb = job_of(prompt, (size_t)n, 4, &a);
+        pi_sched_submit(s, &jb, NULL);
+        wait_end(&a);
+        errors += a.end.finish == PI_SCHED_ERROR && !strstr(a.end.reason, "gave up");
+    }
+    pi_sched_stats(s, &st);
+    tap_ok(errors == 6 && atomic_load(&f.resets) >= 6 && !st.gave_up && !strcmp(pi_sched_health(&st), "failing"),
+           "restart_max 0: %d failed restarts and no giving up (%s)", atomic_load(&f.resets), pi_sched_health(&st));
+    atomic_store(&f.reset_fail, 0);
+    jb = job_of(prompt, (size_t)n, 4, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == 4, "... and once the engine starts again, requests run (%s)",
+           pi_sched_finish_name(a.end.finish));
+    stop(&r);
 }
 
 int main(void)
@@ -563,5 +693,9 @@ int main(void)
     tap_ok(a.end.finish == PI_SCHED_ERROR && a.end.status == -PI_ERR_RANGE,
            "a prompt longer than the context: error (%s)", a.end.reason);
     stop(&r);
+
+    test_health_words();
+    test_idle_death(prompts[9], plen[9], &alone[9]);
+    test_restart_cap(prompts[10], plen[10]);
     return tap_done();
 }

@@ -5,7 +5,7 @@
 # from source in the same call, on the same random 7B-shaped files (pi-gen-model with llama.cpp's
 # tokenizer, Q4_0 and Q8_0; pi-gen-model writes no K-quants): pp512 and tg128 fully offloaded, runs alternated,
 # pinfer's prompt in steps of 64 (the default [tune] batch) and of 512 tokens.
-# usage: bench-gemm-7b.sh all [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
+# usage: bench-gemm-7b.sh all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve (after prompt:
 #   tools/device/bench-serve-7b.sh's fully offloaded rows with the same llama.cpp build)
 # Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, tools/{pi-gen-model,loadgen.py}, tests/cuda/{test-cuda,test-backend-cuda},
@@ -23,7 +23,7 @@ build_llama() {
     mkdir -p /tmp/ext/lcpp/pocs && : > /tmp/ext/lcpp/pocs/CMakeLists.txt # the tarball leaves pocs/ out
     ( cd /tmp/ext/lcpp && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
         -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cmake.log 2>&1 &&
-      ninja -C build -j 12 llama-bench llama-server > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) \
+      ninja -C build -j 12 llama-bench llama-server llama-quantize > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) \
       > /dev/null 2>&1 &
   fi
 }
@@ -68,11 +68,23 @@ run_tests_par() {
   for t in $TESTS; do cat "$O/tests-$t.txt" >> "$L"; done
 }
 
-# pinfer_pp FILE REPS SECONDS: pi-bench pp512/tg128 fully offloaded at [tune] batch 64 and 512 (the
-# default; 64 was until session 11), each at most SECONDS
+# peak_start / peak_end LABEL: the device's most memory in use while the commands between them ran, in MiB
+# (nvidia-smi every 100 ms), appended to the log
+peak_start() {
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > /tmp/peak.txt 2>/dev/null &
+  PEAK_PID=$!
+}
+peak_end() {
+  kill "$PEAK_PID" 2>/dev/null; wait "$PEAK_PID" 2>/dev/null
+  echo "peak device memory $1: $(sort -n /tmp/peak.txt | tail -1) MiB" >> "$L"
+}
+
+# pinfer_pp FILE REPS SECONDS: pi-bench pp512/tg128 fully offloaded at each [tune] batch of $PI_BATCHES
+# (default 64 and 512; 512 is the default since session 11), each at most SECONDS
+PI_BATCHES=${PI_BATCHES:-64 512}
 pinfer_pp() {
   local b
-  for b in 64 512; do
+  for b in $PI_BATCHES; do
     echo "== pinfer $(basename "$1") tune.batch=$b" >> "$L"
     timeout "$3" "$R/coordinator/pi-bench" -m "$1" -p 512 -n 128 -r "$2" --gpu-backend cuda --hot-fraction 1 \
         --set tune.batch=$b --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
@@ -231,7 +243,74 @@ vshort() {
   ts "vshort done"
 }
 
+# quant FROM TYPE: llama.cpp's llama-quantize makes /dev/shm/g7-TYPE.gguf (q4_k_m, q5_k_m, q3_k_m) from the F16 file
+quant() {
+  local m=/dev/shm/g7-$2.gguf
+  [ -s "$m" ] && return
+  ts "quantize $2"
+  /tmp/ext/lcpp/build/bin/llama-quantize "/dev/shm/g7-$1.gguf" "$m" "${2^^}" 16 > "$O/quantize-$2.log" 2>&1
+  ts "quantize $2 rc=$? $(du -m "$m" | cut -f1) MiB"
+}
+
+# hybrid_rows: the Q4_0 file at half offload: pinfer at hot fraction 0.5 with prompt streaming off and on
+# (the backend's measured copy and packing rates from its info line), llama.cpp -ngl 16; peak device memory
+hybrid_rows() {
+  local ps
+  for ps in off on; do
+    echo "== hybrid q4_0: pinfer hot 0.5 prompt_stream=$ps" >> "$L"
+    peak_start
+    timeout 100 "$R/coordinator/pi-bench" -m /dev/shm/g7-q4_0.gguf -p 512 -n 32 -r 2 --gpu-backend cuda \
+        --hot-fraction 0.5 --set tune.prompt_stream=$ps --log-level info --run-dir /tmp/pirun -o md > /tmp/pb.out 2> /tmp/pb.err
+    echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/pb.out >> "$L"
+    grep -iE "error|prompt streaming|streamed|planned" /tmp/pb.err | head -6 >> "$L"
+    peak_end "pinfer hybrid hot 0.5 prompt_stream=$ps"
+  done
+  echo "== hybrid q4_0: llama.cpp -ngl 16" >> "$L"
+  peak_start
+  timeout 100 $LB -m /dev/shm/g7-q4_0.gguf -ngl 16 -p 512 -n 32 -r 2 -o md > /tmp/lb.out 2> /tmp/lb.err
+  echo "rc=$?" >> "$L"; grep -E "^\|" /tmp/lb.out >> "$L"
+  peak_end "llama.cpp -ngl 16"
+  ts "hybrid done"
+}
+
+# types SECONDS: issue 15's bars per file type: the three CUDA test programs at once (the F16 and Q4_0
+# files written and llama.cpp built meanwhile), then Q4_K_M, Q5_K_M and Q3_K_M made by llama-quantize;
+# for Q4_0, Q4_K_M, Q5_K_M, Q8_0 and Q3_K_M, pinfer's pp512/tg128 fully offloaded (batch 512) beside
+# llama-bench -ngl 99, each run's peak device memory logged; then the hybrid Q4_0 rows (hybrid_rows)
+# while time is left
+types() {
+  local budget=${1:-560} ty
+  PI_BATCHES=512
+  machine
+  build_llama
+  ( gen f16; gen q4_0; gen q8_0 ) &
+  local gp=$!
+  run_tests_par 200
+  ts "tests done"
+  wait $gp
+  wait_llama 400
+  for ty in q4_k_m q5_k_m; do quant f16 "$ty"; done
+  for ty in q4_0 q4_k_m q5_k_m; do
+    peak_start; pinfer_pp /dev/shm/g7-$ty.gguf 3 90; peak_end "pinfer $ty"
+    peak_start; llama_pp /dev/shm/g7-$ty.gguf 90; peak_end "llama.cpp $ty"
+    ts "$ty done"
+  done
+  if [ $(( $(date +%s) - T0 )) -lt $(( budget - 150 )) ]; then
+    hybrid_rows
+  fi
+  if [ $(( $(date +%s) - T0 )) -lt $(( budget - 100 )) ]; then
+    quant f16 q3_k_m
+    for ty in q3_k_m q8_0; do
+      peak_start; pinfer_pp /dev/shm/g7-$ty.gguf 2 60; peak_end "pinfer $ty"
+      peak_start; llama_pp /dev/shm/g7-$ty.gguf 60; peak_end "llama.cpp $ty"
+    done
+  fi
+  ts "types done"
+}
+
 case ${1:-} in
+hybrid) hybrid_rows ;;
+types) types "${2:-560}" ;;
 val) val "${2:-500}" ;;
 vshort) vshort ;;
 verify) verify ;;
@@ -240,5 +319,5 @@ all) all "${2:-560}" ;;
 check) check ;;
 prompt) prompt "${2:-2}" ;;
 serve) serve_full "${2:-1}" ;;
-*) echo "usage: $0 all [SECONDS] | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
+*) echo "usage: $0 all [SECONDS] | types [SECONDS] | hybrid | val [SECONDS] | vshort | quick | verify | check | prompt REPS | serve [REP]" >&2; exit 2 ;;
 esac
