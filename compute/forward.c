@@ -348,8 +348,56 @@ static void project(pi_forward_t *f, const struct pi_weight *W, const float *X, 
         pi_pool_for(f->pool, W->rows, 16, ref_range, &t);
         return;
     }
-    if (n == 1) pi_matvec(f->pool, W->type, W->data, W->rows, W->cols, X, Y);
-    else pi_matmul(f->pool, W->type, W->data, W->rows, W->cols, X, n, Y);
+    if (n == 1) pi_matvec_w(f->pool, W, X, Y);
+    else pi_matmul_w(f->pool, W, X, n, Y);
+}
+
+/* Y[i] = X @ W[i]^T for the nw (<= 4) products of one input (q, k, v; gate, up): project's results,
+ * in one pool job where the weights are packed alike (pi_matmul_wn). */
+static void project_n(pi_forward_t *f, const struct pi_weight *const *W, int nw, const float *X, int n,
+                      float *const *Y)
+{
+    if (f->o.f32_activations) {
+        for (int i = 0; i < nw; i++) project(f, W[i], X, n, Y[i]);
+        return;
+    }
+    pi_matmul_wn(f->pool, W, nw, X, n, Y);
+}
+
+#define ACT_CHUNK 1024 /* FFN activations per pool index */
+
+/* The FFN activation over the pool: element-wise, so the same bits as one pi_ffn_act(_min) call. */
+struct act_task {
+    enum pi_ffn_act act;
+    const float *gmin; /* (ff) thresholds, or NULL */
+    float *g;          /* (n, ff) gate in, activation out */
+    const float *u;    /* (n, ff) */
+    int64_t ff, per_row; /* chunks per row */
+    int64_t kept;        /* pi_ffn_act_min's count, summed atomically */
+};
+
+static void act_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct act_task *t = ctx;
+    int64_t kept = 0;
+    (void)thread;
+    for (int64_t i = begin; i < end; i++) {
+        int64_t c0 = i % t->per_row * ACT_CHUNK, len = PI_MIN(ACT_CHUNK, t->ff - c0);
+        size_t off = (size_t)(i / t->per_row * t->ff + c0);
+        if (t->gmin) kept += pi_ffn_act_min(t->act, t->gmin + c0, t->g + off, t->u + off, 1, len);
+        else pi_ffn_act(t->act, t->g + off, t->u + off, len);
+    }
+    __atomic_fetch_add(&t->kept, kept, __ATOMIC_RELAXED);
+}
+
+/* g (n, ff) = act(g, u) (with the thresholds gmin where not NULL); returns pi_ffn_act_min's count of
+ * kept activations (0 without thresholds). Split over the pool: a prompt's activations were a serial
+ * tenth of its time on two threads. */
+static int64_t ffn_act(pi_forward_t *f, const float *gmin, int n, int64_t ff)
+{
+    struct act_task t = {f->m->hp.act, gmin, f->gate, f->up, ff, (ff + ACT_CHUNK - 1) / ACT_CHUNK, 0};
+    pi_pool_for(f->pool, (int64_t)n * t.per_row, 1, act_range, &t);
+    return t.kept;
 }
 
 /* x (n, d) = rmsnorm(h) * w, row by row. */
@@ -487,9 +535,9 @@ void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t 
     size_t kvd = (size_t)hp->n_head_kv * hp->head_dim;
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->attn_norm, n, f->x);
-    project(f, &L->attn_q, f->x, n, f->q);
-    project(f, &L->attn_k, f->x, n, f->k);
-    project(f, &L->attn_v, f->x, n, f->v);
+    const struct pi_weight *qkv[3] = {&L->attn_q, &L->attn_k, &L->attn_v};
+    float *const out[3] = {f->q, f->k, f->v};
+    project_n(f, qkv, 3, f->x, n, out);
     for (int i = 0; i < n; i++) {
         PI_ASSERT(pos[i] >= 0 && pos[i] < f->o.n_ctx);
         pi_rope_table(f->cs, pos[i], hp->n_rot, hp->rope_base);
@@ -534,12 +582,13 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     /* Whole matrices, rows batched (pi_matmul) or one row (pi_matvec), bit for bit the same per row:
      * every row takes this path whatever the batch (compute/ffn-policy.h, batch invariance), the
      * activation thresholds zeroing the skipped neurons' activations. */
-    project(f, &L->ffn_gate, f->x, n, f->gate);
-    project(f, &L->ffn_up, f->x, n, f->up);
+    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+    float *const out[2] = {f->gate, f->up};
+    project_n(f, gu, 2, f->x, n, out);
     if (f->stats) stats_gate(f->stats, il, n, f->gate);
     if (f->capture) f->capture(f->capture_ctx, il, n, h, f->x, f->gate, f->up);
-    if (gmin) active = pi_ffn_act_min(hp->act, gmin, f->gate, f->up, n, (int64_t)ff);
-    else pi_ffn_act(hp->act, f->gate, f->up, (int64_t)n * (int64_t)ff);
+    if (gmin) active = ffn_act(f, gmin, n, (int64_t)ff);
+    else ffn_act(f, NULL, n, (int64_t)ff);
     if (f->stats) stats_act(f->stats, il, n, f->gate);
     project(f, &L->ffn_down, f->gate, n, f->out);
     for (size_t j = 0; relu && !gmin && j < (size_t)n * ff; j++) active += f->gate[j] != 0.0f;

@@ -163,15 +163,11 @@ int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *
 int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enum pi_ffn_act act, const float *X, int64_t n,
                                   const uint64_t *mask, int64_t mask_words, float *gate, float *up, float *Y)
 {
-    const int64_t ff = L->ffn_gate.rows, d = L->ffn_gate.cols;
+    const int64_t ff = L->ffn_gate.rows;
     float *g = gate, *u = up;
-    if (n == 1) {
-        pi_matvec(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, g);
-        pi_matvec(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, u);
-    } else {
-        pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, ff, d, X, n, g);
-        pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, ff, d, X, n, u);
-    }
+    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+    float *const out[2] = {g, u};
+    pi_matmul_wn(pool, gu, 2, X, n, out); /* one pool job where both are packed alike */
     pi_ffn_act(act, g, u, n * ff);
     int64_t active = 0;
     for (int64_t t = 0; t < n; t++)
@@ -180,8 +176,8 @@ int64_t pi_sparse_ffn_dense_layer(pi_pool_t *pool, const struct pi_layer *L, enu
             if (!pi_sparse_bit(mask + t * mask_words, j)) *a = 0.0f;
             active += *a != 0.0f;
         }
-    if (n == 1) pi_matvec(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, Y);
-    else pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, ff, g, n, Y);
+    if (n == 1) pi_matvec_w(pool, &L->ffn_down, g, Y);
+    else pi_matmul_w(pool, &L->ffn_down, g, n, Y);
     return active;
 }
 
@@ -244,10 +240,10 @@ void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model
     const struct pi_weight *G = &m->layers[il].ffn_gate, *U = &m->layers[il].ffn_up;
     const bool drelu = m->hp.act == PI_FFN_ACT_DRELU;
     PI_ASSERT(il >= 0 && il < s->n_layer && G->rows == s->n_ff && (!drelu || (up && U->rows == s->n_ff)));
-    if (n == 1) pi_matvec(pool, G->type, G->data, G->rows, G->cols, X, gate);
-    else pi_matmul(pool, G->type, G->data, G->rows, G->cols, X, n, gate);
-    if (drelu && n == 1) pi_matvec(pool, U->type, U->data, U->rows, U->cols, X, up);
-    else if (drelu) pi_matmul(pool, U->type, U->data, U->rows, U->cols, X, n, up);
+    if (n == 1) pi_matvec_w(pool, G, X, gate);
+    else pi_matmul_w(pool, G, X, n, gate);
+    if (drelu && n == 1) pi_matvec_w(pool, U, X, up);
+    else if (drelu) pi_matmul_w(pool, U, X, n, up);
     uint64_t tru = 0, hit = 0;
     for (int64_t t = 0; t < n; t++) {
         const float *g = gate + t * s->n_ff, *u = drelu ? up + t * s->n_ff : NULL;

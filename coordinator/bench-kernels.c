@@ -12,12 +12,15 @@
  * before each type. Table: type, threads, GB/s of weights (best call and median call), that
  * bandwidth, best call as % of it, GB/s per thread, a plain read of the same weight copies on as many
  * threads (issue 14: the kernel against a read-only stream over the same bytes) and the best call as
- * % of that, kernel variant.
+ * % of that, kernel variant. Where the active variant has a kernel over 16-row packed copies
+ * (kernels/cpu/rows16.h: Q4_0 on AVX512-VNNI), the type gets a second row, "q4_0 rows16": the same
+ * copies packed and read through pi_matvec_w.
  *
  * matmul: on one thread, pi_matmul (prompt processing: the 4-token kernels where the variant has
  * them) against the same product done as one vec_dot per (row, token) in the same tiling (pi_matmul
  * before the 4-token kernels), both including the activation quantisation; GFLOP/s = 2 * rows * cols
- * * tokens / time, best of -r calls, the two timed alternately.
+ * * tokens / time, best of -r calls, the two timed alternately; where the variant has a 16-row packed
+ * kernel for the type, pi_matmul_w over a packed copy as a third, in the same alternation.
  *
  * neurons: pi_ffn_neurons (ReLU), the CPU workers' kernel, over synthetic layers of --rows neurons of
  * width --cols (gate and up of each --types type, Q4_0 by default; down_t --down-type, f16 by default) cycled through a
@@ -43,6 +46,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/rows16.h"
 #include "lib/common.h"
 
 #include <stddef.h>
@@ -138,7 +142,8 @@ struct bench_type {
     enum pi_type t;
     void **copies; /* n_copies matrices of rows x cols */
     int n_copies;
-    size_t bytes; /* one matrix */
+    size_t bytes;          /* one matrix */
+    struct pi_weight *w16; /* (n_copies) with 16-row packed copies (pack_rows16), or NULL */
 };
 
 static int prepare(struct bench_type *b, enum pi_type t, int64_t rows, int64_t cols, size_t workset)
@@ -184,6 +189,27 @@ static void release(struct bench_type *b)
 {
     for (int k = 0; k < b->n_copies; k++) free(b->copies[k]);
     free(b->copies);
+    for (int k = 0; b->w16 && k < b->n_copies; k++) free((void *)b->w16[k].rows16);
+    free(b->w16);
+}
+
+/* b's copies as weights with 16-row packed copies (kernels/cpu/rows16.h) in b->w16, where the active
+ * variant has a packed kernel for the type and shape. 1: packed; 0: not packable here; -1: no memory. */
+static int pack_rows16(struct bench_type *b, int64_t rows, int64_t cols)
+{
+    struct pi_weight w = {b->t, rows, cols, b->bytes / (size_t)rows, b->copies[0], NULL};
+    if (!pi_r16_kernel(b->t) || !pi_r16_packable(&w)) return 0;
+    size_t bytes = pi_r16_group_bytes(b->t, cols) * (size_t)(rows / PI_R16_ROWS);
+    if (!(b->w16 = calloc((size_t)b->n_copies, sizeof *b->w16))) return -1;
+    for (int k = 0; k < b->n_copies; k++) {
+        void *p = NULL;
+        b->w16[k] = w;
+        b->w16[k].data = b->copies[k];
+        if (posix_memalign(&p, 64, bytes) != 0) return -1;
+        pi_r16_pack(NULL, &b->w16[k], p);
+        b->w16[k].rows16 = p;
+    }
+    return 1;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -206,9 +232,11 @@ static struct rate matvec_rate(pi_pool_t *pool, struct bench_type *b, int64_t ro
     double *rate = malloc((size_t)n * sizeof(double));
     PI_ASSERT(rate != NULL);
     for (int k = 0; k < b->n_copies; k++) pi_matvec(pool, b->t, b->copies[k], rows, cols, x, y);
+    for (int k = 0; b->w16 && k < b->n_copies; k++) pi_matvec_w(pool, &b->w16[k], x, y);
     for (int i = 0; i < n; i++) {
         double t0 = now_s();
-        pi_matvec(pool, b->t, b->copies[i % b->n_copies], rows, cols, x, y);
+        if (b->w16) pi_matvec_w(pool, &b->w16[i % b->n_copies], x, y);
+        else pi_matvec(pool, b->t, b->copies[i % b->n_copies], rows, cols, x, y);
         rate[i] = (double)b->bytes / (now_s() - t0) / 1e9;
     }
     qsort(rate, (size_t)n, sizeof(double), cmp_double);
@@ -270,25 +298,39 @@ static int bench_matmul(const enum pi_type *types, int n_types, int64_t rows, in
     for (int64_t i = 0; i < n * cols; i++) X[i] = (float)((i * 7919) % 2001 - 1000) / 1000.0f;
     printf("# matmul %lld x %lld weights @ %lld tokens, one thread, kernel variant %s, best of %d calls\n",
            (long long)rows, (long long)cols, (long long)n, pi_kernels_variant(), passes);
-    printf("| type | dots GFLOP/s | matmul GFLOP/s | speedup | 4-token kernel |\n|---|--:|--:|--:|---|\n");
+    printf("| type | dots GFLOP/s | matmul GFLOP/s | speedup | 4-token kernel | rows16 GFLOP/s | rows16 vs matmul |\n"
+           "|---|--:|--:|--:|---|--:|--:|\n");
     for (int k = 0; k < n_types; k++) {
         struct bench_type b = {0};
         if (prepare(&b, types[k], rows, cols, 0) != 0) {
             release(&b);
             goto out;
         }
-        double best_dots = 1e30, best_mm = 1e30;
+        int r16 = pack_rows16(&b, rows, cols);
+        if (r16 < 0) {
+            release(&b);
+            goto out;
+        }
+        double best_dots = 1e30, best_mm = 1e30, best_r16 = 1e30;
         for (int p = 0; p < passes; p++) {
             double t0 = now_s();
             matmul_by_dots(types[k], b.copies[0], rows, cols, X, n, Y, xq);
             double t1 = now_s();
             pi_matmul(NULL, types[k], b.copies[0], rows, cols, X, n, Y);
             double t2 = now_s();
-            best_dots = PI_MIN(best_dots, t1 - t0), best_mm = PI_MIN(best_mm, t2 - t1);
+            if (r16) pi_matmul_w(NULL, &b.w16[0], X, n, Y);
+            double t3 = now_s();
+            best_dots = PI_MIN(best_dots, t1 - t0), best_mm = PI_MIN(best_mm, t2 - t1),
+            best_r16 = PI_MIN(best_r16, t3 - t2);
         }
         double flop = 2.0 * (double)rows * (double)cols * (double)n;
-        printf("| %s | %.1f | %.1f | %.2fx | %s |\n", pi_type_name(types[k]), flop / best_dots / 1e9,
-               flop / best_mm / 1e9, best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no");
+        char c16[64] = "-", s16[32] = "-";
+        if (r16)
+            snprintf(c16, sizeof c16, "%.1f", flop / best_r16 / 1e9),
+                snprintf(s16, sizeof s16, "%.2fx", best_mm / best_r16);
+        printf("| %s | %.1f | %.1f | %.2fx | %s | %s | %s |\n", pi_type_name(types[k]), flop / best_dots / 1e9,
+               flop / best_mm / 1e9, best_dots / best_mm, pi_kernels_active()->vec_dot4[types[k]] ? "yes" : "no", c16,
+               s16);
         fflush(stdout);
         release(&b);
     }
@@ -380,15 +422,21 @@ int pi_bench_kernels_matvec(const struct pi_bench_opts *b)
         }
         double bw_now = 0;
         for (int i = 0; i < n_tc; i++) bw_now = PI_MAX(bw_now, read_bandwidth(pools[i], buf, BW_BUFFER_BYTES, 1));
-        for (int i = 0; i < n_tc; i++) {
-            struct rate r = matvec_rate(pools[i], &bt, rows, cols, x, y, passes);
-            double rd = copies_read_rate(pools[i], &bt, passes);
-            printf("| %s | %d | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.0f%% | %s |\n", pi_type_name(types[k]),
-                   thread_counts[i], r.best, r.median, bw_now, 100.0 * r.best / bw_now, r.best / thread_counts[i], rd,
-                   100.0 * r.best / rd, pi_kernels_variant());
-            fflush(stdout);
+        int r16 = 0;
+        for (int pass = 0; pass < 2; pass++) { /* the file's rows, then the 16-row copies where there are */
+            if (pass == 1 && (r16 = pack_rows16(&bt, rows, cols)) <= 0) break;
+            for (int i = 0; i < n_tc; i++) {
+                struct rate r = matvec_rate(pools[i], &bt, rows, cols, x, y, passes);
+                double rd = copies_read_rate(pools[i], &bt, passes);
+                printf("| %s%s | %d | %.1f | %.1f | %.1f | %.0f%% | %.1f | %.1f | %.0f%% | %s |\n",
+                       pi_type_name(types[k]), pass ? " rows16" : "", thread_counts[i], r.best, r.median, bw_now,
+                       100.0 * r.best / bw_now, r.best / thread_counts[i], rd, 100.0 * r.best / rd,
+                       pi_kernels_variant());
+                fflush(stdout);
+            }
         }
         release(&bt);
+        if (r16 < 0) goto out;
     }
     status = 0;
 out:
@@ -471,8 +519,8 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_ty
         free(row);
         return -1;
     }
-    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb};
-    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb};
+    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem, NULL}, u = {t, n_ff, d, (size_t)rb, nl->mem + gb, NULL};
+    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb, NULL};
     nl->L.ffn_gate = g, nl->L.ffn_up = u, nl->L.ffn_down_t = dt;
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {

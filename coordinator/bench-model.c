@@ -565,6 +565,7 @@ static int model_open(const char *path, bool packed, pi_model_t **m)
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = !packed;
+    mo.rows16 = packed; /* the in-process engine's dense products (where the CPU variant has the kernel) */
     char err[512] = "";
     int rc = pi_model_open(path, &mo, m, err, sizeof err);
     if (rc != 0) fprintf(stderr, "pi-bench: cannot load model %s: %s\n", path, *err ? err : pi_err_str(rc));

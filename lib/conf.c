@@ -47,7 +47,7 @@ static const char *const activation_names[] = {"auto", "silu", "relu", "drelu", 
 static const char *const check_tensors_names[] = {"sampled", "full", NULL};
 /* PI_TUNE_CUDA_MATVEC_Q8 (tests only) is left out on purpose: a configuration cannot choose it. */
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
-static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", NULL};
+static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", "amx", NULL};
 static const char *const prompt_stream_names[] = {"auto", "off", "on", NULL};
 static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive", NULL};
 
@@ -119,7 +119,7 @@ static const struct key_def keys[] = {
     {{"placement", "cpu_gbs", "0", "the solver's read bandwidth of all CPU workers together, GB/s; 0: measured at start-up (the workers' neuron kernel, about 0.2 s)"}, K_REAL, OFF(place_cpu_gbs), 0, 100000, NULL, NULL},
     {{"placement", "exchange_us", "20", "the solver's cost of one layer's exchange round trip, us (pi-bench --exchange measures it)"}, K_REAL, OFF(place_exchange_us), 0, 1000000, NULL, NULL},
     {{"tune", "cuda_matvec", "auto", "cuda backend's decode x: auto (8 bits for quantised weights of 12 Mi elements or more) or f32 (float precision; slower on 7B-class models)"}, K_ENUM, OFF(tune.cuda_matvec), 0, 0, cuda_matvec_names, NULL},
-    {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
+    {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni, amx (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
     {{"tune", "batch", "512", "tokens one step evaluates at most: prompts go in chunks of this many (in server mode together with the running sequences' next tokens); larger chunks reuse each weight over more tokens (faster prompts) and cost host and device memory in proportion (1 to 4096)"}, K_INT, OFF(tune.batch), 1, 4096, NULL, NULL}, /* PI_TUNE_BATCH_MAX */
     {{"tune", "prompt_stream", "auto", "where a hybrid placement's prompt steps compute their cold FFN neurons: auto (the cost model of pinfer.conf(5): stream each layer's FFN weights to the GPU when modelled faster than the CPU workers), off (the CPU workers), on (always streamed); decode steps never stream"}, K_ENUM, OFF(tune.prompt_stream), 0, 0, prompt_stream_names, NULL},
 };

@@ -37,6 +37,7 @@ enum pi_tune_cpu_kernels {
     PI_TUNE_CPU_KERNELS_AVX2 = 2,
     PI_TUNE_CPU_KERNELS_AVX512 = 3,
     PI_TUNE_CPU_KERNELS_AVX512VNNI = 4,
+    PI_TUNE_CPU_KERNELS_AMX = 5,
 };
 
 /* [tune] prompt_stream: where a hybrid placement's prompt steps compute their cold FFN neurons

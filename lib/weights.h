@@ -37,6 +37,9 @@ struct pi_weight {
     int64_t cols;     /* ne[0], the contiguous dimension */
     size_t row_bytes; /* bytes of one row of cols elements of type */
     const void *data;
+    /* NULL, or the same matrix repacked in 16-row groups for the dense CPU products
+     * (kernels/cpu/rows16.h: Q4_0 only, (rows / 16) groups), owned by whoever packed it */
+    const void *rows16;
 };
 
 /* One transformer block. q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim, d = n_embd. */

@@ -63,6 +63,8 @@ struct pi_model {
     pi_gguf_t *owned_gguf;        /* set by pi_model_open */
     void *packed;                 /* one allocation holding the packed ffn_down_t rows */
     size_t packed_bytes;
+    void *rows16;                 /* anonymous mapping holding every 16-row packed copy (opts.rows16) */
+    size_t rows16_bytes;
     float *norms;                 /* one allocation holding every norm vector */
 };
 
@@ -76,6 +78,11 @@ struct pi_model_opts {
     enum pi_type down_t_type;
     bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
     int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
+    /* Also copy the dense matrices (attention, FFN, output) that the active CPU kernel variant has a
+     * 16-row packed kernel for (kernels/cpu/rows16.h: Q4_0 and Q8_0 on AVX512-VNNI, rows a multiple of 16) into
+     * that layout, for the in-process CPU forward pass; each copy is as large as its matrix. Off by
+     * default: programs that run the dense products on the CPU turn it on. */
+    bool rows16;
     /* How much of every tensor of the file is read for NaN and infinity before the model is bound
      * (model/tensor-check.h): sampled (the default, a few windows per tensor) or full. */
     enum pi_tensor_check check;

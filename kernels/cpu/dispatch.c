@@ -6,10 +6,12 @@
  * static copy, and one pointer (the active table) is set under pthread_once, so the hot path is a load
  * and an indirect call with no branches on CPU features. A variant is "available" only when it was
  * compiled in (PI_HAVE_X86_SIMD), CPUID reports its instructions and XGETBV says the OS saves the
- * registers they use (YMM for AVX2; opmask/ZMM for AVX-512 and AVX512-VNNI).
+ * registers they use (YMM for AVX2; opmask/ZMM for AVX-512 and AVX512-VNNI; the tile state for AMX,
+ * which Linux must also grant the process once, see amx_permitted).
  */
 #include "config.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,13 +19,17 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #endif
+#ifdef __linux__
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/quant-impl.h"
 #include "lib/common.h"
 #include "lib/log.h"
 
-static const char *const isa_names[PI_KERNEL_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni"};
+static const char *const isa_names[PI_KERNEL_ISA_COUNT] = {"scalar", "avx2", "avx512", "avx512vnni", "amx"};
 
 static struct pi_kernel_table tables[PI_KERNEL_ISA_COUNT];
 static bool available[PI_KERNEL_ISA_COUNT];
@@ -40,11 +46,25 @@ static uint64_t read_xcr0(void)
     return (uint64_t)hi << 32 | lo;
 }
 
-/* Which variants this CPU and OS can run (ignoring what was compiled). */
-static void detect_cpu(bool *avx2, bool *avx512, bool *vnni)
+/* Linux keeps the AMX tile data (8 KiB per thread) out of a process's state until it asks once with
+ * arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA); a tile instruction before that faults. False
+ * where the kernel refuses (older than 5.16, or a policy) or this is not Linux. */
+static bool amx_permitted(void)
+{
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    const long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    if (syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0) return true;
+    pi_debug("cpu kernels: arch_prctl(ARCH_REQ_XCOMP_PERM, XTILEDATA) failed: %s; no AMX", strerror(errno));
+#endif
+    return false;
+}
+
+/* Which variants this CPU and OS can run (ignoring what was compiled); amx only asked of the OS when
+ * want_amx (the variant was compiled). */
+static void detect_cpu(bool want_amx, bool *avx2, bool *avx512, bool *vnni, bool *amx)
 {
     unsigned a, b, c, d, b7, c7, d7;
-    *avx2 = *avx512 = *vnni = false;
+    *avx2 = *avx512 = *vnni = *amx = false;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return;
     bool osxsave = c & (1u << 27), fma = c & (1u << 12), f16c = c & (1u << 29), avx = c & (1u << 28);
     if (!osxsave || !avx) return;
@@ -57,9 +77,16 @@ static void detect_cpu(bool *avx2, bool *avx512, bool *vnni)
     *avx2 = ymm_os && has_avx2 && fma && f16c;
     *avx512 = *avx2 && zmm_os && f && dq && bw && vl;
     *vnni = *avx512 && (c7 & (1u << 11)); /* CPUID.(7,0):ECX[11] AVX512_VNNI */
+    /* CPUID.(7,0):EDX[24] AMX-TILE, [25] AMX-INT8; XCR0[17] XTILECFG, [18] XTILEDATA */
+    bool tiles_os = (xcr0 & (3ull << 17)) == (3ull << 17);
+    *amx = want_amx && *vnni && (d7 & (1u << 24)) && (d7 & (1u << 25)) && tiles_os && amx_permitted();
 }
 #else
-static void detect_cpu(bool *avx2, bool *avx512, bool *vnni) { *avx2 = *avx512 = *vnni = false; }
+static void detect_cpu(bool want_amx, bool *avx2, bool *avx512, bool *vnni, bool *amx)
+{
+    (void)want_amx;
+    *avx2 = *avx512 = *vnni = *amx = false;
+}
 #endif
 
 /* tables[isa] = the completed table of the variant below (base), overlaid with raw's non-NULL
@@ -70,6 +97,7 @@ static void detect_cpu(bool *avx2, bool *avx512, bool *vnni) { *avx2 = *avx512 =
 static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table *raw, const struct pi_kernel_table *sc)
 {
     tables[isa].name = isa_names[isa];
+    memcpy(tables[isa].r16_dot, raw->r16_dot, sizeof raw->r16_dot);
     for (int t = 0; t < PI_TYPE_COUNT; t++) {
         native_dot[isa][t] = raw->vec_dot[t] != NULL;
         native_deq[isa][t] = raw->dequant[t] != NULL;
@@ -96,8 +124,12 @@ static enum pi_kernel_isa best_isa(void)
 
 static void init_once_fn(void)
 {
-    bool cpu_avx2, cpu_avx512, cpu_vnni;
-    detect_cpu(&cpu_avx2, &cpu_avx512, &cpu_vnni);
+    bool cpu_avx2, cpu_avx512, cpu_vnni, cpu_amx;
+#ifdef PI_HAVE_AMX
+    detect_cpu(true, &cpu_avx2, &cpu_avx512, &cpu_vnni, &cpu_amx);
+#else
+    detect_cpu(false, &cpu_avx2, &cpu_avx512, &cpu_vnni, &cpu_amx);
+#endif
     complete_table(PI_KERNEL_SCALAR, &pi_kernels_scalar_raw, &pi_kernels_scalar_raw);
     available[PI_KERNEL_SCALAR] = true;
 #ifdef PI_HAVE_X86_SIMD
@@ -107,8 +139,12 @@ static void init_once_fn(void)
     available[PI_KERNEL_AVX2] = cpu_avx2;
     available[PI_KERNEL_AVX512] = cpu_avx512;
     available[PI_KERNEL_AVX512VNNI] = cpu_vnni;
+#ifdef PI_HAVE_AMX
+    complete_table(PI_KERNEL_AMX, &pi_kernels_amx_raw, &tables[PI_KERNEL_AVX512VNNI]);
+    available[PI_KERNEL_AMX] = cpu_amx;
+#endif
 #else
-    (void)cpu_avx2, (void)cpu_avx512, (void)cpu_vnni;
+    (void)cpu_avx2, (void)cpu_avx512, (void)cpu_vnni, (void)cpu_amx;
 #endif
     active_isa = best_isa();
     pi_debug("cpu kernels: %s", isa_names[active_isa]);

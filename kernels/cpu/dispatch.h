@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/cpu/rows16.h"
 #include "lib/conf.h"
 #include "lib/types.h"
 
@@ -26,7 +27,8 @@ enum pi_kernel_isa {
     PI_KERNEL_AVX2 = 1,       /* AVX2 + FMA + F16C */
     PI_KERNEL_AVX512 = 2,     /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
     PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
-    PI_KERNEL_ISA_COUNT = 4,
+    PI_KERNEL_AMX = 4,        /* avx512vnni plus AMX-INT8 tiles for prompts over 16-row packed Q4_0 */
+    PI_KERNEL_ISA_COUNT = 5,
 };
 
 /* wrow: n elements of the weight type; xq: n activations in pi_vec_dot_type(weight type). */
@@ -70,7 +72,7 @@ typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 typedef void (*pi_quantize_fn)(const float *src, void *dst, int64_t n);
 
 struct pi_kernel_table {
-    const char *name;                         /* "scalar", "avx2", "avx512", "avx512vnni" */
+    const char *name;                         /* "scalar", "avx2", "avx512", "avx512vnni", "amx" */
     pi_vec_dot_fn vec_dot[PI_TYPE_COUNT];     /* NULL where the type has no dot product */
     pi_vec_dot4_fn vec_dot4[PI_TYPE_COUNT];   /* NULL: no 4-token kernel matching vec_dot (loop it) */
     pi_vec_dot8_fn vec_dot8[PI_TYPE_COUNT];   /* 2 rows x 4 tokens; NULL: use vec_dot4 per row */
@@ -80,6 +82,9 @@ struct pi_kernel_table {
     pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
+    /* Q4_0 and Q8_0 in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none for the type,
+     * and the dense products read the file's rows. Never inherited from the variant below. */
+    pi_r16_dot_fn r16_dot[PI_TYPE_COUNT];
 };
 
 /* Detect the CPU and choose the variant (once; later calls return at once). */
@@ -95,10 +100,11 @@ enum pi_kernel_isa pi_kernels_use(int isa);
 static inline int pi_kernels_of_tune(const struct pi_tune *t) { return (int)t->cpu_kernels - 1; }
 _Static_assert(PI_TUNE_CPU_KERNELS_SCALAR == PI_KERNEL_SCALAR + 1 && PI_TUNE_CPU_KERNELS_AVX2 == PI_KERNEL_AVX2 + 1 &&
                    PI_TUNE_CPU_KERNELS_AVX512 == PI_KERNEL_AVX512 + 1 &&
-                   PI_TUNE_CPU_KERNELS_AVX512VNNI == PI_KERNEL_AVX512VNNI + 1,
+                   PI_TUNE_CPU_KERNELS_AVX512VNNI == PI_KERNEL_AVX512VNNI + 1 &&
+                   PI_TUNE_CPU_KERNELS_AMX == PI_KERNEL_AMX + 1,
                "[tune] cpu_kernels names the variants in enum pi_kernel_isa's order");
 
-/* Name of the active variant ("scalar", "avx2", "avx512", "avx512vnni"). */
+/* Name of the active variant ("scalar", "avx2", "avx512", "avx512vnni", "amx"). */
 const char *pi_kernels_variant(void);
 enum pi_kernel_isa pi_kernels_isa(void);
 

@@ -23,6 +23,7 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/rows16.h"
 #include "lib/common.h"
 
 #define MIN_CHUNK_BYTES (32 * 1024) /* smallest share of weights worth handing to a thread */
@@ -178,4 +179,33 @@ void pi_matmul(pi_pool_t *pool, enum pi_type t, const void *W, int64_t rows, int
     /* each thread's share should be large enough that weight reuse dominates: at least grain rows */
     pi_pool_for(pool, rows, PI_MAX(4, row_grain(c.w_row_bytes) / PI_MAX(1, PI_MIN(n, c.tile))), mm_rows, &c);
     free(xq);
+}
+
+void pi_matvec_w(pi_pool_t *pool, const struct pi_weight *W, const float *x, float *y)
+{
+    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel(W->type) : NULL;
+    if (k) pi_r16_matmul(pool, k, W, x, 1, y);
+    else pi_matvec(pool, W->type, W->data, W->rows, W->cols, x, y);
+}
+
+void pi_matmul_w(pi_pool_t *pool, const struct pi_weight *W, const float *X, int64_t n, float *Y)
+{
+    pi_r16_dot_fn k = W->rows16 ? pi_r16_kernel(W->type) : NULL;
+    if (k) pi_r16_matmul(pool, k, W, X, n, Y);
+    else pi_matmul(pool, W->type, W->data, W->rows, W->cols, X, n, Y);
+}
+
+void pi_matmul_wn(pi_pool_t *pool, const struct pi_weight *const *W, int nw, const float *X, int64_t n, float *const *Y)
+{
+    pi_r16_dot_fn k = W[0]->rows16 ? pi_r16_kernel(W[0]->type) : NULL;
+    bool one = k != NULL && nw <= 4;
+    for (int i = 1; one && i < nw; i++) one = W[i]->rows16 && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols;
+    if (one) {
+        pi_r16_matmul_n(pool, k, W, nw, X, n, Y);
+        return;
+    }
+    for (int i = 0; i < nw; i++) {
+        if (n == 1) pi_matvec_w(pool, W[i], X, Y[i]);
+        else pi_matmul_w(pool, W[i], X, n, Y[i]);
+    }
 }

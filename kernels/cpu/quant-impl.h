@@ -18,6 +18,15 @@ extern const struct pi_kernel_table pi_kernels_scalar_raw;
 extern const struct pi_kernel_table pi_kernels_avx2_raw;
 extern const struct pi_kernel_table pi_kernels_avx512_raw;
 extern const struct pi_kernel_table pi_kernels_avx512vnni_raw;
+/* kernels/cpu/rows16-vnni.c: the avx512vnni table's r16_dot entries (pi_r16_dot_fn) */
+void pi_r16_dot_avx512vnni_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride);
+void pi_r16_dot_avx512vnni_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride);
+#endif
+#ifdef PI_HAVE_AMX
+/* kernels/cpu/rows16-amx.c: the amx variant's raw table (its r16_dot only; the rest is avx512vnni's) */
+extern const struct pi_kernel_table pi_kernels_amx_raw;
 #endif
 
 /* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes q

@@ -53,7 +53,7 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols, 
     PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
     char *data = malloc((size_t)rb * (size_t)rows);
     for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, src + r * cols, data + r * rb, cols);
-    return (struct pi_weight){t, rows, cols, (size_t)rb, data};
+    return (struct pi_weight){t, rows, cols, (size_t)rb, data, NULL};
 }
 
 struct rlayer {

@@ -28,6 +28,8 @@
 
 #include "lib/common.h"
 #include "compute/forward.h"
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/rows16.h"
 #include "model/gguf.h"
 #include "model/model.h"
 #include "tests/tap.h"
@@ -188,30 +190,57 @@ out:
     return compared;
 }
 
-static void run_case(const struct golden_case *c)
+/* The prompt's logits as one batch and token by token: the same bits (memcmp)? */
+static bool batch_invariant(const pi_model_t *m, const struct golden *gd)
+{
+    size_t nl = (size_t)gd->n * (size_t)m->hp.n_vocab;
+    float *a = malloc(nl * sizeof *a), *b = malloc(nl * sizeof *b);
+    struct pi_forward_opts o;
+    pi_forward_opts_default(&o);
+    o.n_threads = 2;
+    o.n_ctx = 128;
+    pi_forward_t *f1 = pi_forward_new(m, &o), *f2 = pi_forward_new(m, &o);
+    bool same = a && b && f1 && f2 && pi_forward_tokens(f1, 0, gd->tokens, gd->n, 0, a, true) >= 0;
+    for (int i = 0; same && i < gd->n; i++)
+        same = pi_forward_tokens(f2, 0, gd->tokens + i, 1, i, b + (size_t)i * m->hp.n_vocab, false) >= 0;
+    same = same && memcmp(a, b, nl * sizeof *a) == 0;
+    pi_forward_destroy(&f1);
+    pi_forward_destroy(&f2);
+    free(a), free(b);
+    return same;
+}
+
+/* One golden case; with rows16, the model's Q4_0 matrices packed in 16-row groups (the in-process CPU
+ * engine's binding, kernels/cpu/rows16.h), which must meet the same bounds and give a token the same
+ * bits in a batch as alone. */
+static void run_case(const struct golden_case *c, bool rows16)
 {
     char mp[1024], gp[1024], err[256];
     pi_model_t *m = NULL;
     struct golden gd;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.rows16 = rows16;
     const char *model = c->in_data ? tap_data(mp, sizeof mp, c->model) : tap_fixture(mp, sizeof mp, c->model);
     const char *golden = c->in_data ? tap_data(gp, sizeof gp, c->golden) : tap_fixture(gp, sizeof gp, c->golden);
     if (!model || !golden) {
-        tap_skip(6, "fixture not found (../shared/fixtures)");
+        tap_skip(6 + rows16, "fixture not found (../shared/fixtures)");
         return;
     }
-    if (!tap_ok(pi_model_open(model, NULL, &m, err, sizeof err) == 0, "%s: model binds", c->model)) {
+    if (!tap_ok(pi_model_open(model, &mo, &m, err, sizeof err) == 0, "%s: model binds%s", c->model,
+                rows16 ? " (16-row packed)" : "")) {
         tap_diag("  %s", err);
-        tap_skip(5, "no model");
+        tap_skip(5 + rows16, "no model");
         return;
     }
     if (!tap_ok(open_golden(golden, m->hp.n_vocab, &gd) == 0, "%s: golden file readable", c->golden)) {
-        tap_skip(4, "no golden");
+        tap_skip(4 + rows16, "no golden");
         pi_model_destroy(&m);
         return;
     }
     for (int ref = 0; ref <= 1; ref++) {
         double max_abs = 0.0, tol = ref ? REF_TOL : c->tol;
-        const char *mode = ref ? "f32 activations" : "kernels";
+        const char *mode = ref ? "f32 activations" : rows16 ? "16-row packed kernels" : "kernels";
         double e_batch = prompt_error(m, &gd, false, ref, false, &max_abs);
         double e_tok = prompt_error(m, &gd, true, ref, false, &max_abs);
         if (!ref) {
@@ -230,6 +259,10 @@ static void run_case(const struct golden_case *c)
                     "(compared while the margin exceeds %.3g)",
                     c->model, mode, n, gd.n_greedy, (double)need);
     }
+    if (rows16) tap_diag("%s: %zu bytes of weights packed in 16-row groups", c->model, m->rows16_bytes);
+    if (rows16)
+        tap_ok(m->rows16_bytes > 0 && batch_invariant(m, &gd), "%s (16-row packed, %s): prompt logits in one batch == token by token (memcmp)",
+               c->model, pi_kernels_variant());
     pi_gguf_destroy(&gd.g);
     pi_model_destroy(&m);
 }
@@ -290,6 +323,11 @@ static void test_repeatable(void)
 int main(void)
 {
     test_repeatable();
-    for (size_t i = 0; i < PI_ARRAY_LEN(cases); i++) run_case(&cases[i]);
+    for (size_t i = 0; i < PI_ARRAY_LEN(cases); i++) run_case(&cases[i], false);
+    /* the Q4_0 cases again through the 16-row packed kernels, where this CPU has them */
+    for (size_t i = 0; i < 2; i++) {
+        if (pi_r16_kernel(PI_TYPE_Q4_0)) run_case(&cases[i], true);
+        else tap_skip(7, "no 16-row packed kernel in this CPU's variant");
+    }
     return tap_done();
 }

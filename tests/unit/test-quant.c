@@ -324,7 +324,7 @@ static void test_override(void)
 {
     static const enum pi_tune_cpu_kernels tunes[] = {PI_TUNE_CPU_KERNELS_SCALAR, PI_TUNE_CPU_KERNELS_AVX2,
                                                      PI_TUNE_CPU_KERNELS_AVX512, PI_TUNE_CPU_KERNELS_AVX512VNNI,
-                                                     PI_TUNE_CPU_KERNELS_AUTO};
+                                                     PI_TUNE_CPU_KERNELS_AMX, PI_TUNE_CPU_KERNELS_AUTO};
     int best = PI_KERNEL_SCALAR;
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++)
         if (pi_kernels_available((enum pi_kernel_isa)isa)) best = isa;

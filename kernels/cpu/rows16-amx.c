@@ -1,0 +1,161 @@
+/*
+ * kernels/cpu/rows16-amx.c - the AMX-INT8 kernels over Q4_0 and Q8_0 matrices packed in 16-row groups
+ * (kernels/cpu/rows16.h) for prompts: compiled with -mamx-tile -mamx-int8 into libpinfer_amx.a, the
+ * "amx" variant's r16_dot, reached only after dispatch.c found AMX in CPUID and XCR0 and Linux granted
+ * this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM).
+ *
+ * Sixteen tokens at a time, per block of 32 inputs, one TDPBSSD computes the exact int32 block sums of
+ * 16 tokens x 16 rows: tile A is the tokens' 32 activation bytes (signed; loaded straight from the
+ * Q8_0 rows with the rows' stride), tile B the 16 rows' nibbles less 8 (Q4_0's offset, so no
+ * activation sum is needed) as signed bytes, 8 rows of 64 bytes:
+ * row c < 4 holds each weight row's 4 low nibbles of inputs 4c..4c+3, row c >= 4 the high nibbles of
+ * inputs 16+4(c-4).., which is exactly input 4c..4c+3, so A's bytes stay in their natural order. K is
+ * one block, so each tile product is one block's sums and nothing is added across blocks in integers.
+ * Then the float step of every kernel over this layout, per token: acc = fma(d_w * d_x, (float)C, acc),
+ * in block order (C is the same integer as the other kernels' sum plus offset): the results are the
+ * VNNI kernel's and the scalar reference's bits. Two tile sets (tiles 0-2 and 3-5) alternate between
+ * blocks, the float steps run two blocks behind the tile products, and B is unpacked ahead in chunks
+ * of blocks shared by all the call's tokens (r16_amx16, pi_r16_dot_amx). Fewer than 16 remaining
+ * tokens go through the VNNI kernel (same bits).
+ *
+ * Threading: the tile configuration and registers are per thread; each call loads the configuration
+ * and releases the tiles before returning, so nothing is kept between calls or across pool threads.
+ */
+#include "config.h"
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels/cpu/quant-impl.h"
+#include "kernels/cpu/rows16.h"
+#include "lib/common.h"
+
+/* The LDTILECFG operand (palette 1). */
+struct tilecfg {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16]; /* bytes per row of tile i */
+    uint8_t rows[16];   /* rows of tile i */
+};
+_Static_assert(sizeof(struct tilecfg) == 64, "LDTILECFG operand is 64 bytes");
+
+/* Tiles: 0, 3 = C (16 tokens x 16 rows int32); 1, 4 = A (16 tokens x 32 bytes); 2, 5 = B (8 x 64).
+ * A constant in memory: GCC 12's _tile_loadconfig tells the compiler it reads only the first 8 bytes
+ * of its operand, so a configuration built on the stack just before may not have been stored yet
+ * (the next tile instruction then faults with #UD, seen here). */
+static const _Alignas(64) struct tilecfg tile_cfg = {
+    .palette = 1,
+    .colsb = {64, 32, 64, 64, 32, 64},
+    .rows = {16, 16, 8, 16, 16, 8},
+};
+
+static void tile_config(void) { _tile_loadconfig(&tile_cfg); }
+
+/* The group's block b unpacked into tile B's bytes (8 rows of 64): the nibbles less 8, signed. */
+static inline __attribute__((always_inline)) void unpack_b(const uint8_t *grp, int64_t b, uint8_t *dst)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), k8 = _mm512_set1_epi8(8);
+    const uint8_t *q = grp + pi_r16_qs_at(4, b);
+    for (int j = 0; j < 4; j++) {
+        __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
+        _mm512_store_si512((void *)(dst + 64 * j), _mm512_sub_epi8(_mm512_and_si512(v, m4), k8));
+        _mm512_store_si512((void *)(dst + 256 + 64 * j),
+                           _mm512_sub_epi8(_mm512_and_si512(_mm512_srli_epi16(v, 4), m4), k8));
+    }
+}
+
+/* acc[t] = fma(d_w * d_x[t], (float)c[t], acc[t]) for the 16 tokens of block b (c: the exact sums;
+ * dsc: the block's 16 scales). */
+static inline __attribute__((always_inline)) void
+float_step(const int32_t *c, const uint8_t *dsc, const struct pi_r16_act *x, int64_t t0, int64_t b, __m512 acc[16])
+{
+    const int64_t nb = x->nb;
+    __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)dsc));
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[(t0 + t) * nb + b]));
+        acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_load_si512((const void *)(c + 16 * t))), acc[t]);
+    }
+}
+
+#define CHUNK_BLOCKS 32 /* blocks of a group unpacked at a time (16 KiB on the stack) */
+
+/* Block b's tile product on tiles tc (sums), ta (activations), tb (weights; block b's unpacked bytes at
+ * bp), into the int32 sums cbuf. The tile numbers are literals: the intrinsics paste them into the
+ * instruction. */
+#define TILE_BLOCK(tc, ta, tb, b, bp, cbuf)                                                                            \
+    do {                                                                                                               \
+        _tile_zero(tc);                                                                                                \
+        _tile_loadd(ta, a + (size_t)(b) * sizeof(struct pi_block_q8_0), x->xstride);                                   \
+        _tile_loadd(tb, (bp), 64);                                                                                     \
+        _tile_dpbssd(tc, ta, tb);                                                                                      \
+        _tile_stored(tc, (cbuf), 64);                                                                                  \
+    } while (0)
+
+/* Sixteen tokens t0.. against blocks [b0, b1) of group grp (J lines per block), tile B of block b at
+ * bt + (b - b0) * 512, or where bt is NULL (Q8_0) the block's own lines: acc[t] (row-wise, y[t * ys + r]) read from y unless b0 is 0, the blocks' float
+ * steps added in order, written back. Software-pipelined: the float step of block b - 2 runs after
+ * the tile product of block b, so that a product's store has landed before its sums are read (tile
+ * stores do not forward to vector loads). */
+static void r16_amx16(const uint8_t *grp, int J, const struct pi_r16_act *x, int64_t t0, int64_t b0, int64_t b1,
+                      const uint8_t *bt, float *y, size_t ys)
+{
+    _Alignas(64) int32_t ct[4][256];
+    const uint8_t *a = x->xq + (size_t)t0 * x->xstride + 2; /* block 0's qs of token t0 */
+    __m512 acc[16];
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) acc[t] = b0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y + (size_t)t * ys);
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *bp = bt ? bt + (size_t)(b - b0) * 512 : grp + pi_r16_qs_at(J, b);
+        if (b & 1) TILE_BLOCK(3, 4, 5, b, bp, ct[b & 3]);
+        else TILE_BLOCK(0, 1, 2, b, bp, ct[b & 3]);
+        if (b >= b0 + 2) float_step(ct[(b - 2) & 3], grp + pi_r16_d_at(J, b - 2), x, t0, b - 2, acc);
+    }
+    for (int64_t b = PI_MAX(b0, b1 - 2); b < b1; b++) float_step(ct[b & 3], grp + pi_r16_d_at(J, b), x, t0, b, acc);
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
+}
+
+/* Q4_0: the group's blocks are unpacked CHUNK_BLOCKS at a time, each chunk once for all the call's
+ * tokens (vector stores do not forward to tile loads either: unpacking a block just before its tile
+ * load stalls the load until the stores commit); the tokens' accumulators live in y between chunks,
+ * which changes no rounding. */
+static void pi_r16_dot_amx_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    _Alignas(64) uint8_t bt[CHUNK_BLOCKS * 512];
+    const int64_t n16 = nt / 16 * 16;
+    if (n16 > 0) {
+        tile_config();
+        for (int64_t b0 = 0; b0 < x->nb; b0 += CHUNK_BLOCKS) {
+            int64_t b1 = PI_MIN(x->nb, b0 + CHUNK_BLOCKS);
+            for (int64_t b = b0; b < b1; b++) unpack_b(grp, b, bt + (size_t)(b - b0) * 512);
+            for (int64_t t = 0; t < n16; t += 16)
+                r16_amx16(grp, 4, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
+        }
+        _tile_release();
+    }
+    if (n16 < nt) pi_r16_dot_avx512vnni_q4_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
+/* Q8_0: a block's 8 lines of 16 rows' 4 bytes are tile B as they lie (signed weights, inputs 4c..4c+3
+ * in row c), so the tiles load straight from the packed copy; the tokens go through the whole group
+ * one tile of 16 at a time. */
+static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    const int64_t n16 = nt / 16 * 16;
+    if (n16 > 0) {
+        tile_config();
+        for (int64_t t = 0; t < n16; t += 16)
+            r16_amx16(grp, 8, x, t0 + t, 0, x->nb, NULL, y + (size_t)t * ystride, ystride);
+        _tile_release();
+    }
+    if (n16 < nt) pi_r16_dot_avx512vnni_q8_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
+const struct pi_kernel_table pi_kernels_amx_raw = {
+    .name = "amx",
+    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0, [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0},
+};

@@ -1,0 +1,146 @@
+/*
+ * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernel over Q4_0 matrices packed in 16-row groups
+ * (kernels/cpu/rows16.h), compiled with -mavx512vnni into libpinfer_avx512vnni.a and reached only
+ * through the avx512vnni table (kernels/cpu/dispatch.c) after the CPUID check.
+ *
+ * Per block and group: four 64-byte loads give the 16 rows' 16 nibble bytes; masking and a shift
+ * split each into the low nibbles (inputs 4j..4j+3) and high nibbles (16+4j..16+4j+3) of every row.
+ * Per token, eight vpdpbusd against the matching 4 activation bytes broadcast accumulate the 16 rows'
+ * exact int32 sums, two chains of four started from the offset term -8 * sum(x) and 0, then one add
+ * (exact), one conversion and one fma per block: acc = fma(d_w * d_x, (float)isum, acc), the scalar
+ * reference's steps, so the results are its bits. Tokens go four at a time: the unpacked block stays
+ * in registers for the four, and the four tokens' accumulators are independent. No horizontal sum:
+ * lane r is row r.
+ */
+#include "config.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#include "kernels/cpu/quant-impl.h"
+#include "kernels/cpu/rows16.h"
+#include "kernels/cpu/simd-x86.h"
+
+#define R16_NT 4 /* tokens per pass over a group's blocks */
+#ifndef R16_PF
+#define R16_PF 1024
+#endif
+
+static inline __m512i bcast4(const int8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* Q4_0: nt (1..R16_NT) tokens t0.. against one group; see the file comment. */
+PI_X86_INLINE void r16_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int64_t nb = x->nb;
+    __m512 acc[R16_NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *q = grp + pi_r16_qs_at(4, b);
+        __m512i lo[4], hi[4];
+        if (R16_PF) { /* the lines R16_PF ahead: this block's 4, and the pair's scale line */
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) pi_x86_pf_line(q + R16_PF + 64 * j);
+            if (b & 1) pi_x86_pf_line(q + R16_PF + 256);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
+            lo[j] = _mm512_and_si512(v, m4);
+            hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+        }
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(grp + pi_r16_d_at(4, b))));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const int64_t tt = t0 + t;
+            const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(x->xq + (size_t)tt * x->xstride) + b;
+            __m512i s0 = _mm512_set1_epi32(x->off[tt * nb + b]), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                s0 = _mm512_dpbusd_epi32(s0, lo[j], bcast4(xb->qs + 4 * j));
+                s1 = _mm512_dpbusd_epi32(s1, hi[j], bcast4(xb->qs + 16 + 4 * j));
+            }
+            __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[tt * nb + b]));
+            acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
+}
+
+/* Q8_0: nt (1..R16_NT) tokens t0.. against one group. Weights are signed, so the unsigned operand of
+ * vpdpbusd is the activations plus 128 (x->xu), and each row's block sum starts from -128 * sum(w),
+ * itself eight vpdpbusd of the weights against ones, once per block for all the tokens. */
+PI_X86_INLINE void r16_q8_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+{
+    const __m512i ones = _mm512_set1_epi8(1);
+    const int64_t nb = x->nb;
+    __m512 acc[R16_NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const uint8_t *q = grp + pi_r16_qs_at(8, b);
+        __m512i w[8], c0 = _mm512_setzero_si512(), c1 = _mm512_setzero_si512();
+        if (R16_PF) { /* twice as far ahead in bytes as Q4_0: the same number of blocks */
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) pi_x86_pf_line(q + 2 * R16_PF + 64 * j);
+            if (b & 1) pi_x86_pf_line(q + 2 * R16_PF + 512);
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            w[j] = _mm512_load_si512((const void *)(q + 64 * j));
+            w[4 + j] = _mm512_load_si512((const void *)(q + 256 + 64 * j));
+            c0 = _mm512_dpbusd_epi32(c0, ones, w[j]);
+            c1 = _mm512_dpbusd_epi32(c1, ones, w[4 + j]);
+        }
+        const __m512i base = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_add_epi32(c0, c1), 7));
+        __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(grp + pi_r16_d_at(8, b))));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const int64_t tt = t0 + t;
+            const int8_t *xb = (const int8_t *)(x->xu + (size_t)(tt * nb + b) * 32);
+            __m512i s0 = base, s1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                s0 = _mm512_dpbusd_epi32(s0, bcast4(xb + 4 * j), w[j]);
+                s1 = _mm512_dpbusd_epi32(s1, bcast4(xb + 16 + 4 * j), w[4 + j]);
+            }
+            __m512 s = _mm512_mul_ps(dw, _mm512_set1_ps(x->dx[tt * nb + b]));
+            acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1)), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
+}
+
+void pi_r16_dot_avx512vnni_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    int64_t t = 0;
+    for (; t + R16_NT <= nt; t += R16_NT) r16_q8_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
+    switch (nt - t) {
+    case 1: r16_q8_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
+    case 2: r16_q8_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
+    case 3: r16_q8_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
+    default: break;
+    }
+}
+
+void pi_r16_dot_avx512vnni_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    int64_t t = 0;
+    for (; t + R16_NT <= nt; t += R16_NT) r16_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
+    switch (nt - t) {
+    case 1: r16_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
+    case 2: r16_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
+    case 3: r16_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
+    default: break;
+    }
+}

@@ -1,0 +1,218 @@
+/*
+ * kernels/cpu/rows16.c - packing Q4_0 matrices into 16-row groups, the scalar reference kernel over
+ * them and the product driver (kernels/cpu/rows16.h).
+ *
+ * Threading: pi_r16_pack and pi_r16_matmul hand out ranges of groups over the pool; each group's
+ * bytes and each group's 16 outputs of a token are written by exactly one thread. The prepared
+ * activations are shared read-only. pi_r16_matmul tiles tokens as pi_matmul does (a tile's
+ * activations, at most TILE_BYTES, stay in L2 while a range of groups streams through once) and hands
+ * the kernel a whole tile per group, so that a group (18 KiB at 2048 columns) is read from memory
+ * once per tile and from L1 for every further token. Tiling changes no result: each (row, token)
+ * output has the same float steps in the same order whatever the tile, thread or kernel call.
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/rows16.h"
+#include "lib/common.h"
+
+#define MIN_CHUNK_BYTES (32 * 1024) /* smallest share of weights worth handing to a thread */
+#define TILE_BYTES (256 * 1024)     /* activation bytes per token tile */
+
+/* 64-byte lines of weights per block: Q4_0 16 nibble bytes per row, Q8_0 32 bytes. */
+static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
+
+size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
+{
+    PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
+    return (size_t)((cols / 32 + 1) / 2) * (size_t)(128 * block_lines(t) + 64);
+}
+
+bool pi_r16_packable(const struct pi_weight *W)
+{
+    size_t bb = W->type == PI_TYPE_Q4_0 ? sizeof(struct pi_block_q4_0) : sizeof(struct pi_block_q8_0);
+    return W->data && (W->type == PI_TYPE_Q4_0 || W->type == PI_TYPE_Q8_0) && W->rows > 0 &&
+           W->rows % PI_R16_ROWS == 0 && W->cols > 0 && W->cols % 32 == 0 &&
+           W->row_bytes == (size_t)(W->cols / 32) * bb;
+}
+
+struct pack_ctx {
+    const struct pi_weight *W;
+    uint8_t *dst;
+    size_t gb; /* pi_r16_group_bytes(type, cols) */
+};
+
+/* Groups [begin, end): each row's block b scatters its quant bytes as 4-byte words, one per line, and
+ * its scale beside the other rows'. Q4_0 and Q8_0 blocks are both an fp16 d followed by the quants. */
+static void pack_groups(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct pack_ctx *c = vctx;
+    const int64_t nb = c->W->cols / 32;
+    const int J = block_lines(c->W->type);
+    const size_t bb = c->W->row_bytes / (size_t)nb;
+    (void)thread;
+    for (int64_t g = begin; g < end; g++) {
+        uint8_t *grp = c->dst + (size_t)g * c->gb;
+        memset(grp, 0, c->gb); /* an odd last block's partner */
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
+            for (int64_t b = 0; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * bb;
+                uint8_t *q = grp + pi_r16_qs_at(J, b) + r * 4;
+                for (int j = 0; j < J; j++) memcpy(q + j * 64, blk + 2 + 4 * j, 4);
+                memcpy(grp + pi_r16_d_at(J, b) + r * 2, blk, 2);
+            }
+        }
+    }
+}
+
+void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
+{
+    PI_ASSERT(pi_r16_packable(W) && ((uintptr_t)dst & 63) == 0);
+    struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->type, W->cols)};
+    pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)), pack_groups, &c);
+}
+
+/* Both references: the exact block sum of row r, token t, block b from the J lines of the group. */
+static int32_t ref_isum(const uint8_t *grp, int J, const struct pi_r16_act *x, int64_t t, int r, int64_t b)
+{
+    const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(x->xq + (size_t)t * x->xstride) + b;
+    const uint8_t *q = grp + pi_r16_qs_at(J, b) + r * 4;
+    int32_t isum = 0;
+    for (int j = 0; j < J; j++) {
+        for (int k = 0; k < 4; k++) {
+            if (J == 4)
+                isum += ((q[j * 64 + k] & 15) - 8) * xb->qs[4 * j + k] +
+                        ((q[j * 64 + k] >> 4) - 8) * xb->qs[16 + 4 * j + k];
+            else isum += (int8_t)q[j * 64 + k] * xb->qs[4 * j + k];
+        }
+    }
+    return isum;
+}
+
+static void dot_ref(int J, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                    size_t ystride)
+{
+    const int64_t nb = x->nb;
+    for (int64_t t = t0; t < t0 + nt; t++) {
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t b = 0; b < nb; b++) {
+                uint16_t dw;
+                memcpy(&dw, grp + pi_r16_d_at(J, b) + r * 2, 2);
+                acc = fmaf(pi_fp16_to_fp32(dw) * x->dx[t * nb + b], (float)ref_isum(grp, J, x, t, r, b), acc);
+            }
+            y[(size_t)(t - t0) * ystride + (size_t)r] = acc;
+        }
+    }
+}
+
+void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref(4, grp, x, t0, nt, y, ystride);
+}
+
+void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref(8, grp, x, t0, nt, y, ystride);
+}
+
+pi_r16_dot_fn pi_r16_ref(enum pi_type t)
+{
+    return t == PI_TYPE_Q4_0 ? pi_r16_dot_ref_q4_0 : t == PI_TYPE_Q8_0 ? pi_r16_dot_ref_q8_0 : NULL;
+}
+
+pi_r16_dot_fn pi_r16_kernel(enum pi_type t)
+{
+    return (unsigned)t < PI_TYPE_COUNT ? pi_kernels_active()->r16_dot[t] : NULL;
+}
+
+#define MAX_W 4 /* weights per pi_r16_matmul_n call */
+
+struct mm_ctx {
+    pi_r16_dot_fn k;
+    int nw;
+    const uint8_t *W16[MAX_W]; /* (rows[i] / 16) groups each */
+    int64_t g_end[MAX_W];      /* groups of W16[0..i], the pool's index space */
+    int64_t rows[MAX_W];
+    float *Y[MAX_W]; /* (n, rows[i]) */
+    size_t gb;
+    int64_t n, tile;
+    const struct pi_r16_act *x;
+};
+
+/* Groups [begin, end) of the weights' concatenated groups for every token: token tiles outside,
+ * groups inside, the tile's tokens in the kernel. */
+static void mm_groups(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct mm_ctx *c = vctx;
+    (void)thread;
+    for (int64_t t0 = 0; t0 < c->n; t0 += c->tile) {
+        int64_t nt = PI_MIN(c->n - t0, c->tile);
+        int i = 0;
+        for (int64_t g = begin; g < end; g++) {
+            while (g >= c->g_end[i]) i++;
+            int64_t lg = g - (i ? c->g_end[i - 1] : 0);
+            c->k(c->W16[i] + (size_t)lg * c->gb, c->x, t0, nt,
+                 c->Y[i] + (size_t)t0 * (size_t)c->rows[i] + (size_t)lg * PI_R16_ROWS, (size_t)c->rows[i]);
+        }
+    }
+}
+
+void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *const *W, int nw, const float *X,
+                     int64_t n, float *const *Y)
+{
+    PI_ASSERT(k && nw >= 1 && nw <= MAX_W && n >= 0);
+    for (int i = 0; i < nw; i++)
+        PI_ASSERT(W[i]->rows16 && pi_r16_packable(W[i]) && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols);
+    if (n == 0) return;
+    const enum pi_type type = W[0]->type;
+    const int64_t cols = W[0]->cols, nb = cols / 32;
+    const bool q8 = type == PI_TYPE_Q8_0;
+    /* per token: dx (nb floats), off (Q4_0: nb int32) or xu (Q8_0: 32 nb bytes), the Q8_0 row */
+    size_t xs = pi_act_row_bytes(type, cols), per = xs + (size_t)nb * (q8 ? 36 : 8), bytes;
+    PI_ASSERT(pi_size_mul(per, (size_t)n, &bytes));
+    uint8_t *scr = malloc(bytes);
+    PI_ASSERT(scr != NULL);
+    float *dx = (float *)(void *)scr;
+    uint8_t *side = scr + (size_t)n * (size_t)nb * 4; /* off or xu */
+    int32_t *off = q8 ? NULL : (int32_t *)(void *)side;
+    uint8_t *xu = q8 ? side : NULL;
+    uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : 4);
+    for (int64_t t = 0; t < n; t++) {
+        struct pi_block_q8_0 *xb = (struct pi_block_q8_0 *)(void *)(xq + (size_t)t * xs);
+        pi_quantize_act(type, X + (size_t)t * (size_t)cols, xb, cols);
+        for (int64_t b = 0; b < nb; b++) {
+            int32_t s = 0;
+            dx[t * nb + b] = pi_fp16_to_fp32(xb[b].d);
+            for (int i = 0; i < 32; i++) {
+                s += xb[b].qs[i];
+                if (q8) xu[(t * nb + b) * 32 + i] = (uint8_t)(xb[b].qs[i] + 128);
+            }
+            if (!q8) off[t * nb + b] = -8 * s;
+        }
+    }
+    struct pi_r16_act x = {xq, xs, dx, off, xu, nb};
+    struct mm_ctx c = {.k = k, .nw = nw, .gb = pi_r16_group_bytes(type, cols), .n = n, .x = &x};
+    for (int i = 0; i < nw; i++) {
+        c.W16[i] = W[i]->rows16, c.rows[i] = W[i]->rows, c.Y[i] = Y[i];
+        c.g_end[i] = (i ? c.g_end[i - 1] : 0) + W[i]->rows / PI_R16_ROWS;
+    }
+    c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / xs));
+    if (c.tile > 16) c.tile &= ~(int64_t)15; /* whole groups of sixteen tokens for the AMX kernels */
+    int64_t grain = PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb) / PI_MAX(1, PI_MIN(n, c.tile)));
+    pi_pool_for(pool, c.g_end[nw - 1], grain, mm_groups, &c);
+    free(scr);
+}
+
+void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, const float *X, int64_t n, float *Y)
+{
+    pi_r16_matmul_n(pool, k, &W, 1, X, n, &Y);
+}

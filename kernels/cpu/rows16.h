@@ -1,0 +1,106 @@
+/*
+ * kernels/cpu/rows16.h - Q4_0 and Q8_0 matrices repacked into groups of 16 rows for the dense CPU
+ * products (decode and prompts of the in-process forward pass), and the products over them.
+ *
+ * The file's layout keeps each row's 18-byte blocks together, so a SIMD kernel over one row spends
+ * most of its instructions moving nibbles between lanes and summing lanes. Here 16 rows share every
+ * load: for one block of 32 inputs, one 64-byte line holds 4 bytes (8 nibbles: inputs 4j..4j+3 in the
+ * low halves, 16+4j..16+4j+3 in the high halves) of each of the 16 rows, so one vpdpbusd against the
+ * token's 4 matching activation bytes broadcast gives 16 rows' partial sums with no shuffle, and the
+ * 16 rows' fp16 scales of the block are converted in one instruction.
+ *
+ * Layout of one group (rows 16g..16g+15, nb = cols / 32 blocks), pi_r16_group_bytes(type, cols)
+ * bytes, 64-byte aligned, J = 4 (Q4_0) or 8 (Q8_0) lines of quants per block. Blocks go in pairs,
+ * each pair 2J + 1 whole lines, so that a group is one stream of lines for the prefetchers:
+ *   the pair's J lines of block 2p, then J lines of block 2p + 1: line j of a block holds
+ *     [r][k] = row r's qs[4j + k] (Q4_0: the file's nibble byte, inputs 4j + k and 16 + 4j + k;
+ *     Q8_0: the weight of input 4j + k), r = 0..15, k = 0..3
+ *   one line of scales: 16 fp16 of block 2p (row order), then 16 of block 2p + 1
+ * An odd last block leaves its partner's bytes zero. pi_r16_qs_at / pi_r16_d_at give the offsets.
+ * Q4_0 288 bytes per block per group (the file's 16 x 18), Q8_0 544 (16 x 34): each copy is as large
+ * as its matrix.
+ *
+ * Arithmetic, the same in every kernel over this layout (and in the scalar reference): for each
+ * (row, token) the block's integer sum isum = sum_k w_k * x_k (w = q - 8 for Q4_0, q for Q8_0) is
+ * exact (int32), then one float step per block in block order, acc = fma(d_w * d_x, (float)isum, acc)
+ * from acc = 0 (d_w * d_x is exact in float: two fp16 significands; |isum| <= 32 * 127 * 127 < 2^24
+ * is exact too). So a token's outputs
+ * are the same bits alone or in any batch, tiling and thread count, and the SIMD kernels equal the
+ * scalar reference bit for bit. They differ from pi_vec_dot over the file's rows (another summation
+ * order) by a rounding-order difference only.
+ */
+#ifndef PI_KERNELS_CPU_ROWS16_H
+#define PI_KERNELS_CPU_ROWS16_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/cpu/pool.h"
+#include "lib/weights.h"
+
+#define PI_R16_ROWS 16 /* rows per group */
+
+/* A call's activations prepared for the packed kernels: n tokens quantised to Q8_0 and, per block,
+ * the scale as float; for Q4_0 weights the offset term -8 * sum(x), for Q8_0 weights the activation
+ * bytes plus 128 (unsigned: the operand vpdpbusd wants). */
+struct pi_r16_act {
+    const uint8_t *xq;  /* (n, xstride) Q8_0 rows of cols elements */
+    size_t xstride;     /* bytes between tokens' rows (pi_act_row_bytes(type, cols)) */
+    const float *dx;    /* (n, nb) block scales */
+    const int32_t *off; /* Q4_0: (n, nb) -8 * sum of the block's 32 int8; Q8_0: NULL */
+    const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; Q4_0: NULL */
+    int64_t nb;         /* blocks per row: cols / 32 */
+};
+
+/* Offsets in a group of block b's first line of quants and of its 16 scales (J lines per block). */
+static inline size_t pi_r16_qs_at(int J, int64_t b)
+{
+    return (size_t)(b >> 1) * (size_t)(128 * J + 64) + (size_t)(b & 1) * (size_t)(64 * J);
+}
+static inline size_t pi_r16_d_at(int J, int64_t b)
+{
+    return (size_t)(b >> 1) * (size_t)(128 * J + 64) + (size_t)(128 * J) + (size_t)(b & 1) * 32;
+}
+
+/* One group grp (nb blocks) times tokens t0..t0+nt-1 of x -> y[(t - t0) * ystride + r], r = 0..15.
+ * grp 64-byte aligned; nt >= 1. Every kernel computes the floats described above. */
+typedef void (*pi_r16_dot_fn)(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                              size_t ystride);
+
+/* Bytes of one packed group of rows of cols elements of type t (Q4_0 or Q8_0; cols a positive
+ * multiple of 32). */
+size_t pi_r16_group_bytes(enum pi_type t, int64_t cols);
+
+/* True when W can be packed: Q4_0 or Q8_0, rows a positive multiple of 16, cols a positive multiple
+ * of 32. */
+bool pi_r16_packable(const struct pi_weight *W);
+
+/* W (rows, cols) -> dst, (rows / 16) groups of pi_r16_group_bytes(W->type, cols) bytes.
+ * pi_r16_packable(W); dst 64-byte aligned. Groups are split over pool (NULL = this thread). */
+void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst);
+
+/* The scalar references (portable C, the definition of the results), pi_r16_dot_fn's contract. */
+void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride);
+void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride);
+
+/* The scalar reference for type t, or NULL for a type without a packed layout. */
+pi_r16_dot_fn pi_r16_ref(enum pi_type t);
+
+/* The active variant's packed kernel for type t, or NULL where it has none (then the file's rows are
+ * used). */
+pi_r16_dot_fn pi_r16_kernel(enum pi_type t);
+
+/* Y (n, rows) = X (n, cols) @ W^T through W->rows16 with kernel k (pi_r16_kernel(W->type) or
+ * pi_r16_ref(W->type)). W->rows16 set (pi_r16_pack's layout). Groups are split over pool; each output
+ * is written by one thread. Allocates its scratch (aborts on allocation failure). */
+void pi_r16_matmul(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *W, const float *X, int64_t n, float *Y);
+
+/* nw (1..4) products of the same X: Y[i] = X @ W[i]^T, the W[i] packed, of one type and width; the
+ * activations are prepared once and the weights' groups split over pool in one job (fewer joins for
+ * the q, k, v and gate, up products of a layer). Each Y[i] is pi_r16_matmul's bits. */
+void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *const *W, int nw, const float *X,
+                     int64_t n, float *const *Y);
+
+#endif

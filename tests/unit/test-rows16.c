@@ -1,0 +1,248 @@
+/*
+ * tests/unit/test-rows16.c - Q4_0 matrices packed in 16-row groups (kernels/cpu/rows16.h).
+ *
+ * Q4_0 and Q8_0. The layout: every quant byte and scale of every row is where the header says (read
+ * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
+ * variant), within a bound on the summation-order difference over each output's sum |w x|. Then, for
+ * every variant with a packed kernel: the kernel equals the reference bit for bit, and the product
+ * through a packed weight (pi_matvec_w / pi_matmul_w) gives each token the same bits alone (n = 1),
+ * in batches of 2..70 tokens (several token tiles at 4096 columns) and on 1, 2 and 3 threads. A weight
+ * that cannot be packed (rows not a multiple of 16) keeps pi_matvec's bits. The amx variant's tile
+ * kernel runs in the batches of 16 or more tokens (16, 17, 33, 64, 70), so it is held to the same bits; without
+ * AMX its checks are skipped with a message. Inputs are fresh random numbers (seed printed; PI_SEED
+ * repeats).
+ */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/matvec.h"
+#include "kernels/cpu/quant.h"
+#include "kernels/cpu/rows16.h"
+#include "lib/common.h"
+#include "lib/rng.h"
+#include "tests/tap.h"
+
+static uint64_t rng_state;
+
+static float rndf(void)
+{
+    uint64_t z = pi_rng_splitmix64(&rng_state);
+    return (float)((double)(z >> 11) / 9007199254740992.0) * 2.0f - 1.0f;
+}
+
+static float *rnd_floats(int64_t n)
+{
+    float *x = malloc((size_t)n * sizeof *x);
+    for (int64_t i = 0; i < n; i++) x[i] = rndf();
+    return x;
+}
+
+/* A random weight of type t (Q4_0 or Q8_0), (rows, cols), with its packed copy (rows16 NULL when not
+ * packable). */
+static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
+{
+    size_t bb = t == PI_TYPE_Q4_0 ? sizeof(struct pi_block_q4_0) : sizeof(struct pi_block_q8_0);
+    struct pi_weight W = {t, rows, cols, (size_t)(cols / 32) * bb, NULL, NULL};
+    uint8_t *data = malloc(W.row_bytes * (size_t)rows);
+    float *x = rnd_floats(cols);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t i = 0; i < cols; i++) x[i] = rndf() * (1.0f + (float)(r % 5));
+        pi_quantize_row(t, x, data + (size_t)r * W.row_bytes, cols);
+    }
+    free(x);
+    W.data = data;
+    if (pi_r16_packable(&W)) {
+        void *p = NULL;
+        PI_ASSERT(posix_memalign(&p, 64, pi_r16_group_bytes(t, cols) * (size_t)(rows / 16)) == 0);
+        pi_r16_pack(NULL, &W, p);
+        W.rows16 = p;
+    }
+    return W;
+}
+
+static void free_weight(struct pi_weight *W)
+{
+    free((void *)W->data);
+    free((void *)W->rows16);
+}
+
+/* Every byte of the packed copy read back against the rows it came from. */
+static void test_layout(enum pi_type t)
+{
+    struct pi_weight W = make_weight(t, 48, 96);
+    const int64_t nb = 3;
+    const int J = t == PI_TYPE_Q4_0 ? 4 : 8;
+    const size_t gb = pi_r16_group_bytes(t, 96), bb = W.row_bytes / (size_t)nb;
+    int bad = 0;
+    tap_ok(gb == 2 * (size_t)(128 * J + 64), "%s: group of 3 blocks: %zu bytes (two pairs of whole lines)",
+           pi_type_name(t), gb);
+    for (int64_t r = 0; r < W.rows; r++) {
+        const uint8_t *row = pi_weight_row(&W, r);
+        const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
+        for (int64_t b = 0; b < nb; b++) {
+            const uint8_t *blk = row + (size_t)b * bb;
+            /* pair b / 2: 2J lines of quants (block 2p, then 2p + 1), then the line of both blocks' scales */
+            const uint8_t *pair = g + (b / 2) * (128 * J + 64);
+            for (int i = 0; i < 4 * J; i++)
+                bad += pair[(b % 2) * 64 * J + (i / 4) * 64 + (r % 16) * 4 + i % 4] != blk[2 + i];
+            bad += memcmp(pair + 128 * J + (b % 2) * 32 + (r % 16) * 2, blk, 2) != 0;
+        }
+    }
+    tap_ok(bad == 0, "%s: packed bytes are the rows' quants and scales where rows16.h says (%d wrong)", pi_type_name(t),
+           bad);
+    free_weight(&W);
+}
+
+/* The reference through pi_r16_matmul against the scalar variant's pi_matvec, per token within 2^-20 of
+ * sum |w x| (the floats are summed in another order; float's 2^-24 per step over <= 256 steps). */
+static void test_reference(enum pi_type t)
+{
+    pi_kernels_use(PI_KERNEL_SCALAR);
+    struct pi_weight W = make_weight(t, 64, 2048);
+    int64_t n = 5;
+    float *X = rnd_floats(n * W.cols), *Y = malloc(sizeof(float) * (size_t)(n * W.rows));
+    float *y = malloc(sizeof(float) * (size_t)W.rows), *wf = malloc(sizeof(float) * (size_t)W.cols);
+    pi_r16_matmul(NULL, pi_r16_ref(t), &W, X, n, Y);
+    double worst = 0;
+    for (int64_t k = 0; k < n; k++) {
+        pi_matvec(NULL, W.type, W.data, W.rows, W.cols, X + k * W.cols, y);
+        for (int64_t r = 0; r < W.rows; r++) {
+            pi_dequant_row(t, pi_weight_row(&W, r), wf, W.cols);
+            double mag = 0;
+            for (int64_t i = 0; i < W.cols; i++) mag += fabs((double)wf[i] * X[k * W.cols + i]);
+            worst = fmax(worst, fabs((double)Y[k * W.rows + r] - y[r]) / (mag + 1e-30));
+        }
+    }
+    tap_ok(worst < 0x1p-20, "%s: reference vs scalar pi_matvec: worst %.3g of sum |w x| (bound 2^-20)", pi_type_name(t),
+           worst);
+    pi_kernels_use(-1);
+    free(X), free(Y), free(y), free(wf);
+    free_weight(&W);
+}
+
+/* Variant isa's packed kernel for t: matvec_w per token vs the reference (memcmp), then matmul_w at
+ * several n and pool sizes vs those (memcmp). */
+static void test_variant(enum pi_kernel_isa isa, enum pi_type t, int64_t rows, int64_t cols)
+{
+    pi_kernels_use((int)isa);
+    const char *name = pi_kernels_variant(), *tn = pi_type_name(t);
+    struct pi_weight W = make_weight(t, rows, cols);
+    const int64_t nmax = 70;
+    float *X = rnd_floats(nmax * cols);
+    float *ref = malloc(sizeof(float) * (size_t)(nmax * rows)), *one = malloc(sizeof(float) * (size_t)(nmax * rows));
+    float *Y = malloc(sizeof(float) * (size_t)(nmax * rows));
+    pi_r16_matmul(NULL, pi_r16_ref(t), &W, X, nmax, ref);
+    for (int64_t k = 0; k < nmax; k++) pi_matvec_w(NULL, &W, X + k * cols, one + k * rows);
+    tap_ok(memcmp(one, ref, sizeof(float) * (size_t)(nmax * rows)) == 0,
+           "%s %s (%lld x %lld): pi_matvec_w through the packed kernel == scalar reference, %lld tokens", name, tn,
+           (long long)rows, (long long)cols, (long long)nmax);
+    static const int64_t ns[] = {2, 3, 4, 5, 7, 8, 13, 16, 17, 33, 64, 70};
+    static const int threads[] = {1, 2, 3};
+    for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
+        pi_pool_t *pool = threads[ti] > 1 ? pi_pool_new(threads[ti]) : NULL;
+        int bad = 0;
+        for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+            /* tokens taken from an offset so that batches do not all start at token 0 */
+            int64_t n = ns[k], t0 = (int64_t)k % (nmax - n + 1);
+            pi_matmul_w(pool, &W, X + t0 * cols, n, Y);
+            bad += memcmp(Y, one + t0 * rows, sizeof(float) * (size_t)(n * rows)) != 0;
+        }
+        pi_matvec_w(pool, &W, X, Y);
+        bad += memcmp(Y, one, sizeof(float) * (size_t)rows) != 0;
+        tap_ok(bad == 0,
+               "%s %s (%lld x %lld), %d thread(s): pi_matmul_w at n = 2..70 == pi_matvec_w per token (%d differ)", name,
+               tn, (long long)rows, (long long)cols, threads[ti], bad);
+        pi_pool_destroy(&pool);
+    }
+    pi_kernels_use(-1);
+    free(X), free(ref), free(one), free(Y);
+    free_weight(&W);
+}
+
+/* pi_matmul_wn over three weights of one width (48, 16 and 32 rows, as q, k, v) equals three
+ * pi_matmul_w calls bit for bit, on 1 and 2 threads, n = 1, 5, 20; and a mix of a packed and an
+ * unpackable weight takes the per-weight path with the same bits. */
+static void test_fused(enum pi_type t)
+{
+    struct pi_weight W[4] = {make_weight(t, 48, 256), make_weight(t, 16, 256), make_weight(t, 32, 256),
+                             make_weight(t, 40 + 3, 256)};
+    const int64_t rows[4] = {48, 16, 32, 43};
+    float *X = rnd_floats(20 * 256), *a[4], *b[4];
+    for (int i = 0; i < 4; i++) a[i] = malloc(sizeof(float) * 20 * 48), b[i] = malloc(sizeof(float) * 20 * 48);
+    int bad = 0;
+    for (int th = 1; th <= 2; th++) {
+        pi_pool_t *pool = th > 1 ? pi_pool_new(th) : NULL;
+        static const int64_t ns[] = {1, 5, 20};
+        for (int k = 0; k < 3; k++) {
+            int64_t n = ns[k];
+            for (int set = 0; set < 2; set++) { /* {0, 1, 2} packed alike; {0, 3} with an unpackable one */
+                const struct pi_weight *ws[3] = {&W[0], set ? &W[3] : &W[1], &W[2]};
+                int nw = set ? 2 : 3;
+                pi_matmul_wn(pool, ws, nw, X, n, a);
+                for (int i = 0; i < nw; i++) {
+                    if (n == 1) pi_matvec_w(pool, ws[i], X, b[i]);
+                    else pi_matmul_w(pool, ws[i], X, n, b[i]);
+                    bad += memcmp(a[i], b[i], sizeof(float) * (size_t)(n * (set && i == 1 ? rows[3] : rows[i]))) != 0;
+                }
+            }
+        }
+        pi_pool_destroy(&pool);
+    }
+    tap_ok(bad == 0,
+           "%s: pi_matmul_wn (3 weights in one job, or a mix with an unpackable one) == separate calls (%d differ)",
+           pi_type_name(t), bad);
+    for (int i = 0; i < 4; i++) free(a[i]), free(b[i]), free_weight(&W[i]);
+    free(X);
+}
+
+/* Rows not a multiple of 16: no packed copy, and pi_matvec_w / pi_matmul_w are pi_matvec / pi_matmul. */
+static void test_unpackable(void)
+{
+    struct pi_weight W = make_weight(PI_TYPE_Q4_0, 40 + 3, 256);
+    float *X = rnd_floats(6 * 256), *a = malloc(sizeof(float) * 6 * 43), *b = malloc(sizeof(float) * 6 * 43);
+    tap_ok(W.rows16 == NULL, "43 rows: not packable");
+    pi_matvec_w(NULL, &W, X, a);
+    pi_matvec(NULL, W.type, W.data, W.rows, W.cols, X, b);
+    int bad = memcmp(a, b, sizeof(float) * 43) != 0;
+    pi_matmul_w(NULL, &W, X, 6, a);
+    pi_matmul(NULL, W.type, W.data, W.rows, W.cols, X, 6, b);
+    bad += memcmp(a, b, sizeof(float) * 6 * 43) != 0;
+    tap_ok(bad == 0, "43 rows: pi_matvec_w / pi_matmul_w give pi_matvec / pi_matmul's bits");
+    free(X), free(a), free(b);
+    free_weight(&W);
+}
+
+int main(void)
+{
+    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0};
+    const char *seed = getenv("PI_SEED");
+    rng_state = seed ? strtoull(seed, NULL, 10) : (uint64_t)time(NULL);
+    tap_diag("seed %llu (PI_SEED repeats)", (unsigned long long)rng_state);
+    for (size_t k = 0; k < 2; k++) {
+        enum pi_type t = types[k];
+        test_layout(t);
+        test_reference(t);
+        int with = 0;
+        for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+            const struct pi_kernel_table *tb = pi_kernels_table((enum pi_kernel_isa)isa);
+            if (!tb || !tb->r16_dot[t]) continue;
+            with++;
+            test_variant((enum pi_kernel_isa)isa, t, 64, 2048);
+            test_variant((enum pi_kernel_isa)isa, t, 32, 4096); /* 48 tokens per tile: n = 64, 70 cross tiles */
+            test_variant((enum pi_kernel_isa)isa, t, 16, 32);
+        }
+        if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
+        test_fused(t);
+        /* the amx variant's tile products run at n >= 16 (the batches of 16 and more above) */
+        if (with && !pi_kernels_available(PI_KERNEL_AMX))
+            tap_skip(1, "AMX check: no AMX-INT8 here (CPU, OS permission or compiler); the amx variant was not run");
+    }
+    test_unpackable();
+    return tap_done();
+}
