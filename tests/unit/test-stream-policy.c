@@ -64,7 +64,8 @@ static void check_hand(void)
     pi_stream_policy_model(&p, 49, &st, &cpu);
     tap_ok(fabs(st - 10e6) <= 1, "hand: 49 rows: stream 10 ms (2 ms first pack + 2 x 4 ms copy): %.0f ns", st);
     tap_ok(fabs(cpu - 9.8e6) <= 1, "hand: 49 rows: CPU 2 x 49 x 100 us = 9.8 ms: %.0f ns", cpu);
-    tap_ok(!streams(&p, 49) && streams(&p, 51), "hand: the row crossover: 49 rows stay on the CPU (9.8 < 10 ms), 51 stream (10.2 > 10 ms)");
+    tap_ok(!streams(&p, 49) && streams(&p, 51),
+           "hand: the row crossover: 49 rows stay on the CPU (9.8 < 10 ms), 51 stream (10.2 > 10 ms)");
     /* Packing and copy in series (the model before: 1 / (1/25 + 1/50) GB/s, 6 ms a layer, 12 ms) would
      * keep 55 rows (11 ms) on the CPU; overlapped, 10 ms, they stream. */
     tap_ok(streams(&p, 55), "hand: 55 rows (CPU 11 ms) stream: packing overlaps the copy (10 ms, not 12 ms in series)");
@@ -103,7 +104,8 @@ static void check_hand(void)
     tap_ok(streams(&p, 64), "hand: 64 rows stream before any measurement (10 ms vs 12.8 ms)");
     pi_stream_policy_note_stream(&p, 64, 20000000);
     pi_stream_policy_model(&p, 64, &st, &cpu);
-    tap_ok(p.st_measured && !streams(&p, 64), "hand: measured at 20 ms, the stream side is %.0f ns (want 20 ms): CPU", st);
+    tap_ok(p.st_measured && !streams(&p, 64), "hand: measured at 20 ms, the stream side is %.0f ns (want 20 ms): CPU",
+           st);
     pi_stream_policy_note_stream(&p, 64, 8000000);
     pi_stream_policy_note_stream(&p, 64, 8000000);
     pi_stream_policy_model(&p, 64, &st, &cpu);
