@@ -698,9 +698,9 @@ static int drv_stream_step(struct drv *v, const int32_t *tok, const int32_t *seq
         if (v->sp->n_cold[il] > 0) nx = il, first = il;
     }
     int rc = be->ops->begin(be, tok, seq, pos, n);
-    if (rc == 0 && prefetch) rc = be->ops->ffn_stream(be, -1, first);
     for (int il = 0; rc == 0 && il < L; il++) {
         rc = be->ops->attn(be, il);
+        if (rc == 0 && il == 0 && prefetch) rc = be->ops->ffn_stream(be, -1, first); /* after attn(0), as the loop */
         if (rc != 0) break;
         if (v->sp->n_cold[il] > 0) {
             rc = be->ops->ffn_stream(be, il, prefetch ? next[il] : -1);
