@@ -8,7 +8,7 @@
  * DESIGN: the model compares two times for the step's n rows over the layers with cold neurons
  * (the layers whose neurons are all hot never use the exchange and are not streamed):
  *
- *   stream = pack_first + sum over those layers of max(pack_il, copy_il, compute)
+ *   stream = r (pack_first + sum over those layers of max(pack_il, copy_il, compute))
  *   cpu    = sum over those layers of n * cpu_ns_tok
  *
  *   pack_il = bytes_il / pack_bps, copy_il = bytes_il / copy_bps, compute = 6 n_embd n_ff n / PI_STREAM_GPU_FLOPS
@@ -24,8 +24,8 @@
  * meanwhile), measured by the loop on the prompt steps that went through the exchange with at least
  * PI_STREAM_MEASURE_ROWS rows, a running mean (half old, half new); before the first such step, the cold
  * neurons' 6 n_embd n_cold flops per token at PI_STREAM_CPU_FLOPS. Once a step has streamed, the loop
- * notes its measured time (pi_stream_policy_note_stream) and the stream side is scaled by the running
- * mean of measured / modelled (st_ratio), so that start-up rates that were too optimistic do not keep
+ * notes its measured time (pi_stream_policy_note_stream) and the stream side is scaled by r, the running
+ * mean of measured / modelled (st_ratio; 1 until measured), so that start-up rates that were too optimistic do not keep
  * the decision wrong. auto streams the step when stream < cpu. Decode steps (no sequence with two rows
  * in the step) never stream: their weights would cross PCIe for one token each.
  *
