@@ -26,7 +26,7 @@
 #define PI_BACKEND_CUDA_MODULE_FILE "pinfer-cuda.so"
 #define PI_BACKEND_CUDA_MODULE_SYM "pi_backend_cuda_module"
 /* Bumped whenever this struct or the meaning of a member changes. */
-#define PI_BACKEND_CUDA_ABI 1
+#define PI_BACKEND_CUDA_ABI 2 /* 2: ops.stream_rates replaced stream_bps, opts.thresholds */
 
 struct pi_backend_cuda_module {
     uint32_t abi; /* PI_BACKEND_CUDA_ABI */

@@ -5,6 +5,7 @@
  */
 #include "config.h"
 #include "compute/backend-cuda-plan.h"
+#include "compute/stream-policy.h"
 #include "kernels/cuda/plan.h"
 #include "lib/common.h"
 #include "lib/log.h"
@@ -147,7 +148,10 @@ static uint64_t stream_image(const struct pi_weight *w)
 
 bool pi_backend_cuda_stream_on(const pi_model_t *m, const struct pi_backend_opts *o)
 {
-    if (o->tune.prompt_stream == PI_TUNE_PROMPT_STREAM_OFF || o->max_tokens < 2 || pi_backend_cuda_pred_on(o)) return false;
+    /* the one rule (predictors, thresholds), then this backend's own: batches of two rows, types kept */
+    if (pi_stream_policy_mode(o->tune.prompt_stream, pi_backend_cuda_pred_on(o), o->thresholds) == PI_TUNE_PROMPT_STREAM_OFF ||
+        o->max_tokens < 2)
+        return false;
     bool any = false;
     for (int il = 0; il < m->hp.n_layer; il++) {
         if (!layer_cold(m, o, il)) continue;

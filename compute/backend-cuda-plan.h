@@ -54,7 +54,8 @@ struct pi_backend_cuda_plan {
 int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts *o, struct pi_backend_cuda_plan *p);
 
 /* Whether the cuda backend streams prompt layers (compute/stream-policy.h) for m and o: [tune]
- * prompt_stream not off, batches of two rows or more, no predictors (the loop streams no sparse step),
+ * prompt_stream not off for a run without predictors or activation thresholds (pi_stream_policy_mode,
+ * the loop's rule too: o->pred with o->sparsity, o->thresholds), batches of two rows or more,
  * some layer with cold neurons (n_hot < n_ff), and each such layer's ffn_gate, ffn_up and ffn_down of a
  * type the device keeps as it is (pi_backend_cuda_dev_type: no conversion on the way). */
 bool pi_backend_cuda_stream_on(const pi_model_t *m, const struct pi_backend_opts *o);

@@ -56,8 +56,8 @@
  * prompt_stream is not off and some layer has cold neurons whose ffn_gate, ffn_up and ffn_down the
  * device takes in their file types (pi_backend_cuda_stream_on), the backend holds two device slots of
  * one layer's three weights, their pinned host staging, and a (T, 2 n_ff) buffer for the products, all
- * in the plan; at creation it times one pinned copy of a slot and the packing of a layer (stream_bps:
- * the two in series). A streamed layer's weights
+ * in the plan; at creation it times a pinned copy of a slot and the packing of a layer, each the better
+ * of two (stream_rates). A streamed layer's weights
  * are packed from the mapping into the device layout by host threads (pi_cuda_weight_pack_rows),
  * copied on the copy stream into a slot, and multiplied as a dense layer: gate and up products, the
  * gated activation, the down product added to h in its epilogue.
@@ -68,9 +68,10 @@
  * stream, so a slot is never overwritten while read. The host waits (event sync on landed[k]) only
  * before it packs into staging k again, which the previous copy must have read. ffn_stream(il, next)
  * enqueues il's products from its slot and then packs and copies next into the other slot, so that
- * next's copy runs under il's products (double buffering); the loop's ffn_stream(-1, first) starts the
- * first copy under the first layer's attention. The host's packing of next is not overlapped with
- * next's own copy (doc/cuda-backend.md gives the cost). A slot remembers its layer (st_layer), so a
+ * next's copy runs under il's products (double buffering); the loop's ffn_stream(-1, first), called
+ * after attn(0) is enqueued, packs and copies the first layer under the first attention. The host's
+ * packing of next is not overlapped with next's own copy, but with the copy of the layer before it and
+ * the products before that: in steady state a layer costs its slowest stage (doc/cuda-backend.md). A slot remembers its layer (st_layer), so a
  * layer already copied is not copied again; st_layer is cleared before a slot is refilled.
  *
  * Tuning: o->tune (lib/conf.h, the [tune] section of pinfer.conf) picks how the one-token products
@@ -158,6 +159,7 @@ struct cuda_backend {
     int seqs_max_nsplit;
     size_t seqs_part_bytes;
     bool seqs_noted;          /* the fallback for want of scratch was logged (once) */
+    uint64_t n_seqs;          /* steps whose attention took pi_cuda_attention_seqs (pi_backend_cuda_seqs_steps) */
     float *x_reg;             /* the FFN-input buffer page-locked, or NULL */
     size_t x_reg_bytes;
     const float *x_last;      /* the buffer given to the previous ffn_input */
@@ -191,9 +193,10 @@ struct cuda_backend {
     pi_cuda_weight_t *st_w[2][3]; /* gate (n_ff, d), up (n_ff, d), down (d, n_ff) over d_slot[k] */
     float *d_sg;              /* (T, 2 n_ff): the gate products, then the up products; the gated
                                  activations overwrite the gate half */
-    double st_bps;            /* bytes/s a layer gets onto the device: the copy and the packing measured
-                                 at creation, in series */
-    pi_pool_t *st_pool;       /* the host threads that pack a layer into staging: one per online CPU */
+    double st_copy_bps;       /* bytes/s of a slot's pinned copy, the better of two timed at creation */
+    double st_pack_bps;       /* bytes/s of the host's packing of a layer, the better of two timed at creation */
+    pi_pool_t *st_pool;       /* the host threads that pack a layer into staging: one per CPU the process may
+                                 run on (pi_pool_cpus) */
 };
 
 static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
@@ -469,6 +472,7 @@ static int plan_seqs(struct cuda_backend *s)
     uint8_t *d = (uint8_t *)s->d_ids + pi_backend_cuda_seqtab_off((uint64_t)s->T);
     PI_TRY(pi_cuda_upload(s->ctx, d, tab, 16 * (size_t)s->T + 8 * (size_t)s->n));
     s->seqs = true;
+    s->n_seqs++;
     return 0;
 }
 
@@ -956,11 +960,13 @@ static int cuda_ffn_stream(pi_backend_t *b, int il, int next)
     return 0;
 }
 
-/* compute/backend.h: the measured link, or -1 where this backend holds no streaming buffers. */
-static double cuda_stream_bps(const pi_backend_t *b)
+/* compute/backend.h: the measured copy and packing, or -PI_ERR_UNSUPPORTED without streaming buffers. */
+static int cuda_stream_rates(const pi_backend_t *b, double *copy_bps, double *pack_bps)
 {
     const struct cuda_backend *s = (const struct cuda_backend *)b;
-    return s->st_on ? s->st_bps : -1.0;
+    *copy_bps = s->st_on ? s->st_copy_bps : 0.0;
+    *pack_bps = s->st_on ? s->st_pack_bps : 0.0;
+    return s->st_on ? 0 : -PI_ERR_UNSUPPORTED;
 }
 
 static const struct pi_backend_ops cuda_ops = {
@@ -978,7 +984,7 @@ static const struct pi_backend_ops cuda_ops = {
     .ffn_hot_count = cuda_ffn_hot_count,
     .ffn_predict = cuda_ffn_predict,
     .ffn_stream = cuda_ffn_stream,
-    .stream_bps = cuda_stream_bps,
+    .stream_rates = cuda_stream_rates,
 };
 
 /* ------------------------------------------------------------------ creation */
@@ -1050,7 +1056,8 @@ static int warm_scratch(struct cuda_backend *s)
 }
 
 /* Prompt streaming's buffers (the plan's stream part): the two device slots and the products' buffer,
- * the pinned staging, the events and the packing threads; then the timed copy and packing (st_bps). */
+ * the pinned staging, the events and the packing threads; then the timed copy and packing
+ * (st_copy_bps, st_pack_bps). */
 static int setup_stream(struct cuda_backend *s)
 {
     const uint64_t ff = (uint64_t)s->base.model->hp.n_ff;
@@ -1064,29 +1071,30 @@ static int setup_stream(struct cuda_backend *s)
         PI_TRY(pi_cbk_event_new(&s->ev_done[k]));
     }
     PI_TRY(dalloc(s, (uint64_t)s->T * 2 * ff * sizeof(float), &s->d_sg));
-    /* one packing thread per online CPU, not --threads (1 unless [cpu] threads is set: the GPU worker's
-     * own compute is on the device): the packing is on a streamed step's critical path, and the CPU
-     * workers, which own those cores, have nothing to do during such a step (they sleep in their wait) */
+    /* one packing thread per CPU this process may run on (its affinity and cpuset: pi_pool_cpus), not
+     * --threads (1 unless [cpu] threads is set: the GPU worker's own compute is on the device): the
+     * packing is on a streamed step's critical path, and the CPU workers, which own those cores, have
+     * nothing to do during such a step (they sleep in their wait) */
     if (!(s->st_pool = pi_pool_new(0))) return -PI_ERR_NOMEM;
-    double copy_bps = 0, pack_bps = 0;
-    PI_TRY(pi_cbk_h2d_measure(s->copy_stream, s->d_slot[0], s->h_slot[0], (size_t)s->st_slot, &copy_bps));
-    /* A layer's packing precedes its copy (not overlapped with it: "Prompt streaming" above), so the link
-     * the loop's cost model gets is the two in series: 1 / (1 / copy + 1 / pack), the pack timed on the
-     * first layer with cold neurons. */
+    PI_TRY(pi_cbk_h2d_measure(s->copy_stream, s->d_slot[0], s->h_slot[0], (size_t)s->st_slot, &s->st_copy_bps));
+    /* The packing, timed on the first layer with cold neurons: twice, the better kept (as the copy), since
+     * the first pass may read pages of the mapping from disk that serving finds resident. The cost model
+     * overlaps the packing with the copy and the products (compute/stream-policy.h). */
     int il0 = 0;
     while (il0 < s->n_layer && s->L[il0].n_hot >= (int64_t)s->base.model->hp.n_ff) il0++;
-    const struct pi_weight *w[3];
-    uint64_t off[3], bytes = 0;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    PI_TRY(stream_pack(s, il0, 0, w, off, &bytes));
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    const double sec = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
-    pack_bps = sec > 0 ? (double)bytes / sec : 0;
-    s->st_bps = copy_bps > 0 && pack_bps > 0 ? 1.0 / (1.0 / copy_bps + 1.0 / pack_bps) : 0;
+    for (int pass = 0; pass < 2; pass++) {
+        const struct pi_weight *w[3];
+        uint64_t off[3], bytes = 0;
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        PI_TRY(stream_pack(s, il0, 0, w, off, &bytes));
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        const double sec = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+        if (sec > 0) s->st_pack_bps = PI_MAX(s->st_pack_bps, (double)bytes / sec);
+    }
     pi_info("cuda backend: prompt streaming: 2 slots of %.1f MiB on the device and pinned on the host; host-to-device copy "
-            "%.1f GB/s, packing %.1f GB/s (%d threads): %.1f GB/s in series", s->st_slot / 1048576.0, copy_bps / 1e9,
-            pack_bps / 1e9, pi_pool_size(s->st_pool), s->st_bps / 1e9);
+            "%.1f GB/s, packing %.1f GB/s (%d threads, the better of two)", s->st_slot / 1048576.0, s->st_copy_bps / 1e9,
+            s->st_pack_bps / 1e9, pi_pool_size(s->st_pool));
     return 0;
 }
 
@@ -1323,6 +1331,8 @@ void pi_backend_cuda_usage(const pi_backend_t *b, uint64_t *budget, uint64_t *us
     if (planned) *planned = s->planned;
     if (overhead) *overhead = ov;
 }
+
+uint64_t pi_backend_cuda_seqs_steps(const pi_backend_t *b) { return ((const struct cuda_backend *)b)->n_seqs; }
 
 int pi_backend_cuda_mem_info(pi_backend_t *b, uint64_t *free_bytes, uint64_t *total_bytes)
 {

@@ -29,6 +29,11 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
 void pi_backend_cuda_usage(const pi_backend_t *b, uint64_t *budget, uint64_t *used, uint64_t *peak,
                            uint64_t *planned, uint64_t *overhead);
 
+/* A test hook: the steps so far whose decode attention of several sequences took the one-launch path
+ * (pi_cuda_attention_seqs), not the per-sequence launches it falls back to where the partials would
+ * exceed the attention scratch held. */
+uint64_t pi_backend_cuda_seqs_steps(const pi_backend_t *b);
+
 /* The device's free and total memory now (cudaMemGetInfo through the backend's context). */
 int pi_backend_cuda_mem_info(pi_backend_t *b, uint64_t *free_bytes, uint64_t *total_bytes);
 

@@ -32,7 +32,7 @@
  * Prompt streaming (ffn_stream, compute/stream-policy.h): the stand-in for the cuda backend's streamed
  * layers: the layer's whole FFN from the mapping's ffn_gate, ffn_up and ffn_down (the products of the
  * single process's dense FFN), so a streamed step's logits are those of hot fraction 1. There is no
- * device link (stream_bps 0), so [tune] prompt_stream auto never streams here; on does, on every
+ * device link (no stream_rates: both 0), so [tune] prompt_stream auto never streams here; on does, on every
  * prompt step, which is what the tests run.
  *
  * Memory: h (max_tokens, n_embd) and hot (max_tokens, n_embd), allocated once; with prompt_stream on,

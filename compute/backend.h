@@ -71,6 +71,10 @@ struct pi_backend_opts {
      * (the cuda backend copies the weights to the device at creation). */
     const struct pi_predictors *pred;
     enum pi_sparsity sparsity;
+    /* The CPU workers skip their cold neurons under a SwiGLU model's activation thresholds (doc/thresholds.md;
+     * the hot neurons here stay dense). Set where pred is: such a run never streams its prompts
+     * (pi_stream_policy_mode), so the cuda backend holds no streaming buffers for it. */
+    bool thresholds;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
@@ -105,15 +109,18 @@ struct pi_backend_ops {
      * after attn(il) instead of ffn_input, ffn_hot and ffn_merge. next: the layer the loop streams after
      * il in this batch, or -1; the backend may start moving its weights now (cuda: the copy into the
      * other device slot overlaps il's products). il = -1: only start next's (the loop calls this once
-     * after begin, so that the first layer's copy overlaps the first attention). The loop streams only
-     * when opts.tune.prompt_stream is not off. */
+     * after begin and attn(0), so that the first layer's packing and copy overlap the first attention).
+     * The loop streams only when pi_stream_policy_mode(opts.tune.prompt_stream, predictors, thresholds)
+     * is not off. */
     int (*ffn_stream)(pi_backend_t *b, int il, int next);
-    /* Optional (NULL = 0): the rate at which ffn_stream gets a layer's weight bytes onto the device,
-     * bytes/s, measured at creation (cuda: a pinned copy of a slot and the packing of a layer into the
-     * staging, which precedes the copy, in series); 0 when there is no link to stream over (host:
-     * ffn_stream still works); negative when this backend cannot stream with its options (cuda without
-     * its streaming buffers: prompt_stream off, or a layer's FFN type the device would convert). */
-    double (*stream_bps)(const pi_backend_t *b);
+    /* Optional (NULL = 0 with both rates 0): the rates of ffn_stream's two transfer stages, bytes/s,
+     * measured at creation: *copy_bps the copy of a layer's weight bytes onto the device (0 when there is
+     * no link to stream over: host, whose ffn_stream still works), *pack_bps the host's packing of a
+     * layer into the staging the copy reads (0: no packing stage). The cost model
+     * (compute/stream-policy.h) overlaps the two stages with the products. 0, or -PI_ERR_UNSUPPORTED
+     * (rates 0) when this backend cannot stream with its options (cuda without its streaming buffers:
+     * prompt_stream off, predictors or thresholds, or a layer's FFN type the device would convert). */
+    int (*stream_rates)(const pi_backend_t *b, double *copy_bps, double *pack_bps);
 };
 
 /* Every backend struct starts with this. */

@@ -20,6 +20,7 @@
 #include "config.h"
 #include "coordinator/pipeline.h"
 #include "compute/placement.h"
+#include "compute/stream-policy.h"
 #include "coordinator/supervisor.h"
 #include "ipc/step.h"
 #include "ipc/control.h"
@@ -427,8 +428,13 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
         !pi_coord_sidecar_file(o, p->pred_sidecar, sizeof p->pred_sidecar))
         p->pred_sidecar[0] = '\0';
     if (pi_sparse_stats_init(&p->sparse, cm->model) == 0 && p->gated) pi_sparse_stats_gated(&p->sparse, cm->model);
-    if (!p->next || !p->sparse.layers || pi_placement_choose(&o->cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, p->base.max_batch,
-                                                                    cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL, &p->pl) != 0 ||
+    /* The placement's device plan holds prompt streaming's buffers only where the GPU worker may stream:
+     * pi_stream_policy_mode, the rule the worker's backend and loop apply (no predictors, no thresholds). */
+    const struct pi_predictors *place_pred = cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL;
+    struct pi_config place_cfg = o->cfg;
+    place_cfg.tune.prompt_stream = pi_stream_policy_mode(o->cfg.tune.prompt_stream, place_pred != NULL, p->gated);
+    if (!p->next || !p->sparse.layers || pi_placement_choose(&place_cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, p->base.max_batch,
+                                                                    place_pred, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||
         find_exe("pi-cpu-worker", "cpu-worker", p->cpu_exe, sizeof p->cpu_exe) != 0 ||
         pi_rundir_create(o->cfg.run_dir, p->rundir, sizeof p->rundir) != 0 ||

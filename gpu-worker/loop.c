@@ -24,7 +24,9 @@
  * whole FFN from the model's weights, copied to the device), the next such layer named so that its copy
  * overlaps this one's products; the CPU workers, which serve whatever is published (cpu-worker/main.c),
  * wait for the next step's first publish. Layers whose neurons are all hot stay local as always. The
- * round trips of the steps that are not streamed feed the policy's measurement of the CPU workers.
+ * round trips of the steps that are not streamed feed the policy's measurement of the CPU workers, and
+ * each streamed step's time its correction of the stream side. Whether streaming is set up at all is
+ * pi_stream_policy_mode's rule: never with predictors or activation thresholds.
  */
 #include "config.h"
 #include "gpu-worker/loop.h"
@@ -160,15 +162,18 @@ static int next_cold(const struct pi_gpu_loop *g, int il)
     return -1;
 }
 
-/* Layers and the FFN of a streamed step: nothing is published (the DESIGN note above). */
+/* Layers and the FFN of a streamed step: nothing is published (the DESIGN note above). Layer 0's
+ * attention is enqueued before the first streamed layer's packing and copy start (ffn_stream(-1,
+ * first)), so that the host's packing runs while the device computes it. */
 static int eval_streamed(struct pi_gpu_loop *g)
 {
     pi_backend_t *be = g->be;
     const int n_layer = be->model->hp.n_layer;
-    int rc = be->ops->ffn_stream(be, -1, next_cold(g, -1));
+    int rc = 0;
     for (int il = 0; rc == 0 && il < n_layer; il++) {
         if (g->link) pi_link_progress(g->link);
         rc = be->ops->attn(be, il);
+        if (rc == 0 && il == 0) rc = be->ops->ffn_stream(be, -1, next_cold(g, -1));
         if (rc != 0) break;
         if (layer_all_hot(g, il)) {
             rc = ffn_layer_local(g, il, g->n_cur);
@@ -184,22 +189,24 @@ static int eval_streamed(struct pi_gpu_loop *g)
 int pi_gpu_loop_stream_init(struct pi_gpu_loop *g, enum pi_tune_prompt_stream mode)
 {
     pi_backend_t *be = g->be;
+    /* the one rule (compute/stream-policy.h): predictors' and thresholds' masks and counts are the workers' */
+    mode = pi_stream_policy_mode(mode, sparse_on(g), g->gated);
     if (!be->ops->ffn_stream || mode == PI_TUNE_PROMPT_STREAM_OFF) return 0;
+    double copy_bps = 0, pack_bps = 0;
+    if (be->ops->stream_rates && be->ops->stream_rates(be, &copy_bps, &pack_bps) < 0) {
+        pi_info("prompt streaming: the %s backend holds no streaming buffers for this model (doc/pipeline.md)", be->ops->name);
+        return 0;
+    }
     const int n_layer = be->model->hp.n_layer;
     int64_t *nh = malloc((size_t)n_layer * sizeof *nh);
     if (!nh) return -PI_ERR_NOMEM;
     for (int il = 0; il < n_layer; il++) nh[il] = be->ops->ffn_hot_count ? be->ops->ffn_hot_count(be, il) : 0;
-    const double bps = be->ops->stream_bps ? be->ops->stream_bps(be) : 0.0;
-    if (bps < 0) {
-        pi_info("prompt streaming: the %s backend holds no streaming buffers for this model (doc/pipeline.md)", be->ops->name);
-        free(nh);
-        return 0;
-    }
-    int rc = pi_stream_policy_init(&g->stream, be->model, nh, mode, bps);
+    int rc = pi_stream_policy_init(&g->stream, be->model, nh, mode, copy_bps, pack_bps);
     free(nh);
     if (rc == 0)
-        pi_info("prompt streaming %s: host-to-device %.1f GB/s, the CPU workers modelled at %.1f us per token and layer "
-                "until measured", mode == PI_TUNE_PROMPT_STREAM_ON ? "on" : "auto", bps / 1e9, g->stream.cpu_ns_tok / 1e3);
+        pi_info("prompt streaming %s: host-to-device %.1f GB/s, packing %.1f GB/s, the CPU workers modelled at %.1f us per "
+                "token and layer until measured", mode == PI_TUNE_PROMPT_STREAM_ON ? "on" : "auto", copy_bps / 1e9,
+                pack_bps / 1e9, g->stream.cpu_ns_tok / 1e3);
     return rc;
 }
 
@@ -281,11 +288,12 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t
         g->recall_now = g->recall_every > 0 && g->n_steps % (uint64_t)g->recall_every == 0;
         g->n_steps++;
     }
-    /* prompt streaming: never with predictors or thresholds (their masks and counts are the workers') */
+    /* prompt streaming: set up only where pi_stream_policy_mode allows (pi_gpu_loop_stream_init) */
     g->prompt_now = pi_stream_policy_is_prompt(seq, pos, n);
     g->n_cur = n;
-    const bool streamed = g->stream.cold && !counting(g) && pi_stream_policy_decide(&g->stream, seq, pos, n);
+    const bool streamed = g->stream.cold && pi_stream_policy_decide(&g->stream, seq, pos, n);
     int rc = be->ops->begin(be, tokens, seq, pos, n);
+    const int64_t t_st = pi_clock_ns();
     if (rc == 0 && streamed) rc = eval_streamed(g);
     for (int il = 0; rc == 0 && !streamed && il < hp->n_layer; il++) {
         if (g->link) pi_link_progress(g->link);
@@ -302,6 +310,9 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t
         for (int k = 0; rc == 0 && k < n_rows; k++)
             if (rows[k] - first != k) memmove(logits + (size_t)k * V, logits + (size_t)(rows[k] - first) * V, V * sizeof *logits);
     }
+    /* a streamed step's time, its layers to its logits (the device's work awaited by output; without rows
+     * asked for, the host's share only), corrects the model's stream side (pi_stream_policy_note_stream) */
+    if (rc == 0 && streamed) pi_stream_policy_note_stream(&g->stream, n, pi_clock_ns() - t_st);
     if (rc == 0) be->ops->commit(be);
     if (counting(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
     return rc;
@@ -365,9 +376,11 @@ int pi_gpu_loop_run(struct pi_gpu_loop *g)
             if (g->n_skip)
                 pi_info("exchange: %llu layers without cold neurons skipped it", (unsigned long long)g->n_skip);
             if (g->stream.cold)
-                pi_info("prompt streaming: %llu layers of %llu steps streamed (CPU workers at %.1f us per token and layer, %s)",
+                pi_info("prompt streaming: %llu layers of %llu steps streamed (CPU workers at %.1f us per token and layer, %s; "
+                        "streamed steps %.2f x the model%s)",
                         (unsigned long long)g->stream.n_layers, (unsigned long long)g->stream.n_steps,
-                        g->stream.cpu_ns_tok / 1e3, g->stream.measured ? "measured" : "the default");
+                        g->stream.cpu_ns_tok / 1e3, g->stream.measured ? "measured" : "the default",
+                        g->stream.st_measured ? g->stream.st_ratio : 1.0, g->stream.st_measured ? "" : ", not measured");
             return 0;
         }
         pi_step_respond(g->step, r.id, status);

@@ -80,9 +80,10 @@ int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *p
 int pi_gpu_loop_gated_init(struct pi_gpu_loop *g);
 
 /* Prompt streaming for g (be set) in mode ([tune] prompt_stream): the cost model over the backend's
- * measured link (ops.stream_bps). A backend without ffn_stream, or mode off, never streams; nor do steps
- * with predictors or activation thresholds (their masks and counts are the CPU workers'). 0 or
- * -PI_ERR_NOMEM. Freed by pi_gpu_loop_sparse_free. */
+ * measured rates (ops.stream_rates). A backend without ffn_stream, or mode off, never streams; nor does
+ * a loop with predictors or activation thresholds (pi_stream_policy_mode: their masks and counts are the
+ * CPU workers'), so call it after pi_gpu_loop_sparse_init or _gated_init. 0 or -PI_ERR_NOMEM. Freed by
+ * pi_gpu_loop_sparse_free. */
 int pi_gpu_loop_stream_init(struct pi_gpu_loop *g, enum pi_tune_prompt_stream mode);
 
 /* Free what pi_gpu_loop_sparse_init, _gated_init and _stream_init made (pi_gpu_loop_free keeps it: it

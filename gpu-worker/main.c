@@ -228,7 +228,7 @@ static int run(const struct gw_opts *o)
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune,
-                                 .pred = mode != PI_SPARSITY_OFF ? &pred : NULL, .sparsity = mode};
+                                 .pred = mode != PI_SPARSITY_OFF ? &pred : NULL, .sparsity = mode, .thresholds = gated};
     uint64_t mem_bytes = hot_bytes(m, pl);
     if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack(m, pl, 0, -1, true, false, &part)) != 0) {

@@ -122,12 +122,18 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+int pi_pool_cpus(void)
+{
+    cpu_set_t cs;
+    CPU_ZERO(&cs);
+    if (sched_getaffinity(0, sizeof cs, &cs) == 0 && CPU_COUNT(&cs) > 0) return CPU_COUNT(&cs);
+    long c = sysconf(_SC_NPROCESSORS_ONLN);
+    return c > 0 ? (int)PI_MIN(c, INT32_MAX) : 1;
+}
+
 pi_pool_t *pi_pool_new(int n_threads)
 {
-    if (n_threads <= 0) {
-        long c = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = c > 0 ? (int)PI_MIN(c, MAX_THREADS) : 1;
-    }
+    if (n_threads <= 0) n_threads = PI_MIN(pi_pool_cpus(), MAX_THREADS);
     if (n_threads > MAX_THREADS) {
         pi_error("thread pool: %d threads requested, at most %d", n_threads, MAX_THREADS);
         return NULL;

@@ -9,7 +9,8 @@
  * published layer by layer. Off, the same prompt is published once per layer and agrees with the
  * streamed logits within the two-path bound. Auto streams nothing over the host backend (no link), and
  * streams when a backend reports a link fast enough for the cost model; a backend that says it cannot
- * stream (stream_bps negative) is never asked to, even with on.
+ * stream (stream_rates failing) is never asked to, even with on; nor is a loop that counts activation
+ * thresholds (pi_stream_policy_mode), even with on over a fast link.
  */
 #include "config.h"
 #include "compute/backend.h"
@@ -60,15 +61,18 @@ static void *cpu_worker(void *arg)
     return NULL;
 }
 
-static double fake_bps;
-static double fake_stream_bps(const pi_backend_t *b)
+static double fake_bps; /* the copy rate the fake reports; negative: the backend cannot stream */
+static int fake_stream_rates(const pi_backend_t *b, double *copy_bps, double *pack_bps)
 {
     (void)b;
-    return fake_bps;
+    *copy_bps = fake_bps > 0 ? fake_bps : 0;
+    *pack_bps = fake_bps > 0 ? fake_bps : 0;
+    return fake_bps < 0 ? -PI_ERR_UNSUPPORTED : 0;
 }
+static bool gated_run; /* the loop counts activation thresholds (pi_gpu_loop_gated_init) */
 
-/* One run of the loop in mode (-1: no pi_gpu_loop_stream_init at all), the backend's stream_bps replaced by
- * fake_bps when fake: the prompt (n tokens, logits into lp), then one decode step. Publishes seen by the
+/* One run of the loop in mode (-1: no pi_gpu_loop_stream_init at all), the backend's stream_rates replaced
+ * by fake_stream_rates when fake, counting thresholds when gated_run: the prompt (n tokens, logits into lp), then one decode step. Publishes seen by the
  * worker for the prompt and the decode step, and the loop's counters of streamed layers and steps. */
 struct result {
     int rc, pub_prompt, pub_decode;
@@ -105,7 +109,7 @@ static struct result run(int mode, bool fake, const int32_t *tok, int n, float *
     struct pi_backend_ops ops;
     if (rc == 0 && fake) {
         ops = *be->ops;
-        ops.stream_bps = fake_stream_bps;
+        ops.stream_rates = fake_stream_rates;
         be->ops = &ops;
     }
     pthread_t th;
@@ -120,6 +124,7 @@ static struct result run(int mode, bool fake, const int32_t *tok, int n, float *
                             .ex_flags = PI_EXCHANGE_ALL | PI_EXCHANGE_GATE_SKIP,
                             .hot = hot,
                             .n_hot = n_hot};
+    if (rc == 0 && gated_run) rc = pi_gpu_loop_gated_init(&g);
     if (rc == 0 && mode >= 0) rc = pi_gpu_loop_stream_init(&g, (enum pi_tune_prompt_stream)mode);
     int32_t seq[MAX_TOK], pos[MAX_TOK], rows[MAX_TOK];
     for (int i = 0; i < n; i++) seq[i] = 0, pos[i] = rows[i] = i;
@@ -187,7 +192,14 @@ int main(void)
     fake_bps = -1;
     r = run(PI_TUNE_PROMPT_STREAM_ON, true, gd.tokens, n, lx, &c);
     tap_ok(r.rc == 0 && r.pub_prompt == nl && r.layers == 0,
-           "on, but the backend cannot stream (stream_bps < 0): nothing streamed");
+           "on, but the backend cannot stream (stream_rates fails): nothing streamed");
+    fake_bps = 1e15;
+    gated_run = true;
+    r = run(PI_TUNE_PROMPT_STREAM_ON, true, gd.tokens, n, lx, &c);
+    gated_run = false;
+    tap_ok(r.rc == 0 && r.pub_prompt == nl && r.layers == 0 && r.steps == 0,
+           "on over a link of 1 PB/s, but with activation thresholds: nothing streamed (%d published, %llu streamed)",
+           r.pub_prompt, (unsigned long long)r.layers);
 
     free(lon), free(loff), free(lx), free(c.ids);
     pi_ffn_work_destroy(&c.w);

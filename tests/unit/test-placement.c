@@ -121,7 +121,7 @@ static void check_golden(void)
 /* Prompt streaming's part of the plan (compute/backend-cuda-plan.h): with auto or on and a layer with cold
  * neurons, two slots of the largest cold layer's ffn_gate, ffn_up and ffn_down images plus the products'
  * (T, 2 n_ff) f32 buffer, and nothing else changes but the scratch (the streamed GEMMs' tile and input);
- * off, every neuron hot, one-row batches or predictors: no streaming part at all. */
+ * off, activation thresholds, every neuron hot, one-row batches or predictors: no streaming part at all. */
 static void check_stream(void)
 {
     pi_model_t *m = open_model("demo-relu-q4_0.gguf");
@@ -150,6 +150,16 @@ static void check_stream(void)
                on.scratch >= off.scratch && on.total == off.total + on.stream + (on.scratch - off.scratch),
            "prompt streaming changes only its own part and the scratch (+%llu bytes)",
            (unsigned long long)(on.scratch - off.scratch));
+    /* activation thresholds (a SwiGLU model's [sparsity] gates): the loop never streams such a run
+     * (pi_stream_policy_mode), so the plan holds nothing for it, as off */
+    struct pi_backend_cuda_plan th;
+    o.thresholds = true;
+    rc = pi_backend_cuda_plan_parts(m, &o, &th);
+    const bool th_on = pi_backend_cuda_stream_on(m, &o);
+    o.thresholds = false;
+    tap_ok(rc == 0 && !th_on && th.stream == 0 && th.scratch == off.scratch && th.total == off.total,
+           "prompt streaming with activation thresholds (auto): no stream part, the plan of off (%llu bytes, off %llu)",
+           (unsigned long long)th.total, (unsigned long long)off.total);
     o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
     o.max_tokens = 1;
     bool one = pi_backend_cuda_stream_on(m, &o);
@@ -245,14 +255,19 @@ static void check_model(const char *file)
 
 /* The host side of prompt streaming's upload (pi_cuda_weight_pack_rows): for every device type, random
  * ggml blocks packed as one range and as three disjoint ranges give the same image; each block's quant
- * bytes sit in the quant plane with zero padding and its side pieces in the side plane at the rounded
- * quant plane's end (the layout pi_cuda_weight_upload writes, kernels/cuda/plan.h); rows outside the
- * weight are refused. */
+ * bytes sit in the quant plane and its side pieces in the side plane at the rounded quant plane's end
+ * (the layout pi_cuda_weight_upload writes, kernels/cuda/plan.h); every pad byte of a block is written
+ * zero over staging that held other bytes (the images start filled with 0xA5, as a staging buffer
+ * reused from another layer): the quant entry's tail and the side entry's bytes no piece covers, as many
+ * as the device block has over ggml's (Q5_0's bytes 2-3 of its 8-byte side entry, Q3_K's two); rows
+ * outside the weight are refused. */
 static void check_pack(void)
 {
     const int64_t rows = 7;
     int bad = 0;
-    uint64_t st = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    const uint64_t seed = 0x9E3779B97F4A7C15ull ^ (uint64_t)time(NULL);
+    uint64_t st = seed;
+    tap_diag("check_pack: seed %llu", (unsigned long long)seed);
     for (size_t i = 0; i < PI_ARRAY_LEN(dev_types); i++) {
         const enum pi_type t = dev_types[i].t;
         const int64_t cols = dev_types[i].belems == 256 ? 512 : 96, nblk = cols / dev_types[i].belems;
@@ -264,29 +279,43 @@ static void check_pack(void)
             continue;
         }
         const size_t srcb = (size_t)(rows * nblk) * g.bbytes;
-        uint8_t *src = malloc(srcb), *a = calloc(1, bytes), *b = calloc(1, bytes);
+        uint8_t *src = malloc(srcb), *a = malloc(bytes), *b = malloc(bytes);
         PI_ASSERT(src && a && b);
+        memset(a, 0xA5, bytes);
+        memset(b, 0xA5, bytes);
         for (size_t k = 0; k < srcb; k++) src[k] = (uint8_t)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 56);
         int rc = pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, rows, a);
         rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 0, 2, b);
         rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 2, 4, b);
         rc |= pi_cuda_weight_pack_rows((int)t, rows, cols, src, 6, 1, b);
         bool ok = rc == 0 && memcmp(a, b, bytes) == 0 && pi_cuda_weight_pack_rows((int)t, rows, cols, src, 5, 3, b) == -PI_ERR_RANGE;
+        size_t pad = 0; /* pad bytes of one block, checked zero */
         for (int64_t k = 0; ok && k < rows * nblk; k++) {
             const uint8_t *blk = src + (size_t)k * g.bbytes, *q = a + (size_t)k * g.qbytes, *d = a + qplane + (size_t)k * g.sbytes;
             ok = memcmp(q, blk + g.qoff, g.qlen) == 0;
+            pad = g.qbytes - g.qlen;
             for (size_t z = g.qlen; ok && z < g.qbytes; z++) ok = q[z] == 0;
             for (int p = 0; ok && p < g.n_side; p++) ok = memcmp(d + g.side[p].dst, blk + g.side[p].src, g.side[p].len) == 0;
+            for (size_t z = 0; ok && z < g.sbytes; z++) { /* a side byte no piece covers is padding */
+                bool covered = false;
+                for (int p = 0; p < g.n_side; p++) covered |= z >= g.side[p].dst && z < g.side[p].dst + g.side[p].len;
+                if (!covered) pad++, ok = d[z] == 0;
+            }
         }
-        if (!ok) {
+        /* every byte of ggml's block lands once: the device block's surplus is its padding */
+        const size_t want_pad = (size_t)(dev_types[i].qbytes + dev_types[i].sbytes) - g.bbytes;
+        if (!ok || pad != want_pad) {
             bad++;
-            tap_diag("%s: the packed image differs (rc %d)", pi_type_name(t), rc);
+            tap_diag("%s: the packed image differs, or %zu pad bytes a block (want %zu; rc %d)", pi_type_name(t), pad,
+                     want_pad, rc);
         }
         free(src);
         free(a);
         free(b);
     }
-    tap_ok(bad == 0, "prompt streaming's pack: %zu device types, one range and three give the image upload writes (%d wrong)",
+    tap_ok(bad == 0,
+           "prompt streaming's pack: %zu device types, one range and three give the image upload writes, pads zeroed "
+           "over stale staging (%d wrong)",
            PI_ARRAY_LEN(dev_types), bad);
 }
 
