@@ -160,8 +160,10 @@ void pi_sched_set_engine(pi_sched_t *s, pi_engine_t *e);
 /* Run steps on the engine until pi_sched_stop: the calling thread owns the engine until it returns.
  * After an engine failure every running job ends with PI_SCHED_ERROR and the engine is reset (a pipeline
  * restarts its workers); queued jobs then run. An engine that reports itself broken while idle (its
- * ops->broken: a worker died between requests) is reset then too, without waiting for a request. Past
- * the restart cap (opts.restart_max) no reset is tried again. Returns 0 after a stop, -PI_ERR_INVAL
+ * ops->broken: a worker died between requests) is reset then too, without waiting for a request. An
+ * engine that fails again while idle or within a second of its start, or whose reset failed, is reset
+ * after a back-off (1 s doubling to a minute; stats.backoff_ms) unless a job waits. Past the restart
+ * cap (opts.restart_max) no reset is tried again. Returns 0 after a stop, -PI_ERR_INVAL
  * without an engine. */
 int pi_sched_run(pi_sched_t *s);
 

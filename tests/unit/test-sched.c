@@ -6,8 +6,10 @@
  * a prompt sharing a prefix with a slot's cache evaluates only the rest; steps carry several
  * sequences; cancel, queue limits, deadlines, stop strings, logprobs; an engine failure
  * ends the running jobs with an error, resets the engine, and later jobs run; an engine that breaks
- * while idle is reset without a request; past the restart cap no reset is tried and every request
- * ends with the reason (issue 20, defect 10). The fake engine checks every batch against the engine
+ * while idle is reset without a request, and one that dies after each start is reset with a growing
+ * back-off; the restart cap counts failures of a running engine, not failed resets; past it no reset
+ * is tried and every request ends with the reason (issue 20, defect 10); a stopping scheduler's
+ * health is "stopping". The fake engine checks every batch against the engine
  * rules (coordinator/engine.h) and counts violations.
  */
 #include "config.h"
