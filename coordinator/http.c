@@ -22,11 +22,13 @@
 #include "coordinator/openai.h"
 #include "lib/common.h"
 #include "lib/log.h"
+#include "lib/secret.h"
 #include "text/unicode.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
@@ -1018,21 +1020,19 @@ static bool is_loopback(const struct sockaddr *a)
 /* One key per line of path into h->keys. 0, or -1 after one line on stderr. The file must be a regular
  * file that users other than its owner and group may neither read nor write: keys every local user
  * can read authenticate no one (the service's group may share it, as a system service's key file
- * needs). */
+ * needs: lib/secret.h's PI_SECRET_GROUP). A FIFO or a device is refused without blocking. */
 static int load_keys(struct pi_http *h, const char *path)
 {
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        fprintf(stderr, "pi-coordinator: [http] api_key_file %s: %s\n", path, strerror(errno));
+    char why[PATH_MAX + 160];
+    int fd = pi_secret_open(path, PI_SECRET_GROUP, "[http] api_key_file", why, sizeof why);
+    if (fd < 0) {
+        fprintf(stderr, "pi-coordinator: %s\n", why);
         return -1;
     }
-    struct stat st;
-    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 007)) {
-        fprintf(stderr,
-                "pi-coordinator: [http] api_key_file %s: must be a regular file that other users may not read or "
-                "write (chmod o-rwx; mode %03o)\n",
-                path, (unsigned)(st.st_mode & 0777));
-        fclose(f);
+    FILE *f = fdopen(fd, "r");
+    if (!f) {
+        fprintf(stderr, "pi-coordinator: [http] api_key_file %s: fdopen: %s\n", path, strerror(errno));
+        close(fd);
         return -1;
     }
     char line[MAX_KEY_LEN + 8];
@@ -1063,6 +1063,7 @@ static int load_keys(struct pi_http *h, const char *path)
             }
         if (rc == 0 && !(h->keys[h->n_keys++] = strdup(k))) rc = -1;
     }
+    explicit_bzero(line, sizeof line);
     fclose(f);
     if (rc == 0 && h->n_keys == 0) {
         fprintf(stderr, "pi-coordinator: [http] api_key_file %s holds no key\n", path);

@@ -107,7 +107,9 @@ struct pi_sched {
     int rr;             /* round-robin start among prompt-reading slots */
     int gen_rr;         /* and among generating slots, when they outnumber the batch */
     int64_t retry_at;   /* ns: a failed engine is reset again from then */
-    int64_t retry_ns;   /* the wait before that, doubling while resets fail */
+    int64_t retry_ns;   /* the wait after the next failure that comes soon, doubling while they do; 0: none */
+    int64_t ready_at;   /* ns: when the engine last became ready (set, or a reset that succeeded) */
+    bool counted;       /* this outage (engine failure to good reset) is counted against the restart cap */
     int64_t *restart_t; /* (o.restart_max) ring: the times (ns) of the last restarts, the oldest at restart_i */
     int n_restart_t, restart_i;
 };
@@ -325,6 +327,7 @@ void pi_sched_stop(pi_sched_t *s, const char *reason)
     pthread_mutex_lock(&s->mu);
     if (!s->stopping) snprintf(s->stop_reason, sizeof s->stop_reason, "%s", reason ? reason : "the server is stopping");
     s->stopping = true;
+    s->st.stopping = true;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
 }
@@ -338,6 +341,7 @@ void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out)
 
 const char *pi_sched_health(const struct pi_sched_stats *st)
 {
+    if (st->stopping) return "stopping"; /* whatever failed before: nothing is restarted now */
     if (st->gave_up) return "failed";
     if (st->ready) return "ok";
     if (st->failed) return "failing";
@@ -365,6 +369,7 @@ void pi_sched_set_engine(pi_sched_t *s, pi_engine_t *e)
     }
     s->n_ctx = e ? e->n_ctx : 0;
     s->st.ready = e != NULL;
+    s->ready_at = now_ns();
     s->st.kv_total = e ? (int64_t)e->n_ctx * s->o.n_slots : 0;
     pthread_mutex_unlock(&s->mu);
 }
@@ -686,6 +691,26 @@ static void slot_sample(pi_sched_t *s, int i, const float *row)
     }
 }
 
+/* When a failed engine is reset (retry_at). An engine that ran a while (RETRY_NS) and failed in a step
+ * is reset at once: a job waits for it. One that failed soon after its start, or while idle (nothing
+ * waits; a worker that dies after each good start would otherwise be respawned at every idle tick), is
+ * reset after retry_ns, which then doubles up to RETRY_MAX_NS; an engine that lived RETRY_MAX_NS
+ * starts that series again from 0 (an idle death after a long life is replaced at once). */
+static void backoff(pi_sched_t *s, bool idle)
+{
+    const int64_t t = now_ns(), up = t - s->ready_at;
+    if (up >= RETRY_MAX_NS) s->retry_ns = 0;
+    if (idle || up < RETRY_NS) {
+        s->retry_at = t + s->retry_ns;
+        s->retry_ns = s->retry_ns ? PI_MIN(s->retry_ns * 2, RETRY_MAX_NS) : RETRY_NS;
+    } else {
+        s->retry_at = 0;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->st.backoff_ms = s->retry_ns / 1000000;
+    pthread_mutex_unlock(&s->mu);
+}
+
 /* After an engine failure rc every sequence is lost. A job that has sent nothing yet (still reading
  * its prompt, or about to sample its first token) starts its prompt again after the reset, once (a
  * second failure ends it): a worker that died while the server was idle costs its next request
@@ -719,7 +744,7 @@ static void engine_failed(pi_sched_t *s, int rc, bool idle)
             sl->state = SLOT_PROMPT;
         }
     }
-    s->retry_at = 0;
+    backoff(s, idle);
 }
 
 /* The jobs in the slots end with PI_SCHED_ERROR, status rc and reason why. */
@@ -730,7 +755,7 @@ static void fail_slots(pi_sched_t *s, int rc, const char *why)
 }
 
 /* The restart cap (opts.restart_max in restart_window_ms): whether one more restart may be tried at t;
- * when it may, t is recorded as one. */
+ * when it may, t is recorded as one. Called once per outage (engine_ready's counted). */
 static bool restart_allowed(pi_sched_t *s, int64_t t)
 {
     const int max = s->o.restart_max;
@@ -776,15 +801,27 @@ static bool engine_ready(pi_sched_t *s, bool force)
     if (gave_up || stopping) return false; /* a stop cancels the engine: it is not restarted for that */
     const int64_t t = now_ns();
     if (!force && t < s->retry_at) return false;
-    if (!restart_allowed(s, t)) {
-        give_up(s);
-        return false;
+    /* the cap counts outages, not tries: the resets after a failed one are the same restart */
+    if (!s->counted) {
+        if (!restart_allowed(s, t)) {
+            give_up(s);
+            return false;
+        }
+        s->counted = true;
     }
     int rc = s->e->ops->reset(s->e);
-    /* idle retries back off, 1 s doubling to a minute; a waiting request always gets its try (force) */
-    s->retry_ns = rc == 0 ? RETRY_NS : PI_MIN(s->retry_ns ? s->retry_ns * 2 : RETRY_NS, RETRY_MAX_NS);
-    s->retry_at = now_ns() + s->retry_ns;
+    /* failed resets back off, 1 s doubling to a minute; a waiting request always gets its try (force).
+     * A good one keeps retry_ns: an engine that dies soon after it waits longer next time (backoff). */
+    if (rc != 0) {
+        const int64_t wait = s->retry_ns ? s->retry_ns : RETRY_NS;
+        s->retry_at = now_ns() + wait;
+        s->retry_ns = PI_MIN(wait * 2, RETRY_MAX_NS);
+    } else {
+        s->ready_at = now_ns();
+        s->counted = false;
+    }
     pthread_mutex_lock(&s->mu);
+    s->st.backoff_ms = s->retry_ns / 1000000;
     s->st.ready = rc == 0;
     s->st.failed = rc != 0;
     if (rc != 0)
@@ -962,7 +999,7 @@ int pi_sched_run(pi_sched_t *s)
         /* a worker that died between requests: restarted now (status says so meanwhile), not when the
          * next request finds the pipeline gone */
         if (was_ready && !busy(s) && e->ops->broken && e->ops->broken(e)) engine_failed(s, -PI_ERR_PEER, true);
-        if (!engine_ready(s, queued)) {
+        if (!engine_ready(s, queued || busy(s))) { /* a job to read its prompt again waits too */
             pthread_mutex_lock(&s->mu);
             const bool gave_up = s->st.gave_up, stop_now = s->stopping;
             char last[160];

@@ -53,11 +53,14 @@ struct pi_sched_opts {
                          * fewer than that many waiting; others are refused there (-PI_ERR_RANGE) */
     int64_t max_tokens; /* tokens one request may generate, at most (0: up to the context) */
     int64_t timeout_ms; /* a request ends (PI_SCHED_TIMEOUT) this long after submission (0: never) */
-    /* The restart cap: at most restart_max engine restarts (resets after a failure, whether they
-     * succeed or not) within any restart_window_ms; the one after is not tried and the scheduler gives
-     * up for good (stats.gave_up; every request then ends with PI_SCHED_ERROR and the reason), so a
-     * pipeline that cannot live (a model file truncated under the server) does not fail request after
-     * request. restart_max 0: no cap; at most PI_SCHED_RESTART_MAX. */
+    /* The restart cap: at most restart_max engine restarts within any restart_window_ms. A restart is
+     * counted when an engine that was running fails and its first reset is tried: the resets that
+     * follow a failed one (the back-off's, a request's) belong to that restart, however many fail,
+     * so one transient start failure does not use up the cap. The restart after the cap is not tried
+     * and the scheduler gives up for good (stats.gave_up; every request then ends with PI_SCHED_ERROR
+     * and the reason), so a pipeline that starts and dies again and again (a model file truncated
+     * under the server) does not fail request after request. restart_max 0: no cap; at most
+     * PI_SCHED_RESTART_MAX. */
     int restart_max;
     int64_t restart_window_ms;
 };
@@ -157,8 +160,10 @@ void pi_sched_set_engine(pi_sched_t *s, pi_engine_t *e);
 /* Run steps on the engine until pi_sched_stop: the calling thread owns the engine until it returns.
  * After an engine failure every running job ends with PI_SCHED_ERROR and the engine is reset (a pipeline
  * restarts its workers); queued jobs then run. An engine that reports itself broken while idle (its
- * ops->broken: a worker died between requests) is reset then too, without waiting for a request. Past
- * the restart cap (opts.restart_max) no reset is tried again. Returns 0 after a stop, -PI_ERR_INVAL
+ * ops->broken: a worker died between requests) is reset then too, without waiting for a request. An
+ * engine that fails again while idle or within a second of its start, or whose reset failed, is reset
+ * after a back-off (1 s doubling to a minute; stats.backoff_ms) unless a job waits. Past the restart
+ * cap (opts.restart_max) no reset is tried again. Returns 0 after a stop, -PI_ERR_INVAL
  * without an engine. */
 int pi_sched_run(pi_sched_t *s);
 
@@ -189,11 +194,15 @@ struct pi_sched_stats {
     bool failed;          /* the last restart failed (requests are then refused,
                                                   not queued); false while one is under way */
     bool gave_up;         /* the restart cap was reached: failed for good, no restart is tried again */
+    bool stopping;        /* pi_sched_stop was called: jobs end as cancelled, nothing is restarted */
+    int64_t backoff_ms;   /* the wait before the next reset after a failure that comes soon: it doubles (to a
+                             minute) while resets fail or engines die soon after their start */
     char last_error[160]; /* the last engine failure, "" when none */
 };
 void pi_sched_stats(pi_sched_t *s, struct pi_sched_stats *out);
 
 /* One word for the scheduler's state in st, status's overall health:
+ *   "stopping"    the server is stopping: nothing is restarted, jobs end as cancelled;
  *   "loading"     no engine yet (the model and the workers are being started);
  *   "ok"          ready: requests run;
  *   "restarting"  the engine failed (a worker died) and is being reset; requests wait for it;

@@ -15,6 +15,7 @@
 
 #include "lib/common.h"
 #include "lib/log.h"
+#include "lib/secret.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -177,20 +178,12 @@ int pi_ctl_peer_uid(int fd, uint32_t *uid)
 int pi_ctl_token_load(const char *path, char *out, size_t out_len, char *err, size_t err_len)
 {
     char buf[PI_CTL_TOKEN_MAX + 2];
-    struct stat st;
+    char why[PATH_MAX + 160];
     PI_ASSERT(out_len > PI_CTL_TOKEN_MAX);
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    int fd = pi_secret_open(path, PI_SECRET_OWNER, "token file", why, sizeof why);
     if (fd < 0) {
-        say(err, err_len, "token file %s: %s", path, strerror(errno));
-        return -PI_ERR_IO;
-    }
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
-        say(err, err_len,
-            "token file %s: must be a regular file of this user's that no one else may read or write "
-            "(chmod 600)",
-            path);
-        close(fd);
-        return -PI_ERR_INVAL;
+        say(err, err_len, "%s", why);
+        return fd;
     }
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);

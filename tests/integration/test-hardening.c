@@ -38,6 +38,7 @@
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <zmq.h>
 
@@ -704,6 +705,32 @@ static void write_mode(const char *path, const char *text, mode_t mode)
     chmod(path, mode);
 }
 
+/* A FIFO named as [http] api_key_file: the coordinator refuses it with one line and exits non-zero at
+ * once (an open() that waited for a writer hung it for good, SIGTERM included). The 30 s is a hang
+ * guard only: past it the process is killed and the check fails. */
+static void test_key_fifo(void)
+{
+    char fifo[400], cmd[3000];
+    snprintf(fifo, sizeof fifo, "%s/keys-fifo", tp_dir);
+    if (mkfifo(fifo, 0600) != 0) {
+        tap_skip(1, "mkfifo failed");
+        return;
+    }
+    snprintf(cmd, sizeof cmd,
+             "exec '%s' --model '%s' --gpu-backend none --run-dir '%s' --control '%s' --http 127.0.0.1:0 "
+             "--api-key-file '%s'",
+             coord, model, rundir, endpoint, fifo);
+    char *argv[] = {"/bin/sh", "-c", cmd, NULL};
+    const int rc = tp_run(argv, "key-fifo", 30);
+    char *err = tp_output("key-fifo", "err");
+    int lines = 0;
+    for (const char *p = err; (p = strstr(p, "api_key_file")); p++) lines++;
+    tap_ok(rc > 0 && lines == 1 && strstr(err, "not a FIFO"),
+           "a FIFO as [http] api_key_file: one error, exit %d (not a hang): %s", rc, err);
+    free(err);
+    unlink(fifo);
+}
+
 /* Issue 20, defect 3, tcp: refused without a token (loopback too, and beyond it), refused with a token
  * file others can read; with one, pi-ctl with the token is served (status, generate) and pi-ctl
  * without it or with another is refused. */
@@ -862,6 +889,7 @@ int main(void)
     test_ipc_access();
     test_peer_uid();
     test_tcp_token();
+    test_key_fifo();
     test_flood_keeps_clients();
     return tap_done();
 }

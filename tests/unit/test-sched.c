@@ -6,8 +6,10 @@
  * a prompt sharing a prefix with a slot's cache evaluates only the rest; steps carry several
  * sequences; cancel, queue limits, deadlines, stop strings, logprobs; an engine failure
  * ends the running jobs with an error, resets the engine, and later jobs run; an engine that breaks
- * while idle is reset without a request; past the restart cap no reset is tried and every request
- * ends with the reason (issue 20, defect 10). The fake engine checks every batch against the engine
+ * while idle is reset without a request, and one that dies after each start is reset with a growing
+ * back-off; the restart cap counts failures of a running engine, not failed resets; past it no reset
+ * is tried and every request ends with the reason (issue 20, defect 10); a stopping scheduler's
+ * health is "stopping". The fake engine checks every batch against the engine
  * rules (coordinator/engine.h) and counts violations.
  */
 #include "config.h"
@@ -40,6 +42,7 @@ struct fake {
     _Atomic int delay_us;      /* each step takes at least this long */
     _Atomic int broken;        /* ops->broken answers this (a worker died while idle); a good reset clears it */
     _Atomic int reset_fail;    /* reset fails with -PI_ERR_IO (the workers cannot start) */
+    _Atomic int die_after;     /* a good reset leaves broken set: a worker that dies soon after each start */
 };
 
 static uint64_t mix(uint64_t h, uint64_t v)
@@ -105,7 +108,7 @@ static int fake_reset(pi_engine_t *e)
     memset(f->len, 0, sizeof f->len);
     atomic_fetch_add(&f->resets, 1);
     if (atomic_load(&f->reset_fail)) return -PI_ERR_IO;
-    atomic_store(&f->broken, 0);
+    atomic_store(&f->broken, atomic_load(&f->die_after));
     return 0;
 }
 
@@ -250,6 +253,61 @@ static void test_health_words(void)
     tap_ok(!strcmp(loading, "loading") && !strcmp(ok, "ok") && !strcmp(restarting, "restarting") &&
                !strcmp(failing, "failing") && !strcmp(failed, "failed"),
            "health: %s, %s, %s, %s, %s", loading, ok, restarting, failing, failed);
+    /* a stop after an engine error: nothing is restarted any more, so not "restarting" */
+    st = (struct pi_sched_stats){.engine_errors = 1, .stopping = true};
+    const char *stop_err = pi_sched_health(&st);
+    st.failed = st.gave_up = true;
+    const char *stop_failed = pi_sched_health(&st);
+    tap_ok(!strcmp(stop_err, "stopping") && !strcmp(stop_failed, "stopping"),
+           "health while stopping, after an engine error: %s; after giving up: %s", stop_err, stop_failed);
+}
+
+/* The health of a real scheduler stopped after an engine failure whose reset failed. */
+static void test_health_stopping(const int32_t *prompt, int n)
+{
+    struct fake f;
+    struct runner r;
+    struct out a;
+    fake_init(&f);
+    pi_sched_t *s = start(&f, &r, NSEQ, 16, 0, 0);
+    atomic_store(&f.reset_fail, 1);
+    atomic_store(&f.fail_at, 1);
+    struct pi_sched_job jb = job_of(prompt, (size_t)n, 4, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    pi_sched_stop(s, "test stop");
+    struct pi_sched_stats st;
+    pi_sched_stats(s, &st);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && st.engine_errors == 1 && !strcmp(pi_sched_health(&st), "stopping"),
+           "a scheduler stopped after a failed restart says stopping (%s, %llu errors)", pi_sched_health(&st),
+           (unsigned long long)st.engine_errors);
+    stop(&r);
+}
+
+/* A worker that dies soon after each good start, while idle: the restarts back off (1 s doubling to a
+ * minute) instead of respawning it at every idle tick, even with no restart cap. Counted, not timed:
+ * after the third failure the back-off has doubled twice past its start. */
+static void test_idle_backoff(void)
+{
+    struct fake f;
+    struct runner r;
+    fake_init(&f);
+    struct pi_sched_opts so = {.n_slots = NSEQ, .queue_max = 16, .restart_max = 0, .restart_window_ms = 1000};
+    pi_sched_t *s = start_opts(&f, &r, &so);
+    atomic_store(&f.die_after, 1);
+    atomic_store(&f.broken, 1);
+    struct pi_sched_stats st;
+    for (int i = 0; i < 20000; i++) { /* a hang guard of 10 s; the three failures take about 1.5 s */
+        pi_sched_stats(s, &st);
+        if (st.engine_errors >= 3) break;
+        usleep(500);
+    }
+    const int resets = atomic_load(&f.resets);
+    tap_ok(
+        st.engine_errors >= 3 && st.backoff_ms >= 4000 && resets <= (int)st.engine_errors,
+        "a worker dying after each start while idle: restarts back off (%llu failures, %d resets, next wait %lld ms)",
+        (unsigned long long)st.engine_errors, resets, (long long)st.backoff_ms);
+    stop(&r);
 }
 
 /* A worker that dies while nothing runs (the engine's broken flag) gets its pipeline reset at once,
@@ -282,8 +340,10 @@ static void test_idle_death(const int32_t *prompt, int n, const struct out *ref)
     stop(&r);
 }
 
-/* The restart cap: restarts that keep failing (the workers cannot start) are tried 3 times within the
- * window, then the scheduler gives up: no reset is tried again, every request ends with the reason. */
+/* The restart cap counts outages, not tries: resets that keep failing (the workers cannot start for a
+ * while) are one restart, however many requests force one; an engine that starts and fails again makes
+ * another. With restart_max 3 the fourth failure of a running engine is not restarted: the scheduler
+ * gives up, no reset is tried again, every request ends with the reason. */
 static void test_restart_cap(const int32_t *prompt, int n)
 {
     struct fake f;
@@ -295,26 +355,49 @@ static void test_restart_cap(const int32_t *prompt, int n)
     pi_sched_t *s = start_opts(&f, &r, &so);
     atomic_store(&f.broken, 1); /* the first failure: the idle reset fails; each request then forces one */
     int errors = 0, k = 0;
-    bool gave_up = false;
-    for (; k < 8 && !gave_up; k++) {
+    for (; k < 6; k++) {
         struct pi_sched_job jb = job_of(prompt, (size_t)n, 4, &a);
         pi_sched_submit(s, &jb, NULL);
         wait_end(&a);
-        errors += a.end.finish == PI_SCHED_ERROR;
-        gave_up = strstr(a.end.reason, "gave up after 3 restarts") != NULL;
+        errors += a.end.finish == PI_SCHED_ERROR && !strstr(a.end.reason, "gave up");
     }
     struct pi_sched_stats st;
     pi_sched_stats(s, &st);
-    tap_ok(
-        gave_up && errors == k && atomic_load(&f.resets) == 3 && st.gave_up && st.failed && !st.ready &&
-            !strcmp(pi_sched_health(&st), "failed"),
-        "3 failed restarts within the window, then the scheduler gives up (%d resets, %d requests, all errors: %s; %s)",
-        atomic_load(&f.resets), k, a.end.reason, pi_sched_health(&st));
-    atomic_store(&f.reset_fail, 0); /* even an engine that would start again is not tried */
+    tap_ok(errors == 6 && atomic_load(&f.resets) >= 6 && !st.gave_up && !strcmp(pi_sched_health(&st), "failing"),
+           "6 failed resets of one outage are one restart: no giving up at restart_max 3 (%d resets, %s)",
+           atomic_load(&f.resets), pi_sched_health(&st));
+    atomic_store(&f.reset_fail, 0);
     struct pi_sched_job jb = job_of(prompt, (size_t)n, 4, &a);
     pi_sched_submit(s, &jb, NULL);
     wait_end(&a);
-    tap_ok(a.end.finish == PI_SCHED_ERROR && strstr(a.end.reason, "gave up") && atomic_load(&f.resets) == 3,
+    tap_ok(a.end.finish == PI_SCHED_LENGTH && a.n == 4, "... the engine starts again and a request runs (%s: %s)",
+           pi_sched_finish_name(a.end.finish), a.end.reason);
+    /* two more failures of the running engine, each restarted: the request reads its prompt again */
+    int ran = 0;
+    for (int i = 0; i < 2; i++) {
+        atomic_store(&f.fail_at, (int)atomic_load(&f.steps) + 1);
+        jb = job_of(prompt, (size_t)n, 4, &a);
+        pi_sched_submit(s, &jb, NULL);
+        wait_end(&a);
+        ran += a.end.finish == PI_SCHED_LENGTH && a.n == 4;
+    }
+    const int resets = atomic_load(&f.resets);
+    pi_sched_stats(s, &st);
+    tap_ok(ran == 2 && st.restarts == 3 && !st.gave_up, "2 more engine failures, restarted: restarts 3 (%llu), %d ran",
+           (unsigned long long)st.restarts, ran);
+    atomic_store(&f.fail_at, (int)atomic_load(&f.steps) + 1); /* the fourth: past the cap */
+    jb = job_of(prompt, (size_t)n, 4, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    pi_sched_stats(s, &st);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && strstr(a.end.reason, "gave up") && atomic_load(&f.resets) == resets &&
+               st.gave_up && st.failed && !st.ready && !strcmp(pi_sched_health(&st), "failed"),
+           "the fourth failure of a running engine is not restarted: the scheduler gives up (%d resets; %s; %s)",
+           atomic_load(&f.resets), a.end.reason, pi_sched_health(&st));
+    jb = job_of(prompt, (size_t)n, 4, &a);
+    pi_sched_submit(s, &jb, NULL);
+    wait_end(&a);
+    tap_ok(a.end.finish == PI_SCHED_ERROR && strstr(a.end.reason, "gave up") && atomic_load(&f.resets) == resets,
            "after giving up a request ends at once with the reason and no reset is tried (%d): %s",
            atomic_load(&f.resets), a.end.reason);
     stop(&r);
@@ -695,6 +778,8 @@ int main(void)
     stop(&r);
 
     test_health_words();
+    test_health_stopping(prompts[10], plen[10]);
+    test_idle_backoff();
     test_idle_death(prompts[9], plen[9], &alone[9]);
     test_restart_cap(prompts[10], plen[10]);
     return tap_done();
