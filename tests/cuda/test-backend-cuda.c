@@ -966,12 +966,15 @@ static void check_sparse(const char *label, enum pi_type type, int rank, double 
         goto out;
     }
     PI_ASSERT(drv_new(&h, "host", m, &sp0, 0) == 0 && drv_new(&dn, "cuda", m, &sp, 0) == 0);
-    /* the plan: the predictors' bytes on top of the plan without, and the context holding it */
+    /* the plan: the predictors' bytes on top of the plan without (without prompt streaming's buffers,
+     * which a placement with predictors never holds: compute/stream-policy.h), and the context holding it */
     {
         struct pi_backend_opts o;
         uint64_t p0 = 0, p1 = 0, used = 0, planned = 0;
         opts_for(&o, &sp);
+        o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF;
         PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p0) == 0);
+        o.tune.prompt_stream = tune.prompt_stream;
         o.pred = &pr, o.sparsity = PI_SPARSITY_SAFE;
         PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p1) == 0);
         pi_backend_cuda_usage(c.be, NULL, &used, NULL, &planned, NULL);
