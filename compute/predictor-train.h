@@ -68,7 +68,7 @@ void pi_ptrain_capture(void *ctx, int il, int n, const float *h, const float *x,
 typedef void (*pi_ptrain_progress_fn)(void *ctx, int il, int64_t rank, int epoch, double loss);
 
 struct pi_ptrain_opts {
-    double recall[2];    /* recall targets: [0] safe (0.995), [1] aggressive (0.95) */
+    double recall[2];    /* recall targets: [0] safe (0.997), [1] aggressive (0.95) */
     double headroom;     /* thresholds are set where the held-out misses are at most headroom x what the
                             * target allows (0.5; 1: exactly the target): text unlike the calibration
                             * text misses more (doc/predictors.md) */

@@ -57,7 +57,7 @@ static void usage(FILE *out)
             "  -c, --ctx N            tokens per chunk (default: the model's context length, at most 512)\n"
             "  -t, --threads N        threads (default: every online CPU)\n"
             "      --samples N        tokens kept per layer, a tenth of them held out (default: 8192)\n"
-            "      --recall R         the safe threshold's recall target (default: 0.995)\n"
+            "      --recall R         the safe threshold's recall target (default: 0.997)\n"
             "      --recall-aggressive R  the aggressive threshold's target (default: 0.95)\n"
             "      --rank-min R       the smallest rank tried (default: 32)\n"
             "      --rank-max R       the largest rank tried; the ladder: R_min, 2 R_min, ... (default: 1024)\n"
