@@ -51,6 +51,7 @@ static void copy_rows(struct pi_weight *dst, const struct pi_weight *src, const 
 {
     *dst = *src;
     dst->rows = n;
+    dst->rows16 = NULL; /* the packed copy is the whole matrix's (kernels/cpu/rows16.h), not these rows' */
     if (view) {
         dst->data = n > 0 ? pi_weight_row(src, ids[0]) : src->data;
         return;

@@ -486,6 +486,21 @@ static int dense_weights(pi_model_t *m, struct pi_weight **out)
     return n;
 }
 
+#define PACK_RESERVE ((uint64_t)1 << 30) /* bytes left available after the packed copy */
+
+/* MemAvailable of /proc/meminfo in bytes, or 0 where it cannot be read. */
+static uint64_t mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kb = 0;
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+    fclose(f);
+    return found ? (uint64_t)kb * 1024 : 0;
+}
+
 /* w is packed: the layout takes it and the active kernel variant has a kernel for its type. */
 static bool packs(const struct pi_weight *w) { return pi_r16_packable(w) && pi_r16_kernel(w->type); }
 
@@ -498,12 +513,26 @@ static int pack_rows16(struct binder *b, int n_threads)
 {
     pi_model_t *m = b->m;
     struct pi_weight **w = malloc((size_t)(1 + 7 * m->hp.n_layer) * sizeof *w);
-    if (!w) return -PI_ERR_NOMEM;
+    if (!w) { /* as a failed mapping below: slower, not wrong */
+        pi_warn("model: out of memory for the 16-row packing's list of weights; using the file's rows");
+        return 0;
+    }
     int n = dense_weights(m, w);
     size_t total = 0;
     for (int i = 0; i < n; i++)
         if (packs(w[i])) total += pi_r16_group_bytes(w[i]->type, w[i]->cols) * (size_t)(w[i]->rows / PI_R16_ROWS);
     if (total == 0) {
+        free(w);
+        return 0;
+    }
+    /* The copy is anonymous memory, as large again as the packed weights: a model that runs from the
+     * page cache in less RAM than that would be killed by the OOM killer while packing (the mapping
+     * below succeeds under overcommit). Pack only when it fits what the kernel says is available with
+     * PACK_RESERVE to spare. */
+    const uint64_t avail = mem_available();
+    if (avail > 0 && (uint64_t)total + PACK_RESERVE > avail) {
+        pi_warn("model: the 16-row packed copy of the Q4_0/Q8_0 weights needs %.1f MiB and %.1f MiB are available; "
+                "using the file's rows (slower products)", total / 1048576.0, avail / 1048576.0);
         free(w);
         return 0;
     }

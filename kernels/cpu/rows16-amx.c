@@ -131,6 +131,9 @@ static void pi_r16_dot_amx_q4_0(const uint8_t *grp, const struct pi_r16_act *x, 
         for (int64_t b0 = 0; b0 < x->nb; b0 += CHUNK_BLOCKS) {
             int64_t b1 = PI_MIN(x->nb, b0 + CHUNK_BLOCKS);
             for (int64_t b = b0; b < b1; b++) unpack_b(grp, b, bt + (size_t)(b - b0) * 512);
+            /* the tile loads of bt below are asm statements without a memory operand (GCC 12's
+             * _tile_loadd): nothing else orders them after these stores */
+            __asm__ volatile("" ::: "memory");
             for (int64_t t = 0; t < n16; t += 16)
                 r16_amx16(grp, 4, x, t0 + t, b0, b1, bt, y + (size_t)t * ystride, ystride);
         }

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernel over Q4_0 matrices packed in 16-row groups
+ * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernels over Q4_0 and Q8_0 matrices packed in 16-row groups
  * (kernels/cpu/rows16.h), compiled with -mavx512vnni into libpinfer_avx512vnni.a and reached only
  * through the avx512vnni table (kernels/cpu/dispatch.c) after the CPUID check.
  *

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.c - packing Q4_0 matrices into 16-row groups, the scalar reference kernel over
+ * kernels/cpu/rows16.c - packing Q4_0 and Q8_0 matrices into 16-row groups, the scalar reference kernel over
  * them and the product driver (kernels/cpu/rows16.h).
  *
  * Threading: pi_r16_pack and pi_r16_matmul hand out ranges of groups over the pool; each group's
@@ -205,8 +205,9 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
         c.W16[i] = W[i]->rows16, c.rows[i] = W[i]->rows, c.Y[i] = Y[i];
         c.g_end[i] = (i ? c.g_end[i - 1] : 0) + W[i]->rows / PI_R16_ROWS;
     }
-    c.tile = PI_MAX(1, (int64_t)(TILE_BYTES / xs));
-    if (c.tile > 16) c.tile &= ~(int64_t)15; /* whole groups of sixteen tokens for the AMX kernels */
+    /* whole groups of sixteen tokens for the AMX kernels, and at least one however wide the rows (a 70B
+     * model's ffn_down: 16 tokens of 28672 columns' activations, 487 KB, still sit in L2) */
+    c.tile = PI_MAX(16, (int64_t)(TILE_BYTES / xs)) & ~(int64_t)15;
     int64_t grain = PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb) / PI_MAX(1, PI_MIN(n, c.tile)));
     pi_pool_for(pool, c.g_end[nw - 1], grain, mm_groups, &c);
     free(scr);

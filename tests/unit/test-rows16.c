@@ -1,5 +1,5 @@
 /*
- * tests/unit/test-rows16.c - Q4_0 matrices packed in 16-row groups (kernels/cpu/rows16.h).
+ * tests/unit/test-rows16.c - Q4_0 and Q8_0 matrices packed in 16-row groups (kernels/cpu/rows16.h).
  *
  * Q4_0 and Q8_0. The layout: every quant byte and scale of every row is where the header says (read
  * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
