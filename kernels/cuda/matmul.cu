@@ -29,8 +29,7 @@
 extern "C" size_t pi_cuda_weight_bytes(const pi_cuda_weight_t *w) { return w ? w->bytes : 0; }
 
 /* Copy the ggml data to the device planes, rows_per rows at a time through a host staging buffer of at
- * most `cap` bytes: each block's quant bytes to the quant plane, its side pieces to the side plane (the
- * pads zero). */
+ * most `cap` bytes, each chunk converted by pi_cuda_pack_blocks (kernels/cuda/plan.c). */
 static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geom &g, const uint8_t *src,
                         uint8_t *stage, size_t cap)
 {
@@ -41,14 +40,7 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geo
         size_t nr = (size_t)PI_MIN((int64_t)rows_per, w->rows - r0);
         size_t nb = nr * row_blocks, b0 = (size_t)r0 * row_blocks;
         uint8_t *sq = stage, *sd = stage + nb * g.qbytes;
-        memset(sd, 0, nb * g.sbytes);
-        for (size_t b = 0; b < nb; b++) {
-            const uint8_t *blk = src + (b0 + b) * g.bbytes;
-            memcpy(sq + b * g.qbytes, blk + g.qoff, g.qlen);
-            memset(sq + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
-            for (int k = 0; k < g.n_side; k++)
-                memcpy(sd + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
-        }
+        pi_cuda_pack_blocks(&g, src + b0 * g.bbytes, nb, sq, sd);
         /* on the compute stream, waited for: a plain cudaMemcpy from pageable memory may return before
          * its DMA lands, on the legacy stream, which the non-blocking compute stream does not wait for
          * (and the PDL kernels read weights before their wait, cuda-impl.h) */
@@ -58,6 +50,23 @@ static int upload_split(pi_cuda_ctx_t *c, pi_cuda_weight_t *w, const pi_cuda_geo
     return 0;
 }
 
+/* A (rows, cols) weight of type g over the device planes at mem (quant plane, then the side plane at
+ * qplane bytes), or NULL when out of host memory; bytes and ownership are the caller's to set. */
+static pi_cuda_weight_t *weight_over(int type, int64_t rows, int64_t cols, const pi_cuda_geom &g, size_t qplane, void *mem)
+{
+    pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->type = (enum pi_type)type;
+    w->rows = rows;
+    w->cols = cols;
+    w->nblk = cols / g.belems;
+    w->qbytes = g.qbytes;
+    w->sbytes = g.sbytes;
+    w->q = (uint8_t *)mem;
+    w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
+    return w;
+}
+
 extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, int64_t cols, const void *src,
                                      pi_cuda_weight_t **out)
 {
@@ -65,24 +74,16 @@ extern "C" int pi_cuda_weight_upload(pi_cuda_ctx_t *c, int type, int64_t rows, i
     size_t qplane, dplane;
     *out = NULL;
     PI_TRY(pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane));
-    pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
-    if (!w) return -PI_ERR_NOMEM;
-    w->type = (enum pi_type)type;
-    w->rows = rows;
-    w->cols = cols;
-    w->nblk = cols / g.belems;
-    w->qbytes = g.qbytes;
-    w->sbytes = g.sbytes;
     void *mem = NULL;
     int rc = pi_cuda_alloc(c, qplane + dplane, &mem);
-    if (rc < 0) {
-        free(w);
-        return rc;
+    if (rc < 0) return rc;
+    pi_cuda_weight_t *w = weight_over(type, rows, cols, g, qplane, mem);
+    if (!w) {
+        pi_cuda_free(c, mem);
+        return -PI_ERR_NOMEM;
     }
-    w->q = (uint8_t *)mem;
-    w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     pi_cuda_weight_bytes_for(type, rows, cols, &w->bytes);
-    if (!g.sbytes && g.qlen == g.bbytes && g.qbytes == g.bbytes) { /* ggml's layout itself (not Q3_K: padded) */
+    if (pi_cuda_geom_as_file(&g)) { /* ggml's layout itself (not Q3_K: padded) */
         rc = pi_cuda_upload(c, w->q, src, (size_t)rows * (size_t)w->nblk * g.qbytes);
     } else {
         size_t cap = 16u << 20;
@@ -105,16 +106,8 @@ extern "C" int pi_cuda_weight_wrap(int type, int64_t rows, int64_t cols, void *d
     *out = NULL;
     PI_TRY(pi_cuda_weight_planes(type, rows, cols, &g, &qplane, &dplane));
     PI_ASSERT(((uintptr_t)d_mem & (PI_CUDA_ALLOC_ALIGN - 1)) == 0);
-    pi_cuda_weight_t *w = (pi_cuda_weight_t *)calloc(1, sizeof(*w));
+    pi_cuda_weight_t *w = weight_over(type, rows, cols, g, qplane, d_mem);
     if (!w) return -PI_ERR_NOMEM;
-    w->type = (enum pi_type)type;
-    w->rows = rows;
-    w->cols = cols;
-    w->nblk = cols / g.belems;
-    w->qbytes = g.qbytes;
-    w->sbytes = g.sbytes;
-    w->q = (uint8_t *)d_mem;
-    w->d = g.sbytes ? (__half *)(w->q + qplane) : NULL;
     w->bytes = 0;
     w->view = true; /* owns no device memory: pi_cuda_weight_destroy frees only the struct */
     *out = w;

@@ -119,13 +119,43 @@ int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes
 /* nb blocks of bbytes each from in: bytes [qoff, qoff + qbytes) of each to q (qbytes apart), and its
  * one side piece, bytes [soff, soff + sbytes), to d (sbytes apart). Inlined with constant sizes for the
  * common types, so that the copies are plain loads and stores rather than calls (a 7B-class Q4_0 layer
- * is 4.2 million blocks: the generic loop below packs it at about 1.4 GB/s on one core). */
+ * is 4.2 million blocks: pi_cuda_pack_blocks's generic loop packs it at about 1.4 GB/s on one core). */
 static inline __attribute__((always_inline)) void pack_fixed(const uint8_t *in, uint8_t *q, uint8_t *d, size_t nb, size_t bbytes,
                                                              size_t qoff, size_t qbytes, size_t soff, size_t sbytes)
 {
     for (size_t b = 0; b < nb; b++) {
         memcpy(q + b * qbytes, in + b * bbytes + qoff, qbytes);
         memcpy(d + b * sbytes, in + b * bbytes + soff, sbytes);
+    }
+}
+
+bool pi_cuda_geom_as_file(const struct pi_cuda_geom *g)
+{
+    return !g->sbytes && g->qlen == g->bbytes && g->qbytes == g->bbytes;
+}
+
+void pi_cuda_pack_blocks(const struct pi_cuda_geom *g, const uint8_t *in, size_t nb, uint8_t *q, uint8_t *d)
+{
+    /* Q4_0, Q8_0: the quant bytes whole (no padding), the f16 d the side entry (Q6_K's 208-byte copies
+     * were slower inlined: 2.4 against 3.3 GB/s) */
+    if (g->n_side == 1 && g->qlen == g->qbytes && g->side[0].dst == 0 && g->side[0].len == g->sbytes &&
+        g->side[0].src == 0 && g->qoff == 2 && g->sbytes == 2) {
+        if (g->bbytes == 18 && g->qbytes == 16) {
+            pack_fixed(in, q, d, nb, 18, 2, 16, 0, 2);
+            return;
+        }
+        if (g->bbytes == 34 && g->qbytes == 32) {
+            pack_fixed(in, q, d, nb, 34, 2, 32, 0, 2);
+            return;
+        }
+    }
+    for (size_t b = 0; b < nb; b++) {
+        const uint8_t *blk = in + b * g->bbytes;
+        memcpy(q + b * g->qbytes, blk + g->qoff, g->qlen);
+        memset(q + b * g->qbytes + g->qlen, 0, g->qbytes - g->qlen);
+        if (!g->sbytes) continue;
+        memset(d + b * g->sbytes, 0, g->sbytes);
+        for (int k = 0; k < g->n_side; k++) memcpy(d + b * g->sbytes + g->side[k].dst, blk + g->side[k].src, g->side[k].len);
     }
 }
 
@@ -139,30 +169,7 @@ int pi_cuda_weight_pack_rows(int type, int64_t rows, int64_t cols, const void *s
     const size_t nblk = (size_t)(cols / g.belems), b0 = (size_t)r0 * nblk, nb = (size_t)nr * nblk;
     const uint8_t *in = (const uint8_t *)src + b0 * g.bbytes;
     uint8_t *q = (uint8_t *)image + b0 * g.qbytes, *d = (uint8_t *)image + qplane + b0 * g.sbytes;
-    if (!g.sbytes && g.qlen == g.bbytes && g.qbytes == g.bbytes) { /* ggml's layout itself */
-        memcpy(q, in, nb * g.bbytes);
-        return 0;
-    }
-    /* Q4_0, Q8_0: the quant bytes whole (no padding), the f16 d the side entry (Q6_K's 208-byte copies
-     * were slower inlined: 2.4 against 3.3 GB/s) */
-    if (g.n_side == 1 && g.qlen == g.qbytes && g.side[0].dst == 0 && g.side[0].len == g.sbytes) {
-        const size_t so = g.side[0].src;
-        if (type == PI_TYPE_Q4_0 && g.bbytes == 18 && g.qoff == 2 && g.qbytes == 16 && g.sbytes == 2 && so == 0) {
-            pack_fixed(in, q, d, nb, 18, 2, 16, 0, 2);
-            return 0;
-        }
-        if (type == PI_TYPE_Q8_0 && g.bbytes == 34 && g.qoff == 2 && g.qbytes == 32 && g.sbytes == 2 && so == 0) {
-            pack_fixed(in, q, d, nb, 34, 2, 32, 0, 2);
-            return 0;
-        }
-    }
-    for (size_t b = 0; b < nb; b++) { /* as matmul.cu's upload_split */
-        const uint8_t *blk = in + b * g.bbytes;
-        memcpy(q + b * g.qbytes, blk + g.qoff, g.qlen);
-        memset(q + b * g.qbytes + g.qlen, 0, g.qbytes - g.qlen);
-        if (!g.sbytes) continue;
-        memset(d + b * g.sbytes, 0, g.sbytes);
-        for (int k = 0; k < g.n_side; k++) memcpy(d + b * g.sbytes + g.side[k].dst, blk + g.side[k].src, g.side[k].len);
-    }
+    if (pi_cuda_geom_as_file(&g)) memcpy(q, in, nb * g.bbytes);
+    else pi_cuda_pack_blocks(&g, in, nb, q, d);
     return 0;
 }

@@ -151,6 +151,16 @@ int pi_cuda_weight_planes(int type, int64_t rows, int64_t cols, struct pi_cuda_g
  * negative pi_err as pi_cuda_weight_planes. */
 int pi_cuda_weight_bytes_for(int type, int64_t rows, int64_t cols, size_t *bytes);
 
+/* Whether g's device layout is ggml's own (no side plane, blocks copied whole and unpadded): then a
+ * weight's quant plane is the file's bytes as they are. */
+bool pi_cuda_geom_as_file(const struct pi_cuda_geom *g);
+
+/* nb consecutive ggml blocks from in into their device layout g: each block's quant bytes to q (g->qbytes
+ * apart, the pad after g->qlen zero), its side pieces to d (g->sbytes apart, the rest of the entry zero;
+ * d unused when g->sbytes is 0). The one conversion pi_cuda_weight_upload's staging and
+ * pi_cuda_weight_pack_rows both use. */
+void pi_cuda_pack_blocks(const struct pi_cuda_geom *g, const uint8_t *in, size_t nb, uint8_t *q, uint8_t *d);
+
 /* The device image of rows [r0, r0 + nr) of a (rows, cols) weight of type, host side: src holds the
  * whole weight in ggml's layout (rows of pi_type_row_bytes each); image (pi_cuda_weight_bytes_for
  * bytes) receives those rows' blocks as pi_cuda_weight_upload lays them out on the device, the quant
