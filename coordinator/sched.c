@@ -421,10 +421,8 @@ static void finish(pi_sched_t *s, struct slot *sl, struct job *j, enum pi_sched_
     e.total_s = (double)(t - j->t_submit) * 1e-9;
     double tpot = -1;
     if (sl && sl->n_gen > 1) tpot = (double)(sl->t_gen_last - j->t_first) * 1e-9 / (sl->n_gen - 1);
-    j->sink.end(j->ctx, &e);
-    pi_info("request %" PRIu64 ": prompt %d tokens (%d cached), generated %d, ttft %.0f ms, %.1f tok/s, %s%s%s", j->id,
-            e.n_prompt, e.n_cached, e.n_generated, e.ttft_s * 1e3, tpot > 0 ? 1.0 / tpot : 0.0, pi_sched_finish_name(f),
-            reason ? ": " : "", reason ? reason : "");
+    /* The statistics count the job before its sink hears the end, so a client that has its answer and then
+     * reads the statistics finds itself counted. */
     pthread_mutex_lock(&s->mu);
     s->st.requests[f]++;
     if (sl) {
@@ -448,6 +446,10 @@ static void finish(pi_sched_t *s, struct slot *sl, struct job *j, enum pi_sched_
         s->st.tpot_sum += tpot;
     }
     pthread_mutex_unlock(&s->mu);
+    j->sink.end(j->ctx, &e);
+    pi_info("request %" PRIu64 ": prompt %d tokens (%d cached), generated %d, ttft %.0f ms, %.1f tok/s, %s%s%s", j->id,
+            e.n_prompt, e.n_cached, e.n_generated, e.ttft_s * 1e3, tpot > 0 ? 1.0 / tpot : 0.0, pi_sched_finish_name(f),
+            reason ? ": " : "", reason ? reason : "");
     if (sl) {
         sl->job = NULL;
         sl->state = SLOT_FREE;
