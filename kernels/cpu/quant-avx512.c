@@ -1192,7 +1192,9 @@ static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, con
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
     .name = "avx512vnni",
-    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_avx512vnni_q4_0, [PI_TYPE_Q8_0] = pi_r16_dot_avx512vnni_q8_0},
+    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_avx512vnni_q4_0,
+                [PI_TYPE_Q8_0] = pi_r16_dot_avx512vnni_q8_0,
+                [PI_TYPE_Q4_K] = pi_r16_dot_avx512vnni_q4_K},
 #else
 const struct pi_kernel_table pi_kernels_avx512_raw = {
     .name = "avx512",

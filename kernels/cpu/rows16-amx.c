@@ -158,7 +158,121 @@ static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, 
     if (n16 < nt) pi_r16_dot_avx512vnni_q8_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
 }
 
+/* ---- Q4_K ---- */
+
+#define CHUNK_SB 4 /* Q4_K super-blocks of a group unpacked at a time (32 tiles, 16 KiB on the stack) */
+
+/* Super-block sb's 8 sub-blocks as tile B's bytes (8 rows of 64 each, sub-block s at dst + 512 s): the
+ * low nibbles of pair c's 8 lines are sub-block 2c, the high nibbles 2c + 1, as they are (0..15, so
+ * signed bytes too). */
+static inline __attribute__((always_inline)) void unpack_q4k(const uint8_t *grp, int64_t sb, uint8_t *dst)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *q = grp + (size_t)sb * PI_R16_Q4K_SB;
+    for (int c = 0; c < 4; c++) {
+        for (int j = 0; j < 8; j++) {
+            __m512i v = _mm512_load_si512((const void *)(q + 512 * c + 64 * j));
+            _mm512_store_si512((void *)(dst + 1024 * c + 64 * j), _mm512_and_si512(v, m4));
+            _mm512_store_si512((void *)(dst + 1024 * c + 512 + 64 * j), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+        }
+    }
+}
+
+/* Sixteen tokens t0.. against super-blocks [s0, s1) of group grp, their unpacked tiles at bt
+ * (unpack_q4k, super-block s0 first). Sub-block g of the range (g = 8 (sb - s0) + s): one TDPBSSD of
+ * the tokens' 32 activation bytes against the sub-block's tile gives C (16 tokens x 16 rows, exact),
+ * stored to ct[g % 16]; eight sub-blocks later (the store has landed) isum[t] += C[t] * sc_s (vpmulld,
+ * exact), and after a super-block's eighth the reference's two float steps with the mins' term
+ * (vpdpwssd) into accm, which holds the accumulators between calls in y's place (no rounding). */
+static void r16_q4k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t s0, int64_t s1,
+                          const uint8_t *bt, float *y, size_t ys)
+{
+    _Alignas(64) int32_t ct[16][256];
+    _Alignas(64) float accm[16][16];
+    const int64_t nsb = x->nb;
+    const uint8_t *a = x->xq + (size_t)t0 * x->xstride + 4; /* token t0's super-block 0 values */
+    __m512i isum[16];
+    for (int t = 0; t < 16; t++) {
+        _mm512_store_ps(accm[t], s0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y + (size_t)t * ys));
+        isum[t] = _mm512_setzero_si512();
+    }
+    const int64_t ng = (s1 - s0) * 8;
+    for (int64_t g = 0; g < ng + 8; g++) {
+        if (g < ng) {
+            const int64_t sb = s0 + g / 8, s = g % 8;
+            const uint8_t *ap = a + (size_t)sb * sizeof(struct pi_block_q8_K) + 32 * (size_t)s;
+            const uint8_t *bp = bt + (size_t)g * 512;
+            if (g & 1) {
+                _tile_zero(3);
+                _tile_loadd(4, ap, x->xstride);
+                _tile_loadd(5, bp, 64);
+                _tile_dpbssd(3, 4, 5);
+                _tile_stored(3, ct[g & 15], 64);
+            } else {
+                _tile_zero(0);
+                _tile_loadd(1, ap, x->xstride);
+                _tile_loadd(2, bp, 64);
+                _tile_dpbssd(0, 1, 2);
+                _tile_stored(0, ct[g & 15], 64);
+            }
+        }
+        if (g < 8) continue;
+        /* sub-block h = g - 8: its integer step, and the float steps after a super-block's last */
+        const int64_t h = g - 8, sb = s0 + h / 8, s = h % 8;
+        const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+        const __m512i sc =
+            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 16 * s)));
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++)
+            isum[t] = _mm512_add_epi32(isum[t],
+                                       _mm512_mullo_epi32(_mm512_load_si512((const void *)(ct[h & 15] + 16 * t)), sc));
+        if (s != 7) continue;
+        __m512i mp[4];
+        for (int i = 0; i < 4; i++)
+            mp[i] =
+                _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_M + 32 * i)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_D)));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_DMIN)));
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++) {
+            const int32_t *s2 = x->xs2 + ((t0 + t) * nsb + sb) * 4;
+            __m512i ms = _mm512_setzero_si512();
+            for (int i = 0; i < 4; i++) ms = _mm512_dpwssd_epi32(ms, mp[i], _mm512_set1_epi32(s2[i]));
+            const __m512 dx = _mm512_set1_ps(x->dx[(t0 + t) * nsb + sb]);
+            __m512 acc = _mm512_load_ps(accm[t]);
+            acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc);
+            acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(ms), acc);
+            _mm512_store_ps(accm[t], acc);
+            isum[t] = _mm512_setzero_si512();
+        }
+    }
+    for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, _mm512_load_ps(accm[t]));
+}
+
+/* Q4_K: each chunk of super-blocks unpacked once for all the call's tokens (as Q4_0 above), then the
+ * tokens sixteen at a time; fewer than 16 remaining through the VNNI kernel (the same bits). */
+static void pi_r16_dot_amx_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    _Alignas(64) uint8_t bt[CHUNK_SB * 8 * 512];
+    const int64_t n16 = nt / 16 * 16;
+    if (n16 > 0) {
+        tile_config();
+        for (int64_t s0 = 0; s0 < x->nb; s0 += CHUNK_SB) {
+            int64_t s1 = PI_MIN(x->nb, s0 + CHUNK_SB);
+            for (int64_t sb = s0; sb < s1; sb++) unpack_q4k(grp, sb, bt + (size_t)(sb - s0) * 4096);
+            __asm__ volatile("" ::: "memory"); /* the tile loads below must follow these stores */
+            for (int64_t t = 0; t < n16; t += 16)
+                r16_q4k_amx16(grp, x, t0 + t, s0, s1, bt, y + (size_t)t * ystride, ystride);
+        }
+        _tile_release();
+    }
+    if (n16 < nt) pi_r16_dot_avx512vnni_q4_K(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
 const struct pi_kernel_table pi_kernels_amx_raw = {
     .name = "amx",
-    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0, [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0},
+    .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0,
+                [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0,
+                [PI_TYPE_Q4_K] = pi_r16_dot_amx_q4_K},
 };

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernels over Q4_0 and Q8_0 matrices packed in 16-row groups
+ * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernels over Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups
  * (kernels/cpu/rows16.h), compiled with -mavx512vnni into libpinfer_avx512vnni.a and reached only
  * through the avx512vnni table (kernels/cpu/dispatch.c) after the CPUID check.
  *
@@ -141,6 +141,96 @@ void pi_r16_dot_avx512vnni_q4_0(const uint8_t *grp, const struct pi_r16_act *x, 
     case 1: r16_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
     case 2: r16_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
     case 3: r16_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
+    default: break;
+    }
+}
+
+/* Q4_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c of
+ * sub-blocks, eight 64-byte loads give the 16 rows' 32 quant bytes of the pair; a mask and a shift
+ * split them into sub-block 2c (low nibbles) and 2c + 1 (high), unsigned, which vpdpbusd takes as
+ * they are against the token's signed bytes: per sub-block an exact int32 sum per row, times the
+ * rows' scales (vpmulld) into isum. The mins' term is four vpdpwssd of the rows' mins in int16 pairs
+ * against the token's sub-block sums (x->xs2). Then the two float steps of the reference. */
+PI_X86_INLINE void r16_q4k_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int64_t nsb = x->nb;
+    __m512 acc[R16_NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+        __m512i isum[R16_NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *q = base + 512 * c;
+            __m512i lo[8], hi[8];
+            if (R16_PF) {
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) pi_x86_pf_line(q + R16_PF + 64 * j);
+            }
+#pragma GCC unroll 8
+            for (int j = 0; j < 8; j++) {
+                __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
+                lo[j] = _mm512_and_si512(v, m4);
+                hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            }
+            const __m512i sc0 =
+                _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 32 * c)));
+            const __m512i sc1 = _mm512_cvtepu8_epi32(
+                _mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 32 * c + 16)));
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *xb = (const int8_t *)(x->xq + (size_t)(t0 + t) * x->xstride +
+                                                    (size_t)sb * sizeof(struct pi_block_q8_K) + 4) +
+                                   64 * c;
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+#pragma GCC unroll 8
+                for (int j = 0; j < 8; j++) {
+                    s0 = _mm512_dpbusd_epi32(s0, lo[j], bcast4(xb + 4 * j));
+                    s1 = _mm512_dpbusd_epi32(s1, hi[j], bcast4(xb + 32 + 4 * j));
+                }
+                isum[t] = _mm512_add_epi32(isum[t],
+                                           _mm512_add_epi32(_mm512_mullo_epi32(s0, sc0), _mm512_mullo_epi32(s1, sc1)));
+            }
+        }
+        if (R16_PF) {
+#pragma GCC unroll 5
+            for (int j = 0; j < 5; j++) pi_x86_pf_line(base + PI_R16_Q4K_SC + R16_PF + 64 * j);
+        }
+        __m512i mp[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            mp[i] =
+                _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_M + 32 * i)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_D)));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_DMIN)));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const int64_t tt = t0 + t;
+            const int32_t *s2 = x->xs2 + (tt * nsb + sb) * 4;
+            __m512i ms = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) ms = _mm512_dpwssd_epi32(ms, mp[i], _mm512_set1_epi32(s2[i]));
+            const __m512 dx = _mm512_set1_ps(x->dx[tt * nsb + sb]);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc[t]);
+            acc[t] = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(ms), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
+}
+
+void pi_r16_dot_avx512vnni_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    int64_t t = 0;
+    for (; t + R16_NT <= nt; t += R16_NT) r16_q4k_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
+    switch (nt - t) {
+    case 1: r16_q4k_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
+    case 2: r16_q4k_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
+    case 3: r16_q4k_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
     default: break;
     }
 }

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.c - packing Q4_0 and Q8_0 matrices into 16-row groups, the scalar reference kernel over
+ * kernels/cpu/rows16.c - packing Q4_0, Q8_0 and Q4_K matrices into 16-row groups, the scalar reference kernel over
  * them and the product driver (kernels/cpu/rows16.h).
  *
  * Threading: pi_r16_pack and pi_r16_matmul hand out ranges of groups over the pool; each group's
@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "kernels/cpu/dispatch.h"
+#include "kernels/cpu/quant-impl.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/rows16.h"
 #include "lib/common.h"
@@ -29,16 +30,26 @@ static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
 
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
 {
+    if (t == PI_TYPE_Q4_K) {
+        PI_ASSERT(cols > 0 && cols % 256 == 0);
+        return (size_t)(cols / 256) * PI_R16_Q4K_SB;
+    }
     PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
     return (size_t)((cols / 32 + 1) / 2) * (size_t)(128 * block_lines(t) + 64);
 }
 
 bool pi_r16_packable(const struct pi_weight *W)
 {
-    size_t bb = W->type == PI_TYPE_Q4_0 ? sizeof(struct pi_block_q4_0) : sizeof(struct pi_block_q8_0);
-    return W->data && (W->type == PI_TYPE_Q4_0 || W->type == PI_TYPE_Q8_0) && W->rows > 0 &&
-           W->rows % PI_R16_ROWS == 0 && W->cols > 0 && W->cols % 32 == 0 &&
-           W->row_bytes == (size_t)(W->cols / 32) * bb;
+    int64_t be; /* elements per block */
+    size_t bb;  /* bytes per block */
+    switch (W->type) {
+    case PI_TYPE_Q4_0: be = 32, bb = sizeof(struct pi_block_q4_0); break;
+    case PI_TYPE_Q8_0: be = 32, bb = sizeof(struct pi_block_q8_0); break;
+    case PI_TYPE_Q4_K: be = 256, bb = sizeof(struct pi_block_q4_K); break;
+    default: return false;
+    }
+    return W->data && W->rows > 0 && W->rows % PI_R16_ROWS == 0 && W->cols > 0 && W->cols % be == 0 &&
+           W->row_bytes == (size_t)(W->cols / be) * bb;
 }
 
 struct pack_ctx {
@@ -71,11 +82,41 @@ static void pack_groups(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
+/* Q4_K groups [begin, end): each row's super-block scatters its 128 quant bytes as 4-byte words, one
+ * per line, its 8 scales and 8 mins unpacked (pi_k4_scale_min) beside the other rows', d and dmin
+ * likewise (rows16.h). */
+static void pack_groups_q4_K(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct pack_ctx *c = vctx;
+    const int64_t nsb = c->W->cols / 256;
+    (void)thread;
+    for (int64_t g = begin; g < end; g++) {
+        uint8_t *grp = c->dst + (size_t)g * c->gb;
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            const struct pi_block_q4_K *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const struct pi_block_q4_K *blk = row + sb;
+                uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+                for (int l = 0; l < 32; l++) memcpy(base + 64 * l + 4 * r, blk->qs + 4 * l, 4);
+                for (int j = 0; j < 8; j++) {
+                    uint8_t sc, m;
+                    pi_k4_scale_min(j, blk->scales, &sc, &m);
+                    base[PI_R16_Q4K_SC + 16 * j + r] = sc;
+                    base[PI_R16_Q4K_M + 32 * (j / 2) + 2 * r + (j & 1)] = m;
+                }
+                memcpy(base + PI_R16_Q4K_D + 2 * r, &blk->d, 2);
+                memcpy(base + PI_R16_Q4K_DMIN + 2 * r, &blk->dmin, 2);
+            }
+        }
+    }
+}
+
 void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
 {
     PI_ASSERT(pi_r16_packable(W) && ((uintptr_t)dst & 63) == 0);
     struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->type, W->cols)};
-    pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)), pack_groups, &c);
+    pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)),
+                W->type == PI_TYPE_Q4_K ? pack_groups_q4_K : pack_groups, &c);
 }
 
 /* Both references: the exact block sum of row r, token t, block b from the J lines of the group. */
@@ -124,9 +165,49 @@ void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t
     dot_ref(8, grp, x, t0, nt, y, ystride);
 }
 
+void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    const int64_t nsb = x->nb;
+    for (int64_t t = t0; t < t0 + nt; t++) {
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+                const struct pi_block_q8_K *xb = (const struct pi_block_q8_K *)(x->xq + (size_t)t * x->xstride) + sb;
+                const int32_t *s2 = x->xs2 + (t * nsb + sb) * 4;
+                int32_t isum = 0, msum = 0;
+                for (int s = 0; s < 8; s++) {
+                    int32_t qx = 0;
+                    for (int k = 0; k < 32; k++) {
+                        const uint8_t q = base[64 * (8 * (s / 2) + k / 4) + 4 * r + k % 4];
+                        qx += ((s & 1) ? q >> 4 : q & 15) * xb->qs[32 * s + k];
+                    }
+                    const int32_t xsum = (int16_t)(uint16_t)((uint32_t)s2[s / 2] >> (16 * (s & 1)));
+                    isum += base[PI_R16_Q4K_SC + 16 * s + r] * qx;
+                    msum += base[PI_R16_Q4K_M + 32 * (s / 2) + 2 * r + (s & 1)] * xsum;
+                }
+                uint16_t dw, dm;
+                memcpy(&dw, base + PI_R16_Q4K_D + 2 * r, 2);
+                memcpy(&dm, base + PI_R16_Q4K_DMIN + 2 * r, 2);
+                const float a = pi_fp16_to_fp32(dw) * x->dx[t * nsb + sb],
+                            b = pi_fp16_to_fp32(dm) * x->dx[t * nsb + sb];
+                acc = fmaf(a, (float)isum, acc);
+                acc = fmaf(-b, (float)msum, acc);
+            }
+            y[(size_t)(t - t0) * ystride + (size_t)r] = acc;
+        }
+    }
+}
+
 pi_r16_dot_fn pi_r16_ref(enum pi_type t)
 {
-    return t == PI_TYPE_Q4_0 ? pi_r16_dot_ref_q4_0 : t == PI_TYPE_Q8_0 ? pi_r16_dot_ref_q8_0 : NULL;
+    switch (t) {
+    case PI_TYPE_Q4_0: return pi_r16_dot_ref_q4_0;
+    case PI_TYPE_Q8_0: return pi_r16_dot_ref_q8_0;
+    case PI_TYPE_Q4_K: return pi_r16_dot_ref_q4_K;
+    default: return NULL;
+    }
 }
 
 pi_r16_dot_fn pi_r16_kernel(enum pi_type t)
@@ -174,21 +255,35 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
         PI_ASSERT(W[i]->rows16 && pi_r16_packable(W[i]) && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols);
     if (n == 0) return;
     const enum pi_type type = W[0]->type;
-    const int64_t cols = W[0]->cols, nb = cols / 32;
-    const bool q8 = type == PI_TYPE_Q8_0;
-    /* per token: dx (nb floats), off (Q4_0: nb int32) or xu (Q8_0: 32 nb bytes), the Q8_0 row */
-    size_t xs = pi_act_row_bytes(type, cols), per = xs + (size_t)nb * (q8 ? 36 : 8), bytes;
+    const bool q8 = type == PI_TYPE_Q8_0, qk = type == PI_TYPE_Q4_K;
+    const int64_t cols = W[0]->cols, nb = cols / (qk ? 256 : 32);
+    /* per token: dx (nb floats), off (Q4_0: nb int32), xu (Q8_0: 32 nb bytes) or xs2 (Q4_K: 4 nb int32),
+     * then the activation row (Q8_0 or Q8_K) */
+    size_t xs = pi_act_row_bytes(type, cols), per = xs + (size_t)nb * (q8 ? 36 : qk ? 20 : 8), bytes;
     PI_ASSERT(pi_size_mul(per, (size_t)n, &bytes));
     uint8_t *scr = malloc(bytes);
     PI_ASSERT(scr != NULL);
     float *dx = (float *)(void *)scr;
-    uint8_t *side = scr + (size_t)n * (size_t)nb * 4; /* off or xu */
-    int32_t *off = q8 ? NULL : (int32_t *)(void *)side;
+    uint8_t *side = scr + (size_t)n * (size_t)nb * 4; /* off, xu or xs2 */
+    int32_t *off = q8 || qk ? NULL : (int32_t *)(void *)side;
     uint8_t *xu = q8 ? side : NULL;
-    uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : 4);
+    int32_t *xs2 = qk ? (int32_t *)(void *)side : NULL;
+    uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : qk ? 16 : 4);
     for (int64_t t = 0; t < n; t++) {
-        struct pi_block_q8_0 *xb = (struct pi_block_q8_0 *)(void *)(xq + (size_t)t * xs);
-        pi_quantize_act(type, X + (size_t)t * (size_t)cols, xb, cols);
+        pi_quantize_act(type, X + (size_t)t * (size_t)cols, xq + (size_t)t * xs, cols);
+        if (qk) { /* Q8_K: a float scale; sub-block s's sum of x is bsums[2s] + bsums[2s + 1] */
+            const struct pi_block_q8_K *xb = (const struct pi_block_q8_K *)(const void *)(xq + (size_t)t * xs);
+            for (int64_t b = 0; b < nb; b++) {
+                dx[t * nb + b] = xb[b].d;
+                for (int i = 0; i < 4; i++) {
+                    const int32_t lo = xb[b].bsums[4 * i] + xb[b].bsums[4 * i + 1];
+                    const int32_t hi = xb[b].bsums[4 * i + 2] + xb[b].bsums[4 * i + 3];
+                    xs2[(t * nb + b) * 4 + i] = (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo);
+                }
+            }
+            continue;
+        }
+        const struct pi_block_q8_0 *xb = (const struct pi_block_q8_0 *)(const void *)(xq + (size_t)t * xs);
         for (int64_t b = 0; b < nb; b++) {
             int32_t s = 0;
             dx[t * nb + b] = pi_fp16_to_fp32(xb[b].d);
@@ -199,7 +294,7 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
             if (!q8) off[t * nb + b] = -8 * s;
         }
     }
-    struct pi_r16_act x = {xq, xs, dx, off, xu, nb};
+    struct pi_r16_act x = {xq, xs, dx, off, xu, xs2, nb};
     struct mm_ctx c = {.k = k, .nw = nw, .gb = pi_r16_group_bytes(type, cols), .n = n, .x = &x};
     for (int i = 0; i < nw; i++) {
         c.W16[i] = W[i]->rows16, c.rows[i] = W[i]->rows, c.Y[i] = Y[i];

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.h - Q4_0 and Q8_0 matrices repacked into groups of 16 rows for the dense CPU
+ * kernels/cpu/rows16.h - Q4_0, Q8_0 and Q4_K matrices repacked into groups of 16 rows for the dense CPU
  * products (decode and prompts of the in-process forward pass), and the products over them.
  *
  * The file's layout keeps each row's 18-byte blocks together, so a SIMD kernel over one row spends
@@ -28,6 +28,20 @@
  * are the same bits alone or in any batch, tiling and thread count, and the SIMD kernels equal the
  * scalar reference bit for bit. They differ from pi_vec_dot over the file's rows (another summation
  * order) by a rounding-order difference only.
+ *
+ * Q4_K (256-element super-blocks of 8 sub-blocks of 32; x = d * sc_s * q - dmin * m_s, q 0..15, sc_s
+ * and m_s 6 bits; activations in Q8_K: a float d_x, int8 values, sums per 16). A group holds nb =
+ * cols / 256 super-blocks of PI_R16_Q4K_SB bytes (37 lines: the file's 16 x 144 = 2304 bytes with the
+ * scales and mins unpacked to bytes), super-block sb at sb * PI_R16_Q4K_SB:
+ *   line 8c + j (c = 0..3, j = 0..7): [r][k] = row r's qs[32c + 4j + k], whose low nibble is input
+ *     4j + k of sub-block 2c and whose high nibble is input 4j + k of sub-block 2c + 1;
+ *   at PI_R16_Q4K_SC: sc[s][r] (s = 0..7, r = 0..15), bytes;  at PI_R16_Q4K_M: m[i][r][h] = m_{2i+h}
+ *     of row r (i = 0..3, h = 0..1), bytes;  at PI_R16_Q4K_D the 16 rows' d, at PI_R16_Q4K_DMIN their
+ *     dmin (fp16).
+ * Arithmetic per (row, token, super-block), in super-block order from acc = 0: the exact integers
+ * isum = sum_s sc_s * sum_{k in s} q_k x_k (|isum| < 8 * 63 * 32 * 15 * 128 < 2^31) and msum =
+ * sum_s m_s * (sub-block s's sum of x), then acc = fma(d * d_x, (float)isum, acc) and
+ * acc = fma(-(dmin * d_x), (float)msum, acc), every product and conversion rounded to float as written.
  */
 #ifndef PI_KERNELS_CPU_ROWS16_H
 #define PI_KERNELS_CPU_ROWS16_H
@@ -38,18 +52,26 @@
 #include "kernels/cpu/pool.h"
 #include "lib/weights.h"
 
-#define PI_R16_ROWS 16 /* rows per group */
+#define PI_R16_ROWS 16       /* rows per group */
+#define PI_R16_Q4K_SB 2368   /* bytes of one Q4_K super-block of a group, and offsets in it: */
+#define PI_R16_Q4K_SC 2048   /*   the sub-blocks' scales */
+#define PI_R16_Q4K_M 2176    /*   their mins */
+#define PI_R16_Q4K_D 2304    /*   the rows' d */
+#define PI_R16_Q4K_DMIN 2336 /*   the rows' dmin */
 
-/* A call's activations prepared for the packed kernels: n tokens quantised to Q8_0 and, per block,
- * the scale as float; for Q4_0 weights the offset term -8 * sum(x), for Q8_0 weights the activation
- * bytes plus 128 (unsigned: the operand vpdpbusd wants). */
+/* A call's activations prepared for the packed kernels: n tokens quantised to the type's activation
+ * format (Q8_0; Q8_K for Q4_K) and, per block, the scale as float; for Q4_0 weights the offset term
+ * -8 * sum(x), for Q8_0 weights the activation bytes plus 128 (unsigned: the operand vpdpbusd wants),
+ * for Q4_K the sub-blocks' sums of x in int16 pairs (the operand of vpdpwssd against the mins). */
 struct pi_r16_act {
-    const uint8_t *xq;  /* (n, xstride) Q8_0 rows of cols elements */
+    const uint8_t *xq;  /* (n, xstride) Q8_0 (Q8_K) rows of cols elements */
     size_t xstride;     /* bytes between tokens' rows (pi_act_row_bytes(type, cols)) */
     const float *dx;    /* (n, nb) block scales */
-    const int32_t *off; /* Q4_0: (n, nb) -8 * sum of the block's 32 int8; Q8_0: NULL */
-    const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; Q4_0: NULL */
-    int64_t nb;         /* blocks per row: cols / 32 */
+    const int32_t *off; /* Q4_0: (n, nb) -8 * sum of the block's 32 int8; otherwise NULL */
+    const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; otherwise NULL */
+    const int32_t *xs2; /* Q4_K: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
+                         * 2i + 1 (high int16); otherwise NULL */
+    int64_t nb;         /* blocks per row: cols / 32 (Q4_K: super-blocks, cols / 256) */
 };
 
 /* Offsets in a group of block b's first line of quants and of its 16 scales (J lines per block). */
@@ -67,12 +89,12 @@ static inline size_t pi_r16_d_at(int J, int64_t b)
 typedef void (*pi_r16_dot_fn)(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                               size_t ystride);
 
-/* Bytes of one packed group of rows of cols elements of type t (Q4_0 or Q8_0; cols a positive
- * multiple of 32). */
+/* Bytes of one packed group of rows of cols elements of type t (Q4_0 or Q8_0, cols a positive
+ * multiple of 32; Q4_K, of 256). */
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols);
 
-/* True when W can be packed: Q4_0 or Q8_0, rows a positive multiple of 16, cols a positive multiple
- * of 32. */
+/* True when W can be packed: Q4_0 or Q8_0 (cols a positive multiple of 32) or Q4_K (of 256), rows a
+ * positive multiple of 16, each row the file's whole blocks. */
 bool pi_r16_packable(const struct pi_weight *W);
 
 /* W (rows, cols) -> dst, (rows / 16) groups of pi_r16_group_bytes(W->type, cols) bytes.
@@ -83,6 +105,8 @@ void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst);
 void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride);
+void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 
 /* The scalar reference for type t, or NULL for a type without a packed layout. */

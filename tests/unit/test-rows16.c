@@ -1,7 +1,7 @@
 /*
- * tests/unit/test-rows16.c - Q4_0 and Q8_0 matrices packed in 16-row groups (kernels/cpu/rows16.h).
+ * tests/unit/test-rows16.c - Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups (kernels/cpu/rows16.h).
  *
- * Q4_0 and Q8_0. The layout: every quant byte and scale of every row is where the header says (read
+ * Q4_0, Q8_0 and Q4_K. The layout: every quant byte and scale of every row is where the header says (read
  * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
  * variant), within a bound on the summation-order difference over each output's sum |w x|. Then, for
  * every variant with a packed kernel: the kernel equals the reference bit for bit, and the product
@@ -22,6 +22,7 @@
 
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/matvec.h"
+#include "kernels/cpu/quant-impl.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cpu/rows16.h"
 #include "lib/common.h"
@@ -43,17 +44,28 @@ static float *rnd_floats(int64_t n)
     return x;
 }
 
-/* A random weight of type t (Q4_0 or Q8_0), (rows, cols), with its packed copy (rows16 NULL when not
- * packable). */
+/* A random weight of type t (Q4_0, Q8_0 or Q4_K), (rows, cols), with its packed copy (rows16 NULL when
+ * not packable). */
 static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
 {
-    size_t bb = t == PI_TYPE_Q4_0 ? sizeof(struct pi_block_q4_0) : sizeof(struct pi_block_q8_0);
-    struct pi_weight W = {t, rows, cols, (size_t)(cols / 32) * bb, NULL, NULL};
+    size_t rb = 0;
+    PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
+    struct pi_weight W = {t, rows, cols, rb, NULL, NULL};
     uint8_t *data = malloc(W.row_bytes * (size_t)rows);
     float *x = rnd_floats(cols);
     for (int64_t r = 0; r < rows; r++) {
+        uint8_t *row = data + (size_t)r * W.row_bytes;
+        if (t == PI_TYPE_Q4_K) { /* no quantiser: random bytes, then finite d and dmin per super-block */
+            for (size_t i = 0; i < W.row_bytes; i++) row[i] = (uint8_t)(pi_rng_splitmix64(&rng_state) >> 56);
+            for (int64_t b = 0; b < cols / 256; b++) {
+                struct pi_block_q4_K *blk = (struct pi_block_q4_K *)(void *)row + b;
+                blk->d = pi_fp32_to_fp16((0.002f + 0.01f * (rndf() + 1)) * (1.0f + (float)(r % 5)));
+                blk->dmin = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
+            }
+            continue;
+        }
         for (int64_t i = 0; i < cols; i++) x[i] = rndf() * (1.0f + (float)(r % 5));
-        pi_quantize_row(t, x, data + (size_t)r * W.row_bytes, cols);
+        pi_quantize_row(t, x, row, cols);
     }
     free(x);
     W.data = data;
@@ -96,6 +108,36 @@ static void test_layout(enum pi_type t)
     }
     tap_ok(bad == 0, "%s: packed bytes are the rows' quants and scales where rows16.h says (%d wrong)", pi_type_name(t),
            bad);
+    free_weight(&W);
+}
+
+/* Q4_K: every quant byte, unpacked scale and min, d and dmin of every row where rows16.h says. */
+static void test_layout_q4_K(void)
+{
+    struct pi_weight W = make_weight(PI_TYPE_Q4_K, 32, 512);
+    const size_t gb = pi_r16_group_bytes(PI_TYPE_Q4_K, 512);
+    int bad = 0;
+    tap_ok(gb == 2 * PI_R16_Q4K_SB && PI_R16_Q4K_SB == 37 * 64,
+           "q4_K: group of 2 super-blocks: %zu bytes (37 lines each)", gb);
+    for (int64_t r = 0; r < W.rows; r++) {
+        const struct pi_block_q4_K *row = pi_weight_row(&W, r);
+        const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
+        const int rr = (int)(r % 16);
+        for (int sb = 0; sb < 2; sb++) {
+            const struct pi_block_q4_K *blk = row + sb;
+            const uint8_t *base = g + (size_t)sb * PI_R16_Q4K_SB;
+            for (int i = 0; i < 128; i++) bad += base[(i / 4) * 64 + rr * 4 + i % 4] != blk->qs[i];
+            for (int j = 0; j < 8; j++) {
+                uint8_t sc, m;
+                pi_k4_scale_min(j, blk->scales, &sc, &m);
+                bad += base[PI_R16_Q4K_SC + 16 * j + rr] != sc;
+                bad += base[PI_R16_Q4K_M + 32 * (j / 2) + 2 * rr + j % 2] != m;
+            }
+            bad += memcmp(base + PI_R16_Q4K_D + 2 * rr, &blk->d, 2) != 0;
+            bad += memcmp(base + PI_R16_Q4K_DMIN + 2 * rr, &blk->dmin, 2) != 0;
+        }
+    }
+    tap_ok(bad == 0, "q4_K: packed quants, scales, mins, d and dmin where rows16.h says (%d wrong)", bad);
     free_weight(&W);
 }
 
@@ -220,13 +262,14 @@ static void test_unpackable(void)
 
 int main(void)
 {
-    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0};
+    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K};
     const char *seed = getenv("PI_SEED");
     rng_state = seed ? strtoull(seed, NULL, 10) : (uint64_t)time(NULL);
     tap_diag("seed %llu (PI_SEED repeats)", (unsigned long long)rng_state);
-    for (size_t k = 0; k < 2; k++) {
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         enum pi_type t = types[k];
-        test_layout(t);
+        if (t == PI_TYPE_Q4_K) test_layout_q4_K();
+        else test_layout(t);
         test_reference(t);
         int with = 0;
         for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
@@ -235,7 +278,7 @@ int main(void)
             with++;
             test_variant((enum pi_kernel_isa)isa, t, 64, 2048);
             test_variant((enum pi_kernel_isa)isa, t, 32, 4096); /* 48 tokens per tile: n = 64, 70 cross tiles */
-            test_variant((enum pi_kernel_isa)isa, t, 16, 32);
+            test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_K ? 256 : 32);
         }
         if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
         test_fused(t);
