@@ -274,5 +274,6 @@ const struct pi_kernel_table pi_kernels_amx_raw = {
     .name = "amx",
     .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0,
                 [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0,
-                [PI_TYPE_Q4_K] = pi_r16_dot_amx_q4_K},
+                [PI_TYPE_Q4_K] = pi_r16_dot_amx_q4_K,
+                [PI_TYPE_Q6_K] = pi_r16_dot_avx512vnni_q6_K}, /* VNNI: no tile kernel yet (sub-blocks of 16) */
 };

@@ -234,3 +234,109 @@ void pi_r16_dot_avx512vnni_q4_K(const uint8_t *grp, const struct pi_r16_act *x, 
     default: break;
     }
 }
+
+/* Q6_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c of 32-element
+ * halves, eight lines of low nibbles and four of high bit pairs (each serving two of the low lines)
+ * give the 16 rows' 6-bit values (0..63, unsigned for vpdpbusd) of halves 2c and 2c + 1, each value
+ * two or three instructions (the high bits masked into place, one vpternlogd to merge); per token, four
+ * vpdpbusd chains (each half's two sub-blocks of 16) times the rows' scales (vpmulld) into isum.
+ * The -32 offset's term is eight vpdpwssd of the scales in int16 pairs against the token's Q8_K sums
+ * of 16 (pairs of bsums are one 32-bit word as they lie). Then the reference's float step. */
+PI_X86_INLINE void r16_q6k_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const int64_t nsb = x->nb;
+    __m512 acc[R16_NT];
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t sb = 0; sb < nsb; sb++) {
+        const uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+        const uint8_t *xrow[R16_NT];
+        __m512i isum[R16_NT];
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            isum[t] = _mm512_setzero_si512();
+            xrow[t] = x->xq + (size_t)(t0 + t) * x->xstride + (size_t)sb * sizeof(struct pi_block_q8_K);
+        }
+        for (int c = 0; c < 4; c++) {
+            const uint8_t *q = base + PI_R16_Q6K_PAIR * c;
+            __m512i w0[8], w1[8];
+            if (R16_PF) {
+#pragma GCC unroll 12
+                for (int j = 0; j < 12; j++) pi_x86_pf_line(q + R16_PF + 64 * j);
+            }
+            /* (A & B) | C: the low bits of A under mask B, then the high bits C already in place */
+#define R16_MERGE(a, hb) _mm512_ternarylogic_epi32((a), m4, (hb), 0xEA)
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                const __m512i v0 = _mm512_load_si512((const void *)(q + 64 * j));
+                const __m512i v1 = _mm512_load_si512((const void *)(q + 64 * (j + 4)));
+                const __m512i h = _mm512_load_si512((const void *)(q + 64 * (8 + j)));
+                w0[j] = R16_MERGE(v0, _mm512_and_si512(_mm512_slli_epi16(h, 4), m30));
+                w1[j] = R16_MERGE(_mm512_srli_epi16(v0, 4), _mm512_and_si512(_mm512_slli_epi16(h, 2), m30));
+                w0[j + 4] = R16_MERGE(v1, _mm512_and_si512(h, m30));
+                w1[j + 4] = R16_MERGE(_mm512_srli_epi16(v1, 4), _mm512_and_si512(_mm512_srli_epi16(h, 2), m30));
+            }
+#undef R16_MERGE
+            /* the scales of sub-blocks 4c..4c+3 (halves 2c and 2c + 1, two each) as int32 lanes */
+            const __m512i p0 = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c)));
+            const __m512i p1 = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c + 32)));
+            const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(p0, 16), 16), sc1 = _mm512_srai_epi32(p0, 16);
+            const __m512i sc2 = _mm512_srai_epi32(_mm512_slli_epi32(p1, 16), 16), sc3 = _mm512_srai_epi32(p1, 16);
+#pragma GCC unroll 4
+            for (int t = 0; t < nt; t++) {
+                const int8_t *xb = (const int8_t *)(xrow[t] + 4) + 64 * c;
+                __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+                __m512i b0 = _mm512_setzero_si512(), b1 = _mm512_setzero_si512();
+#pragma GCC unroll 4
+                for (int j = 0; j < 4; j++) {
+                    a0 = _mm512_dpbusd_epi32(a0, w0[j], bcast4(xb + 4 * j));
+                    a1 = _mm512_dpbusd_epi32(a1, w0[4 + j], bcast4(xb + 16 + 4 * j));
+                    b0 = _mm512_dpbusd_epi32(b0, w1[j], bcast4(xb + 32 + 4 * j));
+                    b1 = _mm512_dpbusd_epi32(b1, w1[4 + j], bcast4(xb + 48 + 4 * j));
+                }
+                __m512i s = _mm512_add_epi32(_mm512_mullo_epi32(a0, sc0), _mm512_mullo_epi32(a1, sc1));
+                s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_mullo_epi32(b0, sc2), _mm512_mullo_epi32(b1, sc3)));
+                isum[t] = _mm512_add_epi32(isum[t], s);
+            }
+        }
+        if (R16_PF) {
+#pragma GCC unroll 5
+            for (int j = 0; j < 5; j++) pi_x86_pf_line(base + PI_R16_Q6K_SC + R16_PF + 64 * j);
+        }
+        __m512i sp[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            sp[i] = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 32 * i)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_D)));
+#pragma GCC unroll 4
+        for (int t = 0; t < nt; t++) {
+            const uint8_t *bs = xrow[t] + 4 + 256; /* the Q8_K block's bsums */
+            __m512i corr = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                int32_t w;
+                memcpy(&w, bs + 4 * i, 4);
+                corr = _mm512_dpwssd_epi32(corr, sp[i], _mm512_set1_epi32(w));
+            }
+            const __m512i tot = _mm512_sub_epi32(isum[t], _mm512_slli_epi32(corr, 5));
+            const __m512 dx = _mm512_set1_ps(x->dx[(t0 + t) * nsb + sb]);
+            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(tot), acc[t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
+}
+
+void pi_r16_dot_avx512vnni_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    int64_t t = 0;
+    for (; t + R16_NT <= nt; t += R16_NT) r16_q6k_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
+    switch (nt - t) {
+    case 1: r16_q6k_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
+    case 2: r16_q6k_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
+    case 3: r16_q6k_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
+    default: break;
+    }
+}

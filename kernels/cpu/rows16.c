@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.c - packing Q4_0, Q8_0 and Q4_K matrices into 16-row groups, the scalar reference kernel over
+ * kernels/cpu/rows16.c - packing Q4_0, Q8_0, Q4_K and Q6_K matrices into 16-row groups, the scalar reference kernel over
  * them and the product driver (kernels/cpu/rows16.h).
  *
  * Threading: pi_r16_pack and pi_r16_matmul hand out ranges of groups over the pool; each group's
@@ -30,9 +30,9 @@ static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
 
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
 {
-    if (t == PI_TYPE_Q4_K) {
+    if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K) {
         PI_ASSERT(cols > 0 && cols % 256 == 0);
-        return (size_t)(cols / 256) * PI_R16_Q4K_SB;
+        return (size_t)(cols / 256) * (t == PI_TYPE_Q4_K ? PI_R16_Q4K_SB : PI_R16_Q6K_SB);
     }
     PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
     return (size_t)((cols / 32 + 1) / 2) * (size_t)(128 * block_lines(t) + 64);
@@ -46,6 +46,7 @@ bool pi_r16_packable(const struct pi_weight *W)
     case PI_TYPE_Q4_0: be = 32, bb = sizeof(struct pi_block_q4_0); break;
     case PI_TYPE_Q8_0: be = 32, bb = sizeof(struct pi_block_q8_0); break;
     case PI_TYPE_Q4_K: be = 256, bb = sizeof(struct pi_block_q4_K); break;
+    case PI_TYPE_Q6_K: be = 256, bb = sizeof(struct pi_block_q6_K); break;
     default: return false;
     }
     return W->data && W->rows > 0 && W->rows % PI_R16_ROWS == 0 && W->cols > 0 && W->cols % be == 0 &&
@@ -111,12 +112,60 @@ static void pack_groups_q4_K(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
+/* Q6_K: element e's 6-bit value (0..63) of a super-block, from the file's interleaving: per 128-element
+ * half, ql[l] holds elements l (low nibble) and l + 64 (high), ql[l + 32] elements l + 32 and l + 96,
+ * and qh[l] the high 2 bits of l, l + 32, l + 64 and l + 96 at bits 0, 2, 4 and 6. */
+static int q6_at(const struct pi_block_q6_K *b, int e)
+{
+    const int h = e / 128, q = e % 128 / 32, l = e % 32;
+    const uint8_t lo = b->ql[64 * h + l + 32 * (q & 1)];
+    return ((q < 2 ? lo & 15 : lo >> 4) | ((b->qh[32 * h + l] >> (2 * q)) & 3) << 4);
+}
+
+/* Q6_K groups [begin, end): per row and super-block the elements' low nibbles and high bit pairs as
+ * rows16.h lays them out, the 16 scales beside the other rows' in pairs, d likewise. */
+static void pack_groups_q6_K(void *vctx, int64_t begin, int64_t end, int thread)
+{
+    const struct pack_ctx *c = vctx;
+    const int64_t nsb = c->W->cols / 256;
+    (void)thread;
+    for (int64_t g = begin; g < end; g++) {
+        uint8_t *grp = c->dst + (size_t)g * c->gb;
+        memset(grp, 0, c->gb); /* the padding after d */
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            const struct pi_block_q6_K *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const struct pi_block_q6_K *blk = row + sb;
+                uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+                int q[256];
+                for (int e = 0; e < 256; e++) q[e] = q6_at(blk, e);
+                for (int cc = 0; cc < 4; cc++) {
+                    uint8_t *pair = base + PI_R16_Q6K_PAIR * cc;
+                    for (int j = 0; j < 8; j++)
+                        for (int k = 0; k < 4; k++) {
+                            const int e = 64 * cc + 4 * j + k;
+                            pair[64 * j + 4 * r + k] = (uint8_t)((q[e] & 15) | (q[e + 32] & 15) << 4);
+                            if (j >= 4) continue;
+                            pair[64 * (8 + j) + 4 * r + k] =
+                                (uint8_t)((q[e] >> 4) | (q[e + 32] >> 4) << 2 | (q[e + 16] >> 4) << 4 | (q[e + 48] >> 4) << 6);
+                        }
+                }
+                for (int s = 0; s < 16; s++) base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * r + (s & 1)] = (uint8_t)blk->scales[s];
+                memcpy(base + PI_R16_Q6K_D + 2 * r, &blk->d, 2);
+            }
+        }
+    }
+}
+
 void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
 {
     PI_ASSERT(pi_r16_packable(W) && ((uintptr_t)dst & 63) == 0);
     struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->type, W->cols)};
     pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)),
-                W->type == PI_TYPE_Q4_K ? pack_groups_q4_K : pack_groups, &c);
+                W->type == PI_TYPE_Q4_K   ? pack_groups_q4_K
+                : W->type == PI_TYPE_Q6_K ? pack_groups_q6_K
+                                          : pack_groups,
+                &c);
 }
 
 /* Both references: the exact block sum of row r, token t, block b from the J lines of the group. */
@@ -200,12 +249,50 @@ void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t
     }
 }
 
+void pi_r16_dot_ref_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    const int64_t nsb = x->nb;
+    for (int64_t t = t0; t < t0 + nt; t++) {
+        for (int r = 0; r < PI_R16_ROWS; r++) {
+            float acc = 0.0f;
+            for (int64_t sb = 0; sb < nsb; sb++) {
+                const uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+                const struct pi_block_q8_K *xb = (const struct pi_block_q8_K *)(x->xq + (size_t)t * x->xstride) + sb;
+                int32_t isum = 0, corr = 0;
+                for (int s = 0; s < 16; s++) {
+                    const int h = s / 2, c = h / 2, hp = h & 1; /* 32-element half, pair, which of the pair */
+                    int32_t qx = 0;
+                    for (int jj = 0; jj < 4; jj++) {
+                        const int j = 4 * (s & 1) + jj;
+                        for (int k = 0; k < 4; k++) {
+                            const uint8_t *pair = base + PI_R16_Q6K_PAIR * c;
+                            const uint8_t lo = pair[64 * j + 4 * r + k], hi = pair[64 * (8 + j % 4) + 4 * r + k];
+                            const int q = (hp ? lo >> 4 : lo & 15) | ((hi >> (4 * (j / 4) + 2 * hp)) & 3) << 4;
+                            qx += q * xb->qs[32 * h + 4 * j + k];
+                        }
+                    }
+                    const int32_t sc = (int8_t)base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * r + (s & 1)];
+                    isum += sc * qx;
+                    corr += sc * xb->bsums[s];
+                }
+                isum -= 32 * corr;
+                uint16_t dw;
+                memcpy(&dw, base + PI_R16_Q6K_D + 2 * r, 2);
+                acc = fmaf(pi_fp16_to_fp32(dw) * x->dx[t * nsb + sb], (float)isum, acc);
+            }
+            y[(size_t)(t - t0) * ystride + (size_t)r] = acc;
+        }
+    }
+}
+
 pi_r16_dot_fn pi_r16_ref(enum pi_type t)
 {
     switch (t) {
     case PI_TYPE_Q4_0: return pi_r16_dot_ref_q4_0;
     case PI_TYPE_Q8_0: return pi_r16_dot_ref_q8_0;
     case PI_TYPE_Q4_K: return pi_r16_dot_ref_q4_K;
+    case PI_TYPE_Q6_K: return pi_r16_dot_ref_q6_K;
     default: return NULL;
     }
 }
@@ -255,9 +342,9 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
         PI_ASSERT(W[i]->rows16 && pi_r16_packable(W[i]) && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols);
     if (n == 0) return;
     const enum pi_type type = W[0]->type;
-    const bool q8 = type == PI_TYPE_Q8_0, qk = type == PI_TYPE_Q4_K;
+    const bool q8 = type == PI_TYPE_Q8_0, qk = type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
     const int64_t cols = W[0]->cols, nb = cols / (qk ? 256 : 32);
-    /* per token: dx (nb floats), off (Q4_0: nb int32), xu (Q8_0: 32 nb bytes) or xs2 (Q4_K: 4 nb int32),
+    /* per token: dx (nb floats), off (Q4_0: nb int32), xu (Q8_0: 32 nb bytes) or xs2 (K: 4 nb int32),
      * then the activation row (Q8_0 or Q8_K) */
     size_t xs = pi_act_row_bytes(type, cols), per = xs + (size_t)nb * (q8 ? 36 : qk ? 20 : 8), bytes;
     PI_ASSERT(pi_size_mul(per, (size_t)n, &bytes));

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.h - Q4_0, Q8_0 and Q4_K matrices repacked into groups of 16 rows for the dense CPU
+ * kernels/cpu/rows16.h - Q4_0, Q8_0, Q4_K and Q6_K matrices repacked into groups of 16 rows for the dense CPU
  * products (decode and prompts of the in-process forward pass), and the products over them.
  *
  * The file's layout keeps each row's 18-byte blocks together, so a SIMD kernel over one row spends
@@ -42,6 +42,22 @@
  * isum = sum_s sc_s * sum_{k in s} q_k x_k (|isum| < 8 * 63 * 32 * 15 * 128 < 2^31) and msum =
  * sum_s m_s * (sub-block s's sum of x), then acc = fma(d * d_x, (float)isum, acc) and
  * acc = fma(-(dmin * d_x), (float)msum, acc), every product and conversion rounded to float as written.
+ *
+ * Q6_K (256-element super-blocks of 16 sub-blocks of 16; x = d * sc_s * (q - 32), q 0..63 of 4 low and 2
+ * high bits, sc_s int8; activations in Q8_K). A group holds nb = cols / 256 super-blocks of
+ * PI_R16_Q6K_SB bytes (53 lines; the file's 16 x 210 = 3360 bytes and half a line of padding), in the
+ * super-block's element order e = 0..255 (the file's ql/qh interleaving undone at packing), pair c =
+ * 0..3 of 32-element halves (2c and 2c + 1: elements 64c.. and 64c + 32..) at 768c, in the order a
+ * kernel reads them:
+ *   line j (j = 0..7): [r][k] = the low 4 bits of row r's element 4j + k of half 2c in the low nibble,
+ *     of half 2c + 1 in the high nibble;
+ *   line 8 + j (j = 0..3): [r][k] = the high 2 bits of row r's elements 4j + k of half 2c at bits 0-1,
+ *     of half 2c + 1 at bits 2-3, and of elements 16 + 4j + k of the two halves at bits 4-5 and 6-7;
+ *   then at PI_R16_Q6K_SC: sc[i][r][h] = sc_{2i+h} of row r (i = 0..7, h = 0..1), int8;
+ *   at PI_R16_Q6K_D the 16 rows' d (fp16), then zeros to the line's end.
+ * Arithmetic per (row, token, super-block), in super-block order from acc = 0: the exact integer
+ * isum = sum_s sc_s * sum_{k in s} q_k x_k - 32 * sum_s sc_s * (sub-block s's sum of x)
+ * (|isum| < 2^29), then acc = fma(d * d_x, (float)isum, acc).
  */
 #ifndef PI_KERNELS_CPU_ROWS16_H
 #define PI_KERNELS_CPU_ROWS16_H
@@ -58,9 +74,13 @@
 #define PI_R16_Q4K_M 2176    /*   their mins */
 #define PI_R16_Q4K_D 2304    /*   the rows' d */
 #define PI_R16_Q4K_DMIN 2336 /*   the rows' dmin */
+#define PI_R16_Q6K_SB 3392   /* bytes of one Q6_K super-block of a group, and offsets in it: */
+#define PI_R16_Q6K_PAIR 768  /*   a pair of halves (8 lines of low bits, 4 of high) */
+#define PI_R16_Q6K_SC 3072   /*   the sub-blocks' scales */
+#define PI_R16_Q6K_D 3328    /*   the rows' d */
 
 /* A call's activations prepared for the packed kernels: n tokens quantised to the type's activation
- * format (Q8_0; Q8_K for Q4_K) and, per block, the scale as float; for Q4_0 weights the offset term
+ * format (Q8_0; Q8_K for Q4_K and Q6_K) and, per block, the scale as float; for Q4_0 weights the offset term
  * -8 * sum(x), for Q8_0 weights the activation bytes plus 128 (unsigned: the operand vpdpbusd wants),
  * for Q4_K the sub-blocks' sums of x in int16 pairs (the operand of vpdpwssd against the mins). */
 struct pi_r16_act {
@@ -71,7 +91,7 @@ struct pi_r16_act {
     const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; otherwise NULL */
     const int32_t *xs2; /* Q4_K: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
                          * 2i + 1 (high int16); otherwise NULL */
-    int64_t nb;         /* blocks per row: cols / 32 (Q4_K: super-blocks, cols / 256) */
+    int64_t nb;         /* blocks per row: cols / 32 (Q4_K, Q6_K: super-blocks, cols / 256) */
 };
 
 /* Offsets in a group of block b's first line of quants and of its 16 scales (J lines per block). */
@@ -90,10 +110,10 @@ typedef void (*pi_r16_dot_fn)(const uint8_t *grp, const struct pi_r16_act *x, in
                               size_t ystride);
 
 /* Bytes of one packed group of rows of cols elements of type t (Q4_0 or Q8_0, cols a positive
- * multiple of 32; Q4_K, of 256). */
+ * multiple of 32; Q4_K or Q6_K, of 256). */
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols);
 
-/* True when W can be packed: Q4_0 or Q8_0 (cols a positive multiple of 32) or Q4_K (of 256), rows a
+/* True when W can be packed: Q4_0 or Q8_0 (cols a positive multiple of 32), Q4_K or Q6_K (of 256), rows a
  * positive multiple of 16, each row the file's whole blocks. */
 bool pi_r16_packable(const struct pi_weight *W);
 
@@ -107,6 +127,8 @@ void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t
 void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride);
+void pi_r16_dot_ref_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 
 /* The scalar reference for type t, or NULL for a type without a packed layout. */

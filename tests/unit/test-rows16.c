@@ -1,7 +1,7 @@
 /*
  * tests/unit/test-rows16.c - Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups (kernels/cpu/rows16.h).
  *
- * Q4_0, Q8_0 and Q4_K. The layout: every quant byte and scale of every row is where the header says (read
+ * Q4_0, Q8_0, Q4_K and Q6_K. The layout: every quant byte and scale of every row is where the header says (read
  * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
  * variant), within a bound on the summation-order difference over each output's sum |w x|. Then, for
  * every variant with a packed kernel: the kernel equals the reference bit for bit, and the product
@@ -44,7 +44,7 @@ static float *rnd_floats(int64_t n)
     return x;
 }
 
-/* A random weight of type t (Q4_0, Q8_0 or Q4_K), (rows, cols), with its packed copy (rows16 NULL when
+/* A random weight of type t (Q4_0, Q8_0, Q4_K or Q6_K), (rows, cols), with its packed copy (rows16 NULL when
  * not packable). */
 static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
 {
@@ -55,11 +55,16 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
     float *x = rnd_floats(cols);
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *row = data + (size_t)r * W.row_bytes;
-        if (t == PI_TYPE_Q4_K) { /* no quantiser: random bytes, then finite d and dmin per super-block */
+        if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K) { /* no quantiser: random bytes, finite scales */
             for (size_t i = 0; i < W.row_bytes; i++) row[i] = (uint8_t)(pi_rng_splitmix64(&rng_state) >> 56);
             for (int64_t b = 0; b < cols / 256; b++) {
+                const uint16_t d = pi_fp32_to_fp16((0.002f + 0.01f * (rndf() + 1)) * (1.0f + (float)(r % 5)));
+                if (t == PI_TYPE_Q6_K) {
+                    ((struct pi_block_q6_K *)(void *)row)[b].d = d;
+                    continue;
+                }
                 struct pi_block_q4_K *blk = (struct pi_block_q4_K *)(void *)row + b;
-                blk->d = pi_fp32_to_fp16((0.002f + 0.01f * (rndf() + 1)) * (1.0f + (float)(r % 5)));
+                blk->d = d;
                 blk->dmin = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
             }
             continue;
@@ -138,6 +143,42 @@ static void test_layout_q4_K(void)
         }
     }
     tap_ok(bad == 0, "q4_K: packed quants, scales, mins, d and dmin where rows16.h says (%d wrong)", bad);
+    free_weight(&W);
+}
+
+/* Q6_K: element e's 6-bit value read from the file's block (ql: per 128-element half, byte l holds
+ * elements l and l + 64 in its nibbles, byte l + 32 elements l + 32 and l + 96; qh byte l the high two
+ * bits of l, l + 32, l + 64, l + 96) and from the packed group (rows16.h), for every element, scale and
+ * d of every row. */
+static void test_layout_q6_K(void)
+{
+    struct pi_weight W = make_weight(PI_TYPE_Q6_K, 32, 512);
+    const size_t gb = pi_r16_group_bytes(PI_TYPE_Q6_K, 512);
+    int bad = 0;
+    tap_ok(gb == 2 * PI_R16_Q6K_SB && PI_R16_Q6K_SB == 53 * 64, "q6_K: group of 2 super-blocks: %zu bytes (53 lines each)",
+           gb);
+    for (int64_t r = 0; r < W.rows; r++) {
+        const struct pi_block_q6_K *row = pi_weight_row(&W, r);
+        const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
+        const int rr = (int)(r % 16);
+        for (int sb = 0; sb < 2; sb++) {
+            const struct pi_block_q6_K *blk = row + sb;
+            const uint8_t *base = g + (size_t)sb * PI_R16_Q6K_SB;
+            for (int e = 0; e < 256; e++) {
+                const int half = e / 128, l = e % 128;
+                const int lo = l < 64 ? blk->ql[64 * half + l % 64] & 15 : blk->ql[64 * half + l % 64] >> 4;
+                const int want = lo | ((blk->qh[64 * half / 2 + l % 32] >> (2 * (l / 32))) & 3) << 4;
+                const int c = e / 64, o = e % 64, j = o % 32 / 4, k = o % 4, odd = o >= 32;
+                const uint8_t pl = base[PI_R16_Q6K_PAIR * c + 64 * j + 4 * rr + k];
+                const uint8_t ph = base[PI_R16_Q6K_PAIR * c + 64 * (8 + j % 4) + 4 * rr + k];
+                const int got = (odd ? pl >> 4 : pl & 15) | ((ph >> (4 * (j / 4) + 2 * odd)) & 3) << 4;
+                bad += got != want;
+            }
+            for (int s = 0; s < 16; s++) bad += (int8_t)base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * rr + s % 2] != blk->scales[s];
+            bad += memcmp(base + PI_R16_Q6K_D + 2 * rr, &blk->d, 2) != 0;
+        }
+    }
+    tap_ok(bad == 0, "q6_K: packed 6-bit values, scales and d where rows16.h says (%d wrong)", bad);
     free_weight(&W);
 }
 
@@ -262,13 +303,14 @@ static void test_unpackable(void)
 
 int main(void)
 {
-    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K};
+    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
     const char *seed = getenv("PI_SEED");
     rng_state = seed ? strtoull(seed, NULL, 10) : (uint64_t)time(NULL);
     tap_diag("seed %llu (PI_SEED repeats)", (unsigned long long)rng_state);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         enum pi_type t = types[k];
         if (t == PI_TYPE_Q4_K) test_layout_q4_K();
+        else if (t == PI_TYPE_Q6_K) test_layout_q6_K();
         else test_layout(t);
         test_reference(t);
         int with = 0;
@@ -278,7 +320,7 @@ int main(void)
             with++;
             test_variant((enum pi_kernel_isa)isa, t, 64, 2048);
             test_variant((enum pi_kernel_isa)isa, t, 32, 4096); /* 48 tokens per tile: n = 64, 70 cross tiles */
-            test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_K ? 256 : 32);
+            test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K ? 256 : 32);
         }
         if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
         test_fused(t);
