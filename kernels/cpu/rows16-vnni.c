@@ -279,8 +279,10 @@ PI_X86_INLINE void r16_q6k_n(const uint8_t *grp, const struct pi_r16_act *x, int
             }
 #undef R16_MERGE
             /* the scales of sub-blocks 4c..4c+3 (halves 2c and 2c + 1, two each) as int32 lanes */
-            const __m512i p0 = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c)));
-            const __m512i p1 = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c + 32)));
+            const __m512i p0 =
+                _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c)));
+            const __m512i p1 = _mm512_cvtepi8_epi16(
+                _mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 64 * c + 32)));
             const __m512i sc0 = _mm512_srai_epi32(_mm512_slli_epi32(p0, 16), 16), sc1 = _mm512_srai_epi32(p0, 16);
             const __m512i sc2 = _mm512_srai_epi32(_mm512_slli_epi32(p1, 16), 16), sc3 = _mm512_srai_epi32(p1, 16);
 #pragma GCC unroll 4
@@ -307,7 +309,8 @@ PI_X86_INLINE void r16_q6k_n(const uint8_t *grp, const struct pi_r16_act *x, int
         __m512i sp[8];
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++)
-            sp[i] = _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 32 * i)));
+            sp[i] =
+                _mm512_cvtepi8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 32 * i)));
         const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_D)));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {

@@ -146,11 +146,12 @@ static void pack_groups_q6_K(void *vctx, int64_t begin, int64_t end, int thread)
                             const int e = 64 * cc + 4 * j + k;
                             pair[64 * j + 4 * r + k] = (uint8_t)((q[e] & 15) | (q[e + 32] & 15) << 4);
                             if (j >= 4) continue;
-                            pair[64 * (8 + j) + 4 * r + k] =
-                                (uint8_t)((q[e] >> 4) | (q[e + 32] >> 4) << 2 | (q[e + 16] >> 4) << 4 | (q[e + 48] >> 4) << 6);
+                            pair[64 * (8 + j) + 4 * r + k] = (uint8_t)((q[e] >> 4) | (q[e + 32] >> 4) << 2 |
+                                                                       (q[e + 16] >> 4) << 4 | (q[e + 48] >> 4) << 6);
                         }
                 }
-                for (int s = 0; s < 16; s++) base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * r + (s & 1)] = (uint8_t)blk->scales[s];
+                for (int s = 0; s < 16; s++)
+                    base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * r + (s & 1)] = (uint8_t)blk->scales[s];
                 memcpy(base + PI_R16_Q6K_D + 2 * r, &blk->d, 2);
             }
         }

@@ -155,8 +155,8 @@ static void test_layout_q6_K(void)
     struct pi_weight W = make_weight(PI_TYPE_Q6_K, 32, 512);
     const size_t gb = pi_r16_group_bytes(PI_TYPE_Q6_K, 512);
     int bad = 0;
-    tap_ok(gb == 2 * PI_R16_Q6K_SB && PI_R16_Q6K_SB == 53 * 64, "q6_K: group of 2 super-blocks: %zu bytes (53 lines each)",
-           gb);
+    tap_ok(gb == 2 * PI_R16_Q6K_SB && PI_R16_Q6K_SB == 53 * 64,
+           "q6_K: group of 2 super-blocks: %zu bytes (53 lines each)", gb);
     for (int64_t r = 0; r < W.rows; r++) {
         const struct pi_block_q6_K *row = pi_weight_row(&W, r);
         const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
@@ -174,7 +174,8 @@ static void test_layout_q6_K(void)
                 const int got = (odd ? pl >> 4 : pl & 15) | ((ph >> (4 * (j / 4) + 2 * odd)) & 3) << 4;
                 bad += got != want;
             }
-            for (int s = 0; s < 16; s++) bad += (int8_t)base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * rr + s % 2] != blk->scales[s];
+            for (int s = 0; s < 16; s++)
+                bad += (int8_t)base[PI_R16_Q6K_SC + 32 * (s / 2) + 2 * rr + s % 2] != blk->scales[s];
             bad += memcmp(base + PI_R16_Q6K_D + 2 * rr, &blk->d, 2) != 0;
         }
     }
