@@ -1195,6 +1195,7 @@ const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
     .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_avx512vnni_q4_0,
                 [PI_TYPE_Q8_0] = pi_r16_dot_avx512vnni_q8_0,
                 [PI_TYPE_Q4_K] = pi_r16_dot_avx512vnni_q4_K,
+                [PI_TYPE_Q5_K] = pi_r16_dot_avx512vnni_q5_K,
                 [PI_TYPE_Q6_K] = pi_r16_dot_avx512vnni_q6_K},
 #else
 const struct pi_kernel_table pi_kernels_avx512_raw = {

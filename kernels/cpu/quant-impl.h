@@ -25,6 +25,8 @@ void pi_r16_dot_avx512vnni_q8_0(const uint8_t *grp, const struct pi_r16_act *x, 
                                 size_t ystride);
 void pi_r16_dot_avx512vnni_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride);
+void pi_r16_dot_avx512vnni_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride);
 void pi_r16_dot_avx512vnni_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride);
 #endif

@@ -158,22 +158,37 @@ static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, 
     if (n16 < nt) pi_r16_dot_avx512vnni_q8_0(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
 }
 
-/* ---- Q4_K ---- */
+/* ---- Q4_K and Q5_K ---- */
 
-#define CHUNK_SB 4 /* Q4_K super-blocks of a group unpacked at a time (32 tiles, 16 KiB on the stack) */
+#define CHUNK_SB 4 /* super-blocks of a group unpacked at a time (32 tiles, 16 KiB on the stack) */
+
+/* v shifted left by s bits (right by -s) in 16-bit lanes; s a constant after unrolling. */
+static inline __attribute__((always_inline)) __m512i shl16(__m512i v, int s)
+{
+    return s > 0 ? _mm512_slli_epi16(v, (unsigned)s) : s < 0 ? _mm512_srli_epi16(v, (unsigned)-s) : v;
+}
 
 /* Super-block sb's 8 sub-blocks as tile B's bytes (8 rows of 64 each, sub-block s at dst + 512 s): the
  * low nibbles of pair c's 8 lines are sub-block 2c, the high nibbles 2c + 1, as they are (0..15, so
- * signed bytes too). */
-static inline __attribute__((always_inline)) void unpack_q4k(const uint8_t *grp, int64_t sb, uint8_t *dst)
+ * signed bytes too; Q5_K: with each value's fifth bit from the pair's bit lines, 0..31). */
+static inline __attribute__((always_inline)) void unpack_q45k(bool q5, const uint8_t *grp, int64_t sb, uint8_t *dst)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
-    const uint8_t *q = grp + (size_t)sb * PI_R16_Q4K_SB;
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    const struct pi_r16_k45 G = pi_r16_k45(q5);
+    const uint8_t *q = grp + (size_t)sb * G.sb;
     for (int c = 0; c < 4; c++) {
+#pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            __m512i v = _mm512_load_si512((const void *)(q + 512 * c + 64 * j));
-            _mm512_store_si512((void *)(dst + 1024 * c + 64 * j), _mm512_and_si512(v, m4));
-            _mm512_store_si512((void *)(dst + 1024 * c + 512 + 64 * j), _mm512_and_si512(_mm512_srli_epi16(v, 4), m4));
+            const uint8_t *p = q + G.pair * (size_t)c;
+            __m512i v = _mm512_load_si512((const void *)(p + 64 * j));
+            __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+            if (q5) { /* as the VNNI kernel: bits 2i and 2i + 1 of bit line j / 4, i = j % 4 */
+                const __m512i h = _mm512_load_si512((const void *)(p + 512 + 64 * (j / 4)));
+                lo = _mm512_or_si512(lo, _mm512_and_si512(shl16(h, 4 - 2 * (j % 4)), b4));
+                hi = _mm512_or_si512(hi, _mm512_and_si512(shl16(h, 3 - 2 * (j % 4)), b4));
+            }
+            _mm512_store_si512((void *)(dst + 1024 * c + 64 * j), lo);
+            _mm512_store_si512((void *)(dst + 1024 * c + 512 + 64 * j), hi);
         }
     }
 }
@@ -184,8 +199,9 @@ static inline __attribute__((always_inline)) void unpack_q4k(const uint8_t *grp,
  * stored to ct[g % 16]; eight sub-blocks later (the store has landed) isum[t] += C[t] * sc_s (vpmulld,
  * exact), and after a super-block's eighth the reference's two float steps with the mins' term
  * (vpdpwssd) into accm, which holds the accumulators between calls in y's place (no rounding). */
-static void r16_q4k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t s0, int64_t s1,
-                          const uint8_t *bt, float *y, size_t ys)
+static inline __attribute__((always_inline)) void r16_q45k_amx16(bool q5, const uint8_t *grp,
+                                                                 const struct pi_r16_act *x, int64_t t0, int64_t s0,
+                                                                 int64_t s1, const uint8_t *bt, float *y, size_t ys)
 {
     _Alignas(64) int32_t ct[16][256];
     _Alignas(64) float accm[16][16];
@@ -219,9 +235,9 @@ static void r16_q4k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_
         if (g < 8) continue;
         /* sub-block h = g - 8: its integer step, and the float steps after a super-block's last */
         const int64_t h = g - 8, sb = s0 + h / 8, s = h % 8;
-        const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
-        const __m512i sc =
-            _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 16 * s)));
+        const struct pi_r16_k45 G = pi_r16_k45(q5);
+        const uint8_t *base = grp + (size_t)sb * G.sb;
+        const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + G.sc + 16 * s)));
 #pragma GCC unroll 16
         for (int t = 0; t < 16; t++)
             isum[t] = _mm512_add_epi32(isum[t],
@@ -229,10 +245,9 @@ static void r16_q4k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_
         if (s != 7) continue;
         __m512i mp[4];
         for (int i = 0; i < 4; i++)
-            mp[i] =
-                _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_M + 32 * i)));
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_D)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_DMIN)));
+            mp[i] = _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + G.m + 32 * i)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.d)));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.dmin)));
 #pragma GCC unroll 16
         for (int t = 0; t < 16; t++) {
             const int32_t *s2 = x->xs2 + ((t0 + t) * nsb + sb) * 4;
@@ -249,10 +264,10 @@ static void r16_q4k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_
     for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, _mm512_load_ps(accm[t]));
 }
 
-/* Q4_K: each chunk of super-blocks unpacked once for all the call's tokens (as Q4_0 above), then the
- * tokens sixteen at a time; fewer than 16 remaining through the VNNI kernel (the same bits). */
-static void pi_r16_dot_amx_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
-                                size_t ystride)
+/* Q4_K and Q5_K: each chunk of super-blocks unpacked once for all the call's tokens (as Q4_0 above),
+ * then the tokens sixteen at a time; fewer than 16 remaining through the VNNI kernel (the same bits). */
+static inline __attribute__((always_inline)) void r16_q45k_amx(bool q5, const uint8_t *grp, const struct pi_r16_act *x,
+                                                               int64_t t0, int64_t nt, float *y, size_t ystride)
 {
     _Alignas(64) uint8_t bt[CHUNK_SB * 8 * 512];
     const int64_t n16 = nt / 16 * 16;
@@ -260,14 +275,28 @@ static void pi_r16_dot_amx_q4_K(const uint8_t *grp, const struct pi_r16_act *x, 
         tile_config();
         for (int64_t s0 = 0; s0 < x->nb; s0 += CHUNK_SB) {
             int64_t s1 = PI_MIN(x->nb, s0 + CHUNK_SB);
-            for (int64_t sb = s0; sb < s1; sb++) unpack_q4k(grp, sb, bt + (size_t)(sb - s0) * 4096);
+            for (int64_t sb = s0; sb < s1; sb++) unpack_q45k(q5, grp, sb, bt + (size_t)(sb - s0) * 4096);
             __asm__ volatile("" ::: "memory"); /* the tile loads below must follow these stores */
             for (int64_t t = 0; t < n16; t += 16)
-                r16_q4k_amx16(grp, x, t0 + t, s0, s1, bt, y + (size_t)t * ystride, ystride);
+                r16_q45k_amx16(q5, grp, x, t0 + t, s0, s1, bt, y + (size_t)t * ystride, ystride);
         }
         _tile_release();
     }
-    if (n16 < nt) pi_r16_dot_avx512vnni_q4_K(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+    if (n16 >= nt) return;
+    if (q5) pi_r16_dot_avx512vnni_q5_K(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+    else pi_r16_dot_avx512vnni_q4_K(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
+static void pi_r16_dot_amx_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    r16_q45k_amx(false, grp, x, t0, nt, y, ystride);
+}
+
+static void pi_r16_dot_amx_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    r16_q45k_amx(true, grp, x, t0, nt, y, ystride);
 }
 
 const struct pi_kernel_table pi_kernels_amx_raw = {
@@ -275,5 +304,6 @@ const struct pi_kernel_table pi_kernels_amx_raw = {
     .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0,
                 [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0,
                 [PI_TYPE_Q4_K] = pi_r16_dot_amx_q4_K,
+                [PI_TYPE_Q5_K] = pi_r16_dot_amx_q5_K,
                 [PI_TYPE_Q6_K] = pi_r16_dot_avx512vnni_q6_K}, /* VNNI: no tile kernel yet (sub-blocks of 16) */
 };

@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernels over Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups
+ * kernels/cpu/rows16-vnni.c - the AVX512-VNNI kernels over Q4_0, Q8_0 and K-quant matrices packed in 16-row groups
  * (kernels/cpu/rows16.h), compiled with -mavx512vnni into libpinfer_avx512vnni.a and reached only
  * through the avx512vnni table (kernels/cpu/dispatch.c) after the CPUID check.
  *
@@ -145,41 +145,57 @@ void pi_r16_dot_avx512vnni_q4_0(const uint8_t *grp, const struct pi_r16_act *x, 
     }
 }
 
-/* Q4_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c of
- * sub-blocks, eight 64-byte loads give the 16 rows' 32 quant bytes of the pair; a mask and a shift
- * split them into sub-block 2c (low nibbles) and 2c + 1 (high), unsigned, which vpdpbusd takes as
- * they are against the token's signed bytes: per sub-block an exact int32 sum per row, times the
- * rows' scales (vpmulld) into isum. The mins' term is four vpdpwssd of the rows' mins in int16 pairs
- * against the token's sub-block sums (x->xs2). Then the two float steps of the reference. */
-PI_X86_INLINE void r16_q4k_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+/* v shifted left by s bits (right by -s) in 16-bit lanes; s a constant after inlining. */
+PI_X86_INLINE __m512i shl16(__m512i v, int s)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    return s > 0 ? _mm512_slli_epi16(v, (unsigned)s) : s < 0 ? _mm512_srli_epi16(v, (unsigned)-s) : v;
+}
+
+/* Q4_K and Q5_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c
+ * of sub-blocks, eight 64-byte loads give the 16 rows' 32 quant bytes of the pair; a mask and a shift
+ * split them into sub-block 2c (low nibbles) and 2c + 1 (high), unsigned (Q5_K: each with its fifth
+ * bit shifted out of the pair's two bit lines into bit 4 and merged by one vpternlogd), which vpdpbusd
+ * takes as they are against the token's signed bytes: per sub-block an exact int32 sum per row, times
+ * the rows' scales (vpmulld) into isum. The mins' term is four vpdpwssd of the rows' mins in int16
+ * pairs against the token's sub-block sums (x->xs2). Then the two float steps of the reference. */
+PI_X86_INLINE void r16_q45k_n(bool q5, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y,
+                              size_t ys)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    const struct pi_r16_k45 G = pi_r16_k45(q5);
     const int64_t nsb = x->nb;
     __m512 acc[R16_NT];
 #pragma GCC unroll 4
     for (int t = 0; t < nt; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t sb = 0; sb < nsb; sb++) {
-        const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+        const uint8_t *base = grp + (size_t)sb * G.sb;
         __m512i isum[R16_NT];
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) isum[t] = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
-            const uint8_t *q = base + 512 * c;
+            const uint8_t *q = base + G.pair * (size_t)c;
             __m512i lo[8], hi[8];
             if (R16_PF) {
-#pragma GCC unroll 8
-                for (int j = 0; j < 8; j++) pi_x86_pf_line(q + R16_PF + 64 * j);
+                for (int j = 0; j < (q5 ? 10 : 8); j++) pi_x86_pf_line(q + R16_PF + 64 * j);
             }
 #pragma GCC unroll 8
             for (int j = 0; j < 8; j++) {
                 __m512i v = _mm512_load_si512((const void *)(q + 64 * j));
+                if (q5) { /* fifth bits of line j: bits 2i and 2i + 1 of bit line j / 4 (i = j % 4) */
+                    const __m512i h = _mm512_load_si512((const void *)(q + 512 + 64 * (j / 4)));
+                    const int i = j % 4;
+                    lo[j] = _mm512_ternarylogic_epi32(v, m4, _mm512_and_si512(shl16(h, 4 - 2 * i), b4), 0xEA);
+                    hi[j] = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v, 4), m4,
+                                                      _mm512_and_si512(shl16(h, 3 - 2 * i), b4), 0xEA);
+                    continue;
+                }
                 lo[j] = _mm512_and_si512(v, m4);
                 hi[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             }
             const __m512i sc0 =
-                _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 32 * c)));
-            const __m512i sc1 = _mm512_cvtepu8_epi32(
-                _mm_load_si128((const __m128i *)(const void *)(base + PI_R16_Q4K_SC + 32 * c + 16)));
+                _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + G.sc + 32 * c)));
+            const __m512i sc1 =
+                _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + G.sc + 32 * c + 16)));
 #pragma GCC unroll 4
             for (int t = 0; t < nt; t++) {
                 const int8_t *xb = (const int8_t *)(x->xq + (size_t)(t0 + t) * x->xstride +
@@ -197,15 +213,14 @@ PI_X86_INLINE void r16_q4k_n(const uint8_t *grp, const struct pi_r16_act *x, int
         }
         if (R16_PF) {
 #pragma GCC unroll 5
-            for (int j = 0; j < 5; j++) pi_x86_pf_line(base + PI_R16_Q4K_SC + R16_PF + 64 * j);
+            for (int j = 0; j < 5; j++) pi_x86_pf_line(base + G.sc + R16_PF + 64 * j);
         }
         __m512i mp[4];
 #pragma GCC unroll 4
         for (int i = 0; i < 4; i++)
-            mp[i] =
-                _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_M + 32 * i)));
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_D)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q4K_DMIN)));
+            mp[i] = _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + G.m + 32 * i)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.d)));
+        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.dmin)));
 #pragma GCC unroll 4
         for (int t = 0; t < nt; t++) {
             const int64_t tt = t0 + t;
@@ -222,17 +237,29 @@ PI_X86_INLINE void r16_q4k_n(const uint8_t *grp, const struct pi_r16_act *x, int
     for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
 }
 
+PI_X86_INLINE void r16_q45k(bool q5, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                            size_t ystride)
+{
+    int64_t t = 0;
+    for (; t + R16_NT <= nt; t += R16_NT) r16_q45k_n(q5, grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
+    switch (nt - t) {
+    case 1: r16_q45k_n(q5, grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
+    case 2: r16_q45k_n(q5, grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
+    case 3: r16_q45k_n(q5, grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
+    default: break;
+    }
+}
+
 void pi_r16_dot_avx512vnni_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    int64_t t = 0;
-    for (; t + R16_NT <= nt; t += R16_NT) r16_q4k_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
-    switch (nt - t) {
-    case 1: r16_q4k_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
-    case 2: r16_q4k_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
-    case 3: r16_q4k_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
-    default: break;
-    }
+    r16_q45k(false, grp, x, t0, nt, y, ystride);
+}
+
+void pi_r16_dot_avx512vnni_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    r16_q45k(true, grp, x, t0, nt, y, ystride);
 }
 
 /* Q6_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c of 32-element

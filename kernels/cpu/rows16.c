@@ -1,6 +1,6 @@
 /*
- * kernels/cpu/rows16.c - packing Q4_0, Q8_0, Q4_K and Q6_K matrices into 16-row groups, the scalar reference kernel over
- * them and the product driver (kernels/cpu/rows16.h).
+ * kernels/cpu/rows16.c - packing Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices into 16-row groups, the scalar
+ * reference kernels over them and the product driver (kernels/cpu/rows16.h).
  *
  * Threading: pi_r16_pack and pi_r16_matmul hand out ranges of groups over the pool; each group's
  * bytes and each group's 16 outputs of a token are written by exactly one thread. The prepared
@@ -30,9 +30,11 @@ static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }
 
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols)
 {
-    if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K) {
+    if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K || t == PI_TYPE_Q6_K) {
         PI_ASSERT(cols > 0 && cols % 256 == 0);
-        return (size_t)(cols / 256) * (t == PI_TYPE_Q4_K ? PI_R16_Q4K_SB : PI_R16_Q6K_SB);
+        return (size_t)(cols / 256) * (t == PI_TYPE_Q4_K   ? PI_R16_Q4K_SB
+                                       : t == PI_TYPE_Q5_K ? PI_R16_Q5K_SB
+                                                           : PI_R16_Q6K_SB);
     }
     PI_ASSERT((t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0) && cols > 0 && cols % 32 == 0);
     return (size_t)((cols / 32 + 1) / 2) * (size_t)(128 * block_lines(t) + 64);
@@ -46,6 +48,7 @@ bool pi_r16_packable(const struct pi_weight *W)
     case PI_TYPE_Q4_0: be = 32, bb = sizeof(struct pi_block_q4_0); break;
     case PI_TYPE_Q8_0: be = 32, bb = sizeof(struct pi_block_q8_0); break;
     case PI_TYPE_Q4_K: be = 256, bb = sizeof(struct pi_block_q4_K); break;
+    case PI_TYPE_Q5_K: be = 256, bb = sizeof(struct pi_block_q5_K); break;
     case PI_TYPE_Q6_K: be = 256, bb = sizeof(struct pi_block_q6_K); break;
     default: return false;
     }
@@ -83,30 +86,46 @@ static void pack_groups(void *vctx, int64_t begin, int64_t end, int thread)
     }
 }
 
-/* Q4_K groups [begin, end): each row's super-block scatters its 128 quant bytes as 4-byte words, one
- * per line, its 8 scales and 8 mins unpacked (pi_k4_scale_min) beside the other rows', d and dmin
- * likewise (rows16.h). */
-static void pack_groups_q4_K(void *vctx, int64_t begin, int64_t end, int thread)
+/* Q4_K and Q5_K groups [begin, end): each row's super-block scatters its 128 quant bytes as 4-byte
+ * words, one per line (Q5_K: and its fifth bits, two lines per pair of sub-blocks), its 8 scales and 8
+ * mins unpacked (pi_k4_scale_min) beside the other rows', d and dmin likewise (rows16.h). The two
+ * types' blocks differ only by Q5_K's qh, between the scales and the quants. */
+static void pack_groups_q45_K(void *vctx, int64_t begin, int64_t end, int thread)
 {
     const struct pack_ctx *c = vctx;
+    const bool q5 = c->W->type == PI_TYPE_Q5_K;
+    const struct pi_r16_k45 G = pi_r16_k45(q5);
     const int64_t nsb = c->W->cols / 256;
+    const size_t bb = q5 ? sizeof(struct pi_block_q5_K) : sizeof(struct pi_block_q4_K);
     (void)thread;
     for (int64_t g = begin; g < end; g++) {
         uint8_t *grp = c->dst + (size_t)g * c->gb;
         for (int r = 0; r < PI_R16_ROWS; r++) {
-            const struct pi_block_q4_K *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
+            const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
             for (int64_t sb = 0; sb < nsb; sb++) {
-                const struct pi_block_q4_K *blk = row + sb;
-                uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
-                for (int l = 0; l < 32; l++) memcpy(base + 64 * l + 4 * r, blk->qs + 4 * l, 4);
+                const struct pi_block_q4_K *blk = (const void *)(row + (size_t)sb * bb); /* d, dmin, scales */
+                const uint8_t *qh = q5 ? ((const struct pi_block_q5_K *)(const void *)blk)->qh : NULL;
+                const uint8_t *qs = q5 ? ((const struct pi_block_q5_K *)(const void *)blk)->qs : blk->qs;
+                uint8_t *base = grp + (size_t)sb * G.sb;
+                for (int l = 0; l < 32; l++)
+                    memcpy(base + G.pair * (size_t)(l / 8) + 64 * (l % 8) + 4 * r, qs + 4 * l, 4);
+                for (int cc = 0; q5 && cc < 4; cc++) /* fifth bit of input o of sub-block 2cc + h: qh[o] bit 2cc + h */
+                    for (int m = 0; m < 2; m++)
+                        for (int k = 0; k < 4; k++) {
+                            uint8_t v = 0;
+                            for (int i = 0; i < 4; i++)
+                                for (int h = 0; h < 2; h++)
+                                    v |= (uint8_t)(((qh[4 * (4 * m + i) + k] >> (2 * cc + h)) & 1) << (2 * i + h));
+                            base[G.pair * (size_t)cc + 512 + 64 * m + 4 * r + k] = v;
+                        }
                 for (int j = 0; j < 8; j++) {
                     uint8_t sc, m;
                     pi_k4_scale_min(j, blk->scales, &sc, &m);
-                    base[PI_R16_Q4K_SC + 16 * j + r] = sc;
-                    base[PI_R16_Q4K_M + 32 * (j / 2) + 2 * r + (j & 1)] = m;
+                    base[G.sc + 16 * j + r] = sc;
+                    base[G.m + 32 * (j / 2) + 2 * r + (j & 1)] = m;
                 }
-                memcpy(base + PI_R16_Q4K_D + 2 * r, &blk->d, 2);
-                memcpy(base + PI_R16_Q4K_DMIN + 2 * r, &blk->dmin, 2);
+                memcpy(base + G.d + 2 * r, &blk->d, 2);
+                memcpy(base + G.dmin + 2 * r, &blk->dmin, 2);
             }
         }
     }
@@ -163,9 +182,9 @@ void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
     PI_ASSERT(pi_r16_packable(W) && ((uintptr_t)dst & 63) == 0);
     struct pack_ctx c = {W, dst, pi_r16_group_bytes(W->type, W->cols)};
     pi_pool_for(pool, W->rows / PI_R16_ROWS, PI_MAX(1, (int64_t)(MIN_CHUNK_BYTES / c.gb)),
-                W->type == PI_TYPE_Q4_K   ? pack_groups_q4_K
-                : W->type == PI_TYPE_Q6_K ? pack_groups_q6_K
-                                          : pack_groups,
+                W->type == PI_TYPE_Q4_K || W->type == PI_TYPE_Q5_K ? pack_groups_q45_K
+                : W->type == PI_TYPE_Q6_K                          ? pack_groups_q6_K
+                                                                   : pack_groups,
                 &c);
 }
 
@@ -215,31 +234,36 @@ void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t
     dot_ref(8, grp, x, t0, nt, y, ystride);
 }
 
-void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
-                         size_t ystride)
+static void dot_ref_q45(bool q5, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                        size_t ystride)
 {
+    const struct pi_r16_k45 G = pi_r16_k45(q5);
     const int64_t nsb = x->nb;
     for (int64_t t = t0; t < t0 + nt; t++) {
         for (int r = 0; r < PI_R16_ROWS; r++) {
             float acc = 0.0f;
             for (int64_t sb = 0; sb < nsb; sb++) {
-                const uint8_t *base = grp + (size_t)sb * PI_R16_Q4K_SB;
+                const uint8_t *base = grp + (size_t)sb * G.sb;
                 const struct pi_block_q8_K *xb = (const struct pi_block_q8_K *)(x->xq + (size_t)t * x->xstride) + sb;
                 const int32_t *s2 = x->xs2 + (t * nsb + sb) * 4;
                 int32_t isum = 0, msum = 0;
                 for (int s = 0; s < 8; s++) {
+                    const uint8_t *pair = base + G.pair * (size_t)(s / 2);
                     int32_t qx = 0;
                     for (int k = 0; k < 32; k++) {
-                        const uint8_t q = base[64 * (8 * (s / 2) + k / 4) + 4 * r + k % 4];
-                        qx += ((s & 1) ? q >> 4 : q & 15) * xb->qs[32 * s + k];
+                        const uint8_t q = pair[64 * (k / 4) + 4 * r + k % 4];
+                        int v = (s & 1) ? q >> 4 : q & 15;
+                        if (q5)
+                            v |= ((pair[512 + 64 * (k / 16) + 4 * r + k % 4] >> (2 * (k / 4 % 4) + (s & 1))) & 1) << 4;
+                        qx += v * xb->qs[32 * s + k];
                     }
                     const int32_t xsum = (int16_t)(uint16_t)((uint32_t)s2[s / 2] >> (16 * (s & 1)));
-                    isum += base[PI_R16_Q4K_SC + 16 * s + r] * qx;
-                    msum += base[PI_R16_Q4K_M + 32 * (s / 2) + 2 * r + (s & 1)] * xsum;
+                    isum += base[G.sc + 16 * s + r] * qx;
+                    msum += base[G.m + 32 * (s / 2) + 2 * r + (s & 1)] * xsum;
                 }
                 uint16_t dw, dm;
-                memcpy(&dw, base + PI_R16_Q4K_D + 2 * r, 2);
-                memcpy(&dm, base + PI_R16_Q4K_DMIN + 2 * r, 2);
+                memcpy(&dw, base + G.d + 2 * r, 2);
+                memcpy(&dm, base + G.dmin + 2 * r, 2);
                 const float a = pi_fp16_to_fp32(dw) * x->dx[t * nsb + sb],
                             b = pi_fp16_to_fp32(dm) * x->dx[t * nsb + sb];
                 acc = fmaf(a, (float)isum, acc);
@@ -287,12 +311,25 @@ void pi_r16_dot_ref_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t
     }
 }
 
+void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref_q45(false, grp, x, t0, nt, y, ystride);
+}
+
+void pi_r16_dot_ref_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride)
+{
+    dot_ref_q45(true, grp, x, t0, nt, y, ystride);
+}
+
 pi_r16_dot_fn pi_r16_ref(enum pi_type t)
 {
     switch (t) {
     case PI_TYPE_Q4_0: return pi_r16_dot_ref_q4_0;
     case PI_TYPE_Q8_0: return pi_r16_dot_ref_q8_0;
     case PI_TYPE_Q4_K: return pi_r16_dot_ref_q4_K;
+    case PI_TYPE_Q5_K: return pi_r16_dot_ref_q5_K;
     case PI_TYPE_Q6_K: return pi_r16_dot_ref_q6_K;
     default: return NULL;
     }
@@ -343,7 +380,7 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
         PI_ASSERT(W[i]->rows16 && pi_r16_packable(W[i]) && W[i]->type == W[0]->type && W[i]->cols == W[0]->cols);
     if (n == 0) return;
     const enum pi_type type = W[0]->type;
-    const bool q8 = type == PI_TYPE_Q8_0, qk = type == PI_TYPE_Q4_K || type == PI_TYPE_Q6_K;
+    const bool q8 = type == PI_TYPE_Q8_0, qk = type == PI_TYPE_Q4_K || type == PI_TYPE_Q5_K || type == PI_TYPE_Q6_K;
     const int64_t cols = W[0]->cols, nb = cols / (qk ? 256 : 32);
     /* per token: dx (nb floats), off (Q4_0: nb int32), xu (Q8_0: 32 nb bytes) or xs2 (K: 4 nb int32),
      * then the activation row (Q8_0 or Q8_K) */

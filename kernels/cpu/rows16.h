@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16.h - Q4_0, Q8_0, Q4_K and Q6_K matrices repacked into groups of 16 rows for the dense CPU
+ * kernels/cpu/rows16.h - Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices repacked into groups of 16 rows for the dense CPU
  * products (decode and prompts of the in-process forward pass), and the products over them.
  *
  * The file's layout keeps each row's 18-byte blocks together, so a SIMD kernel over one row spends
@@ -43,6 +43,12 @@
  * sum_s m_s * (sub-block s's sum of x), then acc = fma(d * d_x, (float)isum, acc) and
  * acc = fma(-(dmin * d_x), (float)msum, acc), every product and conversion rounded to float as written.
  *
+ * Q5_K is Q4_K with a fifth bit per value (q 0..31): the same arithmetic (|isum| < 2^27), and the same
+ * layout but for PI_R16_Q5K_PAIR bytes per pair c of sub-blocks (at 640c, 10 lines: the 8 lines of
+ * quant bytes, then 2 lines m = 0..1 whose byte [r][k] holds at bit 2i + h the fifth bit of row r's
+ * input 4(4m + i) + k of sub-block 2c + h, i = 0..3), the scales, mins, d and dmin after the four
+ * pairs (45 lines, the file's 16 x 176 = 2816 bytes and the unpacked scales and mins).
+ *
  * Q6_K (256-element super-blocks of 16 sub-blocks of 16; x = d * sc_s * (q - 32), q 0..63 of 4 low and 2
  * high bits, sc_s int8; activations in Q8_K). A group holds nb = cols / 256 super-blocks of
  * PI_R16_Q6K_SB bytes (53 lines; the file's 16 x 210 = 3360 bytes and half a line of padding), in the
@@ -62,6 +68,7 @@
 #ifndef PI_KERNELS_CPU_ROWS16_H
 #define PI_KERNELS_CPU_ROWS16_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -74,24 +81,42 @@
 #define PI_R16_Q4K_M 2176    /*   their mins */
 #define PI_R16_Q4K_D 2304    /*   the rows' d */
 #define PI_R16_Q4K_DMIN 2336 /*   the rows' dmin */
-#define PI_R16_Q6K_SB 3392   /* bytes of one Q6_K super-block of a group, and offsets in it: */
-#define PI_R16_Q6K_PAIR 768  /*   a pair of halves (8 lines of low bits, 4 of high) */
-#define PI_R16_Q6K_SC 3072   /*   the sub-blocks' scales */
-#define PI_R16_Q6K_D 3328    /*   the rows' d */
+#define PI_R16_Q5K_SB 2880   /* bytes of one Q5_K super-block of a group, and offsets in it: */
+#define PI_R16_Q5K_PAIR 640  /*   a pair of sub-blocks (8 lines of quant bytes, 2 of fifth bits) */
+#define PI_R16_Q5K_SC 2560   /*   then as Q4_K: the scales, the mins, d and dmin */
+#define PI_R16_Q5K_M 2688
+#define PI_R16_Q5K_D 2816
+#define PI_R16_Q5K_DMIN 2848
+#define PI_R16_Q6K_SB 3392  /* bytes of one Q6_K super-block of a group, and offsets in it: */
+#define PI_R16_Q6K_PAIR 768 /*   a pair of halves (8 lines of low bits, 4 of high) */
+#define PI_R16_Q6K_SC 3072  /*   the sub-blocks' scales */
+#define PI_R16_Q6K_D 3328   /*   the rows' d */
+
+/* The Q4_K and Q5_K layouts' offsets (above). */
+struct pi_r16_k45 {
+    size_t sb, pair, sc, m, d, dmin;
+};
+static inline struct pi_r16_k45 pi_r16_k45(bool q5)
+{
+    if (q5)
+        return (struct pi_r16_k45){PI_R16_Q5K_SB, PI_R16_Q5K_PAIR, PI_R16_Q5K_SC,
+                                   PI_R16_Q5K_M,  PI_R16_Q5K_D,    PI_R16_Q5K_DMIN};
+    return (struct pi_r16_k45){PI_R16_Q4K_SB, 512, PI_R16_Q4K_SC, PI_R16_Q4K_M, PI_R16_Q4K_D, PI_R16_Q4K_DMIN};
+}
 
 /* A call's activations prepared for the packed kernels: n tokens quantised to the type's activation
- * format (Q8_0; Q8_K for Q4_K and Q6_K) and, per block, the scale as float; for Q4_0 weights the offset term
+ * format (Q8_0; Q8_K for the K-quants) and, per block, the scale as float; for Q4_0 weights the offset term
  * -8 * sum(x), for Q8_0 weights the activation bytes plus 128 (unsigned: the operand vpdpbusd wants),
- * for Q4_K the sub-blocks' sums of x in int16 pairs (the operand of vpdpwssd against the mins). */
+ * for Q4_K and Q5_K the sub-blocks' sums of x in int16 pairs (the operand of vpdpwssd against the mins). */
 struct pi_r16_act {
     const uint8_t *xq;  /* (n, xstride) Q8_0 (Q8_K) rows of cols elements */
     size_t xstride;     /* bytes between tokens' rows (pi_act_row_bytes(type, cols)) */
     const float *dx;    /* (n, nb) block scales */
     const int32_t *off; /* Q4_0: (n, nb) -8 * sum of the block's 32 int8; otherwise NULL */
     const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; otherwise NULL */
-    const int32_t *xs2; /* Q4_K: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
+    const int32_t *xs2; /* K-quants: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
                          * 2i + 1 (high int16); otherwise NULL */
-    int64_t nb;         /* blocks per row: cols / 32 (Q4_K, Q6_K: super-blocks, cols / 256) */
+    int64_t nb;         /* blocks per row: cols / 32 (K-quants: super-blocks, cols / 256) */
 };
 
 /* Offsets in a group of block b's first line of quants and of its 16 scales (J lines per block). */
@@ -110,11 +135,11 @@ typedef void (*pi_r16_dot_fn)(const uint8_t *grp, const struct pi_r16_act *x, in
                               size_t ystride);
 
 /* Bytes of one packed group of rows of cols elements of type t (Q4_0 or Q8_0, cols a positive
- * multiple of 32; Q4_K or Q6_K, of 256). */
+ * multiple of 32; Q4_K, Q5_K or Q6_K, of 256). */
 size_t pi_r16_group_bytes(enum pi_type t, int64_t cols);
 
-/* True when W can be packed: Q4_0 or Q8_0 (cols a positive multiple of 32), Q4_K or Q6_K (of 256), rows a
- * positive multiple of 16, each row the file's whole blocks. */
+/* True when W can be packed: Q4_0 or Q8_0 (cols a positive multiple of 32), Q4_K, Q5_K or Q6_K (of
+ * 256), rows a positive multiple of 16, each row the file's whole blocks. */
 bool pi_r16_packable(const struct pi_weight *W);
 
 /* W (rows, cols) -> dst, (rows / 16) groups of pi_r16_group_bytes(W->type, cols) bytes.
@@ -127,6 +152,8 @@ void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t
 void pi_r16_dot_ref_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 void pi_r16_dot_ref_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                         size_t ystride);
+void pi_r16_dot_ref_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);
 void pi_r16_dot_ref_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);

@@ -1,7 +1,7 @@
 /*
  * tests/unit/test-rows16.c - Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups (kernels/cpu/rows16.h).
  *
- * Q4_0, Q8_0, Q4_K and Q6_K. The layout: every quant byte and scale of every row is where the header says (read
+ * Q4_0, Q8_0, Q4_K, Q5_K and Q6_K. The layout: every quant byte and scale of every row is where the header says (read
  * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
  * variant), within a bound on the summation-order difference over each output's sum |w x|. Then, for
  * every variant with a packed kernel: the kernel equals the reference bit for bit, and the product
@@ -44,7 +44,7 @@ static float *rnd_floats(int64_t n)
     return x;
 }
 
-/* A random weight of type t (Q4_0, Q8_0, Q4_K or Q6_K), (rows, cols), with its packed copy (rows16 NULL when
+/* A random weight of type t (Q4_0, Q8_0, Q4_K, Q5_K or Q6_K), (rows, cols), with its packed copy (rows16 NULL when
  * not packable). */
 static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
 {
@@ -55,7 +55,7 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
     float *x = rnd_floats(cols);
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *row = data + (size_t)r * W.row_bytes;
-        if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K) { /* no quantiser: random bytes, finite scales */
+        if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K || t == PI_TYPE_Q6_K) { /* random bytes, finite scales */
             for (size_t i = 0; i < W.row_bytes; i++) row[i] = (uint8_t)(pi_rng_splitmix64(&rng_state) >> 56);
             for (int64_t b = 0; b < cols / 256; b++) {
                 const uint16_t d = pi_fp32_to_fp16((0.002f + 0.01f * (rndf() + 1)) * (1.0f + (float)(r % 5)));
@@ -63,7 +63,9 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
                     ((struct pi_block_q6_K *)(void *)row)[b].d = d;
                     continue;
                 }
-                struct pi_block_q4_K *blk = (struct pi_block_q4_K *)(void *)row + b;
+                /* Q4_K and Q5_K blocks both start with d and dmin */
+                struct pi_block_q4_K *blk =
+                    (struct pi_block_q4_K *)(void *)(row + (size_t)b * (W.row_bytes / (size_t)(cols / 256)));
                 blk->d = d;
                 blk->dmin = pi_fp32_to_fp16(0.002f + 0.01f * (rndf() + 1));
             }
@@ -116,33 +118,47 @@ static void test_layout(enum pi_type t)
     free_weight(&W);
 }
 
-/* Q4_K: every quant byte, unpacked scale and min, d and dmin of every row where rows16.h says. */
-static void test_layout_q4_K(void)
+/* Q4_K and Q5_K: every quant byte (Q5_K: and fifth bit, from the file's qh: bit 2c + h of byte o for
+ * input o of sub-block 2c + h), unpacked scale and min, d and dmin of every row where rows16.h says. */
+static void test_layout_q45_K(enum pi_type t)
 {
-    struct pi_weight W = make_weight(PI_TYPE_Q4_K, 32, 512);
-    const size_t gb = pi_r16_group_bytes(PI_TYPE_Q4_K, 512);
+    const bool q5 = t == PI_TYPE_Q5_K;
+    struct pi_weight W = make_weight(t, 32, 512);
+    const size_t gb = pi_r16_group_bytes(t, 512), sbb = q5 ? PI_R16_Q5K_SB : PI_R16_Q4K_SB;
+    const size_t pairb = q5 ? PI_R16_Q5K_PAIR : 512, scb = q5 ? PI_R16_Q5K_SC : PI_R16_Q4K_SC;
+    const size_t mb = q5 ? PI_R16_Q5K_M : PI_R16_Q4K_M, db = q5 ? PI_R16_Q5K_D : PI_R16_Q4K_D;
+    const size_t dmb = q5 ? PI_R16_Q5K_DMIN : PI_R16_Q4K_DMIN;
     int bad = 0;
-    tap_ok(gb == 2 * PI_R16_Q4K_SB && PI_R16_Q4K_SB == 37 * 64,
-           "q4_K: group of 2 super-blocks: %zu bytes (37 lines each)", gb);
+    tap_ok(gb == 2 * sbb && sbb == (q5 ? 45 : 37) * 64, "%s: group of 2 super-blocks: %zu bytes (%d lines each)",
+           pi_type_name(t), gb, q5 ? 45 : 37);
     for (int64_t r = 0; r < W.rows; r++) {
-        const struct pi_block_q4_K *row = pi_weight_row(&W, r);
+        const uint8_t *row = pi_weight_row(&W, r);
         const uint8_t *g = (const uint8_t *)W.rows16 + (size_t)(r / 16) * gb;
         const int rr = (int)(r % 16);
         for (int sb = 0; sb < 2; sb++) {
-            const struct pi_block_q4_K *blk = row + sb;
-            const uint8_t *base = g + (size_t)sb * PI_R16_Q4K_SB;
-            for (int i = 0; i < 128; i++) bad += base[(i / 4) * 64 + rr * 4 + i % 4] != blk->qs[i];
+            const struct pi_block_q4_K *blk = (const void *)(row + (size_t)sb * (W.row_bytes / 2));
+            const struct pi_block_q5_K *b5 = (const void *)blk;
+            const uint8_t *qs = q5 ? b5->qs : blk->qs;
+            const uint8_t *base = g + (size_t)sb * sbb;
+            for (int i = 0; i < 128; i++)
+                bad += base[pairb * (size_t)(i / 32) + (i % 32 / 4) * 64 + rr * 4 + i % 4] != qs[i];
+            for (int e = 0; q5 && e < 256; e++) { /* e = 32 s + o, s = 2c + h */
+                const int s = e / 32, o = e % 32, c = s / 2, h = s % 2;
+                const uint8_t v = base[pairb * (size_t)c + 512 + 64 * (o / 16) + 4 * rr + o % 4];
+                bad += ((v >> (2 * (o / 4 % 4) + h)) & 1) != ((b5->qh[o] >> s) & 1);
+            }
             for (int j = 0; j < 8; j++) {
                 uint8_t sc, m;
                 pi_k4_scale_min(j, blk->scales, &sc, &m);
-                bad += base[PI_R16_Q4K_SC + 16 * j + rr] != sc;
-                bad += base[PI_R16_Q4K_M + 32 * (j / 2) + 2 * rr + j % 2] != m;
+                bad += base[scb + 16 * (size_t)j + (size_t)rr] != sc;
+                bad += base[mb + 32 * (size_t)(j / 2) + 2 * (size_t)rr + (size_t)(j % 2)] != m;
             }
-            bad += memcmp(base + PI_R16_Q4K_D + 2 * rr, &blk->d, 2) != 0;
-            bad += memcmp(base + PI_R16_Q4K_DMIN + 2 * rr, &blk->dmin, 2) != 0;
+            bad += memcmp(base + db + 2 * rr, &blk->d, 2) != 0;
+            bad += memcmp(base + dmb + 2 * rr, &blk->dmin, 2) != 0;
         }
     }
-    tap_ok(bad == 0, "q4_K: packed quants, scales, mins, d and dmin where rows16.h says (%d wrong)", bad);
+    tap_ok(bad == 0, "%s: packed quants%s, scales, mins, d and dmin where rows16.h says (%d wrong)", pi_type_name(t),
+           q5 ? ", fifth bits" : "", bad);
     free_weight(&W);
 }
 
@@ -304,13 +320,13 @@ static void test_unpackable(void)
 
 int main(void)
 {
-    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q6_K};
+    static const enum pi_type types[] = {PI_TYPE_Q4_0, PI_TYPE_Q8_0, PI_TYPE_Q4_K, PI_TYPE_Q5_K, PI_TYPE_Q6_K};
     const char *seed = getenv("PI_SEED");
     rng_state = seed ? strtoull(seed, NULL, 10) : (uint64_t)time(NULL);
     tap_diag("seed %llu (PI_SEED repeats)", (unsigned long long)rng_state);
     for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
         enum pi_type t = types[k];
-        if (t == PI_TYPE_Q4_K) test_layout_q4_K();
+        if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K) test_layout_q45_K(t);
         else if (t == PI_TYPE_Q6_K) test_layout_q6_K();
         else test_layout(t);
         test_reference(t);
@@ -321,7 +337,7 @@ int main(void)
             with++;
             test_variant((enum pi_kernel_isa)isa, t, 64, 2048);
             test_variant((enum pi_kernel_isa)isa, t, 32, 4096); /* 48 tokens per tile: n = 64, 70 cross tiles */
-            test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_K || t == PI_TYPE_Q6_K ? 256 : 32);
+            test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0 ? 32 : 256);
         }
         if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
         test_fused(t);
