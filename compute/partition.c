@@ -16,6 +16,7 @@
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
+#include "kernels/cpu/rows16.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -326,8 +327,9 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
     const struct pi_partition_run *runs = p->runs[il];
     const int32_t *row = p->down_row[il];
     float *g = scratch, *u = g + (size_t)n * (size_t)c, *ab = u + (size_t)n * (size_t)c;
-    pi_matmul(pool, L->ffn_gate.type, L->ffn_gate.data, c, d, X, n, g);
-    pi_matmul(pool, L->ffn_up.type, L->ffn_up.data, c, d, X, n, u);
+    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+    float *const out[2] = {g, u};
+    if (c > 0) pi_matmul_wn(pool, gu, 2, X, n, out); /* through the packed copies where there are */
     if (gate_min) pi_ffn_act_min(act, gate_min, g, u, n, c);
     else pi_ffn_act(act, g, u, n * c);
     if (mask) apply_mask(g, n, c, p->ids[il], mask, mask_words);
@@ -340,7 +342,8 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
                 memcpy(ab + (size_t)t * (size_t)blk + (size_t)runs[k].col, g + (size_t)t * (size_t)c + (size_t)runs[k].pos,
                        (size_t)runs[k].len * sizeof(float));
             }
-        pi_matmul(pool, L->ffn_down.type, L->ffn_down.data, d, blk, ab, n, Y);
+        if (n == 1) pi_matvec_w(pool, &L->ffn_down, ab, Y);
+        else pi_matmul_w(pool, &L->ffn_down, ab, n, Y);
     } else {
         memset(Y, 0, (size_t)n * (size_t)d * sizeof(float));
     }
@@ -360,8 +363,56 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
     return active;
 }
 
+/* The weights pi_partition_pack_rows16 packs, of layer il: gate, up, the dense down block. */
+static int packed_weights(struct pi_partition *p, int il, struct pi_weight **w)
+{
+    struct pi_layer *L = &p->layers[il];
+    int n = 0;
+    struct pi_weight *all[3] = {&L->ffn_gate, &L->ffn_up, &L->ffn_down};
+    for (int k = 0; k < 3; k++)
+        if (pi_r16_packable(all[k]) && pi_r16_kernel(all[k]->type)) w[n++] = all[k];
+    return n;
+}
+
+int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *bytes)
+{
+    struct pi_weight *w[3];
+    size_t total = 0;
+    if (bytes) *bytes = 0;
+    PI_ASSERT(!p->mem16);
+    for (int il = 0; il < p->n_layer; il++) {
+        int n = packed_weights(p, il, w);
+        for (int k = 0; k < n; k++)
+            total += pi_r16_group_bytes(w[k]->type, w[k]->cols) * (size_t)(w[k]->rows / PI_R16_ROWS);
+    }
+    if (total == 0) return 0;
+    uint64_t avail = 0;
+    if (!pi_r16_room((uint64_t)total, &avail)) {
+        pi_warn("partition: the 16-row packed copy of the neurons needs %.1f MiB and %.1f MiB are available; "
+                "using the rows (slower dense products)", total / 1048576.0, avail / 1048576.0);
+        return 0;
+    }
+    /* 64 bytes over: the heap's fallback (no libnuma) aligns to 16 only, the packed groups want 64 */
+    uint8_t *raw = pi_numa_alloc(total + 64, p->node_os);
+    if (!raw) return -PI_ERR_NOMEM;
+    p->mem16 = raw;
+    p->bytes16 = total + 64;
+    uint8_t *mem = raw + (64 - (uintptr_t)raw % 64) % 64;
+    for (int il = 0; il < p->n_layer; il++) {
+        int n = packed_weights(p, il, w);
+        for (int k = 0; k < n; k++) { /* group sizes are multiples of 64 bytes: every copy stays aligned */
+            pi_r16_pack(pool, w[k], mem);
+            w[k]->rows16 = mem;
+            mem += pi_r16_group_bytes(w[k]->type, w[k]->cols) * (size_t)(w[k]->rows / PI_R16_ROWS);
+        }
+    }
+    if (bytes) *bytes = total;
+    return 0;
+}
+
 void pi_partition_free(struct pi_partition *p)
 {
+    pi_numa_free(p->mem16, p->bytes16);
     free(p->count);
     free(p->ids);
     free(p->layers);

@@ -50,6 +50,8 @@ struct pi_partition {
     void *meta;                /* one allocation holding ids, runs and down_row */
     void *mem;                 /* one node-local allocation holding every packed row */
     size_t bytes;              /* of mem */
+    void *mem16;               /* node-local: the 16-row packed copies (pi_partition_pack_rows16), or NULL */
+    size_t bytes16;            /* of mem16 */
     int node_os;
 };
 
@@ -70,6 +72,16 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
 int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, int node_os, bool views,
                             bool dense_only, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
+
+/* Give every layer's ffn_gate, ffn_up and dense down block a 16-row packed copy (kernels/cpu/rows16.h)
+ * where the layout takes it (rows a multiple of 16) and the active kernel variant has a kernel for the
+ * type, in one node-local allocation on p's node, packed over pool (NULL: this thread). The dense path
+ * (pi_partition_ffn_dense*) then reads the copies: the in-process engine's kernels and bits per row,
+ * at up to a third more speed per byte on this VM (doc/kernels.md). Costs as much memory again as the
+ * packed matrices: nothing is done (a warning, 0 returned) where that does not fit the machine's
+ * available memory (pi_r16_room), nor where nothing is packable. The neuron-wise kernels keep reading
+ * the rows. *bytes (optional) = the bytes packed. 0 or -PI_ERR_NOMEM (p unchanged). */
+int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *bytes);
 
 /* Floats of scratch pi_partition_ffn_dense needs for n tokens. */
 size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);

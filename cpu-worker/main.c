@@ -276,6 +276,9 @@ static int run(const struct cw_opts *o)
     c.idx = malloc((size_t)(c.part.count_max ? c.part.count_max : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
+    /* the dense path's products through 16-row packed copies, as the in-process engine's (where they fit) */
+    size_t packed16 = 0;
+    if ((rc = pi_partition_pack_rows16(&c.part, c.pool, &packed16)) != 0) goto out;
     if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, true, !c.part.edges_only)) != 0) goto out;
     pi_ffn_policy_set_gate_min(&c.policy, c.gate_min != NULL);
     if (!(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
@@ -294,9 +297,10 @@ static int run(const struct cw_opts *o)
         if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
         pi_link_ready(c.link, (uint64_t)held, c.part.bytes);
     }
-    pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d, %d threads",
+    pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d "
+            "(and %zu in 16-row groups), %d threads",
             (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
-            c.part.bytes, place.node, threads);
+            c.part.bytes, place.node, packed16, threads);
     rc = serve(&c, m->hp.n_embd, seen);
     pi_info("worker %lld: served %llu layer publishes, %llu token rows", (long long)o->index, (unsigned long long)c.n_served,
             (unsigned long long)c.n_rows);

@@ -486,21 +486,6 @@ static int dense_weights(pi_model_t *m, struct pi_weight **out)
     return n;
 }
 
-#define PACK_RESERVE ((uint64_t)1 << 30) /* bytes left available after the packed copy */
-
-/* MemAvailable of /proc/meminfo in bytes, or 0 where it cannot be read. */
-static uint64_t mem_available(void)
-{
-    FILE *f = fopen("/proc/meminfo", "re");
-    if (!f) return 0;
-    char line[256];
-    unsigned long long kb = 0;
-    bool found = false;
-    while (!found && fgets(line, sizeof line, f)) found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
-    fclose(f);
-    return found ? (uint64_t)kb * 1024 : 0;
-}
-
 /* w is packed: the layout takes it and the active kernel variant has a kernel for its type. */
 static bool packs(const struct pi_weight *w) { return pi_r16_packable(w) && pi_r16_kernel(w->type); }
 
@@ -525,13 +510,11 @@ static int pack_rows16(struct binder *b, int n_threads)
         free(w);
         return 0;
     }
-    /* The copy is anonymous memory, as large again as the packed weights: a model that runs from the
-     * page cache in less RAM than that would be killed by the OOM killer while packing (the mapping
-     * below succeeds under overcommit). Pack only when it fits what the kernel says is available with
-     * PACK_RESERVE to spare. */
-    const uint64_t avail = mem_available();
-    if (avail > 0 && (uint64_t)total + PACK_RESERVE > avail) {
-        pi_warn("model: the 16-row packed copy of the Q4_0/Q8_0 weights needs %.1f MiB and %.1f MiB are available; "
+    /* The copy is anonymous memory, as large again as the packed weights (pi_r16_room says why and
+     * how much must stay free). */
+    uint64_t avail = 0;
+    if (!pi_r16_room((uint64_t)total, &avail)) {
+        pi_warn("model: the 16-row packed copy of the quantised weights needs %.1f MiB and %.1f MiB are available; "
                 "using the file's rows (slower products)", total / 1048576.0, avail / 1048576.0);
         free(w);
         return 0;
@@ -561,7 +544,7 @@ static int pack_rows16(struct binder *b, int n_threads)
     pi_pool_destroy(&pool);
     free(w);
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    pi_debug("model: %zu bytes of Q4_0/Q8_0 weights packed in 16-row groups in %.3f s", total,
+    pi_debug("model: %zu bytes of quantised weights packed in 16-row groups in %.3f s", total,
              (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     return 0;
 }

@@ -79,9 +79,10 @@ struct pi_model_opts {
     bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
     int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
     /* Also copy the dense matrices (attention, FFN, output) that the active CPU kernel variant has a
-     * 16-row packed kernel for (kernels/cpu/rows16.h: Q4_0 and Q8_0 on AVX512-VNNI, rows a multiple of 16) into
-     * that layout, for the in-process CPU forward pass; each copy is as large as its matrix. Off by
-     * default: programs that run the dense products on the CPU turn it on. */
+     * 16-row packed kernel for (kernels/cpu/rows16.h: Q4_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX512-VNNI,
+     * rows a multiple of 16) into that layout, for the in-process CPU forward pass; each copy is about as
+     * large as its matrix (the K-quants' 1-3% more). Off by default: programs that run the dense
+     * products on the CPU turn it on. */
     bool rows16;
     /* How much of every tensor of the file is read for NaN and infinity before the model is bound
      * (model/tensor-check.h): sampled (the default, a few windows per tensor) or full. */

@@ -27,7 +27,7 @@ enum pi_kernel_isa {
     PI_KERNEL_AVX2 = 1,       /* AVX2 + FMA + F16C */
     PI_KERNEL_AVX512 = 2,     /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
     PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
-    PI_KERNEL_AMX = 4,        /* avx512vnni plus AMX-INT8 tiles for prompts over 16-row packed Q4_0/Q8_0 */
+    PI_KERNEL_AMX = 4,        /* avx512vnni plus AMX-INT8 tiles for prompts over 16-row packed matrices */
     PI_KERNEL_ISA_COUNT = 5,
 };
 

@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -186,6 +187,22 @@ void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst)
                 : W->type == PI_TYPE_Q6_K                          ? pack_groups_q6_K
                                                                    : pack_groups,
                 &c);
+}
+
+bool pi_r16_room(uint64_t bytes, uint64_t *avail)
+{
+    uint64_t a = 0;
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (f) {
+        char line[256];
+        unsigned long long kb = 0;
+        bool found = false;
+        while (!found && fgets(line, sizeof line, f)) found = sscanf(line, "MemAvailable: %llu kB", &kb) == 1;
+        fclose(f);
+        if (found) a = (uint64_t)kb * 1024;
+    }
+    if (avail) *avail = a;
+    return a == 0 || (bytes <= a && a - bytes >= PI_R16_RESERVE);
 }
 
 /* Both references: the exact block sum of row r, token t, block b from the J lines of the group. */

@@ -146,6 +146,14 @@ bool pi_r16_packable(const struct pi_weight *W);
  * pi_r16_packable(W); dst 64-byte aligned. Groups are split over pool (NULL = this thread). */
 void pi_r16_pack(pi_pool_t *pool, const struct pi_weight *W, uint8_t *dst);
 
+/* Whether a packed copy of bytes more fits this machine's memory: MemAvailable (/proc/meminfo) keeps
+ * PI_R16_RESERVE to spare, or MemAvailable cannot be read. *avail (optional) = MemAvailable (0 when
+ * unknown). The one rule for every packer (the model's, a CPU worker's): the copies are anonymous
+ * memory, and a model running from the page cache in less RAM would be killed by the OOM killer while
+ * packing (the mapping itself succeeds under overcommit). */
+#define PI_R16_RESERVE ((uint64_t)1 << 30)
+bool pi_r16_room(uint64_t bytes, uint64_t *avail);
+
 /* The scalar references (portable C, the definition of the results), pi_r16_dot_fn's contract. */
 void pi_r16_dot_ref_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                          size_t ystride);

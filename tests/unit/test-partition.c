@@ -13,7 +13,11 @@
  *   - dense_only keeps the transposed down rows of the edge neurons only, with the same results;
  *   - scattered sets (a hot set by frequency, not a range) pack their whole blocks as runs of the
  *     dense block and the rest as edges, with the same agreement, and their packed rows give the
- *     bits of the model's own rows by id.
+ *     bits of the model's own rows by id;
+ *   - pi_partition_pack_rows16 (where the CPU variant has a 16-row kernel): the whole layer's dense
+ *     path then gives the bits of the in-process engine's packed products (a model opened with
+ *     rows16), a slice agrees with its unpacked self within the 8-bit rounding, and a token's rows
+ *     are the same bits alone or in a batch.
  */
 #include "config.h"
 
@@ -23,7 +27,9 @@
 
 #include "compute/partition.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/matvec.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/cpu/rows16.h"
 #include "lib/common.h"
 #include "model/model.h"
 #include "lib/rng.h"
@@ -149,6 +155,73 @@ static void check_scattered(const pi_model_t *m, pi_pool_t *pool, double keep, i
     free(ids);
 }
 
+/* The dense path through 16-row packed copies (see the header). */
+static void check_rows16(const char *path, pi_pool_t *pool)
+{
+    char err[256];
+    pi_model_t *m16 = NULL;
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    mo.rows16 = true; /* the in-process engine's packed products, the reference */
+    if (pi_model_open(path, &mo, &m16, err, sizeof err) != 0) tap_bail("cannot open the demo model: %s", err);
+    const int64_t d = m16->hp.n_embd, ff = m16->hp.n_ff, nmax = 20;
+    const int il = 2;
+    struct pi_partition whole, part, plain;
+    size_t b_whole = 0, b_part = 0;
+    int rc = pi_partition_pack_range(m16, 0, ff, -1, false, false, &whole);
+    rc |= pi_partition_pack_rows16(&whole, pool, &b_whole);
+    if (rc != 0 || b_whole == 0) {
+        tap_skip(3, "rows16: no 16-row packed kernel in this CPU variant (or no memory): nothing packed");
+        if (rc == 0) pi_partition_free(&whole);
+        pi_model_destroy(&m16);
+        return;
+    }
+    float *X = malloc(sizeof(float) * (size_t)(nmax * d)), *Y = malloc(sizeof(float) * (size_t)(nmax * d));
+    float *R = malloc(sizeof(float) * (size_t)(nmax * d)), *one = malloc(sizeof(float) * (size_t)d);
+    float *g = malloc(sizeof(float) * (size_t)(nmax * ff)), *u = malloc(sizeof(float) * (size_t)(nmax * ff));
+    float *scr = malloc(sizeof(float) * pi_partition_dense_scratch(&whole, nmax));
+    for (int64_t i = 0; i < nmax * d; i++) X[i] = frand();
+    /* 1: the whole layer, against the model's packed products: gate/up, the activation, down */
+    const struct pi_layer *L = &m16->layers[il];
+    int bad = 0;
+    static const int64_t ns[] = {1, 5, 20};
+    for (int k = 0; k < 3; k++) {
+        const int64_t n = ns[k];
+        const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+        float *const out[2] = {g, u};
+        pi_matmul_wn(pool, gu, 2, X, n, out);
+        pi_ffn_act(m16->hp.act, g, u, n * ff);
+        if (n == 1) pi_matvec_w(pool, &L->ffn_down, g, R);
+        else pi_matmul_w(pool, &L->ffn_down, g, n, R);
+        pi_partition_ffn_dense(pool, &whole, il, m16->hp.act, X, n, scr, Y);
+        bad += memcmp(Y, R, sizeof(float) * (size_t)(n * d)) != 0;
+    }
+    tap_ok(bad == 0, "rows16: the whole layer packed (%zu bytes) gives the in-process packed products' bits, "
+           "n = 1, 5, 20", b_whole);
+    /* 2 and 3: a slice, packed and not */
+    rc = pi_partition_pack_range(m16, 256, 512, -1, true, false, &part);
+    rc |= pi_partition_pack_rows16(&part, pool, &b_part);
+    rc |= pi_partition_pack_range(m16, 256, 512, -1, true, false, &plain);
+    PI_ASSERT(rc == 0);
+    pi_partition_ffn_dense(pool, &part, il, m16->hp.act, X, nmax, scr, Y);
+    pi_partition_ffn_dense(pool, &plain, il, m16->hp.act, X, nmax, scr, R);
+    double e = rel_err(Y, R, (size_t)(nmax * d));
+    tap_ok(b_part > 0 && part.layers[il].ffn_gate.rows16 && part.layers[il].ffn_down.rows16 && e < 1e-5,
+           "rows16: a slice of 512 neurons packed (%zu bytes) agrees with its rows: relative error %.2g "
+           "(bound 1e-5)", b_part, e);
+    bad = 0;
+    for (int64_t t = 0; t < nmax; t++) {
+        pi_partition_ffn_dense(pool, &part, il, m16->hp.act, X + t * d, 1, scr, one);
+        bad += memcmp(one, Y + t * d, sizeof(float) * (size_t)d) != 0;
+    }
+    tap_ok(bad == 0, "rows16: each of %lld tokens alone gives its bits in the batch (%d differ)", (long long)nmax, bad);
+    pi_partition_free(&whole);
+    pi_partition_free(&part);
+    pi_partition_free(&plain);
+    free(X), free(Y), free(R), free(one), free(g), free(u), free(scr);
+    pi_model_destroy(&m16);
+}
+
 int main(void)
 {
     char path[1024], err[256];
@@ -194,6 +267,7 @@ int main(void)
            "views: gate and up rows are the model's own, %zu bytes of down rows and the dense block", v.bytes);
     pi_partition_free(&v);
     tap_ok(pi_partition_pack_range(m, ff - 10, 20, -1, false, false, &v) == -PI_ERR_INVAL, "a range past n_ff is refused");
+    check_rows16(path, pool);
     pi_pool_destroy(&pool);
     pi_model_destroy(&m);
     return tap_done();
