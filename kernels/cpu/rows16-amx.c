@@ -1,5 +1,5 @@
 /*
- * kernels/cpu/rows16-amx.c - the AMX-INT8 kernels over Q4_0 and Q8_0 matrices packed in 16-row groups
+ * kernels/cpu/rows16-amx.c - the AMX-INT8 kernels over Q4_0, Q8_0 and K-quant matrices packed in 16-row groups
  * (kernels/cpu/rows16.h) for prompts: compiled with -mamx-tile -mamx-int8 into libpinfer_amx.a, the
  * "amx" variant's r16_dot, reached only after dispatch.c found AMX in CPUID and XCR0 and Linux granted
  * this process the tile data state (arch_prctl ARCH_REQ_XCOMP_PERM).
@@ -299,11 +299,129 @@ static void pi_r16_dot_amx_q5_K(const uint8_t *grp, const struct pi_r16_act *x, 
     r16_q45k_amx(true, grp, x, t0, nt, y, ystride);
 }
 
+/* ---- Q6_K ---- */
+
+/* Tiles for Q6_K's sub-blocks of 16: 0, 3 = C (16 tokens x 16 rows int32); 1, 4 = A (16 tokens x 16
+ * bytes); 2, 5 = B (4 rows x 64: per output row the 4 weights of inputs 4c..4c+3, c = 0..3). */
+static const _Alignas(64) struct tilecfg tile_cfg_q6 = {
+    .palette = 1,
+    .colsb = {64, 16, 64, 64, 16, 64},
+    .rows = {16, 16, 4, 16, 16, 4},
+};
+
+/* Super-block sb's 16 sub-blocks as tile B's bytes (4 rows of 64, sub-block s at dst + 256 s): the
+ * values less 32 (signed), so that C is the reference's sum of (q - 32) x and no offset term is needed.
+ * Pair c's lines give sub-blocks 4c (half 2c, lines 0-3), 4c + 1 (half 2c, lines 4-7), 4c + 2 and
+ * 4c + 3 (half 2c + 1), with the high bits merged as the VNNI kernel does. */
+static inline __attribute__((always_inline)) void unpack_q6k(const uint8_t *grp, int64_t sb, uint8_t *dst)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), k32 = _mm512_set1_epi8(32);
+    const uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+    for (int c = 0; c < 4; c++) {
+        const uint8_t *q = base + PI_R16_Q6K_PAIR * c;
+        uint8_t *o = dst + 1024 * c;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i v0 = _mm512_load_si512((const void *)(q + 64 * j));
+            const __m512i v1 = _mm512_load_si512((const void *)(q + 64 * (j + 4)));
+            const __m512i h = _mm512_load_si512((const void *)(q + 64 * (8 + j)));
+            const __m512i a = _mm512_ternarylogic_epi32(v0, m4, _mm512_and_si512(_mm512_slli_epi16(h, 4), m30), 0xEA);
+            const __m512i b = _mm512_ternarylogic_epi32(v1, m4, _mm512_and_si512(h, m30), 0xEA);
+            const __m512i e = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v0, 4), m4,
+                                                        _mm512_and_si512(_mm512_slli_epi16(h, 2), m30), 0xEA);
+            const __m512i f = _mm512_ternarylogic_epi32(_mm512_srli_epi16(v1, 4), m4,
+                                                        _mm512_and_si512(_mm512_srli_epi16(h, 2), m30), 0xEA);
+            _mm512_store_si512((void *)(o + 64 * j), _mm512_sub_epi8(a, k32));       /* sub-block 4c */
+            _mm512_store_si512((void *)(o + 256 + 64 * j), _mm512_sub_epi8(b, k32)); /* 4c + 1 */
+            _mm512_store_si512((void *)(o + 512 + 64 * j), _mm512_sub_epi8(e, k32)); /* 4c + 2 */
+            _mm512_store_si512((void *)(o + 768 + 64 * j), _mm512_sub_epi8(f, k32)); /* 4c + 3 */
+        }
+    }
+}
+
+/* Sixteen tokens t0.. against super-blocks [s0, s1) of group grp, their unpacked tiles at bt
+ * (unpack_q6k). As r16_q45k_amx16 with sixteen sub-blocks of 16 per super-block: sub-block g's tile
+ * product to ct[g % 16], its integer step (isum[t] += C[t] * sc_s, the scales sign-extended from the
+ * int16-pair layout) eight sub-blocks later, and after a super-block's sixteenth the float step. */
+static void r16_q6k_amx16(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t s0, int64_t s1,
+                          const uint8_t *bt, float *y, size_t ys)
+{
+    _Alignas(64) int32_t ct[16][256];
+    _Alignas(64) float accm[16][16];
+    const int64_t nsb = x->nb;
+    const uint8_t *a = x->xq + (size_t)t0 * x->xstride + 4;
+    __m512i isum[16];
+    for (int t = 0; t < 16; t++) {
+        _mm512_store_ps(accm[t], s0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y + (size_t)t * ys));
+        isum[t] = _mm512_setzero_si512();
+    }
+    const int64_t ng = (s1 - s0) * 16;
+    for (int64_t g = 0; g < ng + 8; g++) {
+        if (g < ng) {
+            const int64_t sb = s0 + g / 16, s = g % 16;
+            const uint8_t *ap = a + (size_t)sb * sizeof(struct pi_block_q8_K) + 16 * (size_t)s;
+            const uint8_t *bp = bt + (size_t)g * 256;
+            if (g & 1) {
+                _tile_zero(3);
+                _tile_loadd(4, ap, x->xstride);
+                _tile_loadd(5, bp, 64);
+                _tile_dpbssd(3, 4, 5);
+                _tile_stored(3, ct[g & 15], 64);
+            } else {
+                _tile_zero(0);
+                _tile_loadd(1, ap, x->xstride);
+                _tile_loadd(2, bp, 64);
+                _tile_dpbssd(0, 1, 2);
+                _tile_stored(0, ct[g & 15], 64);
+            }
+        }
+        if (g < 8) continue;
+        const int64_t h = g - 8, sb = s0 + h / 16, s = h % 16;
+        const uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+        const __m512i p = _mm512_cvtepi8_epi16(
+            _mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_SC + 32 * (s / 2))));
+        const __m512i sc = (s & 1) ? _mm512_srai_epi32(p, 16) : _mm512_srai_epi32(_mm512_slli_epi32(p, 16), 16);
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++)
+            isum[t] = _mm512_add_epi32(isum[t],
+                                       _mm512_mullo_epi32(_mm512_load_si512((const void *)(ct[h & 15] + 16 * t)), sc));
+        if (s != 15) continue;
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + PI_R16_Q6K_D)));
+#pragma GCC unroll 16
+        for (int t = 0; t < 16; t++) {
+            const __m512 dx = _mm512_set1_ps(x->dx[(t0 + t) * nsb + sb]);
+            const __m512 acc = _mm512_load_ps(accm[t]);
+            _mm512_store_ps(accm[t], _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc));
+            isum[t] = _mm512_setzero_si512();
+        }
+    }
+    for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, _mm512_load_ps(accm[t]));
+}
+
+static void pi_r16_dot_amx_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
+                                size_t ystride)
+{
+    _Alignas(64) uint8_t bt[CHUNK_SB * 16 * 256];
+    const int64_t n16 = nt / 16 * 16;
+    if (n16 > 0) {
+        _tile_loadconfig(&tile_cfg_q6);
+        for (int64_t s0 = 0; s0 < x->nb; s0 += CHUNK_SB) {
+            int64_t s1 = PI_MIN(x->nb, s0 + CHUNK_SB);
+            for (int64_t sb = s0; sb < s1; sb++) unpack_q6k(grp, sb, bt + (size_t)(sb - s0) * 4096);
+            __asm__ volatile("" ::: "memory"); /* the tile loads below must follow these stores */
+            for (int64_t t = 0; t < n16; t += 16)
+                r16_q6k_amx16(grp, x, t0 + t, s0, s1, bt, y + (size_t)t * ystride, ystride);
+        }
+        _tile_release();
+    }
+    if (n16 < nt) pi_r16_dot_avx512vnni_q6_K(grp, x, t0 + n16, nt - n16, y + (size_t)n16 * ystride, ystride);
+}
+
 const struct pi_kernel_table pi_kernels_amx_raw = {
     .name = "amx",
     .r16_dot = {[PI_TYPE_Q4_0] = pi_r16_dot_amx_q4_0,
                 [PI_TYPE_Q8_0] = pi_r16_dot_amx_q8_0,
                 [PI_TYPE_Q4_K] = pi_r16_dot_amx_q4_K,
                 [PI_TYPE_Q5_K] = pi_r16_dot_amx_q5_K,
-                [PI_TYPE_Q6_K] = pi_r16_dot_avx512vnni_q6_K}, /* VNNI: no tile kernel yet (sub-blocks of 16) */
+                [PI_TYPE_Q6_K] = pi_r16_dot_amx_q6_K},
 };
