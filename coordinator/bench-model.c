@@ -559,13 +559,15 @@ static pi_engine_t *engine_new(const struct pi_bench_opts *b, const struct place
     return pi_engine_pipeline_new(o, cm, "pi-bench");
 }
 
-/* Open path for a placement: with packed weights for the in-process engine, metadata for the workers. */
-static int model_open(const char *path, bool packed, pi_model_t **m)
+/* Open path for a placement: with packed weights for the in-process engine (and 16-row copies unless
+ * [tune] cpu_pack is off), metadata for the workers. */
+static int model_open(const char *path, bool packed, const struct pi_tune *tune, pi_model_t **m)
 {
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = !packed;
-    mo.rows16 = packed; /* the in-process engine's dense products (where the CPU variant has the kernel) */
+    /* the in-process engine's dense products (where the CPU variant has the kernel) */
+    mo.rows16 = packed && tune->cpu_pack != PI_TUNE_CPU_PACK_OFF;
     char err[512] = "";
     int rc = pi_model_open(path, &mo, m, err, sizeof err);
     if (rc != 0) fprintf(stderr, "pi-bench: cannot load model %s: %s\n", path, *err ? err : pi_err_str(rc));
@@ -637,7 +639,7 @@ static int bench_model(const struct pi_bench_opts *b, struct table *t, const cha
         bool pipe = pl->backend != PI_GPU_NONE;
         if (m && packed != !pipe) pi_model_destroy(&m);
         if (!m) {
-            if (model_open(path, !pipe, &m) != 0) { status = 1; fatal = true; break; }
+            if (model_open(path, !pipe, &b->tune, &m) != 0) { status = 1; fatal = true; break; }
             packed = !pipe;
             model_describe(m, spec, &mi);
             free(logits);
@@ -729,7 +731,7 @@ int pi_bench_models(const struct pi_bench_opts *b)
         }
         /* random ids 1..n_vocab-1 of this model's vocabulary (0 is often <unk>), the same for every test */
         pi_model_t *probe = NULL;
-        if (model_open(path, false, &probe) == 0) {
+        if (model_open(path, false, &b->tune, &probe) == 0) {
             uint64_t x = 0x9E3779B97F4A7C15ull;
             for (int64_t i = 0; i < n_tok; i++) {
                 x ^= x << 13, x ^= x >> 7, x ^= x << 17;

@@ -315,7 +315,8 @@ static int open_model(struct run *r)
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = o->co.cfg.gpu_backend != PI_GPU_NONE;
-    mo.rows16 = !mo.no_down_t; /* the CPU forward pass's dense products (kernels/cpu/rows16.h) */
+    /* the CPU forward pass's dense products (kernels/cpu/rows16.h) */
+    mo.rows16 = !mo.no_down_t && o->co.cfg.tune.cpu_pack != PI_TUNE_CPU_PACK_OFF;
     char err[512] = "";
     /* the loader logs its failure as well as returning it: the user gets this one line instead */
     int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);

@@ -57,7 +57,7 @@ static void usage(FILE *f)
           "  --stall-ms N         ms the main thread may go without progress before the control link stops\n"
           "                       its heartbeats (500 to 3600000); default: 30000\n"
           "  --set tune.KEY=VAL   a performance choice of the [tune] section of pinfer.conf(5) (repeatable;\n"
-          "                       cuda_matvec, cpu_kernels);\n"
+          "                       cuda_matvec, cpu_kernels, batch, prompt_stream, cpu_pack);\n"
           "                       default: each key's default there\n"
           "  --sidecar PATH       the model's sidecar, whose trained predictors to use; default: none (the\n"
           "                       model file's predictors)\n"

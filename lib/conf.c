@@ -40,6 +40,7 @@ _Static_assert(sizeof(enum pi_check_tensors_cfg) == sizeof(int), "enum pi_check_
 _Static_assert(sizeof(enum pi_tune_cuda_matvec) == sizeof(int), "enum pi_tune_cuda_matvec is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cpu_kernels is stored as an int");
 _Static_assert(sizeof(enum pi_tune_prompt_stream) == sizeof(int), "enum pi_tune_prompt_stream is stored as an int");
+_Static_assert(sizeof(enum pi_tune_cpu_pack) == sizeof(int), "enum pi_tune_cpu_pack is stored as an int");
 _Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
@@ -49,6 +50,7 @@ static const char *const check_tensors_names[] = {"sampled", "full", NULL};
 static const char *const cuda_matvec_names[] = {"auto", "f32", NULL};
 static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx512", "avx512vnni", "amx", NULL};
 static const char *const prompt_stream_names[] = {"auto", "off", "on", NULL};
+static const char *const cpu_pack_names[] = {"auto", "off", NULL};
 static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
@@ -122,6 +124,7 @@ static const struct key_def keys[] = {
     {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni, amx (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
     {{"tune", "batch", "512", "tokens one step evaluates at most: prompts go in chunks of this many (in server mode together with the running sequences' next tokens); larger chunks reuse each weight over more tokens (faster prompts) and cost host and device memory in proportion (1 to 4096)"}, K_INT, OFF(tune.batch), 1, 4096, NULL, NULL}, /* PI_TUNE_BATCH_MAX */
     {{"tune", "prompt_stream", "auto", "where a hybrid placement's prompt steps compute their cold FFN neurons: auto (the cost model of pinfer.conf(5): stream each layer's FFN weights to the GPU when modelled faster than the CPU workers), off (the CPU workers), on (always streamed); decode steps never stream"}, K_ENUM, OFF(tune.prompt_stream), 0, 0, prompt_stream_names, NULL},
+    {{"tune", "cpu_pack", "auto", "whether the CPU's dense products read 16-row packed copies of their quantised weights (the in-process engine's matrices, the CPU workers' slices): auto (where the kernel variant has a packed kernel for the type and the copy fits the available memory with 1 GiB to spare), off (the file's rows: less memory, slower products)"}, K_ENUM, OFF(tune.cpu_pack), 0, 0, cpu_pack_names, NULL},
 };
 #undef OFF
 

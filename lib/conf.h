@@ -46,6 +46,12 @@ enum pi_tune_cpu_kernels {
  * (a prompt step: some sequence has two or more rows in it; decode steps never stream). */
 enum pi_tune_prompt_stream { PI_TUNE_PROMPT_STREAM_AUTO = 0, PI_TUNE_PROMPT_STREAM_OFF = 1, PI_TUNE_PROMPT_STREAM_ON = 2 };
 
+/* [tune] cpu_pack: whether the CPU products keep 16-row packed copies of the weights they read densely
+ * (kernels/cpu/rows16.h; the in-process engine's matrices, a CPU worker's dense slices): AUTO where the
+ * kernel variant has a packed kernel for the type and the memory is available, OFF never (the file's
+ * rows: less memory, slower products). */
+enum pi_tune_cpu_pack { PI_TUNE_CPU_PACK_AUTO = 0, PI_TUNE_CPU_PACK_OFF = 1 };
+
 /* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as
  * compute/predictor.h's enum pi_sparsity (off, safe, aggressive), one more than its value. */
 enum pi_sparsity_cfg { PI_SPARSITY_CFG_AUTO = 0, PI_SPARSITY_CFG_OFF = 1, PI_SPARSITY_CFG_SAFE = 2, PI_SPARSITY_CFG_AGGRESSIVE = 3 };
@@ -65,6 +71,7 @@ struct pi_tune {
     enum pi_tune_cpu_kernels cpu_kernels; /* [tune] cpu_kernels */
     int64_t batch;                        /* [tune] batch: tokens per step, 1..PI_TUNE_BATCH_MAX; 0 = the default */
     enum pi_tune_prompt_stream prompt_stream; /* [tune] prompt_stream */
+    enum pi_tune_cpu_pack cpu_pack;           /* [tune] cpu_pack */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads

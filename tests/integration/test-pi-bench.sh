@@ -137,6 +137,22 @@ ok $? "--version"
 [ $? -eq 0 ] && [ "$(grep -c '^| llama' "$T/out")" -eq 4 ]
 ok $? "--set tune.cpu_kernels=scalar: both engines' tests run ($(grep -c '^| llama' "$T/out") rows)"
 
+# --set tune.cpu_pack: auto packs the in-process engine's matrices and the worker's slice where the CPU has a
+# 16-row kernel (the loader's debug line; the worker's count); off packs nothing, and both engines still run
+for v in auto off; do
+    "$B" -m "$M" -p 8 -n 2 -r 1 --gpu-backend none,host --cpu-workers 1 -t 1 --set tune.cpu_pack=$v --log-level debug \
+        --run-dir "$T/run-$v" > "$T/out-$v" 2> "$T/err-$v"
+    echo $? > "$T/st-$v"
+done
+if grep -q "packed in 16-row groups" "$T/err-auto"; then
+    [ "$(cat "$T/st-auto")" -eq 0 ] && [ "$(cat "$T/st-off")" -eq 0 ] &&
+        [ "$(grep -c '^| llama' "$T/out-off")" -eq 4 ] && ! grep -q "packed in 16-row groups" "$T/err-off" &&
+        grep -q "(and [1-9][0-9]* in 16-row groups)" "$T/err-auto" && grep -q "(and 0 in 16-row groups)" "$T/err-off"
+    ok $? "--set tune.cpu_pack=off: neither the engine nor the worker packs; auto: both do"
+else
+    echo "ok $((n = n + 1)) # SKIP tune.cpu_pack: this CPU variant has no 16-row kernel (auto packed nothing)"
+fi
+
 # usage errors: exit 2, exactly one line on stderr that starts with "pi-bench: ", nothing on stdout
 usage_err() { # NAME ARGS...
     name=$1
