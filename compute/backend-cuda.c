@@ -196,7 +196,7 @@ struct cuda_backend {
     double st_copy_bps;       /* bytes/s of a slot's pinned copy, the better of two timed at creation */
     double st_pack_bps;       /* bytes/s of the host's packing of a layer, the better of two timed at creation */
     pi_pool_t *st_pool;       /* the host threads that pack a layer into staging: one per CPU the process may
-                                 run on (pi_pool_cpus) */
+                                 run on (pi_cpus_usable) */
 };
 
 static struct cuda_backend *cb(pi_backend_t *b) { return (struct cuda_backend *)b; }
@@ -1071,7 +1071,7 @@ static int setup_stream(struct cuda_backend *s)
         PI_TRY(pi_cbk_event_new(&s->ev_done[k]));
     }
     PI_TRY(dalloc(s, (uint64_t)s->T * 2 * ff * sizeof(float), &s->d_sg));
-    /* one packing thread per CPU this process may run on (its affinity and cpuset: pi_pool_cpus), not
+    /* one packing thread per CPU this process may run on (its affinity and cpuset: pi_cpus_usable), not
      * --threads (1 unless [cpu] threads is set: the GPU worker's own compute is on the device): the
      * packing is on a streamed step's critical path, and the CPU workers, which own those cores, have
      * nothing to do during such a step (they sleep in their wait) */

@@ -27,6 +27,7 @@
 #include "ipc/futex.h"
 
 #include "lib/common.h"
+#include "lib/cpus.h"
 #include "lib/log.h"
 
 #include <errno.h>
@@ -82,11 +83,7 @@ int pi_futex_wake(_Atomic uint32_t *word, int n)
 
 unsigned pi_futex_spin_budget(unsigned n_procs)
 {
-    cpu_set_t set;
-    int n = 0;
-    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-    if (n <= 0) n = (int)sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 && (unsigned)n >= n_procs ? PI_FUTEX_SPIN_DEFAULT : 0;
+    return (unsigned)pi_cpus_usable() >= n_procs ? PI_FUTEX_SPIN_DEFAULT : 0;
 }
 
 int pi_futex_wake_sleepers(_Atomic uint32_t *word, _Atomic uint32_t *sleepers, int n)

@@ -27,6 +27,7 @@
 
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
+#include "lib/cpus.h"
 #include "lib/log.h"
 
 #define SPIN_NS 100000          /* idle workers spin this long after a job before sleeping */
@@ -122,18 +123,9 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-int pi_pool_cpus(void)
-{
-    cpu_set_t cs;
-    CPU_ZERO(&cs);
-    if (sched_getaffinity(0, sizeof cs, &cs) == 0 && CPU_COUNT(&cs) > 0) return CPU_COUNT(&cs);
-    long c = sysconf(_SC_NPROCESSORS_ONLN);
-    return c > 0 ? (int)PI_MIN(c, INT32_MAX) : 1;
-}
-
 pi_pool_t *pi_pool_new(int n_threads)
 {
-    if (n_threads <= 0) n_threads = PI_MIN(pi_pool_cpus(), MAX_THREADS);
+    if (n_threads <= 0) n_threads = PI_MIN(pi_cpus_usable(), MAX_THREADS);
     if (n_threads > MAX_THREADS) {
         pi_error("thread pool: %d threads requested, at most %d", n_threads, MAX_THREADS);
         return NULL;

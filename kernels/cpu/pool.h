@@ -17,12 +17,8 @@ typedef struct pi_pool pi_pool_t;
 /* Called for the half-open range [begin, end) on thread `thread` (0 = the caller, 1.. = workers). */
 typedef void (*pi_pool_fn)(void *ctx, int64_t begin, int64_t end, int thread);
 
-/* The CPUs this process may run on: its affinity mask (sched_getaffinity, which a cpuset narrows too),
- * or the online CPUs where the mask cannot be read; at least 1. */
-int pi_pool_cpus(void);
-
 /* A pool of n_threads threads in total, the caller counting as one (so n_threads - 1 are started);
- * 0 means pi_pool_cpus() (at most the pool's limit). Returns NULL on failure (logged). */
+ * 0 means pi_cpus_usable() (lib/cpus.h; at most the pool's limit). Returns NULL on failure (logged). */
 pi_pool_t *pi_pool_new(int n_threads);
 
 /* Stop and join the workers, free, and NULL the caller's pointer; accepts NULL. */
