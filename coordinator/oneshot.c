@@ -178,6 +178,9 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
+    if (cm->model->rows16_declined) /* the loader's own warning went to /dev/null with its other lines */
+        pi_warn("not enough memory for the 16-row packed weights of %s: the CPU products read the file's rows (slower; "
+                "[tune] cpu_pack = off says so quietly)", o->cfg.model_path);
     if ((rc = pi_coord_sidecar_open(o, cm, "pi-coordinator")) < 0 || (rc = pi_coord_sparsity_open(o, cm, "pi-coordinator")) < 0) {
         pi_coord_model_close(cm);
         return rc;

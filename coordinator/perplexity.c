@@ -328,6 +328,9 @@ static int open_model(struct run *r)
         fprintf(stderr, "pi-perplexity: -m %s: cannot load the model: %s\n", o->model, *err ? err : pi_err_str(rc));
         return rc;
     }
+    if (r->cm.model->rows16_declined) /* the loader's own warning went to /dev/null with its other lines */
+        fprintf(stderr, "pi-perplexity: warning: not enough memory for the 16-row packed weights; the CPU products "
+                        "read the file's rows (slower; [tune] cpu_pack = off says so quietly)\n");
     r->cm.tok = pi_tokenizer_new(r->cm.model->gguf, err, sizeof err);
     if (!r->cm.tok) {
         fprintf(stderr, "pi-perplexity: -m %s: no usable tokenizer: %s\n", o->model, err);

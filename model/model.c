@@ -516,6 +516,7 @@ static int pack_rows16(struct binder *b, int n_threads)
     if (!pi_r16_room((uint64_t)total, &avail)) {
         pi_warn("model: the 16-row packed copy of the quantised weights needs %.1f MiB and %.1f MiB are available; "
                 "using the file's rows (slower products)", total / 1048576.0, avail / 1048576.0);
+        m->rows16_declined = true;
         free(w);
         return 0;
     }
@@ -523,6 +524,7 @@ static int pack_rows16(struct binder *b, int n_threads)
     if (p == MAP_FAILED) { /* the file's rows still work: slower, not wrong */
         pi_warn("model: mmap(%zu bytes) for the 16-row packed weights failed: %s; using the file's rows", total,
                 strerror(errno));
+        m->rows16_declined = true;
         free(w);
         return 0;
     }

@@ -65,6 +65,10 @@ struct pi_model {
     size_t packed_bytes;
     void *rows16;                 /* anonymous mapping holding every 16-row packed copy (opts.rows16) */
     size_t rows16_bytes;
+    /* opts.rows16 asked for copies that were not made (the memory was not available or the mapping
+     * failed; a warning was logged): the products read the file's rows. For loaders that silence the
+     * model's log during the load and must say it themselves. */
+    bool rows16_declined;
     float *norms;                 /* one allocation holding every norm vector */
 };
 
