@@ -394,7 +394,11 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *by
     }
     /* 64 bytes over: the heap's fallback (no libnuma) aligns to 16 only, the packed groups want 64 */
     uint8_t *raw = pi_numa_alloc(total + 64, p->node_os);
-    if (!raw) return -PI_ERR_NOMEM;
+    if (!raw) { /* as model.c's failed mapping: the rows still work, slower */
+        pi_warn("partition: cannot allocate %zu bytes on node %d for the 16-row packed copy; using the rows", total + 64,
+                p->node_os);
+        return 0;
+    }
     p->mem16 = raw;
     p->bytes16 = total + 64;
     uint8_t *mem = raw + (64 - (uintptr_t)raw % 64) % 64;

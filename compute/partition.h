@@ -79,8 +79,9 @@ void pi_partition_free(struct pi_partition *p);
  * (pi_partition_ffn_dense*) then reads the copies: the in-process engine's kernels and bits per row,
  * at up to a third more speed per byte on this VM (doc/kernels.md). Costs as much memory again as the
  * packed matrices: nothing is done (a warning, 0 returned) where that does not fit the machine's
- * available memory (pi_r16_room), nor where nothing is packable. The neuron-wise kernels keep reading
- * the rows. *bytes (optional) = the bytes packed. 0 or -PI_ERR_NOMEM (p unchanged). */
+ * available memory (pi_r16_room) or cannot be allocated (p unchanged then), nor where nothing is
+ * packable. The neuron-wise kernels keep reading the rows. *bytes (optional) = the bytes packed (0:
+ * none). Returns 0: the copy is an optimisation, never a reason to fail. */
 int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *bytes);
 
 /* Floats of scratch pi_partition_ffn_dense needs for n tokens. */

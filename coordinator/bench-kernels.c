@@ -13,7 +13,8 @@
  * bandwidth, best call as % of it, GB/s per thread, a plain read of the same weight copies on as many
  * threads (issue 14: the kernel against a read-only stream over the same bytes) and the best call as
  * % of that, kernel variant. Where the active variant has a kernel over 16-row packed copies
- * (kernels/cpu/rows16.h: Q4_0 on AVX512-VNNI), the type gets a second row, "q4_0 rows16": the same
+ * (kernels/cpu/rows16.h: Q4_0, Q8_0 and the K-quants Q4_K, Q5_K, Q6_K on avx512vnni and amx), the type
+ * gets a second row, e.g. "q4_0 rows16": the same
  * copies packed and read through pi_matvec_w.
  *
  * matmul: on one thread, pi_matmul (prompt processing: the 4-token kernels where the variant has

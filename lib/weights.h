@@ -38,7 +38,7 @@ struct pi_weight {
     size_t row_bytes; /* bytes of one row of cols elements of type */
     const void *data;
     /* NULL, or the same matrix repacked in 16-row groups for the dense CPU products
-     * (kernels/cpu/rows16.h: Q4_0 and Q8_0, (rows / 16) groups), owned by whoever packed it */
+     * (kernels/cpu/rows16.h: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; (rows / 16) groups), owned by whoever packed it */
     const void *rows16;
 };
 

@@ -26,7 +26,7 @@ enum pi_kernel_isa {
     PI_KERNEL_SCALAR = 0,
     PI_KERNEL_AVX2 = 1,       /* AVX2 + FMA + F16C */
     PI_KERNEL_AVX512 = 2,     /* AVX-512 F, BW, VL, DQ (+ the AVX2 set) */
-    PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd in the Q4_0/Q8_0 kernels) */
+    PI_KERNEL_AVX512VNNI = 3, /* the same plus AVX512-VNNI (vpdpbusd: Q4_0/Q8_0, 16-row packs) */
     PI_KERNEL_AMX = 4,        /* avx512vnni plus AMX-INT8 tiles for prompts over 16-row packed matrices */
     PI_KERNEL_ISA_COUNT = 5,
 };
@@ -82,7 +82,7 @@ struct pi_kernel_table {
     pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
-    /* Q4_0 and Q8_0 in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none for the type,
+    /* Q4_0, Q8_0 and the Q4_K, Q5_K, Q6_K in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none for the type,
      * and the dense products read the file's rows. Never inherited from the variant below. */
     pi_r16_dot_fn r16_dot[PI_TYPE_COUNT];
 };

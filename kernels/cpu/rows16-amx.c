@@ -16,7 +16,9 @@
  * VNNI kernel's and the scalar reference's bits. Two tile sets (tiles 0-2 and 3-5) alternate between
  * blocks, the float steps run two blocks behind the tile products, and B is unpacked ahead in chunks
  * of blocks shared by all the call's tokens (r16_amx16, pi_r16_dot_amx). Fewer than 16 remaining
- * tokens go through the VNNI kernel (same bits).
+ * tokens go through the VNNI kernel (same bits). That is Q4_0 (Q8_0 loads tile B as it lies); the
+ * K-quants (below) take one TDPBSSD per sub-block (K = 32 bytes, Q6_K's K = 16) and scale its exact sums
+ * in int32 before the reference's float steps per super-block.
  *
  * Threading: the tile configuration and registers are per thread; each call loads the configuration
  * and releases the tiles before returning, so nothing is kept between calls or across pool threads.
@@ -194,7 +196,7 @@ static inline __attribute__((always_inline)) void unpack_q45k(bool q5, const uin
 }
 
 /* Sixteen tokens t0.. against super-blocks [s0, s1) of group grp, their unpacked tiles at bt
- * (unpack_q4k, super-block s0 first). Sub-block g of the range (g = 8 (sb - s0) + s): one TDPBSSD of
+ * (unpack_q45k, super-block s0 first). Sub-block g of the range (g = 8 (sb - s0) + s): one TDPBSSD of
  * the tokens' 32 activation bytes against the sub-block's tile gives C (16 tokens x 16 rows, exact),
  * stored to ct[g % 16]; eight sub-blocks later (the store has landed) isum[t] += C[t] * sc_s (vpmulld,
  * exact), and after a super-block's eighth the reference's two float steps with the mins' term

@@ -10,7 +10,9 @@
  * (exact), one conversion and one fma per block: acc = fma(d_w * d_x, (float)isum, acc), the scalar
  * reference's steps, so the results are its bits. Tokens go four at a time: the unpacked block stays
  * in registers for the four, and the four tokens' accumulators are independent. No horizontal sum:
- * lane r is row r.
+ * lane r is row r. That is the Q4_0 kernel; Q8_0's and the K-quants' (r16_q45k_n, r16_q6k_n: the
+ * same scheme per sub-block, the scales applied to exact int32 sums) say how they differ where they
+ * are defined.
  */
 #include "config.h"
 

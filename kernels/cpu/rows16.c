@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,24 @@
 
 #define MIN_CHUNK_BYTES (32 * 1024) /* smallest share of weights worth handing to a thread */
 #define TILE_BYTES (256 * 1024)     /* activation bytes per token tile */
+
+/* The K-quant layouts of rows16.h, pinned: the parts follow one another without gaps, every super-block
+ * is whole 64-byte lines, and the kernels' aligned loads of scales, mins and d (16 and 32 bytes) land on
+ * their alignment. The kernels read the Q8_K activations' qs at 4 and bsums at 260. */
+_Static_assert(PI_R16_Q4K_SC == 4 * 512 && PI_R16_Q4K_M == PI_R16_Q4K_SC + 128 && PI_R16_Q4K_D == PI_R16_Q4K_M + 128 &&
+                   PI_R16_Q4K_DMIN == PI_R16_Q4K_D + 32 && PI_R16_Q4K_SB == PI_R16_Q4K_DMIN + 32 &&
+                   PI_R16_Q4K_SB % 64 == 0,
+               "Q4_K group layout");
+_Static_assert(PI_R16_Q5K_PAIR == 10 * 64 && PI_R16_Q5K_SC == 4 * PI_R16_Q5K_PAIR &&
+                   PI_R16_Q5K_M == PI_R16_Q5K_SC + 128 && PI_R16_Q5K_D == PI_R16_Q5K_M + 128 &&
+                   PI_R16_Q5K_DMIN == PI_R16_Q5K_D + 32 && PI_R16_Q5K_SB == PI_R16_Q5K_DMIN + 32 &&
+                   PI_R16_Q5K_SB % 64 == 0,
+               "Q5_K group layout");
+_Static_assert(PI_R16_Q6K_PAIR == 12 * 64 && PI_R16_Q6K_SC == 4 * PI_R16_Q6K_PAIR &&
+                   PI_R16_Q6K_D == PI_R16_Q6K_SC + 256 && PI_R16_Q6K_SB == PI_R16_Q6K_D + 64 && PI_R16_Q6K_SB % 64 == 0,
+               "Q6_K group layout");
+_Static_assert(offsetof(struct pi_block_q8_K, qs) == 4 && offsetof(struct pi_block_q8_K, bsums) == 4 + 256,
+               "Q8_K fields where the K-quant kernels read them");
 
 /* 64-byte lines of weights per block: Q4_0 16 nibble bytes per row, Q8_0 32 bytes. */
 static int block_lines(enum pi_type t) { return t == PI_TYPE_Q4_0 ? 4 : 8; }

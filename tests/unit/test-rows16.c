@@ -1,5 +1,5 @@
 /*
- * tests/unit/test-rows16.c - Q4_0, Q8_0 and Q4_K matrices packed in 16-row groups (kernels/cpu/rows16.h).
+ * tests/unit/test-rows16.c - Q4_0, Q8_0, Q4_K, Q5_K and Q6_K matrices packed in 16-row groups (kernels/cpu/rows16.h).
  *
  * Q4_0, Q8_0, Q4_K, Q5_K and Q6_K. The layout: every quant byte and scale of every row is where the header says (read
  * back from the packed bytes). The scalar reference against plain pi_vec_dot over the file's rows (the scalar
@@ -9,8 +9,10 @@
  * in batches of 2..70 tokens (several token tiles at 4096 columns) and on 1, 2 and 3 threads. A weight
  * that cannot be packed (rows not a multiple of 16) keeps pi_matvec's bits. The amx variant's tile
  * kernel runs in the batches of 16 or more tokens (16, 17, 33, 64, 70), so it is held to the same bits; without
- * AMX its checks are skipped with a message. Inputs are fresh random numbers (seed printed; PI_SEED
- * repeats).
+ * AMX its checks are skipped with a message. The K-quants also at 7 and 43 super-blocks (the AMX
+ * kernels' last chunk of super-blocks short after whole ones) and with every weight, scale and
+ * activation at the extremes the exact sums' bounds assume. Inputs are fresh random numbers (seed
+ * printed; PI_SEED repeats).
  */
 #include "config.h"
 
@@ -301,6 +303,66 @@ static void test_fused(enum pi_type t)
     free(X);
 }
 
+/* K-quants at the bounds rows16.h states for the exact sums: every quant and 6-bit scale and min at its
+ * largest (Q4_K, Q5_K: all bits set), Q6_K's values all 0 (q - 32 = -32) under scales of -128, against
+ * activations that quantise to -128 or 127 everywhere (one sign per token). Every variant's kernel
+ * equals the reference bit for bit at n = 1 and 32 (the AMX tiles), and the reference stays within
+ * 2^-20 of sum |w x| of the scalar pi_matvec (a wrapped int32 would be far off). */
+static void test_extreme(enum pi_type t)
+{
+    const int64_t rows = 16, cols = 7 * 256, n = 32;
+    struct pi_weight W = make_weight(t, rows, cols);
+    uint8_t *data = (uint8_t *)(uintptr_t)W.data;
+    const size_t bb = W.row_bytes / (size_t)(cols / 256);
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < cols / 256; b++) {
+            uint8_t *blk = data + (size_t)r * W.row_bytes + (size_t)b * bb;
+            const uint16_t d = pi_fp32_to_fp16(1e-3f);
+            if (t == PI_TYPE_Q6_K) {
+                struct pi_block_q6_K *q6 = (struct pi_block_q6_K *)(void *)blk;
+                memset(q6->ql, 0, sizeof q6->ql);
+                memset(q6->qh, 0, sizeof q6->qh);
+                memset(q6->scales, 0x80, sizeof q6->scales);
+                q6->d = d;
+            } else {
+                memset(blk, 0xFF, bb);
+                struct pi_block_q4_K *q4 = (struct pi_block_q4_K *)(void *)blk;
+                q4->d = d;
+                q4->dmin = d;
+            }
+        }
+    pi_r16_pack(NULL, &W, (uint8_t *)(uintptr_t)W.rows16);
+    float *X = malloc(sizeof(float) * (size_t)(n * cols)), *ref = malloc(sizeof(float) * (size_t)(n * rows));
+    float *Y = malloc(sizeof(float) * (size_t)(n * rows)), *y = malloc(sizeof(float) * (size_t)rows);
+    for (int64_t k = 0; k < n; k++)
+        for (int64_t i = 0; i < cols; i++) X[k * cols + i] = k & 1 ? 1.0f : -1.0f;
+    pi_r16_matmul(NULL, pi_r16_ref(t), &W, X, n, ref);
+    pi_kernels_use(PI_KERNEL_SCALAR);
+    double worst = 0;
+    for (int64_t k = 0; k < n; k++) {
+        pi_matvec(NULL, t, W.data, rows, cols, X + k * cols, y);
+        for (int64_t r = 0; r < rows; r++)
+            worst = fmax(worst, fabs((double)ref[k * rows + r] - y[r]) / (fabs((double)y[r]) + 1e-30));
+    }
+    pi_kernels_use(-1);
+    int bad = 0, ran = 0;
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        if ((int)pi_kernels_use(isa) != isa || !pi_r16_kernel(t)) continue;
+        ran++;
+        pi_matmul_w(NULL, &W, X, n, Y);
+        bad += memcmp(Y, ref, sizeof(float) * (size_t)(n * rows)) != 0;
+        pi_matvec_w(NULL, &W, X, Y);
+        bad += memcmp(Y, ref, sizeof(float) * (size_t)rows) != 0;
+    }
+    pi_kernels_use(-1);
+    tap_ok(bad == 0 && worst < 0x1p-20,
+           "%s at the sums' bounds: %d variants' kernels == reference (%d differ), reference vs scalar pi_matvec "
+           "%.3g (bound 2^-20)",
+           pi_type_name(t), ran, bad, worst);
+    free(X), free(ref), free(Y), free(y);
+    free_weight(&W);
+}
+
 /* Rows not a multiple of 16: no packed copy, and pi_matvec_w / pi_matmul_w are pi_matvec / pi_matmul. */
 static void test_unpackable(void)
 {
@@ -338,9 +400,16 @@ int main(void)
             test_variant((enum pi_kernel_isa)isa, t, 64, 2048);
             test_variant((enum pi_kernel_isa)isa, t, 32, 4096); /* 48 tokens per tile: n = 64, 70 cross tiles */
             test_variant((enum pi_kernel_isa)isa, t, 16, t == PI_TYPE_Q4_0 || t == PI_TYPE_Q8_0 ? 32 : 256);
+            if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K || t == PI_TYPE_Q6_K) {
+                /* super-block counts that leave the AMX kernels a short last chunk (CHUNK_SB = 4) after
+                 * whole ones: 7 (4 + 3) and 43 (11008 columns, a 7B ffn_down: 10 x 4 + 3) */
+                test_variant((enum pi_kernel_isa)isa, t, 16, 7 * 256);
+                test_variant((enum pi_kernel_isa)isa, t, 16, 11008);
+            }
         }
         if (!with) tap_skip(1, "no kernel variant with a 16-row packed kernel on this CPU or build");
         test_fused(t);
+        if (t == PI_TYPE_Q4_K || t == PI_TYPE_Q5_K || t == PI_TYPE_Q6_K) test_extreme(t);
         /* the amx variant's tile products run at n >= 16 (the batches of 16 and more above) */
         if (with && !pi_kernels_available(PI_KERNEL_AMX))
             tap_skip(1, "AMX check: no AMX-INT8 here (CPU, OS permission or compiler); the amx variant was not run");
