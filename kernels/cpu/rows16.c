@@ -120,9 +120,9 @@ static void pack_groups_q45_K(void *vctx, int64_t begin, int64_t end, int thread
     (void)thread;
     for (int64_t g = begin; g < end; g++) {
         uint8_t *grp = c->dst + (size_t)g * c->gb;
-        for (int r = 0; r < PI_R16_ROWS; r++) {
-            const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
-            for (int64_t sb = 0; sb < nsb; sb++) {
+        for (int64_t sb = 0; sb < nsb; sb++) { /* the super-block's lines stay in L1 while the rows fill them */
+            for (int r = 0; r < PI_R16_ROWS; r++) {
+                const uint8_t *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
                 const struct pi_block_q4_K *blk = (const void *)(row + (size_t)sb * bb); /* d, dmin, scales */
                 const uint8_t *qh = q5 ? ((const struct pi_block_q5_K *)(const void *)blk)->qh : NULL;
                 const uint8_t *qs = q5 ? ((const struct pi_block_q5_K *)(const void *)blk)->qs : blk->qs;
@@ -132,11 +132,10 @@ static void pack_groups_q45_K(void *vctx, int64_t begin, int64_t end, int thread
                 for (int cc = 0; q5 && cc < 4; cc++) /* fifth bit of input o of sub-block 2cc + h: qh[o] bit 2cc + h */
                     for (int m = 0; m < 2; m++)
                         for (int k = 0; k < 4; k++) {
-                            uint8_t v = 0;
-                            for (int i = 0; i < 4; i++)
-                                for (int h = 0; h < 2; h++)
-                                    v |= (uint8_t)(((qh[4 * (4 * m + i) + k] >> (2 * cc + h)) & 1) << (2 * i + h));
-                            base[G.pair * (size_t)cc + 512 + 64 * m + 4 * r + k] = v;
+                            unsigned v = 0;
+                            for (int i = 0; i < 4; i++) /* both bits of the pair at once: bits 2i and 2i + 1 */
+                                v |= ((unsigned)(qh[4 * (4 * m + i) + k] >> (2 * cc)) & 3u) << (2 * i);
+                            base[G.pair * (size_t)cc + 512 + 64 * m + 4 * r + k] = (uint8_t)v;
                         }
                 for (int j = 0; j < 8; j++) {
                     uint8_t sc, m;
@@ -151,18 +150,27 @@ static void pack_groups_q45_K(void *vctx, int64_t begin, int64_t end, int thread
     }
 }
 
-/* Q6_K: element e's 6-bit value (0..63) of a super-block, from the file's interleaving: per 128-element
- * half, ql[l] holds elements l (low nibble) and l + 64 (high), ql[l + 32] elements l + 32 and l + 96,
- * and qh[l] the high 2 bits of l, l + 32, l + 64 and l + 96 at bits 0, 2, 4 and 6. */
-static int q6_at(const struct pi_block_q6_K *b, int e)
+/* Q6_K: a super-block's 256 6-bit values (0..63) in element order, from the file's interleaving: per
+ * 128-element half h, ql[64h + l] holds elements l (low nibble) and l + 64 (high), ql[64h + l + 32]
+ * elements l + 32 and l + 96, and qh[32h + l] the high 2 bits of l, l + 32, l + 64 and l + 96 at bits
+ * 0, 2, 4 and 6 (l < 32). */
+static void q6_values(const struct pi_block_q6_K *b, uint8_t *q)
 {
-    const int h = e / 128, q = e % 128 / 32, l = e % 32;
-    const uint8_t lo = b->ql[64 * h + l + 32 * (q & 1)];
-    return ((q < 2 ? lo & 15 : lo >> 4) | ((b->qh[32 * h + l] >> (2 * q)) & 3) << 4);
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b->ql + 64 * h, *qh = b->qh + 32 * h;
+        uint8_t *o = q + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            o[l] = (uint8_t)((ql[l] & 15) | (qh[l] & 3) << 4);
+            o[l + 32] = (uint8_t)((ql[l + 32] & 15) | ((qh[l] >> 2) & 3) << 4);
+            o[l + 64] = (uint8_t)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4);
+            o[l + 96] = (uint8_t)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4);
+        }
+    }
 }
 
-/* Q6_K groups [begin, end): per row and super-block the elements' low nibbles and high bit pairs as
- * rows16.h lays them out, the 16 scales beside the other rows' in pairs, d likewise. */
+/* Q6_K groups [begin, end): per super-block and row (so that the super-block's 3.4 KB stay in L1 while
+ * the 16 rows fill it) the elements' low nibbles and high bit pairs as rows16.h lays them out, the 16
+ * scales beside the other rows' in pairs, d likewise. */
 static void pack_groups_q6_K(void *vctx, int64_t begin, int64_t end, int thread)
 {
     const struct pack_ctx *c = vctx;
@@ -170,23 +178,26 @@ static void pack_groups_q6_K(void *vctx, int64_t begin, int64_t end, int thread)
     (void)thread;
     for (int64_t g = begin; g < end; g++) {
         uint8_t *grp = c->dst + (size_t)g * c->gb;
-        memset(grp, 0, c->gb); /* the padding after d */
-        for (int r = 0; r < PI_R16_ROWS; r++) {
-            const struct pi_block_q6_K *row = pi_weight_row(c->W, g * PI_R16_ROWS + r);
-            for (int64_t sb = 0; sb < nsb; sb++) {
-                const struct pi_block_q6_K *blk = row + sb;
-                uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
-                int q[256];
-                for (int e = 0; e < 256; e++) q[e] = q6_at(blk, e);
+        for (int64_t sb = 0; sb < nsb; sb++) {
+            uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
+            memset(base + PI_R16_Q6K_D, 0, PI_R16_Q6K_SB - PI_R16_Q6K_D); /* d and the padding after it */
+            for (int r = 0; r < PI_R16_ROWS; r++) {
+                const struct pi_block_q6_K *blk = (const struct pi_block_q6_K *)pi_weight_row(c->W, g * PI_R16_ROWS + r) + sb;
+                uint8_t q[256];
+                q6_values(blk, q);
                 for (int cc = 0; cc < 4; cc++) {
-                    uint8_t *pair = base + PI_R16_Q6K_PAIR * cc;
+                    uint8_t *pair = base + PI_R16_Q6K_PAIR * cc + 4 * r;
+                    const uint8_t *e0 = q + 64 * cc; /* half 2cc; half 2cc + 1 at e0 + 32 */
                     for (int j = 0; j < 8; j++)
                         for (int k = 0; k < 4; k++) {
-                            const int e = 64 * cc + 4 * j + k;
-                            pair[64 * j + 4 * r + k] = (uint8_t)((q[e] & 15) | (q[e + 32] & 15) << 4);
-                            if (j >= 4) continue;
-                            pair[64 * (8 + j) + 4 * r + k] = (uint8_t)((q[e] >> 4) | (q[e + 32] >> 4) << 2 |
-                                                                       (q[e + 16] >> 4) << 4 | (q[e + 48] >> 4) << 6);
+                            const int e = 4 * j + k;
+                            pair[64 * j + k] = (uint8_t)((e0[e] & 15) | (e0[e + 32] & 15) << 4);
+                        }
+                    for (int j = 0; j < 4; j++)
+                        for (int k = 0; k < 4; k++) {
+                            const int e = 4 * j + k;
+                            pair[64 * (8 + j) + k] = (uint8_t)((e0[e] >> 4) | (e0[e + 32] >> 4) << 2 |
+                                                               (e0[e + 16] >> 4) << 4 | (e0[e + 48] >> 4) << 6);
                         }
                 }
                 for (int s = 0; s < 16; s++)
