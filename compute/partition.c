@@ -282,7 +282,50 @@ fail:
 
 size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n)
 {
-    return (size_t)n * (3 * (size_t)p->count_max + 1);
+    /* g, u, the dense block's activations; with packed heads their products and the tails' */
+    return (size_t)n * (5 * (size_t)p->count_max + 1);
+}
+
+/* g, u (n, c) = X @ gate^T, X @ up^T of layer il: through the packed heads (p->gu16) and the rows of
+ * the last c % 16 neurons, or the rows alone. Each row of g and u is the same bits in any batch: a
+ * neuron's row always takes the same path. tmp: 2 n c floats. */
+static void gate_up(pi_pool_t *pool, const struct pi_partition *p, int il, const float *X, int64_t n, float *g,
+                    float *u, float *tmp)
+{
+    const struct pi_layer *L = &p->layers[il];
+    const int64_t c = p->count[il];
+    const struct pi_weight *hg = p->gu16 ? &p->gu16[2 * il] : NULL, *hu = hg ? hg + 1 : NULL;
+    if (c == 0) return;
+    if (!hg || !hg->rows16 || !hu->rows16) { /* the rows */
+        const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
+        float *const out[2] = {g, u};
+        pi_matmul_wn(pool, gu, 2, X, n, out);
+        return;
+    }
+    const int64_t c16 = hg->rows, tail = c - c16;
+    const struct pi_weight *heads[2] = {hg, hu};
+    if (tail == 0) {
+        float *const out[2] = {g, u};
+        pi_matmul_wn(pool, heads, 2, X, n, out);
+        return;
+    }
+    float *tg = tmp, *tu = tmp + (size_t)n * (size_t)c16;
+    float *rg = tu + (size_t)n * (size_t)c16, *ru = rg + (size_t)n * (size_t)tail;
+    float *const hout[2] = {tg, tu}, *const tout[2] = {rg, ru};
+    pi_matmul_wn(pool, heads, 2, X, n, hout);
+    struct pi_weight wg = L->ffn_gate, wu = L->ffn_up; /* the last rows, viewed */
+    wg.rows = wu.rows = tail;
+    wg.data = pi_weight_row(&L->ffn_gate, c16);
+    wu.data = pi_weight_row(&L->ffn_up, c16);
+    wg.rows16 = wu.rows16 = NULL;
+    const struct pi_weight *tails[2] = {&wg, &wu};
+    pi_matmul_wn(pool, tails, 2, X, n, tout);
+    for (int64_t t = 0; t < n; t++) {
+        memcpy(g + (size_t)t * (size_t)c, tg + (size_t)t * (size_t)c16, (size_t)c16 * sizeof(float));
+        memcpy(g + (size_t)t * (size_t)c + (size_t)c16, rg + (size_t)t * (size_t)tail, (size_t)tail * sizeof(float));
+        memcpy(u + (size_t)t * (size_t)c, tu + (size_t)t * (size_t)c16, (size_t)c16 * sizeof(float));
+        memcpy(u + (size_t)t * (size_t)c + (size_t)c16, ru + (size_t)t * (size_t)tail, (size_t)tail * sizeof(float));
+    }
 }
 
 /* g (n, c) = 0 where token t's mask row does not select packed neuron j (id ids[j]). */
@@ -327,9 +370,7 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
     const struct pi_partition_run *runs = p->runs[il];
     const int32_t *row = p->down_row[il];
     float *g = scratch, *u = g + (size_t)n * (size_t)c, *ab = u + (size_t)n * (size_t)c;
-    const struct pi_weight *gu[2] = {&L->ffn_gate, &L->ffn_up};
-    float *const out[2] = {g, u};
-    if (c > 0) pi_matmul_wn(pool, gu, 2, X, n, out); /* through the packed copies where there are */
+    gate_up(pool, p, il, X, n, g, u, ab + (size_t)n * (size_t)c); /* ab takes n blk <= n c floats */
     if (gate_min) pi_ffn_act_min(act, gate_min, g, u, n, c);
     else pi_ffn_act(act, g, u, n * c);
     if (mask) apply_mask(g, n, c, p->ids[il], mask, mask_words);
@@ -363,14 +404,15 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
     return active;
 }
 
-/* The weights pi_partition_pack_rows16 packs, of layer il: gate, up, the dense down block. */
+/* The weights pi_partition_pack_rows16 packs, of layer il: the heads of gate and up (p->gu16, their
+ * first count & ~15 rows) and the dense down block. */
 static int packed_weights(struct pi_partition *p, int il, struct pi_weight **w)
 {
     struct pi_layer *L = &p->layers[il];
     int n = 0;
-    struct pi_weight *all[3] = {&L->ffn_gate, &L->ffn_up, &L->ffn_down};
+    struct pi_weight *all[3] = {&p->gu16[2 * il], &p->gu16[2 * il + 1], &L->ffn_down};
     for (int k = 0; k < 3; k++)
-        if (pi_r16_packable(all[k]) && pi_r16_kernel(all[k]->type)) w[n++] = all[k];
+        if (all[k]->rows > 0 && pi_r16_packable(all[k]) && pi_r16_kernel(all[k]->type)) w[n++] = all[k];
     return n;
 }
 
@@ -379,17 +421,32 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *by
     struct pi_weight *w[3];
     size_t total = 0;
     if (bytes) *bytes = 0;
-    PI_ASSERT(!p->mem16);
+    PI_ASSERT(!p->mem16 && !p->gu16);
+    if (!(p->gu16 = calloc((size_t)p->n_layer * 2, sizeof *p->gu16))) {
+        pi_warn("partition: no memory for the 16-row packing's table; using the rows");
+        return 0;
+    }
+    for (int il = 0; il < p->n_layer; il++) {
+        for (int k = 0; k < 2; k++) { /* the heads: views of the rows, cut to whole groups */
+            struct pi_weight *h = &p->gu16[2 * il + k];
+            *h = k ? p->layers[il].ffn_up : p->layers[il].ffn_gate;
+            h->rows = p->count[il] & ~(int64_t)(PI_R16_ROWS - 1);
+            h->rows16 = NULL;
+        }
+    }
     for (int il = 0; il < p->n_layer; il++) {
         int n = packed_weights(p, il, w);
         for (int k = 0; k < n; k++)
             total += pi_r16_group_bytes(w[k]->type, w[k]->cols) * (size_t)(w[k]->rows / PI_R16_ROWS);
     }
-    if (total == 0) return 0;
     uint64_t avail = 0;
-    if (!pi_r16_room((uint64_t)total, &avail)) {
+    const bool room = total > 0 && pi_r16_room((uint64_t)total, &avail);
+    if (total > 0 && !room)
         pi_warn("partition: the 16-row packed copy of the neurons needs %.1f MiB and %.1f MiB are available; "
                 "using the rows (slower dense products)", total / 1048576.0, avail / 1048576.0);
+    if (!room) {
+        free(p->gu16);
+        p->gu16 = NULL;
         return 0;
     }
     /* 64 bytes over: the heap's fallback (no libnuma) aligns to 16 only, the packed groups want 64 */
@@ -397,6 +454,8 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *by
     if (!raw) { /* as model.c's failed mapping: the rows still work, slower */
         pi_warn("partition: cannot allocate %zu bytes on node %d for the 16-row packed copy; using the rows", total + 64,
                 p->node_os);
+        free(p->gu16);
+        p->gu16 = NULL;
         return 0;
     }
     p->mem16 = raw;
@@ -417,6 +476,7 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *by
 void pi_partition_free(struct pi_partition *p)
 {
     pi_numa_free(p->mem16, p->bytes16);
+    free(p->gu16);
     free(p->count);
     free(p->ids);
     free(p->layers);

@@ -52,6 +52,10 @@ struct pi_partition {
     size_t bytes;              /* of mem */
     void *mem16;               /* node-local: the 16-row packed copies (pi_partition_pack_rows16), or NULL */
     size_t bytes16;            /* of mem16 */
+    /* (n_layer, 2) or NULL: layer il's ffn_gate [2 il] and ffn_up [2 il + 1] cut to their first
+     * count & ~15 rows with 16-row packed copies (rows16 NULL where none was made); the dense path
+     * computes those rows through the copies and the last count % 16 from the rows */
+    struct pi_weight *gu16;
     int node_os;
 };
 
@@ -73,15 +77,15 @@ int pi_partition_pack_range(const pi_model_t *m, int64_t first, int64_t count, i
                             bool dense_only, struct pi_partition *p);
 void pi_partition_free(struct pi_partition *p);
 
-/* Give every layer's ffn_gate, ffn_up and dense down block a 16-row packed copy (kernels/cpu/rows16.h)
- * where the layout takes it (rows a multiple of 16) and the active kernel variant has a kernel for the
- * type, in one node-local allocation on p's node, packed over pool (NULL: this thread). The dense path
- * (pi_partition_ffn_dense*) then reads the copies: the in-process engine's kernels and bits per row,
- * at up to a third more speed per byte on this VM (doc/kernels.md). Costs as much memory again as the
- * packed matrices: nothing is done (a warning, 0 returned) where that does not fit the machine's
- * available memory (pi_r16_room) or cannot be allocated (p unchanged then), nor where nothing is
- * packable. The neuron-wise kernels keep reading the rows. *bytes (optional) = the bytes packed (0:
- * none). Returns 0: the copy is an optimisation, never a reason to fail. */
+/* Give every layer's ffn_gate and ffn_up (their first count & ~15 rows; the last count % 16 stay rows)
+ * and its dense down block a 16-row packed copy (kernels/cpu/rows16.h) where the active kernel variant
+ * has a kernel for the type, in one node-local allocation on p's node, packed over pool (NULL: this
+ * thread). The dense path (pi_partition_ffn_dense*) then reads the copies: the in-process engine's
+ * kernels and bits per row (pp64 through the pipeline's CPU worker about 2-3x, doc/kernels.md). Costs
+ * as much memory again as the packed matrices: nothing is done (a warning, 0 returned) where that
+ * does not fit the machine's available memory (pi_r16_room) or cannot be allocated (p unchanged then),
+ * nor where nothing is packable. The neuron-wise kernels keep reading the rows. *bytes (optional) =
+ * the bytes packed (0: none). Returns 0: the copy is an optimisation, never a reason to fail. */
 int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *bytes);
 
 /* Floats of scratch pi_partition_ffn_dense needs for n tokens. */

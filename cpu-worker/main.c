@@ -296,7 +296,7 @@ static int run(const struct cw_opts *o)
         struct pi_link_opts lo = {.endpoint = o->control, .role = PI_ROLE_CPU_WORKER, .index = (uint32_t)o->index,
                                   .numa_node = place.node, .cores = place.cores, .n_cores = place.n_cores};
         if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
-        pi_link_ready(c.link, (uint64_t)held, c.part.bytes);
+        pi_link_ready(c.link, (uint64_t)held, c.part.bytes + packed16); /* the memory it holds, copies included */
     }
     pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d "
             "(and %zu in 16-row groups), %d threads",

@@ -207,7 +207,8 @@ static void check_rows16(const char *path, pi_pool_t *pool)
     pi_partition_ffn_dense(pool, &part, il, m16->hp.act, X, nmax, scr, Y);
     pi_partition_ffn_dense(pool, &plain, il, m16->hp.act, X, nmax, scr, R);
     double e = rel_err(Y, R, (size_t)(nmax * d));
-    tap_ok(b_part > 0 && part.layers[il].ffn_gate.rows16 && part.layers[il].ffn_down.rows16 && e < 1e-5,
+    tap_ok(b_part > 0 && part.gu16 && part.gu16[2 * il].rows == 512 && part.gu16[2 * il].rows16 &&
+               part.gu16[2 * il + 1].rows16 && part.layers[il].ffn_down.rows16 && e < 1e-5,
            "rows16: a slice of 512 neurons packed (%zu bytes) agrees with its rows: relative error %.2g "
            "(bound 1e-5)", b_part, e);
     bad = 0;
@@ -217,7 +218,8 @@ static void check_rows16(const char *path, pi_pool_t *pool)
     }
     tap_ok(bad == 0, "rows16: each of %lld tokens alone gives its bits in the batch (%d differ)", (long long)nmax, bad);
     /* 4: a scattered set whose count is not a multiple of 16 (a placement's usual cold set): gate and
-     * up keep their rows, the dense down block of the runs is packed; with and without edges_only */
+     * up packed for their first count & ~15 rows (the last ones from the rows), the dense down block of
+     * the runs packed; with and without edges_only; tokens alone give their rows of the batch */
     pi_partition_free(&part); /* the slice's, reused below */
     pi_partition_free(&plain);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)ff);
@@ -236,18 +238,23 @@ static void check_rows16(const char *path, pi_pool_t *pool)
         rc |= pi_partition_pack_rows16(&part, pool, &b4);
         rc |= pi_partition_pack_ids(m16, lids, cnt, -1, false, eo, &plain);
         PI_ASSERT(rc == 0);
-        shape = shape && b4 > 0 && !part.layers[il].ffn_gate.rows16 && !part.layers[il].ffn_up.rows16 &&
-                part.layers[il].ffn_down.rows16 && part.layers[il].ffn_down.cols % 32 == 0;
+        shape = shape && b4 > 0 && part.gu16 && part.gu16[2 * il].rows == (ns4 & ~15) && part.gu16[2 * il].rows16 &&
+                part.gu16[2 * il + 1].rows16 && !part.layers[il].ffn_gate.rows16 && part.layers[il].ffn_down.rows16 &&
+                part.layers[il].ffn_down.cols % 32 == 0;
         pi_partition_ffn_dense(pool, &part, il, m16->hp.act, X, nmax, scr, Y);
         pi_partition_ffn_dense(pool, &plain, il, m16->hp.act, X, nmax, scr, R);
         e4 = fmax(e4, rel_err(Y, R, (size_t)(nmax * d)));
+        for (int64_t t = 0; t < nmax; t += nmax - 1) {
+            pi_partition_ffn_dense(pool, &part, il, m16->hp.act, X + t * d, 1, scr, one);
+            shape = shape && memcmp(one, Y + t * d, sizeof(float) * (size_t)d) == 0;
+        }
         pi_partition_free(&part);
         pi_partition_free(&plain);
     }
     tap_ok(shape && e4 < 1e-5,
-           "rows16: %lld scattered neurons (rows unpacked, the down block packed; edges_only too) agree with their "
-           "rows: relative error %.2g (bound 1e-5)",
-           (long long)ns4, e4);
+           "rows16: %lld scattered neurons (gate and up packed but the last %lld, the down block packed; edges_only "
+           "too) agree with their rows: relative error %.2g (bound 1e-5); tokens alone give their batch rows",
+           (long long)ns4, (long long)(ns4 % 16), e4);
     free(ids), free(lids), free(cnt);
     pi_partition_free(&whole);
     pi_partition_free(&part);
