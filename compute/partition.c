@@ -416,7 +416,7 @@ static int packed_weights(struct pi_partition *p, int il, struct pi_weight **w)
     return n;
 }
 
-int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *bytes)
+int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharing, size_t *bytes)
 {
     struct pi_weight *w[3];
     size_t total = 0;
@@ -440,10 +440,12 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, size_t *by
             total += pi_r16_group_bytes(w[k]->type, w[k]->cols) * (size_t)(w[k]->rows / PI_R16_ROWS);
     }
     uint64_t avail = 0;
-    const bool room = total > 0 && pi_r16_room((uint64_t)total, &avail);
+    const uint64_t all = (uint64_t)total * (uint64_t)PI_MAX(1, sharing); /* every worker's copy at once */
+    const bool room = total > 0 && pi_r16_room(all, &avail);
     if (total > 0 && !room)
-        pi_warn("partition: the 16-row packed copy of the neurons needs %.1f MiB and %.1f MiB are available; "
-                "using the rows (slower dense products)", total / 1048576.0, avail / 1048576.0);
+        pi_warn("partition: the 16-row packed copies of the neurons need %.1f MiB (%d worker(s)) and %.1f MiB are "
+                "available; using the rows (slower dense products)", all / 1048576.0, PI_MAX(1, sharing),
+                avail / 1048576.0);
     if (!room) {
         free(p->gu16);
         p->gu16 = NULL;

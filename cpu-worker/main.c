@@ -278,7 +278,9 @@ static int run(const struct cw_opts *o)
     if ((rc = pi_ffn_work_reserve(c.work, (int64_t)xp->max_tokens)) != 0) goto out;
     /* the dense path's products through 16-row packed copies, as the in-process engine's (where they fit) */
     size_t packed16 = 0;
-    if (o->tune.cpu_pack != PI_TUNE_CPU_PACK_OFF && (rc = pi_partition_pack_rows16(&c.part, c.pool, &packed16)) != 0)
+    /* every worker of the machine packs at once, each seeing the same available memory */
+    if (o->tune.cpu_pack != PI_TUNE_CPU_PACK_OFF &&
+        (rc = pi_partition_pack_rows16(&c.part, c.pool, (int)o->workers, &packed16)) != 0)
         goto out;
     if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, true, !c.part.edges_only)) != 0) goto out;
     pi_ffn_policy_set_gate_min(&c.policy, c.gate_min != NULL);

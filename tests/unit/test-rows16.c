@@ -415,5 +415,10 @@ int main(void)
             tap_skip(1, "AMX check: no AMX-INT8 here (CPU, OS permission or compiler); the amx variant was not run");
     }
     test_unpackable();
+    uint64_t avail = 0;
+    const bool none = pi_r16_room(UINT64_MAX, &avail), small = pi_r16_room(0, NULL);
+    tap_ok(avail == 0 ? none && small : !none && small == (avail >= PI_R16_RESERVE),
+           "pi_r16_room: no copy fits 2^64 bytes, an empty one fits with the reserve to spare (MemAvailable %.0f MiB)",
+           avail / 1048576.0);
     return tap_done();
 }
