@@ -182,7 +182,8 @@ static void pack_groups_q6_K(void *vctx, int64_t begin, int64_t end, int thread)
             uint8_t *base = grp + (size_t)sb * PI_R16_Q6K_SB;
             memset(base + PI_R16_Q6K_D, 0, PI_R16_Q6K_SB - PI_R16_Q6K_D); /* d and the padding after it */
             for (int r = 0; r < PI_R16_ROWS; r++) {
-                const struct pi_block_q6_K *blk = (const struct pi_block_q6_K *)pi_weight_row(c->W, g * PI_R16_ROWS + r) + sb;
+                const struct pi_block_q6_K *blk =
+                    (const struct pi_block_q6_K *)pi_weight_row(c->W, g * PI_R16_ROWS + r) + sb;
                 uint8_t q[256];
                 q6_values(blk, q);
                 for (int cc = 0; cc < 4; cc++) {
