@@ -501,12 +501,16 @@ struct attn_task {
     pi_forward_t *f;
     int il;
     const int32_t *seq, *pos;
+    int n;         /* batch rows */
     int gs, parts; /* query heads per item (a part of a kv head's group), parts per group */
+    int rows;      /* batch rows per item: gs * rows <= PI_ATTN_GROUP_MAX */
 };
 
-/* Items are (row, kv head, part): item = (row * n_head_kv + kv head) * parts + part; a part is gs
- * consecutive query heads of the kv head's group, which pi_attn_group takes together (the keys and
- * values read once for them). */
+/* Items are (tile, kv head, part): item = (tile * n_head_kv + kv head) * parts + part; a tile is up to
+ * `rows` consecutive batch rows, a part gs consecutive query heads of the kv head's group. The tile's
+ * rows of one sequence go to pi_attn_tile together (the keys and values read once for all their
+ * heads, each row up to its own position); every query's bits are its own (kernels/cpu/ops.h), so the
+ * tiling never shows in the results. */
 static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     struct attn_task *t = ctx;
@@ -516,14 +520,30 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
     size_t qd = (size_t)hp->n_head * hd, es = pi_kv_type(f->kv) == PI_TYPE_F32 ? 4 : 2;
     float scale = (float)(1.0 / sqrt((double)hd));
     float *scores = f->scores + (size_t)thread * (size_t)f->o.n_ctx * PI_ATTN_GROUP_MAX;
+    float *o[PI_ATTN_GROUP_MAX];
+    const float *q[PI_ATTN_GROUP_MAX];
+    int nk[PI_ATTN_GROUP_MAX];
     for (int64_t it = begin; it < end; it++) {
         const int part = (int)(it % t->parts), kvh = (int)(it / t->parts % hp->n_head_kv);
-        const int i = (int)(it / t->parts / hp->n_head_kv);
+        const int i0 = (int)(it / t->parts / hp->n_head_kv) * t->rows, i1 = PI_MIN(t->n, i0 + t->rows);
         const int h0 = kvh * group + part * t->gs, g = PI_MIN(t->gs, group - part * t->gs);
-        const char *k0 = pi_kv_k(f->kv, t->seq[i], t->il, 0), *v0 = pi_kv_v(f->kv, t->seq[i], t->il, 0);
-        size_t off = (size_t)kvh * (size_t)hd * es;
-        pi_attn_group(f->att + i * qd + (size_t)h0 * hd, f->q + i * qd + (size_t)h0 * hd, g, k0 + off, v0 + off,
-                      pi_kv_row_bytes(f->kv), pi_kv_type(f->kv), t->pos[i] + 1, hd, scale, scores);
+        const size_t off = (size_t)kvh * (size_t)hd * es;
+        for (int r0 = i0, r1; r0 < i1; r0 = r1) { /* runs of rows of one sequence, PI_ATTN_GROUP_MAX queries a call */
+            for (r1 = r0 + 1; r1 < i1 && t->seq[r1] == t->seq[r0];) r1++;
+            const char *k0 = pi_kv_k(f->kv, t->seq[r0], t->il, 0), *v0 = pi_kv_v(f->kv, t->seq[r0], t->il, 0);
+            int n_q = 0;
+            for (int i = r0; i < r1; i++)
+                for (int h = h0; h < h0 + g; h++) {
+                    o[n_q] = f->att + i * qd + (size_t)h * hd;
+                    q[n_q] = f->q + i * qd + (size_t)h * hd;
+                    nk[n_q++] = t->pos[i] + 1;
+                    if (n_q == PI_ATTN_GROUP_MAX || (i == r1 - 1 && h == h0 + g - 1)) {
+                        pi_attn_tile(o, q, nk, n_q, k0 + off, v0 + off, pi_kv_row_bytes(f->kv), pi_kv_type(f->kv),
+                                     hd, scale, scores);
+                        n_q = 0;
+                    }
+                }
+        }
     }
 }
 
@@ -547,12 +567,15 @@ void pi_forward_attn(pi_forward_t *f, int il, const int32_t *seq, const int32_t 
     }
     /* every row's keys are cached before any row attends: row i sees positions 0..pos[i] of its
      * sequence, which includes earlier rows of this batch (causal within the batch) */
-    /* each kv head's group in as few parts as still give every thread an item */
+    /* each kv head's group in as few parts as still give every thread an item; then rows in tiles of
+     * up to PI_ATTN_GROUP_MAX queries (several rows where the group is smaller), still an item a thread */
     const int group = hp->n_head / hp->n_head_kv, items = n * hp->n_head_kv;
     const int parts = PI_MIN(group, PI_MAX(1, (f->n_threads + items - 1) / items));
-    const int gs = (group + parts - 1) / parts;
-    struct attn_task task = {f, il, seq, pos, gs, (group + gs - 1) / gs};
-    pi_pool_for(f->pool, (int64_t)items * task.parts, 1, attn_range, &task);
+    const int gs = (group + parts - 1) / parts, np = (group + gs - 1) / gs;
+    const int rows = PI_MAX(1, PI_MIN(PI_ATTN_GROUP_MAX / gs, items * np / f->n_threads));
+    struct attn_task task = {f, il, seq, pos, n, gs, np, rows};
+    const int64_t tiles = (n + rows - 1) / rows;
+    pi_pool_for(f->pool, tiles * hp->n_head_kv * np, 1, attn_range, &task);
     project(f, &L->attn_output, f->att, n, f->out);
     add_rows(h, f->out, (size_t)n * d);
 }
