@@ -2,8 +2,8 @@
  * kernels/cpu/attn-avx2.c - pi_attn_tile's kernels on AVX2 + FMA + F16C (contract in
  * kernels/cpu/attn-impl.h): f16 and f32 caches, head_dim a multiple of 8, at most 256, and the softmax.
  * Compiled with -mavx2 -mfma -mf16c into libpinfer_avx2.a; kernels/cpu/ops.c calls it only when the
- * active variant is AVX2. The method is attn-avx512.c's with 8-lane chunks and 12 accumulator registers
- * per block of the values' pass.
+ * active variant is AVX2. The method is attn-avx512.c's with 8-lane chunks, blocks of 8 keys and 12
+ * accumulator registers per block of the values' pass.
  */
 #include "config.h"
 
@@ -26,76 +26,70 @@ ALWAYS_INLINE __m256 ld8(const void *base, size_t stride, int t, int c, const in
     return _mm256_loadu_ps((const float *)row + 8 * c);
 }
 
-static inline float hsum8(__m256 v)
+/* Lane i = the sum of a[i]'s 8 lanes, for 8 accumulators at once, each by the same tree whatever its
+ * neighbours: x_l = a_l + a_l+4 for l < 4, then (x_0 + x_2) + (x_1 + x_3) (a horizontal sum's usual
+ * order). */
+static inline __m256 sum8x8(const __m256 *a)
 {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    __m256 b[4], c[2];
+    for (int i = 0; i < 4; i++)
+        b[i] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20),
+                             _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31));
+    for (int i = 0; i < 2; i++)
+        c[i] = _mm256_add_ps(_mm256_unpacklo_ps(b[2 * i], b[2 * i + 1]), _mm256_unpackhi_ps(b[2 * i], b[2 * i + 1]));
+    const __m256d c0 = _mm256_castps_pd(c[0]), c1 = _mm256_castps_pd(c[1]);
+    const __m256 d =
+        _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(c0, c1)), _mm256_castpd_ps(_mm256_unpackhi_pd(c0, c1)));
+    /* d's lane 4m + p holds the sum of a[m + 2p] */
+    return _mm256_permutevar8x32_ps(d, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-/* Four keys against one query (as four single-key steps, overlapped). */
-ALWAYS_INLINE void scores_one(float *scores, const float *q, const void *k, size_t stride, int n_kv, int nc,
-                              float scale, const int F16)
+/* s (nt) = scale * (q . k_t) for the nt <= 8 float rows at k (stride bytes apart), as attn-avx512.c's
+ * scores_block with 8 lanes. Rows past nt repeat row nt - 1 and are not stored. */
+ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, int nc,
+                                float scale)
 {
-    int t = 0;
-    for (; t + 4 <= n_kv; t += 4) {
-        __m256 q0 = _mm256_loadu_ps(q);
-        __m256 a0 = _mm256_mul_ps(q0, ld8(k, stride, t, 0, F16)), a1 = _mm256_mul_ps(q0, ld8(k, stride, t + 1, 0, F16));
-        __m256 a2 = _mm256_mul_ps(q0, ld8(k, stride, t + 2, 0, F16)),
-               a3 = _mm256_mul_ps(q0, ld8(k, stride, t + 3, 0, F16));
-        for (int c = 1; c < nc; c++) {
-            __m256 qc = _mm256_loadu_ps(q + 8 * c);
-            a0 = _mm256_fmadd_ps(qc, ld8(k, stride, t, c, F16), a0);
-            a1 = _mm256_fmadd_ps(qc, ld8(k, stride, t + 1, c, F16), a1);
-            a2 = _mm256_fmadd_ps(qc, ld8(k, stride, t + 2, c, F16), a2);
-            a3 = _mm256_fmadd_ps(qc, ld8(k, stride, t + 3, c, F16), a3);
-        }
-        scores[t] = scale * hsum8(a0);
-        scores[t + 1] = scale * hsum8(a1);
-        scores[t + 2] = scale * hsum8(a2);
-        scores[t + 3] = scale * hsum8(a3);
+    __m256 a[8];
+    const __m256 q0 = _mm256_loadu_ps(q);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm256_mul_ps(q0, _mm256_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride)));
+    for (int c = 1; c < nc; c++) {
+        const __m256 qc = _mm256_loadu_ps(q + 8 * c);
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++)
+            a[i] = _mm256_fmadd_ps(qc, _mm256_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride) + 8 * c),
+                                   a[i]);
     }
-    for (; t < n_kv; t++) {
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps(q), ld8(k, stride, t, 0, F16));
-        for (int c = 1; c < nc; c++) a = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), ld8(k, stride, t, c, F16), a);
-        scores[t] = scale * hsum8(a);
-    }
-}
-
-/* G queries (a compile-time count) against every key, each key loaded once. */
-ALWAYS_INLINE void scores_g(float *scores, size_t ld, const float *const *q, const int G, const void *k, size_t stride,
-                            int n_kv, int nc, float scale, const int F16)
-{
-    for (int t = 0; t < n_kv; t++) {
-        __m256 a[PI_ATTN_GROUP_MAX];
-        const __m256 k0 = ld8(k, stride, t, 0, F16);
-#pragma GCC unroll 8
-        for (int j = 0; j < G; j++) a[j] = _mm256_mul_ps(_mm256_loadu_ps(q[j]), k0);
-        for (int c = 1; c < nc; c++) {
-            const __m256 kc = ld8(k, stride, t, c, F16);
-#pragma GCC unroll 8
-            for (int j = 0; j < G; j++) a[j] = _mm256_fmadd_ps(_mm256_loadu_ps(q[j] + 8 * c), kc, a[j]);
-        }
-#pragma GCC unroll 8
-        for (int j = 0; j < G; j++) scores[(size_t)j * ld + t] = scale * hsum8(a[j]);
+    const __m256 r = _mm256_mul_ps(_mm256_set1_ps(scale), sum8x8(a));
+    if (nt == 8) _mm256_storeu_ps(s, r);
+    else {
+        float tmp[8];
+        _mm256_storeu_ps(tmp, r);
+        for (int i = 0; i < nt; i++) s[i] = tmp[i];
     }
 }
 
+/* Blocks of 8 keys, each against every query while it is in L1 (an f16 block widened once into buf). */
 ALWAYS_INLINE void scores_any(float *scores, size_t ld, const float *const *q, int g, const void *k, size_t stride,
                               int n_kv, int hd, float scale, const int F16)
 {
     const int nc = hd / 8;
     PI_ASSERT(hd % 8 == 0 && nc >= 1 && nc <= MAX_CHUNKS && g >= 1 && g <= PI_ATTN_GROUP_MAX);
-    switch (g) {
-    case 1: scores_one(scores, q[0], k, stride, n_kv, nc, scale, F16); break;
-    case 2: scores_g(scores, ld, q, 2, k, stride, n_kv, nc, scale, F16); break;
-    case 3: scores_g(scores, ld, q, 3, k, stride, n_kv, nc, scale, F16); break;
-    case 4: scores_g(scores, ld, q, 4, k, stride, n_kv, nc, scale, F16); break;
-    case 5: scores_g(scores, ld, q, 5, k, stride, n_kv, nc, scale, F16); break;
-    case 6: scores_g(scores, ld, q, 6, k, stride, n_kv, nc, scale, F16); break;
-    case 7: scores_g(scores, ld, q, 7, k, stride, n_kv, nc, scale, F16); break;
-    default: scores_g(scores, ld, q, 8, k, stride, n_kv, nc, scale, F16); break;
+    float buf[8 * 8 * MAX_CHUNKS]; /* a block of 8 f16 rows as floats (unused for f32) */
+    for (int t0 = 0; t0 < n_kv; t0 += 8) {
+        const int nt = PI_MIN(8, n_kv - t0);
+        const char *kb = (const char *)k + (size_t)t0 * stride;
+        size_t ks = stride;
+        if (F16) {
+            for (int i = 0; i < nt; i++)
+                for (int c = 0; c < nc; c++) _mm256_storeu_ps(buf + (size_t)i * hd + 8 * c, ld8(kb, stride, i, c, 1));
+            kb = (const char *)buf, ks = (size_t)hd * sizeof(float);
+        }
+        for (int j = 0; j < g; j++) {
+            if (nt == 8) scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, 8, nc, scale);
+            else scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, nt, nc, scale);
+        }
     }
 }
 

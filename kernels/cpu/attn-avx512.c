@@ -4,10 +4,10 @@
  * with the AVX-512 flags into libpinfer_avx512.a; kernels/cpu/ops.c calls it only when the active
  * variant is AVX-512 or above.
  *
- * Scores: a key row is loaded (f32) or widened (f16, vcvtph2ps) 16 elements at a time once for all the
- * queries; each query multiplies it into its own accumulator (the first chunk a multiply, the rest FMAs
- * in chunk order), reduced across lanes at the row's end. A single query takes four keys together so
- * that their chains overlap; per key the operations are the same. Values: each query's output is held
+ * Scores: the keys go in blocks of 16 rows (an f16 block widened once into floats), each block against
+ * every query while it is in L1: per query and row one accumulator (the first chunk a multiply, the
+ * rest FMAs in chunk order), the 16 accumulators reduced across lanes together (sum16x16, the order of
+ * _mm512_reduce_add_ps for each), so the reductions cost about 3 instructions a score instead of 8. Values: each query's output is held
  * in registers, a block of chunks at a time (the queries' accumulators fill at most 24 registers),
  * while the rows stream; p broadcast, one FMA per chunk, query and row, in row order. A query with fewer
  * rows than the others stops at its own count (the rows past it are skipped for it, not weighted 0).
@@ -32,69 +32,72 @@ ALWAYS_INLINE __m512 ld16(const void *base, size_t stride, int t, int c, const i
     return _mm512_loadu_ps((const float *)row + 16 * c);
 }
 
-/* Four keys against one query (as four single-key steps, overlapped). */
-ALWAYS_INLINE void scores_one(float *scores, const float *q, const void *k, size_t stride, int n_kv, int nc,
-                              float scale, const int F16)
+/* Lane i = the sum of a[i]'s 16 lanes, for 16 accumulators at once, each by the same tree whatever its
+ * neighbours: x_l = (a_l + a_l+8) + (a_l+4 + a_l+12) for l < 4, then (x_0 + x_2) + (x_1 + x_3) (the
+ * order of _mm512_reduce_add_ps, in 45 instructions for 16 sums instead of 16 x 8). */
+static inline __m512 sum16x16(const __m512 *a)
 {
-    __m512 qv[MAX_CHUNKS];
-    for (int c = 0; c < nc; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
-    int t = 0;
-    for (; t + 4 <= n_kv; t += 4) {
-        __m512 a0 = _mm512_mul_ps(qv[0], ld16(k, stride, t, 0, F16));
-        __m512 a1 = _mm512_mul_ps(qv[0], ld16(k, stride, t + 1, 0, F16));
-        __m512 a2 = _mm512_mul_ps(qv[0], ld16(k, stride, t + 2, 0, F16));
-        __m512 a3 = _mm512_mul_ps(qv[0], ld16(k, stride, t + 3, 0, F16));
-        for (int c = 1; c < nc; c++) {
-            a0 = _mm512_fmadd_ps(qv[c], ld16(k, stride, t, c, F16), a0);
-            a1 = _mm512_fmadd_ps(qv[c], ld16(k, stride, t + 1, c, F16), a1);
-            a2 = _mm512_fmadd_ps(qv[c], ld16(k, stride, t + 2, c, F16), a2);
-            a3 = _mm512_fmadd_ps(qv[c], ld16(k, stride, t + 3, c, F16), a3);
-        }
-        scores[t] = scale * _mm512_reduce_add_ps(a0);
-        scores[t + 1] = scale * _mm512_reduce_add_ps(a1);
-        scores[t + 2] = scale * _mm512_reduce_add_ps(a2);
-        scores[t + 3] = scale * _mm512_reduce_add_ps(a3);
-    }
-    for (; t < n_kv; t++) {
-        __m512 a = _mm512_mul_ps(qv[0], ld16(k, stride, t, 0, F16));
-        for (int c = 1; c < nc; c++) a = _mm512_fmadd_ps(qv[c], ld16(k, stride, t, c, F16), a);
-        scores[t] = scale * _mm512_reduce_add_ps(a);
-    }
+    __m512 b[8], c[4], d[2];
+    for (int i = 0; i < 8; i++)
+        b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
+                             _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+    for (int i = 0; i < 4; i++)
+        c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                             _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+    for (int i = 0; i < 2; i++)
+        d[i] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_ps(c[2 * i], c[2 * i + 1]));
+    const __m512d d0 = _mm512_castps_pd(d[0]), d1 = _mm512_castps_pd(d[1]);
+    const __m512 e =
+        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(d0, d1)), _mm512_castpd_ps(_mm512_unpackhi_pd(d0, d1)));
+    /* e's lane 4m + p holds the sum of a[m + 4p] */
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), e);
 }
 
-/* G queries (a compile-time count) against every key, each key loaded once. */
-ALWAYS_INLINE void scores_g(float *scores, size_t ld, const float *const *q, const int G, const void *k, size_t stride,
-                            int n_kv, int nc, float scale, const int F16)
+/* s (nt) = scale * (q . k_t) for the nt <= 16 float rows at k (stride bytes apart): each row's chunks
+ * into its own accumulator (the first a multiply, the rest FMAs in chunk order), then sum16x16. Rows
+ * past nt repeat row nt - 1 and are not stored. */
+ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, int nc,
+                                float scale)
 {
-    for (int t = 0; t < n_kv; t++) {
-        __m512 a[PI_ATTN_GROUP_MAX];
-        const __m512 k0 = ld16(k, stride, t, 0, F16);
-#pragma GCC unroll 8
-        for (int j = 0; j < G; j++) a[j] = _mm512_mul_ps(_mm512_loadu_ps(q[j]), k0);
-        for (int c = 1; c < nc; c++) {
-            const __m512 kc = ld16(k, stride, t, c, F16);
-#pragma GCC unroll 8
-            for (int j = 0; j < G; j++) a[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q[j] + 16 * c), kc, a[j]);
-        }
-#pragma GCC unroll 8
-        for (int j = 0; j < G; j++) scores[(size_t)j * ld + t] = scale * _mm512_reduce_add_ps(a[j]);
+    __m512 a[16];
+    const __m512 q0 = _mm512_loadu_ps(q);
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++)
+        a[i] = _mm512_mul_ps(q0, _mm512_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride)));
+    for (int c = 1; c < nc; c++) {
+        const __m512 qc = _mm512_loadu_ps(q + 16 * c);
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            a[i] = _mm512_fmadd_ps(
+                qc, _mm512_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride) + 16 * c), a[i]);
     }
+    const __m512 r = _mm512_mul_ps(_mm512_set1_ps(scale), sum16x16(a));
+    if (nt == 16) _mm512_storeu_ps(s, r);
+    else _mm512_mask_storeu_ps(s, (__mmask16)((1u << nt) - 1), r);
 }
 
+/* Blocks of 16 keys, each block against every query while it is in L1 (an f16 block widened once into
+ * buf first). A score's operations are its own query's and key's alone, so every query gets the bits
+ * it gets alone. */
 ALWAYS_INLINE void scores_any(float *scores, size_t ld, const float *const *q, int g, const void *k, size_t stride,
                               int n_kv, int hd, float scale, const int F16)
 {
     const int nc = hd / 16;
     PI_ASSERT(hd % 16 == 0 && nc >= 1 && nc <= MAX_CHUNKS && g >= 1 && g <= PI_ATTN_GROUP_MAX);
-    switch (g) {
-    case 1: scores_one(scores, q[0], k, stride, n_kv, nc, scale, F16); break;
-    case 2: scores_g(scores, ld, q, 2, k, stride, n_kv, nc, scale, F16); break;
-    case 3: scores_g(scores, ld, q, 3, k, stride, n_kv, nc, scale, F16); break;
-    case 4: scores_g(scores, ld, q, 4, k, stride, n_kv, nc, scale, F16); break;
-    case 5: scores_g(scores, ld, q, 5, k, stride, n_kv, nc, scale, F16); break;
-    case 6: scores_g(scores, ld, q, 6, k, stride, n_kv, nc, scale, F16); break;
-    case 7: scores_g(scores, ld, q, 7, k, stride, n_kv, nc, scale, F16); break;
-    default: scores_g(scores, ld, q, 8, k, stride, n_kv, nc, scale, F16); break;
+    float buf[16 * 16 * MAX_CHUNKS]; /* a block of 16 f16 rows as floats (unused for f32) */
+    for (int t0 = 0; t0 < n_kv; t0 += 16) {
+        const int nt = PI_MIN(16, n_kv - t0);
+        const char *kb = (const char *)k + (size_t)t0 * stride;
+        size_t ks = stride;
+        if (F16) {
+            for (int i = 0; i < nt; i++)
+                for (int c = 0; c < nc; c++) _mm512_storeu_ps(buf + (size_t)i * hd + 16 * c, ld16(kb, stride, i, c, 1));
+            kb = (const char *)buf, ks = (size_t)hd * sizeof(float);
+        }
+        for (int j = 0; j < g; j++) {
+            if (nt == 16) scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, 16, nc, scale);
+            else scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, nt, nc, scale);
+        }
     }
 }
 
