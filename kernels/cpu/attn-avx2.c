@@ -29,12 +29,14 @@ ALWAYS_INLINE __m256 ld8(const void *base, size_t stride, int t, int c, const in
 /* Lane i = the sum of a[i]'s 8 lanes, for 8 accumulators at once, each by the same tree whatever its
  * neighbours: x_l = a_l + a_l+4 for l < 4, then (x_0 + x_2) + (x_1 + x_3) (a horizontal sum's usual
  * order). */
-static inline __m256 sum8x8(const __m256 *a)
+ALWAYS_INLINE __m256 sum8x8(const __m256 *a)
 {
     __m256 b[4], c[2];
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
         b[i] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x20),
                              _mm256_permute2f128_ps(a[2 * i], a[2 * i + 1], 0x31));
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++)
         c[i] = _mm256_add_ps(_mm256_unpacklo_ps(b[2 * i], b[2 * i + 1]), _mm256_unpackhi_ps(b[2 * i], b[2 * i + 1]));
     const __m256d c0 = _mm256_castps_pd(c[0]), c1 = _mm256_castps_pd(c[1]);
@@ -45,21 +47,24 @@ static inline __m256 sum8x8(const __m256 *a)
 }
 
 /* s (nt) = scale * (q . k_t) for the nt <= 8 float rows at k (stride bytes apart), as attn-avx512.c's
- * scores_block with 8 lanes. Rows past nt repeat row nt - 1 and are not stored. */
-ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, int nc,
-                                float scale)
+ * scores_block with 8 lanes (NC: 8 or 16 chunks known at compile time, else 0 and nc). Rows past nt
+ * repeat row nt - 1 and are not stored. */
+ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, const int NC,
+                                int nc, float scale)
 {
     __m256 a[8];
-    const __m256 q0 = _mm256_loadu_ps(q);
 #pragma GCC unroll 8
-    for (int i = 0; i < 8; i++)
-        a[i] = _mm256_mul_ps(q0, _mm256_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride)));
-    for (int c = 1; c < nc; c++) {
-        const __m256 qc = _mm256_loadu_ps(q + 8 * c);
-#pragma GCC unroll 8
-        for (int i = 0; i < 8; i++)
-            a[i] = _mm256_fmadd_ps(qc, _mm256_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride) + 8 * c),
-                                   a[i]);
+    for (int i = 0; i < 8; i++) {
+        const float *row = (const float *)(k + (size_t)(i < nt ? i : nt - 1) * stride);
+        a[i] = _mm256_mul_ps(_mm256_loadu_ps(q), _mm256_loadu_ps(row));
+        if (NC) {
+#pragma GCC unroll 16
+            for (int c = 1; c < NC; c++)
+                a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), _mm256_loadu_ps(row + 8 * c), a[i]);
+        } else {
+            for (int c = 1; c < nc; c++)
+                a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q + 8 * c), _mm256_loadu_ps(row + 8 * c), a[i]);
+        }
     }
     const __m256 r = _mm256_mul_ps(_mm256_set1_ps(scale), sum8x8(a));
     if (nt == 8) _mm256_storeu_ps(s, r);
@@ -68,6 +73,16 @@ ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t 
         _mm256_storeu_ps(tmp, r);
         for (int i = 0; i < nt; i++) s[i] = tmp[i];
     }
+}
+
+/* Every query against one block of nt rows, full blocks specialised. */
+ALWAYS_INLINE void scores_queries(float *scores, size_t ld, const float *const *q, int g, const char *kb, size_t ks,
+                                  int nt, const int NC, int nc, float scale)
+{
+    if (nt == 8)
+        for (int j = 0; j < g; j++) scores_block(scores + (size_t)j * ld, q[j], kb, ks, 8, NC, nc, scale);
+    else
+        for (int j = 0; j < g; j++) scores_block(scores + (size_t)j * ld, q[j], kb, ks, nt, NC, nc, scale);
 }
 
 /* Blocks of 8 keys, each against every query while it is in L1 (an f16 block widened once into buf). */
@@ -86,9 +101,11 @@ ALWAYS_INLINE void scores_any(float *scores, size_t ld, const float *const *q, i
                 for (int c = 0; c < nc; c++) _mm256_storeu_ps(buf + (size_t)i * hd + 8 * c, ld8(kb, stride, i, c, 1));
             kb = (const char *)buf, ks = (size_t)hd * sizeof(float);
         }
-        for (int j = 0; j < g; j++) {
-            if (nt == 8) scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, 8, nc, scale);
-            else scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, nt, nc, scale);
+        float *st = scores + t0;
+        switch (nc) {
+        case 8: scores_queries(st, ld, q, g, kb, ks, nt, 8, 8, scale); break;
+        case 16: scores_queries(st, ld, q, g, kb, ks, nt, 16, 16, scale); break;
+        default: scores_queries(st, ld, q, g, kb, ks, nt, 0, nc, scale); break;
         }
     }
 }

@@ -35,15 +35,18 @@ ALWAYS_INLINE __m512 ld16(const void *base, size_t stride, int t, int c, const i
 /* Lane i = the sum of a[i]'s 16 lanes, for 16 accumulators at once, each by the same tree whatever its
  * neighbours: x_l = (a_l + a_l+8) + (a_l+4 + a_l+12) for l < 4, then (x_0 + x_2) + (x_1 + x_3) (the
  * order of _mm512_reduce_add_ps, in 45 instructions for 16 sums instead of 16 x 8). */
-static inline __m512 sum16x16(const __m512 *a)
+ALWAYS_INLINE __m512 sum16x16(const __m512 *a)
 {
     __m512 b[8], c[4], d[2];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++)
         b[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0x44),
                              _mm512_shuffle_f32x4(a[2 * i], a[2 * i + 1], 0xee));
+#pragma GCC unroll 4
     for (int i = 0; i < 4; i++)
         c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
                              _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+#pragma GCC unroll 2
     for (int i = 0; i < 2; i++)
         d[i] = _mm512_add_ps(_mm512_unpacklo_ps(c[2 * i], c[2 * i + 1]), _mm512_unpackhi_ps(c[2 * i], c[2 * i + 1]));
     const __m512d d0 = _mm512_castps_pd(d[0]), d1 = _mm512_castps_pd(d[1]);
@@ -55,25 +58,41 @@ static inline __m512 sum16x16(const __m512 *a)
 
 /* s (nt) = scale * (q . k_t) for the nt <= 16 float rows at k (stride bytes apart): each row's chunks
  * into its own accumulator (the first a multiply, the rest FMAs in chunk order), then sum16x16. Rows
- * past nt repeat row nt - 1 and are not stored. */
-ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, int nc,
-                                float scale)
+ * past nt repeat row nt - 1 and are not stored. NC: the chunks when known at compile time (the query
+ * is then held in registers), else 0 and nc. Row by row, one pointer stepping by stride. */
+ALWAYS_INLINE void scores_block(float *s, const float *q, const char *k, size_t stride, const int nt, const int NC,
+                                int nc, float scale)
 {
-    __m512 a[16];
-    const __m512 q0 = _mm512_loadu_ps(q);
+    __m512 a[16], qv[8];
+    if (NC)
+#pragma GCC unroll 8
+        for (int c = 0; c < NC; c++) qv[c] = _mm512_loadu_ps(q + 16 * c);
 #pragma GCC unroll 16
-    for (int i = 0; i < 16; i++)
-        a[i] = _mm512_mul_ps(q0, _mm512_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride)));
-    for (int c = 1; c < nc; c++) {
-        const __m512 qc = _mm512_loadu_ps(q + 16 * c);
-#pragma GCC unroll 16
-        for (int i = 0; i < 16; i++)
-            a[i] = _mm512_fmadd_ps(
-                qc, _mm512_loadu_ps((const float *)(k + (size_t)PI_MIN(i, nt - 1) * stride) + 16 * c), a[i]);
+    for (int i = 0; i < 16; i++) {
+        const float *row = (const float *)(k + (size_t)(i < nt ? i : nt - 1) * stride);
+        if (NC) {
+            a[i] = _mm512_mul_ps(qv[0], _mm512_loadu_ps(row));
+#pragma GCC unroll 8
+            for (int c = 1; c < NC; c++) a[i] = _mm512_fmadd_ps(qv[c], _mm512_loadu_ps(row + 16 * c), a[i]);
+        } else {
+            a[i] = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(row));
+            for (int c = 1; c < nc; c++)
+                a[i] = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c), _mm512_loadu_ps(row + 16 * c), a[i]);
+        }
     }
     const __m512 r = _mm512_mul_ps(_mm512_set1_ps(scale), sum16x16(a));
     if (nt == 16) _mm512_storeu_ps(s, r);
     else _mm512_mask_storeu_ps(s, (__mmask16)((1u << nt) - 1), r);
+}
+
+/* Every query against one block of nt rows, full blocks specialised. */
+ALWAYS_INLINE void scores_queries(float *scores, size_t ld, const float *const *q, int g, const char *kb, size_t ks,
+                                  int nt, const int NC, int nc, float scale)
+{
+    if (nt == 16)
+        for (int j = 0; j < g; j++) scores_block(scores + (size_t)j * ld, q[j], kb, ks, 16, NC, nc, scale);
+    else
+        for (int j = 0; j < g; j++) scores_block(scores + (size_t)j * ld, q[j], kb, ks, nt, NC, nc, scale);
 }
 
 /* Blocks of 16 keys, each block against every query while it is in L1 (an f16 block widened once into
@@ -94,9 +113,11 @@ ALWAYS_INLINE void scores_any(float *scores, size_t ld, const float *const *q, i
                 for (int c = 0; c < nc; c++) _mm512_storeu_ps(buf + (size_t)i * hd + 16 * c, ld16(kb, stride, i, c, 1));
             kb = (const char *)buf, ks = (size_t)hd * sizeof(float);
         }
-        for (int j = 0; j < g; j++) {
-            if (nt == 16) scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, 16, nc, scale);
-            else scores_block(scores + (size_t)j * ld + t0, q[j], kb, ks, nt, nc, scale);
+        float *st = scores + t0;
+        switch (nc) {
+        case 4: scores_queries(st, ld, q, g, kb, ks, nt, 4, 4, scale); break;
+        case 8: scores_queries(st, ld, q, g, kb, ks, nt, 8, 8, scale); break;
+        default: scores_queries(st, ld, q, g, kb, ks, nt, 0, nc, scale); break;
         }
     }
 }
