@@ -540,7 +540,7 @@ struct attn_task {
     const int32_t *seq, *pos;
     int n;         /* batch rows */
     int gs, parts; /* query heads per item (a part of a kv head's group), parts per group */
-    int rows;      /* batch rows per item: gs * rows <= PI_ATTN_GROUP_MAX */
+    int rows;      /* batch rows per item: 1, or up to PI_ATTN_GROUP_MAX / gs */
 };
 
 /* Items are (tile, kv head, part): item = (tile * n_head_kv + kv head) * parts + part; a tile is up to
@@ -565,18 +565,18 @@ static void attn_range(void *ctx, int64_t begin, int64_t end, int thread)
         const int i0 = (int)(it / t->parts / hp->n_head_kv) * t->rows, i1 = PI_MIN(t->n, i0 + t->rows);
         const int h0 = kvh * group + part * t->gs, g = PI_MIN(t->gs, group - part * t->gs);
         const size_t off = (size_t)kvh * (size_t)hd * es;
-        for (int r0 = i0, r1; r0 < i1; r0 = r1) { /* runs of rows of one sequence, PI_ATTN_GROUP_MAX queries a call */
+        for (int r0 = i0, r1; r0 < i1; r0 = r1) { /* runs of one sequence's rows */
             for (r1 = r0 + 1; r1 < i1 && t->seq[r1] == t->seq[r0];) r1++;
             const char *k0 = pi_kv_k(f->kv, t->seq[r0], t->il, 0), *v0 = pi_kv_v(f->kv, t->seq[r0], t->il, 0);
-            int n_q = 0;
+            int n_q = 0; /* queries gathered for the next call, at most PI_ATTN_GROUP_MAX */
             for (int i = r0; i < r1; i++)
                 for (int h = h0; h < h0 + g; h++) {
                     o[n_q] = f->att + i * qd + (size_t)h * hd;
                     q[n_q] = f->q + i * qd + (size_t)h * hd;
                     nk[n_q++] = t->pos[i] + 1;
                     if (n_q == PI_ATTN_GROUP_MAX || (i == r1 - 1 && h == h0 + g - 1)) {
-                        pi_attn_tile(o, q, nk, n_q, k0 + off, v0 + off, pi_kv_row_bytes(f->kv), pi_kv_type(f->kv),
-                                     hd, scale, scores);
+                        pi_attn_tile(o, q, nk, n_q, k0 + off, v0 + off, pi_kv_row_bytes(f->kv), pi_kv_type(f->kv), hd,
+                                     scale, scores);
                         n_q = 0;
                     }
                 }

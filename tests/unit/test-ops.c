@@ -246,8 +246,10 @@ static void test_silu(void)
         want += !skip;
         agree &= skip ? ya[i] == 0.0f : memcmp(&ya[i], &y[i], sizeof(float)) == 0;
     }
-    tap_ok(agree && kept == want, "silu with thresholds: pi_ffn_gate_skip's %lld of %d neurons kept (%lld), the rest "
-           "pi_ffn_act's bits, %s kernels", (long long)want, ROWS * FF, (long long)kept, pi_kernels_variant());
+    tap_ok(agree && kept == want,
+           "silu with thresholds: pi_ffn_gate_skip's %lld of %d neurons kept (%lld), the rest "
+           "pi_ffn_act's bits, %s kernels",
+           (long long)want, ROWS * FF, (long long)kept, pi_kernels_variant());
 }
 
 static void test_act(void)
@@ -286,8 +288,8 @@ int main(void)
      * counts that leave the four-key step a remainder */
     static const int f16_shapes[][2] = {{64, 1}, {64, 7}, {128, 300}, {40, 13}, {256, 66}, {80, 5}, {300, 17}};
     /* tiles: head_dim, positions up to the last row's, rows, heads per kv head (GQA group) */
-    static const int tile_shapes[][4] = {{64, 1, 1, 8},   {64, 9, 9, 1},  {64, 300, 16, 4}, {128, 77, 5, 8},
-                                         {128, 513, 3, 2}, {64, 40, 12, 3}, {40, 30, 4, 2},  {96, 17, 2, 5}};
+    static const int tile_shapes[][4] = {{64, 1, 1, 8},    {64, 9, 9, 1},   {64, 300, 16, 4}, {128, 77, 5, 8},
+                                         {128, 513, 3, 2}, {64, 40, 12, 3}, {40, 30, 4, 2},   {96, 17, 2, 5}};
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         if (!pi_kernels_available((enum pi_kernel_isa)isa)) {
             tap_skip(2 * (int)PI_ARRAY_LEN(f16_shapes) + 5 + 2 * (int)PI_ARRAY_LEN(tile_shapes) + 2,
