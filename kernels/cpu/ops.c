@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "lib/common.h"
+#include "kernels/cpu/act-impl.h"
 #include "kernels/cpu/attn-impl.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
@@ -183,22 +184,31 @@ static void axpy_kv(float *out, float a, const void *v, enum pi_type t, int hd)
     }
 }
 
-/* The f16 cache's two halves for the active kernel variant where it has them for this head_dim
+/* The attention kernels of the active kernel variant for this cache type and head_dim
  * (kernels/cpu/attn-impl.h); false: the portable loops below. */
-static bool attn_f16_simd(int hd, pi_attn_scores_fn *scores, pi_attn_mix_fn *mix)
+struct attn_simd {
+    pi_attn_scores_fn scores;
+    pi_attn_mix_fn mix;
+    pi_attn_softmax_fn softmax;
+};
+
+static bool attn_simd(enum pi_type t, int hd, struct attn_simd *a)
 {
 #ifdef PI_HAVE_X86_SIMD
     const enum pi_kernel_isa isa = pi_kernels_isa();
+    const bool f16 = t == PI_TYPE_F16;
     if (isa >= PI_KERNEL_AVX512 && hd % 16 == 0 && hd <= 256) {
-        *scores = pi_attn_scores_f16_avx512, *mix = pi_attn_mix_f16_avx512;
+        *a = (struct attn_simd){f16 ? pi_attn_scores_f16_avx512 : pi_attn_scores_f32_avx512,
+                                f16 ? pi_attn_mix_f16_avx512 : pi_attn_mix_f32_avx512, pi_attn_softmax_avx512};
         return true;
     }
     if (isa >= PI_KERNEL_AVX2 && hd % 8 == 0 && hd <= 256) {
-        *scores = pi_attn_scores_f16_avx2, *mix = pi_attn_mix_f16_avx2;
+        *a = (struct attn_simd){f16 ? pi_attn_scores_f16_avx2 : pi_attn_scores_f32_avx2,
+                                f16 ? pi_attn_mix_f16_avx2 : pi_attn_mix_f32_avx2, pi_attn_softmax_avx2};
         return true;
     }
 #endif
-    (void)hd, (void)scores, (void)mix;
+    (void)t, (void)hd, (void)a;
     return false;
 }
 
@@ -213,24 +223,51 @@ static void attn_one(float *out, const float *q, const void *k, const void *v, s
     for (int t = 0; t < n_kv; t++) axpy_kv(out, scores[t], (const char *)v + (size_t)t * stride, kv_type, hd);
 }
 
-void pi_attn_group(float *out, const float *q, int group, const void *k, const void *v, size_t stride,
-                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+void pi_attn_tile(float *const *out, const float *const *q, const int *n_kv, int n_q, const void *k, const void *v,
+                  size_t stride, enum pi_type kv_type, int hd, float scale, float *scores)
 {
     PI_ASSERT(kv_type == PI_TYPE_F32 || kv_type == PI_TYPE_F16);
-    PI_ASSERT(n_kv > 0 && group >= 1);
-    pi_attn_scores_fn sfn;
-    pi_attn_mix_fn mfn;
-    if (kv_type == PI_TYPE_F16 && attn_f16_simd(hd, &sfn, &mfn)) {
-        for (int j0 = 0; j0 < group; j0 += PI_ATTN_GROUP_MAX) {
-            const int g = PI_MIN(PI_ATTN_GROUP_MAX, group - j0);
-            sfn(scores, q + (size_t)j0 * hd, g, k, stride, n_kv, hd, scale);
-            for (int j = 0; j < g; j++) pi_softmax(scores + (size_t)j * n_kv, n_kv);
-            mfn(out + (size_t)j0 * hd, scores, g, v, stride, n_kv, hd);
+    PI_ASSERT(n_q >= 1 && hd >= 1);
+    struct attn_simd a;
+    if (!attn_simd(kv_type, hd, &a)) {
+        for (int j = 0; j < n_q; j++) {
+            PI_ASSERT(n_kv[j] >= 1);
+            attn_one(out[j], q[j], k, v, stride, kv_type, n_kv[j], hd, scale, scores);
         }
         return;
     }
-    for (int j = 0; j < group; j++)
-        attn_one(out + (size_t)j * hd, q + (size_t)j * hd, k, v, stride, kv_type, n_kv, hd, scale, scores);
+    /* calls of up to PI_ATTN_GROUP_MAX queries: scores of every query against the rows up to the
+     * call's largest count (each score is one query's dot with one key: its bits do not depend on the
+     * others), each query's softmax over its own count, the values mixed up to each query's count */
+    for (int j0 = 0; j0 < n_q; j0 += PI_ATTN_GROUP_MAX) {
+        const int g = PI_MIN(PI_ATTN_GROUP_MAX, n_q - j0);
+        int hi = 0;
+        for (int j = j0; j < j0 + g; j++) {
+            PI_ASSERT(n_kv[j] >= 1);
+            hi = PI_MAX(hi, n_kv[j]);
+        }
+        a.scores(scores, (size_t)hi, q + j0, g, k, stride, hi, hd, scale);
+        for (int j = 0; j < g; j++) a.softmax(scores + (size_t)j * hi, n_kv[j0 + j]);
+        a.mix(out + j0, scores, (size_t)hi, n_kv + j0, g, v, stride, hd);
+    }
+}
+
+void pi_attn_group(float *out, const float *q, int group, const void *k, const void *v, size_t stride,
+                   enum pi_type kv_type, int n_kv, int hd, float scale, float *scores)
+{
+    PI_ASSERT(n_kv > 0 && group >= 1);
+    float *o[PI_ATTN_GROUP_MAX];
+    const float *qs[PI_ATTN_GROUP_MAX];
+    int nk[PI_ATTN_GROUP_MAX];
+    for (int j0 = 0; j0 < group; j0 += PI_ATTN_GROUP_MAX) {
+        const int g = PI_MIN(PI_ATTN_GROUP_MAX, group - j0);
+        for (int j = 0; j < g; j++) {
+            o[j] = out + (size_t)(j0 + j) * hd;
+            qs[j] = q + (size_t)(j0 + j) * hd;
+            nk[j] = n_kv;
+        }
+        pi_attn_tile(o, qs, nk, g, k, v, stride, kv_type, hd, scale, scores);
+    }
 }
 
 void pi_attn_head(float *out, const float *q, const void *k, const void *v, size_t stride,
@@ -242,11 +279,34 @@ void pi_attn_head(float *out, const float *q, const void *k, const void *v, size
 static inline float silu(float g) { return g / (1.0f + expf(-g)); }
 static inline float relu(float g) { return g > 0.0f ? g : 0.0f; }
 
+/* The SiLU-gated activation of the active kernel variant (kernels/cpu/act-impl.h); false: the portable
+ * loops (libm's expf). */
+static bool silu_simd(pi_ffn_silu_fn *act, pi_ffn_silu_min_fn *act_min)
+{
+#ifdef PI_HAVE_X86_SIMD
+    const enum pi_kernel_isa isa = pi_kernels_isa();
+    if (isa >= PI_KERNEL_AVX512) {
+        *act = pi_ffn_silu_avx512, *act_min = pi_ffn_silu_min_avx512;
+        return true;
+    }
+    if (isa >= PI_KERNEL_AVX2) {
+        *act = pi_ffn_silu_avx2, *act_min = pi_ffn_silu_min_avx2;
+        return true;
+    }
+#endif
+    (void)act, (void)act_min;
+    return false;
+}
+
 void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
 {
+    pi_ffn_silu_fn sfn;
+    pi_ffn_silu_min_fn smin;
     switch (act) {
     case PI_FFN_ACT_SILU:
-        for (int64_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
+        if (silu_simd(&sfn, &smin)) sfn(g, u, n);
+        else
+            for (int64_t i = 0; i < n; i++) g[i] = silu(g[i]) * u[i];
         break;
     case PI_FFN_ACT_RELU:
         for (int64_t i = 0; i < n; i++) g[i] = relu(g[i]) * u[i];
@@ -262,6 +322,9 @@ void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n)
 int64_t pi_ffn_act_min(enum pi_ffn_act act, const float *gate_min, float *g, const float *u, int64_t n, int64_t ff)
 {
     PI_ASSERT(act == PI_FFN_ACT_SILU || act == PI_FFN_ACT_RELU || act == PI_FFN_ACT_DRELU);
+    pi_ffn_silu_fn sfn;
+    pi_ffn_silu_min_fn smin;
+    if (act == PI_FFN_ACT_SILU && silu_simd(&sfn, &smin)) return smin(gate_min, g, u, n, ff);
     int64_t kept = 0;
     for (int64_t i = 0; i < n * ff; i++) {
         if (pi_ffn_gate_skip(act, gate_min[i % ff], g[i])) {

@@ -52,11 +52,20 @@ void pi_attn_head(float *out, const float *q, const void *k, const void *v, size
 
 /* The `group` query heads q (group, hd) that share one kv head (grouped-query attention), each exactly
  * as pi_attn_head computes it alone (the same bits): out (group, hd); scores
- * (PI_MIN(group, PI_ATTN_GROUP_MAX), n_kv) is scratch. With an f16 cache and a SIMD kernel variant the
- * keys and values are read once for up to PI_ATTN_GROUP_MAX queries (kernels/cpu/attn-impl.h). */
+ * (PI_MIN(group, PI_ATTN_GROUP_MAX), n_kv) is scratch. pi_attn_tile with n_kv for every query. */
 #define PI_ATTN_GROUP_MAX 8
 void pi_attn_group(float *out, const float *q, int group, const void *k, const void *v, size_t stride,
                    enum pi_type kv_type, int n_kv, int hd, float scale, float *scores);
+
+/* A tile of n_q queries over one kv head's cache, each with its own count: query j (q[j], hd floats)
+ * attends over rows 0..n_kv[j] - 1 (n_kv[j] >= 1) into out[j] (hd), each exactly as pi_attn_head
+ * computes it alone (the same bits), so a prompt's rows may share a tile whatever their positions.
+ * scores (PI_MIN(n_q, PI_ATTN_GROUP_MAX), max n_kv) is scratch; rows up to the largest n_kv are read
+ * for all the queries of a kernel call (their scores are computed and unused). With a SIMD kernel
+ * variant (f16 or f32 cache; kernels/cpu/attn-impl.h) the keys and values are read once for up to
+ * PI_ATTN_GROUP_MAX queries. */
+void pi_attn_tile(float *const *out, const float *const *q, const int *n_kv, int n_q, const void *k, const void *v,
+                  size_t stride, enum pi_type kv_type, int hd, float scale, float *scores);
 
 /* g (n) = act(g, u) elementwise: silu(g) * u, relu(g) * u or relu(g) * relu(u). */
 void pi_ffn_act(enum pi_ffn_act act, float *g, const float *u, int64_t n);

@@ -14,7 +14,8 @@
  *  - activation thresholds (issue 18): the skip rule's cases; all-zero thresholds give the bits of no
  *    thresholds; random per-neuron thresholds equal a reference over the neurons the rule keeps (the
  *    kernel's own gate values decide), the skipped neurons' up and down rows never read (poisoned);
- *    the batch kernel gives the bits of one call per token; pi_ffn_act_min zeroes exactly the skipped;
+ *    the batch kernel gives the bits of one call per token; pi_ffn_act_min zeroes exactly the skipped
+ *    and gives pi_ffn_act's bits elsewhere;
  *  - in every kernel variant, a one-part list gives the bits of pi_vec_dot and pi_vec_mad in list
  *    order (the quads of rows and the queue of active neurons keep the order of every sum).
  */
@@ -494,7 +495,8 @@ static void test_thresholds(pi_pool_t *pool, enum pi_type wt, enum pi_ffn_act ac
     for (int i = 0; i < 2 * FF; i++) {
         float expect = 0.0f;
         if (!pi_ffn_gate_skip(act, gmin[i % FF], g2[i])) {
-            expect = act == PI_FFN_ACT_SILU ? g2[i] / (1.0f + expf(-g2[i])) * u[i] : g2[i] * u[i];
+            expect = g2[i]; /* the dense activation's bits (SiLU: the kernel variant's exp) */
+            pi_ffn_act(act, &expect, &u[i], 1);
             want++;
         }
         same &= memcmp(&expect, &g[i], sizeof expect) == 0;
