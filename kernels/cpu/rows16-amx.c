@@ -162,7 +162,7 @@ static void pi_r16_dot_amx_q8_0(const uint8_t *grp, const struct pi_r16_act *x, 
 
 /* ---- Q4_K and Q5_K ---- */
 
-#define CHUNK_SB 4 /* super-blocks of a group unpacked at a time (32 tiles, 16 KiB on the stack) */
+#define CHUNK_SB 2 /* super-blocks of a group unpacked at a time (16 tiles of 1 KiB on the stack) */
 
 /* v shifted left by s bits (right by -s) in 16-bit lanes; s a constant after unrolling. */
 static inline __attribute__((always_inline)) __m512i shl16(__m512i v, int s)
@@ -170,18 +170,40 @@ static inline __attribute__((always_inline)) __m512i shl16(__m512i v, int s)
     return s > 0 ? _mm512_slli_epi16(v, (unsigned)s) : s < 0 ? _mm512_srli_epi16(v, (unsigned)-s) : v;
 }
 
-/* Super-block sb's 8 sub-blocks as tile B's bytes (8 rows of 64 each, sub-block s at dst + 512 s): the
- * low nibbles of pair c's 8 lines are sub-block 2c, the high nibbles 2c + 1, as they are (0..15, so
- * signed bytes too; Q5_K: with each value's fifth bit from the pair's bit lines, 0..31). */
+/* Tiles for Q4_K/Q5_K: 0, 1 and 2, 3 = two sets of (C_hi, C_lo) (16 tokens x 16 rows int32); 4 = A (16
+ * tokens x 64 activation bytes, one pair of sub-blocks); 5, 6 = B_hi, B_lo (16 rows of 64: per output row
+ * the 4 weights of inputs 4k..4k+3 of the pair, k = 0..15). */
+static const _Alignas(64) struct tilecfg tile_cfg_k45 = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16},
+};
+
+/* Super-block sb's 4 pairs of sub-blocks as tiles B_hi and B_lo (pair c at dst + 2048 c and + 1024):
+ * each value q (Q4_K 0..15, Q5_K 0..31 with its fifth bit) times its sub-block's scale split as
+ * sc = 8 sh + sl (sh, sl 0..7): B_hi holds q sh, B_lo q sl, both below 256 (unsigned bytes). So one
+ * product over a whole super-block of 256 inputs gives C_hi = sum_s sh_s sum q x and C_lo likewise, and
+ * 8 C_hi + C_lo is the reference's exact isum: the scales are applied inside the tile products (K = 64)
+ * and no per-sub-block integer step is left. A byte times a factor is one vpmullw: a 16-bit lane holds
+ * two bytes of one row, whose products (at most 217) do not carry into each other. */
 static inline __attribute__((always_inline)) void unpack_q45k(bool q5, const uint8_t *grp, int64_t sb, uint8_t *dst)
 {
-    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), b4 = _mm512_set1_epi8(0x10), k7 = _mm512_set1_epi32(7);
     const struct pi_r16_k45 G = pi_r16_k45(q5);
-    const uint8_t *q = grp + (size_t)sb * G.sb;
+    const uint8_t *base = grp + (size_t)sb * G.sb;
     for (int c = 0; c < 4; c++) {
+        const uint8_t *p = base + G.pair * (size_t)c;
+        __m512i f[4]; /* sh of sub-block 2c, sh of 2c + 1, sl of 2c, sl of 2c + 1: per row, in both 16-bit halves */
+        for (int h = 0; h < 2; h++) {
+            const __m512i sc =
+                _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + G.sc + 16 * (2 * c + h))));
+            const __m512i sh = _mm512_srli_epi32(sc, 3), sl = _mm512_and_si512(sc, k7);
+            f[h] = _mm512_or_si512(sh, _mm512_slli_epi32(sh, 16));
+            f[2 + h] = _mm512_or_si512(sl, _mm512_slli_epi32(sl, 16));
+        }
+        uint8_t *o = dst + 2048 * c;
 #pragma GCC unroll 8
         for (int j = 0; j < 8; j++) {
-            const uint8_t *p = q + G.pair * (size_t)c;
             __m512i v = _mm512_load_si512((const void *)(p + 64 * j));
             __m512i lo = _mm512_and_si512(v, m4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
             if (q5) { /* as the VNNI kernel: bits 2i and 2i + 1 of bit line j / 4, i = j % 4 */
@@ -189,80 +211,81 @@ static inline __attribute__((always_inline)) void unpack_q45k(bool q5, const uin
                 lo = _mm512_or_si512(lo, _mm512_and_si512(shl16(h, 4 - 2 * (j % 4)), b4));
                 hi = _mm512_or_si512(hi, _mm512_and_si512(shl16(h, 3 - 2 * (j % 4)), b4));
             }
-            _mm512_store_si512((void *)(dst + 1024 * c + 64 * j), lo);
-            _mm512_store_si512((void *)(dst + 1024 * c + 512 + 64 * j), hi);
+            /* tile row j: inputs 4j.. of sub-block 2c (low nibbles); row 8 + j: of 2c + 1 (high) */
+            _mm512_store_si512((void *)(o + 64 * j), _mm512_mullo_epi16(lo, f[0]));
+            _mm512_store_si512((void *)(o + 64 * (8 + j)), _mm512_mullo_epi16(hi, f[1]));
+            _mm512_store_si512((void *)(o + 1024 + 64 * j), _mm512_mullo_epi16(lo, f[2]));
+            _mm512_store_si512((void *)(o + 1024 + 64 * (8 + j)), _mm512_mullo_epi16(hi, f[3]));
         }
     }
 }
 
+/* Super-block sb's float steps for the 16 tokens t0..: isum = 8 C_hi + C_lo (exact, the reference's), the
+ * mins' term by vpdpwssd, the reference's two fmas into accm. */
+static inline __attribute__((always_inline)) void k45_steps(bool q5, const uint8_t *grp, const struct pi_r16_act *x,
+                                                            int64_t t0, int64_t sb, const int32_t *chi,
+                                                            const int32_t *clo, float (*accm)[16])
+{
+    const struct pi_r16_k45 G = pi_r16_k45(q5);
+    const uint8_t *base = grp + (size_t)sb * G.sb;
+    const int64_t nsb = x->nb;
+    __m512i mp[4];
+    for (int i = 0; i < 4; i++)
+        mp[i] = _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + G.m + 32 * i)));
+    const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.d)));
+    const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.dmin)));
+#pragma GCC unroll 16
+    for (int t = 0; t < 16; t++) {
+        const __m512i isum = _mm512_add_epi32(_mm512_slli_epi32(_mm512_load_si512((const void *)(chi + 16 * t)), 3),
+                                              _mm512_load_si512((const void *)(clo + 16 * t)));
+        const int32_t *s2 = x->xs2 + ((t0 + t) * nsb + sb) * 4;
+        __m512i ms = _mm512_setzero_si512();
+        for (int i = 0; i < 4; i++) ms = _mm512_dpwssd_epi32(ms, mp[i], _mm512_set1_epi32(s2[i]));
+        const __m512 dx = _mm512_set1_ps(x->dx[(t0 + t) * nsb + sb]);
+        __m512 acc = _mm512_load_ps(accm[t]);
+        acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum), acc);
+        acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(ms), acc);
+        _mm512_store_ps(accm[t], acc);
+    }
+}
+
+/* One super-block's 8 tile products into tile set (chi, clo), the sums stored to ct. The tile numbers
+ * are literals: the intrinsics paste them into the instruction. */
+#define K45_PRODUCTS(chi, clo, ap, bp, ct)                                                                             \
+    do {                                                                                                               \
+        _tile_zero(chi);                                                                                               \
+        _tile_zero(clo);                                                                                               \
+        for (int c_ = 0; c_ < 4; c_++) {                                                                               \
+            _tile_loadd(4, (ap) + 64 * c_, x->xstride);                                                                \
+            _tile_loadd(5, (bp) + 2048 * c_, 64);                                                                      \
+            _tile_loadd(6, (bp) + 2048 * c_ + 1024, 64);                                                               \
+            _tile_dpbsud(chi, 4, 5);                                                                                   \
+            _tile_dpbsud(clo, 4, 6);                                                                                   \
+        }                                                                                                              \
+        _tile_stored(chi, (ct)[0], 64);                                                                                \
+        _tile_stored(clo, (ct)[1], 64);                                                                                \
+    } while (0)
+
 /* Sixteen tokens t0.. against super-blocks [s0, s1) of group grp, their unpacked tiles at bt
- * (unpack_q45k, super-block s0 first). Sub-block g of the range (g = 8 (sb - s0) + s): one TDPBSSD of
- * the tokens' 32 activation bytes against the sub-block's tile gives C (16 tokens x 16 rows, exact),
- * stored to ct[g % 16]; eight sub-blocks later (the store has landed) isum[t] += C[t] * sc_s (vpmulld,
- * exact), and after a super-block's eighth the reference's two float steps with the mins' term
- * (vpdpwssd) into accm, which holds the accumulators between calls in y's place (no rounding). */
+ * (unpack_q45k, 8 KiB per super-block, s0 first): super-block sb's products on tile set sb % 2, its
+ * float steps after the next super-block's products (a tile store does not forward to vector loads);
+ * accm holds the accumulators between calls in y's place (no rounding). */
 static inline __attribute__((always_inline)) void r16_q45k_amx16(bool q5, const uint8_t *grp,
                                                                  const struct pi_r16_act *x, int64_t t0, int64_t s0,
                                                                  int64_t s1, const uint8_t *bt, float *y, size_t ys)
 {
-    _Alignas(64) int32_t ct[16][256];
+    _Alignas(64) int32_t ct[2][2][256];
     _Alignas(64) float accm[16][16];
-    const int64_t nsb = x->nb;
     const uint8_t *a = x->xq + (size_t)t0 * x->xstride + 4; /* token t0's super-block 0 values */
-    __m512i isum[16];
-    for (int t = 0; t < 16; t++) {
+    for (int t = 0; t < 16; t++)
         _mm512_store_ps(accm[t], s0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(y + (size_t)t * ys));
-        isum[t] = _mm512_setzero_si512();
+    for (int64_t sb = s0; sb < s1; sb++) {
+        const uint8_t *ap = a + (size_t)sb * sizeof(struct pi_block_q8_K), *bp = bt + (size_t)(sb - s0) * 8192;
+        if (sb & 1) K45_PRODUCTS(2, 3, ap, bp, ct[1]);
+        else K45_PRODUCTS(0, 1, ap, bp, ct[0]);
+        if (sb > s0) k45_steps(q5, grp, x, t0, sb - 1, ct[(sb - 1) & 1][0], ct[(sb - 1) & 1][1], accm);
     }
-    const int64_t ng = (s1 - s0) * 8;
-    for (int64_t g = 0; g < ng + 8; g++) {
-        if (g < ng) {
-            const int64_t sb = s0 + g / 8, s = g % 8;
-            const uint8_t *ap = a + (size_t)sb * sizeof(struct pi_block_q8_K) + 32 * (size_t)s;
-            const uint8_t *bp = bt + (size_t)g * 512;
-            if (g & 1) {
-                _tile_zero(3);
-                _tile_loadd(4, ap, x->xstride);
-                _tile_loadd(5, bp, 64);
-                _tile_dpbssd(3, 4, 5);
-                _tile_stored(3, ct[g & 15], 64);
-            } else {
-                _tile_zero(0);
-                _tile_loadd(1, ap, x->xstride);
-                _tile_loadd(2, bp, 64);
-                _tile_dpbssd(0, 1, 2);
-                _tile_stored(0, ct[g & 15], 64);
-            }
-        }
-        if (g < 8) continue;
-        /* sub-block h = g - 8: its integer step, and the float steps after a super-block's last */
-        const int64_t h = g - 8, sb = s0 + h / 8, s = h % 8;
-        const struct pi_r16_k45 G = pi_r16_k45(q5);
-        const uint8_t *base = grp + (size_t)sb * G.sb;
-        const __m512i sc = _mm512_cvtepu8_epi32(_mm_load_si128((const __m128i *)(const void *)(base + G.sc + 16 * s)));
-#pragma GCC unroll 16
-        for (int t = 0; t < 16; t++)
-            isum[t] = _mm512_add_epi32(isum[t],
-                                       _mm512_mullo_epi32(_mm512_load_si512((const void *)(ct[h & 15] + 16 * t)), sc));
-        if (s != 7) continue;
-        __m512i mp[4];
-        for (int i = 0; i < 4; i++)
-            mp[i] = _mm512_cvtepu8_epi16(_mm256_load_si256((const __m256i *)(const void *)(base + G.m + 32 * i)));
-        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.d)));
-        const __m512 dm = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)(const void *)(base + G.dmin)));
-#pragma GCC unroll 16
-        for (int t = 0; t < 16; t++) {
-            const int32_t *s2 = x->xs2 + ((t0 + t) * nsb + sb) * 4;
-            __m512i ms = _mm512_setzero_si512();
-            for (int i = 0; i < 4; i++) ms = _mm512_dpwssd_epi32(ms, mp[i], _mm512_set1_epi32(s2[i]));
-            const __m512 dx = _mm512_set1_ps(x->dx[(t0 + t) * nsb + sb]);
-            __m512 acc = _mm512_load_ps(accm[t]);
-            acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx), _mm512_cvtepi32_ps(isum[t]), acc);
-            acc = _mm512_fnmadd_ps(_mm512_mul_ps(dm, dx), _mm512_cvtepi32_ps(ms), acc);
-            _mm512_store_ps(accm[t], acc);
-            isum[t] = _mm512_setzero_si512();
-        }
-    }
+    k45_steps(q5, grp, x, t0, s1 - 1, ct[(s1 - 1) & 1][0], ct[(s1 - 1) & 1][1], accm);
     for (int t = 0; t < 16; t++) _mm512_storeu_ps(y + (size_t)t * ys, _mm512_load_ps(accm[t]));
 }
 
@@ -271,13 +294,13 @@ static inline __attribute__((always_inline)) void r16_q45k_amx16(bool q5, const 
 static inline __attribute__((always_inline)) void r16_q45k_amx(bool q5, const uint8_t *grp, const struct pi_r16_act *x,
                                                                int64_t t0, int64_t nt, float *y, size_t ystride)
 {
-    _Alignas(64) uint8_t bt[CHUNK_SB * 8 * 512];
+    _Alignas(64) uint8_t bt[CHUNK_SB * 8192];
     const int64_t n16 = nt / 16 * 16;
     if (n16 > 0) {
-        tile_config();
+        _tile_loadconfig(&tile_cfg_k45);
         for (int64_t s0 = 0; s0 < x->nb; s0 += CHUNK_SB) {
             int64_t s1 = PI_MIN(x->nb, s0 + CHUNK_SB);
-            for (int64_t sb = s0; sb < s1; sb++) unpack_q45k(q5, grp, sb, bt + (size_t)(sb - s0) * 4096);
+            for (int64_t sb = s0; sb < s1; sb++) unpack_q45k(q5, grp, sb, bt + (size_t)(sb - s0) * 8192);
             __asm__ volatile("" ::: "memory"); /* the tile loads below must follow these stores */
             for (int64_t t = 0; t < n16; t += 16)
                 r16_q45k_amx16(q5, grp, x, t0 + t, s0, s1, bt, y + (size_t)t * ystride, ystride);
