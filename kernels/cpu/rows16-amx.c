@@ -16,9 +16,10 @@
  * VNNI kernel's and the scalar reference's bits. Two tile sets (tiles 0-2 and 3-5) alternate between
  * blocks, the float steps run two blocks behind the tile products, and B is unpacked ahead in chunks
  * of blocks shared by all the call's tokens (r16_amx16, pi_r16_dot_amx). Fewer than 16 remaining
- * tokens go through the VNNI kernel (same bits). That is Q4_0 (Q8_0 loads tile B as it lies); the
- * K-quants (below) take one TDPBSSD per sub-block (K = 32 bytes, Q6_K's K = 16) and scale its exact sums
- * in int32 before the reference's float steps per super-block.
+ * tokens go through the VNNI kernel (same bits). That is Q4_0 (Q8_0 loads tile B as it lies). Q4_K and
+ * Q5_K fold the sub-blocks' scales into two tiles of B per pair of sub-blocks (sc = 8 sh + sl: q sh and
+ * q sl, K = 64, one accumulation over the whole super-block); Q6_K takes one TDPBSSD per sub-block of 16
+ * (K = 16) and scales its exact sums in int32; then the reference's float steps per super-block.
  *
  * Threading: the tile configuration and registers are per thread; each call loads the configuration
  * and releases the tiles before returning, so nothing is kept between calls or across pool threads.
