@@ -24,6 +24,20 @@
 #include "kernels/cpu/simd-x86.h"
 
 #define R16_NT 4 /* tokens per pass over a group's blocks */
+
+/* The body of every pi_r16_dot_fn below: the call's nt tokens through kern(grp, x, t0', n, y', ystride),
+ * R16_NT at a time, then the 1 to 3 left, each count a constant so that the kernel unrolls for it. */
+#define R16_BY_FOURS(kern)                                                                                             \
+    do {                                                                                                               \
+        int64_t t_ = 0;                                                                                                \
+        for (; t_ + R16_NT <= nt; t_ += R16_NT) kern(grp, x, t0 + t_, R16_NT, y + (size_t)t_ * ystride, ystride);      \
+        switch (nt - t_) {                                                                                             \
+        case 1: kern(grp, x, t0 + t_, 1, y + (size_t)t_ * ystride, ystride); break;                                    \
+        case 2: kern(grp, x, t0 + t_, 2, y + (size_t)t_ * ystride, ystride); break;                                    \
+        case 3: kern(grp, x, t0 + t_, 3, y + (size_t)t_ * ystride, ystride); break;                                    \
+        default: break;                                                                                                \
+        }                                                                                                              \
+    } while (0)
 #ifndef R16_PF
 #define R16_PF 1024
 #endif
@@ -124,27 +138,13 @@ PI_X86_INLINE void r16_q8_n(const uint8_t *grp, const struct pi_r16_act *x, int6
 void pi_r16_dot_avx512vnni_q8_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    int64_t t = 0;
-    for (; t + R16_NT <= nt; t += R16_NT) r16_q8_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
-    switch (nt - t) {
-    case 1: r16_q8_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
-    case 2: r16_q8_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
-    case 3: r16_q8_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
-    default: break;
-    }
+    R16_BY_FOURS(r16_q8_n);
 }
 
 void pi_r16_dot_avx512vnni_q4_0(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    int64_t t = 0;
-    for (; t + R16_NT <= nt; t += R16_NT) r16_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
-    switch (nt - t) {
-    case 1: r16_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
-    case 2: r16_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
-    case 3: r16_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
-    default: break;
-    }
+    R16_BY_FOURS(r16_n);
 }
 
 /* v shifted left by s bits (right by -s) in 16-bit lanes; s a constant after inlining. */
@@ -239,29 +239,26 @@ PI_X86_INLINE void r16_q45k_n(bool q5, const uint8_t *grp, const struct pi_r16_a
     for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)t * ys, acc[t]);
 }
 
-PI_X86_INLINE void r16_q45k(bool q5, const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
-                            size_t ystride)
+PI_X86_INLINE void r16_q4k_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
 {
-    int64_t t = 0;
-    for (; t + R16_NT <= nt; t += R16_NT) r16_q45k_n(q5, grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
-    switch (nt - t) {
-    case 1: r16_q45k_n(q5, grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
-    case 2: r16_q45k_n(q5, grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
-    case 3: r16_q45k_n(q5, grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
-    default: break;
-    }
+    r16_q45k_n(false, grp, x, t0, nt, y, ys);
+}
+
+PI_X86_INLINE void r16_q5k_n(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int nt, float *y, size_t ys)
+{
+    r16_q45k_n(true, grp, x, t0, nt, y, ys);
 }
 
 void pi_r16_dot_avx512vnni_q4_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    r16_q45k(false, grp, x, t0, nt, y, ystride);
+    R16_BY_FOURS(r16_q4k_n);
 }
 
 void pi_r16_dot_avx512vnni_q5_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    r16_q45k(true, grp, x, t0, nt, y, ystride);
+    R16_BY_FOURS(r16_q5k_n);
 }
 
 /* Q6_K: nt (1..R16_NT) tokens t0.. against one group (rows16.h). Per super-block and pair c of 32-element
@@ -363,12 +360,5 @@ PI_X86_INLINE void r16_q6k_n(const uint8_t *grp, const struct pi_r16_act *x, int
 void pi_r16_dot_avx512vnni_q6_K(const uint8_t *grp, const struct pi_r16_act *x, int64_t t0, int64_t nt, float *y,
                                 size_t ystride)
 {
-    int64_t t = 0;
-    for (; t + R16_NT <= nt; t += R16_NT) r16_q6k_n(grp, x, t0 + t, R16_NT, y + (size_t)t * ystride, ystride);
-    switch (nt - t) {
-    case 1: r16_q6k_n(grp, x, t0 + t, 1, y + (size_t)t * ystride, ystride); break;
-    case 2: r16_q6k_n(grp, x, t0 + t, 2, y + (size_t)t * ystride, ystride); break;
-    case 3: r16_q6k_n(grp, x, t0 + t, 3, y + (size_t)t * ystride, ystride); break;
-    default: break;
-    }
+    R16_BY_FOURS(r16_q6k_n);
 }
