@@ -440,7 +440,9 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
     uint8_t *side = scr + (size_t)n * (size_t)nb * 4; /* off, xu or xs2 */
     int32_t *off = q8 || qk ? NULL : (int32_t *)(void *)side;
     uint8_t *xu = q8 ? side : NULL;
-    int32_t *xs2 = qk ? (int32_t *)(void *)side : NULL;
+    /* Q6_K's kernels read the Q8_K rows' own sums of 16 (its -32 offset's term); only the min's term of
+     * Q4_K and Q5_K needs the sums of 32 */
+    int32_t *xs2 = qk && type != PI_TYPE_Q6_K ? (int32_t *)(void *)side : NULL;
     uint8_t *xq = side + (size_t)n * (size_t)nb * (q8 ? 32 : qk ? 16 : 4);
     for (int64_t t = 0; t < n; t++) {
         pi_quantize_act(type, X + (size_t)t * (size_t)cols, xq + (size_t)t * xs, cols);
@@ -448,7 +450,7 @@ void pi_r16_matmul_n(pi_pool_t *pool, pi_r16_dot_fn k, const struct pi_weight *c
             const struct pi_block_q8_K *xb = (const struct pi_block_q8_K *)(const void *)(xq + (size_t)t * xs);
             for (int64_t b = 0; b < nb; b++) {
                 dx[t * nb + b] = xb[b].d;
-                for (int i = 0; i < 4; i++) {
+                for (int i = 0; xs2 && i < 4; i++) {
                     const int32_t lo = xb[b].bsums[4 * i] + xb[b].bsums[4 * i + 1];
                     const int32_t hi = xb[b].bsums[4 * i + 2] + xb[b].bsums[4 * i + 3];
                     xs2[(t * nb + b) * 4 + i] = (int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo);

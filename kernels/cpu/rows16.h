@@ -114,7 +114,7 @@ struct pi_r16_act {
     const float *dx;    /* (n, nb) block scales */
     const int32_t *off; /* Q4_0: (n, nb) -8 * sum of the block's 32 int8; otherwise NULL */
     const uint8_t *xu;  /* Q8_0: (n, nb * 32) x + 128 as unsigned bytes; otherwise NULL */
-    const int32_t *xs2; /* K-quants: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
+    const int32_t *xs2; /* Q4_K, Q5_K: (n, nb, 4), word i = the sums of x over sub-blocks 2i (low int16) and
                          * 2i + 1 (high int16); otherwise NULL */
     int64_t nb;         /* blocks per row: cols / 32 (K-quants: super-blocks, cols / 256) */
 };
