@@ -416,7 +416,7 @@ static int packed_weights(struct pi_partition *p, int il, struct pi_weight **w)
     return n;
 }
 
-int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharing, size_t *bytes)
+void pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharing, size_t *bytes)
 {
     struct pi_weight *w[3];
     size_t total = 0;
@@ -424,7 +424,7 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharin
     PI_ASSERT(!p->mem16 && !p->gu16);
     if (!(p->gu16 = calloc((size_t)p->n_layer * 2, sizeof *p->gu16))) {
         pi_warn("partition: no memory for the 16-row packing's table; using the rows");
-        return 0;
+        return;
     }
     for (int il = 0; il < p->n_layer; il++) {
         for (int k = 0; k < 2; k++) { /* the heads: views of the rows, cut to whole groups */
@@ -449,7 +449,7 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharin
     if (!room) {
         free(p->gu16);
         p->gu16 = NULL;
-        return 0;
+        return;
     }
     /* 64 bytes over: the heap's fallback (no libnuma) aligns to 16 only, the packed groups want 64 */
     uint8_t *raw = pi_numa_alloc(total + 64, p->node_os);
@@ -458,7 +458,7 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharin
                 p->node_os);
         free(p->gu16);
         p->gu16 = NULL;
-        return 0;
+        return;
     }
     p->mem16 = raw;
     p->bytes16 = total + 64;
@@ -472,7 +472,6 @@ int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharin
         }
     }
     if (bytes) *bytes = total;
-    return 0;
 }
 
 void pi_partition_free(struct pi_partition *p)

@@ -81,14 +81,14 @@ void pi_partition_free(struct pi_partition *p);
  * and its dense down block a 16-row packed copy (kernels/cpu/rows16.h) where the active kernel variant
  * has a kernel for the type, in one node-local allocation on p's node, packed over pool (NULL: this
  * thread). The dense path (pi_partition_ffn_dense*) then reads the copies: the in-process engine's
- * kernels and bits per row (pp64 through the pipeline's CPU worker about 2-3x, doc/kernels.md). Costs
- * as much memory again as the packed matrices: nothing is done (a warning, 0 returned) where that
+ * kernels and bits per row (pp64 through the pipeline's CPU worker 1.5-2.1x, doc/kernels.md). Costs
+ * as much memory again as the packed matrices: nothing is done (a warning) where that
  * does not fit the machine's available memory (pi_r16_room) or cannot be allocated (p unchanged then),
  * nor where nothing is packable. sharing (>= 1): the processes that pack slices of this size at the same
  * time on this machine (the CPU workers), each seeing the same available memory: the room asked for is
  * sharing times this copy. The neuron-wise kernels keep reading the rows. *bytes (optional) = the
- * bytes packed (0: none). Returns 0: the copy is an optimisation, never a reason to fail. */
-int pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharing, size_t *bytes);
+ * bytes packed (0: none). Nothing to return: the copy is an optimisation, never a reason to fail. */
+void pi_partition_pack_rows16(struct pi_partition *p, pi_pool_t *pool, int sharing, size_t *bytes);
 
 /* Floats of scratch pi_partition_ffn_dense needs for n tokens. */
 size_t pi_partition_dense_scratch(const struct pi_partition *p, int64_t n);

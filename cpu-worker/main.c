@@ -279,9 +279,7 @@ static int run(const struct cw_opts *o)
     /* the dense path's products through 16-row packed copies, as the in-process engine's (where they fit) */
     size_t packed16 = 0;
     /* every worker of the machine packs at once, each seeing the same available memory */
-    if (o->tune.cpu_pack != PI_TUNE_CPU_PACK_OFF &&
-        (rc = pi_partition_pack_rows16(&c.part, c.pool, (int)o->workers, &packed16)) != 0)
-        goto out;
+    if (o->tune.cpu_pack != PI_TUNE_CPU_PACK_OFF) pi_partition_pack_rows16(&c.part, c.pool, (int)o->workers, &packed16);
     if ((rc = pi_ffn_policy_init(&c.policy, c.act, m->hp.n_layer, true, !c.part.edges_only)) != 0) goto out;
     pi_ffn_policy_set_gate_min(&c.policy, c.gate_min != NULL);
     if (!(c.dense_scr = malloc(pi_partition_dense_scratch(&c.part, (int64_t)xp->max_tokens) * sizeof(float)))) {
