@@ -652,7 +652,8 @@ static int cuda_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mas
     }
     const float *logits = NULL;
     if (cl->fc1) {
-        CK(s, pi_cuda_matmul(s->ctx, cl->fc1, n, s->d_xn, s->d_ph), "ffn_predict");
+        /* the residual d_h (the FFN's input before ffn_norm: the hot products add to it later) or d_xn */
+        CK(s, pi_cuda_matmul(s->ctx, cl->fc1, n, s->o.pred->on_residual ? s->d_h : s->d_xn, s->d_ph), "ffn_predict");
         CK(s, pi_cuda_act(s->ctx, PI_CUDA_ACT_RELU, (int64_t)n * cl->r32, s->d_ph, s->d_ph), "ffn_predict");
         CK(s, pi_cuda_matmul(s->ctx, cl->fc2, n, s->d_ph, s->d_plog), "ffn_predict");
         logits = s->d_plog;

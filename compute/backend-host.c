@@ -179,8 +179,8 @@ static int host_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mas
         pi_forward_ffn_input(s->fwd, il, s->n, s->h, s->xown);
         s->x = s->xown;
     }
-    *n_active = pi_predictor_eval(pi_forward_pool(s->fwd), s->o.pred, il, s->o.sparsity, s->x, s->n, s->pred_scr, s->mask,
-                                  s->mask_words);
+    *n_active = pi_predictor_eval(pi_forward_pool(s->fwd), s->o.pred, il, s->o.sparsity, pi_predictor_input(s->o.pred, s->h, s->x),
+                                  s->n, s->pred_scr, s->mask, s->mask_words);
     if (mask) memcpy(mask, s->mask, (size_t)s->n * (size_t)s->mask_words * sizeof *mask);
     s->masked = true;
     return 0;

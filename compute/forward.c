@@ -264,11 +264,12 @@ int pi_forward_set_gate_min(pi_forward_t *f, const float *gate_min, struct pi_sp
 /* The FFN of layer il over x (n, d) with the predictors: f->out (n, d) = each token's predicted
  * neurons (compute/sparse.h: neuron by neuron, or densely with the others zeroed), counted into the
  * stats. The recall's true gates go through f->gate after the FFN is done with it. */
-static void ffn_sparse(pi_forward_t *f, int il, int n)
+static void ffn_sparse(pi_forward_t *f, int il, int n, const float *h)
 {
     const struct pi_hparams *hp = &f->m->hp;
     const struct pi_layer *L = &f->m->layers[il];
-    int64_t predicted = pi_predictor_eval(f->pool, f->pred, il, f->sparsity, f->x, n, f->pred_scr, f->mask, f->mask_words);
+    int64_t predicted = pi_predictor_eval(f->pool, f->pred, il, f->sparsity, pi_predictor_input(f->pred, h, f->x), n,
+                                          f->pred_scr, f->mask, f->mask_words);
     int64_t active;
     if (pi_sparse_dense(f->mask, n, f->mask_words, NULL, hp->n_ff)) /* every row once, the others zeroed */
         active = pi_sparse_ffn_dense_layer(f->pool, L, hp->act, f->x, n, f->mask, f->mask_words, f->gate, f->up, f->out);
@@ -630,7 +631,7 @@ void pi_forward_ffn(pi_forward_t *f, int il, int n, float *h)
     PI_ASSERT(n >= 1 && n <= f->o.n_batch && il >= 0 && il < hp->n_layer);
     norm_rows(f, h, L->ffn_norm, n, f->x);
     if (!f->stats && !f->capture && f->pred) {
-        ffn_sparse(f, il, n); /* each token's predicted neurons only; the policy is not consulted */
+        ffn_sparse(f, il, n, h); /* each token's predicted neurons only; the policy is not consulted */
         add_rows(h, f->out, (size_t)n * d);
         return;
     }

@@ -61,6 +61,7 @@ int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out)
     out->n_ff = hp->n_ff;
     out->layers = L;
     out->owned = L;
+    out->on_residual = true;
     snprintf(out->source, sizeof out->source, "model");
     return 0;
 }

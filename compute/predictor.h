@@ -50,11 +50,23 @@ struct pi_predictors {
     int64_t rank_max;                  /* the largest rank */
     struct pi_predictor_layer *layers; /* (n_layer) */
     char source[16];                   /* "model" or "sidecar" */
+    /* What the predictors read: true, the layer's residual stream h before ffn_norm (PowerInfer's
+     * convention: its llama and bamboo graphs feed fc1 ffn_inp, not the norm's output; the model file's
+     * fc1/fc2 follow it); false, the ffn_norm output x (the sidecar's, trained by pi-train-predictors on
+     * the rows the exchange carries). pi_predictor_input picks the rows. */
+    bool on_residual;
     void *owned;                       /* memory this set owns (layers, copied weights), or NULL */
 };
 
+/* The rows a set's predictors read (on_residual): h, the residual stream before ffn_norm, or x, the
+ * ffn_norm output, both (n, n_embd) of the same tokens. */
+static inline const float *pi_predictor_input(const struct pi_predictors *p, const float *h, const float *x)
+{
+    return p->on_residual ? h : x;
+}
+
 /* The predictors the model file itself carries (blk.N.fc1/fc2, bound in m's mapping: m must outlive
- * out). Every layer must have them. 0, -PI_ERR_NOTFOUND (the file has none; out is zeroed) or
+ * out), which read the residual stream as PowerInfer's do (on_residual). Every layer must have them. 0, -PI_ERR_NOTFOUND (the file has none; out is zeroed) or
  * -PI_ERR_NOMEM / -PI_ERR_UNSUPPORTED (a type the CPU kernels lack). */
 int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out);
 

@@ -673,9 +673,13 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
         return -PI_ERR_INVAL;
     }
     bool nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0;
+    /* exact predictors are made by loc_row alone: the main stream stays as without them */
+    size_t nl = strlen(name);
+    bool drawn = !(G->loc && G->g->pred_exact && nl > 11 &&
+                   (!strcmp(name + nl - 11, ".fc1.weight") || !strcmp(name + nl - 11, ".fc2.weight")));
     for (int64_t r = 0; r < nr; r++) {
         float *row = G->buf;
-        for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+        for (int64_t j = 0; drawn && j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
         for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
         if (G->loc) {
             int rc = loc_row(G, name, t, r, row, cols);
@@ -892,6 +896,7 @@ struct gen_loc {
     void *qrow;           /* (max cols * 8 bytes) a quantised row */
     float scale;          /* of attn_output and ffn_down */
     float *gv;            /* (gate_rank, d): the current layer's gate factor V (gate = U V), or NULL */
+    float *gc;            /* (n_ff): the current layer's stored gate weights on channel c (pred_exact) */
     int il;               /* layer of the last norm seen */
 };
 
@@ -1045,7 +1050,40 @@ static int loc_gate(struct gen *G, enum pi_type t, int64_t r, float *row)
         }
         row[L->c] = (float)((sqrt(var) * L->z[r] - mu) / (L->k_eff * L->ffn_norm[L->c]));
     }
+    if (L->gc) { /* what the file will hold on channel c, for the exact predictors */
+        pi_quantize_row(t, row, L->qrow, L->d);
+        pi_dequant_row(t, L->qrow, L->deq, L->d);
+        L->gc[r] = L->deq[L->c];
+    }
     return 0;
+}
+
+/* Row r of layer il's exact predictor (pi_model_gen.pred_exact): fc1 (2R + 1, d) = [V * w; -V * w; e_c]
+ * with V's columns z0..c zero as in the gate rows and w the layer's ffn_norm weights, fc2 (n_ff, 2R + 1)
+ * = [U_r, -U_r, g_rc w_c]. A model file's predictors read the residual stream h (PowerInfer's
+ * convention, compute/predictor.h): with x = h / rms(h) * w the logit is rms(h) times the gate's
+ * pre-activation g_r . x, the same sign. */
+static void loc_pred_row(struct gen *G, int il, bool fc1, int64_t r, float *row, int64_t cols)
+{
+    struct gen_loc *L = G->loc;
+    const int R = G->g->gate_rank;
+    memset(row, 0, (size_t)cols * sizeof *row);
+    if (fc1) {
+        if (r == 2 * R) {
+            row[L->c] = 1.0f;
+            return;
+        }
+        const float sgn = r < R ? 1.0f : -1.0f, *v = L->gv + (size_t)(r % R) * (size_t)L->d;
+        for (int64_t j = 0; j < L->z0; j++) row[j] = sgn * v[j] * L->ffn_norm[j];
+        return;
+    }
+    uint64_t s = loc_gate_seed(G, il, r); /* U_r as loc_gate_low_rank draws it */
+    const float a = sqrtf(3.0f / (float)R);
+    for (int k = 0; k < R; k++) {
+        row[k] = a * gen_uniform(&s);
+        row[R + k] = -row[k];
+    }
+    row[2 * R] = L->gc[r] * L->ffn_norm[L->c];
 }
 
 static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols)
@@ -1085,6 +1123,8 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
     } else if (strcmp(kind, "ffn_gate") == 0) {
         if (L->gv) loc_gate_low_rank(G, il, r, row);
         return loc_gate(G, t, r, row);
+    } else if (L->gc && (!strcmp(kind, "fc1") || !strcmp(kind, "fc2"))) {
+        loc_pred_row(G, il, kind[2] == '1', r, row, cols);
     }
     return 0;
 }
@@ -1101,6 +1141,7 @@ static void loc_free(struct gen_loc **pl)
     free(L->deq);
     free(L->qrow);
     free(L->gv);
+    free(L->gc);
     free(L);
     *pl = NULL;
 }
@@ -1133,6 +1174,12 @@ static int loc_new(struct gen *G, int64_t cols_max)
         return -PI_ERR_INVAL;
     }
     if (g->gate_rank > 0 && !(L->gv = malloc((size_t)g->gate_rank * (size_t)L->d * sizeof *L->gv))) return -PI_ERR_NOMEM;
+    if (g->pred_exact && (g->gate_rank < 1 || g->pred_rank != 2 * g->gate_rank + 1)) {
+        pi_error("gen: exact predictors need a gate rank R >= 1 and pred_rank 2 R + 1 (%d, %d)", g->gate_rank,
+                 g->pred_rank);
+        return -PI_ERR_INVAL;
+    }
+    if (g->pred_exact && !(L->gc = malloc((size_t)g->n_ff * sizeof *L->gc))) return -PI_ERR_NOMEM;
     return loc_base_rates(g, L->base); /* before any tensor: bad rates fail fast */
 }
 

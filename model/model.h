@@ -166,6 +166,15 @@ struct pi_model_gen {
      * models' activations; doc/locality.md). 0: full-rank random gates, whose firing no small
      * predictor can foresee beyond each neuron's rate. */
     int gate_rank;
+    /* With gate_rank > 0: the predictors blk.N.fc1/fc2 are written from the gate's own factors, rank
+     * 2 gate_rank + 1 (pred_rank is set to it): fc1 = [V; -V; e_c], fc2 = [U, -U, g_c], so that
+     * fc2 relu(fc1 x) = U V x + g_c x_c is the gate's pre-activation up to the gate's quantisation
+     * (relu(a) - relu(-a) = a; x_c > 0), read from the residual stream before the norm as a model file's
+     * predictors are (PowerInfer's llama graph feeds them ffn_inp), the ffn_norm weights folded into fc1
+     * and g_c. For speed measurements: a predictor that
+     * foresees every firing neuron, the same for both engines; they draw nothing from the main stream,
+     * so every other tensor is the same with and without them. */
+    bool pred_exact;
     bool powerinfer;            /* magic "PWRI" (PowerInfer's layout; use with down_t, pred_rank) */
     /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
      * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real

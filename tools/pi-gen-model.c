@@ -42,6 +42,8 @@ static void usage(FILE *out)
             "  --hot-share H    with --locality: share of neurons carrying 80%% of activations (default: 0.26)\n"
             "  --gate-rank R    with --locality: gate matrices of rank R, so that predictors of rank about 2R\n"
             "                   can foresee which neurons fire (default: 0, full rank: they cannot)\n"
+            "  --pred-exact     with --gate-rank R: predictors of rank 2R+1 made from the gate's factors, which\n"
+            "                   foresee every firing neuron up to the gate's quantisation (for speed measurements)\n"
             "  --powerinfer     PowerInfer's layout: magic PWRI and blk.N.ffn_down_t (add --pred-rank for fc1/fc2)\n"
             "  --seed N         random seed (default: 1)\n"
             "  -h, --help       this text\n");
@@ -81,14 +83,15 @@ static bool gen_type(const char *name, enum pi_type *t)
 int main(int argc, char **argv)
 {
     enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
-           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI, O_VOCAB_FROM, O_GATE_RANK };
+           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI, O_VOCAB_FROM, O_GATE_RANK, O_PRED_EXACT };
     static const struct option opts[] = {
         {"preset", 1, 0, O_PRESET}, {"type", 1, 0, O_TYPE}, {"output-type", 1, 0, O_OTYPE},
         {"embd", 1, 0, O_EMBD}, {"ff", 1, 0, O_FF}, {"layers", 1, 0, O_LAYERS}, {"heads", 1, 0, O_HEADS},
         {"kv-heads", 1, 0, O_KV}, {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX}, {"act", 1, 0, O_ACT},
         {"tied", 0, 0, O_TIED}, {"down-t", 0, 0, O_DOWNT}, {"pred-rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED},
         {"locality", 0, 0, O_LOC}, {"sparsity", 1, 0, O_SPARSITY}, {"hot-share", 1, 0, O_SHARE},
-        {"powerinfer", 0, 0, O_PWRI}, {"vocab-from", 1, 0, O_VOCAB_FROM}, {"gate-rank", 1, 0, O_GATE_RANK}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"powerinfer", 0, 0, O_PWRI}, {"vocab-from", 1, 0, O_VOCAB_FROM}, {"gate-rank", 1, 0, O_GATE_RANK}, {"pred-exact", 0, 0, O_PRED_EXACT},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     struct pi_model_gen g = {0};
     bool out_type_set = false;
@@ -124,6 +127,7 @@ int main(int argc, char **argv)
         case O_PWRI: g.powerinfer = g.down_t = true; break;
         case O_VOCAB_FROM: g.vocab_from = optarg; break;
         case O_GATE_RANK: bad |= parse_int(optarg, &g.gate_rank); break;
+        case O_PRED_EXACT: g.pred_exact = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
@@ -156,6 +160,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "pi-gen-model: --locality makes ReLU models (--act relu)\n");
         return 2;
     }
+    if (g.pred_exact && (g.gate_rank < 1 || g.pred_rank > 0)) {
+        fprintf(stderr, "pi-gen-model: --pred-exact needs --locality --gate-rank R and no --pred-rank\n");
+        return 2;
+    }
+    if (g.pred_exact) g.pred_rank = 2 * g.gate_rank + 1;
     if (g.gate_rank > g.n_embd) {
         fprintf(stderr, "pi-gen-model: --gate-rank %d is above n_embd (%d)\n", g.gate_rank, g.n_embd);
         return 2;

@@ -211,8 +211,11 @@ static int run(struct opts *o)
             rc = -PI_ERR_RANGE;
             goto done;
         }
-        if ((rc = pi_placement_write_gpuidx(p, out, cost.device_bytes)) != 0) goto done;
-        printf("wrote %s\n", out);
+        /* split.vram_capacity in PowerInfer's sense: the bytes of the hot neurons alone, which its loader
+         * compares with what its budget leaves after the layers' other weights (not our device total) */
+        const uint64_t split = pi_place_weights_bytes(m, p) - pi_place_fixed_bytes(m);
+        if ((rc = pi_placement_write_gpuidx(p, out, split)) != 0) goto done;
+        printf("wrote %s (hot neurons' weights %llu bytes)\n", out, (unsigned long long)split);
     }
 done:
     pi_placement_destroy(&p);

@@ -844,6 +844,7 @@ static void sp_step(struct drv *c, struct drv *h, const struct pi_predictors *pr
     const int64_t nf = m->hp.n_ff, mw = (nf + 63) / 64 + 1; /* one word of padding, as an exchange may have */
     uint64_t *mask = calloc((size_t)(n * mw), 8), *hmask = calloc((size_t)(n * mw), 8);
     float *scr = malloc(pi_predictor_scratch(pr, n) * sizeof(float)), *xh = malloc((size_t)n * d * sizeof(float));
+    float *xr = malloc((size_t)n * d * sizeof(float)); /* x / ffn_norm: the predictors' view of the residual */
     int32_t *idx = malloc((size_t)nf * sizeof(int32_t));
     pi_backend_t *cb = c->be, *hb = h ? h->be : NULL;
     int rc = cb->ops->begin(cb, tok, seq, pos, n);
@@ -858,7 +859,20 @@ static void sp_step(struct drv *c, struct drv *h, const struct pi_predictors *pr
         if (rc != 0) break;
         if (ex) { /* the device's mask against the host's prediction on the same x */
             int64_t pc = 0;
-            pi_predictor_eval(c->pool, pr, il, PI_SPARSITY_SAFE, c->x, n, scr, hmask, mw);
+            const float *px = c->x;
+            if (pr->on_residual) {
+                /* The model's predictors read the residual h (pi_predictor_input), which the device keeps:
+                 * x = h / rms(h) * w, and fc2 relu(fc1 .) is positively homogeneous, so on x / w the
+                 * logits are the device's divided by rms(h) > 0, the same side of a threshold of 0 (these
+                 * generated files have none) or -inf; the window below scales with them. */
+                const float *w = m->layers[il].ffn_norm;
+                PI_ASSERT(pr->layers[il].threshold[PI_SPARSITY_SAFE] == 0.0f ||
+                          isinf(pr->layers[il].threshold[PI_SPARSITY_SAFE]));
+                for (int t = 0; t < n; t++)
+                    for (int j = 0; j < d; j++) xr[(size_t)t * d + j] = c->x[(size_t)t * d + j] / w[j];
+                px = xr;
+            }
+            pi_predictor_eval(c->pool, pr, il, PI_SPARSITY_SAFE, px, n, scr, hmask, mw);
             const int64_t rank = pr->layers[il].rank;
             const float *lg = scr + (size_t)n * (size_t)rank, thr = pr->layers[il].threshold[PI_SPARSITY_SAFE];
             for (int t = 0; t < n; t++) {
@@ -895,7 +909,7 @@ static void sp_step(struct drv *c, struct drv *h, const struct pi_predictors *pr
     if (rc == 0) cb->ops->commit(cb);
     if (rc == 0 && hb) hb->ops->commit(hb);
     st->rc += rc != 0;
-    free(mask), free(hmask), free(scr), free(xh), free(idx);
+    free(mask), free(hmask), free(scr), free(xh), free(xr), free(idx);
 }
 
 /* The predictors' part of the plan, computed here from the shapes (compute/backend-cuda-plan.c's rules:

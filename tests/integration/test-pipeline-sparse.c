@@ -43,8 +43,9 @@
  * the dense masked path (Q4_0 down, the activations rounded to 8 bits). A wrong selection moves the
  * logits by about 1. */
 #define MASK_TOL 0.15
+#define SCALE_THRESHOLD 10.0 /* PRED_SCALE's logit threshold, against |input|_1 of 9 to 110 (residual) and 135 to 215 (norm) in the demo */
 
-static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], few[600], rnd[600];
+static char coord[512], ctl[512], ppl[512], demo[512], ones[600], fixed[600], few[600], rnd[600], scaled[600];
 
 /* ---------------------------------------------------------------- models with predictors */
 
@@ -56,6 +57,12 @@ enum pred_kind {
                   * s_j for every x: each layer predicts a fixed random share of its neurons, whatever the
                   * rounding of x, so a reference computed elsewhere selects exactly the same ones */
     PRED_RANDOM, /* fc1 and fc2 uniform: about half the neurons, different for every token */
+    PRED_SCALE,  /* rank 2 n_embd: fc1 = [I; -I], fc2 row j = c_j (1, ..., 1) with c_j log-uniform in
+                  * [0.01, 1], and the file's threshold SCALE_THRESHOLD: logit_j = c_j |input|_1, so a token
+                  * selects the neurons with c_j >= threshold / |input|_1, a share set by the input's size:
+                  * the demo's residual stream and its ffn_norm output differ in size by 2.5 to 15 times
+                  * per layer, which tells the predictors' input apart, and rounding moves single neurons
+                  * only (those with c_j |input|_1 at the threshold) */
 };
 
 /* dst = src plus blk.N.fc1 (rank, n_embd) and blk.N.fc2 (n_ff, rank), F32, of that kind. */
@@ -75,6 +82,8 @@ static int with_predictors(const char *src, const char *dst, int rank, enum pred
         snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
         rc = pi_gguf_writer_add_tensor(w, name, (enum pi_type)t->type, t->n_dims, t->ne, t->data);
     }
+    if (rc == 0 && kind == PRED_SCALE) rc = pi_gguf_writer_set_f32(w, "powerinfer.sparse_threshold", (float)SCALE_THRESHOLD);
+    if (kind == PRED_SCALE) rank = 2 * (int)d;
     float *f1 = malloc((size_t)rank * d * sizeof *f1), *f2 = malloc(ff * (size_t)rank * sizeof *f2);
     struct pi_rng r;
     pi_rng_seed(&r, seed);
@@ -82,11 +91,14 @@ static int with_predictors(const char *src, const char *dst, int rank, enum pred
     for (uint64_t il = 0; rc == 0 && f1 && f2 && il < nl; il++) {
         char name[64];
         for (uint64_t j = 0; j < (uint64_t)rank * d; j++) f1[j] = (float)((pi_rng_uniform(&r) - 0.5) * s1);
+        if (kind == PRED_SCALE)
+            for (uint64_t j = 0; j < (uint64_t)rank * d; j++) f1[j] = j / d % d == j % d ? (j < d * d ? 1.0f : -1.0f) : 0.0f;
         for (uint64_t j = 0; j < ff; j++) {
             const float sign = pi_rng_uniform(&r) < share ? 1.0f : -1.0f;
             for (uint64_t k = 0; k < (uint64_t)rank; k++) {
                 float *v = &f2[j * (uint64_t)rank + k];
                 if (kind == PRED_ALL) *v = 0.0f;
+                else if (kind == PRED_SCALE) *v = k == 0 ? (float)pow(10.0, -2.0 * pi_rng_uniform(&r)) : f2[j * (uint64_t)rank];
                 else if (kind == PRED_FIXED) *v = sign * (0.5f + (float)pi_rng_uniform(&r));
                 else *v = (float)((pi_rng_uniform(&r) - 0.5) * s2);
             }
@@ -133,8 +145,9 @@ static void dequant(const struct pi_weight *W, float *out)
 
 /* Logits (n, n_vocab) of the prompt tok (n) through the forward pass's attention and norms, with each
  * layer's FFN the masked reference over the model's own predictors (safe mode) evaluated on this pass's
- * FFN input. NULL on failure. */
-static float *reference_logits(const char *path, const int32_t *tok, int n)
+ * residual stream before ffn_norm (PowerInfer's convention for a model file's predictors), or with
+ * on_norm on the ffn_norm output instead (what the engines must not do). NULL on failure. */
+static float *reference_logits(const char *path, const int32_t *tok, int n, bool on_norm)
 {
     pi_model_t *m = NULL;
     struct pi_model_opts mo;
@@ -159,7 +172,8 @@ static float *reference_logits(const char *path, const int32_t *tok, int n)
         const struct pi_layer *L = &m->layers[il];
         pi_forward_attn(f, il, seq, pos, n, h);
         pi_forward_ffn_input(f, il, n, h, x);
-        pi_predictor_eval(NULL, &pred, il, PI_SPARSITY_SAFE, x, n, scr, mask, mw);
+        PI_ASSERT(pred.on_residual);
+        pi_predictor_eval(NULL, &pred, il, PI_SPARSITY_SAFE, on_norm ? x : h, n, scr, mask, mw);
         dequant(&L->ffn_gate, G), dequant(&L->ffn_up, U), dequant(&L->ffn_down, D);
         for (int t = 0; t < n; t++) {
             masked_ffn(G, U, D, d, ff, x + (size_t)t * d, mask + (size_t)t * mw, y);
@@ -226,7 +240,7 @@ static void test_all_ones(const char *ids, const struct tp_golden *gd)
  * differs: that case, per-token masks, is tests/unit/test-sparse.c's, against the same masks.) */
 static void test_fixed(const char *ids, const struct tp_golden *gd, const char *path, const char *what)
 {
-    float *ref = reference_logits(path, gd->tokens, gd->n);
+    float *ref = reference_logits(path, gd->tokens, gd->n, false);
     tap_ok(ref != NULL, "the masked reference computed");
     if (!ref) return;
     double far = tp_rel_err(ref, gd->logits, gd->n, gd->n_vocab);
@@ -246,6 +260,22 @@ static void test_fixed(const char *ids, const struct tp_golden *gd, const char *
     }
     free(first);
     free(ref);
+}
+
+/* The model file's predictors read the residual stream, as PowerInfer's graph feeds them (its
+ * llm_build_ffn_sparse gets ffn_inp): masks set by the input's size differ between the residual and the
+ * ffn_norm output, so every engine must match the residual's reference, which is far from the norm's. */
+static void test_scale(const char *ids, const struct tp_golden *gd, const char *path)
+{
+    float *on_norm = reference_logits(path, gd->tokens, gd->n, true), *ref = reference_logits(path, gd->tokens, gd->n, false);
+    double apart = on_norm && ref ? tp_rel_err(ref, on_norm, gd->n, gd->n_vocab) : 0;
+    /* 3 MASK_TOL apart: an engine within MASK_TOL of the norm's reference is then 2 MASK_TOL from the
+     * residual's (0.72 to 1.49 apart over 7 seeds) */
+    tap_ok(apart > 3 * MASK_TOL, "size masks: the predictors on the residual and on the norm's output select differently "
+           "(references %.3g apart, > %.2g)", apart, 3 * MASK_TOL);
+    free(on_norm);
+    free(ref);
+    test_fixed(ids, gd, path, "size masks on the residual");
 }
 
 /* ---------------------------------------------------------------- telemetry */
@@ -415,14 +445,17 @@ int main(void)
     snprintf(rnd, sizeof rnd, "%s/demo-random.gguf", tp_dir);
     snprintf(fixed, sizeof fixed, "%s/demo-fixed.gguf", tp_dir);
     snprintf(few, sizeof few, "%s/demo-few.gguf", tp_dir);
+    snprintf(scaled, sizeof scaled, "%s/demo-scale.gguf", tp_dir);
     uint64_t seed = pi_rng_entropy_seed();
     tap_diag("random predictors from seed %llu", (unsigned long long)seed);
     if (with_predictors(demo, ones, 8, PRED_ALL, 0, seed) != 0 || with_predictors(demo, fixed, 32, PRED_FIXED, 0.4, seed) != 0 ||
-        with_predictors(demo, few, 32, PRED_FIXED, 0.08, seed) != 0 || with_predictors(demo, rnd, 16, PRED_RANDOM, 0, seed) != 0)
+        with_predictors(demo, few, 32, PRED_FIXED, 0.08, seed) != 0 || with_predictors(demo, rnd, 16, PRED_RANDOM, 0, seed) != 0 ||
+        with_predictors(demo, scaled, 0, PRED_SCALE, 0, seed) != 0)
         tap_bail("cannot write the models with predictors");
     test_all_ones(ids, &gd);
     test_fixed(ids, &gd, fixed, "fixed 40% masks (prompts dense, masked)");
     test_fixed(ids, &gd, few, "fixed 8% masks (prompts neuron by neuron)");
+    test_scale(ids, &gd, scaled);
     test_status();
     test_perplexity();
     test_refusals();
