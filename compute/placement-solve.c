@@ -21,7 +21,10 @@ void pi_place_neuron_bytes(const pi_model_t *m, int il, uint64_t *g, uint64_t *u
     const struct pi_layer *L = &m->layers[il];
     *g = L->ffn_gate.row_bytes;
     *u = L->ffn_up.row_bytes;
-    if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)m->hp.n_embd, d)) *d = 4u * (uint64_t)m->hp.n_embd;
+    /* a file without ffn_down (PowerInfer's) stores the column as an ffn_down_t row; the ffn_down built
+     * from it at load has the copy's type, not the file's */
+    if (L->down_built) *d = L->ffn_down_t.row_bytes;
+    else if (!pi_type_row_bytes(L->ffn_down.type, (uint64_t)m->hp.n_embd, d)) *d = 4u * (uint64_t)m->hp.n_embd;
 }
 
 static uint64_t attn_bytes(const struct pi_layer *L)

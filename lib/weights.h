@@ -52,9 +52,12 @@ struct pi_layer {
     const float *ffn_norm;      /* (d,) RMSNorm weights before the FFN (owned f32 copy) */
     struct pi_weight ffn_gate;  /* (n_ff, d): row i is neuron i's gate */
     struct pi_weight ffn_up;    /* (n_ff, d): row i is neuron i's up */
-    struct pi_weight ffn_down;  /* (d, n_ff): column i is neuron i's down */
+    struct pi_weight ffn_down;  /* (d, n_ff): column i is neuron i's down (file's or built at load) */
     struct pi_weight ffn_down_t; /* (n_ff, d): row i is neuron i's down (file's or packed at load) */
     bool down_t_from_file;      /* ffn_down_t is PowerInfer's blk.N.ffn_down_t.weight */
+    /* the file has no ffn_down (PowerInfer's files): ffn_down is the file's ffn_down_t transposed at load,
+     * in memory the model owns, not in the file's mapping */
+    bool down_built;
     struct pi_weight fc1;       /* optional predictor (rank, d); data NULL when absent */
     struct pi_weight fc2;       /* optional predictor (n_ff, rank); present iff fc1 is */
 };

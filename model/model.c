@@ -8,8 +8,9 @@
  *   3. the FFN activation (option, then `pinfer.ffn_activation`, then the format default);
  *   4. the values: no NaN or infinity in any tensor's elements or block scales, read in windows of
  *      each tensor or whole (model/tensor-check.h, opts->check);
- *   5. the norm vectors copied to f32, and ffn_down packed transposed (one neuron per row) unless the
- *      file brings PowerInfer's ffn_down_t.
+ *   5. the norm vectors copied to f32, and the transposed copies: ffn_down packed transposed (one
+ *      neuron per row) unless the file brings PowerInfer's ffn_down_t, and ffn_down built from the
+ *      file's ffn_down_t where the file has none (PowerInfer's files carry ffn_down_t instead).
  * The GGUF reader has already checked that every tensor's bytes lie inside the file.
  */
 #include "config.h"
@@ -42,6 +43,7 @@
 struct binder {
     const pi_gguf_t *g;
     pi_model_t *m;
+    const struct pi_model_opts *opts;
     char *err;
     size_t errlen;
 };
@@ -282,12 +284,25 @@ static int bind_layer(struct binder *b, int il, float *norms)
         (rc = bind_matrix(b, TNAME("attn_output"), d, q_dim, "(n_embd, q_dim)", false, &L->attn_output)) < 0 ||
         (rc = bind_matrix(b, TNAME("ffn_gate"), ff, d, "(n_ff, n_embd)", false, &L->ffn_gate)) < 0 ||
         (rc = bind_matrix(b, TNAME("ffn_up"), ff, d, "(n_ff, n_embd)", false, &L->ffn_up)) < 0 ||
-        (rc = bind_matrix(b, TNAME("ffn_down"), d, ff, "(n_embd, n_ff)", false, &L->ffn_down)) < 0 ||
+        (rc = bind_matrix(b, TNAME("ffn_down"), d, ff, "(n_embd, n_ff)", true, &L->ffn_down)) < 0 ||
         (rc = bind_matrix(b, TNAME("ffn_down_t"), ff, d, "(n_ff, n_embd)", true, &L->ffn_down_t)) < 0)
         return rc;
     L->attn_norm = norms;
     L->ffn_norm = norms + d;
     L->down_t_from_file = L->ffn_down_t.data != NULL;
+    if (!L->ffn_down.data && !L->down_t_from_file)
+        return fail(b, "tensor blk.%d.ffn_down.weight missing (and no blk.%d.ffn_down_t.weight to build it from)", il,
+                    il);
+    if (!L->ffn_down.data) {
+        /* PowerInfer's files carry ffn_down_t instead: ffn_down is its transpose, described here and built
+         * by pack_transposed (rows of n_ff elements, so the type's blocks must divide n_ff) */
+        enum pi_type dt = pi_model_down_t_type(b->opts->down_t_type, L->ffn_down_t.type, ff);
+        uint64_t rb;
+        if (!pi_type_row_bytes(dt, (uint64_t)ff, &rb))
+            return fail(b, "blk.%d.ffn_down.weight: cannot build it from ffn_down_t as %s", il, pi_type_name(dt));
+        L->ffn_down = (struct pi_weight){dt, d, ff, (size_t)rb, NULL, NULL};
+        L->down_built = true;
+    }
     /* The predictor's rank is whatever fc1 says; fc2 must agree with it. */
     const struct pi_gguf_tensor *fc1 = pi_gguf_find_tensor(b->g, TNAME("fc1"));
     if (fc1) {
@@ -367,7 +382,7 @@ static int bind_tensors(struct binder *b)
     return 0;
 }
 
-/* ---------------------------------------------------------------- packing ffn_down_t */
+/* ---------------------------------------------------------------- transposing ffn_down and ffn_down_t */
 
 enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d)
 {
@@ -384,67 +399,101 @@ enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d
     return opt;
 }
 
-/* One layer's transposition, in two parallel phases over the pool (see pack_down_t). */
+/* One matrix's transposition, in two parallel phases over the pool (see transpose). */
 struct pack_task {
-    const struct pi_weight *down; /* (d, ff) */
-    float *tmp;                   /* (ff, d) f32 */
-    float *rows;                  /* (threads, PACK_ROWS, ff) */
-    char *dst;                    /* (ff) packed rows */
+    const struct pi_weight *src; /* (R, C) */
+    float *tmp;                  /* (C, R) f32 */
+    float *rows;                 /* (threads, PACK_ROWS, C) */
+    char *dst;                   /* (C) rows of R elements of type dt */
     enum pi_type dt;
-    size_t rb;
+    size_t rb;                   /* bytes of one dst row */
 };
 
 #define PACK_ROWS 16
 
-/* Phase 1, over blocks of PACK_ROWS rows of down: dequantise the block, then write it as a column
- * block of tmp, so that both sides stay in cache (one row at a time would stride d floats per
+/* Phase 1, over blocks of PACK_ROWS rows of src: dequantise the block, then write it as a column
+ * block of tmp, so that both sides stay in cache (one row at a time would stride R floats per
  * element). Blocks write disjoint columns. */
 static void pack_gather(void *ctx, int64_t begin, int64_t end, int thread)
 {
     struct pack_task *t = ctx;
-    int64_t d = t->down->rows, ff = t->down->cols;
-    float *rows = t->rows + (size_t)thread * PACK_ROWS * (size_t)ff;
+    int64_t R = t->src->rows, C = t->src->cols;
+    float *rows = t->rows + (size_t)thread * PACK_ROWS * (size_t)C;
     for (int64_t blk = begin; blk < end; blk++) {
-        int64_t r0 = blk * PACK_ROWS, nr = PI_MIN(PACK_ROWS, d - r0);
+        int64_t r0 = blk * PACK_ROWS, nr = PI_MIN(PACK_ROWS, R - r0);
         for (int64_t r = 0; r < nr; r++)
-            pi_dequant_row(t->down->type, pi_weight_row(t->down, r0 + r), rows + r * ff, ff);
-        for (int64_t i = 0; i < ff; i++)
-            for (int64_t r = 0; r < nr; r++) t->tmp[i * d + r0 + r] = rows[r * ff + i];
+            pi_dequant_row(t->src->type, pi_weight_row(t->src, r0 + r), rows + r * C, C);
+        for (int64_t i = 0; i < C; i++)
+            for (int64_t r = 0; r < nr; r++) t->tmp[i * R + r0 + r] = rows[r * C + i];
     }
 }
 
-/* Phase 2, over neurons: quantise each neuron's row. */
+/* Phase 2, over the rows of dst: quantise each. */
 static void pack_quantize(void *ctx, int64_t begin, int64_t end, int thread)
 {
     struct pack_task *t = ctx;
-    int64_t d = t->down->rows;
+    int64_t R = t->src->rows;
     (void)thread;
-    for (int64_t i = begin; i < end; i++) pi_quantize_row(t->dt, t->tmp + i * d, t->dst + (size_t)i * t->rb, d);
+    for (int64_t i = begin; i < end; i++) pi_quantize_row(t->dt, t->tmp + i * R, t->dst + (size_t)i * t->rb, R);
 }
 
-/* Transpose every layer's ffn_down (d, n_ff) into ffn_down_t (n_ff, d), through an f32 buffer, on a
- * temporary pool of n_threads (0: every online CPU). */
-static int pack_down_t(struct binder *b, enum pi_type opt, int n_threads)
+/* dst (C, R) of type dt = src (R, C) transposed, through t's f32 buffers (tmp: R C floats; rows:
+ * threads x PACK_ROWS x C), on pool (NULL: this thread). Each element is dequantised and quantised
+ * alone, so the bits do not depend on the threads. Returns the weight that describes dst (dt's row of
+ * R elements checked by the caller). */
+static struct pi_weight transpose(pi_pool_t *pool, struct pack_task *t, const struct pi_weight *src, enum pi_type dt,
+                                  char *dst)
+{
+    uint64_t rb = 0;
+    (void)pi_type_row_bytes(dt, (uint64_t)src->rows, &rb);
+    t->src = src;
+    t->dt = dt;
+    t->rb = (size_t)rb;
+    t->dst = dst;
+    pi_pool_for(pool, (src->rows + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, t);
+    pi_pool_for(pool, src->cols, 64, pack_quantize, t);
+    return (struct pi_weight){dt, src->cols, src->rows, (size_t)rb, dst, NULL};
+}
+
+/* Whether layer L gets ffn_down_t packed from ffn_down: the file has none and packing is on. */
+static bool packs_down_t(const struct pi_layer *L, const struct pi_model_opts *o)
+{
+    return !o->no_down_t && !L->down_t_from_file;
+}
+
+/* The transposed copies, in one allocation (m->packed), on a temporary pool of opts->n_threads (0:
+ * every online CPU): ffn_down (d, n_ff) built from the file's ffn_down_t where the file has no
+ * ffn_down (PowerInfer's files; always, whatever no_down_t says: the dense products read it), and
+ * ffn_down_t (n_ff, d) packed from ffn_down where the file has no ffn_down_t (unless no_down_t). */
+static int pack_transposed(struct binder *b)
 {
     pi_model_t *m = b->m;
+    const struct pi_model_opts *o = b->opts;
     const struct pi_hparams *hp = &m->hp;
     int64_t d = hp->n_embd, ff = hp->n_ff;
-    size_t total = 0;
+    size_t total = 0, built = 0;
+    int n_built = 0;
+    enum pi_type built_type = PI_TYPE_F16;
     uint64_t rb;
     for (int il = 0; il < hp->n_layer; il++) {
-        struct pi_layer *L = &m->layers[il];
-        enum pi_type dt = pi_model_down_t_type(opt, L->ffn_down.type, d);
-        if (L->down_t_from_file) continue;
-        if (!pi_type_row_bytes(dt, (uint64_t)d, &rb))
-            return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
+        const struct pi_layer *L = &m->layers[il];
+        if (L->down_built) {
+            built += pi_align_up(L->ffn_down.row_bytes * (size_t)d, 64);
+            built_type = L->ffn_down.type;
+            n_built++;
+        }
+        if (!packs_down_t(L, o)) continue;
+        enum pi_type dt = pi_model_down_t_type(o->down_t_type, L->ffn_down.type, d);
+        if (!pi_type_row_bytes(dt, (uint64_t)d, &rb)) return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
         total += pi_align_up((size_t)rb * (size_t)ff, 64);
     }
+    total += built;
     if (total == 0) return 0;
-    pi_pool_t *pool = n_threads == 1 ? NULL : pi_pool_new(n_threads);
+    pi_pool_t *pool = o->n_threads == 1 ? NULL : pi_pool_new(o->n_threads);
     int nt = pi_pool_size(pool);
     struct pack_task t = {0};
     t.tmp = malloc((size_t)d * (size_t)ff * sizeof(float));
-    t.rows = malloc((size_t)nt * PACK_ROWS * (size_t)ff * sizeof(float));
+    t.rows = malloc((size_t)nt * PACK_ROWS * (size_t)PI_MAX(d, ff) * sizeof(float));
     if (posix_memalign(&m->packed, 64, total) != 0) m->packed = NULL;
     if (!t.tmp || !t.rows || !m->packed) {
         free(t.tmp);
@@ -453,22 +502,26 @@ static int pack_down_t(struct binder *b, enum pi_type opt, int n_threads)
         return -PI_ERR_NOMEM;
     }
     m->packed_bytes = total;
-    t.dst = m->packed;
+    char *dst = m->packed;
     for (int il = 0; il < hp->n_layer; il++) {
         struct pi_layer *L = &m->layers[il];
-        if (L->down_t_from_file) continue;
-        t.down = &L->ffn_down;
-        t.dt = pi_model_down_t_type(opt, L->ffn_down.type, d);
-        (void)pi_type_row_bytes(t.dt, (uint64_t)d, &rb);
-        t.rb = (size_t)rb;
-        pi_pool_for(pool, (d + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, &t);
-        pi_pool_for(pool, ff, 64, pack_quantize, &t);
-        L->ffn_down_t = (struct pi_weight){t.dt, ff, d, t.rb, t.dst, NULL};
-        t.dst += pi_align_up(t.rb * (size_t)ff, 64);
+        if (L->down_built) {
+            L->ffn_down = transpose(pool, &t, &L->ffn_down_t, L->ffn_down.type, dst);
+            dst += pi_align_up(L->ffn_down.row_bytes * (size_t)d, 64);
+        }
+        if (packs_down_t(L, o)) {
+            enum pi_type dt = pi_model_down_t_type(o->down_t_type, L->ffn_down.type, d);
+            L->ffn_down_t = transpose(pool, &t, &L->ffn_down, dt, dst);
+            dst += pi_align_up(L->ffn_down_t.row_bytes * (size_t)ff, 64);
+        }
     }
     free(t.tmp);
     free(t.rows);
     pi_pool_destroy(&pool);
+    if (n_built > 0)
+        pi_info("model: the file has no ffn_down in %d of %d layers (PowerInfer's layout): built from ffn_down_t, "
+                "transposed, as %s: %zu bytes (%.1f MiB) of memory outside the file's mapping", n_built, hp->n_layer,
+                pi_type_name(built_type), built, built / 1048576.0);
     return 0;
 }
 
@@ -565,6 +618,7 @@ int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model
         pi_model_opts_default(&def);
         opts = &def;
     }
+    b.opts = opts;
     b.m = calloc(1, sizeof *b.m);
     if (!b.m) return -PI_ERR_NOMEM;
     b.m->gguf = g;
@@ -575,7 +629,7 @@ int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model
         goto err;
     }
     if (rc < 0) goto err; /* a check mode outside the enum: the caller's bug */
-    if (!opts->no_down_t && (rc = pack_down_t(&b, opts->down_t_type, opts->n_threads)) < 0) goto err;
+    if ((rc = pack_transposed(&b)) < 0) goto err;
     if (opts->rows16 && (rc = pack_rows16(&b, opts->n_threads)) < 0) goto err;
     *out = b.m;
     return 0;
@@ -643,8 +697,9 @@ struct gen {
     const struct pi_model_gen *g;
     pi_gguf_writer_t *w;
     uint64_t rng;
-    float *buf;      /* (largest rows * cols) f32 staging */
-    void *qbuf;      /* the same quantised */
+    float *buf;      /* (largest cols) f32 staging: one row */
+    void *qbuf;      /* (largest rows * cols) a tensor quantised */
+    float *down;     /* (n_embd, n_ff) f32: the current layer's down matrix (gen_down) */
     struct gen_loc *loc; /* locality models only (below) */
 };
 
@@ -658,8 +713,10 @@ static float gen_uniform(uint64_t *s)
     return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 
-/* One tensor (rows, cols) of type t; norm = vector near 1 (rows == 0). */
-static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm)
+/* One tensor (rows, cols) of type t; norm = vector near 1 (rows == 0). src NULL: random values from
+ * the stream; else element (r, j) is src[r * rs + j * cs] (the values final: no locality rewrite). */
+static int gen_tensor_src(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm,
+                          const float *src, int64_t rs, int64_t cs)
 {
     uint64_t rb, ne[2];
     int64_t r_out = rows;
@@ -679,9 +736,14 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
                    (!strcmp(name + nl - 11, ".fc1.weight") || !strcmp(name + nl - 11, ".fc2.weight")));
     for (int64_t r = 0; r < nr; r++) {
         float *row = G->buf;
-        for (int64_t j = 0; drawn && j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+        if (!src)
+            for (int64_t j = 0; drawn && j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+        else if (r < rows)
+            for (int64_t j = 0; j < cols; j++) row[j] = src[r * rs + j * cs];
+        else /* the reshape hook's extra row */
+            memset(row, 0, (size_t)cols * sizeof *row);
         for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
-        if (G->loc) {
+        if (G->loc && !src) {
             int rc = loc_row(G, name, t, r, row, cols);
             if (rc < 0) return rc;
         }
@@ -691,6 +753,34 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
     ne[0] = (uint64_t)cols;
     ne[1] = (uint64_t)nr;
     return pi_gguf_writer_add_tensor(G->w, name, t, norm ? 1 : 2, ne, G->qbuf);
+}
+
+static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm)
+{
+    return gen_tensor_src(G, name, t, rows, cols, norm, NULL, 0, 0);
+}
+
+/* Layer il's down matrix (n_embd, n_ff), drawn once from the stream as ffn_down always was, then written
+ * as blk.N.ffn_down (unless powerinfer: PowerInfer's files have none) and, with down_t or powerinfer,
+ * transposed as blk.N.ffn_down_t (n_ff, n_embd). Both then hold the same values (each quantised along
+ * its own rows), and the stream, so every other tensor, is the same whichever of them is written. */
+static int gen_down(struct gen *G, int il, enum pi_type t)
+{
+    const struct pi_model_gen *g = G->g;
+    const int64_t d = g->n_embd, ff = g->n_ff;
+    const float sd = 1.7320508f / sqrtf((float)ff);
+    char name[96];
+    int rc = 0;
+    snprintf(name, sizeof name, "blk.%d.ffn_down.weight", il);
+    for (int64_t r = 0; r < d; r++) {
+        float *row = G->down + r * ff;
+        for (int64_t j = 0; j < ff; j++) row[j] = sd * gen_uniform(&G->rng);
+        if (G->loc && (rc = loc_row(G, name, t, r, row, ff)) < 0) return rc;
+    }
+    if (!g->powerinfer && (rc = gen_tensor_src(G, name, t, d, ff, false, G->down, ff, 1)) < 0) return rc;
+    snprintf(name, sizeof name, "blk.%d.ffn_down_t.weight", il);
+    if (g->down_t || g->powerinfer) rc = gen_tensor_src(G, name, t, ff, d, false, G->down, 1, ff);
+    return rc;
 }
 
 static int gen_u32(struct gen *G, const char *suffix, uint32_t v)
@@ -850,9 +940,8 @@ static int gen_layers(struct gen *G, enum pi_type t)
             (rc = GEN("attn_output", t, d, d, false)) < 0 ||
             (rc = GEN("ffn_norm", PI_TYPE_F32, 0, d, true)) < 0 ||
             (rc = GEN("ffn_gate", t, ff, d, false)) < 0 || (rc = GEN("ffn_up", t, ff, d, false)) < 0 ||
-            (rc = GEN("ffn_down", t, d, ff, false)) < 0)
+            (rc = gen_down(G, il, t)) < 0)
             break;
-        if (g->down_t && (rc = GEN("ffn_down_t", t, ff, d, false)) < 0) break;
         if (g->pred_rank > 0 && ((rc = GEN("fc1", PI_TYPE_F16, g->pred_rank, d, false)) < 0 ||
                                  (rc = GEN("fc2", PI_TYPE_F16, ff, g->pred_rank, false)) < 0))
             break;
@@ -1197,7 +1286,7 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
 {
     enum pi_type t = g->type ? g->type : PI_TYPE_F32;
     enum pi_type te = g->embd_type ? g->embd_type : t, to = g->out_type ? g->out_type : t;
-    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL, NULL};
+    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL, NULL, NULL};
     struct pi_model_gen gl;
     int64_t cols_max = PI_MAX(PI_MAX(g->n_embd, g->n_ff), g->pred_rank);
     int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
@@ -1211,7 +1300,8 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
     G.buf = malloc((size_t)cols_max * sizeof(float));
     /* 8 bytes an element: f64 and i64 (the retype hook) are the widest types */
     G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(double));
-    if (!G.w || !G.buf || !G.qbuf) {
+    G.down = malloc((size_t)g->n_embd * (size_t)g->n_ff * sizeof(float));
+    if (!G.w || !G.buf || !G.qbuf || !G.down) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }
@@ -1233,6 +1323,7 @@ out:
     loc_free(&G.loc);
     free(G.buf);
     free(G.qbuf);
+    free(G.down);
     pi_gguf_writer_destroy(&G.w);
     return rc;
 }

@@ -15,6 +15,10 @@
  * `ffn_down_t` holds the down weights transposed, one neuron per contiguous row: taken from the file
  * when it has PowerInfer's `blk.N.ffn_down_t.weight`, otherwise packed at load (see
  * pi_model_opts.down_t_type), so that any subset of neurons can be computed without gathering.
+ * PowerInfer's own files carry `ffn_down_t` *instead of* `blk.N.ffn_down.weight` (its loader refuses
+ * a file with both); for them `ffn_down` is built at load as the transpose of the file's `ffn_down_t`
+ * (pi_layer.down_built), in memory the model owns, so that every user of a model finds both. Such an
+ * ffn_down is not in the file: nothing may take its address for a file offset.
  */
 #ifndef PI_MODEL_MODEL_H
 #define PI_MODEL_MODEL_H
@@ -61,7 +65,9 @@ struct pi_model {
     struct pi_layer *layers;      /* (n_layer) */
     const pi_gguf_t *gguf;        /* the file the weights live in (borrowed unless opened here) */
     pi_gguf_t *owned_gguf;        /* set by pi_model_open */
-    void *packed;                 /* one allocation holding the packed ffn_down_t rows */
+    /* one allocation holding the transposed copies made at load: ffn_down_t rows packed from ffn_down,
+     * and ffn_down built from the file's ffn_down_t (PowerInfer's files, pi_layer.down_built) */
+    void *packed;
     size_t packed_bytes;
     void *rows16;                 /* anonymous mapping holding every 16-row packed copy (opts.rows16) */
     size_t rows16_bytes;
@@ -78,9 +84,13 @@ struct pi_model_opts {
      * default from pi_model_opts_default) picks the down weights' own type for F32/F16/BF16 (an exact
      * transpose) and F16 for quantised down weights (within 2^-11 of each weight: the neuron kernel
      * then adds no rounding of its own; Q8_0 halves the copy's memory but requantising costs up to
-     * half an 8-bit step per weight, +25% on an FFN's error, measured in doc/forward.md). */
+     * half an 8-bit step per weight, +25% on an FFN's error, measured in doc/forward.md). The same
+     * rule, with rows of n_ff elements, gives the type of an ffn_down built from the file's ffn_down_t
+     * when the file has no ffn_down (PowerInfer's files). */
     enum pi_type down_t_type;
-    bool no_down_t;               /* skip packing (metadata-only users: the coordinator, tools) */
+    /* skip packing ffn_down_t (metadata-only users: the coordinator, tools). An ffn_down missing from
+     * the file is built all the same: the dense products and the backends read it. */
+    bool no_down_t;
     int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
     /* Also copy the dense matrices (attention, FFN, output) that the active CPU kernel variant has a
      * 16-row packed kernel for (kernels/cpu/rows16.h: Q4_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX512-VNNI,
@@ -98,13 +108,15 @@ void pi_model_opts_default(struct pi_model_opts *o);
 
 /* The type ffn_down_t is packed in for down weights of type down with rows of d elements, given the
  * option opt (see down_t_type; PI_TYPE_COUNT: automatic; a type whose blocks do not divide d: F16).
- * Exported so that CPU workers packing their own neurons' rows get the same bits. */
+ * Exported so that CPU workers packing their own neurons' rows get the same bits. The loader also types
+ * an ffn_down built from a file's ffn_down_t by it (down: ffn_down_t's type, d: n_ff). */
 enum pi_type pi_model_down_t_type(enum pi_type opt, enum pi_type down, int64_t d);
 
 /* Bind a model from g (borrowed: it must outlive the model). opts may be NULL (defaults).
  * Returns 0 and *out, or a negative enum pi_err with *out NULL and err (if not NULL) holding one line,
  * e.g. "blk.2.attn_k.weight: shape (64, 64), expected (32, 64) (kv_dim, n_embd)", or -PI_ERR_FORMAT
- * for a NaN or infinity the tensor check (opts->check) found. */
+ * for a NaN or infinity the tensor check (opts->check) found. A layer needs blk.N.ffn_down.weight or
+ * PowerInfer's blk.N.ffn_down_t.weight (then ffn_down is built from it, logged at info level). */
 int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model_t **out,
                   char *err, size_t errlen);
 
@@ -145,7 +157,9 @@ struct pi_model_gen {
     enum pi_type out_type;      /* output.weight (0: as type) */
     enum pi_ffn_act act;        /* written as pinfer.ffn_activation unless DEFAULT */
     bool tied;                  /* no output.weight */
-    bool down_t;                /* also write blk.N.ffn_down_t.weight (PowerInfer) */
+    /* also write blk.N.ffn_down_t.weight, the transpose of ffn_down's values (each quantised along its
+     * own rows; pinfer's own files: both tensors) */
+    bool down_t;
     int pred_rank;              /* > 0: write blk.N.fc1/fc2 predictors of this rank */
     /* NULL, or a GGUF (a llama.cpp vocabulary file, another model) whose tokenizer.* keys are copied,
      * so that engines which need a tokenizer (llama.cpp, PowerInfer) load the model; its
@@ -171,11 +185,13 @@ struct pi_model_gen {
      * fc2 relu(fc1 x) = U V x + g_c x_c is the gate's pre-activation up to the gate's quantisation
      * (relu(a) - relu(-a) = a; x_c > 0), read from the residual stream before the norm as a model file's
      * predictors are (PowerInfer's llama graph feeds them ffn_inp), the ffn_norm weights folded into fc1
-     * and g_c. For speed measurements: a predictor that
-     * foresees every firing neuron, the same for both engines; they draw nothing from the main stream,
+     * and g_c. For speed measurements: a predictor that foresees every firing neuron, the same for both engines; they draw nothing from the main stream,
      * so every other tensor is the same with and without them. */
     bool pred_exact;
-    bool powerinfer;            /* magic "PWRI" (PowerInfer's layout; use with down_t, pred_rank) */
+    /* PowerInfer's layout: magic "PWRI", and blk.N.ffn_down_t.weight *instead of* ffn_down (PowerInfer
+     * refuses a file with both; down_t implied). With pred_rank, its fc1/fc2 predictors. The random
+     * stream is the same with and without it: the same seed gives the same weights in either layout. */
+    bool powerinfer;
     /* Test hooks for the loader's checks: leave the tensor `omit` out; write `reshape` with one row
      * too many; write `bad_key` (a full key name, u32) with the value bad_value instead of the real
      * one, or in addition to the keys written when it is not one of them. */

@@ -34,7 +34,8 @@ static void usage(FILE *out)
             "                   vocabulary size becomes F's token count\n"
             "  --act A          write pinfer.ffn_activation = silu, relu or drelu (default: none, i.e. silu)\n"
             "  --tied           no output.weight (tied to token_embd)\n"
-            "  --down-t         also write PowerInfer's blk.N.ffn_down_t.weight\n"
+            "  --down-t         also write blk.N.ffn_down_t.weight, ffn_down transposed (pinfer's own files:\n"
+            "                   both tensors)\n"
             "  --pred-rank R    also write predictors blk.N.fc1/fc2 of rank R (default: 0, none)\n"
             "  --locality       ReLU neurons with known activation rates (doc/locality.md): channel n_embd-1\n"
             "                   holds a constant that the gate weights turn into a bias per neuron\n"
@@ -44,7 +45,9 @@ static void usage(FILE *out)
             "                   can foresee which neurons fire (default: 0, full rank: they cannot)\n"
             "  --pred-exact     with --gate-rank R: predictors of rank 2R+1 made from the gate's factors, which\n"
             "                   foresee every firing neuron up to the gate's quantisation (for speed measurements)\n"
-            "  --powerinfer     PowerInfer's layout: magic PWRI and blk.N.ffn_down_t (add --pred-rank for fc1/fc2)\n"
+            "  --powerinfer     PowerInfer's layout: magic PWRI, blk.N.ffn_down_t instead of blk.N.ffn_down (as\n"
+            "                   PowerInfer's loader requires; the same weights as without it), add --pred-rank\n"
+            "                   or --pred-exact for fc1/fc2\n"
             "  --seed N         random seed (default: 1)\n"
             "  -h, --help       this text\n");
 }

@@ -167,9 +167,10 @@ static void test_locality(int gate_rank)
     pi_model_destroy(&m);
 }
 
-/* The same construction in PowerInfer's layout (magic PWRI, ffn_down_t, fc1/fc2): pinfer runs it
- * through the file's ffn_down_t, which must be down's transpose with the constant channel's column
- * zero, or the rates drift through the layers. 4096 tokens: layer figures within 0.01 / 0.02. */
+/* The same construction in PowerInfer's layout (magic PWRI, ffn_down_t instead of ffn_down, fc1/fc2:
+ * the tensor set PowerInfer's loader requires): pinfer builds ffn_down from the file's ffn_down_t,
+ * which must be down's transpose with the constant channel's column zero, or the rates drift through
+ * the layers. 4096 tokens: layer figures within 0.01 / 0.02. */
 static void test_powerinfer(void)
 {
     struct pi_model_gen g = {0};
@@ -188,6 +189,9 @@ static void test_powerinfer(void)
     snprintf(args, sizeof args, "-m %s --random 4096 -c 256 -t 2", model);
     tap_is_int(run(args), 0, "powerinfer: pi-profile over the PWRI locality model");
     pi_model_t *m = open_model(model);
+    tap_ok(pi_gguf_n_tensors(m->gguf) == 3 + (uint64_t)g.n_layer * 11 &&
+               !pi_gguf_find_tensor(m->gguf, "blk.0.ffn_down.weight") && m->layers[g.n_layer - 1].down_built,
+           "powerinfer: PowerInfer's tensors (3 + 11 a layer, no ffn_down); ffn_down built at load");
     struct pi_sidecar *s = NULL;
     double worst_mean = 1, worst_share = 1;
     if (pi_sidecar_load(side, m, &s, err, sizeof err) == 0 && s->act_freq) {

@@ -8,7 +8,9 @@
  * weights: per-type tolerance) and in reference mode (f32 activations: the forward pass itself must be
  * exact to float rounding for every weight type, 8.2e-7). As a diagnostic, reference mode with the
  * kernels' 8-bit activation rounding (round_activations) shows what that rounding alone costs.
- * First, reproducibility: repeated runs on 2 (and on 3) threads give the same logits bit for bit.
+ * First, reproducibility: repeated runs on 2 (and on 3) threads give the same logits bit for bit, and
+ * a model in PowerInfer's layout (ffn_down_t instead of ffn_down) gives the logits of the same weights
+ * stored with ffn_down.
  * Then generate greedily and compare with `greedy`, but only while the top-1 margin of our own logits
  * stays well above the error we measured on the prompt (four times the largest absolute logit error):
  * the random tiny model's margins are often tiny, and a token chosen by a margin smaller than our error
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "lib/common.h"
 #include "compute/forward.h"
@@ -320,9 +323,62 @@ static void test_repeatable(void)
     pi_model_destroy(&m);
 }
 
+/* PowerInfer's layout: a file with ffn_down_t instead of ffn_down (pi_model_gen powerinfer), whose
+ * ffn_down the loader builds by transposing ffn_down_t, against the same seed written with both
+ * tensors (ffn_down as stored). For f16 and f32 weights each built ffn_down element is the stored
+ * one's bits (a transpose through f32 and back is exact; test-model checks the bytes), ffn_down_t is
+ * the same tensor in both files and so is every other weight; the forward pass is a function of the
+ * weights' bits and the thread count (test_repeatable), so the logits must be equal bit for bit: the
+ * tolerance is 0. ReLU (written as pinfer.ffn_activation, since PWRI alone would make only one of the
+ * two files ReLU), so decode steps take both the dense and the neuron-wise (ffn_down_t) FFN. */
+static void test_powerinfer_layout(void)
+{
+    enum { STEPS = 8, N_PROMPT = 12 };
+    const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_F32};
+    char dir[256], pa[512], pb[512], err[256];
+    snprintf(dir, sizeof dir, "%s/pi-test-forward-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(dir)) tap_bail("mkdtemp failed");
+    snprintf(pa, sizeof pa, "%s/pwri.gguf", dir);
+    snprintf(pb, sizeof pb, "%s/both.gguf", dir);
+    int32_t toks[N_PROMPT];
+    for (int i = 0; i < N_PROMPT; i++) toks[i] = (int32_t)((i * 37 + 5) % 128);
+    struct golden gd = {.tokens = toks, .n = N_PROMPT};
+    for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+        struct pi_model_gen g = {.n_vocab = 128, .n_embd = 64, .n_layer = 3, .n_ff = 192, .n_head = 4, .n_head_kv = 2,
+                                 .type = types[k], .act = PI_FFN_ACT_RELU, .seed = 11, .powerinfer = true};
+        pi_model_t *a = NULL, *b = NULL;
+        int rc = pi_model_gen_write(&g, pa);
+        g.powerinfer = false;
+        g.down_t = true;
+        if (rc == 0) rc = pi_model_gen_write(&g, pb);
+        if (rc == 0) rc = pi_model_open(pa, NULL, &a, err, sizeof err);
+        if (rc == 0) rc = pi_model_open(pb, NULL, &b, err, sizeof err);
+        size_t nl = (size_t)STEPS * 128;
+        float *la = malloc(nl * sizeof *la), *lb = malloc(nl * sizeof *lb);
+        double worst = INFINITY;
+        if (rc == 0 && la && lb && a->layers[0].down_built && !b->layers[0].down_built &&
+            run_steps(a, &gd, 2, STEPS, la) == 0 && run_steps(b, &gd, 2, STEPS, lb) == 0) {
+            worst = 0;
+            for (size_t i = 0; i < nl; i++) worst = fmax(worst, fabs((double)la[i] - lb[i]));
+        } else if (rc != 0) {
+            tap_diag("  %s", err);
+        }
+        tap_ok(worst == 0.0, "%s, PowerInfer's layout (ffn_down built from ffn_down_t): prompt + %d decode steps, "
+               "logits equal the file with ffn_down's (max difference %g)", pi_type_name(types[k]), STEPS - 1, worst);
+        free(la);
+        free(lb);
+        pi_model_destroy(&a);
+        pi_model_destroy(&b);
+        unlink(pa);
+        unlink(pb);
+    }
+    rmdir(dir);
+}
+
 int main(void)
 {
     test_repeatable();
+    test_powerinfer_layout();
     for (size_t i = 0; i < PI_ARRAY_LEN(cases); i++) run_case(&cases[i], false);
     /* the Q4_0 cases again through the 16-row packed kernels, where this CPU has them */
     for (size_t i = 0; i < 2; i++) {

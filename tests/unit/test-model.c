@@ -1,6 +1,7 @@
 /*
  * tests/unit/test-model.c - the model description (model/model.h): binding real files, the activation rules,
- * the packed ffn_down_t, PowerInfer's extras, and rejection of models whose tensors disagree with
+ * the packed ffn_down_t, PowerInfer's extras and its layout (ffn_down_t instead of ffn_down: ffn_down
+ * built at load), and rejection of models whose tensors disagree with
  * their metadata (files made with the GGUF writer through pi_model_gen_write's test hooks).
  */
 #include "config.h"
@@ -197,6 +198,125 @@ static void test_generated(void)
     pi_model_destroy(&m);
 }
 
+/* Worst difference between the built ffn_down (d, ff) and the transpose of the file's ffn_down_t
+ * (ff, d), against the source's values in float64 (a dequantised Q4_0/Q8_0 weight, scale times an
+ * integer of at most 8 bits, is exact in float), in units of the built type's resolution: half an f16
+ * ulp of the weight (2^-11 relative, 2^-25 absolute for subnormals), or an 8-bit step of the built
+ * row's 32-block (q8). */
+static double built_down_error(const struct pi_layer *L, bool q8)
+{
+    int64_t d = L->ffn_down.rows, ff = L->ffn_down.cols;
+    float *src = malloc((size_t)(d * ff) * sizeof *src), *row = malloc((size_t)ff * sizeof *row);
+    double worst = 0.0;
+    for (int64_t i = 0; i < ff; i++)
+        pi_dequant_row(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, i), src + i * d, d);
+    for (int64_t r = 0; r < d; r++) {
+        pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), row, ff);
+        for (int64_t b = 0; b < ff; b += 32) {
+            double amax = 0.0;
+            for (int64_t i = b; i < b + 32 && i < ff; i++) amax = fmax(amax, fabs((double)src[i * d + r]));
+            for (int64_t i = b; i < b + 32 && i < ff; i++) {
+                double x = (double)src[i * d + r];
+                double unit = q8 ? amax / 127.0 + 1e-30 : fmax(fabs(x) * ldexp(1.0, -11), ldexp(1.0, -25));
+                worst = fmax(worst, fabs((double)row[i] - x) / unit);
+            }
+        }
+    }
+    free(src);
+    free(row);
+    return worst;
+}
+
+/* Whether p lies in the mapping of the file m was bound from. */
+static bool in_file(const pi_model_t *m, const void *p)
+{
+    const char *base = pi_gguf_base(m->gguf);
+    return (const char *)p >= base && (const char *)p < base + pi_gguf_file_size(m->gguf);
+}
+
+/* PowerInfer's tensor set (pi_model_gen powerinfer: ffn_down_t and no ffn_down): ffn_down is built at
+ * load, outside the mapping, as the transpose of ffn_down_t: f16 for a quantised file within f16
+ * rounding, the same bits as the file written with ffn_down from the same seed for f16 and f32, q8_0
+ * on request; with no_down_t too. */
+static void test_powerinfer_layout(void)
+{
+    char err[256];
+    pi_model_t *m = NULL, *ref = NULL;
+    struct pi_model_gen g = small();
+    g.type = PI_TYPE_Q4_0;
+    g.powerinfer = true;
+    g.pred_rank = 8;
+    int rc = load_gen(&g, "pwri-q4.gguf", &m, err, sizeof err);
+    if (!tap_ok(rc == 0, "a PWRI q4_0 file without ffn_down binds")) {
+        tap_diag("  %s", err);
+        return;
+    }
+    /* PowerInfer's loader wants exactly these: 3 + n_layer x 11 tensors (its "wrong number of tensors") */
+    tap_ok(pi_gguf_n_tensors(m->gguf) == 3 + 2 * 11 && !pi_gguf_find_tensor(m->gguf, "blk.0.ffn_down.weight") &&
+               pi_gguf_find_tensor(m->gguf, "blk.1.ffn_down_t.weight") && m->hp.flavour == PI_GGUF_FLAVOUR_POWERINFER,
+           "the generated file holds PowerInfer's set: ffn_down_t, no ffn_down (%llu tensors)",
+           (unsigned long long)pi_gguf_n_tensors(m->gguf));
+    int flags = 1, outside = 1;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        flags &= L->down_built && L->down_t_from_file && L->ffn_down_t.type == PI_TYPE_Q4_0;
+        const char *p = L->ffn_down.data, *pk = m->packed;
+        outside &= p && !in_file(m, p) && in_file(m, L->ffn_down_t.data) && p >= pk &&
+                   p + L->ffn_down.row_bytes * 64 <= pk + m->packed_bytes;
+    }
+    tap_ok(flags, "every layer: down_built, ffn_down_t from the file (q4_0)");
+    tap_ok(outside, "the built ffn_down lies in the model's own allocation, ffn_down_t in the file");
+    const struct pi_layer *L = &m->layers[1];
+    tap_ok(L->ffn_down.type == PI_TYPE_F16 && L->ffn_down.rows == 64 && L->ffn_down.cols == 96 &&
+               L->ffn_down.row_bytes == 96 * 2,
+           "built ffn_down is f16 (64, 96)");
+    double worst = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) worst = fmax(worst, built_down_error(&m->layers[il], false));
+    tap_ok(worst <= 1.0001, "built ffn_down == ffn_down_t transposed (worst error %.3f of an f16 half-ulp)", worst);
+    pi_model_destroy(&m);
+
+    struct pi_model_opts o;
+    pi_model_opts_default(&o);
+    o.no_down_t = true;
+    o.n_threads = 1;
+    rc = pi_model_open(tmp_path("pwri-q4.gguf"), &o, &m, err, sizeof err);
+    tap_ok(rc == 0 && m->layers[0].down_built && m->layers[0].ffn_down.data && m->layers[0].down_t_from_file,
+           "no_down_t: ffn_down is built all the same");
+    pi_model_destroy(&m);
+    o.no_down_t = false;
+    o.down_t_type = PI_TYPE_Q8_0;
+    rc = pi_model_open(tmp_path("pwri-q4.gguf"), &o, &m, err, sizeof err);
+    tap_ok(rc == 0 && m->layers[0].ffn_down.type == PI_TYPE_Q8_0 && built_down_error(&m->layers[0], true) <= 0.57,
+           "down_t_type q8_0: ffn_down built as q8_0 within half a step (+ the f16 scale's rounding)");
+    pi_model_destroy(&m);
+
+    /* f16 and f32: the same seed written with ffn_down (and ffn_down_t) gives the same bits */
+    const enum pi_type types[] = {PI_TYPE_F16, PI_TYPE_F32};
+    for (size_t k = 0; k < PI_ARRAY_LEN(types); k++) {
+        g = small();
+        g.type = types[k];
+        g.seed = 7;
+        g.powerinfer = true;
+        int rc1 = load_gen(&g, "pwri.gguf", &m, err, sizeof err);
+        g.powerinfer = false;
+        g.down_t = true;
+        int rc2 = load_gen(&g, "dt.gguf", &ref, err, sizeof err);
+        int same = rc1 == 0 && rc2 == 0 && !ref->layers[0].down_built && ref->layers[0].down_t_from_file;
+        for (int il = 0; same && il < m->hp.n_layer; il++) {
+            const struct pi_layer *A = &m->layers[il], *B = &ref->layers[il];
+            same = A->ffn_down.type == B->ffn_down.type && A->ffn_down.row_bytes == B->ffn_down.row_bytes &&
+                   memcmp(A->ffn_down_t.data, B->ffn_down_t.data, B->ffn_down_t.row_bytes * 96) == 0 &&
+                   memcmp(A->ffn_down.data, B->ffn_down.data, B->ffn_down.row_bytes * 64) == 0 &&
+                   memcmp(A->ffn_gate.data, B->ffn_gate.data, B->ffn_gate.row_bytes * 96) == 0 &&
+                   memcmp(A->attn_q.data, B->attn_q.data, B->attn_q.row_bytes * 64) == 0;
+        }
+        tap_ok(same, "%s: built ffn_down == the ffn_down written from the same seed, bit for bit (and other weights)",
+               pi_type_name(types[k]));
+        pi_model_destroy(&m);
+        pi_model_destroy(&ref);
+    }
+}
+
 struct broken {
     const char *what;
     void (*edit)(struct pi_model_gen *g);
@@ -247,6 +367,14 @@ static void e_int_embd(struct pi_model_gen *g) { g->retype = "token_embd.weight"
 static void e_int_norm(struct pi_model_gen *g) { g->retype = "blk.1.ffn_norm.weight"; g->retype_as = PI_TYPE_I16; }
 static void e_f64_down_t(struct pi_model_gen *g) { g->down_t = true; g->retype = "blk.0.ffn_down_t.weight"; g->retype_as = PI_TYPE_F64; }
 static void e_down_t_cols(struct pi_model_gen *g) { g->down_t = true; g->reshape = "blk.0.ffn_down.weight"; }
+static void e_no_down(struct pi_model_gen *g) { g->omit = "blk.1.ffn_down.weight"; }
+static void e_pwri_down_t(struct pi_model_gen *g) { g->powerinfer = true; g->reshape = "blk.1.ffn_down_t.weight"; }
+static void e_pwri_f64(struct pi_model_gen *g)
+{
+    g->powerinfer = true;
+    g->retype = "blk.0.ffn_down_t.weight";
+    g->retype_as = PI_TYPE_F64;
+}
 
 static const struct broken broken[] = {
     {"missing tensor", e_missing, "blk.1.ffn_up.weight", "missing"},
@@ -290,6 +418,9 @@ static const struct broken broken[] = {
     {"integer norm vector", e_int_norm, "blk.1.ffn_norm.weight: type i16", "not supported"},
     {"f64 ffn_down_t", e_f64_down_t, "blk.0.ffn_down_t.weight: type f64", "not supported"},
     {"ffn_down disagrees with ffn_down_t", e_down_t_cols, "blk.0.ffn_down.weight: shape (65, 96)", "expected (64, 96)"},
+    {"neither ffn_down nor ffn_down_t", e_no_down, "blk.1.ffn_down.weight missing", "no blk.1.ffn_down_t.weight"},
+    {"PWRI: ffn_down_t wrong shape", e_pwri_down_t, "blk.1.ffn_down_t.weight: shape (97, 64)", "expected (96, 64)"},
+    {"PWRI: f64 ffn_down_t", e_pwri_f64, "blk.0.ffn_down_t.weight: type f64", "not supported"},
 };
 
 static void test_broken(void)
@@ -314,8 +445,9 @@ int main(void)
     test_tiny();
     test_activation_rules();
     test_generated();
+    test_powerinfer_layout();
     test_broken();
-    const char *names[] = {"ok.gguf", "dt.gguf", "pwri.gguf", "bad.gguf"};
+    const char *names[] = {"ok.gguf", "dt.gguf", "pwri.gguf", "pwri-q4.gguf", "bad.gguf"};
     for (size_t i = 0; i < PI_ARRAY_LEN(names); i++) unlink(tmp_path(names[i]));
     rmdir(tmpdir);
     return tap_done();
