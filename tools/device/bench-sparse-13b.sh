@@ -13,11 +13,13 @@
 #
 # usage: bench-sparse-13b.sh [SECONDS]   (default 560: the runs that do not fit are left for a second
 # call, which finds the models, the profile and the builds in /dev/shm and /tmp/ext of a warm machine)
-# Staging (on the build machine): R=.devbench with a CUDA build's coordinator/{pi-bench,pi-coordinator},
-# gpu-worker/, cpu-worker/, tools/{pi-gen-model,pi-profile,pi-place}, lib/ (../shared/device/
-# bundle-libs.sh), vocab.gguf (ggml-vocab-llama-spm.gguf), llama.tar.xz (llama.cpp's sources as
-# ../shared/device/anchors.md archives them) and pwi.tar.xz (PowerInfer's sources, same recipe).
-# Run from the source tree with OUT set; results in $OUT/bench.log, peaks in $OUT/vram.txt.
+# Staging (on the build machine): a folder R with a CUDA build's coordinator/{pi-bench,pi-coordinator},
+# gpu-worker/, cpu-worker/, compute/pinfer-cuda.so, tools/{pi-gen-model,pi-profile,pi-place},
+# tests/cuda/{test-cuda-sparse,test-backend-cuda}, lib/ (../shared/device/bundle-libs.sh), llama.tar.xz
+# (llama.cpp's sources as ../shared/device/anchors.md archives them) and pwi.tar.xz (PowerInfer's, same
+# recipe), sent as one .devbench/bundle.tar.xz (the device's 64 MiB). Run from the source tree:
+#   mkdir -p /tmp/R && tar -C /tmp/R -xJf .devbench/bundle.tar.xz && R=/tmp/R OUT=... bash tools/device/bench-sparse-13b.sh
+# results in $OUT/bench.log, peaks in $OUT/vram.txt.
 set -u
 R=${R:-$PWD/.devbench}; O=${OUT:-/tmp/o}; mkdir -p "$O"; L=$O/bench.log
 export LD_LIBRARY_PATH=$R/lib
@@ -62,7 +64,7 @@ M=/dev/shm/m13.gguf; MP=/dev/shm/m13p.gguf; MW=/dev/shm/m13.powerinfer.gguf
 gen() { # gen OUT [FLAGS...]: one model, written to a temporary name first
   local out=$1; shift
   [ -s "$out" ] && return 0
-  "$R/tools/pi-gen-model" --preset 13b --type q4_0 --locality --gate-rank 16 --vocab-from "$R/vocab.gguf" "$@" "$out.tmp" \
+  "$R/tools/pi-gen-model" --preset 13b --type q4_0 --locality --gate-rank 16 --vocab-from "$PWD/tests/data/ggml-vocab-llama-spm.gguf" "$@" "$out.tmp" \
       > "/tmp/gen-$(basename "$out").log" 2>&1 && mv "$out.tmp" "$out"
 }
 GPIDS=""
