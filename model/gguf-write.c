@@ -310,7 +310,7 @@ static bool write_head(const pi_gguf_writer_t *w, FILE *f, uint32_t align, uint6
         size_t nl = strlen(t->name);
         ok = wr_u64(f, nl) && wr(f, t->name, nl) && wr_u32(f, t->n_dims);
         for (uint32_t d = 0; ok && d < t->n_dims; d++) ok = wr_u64(f, t->ne[d]);
-        ok = ok && wr_u32(f, t->type) && wr_u64(f, off);
+        ok = ok && wr_u32(f, pi_gguf_type_to_file(w->flavour, t->type)) && wr_u64(f, off);
         *pos += 8 + nl + 4 + 8ull * t->n_dims + 4 + 8;
         off = pi_align_up(off + t->n_bytes, align);
     }

@@ -466,7 +466,7 @@ static int parse_architecture(const struct pi_gguf *g, struct rd *r)
  * ---------------------------------------------------------------------------------------------- */
 
 /* Dimensions, element count and byte size of t, each checked for overflow. */
-static int parse_shape(struct rd *r, struct pi_gguf_tensor *t)
+static int parse_shape(struct rd *r, enum pi_gguf_flavour flavour, struct pi_gguf_tensor *t)
 {
     uint64_t off = r->pos;
     int rc = rd_u32(r, &t->n_dims, "n_dims");
@@ -486,6 +486,7 @@ static int parse_shape(struct rd *r, struct pi_gguf_tensor *t)
     }
     off = r->pos;
     if ((rc = rd_u32(r, &t->type, "type"))) return rc;
+    t->type = pi_gguf_type_from_file(flavour, t->type);
     const struct pi_type_info *ti = pi_type_get(t->type);
     if (!ti)
         return fail(r, t->type < GGML_TYPE_ID_LIMIT ? PI_ERR_UNSUPPORTED : PI_ERR_FORMAT, off,
@@ -517,7 +518,7 @@ static int parse_tensor_infos(struct pi_gguf *g, struct rd *r)
         set_ctx(r, "tensor", i, &t->name);
         uint64_t slot = table_probe(g, g->t_slots, g->t_mask, t_name_at, t->name.ptr, t->name.len, &found);
         if (found) return fail(r, PI_ERR_FORMAT, name_off, "duplicate tensor name (first is tensor %u)", found - 1);
-        if ((rc = parse_shape(r, t))) return rc;
+        if ((rc = parse_shape(r, g->flavour, t))) return rc;
         g->tensors[i].info_off = r->pos;
         if ((rc = rd_u64(r, &t->offset, "data offset"))) return rc;
         if (t->offset % g->alignment != 0)
@@ -700,6 +701,21 @@ void pi_gguf_destroy(pi_gguf_t **gp)
 
 uint32_t pi_gguf_version(const pi_gguf_t *g) { return g->version; }
 enum pi_gguf_flavour pi_gguf_flavour(const pi_gguf_t *g) { return g->flavour; }
+
+/* PowerInfer's ggml (d3ebd7c): GGML_TYPE_I8 = 16, I16, I32 (gguf.h) */
+#define PWRI_TYPE_I8 16u
+
+uint32_t pi_gguf_type_to_file(enum pi_gguf_flavour f, uint32_t type)
+{
+    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PI_TYPE_I8 && type <= PI_TYPE_I32) return PWRI_TYPE_I8 + (type - PI_TYPE_I8);
+    return type;
+}
+
+uint32_t pi_gguf_type_from_file(enum pi_gguf_flavour f, uint32_t type)
+{
+    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PWRI_TYPE_I8 && type <= PWRI_TYPE_I8 + 2) return PI_TYPE_I8 + (type - PWRI_TYPE_I8);
+    return type;
+}
 uint32_t pi_gguf_alignment(const pi_gguf_t *g) { return g->alignment; }
 uint64_t pi_gguf_file_size(const pi_gguf_t *g) { return g->size; }
 const void *pi_gguf_base(const pi_gguf_t *g) { return g->base; }

@@ -84,6 +84,15 @@ void pi_gguf_destroy(pi_gguf_t **g);
  * buffer) and the file offset of the data section (a multiple of the alignment). */
 uint32_t pi_gguf_version(const pi_gguf_t *g);
 enum pi_gguf_flavour pi_gguf_flavour(const pi_gguf_t *g);
+
+/* Tensor type ids as a file of flavour f writes them. PowerInfer's files (PWRI) come from its ggml of
+ * December 2023 (SJTU-IPADS/PowerInfer d3ebd7c, ggml.h), which numbered the integer types I8 16, I16 17,
+ * I32 18, ids that today's GGUF gives to IQ2_XXS, IQ2_XS and IQ3_XXS (pinfer's PI_TYPE_I8..I32 are 24-26);
+ * its reader divides by a block size of 0 on an id it does not know. Every other id is the same in both.
+ * pi_gguf_type_to_file: pinfer's id -> the file's; pi_gguf_type_from_file: the file's -> pinfer's (a PWRI
+ * file's 16-18 are its integers; 24-26 also read as integers, as pinfer's writer once wrote them). */
+uint32_t pi_gguf_type_to_file(enum pi_gguf_flavour f, uint32_t type);
+uint32_t pi_gguf_type_from_file(enum pi_gguf_flavour f, uint32_t type);
 uint32_t pi_gguf_alignment(const pi_gguf_t *g);
 uint64_t pi_gguf_file_size(const pi_gguf_t *g);
 const void *pi_gguf_base(const pi_gguf_t *g);     /* start of the mapping */

@@ -362,6 +362,50 @@ static void test_round_trip(void)
     tap_is_int(stray, 0, "no temporary files left behind");
 }
 
+/* Integer tensors in PowerInfer's files carry its ggml's type ids (I8 16, I16 17, I32 18; today's GGUF
+ * gives those ids to IQ2_XXS, IQ2_XS, IQ3_XXS): the writer writes them so in a PWRI file and the reader
+ * takes them back, while a GGUF file keeps 24-26; a PWRI file with 24-26 (pinfer's older writer) reads too. */
+static void test_powerinfer_ints(void)
+{
+    char path[512];
+    const enum pi_type ty[3] = {PI_TYPE_I8, PI_TYPE_I16, PI_TYPE_I32};
+    for (int flav = 0; flav < 2; flav++) {
+        for (int k = 0; k < 3; k++) {
+            pi_gguf_writer_t *w = pi_gguf_writer_new();
+            uint64_t ne[1] = {4};
+            int32_t v[4] = {1, -2, 3, -4};
+            if (flav) pi_gguf_writer_set_flavour(w, PI_GGUF_FLAVOUR_POWERINFER);
+            pi_gguf_writer_add_tensor(w, "x", ty[k], 1, ne, v);
+            tap_is_int(pi_gguf_writer_write(w, tmp_path(path, sizeof path, "ints.gguf")), 0, "write an integer tensor");
+            pi_gguf_writer_destroy(&w);
+            size_t len;
+            uint8_t *buf = read_file(path, &len);
+            /* header 24 bytes, no keys; name length 8, "x", n_dims 4, ne[0] 8, then the type id */
+            uint32_t id = 0;
+            if (buf && len >= 49) memcpy(&id, buf + 45, 4);
+            const uint32_t want = flav ? 16u + (uint32_t)k : (uint32_t)ty[k];
+            pi_gguf_t *g = NULL;
+            char err[256] = "";
+            int rc = buf ? pi_gguf_open_buffer(buf, len, &g, err, sizeof err) : -1;
+            const struct pi_gguf_tensor *t = rc == 0 ? pi_gguf_find_tensor(g, "x") : NULL;
+            tap_ok(id == want && t && t->type == (uint32_t)ty[k] && memcmp(t->data, v, (size_t)1 << k) == 0,
+                   "%s file: %s written as id %u (want %u) and read back as %s (%s)", flav ? "PWRI" : "GGUF",
+                   pi_type_name(ty[k]), id, want, t ? pi_type_name((enum pi_type)t->type) : "-", err);
+            pi_gguf_destroy(&g);
+            if (flav && buf && len >= 49) { /* the modern id in a PWRI file, as pinfer wrote them before */
+                memcpy(buf + 45, &(uint32_t){(uint32_t)ty[k]}, 4);
+                rc = pi_gguf_open_buffer(buf, len, &g, err, sizeof err);
+                t = rc == 0 ? pi_gguf_find_tensor(g, "x") : NULL;
+                tap_ok(t && t->type == (uint32_t)ty[k], "PWRI file with today's id %u reads as %s", (uint32_t)ty[k],
+                       pi_type_name(ty[k]));
+                pi_gguf_destroy(&g);
+            }
+            free(buf);
+            unlink(path);
+        }
+    }
+}
+
 /* An empty writer makes the smallest valid file: header only. */
 static void test_empty(void)
 {
@@ -560,6 +604,7 @@ int main(int argc, char **argv)
     if (!mkdtemp(tmpdir)) tap_bail("mkdtemp failed");
 
     test_round_trip();
+    test_powerinfer_ints();
     test_empty();
     test_fixtures();
 
