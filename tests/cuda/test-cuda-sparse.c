@@ -272,8 +272,9 @@ static void test_ffn_list(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n
     const double e = nerr_d(y, ref, (size_t)d), ea = nerr_d(a, aref, (size_t)n_hot);
     /* Q2_K's element is d sc q - dmin m, two products of similar size: the float decode's rounding of
      * each (2^-24 relative) is a larger share of their difference; on the H100 (session 12) Q2_K gate/up
-     * rows read 1.1e-5..2.1e-5 here (NMSE 1e-10..5e-10), every other type under 1e-5 */
-    const double bound = gt == PI_TYPE_Q2_K ? 5e-5 : 1e-5;
+     * rows read 1.1e-5..2.1e-5 here (NMSE 1e-10..5e-10), every other type under 1e-5; Q2_K down rows
+     * too (session 14: Q3_K gate/up with Q2_K down read 1.07e-5, NMSE 1.1e-10) */
+    const double bound = gt == PI_TYPE_Q2_K || dt == PI_TYPE_Q2_K ? 5e-5 : 1e-5;
     tap_ok(rc == 0 && e < bound && ea < bound,
            "ffn_hot_list %s/%s d=%lld n_hot=%lld act %d, %d listed (%lld non-zero): error %.3g (NMSE %.2g), "
            "activations %.3g", pi_type_name(gt), pi_type_name(dt), (long long)d, (long long)n_hot, act, k, (long long)nz,
