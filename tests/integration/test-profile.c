@@ -295,7 +295,8 @@ static void test_pred_exact(const char *gen)
     snprintf(args, sizeof args, "%s --pred-exact --powerinfer %s", base, pwri);
     rc |= tt_run(gen, args);
     tap_ok(rc == 0, "pred-exact: the three files written");
-    tap_ok(rc == 0 && same_tensors(plain, exact), "pred-exact: every other tensor is the bytes of the file without them");
+    tap_ok(rc == 0 && same_tensors(plain, exact),
+           "pred-exact: every other tensor is the bytes of the file without them");
     for (int k = 0; k < 2; k++) {
         double recall, skipped;
         bool resid = false;
