@@ -46,7 +46,8 @@
  *
  * Sparsity: with predictors (o->pred, o->sparsity not OFF) each layer's fc1 and fc2 are uploaded after
  * the hot neurons (padded to whole 32-element segments in F16 where the rank needs it), and
- * ffn_predict evaluates them on the device on the FFN input, builds the mask and the lists of
+ * ffn_predict evaluates them on the device on the rows they read (d_h, the residual stream, for a model
+ * file's; d_xn, the FFN input, for the sidecar's: compute/predictor.h), builds the mask and the lists of
  * predicted-active hot neurons there (kernels/cuda/sparse.cu), downloads the mask into the exchange and
  * leaves the lists to the layer's ffn_hot, which then computes only those neurons (ffn_hot_sparse).
  * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
@@ -634,7 +635,8 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     return 0;
 }
 
-/* Layer il's predictor over the n rows of d_xn: logits = fc2 relu(fc1 x) (pi_cuda_matmul: matvecs for
+/* Layer il's predictor over the n rows it reads (d_h or d_xn, pi_predictor_input's rule): logits =
+ * fc2 relu(fc1 x) (pi_cuda_matmul: matvecs for
  * decode, GEMMs for batches), then the mask words, the lists of predicted-active hot neurons and, for the
  * per-row path, zeros for the unlisted activations (pi_cuda_pred_mask); the mask rows go to the host
  * (mask, the exchange's mask section) and the following ffn_hot takes the lists. */

@@ -19,7 +19,8 @@
  * alone, so a token's logits do not depend on the batch it ran in (batch invariance, compute/forward.h).
  *
  * Predictors (opts.pred, opts.sparsity not off; doc/predictors.md, "Runtime"): ffn_predict evaluates
- * layer il's predictor on the FFN input (pi_predictor_eval, on the forward pass's pool), hands the mask
+ * layer il's predictor on the rows it reads (pi_predictor_input: the residual stream h or the FFN input;
+ * pi_predictor_eval, on the forward pass's pool), hands the mask
  * to the loop, and ffn_hot then computes, for each token, only the hot neurons its mask selects
  * (compute/sparse.h: neuron by neuron over the packed hot rows, or the model's own for a layer whose
  * neurons are all hot; or, for a batch that selects many, densely with the unselected activations
@@ -179,8 +180,9 @@ static int host_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mas
         pi_forward_ffn_input(s->fwd, il, s->n, s->h, s->xown);
         s->x = s->xown;
     }
-    *n_active = pi_predictor_eval(pi_forward_pool(s->fwd), s->o.pred, il, s->o.sparsity, pi_predictor_input(s->o.pred, s->h, s->x),
-                                  s->n, s->pred_scr, s->mask, s->mask_words);
+    const float *in = pi_predictor_input(s->o.pred, s->h, s->x);
+    *n_active = pi_predictor_eval(pi_forward_pool(s->fwd), s->o.pred, il, s->o.sparsity, in, s->n, s->pred_scr, s->mask,
+                                  s->mask_words);
     if (mask) memcpy(mask, s->mask, (size_t)s->n * (size_t)s->mask_words * sizeof *mask);
     s->masked = true;
     return 0;

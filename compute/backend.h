@@ -96,9 +96,10 @@ struct pi_backend_ops {
      * every layer. */
     int64_t (*ffn_hot_count)(const pi_backend_t *b, int il);
     /* Optional (NULL = no predictors on this backend), called between ffn_input and ffn_hot when
-     * opts.pred is set and opts.sparsity is not OFF: evaluate layer il's predictor on the FFN input of
-     * the batch's n rows, write the predicted-active mask (n, mask_words) into mask (host memory: the
-     * exchange's mask section; for a layer without an exchange NULL, or the loop's own buffer on the
+     * opts.pred is set and opts.sparsity is not OFF: evaluate layer il's predictor on the rows it reads
+     * (pi_predictor_input: the residual stream or the FFN input) of the batch's n rows, write the
+     * predicted-active mask (n, mask_words) into mask (host memory: the exchange's mask section; for a
+     * layer without an exchange NULL, or the loop's own buffer on the
      * recall steps of [sparsity] recall_every, gpu-worker/loop.c) and restrict the following
      * ffn_hot to the hot neurons predicted active (a ReLU model's exact gate still decides each of
      * them). *n_active = the (token, neuron) pairs predicted active over all n_ff neurons. */

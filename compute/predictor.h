@@ -66,8 +66,9 @@ static inline const float *pi_predictor_input(const struct pi_predictors *p, con
 }
 
 /* The predictors the model file itself carries (blk.N.fc1/fc2, bound in m's mapping: m must outlive
- * out), which read the residual stream as PowerInfer's do (on_residual). Every layer must have them. 0, -PI_ERR_NOTFOUND (the file has none; out is zeroed) or
- * -PI_ERR_NOMEM / -PI_ERR_UNSUPPORTED (a type the CPU kernels lack). */
+ * out), which read the residual stream as PowerInfer's do (on_residual). Every layer must have them.
+ * 0, -PI_ERR_NOTFOUND (the file has none; out is zeroed) or -PI_ERR_NOMEM / -PI_ERR_UNSUPPORTED (a type
+ * the CPU kernels lack). */
 int pi_predictors_from_model(const pi_model_t *m, struct pi_predictors *out);
 
 /* The predictors a sidecar carries (s->pred, with their weights: pi_sidecar_load_pred): the set owns copies of the

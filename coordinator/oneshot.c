@@ -159,6 +159,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
     static const enum pi_ffn_act acts[] = {PI_FFN_ACT_DEFAULT, PI_FFN_ACT_SILU, PI_FFN_ACT_RELU, PI_FFN_ACT_DRELU};
     mo.act = acts[o->cfg.activation];
     mo.no_down_t = !with_weights;
+    mo.no_down_build = !with_weights;
     /* the in-process CPU engine's dense products (kernels/cpu/rows16.h) */
     mo.rows16 = with_weights && o->cfg.tune.cpu_pack != PI_TUNE_CPU_PACK_OFF;
     _Static_assert((int)PI_CHECK_TENSORS_CFG_FULL == (int)PI_TENSOR_CHECK_FULL &&

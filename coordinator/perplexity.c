@@ -315,6 +315,7 @@ static int open_model(struct run *r)
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = o->co.cfg.gpu_backend != PI_GPU_NONE;
+    mo.no_down_build = mo.no_down_t;
     /* the CPU forward pass's dense products (kernels/cpu/rows16.h) */
     mo.rows16 = !mo.no_down_t && o->co.cfg.tune.cpu_pack != PI_TUNE_CPU_PACK_OFF;
     char err[512] = "";

@@ -64,8 +64,9 @@ static void count_gated(struct pi_gpu_loop *g, int il, int n, bool from_workers)
     pi_sparse_note(&g->stats, il, n, total - (int64_t)(pairs - kept));
 }
 
-/* The host fallback for a backend without ffn_predict: mask (n rows) = the prediction over x, then
- * every hot neuron's bit set, since the backend computes them all. Returns the pairs computed. */
+/* The host fallback for a backend without ffn_predict: mask (n rows) = the prediction over x (predictors
+ * that read x: pi_gpu_loop_sparse_init refuses the others), then every hot neuron's bit set, since the
+ * backend computes them all. Returns the pairs computed. */
 static int64_t fallback_predict(struct pi_gpu_loop *g, int il, int n, const float *x, uint64_t *mask)
 {
     pi_predictor_eval(g->pool, g->pred, il, g->sparsity, x, n, g->pred_scr, mask, g->mask_words);
@@ -218,6 +219,13 @@ int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *p
         pred->n_ff != m->hp.n_ff || pred->n_embd != m->hp.n_embd || recall_every < 0 || (!g->be->ops->ffn_predict && !g->hot)) {
         pi_error("sparse execution: predictors missing, of another shape, or a SwiGLU model");
         return -PI_ERR_INVAL;
+    }
+    if (pred->on_residual && !g->be->ops->ffn_predict) {
+        /* the host fallback has only the exchange's x, and a model file's predictors read the residual
+         * stream h (compute/predictor.h), which only the backend holds */
+        pi_error("sparse execution: the model file's predictors read the residual stream, which a backend without "
+                 "ffn_predict does not give the loop");
+        return -PI_ERR_UNSUPPORTED;
     }
     g->pred = pred;
     g->sparsity = mode;

@@ -40,7 +40,8 @@ struct pi_gpu_loop {
     int n_cur;           /* rows of the step being computed */
     /* Sparse execution (doc/predictors.md, "Runtime"): with pred set and sparsity not off, each layer's
      * mask comes from the backend's ffn_predict, or, for a backend without it (cuda before its device
-     * predictor), from the predictor evaluated here on the host over the exchange's x: the CPU
+     * predictor), from the predictor evaluated here on the host over the exchange's x (predictors that
+     * read x only: those that read the residual stream are refused, pi_gpu_loop_sparse_init): the CPU
      * workers then compute their predicted neurons and the backend all its hot ones (counted as
      * computed). Set up by pi_gpu_loop_sparse_init. */
     const struct pi_predictors *pred;

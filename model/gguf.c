@@ -707,13 +707,15 @@ enum pi_gguf_flavour pi_gguf_flavour(const pi_gguf_t *g) { return g->flavour; }
 
 uint32_t pi_gguf_type_to_file(enum pi_gguf_flavour f, uint32_t type)
 {
-    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PI_TYPE_I8 && type <= PI_TYPE_I32) return PWRI_TYPE_I8 + (type - PI_TYPE_I8);
+    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PI_TYPE_I8 && type <= PI_TYPE_I32)
+        return PWRI_TYPE_I8 + (type - PI_TYPE_I8);
     return type;
 }
 
 uint32_t pi_gguf_type_from_file(enum pi_gguf_flavour f, uint32_t type)
 {
-    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PWRI_TYPE_I8 && type <= PWRI_TYPE_I8 + 2) return PI_TYPE_I8 + (type - PWRI_TYPE_I8);
+    if (f == PI_GGUF_FLAVOUR_POWERINFER && type >= PWRI_TYPE_I8 && type <= PWRI_TYPE_I8 + 2)
+        return PI_TYPE_I8 + (type - PWRI_TYPE_I8);
     return type;
 }
 uint32_t pi_gguf_alignment(const pi_gguf_t *g) { return g->alignment; }

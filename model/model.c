@@ -477,7 +477,7 @@ static int pack_transposed(struct binder *b)
     uint64_t rb;
     for (int il = 0; il < hp->n_layer; il++) {
         const struct pi_layer *L = &m->layers[il];
-        if (L->down_built) {
+        if (L->down_built && !o->no_down_build) {
             built += pi_align_up(L->ffn_down.row_bytes * (size_t)d, 64);
             built_type = L->ffn_down.type;
             n_built++;
@@ -505,7 +505,7 @@ static int pack_transposed(struct binder *b)
     char *dst = m->packed;
     for (int il = 0; il < hp->n_layer; il++) {
         struct pi_layer *L = &m->layers[il];
-        if (L->down_built) {
+        if (L->down_built && !o->no_down_build) {
             L->ffn_down = transpose(pool, &t, &L->ffn_down_t, L->ffn_down.type, dst);
             dst += pi_align_up(L->ffn_down.row_bytes * (size_t)d, 64);
         }
@@ -1272,16 +1272,6 @@ static int loc_new(struct gen *G, int64_t cols_max)
     return loc_base_rates(g, L->base); /* before any tensor: bad rates fail fast */
 }
 
-/* PowerInfer's files are GGUF v3 with the magic overwritten to "PWRI" after writing. */
-static int patch_magic(const char *path)
-{
-    FILE *f = fopen(path, "r+b");
-    int ok = f && fwrite("PWRI", 1, 4, f) == 4;
-    if (f && fclose(f) != 0) ok = 0;
-    if (!ok) pi_error("gen: %s: writing the PWRI magic failed", path);
-    return ok ? 0 : -PI_ERR_IO;
-}
-
 int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
 {
     enum pi_type t = g->type ? g->type : PI_TYPE_F32;
@@ -1292,8 +1282,9 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
     int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
     int rc;
     if (g->n_embd < 1 || g->n_head < 1 || g->n_embd % g->n_head != 0 || g->n_layer < 1 || g->n_ff < 1 ||
-        g->n_vocab < 1 || g->pred_rank < 0) {
-        pi_error("gen: bad model shape");
+        g->n_vocab < 1 || g->pred_rank < 0 || (g->pred_exact && !g->locality)) {
+        pi_error("gen: %s",
+                 g->pred_exact && !g->locality ? "exact predictors need a locality model" : "bad model shape");
         pi_gguf_writer_destroy(&G.w);
         return -PI_ERR_INVAL;
     }
@@ -1317,8 +1308,9 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
         (!g->tied && (rc = gen_tensor(&G, "output.weight", to, g->n_vocab, g->n_embd, false)) < 0) ||
         (rc = gen_layers(&G, t)) < 0)
         goto out;
+    /* PowerInfer's files are GGUF v3 with the magic "PWRI" (and its ggml's integer type ids) */
+    if (g->powerinfer) pi_gguf_writer_set_flavour(G.w, PI_GGUF_FLAVOUR_POWERINFER);
     rc = pi_gguf_writer_write(G.w, path);
-    if (rc == 0 && g->powerinfer) rc = patch_magic(path);
 out:
     loc_free(&G.loc);
     free(G.buf);

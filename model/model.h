@@ -91,6 +91,10 @@ struct pi_model_opts {
     /* skip packing ffn_down_t (metadata-only users: the coordinator, tools). An ffn_down missing from
      * the file is built all the same: the dense products and the backends read it. */
     bool no_down_t;
+    /* a process that computes no FFN (the coordinator of a pipeline, pi-place): an ffn_down missing from
+     * the file (PowerInfer's layout) is described (type, shape, down_built) but not built, its data NULL,
+     * which saves the copy (5.7 GB for a 13B-shaped Q4_0 file, as f16) and its transposition */
+    bool no_down_build;
     int n_threads;                /* threads for packing (0: every online CPU; 1: this thread) */
     /* Also copy the dense matrices (attention, FFN, output) that the active CPU kernel variant has a
      * 16-row packed kernel for (kernels/cpu/rows16.h: Q4_0, Q8_0, Q4_K, Q5_K and Q6_K on AVX512-VNNI,
@@ -180,13 +184,13 @@ struct pi_model_gen {
      * models' activations; doc/locality.md). 0: full-rank random gates, whose firing no small
      * predictor can foresee beyond each neuron's rate. */
     int gate_rank;
-    /* With gate_rank > 0: the predictors blk.N.fc1/fc2 are written from the gate's own factors, rank
-     * 2 gate_rank + 1 (pred_rank is set to it): fc1 = [V; -V; e_c], fc2 = [U, -U, g_c], so that
-     * fc2 relu(fc1 x) = U V x + g_c x_c is the gate's pre-activation up to the gate's quantisation
-     * (relu(a) - relu(-a) = a; x_c > 0), read from the residual stream before the norm as a model file's
-     * predictors are (PowerInfer's llama graph feeds them ffn_inp), the ffn_norm weights folded into fc1
-     * and g_c. For speed measurements: a predictor that foresees every firing neuron, the same for both engines; they draw nothing from the main stream,
-     * so every other tensor is the same with and without them. */
+    /* With locality and gate_rank > 0: the predictors blk.N.fc1/fc2 are written from the gate's own
+     * factors, rank 2 gate_rank + 1 (pred_rank must be that): fc1 = [V w; -V w; e_c], fc2 = [U, -U, g_c w_c]
+     * (w the ffn_norm weights), so that fc2 relu(fc1 h) is rms(h) times the gate's pre-activation up to the
+     * gate's quantisation (relu(a) - relu(-a) = a; h_c = K > 0), read from the residual stream h before
+     * the norm as a model file's predictors are (PowerInfer's llama graph feeds them ffn_inp). For speed
+     * measurements: a predictor that foresees every firing neuron, the same for several engines; they
+     * draw nothing from the main stream, so every other tensor is the same with and without them. */
     bool pred_exact;
     /* PowerInfer's layout: magic "PWRI", and blk.N.ffn_down_t.weight *instead of* ffn_down (PowerInfer
      * refuses a file with both; down_t implied). With pred_rank, its fc1/fc2 predictors. The random

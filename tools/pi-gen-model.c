@@ -86,14 +86,16 @@ static bool gen_type(const char *name, enum pi_type *t)
 int main(int argc, char **argv)
 {
     enum { O_PRESET = 256, O_TYPE, O_OTYPE, O_EMBD, O_FF, O_LAYERS, O_HEADS, O_KV, O_VOCAB, O_CTX, O_ACT,
-           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI, O_VOCAB_FROM, O_GATE_RANK, O_PRED_EXACT };
+           O_TIED, O_DOWNT, O_RANK, O_SEED, O_LOC, O_SPARSITY, O_SHARE, O_PWRI, O_VOCAB_FROM, O_GATE_RANK,
+           O_PRED_EXACT };
     static const struct option opts[] = {
         {"preset", 1, 0, O_PRESET}, {"type", 1, 0, O_TYPE}, {"output-type", 1, 0, O_OTYPE},
         {"embd", 1, 0, O_EMBD}, {"ff", 1, 0, O_FF}, {"layers", 1, 0, O_LAYERS}, {"heads", 1, 0, O_HEADS},
         {"kv-heads", 1, 0, O_KV}, {"vocab", 1, 0, O_VOCAB}, {"ctx", 1, 0, O_CTX}, {"act", 1, 0, O_ACT},
         {"tied", 0, 0, O_TIED}, {"down-t", 0, 0, O_DOWNT}, {"pred-rank", 1, 0, O_RANK}, {"seed", 1, 0, O_SEED},
         {"locality", 0, 0, O_LOC}, {"sparsity", 1, 0, O_SPARSITY}, {"hot-share", 1, 0, O_SHARE},
-        {"powerinfer", 0, 0, O_PWRI}, {"vocab-from", 1, 0, O_VOCAB_FROM}, {"gate-rank", 1, 0, O_GATE_RANK}, {"pred-exact", 0, 0, O_PRED_EXACT},
+        {"powerinfer", 0, 0, O_PWRI}, {"vocab-from", 1, 0, O_VOCAB_FROM}, {"gate-rank", 1, 0, O_GATE_RANK},
+        {"pred-exact", 0, 0, O_PRED_EXACT},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0},
     };
     struct pi_model_gen g = {0};
@@ -161,6 +163,11 @@ int main(int argc, char **argv)
     }
     if (g.locality && g.act != PI_FFN_ACT_DEFAULT && g.act != PI_FFN_ACT_RELU) {
         fprintf(stderr, "pi-gen-model: --locality makes ReLU models (--act relu)\n");
+        return 2;
+    }
+    if (g.powerinfer && (g.type == PI_TYPE_BF16 || g.out_type == PI_TYPE_BF16)) {
+        /* PowerInfer's ggml (d3ebd7c) has no BF16: its reader would not load the file */
+        fprintf(stderr, "pi-gen-model: --powerinfer files cannot hold bf16 tensors (PowerInfer's ggml has no BF16)\n");
         return 2;
     }
     if (g.pred_exact && (g.gate_rank < 1 || g.pred_rank > 0)) {

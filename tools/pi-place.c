@@ -162,6 +162,7 @@ static int run(struct opts *o)
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = true;
+    mo.no_down_build = true; /* the solver counts bytes; it reads no weight */
     int rc = pi_model_open(o->model, &mo, &m, err, sizeof err);
     if (rc != 0) {
         fprintf(stderr, "pi-place: %s: %s\n", o->model, err);

@@ -40,6 +40,12 @@ ok $? "one row per layer ($rows)"
 magic=$(head -c 4 "$M.generated.gpuidx")
 [ "$magic" = PWRI ]
 ok $? "the GPU index carries PowerInfer's magic"
+# split.vram_capacity in PowerInfer's sense: the hot neurons' weights alone, which its loader compares
+# with what its budget leaves after the other weights; the demo's neuron is a Q4_0 gate row, up row and
+# down column of 256 elements, 3 x 144 bytes
+cap=$("$B/tools/pi-gguf" "$M.generated.gpuidx" 2>/dev/null | sed -n 's/.*"split.vram_capacity" = u64 \([0-9]*\).*/\1/p')
+[ -n "$cap" ] && [ "$cap" = "$((total * 432))" ] && grep -q "(hot neurons' weights $cap bytes)" "$T/out"
+ok $? "split.vram_capacity is the hot neurons' weights: $cap = $total x 432 bytes"
 
 "$COORD" --model "$M" --prompt "The jury said" -n 4 --temp 0 --gpu-backend host --gpu-index "$M.generated.gpuidx" \
     --cpu-workers 2 --run-dir "$T/run" --log-level info > "$T/gen.out" 2> "$T/gen.err"

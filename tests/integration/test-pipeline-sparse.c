@@ -13,7 +13,7 @@
  *     dequantised rows), and is far from the dense logits (the masks really act);
  *   - predictors whose masks follow the input's size (a model file's read the residual stream before
  *     ffn_norm, as PowerInfer's graph feeds them): every engine skips the share of the prompt's pairs
- *     computed here on the residual, not the one on the norm's output (67-70% against 38-39%);
+ *     computed here on the residual, not the one on the norm's output (66-70% against 37-39%);
  *   - with random predictors (about half the neurons, different per token) status gives per layer a
  *     sparsity near one half, the bytes skipped in proportion and a recall in (0.2, 0.8);
  *   - pi-perplexity prints the FFN sparsity and recall lines from the engines' counts;

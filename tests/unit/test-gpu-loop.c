@@ -169,6 +169,11 @@ int main(void)
            "A (the backend's ffn_predict): %d layers published with MASK | GATE_SKIP, hot bits set (rc %d)",
            atomic_load(&c.masked_steps), ra);
     atomic_store(&c.masked_steps, 0);
+    pb.on_residual = true; /* a model file's predictors: the fallback has no residual stream to give them */
+    tap_is_int(run(&pb, true, gd.tokens, n, lgb, sb, &c), -PI_ERR_UNSUPPORTED,
+               "B with predictors that read the residual stream: the host fallback refuses them");
+    pb.on_residual = false;
+    atomic_store(&c.masked_steps, 0);
     int rb = run(&pb, true, gd.tokens, n, lgb, sb, &c);
     tap_ok(rb == 0 && atomic_load(&c.masked_steps) == nl && atomic_load(&c.hot_bits_missing) == 0 && atomic_load(&c.bad_flags) == 0,
            "B (no ffn_predict: the loop's host fallback): %d layers published with MASK | GATE_SKIP, every hot bit set (rc %d)",

@@ -283,6 +283,14 @@ static void test_powerinfer_layout(void)
     tap_ok(rc == 0 && m->layers[0].down_built && m->layers[0].ffn_down.data && m->layers[0].down_t_from_file,
            "no_down_t: ffn_down is built all the same");
     pi_model_destroy(&m);
+    o.no_down_build = true; /* the coordinator of a pipeline, pi-place */
+    rc = pi_model_open(tmp_path("pwri-q4.gguf"), &o, &m, err, sizeof err);
+    const struct pi_weight *bd = rc == 0 ? &m->layers[0].ffn_down : NULL;
+    tap_ok(bd && m->layers[0].down_built && !bd->data && bd->type == PI_TYPE_F16 && bd->rows == m->hp.n_embd &&
+               bd->cols == m->hp.n_ff && !m->packed,
+           "no_down_build: ffn_down described (f16, n_embd x n_ff) but not built, nothing packed");
+    pi_model_destroy(&m);
+    o.no_down_build = false;
     o.no_down_t = false;
     o.down_t_type = PI_TYPE_Q8_0;
     rc = pi_model_open(tmp_path("pwri-q4.gguf"), &o, &m, err, sizeof err);
