@@ -807,6 +807,75 @@ static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, con
     }
 }
 
+/* A Q4_0 block's 32 weights as dequant_q4_0 makes them, x = (q - 8) * d (exact in float), eight per
+ * register in element order: the low nibbles of qs are elements 0..15, the high ones 16..31. */
+static inline void q4_0_x32(const struct pi_block_q4_0 *b, __m256 x[4])
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
+    __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
+    __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
+    x[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d);
+    x[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), d);
+    x[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d);
+    x[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), d);
+}
+
+static void vec_mad_q4_0(const void *row, float a, float *y, int64_t n)
+{
+    const struct pi_block_q4_0 *b = row;
+    __m256 va = _mm256_set1_ps(a);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m256 x[4];
+        q4_0_x32(&b[i], x);
+        for (int k = 0; k < 4; k++) {
+            float *yk = y + 32 * i + 8 * k;
+            _mm256_storeu_ps(yk, mad8(_mm256_loadu_ps(yk), va, x[k]));
+        }
+    }
+}
+
+/* The same for Q4_0 rows, half a block (16 elements: the low nibbles, then the high ones) per step, so
+ * that y's two registers, the m factors a and the block being unpacked stay within the 16 registers (a whole
+ * block per step spills); a prefetch every third block, so that each 64-byte line of the pf rows gets one. */
+PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    __m256 va[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        if (pf && i % 3 == 0)
+            for (int r = 0; r < m; r++) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q4_0 *)pf[r] + i));
+        for (int h = 0; h < 2; h++) {
+            float *yh = y + 32 * i + 16 * h;
+            __m256 y0 = _mm256_loadu_ps(yh), y1 = _mm256_loadu_ps(yh + 8);
+            #pragma GCC unroll 4
+            for (int r = 0; r < m; r++) {
+                const struct pi_block_q4_0 *b = (const struct pi_block_q4_0 *)row[r] + i;
+                __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
+                __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
+                __m128i q = _mm_sub_epi8(_mm_and_si128(h ? _mm_srli_epi16(v, 4) : v, m4), k8);
+                __m256 x0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+                __m256 x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q, q))), d);
+                y0 = mad8(y0, va[r], x0), y1 = mad8(y1, va[r], x1);
+            }
+            _mm256_storeu_ps(yh, y0), _mm256_storeu_ps(yh + 8, y1);
+        }
+    }
+}
+
+static void vec_mad4_q4_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                          int64_t n)
+{
+    switch (m) {
+    case 1: mad_q4_0_n(row, a, 1, pf, y, n); break;
+    case 2: mad_q4_0_n(row, a, 2, pf, y, n); break;
+    case 3: mad_q4_0_n(row, a, 3, pf, y, n); break;
+    default: mad_q4_0_n(row, a, 4, pf, y, n); break;
+    }
+}
+
 /* ---------------------------------------------------------------- activations to Q8_0
  * quant.c's quant_q8_0 eight lanes at a time, byte for byte: the block's largest |x| (a NaN is
  * skipped, as the scalar comparison skips it: max_ps returns its second operand when either is
@@ -868,10 +937,10 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
         [PI_TYPE_Q5_K] = dot4r_q5_K, [PI_TYPE_Q6_K] = dot4r_q6_K,
     },
     .vec_mad = {
-        [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q8_0] = vec_mad_q8_0,
+        [PI_TYPE_F16] = vec_mad_f16, [PI_TYPE_Q4_0] = vec_mad_q4_0, [PI_TYPE_Q8_0] = vec_mad_q8_0,
     },
     .vec_mad4 = {
-        [PI_TYPE_F16] = vec_mad4_f16, [PI_TYPE_Q8_0] = vec_mad4_q8_0,
+        [PI_TYPE_F16] = vec_mad4_f16, [PI_TYPE_Q4_0] = vec_mad4_q4_0, [PI_TYPE_Q8_0] = vec_mad4_q8_0,
     },
     .quantize = {
         [PI_TYPE_Q8_0] = quantize_q8_0,

@@ -1189,6 +1189,44 @@ static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, con
     }
 }
 
+/* m Q4_0 rows, one block (32 elements) per step: x = (q - 8) * d as dequant_q4_0 (exact in float), the
+ * low nibbles of the 16 bytes elements 0..15, the high ones 16..31, then the row's multiply and add; the
+ * prefetch of the pf rows every third block (18-byte blocks: each 64-byte line gets one). */
+PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    __m512 va[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m512 y0 = _mm512_loadu_ps(y + 32 * i), y1 = _mm512_loadu_ps(y + 32 * i + 16);
+        int pfi = pf && i % 3 == 0;
+#pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const struct pi_block_q4_0 *b = (const struct pi_block_q4_0 *)row[r] + i;
+            if (pfi) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q4_0 *)pf[r] + i));
+            __m512 d = _mm512_set1_ps(pi_x86_h2f(b->d));
+            __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8);
+            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
+            y0 = mad16(y0, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), d));
+            y1 = mad16(y1, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), d));
+        }
+        _mm512_storeu_ps(y + 32 * i, y0), _mm512_storeu_ps(y + 32 * i + 16, y1);
+    }
+}
+
+static void vec_mad4_q4_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
+                          int64_t n)
+{
+    switch (m) {
+    case 1: mad_q4_0_n(row, a, 1, pf, y, n); break;
+    case 2: mad_q4_0_n(row, a, 2, pf, y, n); break;
+    case 3: mad_q4_0_n(row, a, 3, pf, y, n); break;
+    default: mad_q4_0_n(row, a, 4, pf, y, n); break;
+    }
+}
+
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
     .name = "avx512vnni",
@@ -1272,6 +1310,7 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
     .vec_mad4 =
         {
             [PI_TYPE_F16] = vec_mad4_f16,
+            [PI_TYPE_Q4_0] = vec_mad4_q4_0,
             [PI_TYPE_Q8_0] = vec_mad4_q8_0,
         },
     .dequant =

@@ -618,7 +618,7 @@ void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n)
 {
     check_row(t, n);
     pi_vec_mad_fn mad = pi_kernels_active()->vec_mad[t];
-    if (mad) { /* fused SIMD variant (F16, Q8_0): the same floats as the loop below */
+    if (mad) { /* fused SIMD variant (F16, Q4_0, Q8_0): the same floats as the loop below */
         mad(row, a, y, n);
         return;
     }

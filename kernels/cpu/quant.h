@@ -232,7 +232,7 @@ void pi_quantize_act(enum pi_type wtype, const float *x, void *xq, int64_t n);
 float pi_vec_dot(enum pi_type wtype, const void *wrow, const void *xq, int64_t n);
 
 /* y (n,) += a * dequant(row), row holding n elements of type t (any type pi_dequant_row takes).
- * For the sparse FFN's down projection (one active neuron's column at a time). F16 and Q8_0 go
+ * For the sparse FFN's down projection (one active neuron's column at a time). F16, Q4_0 and Q8_0 go
  * through a fused SIMD kernel where the variant has one (vec_mad), other types are dequantised in
  * chunks of 256 through the active variant, so no scratch is needed; both give the same floats as
  * dequantising the row and then y[i] += a * x[i] (no FMA). */
@@ -240,9 +240,9 @@ void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n);
 
 /* y (n,) += a[0] * dequant(row[0]), then a[1] * dequant(row[1]), ... for m (1..4) rows of type t:
  * bit for bit m calls of pi_vec_mad in that order, but in one pass over y where the variant has a
- * kernel for t (vec_mad4: F16 and Q8_0 on AVX2 and AVX-512). pf: NULL, or m rows of the same type and
- * length that the kernel prefetches alongside (the next rows the caller will add; never read, no
- * effect on y). */
+ * kernel for t (vec_mad4: F16, Q4_0 and Q8_0 on AVX2 and AVX-512). pf: NULL, or m rows of the same
+ * type and length that the kernel prefetches alongside (the next rows the caller will add; never
+ * read, no effect on y). */
 void pi_vec_mad4(enum pi_type t, const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
                  int64_t n);
 

@@ -235,7 +235,8 @@ static void test_dot2(void)
  * multiply-then-add loop, bit for bit; lengths with and without a loop tail. */
 static void test_vec_mad(void)
 {
-    static const int64_t lens[] = {32, 96, 1024, 8 * 33 + 5, 21, 48, 5120 + 17}; /* 32- and 8-wide steps, tails */
+    /* 32- and 8-wide steps, tails; whole 32-element blocks (Q4_0, Q8_0): 1, 2, 3, 8, 9, 32 and 160 of them */
+    static const int64_t lens[] = {32, 64, 96, 256, 288, 1024, 5120, 8 * 33 + 5, 21, 48, 5120 + 17};
     const struct pi_kernel_table *sc = pi_kernels_table(PI_KERNEL_SCALAR);
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
@@ -269,7 +270,7 @@ static void test_vec_mad(void)
  * with and without a loop tail. */
 static void test_vec_mad4(void)
 {
-    static const int64_t lens[] = {32, 96, 1024, 8 * 33 + 5, 21, 48, 5120 + 17};
+    static const int64_t lens[] = {32, 64, 96, 256, 288, 1024, 5120, 8 * 33 + 5, 21, 48, 5120 + 17};
     const struct pi_kernel_table *sc = pi_kernels_table(PI_KERNEL_SCALAR);
     for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
         const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
