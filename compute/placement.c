@@ -388,6 +388,9 @@ int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, ui
     }
     if (rc == 0) rc = pi_gguf_writer_write(w, path);
     if (rc != 0) pi_error("gpu index %s: not written (%s)", path, pi_err_str(rc));
+    else if (!buckets) /* PowerInfer's loader wants two tensors a layer (../shared/powerinfer-formats.md) */
+        pi_warn("gpu index %s: a layer has no hot neuron, so the file holds gpu_idx alone: pinfer reads it, "
+                "PowerInfer's loader does not", path);
     pi_gguf_writer_destroy(&w);
     free(flag);
     return rc;

@@ -108,8 +108,10 @@ int pi_placement_read_gpuidx(const char *path, int n_layer, int n_ff, int n_work
 
 /* Write p's hot sets as PowerInfer's GPU index file at path (magic "PWRI", version 3, the layout
  * pi_placement_read_gpuidx reads: per layer gpu_idx, then gpu_bucket unless a layer has no hot
- * neuron, in which case no layer has one), with split.vram_capacity = vram_capacity. Atomic (a
- * temporary file renamed). 0 or a negative pi_err (logged). */
+ * neuron, in which case no layer has one and a warning says PowerInfer's loader, which wants both,
+ * will refuse the file), with split.vram_capacity = vram_capacity (PowerInfer compares it with the
+ * budget its other weights leave: pi-place passes the hot neurons' bytes). Atomic (a temporary file
+ * renamed). 0 or a negative pi_err (logged). */
 int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, uint64_t vram_capacity);
 
 /* The pipeline's placement for configuration c and model m with n_workers CPU workers, n_seq (>= 1)
