@@ -761,16 +761,7 @@ PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, cons
         }
 }
 
-static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                         int64_t n)
-{
-    switch (m) {
-    case 1: mad_f16_n(row, a, 1, pf, y, n); break;
-    case 2: mad_f16_n(row, a, 2, pf, y, n); break;
-    case 3: mad_f16_n(row, a, 3, pf, y, n); break;
-    default: mad_f16_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_f16, mad_f16_n)
 
 /* The same for Q8_0 rows, a block per step (x = q * d as dequant_q8_0), a prefetch every other block. */
 PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
@@ -796,16 +787,7 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
     }
 }
 
-static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                          int64_t n)
-{
-    switch (m) {
-    case 1: mad_q8_0_n(row, a, 1, pf, y, n); break;
-    case 2: mad_q8_0_n(row, a, 2, pf, y, n); break;
-    case 3: mad_q8_0_n(row, a, 3, pf, y, n); break;
-    default: mad_q8_0_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_q8_0, mad_q8_0_n)
 
 /* A Q4_0 block's 32 weights as dequant_q4_0 makes them, x = (q - 8) * d (exact in float), eight per
  * register in element order: the low nibbles of qs are elements 0..15, the high ones 16..31. */
@@ -865,16 +847,7 @@ PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, con
     }
 }
 
-static void vec_mad4_q4_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                          int64_t n)
-{
-    switch (m) {
-    case 1: mad_q4_0_n(row, a, 1, pf, y, n); break;
-    case 2: mad_q4_0_n(row, a, 2, pf, y, n); break;
-    case 3: mad_q4_0_n(row, a, 3, pf, y, n); break;
-    default: mad_q4_0_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
 
 /* ---------------------------------------------------------------- activations to Q8_0
  * quant.c's quant_q8_0 eight lanes at a time, byte for byte: the block's largest |x| (a NaN is

@@ -1142,16 +1142,7 @@ PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, cons
         }
 }
 
-static void vec_mad4_f16(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                         int64_t n)
-{
-    switch (m) {
-    case 1: mad_f16_n(row, a, 1, pf, y, n); break;
-    case 2: mad_f16_n(row, a, 2, pf, y, n); break;
-    case 3: mad_f16_n(row, a, 3, pf, y, n); break;
-    default: mad_f16_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_f16, mad_f16_n)
 
 /* m Q8_0 rows, one block (32 elements) per step: x = q * d as dequant_q8_0, then the row's multiply
  * and add; the prefetch of the pf rows every other block (a line per 68 bytes). */
@@ -1178,16 +1169,7 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
     }
 }
 
-static void vec_mad4_q8_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                          int64_t n)
-{
-    switch (m) {
-    case 1: mad_q8_0_n(row, a, 1, pf, y, n); break;
-    case 2: mad_q8_0_n(row, a, 2, pf, y, n); break;
-    case 3: mad_q8_0_n(row, a, 3, pf, y, n); break;
-    default: mad_q8_0_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_q8_0, mad_q8_0_n)
 
 /* m Q4_0 rows, one block (32 elements) per step: x = (q - 8) * d as dequant_q4_0 (exact in float), the
  * low nibbles of the 16 bytes elements 0..15, the high ones 16..31, then the row's multiply and add; the
@@ -1216,16 +1198,7 @@ PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, con
     }
 }
 
-static void vec_mad4_q4_0(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
-                          int64_t n)
-{
-    switch (m) {
-    case 1: mad_q4_0_n(row, a, 1, pf, y, n); break;
-    case 2: mad_q4_0_n(row, a, 2, pf, y, n); break;
-    case 3: mad_q4_0_n(row, a, 3, pf, y, n); break;
-    default: mad_q4_0_n(row, a, 4, pf, y, n); break;
-    }
-}
+PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
 
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {

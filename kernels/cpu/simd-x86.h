@@ -111,6 +111,21 @@ static inline void pi_x86_pf_lines(const uint8_t *p, size_t len)
  * their per-token loops and keep the accumulators in registers. */
 #define PI_X86_INLINE static inline __attribute__((always_inline))
 
+/* Defines the pi_vec_mad4_fn `static void name(row, a, m, pf, y, n)` over the force-inlined
+ * body(row, a, M, pf, y, n), which adds M rows (1..4) into y: one case per M, so that each copy of the
+ * body unrolls its row loop for a constant count (m outside 1..3 takes the four-row copy). */
+#define PI_X86_VEC_MAD4_BY_M(name, body)                                                                     \
+    static void name(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,    \
+                     int64_t n)                                                                             \
+    {                                                                                                       \
+        switch (m) {                                                                                        \
+        case 1: body(row, a, 1, pf, y, n); break;                                                           \
+        case 2: body(row, a, 2, pf, y, n); break;                                                           \
+        case 3: body(row, a, 3, pf, y, n); break;                                                           \
+        default: body(row, a, 4, pf, y, n); break;                                                          \
+        }                                                                                                   \
+    }
+
 /* acc += s[k] * p for 8 int32 partial sums p of block k. */
 static inline __m256 pi_x86_fma_lane(__m128 s, int k, __m256i p, __m256 acc)
 {
