@@ -704,6 +704,7 @@ struct gen {
 };
 
 static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols);
+static int gen_pred_exact(struct gen *G, int il);
 static int gen_vocab(struct gen *G);
 
 /* splitmix64 -> uniform in [-1, 1) */
@@ -730,14 +731,10 @@ static int gen_tensor_src(struct gen *G, const char *name, enum pi_type t, int64
         return -PI_ERR_INVAL;
     }
     bool nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0;
-    /* exact predictors are made by loc_row alone: the main stream stays as without them */
-    size_t nl = strlen(name);
-    bool drawn = !(G->loc && G->g->pred_exact && nl > 11 &&
-                   (!strcmp(name + nl - 11, ".fc1.weight") || !strcmp(name + nl - 11, ".fc2.weight")));
     for (int64_t r = 0; r < nr; r++) {
         float *row = G->buf;
         if (!src)
-            for (int64_t j = 0; drawn && j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
+            for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
         else if (r < rows)
             for (int64_t j = 0; j < cols; j++) row[j] = src[r * rs + j * cs];
         else /* the reshape hook's extra row */
@@ -942,8 +939,9 @@ static int gen_layers(struct gen *G, enum pi_type t)
             (rc = GEN("ffn_gate", t, ff, d, false)) < 0 || (rc = GEN("ffn_up", t, ff, d, false)) < 0 ||
             (rc = gen_down(G, il, t)) < 0)
             break;
-        if (g->pred_rank > 0 && ((rc = GEN("fc1", PI_TYPE_F16, g->pred_rank, d, false)) < 0 ||
-                                 (rc = GEN("fc2", PI_TYPE_F16, ff, g->pred_rank, false)) < 0))
+        if (g->pred_exact) rc = gen_pred_exact(G, il);
+        else if (g->pred_rank > 0 && ((rc = GEN("fc1", PI_TYPE_F16, g->pred_rank, d, false)) < 0 ||
+                                      (rc = GEN("fc2", PI_TYPE_F16, ff, g->pred_rank, false)) < 0))
             break;
     }
 #undef GEN
@@ -986,6 +984,7 @@ struct gen_loc {
     float scale;          /* of attn_output and ffn_down */
     float *gv;            /* (gate_rank, d): the current layer's gate factor V (gate = U V), or NULL */
     float *gc;            /* (n_ff): the current layer's stored gate weights on channel c (pred_exact) */
+    float *pred;          /* (max(d, n_ff) * pred_rank): an exact predictor's values (pred_exact) */
     int il;               /* layer of the last norm seen */
 };
 
@@ -1078,7 +1077,7 @@ static double loc_probit(double p)
     return 0.5 * (lo + hi);
 }
 
-/* Element (channel, neuron) of layer il's down matrix, the same for ffn_down and ffn_down_t. */
+/* Element (channel, neuron) of layer il's down matrix (gen_down writes it as ffn_down and ffn_down_t). */
 static float loc_down(const struct gen *G, int il, int64_t ch, int64_t neuron)
 {
     if (ch == G->loc->c) return 0.0f;
@@ -1175,6 +1174,22 @@ static void loc_pred_row(struct gen *G, int il, bool fc1, int64_t r, float *row,
     row[2 * R] = L->gc[r] * L->ffn_norm[L->c];
 }
 
+/* Layer il's exact predictors, blk.N.fc1 and blk.N.fc2 in F16, their rows from loc_pred_row (after the
+ * layer's gate, whose factors and channel-c weights they take): written from values, so they draw
+ * nothing from the main stream and every other tensor is the same with and without them. */
+static int gen_pred_exact(struct gen *G, int il)
+{
+    const int64_t d = G->g->n_embd, ff = G->g->n_ff, rank = G->g->pred_rank;
+    float *p = G->loc->pred;
+    char name[96];
+    for (int64_t r = 0; r < rank; r++) loc_pred_row(G, il, true, r, p + r * d, d);
+    snprintf(name, sizeof name, "blk.%d.fc1.weight", il);
+    int rc = gen_tensor_src(G, name, PI_TYPE_F16, rank, d, false, p, d, 1);
+    for (int64_t r = 0; rc == 0 && r < ff; r++) loc_pred_row(G, il, false, r, p + r * rank, rank);
+    snprintf(name, sizeof name, "blk.%d.fc2.weight", il);
+    return rc < 0 ? rc : gen_tensor_src(G, name, PI_TYPE_F16, ff, rank, false, p, rank, 1);
+}
+
 static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols)
 {
     struct gen_loc *L = G->loc;
@@ -1207,13 +1222,9 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
         for (int64_t j = 0; j < cols; j++) row[j] = r == L->c ? 0.0f : row[j] * L->scale;
     } else if (strcmp(kind, "ffn_down") == 0) {
         for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, r, j);
-    } else if (strcmp(kind, "ffn_down_t") == 0) {
-        for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, j, r);
     } else if (strcmp(kind, "ffn_gate") == 0) {
         if (L->gv) loc_gate_low_rank(G, il, r, row);
         return loc_gate(G, t, r, row);
-    } else if (L->gc && (!strcmp(kind, "fc1") || !strcmp(kind, "fc2"))) {
-        loc_pred_row(G, il, kind[2] == '1', r, row, cols);
     }
     return 0;
 }
@@ -1231,6 +1242,7 @@ static void loc_free(struct gen_loc **pl)
     free(L->qrow);
     free(L->gv);
     free(L->gc);
+    free(L->pred);
     free(L);
     *pl = NULL;
 }
@@ -1268,7 +1280,9 @@ static int loc_new(struct gen *G, int64_t cols_max)
                  g->pred_rank);
         return -PI_ERR_INVAL;
     }
-    if (g->pred_exact && !(L->gc = malloc((size_t)g->n_ff * sizeof *L->gc))) return -PI_ERR_NOMEM;
+    if (g->pred_exact && (!(L->gc = malloc((size_t)g->n_ff * sizeof *L->gc)) ||
+                          !(L->pred = malloc((size_t)PI_MAX(L->d, g->n_ff) * (size_t)g->pred_rank * sizeof *L->pred))))
+        return -PI_ERR_NOMEM;
     return loc_base_rates(g, L->base); /* before any tensor: bad rates fail fast */
 }
 
