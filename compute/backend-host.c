@@ -76,6 +76,7 @@ struct host_backend {
     float *pred_scr;           /* pi_predictor_scratch(max_tokens) */
     float *xown;               /* (max_tokens, d): the FFN input of a layer without an exchange */
     int32_t *list;             /* (n_ff): pi_sparse_ffn's scratch */
+    struct pi_sparse_slice *slices; /* (n_layer): the hot ids as mask bitmaps (compute/sparse.h) */
     float *sp_gate, *sp_up;    /* (max_tokens, n_ff): a whole layer's dense masked FFN (all hot) */
     /* prompt streaming (o.tune.prompt_stream on), else NULL: the streamed layer's FFN input and its
      * products */
@@ -100,6 +101,7 @@ static void host_destroy(pi_backend_t *b)
     free(s->pred_scr);
     free(s->xown);
     free(s->list);
+    pi_sparse_slices_free(&s->slices);
     free(s->sp_gate);
     free(s->sp_up);
     free(s->st_x);
@@ -151,20 +153,20 @@ static int host_ffn_hot_masked(struct host_backend *s, int il)
     s->dense = false;
     const bool all = nh >= (int64_t)m->hp.n_ff, packed = s->o.hot_layers && !all;
     const struct pi_layer *L = packed ? &s->o.hot_layers[il] : &m->layers[il];
-    const int32_t *ids = all ? NULL : s->o.hot[il];
+    const struct pi_sparse_slice *sl = all ? NULL : &s->slices[il];
     pi_pool_t *pool = pi_forward_pool(s->fwd);
     if (nh == 0) {
         memset(s->hot, 0, (size_t)s->n * (size_t)s->d * sizeof(float));
         return 0;
     }
-    const bool dense = pi_sparse_dense(s->mask, s->n, s->mask_words, ids, nh);
+    const bool dense = pi_sparse_dense(s->mask, s->n, s->mask_words, sl, m->hp.n_ff);
     if (dense && all) /* the whole layer: the model's own matrices, the unselected activations zeroed */
         pi_sparse_ffn_dense_layer(pool, L, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->sp_gate, s->sp_up, s->hot);
     else if (dense && s->o.hot_part)
         pi_partition_ffn_dense_masked(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->dense_scr,
                                       s->hot);
     else /* one token, few selected, or a partial hot set without a packed partition: neuron by neuron */
-        pi_sparse_ffn(pool, s->work, L, ids, nh, packed, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->list, s->hot, NULL);
+        pi_sparse_ffn(pool, s->work, L, sl, packed, m->hp.act, s->x, s->n, s->mask, s->mask_words, s->list, s->hot, NULL);
     return 0;
 }
 
@@ -332,7 +334,10 @@ static int host_predictors_init(struct host_backend *s, const pi_model_t *m, con
     s->list = malloc((size_t)m->hp.n_ff * sizeof *s->list);
     s->sp_gate = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_gate);
     s->sp_up = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_up);
-    return s->mask && s->pred_scr && s->xown && s->list && s->sp_gate && s->sp_up ? 0 : -PI_ERR_NOMEM;
+    if (!s->mask || !s->pred_scr || !s->xown || !s->list || !s->sp_gate || !s->sp_up) return -PI_ERR_NOMEM;
+    int rc = pi_sparse_slices_new(m->hp.n_layer, m->hp.n_ff, o->hot, o->n_hot, &s->slices);
+    if (rc == -PI_ERR_INVAL) pi_error("host backend: predictors need each layer's hot ids ascending");
+    return rc;
 }
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)

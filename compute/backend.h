@@ -12,7 +12,8 @@
  *     ffn_input(il, x)                  x (n, n_embd) host memory = ffn_norm(h); the loop publishes it
  *                                       (x NULL: the layer has no exchange, nothing to write; a layer
  *                                       without an exchange gets an x on the predictors' recall steps,
- *                                       where the loop reads it)
+ *                                       where the loop reads it). x is complete when ffn_input returns,
+ *                                       or, with predictors, when the ffn_predict after it returns
  *     [ffn_predict(il, mask)]           with predictors: the mask of predicted-active neurons; the
  *                                       loop publishes it with x, ffn_hot computes only those
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)
@@ -51,7 +52,8 @@ struct pi_backend_opts {
     int device;           /* CUDA device index (cuda backend) */
     uint64_t vram_budget; /* device bytes the backend may hold (cuda); 0 = the device's free memory */
     /* hot[il] (n_hot[il]): the neuron ids of layer il computed by this backend, any order, no
-     * duplicates; borrowed for the lifetime of the backend. */
+     * duplicates (ascending where the host backend runs predictors: compute/sparse.h's slices);
+     * borrowed for the lifetime of the backend. */
     const int32_t *const *hot;
     const int64_t *n_hot;
     /* (n_layer) or NULL: layer il's hot neurons packed in the order of hot[il] (row i of ffn_gate,

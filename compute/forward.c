@@ -274,8 +274,7 @@ static void ffn_sparse(pi_forward_t *f, int il, int n, const float *h)
     if (pi_sparse_dense(f->mask, n, f->mask_words, NULL, hp->n_ff)) /* every row once, the others zeroed */
         active = pi_sparse_ffn_dense_layer(f->pool, L, hp->act, f->x, n, f->mask, f->mask_words, f->gate, f->up, f->out);
     else
-        active = pi_sparse_ffn(f->pool, f->ffw, L, NULL, hp->n_ff, false, hp->act, f->x, n, f->mask, f->mask_words, f->list,
-                               f->out, NULL);
+        active = pi_sparse_ffn(f->pool, f->ffw, L, NULL, false, hp->act, f->x, n, f->mask, f->mask_words, f->list, f->out, NULL);
     pi_sparse_note(f->sp_stats, il, n, predicted);
     if (f->recall_now) pi_sparse_recall(f->sp_stats, f->pool, f->m, il, f->x, n, f->mask, f->mask_words, f->gate, f->up);
     f->active += active;

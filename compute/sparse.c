@@ -122,37 +122,109 @@ int pi_sparse_open(const pi_model_t *m, const char *sidecar, enum pi_sparsity_cf
     return 0;
 }
 
-bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const int32_t *ids, int64_t count)
+int pi_sparse_slices_new(int n_layer, int64_t n_ff, const int32_t *const *ids, const int64_t *count,
+                         struct pi_sparse_slice **out)
 {
-    if (n < 1 || count <= 0) return false;
-    int64_t sel = 0;
-    for (int64_t t = 0; t < n; t++) {
-        const uint64_t *row = mask + t * mask_words;
-        if (!ids) { /* the whole layer: count the row's bits */
-            for (int64_t k = 0; k < mask_words; k++) sel += __builtin_popcountll(row[k]);
-            continue;
+    *out = NULL;
+    PI_ASSERT(n_layer > 0 && n_ff > 0);
+    const int64_t mw = pi_sparse_mask_words(n_ff);
+    const size_t head = ((size_t)n_layer * sizeof(struct pi_sparse_slice) + 63) & ~(size_t)63;
+    const size_t nb = (size_t)n_layer * (size_t)mw;
+    char *mem = calloc(1, head + nb * sizeof(uint64_t) + nb * sizeof(int32_t));
+    if (!mem) return -PI_ERR_NOMEM;
+    struct pi_sparse_slice *s = (struct pi_sparse_slice *)(void *)mem;
+    uint64_t *bits = (uint64_t *)(void *)(mem + head);
+    int32_t *rank = (int32_t *)(void *)(bits + nb);
+    for (int il = 0; il < n_layer; il++) {
+        uint64_t *b = bits + (size_t)il * (size_t)mw;
+        int32_t *r = rank + (size_t)il * (size_t)mw;
+        const int64_t c = count[il];
+        for (int64_t i = 0; i < c; i++) {
+            const int32_t j = ids[il][i];
+            if (j < 0 || j >= n_ff || (i > 0 && j <= ids[il][i - 1])) {
+                pi_error("sparse: layer %d: the slice's neuron ids are not ascending in [0, %lld)", il, (long long)n_ff);
+                free(mem);
+                return -PI_ERR_INVAL;
+            }
+            b[j / 64] |= UINT64_C(1) << (j % 64);
         }
-        for (int64_t i = 0; i < count; i++) sel += pi_sparse_bit(row, ids[i]);
+        int32_t below = 0;
+        for (int64_t q = 0; q < mw; q++) {
+            r[q] = below;
+            below += (int32_t)__builtin_popcountll(b[q]);
+        }
+        s[il] = (struct pi_sparse_slice){.count = c, .words = mw, .bits = b, .rank = r};
     }
+    *out = s;
+    return 0;
+}
+
+void pi_sparse_slices_free(struct pi_sparse_slice **s)
+{
+    if (!s) return;
+    free(*s);
+    *s = NULL;
+}
+
+/* Word q of a token's selection: its mask word, limited to the slice (or, for the whole layer of n_ff
+ * neurons, to the layer's bits: a mask from another process may set bits past n_ff). */
+static inline uint64_t selected_word(const uint64_t *row, int64_t q, const struct pi_sparse_slice *sl, int64_t n_ff)
+{
+    if (sl) return row[q] & sl->bits[q];
+    const int64_t past = n_ff - q * 64;
+    return past >= 64 ? row[q] : row[q] & ((UINT64_C(1) << past) - 1);
+}
+
+/* The words of a mask row that can hold selected bits. */
+static inline int64_t selection_words(int64_t mask_words, const struct pi_sparse_slice *sl, int64_t n_ff)
+{
+    if (sl) {
+        PI_ASSERT(sl->words == mask_words);
+        return mask_words;
+    }
+    return PI_MIN(mask_words, pi_sparse_mask_words(n_ff));
+}
+
+bool pi_sparse_dense(const uint64_t *mask, int64_t n, int64_t mask_words, const struct pi_sparse_slice *sl, int64_t n_ff)
+{
+    const int64_t count = sl ? sl->count : n_ff;
+    if (n < 1 || count <= 0) return false;
+    const int64_t words = selection_words(mask_words, sl, n_ff);
+    int64_t sel = 0;
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t q = 0; q < words; q++) sel += __builtin_popcountll(selected_word(mask + t * mask_words, q, sl, n_ff));
     const double most = n == 1 ? PI_SPARSE_DECODE_DENSE_SHARE : PI_SPARSE_LISTS_MAX_SHARE;
     return (double)sel >= most * (double)n * (double)count;
 }
 
-int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const int32_t *ids, int64_t count,
+/* list = the rows of the neurons of sl (NULL: the whole layer of n_ff) that mask row `row` selects,
+ * ascending: the slice's ranks where packed, else the neuron ids. Returns how many. */
+static int64_t select_list(const uint64_t *row, int64_t words, const struct pi_sparse_slice *sl, int64_t n_ff,
+                           bool packed, int32_t *list)
+{
+    int64_t k = 0;
+    for (int64_t q = 0; q < words; q++) {
+        for (uint64_t v = selected_word(row, q, sl, n_ff); v; v &= v - 1) {
+            const int b = __builtin_ctzll(v);
+            list[k++] = packed && sl ? sl->rank[q] + (int32_t)__builtin_popcountll(sl->bits[q] & ((UINT64_C(1) << b) - 1))
+                                     : (int32_t)(q * 64 + b);
+        }
+    }
+    return k;
+}
+
+int64_t pi_sparse_ffn(pi_pool_t *pool, pi_ffn_work_t *w, const struct pi_layer *L, const struct pi_sparse_slice *sl,
                       bool packed, enum pi_ffn_act act, const float *X, int64_t n, const uint64_t *mask,
                       int64_t mask_words, int32_t *list, float *Y, int64_t *selected)
 {
+    const int64_t rows = L->ffn_gate.rows, count = sl ? sl->count : rows;
     PI_ASSERT(count > 0 && n >= 1); /* an empty slice has no rows to say its width: the caller clears Y */
-    const int64_t d = L->ffn_gate.cols;
+    PI_ASSERT(!packed || !sl || rows >= sl->count); /* the ranks are rows of L */
+    const int64_t d = L->ffn_gate.cols, words = selection_words(mask_words, sl, rows);
     int64_t added = 0, sel = 0;
     memset(Y, 0, (size_t)n * (size_t)d * sizeof *Y);
     for (int64_t t = 0; t < n; t++) {
-        const uint64_t *row = mask + t * mask_words;
-        int64_t k = 0;
-        for (int64_t i = 0; i < count; i++) {
-            const int64_t g = ids ? ids[i] : i;
-            if (pi_sparse_bit(row, g)) list[k++] = (int32_t)(packed ? i : g);
-        }
+        const int64_t k = select_list(mask + t * mask_words, words, sl, rows, packed, list);
         sel += k;
         if (k > 0) added += pi_ffn_neurons(pool, w, L, act, NULL, X + t * d, list, k, Y + t * d);
     }

@@ -22,6 +22,7 @@
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
 #include "lib/conf.h"
+#include "lib/cpus.h"
 #include "lib/log.h"
 #include "model/model.h"
 
@@ -78,6 +79,10 @@ static int parse(int argc, char **argv, struct cw_opts *o)
         {NULL, 0, NULL, 0}};
     *o = (struct cw_opts){.activation = "auto", .exchange_fd = -1, .placement_fd = -1, .index = -1, .workers = 0,
                           .sparsity = {.mode = PI_SPARSITY_CFG_OFF}};
+    if (pi_tune_defaults(&o->tune) != 0) {
+        fprintf(stderr, "pi-cpu-worker: out of memory\n");
+        return -1;
+    }
     int c, bad = 0;
     while (!bad && (c = getopt_long(argc, argv, "hV", lo, NULL)) != -1) {
         switch (c) {
@@ -119,6 +124,7 @@ struct cw {
     pi_pool_t *pool;
     pi_ffn_work_t *work;
     struct pi_partition part;
+    struct pi_sparse_slice *slices; /* (n_layer): the partition's neurons as mask bitmaps (compute/sparse.h) */
     enum pi_ffn_act act;
     int32_t *idx;      /* (count_max): 0..count-1, or the masked subset of one token */
     float *dense_scr;  /* pi_partition_dense_scratch(max_tokens) floats: the dense path's scratch */
@@ -129,6 +135,8 @@ struct cw {
     pi_link_t *link;
     uint64_t n_served;  /* layer publishes served, and their token rows (the exit log: what the GPU */
     uint64_t n_rows;    /* worker's prompt streaming left to this worker, tests/integration) */
+    uint64_t n_masked1; /* masked one-token steps (decode with predictors), and their time from the */
+    int64_t masked1_ns; /* publish seen to the partial posted: the exit log's share of the round trip */
 };
 
 /* Rows of the partial for one published step. With activation thresholds the step's counts go into
@@ -138,7 +146,6 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     const int il = (int)st->layer;
     const struct pi_layer *L = &c->part.layers[il];
     const int64_t cnt = c->part.count[il];
-    const int32_t *ids = c->part.ids[il];
     uint32_t mask_words = pi_exchange_get_layout(c->ex)->mask_words;
     if (c->gate_min) pi_exchange_set_counts(c->ex, c->w, 0, 0);
     if (cnt == 0) { /* nothing of this layer here: a zero partial */
@@ -168,10 +175,11 @@ static void compute_step(struct cw *c, const struct pi_exchange_step *st, float 
     /* Each token's predicted neurons of this slice (compute/sparse.h): neuron by neuron over its own
      * list, or, for a batch that selects many, densely with the others zeroed. The masks decide, not
      * the FFN policy. */
-    if (pi_sparse_dense(st->mask, st->n_tokens, mask_words, ids, cnt))
+    const struct pi_sparse_slice *sl = &c->slices[il];
+    if (pi_sparse_dense(st->mask, st->n_tokens, mask_words, sl, c->n_ff))
         pi_partition_ffn_dense_masked(c->pool, &c->part, il, c->act, st->x, st->n_tokens, st->mask, mask_words, c->dense_scr, out);
     else
-        pi_sparse_ffn(c->pool, c->work, L, ids, cnt, true, c->act, st->x, st->n_tokens, st->mask, mask_words, c->idx, out, NULL);
+        pi_sparse_ffn(c->pool, c->work, L, sl, true, c->act, st->x, st->n_tokens, st->mask, mask_words, c->idx, out, NULL);
 }
 
 /* Serve published layers after `seen` until told to stop or the exchange is aborted. */
@@ -186,7 +194,9 @@ static int serve(struct cw *c, int64_t d, uint32_t seen)
         if (rc == -PI_ERR_TIMEOUT) continue;
         if (rc != 0) return rc;
         seen = st.seq;
+        const int64_t t0 = pi_clock_ns();
         compute_step(c, &st, out, d);
+        if (st.n_tokens == 1 && (st.flags & PI_EXCHANGE_MASK)) c->n_masked1++, c->masked1_ns += pi_clock_ns() - t0;
         c->n_served++;
         c->n_rows += st.n_tokens;
         rc = pi_exchange_post_partial(c->ex, c->w, st.seq);
@@ -266,12 +276,19 @@ static int run(const struct cw_opts *o)
      * memory this costs). */
     rc = pi_partition_pack(m, pl, 1 + (int)o->index, place.node_os, false, m->hp.act == PI_FFN_ACT_SILU && !gate_all, &c.part);
     if (rc == 0 && gate_all) rc = pack_thresholds(&c, m, gate_all);
+    if (rc == 0) rc = pi_sparse_slices_new(m->hp.n_layer, m->hp.n_ff, c.part.ids, c.part.count, &c.slices);
     free(gate_all);
     if (rc != 0) goto out;
     int threads = o->threads > 0 ? (int)o->threads : PI_MAX(1, place.n_physical / place.sharing);
     c.act = m->hp.act;
     c.n_ff = m->hp.n_ff;
     c.pool = pi_pool_new(threads);
+    /* Spin across the gap between layers only where every thread of the hand-off has a CPU: this
+     * worker's and the GPU worker's (ipc/futex.h: spinning on a shared CPU delays the other side). */
+    const bool spin = pi_cpus_usable() >= threads + 1;
+    const int64_t spin_ns = spin ? o->tune.worker_spin_us * 1000 : 0;
+    pi_pool_set_spin_ns(c.pool, spin_ns);
+    pi_exchange_set_spin_ns(c.ex, spin_ns);
     c.work = pi_ffn_work_new(m->hp.n_embd, threads);
     c.idx = malloc((size_t)(c.part.count_max ? c.part.count_max : 1) * sizeof *c.idx);
     if (!c.pool || !c.work || !c.idx) { rc = -PI_ERR_NOMEM; goto out; }
@@ -299,12 +316,15 @@ static int run(const struct cw_opts *o)
         pi_link_ready(c.link, (uint64_t)held, c.part.bytes + packed16); /* the memory it holds, copies included */
     }
     pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d "
-            "(and %zu in 16-row groups), %d threads",
+            "(and %zu in 16-row groups), %d threads, idle spin %lld us",
             (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
-            c.part.bytes, place.node, packed16, threads);
+            c.part.bytes, place.node, packed16, threads, (long long)(spin_ns / 1000));
     rc = serve(&c, m->hp.n_embd, seen);
     pi_info("worker %lld: served %llu layer publishes, %llu token rows", (long long)o->index, (unsigned long long)c.n_served,
             (unsigned long long)c.n_rows);
+    if (c.n_masked1)
+        pi_info("worker %lld: %llu masked one-token steps, mean %.1f us from the publish seen to the partial posted",
+                (long long)o->index, (unsigned long long)c.n_masked1, (double)c.masked1_ns / 1e3 / (double)c.n_masked1);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
 out:
     pi_link_stop(&c.link);
@@ -317,6 +337,7 @@ out:
     pi_ffn_work_destroy(&c.work);
     pi_pool_destroy(&c.pool);
     pi_partition_free(&c.part);
+    pi_sparse_slices_free(&c.slices);
     pi_exchange_destroy(&c.ex);
     pi_model_destroy(&m);
     pi_numa_place_free(&place);

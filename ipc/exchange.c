@@ -72,6 +72,7 @@ struct pi_exchange {
     uint64_t *mask;                   /* (max_tokens, mask_words) */
     uint8_t *partial;                 /* n_workers slots of partial_stride bytes */
     uint64_t *stats;                  /* (n_layers, PI_EXCHANGE_STATS_FIELDS) */
+    int64_t spin_ns;                  /* this process's waits: spin at least this long (set_spin_ns) */
 };
 
 static int check_params(const struct pi_exchange_params *p)
@@ -297,7 +298,7 @@ int pi_exchange_wait_partials(pi_exchange_t *ex, uint32_t seq, unsigned spin, in
             left = deadline - pi_clock_ns();
             if (left < 0) left = 0;
         }
-        struct pi_futex_aux aux = {.abort_word = &ex->ctl->abort, .sleepers = &ex->done[w].sleepers};
+        struct pi_futex_aux aux = {.abort_word = &ex->ctl->abort, .sleepers = &ex->done[w].sleepers, .spin_ns = ex->spin_ns};
         rc = pi_futex_wait_ge_aux(word, seq, spin, left, &aux, &v);
         if (rc == -PI_ERR_TIMEOUT) {
             pi_error("exchange: CPU worker %u (pid %u) is late: done_seq %u, waiting for %u, after %lld ms", w,
@@ -319,6 +320,8 @@ int pi_exchange_wait_partials(pi_exchange_t *ex, uint32_t seq, unsigned spin, in
     }
     return 0;
 }
+
+void pi_exchange_set_spin_ns(pi_exchange_t *ex, int64_t ns) { ex->spin_ns = ns < 0 ? 0 : ns; }
 
 void pi_exchange_merge(const pi_exchange_t *ex, uint32_t n_tokens, float *out)
 {
@@ -368,7 +371,7 @@ int pi_exchange_wait_publish(pi_exchange_t *ex, uint32_t seen, unsigned spin, in
 {
     struct pi_exchange_ctl *c = ex->ctl;
     uint32_t s, layer, n_tokens, flags;
-    struct pi_futex_aux aux = {.abort_word = &c->abort, .sleepers = &c->publish_sleepers};
+    struct pi_futex_aux aux = {.abort_word = &c->abort, .sleepers = &c->publish_sleepers, .spin_ns = ex->spin_ns};
     int rc = pi_futex_wait_ne_aux(&c->publish_seq, seen, spin, timeout_ns, &aux, &s);
     if (rc < 0) return rc;
     /* Read each shared field once; validate the copies, never re-read. */

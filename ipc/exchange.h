@@ -153,6 +153,12 @@ int pi_exchange_fd(const pi_exchange_t *ex);
 const struct pi_exchange_params *pi_exchange_params(const pi_exchange_t *ex);
 const struct pi_exchange_layout *pi_exchange_get_layout(const pi_exchange_t *ex);
 
+/* This process's waits on ex (pi_exchange_wait_publish, pi_exchange_wait_partials) spin for at least
+ * ns after their spin reads before they sleep (struct pi_futex_aux's spin_ns; 0, the default: the
+ * spin reads only). For a waiter whose next step is due within ns, as a serving CPU worker's next
+ * layer is: a futex wake-up costs the hand-off tens of microseconds. */
+void pi_exchange_set_spin_ns(pi_exchange_t *ex, int64_t ns);
+
 /* ---- GPU worker side ---- */
 
 /* Writable x: float32 (max_tokens, n_embd) row-major; and the mask: uint64 (max_tokens, mask_words).

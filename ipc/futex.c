@@ -121,13 +121,16 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
                      const struct pi_futex_aux *aux, uint32_t *out)
 {
     int64_t deadline = 0;
+    /* the time spin never outlasts the timeout */
+    const int64_t spin_ns = aux ? (timeout_ns >= 0 ? PI_MIN(aux->spin_ns, timeout_ns) : aux->spin_ns) : 0;
+    const int64_t t0 = spin_ns > 0 ? pi_clock_ns() : 0;
     uint32_t v;
 
     for (unsigned i = 0;; i++) {
         v = atomic_load_explicit(word, memory_order_acquire);
         if (cond_met(v, ref, ge)) goto done;
         if (aborted(aux)) return -PI_ERR_PEER;
-        if (i >= spin) break;
+        if (i >= spin && (spin_ns <= 0 || (i % 64 == 0 && pi_clock_ns() - t0 > spin_ns))) break;
         pi_cpu_relax();
     }
     if (timeout_ns >= 0) deadline = pi_futex_deadline(timeout_ns);

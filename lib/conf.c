@@ -124,6 +124,7 @@ static const struct key_def keys[] = {
     {{"tune", "cpu_kernels", "auto", "CPU kernel variant of every process: auto (the best this CPU runs), scalar, avx2, avx512, avx512vnni, amx (clamped to what the CPU runs)"}, K_ENUM, OFF(tune.cpu_kernels), 0, 0, cpu_kernels_names, NULL},
     {{"tune", "batch", "512", "tokens one step evaluates at most: prompts go in chunks of this many (in server mode together with the running sequences' next tokens); larger chunks reuse each weight over more tokens (faster prompts) and cost host and device memory in proportion (1 to 4096)"}, K_INT, OFF(tune.batch), 1, 4096, NULL, NULL}, /* PI_TUNE_BATCH_MAX */
     {{"tune", "prompt_stream", "auto", "where a hybrid placement's prompt steps compute their cold FFN neurons: auto (the cost model of pinfer.conf(5): stream each layer's FFN weights to the GPU when modelled faster than the CPU workers), off (the CPU workers), on (always streamed); decode steps never stream"}, K_ENUM, OFF(tune.prompt_stream), 0, 0, prompt_stream_names, NULL},
+    {{"tune", "worker_spin_us", "1000", "how long a CPU worker's idle threads (its thread pool and its wait for the next layer) spin before they sleep, microseconds: a layer that finds them asleep pays their wake-up (tens of microseconds on virtual CPUs); 0 sleeps at once. A worker spins only where its threads and the GPU worker have a CPU each (0 to 1000000)"}, K_INT, OFF(tune.worker_spin_us), 0, 1000000, NULL, NULL},
     {{"tune", "cpu_pack", "auto", "whether the CPU's dense products read 16-row packed copies of their quantised weights (the in-process engine's matrices, the CPU workers' slices): auto (where the kernel variant has a packed kernel for the type and the copy fits the available memory with 1 GiB to spare), off (the file's rows: less memory, slower products)"}, K_ENUM, OFF(tune.cpu_pack), 0, 0, cpu_pack_names, NULL},
 };
 #undef OFF
@@ -470,6 +471,15 @@ static int set_plain(struct pi_config *c, const char *section, const char *assig
     const struct key_def *k = find_key(section, dotted + sl + 1);
     PI_ASSERT(!k || k->kind != K_STR);
     return pi_config_set(c, dotted, eq + 1, origin, err, errlen);
+}
+
+int pi_tune_defaults(struct pi_tune *t)
+{
+    struct pi_config c;
+    int rc = pi_config_defaults(&c);
+    if (rc == 0) *t = c.tune;
+    pi_config_free(&c);
+    return rc;
 }
 
 int pi_tune_set(struct pi_tune *t, const char *assignment, const char *origin, char *err, size_t errlen)

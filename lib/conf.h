@@ -72,6 +72,7 @@ struct pi_tune {
     int64_t batch;                        /* [tune] batch: tokens per step, 1..PI_TUNE_BATCH_MAX; 0 = the default */
     enum pi_tune_prompt_stream prompt_stream; /* [tune] prompt_stream */
     enum pi_tune_cpu_pack cpu_pack;           /* [tune] cpu_pack */
+    int64_t worker_spin_us;                   /* [tune] worker_spin_us: a CPU worker's idle spin, us */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads
@@ -172,6 +173,10 @@ int pi_config_load_file(struct pi_config *cfg, const char *path, char *err, size
  * value came from for the error message ("command line"). 0 or -PI_ERR_* with err filled. */
 int pi_config_set(struct pi_config *cfg, const char *dotted_key, const char *value, const char *origin,
                   char *err, size_t errlen);
+
+/* t = every [tune] key at its default (a worker's starting point before its --set options). 0 or
+ * -PI_ERR_NOMEM. */
+int pi_tune_defaults(struct pi_tune *t);
 
 /* Set one [tune] key of t from "tune.KEY=VALUE", as the workers take their tuning on the command line
  * (`--set tune.KEY=VALUE`, which pi-coordinator adds from its own configuration): the table's checks,

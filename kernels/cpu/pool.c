@@ -8,7 +8,7 @@
  * late can never claim (or read the fields of) a newer job by mistake; job fields are read only after a
  * successful claim, and the caller cannot publish the next job before every claimed chunk has bumped
  * `done`. The caller claims chunks too and then waits for `done == n_chunks` (spin, then yield: on a
- * shared machine a worker may be preempted mid-chunk). Idle workers spin on `gen` for SPIN_NS, then
+ * shared machine a worker may be preempted mid-chunk). Idle workers spin on `gen` for spin_ns, then
  * sleep in FUTEX_WAIT; the sleeper count and `gen` are sequentially consistent so a wake-up is never
  * lost (either the caller sees the sleeper, or the sleeper's futex_wait sees the new gen and returns).
  */
@@ -30,7 +30,6 @@
 #include "lib/cpus.h"
 #include "lib/log.h"
 
-#define SPIN_NS 100000          /* idle workers spin this long after a job before sleeping */
 #define CHUNKS_PER_THREAD 4     /* dynamic balancing: about this many chunks per thread and job */
 #define MAX_THREADS PI_MAX_THREADS /* lib/common.h: the bound every --threads option checks */
 
@@ -51,6 +50,7 @@ struct pi_pool {
     _Alignas(64) _Atomic int sleepers;   /* workers in (or entering) FUTEX_WAIT */
     _Atomic int stop;
     _Atomic int busy;                    /* a pi_pool_for is running (misuse check: not re-entrant) */
+    _Atomic int64_t spin_ns;             /* idle workers spin this long after a job before sleeping */
 };
 
 /* Per-worker start argument. */
@@ -104,10 +104,10 @@ static void *worker_main(void *arg)
     for (;;) {
         uint32_t g = atomic_load(&p->gen);
         if (g == seen) {
-            int64_t t0 = now_ns();
+            const int64_t t0 = now_ns(), spin = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
             for (int i = 1; (g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen; i++) {
                 cpu_relax();
-                if (i % 64 == 0 && now_ns() - t0 > SPIN_NS) break;
+                if (i % 64 == 0 && now_ns() - t0 > spin) break;
             }
         }
         if (g == seen) {
@@ -133,6 +133,7 @@ pi_pool_t *pi_pool_new(int n_threads)
     pi_pool_t *p = calloc(1, sizeof(*p));
     if (!p) goto err;
     p->n_threads = n_threads;
+    atomic_init(&p->spin_ns, PI_POOL_SPIN_NS_DEFAULT);
     p->threads = calloc((size_t)n_threads, sizeof(pthread_t));
     if (!p->threads) goto err;
     for (int i = 1; i < n_threads; i++) {
@@ -168,6 +169,11 @@ void pi_pool_destroy(pi_pool_t **pp)
 }
 
 int pi_pool_size(const pi_pool_t *p) { return p ? p->n_threads : 1; }
+
+void pi_pool_set_spin_ns(pi_pool_t *p, int64_t ns)
+{
+    if (p) atomic_store_explicit(&p->spin_ns, ns < 0 ? 0 : ns, memory_order_relaxed);
+}
 
 void pi_pool_for(pi_pool_t *p, int64_t n, int64_t grain, pi_pool_fn fn, void *ctx)
 {

@@ -24,6 +24,14 @@ pi_pool_t *pi_pool_new(int n_threads);
 /* Stop and join the workers, free, and NULL the caller's pointer; accepts NULL. */
 void pi_pool_destroy(pi_pool_t **p);
 
+/* How long an idle worker spins for the next job before it sleeps in the kernel (default
+ * PI_POOL_SPIN_NS_DEFAULT). A sleeping worker costs the next job a futex wake and the worker's
+ * wake-up latency (tens of microseconds on a VM's vCPUs), so an owner whose jobs come in a known
+ * cadence (a CPU worker's layers) spins across the gap; on a machine without a CPU per spinning thread
+ * spinning only delays the threads that have work. Set between jobs only; accepts a NULL pool. */
+#define PI_POOL_SPIN_NS_DEFAULT 100000
+void pi_pool_set_spin_ns(pi_pool_t *p, int64_t ns);
+
 /* Threads in the pool including the caller; 1 for a NULL pool. */
 int pi_pool_size(const pi_pool_t *p);
 

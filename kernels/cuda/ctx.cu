@@ -208,6 +208,13 @@ extern "C" int pi_cuda_download(pi_cuda_ctx_t *c, void *dst, const void *d_src, 
     return 0;
 }
 
+extern "C" int pi_cuda_download_async(pi_cuda_ctx_t *c, void *dst, const void *d_src, size_t bytes)
+{
+    if (!bytes) return 0;
+    PI_CU(cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    return 0;
+}
+
 extern "C" int pi_cuda_memset(pi_cuda_ctx_t *c, void *d_dst, int value, size_t bytes)
 {
     PI_CU(cudaMemsetAsync(d_dst, value, bytes, c->stream));

@@ -82,6 +82,11 @@ int pi_cuda_free(pi_cuda_ctx_t *ctx, void *ptr);
 int pi_cuda_upload(pi_cuda_ctx_t *ctx, void *d_dst, const void *src, size_t bytes);
 int pi_cuda_download(pi_cuda_ctx_t *ctx, void *dst, const void *d_src, size_t bytes);
 
+/* The download queued on the compute stream without the wait: dst holds the bytes once a later wait
+ * for that stream returns (pi_cuda_download, pi_cuda_sync). dst page-locked (cudaHostRegister) for the
+ * copy to overlap the host; pageable memory makes the copy synchronous, as the runtime does. */
+int pi_cuda_download_async(pi_cuda_ctx_t *ctx, void *dst, const void *d_src, size_t bytes);
+
 /* Fill bytes of device memory with the byte value (tests poison outputs with 0xff = NaN). */
 int pi_cuda_memset(pi_cuda_ctx_t *ctx, void *d_dst, int value, size_t bytes);
 

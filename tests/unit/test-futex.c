@@ -114,6 +114,18 @@ static void test_timeouts(struct pingpong *pp)
     atomic_store(&pp->abort, 0);
 }
 
+/* The timed spin (pi_futex_aux.spin_ns): a hand-off between processes whose waits spin 2 ms before
+ * sleeping stays in order, and a spin longer than the timeout never outlasts it. */
+static void test_spin_ns(struct pingpong *pp)
+{
+    uint32_t v = 0;
+    atomic_store(&pp->ping, 7);
+    struct pi_futex_aux aux = {.spin_ns = INT64_C(10) * 1000 * 1000 * 1000};
+    tap_is_int(pi_futex_wait_ne_aux(&pp->ping, 7, 0, 20 * 1000000LL, &aux, &v), -PI_ERR_TIMEOUT,
+               "a 10 s timed spin with a 20 ms timeout times out (the spin ends with the timeout)");
+    tap_ok(pi_futex_wait_ne_aux(&pp->ping, 6, 0, 0, &aux, &v) == 0 && v == 7, "a timed spin on a changed word returns it");
+}
+
 static void test_spin_budget(void)
 {
     cpu_set_t set;
@@ -195,6 +207,7 @@ int main(void)
     test_pingpong(pp, 30, 1); /* short spins: many waits sleep just as the value changes */
     test_pingpong(pp, 2000, 1);
     test_timeouts(pp);
+    test_spin_ns(pp);
     test_wrap(pp);
     test_spin_budget();
     test_abort_wakes(pp);

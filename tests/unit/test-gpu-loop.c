@@ -40,6 +40,7 @@ struct cw {
     atomic_int masked_steps, hot_bits_missing, bad_flags;
     pi_ffn_work_t *w;
     int32_t *ids, *list; /* (n_ff - half) cold ids; list scratch */
+    struct pi_sparse_slice *slice; /* (n_layer) the cold ids' slices, the same for every layer */
 };
 
 static void *cpu_worker(void *arg)
@@ -64,7 +65,7 @@ static void *cpu_worker(void *arg)
             for (uint32_t t = 0; t < st.n_tokens; t++)
                 for (int64_t j = 0; j < half; j++)
                     if (!pi_sparse_bit(st.mask + t * mw, j)) atomic_fetch_add(&c->hot_bits_missing, 1);
-            pi_sparse_ffn(NULL, c->w, L, c->ids, ff - half, false, model->hp.act, st.x, st.n_tokens, st.mask, mw, c->list, out, NULL);
+            pi_sparse_ffn(NULL, c->w, L, &c->slice[st.layer], false, model->hp.act, st.x, st.n_tokens, st.mask, mw, c->list, out, NULL);
         } else {
             memset(out, 0, (size_t)st.n_tokens * (size_t)d * sizeof *out);
         }
@@ -162,6 +163,13 @@ int main(void)
     struct cw c = {.w = pi_ffn_work_new(d, 1), .ids = malloc((size_t)(ff - half) * 4), .list = malloc((size_t)ff * 4)};
     if (!la || !lb || !fa1 || !fa2 || !fb1 || !fb2 || !lga || !lgb || !sa || !sb || !c.w || !c.ids || !c.list) tap_bail("memory");
     for (int64_t j = half; j < ff; j++) c.ids[j - half] = (int32_t)j;
+    {
+        const int32_t **lid = malloc((size_t)nl * sizeof *lid);
+        int64_t *lc = malloc((size_t)nl * sizeof *lc);
+        for (int il = 0; lid && lc && il < nl; il++) lid[il] = c.ids, lc[il] = ff - half;
+        if (!lid || !lc || pi_sparse_slices_new(nl, ff, lid, lc, &c.slice) != 0) tap_bail("slices");
+        free(lid), free(lc);
+    }
     make_predictors(&pa, la, fa1, fa2, true);
     make_predictors(&pb, lb, fb1, fb2, false);
     int ra = run(&pa, false, gd.tokens, n, lga, sa, &c);
@@ -191,6 +199,7 @@ int main(void)
     double e = tp_rel_err(lgb, lga, n, gd.n_vocab);
     tap_ok(ra == 0 && rb == 0 && e <= 8e-2, "A and B's logits within the two-path bound: %.3g (<= 8e-02)", e);
     free(la), free(lb), free(fa1), free(fa2), free(fb1), free(fb2), free(lga), free(lgb), free(sa), free(sb), free(c.ids), free(c.list);
+    pi_sparse_slices_free(&c.slice);
     pi_ffn_work_destroy(&c.w);
     pi_gguf_destroy(&gd.g);
     pi_model_destroy(&model);

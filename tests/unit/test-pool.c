@@ -98,6 +98,22 @@ int main(void)
         tap_ok(0, "sched_setaffinity to one CPU failed");
     }
     pi_pool_destroy(&p); /* NULL is fine */
+    /* the idle spin: 0 (every worker sleeps after each job, each job wakes them) and 5 ms (they spin
+     * across the gaps) give the same coverage of every index */
+    p = pi_pool_new(4);
+    bool spun = p != NULL;
+    static const int64_t spins[] = {0, 5 * 1000 * 1000, PI_POOL_SPIN_NS_DEFAULT};
+    for (size_t k = 0; spun && k < PI_ARRAY_LEN(spins); k++) {
+        pi_pool_set_spin_ns(p, spins[k]);
+        for (int i = 0; spun && i < 20; i++) {
+            struct timespec gap = {0, 200 * 1000};
+            spun = run(p, 1000, 1, 5, NULL);
+            nanosleep(&gap, NULL);
+        }
+    }
+    pi_pool_set_spin_ns(NULL, 0); /* accepted */
+    tap_ok(spun, "idle spins of 0, 5 ms and the default: every index once, with gaps between jobs");
+    pi_pool_destroy(&p);
     bool churn = true;
     for (int i = 0; i < 50; i++) {
         pi_pool_t *q = pi_pool_new(3);

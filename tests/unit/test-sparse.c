@@ -97,14 +97,14 @@ static void test_ffn(const pi_model_t *m)
         inputs(X, n, d, mask, mw, ff, 0.3);
         int64_t sel = -1, want = 0;
         for (int64_t i = 0; i < n * mw; i++) want += __builtin_popcountll(mask[i]);
-        pi_sparse_ffn(n == N_MAX ? pool : NULL, w, L, NULL, ff, false, m->hp.act, X, n, mask, mw, list, Y, &sel);
+        pi_sparse_ffn(n == N_MAX ? pool : NULL, w, L, NULL, false, m->hp.act, X, n, mask, mw, list, Y, &sel);
         reference(L, d, ff, NULL, ff, X, n, mask, mw, R);
         double e = rel(Y, R, (size_t)(n * d));
         tap_ok(e <= TOL && sel == want, "layer %d, %lld token(s), whole layer: vs the masked reference %.3g (<= %.0e), %lld pairs selected",
                il, (long long)n, e, TOL, (long long)sel);
         if (n != N_MAX) continue;
         for (int64_t t = 0; t < n; t++) /* the same tokens one at a time: the same lists */
-            pi_sparse_ffn(pool, w, L, NULL, ff, false, m->hp.act, X + t * d, 1, mask + t * mw, mw, list, P + t * d, NULL);
+            pi_sparse_ffn(pool, w, L, NULL, false, m->hp.act, X + t * d, 1, mask + t * mw, mw, list, P + t * d, NULL);
         tap_ok(memcmp(Y, P, (size_t)(n * d) * sizeof *Y) == 0, "a batch of %lld equals its tokens one at a time, bit for bit",
                (long long)n);
         float *gs = malloc((size_t)(n * ff) * sizeof *gs), *us = malloc((size_t)(n * ff) * sizeof *us);
@@ -125,6 +125,74 @@ static void test_ffn(const pi_model_t *m)
     pi_pool_destroy(&pool);
 }
 
+/* The slices' bitmaps and ranks against the ids they come from: for random slices (of layers whose
+ * width is and is not a multiple of 64) and random masks, each selected neuron's rank is its position
+ * in ids, pi_sparse_dense decides as the brute count says, the bits past the layer and outside the
+ * slice change nothing; ids not ascending or out of range are refused. */
+static void test_slices(void)
+{
+    static const int64_t widths[] = {64, 200, 13824};
+    for (size_t wi = 0; wi < PI_ARRAY_LEN(widths); wi++) {
+        const int64_t ff = widths[wi], mw = pi_sparse_mask_words(ff);
+        const int nl = 3;
+        int32_t *ids[3];
+        int64_t count[3];
+        for (int il = 0; il < nl; il++) {
+            ids[il] = malloc((size_t)ff * sizeof **ids);
+            const double p = il == 0 ? 1.0 : il == 1 ? 0.0 : pi_rng_uniform(&rng);
+            count[il] = 0;
+            for (int64_t j = 0; ids[il] && j < ff; j++)
+                if (pi_rng_uniform(&rng) < p) ids[il][count[il]++] = (int32_t)j;
+        }
+        struct pi_sparse_slice *sl = NULL;
+        if (!ids[0] || !ids[1] || !ids[2] || pi_sparse_slices_new(nl, ff, (const int32_t *const *)ids, count, &sl) != 0)
+            tap_bail("slices");
+        uint64_t *mask = malloc((size_t)mw * sizeof *mask);
+        int64_t bad_rank = 0, bad_dense = 0, trials = 0;
+        for (int rep = 0; mask && rep < 200; rep++) {
+            const int il = rep % nl;
+            const double p = pi_rng_uniform(&rng);
+            for (int64_t q = 0; q < mw; q++) mask[q] = 0;
+            for (int64_t j = 0; j < ff; j++)
+                if (pi_rng_uniform(&rng) < p) mask[j / 64] |= UINT64_C(1) << (j % 64);
+            int64_t sel = 0;
+            for (int64_t i = 0; i < count[il]; i++) {
+                const int32_t j = ids[il][i];
+                if (!pi_sparse_bit(mask, j)) continue;
+                sel++;
+                /* the rank the slice gives j: its word's rank plus the slice's bits below it */
+                const uint64_t below = sl[il].bits[j / 64] & ((UINT64_C(1) << (j % 64)) - 1);
+                bad_rank += sl[il].rank[j / 64] + __builtin_popcountll(below) != i;
+            }
+            if (ff % 64) mask[mw - 1] |= ~UINT64_C(0) << (ff % 64); /* past the layer: ignored */
+            const bool want = count[il] > 0 && (double)sel >= PI_SPARSE_DECODE_DENSE_SHARE * (double)count[il];
+            bad_dense += pi_sparse_dense(mask, 1, mw, &sl[il], ff) != want;
+            trials++;
+        }
+        tap_ok(mask && bad_rank == 0 && bad_dense == 0 && sl[0].count == ff && sl[1].count == 0,
+               "slices of a %lld-neuron layer: %lld masks, ranks and the dense choice as counted (%lld, %lld wrong)",
+               (long long)ff, (long long)trials, (long long)bad_rank, (long long)bad_dense);
+        free(mask);
+        pi_sparse_slices_free(&sl);
+        tap_ok(sl == NULL, "freed slices are NULL");
+        /* refused: a repeat, a descent, an id past the layer, a negative id */
+        const int32_t bad_sets[4][3] = {{1, 1, 2}, {0, 3, 2}, {0, 1, (int32_t)ff}, {-1, 0, 1}};
+        int refused = 0;
+        for (int k = 0; k < 4; k++) {
+            const int32_t *one[1] = {bad_sets[k]};
+            const int64_t c3[1] = {3};
+            refused += pi_sparse_slices_new(1, ff, one, c3, &sl) == -PI_ERR_INVAL && sl == NULL;
+        }
+        tap_ok(refused == 4, "a %lld-neuron layer: ids repeated, descending or out of range refused (%d of 4)", (long long)ff,
+               refused);
+        for (int il = 0; il < nl; il++) free(ids[il]);
+    }
+    /* the whole layer (no slice): the bits past n_ff are ignored by both choices */
+    const int64_t ff = 100, mw = pi_sparse_mask_words(ff);
+    uint64_t mask[2] = {0, ~UINT64_C(0) << (ff % 64)};
+    tap_ok(!pi_sparse_dense(mask, 1, mw, NULL, ff), "the whole layer: bits past n_ff do not count");
+}
+
 /* A packed scattered slice: a random third of every layer's neurons. */
 static void test_slice(const pi_model_t *m)
 {
@@ -138,7 +206,9 @@ static void test_slice(const pi_model_t *m)
             if (pi_rng_uniform(&rng) < 1.0 / 3) ids[il][count[il]++] = (int32_t)j;
     }
     struct pi_partition part;
+    struct pi_sparse_slice *sl = NULL;
     if (pi_partition_pack_ids(m, (const int32_t *const *)ids, count, -1, false, false, &part) != 0) tap_bail("pack");
+    if (pi_sparse_slices_new(nl, ff, part.ids, part.count, &sl) != 0) tap_bail("slices");
     float *X = malloc((size_t)(N_MAX * d) * sizeof *X), *Y = malloc((size_t)(N_MAX * d) * sizeof *Y);
     float *R = malloc((size_t)(N_MAX * d) * sizeof *R);
     uint64_t *mask = malloc((size_t)(N_MAX * mw) * sizeof *mask);
@@ -149,7 +219,7 @@ static void test_slice(const pi_model_t *m)
     const int li = (int)pi_rng_below(&rng, (uint64_t)nl);
     for (int64_t n = 1; n <= N_MAX; n += N_MAX - 1) {
         inputs(X, n, d, mask, mw, ff, 0.5);
-        pi_sparse_ffn(pool, w, &part.layers[li], part.ids[li], part.count[li], true, m->hp.act, X, n, mask, mw, list, Y, NULL);
+        pi_sparse_ffn(pool, w, &part.layers[li], &sl[li], true, m->hp.act, X, n, mask, mw, list, Y, NULL);
         reference(&m->layers[li], d, ff, part.ids[li], part.count[li], X, n, mask, mw, R);
         double e = rel(Y, R, (size_t)(n * d));
         tap_ok(e <= TOL, "packed slice of %lld neurons, %lld token(s): vs the masked reference %.3g (<= %.0e)",
@@ -165,12 +235,13 @@ static void test_slice(const pi_model_t *m)
         for (int64_t i = 0; in && i < part.count[li]; i++) in[part.ids[li][i] / 64] |= UINT64_C(1) << (part.ids[li][i] % 64);
         for (int64_t t = 0; in && t < n; t++)
             for (int64_t k = 0; k < mw; k++) mask[t * mw + k] |= ~in[k];
-        pi_sparse_ffn(pool, w, &part.layers[li], part.ids[li], part.count[li], true, m->hp.act, X, n, mask, mw, list, R, NULL);
+        pi_sparse_ffn(pool, w, &part.layers[li], &sl[li], true, m->hp.act, X, n, mask, mw, list, R, NULL);
         tap_ok(in && memcmp(Y, R, (size_t)(n * d) * sizeof *Y) == 0, "%lld token(s): the bits outside the slice change nothing",
                (long long)n);
         free(in);
     }
     pi_partition_free(&part);
+    pi_sparse_slices_free(&sl);
     for (int il = 0; il < nl; il++) free(ids[il]);
     free(ids), free(count), free(X), free(Y), free(R), free(mask), free(list);
     pi_ffn_work_destroy(&w);
@@ -391,6 +462,7 @@ int main(void)
     pi_model_opts_default(&mo);
     if (pi_model_open(relu_path, &mo, &relu, NULL, 0) != 0 || pi_model_open(silu_path, &mo, &silu, NULL, 0) != 0)
         tap_bail("cannot open the models");
+    test_slices();
     test_ffn(relu);
     test_slice(relu);
     test_stats(relu);
