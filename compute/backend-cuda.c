@@ -618,8 +618,9 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     PI_TRY(alive(s, "ffn_input"));
     const int n = s->n;
     const struct cuda_layer *cl = &s->L[il];
-    /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): nobody reads
-     * x, so it is not downloaded and the host does not wait for the device; x NULL asks the same. */
+    /* A layer whose neurons are all hot has no exchange (ffn_hot_count tells the loop so): the loop
+     * asks for its x (x not NULL) only on the predictors' recall steps, and otherwise the host does not
+     * wait for the device. */
     const bool all_hot = cl->n_hot >= (int64_t)s->base.model->hp.n_ff;
     s->hot_valid = false;
     /* a dense layer's decode gate/up product applies the norm itself */
@@ -628,8 +629,8 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     if (s->xn_deferred) return 0;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
-    if (x && !all_hot) {
-        maybe_register(s, x);
+    if (x) {
+        if (!all_hot) maybe_register(s, x); /* the exchange's x, not the loop's recall buffer */
         /* With predictors the protocol calls ffn_predict next (compute/backend.h), whose download of
          * the mask (or the counts) waits for this stream: x is complete when it returns, and a layer
          * waits for the device once, not twice (about 10-20 us each). */

@@ -335,9 +335,7 @@ static int host_predictors_init(struct host_backend *s, const pi_model_t *m, con
     s->sp_gate = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_gate);
     s->sp_up = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_up);
     if (!s->mask || !s->pred_scr || !s->xown || !s->list || !s->sp_gate || !s->sp_up) return -PI_ERR_NOMEM;
-    int rc = pi_sparse_slices_new(m->hp.n_layer, m->hp.n_ff, o->hot, o->n_hot, &s->slices);
-    if (rc == -PI_ERR_INVAL) pi_error("host backend: predictors need each layer's hot ids ascending");
-    return rc;
+    return pi_sparse_slices_new(m->hp.n_layer, m->hp.n_ff, o->hot, o->n_hot, &s->slices); /* logs bad ids */
 }
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)

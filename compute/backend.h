@@ -13,7 +13,7 @@
  *                                       (x NULL: the layer has no exchange, nothing to write; a layer
  *                                       without an exchange gets an x on the predictors' recall steps,
  *                                       where the loop reads it). x is complete when ffn_input returns,
- *                                       or, with predictors, when the ffn_predict after it returns
+ *                                       or, with predictors, when the ffn_predict after it returns 0
  *     [ffn_predict(il, mask)]           with predictors: the mask of predicted-active neurons; the
  *                                       loop publishes it with x, ffn_hot computes only those
  *     ffn_hot(il)                       start the hot neurons of il on that input (may be asynchronous)

@@ -136,7 +136,7 @@ struct cw {
     uint64_t n_served;  /* layer publishes served, and their token rows (the exit log: what the GPU */
     uint64_t n_rows;    /* worker's prompt streaming left to this worker, tests/integration) */
     uint64_t n_masked1; /* masked one-token steps (decode with predictors), and their time from the */
-    int64_t masked1_ns; /* publish seen to the partial posted: the exit log's share of the round trip */
+    int64_t masked1_ns; /* publish seen to the partial written: the exit log's share of the round trip */
 };
 
 /* Rows of the partial for one published step. With activation thresholds the step's counts go into
@@ -283,11 +283,12 @@ static int run(const struct cw_opts *o)
     c.act = m->hp.act;
     c.n_ff = m->hp.n_ff;
     c.pool = pi_pool_new(threads);
-    /* Spin across the gap between layers only where every thread of the hand-off has a CPU: this
-     * worker's and the GPU worker's (ipc/futex.h: spinning on a shared CPU delays the other side). */
-    const bool spin = pi_cpus_usable() >= threads + 1;
+    /* Spin across the gap between layers only where every thread of the hand-off has a CPU: the
+     * threads of this node's workers and the GPU worker's (ipc/futex.h: spinning on a shared CPU
+     * delays the other side). Otherwise the pool keeps its own short spin and the wait its reads. */
+    const bool spin = pi_cpus_usable() >= threads * PI_MAX(place.sharing, 1) + 1;
     const int64_t spin_ns = spin ? o->tune.worker_spin_us * 1000 : 0;
-    pi_pool_set_spin_ns(c.pool, spin_ns);
+    if (spin) pi_pool_set_spin_ns(c.pool, spin_ns);
     pi_exchange_set_spin_ns(c.ex, spin_ns);
     c.work = pi_ffn_work_new(m->hp.n_embd, threads);
     c.idx = malloc((size_t)(c.part.count_max ? c.part.count_max : 1) * sizeof *c.idx);
@@ -316,14 +317,14 @@ static int run(const struct cw_opts *o)
         pi_link_ready(c.link, (uint64_t)held, c.part.bytes + packed16); /* the memory it holds, copies included */
     }
     pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d "
-            "(and %zu in 16-row groups), %d threads, idle spin %lld us",
+            "(and %zu in 16-row groups), %d threads, idle spin %s%lld us",
             (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
-            c.part.bytes, place.node, packed16, threads, (long long)(spin_ns / 1000));
+            c.part.bytes, place.node, packed16, threads, spin ? "" : "off (too few CPUs): ", (long long)(spin_ns / 1000));
     rc = serve(&c, m->hp.n_embd, seen);
     pi_info("worker %lld: served %llu layer publishes, %llu token rows", (long long)o->index, (unsigned long long)c.n_served,
             (unsigned long long)c.n_rows);
     if (c.n_masked1)
-        pi_info("worker %lld: %llu masked one-token steps, mean %.1f us from the publish seen to the partial posted",
+        pi_info("worker %lld: %llu masked one-token steps, mean %.1f us from the publish seen to the partial written",
                 (long long)o->index, (unsigned long long)c.n_masked1, (double)c.masked1_ns / 1e3 / (double)c.n_masked1);
     if (rc != 0 && c.link) pi_link_error(c.link, rc, "the exchange failed");
 out:

@@ -104,8 +104,8 @@ static int predict_layer(struct pi_gpu_loop *g, int il, int n, const float *x, u
 /* A layer whose neurons are all hot: no CPU worker has anything to add, so no x, no publish, no wait.
  * The workers wait for the next publish, whichever layer it names (doc/pipeline.md, "Layers without
  * cold neurons"). On a recall step a backend with ffn_predict writes x and the mask where the loop can
- * read them (compute/backend.h); one without (the cuda backend before its device predictor) does not
- * download x for such a layer, so its recall is not measured there. */
+ * read them (compute/backend.h; the cuda backend downloads x for it only then), and the loop measures
+ * the layer's recall on them. */
 static int ffn_layer_local(struct pi_gpu_loop *g, int il, int n)
 {
     pi_backend_t *be = g->be;

@@ -133,7 +133,8 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
         if (i >= spin && (spin_ns <= 0 || (i % 64 == 0 && pi_clock_ns() - t0 > spin_ns))) break;
         pi_cpu_relax();
     }
-    if (timeout_ns >= 0) deadline = pi_futex_deadline(timeout_ns);
+    if (timeout_ns >= 0) /* from the start of the wait: a timed spin is part of the timeout */
+        deadline = spin_ns > 0 && timeout_ns <= INT64_MAX - t0 ? t0 + timeout_ns : pi_futex_deadline(timeout_ns);
     for (;;) {
         int64_t slice = PI_FUTEX_FOREVER;
         if (timeout_ns >= 0) {

@@ -187,10 +187,42 @@ static void test_slices(void)
                refused);
         for (int il = 0; il < nl; il++) free(ids[il]);
     }
-    /* the whole layer (no slice): the bits past n_ff are ignored by both choices */
+    /* the whole layer (no slice): 20 of 100 neurons selected, under the dense share (45), and the 28
+     * bits past n_ff set, which would take the count over it if they counted */
     const int64_t ff = 100, mw = pi_sparse_mask_words(ff);
-    uint64_t mask[2] = {0, ~UINT64_C(0) << (ff % 64)};
+    uint64_t mask[2] = {(UINT64_C(1) << 20) - 1, ~UINT64_C(0) << (ff % 64)};
     tap_ok(!pi_sparse_dense(mask, 1, mw, NULL, ff), "the whole layer: bits past n_ff do not count");
+}
+
+/* A layer of 96 neurons (a mask word and a half): the 32 bits past n_ff, which a mask from another
+ * process may set, select nothing in the whole-layer form (they would be rows past the layer). */
+static void test_tail_bits(void)
+{
+    char dir[256], path[512];
+    snprintf(dir, sizeof dir, "%s/pi-test-sparse-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    if (!mkdtemp(dir)) tap_bail("mkdtemp failed");
+    snprintf(path, sizeof path, "%s/m.gguf", dir);
+    struct pi_model_gen g = {.n_vocab = 96, .n_embd = 64, .n_layer = 1, .n_ff = 96, .n_head = 4, .n_head_kv = 2,
+                             .type = PI_TYPE_F32, .seed = pi_rng_next(&rng), .act = PI_FFN_ACT_RELU};
+    pi_model_t *m = NULL;
+    if (pi_model_gen_write(&g, path) != 0 || pi_model_open(path, NULL, &m, NULL, 0) != 0) tap_bail("tail-bits model");
+    const int64_t d = 64, ff = 96, mw = pi_sparse_mask_words(ff), n = 3;
+    float X[3 * 64], Y[3 * 64], Z[3 * 64];
+    uint64_t mask[3 * 2];
+    int32_t list[96];
+    pi_ffn_work_t *w = pi_ffn_work_new(d, 1);
+    if (!w) tap_bail("memory");
+    inputs(X, n, d, mask, mw, ff, 0.3);
+    int64_t s1 = -1, s2 = -1;
+    pi_sparse_ffn(NULL, w, &m->layers[0], NULL, false, m->hp.act, X, n, mask, mw, list, Y, &s1);
+    for (int64_t t = 0; t < n; t++) mask[t * mw + 1] |= ~UINT64_C(0) << 32;
+    pi_sparse_ffn(NULL, w, &m->layers[0], NULL, false, m->hp.act, X, n, mask, mw, list, Z, &s2);
+    tap_ok(s1 == s2 && memcmp(Y, Z, sizeof Y) == 0, "a 96-neuron layer: the bits past n_ff select nothing (%lld, %lld pairs)",
+           (long long)s1, (long long)s2);
+    pi_ffn_work_destroy(&w);
+    pi_model_destroy(&m);
+    unlink(path);
+    rmdir(dir);
 }
 
 /* A packed scattered slice: a random third of every layer's neurons. */
@@ -463,6 +495,7 @@ int main(void)
     if (pi_model_open(relu_path, &mo, &relu, NULL, 0) != 0 || pi_model_open(silu_path, &mo, &silu, NULL, 0) != 0)
         tap_bail("cannot open the models");
     test_slices();
+    test_tail_bits();
     test_ffn(relu);
     test_slice(relu);
     test_stats(relu);
