@@ -7,7 +7,7 @@
 # same rounds; then CPU only. While the models are written, the sparse CUDA kernels run under
 # compute-sanitizer (racecheck and memcheck, as tools/gpu-check.sh does).
 #
-# usage: bench-handoff-13b.sh [SECONDS] [SPINS]   (default 570 and "100 1000 0")
+# usage: bench-handoff-13b.sh [SECONDS] [SPINS]   (default 570 and "1000 100": round 2 runs the first and last)
 # Staging: as bench-sparse-13b.sh (a folder R with the new build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, compute/pinfer-cuda.so, tools/{pi-gen-model,pi-profile},
 # tests/cuda/{test-cuda-sparse,test-backend-cuda}, lib/, llama.tar.xz) plus R/base/ with the base build's
@@ -20,7 +20,7 @@ set -u
 R=${R:-$PWD/.devbench}; O=${OUT:-/tmp/o}; mkdir -p "$O"; L=$O/bench.log
 export LD_LIBRARY_PATH=$R/lib PI_SRCDIR=$PWD PI_BUILDDIR=$R
 BUDGET=${1:-570}
-SPINS=${2:-100 1000 0}
+SPINS=${2:-1000 100}
 T0=$(date +%s)
 ts() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$O/progress.txt" >> "$L"; }
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -40,15 +40,15 @@ fi
 # the sparse kernels under compute-sanitizer while the CPU writes the models (the GPU is idle then)
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
 ( s=$(date +%s)
-  timeout 240 "$R/tests/cuda/test-cuda-sparse" > "$O/test-cuda-sparse.log" 2>&1
+  timeout 60 "$R/tests/cuda/test-cuda-sparse" > "$O/test-cuda-sparse.log" 2>&1
   echo "test-cuda-sparse rc=$? ok=$(grep -c '^ok' "$O/test-cuda-sparse.log") notok=$(grep -c '^not ok' "$O/test-cuda-sparse.log")"
   grep '^not ok' "$O/test-cuda-sparse.log" | head -5
-  timeout 240 "$CS" --tool racecheck "$R/tests/cuda/test-cuda-sparse" --no-timing > "$O/racecheck-sparse.log" 2>&1
+  timeout 110 "$CS" --tool racecheck "$R/tests/cuda/test-cuda-sparse" --no-timing > "$O/racecheck-sparse.log" 2>&1
   echo "racecheck test-cuda-sparse rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' "$O/racecheck-sparse.log")"
   grep "RACECHECK SUMMARY" "$O/racecheck-sparse.log" | tail -1
-  timeout 240 "$CS" --tool memcheck --leak-check full --error-exitcode 9 "$R/tests/cuda/test-cuda-sparse" --no-timing > "$O/memcheck-sparse.log" 2>&1
+  timeout 110 "$CS" --tool memcheck --leak-check full --error-exitcode 9 "$R/tests/cuda/test-cuda-sparse" --no-timing > "$O/memcheck-sparse.log" 2>&1
   echo "memcheck test-cuda-sparse rc=$?"; grep -E "ERROR SUMMARY|LEAK SUMMARY" "$O/memcheck-sparse.log" | tail -2
-  PI_CUDA_TEST=short-sparse timeout 200 "$CS" --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-backend-cuda" \
+  PI_CUDA_TEST=short-sparse timeout 90 "$CS" --tool memcheck --error-exitcode 9 "$R/tests/cuda/test-backend-cuda" \
     > "$O/memcheck-backend-sparse.log" 2>&1
   echo "memcheck backend sparse rc=$?"; grep "ERROR SUMMARY" "$O/memcheck-backend-sparse.log" | tail -1
   echo "sanitizers took $(( $(date +%s) - s )) s" ) > /tmp/san.txt 2>&1 &
@@ -94,14 +94,19 @@ pb() { # pb BUILD_DIR ARGS...: pi-bench of that build over the pinfer file at 4G
   "$b/coordinator/pi-bench" -m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-workers 1 -t 15 --run-dir /tmp/pirun \
       -o md --log-level info --vram-budget 4G --sparsity safe "$@"
 }
-for round in 1 2; do
-  measured base-r$round 120 pb "$R/base"
-  for sp in $SPINS; do measured new-spin$sp-r$round 120 pb "$R" --set tune.worker_spin_us=$sp; done
-  measured ll-ngl25-r$round 90 $LB -m $M -ngl 25 -t 16 -p 0 -n 64 -r 3 -o md
-  ts "round $round done"
-done
+# in the order of what matters most, so that a short budget skips the least (measured skips what does
+# not fit): round 1 with every spin, the CPU alone, then round 2
+round() { # round N SPIN...
+  local r=$1; shift
+  measured base-r$r 110 pb "$R/base"
+  for sp in "$@"; do measured new-spin$sp-r$r 110 pb "$R" --set tune.worker_spin_us=$sp; done
+  measured ll-ngl25-r$r 80 $LB -m $M -ngl 25 -t 16 -p 0 -n 64 -r 3 -o md
+  ts "round $r done"
+}
+round 1 $SPINS
 # the CPU alone, 16 threads
-measured base-cpu 150 "$R/base/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
-measured new-cpu 150 "$R/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
-measured ll-cpu 90 $LB -m $M -ngl 0 -t 16 -p 0 -n 32 -r 2 -o md
+measured new-cpu 120 "$R/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
+measured ll-cpu 80 $LB -m $M -ngl 0 -t 16 -p 0 -n 32 -r 2 -o md
+measured base-cpu 120 "$R/base/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
+round 2 ${SPINS%% *} ${SPINS##* }
 ts "all done"
