@@ -7,7 +7,7 @@
 # same rounds; then CPU only. While the models are written, the sparse CUDA kernels run under
 # compute-sanitizer (racecheck and memcheck, as tools/gpu-check.sh does).
 #
-# usage: bench-handoff-13b.sh [SECONDS] [SPINS]   (default 570 and "1000 100": round 2 runs the first and last)
+# usage: bench-handoff-13b.sh [SECONDS] [SPINS]   (default 570 and "1000 100": round 2 runs the first spin only)
 # Staging: as bench-sparse-13b.sh (a folder R with the new build's coordinator/{pi-bench,pi-coordinator},
 # gpu-worker/, cpu-worker/, compute/pinfer-cuda.so, tools/{pi-gen-model,pi-profile},
 # tests/cuda/{test-cuda-sparse,test-backend-cuda}, lib/, llama.tar.xz) plus R/base/ with the base build's
@@ -89,24 +89,23 @@ measured() {
   grep -hE "sparsity|exchange:|masked one-token|idle spin|error" /tmp/$name.out /tmp/$name.err | cut -c1-240 | head -12 >> "$L"
   echo "$name rc=$rc peak_mib=$(sort -n /tmp/poll-$name.txt | tail -1) $(( $(date +%s) - s )) s" >> "$L"
 }
-pb() { # pb BUILD_DIR ARGS...: pi-bench of that build over the pinfer file at 4G, safe
-  local b=$1; shift
-  "$b/coordinator/pi-bench" -m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-workers 1 -t 15 --run-dir /tmp/pirun \
-      -o md --log-level info --vram-budget 4G --sparsity safe "$@"
-}
+# pinfer's hybrid decode at 4G with its predictors (safe); the build is the program's directory
+PB="-m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-workers 1 -t 15 --run-dir /tmp/pirun -o md --log-level info --vram-budget 4G --sparsity safe"
+PC="-m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe"
 # in the order of what matters most, so that a short budget skips the least (measured skips what does
-# not fit): round 1 with every spin, the CPU alone, then round 2
+# not fit): round 1 with every spin, the CPU alone (the two builds alternated), then round 2
 round() { # round N SPIN...
   local r=$1; shift
-  measured base-r$r 110 pb "$R/base"
-  for sp in "$@"; do measured new-spin$sp-r$r 110 pb "$R" --set tune.worker_spin_us=$sp; done
+  measured base-r$r 110 "$R/base/coordinator/pi-bench" $PB
+  for sp in "$@"; do measured new-spin$sp-r$r 110 "$R/coordinator/pi-bench" $PB --set tune.worker_spin_us=$sp; done
   measured ll-ngl25-r$r 80 $LB -m $M -ngl 25 -t 16 -p 0 -n 64 -r 3 -o md
   ts "round $r done"
 }
 round 1 $SPINS
-# the CPU alone, 16 threads
-measured new-cpu 120 "$R/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
+for r in 1 2; do # the CPU alone, 16 threads
+  measured base-cpu-r$r 100 "$R/base/coordinator/pi-bench" $PC
+  measured new-cpu-r$r 100 "$R/coordinator/pi-bench" $PC
+done
 measured ll-cpu 80 $LB -m $M -ngl 0 -t 16 -p 0 -n 32 -r 2 -o md
-measured base-cpu 120 "$R/base/coordinator/pi-bench" -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe
-round 2 ${SPINS%% *} ${SPINS##* }
+round 2 ${SPINS%% *}
 ts "all done"
