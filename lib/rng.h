@@ -24,6 +24,10 @@ struct pi_rng {
  * Used to expand a 64-bit seed into the 256-bit state; exposed for tests and for deriving seeds. */
 uint64_t pi_rng_splitmix64(uint64_t *state);
 
+/* Advance a SplitMix64 state past n outputs at once (the state moves by a constant per output), so that
+ * output k of a stream can be drawn without the k before it. */
+static inline void pi_rng_splitmix64_skip(uint64_t *state, uint64_t n) { *state += n * 0x9e3779b97f4a7c15ULL; }
+
 /* Seed r from a 64-bit seed: s[0..3] are the first four SplitMix64 outputs from state = seed. Any
  * seed is valid, 0 included. */
 void pi_rng_seed(struct pi_rng *r, uint64_t seed);

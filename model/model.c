@@ -17,6 +17,7 @@
 
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -696,14 +697,32 @@ uint64_t pi_model_decode_bytes(const pi_model_t *m)
 struct gen {
     const struct pi_model_gen *g;
     pi_gguf_writer_t *w;
-    uint64_t rng;
-    float *buf;      /* (largest cols) f32 staging: one row */
+    uint64_t rng;    /* the main stream (SplitMix64 state): every tensor's random values in file order */
+    float *buf;      /* (n_threads, largest cols) f32 staging: one row per thread */
     void *qbuf;      /* (largest rows * cols) a tensor quantised */
     float *down;     /* (n_embd, n_ff) f32: the current layer's down matrix (gen_down) */
     struct gen_loc *loc; /* locality models only (below) */
+    pi_pool_t *pool; /* rows in parallel (gen_tensor_src, gen_down); NULL: one thread */
+    float *deq;      /* (n_threads, largest cols) the locality rewrite's scratch: a dequantised row */
+    void *qrow;      /* (n_threads, largest cols * 8 bytes) and a quantised row */
+    int64_t cols_max;
 };
 
-static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols);
+/* One thread's row scratch (the staging row, the locality rewrite's dequantised and quantised rows). */
+struct gen_scratch {
+    float *row, *deq;
+    void *qrow;
+};
+
+static struct gen_scratch gen_scratch_of(const struct gen *G, int thread)
+{
+    const size_t c = (size_t)G->cols_max;
+    return (struct gen_scratch){G->buf + (size_t)thread * c, G->deq + (size_t)thread * c,
+                                (char *)G->qrow + (size_t)thread * c * 8};
+}
+
+static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols,
+                   const struct gen_scratch *sc);
 static int gen_pred_exact(struct gen *G, int il);
 static int gen_vocab(struct gen *G);
 
@@ -714,8 +733,61 @@ static float gen_uniform(uint64_t *s)
     return (float)((double)(z >> 11) * (2.0 / 9007199254740992.0) - 1.0);
 }
 
+/* The rows of one gen_tensor_src call. */
+struct gen_job {
+    struct gen *G;
+    const char *name;
+    enum pi_type t;
+    int64_t rows, cols;  /* rows of values; the reshape hook's extra row is zeros */
+    bool norm, nan;
+    const float *src;    /* NULL: from the stream, else element (r, j) at src[r * rs + j * cs] */
+    int64_t rs, cs;
+    float sd;
+    uint64_t rb;         /* bytes of a quantised row */
+    uint64_t s0;         /* the main stream's state at row 0: row r draws outputs r * cols .. + cols - 1 */
+    _Atomic int rc;
+};
+
+/* Row r of job j into its place in qbuf, drawing from *s (at row r's first output) when it has no src. */
+static int gen_row(const struct gen_job *j, int64_t r, uint64_t *s, const struct gen_scratch *sc)
+{
+    struct gen *G = j->G;
+    float *row = sc->row;
+    const int64_t cols = j->cols;
+    if (!j->src)
+        for (int64_t k = 0; k < cols; k++) row[k] = (j->norm ? 1.0f : 0.0f) + j->sd * gen_uniform(s);
+    else if (r < j->rows)
+        for (int64_t k = 0; k < cols; k++) row[k] = j->src[r * j->rs + k * j->cs];
+    else /* the reshape hook's extra row */
+        memset(row, 0, (size_t)cols * sizeof *row);
+    for (int64_t k = 0; j->nan && k < cols; k++) row[k] = k % 3 == 0 ? NAN : k % 3 == 1 ? INFINITY : -INFINITY;
+    if (G->loc && !j->src) {
+        int rc = loc_row(G, j->name, j->t, r, row, cols, sc);
+        if (rc < 0) return rc;
+    }
+    char *q = (char *)G->qbuf + (size_t)r * j->rb;
+    if (pi_type_get(j->t) && pi_kernel_supported(j->t)) pi_quantize_row(j->t, row, q, cols);
+    else memset(q, 0, (size_t)j->rb); /* the retype hook's integer types */
+    return 0;
+}
+
+static void gen_rows(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct gen_job *j = ctx;
+    const struct gen_scratch sc = gen_scratch_of(j->G, thread);
+    uint64_t s = j->s0;
+    pi_rng_splitmix64_skip(&s, (uint64_t)begin * (uint64_t)j->cols);
+    for (int64_t r = begin; r < end && atomic_load_explicit(&j->rc, memory_order_relaxed) == 0; r++) {
+        int rc = gen_row(j, r, &s, &sc);
+        if (rc < 0) atomic_store(&j->rc, rc);
+    }
+}
+
 /* One tensor (rows, cols) of type t; norm = vector near 1 (rows == 0). src NULL: random values from
- * the stream; else element (r, j) is src[r * rs + j * cs] (the values final: no locality rewrite). */
+ * the stream; else element (r, j) is src[r * rs + j * cs] (the values final: no locality rewrite).
+ * Rows go in parallel on G->pool, each from its own place in the stream (so the bytes do not depend on
+ * the threads), except the locality model's token_embd, whose rows add up the embedding's statistics
+ * in order. */
 static int gen_tensor_src(struct gen *G, const char *name, enum pi_type t, int64_t rows, int64_t cols, bool norm,
                           const float *src, int64_t rs, int64_t cs)
 {
@@ -724,29 +796,22 @@ static int gen_tensor_src(struct gen *G, const char *name, enum pi_type t, int64
     if (G->g->omit && strcmp(name, G->g->omit) == 0) return 0;
     if (G->g->reshape && strcmp(name, G->g->reshape) == 0) r_out = rows + 1;
     if (G->g->retype && strcmp(name, G->g->retype) == 0) t = G->g->retype_as;
-    float sd = norm ? 0.1f : 1.7320508f / sqrtf((float)cols); /* uniform: sd = a / sqrt(3) */
     int64_t nr = norm ? 1 : r_out;
     if (!pi_type_row_bytes(t, (uint64_t)cols, &rb)) {
         pi_error("gen: %s: %lld columns are not whole %s blocks", name, (long long)cols, pi_type_name(t));
         return -PI_ERR_INVAL;
     }
-    bool nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0;
-    for (int64_t r = 0; r < nr; r++) {
-        float *row = G->buf;
-        if (!src)
-            for (int64_t j = 0; j < cols; j++) row[j] = (norm ? 1.0f : 0.0f) + sd * gen_uniform(&G->rng);
-        else if (r < rows)
-            for (int64_t j = 0; j < cols; j++) row[j] = src[r * rs + j * cs];
-        else /* the reshape hook's extra row */
-            memset(row, 0, (size_t)cols * sizeof *row);
-        for (int64_t j = 0; nan && j < cols; j++) row[j] = j % 3 == 0 ? NAN : j % 3 == 1 ? INFINITY : -INFINITY;
-        if (G->loc && !src) {
-            int rc = loc_row(G, name, t, r, row, cols);
-            if (rc < 0) return rc;
-        }
-        if (pi_type_get(t) && pi_kernel_supported(t)) pi_quantize_row(t, row, (char *)G->qbuf + (size_t)r * rb, cols);
-        else memset((char *)G->qbuf + (size_t)r * rb, 0, (size_t)rb); /* the retype hook's integer types */
-    }
+    struct gen_job j = {.G = G, .name = name, .t = t, .rows = rows, .cols = cols, .norm = norm,
+                        .nan = G->g->nan_norm && strcmp(name, G->g->nan_norm) == 0, .src = src, .rs = rs, .cs = cs,
+                        .sd = norm ? 0.1f : 1.7320508f / sqrtf((float)cols), /* uniform: sd = a / sqrt(3) */
+                        .rb = rb, .s0 = G->rng};
+    atomic_init(&j.rc, 0);
+    const bool in_order = G->loc && !src && strcmp(name, "token_embd.weight") == 0;
+    if (in_order) gen_rows(&j, 0, nr, 0);
+    else pi_pool_for(G->pool, nr, 16, gen_rows, &j);
+    if (!src) pi_rng_splitmix64_skip(&G->rng, (uint64_t)nr * (uint64_t)cols);
+    int rc = atomic_load(&j.rc);
+    if (rc < 0) return rc;
     ne[0] = (uint64_t)cols;
     ne[1] = (uint64_t)nr;
     return pi_gguf_writer_add_tensor(G->w, name, t, norm ? 1 : 2, ne, G->qbuf);
@@ -761,19 +826,43 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
  * as blk.N.ffn_down (unless powerinfer: PowerInfer's files have none) and, with down_t or powerinfer,
  * transposed as blk.N.ffn_down_t (n_ff, n_embd). Both then hold the same values (each quantised along
  * its own rows), and the stream, so every other tensor, is the same whichever of them is written. */
+struct gen_down_job {
+    struct gen *G;
+    const char *name;
+    enum pi_type t;
+    uint64_t s0; /* the stream at row 0: row r draws outputs r * n_ff .. + n_ff - 1 */
+    _Atomic int rc;
+};
+
+static void gen_down_rows(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    struct gen_down_job *j = ctx;
+    struct gen *G = j->G;
+    const int64_t ff = G->g->n_ff;
+    const float sd = 1.7320508f / sqrtf((float)ff);
+    const struct gen_scratch sc = gen_scratch_of(G, thread);
+    uint64_t s = j->s0;
+    pi_rng_splitmix64_skip(&s, (uint64_t)begin * (uint64_t)ff);
+    for (int64_t r = begin; r < end; r++) {
+        float *row = G->down + r * ff;
+        for (int64_t k = 0; k < ff; k++) row[k] = sd * gen_uniform(&s);
+        int rc = G->loc ? loc_row(G, j->name, j->t, r, row, ff, &sc) : 0;
+        if (rc < 0) atomic_store(&j->rc, rc);
+    }
+}
+
 static int gen_down(struct gen *G, int il, enum pi_type t)
 {
     const struct pi_model_gen *g = G->g;
     const int64_t d = g->n_embd, ff = g->n_ff;
-    const float sd = 1.7320508f / sqrtf((float)ff);
     char name[96];
-    int rc = 0;
     snprintf(name, sizeof name, "blk.%d.ffn_down.weight", il);
-    for (int64_t r = 0; r < d; r++) {
-        float *row = G->down + r * ff;
-        for (int64_t j = 0; j < ff; j++) row[j] = sd * gen_uniform(&G->rng);
-        if (G->loc && (rc = loc_row(G, name, t, r, row, ff)) < 0) return rc;
-    }
+    struct gen_down_job j = {.G = G, .name = name, .t = t, .s0 = G->rng};
+    atomic_init(&j.rc, 0);
+    pi_pool_for(G->pool, d, 16, gen_down_rows, &j); /* each row from its own place in the stream */
+    pi_rng_splitmix64_skip(&G->rng, (uint64_t)d * (uint64_t)ff);
+    int rc = atomic_load(&j.rc);
+    if (rc < 0) return rc;
     if (!g->powerinfer && (rc = gen_tensor_src(G, name, t, d, ff, false, G->down, ff, 1)) < 0) return rc;
     snprintf(name, sizeof name, "blk.%d.ffn_down_t.weight", il);
     if (g->down_t || g->powerinfer) rc = gen_tensor_src(G, name, t, ff, d, false, G->down, 1, ff);
@@ -1121,27 +1210,27 @@ static void loc_gate_low_rank(struct gen *G, int il, int64_t r, float *row)
     }
 }
 
-static int loc_gate(struct gen *G, enum pi_type t, int64_t r, float *row)
+static int loc_gate(struct gen *G, enum pi_type t, int64_t r, float *row, const struct gen_scratch *sc)
 {
     struct gen_loc *L = G->loc;
     double V = (double)G->g->n_vocab;
     for (int64_t j = L->z0; j <= L->c; j++) row[j] = 0.0f;
     for (int round = 0; round < 3; round++) {
         double mu = 0, var = 0;
-        pi_quantize_row(t, row, L->qrow, L->d);
-        pi_dequant_row(t, L->qrow, L->deq, L->d);
+        pi_quantize_row(t, row, sc->qrow, L->d);
+        pi_dequant_row(t, sc->qrow, sc->deq, L->d);
         for (int64_t j = 0; j < L->d; j++) {
             if (j == L->c) continue;
-            double m = L->emb_sum[j] / V, v = L->emb_sq[j] / V - m * m, a = (double)L->deq[j] * L->ffn_norm[j];
+            double m = L->emb_sum[j] / V, v = L->emb_sq[j] / V - m * m, a = (double)sc->deq[j] * L->ffn_norm[j];
             mu += a * m;
             var += a * a * (v > 0 ? v : 0);
         }
         row[L->c] = (float)((sqrt(var) * L->z[r] - mu) / (L->k_eff * L->ffn_norm[L->c]));
     }
     if (L->gc) { /* what the file will hold on channel c, for the exact predictors */
-        pi_quantize_row(t, row, L->qrow, L->d);
-        pi_dequant_row(t, L->qrow, L->deq, L->d);
-        L->gc[r] = L->deq[L->c];
+        pi_quantize_row(t, row, sc->qrow, L->d);
+        pi_dequant_row(t, sc->qrow, sc->deq, L->d);
+        L->gc[r] = sc->deq[L->c];
     }
     return 0;
 }
@@ -1190,7 +1279,11 @@ static int gen_pred_exact(struct gen *G, int il)
     return rc < 0 ? rc : gen_tensor_src(G, name, PI_TYPE_F16, ff, rank, false, p, rank, 1);
 }
 
-static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols)
+/* The locality model's rewrite of row r of tensor `name` (thread scratch sc). Every row's rewrite is
+ * independent of the others' except token_embd's (the embedding's statistics add up in row order) and
+ * ffn_norm's (the layer's rates), which gen_tensor_src runs in order. */
+static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols,
+                   const struct gen_scratch *sc)
 {
     struct gen_loc *L = G->loc;
     char kind[32] = "";
@@ -1199,13 +1292,13 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
     if (strcmp(name, "token_embd.weight") == 0) {
         for (int64_t j = L->z0; j < L->c; j++) row[j] = 0.0f;
         row[L->c] = LOC_K;
-        pi_quantize_row(t, row, L->qrow, cols);
-        pi_dequant_row(t, L->qrow, L->deq, cols);
+        pi_quantize_row(t, row, sc->qrow, cols);
+        pi_dequant_row(t, sc->qrow, sc->deq, cols);
         for (int64_t j = 0; j < cols; j++) {
-            L->emb_sum[j] += L->deq[j];
-            L->emb_sq[j] += (double)L->deq[j] * L->deq[j];
+            L->emb_sum[j] += sc->deq[j];
+            L->emb_sq[j] += (double)sc->deq[j] * sc->deq[j];
         }
-        L->k_eff = L->deq[L->c];
+        L->k_eff = sc->deq[L->c];
         return 0;
     }
     if (il < 0) return 0;
@@ -1224,7 +1317,7 @@ static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, f
         for (int64_t j = 0; j < cols; j++) row[j] = loc_down(G, il, r, j);
     } else if (strcmp(kind, "ffn_gate") == 0) {
         if (L->gv) loc_gate_low_rank(G, il, r, row);
-        return loc_gate(G, t, r, row);
+        return loc_gate(G, t, r, row, sc);
     }
     return 0;
 }
@@ -1290,7 +1383,7 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
 {
     enum pi_type t = g->type ? g->type : PI_TYPE_F32;
     enum pi_type te = g->embd_type ? g->embd_type : t, to = g->out_type ? g->out_type : t;
-    struct gen G = {g, pi_gguf_writer_new(), g->seed, NULL, NULL, NULL, NULL};
+    struct gen G = {.g = g, .w = pi_gguf_writer_new(), .rng = g->seed};
     struct pi_model_gen gl;
     int64_t cols_max = PI_MAX(PI_MAX(g->n_embd, g->n_ff), g->pred_rank);
     int64_t rows_max = PI_MAX(PI_MAX(g->n_vocab, cols_max), 1) + 1; /* + 1: the reshape hook */
@@ -1302,11 +1395,17 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
         pi_gguf_writer_destroy(&G.w);
         return -PI_ERR_INVAL;
     }
-    G.buf = malloc((size_t)cols_max * sizeof(float));
+    /* rows in parallel (the bytes do not depend on the count) */
+    G.pool = g->n_threads == 1 ? NULL : pi_pool_new(g->n_threads > 0 ? g->n_threads : 0);
+    const size_t nt = (size_t)pi_pool_size(G.pool);
+    G.cols_max = cols_max;
+    G.buf = malloc(nt * (size_t)cols_max * sizeof(float));
+    G.deq = malloc(nt * (size_t)cols_max * sizeof(float));
+    G.qrow = malloc(nt * (size_t)cols_max * 8);
     /* 8 bytes an element: f64 and i64 (the retype hook) are the widest types */
     G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(double));
     G.down = malloc((size_t)g->n_embd * (size_t)g->n_ff * sizeof(float));
-    if (!G.w || !G.buf || !G.qbuf || !G.down) {
+    if (!G.w || (g->n_threads != 1 && !G.pool) || !G.buf || !G.deq || !G.qrow || !G.qbuf || !G.down) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }
@@ -1328,6 +1427,9 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
 out:
     loc_free(&G.loc);
     free(G.buf);
+    free(G.deq);
+    free(G.qrow);
+    pi_pool_destroy(&G.pool);
     free(G.qbuf);
     free(G.down);
     pi_gguf_writer_destroy(&G.w);

@@ -169,7 +169,8 @@ struct pi_model_gen {
      * so that engines which need a tokenizer (llama.cpp, PowerInfer) load the model; its
      * tokenizer.ggml.tokens must have n_vocab entries (pi_model_gen_vocab_size reads the count) */
     const char *vocab_from;
-    uint64_t seed;              /* weights are a function of the seed */
+    uint64_t seed;              /* weights are a function of the seed (and not of n_threads) */
+    int n_threads;              /* rows generated in parallel on this many threads; 0: every usable CPU */
     /* Known locality (doc/locality.md, "Models with known locality"): ReLU neurons that fire, over
      * random tokens, at designed per-neuron rates (pi_model_gen_locality_freq) with this mean share of
      * inactive neurons per layer (0: 0.9) and this share of neurons carrying 80% of the activations

@@ -146,6 +146,37 @@ static int load_gen(const struct pi_model_gen *g, const char *name, pi_model_t *
     return pi_model_open(p, NULL, m, err, len);
 }
 
+/* The generator's bytes are a function of the seed alone: one thread and three write the same file,
+ * for a plain model and a locality model with exact predictors (whose embedding statistics and gate
+ * rewrite run per row), in Q4_0. */
+static void test_gen_threads(void)
+{
+    for (int loc = 0; loc < 2; loc++) {
+        struct pi_model_gen g = small();
+        g.type = PI_TYPE_Q4_0;
+        g.n_embd = 128, g.n_ff = 320, g.n_vocab = 300;
+        if (loc) g.locality = true, g.gate_rank = 4, g.pred_exact = true, g.pred_rank = 9, g.act = PI_FFN_ACT_RELU;
+        char a[600], b[600];
+        snprintf(a, sizeof a, "%s", tmp_path("t1.gguf"));
+        snprintf(b, sizeof b, "%s", tmp_path("t3.gguf"));
+        g.n_threads = 1;
+        int ra = pi_model_gen_write(&g, a);
+        g.n_threads = 3;
+        int rb = pi_model_gen_write(&g, b);
+        FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+        bool same = ra == 0 && rb == 0 && fa && fb;
+        long n = 0;
+        for (int ca = 0, cb = 0; same && ca != EOF; n++) {
+            ca = fgetc(fa), cb = fgetc(fb);
+            same = ca == cb;
+        }
+        tap_ok(same && n > 100000, "%s model: 1 and 3 generating threads write the same %ld bytes",
+               loc ? "a locality" : "a plain", n - 1);
+        if (fa) fclose(fa);
+        if (fb) fclose(fb);
+    }
+}
+
 static void test_generated(void)
 {
     char err[256];
@@ -453,6 +484,7 @@ int main(void)
     test_tiny();
     test_activation_rules();
     test_generated();
+    test_gen_threads();
     test_powerinfer_layout();
     test_broken();
     const char *names[] = {"ok.gguf", "dt.gguf", "pwri.gguf", "pwri-q4.gguf", "bad.gguf"};
