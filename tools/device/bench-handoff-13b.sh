@@ -13,7 +13,7 @@
 # tests/cuda/{test-cuda-sparse,test-backend-cuda}, lib/, llama.tar.xz) plus R/base/ with the base build's
 # coordinator/, gpu-worker/, cpu-worker/ and compute/pinfer-cuda.so; one .devbench/bundle.tar.xz:
 #   mkdir -p /tmp/R && tar -C /tmp/R -xJf .devbench/bundle.tar.xz && R=/tmp/R OUT=... bash tools/device/bench-handoff-13b.sh
-# Results in $OUT/bench.log. Each pinfer run's log gives the GPU worker's mean exchange round trip
+# SAN=0 skips the sanitizers. Results in $OUT/bench.log. Each pinfer run's log gives the GPU worker's mean exchange round trip
 # ("exchange: ... mean") and the CPU worker's time from the publish seen to its partial posted
 # ("masked one-token steps, mean"): their difference is the hand-off's own latency.
 set -u
@@ -33,13 +33,13 @@ if [ ! -x $LB ]; then
   [ -d /tmp/ext/lcpp ] || tar -C /tmp/ext -xJf "$R/llama.tar.xz"
   ( cd /tmp/ext/lcpp && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cmake.log 2>&1 &&
-    ninja -C build -j 11 llama-bench > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) &
+    ninja -C build -j 14 llama-bench > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) &
   BPID=$!
 fi
 
 # the sparse kernels under compute-sanitizer while the CPU writes the models (the GPU is idle then)
 CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
-( s=$(date +%s)
+[ "${SAN:-1}" = 1 ] && ( s=$(date +%s)
   timeout 60 "$R/tests/cuda/test-cuda-sparse" > "$O/test-cuda-sparse.log" 2>&1
   echo "test-cuda-sparse rc=$? ok=$(grep -c '^ok' "$O/test-cuda-sparse.log") notok=$(grep -c '^not ok' "$O/test-cuda-sparse.log")"
   grep '^not ok' "$O/test-cuda-sparse.log" | head -5
@@ -52,7 +52,7 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
     > "$O/memcheck-backend-sparse.log" 2>&1
   echo "memcheck backend sparse rc=$?"; grep "ERROR SUMMARY" "$O/memcheck-backend-sparse.log" | tail -1
   echo "sanitizers took $(( $(date +%s) - s )) s" ) > /tmp/san.txt 2>&1 &
-SPID=$!
+SPID=$!; [ "${SAN:-1}" = 1 ] || SPID=""
 
 M=/dev/shm/m13.gguf; MP=/dev/shm/m13p.gguf
 gen() { # gen OUT [FLAGS...]: one model, written to a temporary name first
