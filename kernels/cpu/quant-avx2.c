@@ -763,27 +763,36 @@ PI_X86_INLINE void mad_f16_n(const void *const *row, const float *a, int m, cons
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_f16, mad_f16_n)
 
-/* The same for Q8_0 rows, a block per step (x = q * d as dequant_q8_0), a prefetch every other block. */
+/* Eight Q8_0 weights q[0..8) as dequant_q8_0 makes them, x = q * d. */
+static inline __m256 q8_0_x8(const int8_t *q, __m256 d)
+{
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q))), d);
+}
+
+/* As mad_f16_n for Q8_0 rows, a block per step (x = q * d as dequant_q8_0), a prefetch every other block. y's
+ * four registers are named variables: held in an array indexed by loops that -O2 leaves rolled, they lived on
+ * the stack, a store and a reload per row and register (8.6 against 15.6 G elements/s for four rows, 2.8
+ * against 13.5 for one, rows in cache). Halves of blocks, as mad_q4_0_n, reach 13.4 for four rows: d and y twice. */
 PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
 {
     __m256 va[4];
     #pragma GCC unroll 4
     for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
     for (int64_t i = 0; i < n / 32; i++) {
-        __m256 yk[4];
-        for (int k = 0; k < 4; k++) yk[k] = _mm256_loadu_ps(y + 32 * i + 8 * k);
+        if (pf && (i & 1) == 0)
+            for (int r = 0; r < m; r++) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q8_0 *)pf[r] + i));
+        float *yb = y + 32 * i;
+        __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
+        __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
         #pragma GCC unroll 4
         for (int r = 0; r < m; r++) {
             const struct pi_block_q8_0 *b = (const struct pi_block_q8_0 *)row[r] + i;
-            if (pf && (i & 1) == 0) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q8_0 *)pf[r] + i));
             __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
-            #pragma GCC unroll 4
-            for (int k = 0; k < 4; k++) {
-                __m128i q = _mm_loadl_epi64((const __m128i *)(b->qs + 8 * k));
-                yk[k] = mad8(yk[k], va[r], _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-            }
+            y0 = mad8(y0, va[r], q8_0_x8(b->qs, d)), y1 = mad8(y1, va[r], q8_0_x8(b->qs + 8, d));
+            y2 = mad8(y2, va[r], q8_0_x8(b->qs + 16, d)), y3 = mad8(y3, va[r], q8_0_x8(b->qs + 24, d));
         }
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(y + 32 * i + 8 * k, yk[k]);
+        _mm256_storeu_ps(yb, y0), _mm256_storeu_ps(yb + 8, y1);
+        _mm256_storeu_ps(yb + 16, y2), _mm256_storeu_ps(yb + 24, y3);
     }
 }
 
