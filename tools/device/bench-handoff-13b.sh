@@ -13,7 +13,7 @@
 # tests/cuda/{test-cuda-sparse,test-backend-cuda}, lib/, llama.tar.xz) plus R/base/ with the base build's
 # coordinator/, gpu-worker/, cpu-worker/ and compute/pinfer-cuda.so; one .devbench/bundle.tar.xz:
 #   mkdir -p /tmp/R && tar -C /tmp/R -xJf .devbench/bundle.tar.xz && R=/tmp/R OUT=... bash tools/device/bench-handoff-13b.sh
-# SAN=0 skips the sanitizers. Results in $OUT/bench.log. Each pinfer run's log gives the GPU worker's mean exchange round trip
+# SAN=0 skips the sanitizers; LL=0 skips llama.cpp (its build and file); PT=N profiles N tokens (1024). Results in $OUT/bench.log. Each pinfer run's log gives the GPU worker's mean exchange round trip
 # ("exchange: ... mean") and the CPU worker's time from the publish seen to its partial posted
 # ("masked one-token steps, mean"): their difference is the hand-off's own latency.
 set -u
@@ -29,7 +29,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 LB=/tmp/ext/lcpp/build/bin/llama-bench
 mkdir -p /tmp/ext
 BPID=""
-if [ ! -x $LB ]; then
+if [ "${LL:-1}" = 1 ] && [ ! -x $LB ]; then
   [ -d /tmp/ext/lcpp ] || tar -C /tmp/ext -xJf "$R/llama.tar.xz"
   ( cd /tmp/ext/lcpp && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cmake.log 2>&1 &&
@@ -62,12 +62,12 @@ gen() { # gen OUT [FLAGS...]: one model, written to a temporary name first
       > "/tmp/gen-$(basename "$out").log" 2>&1 && mv "$out.tmp" "$out"
 }
 ts "gen start"
-gen $M & G1=$!
+G1=""; [ "${LL:-1}" = 1 ] && { gen $M & G1=$!; }
 gen $MP --pred-exact & G2=$!
 wait $G1 $G2
 ts "gen done: $(ls -la $M $MP 2>&1 | awk '{print $5, $9}' | tr '\n' ' ')"
 if [ ! -s /dev/shm/m13p.pinfer.gguf ]; then
-  "$R/tools/pi-profile" -m $MP --random 1024 -c 512 -t 12 > /tmp/profile.log 2>&1
+  "$R/tools/pi-profile" -m $MP --random ${PT:-1024} -c 512 -t 12 > /tmp/profile.log 2>&1
   ts "profile rc=$?"; tail -2 /tmp/profile.log >> "$L"
 fi
 wait $BPID $SPID
@@ -96,16 +96,16 @@ PC="-m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe"
 # not fit): round 1 with every spin, the CPU alone (the two builds alternated), then round 2
 round() { # round N SPIN...
   local r=$1; shift
-  measured base-r$r 110 "$R/base/coordinator/pi-bench" $PB
-  for sp in "$@"; do measured new-spin$sp-r$r 110 "$R/coordinator/pi-bench" $PB --set tune.worker_spin_us=$sp; done
-  measured ll-ngl25-r$r 80 $LB -m $M -ngl 25 -t 16 -p 0 -n 64 -r 3 -o md
+  measured base-r$r 50 "$R/base/coordinator/pi-bench" $PB
+  for sp in "$@"; do measured new-spin$sp-r$r 50 "$R/coordinator/pi-bench" $PB --set tune.worker_spin_us=$sp; done
+  [ "${LL:-1}" = 1 ] && measured ll-ngl25-r$r 80 $LB -m $M -ngl 25 -t 16 -p 0 -n 64 -r 3 -o md
   ts "round $r done"
 }
 round 1 $SPINS
 for r in 1 2; do # the CPU alone, 16 threads
-  measured base-cpu-r$r 100 "$R/base/coordinator/pi-bench" $PC
-  measured new-cpu-r$r 100 "$R/coordinator/pi-bench" $PC
+  measured base-cpu-r$r 30 "$R/base/coordinator/pi-bench" $PC
+  measured new-cpu-r$r 30 "$R/coordinator/pi-bench" $PC
 done
-measured ll-cpu 80 $LB -m $M -ngl 0 -t 16 -p 0 -n 32 -r 2 -o md
+[ "${LL:-1}" = 1 ] && measured ll-cpu 80 $LB -m $M -ngl 0 -t 16 -p 0 -n 32 -r 2 -o md
 round 2 ${SPINS%% *}
 ts "all done"
