@@ -130,7 +130,11 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
         v = atomic_load_explicit(word, memory_order_acquire);
         if (cond_met(v, ref, ge)) goto done;
         if (aborted(aux)) return -PI_ERR_PEER;
-        if (i >= spin && (spin_ns <= 0 || (i % 64 == 0 && pi_clock_ns() - t0 > spin_ns))) break;
+        if (i >= spin && spin_ns <= 0) break;
+        if (i >= spin && i % 64 == 0) { /* the timed spin: its end, and a yield every 64 reads */
+            if (pi_clock_ns() - t0 > spin_ns) break;
+            sched_yield(); /* a CPU another thread needs (the process we wait for) goes to it */
+        }
         pi_cpu_relax();
     }
     if (timeout_ns >= 0) /* from the start of the wait: a timed spin is part of the timeout */

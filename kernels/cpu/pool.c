@@ -8,7 +8,8 @@
  * late can never claim (or read the fields of) a newer job by mistake; job fields are read only after a
  * successful claim, and the caller cannot publish the next job before every claimed chunk has bumped
  * `done`. The caller claims chunks too and then waits for `done == n_chunks` (spin, then yield: on a
- * shared machine a worker may be preempted mid-chunk). Idle workers spin on `gen` for spin_ns, then
+ * shared machine a worker may be preempted mid-chunk). Idle workers spin on `gen` for spin_ns (yielding
+ * the CPU every 64 reads past the default 100 us), then
  * sleep in FUTEX_WAIT; the sleeper count and `gen` are sequentially consistent so a wake-up is never
  * lost (either the caller sees the sleeper, or the sleeper's futex_wait sees the new gen and returns).
  */
@@ -107,7 +108,12 @@ static void *worker_main(void *arg)
             const int64_t t0 = now_ns(), spin = atomic_load_explicit(&p->spin_ns, memory_order_relaxed);
             for (int i = 1; (g = atomic_load_explicit(&p->gen, memory_order_acquire)) == seen; i++) {
                 cpu_relax();
-                if (i % 64 == 0 && now_ns() - t0 > spin) break;
+                if (i % 64 != 0) continue;
+                const int64_t t = now_ns() - t0;
+                if (t > spin) break;
+                /* past the default spin, give the CPU to any thread that waits for it (a long spin on a
+                 * shared CPU would delay the process this pool's next job comes from) */
+                if (t > PI_POOL_SPIN_NS_DEFAULT) sched_yield();
             }
         }
         if (g == seen) {

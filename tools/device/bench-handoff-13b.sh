@@ -54,11 +54,15 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
   echo "sanitizers took $(( $(date +%s) - s )) s" ) > /tmp/san.txt 2>&1 &
 SPID=$!; [ "${SAN:-1}" = 1 ] || SPID=""
 
-M=/dev/shm/m13.gguf; MP=/dev/shm/m13p.gguf
+# SMOKE=1: the same flow on a 1B-shaped model with the host backend, 2 threads (a check of this
+# script on a machine without a GPU: its figures mean nothing)
+SMOKE=${SMOKE:-0}; PRESET=13b; BE=cuda; TH=15; TC=16; VB="--vram-budget 4G"; D=/dev/shm
+[ "$SMOKE" = 1 ] && { PRESET=1b; BE=host; TH=1; TC=2; VB="--hot-fraction 0.3"; D=/tmp; }
+M=$D/m13.gguf; MP=$D/m13p.gguf
 gen() { # gen OUT [FLAGS...]: one model, written to a temporary name first
   local out=$1; shift
   [ -s "$out" ] && return 0
-  "$R/tools/pi-gen-model" --preset 13b --type q4_0 --locality --gate-rank 16 --vocab-from "$PWD/tests/data/ggml-vocab-llama-spm.gguf" "$@" "$out.tmp" \
+  "$R/tools/pi-gen-model" --preset $PRESET --type q4_0 --locality --gate-rank 16 --vocab-from "$PWD/tests/data/ggml-vocab-llama-spm.gguf" "$@" "$out.tmp" \
       > "/tmp/gen-$(basename "$out").log" 2>&1 && mv "$out.tmp" "$out"
 }
 ts "gen start"
@@ -66,15 +70,15 @@ G1=""; [ "${LL:-1}" = 1 ] && { gen $M & G1=$!; }
 gen $MP --pred-exact & G2=$!
 wait $G1 $G2
 ts "gen done: $(ls -la $M $MP 2>&1 | awk '{print $5, $9}' | tr '\n' ' ')"
-if [ ! -s /dev/shm/m13p.pinfer.gguf ]; then
-  "$R/tools/pi-profile" -m $MP --random ${PT:-1024} -c 512 -t 12 > /tmp/profile.log 2>&1
+if [ ! -s $D/m13p.pinfer.gguf ]; then
+  "$R/tools/pi-profile" -m $MP --random ${PT:-1024} -c 512 -t $(( TC < 12 ? TC : 12 )) > /tmp/profile.log 2>&1
   ts "profile rc=$?"; tail -2 /tmp/profile.log >> "$L"
 fi
 wait $BPID $SPID
 cat /tmp/san.txt >> "$L"; tail -1 /tmp/lcpp-build.log >> "$L" 2>/dev/null
 ts "builds and sanitizers done"
 
-poll() { while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.1; done; }
+poll() { while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null; sleep 0.1; done; }
 # measured NAME SECONDS CMD...: CMD with the VRAM poll, at most SECONDS (skipped when fewer than
 # SECONDS + 10 s are left); its table rows, its placement, sparsity and hand-off lines into the log.
 measured() {
@@ -90,8 +94,8 @@ measured() {
   echo "$name rc=$rc peak_mib=$(sort -n /tmp/poll-$name.txt | tail -1) $(( $(date +%s) - s )) s" >> "$L"
 }
 # pinfer's hybrid decode at 4G with its predictors (safe); the build is the program's directory
-PB="-m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-workers 1 -t 15 --run-dir /tmp/pirun -o md --log-level info --vram-budget 4G --sparsity safe"
-PC="-m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --sparsity safe"
+PB="-m $MP -p 0 -n 64 -r 3 --gpu-backend $BE --cpu-workers 1 -t $TH --run-dir /tmp/pirun -o md --log-level info $VB --sparsity safe"
+PC="-m $MP -p 0 -n 32 -r 2 --gpu-backend none -t $TC -o md --sparsity safe"
 # in the order of what matters most, so that a short budget skips the least (measured skips what does
 # not fit): round 1 with every spin, the CPU alone (the two builds alternated), then round 2
 round() { # round N SPIN...
