@@ -772,7 +772,7 @@ static inline __m256 q8_0_x8(const int8_t *q, __m256 d)
 /* As mad_f16_n for Q8_0 rows, a block per step (x = q * d as dequant_q8_0), a prefetch every other block. y's
  * four registers are named variables: held in an array indexed by loops that -O2 leaves rolled, they lived on
  * the stack, a store and a reload per row and register (8.6 against 15.6 G elements/s for four rows, 2.8
- * against 13.5 for one, rows in cache). Halves of blocks, as mad_q4_0_n, reach 13.4 for four rows: d and y twice. */
+ * against 13.5 for one, rows in cache). Halves of blocks (mad_q4_0_n did) reach 13.4 for four rows: d and y twice. */
 PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
 {
     __m256 va[4];
@@ -798,62 +798,61 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q8_0, mad_q8_0_n)
 
-/* A Q4_0 block's 32 weights as dequant_q4_0 makes them, x = (q - 8) * d (exact in float), eight per
- * register in element order: the low nibbles of qs are elements 0..15, the high ones 16..31. */
-static inline void q4_0_x32(const struct pi_block_q4_0 *b, __m256 x[4])
+/* A Q4_0 block's 32 weights q - 8 as bytes, in element order: the low nibbles of qs are elements 0..15 (lo),
+ * the high ones 16..31 (hi). */
+struct q4_0_bytes {
+    __m128i lo, hi;
+};
+
+static inline struct q4_0_bytes q4_0_unpack_bytes(const struct pi_block_q4_0 *b)
 {
     const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
-    __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
     __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
-    __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8), hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
-    x[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d);
-    x[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))), d);
-    x[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d);
-    x[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))), d);
+    return (struct q4_0_bytes){_mm_sub_epi8(_mm_and_si128(v, m4), k8),
+                               _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8)};
 }
 
-static void vec_mad_q4_0(const void *row, float a, float *y, int64_t n)
+/* Eight Q4_0 weights as dequant_q4_0 makes them, x = (q - 8) * d (exact in float), from the low 8 bytes of q. */
+static inline __m256 q4_0_x8(__m128i q, __m256 d)
 {
-    const struct pi_block_q4_0 *b = row;
-    __m256 va = _mm256_set1_ps(a);
-    for (int64_t i = 0; i < n / 32; i++) {
-        __m256 x[4];
-        q4_0_x32(&b[i], x);
-        for (int k = 0; k < 4; k++) {
-            float *yk = y + 32 * i + 8 * k;
-            _mm256_storeu_ps(yk, mad8(_mm256_loadu_ps(yk), va, x[k]));
-        }
-    }
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
 }
 
-/* The same for Q4_0 rows, half a block (16 elements: the low nibbles, then the high ones) per step, so
- * that y's two registers, the m factors a and the block being unpacked stay within the 16 registers (a whole
- * block per step spills); a prefetch every third block, so that each 64-byte line of the pf rows gets one. */
+/* As mad_q8_0_n for Q4_0 rows, a block per step (x = (q - 8) * d as dequant_q4_0), a prefetch every third
+ * block, so that each 64-byte line of the pf rows gets one. y's four registers and the unpacked weights are
+ * named variables: in arrays indexed by loops that -O2 leaves rolled they live on the stack, a store and a
+ * reload per row and register (2.7 and 8.8 G elements/s for one and four rows, rows in cache). That, not
+ * register pressure, is what made a whole block per step look slow; halves of blocks, used until then, reach
+ * 8.4/9.5/10.0/10.1 for 1/2/3/4 rows against 10.3/11.6/11.5/11.8 (d and the nibbles unpacked twice). */
 PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, const void *const *pf, float *y, int64_t n)
 {
-    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
     __m256 va[4];
     #pragma GCC unroll 4
     for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
     for (int64_t i = 0; i < n / 32; i++) {
         if (pf && i % 3 == 0)
             for (int r = 0; r < m; r++) pi_x86_pf_line_l2((const uint8_t *)((const struct pi_block_q4_0 *)pf[r] + i));
-        for (int h = 0; h < 2; h++) {
-            float *yh = y + 32 * i + 16 * h;
-            __m256 y0 = _mm256_loadu_ps(yh), y1 = _mm256_loadu_ps(yh + 8);
-            #pragma GCC unroll 4
-            for (int r = 0; r < m; r++) {
-                const struct pi_block_q4_0 *b = (const struct pi_block_q4_0 *)row[r] + i;
-                __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
-                __m128i v = _mm_loadu_si128((const __m128i *)b->qs);
-                __m128i q = _mm_sub_epi8(_mm_and_si128(h ? _mm_srli_epi16(v, 4) : v, m4), k8);
-                __m256 x0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
-                __m256 x1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(q, q))), d);
-                y0 = mad8(y0, va[r], x0), y1 = mad8(y1, va[r], x1);
-            }
-            _mm256_storeu_ps(yh, y0), _mm256_storeu_ps(yh + 8, y1);
+        float *yb = y + 32 * i;
+        __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
+        __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+        #pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const struct pi_block_q4_0 *b = (const struct pi_block_q4_0 *)row[r] + i;
+            __m256 d = _mm256_set1_ps(pi_x86_h2f(b->d));
+            struct q4_0_bytes q = q4_0_unpack_bytes(b);
+            y0 = mad8(y0, va[r], q4_0_x8(q.lo, d)), y1 = mad8(y1, va[r], q4_0_x8(_mm_unpackhi_epi64(q.lo, q.lo), d));
+            y2 = mad8(y2, va[r], q4_0_x8(q.hi, d)), y3 = mad8(y3, va[r], q4_0_x8(_mm_unpackhi_epi64(q.hi, q.hi), d));
         }
+        _mm256_storeu_ps(yb, y0), _mm256_storeu_ps(yb + 8, y1);
+        _mm256_storeu_ps(yb + 16, y2), _mm256_storeu_ps(yb + 24, y3);
     }
+}
+
+/* One row: mad_q4_0_n's one-row copy, the floats of vec_mad4 with m = 1 (10.7 G elements/s; 8.9 for a loop
+ * over an array of the block's four registers, which lived on the stack). */
+static void vec_mad_q4_0(const void *row, float a, float *y, int64_t n)
+{
+    mad_q4_0_n(&row, &a, 1, NULL, y, n);
 }
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
