@@ -131,9 +131,10 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
         if (cond_met(v, ref, ge)) goto done;
         if (aborted(aux)) return -PI_ERR_PEER;
         if (i >= spin && spin_ns <= 0) break;
-        if (i >= spin && i % 64 == 0) { /* the timed spin: its end, and a yield every 64 reads */
-            if (pi_clock_ns() - t0 > spin_ns) break;
-            sched_yield(); /* a CPU another thread needs (the process we wait for) goes to it */
+        if (i >= spin && i % 64 == 0) { /* the timed spin: its end, and past 100 us a yield every 64 reads */
+            const int64_t t = pi_clock_ns() - t0;
+            if (t > spin_ns) break;
+            if (t > PI_FUTEX_SPIN_YIELD_NS) sched_yield(); /* a CPU another thread needs (the process we wait for) */
         }
         pi_cpu_relax();
     }

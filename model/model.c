@@ -822,10 +822,6 @@ static int gen_tensor(struct gen *G, const char *name, enum pi_type t, int64_t r
     return gen_tensor_src(G, name, t, rows, cols, norm, NULL, 0, 0);
 }
 
-/* Layer il's down matrix (n_embd, n_ff), drawn once from the stream as ffn_down always was, then written
- * as blk.N.ffn_down (unless powerinfer: PowerInfer's files have none) and, with down_t or powerinfer,
- * transposed as blk.N.ffn_down_t (n_ff, n_embd). Both then hold the same values (each quantised along
- * its own rows), and the stream, so every other tensor, is the same whichever of them is written. */
 struct gen_down_job {
     struct gen *G;
     const char *name;
@@ -851,6 +847,10 @@ static void gen_down_rows(void *ctx, int64_t begin, int64_t end, int thread)
     }
 }
 
+/* Layer il's down matrix (n_embd, n_ff), drawn once from the stream as ffn_down always was, then written
+ * as blk.N.ffn_down (unless powerinfer: PowerInfer's files have none) and, with down_t or powerinfer,
+ * transposed as blk.N.ffn_down_t (n_ff, n_embd). Both then hold the same values (each quantised along
+ * its own rows), and the stream, so every other tensor, is the same whichever of them is written. */
 static int gen_down(struct gen *G, int il, enum pi_type t)
 {
     const struct pi_model_gen *g = G->g;
@@ -1068,8 +1068,7 @@ struct gen_loc {
     float *ffn_norm;      /* (d) the current layer's ffn_norm */
     float *z;             /* (n_ff) Phi^-1 of the current layer's designed rates */
     double *base;         /* (n_ff) the designed rates in rank order (the same for every layer) */
-    float *deq;           /* (max cols) a dequantised row */
-    void *qrow;           /* (max cols * 8 bytes) a quantised row */
+    float *deq;           /* (max(cols, n_ff)) the current layer's designed rates (ffn_norm's rewrite) */
     float scale;          /* of attn_output and ffn_down */
     float *gv;            /* (gate_rank, d): the current layer's gate factor V (gate = U V), or NULL */
     float *gc;            /* (n_ff): the current layer's stored gate weights on channel c (pred_exact) */
@@ -1281,7 +1280,8 @@ static int gen_pred_exact(struct gen *G, int il)
 
 /* The locality model's rewrite of row r of tensor `name` (thread scratch sc). Every row's rewrite is
  * independent of the others' except token_embd's (the embedding's statistics add up in row order) and
- * ffn_norm's (the layer's rates), which gen_tensor_src runs in order. */
+ * ffn_norm's (the layer's rates, in shared scratch): gen_tensor_src keeps token_embd in row order, and a
+ * norm is one row, which the pool runs on the calling thread. */
 static int loc_row(struct gen *G, const char *name, enum pi_type t, int64_t r, float *row, int64_t cols,
                    const struct gen_scratch *sc)
 {
@@ -1332,7 +1332,6 @@ static void loc_free(struct gen_loc **pl)
     free(L->z);
     free(L->base);
     free(L->deq);
-    free(L->qrow);
     free(L->gv);
     free(L->gc);
     free(L->pred);
@@ -1360,9 +1359,8 @@ static int loc_new(struct gen *G, int64_t cols_max)
     L->ffn_norm = calloc((size_t)L->d, sizeof *L->ffn_norm);
     L->z = calloc((size_t)g->n_ff, sizeof *L->z);
     L->deq = calloc((size_t)PI_MAX(cols_max, g->n_ff), sizeof *L->deq);
-    L->qrow = calloc((size_t)cols_max, 8);
     L->base = calloc((size_t)g->n_ff, sizeof *L->base);
-    if (!L->emb_sum || !L->emb_sq || !L->ffn_norm || !L->z || !L->deq || !L->qrow || !L->base) return -PI_ERR_NOMEM;
+    if (!L->emb_sum || !L->emb_sq || !L->ffn_norm || !L->z || !L->deq || !L->base) return -PI_ERR_NOMEM;
     if (g->gate_rank < 0 || g->gate_rank > g->n_embd) {
         pi_error("gen: gate rank %d outside 0..n_embd (%d)", g->gate_rank, g->n_embd);
         return -PI_ERR_INVAL;
@@ -1405,7 +1403,11 @@ int pi_model_gen_write(const struct pi_model_gen *g, const char *path)
     /* 8 bytes an element: f64 and i64 (the retype hook) are the widest types */
     G.qbuf = malloc((size_t)rows_max * (size_t)cols_max * sizeof(double));
     G.down = malloc((size_t)g->n_embd * (size_t)g->n_ff * sizeof(float));
-    if (!G.w || (g->n_threads != 1 && !G.pool) || !G.buf || !G.deq || !G.qrow || !G.qbuf || !G.down) {
+    if (g->n_threads != 1 && !G.pool) {
+        rc = -PI_ERR_IO; /* pi_pool_new logged why */
+        goto out;
+    }
+    if (!G.w || !G.buf || !G.deq || !G.qrow || !G.qbuf || !G.down) {
         rc = -PI_ERR_NOMEM;
         goto out;
     }
