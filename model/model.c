@@ -761,7 +761,7 @@ static int gen_row(const struct gen_job *j, int64_t r, uint64_t *s, const struct
     else /* the reshape hook's extra row */
         memset(row, 0, (size_t)cols * sizeof *row);
     for (int64_t k = 0; j->nan && k < cols; k++) row[k] = k % 3 == 0 ? NAN : k % 3 == 1 ? INFINITY : -INFINITY;
-    if (G->loc && !j->src) {
+    if (G->loc && !j->src && (j->norm || r < j->rows)) { /* not the reshape hook's extra row (no neuron of its own) */
         int rc = loc_row(G, j->name, j->t, r, row, cols, sc);
         if (rc < 0) return rc;
     }
