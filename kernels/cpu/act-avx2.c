@@ -49,8 +49,11 @@ static int silu_min8(const float *gm, float *g, const float *u, int len)
     const int on = _mm256_movemask_ps(_mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_GT_OQ));
     const int above = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_mul_ps(m, _mm256_set1_ps(1.0f + NEAR)), _CMP_GT_OQ));
     const int below = _mm256_movemask_ps(_mm256_cmp_ps(a, _mm256_mul_ps(m, _mm256_set1_ps(1.0f - NEAR)), _CMP_LT_OQ));
+    /* g under -PI_VEXP_HI: e^-g is clamped, so |silu| is not libm's (whose e^-g stays finite to 88.72):
+     * the scalar rule decides */
+    const int far = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(gt), _mm256_set1_ps(-PI_VEXP_HI), _CMP_LT_OQ));
     const int real = (1 << len) - 1;
-    int keep = real & (~on | above), near = real & on & ~above & ~below;
+    int keep = real & (~on | (above & ~far)), near = real & on & ((~above & ~below) | far);
     for (int j = 0; near; j++, near >>= 1)
         if ((near & 1) && !pi_ffn_gate_skip(PI_FFN_ACT_SILU, gm[j], g[j])) keep |= 1 << j;
     float out[8];

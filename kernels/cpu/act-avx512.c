@@ -44,8 +44,11 @@ int64_t pi_ffn_silu_min_avx512(const float *gate_min, float *g, const float *u, 
             const __mmask16 on = _mm512_cmp_ps_mask(gm, _mm512_setzero_ps(), _CMP_GT_OQ);
             const __mmask16 above = _mm512_cmp_ps_mask(a, _mm512_mul_ps(gm, _mm512_set1_ps(1.0f + NEAR)), _CMP_GT_OQ);
             const __mmask16 below = _mm512_cmp_ps_mask(a, _mm512_mul_ps(gm, _mm512_set1_ps(1.0f - NEAR)), _CMP_LT_OQ);
-            __mmask16 keep = (__mmask16)(k & (~on | above));
-            __mmask16 near = (__mmask16)(k & on & ~above & ~below);
+            /* g under -PI_VEXP_HI: e^-g is clamped, so |silu| is not libm's (whose e^-g stays finite
+             * to 88.72): the scalar rule decides */
+            const __mmask16 far = _mm512_cmp_ps_mask(gv, _mm512_set1_ps(-PI_VEXP_HI), _CMP_LT_OQ);
+            __mmask16 keep = (__mmask16)(k & (~on | (above & ~far)));
+            __mmask16 near = (__mmask16)(k & on & ((~above & ~below) | far));
             for (int j = 0; near; j++, near >>= 1)
                 if ((near & 1) && !pi_ffn_gate_skip(PI_FFN_ACT_SILU, gate_min[i + j], gr[i + j]))
                     keep |= (__mmask16)(1u << j);

@@ -18,7 +18,8 @@ typedef void (*pi_ffn_silu_fn)(float *g, const float *u, int64_t n);
 /* g (n) = silu(g) * u where |silu(g)| > gate_min[i % ff] (gate_min (ff), thresholds > 0 or not), else
  * 0: pi_ffn_act_min's SiLU case over n whole rows of width ff. The skip decision is
  * pi_ffn_gate_skip's (libm's expf) wherever the vector SiLU is within a relative 2^-20 of the
- * threshold, so the neurons kept are exactly the portable rule's. Returns the count not skipped. */
+ * threshold or the vector exp clamps e^-g (g < -PI_VEXP_HI), so the neurons kept are exactly the
+ * portable rule's. Returns the count not skipped. */
 typedef int64_t (*pi_ffn_silu_min_fn)(const float *gate_min, float *g, const float *u, int64_t n, int64_t ff);
 
 #ifdef PI_HAVE_X86_SIMD
