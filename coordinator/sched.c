@@ -731,7 +731,9 @@ static void engine_failed(pi_sched_t *s, int rc, bool idle)
         snprintf(why, sizeof why, "a worker of the pipeline died during the request; the pipeline is being restarted");
     else snprintf(why, sizeof why, "the engine failed: %s", pi_err_str(rc));
     s->st.engine_errors++;
-    snprintf(s->st.last_error, sizeof s->st.last_error, "%s", why);
+    /* past the restart cap the reason stays the give-up's: a later notice (another worker of the dead
+     * pipeline exiting) must not make status read as if a restart were coming */
+    if (!s->st.gave_up) snprintf(s->st.last_error, sizeof s->st.last_error, "%s", why);
     s->st.ready = false;
     pthread_mutex_unlock(&s->mu);
     for (int i = 0; i < s->o.n_slots; i++) {
