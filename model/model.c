@@ -1068,7 +1068,7 @@ struct gen_loc {
     float *ffn_norm;      /* (d) the current layer's ffn_norm */
     float *z;             /* (n_ff) Phi^-1 of the current layer's designed rates */
     double *base;         /* (n_ff) the designed rates in rank order (the same for every layer) */
-    float *deq;           /* (max(cols, n_ff)) the current layer's designed rates (ffn_norm's rewrite) */
+    float *deq;           /* (n_ff) the current layer's designed rates, then their probits (ffn_norm's rewrite) */
     float scale;          /* of attn_output and ffn_down */
     float *gv;            /* (gate_rank, d): the current layer's gate factor V (gate = U V), or NULL */
     float *gc;            /* (n_ff): the current layer's stored gate weights on channel c (pred_exact) */
@@ -1358,7 +1358,7 @@ static int loc_new(struct gen *G, int64_t cols_max)
     L->emb_sq = calloc((size_t)L->d, sizeof *L->emb_sq);
     L->ffn_norm = calloc((size_t)L->d, sizeof *L->ffn_norm);
     L->z = calloc((size_t)g->n_ff, sizeof *L->z);
-    L->deq = calloc((size_t)PI_MAX(cols_max, g->n_ff), sizeof *L->deq);
+    L->deq = calloc((size_t)g->n_ff, sizeof *L->deq);
     L->base = calloc((size_t)g->n_ff, sizeof *L->base);
     if (!L->emb_sum || !L->emb_sq || !L->ffn_norm || !L->z || !L->deq || !L->base) return -PI_ERR_NOMEM;
     if (g->gate_rank < 0 || g->gate_rank > g->n_embd) {

@@ -200,18 +200,19 @@ extern "C" int pi_cuda_upload(pi_cuda_ctx_t *c, void *d_dst, const void *src, si
     return 0;
 }
 
-extern "C" int pi_cuda_download(pi_cuda_ctx_t *c, void *dst, const void *d_src, size_t bytes)
-{
-    if (!bytes) return 0;
-    PI_CU(cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, c->stream));
-    PI_CU(cudaStreamSynchronize(c->stream));
-    return 0;
-}
-
 extern "C" int pi_cuda_download_async(pi_cuda_ctx_t *c, void *dst, const void *d_src, size_t bytes)
 {
     if (!bytes) return 0;
     PI_CU(cudaMemcpyAsync(dst, d_src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    return 0;
+}
+
+extern "C" int pi_cuda_download(pi_cuda_ctx_t *c, void *dst, const void *d_src, size_t bytes)
+{
+    if (!bytes) return 0;
+    int rc = pi_cuda_download_async(c, dst, d_src, bytes);
+    if (rc != 0) return rc;
+    PI_CU(cudaStreamSynchronize(c->stream));
     return 0;
 }
 
