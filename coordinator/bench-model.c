@@ -26,6 +26,7 @@
 #include "compute/placement.h"
 #include "lib/common.h"
 #include "lib/log.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 
 #include <ctype.h>

@@ -17,6 +17,7 @@
 #include "lib/common.h"
 #include "lib/conf.h"
 #include "lib/log.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 
 #include <errno.h>

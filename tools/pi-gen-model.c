@@ -1,6 +1,7 @@
 /*
  * tools/pi-gen-model.c - writes a llama-family GGUF with random weights and real shapes, for
- * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in model/model.h).
+ * benchmarks and tests that need a model larger than the fixtures (pi_model_gen_write in
+ * model/model-gen.h).
  * The output has no tokenizer (feed it token ids) unless --vocab-from copies one from another GGUF.
  *
  *   pi-gen-model --preset 1b --type q4_0 /tmp/rand-1b-q4_0.gguf
@@ -15,7 +16,7 @@
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/log.h"
-#include "model/model.h"
+#include "model/model-gen.h"
 
 static void usage(FILE *out)
 {

@@ -59,6 +59,7 @@
 #include "lib/common.h"
 #include "lib/log.h"
 #include "lib/rng.h"
+#include "model/model-gen.h"
 #include "tests/test-pipeline-util.h"
 
 #define T_MAX 64

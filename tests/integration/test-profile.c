@@ -30,6 +30,7 @@
 #include "lib/common.h"
 #include "lib/rng.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"
@@ -274,7 +275,7 @@ static void exact_figures(const char *path, double *recall, double *skipped, boo
     pi_model_destroy(&m);
 }
 
-/* pi-gen-model --pred-exact (model/model.h pred_exact): predictors of rank 2R + 1 from the gate's factors.
+/* pi-gen-model --pred-exact (model/model-gen.h pred_exact): predictors of rank 2R + 1 from the gate's factors.
  * Demo shape, Q4_0, gate rank 16. The forward pass counts the truly active pairs from the stored
  * gate rows: misses are neurons within the gate's rounding of zero (96.6% recall on the 1B shape), so 0.9;
  * the designed sparsity is 0.9 and a predictor that foresees the firing neurons skips about as many

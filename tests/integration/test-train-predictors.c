@@ -24,6 +24,7 @@
 #include "compute/predictor-train.h"
 #include "compute/predictor.h"
 #include "lib/common.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"

@@ -34,6 +34,7 @@
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/rows16.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "tests/tap.h"
 

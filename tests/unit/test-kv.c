@@ -21,6 +21,7 @@
 #include "lib/common.h"
 #include "compute/forward.h"
 #include "compute/kv-cache.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "kernels/cpu/quant.h"
 #include "tests/tap.h"

@@ -14,6 +14,7 @@
 
 #include "lib/common.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "kernels/cpu/quant.h"
 #include "tests/tap.h"

@@ -20,6 +20,7 @@
 #include "lib/common.h"
 #include "lib/rng.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"

@@ -19,6 +19,7 @@
 #include "compute/predictor-train.h"
 #include "lib/common.h"
 #include "lib/rng.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "tests/tap.h"
 

@@ -15,6 +15,7 @@
 
 #include "lib/common.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"

@@ -23,6 +23,7 @@
 #include "kernels/cpu/quant.h"
 #include "lib/common.h"
 #include "lib/rng.h"
+#include "model/model-gen.h"
 #include "model/sidecar.h"
 #include "tests/tap.h"
 

@@ -14,6 +14,7 @@
  */
 #include "config.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "model/tensor-check.h"
 #include "kernels/cpu/quant.h"

@@ -26,6 +26,7 @@
 
 #include "lib/common.h"
 #include "model/gguf.h"
+#include "model/model-gen.h"
 #include "model/model.h"
 #include "text/tokenizer.h"
 #include "text/unicode.h"
