@@ -16,6 +16,7 @@
 #include "ipc/link.h"
 #include "ipc/control.h"
 #include "ipc/exchange.h"
+#include "ipc/futex.h"
 #include "ipc/shm.h"
 #include "kernels/cpu/dispatch.h"
 #include "kernels/cpu/ops.h"
@@ -32,7 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CW_SPIN 2000u
 #define CW_IDLE_NS (INT64_C(100) * 1000 * 1000)
 
 struct cw_opts {
@@ -190,7 +190,7 @@ static int serve(struct cw *c, int64_t d, uint32_t seen)
     for (;;) {
         if (c->link && pi_link_stopping(c->link)) return 0;
         struct pi_exchange_step st;
-        rc = pi_exchange_wait_publish(c->ex, seen, CW_SPIN, CW_IDLE_NS, &st);
+        rc = pi_exchange_wait_publish(c->ex, seen, PI_FUTEX_SPIN_DEFAULT, CW_IDLE_NS, &st);
         if (rc == -PI_ERR_TIMEOUT) continue;
         if (rc != 0) return rc;
         seen = st.seq;

@@ -134,7 +134,7 @@ static int wait_cond(_Atomic uint32_t *word, uint32_t ref, int ge, unsigned spin
         if (i >= spin && i % 64 == 0) { /* the timed spin: its end, and past 100 us a yield every 64 reads */
             const int64_t t = pi_clock_ns() - t0;
             if (t > spin_ns) break;
-            if (t > PI_FUTEX_SPIN_YIELD_NS) sched_yield(); /* a CPU another thread needs (the process we wait for) */
+            if (t > PI_SPIN_YIELD_NS) sched_yield(); /* a CPU another thread needs (the process we wait for) */
         }
         pi_cpu_relax();
     }

@@ -84,10 +84,9 @@ struct pi_futex_aux {
     _Atomic uint32_t *abort_word; /* non-zero: stop waiting, return -PI_ERR_PEER */
     _Atomic uint32_t *sleepers;   /* counted while asleep, for pi_futex_wake_sleepers */
     int64_t spin_ns;              /* > 0: after the spin reads, keep spinning until this long since the
-                                     wait began, past PI_FUTEX_SPIN_YIELD_NS yielding the CPU every 64
-                                     reads, then sleep (a waiter that expects the word soon) */
+                                     wait began, past PI_SPIN_YIELD_NS (lib/cpus.h) yielding the CPU
+                                     every 64 reads, then sleep (a waiter that expects the word soon) */
 };
-#define PI_FUTEX_SPIN_YIELD_NS 100000 /* as the thread pool's spin (kernels/cpu/pool.h) */
 
 /* As pi_futex_wait_ne / _ge, with an abort word and a sleeper count: while asleep the wait counts
  * itself in *aux->sleepers, so the writer may skip the wake system call with

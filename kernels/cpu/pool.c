@@ -111,9 +111,9 @@ static void *worker_main(void *arg)
                 if (i % 64 != 0) continue;
                 const int64_t t = now_ns() - t0;
                 if (t > spin) break;
-                /* past the default spin, give the CPU to any thread that waits for it (a long spin on a
+                /* past PI_SPIN_YIELD_NS, give the CPU to any thread that waits for it (a long spin on a
                  * shared CPU would delay the process this pool's next job comes from) */
-                if (t > PI_POOL_SPIN_NS_DEFAULT) sched_yield();
+                if (t > PI_SPIN_YIELD_NS) sched_yield();
             }
         }
         if (g == seen) {
