@@ -88,7 +88,9 @@ static bool compatible(const struct pi_backend_cuda_module *mod, const char *pat
 {
     if (mod->abi == PI_BACKEND_CUDA_ABI && mod->size_opts == sizeof(struct pi_backend_opts) &&
         mod->size_ops == sizeof(struct pi_backend_ops) && mod->size_model == sizeof(struct pi_model) &&
-        mod->size_layer == sizeof(struct pi_layer) && mod->backend_new && mod->usage && mod->mem_info)
+        mod->size_layer == sizeof(struct pi_layer) && mod->size_ptrain_samples == sizeof(struct pi_ptrain_samples) &&
+        mod->size_ptrain_engine == sizeof(struct pi_ptrain_engine) && mod->backend_new && mod->usage && mod->mem_info &&
+        mod->ptrain_new)
         return true;
     snprintf(failure, sizeof failure,
              "backend cuda: the module %s is from another build (pinfer %s, module ABI %u; this program: pinfer "
@@ -123,6 +125,13 @@ static void load_once(void)
     module = mod;
 }
 
+const struct pi_backend_cuda_module *pi_backend_cuda_try_load(char *why, size_t why_len)
+{
+    pthread_once(&once, load_once);
+    if (!module) snprintf(why, why_len, "%s", failure);
+    return module;
+}
+
 const struct pi_backend_cuda_module *pi_backend_cuda_load(void)
 {
     pthread_once(&once, load_once);
@@ -133,6 +142,12 @@ const struct pi_backend_cuda_module *pi_backend_cuda_load(void)
 #else /* !PI_HAVE_CUDA */
 
 void pi_backend_cuda_module_path(char *out, size_t len) { snprintf(out, len, "(none: built without CUDA)"); }
+
+const struct pi_backend_cuda_module *pi_backend_cuda_try_load(char *why, size_t why_len)
+{
+    snprintf(why, why_len, "this build has no CUDA (configure found no nvcc and cuBLAS)");
+    return NULL;
+}
 
 const struct pi_backend_cuda_module *pi_backend_cuda_load(void)
 {

@@ -7,6 +7,9 @@
  * with dlopen() the first time the cuda backend is asked for (pi_backend_check, pi_backend_new), so a
  * run with the host backend, or none, never maps it.
  *
+ * The module also holds the predictor trainer's cuda engine (compute/predictor-train-cuda.c), which
+ * pi-train-predictors opens through the same loader (compute/predictor-train.h, pi_ptrain_engine_new).
+ *
  * The module exports one symbol, PI_BACKEND_CUDA_MODULE_SYM, a struct pi_backend_cuda_module. Its
  * references into the program (logging, types, quantisation, the VRAM plan in libpinfer.a) resolve
  * against the program that loads it: such a program links with the export list the build derives
@@ -22,11 +25,14 @@
 #include <stdint.h>
 
 #include "compute/backend.h"
+#include "compute/predictor-train.h"
 
 #define PI_BACKEND_CUDA_MODULE_FILE "pinfer-cuda.so"
 #define PI_BACKEND_CUDA_MODULE_SYM "pi_backend_cuda_module"
 /* Bumped whenever this struct or the meaning of a member changes. */
-#define PI_BACKEND_CUDA_ABI 2 /* 2: ops.stream_rates replaced stream_bps, opts.thresholds */
+/* 2: ops.stream_rates replaced stream_bps, opts.thresholds; 3: the predictor trainer's engine (ptrain_new and
+ * the sizes of the two structs it shares) */
+#define PI_BACKEND_CUDA_ABI 3
 
 struct pi_backend_cuda_module {
     uint32_t abi; /* PI_BACKEND_CUDA_ABI */
@@ -39,12 +45,21 @@ struct pi_backend_cuda_module {
     void (*usage)(const pi_backend_t *b, uint64_t *budget, uint64_t *used, uint64_t *peak, uint64_t *planned,
                   uint64_t *overhead);
     int (*mem_info)(pi_backend_t *b, uint64_t *free_bytes, uint64_t *total_bytes);
+    /* compute/predictor-train-cuda.h: pi_ptrain_cuda_new; sizeof struct pi_ptrain_samples and struct
+     * pi_ptrain_engine as the module was built */
+    uint32_t size_ptrain_samples, size_ptrain_engine;
+    int (*ptrain_new)(const struct pi_ptrain_samples *s, int64_t batch, struct pi_ptrain_engine *e, char *why,
+                      size_t why_len);
 };
 
 /* The cuda backend's module, loaded on the first call (thread-safe) and kept for the life of the
  * process. NULL when it cannot be had, with the reason logged at each call: a build without CUDA,
  * or the module missing, unloadable (the path tried and dlerror()) or from another build. */
 const struct pi_backend_cuda_module *pi_backend_cuda_load(void);
+
+/* pi_backend_cuda_load without the log: NULL with the reason written to why (why_len bytes) when the
+ * module cannot be had. For callers that fall back quietly (pi-train-predictors --device auto). */
+const struct pi_backend_cuda_module *pi_backend_cuda_try_load(char *why, size_t why_len);
 
 /* The path the module is loaded from in this process (or would be: the first candidate that
  * exists, else the installed one), written to out; for messages and tests. */

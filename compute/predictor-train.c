@@ -2,19 +2,26 @@
  * compute/predictor-train.c - sample capture and per-layer training of the activation predictors
  * (contracts in compute/predictor-train.h, method in doc/predictors.md).
  *
- * Threading: every product is a pi_sgemm over the caller's pool; the element-wise passes (the loss and
- * its gradient per row, Adam per parameter block) are pool jobs whose results do not depend on which
- * thread ran them; sums over rows (the loss) are added on the calling thread in row order. Hence the
- * same bits for any pool size.
+ * Layout: the samples; the loss and its gradient; the cpu engine (struct pi_ptrain_engine over the
+ * pool); choosing an engine (the cuda one comes from the module pinfer-cuda.so,
+ * compute/predictor-train-cuda.c); the training policy of one rank, generic over the engine; storing,
+ * thresholds and the rank ladder, on the host whatever the engine.
+ *
+ * Threading (cpu engine): every product is a pi_sgemm over the caller's pool; the element-wise passes
+ * (the loss and its gradient per row, Adam per parameter block) are pool jobs whose results do not
+ * depend on which thread ran them; sums over rows (the loss) are added on the calling thread in row
+ * order. Hence the same bits for any pool size.
  */
 #include "config.h"
 
 #include <float.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "compute/predictor-train.h"
+#include "compute/backend-cuda-module.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/quant.h"
@@ -241,13 +248,12 @@ double pi_ptrain_loss_grad(pi_pool_t *pool, const struct pi_ptrain_samples *s, i
     return loss;
 }
 
-/* ---------------------------------------------------------------- training one rank */
+/* ---------------------------------------------------------------- the cpu engine */
 
 /* One network and its Adam state; p holds W1 (r, d) then W2 (ff, r), g, m, v the same layout. */
 struct net {
     int64_t r, d, ff, np; /* np = r d + ff r */
     float *p, *g, *m, *v, *best;
-    int64_t t; /* Adam steps */
 };
 
 static void net_free(struct net *n)
@@ -256,10 +262,10 @@ static void net_free(struct net *n)
     memset(n, 0, sizeof *n);
 }
 
-/* Random initial weights: H = X W1^T has variance about 2 and the logits about 1 (ms: mean x^2). */
-static int net_init(struct net *n, int64_t r, int64_t d, int64_t ff, double ms, uint64_t seed)
+/* Weights p0, moments zero. */
+static int net_init(struct net *n, int64_t r, int64_t d, int64_t ff, const float *p0)
 {
-    *n = (struct net){r, d, ff, r * d + ff * r, NULL, NULL, NULL, NULL, NULL, 0};
+    *n = (struct net){r, d, ff, r * d + ff * r, NULL, NULL, NULL, NULL, NULL};
     n->p = malloc((size_t)n->np * sizeof(float));
     n->g = malloc((size_t)n->np * sizeof(float));
     n->m = calloc((size_t)n->np, sizeof(float));
@@ -269,11 +275,8 @@ static int net_init(struct net *n, int64_t r, int64_t d, int64_t ff, double ms, 
         net_free(n);
         return -PI_ERR_NOMEM;
     }
-    struct pi_rng rng;
-    pi_rng_seed(&rng, seed);
-    double a1 = sqrt(3.0 * 2.0 / ((double)d * (ms > 0 ? ms : 1.0))), a2 = sqrt(3.0 / (double)r);
-    for (int64_t i = 0; i < n->np; i++) n->p[i] = (float)((2.0 * pi_rng_uniform(&rng) - 1.0) * (i < r * d ? a1 : a2));
-    memcpy(n->best, n->p, (size_t)n->np * sizeof(float));
+    memcpy(n->p, p0, (size_t)n->np * sizeof(float));
+    memcpy(n->best, p0, (size_t)n->np * sizeof(float));
     return 0;
 }
 
@@ -282,9 +285,6 @@ struct adam_task {
     float lr_t; /* lr sqrt(1 - b2^t) / (1 - b1^t) */
 };
 
-#define ADAM_B1 0.9f
-#define ADAM_B2 0.999f
-#define ADAM_EPS 1e-8f
 #define ADAM_GRAIN 4096
 
 static void adam_range(void *ctx, int64_t begin, int64_t end, int thread)
@@ -294,18 +294,10 @@ static void adam_range(void *ctx, int64_t begin, int64_t end, int thread)
     struct net *n = t->n;
     for (int64_t i = begin * ADAM_GRAIN; i < PI_MIN(end * ADAM_GRAIN, n->np); i++) {
         float g = n->g[i];
-        n->m[i] = ADAM_B1 * n->m[i] + (1.0f - ADAM_B1) * g;
-        n->v[i] = ADAM_B2 * n->v[i] + (1.0f - ADAM_B2) * g * g;
-        n->p[i] -= t->lr_t * n->m[i] / (sqrtf(n->v[i]) + ADAM_EPS);
+        n->m[i] = PI_PTRAIN_ADAM_B1 * n->m[i] + (1.0f - PI_PTRAIN_ADAM_B1) * g;
+        n->v[i] = PI_PTRAIN_ADAM_B2 * n->v[i] + (1.0f - PI_PTRAIN_ADAM_B2) * g * g;
+        n->p[i] -= t->lr_t * n->m[i] / (sqrtf(n->v[i]) + PI_PTRAIN_ADAM_EPS);
     }
-}
-
-static void adam_step(pi_pool_t *pool, struct net *n, float lr)
-{
-    n->t++;
-    double c1 = 1.0 - pow(ADAM_B1, (double)n->t), c2 = 1.0 - pow(ADAM_B2, (double)n->t);
-    struct adam_task t = {n, (float)(lr * sqrt(c2) / c1)};
-    pi_pool_for(pool, (n->np + ADAM_GRAIN - 1) / ADAM_GRAIN, 1, adam_range, &t);
 }
 
 /* Mean loss of the held-out set of layer il under weights p. */
@@ -323,6 +315,172 @@ static double heldout_loss(pi_pool_t *pool, const struct pi_ptrain_samples *s, i
     return sum / (double)nh;
 }
 
+/* The cpu engine: the pool's threads, on the host's copy of the samples. */
+struct cpu_engine {
+    pi_pool_t *pool;
+    const struct pi_ptrain_samples *s;
+    int64_t batch; /* the engine's batch (struct pi_ptrain_engine) */
+    int64_t B;     /* rows of a step and of a held-out batch (pi_ptrain_step_rows at init) */
+    int il;        /* the bound layer */
+    struct work w; /* B rows at the current rank */
+    struct net n;  /* the current rank's network */
+    int64_t *hidx; /* (B) held-out rows of a batch */
+};
+
+static void cpu_release(struct cpu_engine *c)
+{
+    work_free(&c->w);
+    net_free(&c->n);
+}
+
+static int cpu_layer(void *ctx, int il)
+{
+    ((struct cpu_engine *)ctx)->il = il;
+    return 0;
+}
+
+static int cpu_init(void *ctx, int64_t r, const float *p0)
+{
+    struct cpu_engine *c = ctx;
+    const struct pi_ptrain_samples *s = c->s;
+    cpu_release(c);
+    free(c->hidx);
+    c->B = pi_ptrain_step_rows(s, c->batch);
+    if (!(c->hidx = malloc((size_t)c->B * sizeof *c->hidx))) return -PI_ERR_NOMEM;
+    int rc = work_alloc(&c->w, c->B, r, s->n_embd, s->n_ff, s->mask_words);
+    if (rc == 0 && (rc = net_init(&c->n, r, s->n_embd, s->n_ff, p0)) < 0) work_free(&c->w);
+    return rc; /* -PI_ERR_NOMEM: logged by pi_ptrain_layer_on */
+}
+
+static int cpu_step(void *ctx, const int64_t *idx, int64_t nb, float lr_t, float pos_weight)
+{
+    struct cpu_engine *c = ctx;
+    const struct pi_ptrain_samples *s = c->s;
+    struct net *n = &c->n;
+    PI_ASSERT(n->p && nb >= 1 && nb <= c->B);
+    gather(s, PI_PTRAIN_TRAIN, c->il, idx, nb, &c->w);
+    batch_loss_grad(c->pool, &c->w, s->mask_words, n->p, n->p + n->r * n->d, nb, pos_weight, n->g, n->g + n->r * n->d);
+    struct adam_task t = {n, lr_t};
+    pi_pool_for(c->pool, (n->np + ADAM_GRAIN - 1) / ADAM_GRAIN, 1, adam_range, &t);
+    return 0;
+}
+
+static int cpu_heldout_loss(void *ctx, float pos_weight, double *loss)
+{
+    struct cpu_engine *c = ctx;
+    PI_ASSERT(c->n.p);
+    *loss = heldout_loss(c->pool, c->s, c->il, c->n.p, c->n.r, &c->w, c->hidx, pos_weight);
+    return 0;
+}
+
+static int cpu_save_best(void *ctx)
+{
+    struct cpu_engine *c = ctx;
+    memcpy(c->n.best, c->n.p, (size_t)c->n.np * sizeof(float));
+    return 0;
+}
+
+static int cpu_read(void *ctx, int buf, float *host)
+{
+    struct cpu_engine *c = ctx;
+    const float *src = buf == PI_PTRAIN_BUF_W ? c->n.p : buf == PI_PTRAIN_BUF_GRAD ? c->n.g : c->n.best;
+    PI_ASSERT(src && buf >= PI_PTRAIN_BUF_W && buf <= PI_PTRAIN_BUF_BEST);
+    memcpy(host, src, (size_t)c->n.np * sizeof(float));
+    return 0;
+}
+
+static void cpu_destroy(void *ctx)
+{
+    struct cpu_engine *c = ctx;
+    if (!c) return;
+    cpu_release(c);
+    free(c->hidx);
+    free(c);
+}
+
+static int cpu_engine_new(struct pi_ptrain_engine *e)
+{
+    struct cpu_engine *c = calloc(1, sizeof *c);
+    if (!c) return -PI_ERR_NOMEM;
+    c->pool = e->pool, c->s = e->s, c->batch = e->batch, c->il = 0;
+    e->ctx = c;
+    snprintf(e->desc, sizeof e->desc, "cpu, %d threads (%s GEMM)", e->pool ? pi_pool_size(e->pool) : 1,
+             pi_sgemm_kernel_name());
+    e->layer = cpu_layer, e->init = cpu_init, e->step = cpu_step, e->heldout_loss = cpu_heldout_loss;
+    e->save_best = cpu_save_best, e->read = cpu_read, e->destroy = cpu_destroy;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- engines */
+
+/* The cuda engine from the module into e: 0, or a negative pi_err with the reason in why (not logged
+ * when the module or a device is missing: AUTO then falls back quietly). */
+static int cuda_engine_new(struct pi_ptrain_engine *e, char *why, size_t len)
+{
+    const struct pi_backend_cuda_module *mod = pi_backend_cuda_try_load(why, len);
+    if (!mod) return -PI_ERR_UNSUPPORTED;
+    return mod->ptrain_new(e->s, e->batch, e, why, len);
+}
+
+int pi_ptrain_engine_new(pi_pool_t *pool, const struct pi_ptrain_samples *s, const struct pi_ptrain_opts *o,
+                         struct pi_ptrain_engine **out)
+{
+    PI_ASSERT(o->batch >= 1);
+    *out = NULL;
+    struct pi_ptrain_engine *e = calloc(1, sizeof *e);
+    if (!e) {
+        pi_error("predictor training: out of memory");
+        return -PI_ERR_NOMEM;
+    }
+    e->pool = pool, e->s = s;
+    e->batch = o->batch;
+    char why[512] = "";
+    int rc = -PI_ERR_UNSUPPORTED;
+    if (o->device == PI_PTRAIN_DEVICE_CUDA || o->device == PI_PTRAIN_DEVICE_AUTO) {
+        rc = cuda_engine_new(e, why, sizeof why);
+        if (rc == 0) e->device = PI_PTRAIN_DEVICE_CUDA;
+        else if (o->device == PI_PTRAIN_DEVICE_CUDA) {
+            pi_error("predictor training: cannot train on cuda: %s", why);
+            free(e);
+            return rc;
+        }
+    }
+    if (rc < 0) {
+        if ((rc = cpu_engine_new(e)) < 0) {
+            pi_error("predictor training: out of memory");
+            free(e);
+            return rc;
+        }
+        e->device = PI_PTRAIN_DEVICE_CPU;
+        size_t at = strlen(e->desc);
+        if (o->device == PI_PTRAIN_DEVICE_AUTO && at < sizeof e->desc)
+            snprintf(e->desc + at, sizeof e->desc - at, "; not cuda: %s", why);
+    }
+    *out = e;
+    return 0;
+}
+
+void pi_ptrain_engine_destroy(struct pi_ptrain_engine **pe)
+{
+    if (!pe || !*pe) return;
+    if ((*pe)->destroy) (*pe)->destroy((*pe)->ctx);
+    free(*pe);
+    *pe = NULL;
+}
+
+/* ---------------------------------------------------------------- training one rank */
+
+/* Random initial weights p (np floats): H = X W1^T has variance about 2 and the logits about 1 (ms:
+ * mean x^2). */
+static void init_weights(float *p, int64_t r, int64_t d, int64_t ff, double ms, uint64_t seed)
+{
+    struct pi_rng rng;
+    pi_rng_seed(&rng, seed);
+    double a1 = sqrt(3.0 * 2.0 / ((double)d * (ms > 0 ? ms : 1.0))), a2 = sqrt(3.0 / (double)r);
+    for (int64_t i = 0; i < r * d + ff * r; i++)
+        p[i] = (float)((2.0 * pi_rng_uniform(&rng) - 1.0) * (i < r * d ? a1 : a2));
+}
+
 /* Mean of x^2 over layer il's training inputs (sets the initial scale). */
 static double mean_square(const struct pi_ptrain_samples *s, int il)
 {
@@ -333,75 +491,67 @@ static double mean_square(const struct pi_ptrain_samples *s, int il)
     return n ? sum / (double)n : 1.0;
 }
 
-/* Train rank r on layer il: epochs of shuffled minibatches until the held-out loss stops improving;
- * n->best holds the weights of the best epoch. */
-static int train_rank(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il, const struct pi_ptrain_opts *o,
-                      int64_t r, struct net *n, struct pi_ptrain_report *rep)
+/* Train rank r on e's bound layer il: epochs of shuffled minibatches until the held-out loss stops
+ * improving; the engine's best holds the weights of the best epoch. p: (np) host scratch. */
+static int train_rank(struct pi_ptrain_engine *e, int il, const struct pi_ptrain_opts *o, int64_t r, float *p,
+                      struct pi_ptrain_report *rep)
 {
-    const int64_t nt = s->n[PI_PTRAIN_TRAIN], B = PI_MIN((int64_t)o->batch, PI_MAX(nt, s->n[PI_PTRAIN_HELDOUT]));
+    const struct pi_ptrain_samples *s = e->s;
+    const int64_t nt = s->n[PI_PTRAIN_TRAIN], B = pi_ptrain_step_rows(s, e->batch);
     uint64_t st = o->seed ^ ((uint64_t)il << 32) ^ (uint64_t)r;
     struct pi_rng rng;
-    struct work w;
-    int64_t *idx = malloc((size_t)PI_MAX(nt, B) * sizeof *idx), *hidx = malloc((size_t)B * sizeof *hidx);
-    int rc = !idx || !hidx ? -PI_ERR_NOMEM : work_alloc(&w, B, r, s->n_embd, s->n_ff, s->mask_words);
-    if (rc == 0 && (rc = net_init(n, r, s->n_embd, s->n_ff, mean_square(s, il), pi_rng_splitmix64(&st))) < 0)
-        work_free(&w);
-    if (rc < 0) {
-        free(idx), free(hidx);
-        return rc;
-    }
+    int64_t *idx = malloc((size_t)nt * sizeof *idx);
+    if (!idx) return -PI_ERR_NOMEM;
+    init_weights(p, r, s->n_embd, s->n_ff, mean_square(s, il), pi_rng_splitmix64(&st));
+    int rc = e->init(e->ctx, r, p);
     pi_rng_seed(&rng, pi_rng_splitmix64(&st));
     for (int64_t i = 0; i < nt; i++) idx[i] = i;
     double best = INFINITY;
     int bad = 0, epoch = 0;
-    while (epoch < o->epochs && bad < o->patience) {
+    int64_t t = 0; /* Adam's steps */
+    while (rc == 0 && epoch < o->epochs && bad < o->patience) {
         epoch++;
         for (int64_t i = nt - 1; i > 0; i--) { /* Fisher-Yates */
-            int64_t j = (int64_t)pi_rng_below(&rng, (uint64_t)i + 1), t = idx[i];
-            idx[i] = idx[j], idx[j] = t;
+            int64_t j = (int64_t)pi_rng_below(&rng, (uint64_t)i + 1), tmp = idx[i];
+            idx[i] = idx[j], idx[j] = tmp;
         }
-        for (int64_t b = 0; b < nt; b += B) {
-            int64_t nb = PI_MIN(B, nt - b);
-            gather(s, PI_PTRAIN_TRAIN, il, idx + b, nb, &w);
-            batch_loss_grad(pool, &w, s->mask_words, n->p, n->p + r * s->n_embd, nb, o->pos_weight, n->g,
-                            n->g + r * s->n_embd);
-            adam_step(pool, n, o->lr);
+        for (int64_t b = 0; rc == 0 && b < nt; b += B) {
+            t++;
+            double c1 = 1.0 - pow(PI_PTRAIN_ADAM_B1, (double)t), c2 = 1.0 - pow(PI_PTRAIN_ADAM_B2, (double)t);
+            rc = e->step(e->ctx, idx + b, PI_MIN(B, nt - b), (float)(o->lr * sqrt(c2) / c1), o->pos_weight);
         }
-        double hl = heldout_loss(pool, s, il, n->p, r, &w, hidx, o->pos_weight);
+        double hl = NAN;
+        if (rc < 0 || (rc = e->heldout_loss(e->ctx, o->pos_weight, &hl)) < 0) break;
         if (hl < best) {
             best = hl, bad = 0;
-            memcpy(n->best, n->p, (size_t)n->np * sizeof(float));
+            rc = e->save_best(e->ctx);
             rep->epochs = epoch;
         } else bad++;
         if (o->progress) o->progress(o->progress_ctx, il, r, epoch, hl);
     }
     rep->loss = best;
-    work_free(&w);
-    free(idx), free(hidx);
-    return 0;
+    free(idx);
+    return rc;
 }
-
 /* ---------------------------------------------------------------- storing and thresholds */
 
-/* out's weights = n->best in type. */
-static int store(const struct net *n, enum pi_type type, struct pi_sidecar_pred *out)
+/* out's weights = best (np floats: W1 (r, d) then W2 (ff, r)) in type. */
+static int store(const float *best, int64_t r, int64_t d, int64_t ff, enum pi_type type, struct pi_sidecar_pred *out)
 {
     uint64_t rb1, rb2;
-    if (!pi_type_row_bytes(type, (uint64_t)n->d, &rb1) || !pi_type_row_bytes(type, (uint64_t)n->r, &rb2))
+    if (!pi_type_row_bytes(type, (uint64_t)d, &rb1) || !pi_type_row_bytes(type, (uint64_t)r, &rb2))
         return -PI_ERR_INVAL;
     memset(out, 0, sizeof *out);
-    out->rank = n->r;
+    out->rank = r;
     out->type = type;
-    out->fc1 = malloc((size_t)(rb1 * (uint64_t)n->r));
-    out->fc2 = malloc((size_t)(rb2 * (uint64_t)n->ff));
+    out->fc1 = malloc((size_t)(rb1 * (uint64_t)r));
+    out->fc2 = malloc((size_t)(rb2 * (uint64_t)ff));
     if (!out->fc1 || !out->fc2) {
         pi_sidecar_pred_free(out);
         return -PI_ERR_NOMEM;
     }
-    for (int64_t i = 0; i < n->r; i++)
-        pi_quantize_row(type, n->best + i * n->d, (char *)out->fc1 + (size_t)i * rb1, n->d);
-    for (int64_t i = 0; i < n->ff; i++)
-        pi_quantize_row(type, n->best + n->r * n->d + i * n->r, (char *)out->fc2 + (size_t)i * rb2, n->r);
+    for (int64_t i = 0; i < r; i++) pi_quantize_row(type, best + i * d, (char *)out->fc1 + (size_t)i * rb1, d);
+    for (int64_t i = 0; i < ff; i++) pi_quantize_row(type, best + r * d + i * r, (char *)out->fc2 + (size_t)i * rb2, r);
     return 0;
 }
 
@@ -481,21 +631,29 @@ static int check_opts(const struct pi_ptrain_samples *s, const struct pi_ptrain_
     return -PI_ERR_INVAL;
 }
 
-int pi_ptrain_layer(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il, const struct pi_ptrain_opts *o,
-                    struct pi_sidecar_pred *out, struct pi_ptrain_report *rep)
+int pi_ptrain_layer_on(struct pi_ptrain_engine *e, int il, const struct pi_ptrain_opts *o, struct pi_sidecar_pred *out,
+                       struct pi_ptrain_report *rep)
 {
+    const struct pi_ptrain_samples *s = e->s;
     PI_ASSERT(il >= 0 && il < s->n_layer && s->n[PI_PTRAIN_TRAIN] >= 1 && s->n[PI_PTRAIN_HELDOUT] >= 1);
     memset(out, 0, sizeof *out);
     memset(rep, 0, sizeof *rep);
     int rc = check_opts(s, o);
+    if (rc == 0 && e->batch != o->batch) {
+        pi_error("predictor training: the engine was made for batches of %lld rows, not %d", (long long)e->batch,
+                 o->batch);
+        rc = -PI_ERR_INVAL;
+    }
+    float *p = NULL; /* (np) host copy of the weights at the largest rank */
+    if (rc == 0 && !(p = malloc((size_t)(o->rank_max * (s->n_embd + s->n_ff)) * sizeof *p))) rc = -PI_ERR_NOMEM;
+    if (rc == 0) rc = e->layer(e->ctx, il);
     for (int64_t r = o->rank_min; rc == 0 && r <= o->rank_max; r *= 2) {
-        struct net n;
         struct pi_ptrain_report rr = {0};
         struct pi_sidecar_pred cand;
-        if ((rc = train_rank(pool, s, il, o, r, &n, &rr)) < 0) break;
-        rc = store(&n, o->type, &cand);
-        net_free(&n);
-        if (rc < 0 || (rc = calibrate(pool, s, il, o, &cand)) < 0) break;
+        if ((rc = train_rank(e, il, o, r, p, &rr)) < 0 || (rc = e->read(e->ctx, PI_PTRAIN_BUF_BEST, p)) < 0) break;
+        if ((rc = store(p, r, s->n_embd, s->n_ff, o->type, &cand)) < 0 ||
+            (rc = calibrate(e->pool, s, il, o, &cand)) < 0)
+            break;
         rep->ranks_tried++;
         if (!out->fc1 || cand.active[0] < out->active[0]) {
             pi_sidecar_pred_free(out);
@@ -505,9 +663,22 @@ int pi_ptrain_layer(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il, 
         } else pi_sidecar_pred_free(&cand);
         if (out->active[0] <= (1.0 + o->max_overhead) * out->active[2]) break;
     }
+    free(p);
     if (rc < 0) {
         if (rc == -PI_ERR_NOMEM) pi_error("predictor training: layer %d: out of memory", il);
         pi_sidecar_pred_free(out);
     }
+    return rc;
+}
+
+int pi_ptrain_layer(pi_pool_t *pool, const struct pi_ptrain_samples *s, int il, const struct pi_ptrain_opts *o,
+                    struct pi_sidecar_pred *out, struct pi_ptrain_report *rep)
+{
+    struct pi_ptrain_engine *e = NULL;
+    memset(out, 0, sizeof *out);
+    memset(rep, 0, sizeof *rep);
+    int rc = check_opts(s, o);
+    if (rc == 0 && (rc = pi_ptrain_engine_new(pool, s, o, &e)) == 0) rc = pi_ptrain_layer_on(e, il, o, out, rep);
+    pi_ptrain_engine_destroy(&e);
     return rc;
 }
