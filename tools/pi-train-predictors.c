@@ -6,11 +6,13 @@
  * and run through the inference forward pass with its capture hook on; every tenth chunk is held out;
  * each layer's FFN inputs and true masks go into a training and a held-out reservoir (--samples
  * tokens per layer in all, a tenth of them held out). Training: layer by layer, up the rank ladder,
- * on the pass's thread pool. When the sidecar is absent (or has no statistics) the capture also
+ * on the pass's thread pool or on the GPU (--device: the cuda engine of the module pinfer-cuda.so,
+ * opened before the capture so that a missing GPU is said at once); calibration and storing on the host. When the sidecar is absent (or has no statistics) the capture also
  * counts the statistics pi-profile would, so the new sidecar has them; existing ones are kept.
  *
  *   pi-train-predictors -m model.gguf                    # bundled text, MODEL.pinfer.gguf
  *   pi-train-predictors -m model.gguf -f text.txt --recall 0.995 --rank-max 512 -t 16
+ *   pi-train-predictors -m model.gguf --device cuda      # fail (exit 1) where there is no GPU
  */
 #include "config.h"
 
@@ -25,7 +27,6 @@
 
 #include "compute/forward.h"
 #include "compute/predictor-train.h"
-#include "kernels/cpu/gemm.h"
 #include "lib/common.h"
 #include "lib/log.h"
 #include "model/model.h"
@@ -68,6 +69,8 @@ static void usage(FILE *out)
             "      --lr L             Adam's learning rate (default: 0.005)\n"
             "      --type T           the weights' type: f16, f32 or q8_0 (default: f16)\n"
             "      --seed S           seed of the weights, the minibatches, the reservoirs, --random (default: 1)\n"
+            "      --device D         where the training steps run: cpu, cuda (the GPU through cuBLAS; exit 1\n"
+            "                         without one) or auto (cuda when there is a GPU, else cpu) (default: auto)\n"
             "  -h, --help             this text\n"
             "  -V, --version          show the version and exit\n");
 }
@@ -95,7 +98,8 @@ enum {
     O_OVERHEAD,
     O_EPOCHS,
     O_LR,
-    O_TYPE
+    O_TYPE,
+    O_DEVICE
 };
 
 static const struct option long_opts[] = {
@@ -116,6 +120,7 @@ static const struct option long_opts[] = {
     {"epochs", 1, 0, O_EPOCHS},
     {"lr", 1, 0, O_LR},
     {"type", 1, 0, O_TYPE},
+    {"device", 1, 0, O_DEVICE},
     {"help", 0, 0, 'h'},
     {"version", 0, 0, 'V'},
     {0, 0, 0, 0},
@@ -152,6 +157,12 @@ static int set_opt(struct args *a, int c, const char *v)
         else if (strcmp(v, "q8_0") == 0) a->o.type = PI_TYPE_Q8_0;
         else return -1;
         return 0;
+    case O_DEVICE:
+        if (strcmp(v, "auto") == 0) a->o.device = PI_PTRAIN_DEVICE_AUTO;
+        else if (strcmp(v, "cpu") == 0) a->o.device = PI_PTRAIN_DEVICE_CPU;
+        else if (strcmp(v, "cuda") == 0) a->o.device = PI_PTRAIN_DEVICE_CUDA;
+        else return -1;
+        return 0;
     default: return -1;
     }
 }
@@ -162,6 +173,7 @@ static int parse_args(int argc, char **argv, struct args *a)
     int c, li = -1;
     memset(a, 0, sizeof *a);
     pi_ptrain_opts_default(&a->o);
+    a->o.device = PI_PTRAIN_DEVICE_AUTO;
     a->samples = 8192;
     while ((c = getopt_long(argc, argv, "m:f:c:t:hV", long_opts, &li)) != -1) {
         if (c == 'h') usage(stdout), exit(0);
@@ -262,8 +274,9 @@ static int capture(pi_forward_t *f, int32_t *ids, size_t n, int32_t bos, int ctx
     return 0;
 }
 
-/* Train every layer into sc->pred; print the table. 0 or 1. */
-static int train(pi_pool_t *pool, const struct pi_ptrain_samples *s, struct pi_ptrain_opts *o, struct pi_sidecar *sc)
+/* Train every layer on e into sc->pred; print the table. 0 or 1. */
+static int train(struct pi_ptrain_engine *e, const struct pi_ptrain_samples *s, struct pi_ptrain_opts *o,
+                 struct pi_sidecar *sc)
 {
     struct progress p = {isatty(STDERR_FILENO), now_s(), 1, s->n_layer, 0};
     struct pi_ptrain_report *rep = calloc((size_t)s->n_layer, sizeof *rep);
@@ -271,7 +284,7 @@ static int train(pi_pool_t *pool, const struct pi_ptrain_samples *s, struct pi_p
     o->progress = on_epoch;
     o->progress_ctx = &p;
     for (int il = 0; il < s->n_layer; il++) {
-        if (pi_ptrain_layer(pool, s, il, o, &sc->pred[il], &rep[il]) < 0) {
+        if (pi_ptrain_layer_on(e, il, o, &sc->pred[il], &rep[il]) < 0) {
             free(rep);
             return 1;
         }
@@ -290,7 +303,7 @@ static int train(pi_pool_t *pool, const struct pi_ptrain_samples *s, struct pi_p
                q->recall[0], q->recall[1], 100.0 * q->active[0], 100.0 * q->active[1], 100.0 * q->active[2],
                rep[il].epochs, (long long)rep[il].ranks_tried);
     }
-    printf("trained in %.1f s on %d threads (%s GEMM)\n", now_s() - p.t0, pi_pool_size(pool), pi_sgemm_kernel_name());
+    printf("trained in %.1f s on %s\n", now_s() - p.t0, e->desc);
     free(rep);
     return 0;
 }
@@ -354,6 +367,7 @@ int main(int argc, char **argv)
     pi_forward_t *f = NULL;
     struct pi_sidecar *sc = NULL;
     struct pi_ptrain_samples *s = NULL;
+    struct pi_ptrain_engine *e = NULL;
     struct pi_ffn_stats st = {0};
     int32_t *ids = NULL, bos = -1;
     size_t n = 0;
@@ -396,10 +410,12 @@ int main(int argc, char **argv)
         !(s = pi_ptrain_samples_new(m, a.samples - a.samples / HELDOUT_EVERY, a.samples / HELDOUT_EVERY, ctx,
                                     a.o.seed)))
         goto out;
+    if (pi_ptrain_engine_new(pi_forward_pool(f), s, &a.o, &e) < 0) goto out; /* the reason is logged */
+    fprintf(stderr, PROG ": training on %s\n", e->desc);
     if ((rc = capture(f, ids, n, bos, ctx, s, need_stats ? &st : NULL)) != 0) goto out;
     fprintf(stderr, PROG ": %lld training and %lld held-out tokens per layer (of %llu and %llu)\n", (long long)s->n[0],
             (long long)s->n[1], (unsigned long long)s->seen[0], (unsigned long long)s->seen[1]);
-    if ((rc = train(pi_forward_pool(f), s, &a.o, sc)) != 0) goto out;
+    if ((rc = train(e, s, &a.o, sc)) != 0) goto out;
     if (need_stats) put_stats(sc, &st);
     sc->pred_target[0] = (float)a.o.recall[0];
     sc->pred_target[1] = (float)a.o.recall[1];
@@ -410,6 +426,7 @@ int main(int argc, char **argv)
         printf("wrote %s: predictors of %d layers%s\n", path, m->hp.n_layer,
                need_stats ? ", and the statistics of this run's tokens" : "");
 out:
+    pi_ptrain_engine_destroy(&e);
     pi_ptrain_samples_destroy(&s);
     pi_sidecar_destroy(&sc);
     pi_forward_destroy(&f);

@@ -5,7 +5,8 @@
 # the cuda backend, the only thing that needs cudart and cuBLAS, as the module pinfer-cuda.so when it
 # is asked for (compute/backend-cuda-module.h; issue 20: a host run no longer maps 200 MB of cuBLAS).
 # Where the cuda backend is built: the module links both, and every pi_* symbol it needs from the
-# program is exported by pi-gpu-worker (else dlopen fails at run time: "undefined symbol").
+# program is exported by pi-gpu-worker and by pi-train-predictors, which loads the module for its cuda
+# training engine (else dlopen fails at run time: "undefined symbol").
 # Reads DT_NEEDED entries with readelf and the dynamic symbols with nm; skips when readelf is
 # missing. TAP output.
 B=${PI_BUILDDIR:-.}
@@ -16,8 +17,9 @@ ok() { # ok STATUS NAME
     if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fi
 }
 needed() { readelf -d "$1" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\].*/\1/p'; }
-echo "1..6"
-for p in coordinator/pi-coordinator cpu-worker/pi-cpu-worker tools/pi-ctl gpu-worker/pi-gpu-worker; do
+echo "1..8"
+for p in coordinator/pi-coordinator cpu-worker/pi-cpu-worker tools/pi-ctl gpu-worker/pi-gpu-worker \
+    tools/pi-train-predictors; do
     if [ ! -x "$B/$p" ]; then ok 1 "$p built"; continue; fi
     cuda=$(needed "$B/$p" | grep -E '^lib(cudart|cublas|cublasLt)\.' | tr '\n' ' ')
     [ -z "$cuda" ]; ok $? "$p links neither cudart nor cuBLAS${cuda:+ (it needs: $cuda)}"
@@ -31,14 +33,18 @@ if grep -q '^#define PI_HAVE_CUDA 1' "$B/config.h" 2>/dev/null; then
     if command -v nm >/dev/null 2>&1; then
         want=$(nm -D --undefined-only "$mod" | sed -n 's/^ *U \(pi_[A-Za-z0-9_]*\)$/\1/p' | sort -u)
         have=${TMPDIR:-/tmp}/pi-linkage.$$
-        nm -D --defined-only "$B/gpu-worker/pi-gpu-worker" | awk '{print $3}' | sort -u > "$have"
-        missing=$(printf '%s\n' "$want" | comm -23 - "$have" | tr '\n' ' ')
+        for p in gpu-worker/pi-gpu-worker tools/pi-train-predictors; do
+            nm -D --defined-only "$B/$p" | awk '{print $3}' | sort -u > "$have"
+            missing=$(printf '%s\n' "$want" | comm -23 - "$have" | tr '\n' ' ')
+            [ -n "$want" ] && [ -z "$missing" ]; ok $? "${p#*/} exports the $(printf '%s\n' "$want" | wc -l) pi_* symbols the module takes from it${missing:+ (missing: $missing)}"
+        done
         rm -f "$have"
-        [ -n "$want" ] && [ -z "$missing" ]; ok $? "pi-gpu-worker exports the $(printf '%s\n' "$want" | wc -l) pi_* symbols the module takes from it${missing:+ (missing: $missing)}"
     else
+        n=$((n + 1)); echo "ok $n - # SKIP nm not found"
         n=$((n + 1)); echo "ok $n - # SKIP nm not found"
     fi
 else
+    n=$((n + 1)); echo "ok $n - # SKIP built without the cuda backend"
     n=$((n + 1)); echo "ok $n - # SKIP built without the cuda backend"
     n=$((n + 1)); echo "ok $n - # SKIP built without the cuda backend"
 fi

@@ -1,8 +1,9 @@
 /*
  * tests/integration/test-train-predictors.c - pi-train-predictors as a user runs it
  * (tools/pi-train-predictors.c), judged by what its predictors do on text it never saw:
- *   - usage errors: no model, a SwiGLU model, a text shorter than two chunks, a bad --type, a
- *     sidecar of another model (exit status 1, the file left as it was);
+ *   - usage errors: no model, a SwiGLU model, a text shorter than two chunks, a bad --type or --device,
+ *     a sidecar of another model (exit status 1, the file left as it was); --device cuda without a GPU
+ *     (exit 1, no sidecar) and --device auto naming the device it took;
  *   - the demo ReLU model: pi-profile over the start of the calibration text, then training over
  *     it keeps those statistics; then, over demo-val.txt (another text: fixtures), the forward pass
  *     captures each layer's FFN inputs and true masks, and the predictors as pi_predictors_open loads
@@ -81,6 +82,9 @@ static void test_usage(const char *demo, const char *calib)
            "usage: --type q4_0: exit 2, says so");
     snprintf(args, sizeof args, "-m %s --recall 0.9 --recall-aggressive 0.95", demo);
     tap_is_int(tt_run(prog, args), 2, "usage: aggressive recall above safe: exit status 2");
+    snprintf(args, sizeof args, "-m %s --device gpu", demo);
+    tap_ok(tt_run(prog, args) == 2 && tt_file_has("err", "bad value for --device"),
+           "usage: --device gpu: exit 2, says so");
     /* another model's sidecar: refused, and left as it was */
     gen(tt_path("relu-a.gguf"), PI_FFN_ACT_RELU, 1);
     gen(tt_path("relu-b.gguf"), PI_FFN_ACT_RELU, 2);
@@ -95,6 +99,22 @@ static void test_usage(const char *demo, const char *calib)
     snprintf(args, sizeof args, "cmp -s %s %s", tt_path("a.pinfer.gguf"), tt_path("a-copy.gguf"));
     tap_ok(rc == 1 && tt_file_has("err", "made for another model") && system(args) == 0,
            "another model's sidecar: exit 1 (%d), says so, file untouched", rc);
+    /* --device cuda: exit 1 with the reason where there is no GPU (or no CUDA in the build); trains on
+     * it where there is one. --device auto names the device it chose before the capture. */
+    snprintf(args, sizeof args,
+             "-m %s --random 256 -c 64 --rank-max 32 --epochs 1 --samples 200 --device cuda --sidecar %s",
+             tt_path("relu-a.gguf"), tt_path("cuda.pinfer.gguf"));
+    rc = tt_run(prog, args);
+    tap_ok(
+        (rc == 1 && tt_file_has("err", "cannot train on cuda: ") && access(tt_path("cuda.pinfer.gguf"), F_OK) != 0) ||
+            (rc == 0 && tt_file_has("out", "trained in") && tt_file_has("out", "s on cuda: ")),
+        "--device cuda: exit 1 with the reason and no sidecar where there is no GPU, else trains on it (exit %d)", rc);
+    snprintf(args, sizeof args, "-m %s --random 256 -c 64 --rank-max 32 --epochs 1 --samples 200 --sidecar %s",
+             tt_path("relu-a.gguf"), tt_path("auto.pinfer.gguf"));
+    rc = tt_run(prog, args);
+    tap_ok(rc == 0 && (tt_file_has("err", "training on cpu, ") || tt_file_has("err", "training on cuda: ")) &&
+               (tt_file_has("out", "s on cpu, ") || tt_file_has("out", "s on cuda: ")),
+           "--device auto (the default): trains, naming the device first and in the summary (exit %d)", rc);
 }
 
 /* The same options on 1 and 2 threads write the same predictors (the sidecars are byte-identical). */
@@ -185,9 +205,10 @@ static void test_demo(const char *demo_src, const char *calib)
     pi_sidecar_load(side, m, &before, err, sizeof err);
     /* --recall 0.995 (the default is 0.997 since session 12, set by test-sparse-quality.sh's larger
      * predictors): this small predictor's bars below were set at 0.995 */
-    snprintf(args, sizeof args,
-             "-m %s -f %s -c 256 -t 2 --samples 4096 --rank-min 128 --rank-max 128 --epochs 10 --lr 0.01 --recall 0.995",
-             demo, tt_path("calib120k.txt"));
+    snprintf(
+        args, sizeof args,
+        "-m %s -f %s -c 256 -t 2 --samples 4096 --rank-min 128 --rank-max 128 --epochs 10 --lr 0.01 --recall 0.995",
+        demo, tt_path("calib120k.txt"));
     int rc = tt_run(prog, args);
     tap_ok(rc == 0 && tt_file_has("out", "recall safe") && tt_file_has("out", "wrote "), "demo: trained (exit %d)", rc);
     tap_ok(tt_file_has("err", "s left"), "  with an estimate of the time left");
