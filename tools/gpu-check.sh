@@ -6,10 +6,11 @@
 # Prepare on the build machine (CUDA found by configure), then run on the GPU machine with R pointing
 # to the prepared folder and OUT to where logs go:
 #   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
-#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools} $R/tests/{unit,integration,cuda}
+#   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools,compute} $R/tests/{unit,integration,cuda}
 #   cp build/coordinator/pi-coordinator build/coordinator/pi-bench $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
 #   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
-#   cp build/tests/cuda/test-{cuda,cuda-sparse,backend-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
+#   cp build/compute/pinfer-cuda.so $R/compute/   # the module: programs and tests two levels down load it
+#   cp build/tests/cuda/test-{cuda,cuda-sparse,backend-cuda,ptrain-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
 #   cp build/tests/unit/test-forward $R/tests/unit/
 #   mkdir -p $R/fx/models $R/fx/golden   # tiny-llama models and goldens from ../shared/fixtures
 #   ../shared/device/bundle-libs.sh $R build/coordinator/pi-coordinator build/coordinator/pi-bench build/gpu-worker/pi-gpu-worker
@@ -24,7 +25,8 @@ CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } > $OUT/env.txt 2>&1
 cat $OUT/env.txt
 T=$OUT/tests.log; : > $T
-for p in cuda/test-cuda cuda/test-cuda-sparse cuda/test-backend-cuda integration/test-pipeline unit/test-forward; do
+for p in cuda/test-cuda cuda/test-cuda-sparse cuda/test-backend-cuda cuda/test-ptrain-cuda integration/test-pipeline \
+    unit/test-forward; do
   t=${p##*/}
   s=$(date +%s)
   timeout 200 $R/tests/$p > $OUT/$t.log 2>&1; rc=$?
@@ -44,6 +46,11 @@ echo "racecheck test-cuda-sparse rc=$?, hazards in pinfer's kernels: $(grep -c '
 grep "RACECHECK SUMMARY" $OUT/racecheck-sparse.log | tail -1 | tee -a $T
 timeout 300 $CS --tool memcheck --leak-check full --error-exitcode 9 $R/tests/cuda/test-cuda-sparse --no-timing > $OUT/memcheck-sparse.log 2>&1
 echo "memcheck test-cuda-sparse rc=$?" | tee -a $T; grep -E "ERROR SUMMARY|LEAK SUMMARY" $OUT/memcheck-sparse.log | tail -2 | tee -a $T
+# the predictor trainer's kernels (the loss's shared-memory tree, the gather, Adam) under racecheck and memcheck
+timeout 300 $CS --tool racecheck $R/tests/cuda/test-ptrain-cuda --no-timing > $OUT/racecheck-ptrain.log 2>&1
+echo "racecheck test-ptrain-cuda rc=$?, hazards in pinfer's kernels: $(grep -c 'Race reported between.* at k_' $OUT/racecheck-ptrain.log)" | tee -a $T
+timeout 300 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-ptrain-cuda --no-timing > $OUT/memcheck-ptrain.log 2>&1
+echo "memcheck test-ptrain-cuda rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-ptrain.log | tail -1 | tee -a $T
 PI_CUDA_TEST=short-sparse timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
   > $OUT/memcheck-backend-sparse.log 2>&1
 echo "memcheck backend sparse rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-backend-sparse.log | tail -1 | tee -a $T
