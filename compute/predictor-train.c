@@ -651,9 +651,11 @@ int pi_ptrain_layer_on(struct pi_ptrain_engine *e, int il, const struct pi_ptrai
         struct pi_ptrain_report rr = {0};
         struct pi_sidecar_pred cand;
         if ((rc = train_rank(e, il, o, r, p, &rr)) < 0 || (rc = e->read(e->ctx, PI_PTRAIN_BUF_BEST, p)) < 0) break;
-        if ((rc = store(p, r, s->n_embd, s->n_ff, o->type, &cand)) < 0 ||
-            (rc = calibrate(e->pool, s, il, o, &cand)) < 0)
+        if ((rc = store(p, r, s->n_embd, s->n_ff, o->type, &cand)) < 0) break;
+        if ((rc = calibrate(e->pool, s, il, o, &cand)) < 0) {
+            pi_sidecar_pred_free(&cand);
             break;
+        }
         rep->ranks_tried++;
         if (!out->fc1 || cand.active[0] < out->active[0]) {
             pi_sidecar_pred_free(out);

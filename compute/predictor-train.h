@@ -172,7 +172,8 @@ struct pi_ptrain_engine {
 /* An engine for o->device over s's sets (they may still be empty: the engine reads them when a layer
  * is bound), steps of at most o->batch rows; pool (NULL: one thread) serves the cpu engine and the
  * host's part (calibration). For PI_PTRAIN_DEVICE_AUTO, the cuda engine when the module loads and finds
- * a device, else the cpu engine, the reason appended to its desc (nothing logged). 0 and *out, or
+ * a device, else the cpu engine, the reason appended to its desc (nothing logged where the module or a device is
+ * missing; a device that is there but cannot take the sets logs why before the fallback). 0 and *out, or
  * -PI_ERR_NOMEM, or (PI_PTRAIN_DEVICE_CUDA) -PI_ERR_DEVICE / -PI_ERR_UNSUPPORTED / -PI_ERR_NOMEM with
  * the reason logged once ("no CUDA device", "this build has no CUDA", the module's load error, too little
  * device memory for the sets). */

@@ -7,8 +7,9 @@
  * each layer's FFN inputs and true masks go into a training and a held-out reservoir (--samples
  * tokens per layer in all, a tenth of them held out). Training: layer by layer, up the rank ladder,
  * on the pass's thread pool or on the GPU (--device: the cuda engine of the module pinfer-cuda.so,
- * opened before the capture so that a missing GPU is said at once); calibration and storing on the host. When the sidecar is absent (or has no statistics) the capture also
- * counts the statistics pi-profile would, so the new sidecar has them; existing ones are kept.
+ * opened before the capture so that a missing GPU is said at once); calibration and storing on the
+ * host. When the sidecar is absent (or has no statistics) the capture also counts the statistics
+ * pi-profile would, so the new sidecar has them; existing ones are kept.
  *
  *   pi-train-predictors -m model.gguf                    # bundled text, MODEL.pinfer.gguf
  *   pi-train-predictors -m model.gguf -f text.txt --recall 0.995 --rank-max 512 -t 16

@@ -23,6 +23,8 @@
  *       over a hundred or two Adam steps), the calibrated recalls and predicted active shares within 0.01,
  *       the true active share the same;
  *   (d) two cuda runs with the same seed: the same bits (weights, thresholds, every epoch's loss);
+ *   (e) layer 1 of two, a held-out set of three forward chunks, and init again at the same rank
+ *       (test_rebind);
  * then, unless --no-timing, a 7B-shaped layer (d 4096, ff 11008, 7373 training and 819 held-out rows:
  * the default --samples 8192): one epoch per rank of the ladder 32 ... 1024 on the cuda engine, a few
  * steps of the cpu engine at rank 1024 on every core, and a whole pi_ptrain_layer on cuda (ladder to 1024,
@@ -60,17 +62,18 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* One layer's samples, nt training and nh held-out rows of x (d) and masks from gate = C (B x) + bias,
- * B (k, d), C (ff, k), bias_j = -t_j sd_j (sd_j the gate's spread over x, t_j in [0.3, 1.3]). Plain data
- * in the layout pi_ptrain_samples_new makes (free with pi_ptrain_samples_destroy). */
-static struct pi_ptrain_samples *make_samples(int64_t d, int64_t ff, int64_t nt, int64_t nh, int k)
+/* nl layers' samples, nt training and nh held-out rows each of x (d) and masks from gate = C (B x) + bias,
+ * B (k, d), C (ff, k), bias_j = -t_j sd_j (sd_j the gate's spread over x, t_j in [0.3, 1.3]); every row of
+ * every layer its own x. Plain data in the layout pi_ptrain_samples_new makes (free with
+ * pi_ptrain_samples_destroy). */
+static struct pi_ptrain_samples *make_layers(int nl, int64_t d, int64_t ff, int64_t nt, int64_t nh, int k)
 {
     struct pi_ptrain_samples *s = calloc(1, sizeof *s);
     float *B = malloc(sizeof(float) * (size_t)(k * d)), *C = malloc(sizeof(float) * (size_t)(ff * k));
     float *bias = malloc(sizeof(float) * (size_t)ff), *u = malloc(sizeof(float) * (size_t)k);
     double *gram = calloc((size_t)(k * k), sizeof(double));
     PI_ASSERT(s && B && C && bias && u && gram);
-    s->n_layer = 1, s->n_embd = d, s->n_ff = ff, s->mask_words = (ff + 63) / 64, s->act = PI_FFN_ACT_RELU;
+    s->n_layer = nl, s->n_embd = d, s->n_ff = ff, s->mask_words = (ff + 63) / 64, s->act = PI_FFN_ACT_RELU;
     for (int64_t i = 0; i < k * d; i++) B[i] = urand();
     for (int64_t i = 0; i < ff * k; i++) C[i] = urand();
     for (int a = 0; a < k; a++)
@@ -86,10 +89,10 @@ static struct pi_ptrain_samples *make_samples(int64_t d, int64_t ff, int64_t nt,
     for (int set = 0; set < 2; set++) {
         s->cap[set] = s->n[set] = rows[set];
         s->seen[set] = (uint64_t)rows[set];
-        s->x[set] = malloc(sizeof(float) * (size_t)(rows[set] * d));
-        s->mask[set] = calloc((size_t)(rows[set] * s->mask_words), sizeof(uint64_t));
+        s->x[set] = malloc(sizeof(float) * (size_t)(nl * rows[set] * d));
+        s->mask[set] = calloc((size_t)(nl * rows[set] * s->mask_words), sizeof(uint64_t));
         PI_ASSERT(s->x[set] && s->mask[set]);
-        for (int64_t r = 0; r < rows[set]; r++) {
+        for (int64_t r = 0; r < nl * rows[set]; r++) { /* layer r / rows[set], row r % rows[set] */
             float *x = s->x[set] + r * d;
             uint64_t *m = s->mask[set] + r * s->mask_words;
             for (int64_t i = 0; i < d; i++) x[i] = urand();
@@ -107,6 +110,12 @@ static struct pi_ptrain_samples *make_samples(int64_t d, int64_t ff, int64_t nt,
     }
     free(B), free(C), free(bias), free(u), free(gram);
     return s;
+}
+
+/* One layer's samples (make_layers). */
+static struct pi_ptrain_samples *make_samples(int64_t d, int64_t ff, int64_t nt, int64_t nh, int k)
+{
+    return make_layers(1, d, ff, nt, nh, k);
 }
 
 /* An engine of device dev over s, or a bail-out. */
@@ -175,7 +184,7 @@ static void check_adam(const char *shape, const float *a, const float *b, const 
  * |h_ij| <= d 2^-23 sum_k |x_ik w_jk|, twice the bound on a float sum's error (each engine's h may be off by
  * d 2^-24 of the sum of magnitudes), h = x W1^T in double. There the two engines' gradient masks may differ,
  * and dW1's row j with them by a whole term; every other value is a smooth function of the rounding. */
-static int64_t unsure_units(const struct pi_ptrain_samples *s, const int64_t *idx, int64_t nb, const float *W1,
+static int64_t unsure_units(const struct pi_ptrain_samples *s, int il, const int64_t *idx, int64_t nb, const float *W1,
                             int64_t r, bool *skip)
 {
     const int64_t d = s->n_embd;
@@ -183,7 +192,7 @@ static int64_t unsure_units(const struct pi_ptrain_samples *s, const int64_t *id
     for (int64_t j = 0; j < r; j++) {
         skip[j] = false;
         for (int64_t i = 0; i < nb && !skip[j]; i++) {
-            const float *x = s->x[PI_PTRAIN_TRAIN] + idx[i] * d;
+            const float *x = s->x[PI_PTRAIN_TRAIN] + ((int64_t)il * s->cap[PI_PTRAIN_TRAIN] + idx[i]) * d;
             double h = 0, mag = 0;
             for (int64_t k = 0; k < d; k++)
                 h += (double)x[k] * W1[j * d + k], mag += fabs((double)x[k] * W1[j * d + k]);
@@ -223,7 +232,7 @@ static void test_step(const char *shape, int64_t d, int64_t ff, int64_t r, int b
     }
     bool *skip = malloc(sizeof(bool) * (size_t)r);
     PI_ASSERT(skip);
-    int64_t unsure = unsure_units(s, idx, nb, p0, r, skip);
+    int64_t unsure = unsure_units(s, 0, idx, nb, p0, r, skip);
     tap_ok(rc == 0 && unsure <= r / 4,
            "%s: both engines ran a step of %lld rows at rank %lld (%lld hidden units within rounding of a ReLU switch "
            "on this batch: their W1 rows are left out below)",
@@ -249,6 +258,67 @@ static void test_step(const char *shape, int64_t d, int64_t ff, int64_t r, int b
     pi_ptrain_engine_destroy(&eg);
     pi_ptrain_samples_destroy(&s);
     free(p0), free(hc), free(hg), free(gc), free(gg), free(idx), free(skip);
+}
+
+/* (e) what (a)-(d) do not reach: a layer other than the first (the sets at il cap rows), a held-out set of
+ * several of the cuda engine's forward chunks (1100 rows: 512, 512 and 76) and init again at the same rank,
+ * which keeps the cuda engine's buffers and must zero Adam's moments. On layer 1 of two (every row its own
+ * x), from the same weights: the held-out loss before and after a step and the step's gradient against the
+ * cpu engine as in (a) and (b); then init(p0) and the same step again: the same gradient and weights, bit
+ * for bit, as the first time. */
+static void test_rebind(void)
+{
+    const int64_t d = 96, ff = 200, r = 48, nb = 64, np = r * d + ff * r;
+    const int il = 1;
+    struct pi_ptrain_samples *s = make_layers(2, d, ff, 1000, 1100, 8);
+    struct pi_ptrain_engine *es[2] = {engine(s, PI_PTRAIN_DEVICE_CPU, 64), engine(s, PI_PTRAIN_DEVICE_CUDA, 64)};
+    float *p0 = malloc(sizeof(float) * (size_t)np), *g[2][2], *w[2][2];
+    int64_t idx[64];
+    bool skip[48];
+    PI_ASSERT(p0);
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 2; j++) {
+            g[k][j] = malloc(sizeof(float) * (size_t)np), w[k][j] = malloc(sizeof(float) * (size_t)np);
+            PI_ASSERT(g[k][j] && w[k][j]);
+        }
+    const double a1 = sqrt(6.0 / ((double)d / 3.0)), a2 = sqrt(3.0 / (double)r);
+    for (int64_t i = 0; i < np; i++) p0[i] = urand() * (float)(i < r * d ? a1 : a2);
+    for (int64_t i = 0; i < nb; i++) idx[i] = (int64_t)pi_rng_below(&rng, 1000);
+    const float lr_t = (float)(5e-3 * sqrt(1.0 - 0.999f) / (1.0 - 0.9f)), pw = 4.0f;
+    double l[2][2] = {{0}};
+    int rc = 0;
+    for (int k = 0; k < 2; k++) {
+        struct pi_ptrain_engine *e = es[k];
+        if (rc == 0) rc = e->layer(e->ctx, il);
+        for (int j = 0; j < 2; j++) { /* j = 1: init again at the same rank */
+            if (rc == 0) rc = e->init(e->ctx, r, p0);
+            if (rc == 0 && j == 0) rc = e->heldout_loss(e->ctx, pw, &l[k][0]);
+            if (rc == 0) rc = e->step(e->ctx, idx, nb, lr_t, pw);
+            if (rc == 0 && j == 0) rc = e->heldout_loss(e->ctx, pw, &l[k][1]);
+            if (rc == 0) rc = e->read(e->ctx, PI_PTRAIN_BUF_GRAD, g[k][j]);
+            if (rc == 0) rc = e->read(e->ctx, PI_PTRAIN_BUF_W, w[k][j]);
+        }
+    }
+    int64_t unsure = unsure_units(s, il, idx, nb, p0, r, skip);
+    if (tap_ok(rc == 0 && unsure <= r / 4, "layer 1 of 2: both engines ran (%lld W1 rows within rounding of a switch)",
+               (long long)unsure)) {
+        for (int k = 0; k < 2; k++)
+            tap_ok(fabs(l[1][k] - l[0][k]) <= 1e-5 * fabs(l[0][k]),
+                   "layer 1 of 2, 1100 held-out rows: held-out loss %s the step: cuda %.9f, cpu %.9f",
+                   k ? "after" : "before", l[1][k], l[0][k]);
+        check_close("gradient", "layer 1 of 2", g[1][0], g[0][0], r, d, ff, skip, 1e-4);
+        for (int k = 0; k < 2; k++)
+            tap_ok(memcmp(g[k][1], g[k][0], sizeof(float) * (size_t)np) == 0 &&
+                       memcmp(w[k][1], w[k][0], sizeof(float) * (size_t)np) == 0,
+                   "%s: init again at the same rank, the same step: the same gradient and weights, bit for bit",
+                   k ? "cuda" : "cpu");
+    } else tap_skip(5, "an engine failed");
+    pi_ptrain_engine_destroy(&es[0]);
+    pi_ptrain_engine_destroy(&es[1]);
+    pi_ptrain_samples_destroy(&s);
+    for (int k = 0; k < 2; k++)
+        for (int j = 0; j < 2; j++) free(g[k][j]), free(w[k][j]);
+    free(p0);
 }
 
 /* Every epoch's figures, from the progress callback. */
@@ -434,6 +504,7 @@ int main(int argc, char **argv)
 
     test_step("d256 ff1024", 256, 1024, 64, 128, 128);
     test_step("d96 ff200", 96, 200, 48, 64, 40);
+    test_rebind();
     test_layer("d256 ff1024", 256, 1024, 128);
     test_layer("d96 ff200", 96, 200, 64);
     if (timing) bench_7b();
