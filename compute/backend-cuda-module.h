@@ -29,10 +29,10 @@
 
 #define PI_BACKEND_CUDA_MODULE_FILE "pinfer-cuda.so"
 #define PI_BACKEND_CUDA_MODULE_SYM "pi_backend_cuda_module"
-/* Bumped whenever this struct or the meaning of a member changes. */
-/* 2: ops.stream_rates replaced stream_bps, opts.thresholds; 3: the predictor trainer's engine (ptrain_new and
- * the sizes of the two structs it shares) */
-#define PI_BACKEND_CUDA_ABI 3
+/* Bumped whenever this struct or the meaning of a member changes. 2: ops.stream_rates replaced
+ * stream_bps, opts.thresholds; 3: the predictor trainer's engine (ptrain_new and the sizes of the two
+ * structs it shares); 4: opts.gate_min, ops.ffn_hot_skipped (the plan's gate part). */
+#define PI_BACKEND_CUDA_ABI 4
 
 struct pi_backend_cuda_module {
     uint32_t abi; /* PI_BACKEND_CUDA_ABI */

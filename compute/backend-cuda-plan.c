@@ -223,6 +223,21 @@ static int plan_pred(const pi_model_t *m, const struct pi_backend_opts *o, int64
     return 0;
 }
 
+/* The activation thresholds' part of the plan (pi_backend_cuda_plan.gate; compute/backend-cuda.c's
+ * setup allocates it in this order). */
+static uint64_t plan_gate(const pi_model_t *m, const struct pi_backend_opts *o, int64_t n_hot_max)
+{
+    const uint64_t T = (uint64_t)o->max_tokens, f = sizeof(float);
+    const uint64_t rows = PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_HOT_BATCH_MIN - 1);
+    uint64_t b = 0;
+    for (int il = 0; il < m->hp.n_layer; il++)
+        if (o->n_hot && o->n_hot[il] > 0) b += pi_cuda_counted((uint64_t)o->n_hot[il] * f); /* d_gmin */
+    if (n_hot_max > 0) /* d_list, d_nlist, d_sa of the per-row path */
+        b += pi_cuda_counted(rows * (uint64_t)n_hot_max * sizeof(int32_t)) + pi_cuda_counted(rows * sizeof(int32_t)) +
+             pi_cuda_counted(rows * (uint64_t)n_hot_max * f);
+    return b + pi_cuda_counted((uint64_t)m->hp.n_layer * sizeof(uint64_t)); /* d_skip */
+}
+
 int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts *o, struct pi_backend_cuda_plan *p)
 {
     const struct pi_hparams *hp = &m->hp;
@@ -299,6 +314,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
         gemm_cols = PI_MAX(gemm_cols, (int64_t)hp->n_ff);
     }
     if (pi_backend_cuda_pred_on(o)) PI_TRY(plan_pred(m, o, n_hot_max, p, &tile, &gemm_cols));
+    if (o->thresholds && !pi_backend_cuda_pred_on(o)) p->gate = plan_gate(m, o, n_hot_max); /* never both */
     if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
     /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever tune.cuda_matvec says: 48 bytes per 32
@@ -306,7 +322,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
     p->scratch += slot(pi_backend_cuda_xq_total(m, o, any_dense));
     if (pi_cuda_att_head_dim_ok(hp->head_dim)) /* the flash-decoding kernels' split partials (ops.cu) */
         p->scratch += slot(pi_cuda_att_part_max(PI_MIN((int64_t)T, (int64_t)n_ctx), hp->n_head, n_ctx, hp->head_dim));
-    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred + p->stream;
+    p->total = p->attn + p->norms + p->head + p->hot + p->kv + p->act + p->scratch + p->pred + p->gate + p->stream;
     return 0;
 }
 

@@ -42,6 +42,10 @@ struct pi_backend_cuda_plan {
     uint64_t pred;    /* with predictors (pi_backend_cuda_pred_on): their fc1 and fc2 weights, the hot ids of
                          the layers that are not dense, and the sparse path's buffers (logits, mask words,
                          lists, per-row activations); 0 without */
+    uint64_t gate;    /* with activation thresholds (o->thresholds, without predictors): each layer's
+                         thresholds of its hot neurons (n_hot floats), the per-row path's lists, counts and
+                         activations (min(max_tokens, PI_BACKEND_CUDA_HOT_BATCH_MIN - 1) rows of n_hot_max),
+                         and the per-layer counters of the pairs skipped (n_layer uint64); 0 without */
     uint64_t stream;  /* prompt streaming (pi_backend_cuda_stream_on): two slots of a layer's whole FFN
                          (pi_backend_cuda_stream_slot each) and the streamed products' (max_tokens, 2 n_ff)
                          f32 buffer; 0 without. Its larger GEMM tile and input are in scratch */

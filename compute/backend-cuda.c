@@ -53,6 +53,19 @@
  * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
  * the gate/up product: the predictor needs the normed input first.
  *
+ * Activation thresholds (o->thresholds with o->gate_min: a SwiGLU model's, doc/thresholds.md): each layer's
+ * thresholds of its hot neurons go to the device at creation (d_gmin, in the packed rows' order), and
+ * ffn_hot computes the layer gate-first (ffn_hot_gated) with the list kernels of the predictors' path:
+ * per row of a decode step the gate rows of every hot neuron (pi_cuda_ffn_gu_part, GATE), then one
+ * launch for the rows that applies pi_ffn_gate_skip's rule per (token, neuron) and lists the kept hot
+ * neurons in ascending order (pi_cuda_gate_list; no host round trip), then per row the up rows of the
+ * listed neurons (UP) and their down rows (pi_cuda_ffn_down_list). A dense layer (hot fraction 1) keeps
+ * the file's ffn_down, whose product reads every column with the skipped activations zero: it saves the
+ * up rows only (doc/cuda-backend.md, "What is left"). A batch of the GEMM path computes the gate/up pairs
+ * densely and zeroes the skipped activations before the down product (the single process's dense form).
+ * The skipped pairs are counted per layer on the device (integer atomics) and come down once per step
+ * (ffn_hot_skipped). A layer whose thresholds are all 0 runs as without them.
+ *
  * Prompt streaming (ffn_stream, compute/stream-policy.h; doc/cuda-backend.md): where [tune]
  * prompt_stream is not off and some layer has cold neurons whose ffn_gate, ffn_up and ffn_down the
  * device takes in their file types (pi_backend_cuda_stream_on), the backend holds two device slots of
@@ -102,6 +115,7 @@
 #include "lib/common.h"
 #include "lib/log.h"
 
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -128,6 +142,10 @@ struct cuda_layer {
     enum pi_type t1, t2;         /* fc1's and fc2's device types */
     int32_t *d_ids;
     float thr;                   /* the logit threshold of o.sparsity's mode */
+    /* activation thresholds (o.thresholds): d_gmin (n_hot) the hot neurons' thresholds in the packed rows'
+     * order (zeros without o.gate_min); gm_on: one of them is positive (the layer takes ffn_hot_gated) */
+    float *d_gmin;
+    bool gm_on;
 };
 
 struct cuda_backend {
@@ -180,6 +198,12 @@ struct cuda_backend {
     uint64_t *d_words, *h_words; /* h_words: (T, mw) host staging of the mask's download */
     int32_t *d_on, *d_list, *d_nlist, *h_on;
     int masked_il;            /* the layer whose ffn_predict ran last (its ffn_hot takes the lists), or -1 */
+    /* Activation thresholds (o.thresholds; "Activation thresholds" above), else false and NULL: the per-row
+     * path shares d_list, d_nlist and d_sa with the predictors' (never both; rows: at most
+     * PI_BACKEND_CUDA_HOT_BATCH_MIN - 1), d_skip (n_layer) the pairs skipped since ffn_hot_skipped last
+     * read them, h_skip its host copy */
+    bool gated;
+    uint64_t *d_skip, *h_skip;
     bool dead;                /* a device error happened: every call fails */
     uint64_t planned;
     /* Prompt streaming (pi_backend_cuda_stream_on; "Prompt streaming" above), else st_on false and the
@@ -420,6 +444,7 @@ static void cuda_destroy(pi_backend_t *b)
     free(s->run_start);
     free(s->h_words);
     free(s->h_on);
+    free(s->h_skip);
     pi_pool_destroy(&s->st_pool);
     free(s);
 }
@@ -625,7 +650,8 @@ static int cuda_ffn_input(pi_backend_t *b, int il, float *x)
     s->hot_valid = false;
     /* a dense layer's decode gate/up product applies the norm itself */
     s->masked_il = -1;
-    s->xn_deferred = !s->pred && (!x || all_hot) && cl->dense && ffn_per_row(s) && pi_cuda_norm_fusable(s->ctx, cl->gu);
+    s->xn_deferred = !s->pred && !cl->gm_on && (!x || all_hot) && cl->dense && ffn_per_row(s) &&
+                     pi_cuda_norm_fusable(s->ctx, cl->gu);
     if (s->xn_deferred) return 0;
     CK(s, pi_cuda_rmsnorm(s->ctx, n, s->d, s->d_h, norm_w(s, 2 * il + 1), s->eps, s->d_xn),
        "ffn_input");
@@ -723,9 +749,55 @@ static int ffn_hot_sparse(struct cuda_backend *s, int il)
     return 0;
 }
 
+/* The hot neurons of layer il under its activation thresholds ("Activation thresholds" above): per row the
+ * gate rows of every hot neuron, one launch that applies the rule to every row's gates (the skipped
+ * activations zeroed, the kept neurons listed, the skipped pairs counted into d_skip[il]), then per row the
+ * listed neurons' up rows and down rows (a dense layer: the file's ffn_down times the activations, the
+ * skipped ones zero); batches of the GEMM path compute the pairs densely and zero the skipped activations
+ * before the down product. */
+static int ffn_hot_gated(struct cuda_backend *s, int il)
+{
+    const struct cuda_layer *cl = &s->L[il];
+    const int n = s->n;
+    const int64_t d = s->d, nh = cl->n_hot;
+    uint64_t *skip = s->d_skip + il;
+    if (ffn_per_row(s)) {
+        for (int t = 0; t < n; t++) {
+            const float *x = s->d_xn + (size_t)t * (size_t)d;
+            float *a = s->d_sa + (size_t)t * (size_t)nh; /* the gate products, then the activations */
+            CK(s, pi_cuda_ffn_gu_part(s->ctx, cl->gu, PI_CUDA_GU_GATE, s->act, x, NULL, NULL, a), "ffn_hot");
+        }
+        CK(s, pi_cuda_gate_list(s->ctx, n, nh, s->act, cl->d_gmin, s->d_sa, nh, 1, s->d_sa, nh, s->d_list, s->d_nlist,
+                                skip), "ffn_hot");
+        for (int t = 0; t < n; t++) {
+            const float *x = s->d_xn + (size_t)t * (size_t)d;
+            const int32_t *list = s->d_list + (size_t)t * (size_t)nh, *cnt = s->d_nlist + t;
+            float *a = s->d_sa + (size_t)t * (size_t)nh, *y = s->d_parts + (size_t)t * (size_t)d;
+            CK(s, pi_cuda_ffn_gu_part(s->ctx, cl->gu, PI_CUDA_GU_UP, s->act, x, list, cnt, a), "ffn_hot");
+            if (cl->dense) CK(s, pi_cuda_matvec_add(s->ctx, cl->down, a, s->d_h + (size_t)t * (size_t)d), "ffn_hot");
+            else CK(s, pi_cuda_ffn_down_list(s->ctx, cl->down, list, cnt, a, y), "ffn_hot");
+        }
+        s->hot_valid = !cl->dense;
+        return 0;
+    }
+    CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+    CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, nh, s->d_g, s->d_a), "ffn_hot");
+    CK(s, pi_cuda_gate_list(s->ctx, n, nh, s->act, cl->d_gmin, s->d_g, 2 * nh, 2, s->d_a, nh, NULL, NULL, skip),
+       "ffn_hot");
+    if (cl->dense) {
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
+        return 0;
+    }
+    CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
+    CK(s, pi_cbk_down_batch(s->stream, n, nh, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
+    s->hot_valid = true;
+    return 0;
+}
+
 /* The hot neurons of layer il over the rows of d_xn: into d_parts[0 .. n d) (hot_valid), or, for a
  * dense layer, added to d_h directly (its down product's epilogue; ffn_merge then adds only cold). With
- * the layer's prediction (ffn_predict) only the predicted-active ones (ffn_hot_sparse). */
+ * the layer's prediction (ffn_predict) only the predicted-active ones (ffn_hot_sparse); under activation
+ * thresholds the kept ones (ffn_hot_gated). */
 static int cuda_ffn_hot(pi_backend_t *b, int il)
 {
     struct cuda_backend *s = cb(b);
@@ -745,6 +817,7 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
         s->masked_il = -1;
         return ffn_hot_sparse(s, il);
     }
+    if (cl->gm_on) return ffn_hot_gated(s, il);
     if (cl->dense && ffn_per_row(s)) {
         /* a dense layer adds its product to h directly (the epilogue's add); merge adds only cold. With
          * xn_deferred the input is h itself and the gate/up product applies the FFN norm. */
@@ -837,6 +910,21 @@ static int cuda_seq_len(const pi_backend_t *b, int seq)
     const struct cuda_backend *s = (const struct cuda_backend *)b;
     if (seq < 0 || seq >= s->n_seq) return -PI_ERR_RANGE;
     return s->len[seq];
+}
+
+/* The pairs skipped per layer since the last call: d_skip downloaded (a wait for the step's work, which the
+ * loop's output already waited for) and cleared on the stream. */
+static int cuda_ffn_hot_skipped(pi_backend_t *b, int64_t *skipped)
+{
+    struct cuda_backend *s = cb(b);
+    const size_t L = (size_t)s->n_layer;
+    memset(skipped, 0, L * sizeof *skipped);
+    if (!s->d_skip) return 0;
+    PI_TRY(alive(s, "ffn_hot_skipped"));
+    CK(s, pi_cuda_download(s->ctx, s->h_skip, s->d_skip, L * sizeof(uint64_t)), "ffn_hot_skipped");
+    CK(s, pi_cuda_memset(s->ctx, s->d_skip, 0, L * sizeof(uint64_t)), "ffn_hot_skipped");
+    for (size_t il = 0; il < L; il++) skipped[il] = (int64_t)PI_MIN(s->h_skip[il], (uint64_t)INT64_MAX);
+    return 0;
 }
 
 static int64_t cuda_ffn_hot_count(const pi_backend_t *b, int il)
@@ -994,6 +1082,7 @@ static const struct pi_backend_ops cuda_ops = {
     .ffn_predict = cuda_ffn_predict,
     .ffn_stream = cuda_ffn_stream,
     .stream_rates = cuda_stream_rates,
+    .ffn_hot_skipped = cuda_ffn_hot_skipped,
 };
 
 /* ------------------------------------------------------------------ creation */
@@ -1107,6 +1196,20 @@ static int setup_stream(struct cuda_backend *s)
     return 0;
 }
 
+/* Layer il's activation thresholds on the device (o.thresholds): its hot neurons' (o.gate_min[il], in the
+ * packed rows' order), zeros without o.gate_min; gm_on when one is positive. */
+static int upload_gate(struct cuda_backend *s, int il)
+{
+    struct cuda_layer *cl = &s->L[il];
+    if (cl->n_hot == 0) return 0;
+    const size_t bytes = (size_t)cl->n_hot * sizeof(float);
+    PI_TRY(dalloc(s, bytes, &cl->d_gmin));
+    const float *g = s->o.gate_min ? s->o.gate_min[il] : NULL;
+    if (!g) return pi_cuda_memset(s->ctx, cl->d_gmin, 0, bytes);
+    for (int64_t i = 0; i < cl->n_hot; i++) cl->gm_on |= g[i] > 0.0f;
+    return pi_cuda_upload(s->ctx, cl->d_gmin, g, bytes);
+}
+
 static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
 {
     const pi_model_t *m = s->base.model;
@@ -1142,6 +1245,7 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
         PI_TRY(dalloc(s, (uint64_t)cl->n_hot * sizeof(int32_t), &cl->d_ids));
         PI_TRY(pi_cuda_upload(s->ctx, cl->d_ids, s->o.hot[il], (size_t)cl->n_hot * sizeof(int32_t)));
     }
+    for (int il = 0; s->gated && il < s->n_layer; il++) PI_TRY(upload_gate(s, il)); /* the thresholds */
     /* 4. KV cache */
     PI_TRY(dalloc(s, p->kv, &s->d_kv));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_kv, 0, (size_t)p->kv));
@@ -1182,6 +1286,16 @@ static int setup(struct cuda_backend *s, const struct pi_backend_cuda_plan *p)
             PI_TRY(dalloc(s, rows * (uint64_t)s->n_hot_max * f, &s->d_sa));
         }
     }
+    if (s->gated) { /* the thresholds' buffers (plan_gate in compute/backend-cuda-plan.c) */
+        if (s->n_hot_max > 0) {
+            const uint64_t rows = PI_MIN(T, (uint64_t)PI_BACKEND_CUDA_HOT_BATCH_MIN - 1);
+            PI_TRY(dalloc(s, rows * (uint64_t)s->n_hot_max * sizeof(int32_t), &s->d_list));
+            PI_TRY(dalloc(s, rows * sizeof(int32_t), &s->d_nlist));
+            PI_TRY(dalloc(s, rows * (uint64_t)s->n_hot_max * f, &s->d_sa));
+        }
+        PI_TRY(dalloc(s, (uint64_t)s->n_layer * sizeof(uint64_t), &s->d_skip));
+        PI_TRY(pi_cuda_memset(s->ctx, s->d_skip, 0, (size_t)s->n_layer * sizeof(uint64_t)));
+    }
     /* defined contents for the warm-up's products */
     PI_TRY(pi_cuda_memset(s->ctx, s->d_xn, 0, (size_t)(T * d * f)));
     PI_TRY(pi_cuda_memset(s->ctx, s->d_q, 0, (size_t)(T * (uint64_t)s->qd * f)));
@@ -1203,8 +1317,8 @@ static void too_big(const struct pi_backend_cuda_plan *p, uint64_t budget, int64
              "sparse buffers %.1f, prompt streaming %.1f; %llu bytes in all) but the budget is %.1f MiB (%llu bytes); lower the hot "
              "fraction, the context or the sequences, set tune.prompt_stream=off, or raise --vram-budget",
              p->total / M, p->attn / M, p->norms / M, p->head / M, p->hot / M, (long long)n_hot_max, p->kv / M, n_seq,
-             n_ctx, p->act / M, p->scratch / M, p->pred / M, p->stream / M, (unsigned long long)p->total, budget / M,
-             (unsigned long long)budget);
+             n_ctx, p->act / M, p->scratch / M, (p->pred + p->gate) / M, p->stream / M, (unsigned long long)p->total,
+             budget / M, (unsigned long long)budget);
 }
 
 /* The backend's host side: geometry from m and o, and the host arrays. NULL when out of memory. */
@@ -1236,6 +1350,7 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->pred = pi_backend_cuda_pred_on(o);
+    s->gated = o->thresholds && !s->pred; /* never both (check_gate); the plan's rule */
     s->st_on = pi_backend_cuda_stream_on(m, o);
     s->mw = (hp->n_ff + 63) / 64;
     s->masked_il = -1;
@@ -1249,12 +1364,32 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->run_start = malloc(((size_t)s->T + 1) * sizeof(int32_t));
     s->h_words = malloc((size_t)s->T * (size_t)s->mw * sizeof(uint64_t));
     s->h_on = malloc((size_t)s->T * sizeof(int32_t));
+    s->h_skip = calloc((size_t)hp->n_layer, sizeof(uint64_t));
     if (!s->L || !s->h_ids || !s->h_seqtab || !s->len || !s->pend || !s->seq || !s->pos || !s->run_start || !s->h_words ||
-        !s->h_on) {
+        !s->h_on || !s->h_skip) {
         cuda_destroy(&s->base);
         return NULL;
     }
     return s;
+}
+
+/* o's activation thresholds, if any: with thresholds, not with predictors, each >= 0 and finite. 0 or
+ * -PI_ERR_INVAL (logged). */
+static int check_gate(const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    if (!o->gate_min) return 0;
+    if (!o->thresholds || pi_backend_cuda_pred_on(o) || !o->n_hot || !o->hot) {
+        pi_error("cuda backend: activation thresholds without opts.thresholds, or with predictors");
+        return -PI_ERR_INVAL;
+    }
+    for (int il = 0; il < m->hp.n_layer; il++)
+        for (int64_t i = 0; i < o->n_hot[il]; i++)
+            if (!(o->gate_min[il][i] >= 0.0f && o->gate_min[il][i] <= FLT_MAX)) {
+                pi_error("cuda backend: layer %d hot neuron %lld: activation threshold %g", il, (long long)i,
+                         (double)o->gate_min[il][i]);
+                return -PI_ERR_INVAL;
+            }
+    return 0;
 }
 
 int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
@@ -1265,6 +1400,7 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         pi_error("cuda backend: max_tokens %d", o->max_tokens);
         return -PI_ERR_INVAL;
     }
+    if (check_gate(m, o) != 0) return -PI_ERR_INVAL;
     struct pi_backend_cuda_plan p;
     int rc = pi_backend_cuda_plan_parts(m, o, &p);
     if (rc < 0) {
@@ -1320,10 +1456,11 @@ int pi_backend_cuda_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
     s->o.hot_layers = NULL; /* the packed hot rows were needed for the upload only (backend.h) */
     pi_cuda_ctx_usage(s->ctx, NULL, &used, NULL, NULL);
     pi_info("cuda backend: %.1f MiB planned, %.1f MiB held of a %.1f MiB budget (weights %.1f, hot neurons %.1f, "
-            "KV cache %.1f, activations and scratch %.1f, predictors and sparse buffers %.1f, prompt streaming %.1f)%s",
+            "KV cache %.1f, activations and scratch %.1f, predictors, thresholds and sparse buffers %.1f, prompt "
+            "streaming %.1f)%s",
             p.total / 1048576.0, used / 1048576.0, budget / 1048576.0, (p.attn + p.norms + p.head) / 1048576.0,
-            p.hot / 1048576.0, p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, p.pred / 1048576.0, p.stream / 1048576.0,
-            own_attn ? "; attention by the any-head-size kernel" : "");
+            p.hot / 1048576.0, p.kv / 1048576.0, (p.act + p.scratch) / 1048576.0, (p.pred + p.gate) / 1048576.0,
+            p.stream / 1048576.0, own_attn ? "; attention by the any-head-size kernel" : "");
     *out = &s->base;
     return 0;
 }

@@ -26,6 +26,16 @@
  * neurons are all hot; or, for a batch that selects many, densely with the unselected activations
  * zeroed), the exact gate sign still deciding each of them. The FFN policy is not consulted.
  *
+ * Activation thresholds (opts.gate_min, a SwiGLU model's; doc/thresholds.md): the hot neurons take the
+ * rule the CPU workers take (pi_ffn_gate_skip), on whichever path computes them: a layer whose neurons are
+ * all hot through the forward pass's own thresholds (pi_forward_set_gate_min: the single process's
+ * dense FFN with the skipped activations zeroed, so at hot fraction 1 the logits are the single process's
+ * with thresholds, bit for bit), a partial hot set densely over the packed slice with the skipped
+ * activations zeroed (pi_partition_ffn_dense_gated, as a CPU worker computes its slice) or neuron by
+ * neuron with the skipped neurons' up and down rows unread (pi_ffn_neurons_batch with the thresholds). A
+ * pipeline run with thresholds then computes the same function whatever the hot fraction, to the two
+ * paths' rounding. The pairs skipped are counted per layer for ffn_hot_skipped.
+ *
  * Threads: the hot neurons run on the forward pass's own pool (pi_forward_pool), between its steps;
  * a second pool would spin its threads against the first one's on the same cores. The neuron
  * kernel's sums do not depend on thread timing, so a run is reproducible bit for bit.
@@ -50,6 +60,7 @@
 #include "compute/forward.h"
 #include "lib/log.h"
 
+#include <float.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +89,11 @@ struct host_backend {
     int32_t *list;             /* (n_ff): pi_sparse_ffn's scratch */
     struct pi_sparse_slice *slices; /* (n_layer): the hot ids as mask bitmaps (compute/sparse.h) */
     float *sp_gate, *sp_up;    /* (max_tokens, n_ff): a whole layer's dense masked FFN (all hot) */
+    /* activation thresholds (o.gate_min), else NULL */
+    float *gm_full;            /* (n_layer, n_ff): each hot neuron's threshold at its id, 0 elsewhere: for the
+                                  forward pass (a layer all hot) and the neuron path over the model's rows */
+    struct pi_sparse_stats gm_stats; /* the forward pass's counts (a layer all hot) */
+    int64_t *skipped;          /* (n_layer): hot pairs skipped since the last ffn_hot_skipped */
     /* prompt streaming (o.tune.prompt_stream on), else NULL: the streamed layer's FFN input and its
      * products */
     float *st_x;               /* (max_tokens, d) */
@@ -107,6 +123,9 @@ static void host_destroy(pi_backend_t *b)
     free(s->st_x);
     free(s->st_gate);
     free(s->st_up);
+    free(s->gm_full);
+    free(s->skipped);
+    pi_sparse_stats_free(&s->gm_stats);
     pi_ffn_policy_free(&s->policy);
     free(s);
 }
@@ -190,9 +209,16 @@ static int host_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mas
     return 0;
 }
 
-/* hot (n, d) = the hot neurons of layer il over each row of x. Synchronous on the host: the CPU
- * workers run at the same time in their own processes. A layer whose neurons are all hot is the
- * single process's FFN step instead: hot = h + ffn(ffn_norm(h)), the sum pi_forward_ffn makes. */
+/* Pairs of layer il the forward pass's thresholds skipped, as its counts stand (pairs - predicted). */
+static uint64_t fwd_skipped(const struct host_backend *s, int il)
+{
+    return s->gm_stats.layers[il].pairs - s->gm_stats.layers[il].predicted;
+}
+
+/* hot (n, d) = the hot neurons of layer il over each row of x, under the thresholds where given.
+ * Synchronous on the host: the CPU workers run at the same time in their own processes. A layer whose
+ * neurons are all hot is the single process's FFN step instead: hot = h + ffn(ffn_norm(h)), the sum
+ * pi_forward_ffn makes (with the forward pass's thresholds). */
 static int host_ffn_hot(pi_backend_t *b, int il)
 {
     struct host_backend *s = hb(b);
@@ -203,7 +229,9 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     s->dense = nh >= (int64_t)m->hp.n_ff;
     if (s->dense) {
         memcpy(s->hot, s->h, nd * sizeof(float));
+        const uint64_t before = s->gm_full ? fwd_skipped(s, il) : 0;
         pi_forward_ffn(s->fwd, il, s->n, s->hot);
+        if (s->gm_full) s->skipped[il] += (int64_t)(fwd_skipped(s, il) - before);
         return 0;
     }
     if (!s->x) {
@@ -213,14 +241,23 @@ static int host_ffn_hot(pi_backend_t *b, int il)
     memset(s->hot, 0, nd * sizeof(float));
     if (nh == 0) return 0;
     pi_pool_t *pool = pi_forward_pool(s->fwd);
+    /* the thresholds of the rows read: packed (row i is hot neuron i) or the model's (row j is neuron j) */
+    const float *gm = s->o.gate_min ? s->o.gate_min[il] : NULL;
+    const float *gm_rows = s->gm_full ? s->gm_full + (size_t)il * (size_t)m->hp.n_ff : NULL;
+    int64_t kept;
     if (pi_ffn_policy_choose(&s->policy, il, s->n) == PI_FFN_PATH_DENSE) {
         /* dense over the packed slice, as a CPU worker computes its own (compute/partition.h) */
-        pi_partition_ffn_dense(pool, s->o.hot_part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
+        const struct pi_partition *part = s->o.hot_part;
+        kept = gm ? pi_partition_ffn_dense_gated(pool, part, il, m->hp.act, gm, s->x, s->n, s->dense_scr, s->hot)
+                  : pi_partition_ffn_dense(pool, part, il, m->hp.act, s->x, s->n, s->dense_scr, s->hot);
     } else if (s->o.hot_layers) { /* the packed hot rows: row i is neuron hot[il][i] */
-        pi_ffn_neurons_batch(pool, s->work, &s->o.hot_layers[il], m->hp.act, NULL, s->x, s->n, s->ident, nh, s->hot);
+        const struct pi_layer *L = &s->o.hot_layers[il];
+        kept = pi_ffn_neurons_batch(pool, s->work, L, m->hp.act, gm, s->x, s->n, s->ident, nh, s->hot);
     } else {
-        pi_ffn_neurons_batch(pool, s->work, &m->layers[il], m->hp.act, NULL, s->x, s->n, s->o.hot[il], nh, s->hot);
+        const struct pi_layer *L = &m->layers[il];
+        kept = pi_ffn_neurons_batch(pool, s->work, L, m->hp.act, gm_rows, s->x, s->n, s->o.hot[il], nh, s->hot);
     }
+    if (gm) s->skipped[il] += PI_MAX((int64_t)s->n * nh - kept, (int64_t)0);
     return 0;
 }
 
@@ -294,6 +331,19 @@ static int host_seq_len(const pi_backend_t *b, int seq)
     return pi_forward_seq_len(((const struct host_backend *)b)->fwd, seq);
 }
 
+static int host_ffn_hot_skipped(pi_backend_t *b, int64_t *skipped)
+{
+    struct host_backend *s = hb(b);
+    const size_t L = (size_t)b->model->hp.n_layer;
+    if (!s->skipped) {
+        memset(skipped, 0, L * sizeof *skipped);
+        return 0;
+    }
+    memcpy(skipped, s->skipped, L * sizeof *skipped);
+    memset(s->skipped, 0, L * sizeof *s->skipped);
+    return 0;
+}
+
 static int64_t host_ffn_hot_count(const pi_backend_t *b, int il)
 {
     const struct host_backend *s = (const struct host_backend *)b;
@@ -315,6 +365,7 @@ static const struct pi_backend_ops host_ops = {
     .ffn_hot_count = host_ffn_hot_count,
     .ffn_predict = host_ffn_predict,
     .ffn_stream = host_ffn_stream,
+    .ffn_hot_skipped = host_ffn_hot_skipped,
 };
 
 /* The predictors' buffers, when o asks for them: 0, -PI_ERR_INVAL (predictors of another shape, or a
@@ -336,6 +387,38 @@ static int host_predictors_init(struct host_backend *s, const pi_model_t *m, con
     s->sp_up = malloc((size_t)o->max_tokens * (size_t)m->hp.n_ff * sizeof *s->sp_up);
     if (!s->mask || !s->pred_scr || !s->xown || !s->list || !s->sp_gate || !s->sp_up) return -PI_ERR_NOMEM;
     return pi_sparse_slices_new(m->hp.n_layer, m->hp.n_ff, o->hot, o->n_hot, &s->slices); /* logs bad ids */
+}
+
+/* The activation thresholds of the hot neurons, when o gives them: checked (each >= 0 and finite; not
+ * with predictors), spread to gm_full by id, and the forward pass's own where a layer is all hot. 0,
+ * -PI_ERR_INVAL (logged) or -PI_ERR_NOMEM. */
+static int host_thresholds_init(struct host_backend *s, const pi_model_t *m, const struct pi_backend_opts *o)
+{
+    if (!o->gate_min) return 0;
+    const int64_t ff = m->hp.n_ff;
+    if (o->pred && o->sparsity != PI_SPARSITY_OFF) {
+        pi_error("host backend: activation thresholds and predictors together");
+        return -PI_ERR_INVAL;
+    }
+    s->gm_full = calloc((size_t)m->hp.n_layer * (size_t)ff, sizeof *s->gm_full);
+    s->skipped = calloc((size_t)m->hp.n_layer, sizeof *s->skipped);
+    if (!s->gm_full || !s->skipped || pi_sparse_stats_init(&s->gm_stats, m) != 0) return -PI_ERR_NOMEM;
+    bool all_hot = false;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        all_hot |= o->n_hot[il] >= ff;
+        for (int64_t i = 0; i < o->n_hot[il]; i++) {
+            const float t = o->gate_min[il][i];
+            const int32_t id = o->hot[il][i];
+            if (!(t >= 0.0f && t <= FLT_MAX) || id < 0 || id >= ff) {
+                pi_error("host backend: layer %d hot neuron %lld (id %d): activation threshold %g", il, (long long)i,
+                         id, (double)t);
+                return -PI_ERR_INVAL;
+            }
+            s->gm_full[(size_t)il * (size_t)ff + (size_t)id] = t;
+        }
+    }
+    /* the forward pass applies them in the FFN step an all-hot layer takes (its own validation) */
+    return all_hot ? pi_forward_set_gate_min(s->fwd, s->gm_full, &s->gm_stats) : 0;
 }
 
 int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi_backend_t **out)
@@ -396,6 +479,7 @@ int pi_backend_host_new(const pi_model_t *m, const struct pi_backend_opts *o, pi
         stream_bad = !s->st_x || !s->st_gate || !s->st_up;
     }
     int rc = host_predictors_init(s, m, o);
+    if (rc == 0 && s->fwd) rc = host_thresholds_init(s, m, o);
     if (rc == -PI_ERR_INVAL) {
         host_destroy(&s->base);
         return rc;

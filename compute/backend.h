@@ -24,6 +24,7 @@
  *   streamed prompt step, ffn_stream(il, next) replaces the three for each layer with cold neurons.)
  *   output(n_out, logits)               logits (n_out, n_vocab) of the last n_out rows of h
  *   commit()                            the batch's positions are now part of the cache
+ *   [ffn_hot_skipped(skipped)]          with activation thresholds: the hot pairs the step skipped
  *
  * Two backends: `host` (plain C over the forward-pass ops, compute/backend-host.c; the CI stand-in
  * and the reference) and `cuda` (compute/backend-cuda.c, in the module pinfer-cuda.so loaded on
@@ -73,10 +74,19 @@ struct pi_backend_opts {
      * (the cuda backend copies the weights to the device at creation). */
     const struct pi_predictors *pred;
     enum pi_sparsity sparsity;
-    /* The CPU workers skip their cold neurons under a SwiGLU model's activation thresholds (doc/thresholds.md;
-     * the hot neurons here stay dense). Set where pred is: such a run never streams its prompts
-     * (pi_stream_policy_mode), so the cuda backend holds no streaming buffers for it. */
+    /* A SwiGLU model's activation thresholds are on (doc/thresholds.md): the CPU workers skip their cold
+     * neurons under them, and this backend its hot ones under gate_min. Set where pred is: such a run
+     * never streams its prompts (pi_stream_policy_mode), so the cuda backend holds no streaming buffers
+     * for it; it holds the thresholds' buffers instead (compute/backend-cuda-plan.h, part gate), which
+     * the placement's plan counts from this flag alone. */
     bool thresholds;
+    /* With thresholds, the hot neurons' thresholds, or NULL (the hot neurons dense): gate_min[il]
+     * (n_hot[il]) floats, each >= 0 and finite, in the order of hot[il] (neuron hot[il][i]'s threshold at
+     * [i]). A (token, hot neuron) pair is skipped when pi_ffn_gate_skip(act, gate_min[il][i], gate)
+     * (kernels/cpu/ops.h): gate-first, its up row and down row unread where the path allows. Borrowed for
+     * the lifetime of the backend (the cuda backend copies them to the device at creation). Not with
+     * pred. */
+    const float *const *gate_min;
 };
 
 /* The operations of one backend; every function returns 0 or a negative enum pi_err (logged). */
@@ -124,6 +134,13 @@ struct pi_backend_ops {
      * (rates 0) when this backend cannot stream with its options (cuda without its streaming buffers:
      * prompt_stream off, predictors or thresholds, or a layer's FFN type the device would convert). */
     int (*stream_rates)(const pi_backend_t *b, double *copy_bps, double *pack_bps);
+    /* Optional (NULL = the hot neurons skip nothing): with opts.gate_min, skipped (n_layer) = the (token,
+     * hot neuron) pairs each layer's ffn_hot skipped under the thresholds since the last call (or the
+     * backend's creation); the counters are then cleared. The loop calls it once per step, after the
+     * step's layers, and takes the counts from the pairs it noted as computed (pi_sparse_note_skipped): the
+     * cuda backend counts on the device and downloads its counters here, one wait at the end of a step
+     * rather than one per layer. Without gate_min every count is 0. */
+    int (*ffn_hot_skipped)(pi_backend_t *b, int64_t *skipped);
 };
 
 /* Every backend struct starts with this. */

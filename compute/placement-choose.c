@@ -34,6 +34,15 @@ static int64_t fit_by_rows(const struct pi_config *c, const pi_model_t *m)
     return (int64_t)PI_MIN(k, (uint64_t)m->hp.n_ff);
 }
 
+/* Whether the run applies a SwiGLU model's activation thresholds: its [sparsity] mode, as the pipeline
+ * resolved it, is safe or aggressive (pi_sparse_open gives such a run thresholds or refuses it). The GPU
+ * worker's cuda backend then holds their buffers (compute/backend-cuda-plan.h, part gate). */
+static bool run_gated(const struct pi_config *c, const pi_model_t *m)
+{
+    return m->hp.act == PI_FFN_ACT_SILU &&
+           (c->sparsity.mode == PI_SPARSITY_CFG_SAFE || c->sparsity.mode == PI_SPARSITY_CFG_AGGRESSIVE);
+}
+
 #ifdef PI_HAVE_CUDA
 struct cuda_fit {
     const pi_model_t *m;
@@ -81,7 +90,7 @@ static int64_t fit_cuda(const struct pi_config *c, const pi_model_t *m, int n_ct
         struct cuda_fit f = {.m = m, .nh = nh, .budget = c->vram_budget,
                              .o = {.n_ctx = n_ctx, .n_seq = n_seq, .max_tokens = max_tokens, .hot = hot, .n_hot = nh,
                                    .hot_layers = hl, .pred = pred, .sparsity = pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF,
-                                   .tune = c->tune}}; /* tune.prompt_stream: its slots */
+                                   .tune = c->tune, .thresholds = run_gated(c, m)}}; /* tune.prompt_stream: its slots */
         if (fits(&f, hp->n_ff)) {
             best = hp->n_ff;
         } else if (!fits(&f, 0)) {
@@ -135,6 +144,7 @@ struct bytes_ctx {
     struct pi_layer *hl;         /* (n_layer): the layers with their down rows' type, for the plan */
     const struct pi_predictors *pred; /* a sparse run's predictors (on the device too), or NULL */
     struct pi_tune tune;         /* [tune]: prompt_stream's slots are in the plan */
+    bool gated;                  /* activation thresholds: their buffers are in the plan (run_gated) */
 };
 
 static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *bytes)
@@ -153,7 +163,8 @@ static int placement_bytes(void *ctx, const struct pi_placement *p, uint64_t *by
         for (int il = 0; il < L; il++) hot[il] = pi_placement_hot(p, il, &nh[il]);
         struct pi_backend_opts o = {.n_ctx = b->n_ctx, .n_seq = b->n_seq, .max_tokens = b->max_tokens,
                                     .hot = (const int32_t *const *)hot, .n_hot = nh, .hot_layers = b->hl,
-                                    .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF, .tune = b->tune};
+                                    .pred = b->pred, .sparsity = b->pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF,
+                                    .tune = b->tune, .thresholds = b->gated};
         rc = pi_backend_cuda_plan(m, &o, bytes);
     }
     free(hot);
@@ -167,6 +178,7 @@ int pi_place_solve_config(const struct pi_config *c, const pi_model_t *m, const 
 {
     const struct pi_hparams *hp = &m->hp;
     struct bytes_ctx b = {.m = m, .cuda = c->gpu_backend == PI_GPU_CUDA, .n_ctx = n_ctx, .n_seq = PI_MAX(n_seq, 1), .max_tokens = max_tokens, .pred = pred, .tune = c->tune};
+    b.gated = run_gated(c, m);
 #ifndef PI_HAVE_CUDA
     b.cuda = false;
 #endif

@@ -120,8 +120,10 @@ int pi_placement_write_gpuidx(const struct pi_placement *p, const char *path, ui
  * NULL: none), the placement solver's (compute/placement-solve.h) within [gpu] vram_budget, or within
  * the bytes the hot fraction would take, with the [placement] speeds; else ids 0..k-1 hot in every
  * layer with k from pi_placement_hot_count. pred: the predictors of a sparse run (NULL: dense), whose
- * device bytes the budget counts and with which the solver models the CPU's work. Logs what it chose. 0 and *out, or a negative pi_err
- * (logged). */
+ * device bytes the budget counts and with which the solver models the CPU's work. A SwiGLU model whose
+ * c->sparsity.mode is safe or aggressive (the mode as resolved: pass auto as what it became) has
+ * activation thresholds, whose device buffers the budget counts too. Logs what it chose. 0 and *out, or a
+ * negative pi_err (logged). */
 int pi_placement_choose(const struct pi_config *c, const pi_model_t *m, const float *act_freq, int n_workers, int n_ctx,
                         int n_seq, int max_tokens, const struct pi_predictors *pred, struct pi_placement **out);
 

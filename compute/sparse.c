@@ -306,6 +306,13 @@ void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predic
     s->layers[il].pairs += (uint64_t)(n * s->n_ff);
 }
 
+void pi_sparse_note_skipped(struct pi_sparse_stats *s, int il, int64_t skipped)
+{
+    PI_ASSERT(il >= 0 && il < s->n_layer);
+    if (skipped <= 0) return;
+    s->layers[il].predicted -= PI_MIN((uint64_t)skipped, s->layers[il].predicted);
+}
+
 void pi_sparse_recall(struct pi_sparse_stats *s, pi_pool_t *pool, const pi_model_t *m, int il, const float *X, int64_t n,
                       const uint64_t *mask, int64_t mask_words, float *gate, float *up)
 {

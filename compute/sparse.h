@@ -158,6 +158,12 @@ void pi_sparse_stats_clear(struct pi_sparse_stats *s);
 /* Layer il computed n tokens with `predicted` (token, neuron) pairs predicted active. */
 void pi_sparse_note(struct pi_sparse_stats *s, int il, int64_t n, int64_t predicted);
 
+/* Of the pairs of layer il already noted as computed, `skipped` were not computed after all: the GPU
+ * worker's hot neurons under activation thresholds, whose backend reports them at the end of a step
+ * (compute/backend.h, ffn_hot_skipped). Clamped to what was noted (a count from a device is not trusted
+ * to be consistent). */
+void pi_sparse_note_skipped(struct pi_sparse_stats *s, int il, int64_t skipped);
+
 /* Recall of layer il's masks: the true activity of all n_ff neurons over X (n, d) (m's ffn_gate, and
  * for dReLU also ffn_up, through pi_matvec/pi_matmul: the inference rounding; active: gate > 0, and
  * for dReLU up > 0 too, as the trainer counts it), compared with mask (n, mask_words); counted into

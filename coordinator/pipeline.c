@@ -433,6 +433,8 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     const struct pi_predictors *place_pred = cm->sparsity != PI_SPARSITY_OFF && cm->pred.layers ? &cm->pred : NULL;
     struct pi_config place_cfg = o->cfg;
     place_cfg.tune.prompt_stream = pi_stream_policy_mode(o->cfg.tune.prompt_stream, place_pred != NULL, p->gated);
+    /* the mode as resolved (auto is safe or off by now): with thresholds the plan holds their buffers */
+    place_cfg.sparsity.mode = (enum pi_sparsity_cfg)(cm->sparsity + 1);
     if (!p->next || !p->sparse.layers || pi_placement_choose(&place_cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, p->base.max_batch,
                                                                     place_pred, &p->pl) != 0 ||
         pi_placement_share(p->pl, &p->pl_shm) != 0 || pi_coord_run_dir_check(o->cfg.run_dir) != 0 || find_exe("pi-gpu-worker", "gpu-worker", p->gpu_exe, sizeof p->gpu_exe) != 0 ||

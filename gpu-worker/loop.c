@@ -54,7 +54,8 @@ static bool counting(const struct pi_gpu_loop *g) { return sparse_on(g) || g->ga
 
 /* With activation thresholds: layer il's counts, the CPU workers' (read from the exchange after their
  * partials, untrusted: a sum that breaks kept <= pairs <= n * n_ff counts as dense) plus the hot
- * neurons, all computed. */
+ * neurons, counted as computed here; the pairs the backend skipped among them are taken off at the end
+ * of the step (count_hot_skipped). */
 static void count_gated(struct pi_gpu_loop *g, int il, int n, bool from_workers)
 {
     const int64_t ff = g->be->model->hp.n_ff, total = (int64_t)n * ff;
@@ -62,6 +63,19 @@ static void count_gated(struct pi_gpu_loop *g, int il, int n, bool from_workers)
     if (from_workers) pi_exchange_counts(g->ex, &kept, &pairs);
     if (kept > pairs || pairs > (uint64_t)total) kept = pairs = 0;
     pi_sparse_note(&g->stats, il, n, total - (int64_t)(pairs - kept));
+}
+
+/* With activation thresholds: the hot pairs the backend skipped over the step (ffn_hot_skipped, one call
+ * per step: the cuda backend's counters come down in one wait), taken off each layer's computed pairs.
+ * Called on a failed step too, so that its counts do not leak into the next one's. */
+static int count_hot_skipped(struct pi_gpu_loop *g, bool apply)
+{
+    pi_backend_t *be = g->be;
+    if (!g->gated || !be->ops->ffn_hot_skipped) return 0;
+    int rc = be->ops->ffn_hot_skipped(be, g->hot_skipped);
+    for (int il = 0; rc == 0 && apply && il < be->model->hp.n_layer; il++)
+        pi_sparse_note_skipped(&g->stats, il, g->hot_skipped[il]);
+    return rc;
 }
 
 /* The host fallback for a backend without ffn_predict: mask (n rows) = the prediction over x (predictors
@@ -322,6 +336,8 @@ int pi_gpu_loop_eval(struct pi_gpu_loop *g, const int32_t *tokens, const int32_t
      * asked for, the host's share only), corrects the model's stream side (pi_stream_policy_note_stream) */
     if (rc == 0 && streamed) pi_stream_policy_note_stream(&g->stream, n, pi_clock_ns() - t_st);
     if (rc == 0) be->ops->commit(be);
+    const int rs = count_hot_skipped(g, rc == 0);
+    if (rc == 0) rc = rs;
     if (counting(g)) pi_sparse_stats_to_wire(&g->stats, pi_exchange_stats(g->ex)); /* before the answer */
     return rc;
 }
@@ -341,6 +357,7 @@ void pi_gpu_loop_free(struct pi_gpu_loop *g)
 int pi_gpu_loop_gated_init(struct pi_gpu_loop *g)
 {
     if (pi_sparse_stats_init(&g->stats, g->be->model) != 0) return -PI_ERR_NOMEM;
+    if (!(g->hot_skipped = calloc((size_t)g->be->model->hp.n_layer, sizeof *g->hot_skipped))) return -PI_ERR_NOMEM;
     pi_sparse_stats_gated(&g->stats, g->be->model);
     g->gated = true;
     return 0;
@@ -349,6 +366,8 @@ int pi_gpu_loop_gated_init(struct pi_gpu_loop *g)
 void pi_gpu_loop_sparse_free(struct pi_gpu_loop *g)
 {
     pi_sparse_stats_free(&g->stats);
+    free(g->hot_skipped);
+    g->hot_skipped = NULL;
     pi_stream_policy_free(&g->stream);
     pi_pool_destroy(&g->pool);
     g->pred = NULL;

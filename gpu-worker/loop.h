@@ -47,9 +47,11 @@ struct pi_gpu_loop {
     const struct pi_predictors *pred;
     enum pi_sparsity sparsity;
     /* A SwiGLU model's activation thresholds (doc/thresholds.md): the CPU workers skip their own cold
-     * neurons and report their counts in the exchange's done lines; the hot neurons here are computed
-     * dense. Set by pi_gpu_loop_gated_init: the counts go into stats as with predictors. */
+     * neurons and report their counts in the exchange's done lines; the backend skips its hot ones where it
+     * was given their thresholds (pi_backend_opts.gate_min) and reports its counts per step
+     * (ops.ffn_hot_skipped). Set by pi_gpu_loop_gated_init: the counts go into stats as with predictors. */
     bool gated;
+    int64_t *hot_skipped; /* (n_layer) with gated: the step's hot pairs skipped, from ffn_hot_skipped */
     int64_t recall_every;   /* [sparsity] recall_every: 0 = never */
     const int32_t *const *hot; /* (n_layer) the hot ids (for the host fallback's counts), n_hot[il] each */
     const int64_t *n_hot;
@@ -76,8 +78,9 @@ struct pi_gpu_loop {
 int pi_gpu_loop_sparse_init(struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
                             int64_t recall_every, int threads);
 
-/* Count a SwiGLU model's activation thresholds (applied by the CPU workers) for g (be, ex set).
- * 0 or -PI_ERR_NOMEM. Freed by pi_gpu_loop_sparse_free. */
+/* Count a SwiGLU model's activation thresholds (applied by the CPU workers to their cold neurons, and by
+ * the backend to its hot ones where it has ffn_hot_skipped) for g (be, ex set). 0 or -PI_ERR_NOMEM. Freed
+ * by pi_gpu_loop_sparse_free. */
 int pi_gpu_loop_gated_init(struct pi_gpu_loop *g);
 
 /* Prompt streaming for g (be set) in mode ([tune] prompt_stream): the cost model over the backend's

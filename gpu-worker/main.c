@@ -149,28 +149,49 @@ static int check_segments(const pi_model_t *m, pi_step_t *step, pi_exchange_t *e
     return 0;
 }
 
-/* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source. */
+/* The predictors of [sparsity] mode (the coordinator resolved it), logged with their source; or a
+ * SwiGLU model's activation thresholds, *gate_all ((n_layer, n_ff), malloc'd) with *gated. */
 static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct pi_predictors *pred, enum pi_sparsity *mode,
-                           bool *gated)
+                           float **gate_all, bool *gated)
 {
     char line[320];
-    float *gate_min = NULL;
-    int rc = pi_sparse_open(m, o->sidecar, o->sparsity.mode, pred, &gate_min, mode, line, sizeof line);
+    int rc = pi_sparse_open(m, o->sidecar, o->sparsity.mode, pred, gate_all, mode, line, sizeof line);
     if (rc != 0) pi_error("%s", line);
     else pi_info("%s", line);
-    if (gate_min) {
+    if (*gate_all) {
         /* A SwiGLU model's activation thresholds apply to the CPU workers' neurons (each skips its own,
-         * cpu-worker/main.c); the hot neurons here are computed dense (doc/thresholds.md). */
-        free(gate_min);
+         * cpu-worker/main.c) and to the hot neurons here (the backend's gate_min, doc/thresholds.md). */
         *mode = PI_SPARSITY_OFF;
         *gated = true;
-        pi_info("activation thresholds: the CPU workers skip their cold neurons under them; the hot neurons are dense");
+        pi_info("activation thresholds: the CPU workers skip their cold neurons under them, the %s backend its hot "
+                "ones", o->backend);
     }
     return rc;
 }
 
-/* Run the layer loop g until stopped, with predictors pred in mode when pred is set, counting the CPU
- * workers' activation thresholds when gated. */
+/* The hot neurons' thresholds in the order of their ids (pi_backend_opts.gate_min): (*out)[il] (n_hot[il])
+ * from gate_all (n_layer, n_ff), in one allocation ((*out)[0] when any, then free(*out)). */
+static int hot_thresholds(const pi_model_t *m, const float *gate_all, const int32_t *const *hot, const int64_t *n_hot,
+                          float ***out)
+{
+    int64_t total = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) total += n_hot[il];
+    float **gm = calloc((size_t)m->hp.n_layer, sizeof *gm), *mem = malloc((size_t)PI_MAX(total, 1) * sizeof *mem);
+    if (!gm || !mem) {
+        free(gm), free(mem);
+        return -PI_ERR_NOMEM;
+    }
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        gm[il] = mem;
+        for (int64_t i = 0; i < n_hot[il]; i++) mem[i] = gate_all[(size_t)il * (size_t)m->hp.n_ff + (size_t)hot[il][i]];
+        mem += n_hot[il];
+    }
+    *out = gm;
+    return 0;
+}
+
+/* Run the layer loop g until stopped, with predictors pred in mode when pred is set, counting the
+ * activation thresholds' skipped pairs (the CPU workers' and the backend's) when gated. */
 static int serve(const struct gw_opts *o, struct pi_gpu_loop *g, const struct pi_predictors *pred, enum pi_sparsity mode,
                  bool gated)
 {
@@ -195,6 +216,7 @@ static int run(const struct gw_opts *o)
     struct pi_placement *pl = NULL;
     const int32_t **hot = NULL;
     int64_t *n_hot = NULL;
+    float **hot_gm = NULL; /* (n_layer) -> (n_hot[il]): the hot neurons' activation thresholds, or NULL */
     struct pi_partition part = {0};
     struct pi_predictors pred = {0};
     enum pi_sparsity mode = PI_SPARSITY_OFF;
@@ -220,15 +242,20 @@ static int run(const struct gw_opts *o)
         if ((rc = pi_model_open(o->model, &mo, &m, err, sizeof err)) != 0) { pi_error("cannot load model %s: %s", o->model, err); goto out; }
     }
     bool gated = false;
-    if ((rc = open_predictors(o, m, &pred, &mode, &gated)) != 0) goto out;
+    float *gate_all = NULL;
+    if ((rc = open_predictors(o, m, &pred, &mode, &gate_all, &gated)) != 0) goto out;
     hot = calloc((size_t)m->hp.n_layer, sizeof *hot);
     n_hot = calloc((size_t)m->hp.n_layer, sizeof *n_hot);
-    if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; goto out; }
+    if (!hot || !n_hot) { rc = -PI_ERR_NOMEM; free(gate_all); goto out; }
     for (int il = 0; il < m->hp.n_layer; il++) hot[il] = pi_placement_hot(pl, il, &n_hot[il]);
+    if (gate_all) rc = hot_thresholds(m, gate_all, (const int32_t *const *)hot, n_hot, &hot_gm);
+    free(gate_all);
+    if (rc != 0) goto out;
     struct pi_backend_opts bo = {.n_threads = (int)o->threads, .n_ctx = (int)o->ctx, .n_seq = (int)o->n_seq,
                                  .max_tokens = (int)pi_step_max_tokens(step), .device = (int)o->device, .vram_budget = o->vram_budget,
                                  .hot = (const int32_t *const *)hot, .n_hot = n_hot, .tune = o->tune,
-                                 .pred = mode != PI_SPARSITY_OFF ? &pred : NULL, .sparsity = mode, .thresholds = gated};
+                                 .pred = mode != PI_SPARSITY_OFF ? &pred : NULL, .sparsity = mode, .thresholds = gated,
+                                 .gate_min = (const float *const *)hot_gm};
     uint64_t mem_bytes = hot_bytes(m, pl);
     if (rows == PI_BACKEND_ROWS_PACKED) {
         if ((rc = pi_partition_pack(m, pl, 0, -1, true, false, &part)) != 0) {
@@ -271,6 +298,8 @@ out:
     pi_step_destroy(&step);
     free(hot);
     free(n_hot);
+    if (hot_gm) free(hot_gm[0]);
+    free(hot_gm);
     pi_partition_free(&part);
     pi_predictors_free(&pred);
     pi_placement_destroy(&pl);

@@ -8,7 +8,7 @@
 #   (cd build && ../configure --enable-werror && make -j && make check TESTS=)
 #   R=.devrun; mkdir -p $R/{coordinator,gpu-worker,cpu-worker,tools,compute} $R/tests/{unit,integration,cuda}
 #   cp build/coordinator/pi-coordinator build/coordinator/pi-bench $R/coordinator/; cp build/gpu-worker/pi-gpu-worker $R/gpu-worker/
-#   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model $R/tools/
+#   cp build/cpu-worker/pi-cpu-worker $R/cpu-worker/; cp build/tools/pi-gen-model build/tools/pi-profile $R/tools/
 #   cp build/compute/pinfer-cuda.so $R/compute/   # the module: programs and tests two levels down load it
 #   cp build/tests/cuda/test-{cuda,cuda-sparse,backend-cuda,ptrain-cuda} $R/tests/cuda/; cp build/tests/integration/test-pipeline $R/tests/integration/
 #   cp build/tests/unit/test-forward $R/tests/unit/
@@ -54,6 +54,25 @@ echo "memcheck test-ptrain-cuda rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/me
 PI_CUDA_TEST=short-sparse timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
   > $OUT/memcheck-backend-sparse.log 2>&1
 echo "memcheck backend sparse rc=$?" | tee -a $T; grep "ERROR SUMMARY" $OUT/memcheck-backend-sparse.log | tail -1 | tee -a $T
+# activation thresholds on the hot neurons (PI_CUDA_TEST=short-gated: the gate rows, pi_cuda_gate_list's
+# lists and counters, the up and down rows over them, the GEMM path's zeroing) under memcheck
+PI_CUDA_TEST=short-gated timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
+  > $OUT/memcheck-backend-gated.log 2>&1
+echo "memcheck backend gated rc=$?" | tee -a $T
+grep "ERROR SUMMARY" $OUT/memcheck-backend-gated.log | tail -1 | tee -a $T
+# ... and through the pipeline: the tiny SiLU llama with pi-profile's thresholds (about 50% of the pairs at
+# aggressive); each run's FFN sparsity line should be the single process's, the cuda backend's hot
+# neurons skipping as it does (fully offloaded at hot 1)
+TL=$PWD/tests/data/tiny-llama-q4_0.gguf
+timeout 60 $R/tools/pi-profile -m $TL --random 512 -c 128 -t 4 --threshold-sparsity 0.4,0.5 \
+  --sidecar /tmp/tiny-thr.gguf > /dev/null 2>&1
+mkdir -p -m 700 /tmp/pirun-thr
+for c in "none 0" "cuda 1" "cuda 0.5" "cuda 0"; do set -- $c
+  l=$(timeout 60 $R/coordinator/pi-coordinator --model $TL --sidecar /tmp/tiny-thr.gguf --sparsity aggressive \
+      --tokens 1,2,3,4,5,6,7,8 -n 8 --temp 0 --gpu-backend $1 --hot-fraction $2 --cpu-workers 1 \
+      --run-dir /tmp/pirun-thr --log-level info 2>&1 | grep -oE "FFN sparsity [0-9.]+%|rror.*" | head -2 | tr '\n' ' ')
+  echo "thresholds aggressive $1 hot $2: $l" | tee -a $T
+done
 # prompt streaming (PI_CUDA_TEST=short-stream: the slots, their copies and events, the wrapped weights)
 PI_CUDA_TEST=short-stream timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \
   > $OUT/memcheck-backend-stream.log 2>&1

@@ -354,6 +354,19 @@ int pi_cuda_pred_mask(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_ff, const float *
 int pi_cuda_mask_act(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, const int32_t *d_ids, const uint64_t *d_words,
                      int64_t mw, float *d_a);
 
+/* The activation thresholds (issue 18, doc/thresholds.md) of n rows of n_hot hot neurons: pair (t, i) is
+ * skipped when pi_ffn_gate_skip(act, gmin[i], g) of kernels/cpu/ops.h holds for its gate product g =
+ * g[t g_row + i g_el] (the same rule, with the device's expf); its activation a[t a_row + i] is then set
+ * to 0 (nothing else of a is written). With list (n, n_hot) and n_list (n), row t of list gets the kept
+ * indices in ascending order and n_list[t] their count: the list pi_cuda_ffn_gu_part (UP) and
+ * pi_cuda_ffn_down_list read. skipped (optional, one uint64 on the device) += the pairs skipped, by integer
+ * atomics (exact, the same every run; no float atomics anywhere). g and a may be the same array (the
+ * per-row path: the gate products in a, strides n_hot and 1); a batch's GEMM output of gate/up pairs is
+ * g_row 2 n_hot, g_el 2 with a its own (n, n_hot) activations. One block per row; a_row >= n_hot. */
+int pi_cuda_gate_list(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, int act, const float *d_gmin, const float *d_g,
+                      int64_t g_row, int64_t g_el, float *d_a, int64_t a_row, int32_t *d_list, int32_t *d_n_list,
+                      uint64_t *d_skipped);
+
 /* One row's hot FFN over a list of hot indices (pi_cuda_pred_mask's, *d_cnt entries of d_list, read on
  * the device): a[i] = act(gate_i . x, up_i . x) for listed i (gu as pi_cuda_ffn_hot's; other entries of
  * a (n_hot) untouched: zero them first), then y (d,) = sum over listed i with a[i] != 0 of a[i] down_i
@@ -361,6 +374,14 @@ int pi_cuda_mask_act(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, const int32_t
  * type of pi_cuda_weight_upload, for gu and down independently. */
 int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, int act, const float *d_x, const int32_t *d_list,
                         const int32_t *d_cnt, float *d_a);
+/* pi_cuda_ffn_gu_list by parts, for the gate-first order of the activation thresholds (issue 18,
+ * doc/thresholds.md): part BOTH is pi_cuda_ffn_gu_list; GATE writes a[i] = gate_i . x only (the up rows
+ * unread); UP writes a[i] = act(a[i], up_i . x), a[i] holding the gate product (the gate rows unread).
+ * d_list and d_cnt both NULL: every hot neuron (i < n_hot), e.g. GATE over the whole hot set. The same
+ * dot products in the same order as BOTH, so GATE then UP over a list gives BOTH's activations. */
+enum pi_cuda_gu_part { PI_CUDA_GU_BOTH = 0, PI_CUDA_GU_GATE = 1, PI_CUDA_GU_UP = 2 };
+int pi_cuda_ffn_gu_part(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, int part, int act, const float *d_x,
+                        const int32_t *d_list, const int32_t *d_cnt, float *d_a);
 int pi_cuda_ffn_down_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *down, const int32_t *d_list, const int32_t *d_cnt,
                           const float *d_a, float *d_y);
 int pi_cuda_ffn_hot_list(pi_cuda_ctx_t *ctx, const pi_cuda_weight_t *gu, const pi_cuda_weight_t *down, int act,

@@ -11,6 +11,13 @@
  * list's length (read on the device) leave before staging; the grid is sized for every hot neuron
  * because the length is not known on the host (no round trip).
  *
+ * The activation thresholds of a SwiGLU model (issue 18, doc/thresholds.md) reuse the same list kernels
+ * in CATS's gate-first order: the gate rows of every hot neuron (pi_cuda_ffn_gu_part, GATE), the rule per
+ * (token, neuron) against the hot neurons' thresholds (pi_cuda_gate_list: the skipped activations zeroed,
+ * the kept neurons listed in ascending order, the skipped pairs counted), then the up rows (UP) and the
+ * down rows over that list only. For a batch the gate/up GEMM stays dense and pi_cuda_gate_list zeroes
+ * the skipped activations before the down product, as pi_cuda_mask_act does for predictors.
+ *
  * Shapes: n_embd = d (a multiple of 32, x staged in shared memory: at most the context's xs_max_cols);
  * gu (2 n_hot, d) gate/up rows interleaved, down (n_hot, d) the ffn_down_t rows (cuda.h, "hot neurons").
  * Lists and counts are int32 on the device; the activations a (n_hot) are indexed by hot neuron, the
@@ -121,18 +128,100 @@ extern "C" int pi_cuda_mask_act(pi_cuda_ctx_t *c, int64_t n, int64_t n_hot, cons
     return 0;
 }
 
+/* ------------------------------------------------------------------ activation thresholds */
+
+/* kernels/cpu/ops.h's pi_ffn_gate_skip, the one rule, on the device (expf: the accurate one, as the
+ * build uses no fast math). */
+__device__ __forceinline__ bool pi_gate_skip(int act, float gmin, float g)
+{
+    if (act != PI_CUDA_ACT_SILU && g <= 0.0f) return true;
+    if (!(gmin > 0.0f)) return false;
+    const float s = act == PI_CUDA_ACT_SILU ? g / (1.0f + expf(-g)) : g;
+    return fabsf(s) <= gmin;
+}
+
+/* Block t (row t of the batch): for each hot index i, in chunks of blockDim.x, skip = the rule on the gate
+ * g[t gr + i ge] against gmin[i]; a skipped pair's a[t ar + i] = 0; with list, the kept indices of the
+ * chunk go to list[t n_hot + ...] in ascending order (each warp's ballot, the warps' counts scanned by warp
+ * 0, a running base), then n_list[t] = all kept. One integer atomic per block adds the row's skipped pairs
+ * to *skipped. g and a may be the same array (each element is read, then written, by one thread). */
+__global__ void __launch_bounds__(PI_SP_MASK_THREADS)
+    k_gate_list(int64_t n_hot, int act, const float *__restrict__ gmin, const float *g, int64_t gr, int64_t ge,
+                float *a, int64_t ar, int32_t *__restrict__ list, int32_t *__restrict__ n_list,
+                unsigned long long *__restrict__ skipped)
+{
+    __shared__ int s_wc[32];
+    __shared__ int64_t s_base;
+    const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int64_t t = blockIdx.x;
+    if (threadIdx.x == 0) s_base = 0;
+    for (int64_t c0 = 0; c0 < n_hot; c0 += blockDim.x) {
+        const int64_t i = c0 + threadIdx.x;
+        bool keep = false;
+        if (i < n_hot) {
+            const bool skip = pi_gate_skip(act, gmin[i], g[t * gr + i * ge]);
+            if (skip) a[t * ar + i] = 0.0f;
+            keep = !skip;
+        }
+        const unsigned bal = __ballot_sync(0xffffffffu, keep);
+        if (lane == 0) s_wc[wi] = __popc(bal);
+        __syncthreads(); /* the counts; s_base from the chunk before */
+        if (wi == 0) { /* exclusive scan of the warps' counts */
+            const int v = lane < nw ? s_wc[lane] : 0;
+            int incl = v;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const int y = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o) incl += y;
+            }
+            if (lane < nw) s_wc[lane] = incl - v;
+        }
+        __syncthreads();
+        const int64_t base = s_base, off = s_wc[wi];
+        if (keep && list) list[t * n_hot + base + off + __popc(bal & ((1u << lane) - 1u))] = (int32_t)i;
+        __syncthreads(); /* every thread has read s_base and s_wc before either changes */
+        if (threadIdx.x == blockDim.x - 1) s_base = base + off + __popc(bal); /* the last warp's end: the chunk's */
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        if (n_list) n_list[t] = (int32_t)s_base;
+        if (skipped && n_hot - s_base > 0) atomicAdd(skipped, (unsigned long long)(n_hot - s_base));
+    }
+}
+
+extern "C" int pi_cuda_gate_list(pi_cuda_ctx_t *c, int64_t n, int64_t n_hot, int act, const float *d_gmin,
+                                 const float *d_g, int64_t g_row, int64_t g_el, float *d_a, int64_t a_row,
+                                 int32_t *d_list, int32_t *d_n_list, uint64_t *d_skipped)
+{
+    static_assert(sizeof(unsigned long long) == sizeof(uint64_t), "the counter's width");
+    const bool act_ok = act == PI_CUDA_ACT_SILU || act == PI_CUDA_ACT_RELU || act == PI_CUDA_ACT_DRELU;
+    if (n < 1 || n > INT_MAX || n_hot < 1 || n_hot > INT_MAX || g_row < 0 || g_el < 1 || a_row < n_hot || !act_ok ||
+        (d_list == NULL) != (d_n_list == NULL)) {
+        pi_error("cuda: gate_list: %lld rows of %lld hot neurons, strides %lld/%lld/%lld, activation %d", (long long)n,
+                 (long long)n_hot, (long long)g_row, (long long)g_el, (long long)a_row, act);
+        return -PI_ERR_INVAL;
+    }
+    k_gate_list<<<(unsigned)n, PI_SP_MASK_THREADS, 0, c->stream>>>(n_hot, act, d_gmin, d_g, g_row, g_el, d_a, a_row,
+                                                                    d_list, d_n_list, (unsigned long long *)d_skipped);
+    PI_CU_LAUNCH("k_gate_list");
+    return 0;
+}
+
 /* ------------------------------------------------------------------ gate/up over the list */
 
-/* Block b: list entries k in [8 b, 8 b + 8) below *cnt, warp w entry 8 b + w: neuron i = list[k], its gate
- * and up rows 2i and 2i + 1 of gu dotted with x (staged in shared memory, padded rows), U segments of each
- * row in flight per lane; a[i] = act(gate, up). Blocks past the list leave before staging. */
-template <int T, int U>
+/* Block b: list entries k in [8 b, 8 b + 8) below *cnt (list NULL: entries k < n_all, neuron k), warp w
+ * entry 8 b + w: neuron i = list[k], its gate and up rows 2i and 2i + 1 of gu dotted with x (staged in
+ * shared memory, padded rows), U segments of each row in flight per lane. PART (enum pi_cuda_gu_part)
+ * says which rows are read and what a[i] becomes: BOTH act(gate, up); GATE the gate product alone (the up
+ * row unread); UP act(a[i], up), a[i] holding the gate product (the gate row unread). Blocks past the
+ * list leave before staging. */
+template <int T, int U, int PART>
 __global__ void __launch_bounds__(PI_SP_GU_THREADS)
     k_gu_list(pi_wdev w, int act, const float *__restrict__ x, const int32_t *__restrict__ list,
-              const int32_t *__restrict__ cnt, float *__restrict__ a)
+              const int32_t *__restrict__ cnt, int64_t n_all, float *__restrict__ a)
 {
     extern __shared__ float4 xs4[];
-    const int count = *cnt;
+    const int64_t count = cnt ? (int64_t)*cnt : n_all;
     const int64_t k0 = (int64_t)blockIdx.x * PI_SP_GU_WARPS;
     if (k0 >= count) return; /* the whole block */
     const int64_t nseg = w.cols >> 5;
@@ -142,7 +231,8 @@ __global__ void __launch_bounds__(PI_SP_GU_THREADS)
     const int lane = threadIdx.x & 31;
     const int64_t k = k0 + (threadIdx.x >> 5);
     if (k >= count) return;
-    const int64_t nrn = list[k], r0 = 2 * nrn;
+    const int64_t nrn = list ? list[k] : k, r0 = 2 * nrn;
+    constexpr bool GATE = PART != PI_CUDA_GU_UP, UP = PART != PI_CUDA_GU_GATE;
     const float *xs = (const float *)xs4;
     float ag = 0.0f, au = 0.0f;
     for (int64_t sb = lane; sb < nseg; sb += 32 * U) {
@@ -150,8 +240,8 @@ __global__ void __launch_bounds__(PI_SP_GU_THREADS)
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t s = sb + 32 * u < nseg ? sb + 32 * u : nseg - 1; /* clamped loads are not used */
-            pi_seg_load<T>(w, r0, s, rg[u]);
-            pi_seg_load<T>(w, r0 + 1, s, ru[u]);
+            if constexpr (GATE) pi_seg_load<T>(w, r0, s, rg[u]);
+            if constexpr (UP) pi_seg_load<T>(w, r0 + 1, s, ru[u]);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -168,25 +258,36 @@ __global__ void __launch_bounds__(PI_SP_GU_THREADS)
 #pragma unroll
                 for (int j = 0; j < 16; j++) xs0 += xv[j], xs1 += xv[16 + j];
             }
-            ag += pi_seg_dot_raw<T>(rg[u], xv, xs0, xs1);
-            au += pi_seg_dot_raw<T>(ru[u], xv, xs0, xs1);
+            if constexpr (GATE) ag += pi_seg_dot_raw<T>(rg[u], xv, xs0, xs1);
+            if constexpr (UP) au += pi_seg_dot_raw<T>(ru[u], xv, xs0, xs1);
         }
     }
-    ag = pi_warp_sum(ag);
-    au = pi_warp_sum(au);
-    if (lane == 0) a[nrn] = pi_glu_f(act, ag, au);
+    if constexpr (GATE) ag = pi_warp_sum(ag);
+    if constexpr (UP) au = pi_warp_sum(au);
+    if (lane != 0) return;
+    if constexpr (PART == PI_CUDA_GU_BOTH) a[nrn] = pi_glu_f(act, ag, au);
+    else if constexpr (PART == PI_CUDA_GU_GATE) a[nrn] = ag;
+    else a[nrn] = pi_glu_f(act, a[nrn], au);
 }
 
-extern "C" int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x,
+extern "C" int pi_cuda_ffn_gu_part(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int part, int act, const float *d_x,
                                    const int32_t *d_list, const int32_t *d_cnt, float *d_a)
 {
     if (act != PI_CUDA_ACT_SILU && act != PI_CUDA_ACT_RELU && act != PI_CUDA_ACT_DRELU) {
         pi_error("cuda: ffn_gu_list: unknown activation %d", act);
         return -PI_ERR_INVAL;
     }
+    if (part != PI_CUDA_GU_BOTH && part != PI_CUDA_GU_GATE && part != PI_CUDA_GU_UP) {
+        pi_error("cuda: ffn_gu_list: unknown part %d", part);
+        return -PI_ERR_INVAL;
+    }
     if (gu->rows % 2 || gu->rows < 2 || gu->cols % 32 || gu->cols > c->xs_max_cols - 32) {
         pi_error("cuda: ffn_gu_list: gate/up (%lld, %lld) not pairs of rows of whole segments that fit the staging",
                  (long long)gu->rows, (long long)gu->cols);
+        return -PI_ERR_INVAL;
+    }
+    if ((d_list == NULL) != (d_cnt == NULL)) {
+        pi_error("cuda: ffn_gu_list: a list without its count, or a count without its list");
         return -PI_ERR_INVAL;
     }
     const int64_t n_hot = gu->rows / 2;
@@ -196,12 +297,24 @@ extern "C" int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu,
     return pi_dispatch_type(gu->type, [&](auto tag) -> int {
         constexpr int T = decltype(tag)::value;
         constexpr int U = pi_small_seg<T>() ? 4 : 2;
-        auto kern = k_gu_list<T, U>;
+        auto kern = part == PI_CUDA_GU_GATE ? k_gu_list<T, U, PI_CUDA_GU_GATE>
+                    : part == PI_CUDA_GU_UP ? k_gu_list<T, U, PI_CUDA_GU_UP>
+                                            : k_gu_list<T, U, PI_CUDA_GU_BOTH>;
         if (smem > 48 * 1024) PI_CU(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        kern<<<grid, PI_SP_GU_THREADS, smem, c->stream>>>(wd, act, d_x, d_list, d_cnt, d_a);
+        kern<<<grid, PI_SP_GU_THREADS, smem, c->stream>>>(wd, act, d_x, d_list, d_cnt, n_hot, d_a);
         PI_CU_LAUNCH("k_gu_list");
         return 0;
     });
+}
+
+extern "C" int pi_cuda_ffn_gu_list(pi_cuda_ctx_t *c, const pi_cuda_weight_t *gu, int act, const float *d_x,
+                                   const int32_t *d_list, const int32_t *d_cnt, float *d_a)
+{
+    if (!d_list || !d_cnt) {
+        pi_error("cuda: ffn_gu_list: no list");
+        return -PI_ERR_INVAL;
+    }
+    return pi_cuda_ffn_gu_part(c, gu, PI_CUDA_GU_BOTH, act, d_x, d_list, d_cnt, d_a);
 }
 
 /* ------------------------------------------------------------------ down over the list */

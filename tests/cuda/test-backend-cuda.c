@@ -47,11 +47,19 @@
  * same masks (SPARSE_TOL), the device's masks against pi_predictor_eval on the same inputs (bits may
  * differ only within a rounding window around the threshold), the plan's predictor bytes, and with every
  * neuron predicted active the dense backend's logits (NMSE <= 1e-7, or 1e-4 through the CPU's 8-bit x).
+ *
+ * Activation thresholds (check_gated, issue 18): generated SwiGLU models with thresholds chosen so that no
+ * pair sits near its own, the cuda backend's gate-first hot neurons against the host backend's with the
+ * same split and thresholds (SPARSE_TOL), the hot pairs each reports skipped (ffn_hot_skipped), the plan's
+ * gate part, and with every threshold at FLT_MIN the backend without thresholds (NMSE <= 1e-7, 1e-4 as
+ * above). PI_CUDA_TEST=short-gated runs only that (compute-sanitizer in tools/gpu-check.sh).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
 #include "compute/backend-cuda-module.h"
 #include "compute/backend.h"
+#include "compute/forward.h"
+#include "compute/sparse.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 #include "kernels/cpu/quant.h"
@@ -61,6 +69,8 @@
 #include "lib/rng.h"
 #include "model/model-gen.h"
 #include "tests/test-pipeline-util.h"
+
+#include <float.h>
 
 #define T_MAX 64
 #define N_CTX 256
@@ -81,6 +91,10 @@ static int short_mode; /* PI_CUDA_TEST=short (1): the demo model at hot fraction
                           fraction 1 with the ids in order only (dense layers); both for compute-sanitizer */
 static struct pi_tune tune; /* the backends' tuning (PI_CUDA_TEST_TUNE, check_pdl) */
 static const struct pi_predictors *g_pred; /* the predictors drv_new's backends get (check_sparse), or NULL */
+/* check_gated: the hot neurons' activation thresholds drv_new's backends get (in each split's hot order),
+ * and the thresholds by neuron id its drivers' cold neurons take; NULL: none */
+static const float *const *g_gate;
+static const float *g_gm_full;
 static int g_tmax = T_MAX; /* the max_tokens drv_new's backends get (check_out_rows raises it) */
 
 /* Tuning spec "KEY=VALUE ..." onto *t: cuda_matvec=auto|f32 (the table's [tune] key, through
@@ -165,6 +179,7 @@ struct drv {
     pi_pool_t *pool;
     pi_ffn_work_t *work;
     float *x, *cold;
+    const float *gm_full; /* (n_layer, n_ff) thresholds by id for the cold neurons (g_gm_full at creation), or NULL */
 };
 
 static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const int32_t *pos, int n, int n_out,
@@ -180,9 +195,11 @@ static int drv_step(struct drv *v, const int32_t *tok, const int32_t *seq, const
         if (rc == 0) rc = be->ops->ffn_hot(be, il);
         if (rc != 0) break;
         memset(v->cold, 0, (size_t)n * (size_t)d * sizeof(float));
+        /* the thresholds of the model's rows: by id */
+        const float *gm = v->gm_full ? v->gm_full + (size_t)il * (size_t)v->m->hp.n_ff : NULL;
         for (int t = 0; t < n && nc > 0; t++)
-            pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, NULL, v->x + (size_t)t * d, v->sp->cold[il], nc,
-                           v->cold + (size_t)t * d);
+            pi_ffn_neurons(v->pool, v->work, &v->m->layers[il], v->m->hp.act, gm, v->x + (size_t)t * d, v->sp->cold[il],
+                           nc, v->cold + (size_t)t * d);
         rc = be->ops->ffn_merge(be, il, nc > 0 ? v->cold : NULL);
     }
     if (rc == 0) rc = be->ops->output(be, n_out, logits);
@@ -194,7 +211,8 @@ static void opts_for(struct pi_backend_opts *o, const struct split *sp)
 {
     *o = (struct pi_backend_opts){.n_threads = 2, .n_ctx = N_CTX, .n_seq = 2, .max_tokens = g_tmax, .device = 0,
                                   .hot = (const int32_t *const *)sp->hot, .n_hot = sp->n_hot, .tune = tune,
-                                  .pred = g_pred, .sparsity = g_pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF};
+                                  .pred = g_pred, .sparsity = g_pred ? PI_SPARSITY_SAFE : PI_SPARSITY_OFF,
+                                  .thresholds = g_gate != NULL, .gate_min = g_gate};
 }
 
 static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const struct split *sp, uint64_t budget)
@@ -205,6 +223,7 @@ static int drv_new(struct drv *v, const char *name, const pi_model_t *m, const s
     memset(v, 0, sizeof *v);
     v->m = m;
     v->sp = sp;
+    v->gm_full = g_gm_full;
     /* "cuda-linked": the copy of the backend linked into this test; "cuda": the module, as
      * pi-gpu-worker gets it */
     int rc = strcmp(name, "cuda-linked") == 0 ? pi_backend_cuda_new(m, &o, &v->be) : pi_backend_new(name, m, &o, &v->be);
@@ -1068,6 +1087,226 @@ out:
     pi_model_destroy(&m);
 }
 
+/* ------------------------------------------------------------------ activation thresholds */
+
+/* The capture's gates of layer il of the prompt (n, n_ff). */
+struct gates {
+    int il;
+    int64_t n_ff;
+    float *v;
+};
+
+static void capture_gates(void *ctx, int il, int n, const float *h, const float *x, const float *gate, const float *up)
+{
+    struct gates *g = ctx;
+    (void)h, (void)x, (void)up;
+    if (il == g->il) memcpy(g->v, gate, (size_t)n * (size_t)g->n_ff * sizeof(float));
+}
+
+static int cmp_f(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* Thresholds gm (n_layer, n_ff) for the n tokens tok (positions 0..n-1) that no (token, neuron) pair sits
+ * near (as tests/unit/test-backend-host.c chooses them): layer by layer, over the gates of a host pass with
+ * the thresholds of the layers before it, neuron j's at the geometric middle of a gap of at least 20%
+ * between two of its n values of |silu(gate)| near a random rank in the middle half (0 where there is
+ * none). The device and the CPU round differently; a pair decided differently would remove a
+ * contribution of the threshold's size from one side only, which this keeps out of the comparison. */
+static void margin_thresholds(const pi_model_t *m, const int32_t *tok, int n, float *gm)
+{
+    const int64_t nf = m->hp.n_ff;
+    int32_t seq0[T_MAX] = {0}, pos[T_MAX];
+    for (int i = 0; i < n; i++) pos[i] = i;
+    struct pi_forward_opts fo;
+    pi_forward_opts_default(&fo);
+    fo.n_threads = 2, fo.n_ctx = N_CTX, fo.n_seq = 1, fo.n_batch = T_MAX;
+    pi_forward_t *f = pi_forward_new(m, &fo);
+    struct pi_sparse_stats st;
+    struct gates g = {.n_ff = nf, .v = malloc((size_t)n * (size_t)nf * sizeof(float))};
+    float *col = malloc((size_t)n * sizeof(float));
+    PI_ASSERT(f && g.v && col && pi_sparse_stats_init(&st, m) == 0);
+    memset(gm, 0, (size_t)m->hp.n_layer * (size_t)nf * sizeof *gm);
+    pi_forward_set_capture(f, capture_gates, &g);
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        g.il = il;
+        PI_ASSERT(pi_forward_set_gate_min(f, gm, &st) == 0 && pi_forward_seq_truncate(f, 0, 0) == 0);
+        PI_ASSERT(pi_forward_batch(f, tok, seq0, pos, n, NULL, false) == 0);
+        for (int64_t j = 0; j < nf; j++) {
+            for (int t = 0; t < n; t++) {
+                const float v = g.v[(size_t)t * (size_t)nf + (size_t)j];
+                col[t] = fabsf(v / (1.0f + expf(-v)));
+            }
+            qsort(col, (size_t)n, sizeof *col, cmp_f);
+            const int r = n / 4 + (int)(rnd() % (uint64_t)(n / 2));
+            for (int k = 0; k < n; k++) { /* the gaps nearest r first */
+                const int i = r + (k % 2 ? (k + 1) / 2 : -(k / 2) - 1);
+                if (i < 0 || i + 1 >= n || !(col[i] > 1e-6f) || !(col[i + 1] > 1.2f * col[i])) continue;
+                gm[(size_t)il * (size_t)nf + (size_t)j] = sqrtf(col[i] * col[i + 1]);
+                break;
+            }
+        }
+    }
+    pi_sparse_stats_free(&st);
+    pi_forward_destroy(&f);
+    free(g.v), free(col);
+}
+
+/* The thresholds' part of the plan, computed here from the shapes (compute/backend-cuda-plan.c's rules:
+ * each layer's hot thresholds, the per-row path's lists, counts and activations, the counters). */
+static uint64_t gate_bytes(const pi_model_t *m, const struct split *sp)
+{
+    uint64_t b = pi_cuda_counted((uint64_t)m->hp.n_layer * 8), hmax = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        if (sp->n_hot[il] > 0) b += pi_cuda_counted((uint64_t)sp->n_hot[il] * 4);
+        hmax = PI_MAX(hmax, (uint64_t)sp->n_hot[il]);
+    }
+    const uint64_t rows = PI_MIN((uint64_t)T_MAX, 4);
+    if (hmax) b += 2 * pi_cuda_counted(rows * hmax * 4) + pi_cuda_counted(rows * 4);
+    return b;
+}
+
+/* A prompt then token-by-token decode on sequence 1 through v: logits into lp (n rows) and ld (steps). */
+static int gated_steps(struct drv *v, const int32_t *tok, int n, int steps, float *lp, float *ld)
+{
+    const int V = v->m->hp.n_vocab;
+    int32_t seq0[T_MAX] = {0}, pos[T_MAX];
+    for (int i = 0; i < n; i++) pos[i] = i;
+    int rc = drv_step(v, tok, seq0, pos, n, n, lp);
+    for (int t = 0; rc == 0 && t < steps; t++) {
+        int32_t s1 = 1, p = t;
+        rc = drv_step(v, &tok[t], &s1, &p, 1, 1, ld + (size_t)t * V);
+    }
+    return rc;
+}
+
+/* The hot pairs v's backend reports skipped since its last read (ffn_hot_skipped), all layers. */
+static int64_t hot_skipped(struct drv *v)
+{
+    int64_t sk[64] = {0}, sum = 0;
+    PI_ASSERT(v->m->hp.n_layer <= 64);
+    if (v->be->ops->ffn_hot_skipped(v->be, sk) != 0) return -1;
+    for (int il = 0; il < v->m->hp.n_layer; il++) sum += sk[il];
+    return sum;
+}
+
+/* A generated SwiGLU model (the demo shape) with activation thresholds chosen with a margin
+ * (margin_thresholds: about half the pairs skipped), at hot fraction frac (ids shuffled, or in order:
+ * dense layers), the cold neurons computed here under the same thresholds as a CPU worker does, through a
+ * 12-token prompt (the GEMM path: the gate/up pairs dense, the skipped activations zeroed) and 6 decode
+ * steps (the per-row path: gate rows, pi_cuda_gate_list, up and down rows over the list):
+ *   - the plan's thresholds part and the context holding the plan;
+ *   - the cuda backend against the host backend with the same split and thresholds (SPARSE_TOL, the
+ *     predictors' bound), and the two backends' counts of hot pairs skipped (ffn_hot_skipped) within 1%
+ *     of the hot pairs;
+ *   - every threshold FLT_MIN (the gated path taken, nothing skipped): the cuda backend without thresholds
+ *     (NMSE <= 1e-7; 1e-4 where the CPU's 8-bit x meets a split layer of a quantised model, as
+ *     check_sparse says), 0 pairs reported skipped;
+ *   - the real thresholds changing the logits. */
+static void check_gated(const char *label, enum pi_type type, double frac, bool shuffled)
+{
+    char path[600];
+    snprintf(path, sizeof path, "%s/gated-%s.gguf", tp_dir, pi_type_name(type));
+    struct pi_model_gen g = {0};
+    pi_model_gen_preset("demo", &g);
+    g.type = type;
+    g.act = PI_FFN_ACT_SILU;
+    g.seed = rng_state;
+    pi_model_t *m = NULL;
+    char err[256] = "";
+    if (pi_model_gen_write(&g, path) < 0 || pi_model_open(path, NULL, &m, err, sizeof err) != 0) {
+        tap_ok(0, "%s: generated SwiGLU model (%s)", label, err);
+        return;
+    }
+    const int n = 12, steps = 6, V = m->hp.n_vocab, L = m->hp.n_layer;
+    const int64_t nf = m->hp.n_ff;
+    int32_t tok[12];
+    for (int i = 0; i < n; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V);
+    float *gm = malloc((size_t)L * (size_t)nf * 4), *tiny = malloc((size_t)L * (size_t)nf * 4);
+    float **gh = calloc((size_t)L, sizeof *gh), **th = calloc((size_t)L, sizeof *th);
+    float *l[4][2]; /* per driver: prompt and decode logits */
+    PI_ASSERT(gm && tiny && gh && th);
+    margin_thresholds(m, tok, n, gm);
+    for (size_t i = 0; i < (size_t)L * (size_t)nf; i++) tiny[i] = FLT_MIN;
+    struct split sp;
+    split_new(&sp, m, frac, shuffled);
+    for (int il = 0; il < L; il++) { /* the GPU worker's packing of the thresholds: in the hot ids' order */
+        gh[il] = malloc((size_t)PI_MAX(sp.n_hot[il], 1) * 4), th[il] = malloc((size_t)PI_MAX(sp.n_hot[il], 1) * 4);
+        PI_ASSERT(gh[il] && th[il]);
+        for (int64_t i = 0; i < sp.n_hot[il]; i++) gh[il][i] = gm[(size_t)il * nf + sp.hot[il][i]], th[il][i] = FLT_MIN;
+    }
+    for (int k = 0; k < 4; k++) {
+        l[k][0] = malloc((size_t)n * V * 4), l[k][1] = malloc((size_t)steps * V * 4);
+        PI_ASSERT(l[k][0] && l[k][1]);
+    }
+    /* c: cuda with the thresholds, h: host with them, z: cuda with FLT_MIN ones, d: cuda without */
+    struct drv c, h, z, d;
+    int rc[4];
+    g_gate = (const float *const *)gh, g_gm_full = gm;
+    rc[0] = drv_new(&c, "cuda", m, &sp, 0);
+    rc[1] = drv_new(&h, "host", m, &sp, 0);
+    g_gate = (const float *const *)th, g_gm_full = tiny;
+    rc[2] = drv_new(&z, "cuda", m, &sp, 0);
+    g_gate = NULL, g_gm_full = NULL;
+    rc[3] = drv_new(&d, "cuda", m, &sp, 0);
+    if (rc[0] || rc[1] || rc[2] || rc[3]) {
+        tap_ok(0, "%s: backends with thresholds created (%d %d %d %d)", label, rc[0], rc[1], rc[2], rc[3]);
+        goto out;
+    }
+    {
+        struct pi_backend_opts o;
+        uint64_t p0 = 0, p1 = 0, used = 0, planned = 0;
+        opts_for(&o, &sp);
+        o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF; /* a run with thresholds never streams: no slots */
+        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p0) == 0);
+        o.tune.prompt_stream = tune.prompt_stream;
+        o.thresholds = true, o.gate_min = (const float *const *)gh;
+        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p1) == 0);
+        pi_backend_cuda_usage(c.be, NULL, &used, NULL, &planned, NULL);
+        const uint64_t want = gate_bytes(m, &sp);
+        tap_ok(p1 - p0 == want && used == planned && planned == p1,
+               "%s: plan with thresholds %llu = without %llu + %llu (computed here: %llu); held %llu", label,
+               (unsigned long long)p1, (unsigned long long)p0, (unsigned long long)(p1 - p0), (unsigned long long)want,
+               (unsigned long long)used);
+    }
+    struct drv *dv[4] = {&c, &h, &z, &d};
+    int bad = 0;
+    int64_t sk[4];
+    for (int k = 0; k < 4; k++) {
+        bad += gated_steps(dv[k], tok, n, steps, l[k][0], l[k][1]) != 0;
+        sk[k] = k < 3 ? hot_skipped(dv[k]) : 0;
+    }
+    int64_t hot_pairs = 0;
+    for (int il = 0; il < L; il++) hot_pairs += (int64_t)(n + steps) * sp.n_hot[il];
+    const double ep = tp_rel_err(l[0][0], l[1][0], n, V), ed = tp_rel_err(l[0][1], l[1][1], steps, V);
+    tap_ok(!bad && ep <= SPARSE_TOL && ed <= SPARSE_TOL,
+           "%s hot %.1f: with thresholds against the host backend with them: prompt %.3g, decode %.3g (<= %.0e)", label,
+           frac, ep, ed, SPARSE_TOL);
+    tap_ok(!bad && sk[0] >= 0 && llabs(sk[0] - sk[1]) <= hot_pairs / 100 && (hot_pairs == 0 || sk[0] > 0),
+           "%s hot %.1f: hot pairs skipped %lld of %lld on the device, %lld on the host (ffn_hot_skipped)", label, frac,
+           (long long)sk[0], (long long)hot_pairs, (long long)sk[1]);
+    /* 1e-4 also under cuda_matvec=q8, whose dense kernels take x in 8 bits where the list kernels keep it
+     * in float */
+    const bool split_q = type != PI_TYPE_F16 && frac > 0.0 && frac < 1.0;
+    const double nmse = split_q || all_q8() ? 1e-4 : 1e-7;
+    const double ez = tp_rel_err(l[2][0], l[3][0], n, V), ezd = tp_rel_err(l[2][1], l[3][1], steps, V);
+    tap_ok(!bad && sk[2] == 0 && ez * ez <= nmse && ezd * ezd <= nmse,
+           "%s hot %.1f: thresholds at FLT_MIN (nothing skipped: %lld) = no thresholds: NMSE prompt %.2g, decode %.2g "
+           "(<= %.0e%s)", label, frac, (long long)sk[2], ez * ez, ezd * ezd, nmse,
+           split_q || all_q8() ? ": 8-bit x" : "");
+    const double es = tp_rel_err(l[0][0], l[3][0], n, V);
+    tap_ok(es > 1e-2, "%s hot %.1f: the thresholds change the logits (%.3g from none)", label, frac, es);
+    drv_free(&c), drv_free(&h), drv_free(&z), drv_free(&d);
+out:
+    for (int il = 0; il < L; il++) free(gh[il]), free(th[il]);
+    for (int k = 0; k < 4; k++) free(l[k][0]), free(l[k][1]);
+    free(gh), free(th), free(gm), free(tiny);
+    split_free(&sp);
+    pi_model_destroy(&m);
+}
+
 /* ------------------------------------------------------------------ Q5_K weights on the device */
 
 /* n floats (a multiple of 256) as Q5_K blocks: a plain min/max quantiser written for this test (the
@@ -1276,9 +1515,15 @@ int main(void)
                  : strcmp(mode, "short-dense") == 0  ? 2
                  : strcmp(mode, "short-sparse") == 0 ? 3
                  : strcmp(mode, "short-stream") == 0 ? 4
+                 : strcmp(mode, "short-gated") == 0  ? 5
                                                      : 0;
     if (short_mode == 4) { /* PI_CUDA_TEST=short-stream: prompt streaming only, for compute-sanitizer */
         check_stream(demo, demo_g);
+        return tap_done();
+    }
+    if (short_mode == 5) { /* PI_CUDA_TEST=short-gated: activation thresholds only, for compute-sanitizer */
+        check_gated("SwiGLU demo Q4_0", PI_TYPE_Q4_0, 0.5, true);
+        check_gated("SwiGLU demo Q4_0 (ids in order: dense)", PI_TYPE_Q4_0, 1.0, false);
         return tap_done();
     }
     if (short_mode == 3) { /* PI_CUDA_TEST=short-sparse: the sparse path only, for compute-sanitizer */
@@ -1309,6 +1554,13 @@ int main(void)
     check_sparse("demo Q4_0 rank 40", PI_TYPE_Q4_0, 40, 0.0, true);
     check_sparse("demo Q4_0 rank 64 (ids in order: dense)", PI_TYPE_Q4_0, 64, 1.0, false);
     check_sparse("demo F16 rank 64", PI_TYPE_F16, 64, 0.5, true);
+    /* activation thresholds: split, dense, all hot with shuffled ids (the list path over n_ff down rows), none
+     * hot, F16 */
+    check_gated("SwiGLU demo Q4_0", PI_TYPE_Q4_0, 0.5, true);
+    check_gated("SwiGLU demo Q4_0 (ids in order: dense)", PI_TYPE_Q4_0, 1.0, false);
+    check_gated("SwiGLU demo Q4_0 (all hot, ids shuffled)", PI_TYPE_Q4_0, 1.0, true);
+    check_gated("SwiGLU demo Q4_0", PI_TYPE_Q4_0, 0.0, true);
+    check_gated("SwiGLU demo F16", PI_TYPE_F16, 0.5, true);
     check_q5k(demo, demo_g);
     check_out_rows(demo);
     check_budget(demo, demo_g);

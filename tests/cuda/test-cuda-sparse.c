@@ -5,14 +5,21 @@
  * double reference that skips the same neurons and, with every neuron listed, against the dense device
  * kernel (pi_cuda_ffn_hot) where that one keeps x in float. Errors are normalised (||got - ref|| /
  * ||ref||) and reported with their NMSE (the square); the bound 1e-5 is an NMSE of 1e-10. Outputs are
- * poisoned (NaN) before each kernel. Then the timing of a 7B-class layer (n_embd 4096, n_ff 11008, Q4_0
- * gate/up, f16 or Q4_0 down rows) dense and sparse at 10% and 50% predicted active, as diagnostics
- * (copies of the weights rotate so that L2 never holds the layer being read).
+ * poisoned (NaN) before each kernel. The activation thresholds' kernels (issue 18): pi_cuda_gate_list
+ * against kernels/cpu/ops.h's rule on the host (gates at the rule's edge, NaN and infinite gates, zero
+ * and negative thresholds included; the lists ascending, the counter exact), and the gate-first FFN
+ * (GATE, the rule, UP, the down rows or a dense layer's full down product) against a double reference,
+ * GATE then UP equal to BOTH, and with nothing skipped equal to the dense kernel (NMSE <=
+ * 1e-7). Then the timing of a 7B-class layer (n_embd 4096, n_ff 11008, Q4_0 gate/up, f16 or Q4_0 down
+ * rows) dense and sparse at 10% and 50% predicted active, and SwiGLU dense against gate-first at 40% and
+ * 50% of the pairs skipped, as diagnostics (copies of the weights rotate so that L2 never holds the layer
+ * being read).
  *
  * The seed is printed; PI_SEED=<n> repeats a run; --no-timing leaves the timing out (the sanitizers' runs). Skips (TAP "1..0 # SKIP") without a CUDA device.
  */
 #include "config.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/cpu/ops.h"
 #include "kernels/cpu/quant.h"
 #include "kernels/cuda/cuda.h"
 #include "lib/common.h"
@@ -139,6 +147,12 @@ static void rand_subset(int64_t n, int64_t k, int32_t *out)
 }
 
 static int cmp_i32(const void *a, const void *b) { return *(const int32_t *)a - *(const int32_t *)b; }
+
+static int cmp_f32(const void *a, const void *b)
+{
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
 
 /* ------------------------------------------------------------------ mask and lists */
 
@@ -297,6 +311,210 @@ static void test_ffn_list(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n
     free(gu), free(dn), free(guf), free(dnf), free(x), free(list), free(ref), free(aref), free(y), free(a);
 }
 
+/* ------------------------------------------------------------------ activation thresholds */
+
+/* kernels/cpu/ops.h's rule in double (the reference's silu), and whether (g, t) lies within the float
+ * rounding of the rule's edge, where the device (its expf) and the host may decide either way. */
+static bool skip_ref(int act, float t, float g)
+{
+    return pi_ffn_gate_skip((enum pi_ffn_act)act, t, g); /* enum pi_cuda_act shares pi_ffn_act's values */
+}
+
+static bool at_edge(int act, float t, float g)
+{
+    if (!(t > 0.0f) || isnan(g) || (act != PI_CUDA_ACT_SILU && g <= 0.0f)) return false;
+    const double sd = act == PI_CUDA_ACT_SILU ? (double)g / (1.0 + exp(-(double)g)) : (double)g;
+    return fabs(fabs(sd) - (double)t) <= 1e-6 * (double)t + 1e-30;
+}
+
+/* pi_cuda_gate_list on n rows of n_hot hot neurons against the rule on the host, in the per-row layout
+ * (the gate products in a itself: strides n_hot, 1; with the lists) or the batch's (gate/up pairs g
+ * (n, 2 n_hot), a its own (n, n_hot), no lists). Gates uniform in [-4, 4], a fifth of them exactly at
+ * their neuron's threshold (|silu(g)| computed here in float: the rule's edge), and special cases: NaN
+ * and infinite gates, zero and negative thresholds (nothing skipped by them). Checked: every decision
+ * equals the host's outside the edge (edge pairs reported), skipped activations 0 and the others
+ * untouched, each row's list the kept indices ascending with its count, and the counter (starting at 5)
+ * raised by exactly the pairs skipped. */
+static void test_gate_list(int64_t n, int64_t n_hot, int act, bool batch)
+{
+    const int64_t gw = batch ? 2 * n_hot : n_hot, ge = batch ? 2 : 1;
+    float *g = rand_floats((size_t)(n * gw), 4.0f), *gmin = malloc((size_t)n_hot * 4), *a = NULL;
+    PI_ASSERT(gmin);
+    for (int64_t i = 0; i < n_hot; i++) {
+        const uint64_t r = rng_next() % 16;
+        gmin[i] = r == 0 ? 0.0f : r == 1 ? -1.0f : 1.2f * (float)(rng_next() >> 11) / 9007199254740992.0f;
+    }
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t i = 0; i < n_hot; i++) {
+            float *v = &g[t * gw + i * ge];
+            const uint64_t r = rng_next() % 64;
+            if (r < 13 && gmin[i] > 0.0f) { /* at the edge: |silu(v)| == gmin in float, as the host computes it */
+                const float sv = act == PI_CUDA_ACT_SILU ? *v / (1.0f + expf(-*v)) : *v;
+                gmin[i] = fabsf(sv) > 0.0f ? fabsf(sv) : gmin[i];
+            }
+            if (r == 13) *v = NAN;
+            if (r == 14) *v = rng_next() % 2 ? INFINITY : -INFINITY;
+            if (r == 15) *v = 0.0f;
+        }
+    if (batch) {
+        a = malloc((size_t)(n * n_hot) * 4);
+        PI_ASSERT(a);
+        for (int64_t i = 0; i < n * n_hot; i++) a[i] = 1.0f + (float)(i % 97); /* sentinels, never 0 */
+    }
+    const uint64_t c0 = 5;
+    float *dg = dev_from(g, (size_t)(n * gw) * 4), *dgm = dev_from(gmin, (size_t)n_hot * 4);
+    float *da = batch ? dev_from(a, (size_t)(n * n_hot) * 4) : dg;
+    int32_t *dl = batch ? NULL : dev_from(NULL, (size_t)(n * n_hot) * 4);
+    int32_t *dnl = batch ? NULL : dev_from(NULL, (size_t)n * 4);
+    uint64_t *dc = dev_from(&c0, 8);
+    int rc = pi_cuda_gate_list(ctx, n, n_hot, act, dgm, dg, gw, ge, da, n_hot, dl, dnl, dc);
+    float *ga = host_of(da, (size_t)(n * (batch ? n_hot : gw)) * 4);
+    int32_t *gl = batch ? NULL : host_of(dl, (size_t)(n * n_hot) * 4);
+    int32_t *gnl = batch ? NULL : host_of(dnl, (size_t)n * 4);
+    uint64_t *gc = host_of(dc, 8);
+    int64_t wrong = 0, edge = 0, edge_diff = 0, bad_a = 0, bad_l = 0, skipped = 0;
+    for (int64_t t = 0; t < n; t++) {
+        int64_t k = 0; /* the position in row t's list */
+        if (!batch && (gnl[t] < 0 || gnl[t] > n_hot)) {
+            bad_l++;
+            continue;
+        }
+        for (int64_t i = 0; i < n_hot; i++) {
+            const float gv = g[t * gw + i * ge], av = ga[t * n_hot + i];
+            const float orig = batch ? a[t * n_hot + i] : gv;
+            bool dev_skip;
+            if (batch) {
+                dev_skip = av == 0.0f;
+            } else {
+                const bool listed = k < gnl[t] && gl[t * n_hot + k] == (int32_t)i;
+                k += listed;
+                dev_skip = !listed;
+            }
+            skipped += dev_skip;
+            /* a skipped activation is 0, a kept one untouched (NaN stays NaN) */
+            bad_a += dev_skip ? av != 0.0f : !(av == orig || (isnan(av) && isnan(orig)));
+            const bool want = skip_ref(act, gmin[i], gv), e = at_edge(act, gmin[i], gv);
+            edge += e;
+            if (dev_skip != want) {
+                if (e) edge_diff++;
+                else wrong++;
+            }
+        }
+        if (!batch) bad_l += k != gnl[t]; /* every listed index found in ascending order */
+    }
+    tap_ok(rc == 0 && wrong == 0 && bad_a == 0 && bad_l == 0 && gc[0] == c0 + (uint64_t)skipped,
+           "gate_list %lld rows x %lld hot, act %d, %s layout: %lld of %lld pairs skipped, %lld decisions off the "
+           "host's (%lld at the rule's edge, of %lld there), %lld activations and %lld lists wrong, counter +%llu",
+           (long long)n, (long long)n_hot, act, batch ? "batch" : "per-row", (long long)skipped, (long long)(n * n_hot),
+           (long long)wrong, (long long)edge_diff, (long long)edge, (long long)bad_a, (long long)bad_l,
+           (unsigned long long)(gc[0] - c0));
+    dev_free(dg), dev_free(dgm), dev_free(dc);
+    if (batch) dev_free(da);
+    else dev_free(dl), dev_free(dnl);
+    free(g), free(gmin), free(a), free(ga), free(gl), free(gnl), free(gc);
+}
+
+/* The gate-first hot FFN of one row (the cuda backend's ffn_hot_gated): the gate products of every hot
+ * neuron (pi_cuda_ffn_gu_part GATE), the rule (pi_cuda_gate_list), the up products of the kept ones (UP)
+ * and their down rows (pi_cuda_ffn_down_list), or, with dense_down, the file's ffn_down (d, n_hot) times
+ * all activations (a dense layer). Against a double reference that skips the same neurons: thresholds
+ * are set away from each gate (its |silu| times 0.8 or 1.25, a third 0), so that rounding decides none.
+ * Then UP after GATE gives BOTH's activations (the same sums in the same order: the bits are reported, a
+ * relative 1e-6 asserted), and with every threshold at FLT_MIN (the path
+ * taken, nothing skipped) the result is the dense kernel's (pi_cuda_ffn_hot, where it keeps x in float):
+ * NMSE <= 1e-7. */
+static void test_ffn_gated(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_hot, int act, bool dense_down)
+{
+    void *gu = rand_weight(gt, 2 * n_hot, d), *dn = dense_down ? rand_weight(dt, d, n_hot) : rand_weight(dt, n_hot, d);
+    float *guf = ref_rows(gt, gu, 2 * n_hot, d), *x = rand_floats((size_t)d, 1.0f);
+    float *dnf = dense_down ? ref_rows(dt, dn, d, n_hot) : ref_rows(dt, dn, n_hot, d);
+    float *gmin = malloc((size_t)n_hot * 4), *tiny = malloc((size_t)n_hot * 4);
+    double *ref = calloc((size_t)d, sizeof(double)), *aref = calloc((size_t)n_hot, sizeof(double));
+    PI_ASSERT(gmin && tiny && ref && aref);
+    int64_t kept = 0;
+    int64_t edge = 0; /* ReLU gates within float rounding of 0, whose sign the device may read otherwise */
+    for (int64_t i = 0; i < n_hot; i++) {
+        double gd = 0, ud = 0;
+        for (int64_t c = 0; c < d; c++)
+            gd += (double)guf[2 * i * d + c] * x[c], ud += (double)guf[(2 * i + 1) * d + c] * x[c];
+        const double sg = act == PI_CUDA_ACT_SILU ? gd / (1 + exp(-gd)) : gd;
+        const uint64_t r = fabs(gd) < 1e-4 ? 0 : rng_next() % 3; /* no threshold within rounding of a tiny gate */
+        edge += act != PI_CUDA_ACT_SILU && fabs(gd) < 1e-4;
+        gmin[i] = r == 0 ? 0.0f : (float)(fabs(sg) * (r == 1 ? 0.8 : 1.25));
+        tiny[i] = FLT_MIN;
+        const bool skip = (act != PI_CUDA_ACT_SILU && gd <= 0) || (gmin[i] > 0 && fabs(sg) <= gmin[i]);
+        if (skip) continue;
+        kept++;
+        aref[i] = act_ref(act, gd, ud);
+        for (int64_t c = 0; c < d; c++) ref[c] += aref[i] * (dense_down ? dnf[c * n_hot + i] : dnf[i * d + c]);
+    }
+    pi_cuda_weight_t *dgu = NULL, *ddn = NULL;
+    PI_ASSERT(pi_cuda_weight_upload(ctx, gt, 2 * n_hot, d, gu, &dgu) == 0);
+    PI_ASSERT(dense_down ? pi_cuda_weight_upload(ctx, dt, d, n_hot, dn, &ddn) == 0
+                         : pi_cuda_weight_upload(ctx, dt, n_hot, d, dn, &ddn) == 0);
+    float *dx = dev_from(x, (size_t)d * 4), *dy = dev_from(NULL, (size_t)d * 4);
+    float *da = dev_from(NULL, (size_t)n_hot * 4), *dgm = dev_from(gmin, (size_t)n_hot * 4);
+    int32_t *dl = dev_from(NULL, (size_t)n_hot * 4), *dcnt = dev_from(NULL, 4);
+    uint64_t zero = 0, *dsk = dev_from(&zero, 8);
+    /* the backend's sequence, one row */
+    struct gated {
+        pi_cuda_weight_t *gu, *dn;
+        float *x, *gm, *a, *y;
+        int32_t *l, *c;
+        uint64_t *sk;
+    } q = {dgu, ddn, dx, dgm, da, dy, dl, dcnt, dsk};
+    int rc = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_GATE, act, q.x, NULL, NULL, q.a);
+    if (rc == 0) rc = pi_cuda_gate_list(ctx, 1, n_hot, act, q.gm, q.a, n_hot, 1, q.a, n_hot, q.l, q.c, q.sk);
+    if (rc == 0) rc = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_UP, act, q.x, q.l, q.c, q.a);
+    if (rc == 0 && dense_down) rc = pi_cuda_matvec(ctx, q.dn, q.a, q.y);
+    else if (rc == 0) rc = pi_cuda_ffn_down_list(ctx, q.dn, q.l, q.c, q.a, q.y);
+    float *y = host_of(dy, (size_t)d * 4), *a = host_of(da, (size_t)n_hot * 4);
+    int32_t *cnt = host_of(dcnt, 4);
+    uint64_t *sk = host_of(dsk, 8);
+    const double e = nerr_d(y, ref, (size_t)d), ea = nerr_d(a, aref, (size_t)n_hot);
+    const double bound = gt == PI_TYPE_Q2_K || dt == PI_TYPE_Q2_K ? 5e-5 : 1e-5;
+    tap_ok(rc == 0 && llabs(cnt[0] - kept) <= edge && sk[0] == (uint64_t)(n_hot - cnt[0]) && e < bound && ea < bound,
+           "gate-first %s/%s%s d=%lld n_hot=%lld act %d: %d kept (expected %lld), %llu counted skipped; error %.3g "
+           "(NMSE %.2g), activations %.3g", pi_type_name(gt), pi_type_name(dt), dense_down ? " (dense down)" : "",
+           (long long)d, (long long)n_hot, act, cnt[0], (long long)kept, (unsigned long long)sk[0], e, e * e, ea);
+    /* BOTH over the kept list: the same activations, bit for bit */
+    float *da2 = dev_from(NULL, (size_t)n_hot * 4);
+    PI_ASSERT(pi_cuda_memset(ctx, da2, 0, (size_t)n_hot * 4) == 0);
+    int rc2 = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_BOTH, act, q.x, q.l, q.c, da2);
+    float *a2 = host_of(da2, (size_t)n_hot * 4);
+    double worst = 0;
+    for (int64_t i = 0; i < n_hot; i++)
+        worst = fmax(worst, fabs((double)a[i] - a2[i]) / fmax(fabs((double)a2[i]), 1e-30));
+    tap_ok(rc2 == 0 && worst <= 1e-6, "gate-first %s/%s: GATE then UP = BOTH over the same list: %s (worst relative %.2g)",
+           pi_type_name(gt), pi_type_name(dt), memcmp(a, a2, (size_t)n_hot * 4) == 0 ? "bit for bit" : "not the same bits",
+           worst);
+    /* nothing skipped (every threshold FLT_MIN, the gates away from 0): the dense kernel's result */
+    if (!dense_down && act == PI_CUDA_ACT_SILU && !pi_cuda_q8_for(ctx, (int)gt, 2 * n_hot, d)) {
+        PI_ASSERT(pi_cuda_upload(ctx, dgm, tiny, (size_t)n_hot * 4) == 0);
+        rc = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_GATE, act, q.x, NULL, NULL, q.a);
+        if (rc == 0) rc = pi_cuda_gate_list(ctx, 1, n_hot, act, q.gm, q.a, n_hot, 1, q.a, n_hot, q.l, q.c, NULL);
+        if (rc == 0) rc = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_UP, act, q.x, q.l, q.c, q.a);
+        if (rc == 0) rc = pi_cuda_ffn_down_list(ctx, q.dn, q.l, q.c, q.a, q.y);
+        float *dy2 = dev_from(NULL, (size_t)d * 4);
+        if (rc == 0) rc = pi_cuda_ffn_hot(ctx, q.gu, q.dn, act, q.x, NULL, NULL, dy2);
+        float *y1 = host_of(dy, (size_t)d * 4), *y2 = host_of(dy2, (size_t)d * 4);
+        int32_t *c1 = host_of(dcnt, 4);
+        double *y2d = malloc((size_t)d * sizeof(double));
+        for (int64_t c = 0; c < d; c++) y2d[c] = y2[c];
+        const double e2 = nerr_d(y1, y2d, (size_t)d);
+        tap_ok(rc == 0 && c1[0] == n_hot && e2 * e2 <= 1e-7,
+               "gate-first %s/%s, thresholds FLT_MIN: %d of %lld kept, = pi_cuda_ffn_hot: NMSE %.2g", pi_type_name(gt),
+               pi_type_name(dt), c1[0], (long long)n_hot, e2 * e2);
+        dev_free(dy2);
+        free(y1), free(y2), free(c1), free(y2d);
+    }
+    pi_cuda_weight_destroy(ctx, &dgu);
+    pi_cuda_weight_destroy(ctx, &ddn);
+    dev_free(dx), dev_free(dy), dev_free(da), dev_free(dgm), dev_free(dl), dev_free(dcnt), dev_free(dsk), dev_free(da2);
+    free(gu), free(dn), free(guf), free(dnf), free(x), free(gmin), free(tiny), free(ref), free(aref), free(y), free(a),
+        free(cnt), free(sk), free(a2);
+}
+
 /* The error paths: an unknown activation, gate/up rows that are not pairs, mismatched shapes. */
 static void test_errors(void)
 {
@@ -314,6 +532,14 @@ static void test_errors(void)
                "ffn_hot_list: 3 pairs with 2 down rows refused");
     tap_is_int(pi_cuda_pred_mask(ctx, 1, 100, NULL, 0.0f, (uint64_t *)dl, dl, 101, NULL, dl, dl, NULL, 0), -PI_ERR_INVAL,
                "pred_mask: more hot neurons than neurons refused");
+    tap_is_int(pi_cuda_ffn_gu_part(ctx, dgu, 7, PI_CUDA_ACT_SILU, dx, NULL, NULL, da), -PI_ERR_INVAL,
+               "ffn_gu_part: an unknown part refused");
+    tap_is_int(pi_cuda_ffn_gu_part(ctx, dgu, PI_CUDA_GU_UP, PI_CUDA_ACT_SILU, dx, dl, NULL, da), -PI_ERR_INVAL,
+               "ffn_gu_part: a list without its count refused");
+    tap_is_int(pi_cuda_gate_list(ctx, 1, 3, PI_CUDA_ACT_SILU, dx, dx, 3, 1, da, 2, NULL, NULL, NULL), -PI_ERR_INVAL,
+               "gate_list: activation rows shorter than the hot neurons refused");
+    tap_is_int(pi_cuda_gate_list(ctx, 1, 3, 9, dx, dx, 3, 1, da, 3, NULL, NULL, NULL), -PI_ERR_INVAL,
+               "gate_list: an unknown activation refused");
     tap_is_int(pi_cuda_sync(ctx), 0, "the context is healthy after the refusals");
     pi_cuda_weight_destroy(ctx, &dgu);
     pi_cuda_weight_destroy(ctx, &ddn);
@@ -368,6 +594,7 @@ struct bench {
     uint64_t *words;
     int64_t n_ff;
     float thr;
+    float *gmin; /* (n_ff) the activation thresholds of run_gated */
 };
 
 static int run_dense(int c, void *p)
@@ -394,6 +621,39 @@ static int run_dense_layer_list(int c, void *p)
 {
     struct bench *b = p;
     int rc = pi_cuda_ffn_gu_list(ctx, b->L->gu[c], PI_CUDA_ACT_RELU, b->x, b->list, b->cnt, b->a);
+    return rc ? rc : pi_cuda_matvec(ctx, b->L->dense_down[c], b->a, b->y);
+}
+static int run_dense_silu(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_hot(ctx, b->L->gu[c], b->L->dn[c], PI_CUDA_ACT_SILU, b->x, NULL, NULL, b->y);
+}
+static int run_dense_layer_silu(int c, void *p)
+{
+    struct bench *b = p;
+    return pi_cuda_ffn_dense(ctx, b->L->gu[c], b->L->dense_down[c], PI_CUDA_ACT_SILU, b->x, NULL, 0.0f, b->y, 0);
+}
+/* the cuda backend's ffn_hot_gated for one row: gates, the rule, ups and down rows over the list (or the
+ * dense layer's full down product) */
+static int run_gated_common(int c, struct bench *b)
+{
+    int rc = pi_cuda_ffn_gu_part(ctx, b->L->gu[c], PI_CUDA_GU_GATE, PI_CUDA_ACT_SILU, b->x, NULL, NULL, b->a);
+    if (!rc)
+        rc = pi_cuda_gate_list(ctx, 1, b->n_ff, PI_CUDA_ACT_SILU, b->gmin, b->a, b->n_ff, 1, b->a, b->n_ff, b->list,
+                               b->cnt, NULL);
+    if (!rc) rc = pi_cuda_ffn_gu_part(ctx, b->L->gu[c], PI_CUDA_GU_UP, PI_CUDA_ACT_SILU, b->x, b->list, b->cnt, b->a);
+    return rc;
+}
+static int run_gated(int c, void *p)
+{
+    struct bench *b = p;
+    int rc = run_gated_common(c, b);
+    return rc ? rc : pi_cuda_ffn_down_list(ctx, b->L->dn[c], b->list, b->cnt, b->a, b->y);
+}
+static int run_gated_dense_layer(int c, void *p)
+{
+    struct bench *b = p;
+    int rc = run_gated_common(c, b);
     return rc ? rc : pi_cuda_matvec(ctx, b->L->dense_down[c], b->a, b->y);
 }
 static int run_predict(int c, void *p)
@@ -462,6 +722,33 @@ static void bench_7b(enum pi_type dt, enum pi_type pt)
                  "= %.2fx dense; dense layer over the list %.1f us = %.2fx", 100 * fr[i], t_m, t_l, t_dense / t_l, t_dll,
                  t_dl / t_dll);
     }
+    /* SwiGLU: dense, then gate-first under one threshold for every neuron at the 40% / 50% quantile of the
+     * layer's |silu(gate)| over this x (the skip shares of pi-profile --threshold-sparsity 0.4,0.5) */
+    {
+        const double t_ds = time_us(run_dense_silu, &b), t_dls = time_us(run_dense_layer_silu, &b);
+        float *gates = malloc((size_t)ff * 4), *gm = malloc((size_t)ff * 4);
+        b.gmin = dev_from(NULL, (size_t)ff * 4);
+        PI_ASSERT(gates && gm);
+        PI_ASSERT(pi_cuda_ffn_gu_part(ctx, L.gu[0], PI_CUDA_GU_GATE, PI_CUDA_ACT_SILU, b.x, NULL, NULL, b.a) == 0);
+        PI_ASSERT(pi_cuda_sync(ctx) == 0 && pi_cuda_download(ctx, gates, b.a, (size_t)ff * 4) == 0);
+        for (int64_t i = 0; i < ff; i++) gates[i] = fabsf(gates[i] / (1.0f + expf(-gates[i])));
+        qsort(gates, (size_t)ff, 4, cmp_f32);
+        static const double sh[] = {0.4, 0.5};
+        for (size_t i = 0; i < PI_ARRAY_LEN(sh); i++) {
+            const float t = gates[(size_t)(sh[i] * (double)ff)];
+            for (int64_t j = 0; j < ff; j++) gm[j] = t;
+            PI_ASSERT(pi_cuda_upload(ctx, b.gmin, gm, (size_t)ff * 4) == 0);
+            const double t_g = time_us(run_gated, &b), t_gd = time_us(run_gated_dense_layer, &b);
+            int32_t kept = 0;
+            PI_ASSERT(pi_cuda_download(ctx, &kept, b.cnt, 4) == 0);
+            tap_diag("timing 7B layer SwiGLU, %.0f%% of the pairs skipped (%d kept): gate-first hot rows %.1f us = "
+                     "%.2fx "
+                     "dense hot FFN (%.1f us); dense layer gate-first %.1f us = %.2fx dense layer (%.1f us)",
+                     100 * sh[i], kept, t_g, t_ds / t_g, t_ds, t_gd, t_dls / t_gd, t_dls);
+        }
+        dev_free(b.gmin);
+        free(gates), free(gm);
+    }
     tap_ok(1, "timing of the 7B-class layer with %s down rows (diagnostics above)", pi_type_name(dt));
     for (int c = 0; c < NCOPY; c++) {
         pi_cuda_weight_destroy(ctx, &L.gu[c]);
@@ -516,6 +803,18 @@ int main(int argc, char **argv)
     test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_F16, 8192, 500, PI_CUDA_ACT_RELU, 0.3);  /* 70B rows: 2 groups of 256 threads */
     test_ffn_list(PI_TYPE_F16, PI_TYPE_F16, 64, 5, PI_CUDA_ACT_RELU, 0.4);      /* fewer segments than lanes */
     test_ffn_list(PI_TYPE_Q4_0, PI_TYPE_Q8_0, 1024, 300, PI_CUDA_ACT_RELU, 0.0); /* an empty list: y = 0 */
+    /* activation thresholds: the rule and its lists, then the gate-first FFN (hot rows and a dense layer) */
+    test_gate_list(1, 11008, PI_CUDA_ACT_SILU, false); /* decode of a 7B-class dense layer */
+    test_gate_list(3, 777, PI_CUDA_ACT_SILU, false);
+    test_gate_list(4, 1, PI_CUDA_ACT_SILU, false);
+    test_gate_list(2, 2500, PI_CUDA_ACT_RELU, false);
+    test_gate_list(6, 3000, PI_CUDA_ACT_SILU, true); /* a batch of the GEMM path */
+    test_gate_list(9, 1025, PI_CUDA_ACT_DRELU, true);
+    test_ffn_gated(PI_TYPE_Q4_0, PI_TYPE_F16, 1024, 777, PI_CUDA_ACT_SILU, false);
+    test_ffn_gated(PI_TYPE_Q4_K, PI_TYPE_Q6_K, 2048, 500, PI_CUDA_ACT_SILU, false);
+    test_ffn_gated(PI_TYPE_F16, PI_TYPE_Q8_0, 512, 1500, PI_CUDA_ACT_SILU, false);
+    test_ffn_gated(PI_TYPE_Q8_0, PI_TYPE_Q4_0, 1024, 2048, PI_CUDA_ACT_SILU, true); /* a dense layer: n_ff columns */
+    test_ffn_gated(PI_TYPE_Q4_0, PI_TYPE_Q4_0, 4096, 3000, PI_CUDA_ACT_RELU, false);
     test_errors();
 
     if (timing) {

@@ -151,15 +151,22 @@ static void check_stream(void)
            "prompt streaming changes only its own part and the scratch (+%llu bytes)",
            (unsigned long long)(on.scratch - off.scratch));
     /* activation thresholds (a SwiGLU model's [sparsity] gates): the loop never streams such a run
-     * (pi_stream_policy_mode), so the plan holds nothing for it, as off */
+     * (pi_stream_policy_mode), so the plan holds no stream part for it, only the thresholds' own: each
+     * layer's hot thresholds (n_hot floats), the per-row lists, counts and activations (4 rows of the
+     * largest hot count) and the per-layer counters (compute/backend-cuda-plan.h, part gate) */
     struct pi_backend_cuda_plan th;
     o.thresholds = true;
     rc = pi_backend_cuda_plan_parts(m, &o, &th);
     const bool th_on = pi_backend_cuda_stream_on(m, &o);
     o.thresholds = false;
-    tap_ok(rc == 0 && !th_on && th.stream == 0 && th.scratch == off.scratch && th.total == off.total,
-           "prompt streaming with activation thresholds (auto): no stream part, the plan of off (%llu bytes, off %llu)",
-           (unsigned long long)th.total, (unsigned long long)off.total);
+    uint64_t gate = pi_cuda_counted((uint64_t)L * sizeof(uint64_t));
+    for (int il = 0; il < L; il++) gate += pi_cuda_counted((uint64_t)nh[il] * sizeof(float));
+    gate += 2 * pi_cuda_counted(4 * (uint64_t)(ff / 2) * 4) + pi_cuda_counted(4 * 4);
+    tap_ok(rc == 0 && !th_on && th.stream == 0 && th.scratch == off.scratch && th.gate == gate && off.gate == 0 &&
+               th.total == off.total + gate,
+           "prompt streaming with activation thresholds (auto): no stream part, the plan of off (%llu bytes) and the "
+           "thresholds' %llu (computed here: %llu)", (unsigned long long)off.total, (unsigned long long)th.gate,
+           (unsigned long long)gate);
     o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
     o.max_tokens = 1;
     bool one = pi_backend_cuda_stream_on(m, &o);

@@ -314,6 +314,16 @@ static void test_stats(const pi_model_t *m)
     pi_sparse_stats_add(&t, &s);
     pi_sparse_stats_sub(&t, &s);
     tap_ok(memcmp(t.layers, s.layers, (size_t)m->hp.n_layer * sizeof *t.layers) == 0, "add and sub");
+    /* the hot neurons' pairs skipped, reported at the end of a step (ffn_hot_skipped): taken from those
+     * noted as computed, never below 0 */
+    pi_sparse_stats_clear(&t);
+    pi_sparse_note(&t, 1, 2, ff);
+    pi_sparse_note_skipped(&t, 1, ff / 4);
+    const bool taken = t.layers[1].predicted == (uint64_t)(ff - ff / 4) && t.layers[1].pairs == (uint64_t)(2 * ff);
+    pi_sparse_note_skipped(&t, 1, 3 * ff);
+    pi_sparse_note_skipped(&t, 1, -5);
+    tap_ok(taken && t.layers[1].predicted == 0 && t.layers[1].pairs == (uint64_t)(2 * ff),
+           "skipped hot pairs come off the computed ones, clamped at 0; the pairs stay");
     /* recall against the true gates: all predicted gives 1, none gives 0 */
     const int64_t d = m->hp.n_embd, mw = pi_sparse_mask_words(ff), n = 4;
     float *X = malloc((size_t)(n * d) * sizeof *X), *gate = malloc((size_t)(n * ff) * sizeof *gate);

@@ -6,7 +6,9 @@
 #     and the output head, about 1.5 GiB, whatever the budget: 1.3G is refused) against llama.cpp
 #     -ngl 13 and 15 (peak VRAM per run from nvidia-smi);
 #   - CPU only: pinfer --gpu-backend none off/safe/aggressive against llama.cpp -ngl 0 (its CUDA build
-#     decodes on the CPU at -ngl 0), 16 threads.
+#     decodes on the CPU at -ngl 0), 16 threads;
+#   - with FULL=1 also fully offloaded: pinfer --hot-fraction 1 off/safe/aggressive (the thresholds of the
+#     hot neurons on the device) against llama.cpp -ngl 99, two rounds.
 # Staging: as tools/device/bench-sparse-7b.sh says (R=.devbench with the binaries, lib/, vocab.gguf,
 # llama.tar.xz); run from the source tree with OUT set: results in $OUT/bench.log and $OUT/vram.txt.
 # A second call on a warm machine reuses the model, the sidecar and llama.cpp's build.
@@ -50,6 +52,13 @@ for rep in 1 2; do
   for ngl in 13 15; do measured ll-ngl$ngl-$rep $LB -m $M -ngl $ngl -t 16 -p 0 -n 64 -r 3 -o md; done
   ts "hybrid rep $rep done"
 done
+if [ "${FULL:-0}" = 1 ]; then # fully offloaded: the hot neurons' thresholds on the device (doc/thresholds.md)
+  for rep in 1 2; do
+    measured pi-full-$rep $PB --gpu-backend cuda --hot-fraction 1 --cpu-workers 1 -t 15 --sparsity off,safe,aggressive
+    measured ll-full-$rep $LB -m $M -ngl 99 -p 0 -n 64 -r 3 -o md
+  done
+  ts "fully offloaded done"
+fi
 measured pi-cpu $PB --gpu-backend none -t 16 --sparsity off,safe,aggressive
 measured ll-cpu $LB -m $M -ngl 0 -t 16 -p 0 -n 64 -r 3 -o md
 ts "cpu done"
