@@ -12,6 +12,10 @@
 # Staging: as tools/device/bench-sparse-7b.sh says (R=.devbench with the binaries, lib/, vocab.gguf,
 # llama.tar.xz); run from the source tree with OUT set: results in $OUT/bench.log and $OUT/vram.txt.
 # A second call on a warm machine reuses the model, the sidecar and llama.cpp's build.
+# Knobs: PT=N profile tokens (2048); REPS=N rounds of the hybrid and fully offloaded rows (2); HYB=0 skips
+# the hybrid rows, CPU=0 the CPU rows; TESTS=1 first runs the CUDA tests of the thresholds (test-cuda-sparse,
+# test-backend-cuda's short-gated, test-ptrain-cuda) while the CPU writes the model (R/tests/cuda and
+# R/fx with the tiny-llama fixtures staged as tools/gpu-check.sh says).
 set -u
 R=${R:-$PWD/.devbench}; O=${OUT:-/tmp/o}; mkdir -p $O; L=$O/bench.log
 export LD_LIBRARY_PATH=$R/lib
@@ -25,15 +29,27 @@ if [ ! -x $LB ]; then
     ninja -C build -j 10 llama-bench > /tmp/lcpp-build.log 2>&1; echo "llama.cpp build rc=$?" >> /tmp/lcpp-build.log ) &
 fi
 BP=${!:-0}
+TP=""
+if [ "${TESTS:-0}" = 1 ]; then
+  ( export PI_SRCDIR=$PWD PI_BUILDDIR=$R PI_FIXTURES=$R/fx
+    for t in test-cuda-sparse "test-backend-cuda short-gated" test-ptrain-cuda; do
+      set -- $t; n=$1; s=$(date +%s)
+      PI_CUDA_TEST=${2:-} timeout 150 $R/tests/cuda/$n > $O/$n.log 2>&1
+      echo "$n ${2:-} rc=$? ok=$(grep -c '^ok' $O/$n.log) notok=$(grep -c '^not ok' $O/$n.log) $(( $(date +%s) - s )) s"
+      grep -E '^not ok' $O/$n.log | head -10
+    done ) > /tmp/tests.txt 2>&1 &
+  TP=$!
+fi
 M=/dev/shm/s7.gguf
 if [ ! -s /dev/shm/s7.pinfer.gguf ]; then
   ts "gen start"
   $R/tools/pi-gen-model --preset 7b --type q4_0 --vocab-from $R/vocab.gguf $M >> $L 2>&1
   ts "gen done rc=$?"
-  $R/tools/pi-profile -m $M --random 2048 -c 512 -t 16 --threshold-sparsity 0.4,0.5 > /tmp/prof.out 2> /tmp/prof.err
+  $R/tools/pi-profile -m $M --random ${PT:-2048} -c 512 -t 16 --threshold-sparsity 0.4,0.5 > /tmp/prof.out 2> /tmp/prof.err
   ts "profile rc=$?"; grep -E "^thresholds" /tmp/prof.out >> $L; tail -3 /tmp/prof.err >> $L
 fi
 [ "$BP" != 0 ] && wait $BP 2>/dev/null
+[ -n "$TP" ] && { wait $TP; cat /tmp/tests.txt >> $L; ts "tests done"; }
 tail -1 /tmp/lcpp-build.log >> $L 2>/dev/null
 poll() { while :; do nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits; sleep 0.1; done; }
 measured() {
@@ -47,18 +63,19 @@ measured() {
 }
 PB="$R/coordinator/pi-bench -m $M -p 0 -n 64 -r 3 --run-dir /tmp/pirun -o md --log-level info"
 mkdir -p -m 700 /tmp/pirun
-for rep in 1 2; do
+for rep in $(seq 1 ${REPS:-2}); do
+  [ "${HYB:-1}" = 1 ] || break
   measured pi-hyb-$rep $PB --gpu-backend cuda --cpu-workers 1 -t 15 --vram-budget 2G --sparsity off,safe,aggressive
   for ngl in 13 15; do measured ll-ngl$ngl-$rep $LB -m $M -ngl $ngl -t 16 -p 0 -n 64 -r 3 -o md; done
   ts "hybrid rep $rep done"
 done
 if [ "${FULL:-0}" = 1 ]; then # fully offloaded: the hot neurons' thresholds on the device (doc/thresholds.md)
-  for rep in 1 2; do
+  for rep in $(seq 1 ${REPS:-2}); do
     measured pi-full-$rep $PB --gpu-backend cuda --hot-fraction 1 --cpu-workers 1 -t 15 --sparsity off,safe,aggressive
     measured ll-full-$rep $LB -m $M -ngl 99 -p 0 -n 64 -r 3 -o md
   done
   ts "fully offloaded done"
 fi
-measured pi-cpu $PB --gpu-backend none -t 16 --sparsity off,safe,aggressive
-measured ll-cpu $LB -m $M -ngl 0 -t 16 -p 0 -n 64 -r 3 -o md
+[ "${CPU:-1}" = 1 ] && measured pi-cpu $PB --gpu-backend none -t 16 --sparsity off,safe,aggressive
+[ "${CPU:-1}" = 1 ] && measured ll-cpu $LB -m $M -ngl 0 -t 16 -p 0 -n 64 -r 3 -o md
 ts "cpu done"
