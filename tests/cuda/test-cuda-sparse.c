@@ -421,7 +421,8 @@ static void test_gate_list(int64_t n, int64_t n_hot, int act, bool batch)
  * are set away from each gate (its |silu| times 0.8 or 1.25, a third 0), so that rounding decides none.
  * Then UP after GATE gives BOTH's activations (the same sums in the same order: the bits are reported, a
  * relative 1e-6 asserted), and with every threshold at FLT_MIN (the path
- * taken, nothing skipped) the result is the dense kernel's (pi_cuda_ffn_hot, where it keeps x in float):
+ * taken, nothing skipped; 0 where float's silu underflows to -0, which any positive threshold skips:
+ * these random weights' gates reach hundreds) the result is the dense kernel's (pi_cuda_ffn_hot, where it keeps x in float):
  * NMSE <= 1e-7. */
 static void test_ffn_gated(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_hot, int act, bool dense_down)
 {
@@ -438,10 +439,13 @@ static void test_ffn_gated(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
         for (int64_t c = 0; c < d; c++)
             gd += (double)guf[2 * i * d + c] * x[c], ud += (double)guf[(2 * i + 1) * d + c] * x[c];
         const double sg = act == PI_CUDA_ACT_SILU ? gd / (1 + exp(-gd)) : gd;
-        const uint64_t r = fabs(gd) < 1e-4 ? 0 : rng_next() % 3; /* no threshold within rounding of a tiny gate */
+        /* no threshold within rounding of a tiny gate, nor where float's silu underflows (g below about -87:
+         * e^-g overflows, silu is -0 and any positive threshold skips it, where double still has a value) */
+        const bool underflow = act == PI_CUDA_ACT_SILU && gd < -80.0;
+        const uint64_t r = fabs(gd) < 1e-4 || underflow ? 0 : rng_next() % 3;
         edge += act != PI_CUDA_ACT_SILU && fabs(gd) < 1e-4;
         gmin[i] = r == 0 ? 0.0f : (float)(fabs(sg) * (r == 1 ? 0.8 : 1.25));
-        tiny[i] = FLT_MIN;
+        tiny[i] = underflow ? 0.0f : FLT_MIN;
         const bool skip = (act != PI_CUDA_ACT_SILU && gd <= 0) || (gmin[i] > 0 && fabs(sg) <= gmin[i]);
         if (skip) continue;
         kept++;
@@ -488,7 +492,8 @@ static void test_ffn_gated(enum pi_type gt, enum pi_type dt, int64_t d, int64_t 
     tap_ok(rc2 == 0 && worst <= 1e-6, "gate-first %s/%s: GATE then UP = BOTH over the same list: %s (worst relative %.2g)",
            pi_type_name(gt), pi_type_name(dt), memcmp(a, a2, (size_t)n_hot * 4) == 0 ? "bit for bit" : "not the same bits",
            worst);
-    /* nothing skipped (every threshold FLT_MIN, the gates away from 0): the dense kernel's result */
+    /* nothing skipped (every threshold FLT_MIN, none where silu underflows, the gates away from 0): the dense
+     * kernel's result */
     if (!dense_down && act == PI_CUDA_ACT_SILU && !pi_cuda_q8_for(ctx, (int)gt, 2 * n_hot, d)) {
         PI_ASSERT(pi_cuda_upload(ctx, dgm, tiny, (size_t)n_hot * 4) == 0);
         rc = pi_cuda_ffn_gu_part(ctx, q.gu, PI_CUDA_GU_GATE, act, q.x, NULL, NULL, q.a);
