@@ -118,6 +118,11 @@ uint64_t pi_backend_cuda_xq_reserve(const pi_model_t *m, bool any_dense)
 
 bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o) { return o->pred && o->sparsity != PI_SPARSITY_OFF; }
 
+bool pi_backend_cuda_gate_on(const struct pi_backend_opts *o)
+{
+    return o->thresholds && !pi_backend_cuda_pred_on(o) && o->tune.cuda_hot_thresholds == PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
+}
+
 int64_t pi_backend_cuda_pred_rank(int64_t rank) { return (rank + 31) / 32 * 32; }
 
 enum pi_type pi_backend_cuda_pred_type(const struct pi_weight *w, int64_t rank, int64_t cols)
@@ -314,7 +319,7 @@ int pi_backend_cuda_plan_parts(const pi_model_t *m, const struct pi_backend_opts
         gemm_cols = PI_MAX(gemm_cols, (int64_t)hp->n_ff);
     }
     if (pi_backend_cuda_pred_on(o)) PI_TRY(plan_pred(m, o, n_hot_max, p, &tile, &gemm_cols));
-    if (o->thresholds && !pi_backend_cuda_pred_on(o)) p->gate = plan_gate(m, o, n_hot_max); /* never both */
+    if (pi_backend_cuda_gate_on(o)) p->gate = plan_gate(m, o, n_hot_max); /* never with predictors */
     if (T > PI_CUDA_MATVEC_MAX_ROWS) p->scratch += slot(pi_cuda_gemm_x16_bytes(T, gemm_cols)) + slot(tile);
     if (n_hot_max > 0) p->scratch += slot(pi_cuda_ffn_act_bytes(n_hot_max));
     /* the q8 matvec's quantised x (matvec-q8.cu), counted whatever tune.cuda_matvec says: 48 bytes per 32

@@ -42,7 +42,7 @@ struct pi_backend_cuda_plan {
     uint64_t pred;    /* with predictors (pi_backend_cuda_pred_on): their fc1 and fc2 weights, the hot ids of
                          the layers that are not dense, and the sparse path's buffers (logits, mask words,
                          lists, per-row activations); 0 without */
-    uint64_t gate;    /* with activation thresholds (o->thresholds, without predictors): each layer's
+    uint64_t gate;    /* with thresholds on the hot neurons (pi_backend_cuda_gate_on): each layer's
                          thresholds of its hot neurons (n_hot floats), the per-row path's lists, counts and
                          activations (min(max_tokens, PI_BACKEND_CUDA_HOT_BATCH_MIN - 1) rows of n_hot_max),
                          and the per-layer counters of the pairs skipped (n_layer uint64); 0 without */
@@ -104,6 +104,10 @@ const struct pi_layer *pi_backend_cuda_hot_rows(const pi_model_t *m, const struc
 
 /* Whether the backend evaluates predictors: o->pred set and o->sparsity not OFF. */
 bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o);
+
+/* Whether the backend applies activation thresholds to its hot neurons (gate first): o->thresholds, no
+ * predictors, and [tune] cuda_hot_thresholds on. Without it the hot neurons are dense. */
+bool pi_backend_cuda_gate_on(const struct pi_backend_opts *o);
 
 /* A predictor of rank r on the device: fc1 (r32, n_embd) and fc2 (n_ff, r32) with r32 = r rounded up to
  * whole 32-element segments; where r is not a multiple of 32 both are F16 (zero rows of fc1, zero

@@ -1350,7 +1350,7 @@ static struct cuda_backend *new_host_side(const pi_model_t *m, const struct pi_b
     s->n_hot_max = n_hot_max;
     s->planned = planned;
     s->pred = pi_backend_cuda_pred_on(o);
-    s->gated = o->thresholds && !s->pred; /* never both (check_gate); the plan's rule */
+    s->gated = pi_backend_cuda_gate_on(o); /* the plan's rule */
     s->st_on = pi_backend_cuda_stream_on(m, o);
     s->mw = (hp->n_ff + 63) / 64;
     s->masked_il = -1;

@@ -62,16 +62,18 @@ echo "memcheck backend gated rc=$?" | tee -a $T
 grep "ERROR SUMMARY" $OUT/memcheck-backend-gated.log | tail -1 | tee -a $T
 # ... and through the pipeline: the tiny SiLU llama with pi-profile's thresholds (about 50% of the pairs at
 # aggressive); each run's FFN sparsity line should be the single process's, the cuda backend's hot
-# neurons skipping as it does (fully offloaded at hot 1)
+# neurons skipping as it does (fully offloaded at hot 1) with [tune] cuda_hot_thresholds on (off, the
+# default, keeps them dense: the last run's line should be lower)
 TL=$PWD/tests/data/tiny-llama-q4_0.gguf
 timeout 60 $R/tools/pi-profile -m $TL --random 512 -c 128 -t 4 --threshold-sparsity 0.4,0.5 \
   --sidecar /tmp/tiny-thr.gguf > /dev/null 2>&1
 mkdir -p -m 700 /tmp/pirun-thr
-for c in "none 0" "cuda 1" "cuda 0.5" "cuda 0"; do set -- $c
+for c in "none 0 on" "cuda 1 on" "cuda 0.5 on" "cuda 0 on" "cuda 1 off"; do set -- $c
   l=$(timeout 60 $R/coordinator/pi-coordinator --model $TL --sidecar /tmp/tiny-thr.gguf --sparsity aggressive \
+      --set tune.cuda_hot_thresholds=$3 \
       --tokens 1,2,3,4,5,6,7,8 -n 8 --temp 0 --gpu-backend $1 --hot-fraction $2 --cpu-workers 1 \
       --run-dir /tmp/pirun-thr --log-level info 2>&1 | grep -oE "FFN sparsity [0-9.]+%|rror.*" | head -2 | tr '\n' ' ')
-  echo "thresholds aggressive $1 hot $2: $l" | tee -a $T
+  echo "thresholds aggressive $1 hot $2 cuda_hot_thresholds $3: $l" | tee -a $T
 done
 # prompt streaming (PI_CUDA_TEST=short-stream: the slots, their copies and events, the wrapped weights)
 PI_CUDA_TEST=short-stream timeout 200 $CS --tool memcheck --error-exitcode 9 $R/tests/cuda/test-backend-cuda \

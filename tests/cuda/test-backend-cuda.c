@@ -52,7 +52,8 @@
  * pair sits near its own, the cuda backend's gate-first hot neurons against the host backend's with the
  * same split and thresholds (SPARSE_TOL), the hot pairs each reports skipped (ffn_hot_skipped), the plan's
  * gate part, and with every threshold at FLT_MIN the backend without thresholds (NMSE <= 1e-7, 1e-4 as
- * above). PI_CUDA_TEST=short-gated runs only that (compute-sanitizer in tools/gpu-check.sh).
+ * above), all with [tune] cuda_hot_thresholds on; off (the default), the backend without thresholds bit for
+ * bit. PI_CUDA_TEST=short-gated runs only that (compute-sanitizer in tools/gpu-check.sh).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -1226,7 +1227,7 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
     for (int i = 0; i < n; i++) tok[i] = (int32_t)(rnd() % (uint64_t)V);
     float *gm = malloc((size_t)L * (size_t)nf * 4), *tiny = malloc((size_t)L * (size_t)nf * 4);
     float **gh = calloc((size_t)L, sizeof *gh), **th = calloc((size_t)L, sizeof *th);
-    float *l[4][2]; /* per driver: prompt and decode logits */
+    float *l[5][2]; /* per driver: prompt and decode logits */
     PI_ASSERT(gm && tiny && gh && th);
     margin_thresholds(m, tok, n, gm);
     for (size_t i = 0; i < (size_t)L * (size_t)nf; i++) tiny[i] = FLT_MIN;
@@ -1237,13 +1238,16 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
         PI_ASSERT(gh[il] && th[il]);
         for (int64_t i = 0; i < sp.n_hot[il]; i++) gh[il][i] = gm[(size_t)il * nf + sp.hot[il][i]], th[il][i] = FLT_MIN;
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         l[k][0] = malloc((size_t)n * V * 4), l[k][1] = malloc((size_t)steps * V * 4);
         PI_ASSERT(l[k][0] && l[k][1]);
     }
-    /* c: cuda with the thresholds, h: host with them, z: cuda with FLT_MIN ones, d: cuda without */
-    struct drv c, h, z, d;
-    int rc[4];
+    /* c: cuda with the thresholds, h: host with them, z: cuda with FLT_MIN ones, d: cuda without, off: cuda
+     * with them and [tune] cuda_hot_thresholds off (the default: its hot neurons dense) */
+    struct drv c, h, z, d, off;
+    int rc[5];
+    const enum pi_tune_cuda_hot_thresholds saved = tune.cuda_hot_thresholds;
+    tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
     g_gate = (const float *const *)gh, g_gm_full = gm;
     rc[0] = drv_new(&c, "cuda", m, &sp, 0);
     rc[1] = drv_new(&h, "host", m, &sp, 0);
@@ -1251,8 +1255,14 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
     rc[2] = drv_new(&z, "cuda", m, &sp, 0);
     g_gate = NULL, g_gm_full = NULL;
     rc[3] = drv_new(&d, "cuda", m, &sp, 0);
-    if (rc[0] || rc[1] || rc[2] || rc[3]) {
-        tap_ok(0, "%s: backends with thresholds created (%d %d %d %d)", label, rc[0], rc[1], rc[2], rc[3]);
+    tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_OFF;
+    g_gate = (const float *const *)gh, g_gm_full = gm;
+    rc[4] = drv_new(&off, "cuda", m, &sp, 0);
+    g_gate = NULL, g_gm_full = NULL;
+    tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
+    if (rc[0] || rc[1] || rc[2] || rc[3] || rc[4]) {
+        tap_ok(0, "%s: backends with thresholds created (%d %d %d %d %d)", label, rc[0], rc[1], rc[2], rc[3], rc[4]);
+        tune.cuda_hot_thresholds = saved;
         goto out;
     }
     {
@@ -1263,7 +1273,7 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
         PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p0) == 0);
         o.tune.prompt_stream = tune.prompt_stream;
         o.thresholds = true, o.gate_min = (const float *const *)gh;
-        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p1) == 0);
+        PI_ASSERT(pi_backend_device_bytes("cuda", m, &o, &p1) == 0); /* tune.cuda_hot_thresholds on */
         pi_backend_cuda_usage(c.be, NULL, &used, NULL, &planned, NULL);
         const uint64_t want = gate_bytes(m, &sp);
         tap_ok(p1 - p0 == want && used == planned && planned == p1,
@@ -1271,12 +1281,13 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
                (unsigned long long)p1, (unsigned long long)p0, (unsigned long long)(p1 - p0), (unsigned long long)want,
                (unsigned long long)used);
     }
-    struct drv *dv[4] = {&c, &h, &z, &d};
+    tune.cuda_hot_thresholds = saved;
+    struct drv *dv[5] = {&c, &h, &z, &d, &off};
     int bad = 0;
-    int64_t sk[4];
-    for (int k = 0; k < 4; k++) {
+    int64_t sk[5];
+    for (int k = 0; k < 5; k++) {
         bad += gated_steps(dv[k], tok, n, steps, l[k][0], l[k][1]) != 0;
-        sk[k] = k < 3 ? hot_skipped(dv[k]) : 0;
+        sk[k] = k < 3 || k == 4 ? hot_skipped(dv[k]) : 0;
     }
     int64_t hot_pairs = 0;
     for (int il = 0; il < L; il++) hot_pairs += (int64_t)(n + steps) * sp.n_hot[il];
@@ -1298,10 +1309,15 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
            split_q || all_q8() ? ": 8-bit x" : "");
     const double es = tp_rel_err(l[0][0], l[3][0], n, V);
     tap_ok(es > 1e-2, "%s hot %.1f: the thresholds change the logits (%.3g from none)", label, frac, es);
-    drv_free(&c), drv_free(&h), drv_free(&z), drv_free(&d);
+    const bool same = memcmp(l[4][0], l[3][0], (size_t)n * V * 4) == 0 && memcmp(l[4][1], l[3][1], (size_t)steps * V * 4) == 0;
+    tap_ok(!bad && sk[4] == 0 && same,
+           "%s hot %.1f: with thresholds and [tune] cuda_hot_thresholds off the device's hot neurons are dense: the "
+           "logits of no thresholds bit for bit (%s), %lld hot pairs skipped", label, frac, same ? "yes" : "no",
+           (long long)sk[4]);
+    drv_free(&c), drv_free(&h), drv_free(&z), drv_free(&d), drv_free(&off);
 out:
     for (int il = 0; il < L; il++) free(gh[il]), free(th[il]);
-    for (int k = 0; k < 4; k++) free(l[k][0]), free(l[k][1]);
+    for (int k = 0; k < 5; k++) free(l[k][0]), free(l[k][1]);
     free(gh), free(th), free(gm), free(tiny);
     split_free(&sp);
     pi_model_destroy(&m);
