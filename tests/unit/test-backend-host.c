@@ -482,10 +482,10 @@ static void gated_check(const struct gated_run *r, const struct gated_run *ref, 
  *     random ids at hot 0.5 (the backend neuron by neuron over the model's rows) and packed rows without
  *     their partition (neuron by neuron over them), within tol;
  * and each run's pairs skipped (ffn_hot_skipped plus the cold ones counted here) within 0.1% of its
- * reference's. The paths round differently (the dense down product takes the activations in 8 bits),
- * which these small random models amplify: measured here at most 0.04 (the neuron path against the single
- * process too); tol is that class of bound, while the dense run is 0.6 to 1.3 away (checked: more than
- * 5 tol), so a backend that left its hot neurons dense fails. */
+ * reference's. The paths round differently (the dense down product takes the activations in 8 bits,
+ * in other blocks of 32 where the neurons are split), which these small random models amplify; the dense
+ * run is 0.45 to 1.8 away (checked: more than 2.5 tol). A backend that left its hot neurons dense fails
+ * the counts (its hot pairs skip nothing) whatever the logits. */
 static void check_gated(const char *path, const char *file, double tol)
 {
     char err[256];
@@ -520,9 +520,9 @@ static void check_gated(const char *path, const char *file, double tol)
         ref.pairs += (int64_t)st.layers[il].pairs,
             ref.skipped += (int64_t)(st.layers[il].pairs - st.layers[il].predicted);
     const double far = tp_rel_err(ldense, ref.lp, n, V);
-    tap_ok(far > 5 * tol && ref.skipped > 0,
+    tap_ok(far > 2.5 * tol && ref.skipped > 0,
            "%s thresholds: the single process skips %.1f%% of the pairs, its logits %.3g from the dense ones (> %.2g)",
-           file, 100.0 * (double)ref.skipped / (double)ref.pairs, far, 5 * tol);
+           file, 100.0 * (double)ref.skipped / (double)ref.pairs, far, 2.5 * tol);
     pi_sparse_stats_free(&st);
     pi_forward_destroy(&f);
 
@@ -669,15 +669,15 @@ int main(int argc, char **argv)
     alarm(300);
     check_model("demo-relu-q4_0.gguf", "demo-relu-q4_0.golden.gguf", 4.1e-2);
     check_model("tiny-llama-q4_0.gguf", "tiny-llama-q4_0.golden.gguf", 8.6e-2);
-    /* The neuron kernel (float down rows) against the forward pass's dense FFN (activations in 8 bits),
-     * amplified by the random network and by the pairs whose gate lies at its threshold to rounding
-     * (random thresholds put many there): measured 0.09-0.10 on this VM wherever neurons go neuron by
-     * neuron, at hot 0 too, which the backend takes no part in; 0 at hot 1 (the forward pass's own step).
-     * The bound of the randomly masked pipeline runs (tests/integration/test-pipeline-sparse.c, MASK_TOL);
-     * the dense run is about 0.6 away. */
+    /* The paths' rounding under thresholds with a margin (check_gated), over 802 seeds on this VM (both
+     * models): the packed dense path against the single process median 0.03, above 0.06 in 16 runs, at
+     * most 0.081; the neuron paths against every neuron cold at most 0.058; the dense run 0.45 to 1.8
+     * away; 0 at hot 1 (the forward pass's own step). The bound of 6e-2 this had failed 2% of the runs;
+     * 0.12 leaves half again the largest measured, under the randomly masked pipeline runs'
+     * (tests/integration/test-pipeline-sparse.c, MASK_TOL 0.15). */
     char fx[1024], td[1024];
-    if (tap_fixture(fx, sizeof fx, "demo-silu/demo-silu-q4_0.gguf")) check_gated(fx, "demo-silu-q4_0.gguf", 6e-2);
-    check_gated(tap_data(td, sizeof td, "tiny-llama-q4_0.gguf"), "tiny-llama-q4_0.gguf", 6e-2);
+    if (tap_fixture(fx, sizeof fx, "demo-silu/demo-silu-q4_0.gguf")) check_gated(fx, "demo-silu-q4_0.gguf", 0.12);
+    check_gated(tap_data(td, sizeof td, "tiny-llama-q4_0.gguf"), "tiny-llama-q4_0.gguf", 0.12);
     check_names(); /* after the host runs: it checks what they mapped */
     check_model_names();
     return tap_done();
