@@ -13,9 +13,17 @@
  * pairs exactly (the exchange's stats section), measure the recall on the step, and give logits within
  * the two-path bound (the backend's masked path against its plain one). The fixed predictors make the
  * masks independent of x's rounding (compute/predictor.h: h = relu(fc1 x) >= 0, fc2 rows of one sign).
+ *
+ * Then a SwiGLU model's activation thresholds (check_gated, doc/thresholds.md): the tiny llama with every
+ * neuron hot (no publish: the host backend's all-hot layers are the forward pass's FFN step), a first
+ * step that fails at its last layer's merge after every layer's hot neurons skipped pairs, then the same
+ * prompt again: the exchange's stats of the second step are the single process's counts with the same
+ * thresholds, pair for pair in every layer (the backend's ffn_hot_skipped taken off the pairs the loop
+ * noted as computed, and nothing of the failed step left over).
  */
 #include "config.h"
 #include "compute/backend.h"
+#include "compute/forward.h"
 #include "compute/sparse.h"
 #include "gpu-worker/loop.h"
 #include "ipc/exchange.h"
@@ -143,6 +151,101 @@ static int run(const struct pi_predictors *pred, bool fallback, const int32_t *t
     return rc;
 }
 
+/* ---- activation thresholds */
+
+/* The host backend's ops with ffn_merge failing once at layer fail_il (a step that fails after its hot
+ * neurons ran), for check_gated. */
+static const struct pi_backend_ops *real_ops;
+static int fail_il = -1;
+
+static int failing_merge(pi_backend_t *b, int il, const float *cold)
+{
+    if (il == fail_il) {
+        fail_il = -1;
+        return -PI_ERR_IO;
+    }
+    return real_ops->ffn_merge(b, il, cold);
+}
+
+static void check_gated(void)
+{
+    char path[512];
+    struct pi_model_opts mo;
+    pi_model_opts_default(&mo);
+    pi_model_t *m = NULL;
+    if (pi_model_open(tap_data(path, sizeof path, "tiny-llama-q4_0.gguf"), &mo, &m, NULL, 0) != 0)
+        tap_bail("tiny llama");
+    const int nl = m->hp.n_layer, n = 16;
+    const int64_t ff = m->hp.n_ff;
+    int32_t tok[16], seq[16], pos[16];
+    for (int i = 0; i < n; i++) tok[i] = 1 + (i * 977) % 31000, seq[i] = 0, pos[i] = i;
+    /* thresholds spread over [0, 0.5): about 40% of this model's pairs skipped, every 17th neuron at 0 */
+    float *gm = malloc((size_t)nl * (size_t)ff * sizeof *gm);
+    float **gh = calloc((size_t)nl, sizeof *gh);
+    const int32_t **hot = calloc((size_t)nl, sizeof *hot);
+    int64_t *n_hot = calloc((size_t)nl, sizeof *n_hot);
+    int32_t *ids = malloc((size_t)ff * sizeof *ids);
+    if (!gm || !gh || !hot || !n_hot || !ids) tap_bail("memory");
+    struct pi_rng r;
+    pi_rng_seed(&r, 777);
+    for (int64_t j = 0; j < (int64_t)nl * ff; j++) gm[j] = j % 17 == 0 ? 0.0f : (float)(0.5 * pi_rng_uniform(&r));
+    for (int64_t j = 0; j < ff; j++) ids[j] = (int32_t)j;
+    for (int il = 0; il < nl; il++) hot[il] = ids, n_hot[il] = ff, gh[il] = gm + (size_t)il * (size_t)ff;
+    /* the single process with the same thresholds */
+    struct pi_forward_opts fo;
+    pi_forward_opts_default(&fo);
+    fo.n_threads = 1, fo.n_ctx = MAX_TOK, fo.n_seq = 1, fo.n_batch = MAX_TOK;
+    pi_forward_t *f = pi_forward_new(m, &fo);
+    struct pi_sparse_stats ref;
+    if (!f || pi_sparse_stats_init(&ref, m) != 0 || pi_forward_set_gate_min(f, gm, &ref) != 0 ||
+        pi_forward_batch(f, tok, seq, pos, n, NULL, false) != 0)
+        tap_bail("the single process with thresholds");
+    pi_forward_destroy(&f);
+    /* the loop over the host backend, every neuron hot */
+    struct pi_backend_opts bo = {.n_threads = 1, .n_ctx = MAX_TOK, .n_seq = 1, .max_tokens = MAX_TOK, .hot = hot,
+                                 .n_hot = n_hot, .thresholds = true, .gate_min = (const float *const *)gh};
+    struct pi_exchange_params xp = {.n_embd = (uint32_t)m->hp.n_embd, .max_tokens = MAX_TOK, .n_ff = (uint32_t)ff,
+                                    .n_layers = (uint32_t)nl, .n_workers = 1};
+    pi_exchange_t *ex = pi_exchange_new(&xp);
+    pi_backend_t *be = NULL;
+    int rc = ex ? pi_backend_new("host", m, &bo, &be) : -1;
+    struct pi_backend_ops ops;
+    if (rc == 0) {
+        real_ops = be->ops;
+        ops = *be->ops;
+        ops.ffn_merge = failing_merge;
+        be->ops = &ops;
+    }
+    struct pi_gpu_loop g = {.be = be, .ex = ex, .n_seq = 1, .ex_flags = PI_EXCHANGE_ALL, .hot = hot, .n_hot = n_hot};
+    if (rc == 0) rc = pi_gpu_loop_gated_init(&g);
+    int rc_fail = -1, rows[1] = {n - 1};
+    float *logits = malloc((size_t)m->hp.n_vocab * sizeof *logits);
+    if (rc == 0 && logits) {
+        fail_il = nl - 1;
+        rc_fail = pi_gpu_loop_eval(&g, tok, seq, pos, n, rows, 1, logits);
+        rc = pi_gpu_loop_eval(&g, tok, seq, pos, n, rows, 1, logits);
+    }
+    bool same = rc == 0;
+    uint64_t skipped = 0, pairs = 0;
+    const uint64_t *w = ex ? pi_exchange_stats(ex) : NULL;
+    for (int il = 0; same && il < nl; il++) {
+        const uint64_t *wl = w + (size_t)il * PI_SPARSE_FIELDS;
+        same &= wl[0] == ref.layers[il].predicted && wl[1] == ref.layers[il].pairs;
+        skipped += ref.layers[il].pairs - ref.layers[il].predicted, pairs += ref.layers[il].pairs;
+    }
+    tap_ok(rc_fail == -PI_ERR_IO && same && skipped > 0 && skipped < pairs,
+           "thresholds, every neuron hot: after a step that failed at its last layer (%d), the next step's counts are "
+           "the single process's in every layer (%.1f%% of the pairs skipped; rc %d)",
+           rc_fail, pairs ? 100.0 * (double)skipped / (double)pairs : 0.0, rc);
+    pi_gpu_loop_free(&g);
+    pi_gpu_loop_sparse_free(&g);
+    pi_backend_destroy(&be);
+    pi_exchange_destroy(&ex);
+    pi_sparse_stats_free(&ref);
+    free(gm), free(gh), free(hot), free(n_hot), free(ids), free(logits);
+    pi_model_destroy(&m);
+}
+
 int main(void)
 {
     char path[512], gpath[512];
@@ -203,5 +306,6 @@ int main(void)
     pi_ffn_work_destroy(&c.w);
     pi_gguf_destroy(&gd.g);
     pi_model_destroy(&model);
+    check_gated();
     return tap_done();
 }
