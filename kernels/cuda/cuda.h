@@ -356,13 +356,15 @@ int pi_cuda_mask_act(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, const int32_t
 
 /* The activation thresholds (issue 18, doc/thresholds.md) of n rows of n_hot hot neurons: pair (t, i) is
  * skipped when pi_ffn_gate_skip(act, gmin[i], g) of kernels/cpu/ops.h holds for its gate product g =
- * g[t g_row + i g_el] (the same rule, with the device's expf); its activation a[t a_row + i] is then set
- * to 0 (nothing else of a is written). With list (n, n_hot) and n_list (n), row t of list gets the kept
+ * g[t g_row + i g_el] (the same rule, with the device's expf: where |silu(g)| equals gmin[i] to the last
+ * bits, the host's libm expf may decide otherwise); its activation a[t a_row + i] is then set to 0
+ * (nothing else of a is written). With list (n, n_hot) and n_list (n), row t of list gets the kept
  * indices in ascending order and n_list[t] their count: the list pi_cuda_ffn_gu_part (UP) and
  * pi_cuda_ffn_down_list read. skipped (optional, one uint64 on the device) += the pairs skipped, by integer
- * atomics (exact, the same every run; no float atomics anywhere). g and a may be the same array (the
- * per-row path: the gate products in a, strides n_hot and 1); a batch's GEMM output of gate/up pairs is
- * g_row 2 n_hot, g_el 2 with a its own (n, n_hot) activations. One block per row; a_row >= n_hot. */
+ * atomics (exact, the same every run; no float atomics in this kernel, though the down list's sums use
+ * them). g and a may be the same array (the per-row path: the gate products in a, strides n_hot and 1); a
+ * batch's GEMM output of gate/up pairs is g_row 2 n_hot, g_el 2 with a its own (n, n_hot) activations. One
+ * block per row; a_row >= n_hot. */
 int pi_cuda_gate_list(pi_cuda_ctx_t *ctx, int64_t n, int64_t n_hot, int act, const float *d_gmin, const float *d_g,
                       int64_t g_row, int64_t g_el, float *d_a, int64_t a_row, int32_t *d_list, int32_t *d_n_list,
                       uint64_t *d_skipped);
