@@ -434,6 +434,9 @@ pi_engine_t *pi_engine_pipeline_new(const struct pi_coord_opts *o, const struct 
     struct pi_config place_cfg = o->cfg;
     place_cfg.tune.prompt_stream = pi_stream_policy_mode(o->cfg.tune.prompt_stream, place_pred != NULL, p->gated);
     /* the mode as resolved (auto is safe or off by now): with thresholds the plan holds their buffers */
+    _Static_assert(PI_SPARSITY_CFG_OFF == PI_SPARSITY_OFF + 1 && PI_SPARSITY_CFG_SAFE == PI_SPARSITY_SAFE + 1 &&
+                       PI_SPARSITY_CFG_AGGRESSIVE == PI_SPARSITY_AGGRESSIVE + 1,
+                   "a resolved mode is its [sparsity] mode's value minus one");
     place_cfg.sparsity.mode = (enum pi_sparsity_cfg)(cm->sparsity + 1);
     if (!p->next || !p->sparse.layers || pi_placement_choose(&place_cfg, cm->model, cm->sidecar ? cm->sidecar->act_freq : NULL, p->n_cpu, p->base.n_ctx, p->base.n_seq, p->base.max_batch,
                                                                     place_pred, &p->pl) != 0 ||
