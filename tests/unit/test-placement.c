@@ -154,11 +154,14 @@ static void check_stream(void)
      * (pi_stream_policy_mode), so the plan holds no stream part for it, only the thresholds' own: each
      * layer's hot thresholds (n_hot floats), the per-row lists, counts and activations (4 rows of the
      * largest hot count) and the per-layer counters (compute/backend-cuda-plan.h, part gate) */
-    struct pi_backend_cuda_plan th;
+    /* ... with [tune] cuda_hot_thresholds on; off (the default) the hot neurons are dense: no gate part */
+    struct pi_backend_cuda_plan th, thd;
     o.thresholds = true;
-    rc = pi_backend_cuda_plan_parts(m, &o, &th);
+    rc = pi_backend_cuda_plan_parts(m, &o, &thd);
+    o.tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
+    rc |= pi_backend_cuda_plan_parts(m, &o, &th);
     const bool th_on = pi_backend_cuda_stream_on(m, &o);
-    o.thresholds = false;
+    o.thresholds = false, o.tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_OFF;
     uint64_t gate = pi_cuda_counted((uint64_t)L * sizeof(uint64_t));
     for (int il = 0; il < L; il++) gate += pi_cuda_counted((uint64_t)nh[il] * sizeof(float));
     gate += 2 * pi_cuda_counted(4 * (uint64_t)(ff / 2) * 4) + pi_cuda_counted(4 * 4);
@@ -167,6 +170,9 @@ static void check_stream(void)
            "prompt streaming with activation thresholds (auto): no stream part, the plan of off (%llu bytes) and the "
            "thresholds' %llu (computed here: %llu)", (unsigned long long)off.total, (unsigned long long)th.gate,
            (unsigned long long)gate);
+    tap_ok(rc == 0 && thd.stream == 0 && thd.gate == 0 && thd.total == off.total,
+           "activation thresholds with [tune] cuda_hot_thresholds off: no gate part, the plan of off (%llu bytes)",
+           (unsigned long long)thd.total);
     o.tune.prompt_stream = PI_TUNE_PROMPT_STREAM_ON;
     o.max_tokens = 1;
     bool one = pi_backend_cuda_stream_on(m, &o);
