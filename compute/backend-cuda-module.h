@@ -31,8 +31,10 @@
 #define PI_BACKEND_CUDA_MODULE_SYM "pi_backend_cuda_module"
 /* Bumped whenever this struct or the meaning of a member changes. 2: ops.stream_rates replaced
  * stream_bps, opts.thresholds; 3: the predictor trainer's engine (ptrain_new and the sizes of the two
- * structs it shares); 4: opts.gate_min, ops.ffn_hot_skipped (the plan's gate part). */
-#define PI_BACKEND_CUDA_ABI 4
+ * structs it shares); 4: opts.gate_min, ops.ffn_hot_skipped (the plan's gate part); 5:
+ * opts.tune.cuda_hot_thresholds (struct pi_tune kept its size: the new enum took padding, so only this
+ * number tells an old module from a new one). */
+#define PI_BACKEND_CUDA_ABI 5
 
 struct pi_backend_cuda_module {
     uint32_t abi; /* PI_BACKEND_CUDA_ABI */

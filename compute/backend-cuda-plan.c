@@ -120,7 +120,8 @@ bool pi_backend_cuda_pred_on(const struct pi_backend_opts *o) { return o->pred &
 
 bool pi_backend_cuda_gate_on(const struct pi_backend_opts *o)
 {
-    return o->thresholds && !pi_backend_cuda_pred_on(o) && o->tune.cuda_hot_thresholds == PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
+    return o->thresholds && !pi_backend_cuda_pred_on(o) &&
+           o->tune.cuda_hot_thresholds == PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
 }
 
 int64_t pi_backend_cuda_pred_rank(int64_t rank) { return (rank + 31) / 32 * 32; }

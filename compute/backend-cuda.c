@@ -53,8 +53,10 @@
  * A ReLU neuron's exact gate still decides its output. The decode FFN norm is then never deferred into
  * the gate/up product: the predictor needs the normed input first.
  *
- * Activation thresholds (o->thresholds with o->gate_min: a SwiGLU model's, doc/thresholds.md): each layer's
- * thresholds of its hot neurons go to the device at creation (d_gmin, in the packed rows' order), and
+ * Activation thresholds (o->thresholds with o->gate_min: a SwiGLU model's, doc/thresholds.md), where
+ * pi_backend_cuda_gate_on ([tune] cuda_hot_thresholds on; off, the default, computes the hot neurons
+ * densely, measured faster on the H100): each layer's thresholds of its hot neurons go to the device at
+ * creation (d_gmin, in the packed rows' order), and
  * ffn_hot computes the layer gate-first (ffn_hot_gated) with the list kernels of the predictors' path:
  * per row of a decode step the gate rows of every hot neuron (pi_cuda_ffn_gu_part, GATE), then one
  * launch for the rows that applies pi_ffn_gate_skip's rule per (token, neuron) and lists the kept hot

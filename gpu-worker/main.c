@@ -160,11 +160,14 @@ static int open_predictors(const struct gw_opts *o, const pi_model_t *m, struct 
     else pi_info("%s", line);
     if (*gate_all) {
         /* A SwiGLU model's activation thresholds apply to the CPU workers' neurons (each skips its own,
-         * cpu-worker/main.c) and to the hot neurons here (the backend's gate_min, doc/thresholds.md). */
+         * cpu-worker/main.c) and to the hot neurons here (the backend's gate_min, doc/thresholds.md): the
+         * host backend's always, the cuda backend's with [tune] cuda_hot_thresholds on. */
         *mode = PI_SPARSITY_OFF;
         *gated = true;
-        pi_info("activation thresholds: the CPU workers skip their cold neurons under them, the %s backend its hot "
-                "ones", o->backend);
+        const bool dev_dense =
+            strcmp(o->backend, "cuda") == 0 && o->tune.cuda_hot_thresholds == PI_TUNE_CUDA_HOT_THRESHOLDS_OFF;
+        pi_info("activation thresholds: the CPU workers skip their cold neurons under them; the %s backend's hot "
+                "ones %s", o->backend, dev_dense ? "stay dense ([tune] cuda_hot_thresholds off)" : "too");
     }
     return rc;
 }

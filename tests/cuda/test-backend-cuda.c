@@ -52,8 +52,8 @@
  * pair sits near its own, the cuda backend's gate-first hot neurons against the host backend's with the
  * same split and thresholds (SPARSE_TOL), the hot pairs each reports skipped (ffn_hot_skipped), the plan's
  * gate part, and with every threshold at FLT_MIN the backend without thresholds (NMSE <= 1e-7, 1e-4 as
- * above), all with [tune] cuda_hot_thresholds on; off (the default), the backend without thresholds bit for
- * bit. PI_CUDA_TEST=short-gated runs only that (compute-sanitizer in tools/gpu-check.sh).
+ * above), all with [tune] cuda_hot_thresholds on; off (the default), the backend without thresholds (NMSE
+ * <= 1e-10, the same plan). PI_CUDA_TEST=short-gated runs only that (compute-sanitizer in tools/gpu-check.sh).
  */
 #include "config.h"
 #include "compute/backend-cuda.h"
@@ -1256,9 +1256,9 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
     g_gate = NULL, g_gm_full = NULL;
     rc[3] = drv_new(&d, "cuda", m, &sp, 0);
     tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_OFF;
-    g_gate = (const float *const *)gh, g_gm_full = gm;
+    g_gate = (const float *const *)gh; /* the backend's only: the cold neurons dense, as d's */
     rc[4] = drv_new(&off, "cuda", m, &sp, 0);
-    g_gate = NULL, g_gm_full = NULL;
+    g_gate = NULL;
     tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_ON;
     if (rc[0] || rc[1] || rc[2] || rc[3] || rc[4]) {
         tap_ok(0, "%s: backends with thresholds created (%d %d %d %d %d)", label, rc[0], rc[1], rc[2], rc[3], rc[4]);
@@ -1309,11 +1309,16 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
            split_q || all_q8() ? ": 8-bit x" : "");
     const double es = tp_rel_err(l[0][0], l[3][0], n, V);
     tap_ok(es > 1e-2, "%s hot %.1f: the thresholds change the logits (%.3g from none)", label, frac, es);
-    const bool same = memcmp(l[4][0], l[3][0], (size_t)n * V * 4) == 0 && memcmp(l[4][1], l[3][1], (size_t)steps * V * 4) == 0;
-    tap_ok(!bad && sk[4] == 0 && same,
-           "%s hot %.1f: with thresholds and [tune] cuda_hot_thresholds off the device's hot neurons are dense: the "
-           "logits of no thresholds bit for bit (%s), %lld hot pairs skipped", label, frac, same ? "yes" : "no",
-           (long long)sk[4]);
+    /* the same kernels as d's (decode's hot FFN sums its blocks with float atomics: not bit for bit) */
+    const double eo = tp_rel_err(l[4][0], l[3][0], n, V), eod = tp_rel_err(l[4][1], l[3][1], steps, V);
+    uint64_t off_planned = 0, d_planned = 0;
+    pi_backend_cuda_usage(off.be, NULL, NULL, NULL, &off_planned, NULL);
+    pi_backend_cuda_usage(d.be, NULL, NULL, NULL, &d_planned, NULL);
+    tap_ok(!bad && sk[4] == 0 && eo * eo <= 1e-10 && eod * eod <= 1e-10 && off_planned == d_planned,
+           "%s hot %.1f: thresholds with [tune] cuda_hot_thresholds off: the hot neurons dense, no thresholds' "
+           "logits (NMSE prompt %.2g, decode %.2g), %lld hot pairs skipped, planned %llu = %llu",
+           label, frac, eo * eo, eod * eod, (long long)sk[4], (unsigned long long)off_planned,
+           (unsigned long long)d_planned);
     drv_free(&c), drv_free(&h), drv_free(&z), drv_free(&d), drv_free(&off);
 out:
     for (int il = 0; il < L; il++) free(gh[il]), free(th[il]);

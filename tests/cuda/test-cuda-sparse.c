@@ -420,9 +420,9 @@ static void test_gate_list(int64_t n, int64_t n_hot, int act, bool batch)
  * all activations (a dense layer). Against a double reference that skips the same neurons: thresholds
  * are set away from each gate (its |silu| times 0.8 or 1.25, a third 0), so that rounding decides none.
  * Then UP after GATE gives BOTH's activations (the same sums in the same order: the bits are reported, a
- * relative 1e-6 asserted), and with every threshold at FLT_MIN (the path
- * taken, nothing skipped; 0 where float's silu underflows to -0, which any positive threshold skips:
- * these random weights' gates reach hundreds) the result is the dense kernel's (pi_cuda_ffn_hot, where it keeps x in float):
+ * relative 1e-6 asserted), and with every threshold at FLT_MIN (the path taken, nothing skipped; 0
+ * where float's silu underflows to -0, which any positive threshold skips: these random weights' gates
+ * reach hundreds) the result is the dense kernel's (pi_cuda_ffn_hot, where it keeps x in float):
  * NMSE <= 1e-7. */
 static void test_ffn_gated(enum pi_type gt, enum pi_type dt, int64_t d, int64_t n_hot, int act, bool dense_down)
 {
