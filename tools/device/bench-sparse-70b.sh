@@ -11,7 +11,7 @@
 # on a warm machine; /dev/shm, the profile and the builds in /tmp/ext survive between calls):
 #   prep        writes pinfer's file, profiles it (PT random tokens, default 256), writes PowerInfer's
 #               GPU index from that profile (pi-place at the same budget);
-#   pinfer      pinfer hybrid (safe, then off) and CPU-only (safe), the 16-row packed copies off
+#   pinfer      pinfer hybrid (safe), CPU-only (safe), hybrid dense (off), the 16-row packed copies off
 #               (`tune.cpu_pack=off`: about 18 GB less host memory beside the 39 GB file);
 #   llama       deletes pinfer's file, builds llama.cpp while it writes the plain file, runs llama-bench
 #               at -ngl NGL (a list, default 20,22,24: the pinfer stage's peak says which is the same
@@ -109,8 +109,8 @@ pinfer)
   mkdir -p -m 700 /tmp/pirun
   # the 13B worker took 42 s from start to ready; this one holds about 6.6x its cold bytes
   measured pi12-safe 400 $PB -n $N --gpu-backend $BE --cpu-workers 1 -t $TH $VB --sparsity safe
-  measured pi12-off 300 $PB -n 8 --gpu-backend $BE --cpu-workers 1 -t $TH $VB --sparsity off
   measured pi-cpu 200 $PB -n ${N_CPU:-16} --gpu-backend none -t $TC --sparsity safe
+  measured pi12-off 300 $PB -n 8 --gpu-backend $BE --cpu-workers 1 -t $TH $VB --sparsity off
   ;;
 llama)
   rm -f $MP
