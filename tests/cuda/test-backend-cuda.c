@@ -70,6 +70,7 @@
 #include "lib/rng.h"
 #include "model/model-gen.h"
 #include "tests/test-pipeline-util.h"
+#include "tests/test-thresholds-util.h"
 
 #include <float.h>
 
@@ -1090,69 +1091,20 @@ out:
 
 /* ------------------------------------------------------------------ activation thresholds */
 
-/* The capture's gates of layer il of the prompt (n, n_ff). */
-struct gates {
-    int il;
-    int64_t n_ff;
-    float *v;
-};
-
-static void capture_gates(void *ctx, int il, int n, const float *h, const float *x, const float *gate, const float *up)
-{
-    struct gates *g = ctx;
-    (void)h, (void)x, (void)up;
-    if (il == g->il) memcpy(g->v, gate, (size_t)n * (size_t)g->n_ff * sizeof(float));
-}
-
-static int cmp_f(const void *a, const void *b)
-{
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-/* Thresholds gm (n_layer, n_ff) for the n tokens tok (positions 0..n-1) that no (token, neuron) pair sits
- * near (as tests/unit/test-backend-host.c chooses them): layer by layer, over the gates of a host pass with
- * the thresholds of the layers before it, neuron j's at the geometric middle of a gap of at least 20%
- * between two of its n values of |silu(gate)| near a random rank in the middle half (0 where there is
- * none). The device and the CPU round differently; a pair decided differently would remove a
+/* Thresholds gm (n_layer, n_ff) for the n tokens tok that no pair sits near (tt_margin_thresholds over a
+ * host pass of m). The device and the CPU round differently; a pair decided differently would remove a
  * contribution of the threshold's size from one side only, which this keeps out of the comparison. */
 static void margin_thresholds(const pi_model_t *m, const int32_t *tok, int n, float *gm)
 {
-    const int64_t nf = m->hp.n_ff;
-    int32_t seq0[T_MAX] = {0}, pos[T_MAX];
-    for (int i = 0; i < n; i++) pos[i] = i;
     struct pi_forward_opts fo;
     pi_forward_opts_default(&fo);
     fo.n_threads = 2, fo.n_ctx = N_CTX, fo.n_seq = 1, fo.n_batch = T_MAX;
     pi_forward_t *f = pi_forward_new(m, &fo);
     struct pi_sparse_stats st;
-    struct gates g = {.n_ff = nf, .v = malloc((size_t)n * (size_t)nf * sizeof(float))};
-    float *col = malloc((size_t)n * sizeof(float));
-    PI_ASSERT(f && g.v && col && pi_sparse_stats_init(&st, m) == 0);
-    memset(gm, 0, (size_t)m->hp.n_layer * (size_t)nf * sizeof *gm);
-    pi_forward_set_capture(f, capture_gates, &g);
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        g.il = il;
-        PI_ASSERT(pi_forward_set_gate_min(f, gm, &st) == 0 && pi_forward_seq_truncate(f, 0, 0) == 0);
-        PI_ASSERT(pi_forward_batch(f, tok, seq0, pos, n, NULL, false) == 0);
-        for (int64_t j = 0; j < nf; j++) {
-            for (int t = 0; t < n; t++) {
-                const float v = g.v[(size_t)t * (size_t)nf + (size_t)j];
-                col[t] = fabsf(v / (1.0f + expf(-v)));
-            }
-            qsort(col, (size_t)n, sizeof *col, cmp_f);
-            const int r = n / 4 + (int)(rnd() % (uint64_t)(n / 2));
-            for (int k = 0; k < n; k++) { /* the gaps nearest r first */
-                const int i = r + (k % 2 ? (k + 1) / 2 : -(k / 2) - 1);
-                if (i < 0 || i + 1 >= n || !(col[i] > 1e-6f) || !(col[i + 1] > 1.2f * col[i])) continue;
-                gm[(size_t)il * (size_t)nf + (size_t)j] = sqrtf(col[i] * col[i + 1]);
-                break;
-            }
-        }
-    }
+    PI_ASSERT(f && pi_sparse_stats_init(&st, m) == 0);
+    tt_margin_thresholds(f, &st, tok, n, gm, rnd);
     pi_sparse_stats_free(&st);
     pi_forward_destroy(&f);
-    free(g.v), free(col);
 }
 
 /* The thresholds' part of the plan, computed here from the shapes (compute/backend-cuda-plan.c's rules:

@@ -34,6 +34,7 @@
 #include "kernels/cpu/pool.h"
 #include "lib/common.h"
 #include "tests/test-pipeline-util.h"
+#include "tests/test-thresholds-util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -347,66 +348,6 @@ static void check_model(const char *file, const char *golden, double tol)
 
 /* ---- activation thresholds (issue 18, doc/thresholds.md) */
 
-/* The capture's gates of one layer (the thresholds being chosen): (n, n_ff) of the prompt. */
-struct gates {
-    int il;
-    int64_t n_ff;
-    float *v; /* (n, n_ff) */
-};
-
-static void capture_gates(void *ctx, int il, int n, const float *h, const float *x, const float *gate, const float *up)
-{
-    struct gates *g = ctx;
-    (void)h, (void)x, (void)up;
-    if (il == g->il) memcpy(g->v, gate, (size_t)n * (size_t)g->n_ff * sizeof(float));
-}
-
-static int cmp_f(const void *a, const void *b)
-{
-    const float x = *(const float *)a, y = *(const float *)b;
-    return (x > y) - (x < y);
-}
-
-/* Thresholds gm (n_layer, n_ff) for the n tokens tok that no pair sits near: layer by layer (each layer's
- * gates are captured from a pass with the thresholds of the layers before it, pi_forward_set_capture),
- * neuron j's threshold at the geometric middle of a gap of at least 20% between two of its n values of
- * |silu(gate)|, the gap nearest a random rank in the middle half (0, skipping nothing, where there is
- * none). Rounding that moves a gate by less than a tenth then decides nothing differently, so that the
- * host backend's paths, which round differently, are held to the single process's result to rounding. */
-static void margin_thresholds(pi_forward_t *f, struct pi_sparse_stats *st, const int32_t *tok, int n, float *gm)
-{
-    const pi_model_t *m = pi_forward_model(f);
-    const int64_t nf = m->hp.n_ff;
-    int32_t seq0[T_MAX] = {0}, pos[T_MAX];
-    for (int i = 0; i < n; i++) pos[i] = i;
-    struct gates g = {.n_ff = nf, .v = malloc((size_t)n * (size_t)nf * sizeof(float))};
-    float *col = malloc((size_t)n * sizeof(float));
-    PI_ASSERT(g.v && col);
-    memset(gm, 0, (size_t)m->hp.n_layer * (size_t)nf * sizeof *gm);
-    pi_forward_set_capture(f, capture_gates, &g);
-    for (int il = 0; il < m->hp.n_layer; il++) {
-        g.il = il;
-        PI_ASSERT(pi_forward_set_gate_min(f, gm, st) == 0 && pi_forward_seq_truncate(f, 0, 0) == 0);
-        PI_ASSERT(pi_forward_batch(f, tok, seq0, pos, n, NULL, false) == 0);
-        for (int64_t j = 0; j < nf; j++) {
-            for (int t = 0; t < n; t++) {
-                const float v = g.v[(size_t)t * (size_t)nf + (size_t)j];
-                col[t] = fabsf(v / (1.0f + expf(-v)));
-            }
-            qsort(col, (size_t)n, sizeof *col, cmp_f);
-            const int r = n / 4 + (int)(rnd() % (uint64_t)(n / 2));
-            for (int d = 0; d < n; d++) { /* the gaps r - 1 | r, r | r + 1, r - 2 | r - 1, ... */
-                const int i = r + (d % 2 ? (d + 1) / 2 : -(d / 2) - 1);
-                if (i < 0 || i + 1 >= n || !(col[i] > 1e-6f) || !(col[i + 1] > 1.2f * col[i])) continue;
-                gm[(size_t)il * (size_t)nf + (size_t)j] = sqrtf(col[i] * col[i + 1]);
-                break;
-            }
-        }
-    }
-    pi_forward_set_capture(f, NULL, NULL);
-    free(g.v), free(col);
-}
-
 /* The result of one run under thresholds: the prompt's logits, token-by-token decode's on a second
  * sequence, and the (token, neuron) pairs skipped over both. */
 struct gated_run {
@@ -471,7 +412,7 @@ static void gated_check(const struct gated_run *r, const struct gated_run *ref, 
         100.0 * (double)ref->skipped / (double)ref->pairs);
 }
 
-/* A SwiGLU model with activation thresholds chosen with a margin (margin_thresholds: about half the pairs
+/* A SwiGLU model with activation thresholds chosen with a margin (tt_margin_thresholds: about half the pairs
  * skipped, none near its threshold), over a random 24-token prompt and its token-by-token decode on a
  * second sequence. The host backend's hot neurons take them on each of its paths, the cold ones computed
  * here as a CPU worker would:
@@ -509,7 +450,7 @@ static void check_gated(const char *path, const char *file, double tol)
     struct pi_sparse_stats st;
     PI_ASSERT(f && pi_sparse_stats_init(&st, m) == 0);
     PI_ASSERT(pi_forward_batch(f, tok, seq0, pos, n, ldense, true) == 0); /* the dense run */
-    margin_thresholds(f, &st, tok, n, gm);
+    tt_margin_thresholds(f, &st, tok, n, gm, rnd);
     pi_sparse_stats_clear(&st);
     /* the dense reference: the single process with the thresholds, on fresh sequences */
     PI_ASSERT(pi_forward_seq_truncate(f, 0, 0) == 0 && pi_forward_set_gate_min(f, gm, &st) == 0);
