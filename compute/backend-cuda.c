@@ -713,6 +713,21 @@ static int cuda_ffn_predict(pi_backend_t *b, int il, uint64_t *mask, int64_t mas
     return 0;
 }
 
+/* The GEMM path's down product of layer cl's hot activations d_a (n, n_hot): a dense layer adds the file's
+ * ffn_down times them to d_h (its epilogue; hot_valid stays false, merge adds only cold), any other the
+ * down rows (dequantised to f16) into d_parts[0 .. n d) (hot_valid). */
+static int hot_down_batch(struct cuda_backend *s, const struct cuda_layer *cl)
+{
+    if (cl->dense) {
+        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, s->n, s->d_a, s->d_h), "ffn_hot");
+        return 0;
+    }
+    CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
+    CK(s, pi_cbk_down_batch(s->stream, s->n, cl->n_hot, s->d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
+    s->hot_valid = true;
+    return 0;
+}
+
 /* The predicted-active hot neurons of layer il (after its ffn_predict): per row, the gate/up pairs of the
  * listed neurons, then the down rows of those whose activation is not zero (a dense layer: the file's
  * ffn_down times the activations, the unlisted ones zero); batches of the GEMM path compute the pairs
@@ -741,14 +756,7 @@ static int ffn_hot_sparse(struct cuda_backend *s, int il)
     CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
     CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, nh, s->d_g, s->d_a), "ffn_hot");
     CK(s, pi_cuda_mask_act(s->ctx, n, nh, cl->d_ids, s->d_words, s->mw, s->d_a), "ffn_hot");
-    if (cl->dense) {
-        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
-        return 0;
-    }
-    CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
-    CK(s, pi_cbk_down_batch(s->stream, n, nh, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
-    s->hot_valid = true;
-    return 0;
+    return hot_down_batch(s, cl);
 }
 
 /* The hot neurons of layer il under its activation thresholds ("Activation thresholds" above): per row the
@@ -786,14 +794,7 @@ static int ffn_hot_gated(struct cuda_backend *s, int il)
     CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, nh, s->d_g, s->d_a), "ffn_hot");
     CK(s, pi_cuda_gate_list(s->ctx, n, nh, s->act, cl->d_gmin, s->d_g, 2 * nh, 2, s->d_a, nh, NULL, NULL, skip),
        "ffn_hot");
-    if (cl->dense) {
-        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
-        return 0;
-    }
-    CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
-    CK(s, pi_cbk_down_batch(s->stream, n, nh, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
-    s->hot_valid = true;
-    return 0;
+    return hot_down_batch(s, cl);
 }
 
 /* The hot neurons of layer il over the rows of d_xn: into d_parts[0 .. n d) (hot_valid), or, for a
@@ -828,23 +829,17 @@ static int cuda_ffn_hot(pi_backend_t *b, int il)
             CK(s, pi_cuda_ffn_dense(s->ctx, cl->gu, cl->down, s->act, (g ? s->d_h : s->d_xn) + (size_t)t * (size_t)d, g,
                                     s->eps, s->d_h + (size_t)t * (size_t)d, 1), "ffn_hot");
         return 0;
-    } else if (cl->dense) {
-        CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
-        CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
-        CK(s, pi_cuda_matmul_add(s->ctx, cl->down, n, s->d_a, s->d_h), "ffn_hot");
-        return 0;
-    } else if (ffn_per_row(s)) {
+    }
+    if (ffn_per_row(s)) { /* a layer of hot rows */
         for (int t = 0; t < n; t++)
             CK(s, pi_cuda_ffn_hot(s->ctx, cl->gu, cl->down, s->act, s->d_xn + (size_t)t * (size_t)d, NULL, NULL,
                                   s->d_parts + (size_t)t * (size_t)d), "ffn_hot");
-    } else {
-        CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
-        CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
-        CK(s, pi_cuda_dequant_f16(s->ctx, cl->down, s->d_down16), "ffn_hot");
-        CK(s, pi_cbk_down_batch(s->stream, n, cl->n_hot, d, s->d_a, s->d_down16, s->d_parts), "ffn_hot");
+        s->hot_valid = true;
+        return 0;
     }
-    s->hot_valid = true;
-    return 0;
+    CK(s, pi_cuda_gemm(s->ctx, cl->gu, n, s->d_xn, s->d_g), "ffn_hot");
+    CK(s, pi_cbk_glu_pairs(s->stream, s->act, n, cl->n_hot, s->d_g, s->d_a), "ffn_hot");
+    return hot_down_batch(s, cl);
 }
 
 /* h += hot + cold; cold (n, d) host memory or NULL. */
