@@ -1206,7 +1206,13 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
     g_gate = (const float *const *)th, g_gm_full = tiny;
     rc[2] = drv_new(&z, "cuda", m, &sp, 0);
     g_gate = NULL, g_gm_full = NULL;
+    /* d without thresholds, and without prompt streaming, which no run with thresholds has (the one rule,
+     * compute/stream-policy.h): its plan and its decode kernels (a streaming plan reserves the 8-bit x of
+     * the q8 matvecs) are then those of c, z and off */
+    const enum pi_tune_prompt_stream saved_ps = tune.prompt_stream;
+    tune.prompt_stream = PI_TUNE_PROMPT_STREAM_OFF;
     rc[3] = drv_new(&d, "cuda", m, &sp, 0);
+    tune.prompt_stream = saved_ps;
     tune.cuda_hot_thresholds = PI_TUNE_CUDA_HOT_THRESHOLDS_OFF;
     g_gate = (const float *const *)gh; /* the backend's only: the cold neurons dense, as d's */
     rc[4] = drv_new(&off, "cuda", m, &sp, 0);
