@@ -243,7 +243,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
                            (const char *)pi_weight_row(&L->ffn_down, r) + (size_t)(id[ru->pos] / ti->block_elems) * ti->block_bytes,
                            (size_t)(ru->len / ti->block_elems) * ti->block_bytes);
                 }
-            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst, NULL};
+            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst, NULL, NULL};
             off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
         }
         if (view && L->ffn_down_t.data) { /* the file's own rows, viewed */
@@ -261,7 +261,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         for (int64_t j = 0; j < c; j++)
             if (p->down_row[il][j] >= 0) kid[kept++] = id[j];
         char *dst = (char *)p->mem + off;
-        D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst, NULL};
+        D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst, NULL, NULL};
         if (L->ffn_down_t.data) {
             for (int64_t j = 0; j < kept; j++) memcpy(dst + (size_t)j * rb, pi_weight_row(&L->ffn_down_t, kid[j]), (size_t)rb);
             rc = 0;

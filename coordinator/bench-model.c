@@ -569,6 +569,7 @@ static int model_open(const char *path, bool packed, const struct pi_tune *tune,
     mo.no_down_t = !packed;
     /* the in-process engine's dense products (where the CPU variant has the kernel) */
     mo.rows16 = packed && tune->cpu_pack != PI_TUNE_CPU_PACK_OFF;
+    mo.down_t_grouped = packed && tune->down_t == PI_TUNE_DOWN_T_GROUPED;
     char err[512] = "";
     int rc = pi_model_open(path, &mo, m, err, sizeof err);
     if (rc != 0) fprintf(stderr, "pi-bench: cannot load model %s: %s\n", path, *err ? err : pi_err_str(rc));

@@ -162,6 +162,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
     mo.no_down_build = !with_weights;
     /* the in-process CPU engine's dense products (kernels/cpu/rows16.h) */
     mo.rows16 = with_weights && o->cfg.tune.cpu_pack != PI_TUNE_CPU_PACK_OFF;
+    mo.down_t_grouped = with_weights && o->cfg.tune.down_t == PI_TUNE_DOWN_T_GROUPED;
     _Static_assert((int)PI_CHECK_TENSORS_CFG_FULL == (int)PI_TENSOR_CHECK_FULL &&
                        (int)PI_CHECK_TENSORS_CFG_SAMPLED == (int)PI_TENSOR_CHECK_SAMPLED,
                    "[model] check_tensors holds enum pi_tensor_check's values");

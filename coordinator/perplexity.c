@@ -318,6 +318,7 @@ static int open_model(struct run *r)
     mo.no_down_build = mo.no_down_t;
     /* the CPU forward pass's dense products (kernels/cpu/rows16.h) */
     mo.rows16 = !mo.no_down_t && o->co.cfg.tune.cpu_pack != PI_TUNE_CPU_PACK_OFF;
+    mo.down_t_grouped = !mo.no_down_t && o->co.cfg.tune.down_t == PI_TUNE_DOWN_T_GROUPED;
     char err[512] = "";
     /* the loader logs its failure as well as returning it: the user gets this one line instead */
     int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);

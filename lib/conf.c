@@ -42,6 +42,7 @@ _Static_assert(sizeof(enum pi_tune_cpu_kernels) == sizeof(int), "enum pi_tune_cp
 _Static_assert(sizeof(enum pi_tune_prompt_stream) == sizeof(int), "enum pi_tune_prompt_stream is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cpu_pack) == sizeof(int), "enum pi_tune_cpu_pack is stored as an int");
 _Static_assert(sizeof(enum pi_tune_cuda_hot_thresholds) == sizeof(int), "enum pi_tune_cuda_hot_thresholds is stored as an int");
+_Static_assert(sizeof(enum pi_tune_down_t) == sizeof(int), "enum pi_tune_down_t is stored as an int");
 _Static_assert(sizeof(enum pi_sparsity_cfg) == sizeof(int), "enum pi_sparsity_cfg is stored as an int");
 
 static const char *const backend_names[] = {"none", "host", "cuda", NULL};
@@ -53,6 +54,7 @@ static const char *const cpu_kernels_names[] = {"auto", "scalar", "avx2", "avx51
 static const char *const prompt_stream_names[] = {"auto", "off", "on", NULL};
 static const char *const cpu_pack_names[] = {"auto", "off", NULL};
 static const char *const cuda_hot_thresholds_names[] = {"off", "on", NULL};
+static const char *const down_t_names[] = {"f16", "grouped", NULL};
 static const char *const sparsity_names[] = {"auto", "off", "safe", "aggressive", NULL};
 
 /* The log level as lib/log.c reads it (any case; "warning" too), so that the coordinator and the
@@ -129,6 +131,7 @@ static const struct key_def keys[] = {
     {{"tune", "worker_spin_us", "1000", "how long a CPU worker's idle threads (its thread pool and its wait for the next layer) spin before they sleep, microseconds: a layer that finds them asleep pays their wake-up (tens of microseconds on virtual CPUs); on a machine shared with other busy processes a long spin takes CPU time from the GPU worker (100 or 0 there); 0: the pool sleeps at once. A worker spins only where its threads and the GPU worker have a CPU each (0 to 1000000)"}, K_INT, OFF(tune.worker_spin_us), 0, 1000000, NULL, NULL},
     {{"tune", "cpu_pack", "auto", "whether the CPU's dense products read 16-row packed copies of their quantised weights (the in-process engine's matrices, the CPU workers' slices): auto (where the kernel variant has a packed kernel for the type and the copy fits the available memory with 1 GiB to spare), off (the file's rows: less memory, slower products)"}, K_ENUM, OFF(tune.cpu_pack), 0, 0, cpu_pack_names, NULL},
     {{"tune", "cuda_hot_thresholds", "off", "whether the cuda backend applies a SwiGLU model's activation thresholds to its hot neurons (the gate rows first, then the up and down rows of the neurons kept) or computes them densely: off (dense; on the H100 the gate-first path of a 7B-shaped layer took 1.2-1.6x the dense one's time at 40-50% of the pairs skipped), on. The CPU workers and the host backend apply the thresholds either way"}, K_ENUM, OFF(tune.cuda_hot_thresholds), 0, 0, cuda_hot_thresholds_names, NULL},
+    {{"tune", "down_t", "f16", "the layout of the in-process CPU engine's transposed down rows, which its neuron-wise FFN reads (sparse runs with --gpu-backend none): f16 (each weight rounded to f16, 2 bytes a weight) or grouped (a Q4_0 or Q8_0 file's own quants and scales, exact, about a quarter of f16's bytes; other types stay f16)"}, K_ENUM, OFF(tune.down_t), 0, 0, down_t_names, NULL},
 };
 #undef OFF
 

@@ -54,6 +54,10 @@ enum pi_tune_cpu_pack { PI_TUNE_CPU_PACK_AUTO = 0, PI_TUNE_CPU_PACK_OFF = 1 };
 /* [tune] cuda_hot_thresholds: whether the cuda backend applies a SwiGLU model's activation thresholds to its
  * hot neurons (gate first); off keeps them dense (doc/thresholds.md, the H100's figures) */
 enum pi_tune_cuda_hot_thresholds { PI_TUNE_CUDA_HOT_THRESHOLDS_OFF = 0, PI_TUNE_CUDA_HOT_THRESHOLDS_ON = 1 };
+/* [tune] down_t: the layout of the in-process CPU engine's transposed down rows (model/model.h,
+ * pi_model_opts.down_t_grouped): F16 (each weight rounded to f16, 2 bytes a weight) or GROUPED (a Q4_0
+ * or Q8_0 file's own quants and scales, exact; other types stay f16) */
+enum pi_tune_down_t { PI_TUNE_DOWN_T_F16 = 0, PI_TUNE_DOWN_T_GROUPED = 1 };
 
 /* [sparsity] mode: AUTO is safe for a ReLU model with predictors, else off; the others as
  * compute/predictor.h's enum pi_sparsity (off, safe, aggressive), one more than its value. */
@@ -77,6 +81,7 @@ struct pi_tune {
     enum pi_tune_cpu_pack cpu_pack;           /* [tune] cpu_pack */
     int64_t worker_spin_us;                   /* [tune] worker_spin_us: a CPU worker's idle spin, us */
     enum pi_tune_cuda_hot_thresholds cuda_hot_thresholds; /* [tune] cuda_hot_thresholds */
+    enum pi_tune_down_t down_t;                           /* [tune] down_t */
     /* Test hooks, not in the table (never set from a configuration): the cuda backend launches its
      * decode kernels without programmatic dependent launch (the PDL identity check of
      * test-backend-cuda), and runs decode attention in three launches as it does beyond 1024 heads

@@ -40,7 +40,15 @@ struct pi_weight {
     /* NULL, or the same matrix repacked in 16-row groups for the dense CPU products
      * (kernels/cpu/rows16.h: Q4_0, Q8_0, Q4_K, Q5_K, Q6_K; (rows / 16) groups), owned by whoever packed it */
     const void *rows16;
+    /* NULL, or this is a grouped transposed matrix (kernels/cpu/quant.h, "Grouped rows"): type Q4_0 or
+     * Q8_0, each row holds its cols quants only (row_bytes = cols / 2 or cols) and row r's scales are
+     * the cols f16 values at gscale + (r / PI_GROUP_ROWS) * cols (pi_weight_gscale). Rows are a layer's
+     * neurons in id order (the model's own ffn_down_t, never a packed subset). */
+    const uint16_t *gscale;
 };
+
+/* Rows of a grouped matrix that share one row of scales: a block of the source matrix's type. */
+#define PI_GROUP_ROWS 32
 
 /* One transformer block. q_dim = n_head * head_dim, kv_dim = n_head_kv * head_dim, d = n_embd. */
 struct pi_layer {
@@ -66,6 +74,12 @@ struct pi_layer {
 static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
 {
     return (const char *)w->data + (size_t)r * w->row_bytes;
+}
+
+/* The scales of row r of a grouped matrix (w->gscale not NULL): cols f16 values. */
+static inline const uint16_t *pi_weight_gscale(const struct pi_weight *w, int64_t r)
+{
+    return w->gscale + (size_t)(r / PI_GROUP_ROWS) * (size_t)w->cols;
 }
 
 #endif

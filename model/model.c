@@ -300,7 +300,7 @@ static int bind_layer(struct binder *b, int il, float *norms)
         uint64_t rb;
         if (!pi_type_row_bytes(dt, (uint64_t)ff, &rb))
             return fail(b, "blk.%d.ffn_down.weight: cannot build it from ffn_down_t as %s", il, pi_type_name(dt));
-        L->ffn_down = (struct pi_weight){dt, d, ff, (size_t)rb, NULL, NULL};
+        L->ffn_down = (struct pi_weight){dt, d, ff, (size_t)rb, NULL, NULL, NULL};
         L->down_built = true;
     }
     /* The predictor's rank is whatever fc1 says; fc2 must agree with it. */
@@ -452,13 +452,42 @@ static struct pi_weight transpose(pi_pool_t *pool, struct pack_task *t, const st
     t->dst = dst;
     pi_pool_for(pool, (src->rows + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, t);
     pi_pool_for(pool, src->cols, 64, pack_quantize, t);
-    return (struct pi_weight){dt, src->cols, src->rows, (size_t)rb, dst, NULL};
+    return (struct pi_weight){dt, src->cols, src->rows, (size_t)rb, dst, NULL, NULL};
 }
 
 /* Whether layer L gets ffn_down_t packed from ffn_down: the file has none and packing is on. */
 static bool packs_down_t(const struct pi_layer *L, const struct pi_model_opts *o)
 {
     return !o->no_down_t && !L->down_t_from_file;
+}
+
+/* Whether that packing is grouped (pi_model_opts.down_t_grouped): asked for, and the file's ffn_down is
+ * Q4_0 or Q8_0 in whole blocks both ways. */
+static bool groups_down_t(const struct pi_layer *L, const struct pi_model_opts *o)
+{
+    const struct pi_weight *w = &L->ffn_down;
+    return o->down_t_grouped && packs_down_t(L, o) && !L->down_built && pi_grouped_row_bytes(w->type, w->rows) > 0 &&
+           w->cols % PI_GROUP_ROWS == 0;
+}
+
+/* Bytes of layer L's grouped ffn_down_t: the rows (n_ff of them), then the scales (n_ff / 32 rows of d). */
+static size_t grouped_bytes(const struct pi_weight *down, size_t *rows_bytes)
+{
+    *rows_bytes = pi_align_up(pi_grouped_row_bytes(down->type, down->rows) * (size_t)down->cols, 64);
+    return *rows_bytes + pi_align_up((size_t)(down->cols / PI_GROUP_ROWS) * (size_t)down->rows * sizeof(uint16_t), 64);
+}
+
+struct group_task {
+    const struct pi_weight *src;
+    void *q;
+    uint16_t *s;
+};
+
+static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
+{
+    const struct group_task *t = ctx;
+    (void)thread;
+    pi_grouped_from_cols(t->src, begin, end, t->q, t->s);
 }
 
 /* The transposed copies, in one allocation (m->packed), on a temporary pool of opts->n_threads (0:
@@ -483,6 +512,11 @@ static int pack_transposed(struct binder *b)
             n_built++;
         }
         if (!packs_down_t(L, o)) continue;
+        size_t rows_bytes;
+        if (groups_down_t(L, o)) {
+            total += grouped_bytes(&L->ffn_down, &rows_bytes);
+            continue;
+        }
         enum pi_type dt = pi_model_down_t_type(o->down_t_type, L->ffn_down.type, d);
         if (!pi_type_row_bytes(dt, (uint64_t)d, &rb)) return fail(b, "cannot pack ffn_down_t as %s", pi_type_name(dt));
         total += pi_align_up((size_t)rb * (size_t)ff, 64);
@@ -509,7 +543,14 @@ static int pack_transposed(struct binder *b)
             L->ffn_down = transpose(pool, &t, &L->ffn_down_t, L->ffn_down.type, dst);
             dst += pi_align_up(L->ffn_down.row_bytes * (size_t)d, 64);
         }
-        if (packs_down_t(L, o)) {
+        if (groups_down_t(L, o)) {
+            size_t rows_bytes, bytes = grouped_bytes(&L->ffn_down, &rows_bytes);
+            struct group_task gt = {&L->ffn_down, dst, (uint16_t *)(dst + rows_bytes)};
+            pi_pool_for(pool, ff / PI_GROUP_ROWS, 4, group_range, &gt);
+            L->ffn_down_t = (struct pi_weight){L->ffn_down.type, ff, d, pi_grouped_row_bytes(L->ffn_down.type, d), dst,
+                                               NULL, gt.s};
+            dst += bytes;
+        } else if (packs_down_t(L, o)) {
             enum pi_type dt = pi_model_down_t_type(o->down_t_type, L->ffn_down.type, d);
             L->ffn_down_t = transpose(pool, &t, &L->ffn_down, dt, dst);
             dst += pi_align_up(L->ffn_down_t.row_bytes * (size_t)ff, 64);

@@ -88,6 +88,13 @@ struct pi_model_opts {
      * rule, with rows of n_ff elements, gives the type of an ffn_down built from the file's ffn_down_t
      * when the file has no ffn_down (PowerInfer's files). */
     enum pi_type down_t_type;
+    /* Pack ffn_down_t as grouped rows (kernels/cpu/quant.h, "Grouped rows"; [tune] down_t = grouped)
+     * where the file's ffn_down is Q4_0 or Q8_0 with n_embd and n_ff multiples of 32: each element the
+     * exact value of the file's (no rounding at all), in the file's own bytes (a Q4_0 file's 13B-shaped
+     * layer: 39.8 MB against 141.6 MB as f16). Other layers take down_t_type. The model's ffn_down_t
+     * then has gscale set, which only the CPU's neuron kernels read (kernels/cpu/ops.h): for the
+     * in-process CPU engine, never for a backend or a partition. */
+    bool down_t_grouped;
     /* skip packing ffn_down_t (metadata-only users: the coordinator, tools). An ffn_down missing from
      * the file is built all the same: the dense products and the backends read it. */
     bool no_down_t;

@@ -107,9 +107,10 @@ static void complete_table(enum pi_kernel_isa isa, const struct pi_kernel_table 
         tables[isa].vec_dot8[t] = raw->vec_dot8[t] ? raw->vec_dot8[t] : raw->vec_dot[t] ? NULL : sc->vec_dot8[t];
         tables[isa].vec_dot2[t] = raw->vec_dot2[t] ? raw->vec_dot2[t] : raw->vec_dot[t] ? NULL : sc->vec_dot2[t];
         tables[isa].vec_dot4r[t] = raw->vec_dot4r[t] ? raw->vec_dot4r[t] : raw->vec_dot[t] ? NULL : sc->vec_dot4r[t];
-        tables[isa].vec_mad[t] = raw->vec_mad[t] ? raw->vec_mad[t] : sc->vec_mad[t];     /* exact everywhere */
-        tables[isa].vec_mad4[t] = raw->vec_mad4[t] ? raw->vec_mad4[t] : sc->vec_mad4[t]; /* likewise */
-        tables[isa].quantize[t] = raw->quantize[t] ? raw->quantize[t] : sc->quantize[t]; /* same bytes */
+        tables[isa].vec_mad[t] = raw->vec_mad[t] ? raw->vec_mad[t] : sc->vec_mad[t];         /* exact everywhere */
+        tables[isa].vec_mad4[t] = raw->vec_mad4[t] ? raw->vec_mad4[t] : sc->vec_mad4[t];     /* likewise */
+        tables[isa].vec_madg4[t] = raw->vec_madg4[t] ? raw->vec_madg4[t] : sc->vec_madg4[t]; /* likewise */
+        tables[isa].quantize[t] = raw->quantize[t] ? raw->quantize[t] : sc->quantize[t];     /* same bytes */
     }
 }
 

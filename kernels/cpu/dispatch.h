@@ -66,6 +66,9 @@ typedef void (*pi_vec_mad_fn)(const void *row, float a, float *y, int64_t n);
  * vec_dot4r's; the next active neurons' down rows in pi_ffn_neurons); never dereferenced. */
 typedef void (*pi_vec_mad4_fn)(const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
                                int64_t n);
+/* pi_vec_madg4 (kernels/cpu/quant.h): m (1..4) grouped rows of the type with their scale rows s. */
+typedef void (*pi_vec_madg4_fn)(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,
+                                const void *const pf[4], float *y, int64_t n);
 /* src: n elements of the type -> dst (n,) */
 typedef void (*pi_dequant_fn)(const void *src, float *dst, int64_t n);
 /* src (n,) floats -> n elements of the type, the same bytes as the scalar reference quantiser. */
@@ -80,6 +83,7 @@ struct pi_kernel_table {
     pi_vec_dot4r_fn vec_dot4r[PI_TYPE_COUNT]; /* 4 rows x 1 token; NULL: vec_dot2 per pair */
     pi_vec_mad_fn vec_mad[PI_TYPE_COUNT];     /* fused dequant + axpy; NULL: pi_vec_mad's chunked loop */
     pi_vec_mad4_fn vec_mad4[PI_TYPE_COUNT];   /* 1..4 rows per pass over y; NULL: vec_mad per row */
+    pi_vec_madg4_fn vec_madg4[PI_TYPE_COUNT]; /* grouped Q4_0 / Q8_0 rows; NULL: the scalar reference */
     pi_dequant_fn dequant[PI_TYPE_COUNT];     /* NULL where the type has no dequantiser */
     pi_quantize_fn quantize[PI_TYPE_COUNT];   /* SIMD quantisers (activations); NULL: the scalar one */
     /* Q4_0, Q8_0 and the Q4_K, Q5_K, Q6_K in 16-row groups (kernels/cpu/rows16.h); NULL: the variant has none for the type,

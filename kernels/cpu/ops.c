@@ -447,10 +447,29 @@ struct neuron_task {
  * faster than that pair, whose axpy is built for the x86-64 baseline (SSE). */
 static bool fused_mad(const struct pi_weight *dt) { return pi_kernels_active()->vec_mad[dt->type] != NULL; }
 
-/* acc (d) += a * down_t row r: fused where fused_mad, else widened first into row (d) through the
- * dispatched dequantiser unless it is f32, then the axpy. */
+/* acc (d) += a[j] * grouped down_t row r[j] for j < m (1..4; lib/weights.h's gscale), one pass over acc
+ * (pi_vec_madg4), prefetching the grouped rows pf[0..m) (NULL: none). */
+static void add_grouped_rows(float *acc, const struct pi_weight *dt, const int32_t *r, const float *a, int m,
+                             const int32_t *pf)
+{
+    const void *rows[4], *next[4];
+    const uint16_t *sc[4];
+    for (int j = 0; j < m; j++) rows[j] = pi_weight_row(dt, r[j]), sc[j] = pi_weight_gscale(dt, r[j]);
+    if (pf)
+        for (int j = 0; j < m; j++) next[j] = pi_weight_row(dt, pf[j]);
+    pi_vec_madg4(dt->type, rows, sc, a, m, pf ? next : NULL, acc, dt->cols);
+}
+
+/* acc (d) += a * down_t row r: grouped rows through their kernel; fused where fused_mad, else widened
+ * first into row (d) through the dispatched dequantiser unless it is f32, then the axpy. */
 static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int64_t r, float a)
 {
+    if (dt->gscale) {
+        const int32_t id[4] = {(int32_t)r};
+        const float av[4] = {a};
+        add_grouped_rows(acc, dt, id, av, 1, NULL);
+        return;
+    }
     if (fused_mad(dt)) {
         pi_vec_mad(dt->type, pi_weight_row(dt, r), a, acc, dt->cols);
         return;
@@ -517,6 +536,10 @@ static void dots_quad(const struct pi_weight *w, const int32_t *r, int m, const 
 static void add_down_rows(float *acc, float *row, const struct pi_weight *dt, const int32_t *r, const float *a, int m,
                           const int32_t *pf)
 {
+    if (dt->gscale) {
+        add_grouped_rows(acc, dt, r, a, m, pf);
+        return;
+    }
     if (pi_kernels_active()->vec_mad4[dt->type]) {
         const void *rows[4], *next[4];
         for (int j = 0; j < m; j++) rows[j] = pi_weight_row(dt, r[j]);
@@ -761,11 +784,16 @@ static int64_t down_quad_flush(struct down_quad *dq, const struct pi_weight *dt,
     int64_t added = 0;
     for (int64_t j = 0; j < nt && dq->n > 0; j++) {
         const void *rows[4];
+        const uint16_t *sc[4];
         float a[4];
         int m = 0;
         for (int q = 0; q < dq->n; q++)
-            if (dq->on[q][j]) rows[m] = pi_weight_row(dt, dq->id[q]), a[m++] = dq->a[q][j];
-        if (m > 0) pi_vec_mad4(dt->type, rows, a, m, NULL, acc + (size_t)j * (size_t)d, d);
+            if (dq->on[q][j]) {
+                rows[m] = pi_weight_row(dt, dq->id[q]), a[m] = dq->a[q][j];
+                sc[m++] = dt->gscale ? pi_weight_gscale(dt, dq->id[q]) : NULL;
+            }
+        if (m > 0 && dt->gscale) pi_vec_madg4(dt->type, rows, sc, a, m, NULL, acc + (size_t)j * (size_t)d, d);
+        else if (m > 0) pi_vec_mad4(dt->type, rows, a, m, NULL, acc + (size_t)j * (size_t)d, d);
         added += m;
     }
     dq->n = 0;
@@ -787,7 +815,8 @@ static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
     int64_t active = 0;
     float g[FFN_GROUP], u[FFN_GROUP], g_next[FFN_GROUP];
     const bool pairs = pi_kernels_active()->vec_dot8[L->ffn_gate.type] != NULL;
-    const bool quads = pi_kernels_active()->vec_mad4[L->ffn_down_t.type] != NULL;
+    /* grouped rows always go in fours: their kernel (pi_vec_madg4) exists for every variant */
+    const bool quads = L->ffn_down_t.gscale || pi_kernels_active()->vec_mad4[L->ffn_down_t.type] != NULL;
     struct down_quad dq = {.n = 0};
     for (int64_t gi = begin; gi < end; gi++) {
         const int64_t t0 = gi * FFN_GROUP, nt = PI_MIN((int64_t)FFN_GROUP, t->n - t0);

@@ -798,6 +798,88 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q8_0, mad_q8_0_n)
 
+/* Defines the pi_vec_madg4_fn `static void name(row, s, a, m, pf, y, n)` over body(row, s, a, M, pf, y,
+ * n), one copy per row count as PI_X86_VEC_MAD4_BY_M. */
+#define MADG4_BY_M(name, body)                                                                              \
+    static void name(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,          \
+                     const void *const pf[4], float *y, int64_t n)                                          \
+    {                                                                                                       \
+        switch (m) {                                                                                        \
+        case 1: body(row, s, a, 1, pf, y, n); break;                                                        \
+        case 2: body(row, s, a, 2, pf, y, n); break;                                                        \
+        case 3: body(row, s, a, 3, pf, y, n); break;                                                        \
+        default: body(row, s, a, 4, pf, y, n); break;                                                       \
+        }                                                                                                   \
+    }
+
+/* Eight int8 quants (the low 8 bytes of q) times eight f16 scales at s, exact: x = q * s. */
+static inline __m256 qs_x8(__m128i q, const uint16_t *s)
+{
+    return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
+}
+
+/* m grouped Q4_0 rows (kernels/cpu/quant.h), 32 elements per step: the 16 bytes of quants, x = (q - 8)
+ * * s with the step's 32 scales (exact), the multiply and the add; the pf rows' quants a line (four
+ * steps) at a time. */
+PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    __m256 va[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        if (pf && (i & 3) == 0)
+            for (int r = 0; r < m; r++) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 16 * i);
+        float *yb = y + 32 * i;
+        __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
+        __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+        #pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const uint16_t *sc = s[r] + 32 * i;
+            __m128i v = _mm_loadu_si128((const __m128i *)((const uint8_t *)row[r] + 16 * i));
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8);
+            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
+            y0 = mad8(y0, va[r], qs_x8(lo, sc)), y1 = mad8(y1, va[r], qs_x8(_mm_srli_si128(lo, 8), sc + 8));
+            y2 = mad8(y2, va[r], qs_x8(hi, sc + 16)), y3 = mad8(y3, va[r], qs_x8(_mm_srli_si128(hi, 8), sc + 24));
+        }
+        _mm256_storeu_ps(yb, y0), _mm256_storeu_ps(yb + 8, y1);
+        _mm256_storeu_ps(yb + 16, y2), _mm256_storeu_ps(yb + 24, y3);
+    }
+}
+
+MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
+
+/* m grouped Q8_0 rows, 32 elements per step: x = q * s (exact), the multiply and the add; the pf rows'
+ * quants a line (two steps) at a time. */
+PI_X86_INLINE void madg_q8_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    __m256 va[4];
+    #pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm256_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        if (pf && (i & 1) == 0)
+            for (int r = 0; r < m; r++) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 32 * i);
+        float *yb = y + 32 * i;
+        __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
+        __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+        #pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const uint16_t *sc = s[r] + 32 * i;
+            const int8_t *q = (const int8_t *)row[r] + 32 * i;
+            y0 = mad8(y0, va[r], qs_x8(_mm_loadl_epi64((const __m128i *)q), sc));
+            y1 = mad8(y1, va[r], qs_x8(_mm_loadl_epi64((const __m128i *)(q + 8)), sc + 8));
+            y2 = mad8(y2, va[r], qs_x8(_mm_loadl_epi64((const __m128i *)(q + 16)), sc + 16));
+            y3 = mad8(y3, va[r], qs_x8(_mm_loadl_epi64((const __m128i *)(q + 24)), sc + 24));
+        }
+        _mm256_storeu_ps(yb, y0), _mm256_storeu_ps(yb + 8, y1);
+        _mm256_storeu_ps(yb + 16, y2), _mm256_storeu_ps(yb + 24, y3);
+    }
+}
+
+MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
+
 /* A Q4_0 block's 32 weights q - 8 as bytes, in element order: the low nibbles of qs are elements 0..15 (lo),
  * the high ones 16..31 (hi). */
 struct q4_0_bytes {
@@ -923,6 +1005,7 @@ const struct pi_kernel_table pi_kernels_avx2_raw = {
     .vec_mad4 = {
         [PI_TYPE_F16] = vec_mad4_f16, [PI_TYPE_Q4_0] = vec_mad4_q4_0, [PI_TYPE_Q8_0] = vec_mad4_q8_0,
     },
+    .vec_madg4 = {[PI_TYPE_Q4_0] = vec_madg4_q4_0, [PI_TYPE_Q8_0] = vec_madg4_q8_0},
     .quantize = {
         [PI_TYPE_Q8_0] = quantize_q8_0,
     },

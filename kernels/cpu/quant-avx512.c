@@ -1200,6 +1200,79 @@ PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, con
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
 
+/* Defines the pi_vec_madg4_fn `static void name(row, s, a, m, pf, y, n)` over body(row, s, a, M, pf, y,
+ * n), one copy per row count as PI_X86_VEC_MAD4_BY_M. */
+#define MADG4_BY_M(name, body)                                                                                         \
+    static void name(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,                    \
+                     const void *const pf[4], float *y, int64_t n)                                                     \
+    {                                                                                                                  \
+        switch (m) {                                                                                                   \
+        case 1: body(row, s, a, 1, pf, y, n); break;                                                                   \
+        case 2: body(row, s, a, 2, pf, y, n); break;                                                                   \
+        case 3: body(row, s, a, 3, pf, y, n); break;                                                                   \
+        default: body(row, s, a, 4, pf, y, n); break;                                                                  \
+        }                                                                                                              \
+    }
+
+/* m grouped Q4_0 rows (kernels/cpu/quant.h), 32 elements per step: the 16 bytes of quants, x = (q - 8)
+ * * s with the step's 32 scales of the row's group (exact), then the multiply and the add; the pf rows'
+ * quants prefetched a line (four steps) at a time. */
+PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    __m512 va[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m512 y0 = _mm512_loadu_ps(y + 32 * i), y1 = _mm512_loadu_ps(y + 32 * i + 16);
+        const int pfi = pf && (i & 3) == 0;
+#pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const uint8_t *q = (const uint8_t *)row[r] + 16 * i;
+            if (pfi) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 16 * i);
+            __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i)));
+            __m512 s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i + 16)));
+            __m128i v = _mm_loadu_si128((const __m128i *)q);
+            __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8);
+            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
+            y0 = mad16(y0, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), s0));
+            y1 = mad16(y1, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), s1));
+        }
+        _mm512_storeu_ps(y + 32 * i, y0), _mm512_storeu_ps(y + 32 * i + 16, y1);
+    }
+}
+
+MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
+
+/* m grouped Q8_0 rows, 32 elements per step: x = q * s (exact), the multiply and the add; the pf rows'
+ * quants prefetched a line (two steps) at a time. */
+PI_X86_INLINE void madg_q8_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    __m512 va[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
+    for (int64_t i = 0; i < n / 32; i++) {
+        __m512 y0 = _mm512_loadu_ps(y + 32 * i), y1 = _mm512_loadu_ps(y + 32 * i + 16);
+        const int pfi = pf && (i & 1) == 0;
+#pragma GCC unroll 4
+        for (int r = 0; r < m; r++) {
+            const int8_t *q = (const int8_t *)row[r] + 32 * i;
+            if (pfi) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 32 * i);
+            __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i)));
+            __m512 s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i + 16)));
+            __m512 x0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+            __m512 x1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
+            y0 = mad16(y0, va[r], _mm512_mul_ps(x0, s0));
+            y1 = mad16(y1, va[r], _mm512_mul_ps(x1, s1));
+        }
+        _mm512_storeu_ps(y + 32 * i, y0), _mm512_storeu_ps(y + 32 * i + 16, y1);
+    }
+}
+
+MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
+
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {
     .name = "avx512vnni",
@@ -1285,6 +1358,11 @@ const struct pi_kernel_table pi_kernels_avx512_raw = {
             [PI_TYPE_F16] = vec_mad4_f16,
             [PI_TYPE_Q4_0] = vec_mad4_q4_0,
             [PI_TYPE_Q8_0] = vec_mad4_q8_0,
+        },
+    .vec_madg4 =
+        {
+            [PI_TYPE_Q4_0] = vec_madg4_q4_0,
+            [PI_TYPE_Q8_0] = vec_madg4_q8_0,
         },
     .dequant =
         {

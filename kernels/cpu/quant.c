@@ -361,8 +361,38 @@ static float dot_q4_K(const void *w, const void *x, int64_t n) { return dot_k(PI
 static float dot_q5_K(const void *w, const void *x, int64_t n) { return dot_k(PI_TYPE_Q5_K, w, x, n); }
 static float dot_q6_K(const void *w, const void *x, int64_t n) { return dot_k(PI_TYPE_Q6_K, w, x, n); }
 
+/* ---------------------------------------------------------------- grouped rows (pi_vec_madg4)
+ * The reference: element by element, each row's x = q * s (exact), then a * x and the sum rounded, the
+ * rows in order (kernels/cpu/quant.h, "Grouped rows"). */
+static void madg4_q4_0(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,
+                       const void *const pf[4], float *y, int64_t n)
+{
+    (void)pf;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t k = i / 32, e = i % 32;
+        for (int r = 0; r < m; r++) {
+            const uint8_t b = ((const uint8_t *)row[r])[16 * k + (e & 15)];
+            const int q = (e < 16 ? b & 0x0F : b >> 4) - 8;
+            const float x = (float)q * pi_fp16_to_fp32(s[r][i]);
+            y[i] += a[r] * x;
+        }
+    }
+}
+
+static void madg4_q8_0(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,
+                       const void *const pf[4], float *y, int64_t n)
+{
+    (void)pf;
+    for (int64_t i = 0; i < n; i++)
+        for (int r = 0; r < m; r++) {
+            const float x = (float)((const int8_t *)row[r])[i] * pi_fp16_to_fp32(s[r][i]);
+            y[i] += a[r] * x;
+        }
+}
+
 const struct pi_kernel_table pi_kernels_scalar_raw = {
     .name = "scalar",
+    .vec_madg4 = {[PI_TYPE_Q4_0] = madg4_q4_0, [PI_TYPE_Q8_0] = madg4_q8_0},
     .vec_dot = {
         [PI_TYPE_F32] = dot_f32, [PI_TYPE_F16] = dot_f16, [PI_TYPE_BF16] = dot_bf16,
         [PI_TYPE_Q4_0] = dot_q4_0, [PI_TYPE_Q4_1] = dot_q4_1, [PI_TYPE_Q5_0] = dot_q5_0,
@@ -632,6 +662,53 @@ void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n)
         f((const uint8_t *)row + (size_t)(i / ti->block_elems) * ti->block_bytes, buf, m);
         for (int64_t j = 0; j < m; j++) y[i + j] += a * buf[j];
     }
+}
+
+void pi_grouped_from_cols(const struct pi_weight *src, int64_t g0, int64_t g1, void *q, uint16_t *s)
+{
+    const int64_t R = src->rows;
+    const size_t rb = pi_grouped_row_bytes(src->type, R);
+    PI_ASSERT(rb > 0 && src->cols % 32 == 0 && g0 >= 0 && g1 <= src->cols / 32);
+    for (int64_t g = g0; g < g1; g++) {
+        uint16_t *sg = s + (size_t)g * (size_t)R;
+        uint8_t *qg = (uint8_t *)q + (size_t)g * 32 * rb;
+        if (src->type == PI_TYPE_Q8_0) {
+            for (int64_t r = 0; r < R; r++) {
+                const struct pi_block_q8_0 *b = (const struct pi_block_q8_0 *)pi_weight_row(src, r) + g;
+                sg[r] = b->d;
+                for (int e = 0; e < 32; e++) qg[(size_t)e * rb + (size_t)r] = (uint8_t)b->qs[e];
+            }
+            continue;
+        }
+        /* Q4_0: element e of block g of row r is nibble (e & 15) of qs, low for e < 16; in the grouped row
+         * 32 g + e, rows 32 k + i and 32 k + 16 + i of src share byte 16 k + i (low, high) */
+        for (int64_t k = 0; k < R / 32; k++)
+            for (int i = 0; i < 16; i++) {
+                const struct pi_block_q4_0 *lo = (const struct pi_block_q4_0 *)pi_weight_row(src, 32 * k + i) + g;
+                const struct pi_block_q4_0 *hi = (const struct pi_block_q4_0 *)pi_weight_row(src, 32 * k + 16 + i) + g;
+                sg[32 * k + i] = lo->d, sg[32 * k + 16 + i] = hi->d;
+                for (int e = 0; e < 32; e++) {
+                    const int nl = e < 16 ? lo->qs[e] & 0x0F : lo->qs[e - 16] >> 4;
+                    const int nh = e < 16 ? hi->qs[e] & 0x0F : hi->qs[e - 16] >> 4;
+                    qg[(size_t)e * rb + (size_t)(16 * k + i)] = (uint8_t)(nl | nh << 4);
+                }
+            }
+    }
+}
+
+size_t pi_grouped_row_bytes(enum pi_type t, int64_t n)
+{
+    if (n <= 0 || n % 32 != 0) return 0;
+    return t == PI_TYPE_Q4_0 ? (size_t)n / 2 : t == PI_TYPE_Q8_0 ? (size_t)n : 0;
+}
+
+void pi_vec_madg4(enum pi_type t, const void *const row[4], const uint16_t *const s[4], const float a[4], int m,
+                  const void *const pf[4], float *y, int64_t n)
+{
+    PI_ASSERT(pi_grouped_row_bytes(t, n) > 0 && m >= 1 && m <= 4);
+    pi_vec_madg4_fn f = pi_kernels_active()->vec_madg4[t];
+    PI_ASSERT(f != NULL); /* the scalar table has both types, every variant inherits them */
+    f(row, s, a, m, pf, y, n);
 }
 
 void pi_vec_mad4(enum pi_type t, const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,

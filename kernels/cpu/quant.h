@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "lib/types.h"
+#include "lib/weights.h"
 
 /* Elements per block (ggml: QK4_0 ... QK_K). */
 #define PI_QK4_0 32
@@ -245,5 +246,32 @@ void pi_vec_mad(enum pi_type t, const void *row, float a, float *y, int64_t n);
  * read, no effect on y). */
 void pi_vec_mad4(enum pi_type t, const void *const row[4], const float a[4], int m, const void *const pf[4], float *y,
                  int64_t n);
+
+/* Grouped rows: the columns of a Q4_0 or Q8_0 matrix (d, n) transposed without requantising. The
+ * source's block b of row r holds elements r of columns 32 b .. 32 b + 31 with one f16 scale s[r][b];
+ * transposed, column j becomes a row of d quants (Q4_0: d / 2 bytes, two nibbles a byte, elements 32 k
+ * + i and 32 k + 16 + i in the low and high nibble of byte 16 k + i, as in a Q4_0 block; Q8_0: d
+ * int8), and the 32 rows of a block b share one row of d scales s[0..d)[b]. Element i of such a row is
+ * then (q_i - 8) * s_i (Q4_0) or q_i * s_i (Q8_0): exact in float, the very value the source's
+ * dequantiser gives, where an f16 transposition rounds it. The bytes per row are the source's block
+ * bytes less the scales, which a neuron-wise reader shares across the rows of a block it also reads. */
+
+/* Groups [g0, g1) of the grouped transposition of src (R, C), a Q4_0 or Q8_0 matrix (R a multiple of 32):
+ * rows 32 g .. 32 g + 31 of q (C rows of pi_grouped_row_bytes(type, R) bytes each; group g's columns of
+ * src) and scale row g of s (C / 32 rows of R f16 values). Groups write disjoint bytes: callers may
+ * split them across threads. */
+void pi_grouped_from_cols(const struct pi_weight *src, int64_t g0, int64_t g1, void *q, uint16_t *s);
+
+/* Bytes of one grouped row of n elements of t (Q4_0 or Q8_0, n a multiple of 32), or 0 for another
+ * type or width. */
+size_t pi_grouped_row_bytes(enum pi_type t, int64_t n);
+
+/* y (n,) += a[k] * row[k] for k = 0..m-1 (m = 1..4) in that order, row[k] a grouped row of t (Q4_0 or
+ * Q8_0; n a multiple of 32) with its scales s[k] (n f16 values): per element x = q * s exactly, then
+ * the product a * x and the sum each rounded (no FMA), so the floats of pi_vec_mad4 over the source's
+ * dequantised values. One pass over y through the variant's kernel (vec_madg4) where it has one for
+ * t, else the scalar reference. pf: NULL, or m grouped rows of t prefetched alongside (never read). */
+void pi_vec_madg4(enum pi_type t, const void *const row[4], const uint16_t *const s[4], const float a[4], int m,
+                  const void *const pf[4], float *y, int64_t n);
 
 #endif

@@ -54,13 +54,19 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols, 
     PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
     char *data = malloc((size_t)rb * (size_t)rows);
     for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, src + r * cols, data + r * rb, cols);
-    return (struct pi_weight){t, rows, cols, (size_t)rb, data, NULL};
+    return (struct pi_weight){t, rows, cols, (size_t)rb, data, NULL, NULL};
 }
 
 struct rlayer {
     struct pi_layer L;
     float *gate, *up, *down_t; /* dequantised (FF, D) */
 };
+
+/* With g_grouped, make_layer's down_t (Q4_0 or Q8_0) is the grouped transposition (kernels/cpu/quant.h)
+ * of a random ffn_down (D, FF) of that type, and R->down_t that matrix's dequantised columns. */
+static bool g_grouped;
+
+static const char *dt_name(enum pi_type dt) { return g_grouped ? (dt == PI_TYPE_Q4_0 ? "q4_0 grouped" : "q8_0 grouped") : pi_type_name(dt); }
 
 static void make_layer(struct rlayer *R, enum pi_type wt, enum pi_type dt)
 {
@@ -70,8 +76,25 @@ static void make_layer(struct rlayer *R, enum pi_type wt, enum pi_type dt)
     memset(&R->L, 0, sizeof R->L);
     for (int k = 0; k < 3; k++) {
         for (int64_t i = 0; i < (int64_t)FF * D; i++) src[i] = frand() * 0.1f;
-        *w[k] = make_weight(k == 2 ? dt : wt, FF, D, src);
         *dst[k] = malloc(sizeof(float) * FF * D);
+        if (k == 2 && g_grouped) {
+            struct pi_weight down = make_weight(dt, D, FF, src); /* (D, FF): column i is neuron i's */
+            const size_t rb = pi_grouped_row_bytes(dt, D);
+            void *q = malloc(rb * FF);
+            uint16_t *s = malloc(sizeof(uint16_t) * (FF / 32) * D);
+            PI_ASSERT(rb > 0 && q && s);
+            pi_grouped_from_cols(&down, 0, FF / 32, q, s);
+            *w[2] = (struct pi_weight){dt, FF, D, rb, q, NULL, s};
+            float *row = malloc(sizeof(float) * FF);
+            for (int64_t r = 0; r < D; r++) {
+                pi_dequant_row(dt, pi_weight_row(&down, r), row, FF);
+                for (int64_t i = 0; i < FF; i++) R->down_t[i * D + r] = row[i];
+            }
+            free(row);
+            free((void *)down.data);
+            continue;
+        }
+        *w[k] = make_weight(k == 2 ? dt : wt, FF, D, src);
         for (int64_t r = 0; r < FF; r++) pi_dequant_row(w[k]->type, pi_weight_row(w[k], r), *dst[k] + r * D, D);
     }
     free(src);
@@ -82,9 +105,39 @@ static void free_layer(struct rlayer *R)
     free((void *)R->L.ffn_gate.data);
     free((void *)R->L.ffn_up.data);
     free((void *)R->L.ffn_down_t.data);
+    free((void *)R->L.ffn_down_t.gscale);
     free(R->gate);
     free(R->up);
     free(R->down_t);
+}
+
+/* The grouped rows hold the source's columns exactly: row i added once with weight 1 into zeros is
+ * column i of the dequantised ffn_down, bit for bit, on every kernel variant this CPU runs. */
+static void test_grouped_exact(enum pi_type dt)
+{
+    struct rlayer R;
+    g_grouped = true;
+    make_layer(&R, PI_TYPE_F32, dt);
+    g_grouped = false;
+    float y[D];
+    int same = 1, variants = 0;
+    for (int isa = 0; isa < PI_KERNEL_ISA_COUNT; isa++) {
+        const struct pi_kernel_table *tab = pi_kernels_table((enum pi_kernel_isa)isa);
+        if (!tab) continue;
+        variants++;
+        for (int i = 0; i < FF; i++) {
+            const void *row[4] = {pi_weight_row(&R.L.ffn_down_t, i)};
+            const uint16_t *s[4] = {pi_weight_gscale(&R.L.ffn_down_t, i)};
+            const float a[4] = {1.0f};
+            memset(y, 0, sizeof y);
+            tab->vec_madg4[dt](row, s, a, 1, NULL, y, D);
+            /* == rather than the bits: 0 + 1 * -0.0 is +0.0 (Q4_0's scales may be negative) */
+            for (int j = 0; j < D; j++) same &= y[j] == R.down_t[(size_t)i * D + j];
+        }
+    }
+    tap_ok(same && variants > 0, "%s: each grouped row is its ffn_down column exactly (%d variants, %d rows)", dt_name(dt),
+           variants, FF);
+    free_layer(&R);
 }
 
 static double dotd(const float *a, const float *b, int n)
@@ -160,8 +213,8 @@ static void test_random_layer(pi_pool_t *pool, enum pi_type wt, enum pi_type dt,
     int64_t n_ref = reference(&R, act, x, all, FF, ref);
     int64_t n_act = pi_ffn_neurons(pool, w, &R.L, act, NULL, x, all, FF, y);
     double e = rel_err_d(y, ref, D);
-    tap_ok(e <= tol, "%s/%s, %d threads: whole layer vs reference, relative error %.3g (<= %.0e)", tn, an,
-           pi_pool_size(pool), e, tol);
+    tap_ok(e <= tol, "%s/%s down %s, %d threads: whole layer vs reference, relative error %.3g (<= %.0e)", tn, an,
+           dt_name(dt), pi_pool_size(pool), e, tol);
     if (wt == PI_TYPE_F32 || wt == PI_TYPE_F16)
         tap_ok(n_act == n_ref, "%s/%s: %lld active neurons, reference %lld", tn, an, (long long)n_act, (long long)n_ref);
 
@@ -263,7 +316,7 @@ static void test_batch(pi_pool_t *pool, enum pi_type wt, enum pi_type dt, enum p
         }
     }
     tap_ok(same, "%s/%s down %s, %d threads: batches of 1, 17, 40, 70 tokens (room for 48) give the per-token bits (%d of %d)",
-           pi_type_name(wt), pi_ffn_act_name(act), pi_type_name(dt), n_threads, n_same, n_runs);
+           pi_type_name(wt), pi_ffn_act_name(act), dt_name(dt), n_threads, n_same, n_runs);
     pi_ffn_work_destroy(&w);
     free_layer(&R);
 }
@@ -600,6 +653,8 @@ int main(void)
     test_batch(pool3, PI_TYPE_Q5_0, PI_TYPE_F16, PI_FFN_ACT_RELU);
     test_batch(pool, PI_TYPE_Q4_1, PI_TYPE_Q8_0, PI_FFN_ACT_DRELU);
     pi_pool_destroy(&pool3);
+    pi_pool_t *pool3g = pi_pool_new(3);
+    if (!pool3g) tap_bail("no pool");
     test_batch_skip_reads();
     test_batch_nan();
     test_skip_reads(pool, PI_FFN_ACT_RELU);
@@ -608,9 +663,23 @@ int main(void)
     test_thresholds(pool, PI_TYPE_Q8_0, PI_FFN_ACT_SILU);
     test_thresholds(NULL, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
     test_thresholds(pool, PI_TYPE_F16, PI_FFN_ACT_RELU);
+    /* grouped down rows (kernels/cpu/quant.h): exact columns, the reference with f32 and quantised
+     * gate/up, every neuron path (per token, batches, pools) */
+    test_grouped_exact(PI_TYPE_Q4_0);
+    test_grouped_exact(PI_TYPE_Q8_0);
+    g_grouped = true;
+    for (size_t k = 0; k < PI_ARRAY_LEN(acts); k++) {
+        test_random_layer(pool, PI_TYPE_F32, PI_TYPE_Q4_0, acts[k], 1e-5);
+        test_random_layer(NULL, PI_TYPE_Q4_0, PI_TYPE_Q8_0, acts[k], 3e-2);
+        test_batch(pool, PI_TYPE_Q4_0, PI_TYPE_Q4_0, acts[k]);
+        test_batch(pool3g, PI_TYPE_Q8_0, PI_TYPE_Q8_0, acts[k]);
+    }
+    test_batch(NULL, PI_TYPE_Q4_0, PI_TYPE_Q4_0, PI_FFN_ACT_SILU);
+    g_grouped = false;
     test_real_layer(pool, "tiny-llama-q4_0.gguf", 3e-2);
     test_real_layer(pool, "demo-relu-q4_0.gguf", 3e-2);
     test_list_order();
+    pi_pool_destroy(&pool3g);
     pi_pool_destroy(&pool);
     return tap_done();
 }

@@ -97,6 +97,54 @@ static void test_tiny(void)
     tap_ok(worst <= 0.57, "q8_0 down_t row i is column i of down (worst error %.3f of a q8 step)", worst);
     tap_ok(pi_model_decode_bytes(m) > 0, "decode bytes %llu", (unsigned long long)pi_model_decode_bytes(m));
     pi_model_destroy(&m);
+
+    /* grouped on request (kernels/cpu/quant.h): row i is column i of the file's down, every value exact,
+     * for Q4_0 and Q8_0 files; the scales at gscale */
+    static const char *const gfiles[] = {"tiny-llama-q4_0.gguf", "demo-relu-q4_0.gguf", "models/tiny-llama-q8_0.gguf"};
+    for (size_t f = 0; f < PI_ARRAY_LEN(gfiles); f++) {
+        pi_model_opts_default(&o);
+        o.down_t_grouped = true;
+        if (f < 2) tap_data(path, sizeof path, gfiles[f]);
+        else if (!tap_fixture(path, sizeof path, gfiles[f])) {
+            tap_skip(1, "no shared fixtures (PI_FIXTURES)");
+            continue;
+        }
+        if (!tap_ok(pi_model_open(path, &o, &m, err, sizeof err) == 0, "%s binds with grouped down_t", gfiles[f])) continue;
+        int64_t d = m->hp.n_embd, ff = m->hp.n_ff, bad = 0, grouped = 0;
+        float *col = malloc((size_t)ff * sizeof *col), *y = malloc((size_t)d * sizeof *y);
+        for (int il = 0; il < m->hp.n_layer; il++) {
+            L = &m->layers[il];
+            const struct pi_weight *dt = &L->ffn_down_t;
+            grouped += dt->gscale && dt->type == L->ffn_down.type && dt->rows == ff && dt->cols == d &&
+                       dt->row_bytes == pi_grouped_row_bytes(dt->type, d);
+            for (int64_t i = 0; dt->gscale && i < ff; i++) {
+                const void *row[4] = {pi_weight_row(dt, i)};
+                const uint16_t *sc[4] = {pi_weight_gscale(dt, i)};
+                const float a[4] = {1.0f};
+                memset(y, 0, (size_t)d * sizeof *y);
+                pi_vec_madg4(dt->type, row, sc, a, 1, NULL, y, d);
+                for (int64_t r = 0; r < d; r++) {
+                    pi_dequant_row(L->ffn_down.type, pi_weight_row(&L->ffn_down, r), col, ff);
+                    bad += y[r] != col[i];
+                }
+            }
+        }
+        tap_ok(grouped == m->hp.n_layer && bad == 0, "%s: %lld of %d layers grouped, every down value exact (%lld differ)",
+               gfiles[f], (long long)grouped, m->hp.n_layer, (long long)bad);
+        free(col), free(y);
+        pi_model_destroy(&m);
+    }
+    /* another type keeps f16 rows */
+    pi_model_opts_default(&o);
+    o.down_t_grouped = true;
+    if (!tap_fixture(path, sizeof path, "models/tiny-llama-f16.gguf")) {
+        tap_skip(1, "no shared fixtures (PI_FIXTURES)");
+    } else {
+        tap_ok(pi_model_open(path, &o, &m, err, sizeof err) == 0 && !m->layers[0].ffn_down_t.gscale &&
+                   m->layers[0].ffn_down_t.type == PI_TYPE_F16,
+               "an f16 file's down_t stays f16 rows with grouped asked for");
+        pi_model_destroy(&m);
+    }
     tap_ok(m == NULL, "destroy NULLs the pointer");
     pi_model_destroy(&m);
 }
