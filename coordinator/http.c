@@ -15,6 +15,16 @@
  *     after the stream began sends an error event, then "data: [DONE]".
  * A client's disconnection is seen by a non-blocking peek at its socket (EOF or an error), so a
  * generation stops within POLL_MS of it whether or not anything was being written.
+ *
+ * Descriptors: each connection is one socket and one thread (its thread polls the socket and the
+ * daemon's one inter-thread eventfd, shared by all). libmicrohttpd's MHD_OPTION_CONNECTION_LIMIT is
+ * [http] max_connections, fixed when the daemon starts; the server's descriptor budget
+ * (coordinator/fd-budget.h), known only once the engine runs, is applied afterwards as cap: past it
+ * the accept policy (on_accept, in the daemon's thread, after accept()) closes each new connection
+ * at once, so the connections never pass the cap by more than the one being closed. Connections are
+ * counted (open) by libmicrohttpd's start and close notifications, both from the daemon's thread. On
+ * EMFILE at accept() libmicrohttpd does not abort: it stops accepting until a connection closes (it
+ * logs "Hit process or system resource limit"; with no connection open it retries at every poll).
  */
 #include "config.h"
 #include "coordinator/http.h"
@@ -62,6 +72,9 @@ struct pi_http {
     char url[300];                 /* "http://HOST:PORT" as bound */
     int64_t created;               /* the model's "created" in /v1/models: the server's start */
     _Atomic uint64_t by_status[6]; /* answers by status class: 2xx, 4xx (not 429), 429, 5xx, other, streams */
+    _Atomic int cap;               /* connections held at most now (the descriptor budget's share) */
+    _Atomic int open;              /* connections open (libmicrohttpd's notifications) */
+    uint64_t refused;              /* connections closed at the cap (the daemon's thread only) */
     char bos[256], eos[256];       /* the vocabulary's BOS/EOS texts for chat templates ("" = none) */
 };
 
@@ -969,6 +982,30 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
     *con_cls = NULL;
 }
 
+/* The accept policy (the daemon's thread, the new connection accepted): past the cap, closed at once. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+    struct pi_http *h = cls;
+    (void)addr;
+    (void)addrlen;
+    const int open = atomic_load(&h->open), cap = atomic_load(&h->cap);
+    if (open < cap) return MHD_YES;
+    if (h->refused++ % 1000 == 0)
+        pi_warn("http: %d connections open, the cap: closing new ones as they come (%llu so far)", open,
+                (unsigned long long)h->refused);
+    return MHD_NO;
+}
+
+/* Connections opened and closed (both from the daemon's thread). */
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_ctx,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+    struct pi_http *h = cls;
+    (void)c;
+    (void)socket_ctx;
+    atomic_fetch_add(&h->open, toe == MHD_CONNECTION_NOTIFY_STARTED ? 1 : -1);
+}
+
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
     (void)cls;
@@ -1133,11 +1170,13 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
     const int max_conn = o->max_connections > 0 ? o->max_connections : 256;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, (uint16_t)port, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+    atomic_store(&h->cap, o->start_connections > 0 ? PI_MIN(o->start_connections, max_conn) : max_conn);
+    h->d = MHD_start_daemon(flags, (uint16_t)port, on_accept, h, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_conn, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
                             (unsigned)PI_MAX(1, max_conn / 2), MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)IDLE_S,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-                            MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)65536, MHD_OPTION_END);
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+                            h, MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                            (size_t)65536, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
         fprintf(stderr,
@@ -1157,6 +1196,13 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
 int pi_http_port(const pi_http_t *h) { return h ? h->port : 0; }
 
 const char *pi_http_url(const pi_http_t *h) { return h ? h->url : "off"; }
+
+void pi_http_set_max_connections(pi_http_t *h, int n)
+{
+    if (h) atomic_store(&h->cap, PI_MAX(1, PI_MIN(n, h->o.max_connections > 0 ? h->o.max_connections : 256)));
+}
+
+int pi_http_connections(const pi_http_t *h) { return h ? atomic_load(&h->open) : 0; }
 
 void pi_http_stop(pi_http_t **hp)
 {

@@ -28,7 +28,9 @@ struct pi_http_opts {
     const char *model_id;     /* the name /v1/models lists and responses carry */
     const char *api_key_file; /* NULL or "": no keys; else one key per line ('#' comments, blanks skipped) */
     size_t max_body;          /* request bodies larger than this get 413 */
-    int max_connections;      /* connections held at once; more are refused by the listener */
+    int max_connections;      /* connections held at once, at most half from one address; more are refused
+                                 by the listener (0: 256) */
+    int start_connections;    /* the cap until pi_http_set_max_connections, at most max_connections (0: that) */
     bool has_chat;            /* chat: the chat format resolved at start; false: /v1/chat/completions gives 400 */
     enum pi_chat_format chat;
     const char *chat_error;           /* why there is no chat format (shown in that 400) */
@@ -49,6 +51,13 @@ pi_http_t *pi_http_start(const struct pi_http_opts *o, pi_sched_t *sched, const 
 /* The port it listens on, and its address as "http://HOST:PORT" ("off" for NULL). */
 int pi_http_port(const pi_http_t *h);
 const char *pi_http_url(const pi_http_t *h);
+
+/* Hold at most n connections from now on (1 to max_connections; the descriptor budget's share): past
+ * it each new connection is closed as it comes; those open stay. Thread-safe; accepts NULL. */
+void pi_http_set_max_connections(pi_http_t *h, int n);
+
+/* Connections open now (0 for NULL). Thread-safe. */
+int pi_http_connections(const pi_http_t *h);
 
 /* Stop accepting, end the connections and free h (the scheduler's jobs of its requests are cancelled);
  * accepts NULL; nulls the pointer. Call after pi_sched_stop so that waiting handlers end. */

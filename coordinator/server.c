@@ -35,10 +35,12 @@
  * directory of ours and the peer's uid (SO_PEERCRED) must be ours; over tcp the first message must be
  * AUTH with the token of [control] token_file.
  *
- * Descriptors: the soft limit is raised to the hard one at start. Past the cap ([control]
- * max_connections, or half the descriptors still free, whichever is smaller) a new connection is
- * accepted and closed at once, so the clients already connected keep theirs and the descriptors in
- * use never pass the cap by more than one. Should accept() still fail for want of descriptors (others
+ * Descriptors: the soft limit is raised to the hard one at start. Once the engine runs, the
+ * descriptors still free are split between this socket's cap and the HTTP API's, after a reserve for
+ * the rest of the process (fd_budget_apply; coordinator/fd-budget.h: libzmq aborts on EMFILE when a
+ * worker reconnects). Past the cap ([control] max_connections, or its share of the budget) a new
+ * connection is accepted and closed at once, so the clients already connected keep theirs and the
+ * descriptors in use never pass the cap by more than one. Should accept() still fail for want of descriptors (others
  * of the process's), the listener rests ACCEPT_REST_MS, new connections waiting in the kernel's
  * backlog meanwhile (nginx's answer to EMFILE). A connection that sends no complete message for
  * IDLE_MS after it opened (or leaves one unfinished that long) is closed, so idle sockets cannot fill
@@ -53,6 +55,7 @@
  */
 #include "config.h"
 #include "coordinator/coordinator.h"
+#include "coordinator/fd-budget.h"
 #include "coordinator/generate.h"
 #include "coordinator/http.h"
 #include "coordinator/sched.h"
@@ -74,8 +77,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
-#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -690,47 +691,6 @@ static void note_socket_file(struct server *s)
         memset(&s->sock_st, 0, sizeof s->sock_st);
 }
 
-/* Raise the soft limit of open files to the hard one: what a flood must exhaust before the cap matters. */
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
-    rlim_t want = rl.rlim_max == RLIM_INFINITY ? (rlim_t)1 << 20 : rl.rlim_max;
-    if (rl.rlim_cur >= want) return;
-    rlim_t was = rl.rlim_cur;
-    rl.rlim_cur = want;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) pi_warn("setrlimit(RLIMIT_NOFILE, %llu) failed: %s", (unsigned long long)want, strerror(errno));
-    else pi_info("open files: soft limit raised from %llu to %llu", (unsigned long long)was, (unsigned long long)want);
-}
-
-/* Descriptors this process has open now (/proc/self/fd), or -1. */
-static int fds_open(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) return -1;
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d)) != NULL;) n += e->d_name[0] != '.';
-    closedir(d);
-    return n - 1; /* the directory's own descriptor */
-}
-
-/* The connection cap: [control] max_connections, or half the descriptors still free. At least 1. */
-static int connection_cap(const struct pi_config *c)
-{
-    struct rlimit rl;
-    int64_t cap = c->max_connections, used = fds_open();
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && used >= 0) {
-        int64_t free_fds = (int64_t)rl.rlim_cur - used;
-        if (free_fds / 2 < cap) {
-            cap = free_fds / 2;
-            pi_warn("control: at most %lld connections at once: the limit of open files is %llu (%lld in use); "
-                    "raise the hard limit for the [control] max_connections of %lld",
-                    (long long)PI_MAX(cap, 1), (unsigned long long)rl.rlim_cur, (long long)used, (long long)c->max_connections);
-        }
-    }
-    return (int)PI_MAX(cap, 1);
-}
-
 static struct conn *conn_find(struct server *s, uint64_t serial)
 {
     for (int k = 0; k < s->n_conns; k++)
@@ -1218,6 +1178,10 @@ static int http_start(struct server *s)
                               .api_key_file = c->http_api_key_file,
                               .max_body = (size_t)c->http_max_body,
                               .max_connections = (int)c->http_max_connections,
+                              /* until the budget is known (fd_budget_apply): the engine's start must not
+                               * find the descriptors taken */
+                              .start_connections = pi_fd_budget_loading(pi_fd_limit(), pi_fd_count(),
+                                                                        (int)c->http_max_connections),
                               .default_max_tokens = -1, /* OpenAI's: to the end ([server] max_tokens caps it) */
                               .default_seed_random = c->seed < 0,
                               .metrics_extra = metrics_extra,
@@ -1240,6 +1204,23 @@ static int http_start(struct server *s)
     return s->http ? 0 : -1;
 }
 
+/* The descriptor budget (coordinator/fd-budget.h), once the engine is ready: base is what was open
+ * before it started (the HTTP API's connections not counted), so the engine's own count is known. Sets
+ * the control socket's cap and the HTTP API's; logs them (a warning when a setting was lowered). */
+static void fd_budget_apply(struct server *s, int base)
+{
+    const struct pi_config *c = &s->o->cfg;
+    const int open = pi_fd_count(), http_want = s->http ? (int)c->http_max_connections : 0;
+    const int64_t in_use = open - pi_http_connections(s->http);
+    struct pi_fd_budget b;
+    /* without /proc the count is unknown: the settings as they are, as with no limit */
+    pi_fd_budget_split(&b, open >= 0 && base >= 0 ? pi_fd_limit() : -1, in_use, in_use - base, (int)c->max_connections,
+                       http_want);
+    pi_fd_budget_log(&b, (int)c->max_connections, http_want);
+    s->conn_cap = b.control;
+    pi_http_set_max_connections(s->http, b.http);
+}
+
 int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
 {
     (void)argv0;
@@ -1260,7 +1241,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *pair = NULL;
-    raise_nofile();
+    pi_fd_raise_limit();
     pthread_t gen;
     bool gen_started = false, bound = false;
     /* Block the stop signals in every thread; the main thread reads them from a signalfd. */
@@ -1296,6 +1277,8 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     s.sched = pi_sched_new(cm.tok, cm.model->hp.n_vocab, &so);
     if (!s.sched) goto out;
     if (strcmp(o->cfg.http_listen, "off") != 0 && http_start(&s) != 0) goto out; /* one line on stderr */
+    int fds_before = pi_fd_count(); /* before the engine: its own count is what it adds */
+    if (fds_before >= 0) fds_before -= pi_http_connections(s.http);
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;
     struct event ev;
@@ -1303,7 +1286,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
         pi_error("the engine could not be started");
         goto out;
     }
-    s.conn_cap = connection_cap(&o->cfg); /* with the engine's descriptors (workers, segments) open */
+    fd_budget_apply(&s, fds_before); /* with the engine's descriptors (workers, segments) open */
     s.conns = calloc((size_t)s.conn_cap, sizeof *s.conns);
     s.items = calloc((size_t)s.conn_cap + 3, sizeof *s.items);
     if (!s.conns || !s.items) {
