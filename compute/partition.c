@@ -42,6 +42,53 @@ static int pack_down_columns(const struct pi_layer *L, const int32_t *ids, int64
     return 0;
 }
 
+/* Whether this partition's transposed down rows of layer L are grouped (kernels/cpu/quant.h): the
+ * model asks for it (pi_model.down_t_grouped) and would group its own (model/model.c's rule: the file's
+ * ffn_down is Q4_0 or Q8_0 in whole blocks, the file has no ffn_down_t). */
+static bool grouped_down(const pi_model_t *m, const struct pi_layer *L)
+{
+    return m->down_t_grouped && !L->ffn_down_t.data && !L->down_built && L->ffn_down.data &&
+           pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows) > 0 && L->ffn_down.cols % PI_GROUP_ROWS == 0;
+}
+
+/* Groups of PI_GROUP_ROWS neurons that kid[0..n) (ascending) touch. */
+static int64_t touched_groups(const int32_t *kid, int64_t n)
+{
+    int64_t t = 0;
+    for (int64_t j = 0; j < n; j++) t += j == 0 || kid[j] / PI_GROUP_ROWS != kid[j - 1] / PI_GROUP_ROWS;
+    return t;
+}
+
+/* Bytes of a grouped down_t of n rows of L touching tg groups: the rows, the scale rows, the group index. */
+static uint64_t grouped_bytes(const struct pi_layer *L, int64_t n, int64_t tg)
+{
+    const uint64_t d = (uint64_t)L->ffn_down.rows;
+    return pi_align_up((uint64_t)n * pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows), 64) +
+           pi_align_up((uint64_t)tg * d * sizeof(uint16_t), 64) + pi_align_up((uint64_t)n * sizeof(int32_t), 64);
+}
+
+/* dst = the grouped down rows of neurons kid[0..n) of L (ascending), their scale rows (the groups they
+ * touch, in order) and the group index of each row, at dst in that order (grouped_bytes); D describes
+ * them. tmp: PI_GROUP_ROWS grouped rows of scratch. */
+static void pack_grouped(const struct pi_layer *L, const int32_t *kid, int64_t n, char *dst, void *tmp,
+                         struct pi_weight *D)
+{
+    const int64_t d = L->ffn_down.rows;
+    const size_t rb = pi_grouped_row_bytes(L->ffn_down.type, d);
+    const int64_t tg = touched_groups(kid, n);
+    uint16_t *s = (uint16_t *)(dst + pi_align_up((uint64_t)n * rb, 64));
+    int32_t *grow = (int32_t *)((char *)s + pi_align_up((uint64_t)tg * (uint64_t)d * sizeof(uint16_t), 64));
+    int64_t t = -1;
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t g = kid[j] / PI_GROUP_ROWS;
+        if (j == 0 || g != kid[j - 1] / PI_GROUP_ROWS)
+            pi_grouped_from_cols(&L->ffn_down, g, g + 1, tmp, s + (size_t)++t * (size_t)d);
+        memcpy(dst + (size_t)j * rb, (const char *)tmp + (size_t)(kid[j] - g * PI_GROUP_ROWS) * rb, rb);
+        grow[j] = (int32_t)t;
+    }
+    *D = (struct pi_weight){L->ffn_down.type, n, d, rb, dst, NULL, s, grow};
+}
+
 /* Whether ids[0..n) is the range ids[0], ids[0] + 1, ... */
 static bool is_range(const int32_t *ids, int64_t n) { return n == 0 || ids[n - 1] - ids[0] == n - 1; }
 
@@ -147,6 +194,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
     const struct pi_hparams *hp = &m->hp;
     const int NL = hp->n_layer;
     int rc = -PI_ERR_NOMEM;
+    void *tmp = NULL; /* pack_grouped's scratch */
     if (NL <= 0 || !ids || !count) return -PI_ERR_INVAL;
     p->n_layer = NL;
     p->node_os = node_os;
@@ -178,7 +226,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
     if (!p->count || !p->ids || !p->layers || !p->runs || !p->n_runs || !p->down_row || !p->meta) goto fail;
     struct pi_partition_run *run_mem = p->meta;
     int32_t *id_mem = (int32_t *)(run_mem + (runs_all ? runs_all : 1)), *row_mem = id_mem + n_all;
-    size_t bytes = 0;
+    size_t bytes = 0, grouped_tmp = 0;
     for (int il = 0; il < NL; il++) {
         const struct pi_layer *L = &m->layers[il];
         const int64_t c = count[il];
@@ -213,7 +261,15 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
             goto fail;
         }
         if (!view) bytes += pi_align_up((uint64_t)c * L->ffn_gate.row_bytes, 64) + pi_align_up((uint64_t)c * L->ffn_up.row_bytes, 64);
-        if (!(view && L->ffn_down_t.data)) bytes += pi_align_up((uint64_t)kept * rb, 64);
+        if (grouped_down(m, L)) { /* the kept neurons' groups, as pack_grouped counts them */
+            int64_t tg = 0, last = -1;
+            for (int64_t j = 0; j < c; j++)
+                if (p->down_row[il][j] >= 0 && ids[il][j] / PI_GROUP_ROWS != last) last = ids[il][j] / PI_GROUP_ROWS, tg++;
+            bytes += grouped_bytes(L, kept, tg);
+            grouped_tmp = PI_MAX(grouped_tmp, (size_t)PI_GROUP_ROWS * pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows));
+        } else if (!(view && L->ffn_down_t.data)) {
+            bytes += pi_align_up((uint64_t)kept * rb, 64);
+        }
     }
     p->mem = pi_numa_alloc(bytes, node_os);
     p->bytes = bytes;
@@ -221,6 +277,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         pi_error("cannot allocate %zu bytes for the packed neurons on node %d", bytes, node_os);
         goto fail;
     }
+    if (grouped_tmp && !(tmp = malloc(grouped_tmp))) goto fail;
     size_t off = 0;
     for (int il = 0; il < NL; il++) {
         const struct pi_layer *L = &m->layers[il];
@@ -243,7 +300,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
                            (const char *)pi_weight_row(&L->ffn_down, r) + (size_t)(id[ru->pos] / ti->block_elems) * ti->block_bytes,
                            (size_t)(ru->len / ti->block_elems) * ti->block_bytes);
                 }
-            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst, NULL, NULL};
+            D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst, NULL, NULL, NULL};
             off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
         }
         if (view && L->ffn_down_t.data) { /* the file's own rows, viewed */
@@ -261,7 +318,13 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         for (int64_t j = 0; j < c; j++)
             if (p->down_row[il][j] >= 0) kid[kept++] = id[j];
         char *dst = (char *)p->mem + off;
-        D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst, NULL, NULL};
+        if (grouped_down(m, L)) {
+            pack_grouped(L, kid, kept, dst, tmp, &D->ffn_down_t);
+            off += grouped_bytes(L, kept, touched_groups(kid, kept));
+            free(kid);
+            continue;
+        }
+        D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst, NULL, NULL, NULL};
         if (L->ffn_down_t.data) {
             for (int64_t j = 0; j < kept; j++) memcpy(dst + (size_t)j * rb, pi_weight_row(&L->ffn_down_t, kid[j]), (size_t)rb);
             rc = 0;
@@ -273,9 +336,11 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         off += pi_align_up((uint64_t)kept * rb, 64);
     }
     PI_ASSERT(off == p->bytes);
+    free(tmp);
     return 0;
 fail:
     if (rc == 0) rc = -PI_ERR_NOMEM;
+    free(tmp);
     pi_partition_free(p);
     return rc;
 }
@@ -398,7 +463,7 @@ static int64_t ffn_dense(pi_pool_t *pool, const struct pi_partition *p, int il, 
                 continue;
             }
             PI_ASSERT(row[j] >= 0 && row[j] < L->ffn_down_t.rows);
-            if (a[j] != 0.0f) pi_vec_mad(L->ffn_down_t.type, pi_weight_row(&L->ffn_down_t, row[j]), a[j], Y + (size_t)t * (size_t)d, d);
+            if (a[j] != 0.0f) pi_vec_mad_row(&L->ffn_down_t, row[j], a[j], Y + (size_t)t * (size_t)d);
         }
     }
     return active;

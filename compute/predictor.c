@@ -90,9 +90,9 @@ int pi_predictors_from_sidecar(const struct pi_sidecar *s, struct pi_predictors 
         b1[1] = b1[0] * (uint64_t)sp->rank;
         b2[1] = b2[0] * (uint64_t)s->n_ff;
         L[il] = (struct pi_predictor_layer){.rank = sp->rank};
-        L[il].fc1 = (struct pi_weight){sp->type, sp->rank, s->n_embd, (size_t)b1[0], memcpy(at, sp->fc1, b1[1]), NULL, NULL};
+        L[il].fc1 = (struct pi_weight){sp->type, sp->rank, s->n_embd, (size_t)b1[0], memcpy(at, sp->fc1, b1[1]), NULL, NULL, NULL};
         at += ALIGN64((size_t)b1[1]);
-        L[il].fc2 = (struct pi_weight){sp->type, s->n_ff, sp->rank, (size_t)b2[0], memcpy(at, sp->fc2, b2[1]), NULL, NULL};
+        L[il].fc2 = (struct pi_weight){sp->type, s->n_ff, sp->rank, (size_t)b2[0], memcpy(at, sp->fc2, b2[1]), NULL, NULL, NULL};
         at += ALIGN64((size_t)b2[1]);
         L[il].threshold[PI_SPARSITY_OFF] = L[il].threshold[PI_SPARSITY_SAFE] = sp->threshold[0];
         L[il].threshold[PI_SPARSITY_AGGRESSIVE] = sp->threshold[1];

@@ -198,7 +198,7 @@ static void release(struct bench_type *b)
  * variant has a packed kernel for the type and shape. 1: packed; 0: not packable here; -1: no memory. */
 static int pack_rows16(struct bench_type *b, int64_t rows, int64_t cols)
 {
-    struct pi_weight w = {b->t, rows, cols, b->bytes / (size_t)rows, b->copies[0], NULL, NULL};
+    struct pi_weight w = {b->t, rows, cols, b->bytes / (size_t)rows, b->copies[0], NULL, NULL, NULL};
     if (!pi_r16_kernel(b->t) || !pi_r16_packable(&w)) return 0;
     size_t bytes = pi_r16_group_bytes(b->t, cols) * (size_t)(rows / PI_R16_ROWS);
     if (!(b->w16 = calloc((size_t)b->n_copies, sizeof *b->w16))) return -1;
@@ -520,9 +520,9 @@ static int neuron_layer_make(struct neuron_layer *nl, enum pi_type t, enum pi_ty
         free(row);
         return -1;
     }
-    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem, NULL, NULL},
-                     u = {t, n_ff, d, (size_t)rb, nl->mem + gb, NULL, NULL};
-    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb, NULL, NULL};
+    struct pi_weight g = {t, n_ff, d, (size_t)rb, nl->mem, NULL, NULL, NULL},
+                     u = {t, n_ff, d, (size_t)rb, nl->mem + gb, NULL, NULL, NULL};
+    struct pi_weight dt = {dtype, n_ff, d, (size_t)drb, nl->mem + 2 * gb, NULL, NULL, NULL};
     nl->L.ffn_gate = g, nl->L.ffn_up = u, nl->L.ffn_down_t = dt;
     uint64_t s = 0x9e3779b97f4a7c15ull;
     for (int64_t i = 0; i < n_ff; i++) {

@@ -253,6 +253,7 @@ static int run(const struct cw_opts *o)
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
     mo.no_down_t = true; /* compute/partition.c transposes only this worker's down columns */
+    mo.down_t_grouped = o->tune.down_t == PI_TUNE_DOWN_T_GROUPED; /* ... as grouped rows where it can */
     if (strcmp(o->activation, "auto") != 0 && pi_ffn_act_parse(o->activation, &mo.act) != 0) {
         pi_error("--activation %s: not auto, silu, relu or drelu", o->activation);
         rc = -PI_ERR_INVAL;

@@ -42,9 +42,10 @@ struct pi_weight {
     const void *rows16;
     /* NULL, or this is a grouped transposed matrix (kernels/cpu/quant.h, "Grouped rows"): type Q4_0 or
      * Q8_0, each row holds its cols quants only (row_bytes = cols / 2 or cols) and row r's scales are
-     * the cols f16 values at gscale + (r / PI_GROUP_ROWS) * cols (pi_weight_gscale). Rows are a layer's
-     * neurons in id order (the model's own ffn_down_t, never a packed subset). */
+     * the cols f16 values of scale row grow[r] of gscale, or r / PI_GROUP_ROWS where grow is NULL (a
+     * layer's neurons in id order) (pi_weight_gscale) */
     const uint16_t *gscale;
+    const int32_t *grow; /* (rows) or NULL; only with gscale */
 };
 
 /* Rows of a grouped matrix that share one row of scales: a block of the source matrix's type. */
@@ -79,7 +80,7 @@ static inline const void *pi_weight_row(const struct pi_weight *w, int64_t r)
 /* The scales of row r of a grouped matrix (w->gscale not NULL): cols f16 values. */
 static inline const uint16_t *pi_weight_gscale(const struct pi_weight *w, int64_t r)
 {
-    return w->gscale + (size_t)(r / PI_GROUP_ROWS) * (size_t)w->cols;
+    return w->gscale + (size_t)(w->grow ? w->grow[r] : r / PI_GROUP_ROWS) * (size_t)w->cols;
 }
 
 #endif

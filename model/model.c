@@ -300,7 +300,7 @@ static int bind_layer(struct binder *b, int il, float *norms)
         uint64_t rb;
         if (!pi_type_row_bytes(dt, (uint64_t)ff, &rb))
             return fail(b, "blk.%d.ffn_down.weight: cannot build it from ffn_down_t as %s", il, pi_type_name(dt));
-        L->ffn_down = (struct pi_weight){dt, d, ff, (size_t)rb, NULL, NULL, NULL};
+        L->ffn_down = (struct pi_weight){dt, d, ff, (size_t)rb, NULL, NULL, NULL, NULL};
         L->down_built = true;
     }
     /* The predictor's rank is whatever fc1 says; fc2 must agree with it. */
@@ -452,7 +452,7 @@ static struct pi_weight transpose(pi_pool_t *pool, struct pack_task *t, const st
     t->dst = dst;
     pi_pool_for(pool, (src->rows + PACK_ROWS - 1) / PACK_ROWS, 1, pack_gather, t);
     pi_pool_for(pool, src->cols, 64, pack_quantize, t);
-    return (struct pi_weight){dt, src->cols, src->rows, (size_t)rb, dst, NULL, NULL};
+    return (struct pi_weight){dt, src->cols, src->rows, (size_t)rb, dst, NULL, NULL, NULL};
 }
 
 /* Whether layer L gets ffn_down_t packed from ffn_down: the file has none and packing is on. */
@@ -486,8 +486,10 @@ struct group_task {
 static void group_range(void *ctx, int64_t begin, int64_t end, int thread)
 {
     const struct group_task *t = ctx;
+    const int64_t R = t->src->rows;
     (void)thread;
-    pi_grouped_from_cols(t->src, begin, end, t->q, t->s);
+    pi_grouped_from_cols(t->src, begin, end, (char *)t->q + (size_t)begin * PI_GROUP_ROWS * pi_grouped_row_bytes(t->src->type, R),
+                         t->s + (size_t)begin * (size_t)R);
 }
 
 /* The transposed copies, in one allocation (m->packed), on a temporary pool of opts->n_threads (0:
@@ -548,7 +550,7 @@ static int pack_transposed(struct binder *b)
             struct group_task gt = {&L->ffn_down, dst, (uint16_t *)(dst + rows_bytes)};
             pi_pool_for(pool, ff / PI_GROUP_ROWS, 4, group_range, &gt);
             L->ffn_down_t = (struct pi_weight){L->ffn_down.type, ff, d, pi_grouped_row_bytes(L->ffn_down.type, d), dst,
-                                               NULL, gt.s};
+                                               NULL, gt.s, NULL};
             dst += bytes;
         } else if (packs_down_t(L, o)) {
             enum pi_type dt = pi_model_down_t_type(o->down_t_type, L->ffn_down.type, d);
@@ -663,6 +665,7 @@ int pi_model_load(const pi_gguf_t *g, const struct pi_model_opts *opts, pi_model
     b.m = calloc(1, sizeof *b.m);
     if (!b.m) return -PI_ERR_NOMEM;
     b.m->gguf = g;
+    b.m->down_t_grouped = opts->down_t_grouped;
     if ((rc = read_hparams(&b, opts->act)) < 0 || (rc = bind_tensors(&b)) < 0) goto err;
     char line[512] = "";
     if ((rc = pi_tensor_check_file(g, opts->check, line, sizeof line)) == -PI_ERR_FORMAT) {

@@ -76,6 +76,10 @@ struct pi_model {
      * model's log during the load and must say it themselves. */
     bool rows16_declined;
     float *norms;                 /* one allocation holding every norm vector */
+    /* opts.down_t_grouped, kept for the partitions of this model (compute/partition.c), which then pack
+     * grouped down rows where the model's own layers would (model/model.c's rule), even when the model
+     * itself was opened with no_down_t */
+    bool down_t_grouped;
 };
 
 struct pi_model_opts {

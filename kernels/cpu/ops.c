@@ -465,9 +465,7 @@ static void add_grouped_rows(float *acc, const struct pi_weight *dt, const int32
 static void add_down_row(float *acc, float *row, const struct pi_weight *dt, int64_t r, float a)
 {
     if (dt->gscale) {
-        const int32_t id[4] = {(int32_t)r};
-        const float av[4] = {a};
-        add_grouped_rows(acc, dt, id, av, 1, NULL);
+        pi_vec_mad_row(dt, r, a, acc);
         return;
     }
     if (fused_mad(dt)) {

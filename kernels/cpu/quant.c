@@ -670,8 +670,8 @@ void pi_grouped_from_cols(const struct pi_weight *src, int64_t g0, int64_t g1, v
     const size_t rb = pi_grouped_row_bytes(src->type, R);
     PI_ASSERT(rb > 0 && src->cols % 32 == 0 && g0 >= 0 && g1 <= src->cols / 32);
     for (int64_t g = g0; g < g1; g++) {
-        uint16_t *sg = s + (size_t)g * (size_t)R;
-        uint8_t *qg = (uint8_t *)q + (size_t)g * 32 * rb;
+        uint16_t *sg = s + (size_t)(g - g0) * (size_t)R;
+        uint8_t *qg = (uint8_t *)q + (size_t)(g - g0) * 32 * rb;
         if (src->type == PI_TYPE_Q8_0) {
             for (int64_t r = 0; r < R; r++) {
                 const struct pi_block_q8_0 *b = (const struct pi_block_q8_0 *)pi_weight_row(src, r) + g;
@@ -694,6 +694,19 @@ void pi_grouped_from_cols(const struct pi_weight *src, int64_t g0, int64_t g1, v
                 }
             }
     }
+}
+
+void pi_vec_mad_row(const struct pi_weight *w, int64_t r, float a, float *y)
+{
+    PI_ASSERT(r >= 0 && r < w->rows);
+    if (!w->gscale) {
+        pi_vec_mad(w->type, pi_weight_row(w, r), a, y, w->cols);
+        return;
+    }
+    const void *row[4] = {pi_weight_row(w, r)};
+    const uint16_t *s[4] = {pi_weight_gscale(w, r)};
+    const float av[4] = {a};
+    pi_vec_madg4(w->type, row, s, av, 1, NULL, y, w->cols);
 }
 
 size_t pi_grouped_row_bytes(enum pi_type t, int64_t n)

@@ -256,11 +256,15 @@ void pi_vec_mad4(enum pi_type t, const void *const row[4], const float a[4], int
  * dequantiser gives, where an f16 transposition rounds it. The bytes per row are the source's block
  * bytes less the scales, which a neuron-wise reader shares across the rows of a block it also reads. */
 
-/* Groups [g0, g1) of the grouped transposition of src (R, C), a Q4_0 or Q8_0 matrix (R a multiple of 32):
- * rows 32 g .. 32 g + 31 of q (C rows of pi_grouped_row_bytes(type, R) bytes each; group g's columns of
- * src) and scale row g of s (C / 32 rows of R f16 values). Groups write disjoint bytes: callers may
- * split them across threads. */
+/* Groups [g0, g1) of the grouped transposition of src (R, C), a Q4_0 or Q8_0 matrix (R a multiple of 32,
+ * C of 32): group g's columns 32 g .. 32 g + 31 of src as the grouped rows 32 (g - g0) .. of q (rows of
+ * pi_grouped_row_bytes(type, R) bytes) and its scales as row g - g0 of s (rows of R f16 values). Groups
+ * write disjoint bytes: callers may split them across threads. */
 void pi_grouped_from_cols(const struct pi_weight *src, int64_t g0, int64_t g1, void *q, uint16_t *s);
+
+/* y (w->cols) += a * row r of w: pi_vec_madg4 with the row's scales where w is grouped (gscale), else
+ * pi_vec_mad; the floats of either. */
+void pi_vec_mad_row(const struct pi_weight *w, int64_t r, float a, float *y);
 
 /* Bytes of one grouped row of n elements of t (Q4_0 or Q8_0, n a multiple of 32), or 0 for another
  * type or width. */

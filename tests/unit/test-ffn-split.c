@@ -54,7 +54,7 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols, 
     PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
     char *data = malloc((size_t)rb * (size_t)rows);
     for (int64_t r = 0; r < rows; r++) pi_quantize_row(t, src + r * cols, data + r * rb, cols);
-    return (struct pi_weight){t, rows, cols, (size_t)rb, data, NULL, NULL};
+    return (struct pi_weight){t, rows, cols, (size_t)rb, data, NULL, NULL, NULL};
 }
 
 struct rlayer {
@@ -84,7 +84,7 @@ static void make_layer(struct rlayer *R, enum pi_type wt, enum pi_type dt)
             uint16_t *s = malloc(sizeof(uint16_t) * (FF / 32) * D);
             PI_ASSERT(rb > 0 && q && s);
             pi_grouped_from_cols(&down, 0, FF / 32, q, s);
-            *w[2] = (struct pi_weight){dt, FF, D, rb, q, NULL, s};
+            *w[2] = (struct pi_weight){dt, FF, D, rb, q, NULL, s, NULL};
             float *row = malloc(sizeof(float) * FF);
             for (int64_t r = 0; r < D; r++) {
                 pi_dequant_row(dt, pi_weight_row(&down, r), row, FF);

@@ -95,7 +95,12 @@ static void check_ids(const pi_model_t *m, pi_pool_t *pool, const int32_t *ids, 
     pi_model_t *full = NULL;
     struct pi_model_opts mo;
     pi_model_opts_default(&mo);
+    mo.down_t_grouped = m->down_t_grouped; /* grouped rows against the model's own grouped rows */
     PI_ASSERT(pi_model_open(path, &mo, &full, err, sizeof err) == 0);
+    if (m->down_t_grouped)
+        tap_ok(L->ffn_down_t.gscale && L->ffn_down_t.grow && full->layers[il].ffn_down_t.gscale &&
+                   L->ffn_down_t.row_bytes == full->layers[il].ffn_down_t.row_bytes,
+               "%s: the packed down rows are grouped, as the model's own", name);
     for (int t = 0; t < N; t++)
         pi_ffn_neurons(pool, w, &full->layers[il], m->hp.act, NULL, X + (size_t)t * (size_t)d, ids, count, Ym + (size_t)t * (size_t)d);
     tap_ok(memcmp(Ym, Yn, sizeof(float) * N * (size_t)d) == 0, "%s: packed rows give the bits of the model's rows by id", name);
@@ -309,6 +314,15 @@ int main(void)
     pi_partition_free(&v);
     tap_ok(pi_partition_pack_range(m, ff - 10, 20, -1, false, false, &v) == -PI_ERR_INVAL, "a range past n_ff is refused");
     check_rows16(path, pool);
+    /* grouped down rows (kernels/cpu/quant.h; [tune] down_t = grouped in the CPU workers): the same
+     * checks, the packed rows giving the bits of the model's own grouped rows */
+    pi_model_destroy(&m);
+    mo.down_t_grouped = true;
+    if (pi_model_open(path, &mo, &m, err, sizeof err) != 0) tap_bail("cannot open the demo model: %s", err);
+    check_range(m, pool, 100, 300, 1);
+    check_range(m, pool, 70, 20, 2);
+    check_scattered(m, pool, 0.5, 4);
+    check_scattered(m, pool, 0.05, 5);
     pi_pool_destroy(&pool);
     pi_model_destroy(&m);
     return tap_done();

@@ -52,7 +52,7 @@ static struct pi_weight make_weight(enum pi_type t, int64_t rows, int64_t cols)
 {
     size_t rb = 0;
     PI_ASSERT(pi_type_row_bytes(t, (uint64_t)cols, &rb));
-    struct pi_weight W = {t, rows, cols, rb, NULL, NULL, NULL};
+    struct pi_weight W = {t, rows, cols, rb, NULL, NULL, NULL, NULL};
     uint8_t *data = malloc(W.row_bytes * (size_t)rows);
     float *x = rnd_floats(cols);
     for (int64_t r = 0; r < rows; r++) {
