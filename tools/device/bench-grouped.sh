@@ -7,7 +7,8 @@
 #                  --sparsity safe, tg32;
 #   STAGE=swiglu7: the random 7B-shaped SwiGLU Q4_0 model of tools/device/bench-thresholds-7b.sh with its
 #                  activation thresholds (pi-profile --threshold-sparsity 0.4,0.5; PT tokens, default 1024),
-#                  --sparsity off,safe,aggressive, tg32.
+#                  --sparsity off,safe,aggressive, tg32; with HYB=1 also the hybrid placement of that script
+#                  (--vram-budget 2G, one CPU worker of 15 threads, tg64) against llama.cpp -ngl 13 and 15.
 # Staging as tools/device/bench-sparse-7b.sh says (R=.devbench with the binaries of a CUDA build, lib/,
 # llama.tar.xz); run from the source tree with OUT set: the rows in $OUT/bench.log. REPS rounds (2).
 # TESTS=1 first runs test-backend-cuda's short-gated (R/tests/cuda and R/fx as tools/gpu-check.sh says).
@@ -60,9 +61,16 @@ measured() { # measured NAME CMD...: the table rows and the lines that say what 
   grep -E "^\|" "/tmp/$name.out" >> "$L"; grep -hE "sparsity|down rows|error" "/tmp/$name.err" | cut -c1-240 | head -6 >> "$L"
   echo "$name rc=$rc $(( $(date +%s) - s )) s" >> "$L"
 }
+mkdir -p -m 700 /tmp/pirun
+PH="$R/coordinator/pi-bench -m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-workers 1 -t 15 --vram-budget 2G --run-dir /tmp/pirun -o md --log-level info --sparsity off,safe,aggressive"
 for r in $(seq 1 "${REPS:-2}"); do
   measured f16-r$r $PI --set tune.down_t=f16
   measured grouped-r$r $PI --set tune.down_t=grouped
   measured llama-r$r $LL
+  if [ "${HYB:-0}" = 1 ] && [ "${STAGE:-cpu13}" = swiglu7 ]; then
+    measured hyb-f16-r$r $PH --set tune.down_t=f16
+    measured hyb-grouped-r$r $PH --set tune.down_t=grouped
+    for ngl in 13 15; do measured ll-ngl$ngl-r$r $LB -m $M -ngl $ngl -t 16 -p 0 -n 64 -r 3 -o md; done
+  fi
   ts "round $r done"
 done
