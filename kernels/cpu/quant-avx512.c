@@ -1215,32 +1215,58 @@ PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
     }
 
 /* m grouped Q4_0 rows (kernels/cpu/quant.h), 32 elements per step: the 16 bytes of quants, x = (q - 8)
- * * s with the step's 32 scales of the row's group (exact), then the multiply and the add; the pf rows'
- * quants prefetched a line (four steps) at a time. */
-PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
-                               const void *const *pf, float *y, int64_t n)
+ * * s with the step's 32 scales of the row's group (exact; a nibble widened to 32 bits picks q - 8 from
+ * a table, vpermps), then the multiply and the add; the pf rows' quants prefetched a line (four steps)
+ * at a time. SAME: every row has the same scales (rows of one group, the common case of a sorted
+ * neuron list), converted once per step for all of them. */
+PI_X86_INLINE void madg_q4_0_body(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                                  const void *const *pf, float *y, int64_t n, bool same)
 {
-    const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m512 tab = _mm512_setr_ps(-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7);
     __m512 va[4];
 #pragma GCC unroll 4
     for (int r = 0; r < m; r++) va[r] = _mm512_set1_ps(a[r]);
     for (int64_t i = 0; i < n / 32; i++) {
         __m512 y0 = _mm512_loadu_ps(y + 32 * i), y1 = _mm512_loadu_ps(y + 32 * i + 16);
         const int pfi = pf && (i & 3) == 0;
+        __m512 c0 = _mm512_setzero_ps(), c1 = c0;
+        if (same) {
+            c0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[0] + 32 * i)));
+            c1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[0] + 32 * i + 16)));
+        }
 #pragma GCC unroll 4
         for (int r = 0; r < m; r++) {
             const uint8_t *q = (const uint8_t *)row[r] + 16 * i;
             if (pfi) pi_x86_pf_line_l2((const uint8_t *)pf[r] + 16 * i);
-            __m512 s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i)));
-            __m512 s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i + 16)));
+            __m512 s0 = c0, s1 = c1;
+            if (!same) {
+                s0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i)));
+                s1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(s[r] + 32 * i + 16)));
+            }
             __m128i v = _mm_loadu_si128((const __m128i *)q);
-            __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8);
-            __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
-            y0 = mad16(y0, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), s0));
-            y1 = mad16(y1, va[r], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)), s1));
+            __m512i lo = _mm512_cvtepu8_epi32(_mm_and_si128(v, m4));
+            __m512i hi = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), m4));
+            y0 = mad16(y0, va[r], _mm512_mul_ps(_mm512_permutexvar_ps(lo, tab), s0));
+            y1 = mad16(y1, va[r], _mm512_mul_ps(_mm512_permutexvar_ps(hi, tab), s1));
         }
         _mm512_storeu_ps(y + 32 * i, y0), _mm512_storeu_ps(y + 32 * i + 16, y1);
     }
+}
+
+/* Whether the m rows' scale rows are one. */
+static inline bool same_scales(const uint16_t *const *s, int m)
+{
+    bool same = true;
+    for (int r = 1; r < m; r++) same &= s[r] == s[0];
+    return same;
+}
+
+PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    if (m > 1 && same_scales(s, m)) madg_q4_0_body(row, s, a, m, pf, y, n, true);
+    else madg_q4_0_body(row, s, a, m, pf, y, n, false);
 }
 
 MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
