@@ -54,8 +54,8 @@ enum pi_tune_cpu_pack { PI_TUNE_CPU_PACK_AUTO = 0, PI_TUNE_CPU_PACK_OFF = 1 };
 /* [tune] cuda_hot_thresholds: whether the cuda backend applies a SwiGLU model's activation thresholds to its
  * hot neurons (gate first); off keeps them dense (doc/thresholds.md, the H100's figures) */
 enum pi_tune_cuda_hot_thresholds { PI_TUNE_CUDA_HOT_THRESHOLDS_OFF = 0, PI_TUNE_CUDA_HOT_THRESHOLDS_ON = 1 };
-/* [tune] down_t: the layout of the in-process CPU engine's transposed down rows (model/model.h,
- * pi_model_opts.down_t_grouped): F16 (each weight rounded to f16, 2 bytes a weight) or GROUPED (a Q4_0
+/* [tune] down_t: the layout of the CPU workers' and the single process's transposed down rows
+ * (model/model.h, pi_model_opts.down_t_grouped): F16 (each weight rounded to f16, 2 bytes a weight) or GROUPED (a Q4_0
  * or Q8_0 file's own quants and scales, exact; other types stay f16) */
 enum pi_tune_down_t { PI_TUNE_DOWN_T_F16 = 0, PI_TUNE_DOWN_T_GROUPED = 1 };
 

@@ -97,7 +97,8 @@ struct pi_model_opts {
      * exact value of the file's (no rounding at all), in the file's own bytes (a Q4_0 file's 13B-shaped
      * layer: 39.8 MB against 141.6 MB as f16). Other layers take down_t_type. The model's ffn_down_t
      * then has gscale set, which only the CPU's neuron kernels read (kernels/cpu/ops.h): for the
-     * in-process CPU engine, never for a backend or a partition. */
+     * in-process CPU engine, never for a backend. Kept in pi_model.down_t_grouped for the partitions
+     * (the CPU workers open their model with it and no_down_t). */
     bool down_t_grouped;
     /* skip packing ffn_down_t (metadata-only users: the coordinator, tools). An ffn_down missing from
      * the file is built all the same: the dense products and the backends read it. */
