@@ -818,11 +818,14 @@ static inline __m256 qs_x8(__m128i q, const uint16_t *s)
     return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)s)));
 }
 
+/* Eight int8 quants (the low 8 bytes of q) as floats. */
+static inline __m256 q_x8(__m128i q) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)); }
+
 /* m grouped Q4_0 rows (kernels/cpu/quant.h), 32 elements per step: the 16 bytes of quants, x = (q - 8)
  * * s with the step's 32 scales (exact), the multiply and the add; the pf rows' quants a line (four
- * steps) at a time. */
-PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
-                               const void *const *pf, float *y, int64_t n)
+ * steps) at a time. SAME: every row has the same scales (rows of one group), converted once a step. */
+PI_X86_INLINE void madg_q4_0_body(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                                  const void *const *pf, float *y, int64_t n, bool same)
 {
     const __m128i m4 = _mm_set1_epi8(0x0F), k8 = _mm_set1_epi8(8);
     __m256 va[4];
@@ -834,18 +837,35 @@ PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s,
         float *yb = y + 32 * i;
         __m256 y0 = _mm256_loadu_ps(yb), y1 = _mm256_loadu_ps(yb + 8);
         __m256 y2 = _mm256_loadu_ps(yb + 16), y3 = _mm256_loadu_ps(yb + 24);
+        __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        if (same)
+            for (int k = 0; k < 4; k++) c[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s[0] + 32 * i + 8 * k)));
         #pragma GCC unroll 4
         for (int r = 0; r < m; r++) {
-            const uint16_t *sc = s[r] + 32 * i;
+            __m256 sc[4] = {c[0], c[1], c[2], c[3]};
+            if (!same)
+                for (int k = 0; k < 4; k++)
+                    sc[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s[r] + 32 * i + 8 * k)));
             __m128i v = _mm_loadu_si128((const __m128i *)((const uint8_t *)row[r] + 16 * i));
             __m128i lo = _mm_sub_epi8(_mm_and_si128(v, m4), k8);
             __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(v, 4), m4), k8);
-            y0 = mad8(y0, va[r], qs_x8(lo, sc)), y1 = mad8(y1, va[r], qs_x8(_mm_srli_si128(lo, 8), sc + 8));
-            y2 = mad8(y2, va[r], qs_x8(hi, sc + 16)), y3 = mad8(y3, va[r], qs_x8(_mm_srli_si128(hi, 8), sc + 24));
+            y0 = mad8(y0, va[r], _mm256_mul_ps(q_x8(lo), sc[0]));
+            y1 = mad8(y1, va[r], _mm256_mul_ps(q_x8(_mm_srli_si128(lo, 8)), sc[1]));
+            y2 = mad8(y2, va[r], _mm256_mul_ps(q_x8(hi), sc[2]));
+            y3 = mad8(y3, va[r], _mm256_mul_ps(q_x8(_mm_srli_si128(hi, 8)), sc[3]));
         }
         _mm256_storeu_ps(yb, y0), _mm256_storeu_ps(yb + 8, y1);
         _mm256_storeu_ps(yb + 16, y2), _mm256_storeu_ps(yb + 24, y3);
     }
+}
+
+PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
+                               const void *const *pf, float *y, int64_t n)
+{
+    bool same = m > 1;
+    for (int r = 1; r < m; r++) same &= s[r] == s[0];
+    if (same) madg_q4_0_body(row, s, a, m, pf, y, n, true);
+    else madg_q4_0_body(row, s, a, m, pf, y, n, false);
 }
 
 MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
