@@ -44,10 +44,11 @@ static int pack_down_columns(const struct pi_layer *L, const int32_t *ids, int64
 
 /* Whether this partition's transposed down rows of layer L are grouped (kernels/cpu/quant.h): the
  * model asks for it (pi_model.down_t_grouped) and would group its own (model/model.c's rule: the file's
- * ffn_down is Q4_0 or Q8_0 in whole blocks, the file has no ffn_down_t). */
+ * ffn_down is Q4_0 or Q8_0 in whole blocks, the file has no ffn_down_t). They are then built from the
+ * file's ffn_down whether or not the model packed its own (grouped) rows. */
 static bool grouped_down(const pi_model_t *m, const struct pi_layer *L)
 {
-    return m->down_t_grouped && !L->ffn_down_t.data && !L->down_built && L->ffn_down.data &&
+    return m->down_t_grouped && !L->down_t_from_file && !L->down_built && L->ffn_down.data &&
            pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows) > 0 && L->ffn_down.cols % PI_GROUP_ROWS == 0;
 }
 
@@ -303,6 +304,17 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
             D->ffn_down = (struct pi_weight){L->ffn_down.type, L->ffn_down.rows, blk, rb, dst, NULL, NULL, NULL};
             off += pi_align_up((uint64_t)L->ffn_down.rows * rb, 64);
         }
+        if (grouped_down(m, L)) { /* the kept neurons' grouped rows, from the file's ffn_down */
+            int32_t *gid = malloc((size_t)(c ? c : 1) * sizeof *gid);
+            if (!gid) goto fail;
+            int64_t kept = 0;
+            for (int64_t j = 0; j < c; j++)
+                if (p->down_row[il][j] >= 0) gid[kept++] = id[j];
+            pack_grouped(L, gid, kept, (char *)p->mem + off, tmp, &D->ffn_down_t);
+            off += grouped_bytes(L, kept, touched_groups(gid, kept));
+            free(gid);
+            continue;
+        }
         if (view && L->ffn_down_t.data) { /* the file's own rows, viewed */
             copy_rows(&D->ffn_down_t, &L->ffn_down_t, id, c, true, NULL, &off);
             continue;
@@ -318,12 +330,6 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         for (int64_t j = 0; j < c; j++)
             if (p->down_row[il][j] >= 0) kid[kept++] = id[j];
         char *dst = (char *)p->mem + off;
-        if (grouped_down(m, L)) {
-            pack_grouped(L, kid, kept, dst, tmp, &D->ffn_down_t);
-            off += grouped_bytes(L, kept, touched_groups(kid, kept));
-            free(kid);
-            continue;
-        }
         D->ffn_down_t = (struct pi_weight){dt, kept, hp->n_embd, (size_t)rb, dst, NULL, NULL, NULL};
         if (L->ffn_down_t.data) {
             for (int64_t j = 0; j < kept; j++) memcpy(dst + (size_t)j * rb, pi_weight_row(&L->ffn_down_t, kid[j]), (size_t)rb);

@@ -38,7 +38,7 @@ int pi_fd_budget_loading(int64_t limit, int64_t in_use, int http_want)
     return (int)PI_MAX(cap, 1);
 }
 
-void pi_fd_raise_limit(void)
+void pi_fd_budget_raise_limit(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
@@ -51,14 +51,14 @@ void pi_fd_raise_limit(void)
     else pi_info("open files: soft limit raised from %llu to %llu", (unsigned long long)was, (unsigned long long)want);
 }
 
-int64_t pi_fd_limit(void)
+int64_t pi_fd_budget_limit(void)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return -1;
     return (int64_t)rl.rlim_cur;
 }
 
-int pi_fd_count(void)
+int pi_fd_budget_count(void)
 {
     DIR *d = opendir("/proc/self/fd");
     if (!d) return -1;

@@ -55,13 +55,13 @@ int pi_fd_budget_loading(int64_t limit, int64_t in_use, int http_want);
 
 /* Raise the soft limit of open files to the hard one (what a flood must exhaust before the caps
  * matter); logged, a failure is a warning. */
-void pi_fd_raise_limit(void);
+void pi_fd_budget_raise_limit(void);
 
 /* The soft limit of open files, or -1 when there is none (or it cannot be read). */
-int64_t pi_fd_limit(void);
+int64_t pi_fd_budget_limit(void);
 
 /* Descriptors this process has open now (/proc/self/fd), or -1. */
-int pi_fd_count(void);
+int pi_fd_budget_count(void);
 
 /* Log the budget: one info line, and, when a cap was lowered, one warning naming the keys lowered and
  * the limit of open files to raise. */

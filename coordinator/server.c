@@ -1180,7 +1180,7 @@ static int http_start(struct server *s)
                               .max_connections = (int)c->http_max_connections,
                               /* until the budget is known (fd_budget_apply): the engine's start must not
                                * find the descriptors taken */
-                              .start_connections = pi_fd_budget_loading(pi_fd_limit(), pi_fd_count(),
+                              .start_connections = pi_fd_budget_loading(pi_fd_budget_limit(), pi_fd_budget_count(),
                                                                         (int)c->http_max_connections),
                               .default_max_tokens = -1, /* OpenAI's: to the end ([server] max_tokens caps it) */
                               .default_seed_random = c->seed < 0,
@@ -1210,11 +1210,11 @@ static int http_start(struct server *s)
 static void fd_budget_apply(struct server *s, int base)
 {
     const struct pi_config *c = &s->o->cfg;
-    const int open = pi_fd_count(), http_want = s->http ? (int)c->http_max_connections : 0;
+    const int open = pi_fd_budget_count(), http_want = s->http ? (int)c->http_max_connections : 0;
     const int64_t in_use = open - pi_http_connections(s->http);
     struct pi_fd_budget b;
     /* without /proc the count is unknown: the settings as they are, as with no limit */
-    pi_fd_budget_split(&b, open >= 0 && base >= 0 ? pi_fd_limit() : -1, in_use, in_use - base, (int)c->max_connections,
+    pi_fd_budget_split(&b, open >= 0 && base >= 0 ? pi_fd_budget_limit() : -1, in_use, in_use - base, (int)c->max_connections,
                        http_want);
     pi_fd_budget_log(&b, (int)c->max_connections, http_want);
     s->conn_cap = b.control;
@@ -1241,7 +1241,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     memcpy(s.endpoint, ep, sizeof ep);
     int status = PI_EXIT_FAILURE, sfd = -1;
     void *pair = NULL;
-    pi_fd_raise_limit();
+    pi_fd_budget_raise_limit();
     pthread_t gen;
     bool gen_started = false, bound = false;
     /* Block the stop signals in every thread; the main thread reads them from a signalfd. */
@@ -1277,7 +1277,7 @@ int pi_coord_run_server(const struct pi_coord_opts *o, const char *argv0)
     s.sched = pi_sched_new(cm.tok, cm.model->hp.n_vocab, &so);
     if (!s.sched) goto out;
     if (strcmp(o->cfg.http_listen, "off") != 0 && http_start(&s) != 0) goto out; /* one line on stderr */
-    int fds_before = pi_fd_count(); /* before the engine: its own count is what it adds */
+    int fds_before = pi_fd_budget_count(); /* before the engine: its own count is what it adds */
     if (fds_before >= 0) fds_before -= pi_http_connections(s.http);
     if (pthread_create(&gen, NULL, gen_main, &s) != 0) goto out;
     gen_started = true;

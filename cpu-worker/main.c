@@ -317,10 +317,13 @@ static int run(const struct cw_opts *o)
         if (!(c.link = pi_link_start(&lo))) { rc = -PI_ERR_IO; goto out; }
         pi_link_ready(c.link, (uint64_t)held, c.part.bytes + packed16); /* the memory it holds, copies included */
     }
+    int grouped = 0;
+    for (int il = 0; il < m->hp.n_layer; il++) grouped += c.part.layers[il].ffn_down_t.gscale != NULL;
     pi_info("worker %lld/%lld: %lld neurons in %d layers of %d (at most %lld in a layer), %zu bytes on node %d "
-            "(and %zu in 16-row groups), %d threads, idle spin %s%lld us",
+            "(and %zu in 16-row groups; down rows grouped in %d layers), %d threads, idle spin %s%lld us",
             (long long)o->index, (long long)o->workers, (long long)held, m->hp.n_layer, m->hp.n_ff, (long long)c.part.count_max,
-            c.part.bytes, place.node, packed16, threads, spin ? "" : "off (too few CPUs): ", (long long)(spin_ns / 1000));
+            c.part.bytes, place.node, packed16, grouped, threads, spin ? "" : "off (too few CPUs): ",
+            (long long)(spin_ns / 1000));
     rc = serve(&c, m->hp.n_embd, seen);
     pi_info("worker %lld: served %llu layer publishes, %llu token rows", (long long)o->index, (unsigned long long)c.n_served,
             (unsigned long long)c.n_rows);

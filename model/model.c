@@ -548,6 +548,7 @@ static int pack_transposed(struct binder *b)
         if (groups_down_t(L, o)) {
             size_t rows_bytes, bytes = grouped_bytes(&L->ffn_down, &rows_bytes);
             n_grouped++, grouped_total += bytes;
+            m->down_t_grouped_layers++;
             struct group_task gt = {&L->ffn_down, dst, (uint16_t *)(dst + rows_bytes)};
             pi_pool_for(pool, ff / PI_GROUP_ROWS, 4, group_range, &gt);
             L->ffn_down_t = (struct pi_weight){L->ffn_down.type, ff, d, pi_grouped_row_bytes(L->ffn_down.type, d), dst,

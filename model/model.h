@@ -80,6 +80,7 @@ struct pi_model {
      * grouped down rows where the model's own layers would (model/model.c's rule), even when the model
      * itself was opened with no_down_t */
     bool down_t_grouped;
+    int down_t_grouped_layers; /* layers whose own ffn_down_t was packed grouped (0 with no_down_t) */
 };
 
 struct pi_model_opts {

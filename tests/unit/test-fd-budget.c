@@ -53,13 +53,13 @@ int main(void)
     tap_is_int(pi_fd_budget_loading(20, 20, 256), 1, "while loading: at least 1");
     tap_is_int(pi_fd_budget_loading(-1, 20, 256), PI_FD_LOADING_HTTP, "while loading, no limit");
 
-    const int before = pi_fd_count();
+    const int before = pi_fd_budget_count();
     int fds[5];
     for (int i = 0; i < 5; i++) fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
-    const int after = pi_fd_count();
+    const int after = pi_fd_budget_count();
     for (int i = 0; i < 5; i++) close(fds[i]);
-    tap_ok(before >= 3 && after == before + 5 && pi_fd_count() == before, "pi_fd_count: %d, 5 opened: %d", before,
+    tap_ok(before >= 3 && after == before + 5 && pi_fd_budget_count() == before, "pi_fd_budget_count: %d, 5 opened: %d", before,
            after);
-    tap_ok(pi_fd_limit() == -1 || pi_fd_limit() >= after, "pi_fd_limit: %lld", (long long)pi_fd_limit());
+    tap_ok(pi_fd_budget_limit() == -1 || pi_fd_budget_limit() >= after, "pi_fd_budget_limit: %lld", (long long)pi_fd_budget_limit());
     return tap_done();
 }

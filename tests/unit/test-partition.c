@@ -30,6 +30,7 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/matvec.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/cpu/quant.h"
 #include "kernels/cpu/rows16.h"
 #include "lib/common.h"
 #include "model/model.h"
@@ -323,6 +324,30 @@ int main(void)
     check_range(m, pool, 70, 20, 2);
     check_scattered(m, pool, 0.5, 4);
     check_scattered(m, pool, 0.05, 5);
+    /* a model with its own grouped rows (opened without no_down_t): a partition's rows, views or copies,
+     * from an id that is not a group's first, are the model's rows */
+    pi_model_destroy(&m);
+    mo.no_down_t = false;
+    if (pi_model_open(path, &mo, &m, err, sizeof err) != 0) tap_bail("cannot open the demo model: %s", err);
+    for (int views = 0; views < 2; views++) {
+        struct pi_partition g;
+        const int64_t first = 40, cnt = 100, d = m->hp.n_embd;
+        int same = pi_partition_pack_range(m, first, cnt, -1, views, false, &g) == 0;
+        float *y0 = malloc(sizeof(float) * (size_t)d), *y1 = malloc(sizeof(float) * (size_t)d);
+        PI_ASSERT(y0 && y1);
+        for (int64_t j = 0; same && j < cnt; j++) {
+            const struct pi_weight *pw = &g.layers[3].ffn_down_t;
+            same &= pw->gscale != NULL && g.down_row[3][j] >= 0;
+            if (!same) break;
+            memset(y0, 0, sizeof(float) * (size_t)d), memset(y1, 0, sizeof(float) * (size_t)d);
+            pi_vec_mad_row(pw, g.down_row[3][j], 0.75f, y0);
+            pi_vec_mad_row(&m->layers[3].ffn_down_t, first + j, 0.75f, y1);
+            same &= memcmp(y0, y1, sizeof(float) * (size_t)d) == 0;
+        }
+        tap_ok(same, "a model with grouped rows: a partition of [40, 140) (views %s) holds its rows, grouped", views ? "on" : "off");
+        free(y0), free(y1);
+        pi_partition_free(&g);
+    }
     pi_pool_destroy(&pool);
     pi_model_destroy(&m);
     return tap_done();
