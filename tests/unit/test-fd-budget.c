@@ -58,8 +58,9 @@ int main(void)
     for (int i = 0; i < 5; i++) fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC);
     const int after = pi_fd_budget_count();
     for (int i = 0; i < 5; i++) close(fds[i]);
-    tap_ok(before >= 3 && after == before + 5 && pi_fd_budget_count() == before, "pi_fd_budget_count: %d, 5 opened: %d", before,
-           after);
-    tap_ok(pi_fd_budget_limit() == -1 || pi_fd_budget_limit() >= after, "pi_fd_budget_limit: %lld", (long long)pi_fd_budget_limit());
+    tap_ok(before >= 3 && after == before + 5 && pi_fd_budget_count() == before, "pi_fd_budget_count: %d, 5 opened: %d",
+           before, after);
+    tap_ok(pi_fd_budget_limit() == -1 || pi_fd_budget_limit() >= after, "pi_fd_budget_limit: %lld",
+           (long long)pi_fd_budget_limit());
     return tap_done();
 }
