@@ -121,16 +121,18 @@ static void pipe_stop(struct pipe_engine *p)
     pthread_mutex_unlock(&p->mu);
 }
 
-/* argv of a worker: fills a[] from the strings in buf. */
+/* argv of a worker: fills a[] from the strings in buf. ARGV_MAX holds the longest worker command line
+ * (a CPU worker with thresholds: about 20 options and one --set per [tune] key, 8 today) with room. */
+#define ARGV_MAX 48
 struct argv_buf {
-    char *a[32];
-    char s[32][PATH_MAX + 32];
+    char *a[ARGV_MAX];
+    char s[ARGV_MAX][PATH_MAX + 32];
     int n;
 };
 
 static void arg(struct argv_buf *b, const char *prefix, const char *v)
 {
-    PI_ASSERT(b->n < 31);
+    PI_ASSERT(b->n < ARGV_MAX - 1);
     int w = snprintf(b->s[b->n], sizeof b->s[b->n], "%s%s", prefix, v);
     PI_ASSERT(w >= 0 && (size_t)w < sizeof b->s[b->n]);
     b->a[b->n] = b->s[b->n];
