@@ -11,7 +11,7 @@
 #                  (--vram-budget 2G, one CPU worker of 15 threads, tg64) against llama.cpp -ngl 13 and 15.
 # Staging as tools/device/bench-sparse-7b.sh says (R=.devbench with the binaries of a CUDA build, lib/,
 # llama.tar.xz); run from the source tree with OUT set: the rows in $OUT/bench.log. REPS rounds (2).
-# TESTS=1 first runs test-backend-cuda's short-gated (R/tests/cuda and R/fx as tools/gpu-check.sh says).
+# LL=0 leaves llama.cpp out (its build is the call's longest part). TESTS=1 first runs test-backend-cuda's short-gated (R/tests/cuda and R/fx as tools/gpu-check.sh says).
 # A later call on the warm machine reuses llama.cpp's build and the models in /dev/shm.
 set -u
 R=${R:-$PWD/.devbench}; O=${OUT:-/tmp/o}; mkdir -p "$O"; L=$O/bench.log
@@ -20,7 +20,7 @@ T0=$(date +%s); ts() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a "$O/progre
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; lscpu | grep "Model name"; } >> "$L" 2>&1
 LB=/tmp/ext/lcpp/build/bin/llama-bench
 BP=""
-if [ ! -x $LB ]; then
+if [ "${LL:-1}" = 1 ] && [ ! -x $LB ]; then
   mkdir -p /tmp/ext && { [ -d /tmp/ext/lcpp ] || tar -C /tmp/ext -xJf "$R/llama.tar.xz"; }
   ( cd /tmp/ext/lcpp && cmake -B build -G Ninja -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_CURL=OFF \
       -DLLAMA_BUILD_TESTS=OFF -DCMAKE_BUILD_TYPE=Release > /tmp/lcpp-cmake.log 2>&1 &&
@@ -66,7 +66,7 @@ PH="$R/coordinator/pi-bench -m $MP -p 0 -n 64 -r 3 --gpu-backend cuda --cpu-work
 for r in $(seq 1 "${REPS:-2}"); do
   measured f16-r$r $PI --set tune.down_t=f16
   measured grouped-r$r $PI --set tune.down_t=grouped
-  measured llama-r$r $LL
+  [ "${LL:-1}" = 1 ] && measured llama-r$r $LL
   if [ "${HYB:-0}" = 1 ] && [ "${STAGE:-cpu13}" = swiglu7 ]; then
     measured hyb-f16-r$r $PH --set tune.down_t=f16
     measured hyb-grouped-r$r $PH --set tune.down_t=grouped
