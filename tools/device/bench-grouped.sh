@@ -6,7 +6,8 @@
 #                  tools/device/bench-handoff-13b.sh (the same generator flags and seed: the same bytes),
 #                  --sparsity safe, tg32;
 #   STAGE=swiglu7: the random 7B-shaped SwiGLU Q4_0 model of tools/device/bench-thresholds-7b.sh with its
-#                  activation thresholds (pi-profile --threshold-sparsity 0.4,0.5; PT tokens, default 1024),
+#                  activation thresholds (pi-profile --threshold-sparsity 0.4,0.5; PT tokens, default 1024, in
+#                  chunks of PC, default 512: at least two chunks),
 #                  --sparsity off,safe,aggressive, tg32; with HYB=1 also the hybrid placement of that script
 #                  (--vram-budget 2G, one CPU worker of 15 threads, tg64) against llama.cpp -ngl 13 and 15.
 # Staging as tools/device/bench-sparse-7b.sh says (R=.devbench with the binaries of a CUDA build, lib/,
@@ -47,7 +48,7 @@ swiglu7)
   MP=/dev/shm/s7.gguf; M=$MP
   if [ ! -s /dev/shm/s7.pinfer.gguf ]; then
     ts "gen start"; "$R/tools/pi-gen-model" --preset 7b --type q4_0 --vocab-from "$VOCAB" $MP >> "$L" 2>&1
-    "$R/tools/pi-profile" -m $MP --random ${PT:-1024} -c 512 -t 16 --threshold-sparsity 0.4,0.5 > /tmp/prof.out 2> /tmp/prof.err
+    "$R/tools/pi-profile" -m $MP --random ${PT:-1024} -c ${PC:-512} -t 16 --threshold-sparsity 0.4,0.5 > /tmp/prof.out 2> /tmp/prof.err
     ts "profile rc=$?"; grep -E "^thresholds" /tmp/prof.out >> "$L"
   fi
   PI="$R/coordinator/pi-bench -m $MP -p 0 -n 32 -r 2 --gpu-backend none -t 16 -o md --log-level info --sparsity off,safe,aggressive"
