@@ -1267,15 +1267,19 @@ static void check_gated(const char *label, enum pi_type type, double frac, bool 
            split_q || all_q8() ? ": 8-bit x" : "");
     const double es = tp_rel_err(l[0][0], l[3][0], n, V);
     tap_ok(es > 1e-2, "%s hot %.1f: the thresholds change the logits (%.3g from none)", label, frac, es);
-    /* the same kernels as d's (decode's hot FFN sums its blocks with float atomics: not bit for bit) */
+    /* the same kernels as d's. Decode's hot FFN of a partly hot layer sums its blocks with float atomics,
+     * in an order that varies from run to run: on the H100 and H200 (7 Dec 2026) two such runs differed by
+     * a decode NMSE of 8e-6 to 9.6e-6 (this check and the FLT_MIN one above), where the thresholds move
+     * the logits by 0.4-0.5; prompts and fully hot layers are bit for bit */
     const double eo = tp_rel_err(l[4][0], l[3][0], n, V), eod = tp_rel_err(l[4][1], l[3][1], steps, V);
+    const double nmse_dec = split_q ? 1e-4 : 1e-10;
     uint64_t off_planned = 0, d_planned = 0;
     pi_backend_cuda_usage(off.be, NULL, NULL, NULL, &off_planned, NULL);
     pi_backend_cuda_usage(d.be, NULL, NULL, NULL, &d_planned, NULL);
-    tap_ok(!bad && sk[4] == 0 && eo * eo <= 1e-10 && eod * eod <= 1e-10 && off_planned == d_planned,
+    tap_ok(!bad && sk[4] == 0 && eo * eo <= 1e-10 && eod * eod <= nmse_dec && off_planned == d_planned,
            "%s hot %.1f: thresholds with [tune] cuda_hot_thresholds off: the hot neurons dense, no thresholds' "
-           "logits (NMSE prompt %.2g, decode %.2g), %lld hot pairs skipped, planned %llu = %llu",
-           label, frac, eo * eo, eod * eod, (long long)sk[4], (unsigned long long)off_planned,
+           "logits (NMSE prompt %.2g, decode %.2g <= %.0e), %lld hot pairs skipped, planned %llu = %llu",
+           label, frac, eo * eo, eod * eod, nmse_dec, (long long)sk[4], (unsigned long long)off_planned,
            (unsigned long long)d_planned);
     drv_free(&c), drv_free(&h), drv_free(&z), drv_free(&d), drv_free(&off);
 out:
