@@ -324,11 +324,12 @@ static int open_model(struct run *r)
     int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
     if (devnull >= 0) pi_log_set_fd(devnull);
     int rc = pi_model_open(o->model, &mo, &r->cm.model, err, sizeof err);
-    if (rc == 0 && mo.down_t_grouped) /* the loader's own line goes to /dev/null below */
-        pi_info("[tune] down_t = grouped: down rows grouped in %d of %d layers", r->cm.model->down_t_grouped_layers,
-                r->cm.model->hp.n_layer);
     pi_log_set_fd(2);
     if (devnull >= 0) close(devnull);
+    if (rc == 0 && mo.down_t_grouped) /* the loader's own line went to /dev/null */
+        pi_info("[tune] down_t = grouped: down rows grouped in %d of %d layers%s", r->cm.model->down_t_grouped_layers,
+                r->cm.model->hp.n_layer,
+                r->cm.model->down_t_grouped_layers < r->cm.model->hp.n_layer ? PI_DOWN_T_UNGROUPED_WHY : "");
     if (rc != 0) {
         fprintf(stderr, "pi-perplexity: -m %s: cannot load the model: %s\n", o->model, *err ? err : pi_err_str(rc));
         return rc;

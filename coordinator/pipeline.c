@@ -122,7 +122,8 @@ static void pipe_stop(struct pipe_engine *p)
 }
 
 /* argv of a worker: fills a[] from the strings in buf. ARGV_MAX holds the longest worker command line
- * (a CPU worker with thresholds: about 20 options and one --set per [tune] key, 8 today) with room. */
+ * with room: the GPU worker's, 23 fixed arguments, --vram-budget and --sidecar when set, and one --set
+ * per [tune] key (8 today: 33 in all; the CPU worker's is at most 16 and the keys). */
 #define ARGV_MAX 48
 struct argv_buf {
     char *a[ARGV_MAX];

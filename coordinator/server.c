@@ -1214,8 +1214,8 @@ static void fd_budget_apply(struct server *s, int base)
     const int64_t in_use = open - pi_http_connections(s->http);
     struct pi_fd_budget b;
     /* without /proc the count is unknown: the settings as they are, as with no limit */
-    pi_fd_budget_split(&b, open >= 0 && base >= 0 ? pi_fd_budget_limit() : -1, in_use, in_use - base, (int)c->max_connections,
-                       http_want);
+    pi_fd_budget_split(&b, open >= 0 && base >= 0 ? pi_fd_budget_limit() : -1, in_use, in_use - base,
+                       (int)c->max_connections, http_want);
     pi_fd_budget_log(&b, (int)c->max_connections, http_want);
     s->conn_cap = b.control;
     pi_http_set_max_connections(s->http, b.http);

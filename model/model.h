@@ -83,6 +83,11 @@ struct pi_model {
     int down_t_grouped_layers; /* layers whose own ffn_down_t was packed grouped (0 with no_down_t) */
 };
 
+/* Why a layer's down rows are not grouped although asked for (the log lines of the loaders' callers). */
+#define PI_DOWN_T_UNGROUPED_WHY                                                                                 \
+    " (the others keep the file's own ffn_down_t, or their ffn_down is not Q4_0 or Q8_0 in whole blocks: f16 rows, " \
+    "or the f32/bf16 file's own type)"
+
 struct pi_model_opts {
     enum pi_ffn_act act;          /* PI_FFN_ACT_DEFAULT: `pinfer.ffn_activation`, then format default */
     /* Type of the packed ffn_down_t when the file has none (pi_model_down_t_type). PI_TYPE_COUNT (the

@@ -344,7 +344,8 @@ int main(void)
             pi_vec_mad_row(&m->layers[3].ffn_down_t, first + j, 0.75f, y1);
             same &= memcmp(y0, y1, sizeof(float) * (size_t)d) == 0;
         }
-        tap_ok(same, "a model with grouped rows: a partition of [40, 140) (views %s) holds its rows, grouped", views ? "on" : "off");
+        tap_ok(same, "a model with grouped rows: a partition of [40, 140) (views %s) holds its rows, grouped",
+               views ? "on" : "off");
         free(y0), free(y1);
         pi_partition_free(&g);
     }
