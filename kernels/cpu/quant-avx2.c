@@ -798,20 +798,6 @@ PI_X86_INLINE void mad_q8_0_n(const void *const *row, const float *a, int m, con
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q8_0, mad_q8_0_n)
 
-/* Defines the pi_vec_madg4_fn `static void name(row, s, a, m, pf, y, n)` over body(row, s, a, M, pf, y,
- * n), one copy per row count as PI_X86_VEC_MAD4_BY_M. */
-#define MADG4_BY_M(name, body)                                                                              \
-    static void name(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,          \
-                     const void *const pf[4], float *y, int64_t n)                                          \
-    {                                                                                                       \
-        switch (m) {                                                                                        \
-        case 1: body(row, s, a, 1, pf, y, n); break;                                                        \
-        case 2: body(row, s, a, 2, pf, y, n); break;                                                        \
-        case 3: body(row, s, a, 3, pf, y, n); break;                                                        \
-        default: body(row, s, a, 4, pf, y, n); break;                                                       \
-        }                                                                                                   \
-    }
-
 /* Eight int8 quants (the low 8 bytes of q) times eight f16 scales at s, exact: x = q * s. */
 static inline __m256 qs_x8(__m128i q, const uint16_t *s)
 {
@@ -862,13 +848,11 @@ PI_X86_INLINE void madg_q4_0_body(const void *const *row, const uint16_t *const 
 PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
                                const void *const *pf, float *y, int64_t n)
 {
-    bool same = m > 1;
-    for (int r = 1; r < m; r++) same &= s[r] == s[0];
-    if (same) madg_q4_0_body(row, s, a, m, pf, y, n, true);
+    if (pi_x86_same_scales(s, m)) madg_q4_0_body(row, s, a, m, pf, y, n, true);
     else madg_q4_0_body(row, s, a, m, pf, y, n, false);
 }
 
-MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
+PI_X86_VEC_MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
 
 /* m grouped Q8_0 rows, 32 elements per step: x = q * s (exact), the multiply and the add; the pf rows'
  * quants a line (two steps) at a time. */
@@ -898,7 +882,7 @@ PI_X86_INLINE void madg_q8_0_n(const void *const *row, const uint16_t *const *s,
     }
 }
 
-MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
+PI_X86_VEC_MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
 
 /* A Q4_0 block's 32 weights q - 8 as bytes, in element order: the low nibbles of qs are elements 0..15 (lo),
  * the high ones 16..31 (hi). */

@@ -1200,20 +1200,6 @@ PI_X86_INLINE void mad_q4_0_n(const void *const *row, const float *a, int m, con
 
 PI_X86_VEC_MAD4_BY_M(vec_mad4_q4_0, mad_q4_0_n)
 
-/* Defines the pi_vec_madg4_fn `static void name(row, s, a, m, pf, y, n)` over body(row, s, a, M, pf, y,
- * n), one copy per row count as PI_X86_VEC_MAD4_BY_M. */
-#define MADG4_BY_M(name, body)                                                                                         \
-    static void name(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,                    \
-                     const void *const pf[4], float *y, int64_t n)                                                     \
-    {                                                                                                                  \
-        switch (m) {                                                                                                   \
-        case 1: body(row, s, a, 1, pf, y, n); break;                                                                   \
-        case 2: body(row, s, a, 2, pf, y, n); break;                                                                   \
-        case 3: body(row, s, a, 3, pf, y, n); break;                                                                   \
-        default: body(row, s, a, 4, pf, y, n); break;                                                                  \
-        }                                                                                                              \
-    }
-
 /* m grouped Q4_0 rows (kernels/cpu/quant.h), 32 elements per step: the 16 bytes of quants, x = (q - 8)
  * * s with the step's 32 scales of the row's group (exact; a nibble widened to 32 bits picks q - 8 from
  * a table, vpermps), then the multiply and the add; the pf rows' quants prefetched a line (four steps)
@@ -1254,22 +1240,14 @@ PI_X86_INLINE void madg_q4_0_body(const void *const *row, const uint16_t *const 
     }
 }
 
-/* Whether the m rows' scale rows are one. */
-static inline bool same_scales(const uint16_t *const *s, int m)
-{
-    bool same = true;
-    for (int r = 1; r < m; r++) same &= s[r] == s[0];
-    return same;
-}
-
 PI_X86_INLINE void madg_q4_0_n(const void *const *row, const uint16_t *const *s, const float *a, int m,
                                const void *const *pf, float *y, int64_t n)
 {
-    if (m > 1 && same_scales(s, m)) madg_q4_0_body(row, s, a, m, pf, y, n, true);
+    if (pi_x86_same_scales(s, m)) madg_q4_0_body(row, s, a, m, pf, y, n, true);
     else madg_q4_0_body(row, s, a, m, pf, y, n, false);
 }
 
-MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
+PI_X86_VEC_MADG4_BY_M(vec_madg4_q4_0, madg_q4_0_n)
 
 /* m grouped Q8_0 rows, 32 elements per step: x = q * s (exact), the multiply and the add; the pf rows'
  * quants prefetched a line (two steps) at a time. */
@@ -1297,7 +1275,7 @@ PI_X86_INLINE void madg_q8_0_n(const void *const *row, const uint16_t *const *s,
     }
 }
 
-MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
+PI_X86_VEC_MADG4_BY_M(vec_madg4_q8_0, madg_q8_0_n)
 
 #ifdef PI_AVX512_VNNI
 const struct pi_kernel_table pi_kernels_avx512vnni_raw = {

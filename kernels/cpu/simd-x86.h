@@ -12,6 +12,7 @@
 #define PI_KERNELS_CPU_SIMD_X86_H
 
 #include <immintrin.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -125,6 +126,29 @@ static inline void pi_x86_pf_lines(const uint8_t *p, size_t len)
         default: body(row, a, 4, pf, y, n); break;                                                          \
         }                                                                                                   \
     }
+
+/* The same for a pi_vec_madg4_fn `static void name(row, s, a, m, pf, y, n)` (grouped rows with their
+ * scale rows s, kernels/cpu/quant.h) over body(row, s, a, M, pf, y, n). */
+#define PI_X86_VEC_MADG4_BY_M(name, body)                                                                    \
+    static void name(const void *const row[4], const uint16_t *const s[4], const float a[4], int m,          \
+                     const void *const pf[4], float *y, int64_t n)                                          \
+    {                                                                                                       \
+        switch (m) {                                                                                        \
+        case 1: body(row, s, a, 1, pf, y, n); break;                                                        \
+        case 2: body(row, s, a, 2, pf, y, n); break;                                                        \
+        case 3: body(row, s, a, 3, pf, y, n); break;                                                        \
+        default: body(row, s, a, 4, pf, y, n); break;                                                       \
+        }                                                                                                   \
+    }
+
+/* Whether m (> 1) grouped rows share one scale row (rows of one group: their kernels convert the scales
+ * once a step for all of them). */
+static inline bool pi_x86_same_scales(const uint16_t *const *s, int m)
+{
+    bool same = m > 1;
+    for (int r = 1; r < m; r++) same &= s[r] == s[0];
+    return same;
+}
 
 /* acc += s[k] * p for 8 int32 partial sums p of block k. */
 static inline __m256 pi_x86_fma_lane(__m128 s, int k, __m256i p, __m256 acc)
