@@ -52,11 +52,13 @@ static bool grouped_down(const pi_model_t *m, const struct pi_layer *L)
            pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows) > 0 && L->ffn_down.cols % PI_GROUP_ROWS == 0;
 }
 
-/* Groups of PI_GROUP_ROWS neurons that kid[0..n) (ascending) touch. */
-static int64_t touched_groups(const int32_t *kid, int64_t n)
+/* Groups of PI_GROUP_ROWS neurons that the kept ones of ids[0..n) (ascending) touch: those whose
+ * down_row is not negative, every one where down_row is NULL. */
+static int64_t touched_groups(const int32_t *ids, const int32_t *down_row, int64_t n)
 {
-    int64_t t = 0;
-    for (int64_t j = 0; j < n; j++) t += j == 0 || kid[j] / PI_GROUP_ROWS != kid[j - 1] / PI_GROUP_ROWS;
+    int64_t t = 0, last = -1;
+    for (int64_t j = 0; j < n; j++)
+        if ((!down_row || down_row[j] >= 0) && ids[j] / PI_GROUP_ROWS != last) last = ids[j] / PI_GROUP_ROWS, t++;
     return t;
 }
 
@@ -70,13 +72,13 @@ static uint64_t grouped_bytes(const struct pi_layer *L, int64_t n, int64_t tg)
 
 /* dst = the grouped down rows of neurons kid[0..n) of L (ascending), their scale rows (the groups they
  * touch, in order) and the group index of each row, at dst in that order (grouped_bytes); D describes
- * them. tmp: PI_GROUP_ROWS grouped rows of scratch. */
-static void pack_grouped(const struct pi_layer *L, const int32_t *kid, int64_t n, char *dst, void *tmp,
-                         struct pi_weight *D)
+ * them. tmp: PI_GROUP_ROWS grouped rows of scratch. Returns the bytes used. */
+static uint64_t pack_grouped(const struct pi_layer *L, const int32_t *kid, int64_t n, char *dst, void *tmp,
+                             struct pi_weight *D)
 {
     const int64_t d = L->ffn_down.rows;
     const size_t rb = pi_grouped_row_bytes(L->ffn_down.type, d);
-    const int64_t tg = touched_groups(kid, n);
+    const int64_t tg = touched_groups(kid, NULL, n);
     uint16_t *s = (uint16_t *)(dst + pi_align_up((uint64_t)n * rb, 64));
     int32_t *grow = (int32_t *)((char *)s + pi_align_up((uint64_t)tg * (uint64_t)d * sizeof(uint16_t), 64));
     int64_t t = -1;
@@ -88,6 +90,7 @@ static void pack_grouped(const struct pi_layer *L, const int32_t *kid, int64_t n
         grow[j] = (int32_t)t;
     }
     *D = (struct pi_weight){L->ffn_down.type, n, d, rb, dst, NULL, s, grow};
+    return grouped_bytes(L, n, tg);
 }
 
 /* Whether ids[0..n) is the range ids[0], ids[0] + 1, ... */
@@ -263,10 +266,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
         }
         if (!view) bytes += pi_align_up((uint64_t)c * L->ffn_gate.row_bytes, 64) + pi_align_up((uint64_t)c * L->ffn_up.row_bytes, 64);
         if (grouped_down(m, L)) { /* the kept neurons' groups, as pack_grouped counts them */
-            int64_t tg = 0, last = -1;
-            for (int64_t j = 0; j < c; j++)
-                if (p->down_row[il][j] >= 0 && ids[il][j] / PI_GROUP_ROWS != last) last = ids[il][j] / PI_GROUP_ROWS, tg++;
-            bytes += grouped_bytes(L, kept, tg);
+            bytes += grouped_bytes(L, kept, touched_groups(ids[il], p->down_row[il], c));
             grouped_tmp = PI_MAX(grouped_tmp, (size_t)PI_GROUP_ROWS * pi_grouped_row_bytes(L->ffn_down.type, L->ffn_down.rows));
         } else if (!(view && L->ffn_down_t.data)) {
             bytes += pi_align_up((uint64_t)kept * rb, 64);
@@ -310,8 +310,7 @@ int pi_partition_pack_ids(const pi_model_t *m, const int32_t *const *ids, const 
             int64_t kept = 0;
             for (int64_t j = 0; j < c; j++)
                 if (p->down_row[il][j] >= 0) gid[kept++] = id[j];
-            pack_grouped(L, gid, kept, (char *)p->mem + off, tmp, &D->ffn_down_t);
-            off += grouped_bytes(L, kept, touched_groups(gid, kept));
+            off += pack_grouped(L, gid, kept, (char *)p->mem + off, tmp, &D->ffn_down_t);
             free(gid);
             continue;
         }
