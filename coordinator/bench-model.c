@@ -573,6 +573,7 @@ static int model_open(const char *path, bool packed, const struct pi_tune *tune,
     char err[512] = "";
     int rc = pi_model_open(path, &mo, m, err, sizeof err);
     if (rc != 0) fprintf(stderr, "pi-bench: cannot load model %s: %s\n", path, *err ? err : pi_err_str(rc));
+    else pi_model_log_down_t(*m);
     return rc;
 }
 

@@ -180,10 +180,7 @@ int pi_coord_model_open(const struct pi_coord_opts *o, bool with_weights, struct
                 o->cfg.model_path, *err ? err : pi_err_str(rc));
         return rc;
     }
-    if (mo.down_t_grouped) /* the loader's line went to /dev/null too */
-        pi_info("[tune] down_t = grouped: down rows grouped in %d of %d layers%s", cm->model->down_t_grouped_layers,
-                cm->model->hp.n_layer,
-                cm->model->down_t_grouped_layers < cm->model->hp.n_layer ? PI_DOWN_T_UNGROUPED_WHY : "");
+    pi_model_log_down_t(cm->model);
     if (cm->model->rows16_declined) /* the loader's own warning went to /dev/null with its other lines */
         pi_warn("not enough memory for the 16-row packed weights of %s: the CPU products read the file's rows (slower; "
                 "[tune] cpu_pack = off says so quietly)", o->cfg.model_path);

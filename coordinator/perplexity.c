@@ -326,10 +326,7 @@ static int open_model(struct run *r)
     int rc = pi_model_open(o->model, &mo, &r->cm.model, err, sizeof err);
     pi_log_set_fd(2);
     if (devnull >= 0) close(devnull);
-    if (rc == 0 && mo.down_t_grouped) /* the loader's own line went to /dev/null */
-        pi_info("[tune] down_t = grouped: down rows grouped in %d of %d layers%s", r->cm.model->down_t_grouped_layers,
-                r->cm.model->hp.n_layer,
-                r->cm.model->down_t_grouped_layers < r->cm.model->hp.n_layer ? PI_DOWN_T_UNGROUPED_WHY : "");
+    if (rc == 0) pi_model_log_down_t(r->cm.model);
     if (rc != 0) {
         fprintf(stderr, "pi-perplexity: -m %s: cannot load the model: %s\n", o->model, *err ? err : pi_err_str(rc));
         return rc;

@@ -502,8 +502,8 @@ static int pack_transposed(struct binder *b)
     const struct pi_model_opts *o = b->opts;
     const struct pi_hparams *hp = &m->hp;
     int64_t d = hp->n_embd, ff = hp->n_ff;
-    size_t total = 0, built = 0, grouped_total = 0;
-    int n_built = 0, n_grouped = 0;
+    size_t total = 0, built = 0;
+    int n_built = 0;
     enum pi_type built_type = PI_TYPE_F16;
     uint64_t rb;
     for (int il = 0; il < hp->n_layer; il++) {
@@ -547,8 +547,6 @@ static int pack_transposed(struct binder *b)
         }
         if (groups_down_t(L, o)) {
             size_t rows_bytes, bytes = grouped_bytes(&L->ffn_down, &rows_bytes);
-            n_grouped++, grouped_total += bytes;
-            m->down_t_grouped_layers++;
             struct group_task gt = {&L->ffn_down, dst, (uint16_t *)(dst + rows_bytes)};
             pi_pool_for(pool, ff / PI_GROUP_ROWS, 4, group_range, &gt);
             L->ffn_down_t = (struct pi_weight){L->ffn_down.type, ff, d, pi_grouped_row_bytes(L->ffn_down.type, d), dst,
@@ -563,9 +561,6 @@ static int pack_transposed(struct binder *b)
     free(t.tmp);
     free(t.rows);
     pi_pool_destroy(&pool);
-    if (o->down_t_grouped && !o->no_down_t)
-        pi_info("model: transposed down rows grouped in %d of %d layers (the file's Q4_0/Q8_0 quants and scales): "
-                "%.1f MiB", n_grouped, hp->n_layer, grouped_total / 1048576.0);
     if (n_built > 0)
         pi_info("model: the file has no ffn_down in %d of %d layers (PowerInfer's layout): built from ffn_down_t, "
                 "transposed, as %s: %zu bytes (%.1f MiB) of memory outside the file's mapping", n_built, hp->n_layer,
@@ -726,6 +721,24 @@ void pi_model_destroy(pi_model_t **pm)
 static uint64_t weight_bytes(const struct pi_weight *w)
 {
     return w->data ? (uint64_t)w->row_bytes * (uint64_t)w->rows : 0;
+}
+
+void pi_model_log_down_t(const pi_model_t *m)
+{
+    if (!m->down_t_grouped || !m->layers[0].ffn_down_t.data) return;
+    int n = 0;
+    size_t bytes = 0, rows;
+    for (int il = 0; il < m->hp.n_layer; il++) {
+        const struct pi_layer *L = &m->layers[il];
+        if (!L->ffn_down_t.gscale) continue;
+        n++;
+        bytes += grouped_bytes(&L->ffn_down, &rows);
+    }
+    pi_info("[tune] down_t = grouped: down rows grouped in %d of %d layers (the file's Q4_0/Q8_0 quants and "
+            "scales), %.1f MiB%s", n, m->hp.n_layer, bytes / 1048576.0,
+            n < m->hp.n_layer ? "; the others keep the file's own ffn_down_t, or their ffn_down is not Q4_0 or Q8_0 "
+                                "in whole blocks: f16 rows, or the f32/bf16 file's own type"
+                              : "");
 }
 
 uint64_t pi_model_decode_bytes(const pi_model_t *m)

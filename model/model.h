@@ -80,13 +80,7 @@ struct pi_model {
      * grouped down rows where the model's own layers would (model/model.c's rule), even when the model
      * itself was opened with no_down_t */
     bool down_t_grouped;
-    int down_t_grouped_layers; /* layers whose own ffn_down_t was packed grouped (0 with no_down_t) */
 };
-
-/* Why a layer's down rows are not grouped although asked for (the log lines of the loaders' callers). */
-#define PI_DOWN_T_UNGROUPED_WHY                                                                                 \
-    " (the others keep the file's own ffn_down_t, or their ffn_down is not Q4_0 or Q8_0 in whole blocks: f16 rows, " \
-    "or the f32/bf16 file's own type)"
 
 struct pi_model_opts {
     enum pi_ffn_act act;          /* PI_FFN_ACT_DEFAULT: `pinfer.ffn_activation`, then format default */
@@ -164,5 +158,10 @@ static inline int pi_model_default_ctx(const pi_model_t *m)
  * (a sparse ReLU step reads less: only the active neurons' up and down rows). The benchmarks turn
  * tokens/s into GB/s with it. */
 uint64_t pi_model_decode_bytes(const pi_model_t *m);
+
+/* One info line for a model opened with down_t_grouped and its own ffn_down_t: in how many layers the
+ * rows are grouped, their memory, and why the others are not; nothing otherwise. For the callers of
+ * pi_model_open, which may silence the loader's log while it runs. */
+void pi_model_log_down_t(const pi_model_t *m);
 
 #endif
