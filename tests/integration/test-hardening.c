@@ -136,7 +136,9 @@ static int flood(int *fds, int n)
     return got;
 }
 
-static void test_connection_flood(void)
+/* Whether this process may hold a flood's connections: its soft limit of descriptors raised to the hard
+ * one where it is below FLOOD_N + 64. */
+static bool flood_descriptors(void)
 {
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -144,7 +146,12 @@ static void test_connection_flood(void)
         rl.rlim_cur = rl.rlim_max;
         setrlimit(RLIMIT_NOFILE, &rl);
     }
-    if (rl.rlim_cur < FLOOD_N + 64) {
+    return rl.rlim_cur >= FLOOD_N + 64;
+}
+
+static void test_connection_flood(void)
+{
+    if (!flood_descriptors()) {
         tap_skip(3, "this process may not open enough descriptors for the flood");
         return;
     }
@@ -946,13 +953,7 @@ static bool health_within(int port, double seconds)
  * pi-ctl needs a place on the control socket. With the budget the HTTP API holds its share only. */
 static void test_http_flood_restart(void)
 {
-    struct rlimit rl;
-    getrlimit(RLIMIT_NOFILE, &rl);
-    if (rl.rlim_cur < FLOOD_N + 64) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-    if (rl.rlim_cur < FLOOD_N + 64) {
+    if (!flood_descriptors()) {
         tap_skip(6, "this process may not open enough descriptors for the flood");
         return;
     }
